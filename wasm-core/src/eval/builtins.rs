@@ -1,0 +1,916 @@
+//! Built-in functions. Each can be called as a function, `upper(s)`, or as a method of
+//! its first argument, `s.upper()`. `docs/LANGUAGE.md` lists them with examples.
+//!
+//! Determinism: nothing here uses platform maths (`sin`, `exp`, `powf`); `sqrt` and the
+//! four operations are exactly rounded by IEEE 754 on every platform, and `pow` on
+//! floats multiplies by squaring. Number-to-string uses Rust's own shortest round-trip
+//! formatting, which is the same code on every target.
+
+use std::cmp::Ordering;
+use std::rc::Rc;
+
+use super::{as_f64, display, err, type_err, Evaluator, Val};
+use crate::error::{Error, ErrorCode};
+use crate::value::{Object, Value};
+
+/// Every built-in's name, sorted.
+pub const BUILTINS: &[&str] = &[
+    "abort",
+    "abs",
+    "append",
+    "asc",
+    "ceil",
+    "concat",
+    "desc",
+    "distinct",
+    "endsWith",
+    "entries",
+    "every",
+    "filter",
+    "find",
+    "first",
+    "flatten",
+    "floor",
+    "fromEntries",
+    "has",
+    "includes",
+    "indexOf",
+    "isEmpty",
+    "join",
+    "keys",
+    "last",
+    "length",
+    "lower",
+    "map",
+    "max",
+    "merge",
+    "min",
+    "newId",
+    "now",
+    "order",
+    "partitionOf",
+    "pow",
+    "range",
+    "reduce",
+    "repeat",
+    "replace",
+    "reverse",
+    "round",
+    "skip",
+    "slice",
+    "some",
+    "sort",
+    "split",
+    "sqrt",
+    "startsWith",
+    "sum",
+    "take",
+    "toFloat",
+    "toInt",
+    "toString",
+    "trim",
+    "typeOf",
+    "upper",
+    "values",
+    "versionOf",
+    "where",
+    "without",
+];
+
+/// Whether `name` is a built-in.
+pub fn is_builtin(name: &str) -> bool {
+    BUILTINS.binary_search(&name).is_ok()
+}
+
+fn arity(name: &str, args: &[Val], min: usize, max: usize) -> Result<(), Error> {
+    if args.len() < min || args.len() > max {
+        let want = if min == max {
+            format!("{min}")
+        } else {
+            format!("{min} to {max}")
+        };
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!("{name} takes {want} arguments, {} given", args.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn int_arg(name: &str, v: &Value) -> Result<i64, Error> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        other => Err(type_err(format!(
+            "{name} takes an int here, not {}",
+            other.type_name()
+        ))),
+    }
+}
+
+fn str_arg<'v>(name: &str, v: &'v Value) -> Result<&'v str, Error> {
+    match v {
+        Value::String(s) => Ok(s),
+        other => Err(type_err(format!(
+            "{name} takes a string here, not {}",
+            other.type_name()
+        ))),
+    }
+}
+
+fn arr_arg<'v>(name: &str, v: &'v Value) -> Result<&'v Vec<Value>, Error> {
+    match v {
+        Value::Array(a) => Ok(a),
+        other => Err(type_err(format!(
+            "{name} takes an array here, not {}",
+            other.type_name()
+        ))),
+    }
+}
+
+fn obj_arg<'v>(name: &str, v: &'v Value) -> Result<&'v Object, Error> {
+    match v {
+        Value::Object(o) => Ok(o),
+        other => Err(type_err(format!(
+            "{name} takes an object here, not {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// Resolves a possibly negative index against a length, clamped to `0..=len`.
+fn clamp_index(i: i64, len: usize) -> usize {
+    let len = len as i64;
+    (if i < 0 { len + i } else { i }).clamp(0, len) as usize
+}
+
+fn to_int(f: f64, name: &str) -> Result<Value, Error> {
+    // i64::MAX as f64 rounds up to 2^63, which does not fit: compare against 2^63.
+    if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) {
+        Ok(Value::Int(f as i64))
+    } else {
+        Err(err(
+            ErrorCode::Arithmetic,
+            format!("{name}: {f} does not fit in an int"),
+        ))
+    }
+}
+
+impl<'a> Evaluator<'a> {
+    /// Calls a built-in by name.
+    pub(crate) fn call_builtin(&mut self, name: &str, args: Vec<Val>) -> Result<Val, Error> {
+        match name {
+            "abort" => {
+                arity(name, &args, 0, 1)?;
+                let msg = match args.into_iter().next() {
+                    None => "aborted".to_owned(),
+                    Some(v) => display(&self.materialize(v)?),
+                };
+                Err(err(ErrorCode::Aborted, msg))
+            }
+            "now" => {
+                arity(name, &args, 0, 0)?;
+                Ok(Val::Data(Value::Int(self.ctx.now)))
+            }
+            "newId" => {
+                arity(name, &args, 0, 0)?;
+                Ok(Val::Data(Value::String(self.new_id())))
+            }
+            "asc" | "desc" => {
+                arity(name, &args, 1, 1)?;
+                let key = self.materialize(args.into_iter().next().expect("arity"))?;
+                Ok(Val::Order {
+                    key,
+                    desc: name == "desc",
+                })
+            }
+            "typeOf" => {
+                arity(name, &args, 1, 1)?;
+                Ok(Val::Data(Value::from(args[0].kind())))
+            }
+            "partitionOf" | "versionOf" => {
+                arity(name, &args, 1, 1)?;
+                match &args[0] {
+                    Val::Doc(d) => Ok(Val::Data(if name == "partitionOf" {
+                        Value::String(d.stored.partition.clone())
+                    } else {
+                        Value::Int(d.stored.version as i64)
+                    })),
+                    other => Err(type_err(format!(
+                        "{name} takes a document, not a {}",
+                        other.kind()
+                    ))),
+                }
+            }
+            "map" | "filter" | "where" | "reduce" | "some" | "every" | "find" | "order" => {
+                self.higher_order(name, args)
+            }
+            _ => {
+                if !is_builtin(name) {
+                    return Err(err(
+                        ErrorCode::Unknown,
+                        format!("no function or method named {name}"),
+                    ));
+                }
+                let mut vals = Vec::with_capacity(args.len());
+                for a in args {
+                    vals.push(self.materialize(a)?);
+                }
+                let cost: usize = vals.iter().map(Value::encoded_len).sum();
+                self.charge(1 + cost as u64 / 256)?;
+                // Refuse work whose result would be over the limit before doing it.
+                if name == "repeat" || name == "range" {
+                    self.precheck_size(name, &vals)?;
+                }
+                let v = pure(name, &vals)?;
+                if matches!(
+                    v,
+                    Value::String(_) | Value::Array(_) | Value::Object(_) | Value::Bytes(_)
+                ) {
+                    self.check_built(&v)?;
+                }
+                Ok(Val::Data(v))
+            }
+        }
+    }
+
+    fn precheck_size(&mut self, name: &str, vals: &[Value]) -> Result<(), Error> {
+        let n: i128 = match (name, vals) {
+            ("repeat", [Value::String(s), Value::Int(n)]) => s.len() as i128 * *n as i128,
+            ("range", [Value::Int(n)]) => *n as i128 * 2,
+            ("range", [Value::Int(a), Value::Int(b)]) => (*b as i128 - *a as i128) * 2,
+            _ => 0,
+        };
+        if n > self.limits.max_value_bytes as i128 {
+            return Err(err(
+                ErrorCode::ResultTooLarge,
+                format!(
+                    "{name} would build about {n} bytes; the limit is {}",
+                    self.limits.max_value_bytes
+                ),
+            ));
+        }
+        self.charge(n.max(0) as u64 / 64)
+    }
+
+    fn higher_order(&mut self, name: &str, args: Vec<Val>) -> Result<Val, Error> {
+        let mut it = args.into_iter();
+        let Some(recv) = it.next() else {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!("{name} needs an array"),
+            ));
+        };
+        let rest: Vec<Val> = it.collect();
+        // Sets have their own lazy versions of these.
+        if let Val::Set(s) = &recv {
+            if let Some(v) = self.set_method(&s.clone(), name, &rest)? {
+                return Ok(v);
+            }
+        }
+        let arr = match self.materialize(recv)? {
+            Value::Array(a) => a,
+            other => {
+                return Err(type_err(format!(
+                    "{name} takes an array, not {}",
+                    other.type_name()
+                )))
+            }
+        };
+        let func = |i: usize| -> Result<Rc<super::Closure>, Error> {
+            match rest.get(i) {
+                Some(Val::Func(c)) => Ok(c.clone()),
+                Some(other) => Err(type_err(format!(
+                    "{name} takes a function, not a {}",
+                    other.kind()
+                ))),
+                None => Err(err(
+                    ErrorCode::InvalidArgument,
+                    format!("{name} needs a function"),
+                )),
+            }
+        };
+        match name {
+            "map" => {
+                arity(name, &rest, 1, 1)?;
+                let f = func(0)?;
+                let mut out = Vec::with_capacity(arr.len());
+                for x in arr {
+                    let v = self.call_closure(&f, vec![Val::Data(x)])?;
+                    out.push(self.materialize(v)?);
+                }
+                let v = Value::Array(out);
+                self.check_built(&v)?;
+                Ok(Val::Data(v))
+            }
+            "filter" | "where" => {
+                arity(name, &rest, 1, 1)?;
+                let f = func(0)?;
+                let mut out = Vec::new();
+                for x in arr {
+                    let keep = self.call_closure(&f, vec![Val::Data(x.clone())])?;
+                    if self.truthy(&keep) {
+                        out.push(x);
+                    }
+                }
+                Ok(Val::Data(Value::Array(out)))
+            }
+            "reduce" => {
+                arity(name, &rest, 2, 2)?;
+                let f = func(0)?;
+                let mut acc = rest[1].clone();
+                for x in arr {
+                    acc = self.call_closure(&f, vec![acc, Val::Data(x)])?;
+                    if let Val::Data(v) = &acc {
+                        if matches!(v, Value::Array(_) | Value::Object(_) | Value::String(_)) {
+                            self.check_built(v)?;
+                        }
+                    }
+                }
+                Ok(acc)
+            }
+            "some" | "every" | "find" => {
+                arity(name, &rest, 1, 1)?;
+                let f = func(0)?;
+                for x in arr {
+                    let r = self.call_closure(&f, vec![Val::Data(x.clone())])?;
+                    let t = self.truthy(&r);
+                    match (name, t) {
+                        ("some", true) => return Ok(Val::Data(Value::Bool(true))),
+                        ("every", false) => return Ok(Val::Data(Value::Bool(false))),
+                        ("find", true) => return Ok(Val::Data(x)),
+                        _ => {}
+                    }
+                }
+                Ok(Val::Data(match name {
+                    "some" => Value::Bool(false),
+                    "every" => Value::Bool(true),
+                    _ => Value::Null,
+                }))
+            }
+            _ => {
+                // order(array, keys...)
+                if rest.is_empty() {
+                    return Err(err(
+                        ErrorCode::InvalidArgument,
+                        "order takes one or more sort keys",
+                    ));
+                }
+                let keys = (0..rest.len()).map(func).collect::<Result<Vec<_>, _>>()?;
+                let (sorted, _) = self.sort_values(arr, &keys)?;
+                Ok(Val::Data(Value::Array(sorted)))
+            }
+        }
+    }
+
+    fn sort_values(
+        &mut self,
+        arr: Vec<Value>,
+        keys: &[Rc<super::Closure>],
+    ) -> Result<(Vec<Value>, Vec<bool>), Error> {
+        let mut desc = vec![false; keys.len()];
+        let mut keyed = Vec::with_capacity(arr.len());
+        for x in arr {
+            let mut ks = Vec::with_capacity(keys.len());
+            for (i, f) in keys.iter().enumerate() {
+                match self.call_closure(f, vec![Val::Data(x.clone())])? {
+                    Val::Order { key, desc: d } => {
+                        desc[i] = d;
+                        ks.push(key);
+                    }
+                    other => ks.push(self.materialize(other)?),
+                }
+            }
+            keyed.push((Value::Array(ks), x));
+        }
+        let n = keyed.len() as u64;
+        self.charge(n * (64 - n.leading_zeros() as u64))?;
+        keyed.sort_by(|a, b| super::sets::cmp_keys(&a.0, &b.0, &desc));
+        Ok((keyed.into_iter().map(|(_, v)| v).collect(), desc))
+    }
+}
+
+/// The built-ins that only take and give data.
+fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
+    let n = a.len();
+    let one = |min: usize, max: usize| -> Result<(), Error> {
+        if n < min || n > max {
+            Err(err(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{name} takes {min}{} arguments, {n} given",
+                    if max > min {
+                        format!(" to {max}")
+                    } else {
+                        String::new()
+                    }
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    Ok(match name {
+        "toString" => {
+            one(1, 1)?;
+            Value::String(display(&a[0]))
+        }
+        "toInt" => {
+            one(1, 1)?;
+            match &a[0] {
+                Value::Int(i) => Value::Int(*i),
+                Value::Float(f) => to_int(f.trunc(), name)?,
+                Value::String(s) => Value::Int(s.trim().parse().map_err(|_| {
+                    err(
+                        ErrorCode::InvalidArgument,
+                        format!("toInt: {s:?} is not an integer"),
+                    )
+                })?),
+                Value::Bool(b) => Value::Int(i64::from(*b)),
+                other => {
+                    return Err(type_err(format!(
+                        "toInt cannot convert {}",
+                        other.type_name()
+                    )))
+                }
+            }
+        }
+        "toFloat" => {
+            one(1, 1)?;
+            match &a[0] {
+                Value::Int(i) => Value::Float(*i as f64),
+                Value::Float(f) => Value::Float(*f),
+                Value::String(s) => Value::float(s.trim().parse().map_err(|_| {
+                    err(
+                        ErrorCode::InvalidArgument,
+                        format!("toFloat: {s:?} is not a number"),
+                    )
+                })?)?,
+                other => {
+                    return Err(type_err(format!(
+                        "toFloat cannot convert {}",
+                        other.type_name()
+                    )))
+                }
+            }
+        }
+        "abs" => {
+            one(1, 1)?;
+            match &a[0] {
+                Value::Int(i) => Value::Int(
+                    i.checked_abs()
+                        .ok_or_else(|| err(ErrorCode::Arithmetic, "integer overflow"))?,
+                ),
+                Value::Float(f) => Value::Float(f.abs()),
+                other => {
+                    return Err(type_err(format!(
+                        "abs takes a number, not {}",
+                        other.type_name()
+                    )))
+                }
+            }
+        }
+        "floor" | "ceil" | "round" => {
+            one(1, 1)?;
+            match &a[0] {
+                Value::Int(i) => Value::Int(*i),
+                Value::Float(f) => to_int(
+                    match name {
+                        "floor" => f.floor(),
+                        "ceil" => f.ceil(),
+                        // Half away from zero, as f64::round.
+                        _ => f.round(),
+                    },
+                    name,
+                )?,
+                other => {
+                    return Err(type_err(format!(
+                        "{name} takes a number, not {}",
+                        other.type_name()
+                    )))
+                }
+            }
+        }
+        "sqrt" => {
+            one(1, 1)?;
+            let f = as_f64(&a[0]).ok_or_else(|| type_err("sqrt takes a number"))?;
+            if f < 0.0 {
+                return Err(err(ErrorCode::Arithmetic, "sqrt of a negative number"));
+            }
+            Value::float(f.sqrt())?
+        }
+        "pow" => {
+            one(2, 2)?;
+            let e = int_arg(name, &a[1])?;
+            match &a[0] {
+                Value::Int(b) => {
+                    let e = u32::try_from(e).map_err(|_| {
+                        err(
+                            ErrorCode::Arithmetic,
+                            "pow of an int takes an exponent from 0 to 4294967295",
+                        )
+                    })?;
+                    Value::Int(
+                        b.checked_pow(e)
+                            .ok_or_else(|| err(ErrorCode::Arithmetic, "integer overflow"))?,
+                    )
+                }
+                Value::Float(b) => Value::float(powi(*b, e))?,
+                other => {
+                    return Err(type_err(format!(
+                        "pow takes a number, not {}",
+                        other.type_name()
+                    )))
+                }
+            }
+        }
+        "min" | "max" => {
+            if n == 0 {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    format!("{name} needs values"),
+                ));
+            }
+            let items: &[Value] = match a {
+                [Value::Array(xs)] => xs,
+                _ => a,
+            };
+            let mut best: Option<&Value> = None;
+            for x in items {
+                if !matches!(x, Value::Int(_) | Value::Float(_) | Value::String(_)) {
+                    return Err(type_err(format!(
+                        "{name} compares numbers or strings, not {}",
+                        x.type_name()
+                    )));
+                }
+                best = Some(match best {
+                    None => x,
+                    Some(b) => {
+                        let o = x.total_cmp(b);
+                        if (name == "min" && o == Ordering::Less)
+                            || (name == "max" && o == Ordering::Greater)
+                        {
+                            x
+                        } else {
+                            b
+                        }
+                    }
+                });
+            }
+            best.cloned().unwrap_or(Value::Null)
+        }
+        "sum" => {
+            one(1, 1)?;
+            let xs = arr_arg(name, &a[0])?;
+            let mut acc = Value::Int(0);
+            for x in xs {
+                acc = super::binary(crate::lang::ast::BinOp::Add, acc, x.clone())?;
+                if !matches!(acc, Value::Int(_) | Value::Float(_)) {
+                    return Err(type_err("sum adds numbers"));
+                }
+            }
+            acc
+        }
+        "range" => {
+            one(1, 2)?;
+            let (lo, hi) = if n == 1 {
+                (0, int_arg(name, &a[0])?)
+            } else {
+                (int_arg(name, &a[0])?, int_arg(name, &a[1])?)
+            };
+            Value::Array((lo..hi.max(lo)).map(Value::Int).collect())
+        }
+        "length" => {
+            one(1, 1)?;
+            Value::Int(match &a[0] {
+                Value::String(s) => s.chars().count(),
+                Value::Bytes(b) => b.len(),
+                Value::Array(x) => x.len(),
+                Value::Object(o) => o.len(),
+                other => {
+                    return Err(type_err(format!(
+                        "length of {} is not defined",
+                        other.type_name()
+                    )))
+                }
+            } as i64)
+        }
+        "isEmpty" => {
+            one(1, 1)?;
+            Value::Bool(match &a[0] {
+                Value::String(s) => s.is_empty(),
+                Value::Bytes(b) => b.is_empty(),
+                Value::Array(x) => x.is_empty(),
+                Value::Object(o) => o.is_empty(),
+                Value::Null => true,
+                other => {
+                    return Err(type_err(format!(
+                        "isEmpty of {} is not defined",
+                        other.type_name()
+                    )))
+                }
+            })
+        }
+        "upper" | "lower" | "trim" => {
+            one(1, 1)?;
+            let s = str_arg(name, &a[0])?;
+            Value::String(match name {
+                "upper" => s.to_uppercase(),
+                "lower" => s.to_lowercase(),
+                _ => s.trim().to_owned(),
+            })
+        }
+        "startsWith" | "endsWith" => {
+            one(2, 2)?;
+            let (s, p) = (str_arg(name, &a[0])?, str_arg(name, &a[1])?);
+            Value::Bool(if name == "startsWith" {
+                s.starts_with(p)
+            } else {
+                s.ends_with(p)
+            })
+        }
+        "includes" => {
+            one(2, 2)?;
+            Value::Bool(match &a[0] {
+                Value::String(s) => s.contains(str_arg(name, &a[1])?),
+                Value::Array(xs) => xs.iter().any(|x| x.loose_eq(&a[1])),
+                other => {
+                    return Err(type_err(format!(
+                        "includes takes a string or an array, not {}",
+                        other.type_name()
+                    )))
+                }
+            })
+        }
+        "indexOf" => {
+            one(2, 2)?;
+            Value::Int(match &a[0] {
+                Value::String(s) => {
+                    let p = str_arg(name, &a[1])?;
+                    s.find(p)
+                        .map_or(-1, |byte| s[..byte].chars().count() as i64)
+                }
+                Value::Array(xs) => xs
+                    .iter()
+                    .position(|x| x.loose_eq(&a[1]))
+                    .map_or(-1, |i| i as i64),
+                other => {
+                    return Err(type_err(format!(
+                        "indexOf takes a string or an array, not {}",
+                        other.type_name()
+                    )))
+                }
+            })
+        }
+        "slice" => {
+            one(2, 3)?;
+            let start = int_arg(name, &a[1])?;
+            match &a[0] {
+                Value::String(s) => {
+                    let chars: Vec<char> = s.chars().collect();
+                    let end = if n == 3 {
+                        int_arg(name, &a[2])?
+                    } else {
+                        chars.len() as i64
+                    };
+                    let (i, j) = (
+                        clamp_index(start, chars.len()),
+                        clamp_index(end, chars.len()),
+                    );
+                    Value::String(if i < j {
+                        chars[i..j].iter().collect()
+                    } else {
+                        String::new()
+                    })
+                }
+                Value::Array(xs) => {
+                    let end = if n == 3 {
+                        int_arg(name, &a[2])?
+                    } else {
+                        xs.len() as i64
+                    };
+                    let (i, j) = (clamp_index(start, xs.len()), clamp_index(end, xs.len()));
+                    Value::Array(if i < j { xs[i..j].to_vec() } else { Vec::new() })
+                }
+                other => {
+                    return Err(type_err(format!(
+                        "slice takes a string or an array, not {}",
+                        other.type_name()
+                    )))
+                }
+            }
+        }
+        "split" => {
+            one(2, 2)?;
+            let (s, sep) = (str_arg(name, &a[0])?, str_arg(name, &a[1])?);
+            if sep.is_empty() {
+                Value::Array(s.chars().map(|c| Value::String(c.to_string())).collect())
+            } else {
+                Value::Array(s.split(sep).map(Value::from).collect())
+            }
+        }
+        "join" => {
+            one(1, 2)?;
+            let xs = arr_arg(name, &a[0])?;
+            let sep = if n == 2 { str_arg(name, &a[1])? } else { "" };
+            Value::String(xs.iter().map(display).collect::<Vec<_>>().join(sep))
+        }
+        "replace" => {
+            one(3, 3)?;
+            let (s, from, to) = (
+                str_arg(name, &a[0])?,
+                str_arg(name, &a[1])?,
+                str_arg(name, &a[2])?,
+            );
+            if from.is_empty() {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    "replace: the text to replace is empty",
+                ));
+            }
+            Value::String(s.replace(from, to))
+        }
+        "repeat" => {
+            one(2, 2)?;
+            let s = str_arg(name, &a[0])?;
+            let k = usize::try_from(int_arg(name, &a[1])?).map_err(|_| {
+                err(
+                    ErrorCode::InvalidArgument,
+                    "repeat takes a count of zero or more",
+                )
+            })?;
+            Value::String(s.repeat(k))
+        }
+        "concat" => {
+            one(2, 2)?;
+            match (&a[0], &a[1]) {
+                (Value::Array(x), Value::Array(y)) => {
+                    Value::Array(x.iter().chain(y).cloned().collect())
+                }
+                (Value::String(x), Value::String(y)) => Value::String(format!("{x}{y}")),
+                _ => return Err(type_err("concat joins two arrays or two strings")),
+            }
+        }
+        "first" | "last" => {
+            one(1, 1)?;
+            let xs = arr_arg(name, &a[0])?;
+            (if name == "first" {
+                xs.first()
+            } else {
+                xs.last()
+            })
+            .cloned()
+            .unwrap_or(Value::Null)
+        }
+        "append" => {
+            one(2, 2)?;
+            let mut xs = arr_arg(name, &a[0])?.clone();
+            xs.push(a[1].clone());
+            Value::Array(xs)
+        }
+        "reverse" => {
+            one(1, 1)?;
+            match &a[0] {
+                Value::Array(xs) => Value::Array(xs.iter().rev().cloned().collect()),
+                Value::String(s) => Value::String(s.chars().rev().collect()),
+                other => {
+                    return Err(type_err(format!(
+                        "reverse takes an array or a string, not {}",
+                        other.type_name()
+                    )))
+                }
+            }
+        }
+        "sort" => {
+            one(1, 1)?;
+            let mut xs = arr_arg(name, &a[0])?.clone();
+            xs.sort_by(Value::total_cmp);
+            Value::Array(xs)
+        }
+        "distinct" => {
+            one(1, 1)?;
+            let xs = arr_arg(name, &a[0])?;
+            let mut seen = std::collections::BTreeSet::new();
+            let mut out = Vec::new();
+            for x in xs {
+                if seen.insert(x.encode()) {
+                    out.push(x.clone());
+                }
+            }
+            Value::Array(out)
+        }
+        "flatten" => {
+            one(1, 1)?;
+            let xs = arr_arg(name, &a[0])?;
+            let mut out = Vec::new();
+            for x in xs {
+                match x {
+                    Value::Array(inner) => out.extend(inner.iter().cloned()),
+                    other => out.push(other.clone()),
+                }
+            }
+            Value::Array(out)
+        }
+        "take" | "skip" => {
+            one(2, 2)?;
+            let xs = arr_arg(name, &a[0])?;
+            let k = usize::try_from(int_arg(name, &a[1])?)
+                .map_err(|_| {
+                    err(
+                        ErrorCode::InvalidArgument,
+                        format!("{name} takes a count of zero or more"),
+                    )
+                })?
+                .min(xs.len());
+            Value::Array(if name == "take" {
+                xs[..k].to_vec()
+            } else {
+                xs[k..].to_vec()
+            })
+        }
+        "keys" | "values" | "entries" => {
+            one(1, 1)?;
+            let o = obj_arg(name, &a[0])?;
+            Value::Array(match name {
+                "keys" => o.keys().cloned().map(Value::String).collect(),
+                "values" => o.values().cloned().collect(),
+                _ => o
+                    .iter()
+                    .map(|(k, v)| Value::Array(vec![Value::String(k.clone()), v.clone()]))
+                    .collect(),
+            })
+        }
+        "fromEntries" => {
+            one(1, 1)?;
+            let mut o = Object::new();
+            for e in arr_arg(name, &a[0])? {
+                match e {
+                    Value::Array(kv) if kv.len() == 2 => {
+                        o.insert(str_arg(name, &kv[0])?.to_owned(), kv[1].clone());
+                    }
+                    _ => return Err(type_err("fromEntries takes an array of [key, value] pairs")),
+                }
+            }
+            Value::Object(o)
+        }
+        "has" => {
+            one(2, 2)?;
+            Value::Bool(obj_arg(name, &a[0])?.contains_key(str_arg(name, &a[1])?))
+        }
+        "merge" => {
+            one(2, 2)?;
+            let mut o = obj_arg(name, &a[0])?.clone();
+            for (k, v) in obj_arg(name, &a[1])? {
+                o.insert(k.clone(), v.clone());
+            }
+            Value::Object(o)
+        }
+        "without" => {
+            if n < 1 {
+                return Err(err(ErrorCode::InvalidArgument, "without needs an object"));
+            }
+            let mut o = obj_arg(name, &a[0])?.clone();
+            for k in &a[1..] {
+                o.remove(str_arg(name, k)?);
+            }
+            Value::Object(o)
+        }
+        _ => {
+            return Err(err(
+                ErrorCode::Unknown,
+                format!("{name} cannot be used here"),
+            ))
+        }
+    })
+}
+
+/// `b^e` by repeated squaring: only multiplications, exactly rounded on every platform.
+fn powi(b: f64, e: i64) -> f64 {
+    let mut result = 1.0;
+    let mut base = b;
+    let mut k = e.unsigned_abs();
+    while k > 0 {
+        if k & 1 == 1 {
+            result *= base;
+        }
+        base *= base;
+        k >>= 1;
+    }
+    if e < 0 {
+        1.0 / result
+    } else {
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_list_is_sorted_and_unique() {
+        let mut sorted = BUILTINS.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, BUILTINS);
+    }
+}

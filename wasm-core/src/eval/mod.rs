@@ -1,0 +1,1285 @@
+//! The evaluator: runs the language against a transaction's view of the state.
+//!
+//! Every evaluation is bounded: each step costs fuel ([`Limits::fuel`]), recursion is
+//! bounded ([`Limits::max_depth`]), and every value the program builds is checked
+//! against the size and nesting limits. Running out of any of them is a deterministic
+//! error with its own code, never a hang, a stack overflow or a panic.
+//!
+//! Nothing here reads a clock, a random source or a hash map's iteration order: `now()`
+//! and `newId()` come from the [`Context`], and every map is a `BTreeMap`.
+
+pub mod builtins;
+mod sets;
+mod txn;
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+pub(crate) use sets::SetQ;
+pub(crate) use txn::TxnView;
+
+use crate::doc::{index_values, StoredDoc};
+use crate::error::{Error, ErrorCode, Pos};
+use crate::keys;
+use crate::lang::ast::{Action, BinOp, Block, Expr, ExprKind, Lambda, Stmt, UnOp};
+use crate::schema::{Collection, Schema};
+use crate::storage::Storage;
+use crate::value::{Object, Value, MAX_VALUE_DEPTH};
+
+/// Limits on one evaluation (a transaction, a query or a rule check).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Steps: one per expression evaluated, plus costs for documents read and for
+    /// large values built.
+    pub fuel: u64,
+    /// Nesting of evaluation: expressions inside expressions and calls inside calls.
+    pub max_depth: u32,
+    /// Canonical size of a commit's arguments (or an ad-hoc transaction's source).
+    pub max_args_bytes: usize,
+    /// Canonical size of one document's fields.
+    pub max_doc_bytes: usize,
+    /// Canonical size of a result.
+    pub max_result_bytes: usize,
+    /// Size of any one string, bytes, array or object built during evaluation.
+    pub max_value_bytes: usize,
+    /// Documents one transaction may write.
+    pub max_writes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            fuel: 1_000_000,
+            max_depth: 128,
+            max_args_bytes: 64 * 1024,
+            max_doc_bytes: 256 * 1024,
+            max_result_bytes: 4 * 1024 * 1024,
+            max_value_bytes: 1024 * 1024,
+            max_writes: 1_000,
+        }
+    }
+}
+
+/// What an evaluation may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// A transaction: reads filtered by read rules, writes checked by write rules.
+    Transaction,
+    /// A query: reads filtered by read rules, no writes.
+    Query,
+    /// A rule or partition expression: unfiltered reads, no writes.
+    Rule,
+}
+
+/// The facts an evaluation is given rather than reads: who, when, and the seed for ids.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The verified claims (`auth` in the language); `Null` when anonymous.
+    pub auth: Value,
+    /// `now()`: milliseconds since the Unix epoch, fixed by the sequencer for a commit.
+    pub now: i64,
+    /// Seed for `newId()`: the commit's client id and sequence number.
+    pub client_id: String,
+    pub client_seq: u64,
+    /// The log position writes are stamped with (a document's `version`).
+    pub position: u64,
+}
+
+/// A runtime value: data, or one of the things only a running program holds.
+#[derive(Clone, Debug)]
+pub enum Val {
+    Data(Value),
+    Doc(Rc<Doc>),
+    Coll(Rc<str>),
+    Set(Rc<SetQ>),
+    Func(Rc<Closure>),
+    /// `asc(v)` / `desc(v)`: a sort key with its direction.
+    Order {
+        key: Value,
+        desc: bool,
+    },
+}
+
+impl Val {
+    pub const NULL: Val = Val::Data(Value::Null);
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Val::Data(v) => v.type_name(),
+            Val::Doc(_) => "document",
+            Val::Coll(_) => "collection",
+            Val::Set(_) => "set",
+            Val::Func(_) => "function",
+            Val::Order { .. } => "sort key",
+        }
+    }
+}
+
+impl From<Value> for Val {
+    fn from(v: Value) -> Val {
+        Val::Data(v)
+    }
+}
+
+/// A document as a program holds it.
+#[derive(Debug)]
+pub struct Doc {
+    pub collection: String,
+    pub id: String,
+    pub stored: StoredDoc,
+}
+
+impl Doc {
+    /// The document as data: its fields plus `id`.
+    pub fn to_value(&self) -> Value {
+        let mut o = match &self.stored.data {
+            Value::Object(o) => o.clone(),
+            _ => Object::new(),
+        };
+        o.insert("id".into(), Value::String(self.id.clone()));
+        Value::Object(o)
+    }
+
+    fn field(&self, name: &str) -> Value {
+        if name == "id" {
+            Value::String(self.id.clone())
+        } else {
+            self.stored.data.get(name).clone()
+        }
+    }
+}
+
+/// A lambda with the variables it captured.
+#[derive(Debug)]
+pub struct Closure {
+    pub lambda: Arc<Lambda>,
+    env: Env,
+}
+
+#[derive(Debug)]
+pub(crate) struct EnvNode {
+    name: String,
+    val: Val,
+    parent: Env,
+}
+
+pub(crate) type Env = Option<Rc<EnvNode>>;
+
+fn bind(env: &Env, name: &str, val: Val) -> Env {
+    Some(Rc::new(EnvNode {
+        name: name.to_owned(),
+        val,
+        parent: env.clone(),
+    }))
+}
+
+fn lookup<'e>(mut env: &'e Env, name: &str) -> Option<&'e Val> {
+    while let Some(n) = env {
+        if n.name == name {
+            return Some(&n.val);
+        }
+        env = &n.parent;
+    }
+    None
+}
+
+/// A write a transaction made: its final state per document, in order of first touch.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Touched {
+    pub collection: String,
+    pub id: String,
+}
+
+/// One evaluation.
+pub struct Evaluator<'a> {
+    pub(crate) schema: &'a Schema,
+    pub(crate) view: TxnView<'a>,
+    pub(crate) limits: &'a Limits,
+    pub(crate) ctx: &'a Context,
+    mode: Mode,
+    fuel: u64,
+    depth: u32,
+    ids_made: u64,
+    /// Read-rule answers per (collection, partition), so each is evaluated once.
+    readable: BTreeMap<(String, String), bool>,
+    pub(crate) touched: Vec<Touched>,
+    touched_set: std::collections::BTreeSet<(String, String)>,
+}
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> Error {
+    Error::new(code, msg)
+}
+
+fn type_err(msg: impl Into<String>) -> Error {
+    Error::new(ErrorCode::Type, msg)
+}
+
+impl<'a> Evaluator<'a> {
+    pub fn new(
+        schema: &'a Schema,
+        store: &'a dyn Storage,
+        limits: &'a Limits,
+        ctx: &'a Context,
+        mode: Mode,
+    ) -> Evaluator<'a> {
+        Evaluator {
+            schema,
+            view: TxnView::new(store),
+            limits,
+            ctx,
+            mode,
+            fuel: limits.fuel,
+            depth: 0,
+            ids_made: 0,
+            readable: BTreeMap::new(),
+            touched: Vec::new(),
+            touched_set: Default::default(),
+        }
+    }
+
+    /// Fuel left.
+    pub fn fuel_left(&self) -> u64 {
+        self.fuel
+    }
+
+    /// Spends `n` steps of fuel.
+    pub(crate) fn charge(&mut self, n: u64) -> Result<(), Error> {
+        if self.fuel < n {
+            self.fuel = 0;
+            return Err(err(
+                ErrorCode::FuelExhausted,
+                format!("the step budget of {} ran out", self.limits.fuel),
+            ));
+        }
+        self.fuel -= n;
+        Ok(())
+    }
+
+    fn enter(&mut self) -> Result<(), Error> {
+        self.depth += 1;
+        if self.depth > self.limits.max_depth {
+            return Err(err(
+                ErrorCode::DepthExceeded,
+                format!(
+                    "evaluation nests deeper than {} levels (a recursive function?)",
+                    self.limits.max_depth
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a value the program built: nesting, size, and fuel in proportion to its
+    /// size (so repeatedly building large values runs out of fuel, not memory).
+    pub(crate) fn check_built(&mut self, v: &Value) -> Result<(), Error> {
+        if v.depth() > MAX_VALUE_DEPTH {
+            return Err(err(
+                ErrorCode::DepthExceeded,
+                format!("a value nests deeper than {MAX_VALUE_DEPTH} levels"),
+            ));
+        }
+        let n = v.encoded_len();
+        self.charge(n as u64 / 64)?;
+        if n > self.limits.max_value_bytes {
+            return Err(err(
+                ErrorCode::ResultTooLarge,
+                format!(
+                    "a value of {n} bytes was built; the limit is {}",
+                    self.limits.max_value_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The root environment: `auth`.
+    fn root_env(&self) -> Env {
+        bind(&None, "auth", Val::Data(self.ctx.auth.clone()))
+    }
+
+    /// Runs a block as a transaction or query body.
+    pub fn run_block(&mut self, block: &Block) -> Result<Val, Error> {
+        let env = self.root_env();
+        self.block(block, &env)
+    }
+
+    /// Calls a schema function with arguments: an object (by parameter name) or an
+    /// array (by position).
+    pub fn call_function(&mut self, name: &str, args: &Value) -> Result<Val, Error> {
+        let f = self.schema.functions.get(name).cloned().ok_or_else(|| {
+            err(
+                ErrorCode::Unknown,
+                format!("the schema has no function named {name}"),
+            )
+        })?;
+        let vals: Vec<Val> = match args {
+            Value::Array(a) => {
+                if a.len() != f.params.len() {
+                    return Err(err(
+                        ErrorCode::InvalidArgument,
+                        format!(
+                            "{name} takes {} arguments, {} given",
+                            f.params.len(),
+                            a.len()
+                        ),
+                    ));
+                }
+                a.iter().cloned().map(Val::Data).collect()
+            }
+            Value::Object(o) => {
+                if let Some(k) = o.keys().find(|k| !f.params.contains(k)) {
+                    return Err(err(
+                        ErrorCode::InvalidArgument,
+                        format!("{name} has no parameter named {k}"),
+                    ));
+                }
+                f.params
+                    .iter()
+                    .map(|p| Val::Data(o.get(p).cloned().unwrap_or(Value::Null)))
+                    .collect()
+            }
+            Value::Null if f.params.is_empty() => Vec::new(),
+            other => {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "arguments must be an object or an array, not {}",
+                        other.type_name()
+                    ),
+                ))
+            }
+        };
+        self.call_schema_function(&f, vals, Pos { line: 0, col: 0 })
+    }
+
+    fn call_schema_function(
+        &mut self,
+        f: &crate::lang::ast::FunctionDecl,
+        args: Vec<Val>,
+        pos: Pos,
+    ) -> Result<Val, Error> {
+        if args.len() != f.params.len() {
+            return Err(Error::at(
+                ErrorCode::InvalidArgument,
+                pos,
+                format!(
+                    "{} takes {} arguments, {} given",
+                    f.name,
+                    f.params.len(),
+                    args.len()
+                ),
+            ));
+        }
+        let mut env = self.root_env();
+        for (p, v) in f.params.iter().zip(args) {
+            env = bind(&env, p, v);
+        }
+        self.enter()?;
+        let r = self.block(&f.body, &env);
+        self.depth -= 1;
+        r
+    }
+
+    pub(crate) fn call_closure(&mut self, c: &Closure, args: Vec<Val>) -> Result<Val, Error> {
+        let mut env = c.env.clone();
+        for (i, p) in c.lambda.params.iter().enumerate() {
+            env = bind(&env, p, args.get(i).cloned().unwrap_or(Val::NULL));
+        }
+        self.enter()?;
+        let r = self.block(&c.lambda.body, &env);
+        self.depth -= 1;
+        r
+    }
+
+    fn block(&mut self, b: &Block, env: &Env) -> Result<Val, Error> {
+        let mut env = env.clone();
+        let mut last = Val::NULL;
+        for s in &b.stmts {
+            match s {
+                Stmt::Let(name, e, _) => {
+                    let v = self.eval(e, &env)?;
+                    env = bind(&env, name, v);
+                    last = Val::NULL;
+                }
+                Stmt::Expr(e) => last = self.eval(e, &env)?,
+            }
+        }
+        Ok(last)
+    }
+
+    /// Evaluates an expression.
+    pub(crate) fn eval(&mut self, e: &Expr, env: &Env) -> Result<Val, Error> {
+        self.charge(1).map_err(|x| x.or_at(e.pos))?;
+        self.enter().map_err(|x| x.or_at(e.pos))?;
+        let r = self.eval_inner(e, env).map_err(|x| x.or_at(e.pos));
+        self.depth -= 1;
+        r
+    }
+
+    fn eval_inner(&mut self, e: &Expr, env: &Env) -> Result<Val, Error> {
+        match &e.kind {
+            ExprKind::Lit(v) => Ok(Val::Data(v.clone())),
+            ExprKind::Var(name) => self.var(name, env),
+            ExprKind::Array(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for x in items {
+                    let v = self.eval(x, env)?;
+                    out.push(self.materialize(v)?);
+                }
+                let v = Value::Array(out);
+                self.check_built(&v)?;
+                Ok(Val::Data(v))
+            }
+            ExprKind::Object(fields) => {
+                let mut o = Object::new();
+                for (k, x) in fields {
+                    let v = self.eval(x, env)?;
+                    o.insert(k.clone(), self.materialize(v)?);
+                }
+                let v = Value::Object(o);
+                self.check_built(&v)?;
+                Ok(Val::Data(v))
+            }
+            ExprKind::Field {
+                recv,
+                name,
+                optional,
+            } => {
+                let r = self.eval(recv, env)?;
+                if *optional && matches!(r, Val::Data(Value::Null)) {
+                    return Ok(Val::NULL);
+                }
+                self.field(&r, name)
+            }
+            ExprKind::Index { recv, index } => {
+                let r = self.eval(recv, env)?;
+                let i = self.eval(index, env)?;
+                let i = self.materialize(i)?;
+                let r = match r {
+                    Val::Doc(d) => Value::Object(match d.to_value() {
+                        Value::Object(o) => o,
+                        _ => Object::new(),
+                    }),
+                    other => self.materialize(other)?,
+                };
+                Ok(Val::Data(index_value(&r, &i)?))
+            }
+            ExprKind::Call { name, args } => {
+                let mut vals = Vec::with_capacity(args.len());
+                for a in args {
+                    vals.push(self.eval(a, env)?);
+                }
+                if let Some(Val::Func(c)) = lookup(env, name) {
+                    let c = c.clone();
+                    return self.call_closure(&c, vals);
+                }
+                if let Some(f) = self.schema.functions.get(name).cloned() {
+                    return self.call_schema_function(&f, vals, e.pos);
+                }
+                self.call_builtin(name, vals)
+            }
+            ExprKind::Method {
+                recv,
+                name,
+                args,
+                optional,
+            } => {
+                let r = self.eval(recv, env)?;
+                if *optional && matches!(r, Val::Data(Value::Null)) {
+                    return Ok(Val::NULL);
+                }
+                let mut vals = Vec::with_capacity(args.len());
+                for a in args {
+                    vals.push(self.eval(a, env)?);
+                }
+                self.method(r, name, vals)
+            }
+            ExprKind::Unary(op, a) => {
+                let v = self.eval(a, env)?;
+                let v = self.materialize(v)?;
+                match op {
+                    UnOp::Not => Ok(Val::Data(Value::Bool(!v.truthy()))),
+                    UnOp::Neg => match v {
+                        Value::Int(i) => i
+                            .checked_neg()
+                            .map(|i| Val::Data(Value::Int(i)))
+                            .ok_or_else(|| err(ErrorCode::Arithmetic, "integer overflow")),
+                        Value::Float(f) => Ok(Val::Data(Value::float(-f)?)),
+                        other => Err(type_err(format!("cannot negate {}", other.type_name()))),
+                    },
+                }
+            }
+            ExprKind::Binary(op, a, b) => {
+                let x = self.eval(a, env)?;
+                let x = self.materialize(x)?;
+                let y = self.eval(b, env)?;
+                let y = self.materialize(y)?;
+                let v = binary(*op, x, y)?;
+                if matches!(v, Value::String(_) | Value::Array(_) | Value::Bytes(_)) {
+                    self.check_built(&v)?;
+                }
+                Ok(Val::Data(v))
+            }
+            ExprKind::And(a, b) => {
+                let x = self.eval(a, env)?;
+                if !self.truthy(&x) {
+                    return Ok(Val::Data(Value::Bool(false)));
+                }
+                let y = self.eval(b, env)?;
+                Ok(Val::Data(Value::Bool(self.truthy(&y))))
+            }
+            ExprKind::Or(a, b) => {
+                let x = self.eval(a, env)?;
+                if self.truthy(&x) {
+                    return Ok(Val::Data(Value::Bool(true)));
+                }
+                let y = self.eval(b, env)?;
+                Ok(Val::Data(Value::Bool(self.truthy(&y))))
+            }
+            ExprKind::Coalesce(a, b) => {
+                let x = self.eval(a, env)?;
+                if matches!(x, Val::Data(Value::Null)) {
+                    self.eval(b, env)
+                } else {
+                    Ok(x)
+                }
+            }
+            ExprKind::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                let c = self.eval(cond, env)?;
+                if self.truthy(&c) {
+                    self.block(then, env)
+                } else if let Some(o) = otherwise {
+                    self.block(o, env)
+                } else {
+                    Ok(Val::NULL)
+                }
+            }
+            ExprKind::Lambda(l) => Ok(Val::Func(Rc::new(Closure {
+                lambda: l.clone(),
+                env: env.clone(),
+            }))),
+            ExprKind::Block(b) => self.block(b, env),
+        }
+    }
+
+    pub(crate) fn truthy(&self, v: &Val) -> bool {
+        match v {
+            Val::Data(d) => d.truthy(),
+            _ => true,
+        }
+    }
+
+    fn var(&mut self, name: &str, env: &Env) -> Result<Val, Error> {
+        if let Some(v) = lookup(env, name) {
+            return Ok(v.clone());
+        }
+        if self.schema.collections.contains_key(name) {
+            return Ok(Val::Coll(Rc::from(name)));
+        }
+        if self.schema.functions.contains_key(name) || builtins::is_builtin(name) {
+            return Err(type_err(format!(
+                "{name} is a function: call it as {name}(...)"
+            )));
+        }
+        Err(err(ErrorCode::Unknown, format!("nothing is named {name}")))
+    }
+
+    fn field(&mut self, r: &Val, name: &str) -> Result<Val, Error> {
+        match r {
+            Val::Data(v) => Ok(Val::Data(match v {
+                Value::Object(o) => o.get(name).cloned().unwrap_or(Value::Null),
+                Value::Null => {
+                    return Err(type_err(format!(
+                        "cannot read field {name} of null (use ?. to allow null)"
+                    )))
+                }
+                other => {
+                    return Err(type_err(format!(
+                        "cannot read field {name} of a {}",
+                        other.type_name()
+                    )))
+                }
+            })),
+            Val::Doc(d) => Ok(Val::Data(d.field(name))),
+            other => Err(type_err(format!(
+                "cannot read field {name} of a {}",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// Converts a runtime value to data: documents become objects with `id`, sets are
+    /// read to the end into arrays. Functions and collections are not data.
+    pub(crate) fn materialize(&mut self, v: Val) -> Result<Value, Error> {
+        match v {
+            Val::Data(d) => Ok(d),
+            Val::Doc(d) => Ok(d.to_value()),
+            Val::Set(s) => {
+                let mut out = Vec::new();
+                self.drive(&s, &mut |ev, v, _| {
+                    out.push(ev.materialize(v)?);
+                    Ok(true)
+                })?;
+                let v = Value::Array(out);
+                self.check_built(&v)?;
+                Ok(v)
+            }
+            Val::Order { key, .. } => Ok(key),
+            other => Err(type_err(format!("a {} is not a value", other.kind()))),
+        }
+    }
+
+    fn method(&mut self, recv: Val, name: &str, args: Vec<Val>) -> Result<Val, Error> {
+        match &recv {
+            Val::Coll(c) => return self.collection_method(c, name, args),
+            Val::Set(s) => {
+                if let Some(v) = self.set_method(s, name, &args)? {
+                    return Ok(v);
+                }
+            }
+            Val::Doc(d) => match name {
+                "update" | "replace" => {
+                    let [patch] = one_arg(name, args)?;
+                    let patch = self.materialize(patch)?;
+                    return self.update_doc(d, patch, name == "replace");
+                }
+                "delete" => {
+                    no_args(name, &args)?;
+                    self.delete_doc(d)?;
+                    return Ok(Val::NULL);
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+        let mut all = Vec::with_capacity(args.len() + 1);
+        all.push(recv);
+        all.extend(args);
+        self.call_builtin(name, all)
+    }
+
+    // ----- collections and documents -----
+
+    fn coll(&self, name: &str) -> Result<&'a Collection, Error> {
+        self.schema.collection(name)
+    }
+
+    fn collection_method(&mut self, cname: &str, name: &str, args: Vec<Val>) -> Result<Val, Error> {
+        let coll = self.coll(cname)?;
+        match name {
+            "byId" => {
+                let [id] = one_arg(name, args)?;
+                let id = match self.materialize(id)? {
+                    Value::String(s) => s,
+                    other => {
+                        return Err(type_err(format!(
+                            "byId takes a string id, not {}",
+                            other.type_name()
+                        )))
+                    }
+                };
+                Ok(self
+                    .get_doc(coll, &id)?
+                    .map_or(Val::NULL, |d| Val::Doc(Rc::new(d))))
+            }
+            "all" => {
+                no_args(name, &args)?;
+                Ok(Val::Set(Rc::new(SetQ::collection(coll))))
+            }
+            "create" => {
+                let [data] = one_arg(name, args)?;
+                let data = self.materialize(data)?;
+                self.create_doc(coll, data)
+            }
+            ix => {
+                let Some(index) = coll.indexes.get(ix) else {
+                    return Err(err(
+                        ErrorCode::Unknown,
+                        format!("collection {cname} has no index or method named {ix}"),
+                    ));
+                };
+                if args.len() > index.fields.len() {
+                    return Err(err(
+                        ErrorCode::InvalidArgument,
+                        format!(
+                            "index {cname}.{ix} has {} fields; {} values given",
+                            index.fields.len(),
+                            args.len()
+                        ),
+                    ));
+                }
+                let mut prefix = Vec::with_capacity(args.len());
+                for a in args {
+                    prefix.push(self.materialize(a)?);
+                }
+                Ok(Val::Set(Rc::new(SetQ::index(coll, index, prefix))))
+            }
+        }
+    }
+
+    /// Reads a document as the program sees it: the transaction's own writes included,
+    /// and, outside rules, only if its partition is readable.
+    pub(crate) fn get_doc(&mut self, coll: &Collection, id: &str) -> Result<Option<Doc>, Error> {
+        self.charge(1)?;
+        let Some(bytes) = self.view.get(&keys::doc_key(&coll.name, id))? else {
+            return Ok(None);
+        };
+        self.charge(bytes.len() as u64 / 1024)?;
+        let stored = StoredDoc::decode(&bytes)?;
+        if !self.can_read(coll, &stored.partition)? {
+            return Ok(None);
+        }
+        Ok(Some(Doc {
+            collection: coll.name.clone(),
+            id: id.to_owned(),
+            stored,
+        }))
+    }
+
+    /// Whether the program may see documents of `coll` in `partition`.
+    pub(crate) fn can_read(&mut self, coll: &Collection, partition: &str) -> Result<bool, Error> {
+        if self.mode == Mode::Rule {
+            return Ok(true);
+        }
+        let key = (coll.name.clone(), partition.to_owned());
+        if let Some(ok) = self.readable.get(&key) {
+            return Ok(*ok);
+        }
+        let mut vars = vec![("partition", Value::String(partition.to_owned()))];
+        vars.push(("collection", Value::String(coll.name.clone())));
+        let ok = self.check_rules(coll, Action::Read, &vars)?.is_ok();
+        self.readable.insert(key, ok);
+        Ok(ok)
+    }
+
+    /// Evaluates the rules for `action`; `Ok(Err(message))` when they deny.
+    fn check_rules(
+        &mut self,
+        coll: &Collection,
+        action: Action,
+        vars: &[(&str, Value)],
+    ) -> Result<Result<(), String>, Error> {
+        let Some(rules) = coll.rules.get(&action) else {
+            return Ok(Err(format!(
+                "collection {} has no `allow {}` rule",
+                coll.name,
+                action.as_str()
+            )));
+        };
+        let mut env = self.root_env();
+        for (k, v) in vars {
+            env = bind(&env, k, Val::Data(v.clone()));
+        }
+        let saved = self.mode;
+        self.mode = Mode::Rule;
+        let mut last_err = String::new();
+        let mut allowed = false;
+        for r in rules {
+            match self.eval(&r.expr, &env) {
+                Ok(v) => {
+                    if self.truthy(&v) {
+                        allowed = true;
+                        break;
+                    }
+                    last_err = format!("rule `allow {}` at {} is false", action.as_str(), r.pos);
+                }
+                // Running out of budget is not a denial: it ends the whole evaluation.
+                Err(e) if matches!(e.code, ErrorCode::FuelExhausted | ErrorCode::DepthExceeded) => {
+                    self.mode = saved;
+                    return Err(e);
+                }
+                Err(e) if !e.code.is_deterministic() => {
+                    self.mode = saved;
+                    return Err(e);
+                }
+                Err(e) => {
+                    last_err = format!("rule `allow {}` at {} failed: {e}", action.as_str(), r.pos);
+                }
+            }
+        }
+        self.mode = saved;
+        Ok(if allowed { Ok(()) } else { Err(last_err) })
+    }
+
+    fn require_writable(&self) -> Result<(), Error> {
+        match self.mode {
+            Mode::Transaction => Ok(()),
+            Mode::Query => Err(err(
+                ErrorCode::ReadOnly,
+                "a query cannot write; use a transaction",
+            )),
+            Mode::Rule => Err(err(
+                ErrorCode::ReadOnly,
+                "rules and partition expressions cannot write",
+            )),
+        }
+    }
+
+    fn partition_of(&mut self, coll: &Collection, doc: &Value) -> Result<String, Error> {
+        let Some(expr) = &coll.partition else {
+            return Ok(coll.name.clone());
+        };
+        let env = bind(&self.root_env(), "doc", Val::Data(doc.clone()));
+        let saved = self.mode;
+        self.mode = Mode::Rule;
+        let r = self.eval(expr, &env);
+        self.mode = saved;
+        match r? {
+            Val::Data(Value::String(s)) if !s.is_empty() => Ok(s),
+            other => Err(type_err(format!(
+                "the partition expression of {} must give a non-empty string, not {}",
+                coll.name,
+                match &other {
+                    Val::Data(v) => v.to_string(),
+                    v => v.kind().to_owned(),
+                }
+            ))),
+        }
+    }
+
+    fn create_doc(&mut self, coll: &'a Collection, data: Value) -> Result<Val, Error> {
+        self.require_writable()?;
+        let Value::Object(mut fields) = data else {
+            return Err(type_err(format!(
+                "create takes an object, not {}",
+                data.type_name()
+            )));
+        };
+        let id = match fields.remove("id") {
+            Some(Value::String(s)) => s,
+            Some(other) => {
+                return Err(err(
+                    ErrorCode::InvalidId,
+                    format!("an id must be a string, not {}", other.type_name()),
+                ))
+            }
+            None => self.new_id(),
+        };
+        check_id(&id)?;
+        let key = keys::doc_key(&coll.name, &id);
+        if self.view.get(&key)?.is_some() {
+            return Err(err(
+                ErrorCode::DocumentExists,
+                format!("{}/{id} already exists", coll.name),
+            ));
+        }
+        let data = Value::Object(fields);
+        let with_id = with_id(&data, &id);
+        let partition = self.partition_of(coll, &with_id)?;
+        let new = StoredDoc {
+            partition,
+            version: self.ctx.position,
+            data,
+        };
+        let vars = [
+            ("doc", with_id.clone()),
+            ("new", with_id),
+            ("old", Value::Null),
+            ("partition", Value::String(new.partition.clone())),
+        ];
+        self.write(coll, &id, None, Some(&new), Action::Create, &vars)?;
+        Ok(Val::Doc(Rc::new(Doc {
+            collection: coll.name.clone(),
+            id,
+            stored: new,
+        })))
+    }
+
+    /// The document's current state in this transaction, refusing one that is gone.
+    fn current(&mut self, d: &Doc) -> Result<(&'a Collection, StoredDoc), Error> {
+        let coll = self.coll(&d.collection)?;
+        let bytes = self
+            .view
+            .get(&keys::doc_key(&coll.name, &d.id))?
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::DocumentNotFound,
+                    format!("{}/{} does not exist", d.collection, d.id),
+                )
+            })?;
+        Ok((coll, StoredDoc::decode(&bytes)?))
+    }
+
+    fn update_doc(&mut self, d: &Doc, patch: Value, replace: bool) -> Result<Val, Error> {
+        self.require_writable()?;
+        let (coll, old) = self.current(d)?;
+        let Value::Object(mut patch) = patch else {
+            return Err(type_err(format!(
+                "{} takes an object, not {}",
+                if replace { "replace" } else { "update" },
+                patch.type_name()
+            )));
+        };
+        match patch.remove("id") {
+            None => {}
+            Some(Value::String(s)) if s == d.id => {}
+            Some(_) => {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    format!("the id of {}/{} cannot change", d.collection, d.id),
+                ))
+            }
+        }
+        let data = if replace {
+            Value::Object(patch)
+        } else {
+            // A shallow merge; a field set to null is removed.
+            let mut o = old.data.as_object().cloned().unwrap_or_default();
+            for (k, v) in patch {
+                if v.is_null() {
+                    o.remove(&k);
+                } else {
+                    o.insert(k, v);
+                }
+            }
+            Value::Object(o)
+        };
+        let new_with_id = with_id(&data, &d.id);
+        let partition = self.partition_of(coll, &new_with_id)?;
+        if partition != old.partition {
+            return Err(err(
+                ErrorCode::PartitionChange,
+                format!(
+                    "{} of {}/{} would move it from partition {} to {}; partitions are fixed at create",
+                    if replace { "replace" } else { "update" },
+                    d.collection,
+                    d.id,
+                    old.partition,
+                    partition
+                ),
+            ));
+        }
+        let new = StoredDoc {
+            partition,
+            version: self.ctx.position,
+            data,
+        };
+        let vars = [
+            ("doc", new_with_id.clone()),
+            ("new", new_with_id),
+            ("old", with_id(&old.data, &d.id)),
+            ("partition", Value::String(new.partition.clone())),
+        ];
+        self.write(coll, &d.id, Some(&old), Some(&new), Action::Update, &vars)?;
+        Ok(Val::Doc(Rc::new(Doc {
+            collection: d.collection.clone(),
+            id: d.id.clone(),
+            stored: new,
+        })))
+    }
+
+    fn delete_doc(&mut self, d: &Doc) -> Result<(), Error> {
+        self.require_writable()?;
+        let (coll, old) = self.current(d)?;
+        let old_with_id = with_id(&old.data, &d.id);
+        let vars = [
+            ("doc", old_with_id.clone()),
+            ("old", old_with_id),
+            ("new", Value::Null),
+            ("partition", Value::String(old.partition.clone())),
+        ];
+        self.write(coll, &d.id, Some(&old), None, Action::Delete, &vars)
+    }
+
+    /// Checks rules, limits and unique indexes, then records the write in the view.
+    fn write(
+        &mut self,
+        coll: &'a Collection,
+        id: &str,
+        old: Option<&StoredDoc>,
+        new: Option<&StoredDoc>,
+        action: Action,
+        vars: &[(&str, Value)],
+    ) -> Result<(), Error> {
+        if let Some(n) = new {
+            let size = n.data.encoded_len();
+            if size > self.limits.max_doc_bytes {
+                return Err(err(
+                    ErrorCode::DocumentTooLarge,
+                    format!(
+                        "{}/{id} would be {size} bytes; the limit is {}",
+                        coll.name, self.limits.max_doc_bytes
+                    ),
+                ));
+            }
+            if n.data.depth() > MAX_VALUE_DEPTH {
+                return Err(err(
+                    ErrorCode::DepthExceeded,
+                    format!(
+                        "{}/{id} nests deeper than {MAX_VALUE_DEPTH} levels",
+                        coll.name
+                    ),
+                ));
+            }
+        }
+        if let Err(why) = self.check_rules(coll, action, vars)? {
+            return Err(err(
+                ErrorCode::PermissionDenied,
+                format!("{} of {}/{id} denied: {why}", action.as_str(), coll.name),
+            ));
+        }
+        if let Some(n) = new {
+            for (name, ix) in coll.indexes.iter().filter(|(_, ix)| ix.unique) {
+                let vals = index_values(&n.data, &ix.fields);
+                // Like SQL, a null in the key leaves it out of the uniqueness check.
+                if vals.iter().any(Value::is_null) {
+                    continue;
+                }
+                let prefix = keys::index_prefix(&coll.name, name, &vals);
+                let range = crate::storage::KeyRange::prefix(&prefix);
+                let (page, _) = self.view.scan_page(&range, false, 2)?;
+                for (k, _) in page {
+                    let other = keys::index_key_id(&k, prefix.len(), 0)?;
+                    if other != id {
+                        return Err(err(
+                            ErrorCode::UniqueViolation,
+                            format!(
+                                "{}/{id}: unique index {name} already holds {} for {}/{other}",
+                                coll.name,
+                                Value::Array(vals.clone()),
+                                coll.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let key = (coll.name.clone(), id.to_owned());
+        if !self.touched_set.contains(&key) {
+            if self.touched.len() >= self.limits.max_writes {
+                return Err(err(
+                    ErrorCode::TooManyWrites,
+                    format!(
+                        "a transaction may write at most {} documents",
+                        self.limits.max_writes
+                    ),
+                ));
+            }
+            self.touched_set.insert(key);
+            self.touched.push(Touched {
+                collection: coll.name.clone(),
+                id: id.to_owned(),
+            });
+        }
+        self.charge(10)?;
+        for op in crate::doc::doc_ops(coll, id, old, new) {
+            self.view.write(op);
+        }
+        Ok(())
+    }
+
+    /// `newId()`: 16 characters from a hash of the commit's client id, sequence number
+    /// and a counter. The same commit makes the same ids on every replica.
+    pub(crate) fn new_id(&mut self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.ctx.client_id.as_bytes());
+        h.update([0]);
+        h.update(self.ctx.client_seq.to_be_bytes());
+        h.update(self.ids_made.to_be_bytes());
+        self.ids_made += 1;
+        let d = h.finalize();
+        base32(&d[..10])
+    }
+}
+
+fn with_id(data: &Value, id: &str) -> Value {
+    let mut o = data.as_object().cloned().unwrap_or_default();
+    o.insert("id".into(), Value::String(id.to_owned()));
+    Value::Object(o)
+}
+
+/// The longest id accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+fn check_id(id: &str) -> Result<(), Error> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
+        return Err(err(
+            ErrorCode::InvalidId,
+            format!(
+                "an id must be 1 to {MAX_ID_BYTES} bytes with no control characters: {:?}",
+                id.chars().take(40).collect::<String>()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Crockford-style lowercase base32, 5 bits a character.
+fn base32(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    let mut out = String::new();
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for &b in bytes {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((acc >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((acc << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+pub(crate) fn one_arg<const N: usize>(name: &str, args: Vec<Val>) -> Result<[Val; N], Error> {
+    let n = args.len();
+    args.try_into().map_err(|_| {
+        err(
+            ErrorCode::InvalidArgument,
+            format!(
+                "{name} takes {N} argument{}, {n} given",
+                if N == 1 { "" } else { "s" }
+            ),
+        )
+    })
+}
+
+pub(crate) fn no_args(name: &str, args: &[Val]) -> Result<(), Error> {
+    if args.is_empty() {
+        Ok(())
+    } else {
+        Err(err(
+            ErrorCode::InvalidArgument,
+            format!("{name} takes no arguments, {} given", args.len()),
+        ))
+    }
+}
+
+fn index_value(r: &Value, i: &Value) -> Result<Value, Error> {
+    match (r, i) {
+        (Value::Array(a), Value::Int(i)) => {
+            let idx = if *i < 0 { a.len() as i64 + i } else { *i };
+            Ok(usize::try_from(idx)
+                .ok()
+                .and_then(|k| a.get(k))
+                .cloned()
+                .unwrap_or(Value::Null))
+        }
+        (Value::Object(o), Value::String(k)) => Ok(o.get(k).cloned().unwrap_or(Value::Null)),
+        (Value::String(s), Value::Int(i)) => {
+            let n = s.chars().count() as i64;
+            let idx = if *i < 0 { n + i } else { *i };
+            Ok(usize::try_from(idx)
+                .ok()
+                .and_then(|k| s.chars().nth(k))
+                .map_or(Value::Null, |c| Value::String(c.to_string())))
+        }
+        (Value::Null, _) => Err(type_err("cannot index null")),
+        (r, i) => Err(type_err(format!(
+            "cannot index a {} with a {}",
+            r.type_name(),
+            i.type_name()
+        ))),
+    }
+}
+
+/// Arithmetic and comparison. Integer arithmetic is checked; `/` of two ints divides
+/// with truncation; a float result must be finite.
+pub(crate) fn binary(op: BinOp, x: Value, y: Value) -> Result<Value, Error> {
+    use std::cmp::Ordering;
+    let overflow = || err(ErrorCode::Arithmetic, "integer overflow");
+    Ok(match op {
+        BinOp::Eq => Value::Bool(x.loose_eq(&y)),
+        BinOp::Ne => Value::Bool(!x.loose_eq(&y)),
+        BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
+            let comparable = matches!(
+                (&x, &y),
+                (
+                    Value::Int(_) | Value::Float(_),
+                    Value::Int(_) | Value::Float(_)
+                ) | (Value::String(_), Value::String(_))
+                    | (Value::Bool(_), Value::Bool(_))
+                    | (Value::Bytes(_), Value::Bytes(_))
+                    | (Value::Array(_), Value::Array(_))
+            );
+            if !comparable {
+                return Err(type_err(format!(
+                    "cannot compare {} with {}",
+                    x.type_name(),
+                    y.type_name()
+                )));
+            }
+            let o = if x.loose_eq(&y) {
+                Ordering::Equal
+            } else {
+                x.total_cmp(&y)
+            };
+            Value::Bool(match op {
+                BinOp::Lt => o == Ordering::Less,
+                BinOp::Le => o != Ordering::Greater,
+                BinOp::Gt => o == Ordering::Greater,
+                _ => o != Ordering::Less,
+            })
+        }
+        BinOp::Add => match (x, y) {
+            (Value::Int(a), Value::Int(b)) => Value::Int(a.checked_add(b).ok_or_else(overflow)?),
+            (Value::String(a), Value::String(b)) => Value::String(a + &b),
+            (Value::String(a), b) => Value::String(a + &display(&b)),
+            (a, Value::String(b)) => Value::String(display(&a) + &b),
+            (Value::Array(mut a), Value::Array(b)) => {
+                a.extend(b);
+                Value::Array(a)
+            }
+            (a, b) => float_op(&a, &b, "+", |p, q| p + q)?,
+        },
+        BinOp::Sub => match (x, y) {
+            (Value::Int(a), Value::Int(b)) => Value::Int(a.checked_sub(b).ok_or_else(overflow)?),
+            (a, b) => float_op(&a, &b, "-", |p, q| p - q)?,
+        },
+        BinOp::Mul => match (x, y) {
+            (Value::Int(a), Value::Int(b)) => Value::Int(a.checked_mul(b).ok_or_else(overflow)?),
+            (a, b) => float_op(&a, &b, "*", |p, q| p * q)?,
+        },
+        BinOp::Div => match (x, y) {
+            (Value::Int(_), Value::Int(0)) => {
+                return Err(err(ErrorCode::Arithmetic, "division by zero"))
+            }
+            (Value::Int(a), Value::Int(b)) => Value::Int(a.checked_div(b).ok_or_else(overflow)?),
+            (a, b) => float_op(&a, &b, "/", |p, q| p / q)?,
+        },
+        BinOp::Rem => match (x, y) {
+            (Value::Int(_), Value::Int(0)) => {
+                return Err(err(ErrorCode::Arithmetic, "division by zero"))
+            }
+            (Value::Int(a), Value::Int(b)) => Value::Int(a.checked_rem(b).ok_or_else(overflow)?),
+            (a, b) => float_op(&a, &b, "%", |p, q| p % q)?,
+        },
+    })
+}
+
+fn float_op(a: &Value, b: &Value, sym: &str, f: impl Fn(f64, f64) -> f64) -> Result<Value, Error> {
+    let (Some(p), Some(q)) = (as_f64(a), as_f64(b)) else {
+        return Err(type_err(format!(
+            "cannot apply {sym} to {} and {}",
+            a.type_name(),
+            b.type_name()
+        )));
+    };
+    Value::float(f(p, q))
+}
+
+pub(crate) fn as_f64(v: &Value) -> Option<f64> {
+    match v {
+        Value::Int(i) => Some(*i as f64),
+        Value::Float(f) => Some(*f),
+        _ => None,
+    }
+}
+
+/// How a value reads when joined into a string: strings as they are, the rest as JSON.
+pub(crate) fn display(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

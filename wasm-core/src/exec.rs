@@ -1,0 +1,508 @@
+//! The executor: commits in, outcomes and effects out.
+//!
+//! [`execute`] is a pure function of (state, schema, commit, position): it reads the
+//! store and returns an [`Outcome`] without writing anything. [`apply`] then writes the
+//! outcome's effects (documents, index entries, partition membership, the client's
+//! sequence number, the digest and the position) as one atomic batch. A replica that
+//! receives recorded outcomes instead of commits calls only [`apply`], and reaches the
+//! same state and digest as one that executes: both paths build their key-value writes
+//! with [`crate::doc::doc_ops`].
+
+use sha2::{Digest, Sha256};
+
+use crate::doc::StoredDoc;
+use crate::error::{Error, ErrorCode};
+use crate::eval::{Context, Evaluator, Limits, Mode};
+use crate::keys;
+use crate::lang::parse_block;
+use crate::schema::Schema;
+use crate::storage::{Batch, Storage};
+use crate::value::{write_varint, Value, MAX_VALUE_DEPTH};
+
+/// What a commit asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Call a schema function; `args` is an object by parameter name or an array.
+    Call { function: String, args: Value },
+    /// Run an ad-hoc transaction: a block of statements in the language.
+    Run { source: String },
+}
+
+/// A commit, as it stands in the log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Commit {
+    /// Who made it (a client replica's id) and its place in that client's sequence:
+    /// `(client_id, client_seq)` identifies the commit; sequence numbers start at 1.
+    pub client_id: String,
+    pub client_seq: u64,
+    /// The schema version the client made it against (informational: a commit runs
+    /// under the schema in force at its log position).
+    pub schema_version: String,
+    /// `now()`, in milliseconds since the Unix epoch: fixed by the sequencer.
+    pub timestamp: i64,
+    /// The verified claims of the client's token (`auth`), or null.
+    pub auth: Value,
+    pub op: Op,
+}
+
+/// A document write: the effect of a committed transaction on one document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Write {
+    pub collection: String,
+    pub id: String,
+    pub partition: String,
+    /// The log position of the commit (the document's new version).
+    pub version: u64,
+    /// The document's new fields, or `None` when it was deleted.
+    pub data: Option<Value>,
+}
+
+/// Why a commit was not applied at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Its sequence number was applied before: a retransmission.
+    Duplicate,
+    /// Its sequence number skips ahead; `expected` is the next one the client owes.
+    OutOfOrder { expected: u64 },
+}
+
+/// The outcome of a commit.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Applied: the document writes, in order of first write, and the result.
+    Committed { writes: Vec<Write>, result: Value },
+    /// Refused with a stable code; the client's sequence number still advances, so a
+    /// retransmission is recognised as a duplicate.
+    Rejected { code: ErrorCode, message: String },
+    /// Not applied and not recorded (the state does not change but for the position).
+    Skipped(Skip),
+}
+
+impl Outcome {
+    /// The canonical bytes of the outcome's effects: what the state digest hashes.
+    /// The result and the message are not effects and are left out.
+    pub fn effect_bytes(&self, client_id: &str, client_seq: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_str(&mut out, client_id);
+        write_varint(&mut out, client_seq);
+        match self {
+            Outcome::Committed { writes, .. } => {
+                out.push(0);
+                write_varint(&mut out, writes.len() as u64);
+                for w in writes {
+                    put_str(&mut out, &w.collection);
+                    put_str(&mut out, &w.id);
+                    put_str(&mut out, &w.partition);
+                    write_varint(&mut out, w.version);
+                    match &w.data {
+                        None => out.push(0),
+                        Some(d) => {
+                            out.push(1);
+                            d.encode_into(&mut out);
+                        }
+                    }
+                }
+            }
+            Outcome::Rejected { code, .. } => {
+                out.push(1);
+                put_str(&mut out, code.as_str());
+            }
+            Outcome::Skipped(Skip::Duplicate) => out.push(2),
+            Outcome::Skipped(Skip::OutOfOrder { expected }) => {
+                out.push(3);
+                write_varint(&mut out, *expected);
+            }
+        }
+        out
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    write_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The highest sequence number applied for a client (0 if none).
+pub fn applied_seq(store: &dyn Storage, client_id: &str) -> Result<u64, Error> {
+    Ok(match store.get(&keys::client_key(client_id))? {
+        Some(b) => u64::from_be_bytes(
+            b.as_slice()
+                .try_into()
+                .map_err(|_| Error::new(ErrorCode::Corrupt, "bad client sequence record"))?,
+        ),
+        None => 0,
+    })
+}
+
+/// The state digest after the last applied position (all zeros for an empty state).
+pub fn digest(store: &dyn Storage) -> Result<[u8; 32], Error> {
+    Ok(match store.get(keys::META_DIGEST)? {
+        Some(b) => b
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::new(ErrorCode::Corrupt, "bad digest record"))?,
+        None => [0; 32],
+    })
+}
+
+/// The last applied log position (0 for an empty state).
+pub fn position(store: &dyn Storage) -> Result<u64, Error> {
+    Ok(match store.get(keys::META_POSITION)? {
+        Some(b) => u64::from_be_bytes(
+            b.as_slice()
+                .try_into()
+                .map_err(|_| Error::new(ErrorCode::Corrupt, "bad position record"))?,
+        ),
+        None => 0,
+    })
+}
+
+/// Runs a commit against the state at log position `position` and returns its outcome.
+/// Reads only; [`apply`] records the outcome.
+///
+/// Deterministic: the outcome depends on nothing but the arguments. An `Err` means the
+/// store failed (a local accident, not a property of the commit): the caller must stop
+/// and retry, never record a rejection.
+pub fn execute(
+    store: &dyn Storage,
+    schema: &Schema,
+    commit: &Commit,
+    position: u64,
+    limits: &Limits,
+) -> Result<Outcome, Error> {
+    let applied = applied_seq(store, &commit.client_id)?;
+    if commit.client_seq <= applied {
+        return Ok(Outcome::Skipped(Skip::Duplicate));
+    }
+    if commit.client_seq != applied + 1 {
+        return Ok(Outcome::Skipped(Skip::OutOfOrder {
+            expected: applied + 1,
+        }));
+    }
+    match run(store, schema, commit, position, limits) {
+        Ok(o) => Ok(o),
+        Err(e) if e.code.is_deterministic() => Ok(Outcome::Rejected {
+            code: e.code,
+            message: e.to_string(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+fn check_input(v: &Value, limits: &Limits) -> Result<(), Error> {
+    let size = v.encoded_len();
+    if size > limits.max_args_bytes {
+        return Err(Error::new(
+            ErrorCode::ArgumentTooLarge,
+            format!(
+                "the arguments are {size} bytes; the limit is {}",
+                limits.max_args_bytes
+            ),
+        ));
+    }
+    if v.depth() > MAX_VALUE_DEPTH {
+        return Err(Error::new(
+            ErrorCode::DepthExceeded,
+            format!("the arguments nest deeper than {MAX_VALUE_DEPTH} levels"),
+        ));
+    }
+    Ok(())
+}
+
+fn run(
+    store: &dyn Storage,
+    schema: &Schema,
+    commit: &Commit,
+    position: u64,
+    limits: &Limits,
+) -> Result<Outcome, Error> {
+    let ctx = Context {
+        auth: commit.auth.clone(),
+        now: commit.timestamp,
+        client_id: commit.client_id.clone(),
+        client_seq: commit.client_seq,
+        position,
+    };
+    check_input(&commit.auth, limits)?;
+    let mut ev = Evaluator::new(schema, store, limits, &ctx, Mode::Transaction);
+    let result = match &commit.op {
+        Op::Call { function, args } => {
+            check_input(args, limits)?;
+            ev.call_function(function, args)?
+        }
+        Op::Run { source } => {
+            if source.len() > limits.max_args_bytes {
+                return Err(Error::new(
+                    ErrorCode::ArgumentTooLarge,
+                    format!(
+                        "the transaction source is {} bytes; the limit is {}",
+                        source.len(),
+                        limits.max_args_bytes
+                    ),
+                ));
+            }
+            let block = parse_block(source)?;
+            ev.run_block(&block)?
+        }
+    };
+    let result = ev.materialize(result)?;
+    check_result(&result, limits)?;
+    let mut writes = Vec::with_capacity(ev.touched.len());
+    for t in &ev.touched {
+        let key = keys::doc_key(&t.collection, &t.id);
+        match ev.view.get(&key)? {
+            Some(bytes) => {
+                let d = StoredDoc::decode(&bytes)?;
+                writes.push(Write {
+                    collection: t.collection.clone(),
+                    id: t.id.clone(),
+                    partition: d.partition,
+                    version: position,
+                    data: Some(d.data),
+                });
+            }
+            None => {
+                // Deleted: an effect only if it existed before the transaction.
+                if let Some(bytes) = ev.view.base_get(&key)? {
+                    let d = StoredDoc::decode(&bytes)?;
+                    writes.push(Write {
+                        collection: t.collection.clone(),
+                        id: t.id.clone(),
+                        partition: d.partition,
+                        version: position,
+                        data: None,
+                    });
+                }
+            }
+        }
+    }
+    Ok(Outcome::Committed { writes, result })
+}
+
+fn check_result(result: &Value, limits: &Limits) -> Result<(), Error> {
+    let size = result.encoded_len();
+    if size > limits.max_result_bytes {
+        return Err(Error::new(
+            ErrorCode::ResultTooLarge,
+            format!(
+                "the result is {size} bytes; the limit is {}",
+                limits.max_result_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The key-value batch that records an outcome at `position`, and the new digest.
+pub fn effects_batch(
+    store: &dyn Storage,
+    schema: &Schema,
+    position: u64,
+    client_id: &str,
+    client_seq: u64,
+    outcome: &Outcome,
+) -> Result<(Batch, [u8; 32]), Error> {
+    let last = self::position(store)?;
+    if position <= last {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!("position {position} is not after the last applied position {last}"),
+        ));
+    }
+    let mut batch = Batch::new();
+    if let Outcome::Committed { writes, .. } = outcome {
+        for w in writes {
+            let coll = schema.collection(&w.collection)?;
+            let key = keys::doc_key(&w.collection, &w.id);
+            let old = store
+                .get(&key)?
+                .map(|b| StoredDoc::decode(&b))
+                .transpose()?;
+            let new = w.data.as_ref().map(|d| StoredDoc {
+                partition: w.partition.clone(),
+                version: w.version,
+                data: d.clone(),
+            });
+            batch
+                .ops
+                .extend(crate::doc::doc_ops(coll, &w.id, old.as_ref(), new.as_ref()));
+        }
+    }
+    if matches!(
+        outcome,
+        Outcome::Committed { .. } | Outcome::Rejected { .. }
+    ) {
+        batch.put(
+            keys::client_key(client_id),
+            client_seq.to_be_bytes().to_vec(),
+        );
+    }
+    let mut h = Sha256::new();
+    h.update(digest(store)?);
+    h.update(position.to_be_bytes());
+    h.update(outcome.effect_bytes(client_id, client_seq));
+    let d: [u8; 32] = h.finalize().into();
+    batch.put(keys::META_DIGEST.to_vec(), d.to_vec());
+    batch.put(
+        keys::META_POSITION.to_vec(),
+        position.to_be_bytes().to_vec(),
+    );
+    Ok((batch, d))
+}
+
+/// Records an outcome at `position`: its writes, the client's sequence number, the
+/// digest and the position, in one atomic batch. Returns the new digest.
+pub fn apply(
+    store: &mut dyn Storage,
+    schema: &Schema,
+    position: u64,
+    client_id: &str,
+    client_seq: u64,
+    outcome: &Outcome,
+) -> Result<[u8; 32], Error> {
+    let (batch, d) = effects_batch(store, schema, position, client_id, client_seq, outcome)?;
+    store.apply(batch)?;
+    Ok(d)
+}
+
+/// Runs a read-only query (a block of statements) and returns its result as data.
+/// Reads are filtered by the read rules for `auth`.
+pub fn query(
+    store: &dyn Storage,
+    schema: &Schema,
+    source: &str,
+    auth: &Value,
+    now: i64,
+    limits: &Limits,
+) -> Result<Value, Error> {
+    if source.len() > limits.max_args_bytes {
+        return Err(Error::new(
+            ErrorCode::ArgumentTooLarge,
+            format!(
+                "the query is {} bytes; the limit is {}",
+                source.len(),
+                limits.max_args_bytes
+            ),
+        ));
+    }
+    let block = parse_block(source)?;
+    let ctx = Context {
+        auth: auth.clone(),
+        now,
+        client_id: String::new(),
+        client_seq: 0,
+        position: position(store)?,
+    };
+    let mut ev = Evaluator::new(schema, store, limits, &ctx, Mode::Query);
+    let v = ev.run_block(&block)?;
+    let v = ev.materialize(v)?;
+    check_result(&v, limits)?;
+    Ok(v)
+}
+
+/// Whether `auth` may read documents of `collection` in `partition` (the sync server
+/// asks this before it sends a partition to a client).
+pub fn can_read_partition(
+    store: &dyn Storage,
+    schema: &Schema,
+    collection: &str,
+    partition: &str,
+    auth: &Value,
+    limits: &Limits,
+) -> Result<bool, Error> {
+    let coll = schema.collection(collection)?;
+    let ctx = Context {
+        auth: auth.clone(),
+        now: 0,
+        client_id: String::new(),
+        client_seq: 0,
+        position: position(store)?,
+    };
+    let mut ev = Evaluator::new(schema, store, limits, &ctx, Mode::Query);
+    ev.can_read(coll, partition)
+}
+
+/// A store, a schema and limits: the engine as a replica runs it.
+pub struct Executor<S: Storage> {
+    store: S,
+    schema: std::sync::Arc<Schema>,
+    limits: Limits,
+}
+
+impl<S: Storage> Executor<S> {
+    pub fn new(store: S, schema: std::sync::Arc<Schema>, limits: Limits) -> Executor<S> {
+        Executor {
+            store,
+            schema,
+            limits,
+        }
+    }
+
+    /// Executes a commit at `position` and records its outcome.
+    pub fn commit(&mut self, commit: &Commit, position: u64) -> Result<Outcome, Error> {
+        let outcome = execute(&self.store, &self.schema, commit, position, &self.limits)?;
+        apply(
+            &mut self.store,
+            &self.schema,
+            position,
+            &commit.client_id,
+            commit.client_seq,
+            &outcome,
+        )?;
+        Ok(outcome)
+    }
+
+    /// Records an outcome another replica computed (replaying effects).
+    pub fn apply(
+        &mut self,
+        position: u64,
+        client_id: &str,
+        client_seq: u64,
+        outcome: &Outcome,
+    ) -> Result<[u8; 32], Error> {
+        apply(
+            &mut self.store,
+            &self.schema,
+            position,
+            client_id,
+            client_seq,
+            outcome,
+        )
+    }
+
+    pub fn query(&self, source: &str, auth: &Value, now: i64) -> Result<Value, Error> {
+        query(&self.store, &self.schema, source, auth, now, &self.limits)
+    }
+
+    pub fn digest(&self) -> Result<[u8; 32], Error> {
+        digest(&self.store)
+    }
+
+    pub fn position(&self) -> Result<u64, Error> {
+        position(&self.store)
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    pub fn into_store(self) -> S {
+        self.store
+    }
+}

@@ -1,0 +1,69 @@
+//! # Warren's engine
+//!
+//! The code that runs in both of Warren's places: compiled to WebAssembly in the
+//! browser, and natively in the sync server. It is free of I/O: storage comes in
+//! through the [`storage::Storage`] trait, and time, identity and randomness come in
+//! through the commit.
+//!
+//! # Layout
+//! - [`value`]: the data model and its canonical encoding.
+//! - [`keys`]: the storage key layout and the order-preserving value encoding.
+//! - [`lang`]: the language's lexer, syntax tree and parser.
+//! - [`schema`]: collections, indexes, rules and functions compiled from a schema file.
+//! - [`eval`]: the evaluator, with fuel, depth and size limits.
+//! - [`doc`]: stored documents and the key-value writes a document write implies.
+//! - [`exec`]: `execute` (commit → outcome), `apply` (outcome → state and digest),
+//!   `query`.
+//! - [`storage`]: the storage trait, the in-memory backend and the conformance suite.
+//!
+//! # Example
+//! ```
+//! use std::sync::Arc;
+//! use warren_core::{exec::{Commit, Executor, Op, Outcome}, eval::Limits,
+//!                   schema::Schema, storage::MemoryStore, value::{obj, Value}};
+//!
+//! let schema = Schema::parse(r#"
+//!     collection Todo {
+//!       partition "user:" + doc.owner
+//!       index byOwner [owner]
+//!       allow read   partition == "user:" + auth.sub
+//!       allow create doc.owner == auth.sub
+//!     }
+//!     function add(title) { Todo.create({ owner: auth.sub, title, done: false }) }
+//! "#).unwrap();
+//! let mut db = Executor::new(MemoryStore::new(), Arc::new(schema), Limits::default());
+//! let commit = Commit {
+//!     client_id: "c1".into(), client_seq: 1, schema_version: String::new(),
+//!     timestamp: 1_700_000_000_000, auth: obj([("sub", "ann".into())]),
+//!     op: Op::Call { function: "add".into(), args: obj([("title", "milk".into())]) },
+//! };
+//! assert!(matches!(db.commit(&commit, 1).unwrap(), Outcome::Committed { .. }));
+//! let n = db.query("Todo.byOwner(auth.sub).count()", &commit.auth, 0).unwrap();
+//! assert_eq!(n, Value::Int(1));
+//! ```
+
+pub mod doc;
+pub mod error;
+pub mod eval;
+pub mod exec;
+pub mod keys;
+pub mod lang;
+pub mod schema;
+pub mod storage;
+pub mod value;
+
+pub use error::{Error, ErrorCode};
+pub use exec::{apply, execute, query, Commit, Executor, Op, Outcome, Write};
+pub use schema::Schema;
+pub use value::Value;
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}

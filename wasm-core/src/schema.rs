@@ -1,0 +1,200 @@
+//! Schemas: collections (partition expression, indexes, rules) and named functions.
+//!
+//! A [`Schema`] is compiled once from source text and then shared (it is `Send + Sync`).
+//! Its [`Schema::version`] is a hash of the source: every commit names the version it
+//! was made against, and two replicas with the same version run the same rules.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, ErrorCode};
+use crate::eval::builtins::is_builtin;
+use crate::lang::ast::{Action, CollectionDecl, Expr, FunctionDecl, IndexDecl, Item, Rule};
+use crate::lang::parse_schema;
+
+/// A compiled schema.
+#[derive(Debug)]
+pub struct Schema {
+    source: String,
+    version: String,
+    pub collections: BTreeMap<String, Collection>,
+    pub functions: BTreeMap<String, Arc<FunctionDecl>>,
+}
+
+/// A collection's compiled declaration.
+#[derive(Debug)]
+pub struct Collection {
+    pub name: String,
+    /// `None` means every document is in the one partition named after the collection.
+    pub partition: Option<Expr>,
+    pub indexes: BTreeMap<String, IndexDecl>,
+    pub rules: BTreeMap<Action, Vec<Rule>>,
+}
+
+/// Names a collection member cannot take: they are the collection's own methods.
+const RESERVED_INDEX_NAMES: &[&str] = &["byId", "all", "create"];
+
+impl Schema {
+    /// Parses and checks a schema. Errors carry the line and column.
+    pub fn parse(source: &str) -> Result<Schema, Error> {
+        let items = parse_schema(source)?;
+        let mut collections = BTreeMap::new();
+        let mut functions: BTreeMap<String, Arc<FunctionDecl>> = BTreeMap::new();
+        for item in items {
+            match item {
+                Item::Collection(c) => {
+                    let pos = c.pos;
+                    let name = c.name.clone();
+                    if collections.contains_key(&name) {
+                        return Err(Error::at(
+                            ErrorCode::Schema,
+                            pos,
+                            format!("collection {name} is declared twice"),
+                        ));
+                    }
+                    collections.insert(name, compile_collection(c)?);
+                }
+                Item::Function(f) => {
+                    if functions.contains_key(&f.name) {
+                        return Err(Error::at(
+                            ErrorCode::Schema,
+                            f.pos,
+                            format!("function {} is declared twice", f.name),
+                        ));
+                    }
+                    if is_builtin(&f.name) {
+                        return Err(Error::at(
+                            ErrorCode::Schema,
+                            f.pos,
+                            format!("function {} has the name of a built-in", f.name),
+                        ));
+                    }
+                    functions.insert(f.name.clone(), f);
+                }
+            }
+        }
+        for f in functions.values() {
+            if collections.contains_key(&f.name) {
+                return Err(Error::at(
+                    ErrorCode::Schema,
+                    f.pos,
+                    format!("function {} has the name of a collection", f.name),
+                ));
+            }
+        }
+        let hash = Sha256::digest(source.as_bytes());
+        let version = crate::hex(&hash[..16]);
+        Ok(Schema {
+            source: source.to_owned(),
+            version,
+            collections,
+            functions,
+        })
+    }
+
+    /// The version: the first 16 bytes of the SHA-256 of the source, in hex.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The source text the schema was compiled from.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn collection(&self, name: &str) -> Result<&Collection, Error> {
+        self.collections
+            .get(name)
+            .ok_or_else(|| Error::new(ErrorCode::Unknown, format!("no collection named {name}")))
+    }
+}
+
+fn compile_collection(c: CollectionDecl) -> Result<Collection, Error> {
+    let mut indexes = BTreeMap::new();
+    for ix in c.indexes {
+        if RESERVED_INDEX_NAMES.contains(&ix.name.as_str()) {
+            return Err(Error::at(
+                ErrorCode::Schema,
+                ix.pos,
+                format!("`{}` is reserved and cannot name an index", ix.name),
+            ));
+        }
+        if ix.fields.is_empty() {
+            return Err(Error::at(
+                ErrorCode::Schema,
+                ix.pos,
+                format!("index {} has no fields", ix.name),
+            ));
+        }
+        if ix
+            .fields
+            .iter()
+            .any(|f| f.first().is_some_and(|s| s == "id"))
+        {
+            return Err(Error::at(
+                ErrorCode::Schema,
+                ix.pos,
+                format!(
+                    "index {} lists `id`: entries already end with the id, and byId looks it up",
+                    ix.name
+                ),
+            ));
+        }
+        if indexes.contains_key(&ix.name) {
+            return Err(Error::at(
+                ErrorCode::Schema,
+                ix.pos,
+                format!("index {} is declared twice in {}", ix.name, c.name),
+            ));
+        }
+        indexes.insert(ix.name.clone(), ix);
+    }
+    let mut rules: BTreeMap<Action, Vec<Rule>> = BTreeMap::new();
+    for r in c.rules {
+        rules.entry(r.action).or_default().push(r);
+    }
+    Ok(Collection {
+        name: c.name,
+        partition: c.partition,
+        indexes,
+        rules,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_is_a_hash_of_the_source() {
+        let a = Schema::parse("collection A { allow read true }").unwrap();
+        let b = Schema::parse("collection A { allow read true }").unwrap();
+        let c = Schema::parse("collection A { allow read false }").unwrap();
+        assert_eq!(a.version(), b.version());
+        assert_ne!(a.version(), c.version());
+        assert_eq!(a.version().len(), 32);
+    }
+
+    #[test]
+    fn schema_errors() {
+        let cases = [
+            ("collection A {}\ncollection A {}", 2, 1),
+            ("collection A {\n  index byId [x]\n}", 2, 3),
+            ("collection A {\n  index e []\n}", 2, 3),
+            ("collection A {\n  index x [a]\n  index x [b]\n}", 3, 3),
+            ("collection A {\n  index x [id]\n}", 2, 3),
+            ("function f() { 1 }\nfunction f() { 2 }", 2, 1),
+            ("function upper(s) { s }", 1, 1),
+            ("collection A {}\nfunction A() { 1 }", 2, 1),
+            ("collection A {\n  partition 1\n  partition 2\n}", 3, 3),
+        ];
+        for (src, line, col) in cases {
+            let e = Schema::parse(src).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Schema, "{src}: {e}");
+            let p = e.pos.unwrap();
+            assert_eq!((p.line, p.col), (line, col), "{src}: {e}");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The storage trait: a small, synchronous, ordered key-value store.
+//!
+//! The engine keeps everything (documents, index entries, partition membership, each
+//! client's applied sequence number, the digest and the log position) in one ordered
+//! key space (see [`crate::keys`] and `docs/STORAGE.md`). A backend only has to store
+//! bytes in order and apply a batch atomically; every index and every rule is computed
+//! by the engine itself, identically on every backend.
+//!
+//! Backends: [`MemoryStore`] (here: the reference implementation and the test double),
+//! IndexedDB (browser) and an embedded crash-safe store (server). Each runs the suite in
+//! [`conformance`] through [`storage_conformance_tests!`](crate::storage_conformance_tests).
+
+pub mod conformance;
+mod memory;
+
+use std::ops::Bound;
+
+pub use memory::MemoryStore;
+
+use crate::error::{Error, ErrorCode};
+
+/// A half-open or closed range of keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRange {
+    pub start: Bound<Vec<u8>>,
+    pub end: Bound<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// Every key.
+    pub fn all() -> KeyRange {
+        KeyRange {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+        }
+    }
+
+    /// Every key that starts with `prefix`.
+    pub fn prefix(prefix: &[u8]) -> KeyRange {
+        KeyRange {
+            start: Bound::Included(prefix.to_vec()),
+            end: match crate::keys::prefix_end(prefix) {
+                Some(e) => Bound::Excluded(e),
+                None => Bound::Unbounded,
+            },
+        }
+    }
+
+    /// Whether `key` lies in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        let after_start = match &self.start {
+            Bound::Included(s) => key >= s.as_slice(),
+            Bound::Excluded(s) => key > s.as_slice(),
+            Bound::Unbounded => true,
+        };
+        let before_end = match &self.end {
+            Bound::Included(e) => key <= e.as_slice(),
+            Bound::Excluded(e) => key < e.as_slice(),
+            Bound::Unbounded => true,
+        };
+        after_start && before_end
+    }
+
+    /// The part of the range strictly after `key` (for resuming a forward scan).
+    pub fn after(&self, key: &[u8]) -> KeyRange {
+        KeyRange {
+            start: Bound::Excluded(key.to_vec()),
+            end: self.end.clone(),
+        }
+    }
+
+    /// The part of the range strictly before `key` (for resuming a reverse scan).
+    pub fn before(&self, key: &[u8]) -> KeyRange {
+        KeyRange {
+            start: self.start.clone(),
+            end: Bound::Excluded(key.to_vec()),
+        }
+    }
+
+    /// Whether the range can hold no key at all.
+    pub fn is_empty(&self) -> bool {
+        match (&self.start, &self.end) {
+            (Bound::Included(s), Bound::Included(e)) => s > e,
+            (Bound::Included(s), Bound::Excluded(e))
+            | (Bound::Excluded(s), Bound::Included(e))
+            | (Bound::Excluded(s), Bound::Excluded(e)) => s >= e,
+            _ => false,
+        }
+    }
+}
+
+/// A stored key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// One write of a batch: `Some(value)` puts, `None` deletes.
+pub type BatchOp = (Vec<u8>, Option<Vec<u8>>);
+
+/// An ordered list of writes applied atomically. When a key appears more than once, the
+/// last write wins.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub ops: Vec<BatchOp>,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((key, Some(value)));
+    }
+
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.ops.push((key, None));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+/// An ordered key-value store.
+///
+/// Keys and values are arbitrary bytes; keys order lexicographically (unsigned bytes,
+/// a shorter key before any longer key it is a prefix of). Methods take `&self` for
+/// reads and `&mut self` for writes: a store is used by one executor at a time.
+pub trait Storage {
+    /// Returns the value stored under `key`, or `None` if there is none.
+    ///
+    /// Contract: reflects every batch that [`Storage::apply`] has returned `Ok` for, and
+    /// nothing of a batch that failed.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
+
+    /// Returns at most `limit` entries whose keys lie in `range`, in ascending key
+    /// order, or descending when `reverse` is true.
+    ///
+    /// Contract: a `limit` of 0 returns nothing. Fewer than `limit` entries means the
+    /// range holds no more. To read a range in pages, call again with
+    /// [`KeyRange::after`] (or [`KeyRange::before`] when reversing) of the last key
+    /// returned. An empty range (start after end) returns nothing rather than failing.
+    fn scan(&self, range: &KeyRange, reverse: bool, limit: usize) -> Result<Vec<Entry>, Error>;
+
+    /// Applies every write of `batch`, atomically: when it returns `Ok`, every write is
+    /// visible (and, for a durable backend, durable); when it returns an error, none is.
+    /// Within a batch, a later write to the same key wins. Deleting a missing key is
+    /// not an error. An empty batch is a no-op.
+    fn apply(&mut self, batch: Batch) -> Result<(), Error>;
+}
+
+/// A storage failure, with the backend's own description.
+pub fn storage_error(message: impl Into<String>) -> Error {
+    Error::new(ErrorCode::Storage, message)
+}
+
+impl<S: Storage + ?Sized> Storage for &mut S {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        (**self).get(key)
+    }
+    fn scan(&self, range: &KeyRange, reverse: bool, limit: usize) -> Result<Vec<Entry>, Error> {
+        (**self).scan(range, reverse, limit)
+    }
+    fn apply(&mut self, batch: Batch) -> Result<(), Error> {
+        (**self).apply(batch)
+    }
+}
