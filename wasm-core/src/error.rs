@@ -52,14 +52,10 @@ pub enum ErrorCode {
     PartitionChange,
     /// A write was attempted where only reads are allowed (a query, a rule).
     ReadOnly,
-    /// A commit's sequence number skips ahead of the next expected one.
-    OutOfOrder,
     /// Stored or received bytes do not decode.
     Corrupt,
     /// The storage backend failed.
     Storage,
-    /// A limit was set to a value that makes no sense.
-    Config,
 }
 
 impl ErrorCode {
@@ -85,10 +81,8 @@ impl ErrorCode {
         ErrorCode::UniqueViolation,
         ErrorCode::PartitionChange,
         ErrorCode::ReadOnly,
-        ErrorCode::OutOfOrder,
         ErrorCode::Corrupt,
         ErrorCode::Storage,
-        ErrorCode::Config,
     ];
 
     /// The stable string form.
@@ -114,10 +108,8 @@ impl ErrorCode {
             ErrorCode::UniqueViolation => "UNIQUE_VIOLATION",
             ErrorCode::PartitionChange => "PARTITION_CHANGE",
             ErrorCode::ReadOnly => "READ_ONLY",
-            ErrorCode::OutOfOrder => "OUT_OF_ORDER",
             ErrorCode::Corrupt => "CORRUPT",
             ErrorCode::Storage => "STORAGE_ERROR",
-            ErrorCode::Config => "CONFIG_ERROR",
         }
     }
 
@@ -130,10 +122,7 @@ impl ErrorCode {
     /// replica (a property of the commit and the state). Storage and corruption
     /// failures are local accidents: the executor must stop, not record a rejection.
     pub fn is_deterministic(self) -> bool {
-        !matches!(
-            self,
-            ErrorCode::Storage | ErrorCode::Corrupt | ErrorCode::Config
-        )
+        !matches!(self, ErrorCode::Storage | ErrorCode::Corrupt)
     }
 }
 
