@@ -190,6 +190,13 @@ pub fn execute(
 }
 
 fn check_input(v: &Value, limits: &Limits) -> Result<(), Error> {
+    // Depth first: measuring the size of a hostile value walks all of it.
+    if v.nests_deeper_than(MAX_VALUE_DEPTH) {
+        return Err(Error::new(
+            ErrorCode::DepthExceeded,
+            format!("the arguments nest deeper than {MAX_VALUE_DEPTH} levels"),
+        ));
+    }
     let size = v.encoded_len();
     if size > limits.max_args_bytes {
         return Err(Error::new(
@@ -198,12 +205,6 @@ fn check_input(v: &Value, limits: &Limits) -> Result<(), Error> {
                 "the arguments are {size} bytes; the limit is {}",
                 limits.max_args_bytes
             ),
-        ));
-    }
-    if v.depth() > MAX_VALUE_DEPTH {
-        return Err(Error::new(
-            ErrorCode::DepthExceeded,
-            format!("the arguments nest deeper than {MAX_VALUE_DEPTH} levels"),
         ));
     }
     Ok(())

@@ -269,13 +269,24 @@ impl Value {
         Ok((v, r.pos))
     }
 
-    /// The depth of nesting: 0 for a scalar, 1 for a flat array or object.
-    pub fn depth(&self) -> usize {
-        match self {
-            Value::Array(a) => 1 + a.iter().map(Value::depth).max().unwrap_or(0),
-            Value::Object(o) => 1 + o.values().map(Value::depth).max().unwrap_or(0),
-            _ => 0,
+    /// Whether the value nests deeper than `limit` (0 for a scalar, 1 for a flat array
+    /// or object). Recurses at most `limit + 1` levels, so it is safe to call on any
+    /// value, however deep.
+    pub fn nests_deeper_than(&self, limit: usize) -> bool {
+        let children: Box<dyn Iterator<Item = &Value>> = match self {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => return false,
+        };
+        if limit == 0 {
+            return true;
         }
+        for c in children {
+            if c.nests_deeper_than(limit - 1) {
+                return true;
+            }
+        }
+        false
     }
 
     /// JSON at the boundary. Bytes become `{"$bytes": "<base64>"}`; ints stay integers

@@ -275,7 +275,7 @@ impl<'a> Evaluator<'a> {
     /// Checks a value the program built: nesting, size, and fuel in proportion to its
     /// size (so repeatedly building large values runs out of fuel, not memory).
     pub(crate) fn check_built(&mut self, v: &Value) -> Result<(), Error> {
-        if v.depth() > MAX_VALUE_DEPTH {
+        if v.nests_deeper_than(MAX_VALUE_DEPTH) {
             return Err(err(
                 ErrorCode::DepthExceeded,
                 format!("a value nests deeper than {MAX_VALUE_DEPTH} levels"),
@@ -595,6 +595,9 @@ impl<'a> Evaluator<'a> {
         match r {
             Val::Data(v) => Ok(Val::Data(match v {
                 Value::Object(o) => o.get(name).cloned().unwrap_or(Value::Null),
+                // As in JavaScript, `length` reads as a property of strings and arrays.
+                Value::String(s) if name == "length" => Value::Int(s.chars().count() as i64),
+                Value::Array(a) if name == "length" => Value::Int(a.len() as i64),
                 Value::Null => {
                     return Err(type_err(format!(
                         "cannot read field {name} of null (use ?. to allow null)"
@@ -657,6 +660,17 @@ impl<'a> Evaluator<'a> {
                 }
                 _ => {}
             },
+            Val::Data(v) if matches!(name, "update" | "replace" | "delete") => {
+                return Err(type_err(format!(
+                    "{name} applies to a document, not {}{}",
+                    v.type_name(),
+                    if v.is_null() {
+                        " (the document was not found, or is not readable)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
             _ => {}
         }
         let mut all = Vec::with_capacity(args.len() + 1);
@@ -1009,7 +1023,7 @@ impl<'a> Evaluator<'a> {
                     ),
                 ));
             }
-            if n.data.depth() > MAX_VALUE_DEPTH {
+            if n.data.nests_deeper_than(MAX_VALUE_DEPTH) {
                 return Err(err(
                     ErrorCode::DepthExceeded,
                     format!(
