@@ -375,3 +375,63 @@ fn garbage_source_never_panics() {
         "seed {seed}: nothing ever ran: the generator is broken"
     );
 }
+
+/// The browser gives wasm about 1 MiB of stack. The deepest evaluation the limits
+/// allow must fit in that, here measured with unoptimised native frames (larger than
+/// release or wasm frames), so the limits are safe in every build.
+#[test]
+fn the_deepest_allowed_evaluation_fits_in_one_mebibyte_of_stack() {
+    let run = || {
+        let schema = Arc::new(
+            Schema::parse(
+                r#"
+                function down(n) { if n == 0 { 0 } else { [n].map(x => down(n - 1)).first() + 1 } }
+                function forever(n) { forever(n + 1) }
+                "#,
+            )
+            .unwrap(),
+        );
+        let mut db = Executor::new(MemoryStore::new(), schema, Limits::default());
+        let mut c = Client::new("c", user("ann"));
+        let code = reject_code(
+            &mut db,
+            &c.call("forever", Value::Array(vec![Value::Int(0)])),
+        );
+        assert_eq!(code, ErrorCode::DepthExceeded);
+        // Recursion through a lambda and a built-in, as deep as the limit allows.
+        let mut deepest = 0;
+        for n in [5, 10, 15, 20, 40] {
+            match commit(&mut db, &c.call("down", Value::Array(vec![Value::Int(n)]))) {
+                Outcome::Committed { result, .. } => {
+                    assert_eq!(result, Value::Int(n));
+                    deepest = n;
+                }
+                Outcome::Rejected { code, .. } => assert_eq!(code, ErrorCode::DepthExceeded),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            deepest >= 15,
+            "the depth limit leaves too little room: {deepest}"
+        );
+        // The most deeply nested expression the parser accepts, evaluated.
+        let src = "[".repeat(99) + &"]".repeat(99);
+        let nested = db.query(&src, &user("ann"), 0);
+        assert!(
+            matches!(nested, Err(ref e) if e.code == ErrorCode::DepthExceeded) || nested.is_ok()
+        );
+        let src = "(".repeat(99) + "1" + &")".repeat(99);
+        assert_eq!(db.query(&src, &user("ann"), 0).unwrap(), Value::Int(1));
+        let src = "1".to_string() + &" + 1".repeat(100);
+        assert_eq!(db.query(&src, &user("ann"), 0).unwrap(), Value::Int(101));
+        let src = "1".to_string() + &" + 1".repeat(250);
+        let e = db.query(&src, &user("ann"), 0).unwrap_err();
+        assert_eq!(e.code, ErrorCode::DepthExceeded);
+    };
+    std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(run)
+        .unwrap()
+        .join()
+        .expect("evaluation fits in 1 MiB of stack");
+}
