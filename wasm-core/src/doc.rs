@@ -84,19 +84,22 @@ pub fn doc_ops(
     let mut ops = Vec::new();
     let dk = keys::doc_key(&coll.name, id);
     ops.push((dk, new.map(StoredDoc::encode)));
+    // Index entries hold the document's partition, so a scan can check the read rule
+    // without fetching the document.
+    let partition_changed = old.map(|d| &d.partition) != new.map(|d| &d.partition);
     for (name, ix) in &coll.indexes {
         let ok =
             old.map(|d| keys::index_key(&coll.name, name, &index_values(&d.data, &ix.fields), id));
         let nk =
             new.map(|d| keys::index_key(&coll.name, name, &index_values(&d.data, &ix.fields), id));
-        if ok == nk {
+        if ok == nk && !partition_changed {
             continue;
         }
         if let Some(k) = ok {
             ops.push((k, None));
         }
-        if let Some(k) = nk {
-            ops.push((k, Some(Vec::new())));
+        if let (Some(k), Some(d)) = (nk, new) {
+            ops.push((k, Some(d.partition.as_bytes().to_vec())));
         }
     }
     let op = old.map(|d| d.partition.as_str());

@@ -386,6 +386,7 @@ pub fn query(
             ),
         ));
     }
+    check_input(auth, limits)?;
     let block = parse_block(source)?;
     let ctx = Context {
         auth: auth.clone(),

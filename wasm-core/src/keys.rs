@@ -90,15 +90,20 @@ pub fn encode_value(out: &mut Vec<u8>, v: &Value) {
         Value::Int(i) => {
             out.push(K_NUM);
             out.extend_from_slice(&ordered_f64(*i as f64));
-            // Ints sort after a float of the same approximate value, then exactly.
+            // After the approximate value, ints order exactly; a (non-integral) float
+            // never shares its approximation with an int, so the order is by value.
             out.push(1);
             out.extend_from_slice(&((*i as u64) ^ (1 << 63)).to_be_bytes());
         }
-        Value::Float(f) => {
-            out.push(K_NUM);
-            out.extend_from_slice(&ordered_f64(*f));
-            out.push(0);
-        }
+        Value::Float(f) => match crate::value::exact_int(*f) {
+            // An integral float is keyed as the int it equals: `byPrice(2)` finds 2.0.
+            Some(i) => encode_value(out, &Value::Int(i)),
+            None => {
+                out.push(K_NUM);
+                out.extend_from_slice(&ordered_f64(*f));
+                out.push(0);
+            }
+        },
         Value::String(s) => {
             out.push(K_STRING);
             push_escaped(out, s.as_bytes());
@@ -282,8 +287,8 @@ mod tests {
             Value::Float(-1.5),
             Value::Int(0),
             Value::Float(0.25),
-            Value::Float(1.0),
             Value::Int(1),
+            Value::Float(1.5),
             Value::Int(9_007_199_254_740_992),
             Value::Int(9_007_199_254_740_993),
             Value::Int(i64::MAX),
@@ -312,6 +317,25 @@ mod tests {
                 assert_eq!(ea.cmp(&eb), a.total_cmp(b), "{a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn equal_numbers_share_a_key() {
+        for (i, f) in [
+            (2, 2.0),
+            (-7, -7.0),
+            (0, 0.0),
+            (1 << 60, (1u64 << 60) as f64),
+        ] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            encode_value(&mut a, &Value::Int(i));
+            encode_value(&mut b, &Value::Float(f));
+            assert_eq!(a, b, "{i} vs {f}");
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encode_value(&mut a, &Value::Float(2.5));
+        encode_value(&mut b, &Value::Int(2));
+        assert!(a > b);
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! - [`doc`]: stored documents and the key-value writes a document write implies.
 //! - [`exec`]: `execute` (commit → outcome), `apply` (outcome → state and digest),
 //!   `query`.
-//! - [`storage`]: the storage trait, the in-memory backend and the conformance suite.
+//! - [`storage`]: the storage trait, the in-memory backend, the overlay and the
+//!   conformance suite.
+//! - [`protocol`]: the sync protocol's frames and the log's entries, as bytes.
 //!
 //! # Example
 //! ```
@@ -48,6 +50,7 @@ pub mod eval;
 pub mod exec;
 pub mod keys;
 pub mod lang;
+pub mod protocol;
 pub mod schema;
 pub mod storage;
 pub mod value;

@@ -125,8 +125,8 @@ impl Value {
 
     /// The engine's total order over all values, used by `order`, by `<` and by index
     /// keys. Types order as null < boolean < number < string < bytes < array < object.
-    /// Numbers compare by value; an int and a float of the same value order float
-    /// first, then ints by their exact value (so ints beyond 2^53 still order exactly).
+    /// Numbers compare by exact value, ints and floats alike: `2` and `2.0` are equal
+    /// here (and in index keys), though they stay different values.
     pub fn total_cmp(&self, other: &Value) -> Ordering {
         match (self, other) {
             (Value::Null, Value::Null) => Ordering::Equal,
@@ -166,7 +166,7 @@ impl Value {
     pub fn loose_eq(&self, other: &Value) -> bool {
         match (self, other) {
             (Value::Int(a), Value::Float(b)) | (Value::Float(b), Value::Int(a)) => {
-                (*a as f64) == *b && (*b as i64) == *a
+                exact_int(*b) == Some(*a)
             }
             (Value::Array(a), Value::Array(b)) => {
                 a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.loose_eq(y))
@@ -383,9 +383,34 @@ fn cmp_numbers(a: &Value, b: &Value) -> Ordering {
     match (a, b) {
         (Value::Int(x), Value::Int(y)) => x.cmp(y),
         (Value::Float(x), Value::Float(y)) => x.total_cmp(y),
-        (Value::Int(x), Value::Float(y)) => (*x as f64).total_cmp(y).then(Ordering::Greater),
-        (Value::Float(x), Value::Int(y)) => x.total_cmp(&(*y as f64)).then(Ordering::Less),
+        (Value::Int(x), Value::Float(y)) => cmp_int_float(*x, *y),
+        (Value::Float(x), Value::Int(y)) => cmp_int_float(*y, *x).reverse(),
         _ => unreachable!("cmp_numbers is only called with numbers"),
+    }
+}
+
+/// Compares an int with a float by exact value (`2` and `2.0` are equal).
+fn cmp_int_float(x: i64, y: f64) -> Ordering {
+    match (x as f64).total_cmp(&y) {
+        Ordering::Equal => {
+            // y is integral, since it equals a rounded integer. 2^63 is beyond every i64.
+            if y >= 9_223_372_036_854_775_808.0 {
+                Ordering::Less
+            } else {
+                x.cmp(&(y as i64))
+            }
+        }
+        o => o,
+    }
+}
+
+/// The int a float is exactly equal to, if any (so `2.0` indexes as `2`).
+pub(crate) fn exact_int(f: f64) -> Option<i64> {
+    if f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f)
+    {
+        Some(f as i64)
+    } else {
+        None
     }
 }
 

@@ -218,7 +218,7 @@ impl<'a> Evaluator<'a> {
                 let cost: usize = vals.iter().map(Value::encoded_len).sum();
                 self.charge(1 + cost as u64 / 256)?;
                 // Refuse work whose result would be over the limit before doing it.
-                if name == "repeat" || name == "range" {
+                if matches!(name, "repeat" | "range" | "replace" | "join") {
                     self.precheck_size(name, &vals)?;
                 }
                 let v = pure(name, &vals)?;
@@ -238,6 +238,27 @@ impl<'a> Evaluator<'a> {
             ("repeat", [Value::String(s), Value::Int(n)]) => s.len() as i128 * *n as i128,
             ("range", [Value::Int(n)]) => *n as i128 * 2,
             ("range", [Value::Int(a), Value::Int(b)]) => (*b as i128 - *a as i128) * 2,
+            ("replace", [Value::String(s), Value::String(from), Value::String(to)])
+                if !from.is_empty() =>
+            {
+                let k = s.matches(from.as_str()).count() as i128;
+                s.len() as i128 + k * (to.len() as i128 - from.len() as i128)
+            }
+            ("join", [Value::Array(xs), rest @ ..]) => {
+                let sep = match rest {
+                    [Value::String(sep)] => sep.len(),
+                    _ => 0,
+                };
+                // A lower bound: anything else reads as at least one character.
+                let parts: usize = xs
+                    .iter()
+                    .map(|x| match x {
+                        Value::String(s) => s.len(),
+                        _ => 1,
+                    })
+                    .sum();
+                xs.len().saturating_sub(1) as i128 * sep as i128 + parts as i128
+            }
             _ => 0,
         };
         if n > self.limits.max_value_bytes as i128 {
@@ -249,7 +270,10 @@ impl<'a> Evaluator<'a> {
                 ),
             ));
         }
-        self.charge(n.max(0) as u64 / 64)
+        if name == "repeat" || name == "range" {
+            self.charge(n.max(0) as u64 / 64)?;
+        }
+        Ok(())
     }
 
     fn higher_order(&mut self, name: &str, args: Vec<Val>) -> Result<Val, Error> {
@@ -294,9 +318,22 @@ impl<'a> Evaluator<'a> {
                 arity(name, &rest, 1, 1)?;
                 let f = func(0)?;
                 let mut out = Vec::with_capacity(arr.len());
+                // Stop as soon as the result is over the limit, not after building it all.
+                let mut size = 0;
                 for x in arr {
                     let v = self.call_closure(&f, vec![Val::Data(x)])?;
-                    out.push(self.materialize(v)?);
+                    let v = self.materialize(v)?;
+                    size += v.encoded_len();
+                    if size > self.limits.max_value_bytes {
+                        return Err(err(
+                            ErrorCode::ResultTooLarge,
+                            format!(
+                                "map would build more than {} bytes, the limit",
+                                self.limits.max_value_bytes
+                            ),
+                        ));
+                    }
+                    out.push(v);
                 }
                 let v = Value::Array(out);
                 self.check_built(&v)?;
@@ -380,7 +417,10 @@ impl<'a> Evaluator<'a> {
                     other => ks.push(self.materialize(other)?),
                 }
             }
-            keyed.push((Value::Array(ks), x));
+            // Keys are kept until the sort ends: large ones cost fuel, as built values do.
+            let ks = Value::Array(ks);
+            self.charge(ks.encoded_len() as u64 / 64)?;
+            keyed.push((ks, x));
         }
         let n = keyed.len() as u64;
         self.charge(n * (64 - n.leading_zeros() as u64))?;
@@ -439,6 +479,7 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
             match &a[0] {
                 Value::Int(i) => Value::Float(*i as f64),
                 Value::Float(f) => Value::Float(*f),
+                Value::Bool(b) => Value::Float(if *b { 1.0 } else { 0.0 }),
                 Value::String(s) => Value::float(s.trim().parse().map_err(|_| {
                     err(
                         ErrorCode::InvalidArgument,
@@ -535,11 +576,17 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
                 _ => a,
             };
             let mut best: Option<&Value> = None;
+            let numeric = |v: &Value| matches!(v, Value::Int(_) | Value::Float(_));
             for x in items {
                 if !matches!(x, Value::Int(_) | Value::Float(_) | Value::String(_)) {
                     return Err(type_err(format!(
                         "{name} compares numbers or strings, not {}",
                         x.type_name()
+                    )));
+                }
+                if best.is_some_and(|b| numeric(b) != numeric(x)) {
+                    return Err(type_err(format!(
+                        "{name} compares numbers with numbers and strings with strings"
                     )));
                 }
                 best = Some(match best {
@@ -791,8 +838,12 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
             let xs = arr_arg(name, &a[0])?;
             let mut seen = std::collections::BTreeSet::new();
             let mut out = Vec::new();
+            // By the index key encoding, so that values `==` calls equal (1 and 1.0)
+            // count once, as they do for `includes` and `indexOf`.
             for x in xs {
-                if seen.insert(x.encode()) {
+                let mut k = Vec::new();
+                crate::keys::encode_value(&mut k, x);
+                if seen.insert(k) {
                     out.push(x.clone());
                 }
             }

@@ -10,7 +10,6 @@
 
 pub mod builtins;
 mod sets;
-mod txn;
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -19,14 +18,13 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 pub(crate) use sets::SetQ;
-pub(crate) use txn::TxnView;
 
 use crate::doc::{index_values, StoredDoc};
 use crate::error::{Error, ErrorCode, Pos};
 use crate::keys;
 use crate::lang::ast::{Action, BinOp, Block, Expr, ExprKind, Lambda, Stmt, UnOp};
 use crate::schema::{Collection, Schema};
-use crate::storage::Storage;
+use crate::storage::{Overlay, Storage};
 use crate::value::{Object, Value, MAX_VALUE_DEPTH};
 
 /// Limits on one evaluation (a transaction, a query or a rule check).
@@ -196,7 +194,7 @@ pub(crate) struct Touched {
 /// One evaluation.
 pub struct Evaluator<'a> {
     pub(crate) schema: &'a Schema,
-    pub(crate) view: TxnView<'a>,
+    pub(crate) view: Overlay<'a>,
     pub(crate) limits: &'a Limits,
     pub(crate) ctx: &'a Context,
     mode: Mode,
@@ -227,7 +225,7 @@ impl<'a> Evaluator<'a> {
     ) -> Evaluator<'a> {
         Evaluator {
             schema,
-            view: TxnView::new(store),
+            view: Overlay::new(store),
             limits,
             ctx,
             mode,
@@ -443,29 +441,8 @@ impl<'a> Evaluator<'a> {
                 self.check_built(&v)?;
                 Ok(Val::Data(v))
             }
-            ExprKind::Field {
-                recv,
-                name,
-                optional,
-            } => {
-                let r = self.eval(recv, env)?;
-                if *optional && matches!(r, Val::Data(Value::Null)) {
-                    return Ok(Val::NULL);
-                }
-                self.field(&r, name)
-            }
-            ExprKind::Index { recv, index } => {
-                let r = self.eval(recv, env)?;
-                let i = self.eval(index, env)?;
-                let i = self.materialize(i)?;
-                let r = match r {
-                    Val::Doc(d) => Value::Object(match d.to_value() {
-                        Value::Object(o) => o,
-                        _ => Object::new(),
-                    }),
-                    other => self.materialize(other)?,
-                };
-                Ok(Val::Data(index_value(&r, &i)?))
+            ExprKind::Field { .. } | ExprKind::Method { .. } | ExprKind::Index { .. } => {
+                Ok(self.chain(e, env)?.unwrap_or(Val::NULL))
             }
             ExprKind::Call { name, args } => {
                 let mut vals = Vec::with_capacity(args.len());
@@ -480,22 +457,6 @@ impl<'a> Evaluator<'a> {
                     return self.call_schema_function(&f, vals, e.pos);
                 }
                 self.call_builtin(name, vals)
-            }
-            ExprKind::Method {
-                recv,
-                name,
-                args,
-                optional,
-            } => {
-                let r = self.eval(recv, env)?;
-                if *optional && matches!(r, Val::Data(Value::Null)) {
-                    return Ok(Val::NULL);
-                }
-                let mut vals = Vec::with_capacity(args.len());
-                for a in args {
-                    vals.push(self.eval(a, env)?);
-                }
-                self.method(r, name, vals)
             }
             ExprKind::Unary(op, a) => {
                 let v = self.eval(a, env)?;
@@ -569,6 +530,70 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// Evaluates a chain of field reads, indexing and method calls. `None` means an
+    /// optional step (`?.`) met null: the rest of the chain is skipped, as in
+    /// JavaScript (`a?.b.c` is null when `a` is null).
+    fn chain(&mut self, e: &Expr, env: &Env) -> Result<Option<Val>, Error> {
+        let recv_of = |ev: &mut Self, recv: &Expr| -> Result<Option<Val>, Error> {
+            match recv.kind {
+                ExprKind::Field { .. } | ExprKind::Method { .. } | ExprKind::Index { .. } => {
+                    ev.charge(1).map_err(|x| x.or_at(recv.pos))?;
+                    ev.enter().map_err(|x| x.or_at(recv.pos))?;
+                    let r = ev.chain(recv, env).map_err(|x| x.or_at(recv.pos));
+                    ev.depth -= 1;
+                    r
+                }
+                _ => ev.eval(recv, env).map(Some),
+            }
+        };
+        match &e.kind {
+            ExprKind::Field {
+                recv,
+                name,
+                optional,
+            } => {
+                let Some(r) = recv_of(self, recv)? else {
+                    return Ok(None);
+                };
+                if *optional && matches!(r, Val::Data(Value::Null)) {
+                    return Ok(None);
+                }
+                self.field(&r, name).map(Some)
+            }
+            ExprKind::Method {
+                recv,
+                name,
+                args,
+                optional,
+            } => {
+                let Some(r) = recv_of(self, recv)? else {
+                    return Ok(None);
+                };
+                if *optional && matches!(r, Val::Data(Value::Null)) {
+                    return Ok(None);
+                }
+                let mut vals = Vec::with_capacity(args.len());
+                for a in args {
+                    vals.push(self.eval(a, env)?);
+                }
+                self.method(r, name, vals).map(Some)
+            }
+            ExprKind::Index { recv, index } => {
+                let Some(r) = recv_of(self, recv)? else {
+                    return Ok(None);
+                };
+                let i = self.eval(index, env)?;
+                let i = self.materialize(i)?;
+                let r = match r {
+                    Val::Doc(d) => d.to_value(),
+                    other => self.materialize(other)?,
+                };
+                Ok(Some(Val::Data(index_value(&r, &i)?)))
+            }
+            _ => self.eval(e, env).map(Some),
+        }
+    }
+
     pub(crate) fn truthy(&self, v: &Val) -> bool {
         match v {
             Val::Data(d) => d.truthy(),
@@ -626,8 +651,21 @@ impl<'a> Evaluator<'a> {
             Val::Doc(d) => Ok(d.to_value()),
             Val::Set(s) => {
                 let mut out = Vec::new();
+                // Count the size as elements arrive, so a set too large to hold stops
+                // at the limit instead of after it has been read whole.
+                let mut size = 0usize;
+                let limit = self.limits.max_value_bytes;
                 self.drive(&s, &mut |ev, v, _| {
-                    out.push(ev.materialize(v)?);
+                    let v = ev.materialize(v)?;
+                    size += v.encoded_len();
+                    if size > limit {
+                        return Err(err(
+                            ErrorCode::ResultTooLarge,
+                            format!("a set grew past {limit} bytes as it was read"),
+                        ));
+                    }
+                    ev.charge(v.encoded_len() as u64 / 64)?;
+                    out.push(v);
                     Ok(true)
                 })?;
                 let v = Value::Array(out);
@@ -660,7 +698,10 @@ impl<'a> Evaluator<'a> {
                 }
                 _ => {}
             },
-            Val::Data(v) if matches!(name, "update" | "replace" | "delete") => {
+            Val::Data(v)
+                if matches!(name, "update" | "delete")
+                    || (name == "replace" && !matches!(v, Value::String(_))) =>
+            {
                 return Err(type_err(format!(
                     "{name} applies to a document, not {}{}",
                     v.type_name(),
@@ -1033,7 +1074,9 @@ impl<'a> Evaluator<'a> {
                 ));
             }
         }
-        if let Err(why) = self.check_rules(coll, action, vars)? {
+        let mut vars = vars.to_vec();
+        vars.push(("collection", Value::String(coll.name.clone())));
+        if let Err(why) = self.check_rules(coll, action, &vars)? {
             return Err(err(
                 ErrorCode::PermissionDenied,
                 format!("{} of {}/{id} denied: {why}", action.as_str(), coll.name),
@@ -1048,7 +1091,7 @@ impl<'a> Evaluator<'a> {
                 }
                 let prefix = keys::index_prefix(&coll.name, name, &vals);
                 let range = crate::storage::KeyRange::prefix(&prefix);
-                let (page, _) = self.view.scan_page(&range, false, 2)?;
+                let page = self.view.scan(&range, false, 2)?;
                 for (k, _) in page {
                     let other = keys::index_key_id(&k, prefix.len(), 0)?;
                     if other != id {

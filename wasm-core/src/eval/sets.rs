@@ -17,7 +17,7 @@ use crate::error::{Error, ErrorCode};
 use crate::keys;
 use crate::lang::ast::IndexDecl;
 use crate::schema::Collection;
-use crate::storage::KeyRange;
+use crate::storage::{KeyRange, Storage};
 use crate::value::{Object, Value};
 
 /// Documents read from storage per page.
@@ -186,7 +186,7 @@ impl<'a> Evaluator<'a> {
             "count" => {
                 exact(0)?;
                 let mut n = 0i64;
-                self.drive(s, &mut |_, _, _| {
+                self.drive_with(s, false, &mut |_, _, _| {
                     n += 1;
                     Ok(true)
                 })?;
@@ -195,7 +195,7 @@ impl<'a> Evaluator<'a> {
             "isEmpty" => {
                 exact(0)?;
                 let mut empty = true;
-                self.drive(s, &mut |_, _, _| {
+                self.drive_with(s, false, &mut |_, _, _| {
                     empty = false;
                     Ok(false)
                 })?;
@@ -279,7 +279,21 @@ impl<'a> Evaluator<'a> {
                         "paginate takes a page size and, optionally, the cursor of the page before",
                     ));
                 }
-                let size = count_arg(name, &args[0])?.max(1);
+                let size = count_arg(name, &args[0])?;
+                if size == 0 {
+                    return Err(err(
+                        ErrorCode::InvalidArgument,
+                        "paginate takes a page size of 1 or more",
+                    ));
+                }
+                // A cursor resumes the source, so a skip or take before paginate would
+                // start counting again on every page.
+                if s.ops.iter().any(|o| matches!(o, Op::Skip(_) | Op::Take(_))) {
+                    return Err(err(
+                        ErrorCode::InvalidArgument,
+                        "paginate does not combine with skip or take: the page size and the cursor do their work",
+                    ));
+                }
                 let cursor = match args.get(1) {
                     None | Some(Val::Data(Value::Null)) => None,
                     Some(Val::Data(Value::String(c))) => Some(c.clone()),
@@ -383,7 +397,9 @@ impl<'a> Evaluator<'a> {
         elems: Vec<Val>,
         keys: &[Rc<Closure>],
     ) -> Result<(Vec<Sorted>, Vec<bool>), Error> {
-        let mut desc = vec![false; keys.len()];
+        // One direction per key, and one for the tie-break, so that reverse() can flip
+        // the whole order and cursors still find their place.
+        let mut desc = vec![false; keys.len() + 1];
         let mut keyed = Vec::with_capacity(elems.len());
         for (n, v) in elems.into_iter().enumerate() {
             let mut ks = Vec::with_capacity(keys.len() + 1);
@@ -400,7 +416,11 @@ impl<'a> Evaluator<'a> {
                 Val::Doc(d) => Value::String(d.id.clone()),
                 _ => Value::Int(n as i64),
             });
-            keyed.push((v, Value::Array(ks)));
+            let ks = Value::Array(ks);
+            // Keys are held until the sort ends: large ones cost fuel, as in `order`
+            // on arrays.
+            self.charge(ks.encoded_len() as u64 / 64)?;
+            keyed.push((v, ks));
         }
         let n = keyed.len() as u64;
         self.charge(n * (64 - n.leading_zeros() as u64))?;
@@ -453,6 +473,18 @@ impl<'a> Evaluator<'a> {
         s: &SetQ,
         sink: &mut dyn FnMut(&mut Evaluator<'a>, Val, At) -> Result<bool, Error>,
     ) -> Result<(), Error> {
+        self.drive_with(s, true, sink)
+    }
+
+    /// Like [`Evaluator::drive`]; with `need_docs` false and no `where` or `map`, index
+    /// scans hand the sink `null` instead of fetching each document (for `count`).
+    pub(crate) fn drive_with(
+        &mut self,
+        s: &SetQ,
+        need_docs: bool,
+        sink: &mut dyn FnMut(&mut Evaluator<'a>, Val, At) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        let need_docs = need_docs || s.ops.iter().any(|o| matches!(o, Op::Where(_) | Op::Map(_)));
         let mut counts = vec![0u64; s.ops.len()];
         match &s.source {
             Source::Sorted { items, .. } => {
@@ -483,23 +515,32 @@ impl<'a> Evaluator<'a> {
                     next = rest;
                     for (k, v) in page {
                         self.charge(1 + v.len() as u64 / 1024)?;
-                        let doc = match index {
+                        let elem = match index {
                             None => {
                                 let mut pos = 1;
                                 keys::read_str(&k, &mut pos)?;
                                 let id = keys::read_str(&k, &mut pos)?;
-                                Doc {
+                                let stored = StoredDoc::decode(&v)?;
+                                if !self.can_read(coll, &stored.partition)? {
+                                    continue;
+                                }
+                                Val::Doc(Rc::new(Doc {
                                     collection: collection.clone(),
                                     id,
-                                    stored: StoredDoc::decode(&v)?,
-                                }
+                                    stored,
+                                }))
                             }
                             Some(ix) => {
-                                let id = keys::index_key_id(&k, ix.prefix_len, ix.fields)?;
-                                let bytes = self
-                                    .view
-                                    .get(&keys::doc_key(collection, &id))?
-                                    .ok_or_else(|| {
+                                let partition = std::str::from_utf8(&v).map_err(|_| {
+                                    Error::new(ErrorCode::Corrupt, "bad index entry")
+                                })?;
+                                if !self.can_read(coll, partition)? {
+                                    continue;
+                                }
+                                if need_docs {
+                                    let id = keys::index_key_id(&k, ix.prefix_len, ix.fields)?;
+                                    let key = keys::doc_key(collection, &id);
+                                    let bytes = self.view.get(&key)?.ok_or_else(|| {
                                         Error::new(
                                             ErrorCode::Corrupt,
                                             format!(
@@ -508,17 +549,18 @@ impl<'a> Evaluator<'a> {
                                             ),
                                         )
                                     })?;
-                                Doc {
-                                    collection: collection.clone(),
-                                    id,
-                                    stored: StoredDoc::decode(&bytes)?,
+                                    self.charge(bytes.len() as u64 / 1024)?;
+                                    Val::Doc(Rc::new(Doc {
+                                        collection: collection.clone(),
+                                        id,
+                                        stored: StoredDoc::decode(&bytes)?,
+                                    }))
+                                } else {
+                                    Val::NULL
                                 }
                             }
                         };
-                        if !self.can_read(coll, &doc.stored.partition)? {
-                            continue;
-                        }
-                        match self.pipeline(&s.ops, &mut counts, Val::Doc(Rc::new(doc)))? {
+                        match self.pipeline(&s.ops, &mut counts, elem)? {
                             Flow::Emit(v) => {
                                 if !sink(self, v, At::Key(&k))? {
                                     return Ok(());

@@ -9,6 +9,8 @@ pub const MAX_SOURCE_BYTES: usize = 1 << 20;
 pub enum Tok {
     Ident(String),
     Int(i64),
+    /// 9223372036854775808: only valid after a minus sign, as the smallest int.
+    IntMinMagnitude,
     Float(f64),
     Str(String),
     LParen,
@@ -48,6 +50,7 @@ impl Tok {
         match self {
             Tok::Ident(s) => format!("`{s}`"),
             Tok::Int(i) => format!("number {i}"),
+            Tok::IntMinMagnitude => "number 9223372036854775808".into(),
             Tok::Float(f) => format!("number {f}"),
             Tok::Str(_) => "a string".into(),
             Tok::Eof => "the end of the input".into(),
@@ -340,6 +343,9 @@ impl Lexer {
             }
             Ok(Tok::Float(f))
         } else {
+            if s.trim_start_matches('0') == "9223372036854775808" {
+                return Ok(Tok::IntMinMagnitude);
+            }
             s.parse::<i64>().map(Tok::Int).map_err(|_| {
                 Error::at(
                     ErrorCode::Parse,

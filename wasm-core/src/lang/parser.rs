@@ -271,6 +271,10 @@ impl Parser {
             _ => return self.postfix(),
         };
         let pos = self.bump().pos;
+        if op == UnOp::Neg && self.peek().tok == Tok::IntMinMagnitude {
+            self.bump();
+            return self.node(ExprKind::Lit(Value::Int(i64::MIN)), pos);
+        }
         self.enter()?;
         let operand = self.unary();
         self.leave();
@@ -279,10 +283,13 @@ impl Parser {
         if op == UnOp::Neg {
             match operand.kind {
                 ExprKind::Lit(Value::Int(i)) => {
-                    return self.node(ExprKind::Lit(Value::Int(i.wrapping_neg())), pos)
+                    // Never overflows: a literal is at most i64::MAX.
+                    return self.node(ExprKind::Lit(Value::Int(-i)), pos);
                 }
                 ExprKind::Lit(Value::Float(f)) => {
-                    return self.node(ExprKind::Lit(Value::Float(-f)), pos)
+                    // Through Value::float, so that `-0.0` is the one zero.
+                    let v = Value::float(-f).map_err(|e| e.or_at(pos))?;
+                    return self.node(ExprKind::Lit(v), pos);
                 }
                 _ => {}
             }
@@ -405,8 +412,13 @@ impl Parser {
             }
             Tok::Float(f) => {
                 self.bump();
-                self.node(ExprKind::Lit(Value::Float(f)), pos)
+                self.node(ExprKind::Lit(Value::float(f).map_err(|e| e.or_at(pos))?), pos)
             }
+            Tok::IntMinMagnitude => Err(Error::at(
+                ErrorCode::Parse,
+                pos,
+                "integer 9223372036854775808 does not fit in 64 bits (only -9223372036854775808 does)",
+            )),
             Tok::Str(s) => {
                 self.bump();
                 self.node(ExprKind::Lit(Value::String(s)), pos)
@@ -454,6 +466,7 @@ impl Parser {
                 let mut fields: Vec<(String, Expr)> = Vec::new();
                 while self.peek().tok != Tok::RBrace {
                     let kt = self.bump();
+                    let shorthand_ok = matches!(kt.tok, Tok::Ident(_));
                     let key = match kt.tok {
                         Tok::Ident(s) => s,
                         Tok::Str(s) => s,
@@ -474,6 +487,12 @@ impl Parser {
                     }
                     let value = if self.eat(&Tok::Colon) {
                         self.expr()?
+                    } else if !shorthand_ok {
+                        return Err(Error::at(
+                            ErrorCode::Parse,
+                            self.peek_pos(),
+                            format!("expected `:` after the field name \"{key}\""),
+                        ));
                     } else {
                         // `{ id }` is `{ id: id }`.
                         self.node(ExprKind::Var(key.clone()), kt.pos)?

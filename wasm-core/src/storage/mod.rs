@@ -12,10 +12,12 @@
 
 pub mod conformance;
 mod memory;
+mod overlay;
 
 use std::ops::Bound;
 
 pub use memory::MemoryStore;
+pub use overlay::Overlay;
 
 use crate::error::{Error, ErrorCode};
 

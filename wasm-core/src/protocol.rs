@@ -1,0 +1,725 @@
+//! The sync protocol's frames and the log's entries, as bytes.
+//!
+//! Shared by the server (native) and the client (native and wasm), so both sides encode
+//! with the same code. Every frame starts with the protocol version and a type byte;
+//! strings are varint-length-prefixed UTF-8, numbers LEB128 varints, values the
+//! canonical encoding of [`crate::value`]. The byte format is specified in
+//! `docs/PROTOCOL.md`. Decoding never panics and never allocates more than the input
+//! could hold: malformed bytes give `CORRUPT`.
+
+use crate::error::{Error, ErrorCode};
+use crate::exec::{Commit, Op, Write};
+use crate::value::{write_varint, Reader, Value};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Stable codes of protocol-level errors (sent in [`ServerFrame::Error`]). Commit
+/// rejections use the engine's [`ErrorCode`] strings instead.
+pub mod codes {
+    /// The frame did not decode.
+    pub const BAD_FRAME: &str = "BAD_FRAME";
+    /// The client speaks a protocol version the server does not.
+    pub const UNSUPPORTED_PROTOCOL: &str = "UNSUPPORTED_PROTOCOL";
+    /// A frame other than `Hello` came first, or `Hello` came twice.
+    pub const UNEXPECTED_FRAME: &str = "UNEXPECTED_FRAME";
+    /// A frame is larger than the server accepts.
+    pub const FRAME_TOO_LARGE: &str = "FRAME_TOO_LARGE";
+    /// A push holds more commits than the server accepts.
+    pub const TOO_MANY_COMMITS: &str = "TOO_MANY_COMMITS";
+    /// The client id is empty, too long, or in use by another identity.
+    pub const BAD_CLIENT_ID: &str = "BAD_CLIENT_ID";
+    /// The client sends faster than its identity may.
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    /// The client did not read fast enough; the server dropped it.
+    pub const TOO_SLOW: &str = "TOO_SLOW";
+    /// The server is shutting down; reconnect later.
+    pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+    /// Something went wrong in the server; nothing the client sent was lost.
+    pub const INTERNAL: &str = "INTERNAL";
+}
+
+/// A commit as a client sends it: the server adds the client id (from `Hello`), the
+/// verified claims and the timestamp.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientCommit {
+    pub seq: u64,
+    pub schema_version: String,
+    pub op: Op,
+}
+
+/// Frames from client to server.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientFrame {
+    /// First frame on a connection.
+    Hello {
+        client_id: String,
+        token: String,
+        schema_version: String,
+        /// The lowest sequence number still in the client's outbox (0 if empty): the
+        /// server answers with the outcomes it kept for `outbox_from..`.
+        outbox_from: u64,
+        /// The partitions the client holds, each with the log position it is current to.
+        partitions: Vec<(String, u64)>,
+    },
+    Push {
+        commits: Vec<ClientCommit>,
+    },
+    Ping {
+        nonce: u64,
+    },
+}
+
+/// A document in a snapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotDoc {
+    pub collection: String,
+    pub id: String,
+    pub version: u64,
+    pub data: Value,
+}
+
+/// How the server settled one commit.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommitResult {
+    Committed {
+        position: u64,
+        result: Value,
+    },
+    Rejected {
+        code: String,
+        message: String,
+    },
+    /// Applied before; its outcome is no longer kept (the client's view is already
+    /// correct through its partitions).
+    Duplicate,
+    /// The sequence number skips ahead; send `expected` first.
+    OutOfOrder {
+        expected: u64,
+    },
+}
+
+/// Frames from server to client.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServerFrame {
+    Welcome {
+        schema_version: String,
+        schema_source: String,
+        /// The log position the server has applied; snapshots that follow are at it.
+        position: u64,
+        /// The client's highest applied sequence number.
+        applied_seq: u64,
+        /// Every partition the client may read now.
+        partitions: Vec<String>,
+    },
+    /// The whole content of a partition at `position`: it replaces what the client had.
+    Snapshot {
+        partition: String,
+        position: u64,
+        docs: Vec<SnapshotDoc>,
+    },
+    /// The client may no longer read `partition`: drop it (from `position` on).
+    Drop {
+        partition: String,
+        position: u64,
+    },
+    /// The writes of the log entry at `position` to partitions the client holds.
+    Effects {
+        position: u64,
+        writes: Vec<Write>,
+    },
+    /// The outcome of one of the client's own commits.
+    Outcome {
+        seq: u64,
+        result: CommitResult,
+    },
+    /// A protocol error; the server closes the connection after it.
+    Error {
+        code: String,
+        message: String,
+    },
+    Pong {
+        nonce: u64,
+    },
+}
+
+// Frame type bytes. Client frames are below 0x80, server frames above.
+const F_HELLO: u8 = 0x01;
+const F_PUSH: u8 = 0x02;
+const F_PING: u8 = 0x03;
+const F_WELCOME: u8 = 0x81;
+const F_SNAPSHOT: u8 = 0x82;
+const F_DROP: u8 = 0x83;
+const F_EFFECTS: u8 = 0x84;
+const F_OUTCOME: u8 = 0x85;
+const F_ERROR: u8 = 0x86;
+const F_PONG: u8 = 0x87;
+
+// Log entry kinds.
+const E_COMMIT: u8 = 0x01;
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    write_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_op(out: &mut Vec<u8>, op: &Op) {
+    match op {
+        Op::Call { function, args } => {
+            out.push(0);
+            put_str(out, function);
+            args.encode_into(out);
+        }
+        Op::Run { source } => {
+            out.push(1);
+            put_str(out, source);
+        }
+    }
+}
+
+fn read_op(r: &mut Reader) -> Result<Op, Error> {
+    Ok(match r.byte()? {
+        0 => Op::Call {
+            function: r.string()?,
+            args: r.value(0)?,
+        },
+        1 => Op::Run {
+            source: r.string()?,
+        },
+        t => return Err(corrupt(&format!("unknown op kind {t}"))),
+    })
+}
+
+fn corrupt(msg: &str) -> Error {
+    Error::new(ErrorCode::Corrupt, format!("bad frame: {msg}"))
+}
+
+/// A count read from the wire, refused when it could not fit in the bytes left (each
+/// item takes at least `min_item` bytes), so a hostile count cannot force a huge
+/// allocation.
+fn count(r: &mut Reader, min_item: usize) -> Result<usize, Error> {
+    let n = r.varint()?;
+    let left = (r.buf.len() - r.pos) as u64;
+    if n.saturating_mul(min_item as u64) > left {
+        return Err(corrupt("count larger than the frame"));
+    }
+    Ok(n as usize)
+}
+
+fn finish(r: &Reader) -> Result<(), Error> {
+    if r.pos == r.buf.len() {
+        Ok(())
+    } else {
+        Err(corrupt("trailing bytes"))
+    }
+}
+
+/// The protocol version of a frame, without decoding the rest (so a server can answer
+/// an unknown version with a clear error).
+pub fn frame_version(bytes: &[u8]) -> Option<u8> {
+    bytes.first().copied()
+}
+
+impl ClientFrame {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![PROTOCOL_VERSION];
+        match self {
+            ClientFrame::Hello {
+                client_id,
+                token,
+                schema_version,
+                outbox_from,
+                partitions,
+            } => {
+                out.push(F_HELLO);
+                put_str(&mut out, client_id);
+                put_str(&mut out, token);
+                put_str(&mut out, schema_version);
+                write_varint(&mut out, *outbox_from);
+                write_varint(&mut out, partitions.len() as u64);
+                for (p, c) in partitions {
+                    put_str(&mut out, p);
+                    write_varint(&mut out, *c);
+                }
+            }
+            ClientFrame::Push { commits } => {
+                out.push(F_PUSH);
+                write_varint(&mut out, commits.len() as u64);
+                for c in commits {
+                    write_varint(&mut out, c.seq);
+                    put_str(&mut out, &c.schema_version);
+                    put_op(&mut out, &c.op);
+                }
+            }
+            ClientFrame::Ping { nonce } => {
+                out.push(F_PING);
+                write_varint(&mut out, *nonce);
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ClientFrame, Error> {
+        let mut r = Reader::new(bytes);
+        let v = r.byte()?;
+        if v != PROTOCOL_VERSION {
+            return Err(Error::new(
+                ErrorCode::Corrupt,
+                format!(
+                    "protocol version {v} is not supported (this side speaks {PROTOCOL_VERSION})"
+                ),
+            ));
+        }
+        let f = match r.byte()? {
+            F_HELLO => {
+                let client_id = r.string()?;
+                let token = r.string()?;
+                let schema_version = r.string()?;
+                let outbox_from = r.varint()?;
+                let n = count(&mut r, 2)?;
+                let mut partitions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    partitions.push((r.string()?, r.varint()?));
+                }
+                ClientFrame::Hello {
+                    client_id,
+                    token,
+                    schema_version,
+                    outbox_from,
+                    partitions,
+                }
+            }
+            F_PUSH => {
+                let n = count(&mut r, 4)?;
+                let mut commits = Vec::with_capacity(n);
+                for _ in 0..n {
+                    commits.push(ClientCommit {
+                        seq: r.varint()?,
+                        schema_version: r.string()?,
+                        op: read_op(&mut r)?,
+                    });
+                }
+                ClientFrame::Push { commits }
+            }
+            F_PING => ClientFrame::Ping { nonce: r.varint()? },
+            t => return Err(corrupt(&format!("unknown client frame type {t:#04x}"))),
+        };
+        finish(&r)?;
+        Ok(f)
+    }
+}
+
+fn put_write(out: &mut Vec<u8>, w: &Write) {
+    put_str(out, &w.collection);
+    put_str(out, &w.id);
+    put_str(out, &w.partition);
+    write_varint(out, w.version);
+    match &w.data {
+        None => out.push(0),
+        Some(d) => {
+            out.push(1);
+            d.encode_into(out);
+        }
+    }
+}
+
+fn read_write(r: &mut Reader) -> Result<Write, Error> {
+    Ok(Write {
+        collection: r.string()?,
+        id: r.string()?,
+        partition: r.string()?,
+        version: r.varint()?,
+        data: match r.byte()? {
+            0 => None,
+            1 => Some(r.value(0)?),
+            t => return Err(corrupt(&format!("unknown write kind {t}"))),
+        },
+    })
+}
+
+impl ServerFrame {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![PROTOCOL_VERSION];
+        match self {
+            ServerFrame::Welcome {
+                schema_version,
+                schema_source,
+                position,
+                applied_seq,
+                partitions,
+            } => {
+                out.push(F_WELCOME);
+                put_str(&mut out, schema_version);
+                put_str(&mut out, schema_source);
+                write_varint(&mut out, *position);
+                write_varint(&mut out, *applied_seq);
+                write_varint(&mut out, partitions.len() as u64);
+                for p in partitions {
+                    put_str(&mut out, p);
+                }
+            }
+            ServerFrame::Snapshot {
+                partition,
+                position,
+                docs,
+            } => {
+                out.push(F_SNAPSHOT);
+                put_str(&mut out, partition);
+                write_varint(&mut out, *position);
+                write_varint(&mut out, docs.len() as u64);
+                for d in docs {
+                    put_str(&mut out, &d.collection);
+                    put_str(&mut out, &d.id);
+                    write_varint(&mut out, d.version);
+                    d.data.encode_into(&mut out);
+                }
+            }
+            ServerFrame::Drop {
+                partition,
+                position,
+            } => {
+                out.push(F_DROP);
+                put_str(&mut out, partition);
+                write_varint(&mut out, *position);
+            }
+            ServerFrame::Effects { position, writes } => {
+                out.push(F_EFFECTS);
+                write_varint(&mut out, *position);
+                write_varint(&mut out, writes.len() as u64);
+                for w in writes {
+                    put_write(&mut out, w);
+                }
+            }
+            ServerFrame::Outcome { seq, result } => {
+                out.push(F_OUTCOME);
+                write_varint(&mut out, *seq);
+                match result {
+                    CommitResult::Committed { position, result } => {
+                        out.push(0);
+                        write_varint(&mut out, *position);
+                        result.encode_into(&mut out);
+                    }
+                    CommitResult::Rejected { code, message } => {
+                        out.push(1);
+                        put_str(&mut out, code);
+                        put_str(&mut out, message);
+                    }
+                    CommitResult::Duplicate => out.push(2),
+                    CommitResult::OutOfOrder { expected } => {
+                        out.push(3);
+                        write_varint(&mut out, *expected);
+                    }
+                }
+            }
+            ServerFrame::Error { code, message } => {
+                out.push(F_ERROR);
+                put_str(&mut out, code);
+                put_str(&mut out, message);
+            }
+            ServerFrame::Pong { nonce } => {
+                out.push(F_PONG);
+                write_varint(&mut out, *nonce);
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ServerFrame, Error> {
+        let mut r = Reader::new(bytes);
+        let v = r.byte()?;
+        if v != PROTOCOL_VERSION {
+            return Err(Error::new(
+                ErrorCode::Corrupt,
+                format!(
+                    "protocol version {v} is not supported (this side speaks {PROTOCOL_VERSION})"
+                ),
+            ));
+        }
+        let f = match r.byte()? {
+            F_WELCOME => {
+                let schema_version = r.string()?;
+                let schema_source = r.string()?;
+                let position = r.varint()?;
+                let applied_seq = r.varint()?;
+                let n = count(&mut r, 1)?;
+                let mut partitions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    partitions.push(r.string()?);
+                }
+                ServerFrame::Welcome {
+                    schema_version,
+                    schema_source,
+                    position,
+                    applied_seq,
+                    partitions,
+                }
+            }
+            F_SNAPSHOT => {
+                let partition = r.string()?;
+                let position = r.varint()?;
+                let n = count(&mut r, 4)?;
+                let mut docs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    docs.push(SnapshotDoc {
+                        collection: r.string()?,
+                        id: r.string()?,
+                        version: r.varint()?,
+                        data: r.value(0)?,
+                    });
+                }
+                ServerFrame::Snapshot {
+                    partition,
+                    position,
+                    docs,
+                }
+            }
+            F_DROP => ServerFrame::Drop {
+                partition: r.string()?,
+                position: r.varint()?,
+            },
+            F_EFFECTS => {
+                let position = r.varint()?;
+                let n = count(&mut r, 5)?;
+                let mut writes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    writes.push(read_write(&mut r)?);
+                }
+                ServerFrame::Effects { position, writes }
+            }
+            F_OUTCOME => {
+                let seq = r.varint()?;
+                let result = match r.byte()? {
+                    0 => CommitResult::Committed {
+                        position: r.varint()?,
+                        result: r.value(0)?,
+                    },
+                    1 => CommitResult::Rejected {
+                        code: r.string()?,
+                        message: r.string()?,
+                    },
+                    2 => CommitResult::Duplicate,
+                    3 => CommitResult::OutOfOrder {
+                        expected: r.varint()?,
+                    },
+                    t => return Err(corrupt(&format!("unknown outcome kind {t}"))),
+                };
+                ServerFrame::Outcome { seq, result }
+            }
+            F_ERROR => ServerFrame::Error {
+                code: r.string()?,
+                message: r.string()?,
+            },
+            F_PONG => ServerFrame::Pong { nonce: r.varint()? },
+            t => return Err(corrupt(&format!("unknown server frame type {t:#04x}"))),
+        };
+        finish(&r)?;
+        Ok(f)
+    }
+}
+
+/// A log entry: a commit with what the gateway verified and the sequencer fixed.
+pub fn encode_log_entry(c: &Commit) -> Vec<u8> {
+    let mut out = vec![E_COMMIT];
+    put_str(&mut out, &c.client_id);
+    write_varint(&mut out, c.client_seq);
+    put_str(&mut out, &c.schema_version);
+    write_varint(&mut out, c.timestamp as u64);
+    c.auth.encode_into(&mut out);
+    put_op(&mut out, &c.op);
+    out
+}
+
+pub fn decode_log_entry(bytes: &[u8]) -> Result<Commit, Error> {
+    let mut r = Reader::new(bytes);
+    match r.byte()? {
+        E_COMMIT => {}
+        t => return Err(corrupt(&format!("unknown log entry kind {t}"))),
+    }
+    let c = Commit {
+        client_id: r.string()?,
+        client_seq: r.varint()?,
+        schema_version: r.string()?,
+        timestamp: r.varint()? as i64,
+        auth: r.value(0)?,
+        op: read_op(&mut r)?,
+    };
+    finish(&r)?;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::obj;
+
+    fn samples() -> (Vec<ClientFrame>, Vec<ServerFrame>) {
+        let op = Op::Call {
+            function: "toggle".into(),
+            args: obj([("id", "a".into())]),
+        };
+        let client = vec![
+            ClientFrame::Hello {
+                client_id: "c1".into(),
+                token: "t.o.k".into(),
+                schema_version: "abc".into(),
+                outbox_from: 3,
+                partitions: vec![("user:ann".into(), 42), ("team:t".into(), 0)],
+            },
+            ClientFrame::Push {
+                commits: vec![
+                    ClientCommit {
+                        seq: 3,
+                        schema_version: "abc".into(),
+                        op: op.clone(),
+                    },
+                    ClientCommit {
+                        seq: 4,
+                        schema_version: "abc".into(),
+                        op: Op::Run {
+                            source: "1 + 1".into(),
+                        },
+                    },
+                ],
+            },
+            ClientFrame::Ping { nonce: u64::MAX },
+        ];
+        let w = Write {
+            collection: "Todo".into(),
+            id: "a".into(),
+            partition: "user:ann".into(),
+            version: 7,
+            data: Some(obj([("done", true.into())])),
+        };
+        let server = vec![
+            ServerFrame::Welcome {
+                schema_version: "abc".into(),
+                schema_source: "collection A {}".into(),
+                position: 9,
+                applied_seq: 2,
+                partitions: vec!["user:ann".into()],
+            },
+            ServerFrame::Snapshot {
+                partition: "user:ann".into(),
+                position: 9,
+                docs: vec![SnapshotDoc {
+                    collection: "Todo".into(),
+                    id: "a".into(),
+                    version: 7,
+                    data: obj([("x", Value::Int(1))]),
+                }],
+            },
+            ServerFrame::Drop {
+                partition: "team:t".into(),
+                position: 10,
+            },
+            ServerFrame::Effects {
+                position: 11,
+                writes: vec![
+                    w.clone(),
+                    Write {
+                        data: None,
+                        ..w.clone()
+                    },
+                ],
+            },
+            ServerFrame::Outcome {
+                seq: 3,
+                result: CommitResult::Committed {
+                    position: 11,
+                    result: Value::Null,
+                },
+            },
+            ServerFrame::Outcome {
+                seq: 4,
+                result: CommitResult::Rejected {
+                    code: "ABORTED".into(),
+                    message: "no".into(),
+                },
+            },
+            ServerFrame::Outcome {
+                seq: 5,
+                result: CommitResult::Duplicate,
+            },
+            ServerFrame::Outcome {
+                seq: 6,
+                result: CommitResult::OutOfOrder { expected: 5 },
+            },
+            ServerFrame::Error {
+                code: codes::BAD_FRAME.into(),
+                message: "x".into(),
+            },
+            ServerFrame::Pong { nonce: 1 },
+        ];
+        (client, server)
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let (client, server) = samples();
+        for f in client {
+            assert_eq!(ClientFrame::decode(&f.encode()).unwrap(), f);
+        }
+        for f in server {
+            assert_eq!(ServerFrame::decode(&f.encode()).unwrap(), f);
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_refused() {
+        let (client, server) = samples();
+        let bytes: Vec<Vec<u8>> = client
+            .iter()
+            .map(ClientFrame::encode)
+            .chain(server.iter().map(ServerFrame::encode))
+            .collect();
+        for b in bytes {
+            for cut in 0..b.len() {
+                assert!(
+                    ClientFrame::decode(&b[..cut]).is_err()
+                        && ServerFrame::decode(&b[..cut]).is_err()
+                );
+            }
+            let mut longer = b.clone();
+            longer.push(0);
+            assert!(ClientFrame::decode(&longer).is_err() && ServerFrame::decode(&longer).is_err());
+        }
+    }
+
+    #[test]
+    fn unknown_version_is_named() {
+        let mut b = ClientFrame::Ping { nonce: 1 }.encode();
+        b[0] = 9;
+        let e = ClientFrame::decode(&b).unwrap_err();
+        assert!(e.message.contains("protocol version 9"), "{e}");
+        assert_eq!(frame_version(&b), Some(9));
+    }
+
+    #[test]
+    fn hostile_counts_do_not_allocate() {
+        let mut b = vec![PROTOCOL_VERSION, F_PUSH];
+        write_varint(&mut b, u64::MAX >> 1);
+        assert_eq!(
+            ClientFrame::decode(&b).unwrap_err().code,
+            ErrorCode::Corrupt
+        );
+    }
+
+    #[test]
+    fn log_entries_round_trip() {
+        let c = Commit {
+            client_id: "c".into(),
+            client_seq: 12,
+            schema_version: "v".into(),
+            timestamp: 1_700_000_000_123,
+            auth: obj([("sub", "ann".into())]),
+            op: Op::Run {
+                source: "Todo.all()".into(),
+            },
+        };
+        let b = encode_log_entry(&c);
+        assert_eq!(decode_log_entry(&b).unwrap(), c);
+        for cut in 0..b.len() {
+            assert!(decode_log_entry(&b[..cut]).is_err());
+        }
+    }
+}

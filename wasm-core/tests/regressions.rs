@@ -1,0 +1,156 @@
+//! Bugs found while writing the manual and the built-in tests; each stays as a test.
+
+mod common;
+
+use common::*;
+use warren_core::value::{obj, Value};
+use warren_core::ErrorCode;
+
+fn q(src: &str) -> Result<Value, warren_core::Error> {
+    db().query(src, &user("ann"), 0)
+}
+
+#[test]
+fn string_replace_works_as_a_method() {
+    assert_eq!(
+        q(r#""a-b-c".replace("-", "+")"#).unwrap(),
+        Value::from("a+b+c")
+    );
+    // But update/replace/delete of something that is not a document say so.
+    assert_eq!(q(r#"null.replace({})"#).unwrap_err().code, ErrorCode::Type);
+    assert_eq!(q(r#"[1].update({})"#).unwrap_err().code, ErrorCode::Type);
+}
+
+#[test]
+fn negative_zero_literal_is_zero() {
+    assert_eq!(q("-0.0 == 0.0").unwrap(), Value::Bool(true));
+    assert_eq!(q("toString(-0.0)").unwrap(), Value::from("0.0"));
+}
+
+#[test]
+fn the_smallest_int_has_a_literal() {
+    assert_eq!(q("-9223372036854775808").unwrap(), Value::Int(i64::MIN));
+    assert_eq!(q("9223372036854775808").unwrap_err().code, ErrorCode::Parse);
+    assert_eq!(
+        q("-9223372036854775809").unwrap_err().code,
+        ErrorCode::Parse
+    );
+}
+
+#[test]
+fn optional_chaining_skips_the_rest_of_the_chain() {
+    assert_eq!(q("let a = null\na?.b.c.d").unwrap(), Value::Null);
+    assert_eq!(q("let a = null\na?.b.upper()").unwrap(), Value::Null);
+    assert_eq!(q("let a = null\na?.b[0]").unwrap(), Value::Null);
+    assert_eq!(
+        q("let a = { b: null }\na?.b.c").unwrap_err().code,
+        ErrorCode::Type
+    );
+}
+
+#[test]
+fn string_keys_have_no_shorthand() {
+    assert_eq!(
+        q(r#"let x = 1; { "x" }"#).unwrap_err().code,
+        ErrorCode::Parse
+    );
+    assert_eq!(q("let x = 1; { x }").unwrap(), obj([("x", Value::Int(1))]));
+}
+
+#[test]
+fn equal_numbers_find_each_other_through_an_index() {
+    let mut db = db();
+    let mut ann = Client::new("c", user("ann"));
+    let o = commit(
+        &mut db,
+        &ann.run(
+            r#"
+            Todo.create({ id: "f", owner: "ann", created: 2.0 })
+            Todo.create({ id: "i", owner: "ann", created: 2 })
+            Todo.create({ id: "h", owner: "ann", created: 2.5 })
+            [Todo.byOwner("ann", 2).map(.id).toArray(),
+             Todo.byOwner("ann").range({ gte: 2, lt: 2.5 }).map(.id).toArray(),
+             Todo.byOwner("ann").range({ gt: 2 }).map(.id).toArray()]
+            "#,
+        ),
+    );
+    let r = assert_committed(&o);
+    let ids = |xs: &[&str]| Value::Array(xs.iter().map(|s| Value::from(*s)).collect());
+    assert_eq!(
+        r,
+        Value::Array(vec![ids(&["f", "i"]), ids(&["f", "i"]), ids(&["h"])])
+    );
+}
+
+#[test]
+fn paginate_refuses_skip_and_take_and_reverse_pages_exactly() {
+    let mut db = db();
+    let mut ann = Client::new("c", user("ann"));
+    for (i, done) in [false, true, false, true, false, true].iter().enumerate() {
+        commit(
+            &mut db,
+            &ann.run(&format!(
+                "Todo.create({{ id: \"t{i}\", owner: \"ann\", done: {done}, created: {i} }})"
+            )),
+        );
+    }
+    let auth = user("ann");
+    for src in [
+        "Todo.all().skip(1).paginate(2)",
+        "Todo.all().take(3).paginate(2)",
+        "Todo.all().paginate(0)",
+    ] {
+        assert_eq!(
+            db.query(src, &auth, 0).unwrap_err().code,
+            ErrorCode::InvalidArgument,
+            "{src}"
+        );
+    }
+    // Walk every page of a reversed order with ties: each element exactly once.
+    let all = db
+        .query(
+            "Todo.all().order(.done).reverse().map(.id).toArray()",
+            &auth,
+            0,
+        )
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut cursor = Value::Null;
+    loop {
+        let src = format!("Todo.all().order(.done).reverse().paginate(2, {cursor})");
+        let page = db.query(&src, &auth, 0).unwrap();
+        let Value::Array(data) = page.get("data") else {
+            panic!("a page has data: {page}")
+        };
+        seen.extend(data.iter().map(|d| d.get("id").clone()));
+        cursor = page.get("after").clone();
+        if cursor.is_null() {
+            break;
+        }
+    }
+    assert_eq!(Value::Array(seen), all);
+}
+
+#[test]
+fn write_rules_see_the_collection() {
+    let schema = std::sync::Arc::new(
+        warren_core::Schema::parse("collection Note { allow create collection == \"Note\" }")
+            .unwrap(),
+    );
+    let mut db = warren_core::Executor::new(
+        warren_core::storage::MemoryStore::new(),
+        schema,
+        Default::default(),
+    );
+    let mut c = Client::new("c", user("ann"));
+    assert_committed(&commit(&mut db, &c.run("Note.create({ x: 1 })")));
+}
+
+#[test]
+fn query_checks_the_size_of_the_claims() {
+    let huge = obj([("sub", Value::String("x".repeat(1 << 20)))]);
+    assert_eq!(
+        db().query("1", &huge, 0).unwrap_err().code,
+        ErrorCode::ArgumentTooLarge
+    );
+}
