@@ -270,10 +270,25 @@ fn result_ids(v: &Value, owner: &str) -> Vec<String> {
         .collect()
 }
 
-/// Compares two stores entry by entry, except the digest (the peers do not hash).
+/// Compares two stores entry by entry, except the digest (the peers do not hash) and
+/// the kept outcomes (the peers write a record of the same size, not the same bytes).
 fn same_state(a: &MemoryStore, b: &MemoryStore) -> bool {
-    let skip = |e: &(&Vec<u8>, &Vec<u8>)| e.0.as_slice() != keys::META_DIGEST;
+    let skip = |e: &(&Vec<u8>, &Vec<u8>)| {
+        e.0.as_slice() != keys::META_DIGEST && e.0.first() != Some(&keys::SPACE_OUTCOME)
+    };
     a.len() == b.len() && a.entries().filter(skip).eq(b.entries().filter(skip))
+}
+
+/// The peer's stand-in for the engine's kept outcome: a record of about the same size,
+/// and the same pruning of the record KEPT_OUTCOMES commits back.
+fn peer_outcome(b: &mut Batch, client: &str, seq: u64, record: Vec<u8>) {
+    b.put(keys::outcome_key(client, seq), record);
+    if seq > warren_core::exec::KEPT_OUTCOMES {
+        b.delete(keys::outcome_key(
+            client,
+            seq - warren_core::exec::KEPT_OUTCOMES,
+        ));
+    }
 }
 
 // ----- timing -----
@@ -619,12 +634,20 @@ fn bench_create(cfg: &Config, schema: &Arc<Schema>, base: &Base, report: &mut Re
             let mut b = Batch::new();
             b.put(keys::doc_key("Todo", id), d.encode());
             let ix = [Value::from(r.owner.as_str()), Value::Int(r.created)];
-            b.put(keys::index_key("Todo", "byOwner", &ix, id), Vec::new());
+            b.put(
+                keys::index_key("Todo", "byOwner", &ix, id),
+                d.partition.as_bytes().to_vec(),
+            );
             b.put(keys::partition_key(&d.partition, "Todo", id), Vec::new());
+            b.put(
+                keys::version_key(&d.partition, "Todo"),
+                d.version.to_be_bytes().to_vec(),
+            );
             b.put(
                 keys::client_key(&clients[r.client]),
                 seq.to_be_bytes().to_vec(),
             );
+            peer_outcome(&mut b, &clients[r.client], *seq, d.encode());
             b.put(keys::META_DIGEST.to_vec(), vec![0; 32]);
             b.put(
                 keys::META_POSITION.to_vec(),
@@ -737,8 +760,14 @@ fn bench_update(cfg: &Config, schema: &Arc<Schema>, base: &Base, report: &mut Re
             }
             d.version = *pos;
             let mut b = Batch::new();
-            b.put(key, d.encode());
+            let record = d.encode();
+            b.put(
+                keys::version_key(&d.partition, "Todo"),
+                pos.to_be_bytes().to_vec(),
+            );
+            b.put(key, record.clone());
             b.put(keys::client_key(cid), seq.to_be_bytes().to_vec());
+            peer_outcome(&mut b, cid, *seq, record);
             b.put(keys::META_DIGEST.to_vec(), vec![0; 32]);
             b.put(keys::META_POSITION.to_vec(), pos.to_be_bytes().to_vec());
             store.apply(b).unwrap();

@@ -179,14 +179,7 @@ pub fn execute(
             expected: applied + 1,
         }));
     }
-    match run(store, schema, commit, position, limits) {
-        Ok(o) => Ok(o),
-        Err(e) if e.code.is_deterministic() => Ok(Outcome::Rejected {
-            code: e.code,
-            message: e.to_string(),
-        }),
-        Err(e) => Err(e),
-    }
+    execute_optimistic(store, schema, commit, position, limits)
 }
 
 fn check_input(v: &Value, limits: &Limits) -> Result<(), Error> {
@@ -310,33 +303,21 @@ pub fn effects_batch(
             format!("position {position} is not after the last applied position {last}"),
         ));
     }
-    let mut batch = Batch::new();
-    if let Outcome::Committed { writes, .. } = outcome {
-        for w in writes {
-            let coll = schema.collection(&w.collection)?;
-            let key = keys::doc_key(&w.collection, &w.id);
-            let old = store
-                .get(&key)?
-                .map(|b| StoredDoc::decode(&b))
-                .transpose()?;
-            let new = w.data.as_ref().map(|d| StoredDoc {
-                partition: w.partition.clone(),
-                version: w.version,
-                data: d.clone(),
-            });
-            batch
-                .ops
-                .extend(crate::doc::doc_ops(coll, &w.id, old.as_ref(), new.as_ref()));
-        }
-    }
-    if matches!(
-        outcome,
-        Outcome::Committed { .. } | Outcome::Rejected { .. }
-    ) {
+    let mut batch = match outcome {
+        Outcome::Committed { writes, .. } => writes_batch(store, schema, writes)?,
+        _ => Batch::new(),
+    };
+    if let Some(record) = kept_outcome(position, outcome) {
         batch.put(
             keys::client_key(client_id),
             client_seq.to_be_bytes().to_vec(),
         );
+        // Keep the last KEPT_OUTCOMES outcomes per client, so a client that lost the
+        // answer to a commit in a disconnect learns it when it reconnects.
+        batch.put(keys::outcome_key(client_id, client_seq), record);
+        if client_seq > KEPT_OUTCOMES {
+            batch.delete(keys::outcome_key(client_id, client_seq - KEPT_OUTCOMES));
+        }
     }
     let mut h = Sha256::new();
     h.update(digest(store)?);
@@ -349,6 +330,115 @@ pub fn effects_batch(
         position.to_be_bytes().to_vec(),
     );
     Ok((batch, d))
+}
+
+/// How many outcomes are kept per client (see [`kept_outcome`]).
+pub const KEPT_OUTCOMES: u64 = 1024;
+
+/// The record kept for an outcome: `00 · varint position · canonical result` for a
+/// commit, `01 · code · message` for a rejection (strings varint-length-prefixed).
+/// Skipped commits keep nothing.
+fn kept_outcome(position: u64, outcome: &Outcome) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    match outcome {
+        Outcome::Committed { result, .. } => {
+            out.push(0);
+            write_varint(&mut out, position);
+            // Results can be large; then the kept copy is only the position.
+            if result.encoded_len() <= 4096 {
+                result.encode_into(&mut out);
+            } else {
+                Value::Null.encode_into(&mut out);
+            }
+        }
+        Outcome::Rejected { code, message } => {
+            out.push(1);
+            put_str(&mut out, code.as_str());
+            put_str(&mut out, message);
+        }
+        Outcome::Skipped(_) => return None,
+    }
+    Some(out)
+}
+
+/// What is kept of one outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KeptOutcome {
+    Committed { position: u64, result: Value },
+    Rejected { code: String, message: String },
+}
+
+/// The kept outcome of a client's commit, if it is still kept.
+pub fn kept_outcome_of(
+    store: &dyn Storage,
+    client_id: &str,
+    seq: u64,
+) -> Result<Option<KeptOutcome>, Error> {
+    let Some(b) = store.get(&keys::outcome_key(client_id, seq))? else {
+        return Ok(None);
+    };
+    let mut r = crate::value::Reader::new(&b);
+    Ok(Some(match r.byte()? {
+        0 => KeptOutcome::Committed {
+            position: r.varint()?,
+            result: r.value(0)?,
+        },
+        1 => KeptOutcome::Rejected {
+            code: r.string()?,
+            message: r.string()?,
+        },
+        _ => return Err(Error::new(ErrorCode::Corrupt, "bad kept outcome")),
+    }))
+}
+
+/// The key-value writes of document writes: each document, its index entries, its
+/// partition membership, and the (partition, collection) version.
+pub fn writes_batch(
+    store: &dyn Storage,
+    schema: &Schema,
+    writes: &[Write],
+) -> Result<Batch, Error> {
+    let mut batch = Batch::new();
+    for w in writes {
+        let coll = schema.collection(&w.collection)?;
+        let key = keys::doc_key(&w.collection, &w.id);
+        let old = store
+            .get(&key)?
+            .map(|b| StoredDoc::decode(&b))
+            .transpose()?;
+        let new = w.data.as_ref().map(|d| StoredDoc {
+            partition: w.partition.clone(),
+            version: w.version,
+            data: d.clone(),
+        });
+        batch
+            .ops
+            .extend(crate::doc::doc_ops(coll, &w.id, old.as_ref(), new.as_ref()));
+        batch.put(
+            keys::version_key(&w.partition, &w.collection),
+            w.version.to_be_bytes().to_vec(),
+        );
+    }
+    Ok(batch)
+}
+
+/// Runs a commit without the sequence-number check, as a client does when it applies
+/// its own pending commits optimistically. Never `Skipped`.
+pub fn execute_optimistic(
+    store: &dyn Storage,
+    schema: &Schema,
+    commit: &Commit,
+    position: u64,
+    limits: &Limits,
+) -> Result<Outcome, Error> {
+    match run(store, schema, commit, position, limits) {
+        Ok(o) => Ok(o),
+        Err(e) if e.code.is_deterministic() => Ok(Outcome::Rejected {
+            code: e.code,
+            message: e.to_string(),
+        }),
+        Err(e) => Err(e),
+    }
 }
 
 /// Records an outcome at `position`: its writes, the client's sequence number, the
@@ -422,6 +512,30 @@ pub fn can_read_partition(
     };
     let mut ev = Evaluator::new(schema, store, limits, &ctx, Mode::Query);
     ev.can_read(coll, partition)
+}
+
+/// Like [`can_read_partition`], and also what the rule read: a write to any of it may
+/// change the answer (a member removed from the team document the rule reads).
+pub fn read_rule_with_reads(
+    store: &dyn Storage,
+    schema: &Schema,
+    collection: &str,
+    partition: &str,
+    auth: &Value,
+    limits: &Limits,
+) -> Result<(bool, crate::eval::ReadSet), Error> {
+    let coll = schema.collection(collection)?;
+    let ctx = Context {
+        auth: auth.clone(),
+        now: 0,
+        client_id: String::new(),
+        client_seq: 0,
+        position: 0,
+    };
+    let mut ev = Evaluator::new(schema, store, limits, &ctx, Mode::Query);
+    ev.reads = Some(Default::default());
+    let ok = ev.can_read(coll, partition)?;
+    Ok((ok, ev.reads.take().unwrap_or_default()))
 }
 
 /// A store, a schema and limits: the engine as a replica runs it.

@@ -20,6 +20,11 @@ pub const SPACE_PARTITION: u8 = b'P';
 pub const SPACE_CLIENT: u8 = b'C';
 /// Replica metadata: `M name` → bytes (see [`META_DIGEST`], [`META_POSITION`]).
 pub const SPACE_META: u8 = b'M';
+/// The last position that wrote a collection's documents in a partition:
+/// `V partition coll` → u64 big-endian. Lists every (partition, collection) pair.
+pub const SPACE_VERSION: u8 = b'V';
+/// A kept outcome: `R client seq(u64 BE)` → outcome record (server only).
+pub const SPACE_OUTCOME: u8 = b'R';
 
 /// The state digest (32 bytes) after the last applied log position.
 pub const META_DIGEST: &[u8] = b"Mdigest";
@@ -248,6 +253,33 @@ pub fn parse_partition_key(key: &[u8]) -> Result<(String, String, String), Error
     let c = read_str(key, &mut pos)?;
     let i = read_str(key, &mut pos)?;
     Ok((p, c, i))
+}
+
+/// Key of a (partition, collection) pair's last write position.
+pub fn version_key(partition: &str, collection: &str) -> Vec<u8> {
+    let mut k = vec![SPACE_VERSION];
+    push_str(&mut k, partition);
+    push_str(&mut k, collection);
+    k
+}
+
+/// Reads (partition, collection) from a version key.
+pub fn parse_version_key(key: &[u8]) -> Result<(String, String), Error> {
+    if key.first() != Some(&SPACE_VERSION) {
+        return Err(bad_key());
+    }
+    let mut pos = 1;
+    let p = read_str(key, &mut pos)?;
+    let c = read_str(key, &mut pos)?;
+    Ok((p, c))
+}
+
+/// Key of a kept outcome.
+pub fn outcome_key(client_id: &str, seq: u64) -> Vec<u8> {
+    let mut k = vec![SPACE_OUTCOME];
+    push_str(&mut k, client_id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
 }
 
 /// Key of a client's applied sequence number.

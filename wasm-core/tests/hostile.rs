@@ -15,11 +15,11 @@ use warren_core::value::{obj, Value};
 use warren_core::{Error, ErrorCode, Schema};
 
 /// Runs an ad-hoc transaction and returns its rejection code, checking that only
-/// bookkeeping (client sequence, digest, position) changed.
+/// bookkeeping (client sequence, kept outcome, digest, position) changed.
 fn reject_code(db: &mut Executor<MemoryStore>, c: &Commit) -> ErrorCode {
     let docs = |s: &MemoryStore| {
         s.entries()
-            .filter(|(k, _)| !matches!(k[0], b'C' | b'M'))
+            .filter(|(k, _)| !matches!(k[0], b'C' | b'M' | b'R'))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<Vec<_>>()
     };

@@ -323,7 +323,7 @@ fn unique_index_and_denials_roll_back_the_whole_transaction() {
     assert_rejected(&o, ErrorCode::UniqueViolation);
     let docs = |s: &warren_core::storage::MemoryStore| {
         s.entries()
-            .filter(|(k, _)| k[0] != b'C' && k[0] != b'M')
+            .filter(|(k, _)| !matches!(k[0], b'C' | b'M' | b'R'))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<Vec<_>>()
     };

@@ -205,6 +205,28 @@ pub struct Evaluator<'a> {
     readable: BTreeMap<(String, String), bool>,
     pub(crate) touched: Vec<Touched>,
     touched_set: std::collections::BTreeSet<(String, String)>,
+    /// What the evaluation read, when tracking is on (for read-rule invalidation).
+    pub(crate) reads: Option<ReadSet>,
+}
+
+/// What an evaluation read: documents by id and whole collections (any scan). A write
+/// to one of these may change the evaluation's answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadSet {
+    pub docs: std::collections::BTreeSet<(String, String)>,
+    pub collections: std::collections::BTreeSet<String>,
+}
+
+impl ReadSet {
+    /// Whether a write to document `id` of `collection` may change what was read.
+    pub fn touched_by(&self, collection: &str, id: &str) -> bool {
+        self.collections.contains(collection)
+            || self.docs.contains(&(collection.to_owned(), id.to_owned()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty() && self.collections.is_empty()
+    }
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> Error {
@@ -235,6 +257,7 @@ impl<'a> Evaluator<'a> {
             readable: BTreeMap::new(),
             touched: Vec::new(),
             touched_set: Default::default(),
+            reads: None,
         }
     }
 
@@ -783,6 +806,9 @@ impl<'a> Evaluator<'a> {
     /// and, outside rules, only if its partition is readable.
     pub(crate) fn get_doc(&mut self, coll: &Collection, id: &str) -> Result<Option<Doc>, Error> {
         self.charge(1)?;
+        if let Some(r) = &mut self.reads {
+            r.docs.insert((coll.name.clone(), id.to_owned()));
+        }
         let Some(bytes) = self.view.get(&keys::doc_key(&coll.name, id))? else {
             return Ok(None);
         };

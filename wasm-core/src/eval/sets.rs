@@ -111,6 +111,41 @@ impl SetQ {
     }
 }
 
+/// The field path and direction of a sort key written as `.a.b`, `desc(.a.b)`,
+/// `asc(.a)` or `x => x.a`; `None` for anything else.
+fn key_field(c: &Closure) -> Option<(Vec<String>, bool)> {
+    use crate::lang::ast::{ExprKind, Stmt};
+    let [param] = c.lambda.params.as_slice() else {
+        return None;
+    };
+    let [Stmt::Expr(e)] = c.lambda.body.stmts.as_slice() else {
+        return None;
+    };
+    fn path(e: &crate::lang::ast::Expr, param: &str) -> Option<Vec<String>> {
+        match &e.kind {
+            ExprKind::Var(v) if v == param => Some(Vec::new()),
+            ExprKind::Field {
+                recv,
+                name,
+                optional: false,
+            } => {
+                let mut p = path(recv, param)?;
+                p.push(name.clone());
+                Some(p)
+            }
+            _ => None,
+        }
+    }
+    match &e.kind {
+        ExprKind::Call { name, args } if name == "asc" || name == "desc" => match args.as_slice() {
+            [a] => Some((path(a, param)?, name == "desc")),
+            _ => None,
+        },
+        _ => Some((path(e, param)?, false)),
+    }
+    .filter(|(p, _)| !p.is_empty())
+}
+
 fn closure(name: &str, v: &Val) -> Result<Rc<Closure>, Error> {
     match v {
         Val::Func(c) => Ok(c.clone()),
@@ -225,6 +260,9 @@ impl<'a> Evaluator<'a> {
                     .iter()
                     .map(|a| closure(name, a))
                     .collect::<Result<Vec<_>, _>>()?;
+                if let Some(scan) = self.order_by_index(s, &keys)? {
+                    return Ok(Some(Val::Set(Rc::new(scan))));
+                }
                 let mut elems = Vec::new();
                 self.drive(s, &mut |_, v, _| {
                     elems.push(v);
@@ -422,10 +460,55 @@ impl<'a> Evaluator<'a> {
             self.charge(ks.encoded_len() as u64 / 64)?;
             keyed.push((v, ks));
         }
+        // Ties break by id in the direction of the last key: exactly the order of an
+        // index whose fields are the keys, read forward or backward.
+        desc[keys.len()] = keys.len().checked_sub(1).is_some_and(|i| desc[i]);
         let n = keyed.len() as u64;
         self.charge(n * (64 - n.leading_zeros() as u64))?;
         keyed.sort_by(|a, b| cmp_keys(&a.1, &b.1, &desc));
         Ok((keyed, desc))
+    }
+
+    /// `order` on an index scan whose keys are the index's next fields, all in one
+    /// direction, needs no sort: it is the scan itself, read forward or backward.
+    /// `Todo.byOwner(x).order(desc(.created)).take(20)` then reads twenty documents.
+    fn order_by_index(&mut self, s: &SetQ, keys: &[Rc<Closure>]) -> Result<Option<SetQ>, Error> {
+        let Source::Scan {
+            collection,
+            index: Some(ix),
+            range,
+            reverse: false,
+        } = &s.source
+        else {
+            return Ok(None);
+        };
+        if !s.ops.is_empty() {
+            return Ok(None);
+        }
+        let decl = &self.schema.collection(collection)?.indexes[&ix.name];
+        let rest = &decl.fields[ix.values.len()..];
+        if keys.len() > rest.len() {
+            return Ok(None);
+        }
+        let mut direction = None;
+        for (k, field) in keys.iter().zip(rest) {
+            let Some((path, desc)) = key_field(k) else {
+                return Ok(None);
+            };
+            if &path != field || direction.is_some_and(|d| d != desc) {
+                return Ok(None);
+            }
+            direction = Some(desc);
+        }
+        Ok(Some(SetQ {
+            source: Source::Scan {
+                collection: collection.clone(),
+                index: Some(ix.clone()),
+                range: range.clone(),
+                reverse: direction == Some(true),
+            },
+            ops: Vec::new(),
+        }))
     }
 
     fn paginate(
@@ -509,6 +592,9 @@ impl<'a> Evaluator<'a> {
                 reverse,
             } => {
                 let coll = self.schema.collection(collection)?;
+                if let Some(r) = &mut self.reads {
+                    r.collections.insert(collection.clone());
+                }
                 let mut next = Some(range.clone());
                 while let Some(r) = next {
                     let (page, rest) = self.view.scan_page(&r, *reverse, PAGE)?;

@@ -1,0 +1,1302 @@
+//! Token verification for the gateway (DESIGN.md §7–8).
+//!
+//! The gateway verifies each client's token once, when the client says `Hello`, and
+//! writes the verified claims into the log, so every region evaluates the rules with the
+//! same `auth`. This module does the verifying:
+//!
+//! - **HS256** with a shared secret, for development (`warren token` mints such tokens
+//!   with [`mint_hs256`] and [`dev_claims`]).
+//! - **RS256 / ES256** against a JWKS, read from a file or fetched from a URL, for
+//!   identity providers. A URL's key set is refreshed in the background every
+//!   [`JWKS_REFRESH_INTERVAL`], and re-fetched when a token names a `kid` the set does not
+//!   have (at most once per [`UNKNOWN_KID_REFETCH_INTERVAL`]).
+//!
+//! An algorithm is accepted only with key material of its own kind: HS256 only with the
+//! configured secret (never with a JWKS key, so a token "signed" with an RSA public key
+//! as its HMAC secret is refused), RS256 only with a JWKS RSA key, ES256 only with a JWKS
+//! P-256 key. `alg: none` is always refused. Keys come only from the configuration:
+//! header parameters that point at keys (`jku`, `x5u`, `jwk`, `x5c`) are ignored. Every
+//! refusal is an [`AuthError`] with a stable [`code`](AuthError::code) that the gateway
+//! sends to the client.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use warren_core::Value;
+
+/// Longest token accepted, in bytes. Real tokens are well under 4 KiB; this bounds the
+/// work an unauthenticated client can ask for.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// How often a JWKS (URL or file) is reloaded in the background.
+pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// The shortest time between two re-fetches caused by tokens naming an unknown `kid`.
+pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// Clock skew allowed on `exp` and `nbf` by [`AuthConfig::default`].
+pub const DEFAULT_LEEWAY_SECS: u64 = 60;
+/// The largest leeway accepted by [`Verifier::new`] (a day).
+pub const MAX_LEEWAY_SECS: u64 = 24 * 60 * 60;
+
+/// Time allowed for one whole JWKS fetch (connect, request, response).
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest JWKS document accepted.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// Largest HTTP response head accepted from a JWKS URL.
+const MAX_HTTP_HEAD_BYTES: usize = 64 * 1024;
+/// RSA keys shorter than this are ignored.
+const MIN_RSA_BITS: usize = 2048;
+/// HS256 secrets shorter than this get a warning (RFC 7518 §3.2 wants 256 bits).
+const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// base64url as JWTs use it: no padding.
+const B64URL: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::RequireNone),
+);
+/// base64url as JWKS documents use it: padding tolerated.
+const B64URL_LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+// ---------------------------------------------------------------------------------------
+// Configuration and errors
+// ---------------------------------------------------------------------------------------
+
+/// What the gateway trusts. At least one of `hs256_secret` and `jwks` must be set.
+#[derive(Clone)]
+pub struct AuthConfig {
+    /// Shared secret for HS256 (development). Used as raw bytes (UTF-8 of the string).
+    pub hs256_secret: Option<String>,
+    /// Public keys for RS256/ES256 (identity providers).
+    pub jwks: Option<JwksSource>,
+    /// When set, tokens must carry exactly this `iss`. When unset, `iss` is not checked.
+    pub issuer: Option<String>,
+    /// When set, tokens must carry this `aud` (a string, or an array containing it).
+    /// When unset, `aud` is not checked.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            hs256_secret: None,
+            jwks: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+        }
+    }
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field(
+                "hs256_secret",
+                &self.hs256_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("jwks", &self.jwks)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_secs", &self.leeway_secs)
+            .finish()
+    }
+}
+
+/// Where a JWKS (JSON Web Key Set, RFC 7517) comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A local file holding `{"keys": [...]}`.
+    File(PathBuf),
+    /// An `http://` or `https://` URL serving `{"keys": [...]}`.
+    Url(String),
+}
+
+impl fmt::Display for JwksSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JwksSource::File(p) => write!(f, "JWKS file {}", p.display()),
+            JwksSource::Url(u) => write!(f, "JWKS URL {u}"),
+        }
+    }
+}
+
+/// Why a token was refused, or why the verifier could not be built.
+///
+/// Each variant has a stable [`code`](AuthError::code); the `String`s are human details
+/// (they never contain key material, and attacker-chosen text in them is truncated).
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthError {
+    /// No token was presented. `TOKEN_MISSING`.
+    Missing,
+    /// Not a well-formed JWT: wrong number of parts, bad base64url, header or claims
+    /// not a JSON object, no signature, too long, or a required claim (`exp`) missing or
+    /// not a number. `TOKEN_MALFORMED`.
+    Malformed(String),
+    /// `exp` is in the past (beyond the leeway). `TOKEN_EXPIRED`.
+    Expired,
+    /// `nbf` is in the future (beyond the leeway). `TOKEN_NOT_YET_VALID`.
+    NotYetValid,
+    /// The signature does not match. `TOKEN_BAD_SIGNATURE`.
+    BadSignature,
+    /// `iss` missing or not the configured issuer. `TOKEN_WRONG_ISSUER`.
+    WrongIssuer,
+    /// `aud` missing or not the configured audience (or present when none is
+    /// configured). `TOKEN_WRONG_AUDIENCE`.
+    WrongAudience,
+    /// `alg` is `none`, unsupported, or does not match the configured key material.
+    /// `TOKEN_ALGORITHM`.
+    Algorithm(String),
+    /// No JWKS key matches the token's `kid` (or the token has no `kid` and the set has
+    /// several keys of its type). `TOKEN_UNKNOWN_KEY`.
+    UnknownKey(String),
+    /// The verifier's configuration or key material is unusable. `AUTH_CONFIG`.
+    Config(String),
+}
+
+impl AuthError {
+    /// The stable code of this error, sent to clients in `Error { code, message }`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "TOKEN_MISSING",
+            AuthError::Malformed(_) => "TOKEN_MALFORMED",
+            AuthError::Expired => "TOKEN_EXPIRED",
+            AuthError::NotYetValid => "TOKEN_NOT_YET_VALID",
+            AuthError::BadSignature => "TOKEN_BAD_SIGNATURE",
+            AuthError::WrongIssuer => "TOKEN_WRONG_ISSUER",
+            AuthError::WrongAudience => "TOKEN_WRONG_AUDIENCE",
+            AuthError::Algorithm(_) => "TOKEN_ALGORITHM",
+            AuthError::UnknownKey(_) => "TOKEN_UNKNOWN_KEY",
+            AuthError::Config(_) => "AUTH_CONFIG",
+        }
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthError::Missing => f.write_str("no token was presented"),
+            AuthError::Malformed(d) => write!(f, "malformed token: {d}"),
+            AuthError::Expired => f.write_str("the token has expired"),
+            AuthError::NotYetValid => f.write_str("the token is not valid yet (nbf)"),
+            AuthError::BadSignature => f.write_str("the token's signature does not match"),
+            AuthError::WrongIssuer => f.write_str("the token's issuer (iss) is not accepted"),
+            AuthError::WrongAudience => {
+                f.write_str("the token's audience (aud) is not this server")
+            }
+            AuthError::Algorithm(d) => write!(f, "token algorithm refused: {d}"),
+            AuthError::UnknownKey(d) => write!(f, "unknown signing key: {d}"),
+            AuthError::Config(d) => write!(f, "authentication is misconfigured: {d}"),
+        }
+    }
+}
+
+impl std::error::Error for AuthError {}
+
+/// Maps a `jsonwebtoken` error met while verifying a token.
+fn from_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
+    match e.kind() {
+        ErrorKind::InvalidToken => AuthError::Malformed("not a JWT".into()),
+        ErrorKind::InvalidSignature => AuthError::BadSignature,
+        // Raised while turning our own key material into a verifier: a bad JWKS entry.
+        ErrorKind::InvalidEcdsaKey => AuthError::Config("an EC key in the JWKS is invalid".into()),
+        ErrorKind::InvalidEddsaKey => {
+            AuthError::Config("an EdDSA key in the JWKS is invalid".into())
+        }
+        ErrorKind::InvalidRsaKey(m) => {
+            AuthError::Config(format!("an RSA key in the JWKS is invalid: {m}"))
+        }
+        ErrorKind::InvalidKeyFormat => {
+            AuthError::Algorithm("the key does not fit the token's algorithm".into())
+        }
+        // Signing errors cannot happen while verifying; a provider that reports one
+        // while checking a signature has refused it.
+        ErrorKind::RsaFailedSigning | ErrorKind::Signing(_) => AuthError::BadSignature,
+        ErrorKind::InvalidAlgorithmName => AuthError::Algorithm("unknown algorithm name".into()),
+        ErrorKind::MissingRequiredClaim(c) => match c.as_str() {
+            "iss" => AuthError::WrongIssuer,
+            "aud" => AuthError::WrongAudience,
+            _ => AuthError::Malformed(format!("the required claim {c:?} is missing")),
+        },
+        ErrorKind::InvalidClaimFormat(c) => {
+            AuthError::Malformed(format!("the claim {c:?} is not a number"))
+        }
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+        ErrorKind::InvalidAudience => AuthError::WrongAudience,
+        ErrorKind::InvalidSubject => AuthError::Malformed("the subject (sub) is refused".into()),
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidAlgorithm => {
+            AuthError::Algorithm("the algorithm does not match the key".into())
+        }
+        ErrorKind::MissingAlgorithm => AuthError::Algorithm("no algorithm is allowed".into()),
+        ErrorKind::Base64(err) => AuthError::Malformed(format!("bad base64url: {err}")),
+        ErrorKind::Json(err) => AuthError::Malformed(format!("bad JSON: {err}")),
+        ErrorKind::Utf8(err) => AuthError::Malformed(format!("bad UTF-8: {err}")),
+        ErrorKind::Provider(m) => AuthError::Config(format!("crypto provider: {m}")),
+        // `ErrorKind` is non-exhaustive: refuse whatever a later version adds.
+        _ => AuthError::Malformed(format!("refused: {e}")),
+    }
+}
+
+/// At most 64 characters of attacker-chosen text, for error details and logs.
+fn short(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.chars().count() <= MAX {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(MAX).collect();
+        format!("{head:?}…")
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Development tokens
+// ---------------------------------------------------------------------------------------
+
+/// Signs `claims` (a JSON object) with HS256 and `secret` (its UTF-8 bytes). Claims are
+/// taken as given: use [`dev_claims`] for the usual `sub`/`iat`/`exp`.
+pub fn mint_hs256(secret: &str, claims: &serde_json::Value) -> Result<String, AuthError> {
+    if secret.is_empty() {
+        return Err(AuthError::Config("the HS256 secret is empty".into()));
+    }
+    if !claims.is_object() {
+        return Err(AuthError::Malformed("claims must be a JSON object".into()));
+    }
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| AuthError::Config(format!("cannot sign the token: {e}")))
+}
+
+/// Development claims: `{sub, iat: now, exp: now + ttl_secs}` plus `iss` and `aud` when
+/// given. The result is a JSON object the caller may add claims to before
+/// [`mint_hs256`].
+pub fn dev_claims(
+    sub: &str,
+    ttl_secs: u64,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+) -> serde_json::Value {
+    let now = unix_now();
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), sub.into());
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), now.saturating_add(ttl_secs).into());
+    if let Some(iss) = issuer {
+        claims.insert("iss".into(), iss.into());
+    }
+    if let Some(aud) = audience {
+        claims.insert("aud".into(), aud.into());
+    }
+    serde_json::Value::Object(claims)
+}
+
+// ---------------------------------------------------------------------------------------
+// Key sets
+// ---------------------------------------------------------------------------------------
+
+/// The kinds of JWKS key this server uses, each for exactly one algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyType {
+    /// RSA, for RS256.
+    Rsa,
+    /// EC on P-256, for ES256.
+    EcP256,
+}
+
+impl KeyType {
+    fn for_alg(alg: Algorithm) -> Option<KeyType> {
+        match alg {
+            Algorithm::RS256 => Some(KeyType::Rsa),
+            Algorithm::ES256 => Some(KeyType::EcP256),
+            _ => None,
+        }
+    }
+
+    fn alg(self) -> Algorithm {
+        match self {
+            KeyType::Rsa => Algorithm::RS256,
+            KeyType::EcP256 => Algorithm::ES256,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            KeyType::Rsa => "RSA",
+            KeyType::EcP256 => "EC P-256",
+        }
+    }
+}
+
+struct JwksKey {
+    kid: Option<String>,
+    kty: KeyType,
+    key: DecodingKey,
+}
+
+/// The usable keys of one JWKS document.
+struct KeySet {
+    keys: Vec<JwksKey>,
+}
+
+impl KeySet {
+    /// The key for a token of algorithm `alg` naming `kid`.
+    fn select(&self, alg: Algorithm, kid: Option<&str>) -> Result<&DecodingKey, AuthError> {
+        let want = KeyType::for_alg(alg)
+            .ok_or_else(|| AuthError::Algorithm(format!("{alg:?} is not a JWKS algorithm")))?;
+        match kid {
+            Some(kid) => {
+                let mut other_type = None;
+                for k in &self.keys {
+                    if k.kid.as_deref() == Some(kid) {
+                        if k.kty == want {
+                            return Ok(&k.key);
+                        }
+                        other_type = Some(k.kty);
+                    }
+                }
+                match other_type {
+                    Some(t) => Err(AuthError::Algorithm(format!(
+                        "key {} is an {} key; {alg:?} needs an {} key",
+                        short(kid),
+                        t.name(),
+                        want.name()
+                    ))),
+                    None => Err(AuthError::UnknownKey(format!(
+                        "the key set has no key with kid {}",
+                        short(kid)
+                    ))),
+                }
+            }
+            None => {
+                let mut of_type = self.keys.iter().filter(|k| k.kty == want);
+                match (of_type.next(), of_type.next()) {
+                    (Some(k), None) => Ok(&k.key),
+                    (None, _) => Err(AuthError::Algorithm(format!(
+                        "{alg:?} needs an {} key and the key set has none",
+                        want.name()
+                    ))),
+                    (Some(_), Some(_)) => Err(AuthError::UnknownKey(format!(
+                        "the token has no kid and the key set has several {} keys",
+                        want.name()
+                    ))),
+                }
+            }
+        }
+    }
+
+    fn kids(&self) -> Vec<String> {
+        self.keys.iter().filter_map(|k| k.kid.clone()).collect()
+    }
+}
+
+/// Parses a JWKS document, keeping the keys usable for RS256 and ES256 and skipping the
+/// others (symmetric `oct` keys are always skipped: HS256 takes only the configured
+/// secret). Fails if nothing usable is left.
+fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let list = doc
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .ok_or("no \"keys\" array")?;
+    let mut keys = Vec::new();
+    for (i, jwk) in list.iter().enumerate() {
+        match parse_jwk(jwk) {
+            Ok(Some(key)) => keys.push(key),
+            Ok(None) => {}
+            Err(why) => {
+                let kid = jwk.get("kid").and_then(|k| k.as_str()).unwrap_or("");
+                tracing::warn!(index = i, kid, "skipping JWKS key: {why}");
+            }
+        }
+    }
+    if keys.is_empty() {
+        return Err("no usable RS256 (RSA) or ES256 (EC P-256) signing keys".into());
+    }
+    Ok(KeySet { keys })
+}
+
+/// One JWK: `Ok(Some)` if usable, `Ok(None)` if not meant for us (encryption keys,
+/// other algorithms, symmetric keys), `Err` if meant for us but broken.
+fn parse_jwk(jwk: &serde_json::Value) -> Result<Option<JwksKey>, String> {
+    let obj = jwk.as_object().ok_or("not a JSON object")?;
+    let text = |name: &str| -> Result<Option<&str>, String> {
+        match obj.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(format!("{name} is not a string")),
+        }
+    };
+    if let Some(u) = text("use")? {
+        if u != "sig" {
+            return Ok(None);
+        }
+    }
+    if let Some(ops) = obj.get("key_ops").and_then(|o| o.as_array()) {
+        if !ops.iter().any(|o| o.as_str() == Some("verify")) {
+            return Ok(None);
+        }
+    }
+    let kid = text("kid")?.map(str::to_owned);
+    let kty = match text("kty")?.ok_or("no kty")? {
+        "RSA" => KeyType::Rsa,
+        "EC" => match text("crv")? {
+            Some("P-256") => KeyType::EcP256,
+            _ => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    if let Some(alg) = text("alg")? {
+        if alg != format!("{:?}", kty.alg()) {
+            return Ok(None);
+        }
+    }
+    let part = |name: &str| -> Result<Vec<u8>, String> {
+        let s = text(name)?.ok_or_else(|| format!("no {name}"))?;
+        B64URL_LENIENT
+            .decode(s)
+            .map_err(|e| format!("{name} is not base64url: {e}"))
+    };
+    let key = match kty {
+        KeyType::Rsa => {
+            let n = part("n")?;
+            let e = part("e")?;
+            let n_bits = significant_bits(&n);
+            if n_bits < MIN_RSA_BITS {
+                return Err(format!(
+                    "RSA modulus is {n_bits} bits; at least {MIN_RSA_BITS} are required"
+                ));
+            }
+            if significant_bits(&e) == 0 {
+                return Err("RSA exponent is zero".into());
+            }
+            DecodingKey::from_rsa_raw_components(&n, &e)
+        }
+        KeyType::EcP256 => {
+            let x = part("x")?;
+            let y = part("y")?;
+            if x.len() != 32 || y.len() != 32 {
+                return Err("P-256 coordinates must be 32 bytes each".into());
+            }
+            let mut point = Vec::with_capacity(65);
+            point.push(0x04);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            DecodingKey::from_ec_der(&point)
+        }
+    };
+    // Build a verifier once, so a key that cannot verify anything (a point off the
+    // curve) is reported now rather than on every token.
+    if let Err(e) = jsonwebtoken::crypto::verify("AA", b"probe", &key, kty.alg()) {
+        return Err(format!("unusable key: {e}"));
+    }
+    Ok(Some(JwksKey { kid, kty, key }))
+}
+
+fn significant_bits(be: &[u8]) -> usize {
+    match be.iter().position(|&b| b != 0) {
+        Some(i) => (be.len() - i) * 8 - be[i].leading_zeros() as usize,
+        None => 0,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fetching a JWKS
+// ---------------------------------------------------------------------------------------
+
+/// An `http://` URL taken apart.
+#[derive(Debug, PartialEq, Eq)]
+struct HttpTarget {
+    /// Host to connect to (an IPv6 literal without brackets).
+    host: String,
+    port: u16,
+    /// The `Host` header value.
+    authority: String,
+    /// Path and query, starting with `/`.
+    path: String,
+}
+
+impl HttpTarget {
+    fn parse(url: &str) -> Result<HttpTarget, String> {
+        let rest = strip_scheme(url, "http://").ok_or("not an http:// URL")?;
+        let rest = rest.split('#').next().unwrap_or("");
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_owned()
+        };
+        if authority.is_empty() {
+            return Err("the URL has no host".into());
+        }
+        if authority.contains('@') {
+            return Err("credentials in the URL are not supported".into());
+        }
+        if path.bytes().any(|b| b <= b' ' || b == 0x7f) || authority.bytes().any(|b| b <= b' ') {
+            return Err("the URL contains spaces or control characters".into());
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let end = v6.find(']').ok_or("unclosed [ in the host")?;
+            let host = &v6[..end];
+            let port = match &v6[end + 1..] {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or("junk after ]")?),
+            };
+            (host, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        let port = match port {
+            None | Some("") => 80,
+            Some(p) => p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?,
+        };
+        if host.is_empty() {
+            return Err("the URL has no host".into());
+        }
+        Ok(HttpTarget {
+            host: host.to_owned(),
+            port,
+            authority: authority.to_owned(),
+            path,
+        })
+    }
+}
+
+fn strip_scheme<'a>(url: &'a str, scheme: &str) -> Option<&'a str> {
+    let head = url.get(..scheme.len())?;
+    head.eq_ignore_ascii_case(scheme)
+        .then(|| &url[scheme.len()..])
+}
+
+/// Checks a source before the first load, for clear configuration errors.
+fn check_source(source: &JwksSource) -> Result<(), String> {
+    match source {
+        JwksSource::File(_) => Ok(()),
+        JwksSource::Url(url) => {
+            if strip_scheme(url, "http://").is_some() {
+                HttpTarget::parse(url).map(|_| ())
+            } else if strip_scheme(url, "https://").is_some() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "JWKS URL {} must start with http:// or https://",
+                    short(url)
+                ))
+            }
+        }
+    }
+}
+
+/// Reads the source's bytes.
+async fn load_source(source: &JwksSource) -> Result<Vec<u8>, String> {
+    match source {
+        JwksSource::File(path) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+                let meta = std::fs::metadata(&path).map_err(|e| e.to_string())?;
+                if meta.len() > MAX_JWKS_BYTES as u64 {
+                    return Err(format!("larger than {MAX_JWKS_BYTES} bytes"));
+                }
+                std::fs::read(&path).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| format!("reader task failed: {e}"))?
+        }
+        JwksSource::Url(url) if strip_scheme(url, "https://").is_some() => {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || https_get(&url))
+                .await
+                .map_err(|e| format!("fetch task failed: {e}"))?
+        }
+        JwksSource::Url(url) => {
+            let target = HttpTarget::parse(url)?;
+            tokio::time::timeout(JWKS_FETCH_TIMEOUT, http_get(&target))
+                .await
+                .map_err(|_| format!("timed out after {}s", JWKS_FETCH_TIMEOUT.as_secs()))?
+        }
+    }
+}
+
+fn user_agent() -> String {
+    format!("warren-server/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// GET over HTTPS (blocking; run it off the async threads). Redirects stay on https.
+fn https_get(url: &str) -> Result<Vec<u8>, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(JWKS_FETCH_TIMEOUT))
+        .https_only(true)
+        .max_redirects(3)
+        .http_status_as_error(false)
+        .user_agent(user_agent())
+        .build()
+        .into();
+    let mut response = agent
+        .get(url)
+        .header("Accept", "application/json, application/jwk-set+json")
+        .call()
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Err(format!("answered HTTP {status}"));
+    }
+    response
+        .body_mut()
+        .with_config()
+        .limit(MAX_JWKS_BYTES as u64)
+        .read_to_vec()
+        .map_err(|e| e.to_string())
+}
+
+/// A plain HTTP/1.1 GET with `Connection: close`: enough for a JWKS endpoint.
+async fn http_get(target: &HttpTarget) -> Result<Vec<u8>, String> {
+    let mut stream = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\n\
+         Accept: application/json, application/jwk-set+json\r\n\
+         Accept-Encoding: identity\r\nConnection: close\r\n\r\n",
+        target.path,
+        target.authority,
+        user_agent()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("cannot send the request: {e}"))?;
+    let mut buf = Vec::with_capacity(8 * 1024);
+    let mut chunk = [0u8; 8 * 1024];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("cannot read the response: {e}"))?;
+        if n == 0 {
+            return parse_http_response(&buf, true)?
+                .ok_or_else(|| "the connection closed before the response ended".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > MAX_HTTP_HEAD_BYTES + 2 * MAX_JWKS_BYTES {
+            return Err("the response is too large".into());
+        }
+        if let Some(body) = parse_http_response(&buf, false)? {
+            return Ok(body);
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The body of a complete `200` response in `buf`; `None` if more bytes are needed
+/// (`eof`: no more will come).
+fn parse_http_response(buf: &[u8], eof: bool) -> Result<Option<Vec<u8>>, String> {
+    let Some(head_end) = find(buf, b"\r\n\r\n") else {
+        if buf.len() > MAX_HTTP_HEAD_BYTES {
+            return Err("the response head is too large".into());
+        }
+        return if eof {
+            Err("the response ended inside its head".into())
+        } else {
+            Ok(None)
+        };
+    };
+    let head =
+        std::str::from_utf8(&buf[..head_end]).map_err(|_| "the response head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let mut words = status_line.splitn(3, ' ');
+    let version = words.next().unwrap_or("");
+    if !version.starts_with("HTTP/1.") {
+        return Err(format!("not an HTTP/1 response: {}", short(status_line)));
+    }
+    let status: u16 = words
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {}", short(status_line)))?;
+    let mut content_length = None;
+    let mut chunked = false;
+    let mut location = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(format!("bad header line {}", short(line)));
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => {
+                let n: usize = value
+                    .parse()
+                    .map_err(|_| format!("bad Content-Length {}", short(value)))?;
+                content_length = Some(n);
+            }
+            "transfer-encoding" => {
+                chunked = value
+                    .split(',')
+                    .any(|v| v.trim().eq_ignore_ascii_case("chunked"));
+            }
+            "location" => location = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    if status != 200 {
+        return Err(match location {
+            Some(l) if (300..400).contains(&status) => {
+                format!(
+                    "answered HTTP {status} (redirect to {}; not followed)",
+                    short(&l)
+                )
+            }
+            _ => format!("answered HTTP {status}"),
+        });
+    }
+    let body = &buf[head_end + 4..];
+    if chunked {
+        return match decode_chunked(body)? {
+            Some(b) => Ok(Some(b)),
+            None if eof => Err("the chunked body ended early".into()),
+            None => Ok(None),
+        };
+    }
+    if let Some(len) = content_length {
+        if len > MAX_JWKS_BYTES {
+            return Err(format!("the JWKS is larger than {MAX_JWKS_BYTES} bytes"));
+        }
+        return if body.len() >= len {
+            Ok(Some(body[..len].to_vec()))
+        } else if eof {
+            Err("the body is shorter than its Content-Length".into())
+        } else {
+            Ok(None)
+        };
+    }
+    if body.len() > MAX_JWKS_BYTES {
+        return Err(format!("the JWKS is larger than {MAX_JWKS_BYTES} bytes"));
+    }
+    Ok(eof.then(|| body.to_vec()))
+}
+
+/// Decodes a chunked body; `None` if incomplete. Trailers are ignored.
+fn decode_chunked(data: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    loop {
+        let Some(line_len) = find(&data[pos..], b"\r\n") else {
+            return Ok(None);
+        };
+        let line =
+            std::str::from_utf8(&data[pos..pos + line_len]).map_err(|_| "bad chunk size line")?;
+        let size_text = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("bad chunk size {}", short(size_text)))?;
+        pos += line_len + 2;
+        if size == 0 {
+            return Ok(Some(out));
+        }
+        if out.len().saturating_add(size) > MAX_JWKS_BYTES {
+            return Err(format!("the JWKS is larger than {MAX_JWKS_BYTES} bytes"));
+        }
+        if data.len() < pos + size + 2 {
+            return Ok(None);
+        }
+        out.extend_from_slice(&data[pos..pos + size]);
+        if &data[pos + size..pos + size + 2] != b"\r\n" {
+            return Err("a chunk does not end with CRLF".into());
+        }
+        pos += size + 2;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The verifier
+// ---------------------------------------------------------------------------------------
+
+/// A JWKS and what keeps it fresh.
+struct JwksState {
+    source: JwksSource,
+    keys: RwLock<Arc<KeySet>>,
+    /// Bumped on every successful reload.
+    generation: AtomicU64,
+    /// Serialises reloads.
+    reload_lock: tokio::sync::Mutex<()>,
+    /// When a token's unknown kid last caused a re-fetch.
+    last_kid_refetch: Mutex<Option<Instant>>,
+    /// Wakes the background task: to re-fetch now, or (when the verifier is dropped)
+    /// to stop.
+    wake: Arc<Notify>,
+    /// Whether a background task runs (it needs a Tokio runtime at construction).
+    background: bool,
+}
+
+impl JwksState {
+    fn snapshot(&self) -> Arc<KeySet> {
+        match self.keys.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Claims the right to re-fetch for an unknown kid (at most once per
+    /// [`UNKNOWN_KID_REFETCH_INTERVAL`]).
+    fn claim_kid_refetch(&self) -> bool {
+        let mut last = match self.last_kid_refetch.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = Instant::now();
+        match *last {
+            Some(t) if now.duration_since(t) < UNKNOWN_KID_REFETCH_INTERVAL => false,
+            _ => {
+                *last = Some(now);
+                true
+            }
+        }
+    }
+
+    /// Reloads the set. On failure the old keys stay in force.
+    async fn reload(&self) -> Result<(), String> {
+        let seen = self.generation.load(Ordering::Acquire);
+        let _guard = self.reload_lock.lock().await;
+        if self.generation.load(Ordering::Acquire) != seen {
+            // Someone reloaded while we waited: that answer is as fresh as ours.
+            return Ok(());
+        }
+        let bytes = load_source(&self.source).await?;
+        let set = parse_jwks(&bytes)?;
+        tracing::debug!(source = %self.source, kids = ?set.kids(), "JWKS loaded");
+        match self.keys.write() {
+            Ok(mut g) => *g = Arc::new(set),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(set),
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+struct Inner {
+    hs256: Option<DecodingKey>,
+    jwks: Option<JwksState>,
+    hs256_validation: Validation,
+    rs256_validation: Validation,
+    es256_validation: Validation,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(jwks) = &self.jwks {
+            // Lets the background task notice that the verifier is gone.
+            jwks.wake.notify_one();
+        }
+    }
+}
+
+/// Verifies tokens. Cheap to clone (an `Arc` inside); `Send + Sync`.
+#[derive(Clone)]
+pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Verifier");
+        d.field("hs256", &self.inner.hs256.is_some());
+        if let Some(jwks) = &self.inner.jwks {
+            d.field("jwks", &jwks.source)
+                .field("kids", &jwks.snapshot().kids());
+        }
+        d.finish()
+    }
+}
+
+/// A parsed, not yet verified, token header.
+struct TokenHead {
+    alg: Algorithm,
+    kid: Option<String>,
+}
+
+impl Verifier {
+    /// Builds a verifier: loads the JWKS file or fetches the URL (failing with
+    /// [`AuthError::Config`] if that gives no usable key), and, when called inside a Tokio
+    /// runtime with a JWKS configured, starts the background refresh task (it stops when
+    /// the last clone of the verifier is dropped).
+    pub async fn new(cfg: AuthConfig) -> Result<Verifier, AuthError> {
+        let hs256 = match cfg.hs256_secret.as_deref() {
+            None => None,
+            Some("") => return Err(AuthError::Config("the HS256 secret is empty".into())),
+            Some(s) if s.trim_start().starts_with("-----BEGIN") => {
+                return Err(AuthError::Config(
+                    "the HS256 secret looks like a PEM key; HS256 takes a shared secret, \
+                     and RS256/ES256 public keys belong in a JWKS"
+                        .into(),
+                ))
+            }
+            Some(s) => {
+                if s.len() < MIN_HS256_SECRET_BYTES {
+                    tracing::warn!(
+                        "the HS256 secret is shorter than {MIN_HS256_SECRET_BYTES} bytes; \
+                         use it for development only"
+                    );
+                }
+                Some(DecodingKey::from_secret(s.as_bytes()))
+            }
+        };
+        if hs256.is_none() && cfg.jwks.is_none() {
+            return Err(AuthError::Config(
+                "no key material: configure an HS256 secret or a JWKS".into(),
+            ));
+        }
+        if cfg.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(AuthError::Config(format!(
+                "a leeway of {} s is more than the {MAX_LEEWAY_SECS} s allowed",
+                cfg.leeway_secs
+            )));
+        }
+        if matches!(cfg.issuer.as_deref(), Some("")) {
+            return Err(AuthError::Config("the issuer is empty".into()));
+        }
+        if matches!(cfg.audience.as_deref(), Some("")) {
+            return Err(AuthError::Config("the audience is empty".into()));
+        }
+
+        let jwks = match cfg.jwks {
+            None => None,
+            Some(source) => {
+                check_source(&source).map_err(AuthError::Config)?;
+                let bytes = load_source(&source)
+                    .await
+                    .map_err(|e| AuthError::Config(format!("cannot load {source}: {e}")))?;
+                let set = parse_jwks(&bytes)
+                    .map_err(|e| AuthError::Config(format!("{source} is unusable: {e}")))?;
+                tracing::info!(source = %source, kids = ?set.kids(), "JWKS loaded");
+                Some(JwksState {
+                    source,
+                    keys: RwLock::new(Arc::new(set)),
+                    generation: AtomicU64::new(0),
+                    reload_lock: tokio::sync::Mutex::new(()),
+                    last_kid_refetch: Mutex::new(None),
+                    wake: Arc::new(Notify::new()),
+                    background: tokio::runtime::Handle::try_current().is_ok(),
+                })
+            }
+        };
+
+        let validation = |alg: Algorithm| {
+            let mut v = Validation::new(alg);
+            v.leeway = cfg.leeway_secs;
+            v.validate_exp = true;
+            v.validate_nbf = true;
+            let mut required = vec!["exp"];
+            if let Some(iss) = &cfg.issuer {
+                v.set_issuer(&[iss]);
+                required.push("iss");
+            }
+            match &cfg.audience {
+                Some(aud) => {
+                    v.set_audience(&[aud]);
+                    v.validate_aud = true;
+                    required.push("aud");
+                }
+                // Not configured, not checked (jsonwebtoken would otherwise refuse every
+                // token that names an audience, as identity providers' tokens do).
+                None => v.validate_aud = false,
+            }
+            v.set_required_spec_claims(&required);
+            v
+        };
+
+        let inner = Arc::new(Inner {
+            hs256,
+            jwks,
+            hs256_validation: validation(Algorithm::HS256),
+            rs256_validation: validation(Algorithm::RS256),
+            es256_validation: validation(Algorithm::ES256),
+        });
+        if let Some(jwks) = &inner.jwks {
+            if jwks.background {
+                tokio::spawn(refresh_task(Arc::downgrade(&inner), Arc::clone(&jwks.wake)));
+            }
+        }
+        Ok(Verifier { inner })
+    }
+
+    /// Verifies `token` (the compact JWT, without any `Bearer ` prefix) and returns its
+    /// claims. If the token names an unknown `kid`, the background task is asked to
+    /// re-fetch the JWKS (rate-limited) and this call returns
+    /// [`AuthError::UnknownKey`]; [`Verifier::verify_async`] waits for that re-fetch
+    /// instead.
+    pub fn verify(&self, token: &str) -> Result<Value, AuthError> {
+        let result = self.verify_now(token);
+        if matches!(result, Err(AuthError::UnknownKey(_))) {
+            if let Some(jwks) = &self.inner.jwks {
+                if jwks.background && jwks.claim_kid_refetch() {
+                    jwks.wake.notify_one();
+                }
+            }
+        }
+        result
+    }
+
+    /// Like [`Verifier::verify`], but when the token names an unknown `kid` and a
+    /// re-fetch is allowed (at most once per [`UNKNOWN_KID_REFETCH_INTERVAL`]), reloads
+    /// the JWKS and tries once more.
+    pub async fn verify_async(&self, token: &str) -> Result<Value, AuthError> {
+        let result = self.verify_now(token);
+        if let Err(AuthError::UnknownKey(_)) = &result {
+            if let Some(jwks) = &self.inner.jwks {
+                if jwks.claim_kid_refetch() {
+                    match jwks.reload().await {
+                        Ok(()) => return self.verify_now(token),
+                        Err(e) => {
+                            tracing::warn!(source = %jwks.source, "JWKS re-fetch failed: {e}")
+                        }
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// The `kid`s of the JWKS keys in force (empty without a JWKS).
+    pub fn jwks_key_ids(&self) -> Vec<String> {
+        self.inner
+            .jwks
+            .as_ref()
+            .map(|j| j.snapshot().kids())
+            .unwrap_or_default()
+    }
+
+    /// Reloads the JWKS now (no rate limit). Without a JWKS, does nothing. On failure
+    /// the keys in force stay.
+    pub async fn refresh_jwks(&self) -> Result<(), AuthError> {
+        match &self.inner.jwks {
+            None => Ok(()),
+            Some(jwks) => jwks
+                .reload()
+                .await
+                .map_err(|e| AuthError::Config(format!("cannot reload {}: {e}", jwks.source))),
+        }
+    }
+
+    fn verify_now(&self, token: &str) -> Result<Value, AuthError> {
+        let head = parse_token(token)?;
+        let snapshot;
+        let (key, validation) = match head.alg {
+            Algorithm::HS256 => {
+                let key = self.inner.hs256.as_ref().ok_or_else(|| {
+                    AuthError::Algorithm(
+                        "HS256 needs the shared secret, and this server has none \
+                         (it verifies RS256/ES256 against a JWKS)"
+                            .into(),
+                    )
+                })?;
+                (key, &self.inner.hs256_validation)
+            }
+            alg @ (Algorithm::RS256 | Algorithm::ES256) => {
+                let jwks = self.inner.jwks.as_ref().ok_or_else(|| {
+                    AuthError::Algorithm(format!(
+                        "{alg:?} needs a JWKS, and this server has none (it verifies HS256)"
+                    ))
+                })?;
+                snapshot = jwks.snapshot();
+                let key = snapshot.select(alg, head.kid.as_deref())?;
+                let validation = if alg == Algorithm::RS256 {
+                    &self.inner.rs256_validation
+                } else {
+                    &self.inner.es256_validation
+                };
+                (key, validation)
+            }
+            alg => return Err(AuthError::Algorithm(format!("{alg:?} is not supported"))),
+        };
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, key, validation)
+            .map_err(from_jwt_error)?;
+        if !data.claims.is_object() {
+            return Err(AuthError::Malformed(
+                "the claims are not a JSON object".into(),
+            ));
+        }
+        Value::from_json(&data.claims)
+            .map_err(|e| AuthError::Malformed(format!("the claims are not a Warren value: {e}")))
+    }
+}
+
+/// Reloads the JWKS every [`JWKS_REFRESH_INTERVAL`] and when woken; stops when the
+/// verifier is gone.
+async fn refresh_task(inner: Weak<Inner>, wake: Arc<Notify>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(JWKS_REFRESH_INTERVAL) => {}
+            _ = wake.notified() => {}
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if let Some(jwks) = &inner.jwks {
+            if let Err(e) = jwks.reload().await {
+                tracing::warn!(source = %jwks.source, "JWKS refresh failed, keeping the old keys: {e}");
+            }
+        }
+    }
+}
+
+/// Structural checks before any cryptography: three base64url parts, a JSON-object
+/// header naming a supported algorithm, a JSON-object payload, a signature.
+fn parse_token(token: &str) -> Result<TokenHead, AuthError> {
+    if token.trim().is_empty() {
+        return Err(AuthError::Missing);
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(AuthError::Malformed(format!(
+            "the token is {} bytes; at most {MAX_TOKEN_LEN} are accepted",
+            token.len()
+        )));
+    }
+    let parts: Vec<&str> = token.split('.').collect();
+    if parts.len() != 3 {
+        return Err(AuthError::Malformed(format!(
+            "a JWT has 3 dot-separated parts; this one has {}",
+            parts.len()
+        )));
+    }
+    let decode_json =
+        |part: &str, what: &str| -> Result<serde_json::Map<String, serde_json::Value>, AuthError> {
+            let bytes = B64URL
+                .decode(part)
+                .map_err(|_| AuthError::Malformed(format!("the {what} is not base64url")))?;
+            match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(serde_json::Value::Object(m)) => Ok(m),
+                Ok(_) => Err(AuthError::Malformed(format!(
+                    "the {what} is not a JSON object"
+                ))),
+                Err(_) => Err(AuthError::Malformed(format!("the {what} is not JSON"))),
+            }
+        };
+    let header = decode_json(parts[0], "header")?;
+    let alg = match header.get("alg") {
+        Some(serde_json::Value::String(a)) => a.as_str(),
+        Some(_) => return Err(AuthError::Algorithm("alg is not a string".into())),
+        None => return Err(AuthError::Algorithm("the header names no algorithm".into())),
+    };
+    let alg = match alg {
+        "HS256" => Algorithm::HS256,
+        "RS256" => Algorithm::RS256,
+        "ES256" => Algorithm::ES256,
+        a if a.eq_ignore_ascii_case("none") => {
+            return Err(AuthError::Algorithm(
+                "unsigned tokens (alg none) are never accepted".into(),
+            ))
+        }
+        a => {
+            return Err(AuthError::Algorithm(format!(
+                "{} is not supported (HS256, RS256 and ES256 are)",
+                short(a)
+            )))
+        }
+    };
+    if header.contains_key("crit") {
+        return Err(AuthError::Malformed(
+            "critical header extensions (crit) are not supported".into(),
+        ));
+    }
+    let kid = match header.get("kid") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(k)) => Some(k.clone()),
+        Some(_) => return Err(AuthError::Malformed("kid is not a string".into())),
+    };
+    decode_json(parts[1], "payload")?;
+    if parts[2].is_empty() {
+        return Err(AuthError::Malformed("the token has no signature".into()));
+    }
+    if B64URL.decode(parts[2]).is_err() {
+        return Err(AuthError::Malformed(
+            "the signature is not base64url".into(),
+        ));
+    }
+    Ok(TokenHead { alg, kid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_urls_are_taken_apart() {
+        let t = HttpTarget::parse("http://127.0.0.1:8080/.well-known/jwks.json?x=1#f").unwrap();
+        assert_eq!(
+            t,
+            HttpTarget {
+                host: "127.0.0.1".into(),
+                port: 8080,
+                authority: "127.0.0.1:8080".into(),
+                path: "/.well-known/jwks.json?x=1".into(),
+            }
+        );
+        let t = HttpTarget::parse("HTTP://[::1]/keys").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("::1", 80, "/keys")
+        );
+        let t = HttpTarget::parse("http://idp.example").unwrap();
+        assert_eq!((t.port, t.path.as_str()), (80, "/"));
+        assert!(HttpTarget::parse("http://user:pw@idp.example/").is_err());
+        assert!(HttpTarget::parse("http:///keys").is_err());
+        assert!(HttpTarget::parse("http://h:99999/").is_err());
+    }
+
+    #[test]
+    fn http_responses_are_parsed() {
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(parse_http_response(ok, false).unwrap().unwrap(), b"hello");
+        assert_eq!(parse_http_response(&ok[..40], false).unwrap(), None);
+        assert!(parse_http_response(&ok[..40], true).is_err());
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n";
+        assert_eq!(
+            parse_http_response(chunked, false).unwrap().unwrap(),
+            b"hello"
+        );
+        let until_eof = b"HTTP/1.0 200 OK\r\n\r\nhello";
+        assert_eq!(parse_http_response(until_eof, false).unwrap(), None);
+        assert_eq!(
+            parse_http_response(until_eof, true).unwrap().unwrap(),
+            b"hello"
+        );
+        let moved = b"HTTP/1.1 301 Moved\r\nLocation: https://x/\r\n\r\n";
+        assert!(parse_http_response(moved, false)
+            .unwrap_err()
+            .contains("301"));
+    }
+}
