@@ -5,6 +5,22 @@
 //!   and development tokens.
 //! - [`log`]: the global log: the [`log::Log`] trait, the segmented, fsynced
 //!   [`log::FileLog`], and [`log::MemoryLog`] for tests.
+//! - [`sequencer`]: batches commits, appends them durably, hands them to the region.
+//! - [`region`]: the executor thread: applies the log, keeps each connection's
+//!   readable partitions, sends snapshots, effects, drops and outcomes.
+//! - [`store`]: the region's state in redb, behind the engine's storage trait.
+//! - [`gateway`]: axum routes: WebSocket sync, HTTP push and pull, health, metrics.
+//! - [`server`]: puts the parts together; start and graceful stop.
+//! - [`metrics`]: Prometheus counters.
+//! - [`client`]: a native client (the engine's replica over a WebSocket) for tests and
+//!   tools.
 
 pub mod auth;
+pub mod client;
+pub mod gateway;
 pub mod log;
+pub mod metrics;
+pub mod region;
+pub mod sequencer;
+pub mod server;
+pub mod store;

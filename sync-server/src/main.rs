@@ -1,13 +1,25 @@
 //! `warren`: Warren's sync server and its tools.
 //!
-//! Today it checks schemas (`warren check schema.warren`); the server itself (`serve`)
-//! and development tokens (`token`) arrive with the sync protocol.
+//! - `warren serve`: a complete system in one process (gateway, sequencer over a
+//!   durable log, region executor over an embedded store), data under `--data-dir`.
+//! - `warren check schema.warren`: validate a schema.
+//! - `warren token --sub ann`: mint a development token for `serve`'s secret.
+//!
+//! Every flag has an environment variable (`WARREN_...`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use warren_core::Schema;
+use warren_server::auth::{self, AuthConfig, JwksSource};
+use warren_server::gateway::GatewayLimits;
+use warren_server::sequencer::SequencerOptions;
+use warren_server::server::{self, Config};
+
+/// The example schema `serve` runs when no schema file is given.
+const EXAMPLE_SCHEMA: &str = include_str!("../../demo/schema.warren");
 
 #[derive(Parser)]
 #[command(name = "warren", version, about = "Warren's sync server and tools")]
@@ -18,6 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the server: gateway, sequencer, durable log and region executor.
+    Serve(ServeArgs),
     /// Check a schema file: parse it, compile it, and print its version.
     Check {
         /// The schema file.
@@ -27,12 +41,268 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Mint a development token (HS256) for a server's secret.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct SecretArgs {
+    /// Where the server keeps its data (and its development secret).
+    #[arg(long, env = "WARREN_DATA_DIR", default_value = "warren-data")]
+    data_dir: PathBuf,
+    /// The HS256 secret tokens are signed with. Without it (and without --jwks), the
+    /// server makes a development secret in the data directory on first start.
+    #[arg(long, env = "WARREN_HS256_SECRET", hide_env_values = true)]
+    hs256_secret: Option<String>,
+    /// Required issuer (`iss`) of tokens.
+    #[arg(long, env = "WARREN_ISSUER")]
+    issuer: Option<String>,
+    /// Required audience (`aud`) of tokens.
+    #[arg(long, env = "WARREN_AUDIENCE")]
+    audience: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    secret: SecretArgs,
+    /// Address to listen on.
+    #[arg(long, env = "WARREN_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// The schema file (the bundled example schema when the file does not exist).
+    #[arg(long, env = "WARREN_SCHEMA", default_value = "schema.warren")]
+    schema: PathBuf,
+    /// A JWKS for RS256/ES256 tokens: a file path or an http(s) URL.
+    #[arg(long, env = "WARREN_JWKS")]
+    jwks: Option<String>,
+    /// How long a log batch may wait for more commits, in microseconds (0: take what
+    /// is queued; batches still form while the previous one syncs).
+    #[arg(long, env = "WARREN_BATCH_LINGER_US", default_value_t = 0)]
+    batch_linger_us: u64,
+    /// The most commits in one log batch.
+    #[arg(long, env = "WARREN_MAX_BATCH", default_value_t = 1024)]
+    max_batch: usize,
+    /// Commit the region store durably every this many batches (the log is always
+    /// synced; the store catches up from it after a crash).
+    #[arg(long, env = "WARREN_STORE_SYNC_EVERY", default_value_t = 64)]
+    store_sync_every: u32,
+    /// The largest frame or HTTP body accepted, in bytes.
+    #[arg(long, env = "WARREN_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
+    max_frame_bytes: usize,
+    /// The most commits in one push.
+    #[arg(long, env = "WARREN_MAX_COMMITS_PER_PUSH", default_value_t = 1000)]
+    max_commits_per_push: usize,
+    /// Log as JSON lines.
+    #[arg(long, env = "WARREN_LOG_JSON")]
+    log_json: bool,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    secret: SecretArgs,
+    /// The subject (`sub`): the user.
+    #[arg(long, env = "WARREN_TOKEN_SUB")]
+    sub: String,
+    /// Seconds until the token expires.
+    #[arg(long, default_value_t = 24 * 3600)]
+    ttl: u64,
+    /// Extra claims, `name=value` (the value is JSON if it parses, else a string).
+    #[arg(long = "claim")]
+    claims: Vec<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { schema, json } => check(&schema, json),
+        Command::Token(t) => token(t),
+        Command::Serve(s) => serve(s),
+    }
+}
+
+/// The development secret: made once, kept in the data directory.
+fn dev_secret(data_dir: &Path, create: bool) -> Result<String, String> {
+    let path = data_dir.join("dev-secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(s.trim().to_owned());
+    }
+    if !create {
+        return Err(format!(
+            "no secret: pass --hs256-secret, or start `warren serve` with --data-dir {} first",
+            data_dir.display()
+        ));
+    }
+    std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| format!("cannot read random bytes for the development secret: {e}"))?;
+    let secret = warren_core::hex(&bytes);
+    std::fs::write(&path, &secret).map_err(|e| e.to_string())?;
+    Ok(secret)
+}
+
+fn token(t: TokenArgs) -> ExitCode {
+    let secret = match t
+        .secret
+        .hs256_secret
+        .clone()
+        .map(Ok)
+        .unwrap_or_else(|| dev_secret(&t.secret.data_dir, false))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut claims = auth::dev_claims(
+        &t.sub,
+        t.ttl,
+        t.secret.issuer.as_deref(),
+        t.secret.audience.as_deref(),
+    );
+    for c in &t.claims {
+        let Some((k, v)) = c.split_once('=') else {
+            eprintln!("error: --claim takes name=value, not {c:?}");
+            return ExitCode::from(2);
+        };
+        claims[k] =
+            serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_owned()));
+    }
+    match auth::mint_hs256(&secret, &claims) {
+        Ok(tok) => {
+            println!("{tok}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(s: ServeArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if s.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let schema = match std::fs::read_to_string(&s.schema) {
+        Ok(src) => src,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(file = %s.schema.display(), "no schema file; running the example schema");
+            EXAMPLE_SCHEMA.to_owned()
+        }
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", s.schema.display());
+            return ExitCode::from(2);
+        }
+    };
+    let jwks = s.jwks.as_ref().map(|j| {
+        if j.starts_with("http://") || j.starts_with("https://") {
+            JwksSource::Url(j.clone())
+        } else {
+            JwksSource::File(PathBuf::from(j))
+        }
+    });
+    let hs256_secret = match (&s.secret.hs256_secret, &jwks) {
+        (Some(x), _) => Some(x.clone()),
+        (None, Some(_)) => None,
+        (None, None) => match dev_secret(&s.secret.data_dir, true) {
+            Ok(x) => {
+                tracing::info!(
+                    "development tokens: warren token --data-dir {} --sub <user>",
+                    s.secret.data_dir.display()
+                );
+                Some(x)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let config = Config {
+        data_dir: s.secret.data_dir.clone(),
+        schema,
+        auth: AuthConfig {
+            hs256_secret,
+            jwks,
+            issuer: s.secret.issuer.clone(),
+            audience: s.secret.audience.clone(),
+            ..AuthConfig::default()
+        },
+        sequencer: SequencerOptions {
+            max_batch: s.max_batch.max(1),
+            linger: Duration::from_micros(s.batch_linger_us),
+        },
+        limits: Default::default(),
+        gateway: GatewayLimits {
+            max_frame_bytes: s.max_frame_bytes,
+            max_commits_per_push: s.max_commits_per_push,
+            ..GatewayLimits::default()
+        },
+        store_sync_every: s.store_sync_every,
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&s.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {}: {e}", s.listen);
+                return ExitCode::from(2);
+            }
+        };
+        let running = match server::start(config, listener).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        println!(
+            "warren: serving on http://{} (sync: ws://{}/v1/sync)",
+            running.addr, running.addr
+        );
+        wait_for_signal(&running).await;
+        tracing::info!("stopping");
+        match running.stop().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+async fn wait_for_signal(running: &server::Running) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install the SIGTERM handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if running.is_finished() {
+                    tracing::error!("a server part stopped on its own");
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -62,10 +332,15 @@ fn check(path: &PathBuf, json: bool) -> ExitCode {
                 println!("{}: ok, version {}", path.display(), s.version());
                 for c in s.collections.values() {
                     let rules: Vec<&str> = c.rules.keys().map(|a| a.as_str()).collect();
+                    let indexes: Vec<&str> = c.indexes.keys().map(String::as_str).collect();
                     println!(
                         "  collection {} (indexes: {}; allow: {})",
                         c.name,
-                        join(c.indexes.keys().map(String::as_str)),
+                        if indexes.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            indexes.join(", ")
+                        },
                         if rules.is_empty() {
                             "nothing".to_owned()
                         } else {
@@ -100,14 +375,5 @@ fn check(path: &PathBuf, json: bool) -> ExitCode {
             }
             ExitCode::from(1)
         }
-    }
-}
-
-fn join<'a>(xs: impl Iterator<Item = &'a str>) -> String {
-    let v: Vec<&str> = xs.collect();
-    if v.is_empty() {
-        "none".to_owned()
-    } else {
-        v.join(", ")
     }
 }

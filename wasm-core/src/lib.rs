@@ -17,6 +17,7 @@
 //! - [`storage`]: the storage trait, the in-memory backend, the overlay and the
 //!   conformance suite.
 //! - [`protocol`]: the sync protocol's frames and the log's entries, as bytes.
+//! - [`replica`]: the client replica (base, outbox, view, live queries), without I/O.
 //!
 //! # Example
 //! ```
@@ -51,6 +52,7 @@ pub mod exec;
 pub mod keys;
 pub mod lang;
 pub mod protocol;
+pub mod replica;
 pub mod schema;
 pub mod storage;
 pub mod value;

@@ -11,9 +11,12 @@ use std::ops::Bound;
 use super::{Batch, BatchOp, Entry, KeyRange, Storage};
 use crate::error::Error;
 
+/// An overlay's writes: `None` deletes.
+pub type OverlayWrites = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
 pub struct Overlay<'a> {
     base: &'a dyn Storage,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    writes: OverlayWrites,
 }
 
 impl<'a> Overlay<'a> {
@@ -22,6 +25,16 @@ impl<'a> Overlay<'a> {
             base,
             writes: BTreeMap::new(),
         }
+    }
+
+    /// An overlay with writes already made (see [`Overlay::into_writes`]).
+    pub fn with_writes(base: &'a dyn Storage, writes: OverlayWrites) -> Overlay<'a> {
+        Overlay { base, writes }
+    }
+
+    /// The overlay's writes, to keep without the borrow of the base.
+    pub fn into_writes(self) -> OverlayWrites {
+        self.writes
     }
 
     /// Reads the base store alone.

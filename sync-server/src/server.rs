@@ -1,0 +1,192 @@
+//! Assembles a running server: log, region store, region thread, sequencer thread and
+//! gateway, all data under one directory.
+//!
+//! ```text
+//! data-dir/
+//!   log/          the global log (segments, docs/LOG.md)
+//!   state.redb    the region's state: documents, indexes, cursors, digest, position
+//!   dev-secret    the development HS256 secret, made on first start if none is given
+//! ```
+//!
+//! Start order: open the log and the store, start the region, replay the log after the
+//! store's position, start the sequencer, then serve. Stop order: stop accepting, tell
+//! every connection, let the sequencer finish its queue (its last batch is synced and
+//! applied), stop the region (the store is synced), join both threads.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use warren_core::eval::Limits;
+use warren_core::Schema;
+
+use crate::auth::{AuthConfig, Verifier};
+use crate::gateway::{self, AppState, GatewayLimits};
+use crate::log::{FileLog, FileLogOptions, Log};
+use crate::metrics::Metrics;
+use crate::region::{self, Region, RegionMsg};
+use crate::sequencer::{self, SequencerOptions};
+use crate::store::RedbStore;
+
+/// Everything a server needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// The schema's source text.
+    pub schema: String,
+    pub auth: AuthConfig,
+    pub sequencer: SequencerOptions,
+    pub limits: Limits,
+    pub gateway: GatewayLimits,
+    /// Commit the region store durably every this many batches.
+    pub store_sync_every: u32,
+}
+
+/// A server start failure.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn start_err(what: &str, e: impl std::fmt::Display) -> StartError {
+    StartError(format!("{what}: {e}"))
+}
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    serve: tokio::task::JoinHandle<std::io::Result<()>>,
+    sequencer: std::thread::JoinHandle<Result<(), crate::log::LogError>>,
+    region: std::thread::JoinHandle<Result<(), warren_core::Error>>,
+}
+
+impl Running {
+    /// Stops gracefully: nothing acknowledged is lost, nothing queued is dropped
+    /// unanswered without the client being told.
+    pub async fn stop(self) -> Result<(), StartError> {
+        let _ = self.shutdown.send(true);
+        let served = self.serve.await.map_err(|e| start_err("gateway", e))?;
+        let seq = self.sequencer;
+        let region = self.region;
+        tokio::task::spawn_blocking(move || {
+            let s = seq
+                .join()
+                .map_err(|_| StartError("the sequencer panicked".into()))?;
+            let r = region
+                .join()
+                .map_err(|_| StartError("the region panicked".into()))?;
+            s.map_err(|e| start_err("log", e))?;
+            r.map_err(|e| start_err("region", e))?;
+            Ok::<_, StartError>(())
+        })
+        .await
+        .map_err(|e| start_err("stop", e))??;
+        served.map_err(|e| start_err("gateway", e))
+    }
+
+    /// Resolves when the server stops on its own (a fatal error).
+    pub fn is_finished(&self) -> bool {
+        self.serve.is_finished() || self.sequencer.is_finished() || self.region.is_finished()
+    }
+}
+
+/// Starts a server on `listener`.
+pub async fn start(config: Config, listener: TcpListener) -> Result<Running, StartError> {
+    let schema = Arc::new(Schema::parse(&config.schema).map_err(|e| start_err("schema", e))?);
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| start_err("data directory", e))?;
+    let (log, recovery) = FileLog::open(config.data_dir.join("log"), FileLogOptions::default())
+        .map_err(|e| start_err("log", e))?;
+    if recovery.truncated_bytes > 0 {
+        tracing::warn!(
+            bytes = recovery.truncated_bytes,
+            "truncated a torn tail of the log"
+        );
+    }
+    let store = RedbStore::open(&config.data_dir.join("state.redb"), config.store_sync_every)
+        .map_err(|e| start_err("region store", e))?;
+    let metrics = Arc::new(Metrics::default());
+    let region = Region::new(
+        store,
+        schema.clone(),
+        config.limits.clone(),
+        metrics.clone(),
+    )
+    .map_err(|e| start_err("region", e))?;
+    let applied = region.position();
+    if applied > log.last_position() {
+        return Err(StartError(format!(
+            "the region store is at position {applied} but the log ends at {}: the log is not this store's",
+            log.last_position()
+        )));
+    }
+    let (region_tx, region_rx) = std::sync::mpsc::channel::<RegionMsg>();
+    let region_thread = region::spawn(region, region_rx);
+    let replayed =
+        sequencer::replay(&log, applied, &region_tx).map_err(|e| start_err("replay", e))?;
+    tracing::info!(from = applied, entries = replayed, "replaying the log");
+    let (seq_tx, seq_rx) = mpsc::channel(4096);
+    let seq_region = region_tx.clone();
+    let seq_opts = config.sequencer.clone();
+    let seq_metrics = metrics.clone();
+    let log: Box<dyn Log> = Box::new(log);
+    let sequencer_thread = std::thread::Builder::new()
+        .name("warren-sequencer".into())
+        .spawn(move || sequencer::run(log, seq_rx, seq_region, seq_opts, seq_metrics))
+        .map_err(|e| start_err("sequencer", e))?;
+    let verifier = Verifier::new(config.auth.clone())
+        .await
+        .map_err(|e| start_err("auth", e))?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = AppState {
+        seq: seq_tx,
+        region: region_tx,
+        verifier,
+        metrics: metrics.clone(),
+        limits: config.gateway.clone(),
+        ready: ready.clone(),
+        next_conn: Arc::new(AtomicU64::new(1)),
+        shutdown: shutdown_rx.clone(),
+    };
+    // Ready once the region has applied what the log held at start.
+    let target = applied + replayed;
+    let ready_metrics = metrics.clone();
+    tokio::spawn(async move {
+        while ready_metrics.position.load(Ordering::Relaxed) < target {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        ready.store(true, Ordering::Relaxed);
+    });
+    let addr = listener
+        .local_addr()
+        .map_err(|e| start_err("listener", e))?;
+    let app = gateway::app(state);
+    let mut stop = shutdown_rx;
+    let serve = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    tracing::info!(%addr, position = applied, "serving");
+    Ok(Running {
+        addr,
+        metrics,
+        shutdown: shutdown_tx,
+        serve,
+        sequencer: sequencer_thread,
+        region: region_thread,
+    })
+}

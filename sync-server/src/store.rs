@@ -1,0 +1,185 @@
+//! The region's state on disk: redb, behind the engine's [`Storage`] trait.
+//!
+//! One table of byte keys and values. Reads go through a read transaction that is
+//! renewed after every write, so the executor reads without opening a transaction per
+//! key. Writes are one redb write transaction per batch. The log, not this store, is
+//! the source of truth: most batches commit without an fsync ([`Durability::None`]),
+//! and every `sync_every` batches (and on [`RedbStore::sync`]) one commits durably.
+//! After a crash redb comes back at its last durable commit, whose stored position
+//! says where to resume replaying the log; state, digest and position always move
+//! together, in one transaction.
+
+use std::ops::Bound;
+use std::path::Path;
+
+use redb::{Database, Durability, ReadOnlyTable, TableDefinition};
+use warren_core::storage::{Batch, Entry, KeyRange, Storage};
+use warren_core::{Error, ErrorCode};
+
+const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("warren");
+
+pub struct RedbStore {
+    db: Database,
+    read: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    sync_every: u32,
+    since_sync: u32,
+}
+
+fn storage(e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorCode::Storage, format!("region store: {e}"))
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store at `path`. `sync_every`: commit durably every this
+    /// many batches (1 = every batch).
+    pub fn open(path: &Path, sync_every: u32) -> Result<RedbStore, Error> {
+        let db = Database::create(path).map_err(storage)?;
+        let w = db.begin_write().map_err(storage)?;
+        w.open_table(TABLE).map_err(storage)?;
+        w.commit().map_err(storage)?;
+        let read = db
+            .begin_read()
+            .map_err(storage)?
+            .open_table(TABLE)
+            .map_err(storage)?;
+        Ok(RedbStore {
+            db,
+            read,
+            sync_every: sync_every.max(1),
+            since_sync: 0,
+        })
+    }
+
+    fn refresh(&mut self) -> Result<(), Error> {
+        self.read = self
+            .db
+            .begin_read()
+            .map_err(storage)?
+            .open_table(TABLE)
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    fn write(&mut self, batch: Batch, durable: bool) -> Result<(), Error> {
+        let mut w = self.db.begin_write().map_err(storage)?;
+        w.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        });
+        {
+            let mut t = w.open_table(TABLE).map_err(storage)?;
+            for (k, v) in &batch.ops {
+                match v {
+                    Some(v) => {
+                        t.insert(k.as_slice(), v.as_slice()).map_err(storage)?;
+                    }
+                    None => {
+                        t.remove(k.as_slice()).map_err(storage)?;
+                    }
+                }
+            }
+        }
+        w.commit().map_err(storage)?;
+        self.since_sync = if durable { 0 } else { self.since_sync + 1 };
+        self.refresh()
+    }
+
+    /// Makes everything written so far durable.
+    pub fn sync(&mut self) -> Result<(), Error> {
+        if self.since_sync > 0 {
+            self.write(Batch::new(), true)?;
+        }
+        Ok(())
+    }
+}
+
+fn bound(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+type Item<'a> = Result<
+    (
+        redb::AccessGuard<'a, &'static [u8]>,
+        redb::AccessGuard<'a, &'static [u8]>,
+    ),
+    redb::StorageError,
+>;
+
+/// The first `limit` entries of a redb range.
+fn take<'a>(range: impl Iterator<Item = Item<'a>>, limit: usize) -> Result<Vec<Entry>, Error> {
+    let mut out = Vec::with_capacity(limit.min(256));
+    for item in range.take(limit) {
+        let (k, v) = item.map_err(storage)?;
+        out.push((k.value().to_vec(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+impl Storage for RedbStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self
+            .read
+            .get(key)
+            .map_err(storage)?
+            .map(|g| g.value().to_vec()))
+    }
+
+    fn scan(&self, range: &KeyRange, reverse: bool, limit: usize) -> Result<Vec<Entry>, Error> {
+        if limit == 0 || range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let r = self
+            .read
+            .range::<&[u8]>((bound(&range.start), bound(&range.end)))
+            .map_err(storage)?;
+        if reverse {
+            take(r.rev(), limit)
+        } else {
+            take(r, limit)
+        }
+    }
+
+    fn apply(&mut self, batch: Batch) -> Result<(), Error> {
+        let durable = self.since_sync + 1 >= self.sync_every;
+        self.write(batch, durable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_store() -> RedbStore {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("warren-redb-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        RedbStore::open(&dir.join("state.redb"), 4).unwrap()
+    }
+
+    warren_core::storage_conformance_tests!(temp_store());
+
+    #[test]
+    fn state_survives_reopen_after_sync() {
+        let dir = std::env::temp_dir().join(format!("warren-redb-reopen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.redb");
+        {
+            let mut s = RedbStore::open(&path, 100).unwrap();
+            let mut b = Batch::new();
+            b.put(b"k".to_vec(), b"v".to_vec());
+            s.apply(b).unwrap();
+            s.sync().unwrap();
+        }
+        let s = RedbStore::open(&path, 100).unwrap();
+        assert_eq!(s.get(b"k").unwrap(), Some(b"v".to_vec()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

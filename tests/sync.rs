@@ -1,0 +1,639 @@
+//! Sync end to end: a real server (log fsynced to disk, redb state, axum on a real
+//! socket) and native clients driving the engine's replica.
+
+use std::time::Duration;
+
+use warren_core::exec::Op;
+use warren_core::protocol::{ClientCommit, ClientFrame, CommitResult, ServerFrame};
+use warren_core::replica::Event;
+use warren_core::value::obj;
+use warren_core::{ErrorCode, Value};
+use warren_e2e::*;
+
+fn strs(xs: &[&str]) -> Value {
+    Value::Array(xs.iter().map(|s| Value::from(*s)).collect())
+}
+
+/// Every partition named in what a client received (snapshots, effects, drops).
+fn partitions_seen(frames: &[ServerFrame]) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in frames {
+        match f {
+            ServerFrame::Snapshot {
+                partition, docs, ..
+            } if !docs.is_empty() => out.push(partition.clone()),
+            ServerFrame::Effects { writes, .. } => {
+                out.extend(writes.iter().map(|w| w.partition.clone()))
+            }
+            _ => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn hello(client_id: &str, token: &str) -> ClientFrame {
+    ClientFrame::Hello {
+        client_id: client_id.into(),
+        token: token.into(),
+        schema_version: String::new(),
+        outbox_from: 0,
+        partitions: vec![],
+    }
+}
+
+fn call(seq: u64, function: &str, args: Value) -> ClientCommit {
+    ClientCommit {
+        seq,
+        schema_version: String::new(),
+        op: Op::Call {
+            function: function.into(),
+            args,
+        },
+    }
+}
+
+fn run(seq: u64, source: &str) -> ClientCommit {
+    ClientCommit {
+        seq,
+        schema_version: String::new(),
+        op: Op::Run {
+            source: source.into(),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_user_sees_only_their_partition() {
+    let server = TestServer::start("partitions").await;
+    let ann = server.client("ann", "ann-laptop");
+    let bob = server.client("bob", "bob-phone");
+    for i in 0..3 {
+        ann.call(
+            "addTodo",
+            obj([
+                ("id", format!("a{i}").into()),
+                ("title", "ann's".into()),
+                ("created", Value::Int(i)),
+            ]),
+        )
+        .unwrap();
+        bob.call(
+            "addTodo",
+            obj([
+                ("id", format!("b{i}").into()),
+                ("title", "bob's".into()),
+                ("created", Value::Int(i)),
+            ]),
+        )
+        .unwrap();
+    }
+    assert!(ann.wait_synced(WAIT).await && bob.wait_synced(WAIT).await);
+    // Both see the other's commits arrive as nothing at all.
+    assert!(
+        ann.wait_until(WAIT, |r| r.query("Todo.all().count()").unwrap()
+            == Value::Int(3))
+            .await
+    );
+    assert_eq!(
+        ann.query("Todo.all().map(.id)").unwrap(),
+        strs(&["a0", "a1", "a2"])
+    );
+    assert_eq!(
+        bob.query("Todo.all().map(.id)").unwrap(),
+        strs(&["b0", "b1", "b2"])
+    );
+
+    // bob's update of ann's document is refused at once, on bob's side: he cannot even
+    // see it, and nothing is queued.
+    let e = bob.call("toggle", obj([("id", "a0".into())])).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Aborted);
+    let e = bob
+        .run(r#"Todo.create({ id: "evil", owner: "ann", created: 0 })"#)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::PermissionDenied);
+    assert!(bob.replica().pending().is_empty());
+
+    // A hand-built client with bob's token skips the client's checks: the server
+    // refuses the same writes.
+    let mut raw = server.raw().await;
+    raw.send(&hello("bob-raw", &token("bob"))).await.unwrap();
+    raw.send(&ClientFrame::Push {
+        commits: vec![
+            run(
+                1,
+                r#"Todo.create({ id: "evil", owner: "ann", created: 0 })"#,
+            ),
+            call(2, "toggle", obj([("id", "a0".into())])),
+            run(3, r#"Todo.byId("a1").update({ title: "mine" })"#),
+        ],
+    })
+    .await
+    .unwrap();
+    let frames = raw
+        .recv_until(WAIT, |f| matches!(f, ServerFrame::Outcome { seq: 3, .. }))
+        .await;
+    let codes: Vec<(u64, String)> = frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Outcome {
+                seq,
+                result: CommitResult::Rejected { code, .. },
+            } => Some((*seq, code.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            (1, "PERMISSION_DENIED".to_string()),
+            (2, "ABORTED".to_string()),
+            (3, "TYPE_ERROR".to_string())
+        ]
+    );
+    // ann's documents are untouched, as ann sees them after a round trip.
+    ann.call("toggle", obj([("id", "a2".into())])).unwrap();
+    assert!(ann.wait_synced(WAIT).await);
+    assert_eq!(
+        ann.query("Todo.all().map(t => [t.id, t.title, t.done])")
+            .unwrap(),
+        Value::parse_json(r#"[["a0","ann's",false],["a1","ann's",false],["a2","ann's",true]]"#)
+            .unwrap()
+    );
+    // bob never received anything of ann's partition, on any connection.
+    assert_eq!(
+        partitions_seen(&bob.received()),
+        vec!["user:bob".to_string()]
+    );
+    assert!(partitions_seen(&frames).iter().all(|p| p != "user:ann"));
+    assert_eq!(
+        partitions_seen(&ann.received()),
+        vec!["user:ann".to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_offline_commits_apply_once_in_order() {
+    let server = TestServer::start("offline").await;
+    let c = warren_server::client::Client::start_with(
+        server.options("ann", "ann-offline"),
+        Default::default(),
+        false,
+    )
+    .unwrap();
+    for i in 0..1000 {
+        c.call(
+            "addTodo",
+            obj([
+                ("id", format!("t{i:04}").into()),
+                ("title", "x".into()),
+                ("created", Value::Int(i)),
+            ]),
+        )
+        .unwrap();
+        c.call("bump", obj([("id", "n".into())])).unwrap();
+    }
+    assert_eq!(c.replica().pending().len(), 2000);
+    assert_eq!(c.query("Counter.byId(\"n\").n").unwrap(), Value::Int(1000));
+    c.set_online(true);
+    assert!(
+        c.wait_synced(Duration::from_secs(120)).await,
+        "the outbox drained"
+    );
+    // Exactly once: the counter counts every bump once.
+    assert_eq!(c.query("Counter.byId(\"n\").n").unwrap(), Value::Int(1000));
+    let confirmed: Vec<(u64, u64)> = c
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Confirmed {
+                seq,
+                position: Some(p),
+                ..
+            } => Some((seq, p)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(confirmed.len(), 2000);
+    // In order: positions increase with sequence numbers.
+    assert!(confirmed
+        .windows(2)
+        .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1));
+    // The server agrees: ask it over HTTP.
+    let (status, body) = http_json(
+        &server.http(),
+        "POST",
+        "/v1/pull",
+        Some(&token("ann")),
+        &serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let docs = body["snapshots"][0]["docs"].as_array().unwrap();
+    assert_eq!(
+        docs.iter().filter(|d| d["collection"] == "Todo").count(),
+        1000
+    );
+    let counter = docs.iter().find(|d| d["collection"] == "Counter").unwrap();
+    assert_eq!(counter["data"]["n"], 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retransmitting_everything_after_a_drop_applies_nothing_twice() {
+    let server = TestServer::start("retransmit").await;
+    let commits: Vec<ClientCommit> = (1..=50)
+        .map(|s| call(s, "bump", obj([("id", "n".into())])))
+        .collect();
+    // First connection: push everything, read a few outcomes, drop the connection.
+    let mut raw = server.raw().await;
+    raw.send(&hello("ann-raw", &token("ann"))).await.unwrap();
+    raw.send(&ClientFrame::Push {
+        commits: commits.clone(),
+    })
+    .await
+    .unwrap();
+    raw.recv_until(WAIT, |f| matches!(f, ServerFrame::Outcome { seq: 5, .. }))
+        .await;
+    drop(raw);
+    // Second connection: the client does not know what landed, so it sends it all.
+    let mut raw = server.raw().await;
+    raw.send(&ClientFrame::Hello {
+        client_id: "ann-raw".into(),
+        token: token("ann"),
+        schema_version: String::new(),
+        outbox_from: 1,
+        partitions: vec![],
+    })
+    .await
+    .unwrap();
+    raw.send(&ClientFrame::Push { commits }).await.unwrap();
+    let frames = raw
+        .recv_until(WAIT, |f| matches!(f, ServerFrame::Outcome { seq: 50, .. }))
+        .await;
+    let welcome_applied = frames.iter().find_map(|f| match f {
+        ServerFrame::Welcome { applied_seq, .. } => Some(*applied_seq),
+        _ => None,
+    });
+    assert!(welcome_applied.is_some());
+    // Every outcome is a commit, the same one each time it is asked about: the counter
+    // went 1, 2, ..., 50, once each.
+    let mut results: std::collections::BTreeMap<u64, Value> = Default::default();
+    for f in &frames {
+        if let ServerFrame::Outcome { seq, result } = f {
+            match result {
+                CommitResult::Committed { result, .. } => {
+                    if let Some(prev) = results.insert(*seq, result.get("n").clone()) {
+                        assert_eq!(prev, *result.get("n"), "seq {seq} answered two ways");
+                    }
+                }
+                other => panic!("seq {seq}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(results.len(), 50);
+    for (seq, n) in &results {
+        assert_eq!(*n, Value::Int(*seq as i64), "seq {seq}");
+    }
+    let (_, body) = http_json(
+        &server.http(),
+        "POST",
+        "/v1/pull",
+        Some(&token("ann")),
+        &serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(body["snapshots"][0]["docs"][0]["data"]["n"], 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_offline_edits_converge_in_the_servers_order() {
+    let server = TestServer::start("converge").await;
+    let ann = server.client("ann", "ann-1");
+    let bob = server.client("bob", "bob-1");
+    ann.run(r#"Team.create({ id: "t", members: ["ann", "bob"] })"#)
+        .unwrap();
+    ann.run(r#"Task.create({ id: "k", team: "t", title: "draft", rev: 0 })"#)
+        .unwrap();
+    ann.run(r#"Task.create({ id: "j", team: "t", title: "plan", rev: 0 })"#)
+        .unwrap();
+    assert!(ann.wait_synced(WAIT).await);
+    assert!(
+        bob.wait_until(WAIT, |r| r.query("Task.all().count()").unwrap()
+            == Value::Int(2))
+            .await
+    );
+    ann.set_online(false);
+    bob.set_online(false);
+    // Both edit the same task offline. Last writer wins for `retitle`; `retitleIf` checks
+    // the revision, so whichever comes second is refused.
+    ann.call(
+        "retitle",
+        obj([("id", "k".into()), ("title", "ann's title".into())]),
+    )
+    .unwrap();
+    bob.call(
+        "retitle",
+        obj([("id", "k".into()), ("title", "bob's title".into())]),
+    )
+    .unwrap();
+    ann.call(
+        "retitleIf",
+        obj([
+            ("id", "j".into()),
+            ("title", "ann's plan".into()),
+            ("rev", Value::Int(0)),
+        ]),
+    )
+    .unwrap();
+    bob.call(
+        "retitleIf",
+        obj([
+            ("id", "j".into()),
+            ("title", "bob's plan".into()),
+            ("rev", Value::Int(0)),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        ann.query("Task.byId(\"k\").title").unwrap(),
+        Value::from("ann's title")
+    );
+    assert_eq!(
+        bob.query("Task.byId(\"j\").title").unwrap(),
+        Value::from("bob's plan")
+    );
+    // ann syncs first, then bob: the server's order is ann's commits, then bob's.
+    ann.set_online(true);
+    let synced = ann.wait_synced(WAIT).await;
+    let (connected, pending) = {
+        let r = ann.replica();
+        (
+            r.is_connected(),
+            r.pending().iter().map(|p| p.seq).collect::<Vec<_>>(),
+        )
+    };
+    assert!(
+        synced,
+        "connects {} connected {connected} pending {pending:?} frames {:?}",
+        ann.connects(),
+        ann.received().iter().rev().take(4).collect::<Vec<_>>()
+    );
+    bob.set_online(true);
+    assert!(bob.wait_synced(WAIT).await);
+    let want = Value::parse_json(r#"[["j","ann's plan",1],["k","bob's title",2]]"#).unwrap();
+    let q = "Task.all().map(t => [t.id, t.title, t.rev])";
+    assert!(
+        ann.wait_until(WAIT, |r| r.query(q).unwrap() == want).await,
+        "ann: {}",
+        ann.query(q).unwrap()
+    );
+    assert_eq!(bob.query(q).unwrap(), want);
+    // bob's refused edit is reported, and its optimistic result is gone from his view.
+    let rejected: Vec<String> = bob
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Rejected { code, .. } => Some(code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rejected, vec!["ABORTED".to_string()]);
+    // And the server's own state is the same.
+    let (_, body) = http_json(
+        &server.http(),
+        "POST",
+        "/v1/pull",
+        Some(&token("bob")),
+        &serde_json::json!({}),
+    )
+    .await;
+    let snap = body["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["partition"] == "team:t")
+        .unwrap();
+    let mut titles: Vec<(String, String)> = snap["docs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["collection"] == "Task")
+        .map(|d| {
+            (
+                d["id"].as_str().unwrap().to_owned(),
+                d["data"]["title"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        vec![
+            ("j".into(), "ann's plan".into()),
+            ("k".into(), "bob's title".into())
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_member_drops_the_partition_at_once() {
+    let server = TestServer::start("revoke").await;
+    let ann = server.client("ann", "ann-r");
+    let bob = server.client("bob", "bob-r");
+    ann.run(r#"Team.create({ id: "t", members: ["ann", "bob"] })"#)
+        .unwrap();
+    ann.run(r#"Task.create({ id: "k", team: "t", title: "secret plan" })"#)
+        .unwrap();
+    assert!(
+        bob.wait_until(WAIT, |r| r.query("Task.all().count()").unwrap()
+            == Value::Int(1))
+            .await
+    );
+    ann.run(r#"Team.byId("t").update({ members: ["ann"] })"#)
+        .unwrap();
+    assert!(ann.wait_synced(WAIT).await);
+    assert!(
+        bob.wait_until(WAIT, |r| r.query("Task.all().count()").unwrap()
+            == Value::Int(0))
+            .await
+    );
+    assert!(bob
+        .received()
+        .iter()
+        .any(|f| matches!(f, ServerFrame::Drop { partition, .. } if partition == "team:t")));
+    // Nothing of the team reaches bob after the drop.
+    ann.run(r#"Task.create({ id: "k2", team: "t", title: "after" })"#)
+        .unwrap();
+    assert!(ann.wait_synced(WAIT).await);
+    let frames = bob.received();
+    let dropped_at = frames
+        .iter()
+        .position(|f| matches!(f, ServerFrame::Drop { .. }))
+        .unwrap();
+    assert!(partitions_seen(&frames[dropped_at..])
+        .iter()
+        .all(|p| p != "team:t"));
+    assert_eq!(bob.query("Team.all().count()").unwrap(), Value::Int(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_loses_nothing_and_clients_resume_from_their_cursors() {
+    let mut server = TestServer::start("restart").await;
+    let ann = server.client("ann", "ann-restart");
+    let bob = server.client("bob", "bob-restart");
+    for i in 0..20 {
+        ann.call(
+            "addTodo",
+            obj([
+                ("id", format!("a{i}").into()),
+                ("title", "x".into()),
+                ("created", Value::Int(i)),
+            ]),
+        )
+        .unwrap();
+    }
+    bob.call("bump", obj([("id", "n".into())])).unwrap();
+    assert!(ann.wait_synced(WAIT).await && bob.wait_synced(WAIT).await);
+    let frames_before = bob.received().len();
+    server.restart().await;
+    // Both reconnect by themselves and carry on.
+    for i in 20..30 {
+        ann.call(
+            "addTodo",
+            obj([
+                ("id", format!("a{i}").into()),
+                ("title", "x".into()),
+                ("created", Value::Int(i)),
+            ]),
+        )
+        .unwrap();
+    }
+    assert!(ann.wait_synced(WAIT).await);
+    assert!(ann.connects() >= 2, "ann reconnected");
+    assert!(bob.wait_until(WAIT, |_| true).await);
+    let (_, body) = http_json(
+        &server.http(),
+        "POST",
+        "/v1/pull",
+        Some(&token("ann")),
+        &serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(body["snapshots"][0]["docs"].as_array().unwrap().len(), 30);
+    // bob's partition did not change: after reconnecting he got no snapshot of it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while bob.connects() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(bob.connects() >= 2);
+    let after: Vec<ServerFrame> = bob.received()[frames_before..].to_vec();
+    assert!(after
+        .iter()
+        .any(|f| matches!(f, ServerFrame::Welcome { .. })));
+    assert!(
+        !after
+            .iter()
+            .any(|f| matches!(f, ServerFrame::Snapshot { .. })),
+        "{after:?}"
+    );
+    assert_eq!(bob.query("Counter.byId(\"n\").n").unwrap(), Value::Int(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_push_pull_health_and_metrics() {
+    let server = TestServer::start("http").await;
+    let (s, body) = http_json(
+        &server.http(),
+        "POST",
+        "/v1/push",
+        Some(&token("ann")),
+        &serde_json::json!({ "client_id": "curl", "commits": [
+            { "seq": 1, "function": "bump", "args": { "id": "n" } },
+            { "seq": 2, "source": "Todo.create({ owner: \"bob\", created: 1 })" },
+        ]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["outcomes"][0]["status"], "committed");
+    assert_eq!(body["outcomes"][1]["code"], "PERMISSION_DENIED");
+    // Pushed again: the same answers, nothing applied twice.
+    let (_, again) = http_json(
+        &server.http(),
+        "POST",
+        "/v1/push",
+        Some(&token("ann")),
+        &serde_json::json!({ "client_id": "curl", "commits": [{ "seq": 1, "function": "bump", "args": { "id": "n" } }]}),
+    )
+    .await;
+    assert_eq!(again["outcomes"][0]["status"], "committed");
+    assert_eq!(
+        again["outcomes"][0]["position"],
+        body["outcomes"][0]["position"]
+    );
+    let (s, e) = http_json(
+        &server.http(),
+        "POST",
+        "/v1/push",
+        None,
+        &serde_json::json!({}),
+    )
+    .await;
+    assert_eq!((s, e["code"].as_str()), (401, Some("TOKEN_MISSING")));
+    let (s, _) = http_json(
+        &server.http(),
+        "GET",
+        "/healthz",
+        None,
+        &serde_json::json!(null),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = http_json(
+        &server.http(),
+        "GET",
+        "/readyz",
+        None,
+        &serde_json::json!(null),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let m = server.running.as_ref().unwrap().metrics.render();
+    assert!(
+        m.contains("warren_commits_total{outcome=\"committed\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("warren_rejections_total{code=\"PERMISSION_DENIED\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_close_only_that_connection() {
+    let server = TestServer::start("protocol").await;
+    let ann = server.client("ann", "ann-p");
+    // A push before Hello, garbage, an unknown version: each gets its code.
+    for (bytes, code) in [
+        (
+            ClientFrame::Push { commits: vec![] }.encode(),
+            "UNEXPECTED_FRAME",
+        ),
+        (vec![1, 0xEE, 1, 2, 3], "BAD_FRAME"),
+        (vec![9, 1], "UNSUPPORTED_PROTOCOL"),
+    ] {
+        let mut raw = server.raw().await;
+        raw.send_bytes(bytes).await.unwrap();
+        match raw.recv(WAIT).await {
+            Some(ServerFrame::Error { code: c, .. }) => assert_eq!(c, code),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            raw.recv(Duration::from_secs(2)).await.is_none(),
+            "closed after the error"
+        );
+    }
+    // The well-behaved client did not notice.
+    ann.call("bump", obj([("id", "n".into())])).unwrap();
+    assert!(ann.wait_synced(WAIT).await);
+}

@@ -1,0 +1,653 @@
+//! The client replica, without I/O.
+//!
+//! A [`Replica`] holds, in one [`Storage`]:
+//! - the **base**: the confirmed documents of the partitions the client may read, each
+//!   partition with the log position it is current to (its cursor);
+//! - the **outbox**: the client's own commits not yet confirmed, in sequence order.
+//!
+//! The **view** is the base with the pending commits re-executed on top; queries and
+//! live queries read the view. A write is executed at once against the view (a
+//! forbidden write is refused there and never queued), stored in the outbox, and sent
+//! when a connection is up. Frames from the server change the base (snapshots,
+//! effects, dropped partitions) and settle pending commits (outcomes); the view is then
+//! rebuilt (rebase) and every live query whose result changed is reported.
+//!
+//! The replica does no I/O: a driver (native: `warren_server::client`; browser: the
+//! wasm binding) moves frames between it and a socket, calls [`Replica::handle`] for each
+//! frame it receives and [`Replica::flush`] when it has handled what was ready, and sends
+//! what [`Replica::outgoing`] returns. Durability is the store's: in the browser the
+//! store is IndexedDB, so a write is in the outbox on disk before `mutate` returns.
+//!
+//! Client keys, beside the engine's documents (see `docs/STORAGE.md`):
+//! `Xclient` (the client id), `Xschema` (the schema source), `Xseq` (the next sequence
+//! number), `O seq` (a pending commit, as a log entry), `K partition` (a cursor).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::error::{Error, ErrorCode};
+use crate::eval::Limits;
+use crate::exec::{self, Commit, Op, Outcome, Write};
+use crate::keys;
+use crate::protocol::{
+    decode_log_entry, encode_log_entry, ClientCommit, ClientFrame, CommitResult, ServerFrame,
+};
+use crate::schema::Schema;
+use crate::storage::{Batch, Entry, KeyRange, Overlay, OverlayWrites, Storage};
+use crate::value::Value;
+
+const KEY_CLIENT: &[u8] = b"Xclient";
+const KEY_SCHEMA: &[u8] = b"Xschema";
+const KEY_SEQ: &[u8] = b"Xseq";
+const SPACE_OUTBOX: u8 = b'O';
+const SPACE_CURSOR: u8 = b'K';
+
+/// Commits per `Push` frame.
+pub const PUSH_CHUNK: usize = 100;
+
+fn outbox_key(seq: u64) -> Vec<u8> {
+    let mut k = vec![SPACE_OUTBOX];
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn cursor_key(partition: &str) -> Vec<u8> {
+    let mut k = vec![SPACE_CURSOR];
+    keys::push_str(&mut k, partition);
+    k
+}
+
+fn be_u64(b: &[u8]) -> Result<u64, Error> {
+    b.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| Error::new(ErrorCode::Corrupt, "bad number in the replica's store"))
+}
+
+/// A commit waiting for the server.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pending {
+    pub seq: u64,
+    pub schema_version: String,
+    pub timestamp: i64,
+    pub op: Op,
+}
+
+/// What happened, for the app: a driver hands these to it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A pending commit was committed at `position` (`None` when the server no longer
+    /// kept its outcome: it was applied, and the view already shows its effects).
+    Confirmed {
+        seq: u64,
+        position: Option<u64>,
+        result: Value,
+    },
+    /// A pending commit was refused by the server; its optimistic effects are gone.
+    Rejected {
+        seq: u64,
+        code: String,
+        message: String,
+    },
+    /// A live query's result changed.
+    Changed { live: u64, value: Value },
+    /// The client may no longer read a partition; its documents were removed.
+    Dropped { partition: String },
+    /// The server runs another schema now.
+    SchemaChanged { version: String },
+    /// The server refused the connection or a frame.
+    ServerError { code: String, message: String },
+}
+
+/// The result of a local write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Local {
+    /// The commit's sequence number: its identity with the server.
+    pub seq: u64,
+    /// The optimistic result.
+    pub result: Value,
+}
+
+struct Live {
+    source: String,
+    last: Option<Result<Value, Error>>,
+}
+
+/// The client replica. See the module documentation.
+pub struct Replica<S: Storage> {
+    store: S,
+    client_id: String,
+    schema: Option<Arc<Schema>>,
+    limits: Limits,
+    auth: Value,
+    pending: Vec<Pending>,
+    next_seq: u64,
+    view: OverlayWrites,
+    stale: bool,
+    live: BTreeMap<u64, Live>,
+    next_live: u64,
+    connected: bool,
+    /// Every pending commit up to this sequence number was sent on this connection.
+    sent_upto: u64,
+    events: Vec<Event>,
+    now: i64,
+}
+
+impl<S: Storage> Replica<S> {
+    /// Opens a replica on `store`, resuming what it holds (client id, schema, outbox,
+    /// cursors). `client_id` and `schema` are used when the store has none yet.
+    pub fn open(mut store: S, client_id: &str, schema: Option<&str>) -> Result<Replica<S>, Error> {
+        let mut init = Batch::new();
+        let client_id = match store.get(KEY_CLIENT)? {
+            Some(b) => String::from_utf8(b)
+                .map_err(|_| Error::new(ErrorCode::Corrupt, "bad client id in the store"))?,
+            None => {
+                if client_id.is_empty() {
+                    return Err(Error::new(
+                        ErrorCode::InvalidArgument,
+                        "a client id is required",
+                    ));
+                }
+                init.put(KEY_CLIENT.to_vec(), client_id.as_bytes().to_vec());
+                client_id.to_owned()
+            }
+        };
+        let source = match store.get(KEY_SCHEMA)? {
+            Some(b) => Some(
+                String::from_utf8(b)
+                    .map_err(|_| Error::new(ErrorCode::Corrupt, "bad schema in the store"))?,
+            ),
+            None => {
+                if let Some(s) = schema {
+                    init.put(KEY_SCHEMA.to_vec(), s.as_bytes().to_vec());
+                }
+                schema.map(str::to_owned)
+            }
+        };
+        let schema = source
+            .map(|s| Schema::parse(&s).map(Arc::new))
+            .transpose()?;
+        if !init.is_empty() {
+            store.apply(init)?;
+        }
+        let mut pending = Vec::new();
+        for (_, v) in scan_all(&store, &KeyRange::prefix(&[SPACE_OUTBOX]))? {
+            let c = decode_log_entry(&v)?;
+            pending.push(Pending {
+                seq: c.client_seq,
+                schema_version: c.schema_version,
+                timestamp: c.timestamp,
+                op: c.op,
+            });
+        }
+        let stored_seq = store
+            .get(KEY_SEQ)?
+            .map(|b| be_u64(&b))
+            .transpose()?
+            .unwrap_or(1);
+        let next_seq = stored_seq.max(pending.last().map_or(1, |p| p.seq + 1));
+        Ok(Replica {
+            store,
+            client_id,
+            schema,
+            limits: Limits::default(),
+            auth: Value::Null,
+            pending,
+            next_seq,
+            view: OverlayWrites::new(),
+            stale: true,
+            live: BTreeMap::new(),
+            next_live: 1,
+            connected: false,
+            sent_upto: 0,
+            events: Vec::new(),
+            now: 0,
+        })
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn schema(&self) -> Option<&Schema> {
+        self.schema.as_deref()
+    }
+
+    /// The claims used to check rules locally (the payload of the client's token).
+    pub fn set_auth(&mut self, auth: Value) {
+        self.auth = auth;
+        self.stale = true;
+    }
+
+    pub fn auth(&self) -> &Value {
+        &self.auth
+    }
+
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// The commits not yet confirmed, in order.
+    pub fn pending(&self) -> &[Pending] {
+        &self.pending
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The store, to open the replica again later (as after a reload).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// The partitions held, with their cursors.
+    pub fn partitions(&self) -> Result<Vec<(String, u64)>, Error> {
+        let mut out = Vec::new();
+        for (k, v) in scan_all(&self.store, &KeyRange::prefix(&[SPACE_CURSOR]))? {
+            let mut pos = 1;
+            out.push((keys::read_str(&k, &mut pos)?, be_u64(&v)?));
+        }
+        Ok(out)
+    }
+
+    fn schema_or_err(&self) -> Result<Arc<Schema>, Error> {
+        self.schema.clone().ok_or_else(|| {
+            Error::new(
+                ErrorCode::Unknown,
+                "the schema is not known yet: open the replica with one, or connect once",
+            )
+        })
+    }
+
+    /// Makes a write: executes it against the view at once, and, unless it is refused
+    /// there, stores it in the outbox (durably, as the store is) before returning.
+    /// `now` is the client's clock, `now()` for the optimistic run; the server runs the
+    /// commit again with its own timestamp.
+    pub fn mutate(&mut self, op: Op, now: i64) -> Result<Local, Error> {
+        let schema = self.schema_or_err()?;
+        self.now = now;
+        self.rebase_if_stale()?;
+        let commit = Commit {
+            client_id: self.client_id.clone(),
+            client_seq: self.next_seq,
+            schema_version: schema.version().to_owned(),
+            timestamp: now,
+            auth: self.auth.clone(),
+            op,
+        };
+        let overlay = Overlay::with_writes(&self.store, std::mem::take(&mut self.view));
+        let run = exec::execute_optimistic(&overlay, &schema, &commit, 0, &self.limits);
+        let mut overlay_view = overlay.into_writes();
+        let outcome = match run {
+            Ok(o) => o,
+            Err(e) => {
+                self.view = overlay_view;
+                return Err(e);
+            }
+        };
+        let (writes, result) = match outcome {
+            Outcome::Committed { writes, result } => (writes, result),
+            Outcome::Rejected { code, message } => {
+                self.view = overlay_view;
+                return Err(Error::new(code, message));
+            }
+            Outcome::Skipped(_) => unreachable!("optimistic execution never skips"),
+        };
+        // Durable first: if the outbox write fails, nothing happened.
+        let mut batch = Batch::new();
+        batch.put(
+            outbox_key(commit.client_seq),
+            encode_log_entry(&Commit {
+                auth: Value::Null,
+                ..commit.clone()
+            }),
+        );
+        batch.put(
+            KEY_SEQ.to_vec(),
+            (commit.client_seq + 1).to_be_bytes().to_vec(),
+        );
+        if let Err(e) = self.store.apply(batch) {
+            self.view = overlay_view;
+            return Err(e);
+        }
+        let mut overlay = Overlay::with_writes(&self.store, std::mem::take(&mut overlay_view));
+        let vb = exec::writes_batch(&overlay, &schema, &writes)?;
+        overlay.apply(vb)?;
+        self.view = overlay.into_writes();
+        self.pending.push(Pending {
+            seq: commit.client_seq,
+            schema_version: commit.schema_version,
+            timestamp: now,
+            op: commit.op,
+        });
+        self.next_seq += 1;
+        self.notify_live()?;
+        Ok(Local {
+            seq: commit.client_seq,
+            result,
+        })
+    }
+
+    /// Runs a query against the view.
+    pub fn query(&mut self, source: &str) -> Result<Value, Error> {
+        let schema = self.schema_or_err()?;
+        self.rebase_if_stale()?;
+        let overlay = Overlay::with_writes(&self.store, std::mem::take(&mut self.view));
+        let r = exec::query(
+            &overlay,
+            &schema,
+            source,
+            &self.auth,
+            self.now,
+            &self.limits,
+        );
+        self.view = overlay.into_writes();
+        r
+    }
+
+    /// Starts a live query; returns its id and its first result. Its later results
+    /// arrive as [`Event::Changed`], only when they differ from the last one.
+    pub fn subscribe(&mut self, source: &str) -> Result<(u64, Value), Error> {
+        let first = self.query(source)?;
+        let id = self.next_live;
+        self.next_live += 1;
+        self.live.insert(
+            id,
+            Live {
+                source: source.to_owned(),
+                last: Some(Ok(first.clone())),
+            },
+        );
+        Ok((id, first))
+    }
+
+    pub fn unsubscribe(&mut self, id: u64) {
+        self.live.remove(&id);
+    }
+
+    /// The events since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    // ----- the protocol -----
+
+    /// The `Hello` to open a connection with.
+    pub fn hello(&self, token: &str) -> Result<ClientFrame, Error> {
+        Ok(ClientFrame::Hello {
+            client_id: self.client_id.clone(),
+            token: token.to_owned(),
+            schema_version: self
+                .schema
+                .as_ref()
+                .map(|s| s.version().to_owned())
+                .unwrap_or_default(),
+            outbox_from: self.pending.first().map_or(0, |p| p.seq),
+            partitions: self.partitions()?,
+        })
+    }
+
+    /// The connection closed: everything unconfirmed is sent again on the next one.
+    pub fn disconnected(&mut self) {
+        self.connected = false;
+        self.sent_upto = 0;
+    }
+
+    /// The frames to send now: the pending commits not yet sent on this connection.
+    pub fn outgoing(&mut self) -> Vec<ClientFrame> {
+        if !self.connected {
+            return Vec::new();
+        }
+        let unsent: Vec<ClientCommit> = self
+            .pending
+            .iter()
+            .filter(|p| p.seq > self.sent_upto)
+            .map(|p| ClientCommit {
+                seq: p.seq,
+                schema_version: p.schema_version.clone(),
+                op: p.op.clone(),
+            })
+            .collect();
+        if let Some(last) = unsent.last() {
+            self.sent_upto = last.seq;
+        }
+        unsent
+            .chunks(PUSH_CHUNK)
+            .map(|c| ClientFrame::Push {
+                commits: c.to_vec(),
+            })
+            .collect()
+    }
+
+    /// Handles one frame from the server. Changes to the base take effect in the view
+    /// at the next [`Replica::flush`] (call it when no more frames are ready).
+    pub fn handle(&mut self, frame: ServerFrame) -> Result<(), Error> {
+        match frame {
+            ServerFrame::Welcome {
+                schema_version,
+                schema_source,
+                applied_seq,
+                partitions,
+                ..
+            } => {
+                if self.schema.as_ref().map(|s| s.version()) != Some(schema_version.as_str()) {
+                    let schema = Schema::parse(&schema_source)?;
+                    let mut b = Batch::new();
+                    b.put(KEY_SCHEMA.to_vec(), schema_source.into_bytes());
+                    self.store.apply(b)?;
+                    self.schema = Some(Arc::new(schema));
+                    self.events.push(Event::SchemaChanged {
+                        version: schema_version,
+                    });
+                }
+                // Partitions held but no longer readable go.
+                for (p, _) in self.partitions()? {
+                    if !partitions.contains(&p) {
+                        self.drop_partition(&p)?;
+                    }
+                }
+                self.connected = true;
+                // The server has everything up to applied_seq; their outcomes follow.
+                self.sent_upto = applied_seq;
+                self.stale = true;
+            }
+            ServerFrame::Snapshot {
+                partition,
+                position,
+                docs,
+            } => {
+                let schema = self.schema_or_err()?;
+                let mut batch = self.clear_partition_batch(&partition)?;
+                // The deletes and the puts in one batch: the later write wins.
+                let writes: Vec<Write> = docs
+                    .into_iter()
+                    .map(|d| Write {
+                        collection: d.collection,
+                        id: d.id,
+                        partition: partition.clone(),
+                        version: d.version,
+                        data: Some(d.data),
+                    })
+                    .collect();
+                // Snapshot documents are written as if new (the partition was cleared).
+                let empty = crate::storage::MemoryStore::new();
+                batch
+                    .ops
+                    .extend(exec::writes_batch(&empty, &schema, &writes)?.ops);
+                batch.put(cursor_key(&partition), position.to_be_bytes().to_vec());
+                self.store.apply(batch)?;
+                self.stale = true;
+            }
+            ServerFrame::Drop { partition, .. } => {
+                self.drop_partition(&partition)?;
+            }
+            ServerFrame::Effects { position, writes } => {
+                let schema = self.schema_or_err()?;
+                let mut batch = exec::writes_batch(&self.store, &schema, &writes)?;
+                let mut seen = std::collections::BTreeSet::new();
+                for w in &writes {
+                    if seen.insert(w.partition.clone()) {
+                        batch.put(cursor_key(&w.partition), position.to_be_bytes().to_vec());
+                    }
+                }
+                self.store.apply(batch)?;
+                self.stale = true;
+            }
+            ServerFrame::Outcome { seq, result } => match result {
+                CommitResult::OutOfOrder { expected } => {
+                    // Send again from the one the server expects.
+                    self.sent_upto = self.sent_upto.min(expected.saturating_sub(1));
+                }
+                other => {
+                    if !self.pending.iter().any(|p| p.seq == seq) {
+                        return Ok(()); // settled already (a repeat after a reconnect)
+                    }
+                    let mut b = Batch::new();
+                    b.delete(outbox_key(seq));
+                    self.store.apply(b)?;
+                    self.pending.retain(|p| p.seq != seq);
+                    self.stale = true;
+                    self.events.push(match other {
+                        CommitResult::Committed { position, result } => Event::Confirmed {
+                            seq,
+                            position: Some(position),
+                            result,
+                        },
+                        CommitResult::Rejected { code, message } => {
+                            Event::Rejected { seq, code, message }
+                        }
+                        _ => Event::Confirmed {
+                            seq,
+                            position: None,
+                            result: Value::Null,
+                        },
+                    });
+                }
+            },
+            ServerFrame::Error { code, message } => {
+                self.events.push(Event::ServerError { code, message });
+            }
+            ServerFrame::Pong { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the view if frames changed the base, and reports changed live queries.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        if self.stale {
+            self.rebase_if_stale()?;
+            self.notify_live()?;
+        }
+        Ok(())
+    }
+
+    fn clear_partition_batch(&self, partition: &str) -> Result<Batch, Error> {
+        let schema = self.schema_or_err()?;
+        let mut batch = Batch::new();
+        for (k, _) in scan_all(
+            &self.store,
+            &KeyRange::prefix(&keys::partition_prefix(partition)),
+        )? {
+            let (_, coll, id) = keys::parse_partition_key(&k)?;
+            let Ok(c) = schema.collection(&coll) else {
+                continue;
+            };
+            let dk = keys::doc_key(&coll, &id);
+            let old = self
+                .store
+                .get(&dk)?
+                .map(|b| crate::doc::StoredDoc::decode(&b))
+                .transpose()?;
+            batch
+                .ops
+                .extend(crate::doc::doc_ops(c, &id, old.as_ref(), None));
+        }
+        Ok(batch)
+    }
+
+    fn drop_partition(&mut self, partition: &str) -> Result<(), Error> {
+        let mut batch = self.clear_partition_batch(partition)?;
+        batch.delete(cursor_key(partition));
+        self.store.apply(batch)?;
+        self.stale = true;
+        self.events.push(Event::Dropped {
+            partition: partition.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// View = base + pending re-executed, in order. A pending commit that now fails
+    /// (another client's write got there first) shows nothing; the server decides.
+    fn rebase_if_stale(&mut self) -> Result<(), Error> {
+        if !self.stale {
+            return Ok(());
+        }
+        let Some(schema) = self.schema.clone() else {
+            return Ok(());
+        };
+        let mut overlay = Overlay::new(&self.store);
+        for p in &self.pending {
+            let commit = Commit {
+                client_id: self.client_id.clone(),
+                client_seq: p.seq,
+                schema_version: p.schema_version.clone(),
+                timestamp: p.timestamp,
+                auth: self.auth.clone(),
+                op: p.op.clone(),
+            };
+            if let Outcome::Committed { writes, .. } =
+                exec::execute_optimistic(&overlay, &schema, &commit, 0, &self.limits)?
+            {
+                let b = exec::writes_batch(&overlay, &schema, &writes)?;
+                overlay.apply(b)?;
+            }
+        }
+        self.view = overlay.into_writes();
+        self.stale = false;
+        Ok(())
+    }
+
+    fn notify_live(&mut self) -> Result<(), Error> {
+        let ids: Vec<u64> = self.live.keys().copied().collect();
+        for id in ids {
+            let source = self.live[&id].source.clone();
+            let now = match self.query(&source) {
+                Ok(v) => Ok(v),
+                Err(e) if e.code.is_deterministic() => Err(e),
+                Err(e) => return Err(e),
+            };
+            let live = self.live.get_mut(&id).expect("listed");
+            if live.last.as_ref() != Some(&now) {
+                if let Ok(v) = &now {
+                    self.events.push(Event::Changed {
+                        live: id,
+                        value: v.clone(),
+                    });
+                }
+                live.last = Some(now);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every entry of a range (the trait returns pages).
+fn scan_all(store: &dyn Storage, range: &KeyRange) -> Result<Vec<Entry>, Error> {
+    let mut out = Vec::new();
+    let mut r = range.clone();
+    loop {
+        let page = store.scan(&r, false, 256)?;
+        let full = page.len() == 256;
+        if let Some((last, _)) = page.last() {
+            r = r.after(last);
+        }
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
