@@ -64,3 +64,97 @@ fn check_of_a_missing_file_fails_cleanly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
+
+/// `warren serve` as a process, the way the README runs it: no schema file (the
+/// bundled example), a development secret made on first start, `warren token` for a
+/// user, a client that writes, SIGTERM, and a restart that still has the data.
+#[test]
+fn serve_token_sigterm_and_restart() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::Duration;
+    use warren_core::value::obj;
+    use warren_server::client::{Client, ClientOptions};
+
+    let dir = std::env::temp_dir().join(format!("warren-cli-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let start = || {
+        let mut child = warren()
+            .current_dir(&dir)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .env("WARREN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        (child, addr)
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut child, addr) = start();
+    let out = warren()
+        .args(["token", "--sub", "ann", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut o = ClientOptions::new(&format!("ws://{addr}/v1/sync"), &token, "ann-cli");
+        o.auth = obj([("sub", "ann".into())]);
+        let c = Client::start(o).unwrap();
+        // The schema arrives with the welcome.
+        assert!(
+            c.wait_until(Duration::from_secs(20), |r| r.schema().is_some())
+                .await
+        );
+        c.call("addTodo", obj([("title", "from the README".into())]))
+            .unwrap();
+        assert!(c.wait_synced(Duration::from_secs(20)).await);
+    });
+    // SIGTERM: a graceful stop with exit status 0.
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // Restarted on the same data: the write is there.
+    let (mut child, addr) = start();
+    rt.block_on(async {
+        let mut o = ClientOptions::new(&format!("ws://{addr}/v1/sync"), &token, "ann-cli-2");
+        o.auth = obj([("sub", "ann".into())]);
+        let c = Client::start(o).unwrap();
+        assert!(
+            c.wait_until(Duration::from_secs(20), |r| r.schema().is_some()
+                && r.query("Todo.all().map(.title)").ok()
+                    == Some(warren_core::Value::Array(
+                        vec!["from the README".into()]
+                    )))
+            .await
+        );
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
