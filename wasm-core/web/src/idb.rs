@@ -1,0 +1,355 @@
+//! The IndexedDB backend.
+//!
+//! The engine is synchronous; IndexedDB is not. [`IdbStore`] bridges them the way the
+//! design asks (load before, persist after, never inside):
+//!
+//! - It implements the engine's [`Storage`] over an in-memory cache of the key ranges
+//!   loaded so far. A read outside them answers from the cache (as if absent) and is
+//!   recorded as a *miss*; the driver then [`load`](IdbStore::load)s the missed ranges
+//!   and runs the query or transaction again. Results of a run with misses are thrown
+//!   away, so nothing ever acts on a partial read. Data is thus loaded when a query or a
+//!   transaction needs it, range by range, not all at open.
+//! - `apply` writes to the cache and queues the batch; [`flush`](IdbStore::flush) writes
+//!   everything queued in **one** IndexedDB transaction, issuing every request before
+//!   awaiting only the transaction's completion (an IndexedDB transaction commits by
+//!   itself when the event loop turns with nothing pending, so nothing else may be
+//!   awaited while one is open).
+//!
+//! Keys are stored as binary keys (`Uint8Array`): IndexedDB orders binary keys byte by
+//! byte, the same order as the engine's. Layout and migrations: `docs/STORAGE.md`.
+
+use std::cell::RefCell;
+use std::ops::Bound;
+
+use indexed_db_futures::database::Database;
+use indexed_db_futures::internals::SystemRepr;
+use js_sys::{Array, Uint8Array};
+use warren_core::storage::{Batch, Entry, KeyRange, MemoryStore, Storage};
+use warren_core::{Error, ErrorCode};
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::{JsCast, JsValue};
+use web_sys::{IdbKeyRange, IdbRequest, IdbTransaction, IdbTransactionMode};
+
+use crate::migrations;
+
+/// The object store that holds the engine's key space.
+pub const KV: &str = "kv";
+
+/// A storage error from IndexedDB, keeping the DOMException's name (for example
+/// `QuotaExceededError`), so a caller can tell a full disk from a bug.
+fn js_err(what: &str, e: JsValue) -> Error {
+    let name = e
+        .dyn_ref::<web_sys::DomException>()
+        .map(|d| d.name())
+        .or_else(|| e.as_string())
+        .unwrap_or_else(|| format!("{e:?}"));
+    Error::new(ErrorCode::Storage, format!("IndexedDB {what}: {name}"))
+}
+
+/// Awaits an IndexedDB request's result.
+async fn request(req: IdbRequest) -> Result<JsValue, JsValue> {
+    let promise = js_sys::Promise::new(&mut |resolve, reject| {
+        let ok_req = req.clone();
+        let ok = Closure::once_into_js(move |_: web_sys::Event| {
+            let _ = resolve.call1(
+                &JsValue::NULL,
+                &ok_req.result().unwrap_or(JsValue::UNDEFINED),
+            );
+        });
+        let err_req = req.clone();
+        let err = Closure::once_into_js(move |_: web_sys::Event| {
+            let e = err_req
+                .error()
+                .ok()
+                .flatten()
+                .map(JsValue::from)
+                .unwrap_or(JsValue::UNDEFINED);
+            let _ = reject.call1(&JsValue::NULL, &e);
+        });
+        req.set_onsuccess(Some(ok.unchecked_ref()));
+        req.set_onerror(Some(err.unchecked_ref()));
+    });
+    wasm_bindgen_futures::JsFuture::from(promise).await
+}
+
+/// Awaits a transaction's completion (or its abort).
+async fn complete(tx: &IdbTransaction) -> Result<(), JsValue> {
+    let promise = js_sys::Promise::new(&mut |resolve, reject| {
+        let ok = Closure::once_into_js(move |_: web_sys::Event| {
+            let _ = resolve.call0(&JsValue::NULL);
+        });
+        let err_tx = tx.clone();
+        let reject2 = reject.clone();
+        let err = Closure::once_into_js(move |_: web_sys::Event| {
+            let e = err_tx
+                .error()
+                .map(JsValue::from)
+                .unwrap_or(JsValue::UNDEFINED);
+            let _ = reject.call1(&JsValue::NULL, &e);
+        });
+        let abort_tx = tx.clone();
+        let abort = Closure::once_into_js(move |_: web_sys::Event| {
+            let e = abort_tx
+                .error()
+                .map(JsValue::from)
+                .unwrap_or_else(|| JsValue::from_str("AbortError"));
+            let _ = reject2.call1(&JsValue::NULL, &e);
+        });
+        tx.set_oncomplete(Some(ok.unchecked_ref()));
+        tx.set_onerror(Some(err.unchecked_ref()));
+        tx.set_onabort(Some(abort.unchecked_ref()));
+    });
+    wasm_bindgen_futures::JsFuture::from(promise)
+        .await
+        .map(|_| ())
+}
+
+fn key(k: &[u8]) -> Uint8Array {
+    Uint8Array::from(k)
+}
+
+/// The IndexedDB key range for an engine key range (`None`: every key).
+fn idb_range(r: &KeyRange) -> Result<Option<IdbKeyRange>, Error> {
+    let e = |x| js_err("key range", x);
+    Ok(match (&r.start, &r.end) {
+        (Bound::Unbounded, Bound::Unbounded) => None,
+        (Bound::Unbounded, Bound::Included(b)) => {
+            Some(IdbKeyRange::upper_bound_with_open(&key(b), false).map_err(e)?)
+        }
+        (Bound::Unbounded, Bound::Excluded(b)) => {
+            Some(IdbKeyRange::upper_bound_with_open(&key(b), true).map_err(e)?)
+        }
+        (Bound::Included(a), Bound::Unbounded) => {
+            Some(IdbKeyRange::lower_bound_with_open(&key(a), false).map_err(e)?)
+        }
+        (Bound::Excluded(a), Bound::Unbounded) => {
+            Some(IdbKeyRange::lower_bound_with_open(&key(a), true).map_err(e)?)
+        }
+        (s, t) => {
+            let (a, ao) = match s {
+                Bound::Included(a) => (a, false),
+                Bound::Excluded(a) => (a, true),
+                Bound::Unbounded => unreachable!("handled above"),
+            };
+            let (b, bo) = match t {
+                Bound::Included(b) => (b, false),
+                Bound::Excluded(b) => (b, true),
+                Bound::Unbounded => unreachable!("handled above"),
+            };
+            Some(
+                IdbKeyRange::bound_with_lower_open_and_upper_open(&key(a), &key(b), ao, bo)
+                    .map_err(e)?,
+            )
+        }
+    })
+}
+
+/// Lower bounds ordered from "starts lowest": Unbounded, then by key, Included
+/// before Excluded.
+fn lower_le(a: &Bound<Vec<u8>>, b: &Bound<Vec<u8>>) -> bool {
+    match (a, b) {
+        (Bound::Unbounded, _) => true,
+        (_, Bound::Unbounded) => false,
+        (Bound::Included(x), Bound::Included(y) | Bound::Excluded(y)) => x <= y,
+        (Bound::Excluded(x), Bound::Excluded(y)) => x <= y,
+        (Bound::Excluded(x), Bound::Included(y)) => x < y,
+    }
+}
+
+/// Upper bounds ordered from "ends highest": Unbounded, then by key, Included after
+/// Excluded.
+fn upper_ge(a: &Bound<Vec<u8>>, b: &Bound<Vec<u8>>) -> bool {
+    match (a, b) {
+        (Bound::Unbounded, _) => true,
+        (_, Bound::Unbounded) => false,
+        (Bound::Included(x), Bound::Included(y) | Bound::Excluded(y)) => x >= y,
+        (Bound::Excluded(x), Bound::Excluded(y)) => x >= y,
+        (Bound::Excluded(x), Bound::Included(y)) => x > y,
+    }
+}
+
+fn covers(outer: &KeyRange, inner: &KeyRange) -> bool {
+    inner.is_empty() || (lower_le(&outer.start, &inner.start) && upper_ge(&outer.end, &inner.end))
+}
+
+/// The engine's key space in one IndexedDB object store, cached in memory by range.
+pub struct IdbStore {
+    db: Database,
+    name: String,
+    cache: MemoryStore,
+    loaded: Vec<KeyRange>,
+    misses: RefCell<Vec<KeyRange>>,
+    pending: Batch,
+}
+
+impl IdbStore {
+    /// Opens (creating or upgrading) the database `name`. Nothing is loaded yet.
+    pub async fn open(name: &str) -> Result<IdbStore, Error> {
+        let db = Database::open(name)
+            .with_version(migrations::VERSION)
+            .with_on_upgrade_needed(|ev, db| migrations::upgrade(ev.old_version() as u32, &db))
+            .await
+            .map_err(|e| Error::new(ErrorCode::Storage, format!("IndexedDB open {name}: {e}")))?;
+        Ok(IdbStore {
+            db,
+            name: name.to_owned(),
+            cache: MemoryStore::new(),
+            loaded: Vec::new(),
+            misses: RefCell::new(Vec::new()),
+            pending: Batch::new(),
+        })
+    }
+
+    /// Deletes the database `name` (for tests and "sign out").
+    pub async fn delete(name: &str) -> Result<(), Error> {
+        let factory = web_sys::window()
+            .and_then(|w| w.indexed_db().ok().flatten())
+            .ok_or_else(|| Error::new(ErrorCode::Storage, "IndexedDB is not available"))?;
+        let req = factory
+            .delete_database(name)
+            .map_err(|e| js_err("delete", e))?;
+        request(req.unchecked_into())
+            .await
+            .map_err(|e| js_err("delete", e))?;
+        Ok(())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Closes the connection (so the database can be deleted or upgraded).
+    pub fn close(self) {
+        self.db.as_sys().close();
+    }
+
+    /// The reads since the last call that fell outside what is loaded. A run with
+    /// misses must be repeated after [`IdbStore::load`]ing them.
+    pub fn take_misses(&self) -> Vec<KeyRange> {
+        std::mem::take(&mut *self.misses.borrow_mut())
+    }
+
+    fn is_loaded(&self, range: &KeyRange) -> bool {
+        self.loaded.iter().any(|l| covers(l, range))
+    }
+
+    fn check(&self, range: KeyRange) {
+        if !self.is_loaded(&range) {
+            self.misses.borrow_mut().push(range);
+        }
+    }
+
+    /// Loads a key range from IndexedDB into the cache (first writing what is queued, so
+    /// nothing newer is overwritten by something older).
+    pub async fn load(&mut self, range: &KeyRange) -> Result<(), Error> {
+        if self.is_loaded(range) {
+            return Ok(());
+        }
+        self.flush().await?;
+        let tx = self
+            .db
+            .as_sys()
+            .transaction_with_str(KV)
+            .map_err(|e| js_err("read transaction", e))?;
+        let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
+        let r = idb_range(range)?;
+        // Both requests are issued before either is awaited.
+        let (keys, values) = match &r {
+            Some(r) => (store.get_all_keys_with_key(r), store.get_all_with_key(r)),
+            None => (store.get_all_keys(), store.get_all()),
+        };
+        let keys = keys.map_err(|e| js_err("getAllKeys", e))?;
+        let values = values.map_err(|e| js_err("getAll", e))?;
+        let keys: Array = request(keys)
+            .await
+            .map_err(|e| js_err("getAllKeys", e))?
+            .unchecked_into();
+        let values: Array = request(values)
+            .await
+            .map_err(|e| js_err("getAll", e))?
+            .unchecked_into();
+        if keys.length() != values.length() {
+            return Err(Error::new(
+                ErrorCode::Storage,
+                "IndexedDB returned keys and values of different lengths",
+            ));
+        }
+        let mut batch = Batch::new();
+        for i in 0..keys.length() {
+            let k = Uint8Array::new(&keys.get(i)).to_vec();
+            let v = Uint8Array::new(&values.get(i)).to_vec();
+            batch.put(k, v);
+        }
+        self.cache.apply(batch)?;
+        self.loaded.push(range.clone());
+        Ok(())
+    }
+
+    /// Loads everything.
+    pub async fn load_all(&mut self) -> Result<(), Error> {
+        self.load(&KeyRange::all()).await
+    }
+
+    /// Whether writes are queued and not yet in IndexedDB.
+    pub fn has_unflushed(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Writes everything queued in one IndexedDB transaction; when it returns `Ok`, the
+    /// writes are committed. On an error nothing of the batch is kept by IndexedDB
+    /// (the transaction aborts), and the queue is kept for another try.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let tx = self
+            .db
+            .as_sys()
+            .transaction_with_str_and_mode(KV, IdbTransactionMode::Readwrite)
+            .map_err(|e| js_err("write transaction", e))?;
+        let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
+        for (k, v) in &self.pending.ops {
+            let r = match v {
+                Some(v) => store.put_with_key(&key(v), &key(k)).map(|_| ()),
+                None => store.delete(&key(k)).map(|_| ()),
+            };
+            if let Err(e) = r {
+                let _ = tx.abort();
+                return Err(js_err("write", e));
+            }
+        }
+        complete(&tx).await.map_err(|e| js_err("commit", e))?;
+        self.pending = Batch::new();
+        Ok(())
+    }
+
+    /// Every cached entry (for tests).
+    pub fn cached(&self) -> Vec<Entry> {
+        self.cache
+            .entries()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl Storage for IdbStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.check(KeyRange {
+            start: Bound::Included(key.to_vec()),
+            end: Bound::Included(key.to_vec()),
+        });
+        self.cache.get(key)
+    }
+
+    fn scan(&self, range: &KeyRange, reverse: bool, limit: usize) -> Result<Vec<Entry>, Error> {
+        if limit > 0 {
+            self.check(range.clone());
+        }
+        self.cache.scan(range, reverse, limit)
+    }
+
+    fn apply(&mut self, batch: Batch) -> Result<(), Error> {
+        self.pending.ops.extend(batch.ops.iter().cloned());
+        self.cache.apply(batch)
+    }
+}
