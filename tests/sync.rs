@@ -637,3 +637,78 @@ async fn protocol_errors_close_only_that_connection() {
     ann.call("bump", obj([("id", "n".into())])).unwrap();
     assert!(ann.wait_synced(WAIT).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_take_over_another_users_client_id() {
+    let server = TestServer::start("client-ids").await;
+    let ann = server.client("ann", "shared-id");
+    ann.call("bump", obj([("id", "n".into())])).unwrap();
+    assert!(ann.wait_synced(WAIT).await);
+    // bob connects with the same client id: a different client to the server.
+    let mut raw = server.raw().await;
+    raw.send(&ClientFrame::Hello {
+        client_id: "shared-id".into(),
+        token: token("bob"),
+        schema_version: String::new(),
+        outbox_from: 1,
+        partitions: vec![],
+    })
+    .await
+    .unwrap();
+    raw.send(&ClientFrame::Push {
+        commits: vec![call(1, "bump", obj([("id", "bobs".into())]))],
+    })
+    .await
+    .unwrap();
+    let frames = raw
+        .recv_until(WAIT, |f| matches!(f, ServerFrame::Outcome { seq: 1, .. }))
+        .await;
+    // bob's sequence starts at nothing: his seq 1 is a new commit, not ann's duplicate,
+    // and he learns nothing of ann's outcomes.
+    match &frames[0] {
+        ServerFrame::Welcome { applied_seq, .. } => assert_eq!(*applied_seq, 0),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        frames.last(),
+        Some(ServerFrame::Outcome {
+            seq: 1,
+            result: CommitResult::Committed { .. }
+        })
+    ));
+    // ann was not kicked off: her next write still syncs on the same connection.
+    ann.call("bump", obj([("id", "n".into())])).unwrap();
+    assert!(ann.wait_synced(WAIT).await);
+    assert_eq!(ann.connects(), 1);
+    assert!(!ann
+        .received()
+        .iter()
+        .any(|f| matches!(f, ServerFrame::Error { .. })));
+    assert_eq!(ann.query("Counter.byId(\"n\").n").unwrap(), Value::Int(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_push_with_a_bad_commit_applies_nothing() {
+    let server = TestServer::start("http-atomic").await;
+    let (s, body) = http_json(
+        &server.http(),
+        "POST",
+        "/v1/push",
+        Some(&token("ann")),
+        &serde_json::json!({ "client_id": "curl", "commits": [
+            { "seq": 1, "function": "bump", "args": { "id": "n" } },
+            { "seq": 2 },
+        ]}),
+    )
+    .await;
+    assert_eq!((s, body["code"].as_str()), (400, Some("BAD_FRAME")));
+    let (_, pulled) = http_json(
+        &server.http(),
+        "POST",
+        "/v1/pull",
+        Some(&token("ann")),
+        &serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(pulled["position"], 0, "nothing reached the log: {pulled}");
+}

@@ -71,6 +71,7 @@ pub struct AppState {
 }
 
 pub fn app(state: AppState) -> Router {
+    let body_limit = axum::extract::DefaultBodyLimit::max(state.limits.max_frame_bytes);
     Router::new()
         .route("/v1/sync", get(sync))
         .route("/v1/push", post(push))
@@ -78,6 +79,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(body_limit)
         .with_state(state)
 }
 
@@ -130,10 +132,14 @@ async fn verify(s: &AppState, headers: &HeaderMap) -> Result<Value, AppError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    s.verifier
-        .verify_async(token)
-        .await
-        .map_err(|e| AppError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))
+    s.verifier.verify_async(token).await.map_err(|e| {
+        let status = if e.code() == "AUTH_CONFIG" {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        AppError::new(status, e.code(), e.to_string())
+    })
 }
 
 fn check_client_id(id: &str) -> Result<(), String> {
@@ -142,6 +148,18 @@ fn check_client_id(id: &str) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// The client id as the server keys it: scoped by the token's subject, so that one
+/// user can neither take over another's client id nor read its kept outcomes or use up
+/// its sequence numbers. The client never sees the scoped form.
+pub fn scoped_client_id(auth: &Value, client_id: &str) -> String {
+    let sub = match auth.get("sub") {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    format!("{}:{sub}/{client_id}", sub.len())
 }
 
 fn result_json(seq: u64, r: &CommitResult) -> serde_json::Value {
@@ -192,7 +210,8 @@ async fn push(
             "too many commits in one push",
         ));
     }
-    let mut waits = Vec::new();
+    // Check every commit before sending any: a bad request changes nothing.
+    let mut parsed = Vec::with_capacity(commits.len());
     for c in commits {
         let seq = c["seq"]
             .as_u64()
@@ -211,6 +230,12 @@ async fn push(
         } else {
             return Err(bad("each commit needs a function or a source"));
         };
+        let schema_version = c["schema_version"].as_str().unwrap_or("").to_owned();
+        parsed.push((seq, op, schema_version));
+    }
+    let client_id = scoped_client_id(&auth, &client_id);
+    let mut waits = Vec::new();
+    for (seq, op, schema_version) in parsed {
         let (tx, rx) = oneshot::channel();
         s.region
             .send(RegionMsg::Wait {
@@ -229,7 +254,7 @@ async fn push(
             .send(Commit {
                 client_id: client_id.clone(),
                 client_seq: seq,
-                schema_version: c["schema_version"].as_str().unwrap_or("").to_owned(),
+                schema_version,
                 timestamp: 0,
                 auth: auth.clone(),
                 op,
@@ -266,6 +291,7 @@ async fn pull(
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {
     let auth = verify(&s, &headers).await?;
+    let auth_for_id = auth.clone();
     let bad = |m: &str| AppError::new(StatusCode::BAD_REQUEST, codes::BAD_FRAME, m);
     let req: serde_json::Value = if body.is_empty() {
         serde_json::json!({})
@@ -284,7 +310,7 @@ async fn pull(
     s.region
         .send(RegionMsg::Pull {
             auth,
-            client_id: req["client_id"].as_str().unwrap_or("").to_owned(),
+            client_id: scoped_client_id(&auth_for_id, req["client_id"].as_str().unwrap_or("")),
             partitions,
             reply: tx,
         })
@@ -389,13 +415,12 @@ async fn session(mut s: AppState, socket: WebSocket) {
         _ => return,
     };
     Metrics::add(&s.metrics.frames_in, 1);
-    if frame_version(&first) != Some(PROTOCOL_VERSION) {
+    if let Some(v) = frame_version(&first).filter(|v| *v != PROTOCOL_VERSION) {
         let _ = sink
             .send(fail(
                 codes::UNSUPPORTED_PROTOCOL,
                 format!(
-                    "protocol version {:?} is not supported; this server speaks {PROTOCOL_VERSION}",
-                    frame_version(&first)
+                    "protocol version {v} is not supported; this server speaks {PROTOCOL_VERSION}"
                 ),
             ))
             .await;
@@ -437,6 +462,9 @@ async fn session(mut s: AppState, socket: WebSocket) {
         let _ = sink.send(fail(codes::BAD_CLIENT_ID, m)).await;
         return;
     }
+    // The session keys everything by the scoped id; the client's own id is only used
+    // in what it is told.
+    let client_id = scoped_client_id(&auth, &client_id);
     let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<Arc<Vec<u8>>>(s.limits.conn_queue);
     if s.region
@@ -476,6 +504,11 @@ async fn session(mut s: AppState, socket: WebSocket) {
                         Ok(ClientFrame::Push { commits }) => {
                             if commits.len() > s.limits.max_commits_per_push {
                                 let _ = sink.send(fail(codes::TOO_MANY_COMMITS, format!("a push holds at most {} commits", s.limits.max_commits_per_push))).await;
+                                Metrics::add(&s.metrics.protocol_errors, 1);
+                                break;
+                            }
+                            if commits.iter().any(|c| c.seq == 0) {
+                                let _ = sink.send(fail(codes::BAD_FRAME, "sequence numbers start at 1".into())).await;
                                 Metrics::add(&s.metrics.protocol_errors, 1);
                                 break;
                             }

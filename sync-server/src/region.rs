@@ -391,6 +391,11 @@ impl Region {
             &c.partitions,
             c.outbox_from,
         )?;
+        // Everything the welcome says must fit the connection's queue, or the client
+        // would see a gap; if it does not, nothing is registered.
+        if !frames.iter().all(|f| send(&c.tx, &self.metrics, f)) {
+            return Ok(());
+        }
         // One connection per client id: a new one takes over (the old one is closed).
         if let Some(old) = self.by_client.insert(c.client_id.clone(), c.conn) {
             if let Some(o) = self.conns.remove(&old) {
@@ -404,22 +409,16 @@ impl Region {
                 );
             }
         }
-        let mut ok = true;
-        for f in &frames {
-            ok &= send(&c.tx, &self.metrics, f);
-        }
-        if ok {
-            self.conns.insert(
-                c.conn,
-                Conn {
-                    client_id: c.client_id,
-                    auth: c.auth,
-                    tx: c.tx,
-                    subs,
-                    held,
-                },
-            );
-        }
+        self.conns.insert(
+            c.conn,
+            Conn {
+                client_id: c.client_id,
+                auth: c.auth,
+                tx: c.tx,
+                subs,
+                held,
+            },
+        );
         self.metrics
             .connections
             .store(self.conns.len() as u64, Ordering::Relaxed);

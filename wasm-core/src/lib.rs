@@ -53,6 +53,8 @@ pub mod keys;
 pub mod lang;
 pub mod protocol;
 pub mod replica;
+#[doc(hidden)]
+pub mod scenario;
 pub mod schema;
 pub mod storage;
 pub mod value;

@@ -535,12 +535,21 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    /// A LEB128 varint in its one canonical form: no redundant trailing zero groups,
+    /// and no bits beyond 64.
     pub fn varint(&mut self) -> Result<u64, Error> {
         let mut v: u64 = 0;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
-            v |= u64::from(b & 0x7f) << shift;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(corrupt("varint overflows 64 bits"));
+            }
+            v |= bits << shift;
             if b & 0x80 == 0 {
+                if b == 0 && shift > 0 {
+                    return Err(corrupt("varint is not in its shortest form"));
+                }
                 return Ok(v);
             }
         }
@@ -663,6 +672,24 @@ mod tests {
         let mut deep = [T_ARRAY, 1].repeat(1000);
         deep.push(T_NULL);
         assert_eq!(Value::decode(&deep).unwrap_err().code, ErrorCode::Corrupt);
+    }
+
+    #[test]
+    fn varints_are_canonical() {
+        for v in [0u64, 1, 127, 128, 300, u64::MAX] {
+            let mut b = Vec::new();
+            write_varint(&mut b, v);
+            assert_eq!(Reader::new(&b).varint().unwrap(), v);
+        }
+        // 0 written in two bytes, and a tenth byte with bits past 64.
+        assert!(Reader::new(&[0x80, 0x00]).varint().is_err());
+        let mut too_big = vec![0xFF; 9];
+        too_big.push(0x02);
+        assert!(Reader::new(&too_big).varint().is_err());
+        assert_eq!(
+            Value::decode(&[T_INT, 0x80, 0x00]).unwrap_err().code,
+            ErrorCode::Corrupt
+        );
     }
 
     #[test]

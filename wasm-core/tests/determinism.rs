@@ -233,3 +233,14 @@ fn positions_must_increase() {
     assert_eq!(e.code, warren_core::ErrorCode::InvalidArgument);
     assert_eq!(a.position().unwrap(), 5);
 }
+
+/// The same seeded workload gives the same digest in every build: this native test and
+/// the browser test in `wasm-core/web/tests/determinism.rs` both check these values.
+#[test]
+fn the_seeded_scenario_matches_the_recorded_digests() {
+    for (seed, n, want) in warren_core::scenario::GOLDEN {
+        let got = warren_core::scenario::seeded_digest(*seed, *n);
+        println!("seed {seed}, {n} commits: {got}");
+        assert_eq!(got, *want, "seed {seed}");
+    }
+}
