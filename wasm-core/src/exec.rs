@@ -244,30 +244,32 @@ fn run(
     let mut writes = Vec::with_capacity(ev.touched.len());
     for t in &ev.touched {
         let key = keys::doc_key(&t.collection, &t.id);
-        match ev.view.get(&key)? {
-            Some(bytes) => {
-                let d = StoredDoc::decode(&bytes)?;
-                writes.push(Write {
-                    collection: t.collection.clone(),
-                    id: t.id.clone(),
-                    partition: d.partition,
-                    version: position,
-                    data: Some(d.data),
-                });
+        let before = ev
+            .view
+            .base_get(&key)?
+            .map(|b| StoredDoc::decode(&b))
+            .transpose()?;
+        let after = ev
+            .view
+            .get(&key)?
+            .map(|b| StoredDoc::decode(&b))
+            .transpose()?;
+        let write = |partition: &str, data: Option<Value>| Write {
+            collection: t.collection.clone(),
+            id: t.id.clone(),
+            partition: partition.to_owned(),
+            version: position,
+            data,
+        };
+        // A document deleted and created again in another partition in the same
+        // transaction is two effects: the readers of the old partition must see it go.
+        if let Some(b) = &before {
+            if after.as_ref().is_none_or(|a| a.partition != b.partition) {
+                writes.push(write(&b.partition, None));
             }
-            None => {
-                // Deleted: an effect only if it existed before the transaction.
-                if let Some(bytes) = ev.view.base_get(&key)? {
-                    let d = StoredDoc::decode(&bytes)?;
-                    writes.push(Write {
-                        collection: t.collection.clone(),
-                        id: t.id.clone(),
-                        partition: d.partition,
-                        version: position,
-                        data: None,
-                    });
-                }
-            }
+        }
+        if let Some(a) = after {
+            writes.push(write(&a.partition, Some(a.data)));
         }
     }
     Ok(Outcome::Committed { writes, result })
@@ -406,6 +408,16 @@ pub fn writes_batch(
             .get(&key)?
             .map(|b| StoredDoc::decode(&b))
             .transpose()?;
+        // A delete removes the document from the partition it names. If the document is
+        // held in another partition now (it was created again there, and that arrived
+        // first), it stays.
+        if w.data.is_none() && old.as_ref().is_some_and(|d| d.partition != w.partition) {
+            batch.put(
+                keys::version_key(&w.partition, &w.collection),
+                w.version.to_be_bytes().to_vec(),
+            );
+            continue;
+        }
         let new = w.data.as_ref().map(|d| StoredDoc {
             partition: w.partition.clone(),
             version: w.version,

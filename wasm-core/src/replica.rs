@@ -123,6 +123,9 @@ pub struct Replica<S: Storage> {
     next_seq: u64,
     view: OverlayWrites,
     stale: bool,
+    /// The view was rebuilt since live queries were last evaluated (a query between
+    /// `handle` and `flush` rebuilds it; `flush` must still report the change).
+    live_due: bool,
     live: BTreeMap<u64, Live>,
     next_live: u64,
     connected: bool,
@@ -195,6 +198,7 @@ impl<S: Storage> Replica<S> {
             next_seq,
             view: OverlayWrites::new(),
             stale: true,
+            live_due: false,
             live: BTreeMap::new(),
             next_live: 1,
             connected: false,
@@ -242,6 +246,41 @@ impl<S: Storage> Replica<S> {
     /// The store, to open the replica again later (as after a reload).
     pub fn into_store(self) -> S {
         self.store
+    }
+
+    /// The store, to load into it (a driver over a lazily loaded store loads what a run
+    /// missed, then calls [`Replica::invalidate`] and runs again).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Marks the view as needing a rebuild (the store gained data it may have missed).
+    pub fn invalidate(&mut self) {
+        self.stale = true;
+    }
+
+    /// Runs a write against the view without keeping anything: what `mutate` would
+    /// answer, with no outbox entry and no change to the view. A driver over a lazily
+    /// loaded store uses it to learn what the write reads before making it.
+    pub fn dry_run(&mut self, op: Op, now: i64) -> Result<Result<Value, Error>, Error> {
+        let schema = self.schema_or_err()?;
+        self.rebase_if_stale()?;
+        let commit = Commit {
+            client_id: self.client_id.clone(),
+            client_seq: self.next_seq,
+            schema_version: schema.version().to_owned(),
+            timestamp: now,
+            auth: self.auth.clone(),
+            op,
+        };
+        let overlay = Overlay::with_writes(&self.store, std::mem::take(&mut self.view));
+        let run = exec::execute_optimistic(&overlay, &schema, &commit, 0, &self.limits);
+        self.view = overlay.into_writes();
+        Ok(match run? {
+            Outcome::Committed { result, .. } => Ok(result),
+            Outcome::Rejected { code, message } => Err(Error::new(code, message)),
+            Outcome::Skipped(_) => unreachable!("optimistic execution never skips"),
+        })
     }
 
     /// The partitions held, with their cursors.
@@ -473,11 +512,15 @@ impl<S: Storage> Replica<S> {
                         data: Some(d.data),
                     })
                     .collect();
-                // Snapshot documents are written as if new (the partition was cleared).
-                let empty = crate::storage::MemoryStore::new();
-                batch
-                    .ops
-                    .extend(exec::writes_batch(&empty, &schema, &writes)?.ops);
+                // Snapshot documents are written over the base with the partition
+                // cleared: new to it, but a document with the same id may still be held
+                // in another partition (it moved since that one's cursor), and its index
+                // entries and membership there must go.
+                let mut cleared = Overlay::new(&self.store);
+                cleared.apply(batch.clone())?;
+                let puts = exec::writes_batch(&cleared, &schema, &writes)?;
+                drop(cleared);
+                batch.ops.extend(puts.ops);
                 batch.put(cursor_key(&partition), position.to_be_bytes().to_vec());
                 self.store.apply(batch)?;
                 self.stale = true;
@@ -538,7 +581,7 @@ impl<S: Storage> Replica<S> {
 
     /// Rebuilds the view if frames changed the base, and reports changed live queries.
     pub fn flush(&mut self) -> Result<(), Error> {
-        if self.stale {
+        if self.stale || self.live_due {
             self.rebase_if_stale()?;
             self.notify_live()?;
         }
@@ -608,10 +651,12 @@ impl<S: Storage> Replica<S> {
         }
         self.view = overlay.into_writes();
         self.stale = false;
+        self.live_due = true;
         Ok(())
     }
 
     fn notify_live(&mut self) -> Result<(), Error> {
+        self.live_due = false;
         let ids: Vec<u64> = self.live.keys().copied().collect();
         for id in ids {
             let source = self.live[&id].source.clone();

@@ -37,6 +37,14 @@ impl KeyRange {
         }
     }
 
+    /// Exactly one key.
+    pub fn point(key: &[u8]) -> KeyRange {
+        KeyRange {
+            start: Bound::Included(key.to_vec()),
+            end: Bound::Included(key.to_vec()),
+        }
+    }
+
     /// Every key that starts with `prefix`.
     pub fn prefix(prefix: &[u8]) -> KeyRange {
         KeyRange {

@@ -2,13 +2,18 @@
 //!
 //! The engine (`warren-core`) knows nothing of JavaScript; this crate is the browser's
 //! edge: the IndexedDB backend of the engine's storage trait (with its numbered schema
-//! migrations). The JavaScript binding and the WebSocket transport join it here. On
-//! native targets the crate is empty, so the workspace builds everywhere.
+//! migrations), and [`Warren`], the JavaScript binding: the engine's replica on
+//! IndexedDB, synced over a WebSocket. On native targets the crate is empty, so the
+//! workspace builds everywhere.
 
+#[cfg(target_arch = "wasm32")]
+pub mod client;
 #[cfg(target_arch = "wasm32")]
 pub mod idb;
 #[cfg(target_arch = "wasm32")]
 mod migrations;
 
+#[cfg(target_arch = "wasm32")]
+pub use client::Warren;
 #[cfg(target_arch = "wasm32")]
 pub use idb::IdbStore;

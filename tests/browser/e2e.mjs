@@ -1,0 +1,167 @@
+// The browser end to end: Debian's Chromium driven by playwright-core, the wasm build
+// in a page, a real `warren serve` process.
+//
+// 1. ann writes while the server is down; the page is reloaded; the outbox is still
+//    there; the server starts; the commits are confirmed exactly once.
+// 2. bob, in another browser profile, never receives (nor stores) ann's documents.
+// 3. The network is cut mid-sync: the server is killed (SIGKILL) while pushes are in
+//    flight, then restarted; every write lands exactly once.
+//
+// Run by .ci/test-browser after .ci/build-wasm and a debug build of the server.
+import { spawn, execFileSync } from "node:child_process";
+import { createServer } from "node:http";
+import { mkdtempSync, readFileSync, rmSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname, extname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "../../.ci/node/node_modules/playwright-core/index.mjs";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const warren = join(root, "target", "debug", "warren");
+const work = mkdtempSync(join(tmpdir(), "warren-browser-e2e-"));
+const data = join(work, "data");
+const SECRET = "browser-e2e-secret-0123456789abcdef";
+let failures = 0;
+let passed = 0;
+
+function check(name, ok, detail = "") {
+  if (ok) { passed++; console.log(`ok - ${name}`); }
+  else { failures++; console.log(`not ok - ${name} ${detail}`); }
+}
+
+// Static files: the page, the wasm build, the schema.
+const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm" };
+const files = createServer((req, res) => {
+  const url = new URL(req.url, "http://x");
+  let path = null;
+  if (url.pathname === "/") path = join(root, "tests", "browser", "page.html");
+  else if (url.pathname === "/schema.warren") path = join(root, "demo", "schema.warren");
+  else if (url.pathname.startsWith("/wasm/")) path = join(root, "js-package", url.pathname.slice(1));
+  if (!path || !existsSync(path)) { res.writeHead(404); res.end(); return; }
+  res.writeHead(200, { "content-type": types[extname(path)] || "text/plain" });
+  res.end(readFileSync(path));
+});
+await new Promise((ok) => files.listen(0, "127.0.0.1", ok));
+const pageBase = `http://127.0.0.1:${files.address().port}/`;
+
+// A free port for the sync server, kept across its restarts.
+const probe = createServer();
+await new Promise((ok) => probe.listen(0, "127.0.0.1", ok));
+const syncPort = probe.address().port;
+await new Promise((ok) => probe.close(ok));
+const ws = `ws://127.0.0.1:${syncPort}/v1/sync`;
+
+let server = null;
+async function startServer() {
+  server = spawn(warren, ["serve", "--listen", `127.0.0.1:${syncPort}`, "--data-dir", data,
+    "--schema", join(root, "demo", "schema.warren"), "--hs256-secret", SECRET],
+    { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, WARREN_LOG: "warn" } });
+  await new Promise((ok, err) => {
+    server.stdout.on("data", (d) => { if (String(d).includes("serving on")) ok(); });
+    server.on("exit", (c) => err(new Error(`server exited ${c}`)));
+  });
+}
+async function killServer(signal) {
+  if (!server) return;
+  const s = server;
+  server = null;
+  const exited = new Promise((ok) => s.on("exit", ok));
+  s.kill(signal);
+  await exited;
+}
+const token = (sub) => execFileSync(warren, ["token", "--sub", sub, "--hs256-secret", SECRET]).toString().trim();
+async function pull(sub) {
+  const r = await fetch(`http://127.0.0.1:${syncPort}/v1/pull`, {
+    method: "POST", headers: { authorization: `Bearer ${token(sub)}` }, body: "{}",
+  });
+  return r.json();
+}
+async function until(what, f, ms = 20000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await f()) return true;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+const browserArgs = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"];
+async function profile(name) {
+  return chromium.launchPersistentContext(join(work, `profile-${name}`), {
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: browserArgs, headless: true,
+  });
+}
+async function openPage(ctx, sub) {
+  const page = ctx.pages()[0] || await ctx.newPage();
+  page.on("pageerror", (e) => console.log(`page error (${sub}): ${e}`));
+  const q = new URLSearchParams({ db: `warren-${sub}`, client: `${sub}-browser`, ws, token: token(sub), sub });
+  await page.goto(`${pageBase}?${q}`);
+  await page.evaluate(() => window.ready);
+  return page;
+}
+
+try {
+  // 1. Offline writes survive a reload and are confirmed exactly once.
+  const annCtx = await profile("ann");
+  let ann = await openPage(annCtx, "ann");
+  for (const t of ["milk", "bread", "eggs"]) {
+    await ann.evaluate((t) => window.db.call("addTodo", { title: t }), t);
+  }
+  check("writes succeed offline and wait in the outbox", (await ann.evaluate(() => window.db.pending())) === 3);
+  await ann.reload();
+  await ann.evaluate(() => window.ready);
+  check("the outbox survives a reload", (await ann.evaluate(() => window.db.pending())) === 3);
+  const titles = await ann.evaluate(() => window.db.query("Todo.all().order(.title).map(.title)"));
+  check("the view after a reload shows the pending writes", JSON.stringify(titles) === '["bread","eggs","milk"]', JSON.stringify(titles));
+  await startServer();
+  await until("ann's outbox to drain", async () => (await ann.evaluate(() => window.db.pending())) === 0);
+  let server1 = await pull("ann");
+  const docs = server1.snapshots.flatMap((s) => s.docs).filter((d) => d.collection === "Todo");
+  check("the server has each offline write exactly once", docs.length === 3 && new Set(docs.map((d) => d.data.title)).size === 3, JSON.stringify(docs));
+
+  // 2. Another user's browser never receives or stores ann's documents.
+  const bobCtx = await profile("bob");
+  const bob = await openPage(bobCtx, "bob");
+  await bob.evaluate(() => window.db.call("addTodo", { title: "bob's" }));
+  await until("bob to sync", async () => (await bob.evaluate(() => window.db.pending())) === 0);
+  const bobSees = await bob.evaluate(() => window.db.query("Todo.all().map(.title)"));
+  check("bob sees only his own", JSON.stringify(bobSees) === '["bob\'s"]', JSON.stringify(bobSees));
+  const bobKeys = await bob.evaluate(() => window.storedKeys());
+  check("bob's IndexedDB holds nothing of ann's partition", bobKeys.length > 0 && !bobKeys.some((k) => k.includes("user:ann")), JSON.stringify(bobKeys.filter((k) => k.includes("ann"))));
+  const refused = await bob.evaluate(async () => {
+    try { await window.db.run('Todo.create({ owner: "ann", title: "evil", created: 0 })'); return "accepted"; }
+    catch (e) { return e.code; }
+  });
+  check("a forbidden write is refused at once with its code", refused === "PERMISSION_DENIED", refused);
+
+  // 3. The server is killed while pushes are in flight.
+  for (let i = 0; i < 40; i++) {
+    ann.evaluate((i) => window.db.call("addTodo", { title: `burst ${i}` }), i).catch(() => {});
+  }
+  await new Promise((r) => setTimeout(r, 30));
+  await killServer("SIGKILL");
+  await until("the burst to be in the outbox", async () => {
+    const n = await ann.evaluate(() => window.db.query("Todo.all().count()"));
+    return n === 43;
+  });
+  await startServer();
+  await until("ann's outbox to drain after the crash", async () => (await ann.evaluate(() => window.db.pending())) === 0, 30000);
+  server1 = await pull("ann");
+  const after = server1.snapshots.flatMap((s) => s.docs).filter((d) => d.collection === "Todo");
+  const burst = after.filter((d) => d.data.title.startsWith("burst "));
+  check("every write of the burst landed exactly once", burst.length === 40 && new Set(burst.map((d) => d.data.title)).size === 40, `${burst.length} burst documents`);
+  check("the browser's view equals the server's", (await ann.evaluate(() => window.db.query("Todo.all().count()"))) === after.length);
+
+  await annCtx.close();
+  await bobCtx.close();
+} catch (e) {
+  failures++;
+  console.log(`not ok - ${e.stack || e}`);
+} finally {
+  await killServer("SIGTERM");
+  files.close();
+  rmSync(work, { recursive: true, force: true });
+}
+console.log(`${passed} passed, ${failures} failed`);
+process.exit(failures ? 1 : 0);

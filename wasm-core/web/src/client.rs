@@ -1,0 +1,505 @@
+//! The browser client: the engine's replica on IndexedDB, synced over a WebSocket,
+//! exposed to JavaScript.
+//!
+//! One async task (the *actor*) owns the replica and its store; every call from
+//! JavaScript and every socket event becomes a command on its queue. So no borrow is
+//! held across an `await` while a socket event arrives, and commands run one at a time,
+//! in order.
+//!
+//! Loading: the replica reads through [`IdbStore`]'s cache. Before a write the actor
+//! dry-runs it until it reads nothing unloaded; before applying a snapshot or effects
+//! it loads what they touch; after rebuilding the view it loads whatever the view
+//! missed and rebuilds again. Writes become durable with one IndexedDB transaction
+//! before the call that made them resolves.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use futures_channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
+use futures_channel::oneshot;
+use futures_util::StreamExt;
+use gloo::events::EventListener;
+use gloo::timers::callback::{Interval, Timeout};
+use js_sys::{ArrayBuffer, Function, Uint8Array};
+use warren_core::exec::Op;
+use warren_core::protocol::{ClientFrame, ServerFrame};
+use warren_core::replica::{Event, Replica};
+use warren_core::storage::{KeyRange, Storage};
+use warren_core::{keys, Error, ErrorCode, Value};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use web_sys::{BinaryType, MessageEvent, WebSocket};
+
+use crate::idb::IdbStore;
+
+/// A JavaScript `Error` with a stable `code` property.
+fn js_error(e: &Error) -> JsValue {
+    let err = js_sys::Error::new(&e.message);
+    let _ = js_sys::Reflect::set(&err, &"code".into(), &e.code.as_str().into());
+    err.into()
+}
+
+fn to_js(v: &Value) -> JsValue {
+    let ser = serde_wasm_bindgen::Serializer::json_compatible();
+    serde::Serialize::serialize(&v.to_json(), &ser).unwrap_or(JsValue::NULL)
+}
+
+fn from_js(v: JsValue) -> Result<Value, Error> {
+    if v.is_undefined() || v.is_null() {
+        return Ok(Value::Null);
+    }
+    let j: serde_json::Value = serde_wasm_bindgen::from_value(v)
+        .map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("not a JSON value: {e}")))?;
+    Value::from_json(&j)
+}
+
+fn now_ms() -> i64 {
+    js_sys::Date::now() as i64
+}
+
+enum Cmd {
+    Mutate(Op, oneshot::Sender<Result<(u64, Value), Error>>),
+    Query(String, oneshot::Sender<Result<Value, Error>>),
+    Frame(Vec<u8>),
+    Opened,
+    Closed,
+    Connect,
+    SetOnline(bool),
+    Ping,
+}
+
+/// What JavaScript can read without a round trip through the actor.
+#[derive(Default)]
+struct Status {
+    pending: Cell<u32>,
+    connected: Cell<bool>,
+    online: Cell<bool>,
+    last_sync: Cell<f64>,
+    listener: RefCell<Option<Function>>,
+}
+
+impl Status {
+    fn emit(&self, kind: &str, detail: JsValue) {
+        if let Some(f) = self.listener.borrow().as_ref() {
+            let o = js_sys::Object::new();
+            let _ = js_sys::Reflect::set(&o, &"type".into(), &kind.into());
+            let _ = js_sys::Reflect::set(&o, &"detail".into(), &detail);
+            let _ = f.call1(&JsValue::NULL, &o);
+        }
+    }
+}
+
+/// A Warren database in the browser.
+#[wasm_bindgen]
+pub struct Warren {
+    tx: UnboundedSender<Cmd>,
+    status: Rc<Status>,
+}
+
+struct Actor {
+    replica: Replica<IdbStore>,
+    url: String,
+    token: String,
+    tx: UnboundedSender<Cmd>,
+    status: Rc<Status>,
+    ws: Option<(WebSocket, Vec<EventListener>)>,
+    backoff_ms: f64,
+    retry: Option<Timeout>,
+    _heartbeat: Option<Interval>,
+    _online_listeners: Vec<EventListener>,
+}
+
+#[wasm_bindgen]
+impl Warren {
+    /// Opens the replica in IndexedDB database `db` and starts syncing with `url`.
+    /// `schema` is the schema source to start with offline (the server's replaces it);
+    /// `auth` the claims used for local rule checks.
+    pub async fn open(
+        db: String,
+        client_id: String,
+        url: String,
+        token: String,
+        schema: Option<String>,
+        auth: JsValue,
+    ) -> Result<Warren, JsValue> {
+        let mut store = IdbStore::open(&db).await.map_err(|e| js_error(&e))?;
+        // The replica's own keys are small and needed at once; documents load later.
+        for space in [b'X', b'O', b'K'] {
+            store
+                .load(&KeyRange::prefix(&[space]))
+                .await
+                .map_err(|e| js_error(&e))?;
+        }
+        let mut replica =
+            Replica::open(store, &client_id, schema.as_deref()).map_err(|e| js_error(&e))?;
+        replica.set_auth(from_js(auth).map_err(|e| js_error(&e))?);
+        let (tx, rx) = unbounded();
+        let status = Rc::new(Status::default());
+        status.pending.set(replica.pending().len() as u32);
+        let online = web_sys::window()
+            .map(|w| w.navigator().on_line())
+            .unwrap_or(true);
+        status.online.set(online);
+        let mut listeners = Vec::new();
+        if let Some(w) = web_sys::window() {
+            for (name, on) in [("online", true), ("offline", false)] {
+                let t = tx.clone();
+                listeners.push(EventListener::new(&w, name, move |_| {
+                    let _ = t.unbounded_send(Cmd::SetOnline(on));
+                }));
+            }
+        }
+        let hb = {
+            let t = tx.clone();
+            Interval::new(20_000, move || {
+                let _ = t.unbounded_send(Cmd::Ping);
+            })
+        };
+        let actor = Actor {
+            replica,
+            url,
+            token,
+            tx: tx.clone(),
+            status: status.clone(),
+            ws: None,
+            backoff_ms: 100.0,
+            retry: None,
+            _heartbeat: Some(hb),
+            _online_listeners: listeners,
+        };
+        wasm_bindgen_futures::spawn_local(actor.run(rx));
+        if online {
+            let _ = tx.unbounded_send(Cmd::Connect);
+        }
+        Ok(Warren { tx, status })
+    }
+
+    /// Calls a schema function. Resolves with `{seq, result}` once the commit is in
+    /// the IndexedDB outbox (its optimistic result); rejects with an `Error` whose
+    /// `code` says why when a rule or the function refuses it locally.
+    pub async fn call(&self, function: String, args: JsValue) -> Result<JsValue, JsValue> {
+        let args = from_js(args).map_err(|e| js_error(&e))?;
+        self.mutate(Op::Call { function, args }).await
+    }
+
+    /// Runs an ad-hoc transaction (a block of statements).
+    pub async fn run(&self, source: String) -> Result<JsValue, JsValue> {
+        self.mutate(Op::Run { source }).await
+    }
+
+    async fn mutate(&self, op: Op) -> Result<JsValue, JsValue> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Mutate(op, tx))?;
+        let (seq, result) = rx
+            .await
+            .map_err(|_| js_error(&Error::new(ErrorCode::Storage, "the database is closed")))?
+            .map_err(|e| js_error(&e))?;
+        let o = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&o, &"seq".into(), &JsValue::from_f64(seq as f64));
+        let _ = js_sys::Reflect::set(&o, &"result".into(), &to_js(&result));
+        Ok(o.into())
+    }
+
+    /// Runs a query against the local view (no network).
+    pub async fn query(&self, source: String) -> Result<JsValue, JsValue> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Query(source, tx))?;
+        let v = rx
+            .await
+            .map_err(|_| js_error(&Error::new(ErrorCode::Storage, "the database is closed")))?
+            .map_err(|e| js_error(&e))?;
+        Ok(to_js(&v))
+    }
+
+    fn send(&self, c: Cmd) -> Result<(), JsValue> {
+        self.tx
+            .unbounded_send(c)
+            .map_err(|_| js_error(&Error::new(ErrorCode::Storage, "the database is closed")))
+    }
+
+    /// Commits not yet confirmed by the server.
+    pub fn pending(&self) -> u32 {
+        self.status.pending.get()
+    }
+
+    /// Whether a connection is up and welcomed.
+    pub fn connected(&self) -> bool {
+        self.status.connected.get()
+    }
+
+    /// When the server last confirmed something (ms since the epoch; 0 if never).
+    #[wasm_bindgen(js_name = lastSync)]
+    pub fn last_sync(&self) -> f64 {
+        self.status.last_sync.get()
+    }
+
+    /// Goes offline (closes the connection, stops reconnecting) or online again.
+    #[wasm_bindgen(js_name = setOnline)]
+    pub fn set_online(&self, online: bool) {
+        let _ = self.tx.unbounded_send(Cmd::SetOnline(online));
+    }
+
+    /// Receives `{type, detail}` events: `confirmed`, `rejected`, `dropped`,
+    /// `schema`, `server-error`, `status`.
+    #[wasm_bindgen(js_name = onEvent)]
+    pub fn on_event(&self, f: Function) {
+        *self.status.listener.borrow_mut() = Some(f);
+    }
+
+    /// Stops syncing.
+    pub fn close(&self) {
+        self.tx.close_channel();
+    }
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: UnboundedReceiver<Cmd>) {
+        while let Some(cmd) = rx.next().await {
+            if let Err(e) = self.step(cmd).await {
+                self.status.emit("server-error", js_error(&e));
+            }
+        }
+        self.close_socket();
+    }
+
+    async fn step(&mut self, cmd: Cmd) -> Result<(), Error> {
+        match cmd {
+            Cmd::Mutate(op, reply) => {
+                let r = self.mutate(op).await;
+                let _ = reply.send(r);
+                self.send_outgoing();
+            }
+            Cmd::Query(src, reply) => {
+                let r = self.query(&src).await;
+                let _ = reply.send(r);
+            }
+            Cmd::Frame(bytes) => {
+                let frame = ServerFrame::decode(&bytes)?;
+                self.prepare_for(&frame).await?;
+                let welcomed = matches!(frame, ServerFrame::Welcome { .. });
+                self.replica.handle(frame)?;
+                if welcomed {
+                    self.status.connected.set(true);
+                    self.backoff_ms = 100.0;
+                }
+                self.rebuild().await?;
+                self.replica.store_mut().flush().await?;
+                self.report();
+                self.send_outgoing();
+            }
+            Cmd::Opened => {
+                let hello = self.replica.hello(&self.token)?;
+                self.send_frame(&hello);
+            }
+            Cmd::Closed => {
+                self.ws = None;
+                self.replica.disconnected();
+                self.status.connected.set(false);
+                self.status.emit("status", JsValue::from_str("offline"));
+                if self.status.online.get() {
+                    // Full jitter over an exponential backoff, capped at 30 s.
+                    let wait = (js_sys::Math::random() * self.backoff_ms) as u32 + 50;
+                    self.backoff_ms = (self.backoff_ms * 2.0).min(30_000.0);
+                    let t = self.tx.clone();
+                    self.retry = Some(Timeout::new(wait, move || {
+                        let _ = t.unbounded_send(Cmd::Connect);
+                    }));
+                }
+            }
+            Cmd::Connect => {
+                if self.ws.is_none() && self.status.online.get() {
+                    self.connect();
+                }
+            }
+            Cmd::SetOnline(on) => {
+                self.status.online.set(on);
+                if on {
+                    self.backoff_ms = 100.0;
+                    if self.ws.is_none() {
+                        self.connect();
+                    }
+                } else {
+                    self.retry = None;
+                    self.close_socket();
+                    self.replica.disconnected();
+                    self.status.connected.set(false);
+                }
+            }
+            Cmd::Ping => {
+                if self.status.connected.get() {
+                    self.send_frame(&ClientFrame::Ping {
+                        nonce: now_ms() as u64,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads what `ranges` need until a run of `f` reads nothing unloaded.
+    async fn settle<T>(
+        &mut self,
+        mut f: impl FnMut(&mut Replica<IdbStore>) -> T,
+    ) -> Result<T, Error> {
+        loop {
+            let r = f(&mut self.replica);
+            let misses = self.replica.store().take_misses();
+            if misses.is_empty() {
+                return Ok(r);
+            }
+            for m in misses {
+                self.replica.store_mut().load(&m).await?;
+            }
+            self.replica.invalidate();
+        }
+    }
+
+    async fn mutate(&mut self, op: Op) -> Result<(u64, Value), Error> {
+        let now = now_ms();
+        // A dry run loads what the write reads; the real run then reads only the cache.
+        let _ = self.settle(|r| r.dry_run(op.clone(), now)).await???;
+        let local = self.replica.mutate(op, now)?;
+        self.replica.store_mut().flush().await?;
+        self.report();
+        Ok((local.seq, local.result))
+    }
+
+    async fn query(&mut self, src: &str) -> Result<Value, Error> {
+        self.settle(|r| r.query(src)).await?
+    }
+
+    /// Loads what applying `frame` to the base will read.
+    async fn prepare_for(&mut self, frame: &ServerFrame) -> Result<(), Error> {
+        let store = self.replica.store_mut();
+        match frame {
+            ServerFrame::Effects { writes, .. } => {
+                for w in writes {
+                    store
+                        .load(&KeyRange::point(&keys::doc_key(&w.collection, &w.id)))
+                        .await?;
+                }
+            }
+            ServerFrame::Snapshot { partition, .. } | ServerFrame::Drop { partition, .. } => {
+                let members = KeyRange::prefix(&keys::partition_prefix(partition));
+                store.load(&members).await?;
+                let held: Vec<Vec<u8>> = store
+                    .scan(&members, false, usize::MAX)?
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .collect();
+                store.take_misses();
+                for k in held {
+                    let (_, coll, id) = keys::parse_partition_key(&k)?;
+                    store
+                        .load(&KeyRange::point(&keys::doc_key(&coll, &id)))
+                        .await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the view until it reads nothing unloaded.
+    async fn rebuild(&mut self) -> Result<(), Error> {
+        self.settle(|r| r.flush()).await??;
+        Ok(())
+    }
+
+    fn report(&mut self) {
+        self.status.pending.set(self.replica.pending().len() as u32);
+        for e in self.replica.take_events() {
+            match e {
+                Event::Confirmed {
+                    seq,
+                    position,
+                    result,
+                } => {
+                    self.status.last_sync.set(js_sys::Date::now());
+                    let o = js_sys::Object::new();
+                    let _ = js_sys::Reflect::set(&o, &"seq".into(), &JsValue::from_f64(seq as f64));
+                    let _ = js_sys::Reflect::set(
+                        &o,
+                        &"position".into(),
+                        &position.map_or(JsValue::NULL, |p| JsValue::from_f64(p as f64)),
+                    );
+                    let _ = js_sys::Reflect::set(&o, &"result".into(), &to_js(&result));
+                    self.status.emit("confirmed", o.into());
+                }
+                Event::Rejected { seq, code, message } => {
+                    let err = js_error(&Error::new(
+                        ErrorCode::parse(&code).unwrap_or(ErrorCode::Aborted),
+                        message,
+                    ));
+                    let _ = js_sys::Reflect::set(&err, &"code".into(), &code.into());
+                    let _ =
+                        js_sys::Reflect::set(&err, &"seq".into(), &JsValue::from_f64(seq as f64));
+                    self.status.emit("rejected", err);
+                }
+                Event::Changed { live, value } => {
+                    let o = js_sys::Object::new();
+                    let _ =
+                        js_sys::Reflect::set(&o, &"live".into(), &JsValue::from_f64(live as f64));
+                    let _ = js_sys::Reflect::set(&o, &"value".into(), &to_js(&value));
+                    self.status.emit("changed", o.into());
+                }
+                Event::Dropped { partition } => self.status.emit("dropped", partition.into()),
+                Event::SchemaChanged { version } => self.status.emit("schema", version.into()),
+                Event::ServerError { code, message } => {
+                    let err = js_sys::Error::new(&message);
+                    let _ = js_sys::Reflect::set(&err, &"code".into(), &code.into());
+                    self.status.emit("server-error", err.into());
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self) {
+        let Ok(ws) = WebSocket::new(&self.url) else {
+            let _ = self.tx.unbounded_send(Cmd::Closed);
+            return;
+        };
+        ws.set_binary_type(BinaryType::Arraybuffer);
+        let mut ls = Vec::new();
+        let t = self.tx.clone();
+        ls.push(EventListener::new(&ws, "open", move |_| {
+            let _ = t.unbounded_send(Cmd::Opened);
+        }));
+        let t = self.tx.clone();
+        ls.push(EventListener::new(&ws, "message", move |e| {
+            let Some(e) = e.dyn_ref::<MessageEvent>() else {
+                return;
+            };
+            if let Ok(buf) = e.data().dyn_into::<ArrayBuffer>() {
+                let _ = t.unbounded_send(Cmd::Frame(Uint8Array::new(&buf).to_vec()));
+            }
+        }));
+        let t = self.tx.clone();
+        ls.push(EventListener::new(&ws, "close", move |_| {
+            let _ = t.unbounded_send(Cmd::Closed);
+        }));
+        self.ws = Some((ws, ls));
+    }
+
+    fn close_socket(&mut self) {
+        if let Some((ws, listeners)) = self.ws.take() {
+            drop(listeners);
+            let _ = ws.close();
+        }
+    }
+
+    fn send_frame(&self, f: &ClientFrame) {
+        if let Some((ws, _)) = &self.ws {
+            let _ = ws.send_with_u8_array(&f.encode());
+        }
+    }
+
+    fn send_outgoing(&mut self) {
+        if self.ws.is_none() {
+            return;
+        }
+        for f in self.replica.outgoing() {
+            self.send_frame(&f);
+        }
+    }
+}
