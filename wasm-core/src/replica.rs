@@ -131,6 +131,9 @@ pub struct Replica<S: Storage> {
     connected: bool,
     /// Every pending commit up to this sequence number was sent on this connection.
     sent_upto: u64,
+    /// The server expects a commit this client no longer has: send nothing more on
+    /// this connection.
+    stalled: bool,
     events: Vec<Event>,
     now: i64,
 }
@@ -203,6 +206,7 @@ impl<S: Storage> Replica<S> {
             next_live: 1,
             connected: false,
             sent_upto: 0,
+            stalled: false,
             events: Vec::new(),
             now: 0,
         })
@@ -438,7 +442,7 @@ impl<S: Storage> Replica<S> {
 
     /// The frames to send now: the pending commits not yet sent on this connection.
     pub fn outgoing(&mut self) -> Vec<ClientFrame> {
-        if !self.connected {
+        if !self.connected || self.stalled {
             return Vec::new();
         }
         let unsent: Vec<ClientCommit> = self
@@ -490,8 +494,33 @@ impl<S: Storage> Replica<S> {
                     }
                 }
                 self.connected = true;
-                // The server has everything up to applied_seq; their outcomes follow.
+                // The server has everything up to applied_seq; the outcomes it still
+                // keeps follow. Older ones it no longer keeps: those commits were
+                // applied, and their effects are in the partitions.
+                let forgotten = applied_seq.saturating_sub(exec::KEPT_OUTCOMES);
+                let settled: Vec<u64> = self
+                    .pending
+                    .iter()
+                    .map(|p| p.seq)
+                    .take_while(|s| *s <= forgotten)
+                    .collect();
+                if !settled.is_empty() {
+                    let mut b = Batch::new();
+                    for seq in &settled {
+                        b.delete(outbox_key(*seq));
+                    }
+                    self.store.apply(b)?;
+                    self.pending.retain(|p| p.seq > forgotten);
+                    for seq in settled {
+                        self.events.push(Event::Confirmed {
+                            seq,
+                            position: None,
+                            result: Value::Null,
+                        });
+                    }
+                }
                 self.sent_upto = applied_seq;
+                self.stalled = false;
                 self.stale = true;
             }
             ServerFrame::Snapshot {
@@ -542,8 +571,21 @@ impl<S: Storage> Replica<S> {
             }
             ServerFrame::Outcome { seq, result } => match result {
                 CommitResult::OutOfOrder { expected } => {
-                    // Send again from the one the server expects.
-                    self.sent_upto = self.sent_upto.min(expected.saturating_sub(1));
+                    if self.pending.iter().any(|p| p.seq == expected) {
+                        // Send again from the one the server expects.
+                        self.sent_upto = self.sent_upto.min(expected.saturating_sub(1));
+                    } else if !self.stalled {
+                        // The server expects a commit this client no longer has (it
+                        // was restored from an older state): resending cannot help.
+                        // Stop sending until the next welcome and say so, once.
+                        self.stalled = true;
+                        self.events.push(Event::ServerError {
+                            code: "SEQUENCE_GAP".into(),
+                            message: format!(
+                                "the server expects commit {expected}, which this client no longer has"
+                            ),
+                        });
+                    }
                 }
                 other => {
                     if !self.pending.iter().any(|p| p.seq == seq) {

@@ -219,3 +219,96 @@ fn order_by_the_index_fields_equals_sorting_and_reads_little() {
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::FuelExhausted);
 }
+
+/// After a long disconnect the server keeps only the last outcomes; commits older than
+/// that settle with the welcome instead of staying pending forever.
+#[test]
+fn outbox_entries_older_than_the_kept_outcomes_settle_on_welcome() {
+    use warren_core::protocol::ServerFrame;
+    use warren_core::replica::{Event, Replica};
+    use warren_core::storage::MemoryStore;
+    let mut r = Replica::open(MemoryStore::new(), "c", Some(SCHEMA)).unwrap();
+    r.set_auth(user("ann"));
+    for i in 0..3 {
+        r.mutate(
+            warren_core::Op::Run {
+                source: format!("Todo.create({{ owner: \"ann\", created: {i} }})"),
+            },
+            0,
+        )
+        .unwrap();
+    }
+    let applied = 3 + warren_core::exec::KEPT_OUTCOMES;
+    r.handle(ServerFrame::Welcome {
+        schema_version: r.schema().unwrap().version().to_owned(),
+        schema_source: SCHEMA.to_owned(),
+        position: 10,
+        applied_seq: applied,
+        partitions: vec![],
+    })
+    .unwrap();
+    assert!(r.pending().is_empty());
+    let settled: Vec<u64> = r
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Confirmed {
+                seq,
+                position: None,
+                ..
+            } => Some(seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(settled, vec![1, 2, 3]);
+}
+
+/// A server that expects a commit the client no longer has gets told so once, and the
+/// client stops resending instead of looping.
+#[test]
+fn an_unfillable_sequence_gap_is_reported_once_and_not_resent() {
+    use warren_core::protocol::{CommitResult, ServerFrame};
+    use warren_core::replica::{Event, Replica};
+    use warren_core::storage::MemoryStore;
+    let mut r = Replica::open(MemoryStore::new(), "c", Some(SCHEMA)).unwrap();
+    r.set_auth(user("ann"));
+    for i in 0..2 {
+        r.mutate(
+            warren_core::Op::Run {
+                source: format!("Todo.create({{ owner: \"ann\", created: {i} }})"),
+            },
+            0,
+        )
+        .unwrap();
+    }
+    // The outbox holds 1 and 2; pretend 1 was settled, so only 2 remains.
+    r.handle(ServerFrame::Outcome {
+        seq: 1,
+        result: CommitResult::Duplicate,
+    })
+    .unwrap();
+    let version = r.schema().unwrap().version().to_owned();
+    r.handle(ServerFrame::Welcome {
+        schema_version: version,
+        schema_source: SCHEMA.into(),
+        position: 0,
+        applied_seq: 0,
+        partitions: vec![],
+    })
+    .unwrap();
+    assert_eq!(r.outgoing().len(), 1);
+    for _ in 0..3 {
+        r.handle(ServerFrame::Outcome {
+            seq: 2,
+            result: CommitResult::OutOfOrder { expected: 1 },
+        })
+        .unwrap();
+        assert!(r.outgoing().is_empty(), "no resend loop");
+    }
+    let gaps = r
+        .take_events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::ServerError { code, .. } if code == "SEQUENCE_GAP"))
+        .count();
+    assert_eq!(gaps, 1);
+}
