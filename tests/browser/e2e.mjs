@@ -6,9 +6,12 @@
 // 2. bob, in another browser profile, never receives (nor stores) ann's documents.
 // 3. The network is cut mid-sync: the server is killed (SIGKILL) while pushes are in
 //    flight, then restarted; every write lands exactly once.
+// 4. An expired token is refreshed through the app's callback.
+// 5. The tab crashes (the browser is killed): the outbox survives and drains.
 //
 // Run by .ci/test-browser after .ci/build-wasm and a debug build of the server.
-import { spawn, execFileSync } from "node:child_process";
+import { spawn, execFileSync, spawnSync } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
 import { mkdtempSync, readFileSync, rmSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -70,6 +73,12 @@ async function killServer(signal) {
   await exited;
 }
 const token = (sub) => execFileSync(warren, ["token", "--sub", sub, "--hs256-secret", SECRET]).toString().trim();
+// An HS256 token with any claims (an expired one, say), signed like the server's.
+function jwt(claims) {
+  const b = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const head = `${b({ alg: "HS256", typ: "JWT" })}.${b(claims)}`;
+  return `${head}.${createHmac("sha256", SECRET).update(head).digest("base64url")}`;
+}
 async function pull(sub) {
   const r = await fetch(`http://127.0.0.1:${syncPort}/v1/pull`, {
     method: "POST", headers: { authorization: `Bearer ${token(sub)}` }, body: "{}",
@@ -92,10 +101,10 @@ async function profile(name) {
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: browserArgs, headless: true,
   });
 }
-async function openPage(ctx, sub) {
+async function openPage(ctx, sub, extra = {}) {
   const page = ctx.pages()[0] || await ctx.newPage();
   page.on("pageerror", (e) => console.log(`page error (${sub}): ${e}`));
-  const q = new URLSearchParams({ db: `warren-${sub}`, client: `${sub}-browser`, ws, token: token(sub), sub });
+  const q = new URLSearchParams({ db: `warren-${sub}`, client: `${sub}-browser`, ws, token: token(sub), sub, ...extra });
   await page.goto(`${pageBase}?${q}`);
   await page.evaluate(() => window.ready);
   return page;
@@ -153,6 +162,34 @@ try {
   check("every write of the burst landed exactly once", burst.length === 40 && new Set(burst.map((d) => d.data.title)).size === 40, `${burst.length} burst documents`);
   check("the browser's view equals the server's", (await ann.evaluate(() => window.db.query("Todo.all().count()"))) === after.length);
 
+  // 4. An expired token: the server refuses it, the app's provider gives a new one.
+  const now = Math.floor(Date.now() / 1000);
+  const carolCtx = await profile("carol");
+  const carol = await openPage(carolCtx, "carol", {
+    token: jwt({ sub: "carol", iat: now - 7200, exp: now - 3600 }),
+    fresh: token("carol"),
+  });
+  await carol.evaluate(() => window.db.call("addTodo", { title: "with a fresh token" }));
+  await until("carol to sync with a refreshed token", async () =>
+    (await carol.evaluate(() => window.db.connected() && window.db.pending() === 0)));
+  const carolDocs = (await pull("carol")).snapshots.flatMap((s) => s.docs);
+  check("an expired token is refreshed through the callback", carolDocs.length === 1);
+
+  // 5. The tab crashes: the browser process is killed with writes in the outbox.
+  let daveCtx = await profile("dave");
+  let dave = await openPage(daveCtx, "dave");
+  await dave.evaluate(() => window.db.setOnline(false));
+  for (const t of ["one", "two"]) await dave.evaluate((t) => window.db.call("addTodo", { title: t }), t);
+  spawnSync("pkill", ["-9", "-f", join(work, "profile-dave")]);
+  await daveCtx.close().catch(() => {});
+  daveCtx = await profile("dave");
+  dave = await openPage(daveCtx, "dave");
+  check("the outbox survives a crash of the browser", (await dave.evaluate(() => window.db.pending())) === 2);
+  await until("dave's outbox to drain", async () => (await dave.evaluate(() => window.db.pending())) === 0);
+  check("dave's writes landed once", (await pull("dave")).snapshots.flatMap((s) => s.docs).length === 2);
+
+  await daveCtx.close();
+  await carolCtx.close();
   await annCtx.close();
   await bobCtx.close();
 } catch (e) {

@@ -56,6 +56,8 @@ pub enum ErrorCode {
     Corrupt,
     /// The storage backend failed.
     Storage,
+    /// The storage backend is out of space (the browser's quota for the origin).
+    QuotaExceeded,
 }
 
 impl ErrorCode {
@@ -83,6 +85,7 @@ impl ErrorCode {
         ErrorCode::ReadOnly,
         ErrorCode::Corrupt,
         ErrorCode::Storage,
+        ErrorCode::QuotaExceeded,
     ];
 
     /// The stable string form.
@@ -110,6 +113,7 @@ impl ErrorCode {
             ErrorCode::ReadOnly => "READ_ONLY",
             ErrorCode::Corrupt => "CORRUPT",
             ErrorCode::Storage => "STORAGE_ERROR",
+            ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
         }
     }
 
@@ -122,7 +126,10 @@ impl ErrorCode {
     /// replica (a property of the commit and the state). Storage and corruption
     /// failures are local accidents: the executor must stop, not record a rejection.
     pub fn is_deterministic(self) -> bool {
-        !matches!(self, ErrorCode::Storage | ErrorCode::Corrupt)
+        !matches!(
+            self,
+            ErrorCode::Storage | ErrorCode::Corrupt | ErrorCode::QuotaExceeded
+        )
     }
 }
 

@@ -42,8 +42,11 @@ const KEY_SEQ: &[u8] = b"Xseq";
 const SPACE_OUTBOX: u8 = b'O';
 const SPACE_CURSOR: u8 = b'K';
 
-/// Commits per `Push` frame.
+/// Commits per `Push` frame, at most.
 pub const PUSH_CHUNK: usize = 100;
+/// Bytes per `Push` frame, about (a single larger commit still goes alone); the server
+/// accepts frames up to 1 MiB by default.
+pub const PUSH_MAX_BYTES: usize = 256 * 1024;
 
 fn outbox_key(seq: u64) -> Vec<u8> {
     let mut k = vec![SPACE_OUTBOX];
@@ -258,6 +261,27 @@ impl<S: Storage> Replica<S> {
         &mut self.store
     }
 
+    /// Takes back the last write, when its outbox entry could not be made durable (the
+    /// store's own persistence failed after `mutate` returned): it is removed from the
+    /// outbox and its sequence number is given out again. Only the last write can be
+    /// taken back.
+    pub fn forget(&mut self, seq: u64) -> Result<(), Error> {
+        if self.pending.last().map(|p| p.seq) != Some(seq) {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("commit {seq} is not the last write"),
+            ));
+        }
+        let mut b = Batch::new();
+        b.delete(outbox_key(seq));
+        b.put(KEY_SEQ.to_vec(), seq.to_be_bytes().to_vec());
+        self.store.apply(b)?;
+        self.pending.pop();
+        self.next_seq = seq;
+        self.stale = true;
+        Ok(())
+    }
+
     /// Marks the view as needing a rebuild (the store gained data it may have missed).
     pub fn invalidate(&mut self) {
         self.stale = true;
@@ -458,12 +482,30 @@ impl<S: Storage> Replica<S> {
         if let Some(last) = unsent.last() {
             self.sent_upto = last.seq;
         }
-        unsent
-            .chunks(PUSH_CHUNK)
-            .map(|c| ClientFrame::Push {
-                commits: c.to_vec(),
-            })
-            .collect()
+        // At most PUSH_CHUNK commits and about PUSH_MAX_BYTES a frame, so that a long
+        // offline queue of large commits never makes a frame the server refuses.
+        let mut frames = Vec::new();
+        let mut chunk: Vec<ClientCommit> = Vec::new();
+        let mut bytes = 0;
+        for c in unsent {
+            let size = ClientFrame::Push {
+                commits: vec![c.clone()],
+            }
+            .encode()
+            .len();
+            if !chunk.is_empty() && (chunk.len() == PUSH_CHUNK || bytes + size > PUSH_MAX_BYTES) {
+                frames.push(ClientFrame::Push {
+                    commits: std::mem::take(&mut chunk),
+                });
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(c);
+        }
+        if !chunk.is_empty() {
+            frames.push(ClientFrame::Push { commits: chunk });
+        }
+        frames
     }
 
     /// Handles one frame from the server. Changes to the base take effect in the view

@@ -215,13 +215,16 @@ fn every_error_code_is_tested() {
 
 #[test]
 fn codes_are_stable_strings() {
-    assert_eq!(ErrorCode::ALL.len(), 22);
+    assert_eq!(ErrorCode::ALL.len(), 23);
     for code in ErrorCode::ALL {
         assert_eq!(ErrorCode::parse(code.as_str()), Some(*code));
         assert_eq!(code.to_string(), code.as_str());
         assert_eq!(
             code.is_deterministic(),
-            !matches!(code.as_str(), "STORAGE_ERROR" | "CORRUPT")
+            !matches!(
+                code.as_str(),
+                "STORAGE_ERROR" | "CORRUPT" | "QUOTA_EXCEEDED"
+            )
         );
     }
     assert_eq!(ErrorCode::parse("parse_error"), None);
@@ -733,6 +736,45 @@ impl Storage for FailingStore {
         }
         self.inner.apply(batch)
     }
+}
+
+/// A store that is out of space: reads work, every write fails with QUOTA_EXCEEDED.
+struct FullStore(MemoryStore);
+
+impl Storage for FullStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.0.get(key)
+    }
+    fn scan(&self, range: &KeyRange, reverse: bool, limit: usize) -> Result<Vec<Entry>, Error> {
+        self.0.scan(range, reverse, limit)
+    }
+    fn apply(&mut self, _: warren_core::storage::Batch) -> Result<(), Error> {
+        Err(Error::new(
+            ErrorCode::QuotaExceeded,
+            "no space left for this origin",
+        ))
+    }
+}
+
+#[test]
+fn code_quota_exceeded() {
+    // Produced by a backend (IndexedDB's QuotaExceededError; tested in the browser).
+    // It is not a property of the commit: the commit fails, nothing is recorded, and the
+    // state is as it was.
+    let mut ex = Executor::new(
+        FullStore(MemoryStore::new()),
+        Arc::new(schema()),
+        Limits::default(),
+    );
+    let c = commit(1, run_op("Item.create({ id: \"a\" })"));
+    let e = ex.commit(&c, 1).unwrap_err();
+    assert_eq!(e.code.as_str(), "QUOTA_EXCEEDED");
+    assert!(!e.code.is_deterministic());
+    assert_eq!(ex.position().unwrap(), 0);
+    assert_eq!(
+        ex.query("Item.all().count()", &auth(), NOW).unwrap(),
+        Value::Int(0)
+    );
 }
 
 #[test]

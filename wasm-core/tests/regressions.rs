@@ -312,3 +312,116 @@ fn an_unfillable_sequence_gap_is_reported_once_and_not_resent() {
         .count();
     assert_eq!(gaps, 1);
 }
+
+/// A long offline queue of large commits is pushed in frames the server accepts (it
+/// used to go as one frame over the server's limit, refused and resent forever).
+#[test]
+fn large_commits_are_pushed_in_frames_of_bounded_size() {
+    use warren_core::protocol::ServerFrame;
+    use warren_core::replica::{Replica, PUSH_MAX_BYTES};
+    use warren_core::storage::MemoryStore;
+    let mut r = Replica::open(MemoryStore::new(), "c", Some(SCHEMA)).unwrap();
+    r.set_auth(user("ann"));
+    let big = "x".repeat(60 * 1024);
+    for i in 0..50 {
+        r.mutate(
+            warren_core::Op::Call {
+                function: "addTodo".into(),
+                args: obj([
+                    ("id", format!("t{i}").into()),
+                    ("title", big.as_str().into()),
+                    ("created", Value::Int(i)),
+                ]),
+            },
+            0,
+        )
+        .unwrap();
+    }
+    let version = r.schema().unwrap().version().to_owned();
+    r.handle(ServerFrame::Welcome {
+        schema_version: version,
+        schema_source: SCHEMA.into(),
+        position: 0,
+        applied_seq: 0,
+        partitions: vec![],
+    })
+    .unwrap();
+    let frames = r.outgoing();
+    assert!(frames.len() > 1);
+    let mut seqs = Vec::new();
+    for f in &frames {
+        assert!(
+            f.encode().len() <= PUSH_MAX_BYTES + 64 * 1024,
+            "{} bytes",
+            f.encode().len()
+        );
+        if let warren_core::protocol::ClientFrame::Push { commits } = f {
+            seqs.extend(commits.iter().map(|c| c.seq));
+        }
+    }
+    assert_eq!(seqs, (1..=50).collect::<Vec<u64>>());
+}
+
+/// A write whose outbox entry could not be made durable is taken back: out of the
+/// outbox and the view, its sequence number given out again, and never sent.
+#[test]
+fn a_write_that_could_not_be_made_durable_is_taken_back() {
+    use warren_core::protocol::ServerFrame;
+    use warren_core::replica::Replica;
+    use warren_core::storage::MemoryStore;
+    let mut r = Replica::open(MemoryStore::new(), "c", Some(SCHEMA)).unwrap();
+    r.set_auth(user("ann"));
+    let add = |i: i64| warren_core::Op::Call {
+        function: "addTodo".into(),
+        args: obj([
+            ("id", format!("t{i}").into()),
+            ("title", "x".into()),
+            ("created", Value::Int(i)),
+        ]),
+    };
+    r.mutate(add(1), 0).unwrap();
+    let second = r.mutate(add(2), 0).unwrap();
+    assert_eq!(
+        r.forget(1).unwrap_err().code,
+        ErrorCode::InvalidArgument,
+        "only the last"
+    );
+    r.forget(second.seq).unwrap();
+    assert_eq!(
+        r.pending().iter().map(|p| p.seq).collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert_eq!(
+        r.query("Todo.all().map(.id)").unwrap(),
+        Value::Array(vec!["t1".into()])
+    );
+    // Reopened, the outbox says the same, and the next write takes the freed number.
+    let mut r = Replica::open(r.into_store(), "c", None).unwrap();
+    r.set_auth(user("ann"));
+    assert_eq!(r.pending().len(), 1);
+    assert_eq!(r.mutate(add(3), 0).unwrap().seq, 2);
+    let version = r.schema().unwrap().version().to_owned();
+    r.handle(ServerFrame::Welcome {
+        schema_version: version,
+        schema_source: SCHEMA.into(),
+        position: 0,
+        applied_seq: 0,
+        partitions: vec![],
+    })
+    .unwrap();
+    let sent: Vec<String> = r
+        .outgoing()
+        .iter()
+        .flat_map(|f| match f {
+            warren_core::protocol::ClientFrame::Push { commits } => {
+                commits.iter().map(|c| format!("{:?}", c.op)).collect()
+            }
+            _ => vec![],
+        })
+        .collect();
+    assert_eq!(sent.len(), 2);
+    assert!(
+        !sent.iter().any(|s| s.contains("t2")),
+        "the taken-back write is never sent"
+    );
+}

@@ -53,6 +53,21 @@ fn from_js(v: JsValue) -> Result<Value, Error> {
     Value::from_json(&j)
 }
 
+/// `navigator.storage.persist()`, where the browser has it.
+async fn persist() -> bool {
+    let Some(storage) = web_sys::window().map(|w| w.navigator().storage()) else {
+        return false;
+    };
+    match storage.persist() {
+        Ok(p) => wasm_bindgen_futures::JsFuture::from(p)
+            .await
+            .ok()
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
 fn now_ms() -> i64 {
     js_sys::Date::now() as i64
 }
@@ -76,6 +91,9 @@ struct Status {
     online: Cell<bool>,
     last_sync: Cell<f64>,
     listener: RefCell<Option<Function>>,
+    /// `() => Promise<string>`: a fresh token when the server says the current one
+    /// expired.
+    token_provider: RefCell<Option<Function>>,
 }
 
 impl Status {
@@ -103,6 +121,8 @@ struct Actor {
     tx: UnboundedSender<Cmd>,
     status: Rc<Status>,
     ws: Option<(WebSocket, Vec<EventListener>)>,
+    /// The server refused the token as expired: get a new one before reconnecting.
+    token_expired: bool,
     backoff_ms: f64,
     retry: Option<Timeout>,
     _heartbeat: Option<Interval>,
@@ -122,6 +142,9 @@ impl Warren {
         schema: Option<String>,
         auth: JsValue,
     ) -> Result<Warren, JsValue> {
+        // Ask the browser to keep this origin's data under storage pressure; whether it
+        // agreed is reported as a `persisted` event (browsers may say no).
+        let persisted = persist().await;
         let mut store = IdbStore::open(&db).await.map_err(|e| js_error(&e))?;
         // The replica's own keys are small and needed at once; documents load later.
         for space in [b'X', b'O', b'K'] {
@@ -162,11 +185,13 @@ impl Warren {
             tx: tx.clone(),
             status: status.clone(),
             ws: None,
+            token_expired: false,
             backoff_ms: 100.0,
             retry: None,
             _heartbeat: Some(hb),
             _online_listeners: listeners,
         };
+        status.emit("persisted", JsValue::from_bool(persisted));
         wasm_bindgen_futures::spawn_local(actor.run(rx));
         if online {
             let _ = tx.unbounded_send(Cmd::Connect);
@@ -246,6 +271,13 @@ impl Warren {
         *self.status.listener.borrow_mut() = Some(f);
     }
 
+    /// Sets `() => Promise<string>`, called for a fresh token when the server refuses
+    /// the current one as expired; the client then reconnects with it at once.
+    #[wasm_bindgen(js_name = setTokenProvider)]
+    pub fn set_token_provider(&self, f: Function) {
+        *self.status.token_provider.borrow_mut() = Some(f);
+    }
+
     /// Stops syncing.
     pub fn close(&self) {
         self.tx.close_channel();
@@ -275,6 +307,9 @@ impl Actor {
             }
             Cmd::Frame(bytes) => {
                 let frame = ServerFrame::decode(&bytes)?;
+                if let ServerFrame::Error { code, .. } = &frame {
+                    self.token_expired |= code == "TOKEN_EXPIRED";
+                }
                 self.prepare_for(&frame).await?;
                 let welcomed = matches!(frame, ServerFrame::Welcome { .. });
                 self.replica.handle(frame)?;
@@ -296,6 +331,15 @@ impl Actor {
                 self.replica.disconnected();
                 self.status.connected.set(false);
                 self.status.emit("status", JsValue::from_str("offline"));
+                if self.token_expired && self.status.online.get() {
+                    self.token_expired = false;
+                    if let Some(token) = self.fresh_token().await {
+                        self.token = token;
+                        self.backoff_ms = 100.0;
+                        self.connect();
+                        return Ok(());
+                    }
+                }
                 if self.status.online.get() {
                     // Full jitter over an exponential backoff, capped at 30 s.
                     let wait = (js_sys::Math::random() * self.backoff_ms) as u32 + 50;
@@ -336,6 +380,17 @@ impl Actor {
         Ok(())
     }
 
+    /// Asks the app's token provider for a new token.
+    async fn fresh_token(&self) -> Option<String> {
+        let f = self.status.token_provider.borrow().clone()?;
+        let p = f.call0(&JsValue::NULL).ok()?;
+        let v = match p.dyn_into::<js_sys::Promise>() {
+            Ok(p) => wasm_bindgen_futures::JsFuture::from(p).await.ok()?,
+            Err(v) => v,
+        };
+        v.as_string()
+    }
+
     /// Loads what `ranges` need until a run of `f` reads nothing unloaded.
     async fn settle<T>(
         &mut self,
@@ -359,7 +414,14 @@ impl Actor {
         // A dry run loads what the write reads; the real run then reads only the cache.
         let _ = self.settle(|r| r.dry_run(op.clone(), now)).await???;
         let local = self.replica.mutate(op, now)?;
-        self.replica.store_mut().flush().await?;
+        if let Err(e) = self.replica.store_mut().flush().await {
+            // Not durable, so not made: take it back before anyone sends it. Everything
+            // written before stays (it was flushed already).
+            self.replica.forget(local.seq)?;
+            let _ = self.replica.store_mut().flush().await;
+            self.report();
+            return Err(e);
+        }
         self.report();
         Ok((local.seq, local.result))
     }

@@ -36,14 +36,20 @@ use crate::migrations;
 pub const KV: &str = "kv";
 
 /// A storage error from IndexedDB, keeping the DOMException's name (for example
-/// `QuotaExceededError`), so a caller can tell a full disk from a bug.
-fn js_err(what: &str, e: JsValue) -> Error {
+/// `QuotaExceededError`, which becomes `QUOTA_EXCEEDED`), so a caller can tell a full
+/// disk from a bug.
+pub fn js_err(what: &str, e: JsValue) -> Error {
     let name = e
         .dyn_ref::<web_sys::DomException>()
         .map(|d| d.name())
         .or_else(|| e.as_string())
         .unwrap_or_else(|| format!("{e:?}"));
-    Error::new(ErrorCode::Storage, format!("IndexedDB {what}: {name}"))
+    let code = if name == "QuotaExceededError" {
+        ErrorCode::QuotaExceeded
+    } else {
+        ErrorCode::Storage
+    };
+    Error::new(code, format!("IndexedDB {what}: {name}"))
 }
 
 /// Awaits an IndexedDB request's result.
@@ -179,7 +185,9 @@ pub struct IdbStore {
     cache: MemoryStore,
     loaded: Vec<KeyRange>,
     misses: RefCell<Vec<KeyRange>>,
-    pending: Batch,
+    /// Writes not yet in IndexedDB, by key: a later write replaces an earlier one, so a
+    /// write taken back before it was flushed costs nothing.
+    pending: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl IdbStore {
@@ -196,7 +204,7 @@ impl IdbStore {
             cache: MemoryStore::new(),
             loaded: Vec::new(),
             misses: RefCell::new(Vec::new()),
-            pending: Batch::new(),
+            pending: Default::default(),
         })
     }
 
@@ -308,7 +316,7 @@ impl IdbStore {
             .transaction_with_str_and_mode(KV, IdbTransactionMode::Readwrite)
             .map_err(|e| js_err("write transaction", e))?;
         let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
-        for (k, v) in &self.pending.ops {
+        for (k, v) in &self.pending {
             let r = match v {
                 Some(v) => store.put_with_key(&key(v), &key(k)).map(|_| ()),
                 None => store.delete(&key(k)).map(|_| ()),
@@ -319,7 +327,7 @@ impl IdbStore {
             }
         }
         complete(&tx).await.map_err(|e| js_err("commit", e))?;
-        self.pending = Batch::new();
+        self.pending.clear();
         Ok(())
     }
 
@@ -349,7 +357,9 @@ impl Storage for IdbStore {
     }
 
     fn apply(&mut self, batch: Batch) -> Result<(), Error> {
-        self.pending.ops.extend(batch.ops.iter().cloned());
+        for (k, v) in &batch.ops {
+            self.pending.insert(k.clone(), v.clone());
+        }
         self.cache.apply(batch)
     }
 }

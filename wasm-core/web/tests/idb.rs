@@ -162,3 +162,19 @@ async fn ten_thousand_records_round_trip() {
     s.close();
     IdbStore::delete(name).await.unwrap();
 }
+
+/// The browser's QuotaExceededError becomes QUOTA_EXCEEDED; other failures keep their
+/// DOMException name in a STORAGE_ERROR.
+#[wasm_bindgen_test]
+fn indexeddb_errors_keep_their_meaning() {
+    use warren_core::ErrorCode;
+    let quota =
+        web_sys::DomException::new_with_message_and_name("full", "QuotaExceededError").unwrap();
+    let e = warren_web::idb::js_err("commit", quota.into());
+    assert_eq!(e.code, ErrorCode::QuotaExceeded);
+    let other =
+        web_sys::DomException::new_with_message_and_name("gone", "InvalidStateError").unwrap();
+    let e = warren_web::idb::js_err("commit", other.into());
+    assert_eq!(e.code, ErrorCode::Storage);
+    assert!(e.message.contains("InvalidStateError"), "{}", e.message);
+}
