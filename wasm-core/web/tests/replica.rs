@@ -1,0 +1,174 @@
+//! The client replica on IndexedDB, in a real browser: the outbox, the base and the
+//! cursors are in IndexedDB, so closing and reopening the database (a reload, a crashed
+//! tab) resumes exactly where it was.
+#![cfg(target_arch = "wasm32")]
+
+use warren_core::exec::Op;
+use warren_core::protocol::{ClientFrame, ServerFrame, SnapshotDoc};
+use warren_core::replica::Replica;
+use warren_core::storage::KeyRange;
+use warren_core::value::obj;
+use warren_core::{Schema, Value};
+use warren_web::IdbStore;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const SCHEMA: &str = r#"
+collection Todo {
+  partition "user:" + doc.owner
+  index byOwner [owner, created]
+  allow read   partition == "user:" + auth.sub
+  allow create doc.owner == auth.sub
+  allow update old.owner == auth.sub
+}
+function add(id, title, created) { Todo.create({ id, owner: auth.sub, title, created }) }
+"#;
+
+/// Opens the replica as the browser driver does: the replica's own keys first.
+async fn open(name: &str) -> Replica<IdbStore> {
+    let mut store = IdbStore::open(name).await.unwrap();
+    for space in [b'X', b'O', b'K'] {
+        store.load(&KeyRange::prefix(&[space])).await.unwrap();
+    }
+    let mut r = Replica::open(store, "tab-1", Some(SCHEMA)).unwrap();
+    r.set_auth(obj([("sub", "ann".into())]));
+    r
+}
+
+/// Runs `f` until it reads nothing the store had not loaded, loading what it missed.
+async fn settled<T>(
+    r: &mut Replica<IdbStore>,
+    mut f: impl FnMut(&mut Replica<IdbStore>) -> T,
+) -> T {
+    loop {
+        let out = f(r);
+        let misses = r.store().take_misses();
+        if misses.is_empty() {
+            return out;
+        }
+        for m in misses {
+            r.store_mut().load(&m).await.unwrap();
+        }
+        r.invalidate();
+    }
+}
+
+fn add(i: i64) -> Op {
+    Op::Call {
+        function: "add".into(),
+        args: obj([
+            ("id", format!("t{i}").into()),
+            ("title", "x".into()),
+            ("created", Value::Int(i)),
+        ]),
+    }
+}
+
+#[wasm_bindgen_test]
+async fn the_outbox_survives_closing_the_database() {
+    let name = "replica-outbox";
+    IdbStore::delete(name).await.unwrap();
+    let mut r = open(name).await;
+    for i in 1..=3 {
+        settled(&mut r, |r| r.dry_run(add(i), 0))
+            .await
+            .unwrap()
+            .unwrap();
+        r.mutate(add(i), 0).unwrap();
+        r.store_mut().flush().await.unwrap();
+    }
+    r.into_store().close();
+
+    let mut r = open(name).await;
+    assert_eq!(
+        r.pending().iter().map(|p| p.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    let view = settled(&mut r, |r| r.query("Todo.all().map(.id)"))
+        .await
+        .unwrap();
+    assert_eq!(view, Value::parse_json(r#"["t1","t2","t3"]"#).unwrap());
+    // Resent in order once a connection is welcomed.
+    let version = r.schema().unwrap().version().to_owned();
+    r.handle(ServerFrame::Welcome {
+        schema_version: version,
+        schema_source: SCHEMA.into(),
+        position: 0,
+        applied_seq: 0,
+        partitions: vec![],
+    })
+    .unwrap();
+    let seqs: Vec<u64> = r
+        .outgoing()
+        .into_iter()
+        .flat_map(|f| match f {
+            ClientFrame::Push { commits } => commits.into_iter().map(|c| c.seq).collect(),
+            _ => vec![],
+        })
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    r.into_store().close();
+    IdbStore::delete(name).await.unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn the_base_and_cursors_survive_and_load_lazily() {
+    let name = "replica-base";
+    IdbStore::delete(name).await.unwrap();
+    let mut r = open(name).await;
+    let version = Schema::parse(SCHEMA).unwrap().version().to_owned();
+    r.handle(ServerFrame::Welcome {
+        schema_version: version,
+        schema_source: SCHEMA.into(),
+        position: 7,
+        applied_seq: 0,
+        partitions: vec!["user:ann".into()],
+    })
+    .unwrap();
+    let docs = (0..50)
+        .map(|i| SnapshotDoc {
+            collection: "Todo".into(),
+            id: format!("s{i:02}"),
+            version: 7,
+            data: obj([("owner", "ann".into()), ("created", Value::Int(i))]),
+        })
+        .collect();
+    settled(&mut r, |r| {
+        // Loading what the snapshot clears happens before; it reads the partition.
+        r.store().take_misses();
+    })
+    .await;
+    r.store_mut()
+        .load(&KeyRange::prefix(&warren_core::keys::partition_prefix(
+            "user:ann",
+        )))
+        .await
+        .unwrap();
+    r.handle(ServerFrame::Snapshot {
+        partition: "user:ann".into(),
+        position: 7,
+        docs,
+    })
+    .unwrap();
+    r.store_mut().flush().await.unwrap();
+    r.into_store().close();
+
+    let mut r = open(name).await;
+    assert_eq!(r.partitions().unwrap(), vec![("user:ann".to_string(), 7)]);
+    // Documents were not loaded at open; the query loads what it reads.
+    let top = settled(&mut r, |r| {
+        r.query("Todo.byOwner(\"ann\").order(desc(.created)).take(3).map(.id)")
+    })
+    .await
+    .unwrap();
+    assert_eq!(top, Value::parse_json(r#"["s49","s48","s47"]"#).unwrap());
+    assert_eq!(
+        settled(&mut r, |r| r.query("Todo.all().count()"))
+            .await
+            .unwrap(),
+        Value::Int(50)
+    );
+    r.into_store().close();
+    IdbStore::delete(name).await.unwrap();
+}
