@@ -7,7 +7,9 @@
 // 3. The network is cut mid-sync: the server is killed (SIGKILL) while pushes are in
 //    flight, then restarted; every write lands exactly once.
 // 4. An expired token is refreshed through the app's callback.
-// 5. The tab crashes (the browser is killed): the outbox survives and drains.
+// 5. Storage pressure: past the origin's quota a write fails with QUOTA_EXCEEDED, and
+//    everything written before it survives a reload and syncs.
+// 6. The tab crashes (the browser is killed): the outbox survives and drains.
 //
 // Run by .ci/test-browser after .ci/build-wasm and a debug build of the server.
 import { spawn, execFileSync, spawnSync } from "node:child_process";
@@ -175,7 +177,44 @@ try {
   const carolDocs = (await pull("carol")).snapshots.flatMap((s) => s.docs);
   check("an expired token is refreshed through the callback", carolDocs.length === 1);
 
-  // 5. The tab crashes: the browser process is killed with writes in the outbox.
+  // 5. Storage pressure: a fresh profile whose origin gets a small quota before the
+  //    database exists; a write past it fails with QUOTA_EXCEEDED, and everything
+  //    written before it survives a reload and syncs.
+  const erinCtx = await profile("erin");
+  const blank = erinCtx.pages()[0] || await erinCtx.newPage();
+  const cdp = await erinCtx.newCDPSession(blank);
+  const origin = new URL(pageBase).origin;
+  await cdp.send("Storage.overrideQuotaForOrigin", { origin, quotaSize: 600 * 1024 });
+  const erin = await openPage(erinCtx, "erin", { offline: "1" });
+  const outcome = await erin.evaluate(async () => {
+    // Random text: the browser compresses large values, so repeated text would fit.
+    const random = () => {
+      const b = new Uint8Array(45 * 1024);
+      crypto.getRandomValues(b);
+      return btoa(String.fromCharCode(...b));
+    };
+    let ok = 0;
+    for (let i = 0; i < 100; i++) {
+      try { await window.db.call("addTodo", { title: `big ${i} ${random()}` }); ok++; }
+      catch (e) { return { ok, code: e.code, pending: window.db.pending() }; }
+    }
+    return { ok, code: null };
+  });
+  check("a write over the quota fails with QUOTA_EXCEEDED", outcome.code === "QUOTA_EXCEEDED" && outcome.ok > 0, JSON.stringify(outcome));
+  check("the refused write is not in the outbox", outcome.pending === outcome.ok, JSON.stringify(outcome));
+  const erinUrl = new URL(erin.url());
+  await erin.reload();
+  await erin.evaluate(() => window.ready);
+  check("everything written before the quota survives a reload", (await erin.evaluate(() => window.db.pending())) === outcome.ok);
+  await cdp.send("Storage.overrideQuotaForOrigin", { origin });
+  erinUrl.searchParams.delete("offline");
+  await erin.goto(erinUrl.toString());
+  await erin.evaluate(() => window.ready);
+  await until("erin's writes to drain", async () => (await erin.evaluate(() => window.db.pending())) === 0, 60000);
+  check("the server has each of them once", (await pull("erin")).snapshots.flatMap((s) => s.docs).length === outcome.ok);
+  await erinCtx.close();
+
+  // 6. The tab crashes: the browser process is killed with writes in the outbox.
   let daveCtx = await profile("dave");
   let dave = await openPage(daveCtx, "dave");
   await dave.evaluate(() => window.db.setOnline(false));
