@@ -142,6 +142,15 @@ async fn verify(s: &AppState, headers: &HeaderMap) -> Result<Value, AppError> {
     })
 }
 
+/// The answer when the server is stopping.
+fn stopping() -> AppError {
+    AppError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        codes::SHUTTING_DOWN,
+        "the server is stopping",
+    )
+}
+
 fn check_client_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
         Err("a client id is 1 to 128 bytes with no control characters".into())
@@ -243,13 +252,7 @@ async fn push(
                 seq,
                 reply: tx,
             })
-            .map_err(|_| {
-                AppError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    codes::SHUTTING_DOWN,
-                    "the server is stopping",
-                )
-            })?;
+            .map_err(|_| stopping())?;
         s.seq
             .send(Commit {
                 client_id: client_id.clone(),
@@ -260,13 +263,7 @@ async fn push(
                 op,
             })
             .await
-            .map_err(|_| {
-                AppError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    codes::SHUTTING_DOWN,
-                    "the server is stopping",
-                )
-            })?;
+            .map_err(|_| stopping())?;
         waits.push((seq, rx));
     }
     let mut outcomes = Vec::new();
@@ -314,13 +311,7 @@ async fn pull(
             partitions,
             reply: tx,
         })
-        .map_err(|_| {
-            AppError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codes::SHUTTING_DOWN,
-                "the server is stopping",
-            )
-        })?;
+        .map_err(|_| stopping())?;
     let frames = rx
         .await
         .map_err(|_| {

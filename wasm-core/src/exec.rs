@@ -490,13 +490,7 @@ pub fn query(
     }
     check_input(auth, limits)?;
     let block = parse_block(source)?;
-    let ctx = Context {
-        auth: auth.clone(),
-        now,
-        client_id: String::new(),
-        client_seq: 0,
-        position: position(store)?,
-    };
+    let ctx = Context::reader(auth, now, position(store)?);
     let mut ev = Evaluator::new(schema, store, limits, &ctx, Mode::Query);
     let v = ev.run_block(&block)?;
     let v = ev.materialize(v)?;
@@ -514,16 +508,7 @@ pub fn can_read_partition(
     auth: &Value,
     limits: &Limits,
 ) -> Result<bool, Error> {
-    let coll = schema.collection(collection)?;
-    let ctx = Context {
-        auth: auth.clone(),
-        now: 0,
-        client_id: String::new(),
-        client_seq: 0,
-        position: position(store)?,
-    };
-    let mut ev = Evaluator::new(schema, store, limits, &ctx, Mode::Query);
-    ev.can_read(coll, partition)
+    read_rule_with_reads(store, schema, collection, partition, auth, limits).map(|(ok, _)| ok)
 }
 
 /// Like [`can_read_partition`], and also what the rule read: a write to any of it may
@@ -537,13 +522,7 @@ pub fn read_rule_with_reads(
     limits: &Limits,
 ) -> Result<(bool, crate::eval::ReadSet), Error> {
     let coll = schema.collection(collection)?;
-    let ctx = Context {
-        auth: auth.clone(),
-        now: 0,
-        client_id: String::new(),
-        client_seq: 0,
-        position: 0,
-    };
+    let ctx = Context::reader(auth, 0, 0);
     let mut ev = Evaluator::new(schema, store, limits, &ctx, Mode::Query);
     ev.reads = Some(Default::default());
     let ok = ev.can_read(coll, partition)?;

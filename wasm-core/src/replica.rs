@@ -293,14 +293,7 @@ impl<S: Storage> Replica<S> {
     pub fn dry_run(&mut self, op: Op, now: i64) -> Result<Result<Value, Error>, Error> {
         let schema = self.schema_or_err()?;
         self.rebase_if_stale()?;
-        let commit = Commit {
-            client_id: self.client_id.clone(),
-            client_seq: self.next_seq,
-            schema_version: schema.version().to_owned(),
-            timestamp: now,
-            auth: self.auth.clone(),
-            op,
-        };
+        let commit = self.next_commit(&schema, op, now);
         let overlay = Overlay::with_writes(&self.store, std::mem::take(&mut self.view));
         let run = exec::execute_optimistic(&overlay, &schema, &commit, 0, &self.limits);
         self.view = overlay.into_writes();
@@ -321,6 +314,19 @@ impl<S: Storage> Replica<S> {
         Ok(out)
     }
 
+    /// The commit a write made now would be: the next sequence number, the client's
+    /// claims and clock.
+    fn next_commit(&self, schema: &Schema, op: Op, now: i64) -> Commit {
+        Commit {
+            client_id: self.client_id.clone(),
+            client_seq: self.next_seq,
+            schema_version: schema.version().to_owned(),
+            timestamp: now,
+            auth: self.auth.clone(),
+            op,
+        }
+    }
+
     fn schema_or_err(&self) -> Result<Arc<Schema>, Error> {
         self.schema.clone().ok_or_else(|| {
             Error::new(
@@ -338,14 +344,7 @@ impl<S: Storage> Replica<S> {
         let schema = self.schema_or_err()?;
         self.now = now;
         self.rebase_if_stale()?;
-        let commit = Commit {
-            client_id: self.client_id.clone(),
-            client_seq: self.next_seq,
-            schema_version: schema.version().to_owned(),
-            timestamp: now,
-            auth: self.auth.clone(),
-            op,
-        };
+        let commit = self.next_commit(&schema, op, now);
         let overlay = Overlay::with_writes(&self.store, std::mem::take(&mut self.view));
         let run = exec::execute_optimistic(&overlay, &schema, &commit, 0, &self.limits);
         let mut overlay_view = overlay.into_writes();

@@ -86,6 +86,19 @@ pub struct Context {
     pub position: u64,
 }
 
+impl Context {
+    /// The context of a read (a query, a read rule): no commit, so no ids to make.
+    pub fn reader(auth: &Value, now: i64, position: u64) -> Context {
+        Context {
+            auth: auth.clone(),
+            now,
+            client_id: String::new(),
+            client_seq: 0,
+            position,
+        }
+    }
+}
+
 /// A runtime value: data, or one of the things only a running program holds.
 #[derive(Clone, Debug)]
 pub enum Val {
