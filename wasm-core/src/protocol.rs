@@ -214,6 +214,19 @@ fn finish(r: &Reader) -> Result<(), Error> {
     }
 }
 
+/// A reader past the version byte of a frame, refusing another protocol version.
+fn open_frame(bytes: &[u8]) -> Result<Reader<'_>, Error> {
+    let mut r = Reader::new(bytes);
+    let v = r.byte()?;
+    if v != PROTOCOL_VERSION {
+        return Err(Error::new(
+            ErrorCode::Corrupt,
+            format!("protocol version {v} is not supported (this side speaks {PROTOCOL_VERSION})"),
+        ));
+    }
+    Ok(r)
+}
+
 /// The protocol version of a frame, without decoding the rest (so a server can answer
 /// an unknown version with a clear error).
 pub fn frame_version(bytes: &[u8]) -> Option<u8> {
@@ -260,16 +273,7 @@ impl ClientFrame {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<ClientFrame, Error> {
-        let mut r = Reader::new(bytes);
-        let v = r.byte()?;
-        if v != PROTOCOL_VERSION {
-            return Err(Error::new(
-                ErrorCode::Corrupt,
-                format!(
-                    "protocol version {v} is not supported (this side speaks {PROTOCOL_VERSION})"
-                ),
-            ));
-        }
+        let mut r = open_frame(bytes)?;
         let f = match r.byte()? {
             F_HELLO => {
                 let client_id = r.string()?;
@@ -425,16 +429,7 @@ impl ServerFrame {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<ServerFrame, Error> {
-        let mut r = Reader::new(bytes);
-        let v = r.byte()?;
-        if v != PROTOCOL_VERSION {
-            return Err(Error::new(
-                ErrorCode::Corrupt,
-                format!(
-                    "protocol version {v} is not supported (this side speaks {PROTOCOL_VERSION})"
-                ),
-            ));
-        }
+        let mut r = open_frame(bytes)?;
         let f = match r.byte()? {
             F_WELCOME => {
                 let schema_version = r.string()?;

@@ -487,11 +487,7 @@ impl<S: Storage> Replica<S> {
         let mut chunk: Vec<ClientCommit> = Vec::new();
         let mut bytes = 0;
         for c in unsent {
-            let size = ClientFrame::Push {
-                commits: vec![c.clone()],
-            }
-            .encode()
-            .len();
+            let size = approx_size(&c);
             if !chunk.is_empty() && (chunk.len() == PUSH_CHUNK || bytes + size > PUSH_MAX_BYTES) {
                 frames.push(ClientFrame::Push {
                     commits: std::mem::take(&mut chunk),
@@ -761,6 +757,15 @@ impl<S: Storage> Replica<S> {
         }
         Ok(())
     }
+}
+
+/// About the bytes a commit takes in a `Push` (without encoding it).
+fn approx_size(c: &ClientCommit) -> usize {
+    let op = match &c.op {
+        Op::Call { function, args } => function.len() + args.encoded_len(),
+        Op::Run { source } => source.len(),
+    };
+    16 + c.schema_version.len() + op
 }
 
 /// Every entry of a range (the trait returns pages).

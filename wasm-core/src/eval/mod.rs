@@ -570,17 +570,20 @@ impl<'a> Evaluator<'a> {
     /// optional step (`?.`) met null: the rest of the chain is skipped, as in
     /// JavaScript (`a?.b.c` is null when `a` is null).
     fn chain(&mut self, e: &Expr, env: &Env) -> Result<Option<Val>, Error> {
-        let recv_of = |ev: &mut Self, recv: &Expr| -> Result<Option<Val>, Error> {
-            match recv.kind {
+        // The receiver, or `None` when the chain is skipped: an earlier `?.` met null, or
+        // this step is optional and its receiver is null.
+        let recv_of = |ev: &mut Self, recv: &Expr, optional: bool| -> Result<Option<Val>, Error> {
+            let r = match recv.kind {
                 ExprKind::Field { .. } | ExprKind::Method { .. } | ExprKind::Index { .. } => {
                     ev.charge(1).map_err(|x| x.or_at(recv.pos))?;
                     ev.enter().map_err(|x| x.or_at(recv.pos))?;
                     let r = ev.chain(recv, env).map_err(|x| x.or_at(recv.pos));
                     ev.depth -= 1;
-                    r
+                    r?
                 }
-                _ => ev.eval(recv, env).map(Some),
-            }
+                _ => Some(ev.eval(recv, env)?),
+            };
+            Ok(r.filter(|v| !(optional && matches!(v, Val::Data(Value::Null)))))
         };
         match &e.kind {
             ExprKind::Field {
@@ -588,12 +591,9 @@ impl<'a> Evaluator<'a> {
                 name,
                 optional,
             } => {
-                let Some(r) = recv_of(self, recv)? else {
+                let Some(r) = recv_of(self, recv, *optional)? else {
                     return Ok(None);
                 };
-                if *optional && matches!(r, Val::Data(Value::Null)) {
-                    return Ok(None);
-                }
                 self.field(&r, name).map(Some)
             }
             ExprKind::Method {
@@ -602,12 +602,9 @@ impl<'a> Evaluator<'a> {
                 args,
                 optional,
             } => {
-                let Some(r) = recv_of(self, recv)? else {
+                let Some(r) = recv_of(self, recv, *optional)? else {
                     return Ok(None);
                 };
-                if *optional && matches!(r, Val::Data(Value::Null)) {
-                    return Ok(None);
-                }
                 let mut vals = Vec::with_capacity(args.len());
                 for a in args {
                     vals.push(self.eval(a, env)?);
@@ -615,7 +612,7 @@ impl<'a> Evaluator<'a> {
                 self.method(r, name, vals).map(Some)
             }
             ExprKind::Index { recv, index } => {
-                let Some(r) = recv_of(self, recv)? else {
+                let Some(r) = recv_of(self, recv, false)? else {
                     return Ok(None);
                 };
                 let i = self.eval(index, env)?;
