@@ -12,6 +12,7 @@
 //! - [`gateway`]: axum routes: WebSocket sync, HTTP push and pull, health, metrics.
 //! - [`server`]: puts the parts together; start and graceful stop.
 //! - [`metrics`]: Prometheus counters.
+//! - [`web`]: optional static files (an app such as the demo) and development tokens.
 //! - [`client`]: a native client (the engine's replica over a WebSocket) for tests and
 //!   tools.
 
@@ -24,3 +25,4 @@ pub mod region;
 pub mod sequencer;
 pub mod server;
 pub mod store;
+pub mod web;

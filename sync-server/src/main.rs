@@ -17,6 +17,7 @@ use warren_server::auth::{self, AuthConfig, JwksSource};
 use warren_server::gateway::GatewayLimits;
 use warren_server::sequencer::SequencerOptions;
 use warren_server::server::{self, Config};
+use warren_server::web::WebOptions;
 
 /// The example schema `serve` runs when no schema file is given.
 const EXAMPLE_SCHEMA: &str = include_str!("../../demo/schema.warren");
@@ -92,9 +93,57 @@ struct ServeArgs {
     /// The most commits in one push.
     #[arg(long, env = "WARREN_MAX_COMMITS_PER_PUSH", default_value_t = 1000)]
     max_commits_per_push: usize,
-    /// Log as JSON lines.
-    #[arg(long, env = "WARREN_LOG_JSON")]
+    /// Frames queued for one connection before it is dropped as too slow.
+    #[arg(long, env = "WARREN_CONN_QUEUE", default_value_t = 4096)]
+    conn_queue: usize,
+    /// Bytes queued for one connection before it is dropped as too slow.
+    #[arg(long, env = "WARREN_CONN_QUEUE_BYTES", default_value_t = 8 << 20)]
+    conn_queue_bytes: usize,
+    /// Seconds a new connection has to send Hello.
+    #[arg(long, env = "WARREN_HELLO_TIMEOUT_SECS", default_value_t = 10)]
+    hello_timeout_secs: u64,
+    /// Seconds writing one frame may take before the connection is dropped.
+    #[arg(long, env = "WARREN_WRITE_TIMEOUT_SECS", default_value_t = 30)]
+    write_timeout_secs: u64,
+    /// Open sync connections, all identities together (0: no limit).
+    #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Open sync connections of one identity, the token's `sub` (0: no limit).
+    #[arg(long, env = "WARREN_MAX_CONNECTIONS_PER_IDENTITY", default_value_t = 64)]
+    max_connections_per_identity: usize,
+    /// Commits one identity may send per second, WebSocket and HTTP together (0: no
+    /// limit).
+    #[arg(long, env = "WARREN_COMMITS_PER_SEC", default_value_t = 200)]
+    commits_per_sec: u32,
+    /// Commits one identity may send at once (at least --max-commits-per-push).
+    #[arg(long, env = "WARREN_COMMIT_BURST", default_value_t = 2000)]
+    commit_burst: u32,
+    /// Frames and HTTP requests one identity may send per second (0: no limit).
+    #[arg(long, env = "WARREN_FRAMES_PER_SEC", default_value_t = 200)]
+    frames_per_sec: u32,
+    /// Frames and HTTP requests one identity may send at once.
+    #[arg(long, env = "WARREN_FRAME_BURST", default_value_t = 1000)]
+    frame_burst: u32,
+    /// Log format: `text` (for people) or `json` (one object per line). Logs go to
+    /// stderr; WARREN_LOG sets the level (e.g. `info`, `warren_server=debug`).
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Same as --log-format json (kept for compatibility).
+    #[arg(long, env = "WARREN_LOG_JSON", hide = true)]
     log_json: bool,
+    /// Serve the files under this directory at `/` (an app, such as the demo).
+    #[arg(long, env = "WARREN_STATIC_DIR")]
+    static_dir: Option<PathBuf>,
+    /// DEVELOPMENT ONLY: mint a token for any user at `POST /v1/dev/token` (anyone
+    /// can then sign in as anyone). Needs the HS256 secret.
+    #[arg(long, env = "WARREN_DEV_TOKENS")]
+    dev_tokens: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args)]
@@ -186,13 +235,18 @@ fn token(t: TokenArgs) -> ExitCode {
 fn serve(s: ServeArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if s.log_json {
+    // Logs go to stderr: stdout carries only the "serving on" line.
+    if s.log_json || s.log_format == LogFormat::Json {
         tracing_subscriber::fmt()
             .json()
+            .with_writer(std::io::stderr)
             .with_env_filter(filter)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init();
     }
     let schema = match std::fs::read_to_string(&s.schema) {
         Ok(src) => src,
@@ -229,6 +283,23 @@ fn serve(s: ServeArgs) -> ExitCode {
             }
         },
     };
+    if s.dev_tokens && hs256_secret.is_none() {
+        eprintln!("error: --dev-tokens needs an HS256 secret (it mints HS256 tokens)");
+        return ExitCode::from(2);
+    }
+    if s.dev_tokens {
+        tracing::warn!("DEVELOPMENT MODE: anyone can get a token for any user at /v1/dev/token");
+    }
+    let web = WebOptions {
+        static_dir: s.static_dir.clone(),
+        dev_token_secret: if s.dev_tokens {
+            hs256_secret.clone()
+        } else {
+            None
+        },
+        issuer: s.secret.issuer.clone(),
+        audience: s.secret.audience.clone(),
+    };
     let config = Config {
         data_dir: s.secret.data_dir.clone(),
         schema,
@@ -247,7 +318,16 @@ fn serve(s: ServeArgs) -> ExitCode {
         gateway: GatewayLimits {
             max_frame_bytes: s.max_frame_bytes,
             max_commits_per_push: s.max_commits_per_push,
-            ..GatewayLimits::default()
+            conn_queue: s.conn_queue,
+            conn_queue_bytes: s.conn_queue_bytes,
+            hello_timeout: Duration::from_secs(s.hello_timeout_secs),
+            write_timeout: Duration::from_secs(s.write_timeout_secs),
+            max_connections: s.max_connections,
+            max_connections_per_identity: s.max_connections_per_identity,
+            commits_per_sec: s.commits_per_sec,
+            commit_burst: s.commit_burst,
+            frames_per_sec: s.frames_per_sec,
+            frame_burst: s.frame_burst,
         },
         store_sync_every: s.store_sync_every,
     };
@@ -266,7 +346,7 @@ fn serve(s: ServeArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let running = match server::start(config, listener).await {
+        let running = match server::start_with_web(config, listener, web).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("error: {e}");

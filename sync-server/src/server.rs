@@ -13,6 +13,7 @@
 //! every connection, let the sequencer finish its queue (its last batch is synced and
 //! applied), stop the region (the store is synced), join both threads.
 
+use crate::web::WebOptions;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -103,6 +104,15 @@ impl Running {
 
 /// Starts a server on `listener`.
 pub async fn start(config: Config, listener: TcpListener) -> Result<Running, StartError> {
+    start_with_web(config, listener, WebOptions::default()).await
+}
+
+/// [`start`], also serving the optional web parts (static files, dev tokens).
+pub async fn start_with_web(
+    config: Config,
+    listener: TcpListener,
+    web: WebOptions,
+) -> Result<Running, StartError> {
     let schema = Arc::new(Schema::parse(&config.schema).map_err(|e| start_err("schema", e))?);
     std::fs::create_dir_all(&config.data_dir).map_err(|e| start_err("data directory", e))?;
     let (log, recovery) = FileLog::open(config.data_dir.join("log"), FileLogOptions::default())
@@ -171,7 +181,7 @@ pub async fn start(config: Config, listener: TcpListener) -> Result<Running, Sta
     let addr = listener
         .local_addr()
         .map_err(|e| start_err("listener", e))?;
-    let app = gateway::app(state);
+    let app = gateway::app(state).merge(crate::web::router(web));
     let mut stop = shutdown_rx;
     let serve = tokio::spawn(async move {
         axum::serve(listener, app)

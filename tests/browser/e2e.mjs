@@ -117,7 +117,7 @@ try {
   const annCtx = await profile("ann");
   let ann = await openPage(annCtx, "ann");
   for (const t of ["milk", "bread", "eggs"]) {
-    await ann.evaluate((t) => window.db.call("addTodo", { title: t }), t);
+    await ann.evaluate((t) => window.call("addTodo", { title: t }), t);
   }
   check("writes succeed offline and wait in the outbox", (await ann.evaluate(() => window.db.pending())) === 3);
   await ann.reload();
@@ -134,21 +134,21 @@ try {
   // 2. Another user's browser never receives or stores ann's documents.
   const bobCtx = await profile("bob");
   const bob = await openPage(bobCtx, "bob");
-  await bob.evaluate(() => window.db.call("addTodo", { title: "bob's" }));
+  await bob.evaluate(() => window.call("addTodo", { title: "bob's" }));
   await until("bob to sync", async () => (await bob.evaluate(() => window.db.pending())) === 0);
   const bobSees = await bob.evaluate(() => window.db.query("Todo.all().map(.title)"));
   check("bob sees only his own", JSON.stringify(bobSees) === '["bob\'s"]', JSON.stringify(bobSees));
   const bobKeys = await bob.evaluate(() => window.storedKeys());
   check("bob's IndexedDB holds nothing of ann's partition", bobKeys.length > 0 && !bobKeys.some((k) => k.includes("user:ann")), JSON.stringify(bobKeys.filter((k) => k.includes("ann"))));
   const refused = await bob.evaluate(async () => {
-    try { await window.db.run('Todo.create({ owner: "ann", title: "evil", created: 0 })'); return "accepted"; }
+    try { await window.run('Todo.create({ owner: "ann", title: "evil", created: 0 })'); return "accepted"; }
     catch (e) { return e.code; }
   });
   check("a forbidden write is refused at once with its code", refused === "PERMISSION_DENIED", refused);
 
   // 3. The server is killed while pushes are in flight.
   for (let i = 0; i < 40; i++) {
-    ann.evaluate((i) => window.db.call("addTodo", { title: `burst ${i}` }), i).catch(() => {});
+    ann.evaluate((i) => window.call("addTodo", { title: `burst ${i}` }), i).catch(() => {});
   }
   await new Promise((r) => setTimeout(r, 30));
   await killServer("SIGKILL");
@@ -171,7 +171,7 @@ try {
     token: jwt({ sub: "carol", iat: now - 7200, exp: now - 3600 }),
     fresh: token("carol"),
   });
-  await carol.evaluate(() => window.db.call("addTodo", { title: "with a fresh token" }));
+  await carol.evaluate(() => window.call("addTodo", { title: "with a fresh token" }));
   await until("carol to sync with a refreshed token", async () =>
     (await carol.evaluate(() => window.db.connected() && window.db.pending() === 0)));
   const carolDocs = (await pull("carol")).snapshots.flatMap((s) => s.docs);
@@ -195,7 +195,7 @@ try {
     };
     let ok = 0;
     for (let i = 0; i < 100; i++) {
-      try { await window.db.call("addTodo", { title: `big ${i} ${random()}` }); ok++; }
+      try { await window.call("addTodo", { title: `big ${i} ${random()}` }); ok++; }
       catch (e) { return { ok, code: e.code, pending: window.db.pending() }; }
     }
     return { ok, code: null };
@@ -218,7 +218,7 @@ try {
   let daveCtx = await profile("dave");
   let dave = await openPage(daveCtx, "dave");
   await dave.evaluate(() => window.db.setOnline(false));
-  for (const t of ["one", "two"]) await dave.evaluate((t) => window.db.call("addTodo", { title: t }), t);
+  for (const t of ["one", "two"]) await dave.evaluate((t) => window.call("addTodo", { title: t }), t);
   spawnSync("pkill", ["-9", "-f", join(work, "profile-dave")]);
   await daveCtx.close().catch(() => {});
   daveCtx = await profile("dave");

@@ -68,13 +68,26 @@ async fn persist() -> bool {
     }
 }
 
+fn closed() -> JsValue {
+    js_error(&Error::new(ErrorCode::Storage, "the database is closed"))
+}
+
 fn now_ms() -> i64 {
     js_sys::Date::now() as i64
 }
 
+/// A write's two answers: its optimistic result as soon as it is applied to the view,
+/// then whether it became durable in IndexedDB.
+struct MutateReply {
+    applied: oneshot::Sender<Result<(u64, Value), Error>>,
+    durable: oneshot::Sender<Result<(), Error>>,
+}
+
 enum Cmd {
-    Mutate(Op, oneshot::Sender<Result<(u64, Value), Error>>),
+    Mutate(Op, MutateReply),
     Query(String, oneshot::Sender<Result<Value, Error>>),
+    Subscribe(String, oneshot::Sender<Result<(u64, Value), Error>>),
+    Unsubscribe(u64),
     Frame(Vec<u8>),
     Opened,
     Closed,
@@ -91,12 +104,34 @@ struct Status {
     online: Cell<bool>,
     last_sync: Cell<f64>,
     listener: RefCell<Option<Function>>,
+    /// The last `(online, connected, pending, last_sync)` reported as a `status` event.
+    reported: Cell<Option<(bool, bool, u32, f64)>>,
     /// `() => Promise<string>`: a fresh token when the server says the current one
     /// expired.
     token_provider: RefCell<Option<Function>>,
 }
 
 impl Status {
+    /// Emits a `status` event if anything in it changed since the last one.
+    fn emit_status(&self) {
+        let now = (
+            self.online.get(),
+            self.connected.get(),
+            self.pending.get(),
+            self.last_sync.get(),
+        );
+        if self.reported.get() == Some(now) {
+            return;
+        }
+        self.reported.set(Some(now));
+        let o = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&o, &"online".into(), &now.0.into());
+        let _ = js_sys::Reflect::set(&o, &"connected".into(), &now.1.into());
+        let _ = js_sys::Reflect::set(&o, &"pending".into(), &now.2.into());
+        let _ = js_sys::Reflect::set(&o, &"lastSync".into(), &now.3.into());
+        self.emit("status", o.into());
+    }
+
     fn emit(&self, kind: &str, detail: JsValue) {
         if let Some(f) = self.listener.borrow().as_ref() {
             let o = js_sys::Object::new();
@@ -199,9 +234,12 @@ impl Warren {
         Ok(Warren { tx, status })
     }
 
-    /// Calls a schema function. Resolves with `{seq, result}` once the commit is in
-    /// the IndexedDB outbox (its optimistic result); rejects with an `Error` whose
-    /// `code` says why when a rule or the function refuses it locally.
+    /// Calls a schema function. Resolves with `{seq, result, local}` as soon as the
+    /// commit is applied to the local view (`result` is its optimistic result);
+    /// `local` is a promise that resolves once the commit is in the IndexedDB outbox
+    /// (and rejects, the commit taken back, if it could not be stored). Rejects with
+    /// an `Error` whose `code` says why when a rule or the function refuses it
+    /// locally.
     pub async fn call(&self, function: String, args: JsValue) -> Result<JsValue, JsValue> {
         let args = from_js(args).map_err(|e| js_error(&e))?;
         self.mutate(Op::Call { function, args }).await
@@ -213,33 +251,66 @@ impl Warren {
     }
 
     async fn mutate(&self, op: Op) -> Result<JsValue, JsValue> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Cmd::Mutate(op, tx))?;
-        let (seq, result) = rx
+        let (applied, applied_rx) = oneshot::channel();
+        let (durable, durable_rx) = oneshot::channel();
+        self.send(Cmd::Mutate(op, MutateReply { applied, durable }))?;
+        let (seq, result) = applied_rx
             .await
-            .map_err(|_| js_error(&Error::new(ErrorCode::Storage, "the database is closed")))?
+            .map_err(|_| closed())?
             .map_err(|e| js_error(&e))?;
+        let local = wasm_bindgen_futures::future_to_promise(async move {
+            match durable_rx.await {
+                Ok(Ok(())) => Ok(JsValue::UNDEFINED),
+                Ok(Err(e)) => Err(js_error(&e)),
+                Err(_) => Err(closed()),
+            }
+        });
         let o = js_sys::Object::new();
         let _ = js_sys::Reflect::set(&o, &"seq".into(), &JsValue::from_f64(seq as f64));
         let _ = js_sys::Reflect::set(&o, &"result".into(), &to_js(&result));
+        let _ = js_sys::Reflect::set(&o, &"local".into(), &local);
         Ok(o.into())
+    }
+
+    /// Starts a live query over the local view. Resolves with `{id, value}` (its first
+    /// result); later results arrive as `changed` events with that id, only when they
+    /// differ from the last one.
+    pub async fn subscribe(&self, source: String) -> Result<JsValue, JsValue> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Subscribe(source, tx))?;
+        let (id, value) = rx.await.map_err(|_| closed())?.map_err(|e| js_error(&e))?;
+        let o = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&o, &"id".into(), &JsValue::from_f64(id as f64));
+        let _ = js_sys::Reflect::set(&o, &"value".into(), &to_js(&value));
+        Ok(o.into())
+    }
+
+    /// Stops a live query.
+    pub fn unsubscribe(&self, id: f64) {
+        let _ = self.tx.unbounded_send(Cmd::Unsubscribe(id as u64));
+    }
+
+    /// The current status: `{online, connected, pending, lastSync}`.
+    pub fn status(&self) -> JsValue {
+        let o = js_sys::Object::new();
+        let s = &self.status;
+        let _ = js_sys::Reflect::set(&o, &"online".into(), &s.online.get().into());
+        let _ = js_sys::Reflect::set(&o, &"connected".into(), &s.connected.get().into());
+        let _ = js_sys::Reflect::set(&o, &"pending".into(), &s.pending.get().into());
+        let _ = js_sys::Reflect::set(&o, &"lastSync".into(), &s.last_sync.get().into());
+        o.into()
     }
 
     /// Runs a query against the local view (no network).
     pub async fn query(&self, source: String) -> Result<JsValue, JsValue> {
         let (tx, rx) = oneshot::channel();
         self.send(Cmd::Query(source, tx))?;
-        let v = rx
-            .await
-            .map_err(|_| js_error(&Error::new(ErrorCode::Storage, "the database is closed")))?
-            .map_err(|e| js_error(&e))?;
+        let v = rx.await.map_err(|_| closed())?.map_err(|e| js_error(&e))?;
         Ok(to_js(&v))
     }
 
     fn send(&self, c: Cmd) -> Result<(), JsValue> {
-        self.tx
-            .unbounded_send(c)
-            .map_err(|_| js_error(&Error::new(ErrorCode::Storage, "the database is closed")))
+        self.tx.unbounded_send(c).map_err(|_| closed())
     }
 
     /// Commits not yet confirmed by the server.
@@ -290,6 +361,7 @@ impl Actor {
             if let Err(e) = self.step(cmd).await {
                 self.status.emit("server-error", js_error(&e));
             }
+            self.status.emit_status();
         }
         self.close_socket();
     }
@@ -297,14 +369,18 @@ impl Actor {
     async fn step(&mut self, cmd: Cmd) -> Result<(), Error> {
         match cmd {
             Cmd::Mutate(op, reply) => {
-                let r = self.mutate(op).await;
-                let _ = reply.send(r);
+                self.mutate(op, reply).await;
                 self.send_outgoing();
             }
             Cmd::Query(src, reply) => {
                 let r = self.query(&src).await;
                 let _ = reply.send(r);
             }
+            Cmd::Subscribe(src, reply) => {
+                let r = self.settle(|r| r.subscribe(&src)).await;
+                let _ = reply.send(r.and_then(|r| r));
+            }
+            Cmd::Unsubscribe(id) => self.replica.unsubscribe(id),
             Cmd::Frame(bytes) => {
                 let frame = ServerFrame::decode(&bytes)?;
                 if let ServerFrame::Error { code, .. } = &frame {
@@ -330,7 +406,6 @@ impl Actor {
                 self.ws = None;
                 self.replica.disconnected();
                 self.status.connected.set(false);
-                self.status.emit("status", JsValue::from_str("offline"));
                 if self.token_expired && self.status.online.get() {
                     self.token_expired = false;
                     if let Some(token) = self.fresh_token().await {
@@ -409,21 +484,44 @@ impl Actor {
         }
     }
 
-    async fn mutate(&mut self, op: Op) -> Result<(u64, Value), Error> {
+    /// Applies a write to the view and answers with its optimistic result at once
+    /// (live queries are notified then too), then makes it durable and answers again.
+    async fn mutate(&mut self, op: Op, reply: MutateReply) {
         let now = now_ms();
         // A dry run loads what the write reads; the real run then reads only the cache.
-        let _ = self.settle(|r| r.dry_run(op.clone(), now)).await???;
-        let local = self.replica.mutate(op, now)?;
-        if let Err(e) = self.replica.store_mut().flush().await {
-            // Not durable, so not made: take it back before anyone sends it. Everything
-            // written before stays (it was flushed already).
-            self.replica.forget(local.seq)?;
-            let _ = self.replica.store_mut().flush().await;
-            self.report();
-            return Err(e);
+        let local = match self.settle(|r| r.dry_run(op.clone(), now)).await {
+            Ok(Ok(Ok(_))) => self.replica.mutate(op, now),
+            Ok(Ok(Err(e))) | Ok(Err(e)) | Err(e) => Err(e),
+        };
+        let local = match local {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = reply.applied.send(Err(e));
+                return;
+            }
+        };
+        let _ = reply.applied.send(Ok((local.seq, local.result)));
+        // Live queries that read what is not loaded yet: load it and evaluate again.
+        if !self.replica.store().take_misses().is_empty() {
+            self.replica.invalidate();
+            if let Err(e) = self.rebuild().await {
+                self.status.emit("server-error", js_error(&e));
+            }
         }
         self.report();
-        Ok((local.seq, local.result))
+        let durable = match self.replica.store_mut().flush().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Not durable, so not made: take it back before anyone sends it.
+                // Everything written before stays (it was flushed already).
+                let _ = self.replica.forget(local.seq);
+                let _ = self.replica.store_mut().flush().await;
+                let _ = self.rebuild().await;
+                self.report();
+                Err(e)
+            }
+        };
+        let _ = reply.durable.send(durable);
     }
 
     async fn query(&mut self, src: &str) -> Result<Value, Error> {

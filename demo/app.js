@@ -1,0 +1,247 @@
+// The demo: a team task board on Warren, written only against the npm package's API
+// (loaded here with no bundler, through the import map in index.html).
+
+import { open } from "warren";
+
+const $ = (sel) => document.querySelector(sel);
+const USER_KEY = "warren-demo:user";
+const tokenKey = (user) => `warren-demo:token:${user}`;
+
+// Keep the app shell for offline starts (see sw.js).
+if ("serviceWorker" in navigator) {
+  navigator.serviceWorker.register("./sw.js").catch((e) => console.warn("no service worker:", e));
+}
+
+/** A development token from the server, or the last one kept (offline). */
+async function tokenFor(user, { fresh = false } = {}) {
+  const kept = localStorage.getItem(tokenKey(user));
+  if (kept && !fresh && !expired(kept)) return kept;
+  try {
+    const res = await fetch("./v1/dev/token", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ sub: user }),
+    });
+    if (!res.ok) throw new Error(`the server said ${res.status}`);
+    const { token } = await res.json();
+    localStorage.setItem(tokenKey(user), token);
+    return token;
+  } catch (e) {
+    // Offline: the kept token still opens the local data; a fresh one comes later.
+    if (kept) return kept;
+    throw e;
+  }
+}
+
+function expired(token) {
+  try {
+    const claims = JSON.parse(atob(token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+    return typeof claims.exp === "number" && claims.exp * 1000 < Date.now() + 60_000;
+  } catch {
+    return true;
+  }
+}
+
+// ---- rendering helpers -------------------------------------------------------
+
+function h(tag, props = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else if (v === true) el.setAttribute(k, "");
+    else if (v !== false && v != null) el.setAttribute(k, v);
+  }
+  for (const c of children.flat()) if (c != null) el.append(c);
+  return el;
+}
+
+/** Explains a refused write in words, with its stable code. */
+const EXPLAIN = {
+  PERMISSION_DENIED: "The board's rules do not allow that.",
+  ABORTED: "That could not be done.",
+  QUOTA_EXCEEDED: "This browser has no room left for more data.",
+  DOCUMENT_NOT_FOUND: "It was deleted meanwhile.",
+};
+
+function showError(e, what) {
+  const text = EXPLAIN[e.code] ?? "Something went wrong.";
+  const msg = h(
+    "div",
+    { class: "message", role: "alert", "data-code": e.code ?? "" },
+    h("strong", {}, `${what}: refused. `),
+    text,
+    h("br"),
+    h("code", {}, e.message),
+  );
+  $("#messages").append(msg);
+  setTimeout(() => msg.remove(), 8000);
+}
+
+/** Runs a write; a refusal (in this browser at once, or by the server later) is shown. */
+function write(what, w) {
+  w.result.catch((e) => showError(e, what));
+  return w;
+}
+
+function renderStatus(s) {
+  const el = $("#status");
+  const state = !s.online ? "Offline" : s.connected ? "Online" : "Connecting…";
+  const pending = s.pending ? ` · ${s.pending} pending` : " · all synced";
+  const last = s.lastSync ? ` · last sync ${s.lastSync.toLocaleTimeString()}` : "";
+  el.textContent = state + pending + last;
+  el.className = `status ${s.online && s.connected ? "online" : "offline"}`;
+  el.dataset.pending = String(s.pending);
+  el.dataset.connected = String(s.connected);
+}
+
+// ---- the app -----------------------------------------------------------------
+
+async function start(user) {
+  $("#signin").hidden = true;
+  $("#app").hidden = false;
+  $("#who").replaceChildren(
+    h("span", {}, `Signed in as ${user}`),
+    h("button", { onclick: () => signOut() }, "Sign out"),
+  );
+  const schema = await fetch("./schema.warren").then((r) => (r.ok ? r.text() : undefined), () => undefined);
+  const db = await open({
+    url: location.origin,
+    token: () => tokenFor(user, { fresh: !!window.demo?.db }),
+    schema,
+  });
+  window.demo = { db, user };
+
+  db.status.subscribe(renderStatus);
+  db.on("rejected", (e) => showError(e, "A change you made earlier"));
+
+  // My list: one live query over the private partition.
+  db.live((q) => q.Todo.index("byOwner", user)).subscribe((todos) => {
+    if (!todos) return;
+    $("#todos").replaceChildren(
+      ...(todos.length ? [] : [h("li", { class: "empty" }, "Nothing yet.")]),
+      ...todos.map((t) =>
+        h(
+          "li",
+          { class: t.done ? "done" : "", "data-id": t.id },
+          h("input", {
+            type: "checkbox",
+            checked: t.done,
+            "aria-label": `done: ${t.title}`,
+            onchange: () => write("Ticking it off", db.call("toggle", { id: t.id })),
+          }),
+          h("span", { class: "title" }, t.title),
+          h("button", { class: "remove", title: "Delete", onclick: () => write("Deleting it", db.call("removeTodo", { id: t.id })) }, "✕"),
+        ),
+      ),
+    );
+  });
+
+  // Team boards: every board this user may read, with its tasks, as one live query.
+  const boards = db.live(`
+    Team.all().order(.name).map(t => ({
+      id: t.id, name: t.name, admin: t.admin, members: t.members,
+      tasks: Task.byTeam(t.id).toArray()
+    }))`);
+  boards.subscribe((teams) => {
+    if (!teams) return;
+    $("#boards").replaceChildren(
+      ...(teams.length ? [] : [h("p", { class: "empty" }, "No boards yet: create one, or ask someone to add you to theirs.")]),
+      ...teams.map((team) => renderBoard(db, user, team)),
+    );
+  });
+  await boards.ready();
+  document.body.dataset.ready = "true";
+}
+
+function renderBoard(db, user, team) {
+  const input = h("input", { placeholder: "New task", autocomplete: "off", required: true, maxlength: 200 });
+  return h(
+    "div",
+    { class: "board", "data-team": team.name },
+    h("h3", {}, team.name),
+    h("div", { class: "members" }, `members: ${team.members.join(", ")} · admin: ${team.admin}`),
+    h(
+      "form",
+      {
+        class: "add",
+        onsubmit: (e) => {
+          e.preventDefault();
+          write("Adding a task", db.call("addTask", { team: team.id, title: input.value }));
+          input.value = "";
+        },
+      },
+      input,
+      h("button", {}, "Add"),
+    ),
+    h(
+      "ul",
+      { class: "items" },
+      ...(team.tasks.length ? [] : [h("li", { class: "empty" }, "No tasks.")]),
+      ...team.tasks.map((t) =>
+        h(
+          "li",
+          { class: t.done ? "done" : "", "data-id": t.id },
+          h("input", {
+            type: "checkbox",
+            checked: t.done,
+            "aria-label": `done: ${t.title}`,
+            onchange: () => write("Ticking it off", db.call("toggleTask", { id: t.id })),
+          }),
+          h("span", { class: "title" }, t.title),
+          h("span", { class: "by" }, t.by),
+          // Only the admin may delete; the button is there for everyone so that the
+          // rules, not the UI, decide (and the refusal is explained).
+          h("button", { class: "remove", title: "Delete", onclick: () => write("Deleting a task", db.call("removeTask", { id: t.id })) }, "✕"),
+        ),
+      ),
+    ),
+  );
+}
+
+function signOut() {
+  localStorage.removeItem(USER_KEY);
+  window.demo?.db.close();
+  location.reload();
+}
+
+function showSignIn() {
+  $("#signin").hidden = false;
+  for (const b of document.querySelectorAll("[data-user]")) {
+    b.addEventListener("click", async () => {
+      const user = b.dataset.user;
+      try {
+        await tokenFor(user);
+      } catch (e) {
+        showError({ code: "OFFLINE", message: String(e) }, "Signing in");
+        return;
+      }
+      localStorage.setItem(USER_KEY, user);
+      start(user).catch(fatal);
+    });
+  }
+}
+
+function fatal(e) {
+  console.error(e);
+  showError(e, "Opening the database");
+}
+
+$("#team-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const { db } = window.demo;
+  const members = $("#team-members").value.split(/[\s,]+/).filter(Boolean);
+  write("Creating the board", db.call("createTeam", { name: $("#team-name").value, members }));
+  $("#team-name").value = "";
+  $("#team-members").value = "";
+});
+
+$("#todo-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  write("Adding it", window.demo.db.call("addTodo", { title: $("#todo-title").value }));
+  $("#todo-title").value = "";
+});
+
+const user = localStorage.getItem(USER_KEY);
+if (user) start(user).catch(fatal);
+else showSignIn();

@@ -1,0 +1,455 @@
+// Warren in the browser: a local-first database. Queries and transactions are answered
+// from IndexedDB with no network; writes apply at once, wait durably in an outbox and
+// sync through a Warren server, which puts them in one global order.
+
+import init, { Warren as Engine } from "../wasm/warren_web.js";
+import { errorFor, wrap, WarrenError } from "./errors.js";
+import { collections, Collections, Query, sourceOf, Value } from "./query.js";
+
+export * from "./errors.js";
+export { Collection, SetQuery, literal } from "./query.js";
+export type { Bounds, Collections, Comparison, Doc, Query, Value } from "./query.js";
+
+/** Where the engine's WebAssembly comes from, if not next to this module. */
+export type WasmSource = string | URL | Response | BufferSource | WebAssembly.Module;
+
+export interface OpenOptions {
+  /** The server: `wss://eu.example.com` (the sync path `/v1/sync` is added when the URL
+   * has no path), or a full `ws(s)://…/v1/sync` URL. `http(s)` works too. */
+  url: string;
+  /** A JWT, or a function giving one; the function is called again for a fresh
+   * token whenever the server says the current one expired. */
+  token: string | (() => string | Promise<string>);
+  /** The schema's source, so that the very first start works offline; after the
+   * first connection the server's schema is kept locally. */
+  schema?: string;
+  /** The IndexedDB database name. Defaults to one per server and user. */
+  name?: string;
+  /** Start offline (no connection until `setOnline(true)`). */
+  offline?: boolean;
+  /** Where to load the engine's `.wasm` from (defaults to the file in this package). */
+  wasm?: WasmSource;
+}
+
+/** The sync state, as `db.status` gives it. */
+export interface Status {
+  /** Whether Warren may use the network (the browser's online state, or `setOnline`). */
+  online: boolean;
+  /** Whether a connection to the server is up. */
+  connected: boolean;
+  /** Local writes the server has not confirmed yet. */
+  pending: number;
+  /** When the server last confirmed a write (`null`: never, in this page). */
+  lastSync: Date | null;
+}
+
+/** A value over time, with the store contract of Svelte and others: `subscribe` calls
+ * back at once with the current value, then on each change, and returns a function
+ * that unsubscribes. */
+export interface Readable<T> {
+  subscribe(run: (value: T) => void): () => void;
+}
+
+/** How a write ended on the server. */
+export interface Confirmation<R> {
+  /** The log position it committed at (`null` if the server had forgotten, having
+   * applied it long ago: its effects are in the data all the same). */
+  position: number | null;
+  /** The function's result as the server computed it. */
+  result: R;
+}
+
+/** A write: its optimistic result at once, then `local`, then `confirmed`. */
+export interface Write<R> {
+  /** The optimistic result, as soon as the write is applied to the local view (live
+   * queries see it then). Rejects with a coded error if the browser refused it. */
+  readonly result: Promise<R>;
+  /** Resolves once the write is durable in IndexedDB: a reload, a crash or a week
+   * offline does not lose it. */
+  readonly local: Promise<R>;
+  /** Resolves once the server committed it at a log position; rejects with a coded
+   * error if the server refused it (its optimistic effects are then undone). */
+  readonly confirmed: Promise<Confirmation<R>>;
+}
+
+/** The events `db.on` delivers. */
+export interface Events {
+  /** A write was refused by the server; `error.seq` says which. */
+  rejected: WarrenError & { seq?: number };
+  /** The server stopped sending a partition (access revoked); its data is gone locally. */
+  dropped: string;
+  /** A connection-level error (the client reconnects by itself). */
+  error: WarrenError;
+  /** The server's schema changed; pending writes re-run under the new one. */
+  schema: string;
+}
+
+/** A live query: `subscribe` is notified only when the result changes. */
+export class LiveQuery<R> implements Readable<R | undefined> {
+  /** The latest result (`undefined` until the first one). */
+  current: R | undefined = undefined;
+  /** The latest error, if the query failed (a parse error, say). */
+  error: WarrenError | undefined = undefined;
+  private runs = new Set<(value: R | undefined) => void>();
+  /** The engine's id for the running subscription, once it has one. */
+  private starting: Promise<number | null> | null = null;
+
+  constructor(
+    private db: Database<any>,
+    readonly source: string,
+  ) {}
+
+  /** Calls `run` with the current result (if there is one yet) and again on each
+   * change, or with `undefined` when the query fails (see `error`); returns a function
+   * that unsubscribes. The last unsubscribe stops the live query. */
+  subscribe(run: (value: R | undefined) => void): () => void {
+    this.runs.add(run);
+    if (this.current !== undefined) run(this.current);
+    this.starting ??= this.start();
+    return () => {
+      if (!this.runs.delete(run) || this.runs.size > 0) return;
+      const started = this.starting;
+      this.starting = null;
+      void started?.then((id) => {
+        if (id !== null) this.db._unsubscribe(id);
+      });
+    };
+  }
+
+  /** Resolves with the current result (waiting for the first one). */
+  ready(): Promise<R> {
+    return new Promise((resolve, reject) => {
+      let done = false;
+      let stop: (() => void) | undefined;
+      const run = (v: R | undefined) => {
+        if (done) return;
+        if (v === undefined && !this.error) return;
+        done = true;
+        queueMicrotask(() => stop?.());
+        if (this.error) reject(this.error);
+        else resolve(v as R);
+      };
+      stop = this.subscribe(run);
+      if (done) stop();
+    });
+  }
+
+  private async start(): Promise<number | null> {
+    try {
+      const { id, value } = await this.db._subscribe(this);
+      const early = this.db._register(id, this);
+      this._set((early !== undefined ? early : value) as R);
+      return id;
+    } catch (e) {
+      this.error = wrap(e);
+      this.starting = null;
+      for (const run of [...this.runs]) run(undefined);
+      return null;
+    }
+  }
+
+  /** @internal */
+  _set(value: R): void {
+    this.current = value;
+    this.error = undefined;
+    for (const run of [...this.runs]) run(value);
+  }
+}
+
+let ready: Promise<unknown> | null = null;
+
+/** Loads the engine (once per page). `open` calls it; call it yourself to load early. */
+export function load(wasm?: WasmSource): Promise<unknown> {
+  ready ??= init(wasm === undefined ? undefined : { module_or_path: wasm }).catch((e: unknown) => {
+    ready = null;
+    throw errorFor("STORAGE_ERROR", `could not load Warren's WebAssembly: ${String(e)}`);
+  });
+  return ready;
+}
+
+/** The claims of a JWT, read without checking it (the server checks it; the browser
+ * uses the claims for its local rule checks and for the UI). */
+export function claimsOf(token: string): Record<string, Value> {
+  const part = token.split(".")[1];
+  if (!part) throw errorFor("TOKEN_MALFORMED", "the token is not a JWT");
+  try {
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    const bin = atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4));
+    const json = new TextDecoder().decode(Uint8Array.from(bin, (c) => c.charCodeAt(0)));
+    const claims = JSON.parse(json);
+    if (typeof claims !== "object" || claims === null) throw new Error("not an object");
+    return claims;
+  } catch (e) {
+    throw errorFor("TOKEN_MALFORMED", `the token's claims do not decode: ${String(e)}`);
+  }
+}
+
+/** The WebSocket URL of a server given as `wss://host`, `https://host` or a full URL. */
+export function syncUrl(url: string): string {
+  const u = new URL(url);
+  if (u.protocol === "http:") u.protocol = "ws:";
+  if (u.protocol === "https:") u.protocol = "wss:";
+  if (u.protocol !== "ws:" && u.protocol !== "wss:")
+    throw new TypeError(`not a server URL: ${url}`);
+  if (u.pathname === "" || u.pathname === "/") u.pathname = "/v1/sync";
+  return u.toString();
+}
+
+/**
+ * Opens the database for the user the token names, in IndexedDB, and starts syncing.
+ * Works offline: without a network it opens what this browser holds.
+ */
+export async function open<S = Record<string, Record<string, Value>>>(
+  options: OpenOptions,
+): Promise<Database<S>> {
+  if (typeof indexedDB === "undefined")
+    throw errorFor("STORAGE_ERROR", "IndexedDB is not available here: Warren runs in a browser");
+  const provider = typeof options.token === "function" ? options.token : null;
+  const token = provider ? await provider() : (options.token as string);
+  const auth = claimsOf(token);
+  if (typeof auth.sub !== "string" || auth.sub === "")
+    throw errorFor("TOKEN_MALFORMED", "the token has no `sub` claim");
+  const url = syncUrl(options.url);
+  await load(options.wasm);
+  const name = options.name ?? `warren:${auth.sub}@${url}`;
+  const clientId = `${auth.sub}:${crypto.randomUUID()}`;
+  let engine: Engine;
+  try {
+    engine = await Engine.open(name, clientId, url, token, options.schema, auth);
+  } catch (e) {
+    throw wrap(e);
+  }
+  const db = new Database<S>(engine, auth);
+  if (provider) engine.setTokenProvider(async () => provider());
+  if (options.offline) engine.setOnline(false);
+  return db;
+}
+
+type Listener<K extends keyof Events> = (value: Events[K]) => void;
+
+interface Waiter {
+  resolve: (c: Confirmation<unknown>) => void;
+  reject: (e: WarrenError) => void;
+}
+
+/** An open Warren database. */
+export class Database<S = Record<string, Record<string, Value>>> {
+  /** The collections, for the query builder: `db.q.Todo.index("byOwner", sub)`. */
+  readonly q: Collections<S> = collections<S>();
+  /** The sync state: online, connected, pending writes, last sync. */
+  readonly status: Readable<Status> & { readonly current: Status };
+  /** Live queries by engine id. */
+  private lives = new Map<number, LiveQuery<any>>();
+  /** Results that arrived before their live query learned its id. */
+  private early = new Map<number, unknown>();
+  private waiters = new Map<number, Waiter>();
+  private outcomes = new Map<number, { ok: Confirmation<unknown> } | { err: WarrenError }>();
+  private listeners = new Map<keyof Events, Set<(value: unknown) => void>>();
+  private statusRuns = new Set<(s: Status) => void>();
+  private statusNow: Status;
+  private closed = false;
+
+  /** @internal use `open` */
+  constructor(
+    private engine: Engine,
+    /** The token's claims (as the local rule checks see `auth`). */
+    readonly auth: Record<string, Value>,
+  ) {
+    this.statusNow = toStatus(engine.status());
+    const self = this;
+    this.status = {
+      get current() {
+        return self.statusNow;
+      },
+      subscribe(run) {
+        self.statusRuns.add(run);
+        run(self.statusNow);
+        return () => self.statusRuns.delete(run);
+      },
+    };
+    engine.onEvent((e: { type: string; detail: unknown }) => this.onEvent(e.type, e.detail));
+  }
+
+  /** Runs a query against the local data (no network): Warren source text, or a
+   * builder query. */
+  async query<R = unknown>(q: Query<R> | string): Promise<R> {
+    try {
+      return (await this.engine.query(sourceOf(q))) as R;
+    } catch (e) {
+      throw wrap(e);
+    }
+  }
+
+  /** A live query: its subscribers hear its result now and whenever it changes, after
+   * local writes and after the server's confirmed effects alike. Accepts source text,
+   * a builder query, or a function of the collections: `db.live(q => q.Todo.all())`. */
+  live<R = unknown>(q: Query<R> | string | ((c: Collections<S>) => Query<R>)): LiveQuery<R> {
+    const query = typeof q === "function" ? q(this.q) : q;
+    return new LiveQuery<R>(this, sourceOf(query));
+  }
+
+  /** Calls one of the schema's functions. */
+  call<R = unknown>(fn: string, args: Record<string, unknown> = {}): Write<R> {
+    return this.write<R>(() => this.engine.call(fn, args));
+  }
+
+  /** Runs an ad-hoc transaction: a block of Warren statements whose last value is
+   * the result. The rules apply to every write in it. */
+  transact<R = unknown>(source: string): Write<R> {
+    return this.write<R>(() => this.engine.run(source));
+  }
+
+  /** Listens for `rejected`, `dropped`, `error` or `schema`; returns an unsubscribe. */
+  on<K extends keyof Events>(type: K, f: Listener<K>): () => void {
+    let set = this.listeners.get(type);
+    if (!set) this.listeners.set(type, (set = new Set()));
+    set.add(f as (value: unknown) => void);
+    return () => set.delete(f as (value: unknown) => void);
+  }
+
+  /** Goes offline (closes the connection and stays off) or back online. */
+  setOnline(online: boolean): void {
+    this.engine.setOnline(online);
+  }
+
+  /** Stops syncing and releases the database. Pending writes stay in the outbox. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.engine.close();
+  }
+
+  private write<R>(start: () => Promise<{ seq: number; result: unknown; local: Promise<void> }>): Write<R> {
+    const applied = start().catch((e: unknown) => {
+      throw wrap(e);
+    });
+    const result = applied.then((a) => a.result as R);
+    const local = applied.then(async (a) => {
+      try {
+        await a.local;
+      } catch (e) {
+        throw wrap(e);
+      }
+      return a.result as R;
+    });
+    const confirmed = local
+      .then(() => applied)
+      .then(
+        (a) =>
+          new Promise<Confirmation<R>>((resolve, reject) =>
+            this.waitFor(a.seq, resolve as Waiter["resolve"], reject),
+          ),
+      );
+    // A write that fails locally rejects all three; keep the unobserved ones quiet.
+    for (const p of [result, local, confirmed]) p.catch(() => {});
+    return { result, local, confirmed };
+  }
+
+  private waitFor(seq: number, resolve: Waiter["resolve"], reject: Waiter["reject"]): void {
+    const done = this.outcomes.get(seq);
+    if (done) {
+      this.outcomes.delete(seq);
+      if ("ok" in done) resolve(done.ok);
+      else reject(done.err);
+    } else {
+      this.waiters.set(seq, { resolve, reject });
+    }
+  }
+
+  private settle(seq: number, outcome: { ok: Confirmation<unknown> } | { err: WarrenError }): void {
+    const w = this.waiters.get(seq);
+    if (w) {
+      this.waiters.delete(seq);
+      if ("ok" in outcome) w.resolve(outcome.ok);
+      else w.reject(outcome.err);
+      return;
+    }
+    // An outcome before anyone waits for it (a write from before a reload, or one
+    // whose durability is still being confirmed): keep a bounded number.
+    this.outcomes.set(seq, outcome);
+    if (this.outcomes.size > 10_000) {
+      const oldest = this.outcomes.keys().next().value;
+      if (oldest !== undefined) this.outcomes.delete(oldest);
+    }
+  }
+
+  private emit<K extends keyof Events>(type: K, value: Events[K]): void {
+    for (const f of [...(this.listeners.get(type) ?? [])]) {
+      try {
+        f(value);
+      } catch (e) {
+        queueMicrotask(() => {
+          throw e;
+        });
+      }
+    }
+  }
+
+  private onEvent(type: string, detail: unknown): void {
+    switch (type) {
+      case "changed": {
+        const { live, value } = detail as { live: number; value: unknown };
+        const lq = this.lives.get(live);
+        if (lq) lq._set(value);
+        else this.early.set(live, value);
+        break;
+      }
+      case "confirmed": {
+        const { seq, position, result } = detail as { seq: number; position: number | null; result: unknown };
+        this.settle(seq, { ok: { position, result } });
+        break;
+      }
+      case "rejected": {
+        const err = wrap(detail) as WarrenError & { seq?: number };
+        if (typeof err.seq === "number") this.settle(err.seq, { err });
+        this.emit("rejected", err);
+        break;
+      }
+      case "status": {
+        this.statusNow = toStatus(detail);
+        for (const run of [...this.statusRuns]) run(this.statusNow);
+        break;
+      }
+      case "dropped":
+        this.emit("dropped", String(detail));
+        break;
+      case "schema":
+        this.emit("schema", String(detail));
+        break;
+      case "server-error":
+        this.emit("error", wrap(detail));
+        break;
+    }
+  }
+
+  /** @internal */
+  _subscribe(lq: LiveQuery<any>): Promise<{ id: number; value: unknown }> {
+    return this.engine.subscribe(lq.source) as Promise<{ id: number; value: unknown }>;
+  }
+
+  /** @internal Records a live query's engine id; gives a result that came early. */
+  _register(id: number, lq: LiveQuery<any>): unknown {
+    this.lives.set(id, lq);
+    const early = this.early.get(id);
+    // Ids only grow and answers come in order: anything older belongs to a live query
+    // that has stopped.
+    for (const k of this.early.keys()) if (k <= id) this.early.delete(k);
+    return early;
+  }
+
+  /** @internal */
+  _unsubscribe(id: number): void {
+    this.lives.delete(id);
+    if (!this.closed) this.engine.unsubscribe(id);
+  }
+}
+
+function toStatus(s: unknown): Status {
+  const o = s as { online: boolean; connected: boolean; pending: number; lastSync: number };
+  return {
+    online: o.online,
+    connected: o.connected,
+    pending: o.pending,
+    lastSync: o.lastSync ? new Date(o.lastSync) : null,
+  };
+}

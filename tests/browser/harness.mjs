@@ -1,0 +1,84 @@
+// What the browser tests share: TAP-style checks, waiting, a `warren serve` process
+// on a free port, and Debian's Chromium in separate persistent profiles.
+import { spawn } from "node:child_process";
+import { createServer } from "node:http";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "../../.ci/node/node_modules/playwright-core/index.mjs";
+
+export const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+export const warren = join(root, "target", "debug", "warren");
+
+let failures = 0;
+let passed = 0;
+
+export function check(name, ok, detail = "") {
+  if (ok) { passed++; console.log(`ok - ${name}`); }
+  else { failures++; console.log(`not ok - ${name} ${detail}`); }
+}
+
+/** Counts an exception as a failure (the run goes on to clean up). */
+export function fail(e) {
+  failures++;
+  console.log(`not ok - ${e.stack || e}`);
+}
+
+/** Prints the tally and sets the exit code. */
+export function finish() {
+  console.log(`\n${passed} passed, ${failures} failed`);
+  process.exitCode = failures ? 1 : 0;
+}
+
+export async function until(what, f, ms = 20000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await f()) return true;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+export const tempDir = (name) => mkdtempSync(join(tmpdir(), `warren-${name}-`));
+
+/** A port nothing listens on now (kept across a server's restarts). */
+export async function freePort() {
+  const probe = createServer();
+  await new Promise((ok) => probe.listen(0, "127.0.0.1", ok));
+  const port = probe.address().port;
+  await new Promise((ok) => probe.close(ok));
+  return port;
+}
+
+/** Starts `warren serve` with `args`; resolves once it is serving. */
+export async function startWarren(args, env = {}) {
+  const proc = spawn(warren, ["serve", ...args], {
+    stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, WARREN_LOG: "warn", ...env },
+  });
+  await new Promise((ok, err) => {
+    proc.stdout.on("data", (d) => { if (String(d).includes("serving on")) ok(); });
+    proc.on("exit", (c) => err(new Error(`server exited ${c}`)));
+  });
+  return proc;
+}
+
+/** Stops a server process with `signal` and waits for it to exit. */
+export async function stopProcess(proc, signal = "SIGTERM") {
+  if (!proc || proc.exitCode !== null) return;
+  const exited = new Promise((ok) => proc.on("exit", ok));
+  proc.kill(signal);
+  await exited;
+}
+
+const browserArgs = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"];
+
+/** A browser with its own on-disk profile under `dir`. */
+export function profile(dir, options = {}) {
+  return chromium.launchPersistentContext(dir, {
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: browserArgs, headless: true,
+    ...options,
+  });
+}
