@@ -249,13 +249,17 @@ export class Database<S = Record<string, Record<string, Value>>> {
   private statusNow: Status;
   private closed = false;
 
-  /** @internal use `open` */
+  private engine: Engine;
+
+  /** @internal use `open` (the engine is untyped here so that the declarations do not
+   * depend on the generated bindings' own). */
   constructor(
-    private engine: Engine,
+    engine: unknown,
     /** The token's claims (as the local rule checks see `auth`). */
     readonly auth: Record<string, Value>,
   ) {
-    this.statusNow = toStatus(engine.status());
+    this.engine = engine as Engine;
+    this.statusNow = toStatus(this.engine.status());
     const self = this;
     this.status = {
       get current() {
@@ -267,7 +271,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
         return () => self.statusRuns.delete(run);
       },
     };
-    engine.onEvent((e: { type: string; detail: unknown }) => this.onEvent(e.type, e.detail));
+    this.engine.onEvent((e: { type: string; detail: unknown }) => this.onEvent(e.type, e.detail));
   }
 
   /** Runs a query against the local data (no network): Warren source text, or a

@@ -77,6 +77,8 @@ export interface Bounds {
 
 /** A lazy set of documents: a collection or index with steps after it. */
 export class SetQuery<T> implements Query<Doc<T>[]> {
+  /** Only for typing: the query's result type. */
+  declare readonly __result?: Doc<T>[];
   constructor(readonly source: string) {}
 
   /** Keeps the documents whose `name` compares to `value`; or, given raw Warren
