@@ -29,6 +29,10 @@ export interface OpenOptions {
   offline?: boolean;
   /** Where to load the engine's `.wasm` from (defaults to the file in this package). */
   wasm?: WasmSource;
+  /** On the very first start without `schema`, how long `open` waits for the server
+   * to send it, in ms (default 15 000). After that `open` resolves anyway, and writes
+   * fail with `UNKNOWN_NAME` until the schema arrives. */
+  firstSyncTimeout?: number;
 }
 
 /** The sync state, as `db.status` gives it. */
@@ -41,6 +45,9 @@ export interface Status {
   pending: number;
   /** When the server last confirmed a write (`null`: never, in this page). */
   lastSync: Date | null;
+  /** Whether the schema is known (given to `open`, kept from before, or sent by the
+   * server): writes need it. */
+  hasSchema: boolean;
 }
 
 /** A value over time, with the store contract of Svelte and others: `subscribe` calls
@@ -222,6 +229,18 @@ export async function open<S = Record<string, Record<string, Value>>>(
   const db = new Database<S>(engine, auth);
   if (provider) engine.setTokenProvider(async () => provider());
   if (options.offline) engine.setOnline(false);
+  else if (!(engine.status() as { hasSchema: boolean }).hasSchema) {
+    // The first start ever, with no schema given: the server's comes with the welcome.
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => done(), options.firstSyncTimeout ?? 15_000);
+      const stop = db.status.subscribe((s) => s.hasSchema && done());
+      function done() {
+        clearTimeout(timer);
+        queueMicrotask(() => stop());
+        resolve();
+      }
+    });
+  }
   return db;
 }
 
@@ -449,11 +468,12 @@ export class Database<S = Record<string, Record<string, Value>>> {
 }
 
 function toStatus(s: unknown): Status {
-  const o = s as { online: boolean; connected: boolean; pending: number; lastSync: number };
+  const o = s as { online: boolean; connected: boolean; pending: number; lastSync: number; hasSchema: boolean };
   return {
     online: o.online,
     connected: o.connected,
     pending: o.pending,
     lastSync: o.lastSync ? new Date(o.lastSync) : null,
+    hasSchema: o.hasSchema,
   };
 }

@@ -103,6 +103,8 @@ struct Status {
     connected: Cell<bool>,
     online: Cell<bool>,
     last_sync: Cell<f64>,
+    /// Whether the replica has a schema (from `open`, the store, or the server).
+    has_schema: Cell<bool>,
     listener: RefCell<Option<Function>>,
     /// The last `(online, connected, pending, last_sync)` reported as a `status` event.
     reported: Cell<Option<(bool, bool, u32, f64)>>,
@@ -129,6 +131,7 @@ impl Status {
         let _ = js_sys::Reflect::set(&o, &"connected".into(), &now.1.into());
         let _ = js_sys::Reflect::set(&o, &"pending".into(), &now.2.into());
         let _ = js_sys::Reflect::set(&o, &"lastSync".into(), &now.3.into());
+        let _ = js_sys::Reflect::set(&o, &"hasSchema".into(), &self.has_schema.get().into());
         self.emit("status", o.into());
     }
 
@@ -194,6 +197,7 @@ impl Warren {
         let (tx, rx) = unbounded();
         let status = Rc::new(Status::default());
         status.pending.set(replica.pending().len() as u32);
+        status.has_schema.set(replica.schema().is_some());
         let online = web_sys::window()
             .map(|w| w.navigator().on_line())
             .unwrap_or(true);
@@ -298,6 +302,7 @@ impl Warren {
         let _ = js_sys::Reflect::set(&o, &"connected".into(), &s.connected.get().into());
         let _ = js_sys::Reflect::set(&o, &"pending".into(), &s.pending.get().into());
         let _ = js_sys::Reflect::set(&o, &"lastSync".into(), &s.last_sync.get().into());
+        let _ = js_sys::Reflect::set(&o, &"hasSchema".into(), &s.has_schema.get().into());
         o.into()
     }
 
@@ -604,7 +609,10 @@ impl Actor {
                     self.status.emit("changed", o.into());
                 }
                 Event::Dropped { partition } => self.status.emit("dropped", partition.into()),
-                Event::SchemaChanged { version } => self.status.emit("schema", version.into()),
+                Event::SchemaChanged { version } => {
+                    self.status.has_schema.set(true);
+                    self.status.emit("schema", version.into());
+                }
                 Event::ServerError { code, message } => {
                     let err = js_sys::Error::new(&message);
                     let _ = js_sys::Reflect::set(&err, &"code".into(), &code.into());
