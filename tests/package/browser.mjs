@@ -22,6 +22,8 @@ try {
   const plain = await page.evaluate(() => window.result);
   check("the package works from a plain <script type=module>",
     plain.position > 0 && plain.titles?.includes("from a plain script"), JSON.stringify(plain));
+  await page.goto(`http://127.0.0.1:${port}/api.html`);
+  for (const [name, ok, detail] of await page.evaluate(() => window.result)) check(name, ok, detail);
 } catch (e) {
   fail(e);
 } finally {
