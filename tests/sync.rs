@@ -712,3 +712,50 @@ async fn an_http_push_with_a_bad_commit_applies_nothing() {
     .await;
     assert_eq!(pulled["position"], 0, "nothing reached the log: {pulled}");
 }
+
+/// Regression: the server scopes client ids by the token's subject, and `newId()` is
+/// seeded with the client id, so a client that seeded its optimistic runs with its bare
+/// id made different ids than the server. A document created offline without an id and
+/// then edited offline by the id the client showed was refused ("no such todo") once
+/// synced, and its id changed under the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_made_offline_are_the_ids_the_server_makes() {
+    let server = TestServer::start("offline-ids").await;
+    let c = warren_server::client::Client::start_with(
+        server.options("ann", "ann-ids"),
+        Default::default(),
+        false,
+    )
+    .unwrap();
+    let made = c
+        .run(r#"Todo.create({ owner: "ann", title: "no id given", done: false, created: 1 })"#)
+        .unwrap();
+    let id = made.result.get("id").clone();
+    let Value::String(id_text) = &id else {
+        panic!("an id: {:?}", made.result)
+    };
+    c.call("toggle", obj([("id", id.clone())])).unwrap();
+    c.set_online(true);
+    assert!(c.wait_synced(Duration::from_secs(30)).await);
+    let rejected: Vec<Event> = c
+        .take_events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::Rejected { .. }))
+        .collect();
+    assert!(rejected.is_empty(), "refused: {rejected:?}");
+    let q = format!("Todo.byId(\"{id_text}\").done");
+    assert_eq!(c.query(&q).unwrap(), Value::Bool(true), "the client's view");
+    let (status, body) = http_json(
+        &server.http(),
+        "POST",
+        "/v1/pull",
+        Some(&token("ann")),
+        &serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let docs = body["snapshots"][0]["docs"].as_array().unwrap();
+    assert_eq!(docs.len(), 1, "{body}");
+    assert_eq!(docs[0]["id"], id_text.as_str(), "the server's id");
+    assert_eq!(docs[0]["data"]["done"], true);
+}

@@ -159,17 +159,9 @@ fn check_client_id(id: &str) -> Result<(), String> {
     }
 }
 
-/// The client id as the server keys it: scoped by the token's subject, so that one
-/// user can neither take over another's client id nor read its kept outcomes or use up
-/// its sequence numbers. The client never sees the scoped form.
-pub fn scoped_client_id(auth: &Value, client_id: &str) -> String {
-    let sub = match auth.get("sub") {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    };
-    format!("{}:{sub}/{client_id}", sub.len())
-}
+/// The client id as the server keys it (see [`warren_core::exec::scoped_client_id`]):
+/// the client computes the same form for its optimistic runs. The client never sees it.
+pub use warren_core::exec::{scoped_client_id, subject};
 
 fn result_json(seq: u64, r: &CommitResult) -> serde_json::Value {
     match r {

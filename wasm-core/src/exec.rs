@@ -122,6 +122,25 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// The client id a commit runs under: the client's own id scoped by the token's
+/// subject (`sub`), so that one user can neither take over another's client id nor
+/// read its kept outcomes or use up its sequence numbers. The server keys clients by it,
+/// and `newId()` is seeded with it, so a client computes the same form for its
+/// optimistic runs: the ids it makes offline are the ids the server makes.
+pub fn scoped_client_id(auth: &Value, client_id: &str) -> String {
+    let sub = subject(auth);
+    format!("{}:{sub}/{client_id}", sub.len())
+}
+
+/// The token's subject (`sub`), empty when it has none.
+pub fn subject(auth: &Value) -> String {
+    match auth.get("sub") {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
 /// The highest sequence number applied for a client (0 if none).
 pub fn applied_seq(store: &dyn Storage, client_id: &str) -> Result<u64, Error> {
     Ok(match store.get(&keys::client_key(client_id))? {

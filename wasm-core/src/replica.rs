@@ -318,7 +318,7 @@ impl<S: Storage> Replica<S> {
     /// claims and clock.
     fn next_commit(&self, schema: &Schema, op: Op, now: i64) -> Commit {
         Commit {
-            client_id: self.client_id.clone(),
+            client_id: exec::scoped_client_id(&self.auth, &self.client_id),
             client_seq: self.next_seq,
             schema_version: schema.version().to_owned(),
             timestamp: now,
@@ -714,7 +714,7 @@ impl<S: Storage> Replica<S> {
         let mut overlay = Overlay::new(&self.store);
         for p in &self.pending {
             let commit = Commit {
-                client_id: self.client_id.clone(),
+                client_id: exec::scoped_client_id(&self.auth, &self.client_id),
                 client_seq: p.seq,
                 schema_version: p.schema_version.clone(),
                 timestamp: p.timestamp,

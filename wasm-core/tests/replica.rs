@@ -330,6 +330,8 @@ impl Server {
         else {
             panic!("the first frame must be Hello, not {hello:?}");
         };
+        // As the gateway does: the client id is scoped by the token's subject.
+        let client_id = &exec::scoped_client_id(auth, client_id);
         let store = self.exec.store();
         let schema = self.exec.schema();
         let position = exec::position(store).expect("position");
@@ -997,7 +999,7 @@ impl World {
         let events = self.replica(d).take_events();
         for e in events {
             let dev = &self.devices[d];
-            let key = |seq: u64| (dev.id.clone(), seq);
+            let key = |seq: u64| (exec::scoped_client_id(&dev.auth, &dev.id), seq);
             match &e {
                 Event::Confirmed {
                     seq,
@@ -1186,7 +1188,7 @@ impl World {
         let mut view = Overlay::new(&base);
         let run = |view: &Overlay, p: &Pending| {
             let commit = Commit {
-                client_id: dev.id.clone(),
+                client_id: exec::scoped_client_id(&dev.auth, &dev.id),
                 client_seq: p.seq,
                 schema_version: p.schema_version.clone(),
                 timestamp: p.timestamp,
@@ -1885,7 +1887,9 @@ fn offline_commits_survive_a_reload() {
     w.settle();
     w.check_settled();
     assert!(matches!(
-        w.server.results.get(&("ann-1".to_owned(), 5)),
+        w.server
+            .results
+            .get(&(exec::scoped_client_id(&user("ann"), "ann-1"), 5)),
         Some(CommitResult::Committed { .. })
     ));
     assert_eq!(
