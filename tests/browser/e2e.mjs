@@ -12,27 +12,16 @@
 // 6. The tab crashes (the browser is killed): the outbox survives and drains.
 //
 // Run by .ci/test-browser after .ci/build-wasm and a debug build of the server.
-import { spawn, execFileSync, spawnSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
-import { mkdtempSync, readFileSync, rmSync, existsSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, dirname, extname } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "../../.ci/node/node_modules/playwright-core/index.mjs";
+import { readFileSync, rmSync, existsSync } from "node:fs";
+import { join, extname } from "node:path";
+import { check, fail, finish, until, tempDir, freePort, startWarren, stopProcess, profile as browser, root, warren } from "./harness.mjs";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const warren = join(root, "target", "debug", "warren");
-const work = mkdtempSync(join(tmpdir(), "warren-browser-e2e-"));
+const work = tempDir("browser-e2e");
 const data = join(work, "data");
 const SECRET = "browser-e2e-secret-0123456789abcdef";
-let failures = 0;
-let passed = 0;
-
-function check(name, ok, detail = "") {
-  if (ok) { passed++; console.log(`ok - ${name}`); }
-  else { failures++; console.log(`not ok - ${name} ${detail}`); }
-}
 
 // Static files: the page, the wasm build, the schema.
 const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm" };
@@ -50,29 +39,18 @@ await new Promise((ok) => files.listen(0, "127.0.0.1", ok));
 const pageBase = `http://127.0.0.1:${files.address().port}/`;
 
 // A free port for the sync server, kept across its restarts.
-const probe = createServer();
-await new Promise((ok) => probe.listen(0, "127.0.0.1", ok));
-const syncPort = probe.address().port;
-await new Promise((ok) => probe.close(ok));
+const syncPort = await freePort();
 const ws = `ws://127.0.0.1:${syncPort}/v1/sync`;
 
 let server = null;
 async function startServer() {
-  server = spawn(warren, ["serve", "--listen", `127.0.0.1:${syncPort}`, "--data-dir", data,
-    "--schema", join(root, "demo", "schema.warren"), "--hs256-secret", SECRET],
-    { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, WARREN_LOG: "warn" } });
-  await new Promise((ok, err) => {
-    server.stdout.on("data", (d) => { if (String(d).includes("serving on")) ok(); });
-    server.on("exit", (c) => err(new Error(`server exited ${c}`)));
-  });
+  server = await startWarren(["--listen", `127.0.0.1:${syncPort}`, "--data-dir", data,
+    "--schema", join(root, "demo", "schema.warren"), "--hs256-secret", SECRET]);
 }
 async function killServer(signal) {
-  if (!server) return;
   const s = server;
   server = null;
-  const exited = new Promise((ok) => s.on("exit", ok));
-  s.kill(signal);
-  await exited;
+  await stopProcess(s, signal);
 }
 const token = (sub) => execFileSync(warren, ["token", "--sub", sub, "--hs256-secret", SECRET]).toString().trim();
 // An HS256 token with any claims (an expired one, say), signed like the server's.
@@ -87,22 +65,7 @@ async function pull(sub) {
   });
   return r.json();
 }
-async function until(what, f, ms = 20000) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await f()) return true;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
-const browserArgs = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"];
-async function profile(name) {
-  return chromium.launchPersistentContext(join(work, `profile-${name}`), {
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: browserArgs, headless: true,
-  });
-}
+const profile = (name) => browser(join(work, `profile-${name}`));
 async function openPage(ctx, sub, extra = {}) {
   const page = ctx.pages()[0] || await ctx.newPage();
   page.on("pageerror", (e) => console.log(`page error (${sub}): ${e}`));
@@ -232,12 +195,10 @@ try {
   await annCtx.close();
   await bobCtx.close();
 } catch (e) {
-  failures++;
-  console.log(`not ok - ${e.stack || e}`);
+  fail(e);
 } finally {
   await killServer("SIGTERM");
   files.close();
   rmSync(work, { recursive: true, force: true });
+  finish();
 }
-console.log(`${passed} passed, ${failures} failed`);
-process.exit(failures ? 1 : 0);
