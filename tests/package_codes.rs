@@ -39,7 +39,11 @@ fn the_package_knows_every_code_and_no_other() {
     let protocol = read("wasm-core/src/protocol.rs");
     sent.extend(quoted_codes(section(&protocol, "pub mod codes", "\n}")));
     let auth = read("sync-server/src/auth.rs");
-    sent.extend(quoted_codes(section(&auth, "pub fn code(&self)", "\n    }")));
+    sent.extend(quoted_codes(section(
+        &auth,
+        "pub fn code(&self)",
+        "\n    }",
+    )));
     let replica = read("wasm-core/src/replica.rs");
     assert!(replica.contains("\"SEQUENCE_GAP\""));
     sent.insert("SEQUENCE_GAP".into());
@@ -47,7 +51,9 @@ fn the_package_knows_every_code_and_no_other() {
     let ts = read("js-package/src/errors.ts");
     let mut listed = BTreeSet::new();
     for list in ts.split("_CODES = [").skip(1) {
-        listed.extend(quoted_codes(&list[..list.find(']').expect("a closing bracket")]));
+        listed.extend(quoted_codes(
+            &list[..list.find(']').expect("a closing bracket")],
+        ));
     }
     let missing: Vec<_> = sent.difference(&listed).collect();
     let extra: Vec<_> = listed.difference(&sent).collect();
