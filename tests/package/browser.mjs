@@ -18,6 +18,8 @@ try {
   check("the package works bundled by Vite: write, confirm, builder query",
     vite.optimistic === "from vite" && vite.position > 0 && vite.titles?.includes("from vite"), JSON.stringify(vite));
   check("a refused write is a PermissionDeniedError in the bundle", vite.refused === "PERMISSION_DENIED", JSON.stringify(vite));
+  check("useQuery and useStatus render the live result and follow a write",
+    vite.react?.includes("from vite") && vite.react?.includes("seen by react"), JSON.stringify(vite));
   await page.goto(`http://127.0.0.1:${port}/plain.html`);
   const plain = await page.evaluate(() => window.result);
   check("the package works from a plain <script type=module>",
