@@ -18,6 +18,7 @@ const SHELL = [
   "./vendor/warren/dist/index.js",
   "./vendor/warren/dist/errors.js",
   "./vendor/warren/dist/query.js",
+  "./vendor/warren/dist/tabs.js",
   "./vendor/warren/wasm/warren_web.js",
   "./vendor/warren/wasm/warren_web_bg.wasm",
 ];

@@ -5,6 +5,7 @@
 import init, { Warren as Engine } from "../wasm/warren_web.js";
 import { errorFor, wrap, WarrenError } from "./errors.js";
 import { collections, Collections, Query, sourceOf, Value } from "./query.js";
+import { Applied, EngineApi, Tabs } from "./tabs.js";
 
 export * from "./errors.js";
 export { Collection, SetQuery, literal } from "./query.js";
@@ -219,17 +220,26 @@ export async function open<S = Record<string, Record<string, Value>>>(
   const url = syncUrl(options.url);
   await load(options.wasm);
   const name = options.name ?? `warren:${auth.sub}@${url}`;
-  const clientId = `${auth.sub}:${crypto.randomUUID()}`;
-  let engine: Engine;
+  // Tabs of this origin that open the same database share one engine (see tabs.ts):
+  // this one opens it only if it becomes the leader.
+  let leaderBefore = false;
+  const tabs = new Tabs(name, async () => {
+    const clientId = `${auth.sub}:${crypto.randomUUID()}`;
+    // A tab that takes over later asks for a fresh token.
+    const now = leaderBefore && provider ? await provider() : token;
+    leaderBefore = true;
+    const engine = await Engine.open(name, clientId, url, now, options.schema, auth);
+    if (provider) engine.setTokenProvider(async () => provider());
+    if (options.offline) engine.setOnline(false);
+    return engine;
+  });
   try {
-    engine = await Engine.open(name, clientId, url, token, options.schema, auth);
+    await tabs.start();
   } catch (e) {
     throw wrap(e);
   }
-  const db = new Database<S>(engine, auth);
-  if (provider) engine.setTokenProvider(async () => provider());
-  if (options.offline) engine.setOnline(false);
-  else if (!(engine.status() as { hasSchema: boolean }).hasSchema) {
+  const db = new Database<S>(tabs, auth);
+  if (!options.offline && !(tabs.status() as { hasSchema: boolean }).hasSchema) {
     // The first start ever, with no schema given: the server's comes with the welcome.
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => done(), options.firstSyncTimeout ?? 15_000);
@@ -268,16 +278,16 @@ export class Database<S = Record<string, Record<string, Value>>> {
   private statusNow: Status;
   private closed = false;
 
-  private engine: Engine;
+  private engine: EngineApi;
 
   /** @internal use `open` (the engine is untyped here so that the declarations do not
-   * depend on the generated bindings' own). */
+   * depend on the engine's). */
   constructor(
     engine: unknown,
     /** The token's claims (as the local rule checks see `auth`). */
     readonly auth: Record<string, Value>,
   ) {
-    this.engine = engine as Engine;
+    this.engine = engine as EngineApi;
     this.statusNow = toStatus(this.engine.status());
     const self = this;
     this.status = {
@@ -291,6 +301,12 @@ export class Database<S = Record<string, Record<string, Value>>> {
       },
     };
     this.engine.onEvent((e: { type: string; detail: unknown }) => this.onEvent(e.type, e.detail));
+  }
+
+  /** Whether this tab holds the database's engine and connection for every tab of
+   * this origin (the others forward to it; see "Many tabs" in the README). */
+  get isLeader(): boolean {
+    return (this.engine as { isLeader?: boolean }).isLeader ?? true;
   }
 
   /** Runs a query against the local data (no network): Warren source text, or a
@@ -342,27 +358,25 @@ export class Database<S = Record<string, Record<string, Value>>> {
     this.engine.close();
   }
 
-  private write<R>(start: () => Promise<{ seq: number; result: unknown; local: Promise<void> }>): Write<R> {
+  private write<R>(start: () => Promise<Applied>): Write<R> {
     const applied = start().catch((e: unknown) => {
       throw wrap(e);
     });
     const result = applied.then((a) => a.result as R);
-    const local = applied.then(async (a) => {
-      try {
-        await a.local;
-      } catch (e) {
+    // `local` resolves with the sequence number the write is durable under (another
+    // tab's engine may have had to make it again, see tabs.ts).
+    const durable = applied.then((a) =>
+      a.local.catch((e: unknown) => {
         throw wrap(e);
-      }
-      return a.result as R;
-    });
-    const confirmed = local
-      .then(() => applied)
-      .then(
-        (a) =>
-          new Promise<Confirmation<R>>((resolve, reject) =>
-            this.waitFor(a.seq, resolve as Waiter["resolve"], reject),
-          ),
-      );
+      }),
+    );
+    const local = durable.then(() => result);
+    const confirmed = durable.then(
+      (seq) =>
+        new Promise<Confirmation<R>>((resolve, reject) =>
+          this.waitFor(seq, resolve as Waiter["resolve"], reject),
+        ),
+    );
     // A write that fails locally rejects all three; keep the unobserved ones quiet.
     for (const p of [result, local, confirmed]) p.catch(() => {});
     return { result, local, confirmed };
@@ -447,7 +461,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
 
   /** @internal */
   _subscribe(lq: LiveQuery<any>): Promise<{ id: number; value: unknown }> {
-    return this.engine.subscribe(lq.source) as Promise<{ id: number; value: unknown }>;
+    return this.engine.subscribe(lq.source);
   }
 
   /** @internal Records a live query's engine id; gives a result that came early. */

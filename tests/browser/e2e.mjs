@@ -186,7 +186,8 @@ try {
   await daveCtx.close().catch(() => {});
   daveCtx = await profile("dave");
   dave = await openPage(daveCtx, "dave");
-  check("the outbox survives a crash of the browser", (await dave.evaluate(() => window.db.pending())) === 2);
+  const davePending = await dave.evaluate(() => window.db.pending());
+  check("the outbox survives a crash of the browser", davePending === 2, `pending ${davePending}`);
   await until("dave's outbox to drain", async () => (await dave.evaluate(() => window.db.pending())) === 0);
   check("dave's writes landed once", (await pull("dave")).snapshots.flatMap((s) => s.docs).length === 2);
 

@@ -41,6 +41,25 @@ const KEY_SCHEMA: &[u8] = b"Xschema";
 const KEY_SEQ: &[u8] = b"Xseq";
 const SPACE_OUTBOX: u8 = b'O';
 const SPACE_CURSOR: u8 = b'K';
+/// Request ids of recent writes: `Q 0x00 rid` → seq (8 bytes) + the optimistic result,
+/// and `Q 0x01 seq` → rid, to prune by age. A driver that forwards writes for other
+/// callers (a browser tab for its sibling tabs) tags each with a request id, so a write
+/// retried after the forwarding tab went away is made once.
+const SPACE_REQUEST: u8 = b'Q';
+/// How many request ids are remembered.
+pub const KEPT_REQUESTS: u64 = 1024;
+
+fn request_key(rid: &str) -> Vec<u8> {
+    let mut k = vec![SPACE_REQUEST, 0];
+    k.extend_from_slice(rid.as_bytes());
+    k
+}
+
+fn request_seq_key(seq: u64) -> Vec<u8> {
+    let mut k = vec![SPACE_REQUEST, 1];
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
 
 /// Commits per `Push` frame, at most.
 pub const PUSH_CHUNK: usize = 100;
@@ -275,6 +294,10 @@ impl<S: Storage> Replica<S> {
         let mut b = Batch::new();
         b.delete(outbox_key(seq));
         b.put(KEY_SEQ.to_vec(), seq.to_be_bytes().to_vec());
+        if let Some(rid) = self.store.get(&request_seq_key(seq))? {
+            b.delete(request_seq_key(seq));
+            b.delete([&[SPACE_REQUEST, 0][..], &rid].concat());
+        }
         self.store.apply(b)?;
         self.pending.pop();
         self.next_seq = seq;
@@ -341,6 +364,33 @@ impl<S: Storage> Replica<S> {
     /// `now` is the client's clock, `now()` for the optimistic run; the server runs the
     /// commit again with its own timestamp.
     pub fn mutate(&mut self, op: Op, now: i64) -> Result<Local, Error> {
+        self.mutate_request(op, now, None)
+    }
+
+    /// The write made earlier with request id `rid`, if it is still remembered (the
+    /// last [`KEPT_REQUESTS`] are).
+    pub fn request(&self, rid: &str) -> Result<Option<Local>, Error> {
+        let Some(b) = self.store.get(&request_key(rid))? else {
+            return Ok(None);
+        };
+        if b.len() < 8 {
+            return Err(Error::new(ErrorCode::Corrupt, "bad request record"));
+        }
+        Ok(Some(Local {
+            seq: be_u64(&b[..8])?,
+            result: Value::decode(&b[8..])?,
+        }))
+    }
+
+    /// [`Replica::mutate`], at most once per request id: a write whose `rid` was made
+    /// before answers as it did then (its sequence number and optimistic result), and
+    /// makes nothing new. The id is stored in the same batch as the outbox entry.
+    pub fn mutate_request(&mut self, op: Op, now: i64, rid: Option<&str>) -> Result<Local, Error> {
+        if let Some(rid) = rid {
+            if let Some(done) = self.request(rid)? {
+                return Ok(done);
+            }
+        }
         let schema = self.schema_or_err()?;
         self.now = now;
         self.rebase_if_stale()?;
@@ -376,6 +426,23 @@ impl<S: Storage> Replica<S> {
             KEY_SEQ.to_vec(),
             (commit.client_seq + 1).to_be_bytes().to_vec(),
         );
+        if let Some(rid) = rid {
+            let mut record = commit.client_seq.to_be_bytes().to_vec();
+            result.encode_into(&mut record);
+            batch.put(request_key(rid), record);
+            batch.put(request_seq_key(commit.client_seq), rid.as_bytes().to_vec());
+            // Keep the ids of the last KEPT_REQUESTS sequence numbers, this one included.
+            let stale = KeyRange {
+                start: std::ops::Bound::Included(vec![SPACE_REQUEST, 1]),
+                end: std::ops::Bound::Excluded(request_seq_key(
+                    commit.client_seq.saturating_sub(KEPT_REQUESTS) + 1,
+                )),
+            };
+            for (k, old_rid) in self.store.scan(&stale, false, 16)? {
+                batch.delete(k);
+                batch.delete([&[SPACE_REQUEST, 0][..], &old_rid].concat());
+            }
+        }
         if let Err(e) = self.store.apply(batch) {
             self.view = overlay_view;
             return Err(e);

@@ -84,7 +84,7 @@ struct MutateReply {
 }
 
 enum Cmd {
-    Mutate(Op, MutateReply),
+    Mutate(Op, Option<String>, MutateReply),
     Query(String, oneshot::Sender<Result<Value, Error>>),
     Subscribe(String, oneshot::Sender<Result<(u64, Value), Error>>),
     Unsubscribe(u64),
@@ -184,8 +184,15 @@ impl Warren {
         // agreed is reported as a `persisted` event (browsers may say no).
         let persisted = persist().await;
         let mut store = IdbStore::open(&db).await.map_err(|e| js_error(&e))?;
+        // This page now leads for the database: a page that led before writes no more.
+        // With the origin over its quota even the claim cannot be written: open anyway
+        // (reads work, writes fail with QUOTA_EXCEEDED), without the fence.
+        match store.claim().await {
+            Err(e) if e.code != ErrorCode::QuotaExceeded => return Err(js_error(&e)),
+            _ => {}
+        }
         // The replica's own keys are small and needed at once; documents load later.
-        for space in [b'X', b'O', b'K'] {
+        for space in [b'X', b'O', b'K', b'Q'] {
             store
                 .load(&KeyRange::prefix(&[space]))
                 .await
@@ -244,20 +251,29 @@ impl Warren {
     /// (and rejects, the commit taken back, if it could not be stored). Rejects with
     /// an `Error` whose `code` says why when a rule or the function refuses it
     /// locally.
-    pub async fn call(&self, function: String, args: JsValue) -> Result<JsValue, JsValue> {
+    ///
+    /// `rid`, if given, is a request id: a write whose id was made before (by this
+    /// page or another) answers as it did then and makes nothing new, so a caller can
+    /// retry a write whose answer it lost.
+    pub async fn call(
+        &self,
+        function: String,
+        args: JsValue,
+        rid: Option<String>,
+    ) -> Result<JsValue, JsValue> {
         let args = from_js(args).map_err(|e| js_error(&e))?;
-        self.mutate(Op::Call { function, args }).await
+        self.mutate(Op::Call { function, args }, rid).await
     }
 
-    /// Runs an ad-hoc transaction (a block of statements).
-    pub async fn run(&self, source: String) -> Result<JsValue, JsValue> {
-        self.mutate(Op::Run { source }).await
+    /// Runs an ad-hoc transaction (a block of statements); `rid` as for `call`.
+    pub async fn run(&self, source: String, rid: Option<String>) -> Result<JsValue, JsValue> {
+        self.mutate(Op::Run { source }, rid).await
     }
 
-    async fn mutate(&self, op: Op) -> Result<JsValue, JsValue> {
+    async fn mutate(&self, op: Op, rid: Option<String>) -> Result<JsValue, JsValue> {
         let (applied, applied_rx) = oneshot::channel();
         let (durable, durable_rx) = oneshot::channel();
-        self.send(Cmd::Mutate(op, MutateReply { applied, durable }))?;
+        self.send(Cmd::Mutate(op, rid, MutateReply { applied, durable }))?;
         let (seq, result) = applied_rx
             .await
             .map_err(|_| closed())?
@@ -366,6 +382,10 @@ impl Actor {
             if let Err(e) = self.step(cmd).await {
                 self.status.emit("server-error", js_error(&e));
             }
+            if self.replica.store().is_fenced() {
+                // Another page claimed the database: stop, with the connection.
+                break;
+            }
             self.status.emit_status();
         }
         self.close_socket();
@@ -373,8 +393,8 @@ impl Actor {
 
     async fn step(&mut self, cmd: Cmd) -> Result<(), Error> {
         match cmd {
-            Cmd::Mutate(op, reply) => {
-                self.mutate(op, reply).await;
+            Cmd::Mutate(op, rid, reply) => {
+                self.mutate(op, rid, reply).await;
                 self.send_outgoing();
             }
             Cmd::Query(src, reply) => {
@@ -491,11 +511,24 @@ impl Actor {
 
     /// Applies a write to the view and answers with its optimistic result at once
     /// (live queries are notified then too), then makes it durable and answers again.
-    async fn mutate(&mut self, op: Op, reply: MutateReply) {
+    async fn mutate(&mut self, op: Op, rid: Option<String>, reply: MutateReply) {
         let now = now_ms();
+        // A request made before answers as then (the `Q` space is loaded at open).
+        match rid.as_deref().map(|r| self.replica.request(r)) {
+            Some(Ok(Some(done))) => {
+                let _ = reply.applied.send(Ok((done.seq, done.result)));
+                let _ = reply.durable.send(Ok(()));
+                return;
+            }
+            Some(Err(e)) => {
+                let _ = reply.applied.send(Err(e));
+                return;
+            }
+            _ => {}
+        }
         // A dry run loads what the write reads; the real run then reads only the cache.
         let local = match self.settle(|r| r.dry_run(op.clone(), now)).await {
-            Ok(Ok(Ok(_))) => self.replica.mutate(op, now),
+            Ok(Ok(Ok(_))) => self.replica.mutate_request(op, now, rid.as_deref()),
             Ok(Ok(Err(e))) | Ok(Err(e)) | Err(e) => Err(e),
         };
         let local = match local {

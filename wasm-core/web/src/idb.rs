@@ -78,6 +78,13 @@ async fn request(req: IdbRequest) -> Result<JsValue, JsValue> {
     wasm_bindgen_futures::JsFuture::from(promise).await
 }
 
+fn fenced() -> Error {
+    Error::new(
+        ErrorCode::Storage,
+        "another tab has taken over this database; this one writes no more",
+    )
+}
+
 /// Awaits a transaction's completion (or its abort).
 async fn complete(tx: &IdbTransaction) -> Result<(), JsValue> {
     let promise = js_sys::Promise::new(&mut |resolve, reject| {
@@ -188,6 +195,19 @@ pub struct IdbStore {
     /// Writes not yet in IndexedDB, by key: a later write replaces an earlier one, so a
     /// write taken back before it was flushed costs nothing.
     pending: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The leader epoch this store claimed ([`IdbStore::claim`]): every flush checks, in
+    /// its own transaction, that no other page has claimed the database since.
+    epoch: Option<f64>,
+    /// A flush found the database claimed by another page: this store writes no more.
+    fenced: bool,
+}
+
+/// Where the leader epoch lives: outside the engine's key spaces, read and written only
+/// by [`IdbStore::claim`] and [`IdbStore::flush`].
+const EPOCH_KEY: &[u8] = b"\xFFleader-epoch";
+
+fn epoch_of(v: &JsValue) -> f64 {
+    v.as_f64().unwrap_or(0.0)
 }
 
 impl IdbStore {
@@ -205,7 +225,41 @@ impl IdbStore {
             loaded: Vec::new(),
             misses: RefCell::new(Vec::new()),
             pending: Default::default(),
+            epoch: None,
+            fenced: false,
         })
+    }
+
+    /// Claims the database for this page (the tab that leads for all tabs of an
+    /// origin): bumps the leader epoch in IndexedDB. From then on a flush succeeds only
+    /// while the epoch is still this one, so a page that lost the lead (frozen, then
+    /// thawed) can never write over the new leader's data.
+    pub async fn claim(&mut self) -> Result<f64, Error> {
+        let tx = self
+            .db
+            .as_sys()
+            .transaction_with_str_and_mode(KV, IdbTransactionMode::Readwrite)
+            .map_err(|e| js_err("claim transaction", e))?;
+        let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
+        let get = store
+            .get(&key(EPOCH_KEY))
+            .map_err(|e| js_err("read the epoch", e))?;
+        let now = epoch_of(
+            &request(get)
+                .await
+                .map_err(|e| js_err("read the epoch", e))?,
+        ) + 1.0;
+        store
+            .put_with_key(&JsValue::from_f64(now), &key(EPOCH_KEY))
+            .map_err(|e| js_err("write the epoch", e))?;
+        complete(&tx).await.map_err(|e| js_err("claim", e))?;
+        self.epoch = Some(now);
+        Ok(now)
+    }
+
+    /// Whether another page has claimed the database since this store did.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
     }
 
     /// Deletes the database `name` (for tests and "sign out").
@@ -310,12 +364,30 @@ impl IdbStore {
         if self.pending.is_empty() {
             return Ok(());
         }
+        if self.fenced {
+            return Err(fenced());
+        }
         let tx = self
             .db
             .as_sys()
             .transaction_with_str_and_mode(KV, IdbTransactionMode::Readwrite)
             .map_err(|e| js_err("write transaction", e))?;
         let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
+        if let Some(mine) = self.epoch {
+            // Read the epoch in this same transaction: IndexedDB runs read-write
+            // transactions on a store one at a time, so no claim can slip in between.
+            let get = store
+                .get(&key(EPOCH_KEY))
+                .map_err(|e| js_err("read the epoch", e))?;
+            let now = request(get)
+                .await
+                .map_err(|e| js_err("read the epoch", e))?;
+            if epoch_of(&now) != mine {
+                let _ = tx.abort();
+                self.fenced = true;
+                return Err(fenced());
+            }
+        }
         for (k, v) in &self.pending {
             let r = match v {
                 Some(v) => store.put_with_key(&key(v), &key(k)).map(|_| ()),

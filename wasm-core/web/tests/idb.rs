@@ -7,6 +7,7 @@
 use std::ops::Bound;
 
 use warren_core::storage::{conformance, Batch, KeyRange, Storage};
+use warren_core::ErrorCode;
 use warren_web::IdbStore;
 use wasm_bindgen_test::*;
 
@@ -167,7 +168,6 @@ async fn ten_thousand_records_round_trip() {
 /// DOMException name in a STORAGE_ERROR.
 #[wasm_bindgen_test]
 fn indexeddb_errors_keep_their_meaning() {
-    use warren_core::ErrorCode;
     let quota =
         web_sys::DomException::new_with_message_and_name("full", "QuotaExceededError").unwrap();
     let e = warren_web::idb::js_err("commit", quota.into());
@@ -177,4 +177,38 @@ fn indexeddb_errors_keep_their_meaning() {
     let e = warren_web::idb::js_err("commit", other.into());
     assert_eq!(e.code, ErrorCode::Storage);
     assert!(e.message.contains("InvalidStateError"), "{}", e.message);
+}
+
+/// Two pages on one database (a frozen leader tab and the tab that took over): once the
+/// second claims it, the first one's flushes fail and write nothing, and keep failing.
+#[wasm_bindgen_test]
+async fn a_store_that_lost_its_claim_writes_nothing() {
+    let name = "fence";
+    let mut old = fresh(name).await;
+    old.claim().await.expect("first claim");
+    let mut b = Batch::new();
+    b.put(b"k1".to_vec(), b"old".to_vec());
+    old.apply(b).unwrap();
+    old.flush().await.expect("the leader writes");
+
+    let mut new = IdbStore::open(name).await.expect("open again");
+    new.claim().await.expect("second claim");
+    let mut b = Batch::new();
+    b.put(b"k1".to_vec(), b"stale".to_vec());
+    b.put(b"k2".to_vec(), b"stale".to_vec());
+    old.apply(b).unwrap();
+    let e = old.flush().await.expect_err("the old leader is fenced");
+    assert_eq!(e.code, ErrorCode::Storage);
+    assert!(old.is_fenced());
+    assert!(old.flush().await.is_err(), "and stays fenced");
+
+    let mut b = Batch::new();
+    b.put(b"k3".to_vec(), b"new".to_vec());
+    new.apply(b).unwrap();
+    new.flush().await.expect("the new leader writes");
+    let mut check = IdbStore::open(name).await.expect("open to check");
+    check.load(&KeyRange::prefix(b"k")).await.unwrap();
+    assert_eq!(check.get(b"k1").unwrap(), Some(b"old".to_vec()));
+    assert_eq!(check.get(b"k2").unwrap(), None);
+    assert_eq!(check.get(b"k3").unwrap(), Some(b"new".to_vec()));
 }
