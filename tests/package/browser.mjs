@@ -1,7 +1,8 @@
 // Loads the installed package in Chromium, bundled by Vite and with no bundler, against
 // a real `warren serve` serving the app directory given as the first argument.
+import { execFileSync } from "node:child_process";
 import { join } from "node:path";
-import { check, fail, finish, tempDir, freePort, startWarren, stopProcess, profile, root } from "../browser/harness.mjs";
+import { check, fail, finish, tempDir, freePort, startWarren, stopProcess, profile, root, warren } from "../browser/harness.mjs";
 
 const app = process.argv[2];
 const work = tempDir("package");
@@ -24,7 +25,10 @@ try {
   const plain = await page.evaluate(() => window.result);
   check("the package works from a plain <script type=module>",
     plain.position > 0 && plain.titles?.includes("from a plain script"), JSON.stringify(plain));
-  await page.goto(`http://127.0.0.1:${port}/api.html`);
+  // A token for "refresher", signed by the server's secret, that expired long ago.
+  const expired = execFileSync(warren, ["token", "--data-dir", join(work, "data"), "--sub", "refresher", "--claim", "exp=1"])
+    .toString().trim();
+  await page.goto(`http://127.0.0.1:${port}/api.html?expired=${expired}`);
   for (const [name, ok, detail] of await page.evaluate(() => window.result)) check(name, ok, detail);
 } catch (e) {
   fail(e);
