@@ -8,11 +8,18 @@
 //! After a crash redb comes back at its last durable commit, whose stored position
 //! says where to resume replaying the log; state, digest and position always move
 //! together, in one transaction.
+//!
+//! The file is created whole or not at all: initialised under a temporary name,
+//! synced, then renamed (like a log segment), so a crash during the first start never
+//! leaves a half-made file that redb refuses to open.
 
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, ReadOnlyTable, TableDefinition};
+use redb::backends::FileBackend;
+use redb::{Database, Durability, ReadOnlyTable, StorageBackend, TableDefinition};
+
+use crate::log::fs::{FileSystem, StdFs};
 use warren_core::storage::{Batch, Entry, KeyRange, Storage};
 use warren_core::{Error, ErrorCode};
 
@@ -33,7 +40,62 @@ impl RedbStore {
     /// Opens (or creates) the store at `path`. `sync_every`: commit durably every this
     /// many batches (1 = every batch).
     pub fn open(path: &Path, sync_every: u32) -> Result<RedbStore, Error> {
-        let db = Database::create(path).map_err(storage)?;
+        RedbStore::open_on(&StdFs, path, sync_every, |p| {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(p)
+                .map_err(storage)?;
+            FileBackend::new(file).map_err(storage)
+        })
+    }
+
+    /// [`RedbStore::open`] on another file system: `fs` creates, renames and syncs,
+    /// `backend` gives redb the file at a path (tests inject I/O failures and crashes
+    /// with both: `sync-server/tests/faults.rs`).
+    pub fn open_on<B: StorageBackend>(
+        fs: &dyn FileSystem,
+        path: &Path,
+        sync_every: u32,
+        backend: impl Fn(&Path) -> Result<B, Error>,
+    ) -> Result<RedbStore, Error> {
+        let io = |what: &str, p: &Path, e: std::io::Error| {
+            storage(format!("{what} {}: {e}", p.display()))
+        };
+        if !fs.exists(path).map_err(|e| io("opening", path, e))? {
+            // Made whole under a temporary name, then renamed: a crash before the
+            // rename leaves only the temporary file, removed here next time.
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(".tmp");
+            let tmp = PathBuf::from(tmp);
+            if fs.exists(&tmp).map_err(|e| io("opening", &tmp, e))? {
+                fs.remove_file(&tmp).map_err(|e| io("removing", &tmp, e))?;
+            }
+            drop(
+                fs.open_write(&tmp, true)
+                    .map_err(|e| io("creating", &tmp, e))?,
+            );
+            let db = Database::builder()
+                .create_with_backend(backend(&tmp)?)
+                .map_err(storage)?;
+            drop(RedbStore::with_database(db, 1)?);
+            fs.rename(&tmp, path).map_err(|e| io("renaming", &tmp, e))?;
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            fs.sync_dir(dir).map_err(|e| io("syncing", dir, e))?;
+        }
+        let db = Database::builder()
+            .create_with_backend(backend(path)?)
+            .map_err(storage)?;
+        RedbStore::with_database(db, sync_every)
+    }
+
+    /// Opens the database and makes sure its table exists, durably.
+    fn with_database(db: Database, sync_every: u32) -> Result<RedbStore, Error> {
         let w = db.begin_write().map_err(storage)?;
         w.open_table(TABLE).map_err(storage)?;
         w.commit().map_err(storage)?;

@@ -5,10 +5,11 @@
 //! header, then frames `[u32 length][u32 CRC-32 of the payload][payload]`
 //! (little-endian). One `write` and one `sync_data` per batch.
 
-use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::fs::{FileSystem, StdFs, WriteFile};
 use super::{check_records, Log, LogError, DEFAULT_MAX_RECORD_SIZE};
 
 /// The first 8 bytes of every segment file.
@@ -109,12 +110,13 @@ impl Segment {
 /// again; recovery decides what of the failed batch survived (nothing or a prefix).
 #[derive(Debug)]
 pub struct FileLog {
+    fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     options: FileLogOptions,
     /// Ascending by `first`, contiguous; never empty. The last one is being appended to.
     segments: Vec<Segment>,
     /// The last segment, opened for writing, positioned at its end.
-    active: File,
+    active: Box<dyn WriteFile>,
     last: u64,
     /// Set when an append failed after it may have written: the tail is unknown.
     failed: bool,
@@ -127,6 +129,17 @@ impl FileLog {
         dir: impl AsRef<Path>,
         options: FileLogOptions,
     ) -> Result<(FileLog, Recovery), LogError> {
+        FileLog::open_with(Arc::new(StdFs), dir, options)
+    }
+
+    /// [`FileLog::open`] on another file system: every file operation of the log goes
+    /// through `fs` (tests inject failures and crashes with it).
+    pub fn open_with(
+        fs: Arc<dyn FileSystem>,
+        dir: impl AsRef<Path>,
+        options: FileLogOptions,
+    ) -> Result<(FileLog, Recovery), LogError> {
+        let fs_ref: &dyn FileSystem = &*fs;
         if options.max_record_size == 0 || options.max_record_size as u64 > u32::MAX as u64 {
             return Err(LogError::InvalidOptions {
                 detail: format!(
@@ -139,32 +152,32 @@ impl FileLog {
         let dir = dir.as_ref().to_path_buf();
         let mut recovery = Recovery::default();
 
-        match fs::metadata(&dir) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(&dir)
+        match fs_ref.exists(&dir) {
+            Ok(true) => {}
+            Ok(false) => {
+                fs_ref
+                    .create_dir_all(&dir)
                     .map_err(|e| LogError::io(format!("creating {}", dir.display()), e))?;
                 let parent = dir
                     .parent()
                     .filter(|p| !p.as_os_str().is_empty())
                     .unwrap_or(Path::new("."));
-                sync_dir(parent)?;
+                sync_dir(fs_ref, parent)?;
             }
             Err(e) => return Err(LogError::io(format!("opening {}", dir.display()), e)),
         }
 
         // List the segments; remove leftovers of interrupted segment creation.
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
-        let entries = fs::read_dir(&dir)
+        let entries = fs_ref
+            .list(&dir)
             .map_err(|e| LogError::io(format!("listing {}", dir.display()), e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| LogError::io(format!("listing {}", dir.display()), e))?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
+        for name in entries {
+            let path = dir.join(&name);
             if name.ends_with(&format!(".{SEGMENT_EXTENSION}{TEMP_SUFFIX}")) {
-                fs::remove_file(entry.path())
-                    .map_err(|e| LogError::io(format!("removing {}", entry.path().display()), e))?;
+                fs_ref
+                    .remove_file(&path)
+                    .map_err(|e| LogError::io(format!("removing {}", path.display()), e))?;
                 recovery.removed_temp_files += 1;
                 continue;
             }
@@ -180,10 +193,10 @@ impl FileLog {
                         dir.display()
                     ))
                 })?;
-            names.push((first, entry.path()));
+            names.push((first, path));
         }
         if recovery.removed_temp_files > 0 {
-            sync_dir(&dir)?;
+            sync_dir(fs_ref, &dir)?;
         }
         names.sort_by_key(|(first, _)| *first);
         recovery.segments = names.len();
@@ -191,7 +204,7 @@ impl FileLog {
         let mut segments: Vec<Segment> = Vec::with_capacity(names.len().max(1));
         let mut torn: Option<u64> = None;
         if names.is_empty() {
-            segments.push(create_segment(&dir, 1)?);
+            segments.push(create_segment(fs_ref, &dir, 1)?);
             recovery.created = true;
         } else {
             let count = names.len();
@@ -213,7 +226,7 @@ impl FileLog {
                         ),
                     }));
                 }
-                let (segment, bad) = scan_segment(path, first, i + 1 == count)?;
+                let (segment, bad) = scan_segment(fs_ref, path, first, i + 1 == count)?;
                 if bad.is_some() {
                     torn = bad;
                 }
@@ -223,24 +236,23 @@ impl FileLog {
 
         let active_seg = segments.last().expect("at least one segment");
         if let Some(at) = torn {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&active_seg.path)
+            let mut f = fs_ref
+                .open_write(&active_seg.path, false)
                 .map_err(|e| LogError::io(format!("opening {}", active_seg.path.display()), e))?;
             let file_len = f
-                .metadata()
-                .map_err(|e| LogError::io(format!("reading {}", active_seg.path.display()), e))?
-                .len();
+                .size()
+                .map_err(|e| LogError::io(format!("reading {}", active_seg.path.display()), e))?;
             f.set_len(at).and_then(|_| f.sync_all()).map_err(|e| {
                 LogError::io(format!("truncating {}", active_seg.path.display()), e)
             })?;
             recovery.truncated_bytes = file_len - at;
         }
-        let active = open_for_append(&active_seg.path, active_seg.len)?;
+        let active = open_for_append(fs_ref, &active_seg.path, active_seg.len)?;
         let last = active_seg.last;
         recovery.last_position = last;
         Ok((
             FileLog {
+                fs,
                 dir,
                 options,
                 segments,
@@ -269,8 +281,8 @@ impl FileLog {
 
     /// Starts a new segment whose first record will be `first`.
     fn roll(&mut self, first: u64) -> Result<(), LogError> {
-        let segment = create_segment(&self.dir, first)?;
-        let active = open_for_append(&segment.path, segment.len)?;
+        let segment = create_segment(&*self.fs, &self.dir, first)?;
+        let active = open_for_append(&*self.fs, &segment.path, segment.len)?;
         self.segments.push(segment);
         self.active = active;
         Ok(())
@@ -347,7 +359,7 @@ impl Log for FileLog {
             if segment.last < position {
                 continue;
             }
-            read_segment(segment, position, max, &mut out)?;
+            read_segment(&*self.fs, segment, position, max, &mut out)?;
             position = segment.last + 1;
         }
         Ok(out)
@@ -361,6 +373,7 @@ impl Log for FileLog {
 /// Appends to `out`, until it holds `max` records, the records of `segment` from
 /// `from` (which it holds) on.
 fn read_segment(
+    fs: &dyn FileSystem,
     segment: &Segment,
     from: u64,
     max: usize,
@@ -369,7 +382,7 @@ fn read_segment(
     let io_err = |e| LogError::io(format!("reading {}", segment.path.display()), e);
     let i = segment.index.partition_point(|&(p, _)| p <= from);
     let (mut position, mut offset) = segment.index[i - 1];
-    let mut file = File::open(&segment.path).map_err(io_err)?;
+    let mut file = fs.open_read(&segment.path).map_err(io_err)?;
     file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
     let mut reader = BufReader::with_capacity(64 << 10, file);
     while position <= segment.last && out.len() < max {
@@ -417,23 +430,19 @@ fn encode_header(first: u64) -> [u8; HEADER_LEN as usize] {
 /// Creates the segment starting at `first`, durably: written under a temporary name,
 /// synced, renamed, and the directory synced. A segment file under its final name
 /// therefore always has a complete header.
-fn create_segment(dir: &Path, first: u64) -> Result<Segment, LogError> {
+fn create_segment(fs: &dyn FileSystem, dir: &Path, first: u64) -> Result<Segment, LogError> {
     let name = segment_file_name(first);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}{TEMP_SUFFIX}"));
     let write = || -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut f = fs.open_write(&tmp, true)?;
         f.write_all(&encode_header(first))?;
         f.sync_all()
     };
     write().map_err(|e| LogError::io(format!("creating {}", tmp.display()), e))?;
-    fs::rename(&tmp, &path)
+    fs.rename(&tmp, &path)
         .map_err(|e| LogError::io(format!("renaming {} to {name}", tmp.display()), e))?;
-    sync_dir(dir)?;
+    sync_dir(fs, dir)?;
     Ok(Segment {
         first,
         last: first - 1,
@@ -443,10 +452,13 @@ fn create_segment(dir: &Path, first: u64) -> Result<Segment, LogError> {
     })
 }
 
-fn open_for_append(path: &Path, len: u64) -> Result<File, LogError> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .open(path)
+fn open_for_append(
+    fs: &dyn FileSystem,
+    path: &Path,
+    len: u64,
+) -> Result<Box<dyn WriteFile>, LogError> {
+    let mut f = fs
+        .open_write(path, false)
         .map_err(|e| LogError::io(format!("opening {}", path.display()), e))?;
     f.seek(SeekFrom::Start(len))
         .map_err(|e| LogError::io(format!("seeking in {}", path.display()), e))?;
@@ -454,31 +466,24 @@ fn open_for_append(path: &Path, len: u64) -> Result<File, LogError> {
 }
 
 /// Makes a directory's entries (created, renamed, removed files) durable.
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<(), LogError> {
+    fs.sync_dir(dir)
         .map_err(|e| LogError::io(format!("syncing directory {}", dir.display()), e))
-}
-
-/// Directories cannot be opened, hence not synced, on this platform.
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<(), LogError> {
-    Ok(())
 }
 
 /// Reads and checks a segment's header and frames. Returns the valid part, and for the
 /// last segment the offset of a torn tail to truncate (`None` when the file ends with a
 /// complete frame). Modifies nothing.
 fn scan_segment(
+    fs: &dyn FileSystem,
     path: PathBuf,
     first: u64,
     is_last: bool,
 ) -> Result<(Segment, Option<u64>), LogError> {
     let name = segment_file_name(first);
     let io_err = |e| LogError::io(format!("reading {}", path.display()), e);
-    let file = File::open(&path).map_err(io_err)?;
-    let file_len = file.metadata().map_err(io_err)?.len();
+    let file = fs.open_read(&path).map_err(io_err)?;
+    let file_len = file.size().map_err(io_err)?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
 
     if file_len < HEADER_LEN {

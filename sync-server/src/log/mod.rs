@@ -10,6 +10,7 @@ use std::fmt;
 use std::io;
 
 mod file;
+pub mod fs;
 
 pub use file::{
     segment_file_name, FileLog, FileLogOptions, Recovery, DEFAULT_SEGMENT_SIZE, FORMAT_VERSION,
