@@ -272,7 +272,8 @@ async fn session(
     opts: &ClientOptions,
     online: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let (ws, _) = tokio_tungstenite::connect_async(&opts.url)
+    // No Nagle (browsers set TCP_NODELAY on WebSockets too): frames are small.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(&opts.url, None, true)
         .await
         .map_err(|e| e.to_string())?;
     let (mut sink, mut stream) = ws.split();
@@ -369,7 +370,7 @@ pub struct RawConnection {
 
 impl RawConnection {
     pub async fn connect(url: &str) -> Result<RawConnection, String> {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .map_err(|e| e.to_string())?;
         Ok(RawConnection { ws })

@@ -31,21 +31,47 @@ use warren_core::protocol::{
 use warren_core::Value;
 
 use crate::auth::Verifier;
+use crate::limits::{Budget, Identities, Rate, Slots};
 use crate::metrics::Metrics;
+use crate::queue::{self, FrameRx, Received};
 use crate::region::{Connect, RegionMsg, RegionTx};
 
-/// Limits the gateway enforces per connection.
+/// Limits the gateway enforces per connection and per identity (the token's `sub`).
+/// Every one is a `warren serve` flag; `docs/PROTOCOL.md` ("Limits") lists them.
 #[derive(Clone, Debug)]
 pub struct GatewayLimits {
-    /// The largest frame accepted.
+    /// The largest frame (WebSocket message) or HTTP body accepted. At most
+    /// [`MAX_FRAME_BYTES_CEILING`], so that every commit fits a log record.
     pub max_frame_bytes: usize,
     /// The most commits in one push.
     pub max_commits_per_push: usize,
     /// Frames queued for one connection before it counts as too slow.
     pub conn_queue: usize,
+    /// Bytes queued for one connection before it counts as too slow (a single frame
+    /// larger than this still passes an empty queue).
+    pub conn_queue_bytes: usize,
     /// How long a new connection has to send `Hello`.
     pub hello_timeout: Duration,
+    /// How long writing one frame to a connection may take before it is dropped.
+    pub write_timeout: Duration,
+    /// Open sync connections, all identities together (0: no limit).
+    pub max_connections: usize,
+    /// Open sync connections of one identity (0: no limit).
+    pub max_connections_per_identity: usize,
+    /// Commits one identity may send per second, over WebSocket and HTTP together
+    /// (0: no limit), and how many it may send at once.
+    pub commits_per_sec: u32,
+    pub commit_burst: u32,
+    /// Frames (and HTTP requests) one identity may send per second (0: no limit), and
+    /// how many at once.
+    pub frames_per_sec: u32,
+    pub frame_burst: u32,
 }
+
+/// The largest `max_frame_bytes` a server accepts: a quarter of the log's record
+/// limit, so that a commit's log entry (its arguments re-encoded from JSON, which can
+/// grow a number from 3 bytes to 9, plus the verified claims) always fits a record.
+pub const MAX_FRAME_BYTES_CEILING: usize = crate::log::DEFAULT_MAX_RECORD_SIZE / 4;
 
 impl Default for GatewayLimits {
     fn default() -> Self {
@@ -53,8 +79,59 @@ impl Default for GatewayLimits {
             max_frame_bytes: 1 << 20,
             max_commits_per_push: 1000,
             conn_queue: 4096,
+            conn_queue_bytes: 8 << 20,
             hello_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_connections_per_identity: 64,
+            commits_per_sec: 200,
+            commit_burst: 2000,
+            frames_per_sec: 200,
+            frame_burst: 1000,
         }
+    }
+}
+
+impl GatewayLimits {
+    /// Checks that the limits work together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_frame_bytes == 0 || self.max_frame_bytes > MAX_FRAME_BYTES_CEILING {
+            return Err(format!(
+                "max_frame_bytes must be between 1 and {MAX_FRAME_BYTES_CEILING}, not {}",
+                self.max_frame_bytes
+            ));
+        }
+        if self.max_commits_per_push == 0 || self.conn_queue == 0 || self.conn_queue_bytes == 0 {
+            return Err(
+                "max_commits_per_push, conn_queue and conn_queue_bytes must be at least 1".into(),
+            );
+        }
+        if self.commits_per_sec > 0 && (self.commit_burst as usize) < self.max_commits_per_push {
+            return Err(format!(
+                "commit_burst ({}) must be at least max_commits_per_push ({}), or a full push could never pass",
+                self.commit_burst, self.max_commits_per_push
+            ));
+        }
+        if self.frames_per_sec > 0 && self.frame_burst == 0 {
+            return Err("frame_burst must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn rate(per_sec: u32, burst: u32) -> Rate {
+        Rate {
+            per_sec: per_sec as f64,
+            burst: burst as f64,
+        }
+    }
+
+    /// The per-identity budgets these limits describe.
+    pub fn identities(&self) -> Identities {
+        Identities::new(
+            self.max_connections_per_identity,
+            Self::rate(self.commits_per_sec, self.commit_burst),
+            Self::rate(self.frames_per_sec, self.frame_burst),
+        )
     }
 }
 
@@ -68,6 +145,10 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     pub next_conn: Arc<AtomicU64>,
     pub shutdown: watch::Receiver<bool>,
+    /// Per-identity connection counts and rate budgets.
+    pub identities: Arc<Identities>,
+    /// Open sync connections, against `limits.max_connections`.
+    pub slots: Arc<Slots>,
 }
 
 pub fn app(state: AppState) -> Router {
@@ -142,6 +223,23 @@ async fn verify(s: &AppState, headers: &HeaderMap) -> Result<Value, AppError> {
     })
 }
 
+/// Takes `n` from an identity's budget for an HTTP request: `429 RATE_LIMITED` when
+/// it is short.
+fn take_http(s: &AppState, sub: &str, budget: Budget, n: u64) -> Result<(), AppError> {
+    if s.identities.take(sub, budget, n) {
+        return Ok(());
+    }
+    s.metrics.rate_limited(budget.as_str());
+    Err(AppError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        codes::RATE_LIMITED,
+        format!(
+            "this identity sends more {} than it may; retry later",
+            budget.as_str()
+        ),
+    ))
+}
+
 /// The answer when the server is stopping.
 fn stopping() -> AppError {
     AppError::new(
@@ -186,6 +284,8 @@ async fn push(
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {
     let auth = verify(&s, &headers).await?;
+    let sub = subject(&auth);
+    take_http(&s, &sub, Budget::Frames, 1)?;
     if body.len() > s.limits.max_frame_bytes {
         return Err(AppError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -234,6 +334,7 @@ async fn push(
         let schema_version = c["schema_version"].as_str().unwrap_or("").to_owned();
         parsed.push((seq, op, schema_version));
     }
+    take_http(&s, &sub, Budget::Commits, parsed.len() as u64)?;
     let client_id = scoped_client_id(&auth, &client_id);
     let mut waits = Vec::new();
     for (seq, op, schema_version) in parsed {
@@ -280,6 +381,7 @@ async fn pull(
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {
     let auth = verify(&s, &headers).await?;
+    take_http(&s, &subject(&auth), Budget::Frames, 1)?;
     let auth_for_id = auth.clone();
     let bad = |m: &str| AppError::new(StatusCode::BAD_REQUEST, codes::BAD_FRAME, m);
     let req: serde_json::Value = if body.is_empty() {
@@ -356,11 +458,54 @@ async fn pull(
 }
 
 async fn sync(State(s): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let Some(slot) = s.slots.take() else {
+        s.metrics.refused(codes::TOO_MANY_CONNECTIONS);
+        tracing::info!(
+            max = s.limits.max_connections,
+            "sync connection refused: too many connections"
+        );
+        return AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::TOO_MANY_CONNECTIONS,
+            "the server holds as many sync connections as it may; reconnect later",
+        )
+        .into_response();
+    };
     let max = s.limits.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session(s, socket))
+        .on_upgrade(move |socket| async move {
+            let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
+            let metrics = s.metrics.clone();
+            Metrics::add(&metrics.connections_total, 1);
+            let (end, linger) = session(s.clone(), socket, conn).await;
+            if let Some(code) = end.code {
+                tracing::debug!(conn, code, message = %end.message, "sync connection closed");
+            } else {
+                tracing::debug!(conn, "sync connection closed");
+            }
+            // After a frame too large the client may still be sending it; closing at
+            // once could reset the connection before it reads the Error frame.
+            if let Some(stream) = linger {
+                tokio::select! {
+                    _ = tokio::time::sleep(LINGER) => {}
+                    _ = stopped(s.shutdown.clone()) => {}
+                }
+                drop(stream);
+            }
+            drop(slot);
+        })
 }
+
+/// Resolves when the server starts stopping (or its stop signal is gone).
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|v| *v).await;
+}
+
+/// How long the final `Error` frame and the close may take to write.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a connection is kept open after `FRAME_TOO_LARGE`.
+const LINGER: Duration = Duration::from_millis(500);
 
 fn error_frame(code: &str, message: impl Into<String>) -> Message {
     Message::Binary(
@@ -378,39 +523,309 @@ fn is_error_frame(b: &[u8]) -> bool {
     b.get(1) == Some(&0x86)
 }
 
-async fn session(mut s: AppState, socket: WebSocket) {
-    Metrics::add(&s.metrics.connections_total, 1);
+/// Did reading fail because the message or frame is over the size limit?
+fn too_large(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// How a session ended: the `Error` frame it sent last, if any.
+struct End {
+    code: Option<&'static str>,
+    message: String,
+}
+
+impl End {
+    fn quiet() -> End {
+        End {
+            code: None,
+            message: String::new(),
+        }
+    }
+
+    fn error(code: &'static str, message: impl Into<String>) -> End {
+        End {
+            code: Some(code),
+            message: message.into(),
+        }
+    }
+
+    fn is_protocol_error(&self) -> bool {
+        matches!(
+            self.code,
+            Some(
+                codes::BAD_FRAME
+                    | codes::UNEXPECTED_FRAME
+                    | codes::UNSUPPORTED_PROTOCOL
+                    | codes::FRAME_TOO_LARGE
+                    | codes::TOO_MANY_COMMITS
+            )
+        )
+    }
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+type Stream = futures_util::stream::SplitStream<WebSocket>;
+
+/// Sends the one `Error` frame of a connection refused before it started.
+async fn refuse(s: &AppState, sink: &mut Sink, end: &End) {
+    if let Some(code) = end.code {
+        s.metrics.error_sent(code);
+        if end.is_protocol_error() {
+            Metrics::add(&s.metrics.protocol_errors, 1);
+        }
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            let _ = sink.send(error_frame(code, end.message.clone())).await;
+            let _ = sink.close().await;
+        })
+        .await;
+    }
+}
+
+/// One sync connection: the `Hello` phase, then a reader (this task) and a writer
+/// task. Returns how it ended, and the stream to keep open a little when the client
+/// may still be sending.
+async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stream>) {
     let (mut sink, mut stream) = socket.split();
-    let fail = |code: &str, m: String| error_frame(code, m);
     // The first frame must be Hello.
     let first = match tokio::time::timeout(s.limits.hello_timeout, stream.next()).await {
         Ok(Some(Ok(Message::Binary(b)))) => b,
         Ok(Some(Ok(_))) => {
-            let _ = sink
-                .send(fail(
-                    codes::UNEXPECTED_FRAME,
-                    "the first frame must be a binary Hello".into(),
-                ))
-                .await;
-            Metrics::add(&s.metrics.protocol_errors, 1);
-            return;
+            let end = End::error(
+                codes::UNEXPECTED_FRAME,
+                "the first frame must be a binary Hello",
+            );
+            refuse(&s, &mut sink, &end).await;
+            return (end, None);
         }
-        _ => return,
+        Ok(Some(Err(e))) if too_large(&e) => {
+            let end = End::error(codes::FRAME_TOO_LARGE, too_large_message(&s));
+            refuse(&s, &mut sink, &end).await;
+            return (end, Some(stream));
+        }
+        _ => return (End::quiet(), None),
     };
     Metrics::add(&s.metrics.frames_in, 1);
-    if let Some(v) = frame_version(&first).filter(|v| *v != PROTOCOL_VERSION) {
-        let _ = sink
-            .send(fail(
-                codes::UNSUPPORTED_PROTOCOL,
-                format!(
-                    "protocol version {v} is not supported; this server speaks {PROTOCOL_VERSION}"
-                ),
-            ))
-            .await;
-        Metrics::add(&s.metrics.protocol_errors, 1);
-        return;
+    let hello = match hello(&s, &first).await {
+        Ok(h) => h,
+        Err(end) => {
+            refuse(&s, &mut sink, &end).await;
+            return (end, None);
+        }
+    };
+    let Hello {
+        client_id,
+        auth,
+        partitions,
+        outbox_from,
+    } = hello;
+    let sub = subject(&auth);
+    // The identity's limits: connections, and the Hello counts as a frame.
+    let Some(identity) = s.identities.connect(&sub) else {
+        s.metrics.refused(codes::TOO_MANY_CONNECTIONS);
+        tracing::info!(conn, sub = %sub, max = s.limits.max_connections_per_identity, "sync connection refused: too many connections for one identity");
+        let end = End::error(
+            codes::TOO_MANY_CONNECTIONS,
+            format!(
+                "this identity holds {} sync connections, the most it may",
+                s.limits.max_connections_per_identity
+            ),
+        );
+        refuse(&s, &mut sink, &end).await;
+        return (end, None);
+    };
+    if !s.identities.take(&sub, Budget::Frames, 1) {
+        let end = rate_limited(&s, conn, &sub, Budget::Frames);
+        refuse(&s, &mut sink, &end).await;
+        return (end, None);
     }
-    let (client_id, token, partitions, outbox_from) = match ClientFrame::decode(&first) {
+    // The session keys everything by the scoped id; the client's own id is only used
+    // in what it is told.
+    let scoped = scoped_client_id(&auth, &client_id);
+    let (tx, rx) = queue::channel(s.limits.conn_queue, s.limits.conn_queue_bytes);
+    let (close_tx, close_rx) = oneshot::channel::<Message>();
+    let mut writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        close_rx,
+        s.limits.write_timeout,
+        s.metrics.clone(),
+    ));
+    if s.region
+        .send(RegionMsg::Connect(Connect {
+            conn,
+            client_id: scoped.clone(),
+            auth: auth.clone(),
+            partitions,
+            outbox_from,
+            tx: tx.clone(),
+        }))
+        .is_err()
+    {
+        let end = End::error(codes::SHUTTING_DOWN, "the server is stopping");
+        return finish(&s, end, close_tx, writer, None).await;
+    }
+    tracing::debug!(conn, sub = %sub, client = %client_id, "sync connection");
+    let stopping = stopped(s.shutdown.clone());
+    tokio::pin!(stopping);
+    let mut writer_done = false;
+    let mut linger = false;
+    let end = loop {
+        tokio::select! {
+            _ = &mut writer => {
+                writer_done = true;
+                break End::quiet();
+            }
+            _ = &mut stopping => {
+                break End::error(codes::SHUTTING_DOWN, "the server is stopping; reconnect later");
+            }
+            msg = stream.next() => {
+                let b = match msg {
+                    Some(Ok(Message::Binary(b))) => b,
+                    Some(Ok(Message::Close(_))) | None => break End::quiet(),
+                    Some(Err(e)) if too_large(&e) => {
+                        linger = true;
+                        break End::error(codes::FRAME_TOO_LARGE, too_large_message(&s));
+                    }
+                    Some(Err(_)) => break End::quiet(),
+                    Some(Ok(other)) => {
+                        // Text, and WebSocket pings and pongs: they count as frames too.
+                        Metrics::add(&s.metrics.frames_in, 1);
+                        if !s.identities.take(&sub, Budget::Frames, 1) {
+                            break rate_limited(&s, conn, &sub, Budget::Frames);
+                        }
+                        if let Message::Text(_) = other {
+                            break End::error(codes::BAD_FRAME, "frames are binary");
+                        }
+                        continue;
+                    }
+                };
+                Metrics::add(&s.metrics.frames_in, 1);
+                if !s.identities.take(&sub, Budget::Frames, 1) {
+                    break rate_limited(&s, conn, &sub, Budget::Frames);
+                }
+                match ClientFrame::decode(&b) {
+                    Ok(ClientFrame::Push { commits }) => {
+                        if commits.len() > s.limits.max_commits_per_push {
+                            break End::error(codes::TOO_MANY_COMMITS, format!("a push holds at most {} commits", s.limits.max_commits_per_push));
+                        }
+                        if commits.iter().any(|c| c.seq == 0) {
+                            break End::error(codes::BAD_FRAME, "sequence numbers start at 1");
+                        }
+                        // All of the push or none of it: a client over its budget
+                        // resends the whole push after reconnecting.
+                        if !s.identities.take(&sub, Budget::Commits, commits.len() as u64) {
+                            break rate_limited(&s, conn, &sub, Budget::Commits);
+                        }
+                        let mut stopped = false;
+                        for c in commits {
+                            let commit = Commit {
+                                client_id: scoped.clone(),
+                                client_seq: c.seq,
+                                schema_version: c.schema_version,
+                                timestamp: 0,
+                                auth: auth.clone(),
+                                op: c.op,
+                            };
+                            if s.seq.send(commit).await.is_err() {
+                                stopped = true;
+                                break;
+                            }
+                        }
+                        if stopped {
+                            break End::error(codes::SHUTTING_DOWN, "the server is stopping");
+                        }
+                    }
+                    Ok(ClientFrame::Ping { nonce }) => {
+                        let pong = Arc::new(ServerFrame::Pong { nonce }.encode());
+                        if tx.try_send(pong).is_err() {
+                            // Overflowed: the writer ends the connection with TOO_SLOW.
+                            continue;
+                        }
+                    }
+                    Ok(ClientFrame::Hello { .. }) => {
+                        break End::error(codes::UNEXPECTED_FRAME, "Hello was already received");
+                    }
+                    Err(e) => break End::error(codes::BAD_FRAME, e.message),
+                }
+            }
+        }
+    };
+    drop(identity);
+    let writer = if writer_done { None } else { Some(writer) };
+    let end = match writer {
+        Some(w) => finish(&s, end, close_tx, w, None).await.0,
+        None => end,
+    };
+    let _ = s.region.send(RegionMsg::Disconnect { conn });
+    (end, linger.then_some(stream))
+}
+
+/// Ends a registered connection: hands the last `Error` frame (if any) to the writer,
+/// which sends it before anything still queued, and waits for the writer to close.
+async fn finish(
+    s: &AppState,
+    end: End,
+    close_tx: oneshot::Sender<Message>,
+    writer: tokio::task::JoinHandle<()>,
+    stream: Option<Stream>,
+) -> (End, Option<Stream>) {
+    if let Some(code) = end.code {
+        if end.is_protocol_error() {
+            Metrics::add(&s.metrics.protocol_errors, 1);
+        }
+        s.metrics.error_sent(code);
+        let _ = close_tx.send(error_frame(code, end.message.clone()));
+    } else {
+        drop(close_tx);
+    }
+    let _ = writer.await;
+    (end, stream)
+}
+
+fn too_large_message(s: &AppState) -> String {
+    format!("a frame is at most {} bytes", s.limits.max_frame_bytes)
+}
+
+fn rate_limited(s: &AppState, conn: u64, sub: &str, budget: Budget) -> End {
+    s.metrics.rate_limited(budget.as_str());
+    let (rate, burst) = match budget {
+        Budget::Commits => (s.limits.commits_per_sec, s.limits.commit_burst),
+        Budget::Frames => (s.limits.frames_per_sec, s.limits.frame_burst),
+    };
+    tracing::info!(conn, sub = %sub, budget = budget.as_str(), "rate limited");
+    End::error(
+        codes::RATE_LIMITED,
+        format!(
+            "this identity sends more {} than it may ({rate} a second, {burst} at once); reconnect later",
+            budget.as_str()
+        ),
+    )
+}
+
+/// A verified `Hello`.
+struct Hello {
+    client_id: String,
+    auth: Value,
+    partitions: Vec<(String, u64)>,
+    outbox_from: u64,
+}
+
+/// Checks the first frame: version, decoding, `Hello`, token, client id, in that order.
+async fn hello(s: &AppState, first: &[u8]) -> Result<Hello, End> {
+    if let Some(v) = frame_version(first).filter(|v| *v != PROTOCOL_VERSION) {
+        return Err(End::error(
+            codes::UNSUPPORTED_PROTOCOL,
+            format!("protocol version {v} is not supported; this server speaks {PROTOCOL_VERSION}"),
+        ));
+    }
+    let (client_id, token, partitions, outbox_from) = match ClientFrame::decode(first) {
         Ok(ClientFrame::Hello {
             client_id,
             token,
@@ -419,134 +834,93 @@ async fn session(mut s: AppState, socket: WebSocket) {
             ..
         }) => (client_id, token, partitions, outbox_from),
         Ok(_) => {
-            let _ = sink
-                .send(fail(
-                    codes::UNEXPECTED_FRAME,
-                    "the first frame must be Hello".into(),
-                ))
-                .await;
-            Metrics::add(&s.metrics.protocol_errors, 1);
-            return;
+            return Err(End::error(
+                codes::UNEXPECTED_FRAME,
+                "the first frame must be Hello",
+            ))
         }
-        Err(e) => {
-            let _ = sink.send(fail(codes::BAD_FRAME, e.message)).await;
-            Metrics::add(&s.metrics.protocol_errors, 1);
-            return;
-        }
+        Err(e) => return Err(End::error(codes::BAD_FRAME, e.message)),
     };
-    let auth = match s.verifier.verify_async(&token).await {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = sink.send(fail(e.code(), e.to_string())).await;
-            return;
-        }
-    };
-    if let Err(m) = check_client_id(&client_id) {
-        let _ = sink.send(fail(codes::BAD_CLIENT_ID, m)).await;
-        return;
-    }
-    // The session keys everything by the scoped id; the client's own id is only used
-    // in what it is told.
-    let client_id = scoped_client_id(&auth, &client_id);
-    let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel::<Arc<Vec<u8>>>(s.limits.conn_queue);
-    if s.region
-        .send(RegionMsg::Connect(Connect {
-            conn,
-            client_id: client_id.clone(),
-            auth: auth.clone(),
-            partitions,
-            outbox_from,
-            tx,
-        }))
-        .is_err()
-    {
-        let _ = sink
-            .send(fail(codes::SHUTTING_DOWN, "the server is stopping".into()))
-            .await;
-        return;
-    }
-    loop {
-        tokio::select! {
-            out = rx.recv() => match out {
-                Some(bytes) => {
-                    let closing = is_error_frame(&bytes);
-                    if sink.send(Message::Binary(bytes.to_vec().into())).await.is_err() || closing {
-                        break;
-                    }
+    let auth = s
+        .verifier
+        .verify_async(&token)
+        .await
+        .map_err(|e| End::error(e.code(), e.to_string()))?;
+    check_client_id(&client_id).map_err(|m| End::error(codes::BAD_CLIENT_ID, m))?;
+    Ok(Hello {
+        client_id,
+        auth,
+        partitions,
+        outbox_from,
+    })
+}
+
+/// Writes a connection's queued frames to its socket, in order. Ends after writing an
+/// `Error` frame, when the queue overflows (`TOO_SLOW`), when the session hands it a
+/// last frame (sent at once, before anything still queued), or when writing one frame
+/// takes longer than `write_timeout` (the client does not read: dropped without a
+/// word, since nothing more can reach it).
+async fn write_loop(
+    mut sink: Sink,
+    mut rx: FrameRx,
+    mut close: oneshot::Receiver<Message>,
+    write_timeout: Duration,
+    metrics: Arc<Metrics>,
+) {
+    let last = loop {
+        let frame = tokio::select! {
+            biased;
+            m = &mut close => break m.ok(),
+            r = rx.recv() => match r {
+                Received::Frame(f) => f,
+                Received::Overflowed => {
+                    metrics.error_sent(codes::TOO_SLOW);
+                    break Some(error_frame(codes::TOO_SLOW, "the connection did not keep up with its frames"));
                 }
-                None => {
-                    let _ = sink.send(fail(codes::TOO_SLOW, "the connection did not keep up with its frames".into())).await;
-                    break;
-                }
+                Received::Closed => break None,
             },
-            msg = stream.next() => match msg {
-                Some(Ok(Message::Binary(b))) => {
-                    Metrics::add(&s.metrics.frames_in, 1);
-                    match ClientFrame::decode(&b) {
-                        Ok(ClientFrame::Push { commits }) => {
-                            if commits.len() > s.limits.max_commits_per_push {
-                                let _ = sink.send(fail(codes::TOO_MANY_COMMITS, format!("a push holds at most {} commits", s.limits.max_commits_per_push))).await;
-                                Metrics::add(&s.metrics.protocol_errors, 1);
-                                break;
-                            }
-                            if commits.iter().any(|c| c.seq == 0) {
-                                let _ = sink.send(fail(codes::BAD_FRAME, "sequence numbers start at 1".into())).await;
-                                Metrics::add(&s.metrics.protocol_errors, 1);
-                                break;
-                            }
-                            let mut stopped = false;
-                            for c in commits {
-                                let commit = Commit {
-                                    client_id: client_id.clone(),
-                                    client_seq: c.seq,
-                                    schema_version: c.schema_version,
-                                    timestamp: 0,
-                                    auth: auth.clone(),
-                                    op: c.op,
-                                };
-                                if s.seq.send(commit).await.is_err() {
-                                    stopped = true;
-                                    break;
-                                }
-                            }
-                            if stopped {
-                                let _ = sink.send(fail(codes::SHUTTING_DOWN, "the server is stopping".into())).await;
-                                break;
-                            }
-                        }
-                        Ok(ClientFrame::Ping { nonce }) => {
-                            let pong = ServerFrame::Pong { nonce }.encode();
-                            if sink.send(Message::Binary(pong.into())).await.is_err() {
-                                break;
-                            }
-                        }
-                        Ok(ClientFrame::Hello { .. }) => {
-                            let _ = sink.send(fail(codes::UNEXPECTED_FRAME, "Hello was already received".into())).await;
-                            Metrics::add(&s.metrics.protocol_errors, 1);
-                            break;
-                        }
-                        Err(e) => {
-                            let _ = sink.send(fail(codes::BAD_FRAME, e.message)).await;
-                            Metrics::add(&s.metrics.protocol_errors, 1);
-                            break;
-                        }
-                    }
-                }
-                Some(Ok(Message::Text(_))) => {
-                    let _ = sink.send(fail(codes::BAD_FRAME, "frames are binary".into())).await;
-                    Metrics::add(&s.metrics.protocol_errors, 1);
-                    break;
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {}
-            },
-            _ = s.shutdown.changed() => {
-                let _ = sink.send(fail(codes::SHUTTING_DOWN, "the server is stopping; reconnect later".into())).await;
-                break;
+        };
+        let len = frame.len();
+        let closing = is_error_frame(&frame);
+        if closing {
+            if let Ok(ServerFrame::Error { code, .. }) = ServerFrame::decode(&frame) {
+                metrics.error_sent(&code);
             }
         }
-    }
-    let _ = s.region.send(RegionMsg::Disconnect { conn });
-    let _ = sink.close().await;
+        let msg = Message::Binary(frame.to_vec().into());
+        drop(frame);
+        let written = tokio::select! {
+            biased;
+            m = &mut close => {
+                rx.written(len);
+                break m.ok();
+            }
+            // More frames queued: buffer this one (flushed with the last of them).
+            r = tokio::time::timeout(write_timeout, async {
+                if !closing && rx.has_more() {
+                    sink.feed(msg).await
+                } else {
+                    sink.send(msg).await
+                }
+            }) => r,
+        };
+        rx.written(len);
+        match written {
+            Ok(Ok(())) if !closing => {}
+            Ok(Ok(())) => break None,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                metrics.error_sent(codes::TOO_SLOW);
+                tracing::info!("dropped a sync connection that did not read for {write_timeout:?}");
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if let Some(m) = last {
+            let _ = sink.send(m).await;
+        }
+        let _ = sink.close().await;
+    })
+    .await;
 }

@@ -11,7 +11,9 @@
 //! - [`store`]: the region's state in redb, behind the engine's storage trait.
 //! - [`gateway`]: axum routes: WebSocket sync, HTTP push and pull, health, metrics.
 //! - [`server`]: puts the parts together; start and graceful stop.
-//! - [`metrics`]: Prometheus counters.
+//! - [`limits`]: per-identity limits: connections, commit and frame rates.
+//! - [`queue`]: a connection's outgoing frames, bounded in frames and bytes.
+//! - [`metrics`]: Prometheus counters and histograms.
 //! - [`web`]: optional static files (an app such as the demo) and development tokens.
 //! - [`client`]: a native client (the engine's replica over a WebSocket) for tests and
 //!   tools.
@@ -19,8 +21,10 @@
 pub mod auth;
 pub mod client;
 pub mod gateway;
+pub mod limits;
 pub mod log;
 pub mod metrics;
+pub mod queue;
 pub mod region;
 pub mod sequencer;
 pub mod server;

@@ -109,7 +109,11 @@ struct ServeArgs {
     #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
     /// Open sync connections of one identity, the token's `sub` (0: no limit).
-    #[arg(long, env = "WARREN_MAX_CONNECTIONS_PER_IDENTITY", default_value_t = 64)]
+    #[arg(
+        long,
+        env = "WARREN_MAX_CONNECTIONS_PER_IDENTITY",
+        default_value_t = 64
+    )]
     max_connections_per_identity: usize,
     /// Commits one identity may send per second, WebSocket and HTTP together (0: no
     /// limit).

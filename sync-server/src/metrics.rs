@@ -1,12 +1,83 @@
-//! Prometheus metrics, hand-rolled: a few counters and gauges, rendered as text.
+//! Prometheus metrics, hand-rolled: counters, gauges and a few histograms, rendered as
+//! text. Every name is listed in `docs/PROTOCOL.md` ("HTTP endpoints").
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
-#[derive(Default)]
+/// A Prometheus histogram with fixed upper bounds.
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One per bound, then `+Inf`; not cumulative (cumulated when rendered).
+    counts: Vec<AtomicU64>,
+    /// The sum, in millionths of the unit.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        let i = self.bounds.partition_point(|b| *b < v);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((v.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    fn render(&self, name: &str, out: &mut String) {
+        let mut cum = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cum += c.load(Ordering::Relaxed);
+            let le = self
+                .bounds
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cum}");
+        }
+        let _ = writeln!(
+            out,
+            "{name}_sum {:.6}\n{name}_count {cum}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+    }
+}
+
+/// Seconds: 50 µs to 2.5 s.
+const SECONDS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5,
+];
+/// Commits in a batch.
+const BATCH_SIZES: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
 pub struct Metrics {
+    /// Commits per log batch.
+    pub batch_size: Histogram,
+    /// Seconds to append and fsync one batch.
+    pub fsync_seconds: Histogram,
+    /// Seconds to execute and apply one batch.
+    pub apply_seconds: Histogram,
+    /// Sync connections refused before they started (too many), by code.
+    refused: Mutex<BTreeMap<String, u64>>,
+    /// Requests refused by a rate limit, by budget (`commits`, `frames`).
+    rate_limited: Mutex<BTreeMap<&'static str, u64>>,
+    /// `Error` frames sent (and connections dropped as too slow), by code.
+    errors_sent: Mutex<BTreeMap<String, u64>>,
     pub commits_committed: AtomicU64,
     pub commits_duplicate: AtomicU64,
     pub batches: AtomicU64,
@@ -22,14 +93,78 @@ pub struct Metrics {
     rejections: Mutex<BTreeMap<String, u64>>,
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            batch_size: Histogram::new(BATCH_SIZES),
+            fsync_seconds: Histogram::new(SECONDS),
+            apply_seconds: Histogram::new(SECONDS),
+            refused: Default::default(),
+            rate_limited: Default::default(),
+            errors_sent: Default::default(),
+            commits_committed: Default::default(),
+            commits_duplicate: Default::default(),
+            batches: Default::default(),
+            batch_commits: Default::default(),
+            fsync_micros: Default::default(),
+            apply_micros: Default::default(),
+            connections: Default::default(),
+            connections_total: Default::default(),
+            position: Default::default(),
+            frames_in: Default::default(),
+            frames_out: Default::default(),
+            protocol_errors: Default::default(),
+            rejections: Default::default(),
+        }
+    }
+}
+
+fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K) {
+    *m.lock().expect("metrics lock").entry(k).or_default() += 1;
+}
+
+fn labelled<K: AsRef<str>>(m: &Mutex<BTreeMap<K, u64>>, name: &str, label: &str) -> String {
+    m.lock()
+        .expect("metrics lock")
+        .iter()
+        .map(|(k, n)| format!("{name}{{{label}=\"{}\"}} {n}", k.as_ref()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl Metrics {
+    /// A batch of `commits` appended and synced in `took`.
+    pub fn batch_appended(&self, commits: usize, took: Duration) {
+        Metrics::add(&self.fsync_micros, took.as_micros() as u64);
+        Metrics::add(&self.batches, 1);
+        Metrics::add(&self.batch_commits, commits as u64);
+        self.batch_size.observe(commits as f64);
+        self.fsync_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A batch executed and applied in `took`.
+    pub fn batch_applied(&self, took: Duration) {
+        Metrics::add(&self.apply_micros, took.as_micros() as u64);
+        self.apply_seconds.observe(took.as_secs_f64());
+    }
+
+    /// An `Error` frame with `code` was sent (the connection ends).
+    pub fn error_sent(&self, code: &str) {
+        bump(&self.errors_sent, code.to_owned());
+    }
+
+    /// A sync connection refused before it started, with `code`.
+    pub fn refused(&self, code: &str) {
+        bump(&self.refused, code.to_owned());
+    }
+
+    /// A request over a rate limit.
+    pub fn rate_limited(&self, budget: &'static str) {
+        bump(&self.rate_limited, budget);
+    }
+
     pub fn rejected(&self, code: &str) {
-        *self
-            .rejections
-            .lock()
-            .expect("metrics lock")
-            .entry(code.to_owned())
-            .or_default() += 1;
+        bump(&self.rejections, code.to_owned());
     }
 
     pub fn add(c: &AtomicU64, n: u64) {
@@ -57,13 +192,7 @@ impl Metrics {
             "warren_rejections_total",
             "counter",
             "Rejected commits by error code.",
-            {
-                let r = self.rejections.lock().expect("metrics lock");
-                r.iter()
-                    .map(|(code, n)| format!("warren_rejections_total{{code=\"{code}\"}} {n}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            },
+            labelled(&self.rejections, "warren_rejections_total", "code"),
         );
         metric(
             "warren_log_batches_total",
@@ -120,6 +249,79 @@ impl Metrics {
             "Connections closed for a protocol error.",
             format!("warren_protocol_errors_total {}", g(&self.protocol_errors)),
         );
+        metric(
+            "warren_errors_sent_total",
+            "counter",
+            "Sync connections ended with an Error frame, by code.",
+            labelled(&self.errors_sent, "warren_errors_sent_total", "code"),
+        );
+        metric(
+            "warren_rate_limited_total",
+            "counter",
+            "Requests refused by a per-identity rate limit, by budget.",
+            labelled(&self.rate_limited, "warren_rate_limited_total", "budget"),
+        );
+        metric(
+            "warren_connections_refused_total",
+            "counter",
+            "Sync connections refused by a connection limit, by code.",
+            labelled(&self.refused, "warren_connections_refused_total", "code"),
+        );
+        for (name, help, h) in [
+            (
+                "warren_log_batch_size",
+                "Commits per log batch.",
+                &self.batch_size,
+            ),
+            (
+                "warren_log_fsync_seconds",
+                "Time to append and fsync one log batch.",
+                &self.fsync_seconds,
+            ),
+            (
+                "warren_apply_seconds",
+                "Time to execute and apply one batch.",
+                &self.apply_seconds,
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
+            h.render(name, &mut s);
+        }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_render_cumulative_buckets() {
+        let m = Metrics::default();
+        m.batch_appended(3, Duration::from_micros(700));
+        m.batch_appended(1, Duration::from_millis(30));
+        m.batch_applied(Duration::from_micros(80));
+        m.rate_limited("commits");
+        m.error_sent("BAD_FRAME");
+        m.refused("TOO_MANY_CONNECTIONS");
+        let t = m.render();
+        for line in [
+            "warren_log_batch_size_bucket{le=\"1\"} 1",
+            "warren_log_batch_size_bucket{le=\"2\"} 1",
+            "warren_log_batch_size_bucket{le=\"4\"} 2",
+            "warren_log_batch_size_bucket{le=\"+Inf\"} 2",
+            "warren_log_batch_size_sum 4.000000",
+            "warren_log_batch_size_count 2",
+            "warren_log_fsync_seconds_bucket{le=\"0.001\"} 1",
+            "warren_log_fsync_seconds_bucket{le=\"0.05\"} 2",
+            "warren_apply_seconds_bucket{le=\"0.0001\"} 1",
+            "warren_apply_seconds_bucket{le=\"0.00005\"} 0",
+            "warren_log_batches_total 2",
+            "warren_rate_limited_total{budget=\"commits\"} 1",
+            "warren_errors_sent_total{code=\"BAD_FRAME\"} 1",
+            "warren_connections_refused_total{code=\"TOO_MANY_CONNECTIONS\"} 1",
+        ] {
+            assert!(t.lines().any(|l| l == line), "{line} not in\n{t}");
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! registered, snapshotted and then fed effects all in log order, by the same thread.
 //!
 //! For each log entry it runs the engine (`execute`, then `apply` into an overlay of the
-//! batch), then for each connection:
+//! batch), then for each connection the entry can concern (see `Index`):
 //! - re-evaluates the read rules whose reads the entry's writes touched (a member
 //!   removed from the team document the rule reads), and evaluates rules for
 //!   (partition, collection) pairs the connection has not seen yet;
@@ -13,27 +13,31 @@
 //!   and `Effects` with the entry's writes to partitions it holds;
 //! - sends the entry's `Outcome` to the connection of the client that made it.
 //!
-//! The batch's writes reach the store as one transaction at the end of the batch.
+//! Frames are handed over in bunches (every `FLUSH_EVERY` entries and at the end of a
+//! batch) through a dispatcher task. Batches queued behind each other are applied as
+//! one; their writes stay in an overlay over the store and reach it as one transaction
+//! every `STORE_WRITE_EVERY` batches, and before anything else reads the store.
+//! `docs/BENCHMARKS.md` ("Sync server vs PostgreSQL") measures why.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use warren_core::eval::{Limits, ReadSet};
 use warren_core::exec::{self, Commit, KeptOutcome, Outcome, Skip, Write};
 use warren_core::protocol::{codes, CommitResult, ServerFrame, SnapshotDoc};
-use warren_core::storage::{Entry, KeyRange, Overlay, Storage};
+use warren_core::storage::{Entry, KeyRange, Overlay, OverlayWrites, Storage};
 use warren_core::{keys, Error, Schema, Value};
 
 use crate::metrics::Metrics;
 use crate::store::RedbStore;
 
-/// Encoded frames to one connection. Bounded: a client that stops reading is dropped
-/// instead of growing the server's memory.
-pub type FrameTx = mpsc::Sender<Arc<Vec<u8>>>;
+/// Encoded frames to one connection. Bounded in frames and in bytes: a client that
+/// stops reading is dropped instead of growing the server's memory.
+pub use crate::queue::FrameTx;
 
 /// A connection asking to sync.
 pub struct Connect {
@@ -74,13 +78,131 @@ struct Sub {
     reads: ReadSet,
 }
 
+/// A connection's read-rule answers by partition and collection, and which of them
+/// read documents (re-evaluated when an entry writes one of those).
+#[derive(Default)]
+struct Subs {
+    by_partition: BTreeMap<String, BTreeMap<String, Sub>>,
+    watching: BTreeSet<(String, String)>,
+}
+
+impl Subs {
+    fn get(&self, partition: &str, collection: &str) -> Option<&Sub> {
+        self.by_partition.get(partition)?.get(collection)
+    }
+
+    fn insert(&mut self, partition: String, collection: String, sub: Sub) {
+        if !sub.reads.is_empty() {
+            self.watching
+                .insert((partition.clone(), collection.clone()));
+        } else if !self.watching.is_empty() {
+            self.watching
+                .remove(&(partition.clone(), collection.clone()));
+        }
+        self.by_partition
+            .entry(partition)
+            .or_default()
+            .insert(collection, sub);
+    }
+
+    /// The collections of `partition` the connection may read.
+    fn allowed_colls(&self, partition: &str) -> BTreeSet<String> {
+        self.by_partition
+            .get(partition)
+            .into_iter()
+            .flatten()
+            .filter(|(_, s)| s.allowed)
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    /// The partitions the connection may read something of.
+    fn held(&self) -> BTreeSet<String> {
+        self.by_partition
+            .iter()
+            .filter(|(_, cs)| cs.values().any(|s| s.allowed))
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+}
+
+/// Which connections an entry's writes can concern, so that an entry visits only
+/// those instead of every connection.
+///
+/// Every connection has a read-rule answer for every (partition, collection) written
+/// before: its welcome answers all of them, and the first write to a new pair visits
+/// every connection. So an entry writing only such `known` pairs concerns only the
+/// connections holding a partition it writes (effects) and those whose rules read
+/// documents (revocation). The sets may hold connections that are gone or no longer
+/// hold the partition: they are looked up and skipped.
+#[derive(Default)]
+struct Index {
+    known: HashMap<String, HashSet<String>>,
+    holders: HashMap<String, BTreeSet<u64>>,
+    watchers: BTreeSet<u64>,
+}
+
+impl Index {
+    fn known(&self, partition: &str, collection: &str) -> bool {
+        self.known
+            .get(partition)
+            .is_some_and(|cs| cs.contains(collection))
+    }
+
+    /// Notes what `conn` holds and whether its rules read documents.
+    fn add(&mut self, id: u64, conn: &Conn) {
+        for p in &conn.held {
+            match self.holders.get_mut(p) {
+                Some(ids) => {
+                    ids.insert(id);
+                }
+                None => {
+                    self.holders.insert(p.clone(), BTreeSet::from([id]));
+                }
+            }
+        }
+        if !conn.subs.watching.is_empty() {
+            self.watchers.insert(id);
+        }
+    }
+
+    fn forget(&mut self, id: u64, conn: &Conn) {
+        for p in &conn.held {
+            if let Some(ids) = self.holders.get_mut(p) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.holders.remove(p);
+                }
+            }
+        }
+        self.watchers.remove(&id);
+    }
+}
+
 struct Conn {
     client_id: String,
     auth: Value,
     tx: FrameTx,
-    subs: BTreeMap<(String, String), Sub>,
+    subs: Subs,
     held: BTreeSet<String>,
 }
+
+/// The most log entries applied in one go when batches queue up.
+const MAX_APPLY: usize = 4096;
+
+/// Applied batches are written to the store together, every this many batches (or
+/// when they hold [`STORE_WRITE_KEYS`] keys), and before anything else reads the store.
+/// The log is the truth: a crash loses at most what the store would lose anyway
+/// between its durable commits, and the store catches up from the log.
+const STORE_WRITE_EVERY: u32 = 16;
+const STORE_WRITE_KEYS: usize = 4096;
+
+/// Frames are handed to connections after this many entries (and at the end of a
+/// batch).
+const FLUSH_EVERY: usize = 32;
+
+/// An encoded frame.
+type Frame = Arc<Vec<u8>>;
 
 pub struct Region {
     store: RedbStore,
@@ -91,6 +213,31 @@ pub struct Region {
     by_client: BTreeMap<String, u64>,
     waiters: BTreeMap<(String, u64), Vec<oneshot::Sender<CommitResult>>>,
     position: u64,
+    /// Applied writes not yet written to the store (see [`STORE_WRITE_EVERY`]).
+    pending: OverlayWrites,
+    /// Batches applied into `pending` since the last store write.
+    pending_batches: u32,
+    index: Index,
+    /// The task that hands frames to connections, when the region runs next to a
+    /// tokio runtime (see [`spawn`]); without it the region hands them over itself.
+    dispatch: Option<Dispatch>,
+}
+
+/// Frames for the dispatcher task, in order.
+type Dispatch = tokio::sync::mpsc::UnboundedSender<Vec<(FrameTx, Frame)>>;
+
+/// Hands frames to their connections' queues. Waking a connection's writer from the
+/// region thread costs a system call and usually a context switch (the writer's worker
+/// thread takes the CPU from the region); from a task on the runtime it is a push onto
+/// a run queue. So the region wakes this task once per flush, and it wakes the writers.
+/// A frame a queue does not take overflows it: its writer ends the connection with
+/// `TOO_SLOW` and the session tells the region (`Disconnect`).
+async fn dispatch(mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<(FrameTx, Frame)>>) {
+    while let Some(frames) = rx.recv().await {
+        for (tx, frame) in frames {
+            let _ = tx.try_send(frame);
+        }
+    }
 }
 
 fn result_of(outcome: &Outcome, position: u64, kept: Option<KeptOutcome>) -> CommitResult {
@@ -192,20 +339,8 @@ fn snapshot(
     })
 }
 
-fn allowed_colls(subs: &BTreeMap<(String, String), Sub>, partition: &str) -> BTreeSet<String> {
-    subs.range((partition.to_owned(), String::new())..)
-        .take_while(|((p, _), _)| p == partition)
-        .filter(|(_, s)| s.allowed)
-        .map(|((_, c), _)| c.clone())
-        .collect()
-}
-
 /// The frames of a welcome, and the subscriptions and partitions it set up.
-type Welcome = (
-    Vec<ServerFrame>,
-    BTreeMap<(String, String), Sub>,
-    BTreeSet<String>,
-);
+type Welcome = (Vec<ServerFrame>, Subs, BTreeSet<String>);
 
 /// What a client gets on connecting: the welcome, then snapshots of the partitions it
 /// may read that changed since its cursors, then the kept outcomes of its outbox.
@@ -220,20 +355,16 @@ fn welcome(
     cursors: &[(String, u64)],
     outbox_from: u64,
 ) -> Result<Welcome, Error> {
-    let mut subs = BTreeMap::new();
+    let mut subs = Subs::default();
     let mut versions: BTreeMap<(String, String), u64> = BTreeMap::new();
     for (k, v) in scan_all(store, &KeyRange::prefix(&[keys::SPACE_VERSION]))? {
         let (p, c) = keys::parse_version_key(&k)?;
         let sub = evaluate(store, schema, limits, auth, &p, &c)?;
         let version = u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]));
         versions.insert((p.clone(), c.clone()), version);
-        subs.insert((p, c), sub);
+        subs.insert(p, c, sub);
     }
-    let held: BTreeSet<String> = subs
-        .iter()
-        .filter(|(_, s)| s.allowed)
-        .map(|((p, _), _)| p.clone())
-        .collect();
+    let held = subs.held();
     let applied = exec::applied_seq(store, client_id)?;
     let mut frames = vec![ServerFrame::Welcome {
         schema_version: schema.version().to_owned(),
@@ -244,7 +375,7 @@ fn welcome(
     }];
     let cursor_of: BTreeMap<&str, u64> = cursors.iter().map(|(p, c)| (p.as_str(), *c)).collect();
     for p in &held {
-        let allowed = allowed_colls(&subs, p);
+        let allowed = subs.allowed_colls(p);
         let version = allowed
             .iter()
             .map(|c| versions.get(&(p.clone(), c.clone())).copied().unwrap_or(0))
@@ -284,6 +415,10 @@ impl Region {
             by_client: BTreeMap::new(),
             waiters: BTreeMap::new(),
             position,
+            pending: OverlayWrites::new(),
+            pending_batches: 0,
+            index: Index::default(),
+            dispatch: None,
         })
     }
 
@@ -294,7 +429,18 @@ impl Region {
 
     /// The state digest.
     pub fn digest(&self) -> Result<[u8; 32], Error> {
-        exec::digest(&self.store)
+        exec::digest(&Overlay::with_writes(&self.store, self.pending.clone()))
+    }
+
+    /// Writes the applied writes not in the store yet into it (one transaction).
+    fn write_pending(&mut self) -> Result<(), Error> {
+        self.pending_batches = 0;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let writes = std::mem::take(&mut self.pending);
+        let batch = Overlay::with_writes(&self.store, writes).take_batch();
+        self.store.apply(batch)
     }
 
     /// Runs until `Stop` or until every sender is gone. An `Err` is fatal: the store
@@ -302,17 +448,39 @@ impl Region {
     pub fn run(mut self, rx: Receiver<RegionMsg>) -> Result<(), Error> {
         let r = self.serve(rx);
         self.close_all(codes::SHUTTING_DOWN, "the server is stopping");
-        let synced = self.store.sync();
+        let synced = self.write_pending().and_then(|_| self.store.sync());
         r.and(synced)
     }
 
     fn serve(&mut self, rx: Receiver<RegionMsg>) -> Result<(), Error> {
-        while let Ok(msg) = rx.recv() {
+        // A message taken from the queue while gathering batches, handled next.
+        let mut next: Option<RegionMsg> = None;
+        while let Some(msg) = next.take().or_else(|| rx.recv().ok()) {
+            // Everything but a batch or a disconnect reads the store: bring it up to
+            // date first.
+            if !matches!(msg, RegionMsg::Batch(_) | RegionMsg::Disconnect { .. }) {
+                self.write_pending()?;
+            }
             match msg {
-                RegionMsg::Batch(entries) => self.apply_batch(entries)?,
+                RegionMsg::Batch(mut entries) => {
+                    // Every batch already queued joins this one: one store transaction
+                    // for all of them. Messages keep their order.
+                    while entries.len() < MAX_APPLY {
+                        match rx.try_recv() {
+                            Ok(RegionMsg::Batch(more)) => entries.extend(more),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.apply_batch(entries)?
+                }
                 RegionMsg::Connect(c) => self.connect(c)?,
                 RegionMsg::Disconnect { conn } => {
                     if let Some(c) = self.conns.remove(&conn) {
+                        self.index.forget(conn, &c);
                         if self.by_client.get(&c.client_id) == Some(&conn) {
                             self.by_client.remove(&c.client_id);
                         }
@@ -368,16 +536,35 @@ impl Region {
         Ok(())
     }
 
+    /// Sends a frame after every frame handed to the dispatcher before it.
+    fn send_after(&self, tx: &FrameTx, frame: &ServerFrame) {
+        Metrics::add(&self.metrics.frames_out, 1);
+        let f = Arc::new(frame.encode());
+        match &self.dispatch {
+            Some(d) => {
+                if let Err(e) = d.send(vec![(tx.clone(), f)]) {
+                    for (tx, f) in e.0 {
+                        let _ = tx.try_send(f);
+                    }
+                }
+            }
+            None => {
+                let _ = tx.try_send(f);
+            }
+        }
+    }
+
     fn close_all(&mut self, code: &str, message: &str) {
         let frame = ServerFrame::Error {
             code: code.to_owned(),
             message: message.to_owned(),
         };
         for c in self.conns.values() {
-            send(&c.tx, &self.metrics, &frame);
+            self.send_after(&c.tx, &frame);
         }
         self.conns.clear();
         self.by_client.clear();
+        self.index = Index::default();
     }
 
     fn connect(&mut self, c: Connect) -> Result<(), Error> {
@@ -399,9 +586,9 @@ impl Region {
         // One connection per client id: a new one takes over (the old one is closed).
         if let Some(old) = self.by_client.insert(c.client_id.clone(), c.conn) {
             if let Some(o) = self.conns.remove(&old) {
-                send(
+                self.index.forget(old, &o);
+                self.send_after(
                     &o.tx,
-                    &self.metrics,
                     &ServerFrame::Error {
                         code: codes::BAD_CLIENT_ID.into(),
                         message: "another connection took over this client id".into(),
@@ -409,16 +596,15 @@ impl Region {
                 );
             }
         }
-        self.conns.insert(
-            c.conn,
-            Conn {
-                client_id: c.client_id,
-                auth: c.auth,
-                tx: c.tx,
-                subs,
-                held,
-            },
-        );
+        let conn = Conn {
+            client_id: c.client_id,
+            auth: c.auth,
+            tx: c.tx,
+            subs,
+            held,
+        };
+        self.index.add(c.conn, &conn);
+        self.conns.insert(c.conn, conn);
         self.metrics
             .connections
             .store(self.conns.len() as u64, Ordering::Relaxed);
@@ -436,8 +622,16 @@ impl Region {
             by_client,
             waiters,
             position,
+            pending,
+            pending_batches,
+            index,
+            dispatch,
         } = self;
-        let mut overlay = Overlay::new(&*store);
+        let mut overlay = Overlay::with_writes(&*store, std::mem::take(pending));
+        // Frames for connections, queued in order and handed over every FLUSH_EVERY
+        // entries: one wake-up of a connection's writer carries many frames.
+        let mut out: Vec<(u64, Frame)> = Vec::new();
+        let mut since_flush = 0;
         for (pos, commit) in entries {
             if pos <= *position {
                 continue; // replayed from the log and already in the store
@@ -462,10 +656,33 @@ impl Region {
                 Outcome::Committed { writes, .. } => writes,
                 _ => &[],
             };
-            let mut gone = Vec::new();
-            for (id, conn) in conns.iter_mut() {
-                if !fanout(&overlay, schema, limits, metrics, conn, pos, writes)? {
-                    gone.push(*id);
+            if writes
+                .iter()
+                .all(|w| index.known(&w.partition, &w.collection))
+            {
+                let mut visit = index.watchers.clone();
+                for w in writes {
+                    if let Some(ids) = index.holders.get(&w.partition) {
+                        visit.extend(ids);
+                    }
+                }
+                for id in visit {
+                    if let Some(conn) = conns.get_mut(&id) {
+                        fanout(&overlay, schema, limits, id, conn, pos, writes, &mut out)?;
+                        index.add(id, conn);
+                    }
+                }
+            } else {
+                for (id, conn) in conns.iter_mut() {
+                    fanout(&overlay, schema, limits, *id, conn, pos, writes, &mut out)?;
+                    index.add(*id, conn);
+                }
+                for w in writes {
+                    index
+                        .known
+                        .entry(w.partition.clone())
+                        .or_default()
+                        .insert(w.collection.clone());
                 }
             }
             let kept = match &outcome {
@@ -475,109 +692,166 @@ impl Region {
                 _ => None,
             };
             let result = result_of(&outcome, pos, kept);
-            if let Some(conn_id) = by_client.get(&commit.client_id) {
-                if let Some(conn) = conns.get(conn_id) {
-                    let frame = ServerFrame::Outcome {
-                        seq: commit.client_seq,
-                        result: result.clone(),
-                    };
-                    if !send(&conn.tx, metrics, &frame) {
-                        gone.push(*conn_id);
+            if let Some(&conn_id) = by_client.get(&commit.client_id) {
+                let frame = ServerFrame::Outcome {
+                    seq: commit.client_seq,
+                    result: result.clone(),
+                };
+                out.push((conn_id, Arc::new(frame.encode())));
+            }
+            if !waiters.is_empty() {
+                if let Some(ws) = waiters.remove(&(commit.client_id.clone(), commit.client_seq)) {
+                    for w in ws {
+                        let _ = w.send(result.clone());
                     }
                 }
             }
-            if let Some(ws) = waiters.remove(&(commit.client_id.clone(), commit.client_seq)) {
-                for w in ws {
-                    let _ = w.send(result.clone());
-                }
-            }
-            for id in gone {
-                if let Some(c) = conns.remove(&id) {
-                    // Best effort: a full queue cannot take even this.
-                    send(
-                        &c.tx,
-                        metrics,
-                        &ServerFrame::Error {
-                            code: codes::TOO_SLOW.into(),
-                            message: "the connection did not keep up with its frames".into(),
-                        },
-                    );
-                    if by_client.get(&c.client_id) == Some(&id) {
-                        by_client.remove(&c.client_id);
-                    }
-                }
+            since_flush += 1;
+            if since_flush >= FLUSH_EVERY {
+                flush(&mut out, conns, by_client, index, metrics, dispatch);
+                since_flush = 0;
             }
         }
-        let batch = overlay.take_batch();
-        drop(overlay);
-        store.apply(batch)?;
+        // The frames go out before the store write: the entries are durable in the log.
+        flush(&mut out, conns, by_client, index, metrics, dispatch);
+        // The store takes the writes every STORE_WRITE_EVERY batches, or sooner when
+        // they pile up: a store transaction costs about as much for 1 batch as for 16.
+        *pending_batches += 1;
+        let writes = overlay.into_writes();
+        if *pending_batches >= STORE_WRITE_EVERY || writes.len() >= STORE_WRITE_KEYS {
+            *pending_batches = 0;
+            let batch = Overlay::with_writes(&*store, writes).take_batch();
+            store.apply(batch)?;
+        } else {
+            *pending = writes;
+        }
         metrics.position.store(*position, Ordering::Relaxed);
         metrics
             .connections
             .store(conns.len() as u64, Ordering::Relaxed);
-        Metrics::add(&metrics.apply_micros, started.elapsed().as_micros() as u64);
+        metrics.batch_applied(started.elapsed());
         Ok(())
     }
 }
 
-/// Updates one connection for the log entry at `pos`; `false` if it must be dropped.
+/// Hands queued frames to their connections, in order: through the dispatcher task
+/// when there is one. Otherwise a connection whose queue does not take a frame is too
+/// slow: it is told (best effort) and forgotten, and the rest of its frames are dropped.
+fn flush(
+    out: &mut Vec<(u64, Frame)>,
+    conns: &mut BTreeMap<u64, Conn>,
+    by_client: &mut BTreeMap<String, u64>,
+    index: &mut Index,
+    metrics: &Metrics,
+    dispatch: &Option<Dispatch>,
+) {
+    if out.is_empty() {
+        return;
+    }
+    if let Some(d) = dispatch {
+        let frames: Vec<(FrameTx, Frame)> = out
+            .drain(..)
+            .filter_map(|(id, f)| Some((conns.get(&id)?.tx.clone(), f)))
+            .collect();
+        Metrics::add(&metrics.frames_out, frames.len() as u64);
+        if let Err(e) = d.send(frames) {
+            // The runtime is stopping: hand them over directly.
+            for (tx, f) in e.0 {
+                let _ = tx.try_send(f);
+            }
+        }
+        return;
+    }
+    let mut gone: Vec<u64> = Vec::new();
+    for (id, frame) in out.drain(..) {
+        if gone.contains(&id) {
+            continue;
+        }
+        let Some(c) = conns.get(&id) else {
+            continue;
+        };
+        Metrics::add(&metrics.frames_out, 1);
+        if c.tx.try_send(frame).is_err() {
+            gone.push(id);
+        }
+    }
+    for id in gone {
+        if let Some(c) = conns.remove(&id) {
+            index.forget(id, &c);
+            // Best effort: a full queue cannot take even this.
+            send(
+                &c.tx,
+                metrics,
+                &ServerFrame::Error {
+                    code: codes::TOO_SLOW.into(),
+                    message: "the connection did not keep up with its frames".into(),
+                },
+            );
+            if by_client.get(&c.client_id) == Some(&id) {
+                by_client.remove(&c.client_id);
+            }
+        }
+    }
+}
+
+/// Updates one connection for the log entry at `pos`: queues its frames in `out`.
+#[allow(clippy::too_many_arguments)]
 fn fanout(
     state: &dyn Storage,
     schema: &Schema,
     limits: &Limits,
-    metrics: &Metrics,
+    id: u64,
     conn: &mut Conn,
     pos: u64,
     writes: &[Write],
-) -> Result<bool, Error> {
+    out: &mut Vec<(u64, Frame)>,
+) -> Result<(), Error> {
     if writes.is_empty() {
-        return Ok(true);
+        return Ok(());
     }
-    // Which (partition, collection) answers may have changed.
+    // Which (partition, collection) answers may have changed: those not evaluated
+    // yet, and those whose rule read a document this entry wrote. Nothing is allocated
+    // when there are none (the common case: one entry, many connections).
     let mut recheck: BTreeSet<(String, String)> = BTreeSet::new();
     for w in writes {
-        let key = (w.partition.clone(), w.collection.clone());
-        if !conn.subs.contains_key(&key) {
-            recheck.insert(key);
+        if conn.subs.get(&w.partition, &w.collection).is_none() {
+            recheck.insert((w.partition.clone(), w.collection.clone()));
         }
     }
-    for (key, sub) in &conn.subs {
-        if !sub.reads.is_empty()
-            && writes
+    for (p, c) in &conn.subs.watching {
+        let touched = conn.subs.get(p, c).is_some_and(|sub| {
+            writes
                 .iter()
                 .any(|w| sub.reads.touched_by(&w.collection, &w.id))
-        {
-            recheck.insert(key.clone());
+        });
+        if touched {
+            recheck.insert((p.clone(), c.clone()));
         }
     }
     let mut changed_partitions: BTreeSet<String> = BTreeSet::new();
     for (p, c) in recheck {
-        let before = conn.subs.get(&(p.clone(), c.clone())).map(|s| s.allowed);
+        let before = conn.subs.get(&p, &c).map(|s| s.allowed);
         let sub = evaluate(state, schema, limits, &conn.auth, &p, &c)?;
         if before != Some(sub.allowed) && (before.is_some() || sub.allowed) {
             changed_partitions.insert(p.clone());
         }
-        conn.subs.insert((p, c), sub);
+        conn.subs.insert(p, c, sub);
     }
     let mut snapshotted = BTreeSet::new();
     for p in changed_partitions {
-        let allowed = allowed_colls(&conn.subs, &p);
+        let allowed = conn.subs.allowed_colls(&p);
         if allowed.is_empty() {
             if conn.held.remove(&p) {
                 let f = ServerFrame::Drop {
                     partition: p.clone(),
                     position: pos,
                 };
-                if !send(&conn.tx, metrics, &f) {
-                    return Ok(false);
-                }
+                out.push((id, Arc::new(f.encode())));
             }
         } else {
             conn.held.insert(p.clone());
             let f = snapshot(state, &p, &allowed, pos)?;
-            if !send(&conn.tx, metrics, &f) {
-                return Ok(false);
-            }
+            out.push((id, Arc::new(f.encode())));
             snapshotted.insert(p);
         }
     }
@@ -588,29 +862,32 @@ fn fanout(
                 && !snapshotted.contains(&w.partition)
                 && conn
                     .subs
-                    .get(&(w.partition.clone(), w.collection.clone()))
+                    .get(&w.partition, &w.collection)
                     .is_some_and(|s| s.allowed)
         })
         .cloned()
         .collect();
-    if mine.is_empty() {
-        return Ok(true);
-    }
-    Ok(send(
-        &conn.tx,
-        metrics,
-        &ServerFrame::Effects {
+    if !mine.is_empty() {
+        let f = ServerFrame::Effects {
             position: pos,
             writes: mine,
-        },
-    ))
+        };
+        out.push((id, Arc::new(f.encode())));
+    }
+    Ok(())
 }
 
-/// Starts the region on its own thread.
+/// Starts the region on its own thread, with its dispatcher task on the current tokio
+/// runtime if there is one.
 pub fn spawn(
-    region: Region,
+    mut region: Region,
     rx: Receiver<RegionMsg>,
 ) -> std::thread::JoinHandle<Result<(), Error>> {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let (tx, frames) = tokio::sync::mpsc::unbounded_channel();
+        rt.spawn(dispatch(frames));
+        region.dispatch = Some(tx);
+    }
     std::thread::Builder::new()
         .name("warren-region".into())
         .spawn(move || region.run(rx))

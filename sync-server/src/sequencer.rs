@@ -82,9 +82,7 @@ pub fn run(
             .collect();
         let started = Instant::now();
         let first_pos = log.append(&records)?;
-        Metrics::add(&metrics.fsync_micros, started.elapsed().as_micros() as u64);
-        Metrics::add(&metrics.batches, 1);
-        Metrics::add(&metrics.batch_commits, batch.len() as u64);
+        metrics.batch_appended(batch.len(), started.elapsed());
         let entries = batch
             .into_iter()
             .enumerate()

@@ -26,6 +26,7 @@ use warren_core::Schema;
 
 use crate::auth::{AuthConfig, Verifier};
 use crate::gateway::{self, AppState, GatewayLimits};
+use crate::limits::Slots;
 use crate::log::{FileLog, FileLogOptions, Log};
 use crate::metrics::Metrics;
 use crate::region::{self, Region, RegionMsg};
@@ -113,6 +114,10 @@ pub async fn start_with_web(
     listener: TcpListener,
     web: WebOptions,
 ) -> Result<Running, StartError> {
+    config
+        .gateway
+        .validate()
+        .map_err(|e| start_err("limits", e))?;
     let schema = Arc::new(Schema::parse(&config.schema).map_err(|e| start_err("schema", e))?);
     std::fs::create_dir_all(&config.data_dir).map_err(|e| start_err("data directory", e))?;
     let (log, recovery) = FileLog::open(config.data_dir.join("log"), FileLogOptions::default())
@@ -168,6 +173,8 @@ pub async fn start_with_web(
         ready: ready.clone(),
         next_conn: Arc::new(AtomicU64::new(1)),
         shutdown: shutdown_rx.clone(),
+        identities: Arc::new(config.gateway.identities()),
+        slots: Arc::new(Slots::new(config.gateway.max_connections)),
     };
     // Ready once the region has applied what the log held at start.
     let target = applied + replayed;
@@ -184,6 +191,10 @@ pub async fn start_with_web(
     let app = gateway::app(state).merge(crate::web::router(web));
     let mut stop = shutdown_rx;
     let serve = tokio::spawn(async move {
+        // No Nagle: frames are small and an outcome waits on its frame.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|s| *s).await;

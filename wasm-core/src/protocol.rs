@@ -29,14 +29,31 @@ pub mod codes {
     pub const TOO_MANY_COMMITS: &str = "TOO_MANY_COMMITS";
     /// The client id is empty, too long, or in use by another identity.
     pub const BAD_CLIENT_ID: &str = "BAD_CLIENT_ID";
-    /// The client sends faster than its identity may.
+    /// The client sends faster than its identity (its token's subject) may.
     pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    /// The server, or the client's identity, holds as many connections as it may.
+    pub const TOO_MANY_CONNECTIONS: &str = "TOO_MANY_CONNECTIONS";
     /// The client did not read fast enough; the server dropped it.
     pub const TOO_SLOW: &str = "TOO_SLOW";
     /// The server is shutting down; reconnect later.
     pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
     /// Something went wrong in the server; nothing the client sent was lost.
     pub const INTERNAL: &str = "INTERNAL";
+
+    /// Every protocol code, for tests and documentation checks.
+    pub const ALL: &[&str] = &[
+        BAD_FRAME,
+        UNSUPPORTED_PROTOCOL,
+        UNEXPECTED_FRAME,
+        FRAME_TOO_LARGE,
+        TOO_MANY_COMMITS,
+        BAD_CLIENT_ID,
+        RATE_LIMITED,
+        TOO_MANY_CONNECTIONS,
+        TOO_SLOW,
+        SHUTTING_DOWN,
+        INTERNAL,
+    ];
 }
 
 /// A commit as a client sends it: the server adds the client id (from `Hello`), the

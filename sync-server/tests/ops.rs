@@ -1,0 +1,130 @@
+//! Operating `warren serve` as a process: JSON logs on stderr, limits from the
+//! environment, and a SIGTERM that ends connections with a reason.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use warren_core::protocol::{codes, ClientFrame, ServerFrame};
+
+const SECRET: &str = "ops-test-secret-0123456789abcdef";
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn hello(url: &str, client_id: &str) -> (ServerFrame, Ws) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let token = warren_server::auth::mint_hs256(
+        SECRET,
+        &warren_server::auth::dev_claims("ann", 3600, None, None),
+    )
+    .unwrap();
+    let hello = ClientFrame::Hello {
+        client_id: client_id.into(),
+        token,
+        schema_version: String::new(),
+        outbox_from: 0,
+        partitions: vec![],
+    };
+    ws.send(Message::Binary(hello.encode().into()))
+        .await
+        .unwrap();
+    let first = next_frame(&mut ws).await.expect("an answer to Hello");
+    (first, ws)
+}
+
+async fn next_frame(ws: &mut Ws) -> Option<ServerFrame> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => return Some(ServerFrame::decode(&b).unwrap()),
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return None,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[test]
+fn json_logs_limits_from_the_environment_and_sigterm() {
+    let dir = std::env::temp_dir().join(format!("warren-ops-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--hs256-secret", SECRET])
+        .arg("--data-dir")
+        .arg(&dir)
+        .current_dir(std::env::temp_dir())
+        .env("WARREN_LOG", "info")
+        .env("WARREN_LOG_FORMAT", "json")
+        .env("WARREN_MAX_CONNECTIONS_PER_IDENTITY", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    let url = format!("ws://{addr}/v1/sync");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut held = rt.block_on(async {
+        let (first, ws) = hello(&url, "one").await;
+        assert!(matches!(first, ServerFrame::Welcome { .. }), "{first:?}");
+        // WARREN_MAX_CONNECTIONS_PER_IDENTITY=1: a second connection of ann is refused.
+        let (second, _) = hello(&url, "two").await;
+        assert!(
+            matches!(&second, ServerFrame::Error { code, .. } if code == codes::TOO_MANY_CONNECTIONS),
+            "{second:?}"
+        );
+        ws
+    });
+    // SIGTERM: the open connection is told why it ends; the process exits cleanly.
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let last = rt.block_on(next_frame(&mut held));
+    assert!(
+        matches!(&last, Some(ServerFrame::Error { code, .. }) if code == codes::SHUTTING_DOWN),
+        "{last:?}"
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let logs: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let messages: Vec<&str> = logs
+        .iter()
+        .map(|l| {
+            assert!(l["level"].is_string() && l["timestamp"].is_string(), "{l}");
+            l["fields"]["message"].as_str().unwrap_or("")
+        })
+        .collect();
+    for m in ["serving", "stopping"] {
+        assert!(messages.contains(&m), "no {m:?} in {messages:?}");
+    }
+    assert!(
+        logs.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too many connections for one identity"))
+            && l["fields"]["sub"] == "ann"),
+        "the refusal is not logged with its identity: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
