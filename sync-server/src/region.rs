@@ -240,20 +240,15 @@ async fn dispatch(mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<(FrameTx, Fra
     }
 }
 
-fn result_of(outcome: &Outcome, position: u64, kept: Option<KeptOutcome>) -> CommitResult {
+fn result_of(outcome: Outcome, position: u64, kept: Option<KeptOutcome>) -> CommitResult {
     match outcome {
-        Outcome::Committed { result, .. } => CommitResult::Committed {
-            position,
-            result: result.clone(),
-        },
+        Outcome::Committed { result, .. } => CommitResult::Committed { position, result },
         Outcome::Rejected { code, message } => CommitResult::Rejected {
             code: code.as_str().to_owned(),
-            message: message.clone(),
+            message,
         },
         Outcome::Skipped(Skip::Duplicate) => kept_result(kept),
-        Outcome::Skipped(Skip::OutOfOrder { expected }) => CommitResult::OutOfOrder {
-            expected: *expected,
-        },
+        Outcome::Skipped(Skip::OutOfOrder { expected }) => CommitResult::OutOfOrder { expected },
     }
 }
 
@@ -691,20 +686,23 @@ impl Region {
                 }
                 _ => None,
             };
-            let result = result_of(&outcome, pos, kept);
-            if let Some(&conn_id) = by_client.get(&commit.client_id) {
-                let frame = ServerFrame::Outcome {
-                    seq: commit.client_seq,
-                    result: result.clone(),
-                };
-                out.push((conn_id, Arc::new(frame.encode())));
-            }
+            let result = result_of(outcome, pos, kept);
+            // Those waiting over HTTP for this commit (rarely any) get copies; the
+            // outcome frame takes the result itself. (Both are handed over before the
+            // frames are flushed, as before.)
             if !waiters.is_empty() {
                 if let Some(ws) = waiters.remove(&(commit.client_id.clone(), commit.client_seq)) {
                     for w in ws {
                         let _ = w.send(result.clone());
                     }
                 }
+            }
+            if let Some(&conn_id) = by_client.get(&commit.client_id) {
+                let frame = ServerFrame::Outcome {
+                    seq: commit.client_seq,
+                    result,
+                };
+                out.push((conn_id, Arc::new(frame.encode())));
             }
             since_flush += 1;
             if since_flush >= FLUSH_EVERY {

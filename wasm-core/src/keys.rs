@@ -37,12 +37,15 @@ pub fn push_str(out: &mut Vec<u8>, s: &str) {
 }
 
 fn push_escaped(out: &mut Vec<u8>, b: &[u8]) {
-    for &c in b {
-        out.push(c);
-        if c == 0 {
-            out.push(0xFF);
-        }
+    out.reserve(b.len() + 2);
+    // Runs without a zero byte are copied whole; each zero is followed by FF.
+    let mut rest = b;
+    while let Some(i) = rest.iter().position(|&c| c == 0) {
+        out.extend_from_slice(&rest[..=i]);
+        out.push(0xFF);
+        rest = &rest[i + 1..];
     }
+    out.extend_from_slice(rest);
     out.extend_from_slice(&[0, 1]);
 }
 
@@ -148,7 +151,8 @@ fn ordered_f64(f: f64) -> [u8; 8] {
 
 /// Key of a document.
 pub fn doc_key(collection: &str, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(collection.len() + id.len() + 3);
+    // The space byte and two terminators: no reallocation unless a string holds a zero.
+    let mut k = Vec::with_capacity(collection.len() + id.len() + 5);
     k.push(SPACE_DOC);
     push_str(&mut k, collection);
     push_str(&mut k, id);
@@ -257,7 +261,8 @@ pub fn parse_partition_key(key: &[u8]) -> Result<(String, String, String), Error
 
 /// Key of a (partition, collection) pair's last write position.
 pub fn version_key(partition: &str, collection: &str) -> Vec<u8> {
-    let mut k = vec![SPACE_VERSION];
+    let mut k = Vec::with_capacity(partition.len() + collection.len() + 5);
+    k.push(SPACE_VERSION);
     push_str(&mut k, partition);
     push_str(&mut k, collection);
     k
@@ -276,7 +281,8 @@ pub fn parse_version_key(key: &[u8]) -> Result<(String, String), Error> {
 
 /// Key of a kept outcome.
 pub fn outcome_key(client_id: &str, seq: u64) -> Vec<u8> {
-    let mut k = vec![SPACE_OUTCOME];
+    let mut k = Vec::with_capacity(client_id.len() + 11);
+    k.push(SPACE_OUTCOME);
     push_str(&mut k, client_id);
     k.extend_from_slice(&seq.to_be_bytes());
     k
@@ -284,7 +290,8 @@ pub fn outcome_key(client_id: &str, seq: u64) -> Vec<u8> {
 
 /// Key of a client's applied sequence number.
 pub fn client_key(client_id: &str) -> Vec<u8> {
-    let mut k = vec![SPACE_CLIENT];
+    let mut k = Vec::with_capacity(client_id.len() + 3);
+    k.push(SPACE_CLIENT);
     push_str(&mut k, client_id);
     k
 }

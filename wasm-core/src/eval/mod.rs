@@ -172,16 +172,42 @@ pub struct Closure {
 
 #[derive(Debug)]
 pub(crate) struct EnvNode {
-    name: String,
+    name: Name,
     val: Val,
     parent: Env,
+}
+
+/// A variable's name: the engine's own names (`auth`, `doc`, a rule's variables) are
+/// not copied for every binding.
+#[derive(Debug)]
+enum Name {
+    Static(&'static str),
+    Owned(String),
+}
+
+impl Name {
+    fn as_str(&self) -> &str {
+        match self {
+            Name::Static(s) => s,
+            Name::Owned(s) => s,
+        }
+    }
 }
 
 pub(crate) type Env = Option<Rc<EnvNode>>;
 
 fn bind(env: &Env, name: &str, val: Val) -> Env {
     Some(Rc::new(EnvNode {
-        name: name.to_owned(),
+        name: Name::Owned(name.to_owned()),
+        val,
+        parent: env.clone(),
+    }))
+}
+
+/// [`bind`] for a name the engine itself gives.
+fn bind_static(env: &Env, name: &'static str, val: Val) -> Env {
+    Some(Rc::new(EnvNode {
+        name: Name::Static(name),
         val,
         parent: env.clone(),
     }))
@@ -189,7 +215,7 @@ fn bind(env: &Env, name: &str, val: Val) -> Env {
 
 fn lookup<'e>(mut env: &'e Env, name: &str) -> Option<&'e Val> {
     while let Some(n) = env {
-        if n.name == name {
+        if n.name.as_str() == name {
             return Some(&n.val);
         }
         env = &n.parent;
@@ -220,6 +246,9 @@ pub struct Evaluator<'a> {
     touched_set: std::collections::BTreeSet<(String, String)>,
     /// What the evaluation read, when tracking is on (for read-rule invalidation).
     pub(crate) reads: Option<ReadSet>,
+    /// The root environment (`auth`), built once: environments are immutable, so
+    /// every function call and rule check can share it instead of copying `auth`.
+    root: std::cell::OnceCell<Env>,
 }
 
 /// What an evaluation read: documents by id and whole collections (any scan). A write
@@ -271,6 +300,7 @@ impl<'a> Evaluator<'a> {
             touched: Vec::new(),
             touched_set: Default::default(),
             reads: None,
+            root: std::cell::OnceCell::new(),
         }
     }
 
@@ -331,7 +361,9 @@ impl<'a> Evaluator<'a> {
 
     /// The root environment: `auth`.
     fn root_env(&self) -> Env {
-        bind(&None, "auth", Val::Data(self.ctx.auth.clone()))
+        self.root
+            .get_or_init(|| bind_static(&None, "auth", Val::Data(self.ctx.auth.clone())))
+            .clone()
     }
 
     /// Runs a block as a transaction or query body.
@@ -591,6 +623,20 @@ impl<'a> Evaluator<'a> {
                 name,
                 optional,
             } => {
+                // A field of a variable (`auth.sub`, `doc.owner`): read it in place
+                // rather than copying the variable's whole value first. The same fuel
+                // and depth are spent as `eval` of the variable would spend.
+                if let ExprKind::Var(var) = &recv.kind {
+                    if let Some(v) = lookup(env, var) {
+                        self.charge(1).map_err(|x| x.or_at(recv.pos))?;
+                        self.enter().map_err(|x| x.or_at(recv.pos))?;
+                        self.depth -= 1;
+                        if *optional && matches!(v, Val::Data(Value::Null)) {
+                            return Ok(None);
+                        }
+                        return self.field(v, name).map(Some);
+                    }
+                }
                 let Some(r) = recv_of(self, recv, *optional)? else {
                     return Ok(None);
                 };
@@ -845,7 +891,7 @@ impl<'a> Evaluator<'a> {
         }
         let mut vars = vec![("partition", Value::String(partition.to_owned()))];
         vars.push(("collection", Value::String(coll.name.clone())));
-        let ok = self.check_rules(coll, Action::Read, &vars)?.is_ok();
+        let ok = self.check_rules(coll, Action::Read, vars)?.is_ok();
         self.readable.insert(key, ok);
         Ok(ok)
     }
@@ -855,7 +901,7 @@ impl<'a> Evaluator<'a> {
         &mut self,
         coll: &Collection,
         action: Action,
-        vars: &[(&str, Value)],
+        vars: Vec<(&'static str, Value)>,
     ) -> Result<Result<(), String>, Error> {
         let Some(rules) = coll.rules.get(&action) else {
             return Ok(Err(format!(
@@ -866,7 +912,7 @@ impl<'a> Evaluator<'a> {
         };
         let mut env = self.root_env();
         for (k, v) in vars {
-            env = bind(&env, k, Val::Data(v.clone()));
+            env = bind_static(&env, k, Val::Data(v));
         }
         let saved = self.mode;
         self.mode = Mode::Rule;
@@ -913,17 +959,32 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    fn partition_of(&mut self, coll: &Collection, doc: &Value) -> Result<String, Error> {
+    /// The partition of a document (`doc`: its fields with `id`), and `doc` back.
+    fn partition_of(&mut self, coll: &Collection, doc: Value) -> Result<(String, Value), Error> {
         let Some(expr) = &coll.partition else {
-            return Ok(coll.name.clone());
+            return Ok((coll.name.clone(), doc));
         };
-        let env = bind(&self.root_env(), "doc", Val::Data(doc.clone()));
+        let env = bind_static(&self.root_env(), "doc", Val::Data(doc));
         let saved = self.mode;
         self.mode = Mode::Rule;
         let r = self.eval(expr, &env);
         self.mode = saved;
         match r? {
-            Val::Data(Value::String(s)) if !s.is_empty() => Ok(s),
+            Val::Data(Value::String(s)) if !s.is_empty() => {
+                // Take `doc` back out of the environment (a copy only if something
+                // still holds the environment).
+                let doc = match env.map(Rc::try_unwrap) {
+                    Some(Ok(EnvNode {
+                        val: Val::Data(v), ..
+                    })) => v,
+                    Some(Err(node)) => match &node.val {
+                        Val::Data(v) => v.clone(),
+                        _ => Value::Null,
+                    },
+                    _ => Value::Null,
+                };
+                Ok((s, doc))
+            }
             other => Err(type_err(format!(
                 "the partition expression of {} must give a non-empty string, not {}",
                 coll.name,
@@ -962,20 +1023,19 @@ impl<'a> Evaluator<'a> {
             ));
         }
         let data = Value::Object(fields);
-        let with_id = with_id(&data, &id);
-        let partition = self.partition_of(coll, &with_id)?;
+        let (partition, with_id) = self.partition_of(coll, with_id(&data, &id))?;
         let new = StoredDoc {
             partition,
             version: self.ctx.position,
             data,
         };
-        let vars = [
+        let vars = vec![
             ("doc", with_id.clone()),
             ("new", with_id),
             ("old", Value::Null),
             ("partition", Value::String(new.partition.clone())),
         ];
-        self.write(coll, &id, None, Some(&new), Action::Create, &vars)?;
+        self.write(coll, &id, None, Some(&new), Action::Create, vars)?;
         Ok(Val::Doc(Rc::new(Doc {
             collection: coll.name.clone(),
             id,
@@ -986,15 +1046,19 @@ impl<'a> Evaluator<'a> {
     /// The document's current state in this transaction, refusing one that is gone.
     fn current(&mut self, d: &Doc) -> Result<(&'a Collection, StoredDoc), Error> {
         let coll = self.coll(&d.collection)?;
-        let bytes = self
-            .view
-            .get(&keys::doc_key(&coll.name, &d.id))?
-            .ok_or_else(|| {
-                err(
-                    ErrorCode::DocumentNotFound,
-                    format!("{}/{} does not exist", d.collection, d.id),
-                )
-            })?;
+        let key = keys::doc_key(&coll.name, &d.id);
+        // Every `Doc` was read through this evaluation's view. When the transaction has
+        // not written the document, the view still holds what `d` was read from: use it
+        // rather than reading and decoding the same bytes again.
+        if !self.view.has_write(&key) {
+            return Ok((coll, d.stored.clone()));
+        }
+        let bytes = self.view.get(&key)?.ok_or_else(|| {
+            err(
+                ErrorCode::DocumentNotFound,
+                format!("{}/{} does not exist", d.collection, d.id),
+            )
+        })?;
         Ok((coll, StoredDoc::decode(&bytes)?))
     }
 
@@ -1032,8 +1096,7 @@ impl<'a> Evaluator<'a> {
             }
             Value::Object(o)
         };
-        let new_with_id = with_id(&data, &d.id);
-        let partition = self.partition_of(coll, &new_with_id)?;
+        let (partition, new_with_id) = self.partition_of(coll, with_id(&data, &d.id))?;
         if partition != old.partition {
             return Err(err(
                 ErrorCode::PartitionChange,
@@ -1052,13 +1115,13 @@ impl<'a> Evaluator<'a> {
             version: self.ctx.position,
             data,
         };
-        let vars = [
+        let vars = vec![
             ("doc", new_with_id.clone()),
             ("new", new_with_id),
             ("old", with_id(&old.data, &d.id)),
             ("partition", Value::String(new.partition.clone())),
         ];
-        self.write(coll, &d.id, Some(&old), Some(&new), Action::Update, &vars)?;
+        self.write(coll, &d.id, Some(&old), Some(&new), Action::Update, vars)?;
         Ok(Val::Doc(Rc::new(Doc {
             collection: d.collection.clone(),
             id: d.id.clone(),
@@ -1070,13 +1133,13 @@ impl<'a> Evaluator<'a> {
         self.require_writable()?;
         let (coll, old) = self.current(d)?;
         let old_with_id = with_id(&old.data, &d.id);
-        let vars = [
+        let vars = vec![
             ("doc", old_with_id.clone()),
             ("old", old_with_id),
             ("new", Value::Null),
             ("partition", Value::String(old.partition.clone())),
         ];
-        self.write(coll, &d.id, Some(&old), None, Action::Delete, &vars)
+        self.write(coll, &d.id, Some(&old), None, Action::Delete, vars)
     }
 
     /// Checks rules, limits and unique indexes, then records the write in the view.
@@ -1087,7 +1150,7 @@ impl<'a> Evaluator<'a> {
         old: Option<&StoredDoc>,
         new: Option<&StoredDoc>,
         action: Action,
-        vars: &[(&str, Value)],
+        mut vars: Vec<(&'static str, Value)>,
     ) -> Result<(), Error> {
         if let Some(n) = new {
             let size = n.data.encoded_len();
@@ -1110,9 +1173,8 @@ impl<'a> Evaluator<'a> {
                 ));
             }
         }
-        let mut vars = vars.to_vec();
         vars.push(("collection", Value::String(coll.name.clone())));
-        if let Err(why) = self.check_rules(coll, action, &vars)? {
+        if let Err(why) = self.check_rules(coll, action, vars)? {
             return Err(err(
                 ErrorCode::PermissionDenied,
                 format!("{} of {}/{id} denied: {why}", action.as_str(), coll.name),

@@ -46,6 +46,11 @@ impl<'a> Overlay<'a> {
         self.writes.insert(k, v);
     }
 
+    /// Whether the overlay holds a write (or a delete) of `key`.
+    pub fn has_write(&self, key: &[u8]) -> bool {
+        self.writes.contains_key(key)
+    }
+
     /// Whether the overlay holds no writes.
     pub fn is_clean(&self) -> bool {
         self.writes.is_empty()
