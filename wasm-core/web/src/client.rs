@@ -39,9 +39,43 @@ fn js_error(e: &Error) -> JsValue {
     err.into()
 }
 
+/// A value as JavaScript sees it: its JSON form (`Value::to_json`), built directly.
 fn to_js(v: &Value) -> JsValue {
-    let ser = serde_wasm_bindgen::Serializer::json_compatible();
-    serde::Serialize::serialize(&v.to_json(), &ser).unwrap_or(JsValue::NULL)
+    match v {
+        Value::Null => JsValue::NULL,
+        Value::Bool(b) => JsValue::from_bool(*b),
+        Value::Int(i) => JsValue::from_f64(*i as f64),
+        Value::Float(f) => JsValue::from_f64(*f),
+        Value::String(s) => JsValue::from_str(s),
+        Value::Array(items) => {
+            let a = js_sys::Array::new_with_length(items.len() as u32);
+            for (i, x) in items.iter().enumerate() {
+                a.set(i as u32, to_js(x));
+            }
+            a.into()
+        }
+        Value::Object(fields) => {
+            let o = js_sys::Object::new();
+            for (k, x) in fields {
+                if k == "__proto__" {
+                    // A plain data property, not the object's prototype.
+                    let d = js_sys::Object::new();
+                    let _ = js_sys::Reflect::set(&d, &"value".into(), &to_js(x));
+                    let _ = js_sys::Reflect::set(&d, &"enumerable".into(), &true.into());
+                    let _ = js_sys::Reflect::set(&d, &"writable".into(), &true.into());
+                    let _ = js_sys::Reflect::set(&d, &"configurable".into(), &true.into());
+                    js_sys::Object::define_property(&o, &JsValue::from_str(k), &d);
+                } else {
+                    let _ = js_sys::Reflect::set(&o, &JsValue::from_str(k), &to_js(x));
+                }
+            }
+            o.into()
+        }
+        Value::Bytes(_) => {
+            let ser = serde_wasm_bindgen::Serializer::json_compatible();
+            serde::Serialize::serialize(&v.to_json(), &ser).unwrap_or(JsValue::NULL)
+        }
+    }
 }
 
 fn from_js(v: JsValue) -> Result<Value, Error> {
@@ -89,6 +123,8 @@ enum Cmd {
     Subscribe(String, oneshot::Sender<Result<(u64, Value), Error>>),
     Unsubscribe(u64),
     Frame(Vec<u8>),
+    /// Frames that arrived together (made by the actor's loop from `Frame`s).
+    Frames(Vec<Vec<u8>>),
     Opened,
     Closed,
     Connect,
@@ -378,7 +414,33 @@ impl Warren {
 
 impl Actor {
     async fn run(mut self, mut rx: UnboundedReceiver<Cmd>) {
-        while let Some(cmd) = rx.next().await {
+        let mut next: Option<Cmd> = None;
+        loop {
+            let cmd = match next.take() {
+                Some(c) => c,
+                None => match rx.next().await {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            // Frames that arrived together are handled together: the view is rebuilt,
+            // live queries evaluated and the store flushed once for all of them.
+            let cmd = match cmd {
+                Cmd::Frame(first) => {
+                    let mut frames = vec![first];
+                    while let Ok(c) = rx.try_recv() {
+                        match c {
+                            Cmd::Frame(b) => frames.push(b),
+                            other => {
+                                next = Some(other);
+                                break;
+                            }
+                        }
+                    }
+                    Cmd::Frames(frames)
+                }
+                other => other,
+            };
             if let Err(e) = self.step(cmd).await {
                 self.status.emit("server-error", js_error(&e));
             }
@@ -406,23 +468,8 @@ impl Actor {
                 let _ = reply.send(r.and_then(|r| r));
             }
             Cmd::Unsubscribe(id) => self.replica.unsubscribe(id),
-            Cmd::Frame(bytes) => {
-                let frame = ServerFrame::decode(&bytes)?;
-                if let ServerFrame::Error { code, .. } = &frame {
-                    self.token_expired |= code == "TOKEN_EXPIRED";
-                }
-                self.prepare_for(&frame).await?;
-                let welcomed = matches!(frame, ServerFrame::Welcome { .. });
-                self.replica.handle(frame)?;
-                if welcomed {
-                    self.status.connected.set(true);
-                    self.backoff_ms = 100.0;
-                }
-                self.rebuild().await?;
-                self.replica.store_mut().flush().await?;
-                self.report();
-                self.send_outgoing();
-            }
+            Cmd::Frame(bytes) => self.frames(vec![bytes]).await?,
+            Cmd::Frames(frames) => self.frames(frames).await?,
             Cmd::Opened => {
                 let hello = self.replica.hello(&self.token)?;
                 self.send_frame(&hello);
@@ -480,6 +527,28 @@ impl Actor {
         Ok(())
     }
 
+    /// Applies frames from the server, then rebuilds the view, flushes and reports once.
+    async fn frames(&mut self, frames: Vec<Vec<u8>>) -> Result<(), Error> {
+        for bytes in frames {
+            let frame = ServerFrame::decode(&bytes)?;
+            if let ServerFrame::Error { code, .. } = &frame {
+                self.token_expired |= code == "TOKEN_EXPIRED";
+            }
+            self.prepare_for(&frame).await?;
+            let welcomed = matches!(frame, ServerFrame::Welcome { .. });
+            self.replica.handle(frame)?;
+            if welcomed {
+                self.status.connected.set(true);
+                self.backoff_ms = 100.0;
+            }
+        }
+        self.rebuild().await?;
+        self.replica.store_mut().flush().await?;
+        self.report();
+        self.send_outgoing();
+        Ok(())
+    }
+
     /// Asks the app's token provider for a new token.
     async fn fresh_token(&self) -> Option<String> {
         let f = self.status.token_provider.borrow().clone()?;
@@ -502,8 +571,12 @@ impl Actor {
             if misses.is_empty() {
                 return Ok(r);
             }
-            for m in misses {
-                self.replica.store_mut().load(&m).await?;
+            self.replica.store_mut().take_changed();
+            self.replica.store_mut().load_many(&misses).await?;
+            if !self.replica.store_mut().take_changed() {
+                // Every miss was a key IndexedDB does not hold either (a new
+                // document's id, say): the run saw the data as it is.
+                return Ok(r);
             }
             self.replica.invalidate();
         }
@@ -526,24 +599,60 @@ impl Actor {
             }
             _ => {}
         }
-        // A dry run loads what the write reads; the real run then reads only the cache.
-        let local = match self.settle(|r| r.dry_run(op.clone(), now)).await {
-            Ok(Ok(Ok(_))) => self.replica.mutate_request(op, now, rid.as_deref()),
-            Ok(Ok(Err(e))) | Ok(Err(e)) | Err(e) => Err(e),
+        // Fast path: run the write on what is loaded, and let live queries see it at
+        // once. If the run read something not loaded, load it: when that brings
+        // nothing new (a new document's id is in IndexedDB no more than in memory),
+        // the run stands; otherwise it is taken back and made again on the full data.
+        self.replica.store().take_misses();
+        let fast = self.replica.mutate_request(op.clone(), now, rid.as_deref());
+        let misses = self.replica.store().take_misses();
+        let local = if misses.is_empty() {
+            fast
+        } else {
+            if fast.is_ok() {
+                self.report();
+            }
+            self.replica.store_mut().take_changed();
+            let loaded = self.replica.store_mut().load_many(&misses).await;
+            if loaded.is_ok() && !self.replica.store_mut().take_changed() {
+                fast
+            } else {
+                if let Ok(l) = &fast {
+                    if let Err(e) = self.replica.forget(l.seq) {
+                        let _ = reply.applied.send(Err(e));
+                        return;
+                    }
+                }
+                self.replica.invalidate();
+                // A dry run loads what the write reads; the real run then reads only
+                // the cache.
+                match self.settle(|r| r.dry_run(op.clone(), now)).await {
+                    Ok(Ok(Ok(_))) => self.replica.mutate_request(op, now, rid.as_deref()),
+                    Ok(Ok(Err(e))) | Ok(Err(e)) | Err(e) => Err(e),
+                }
+            }
         };
         let local = match local {
             Ok(l) => l,
             Err(e) => {
+                // The fast path may have shown the write and taken it back.
+                self.report();
                 let _ = reply.applied.send(Err(e));
                 return;
             }
         };
         let _ = reply.applied.send(Ok((local.seq, local.result)));
-        // Live queries that read what is not loaded yet: load it and evaluate again.
-        if !self.replica.store().take_misses().is_empty() {
-            self.replica.invalidate();
-            if let Err(e) = self.rebuild().await {
-                self.status.emit("server-error", js_error(&e));
+        // Live queries that read what is not loaded yet: load it, and evaluate again
+        // if that brought anything in.
+        let misses = self.replica.store().take_misses();
+        if !misses.is_empty() {
+            self.replica.store_mut().take_changed();
+            let loaded = self.replica.store_mut().load_many(&misses).await;
+            if loaded.is_err() || self.replica.store_mut().take_changed() {
+                self.replica.invalidate();
+                if let Err(e) = self.rebuild().await {
+                    self.status.emit("server-error", js_error(&e));
+                }
             }
         }
         self.report();
@@ -571,11 +680,11 @@ impl Actor {
         let store = self.replica.store_mut();
         match frame {
             ServerFrame::Effects { writes, .. } => {
-                for w in writes {
-                    store
-                        .load(&KeyRange::point(&keys::doc_key(&w.collection, &w.id)))
-                        .await?;
-                }
+                let docs: Vec<KeyRange> = writes
+                    .iter()
+                    .map(|w| KeyRange::point(&keys::doc_key(&w.collection, &w.id)))
+                    .collect();
+                store.load_many(&docs).await?;
             }
             ServerFrame::Snapshot { partition, .. } | ServerFrame::Drop { partition, .. } => {
                 let members = KeyRange::prefix(&keys::partition_prefix(partition));
@@ -586,12 +695,12 @@ impl Actor {
                     .map(|(k, _)| k)
                     .collect();
                 store.take_misses();
+                let mut docs = Vec::with_capacity(held.len());
                 for k in held {
                     let (_, coll, id) = keys::parse_partition_key(&k)?;
-                    store
-                        .load(&KeyRange::point(&keys::doc_key(&coll, &id)))
-                        .await?;
+                    docs.push(KeyRange::point(&keys::doc_key(&coll, &id)));
                 }
+                store.load_many(&docs).await?;
             }
             _ => {}
         }

@@ -19,6 +19,7 @@
 //! byte, the same order as the engine's. Layout and migrations: `docs/STORAGE.md`.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::ops::Bound;
 
 use indexed_db_futures::database::Database;
@@ -185,13 +186,62 @@ fn covers(outer: &KeyRange, inner: &KeyRange) -> bool {
     inner.is_empty() || (lower_le(&outer.start, &inner.start) && upper_ge(&outer.end, &inner.end))
 }
 
+/// The single key a range covers, if it is a point (`[k, k]`).
+fn as_point(r: &KeyRange) -> Option<&[u8]> {
+    match (&r.start, &r.end) {
+        (Bound::Included(a), Bound::Included(b)) if a == b => Some(a),
+        _ => None,
+    }
+}
+
+/// What the cache holds exactly as IndexedDB does (or newer): ranges loaded, and single
+/// keys loaded or written here. Point reads (`byId`, a document behind an index entry)
+/// are most reads, so points are a hash set: checking one costs a lookup, not a walk
+/// over every range loaded so far.
+#[derive(Default)]
+struct Loaded {
+    points: HashSet<Vec<u8>>,
+    /// Non-point ranges, none covered by another.
+    ranges: Vec<KeyRange>,
+}
+
+impl Loaded {
+    fn covers(&self, range: &KeyRange) -> bool {
+        if let Some(k) = as_point(range) {
+            if self.points.contains(k) {
+                return true;
+            }
+        }
+        self.ranges.iter().any(|l| covers(l, range))
+    }
+
+    fn add(&mut self, range: KeyRange) {
+        if let Some(k) = as_point(&range) {
+            self.points.insert(k.to_vec());
+            return;
+        }
+        if self.ranges.iter().any(|l| covers(l, &range)) {
+            return;
+        }
+        self.ranges.retain(|l| !covers(&range, l));
+        self.ranges.push(range);
+    }
+}
+
 /// The engine's key space in one IndexedDB object store, cached in memory by range.
 pub struct IdbStore {
     db: Database,
     name: String,
     cache: MemoryStore,
-    loaded: Vec<KeyRange>,
+    loaded: Loaded,
     misses: RefCell<Vec<KeyRange>>,
+    /// The misses last handed out by [`IdbStore::take_misses`] and not loaded yet: the
+    /// next [`IdbStore::load`] reads them all in the same IndexedDB transaction, so a
+    /// query that missed 50 documents costs one transaction, not 50 in a row.
+    prefetch: RefCell<Vec<KeyRange>>,
+    /// Whether a load since the last [`IdbStore::take_changed`] found a value the cache
+    /// did not hold (a load that only confirms absences changes nothing read before).
+    changed: bool,
     /// Writes not yet in IndexedDB, by key: a later write replaces an earlier one, so a
     /// write taken back before it was flushed costs nothing.
     pending: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -222,8 +272,10 @@ impl IdbStore {
             db,
             name: name.to_owned(),
             cache: MemoryStore::new(),
-            loaded: Vec::new(),
+            loaded: Loaded::default(),
             misses: RefCell::new(Vec::new()),
+            prefetch: RefCell::new(Vec::new()),
+            changed: false,
             pending: Default::default(),
             epoch: None,
             fenced: false,
@@ -285,14 +337,27 @@ impl IdbStore {
         self.db.as_sys().close();
     }
 
-    /// The reads since the last call that fell outside what is loaded. A run with
-    /// misses must be repeated after [`IdbStore::load`]ing them.
+    /// The reads since the last call that fell outside what is loaded (each once). A
+    /// run with misses must be repeated after [`IdbStore::load`]ing them; the first
+    /// `load` after this call loads them all at once.
     pub fn take_misses(&self) -> Vec<KeyRange> {
-        std::mem::take(&mut *self.misses.borrow_mut())
+        let mut misses = std::mem::take(&mut *self.misses.borrow_mut());
+        let mut seen = HashSet::new();
+        misses.retain(|m| seen.insert((m.start.clone(), m.end.clone())));
+        *self.prefetch.borrow_mut() = misses.clone();
+        misses
+    }
+
+    /// Whether a load since the last call brought in anything the cache did not hold.
+    /// When not, whatever ran on the cache before the load saw the same data (every
+    /// miss was a key IndexedDB does not have either, such as a new document's id), so
+    /// a view built then needs no rebuilding.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     fn is_loaded(&self, range: &KeyRange) -> bool {
-        self.loaded.iter().any(|l| covers(l, range))
+        self.loaded.covers(range)
     }
 
     fn check(&self, range: KeyRange) {
@@ -302,49 +367,102 @@ impl IdbStore {
     }
 
     /// Loads a key range from IndexedDB into the cache (first writing what is queued, so
-    /// nothing newer is overwritten by something older).
+    /// nothing newer is overwritten by something older), together with the misses last
+    /// taken that are still not loaded, all in one read transaction: every request is
+    /// issued before any is awaited.
     pub async fn load(&mut self, range: &KeyRange) -> Result<(), Error> {
         if self.is_loaded(range) {
             return Ok(());
         }
         self.flush().await?;
+        let mut ranges = vec![range.clone()];
+        for m in std::mem::take(&mut *self.prefetch.borrow_mut()) {
+            if !self.is_loaded(&m) && !ranges.contains(&m) {
+                ranges.push(m);
+            }
+        }
         let tx = self
             .db
             .as_sys()
             .transaction_with_str(KV)
             .map_err(|e| js_err("read transaction", e))?;
         let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
-        let r = idb_range(range)?;
-        // Both requests are issued before either is awaited.
-        let (keys, values) = match &r {
-            Some(r) => (store.get_all_keys_with_key(r), store.get_all_with_key(r)),
-            None => (store.get_all_keys(), store.get_all()),
-        };
-        let keys = keys.map_err(|e| js_err("getAllKeys", e))?;
-        let values = values.map_err(|e| js_err("getAll", e))?;
-        let keys: Array = request(keys)
-            .await
-            .map_err(|e| js_err("getAllKeys", e))?
-            .unchecked_into();
-        let values: Array = request(values)
-            .await
-            .map_err(|e| js_err("getAll", e))?
-            .unchecked_into();
-        if keys.length() != values.length() {
-            return Err(Error::new(
-                ErrorCode::Storage,
-                "IndexedDB returned keys and values of different lengths",
+        enum Pending {
+            Point(Vec<u8>, IdbRequest),
+            Range(IdbRequest, IdbRequest),
+        }
+        let mut pending = Vec::with_capacity(ranges.len());
+        for r in &ranges {
+            if let Some(k) = as_point(r) {
+                let req = store.get(&key(k)).map_err(|e| js_err("get", e))?;
+                pending.push(Pending::Point(k.to_vec(), req));
+                continue;
+            }
+            let (keys, values) = match idb_range(r)? {
+                Some(r) => (store.get_all_keys_with_key(&r), store.get_all_with_key(&r)),
+                None => (store.get_all_keys(), store.get_all()),
+            };
+            pending.push(Pending::Range(
+                keys.map_err(|e| js_err("getAllKeys", e))?,
+                values.map_err(|e| js_err("getAll", e))?,
             ));
         }
         let mut batch = Batch::new();
-        for i in 0..keys.length() {
-            let k = Uint8Array::new(&keys.get(i)).to_vec();
-            let v = Uint8Array::new(&values.get(i)).to_vec();
-            batch.put(k, v);
+        for p in pending {
+            match p {
+                Pending::Point(k, req) => {
+                    let v = request(req).await.map_err(|e| js_err("get", e))?;
+                    if !v.is_undefined() {
+                        batch.put(k, Uint8Array::new(&v).to_vec());
+                    }
+                }
+                Pending::Range(keys, values) => {
+                    let keys: Array = request(keys)
+                        .await
+                        .map_err(|e| js_err("getAllKeys", e))?
+                        .unchecked_into();
+                    let values: Array = request(values)
+                        .await
+                        .map_err(|e| js_err("getAll", e))?
+                        .unchecked_into();
+                    if keys.length() != values.length() {
+                        return Err(Error::new(
+                            ErrorCode::Storage,
+                            "IndexedDB returned keys and values of different lengths",
+                        ));
+                    }
+                    for i in 0..keys.length() {
+                        let k = Uint8Array::new(&keys.get(i)).to_vec();
+                        let v = Uint8Array::new(&values.get(i)).to_vec();
+                        batch.put(k, v);
+                    }
+                }
+            }
+        }
+        if !self.changed {
+            for (k, v) in &batch.ops {
+                if self.cache.get(k)?.as_ref() != v.as_ref() {
+                    self.changed = true;
+                    break;
+                }
+            }
         }
         self.cache.apply(batch)?;
-        self.loaded.push(range.clone());
+        for r in ranges {
+            self.loaded.add(r);
+        }
         Ok(())
+    }
+
+    /// Loads several ranges in one read transaction (for example every document a
+    /// server frame touches), instead of one transaction per range.
+    pub async fn load_many(&mut self, ranges: &[KeyRange]) -> Result<(), Error> {
+        let mut todo = ranges.iter().filter(|r| !self.is_loaded(r));
+        let Some(first) = todo.next() else {
+            return Ok(());
+        };
+        self.prefetch.borrow_mut().extend(todo.cloned());
+        self.load(first).await
     }
 
     /// Loads everything.
@@ -431,6 +549,9 @@ impl Storage for IdbStore {
     fn apply(&mut self, batch: Batch) -> Result<(), Error> {
         for (k, v) in &batch.ops {
             self.pending.insert(k.clone(), v.clone());
+            // The cache now holds this key's newest value (or its absence): reading it
+            // again needs no trip to IndexedDB.
+            self.loaded.points.insert(k.clone());
         }
         self.cache.apply(batch)
     }

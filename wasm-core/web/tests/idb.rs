@@ -212,3 +212,53 @@ async fn a_store_that_lost_its_claim_writes_nothing() {
     assert_eq!(check.get(b"k2").unwrap(), None);
     assert_eq!(check.get(b"k3").unwrap(), Some(b"new".to_vec()));
 }
+
+/// The misses of one run load together (one read transaction), keys written here are
+/// known without a load, and `take_changed` says whether a load found anything new.
+#[wasm_bindgen_test]
+async fn misses_load_together_and_writes_are_known() {
+    let name = "batched-misses";
+    let mut s = fresh(name).await;
+    let mut b = Batch::new();
+    for i in 0..50u8 {
+        b.put(vec![b'D', i], vec![i]);
+    }
+    s.apply(b).unwrap();
+    s.flush().await.unwrap();
+    s.close();
+
+    let mut s = IdbStore::open(name).await.unwrap();
+    // Written here: known at once, no miss.
+    let mut b = Batch::new();
+    b.put(vec![b'E', 1], vec![1]);
+    s.apply(b).unwrap();
+    assert_eq!(s.get(&[b'E', 1]).unwrap(), Some(vec![1]));
+    assert!(s.take_misses().is_empty());
+    // Three point misses (one twice) and one absent key: reported once each.
+    for k in [[b'D', 3], [b'D', 7], [b'D', 3], [b'D', 200]] {
+        assert_eq!(s.get(&k).unwrap(), None);
+    }
+    let misses = s.take_misses();
+    assert_eq!(misses.len(), 3);
+    assert!(!s.take_changed());
+    // Loading the first loads them all.
+    s.load(&misses[0]).await.unwrap();
+    assert!(s.take_changed(), "values came in");
+    assert_eq!(s.get(&[b'D', 3]).unwrap(), Some(vec![3]));
+    assert_eq!(s.get(&[b'D', 7]).unwrap(), Some(vec![7]));
+    assert_eq!(s.get(&[b'D', 200]).unwrap(), None);
+    assert!(s.take_misses().is_empty(), "all three are loaded");
+    // A load that finds only absences changes nothing.
+    assert_eq!(s.get(&[b'D', 201]).unwrap(), None);
+    let m = s.take_misses();
+    s.load(&m[0]).await.unwrap();
+    assert!(!s.take_changed());
+    // A range over keys loaded one by one still loads the rest.
+    let all = KeyRange::prefix(b"D");
+    assert_eq!(s.scan(&all, false, 1000).unwrap().len(), 2);
+    assert_eq!(s.take_misses(), vec![all.clone()]);
+    s.load(&all).await.unwrap();
+    assert_eq!(s.scan(&all, false, 1000).unwrap().len(), 50);
+    s.close();
+    IdbStore::delete(name).await.unwrap();
+}

@@ -1,0 +1,168 @@
+// The workload driver every implementation runs (raw.js, dexie.js, idb.js, warren.js):
+// the same documents, the same operations in the same order, the same checks. Each
+// timed step keeps what it read and checks it after the timer stops; a wrong result
+// throws, and the runner fails the benchmark.
+
+export const OWNERS = 50;
+export const BASE_TIME = 1_700_000_000_000;
+
+/** Document `i` of `user`: {id, owner (one of 50), title (~40 chars), done, created, tags}. */
+export function makeDoc(user, i) {
+  const k = i % OWNERS;
+  return {
+    id: `${user}-d${String(i).padStart(6, "0")}`,
+    owner: `${user}:u${k}`,
+    title: `Task ${i}: water the plants in room ${k}`.padEnd(40, "."),
+    done: i % 3 === 0,
+    created: BASE_TIME + i * 1000,
+    tags: [`t${i % 7}`, `t${i % 11}`],
+  };
+}
+
+export function makeDocs(user, from, to) {
+  const out = [];
+  for (let i = from; i < to; i++) out.push(makeDoc(user, i));
+  return out;
+}
+
+/** The ids of owner `k`'s documents among 0..n, in index order (by created). */
+export function ownerIds(user, k, n) {
+  const ids = [];
+  for (let i = k; i < n; i += OWNERS) ids.push(makeDoc(user, i).id);
+  return ids;
+}
+
+export class BenchError extends Error {}
+
+function fail(what, detail) {
+  throw new BenchError(`${what}: ${typeof detail === "string" ? detail : JSON.stringify(detail).slice(0, 400)}`);
+}
+
+/** Whether a document read back equals the one written (field by field). */
+export function sameDoc(a, b) {
+  if (!a || !b) return false;
+  const keys = ["id", "owner", "title", "done", "created"];
+  for (const k of keys) if (a[k] !== b[k]) return false;
+  return Array.isArray(a.tags) && a.tags.length === 2 && a.tags[0] === b.tags[0] && a.tags[1] === b.tags[1]
+    && Object.keys(a).length === 6;
+}
+
+function checkDocs(what, got, expectIds, user) {
+  if (!Array.isArray(got) || got.length !== expectIds.length)
+    fail(`${what}: expected ${expectIds.length} documents`, `got ${got?.length}`);
+  for (let j = 0; j < got.length; j++) {
+    if (got[j].id !== expectIds[j]) fail(`${what}: wrong order or id at ${j}`, { got: got[j].id, want: expectIds[j] });
+    const i = Number(expectIds[j].slice(expectIds[j].lastIndexOf("-d") + 2));
+    if (!sameDoc(got[j], makeDoc(user, i))) fail(`${what}: wrong content`, got[j]);
+  }
+}
+
+const now = () => performance.now();
+const debug = (...a) => console.log(...a);
+
+/**
+ * The main suite on a fresh database: bulk insert (one transaction), reads by id,
+ * repeated index queries, count, full scan, then single durable inserts. `db` is an
+ * implementation's handle; gives the time of each workload in ms.
+ */
+export async function suite(db, user, { n = 10_000, singles = 1_000, indexRepeats = 100 } = {}) {
+  const t = {};
+  const docs = makeDocs(user, 0, n);
+
+  let s = now();
+  await db.bulkInsert(docs);
+  t.bulkInsert = now() - s;
+  const c0 = await db.count();
+  if (c0 !== n) fail("bulk insert: count after", c0);
+  // Warren: the reads below are measured once the server has confirmed the bulk
+  // insert (untimed here, reported as its own row), so that they measure queries, not
+  // queries queued behind the processing of the server's confirmations.
+  if (db.synced) {
+    s = now();
+    await db.synced();
+    t.bulkConfirmed = now() - s;
+  }
+
+  debug("step", '// Reads by id, one at a time');
+  // Reads by id, one at a time, in a shuffled but fixed order.
+  const order = docs.map((_, i) => (i * 7919) % n);
+  const got = new Array(n);
+  s = now();
+  for (let j = 0; j < n; j++) got[j] = await db.get(docs[order[j]].id);
+  t.getById = now() - s;
+  for (let j = 0; j < n; j++) if (!sameDoc(got[j], docs[order[j]])) fail("read by id", { want: docs[order[j]], got: got[j] });
+
+  debug("step", "// One owner's documents order");
+  // One owner's documents ordered by date, 100 times (cycling through the owners).
+  const expect = [];
+  for (let k = 0; k < OWNERS; k++) expect.push(ownerIds(user, k, n));
+  const results = new Array(indexRepeats);
+  s = now();
+  for (let r = 0; r < indexRepeats; r++) results[r] = await db.byOwner(`${user}:u${r % OWNERS}`);
+  t.indexQuery = now() - s;
+  for (let r = 0; r < indexRepeats; r++) checkDocs(`index query ${r}`, results[r], expect[r % OWNERS], user);
+
+  debug("step", '  const count');
+  s = now();
+  const count = await db.count();
+  t.count = now() - s;
+  if (count !== n) fail("count", count);
+
+  debug("step", '  const all');
+  s = now();
+  const all = await db.scan();
+  t.scan = now() - s;
+  if (all.length !== n) fail("full scan: length", all.length);
+  const byId = new Map(all.map((d) => [d.id, d]));
+  if (byId.size !== n) fail("full scan: distinct ids", byId.size);
+  for (const d of docs) if (!sameDoc(byId.get(d.id), d)) fail("full scan: content", { want: d, got: byId.get(d.id) });
+
+  debug("step", 'const more = makeDocs');
+  const more = makeDocs(user, n, n + singles);
+  s = now();
+  for (const d of more) await db.insertOne(d);
+  t.singleInserts = now() - s;
+  const c1 = await db.count();
+  if (c1 !== n + singles) fail("single inserts: count after", c1);
+  for (const d of [more[0], more[singles - 1]]) if (!sameDoc(await db.get(d.id), d)) fail("single inserts: read back", d.id);
+  return t;
+}
+
+/** Percentile `p` (0..1) of `xs`. */
+export function percentile(xs, p) {
+  const a = [...xs].sort((x, y) => x - y);
+  return a[Math.min(a.length - 1, Math.max(0, Math.ceil(p * a.length) - 1))];
+}
+
+/**
+ * A local write to a live query's notification: `iterations` single inserts for one
+ * owner, each timed from the write call to the live query's callback showing it.
+ */
+export async function liveLatency(db, user, { iterations = 200 } = {}) {
+  if (!db.live) return null;
+  const owner = `${user}:live`;
+  let waiting = null;
+  let seenFirst = null;
+  const stop = await db.live(owner, (rows) => {
+    if (waiting && rows.length && rows[0].id === waiting.id) {
+      const w = waiting;
+      waiting = null;
+      w.resolve(now());
+    }
+    if (seenFirst) { const f = seenFirst; seenFirst = null; f(); }
+  });
+  const times = [];
+  for (let i = 0; i < iterations; i++) {
+    const d = { ...makeDoc(user, 900_000 + i), owner };
+    const seen = new Promise((resolve) => { waiting = { id: d.id, resolve }; });
+    const s = now();
+    const write = db.insertOne(d);
+    const t1 = await seen;
+    times.push(t1 - s);
+    await write;   // durable before the next write, so writes do not pile up
+  }
+  stop();
+  const c = await db.countOwner(owner);
+  if (c !== iterations) fail("live: count after", c);
+  return { p50: percentile(times, 0.5), p99: percentile(times, 0.99), n: times.length };
+}
