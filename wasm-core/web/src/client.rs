@@ -102,6 +102,9 @@ async fn persist() -> bool {
     }
 }
 
+/// How long confirmed data from the server may wait before it is written to IndexedDB.
+const FLUSH_DELAY_MS: u32 = 25;
+
 fn closed() -> JsValue {
     js_error(&Error::new(ErrorCode::Storage, "the database is closed"))
 }
@@ -130,6 +133,8 @@ enum Cmd {
     Connect,
     SetOnline(bool),
     Ping,
+    /// Writes the confirmed data the server sent to IndexedDB (scheduled after frames).
+    Flush,
 }
 
 /// What JavaScript can read without a round trip through the actor.
@@ -199,6 +204,8 @@ struct Actor {
     token_expired: bool,
     backoff_ms: f64,
     retry: Option<Timeout>,
+    /// A pending `Flush` of what frames from the server changed.
+    flush_timer: Option<Timeout>,
     _heartbeat: Option<Interval>,
     _online_listeners: Vec<EventListener>,
 }
@@ -270,6 +277,7 @@ impl Warren {
             token_expired: false,
             backoff_ms: 100.0,
             retry: None,
+            flush_timer: None,
             _heartbeat: Some(hb),
             _online_listeners: listeners,
         };
@@ -516,6 +524,10 @@ impl Actor {
                     self.status.connected.set(false);
                 }
             }
+            Cmd::Flush => {
+                self.flush_timer = None;
+                self.replica.store_mut().flush().await?;
+            }
             Cmd::Ping => {
                 if self.status.connected.get() {
                     self.send_frame(&ClientFrame::Ping {
@@ -543,9 +555,19 @@ impl Actor {
             }
         }
         self.rebuild().await?;
-        self.replica.store_mut().flush().await?;
         self.report();
         self.send_outgoing();
+        // What the server confirmed need not be on disk before the app hears of it:
+        // until it is, the cursors that go with it are not either (one batch), so
+        // after a crash the server sends it again, and a confirmed commit still in the
+        // outbox is only sent again and skipped. So it is written a moment later, or
+        // with the next write, in one transaction, and the next command need not wait.
+        if self.flush_timer.is_none() {
+            let t = self.tx.clone();
+            self.flush_timer = Some(Timeout::new(FLUSH_DELAY_MS, move || {
+                let _ = t.unbounded_send(Cmd::Flush);
+            }));
+        }
         Ok(())
     }
 
