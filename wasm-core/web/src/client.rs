@@ -223,9 +223,6 @@ impl Warren {
         schema: Option<String>,
         auth: JsValue,
     ) -> Result<Warren, JsValue> {
-        // Ask the browser to keep this origin's data under storage pressure; whether it
-        // agreed is reported as a `persisted` event (browsers may say no).
-        let persisted = persist().await;
         let mut store = IdbStore::open(&db).await.map_err(|e| js_error(&e))?;
         // This page now leads for the database: a page that led before writes no more.
         // With the origin over its quota even the claim cannot be written: open anyway
@@ -281,7 +278,16 @@ impl Warren {
             _heartbeat: Some(hb),
             _online_listeners: listeners,
         };
-        status.emit("persisted", JsValue::from_bool(persisted));
+        // Ask the browser to keep this origin's data under storage pressure, without
+        // holding up the open; whether it agreed is reported as a `persisted` event
+        // (browsers may say no).
+        {
+            let status = status.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                let persisted = persist().await;
+                status.emit("persisted", JsValue::from_bool(persisted));
+            });
+        }
         wasm_bindgen_futures::spawn_local(actor.run(rx));
         if online {
             let _ = tx.unbounded_send(Cmd::Connect);
