@@ -1,5 +1,7 @@
 //! The `warren` binary, run as a process.
 
+mod serving;
+
 use std::process::Command;
 
 fn warren() -> Command {
@@ -70,7 +72,6 @@ fn check_of_a_missing_file_fails_cleanly() {
 /// user, a client that writes, SIGTERM, and a restart that still has the data.
 #[test]
 fn serve_token_sigterm_and_restart() {
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     use std::time::Duration;
     use warren_core::value::obj;
@@ -88,16 +89,8 @@ fn serve_token_sigterm_and_restart() {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_owned();
+        let addr = serving::serving_addr(&mut child)
+            .unwrap_or_else(|line| panic!("no address in {line:?}"));
         (child, addr)
     };
     std::fs::create_dir_all(&dir).unwrap();

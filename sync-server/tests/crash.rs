@@ -20,9 +20,9 @@
 //! run: `WARREN_CRASH_ROUNDS=500 cargo test --release -p warren-server --test crash`.
 
 mod replay;
+mod serving;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,11 +74,7 @@ fn serve(dir: &Path, port: u16, store_sync_every: u32) -> Child {
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn warren serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        if line.contains("serving on") {
+        if serving::serving_addr(&mut child).is_ok() {
             return child;
         }
         // The port may not be free yet; anything else is a failure to recover.

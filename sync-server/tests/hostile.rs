@@ -22,7 +22,8 @@
 //! What a valid commit can do is the executor's business, tested with hostile input in
 //! `wasm-core/tests/hostile.rs`.
 
-use std::io::{BufRead, BufReader};
+mod serving;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -126,16 +127,8 @@ impl Server {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_owned();
+        let addr = serving::serving_addr(&mut child)
+            .unwrap_or_else(|line| panic!("no address in {line:?}"));
         Server {
             child,
             addr,

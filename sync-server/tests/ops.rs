@@ -1,7 +1,9 @@
 //! Operating `warren serve` as a process: JSON logs on stderr, limits from the
 //! environment, and a SIGTERM that ends connections with a reason.
 
-use std::io::{BufRead, BufReader, Read};
+mod serving;
+
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -61,16 +63,8 @@ fn json_logs_limits_from_the_environment_and_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
+    let addr =
+        serving::serving_addr(&mut child).unwrap_or_else(|line| panic!("no address in {line:?}"));
     let url = format!("ws://{addr}/v1/sync");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut held = rt.block_on(async {
