@@ -35,6 +35,7 @@ use warren_core::eval::Limits;
 use warren_core::exec::{Commit, Executor, Op};
 use warren_core::protocol::{codes, ClientCommit, ClientFrame, ServerFrame};
 use warren_core::storage::MemoryStore;
+use warren_core::testing::Rng;
 use warren_core::value::obj;
 use warren_core::{Schema, Value};
 use warren_server::auth;
@@ -81,29 +82,6 @@ fn args_of(seq: u64) -> (String, Value) {
 
 fn token(sub: &str) -> String {
     auth::mint_hs256(SECRET, &auth::dev_claims(sub, 3600, None, None)).unwrap()
-}
-
-/// xorshift64*: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
 }
 
 struct Server {
@@ -252,65 +230,65 @@ fn seeds() -> Vec<Vec<u8>> {
 fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
     if rng.chance(8) {
         // Random bytes, often behind a plausible version and type.
-        let n = rng.below(64);
+        let n = rng.index(64);
         let mut b: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
         if rng.chance(50) && b.len() >= 2 {
             b[0] = 1;
-            b[1] = [1u8, 2, 3, 0x81, 0x86, 0xff][rng.below(6)];
+            b[1] = [1u8, 2, 3, 0x81, 0x86, 0xff][rng.index(6)];
         }
         return b;
     }
-    let mut b = seeds[rng.below(seeds.len())].clone();
-    for _ in 0..1 + rng.below(4) {
+    let mut b = seeds[rng.index(seeds.len())].clone();
+    for _ in 0..1 + rng.index(4) {
         let len = b.len().max(1);
-        match rng.below(8) {
+        match rng.index(8) {
             0 => {
-                let i = rng.below(len);
+                let i = rng.index(len);
                 if let Some(x) = b.get_mut(i) {
-                    *x ^= 1 << rng.below(8);
+                    *x ^= 1 << rng.index(8);
                 }
             }
             1 => {
-                let i = rng.below(len);
+                let i = rng.index(len);
                 if let Some(x) = b.get_mut(i) {
-                    *x = [0u8, 0xff, 0x7f, 0x80, 1, rng.next() as u8][rng.below(6)];
+                    *x = [0u8, 0xff, 0x7f, 0x80, 1, rng.next() as u8][rng.index(6)];
                 }
             }
             2 => {
-                let at = rng.below(b.len() + 1);
-                let n = 1 + rng.below(8);
+                let at = rng.index(b.len() + 1);
+                let n = 1 + rng.index(8);
                 for _ in 0..n {
                     b.insert(at, rng.next() as u8);
                 }
             }
             3 => {
-                let at = rng.below(len);
-                let n = 1 + rng.below(8);
+                let at = rng.index(len);
+                let n = 1 + rng.index(8);
                 let end = (at + n).min(b.len());
                 if at < end {
                     b.drain(at..end);
                 }
             }
-            4 => b.truncate(rng.below(len)),
+            4 => b.truncate(rng.index(len)),
             5 => {
-                let at = rng.below(len);
-                let n = rng.below(16);
+                let at = rng.index(len);
+                let n = rng.index(16);
                 let piece: Vec<u8> = b.iter().skip(at).take(n).copied().collect();
-                let to = rng.below(b.len() + 1);
+                let to = rng.index(b.len() + 1);
                 b.splice(to..to, piece);
             }
             6 => {
-                let other = &seeds[rng.below(seeds.len())];
-                let cut = rng.below(other.len());
-                let at = rng.below(b.len() + 1);
+                let other = &seeds[rng.index(seeds.len())];
+                let cut = rng.index(other.len());
+                let at = rng.index(b.len() + 1);
                 b.truncate(at);
                 b.extend_from_slice(&other[cut..]);
             }
             _ => {
                 // A huge varint where a count or a length goes.
-                let at = rng.below(b.len() + 1).max(2.min(b.len()));
+                let at = rng.index(b.len() + 1).max(2.min(b.len()));
                 let huge = [0xffu8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
-                b.splice(at..at, huge[rng.below(4)..].iter().copied());
+                b.splice(at..at, huge[rng.index(4)..].iter().copied());
             }
         }
     }
@@ -386,7 +364,7 @@ async fn mutation_worker(url: String, worker: usize, seed: u64, n: usize, tally:
             Some(ws) => ws,
             None => {
                 let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-                let sub = format!("mallory-{worker}-{}", rng.below(4));
+                let sub = format!("mallory-{worker}-{}", rng.index(4));
                 ws.send(Message::Binary(
                     hello(&format!("m{worker}"), &sub).encode().into(),
                 ))

@@ -25,6 +25,7 @@ use warren_core::exec::{Commit, Executor, Op, Outcome};
 use warren_core::keys;
 use warren_core::schema::Schema;
 use warren_core::storage::{Batch, MemoryStore, Storage};
+use warren_core::testing::Rng;
 use warren_core::value::{obj, Value};
 
 const SCHEMA: &str = r#"
@@ -79,23 +80,6 @@ const SMOKE: Config = Config {
 
 // ----- data -----
 
-/// SplitMix64: a small deterministic generator, so every run uses the same data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 const WORDS: &[&str] = &[
     "buy",
     "milk",
@@ -139,7 +123,7 @@ fn title(rng: &mut Rng) -> String {
         if !t.is_empty() {
             t.push(' ');
         }
-        t.push_str(WORDS[rng.below(WORDS.len())]);
+        t.push_str(WORDS[rng.index(WORDS.len())]);
     }
     t
 }
@@ -159,8 +143,8 @@ struct Row {
 /// title, tags and timestamp. Owner `n % owners`, so owners get equal shares.
 fn spec(n: usize, cfg: &Config, rng: &mut Rng) -> Row {
     let client = n % cfg.clients;
-    let a = rng.below(TAGS.len());
-    let b = (a + 1 + rng.below(TAGS.len() - 1)) % TAGS.len();
+    let a = rng.index(TAGS.len());
+    let b = (a + 1 + rng.index(TAGS.len() - 1)) % TAGS.len();
     Row {
         id: String::new(),
         client,
@@ -679,7 +663,7 @@ fn bench_update(cfg: &Config, schema: &Arc<Schema>, base: &Base, report: &mut Re
     // (commit, position, document number, done after)
     let work: Vec<(Commit, u64, usize, bool)> = (0..cfg.writes)
         .map(|k| {
-            let j = rng.below(cfg.docs);
+            let j = rng.index(cfg.docs);
             let r = &base.rows[j];
             seqs[r.client] += 1;
             let d = done.entry(j).or_insert(false);

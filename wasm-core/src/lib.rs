@@ -18,6 +18,8 @@
 //!   conformance suite.
 //! - [`protocol`]: the sync protocol's frames and the log's entries, as bytes.
 //! - [`replica`]: the client replica (base, outbox, view, live queries), without I/O.
+//! - `testing` (hidden): the seeded generator and the program generator that tests,
+//!   benchmarks and the fuzzing and differential harnesses share.
 //!
 //! # Example
 //! ```
@@ -57,6 +59,8 @@ pub mod replica;
 pub mod scenario;
 pub mod schema;
 pub mod storage;
+#[doc(hidden)]
+pub mod testing;
 pub mod value;
 
 pub use error::{Error, ErrorCode};

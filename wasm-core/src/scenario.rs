@@ -54,14 +54,8 @@ pub const GOLDEN: &[(u64, usize, &str)] = &[
 pub fn seeded_digest(seed: u64, commits: usize) -> String {
     let schema = Arc::new(Schema::parse(SCHEMA).expect("the scenario schema parses"));
     let mut db = Executor::new(MemoryStore::new(), schema, Limits::default());
-    let mut rng = seed;
-    let mut next = move || {
-        rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = crate::testing::Rng(seed);
+    let mut next = move || rng.next();
     let users = ["ann", "bob", "cy"];
     let mut seqs = [0u64; 3];
     for pos in 1..=commits as u64 {

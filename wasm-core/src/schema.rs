@@ -10,9 +10,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorCode};
-use crate::eval::builtins::is_builtin;
 use crate::lang::ast::{Action, CollectionDecl, Expr, FunctionDecl, IndexDecl, Item, Rule};
-use crate::lang::parse_schema;
+use crate::lang::{is_builtin, parse_schema};
 
 /// A compiled schema.
 #[derive(Debug)]

@@ -1,4 +1,4 @@
-//! Tests for every built-in function (`warren_core::eval::builtins::BUILTINS`), the set
+//! Tests for every built-in function (`warren_core::lang::BUILTINS`), the set
 //! methods, and the collection and document methods, through the public API: queries
 //! with `warren_core::exec::query` and transactions with `Executor::commit`.
 //!
@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
-use warren_core::eval::builtins::BUILTINS;
 use warren_core::eval::Limits;
 use warren_core::exec::{query, Commit, Executor, Op, Outcome, Write};
+use warren_core::lang::BUILTINS;
 use warren_core::schema::Schema;
 use warren_core::storage::MemoryStore;
 use warren_core::value::{obj, Value};

@@ -19,9 +19,9 @@
 
 use std::sync::Arc;
 
-use warren_core::eval::builtins::BUILTINS;
 use warren_core::eval::Limits;
 use warren_core::exec::{Commit, Executor, Op, Outcome};
+use warren_core::lang::BUILTINS;
 use warren_core::schema::Schema;
 use warren_core::storage::MemoryStore;
 use warren_core::value::Value;

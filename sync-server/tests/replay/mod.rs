@@ -41,24 +41,8 @@ function note(id, text) {
 }
 "#;
 
-/// splitmix64: the tests' seeded randomness.
-#[derive(Clone, Debug, Default)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+/// The tests' seeded randomness (one generator for every test).
+pub use warren_core::testing::Rng;
 
 /// The seed from `var`, or one from the clock; printed either way so a failure replays.
 pub fn seed(var: &str) -> u64 {

@@ -11,76 +11,8 @@ use std::rc::Rc;
 
 use super::{as_f64, display, err, type_err, Evaluator, Val};
 use crate::error::{Error, ErrorCode};
+use crate::lang::is_builtin;
 use crate::value::{Object, Value};
-
-/// Every built-in's name, sorted.
-pub const BUILTINS: &[&str] = &[
-    "abort",
-    "abs",
-    "append",
-    "asc",
-    "ceil",
-    "concat",
-    "desc",
-    "distinct",
-    "endsWith",
-    "entries",
-    "every",
-    "filter",
-    "find",
-    "first",
-    "flatten",
-    "floor",
-    "fromEntries",
-    "has",
-    "includes",
-    "indexOf",
-    "isEmpty",
-    "join",
-    "keys",
-    "last",
-    "length",
-    "lower",
-    "map",
-    "max",
-    "merge",
-    "min",
-    "newId",
-    "now",
-    "order",
-    "partitionOf",
-    "pow",
-    "range",
-    "reduce",
-    "repeat",
-    "replace",
-    "reverse",
-    "round",
-    "skip",
-    "slice",
-    "some",
-    "sort",
-    "split",
-    "sqrt",
-    "startsWith",
-    "sum",
-    "take",
-    "toFloat",
-    "toInt",
-    "toString",
-    "trim",
-    "typeOf",
-    "upper",
-    "values",
-    "versionOf",
-    "where",
-    "without",
-];
-
-/// Whether `name` is a built-in.
-pub fn is_builtin(name: &str) -> bool {
-    BUILTINS.binary_search(&name).is_ok()
-}
 
 fn arity(name: &str, args: &[Val], min: usize, max: usize) -> Result<(), Error> {
     if args.len() < min || args.len() > max {
@@ -950,18 +882,5 @@ fn powi(b: f64, e: i64) -> f64 {
         1.0 / result
     } else {
         result
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn builtin_list_is_sorted_and_unique() {
-        let mut sorted = BUILTINS.to_vec();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(sorted, BUILTINS);
     }
 }

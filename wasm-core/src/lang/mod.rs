@@ -3,11 +3,14 @@
 //!
 //! - [`lexer`]: source text to tokens, each with its line and column.
 //! - [`ast`]: the syntax tree.
+//! - [`builtins`]: the names of the built-in functions.
 //! - [`parser`]: tokens to expressions, blocks and schema items, with a nesting limit
 //!   so hostile input cannot overflow the stack.
 
 pub mod ast;
+pub mod builtins;
 pub mod lexer;
 pub mod parser;
 
+pub use builtins::{is_builtin, BUILTINS};
 pub use parser::{parse_block, parse_expr, parse_schema};

@@ -210,15 +210,8 @@ pub fn large_values(s: &mut impl Storage) {
 /// A seeded random workload agrees with a `BTreeMap` model on every read.
 pub fn random_model(s: &mut impl Storage) {
     let seed = 0x5EED_0001_u64;
-    let mut rng = seed;
-    let mut next = move || {
-        // splitmix64
-        rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = crate::testing::Rng(seed);
+    let mut next = move || rng.next();
     let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let key = |r: u64| vec![(r % 4) as u8 * 0x40, ((r >> 8) % 16) as u8];
     for round in 0..200 {

@@ -164,26 +164,8 @@ pub fn assert_rejected(o: &Outcome, code: ErrorCode) -> String {
     }
 }
 
-/// A seeded splitmix64 generator: tests print the seed so any failure replays.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len() as u64) as usize]
-    }
-}
+#[allow(unused_imports)]
+pub use warren_core::testing::Rng;
 
 /// The seed from `WARREN_SEED`, or the given default; printed either way.
 pub fn seed(default: u64) -> u64 {
