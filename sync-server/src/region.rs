@@ -26,11 +26,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
-use warren_core::eval::{Limits, ReadSet};
-use warren_core::exec::{self, Commit, KeptOutcome, Outcome, Skip, Write};
-use warren_core::protocol::{codes, CommitResult, ServerFrame, SnapshotDoc};
-use warren_core::storage::{Entry, KeyRange, Overlay, OverlayWrites, Storage};
-use warren_core::{keys, Error, Schema, Value};
+use warren_core::eval::Limits;
+use warren_core::exec::{self, Commit, Outcome, Skip, Write};
+use warren_core::protocol::{codes, CommitResult, ServerFrame};
+use warren_core::storage::{Overlay, OverlayWrites, Storage};
+use warren_core::subscription::{kept_result, result_of, welcome, Subscription};
+use warren_core::{Error, Schema, Value};
 
 use crate::metrics::Metrics;
 use crate::store::RedbStore;
@@ -73,59 +74,6 @@ pub enum RegionMsg {
     Stop,
 }
 
-struct Sub {
-    allowed: bool,
-    reads: ReadSet,
-}
-
-/// A connection's read-rule answers by partition and collection, and which of them
-/// read documents (re-evaluated when an entry writes one of those).
-#[derive(Default)]
-struct Subs {
-    by_partition: BTreeMap<String, BTreeMap<String, Sub>>,
-    watching: BTreeSet<(String, String)>,
-}
-
-impl Subs {
-    fn get(&self, partition: &str, collection: &str) -> Option<&Sub> {
-        self.by_partition.get(partition)?.get(collection)
-    }
-
-    fn insert(&mut self, partition: String, collection: String, sub: Sub) {
-        if !sub.reads.is_empty() {
-            self.watching
-                .insert((partition.clone(), collection.clone()));
-        } else if !self.watching.is_empty() {
-            self.watching
-                .remove(&(partition.clone(), collection.clone()));
-        }
-        self.by_partition
-            .entry(partition)
-            .or_default()
-            .insert(collection, sub);
-    }
-
-    /// The collections of `partition` the connection may read.
-    fn allowed_colls(&self, partition: &str) -> BTreeSet<String> {
-        self.by_partition
-            .get(partition)
-            .into_iter()
-            .flatten()
-            .filter(|(_, s)| s.allowed)
-            .map(|(c, _)| c.clone())
-            .collect()
-    }
-
-    /// The partitions the connection may read something of.
-    fn held(&self) -> BTreeSet<String> {
-        self.by_partition
-            .iter()
-            .filter(|(_, cs)| cs.values().any(|s| s.allowed))
-            .map(|(p, _)| p.clone())
-            .collect()
-    }
-}
-
 /// Which connections an entry's writes can concern, so that an entry visits only
 /// those instead of every connection.
 ///
@@ -151,7 +99,7 @@ impl Index {
 
     /// Notes what `conn` holds and whether its rules read documents.
     fn add(&mut self, id: u64, conn: &Conn) {
-        for p in &conn.held {
+        for p in conn.sub.held() {
             match self.holders.get_mut(p) {
                 Some(ids) => {
                     ids.insert(id);
@@ -161,13 +109,13 @@ impl Index {
                 }
             }
         }
-        if !conn.subs.watching.is_empty() {
+        if conn.sub.watches_documents() {
             self.watchers.insert(id);
         }
     }
 
     fn forget(&mut self, id: u64, conn: &Conn) {
-        for p in &conn.held {
+        for p in conn.sub.held() {
             if let Some(ids) = self.holders.get_mut(p) {
                 ids.remove(&id);
                 if ids.is_empty() {
@@ -180,11 +128,8 @@ impl Index {
 }
 
 struct Conn {
-    client_id: String,
-    auth: Value,
     tx: FrameTx,
-    subs: Subs,
-    held: BTreeSet<String>,
+    sub: Subscription,
 }
 
 /// The most log entries applied in one go when batches queue up.
@@ -240,156 +185,10 @@ async fn dispatch(mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<(FrameTx, Fra
     }
 }
 
-fn result_of(outcome: Outcome, position: u64, kept: Option<KeptOutcome>) -> CommitResult {
-    match outcome {
-        Outcome::Committed { result, .. } => CommitResult::Committed { position, result },
-        Outcome::Rejected { code, message } => CommitResult::Rejected {
-            code: code.as_str().to_owned(),
-            message,
-        },
-        Outcome::Skipped(Skip::Duplicate) => kept_result(kept),
-        Outcome::Skipped(Skip::OutOfOrder { expected }) => CommitResult::OutOfOrder { expected },
-    }
-}
-
-fn kept_result(kept: Option<KeptOutcome>) -> CommitResult {
-    match kept {
-        Some(KeptOutcome::Committed { position, result }) => {
-            CommitResult::Committed { position, result }
-        }
-        Some(KeptOutcome::Rejected { code, message }) => CommitResult::Rejected { code, message },
-        None => CommitResult::Duplicate,
-    }
-}
-
-/// Every entry of a range.
-fn scan_all(store: &dyn Storage, range: &KeyRange) -> Result<Vec<Entry>, Error> {
-    let mut out = Vec::new();
-    let mut r = range.clone();
-    loop {
-        let page = store.scan(&r, false, 512)?;
-        let full = page.len() == 512;
-        if let Some((last, _)) = page.last() {
-            r = r.after(last);
-        }
-        out.extend(page);
-        if !full {
-            return Ok(out);
-        }
-    }
-}
-
 /// Sends a frame; `false` when the connection is gone or too slow (drop it).
 fn send(tx: &FrameTx, metrics: &Metrics, frame: &ServerFrame) -> bool {
     Metrics::add(&metrics.frames_out, 1);
     tx.try_send(Arc::new(frame.encode())).is_ok()
-}
-
-fn evaluate(
-    store: &dyn Storage,
-    schema: &Schema,
-    limits: &Limits,
-    auth: &Value,
-    partition: &str,
-    collection: &str,
-) -> Result<Sub, Error> {
-    match exec::read_rule_with_reads(store, schema, collection, partition, auth, limits) {
-        Ok((allowed, reads)) => Ok(Sub { allowed, reads }),
-        // A rule that cannot be evaluated denies; only a broken store is fatal.
-        Err(e) if e.code.is_deterministic() => Ok(Sub {
-            allowed: false,
-            reads: ReadSet::default(),
-        }),
-        Err(e) => Err(e),
-    }
-}
-
-/// The documents of `partition` in the allowed collections, at the store's state.
-fn snapshot(
-    store: &dyn Storage,
-    partition: &str,
-    allowed: &BTreeSet<String>,
-    position: u64,
-) -> Result<ServerFrame, Error> {
-    let mut docs = Vec::new();
-    for (k, _) in scan_all(store, &KeyRange::prefix(&keys::partition_prefix(partition)))? {
-        let (_, coll, id) = keys::parse_partition_key(&k)?;
-        if !allowed.contains(&coll) {
-            continue;
-        }
-        if let Some(b) = store.get(&keys::doc_key(&coll, &id))? {
-            let d = warren_core::doc::StoredDoc::decode(&b)?;
-            docs.push(SnapshotDoc {
-                collection: coll,
-                id,
-                version: d.version,
-                data: d.data,
-            });
-        }
-    }
-    Ok(ServerFrame::Snapshot {
-        partition: partition.to_owned(),
-        position,
-        docs,
-    })
-}
-
-/// The frames of a welcome, and the subscriptions and partitions it set up.
-type Welcome = (Vec<ServerFrame>, Subs, BTreeSet<String>);
-
-/// What a client gets on connecting: the welcome, then snapshots of the partitions it
-/// may read that changed since its cursors, then the kept outcomes of its outbox.
-#[allow(clippy::too_many_arguments)]
-fn welcome(
-    store: &dyn Storage,
-    schema: &Schema,
-    limits: &Limits,
-    position: u64,
-    client_id: &str,
-    auth: &Value,
-    cursors: &[(String, u64)],
-    outbox_from: u64,
-) -> Result<Welcome, Error> {
-    let mut subs = Subs::default();
-    let mut versions: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for (k, v) in scan_all(store, &KeyRange::prefix(&[keys::SPACE_VERSION]))? {
-        let (p, c) = keys::parse_version_key(&k)?;
-        let sub = evaluate(store, schema, limits, auth, &p, &c)?;
-        let version = u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]));
-        versions.insert((p.clone(), c.clone()), version);
-        subs.insert(p, c, sub);
-    }
-    let held = subs.held();
-    let applied = exec::applied_seq(store, client_id)?;
-    let mut frames = vec![ServerFrame::Welcome {
-        schema_version: schema.version().to_owned(),
-        schema_source: schema.source().to_owned(),
-        position,
-        applied_seq: applied,
-        partitions: held.iter().cloned().collect(),
-    }];
-    let cursor_of: BTreeMap<&str, u64> = cursors.iter().map(|(p, c)| (p.as_str(), *c)).collect();
-    for p in &held {
-        let allowed = subs.allowed_colls(p);
-        let version = allowed
-            .iter()
-            .map(|c| versions.get(&(p.clone(), c.clone())).copied().unwrap_or(0))
-            .max()
-            .unwrap_or(0);
-        if version > cursor_of.get(p.as_str()).copied().unwrap_or(0) {
-            frames.push(snapshot(store, p, &allowed, position)?);
-        }
-    }
-    if outbox_from > 0 && outbox_from <= applied {
-        let from = outbox_from.max(applied.saturating_sub(exec::KEPT_OUTCOMES) + 1);
-        for seq in from..=applied {
-            frames.push(ServerFrame::Outcome {
-                seq,
-                result: kept_result(exec::kept_outcome_of(store, client_id, seq)?),
-            });
-        }
-    }
-    Ok((frames, subs, held))
 }
 
 impl Region {
@@ -476,8 +275,8 @@ impl Region {
                 RegionMsg::Disconnect { conn } => {
                     if let Some(c) = self.conns.remove(&conn) {
                         self.index.forget(conn, &c);
-                        if self.by_client.get(&c.client_id) == Some(&conn) {
-                            self.by_client.remove(&c.client_id);
+                        if self.by_client.get(c.sub.client_id()) == Some(&conn) {
+                            self.by_client.remove(c.sub.client_id());
                         }
                         self.metrics
                             .connections
@@ -516,7 +315,7 @@ impl Region {
                         &partitions,
                         0,
                     )
-                    .map(|(frames, _, _)| frames);
+                    .map(|(frames, _)| frames);
                     if let Err(e) = &r {
                         if !e.code.is_deterministic() {
                             let _ = reply.send(r.clone());
@@ -563,7 +362,7 @@ impl Region {
     }
 
     fn connect(&mut self, c: Connect) -> Result<(), Error> {
-        let (frames, subs, held) = welcome(
+        let (frames, sub) = welcome(
             &self.store,
             &self.schema,
             &self.limits,
@@ -591,13 +390,7 @@ impl Region {
                 );
             }
         }
-        let conn = Conn {
-            client_id: c.client_id,
-            auth: c.auth,
-            tx: c.tx,
-            subs,
-            held,
-        };
+        let conn = Conn { tx: c.tx, sub };
         self.index.add(c.conn, &conn);
         self.conns.insert(c.conn, conn);
         self.metrics
@@ -663,13 +456,19 @@ impl Region {
                 }
                 for id in visit {
                     if let Some(conn) = conns.get_mut(&id) {
-                        fanout(&overlay, schema, limits, id, conn, pos, writes, &mut out)?;
+                        conn.sub
+                            .fanout(&overlay, schema, limits, pos, writes, &mut |f| {
+                                out.push((id, Arc::new(f.encode())))
+                            })?;
                         index.add(id, conn);
                     }
                 }
             } else {
                 for (id, conn) in conns.iter_mut() {
-                    fanout(&overlay, schema, limits, *id, conn, pos, writes, &mut out)?;
+                    conn.sub
+                        .fanout(&overlay, schema, limits, pos, writes, &mut |f| {
+                            out.push((*id, Arc::new(f.encode())))
+                        })?;
                     index.add(*id, conn);
                 }
                 for w in writes {
@@ -785,94 +584,11 @@ fn flush(
                     message: "the connection did not keep up with its frames".into(),
                 },
             );
-            if by_client.get(&c.client_id) == Some(&id) {
-                by_client.remove(&c.client_id);
+            if by_client.get(c.sub.client_id()) == Some(&id) {
+                by_client.remove(c.sub.client_id());
             }
         }
     }
-}
-
-/// Updates one connection for the log entry at `pos`: queues its frames in `out`.
-#[allow(clippy::too_many_arguments)]
-fn fanout(
-    state: &dyn Storage,
-    schema: &Schema,
-    limits: &Limits,
-    id: u64,
-    conn: &mut Conn,
-    pos: u64,
-    writes: &[Write],
-    out: &mut Vec<(u64, Frame)>,
-) -> Result<(), Error> {
-    if writes.is_empty() {
-        return Ok(());
-    }
-    // Which (partition, collection) answers may have changed: those not evaluated
-    // yet, and those whose rule read a document this entry wrote. Nothing is allocated
-    // when there are none (the common case: one entry, many connections).
-    let mut recheck: BTreeSet<(String, String)> = BTreeSet::new();
-    for w in writes {
-        if conn.subs.get(&w.partition, &w.collection).is_none() {
-            recheck.insert((w.partition.clone(), w.collection.clone()));
-        }
-    }
-    for (p, c) in &conn.subs.watching {
-        let touched = conn.subs.get(p, c).is_some_and(|sub| {
-            writes
-                .iter()
-                .any(|w| sub.reads.touched_by(&w.collection, &w.id))
-        });
-        if touched {
-            recheck.insert((p.clone(), c.clone()));
-        }
-    }
-    let mut changed_partitions: BTreeSet<String> = BTreeSet::new();
-    for (p, c) in recheck {
-        let before = conn.subs.get(&p, &c).map(|s| s.allowed);
-        let sub = evaluate(state, schema, limits, &conn.auth, &p, &c)?;
-        if before != Some(sub.allowed) && (before.is_some() || sub.allowed) {
-            changed_partitions.insert(p.clone());
-        }
-        conn.subs.insert(p, c, sub);
-    }
-    let mut snapshotted = BTreeSet::new();
-    for p in changed_partitions {
-        let allowed = conn.subs.allowed_colls(&p);
-        if allowed.is_empty() {
-            if conn.held.remove(&p) {
-                let f = ServerFrame::Drop {
-                    partition: p.clone(),
-                    position: pos,
-                };
-                out.push((id, Arc::new(f.encode())));
-            }
-        } else {
-            conn.held.insert(p.clone());
-            let f = snapshot(state, &p, &allowed, pos)?;
-            out.push((id, Arc::new(f.encode())));
-            snapshotted.insert(p);
-        }
-    }
-    let mine: Vec<Write> = writes
-        .iter()
-        .filter(|w| {
-            conn.held.contains(&w.partition)
-                && !snapshotted.contains(&w.partition)
-                && conn
-                    .subs
-                    .get(&w.partition, &w.collection)
-                    .is_some_and(|s| s.allowed)
-        })
-        .cloned()
-        .collect();
-    if !mine.is_empty() {
-        let f = ServerFrame::Effects {
-            position: pos,
-            writes: mine,
-        };
-        out.push((id, Arc::new(f.encode())));
-    }
-    Ok(())
 }
 
 /// Starts the region on its own thread, with its dispatcher task on the current tokio

@@ -1,12 +1,13 @@
 //! The client replica (`warren_core::replica`) driven by a simulated server.
 //!
 //! The server here is an [`Executor`] over a [`MemoryStore`] with the per-connection
-//! bookkeeping of `sync-server/src/region.rs` mirrored step by step: on `Hello` it sends
-//! `Welcome`, then `Snapshot`s of the readable partitions changed since the client's
-//! cursors, then the kept outcomes of the client's outbox; for each log entry it sends
-//! each connection `Drop`/`Snapshot` for partitions whose read rule changed, `Effects`
-//! with the writes to partitions the connection holds, and the entry's `Outcome` to the
-//! connection of the client that made it. The gateway (a `Push` becomes commits with the
+//! bookkeeping the sync server's region runs, `warren_core::subscription` (the same
+//! code, not a copy): on `Hello` it sends `Welcome`, then `Snapshot`s of the readable
+//! partitions changed since the client's cursors, then the kept outcomes of the
+//! client's outbox; for each log entry it sends each connection `Drop`/`Snapshot` for
+//! partitions whose read rule changed, `Effects` with the writes to partitions the
+//! connection holds, and the entry's `Outcome` to the connection of the client that
+//! made it. The gateway (a `Push` becomes commits with the
 //! connection's client id and claims) and the sequencer (a FIFO that fixes position and
 //! timestamp) are simulated too, so frames and commits can be held up, lost with a
 //! connection, or reach the sequencer after the connection that sent them is gone.
@@ -27,17 +28,19 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
 use std::sync::Arc;
 
 use common::{user, Rng, SCHEMA};
 use warren_core::doc::StoredDoc;
-use warren_core::eval::{Limits, ReadSet};
-use warren_core::exec::{self, Commit, Executor, KeptOutcome, Op, Outcome, Skip, Write};
+use warren_core::eval::Limits;
+use warren_core::exec::{self, Commit, Executor, Op, Outcome, Skip, Write};
 use warren_core::keys;
-use warren_core::protocol::{ClientCommit, ClientFrame, CommitResult, ServerFrame, SnapshotDoc};
+use warren_core::protocol::{ClientCommit, ClientFrame, CommitResult, ServerFrame};
 use warren_core::replica::{Event, Local, Pending, Replica};
 use warren_core::storage::{Entry, KeyRange, MemoryStore, Overlay, Storage};
+use warren_core::subscription::{result_of, welcome, Subscription};
 use warren_core::value::{obj, Value};
 use warren_core::{Error, ErrorCode, Schema};
 
@@ -138,18 +141,12 @@ fn push_seqs(frames: &[ClientFrame]) -> Vec<u64> {
         .collect()
 }
 
-// ----- the simulated server (mirrors sync-server/src/region.rs) -----
-
-struct Sub {
-    allowed: bool,
-    reads: ReadSet,
-}
+// ----- the simulated server (the region's subscriptions, over a memory store) -----
 
 struct Conn {
-    client_id: String,
-    auth: Value,
-    subs: BTreeMap<(String, String), Sub>,
-    held: BTreeSet<String>,
+    /// The server's subscription of the connection (`warren_core::subscription`, as
+    /// the region keeps it).
+    sub: Subscription,
     /// Frames on their way to the client, in order.
     down: VecDeque<ServerFrame>,
     /// Frames on their way to the server (the gateway), in order.
@@ -168,132 +165,6 @@ struct Server {
     /// The answer to each settled commit, by (client, seq): what its outcome frames
     /// must say, however often it is sent.
     results: BTreeMap<(String, u64), CommitResult>,
-}
-
-fn evaluate(store: &dyn Storage, schema: &Schema, auth: &Value, p: &str, c: &str) -> Sub {
-    match exec::read_rule_with_reads(store, schema, c, p, auth, &limits()) {
-        Ok((allowed, reads)) => Sub { allowed, reads },
-        Err(e) => {
-            assert!(e.code.is_deterministic(), "the store failed: {e}");
-            Sub {
-                allowed: false,
-                reads: ReadSet::default(),
-            }
-        }
-    }
-}
-
-fn allowed_colls(subs: &BTreeMap<(String, String), Sub>, partition: &str) -> BTreeSet<String> {
-    subs.range((partition.to_owned(), String::new())..)
-        .take_while(|((p, _), _)| p == partition)
-        .filter(|(_, s)| s.allowed)
-        .map(|((_, c), _)| c.clone())
-        .collect()
-}
-
-fn snapshot(
-    store: &dyn Storage,
-    partition: &str,
-    allowed: &BTreeSet<String>,
-    position: u64,
-) -> ServerFrame {
-    let mut docs = Vec::new();
-    for (k, _) in scan_all(store, &KeyRange::prefix(&keys::partition_prefix(partition))) {
-        let (_, coll, id) = keys::parse_partition_key(&k).expect("partition key");
-        if !allowed.contains(&coll) {
-            continue;
-        }
-        if let Some(b) = store.get(&keys::doc_key(&coll, &id)).expect("get") {
-            let d = StoredDoc::decode(&b).expect("stored doc");
-            docs.push(SnapshotDoc {
-                collection: coll,
-                id,
-                version: d.version,
-                data: d.data,
-            });
-        }
-    }
-    ServerFrame::Snapshot {
-        partition: partition.to_owned(),
-        position,
-        docs,
-    }
-}
-
-fn kept_result(kept: Option<KeptOutcome>) -> CommitResult {
-    match kept {
-        Some(KeptOutcome::Committed { position, result }) => {
-            CommitResult::Committed { position, result }
-        }
-        Some(KeptOutcome::Rejected { code, message }) => CommitResult::Rejected { code, message },
-        None => CommitResult::Duplicate,
-    }
-}
-
-/// `region::fanout`: the frames one connection gets for the log entry at `pos`.
-fn fanout(state: &dyn Storage, schema: &Schema, conn: &mut Conn, pos: u64, writes: &[Write]) {
-    if writes.is_empty() {
-        return;
-    }
-    let mut recheck: BTreeSet<(String, String)> = BTreeSet::new();
-    for w in writes {
-        let key = (w.partition.clone(), w.collection.clone());
-        if !conn.subs.contains_key(&key) {
-            recheck.insert(key);
-        }
-    }
-    for (key, sub) in &conn.subs {
-        if !sub.reads.is_empty()
-            && writes
-                .iter()
-                .any(|w| sub.reads.touched_by(&w.collection, &w.id))
-        {
-            recheck.insert(key.clone());
-        }
-    }
-    let mut changed: BTreeSet<String> = BTreeSet::new();
-    for (p, c) in recheck {
-        let before = conn.subs.get(&(p.clone(), c.clone())).map(|s| s.allowed);
-        let sub = evaluate(state, schema, &conn.auth, &p, &c);
-        if before != Some(sub.allowed) && (before.is_some() || sub.allowed) {
-            changed.insert(p.clone());
-        }
-        conn.subs.insert((p, c), sub);
-    }
-    let mut snapshotted = BTreeSet::new();
-    for p in changed {
-        let allowed = allowed_colls(&conn.subs, &p);
-        if allowed.is_empty() {
-            if conn.held.remove(&p) {
-                conn.down.push_back(ServerFrame::Drop {
-                    partition: p.clone(),
-                    position: pos,
-                });
-            }
-        } else {
-            conn.held.insert(p.clone());
-            conn.down.push_back(snapshot(state, &p, &allowed, pos));
-            snapshotted.insert(p);
-        }
-    }
-    let mine: Vec<Write> = writes
-        .iter()
-        .filter(|w| {
-            conn.held.contains(&w.partition)
-                && !snapshotted.contains(&w.partition)
-                && conn
-                    .subs
-                    .get(&(w.partition.clone(), w.collection.clone()))
-                    .is_some_and(|s| s.allowed)
-        })
-        .cloned()
-        .collect();
-    if !mine.is_empty() {
-        conn.down.push_back(ServerFrame::Effects {
-            position: pos,
-            writes: mine,
-        });
-    }
 }
 
 impl Server {
@@ -333,57 +204,19 @@ impl Server {
         // As the gateway does: the client id is scoped by the token's subject.
         let client_id = &exec::scoped_client_id(auth, client_id);
         let store = self.exec.store();
-        let schema = self.exec.schema();
         let position = exec::position(store).expect("position");
-        let mut subs = BTreeMap::new();
-        let mut versions: BTreeMap<(String, String), u64> = BTreeMap::new();
-        for (k, v) in scan_all(store, &KeyRange::prefix(&[keys::SPACE_VERSION])) {
-            let (p, c) = keys::parse_version_key(&k).expect("version key");
-            let sub = evaluate(store, schema, auth, &p, &c);
-            versions.insert(
-                (p.clone(), c.clone()),
-                u64::from_be_bytes(v.as_slice().try_into().expect("8 bytes")),
-            );
-            subs.insert((p, c), sub);
-        }
-        let held: BTreeSet<String> = subs
-            .iter()
-            .filter(|(_, s)| s.allowed)
-            .map(|((p, _), _)| p.clone())
-            .collect();
-        let applied = exec::applied_seq(store, client_id).expect("applied seq");
-        let mut down = VecDeque::new();
-        down.push_back(ServerFrame::Welcome {
-            schema_version: schema.version().to_owned(),
-            schema_source: schema.source().to_owned(),
+        let (frames, sub) = welcome(
+            store,
+            self.exec.schema(),
+            &limits(),
             position,
-            applied_seq: applied,
-            partitions: held.iter().cloned().collect(),
-        });
-        let cursor_of: BTreeMap<&str, u64> =
-            cursors.iter().map(|(p, c)| (p.as_str(), *c)).collect();
-        for p in &held {
-            let allowed = allowed_colls(&subs, p);
-            let version = allowed
-                .iter()
-                .map(|c| versions.get(&(p.clone(), c.clone())).copied().unwrap_or(0))
-                .max()
-                .unwrap_or(0);
-            if version > cursor_of.get(p.as_str()).copied().unwrap_or(0) {
-                down.push_back(snapshot(store, p, &allowed, position));
-            }
-        }
-        if *outbox_from > 0 && *outbox_from <= applied {
-            let from = (*outbox_from).max(applied.saturating_sub(exec::KEPT_OUTCOMES) + 1);
-            for seq in from..=applied {
-                down.push_back(ServerFrame::Outcome {
-                    seq,
-                    result: kept_result(
-                        exec::kept_outcome_of(store, client_id, seq).expect("kept outcome"),
-                    ),
-                });
-            }
-        }
+            client_id,
+            auth,
+            cursors,
+            *outbox_from,
+        )
+        .expect("memory welcomes");
+        let down: VecDeque<ServerFrame> = frames.into();
         let id = self.next_conn;
         self.next_conn += 1;
         if let Some(old) = self.by_client.insert(client_id.clone(), id) {
@@ -396,10 +229,7 @@ impl Server {
         self.conns.insert(
             id,
             Conn {
-                client_id: client_id.clone(),
-                auth: auth.clone(),
-                subs,
-                held,
+                sub,
                 down,
                 up: VecDeque::new(),
             },
@@ -413,11 +243,11 @@ impl Server {
         let c = self.conns.remove(&conn).expect("connection");
         if passed_on {
             for f in &c.up {
-                self.pass_on(&c.client_id, &c.auth, f);
+                self.pass_on(c.sub.client_id(), c.sub.auth(), f);
             }
         }
-        if self.by_client.get(&c.client_id) == Some(&conn) {
-            self.by_client.remove(&c.client_id);
+        if self.by_client.get(c.sub.client_id()) == Some(&conn) {
+            self.by_client.remove(c.sub.client_id());
         }
     }
 
@@ -444,7 +274,7 @@ impl Server {
         let Some(f) = c.up.pop_front() else {
             return false;
         };
-        let (client_id, auth) = (c.client_id.clone(), c.auth.clone());
+        let (client_id, auth) = (c.sub.client_id().to_owned(), c.sub.auth().clone());
         self.pass_on(&client_id, &auth, &f);
         true
     }
@@ -465,25 +295,26 @@ impl Server {
             _ => &[],
         };
         for conn in self.conns.values_mut() {
-            fanout(self.exec.store(), self.exec.schema(), conn, pos, writes);
+            let down = &mut conn.down;
+            conn.sub
+                .fanout(
+                    self.exec.store(),
+                    self.exec.schema(),
+                    &limits(),
+                    pos,
+                    writes,
+                    &mut |f| down.push_back(f),
+                )
+                .expect("memory fan-out");
         }
-        let result = match &outcome {
-            Outcome::Committed { result, .. } => CommitResult::Committed {
-                position: pos,
-                result: result.clone(),
-            },
-            Outcome::Rejected { code, message } => CommitResult::Rejected {
-                code: code.as_str().to_owned(),
-                message: message.clone(),
-            },
-            Outcome::Skipped(Skip::Duplicate) => kept_result(
+        let kept = match &outcome {
+            Outcome::Skipped(Skip::Duplicate) => {
                 exec::kept_outcome_of(self.exec.store(), &commit.client_id, commit.client_seq)
-                    .expect("kept outcome"),
-            ),
-            Outcome::Skipped(Skip::OutOfOrder { expected }) => CommitResult::OutOfOrder {
-                expected: *expected,
-            },
+                    .expect("kept outcome")
+            }
+            _ => None,
         };
+        let result = result_of(outcome, pos, kept);
         if !matches!(result, CommitResult::OutOfOrder { .. }) {
             let key = (commit.client_id.clone(), commit.client_seq);
             match self.results.get(&key) {
