@@ -19,7 +19,7 @@
 //! every `STORE_WRITE_EVERY` batches, and before anything else reads the store.
 //! `docs/BENCHMARKS.md` ("Sync server vs PostgreSQL") measures why.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -34,26 +34,79 @@ use warren_core::subscription::{kept_result, result_of, welcome, Subscription};
 use warren_core::{Error, Schema, Value};
 
 use crate::metrics::Metrics;
-use crate::store::RedbStore;
+use crate::store::{RedbStore, Snapshot};
 
 /// Encoded frames to one connection. Bounded in frames and in bytes: a client that
 /// stops reading is dropped instead of growing the server's memory.
 pub use crate::queue::FrameTx;
 
-/// A connection asking to sync.
+/// A connection asking to sync. The region registers it as joining and answers
+/// `ready` with a read view; the session computes the welcome on it off the region
+/// thread and hands it back with [`RegionMsg::Join`].
 pub struct Connect {
     pub conn: u64,
     pub client_id: String,
     pub auth: Value,
-    pub partitions: Vec<(String, u64)>,
-    pub outbox_from: u64,
     pub tx: FrameTx,
+    pub ready: oneshot::Sender<ReadView>,
+}
+
+/// A consistent read-only view of the region's state at one position, for work done
+/// off the region thread (a connection's catch-up, an HTTP pull): the store as of its
+/// last write, plus the applied writes not written to it yet.
+pub struct ReadView {
+    snapshot: Snapshot,
+    pending: Arc<OverlayWrites>,
+    /// The position the view is at.
+    pub position: u64,
+    schema: Arc<Schema>,
+    limits: Limits,
+}
+
+impl ReadView {
+    /// What a client gets on connecting at this view's position (see
+    /// [`warren_core::subscription::welcome`]).
+    pub fn welcome(
+        &self,
+        client_id: &str,
+        auth: &Value,
+        cursors: &[(String, u64)],
+        outbox_from: u64,
+    ) -> Result<(Vec<ServerFrame>, Subscription), Error> {
+        let state = Overlay::with_writes(&self.snapshot, (*self.pending).clone());
+        welcome(
+            &state,
+            &self.schema,
+            &self.limits,
+            self.position,
+            client_id,
+            auth,
+            cursors,
+            outbox_from,
+        )
+    }
+}
+
+/// A connection whose welcome is being computed: the outcomes of its client's commits
+/// wait here until it joins.
+struct Joining {
+    tx: FrameTx,
+    client_id: String,
+    /// The position of the read view its welcome is computed on.
+    from: u64,
+    outcomes: Vec<Frame>,
 }
 
 pub enum RegionMsg {
     /// Durable log entries, in order.
     Batch(Vec<(u64, Commit)>),
     Connect(Connect),
+    /// A joining connection's welcome, computed on the read view at `at`.
+    Join {
+        conn: u64,
+        at: u64,
+        welcome: Result<(Vec<ServerFrame>, Subscription), Error>,
+    },
     Disconnect {
         conn: u64,
     },
@@ -63,12 +116,9 @@ pub enum RegionMsg {
         seq: u64,
         reply: oneshot::Sender<CommitResult>,
     },
-    /// An HTTP pull: the welcome and snapshots a connection would get.
-    Pull {
-        auth: Value,
-        client_id: String,
-        partitions: Vec<(String, u64)>,
-        reply: oneshot::Sender<Result<Vec<ServerFrame>, Error>>,
+    /// A read view of the current state (an HTTP pull computes on it).
+    View {
+        reply: oneshot::Sender<ReadView>,
     },
     /// Stop after what is queued; make the store durable.
     Stop,
@@ -158,11 +208,18 @@ pub struct Region {
     by_client: BTreeMap<String, u64>,
     waiters: BTreeMap<(String, u64), Vec<oneshot::Sender<CommitResult>>>,
     position: u64,
-    /// Applied writes not yet written to the store (see [`STORE_WRITE_EVERY`]).
-    pending: OverlayWrites,
+    /// Applied writes not yet written to the store (see [`STORE_WRITE_EVERY`]); shared
+    /// with read views, copied only if one still holds it when the next batch comes.
+    pending: Arc<OverlayWrites>,
     /// Batches applied into `pending` since the last store write.
     pending_batches: u32,
     index: Index,
+    /// Connections whose welcome is being computed off the region thread.
+    joining: BTreeMap<u64, Joining>,
+    /// The committed writes of the entries applied since the oldest joining
+    /// connection's read view (empty when none is joining), to bring its welcome up to
+    /// date when it joins.
+    window: VecDeque<(u64, Vec<Write>)>,
     /// The task that hands frames to connections, when the region runs next to a
     /// tokio runtime (see [`spawn`]); without it the region hands them over itself.
     dispatch: Option<Dispatch>,
@@ -209,9 +266,11 @@ impl Region {
             by_client: BTreeMap::new(),
             waiters: BTreeMap::new(),
             position,
-            pending: OverlayWrites::new(),
+            pending: Arc::new(OverlayWrites::new()),
             pending_batches: 0,
             index: Index::default(),
+            joining: BTreeMap::new(),
+            window: VecDeque::new(),
             dispatch: None,
         })
     }
@@ -223,7 +282,34 @@ impl Region {
 
     /// The state digest.
     pub fn digest(&self) -> Result<[u8; 32], Error> {
-        exec::digest(&Overlay::with_writes(&self.store, self.pending.clone()))
+        exec::digest(&Overlay::with_writes(&self.store, (*self.pending).clone()))
+    }
+
+    /// The applied writes not in the store yet, to own (copied only if a read view
+    /// still shares them).
+    fn take_pending(&mut self) -> OverlayWrites {
+        let p = std::mem::take(&mut self.pending);
+        Arc::try_unwrap(p).unwrap_or_else(|shared| (*shared).clone())
+    }
+
+    /// Runs `f` on the current state (the store and the writes not in it yet).
+    fn with_state<R>(&mut self, f: impl FnOnce(&dyn Storage) -> R) -> R {
+        let writes = self.take_pending();
+        let state = Overlay::with_writes(&self.store, writes);
+        let r = f(&state);
+        self.pending = Arc::new(state.into_writes());
+        r
+    }
+
+    /// A read view of the current state.
+    fn view(&self) -> Result<ReadView, Error> {
+        Ok(ReadView {
+            snapshot: self.store.snapshot()?,
+            pending: self.pending.clone(),
+            position: self.position,
+            schema: self.schema.clone(),
+            limits: self.limits.clone(),
+        })
     }
 
     /// Writes the applied writes not in the store yet into it (one transaction).
@@ -232,7 +318,7 @@ impl Region {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let writes = std::mem::take(&mut self.pending);
+        let writes = self.take_pending();
         let batch = Overlay::with_writes(&self.store, writes).take_batch();
         self.store.apply(batch)
     }
@@ -250,11 +336,6 @@ impl Region {
         // A message taken from the queue while gathering batches, handled next.
         let mut next: Option<RegionMsg> = None;
         while let Some(msg) = next.take().or_else(|| rx.recv().ok()) {
-            // Everything but a batch or a disconnect reads the store: bring it up to
-            // date first.
-            if !matches!(msg, RegionMsg::Batch(_) | RegionMsg::Disconnect { .. }) {
-                self.write_pending()?;
-            }
             match msg {
                 RegionMsg::Batch(mut entries) => {
                     // Every batch already queued joins this one: one store transaction
@@ -272,7 +353,14 @@ impl Region {
                     self.apply_batch(entries)?
                 }
                 RegionMsg::Connect(c) => self.connect(c)?,
+                RegionMsg::Join { conn, at, welcome } => self.join(conn, at, welcome?)?,
                 RegionMsg::Disconnect { conn } => {
+                    if let Some(j) = self.joining.remove(&conn) {
+                        if self.by_client.get(&j.client_id) == Some(&conn) {
+                            self.by_client.remove(&j.client_id);
+                        }
+                        self.trim_window();
+                    }
                     if let Some(c) = self.conns.remove(&conn) {
                         self.index.forget(conn, &c);
                         if self.by_client.get(c.sub.client_id()) == Some(&conn) {
@@ -289,8 +377,16 @@ impl Region {
                     reply,
                 } => {
                     // Already settled: answer from the kept outcomes.
-                    if seq <= exec::applied_seq(&self.store, &client_id)? {
-                        let r = kept_result(exec::kept_outcome_of(&self.store, &client_id, seq)?);
+                    let kept = self.with_state(|state| -> Result<_, Error> {
+                        if seq <= exec::applied_seq(state, &client_id)? {
+                            Ok(Some(kept_result(exec::kept_outcome_of(
+                                state, &client_id, seq,
+                            )?)))
+                        } else {
+                            Ok(None)
+                        }
+                    })?;
+                    if let Some(r) = kept {
                         let _ = reply.send(r);
                     } else {
                         self.waiters
@@ -299,30 +395,8 @@ impl Region {
                             .push(reply);
                     }
                 }
-                RegionMsg::Pull {
-                    auth,
-                    client_id,
-                    partitions,
-                    reply,
-                } => {
-                    let r = welcome(
-                        &self.store,
-                        &self.schema,
-                        &self.limits,
-                        self.position,
-                        &client_id,
-                        &auth,
-                        &partitions,
-                        0,
-                    )
-                    .map(|(frames, _)| frames);
-                    if let Err(e) = &r {
-                        if !e.code.is_deterministic() {
-                            let _ = reply.send(r.clone());
-                            return Err(e.clone());
-                        }
-                    }
-                    let _ = reply.send(r);
+                RegionMsg::View { reply } => {
+                    let _ = reply.send(self.view()?);
                 }
                 RegionMsg::Stop => return Ok(()),
             }
@@ -361,28 +435,22 @@ impl Region {
         self.index = Index::default();
     }
 
+    /// Registers a joining connection and hands its session a read view to compute
+    /// the welcome on. One connection per client id: a new one takes over (the old
+    /// one is closed).
     fn connect(&mut self, c: Connect) -> Result<(), Error> {
-        let (frames, sub) = welcome(
-            &self.store,
-            &self.schema,
-            &self.limits,
-            self.position,
-            &c.client_id,
-            &c.auth,
-            &c.partitions,
-            c.outbox_from,
-        )?;
-        // Everything the welcome says must fit the connection's queue, or the client
-        // would see a gap; if it does not, nothing is registered.
-        if !frames.iter().all(|f| send(&c.tx, &self.metrics, f)) {
-            return Ok(());
-        }
-        // One connection per client id: a new one takes over (the old one is closed).
         if let Some(old) = self.by_client.insert(c.client_id.clone(), c.conn) {
-            if let Some(o) = self.conns.remove(&old) {
-                self.index.forget(old, &o);
+            let tx = match (self.conns.remove(&old), self.joining.remove(&old)) {
+                (Some(o), _) => {
+                    self.index.forget(old, &o);
+                    Some(o.tx)
+                }
+                (None, Some(j)) => Some(j.tx),
+                (None, None) => None,
+            };
+            if let Some(tx) = tx {
                 self.send_after(
-                    &o.tx,
+                    &tx,
                     &ServerFrame::Error {
                         code: codes::BAD_CLIENT_ID.into(),
                         message: "another connection took over this client id".into(),
@@ -390,13 +458,86 @@ impl Region {
                 );
             }
         }
-        let conn = Conn { tx: c.tx, sub };
-        self.index.add(c.conn, &conn);
-        self.conns.insert(c.conn, conn);
+        let view = self.view()?;
+        self.joining.insert(
+            c.conn,
+            Joining {
+                tx: c.tx,
+                client_id: c.client_id,
+                from: view.position,
+                outcomes: Vec::new(),
+            },
+        );
+        let _ = c.ready.send(view);
+        Ok(())
+    }
+
+    /// A joining connection's welcome (computed at `at`) arrived: brings it up to the
+    /// current position with the entries applied since, sends it all, and registers
+    /// the connection.
+    fn join(
+        &mut self,
+        conn: u64,
+        at: u64,
+        (frames, mut sub): (Vec<ServerFrame>, Subscription),
+    ) -> Result<(), Error> {
+        let Some(j) = self.joining.remove(&conn) else {
+            return Ok(()); // gone, or taken over, meanwhile
+        };
+        let mut frames: Vec<Frame> = frames.iter().map(|f| Arc::new(f.encode())).collect();
+        if at < self.position {
+            let writes = self.take_pending();
+            let window: Vec<(u64, &[Write])> = self
+                .window
+                .iter()
+                .filter(|(pos, _)| *pos > at)
+                .map(|(pos, w)| (*pos, w.as_slice()))
+                .collect();
+            let state = Overlay::with_writes(&self.store, writes);
+            let r = sub.advance(
+                &state,
+                &self.schema,
+                &self.limits,
+                self.position,
+                &window,
+                &mut |f| frames.push(Arc::new(f.encode())),
+            );
+            self.pending = Arc::new(state.into_writes());
+            r?;
+        }
+        frames.extend(j.outcomes);
+        self.trim_window();
+        // Everything the welcome says must fit the connection's queue, or the client
+        // would see a gap; if it does not, nothing is registered (the queue overflowed:
+        // its writer ends the connection with TOO_SLOW).
+        for f in frames {
+            Metrics::add(&self.metrics.frames_out, 1);
+            if j.tx.try_send(f).is_err() {
+                if self.by_client.get(&j.client_id) == Some(&conn) {
+                    self.by_client.remove(&j.client_id);
+                }
+                return Ok(());
+            }
+        }
+        let conn_state = Conn { tx: j.tx, sub };
+        self.index.add(conn, &conn_state);
+        self.conns.insert(conn, conn_state);
         self.metrics
             .connections
             .store(self.conns.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Forgets the window's entries no joining connection needs.
+    fn trim_window(&mut self) {
+        match self.joining.values().map(|j| j.from).min() {
+            None => self.window.clear(),
+            Some(from) => {
+                while self.window.front().is_some_and(|(pos, _)| *pos <= from) {
+                    self.window.pop_front();
+                }
+            }
+        }
     }
 
     fn apply_batch(&mut self, entries: Vec<(u64, Commit)>) -> Result<(), Error> {
@@ -413,9 +554,15 @@ impl Region {
             pending,
             pending_batches,
             index,
+            joining,
+            window,
             dispatch,
         } = self;
-        let mut overlay = Overlay::with_writes(&*store, std::mem::take(pending));
+        let taken = std::mem::take(pending);
+        let mut overlay = Overlay::with_writes(
+            &*store,
+            Arc::try_unwrap(taken).unwrap_or_else(|shared| (*shared).clone()),
+        );
         // Frames for connections, queued in order and handed over every FLUSH_EVERY
         // entries: one wake-up of a connection's writer carries many frames.
         let mut out: Vec<(u64, Frame)> = Vec::new();
@@ -444,6 +591,9 @@ impl Region {
                 Outcome::Committed { writes, .. } => writes,
                 _ => &[],
             };
+            if !joining.is_empty() && !writes.is_empty() {
+                window.push_back((pos, writes.to_vec()));
+            }
             if writes
                 .iter()
                 .all(|w| index.known(&w.partition, &w.collection))
@@ -501,7 +651,12 @@ impl Region {
                     seq: commit.client_seq,
                     result,
                 };
-                out.push((conn_id, Arc::new(frame.encode())));
+                let frame = Arc::new(frame.encode());
+                match joining.get_mut(&conn_id) {
+                    // It joins with its welcome.
+                    Some(j) => j.outcomes.push(frame),
+                    None => out.push((conn_id, frame)),
+                }
             }
             since_flush += 1;
             if since_flush >= FLUSH_EVERY {
@@ -520,7 +675,7 @@ impl Region {
             let batch = Overlay::with_writes(&*store, writes).take_batch();
             store.apply(batch)?;
         } else {
-            *pending = writes;
+            *pending = Arc::new(writes);
         }
         metrics.position.store(*position, Ordering::Relaxed);
         metrics

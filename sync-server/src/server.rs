@@ -184,6 +184,7 @@ pub async fn start_with_web(
         shutdown: shutdown_rx.clone(),
         identities: Arc::new(config.gateway.identities()),
         slots: Arc::new(Slots::new(config.gateway.max_connections)),
+        catch_ups: Arc::new(tokio::sync::Semaphore::new(gateway::catch_up_workers())),
     };
     // Ready once the region has applied what the log held at start.
     let target = applied + replayed;

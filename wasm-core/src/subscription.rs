@@ -181,6 +181,90 @@ impl Subscription {
     }
 }
 
+impl Subscription {
+    /// Brings a subscription made at an earlier position (a welcome computed on a read
+    /// snapshot while the log went on) up to `pos`: `window` holds every log entry
+    /// after the welcome's position up to `pos`, in order, with its committed writes;
+    /// `state` is the state at `pos`. Hands `emit` the frames that take the client from
+    /// the welcome to `pos`:
+    /// - `Effects` of each entry, in order, for the partitions whose read-rule answers
+    ///   the window cannot have changed (no rule of theirs read what it wrote);
+    /// - then, at `pos`, for every partition whose answer may have changed (a new
+    ///   (partition, collection) pair, or a rule that read a written document): `Drop`
+    ///   if it may no longer be read, else a `Snapshot` at `pos` (which holds what the
+    ///   window wrote to it, so none of its effects are sent).
+    pub fn advance(
+        &mut self,
+        state: &dyn Storage,
+        schema: &Schema,
+        limits: &Limits,
+        pos: u64,
+        window: &[(u64, &[Write])],
+        emit: &mut dyn FnMut(ServerFrame),
+    ) -> Result<(), Error> {
+        let mut recheck: BTreeSet<(String, String)> = BTreeSet::new();
+        for (_, writes) in window {
+            for w in writes.iter() {
+                if self.get(&w.partition, &w.collection).is_none() {
+                    recheck.insert((w.partition.clone(), w.collection.clone()));
+                }
+            }
+        }
+        for (p, c) in &self.watching {
+            let touched = self.get(p, c).is_some_and(|sub| {
+                window.iter().any(|(_, writes)| {
+                    writes
+                        .iter()
+                        .any(|w| sub.reads.touched_by(&w.collection, &w.id))
+                })
+            });
+            if touched {
+                recheck.insert((p.clone(), c.clone()));
+            }
+        }
+        let mut unstable: BTreeSet<String> = BTreeSet::new();
+        for (p, c) in recheck {
+            let sub = evaluate(state, schema, limits, &self.auth, &p, &c)?;
+            self.insert(p.clone(), c, sub);
+            unstable.insert(p);
+        }
+        for (at, writes) in window {
+            let mine: Vec<Write> = writes
+                .iter()
+                .filter(|w| {
+                    self.held.contains(&w.partition)
+                        && !unstable.contains(&w.partition)
+                        && self
+                            .get(&w.partition, &w.collection)
+                            .is_some_and(|s| s.allowed)
+                })
+                .cloned()
+                .collect();
+            if !mine.is_empty() {
+                emit(ServerFrame::Effects {
+                    position: *at,
+                    writes: mine,
+                });
+            }
+        }
+        for p in unstable {
+            let allowed = self.allowed_colls(&p);
+            if allowed.is_empty() {
+                if self.held.remove(&p) {
+                    emit(ServerFrame::Drop {
+                        partition: p,
+                        position: pos,
+                    });
+                }
+            } else {
+                emit(snapshot(state, &p, &allowed, pos)?);
+                self.held.insert(p);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Evaluates the read rule of `collection` for `partition`. A rule that cannot be
 /// evaluated (out of fuel, a type error) denies; only a broken store is an error.
 fn evaluate(

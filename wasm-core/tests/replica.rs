@@ -151,6 +151,9 @@ struct Conn {
     down: VecDeque<ServerFrame>,
     /// Frames on their way to the server (the gateway), in order.
     up: VecDeque<ClientFrame>,
+    /// While the welcome is computed off the region thread (as the sync server does):
+    /// the position it was computed at, its frames, and the outcomes that wait for it.
+    joining: Option<(u64, Vec<ServerFrame>, Vec<ServerFrame>)>,
 }
 
 struct Server {
@@ -165,6 +168,8 @@ struct Server {
     /// The answer to each settled commit, by (client, seq): what its outcome frames
     /// must say, however often it is sent.
     results: BTreeMap<(String, u64), CommitResult>,
+    /// The committed writes of each position (`writes[0]` is empty).
+    writes: Vec<Vec<Write>>,
 }
 
 impl Server {
@@ -178,6 +183,7 @@ impl Server {
             by_client: BTreeMap::new(),
             next_conn: 1,
             results: BTreeMap::new(),
+            writes: vec![Vec::new()],
         }
     }
 
@@ -190,8 +196,9 @@ impl Server {
     }
 
     /// `region::connect` with `region::welcome`: registers the connection and queues
-    /// its welcome frames.
-    fn connect(&mut self, hello: &ClientFrame, auth: &Value) -> u64 {
+    /// its welcome frames, or (`late`) keeps them until [`Server::join`], as the region
+    /// does while a session computes the welcome on a read view.
+    fn connect(&mut self, hello: &ClientFrame, auth: &Value, late: bool) -> u64 {
         let ClientFrame::Hello {
             client_id,
             partitions: cursors,
@@ -216,7 +223,11 @@ impl Server {
             *outbox_from,
         )
         .expect("memory welcomes");
-        let down: VecDeque<ServerFrame> = frames.into();
+        let (down, joining) = if late {
+            (VecDeque::new(), Some((position, frames, Vec::new())))
+        } else {
+            (frames.into(), None)
+        };
         let id = self.next_conn;
         self.next_conn += 1;
         if let Some(old) = self.by_client.insert(client_id.clone(), id) {
@@ -232,9 +243,40 @@ impl Server {
                 sub,
                 down,
                 up: VecDeque::new(),
+                joining,
             },
         );
         id
+    }
+
+    /// `region::join`: the welcome of a late connection arrives; the subscription is
+    /// brought up to the current position with `Subscription::advance` over the
+    /// entries since, then everything goes out: welcome, catch-up, waiting outcomes.
+    /// `false` if the connection was not joining.
+    fn join(&mut self, conn: u64) -> bool {
+        let pos = self.position();
+        let c = self.conns.get_mut(&conn).expect("connection");
+        let Some((from, frames, outcomes)) = c.joining.take() else {
+            return false;
+        };
+        c.down.extend(frames);
+        let window: Vec<(u64, &[Write])> = (from + 1..=pos)
+            .map(|p| (p, self.writes[p as usize].as_slice()))
+            .filter(|(_, w)| !w.is_empty())
+            .collect();
+        let down = &mut c.down;
+        c.sub
+            .advance(
+                self.exec.store(),
+                self.exec.schema(),
+                &limits(),
+                pos,
+                &window,
+                &mut |f| down.push_back(f),
+            )
+            .expect("memory catch-up");
+        c.down.extend(outcomes);
+        true
     }
 
     /// The connection closes. Frames to the client are lost; frames from it are lost
@@ -294,7 +336,11 @@ impl Server {
             Outcome::Committed { writes, .. } => writes,
             _ => &[],
         };
+        self.writes.push(writes.to_vec());
         for conn in self.conns.values_mut() {
+            if conn.joining.is_some() {
+                continue; // caught up when it joins
+            }
             let down = &mut conn.down;
             conn.sub
                 .fanout(
@@ -329,10 +375,14 @@ impl Server {
         }
         if let Some(id) = self.by_client.get(&commit.client_id) {
             if let Some(conn) = self.conns.get_mut(id) {
-                conn.down.push_back(ServerFrame::Outcome {
+                let frame = ServerFrame::Outcome {
                     seq: commit.client_seq,
                     result,
-                });
+                };
+                match &mut conn.joining {
+                    Some((_, _, waiting)) => waiting.push(frame),
+                    None => conn.down.push_back(frame),
+                }
             }
         }
         true
@@ -402,6 +452,8 @@ struct Stats {
     moved_ids: u64,
     disconnects: u64,
     reloads_with_pending: u64,
+    /// Welcomes that joined after the log moved on (caught up by `advance`).
+    late_joins: u64,
 }
 
 impl Stats {
@@ -416,6 +468,7 @@ impl Stats {
         self.moved_ids += o.moved_ids;
         self.disconnects += o.disconnects;
         self.reloads_with_pending += o.reloads_with_pending;
+        self.late_joins += o.late_joins;
     }
 }
 
@@ -431,6 +484,9 @@ struct World {
     stats: Stats,
     /// Chooses how each check reads the view (see `check`).
     check_rng: Rng,
+    /// Whether a connection's welcome is late (computed, then joined some steps on):
+    /// decided at random in the property test, never in the targeted tests.
+    join_rng: Option<Rng>,
     /// The partition each document id was last written in (to count moves).
     homes: BTreeMap<(String, String), String>,
 }
@@ -446,6 +502,7 @@ impl World {
             step: 0,
             stats: Stats::default(),
             check_rng: Rng(seed ^ 0x5eed),
+            join_rng: None,
             homes: BTreeMap::new(),
         };
         for (id, auth) in devices {
@@ -573,7 +630,8 @@ impl World {
         let (got_parts, got_from) = (partitions.clone(), *outbox_from);
         let auth = dev.auth.clone();
         let id = dev.id.clone();
-        let conn = self.server.connect(&hello, &auth);
+        let late = self.join_rng.as_mut().is_some_and(|r| r.below(2) == 0);
+        let conn = self.server.connect(&hello, &auth, late);
         self.devices[d].conn = Some(conn);
         self.note(format!(
             "{id} connects as conn {conn} (outbox_from {got_from}, cursors {got_parts:?})"
@@ -660,6 +718,26 @@ impl World {
         }
         self.after_step();
         got
+    }
+
+    /// A late connection's welcome arrives (see [`Server::join`]).
+    fn join(&mut self, d: usize) {
+        let Some(conn) = self.devices[d].conn else {
+            return;
+        };
+        let from = match &self.server.conns[&conn].joining {
+            Some((from, _, _)) => *from,
+            None => return,
+        };
+        self.step += 1;
+        let pos = self.server.position();
+        if pos > from {
+            self.stats.late_joins += 1;
+        }
+        self.server.join(conn);
+        let id = self.devices[d].id.clone();
+        self.note(format!("{id} joins: welcome at {from}, caught up to {pos}"));
+        self.after_step();
     }
 
     fn sequence_all(&mut self) {
@@ -785,6 +863,7 @@ impl World {
         }
         for _ in 0..1000 {
             for d in 0..self.devices.len() {
+                self.join(d);
                 self.receive_all(d);
             }
             while self.sequence() {}
@@ -1246,6 +1325,7 @@ fn run_seed(seed: u64) -> Stats {
         ],
         seed,
     );
+    w.join_rng = Some(Rng(seed ^ 0x101));
     let subs = ["ann", "ann", "carol"];
     for _ in 0..STEPS {
         let d = rng.below(w.devices.len() as u64) as usize;
@@ -1273,6 +1353,8 @@ fn run_seed(seed: u64) -> Stats {
             92..=97 => {
                 if w.devices[d].conn.is_none() {
                     w.connect(d);
+                } else {
+                    w.join(d);
                 }
             }
             _ => {
@@ -1312,6 +1394,7 @@ fn view_is_base_plus_pending_under_any_interleaving() {
             moved_ids,
             disconnects,
             reloads_with_pending,
+            late_joins,
         } = total;
         for (what, n) in [
             ("accepted", accepted),
@@ -1324,6 +1407,7 @@ fn view_is_base_plus_pending_under_any_interleaving() {
             ("moved_ids", moved_ids),
             ("disconnects", disconnects),
             ("reloads_with_pending", reloads_with_pending),
+            ("late_joins", late_joins),
         ] {
             assert!(n > 0, "no {what} in {} seeds: {total:?}", seeds.len());
         }
@@ -1880,6 +1964,70 @@ fn an_id_moved_in_one_commit_leaves_its_old_partition() {
         run("Task.byId(\"k\").delete()\nTask.create({ id: \"k\", team: \"t1\", title: \"in t1\", slug: \"s1\", done: false })"),
     )
     .unwrap();
+    w.settle();
+    w.check_settled();
+}
+
+/// The sync server computes a welcome on a read view off its region thread and brings
+/// it up to date when it joins (`Subscription::advance`). While carol's welcome is
+/// computed, ann adds her to team t1 (a partition she may now read), writes a task
+/// there, and removes her from t2 (a partition she held): on joining carol gets t1 and
+/// loses t2, and her view settles to the server's.
+#[test]
+fn a_welcome_that_joins_late_is_caught_up() {
+    let mut w = two_teams(&[("carol", user("carol"))]);
+    w.disconnect(2, false);
+    w.join_rng = Some(Rng(0));
+    // Rng(0).below(2) == 0 on its first draw is not certain: draw until late.
+    loop {
+        w.connect(2);
+        let conn = w.devices[2].conn.unwrap();
+        if w.server.conns[&conn].joining.is_some() {
+            break;
+        }
+        w.settle();
+        w.disconnect(2, false);
+    }
+    w.join_rng = None;
+    w.mutate(
+        0,
+        call(
+            "setMembers",
+            obj([("team", "t1".into()), ("members", strs(&["ann", "carol"]))]),
+        ),
+    )
+    .unwrap();
+    w.mutate(
+        0,
+        run("Task.create({ id: \"k1\", team: \"t1\", title: \"in t1\", slug: \"s1\", done: false })"),
+    )
+    .unwrap();
+    w.mutate(
+        0,
+        call(
+            "setMembers",
+            obj([("team", "t2".into()), ("members", strs(&["ann"]))]),
+        ),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        w.flush(0);
+        w.receive_all(0);
+        w.sequence_all();
+    }
+    assert!(
+        w.server.position() >= 6,
+        "the log moved on while carol joined"
+    );
+    w.join(2);
+    let frames = w.deliver_all(2);
+    let held: BTreeMap<String, u64> = w.devices[2].cursors.clone();
+    assert!(held.contains_key("team:t1"), "t1 arrives: {frames:?}");
+    assert!(!held.contains_key("team:t2"), "t2 is dropped: {frames:?}");
+    assert_eq!(
+        w.replica(2).query("Task.all().map(.id)").unwrap(),
+        strs(&["k1"])
+    );
     w.settle();
     w.check_settled();
 }

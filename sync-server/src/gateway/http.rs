@@ -151,31 +151,27 @@ pub(crate) async fn pull(
                 .collect()
         })
         .unwrap_or_default();
+    let client_id = scoped_client_id(&auth_for_id, req["client_id"].as_str().unwrap_or(""));
     let (tx, rx) = oneshot::channel();
     s.region
-        .send(RegionMsg::Pull {
-            auth,
-            client_id: scoped_client_id(&auth_for_id, req["client_id"].as_str().unwrap_or("")),
-            partitions,
-            reply: tx,
-        })
+        .send(RegionMsg::View { reply: tx })
         .map_err(|_| stopping())?;
-    let frames = rx
-        .await
-        .map_err(|_| {
-            AppError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codes::SHUTTING_DOWN,
-                "the server stopped",
-            )
-        })?
-        .map_err(|e| {
-            AppError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                e.code.as_str(),
-                e.message,
-            )
-        })?;
+    let view = rx.await.map_err(|_| stopping())?;
+    // Computed off the region thread, on the view, like a connection's welcome.
+    let _permit = s.catch_ups.acquire().await.map_err(|_| stopping())?;
+    let frames = tokio::task::spawn_blocking(move || {
+        view.welcome(&client_id, &auth, &partitions, 0)
+            .map(|(frames, _)| frames)
+    })
+    .await
+    .map_err(|_| stopping())?
+    .map_err(|e| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.code.as_str(),
+            e.message,
+        )
+    })?;
     let mut out = serde_json::json!({ "snapshots": [] });
     for f in frames {
         match f {

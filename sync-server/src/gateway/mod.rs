@@ -150,6 +150,16 @@ pub struct AppState {
     pub identities: Arc<Identities>,
     /// Open sync connections, against `limits.max_connections`.
     pub slots: Arc<Slots>,
+    /// Catch-ups (welcomes and pulls) computed at once, off the region thread.
+    pub catch_ups: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many catch-ups run at once: one per core, at least two.
+pub fn catch_up_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(2)
 }
 
 pub fn app(state: AppState) -> Router {

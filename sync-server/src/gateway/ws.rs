@@ -222,20 +222,32 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
         s.limits.write_timeout,
         s.metrics.clone(),
     ));
+    let (ready_tx, ready_rx) = oneshot::channel();
     if s.region
         .send(RegionMsg::Connect(Connect {
             conn,
             client_id: scoped.clone(),
             auth: auth.clone(),
-            partitions,
-            outbox_from,
             tx: tx.clone(),
+            ready: ready_tx,
         }))
         .is_err()
     {
         let end = End::error(codes::SHUTTING_DOWN, "the server is stopping");
         return finish(&s, end, close_tx, writer, None).await;
     }
+    // The welcome is computed off the region thread, on a read view of the state, while
+    // this session already reads the client's frames; the region brings it up to date
+    // when it joins.
+    tokio::spawn(catch_up(
+        s.clone(),
+        conn,
+        ready_rx,
+        scoped.clone(),
+        auth.clone(),
+        partitions,
+        outbox_from,
+    ));
     tracing::debug!(conn, sub = %sub, client = %client_id, "sync connection");
     let stopping = stopped(s.shutdown.clone());
     tokio::pin!(stopping);
@@ -488,4 +500,36 @@ async fn write_loop(
         let _ = sink.close().await;
     })
     .await;
+}
+
+/// Computes a joining connection's welcome on the region's read view, on a blocking
+/// thread (at most `catch_up_workers` at once), and hands it to the region.
+async fn catch_up(
+    s: AppState,
+    conn: u64,
+    ready: oneshot::Receiver<crate::region::ReadView>,
+    client_id: String,
+    auth: Value,
+    partitions: Vec<(String, u64)>,
+    outbox_from: u64,
+) {
+    let Ok(view) = ready.await else {
+        return; // the region is stopping
+    };
+    let Ok(_permit) = s.catch_ups.acquire().await else {
+        return;
+    };
+    let at = view.position;
+    let welcome = tokio::task::spawn_blocking(move || {
+        view.welcome(&client_id, &auth, &partitions, outbox_from)
+    })
+    .await;
+    let welcome = match welcome {
+        Ok(w) => w,
+        Err(e) => Err(warren_core::Error::new(
+            warren_core::ErrorCode::Storage,
+            format!("the catch-up task failed: {e}"),
+        )),
+    };
+    let _ = s.region.send(RegionMsg::Join { conn, at, welcome });
 }
