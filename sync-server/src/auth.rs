@@ -31,8 +31,6 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use warren_core::Value;
 
@@ -52,8 +50,6 @@ pub const MAX_LEEWAY_SECS: u64 = 24 * 60 * 60;
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
-/// Largest HTTP response head accepted from a JWKS URL.
-const MAX_HTTP_HEAD_BYTES: usize = 64 * 1024;
 /// RSA keys shorter than this are ignored.
 const MIN_RSA_BITS: usize = 2048;
 /// HS256 secrets shorter than this get a warning (RFC 7518 §3.2 wants 256 bits).
@@ -530,70 +526,6 @@ fn significant_bits(be: &[u8]) -> usize {
 // Fetching a JWKS
 // ---------------------------------------------------------------------------------------
 
-/// An `http://` URL taken apart.
-#[derive(Debug, PartialEq, Eq)]
-struct HttpTarget {
-    /// Host to connect to (an IPv6 literal without brackets).
-    host: String,
-    port: u16,
-    /// The `Host` header value.
-    authority: String,
-    /// Path and query, starting with `/`.
-    path: String,
-}
-
-impl HttpTarget {
-    fn parse(url: &str) -> Result<HttpTarget, String> {
-        let rest = strip_scheme(url, "http://").ok_or("not an http:// URL")?;
-        let rest = rest.split('#').next().unwrap_or("");
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let path = if path.starts_with('?') {
-            format!("/{path}")
-        } else {
-            path.to_owned()
-        };
-        if authority.is_empty() {
-            return Err("the URL has no host".into());
-        }
-        if authority.contains('@') {
-            return Err("credentials in the URL are not supported".into());
-        }
-        if path.bytes().any(|b| b <= b' ' || b == 0x7f) || authority.bytes().any(|b| b <= b' ') {
-            return Err("the URL contains spaces or control characters".into());
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let end = v6.find(']').ok_or("unclosed [ in the host")?;
-            let host = &v6[..end];
-            let port = match &v6[end + 1..] {
-                "" => None,
-                p => Some(p.strip_prefix(':').ok_or("junk after ]")?),
-            };
-            (host, port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
-        let port = match port {
-            None | Some("") => 80,
-            Some(p) => p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?,
-        };
-        if host.is_empty() {
-            return Err("the URL has no host".into());
-        }
-        Ok(HttpTarget {
-            host: host.to_owned(),
-            port,
-            authority: authority.to_owned(),
-            path,
-        })
-    }
-}
-
 fn strip_scheme<'a>(url: &'a str, scheme: &str) -> Option<&'a str> {
     let head = url.get(..scheme.len())?;
     head.eq_ignore_ascii_case(scheme)
@@ -605,10 +537,8 @@ fn check_source(source: &JwksSource) -> Result<(), String> {
     match source {
         JwksSource::File(_) => Ok(()),
         JwksSource::Url(url) => {
-            if strip_scheme(url, "http://").is_some() {
-                HttpTarget::parse(url).map(|_| ())
-            } else if strip_scheme(url, "https://").is_some() {
-                Ok(())
+            if strip_scheme(url, "http://").is_some() || strip_scheme(url, "https://").is_some() {
+                check_url(url)
             } else {
                 Err(format!(
                     "JWKS URL {} must start with http:// or https://",
@@ -634,17 +564,11 @@ async fn load_source(source: &JwksSource) -> Result<Vec<u8>, String> {
             .await
             .map_err(|e| format!("reader task failed: {e}"))?
         }
-        JwksSource::Url(url) if strip_scheme(url, "https://").is_some() => {
+        JwksSource::Url(url) => {
             let url = url.clone();
-            tokio::task::spawn_blocking(move || https_get(&url))
+            tokio::task::spawn_blocking(move || url_get(&url))
                 .await
                 .map_err(|e| format!("fetch task failed: {e}"))?
-        }
-        JwksSource::Url(url) => {
-            let target = HttpTarget::parse(url)?;
-            tokio::time::timeout(JWKS_FETCH_TIMEOUT, http_get(&target))
-                .await
-                .map_err(|_| format!("timed out after {}s", JWKS_FETCH_TIMEOUT.as_secs()))?
         }
     }
 }
@@ -653,12 +577,38 @@ fn user_agent() -> String {
     format!("warren-server/{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// GET over HTTPS (blocking; run it off the async threads). Redirects stay on https.
-fn https_get(url: &str) -> Result<Vec<u8>, String> {
+/// Checks a JWKS URL's form: a host, no credentials, no spaces or control characters.
+fn check_url(url: &str) -> Result<(), String> {
+    if url.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err("the URL contains spaces or control characters".into());
+    }
+    let uri: ureq::http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let authority = uri.authority().ok_or("the URL has no host")?;
+    if authority.as_str().contains('@') {
+        return Err("credentials in the URL are not supported".into());
+    }
+    if authority.host().is_empty() {
+        return Err("the URL has no host".into());
+    }
+    // `Uri` keeps a port it cannot use as a number as text.
+    if let Some(p) = authority.as_str().rsplit_once(':').map(|(_, p)| p) {
+        if !authority.as_str().ends_with(']') && !p.is_empty() && p.parse::<u16>().is_err() {
+            return Err(format!("bad port {p:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// GET a JWKS (blocking; run it off the async threads). An `https://` URL is followed
+/// through at most 3 redirects that stay on https; an `http://` URL (a local identity
+/// provider) is not redirected.
+fn url_get(url: &str) -> Result<Vec<u8>, String> {
+    check_url(url)?;
+    let https = strip_scheme(url, "https://").is_some();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(JWKS_FETCH_TIMEOUT))
-        .https_only(true)
-        .max_redirects(3)
+        .https_only(https)
+        .max_redirects(if https { 3 } else { 0 })
         .http_status_as_error(false)
         .user_agent(user_agent())
         .build()
@@ -667,7 +617,12 @@ fn https_get(url: &str) -> Result<Vec<u8>, String> {
         .get(url)
         .header("Accept", "application/json, application/jwk-set+json")
         .call()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            ureq::Error::Timeout(_) => {
+                format!("timed out after {}s", JWKS_FETCH_TIMEOUT.as_secs())
+            }
+            e => e.to_string(),
+        })?;
     let status = response.status().as_u16();
     if status != 200 {
         return Err(format!("answered HTTP {status}"));
@@ -678,166 +633,6 @@ fn https_get(url: &str) -> Result<Vec<u8>, String> {
         .limit(MAX_JWKS_BYTES as u64)
         .read_to_vec()
         .map_err(|e| e.to_string())
-}
-
-/// A plain HTTP/1.1 GET with `Connection: close`: enough for a JWKS endpoint.
-async fn http_get(target: &HttpTarget) -> Result<Vec<u8>, String> {
-    let mut stream = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\n\
-         Accept: application/json, application/jwk-set+json\r\n\
-         Accept-Encoding: identity\r\nConnection: close\r\n\r\n",
-        target.path,
-        target.authority,
-        user_agent()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("cannot send the request: {e}"))?;
-    let mut buf = Vec::with_capacity(8 * 1024);
-    let mut chunk = [0u8; 8 * 1024];
-    loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("cannot read the response: {e}"))?;
-        if n == 0 {
-            return parse_http_response(&buf, true)?
-                .ok_or_else(|| "the connection closed before the response ended".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_HTTP_HEAD_BYTES + 2 * MAX_JWKS_BYTES {
-            return Err("the response is too large".into());
-        }
-        if let Some(body) = parse_http_response(&buf, false)? {
-            return Ok(body);
-        }
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The body of a complete `200` response in `buf`; `None` if more bytes are needed
-/// (`eof`: no more will come).
-fn parse_http_response(buf: &[u8], eof: bool) -> Result<Option<Vec<u8>>, String> {
-    let Some(head_end) = find(buf, b"\r\n\r\n") else {
-        if buf.len() > MAX_HTTP_HEAD_BYTES {
-            return Err("the response head is too large".into());
-        }
-        return if eof {
-            Err("the response ended inside its head".into())
-        } else {
-            Ok(None)
-        };
-    };
-    let head =
-        std::str::from_utf8(&buf[..head_end]).map_err(|_| "the response head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let mut words = status_line.splitn(3, ' ');
-    let version = words.next().unwrap_or("");
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("not an HTTP/1 response: {}", short(status_line)));
-    }
-    let status: u16 = words
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {}", short(status_line)))?;
-    let mut content_length = None;
-    let mut chunked = false;
-    let mut location = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(format!("bad header line {}", short(line)));
-        };
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => {
-                let n: usize = value
-                    .parse()
-                    .map_err(|_| format!("bad Content-Length {}", short(value)))?;
-                content_length = Some(n);
-            }
-            "transfer-encoding" => {
-                chunked = value
-                    .split(',')
-                    .any(|v| v.trim().eq_ignore_ascii_case("chunked"));
-            }
-            "location" => location = Some(value.to_owned()),
-            _ => {}
-        }
-    }
-    if status != 200 {
-        return Err(match location {
-            Some(l) if (300..400).contains(&status) => {
-                format!(
-                    "answered HTTP {status} (redirect to {}; not followed)",
-                    short(&l)
-                )
-            }
-            _ => format!("answered HTTP {status}"),
-        });
-    }
-    let body = &buf[head_end + 4..];
-    if chunked {
-        return match decode_chunked(body)? {
-            Some(b) => Ok(Some(b)),
-            None if eof => Err("the chunked body ended early".into()),
-            None => Ok(None),
-        };
-    }
-    if let Some(len) = content_length {
-        if len > MAX_JWKS_BYTES {
-            return Err(format!("the JWKS is larger than {MAX_JWKS_BYTES} bytes"));
-        }
-        return if body.len() >= len {
-            Ok(Some(body[..len].to_vec()))
-        } else if eof {
-            Err("the body is shorter than its Content-Length".into())
-        } else {
-            Ok(None)
-        };
-    }
-    if body.len() > MAX_JWKS_BYTES {
-        return Err(format!("the JWKS is larger than {MAX_JWKS_BYTES} bytes"));
-    }
-    Ok(eof.then(|| body.to_vec()))
-}
-
-/// Decodes a chunked body; `None` if incomplete. Trailers are ignored.
-fn decode_chunked(data: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    loop {
-        let Some(line_len) = find(&data[pos..], b"\r\n") else {
-            return Ok(None);
-        };
-        let line =
-            std::str::from_utf8(&data[pos..pos + line_len]).map_err(|_| "bad chunk size line")?;
-        let size_text = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {}", short(size_text)))?;
-        pos += line_len + 2;
-        if size == 0 {
-            return Ok(Some(out));
-        }
-        if out.len().saturating_add(size) > MAX_JWKS_BYTES {
-            return Err(format!("the JWKS is larger than {MAX_JWKS_BYTES} bytes"));
-        }
-        if data.len() < pos + size + 2 {
-            return Ok(None);
-        }
-        out.extend_from_slice(&data[pos..pos + size]);
-        if &data[pos + size..pos + size + 2] != b"\r\n" {
-            return Err("a chunk does not end with CRLF".into());
-        }
-        pos += size + 2;
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1253,50 +1048,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn http_urls_are_taken_apart() {
-        let t = HttpTarget::parse("http://127.0.0.1:8080/.well-known/jwks.json?x=1#f").unwrap();
-        assert_eq!(
-            t,
-            HttpTarget {
-                host: "127.0.0.1".into(),
-                port: 8080,
-                authority: "127.0.0.1:8080".into(),
-                path: "/.well-known/jwks.json?x=1".into(),
-            }
-        );
-        let t = HttpTarget::parse("HTTP://[::1]/keys").unwrap();
-        assert_eq!(
-            (t.host.as_str(), t.port, t.path.as_str()),
-            ("::1", 80, "/keys")
-        );
-        let t = HttpTarget::parse("http://idp.example").unwrap();
-        assert_eq!((t.port, t.path.as_str()), (80, "/"));
-        assert!(HttpTarget::parse("http://user:pw@idp.example/").is_err());
-        assert!(HttpTarget::parse("http:///keys").is_err());
-        assert!(HttpTarget::parse("http://h:99999/").is_err());
-    }
-
-    #[test]
-    fn http_responses_are_parsed() {
-        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
-        assert_eq!(parse_http_response(ok, false).unwrap().unwrap(), b"hello");
-        assert_eq!(parse_http_response(&ok[..40], false).unwrap(), None);
-        assert!(parse_http_response(&ok[..40], true).is_err());
-        let chunked =
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n";
-        assert_eq!(
-            parse_http_response(chunked, false).unwrap().unwrap(),
-            b"hello"
-        );
-        let until_eof = b"HTTP/1.0 200 OK\r\n\r\nhello";
-        assert_eq!(parse_http_response(until_eof, false).unwrap(), None);
-        assert_eq!(
-            parse_http_response(until_eof, true).unwrap().unwrap(),
-            b"hello"
-        );
-        let moved = b"HTTP/1.1 301 Moved\r\nLocation: https://x/\r\n\r\n";
-        assert!(parse_http_response(moved, false)
-            .unwrap_err()
-            .contains("301"));
+    fn jwks_urls_are_checked() {
+        assert!(check_url("http://127.0.0.1:8080/.well-known/jwks.json?x=1#f").is_ok());
+        assert!(check_url("HTTP://[::1]/keys").is_ok());
+        assert!(check_url("https://idp.example").is_ok());
+        assert!(check_url("http://user:pw@idp.example/").is_err());
+        assert!(check_url("http:///keys").is_err());
+        assert!(check_url("http://h:99999/").is_err());
+        assert!(check_url("http://idp.example/a b").is_err());
     }
 }

@@ -9,7 +9,8 @@
 //! - [`region`]: the executor thread: applies the log, keeps each connection's
 //!   readable partitions, sends snapshots, effects, drops and outcomes.
 //! - [`store`]: the region's state in redb, behind the engine's storage trait.
-//! - [`gateway`]: axum routes: WebSocket sync, HTTP push and pull, health, metrics.
+//! - [`gateway`]: axum routes, limits and token checks; [`gateway::ws`] runs WebSocket
+//!   sync sessions, [`gateway::http`] answers HTTP push and pull.
 //! - [`server`]: puts the parts together; start and graceful stop.
 //! - [`limits`]: per-identity limits: connections, commit and frame rates.
 //! - [`queue`]: a connection's outgoing frames, bounded in frames and bytes.

@@ -192,7 +192,20 @@ fn dev_secret(data_dir: &Path, create: bool) -> Result<String, String> {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .map_err(|e| format!("cannot read random bytes for the development secret: {e}"))?;
     let secret = warren_core::hex(&bytes);
-    std::fs::write(&path, &secret).map_err(|e| e.to_string())?;
+    // Readable by the server's user only: anyone who reads it can sign in as anyone.
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        f.write_all(secret.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| e.to_string())?;
+    }
     Ok(secret)
 }
 

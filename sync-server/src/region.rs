@@ -19,40 +19,94 @@
 //! every `STORE_WRITE_EVERY` batches, and before anything else reads the store.
 //! `docs/BENCHMARKS.md` ("Sync server vs PostgreSQL") measures why.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
-use warren_core::eval::{Limits, ReadSet};
-use warren_core::exec::{self, Commit, KeptOutcome, Outcome, Skip, Write};
-use warren_core::protocol::{codes, CommitResult, ServerFrame, SnapshotDoc};
-use warren_core::storage::{Entry, KeyRange, Overlay, OverlayWrites, Storage};
-use warren_core::{keys, Error, Schema, Value};
+use warren_core::eval::Limits;
+use warren_core::exec::{self, Commit, Outcome, Skip, Write};
+use warren_core::protocol::{codes, CommitResult, ServerFrame};
+use warren_core::storage::{Overlay, OverlayWrites, Storage};
+use warren_core::subscription::{kept_result, result_of, welcome, Subscription};
+use warren_core::{Error, Schema, Value};
 
 use crate::metrics::Metrics;
-use crate::store::RedbStore;
+use crate::store::{RedbStore, Snapshot};
 
 /// Encoded frames to one connection. Bounded in frames and in bytes: a client that
 /// stops reading is dropped instead of growing the server's memory.
 pub use crate::queue::FrameTx;
 
-/// A connection asking to sync.
+/// A connection asking to sync. The region registers it as joining and answers
+/// `ready` with a read view; the session computes the welcome on it off the region
+/// thread and hands it back with [`RegionMsg::Join`].
 pub struct Connect {
     pub conn: u64,
     pub client_id: String,
     pub auth: Value,
-    pub partitions: Vec<(String, u64)>,
-    pub outbox_from: u64,
     pub tx: FrameTx,
+    pub ready: oneshot::Sender<ReadView>,
+}
+
+/// A consistent read-only view of the region's state at one position, for work done
+/// off the region thread (a connection's catch-up, an HTTP pull): the store as of its
+/// last write, plus the applied writes not written to it yet.
+pub struct ReadView {
+    snapshot: Snapshot,
+    pending: Arc<OverlayWrites>,
+    /// The position the view is at.
+    pub position: u64,
+    schema: Arc<Schema>,
+    limits: Limits,
+}
+
+impl ReadView {
+    /// What a client gets on connecting at this view's position (see
+    /// [`warren_core::subscription::welcome`]).
+    pub fn welcome(
+        &self,
+        client_id: &str,
+        auth: &Value,
+        cursors: &[(String, u64)],
+        outbox_from: u64,
+    ) -> Result<(Vec<ServerFrame>, Subscription), Error> {
+        let state = Overlay::with_writes(&self.snapshot, (*self.pending).clone());
+        welcome(
+            &state,
+            &self.schema,
+            &self.limits,
+            self.position,
+            client_id,
+            auth,
+            cursors,
+            outbox_from,
+        )
+    }
+}
+
+/// A connection whose welcome is being computed: the outcomes of its client's commits
+/// wait here until it joins.
+struct Joining {
+    tx: FrameTx,
+    client_id: String,
+    /// The position of the read view its welcome is computed on.
+    from: u64,
+    outcomes: Vec<Frame>,
 }
 
 pub enum RegionMsg {
     /// Durable log entries, in order.
     Batch(Vec<(u64, Commit)>),
     Connect(Connect),
+    /// A joining connection's welcome, computed on the read view at `at`.
+    Join {
+        conn: u64,
+        at: u64,
+        welcome: Result<(Vec<ServerFrame>, Subscription), Error>,
+    },
     Disconnect {
         conn: u64,
     },
@@ -62,68 +116,12 @@ pub enum RegionMsg {
         seq: u64,
         reply: oneshot::Sender<CommitResult>,
     },
-    /// An HTTP pull: the welcome and snapshots a connection would get.
-    Pull {
-        auth: Value,
-        client_id: String,
-        partitions: Vec<(String, u64)>,
-        reply: oneshot::Sender<Result<Vec<ServerFrame>, Error>>,
+    /// A read view of the current state (an HTTP pull computes on it).
+    View {
+        reply: oneshot::Sender<ReadView>,
     },
     /// Stop after what is queued; make the store durable.
     Stop,
-}
-
-struct Sub {
-    allowed: bool,
-    reads: ReadSet,
-}
-
-/// A connection's read-rule answers by partition and collection, and which of them
-/// read documents (re-evaluated when an entry writes one of those).
-#[derive(Default)]
-struct Subs {
-    by_partition: BTreeMap<String, BTreeMap<String, Sub>>,
-    watching: BTreeSet<(String, String)>,
-}
-
-impl Subs {
-    fn get(&self, partition: &str, collection: &str) -> Option<&Sub> {
-        self.by_partition.get(partition)?.get(collection)
-    }
-
-    fn insert(&mut self, partition: String, collection: String, sub: Sub) {
-        if !sub.reads.is_empty() {
-            self.watching
-                .insert((partition.clone(), collection.clone()));
-        } else if !self.watching.is_empty() {
-            self.watching
-                .remove(&(partition.clone(), collection.clone()));
-        }
-        self.by_partition
-            .entry(partition)
-            .or_default()
-            .insert(collection, sub);
-    }
-
-    /// The collections of `partition` the connection may read.
-    fn allowed_colls(&self, partition: &str) -> BTreeSet<String> {
-        self.by_partition
-            .get(partition)
-            .into_iter()
-            .flatten()
-            .filter(|(_, s)| s.allowed)
-            .map(|(c, _)| c.clone())
-            .collect()
-    }
-
-    /// The partitions the connection may read something of.
-    fn held(&self) -> BTreeSet<String> {
-        self.by_partition
-            .iter()
-            .filter(|(_, cs)| cs.values().any(|s| s.allowed))
-            .map(|(p, _)| p.clone())
-            .collect()
-    }
 }
 
 /// Which connections an entry's writes can concern, so that an entry visits only
@@ -151,7 +149,7 @@ impl Index {
 
     /// Notes what `conn` holds and whether its rules read documents.
     fn add(&mut self, id: u64, conn: &Conn) {
-        for p in &conn.held {
+        for p in conn.sub.held() {
             match self.holders.get_mut(p) {
                 Some(ids) => {
                     ids.insert(id);
@@ -161,13 +159,13 @@ impl Index {
                 }
             }
         }
-        if !conn.subs.watching.is_empty() {
+        if conn.sub.watches_documents() {
             self.watchers.insert(id);
         }
     }
 
     fn forget(&mut self, id: u64, conn: &Conn) {
-        for p in &conn.held {
+        for p in conn.sub.held() {
             if let Some(ids) = self.holders.get_mut(p) {
                 ids.remove(&id);
                 if ids.is_empty() {
@@ -180,11 +178,8 @@ impl Index {
 }
 
 struct Conn {
-    client_id: String,
-    auth: Value,
     tx: FrameTx,
-    subs: Subs,
-    held: BTreeSet<String>,
+    sub: Subscription,
 }
 
 /// The most log entries applied in one go when batches queue up.
@@ -213,11 +208,18 @@ pub struct Region {
     by_client: BTreeMap<String, u64>,
     waiters: BTreeMap<(String, u64), Vec<oneshot::Sender<CommitResult>>>,
     position: u64,
-    /// Applied writes not yet written to the store (see [`STORE_WRITE_EVERY`]).
-    pending: OverlayWrites,
+    /// Applied writes not yet written to the store (see [`STORE_WRITE_EVERY`]); shared
+    /// with read views, copied only if one still holds it when the next batch comes.
+    pending: Arc<OverlayWrites>,
     /// Batches applied into `pending` since the last store write.
     pending_batches: u32,
     index: Index,
+    /// Connections whose welcome is being computed off the region thread.
+    joining: BTreeMap<u64, Joining>,
+    /// The committed writes of the entries applied since the oldest joining
+    /// connection's read view (empty when none is joining), to bring its welcome up to
+    /// date when it joins.
+    window: VecDeque<(u64, Vec<Write>)>,
     /// The task that hands frames to connections, when the region runs next to a
     /// tokio runtime (see [`spawn`]); without it the region hands them over itself.
     dispatch: Option<Dispatch>,
@@ -240,156 +242,10 @@ async fn dispatch(mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<(FrameTx, Fra
     }
 }
 
-fn result_of(outcome: Outcome, position: u64, kept: Option<KeptOutcome>) -> CommitResult {
-    match outcome {
-        Outcome::Committed { result, .. } => CommitResult::Committed { position, result },
-        Outcome::Rejected { code, message } => CommitResult::Rejected {
-            code: code.as_str().to_owned(),
-            message,
-        },
-        Outcome::Skipped(Skip::Duplicate) => kept_result(kept),
-        Outcome::Skipped(Skip::OutOfOrder { expected }) => CommitResult::OutOfOrder { expected },
-    }
-}
-
-fn kept_result(kept: Option<KeptOutcome>) -> CommitResult {
-    match kept {
-        Some(KeptOutcome::Committed { position, result }) => {
-            CommitResult::Committed { position, result }
-        }
-        Some(KeptOutcome::Rejected { code, message }) => CommitResult::Rejected { code, message },
-        None => CommitResult::Duplicate,
-    }
-}
-
-/// Every entry of a range.
-fn scan_all(store: &dyn Storage, range: &KeyRange) -> Result<Vec<Entry>, Error> {
-    let mut out = Vec::new();
-    let mut r = range.clone();
-    loop {
-        let page = store.scan(&r, false, 512)?;
-        let full = page.len() == 512;
-        if let Some((last, _)) = page.last() {
-            r = r.after(last);
-        }
-        out.extend(page);
-        if !full {
-            return Ok(out);
-        }
-    }
-}
-
 /// Sends a frame; `false` when the connection is gone or too slow (drop it).
 fn send(tx: &FrameTx, metrics: &Metrics, frame: &ServerFrame) -> bool {
     Metrics::add(&metrics.frames_out, 1);
     tx.try_send(Arc::new(frame.encode())).is_ok()
-}
-
-fn evaluate(
-    store: &dyn Storage,
-    schema: &Schema,
-    limits: &Limits,
-    auth: &Value,
-    partition: &str,
-    collection: &str,
-) -> Result<Sub, Error> {
-    match exec::read_rule_with_reads(store, schema, collection, partition, auth, limits) {
-        Ok((allowed, reads)) => Ok(Sub { allowed, reads }),
-        // A rule that cannot be evaluated denies; only a broken store is fatal.
-        Err(e) if e.code.is_deterministic() => Ok(Sub {
-            allowed: false,
-            reads: ReadSet::default(),
-        }),
-        Err(e) => Err(e),
-    }
-}
-
-/// The documents of `partition` in the allowed collections, at the store's state.
-fn snapshot(
-    store: &dyn Storage,
-    partition: &str,
-    allowed: &BTreeSet<String>,
-    position: u64,
-) -> Result<ServerFrame, Error> {
-    let mut docs = Vec::new();
-    for (k, _) in scan_all(store, &KeyRange::prefix(&keys::partition_prefix(partition)))? {
-        let (_, coll, id) = keys::parse_partition_key(&k)?;
-        if !allowed.contains(&coll) {
-            continue;
-        }
-        if let Some(b) = store.get(&keys::doc_key(&coll, &id))? {
-            let d = warren_core::doc::StoredDoc::decode(&b)?;
-            docs.push(SnapshotDoc {
-                collection: coll,
-                id,
-                version: d.version,
-                data: d.data,
-            });
-        }
-    }
-    Ok(ServerFrame::Snapshot {
-        partition: partition.to_owned(),
-        position,
-        docs,
-    })
-}
-
-/// The frames of a welcome, and the subscriptions and partitions it set up.
-type Welcome = (Vec<ServerFrame>, Subs, BTreeSet<String>);
-
-/// What a client gets on connecting: the welcome, then snapshots of the partitions it
-/// may read that changed since its cursors, then the kept outcomes of its outbox.
-#[allow(clippy::too_many_arguments)]
-fn welcome(
-    store: &dyn Storage,
-    schema: &Schema,
-    limits: &Limits,
-    position: u64,
-    client_id: &str,
-    auth: &Value,
-    cursors: &[(String, u64)],
-    outbox_from: u64,
-) -> Result<Welcome, Error> {
-    let mut subs = Subs::default();
-    let mut versions: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for (k, v) in scan_all(store, &KeyRange::prefix(&[keys::SPACE_VERSION]))? {
-        let (p, c) = keys::parse_version_key(&k)?;
-        let sub = evaluate(store, schema, limits, auth, &p, &c)?;
-        let version = u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]));
-        versions.insert((p.clone(), c.clone()), version);
-        subs.insert(p, c, sub);
-    }
-    let held = subs.held();
-    let applied = exec::applied_seq(store, client_id)?;
-    let mut frames = vec![ServerFrame::Welcome {
-        schema_version: schema.version().to_owned(),
-        schema_source: schema.source().to_owned(),
-        position,
-        applied_seq: applied,
-        partitions: held.iter().cloned().collect(),
-    }];
-    let cursor_of: BTreeMap<&str, u64> = cursors.iter().map(|(p, c)| (p.as_str(), *c)).collect();
-    for p in &held {
-        let allowed = subs.allowed_colls(p);
-        let version = allowed
-            .iter()
-            .map(|c| versions.get(&(p.clone(), c.clone())).copied().unwrap_or(0))
-            .max()
-            .unwrap_or(0);
-        if version > cursor_of.get(p.as_str()).copied().unwrap_or(0) {
-            frames.push(snapshot(store, p, &allowed, position)?);
-        }
-    }
-    if outbox_from > 0 && outbox_from <= applied {
-        let from = outbox_from.max(applied.saturating_sub(exec::KEPT_OUTCOMES) + 1);
-        for seq in from..=applied {
-            frames.push(ServerFrame::Outcome {
-                seq,
-                result: kept_result(exec::kept_outcome_of(store, client_id, seq)?),
-            });
-        }
-    }
-    Ok((frames, subs, held))
 }
 
 impl Region {
@@ -410,9 +266,11 @@ impl Region {
             by_client: BTreeMap::new(),
             waiters: BTreeMap::new(),
             position,
-            pending: OverlayWrites::new(),
+            pending: Arc::new(OverlayWrites::new()),
             pending_batches: 0,
             index: Index::default(),
+            joining: BTreeMap::new(),
+            window: VecDeque::new(),
             dispatch: None,
         })
     }
@@ -424,7 +282,34 @@ impl Region {
 
     /// The state digest.
     pub fn digest(&self) -> Result<[u8; 32], Error> {
-        exec::digest(&Overlay::with_writes(&self.store, self.pending.clone()))
+        exec::digest(&Overlay::with_writes(&self.store, (*self.pending).clone()))
+    }
+
+    /// The applied writes not in the store yet, to own (copied only if a read view
+    /// still shares them).
+    fn take_pending(&mut self) -> OverlayWrites {
+        let p = std::mem::take(&mut self.pending);
+        Arc::try_unwrap(p).unwrap_or_else(|shared| (*shared).clone())
+    }
+
+    /// Runs `f` on the current state (the store and the writes not in it yet).
+    fn with_state<R>(&mut self, f: impl FnOnce(&dyn Storage) -> R) -> R {
+        let writes = self.take_pending();
+        let state = Overlay::with_writes(&self.store, writes);
+        let r = f(&state);
+        self.pending = Arc::new(state.into_writes());
+        r
+    }
+
+    /// A read view of the current state.
+    fn view(&self) -> Result<ReadView, Error> {
+        Ok(ReadView {
+            snapshot: self.store.snapshot()?,
+            pending: self.pending.clone(),
+            position: self.position,
+            schema: self.schema.clone(),
+            limits: self.limits.clone(),
+        })
     }
 
     /// Writes the applied writes not in the store yet into it (one transaction).
@@ -433,7 +318,7 @@ impl Region {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let writes = std::mem::take(&mut self.pending);
+        let writes = self.take_pending();
         let batch = Overlay::with_writes(&self.store, writes).take_batch();
         self.store.apply(batch)
     }
@@ -451,11 +336,6 @@ impl Region {
         // A message taken from the queue while gathering batches, handled next.
         let mut next: Option<RegionMsg> = None;
         while let Some(msg) = next.take().or_else(|| rx.recv().ok()) {
-            // Everything but a batch or a disconnect reads the store: bring it up to
-            // date first.
-            if !matches!(msg, RegionMsg::Batch(_) | RegionMsg::Disconnect { .. }) {
-                self.write_pending()?;
-            }
             match msg {
                 RegionMsg::Batch(mut entries) => {
                     // Every batch already queued joins this one: one store transaction
@@ -473,11 +353,18 @@ impl Region {
                     self.apply_batch(entries)?
                 }
                 RegionMsg::Connect(c) => self.connect(c)?,
+                RegionMsg::Join { conn, at, welcome } => self.join(conn, at, welcome?)?,
                 RegionMsg::Disconnect { conn } => {
+                    if let Some(j) = self.joining.remove(&conn) {
+                        if self.by_client.get(&j.client_id) == Some(&conn) {
+                            self.by_client.remove(&j.client_id);
+                        }
+                        self.trim_window();
+                    }
                     if let Some(c) = self.conns.remove(&conn) {
                         self.index.forget(conn, &c);
-                        if self.by_client.get(&c.client_id) == Some(&conn) {
-                            self.by_client.remove(&c.client_id);
+                        if self.by_client.get(c.sub.client_id()) == Some(&conn) {
+                            self.by_client.remove(c.sub.client_id());
                         }
                         self.metrics
                             .connections
@@ -490,8 +377,16 @@ impl Region {
                     reply,
                 } => {
                     // Already settled: answer from the kept outcomes.
-                    if seq <= exec::applied_seq(&self.store, &client_id)? {
-                        let r = kept_result(exec::kept_outcome_of(&self.store, &client_id, seq)?);
+                    let kept = self.with_state(|state| -> Result<_, Error> {
+                        if seq <= exec::applied_seq(state, &client_id)? {
+                            Ok(Some(kept_result(exec::kept_outcome_of(
+                                state, &client_id, seq,
+                            )?)))
+                        } else {
+                            Ok(None)
+                        }
+                    })?;
+                    if let Some(r) = kept {
                         let _ = reply.send(r);
                     } else {
                         self.waiters
@@ -500,30 +395,8 @@ impl Region {
                             .push(reply);
                     }
                 }
-                RegionMsg::Pull {
-                    auth,
-                    client_id,
-                    partitions,
-                    reply,
-                } => {
-                    let r = welcome(
-                        &self.store,
-                        &self.schema,
-                        &self.limits,
-                        self.position,
-                        &client_id,
-                        &auth,
-                        &partitions,
-                        0,
-                    )
-                    .map(|(frames, _, _)| frames);
-                    if let Err(e) = &r {
-                        if !e.code.is_deterministic() {
-                            let _ = reply.send(r.clone());
-                            return Err(e.clone());
-                        }
-                    }
-                    let _ = reply.send(r);
+                RegionMsg::View { reply } => {
+                    let _ = reply.send(self.view()?);
                 }
                 RegionMsg::Stop => return Ok(()),
             }
@@ -562,28 +435,22 @@ impl Region {
         self.index = Index::default();
     }
 
+    /// Registers a joining connection and hands its session a read view to compute
+    /// the welcome on. One connection per client id: a new one takes over (the old
+    /// one is closed).
     fn connect(&mut self, c: Connect) -> Result<(), Error> {
-        let (frames, subs, held) = welcome(
-            &self.store,
-            &self.schema,
-            &self.limits,
-            self.position,
-            &c.client_id,
-            &c.auth,
-            &c.partitions,
-            c.outbox_from,
-        )?;
-        // Everything the welcome says must fit the connection's queue, or the client
-        // would see a gap; if it does not, nothing is registered.
-        if !frames.iter().all(|f| send(&c.tx, &self.metrics, f)) {
-            return Ok(());
-        }
-        // One connection per client id: a new one takes over (the old one is closed).
         if let Some(old) = self.by_client.insert(c.client_id.clone(), c.conn) {
-            if let Some(o) = self.conns.remove(&old) {
-                self.index.forget(old, &o);
+            let tx = match (self.conns.remove(&old), self.joining.remove(&old)) {
+                (Some(o), _) => {
+                    self.index.forget(old, &o);
+                    Some(o.tx)
+                }
+                (None, Some(j)) => Some(j.tx),
+                (None, None) => None,
+            };
+            if let Some(tx) = tx {
                 self.send_after(
-                    &o.tx,
+                    &tx,
                     &ServerFrame::Error {
                         code: codes::BAD_CLIENT_ID.into(),
                         message: "another connection took over this client id".into(),
@@ -591,19 +458,86 @@ impl Region {
                 );
             }
         }
-        let conn = Conn {
-            client_id: c.client_id,
-            auth: c.auth,
-            tx: c.tx,
-            subs,
-            held,
+        let view = self.view()?;
+        self.joining.insert(
+            c.conn,
+            Joining {
+                tx: c.tx,
+                client_id: c.client_id,
+                from: view.position,
+                outcomes: Vec::new(),
+            },
+        );
+        let _ = c.ready.send(view);
+        Ok(())
+    }
+
+    /// A joining connection's welcome (computed at `at`) arrived: brings it up to the
+    /// current position with the entries applied since, sends it all, and registers
+    /// the connection.
+    fn join(
+        &mut self,
+        conn: u64,
+        at: u64,
+        (frames, mut sub): (Vec<ServerFrame>, Subscription),
+    ) -> Result<(), Error> {
+        let Some(j) = self.joining.remove(&conn) else {
+            return Ok(()); // gone, or taken over, meanwhile
         };
-        self.index.add(c.conn, &conn);
-        self.conns.insert(c.conn, conn);
+        let mut frames: Vec<Frame> = frames.iter().map(|f| Arc::new(f.encode())).collect();
+        if at < self.position {
+            let writes = self.take_pending();
+            let window: Vec<(u64, &[Write])> = self
+                .window
+                .iter()
+                .filter(|(pos, _)| *pos > at)
+                .map(|(pos, w)| (*pos, w.as_slice()))
+                .collect();
+            let state = Overlay::with_writes(&self.store, writes);
+            let r = sub.advance(
+                &state,
+                &self.schema,
+                &self.limits,
+                self.position,
+                &window,
+                &mut |f| frames.push(Arc::new(f.encode())),
+            );
+            self.pending = Arc::new(state.into_writes());
+            r?;
+        }
+        frames.extend(j.outcomes);
+        self.trim_window();
+        // Everything the welcome says must fit the connection's queue, or the client
+        // would see a gap; if it does not, nothing is registered (the queue overflowed:
+        // its writer ends the connection with TOO_SLOW).
+        for f in frames {
+            Metrics::add(&self.metrics.frames_out, 1);
+            if j.tx.try_send(f).is_err() {
+                if self.by_client.get(&j.client_id) == Some(&conn) {
+                    self.by_client.remove(&j.client_id);
+                }
+                return Ok(());
+            }
+        }
+        let conn_state = Conn { tx: j.tx, sub };
+        self.index.add(conn, &conn_state);
+        self.conns.insert(conn, conn_state);
         self.metrics
             .connections
             .store(self.conns.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Forgets the window's entries no joining connection needs.
+    fn trim_window(&mut self) {
+        match self.joining.values().map(|j| j.from).min() {
+            None => self.window.clear(),
+            Some(from) => {
+                while self.window.front().is_some_and(|(pos, _)| *pos <= from) {
+                    self.window.pop_front();
+                }
+            }
+        }
     }
 
     fn apply_batch(&mut self, entries: Vec<(u64, Commit)>) -> Result<(), Error> {
@@ -620,9 +554,15 @@ impl Region {
             pending,
             pending_batches,
             index,
+            joining,
+            window,
             dispatch,
         } = self;
-        let mut overlay = Overlay::with_writes(&*store, std::mem::take(pending));
+        let taken = std::mem::take(pending);
+        let mut overlay = Overlay::with_writes(
+            &*store,
+            Arc::try_unwrap(taken).unwrap_or_else(|shared| (*shared).clone()),
+        );
         // Frames for connections, queued in order and handed over every FLUSH_EVERY
         // entries: one wake-up of a connection's writer carries many frames.
         let mut out: Vec<(u64, Frame)> = Vec::new();
@@ -651,6 +591,9 @@ impl Region {
                 Outcome::Committed { writes, .. } => writes,
                 _ => &[],
             };
+            if !joining.is_empty() && !writes.is_empty() {
+                window.push_back((pos, writes.to_vec()));
+            }
             if writes
                 .iter()
                 .all(|w| index.known(&w.partition, &w.collection))
@@ -663,13 +606,19 @@ impl Region {
                 }
                 for id in visit {
                     if let Some(conn) = conns.get_mut(&id) {
-                        fanout(&overlay, schema, limits, id, conn, pos, writes, &mut out)?;
+                        conn.sub
+                            .fanout(&overlay, schema, limits, pos, writes, &mut |f| {
+                                out.push((id, Arc::new(f.encode())))
+                            })?;
                         index.add(id, conn);
                     }
                 }
             } else {
                 for (id, conn) in conns.iter_mut() {
-                    fanout(&overlay, schema, limits, *id, conn, pos, writes, &mut out)?;
+                    conn.sub
+                        .fanout(&overlay, schema, limits, pos, writes, &mut |f| {
+                            out.push((*id, Arc::new(f.encode())))
+                        })?;
                     index.add(*id, conn);
                 }
                 for w in writes {
@@ -702,7 +651,12 @@ impl Region {
                     seq: commit.client_seq,
                     result,
                 };
-                out.push((conn_id, Arc::new(frame.encode())));
+                let frame = Arc::new(frame.encode());
+                match joining.get_mut(&conn_id) {
+                    // It joins with its welcome.
+                    Some(j) => j.outcomes.push(frame),
+                    None => out.push((conn_id, frame)),
+                }
             }
             since_flush += 1;
             if since_flush >= FLUSH_EVERY {
@@ -721,7 +675,7 @@ impl Region {
             let batch = Overlay::with_writes(&*store, writes).take_batch();
             store.apply(batch)?;
         } else {
-            *pending = writes;
+            *pending = Arc::new(writes);
         }
         metrics.position.store(*position, Ordering::Relaxed);
         metrics
@@ -785,94 +739,11 @@ fn flush(
                     message: "the connection did not keep up with its frames".into(),
                 },
             );
-            if by_client.get(&c.client_id) == Some(&id) {
-                by_client.remove(&c.client_id);
+            if by_client.get(c.sub.client_id()) == Some(&id) {
+                by_client.remove(c.sub.client_id());
             }
         }
     }
-}
-
-/// Updates one connection for the log entry at `pos`: queues its frames in `out`.
-#[allow(clippy::too_many_arguments)]
-fn fanout(
-    state: &dyn Storage,
-    schema: &Schema,
-    limits: &Limits,
-    id: u64,
-    conn: &mut Conn,
-    pos: u64,
-    writes: &[Write],
-    out: &mut Vec<(u64, Frame)>,
-) -> Result<(), Error> {
-    if writes.is_empty() {
-        return Ok(());
-    }
-    // Which (partition, collection) answers may have changed: those not evaluated
-    // yet, and those whose rule read a document this entry wrote. Nothing is allocated
-    // when there are none (the common case: one entry, many connections).
-    let mut recheck: BTreeSet<(String, String)> = BTreeSet::new();
-    for w in writes {
-        if conn.subs.get(&w.partition, &w.collection).is_none() {
-            recheck.insert((w.partition.clone(), w.collection.clone()));
-        }
-    }
-    for (p, c) in &conn.subs.watching {
-        let touched = conn.subs.get(p, c).is_some_and(|sub| {
-            writes
-                .iter()
-                .any(|w| sub.reads.touched_by(&w.collection, &w.id))
-        });
-        if touched {
-            recheck.insert((p.clone(), c.clone()));
-        }
-    }
-    let mut changed_partitions: BTreeSet<String> = BTreeSet::new();
-    for (p, c) in recheck {
-        let before = conn.subs.get(&p, &c).map(|s| s.allowed);
-        let sub = evaluate(state, schema, limits, &conn.auth, &p, &c)?;
-        if before != Some(sub.allowed) && (before.is_some() || sub.allowed) {
-            changed_partitions.insert(p.clone());
-        }
-        conn.subs.insert(p, c, sub);
-    }
-    let mut snapshotted = BTreeSet::new();
-    for p in changed_partitions {
-        let allowed = conn.subs.allowed_colls(&p);
-        if allowed.is_empty() {
-            if conn.held.remove(&p) {
-                let f = ServerFrame::Drop {
-                    partition: p.clone(),
-                    position: pos,
-                };
-                out.push((id, Arc::new(f.encode())));
-            }
-        } else {
-            conn.held.insert(p.clone());
-            let f = snapshot(state, &p, &allowed, pos)?;
-            out.push((id, Arc::new(f.encode())));
-            snapshotted.insert(p);
-        }
-    }
-    let mine: Vec<Write> = writes
-        .iter()
-        .filter(|w| {
-            conn.held.contains(&w.partition)
-                && !snapshotted.contains(&w.partition)
-                && conn
-                    .subs
-                    .get(&w.partition, &w.collection)
-                    .is_some_and(|s| s.allowed)
-        })
-        .cloned()
-        .collect();
-    if !mine.is_empty() {
-        let f = ServerFrame::Effects {
-            position: pos,
-            writes: mine,
-        };
-        out.push((id, Arc::new(f.encode())));
-    }
-    Ok(())
 }
 
 /// Starts the region on its own thread, with its dispatcher task on the current tokio

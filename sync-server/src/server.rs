@@ -120,6 +120,15 @@ pub async fn start_with_web(
         .map_err(|e| start_err("limits", e))?;
     let schema = Arc::new(Schema::parse(&config.schema).map_err(|e| start_err("schema", e))?);
     std::fs::create_dir_all(&config.data_dir).map_err(|e| start_err("data directory", e))?;
+    if let Some(dir) = &web.static_dir {
+        if crate::web::contains(dir, &config.data_dir) {
+            return Err(StartError(format!(
+                "the static directory {} holds the data directory {}: it would serve the log and the secrets; keep them apart",
+                dir.display(),
+                config.data_dir.display()
+            )));
+        }
+    }
     let (log, recovery) = FileLog::open(config.data_dir.join("log"), FileLogOptions::default())
         .map_err(|e| start_err("log", e))?;
     if recovery.truncated_bytes > 0 {
@@ -175,6 +184,7 @@ pub async fn start_with_web(
         shutdown: shutdown_rx.clone(),
         identities: Arc::new(config.gateway.identities()),
         slots: Arc::new(Slots::new(config.gateway.max_connections)),
+        catch_ups: Arc::new(tokio::sync::Semaphore::new(gateway::catch_up_workers())),
     };
     // Ready once the region has applied what the log held at start.
     let target = applied + replayed;

@@ -27,7 +27,7 @@ const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("warren");
 
 pub struct RedbStore {
     db: Database,
-    read: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    read: Table,
     sync_every: u32,
     since_sync: u32,
 }
@@ -182,28 +182,75 @@ fn take<'a>(range: impl Iterator<Item = Item<'a>>, limit: usize) -> Result<Vec<E
     Ok(out)
 }
 
-impl Storage for RedbStore {
+type Table = ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+fn table_get(t: &Table, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    Ok(t.get(key).map_err(storage)?.map(|g| g.value().to_vec()))
+}
+
+fn table_scan(
+    t: &Table,
+    range: &KeyRange,
+    reverse: bool,
+    limit: usize,
+) -> Result<Vec<Entry>, Error> {
+    if limit == 0 || range.is_empty() {
+        return Ok(Vec::new());
+    }
+    let r = t
+        .range::<&[u8]>((bound(&range.start), bound(&range.end)))
+        .map_err(storage)?;
+    if reverse {
+        take(r.rev(), limit)
+    } else {
+        take(r, limit)
+    }
+}
+
+/// A consistent, read-only view of the store as of one write: readers on other
+/// threads (a connection's catch-up) use it while the region goes on writing.
+pub struct Snapshot {
+    read: Table,
+}
+
+impl RedbStore {
+    /// A read-only view of the state as of the last write.
+    pub fn snapshot(&self) -> Result<Snapshot, Error> {
+        Ok(Snapshot {
+            read: self
+                .db
+                .begin_read()
+                .map_err(storage)?
+                .open_table(TABLE)
+                .map_err(storage)?,
+        })
+    }
+}
+
+impl Storage for Snapshot {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self
-            .read
-            .get(key)
-            .map_err(storage)?
-            .map(|g| g.value().to_vec()))
+        table_get(&self.read, key)
     }
 
     fn scan(&self, range: &KeyRange, reverse: bool, limit: usize) -> Result<Vec<Entry>, Error> {
-        if limit == 0 || range.is_empty() {
-            return Ok(Vec::new());
-        }
-        let r = self
-            .read
-            .range::<&[u8]>((bound(&range.start), bound(&range.end)))
-            .map_err(storage)?;
-        if reverse {
-            take(r.rev(), limit)
-        } else {
-            take(r, limit)
-        }
+        table_scan(&self.read, range, reverse, limit)
+    }
+
+    fn apply(&mut self, _batch: Batch) -> Result<(), Error> {
+        Err(Error::new(
+            ErrorCode::Storage,
+            "a region store snapshot is read-only",
+        ))
+    }
+}
+
+impl Storage for RedbStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        table_get(&self.read, key)
+    }
+
+    fn scan(&self, range: &KeyRange, reverse: bool, limit: usize) -> Result<Vec<Entry>, Error> {
+        table_scan(&self.read, range, reverse, limit)
     }
 
     fn apply(&mut self, batch: Batch) -> Result<(), Error> {
@@ -226,6 +273,25 @@ mod tests {
     }
 
     warren_core::storage_conformance_tests!(temp_store());
+
+    #[test]
+    fn a_snapshot_keeps_its_state_while_the_store_moves_on() {
+        let mut s = temp_store();
+        let mut b = Batch::new();
+        b.put(b"k".to_vec(), b"1".to_vec());
+        s.apply(b).unwrap();
+        let snap = s.snapshot().unwrap();
+        let mut b = Batch::new();
+        b.put(b"k".to_vec(), b"2".to_vec());
+        b.put(b"l".to_vec(), b"3".to_vec());
+        s.apply(b).unwrap();
+        assert_eq!(snap.get(b"k").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(snap.scan(&KeyRange::all(), false, 10).unwrap().len(), 1);
+        assert_eq!(s.get(b"k").unwrap(), Some(b"2".to_vec()));
+        // Readable from another thread.
+        let t = std::thread::spawn(move || snap.get(b"l").unwrap());
+        assert_eq!(t.join().unwrap(), None);
+    }
 
     #[test]
     fn state_survives_reopen_after_sync() {

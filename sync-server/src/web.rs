@@ -8,12 +8,14 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{header, StatusCode, Uri};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+
+use tower::ServiceExt;
+use tower_http::services::ServeDir;
 
 use crate::auth;
 
@@ -86,36 +88,36 @@ async fn dev_token(State(opts): State<WebOptions>, Json(req): Json<TokenRequest>
     }
 }
 
-/// The file `uri` names under the static directory, or 404. Paths with `..`, absolute
-/// parts or hidden files never leave the directory.
-async fn static_file(State(opts): State<WebOptions>, uri: Uri) -> Response {
+/// The file a request names under the static directory, served by tower-http's
+/// `ServeDir` (ranges, conditional requests, content types), or 404. [`resolve`] checks
+/// the path first: `ServeDir` follows symbolic links wherever they lead.
+async fn static_file(State(opts): State<WebOptions>, req: Request) -> Response {
     let Some(root) = opts.static_dir.as_deref() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let Some(path) = resolve(root, uri.path()) else {
+    let (root_path, url_path) = (root.to_path_buf(), req.uri().path().to_owned());
+    let ok = tokio::task::spawn_blocking(move || resolve(&root_path, &url_path).is_some())
+        .await
+        .unwrap_or(false);
+    if !ok {
         return StatusCode::NOT_FOUND.into_response();
-    };
-    let read = {
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || std::fs::read(path)).await
-    };
-    match read {
-        Ok(Ok(bytes)) => (
-            [
-                (header::CONTENT_TYPE, content_type(&path)),
-                // The app's service worker decides what to cache; the server always
-                // answers with the current file.
-                (header::CACHE_CONTROL, "no-cache"),
-            ],
-            Body::from(bytes),
-        )
-            .into_response(),
-        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+    match ServeDir::new(root).oneshot(req).await {
+        Ok(mut response) => {
+            // The app's service worker decides what to cache; the server always answers
+            // with the current file.
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            response.into_response()
+        }
+        Err(never) => match never {},
     }
 }
 
 /// Maps a URL path to a file under `root`: percent-decoded, `index.html` for a
-/// directory, and `None` for anything that would leave `root` or name a hidden file.
+/// directory, and `None` for anything that would leave `root` (`..`, an absolute part,
+/// or a symbolic link that leads out of it) or name a hidden file.
 pub fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
     let decoded = percent_decode(url_path)?;
     let mut path = root.to_path_buf();
@@ -129,7 +131,19 @@ pub fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
     if path.is_dir() {
         path.push("index.html");
     }
-    path.is_file().then_some(path)
+    // Where the path really leads, after every link in it.
+    let real = path.canonicalize().ok()?;
+    let real_root = root.canonicalize().ok()?;
+    (real.starts_with(&real_root) && real.is_file()).then_some(path)
+}
+
+/// Whether `inner` is `outer` or lies inside it (after links): a static directory that
+/// holds the data directory would serve the log and the secret.
+pub fn contains(outer: &Path, inner: &Path) -> bool {
+    match (outer.canonicalize(), inner.canonicalize()) {
+        (Ok(o), Ok(i)) => i.starts_with(o),
+        _ => false,
+    }
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -148,22 +162,6 @@ fn percent_decode(s: &str) -> Option<String> {
     }
     let s = String::from_utf8(out).ok()?;
     (!s.contains('\0')).then_some(s)
-}
-
-fn content_type(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
-        "html" => "text/html; charset=utf-8",
-        "js" | "mjs" => "text/javascript; charset=utf-8",
-        "css" => "text/css; charset=utf-8",
-        "json" | "map" => "application/json",
-        "webmanifest" => "application/manifest+json",
-        "wasm" => "application/wasm",
-        "svg" => "image/svg+xml",
-        "png" => "image/png",
-        "ico" => "image/x-icon",
-        "txt" | "warren" => "text/plain; charset=utf-8",
-        _ => "application/octet-stream",
-    }
 }
 
 #[cfg(test)]
@@ -194,6 +192,18 @@ mod tests {
         ] {
             assert_eq!(resolve(&dir, bad), None, "{bad}");
         }
+        // A link inside the directory that leads out of it is not followed; one that
+        // stays inside is.
+        let outside = dir.with_extension("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("out")).unwrap();
+        std::os::unix::fs::symlink(dir.join("sub"), dir.join("in")).unwrap();
+        assert_eq!(resolve(&dir, "/out/secret"), None);
+        assert_eq!(resolve(&dir, "/in/a%20b.js"), Some(dir.join("in/a b.js")));
+        assert!(contains(&dir, &dir.join("sub")));
+        assert!(!contains(&dir, &outside));
+        std::fs::remove_dir_all(&outside).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -106,6 +106,15 @@ fn serve_token_sigterm_and_restart() {
         String::from_utf8_lossy(&out.stderr)
     );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // The development secret signs tokens for anyone: only the server's user reads it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("dev-secret"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "dev-secret mode {mode:o}");
+    }
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -149,5 +158,26 @@ fn serve_token_sigterm_and_restart() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A static directory that holds the data directory would serve the log and the
+/// development secret: the server refuses to start.
+#[test]
+fn serve_refuses_a_static_dir_holding_the_data_dir() {
+    let dir = std::env::temp_dir().join(format!("warren-cli-static-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let out = warren()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--static-dir")
+        .arg(&dir)
+        .env("WARREN_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds the data directory"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -122,3 +122,62 @@ fn json_logs_limits_from_the_environment_and_sigterm() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--static-dir` serves files (no-cache, so the app's service worker decides), and
+/// nothing outside the directory: not through `..`, not through a symbolic link.
+#[test]
+fn static_files_stay_inside_their_directory() {
+    let dir = std::env::temp_dir().join(format!("warren-ops-static-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let site = dir.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("index.html"), "<p>hi</p>").unwrap();
+    std::fs::write(site.join("app.js"), "export {}").unwrap();
+    std::fs::write(dir.join("secret.txt"), "do not serve").unwrap();
+    std::os::unix::fs::symlink(dir.join("secret.txt"), site.join("leak.txt")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--hs256-secret", SECRET])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--static-dir")
+        .arg(&site)
+        .env("WARREN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr =
+        serving::serving_addr(&mut child).unwrap_or_else(|line| panic!("no address in {line:?}"));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let get = |path: &str| {
+        let mut r = agent.get(&format!("http://{addr}{path}")).call().unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        (status, headers, r.body_mut().read_to_string().unwrap())
+    };
+    let (status, headers, body) = get("/");
+    assert_eq!((status, body.as_str()), (200, "<p>hi</p>"));
+    assert_eq!(headers["cache-control"], "no-cache");
+    let (status, headers, _) = get("/app.js");
+    assert_eq!(status, 200);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("javascript"));
+    for path in [
+        "/leak.txt",
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/missing",
+    ] {
+        let (status, _, body) = get(path);
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

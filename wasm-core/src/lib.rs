@@ -18,6 +18,8 @@
 //!   conformance suite.
 //! - [`protocol`]: the sync protocol's frames and the log's entries, as bytes.
 //! - [`replica`]: the client replica (base, outbox, view, live queries), without I/O.
+//! - [`subscription`]: what each client may read, and the frames that keep it up to
+//!   date (welcome, snapshots, the fan-out of each log entry), as the server sends them.
 //! - `testing` (hidden): the seeded generator and the program generator that tests,
 //!   benchmarks and the fuzzing and differential harnesses share.
 //!
@@ -59,6 +61,7 @@ pub mod replica;
 pub mod scenario;
 pub mod schema;
 pub mod storage;
+pub mod subscription;
 #[doc(hidden)]
 pub mod testing;
 pub mod value;

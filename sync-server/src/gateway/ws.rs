@@ -1,463 +1,28 @@
-//! The gateway: WebSocket sync and HTTP endpoints.
-//!
-//! | route | what |
-//! |---|---|
-//! | `GET /v1/sync` | WebSocket: binary frames of `docs/PROTOCOL.md` |
-//! | `POST /v1/push` | JSON commits with a bearer token; answers with their outcomes |
-//! | `POST /v1/pull` | JSON cursors with a bearer token; answers with snapshots |
-//! | `GET /healthz` | the process is up |
-//! | `GET /readyz` | the log is replayed and commits are being served |
-//! | `GET /metrics` | Prometheus text |
-//!
-//! The gateway verifies tokens and writes the verified claims into each commit, so
-//! every region evaluates rules with the same `auth`.
+//! The gateway's WebSocket half: `GET /v1/sync`. A session reads `Hello` (version,
+//! token, client id), registers with the region, then reads pushes and pings while a
+//! writer task drains the connection's bounded queue to the socket.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot, watch};
-use warren_core::exec::{Commit, Op};
-use warren_core::protocol::{
-    codes, frame_version, ClientFrame, CommitResult, ServerFrame, PROTOCOL_VERSION,
-};
+use tokio::sync::{oneshot, watch};
+use warren_core::exec::Commit;
+use warren_core::protocol::{codes, frame_version, ClientFrame, ServerFrame, PROTOCOL_VERSION};
 use warren_core::Value;
 
-use crate::auth::Verifier;
-use crate::limits::{Budget, Identities, Rate, Slots};
+use super::{check_client_id, scoped_client_id, subject, AppError, AppState};
+use crate::limits::Budget;
 use crate::metrics::Metrics;
 use crate::queue::{self, FrameRx, Received};
-use crate::region::{Connect, RegionMsg, RegionTx};
+use crate::region::{Connect, RegionMsg};
 
-/// Limits the gateway enforces per connection and per identity (the token's `sub`).
-/// Every one is a `warren serve` flag; `docs/PROTOCOL.md` ("Limits") lists them.
-#[derive(Clone, Debug)]
-pub struct GatewayLimits {
-    /// The largest frame (WebSocket message) or HTTP body accepted. At most
-    /// [`MAX_FRAME_BYTES_CEILING`], so that every commit fits a log record.
-    pub max_frame_bytes: usize,
-    /// The most commits in one push.
-    pub max_commits_per_push: usize,
-    /// Frames queued for one connection before it counts as too slow.
-    pub conn_queue: usize,
-    /// Bytes queued for one connection before it counts as too slow (a single frame
-    /// larger than this still passes an empty queue).
-    pub conn_queue_bytes: usize,
-    /// How long a new connection has to send `Hello`.
-    pub hello_timeout: Duration,
-    /// How long writing one frame to a connection may take before it is dropped.
-    pub write_timeout: Duration,
-    /// Open sync connections, all identities together (0: no limit).
-    pub max_connections: usize,
-    /// Open sync connections of one identity (0: no limit).
-    pub max_connections_per_identity: usize,
-    /// Commits one identity may send per second, over WebSocket and HTTP together
-    /// (0: no limit), and how many it may send at once.
-    pub commits_per_sec: u32,
-    pub commit_burst: u32,
-    /// Frames (and HTTP requests) one identity may send per second (0: no limit), and
-    /// how many at once.
-    pub frames_per_sec: u32,
-    pub frame_burst: u32,
-}
-
-/// The largest `max_frame_bytes` a server accepts: a quarter of the log's record
-/// limit, so that a commit's log entry (its arguments re-encoded from JSON, which can
-/// grow a number from 3 bytes to 9, plus the verified claims) always fits a record.
-pub const MAX_FRAME_BYTES_CEILING: usize = crate::log::DEFAULT_MAX_RECORD_SIZE / 4;
-
-impl Default for GatewayLimits {
-    fn default() -> Self {
-        GatewayLimits {
-            max_frame_bytes: 1 << 20,
-            max_commits_per_push: 1000,
-            conn_queue: 4096,
-            conn_queue_bytes: 8 << 20,
-            hello_timeout: Duration::from_secs(10),
-            write_timeout: Duration::from_secs(30),
-            max_connections: 10_000,
-            max_connections_per_identity: 64,
-            commits_per_sec: 200,
-            commit_burst: 2000,
-            frames_per_sec: 200,
-            frame_burst: 1000,
-        }
-    }
-}
-
-impl GatewayLimits {
-    /// Checks that the limits work together.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.max_frame_bytes == 0 || self.max_frame_bytes > MAX_FRAME_BYTES_CEILING {
-            return Err(format!(
-                "max_frame_bytes must be between 1 and {MAX_FRAME_BYTES_CEILING}, not {}",
-                self.max_frame_bytes
-            ));
-        }
-        if self.max_commits_per_push == 0 || self.conn_queue == 0 || self.conn_queue_bytes == 0 {
-            return Err(
-                "max_commits_per_push, conn_queue and conn_queue_bytes must be at least 1".into(),
-            );
-        }
-        if self.commits_per_sec > 0 && (self.commit_burst as usize) < self.max_commits_per_push {
-            return Err(format!(
-                "commit_burst ({}) must be at least max_commits_per_push ({}), or a full push could never pass",
-                self.commit_burst, self.max_commits_per_push
-            ));
-        }
-        if self.frames_per_sec > 0 && self.frame_burst == 0 {
-            return Err("frame_burst must be at least 1".into());
-        }
-        Ok(())
-    }
-
-    fn rate(per_sec: u32, burst: u32) -> Rate {
-        Rate {
-            per_sec: per_sec as f64,
-            burst: burst as f64,
-        }
-    }
-
-    /// The per-identity budgets these limits describe.
-    pub fn identities(&self) -> Identities {
-        Identities::new(
-            self.max_connections_per_identity,
-            Self::rate(self.commits_per_sec, self.commit_burst),
-            Self::rate(self.frames_per_sec, self.frame_burst),
-        )
-    }
-}
-
-#[derive(Clone)]
-pub struct AppState {
-    pub seq: mpsc::Sender<Commit>,
-    pub region: RegionTx,
-    pub verifier: Verifier,
-    pub metrics: Arc<Metrics>,
-    pub limits: GatewayLimits,
-    pub ready: Arc<AtomicBool>,
-    pub next_conn: Arc<AtomicU64>,
-    pub shutdown: watch::Receiver<bool>,
-    /// Per-identity connection counts and rate budgets.
-    pub identities: Arc<Identities>,
-    /// Open sync connections, against `limits.max_connections`.
-    pub slots: Arc<Slots>,
-}
-
-pub fn app(state: AppState) -> Router {
-    let body_limit = axum::extract::DefaultBodyLimit::max(state.limits.max_frame_bytes);
-    Router::new()
-        .route("/v1/sync", get(sync))
-        .route("/v1/push", post(push))
-        .route("/v1/pull", post(pull))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .layer(body_limit)
-        .with_state(state)
-}
-
-/// An error answer with a stable code.
-pub struct AppError {
-    status: StatusCode,
-    code: String,
-    message: String,
-}
-
-impl AppError {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> AppError {
-        AppError {
-            status,
-            code: code.to_owned(),
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "code": self.code, "message": self.message })),
-        )
-            .into_response()
-    }
-}
-
-async fn readyz(State(s): State<AppState>) -> Response {
-    if s.ready.load(Ordering::Relaxed) && !*s.shutdown.borrow() {
-        "ready\n".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
-    }
-}
-
-async fn metrics(State(s): State<AppState>) -> Response {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
-        .into_response()
-}
-
-async fn verify(s: &AppState, headers: &HeaderMap) -> Result<Value, AppError> {
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    s.verifier.verify_async(token).await.map_err(|e| {
-        let status = if e.code() == "AUTH_CONFIG" {
-            StatusCode::INTERNAL_SERVER_ERROR
-        } else {
-            StatusCode::UNAUTHORIZED
-        };
-        AppError::new(status, e.code(), e.to_string())
-    })
-}
-
-/// Takes `n` from an identity's budget for an HTTP request: `429 RATE_LIMITED` when
-/// it is short.
-fn take_http(s: &AppState, sub: &str, budget: Budget, n: u64) -> Result<(), AppError> {
-    if s.identities.take(sub, budget, n) {
-        return Ok(());
-    }
-    s.metrics.rate_limited(budget.as_str());
-    Err(AppError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        codes::RATE_LIMITED,
-        format!(
-            "this identity sends more {} than it may; retry later",
-            budget.as_str()
-        ),
-    ))
-}
-
-/// The answer when the server is stopping.
-fn stopping() -> AppError {
-    AppError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        codes::SHUTTING_DOWN,
-        "the server is stopping",
-    )
-}
-
-fn check_client_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
-        Err("a client id is 1 to 128 bytes with no control characters".into())
-    } else {
-        Ok(())
-    }
-}
-
-/// The client id as the server keys it (see [`warren_core::exec::scoped_client_id`]):
-/// the client computes the same form for its optimistic runs. The client never sees it.
-pub use warren_core::exec::{scoped_client_id, subject};
-
-fn result_json(seq: u64, r: &CommitResult) -> serde_json::Value {
-    match r {
-        CommitResult::Committed { position, result } => serde_json::json!({
-            "seq": seq, "status": "committed", "position": position, "result": result.to_json()
-        }),
-        CommitResult::Rejected { code, message } => serde_json::json!({
-            "seq": seq, "status": "rejected", "code": code, "message": message
-        }),
-        CommitResult::Duplicate => serde_json::json!({ "seq": seq, "status": "duplicate" }),
-        CommitResult::OutOfOrder { expected } => serde_json::json!({
-            "seq": seq, "status": "out_of_order", "expected": expected
-        }),
-    }
-}
-
-/// `POST /v1/push`: `{"client_id": "...", "commits": [{"seq": 1, "function": "f",
-/// "args": {...}} | {"seq": 2, "source": "..."}]}` → `{"outcomes": [...]}`.
-async fn push(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, AppError> {
-    let auth = verify(&s, &headers).await?;
-    let sub = subject(&auth);
-    take_http(&s, &sub, Budget::Frames, 1)?;
-    if body.len() > s.limits.max_frame_bytes {
-        return Err(AppError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            codes::FRAME_TOO_LARGE,
-            "the request is too large",
-        ));
-    }
-    let bad = |m: &str| AppError::new(StatusCode::BAD_REQUEST, codes::BAD_FRAME, m);
-    let req: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
-    let client_id = req["client_id"]
-        .as_str()
-        .ok_or_else(|| bad("client_id is required"))?
-        .to_owned();
-    check_client_id(&client_id).map_err(|m| bad(&m))?;
-    let commits = req["commits"]
-        .as_array()
-        .ok_or_else(|| bad("commits is required"))?;
-    if commits.len() > s.limits.max_commits_per_push {
-        return Err(AppError::new(
-            StatusCode::BAD_REQUEST,
-            codes::TOO_MANY_COMMITS,
-            "too many commits in one push",
-        ));
-    }
-    // Check every commit before sending any: a bad request changes nothing.
-    let mut parsed = Vec::with_capacity(commits.len());
-    for c in commits {
-        let seq = c["seq"]
-            .as_u64()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| bad("each commit needs a seq of 1 or more"))?;
-        let op = if let Some(f) = c["function"].as_str() {
-            let args = Value::from_json(&c["args"]).map_err(|e| bad(&e.to_string()))?;
-            Op::Call {
-                function: f.to_owned(),
-                args,
-            }
-        } else if let Some(src) = c["source"].as_str() {
-            Op::Run {
-                source: src.to_owned(),
-            }
-        } else {
-            return Err(bad("each commit needs a function or a source"));
-        };
-        let schema_version = c["schema_version"].as_str().unwrap_or("").to_owned();
-        parsed.push((seq, op, schema_version));
-    }
-    take_http(&s, &sub, Budget::Commits, parsed.len() as u64)?;
-    let client_id = scoped_client_id(&auth, &client_id);
-    let mut waits = Vec::new();
-    for (seq, op, schema_version) in parsed {
-        let (tx, rx) = oneshot::channel();
-        s.region
-            .send(RegionMsg::Wait {
-                client_id: client_id.clone(),
-                seq,
-                reply: tx,
-            })
-            .map_err(|_| stopping())?;
-        s.seq
-            .send(Commit {
-                client_id: client_id.clone(),
-                client_seq: seq,
-                schema_version,
-                timestamp: 0,
-                auth: auth.clone(),
-                op,
-            })
-            .await
-            .map_err(|_| stopping())?;
-        waits.push((seq, rx));
-    }
-    let mut outcomes = Vec::new();
-    for (seq, rx) in waits {
-        let r = rx.await.map_err(|_| {
-            AppError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codes::SHUTTING_DOWN,
-                "the server stopped before answering",
-            )
-        })?;
-        outcomes.push(result_json(seq, &r));
-    }
-    Ok(Json(serde_json::json!({ "outcomes": outcomes })).into_response())
-}
-
-/// `POST /v1/pull`: `{"client_id": "...", "partitions": {"user:ann": 12}}` → the
-/// partitions the caller may read and snapshots of those changed since the cursors.
-async fn pull(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Response, AppError> {
-    let auth = verify(&s, &headers).await?;
-    take_http(&s, &subject(&auth), Budget::Frames, 1)?;
-    let auth_for_id = auth.clone();
-    let bad = |m: &str| AppError::new(StatusCode::BAD_REQUEST, codes::BAD_FRAME, m);
-    let req: serde_json::Value = if body.is_empty() {
-        serde_json::json!({})
-    } else {
-        serde_json::from_slice(&body).map_err(|e| bad(&format!("invalid JSON: {e}")))?
-    };
-    let partitions: Vec<(String, u64)> = req["partitions"]
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let (tx, rx) = oneshot::channel();
-    s.region
-        .send(RegionMsg::Pull {
-            auth,
-            client_id: scoped_client_id(&auth_for_id, req["client_id"].as_str().unwrap_or("")),
-            partitions,
-            reply: tx,
-        })
-        .map_err(|_| stopping())?;
-    let frames = rx
-        .await
-        .map_err(|_| {
-            AppError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                codes::SHUTTING_DOWN,
-                "the server stopped",
-            )
-        })?
-        .map_err(|e| {
-            AppError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                e.code.as_str(),
-                e.message,
-            )
-        })?;
-    let mut out = serde_json::json!({ "snapshots": [] });
-    for f in frames {
-        match f {
-            ServerFrame::Welcome {
-                schema_version,
-                position,
-                partitions,
-                ..
-            } => {
-                out["schema_version"] = schema_version.into();
-                out["position"] = position.into();
-                out["partitions"] = partitions.into();
-            }
-            ServerFrame::Snapshot {
-                partition,
-                position,
-                docs,
-            } => {
-                let docs: Vec<serde_json::Value> = docs
-                    .into_iter()
-                    .map(|d| serde_json::json!({
-                        "collection": d.collection, "id": d.id, "version": d.version, "data": d.data.to_json()
-                    }))
-                    .collect();
-                out["snapshots"]
-                    .as_array_mut()
-                    .expect("an array")
-                    .push(serde_json::json!({ "partition": partition, "position": position, "docs": docs }));
-            }
-            _ => {}
-        }
-    }
-    Ok(Json(out).into_response())
-}
-
-async fn sync(State(s): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub(crate) async fn sync(State(s): State<AppState>, ws: WebSocketUpgrade) -> Response {
     let Some(slot) = s.slots.take() else {
         s.metrics.refused(codes::TOO_MANY_CONNECTIONS);
         tracing::info!(
@@ -657,20 +222,32 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
         s.limits.write_timeout,
         s.metrics.clone(),
     ));
+    let (ready_tx, ready_rx) = oneshot::channel();
     if s.region
         .send(RegionMsg::Connect(Connect {
             conn,
             client_id: scoped.clone(),
             auth: auth.clone(),
-            partitions,
-            outbox_from,
             tx: tx.clone(),
+            ready: ready_tx,
         }))
         .is_err()
     {
         let end = End::error(codes::SHUTTING_DOWN, "the server is stopping");
         return finish(&s, end, close_tx, writer, None).await;
     }
+    // The welcome is computed off the region thread, on a read view of the state, while
+    // this session already reads the client's frames; the region brings it up to date
+    // when it joins.
+    tokio::spawn(catch_up(
+        s.clone(),
+        conn,
+        ready_rx,
+        scoped.clone(),
+        auth.clone(),
+        partitions,
+        outbox_from,
+    ));
     tracing::debug!(conn, sub = %sub, client = %client_id, "sync connection");
     let stopping = stopped(s.shutdown.clone());
     tokio::pin!(stopping);
@@ -923,4 +500,36 @@ async fn write_loop(
         let _ = sink.close().await;
     })
     .await;
+}
+
+/// Computes a joining connection's welcome on the region's read view, on a blocking
+/// thread (at most `catch_up_workers` at once), and hands it to the region.
+async fn catch_up(
+    s: AppState,
+    conn: u64,
+    ready: oneshot::Receiver<crate::region::ReadView>,
+    client_id: String,
+    auth: Value,
+    partitions: Vec<(String, u64)>,
+    outbox_from: u64,
+) {
+    let Ok(view) = ready.await else {
+        return; // the region is stopping
+    };
+    let Ok(_permit) = s.catch_ups.acquire().await else {
+        return;
+    };
+    let at = view.position;
+    let welcome = tokio::task::spawn_blocking(move || {
+        view.welcome(&client_id, &auth, &partitions, outbox_from)
+    })
+    .await;
+    let welcome = match welcome {
+        Ok(w) => w,
+        Err(e) => Err(warren_core::Error::new(
+            warren_core::ErrorCode::Storage,
+            format!("the catch-up task failed: {e}"),
+        )),
+    };
+    let _ = s.region.send(RegionMsg::Join { conn, at, welcome });
 }

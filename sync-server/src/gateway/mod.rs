@@ -1,0 +1,273 @@
+//! The gateway: WebSocket sync and HTTP endpoints.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /v1/sync` | WebSocket: binary frames of `docs/PROTOCOL.md` |
+//! | `POST /v1/push` | JSON commits with a bearer token; answers with their outcomes |
+//! | `POST /v1/pull` | JSON cursors with a bearer token; answers with snapshots |
+//! | `GET /healthz` | the process is up |
+//! | `GET /readyz` | the log is replayed and commits are being served |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! The gateway verifies tokens and writes the verified claims into each commit, so
+//! every region evaluates rules with the same `auth`.
+//!
+//! This module holds what both halves share (limits, state, routes, errors, token
+//! checks); [`http`] answers the JSON endpoints and [`ws`] runs WebSocket sessions.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::sync::{mpsc, watch};
+use warren_core::exec::Commit;
+use warren_core::protocol::codes;
+use warren_core::Value;
+
+use crate::auth::Verifier;
+use crate::limits::{Budget, Identities, Rate, Slots};
+use crate::metrics::Metrics;
+use crate::region::RegionTx;
+
+pub mod http;
+pub mod ws;
+
+/// Limits the gateway enforces per connection and per identity (the token's `sub`).
+/// Every one is a `warren serve` flag; `docs/PROTOCOL.md` ("Limits") lists them.
+#[derive(Clone, Debug)]
+pub struct GatewayLimits {
+    /// The largest frame (WebSocket message) or HTTP body accepted. At most
+    /// [`MAX_FRAME_BYTES_CEILING`], so that every commit fits a log record.
+    pub max_frame_bytes: usize,
+    /// The most commits in one push.
+    pub max_commits_per_push: usize,
+    /// Frames queued for one connection before it counts as too slow.
+    pub conn_queue: usize,
+    /// Bytes queued for one connection before it counts as too slow (a single frame
+    /// larger than this still passes an empty queue).
+    pub conn_queue_bytes: usize,
+    /// How long a new connection has to send `Hello`.
+    pub hello_timeout: Duration,
+    /// How long writing one frame to a connection may take before it is dropped.
+    pub write_timeout: Duration,
+    /// Open sync connections, all identities together (0: no limit).
+    pub max_connections: usize,
+    /// Open sync connections of one identity (0: no limit).
+    pub max_connections_per_identity: usize,
+    /// Commits one identity may send per second, over WebSocket and HTTP together
+    /// (0: no limit), and how many it may send at once.
+    pub commits_per_sec: u32,
+    pub commit_burst: u32,
+    /// Frames (and HTTP requests) one identity may send per second (0: no limit), and
+    /// how many at once.
+    pub frames_per_sec: u32,
+    pub frame_burst: u32,
+}
+
+/// The largest `max_frame_bytes` a server accepts: a quarter of the log's record
+/// limit, so that a commit's log entry (its arguments re-encoded from JSON, which can
+/// grow a number from 3 bytes to 9, plus the verified claims) always fits a record.
+pub const MAX_FRAME_BYTES_CEILING: usize = crate::log::DEFAULT_MAX_RECORD_SIZE / 4;
+
+impl Default for GatewayLimits {
+    fn default() -> Self {
+        GatewayLimits {
+            max_frame_bytes: 1 << 20,
+            max_commits_per_push: 1000,
+            conn_queue: 4096,
+            conn_queue_bytes: 8 << 20,
+            hello_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_connections_per_identity: 64,
+            commits_per_sec: 200,
+            commit_burst: 2000,
+            frames_per_sec: 200,
+            frame_burst: 1000,
+        }
+    }
+}
+
+impl GatewayLimits {
+    /// Checks that the limits work together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_frame_bytes == 0 || self.max_frame_bytes > MAX_FRAME_BYTES_CEILING {
+            return Err(format!(
+                "max_frame_bytes must be between 1 and {MAX_FRAME_BYTES_CEILING}, not {}",
+                self.max_frame_bytes
+            ));
+        }
+        if self.max_commits_per_push == 0 || self.conn_queue == 0 || self.conn_queue_bytes == 0 {
+            return Err(
+                "max_commits_per_push, conn_queue and conn_queue_bytes must be at least 1".into(),
+            );
+        }
+        if self.commits_per_sec > 0 && (self.commit_burst as usize) < self.max_commits_per_push {
+            return Err(format!(
+                "commit_burst ({}) must be at least max_commits_per_push ({}), or a full push could never pass",
+                self.commit_burst, self.max_commits_per_push
+            ));
+        }
+        if self.frames_per_sec > 0 && self.frame_burst == 0 {
+            return Err("frame_burst must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn rate(per_sec: u32, burst: u32) -> Rate {
+        Rate {
+            per_sec: per_sec as f64,
+            burst: burst as f64,
+        }
+    }
+
+    /// The per-identity budgets these limits describe.
+    pub fn identities(&self) -> Identities {
+        Identities::new(
+            self.max_connections_per_identity,
+            Self::rate(self.commits_per_sec, self.commit_burst),
+            Self::rate(self.frames_per_sec, self.frame_burst),
+        )
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub seq: mpsc::Sender<Commit>,
+    pub region: RegionTx,
+    pub verifier: Verifier,
+    pub metrics: Arc<Metrics>,
+    pub limits: GatewayLimits,
+    pub ready: Arc<AtomicBool>,
+    pub next_conn: Arc<AtomicU64>,
+    pub shutdown: watch::Receiver<bool>,
+    /// Per-identity connection counts and rate budgets.
+    pub identities: Arc<Identities>,
+    /// Open sync connections, against `limits.max_connections`.
+    pub slots: Arc<Slots>,
+    /// Catch-ups (welcomes and pulls) computed at once, off the region thread.
+    pub catch_ups: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many catch-ups run at once: one per core, at least two.
+pub fn catch_up_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(2)
+}
+
+pub fn app(state: AppState) -> Router {
+    let body_limit = axum::extract::DefaultBodyLimit::max(state.limits.max_frame_bytes);
+    Router::new()
+        .route("/v1/sync", get(ws::sync))
+        .route("/v1/push", post(http::push))
+        .route("/v1/pull", post(http::pull))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(body_limit)
+        .with_state(state)
+}
+
+/// An error answer with a stable code.
+pub struct AppError {
+    status: StatusCode,
+    code: String,
+    message: String,
+}
+
+impl AppError {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> AppError {
+        AppError {
+            status,
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "code": self.code, "message": self.message })),
+        )
+            .into_response()
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    if s.ready.load(Ordering::Relaxed) && !*s.shutdown.borrow() {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn verify(s: &AppState, headers: &HeaderMap) -> Result<Value, AppError> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    s.verifier.verify_async(token).await.map_err(|e| {
+        let status = if e.code() == "AUTH_CONFIG" {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        AppError::new(status, e.code(), e.to_string())
+    })
+}
+
+/// Takes `n` from an identity's budget for an HTTP request: `429 RATE_LIMITED` when
+/// it is short.
+fn take_http(s: &AppState, sub: &str, budget: Budget, n: u64) -> Result<(), AppError> {
+    if s.identities.take(sub, budget, n) {
+        return Ok(());
+    }
+    s.metrics.rate_limited(budget.as_str());
+    Err(AppError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        codes::RATE_LIMITED,
+        format!(
+            "this identity sends more {} than it may; retry later",
+            budget.as_str()
+        ),
+    ))
+}
+
+/// The answer when the server is stopping.
+fn stopping() -> AppError {
+    AppError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        codes::SHUTTING_DOWN,
+        "the server is stopping",
+    )
+}
+
+fn check_client_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+        Err("a client id is 1 to 128 bytes with no control characters".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// The client id as the server keys it (see [`warren_core::exec::scoped_client_id`]):
+/// the client computes the same form for its optimistic runs. The client never sees it.
+pub use warren_core::exec::{scoped_client_id, subject};

@@ -1,0 +1,422 @@
+//! What each client may read, and the frames that keep it up to date: the welcome on
+//! connecting, partition snapshots, and the fan-out of each log entry (effects, drops,
+//! new snapshots). No I/O: the sync server's region runs this over its store and hands
+//! the frames to sockets; the replica's tests run the same code over a memory store.
+//!
+//! A [`Subscription`] is one connection's read-rule answers by (partition, collection),
+//! with what each rule read (so a write to a team's member list re-evaluates the rules
+//! that read it), and the partitions the connection holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::doc::StoredDoc;
+use crate::eval::{Limits, ReadSet};
+use crate::exec::{self, KeptOutcome, Outcome, Skip, Write};
+use crate::protocol::{CommitResult, ServerFrame, SnapshotDoc};
+use crate::storage::{Entry, KeyRange, Storage};
+use crate::{keys, Error, Schema, Value};
+
+/// One read-rule answer and what the rule read to give it.
+struct Sub {
+    allowed: bool,
+    reads: ReadSet,
+}
+
+/// One connection's view of the region: who it is, its read-rule answers by partition
+/// and collection (and which of them read documents), and the partitions it holds.
+pub struct Subscription {
+    client_id: String,
+    auth: Value,
+    by_partition: BTreeMap<String, BTreeMap<String, Sub>>,
+    watching: BTreeSet<(String, String)>,
+    held: BTreeSet<String>,
+}
+
+impl Subscription {
+    fn new(client_id: &str, auth: &Value) -> Subscription {
+        Subscription {
+            client_id: client_id.to_owned(),
+            auth: auth.clone(),
+            by_partition: BTreeMap::new(),
+            watching: BTreeSet::new(),
+            held: BTreeSet::new(),
+        }
+    }
+
+    /// The (scoped) client id the subscription serves.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The verified claims the read rules are evaluated with.
+    pub fn auth(&self) -> &Value {
+        &self.auth
+    }
+
+    /// The partitions the connection holds (may read something of).
+    pub fn held(&self) -> &BTreeSet<String> {
+        &self.held
+    }
+
+    /// Whether some read rule of the connection read documents: any entry may then
+    /// change an answer, so every entry must visit it.
+    pub fn watches_documents(&self) -> bool {
+        !self.watching.is_empty()
+    }
+
+    /// Whether the connection has an answer for (partition, collection).
+    pub fn knows(&self, partition: &str, collection: &str) -> bool {
+        self.get(partition, collection).is_some()
+    }
+
+    fn get(&self, partition: &str, collection: &str) -> Option<&Sub> {
+        self.by_partition.get(partition)?.get(collection)
+    }
+
+    fn insert(&mut self, partition: String, collection: String, sub: Sub) {
+        if !sub.reads.is_empty() {
+            self.watching
+                .insert((partition.clone(), collection.clone()));
+        } else if !self.watching.is_empty() {
+            self.watching
+                .remove(&(partition.clone(), collection.clone()));
+        }
+        self.by_partition
+            .entry(partition)
+            .or_default()
+            .insert(collection, sub);
+    }
+
+    /// The collections of `partition` the connection may read.
+    fn allowed_colls(&self, partition: &str) -> BTreeSet<String> {
+        self.by_partition
+            .get(partition)
+            .into_iter()
+            .flatten()
+            .filter(|(_, s)| s.allowed)
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    /// Updates the subscription for the log entry at `pos` (whose committed writes are
+    /// `writes`), evaluated over `state`, the state after the entry. Hands `emit` the
+    /// frames the connection gets, in order: `Drop` for partitions it may no longer
+    /// read, `Snapshot` for those it now may, then `Effects` with the entry's writes to
+    /// partitions it holds. (The entry's `Outcome` is the caller's: it goes to the
+    /// client's connection whatever it holds.)
+    pub fn fanout(
+        &mut self,
+        state: &dyn Storage,
+        schema: &Schema,
+        limits: &Limits,
+        pos: u64,
+        writes: &[Write],
+        emit: &mut dyn FnMut(ServerFrame),
+    ) -> Result<(), Error> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        // Which (partition, collection) answers may have changed: those not evaluated
+        // yet, and those whose rule read a document this entry wrote. Nothing is
+        // allocated when there are none (the common case: one entry, many connections).
+        let mut recheck: BTreeSet<(String, String)> = BTreeSet::new();
+        for w in writes {
+            if self.get(&w.partition, &w.collection).is_none() {
+                recheck.insert((w.partition.clone(), w.collection.clone()));
+            }
+        }
+        for (p, c) in &self.watching {
+            let touched = self.get(p, c).is_some_and(|sub| {
+                writes
+                    .iter()
+                    .any(|w| sub.reads.touched_by(&w.collection, &w.id))
+            });
+            if touched {
+                recheck.insert((p.clone(), c.clone()));
+            }
+        }
+        let mut changed_partitions: BTreeSet<String> = BTreeSet::new();
+        for (p, c) in recheck {
+            let before = self.get(&p, &c).map(|s| s.allowed);
+            let sub = evaluate(state, schema, limits, &self.auth, &p, &c)?;
+            if before != Some(sub.allowed) && (before.is_some() || sub.allowed) {
+                changed_partitions.insert(p.clone());
+            }
+            self.insert(p, c, sub);
+        }
+        let mut snapshotted = BTreeSet::new();
+        for p in changed_partitions {
+            let allowed = self.allowed_colls(&p);
+            if allowed.is_empty() {
+                if self.held.remove(&p) {
+                    emit(ServerFrame::Drop {
+                        partition: p.clone(),
+                        position: pos,
+                    });
+                }
+            } else {
+                self.held.insert(p.clone());
+                emit(snapshot(state, &p, &allowed, pos)?);
+                snapshotted.insert(p);
+            }
+        }
+        let mine: Vec<Write> = writes
+            .iter()
+            .filter(|w| {
+                self.held.contains(&w.partition)
+                    && !snapshotted.contains(&w.partition)
+                    && self
+                        .get(&w.partition, &w.collection)
+                        .is_some_and(|s| s.allowed)
+            })
+            .cloned()
+            .collect();
+        if !mine.is_empty() {
+            emit(ServerFrame::Effects {
+                position: pos,
+                writes: mine,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Subscription {
+    /// Brings a subscription made at an earlier position (a welcome computed on a read
+    /// snapshot while the log went on) up to `pos`: `window` holds every log entry
+    /// after the welcome's position up to `pos`, in order, with its committed writes;
+    /// `state` is the state at `pos`. Hands `emit` the frames that take the client from
+    /// the welcome to `pos`:
+    /// - `Effects` of each entry, in order, for the partitions whose read-rule answers
+    ///   the window cannot have changed (no rule of theirs read what it wrote);
+    /// - then, at `pos`, for every partition whose answer may have changed (a new
+    ///   (partition, collection) pair, or a rule that read a written document): `Drop`
+    ///   if it may no longer be read, else a `Snapshot` at `pos` (which holds what the
+    ///   window wrote to it, so none of its effects are sent).
+    pub fn advance(
+        &mut self,
+        state: &dyn Storage,
+        schema: &Schema,
+        limits: &Limits,
+        pos: u64,
+        window: &[(u64, &[Write])],
+        emit: &mut dyn FnMut(ServerFrame),
+    ) -> Result<(), Error> {
+        let mut recheck: BTreeSet<(String, String)> = BTreeSet::new();
+        for (_, writes) in window {
+            for w in writes.iter() {
+                if self.get(&w.partition, &w.collection).is_none() {
+                    recheck.insert((w.partition.clone(), w.collection.clone()));
+                }
+            }
+        }
+        for (p, c) in &self.watching {
+            let touched = self.get(p, c).is_some_and(|sub| {
+                window.iter().any(|(_, writes)| {
+                    writes
+                        .iter()
+                        .any(|w| sub.reads.touched_by(&w.collection, &w.id))
+                })
+            });
+            if touched {
+                recheck.insert((p.clone(), c.clone()));
+            }
+        }
+        let mut unstable: BTreeSet<String> = BTreeSet::new();
+        for (p, c) in recheck {
+            let sub = evaluate(state, schema, limits, &self.auth, &p, &c)?;
+            self.insert(p.clone(), c, sub);
+            unstable.insert(p);
+        }
+        for (at, writes) in window {
+            let mine: Vec<Write> = writes
+                .iter()
+                .filter(|w| {
+                    self.held.contains(&w.partition)
+                        && !unstable.contains(&w.partition)
+                        && self
+                            .get(&w.partition, &w.collection)
+                            .is_some_and(|s| s.allowed)
+                })
+                .cloned()
+                .collect();
+            if !mine.is_empty() {
+                emit(ServerFrame::Effects {
+                    position: *at,
+                    writes: mine,
+                });
+            }
+        }
+        for p in unstable {
+            let allowed = self.allowed_colls(&p);
+            if allowed.is_empty() {
+                if self.held.remove(&p) {
+                    emit(ServerFrame::Drop {
+                        partition: p,
+                        position: pos,
+                    });
+                }
+            } else {
+                emit(snapshot(state, &p, &allowed, pos)?);
+                self.held.insert(p);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Evaluates the read rule of `collection` for `partition`. A rule that cannot be
+/// evaluated (out of fuel, a type error) denies; only a broken store is an error.
+fn evaluate(
+    store: &dyn Storage,
+    schema: &Schema,
+    limits: &Limits,
+    auth: &Value,
+    partition: &str,
+    collection: &str,
+) -> Result<Sub, Error> {
+    match exec::read_rule_with_reads(store, schema, collection, partition, auth, limits) {
+        Ok((allowed, reads)) => Ok(Sub { allowed, reads }),
+        Err(e) if e.code.is_deterministic() => Ok(Sub {
+            allowed: false,
+            reads: ReadSet::default(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every entry of a range.
+fn scan_all(store: &dyn Storage, range: &KeyRange) -> Result<Vec<Entry>, Error> {
+    let mut out = Vec::new();
+    let mut r = range.clone();
+    loop {
+        let page = store.scan(&r, false, 512)?;
+        let full = page.len() == 512;
+        if let Some((last, _)) = page.last() {
+            r = r.after(last);
+        }
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+/// The documents of `partition` in the `allowed` collections, at `store`'s state,
+/// labelled with `position`.
+pub fn snapshot(
+    store: &dyn Storage,
+    partition: &str,
+    allowed: &BTreeSet<String>,
+    position: u64,
+) -> Result<ServerFrame, Error> {
+    let mut docs = Vec::new();
+    for (k, _) in scan_all(store, &KeyRange::prefix(&keys::partition_prefix(partition)))? {
+        let (_, coll, id) = keys::parse_partition_key(&k)?;
+        if !allowed.contains(&coll) {
+            continue;
+        }
+        if let Some(b) = store.get(&keys::doc_key(&coll, &id))? {
+            let d = StoredDoc::decode(&b)?;
+            docs.push(SnapshotDoc {
+                collection: coll,
+                id,
+                version: d.version,
+                data: d.data,
+            });
+        }
+    }
+    Ok(ServerFrame::Snapshot {
+        partition: partition.to_owned(),
+        position,
+        docs,
+    })
+}
+
+/// What a client gets on connecting, at `store`'s state (at `position`): the
+/// `Welcome`, then snapshots of the partitions it may read that changed since its
+/// `cursors`, then the kept outcomes of its outbox from `outbox_from` (0: none). With
+/// the frames comes the subscription that the entries after `position` update.
+#[allow(clippy::too_many_arguments)]
+pub fn welcome(
+    store: &dyn Storage,
+    schema: &Schema,
+    limits: &Limits,
+    position: u64,
+    client_id: &str,
+    auth: &Value,
+    cursors: &[(String, u64)],
+    outbox_from: u64,
+) -> Result<(Vec<ServerFrame>, Subscription), Error> {
+    let mut sub = Subscription::new(client_id, auth);
+    let mut versions: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (k, v) in scan_all(store, &KeyRange::prefix(&[keys::SPACE_VERSION]))? {
+        let (p, c) = keys::parse_version_key(&k)?;
+        let answer = evaluate(store, schema, limits, auth, &p, &c)?;
+        let version = u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]));
+        versions.insert((p.clone(), c.clone()), version);
+        sub.insert(p, c, answer);
+    }
+    sub.held = sub
+        .by_partition
+        .iter()
+        .filter(|(_, cs)| cs.values().any(|s| s.allowed))
+        .map(|(p, _)| p.clone())
+        .collect();
+    let applied = exec::applied_seq(store, client_id)?;
+    let mut frames = vec![ServerFrame::Welcome {
+        schema_version: schema.version().to_owned(),
+        schema_source: schema.source().to_owned(),
+        position,
+        applied_seq: applied,
+        partitions: sub.held.iter().cloned().collect(),
+    }];
+    let cursor_of: BTreeMap<&str, u64> = cursors.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+    for p in &sub.held {
+        let allowed = sub.allowed_colls(p);
+        let version = allowed
+            .iter()
+            .map(|c| versions.get(&(p.clone(), c.clone())).copied().unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        if version > cursor_of.get(p.as_str()).copied().unwrap_or(0) {
+            frames.push(snapshot(store, p, &allowed, position)?);
+        }
+    }
+    if outbox_from > 0 && outbox_from <= applied {
+        let from = outbox_from.max(applied.saturating_sub(exec::KEPT_OUTCOMES) + 1);
+        for seq in from..=applied {
+            frames.push(ServerFrame::Outcome {
+                seq,
+                result: kept_result(exec::kept_outcome_of(store, client_id, seq)?),
+            });
+        }
+    }
+    Ok((frames, sub))
+}
+
+/// The answer to a commit, as its `Outcome` frame says it: `kept` is the outcome kept
+/// for a duplicate (see [`exec::kept_outcome_of`]).
+pub fn result_of(outcome: Outcome, position: u64, kept: Option<KeptOutcome>) -> CommitResult {
+    match outcome {
+        Outcome::Committed { result, .. } => CommitResult::Committed { position, result },
+        Outcome::Rejected { code, message } => CommitResult::Rejected {
+            code: code.as_str().to_owned(),
+            message,
+        },
+        Outcome::Skipped(Skip::Duplicate) => kept_result(kept),
+        Outcome::Skipped(Skip::OutOfOrder { expected }) => CommitResult::OutOfOrder { expected },
+    }
+}
+
+/// The answer kept for a settled commit (`Duplicate` once it is older than the kept
+/// window).
+pub fn kept_result(kept: Option<KeptOutcome>) -> CommitResult {
+    match kept {
+        Some(KeptOutcome::Committed { position, result }) => {
+            CommitResult::Committed { position, result }
+        }
+        Some(KeptOutcome::Rejected { code, message }) => CommitResult::Rejected { code, message },
+        None => CommitResult::Duplicate,
+    }
+}
