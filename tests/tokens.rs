@@ -260,3 +260,62 @@ async fn algorithm_confusion_is_refused_without_an_hs256_secret_too() {
     );
     assert_eq!(answer(&s, &good).await, Ok(()));
 }
+
+/// A token that expires while its connection is open ends the connection with
+/// `TOKEN_EXPIRED` (leeway 0 here), and a push sent after the expiry is not committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_connection_ends_when_its_token_expires() {
+    let s = server().await;
+    let mut c = claims();
+    c["exp"] = json!(now() + 2);
+    let token = sign(Algorithm::HS256, None, &hs(), &c);
+    let mut raw = s.raw().await;
+    raw.send(&ClientFrame::Hello {
+        client_id: "c".into(),
+        token,
+        schema_version: String::new(),
+        outbox_from: 0,
+        partitions: vec![],
+    })
+    .await
+    .unwrap();
+    let Some(ServerFrame::Welcome { position, .. }) = raw.recv(Duration::from_secs(10)).await
+    else {
+        panic!("welcomed while the token is valid");
+    };
+    let started = std::time::Instant::now();
+    let end = raw.recv(Duration::from_secs(10)).await;
+    assert!(
+        matches!(&end, Some(ServerFrame::Error { code, .. }) if code == "TOKEN_EXPIRED"),
+        "{end:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // Whatever it sends now is not committed: the log did not move.
+    let _ = raw
+        .send(&ClientFrame::Push {
+            commits: vec![warren_core::protocol::ClientCommit {
+                seq: 1,
+                schema_version: String::new(),
+                op: warren_core::exec::Op::Run {
+                    source:
+                        "Todo.create({ owner: auth.sub, title: \"late\", done: false, created: 0 })"
+                            .into(),
+                },
+            }],
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.running
+            .as_ref()
+            .unwrap()
+            .metrics
+            .position
+            .load(std::sync::atomic::Ordering::Relaxed),
+        position
+    );
+}

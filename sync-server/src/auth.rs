@@ -707,6 +707,10 @@ struct Inner {
     hs256_validation: Validation,
     rs256_validation: Validation,
     es256_validation: Validation,
+    /// Whether `--audience` is set: without it, a token that names an audience was
+    /// meant for another service and is refused.
+    audience: bool,
+    leeway_secs: u64,
 }
 
 impl Drop for Inner {
@@ -824,8 +828,8 @@ impl Verifier {
                     v.validate_aud = true;
                     required.push("aud");
                 }
-                // Not configured, not checked (jsonwebtoken would otherwise refuse every
-                // token that names an audience, as identity providers' tokens do).
+                // Not configured: a token that names an audience is refused after
+                // decoding (`verify_now`), with the same code.
                 None => v.validate_aud = false,
             }
             v.set_required_spec_claims(&required);
@@ -838,6 +842,8 @@ impl Verifier {
             hs256_validation: validation(Algorithm::HS256),
             rs256_validation: validation(Algorithm::RS256),
             es256_validation: validation(Algorithm::ES256),
+            audience: cfg.audience.is_some(),
+            leeway_secs: cfg.leeway_secs,
         });
         if let Some(jwks) = &inner.jwks {
             if jwks.background {
@@ -845,6 +851,15 @@ impl Verifier {
             }
         }
         Ok(Verifier { inner })
+    }
+
+    /// Verifies `token` (the compact JWT, without any `Bearer ` prefix) and returns its
+    /// claims. If the token names an unknown `kid`, the background task is asked to
+    /// re-fetch the JWKS (rate-limited) and this call returns
+    /// [`AuthError::UnknownKey`]; [`Verifier::verify_async`] waits for that re-fetch
+    /// The clock skew allowed on `exp` and `nbf`, in seconds.
+    pub fn leeway_secs(&self) -> u64 {
+        self.inner.leeway_secs
     }
 
     /// Verifies `token` (the compact JWT, without any `Bearer ` prefix) and returns its
@@ -942,6 +957,21 @@ impl Verifier {
             return Err(AuthError::Malformed(
                 "the claims are not a JSON object".into(),
             ));
+        }
+        // The identity every limit, quota and rule keys on: tokens without one would all
+        // share the identity "null".
+        match data.claims.get("sub") {
+            Some(serde_json::Value::String(sub)) if !sub.is_empty() => {}
+            _ => {
+                return Err(AuthError::Malformed(
+                    "the token has no subject: sub must be a non-empty string".into(),
+                ))
+            }
+        }
+        // Without a configured audience only tokens that name none are accepted: a token
+        // an identity provider issued for another service must not open this one.
+        if !self.inner.audience && data.claims.get("aud").is_some() {
+            return Err(AuthError::WrongAudience);
         }
         Value::from_json(&data.claims)
             .map_err(|e| AuthError::Malformed(format!("the claims are not a Warren value: {e}")))

@@ -784,9 +784,40 @@ async fn audience_is_checked_when_configured() {
     c["aud"] = json!(["someone-else", "warren"]);
     accepted(&v, &mint_hs256(SECRET, &c).unwrap());
 
-    // Not configured: not checked.
+    // Not configured: a token that names any audience was issued for another service
+    // and is refused; one that names none is accepted.
     let v = verifier(hs256_config()).await;
-    accepted(&v, &mint_hs256(SECRET, &c).unwrap());
+    assert_eq!(
+        refused(&v, &mint_hs256(SECRET, &c).unwrap()),
+        "TOKEN_WRONG_AUDIENCE"
+    );
+    c["aud"] = json!("warren");
+    assert_eq!(
+        refused(&v, &mint_hs256(SECRET, &c).unwrap()),
+        "TOKEN_WRONG_AUDIENCE"
+    );
+    accepted(&v, &mint_hs256(SECRET, &fresh_claims()).unwrap());
+}
+
+/// Every limit, quota and rule keys on `sub`: a token without one (which would share
+/// the identity "null" with every other such token) is refused.
+#[tokio::test]
+async fn a_token_without_a_subject_is_refused() {
+    let v = verifier(hs256_config()).await;
+    for sub in [None, Some(json!("")), Some(json!(42)), Some(json!(null))] {
+        let mut c = fresh_claims();
+        match &sub {
+            None => {
+                c.as_object_mut().unwrap().remove("sub");
+            }
+            Some(s) => c["sub"] = s.clone(),
+        }
+        assert_eq!(
+            refused(&v, &mint_hs256(SECRET, &c).unwrap()),
+            "TOKEN_MALFORMED",
+            "sub {sub:?}"
+        );
+    }
 }
 
 #[tokio::test]

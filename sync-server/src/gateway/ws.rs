@@ -251,6 +251,11 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
     tracing::debug!(conn, sub = %sub, client = %client_id, "sync connection");
     let stopping = stopped(s.shutdown.clone());
     tokio::pin!(stopping);
+    // The token's expiry (plus the leeway) ends the connection: nothing it sends after
+    // that is committed. The client reconnects with a fresh token.
+    let expires = expiry(&auth, s.verifier.leeway_secs());
+    let expired = tokio::time::sleep_until(expires);
+    tokio::pin!(expired);
     let mut writer_done = false;
     let mut linger = false;
     let end = loop {
@@ -261,6 +266,9 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
             }
             _ = &mut stopping => {
                 break End::error(codes::SHUTTING_DOWN, "the server is stopping; reconnect later");
+            }
+            _ = &mut expired => {
+                break token_expired();
             }
             msg = stream.next() => {
                 let b = match msg {
@@ -288,6 +296,9 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
                     break rate_limited(&s, conn, &sub, Budget::Frames);
                 }
                 match ClientFrame::decode(&b) {
+                    Ok(ClientFrame::Push { .. }) if tokio::time::Instant::now() >= expires => {
+                        break token_expired();
+                    }
                     Ok(ClientFrame::Push { commits }) => {
                         if commits.len() > s.limits.max_commits_per_push {
                             break End::error(codes::TOO_MANY_COMMITS, format!("a push holds at most {} commits", s.limits.max_commits_per_push));
@@ -532,4 +543,28 @@ async fn catch_up(
         )),
     };
     let _ = s.region.send(RegionMsg::Join { conn, at, welcome });
+}
+
+fn token_expired() -> End {
+    End::error(
+        crate::auth::AuthError::Expired.code(),
+        "the token expired; reconnect with a fresh one",
+    )
+}
+
+/// When a connection made with these verified claims must end: `exp` plus the leeway
+/// (verification guarantees `exp` is a number in the future, within the leeway).
+fn expiry(auth: &Value, leeway_secs: u64) -> tokio::time::Instant {
+    let exp = match auth.get("exp") {
+        Value::Int(n) => *n as f64,
+        Value::Float(f) => *f,
+        _ => 0.0,
+    };
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    // At most a year ahead, so the deadline stays representable.
+    let left = (exp + leeway_secs as f64 - unix_now).clamp(0.0, 365.0 * 86_400.0);
+    tokio::time::Instant::now() + Duration::from_secs_f64(left)
 }
