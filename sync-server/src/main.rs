@@ -249,6 +249,36 @@ fn token(t: TokenArgs) -> ExitCode {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: every connection is a file
+/// descriptor, and a soft limit of 1,024 (a common default) lets a few hundred idle
+/// sockets stop the server from accepting or opening anything.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            tracing::warn!("cannot read the open-file limit");
+            return;
+        }
+        let before = lim.rlim_cur;
+        if before < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!(
+                    soft = before,
+                    hard = lim.rlim_max,
+                    "cannot raise the open-file limit"
+                );
+                return;
+            }
+        }
+        tracing::info!(from = before, to = lim.rlim_cur, "open-file limit");
+    }
+}
+
 fn serve(s: ServeArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -265,6 +295,7 @@ fn serve(s: ServeArgs) -> ExitCode {
             .with_env_filter(filter)
             .init();
     }
+    raise_fd_limit();
     let schema = match std::fs::read_to_string(&s.schema) {
         Ok(src) => src,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

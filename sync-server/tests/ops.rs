@@ -181,3 +181,45 @@ fn static_files_stay_inside_their_directory() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A soft limit of 256 open files (below the hard one) is raised to the hard limit at
+/// start: a few hundred idle sockets must not stop the server accepting.
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    use std::os::unix::process::CommandExt;
+    let dir = std::env::temp_dir().join(format!("warren-ops-nofile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--hs256-secret", SECRET])
+        .arg("--data-dir")
+        .arg(&dir)
+        .env("WARREN_LOG", "warn")
+        .stdout(Stdio::piped());
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            lim.rlim_cur = 256.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    serving::serving_addr(&mut child).unwrap_or_else(|line| panic!("no address in {line:?}"));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(nums[0], nums[1], "soft = hard: {line}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
