@@ -189,16 +189,38 @@ pub fn execute(
     position: u64,
     limits: &Limits,
 ) -> Result<Outcome, Error> {
+    execute_metered(store, schema, commit, position, limits).map(|(o, _)| o)
+}
+
+/// What one evaluation used of its limits. Every figure is deterministic: the same on
+/// every replica for the same state and commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Fuel the program spent ([`Limits::fuel`]).
+    pub fuel: u64,
+}
+
+/// [`execute`], and what the commit used of its limits (zero for a skipped commit).
+pub fn execute_metered(
+    store: &dyn Storage,
+    schema: &Schema,
+    commit: &Commit,
+    position: u64,
+    limits: &Limits,
+) -> Result<(Outcome, Usage), Error> {
     let applied = applied_seq(store, &commit.client_id)?;
     if commit.client_seq <= applied {
-        return Ok(Outcome::Skipped(Skip::Duplicate));
+        return Ok((Outcome::Skipped(Skip::Duplicate), Usage::default()));
     }
     if commit.client_seq != applied + 1 {
-        return Ok(Outcome::Skipped(Skip::OutOfOrder {
-            expected: applied + 1,
-        }));
+        return Ok((
+            Outcome::Skipped(Skip::OutOfOrder {
+                expected: applied + 1,
+            }),
+            Usage::default(),
+        ));
     }
-    execute_optimistic(store, schema, commit, position, limits)
+    optimistic_metered(store, schema, commit, position, limits)
 }
 
 fn check_input(v: &Value, limits: &Limits) -> Result<(), Error> {
@@ -228,7 +250,7 @@ fn run(
     commit: &Commit,
     position: u64,
     limits: &Limits,
-) -> Result<Outcome, Error> {
+) -> (Result<Outcome, Error>, Usage) {
     let ctx = Context {
         auth: commit.auth.clone(),
         now: commit.timestamp,
@@ -236,8 +258,20 @@ fn run(
         client_seq: commit.client_seq,
         position,
     };
-    check_input(&commit.auth, limits)?;
+    if let Err(e) = check_input(&commit.auth, limits) {
+        return (Err(e), Usage::default());
+    }
     let mut ev = Evaluator::new(schema, store, limits, &ctx, Mode::Transaction);
+    let outcome = run_in(&mut ev, commit, position, limits);
+    (outcome, ev.usage())
+}
+
+fn run_in(
+    ev: &mut Evaluator<'_>,
+    commit: &Commit,
+    position: u64,
+    limits: &Limits,
+) -> Result<Outcome, Error> {
     let result = match &commit.op {
         Op::Call { function, args } => {
             check_input(args, limits)?;
@@ -462,12 +496,26 @@ pub fn execute_optimistic(
     position: u64,
     limits: &Limits,
 ) -> Result<Outcome, Error> {
-    match run(store, schema, commit, position, limits) {
-        Ok(o) => Ok(o),
-        Err(e) if e.code.is_deterministic() => Ok(Outcome::Rejected {
-            code: e.code,
-            message: e.to_string(),
-        }),
+    optimistic_metered(store, schema, commit, position, limits).map(|(o, _)| o)
+}
+
+fn optimistic_metered(
+    store: &dyn Storage,
+    schema: &Schema,
+    commit: &Commit,
+    position: u64,
+    limits: &Limits,
+) -> Result<(Outcome, Usage), Error> {
+    let (r, usage) = run(store, schema, commit, position, limits);
+    match r {
+        Ok(o) => Ok((o, usage)),
+        Err(e) if e.code.is_deterministic() => Ok((
+            Outcome::Rejected {
+                code: e.code,
+                message: e.to_string(),
+            },
+            usage,
+        )),
         Err(e) => Err(e),
     }
 }
@@ -497,24 +545,46 @@ pub fn query(
     now: i64,
     limits: &Limits,
 ) -> Result<Value, Error> {
-    if source.len() > limits.max_args_bytes {
-        return Err(Error::new(
-            ErrorCode::ArgumentTooLarge,
-            format!(
-                "the query is {} bytes; the limit is {}",
-                source.len(),
-                limits.max_args_bytes
-            ),
-        ));
-    }
-    check_input(auth, limits)?;
-    let block = parse_block(source)?;
-    let ctx = Context::reader(auth, now, position(store)?);
+    query_metered(store, schema, source, auth, now, limits).0
+}
+
+/// [`query`], and what it used of its limits.
+pub fn query_metered(
+    store: &dyn Storage,
+    schema: &Schema,
+    source: &str,
+    auth: &Value,
+    now: i64,
+    limits: &Limits,
+) -> (Result<Value, Error>, Usage) {
+    let block = (|| {
+        if source.len() > limits.max_args_bytes {
+            return Err(Error::new(
+                ErrorCode::ArgumentTooLarge,
+                format!(
+                    "the query is {} bytes; the limit is {}",
+                    source.len(),
+                    limits.max_args_bytes
+                ),
+            ));
+        }
+        check_input(auth, limits)?;
+        let block = parse_block(source)?;
+        Ok((block, position(store)?))
+    })();
+    let (block, at) = match block {
+        Ok(b) => b,
+        Err(e) => return (Err(e), Usage::default()),
+    };
+    let ctx = Context::reader(auth, now, at);
     let mut ev = Evaluator::new(schema, store, limits, &ctx, Mode::Query);
-    let v = ev.run_block(&block)?;
-    let v = ev.materialize(v)?;
-    check_result(&v, limits)?;
-    Ok(v)
+    let r = (|| {
+        let v = ev.run_block(&block)?;
+        let v = ev.materialize(v)?;
+        check_result(&v, limits)?;
+        Ok(v)
+    })();
+    (r, ev.usage())
 }
 
 /// Whether `auth` may read documents of `collection` in `partition` (the sync server

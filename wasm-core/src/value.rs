@@ -429,9 +429,11 @@ impl PartialEq for Value {
 impl Eq for Value {}
 
 impl fmt::Display for Value {
-    /// JSON text: how values appear in messages and in `toString`.
+    /// JSON text: how values appear in messages and in `toString` ([`crate::text`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.to_json())
+        let mut s = String::with_capacity(crate::text::json_len(self));
+        crate::text::write_json(&mut s, self);
+        f.write_str(&s)
     }
 }
 
@@ -581,6 +583,10 @@ impl<'a> Reader<'a> {
                 let f = f64::from_bits(u64::from_le_bytes(b.try_into().expect("8 bytes")));
                 if !f.is_finite() {
                     return Err(corrupt("float is not finite"));
+                }
+                // The engine has one zero: -0.0 has no canonical encoding.
+                if f == 0.0 && f.is_sign_negative() {
+                    return Err(corrupt("negative zero"));
                 }
                 Value::Float(f)
             }

@@ -5,25 +5,28 @@ use crate::error::{Error, ErrorCode};
 use crate::lang::ast::BinOp;
 use crate::value::Value;
 
+/// `r[i]`. Positions are compared as 64-bit numbers, never converted to `usize`, so a
+/// position past 2^32 means the same on a 32-bit build (the browser's wasm) as on a
+/// 64-bit one.
 pub(super) fn index_value(r: &Value, i: &Value) -> Result<Value, Error> {
+    /// The position `i` counts to in something `len` long (negative from the end).
+    fn at(i: i64, len: usize) -> Option<usize> {
+        let len = len as u64;
+        let k = if i < 0 {
+            len.checked_sub(i.unsigned_abs())?
+        } else {
+            i as u64
+        };
+        (k < len).then_some(k as usize)
+    }
     match (r, i) {
         (Value::Array(a), Value::Int(i)) => {
-            let idx = if *i < 0 { a.len() as i64 + i } else { *i };
-            Ok(usize::try_from(idx)
-                .ok()
-                .and_then(|k| a.get(k))
-                .cloned()
-                .unwrap_or(Value::Null))
+            Ok(at(*i, a.len()).map_or(Value::Null, |k| a[k].clone()))
         }
         (Value::Object(o), Value::String(k)) => Ok(o.get(k).cloned().unwrap_or(Value::Null)),
-        (Value::String(s), Value::Int(i)) => {
-            let n = s.chars().count() as i64;
-            let idx = if *i < 0 { n + i } else { *i };
-            Ok(usize::try_from(idx)
-                .ok()
-                .and_then(|k| s.chars().nth(k))
-                .map_or(Value::Null, |c| Value::String(c.to_string())))
-        }
+        (Value::String(s), Value::Int(i)) => Ok(at(*i, s.chars().count())
+            .and_then(|k| s.chars().nth(k))
+            .map_or(Value::Null, |c| Value::String(c.to_string()))),
         (Value::Null, _) => Err(type_err("cannot index null")),
         (r, i) => Err(type_err(format!(
             "cannot index a {} with a {}",

@@ -69,6 +69,17 @@ fn obj_arg<'v>(name: &str, v: &'v Value) -> Result<&'v Object, Error> {
     }
 }
 
+/// A count of zero or more, as a 64-bit number (never a `usize`: that is 32 bits in the
+/// browser's wasm build, and the language must not change with it).
+fn count(name: &str, v: &Value) -> Result<u64, Error> {
+    u64::try_from(int_arg(name, v)?).map_err(|_| {
+        err(
+            ErrorCode::InvalidArgument,
+            format!("{name} takes a count of zero or more"),
+        )
+    })
+}
+
 /// Resolves a possibly negative index against a length, clamped to `0..=len`.
 fn clamp_index(i: i64, len: usize) -> usize {
     let len = len as i64;
@@ -711,12 +722,19 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         "repeat" => {
             one(2, 2)?;
             let s = str_arg(name, &a[0])?;
-            let k = usize::try_from(int_arg(name, &a[1])?).map_err(|_| {
-                err(
-                    ErrorCode::InvalidArgument,
-                    "repeat takes a count of zero or more",
-                )
-            })?;
+            let n = count(name, &a[1])?;
+            // Counted in 64 bits: the size check before the call refuses a result over
+            // the limit the same way on every build; an empty string stays empty.
+            let k = if s.is_empty() {
+                0
+            } else {
+                usize::try_from(n).map_err(|_| {
+                    err(
+                        ErrorCode::ResultTooLarge,
+                        "repeat would build too large a string",
+                    )
+                })?
+            };
             Value::String(s.repeat(k))
         }
         "concat" => {
@@ -796,14 +814,8 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         "take" | "skip" => {
             one(2, 2)?;
             let xs = arr_arg(name, &a[0])?;
-            let k = usize::try_from(int_arg(name, &a[1])?)
-                .map_err(|_| {
-                    err(
-                        ErrorCode::InvalidArgument,
-                        format!("{name} takes a count of zero or more"),
-                    )
-                })?
-                .min(xs.len());
+            // Clamped in 64 bits, so that a count past 2^32 means the same everywhere.
+            let k = count(name, &a[1])?.min(xs.len() as u64) as usize;
             Value::Array(if name == "take" {
                 xs[..k].to_vec()
             } else {

@@ -313,6 +313,13 @@ impl<'a> Evaluator<'a> {
         self.fuel
     }
 
+    /// What the evaluation has used of its limits so far.
+    pub fn usage(&self) -> crate::exec::Usage {
+        crate::exec::Usage {
+            fuel: self.limits.fuel - self.fuel,
+        }
+    }
+
     /// Spends `n` steps of fuel.
     pub(crate) fn charge(&mut self, n: u64) -> Result<(), Error> {
         if self.fuel < n {
