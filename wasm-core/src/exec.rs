@@ -198,6 +198,13 @@ pub fn execute(
 pub struct Usage {
     /// Fuel the program spent ([`Limits::fuel`]).
     pub fuel: u64,
+    /// The most memory the program held at once, in the model of
+    /// [`Limits::max_memory_bytes`].
+    pub memory: u64,
+    /// Work the program could not see ([`Limits::max_hidden_work`]): the one figure
+    /// here that depends on what the caller may not read. It is not an outcome: only
+    /// its limit is observable, and only as `HIDDEN_WORK_EXHAUSTED`.
+    pub hidden_work: u64,
 }
 
 /// [`execute`], and what the commit used of its limits (zero for a skipped commit).
@@ -506,18 +513,57 @@ fn optimistic_metered(
     position: u64,
     limits: &Limits,
 ) -> Result<(Outcome, Usage), Error> {
-    let (r, usage) = run(store, schema, commit, position, limits);
+    // The last line of defence: a panic inside the engine is a bug, but it must not
+    // stop a replica, and every replica must record the same outcome for the entry. The
+    // execution only reads the store, so nothing is left half-done. (The browser's
+    // build aborts on a panic instead; it only executes its own commits.)
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(store, schema, commit, position, limits)
+    }));
+    let (r, usage) = match run {
+        Ok(r) => r,
+        Err(_) => {
+            return Ok((
+                Outcome::Rejected {
+                    code: ErrorCode::Internal,
+                    message: INTERNAL_MESSAGE.to_owned(),
+                },
+                Usage::default(),
+            ))
+        }
+    };
     match r {
         Ok(o) => Ok((o, usage)),
         Err(e) if e.code.is_deterministic() => Ok((
             Outcome::Rejected {
                 code: e.code,
-                message: e.to_string(),
+                message: cap_message(e.to_string()),
             },
             usage,
         )),
         Err(e) => Err(e),
     }
+}
+
+/// The message of a commit the engine failed on (the same on every replica: no panic
+/// text, which names source lines that differ between versions).
+pub const INTERNAL_MESSAGE: &str = "INTERNAL_ERROR: the engine failed inside while executing \
+     this commit (a bug); it is refused on every replica";
+
+/// The longest message a rejection keeps, in bytes: messages are stored with kept
+/// outcomes and sent to clients, and `abort` takes any value.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+fn cap_message(mut m: String) -> String {
+    if m.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES - 3;
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        m.truncate(cut);
+        m.push('…');
+    }
+    m
 }
 
 /// Records an outcome at `position`: its writes, the client's sequence number, the

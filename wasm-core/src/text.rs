@@ -53,6 +53,18 @@ pub fn write_json(out: &mut String, v: &Value) {
     }
 }
 
+/// `v` as JSON for a message: the text when it is short, a description when it is not
+/// (a message never carries a large value, nor takes long to make).
+pub fn preview(v: &Value) -> String {
+    const SHORT: usize = 200;
+    let n = json_len(v);
+    if n <= SHORT {
+        v.to_string()
+    } else {
+        format!("a {} of {n} bytes of JSON", v.type_name())
+    }
+}
+
 /// The length in bytes of `v`'s JSON text, without building it.
 pub fn json_len(v: &Value) -> usize {
     match v {
