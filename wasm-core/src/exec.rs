@@ -304,11 +304,9 @@ fn run_in(
     let mut writes = Vec::with_capacity(ev.touched.len());
     for t in &ev.touched {
         let key = keys::doc_key(&t.collection, &t.id);
-        let before = ev
-            .view
-            .base_get(&key)?
-            .map(|b| StoredDoc::decode(&b))
-            .transpose()?;
+        // Of the document before, only its partition matters.
+        let before = ev.view.base_get(&key)?;
+        let before = before.as_deref().map(StoredDoc::partition_of).transpose()?;
         let after = ev
             .view
             .get(&key)?
@@ -323,9 +321,9 @@ fn run_in(
         };
         // A document deleted and created again in another partition in the same
         // transaction is two effects: the readers of the old partition must see it go.
-        if let Some(b) = &before {
-            if after.as_ref().is_none_or(|a| a.partition != b.partition) {
-                writes.push(write(&b.partition, None));
+        if let Some(b) = before {
+            if after.as_ref().is_none_or(|a| a.partition != b) {
+                writes.push(write(b, None));
             }
         }
         if let Some(a) = after {

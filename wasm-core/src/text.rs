@@ -14,41 +14,48 @@ use crate::value::Value;
 /// `{"$bytes":"<base64>"}`; strings escaped as JSON requires (`"`, `\`, and control
 /// characters; nothing else).
 pub fn write_json(out: &mut String, v: &Value) {
+    // Writing to a String cannot fail.
+    let _ = write_json_to(out, v);
+}
+
+/// [`write_json`] into any writer (a formatter: `Display` writes straight through).
+pub fn write_json_to<W: std::fmt::Write>(out: &mut W, v: &Value) -> std::fmt::Result {
     match v {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Int(i) => {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{i}");
+        Value::Null => out.write_str("null"),
+        Value::Bool(b) => out.write_str(if *b { "true" } else { "false" }),
+        Value::Int(i) => write!(out, "{i}"),
+        Value::Float(f) => {
+            let mut s = String::new();
+            write_float(&mut s, *f);
+            out.write_str(&s)
         }
-        Value::Float(f) => write_float(out, *f),
         Value::String(s) => write_str(out, s),
         Value::Bytes(b) => {
-            out.push_str("{\"$bytes\":\"");
-            out.push_str(&base64::engine::general_purpose::STANDARD.encode(b));
-            out.push_str("\"}");
+            out.write_str("{\"$bytes\":\"")?;
+            out.write_str(&base64::engine::general_purpose::STANDARD.encode(b))?;
+            out.write_str("\"}")
         }
         Value::Array(a) => {
-            out.push('[');
+            out.write_char('[')?;
             for (i, x) in a.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.write_char(',')?;
                 }
-                write_json(out, x);
+                write_json_to(out, x)?;
             }
-            out.push(']');
+            out.write_char(']')
         }
         Value::Object(o) => {
-            out.push('{');
+            out.write_char('{')?;
             for (i, (k, x)) in o.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.write_char(',')?;
                 }
-                write_str(out, k);
-                out.push(':');
-                write_json(out, x);
+                write_str(out, k)?;
+                out.write_char(':')?;
+                write_json_to(out, x)?;
             }
-            out.push('}');
+            out.write_char('}')
         }
     }
 }
@@ -111,28 +118,28 @@ fn escape(c: char) -> Option<&'static str> {
     })
 }
 
-fn write_str(out: &mut String, s: &str) {
+fn write_str<W: std::fmt::Write>(out: &mut W, s: &str) -> std::fmt::Result {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push('"');
+    out.write_char('"')?;
     let mut start = 0;
     for (i, c) in s.char_indices() {
         if c >= ' ' && c != '"' && c != '\\' {
             continue;
         }
-        out.push_str(&s[start..i]);
+        out.write_str(&s[start..i])?;
         start = i + c.len_utf8();
         match escape(c) {
-            Some(e) => out.push_str(e),
+            Some(e) => out.write_str(e)?,
             None => {
                 let b = c as u32;
-                out.push_str("\\u00");
-                out.push(HEX[(b >> 4) as usize & 15] as char);
-                out.push(HEX[b as usize & 15] as char);
+                out.write_str("\\u00")?;
+                out.write_char(HEX[(b >> 4) as usize & 15] as char)?;
+                out.write_char(HEX[b as usize & 15] as char)?;
             }
         }
     }
-    out.push_str(&s[start..]);
-    out.push('"');
+    out.write_str(&s[start..])?;
+    out.write_char('"')
 }
 
 fn str_len(s: &str) -> usize {

@@ -464,9 +464,7 @@ impl Eq for Value {}
 impl fmt::Display for Value {
     /// JSON text: how values appear in messages and in `toString` ([`crate::text`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = String::with_capacity(crate::text::json_len(self));
-        crate::text::write_json(&mut s, self);
-        f.write_str(&s)
+        crate::text::write_json_to(f, self)
     }
 }
 

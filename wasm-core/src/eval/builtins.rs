@@ -636,10 +636,10 @@ fn pure(name: &str, a: &[&Value]) -> Result<Value, Error> {
             let xs = arr_arg(name, a[0])?;
             let mut acc = Value::Int(0);
             for x in xs {
-                acc = super::binary(crate::lang::ast::BinOp::Add, &acc, x)?;
-                if !matches!(acc, Value::Int(_) | Value::Float(_)) {
+                if !matches!(x, Value::Int(_) | Value::Float(_)) {
                     return Err(type_err("sum adds numbers"));
                 }
+                acc = super::binary(crate::lang::ast::BinOp::Add, &acc, x)?;
             }
             acc
         }
@@ -783,7 +783,18 @@ fn pure(name: &str, a: &[&Value]) -> Result<Value, Error> {
             one(1, 2)?;
             let xs = arr_arg(name, a[0])?;
             let sep = if n == 2 { str_arg(name, a[1])? } else { "" };
-            Value::String(xs.iter().map(display).collect::<Vec<_>>().join(sep))
+            // Into one string, with no vector of parts on the way.
+            let mut out = String::new();
+            for (i, x) in xs.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                match x {
+                    Value::String(s) => out.push_str(s),
+                    other => crate::text::write_json(&mut out, other),
+                }
+            }
+            Value::String(out)
         }
         "replace" => {
             one(3, 3)?;

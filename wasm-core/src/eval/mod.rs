@@ -225,13 +225,20 @@ pub(crate) struct Owned {
 pub struct Closure {
     pub lambda: Arc<Lambda>,
     env: Env,
+    _paid: Paid,
 }
+
+/// What a closure takes to hold, besides the variables it shares.
+const CLOSURE_BYTES: u64 = 64;
+/// What a variable's binding takes to hold, besides its value.
+const BINDING_BYTES: u64 = 96;
 
 #[derive(Debug)]
 pub(crate) struct EnvNode {
     name: Name,
     val: Val,
     parent: Env,
+    _paid: Paid,
 }
 
 /// A variable's name: the engine's own names (`auth`, `doc`, a rule's variables) are
@@ -253,20 +260,23 @@ impl Name {
 
 pub(crate) type Env = Option<Rc<EnvNode>>;
 
-fn bind(env: &Env, name: &str, val: Val) -> Env {
+/// Binds a variable (the binding paid for with `paid`).
+fn bind(env: &Env, name: &str, val: Val, paid: Paid) -> Env {
     Some(Rc::new(EnvNode {
         name: Name::Owned(name.to_owned()),
         val,
         parent: env.clone(),
+        _paid: paid,
     }))
 }
 
 /// [`bind`] for a name the engine itself gives.
-fn bind_static(env: &Env, name: &'static str, val: Val) -> Env {
+fn bind_static(env: &Env, name: &'static str, val: Val, paid: Paid) -> Env {
     Some(Rc::new(EnvNode {
         name: Name::Static(name),
         val,
         parent: env.clone(),
+        _paid: paid,
     }))
 }
 
@@ -299,6 +309,8 @@ pub struct Evaluator<'a> {
     /// The program's fuel left while a rule runs.
     program_fuel: Option<u64>,
     depth: u32,
+    /// Scans in progress, one inside another's sink.
+    scans: u32,
     ids_made: u64,
     /// The program's memory, and the meter values are paid into now (a rule's while
     /// one runs).
@@ -365,6 +377,7 @@ impl<'a> Evaluator<'a> {
             fuel: limits.fuel,
             program_fuel: None,
             depth: 0,
+            scans: 0,
             ids_made: 0,
             meter: program.clone(),
             program,
@@ -450,17 +463,25 @@ impl<'a> Evaluator<'a> {
         Val::Data(Data::held(o.value, o.paid))
     }
 
-    /// A copy of `v` for the program to hold, paid for before it is made.
-    pub(crate) fn copy(&self, v: &Value) -> Result<Val, Error> {
+    /// A copy of `v` for the program to hold, paid for (memory, and a step per KiB
+    /// copied, as for documents read) before it is made.
+    pub(crate) fn copy(&mut self, v: &Value) -> Result<Val, Error> {
         match v {
             Value::Null | Value::Bool(_) | Value::Int(_) | Value::Float(_) => {
                 Ok(Val::scalar(v.clone()))
             }
             _ => {
-                let paid = self.pay(cost(v))?;
+                let bytes = cost(v);
+                self.charge(bytes / 1024)?;
+                let paid = self.pay(bytes)?;
                 Ok(Val::Data(Data::held(v.clone(), paid)))
             }
         }
+    }
+
+    /// What a binding takes to hold.
+    fn binding(&self) -> Result<Paid, Error> {
+        self.pay(BINDING_BYTES)
     }
 
     /// A new string for the program to hold, paid for before it is made.
@@ -504,7 +525,7 @@ impl<'a> Evaluator<'a> {
             }
             _ => Val::Data(Data::held(auth.clone(), self.program.pay(cost(auth))?)),
         };
-        let env = bind_static(&None, "auth", val);
+        let env = bind_static(&None, "auth", val, self.program.pay(BINDING_BYTES)?);
         self.root = Some(env.clone());
         Ok(env)
     }
@@ -584,7 +605,7 @@ impl<'a> Evaluator<'a> {
         }
         let mut env = self.root_env()?;
         for (p, v) in f.params.iter().zip(args) {
-            env = bind(&env, p, v);
+            env = bind(&env, p, v, self.binding()?);
         }
         self.enter()?;
         let r = self.block(&f.body, &env);
@@ -596,7 +617,7 @@ impl<'a> Evaluator<'a> {
         let mut env = c.env.clone();
         let mut args = args.into_iter();
         for p in &c.lambda.params {
-            env = bind(&env, p, args.next().unwrap_or(Val::NULL));
+            env = bind(&env, p, args.next().unwrap_or(Val::NULL), self.binding()?);
         }
         self.enter()?;
         let r = self.block(&c.lambda.body, &env);
@@ -611,7 +632,7 @@ impl<'a> Evaluator<'a> {
             match s {
                 Stmt::Let(name, e, _) => {
                     let v = self.eval(e, &env)?;
-                    env = bind(&env, name, v);
+                    env = bind(&env, name, v, self.binding()?);
                     last = Val::NULL;
                 }
                 Stmt::Expr(e) => last = self.eval(e, &env)?,
@@ -760,6 +781,7 @@ impl<'a> Evaluator<'a> {
             ExprKind::Lambda(l) => Ok(Val::Func(Rc::new(Closure {
                 lambda: l.clone(),
                 env: env.clone(),
+                _paid: self.pay(CLOSURE_BYTES)?,
             }))),
             ExprKind::Block(b) => self.block(b, env),
         }
@@ -934,7 +956,9 @@ impl<'a> Evaluator<'a> {
                     paid: self.pay(SLOT)?,
                 }),
                 Err(shared) => {
-                    let paid = self.pay(shared.cost().max(SLOT))?;
+                    let bytes = shared.cost().max(SLOT);
+                    self.charge(bytes / 1024)?;
+                    let paid = self.pay(bytes)?;
                     Ok(Owned {
                         value: shared.value().clone(),
                         paid,

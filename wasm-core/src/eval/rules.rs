@@ -102,8 +102,8 @@ impl<'a> Evaluator<'a> {
         let ok = self.on_rule_budget(|ev| {
             let p = ev.string(partition.len(), || partition.to_owned())?;
             let c = ev.string(coll.name.len(), || coll.name.clone())?;
-            let env = bind_static(&root, "partition", p);
-            let env = bind_static(&env, "collection", c);
+            let env = bind_static(&root, "partition", p, ev.binding()?);
+            let env = bind_static(&env, "collection", c, ev.binding()?);
             Ok(ev.any_rule_allows(coll, Action::Read, &env)?.is_ok())
         });
         // A storage failure is not an answer; anything else the rule met is a denial.
@@ -141,13 +141,15 @@ impl<'a> Evaluator<'a> {
             } else {
                 old.clone()
             };
-            env = bind_static(&env, "doc", doc);
-            env = bind_static(&env, "new", new);
-            env = bind_static(&env, "old", old);
+            env = bind_static(&env, "doc", doc, ev.binding()?);
+            env = bind_static(&env, "new", new, ev.binding()?);
+            env = bind_static(&env, "old", old, ev.binding()?);
             let p = vars.partition;
-            env = bind_static(&env, "partition", ev.string(p.len(), || p.to_owned())?);
+            let p = ev.string(p.len(), || p.to_owned())?;
+            env = bind_static(&env, "partition", p, ev.binding()?);
             let c = &coll.name;
-            env = bind_static(&env, "collection", ev.string(c.len(), || c.clone())?);
+            let c = ev.string(c.len(), || c.clone())?;
+            env = bind_static(&env, "collection", c, ev.binding()?);
             ev.any_rule_allows(coll, action, &env)
         });
         match r {
@@ -212,7 +214,7 @@ impl<'a> Evaluator<'a> {
         };
         let root = self.root_env()?;
         let r = self.on_rule_budget(|ev| {
-            let env = bind_static(&root, "doc", Val::Data(doc.clone()));
+            let env = bind_static(&root, "doc", Val::Data(doc.clone()), ev.binding()?);
             let v = ev.eval(expr, &env)?;
             Ok(match v.value() {
                 Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),

@@ -28,6 +28,13 @@ use crate::value::{Object, Value};
 
 /// Documents read from storage per page.
 const PAGE: usize = 64;
+/// Bytes of a page kept while its elements are handed on: beyond, the rest of the page
+/// is dropped and read again later. A sink can start another scan (a `forEach` that
+/// queries), so each scan in progress holds its page; this bounds what they hold, and
+/// entries the program may not read (which it does not pay for) with it.
+const PAGE_BYTES: usize = 256 * 1024;
+/// Scans in progress at once, one inside another's sink.
+pub(crate) const MAX_NESTED_SCANS: u32 = 32;
 
 /// An element of a sorted set and its cursor key.
 pub(crate) type Sorted = (Val, Value);
@@ -747,71 +754,116 @@ impl<'a> Evaluator<'a> {
                 range,
                 reverse,
             } => {
-                let coll = self.schema.collection(collection)?;
-                if let Some(r) = &mut self.reads {
-                    r.collections.insert(collection.clone());
+                if self.scans >= MAX_NESTED_SCANS {
+                    return Err(err(
+                        ErrorCode::DepthExceeded,
+                        format!("more than {MAX_NESTED_SCANS} scans run one inside another"),
+                    ));
                 }
-                let mut next = Some(range.clone());
-                while let Some(r) = next {
-                    let (page, rest) = self.view.scan_page(&r, *reverse, PAGE)?;
-                    next = rest;
-                    for (k, v) in page {
-                        let elem = match index {
-                            None => {
-                                // The partition first: an unreadable document is not
-                                // decoded, and costs the program nothing.
-                                if !self.can_read(coll, StoredDoc::partition_of(&v)?)? {
-                                    self.hidden_work(1 + v.len() as u64 / 1024)?;
-                                    continue;
-                                }
-                                self.charge(1 + v.len() as u64 / 1024)?;
-                                let mut pos = 1;
-                                keys::read_str(&k, &mut pos)?;
-                                let id = keys::read_str(&k, &mut pos)?;
-                                Val::Doc(Rc::new(self.decode_doc(coll, &id, &v)?))
-                            }
-                            Some(ix) => {
-                                let partition = std::str::from_utf8(&v).map_err(|_| {
-                                    Error::new(ErrorCode::Corrupt, "bad index entry")
-                                })?;
-                                if !self.can_read(coll, partition)? {
-                                    self.hidden_work(1 + v.len() as u64 / 1024)?;
-                                    continue;
-                                }
-                                self.charge(1 + v.len() as u64 / 1024)?;
-                                if need_docs {
-                                    let id = keys::index_key_id(&k, ix.prefix_len, ix.fields)?;
-                                    let key = keys::doc_key(collection, &id);
-                                    let bytes = self.view.get(&key)?.ok_or_else(|| {
-                                        Error::new(
-                                            ErrorCode::Corrupt,
-                                            format!(
-                                                "index {} names missing document {id}",
-                                                ix.name
-                                            ),
-                                        )
-                                    })?;
-                                    self.charge(bytes.len() as u64 / 1024)?;
-                                    Val::Doc(Rc::new(self.decode_doc(coll, &id, &bytes)?))
-                                } else {
-                                    Val::NULL
-                                }
-                            }
-                        };
-                        match self.pipeline(&s.ops, &mut counts, elem)? {
-                            Flow::Emit(v) => {
-                                if !sink(self, v, At::Key(&k))? {
-                                    return Ok(());
-                                }
-                            }
-                            Flow::Skip => {}
-                            Flow::Stop => return Ok(()),
-                        }
-                    }
-                }
-                Ok(())
+                self.scans += 1;
+                let scan = Scan {
+                    collection,
+                    index: index.as_ref(),
+                    range,
+                    reverse: *reverse,
+                };
+                let r = self.drive_scan(&scan, &s.ops, need_docs, &mut counts, sink);
+                self.scans -= 1;
+                r
             }
         }
+    }
+
+    fn drive_scan(
+        &mut self,
+        scan: &Scan,
+        ops: &[Op],
+        need_docs: bool,
+        counts: &mut [u64],
+        sink: &mut dyn FnMut(&mut Evaluator<'a>, Val, At) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        let Scan {
+            collection,
+            index,
+            range,
+            reverse,
+        } = *scan;
+        let coll = self.schema.collection(collection)?;
+        if let Some(r) = &mut self.reads {
+            r.collections.insert(collection.to_owned());
+        }
+        let mut next = Some(range.clone());
+        while let Some(r) = next {
+            let (mut page, rest) = self.view.scan_page(&r, reverse, PAGE)?;
+            next = rest;
+            // Keep at most PAGE_BYTES (and one entry) of the page.
+            let mut bytes = 0;
+            if let Some(keep) = page.iter().position(|(k, v)| {
+                bytes += k.len() + v.len();
+                bytes > PAGE_BYTES
+            }) {
+                let keep = keep.max(1);
+                if keep < page.len() {
+                    let last = &page[keep - 1].0;
+                    next = Some(if reverse {
+                        r.before(last)
+                    } else {
+                        r.after(last)
+                    });
+                    page.truncate(keep);
+                }
+            }
+            for (k, v) in page {
+                let elem = match index {
+                    None => {
+                        // The partition first: an unreadable document is not
+                        // decoded, and costs the program nothing.
+                        if !self.can_read(coll, StoredDoc::partition_of(&v)?)? {
+                            self.hidden_work(1 + v.len() as u64 / 1024)?;
+                            continue;
+                        }
+                        self.charge(1 + v.len() as u64 / 1024)?;
+                        let mut pos = 1;
+                        keys::read_str(&k, &mut pos)?;
+                        let id = keys::read_str(&k, &mut pos)?;
+                        Val::Doc(Rc::new(self.decode_doc(coll, &id, &v)?))
+                    }
+                    Some(ix) => {
+                        let partition = std::str::from_utf8(&v)
+                            .map_err(|_| Error::new(ErrorCode::Corrupt, "bad index entry"))?;
+                        if !self.can_read(coll, partition)? {
+                            self.hidden_work(1 + v.len() as u64 / 1024)?;
+                            continue;
+                        }
+                        self.charge(1 + v.len() as u64 / 1024)?;
+                        if need_docs {
+                            let id = keys::index_key_id(&k, ix.prefix_len, ix.fields)?;
+                            let key = keys::doc_key(collection, &id);
+                            let bytes = self.view.get(&key)?.ok_or_else(|| {
+                                Error::new(
+                                    ErrorCode::Corrupt,
+                                    format!("index {} names missing document {id}", ix.name),
+                                )
+                            })?;
+                            self.charge(bytes.len() as u64 / 1024)?;
+                            Val::Doc(Rc::new(self.decode_doc(coll, &id, &bytes)?))
+                        } else {
+                            Val::NULL
+                        }
+                    }
+                };
+                match self.pipeline(ops, counts, elem)? {
+                    Flow::Emit(v) => {
+                        if !sink(self, v, At::Key(&k))? {
+                            return Ok(());
+                        }
+                    }
+                    Flow::Skip => {}
+                    Flow::Stop => return Ok(()),
+                }
+            }
+        }
+        Ok(())
     }
 
     fn pipeline(&mut self, ops: &[Op], counts: &mut [u64], mut v: Val) -> Result<Flow, Error> {
@@ -898,6 +950,14 @@ impl<'a> Evaluator<'a> {
         r.ops = s.ops.clone();
         Ok(r)
     }
+}
+
+/// A scan source's parts, borrowed while it is read.
+struct Scan<'s> {
+    collection: &'s str,
+    index: Option<&'s IndexScan>,
+    range: &'s KeyRange,
+    reverse: bool,
 }
 
 enum Flow {
