@@ -95,6 +95,47 @@ fn what_a_transaction_writes_stays_paid_for() {
     assert_eq!(run(&mut db, src).0, "COMMITTED");
 }
 
+/// Each scan in progress holds a page: at most 32 run one inside another.
+#[test]
+fn scans_nest_at_most_32_deep() {
+    use std::sync::Arc;
+    use warren_core::{Executor, Schema};
+    let schema = Schema::parse(
+        r#"
+        collection Item { allow read true  allow create true }
+        function nest(n) { Item.all().forEach(i => nest(n + 1)) }
+        function shallow(n) { if n < 5 { Item.all().forEach(i => shallow(n + 1)) } else { n } }
+        "#,
+    )
+    .unwrap();
+    // Deep evaluation allowed, so that the scans' own limit is the one that holds (on a
+    // thread with the stack for it).
+    let limits = Limits {
+        max_depth: 2_000,
+        fuel: 10_000_000,
+        ..Limits::default()
+    };
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(move || {
+            let store = warren_core::storage::MemoryStore::new();
+            let mut db = Executor::new(store, Arc::new(schema), limits);
+            let mut c = Client::new("c", user("ann"));
+            assert_committed(&commit(&mut db, &c.run("Item.create({ id: \"a\" }).id")));
+            let o = commit(&mut db, &c.call("nest", Value::Array(vec![Value::Int(0)])));
+            let msg = assert_rejected(&o, warren_core::ErrorCode::DepthExceeded);
+            assert!(msg.contains("32 scans"), "{msg}");
+            let o = commit(
+                &mut db,
+                &c.call("shallow", Value::Array(vec![Value::Int(0)])),
+            );
+            assert_committed(&o);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
 /// Peak resident memory, measured (`/proc/self/status`, so Linux).
 #[cfg(target_os = "linux")]
 mod peak {

@@ -97,6 +97,13 @@ impl Meter {
         Ok(())
     }
 
+    fn give_back(&self, bytes: u64) {
+        let used = self.used.get();
+        // Every payment is given back once, so this cannot go below zero.
+        debug_assert!(used >= bytes, "a meter gave back more than it took");
+        self.used.set(used.saturating_sub(bytes));
+    }
+
     /// Pays for `bytes` about to be allocated; the [`Paid`] gives them back when it
     /// is dropped.
     pub fn pay(self: &Rc<Self>, bytes: u64) -> Result<Paid, Error> {
@@ -139,8 +146,7 @@ impl Paid {
         if bytes >= self.bytes {
             self.more(bytes - self.bytes)
         } else {
-            let back = self.bytes - bytes;
-            self.meter.used.set(self.meter.used.get() - back);
+            self.meter.give_back(self.bytes - bytes);
             self.bytes = bytes;
             Ok(())
         }
@@ -165,7 +171,7 @@ impl Paid {
 
 impl Drop for Paid {
     fn drop(&mut self) {
-        self.meter.used.set(self.meter.used.get() - self.bytes);
+        self.meter.give_back(self.bytes);
     }
 }
 
