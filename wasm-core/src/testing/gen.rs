@@ -419,6 +419,11 @@ impl<C: Choices> Gen<'_, C> {
     }
 
     fn builtin(&mut self, d: u32) -> String {
+        // Mostly with arguments of the types the built-in takes, so that programs run
+        // on past the call; sometimes with anything, for the errors.
+        if self.chance(70) {
+            return self.typed_builtin(d);
+        }
         let name = BUILTINS[self.c.below(BUILTINS.len() as u64) as usize];
         let lambdas = match name {
             "map" | "filter" | "where" | "some" | "every" | "find" => 1,
@@ -448,6 +453,206 @@ impl<C: Choices> Gen<'_, C> {
         let n = self.c.below(4);
         let args: Vec<String> = (0..n).map(|_| self.expr(d)).collect();
         if !args.is_empty() && self.chance(50) {
+            format!("({}).{name}({})", args[0], args[1..].join(", "))
+        } else {
+            format!("{name}({})", args.join(", "))
+        }
+    }
+
+    /// An expression of a kind: `s`tring, `i`nt (small, to count with), `n`umber,
+    /// `a`rray, `o`bject, `b`oolean, or `x` (any).
+    fn typed(&mut self, kind: char, d: u32) -> String {
+        if d == 0 || self.chance(10) {
+            return match kind {
+                's' => self.pick(STRINGS).to_owned(),
+                'i' => self.pick(&["0", "1", "2", "3", "5", "-1", "10"]).to_owned(),
+                'n' => self
+                    .pick(&["0", "2", "-3", "0.5", "-0.0", "1e16", "2.25"])
+                    .to_owned(),
+                'a' => self
+                    .pick(&[
+                        "[]",
+                        "[1, 2, 3]",
+                        "[\"b\", \"a\"]",
+                        "[[1], [2, 3]]",
+                        "[1.5, -2]",
+                    ])
+                    .to_owned(),
+                'o' => self
+                    .pick(&["({})", "({ a: 1, b: \"x\" })", "({ n: [1, 2], k: null })"])
+                    .to_owned(),
+                'b' => self.pick(&["true", "false"]).to_owned(),
+                _ => self.leaf(),
+            };
+        }
+        let e = d - 1;
+        match kind {
+            's' => match self.c.below(8) {
+                0 => format!("({} + {})", self.typed('s', e), self.typed('x', e)),
+                1 => format!("toString({})", self.typed('x', e)),
+                2 => format!("{}.upper()", self.typed('s', e)),
+                3 => format!("join({}, {})", self.typed('a', e), self.typed('s', e)),
+                4 => format!(
+                    "{}.slice({}, {})",
+                    self.typed('s', e),
+                    self.typed('i', e),
+                    self.typed('i', e)
+                ),
+                5 => format!("(Item.byId(\"i{}\")?.cat ?? \"none\")", self.c.below(25)),
+                6 => format!(
+                    "{}.replace({}, \"-\")",
+                    self.typed('s', e),
+                    self.pick(&["\"a\"", "\" \"", "\"i\""])
+                ),
+                _ => self.pick(STRINGS).to_owned(),
+            },
+            'i' => match self.c.below(7) {
+                0 => {
+                    let k = self.pick_kind("sa");
+                    format!("({}).length", self.typed(k, e))
+                }
+                1 => format!(
+                    "({} {} {})",
+                    self.typed('i', e),
+                    self.pick(&["+", "-", "*", "%"]),
+                    self.typed('i', e)
+                ),
+                2 => format!("Item.byCat({}).count()", self.pick(&["\"a\"", "\"b\""])),
+                3 => format!("round({})", self.typed('n', e)),
+                4 => format!("abs({})", self.typed('i', e)),
+                _ => self.pick(&["0", "1", "2", "3", "4", "7"]).to_owned(),
+            },
+            'n' => match self.c.below(6) {
+                0 => format!(
+                    "({} {} {})",
+                    self.typed('n', e),
+                    self.pick(&["+", "-", "*", "/"]),
+                    self.typed('n', e)
+                ),
+                1 => format!("sqrt(abs({}))", self.typed('n', e)),
+                2 => format!(
+                    "pow({}, {})",
+                    self.typed('n', e),
+                    self.pick(&["0", "2", "3", "-1"])
+                ),
+                3 => format!("toFloat({})", self.typed('i', e)),
+                4 => format!("sum({})", self.typed('a', e)),
+                _ => self.typed('i', e),
+            },
+            'a' => match self.c.below(11) {
+                0 => format!("range({})", self.typed('i', e)),
+                1 => format!("[{}, {}]", self.typed('x', e), self.typed('x', e)),
+                2 => format!(
+                    "{}.split({})",
+                    self.typed('s', e),
+                    self.pick(&["\"\"", "\"a\"", "\" \""])
+                ),
+                3 => format!("keys({})", self.typed('o', e)),
+                4 => format!("{}.map({})", self.typed('a', e), self.lambda(1, e)),
+                5 => format!("{}.filter({})", self.typed('a', e), self.lambda(1, e)),
+                6 => format!("{}.take({})", self.typed('a', e), self.typed('i', e)),
+                7 => format!("{}.order(x => x)", self.typed('a', e)),
+                8 => format!(
+                    "Item.byCat({}).map(.n).toArray()",
+                    self.pick(&["\"a\"", "\"c\""])
+                ),
+                9 => format!("concat({}, {})", self.typed('a', e), self.typed('a', e)),
+                _ => format!("distinct({})", self.typed('a', e)),
+            },
+            'o' => match self.c.below(5) {
+                0 => format!("merge({}, {})", self.typed('o', e), self.typed('o', e)),
+                1 => format!(
+                    "({{ a: {}, b: {} }})",
+                    self.typed('x', e),
+                    self.typed('x', e)
+                ),
+                2 => format!("(Item.byId(\"i{}\") ?? ({{}}))", self.c.below(25)),
+                3 => format!(
+                    "fromEntries([[{}, {}]])",
+                    self.typed('s', e),
+                    self.typed('x', e)
+                ),
+                _ => format!("without({}, \"a\")", self.typed('o', e)),
+            },
+            'b' => match self.c.below(5) {
+                0 => format!(
+                    "({} {} {})",
+                    self.typed('n', e),
+                    self.pick(&["<", "<=", "==", "!=", ">"]),
+                    self.typed('n', e)
+                ),
+                1 => format!("{}.startsWith({})", self.typed('s', e), self.typed('s', e)),
+                2 => format!("{}.includes({})", self.typed('a', e), self.typed('x', e)),
+                3 => format!(
+                    "has({}, {})",
+                    self.typed('o', e),
+                    self.pick(&["\"a\"", "\"n\""])
+                ),
+                _ => format!("!{}", self.typed('b', e)),
+            },
+            _ => {
+                let k = self.pick_kind("sinaob");
+                self.typed(k, e)
+            }
+        }
+    }
+
+    fn pick_kind(&mut self, kinds: &str) -> char {
+        let k: Vec<char> = kinds.chars().collect();
+        k[self.c.below(k.len() as u64) as usize]
+    }
+
+    /// A built-in called with arguments of the types it takes.
+    fn typed_builtin(&mut self, d: u32) -> String {
+        const SIGS: &[(&str, &str)] = &[
+            ("abs", "n"),
+            ("append", "ax"),
+            ("ceil", "n"),
+            ("concat", "aa"),
+            ("distinct", "a"),
+            ("endsWith", "ss"),
+            ("entries", "o"),
+            ("first", "a"),
+            ("flatten", "a"),
+            ("floor", "n"),
+            ("has", "os"),
+            ("includes", "ax"),
+            ("indexOf", "sx"),
+            ("isEmpty", "x"),
+            ("join", "as"),
+            ("keys", "o"),
+            ("last", "a"),
+            ("length", "a"),
+            ("lower", "s"),
+            ("max", "a"),
+            ("merge", "oo"),
+            ("min", "a"),
+            ("pow", "ni"),
+            ("range", "ii"),
+            ("repeat", "si"),
+            ("replace", "sss"),
+            ("reverse", "a"),
+            ("round", "n"),
+            ("skip", "ai"),
+            ("slice", "aii"),
+            ("sort", "a"),
+            ("split", "ss"),
+            ("sqrt", "n"),
+            ("startsWith", "ss"),
+            ("sum", "a"),
+            ("take", "ai"),
+            ("toFloat", "x"),
+            ("toInt", "n"),
+            ("toString", "x"),
+            ("trim", "s"),
+            ("typeOf", "x"),
+            ("upper", "s"),
+            ("values", "o"),
+            ("without", "os"),
+        ];
+        let (name, sig) = SIGS[self.c.below(SIGS.len() as u64) as usize];
+        let args: Vec<String> = sig.chars().map(|k| self.typed(k, d)).collect();
+        if self.chance(50) {
             format!("({}).{name}({})", args[0], args[1..].join(", "))
         } else {
             format!("{name}({})", args.join(", "))
@@ -565,7 +770,12 @@ impl<C: Choices> Gen<'_, C> {
         let lets = self.c.below(4);
         let mut lines = Vec::new();
         for i in 0..lets {
-            let e = self.expr(3);
+            let e = if self.chance(50) {
+                let k = self.pick_kind("sinaobx");
+                self.typed(k, 4)
+            } else {
+                self.expr(3)
+            };
             lines.push(format!("let v{i} = {e}"));
             self.vars.push(format!("v{i}"));
         }
