@@ -702,6 +702,10 @@ impl<'a> Evaluator<'a> {
             }
             ExprKind::Unary(op, a) => {
                 let v = self.eval(a, env)?;
+                // `!` of a document or a set needs no copy of it (nor reading the set).
+                if *op == UnOp::Not && matches!(v, Val::Doc(_) | Val::Set(_)) {
+                    return Ok(Val::bool(false));
+                }
                 let v = self.data(v)?;
                 match op {
                     UnOp::Not => Ok(Val::bool(!v.value().truthy())),
