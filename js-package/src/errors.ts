@@ -24,6 +24,9 @@ export const PROGRAM_CODES = [
   "UNIQUE_VIOLATION",
   "PARTITION_CHANGE",
   "READ_ONLY",
+  "MEMORY_EXHAUSTED",
+  "HIDDEN_WORK_EXHAUSTED",
+  "INTERNAL_ERROR",
 ] as const;
 
 /** Codes of local storage (IndexedDB). */

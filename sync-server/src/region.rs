@@ -572,6 +572,21 @@ impl Region {
                 continue; // replayed from the log and already in the store
             }
             let outcome = exec::execute(&overlay, schema, &commit, pos, limits)?;
+            if let Outcome::Rejected {
+                code: warren_core::ErrorCode::Internal,
+                ..
+            } = &outcome
+            {
+                // A bug in the engine, caught: the entry is rejected the same way on every
+                // replica and the region goes on, but someone must look.
+                tracing::error!(
+                    position = pos,
+                    client = %commit.client_id,
+                    seq = commit.client_seq,
+                    "the engine failed inside while executing this log entry; it is rejected \
+                     with INTERNAL_ERROR on every replica and the region goes on (a bug: report it)"
+                );
+            }
             let (b, _) = exec::effects_batch(
                 &overlay,
                 schema,
