@@ -34,6 +34,7 @@ use warren_core::subscription::{kept_result, result_of, welcome, Subscription};
 use warren_core::{Error, Schema, Value};
 
 use crate::metrics::Metrics;
+use crate::sequencer::Permit;
 use crate::store::{RedbStore, Snapshot};
 
 /// Encoded frames to one connection. Bounded in frames and in bytes: a client that
@@ -98,8 +99,9 @@ struct Joining {
 }
 
 pub enum RegionMsg {
-    /// Durable log entries, in order.
-    Batch(Vec<(u64, Commit)>),
+    /// Durable log entries, in order, and what they hold of the sequencer's backlog
+    /// (given back once they are applied).
+    Batch(Vec<(u64, Commit)>, Permit),
     Connect(Connect),
     /// A joining connection's welcome, computed on the read view at `at`.
     Join {
@@ -182,6 +184,9 @@ struct Conn {
     sub: Subscription,
 }
 
+/// Abandoned HTTP waiters are looked for once there are at least this many.
+const MIN_WAITER_PRUNE: usize = 64;
+
 /// The most log entries applied in one go when batches queue up.
 const MAX_APPLY: usize = 4096;
 
@@ -207,6 +212,8 @@ pub struct Region {
     conns: BTreeMap<u64, Conn>,
     by_client: BTreeMap<String, u64>,
     waiters: BTreeMap<(String, u64), Vec<oneshot::Sender<CommitResult>>>,
+    /// Abandoned waiters are looked for when there are this many (see `Region::wait`).
+    prune_waiters_at: usize,
     position: u64,
     /// Applied writes not yet written to the store (see [`STORE_WRITE_EVERY`]); shared
     /// with read views, copied only if one still holds it when the next batch comes.
@@ -265,6 +272,7 @@ impl Region {
             conns: BTreeMap::new(),
             by_client: BTreeMap::new(),
             waiters: BTreeMap::new(),
+            prune_waiters_at: MIN_WAITER_PRUNE,
             position,
             pending: Arc::new(OverlayWrites::new()),
             pending_batches: 0,
@@ -337,12 +345,16 @@ impl Region {
         let mut next: Option<RegionMsg> = None;
         while let Some(msg) = next.take().or_else(|| rx.recv().ok()) {
             match msg {
-                RegionMsg::Batch(mut entries) => {
+                RegionMsg::Batch(mut entries, permit) => {
                     // Every batch already queued joins this one: one store transaction
                     // for all of them. Messages keep their order.
+                    let mut permits = vec![permit];
                     while entries.len() < MAX_APPLY {
                         match rx.try_recv() {
-                            Ok(RegionMsg::Batch(more)) => entries.extend(more),
+                            Ok(RegionMsg::Batch(more, permit)) => {
+                                entries.extend(more);
+                                permits.push(permit);
+                            }
                             Ok(other) => {
                                 next = Some(other);
                                 break;
@@ -350,7 +362,8 @@ impl Region {
                             Err(_) => break,
                         }
                     }
-                    self.apply_batch(entries)?
+                    self.apply_batch(entries)?;
+                    drop(permits);
                 }
                 RegionMsg::Connect(c) => self.connect(c)?,
                 RegionMsg::Join { conn, at, welcome } => self.join(conn, at, welcome?)?,
@@ -389,10 +402,7 @@ impl Region {
                     if let Some(r) = kept {
                         let _ = reply.send(r);
                     } else {
-                        self.waiters
-                            .entry((client_id, seq))
-                            .or_default()
-                            .push(reply);
+                        self.wait(client_id, seq, reply);
                     }
                 }
                 RegionMsg::View { reply } => {
@@ -402,6 +412,29 @@ impl Region {
             }
         }
         Ok(())
+    }
+
+    /// Registers an HTTP push's wait for the outcome of (client, seq). A push abandoned
+    /// before its commit reached the sequencer (the client went away) leaves a waiter
+    /// whose commit never comes: waiters nobody listens to any more are forgotten
+    /// whenever their number doubles, so they cannot pile up.
+    fn wait(&mut self, client_id: String, seq: u64, reply: oneshot::Sender<CommitResult>) {
+        if self.waiter_count() >= self.prune_waiters_at {
+            self.waiters.retain(|_, ws| {
+                ws.retain(|w| !w.is_closed());
+                !ws.is_empty()
+            });
+            self.prune_waiters_at = (2 * self.waiter_count()).max(MIN_WAITER_PRUNE);
+        }
+        self.waiters
+            .entry((client_id, seq))
+            .or_default()
+            .push(reply);
+    }
+
+    /// HTTP pushes waiting for outcomes.
+    pub fn waiter_count(&self) -> usize {
+        self.waiters.values().map(Vec::len).sum()
     }
 
     /// Sends a frame after every frame handed to the dispatcher before it.
@@ -557,6 +590,7 @@ impl Region {
             joining,
             window,
             dispatch,
+            ..
         } = self;
         let taken = std::mem::take(pending);
         let mut overlay = Overlay::with_writes(
@@ -765,3 +799,65 @@ pub fn spawn(
 
 /// A handle to send to the region.
 pub type RegionTx = Sender<RegionMsg>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_core::exec::Op;
+
+    fn region(name: &str) -> (Region, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("warren-region-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = RedbStore::open(&dir.join("state.redb"), 1).unwrap();
+        let schema = Arc::new(Schema::parse("collection A { allow read true }").unwrap());
+        let r = Region::new(
+            store,
+            schema,
+            Limits::default(),
+            Arc::new(Metrics::default()),
+        );
+        (r.unwrap(), dir)
+    }
+
+    #[test]
+    fn abandoned_http_waiters_do_not_pile_up() {
+        let (mut r, dir) = region("waiters");
+        // 10,000 pushes abandoned before their commits reached the sequencer.
+        for seq in 1..=10_000 {
+            let (tx, rx) = oneshot::channel();
+            r.wait("c".into(), seq, tx);
+            drop(rx);
+        }
+        assert!(
+            r.waiter_count() <= 2 * MIN_WAITER_PRUNE,
+            "{}",
+            r.waiter_count()
+        );
+        // One still listened to is kept and answered.
+        let (tx, mut rx) = oneshot::channel();
+        r.wait("c".into(), 1, tx);
+        for seq in 10_001..=10_500 {
+            let (tx, rx) = oneshot::channel();
+            r.wait("c".into(), seq, tx);
+            drop(rx);
+        }
+        let commit = Commit {
+            client_id: "c".into(),
+            client_seq: 1,
+            schema_version: String::new(),
+            timestamp: 1,
+            auth: Value::Null,
+            op: Op::Run {
+                source: "1 + 1".into(),
+            },
+        };
+        r.apply_batch(vec![(1, commit)]).unwrap();
+        match rx.try_recv() {
+            Ok(CommitResult::Committed { position: 1, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        drop(r);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
