@@ -19,7 +19,7 @@
 //! every `STORE_WRITE_EVERY` batches, and before anything else reads the store.
 //! `docs/BENCHMARKS.md` ("Sync server vs PostgreSQL") measures why.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -127,55 +127,188 @@ pub enum RegionMsg {
 }
 
 /// Which connections an entry's writes can concern, so that an entry visits only
-/// those instead of every connection.
+/// those instead of every connection (and one user's writes to partitions nobody else
+/// may read cost the others nothing).
 ///
-/// Every connection has a read-rule answer for every (partition, collection) written
-/// before: its welcome answers all of them, and the first write to a new pair visits
-/// every connection. So an entry writing only such `known` pairs concerns only the
-/// connections holding a partition it writes (effects) and those whose rules read
-/// documents (revocation). The sets may hold connections that are gone or no longer
-/// hold the partition: they are looked up and skipped.
+/// A connection has a read-rule answer for every *candidate* (partition, collection)
+/// pair that exists (see `warren_core::reach`): its welcome evaluates them, and later
+/// ones are routed to it here. An entry's write to (p, c) concerns:
+/// - the connections holding `p` (effects), and those whose rules read the written
+///   document or scanned its collection (revocation, new access);
+/// - if the pair is new (nothing was written to it before this entry), those for which
+///   it may be a candidate: `p` named exactly, `c` readable everywhere, or a member
+///   index key held by the document the partition names;
+/// - if the document belongs to a member index's source, the connections whose keys it
+///   now holds (a member added: the partition it names may open).
+///
+/// The sets may hold connections that are gone or no longer concerned: they are looked
+/// up and skipped, and each connection checks for itself.
 #[derive(Default)]
-struct Index {
-    known: HashMap<String, HashSet<String>>,
+struct Routes {
     holders: HashMap<String, BTreeSet<u64>>,
-    watchers: BTreeSet<u64>,
+    exact: HashMap<String, BTreeSet<u64>>,
+    everywhere: HashMap<String, BTreeSet<u64>>,
+    /// (member index, encoded key) → connections.
+    members: HashMap<(usize, Vec<u8>), BTreeSet<u64>>,
+    /// Member index → connections with any key on it (for string fields).
+    member_any: HashMap<usize, BTreeSet<u64>>,
+    read_docs: HashMap<(String, String), BTreeSet<u64>>,
+    read_colls: HashMap<String, BTreeSet<u64>>,
+    /// What each connection is routed by now, to take it back.
+    routed: HashMap<u64, Routed>,
 }
 
-impl Index {
-    fn known(&self, partition: &str, collection: &str) -> bool {
-        self.known
-            .get(partition)
-            .is_some_and(|cs| cs.contains(collection))
+#[derive(Default)]
+struct Routed {
+    held: BTreeSet<String>,
+    docs: BTreeSet<(String, String)>,
+    colls: BTreeSet<String>,
+}
+
+fn route<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<u64>>, key: K, id: u64) {
+    map.entry(key).or_default().insert(id);
+}
+
+fn unroute<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<u64>>, key: &K, id: u64) {
+    if let Some(ids) = map.get_mut(key) {
+        ids.remove(&id);
+        if ids.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+impl Routes {
+    /// Routes a new connection: what its claims may reach, and what it holds and reads.
+    fn add(&mut self, id: u64, sub: &mut Subscription) {
+        let r = sub.reachable();
+        for ps in r.exact.values() {
+            for p in ps {
+                route(&mut self.exact, p.clone(), id);
+            }
+        }
+        for c in &r.everywhere {
+            route(&mut self.everywhere, c.clone(), id);
+        }
+        for m in &r.members {
+            route(&mut self.members, (m.spec, m.encoded.clone()), id);
+            route(&mut self.member_any, m.spec, id);
+        }
+        sub.take_changed();
+        self.update(id, sub);
     }
 
-    /// Notes what `conn` holds and whether its rules read documents.
-    fn add(&mut self, id: u64, conn: &Conn) {
-        for p in conn.sub.held() {
-            match self.holders.get_mut(p) {
-                Some(ids) => {
-                    ids.insert(id);
+    /// Routes what the connection holds and reads now, after a change.
+    fn update(&mut self, id: u64, sub: &Subscription) {
+        let old = self.routed.remove(&id).unwrap_or_default();
+        let (docs, colls) = sub.watched_reads();
+        let new = Routed {
+            held: sub.held().clone(),
+            docs,
+            colls,
+        };
+        for p in old.held.difference(&new.held) {
+            unroute(&mut self.holders, p, id);
+        }
+        for p in new.held.difference(&old.held) {
+            route(&mut self.holders, p.clone(), id);
+        }
+        for d in old.docs.difference(&new.docs) {
+            unroute(&mut self.read_docs, d, id);
+        }
+        for d in new.docs.difference(&old.docs) {
+            route(&mut self.read_docs, d.clone(), id);
+        }
+        for c in old.colls.difference(&new.colls) {
+            unroute(&mut self.read_colls, c, id);
+        }
+        for c in new.colls.difference(&old.colls) {
+            route(&mut self.read_colls, c.clone(), id);
+        }
+        self.routed.insert(id, new);
+    }
+
+    fn forget(&mut self, id: u64, sub: &Subscription) {
+        let r = sub.reachable();
+        for ps in r.exact.values() {
+            for p in ps {
+                unroute(&mut self.exact, p, id);
+            }
+        }
+        for c in &r.everywhere {
+            unroute(&mut self.everywhere, c, id);
+        }
+        for m in &r.members {
+            unroute(&mut self.members, &(m.spec, m.encoded.clone()), id);
+            unroute(&mut self.member_any, &m.spec, id);
+        }
+        let old = self.routed.remove(&id).unwrap_or_default();
+        for p in &old.held {
+            unroute(&mut self.holders, p, id);
+        }
+        for d in &old.docs {
+            unroute(&mut self.read_docs, d, id);
+        }
+        for c in &old.colls {
+            unroute(&mut self.read_colls, c, id);
+        }
+    }
+
+    /// The connections an entry's `writes` concern (see [`Routes`]); `new_pairs` are
+    /// the written pairs that did not exist before the entry, `state` the state after it.
+    fn visits(
+        &self,
+        state: &dyn Storage,
+        schema: &Schema,
+        writes: &[Write],
+        new_pairs: &BTreeSet<(String, String)>,
+    ) -> Result<BTreeSet<u64>, Error> {
+        let reach = schema.reach();
+        let mut visit = BTreeSet::new();
+        let mut add = |ids: Option<&BTreeSet<u64>>| {
+            if let Some(ids) = ids {
+                visit.extend(ids.iter().copied());
+            }
+        };
+        let add_member =
+            |spec: usize, data: &Value, add: &mut dyn FnMut(Option<&BTreeSet<u64>>)| {
+                let (keys, any) = reach.member_routes(spec, data);
+                for k in keys {
+                    add(self.members.get(&(spec, k)));
                 }
-                None => {
-                    self.holders.insert(p.clone(), BTreeSet::from([id]));
+                if any {
+                    add(self.member_any.get(&spec));
+                }
+            };
+        for w in writes {
+            add(self.holders.get(&w.partition));
+            if !self.read_docs.is_empty() {
+                add(self.read_docs.get(&(w.collection.clone(), w.id.clone())));
+            }
+            add(self.read_colls.get(&w.collection));
+            if let Some(data) = &w.data {
+                for (i, spec) in reach.specs().iter().enumerate() {
+                    if spec.source == w.collection {
+                        add_member(i, data, &mut add);
+                    }
+                }
+            }
+            if new_pairs.contains(&(w.partition.clone(), w.collection.clone())) {
+                add(self.exact.get(&w.partition));
+                add(self.everywhere.get(&w.collection));
+                for (spec, prefix) in reach.member_clauses(&w.collection) {
+                    let Some(id) = w.partition.strip_prefix(prefix) else {
+                        continue;
+                    };
+                    let source = &reach.specs()[spec].source;
+                    if let Some(b) = state.get(&warren_core::keys::doc_key(source, id))? {
+                        let d = warren_core::doc::StoredDoc::decode(&b)?;
+                        add_member(spec, &d.data, &mut add);
+                    }
                 }
             }
         }
-        if conn.sub.watches_documents() {
-            self.watchers.insert(id);
-        }
-    }
-
-    fn forget(&mut self, id: u64, conn: &Conn) {
-        for p in conn.sub.held() {
-            if let Some(ids) = self.holders.get_mut(p) {
-                ids.remove(&id);
-                if ids.is_empty() {
-                    self.holders.remove(p);
-                }
-            }
-        }
-        self.watchers.remove(&id);
+        Ok(visit)
     }
 }
 
@@ -220,7 +353,7 @@ pub struct Region {
     pending: Arc<OverlayWrites>,
     /// Batches applied into `pending` since the last store write.
     pending_batches: u32,
-    index: Index,
+    routes: Routes,
     /// Connections whose welcome is being computed off the region thread.
     joining: BTreeMap<u64, Joining>,
     /// The committed writes of the entries applied since the oldest joining
@@ -262,6 +395,24 @@ impl Region {
         limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Result<Region, Error> {
+        let mut store = store;
+        // The read-rule index's member entries follow the schema: made (or remade)
+        // here when the state was written under another schema or before they existed.
+        let rebuild = schema.reach().rebuild_ops(&store)?;
+        if !rebuild.is_empty() {
+            tracing::info!(
+                keys = rebuild.len(),
+                "rebuilding the read-rule member index"
+            );
+            store.apply(warren_core::storage::Batch { ops: rebuild })?;
+            store.sync()?;
+        }
+        for (c, why) in schema.reach().unindexed() {
+            tracing::warn!(
+                collection = %c,
+                "catch-up evaluates the read rule of {c} for every partition of {c}: {why}"
+            );
+        }
         let position = exec::position(&store)?;
         metrics.position.store(position, Ordering::Relaxed);
         Ok(Region {
@@ -276,7 +427,7 @@ impl Region {
             position,
             pending: Arc::new(OverlayWrites::new()),
             pending_batches: 0,
-            index: Index::default(),
+            routes: Routes::default(),
             joining: BTreeMap::new(),
             window: VecDeque::new(),
             dispatch: None,
@@ -375,7 +526,7 @@ impl Region {
                         self.trim_window();
                     }
                     if let Some(c) = self.conns.remove(&conn) {
-                        self.index.forget(conn, &c);
+                        self.routes.forget(conn, &c.sub);
                         if self.by_client.get(c.sub.client_id()) == Some(&conn) {
                             self.by_client.remove(c.sub.client_id());
                         }
@@ -465,7 +616,7 @@ impl Region {
         }
         self.conns.clear();
         self.by_client.clear();
-        self.index = Index::default();
+        self.routes = Routes::default();
     }
 
     /// Registers a joining connection and hands its session a read view to compute
@@ -475,7 +626,7 @@ impl Region {
         if let Some(old) = self.by_client.insert(c.client_id.clone(), c.conn) {
             let tx = match (self.conns.remove(&old), self.joining.remove(&old)) {
                 (Some(o), _) => {
-                    self.index.forget(old, &o);
+                    self.routes.forget(old, &o.sub);
                     Some(o.tx)
                 }
                 (None, Some(j)) => Some(j.tx),
@@ -552,8 +703,8 @@ impl Region {
                 return Ok(());
             }
         }
+        self.routes.add(conn, &mut sub);
         let conn_state = Conn { tx: j.tx, sub };
-        self.index.add(conn, &conn_state);
         self.conns.insert(conn, conn_state);
         self.metrics
             .connections
@@ -586,7 +737,7 @@ impl Region {
             position,
             pending,
             pending_batches,
-            index,
+            routes,
             joining,
             window,
             dispatch,
@@ -605,15 +756,23 @@ impl Region {
             if pos <= *position {
                 continue; // replayed from the log and already in the store
             }
-            let outcome = exec::execute(&overlay, schema, &commit, pos, limits)?;
-            let (b, _) = exec::effects_batch(
-                &overlay,
-                schema,
-                pos,
-                &commit.client_id,
-                commit.client_seq,
-                &outcome,
-            )?;
+            let (b, outcome) = exec::commit_batch(&overlay, schema, &commit, pos, limits)?;
+            let writes: &[Write] = match &outcome {
+                Outcome::Committed { writes, .. } => writes,
+                _ => &[],
+            };
+            // The pairs this entry writes first (see `Routes`).
+            let mut new_pairs = BTreeSet::new();
+            for w in writes.iter().filter(|_| !conns.is_empty()) {
+                let pair = (w.partition.clone(), w.collection.clone());
+                if !new_pairs.contains(&pair)
+                    && overlay
+                        .get(&warren_core::keys::version_key(&w.partition, &w.collection))?
+                        .is_none()
+                {
+                    new_pairs.insert(pair);
+                }
+            }
             overlay.apply(b)?;
             *position = pos;
             match &outcome {
@@ -621,46 +780,20 @@ impl Region {
                 Outcome::Rejected { code, .. } => metrics.rejected(code.as_str()),
                 Outcome::Skipped(_) => Metrics::add(&metrics.commits_duplicate, 1),
             }
-            let writes: &[Write] = match &outcome {
-                Outcome::Committed { writes, .. } => writes,
-                _ => &[],
-            };
             if !joining.is_empty() && !writes.is_empty() {
                 window.push_back((pos, writes.to_vec()));
             }
-            if writes
-                .iter()
-                .all(|w| index.known(&w.partition, &w.collection))
-            {
-                let mut visit = index.watchers.clone();
-                for w in writes {
-                    if let Some(ids) = index.holders.get(&w.partition) {
-                        visit.extend(ids);
-                    }
-                }
-                for id in visit {
+            if !writes.is_empty() {
+                for id in routes.visits(&overlay, schema, writes, &new_pairs)? {
                     if let Some(conn) = conns.get_mut(&id) {
                         conn.sub
                             .fanout(&overlay, schema, limits, pos, writes, &mut |f| {
                                 out.push((id, Arc::new(f.encode())))
                             })?;
-                        index.add(id, conn);
+                        if conn.sub.take_changed() {
+                            routes.update(id, &conn.sub);
+                        }
                     }
-                }
-            } else {
-                for (id, conn) in conns.iter_mut() {
-                    conn.sub
-                        .fanout(&overlay, schema, limits, pos, writes, &mut |f| {
-                            out.push((*id, Arc::new(f.encode())))
-                        })?;
-                    index.add(*id, conn);
-                }
-                for w in writes {
-                    index
-                        .known
-                        .entry(w.partition.clone())
-                        .or_default()
-                        .insert(w.collection.clone());
                 }
             }
             let kept = match &outcome {
@@ -694,12 +827,12 @@ impl Region {
             }
             since_flush += 1;
             if since_flush >= FLUSH_EVERY {
-                flush(&mut out, conns, by_client, index, metrics, dispatch);
+                flush(&mut out, conns, by_client, routes, metrics, dispatch);
                 since_flush = 0;
             }
         }
         // The frames go out before the store write: the entries are durable in the log.
-        flush(&mut out, conns, by_client, index, metrics, dispatch);
+        flush(&mut out, conns, by_client, routes, metrics, dispatch);
         // The store takes the writes every STORE_WRITE_EVERY batches, or sooner when
         // they pile up: a store transaction costs about as much for 1 batch as for 16.
         *pending_batches += 1;
@@ -727,7 +860,7 @@ fn flush(
     out: &mut Vec<(u64, Frame)>,
     conns: &mut BTreeMap<u64, Conn>,
     by_client: &mut BTreeMap<String, u64>,
-    index: &mut Index,
+    routes: &mut Routes,
     metrics: &Metrics,
     dispatch: &Option<Dispatch>,
 ) {
@@ -763,7 +896,7 @@ fn flush(
     }
     for id in gone {
         if let Some(c) = conns.remove(&id) {
-            index.forget(id, &c);
+            routes.forget(id, &c.sub);
             // Best effort: a full queue cannot take even this.
             send(
                 &c.tx,

@@ -472,6 +472,32 @@ pub fn execute_optimistic(
     }
 }
 
+/// What a server does with a commit at `position`: runs it ([`execute`]) and builds
+/// the batch that records its outcome ([`effects_batch`]) together with the server's
+/// own derived state (the read-rule index's member entries, [`crate::reach`]). A
+/// replica applying outcomes computed by a server uses [`apply`] instead.
+pub fn commit_batch(
+    store: &dyn Storage,
+    schema: &Schema,
+    commit: &Commit,
+    position: u64,
+    limits: &Limits,
+) -> Result<(Batch, Outcome), Error> {
+    let outcome = execute(store, schema, commit, position, limits)?;
+    let (mut batch, _) = effects_batch(
+        store,
+        schema,
+        position,
+        &commit.client_id,
+        commit.client_seq,
+        &outcome,
+    )?;
+    if let Outcome::Committed { writes, .. } = &outcome {
+        batch.ops.extend(schema.reach().member_ops(store, writes)?);
+    }
+    Ok((batch, outcome))
+}
+
 /// Records an outcome at `position`: its writes, the client's sequence number, the
 /// digest and the position, in one atomic batch. Returns the new digest.
 pub fn apply(
@@ -575,6 +601,15 @@ impl<S: Storage> Executor<S> {
             commit.client_seq,
             &outcome,
         )?;
+        Ok(outcome)
+    }
+
+    /// [`Executor::commit`] as a server does it, with the server's derived state
+    /// ([`commit_batch`]).
+    pub fn serve_commit(&mut self, commit: &Commit, position: u64) -> Result<Outcome, Error> {
+        let (batch, outcome) =
+            commit_batch(&self.store, &self.schema, commit, position, &self.limits)?;
+        self.store.apply(batch)?;
         Ok(outcome)
     }
 

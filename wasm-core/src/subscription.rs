@@ -13,6 +13,7 @@ use crate::doc::StoredDoc;
 use crate::eval::{Limits, ReadSet};
 use crate::exec::{self, KeptOutcome, Outcome, Skip, Write};
 use crate::protocol::{CommitResult, ServerFrame, SnapshotDoc};
+use crate::reach::Reachable;
 use crate::storage::{Entry, KeyRange, Storage};
 use crate::{keys, Error, Schema, Value};
 
@@ -27,20 +28,55 @@ struct Sub {
 pub struct Subscription {
     client_id: String,
     auth: Value,
+    /// Read-rule answers, only for candidate pairs (see [`crate::reach`]): a pair that
+    /// is not a candidate is one the rules cannot allow.
     by_partition: BTreeMap<String, BTreeMap<String, Sub>>,
     watching: BTreeSet<(String, String)>,
     held: BTreeSet<String>,
+    /// What the claims may reach.
+    reachable: Reachable,
+    /// Whether `held` or what the watched rules read changed since
+    /// [`Subscription::take_changed`].
+    changed: bool,
 }
 
 impl Subscription {
-    fn new(client_id: &str, auth: &Value) -> Subscription {
+    fn new(client_id: &str, auth: &Value, reachable: Reachable) -> Subscription {
         Subscription {
             client_id: client_id.to_owned(),
             auth: auth.clone(),
             by_partition: BTreeMap::new(),
             watching: BTreeSet::new(),
             held: BTreeSet::new(),
+            reachable,
+            changed: true,
         }
+    }
+
+    /// What the connection's claims may reach (the partitions to route to it).
+    pub fn reachable(&self) -> &Reachable {
+        &self.reachable
+    }
+
+    /// Whether the partitions held or the documents the rules read changed since the
+    /// last call (the region then updates what it routes to the connection).
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// What the connection's document-reading rules read: a write to one of these
+    /// documents, or to any document of one of these collections, may change an
+    /// answer.
+    pub fn watched_reads(&self) -> (BTreeSet<(String, String)>, BTreeSet<String>) {
+        let mut docs = BTreeSet::new();
+        let mut colls = BTreeSet::new();
+        for (p, c) in &self.watching {
+            if let Some(sub) = self.get(p, c) {
+                docs.extend(sub.reads.docs.iter().cloned());
+                colls.extend(sub.reads.collections.iter().cloned());
+            }
+        }
+        (docs, colls)
     }
 
     /// The (scoped) client id the subscription serves.
@@ -75,10 +111,14 @@ impl Subscription {
 
     fn insert(&mut self, partition: String, collection: String, sub: Sub) {
         if !sub.reads.is_empty() {
+            self.changed |= self
+                .get(&partition, &collection)
+                .is_none_or(|s| s.reads != sub.reads);
             self.watching
                 .insert((partition.clone(), collection.clone()));
         } else if !self.watching.is_empty() {
-            self.watching
+            self.changed |= self
+                .watching
                 .remove(&(partition.clone(), collection.clone()));
         }
         self.by_partition
@@ -116,25 +156,7 @@ impl Subscription {
         if writes.is_empty() {
             return Ok(());
         }
-        // Which (partition, collection) answers may have changed: those not evaluated
-        // yet, and those whose rule read a document this entry wrote. Nothing is
-        // allocated when there are none (the common case: one entry, many connections).
-        let mut recheck: BTreeSet<(String, String)> = BTreeSet::new();
-        for w in writes {
-            if self.get(&w.partition, &w.collection).is_none() {
-                recheck.insert((w.partition.clone(), w.collection.clone()));
-            }
-        }
-        for (p, c) in &self.watching {
-            let touched = self.get(p, c).is_some_and(|sub| {
-                writes
-                    .iter()
-                    .any(|w| sub.reads.touched_by(&w.collection, &w.id))
-            });
-            if touched {
-                recheck.insert((p.clone(), c.clone()));
-            }
-        }
+        let recheck = self.rechecks(state, schema, writes.iter())?;
         let mut changed_partitions: BTreeSet<String> = BTreeSet::new();
         for (p, c) in recheck {
             let before = self.get(&p, &c).map(|s| s.allowed);
@@ -149,13 +171,14 @@ impl Subscription {
             let allowed = self.allowed_colls(&p);
             if allowed.is_empty() {
                 if self.held.remove(&p) {
+                    self.changed = true;
                     emit(ServerFrame::Drop {
                         partition: p.clone(),
                         position: pos,
                     });
                 }
             } else {
-                self.held.insert(p.clone());
+                self.changed |= self.held.insert(p.clone());
                 emit(snapshot(state, &p, &allowed, pos)?);
                 snapshotted.insert(p);
             }
@@ -202,26 +225,11 @@ impl Subscription {
         window: &[(u64, &[Write])],
         emit: &mut dyn FnMut(ServerFrame),
     ) -> Result<(), Error> {
-        let mut recheck: BTreeSet<(String, String)> = BTreeSet::new();
-        for (_, writes) in window {
-            for w in writes.iter() {
-                if self.get(&w.partition, &w.collection).is_none() {
-                    recheck.insert((w.partition.clone(), w.collection.clone()));
-                }
-            }
-        }
-        for (p, c) in &self.watching {
-            let touched = self.get(p, c).is_some_and(|sub| {
-                window.iter().any(|(_, writes)| {
-                    writes
-                        .iter()
-                        .any(|w| sub.reads.touched_by(&w.collection, &w.id))
-                })
-            });
-            if touched {
-                recheck.insert((p.clone(), c.clone()));
-            }
-        }
+        let recheck = self.rechecks(
+            state,
+            schema,
+            window.iter().flat_map(|(_, writes)| writes.iter()),
+        )?;
         let mut unstable: BTreeSet<String> = BTreeSet::new();
         for (p, c) in recheck {
             let sub = evaluate(state, schema, limits, &self.auth, &p, &c)?;
@@ -251,6 +259,7 @@ impl Subscription {
             let allowed = self.allowed_colls(&p);
             if allowed.is_empty() {
                 if self.held.remove(&p) {
+                    self.changed = true;
                     emit(ServerFrame::Drop {
                         partition: p,
                         position: pos,
@@ -258,10 +267,62 @@ impl Subscription {
                 }
             } else {
                 emit(snapshot(state, &p, &allowed, pos)?);
-                self.held.insert(p);
+                self.changed |= self.held.insert(p);
             }
         }
         Ok(())
+    }
+}
+
+impl Subscription {
+    /// Which (partition, collection) answers `writes` may have changed, at `state`
+    /// (the state after them):
+    /// - a written pair the connection has no answer for, if it is a candidate (a new
+    ///   pair, or one that became a candidate);
+    /// - for a written document of a member index's source whose field now holds one of
+    ///   the connection's keys, the existing pairs of the partition it opens;
+    /// - answers whose rule read a written document.
+    fn rechecks<'w>(
+        &self,
+        state: &dyn Storage,
+        schema: &Schema,
+        writes: impl Iterator<Item = &'w Write> + Clone,
+    ) -> Result<BTreeSet<(String, String)>, Error> {
+        let reach = schema.reach();
+        let mut recheck: BTreeSet<(String, String)> = BTreeSet::new();
+        for w in writes.clone() {
+            let pair = (w.partition.clone(), w.collection.clone());
+            if self.get(&w.partition, &w.collection).is_none()
+                && !recheck.contains(&pair)
+                && self
+                    .reachable
+                    .may_reach(state, reach, &w.partition, &w.collection)?
+            {
+                recheck.insert(pair);
+            }
+            if self.reachable.members.is_empty() {
+                continue;
+            }
+            for (p, colls) in self.reachable.opened_by(reach, w) {
+                for c in colls {
+                    if self.get(&p, c).is_none() && state.get(&keys::version_key(&p, c))?.is_some()
+                    {
+                        recheck.insert((p.clone(), c.clone()));
+                    }
+                }
+            }
+        }
+        for (p, c) in &self.watching {
+            let touched = self.get(p, c).is_some_and(|sub| {
+                writes
+                    .clone()
+                    .any(|w| sub.reads.touched_by(&w.collection, &w.id))
+            });
+            if touched {
+                recheck.insert((p.clone(), c.clone()));
+            }
+        }
+        Ok(recheck)
     }
 }
 
@@ -348,14 +409,13 @@ pub fn welcome(
     cursors: &[(String, u64)],
     outbox_from: u64,
 ) -> Result<(Vec<ServerFrame>, Subscription), Error> {
-    let mut sub = Subscription::new(client_id, auth);
-    let mut versions: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for (k, v) in scan_all(store, &KeyRange::prefix(&[keys::SPACE_VERSION]))? {
-        let (p, c) = keys::parse_version_key(&k)?;
-        let answer = evaluate(store, schema, limits, auth, &p, &c)?;
-        let version = u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]));
-        versions.insert((p.clone(), c.clone()), version);
-        sub.insert(p, c, answer);
+    let reach = schema.reach();
+    let reachable = reach.reachable(store, schema, limits, auth)?;
+    let versions = reachable.candidates(store, reach)?;
+    let mut sub = Subscription::new(client_id, auth, reachable);
+    for (p, c) in versions.keys() {
+        let answer = evaluate(store, schema, limits, auth, p, c)?;
+        sub.insert(p.clone(), c.clone(), answer);
     }
     sub.held = sub
         .by_partition

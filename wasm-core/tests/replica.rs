@@ -329,7 +329,10 @@ impl Server {
         };
         let pos = self.position() + 1;
         commit.timestamp = 1_700_000_000_000 + pos as i64;
-        let outcome = self.exec.commit(&commit, pos).expect("memory commits");
+        let outcome = self
+            .exec
+            .serve_commit(&commit, pos)
+            .expect("memory commits");
         self.history.push(self.exec.store().clone());
         assert_eq!(self.history.len() as u64, pos + 1);
         let writes: &[Write] = match &outcome {

@@ -72,3 +72,24 @@ impl<'a> Evaluator<'a> {
         Ok(if allowed { Ok(()) } else { Err(last_err) })
     }
 }
+
+impl<'a> Evaluator<'a> {
+    /// Evaluates `expr` as a part of a read rule: unfiltered reads, `auth` and `vars`
+    /// bound. The read-rule index (`crate::reach`) evaluates the parts of a rule that
+    /// name partitions with it.
+    pub(crate) fn eval_rule_part(
+        &mut self,
+        expr: &crate::lang::ast::Expr,
+        vars: Vec<(&'static str, Value)>,
+    ) -> Result<Value, Error> {
+        let mut env = self.root_env();
+        for (k, v) in vars {
+            env = bind_static(&env, k, Val::Data(v));
+        }
+        let saved = self.mode;
+        self.mode = Mode::Rule;
+        let r = self.eval(expr, &env).and_then(|v| self.materialize(v));
+        self.mode = saved;
+        r
+    }
+}
