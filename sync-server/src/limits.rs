@@ -221,6 +221,60 @@ impl Drop for Slot {
     }
 }
 
+/// Catch-up slots (a connection's welcome, an HTTP pull), computed off the region
+/// thread: at most `workers` at once, and at most `per_identity` of them for one
+/// identity, so that one user with huge partitions cannot hold every slot while
+/// others wait. Both queues are first come, first served.
+pub struct CatchUps {
+    global: Arc<tokio::sync::Semaphore>,
+    per_identity: usize,
+    map: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// One catch-up slot, given back on drop.
+pub struct CatchUpPermit {
+    _own: tokio::sync::OwnedSemaphorePermit,
+    _global: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl CatchUps {
+    /// `workers` slots (at least 1), at most `per_identity` (at least 1) per identity.
+    pub fn new(workers: usize, per_identity: usize) -> CatchUps {
+        CatchUps {
+            global: Arc::new(tokio::sync::Semaphore::new(workers.max(1))),
+            per_identity: per_identity.max(1),
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for `sub`; `None` only if the server is stopping.
+    pub async fn acquire(&self, sub: &str) -> Option<CatchUpPermit> {
+        let own = {
+            let mut map = self.map.lock().expect("catch-up lock");
+            if map.len() >= PRUNE_ABOVE && !map.contains_key(sub) {
+                // Identities holding and awaiting nothing start over identically.
+                map.retain(|_, s| {
+                    Arc::strong_count(s) > 1 || s.available_permits() < self.per_identity
+                });
+            }
+            map.entry(sub.to_owned())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_identity)))
+                .clone()
+        };
+        let own = own.acquire_owned().await.ok()?;
+        let global = self.global.clone().acquire_owned().await.ok()?;
+        Some(CatchUpPermit {
+            _own: own,
+            _global: global,
+        })
+    }
+
+    /// Slots free now, all identities together.
+    pub fn available(&self) -> usize {
+        self.global.available_permits()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,5 +347,34 @@ mod tests {
         let len = ids.map.lock().unwrap().len();
         assert!(len < PRUNE_ABOVE, "{len}");
         assert_eq!(ids.connections("holder"), 1);
+    }
+}
+
+#[cfg(test)]
+mod catch_up_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn one_identity_cannot_hold_every_catch_up_slot() {
+        let c = Arc::new(CatchUps::new(2, 1));
+        let a1 = c.acquire("mallory").await.unwrap();
+        // mallory's second catch-up waits for her first; it does not take the last slot.
+        let c2 = c.clone();
+        let mut a2 = tokio::spawn(async move { c2.acquire("mallory").await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!a2.is_finished());
+        assert_eq!(c.available(), 1);
+        let b = tokio::time::timeout(Duration::from_secs(1), c.acquire("ann"))
+            .await
+            .expect("ann got a slot while mallory waited")
+            .unwrap();
+        drop(b);
+        drop(a1);
+        tokio::time::timeout(Duration::from_secs(1), &mut a2)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 }

@@ -136,6 +136,20 @@ impl FrameRx {
         }
     }
 
+    /// The next frame if one is queued now (tests).
+    pub fn recv_now(&mut self) -> Received {
+        if self.shared.overflowed.load(Ordering::Acquire) {
+            return Received::Overflowed;
+        }
+        match self.rx.try_recv() {
+            Ok(f) => {
+                self.written(f.len());
+                Received::Frame(f)
+            }
+            Err(_) => Received::Closed,
+        }
+    }
+
     /// Whether another frame is queued already (the writer then buffers this one and
     /// writes both with one system call).
     pub fn has_more(&self) -> bool {

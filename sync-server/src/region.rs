@@ -41,16 +41,24 @@ use crate::store::{RedbStore, Snapshot};
 /// stops reading is dropped instead of growing the server's memory.
 pub use crate::queue::FrameTx;
 
-/// A connection asking to sync. The region registers it as joining and answers
-/// `ready` with a read view; the session computes the welcome on it off the region
-/// thread and hands it back with [`RegionMsg::Join`].
+/// A connection asking to sync. The region registers it as joining and sends `views`
+/// a read view; the session computes the welcome on it off the region thread and
+/// hands it back with [`RegionMsg::Join`]. If the welcome comes back too late (the
+/// entries applied meanwhile outgrew [`WINDOW_MAX_BYTES`]), the region sends a newer
+/// view to compute it again on (at most [`MAX_CATCH_UP_TRIES`] in all).
 pub struct Connect {
     pub conn: u64,
     pub client_id: String,
     pub auth: Value,
     pub tx: FrameTx,
-    pub ready: oneshot::Sender<ReadView>,
+    pub views: tokio::sync::mpsc::Sender<ReadView>,
 }
+
+/// The committed writes kept for joining connections (see [`Connect`]), in bytes
+/// (their canonical data plus names), at most.
+pub const WINDOW_MAX_BYTES: usize = 64 << 20;
+/// How many read views one connection's welcome may be computed on.
+pub const MAX_CATCH_UP_TRIES: u32 = 3;
 
 /// A consistent read-only view of the region's state at one position, for work done
 /// off the region thread (a connection's catch-up, an HTTP pull): the store as of its
@@ -96,6 +104,9 @@ struct Joining {
     /// The position of the read view its welcome is computed on.
     from: u64,
     outcomes: Vec<Frame>,
+    views: tokio::sync::mpsc::Sender<ReadView>,
+    /// Read views sent so far.
+    tries: u32,
 }
 
 pub enum RegionMsg {
@@ -360,6 +371,12 @@ pub struct Region {
     /// connection's read view (empty when none is joining), to bring its welcome up to
     /// date when it joins.
     window: VecDeque<(u64, Vec<Write>)>,
+    /// The window's size (see [`WINDOW_MAX_BYTES`]), and the first position it still
+    /// holds every entry from (a joining connection whose view is older must start
+    /// again).
+    window_bytes: usize,
+    window_from: u64,
+    window_max_bytes: usize,
     /// The task that hands frames to connections, when the region runs next to a
     /// tokio runtime (see [`spawn`]); without it the region hands them over itself.
     dispatch: Option<Dispatch>,
@@ -430,6 +447,9 @@ impl Region {
             routes: Routes::default(),
             joining: BTreeMap::new(),
             window: VecDeque::new(),
+            window_bytes: 0,
+            window_from: 0,
+            window_max_bytes: WINDOW_MAX_BYTES,
             dispatch: None,
         })
     }
@@ -643,6 +663,9 @@ impl Region {
             }
         }
         let view = self.view()?;
+        if self.joining.is_empty() {
+            self.window_from = view.position;
+        }
         self.joining.insert(
             c.conn,
             Joining {
@@ -650,9 +673,11 @@ impl Region {
                 client_id: c.client_id,
                 from: view.position,
                 outcomes: Vec::new(),
+                views: c.views.clone(),
+                tries: 1,
             },
         );
-        let _ = c.ready.send(view);
+        let _ = c.views.try_send(view);
         Ok(())
     }
 
@@ -665,9 +690,35 @@ impl Region {
         at: u64,
         (frames, mut sub): (Vec<ServerFrame>, Subscription),
     ) -> Result<(), Error> {
-        let Some(j) = self.joining.remove(&conn) else {
+        let Some(mut j) = self.joining.remove(&conn) else {
             return Ok(()); // gone, or taken over, meanwhile
         };
+        if at < self.window_from {
+            // The entries since `at` are no longer all kept: compute it again on a newer
+            // view, or give up.
+            if j.tries >= MAX_CATCH_UP_TRIES {
+                self.send_after(
+                    &j.tx,
+                    &ServerFrame::Error {
+                        code: codes::TOO_SLOW.into(),
+                        message: "the catch-up could not keep up with the log; reconnect later"
+                            .into(),
+                    },
+                );
+                if self.by_client.get(&j.client_id) == Some(&conn) {
+                    self.by_client.remove(&j.client_id);
+                }
+                self.trim_window();
+                return Ok(());
+            }
+            let view = self.view()?;
+            j.from = view.position;
+            j.tries += 1;
+            let _ = j.views.try_send(view);
+            self.joining.insert(conn, j);
+            self.trim_window();
+            return Ok(());
+        }
         let mut frames: Vec<Frame> = frames.iter().map(|f| Arc::new(f.encode())).collect();
         if at < self.position {
             let writes = self.take_pending();
@@ -715,11 +766,18 @@ impl Region {
     /// Forgets the window's entries no joining connection needs.
     fn trim_window(&mut self) {
         match self.joining.values().map(|j| j.from).min() {
-            None => self.window.clear(),
+            None => {
+                self.window.clear();
+                self.window_bytes = 0;
+                self.window_from = self.position;
+            }
             Some(from) => {
                 while self.window.front().is_some_and(|(pos, _)| *pos <= from) {
-                    self.window.pop_front();
+                    if let Some((_, w)) = self.window.pop_front() {
+                        self.window_bytes -= writes_bytes(&w);
+                    }
                 }
+                self.window_from = self.window_from.max(from);
             }
         }
     }
@@ -740,6 +798,9 @@ impl Region {
             routes,
             joining,
             window,
+            window_bytes,
+            window_from,
+            window_max_bytes,
             dispatch,
             ..
         } = self;
@@ -781,7 +842,17 @@ impl Region {
                 Outcome::Skipped(_) => Metrics::add(&metrics.commits_duplicate, 1),
             }
             if !joining.is_empty() && !writes.is_empty() {
+                *window_bytes += writes_bytes(writes);
                 window.push_back((pos, writes.to_vec()));
+                // Bounded: the oldest entries go, and the connections whose views are
+                // older compute their welcome again when it comes (see `join`).
+                while *window_bytes > *window_max_bytes {
+                    let Some((p, w)) = window.pop_front() else {
+                        break;
+                    };
+                    *window_bytes -= writes_bytes(&w);
+                    *window_from = p;
+                }
             }
             if !writes.is_empty() {
                 for id in routes.visits(&overlay, schema, writes, &new_pairs)? {
@@ -851,6 +922,19 @@ impl Region {
         metrics.batch_applied(started.elapsed());
         Ok(())
     }
+}
+
+/// The size a window entry is counted at.
+fn writes_bytes(writes: &[Write]) -> usize {
+    writes
+        .iter()
+        .map(|w| {
+            64 + w.collection.len()
+                + w.id.len()
+                + w.partition.len()
+                + w.data.as_ref().map_or(0, Value::encoded_len)
+        })
+        .sum()
 }
 
 /// Hands queued frames to their connections, in order: through the dispatcher task
@@ -936,6 +1020,7 @@ pub type RegionTx = Sender<RegionMsg>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::Received;
     use warren_core::exec::Op;
 
     fn region(name: &str) -> (Region, std::path::PathBuf) {
@@ -943,7 +1028,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let store = RedbStore::open(&dir.join("state.redb"), 1).unwrap();
-        let schema = Arc::new(Schema::parse("collection A { allow read true }").unwrap());
+        let schema = Arc::new(
+            Schema::parse("collection A {\n allow read true\n allow create true\n}").unwrap(),
+        );
         let r = Region::new(
             store,
             schema,
@@ -990,6 +1077,117 @@ mod tests {
             Ok(CommitResult::Committed { position: 1, .. }) => {}
             other => panic!("{other:?}"),
         }
+        drop(r);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn create(seq: u64, bytes: usize) -> Commit {
+        Commit {
+            client_id: "writer".into(),
+            client_seq: seq,
+            schema_version: String::new(),
+            timestamp: 1,
+            auth: Value::Null,
+            op: Op::Run {
+                source: format!(
+                    "A.create({{ id: \"a{seq}\", body: \"{}\" }})",
+                    "x".repeat(bytes)
+                ),
+            },
+        }
+    }
+
+    #[test]
+    fn a_late_welcome_is_computed_again_once_the_window_outgrew_its_bound() {
+        let (mut r, dir) = region("window");
+        r.window_max_bytes = 4096;
+        let (tx, mut rx) = crate::queue::channel(100, 1 << 20);
+        let (views_tx, mut views) = tokio::sync::mpsc::channel(1);
+        r.connect(Connect {
+            conn: 7,
+            client_id: "c".into(),
+            auth: Value::Null,
+            tx,
+            views: views_tx,
+        })
+        .unwrap();
+        let mut seq = 0;
+        let mut tries = 0;
+        loop {
+            let view = views.try_recv().expect("a view to compute on");
+            tries += 1;
+            let at = view.position;
+            let welcome = view.welcome("c", &Value::Null, &[], 0).unwrap();
+            // While it is computed, 10 entries of 1 KB: more than the window holds.
+            if tries <= 2 {
+                for _ in 0..10 {
+                    seq += 1;
+                    r.apply_batch(vec![(seq, create(seq, 1000))]).unwrap();
+                }
+                assert!(r.window_bytes <= 4096, "{}", r.window_bytes);
+            }
+            r.join(7, at, welcome).unwrap();
+            if tries <= 2 {
+                assert!(r.conns.is_empty(), "joined with a gap at try {tries}");
+                continue;
+            }
+            break;
+        }
+        assert!(r.conns.contains_key(&7));
+        assert!(r.window.is_empty());
+        // Its welcome (on the third view, at 20) holds every document.
+        let Received::Frame(f) = rx.recv_now() else {
+            panic!("no welcome");
+        };
+        assert!(matches!(
+            ServerFrame::decode(&f).unwrap(),
+            ServerFrame::Welcome { position: 20, .. }
+        ));
+        let Received::Frame(f) = rx.recv_now() else {
+            panic!("no snapshot");
+        };
+        match ServerFrame::decode(&f).unwrap() {
+            ServerFrame::Snapshot { docs, .. } => assert_eq!(docs.len(), 20),
+            other => panic!("{other:?}"),
+        }
+        drop(r);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_welcome_that_never_catches_up_ends_with_too_slow() {
+        let (mut r, dir) = region("window-slow");
+        r.window_max_bytes = 4096;
+        let (tx, mut rx) = crate::queue::channel(100, 1 << 20);
+        let (views_tx, mut views) = tokio::sync::mpsc::channel(1);
+        r.connect(Connect {
+            conn: 7,
+            client_id: "c".into(),
+            auth: Value::Null,
+            tx,
+            views: views_tx,
+        })
+        .unwrap();
+        let mut seq = 0;
+        for _ in 0..MAX_CATCH_UP_TRIES {
+            let view = views.try_recv().expect("a view");
+            let at = view.position;
+            let welcome = view.welcome("c", &Value::Null, &[], 0).unwrap();
+            for _ in 0..10 {
+                seq += 1;
+                r.apply_batch(vec![(seq, create(seq, 1000))]).unwrap();
+            }
+            r.join(7, at, welcome).unwrap();
+        }
+        assert!(r.joining.is_empty() && r.conns.is_empty());
+        assert!(views.try_recv().is_err());
+        let Received::Frame(f) = rx.recv_now() else {
+            panic!("no error");
+        };
+        assert!(matches!(
+            ServerFrame::decode(&f).unwrap(),
+            ServerFrame::Error { code, .. } if code == codes::TOO_SLOW
+        ));
         drop(r);
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -28,7 +28,7 @@ use warren_core::Schema;
 
 use crate::auth::{AuthConfig, Verifier};
 use crate::gateway::{self, AppState, GatewayLimits};
-use crate::limits::Slots;
+use crate::limits::{CatchUps, Slots};
 use crate::log::{FileLog, FileLogOptions, Log};
 use crate::metrics::Metrics;
 use crate::region::{self, Region, RegionMsg};
@@ -208,7 +208,10 @@ pub async fn start_with_web(
         shutdown: shutdown_rx.clone(),
         identities: Arc::new(config.gateway.identities()),
         slots: Arc::new(Slots::new(config.gateway.max_connections)),
-        catch_ups: Arc::new(tokio::sync::Semaphore::new(gateway::catch_up_workers())),
+        catch_ups: Arc::new(CatchUps::new(
+            gateway::catch_up_workers(),
+            gateway::catch_up_workers().div_ceil(2),
+        )),
     };
     // Ready once the region has applied what the log held at start.
     let ready_metrics = metrics.clone();

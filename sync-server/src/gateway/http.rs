@@ -135,7 +135,8 @@ pub(crate) async fn pull(
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {
     let auth = verify(&s, &headers).await?;
-    take_http(&s, &subject(&auth), Budget::Frames, 1)?;
+    let sub = subject(&auth);
+    take_http(&s, &sub, Budget::Frames, 1)?;
     let auth_for_id = auth.clone();
     let bad = |m: &str| AppError::new(StatusCode::BAD_REQUEST, codes::BAD_FRAME, m);
     let req: serde_json::Value = if body.is_empty() {
@@ -158,7 +159,7 @@ pub(crate) async fn pull(
         .map_err(|_| stopping())?;
     let view = rx.await.map_err(|_| stopping())?;
     // Computed off the region thread, on the view, like a connection's welcome.
-    let _permit = s.catch_ups.acquire().await.map_err(|_| stopping())?;
+    let _permit = s.catch_ups.acquire(&sub).await.ok_or_else(stopping)?;
     let frames = tokio::task::spawn_blocking(move || {
         view.welcome(&client_id, &auth, &partitions, 0)
             .map(|(frames, _)| frames)

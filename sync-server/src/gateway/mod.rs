@@ -30,7 +30,7 @@ use warren_core::protocol::codes;
 use warren_core::Value;
 
 use crate::auth::Verifier;
-use crate::limits::{Budget, Identities, Rate, Slots};
+use crate::limits::{Budget, CatchUps, Identities, Rate, Slots};
 use crate::metrics::Metrics;
 use crate::region::RegionTx;
 
@@ -150,8 +150,9 @@ pub struct AppState {
     pub identities: Arc<Identities>,
     /// Open sync connections, against `limits.max_connections`.
     pub slots: Arc<Slots>,
-    /// Catch-ups (welcomes and pulls) computed at once, off the region thread.
-    pub catch_ups: Arc<tokio::sync::Semaphore>,
+    /// Catch-ups (welcomes and pulls) computed at once, off the region thread, in all
+    /// and per identity.
+    pub catch_ups: Arc<CatchUps>,
 }
 
 /// How many catch-ups run at once: one per core, at least two.

@@ -222,14 +222,14 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
         s.limits.write_timeout,
         s.metrics.clone(),
     ));
-    let (ready_tx, ready_rx) = oneshot::channel();
+    let (views_tx, views_rx) = tokio::sync::mpsc::channel(1);
     if s.region
         .send(RegionMsg::Connect(Connect {
             conn,
             client_id: scoped.clone(),
             auth: auth.clone(),
             tx: tx.clone(),
-            ready: ready_tx,
+            views: views_tx,
         }))
         .is_err()
     {
@@ -242,7 +242,8 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
     tokio::spawn(catch_up(
         s.clone(),
         conn,
-        ready_rx,
+        views_rx,
+        sub.clone(),
         scoped.clone(),
         auth.clone(),
         partitions,
@@ -514,35 +515,63 @@ async fn write_loop(
 }
 
 /// Computes a joining connection's welcome on the region's read view, on a blocking
-/// thread (at most `catch_up_workers` at once), and hands it to the region.
+/// thread (a catch-up slot: at most `catch_up_workers` at once, and fewer for one
+/// identity), and hands it to the region; again on a newer view if the region sends
+/// one (the first came back too late). Ends when the region no longer waits for it.
+#[allow(clippy::too_many_arguments)]
 async fn catch_up(
     s: AppState,
     conn: u64,
-    ready: oneshot::Receiver<crate::region::ReadView>,
+    mut views: tokio::sync::mpsc::Receiver<crate::region::ReadView>,
+    sub: String,
     client_id: String,
     auth: Value,
     partitions: Vec<(String, u64)>,
     outbox_from: u64,
 ) {
-    let Ok(view) = ready.await else {
+    let Some(mut view) = views.recv().await else {
         return; // the region is stopping
     };
-    let Ok(_permit) = s.catch_ups.acquire().await else {
-        return;
-    };
-    let at = view.position;
-    let welcome = tokio::task::spawn_blocking(move || {
-        view.welcome(&client_id, &auth, &partitions, outbox_from)
-    })
-    .await;
-    let welcome = match welcome {
-        Ok(w) => w,
-        Err(e) => Err(warren_core::Error::new(
-            warren_core::ErrorCode::Storage,
-            format!("the catch-up task failed: {e}"),
-        )),
-    };
-    let _ = s.region.send(RegionMsg::Join { conn, at, welcome });
+    loop {
+        // The region drops its end when the connection goes: stop waiting then.
+        let permit = tokio::select! {
+            p = s.catch_ups.acquire(&sub) => p,
+            next = views.recv() => match next {
+                Some(v) => {
+                    view = v;
+                    continue;
+                }
+                None => return,
+            },
+        };
+        let Some(_permit) = permit else {
+            return;
+        };
+        let at = view.position;
+        let (client_id, auth, partitions) = (client_id.clone(), auth.clone(), partitions.clone());
+        let welcome = tokio::task::spawn_blocking(move || {
+            view.welcome(&client_id, &auth, &partitions, outbox_from)
+        })
+        .await;
+        let welcome = match welcome {
+            Ok(w) => w,
+            Err(e) => Err(warren_core::Error::new(
+                warren_core::ErrorCode::Storage,
+                format!("the catch-up task failed: {e}"),
+            )),
+        };
+        drop(_permit);
+        if s.region
+            .send(RegionMsg::Join { conn, at, welcome })
+            .is_err()
+        {
+            return;
+        }
+        match views.recv().await {
+            Some(v) => view = v,
+            None => return,
+        }
+    }
 }
 
 fn token_expired() -> End {
