@@ -128,6 +128,19 @@ struct ServeArgs {
     /// Frames and HTTP requests one identity may send at once.
     #[arg(long, env = "WARREN_FRAME_BURST", default_value_t = 1000)]
     frame_burst: u32,
+    /// Milliseconds of the region's time one identity's commits may use per second (0:
+    /// no limit); over it, its commits wait.
+    #[arg(long, env = "WARREN_COST_MS_PER_SEC", default_value_t = 50)]
+    cost_ms_per_sec: u32,
+    /// Milliseconds of the region's time one identity's commits may use at once.
+    #[arg(long, env = "WARREN_COST_BURST_MS", default_value_t = 500)]
+    cost_burst_ms: u32,
+    /// Commits of one identity let through to the sequencer and not yet run.
+    #[arg(long, env = "WARREN_MAX_IN_FLIGHT", default_value_t = 8)]
+    max_in_flight: u32,
+    /// Seconds a request waits for its identity's budget before RATE_LIMITED.
+    #[arg(long, env = "WARREN_MAX_WAIT_SECS", default_value_t = 30)]
+    max_wait_secs: u64,
     /// Log format: `text` (for people) or `json` (one object per line). Logs go to
     /// stderr; WARREN_LOG sets the level (e.g. `info`, `warren_server=debug`).
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -376,6 +389,10 @@ fn serve(s: ServeArgs) -> ExitCode {
             commit_burst: s.commit_burst,
             frames_per_sec: s.frames_per_sec,
             frame_burst: s.frame_burst,
+            cost_ms_per_sec: s.cost_ms_per_sec,
+            cost_burst_ms: s.cost_burst_ms,
+            max_in_flight: s.max_in_flight,
+            max_wait: Duration::from_secs(s.max_wait_secs),
         },
         store_sync_every: s.store_sync_every,
     };

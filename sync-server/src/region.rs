@@ -33,6 +33,7 @@ use warren_core::storage::{Overlay, OverlayWrites, Storage};
 use warren_core::subscription::{kept_result, result_of, welcome, Subscription};
 use warren_core::{Error, Schema, Value};
 
+use crate::limits::Identities;
 use crate::metrics::Metrics;
 use crate::sequencer::Permit;
 use crate::store::{RedbStore, Snapshot};
@@ -380,6 +381,8 @@ pub struct Region {
     /// The task that hands frames to connections, when the region runs next to a
     /// tokio runtime (see [`spawn`]); without it the region hands them over itself.
     dispatch: Option<Dispatch>,
+    /// Told what each identity's commits cost (the gateway's budgets), if anyone is.
+    costs: Option<Arc<Identities>>,
 }
 
 /// Frames for the dispatcher task, in order.
@@ -451,7 +454,14 @@ impl Region {
             window_from: 0,
             window_max_bytes: WINDOW_MAX_BYTES,
             dispatch: None,
+            costs: None,
         })
+    }
+
+    /// Charges each commit's cost (the region's time executing and recording it) to
+    /// its identity in `costs` (see `crate::limits`).
+    pub fn set_costs(&mut self, costs: Arc<Identities>) {
+        self.costs = Some(costs);
     }
 
     /// The last applied position.
@@ -802,8 +812,10 @@ impl Region {
             window_from,
             window_max_bytes,
             dispatch,
+            costs,
             ..
         } = self;
+        let mut charges: BTreeMap<String, (u64, u32)> = BTreeMap::new();
         let taken = std::mem::take(pending);
         let mut overlay = Overlay::with_writes(
             &*store,
@@ -817,6 +829,7 @@ impl Region {
             if pos <= *position {
                 continue; // replayed from the log and already in the store
             }
+            let ran = Instant::now();
             let (b, outcome) = exec::commit_batch(&overlay, schema, &commit, pos, limits)?;
             let writes: &[Write] = match &outcome {
                 Outcome::Committed { writes, .. } => writes,
@@ -836,6 +849,12 @@ impl Region {
             }
             overlay.apply(b)?;
             *position = pos;
+            if costs.is_some() {
+                let micros = ran.elapsed().as_micros() as u64;
+                let c = charges.entry(exec::subject(&commit.auth)).or_default();
+                c.0 += micros;
+                c.1 += 1;
+            }
             match &outcome {
                 Outcome::Committed { .. } => Metrics::add(&metrics.commits_committed, 1),
                 Outcome::Rejected { code, .. } => metrics.rejected(code.as_str()),
@@ -920,6 +939,13 @@ impl Region {
             .connections
             .store(conns.len() as u64, Ordering::Relaxed);
         metrics.batch_applied(started.elapsed());
+        if let Some(costs) = costs {
+            let charges: Vec<(String, u64, u32)> = charges
+                .into_iter()
+                .map(|(sub, (m, n))| (sub, m, n))
+                .collect();
+            costs.charge(&charges);
+        }
         Ok(())
     }
 }

@@ -69,6 +69,7 @@ fn start_err(what: &str, e: impl std::fmt::Display) -> StartError {
 pub struct Running {
     pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
+    identities: Arc<crate::limits::Identities>,
     shutdown: watch::Sender<bool>,
     serve: tokio::task::JoinHandle<std::io::Result<()>>,
     sequencer: std::thread::JoinHandle<Result<(), crate::log::LogError>>,
@@ -76,6 +77,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// The per-identity budgets (connections, rates, cost).
+    pub fn identities(&self) -> &crate::limits::Identities {
+        &self.identities
+    }
+
     /// Stops gracefully: nothing acknowledged is lost, nothing queued is dropped
     /// unanswered without the client being told.
     pub async fn stop(self) -> Result<(), StartError> {
@@ -170,7 +176,9 @@ pub async fn start_with_web(
             .await
             .map_err(|e| start_err("opening", e))??
     };
-    let Opened { log, region } = opened;
+    let Opened { log, mut region } = opened;
+    let identities = Arc::new(config.gateway.identities());
+    region.set_costs(identities.clone());
     let applied = region.position();
     let (region_tx, region_rx) = std::sync::mpsc::channel::<RegionMsg>();
     let region_thread = region::spawn(region, region_rx);
@@ -206,7 +214,7 @@ pub async fn start_with_web(
         ready: ready.clone(),
         next_conn: Arc::new(AtomicU64::new(1)),
         shutdown: shutdown_rx.clone(),
-        identities: Arc::new(config.gateway.identities()),
+        identities: identities.clone(),
         slots: Arc::new(Slots::new(config.gateway.max_connections)),
         catch_ups: Arc::new(CatchUps::new(
             gateway::catch_up_workers(),
@@ -241,6 +249,7 @@ pub async fn start_with_web(
     Ok(Running {
         addr,
         metrics,
+        identities,
         shutdown: shutdown_tx,
         serve,
         sequencer: sequencer_thread,

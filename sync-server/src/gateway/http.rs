@@ -39,7 +39,7 @@ pub(crate) async fn push(
 ) -> Result<Response, AppError> {
     let auth = verify(&s, &headers).await?;
     let sub = subject(&auth);
-    take_http(&s, &sub, Budget::Frames, 1)?;
+    take_http(&s, &sub, Budget::Frames, 1).await?;
     if body.len() > s.limits.max_frame_bytes {
         return Err(AppError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -88,10 +88,16 @@ pub(crate) async fn push(
         let schema_version = c["schema_version"].as_str().unwrap_or("").to_owned();
         parsed.push((seq, op, schema_version));
     }
-    take_http(&s, &sub, Budget::Commits, parsed.len() as u64)?;
+    take_http(&s, &sub, Budget::Commits, parsed.len() as u64).await?;
     let client_id = scoped_client_id(&auth, &client_id);
     let mut waits = Vec::new();
     for (seq, op, schema_version) in parsed {
+        // Each commit waits for the identity's cost budget (see `limits`).
+        let admitted = s
+            .identities
+            .admit(&sub)
+            .await
+            .map_err(|r| super::http_refused(&s, r))?;
         let (tx, rx) = oneshot::channel();
         s.region
             .send(RegionMsg::Wait {
@@ -111,6 +117,7 @@ pub(crate) async fn push(
             })
             .await
             .map_err(|_| stopping())?;
+        admitted.sent();
         waits.push((seq, rx));
     }
     let mut outcomes = Vec::new();
@@ -136,7 +143,7 @@ pub(crate) async fn pull(
 ) -> Result<Response, AppError> {
     let auth = verify(&s, &headers).await?;
     let sub = subject(&auth);
-    take_http(&s, &sub, Budget::Frames, 1)?;
+    take_http(&s, &sub, Budget::Frames, 1).await?;
     let auth_for_id = auth.clone();
     let bad = |m: &str| AppError::new(StatusCode::BAD_REQUEST, codes::BAD_FRAME, m);
     let req: serde_json::Value = if body.is_empty() {

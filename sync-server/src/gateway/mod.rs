@@ -30,7 +30,7 @@ use warren_core::protocol::codes;
 use warren_core::Value;
 
 use crate::auth::Verifier;
-use crate::limits::{Budget, CatchUps, Identities, Rate, Slots};
+use crate::limits::{Budget, CatchUps, Cost, Identities, Rate, Refused, Slots};
 use crate::metrics::Metrics;
 use crate::region::RegionTx;
 
@@ -67,7 +67,20 @@ pub struct GatewayLimits {
     /// how many at once.
     pub frames_per_sec: u32,
     pub frame_burst: u32,
+    /// Region time one identity's commits may use: milliseconds a second (0: no
+    /// limit), and at most in its bucket. See [`crate::limits`] ("Cost").
+    pub cost_ms_per_sec: u32,
+    pub cost_burst_ms: u32,
+    /// Commits of one identity let through to the sequencer and not yet run.
+    pub max_in_flight: u32,
+    /// How long a request waits for its identity's budget (commits, frames, cost)
+    /// before it is refused with `RATE_LIMITED`.
+    pub max_wait: Duration,
 }
+
+/// What a commit of an identity not seen yet is expected to cost, in microseconds of
+/// region time, until its first commit is measured (a small commit costs tens).
+pub const FIRST_COST_ESTIMATE_MICROS: f64 = 5000.0;
 
 /// The largest `max_frame_bytes` a server accepts: a quarter of the log's record
 /// limit, so that a commit's log entry (its arguments re-encoded from JSON, which can
@@ -89,6 +102,10 @@ impl Default for GatewayLimits {
             commit_burst: 2000,
             frames_per_sec: 200,
             frame_burst: 1000,
+            cost_ms_per_sec: 50,
+            cost_burst_ms: 500,
+            max_in_flight: 8,
+            max_wait: Duration::from_secs(30),
         }
     }
 }
@@ -116,6 +133,9 @@ impl GatewayLimits {
         if self.frames_per_sec > 0 && self.frame_burst == 0 {
             return Err("frame_burst must be at least 1".into());
         }
+        if self.cost_ms_per_sec > 0 && (self.cost_burst_ms == 0 || self.max_in_flight == 0) {
+            return Err("cost_burst_ms and max_in_flight must be at least 1".into());
+        }
         Ok(())
     }
 
@@ -128,11 +148,38 @@ impl GatewayLimits {
 
     /// The per-identity budgets these limits describe.
     pub fn identities(&self) -> Identities {
-        Identities::new(
+        Identities::with_cost(
             self.max_connections_per_identity,
             Self::rate(self.commits_per_sec, self.commit_burst),
             Self::rate(self.frames_per_sec, self.frame_burst),
+            Cost {
+                rate: Rate {
+                    per_sec: self.cost_ms_per_sec as f64 * 1000.0,
+                    burst: self.cost_burst_ms as f64 * 1000.0,
+                },
+                max_in_flight: self.max_in_flight,
+                first_estimate: FIRST_COST_ESTIMATE_MICROS,
+            },
+            self.max_wait,
         )
+    }
+
+    /// What `RATE_LIMITED` says for a budget.
+    pub fn rate_limited_message(&self, budget: Budget) -> String {
+        match budget {
+            Budget::Commits => format!(
+                "this identity sends more commits than it may ({} a second, {} at once) and would wait longer than {:?}; retry later",
+                self.commits_per_sec, self.commit_burst, self.max_wait
+            ),
+            Budget::Frames => format!(
+                "this identity sends more frames than it may ({} a second, {} at once) and would wait longer than {:?}; retry later",
+                self.frames_per_sec, self.frame_burst, self.max_wait
+            ),
+            Budget::Cost => format!(
+                "this identity's commits use more of the region's time than they may ({} ms a second, {} ms at once) and would wait longer than {:?}; retry later",
+                self.cost_ms_per_sec, self.cost_burst_ms, self.max_wait
+            ),
+        }
     }
 }
 
@@ -235,21 +282,24 @@ async fn verify(s: &AppState, headers: &HeaderMap) -> Result<Value, AppError> {
     })
 }
 
-/// Takes `n` from an identity's budget for an HTTP request: `429 RATE_LIMITED` when
-/// it is short.
-fn take_http(s: &AppState, sub: &str, budget: Budget, n: u64) -> Result<(), AppError> {
-    if s.identities.take(sub, budget, n) {
-        return Ok(());
-    }
+/// Takes `n` from an identity's budget for an HTTP request, waiting for it up to
+/// `max_wait`: `429 RATE_LIMITED` when it would take longer.
+async fn take_http(s: &AppState, sub: &str, budget: Budget, n: u64) -> Result<(), AppError> {
+    s.identities
+        .take_waiting(sub, budget, n)
+        .await
+        .map_err(|r| http_refused(s, r))
+}
+
+/// `429 RATE_LIMITED`.
+fn http_refused(s: &AppState, r: Refused) -> AppError {
+    let Refused::RateLimited(budget) = r;
     s.metrics.rate_limited(budget.as_str());
-    Err(AppError::new(
+    AppError::new(
         StatusCode::TOO_MANY_REQUESTS,
         codes::RATE_LIMITED,
-        format!(
-            "this identity sends more {} than it may; retry later",
-            budget.as_str()
-        ),
-    ))
+        s.limits.rate_limited_message(budget),
+    )
 }
 
 /// The answer when the server is stopping.

@@ -17,7 +17,7 @@ use warren_core::protocol::{codes, frame_version, ClientFrame, ServerFrame, PROT
 use warren_core::Value;
 
 use super::{check_client_id, scoped_client_id, subject, AppError, AppState};
-use crate::limits::Budget;
+use crate::limits::{Budget, Refused};
 use crate::metrics::Metrics;
 use crate::queue::{self, FrameRx, Received};
 use crate::region::{Connect, RegionMsg};
@@ -273,75 +273,40 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
             }
             msg = stream.next() => {
                 let b = match msg {
-                    Some(Ok(Message::Binary(b))) => b,
+                    Some(Ok(Message::Binary(b))) => Some(b),
                     Some(Ok(Message::Close(_))) | None => break End::quiet(),
                     Some(Err(e)) if too_large(&e) => {
                         linger = true;
                         break End::error(codes::FRAME_TOO_LARGE, too_large_message(&s));
                     }
                     Some(Err(_)) => break End::quiet(),
-                    Some(Ok(other)) => {
-                        // Text, and WebSocket pings and pongs: they count as frames too.
+                    Some(Ok(Message::Text(_))) => {
                         Metrics::add(&s.metrics.frames_in, 1);
-                        if !s.identities.take(&sub, Budget::Frames, 1) {
-                            break rate_limited(&s, conn, &sub, Budget::Frames);
-                        }
-                        if let Message::Text(_) = other {
-                            break End::error(codes::BAD_FRAME, "frames are binary");
-                        }
-                        continue;
+                        break End::error(codes::BAD_FRAME, "frames are binary");
                     }
+                    // WebSocket pings and pongs count as frames too.
+                    Some(Ok(_)) => None,
                 };
                 Metrics::add(&s.metrics.frames_in, 1);
-                if !s.identities.take(&sub, Budget::Frames, 1) {
-                    break rate_limited(&s, conn, &sub, Budget::Frames);
-                }
-                match ClientFrame::decode(&b) {
-                    Ok(ClientFrame::Push { .. }) if tokio::time::Instant::now() >= expires => {
+                // The frame, with the waits for the identity's budgets, as long as the
+                // connection has nothing else to do: a client over its budget is slowed
+                // (this connection reads nothing meanwhile), not cut off.
+                let frame = received(&s, conn, &sub, &scoped, &auth, &tx, expires, b);
+                tokio::select! {
+                    r = frame => match r {
+                        Some(end) => break end,
+                        None => continue,
+                    },
+                    _ = &mut writer => {
+                        writer_done = true;
+                        break End::quiet();
+                    }
+                    _ = &mut stopping => {
+                        break End::error(codes::SHUTTING_DOWN, "the server is stopping; reconnect later");
+                    }
+                    _ = &mut expired => {
                         break token_expired();
                     }
-                    Ok(ClientFrame::Push { commits }) => {
-                        if commits.len() > s.limits.max_commits_per_push {
-                            break End::error(codes::TOO_MANY_COMMITS, format!("a push holds at most {} commits", s.limits.max_commits_per_push));
-                        }
-                        if commits.iter().any(|c| c.seq == 0) {
-                            break End::error(codes::BAD_FRAME, "sequence numbers start at 1");
-                        }
-                        // All of the push or none of it: a client over its budget
-                        // resends the whole push after reconnecting.
-                        if !s.identities.take(&sub, Budget::Commits, commits.len() as u64) {
-                            break rate_limited(&s, conn, &sub, Budget::Commits);
-                        }
-                        let mut stopped = false;
-                        for c in commits {
-                            let commit = Commit {
-                                client_id: scoped.clone(),
-                                client_seq: c.seq,
-                                schema_version: c.schema_version,
-                                timestamp: 0,
-                                auth: auth.clone(),
-                                op: c.op,
-                            };
-                            if s.seq.send(commit).await.is_err() {
-                                stopped = true;
-                                break;
-                            }
-                        }
-                        if stopped {
-                            break End::error(codes::SHUTTING_DOWN, "the server is stopping");
-                        }
-                    }
-                    Ok(ClientFrame::Ping { nonce }) => {
-                        let pong = Arc::new(ServerFrame::Pong { nonce }.encode());
-                        if tx.try_send(pong).is_err() {
-                            // Overflowed: the writer ends the connection with TOO_SLOW.
-                            continue;
-                        }
-                    }
-                    Ok(ClientFrame::Hello { .. }) => {
-                        break End::error(codes::UNEXPECTED_FRAME, "Hello was already received");
-                    }
-                    Err(e) => break End::error(codes::BAD_FRAME, e.message),
                 }
             }
         }
@@ -354,6 +319,87 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
     };
     let _ = s.region.send(RegionMsg::Disconnect { conn });
     (end, linger.then_some(stream))
+}
+
+/// One frame received after `Hello` (`None`: a WebSocket ping or pong): takes its
+/// frame token, and for a push the commit tokens and each commit's admission (see
+/// `crate::limits`), waiting for them; then hands the commits to the sequencer, or
+/// answers a ping. `Some` ends the connection.
+#[allow(clippy::too_many_arguments)]
+async fn received(
+    s: &AppState,
+    conn: u64,
+    sub: &str,
+    scoped: &str,
+    auth: &Value,
+    tx: &queue::FrameTx,
+    expires: tokio::time::Instant,
+    frame: Option<axum::body::Bytes>,
+) -> Option<End> {
+    if let Err(Refused::RateLimited(b)) = s.identities.take_waiting(sub, Budget::Frames, 1).await {
+        return Some(rate_limited(s, conn, sub, b));
+    }
+    let b = frame?;
+    match ClientFrame::decode(&b) {
+        Ok(ClientFrame::Push { .. }) if tokio::time::Instant::now() >= expires => {
+            Some(token_expired())
+        }
+        Ok(ClientFrame::Push { commits }) => {
+            if commits.len() > s.limits.max_commits_per_push {
+                return Some(End::error(
+                    codes::TOO_MANY_COMMITS,
+                    format!(
+                        "a push holds at most {} commits",
+                        s.limits.max_commits_per_push
+                    ),
+                ));
+            }
+            if commits.iter().any(|c| c.seq == 0) {
+                return Some(End::error(codes::BAD_FRAME, "sequence numbers start at 1"));
+            }
+            // The commit tokens for the whole push or none.
+            if let Err(Refused::RateLimited(b)) = s
+                .identities
+                .take_waiting(sub, Budget::Commits, commits.len() as u64)
+                .await
+            {
+                return Some(rate_limited(s, conn, sub, b));
+            }
+            for c in commits {
+                // Each commit waits for the identity's cost budget; a refusal leaves
+                // the commits before it sent (the client resends what is not
+                // confirmed; each runs once).
+                let admitted = match s.identities.admit(sub).await {
+                    Ok(a) => a,
+                    Err(Refused::RateLimited(b)) => return Some(rate_limited(s, conn, sub, b)),
+                };
+                let commit = Commit {
+                    client_id: scoped.to_owned(),
+                    client_seq: c.seq,
+                    schema_version: c.schema_version,
+                    timestamp: 0,
+                    auth: auth.clone(),
+                    op: c.op,
+                };
+                if s.seq.send(commit).await.is_err() {
+                    return Some(End::error(codes::SHUTTING_DOWN, "the server is stopping"));
+                }
+                admitted.sent();
+            }
+            None
+        }
+        Ok(ClientFrame::Ping { nonce }) => {
+            // A queue that does not take it overflowed: the writer ends the connection
+            // with TOO_SLOW.
+            let _ = tx.try_send(Arc::new(ServerFrame::Pong { nonce }.encode()));
+            None
+        }
+        Ok(ClientFrame::Hello { .. }) => Some(End::error(
+            codes::UNEXPECTED_FRAME,
+            "Hello was already received",
+        )),
+        Err(e) => Some(End::error(codes::BAD_FRAME, e.message)),
+    }
 }
 
 /// Ends a registered connection: hands the last `Error` frame (if any) to the writer,
@@ -384,18 +430,8 @@ fn too_large_message(s: &AppState) -> String {
 
 fn rate_limited(s: &AppState, conn: u64, sub: &str, budget: Budget) -> End {
     s.metrics.rate_limited(budget.as_str());
-    let (rate, burst) = match budget {
-        Budget::Commits => (s.limits.commits_per_sec, s.limits.commit_burst),
-        Budget::Frames => (s.limits.frames_per_sec, s.limits.frame_burst),
-    };
     tracing::info!(conn, sub = %sub, budget = budget.as_str(), "rate limited");
-    End::error(
-        codes::RATE_LIMITED,
-        format!(
-            "this identity sends more {} than it may ({rate} a second, {burst} at once); reconnect later",
-            budget.as_str()
-        ),
-    )
+    End::error(codes::RATE_LIMITED, s.limits.rate_limited_message(budget))
 }
 
 /// A verified `Hello`.
