@@ -328,6 +328,87 @@ async fn an_expensive_identity_waits_and_the_others_do_not() {
     println!("mallory's cost bucket when bob committed: {debt:.0} µs, {in_flight} in flight; bob at position {bob_at} after {bob_took:?}");
 }
 
+/// Quotas per identity, over the wire: the commit that would create a third
+/// partition is rejected with `IDENTITY_QUOTA_EXCEEDED`, the connection stays, another
+/// identity is not affected, and a restart (replaying nothing, counts from the store)
+/// keeps deciding the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_reject_with_a_stable_code_and_survive_a_restart() {
+    let mut c = config(temp_dir("quotas"), hs256());
+    c.limits.quotas = warren_core::quota::Quotas {
+        partitions: 2,
+        documents: 5,
+        bytes: 0,
+    };
+    let mut server = TestServer::start_with(c).await;
+    let todo = |seq: u64, owner: &str, id: &str| {
+        ClientCommit {
+        seq,
+        schema_version: String::new(),
+        op: Op::Run {
+            source: format!(
+                "Todo.create({{ id: \"{id}\", owner: \"{owner}\", title: \"t\", done: false, created: 1 }})"
+            ),
+        },
+    }
+    };
+    let team = |seq: u64, id: &str, member: &str| ClientCommit {
+        seq,
+        schema_version: String::new(),
+        op: Op::Run {
+            source: format!("Team.create({{ id: \"{id}\", members: [\"{member}\"] }})"),
+        },
+    };
+    let mut a = connect(&server, "ann-1", "ann").await;
+    a.send(&ClientFrame::Push {
+        commits: vec![
+            todo(1, "ann", "a1"),
+            team(2, "t1", "ann"),
+            team(3, "t2", "ann"),
+            todo(4, "ann", "a2"),
+        ],
+    })
+    .await
+    .unwrap();
+    let frames = a
+        .recv_until(WAIT, |f| matches!(f, ServerFrame::Outcome { seq: 4, .. }))
+        .await;
+    assert_eq!(committed(&frames), vec![1, 2, 4]);
+    let rejected = frames.iter().find_map(|f| match f {
+        ServerFrame::Outcome {
+            seq: 3,
+            result: CommitResult::Rejected { code, message },
+        } => Some((code.clone(), message.clone())),
+        _ => None,
+    });
+    let (code, message) = rejected.expect("seq 3 rejected");
+    assert_eq!(code, "IDENTITY_QUOTA_EXCEEDED", "{message}");
+    assert!(message.contains("partitions"), "{message}");
+    // bob has his own counts.
+    let mut b = connect(&server, "bob-1", "bob").await;
+    b.send(&ClientFrame::Push {
+        commits: vec![team(1, "b1", "bob"), team(2, "b2", "bob")],
+    })
+    .await
+    .unwrap();
+    let frames = b
+        .recv_until(WAIT, |f| matches!(f, ServerFrame::Outcome { seq: 2, .. }))
+        .await;
+    assert_eq!(committed(&frames), vec![1, 2]);
+    drop((a, b));
+    server.restart().await;
+    let mut a = connect(&server, "ann-1", "ann").await;
+    a.send(&ClientFrame::Push {
+        commits: vec![team(5, "t3", "ann"), todo(6, "ann", "a3")],
+    })
+    .await
+    .unwrap();
+    let frames = a
+        .recv_until(WAIT, |f| matches!(f, ServerFrame::Outcome { seq: 6, .. }))
+        .await;
+    assert_eq!(committed(&frames), vec![6], "{frames:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_identity_are_limited() {
     let server = start(

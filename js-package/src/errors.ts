@@ -24,6 +24,7 @@ export const PROGRAM_CODES = [
   "UNIQUE_VIOLATION",
   "PARTITION_CHANGE",
   "READ_ONLY",
+  "IDENTITY_QUOTA_EXCEEDED",
 ] as const;
 
 /** Codes of local storage (IndexedDB). */

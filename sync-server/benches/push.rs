@@ -172,6 +172,9 @@ impl Server {
             // per second on purpose.
             .env("WARREN_COMMITS_PER_SEC", "0")
             .env("WARREN_FRAMES_PER_SEC", "0")
+            // Likewise the region-time budget and its commits in flight (8 by default:
+            // the pipelined shape keeps 32).
+            .env("WARREN_COST_MS_PER_SEC", "0")
             .stdin(Stdio::null())
             .spawn()
             .expect("start warren serve");

@@ -12,6 +12,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use warren_core::eval::Limits;
+use warren_core::quota::Quotas;
 use warren_core::Schema;
 use warren_server::auth::{self, AuthConfig, JwksSource};
 use warren_server::gateway::GatewayLimits;
@@ -141,6 +143,15 @@ struct ServeArgs {
     /// Seconds a request waits for its identity's budget before RATE_LIMITED.
     #[arg(long, env = "WARREN_MAX_WAIT_SECS", default_value_t = 30)]
     max_wait_secs: u64,
+    /// Documents one identity may keep (those it created and that exist; 0: no limit).
+    #[arg(long, env = "WARREN_QUOTA_DOCUMENTS", default_value_t = 100_000)]
+    quota_documents: u64,
+    /// Bytes of documents one identity may keep (0: no limit).
+    #[arg(long, env = "WARREN_QUOTA_BYTES", default_value_t = 64 << 20)]
+    quota_bytes: u64,
+    /// Partitions one identity may have created that hold documents (0: no limit).
+    #[arg(long, env = "WARREN_QUOTA_PARTITIONS", default_value_t = 1_000)]
+    quota_partitions: u64,
     /// Log format: `text` (for people) or `json` (one object per line). Logs go to
     /// stderr; WARREN_LOG sets the level (e.g. `info`, `warren_server=debug`).
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -375,7 +386,14 @@ fn serve(s: ServeArgs) -> ExitCode {
             max_batch: s.max_batch.max(1),
             linger: Duration::from_micros(s.batch_linger_us),
         },
-        limits: Default::default(),
+        limits: Limits {
+            quotas: Quotas {
+                documents: s.quota_documents,
+                bytes: s.quota_bytes,
+                partitions: s.quota_partitions,
+            },
+            ..Limits::default()
+        },
         gateway: GatewayLimits {
             max_frame_bytes: s.max_frame_bytes,
             max_commits_per_push: s.max_commits_per_push,

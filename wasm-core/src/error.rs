@@ -58,6 +58,9 @@ pub enum ErrorCode {
     Storage,
     /// The storage backend is out of space (the browser's quota for the origin).
     QuotaExceeded,
+    /// The commit would take its identity (or a document's owner) over a quota of
+    /// documents, bytes or partitions kept on the server (`crate::quota`).
+    IdentityQuota,
 }
 
 impl ErrorCode {
@@ -86,6 +89,7 @@ impl ErrorCode {
         ErrorCode::Corrupt,
         ErrorCode::Storage,
         ErrorCode::QuotaExceeded,
+        ErrorCode::IdentityQuota,
     ];
 
     /// The stable string form.
@@ -114,6 +118,7 @@ impl ErrorCode {
             ErrorCode::Corrupt => "CORRUPT",
             ErrorCode::Storage => "STORAGE_ERROR",
             ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
+            ErrorCode::IdentityQuota => "IDENTITY_QUOTA_EXCEEDED",
         }
     }
 

@@ -35,7 +35,13 @@ const NOW: i64 = 1_700_000_000_000;
 const CLIENT: &str = "app";
 
 /// Error codes that no example can produce: they report a failing store or bad bytes.
-const NOT_REPRODUCIBLE: &[&str] = &["CORRUPT", "STORAGE_ERROR", "QUOTA_EXCEEDED"];
+const NOT_REPRODUCIBLE: &[&str] = &[
+    "CORRUPT",
+    "STORAGE_ERROR",
+    "QUOTA_EXCEEDED",
+    // A server's quotas; the examples run without them.
+    "IDENTITY_QUOTA_EXCEEDED",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {

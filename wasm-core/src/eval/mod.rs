@@ -49,6 +49,9 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Documents one transaction may write.
     pub max_writes: usize,
+    /// What one identity may keep in a server's state (checked by the server when it
+    /// applies a commit, `exec::commit_batch`; unlimited by default).
+    pub quotas: crate::quota::Quotas,
 }
 
 impl Default for Limits {
@@ -61,6 +64,7 @@ impl Default for Limits {
             max_result_bytes: 4 * 1024 * 1024,
             max_value_bytes: 1024 * 1024,
             max_writes: 1_000,
+            quotas: crate::quota::Quotas::UNLIMITED,
         }
     }
 }
