@@ -16,6 +16,7 @@ use warren_core::eval::Limits;
 use warren_core::quota::Quotas;
 use warren_core::Schema;
 use warren_server::auth::{self, AuthConfig, JwksSource};
+use warren_server::conns::ConnLimits;
 use warren_server::gateway::GatewayLimits;
 use warren_server::sequencer::SequencerOptions;
 use warren_server::server::{self, Config};
@@ -34,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: gateway, sequencer, durable log and region executor.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check a schema file: parse it, compile it, and print its version.
     Check {
         /// The schema file.
@@ -101,9 +102,23 @@ struct ServeArgs {
     /// Bytes queued for one connection before it is dropped as too slow.
     #[arg(long, env = "WARREN_CONN_QUEUE_BYTES", default_value_t = 8 << 20)]
     conn_queue_bytes: usize,
-    /// Seconds a new connection has to send Hello.
-    #[arg(long, env = "WARREN_HELLO_TIMEOUT_SECS", default_value_t = 10)]
+    /// Seconds a new sync connection has to send Hello.
+    #[arg(long, env = "WARREN_HELLO_TIMEOUT_SECS", default_value_t = 5)]
     hello_timeout_secs: u64,
+    /// Sync connections waiting for their Hello at once; a newer one closes the oldest.
+    #[arg(long, env = "WARREN_MAX_PENDING_HELLOS", default_value_t = 256)]
+    max_pending_hellos: usize,
+    /// Open TCP connections, all together (0: the open-file limit less 256).
+    #[arg(long, env = "WARREN_MAX_TCP_CONNECTIONS", default_value_t = 0)]
+    max_tcp_connections: usize,
+    /// Of those, places only connections whose token verified may take (0: half);
+    /// when the rest are taken, a new connection closes the oldest not logged in.
+    #[arg(long, env = "WARREN_RESERVED_TCP_CONNECTIONS", default_value_t = 0)]
+    reserved_tcp_connections: usize,
+    /// Seconds a request's headers (or body) may take to arrive, and a kept-alive
+    /// HTTP connection may wait for its next request.
+    #[arg(long, env = "WARREN_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    header_timeout_secs: u64,
     /// Seconds writing one frame may take before the connection is dropped.
     #[arg(long, env = "WARREN_WRITE_TIMEOUT_SECS", default_value_t = 30)]
     write_timeout_secs: u64,
@@ -194,7 +209,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { schema, json } => check(&schema, json),
         Command::Token(t) => token(t),
-        Command::Serve(s) => serve(s),
+        Command::Serve(s) => serve(*s),
     }
 }
 
@@ -411,6 +426,12 @@ fn serve(s: ServeArgs) -> ExitCode {
             cost_burst_ms: s.cost_burst_ms,
             max_in_flight: s.max_in_flight,
             max_wait: Duration::from_secs(s.max_wait_secs),
+            conns: ConnLimits {
+                max: s.max_tcp_connections,
+                reserved: s.reserved_tcp_connections,
+                header_timeout: Duration::from_secs(s.header_timeout_secs.max(1)),
+            },
+            max_pending_hellos: s.max_pending_hellos,
         },
         store_sync_every: s.store_sync_every,
     };

@@ -751,6 +751,7 @@ impl Region {
             r?;
         }
         frames.extend(j.outcomes);
+        Metrics::add(&self.metrics.rules_catch_up, sub.take_evaluated());
         self.trim_window();
         // Everything the welcome says must fit the connection's queue, or the client
         // would see a gap; if it does not, nothing is registered (the queue overflowed:
@@ -883,6 +884,7 @@ impl Region {
                         if conn.sub.take_changed() {
                             routes.update(id, &conn.sub);
                         }
+                        Metrics::add(&metrics.rules_fanout, conn.sub.take_evaluated());
                     }
                 }
             }

@@ -27,6 +27,7 @@ use warren_core::eval::Limits;
 use warren_core::Schema;
 
 use crate::auth::{AuthConfig, Verifier};
+use crate::conns::Conns;
 use crate::gateway::{self, AppState, GatewayLimits};
 use crate::limits::{CatchUps, Slots};
 use crate::log::{FileLog, FileLogOptions, Log};
@@ -216,6 +217,7 @@ pub async fn start_with_web(
         shutdown: shutdown_rx.clone(),
         identities: identities.clone(),
         slots: Arc::new(Slots::new(config.gateway.max_connections)),
+        pending_hellos: Conns::pool(config.gateway.max_pending_hellos),
         catch_ups: Arc::new(CatchUps::new(
             gateway::catch_up_workers(),
             gateway::catch_up_workers().div_ceil(2),
@@ -233,18 +235,16 @@ pub async fn start_with_web(
         .local_addr()
         .map_err(|e| start_err("listener", e))?;
     let app = gateway::app(state).merge(crate::web::router(web));
-    let mut stop = shutdown_rx;
-    let serve = tokio::spawn(async move {
-        // No Nagle: frames are small and an outcome waits on its frame.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let conns = Conns::new(&config.gateway.conns, metrics.clone());
+    let (max_tcp, reserved) = conns.limits();
+    tracing::info!(max_tcp, reserved, "connection limits");
+    let serve = tokio::spawn(crate::conns::serve(
+        listener,
+        app,
+        conns,
+        config.gateway.conns.header_timeout,
+        shutdown_rx,
+    ));
     tracing::info!(%addr, position = applied, "serving");
     Ok(Running {
         addr,

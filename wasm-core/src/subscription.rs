@@ -38,6 +38,8 @@ pub struct Subscription {
     /// Whether `held` or what the watched rules read changed since
     /// [`Subscription::take_changed`].
     changed: bool,
+    /// Read rules evaluated since [`Subscription::take_evaluated`].
+    evaluated: u64,
 }
 
 impl Subscription {
@@ -50,7 +52,14 @@ impl Subscription {
             held: BTreeSet::new(),
             reachable,
             changed: true,
+            evaluated: 0,
         }
+    }
+
+    /// How many read rules were evaluated for this connection since the last call
+    /// (what its catch-up and its fan-out cost; the server counts them in metrics).
+    pub fn take_evaluated(&mut self) -> u64 {
+        std::mem::take(&mut self.evaluated)
     }
 
     /// What the connection's claims may reach (the partitions to route to it).
@@ -161,6 +170,7 @@ impl Subscription {
         for (p, c) in recheck {
             let before = self.get(&p, &c).map(|s| s.allowed);
             let sub = evaluate(state, schema, limits, &self.auth, &p, &c)?;
+            self.evaluated += 1;
             if before != Some(sub.allowed) && (before.is_some() || sub.allowed) {
                 changed_partitions.insert(p.clone());
             }
@@ -233,6 +243,7 @@ impl Subscription {
         let mut unstable: BTreeSet<String> = BTreeSet::new();
         for (p, c) in recheck {
             let sub = evaluate(state, schema, limits, &self.auth, &p, &c)?;
+            self.evaluated += 1;
             self.insert(p.clone(), c, sub);
             unstable.insert(p);
         }
@@ -415,6 +426,7 @@ pub fn welcome(
     let mut sub = Subscription::new(client_id, auth, reachable);
     for (p, c) in versions.keys() {
         let answer = evaluate(store, schema, limits, auth, p, c)?;
+        sub.evaluated += 1;
         sub.insert(p.clone(), c.clone(), answer);
     }
     sub.held = sub

@@ -34,10 +34,11 @@ fn result_json(seq: u64, r: &CommitResult) -> serde_json::Value {
 /// "args": {...}} | {"seq": 2, "source": "..."}]}` → `{"outcomes": [...]}`.
 pub(crate) async fn push(
     State(s): State<AppState>,
+    conn: super::ConnExt,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {
-    let auth = verify(&s, &headers).await?;
+    let auth = verify(&s, &headers, &super::conn_of(conn)).await?;
     let sub = subject(&auth);
     take_http(&s, &sub, Budget::Frames, 1).await?;
     if body.len() > s.limits.max_frame_bytes {
@@ -138,10 +139,11 @@ pub(crate) async fn push(
 /// partitions the caller may read and snapshots of those changed since the cursors.
 pub(crate) async fn pull(
     State(s): State<AppState>,
+    conn: super::ConnExt,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {
-    let auth = verify(&s, &headers).await?;
+    let auth = verify(&s, &headers, &super::conn_of(conn)).await?;
     let sub = subject(&auth);
     take_http(&s, &sub, Budget::Frames, 1).await?;
     let auth_for_id = auth.clone();
@@ -167,9 +169,9 @@ pub(crate) async fn pull(
     let view = rx.await.map_err(|_| stopping())?;
     // Computed off the region thread, on the view, like a connection's welcome.
     let _permit = s.catch_ups.acquire(&sub).await.ok_or_else(stopping)?;
-    let frames = tokio::task::spawn_blocking(move || {
+    let (frames, rules) = tokio::task::spawn_blocking(move || {
         view.welcome(&client_id, &auth, &partitions, 0)
-            .map(|(frames, _)| frames)
+            .map(|(frames, mut sub)| (frames, sub.take_evaluated()))
     })
     .await
     .map_err(|_| stopping())?
@@ -180,6 +182,7 @@ pub(crate) async fn pull(
             e.message,
         )
     })?;
+    crate::metrics::Metrics::add(&s.metrics.rules_catch_up, rules);
     let mut out = serde_json::json!({ "snapshots": [] });
     for f in frames {
         match f {

@@ -30,6 +30,7 @@ use warren_core::protocol::codes;
 use warren_core::Value;
 
 use crate::auth::Verifier;
+use crate::conns::{Conn, ConnLimits, Conns};
 use crate::limits::{Budget, CatchUps, Cost, Identities, Rate, Refused, Slots};
 use crate::metrics::Metrics;
 use crate::region::RegionTx;
@@ -76,6 +77,12 @@ pub struct GatewayLimits {
     /// How long a request waits for its identity's budget (commits, frames, cost)
     /// before it is refused with `RATE_LIMITED`.
     pub max_wait: Duration,
+    /// Open TCP connections, the places kept for authenticated ones, and the
+    /// header-read and idle timeout (see [`crate::conns`]).
+    pub conns: ConnLimits,
+    /// WebSocket connections waiting for their `Hello` at once; a newer one closes the
+    /// oldest (each waits `hello_timeout` at most).
+    pub max_pending_hellos: usize,
 }
 
 /// What a commit of an identity not seen yet is expected to cost, in microseconds of
@@ -94,7 +101,7 @@ impl Default for GatewayLimits {
             max_commits_per_push: 1000,
             conn_queue: 4096,
             conn_queue_bytes: 8 << 20,
-            hello_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             max_connections_per_identity: 64,
@@ -106,6 +113,8 @@ impl Default for GatewayLimits {
             cost_burst_ms: 500,
             max_in_flight: 8,
             max_wait: Duration::from_secs(30),
+            conns: ConnLimits::default(),
+            max_pending_hellos: 256,
         }
     }
 }
@@ -132,6 +141,9 @@ impl GatewayLimits {
         }
         if self.frames_per_sec > 0 && self.frame_burst == 0 {
             return Err("frame_burst must be at least 1".into());
+        }
+        if self.max_pending_hellos == 0 {
+            return Err("max_pending_hellos must be at least 1".into());
         }
         if self.cost_ms_per_sec > 0 && (self.cost_burst_ms == 0 || self.max_in_flight == 0) {
             return Err("cost_burst_ms and max_in_flight must be at least 1".into());
@@ -200,6 +212,8 @@ pub struct AppState {
     /// Catch-ups (welcomes and pulls) computed at once, off the region thread, in all
     /// and per identity.
     pub catch_ups: Arc<CatchUps>,
+    /// WebSocket sessions waiting for `Hello`.
+    pub pending_hellos: Arc<Conns>,
 }
 
 /// How many catch-ups run at once: one per core, at least two.
@@ -212,6 +226,9 @@ pub fn catch_up_workers() -> usize {
 
 pub fn app(state: AppState) -> Router {
     let body_limit = axum::extract::DefaultBodyLimit::max(state.limits.max_frame_bytes);
+    // A body must arrive in time, as the headers must (see `crate::conns`).
+    let body_timeout =
+        tower_http::timeout::RequestBodyTimeoutLayer::new(state.limits.conns.header_timeout);
     Router::new()
         .route("/v1/sync", get(ws::sync))
         .route("/v1/push", post(http::push))
@@ -220,6 +237,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(body_limit)
+        .layer(body_timeout)
         .with_state(state)
 }
 
@@ -266,13 +284,27 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn verify(s: &AppState, headers: &HeaderMap) -> Result<Value, AppError> {
+/// The connection a request came on (a request extension set by the accept loop,
+/// `crate::conns`); a detached one when served otherwise (tests).
+type ConnExt = Option<axum::Extension<Arc<Conn>>>;
+
+fn conn_of(c: ConnExt) -> Arc<Conn> {
+    c.map(|axum::Extension(c)| c).unwrap_or_else(Conn::detached)
+}
+
+/// Verifies a request's bearer token; once one verified, its connection counts as
+/// authenticated (see [`crate::conns`]).
+async fn verify(s: &AppState, headers: &HeaderMap, conn: &Conn) -> Result<Value, AppError> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    s.verifier.verify_async(token).await.map_err(|e| {
+    let verified = s.verifier.verify_async(token).await;
+    if verified.is_ok() {
+        conn.promote();
+    }
+    verified.map_err(|e| {
         let status = if e.code() == "AUTH_CONFIG" {
             StatusCode::INTERNAL_SERVER_ERROR
         } else {

@@ -8,34 +8,28 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{oneshot, watch};
 use warren_core::exec::Commit;
 use warren_core::protocol::{codes, frame_version, ClientFrame, ServerFrame, PROTOCOL_VERSION};
 use warren_core::Value;
 
-use super::{check_client_id, scoped_client_id, subject, AppError, AppState};
+use super::{check_client_id, scoped_client_id, subject, AppState};
 use crate::limits::{Budget, Refused};
 use crate::metrics::Metrics;
 use crate::queue::{self, FrameRx, Received};
 use crate::region::{Connect, RegionMsg};
 
-pub(crate) async fn sync(State(s): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    let Some(slot) = s.slots.take() else {
-        s.metrics.refused(codes::TOO_MANY_CONNECTIONS);
-        tracing::info!(
-            max = s.limits.max_connections,
-            "sync connection refused: too many connections"
-        );
-        return AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            codes::TOO_MANY_CONNECTIONS,
-            "the server holds as many sync connections as it may; reconnect later",
-        )
-        .into_response();
-    };
+/// The upgrade is not refused for lack of room: until its `Hello` authenticated, a
+/// connection holds only a place among those waiting for one (the oldest of which a
+/// newcomer closes when they are all taken); its sync slot is taken after `Hello`.
+pub(crate) async fn sync(
+    State(s): State<AppState>,
+    tcp: super::ConnExt,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let tcp = super::conn_of(tcp);
     let max = s.limits.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
@@ -43,7 +37,7 @@ pub(crate) async fn sync(State(s): State<AppState>, ws: WebSocketUpgrade) -> Res
             let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
             let metrics = s.metrics.clone();
             Metrics::add(&metrics.connections_total, 1);
-            let (end, linger) = session(s.clone(), socket, conn).await;
+            let (end, linger) = session(s.clone(), socket, conn, tcp).await;
             if let Some(code) = end.code {
                 tracing::debug!(conn, code, message = %end.message, "sync connection closed");
             } else {
@@ -58,7 +52,6 @@ pub(crate) async fn sync(State(s): State<AppState>, ws: WebSocketUpgrade) -> Res
                 }
                 drop(stream);
             }
-            drop(slot);
         })
 }
 
@@ -156,10 +149,25 @@ async fn refuse(s: &AppState, sink: &mut Sink, end: &End) {
 /// One sync connection: the `Hello` phase, then a reader (this task) and a writer
 /// task. Returns how it ended, and the stream to keep open a little when the client
 /// may still be sending.
-async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stream>) {
+async fn session(
+    s: AppState,
+    socket: WebSocket,
+    conn: u64,
+    tcp: Arc<crate::conns::Conn>,
+) -> (End, Option<Stream>) {
     let (mut sink, mut stream) = socket.split();
-    // The first frame must be Hello.
-    let first = match tokio::time::timeout(s.limits.hello_timeout, stream.next()).await {
+    // The first frame must be Hello, within the Hello timeout, while the connection
+    // keeps its place among those waiting for one (and among the unauthenticated TCP
+    // connections): pushed out of either, it is dropped.
+    let Some(pending) = s.pending_hellos.enter() else {
+        return (End::quiet(), None);
+    };
+    let first = tokio::select! {
+        first = tokio::time::timeout(s.limits.hello_timeout, stream.next()) => first,
+        _ = pending.evicted() => return (End::quiet(), None),
+        _ = tcp.evicted() => return (End::quiet(), None),
+    };
+    let first = match first {
         Ok(Some(Ok(Message::Binary(b)))) => b,
         Ok(Some(Ok(_))) => {
             let end = End::error(
@@ -190,6 +198,23 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
         partitions,
         outbox_from,
     } = hello;
+    // Authenticated: out of the waiting pools, into a sync slot if one is free.
+    tcp.promote();
+    drop(pending);
+    let Some(_slot) = s.slots.take() else {
+        s.metrics.refused(codes::TOO_MANY_CONNECTIONS);
+        tracing::info!(
+            conn,
+            max = s.limits.max_connections,
+            "sync connection refused: too many connections"
+        );
+        let end = End::error(
+            codes::TOO_MANY_CONNECTIONS,
+            "the server holds as many sync connections as it may; reconnect later",
+        );
+        refuse(&s, &mut sink, &end).await;
+        return (end, None);
+    };
     let sub = subject(&auth);
     // The identity's limits: connections, and the Hello counts as a frame.
     let Some(identity) = s.identities.connect(&sub) else {
