@@ -226,6 +226,7 @@ async fn timed_hello(server: &Server, sub: &str, n: usize) -> (Duration, usize) 
     while left > 0 {
         match raw.recv(Duration::from_secs(60)).await {
             Some(ServerFrame::Snapshot { .. }) => left -= 1,
+            Some(ServerFrame::SnapshotPart { .. }) => {}
             other => panic!("{other:?}"),
         }
     }

@@ -364,7 +364,9 @@ impl Conn {
                     return;
                 }
                 // The first write to its partition makes it readable: a snapshot.
-                ServerFrame::Effects { .. } | ServerFrame::Snapshot { .. } => {}
+                ServerFrame::Effects { .. }
+                | ServerFrame::Snapshot { .. }
+                | ServerFrame::SnapshotPart { .. } => {}
                 f => panic!("unexpected frame {f:?}"),
             }
         }
@@ -448,7 +450,9 @@ async fn pipelined(mut c: Conn, w: Window, window: usize) -> (Conn, Tally) {
                             t.latencies.push((done - sent).as_micros() as u32);
                         }
                     }
-                    ServerFrame::Effects { .. } | ServerFrame::Snapshot { .. } => {}
+                    ServerFrame::Effects { .. }
+                    | ServerFrame::Snapshot { .. }
+                    | ServerFrame::SnapshotPart { .. } => {}
                     f => panic!("unexpected frame {f:?}"),
                 },
                 Some(Ok(_)) => {}
@@ -482,7 +486,7 @@ async fn check(url: &str, conns: &[Conn]) {
         let (_, _, frames) = connect(url, i, &format!("check-{i}")).await;
         let mut seen = vec![None; c.bumps.len()];
         for f in frames {
-            if let ServerFrame::Snapshot { docs, .. } = f {
+            if let ServerFrame::Snapshot { docs, .. } | ServerFrame::SnapshotPart { docs, .. } = f {
                 for d in docs {
                     let k: usize = d.id.rsplit_once("-c").unwrap().1.parse().unwrap();
                     assert_eq!(d.data.get("owner"), &Value::String(user(i)));

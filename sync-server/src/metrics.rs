@@ -102,6 +102,9 @@ pub struct Metrics {
     /// log entries (what the read-rule index keeps in proportion).
     pub rules_catch_up: AtomicU64,
     pub rules_fanout: AtomicU64,
+    /// Snapshot frames written (a snapshot is one or more: `SnapshotPart`s then its
+    /// `Snapshot`).
+    pub snapshot_frames: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -132,6 +135,7 @@ impl Default for Metrics {
             tcp_refused: Default::default(),
             rules_catch_up: Default::default(),
             rules_fanout: Default::default(),
+            snapshot_frames: Default::default(),
         }
     }
 }
@@ -189,6 +193,11 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
+    /// One snapshot frame (a part or the last) was written.
+    pub fn snapshot_part(&self) {
+        Metrics::add(&self.snapshot_frames, 1);
+    }
+
     pub fn render(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut s = String::new();
@@ -282,6 +291,12 @@ impl Metrics {
                 g(&self.rules_catch_up),
                 g(&self.rules_fanout)
             ),
+        );
+        metric(
+            "warren_snapshot_frames_total",
+            "counter",
+            "Snapshot frames written: a snapshot is sent in parts (SnapshotPart) ending with a Snapshot.",
+            format!("warren_snapshot_frames_total {}", g(&self.snapshot_frames)),
         );
         metric(
             "warren_log_position",

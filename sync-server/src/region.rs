@@ -30,11 +30,14 @@ use warren_core::eval::Limits;
 use warren_core::exec::{self, Commit, Outcome, Skip, Write};
 use warren_core::protocol::{codes, CommitResult, ServerFrame};
 use warren_core::storage::{Overlay, OverlayWrites, Storage};
-use warren_core::subscription::{kept_result, result_of, welcome, Subscription};
+use warren_core::subscription::{
+    kept_result, result_of, welcome, Out, SnapshotCursor, SnapshotRef, Subscription,
+};
 use warren_core::{Error, Schema, Value};
 
 use crate::limits::Identities;
 use crate::metrics::Metrics;
+use crate::queue::Item;
 use crate::sequencer::Permit;
 use crate::store::{RedbStore, Snapshot};
 
@@ -65,7 +68,7 @@ pub const MAX_CATCH_UP_TRIES: u32 = 3;
 /// off the region thread (a connection's catch-up, an HTTP pull): the store as of its
 /// last write, plus the applied writes not written to it yet.
 pub struct ReadView {
-    snapshot: Snapshot,
+    snapshot: Arc<Snapshot>,
     pending: Arc<OverlayWrites>,
     /// The position the view is at.
     pub position: u64,
@@ -82,8 +85,8 @@ impl ReadView {
         auth: &Value,
         cursors: &[(String, u64)],
         outbox_from: u64,
-    ) -> Result<(Vec<ServerFrame>, Subscription), Error> {
-        let state = Overlay::with_writes(&self.snapshot, (*self.pending).clone());
+    ) -> Result<(Vec<Out>, Subscription), Error> {
+        let state = Overlay::with_writes(&*self.snapshot, (*self.pending).clone());
         welcome(
             &state,
             &self.schema,
@@ -94,6 +97,62 @@ impl ReadView {
             cursors,
             outbox_from,
         )
+    }
+}
+
+impl ReadView {
+    /// A snapshot to read later from this view, a part at a time (see
+    /// [`LazySnapshot`]). The region makes such views with no applied writes outside
+    /// the store (`Region::lasting_view`), so nothing is copied; otherwise only the
+    /// writes that can matter to this partition are kept: its membership keys, and the
+    /// documents that are in it.
+    pub fn lazy(&self, snapshot: SnapshotRef) -> LazySnapshot {
+        let member = warren_core::keys::partition_prefix(&snapshot.partition);
+        let mut writes = OverlayWrites::new();
+        for (k, v) in self.pending.iter() {
+            let keep = k.starts_with(&member)
+                || (k.first() == Some(&warren_core::keys::SPACE_DOC)
+                    && v.as_ref().is_some_and(|v| {
+                        warren_core::doc::StoredDoc::decode(v)
+                            .is_ok_and(|d| d.partition == snapshot.partition)
+                    }));
+            if keep {
+                writes.insert(k.clone(), v.clone());
+            }
+        }
+        LazySnapshot {
+            base: self.snapshot.clone(),
+            writes,
+            snapshot,
+        }
+    }
+}
+
+/// A snapshot queued for a connection as what to read, not as its documents: a read
+/// view of the store (a redb read transaction) and the applied writes not in it yet
+/// that concern the partition. The connection's writer reads it a part at a time, so a
+/// large partition never sits whole in memory (`crate::queue`).
+pub struct LazySnapshot {
+    base: Arc<Snapshot>,
+    writes: OverlayWrites,
+    pub snapshot: SnapshotRef,
+}
+
+impl LazySnapshot {
+    /// The next documents from `cursor` on, about `max_bytes` of them.
+    pub fn read_part(
+        &self,
+        cursor: &mut SnapshotCursor,
+        max_bytes: usize,
+    ) -> Result<Vec<warren_core::protocol::SnapshotDoc>, Error> {
+        let state = Overlay::with_writes(&*self.base, self.writes.clone());
+        self.snapshot.read_part(&state, cursor, max_bytes)
+    }
+
+    /// The whole snapshot in one frame (an HTTP pull answers with it).
+    pub fn read(&self) -> Result<ServerFrame, Error> {
+        let state = Overlay::with_writes(&*self.base, self.writes.clone());
+        self.snapshot.read(&state)
     }
 }
 
@@ -115,11 +174,13 @@ pub enum RegionMsg {
     /// (given back once they are applied).
     Batch(Vec<(u64, Commit)>, Permit),
     Connect(Connect),
-    /// A joining connection's welcome, computed on the read view at `at`.
+    /// A joining connection's welcome, computed on the read view at `at` (given back:
+    /// the welcome's snapshots are read from it).
     Join {
         conn: u64,
         at: u64,
-        welcome: Result<(Vec<ServerFrame>, Subscription), Error>,
+        welcome: Box<Result<(Vec<Out>, Subscription), Error>>,
+        view: ReadView,
     },
     Disconnect {
         conn: u64,
@@ -349,6 +410,10 @@ const FLUSH_EVERY: usize = 32;
 /// An encoded frame.
 type Frame = Arc<Vec<u8>>;
 
+fn frame_item(f: &ServerFrame) -> Item {
+    Item::Frame(Arc::new(f.encode()))
+}
+
 pub struct Region {
     store: RedbStore,
     schema: Arc<Schema>,
@@ -386,7 +451,7 @@ pub struct Region {
 }
 
 /// Frames for the dispatcher task, in order.
-type Dispatch = tokio::sync::mpsc::UnboundedSender<Vec<(FrameTx, Frame)>>;
+type Dispatch = tokio::sync::mpsc::UnboundedSender<Vec<(FrameTx, Item)>>;
 
 /// Hands frames to their connections' queues. Waking a connection's writer from the
 /// region thread costs a system call and usually a context switch (the writer's worker
@@ -394,10 +459,10 @@ type Dispatch = tokio::sync::mpsc::UnboundedSender<Vec<(FrameTx, Frame)>>;
 /// a run queue. So the region wakes this task once per flush, and it wakes the writers.
 /// A frame a queue does not take overflows it: its writer ends the connection with
 /// `TOO_SLOW` and the session tells the region (`Disconnect`).
-async fn dispatch(mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<(FrameTx, Frame)>>) {
+async fn dispatch(mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<(FrameTx, Item)>>) {
     while let Some(frames) = rx.recv().await {
         for (tx, frame) in frames {
-            let _ = tx.try_send(frame);
+            let _ = tx.try_send_item(frame);
         }
     }
 }
@@ -490,10 +555,20 @@ impl Region {
         r
     }
 
+    /// A read view of the current state for work that may take long and must hold no
+    /// copy of the applied writes (a connection's catch-up, the snapshots it is sent a
+    /// part at a time): the writes not in the store yet are written to it first, so
+    /// the view is a redb read transaction alone and the region never has to copy
+    /// writes a view still shares.
+    fn lasting_view(&mut self) -> Result<ReadView, Error> {
+        self.write_pending()?;
+        self.view()
+    }
+
     /// A read view of the current state.
     fn view(&self) -> Result<ReadView, Error> {
         Ok(ReadView {
-            snapshot: self.store.snapshot()?,
+            snapshot: Arc::new(self.store.snapshot()?),
             pending: self.pending.clone(),
             position: self.position,
             schema: self.schema.clone(),
@@ -547,7 +622,12 @@ impl Region {
                     drop(permits);
                 }
                 RegionMsg::Connect(c) => self.connect(c)?,
-                RegionMsg::Join { conn, at, welcome } => self.join(conn, at, welcome?)?,
+                RegionMsg::Join {
+                    conn,
+                    at,
+                    welcome,
+                    view,
+                } => self.join(conn, at, (*welcome)?, view)?,
                 RegionMsg::Disconnect { conn } => {
                     if let Some(j) = self.joining.remove(&conn) {
                         if self.by_client.get(&j.client_id) == Some(&conn) {
@@ -621,17 +701,17 @@ impl Region {
     /// Sends a frame after every frame handed to the dispatcher before it.
     fn send_after(&self, tx: &FrameTx, frame: &ServerFrame) {
         Metrics::add(&self.metrics.frames_out, 1);
-        let f = Arc::new(frame.encode());
+        let f = frame_item(frame);
         match &self.dispatch {
             Some(d) => {
                 if let Err(e) = d.send(vec![(tx.clone(), f)]) {
                     for (tx, f) in e.0 {
-                        let _ = tx.try_send(f);
+                        let _ = tx.try_send_item(f);
                     }
                 }
             }
             None => {
-                let _ = tx.try_send(f);
+                let _ = tx.try_send_item(f);
             }
         }
     }
@@ -672,7 +752,7 @@ impl Region {
                 );
             }
         }
-        let view = self.view()?;
+        let view = self.lasting_view()?;
         if self.joining.is_empty() {
             self.window_from = view.position;
         }
@@ -698,7 +778,8 @@ impl Region {
         &mut self,
         conn: u64,
         at: u64,
-        (frames, mut sub): (Vec<ServerFrame>, Subscription),
+        (frames, mut sub): (Vec<Out>, Subscription),
+        view: ReadView,
     ) -> Result<(), Error> {
         let Some(mut j) = self.joining.remove(&conn) else {
             return Ok(()); // gone, or taken over, meanwhile
@@ -721,7 +802,7 @@ impl Region {
                 self.trim_window();
                 return Ok(());
             }
-            let view = self.view()?;
+            let view = self.lasting_view()?;
             j.from = view.position;
             j.tries += 1;
             let _ = j.views.try_send(view);
@@ -729,7 +810,15 @@ impl Region {
             self.trim_window();
             return Ok(());
         }
-        let mut frames: Vec<Frame> = frames.iter().map(|f| Arc::new(f.encode())).collect();
+        // The welcome's snapshots are read from the view it was computed on.
+        let mut frames: Vec<Item> = frames
+            .into_iter()
+            .map(|o| match o {
+                Out::Frame(f) => frame_item(&f),
+                Out::Snapshot(r) => Item::Snapshot(Arc::new(view.lazy(r))),
+            })
+            .collect();
+        drop(view);
         if at < self.position {
             let writes = self.take_pending();
             let window: Vec<(u64, &[Write])> = self
@@ -745,12 +834,18 @@ impl Region {
                 &self.limits,
                 self.position,
                 &window,
-                &mut |f| frames.push(Arc::new(f.encode())),
+                &mut |f| frames.push(frame_item(&f)),
             );
             self.pending = Arc::new(state.into_writes());
             r?;
+            if sub.has_due() {
+                let view = self.lasting_view()?;
+                for r in sub.snapshots_due(self.position) {
+                    frames.push(Item::Snapshot(Arc::new(view.lazy(r))));
+                }
+            }
         }
-        frames.extend(j.outcomes);
+        frames.extend(j.outcomes.into_iter().map(Item::Frame));
         Metrics::add(&self.metrics.rules_catch_up, sub.take_evaluated());
         self.trim_window();
         // Everything the welcome says must fit the connection's queue, or the client
@@ -758,7 +853,7 @@ impl Region {
         // its writer ends the connection with TOO_SLOW).
         for f in frames {
             Metrics::add(&self.metrics.frames_out, 1);
-            if j.tx.try_send(f).is_err() {
+            if j.tx.try_send_item(f).is_err() {
                 if self.by_client.get(&j.client_id) == Some(&conn) {
                     self.by_client.remove(&j.client_id);
                 }
@@ -824,8 +919,13 @@ impl Region {
         );
         // Frames for connections, queued in order and handed over every FLUSH_EVERY
         // entries: one wake-up of a connection's writer carries many frames.
-        let mut out: Vec<(u64, Frame)> = Vec::new();
+        let mut out: Vec<(u64, Item)> = Vec::new();
         let mut since_flush = 0;
+        // Connections owed snapshots, sent once the batch is applied; what they are sent
+        // after the snapshot became due waits for it (an outcome must not come before
+        // the effects it confirms).
+        let mut due: BTreeSet<u64> = BTreeSet::new();
+        let mut held: BTreeMap<u64, Vec<Item>> = BTreeMap::new();
         for (pos, commit) in entries {
             if pos <= *position {
                 continue; // replayed from the log and already in the store
@@ -877,10 +977,18 @@ impl Region {
             if !writes.is_empty() {
                 for id in routes.visits(&overlay, schema, writes, &new_pairs)? {
                     if let Some(conn) = conns.get_mut(&id) {
+                        let waits = due.contains(&id);
                         conn.sub
                             .fanout(&overlay, schema, limits, pos, writes, &mut |f| {
-                                out.push((id, Arc::new(f.encode())))
+                                if waits {
+                                    held.entry(id).or_default().push(frame_item(&f));
+                                } else {
+                                    out.push((id, frame_item(&f)));
+                                }
                             })?;
+                        if conn.sub.has_due() {
+                            due.insert(id);
+                        }
                         if conn.sub.take_changed() {
                             routes.update(id, &conn.sub);
                         }
@@ -914,7 +1022,10 @@ impl Region {
                 match joining.get_mut(&conn_id) {
                     // It joins with its welcome.
                     Some(j) => j.outcomes.push(frame),
-                    None => out.push((conn_id, frame)),
+                    None if due.contains(&conn_id) => {
+                        held.entry(conn_id).or_default().push(Item::Frame(frame))
+                    }
+                    None => out.push((conn_id, Item::Frame(frame))),
                 }
             }
             since_flush += 1;
@@ -941,6 +1052,35 @@ impl Region {
             .connections
             .store(conns.len() as u64, Ordering::Relaxed);
         metrics.batch_applied(started.elapsed());
+        // The snapshots owed, at the batch's end: read later by each connection's
+        // writer, a part at a time, from a view of the state now.
+        if !due.is_empty() {
+            // As `lasting_view`: the store takes the applied writes first.
+            if !pending.is_empty() {
+                *pending_batches = 0;
+                let taken = std::mem::take(pending);
+                let writes = Arc::try_unwrap(taken).unwrap_or_else(|shared| (*shared).clone());
+                store.apply(Overlay::with_writes(&*store, writes).take_batch())?;
+            }
+            let view = ReadView {
+                snapshot: Arc::new(store.snapshot()?),
+                pending: pending.clone(),
+                position: *position,
+                schema: schema.clone(),
+                limits: limits.clone(),
+            };
+            for id in due {
+                if let Some(conn) = conns.get_mut(&id) {
+                    for r in conn.sub.snapshots_due(*position) {
+                        out.push((id, Item::Snapshot(Arc::new(view.lazy(r)))));
+                    }
+                }
+                for f in held.remove(&id).unwrap_or_default() {
+                    out.push((id, f));
+                }
+            }
+            flush(&mut out, conns, by_client, routes, metrics, dispatch);
+        }
         if let Some(costs) = costs {
             let charges: Vec<(String, u64, u32)> = charges
                 .into_iter()
@@ -969,7 +1109,7 @@ fn writes_bytes(writes: &[Write]) -> usize {
 /// when there is one. Otherwise a connection whose queue does not take a frame is too
 /// slow: it is told (best effort) and forgotten, and the rest of its frames are dropped.
 fn flush(
-    out: &mut Vec<(u64, Frame)>,
+    out: &mut Vec<(u64, Item)>,
     conns: &mut BTreeMap<u64, Conn>,
     by_client: &mut BTreeMap<String, u64>,
     routes: &mut Routes,
@@ -980,7 +1120,7 @@ fn flush(
         return;
     }
     if let Some(d) = dispatch {
-        let frames: Vec<(FrameTx, Frame)> = out
+        let frames: Vec<(FrameTx, Item)> = out
             .drain(..)
             .filter_map(|(id, f)| Some((conns.get(&id)?.tx.clone(), f)))
             .collect();
@@ -988,7 +1128,7 @@ fn flush(
         if let Err(e) = d.send(frames) {
             // The runtime is stopping: hand them over directly.
             for (tx, f) in e.0 {
-                let _ = tx.try_send(f);
+                let _ = tx.try_send_item(f);
             }
         }
         return;
@@ -1002,7 +1142,7 @@ fn flush(
             continue;
         };
         Metrics::add(&metrics.frames_out, 1);
-        if c.tx.try_send(frame).is_err() {
+        if c.tx.try_send_item(frame).is_err() {
             gone.push(id);
         }
     }
@@ -1154,7 +1294,7 @@ mod tests {
                 }
                 assert!(r.window_bytes <= 4096, "{}", r.window_bytes);
             }
-            r.join(7, at, welcome).unwrap();
+            r.join(7, at, welcome, view).unwrap();
             if tries <= 2 {
                 assert!(r.conns.is_empty(), "joined with a gap at try {tries}");
                 continue;
@@ -1171,11 +1311,14 @@ mod tests {
             ServerFrame::decode(&f).unwrap(),
             ServerFrame::Welcome { position: 20, .. }
         ));
-        let Received::Frame(f) = rx.recv_now() else {
+        // Its snapshot is queued to be read from the view, at 20.
+        let Received::Snapshot(lazy) = rx.recv_now() else {
             panic!("no snapshot");
         };
-        match ServerFrame::decode(&f).unwrap() {
-            ServerFrame::Snapshot { docs, .. } => assert_eq!(docs.len(), 20),
+        match lazy.read().unwrap() {
+            ServerFrame::Snapshot { docs, position, .. } => {
+                assert_eq!((docs.len(), position), (20, 20))
+            }
             other => panic!("{other:?}"),
         }
         drop(r);
@@ -1205,7 +1348,7 @@ mod tests {
                 seq += 1;
                 r.apply_batch(vec![(seq, create(seq, 1000))]).unwrap();
             }
-            r.join(7, at, welcome).unwrap();
+            r.join(7, at, welcome, view).unwrap();
         }
         assert!(r.joining.is_empty() && r.conns.is_empty());
         assert!(views.try_recv().is_err());
@@ -1215,6 +1358,72 @@ mod tests {
         assert!(matches!(
             ServerFrame::decode(&f).unwrap(),
             ServerFrame::Error { code, .. } if code == codes::TOO_SLOW
+        ));
+        drop(r);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A connection granted a partition by an entry gets its snapshot at the end of
+    /// the batch; its own outcome of that entry (and whatever else comes after) waits
+    /// for it: an outcome never confirms a write the client does not have yet.
+    #[test]
+    fn an_outcome_waits_for_the_snapshot_its_entry_made_due() {
+        let dir = std::env::temp_dir().join(format!("warren-region-due-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = RedbStore::open(&dir.join("state.redb"), 1).unwrap();
+        let schema = Arc::new(
+            Schema::parse(
+                "collection N {\n partition \"p:\" + doc.p\n allow read partition == \"p:\" + auth.sub\n allow create true\n}",
+            )
+            .unwrap(),
+        );
+        let mut r = Region::new(
+            store,
+            schema,
+            Limits::default(),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let ann = warren_core::value::obj([("sub", "ann".into())]);
+        let (tx, mut rx) = crate::queue::channel(100, 1 << 20);
+        let (views_tx, mut views) = tokio::sync::mpsc::channel(1);
+        r.connect(Connect {
+            conn: 1,
+            client_id: "c".into(),
+            auth: ann.clone(),
+            tx,
+            views: views_tx,
+        })
+        .unwrap();
+        let view = views.try_recv().unwrap();
+        let welcome = view.welcome("c", &ann, &[], 0).unwrap();
+        r.join(1, view.position, welcome, view).unwrap();
+        assert!(matches!(rx.recv_now(), Received::Frame(_)), "the welcome");
+        // ann's first note makes p:ann readable to her, in her own commit.
+        let commit = Commit {
+            client_id: "c".into(),
+            client_seq: 1,
+            schema_version: String::new(),
+            timestamp: 1,
+            auth: ann.clone(),
+            op: Op::Run {
+                source: "N.create({ id: \"a\", p: \"ann\" })".into(),
+            },
+        };
+        r.apply_batch(vec![(1, commit)]).unwrap();
+        let Received::Snapshot(lazy) = rx.recv_now() else {
+            panic!("the snapshot first");
+        };
+        assert!(
+            matches!(lazy.read().unwrap(), ServerFrame::Snapshot { ref docs, .. } if docs.len() == 1)
+        );
+        let Received::Frame(f) = rx.recv_now() else {
+            panic!("then the outcome");
+        };
+        assert!(matches!(
+            ServerFrame::decode(&f).unwrap(),
+            ServerFrame::Outcome { seq: 1, .. }
         ));
         drop(r);
         let _ = std::fs::remove_dir_all(dir);

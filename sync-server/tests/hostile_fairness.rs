@@ -10,7 +10,10 @@
 //!   as fast as it is let; another identity's commits are not queued behind them;
 //! - **a partition spammer**: one identity creating thousands of partitions that no one
 //!   else may read; the others' catch-ups and fan-out evaluate none of their read
-//!   rules, and its partition quota stops it.
+//!   rules, and its partition quota stops it;
+//! - **clients that do not read a large partition**: many connections of one user
+//!   holding a 25 MB partition, none reading; the server's memory grows by about a part
+//!   per connection, not by the partition.
 
 mod serving;
 
@@ -42,6 +45,12 @@ collection Team {
   partition "team:" + doc.id
   allow read   Team.byId(partition.slice(5))?.members?.includes(auth.sub) == true
   allow create doc.admin == auth.sub && doc.members.includes(auth.sub)
+}
+
+collection Note {
+  partition "user:" + doc.owner
+  allow read   partition == "user:" + auth.sub
+  allow create doc.owner == auth.sub
 }
 
 function bump(id) {
@@ -573,5 +582,92 @@ fn a_partition_spammer_costs_the_others_no_read_rule() {
         let outcomes = push("mallory", "spam-2", vec![spam(2)]).await;
         assert_eq!(outcomes[0]["code"], "IDENTITY_QUOTA_EXCEEDED", "{outcomes}");
     });
+    assert!(server.alive());
+}
+
+/// A connection with a small receive buffer, so that a client that does not read
+/// stops the server's writes soon; it says Hello and reads nothing more.
+async fn sink(url: &str, client_id: &str, sub: &str) -> tokio::net::TcpStream {
+    use futures_util::SinkExt;
+    let addr = url.trim_start_matches("ws://").split('/').next().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::Binary(
+        hello(client_id, sub).encode().into(),
+    ))
+    .await
+    .unwrap();
+    ws.into_inner()
+}
+
+#[test]
+fn clients_that_do_not_read_a_large_partition_hold_a_part_each() {
+    let mut server = Server::start("parts", &[], None);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = server.url();
+    let addr = server.addr.clone();
+    rt.block_on(async {
+        // ann's partition: 100 notes of 250 KB, 25 MB.
+        let commits: Vec<serde_json::Value> = (0..5)
+            .map(|k| {
+                serde_json::json!({ "seq": k + 1, "source": format!(
+                    "range(20).map(i => Note.create({{ id: \"n{k}-\" + toString(i), owner: \"ann\", body: \"x\".repeat(250000) }}).id)"
+                ) })
+            })
+            .collect();
+        let body = serde_json::json!({ "client_id": "setup", "commits": commits }).to_string();
+        let (status, body) = http(&addr, "POST", "/v1/push", Some("ann"), &body).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(!body.contains("rejected"), "{body}");
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let baseline = server.rss_kib();
+    let peak = rt.block_on(async {
+        // 16 connections of ann's that never read: each is owed the 25 MB snapshot.
+        let mut sinks = Vec::new();
+        for i in 0..16 {
+            sinks.push(sink(&url, &format!("ann-sink-{i}"), "ann").await);
+        }
+        let mut peak = 0;
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            peak = peak.max(server.rss_kib());
+        }
+        // A client that reads gets the whole partition meanwhile.
+        let (mut raw, _) = welcomed(&url, "ann-reader", "ann", Duration::from_secs(10)).await;
+        let frames = raw
+            .recv_until(Duration::from_secs(60), |f| {
+                matches!(f, ServerFrame::Snapshot { .. })
+            })
+            .await;
+        let docs: usize = frames
+            .iter()
+            .map(|f| match f {
+                ServerFrame::SnapshotPart { docs, .. } | ServerFrame::Snapshot { docs, .. } => {
+                    docs.len()
+                }
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(docs, 100);
+        assert!(frames.len() > 10, "{} frames", frames.len());
+        peak = peak.max(server.rss_kib());
+        drop(sinks);
+        peak
+    });
+    let grew = peak.saturating_sub(baseline);
+    println!(
+        "16 connections that do not read a 25 MB partition: the server grew by {} MiB",
+        grew / 1024
+    );
+    // A part is 2 MiB (a quarter of the 8 MiB queue): about that per connection,
+    // where a whole snapshot each would be 400 MB.
+    assert!(grew < 160 * 1024, "the server grew by {grew} KiB");
     assert!(server.alive());
 }

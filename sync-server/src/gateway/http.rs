@@ -8,6 +8,7 @@ use axum::Json;
 use tokio::sync::oneshot;
 use warren_core::exec::{Commit, Op};
 use warren_core::protocol::{codes, CommitResult, ServerFrame};
+use warren_core::subscription::Out;
 use warren_core::Value;
 
 use super::{check_client_id, scoped_client_id, stopping, subject, take_http, verify};
@@ -169,9 +170,17 @@ pub(crate) async fn pull(
     let view = rx.await.map_err(|_| stopping())?;
     // Computed off the region thread, on the view, like a connection's welcome.
     let _permit = s.catch_ups.acquire(&sub).await.ok_or_else(stopping)?;
+    // The snapshots are read whole from the same view: an HTTP answer is one body.
     let (frames, rules) = tokio::task::spawn_blocking(move || {
-        view.welcome(&client_id, &auth, &partitions, 0)
-            .map(|(frames, mut sub)| (frames, sub.take_evaluated()))
+        let (outs, mut sub) = view.welcome(&client_id, &auth, &partitions, 0)?;
+        let frames = outs
+            .into_iter()
+            .map(|o| match o {
+                Out::Frame(f) => Ok(f),
+                Out::Snapshot(r) => view.lazy(r).read(),
+            })
+            .collect::<Result<Vec<ServerFrame>, _>>()?;
+        Ok::<_, warren_core::Error>((frames, sub.take_evaluated()))
     })
     .await
     .map_err(|_| stopping())?

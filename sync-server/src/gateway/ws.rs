@@ -20,6 +20,7 @@ use crate::limits::{Budget, Refused};
 use crate::metrics::Metrics;
 use crate::queue::{self, FrameRx, Received};
 use crate::region::{Connect, RegionMsg};
+use warren_core::subscription::SnapshotCursor;
 
 /// The upgrade is not refused for lack of room: until its `Hello` authenticated, a
 /// connection holds only a place among those waiting for one (the oldest of which a
@@ -245,6 +246,7 @@ async fn session(
         rx,
         close_rx,
         s.limits.write_timeout,
+        queue::part_bytes(s.limits.conn_queue_bytes),
         s.metrics.clone(),
     ));
     let (views_tx, views_rx) = tokio::sync::mpsc::channel(1);
@@ -505,30 +507,133 @@ async fn hello(s: &AppState, first: &[u8]) -> Result<Hello, End> {
     })
 }
 
-/// Writes a connection's queued frames to its socket, in order. Ends after writing an
-/// `Error` frame, when the queue overflows (`TOO_SLOW`), when the session hands it a
-/// last frame (sent at once, before anything still queued), or when writing one frame
-/// takes longer than `write_timeout` (the client does not read: dropped without a
-/// word, since nothing more can reach it).
+/// How long sending one snapshot (all its parts) may take before the connection is
+/// dropped as too slow: the read view it is read from is held until then.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How writing one message ended.
+enum Wrote {
+    Done,
+    /// The session handed over a last frame meanwhile: send it, then close.
+    Closing(Option<Message>),
+    /// The socket failed or the client did not read for `write_timeout`.
+    Failed,
+}
+
+/// Writes one message, or stops early when the session hands over a last frame.
+/// `buffer`: more is queued, so the message may wait in the sink's buffer (flushed with
+/// the next).
+async fn write_one(
+    sink: &mut Sink,
+    msg: Message,
+    buffer: bool,
+    close: &mut oneshot::Receiver<Message>,
+    write_timeout: Duration,
+    metrics: &Metrics,
+) -> Wrote {
+    let written = tokio::select! {
+        biased;
+        m = close => return Wrote::Closing(m.ok()),
+        r = tokio::time::timeout(write_timeout, async {
+            if buffer {
+                sink.feed(msg).await
+            } else {
+                sink.send(msg).await
+            }
+        }) => r,
+    };
+    match written {
+        Ok(Ok(())) => Wrote::Done,
+        Ok(Err(_)) => Wrote::Failed,
+        Err(_) => {
+            metrics.error_sent(codes::TOO_SLOW);
+            tracing::info!("dropped a sync connection that did not read for {write_timeout:?}");
+            Wrote::Failed
+        }
+    }
+}
+
+/// Writes a connection's queued frames to its socket, in order, a queued snapshot as
+/// parts of about `part_bytes` read one at a time (see `crate::queue`). Ends after
+/// writing an `Error` frame, when the queue overflows (`TOO_SLOW`), when the session
+/// hands it a last frame (sent at once, before anything still queued), or when writing
+/// one frame takes longer than `write_timeout`, or one snapshot longer than
+/// [`SNAPSHOT_TIMEOUT`] (the client does not read: dropped without a word, since
+/// nothing more can reach it).
 async fn write_loop(
     mut sink: Sink,
     mut rx: FrameRx,
     mut close: oneshot::Receiver<Message>,
     write_timeout: Duration,
+    part_bytes: usize,
     metrics: Arc<Metrics>,
 ) {
     let last = loop {
-        let frame = tokio::select! {
+        let received = tokio::select! {
             biased;
             m = &mut close => break m.ok(),
-            r = rx.recv() => match r {
-                Received::Frame(f) => f,
-                Received::Overflowed => {
-                    metrics.error_sent(codes::TOO_SLOW);
-                    break Some(error_frame(codes::TOO_SLOW, "the connection did not keep up with its frames"));
+            r = rx.recv() => r,
+        };
+        let frame = match received {
+            Received::Frame(f) => f,
+            Received::Snapshot(lazy) => {
+                let started = tokio::time::Instant::now();
+                let mut cursor = SnapshotCursor::default();
+                let mut outcome = Wrote::Done;
+                while !cursor.done() {
+                    if started.elapsed() > SNAPSHOT_TIMEOUT {
+                        metrics.error_sent(codes::TOO_SLOW);
+                        tracing::info!("dropped a sync connection that did not read a snapshot in {SNAPSHOT_TIMEOUT:?}");
+                        outcome = Wrote::Failed;
+                        break;
+                    }
+                    let l = lazy.clone();
+                    let mut c = cursor.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        let docs = l.read_part(&mut c, part_bytes);
+                        (docs, c)
+                    })
+                    .await;
+                    let docs = match read {
+                        Ok((Ok(docs), c)) => {
+                            cursor = c;
+                            docs
+                        }
+                        Ok((Err(e), _)) => {
+                            tracing::error!("reading a snapshot failed: {e}");
+                            outcome = Wrote::Failed;
+                            break;
+                        }
+                        Err(_) => {
+                            outcome = Wrote::Failed;
+                            break;
+                        }
+                    };
+                    let frame = lazy.snapshot.frame(docs, cursor.done()).encode();
+                    metrics.snapshot_part();
+                    let msg = Message::Binary(frame.into());
+                    // Parts go out at once: the next is read only when this one is sent.
+                    outcome =
+                        write_one(&mut sink, msg, false, &mut close, write_timeout, &metrics).await;
+                    if !matches!(outcome, Wrote::Done) {
+                        break;
+                    }
                 }
-                Received::Closed => break None,
-            },
+                rx.written(queue::Item::Snapshot(lazy).len());
+                match outcome {
+                    Wrote::Done => continue,
+                    Wrote::Closing(m) => break m,
+                    Wrote::Failed => return,
+                }
+            }
+            Received::Overflowed => {
+                metrics.error_sent(codes::TOO_SLOW);
+                break Some(error_frame(
+                    codes::TOO_SLOW,
+                    "the connection did not keep up with its frames",
+                ));
+            }
+            Received::Closed => break None,
         };
         let len = frame.len();
         let closing = is_error_frame(&frame);
@@ -539,31 +644,14 @@ async fn write_loop(
         }
         let msg = Message::Binary(frame.to_vec().into());
         drop(frame);
-        let written = tokio::select! {
-            biased;
-            m = &mut close => {
-                rx.written(len);
-                break m.ok();
-            }
-            // More frames queued: buffer this one (flushed with the last of them).
-            r = tokio::time::timeout(write_timeout, async {
-                if !closing && rx.has_more() {
-                    sink.feed(msg).await
-                } else {
-                    sink.send(msg).await
-                }
-            }) => r,
-        };
+        let buffer = !closing && rx.has_more();
+        let wrote = write_one(&mut sink, msg, buffer, &mut close, write_timeout, &metrics).await;
         rx.written(len);
-        match written {
-            Ok(Ok(())) if !closing => {}
-            Ok(Ok(())) => break None,
-            Ok(Err(_)) => return,
-            Err(_) => {
-                metrics.error_sent(codes::TOO_SLOW);
-                tracing::info!("dropped a sync connection that did not read for {write_timeout:?}");
-                return;
-            }
+        match wrote {
+            Wrote::Done if !closing => {}
+            Wrote::Done => break None,
+            Wrote::Closing(m) => break m,
+            Wrote::Failed => return,
         }
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -610,22 +698,24 @@ async fn catch_up(
         };
         let at = view.position;
         let (client_id, auth, partitions) = (client_id.clone(), auth.clone(), partitions.clone());
-        let welcome = tokio::task::spawn_blocking(move || {
-            view.welcome(&client_id, &auth, &partitions, outbox_from)
+        let computed = tokio::task::spawn_blocking(move || {
+            let w = view.welcome(&client_id, &auth, &partitions, outbox_from);
+            (w, view)
         })
         .await;
-        let welcome = match welcome {
-            Ok(w) => w,
-            Err(e) => Err(warren_core::Error::new(
-                warren_core::ErrorCode::Storage,
-                format!("the catch-up task failed: {e}"),
-            )),
+        let Ok((welcome, used)) = computed else {
+            tracing::error!("a catch-up task failed");
+            return;
         };
         drop(_permit);
-        if s.region
-            .send(RegionMsg::Join { conn, at, welcome })
-            .is_err()
-        {
+        // The view goes back with the welcome: its snapshots are read from it.
+        let join = RegionMsg::Join {
+            conn,
+            at,
+            welcome: Box::new(welcome),
+            view: used,
+        };
+        if s.region.send(join).is_err() {
             return;
         }
         match views.recv().await {
