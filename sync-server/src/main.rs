@@ -155,6 +155,10 @@ struct ServeArgs {
     /// Commits of one identity let through to the sequencer and not yet run.
     #[arg(long, env = "WARREN_MAX_IN_FLIGHT", default_value_t = 8)]
     max_in_flight: u32,
+    /// Seconds of clock leeway for tokens' `exp` and `nbf` (an open connection ends at
+    /// `exp` plus this).
+    #[arg(long, env = "WARREN_TOKEN_LEEWAY_SECS", default_value_t = 60)]
+    token_leeway_secs: u64,
     /// Seconds a request waits for its identity's budget before RATE_LIMITED.
     #[arg(long, env = "WARREN_MAX_WAIT_SECS", default_value_t = 30)]
     max_wait_secs: u64,
@@ -395,6 +399,7 @@ fn serve(s: ServeArgs) -> ExitCode {
             jwks,
             issuer: s.secret.issuer.clone(),
             audience: s.secret.audience.clone(),
+            leeway_secs: s.token_leeway_secs,
             ..AuthConfig::default()
         },
         sequencer: SequencerOptions {
