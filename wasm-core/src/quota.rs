@@ -14,10 +14,10 @@
 //! outside the digest (a rejection they cause is in it, like any outcome). Clients do
 //! not keep them. State written by a server that kept no counts is counted for nobody.
 //!
-//! Keys (space `Q`, layout in `docs/STORAGE.md`):
-//! - `Q 01 str(sub)` → the identity's counts: varint documents, bytes, partitions;
-//! - `Q 02 str(collection) str(id)` → the document's owner: str(sub) · varint bytes;
-//! - `Q 03 str(partition)` → the partition's owner: str(sub).
+//! Keys (space `U`, layout in `docs/STORAGE.md`):
+//! - `U 01 str(sub)` → the identity's counts: varint documents, bytes, partitions;
+//! - `U 02 str(collection) str(id)` → the document's owner: str(sub) · varint bytes;
+//! - `U 03 str(partition)` → the partition's owner: str(sub).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -56,7 +56,7 @@ impl Default for Quotas {
 }
 
 /// The key space of the counts.
-pub const SPACE_QUOTA: u8 = b'Q';
+pub const SPACE_QUOTA: u8 = b'U';
 
 /// One identity's counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

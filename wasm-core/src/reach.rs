@@ -28,7 +28,7 @@
 //! says so when it starts.
 //!
 //! Membership needs a lookup from a value to the documents holding it: the **member
-//! index**, kept by the server in its state (`X` keys, [`Reach::member_ops`]) next to
+//! index**, kept by the server in its state (`L` keys, [`Reach::member_ops`]) next to
 //! the documents, so a read view sees it at the same position as the data. Its layout
 //! is in `docs/STORAGE.md`. A string field that `includes` is asked of (substring, not
 //! element) cannot be looked up by value: such documents are listed apart and
@@ -560,7 +560,7 @@ impl Reach {
     }
 
     /// The writes that make the member index of `store` this schema's: nothing when it
-    /// already is; otherwise every `X` key removed and rebuilt from the documents (a
+    /// already is; otherwise every `L` key removed and rebuilt from the documents (a
     /// new schema, or a state written before the index existed).
     pub fn rebuild_ops(&self, store: &dyn Storage) -> Result<Vec<BatchOp>, Error> {
         let marker = self.marker();
@@ -592,10 +592,10 @@ impl Reach {
     }
 }
 
-/// The member index: `X str(source) str(path) how 01 val(value) str(id)` → empty, and
-/// for `includes` over a string field `X str(source) str(path) i 02 str(id)` → the
+/// The member index: `L str(source) str(path) how 01 val(value) str(id)` → empty, and
+/// for `includes` over a string field `L str(source) str(path) i 02 str(id)` → the
 /// string.
-pub const SPACE_MEMBER: u8 = b'X';
+pub const SPACE_MEMBER: u8 = b'L';
 /// Which member indexes the state holds (see [`Reach::rebuild_ops`]).
 pub const META_REACH: &[u8] = b"Mreach";
 
