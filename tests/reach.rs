@@ -137,6 +137,16 @@ fn check(clients: &[(Value, Client)], root: &Client, schema: &Schema) -> Result<
         // A partition held with nothing readable in it is still held (no documents).
         let got_nonempty: BTreeSet<&String> = got.keys().collect();
         if got != want {
+            // WARREN_REACH_DEBUG=<text>: the frames the client received that mention it.
+            if let Ok(pat) = std::env::var("WARREN_REACH_DEBUG") {
+                for f in c.received() {
+                    let t = format!("{f:?}");
+                    if t.contains(&pat) || t.starts_with("Welcome") {
+                        let t: String = t.chars().filter(|c| *c != '\n').take(300).collect();
+                        eprintln!("  {}: {t}", exec::subject(auth));
+                    }
+                }
+            }
             return Err(format!(
                 "{}: holds {:?}\n  the rules allow {:?}",
                 exec::subject(auth),

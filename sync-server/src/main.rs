@@ -400,7 +400,6 @@ fn serve(s: ServeArgs) -> ExitCode {
             issuer: s.secret.issuer.clone(),
             audience: s.secret.audience.clone(),
             leeway_secs: s.token_leeway_secs,
-            ..AuthConfig::default()
         },
         sequencer: SequencerOptions {
             max_batch: s.max_batch.max(1),

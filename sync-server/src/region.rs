@@ -4,22 +4,34 @@
 //! snapshot, the effects after it and a revocation can never race: a connection is
 //! registered, snapshotted and then fed effects all in log order, by the same thread.
 //!
-//! For each log entry it runs the engine (`execute`, then `apply` into an overlay of the
-//! batch), then for each connection the entry can concern (see `Index`):
+//! For each log entry it runs the engine (`exec::commit_batch`: execute, quotas, and the
+//! batch that records the outcome, applied into an overlay of the batch), charges the
+//! time it took to the commit's identity (`crate::limits`), then for each connection
+//! the entry can concern (see `Routes`):
 //! - re-evaluates the read rules whose reads the entry's writes touched (a member
 //!   removed from the team document the rule reads), and evaluates rules for
-//!   (partition, collection) pairs the connection has not seen yet;
-//! - sends `Drop` for partitions it may no longer read, `Snapshot` for those it now may,
-//!   and `Effects` with the entry's writes to partitions it holds;
+//!   (partition, collection) pairs the connection has not seen yet and may read
+//!   (`warren_core::reach`);
+//! - sends `Drop` for partitions it may no longer read and `Effects` with the entry's
+//!   writes to partitions it holds; those it now may read are owed a snapshot;
 //! - sends the entry's `Outcome` to the connection of the client that made it.
 //!
-//! Frames are handed over in bunches (every `FLUSH_EVERY` entries and at the end of a
-//! batch) through a dispatcher task. Batches queued behind each other are applied as
-//! one; their writes stay in an overlay over the store and reach it as one transaction
-//! every `STORE_WRITE_EVERY` batches, and before anything else reads the store.
-//! `docs/BENCHMARKS.md` ("Sync server vs PostgreSQL") measures why.
+//! At the end of the batch, the snapshots owed are queued as what to read
+//! ([`LazySnapshot`]), and what their connections were sent after they became owed
+//! follows them. Frames are handed over in bunches (every `FLUSH_EVERY` entries and at
+//! the end of a batch) through a dispatcher task. Batches queued behind each other are
+//! applied as one; their writes stay in an overlay over the store and reach it as one
+//! transaction every `STORE_WRITE_EVERY` batches, and before anything else reads the
+//! store for long (a catch-up, a snapshot). `docs/BENCHMARKS.md` ("Sync server vs
+//! PostgreSQL") measures why.
+//!
+//! The interface, for what feeds a region (the sequencer; a follower of another
+//! region's log): [`RegionMsg::Batch`] hands it durable entries in log order with the
+//! [`crate::sequencer::Permit`] of the backlog they hold (dropped once applied);
+//! [`RegionMsg::Connect`] / [`RegionMsg::Join`] / [`RegionMsg::Disconnect`] run a
+//! connection's life; [`RegionMsg::Wait`] and [`RegionMsg::View`] serve HTTP.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -229,6 +241,10 @@ struct Routes {
     read_colls: HashMap<String, BTreeSet<u64>>,
     /// What each connection is routed by now, to take it back.
     routed: HashMap<u64, Routed>,
+    /// The (partition, collection) pairs written since the region started: a write to
+    /// a pair not in it is treated as the pair's first (after a restart, that sends a
+    /// few connections a write they already know about; they check for themselves).
+    known: HashMap<String, HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -325,6 +341,25 @@ impl Routes {
         for c in &old.colls {
             unroute(&mut self.read_colls, c, id);
         }
+    }
+
+    /// The pairs `writes` write for the first time (see `known`), noted as known now.
+    fn first_writes(&mut self, writes: &[Write]) -> BTreeSet<(String, String)> {
+        let mut new = BTreeSet::new();
+        for w in writes {
+            let fresh = match self.known.get_mut(&w.partition) {
+                Some(cs) => !cs.contains(&w.collection) && cs.insert(w.collection.clone()),
+                None => {
+                    self.known
+                        .insert(w.partition.clone(), HashSet::from([w.collection.clone()]));
+                    true
+                }
+            };
+            if fresh {
+                new.insert((w.partition.clone(), w.collection.clone()));
+            }
+        }
+        new
     }
 
     /// The connections an entry's `writes` concern (see [`Routes`]); `new_pairs` are
@@ -726,7 +761,10 @@ impl Region {
         }
         self.conns.clear();
         self.by_client.clear();
-        self.routes = Routes::default();
+        self.routes = Routes {
+            known: std::mem::take(&mut self.routes.known),
+            ..Routes::default()
+        };
     }
 
     /// Registers a joining connection and hands its session a read view to compute
@@ -925,7 +963,9 @@ impl Region {
         // after the snapshot became due waits for it (an outcome must not come before
         // the effects it confirms).
         let mut due: BTreeSet<u64> = BTreeSet::new();
-        let mut held: BTreeMap<u64, Vec<Item>> = BTreeMap::new();
+        // What is held is sent after the snapshots, without what concerns their
+        // partitions (the snapshots hold it, or replace it): such a `Drop`, such writes.
+        let mut held: BTreeMap<u64, Vec<Held>> = BTreeMap::new();
         for (pos, commit) in entries {
             if pos <= *position {
                 continue; // replayed from the log and already in the store
@@ -937,17 +977,7 @@ impl Region {
                 _ => &[],
             };
             // The pairs this entry writes first (see `Routes`).
-            let mut new_pairs = BTreeSet::new();
-            for w in writes.iter().filter(|_| !conns.is_empty()) {
-                let pair = (w.partition.clone(), w.collection.clone());
-                if !new_pairs.contains(&pair)
-                    && overlay
-                        .get(&warren_core::keys::version_key(&w.partition, &w.collection))?
-                        .is_none()
-                {
-                    new_pairs.insert(pair);
-                }
-            }
+            let new_pairs = routes.first_writes(writes);
             overlay.apply(b)?;
             *position = pos;
             if costs.is_some() {
@@ -981,7 +1011,7 @@ impl Region {
                         conn.sub
                             .fanout(&overlay, schema, limits, pos, writes, &mut |f| {
                                 if waits {
-                                    held.entry(id).or_default().push(frame_item(&f));
+                                    held.entry(id).or_default().push(Held::Frame(f));
                                 } else {
                                     out.push((id, frame_item(&f)));
                                 }
@@ -1023,7 +1053,7 @@ impl Region {
                     // It joins with its welcome.
                     Some(j) => j.outcomes.push(frame),
                     None if due.contains(&conn_id) => {
-                        held.entry(conn_id).or_default().push(Item::Frame(frame))
+                        held.entry(conn_id).or_default().push(Held::Encoded(frame))
                     }
                     None => out.push((conn_id, Item::Frame(frame))),
                 }
@@ -1070,13 +1100,17 @@ impl Region {
                 limits: limits.clone(),
             };
             for id in due {
+                let mut snapshotted = BTreeSet::new();
                 if let Some(conn) = conns.get_mut(&id) {
                     for r in conn.sub.snapshots_due(*position) {
+                        snapshotted.insert(r.partition.clone());
                         out.push((id, Item::Snapshot(Arc::new(view.lazy(r)))));
                     }
                 }
-                for f in held.remove(&id).unwrap_or_default() {
-                    out.push((id, f));
+                for h in held.remove(&id).unwrap_or_default() {
+                    if let Some(f) = h.without(&snapshotted) {
+                        out.push((id, f));
+                    }
                 }
             }
             flush(&mut out, conns, by_client, routes, metrics, dispatch);
@@ -1089,6 +1123,36 @@ impl Region {
             costs.charge(&charges);
         }
         Ok(())
+    }
+}
+
+/// A frame held back behind the snapshots a connection is owed (see `apply_batch`).
+enum Held {
+    Frame(ServerFrame),
+    Encoded(Frame),
+}
+
+impl Held {
+    /// The frame to send after snapshots of `snapshotted` partitions at the batch's
+    /// end: without its writes to them, and not at all if it is a `Drop` of one of
+    /// them or has no write left.
+    fn without(self, snapshotted: &BTreeSet<String>) -> Option<Item> {
+        match self {
+            Held::Encoded(f) => Some(Item::Frame(f)),
+            Held::Frame(ServerFrame::Drop { partition, .. })
+                if snapshotted.contains(&partition) =>
+            {
+                None
+            }
+            Held::Frame(ServerFrame::Effects { position, writes }) => {
+                let writes: Vec<Write> = writes
+                    .into_iter()
+                    .filter(|w| !snapshotted.contains(&w.partition))
+                    .collect();
+                (!writes.is_empty()).then(|| frame_item(&ServerFrame::Effects { position, writes }))
+            }
+            Held::Frame(f) => Some(frame_item(&f)),
+        }
     }
 }
 
@@ -1425,6 +1489,99 @@ mod tests {
             ServerFrame::decode(&f).unwrap(),
             ServerFrame::Outcome { seq: 1, .. }
         ));
+        drop(r);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// In one batch, while another snapshot is owed, a partition is written, revoked
+    /// and granted again: its `Effects` and its `Drop` (held behind the owed snapshots)
+    /// are not sent after its own snapshot, which would bring back an old document or
+    /// leave the client without a partition it may read; another partition's `Drop`
+    /// still is.
+    #[test]
+    fn a_drop_overtaken_by_its_partitions_snapshot_is_not_sent() {
+        let dir = std::env::temp_dir().join(format!("warren-region-redrop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = RedbStore::open(&dir.join("state.redb"), 1).unwrap();
+        let schema = Arc::new(
+            Schema::parse(
+                "collection Team {\n partition \"team:\" + doc.id\n allow read Team.byId(partition.slice(5))?.members?.includes(auth.sub) == true\n allow create true\n allow update true\n}",
+            )
+            .unwrap(),
+        );
+        let mut r = Region::new(
+            store,
+            schema,
+            Limits::default(),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let run = |seq: u64, source: &str| Commit {
+            client_id: "admin".into(),
+            client_seq: seq,
+            schema_version: String::new(),
+            timestamp: 1,
+            auth: warren_core::value::obj([("sub", "root".into())]),
+            op: Op::Run {
+                source: source.into(),
+            },
+        };
+        r.apply_batch(vec![
+            (
+                1,
+                run(
+                    1,
+                    "Team.create({ id: \"t\", members: [\"root\", \"ann\"] })",
+                ),
+            ),
+            (
+                2,
+                run(
+                    2,
+                    "Team.create({ id: \"v\", members: [\"root\", \"ann\"] })",
+                ),
+            ),
+        ])
+        .unwrap();
+        let ann = warren_core::value::obj([("sub", "ann".into())]);
+        let (tx, mut rx) = crate::queue::channel(100, 1 << 20);
+        let (views_tx, mut views) = tokio::sync::mpsc::channel(1);
+        r.connect(Connect {
+            conn: 1,
+            client_id: "c".into(),
+            auth: ann.clone(),
+            tx,
+            views: views_tx,
+        })
+        .unwrap();
+        let view = views.try_recv().unwrap();
+        let welcome = view.welcome("c", &ann, &[], 0).unwrap();
+        r.join(1, view.position, welcome, view).unwrap();
+        // Welcome, and snapshots of team:t and team:v.
+        for _ in 0..3 {
+            assert!(!matches!(rx.recv_now(), Received::Closed));
+        }
+        r.apply_batch(vec![
+            (3, run(3, "Team.create({ id: \"u\", members: [\"root\", \"ann\"] })")),
+            (4, run(4, "Team.byId(\"t\").update({ name: \"renamed\" })")),
+            (5, run(5, "Team.byId(\"t\").update({ members: [\"root\"] })\nTeam.byId(\"v\").update({ members: [\"root\"] })")),
+            (6, run(6, "Team.byId(\"t\").update({ members: [\"root\", \"ann\"] })")),
+        ])
+        .unwrap();
+        assert_eq!(r.metrics.commits_committed.load(Ordering::Relaxed), 6);
+        let mut got = Vec::new();
+        loop {
+            match rx.recv_now() {
+                Received::Frame(f) => match ServerFrame::decode(&f).unwrap() {
+                    ServerFrame::Drop { partition, .. } => got.push(format!("drop {partition}")),
+                    other => got.push(format!("{other:?}")),
+                },
+                Received::Snapshot(l) => got.push(format!("snapshot {}", l.snapshot.partition)),
+                _ => break,
+            }
+        }
+        assert_eq!(got, ["snapshot team:t", "snapshot team:u", "drop team:v"]);
         drop(r);
         let _ = std::fs::remove_dir_all(dir);
     }

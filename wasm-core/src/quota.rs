@@ -192,6 +192,10 @@ pub fn account(
                 ops.push((doc_owner_key(coll, id), Some(owner_record(sub, n))));
                 gained.insert(&w.partition);
             }
+            // An update that keeps the size changes no count (the owner record says
+            // the same size): nothing to read.
+            (Some(o), Some(data))
+                if o.partition == w.partition && size(id, data) == size(id, &o.data) => {}
             (Some(o), new) => {
                 let owner = doc_owner(before, coll, id)?;
                 match (owner, new) {
