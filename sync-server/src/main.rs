@@ -147,10 +147,10 @@ struct ServeArgs {
     frame_burst: u32,
     /// Milliseconds of the region's time one identity's commits may use per second (0:
     /// no limit); over it, its commits wait.
-    #[arg(long, env = "WARREN_COST_MS_PER_SEC", default_value_t = 50)]
+    #[arg(long, env = "WARREN_COST_MS_PER_SEC", default_value_t = 10)]
     cost_ms_per_sec: u32,
     /// Milliseconds of the region's time one identity's commits may use at once.
-    #[arg(long, env = "WARREN_COST_BURST_MS", default_value_t = 500)]
+    #[arg(long, env = "WARREN_COST_BURST_MS", default_value_t = 250)]
     cost_burst_ms: u32,
     /// Commits of one identity let through to the sequencer and not yet run.
     #[arg(long, env = "WARREN_MAX_IN_FLIGHT", default_value_t = 8)]
