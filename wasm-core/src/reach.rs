@@ -910,4 +910,79 @@ collection Short {
         let got = r.reachable(&store, &s, &Limits::default(), &admin).unwrap();
         assert!(got.everywhere.contains("Todo"));
     }
+
+    /// A state written without the member index (before it existed, or under a schema
+    /// that needed another) gets it rebuilt from its documents; then the index follows
+    /// each write, and a lookup finds exactly the documents holding the value.
+    #[test]
+    fn the_member_index_is_rebuilt_and_then_kept() {
+        use crate::exec::{Commit, Executor, Op};
+        use crate::storage::MemoryStore;
+        let src = r#"
+collection Team {
+  partition "team:" + doc.id
+  allow read Team.byId(partition.slice(5))?.members?.includes(auth.sub) == true
+  allow create true
+  allow update true
+}
+"#;
+        let schema = std::sync::Arc::new(schema(src));
+        let mut ex = Executor::new(MemoryStore::new(), schema.clone(), Limits::default());
+        let commit = |seq: u64, source: &str| Commit {
+            client_id: "c".into(),
+            client_seq: seq,
+            schema_version: String::new(),
+            timestamp: 1,
+            auth: crate::value::obj([("sub", "bob".into())]),
+            op: Op::Run {
+                source: source.into(),
+            },
+        };
+        // Written as a replica does: no member entries.
+        ex.commit(
+            &commit(1, r#"Team.create({ id: "a", members: ["ann", "bob"] })"#),
+            1,
+        )
+        .unwrap();
+        ex.commit(
+            &commit(2, r#"Team.create({ id: "b", members: ["bob"] })"#),
+            2,
+        )
+        .unwrap();
+        let reach = schema.reach();
+        let ann = crate::value::obj([("sub", "ann".into())]);
+        let bob = crate::value::obj([("sub", "bob".into())]);
+        let pairs = |ex: &Executor<MemoryStore>, who: &Value| -> Vec<String> {
+            let r = reach
+                .reachable(ex.store(), &schema, &Limits::default(), who)
+                .unwrap();
+            r.candidates(ex.store(), reach)
+                .unwrap()
+                .into_keys()
+                .map(|(p, _)| p)
+                .collect()
+        };
+        assert!(pairs(&ex, &ann).is_empty(), "no index yet");
+        let ops = reach.rebuild_ops(ex.store()).unwrap();
+        ex.store_mut().apply(crate::storage::Batch { ops }).unwrap();
+        assert!(
+            reach.rebuild_ops(ex.store()).unwrap().is_empty(),
+            "built once"
+        );
+        assert_eq!(pairs(&ex, &ann), ["team:a"]);
+        assert_eq!(pairs(&ex, &bob), ["team:a", "team:b"]);
+        // From now on, as a server applies commits.
+        for (seq, src) in [
+            (3, r#"Team.byId("a").update({ members: ["bob"] })"#),
+            (4, r#"Team.byId("b").update({ members: ["bob", "ann"] })"#),
+        ] {
+            let outcome = ex.serve_commit(&commit(seq, src), seq).unwrap();
+            assert!(
+                matches!(outcome, crate::exec::Outcome::Committed { .. }),
+                "{outcome:?}"
+            );
+        }
+        assert_eq!(pairs(&ex, &ann), ["team:b"]);
+        assert_eq!(pairs(&ex, &bob), ["team:a", "team:b"]);
+    }
 }
