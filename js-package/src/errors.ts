@@ -27,6 +27,7 @@ export const PROGRAM_CODES = [
   "MEMORY_EXHAUSTED",
   "HIDDEN_WORK_EXHAUSTED",
   "INTERNAL_ERROR",
+  "IDENTITY_QUOTA_EXCEEDED",
 ] as const;
 
 /** Codes of local storage (IndexedDB). */

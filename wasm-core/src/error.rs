@@ -66,6 +66,9 @@ pub enum ErrorCode {
     /// The engine failed inside (a bug): the commit is refused the same way on every
     /// replica, which keeps running.
     Internal,
+    /// The commit would take its identity (or a document's owner) over a quota of
+    /// documents, bytes or partitions kept on the server (`crate::quota`).
+    IdentityQuota,
 }
 
 impl ErrorCode {
@@ -97,6 +100,7 @@ impl ErrorCode {
         ErrorCode::MemoryExhausted,
         ErrorCode::HiddenWorkExhausted,
         ErrorCode::Internal,
+        ErrorCode::IdentityQuota,
     ];
 
     /// The stable string form.
@@ -128,6 +132,7 @@ impl ErrorCode {
             ErrorCode::MemoryExhausted => "MEMORY_EXHAUSTED",
             ErrorCode::HiddenWorkExhausted => "HIDDEN_WORK_EXHAUSTED",
             ErrorCode::Internal => "INTERNAL_ERROR",
+            ErrorCode::IdentityQuota => "IDENTITY_QUOTA_EXCEEDED",
         }
     }
 

@@ -564,6 +564,51 @@ fn cap_message(mut m: String) -> String {
     m
 }
 
+/// What a server does with a commit at `position`: runs it ([`execute`]), checks and
+/// counts the identity's quotas ([`crate::quota`]), and builds the batch that records
+/// its outcome ([`effects_batch`]) together with the server's own derived state (the
+/// quota counts, the read-rule index's member entries, [`crate::reach`]). A replica
+/// applying outcomes computed by a server uses [`apply`] instead.
+pub fn commit_batch(
+    store: &dyn Storage,
+    schema: &Schema,
+    commit: &Commit,
+    position: u64,
+    limits: &Limits,
+) -> Result<(Batch, Outcome), Error> {
+    let mut outcome = execute(store, schema, commit, position, limits)?;
+    let batch = |outcome: &Outcome| {
+        effects_batch(
+            store,
+            schema,
+            position,
+            &commit.client_id,
+            commit.client_seq,
+            outcome,
+        )
+        .map(|(b, _)| b)
+    };
+    let mut b = batch(&outcome)?;
+    if let Outcome::Committed { writes, .. } = &outcome {
+        // The identity's quotas: over one, the commit is rejected and changes nothing.
+        let sub = subject(&commit.auth);
+        match crate::quota::account(store, &limits.quotas, &sub, writes, &b)? {
+            Ok(ops) => {
+                b.ops.extend(ops);
+                b.ops.extend(schema.reach().member_ops(store, writes)?);
+            }
+            Err(message) => {
+                outcome = Outcome::Rejected {
+                    code: ErrorCode::IdentityQuota,
+                    message: format!("{}: {message}", ErrorCode::IdentityQuota),
+                };
+                b = batch(&outcome)?;
+            }
+        }
+    }
+    Ok((b, outcome))
+}
+
 /// Records an outcome at `position`: its writes, the client's sequence number, the
 /// digest and the position, in one atomic batch. Returns the new digest.
 pub fn apply(
@@ -689,6 +734,15 @@ impl<S: Storage> Executor<S> {
             commit.client_seq,
             &outcome,
         )?;
+        Ok(outcome)
+    }
+
+    /// [`Executor::commit`] as a server does it, with the server's derived state
+    /// ([`commit_batch`]).
+    pub fn serve_commit(&mut self, commit: &Commit, position: u64) -> Result<Outcome, Error> {
+        let (batch, outcome) =
+            commit_batch(&self.store, &self.schema, commit, position, &self.limits)?;
+        self.store.apply(batch)?;
         Ok(outcome)
     }
 

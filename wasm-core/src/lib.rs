@@ -57,6 +57,8 @@ pub mod exec;
 pub mod keys;
 pub mod lang;
 pub mod protocol;
+pub mod quota;
+pub mod reach;
 pub mod replica;
 #[doc(hidden)]
 pub mod scenario;

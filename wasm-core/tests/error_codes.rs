@@ -215,7 +215,7 @@ fn every_error_code_is_tested() {
 
 #[test]
 fn codes_are_stable_strings() {
-    assert_eq!(ErrorCode::ALL.len(), 26);
+    assert_eq!(ErrorCode::ALL.len(), 27);
     for code in ErrorCode::ALL {
         assert_eq!(ErrorCode::parse(code.as_str()), Some(*code));
         assert_eq!(code.to_string(), code.as_str());
@@ -780,6 +780,43 @@ fn code_quota_exceeded() {
     assert_eq!(
         ex.query("Item.all().count()", &auth(), NOW).unwrap(),
         Value::Int(0)
+    );
+}
+
+#[test]
+fn code_identity_quota_exceeded() {
+    // Kept by a server when it applies a commit (`exec::commit_batch`): one document
+    // per identity here. The second create is rejected and changes nothing.
+    let limits = Limits {
+        quotas: warren_core::quota::Quotas {
+            documents: 1,
+            ..warren_core::quota::Quotas::UNLIMITED
+        },
+        ..Limits::default()
+    };
+    let mut ex = Executor::new(MemoryStore::new(), Arc::new(schema()), limits);
+    let c = commit(1, run_op("Item.create({ id: \"a\" })"));
+    assert!(matches!(
+        ex.serve_commit(&c, 1).unwrap(),
+        Outcome::Committed { .. }
+    ));
+    let c = commit(2, run_op("Item.create({ id: \"b\" })"));
+    match ex.serve_commit(&c, 2).unwrap() {
+        Outcome::Rejected { code, message } => {
+            assert_eq!(code.as_str(), "IDENTITY_QUOTA_EXCEEDED");
+            assert!(code.is_deterministic());
+            assert!(
+                message.starts_with(
+                    "IDENTITY_QUOTA_EXCEEDED: this identity would keep 2 documents; its quota is 1"
+                ),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        ex.query("Item.all().count()", &auth(), NOW).unwrap(),
+        Value::Int(1)
     );
 }
 

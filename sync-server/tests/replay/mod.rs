@@ -118,9 +118,11 @@ impl Replay {
         );
         let commit: Commit = decode_log_entry(bytes)
             .unwrap_or_else(|e| panic!("log entry {position} does not decode: {e}"));
+        // As the region does: with the server's derived state (quota counts, the
+        // read-rule index).
         let outcome = self
             .executor
-            .commit(&commit, position)
+            .serve_commit(&commit, position)
             .unwrap_or_else(|e| panic!("replaying position {position}: {e}"));
         self.digests.push(self.executor.digest().unwrap());
         let function = match &commit.op {

@@ -81,6 +81,9 @@ pub struct Limits {
     /// that a scan passes over (one each, and one per KiB), and the steps of the
     /// rules it causes to run. `HIDDEN_WORK_EXHAUSTED` beyond.
     pub max_hidden_work: u64,
+    /// What one identity may keep in a server's state (checked by the server when it
+    /// applies a commit, `exec::commit_batch`; unlimited by default).
+    pub quotas: crate::quota::Quotas,
 }
 
 impl Default for Limits {
@@ -97,6 +100,7 @@ impl Default for Limits {
             rule_fuel: 10_000,
             rule_memory_bytes: 16 * 1024 * 1024,
             max_hidden_work: 1_000_000,
+            quotas: crate::quota::Quotas::UNLIMITED,
         }
     }
 }

@@ -248,3 +248,25 @@ impl<'a> Evaluator<'a> {
         }
     }
 }
+
+impl<'a> Evaluator<'a> {
+    /// Evaluates `expr` as a part of a read rule: unfiltered reads, `auth` and `vars`
+    /// bound. The read-rule index (`crate::reach`) evaluates the parts of a rule that
+    /// name partitions with it.
+    pub(crate) fn eval_rule_part(
+        &mut self,
+        expr: &crate::lang::ast::Expr,
+        vars: Vec<(&'static str, Value)>,
+    ) -> Result<Value, Error> {
+        let root = self.root_env()?;
+        self.on_rule_budget(|ev| {
+            let mut env = root;
+            for (k, v) in vars {
+                let val = ev.copy(&v)?;
+                env = bind_static(&env, k, val, ev.binding()?);
+            }
+            let v = ev.eval(expr, &env)?;
+            ev.materialize(v)
+        })
+    }
+}
