@@ -28,6 +28,8 @@ export const PROGRAM_CODES = [
   "HIDDEN_WORK_EXHAUSTED",
   "INTERNAL_ERROR",
   "IDENTITY_QUOTA_EXCEEDED",
+  "INVALID_TEXT_UPDATE",
+  "TEXT_UPDATE_OUT_OF_ORDER",
 ] as const;
 
 /** Codes of local storage (IndexedDB). */

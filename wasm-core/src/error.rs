@@ -69,6 +69,12 @@ pub enum ErrorCode {
     /// The commit would take its identity (or a document's owner) over a quota of
     /// documents, bytes or partitions kept on the server (`crate::quota`).
     IdentityQuota,
+    /// A collaborative text update is malformed, edits something other than the text,
+    /// or passes a bound (docs/LANGUAGE.md, "Text fields").
+    InvalidTextUpdate,
+    /// A collaborative text update depends on edits the text does not have: an
+    /// earlier edit was refused, or has not been sent yet.
+    TextUpdateOutOfOrder,
 }
 
 impl ErrorCode {
@@ -101,6 +107,8 @@ impl ErrorCode {
         ErrorCode::HiddenWorkExhausted,
         ErrorCode::Internal,
         ErrorCode::IdentityQuota,
+        ErrorCode::InvalidTextUpdate,
+        ErrorCode::TextUpdateOutOfOrder,
     ];
 
     /// The stable string form.
@@ -133,6 +141,8 @@ impl ErrorCode {
             ErrorCode::HiddenWorkExhausted => "HIDDEN_WORK_EXHAUSTED",
             ErrorCode::Internal => "INTERNAL_ERROR",
             ErrorCode::IdentityQuota => "IDENTITY_QUOTA_EXCEEDED",
+            ErrorCode::InvalidTextUpdate => "INVALID_TEXT_UPDATE",
+            ErrorCode::TextUpdateOutOfOrder => "TEXT_UPDATE_OUT_OF_ORDER",
         }
     }
 

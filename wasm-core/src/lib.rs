@@ -69,6 +69,7 @@ pub mod subscription;
 pub mod testing;
 pub mod text;
 pub mod value;
+pub mod ytext;
 
 pub use error::{Error, ErrorCode};
 pub use exec::{apply, execute, query, Commit, Executor, Op, Outcome, Usage, Write};

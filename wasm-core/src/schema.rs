@@ -4,7 +4,7 @@
 //! Its [`Schema::version`] is a hash of the source: every commit names the version it
 //! was made against, and two replicas with the same version run the same rules.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -32,6 +32,15 @@ pub struct Collection {
     pub partition: Option<Expr>,
     pub indexes: BTreeMap<String, IndexDecl>,
     pub rules: BTreeMap<Action, Vec<Rule>>,
+    /// Fields declared `text`: collaborative text ([`crate::ytext`]).
+    pub text_fields: BTreeSet<String>,
+}
+
+impl Collection {
+    /// Whether `field` is a collaborative text field.
+    pub fn is_text(&self, field: &str) -> bool {
+        !self.text_fields.is_empty() && self.text_fields.contains(field)
+    }
 }
 
 /// Names a collection member cannot take: they are the collection's own methods.
@@ -158,6 +167,41 @@ fn compile_collection(c: CollectionDecl) -> Result<Collection, Error> {
         }
         indexes.insert(ix.name.clone(), ix);
     }
+    let mut text_fields = BTreeSet::new();
+    for f in c.fields {
+        if f.ty != "text" {
+            return Err(Error::at(
+                ErrorCode::Schema,
+                f.pos,
+                format!(
+                    "field {} has type {}; the one field type is `text`",
+                    f.name, f.ty
+                ),
+            ));
+        }
+        if f.name == "id" || !text_fields.insert(f.name.clone()) {
+            return Err(Error::at(
+                ErrorCode::Schema,
+                f.pos,
+                format!(
+                    "field {} cannot be declared here (`id`, or declared twice)",
+                    f.name
+                ),
+            ));
+        }
+    }
+    for ix in indexes.values() {
+        if let Some(f) = ix.fields.iter().find(|f| text_fields.contains(&f[0])) {
+            return Err(Error::at(
+                ErrorCode::Schema,
+                ix.pos,
+                format!(
+                    "index {} lists the text field {}: text cannot be indexed",
+                    ix.name, f[0]
+                ),
+            ));
+        }
+    }
     let mut rules: BTreeMap<Action, Vec<Rule>> = BTreeMap::new();
     for r in c.rules {
         rules.entry(r.action).or_default().push(r);
@@ -167,6 +211,7 @@ fn compile_collection(c: CollectionDecl) -> Result<Collection, Error> {
         partition: c.partition,
         indexes,
         rules,
+        text_fields,
     })
 }
 
@@ -196,6 +241,10 @@ mod tests {
             ("function upper(s) { s }", 1, 1),
             ("collection A {}\nfunction A() { 1 }", 2, 1),
             ("collection A {\n  partition 1\n  partition 2\n}", 3, 3),
+            ("collection A {\n  field n: string\n}", 2, 3),
+            ("collection A {\n  field n: text\n  field n: text\n}", 3, 3),
+            ("collection A {\n  field id: text\n}", 2, 3),
+            ("collection A {\n  field n: text\n  index byN [n]\n}", 3, 3),
         ];
         for (src, line, col) in cases {
             let e = Schema::parse(src).unwrap_err();

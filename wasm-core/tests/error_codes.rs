@@ -66,6 +66,17 @@ collection Sneaky {
   allow create true
 }
 
+collection Pad {
+  field body: text
+  allow read true
+  allow create true
+  allow update true
+}
+
+function editPad(update) {
+  (Pad.byId("p") ?? Pad.create({ id: "p" })).editText("body", update)
+}
+
 function down(n) { down(n + 1) }
 
 function add(title) { Item.create({ title }) }
@@ -215,7 +226,7 @@ fn every_error_code_is_tested() {
 
 #[test]
 fn codes_are_stable_strings() {
-    assert_eq!(ErrorCode::ALL.len(), 27);
+    assert_eq!(ErrorCode::ALL.len(), 29);
     for code in ErrorCode::ALL {
         assert_eq!(ErrorCode::parse(code.as_str()), Some(*code));
         assert_eq!(code.to_string(), code.as_str());
@@ -962,4 +973,27 @@ fn code_internal_error() {
     assert_eq!(db.ex.digest().unwrap(), other.ex.digest().unwrap());
     // The replica keeps going.
     db.ok("Item.create({ id: \"y\" })");
+}
+
+fn edit_pad(update: Vec<u8>) -> Op {
+    Op::Call {
+        function: "editPad".into(),
+        args: obj([("update", Value::Bytes(update))]),
+    }
+}
+
+#[test]
+fn code_invalid_text_update() {
+    // A Yjs update that ends early (one client, one struct, then nothing).
+    let msg = Db::new().rejects(edit_pad(vec![1, 1, 7]), "INVALID_TEXT_UPDATE");
+    assert!(msg.contains("ends early"), "{msg}");
+}
+
+#[test]
+fn code_text_update_out_of_order() {
+    // Client 7 inserts "x" after its own character 5, which the text never had.
+    let update = vec![1, 1, 7, 6, 0x84, 7, 5, 1, b'x', 0];
+    let mut db = Db::new();
+    db.rejects(edit_pad(update), "TEXT_UPDATE_OUT_OF_ORDER");
+    assert_eq!(db.q(r#"Pad.byId("p")"#), Value::Null);
 }

@@ -928,6 +928,9 @@ impl<'a> Evaluator<'a> {
                 if name == "id" {
                     let id = &d.id;
                     self.string(id.len(), || id.clone())
+                } else if self.coll(&d.collection)?.is_text(name) {
+                    let text = crate::ytext::stored(d.stored.data.get(name))?.text;
+                    self.string(text.len(), || text.to_owned())
                 } else {
                     self.copy(d.stored.data.get(name))
                 }
@@ -981,7 +984,7 @@ impl<'a> Evaluator<'a> {
                         + meter::entry_extra("id", first)
                         + meter::string_cost(d.id.len() as u64),
                 )?;
-                let mut o = data.as_object().cloned().unwrap_or_default();
+                let mut o = write::visible(self.coll(&d.collection)?, data)?;
                 o.insert("id".into(), Value::String(d.id.clone()));
                 Ok(Owned {
                     value: Value::Object(o),
@@ -1017,6 +1020,18 @@ impl<'a> Evaluator<'a> {
                     no_args(name, &args)?;
                     self.delete_doc(d)?;
                     return Ok(Val::NULL);
+                }
+                "editText" => {
+                    let [field, update] = one_arg(name, args)?;
+                    let field = self.data(field)?;
+                    let Value::String(field) = field.value() else {
+                        return Err(type_err(format!(
+                            "editText takes a field name, not {}",
+                            field.value().type_name()
+                        )));
+                    };
+                    let update = self.own(update)?;
+                    return self.edit_text(d, field, update);
                 }
                 _ => {}
             },

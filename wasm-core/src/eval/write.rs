@@ -22,6 +22,46 @@ use crate::schema::Collection;
 use crate::storage::Storage;
 use crate::value::{Value, MAX_VALUE_DEPTH};
 
+/// What an update does to a document.
+enum Change<'f> {
+    /// `update(patch)` or `replace(data)`.
+    Patch { patch: Owned, replace: bool },
+    /// `editText(field, update)`.
+    Text { field: &'f str, update: Owned },
+}
+
+/// Refuses a write that sets a text field directly: text changes only by its edits.
+fn no_text_fields(
+    coll: &Collection,
+    fields: &crate::value::Object,
+    verb: &str,
+) -> Result<(), Error> {
+    for f in &coll.text_fields {
+        if let Some(v) = fields.get(f) {
+            if verb == "create" && v.is_null() {
+                continue;
+            }
+            return Err(type_err(format!(
+                "{verb} cannot set the text field {}.{f}: edit it with editText(\"{f}\", update)",
+                coll.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A document's fields as programs and rules see them: each text field as its string.
+pub(super) fn visible(coll: &Collection, data: &Value) -> Result<crate::value::Object, Error> {
+    let mut o = data.as_object().cloned().unwrap_or_default();
+    for f in &coll.text_fields {
+        if let Some(v) = o.get_mut(f) {
+            let s = crate::ytext::stored(v)?.text.to_owned();
+            *v = Value::String(s);
+        }
+    }
+    Ok(o)
+}
+
 /// A document as it stands in the transaction: the one the program holds, or the one
 /// the transaction wrote since (paid for while it is used).
 enum Current<'d> {
@@ -55,10 +95,12 @@ impl<'a> Evaluator<'a> {
 
     /// A document's fields with its `id`, as rules and partition expressions see it
     /// (paid for, and shared with every rule that looks at it).
-    fn with_id(&self, data: &Value, id: &str) -> Result<Data, Error> {
+    fn with_id(&self, coll: &Collection, data: &Value, id: &str) -> Result<Data, Error> {
         let first = data.as_object().is_none_or(|o| o.is_empty());
+        // Text fields read as their strings, which their stored bytes hold: the
+        // stored size pays for both.
         let paid = self.pay(cost(data) + entry_extra("id", first) + id.len() as u64)?;
-        let mut o = data.as_object().cloned().unwrap_or_default();
+        let mut o = visible(coll, data)?;
         o.insert("id".into(), Value::String(id.to_owned()));
         Ok(Data::held(Value::Object(o), paid))
     }
@@ -72,6 +114,7 @@ impl<'a> Evaluator<'a> {
                 value.type_name()
             )));
         };
+        no_text_fields(coll, &fields, "create")?;
         let id = match fields.remove("id") {
             Some(Value::String(s)) => {
                 check_id(&s)?;
@@ -87,7 +130,7 @@ impl<'a> Evaluator<'a> {
             None => self.new_id(),
         };
         let data = Value::Object(fields);
-        let doc = self.with_id(&data, &id)?;
+        let doc = self.with_id(coll, &data, &id)?;
         let partition = self.partition_of(coll, &doc)?;
         let new = StoredDoc {
             partition,
@@ -132,13 +175,58 @@ impl<'a> Evaluator<'a> {
         patch: Owned,
         replace: bool,
     ) -> Result<Val, Error> {
+        self.change_doc(d, Change::Patch { patch, replace })
+    }
+
+    /// `d.editText(field, update)`: applies a Yjs update to a text field, then writes
+    /// the document as `update` does (its rules see the text before and after).
+    pub(super) fn edit_text(&mut self, d: &Doc, field: &str, update: Owned) -> Result<Val, Error> {
+        self.change_doc(d, Change::Text { field, update })
+    }
+
+    fn change_doc(&mut self, d: &Doc, change: Change<'_>) -> Result<Val, Error> {
         self.require_writable()?;
         let (coll, current) = self.current(d)?;
         let old = current.doc();
-        let Owned {
-            value: patch,
-            mut paid,
-        } = patch;
+        let (patch, replace, mut paid) = match change {
+            Change::Patch { patch, replace } => (patch.value, replace, patch.paid),
+            Change::Text { field, update } => {
+                let Owned { value, mut paid } = update;
+                let Value::Bytes(update) = value else {
+                    return Err(type_err(format!(
+                        "editText takes a Yjs update as bytes, not {}",
+                        value.type_name()
+                    )));
+                };
+                if !coll.is_text(field) {
+                    return Err(type_err(format!(
+                        "{}.{field} is not a text field (declare it: field {field}: text)",
+                        coll.name
+                    )));
+                }
+                // Reading the update is linear in its bytes; applying it in the state's
+                // and the update's, and in its parts (each may meet the others).
+                self.charge(1 + update.len() as u64 / 64)?;
+                let checked = crate::ytext::check_update(&update)?;
+                let before = old.data.get(field);
+                let state = match before {
+                    Value::Bytes(b) => b.len(),
+                    _ => 0,
+                } as u64;
+                self.charge((state + update.len() as u64) / 16 + checked.parts)?;
+                let working =
+                    self.pay(crate::ytext::MEMORY_PER_BYTE * (state + update.len() as u64) + 4096)?;
+                let after = crate::ytext::apply(before, &update)?;
+                drop(working);
+                paid.more(cost(&old.data) + cost(&after))?;
+                let mut o = old.data.as_object().cloned().unwrap_or_default();
+                o.insert(field.to_owned(), after);
+                let data = Value::Object(o);
+                let v = self.finish_update(d, coll, old, data, paid, "editText");
+                drop(current);
+                return v;
+            }
+        };
         let Value::Object(mut patch) = patch else {
             return Err(type_err(format!(
                 "{} takes an object, not {}",
@@ -156,7 +244,16 @@ impl<'a> Evaluator<'a> {
                 ))
             }
         }
+        no_text_fields(coll, &patch, if replace { "replace" } else { "update" })?;
         let data = if replace {
+            // Text fields change only by their edits: replace keeps them.
+            for f in &coll.text_fields {
+                let v = old.data.get(f);
+                if !v.is_null() {
+                    paid.more(cost(v))?;
+                    patch.insert(f.clone(), v.clone());
+                }
+            }
             Value::Object(patch)
         } else {
             // A shallow merge; a field set to null is removed.
@@ -171,14 +268,36 @@ impl<'a> Evaluator<'a> {
             }
             Value::Object(o)
         };
-        let doc = self.with_id(&data, &d.id)?;
+        let v = self.finish_update(
+            d,
+            coll,
+            old,
+            data,
+            paid,
+            if replace { "replace" } else { "update" },
+        )?;
+        drop(current);
+        Ok(v)
+    }
+
+    /// The rest of an update: the partition must not change, the rules and limits
+    /// pass, the write is recorded.
+    fn finish_update(
+        &mut self,
+        d: &Doc,
+        coll: &'a Collection,
+        old: &StoredDoc,
+        data: Value,
+        paid: Paid,
+        verb: &str,
+    ) -> Result<Val, Error> {
+        let doc = self.with_id(coll, &data, &d.id)?;
         let partition = self.partition_of(coll, &doc)?;
         if partition != old.partition {
             return Err(err(
                 ErrorCode::PartitionChange,
                 format!(
-                    "{} of {}/{} would move it from partition {} to {}; partitions are fixed at create",
-                    if replace { "replace" } else { "update" },
+                    "{verb} of {}/{} would move it from partition {} to {}; partitions are fixed at create",
                     d.collection,
                     d.id,
                     old.partition,
@@ -191,7 +310,7 @@ impl<'a> Evaluator<'a> {
             version: self.ctx.position,
             data,
         };
-        let old_doc = self.with_id(&old.data, &d.id)?;
+        let old_doc = self.with_id(coll, &old.data, &d.id)?;
         self.write(
             coll,
             &d.id,
@@ -199,7 +318,7 @@ impl<'a> Evaluator<'a> {
             Some((&new, &doc)),
             Action::Update,
         )?;
-        drop((doc, old_doc, current));
+        drop((doc, old_doc));
         let doc = self.new_doc(coll, d.id.clone(), new, paid)?;
         Ok(Val::Doc(Rc::new(doc)))
     }
@@ -208,7 +327,7 @@ impl<'a> Evaluator<'a> {
         self.require_writable()?;
         let (coll, current) = self.current(d)?;
         let old = current.doc();
-        let old_doc = self.with_id(&old.data, &d.id)?;
+        let old_doc = self.with_id(coll, &old.data, &d.id)?;
         self.write(coll, &d.id, Some((old, &old_doc)), None, Action::Delete)
     }
 

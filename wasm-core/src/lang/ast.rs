@@ -194,7 +194,17 @@ pub struct CollectionDecl {
     pub name: String,
     pub partition: Option<Expr>,
     pub indexes: Vec<IndexDecl>,
+    /// `field name: type` declarations (the one type so far is `text`).
+    pub fields: Vec<FieldDecl>,
     pub rules: Vec<Rule>,
+    pub pos: Pos,
+}
+
+/// `field notes: text`: a field with a declared type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FieldDecl {
+    pub name: String,
+    pub ty: String,
     pub pos: Pos,
 }
 

@@ -634,6 +634,7 @@ impl Parser {
             name,
             partition: None,
             indexes: Vec::new(),
+            fields: Vec::new(),
             rules: Vec::new(),
             pos,
         };
@@ -651,7 +652,7 @@ impl Parser {
                         ErrorCode::Parse,
                         t.pos,
                         format!(
-                            "expected `partition`, `index`, `unique index` or `allow`, found {}",
+                            "expected `partition`, `index`, `unique index`, `field` or `allow`, found {}",
                             other.describe()
                         ),
                     ))
@@ -670,6 +671,16 @@ impl Parser {
                     c.partition = Some(self.expr()?);
                 }
                 "index" => c.indexes.push(self.index(false, t.pos)?),
+                "field" => {
+                    let (name, _) = self.field_name()?;
+                    self.expect(&Tok::Colon, "`:` and the field's type")?;
+                    let (ty, _) = self.ident("a type")?;
+                    c.fields.push(FieldDecl {
+                        name,
+                        ty,
+                        pos: t.pos,
+                    });
+                }
                 "unique" => {
                     if !self.is_word("index") {
                         return Err(Error::at(
@@ -710,7 +721,7 @@ impl Parser {
                         ErrorCode::Parse,
                         t.pos,
                         format!(
-                        "expected `partition`, `index`, `unique index` or `allow`, found `{other}`"
+                        "expected `partition`, `index`, `unique index`, `field` or `allow`, found `{other}`"
                     ),
                     ))
                 }
