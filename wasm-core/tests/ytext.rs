@@ -6,47 +6,28 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::{assert_committed, assert_rejected, seed, Client, Rng};
+
+/// An editor and the client that sends its updates.
+fn person(n: u64) -> (Editor, Client) {
+    (
+        Editor::new(n),
+        Client::new(&format!("c{n}"), obj([("sub", format!("u{n}").into())])),
+    )
+}
 use warren_core::eval::Limits;
 use warren_core::exec::{Commit, Executor, Outcome};
 use warren_core::storage::MemoryStore;
+use warren_core::testing::text::Editor;
 use warren_core::value::{obj, Value};
-use warren_core::{ErrorCode, Schema};
-use yrs::updates::decoder::Decode;
-use yrs::{ClientID, GetString, OffsetKind, Options, Text, Transact, Update};
-
-const SCHEMA: &str = r#"
-collection Note {
-  field body: text
-  allow read true
-  allow create true
-  allow update auth.sub != "mallory" && new.body.length <= 2000
-  allow delete false
-}
-
-function edit(id, update) {
-  let n = Note.byId(id) ?? abort("no such note")
-  n.editText("body", update)
-  n.id
-}
-"#;
+use warren_core::ErrorCode;
 
 fn db() -> Executor<MemoryStore> {
     db_with(Limits::default())
 }
 
 fn db_with(limits: Limits) -> Executor<MemoryStore> {
-    let mut db = Executor::new(
-        MemoryStore::new(),
-        Arc::new(Schema::parse(SCHEMA).expect("schema parses")),
-        limits,
-    );
-    let mut setup = Client::new("setup", obj([("sub", "ann".into())]));
-    let c = setup.run(r#"Note.create({ id: "n", title: "shared" })"#);
-    assert_committed(&run(&mut db, &c));
-    db
+    warren_core::testing::text::store_with(limits)
 }
 
 fn run(db: &mut Executor<MemoryStore>, c: &Commit) -> Outcome {
@@ -71,61 +52,6 @@ fn body(db: &Executor<MemoryStore>) -> String {
     }
 }
 
-/// A person's editor: a Yjs document edited locally, whose updates are commits.
-struct Editor {
-    doc: yrs::Doc,
-    text: yrs::TextRef,
-    client: Client,
-    /// Updates made here and not yet sent.
-    outbox: Vec<Vec<u8>>,
-}
-
-impl Editor {
-    fn new(n: u64) -> Editor {
-        let mut o = Options::with_guid_and_client_id("n".into(), ClientID::new(1000 + n));
-        o.offset_kind = OffsetKind::Utf16;
-        let doc = yrs::Doc::with_options(o);
-        let text = doc.get_or_insert_text("text");
-        Editor {
-            doc,
-            text,
-            client: Client::new(&format!("c{n}"), obj([("sub", format!("u{n}").into())])),
-            outbox: Vec::new(),
-        }
-    }
-
-    fn string(&self) -> String {
-        self.text.get_string(&self.doc.transact())
-    }
-
-    /// A random insertion or deletion, as one local transaction.
-    fn random_edit(&mut self, rng: &mut Rng) {
-        let len = self.string().encode_utf16().count() as u32;
-        let mut txn = self.doc.transact_mut();
-        if len > 0 && rng.chance(35) {
-            let at = rng.below(len as u64) as u32;
-            let n = 1 + rng.below((len - at).min(5) as u64) as u32;
-            self.text.remove_range(&mut txn, at, n);
-        } else {
-            let at = rng.below(len as u64 + 1) as u32;
-            let words = ["a", "bc", "déf", "ж", " ", "xyz!", "\n"];
-            let s = (0..1 + rng.below(3))
-                .map(|_| *rng.pick(&words))
-                .collect::<String>();
-            self.text.insert(&mut txn, at, &s);
-        }
-        let u = txn.encode_update_v1();
-        drop(txn);
-        self.outbox.push(u);
-    }
-
-    fn receive(&self, update: &[u8]) {
-        let mut txn = self.doc.transact_mut();
-        txn.apply_update(Update::decode_v1(update).unwrap())
-            .unwrap();
-    }
-}
-
 /// N people edit the same text offline, then reconnect: their commits reach the log
 /// interleaved in a random order (each person's in their own order). Every replica
 /// that applies the log gets the same bytes and digest; each person's editor, which
@@ -136,7 +62,8 @@ fn concurrent_offline_edits_converge_in_every_replica() {
     for round in 0..40u64 {
         let mut rng = Rng::new(s.wrapping_add(round));
         let people = 2 + rng.below(3);
-        let mut editors: Vec<Editor> = (0..people).map(Editor::new).collect();
+        let (mut editors, mut clients): (Vec<Editor>, Vec<Client>) =
+            (0..people).map(person).unzip();
         let mut replicas = [db(), db(), db()];
         let mut log: Vec<Commit> = Vec::new();
         let mut log_updates: Vec<Vec<u8>> = Vec::new();
@@ -161,7 +88,7 @@ fn concurrent_offline_edits_converge_in_every_replica() {
                 let qi = *rng.pick(&live);
                 let (who, q) = &mut queues[qi];
                 let u = q.pop_front().unwrap();
-                log.push(edit(&mut editors[*who].client, u.clone()));
+                log.push(edit(&mut clients[*who], u.clone()));
                 log_updates.push(u);
             }
             for r in replicas.iter_mut() {
@@ -216,14 +143,10 @@ fn concurrent_offline_edits_converge_in_every_replica() {
 #[test]
 fn reads_give_the_string_and_rules_see_it() {
     let mut db = db();
-    let mut e = Editor::new(1);
-    {
-        let mut txn = e.doc.transact_mut();
-        e.text.insert(&mut txn, 0, "hello world");
-        e.outbox.push(txn.encode_update_v1());
-    }
+    let (mut e, mut ec) = person(1);
+    e.insert(0, "hello world");
     let u = e.outbox.pop().unwrap();
-    assert_committed(&run(&mut db, &edit(&mut e.client, u)));
+    assert_committed(&run(&mut db, &edit(&mut ec, u)));
     let ann = obj([("sub", "ann".into())]);
     let q = |db: &Executor<MemoryStore>, src: &str| db.query(src, &ann, 0).unwrap();
     assert_eq!(q(&db, r#"Note.byId("n").body"#), Value::from("hello world"));
@@ -254,23 +177,19 @@ fn reads_give_the_string_and_rules_see_it() {
     );
 
     // The update rule sees the new text: one longer than 2,000 characters is denied.
-    {
-        let mut txn = e.doc.transact_mut();
-        e.text.insert(&mut txn, 0, &"x".repeat(2000));
-        e.outbox.push(txn.encode_update_v1());
-    }
+    e.insert(0, &"x".repeat(2000));
     let u = e.outbox.pop().unwrap();
     assert_rejected(
-        &run(&mut db, &edit(&mut e.client, u)),
+        &run(&mut db, &edit(&mut ec, u)),
         ErrorCode::PermissionDenied,
     );
     // And a user the rule refuses cannot edit.
-    let mut m = Editor::new(2);
-    m.client = Client::new("m", obj([("sub", "mallory".into())]));
+    let (mut m, _) = person(2);
+    let mut mc = Client::new("m", obj([("sub", "mallory".into())]));
     m.random_edit(&mut Rng::new(1));
     let u = m.outbox.pop().unwrap();
     assert_rejected(
-        &run(&mut db, &edit(&mut m.client, u)),
+        &run(&mut db, &edit(&mut mc, u)),
         ErrorCode::PermissionDenied,
     );
     assert_eq!(body(&db), "hello world");
@@ -298,10 +217,10 @@ fn text_changes_only_by_its_edits() {
         &mut db,
         &c.run(r#"Note.create({ id: "m", body: null })"#),
     ));
-    let mut e = Editor::new(3);
+    let (mut e, mut ec) = person(3);
     e.random_edit(&mut Rng::new(3));
     let u = e.outbox.pop().unwrap();
-    assert_committed(&run(&mut db, &edit(&mut e.client, u)));
+    assert_committed(&run(&mut db, &edit(&mut ec, u)));
     let before = body(&db);
     assert!(!before.is_empty());
     assert_committed(&run(
@@ -315,12 +234,12 @@ fn text_changes_only_by_its_edits() {
 #[test]
 fn an_update_applied_twice_changes_nothing() {
     let mut db = db();
-    let mut e = Editor::new(4);
+    let (mut e, mut ec) = person(4);
     e.random_edit(&mut Rng::new(4));
     let u = e.outbox.pop().unwrap();
-    assert_committed(&run(&mut db, &edit(&mut e.client, u.clone())));
+    assert_committed(&run(&mut db, &edit(&mut ec, u.clone())));
     let text = body(&db);
-    assert_committed(&run(&mut db, &edit(&mut e.client, u)));
+    assert_committed(&run(&mut db, &edit(&mut ec, u)));
     assert_eq!(body(&db), text);
 }
 
@@ -329,19 +248,19 @@ fn an_update_applied_twice_changes_nothing() {
 #[test]
 fn an_update_without_its_predecessor_is_refused() {
     let mut db = db();
-    let mut e = Editor::new(5);
+    let (mut e, mut ec) = person(5);
     let mut rng = Rng::new(5);
     e.random_edit(&mut rng);
     e.random_edit(&mut rng);
     let second = e.outbox.pop().unwrap();
     let first = e.outbox.pop().unwrap();
     assert_rejected(
-        &run(&mut db, &edit(&mut e.client, second.clone())),
+        &run(&mut db, &edit(&mut ec, second.clone())),
         ErrorCode::TextUpdateOutOfOrder,
     );
     assert_eq!(body(&db), "");
-    assert_committed(&run(&mut db, &edit(&mut e.client, first)));
-    assert_committed(&run(&mut db, &edit(&mut e.client, second)));
+    assert_committed(&run(&mut db, &edit(&mut ec, first)));
+    assert_committed(&run(&mut db, &edit(&mut ec, second)));
     assert_eq!(body(&db), e.string());
 }
 
@@ -514,7 +433,7 @@ fn mutated_updates_never_fail_inside_the_engine() {
     let mut rng = Rng::new(s);
     let mut db = db();
     let mut c = Client::new("fuzz", obj([("sub", "ann".into())]));
-    let mut e = Editor::new(9);
+    let (mut e, _) = person(9);
     let mut committed = 0;
     for i in 0..3000 {
         // A fresh note now and then, within the rule's 2,000 characters.
@@ -563,7 +482,7 @@ fn mutated_updates_never_fail_inside_the_engine() {
         // Keep the editor in step with what the text has (a refused edit of its own
         // leaves the editor ahead, and its next updates out of order).
         if i % 10 == 9 {
-            e = Editor::new(10 + i);
+            e = Editor::new(10 + i as u64);
         }
     }
     assert!(committed > 150, "seed {s}: only {committed} committed");
@@ -602,20 +521,14 @@ fn an_update_is_paid_for_before_it_runs() {
 #[test]
 fn deleted_text_is_garbage_collected() {
     let mut db = db();
-    let mut e = Editor::new(11);
+    let (mut e, mut ec) = person(11);
     for _ in 0..20 {
-        let mut txn = e.doc.transact_mut();
-        e.text.insert(&mut txn, 0, &"z".repeat(90));
-        e.outbox.push(txn.encode_update_v1());
+        e.insert(0, &"z".repeat(90));
     }
-    {
-        let mut txn = e.doc.transact_mut();
-        e.text.remove_range(&mut txn, 0, 1_800);
-        e.outbox.push(txn.encode_update_v1());
-    }
+    e.remove(0, 1_800);
     let updates = std::mem::take(&mut e.outbox);
     for u in updates {
-        assert_committed(&run(&mut db, &edit(&mut e.client, u)));
+        assert_committed(&run(&mut db, &edit(&mut ec, u)));
     }
     assert_eq!(body(&db), "");
     let stored = stored_len(&db);

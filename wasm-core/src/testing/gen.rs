@@ -928,6 +928,9 @@ pub fn differential(seed: u64, count: u64) -> String {
         let _ = writeln!(out, "{i} {q}");
         let _ = writeln!(out, "{i} {t}");
     }
+    // Collaborative text: editors' updates interleaved at random (a round per 300
+    // programs, and at least three).
+    out.push_str(&super::text::differential(seed, 3 + count / 300));
     let _ = writeln!(out, "end {}", crate::hex(&db.digest().expect("memory")));
     out
 }
