@@ -204,7 +204,8 @@ fn text_changes_only_by_its_edits() {
         r#"Note.byId("n").update({ body: "x" })"#,
         r#"Note.byId("n").update({ body: null })"#,
         r#"Note.byId("n").replace({ title: "t", body: "x" })"#,
-        r#"Note.byId("n").editText("body", "not bytes")"#,
+        r#"Note.byId("n").editText("body", 42)"#,
+        r#"Note.byId("n").textState("title")"#,
     ] {
         let o = run(&mut db, &c.run(src));
         assert!(
@@ -549,4 +550,47 @@ fn stored_len(db: &Executor<MemoryStore>) -> usize {
         )
         .unwrap();
     page.iter().map(|(_, v)| v.len()).sum()
+}
+
+/// What an editor binds to: `textState` gives the whole state as one Yjs update, and
+/// an ad-hoc transaction can send an edit as base64 text.
+#[test]
+fn an_editor_starts_from_text_state_and_sends_base64() {
+    use base64::Engine as _;
+    let mut db = db();
+    let ann = obj([("sub", "ann".into())]);
+    // Never edited: the update of an empty document.
+    let empty = db
+        .query(r#"Note.byId("n").textState("body")"#, &ann, 0)
+        .unwrap();
+    assert_eq!(empty, Value::Bytes(vec![0, 0]));
+    let (mut a, mut ac) = person(20);
+    a.insert(0, "from a");
+    let u = a.outbox.pop().unwrap();
+    assert_committed(&run(&mut db, &edit(&mut ac, u)));
+    // A second editor starts from the state and edits on top of it.
+    let (mut b, mut bc) = person(21);
+    let Value::Bytes(state) = db
+        .query(r#"Note.byId("n").textState("body")"#, &ann, 0)
+        .unwrap()
+    else {
+        panic!("textState gives bytes")
+    };
+    b.receive(&state);
+    assert_eq!(b.string(), "from a");
+    b.insert(6, ", then b");
+    let u = b.outbox.pop().unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&u);
+    let src = format!(r#"Note.byId("n").editText("body", "{b64}").body"#);
+    assert_eq!(
+        assert_committed(&run(&mut db, &bc.run(&src))),
+        Value::from("from a, then b")
+    );
+    assert_rejected(
+        &run(
+            &mut db,
+            &bc.run(r#"Note.byId("n").editText("body", "not base64!")"#),
+        ),
+        ErrorCode::InvalidTextUpdate,
+    );
 }

@@ -1033,6 +1033,26 @@ impl<'a> Evaluator<'a> {
                     let update = self.own(update)?;
                     return self.edit_text(d, field, update);
                 }
+                "textState" => {
+                    let [field] = one_arg(name, args)?;
+                    let field = self.data(field)?;
+                    let coll = self.coll(&d.collection)?;
+                    let field = match field.value() {
+                        Value::String(f) if coll.is_text(f) => f,
+                        other => {
+                            return Err(type_err(format!(
+                                "textState takes the name of a text field of {}, not {}",
+                                coll.name,
+                                crate::text::preview(other)
+                            )))
+                        }
+                    };
+                    let state = crate::ytext::stored(d.stored.data.get(field))?.state;
+                    // A text never edited: the update of an empty document.
+                    let state = if state.is_empty() { &[0, 0][..] } else { state };
+                    let paid = self.pay(meter::string_cost(state.len() as u64))?;
+                    return Ok(Val::Data(Data::held(Value::Bytes(state.to_vec()), paid)));
+                }
                 _ => {}
             },
             Val::Data(v)

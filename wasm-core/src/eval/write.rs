@@ -192,11 +192,27 @@ impl<'a> Evaluator<'a> {
             Change::Patch { patch, replace } => (patch.value, replace, patch.paid),
             Change::Text { field, update } => {
                 let Owned { value, mut paid } = update;
-                let Value::Bytes(update) = value else {
-                    return Err(type_err(format!(
-                        "editText takes a Yjs update as bytes, not {}",
-                        value.type_name()
-                    )));
+                let update = match value {
+                    Value::Bytes(b) => b,
+                    // An ad-hoc transaction has no bytes literal: base64 text works too.
+                    Value::String(s) => {
+                        use base64::Engine as _;
+                        self.charge(1 + s.len() as u64 / 64)?;
+                        base64::engine::general_purpose::STANDARD
+                            .decode(s.as_bytes())
+                            .map_err(|_| {
+                                err(
+                                    ErrorCode::InvalidTextUpdate,
+                                    "editText was given text that is not base64",
+                                )
+                            })?
+                    }
+                    other => {
+                        return Err(type_err(format!(
+                            "editText takes a Yjs update as bytes (or base64 text), not {}",
+                            other.type_name()
+                        )))
+                    }
                 };
                 if !coll.is_text(field) {
                     return Err(type_err(format!(
