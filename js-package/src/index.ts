@@ -6,10 +6,13 @@ import init, { Warren as Engine } from "../wasm/warren_web.js";
 import { errorFor, wrap, WarrenError } from "./errors.js";
 import { collections, Collections, Query, sourceOf, Value } from "./query.js";
 import { Applied, EngineApi, Tabs } from "./tabs.js";
+import { TextBinding, TextOptions } from "./text.js";
 
 export * from "./errors.js";
 export { Collection, SetQuery, literal } from "./query.js";
 export type { Bounds, Collections, Comparison, Doc, Query, Value } from "./query.js";
+export { TextBinding } from "./text.js";
+export type { TextOptions, Yjs } from "./text.js";
 
 /** Where the engine's WebAssembly comes from, if not next to this module. */
 export type WasmSource = string | URL | Response | BufferSource | WebAssembly.Module;
@@ -336,6 +339,20 @@ export class Database<S = Record<string, Record<string, Value>>> {
    * the result. The rules apply to every write in it. */
   transact<R = unknown>(source: string): Write<R> {
     return this.write<R>(() => this.engine.run(source));
+  }
+
+  /** A collaborative text field (`field notes: text`) as a Yjs `Y.Doc` kept in step
+   * with the replica: bind an editor to `binding.text`. Pass the app's `yjs` module:
+   * `db.text("Task", id, "notes", { Y })`. See "Collaborative text" in the README. */
+  async text<D extends { getText(name?: string): unknown }>(
+    collection: string,
+    id: string,
+    field: string,
+    options: TextOptions<D>,
+  ): Promise<TextBinding<D>> {
+    const binding = new TextBinding<D>(this, collection, id, field, options);
+    await binding.ready;
+    return binding;
   }
 
   /** Listens for `rejected`, `dropped`, `error` or `schema`; returns an unsubscribe. */

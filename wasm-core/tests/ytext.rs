@@ -206,10 +206,12 @@ fn text_changes_only_by_its_edits() {
         r#"Note.byId("n").replace({ title: "t", body: "x" })"#,
         r#"Note.byId("n").editText("body", 42)"#,
         r#"Note.byId("n").textState("title")"#,
+        r#"Note.byId("missing").editText("body", "AAA=")"#,
+        r#"Note.byId("missing").textState("body")"#,
     ] {
         let o = run(&mut db, &c.run(src));
         assert!(
-            matches!(&o, Outcome::Rejected { code, .. } if *code == ErrorCode::Type || *code == ErrorCode::Unknown),
+            matches!(&o, Outcome::Rejected { code, .. } if *code == ErrorCode::Type),
             "{src}: {o:?}"
         );
     }

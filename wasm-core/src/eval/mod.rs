@@ -1056,7 +1056,7 @@ impl<'a> Evaluator<'a> {
                 _ => {}
             },
             Val::Data(v)
-                if matches!(name, "update" | "delete")
+                if matches!(name, "update" | "delete" | "editText" | "textState")
                     || (name == "replace" && !matches!(v.value(), Value::String(_))) =>
             {
                 return Err(type_err(format!(
