@@ -2,6 +2,8 @@
 // (loaded here with no bundler, through the import map in index.html).
 
 import { open } from "warren";
+import * as Y from "yjs";
+import { bindTextarea } from "./notes.js";
 
 const $ = (sel) => document.querySelector(sel);
 const USER_KEY = "warren-demo:user";
@@ -190,6 +192,8 @@ function renderBoard(db, user, team) {
           }),
           h("span", { class: "title" }, t.title),
           h("span", { class: "by" }, t.by),
+          h("button", { class: "notes", title: "Notes", onclick: () => openNotes(db, t).catch((e) => showError(e, "Opening the notes")) },
+            t.notes ? `notes (${t.notes.length})` : "notes"),
           // Only the admin may delete; the button is there for everyone so that the
           // rules, not the UI, decide (and the refusal is explained).
           h("button", { class: "remove", title: "Delete", onclick: () => write("Deleting a task", db.call("removeTask", { id: t.id })) }, "✕"),
@@ -197,6 +201,30 @@ function renderBoard(db, user, team) {
       ),
     ),
   );
+}
+
+// The notes of one task: its `notes` text field as a Y.Doc (db.text), bound to a
+// textarea. A refused edit gives a new Y.Doc: bind the textarea to it again.
+let notes = null;
+async function openNotes(db, task) {
+  notes?.close();
+  const binding = await db.text("Task", task.id, "notes", { Y });
+  let unbind = bindTextarea($("#notes"), binding.text);
+  notes = {
+    id: task.id,
+    close: () => {
+      unbind();
+      binding.close();
+    },
+  };
+  binding.onReset(() => {
+    unbind();
+    unbind = bindTextarea($("#notes"), binding.text);
+    showError(binding.error, "Your last notes edit");
+  });
+  $("#notes-title").textContent = `(${task.title})`;
+  $("#notes-card").hidden = false;
+  $("#notes-card").dataset.task = task.id;
 }
 
 function signOut() {

@@ -7,11 +7,12 @@
 // of the app shows on the visit after it is fetched. Sync traffic (/v1/...) never goes
 // through the cache.
 
-const CACHE = "warren-demo-v1";
+const CACHE = "warren-demo-v2";
 const SHELL = [
   "./",
   "./index.html",
   "./app.js",
+  "./notes.js",
   "./style.css",
   "./manifest.webmanifest",
   "./schema.warren",
@@ -19,8 +20,10 @@ const SHELL = [
   "./vendor/warren/dist/errors.js",
   "./vendor/warren/dist/query.js",
   "./vendor/warren/dist/tabs.js",
+  "./vendor/warren/dist/text.js",
   "./vendor/warren/wasm/warren_web.js",
   "./vendor/warren/wasm/warren_web_bg.wasm",
+  // .ci/build-demo lists yjs and its lib0 modules here (for the notes).
 ];
 
 self.addEventListener("install", (event) => {

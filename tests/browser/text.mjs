@@ -15,6 +15,7 @@ import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
 import { readFileSync, existsSync } from "node:fs";
 import { join, extname, normalize } from "node:path";
+import { importMap } from "../../.ci/importmap.mjs";
 import { check, fail, finish, until, tempDir, freePort, startWarren, stopProcess, profile as browser, root } from "./harness.mjs";
 
 const work = tempDir("browser-text");
@@ -23,24 +24,8 @@ const pkg = join(root, "js-package");
 const modules = join(pkg, "node_modules");
 
 // The import map: `warren` from the built package, `yjs` and its dependencies from
-// js-package's node_modules, each subpath as its package.json's exports say.
-function pick(target) {
-  if (typeof target === "string") return target;
-  for (const c of ["browser", "import", "module", "default"]) {
-    if (target && target[c] !== undefined) return pick(target[c]);
-  }
-  return null;
-}
-const imports = { warren: "/warren/dist/index.js" };
-for (const name of ["yjs", "lib0", "isomorphic.js"]) {
-  const meta = JSON.parse(readFileSync(join(modules, name, "package.json"), "utf8"));
-  const exp = meta.exports || { ".": meta.module || meta.main };
-  for (const [sub, target] of Object.entries(typeof exp === "string" ? { ".": exp } : exp)) {
-    const file = pick(target);
-    if (!file || sub.includes("*") || !file.endsWith("js")) continue;
-    imports[sub === "." ? name : `${name}/${sub.slice(2)}`] = `/nm/${name}/${normalize(file)}`;
-  }
-}
+// js-package's node_modules.
+const imports = { warren: "/warren/dist/index.js", ...importMap(modules, "/nm", ["yjs", "lib0", "isomorphic.js"]) };
 const page = readFileSync(join(root, "tests", "browser", "text.html"), "utf8")
   .replace("IMPORT_MAP", JSON.stringify({ imports }));
 

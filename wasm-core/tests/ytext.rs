@@ -220,6 +220,21 @@ fn text_changes_only_by_its_edits() {
         &mut db,
         &c.run(r#"Note.create({ id: "m", body: null })"#),
     ));
+    // Never edited, it reads as "", for programs and rules alike (the update rule reads
+    // `new.body.length`).
+    assert_committed(&run(
+        &mut db,
+        &c.run(r#"Note.byId("m").update({ title: "t" })"#),
+    ));
+    assert_eq!(
+        db.query(r#"Note.byId("m")"#, &obj([("sub", "ann".into())]), 0)
+            .unwrap(),
+        obj([
+            ("id", "m".into()),
+            ("title", "t".into()),
+            ("body", "".into())
+        ])
+    );
     let (mut e, mut ec) = person(3);
     e.random_edit(&mut Rng::new(3));
     let u = e.outbox.pop().unwrap();

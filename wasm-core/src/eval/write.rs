@@ -50,14 +50,15 @@ fn no_text_fields(
     Ok(())
 }
 
-/// A document's fields as programs and rules see them: each text field as its string.
+/// A document's fields as programs and rules see them: each text field as its string
+/// (`""` for one never edited, as `doc.field` reads it).
 pub(super) fn visible(coll: &Collection, data: &Value) -> Result<crate::value::Object, Error> {
     let mut o = data.as_object().cloned().unwrap_or_default();
     for f in &coll.text_fields {
-        if let Some(v) = o.get_mut(f) {
-            let s = crate::ytext::stored(v)?.text.to_owned();
-            *v = Value::String(s);
-        }
+        let s = crate::ytext::stored(o.get(f).unwrap_or(&Value::Null))?
+            .text
+            .to_owned();
+        o.insert(f.clone(), Value::String(s));
     }
     Ok(o)
 }
