@@ -611,3 +611,59 @@ fn an_editor_starts_from_text_state_and_sends_base64() {
         ErrorCode::InvalidTextUpdate,
     );
 }
+
+/// Many concurrent insertions at one place make the merge quadratic (each is compared
+/// with the others): the fuel charged grows with parts × (state + parts), so such an
+/// update on a full text runs out of fuel instead of holding the replica.
+#[test]
+fn concurrent_siblings_are_paid_for() {
+    // n clients each insert "x" at the start of the text, with no origin.
+    let siblings = |first: u64, n: u64| {
+        let mut u = Vec::new();
+        var(&mut u, n);
+        for c in first..first + n {
+            var(&mut u, 1);
+            var(&mut u, c);
+            var(&mut u, 0);
+            u.push(4);
+            var(&mut u, 1);
+            string(&mut u, "text");
+            string(&mut u, "x");
+        }
+        var(&mut u, 0);
+        u
+    };
+    let schema = "collection Note { field body: text\n allow read true\n allow create true\n allow update true }\n\
+                  function edit(id, update) { Note.byId(id).editText(\"body\", update) }";
+    let mut db = Executor::new(
+        MemoryStore::new(),
+        std::sync::Arc::new(warren_core::Schema::parse(schema).unwrap()),
+        Limits {
+            max_doc_bytes: 1024 * 1024,
+            ..Limits::default()
+        },
+    );
+    let mut c = Client::new("s", obj([("sub", "ann".into())]));
+    assert_committed(&run(&mut db, &c.run(r#"Note.create({ id: "n" })"#)));
+    let mut refused = None;
+    for round in 0..40 {
+        let u = siblings(100_000 + round * 4000, 4000);
+        let t0 = std::time::Instant::now();
+        let o = run(&mut db, &edit(&mut c, u));
+        eprintln!(
+            "round {round}: {:?} in {:?}",
+            matches!(o, Outcome::Committed { .. }),
+            t0.elapsed()
+        );
+        if let Outcome::Rejected { code, .. } = o {
+            refused = Some((round, code));
+            break;
+        }
+    }
+    let (round, code) = refused.expect("some round runs out of fuel");
+    assert_eq!(code, ErrorCode::FuelExhausted);
+    assert!(
+        round >= 1,
+        "a first round of 4,000 siblings on an empty text is affordable"
+    );
+}

@@ -230,7 +230,15 @@ impl<'a> Evaluator<'a> {
                     Value::Bytes(b) => b.len(),
                     _ => 0,
                 } as u64;
-                self.charge((state + update.len() as u64) / 16 + checked.parts)?;
+                // YATA may compare each new part with every concurrent item between its
+                // neighbours: at worst every item of the state (fewer than its bytes)
+                // and of the update. One step per 64 such comparisons.
+                let parts = checked.parts;
+                self.charge(
+                    (state + update.len() as u64) / 16
+                        + parts
+                        + parts.saturating_mul(state + parts) / 64,
+                )?;
                 let working =
                     self.pay(crate::ytext::MEMORY_PER_BYTE * (state + update.len() as u64) + 4096)?;
                 let after = crate::ytext::apply(before, &update)?;
