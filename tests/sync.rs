@@ -826,3 +826,121 @@ async fn a_large_partition_arrives_in_parts() {
     let m = server.running.as_ref().unwrap().metrics.render();
     assert!(m.contains("warren_snapshot_frames_total"), "{m}");
 }
+
+/// Presence (who is editing, a cursor) goes over the sync connection, not the log,
+/// and only between connections that hold the partition: not to the sender, not to a
+/// user who may not read it, not from one, and not after a revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_reaches_only_those_who_read_the_partition() {
+    let server = TestServer::start("presence").await;
+    let ann = server.client("ann", "ann-n");
+    ann.run(r#"Team.create({ id: "t", members: ["ann", "bob"] })"#)
+        .unwrap();
+    ann.run(r#"Task.create({ id: "k", team: "t", title: "plan" })"#)
+        .unwrap();
+    assert!(ann.wait_synced(WAIT).await);
+    let holds = |p: &'static str| move |f: &ServerFrame| matches!(f, ServerFrame::Snapshot { partition, .. } if partition == p);
+    let mut raw = Vec::new();
+    for who in ["ann", "bob", "eve"] {
+        let mut c = server.raw().await;
+        c.send(&hello(&format!("{who}-presence"), &server.token(who)))
+            .await
+            .unwrap();
+        let frames = if who == "eve" {
+            c.recv_until(WAIT, |f| matches!(f, ServerFrame::Welcome { .. }))
+                .await
+        } else {
+            c.recv_until(WAIT, holds("team:t")).await
+        };
+        assert!(!frames.is_empty(), "{who} was welcomed");
+        raw.push(c);
+    }
+    let [mut a, mut b, mut e] = <[_; 3]>::try_from(raw).ok().unwrap();
+    let presence = |data: &[u8]| ClientFrame::Presence {
+        partition: "team:t".into(),
+        data: data.to_vec(),
+    };
+    let is_presence = |f: &ServerFrame| matches!(f, ServerFrame::Presence { .. });
+
+    a.send(&presence(b"ann: cursor 3")).await.unwrap();
+    let got = b.recv_until(WAIT, is_presence).await;
+    assert_eq!(
+        got.last(),
+        Some(&ServerFrame::Presence {
+            partition: "team:t".into(),
+            from: "ann".into(),
+            data: b"ann: cursor 3".to_vec(),
+        })
+    );
+    let quiet = Duration::from_millis(500);
+    assert!(
+        !a.recv_until(quiet, is_presence)
+            .await
+            .iter()
+            .any(is_presence),
+        "not to the sender"
+    );
+    assert!(
+        !e.recv_until(quiet, is_presence)
+            .await
+            .iter()
+            .any(is_presence),
+        "not to eve"
+    );
+
+    // eve may not read the partition: hers reaches nobody.
+    e.send(&presence(b"eve was here")).await.unwrap();
+    assert!(!b
+        .recv_until(quiet, is_presence)
+        .await
+        .iter()
+        .any(is_presence));
+    assert!(!a
+        .recv_until(quiet, is_presence)
+        .await
+        .iter()
+        .any(is_presence));
+
+    // bob is removed from the team: he is dropped from the partition, and hears no more.
+    ann.run(r#"Team.byId("t").update({ members: ["ann"] })"#)
+        .unwrap();
+    assert!(ann.wait_synced(WAIT).await);
+    let dropped = b
+        .recv_until(
+            WAIT,
+            |f| matches!(f, ServerFrame::Drop { partition, .. } if partition == "team:t"),
+        )
+        .await;
+    assert!(matches!(dropped.last(), Some(ServerFrame::Drop { .. })));
+    a.send(&presence(b"ann: cursor 4")).await.unwrap();
+    assert!(
+        !b.recv_until(quiet, is_presence)
+            .await
+            .iter()
+            .any(is_presence),
+        "not after the drop"
+    );
+    // Nor does his reach ann.
+    b.send(&presence(b"bob: still here?")).await.unwrap();
+    assert!(!a
+        .recv_until(quiet, is_presence)
+        .await
+        .iter()
+        .any(is_presence));
+
+    // A presence message larger than the limit is a bad frame.
+    a.send(&presence(&vec![
+        0;
+        warren_core::protocol::MAX_PRESENCE_BYTES
+            + 1
+    ]))
+    .await
+    .unwrap();
+    let end = a
+        .recv_until(WAIT, |f| matches!(f, ServerFrame::Error { .. }))
+        .await;
+    assert!(
+        matches!(end.last(), Some(ServerFrame::Error { code, .. }) if code == "BAD_FRAME"),
+        "{end:?}"
+    );
+}

@@ -207,6 +207,14 @@ pub enum RegionMsg {
     View {
         reply: oneshot::Sender<ReadView>,
     },
+    /// A connection's presence message for the others that hold `partition`
+    /// (`ServerFrame::Presence`; dropped unless the sender holds it too).
+    Presence {
+        conn: u64,
+        from: String,
+        partition: String,
+        data: Vec<u8>,
+    },
     /// Stop after what is queued; make the store durable.
     Stop,
 }
@@ -502,6 +510,40 @@ async fn dispatch(mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<(FrameTx, Ite
     }
 }
 
+impl Region {
+    /// Hands a presence message to every other connection that holds `partition`
+    /// now (what it holds, it may read: a revocation drops it first), if the sender
+    /// holds it too; otherwise drops it. Never logged nor stored; a connection too
+    /// slow to take it misses it.
+    fn presence(&self, conn: u64, from: String, partition: String, data: Vec<u8>) {
+        let Some(sender) = self.conns.get(&conn) else {
+            return;
+        };
+        if !sender.sub.held().contains(&partition) {
+            return;
+        }
+        let Some(holders) = self.routes.holders.get(&partition) else {
+            return;
+        };
+        let frame = Arc::new(
+            ServerFrame::Presence {
+                partition: partition.clone(),
+                from,
+                data,
+            }
+            .encode(),
+        );
+        for id in holders.iter().filter(|id| **id != conn) {
+            if let Some(c) = self.conns.get(id) {
+                if c.sub.held().contains(&partition) {
+                    Metrics::add(&self.metrics.frames_out, 1);
+                    let _ = c.tx.try_send(frame.clone());
+                }
+            }
+        }
+    }
+}
+
 /// Sends a frame; `false` when the connection is gone or too slow (drop it).
 fn send(tx: &FrameTx, metrics: &Metrics, frame: &ServerFrame) -> bool {
     Metrics::add(&metrics.frames_out, 1);
@@ -704,6 +746,12 @@ impl Region {
                 RegionMsg::View { reply } => {
                     let _ = reply.send(self.view()?);
                 }
+                RegionMsg::Presence {
+                    conn,
+                    from,
+                    partition,
+                    data,
+                } => self.presence(conn, from, partition, data),
                 RegionMsg::Stop => return Ok(()),
             }
         }

@@ -85,7 +85,16 @@ pub enum ClientFrame {
     Ping {
         nonce: u64,
     },
+    /// Ephemeral state for the others who read `partition` (who is editing, a cursor):
+    /// opaque bytes, at most [`MAX_PRESENCE_BYTES`], never logged nor stored.
+    Presence {
+        partition: String,
+        data: Vec<u8>,
+    },
 }
+
+/// The most bytes of one presence message.
+pub const MAX_PRESENCE_BYTES: usize = 1024;
 
 /// A document in a snapshot.
 #[derive(Clone, Debug, PartialEq)]
@@ -167,6 +176,13 @@ pub enum ServerFrame {
     Pong {
         nonce: u64,
     },
+    /// Another connection's presence in a partition this connection holds; `from` is
+    /// its verified `sub`.
+    Presence {
+        partition: String,
+        from: String,
+        data: Vec<u8>,
+    },
 }
 
 // Frame type bytes. Client frames are below 0x80, server frames above.
@@ -181,6 +197,8 @@ const F_OUTCOME: u8 = 0x85;
 const F_ERROR: u8 = 0x86;
 const F_PONG: u8 = 0x87;
 const F_SNAPSHOT_PART: u8 = 0x88;
+const F_PRESENCE: u8 = 0x04;
+const F_PRESENCE_OUT: u8 = 0x89;
 
 // Log entry kinds.
 const E_COMMIT: u8 = 0x01;
@@ -215,6 +233,24 @@ fn read_op(r: &mut Reader) -> Result<Op, Error> {
         },
         t => return Err(corrupt(&format!("unknown op kind {t}"))),
     })
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    write_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+/// A presence message's bytes: a length, at most [`MAX_PRESENCE_BYTES`], then them.
+fn presence_data(r: &mut Reader) -> Result<Vec<u8>, Error> {
+    let n = count(r, 1)?;
+    if n > MAX_PRESENCE_BYTES {
+        return Err(corrupt(&format!(
+            "a presence message holds at most {MAX_PRESENCE_BYTES} bytes"
+        )));
+    }
+    let b = r.buf[r.pos..r.pos + n].to_vec();
+    r.pos += n;
+    Ok(b)
 }
 
 fn corrupt(msg: &str) -> Error {
@@ -295,6 +331,11 @@ impl ClientFrame {
                 out.push(F_PING);
                 write_varint(&mut out, *nonce);
             }
+            ClientFrame::Presence { partition, data } => {
+                out.push(F_PRESENCE);
+                put_str(&mut out, partition);
+                put_bytes(&mut out, data);
+            }
         }
         out
     }
@@ -333,6 +374,10 @@ impl ClientFrame {
                 ClientFrame::Push { commits }
             }
             F_PING => ClientFrame::Ping { nonce: r.varint()? },
+            F_PRESENCE => ClientFrame::Presence {
+                partition: r.string()?,
+                data: presence_data(&mut r)?,
+            },
             t => return Err(corrupt(&format!("unknown client frame type {t:#04x}"))),
         };
         finish(&r)?;
@@ -460,6 +505,16 @@ impl ServerFrame {
                 out.push(F_PONG);
                 write_varint(&mut out, *nonce);
             }
+            ServerFrame::Presence {
+                partition,
+                from,
+                data,
+            } => {
+                out.push(F_PRESENCE_OUT);
+                put_str(&mut out, partition);
+                put_str(&mut out, from);
+                put_bytes(&mut out, data);
+            }
         }
         out
     }
@@ -549,6 +604,11 @@ impl ServerFrame {
                 message: r.string()?,
             },
             F_PONG => ServerFrame::Pong { nonce: r.varint()? },
+            F_PRESENCE_OUT => ServerFrame::Presence {
+                partition: r.string()?,
+                from: r.string()?,
+                data: presence_data(&mut r)?,
+            },
             t => return Err(corrupt(&format!("unknown server frame type {t:#04x}"))),
         };
         finish(&r)?;
@@ -621,6 +681,10 @@ mod tests {
                 ],
             },
             ClientFrame::Ping { nonce: u64::MAX },
+            ClientFrame::Presence {
+                partition: "team:t".into(),
+                data: vec![0, 1, 255],
+            },
         ];
         let w = Write {
             collection: "Todo".into(),
@@ -698,6 +762,11 @@ mod tests {
                 message: "x".into(),
             },
             ServerFrame::Pong { nonce: 1 },
+            ServerFrame::Presence {
+                partition: "team:t".into(),
+                from: "ann".into(),
+                data: vec![7; MAX_PRESENCE_BYTES],
+            },
         ];
         (client, server)
     }
@@ -770,5 +839,41 @@ mod tests {
         for cut in 0..b.len() {
             assert!(decode_log_entry(&b[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn presence_is_bounded() {
+        let big = ClientFrame::Presence {
+            partition: "p".into(),
+            data: vec![0; MAX_PRESENCE_BYTES + 1],
+        }
+        .encode();
+        assert_eq!(
+            ClientFrame::decode(&big).unwrap_err().code,
+            ErrorCode::Corrupt
+        );
+        // A length past the frame's end.
+        let mut short = ClientFrame::Presence {
+            partition: "p".into(),
+            data: vec![1, 2, 3],
+        }
+        .encode();
+        short.truncate(short.len() - 1);
+        assert!(ClientFrame::decode(&short).is_err());
+    }
+
+    #[test]
+    fn presence_example_bytes() {
+        let c = ClientFrame::Presence {
+            partition: "team:t".into(),
+            data: b"hi".to_vec(),
+        };
+        assert_eq!(crate::hex(&c.encode()), "0104067465616d3a74026869");
+        let s = ServerFrame::Presence {
+            partition: "team:t".into(),
+            from: "ann".into(),
+            data: b"hi".to_vec(),
+        };
+        assert_eq!(crate::hex(&s.encode()), "0189067465616d3a7403616e6e026869");
     }
 }

@@ -741,7 +741,8 @@ impl<S: Storage> Replica<S> {
             ServerFrame::Error { code, message } => {
                 self.events.push(Event::ServerError { code, message });
             }
-            ServerFrame::Pong { .. } => {}
+            // Presence is for the app (the driver hands it over), not the replica.
+            ServerFrame::Pong { .. } | ServerFrame::Presence { .. } => {}
         }
         Ok(())
     }

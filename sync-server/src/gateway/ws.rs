@@ -421,6 +421,17 @@ async fn received(
             let _ = tx.try_send(Arc::new(ServerFrame::Pong { nonce }.encode()));
             None
         }
+        Ok(ClientFrame::Presence { partition, data }) => {
+            // The region hands it to the others who hold the partition, if this
+            // connection holds it too.
+            let _ = s.region.send(RegionMsg::Presence {
+                conn,
+                from: sub.to_owned(),
+                partition,
+                data,
+            });
+            None
+        }
         Ok(ClientFrame::Hello { .. }) => Some(End::error(
             codes::UNEXPECTED_FRAME,
             "Hello was already received",
