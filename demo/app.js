@@ -3,7 +3,7 @@
 
 import { open } from "warren";
 import * as Y from "yjs";
-import { bindTextarea } from "./notes.js";
+import { bindTextarea, showPresence } from "./notes.js";
 
 const $ = (sel) => document.querySelector(sel);
 const USER_KEY = "warren-demo:user";
@@ -209,7 +209,15 @@ let notes = null;
 async function openNotes(db, task) {
   notes?.close();
   const binding = await db.text("Task", task.id, "notes", { Y });
-  let unbind = bindTextarea($("#notes"), binding.text);
+  const bind = () => {
+    const a = bindTextarea($("#notes"), binding.text);
+    const b = showPresence(Y, binding, $("#notes"), $("#presence"), db.auth.sub);
+    return () => {
+      a();
+      b();
+    };
+  };
+  let unbind = bind();
   notes = {
     id: task.id,
     close: () => {
@@ -219,7 +227,7 @@ async function openNotes(db, task) {
   };
   binding.onReset(() => {
     unbind();
-    unbind = bindTextarea($("#notes"), binding.text);
+    unbind = bind();
     showError(binding.error, "Your last notes edit");
   });
   $("#notes-title").textContent = `(${task.title})`;

@@ -50,3 +50,43 @@ export function bindTextarea(area, ytext) {
     ytext.unobserve(onChange);
   };
 }
+
+/** Keeps `binding`'s presence up to date with the caret of `area` (as Yjs relative
+ * positions, which stay put through others' edits) and shows the others' carets in
+ * `list`: who, where (line and column), and the text around it. */
+export function showPresence(Y, binding, area, list, user) {
+  const send = () => {
+    const rel = (i) => Y.relativePositionToJSON(Y.createRelativePositionFromTypeIndex(binding.text, i));
+    binding.setPresence({ user, anchor: rel(area.selectionStart), head: rel(area.selectionEnd) });
+  };
+  for (const ev of ["select", "keyup", "click", "input", "focus"]) area.addEventListener(ev, send);
+  const render = () => {
+    const text = binding.text.toString();
+    const items = [];
+    for (const [who, state] of binding.others) {
+      const abs = state && state.head && Y.createAbsolutePositionFromRelativePosition(
+        Y.createRelativePositionFromJSON(state.head), binding.doc);
+      if (!abs) continue;
+      const at = abs.index;
+      const before = text.slice(0, at);
+      const line = before.split("\n").length;
+      const col = at - before.lastIndexOf("\n");
+      const li = document.createElement("li");
+      li.dataset.user = who;
+      li.dataset.index = String(at);
+      const ctx = document.createElement("code");
+      ctx.append(text.slice(Math.max(0, at - 12), at), Object.assign(document.createElement("mark"), { textContent: "|" + who }), text.slice(at, at + 12));
+      li.append(`${who} is editing, line ${line}, column ${col}: `, ctx);
+      items.push(li);
+    }
+    list.replaceChildren(...items);
+  };
+  const stop = binding.onPresence(render);
+  binding.text.observe(render);
+  send();
+  return () => {
+    stop();
+    binding.text.unobserve(render);
+    for (const ev of ["select", "keyup", "click", "input", "focus"]) area.removeEventListener(ev, send);
+  };
+}

@@ -93,6 +93,9 @@ export interface Events {
   error: WarrenError;
   /** The server's schema changed; pending writes re-run under the new one. */
   schema: string;
+  /** Another user's ephemeral presence message in a partition you hold
+   * (`db.presence`; `db.text` bindings use it for cursors). */
+  presence: { partition: string; from: string; data: string };
 }
 
 /** A live query: `subscribe` is notified only when the result changes. */
@@ -355,6 +358,13 @@ export class Database<S = Record<string, Record<string, Value>>> {
     return binding;
   }
 
+  /** Sends `data` (text, at most 1 KiB) to the others who may read `partition` and
+   * hold it now: ephemeral (not logged, not stored, dropped while offline). They hear
+   * it as a `presence` event. */
+  presence(partition: string, data: string): void {
+    this.engine.presence?.(partition, data);
+  }
+
   /** Listens for `rejected`, `dropped`, `error` or `schema`; returns an unsubscribe. */
   on<K extends keyof Events>(type: K, f: Listener<K>): () => void {
     let set = this.listeners.get(type);
@@ -469,6 +479,9 @@ export class Database<S = Record<string, Record<string, Value>>> {
         break;
       case "schema":
         this.emit("schema", String(detail));
+        break;
+      case "presence":
+        this.emit("presence", detail as Events["presence"]);
         break;
       case "server-error":
         this.emit("error", wrap(detail));

@@ -30,6 +30,8 @@ export interface EngineApi {
   status(): unknown;
   onEvent(f: (e: { type: string; detail: unknown }) => void): void;
   setOnline(online: boolean): void;
+  /** Sends an ephemeral presence message to the others in a partition (see text.ts). */
+  presence?(partition: string, data: string): void;
   close(): void;
 }
 
@@ -312,6 +314,10 @@ export class Tabs implements EngineApi {
     void this.ask("setOnline", [online]).catch(() => {});
   }
 
+  presence(partition: string, data: string): void {
+    void this.ask("presence", [partition, data]).catch(() => {});
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
@@ -399,6 +405,9 @@ export class Tabs implements EngineApi {
         }
         case "setOnline":
           engine.setOnline(a[0] as boolean);
+          return this.answer(tab, id, null);
+        case "presence":
+          engine.presence?.(a[0] as string, a[1] as string);
           return this.answer(tab, id, null);
         default:
           return this.answer(tab, id, undefined, { code: "INVALID_ARGUMENT", message: `unknown request ${m}` });

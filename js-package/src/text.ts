@@ -48,6 +48,10 @@ const REPLICA = Symbol("warren replica");
 
 const NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
+/** How often a binding repeats its presence, and when others' presence expires. */
+const PRESENCE_EVERY_MS = 5000;
+const PRESENCE_EXPIRES_MS = 15000;
+
 /** A text field as a Y.Doc: bind an editor to `text` (the doc's `Y.Text` named
  * `"text"`), and bind it again to the new one on `onReset`. */
 export class TextBinding<D extends { getText(name?: string): unknown } = any> {
@@ -70,6 +74,14 @@ export class TextBinding<D extends { getText(name?: string): unknown } = any> {
   private readonly Y: Yjs<D>;
   private stopLive: () => void;
   private closed = false;
+  /** Other editors' presence here, by their `sub` (see `setPresence`). */
+  readonly others = new Map<string, unknown>();
+  private seen = new Map<string, number>();
+  private presenceRuns = new Set<(others: Map<string, unknown>) => void>();
+  private partition: string | null = null;
+  private mine: unknown = null;
+  private stopPresence: () => void;
+  private beat: ReturnType<typeof setInterval>;
 
   constructor(
     private readonly db: Database<any>,
@@ -92,6 +104,79 @@ export class TextBinding<D extends { getText(name?: string): unknown } = any> {
       if (state) this.Y.applyUpdate(this.doc, fromBase64(state.$bytes), REPLICA);
       if (state !== undefined) first();
     });
+    // Presence: to and from the others who hold the document's partition.
+    this.stopPresence = db.on("presence", (m) => this.heard(m));
+    this.beat = setInterval(() => {
+      this.sendPresence();
+      this.expire();
+    }, PRESENCE_EVERY_MS);
+    void db
+      .query<string>(`partitionOf(${collection}.byId(${JSON.stringify(id)}) ?? abort("none"))`)
+      .then(
+        (p) => {
+          this.partition = p;
+          this.sendPresence();
+        },
+        () => {},
+      );
+  }
+
+  /** Tells the others editing this text where you are: any JSON value (a cursor as
+   * Yjs relative positions, a name, a colour), or `null` to leave. Sent now, again
+   * every few seconds while it stands, never while offline; at most 1 KiB. */
+  setPresence(state: unknown): void {
+    this.mine = state;
+    this.sendPresence();
+  }
+
+  /** Calls `f` with `others` now and whenever another editor's presence changes (it
+   * goes after 15 s without news); returns a function that stops. */
+  onPresence(f: (others: Map<string, unknown>) => void): () => void {
+    this.presenceRuns.add(f);
+    f(this.others);
+    return () => this.presenceRuns.delete(f);
+  }
+
+  private sendPresence(): void {
+    if (this.partition === null || this.closed || (this.mine === null && !this.leaving)) return;
+    const msg = JSON.stringify({ c: this.collection, id: this.id, f: this.field, s: this.mine });
+    this.db.presence(this.partition, msg);
+  }
+
+  private leaving = false;
+
+  private heard(m: { partition: string; from: string; data: string }): void {
+    let msg: { c?: unknown; id?: unknown; f?: unknown; s?: unknown };
+    try {
+      msg = JSON.parse(m.data);
+    } catch {
+      return;
+    }
+    if (msg.c !== this.collection || msg.id !== this.id || msg.f !== this.field) return;
+    if (msg.s === null || msg.s === undefined) {
+      this.others.delete(m.from);
+      this.seen.delete(m.from);
+    } else {
+      this.others.set(m.from, msg.s);
+      this.seen.set(m.from, Date.now());
+    }
+    this.presenceChanged();
+  }
+
+  private expire(): void {
+    let changed = false;
+    for (const [who, at] of this.seen) {
+      if (Date.now() - at > PRESENCE_EXPIRES_MS) {
+        this.seen.delete(who);
+        this.others.delete(who);
+        changed = true;
+      }
+    }
+    if (changed) this.presenceChanged();
+  }
+
+  private presenceChanged(): void {
+    for (const f of [...this.presenceRuns]) f(this.others);
   }
 
   /** Calls `f` with the binding each time it starts a new doc after a refused edit;
@@ -127,7 +212,12 @@ export class TextBinding<D extends { getText(name?: string): unknown } = any> {
   /** Stops following the replica; sends what is gathered first. */
   close(): void {
     void this.flush();
+    this.leaving = true;
+    this.mine = null;
+    this.sendPresence();
     this.closed = true;
+    clearInterval(this.beat);
+    this.stopPresence();
     this.stopLive();
     (this.doc as unknown as DocLike).destroy();
   }

@@ -3,7 +3,8 @@
 // `warren serve --static-dir demo/dist --dev-tokens` process.
 //
 // 1. ann makes a board shared with bob, with a task; both open its notes; what ann
-//    types shows in bob's notes within a second.
+//    types shows in bob's notes within a second; each sees the other's caret
+//    (presence, over the sync connection), which stays in place through edits.
 // 2. Both lose the network (the browser's network is cut) and type in the same
 //    paragraph; both reload with no network: the app starts and the notes keep each
 //    one's own edits; back online, both show the same merged text, with both edits,
@@ -102,6 +103,21 @@ try {
   await shot(ann, "1-ann-types");
   await shot(bob, "1-bob-sees-notes");
 
+  // Presence: bob puts his caret after "Agenda: "; ann sees who and where, and it
+  // stays on that word when ann types before it.
+  await bob.focus("#notes");
+  await bob.$eval("#notes", (e) => { e.setSelectionRange(8, 8); e.dispatchEvent(new Event("select")); });
+  const caret = (page, who) => page.$eval(`#presence li[data-user=${who}]`, (e) => Number(e.dataset.index)).catch(() => null);
+  const shown = await timed("ann to see bob's caret", async () => (await caret(ann, "bob")) === 8, 5000);
+  check(`ann sees bob's caret within a second (${shown} ms)`, shown <= 1000);
+  await typeAt(ann, 0, "# ");
+  await until("bob's caret moves with the text", async () => (await caret(ann, "bob")) === 10, 5000);
+  await ann.$eval("#notes", (e) => { e.setSelectionRange(0, 0); e.dispatchEvent(new Event("select")); });
+  await until("bob sees ann's caret", async () => (await caret(bob, "ann")) === 0, 5000);
+  check("presence shows each one's caret to the other, kept in place through edits", true);
+  await shot(ann, "1-ann-sees-bobs-caret");
+  await shot(bob, "1-bob-sees-anns-caret");
+
   // 2. Both offline, both type in the same sentence, both reload offline.
   await ann.evaluate(() => navigator.serviceWorker.ready);
   await bob.evaluate(() => navigator.serviceWorker.ready);
@@ -110,14 +126,14 @@ try {
   for (const p of [ann, bob]) {
     await until("offline", async () => (await p.$eval("#status", (e) => e.dataset.connected)) === "false");
   }
-  await typeAt(ann, "Agenda: venue,".length, " catering,");
+  await typeAt(ann, "# Agenda: venue,".length, " catering,");
   await typeAt(bob, "end", " Bob books the venue.");
   await until("both edits durable", async () => (await pending(ann)) > 0 && (await pending(bob)) > 0);
   await new Promise((ok) => setTimeout(ok, 300)); // the binding gathers keys for 40 ms
   const annOffline = await notes(ann);
   const bobOffline = await notes(bob);
   check("offline, each has only its own edit",
-    annOffline === "Agenda: venue, catering, press, budget." && bobOffline === "Agenda: venue, press, budget. Bob books the venue.",
+    annOffline === "# Agenda: venue, catering, press, budget." && bobOffline === "# Agenda: venue, press, budget. Bob books the venue.",
     `${annOffline} | ${bobOffline}`);
   await shot(ann, "2-ann-offline");
   await shot(bob, "2-bob-offline");
@@ -134,7 +150,7 @@ try {
 
   await annCtx.setOffline(false);
   await bobCtx.setOffline(false);
-  const merged = "Agenda: venue, catering, press, budget. Bob books the venue.";
+  const merged = "# Agenda: venue, catering, press, budget. Bob books the venue.";
   const t = await timed("both to show the merged notes", async () => (await notes(ann)) === merged && (await notes(bob)) === merged, 15000);
   check(`back online, both show the same merged notes within a second (${t} ms after reconnecting)`, t <= 1000);
   await until("the server to hold them", async () => (await serverNotes("ann")) === merged, 5000);

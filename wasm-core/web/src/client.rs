@@ -135,6 +135,8 @@ enum Cmd {
     Ping,
     /// Writes the confirmed data the server sent to IndexedDB (scheduled after frames).
     Flush,
+    /// An ephemeral presence message for the others in a partition (sent only online).
+    Presence(String, Vec<u8>),
 }
 
 /// What JavaScript can read without a round trip through the actor.
@@ -406,8 +408,16 @@ impl Warren {
         let _ = self.tx.unbounded_send(Cmd::SetOnline(online));
     }
 
+    /// Sends `data` (text, at most 1 KiB) to the others who hold `partition` now, as
+    /// an ephemeral presence message (not logged, not stored; dropped offline).
+    pub fn presence(&self, partition: String, data: String) {
+        let _ = self
+            .tx
+            .unbounded_send(Cmd::Presence(partition, data.into_bytes()));
+    }
+
     /// Receives `{type, detail}` events: `confirmed`, `rejected`, `dropped`,
-    /// `schema`, `server-error`, `status`.
+    /// `schema`, `server-error`, `status`, `presence` (`{partition, from, data}`).
     #[wasm_bindgen(js_name = onEvent)]
     pub fn on_event(&self, f: Function) {
         *self.status.listener.borrow_mut() = Some(f);
@@ -534,6 +544,11 @@ impl Actor {
                 self.flush_timer = None;
                 self.replica.store_mut().flush().await?;
             }
+            Cmd::Presence(partition, data) => {
+                if self.status.connected.get() {
+                    self.send_frame(&ClientFrame::Presence { partition, data });
+                }
+            }
             Cmd::Ping => {
                 if self.status.connected.get() {
                     self.send_frame(&ClientFrame::Ping {
@@ -549,6 +564,21 @@ impl Actor {
     async fn frames(&mut self, frames: Vec<Vec<u8>>) -> Result<(), Error> {
         for bytes in frames {
             let frame = ServerFrame::decode(&bytes)?;
+            // Presence is the app's, not the replica's: handed over as it comes.
+            if let ServerFrame::Presence {
+                partition,
+                from,
+                data,
+            } = frame
+            {
+                let detail = warren_core::value::obj([
+                    ("partition", partition.into()),
+                    ("from", from.into()),
+                    ("data", String::from_utf8_lossy(&data).into_owned().into()),
+                ]);
+                self.status.emit("presence", to_js(&detail));
+                continue;
+            }
             if let ServerFrame::Error { code, .. } = &frame {
                 self.token_expired |= code == "TOKEN_EXPIRED";
             }
