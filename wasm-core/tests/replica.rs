@@ -831,7 +831,7 @@ impl World {
                     dev.pending.retain(|p| p.seq != *seq);
                 }
             }
-            ServerFrame::Error { .. } | ServerFrame::Pong { .. } => {
+            ServerFrame::Error { .. } | ServerFrame::Pong { .. } | ServerFrame::Presence { .. } => {
                 panic!("unexpected frame {frame:?}")
             }
         }
