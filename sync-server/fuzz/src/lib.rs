@@ -12,8 +12,30 @@
 //! code, never a panic (not even one the engine's last line of defence catches) and
 //! never past its memory limit (`lang_exec`; `.ci/fuzz` also caps the process's
 //! resident memory, so an allocation blow-up is a finding).
+//!
+//! Collaborative text: a Yjs update from a client never makes the engine or `yrs`
+//! panic (`text_update`).
 
 use warren_core::protocol::{decode_log_entry, encode_log_entry, ClientFrame, ServerFrame};
+
+/// `ytext::check_update` then `ytext::apply`: a Yjs update a client sends to edit a
+/// text field is checked by the engine's bounded reader and, if it passes, applied by
+/// `yrs` to an empty text and to one holding "hi"; neither panics (`yrs` sees only
+/// what the reader passed). `true` when the update was accepted on the empty text.
+pub fn text_update(data: &[u8]) -> bool {
+    use warren_core::ytext::{apply, check_update};
+    use warren_core::Value;
+    if check_update(data).is_err() {
+        return false;
+    }
+    // Client 7 inserts "hi" at the start.
+    let hi = [
+        1, 1, 7, 0, 4, 1, 4, b't', b'e', b'x', b't', 2, b'h', b'i', 0,
+    ];
+    let base = apply(&Value::Null, &hi).expect("the base text applies");
+    let _ = apply(&base, data);
+    apply(&Value::Null, data).is_ok()
+}
 
 /// `ClientFrame::decode`: the server's decoder of everything a client sends.
 pub fn client_frame(data: &[u8]) -> bool {
