@@ -22,6 +22,7 @@
 pub mod auth;
 pub mod client;
 pub mod gateway;
+pub mod graphql;
 pub mod limits;
 pub mod log;
 pub mod metrics;

@@ -91,6 +91,8 @@ pub struct Metrics {
     pub frames_out: AtomicU64,
     pub protocol_errors: AtomicU64,
     rejections: Mutex<BTreeMap<String, u64>>,
+    /// GraphQL's own counters.
+    pub graphql: crate::graphql::GraphqlMetrics,
 }
 
 impl Default for Metrics {
@@ -115,6 +117,7 @@ impl Default for Metrics {
             frames_out: Default::default(),
             protocol_errors: Default::default(),
             rejections: Default::default(),
+            graphql: Default::default(),
         }
     }
 }
@@ -287,6 +290,7 @@ impl Metrics {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
             h.render(name, &mut s);
         }
+        self.graphql.render(&mut s);
         s
     }
 }

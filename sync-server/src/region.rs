@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use warren_core::eval::Limits;
 use warren_core::exec::{self, Commit, Outcome, Skip, Write};
 use warren_core::protocol::{codes, CommitResult, ServerFrame};
-use warren_core::storage::{Overlay, OverlayWrites, Storage};
+use warren_core::storage::{Layered, Overlay, OverlayWrites, Storage};
 use warren_core::subscription::{kept_result, result_of, welcome, Subscription};
 use warren_core::{Error, Schema, Value};
 
@@ -64,6 +64,17 @@ pub struct ReadView {
 }
 
 impl ReadView {
+    /// The state the view reads: the store as of its last write with the applied
+    /// writes after it laid over, shared (nothing is copied).
+    pub fn state(&self) -> Layered<'_> {
+        Layered::new(&self.snapshot, &self.pending)
+    }
+
+    /// The schema in force at the view's position.
+    pub fn schema(&self) -> &Arc<Schema> {
+        &self.schema
+    }
+
     /// What a client gets on connecting at this view's position (see
     /// [`warren_core::subscription::welcome`]).
     pub fn welcome(
@@ -73,7 +84,7 @@ impl ReadView {
         cursors: &[(String, u64)],
         outbox_from: u64,
     ) -> Result<(Vec<ServerFrame>, Subscription), Error> {
-        let state = Overlay::with_writes(&self.snapshot, (*self.pending).clone());
+        let state = self.state();
         welcome(
             &state,
             &self.schema,
@@ -123,6 +134,19 @@ pub enum RegionMsg {
     /// Stop after what is queued; make the store durable.
     Stop,
 }
+
+/// What one applied batch changed, published for live queries (GraphQL
+/// subscriptions): the document and index keys its commits wrote, and the position
+/// after it. Sent only while someone listens (see [`Region::changes`]).
+#[derive(Debug)]
+pub struct Changes {
+    pub position: u64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// How many batches' [`Changes`] wait for a slow listener before it misses some (it is
+/// then told so, and must assume everything changed).
+const CHANGES_BACKLOG: usize = 1024;
 
 /// Which connections an entry's writes can concern, so that an entry visits only
 /// those instead of every connection.
@@ -223,6 +247,8 @@ pub struct Region {
     /// The task that hands frames to connections, when the region runs next to a
     /// tokio runtime (see [`spawn`]); without it the region hands them over itself.
     dispatch: Option<Dispatch>,
+    /// Where each batch's [`Changes`] go.
+    changes: tokio::sync::broadcast::Sender<Arc<Changes>>,
 }
 
 /// Frames for the dispatcher task, in order.
@@ -272,7 +298,14 @@ impl Region {
             joining: BTreeMap::new(),
             window: VecDeque::new(),
             dispatch: None,
+            changes: tokio::sync::broadcast::channel(CHANGES_BACKLOG).0,
         })
+    }
+
+    /// The channel each applied batch's [`Changes`] go to (take it before the region
+    /// starts; subscribe through it).
+    pub fn changes(&self) -> tokio::sync::broadcast::Sender<Arc<Changes>> {
+        self.changes.clone()
     }
 
     /// The last applied position.
@@ -282,7 +315,7 @@ impl Region {
 
     /// The state digest.
     pub fn digest(&self) -> Result<[u8; 32], Error> {
-        exec::digest(&Overlay::with_writes(&self.store, (*self.pending).clone()))
+        exec::digest(&Layered::new(&self.store, &self.pending))
     }
 
     /// The applied writes not in the store yet, to own (copied only if a read view
@@ -557,7 +590,10 @@ impl Region {
             joining,
             window,
             dispatch,
+            changes,
         } = self;
+        // The keys live queries watch, collected only while someone listens.
+        let mut changed: Option<Vec<Vec<u8>>> = (changes.receiver_count() > 0).then(Vec::new);
         let taken = std::mem::take(pending);
         let mut overlay = Overlay::with_writes(
             &*store,
@@ -580,6 +616,22 @@ impl Region {
                 commit.client_seq,
                 &outcome,
             )?;
+            if let Some(keys) = &mut changed {
+                keys.extend(
+                    b.ops
+                        .iter()
+                        .map(|(k, _)| k)
+                        .filter(|k| {
+                            matches!(
+                                k.first(),
+                                Some(
+                                    &warren_core::keys::SPACE_DOC | &warren_core::keys::SPACE_INDEX
+                                )
+                            )
+                        })
+                        .cloned(),
+                );
+            }
             overlay.apply(b)?;
             *position = pos;
             match &outcome {
@@ -676,6 +728,13 @@ impl Region {
             store.apply(batch)?;
         } else {
             *pending = Arc::new(writes);
+        }
+        if let Some(keys) = changed {
+            // No listener left is no error: the next batch looks again.
+            let _ = changes.send(Arc::new(Changes {
+                position: *position,
+                keys,
+            }));
         }
         metrics.position.store(*position, Ordering::Relaxed);
         metrics

@@ -154,6 +154,7 @@ pub async fn start_with_web(
             log.last_position()
         )));
     }
+    let changes = region.changes();
     let (region_tx, region_rx) = std::sync::mpsc::channel::<RegionMsg>();
     let region_thread = region::spawn(region, region_rx);
     let replayed =
@@ -183,6 +184,7 @@ pub async fn start_with_web(
         next_conn: Arc::new(AtomicU64::new(1)),
         shutdown: shutdown_rx.clone(),
         identities: Arc::new(config.gateway.identities()),
+        service_identities: Arc::new(config.gateway.service_identities()),
         slots: Arc::new(Slots::new(config.gateway.max_connections)),
         catch_ups: Arc::new(tokio::sync::Semaphore::new(gateway::catch_up_workers())),
     };
@@ -198,7 +200,16 @@ pub async fn start_with_web(
     let addr = listener
         .local_addr()
         .map_err(|e| start_err("listener", e))?;
-    let app = gateway::app(state).merge(crate::web::router(web));
+    let graphql = crate::graphql::router(
+        state.clone(),
+        &schema,
+        config.limits.clone(),
+        changes,
+        web.graphiql,
+    );
+    let app = gateway::app(state)
+        .merge(graphql)
+        .merge(crate::web::router(web));
     let mut stop = shutdown_rx;
     let serve = tokio::spawn(async move {
         // No Nagle: frames are small and an outcome waits on its frame.

@@ -10,7 +10,7 @@ use warren_core::exec::{Commit, Op};
 use warren_core::protocol::{codes, CommitResult, ServerFrame};
 use warren_core::Value;
 
-use super::{check_client_id, scoped_client_id, stopping, subject, take_http, verify};
+use super::{check_client_id, scoped_client_id, stopping, take_http, verify};
 use super::{AppError, AppState};
 use crate::limits::Budget;
 use crate::region::RegionMsg;
@@ -38,8 +38,7 @@ pub(crate) async fn push(
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {
     let auth = verify(&s, &headers).await?;
-    let sub = subject(&auth);
-    take_http(&s, &sub, Budget::Frames, 1)?;
+    take_http(&s, &auth, Budget::Frames, 1)?;
     if body.len() > s.limits.max_frame_bytes {
         return Err(AppError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -88,29 +87,22 @@ pub(crate) async fn push(
         let schema_version = c["schema_version"].as_str().unwrap_or("").to_owned();
         parsed.push((seq, op, schema_version));
     }
-    take_http(&s, &sub, Budget::Commits, parsed.len() as u64)?;
+    take_http(&s, &auth, Budget::Commits, parsed.len() as u64)?;
     let client_id = scoped_client_id(&auth, &client_id);
     let mut waits = Vec::new();
     for (seq, op, schema_version) in parsed {
-        let (tx, rx) = oneshot::channel();
-        s.region
-            .send(RegionMsg::Wait {
-                client_id: client_id.clone(),
-                seq,
-                reply: tx,
-            })
-            .map_err(|_| stopping())?;
-        s.seq
-            .send(Commit {
+        let rx = submit(
+            &s,
+            Commit {
                 client_id: client_id.clone(),
                 client_seq: seq,
                 schema_version,
                 timestamp: 0,
                 auth: auth.clone(),
                 op,
-            })
-            .await
-            .map_err(|_| stopping())?;
+            },
+        )
+        .await?;
         waits.push((seq, rx));
     }
     let mut outcomes = Vec::new();
@@ -127,6 +119,24 @@ pub(crate) async fn push(
     Ok(Json(serde_json::json!({ "outcomes": outcomes })).into_response())
 }
 
+/// Sends a commit to the sequencer and returns where its outcome will arrive: the wait
+/// is registered with the region first, so the outcome cannot pass unseen.
+pub(crate) async fn submit(
+    s: &AppState,
+    commit: Commit,
+) -> Result<oneshot::Receiver<CommitResult>, AppError> {
+    let (tx, rx) = oneshot::channel();
+    s.region
+        .send(RegionMsg::Wait {
+            client_id: commit.client_id.clone(),
+            seq: commit.client_seq,
+            reply: tx,
+        })
+        .map_err(|_| stopping())?;
+    s.seq.send(commit).await.map_err(|_| stopping())?;
+    Ok(rx)
+}
+
 /// `POST /v1/pull`: `{"client_id": "...", "partitions": {"user:ann": 12}}` → the
 /// partitions the caller may read and snapshots of those changed since the cursors.
 pub(crate) async fn pull(
@@ -135,7 +145,7 @@ pub(crate) async fn pull(
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {
     let auth = verify(&s, &headers).await?;
-    take_http(&s, &subject(&auth), Budget::Frames, 1)?;
+    take_http(&s, &auth, Budget::Frames, 1)?;
     let auth_for_id = auth.clone();
     let bad = |m: &str| AppError::new(StatusCode::BAD_REQUEST, codes::BAD_FRAME, m);
     let req: serde_json::Value = if body.is_empty() {

@@ -67,6 +67,25 @@ pub struct GatewayLimits {
     /// how many at once.
     pub frames_per_sec: u32,
     pub frame_burst: u32,
+    /// Identities whose token's `role` claim equals this are services (trusted backend
+    /// code: a job, an edge function): they are counted apart from end users, with the
+    /// `service_*` limits instead of the ones above. Empty: no identity is a service.
+    pub service_role: String,
+    /// A service identity's open connections, commits and frames (as above).
+    pub service_max_connections_per_identity: usize,
+    pub service_commits_per_sec: u32,
+    pub service_commit_burst: u32,
+    pub service_frames_per_sec: u32,
+    pub service_frame_burst: u32,
+    /// GraphQL query evaluations running at once, all identities together (0: twice
+    /// the number of CPUs). More wait for a turn.
+    pub graphql_concurrency: usize,
+    /// GraphQL query evaluations of one identity running at once (its others wait), for
+    /// end users and for services.
+    pub graphql_concurrency_per_identity: usize,
+    pub service_graphql_concurrency_per_identity: usize,
+    /// Subscriptions (live queries) one GraphQL WebSocket may hold.
+    pub graphql_subscriptions_per_connection: usize,
 }
 
 /// The largest `max_frame_bytes` a server accepts: a quarter of the log's record
@@ -89,6 +108,16 @@ impl Default for GatewayLimits {
             commit_burst: 2000,
             frames_per_sec: 200,
             frame_burst: 1000,
+            service_role: "service".into(),
+            service_max_connections_per_identity: 256,
+            service_commits_per_sec: 2000,
+            service_commit_burst: 20_000,
+            service_frames_per_sec: 2000,
+            service_frame_burst: 10_000,
+            graphql_concurrency: 0,
+            graphql_concurrency_per_identity: 2,
+            service_graphql_concurrency_per_identity: 8,
+            graphql_subscriptions_per_connection: 64,
         }
     }
 }
@@ -116,6 +145,26 @@ impl GatewayLimits {
         if self.frames_per_sec > 0 && self.frame_burst == 0 {
             return Err("frame_burst must be at least 1".into());
         }
+        if self.service_commits_per_sec > 0
+            && (self.service_commit_burst as usize) < self.max_commits_per_push
+        {
+            return Err(format!(
+                "service_commit_burst ({}) must be at least max_commits_per_push ({}), or a full push could never pass",
+                self.service_commit_burst, self.max_commits_per_push
+            ));
+        }
+        if self.service_frames_per_sec > 0 && self.service_frame_burst == 0 {
+            return Err("service_frame_burst must be at least 1".into());
+        }
+        if self.graphql_concurrency_per_identity == 0
+            || self.service_graphql_concurrency_per_identity == 0
+            || self.graphql_subscriptions_per_connection == 0
+        {
+            return Err(
+                "the GraphQL concurrency per identity and subscriptions per connection must be at least 1"
+                    .into(),
+            );
+        }
         Ok(())
     }
 
@@ -134,6 +183,39 @@ impl GatewayLimits {
             Self::rate(self.frames_per_sec, self.frame_burst),
         )
     }
+
+    /// The per-identity budgets of service identities.
+    pub fn service_identities(&self) -> Identities {
+        Identities::new(
+            self.service_max_connections_per_identity,
+            Self::rate(self.service_commits_per_sec, self.service_commit_burst),
+            Self::rate(self.service_frames_per_sec, self.service_frame_burst),
+        )
+    }
+
+    /// Whether the verified claims `auth` are those of a service identity.
+    pub fn is_service(&self, auth: &Value) -> bool {
+        !self.service_role.is_empty()
+            && matches!(auth.get("role"), Value::String(r) if *r == self.service_role)
+    }
+
+    /// The connection limit and the rates (commits, frames: per second and at once) of
+    /// an end user or a service.
+    pub fn of(&self, service: bool) -> (usize, (u32, u32), (u32, u32)) {
+        if service {
+            (
+                self.service_max_connections_per_identity,
+                (self.service_commits_per_sec, self.service_commit_burst),
+                (self.service_frames_per_sec, self.service_frame_burst),
+            )
+        } else {
+            (
+                self.max_connections_per_identity,
+                (self.commits_per_sec, self.commit_burst),
+                (self.frames_per_sec, self.frame_burst),
+            )
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -146,8 +228,10 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     pub next_conn: Arc<AtomicU64>,
     pub shutdown: watch::Receiver<bool>,
-    /// Per-identity connection counts and rate budgets.
+    /// Per-identity connection counts and rate budgets of end users...
     pub identities: Arc<Identities>,
+    /// ...and of services (see [`GatewayLimits::service_role`]).
+    pub service_identities: Arc<Identities>,
     /// Open sync connections, against `limits.max_connections`.
     pub slots: Arc<Slots>,
     /// Catch-ups (welcomes and pulls) computed at once, off the region thread.
@@ -160,6 +244,17 @@ pub fn catch_up_workers() -> usize {
         .map(|n| n.get())
         .unwrap_or(2)
         .max(2)
+}
+
+impl AppState {
+    /// The budgets `auth`'s identity draws on: a service's or an end user's.
+    pub fn identities_for(&self, auth: &Value) -> &Arc<Identities> {
+        if self.limits.is_service(auth) {
+            &self.service_identities
+        } else {
+            &self.identities
+        }
+    }
 }
 
 pub fn app(state: AppState) -> Router {
@@ -177,13 +272,13 @@ pub fn app(state: AppState) -> Router {
 
 /// An error answer with a stable code.
 pub struct AppError {
-    status: StatusCode,
-    code: String,
-    message: String,
+    pub(crate) status: StatusCode,
+    pub(crate) code: String,
+    pub(crate) message: String,
 }
 
 impl AppError {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> AppError {
+    pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> AppError {
         AppError {
             status,
             code: code.to_owned(),
@@ -218,7 +313,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn verify(s: &AppState, headers: &HeaderMap) -> Result<Value, AppError> {
+/// Verifies the request's bearer token; its claims, or the refusal.
+pub(crate) async fn verify(s: &AppState, headers: &HeaderMap) -> Result<Value, AppError> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -234,10 +330,15 @@ async fn verify(s: &AppState, headers: &HeaderMap) -> Result<Value, AppError> {
     })
 }
 
-/// Takes `n` from an identity's budget for an HTTP request: `429 RATE_LIMITED` when
-/// it is short.
-fn take_http(s: &AppState, sub: &str, budget: Budget, n: u64) -> Result<(), AppError> {
-    if s.identities.take(sub, budget, n) {
+/// Takes `n` from the budget of `auth`'s identity for an HTTP request: `429
+/// RATE_LIMITED` when it is short.
+pub(crate) fn take_http(
+    s: &AppState,
+    auth: &Value,
+    budget: Budget,
+    n: u64,
+) -> Result<(), AppError> {
+    if s.identities_for(auth).take(&subject(auth), budget, n) {
         return Ok(());
     }
     s.metrics.rate_limited(budget.as_str());
@@ -252,7 +353,7 @@ fn take_http(s: &AppState, sub: &str, budget: Budget, n: u64) -> Result<(), AppE
 }
 
 /// The answer when the server is stopping.
-fn stopping() -> AppError {
+pub(crate) fn stopping() -> AppError {
     AppError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         codes::SHUTTING_DOWN,

@@ -191,22 +191,23 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
         outbox_from,
     } = hello;
     let sub = subject(&auth);
+    // A service's budgets or an end user's.
+    let identities = s.identities_for(&auth).clone();
+    let service = s.limits.is_service(&auth);
     // The identity's limits: connections, and the Hello counts as a frame.
-    let Some(identity) = s.identities.connect(&sub) else {
+    let Some(identity) = identities.connect(&sub) else {
         s.metrics.refused(codes::TOO_MANY_CONNECTIONS);
-        tracing::info!(conn, sub = %sub, max = s.limits.max_connections_per_identity, "sync connection refused: too many connections for one identity");
+        let (max, _, _) = s.limits.of(service);
+        tracing::info!(conn, sub = %sub, max, "sync connection refused: too many connections for one identity");
         let end = End::error(
             codes::TOO_MANY_CONNECTIONS,
-            format!(
-                "this identity holds {} sync connections, the most it may",
-                s.limits.max_connections_per_identity
-            ),
+            format!("this identity holds {max} sync connections, the most it may"),
         );
         refuse(&s, &mut sink, &end).await;
         return (end, None);
     };
-    if !s.identities.take(&sub, Budget::Frames, 1) {
-        let end = rate_limited(&s, conn, &sub, Budget::Frames);
+    if !identities.take(&sub, Budget::Frames, 1) {
+        let end = rate_limited(&s, conn, &sub, Budget::Frames, service);
         refuse(&s, &mut sink, &end).await;
         return (end, None);
     }
@@ -282,8 +283,8 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
                     Some(Ok(other)) => {
                         // Text, and WebSocket pings and pongs: they count as frames too.
                         Metrics::add(&s.metrics.frames_in, 1);
-                        if !s.identities.take(&sub, Budget::Frames, 1) {
-                            break rate_limited(&s, conn, &sub, Budget::Frames);
+                        if !identities.take(&sub, Budget::Frames, 1) {
+                            break rate_limited(&s, conn, &sub, Budget::Frames, service);
                         }
                         if let Message::Text(_) = other {
                             break End::error(codes::BAD_FRAME, "frames are binary");
@@ -292,8 +293,8 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
                     }
                 };
                 Metrics::add(&s.metrics.frames_in, 1);
-                if !s.identities.take(&sub, Budget::Frames, 1) {
-                    break rate_limited(&s, conn, &sub, Budget::Frames);
+                if !identities.take(&sub, Budget::Frames, 1) {
+                    break rate_limited(&s, conn, &sub, Budget::Frames, service);
                 }
                 match ClientFrame::decode(&b) {
                     Ok(ClientFrame::Push { .. }) if tokio::time::Instant::now() >= expires => {
@@ -308,8 +309,8 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
                         }
                         // All of the push or none of it: a client over its budget
                         // resends the whole push after reconnecting.
-                        if !s.identities.take(&sub, Budget::Commits, commits.len() as u64) {
-                            break rate_limited(&s, conn, &sub, Budget::Commits);
+                        if !identities.take(&sub, Budget::Commits, commits.len() as u64) {
+                            break rate_limited(&s, conn, &sub, Budget::Commits, service);
                         }
                         let mut stopped = false;
                         for c in commits {
@@ -381,11 +382,12 @@ fn too_large_message(s: &AppState) -> String {
     format!("a frame is at most {} bytes", s.limits.max_frame_bytes)
 }
 
-fn rate_limited(s: &AppState, conn: u64, sub: &str, budget: Budget) -> End {
+fn rate_limited(s: &AppState, conn: u64, sub: &str, budget: Budget, service: bool) -> End {
     s.metrics.rate_limited(budget.as_str());
+    let (_, commits, frames) = s.limits.of(service);
     let (rate, burst) = match budget {
-        Budget::Commits => (s.limits.commits_per_sec, s.limits.commit_burst),
-        Budget::Frames => (s.limits.frames_per_sec, s.limits.frame_burst),
+        Budget::Commits => commits,
+        Budget::Frames => frames,
     };
     tracing::info!(conn, sub = %sub, budget = budget.as_str(), "rate limited");
     End::error(
@@ -554,7 +556,7 @@ fn token_expired() -> End {
 
 /// When a connection made with these verified claims must end: `exp` plus the leeway
 /// (verification guarantees `exp` is a number in the future, within the leeway).
-fn expiry(auth: &Value, leeway_secs: u64) -> tokio::time::Instant {
+pub(crate) fn expiry(auth: &Value, leeway_secs: u64) -> tokio::time::Instant {
     let exp = match auth.get("exp") {
         Value::Int(n) => *n as f64,
         Value::Float(f) => *f,
