@@ -237,6 +237,40 @@ async fn queries_by_index_with_pages_and_rules_and_mutations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphiql_is_served_when_asked_for() {
+    let c = config(temp_dir("gql-graphiql"), hs256());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web = warren_server::web::WebOptions {
+        graphiql: true,
+        ..Default::default()
+    };
+    let running = warren_server::server::start_with_web(c.clone(), listener, web)
+        .await
+        .unwrap();
+    let page = http_text(&running.addr.to_string(), "/v1/graphql", "text/html").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("GraphiQL") && page.contains("/v1/graphql"));
+    // A client that is not a browser still gets the GraphQL answer.
+    let other = http_text(&running.addr.to_string(), "/v1/graphql", "application/json").await;
+    assert!(other.starts_with("HTTP/1.1 405"), "{other}");
+    running.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&c.data_dir);
+}
+
+/// A GET with an `Accept` header; the whole answer as text.
+async fn http_text(addr: &str, path: &str, accept: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_reads_one_snapshot() {
     // Reads take request tokens, and this test reads as fast as it can.
     let server = start_with("gql-snapshot", |c| c.gateway.frames_per_sec = 0).await;
@@ -377,6 +411,24 @@ async fn errors_carry_stable_codes() {
     assert_eq!(
         (s, codes(&r)),
         (400, vec!["GRAPHQL_BAD_REQUEST".to_owned()])
+    );
+    let (s, r) = gql(
+        &server,
+        &ann,
+        r#"subscription { Todo_byId(id: "x") { id } }"#,
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (s, codes(&r)),
+        (400, vec!["GRAPHQL_BAD_REQUEST".to_owned()]),
+        "{r}"
+    );
+    let (s, r) = http_json_with(&http, "GET", "/v1/graphql", &[("Accept", "text/html")], "").await;
+    assert_eq!(
+        (s, codes(&r)),
+        (405, vec!["GRAPHQL_BAD_REQUEST".to_owned()]),
+        "no GraphiQL unless asked for"
     );
     let (_, r) = gql(&server, &ann, "{ Todo_all { ", json!({})).await;
     assert_eq!(codes(&r), ["GRAPHQL_PARSE_FAILED"]);

@@ -145,8 +145,9 @@ pub struct Changes {
 }
 
 /// How many batches' [`Changes`] wait for a slow listener before it misses some (it is
-/// then told so, and must assume everything changed).
-const CHANGES_BACKLOG: usize = 1024;
+/// then told so, and must assume everything changed): a bound on what slow live
+/// queries can keep in memory.
+const CHANGES_BACKLOG: usize = 128;
 
 /// Which connections an entry's writes can concern, so that an entry visits only
 /// those instead of every connection.

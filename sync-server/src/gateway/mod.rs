@@ -9,6 +9,8 @@
 //! | `GET /readyz` | the log is replayed and commits are being served |
 //! | `GET /metrics` | Prometheus text |
 //!
+//! (`/v1/graphql` is [`crate::graphql`]'s, on the same state.)
+//!
 //! The gateway verifies tokens and writes the verified claims into each commit, so
 //! every region evaluates rules with the same `auth`.
 //!

@@ -20,6 +20,7 @@ use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, oneshot, OwnedSemaphorePermit, Semaphore};
 use warren_core::exec::{Commit, Op};
 use warren_core::protocol::{codes as protocol_codes, CommitResult};
@@ -87,22 +88,41 @@ impl Gate {
     }
 }
 
-/// What a run read: keys got, and key ranges scanned (as far as the scan went).
+/// What a run read: keys got, and key ranges scanned (as far as the scan went). Held
+/// per live query, so it is bounded: past [`MAX_READ_KEYS`] keys or ranges it becomes
+/// "everything" (any write runs the query again: correct, only more work).
 #[derive(Clone, Debug, Default)]
 pub struct ReadKeys {
     keys: BTreeSet<Vec<u8>>,
     ranges: Vec<KeyRange>,
+    everything: bool,
 }
+
+/// Keys (and, apart, ranges) a live query's read set holds before it becomes
+/// "everything".
+pub const MAX_READ_KEYS: usize = 4096;
 
 impl ReadKeys {
     /// Whether a write of any of `written` may change what was read.
     pub fn touched_by(&self, written: &[Vec<u8>]) -> bool {
-        written
-            .iter()
-            .any(|k| self.keys.contains(k) || self.ranges.iter().any(|r| r.contains(k)))
+        (self.everything && !written.is_empty())
+            || written
+                .iter()
+                .any(|k| self.keys.contains(k) || self.ranges.iter().any(|r| r.contains(k)))
+    }
+
+    fn got(&mut self, key: &[u8]) {
+        if self.everything {
+            return;
+        }
+        self.keys.insert(key.to_vec());
+        self.bound();
     }
 
     fn scanned(&mut self, r: KeyRange) {
+        if self.everything {
+            return;
+        }
         // Pages of one scan follow each other: (.., k] then (k, ..) is one range.
         if let Some(last) = self.ranges.last_mut() {
             match (&last.end, &r.start) {
@@ -121,22 +141,34 @@ impl ReadKeys {
             }
         }
         self.ranges.push(r);
+        self.bound();
+    }
+
+    fn bound(&mut self) {
+        if self.keys.len() > MAX_READ_KEYS || self.ranges.len() > MAX_READ_KEYS {
+            *self = ReadKeys {
+                everything: true,
+                ..ReadKeys::default()
+            };
+        }
     }
 
     /// Adds what another run read.
     pub fn merge(&mut self, other: ReadKeys) {
-        self.keys.extend(other.keys);
+        if other.everything {
+            self.everything = true;
+        }
+        for k in other.keys {
+            self.got(&k);
+        }
         for r in other.ranges {
             self.scanned(r);
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.keys.len() + self.ranges.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Whether it stands for everything (it grew past its bound).
+    pub fn is_everything(&self) -> bool {
+        self.everything
     }
 }
 
@@ -148,7 +180,7 @@ struct Recorder<'a> {
 
 impl Storage for Recorder<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.reads.borrow_mut().keys.insert(key.to_vec());
+        self.reads.borrow_mut().got(key);
         self.inner.get(key)
     }
 
@@ -517,7 +549,9 @@ pub(crate) fn live(
         op: LiveOperation,
         // Subscribed before the first snapshot, so no batch after it is missed.
         changes: broadcast::Receiver<Arc<Changes>>,
-        last: Option<serde_json::Value>,
+        /// The SHA-256 of the last response sent (not the response: live queries
+        /// are many, responses up to the result limit).
+        last: Option<[u8; 32]>,
         reads: ReadKeys,
         /// The position of the last run's snapshot (`None`: it read nothing).
         position: Option<u64>,
@@ -562,9 +596,10 @@ pub(crate) fn live(
                 .as_ref()
                 .map(|r| std::mem::take(&mut *r.lock().expect("reads lock")))
                 .unwrap_or_default();
-            let json = serde_json::to_value(&resp).unwrap_or_default();
-            if st.last.as_ref() != Some(&json) {
-                st.last = Some(json);
+            let digest: [u8; 32] =
+                Sha256::digest(serde_json::to_vec(&resp).unwrap_or_default()).into();
+            if st.last != Some(digest) {
+                st.last = Some(digest);
                 st.svc
                     .metrics()
                     .live_updates
@@ -573,4 +608,59 @@ pub(crate) fn live(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(b: &[u8]) -> Vec<u8> {
+        b.to_vec()
+    }
+
+    #[test]
+    fn read_sets_match_keys_and_scanned_ranges() {
+        let mut r = ReadKeys::default();
+        r.got(b"Da");
+        // Two pages of one forward scan make one range.
+        r.scanned(KeyRange {
+            start: Bound::Included(k(b"Ib")),
+            end: Bound::Included(k(b"Id")),
+        });
+        r.scanned(KeyRange {
+            start: Bound::Excluded(k(b"Id")),
+            end: Bound::Excluded(k(b"If")),
+        });
+        assert_eq!(r.ranges.len(), 1);
+        for (key, hit) in [
+            (&b"Da"[..], true),
+            (b"Db", false),
+            (b"Ib", true),
+            (b"Ie", true),
+            (b"If", false),
+            (b"Ia", false),
+        ] {
+            assert_eq!(
+                r.touched_by(&[k(key)]),
+                hit,
+                "{:?}",
+                String::from_utf8_lossy(key)
+            );
+        }
+        assert!(!r.touched_by(&[]));
+    }
+
+    #[test]
+    fn read_sets_are_bounded() {
+        let mut r = ReadKeys::default();
+        for i in 0..=MAX_READ_KEYS as u32 {
+            r.got(&i.to_be_bytes());
+        }
+        assert!(r.is_everything());
+        assert!(r.keys.is_empty() && r.ranges.is_empty());
+        assert!(r.touched_by(&[k(b"anything")]));
+        let mut m = ReadKeys::default();
+        m.merge(r);
+        assert!(m.is_everything());
+    }
 }

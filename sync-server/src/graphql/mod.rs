@@ -350,11 +350,11 @@ async fn post_graphql(
     match prepare(&mut request) {
         Err(resp) => return Json(*resp).into_response(),
         Ok(OperationType::Subscription) => {
-            return Json(error_response(
+            return refusal(
+                StatusCode::BAD_REQUEST,
                 codes::BAD_REQUEST,
                 "subscriptions run over a WebSocket at /v1/graphql (graphql-transport-ws)",
-            ))
-            .into_response()
+            )
         }
         Ok(_) => {}
     }
