@@ -455,14 +455,17 @@ pub(crate) async fn call(
                 *generation += 1;
             }
             let sub = warren_core::exec::subject(&caller.auth);
-            let seq = next.entry(sub).or_insert(0);
-            *seq += 1;
+            let seq = next.get(&sub).copied().unwrap_or(0) + 1;
             let id = client_id(
                 &caller.auth,
                 &format!("run:{}:{generation}", svc.sequences.run),
             );
-            let seq = *seq;
-            gateway::http::submit(app, commit(id, seq)).await
+            let sent = gateway::http::submit(app, commit(id, seq)).await;
+            // The number is taken only by a commit the sequencer accepted.
+            if sent.is_ok() {
+                next.insert(sub, seq);
+            }
+            sent
         }
     }
     .map_err(|e| error(&e.code, e.message))?;
