@@ -716,6 +716,47 @@ async fn live_queries_follow_writes_and_revocation_and_nothing_else() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_queries_run_again_at_no_cost_to_the_subscribers_budget() {
+    // End users may send a request a second, 5 at once; the writer is a service.
+    let server = start_with("gql-live-budget", |c| {
+        c.gateway.frames_per_sec = 1;
+        c.gateway.frame_burst = 5;
+    })
+    .await;
+    let (ann, job) = (token("ann"), service_token("job"));
+    data(
+        &server,
+        &job,
+        r#"mutation { makeTeam(id: "red", members: ["ann", "job"]) }"#,
+        json!({}),
+    )
+    .await;
+    let mut a = Ws::open(&server, &ann).await;
+    a.subscribe(
+        "1",
+        r#"subscription { Task_byTeam(team: "red") { nodes { _fields } } }"#,
+    )
+    .await;
+    assert!(titles(&a.data("1").await, "Task_byTeam").is_empty());
+    // Twenty writes by someone else: ann's live query follows them all, and her budget
+    // (five requests at once, one a second) is not what pays for it.
+    for i in 0..20 {
+        data(
+            &server,
+            &job,
+            &format!(r#"mutation {{ addTask(id: "k{i}", team: "red", title: "t{i}") }}"#),
+            json!({}),
+        )
+        .await;
+    }
+    let mut last = Vec::new();
+    while last.len() < 20 {
+        last = titles(&a.data("1").await, "Task_byTeam");
+    }
+    assert_eq!(last.len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_websocket_protocol_and_its_limits() {
     let server = start_with("gql-ws", |c| {
         c.gateway.graphql_subscriptions_per_connection = 2;

@@ -9,7 +9,7 @@
 //! - **Mutations** are commits of `Op::Call`, sent to the sequencer like a push and
 //!   answered with their outcome. Their client id and sequence number: see
 //!   [`Sequences`] and `docs/GRAPHQL.md` ("Mutations, exactly once").
-//! - **Live queries** ([`live`]) record the keys and key ranges a run read
+//! - **Live queries** (`live`) record the keys and key ranges a run read
 //!   ([`ReadKeys`]); each batch the region applies publishes the document and index
 //!   keys it wrote, and a live query runs again only when one of them falls in what it
 //!   read, then sends its result only if it changed.
@@ -375,7 +375,7 @@ pub fn client_id(auth: &Value, tail: &str) -> String {
 /// commits enter the sequencer (the lock is held while sending, so numbers and order
 /// agree). The ids live in the replicated state like any client's (its sequence
 /// number and last 1,024 outcomes), so a run makes one per identity, not one per
-/// request; past [`SEQUENCES_MAX`] identities the table starts a new generation.
+/// request; past `SEQUENCES_MAX` (100,000) identities the table starts a new generation.
 pub struct Sequences {
     run: String,
     state: tokio::sync::Mutex<(u64, HashMap<String, u64>)>,
@@ -591,7 +591,8 @@ pub(crate) fn live(
                 while st.changes.try_recv().is_ok() {}
                 st.svc.metrics().live_reruns.fetch_add(1, Ordering::Relaxed);
             }
-            let caller = Arc::new(Caller::live(&st.svc.app, st.op.auth.clone()));
+            let first = st.last.is_none();
+            let caller = Arc::new(Caller::live(&st.svc.app, st.op.auth.clone(), first));
             let resp = super::with_codes(st.schema.execute(st.op.request(caller.clone())).await);
             st.position = caller.snapshot.get().map(|s| s.position);
             st.reads = caller

@@ -14,7 +14,7 @@
 //! - a mutation field becomes a commit (`Op::Call`), sequenced and applied like any
 //!   push; the answer waits for its outcome.
 //! - a subscription field is a live query: run again when a batch writes a key it read,
-//!   and sent when its result changed ([`exec::live`]).
+//!   and sent when its result changed (`exec::live`).
 //!
 //! HTTP (`POST /v1/graphql`, JSON, bearer token) is answered here; WebSocket
 //! (`graphql-transport-ws`, the token in `connection_init`) in [`ws`].
@@ -209,6 +209,9 @@ pub struct Caller {
     pub(crate) mutations: AtomicU64,
     /// For a live query's run: what its reads read.
     pub(crate) reads: Option<std::sync::Mutex<exec::ReadKeys>>,
+    /// Whether its reads take tokens of the identity's request budget: yes, but for a
+    /// live query's runs after the first (others' writes cause them).
+    pub(crate) charged: bool,
 }
 
 impl Caller {
@@ -220,13 +223,16 @@ impl Caller {
             snapshot: Default::default(),
             mutations: AtomicU64::new(0),
             reads: None,
+            charged: true,
         }
     }
 
-    /// A caller for one run of a live query: its reads are recorded.
-    pub(crate) fn live(app: &AppState, auth: Value) -> Caller {
+    /// A caller for one run of a live query: its reads are recorded, and charged to
+    /// the identity's budget on the first run only.
+    pub(crate) fn live(app: &AppState, auth: Value, first: bool) -> Caller {
         Caller {
             reads: Some(Default::default()),
+            charged: first,
             ..Caller::new(app, auth, None)
         }
     }
@@ -472,3 +478,19 @@ async fn get_graphql(
 
 /// GraphiQL (from a CDN: this page is for development), with a box for the token.
 const GRAPHIQL: &str = include_str!("graphiql.html");
+
+#[cfg(test)]
+mod tests {
+    /// Every GraphQL code is in the errors table of docs/GRAPHQL.md.
+    #[test]
+    fn the_docs_list_every_code() {
+        let doc = include_str!("../../../docs/GRAPHQL.md");
+        let table = &doc[doc.find("## Errors").expect("an Errors section")..];
+        for code in super::codes::ALL {
+            assert!(
+                table.contains(&format!("`{code}`")),
+                "{code} is not in docs/GRAPHQL.md"
+            );
+        }
+    }
+}

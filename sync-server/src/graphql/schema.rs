@@ -229,9 +229,12 @@ fn query_field(name: &str, ty: TypeRef, read: Read, svc: &Arc<Service>, doc: Str
             let caller = caller(&ctx)?;
             let args = args_json(&ctx)?;
             let source = program::source(&read, &args).map_err(|e| engine_error(&e))?;
-            // Each read is charged to the identity's request budget.
-            gateway::take_http(&svc.app, &caller.auth, Budget::Frames, 1)
-                .map_err(|e| error(&e.code, e.message))?;
+            // Each read is charged to the identity's request budget (but for a live
+            // query's runs again, which others' writes cause).
+            if caller.charged {
+                gateway::take_http(&svc.app, &caller.auth, Budget::Frames, 1)
+                    .map_err(|e| error(&e.code, e.message))?;
+            }
             let snap = caller
                 .snapshot
                 .get_or_try_init(|| exec::snapshot(&svc))
