@@ -14,6 +14,8 @@
 //! - [`graphql`]: GraphQL at `/v1/graphql`, generated from the schema: queries on read
 //!   views, mutations as commits, live queries over `graphql-transport-ws`.
 //! - [`server`]: puts the parts together; start and graceful stop.
+//! - [`conns`]: the accept loop: a cap on open TCP connections with a reserve for
+//!   authenticated ones, header-read and idle timeouts.
 //! - [`limits`]: per-identity limits: connections, commit and frame rates (service
 //!   identities are counted apart, `gateway::GatewayLimits::service_role`).
 //! - [`queue`]: a connection's outgoing frames, bounded in frames and bytes.
@@ -24,6 +26,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod conns;
 pub mod gateway;
 pub mod graphql;
 pub mod limits;

@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "../../.ci/node/node_modules/playwright-core/index.mjs";
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-// The server the tests run: cargo's debug build (in CARGO_TARGET_DIR when it is set).
+// The debug build of the server, where cargo puts it (CARGO_TARGET_DIR, or target/).
 export const warren = join(process.env.CARGO_TARGET_DIR || join(root, "target"), "debug", "warren");
 
 let failures = 0;

@@ -429,6 +429,7 @@ pub(crate) async fn call(
     let index = caller.mutations.fetch_add(1, Ordering::SeqCst) + 1;
     let app = &svc.app;
     gateway::take_http(app, &caller.auth, Budget::Commits, 1)
+        .await
         .map_err(|e| error(&e.code, e.message))?;
     svc.metrics().mutations.fetch_add(1, Ordering::Relaxed);
     let commit = |client_id: String, seq: u64| Commit {

@@ -319,15 +319,16 @@ fn add_code(e: &mut ServerError) {
 /// `POST /v1/graphql`: `{"query", "variables"?, "operationName"?}` with a bearer token.
 async fn post_graphql(
     State(g): State<Graphql>,
+    conn: gateway::ConnExt,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let app = &g.service.app;
-    let auth = match gateway::verify(app, &headers).await {
+    let auth = match gateway::verify(app, &headers, &gateway::conn_of(conn)).await {
         Ok(a) => a,
         Err(e) => return e.into(),
     };
-    if let Err(e) = gateway::take_http(app, &auth, Budget::Frames, 1) {
+    if let Err(e) = gateway::take_http(app, &auth, Budget::Frames, 1).await {
         return e.into();
     }
     g.service
@@ -453,6 +454,7 @@ fn error_response(code: &str, message: &str) -> async_graphql::Response {
 /// browser when the server runs with `--graphiql`.
 async fn get_graphql(
     State(g): State<Graphql>,
+    conn: gateway::ConnExt,
     headers: HeaderMap,
     ws: Result<
         axum::extract::WebSocketUpgrade,
@@ -460,7 +462,14 @@ async fn get_graphql(
     >,
 ) -> Response {
     if let Ok(ws) = ws {
-        return ws::upgrade(g.service.clone(), g.schema.clone(), headers, ws).await;
+        return ws::upgrade(
+            g.service.clone(),
+            g.schema.clone(),
+            gateway::conn_of(conn),
+            headers,
+            ws,
+        )
+        .await;
     }
     let wants_html = headers
         .get(header::ACCEPT)

@@ -233,6 +233,7 @@ fn query_field(name: &str, ty: TypeRef, read: Read, svc: &Arc<Service>, doc: Str
             // query's runs again, which others' writes cause).
             if caller.charged {
                 gateway::take_http(&svc.app, &caller.auth, Budget::Frames, 1)
+                    .await
                     .map_err(|e| error(&e.code, e.message))?;
             }
             let snap = caller

@@ -71,22 +71,13 @@ fn close(code: u16, reason: &str) -> Message {
 pub(crate) async fn upgrade(
     svc: Arc<Service>,
     schema: Result<async_graphql::dynamic::Schema, Arc<str>>,
+    tcp: Arc<crate::conns::Conn>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     let schema = match schema {
         Ok(s) => s,
         Err(why) => return refusal(StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, &why),
-    };
-    let Some(slot) = svc.app.slots.take() else {
-        svc.app
-            .metrics
-            .refused(protocol_codes::TOO_MANY_CONNECTIONS);
-        return refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            protocol_codes::TOO_MANY_CONNECTIONS,
-            "the server holds as many connections as it may; reconnect later",
-        );
     };
     let header_token = headers
         .get(header::AUTHORIZATION)
@@ -101,8 +92,7 @@ pub(crate) async fn upgrade(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
-            session(svc, schema, header_token, offered, socket).await;
-            drop(slot);
+            session(svc, schema, tcp, header_token, offered, socket).await;
         })
         .into_response()
 }
@@ -133,6 +123,8 @@ async fn write_loop(
             m = &mut close_rx => break m.ok(),
             r = rx.recv() => match r {
                 Received::Frame(f) => f,
+                // Snapshots are for sync connections; nothing queues one here.
+                Received::Snapshot(_) => continue,
                 Received::Overflowed => break Some(close(1013, "TOO_SLOW: the connection did not keep up with its messages")),
                 Received::Closed => break None,
             },
@@ -176,6 +168,7 @@ impl End {
 async fn session(
     svc: Arc<Service>,
     schema: async_graphql::dynamic::Schema,
+    tcp: Arc<crate::conns::Conn>,
     header_token: Option<String>,
     offered: bool,
     socket: WebSocket,
@@ -190,8 +183,19 @@ async fn session(
         if !offered {
             break 'end End::new(4406, "Subprotocol not acceptable: use graphql-transport-ws");
         }
-        // connection_init, in time.
-        let first = match tokio::time::timeout(app.limits.hello_timeout, stream.next()).await {
+        // connection_init, in time, while the connection keeps its place among those
+        // waiting to log in (the sync connections' pool) and among the unauthenticated
+        // TCP connections: pushed out of either, it is dropped. Its connection slot is
+        // taken only once its token verified.
+        let Some(pending) = app.pending_hellos.enter() else {
+            break 'end End::new(1013, "the server is busy; reconnect later");
+        };
+        let first = tokio::select! {
+            first = tokio::time::timeout(app.limits.hello_timeout, stream.next()) => first,
+            _ = pending.evicted() => break 'end End::new(1013, "the server is busy; reconnect later"),
+            _ = tcp.evicted() => break 'end End::new(1013, "the server is busy; reconnect later"),
+        };
+        let first = match first {
             Ok(Some(Ok(Message::Text(t)))) => t,
             Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
                 break 'end End::new(1000, "")
@@ -212,6 +216,19 @@ async fn session(
         let auth = match app.verifier.verify_async(&token).await {
             Ok(a) => a,
             Err(e) => break 'end End::new(4403, format!("{}: {e}", e.code())),
+        };
+        // Authenticated: out of the waiting pools, into a connection slot if one is free.
+        tcp.promote();
+        drop(pending);
+        let Some(_slot) = app.slots.take() else {
+            app.metrics.refused(protocol_codes::TOO_MANY_CONNECTIONS);
+            break 'end End::new(
+                1013,
+                format!(
+                    "{}: the server holds as many connections as it may; reconnect later",
+                    protocol_codes::TOO_MANY_CONNECTIONS
+                ),
+            );
         };
         let sub = warren_core::exec::subject(&auth);
         let identities: Arc<Identities> = app.identities_for(&auth).clone();
