@@ -39,6 +39,15 @@ pub mod codes {
     pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
     /// Something went wrong in the server; nothing the client sent was lost.
     pub const INTERNAL: &str = "INTERNAL";
+    /// The schema changed at a log position: reconnect, and the welcome carries the new
+    /// one (the client re-runs its pending commits under it).
+    pub const SCHEMA_CHANGED: &str = "SCHEMA_CHANGED";
+    /// This region cannot serve now (it cannot reach the global log, or stopped):
+    /// connect to another region of the deployment.
+    pub const REGION_UNAVAILABLE: &str = "REGION_UNAVAILABLE";
+    /// This region's state disagrees with another region's at the same log position;
+    /// it stopped itself. Connect to another region.
+    pub const REGION_DIVERGED: &str = "REGION_DIVERGED";
 
     /// Every protocol code, for tests and documentation checks.
     pub const ALL: &[&str] = &[
@@ -53,6 +62,9 @@ pub mod codes {
         TOO_SLOW,
         SHUTTING_DOWN,
         INTERNAL,
+        SCHEMA_CHANGED,
+        REGION_UNAVAILABLE,
+        REGION_DIVERGED,
     ];
 }
 

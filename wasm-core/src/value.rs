@@ -480,7 +480,7 @@ fn unzigzag(u: u64) -> i64 {
 }
 
 /// LEB128 unsigned varint.
-pub(crate) fn write_varint(out: &mut Vec<u8>, mut v: u64) {
+pub fn write_varint(out: &mut Vec<u8>, mut v: u64) {
     loop {
         let byte = (v & 0x7f) as u8;
         v >>= 7;
@@ -507,7 +507,7 @@ fn corrupt(msg: &str) -> Error {
 
 /// A cursor over canonical bytes. Every read is bounds-checked; a length prefix is
 /// never trusted for an allocation larger than the bytes that remain.
-pub(crate) struct Reader<'a> {
+pub struct Reader<'a> {
     pub buf: &'a [u8],
     pub pos: usize,
 }
@@ -556,6 +556,7 @@ impl<'a> Reader<'a> {
         Err(corrupt("varint too long"))
     }
 
+    #[allow(clippy::len_without_is_empty)] // reads a length; not a container's
     pub fn len(&mut self) -> Result<usize, Error> {
         let n = self.varint()?;
         if n > (self.buf.len() - self.pos) as u64 {

@@ -1,0 +1,815 @@
+//! Many regions, one global order, for real: 3 etcd members on loopback with 50 ms
+//! one way between any two (a proxy in this process), 3 `warren serve --etcd …
+//! --region …` processes, native clients that reconnect to random regions, and ten
+//! scenarios in a row (`fast`): steady load; SIGKILL of the etcd leader; a member
+//! paused (SIGSTOP); SIGKILL and restart of a region; a region cut off and healed; a
+//! revocation read through a lagging region; a schema change; a late region booted
+//! from a snapshot; compaction past a stopped region; two processes claiming one
+//! region; a forced divergence.
+//!
+//! The history checker (`cluster/checker.rs`) runs over every run: every region's
+//! chain of batches arrived exactly once and in order; the log replayed by the engine
+//! gives, at every position a region published, that region's digest; every
+//! acknowledged commit is in the log once, at the position its acknowledgement gave;
+//! counters count each bump once; every client's outbox drains and its replica equals
+//! the replay as its user may read it; no client ever saw a position older than one it
+//! had seen (whichever region it moved to), and a revoked partition never came back.
+//!
+//! `WARREN_REGIONS_SEED=N` replays a run (the seed is printed). The soak version runs
+//! longer with more regions and a seeded fault schedule:
+//! `WARREN_REGIONS_SOAK_SECS=1800 cargo test --release -p warren-server --test regions -- --ignored soak`.
+
+mod cluster;
+mod replay;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cluster::checker::{self, History, Observer};
+use cluster::{wait_until, Deployment, TestDir, ADMIN, SECRET};
+use warren_core::protocol::{ClientFrame, ServerFrame};
+use warren_core::replica::Event;
+use warren_core::value::obj;
+use warren_core::Value;
+use warren_server::auth;
+use warren_server::client::{Client, ClientOptions, RawConnection};
+use warren_server::gateway::scoped_client_id;
+use warren_server::log::shared::{EtcdLog, SharedLog};
+
+/// Counters (each client bumps its own), and a team whose members read its tasks.
+const SCHEMA: &str = r#"
+collection Counter {
+  partition "user:" + doc.owner
+  allow read   partition == "user:" + auth.sub
+  allow create doc.owner == auth.sub
+  allow update old.owner == auth.sub
+}
+
+collection Team {
+  partition "team:" + doc.id
+  allow read   Team.byId(partition.slice(5))?.members?.includes(auth.sub) == true
+  allow create doc.members.includes(auth.sub)
+  allow update old.members.includes(auth.sub)
+}
+
+collection Task {
+  partition "team:" + doc.team
+  allow read   Team.byId(partition.slice(5))?.members?.includes(auth.sub) == true
+  allow create Team.byId(doc.team)?.members?.includes(auth.sub) == true
+}
+
+function bump(id) {
+  let c = Counter.byId(id) ?? Counter.create({ id, owner: auth.sub, n: 0 })
+  c.update({ n: c.n + 1 })
+}
+
+function setMembers(team, members) {
+  let t = Team.byId(team) ?? Team.create({ id: team, members })
+  t.update({ members })
+}
+
+function addTask(id, team) {
+  Task.create({ id, team, by: auth.sub })
+}
+"#;
+
+/// The schema after the change of the schema scenario: one more function.
+fn schema_v2() -> String {
+    format!(
+        "{SCHEMA}\nfunction bumpTwice(id) {{\n  let c = Counter.byId(id) ?? Counter.create({{ id, owner: auth.sub, n: 0 }})\n  c.update({{ n: c.n + 2 }})\n}}\n"
+    )
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn token(sub: &str) -> String {
+    auth::mint_hs256(SECRET, &auth::dev_claims(sub, 3600, None, None)).unwrap()
+}
+
+/// A client of the test: its user, its id as the log holds it, and what it saw.
+struct TestClient {
+    sub: String,
+    id: String,
+    scoped: String,
+    client: Client,
+    /// Frames of earlier instances of this client (restarted on another region).
+    frames_before: Vec<ServerFrame>,
+}
+
+impl TestClient {
+    fn start(sub: &str, id: &str, url: &str, regions: Vec<String>, seed: u64) -> TestClient {
+        let mut opts = ClientOptions::new(url, &token(sub), id);
+        opts.regions = regions;
+        opts.auth = obj([("sub", sub.into())]);
+        opts.schema = Some(SCHEMA.to_owned());
+        opts.backoff_max = Duration::from_millis(800);
+        opts.seed = seed;
+        TestClient {
+            sub: sub.to_owned(),
+            id: id.to_owned(),
+            scoped: scoped_client_id(&obj([("sub", sub.into())]), id),
+            client: Client::start(opts).unwrap(),
+            frames_before: Vec::new(),
+        }
+    }
+
+    /// Stops this client and starts it again on its own store, connecting to `url`
+    /// (and `regions`) from now on.
+    fn restart(&mut self, rt: &tokio::runtime::Runtime, url: &str, regions: Vec<String>) {
+        let idle = Client::start_with(
+            ClientOptions::new("ws://127.0.0.1:9/v1/sync", "", &self.id),
+            Default::default(),
+            false,
+        )
+        .unwrap();
+        let old = std::mem::replace(&mut self.client, idle);
+        self.frames_before.extend(old.received());
+        let store = rt.block_on(old.shutdown());
+        let mut opts = ClientOptions::new(url, &token(&self.sub), &self.id);
+        opts.regions = regions;
+        opts.auth = obj([("sub", self.sub.as_str().into())]);
+        opts.backoff_max = Duration::from_millis(500);
+        self.client = Client::start_with(opts, store, true).unwrap();
+    }
+
+    fn frames(&self) -> Vec<ServerFrame> {
+        let mut f = self.frames_before.clone();
+        f.extend(self.client.received());
+        f
+    }
+}
+
+/// Acknowledgements seen: (client as logged, seq) → position.
+type Acks = Arc<Mutex<BTreeMap<(String, u64), Option<u64>>>>;
+
+fn collect(clients: &[Arc<Mutex<TestClient>>], acks: &Acks) {
+    for c in clients {
+        let c = c.lock().unwrap();
+        for e in c.client.take_events() {
+            match e {
+                Event::Confirmed { seq, position, .. } => {
+                    let before = acks
+                        .lock()
+                        .unwrap()
+                        .insert((c.scoped.clone(), seq), position);
+                    assert!(
+                        before.is_none() || before == Some(position),
+                        "{} {seq}: acknowledged at {before:?}, then at {position:?}",
+                        c.id
+                    );
+                }
+                Event::Rejected { seq, code, message } => {
+                    panic!("{} {seq} rejected: {code}: {message}", c.id)
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Positions a client saw never go backwards, across every region it moved to: a
+/// welcome is never older than what it had (the barrier).
+fn check_monotonic(name: &str, frames: &[ServerFrame]) {
+    let mut seen = 0u64;
+    for (i, f) in frames.iter().enumerate() {
+        let p = match f {
+            ServerFrame::Welcome { position, .. } => {
+                assert!(
+                    *position >= seen,
+                    "{name}, frame {i}: a welcome at position {position} after the client had seen {seen}: a region served an older state"
+                );
+                *position
+            }
+            ServerFrame::Snapshot { position, .. }
+            | ServerFrame::Drop { position, .. }
+            | ServerFrame::Effects { position, .. } => *position,
+            ServerFrame::Outcome {
+                result: warren_core::protocol::CommitResult::Committed { position, .. },
+                ..
+            } => *position,
+            _ => continue,
+        };
+        seen = seen.max(p);
+    }
+}
+
+/// The load: every client bumps its own counter while fewer than 6 of its commits
+/// are pending; now and then a client drops its connection (and reconnects to a
+/// random region).
+struct Load {
+    on: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(
+        rt: &tokio::runtime::Runtime,
+        clients: Vec<Arc<Mutex<TestClient>>>,
+        acks: Acks,
+        seed: u64,
+    ) -> Load {
+        let on = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (o, s) = (on.clone(), stop.clone());
+        let handle = rt.handle().clone();
+        let thread = std::thread::spawn(move || {
+            let _g = handle.enter();
+            let mut rng = replay::Rng(seed);
+            let mut last_move = Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(15));
+                collect(&clients, &acks);
+                if !o.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let i = rng.below(clients.len() as u64) as usize;
+                {
+                    let c = clients[i].lock().unwrap();
+                    if c.client.replica().pending().len() < 6 {
+                        c.client
+                            .call("bump", obj([("id", c.id.as_str().into())]))
+                            .unwrap();
+                    }
+                }
+                if last_move.elapsed() > Duration::from_millis(1500) {
+                    last_move = Instant::now();
+                    let j = rng.below(clients.len() as u64) as usize;
+                    let c = clients[j].lock().unwrap();
+                    c.client.set_online(false);
+                    c.client.set_online(true);
+                }
+            }
+        });
+        Load {
+            on,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn set(&self, on: bool) {
+        self.on.store(on, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Steps of a run, with how long each took, printed at the end.
+struct Steps(Vec<(String, Duration)>, Instant);
+
+impl Steps {
+    fn step(&mut self, name: &str) {
+        let now = Instant::now();
+        eprintln!("--- {name} (after {:.1} s)", self.1.elapsed().as_secs_f64());
+        self.0.push((name.to_owned(), now.duration_since(self.1)));
+    }
+}
+
+const REGION_ARGS: &[&str] = &[
+    "--publish-every-ms",
+    "300",
+    "--compact-every-secs",
+    "0",
+    "--barrier-timeout-ms",
+    "3000",
+    "--unavailable-after-secs",
+    "3",
+    "--etcd-request-timeout-ms",
+    "1500",
+    "--etcd-watch-stall-ms",
+    "2000",
+];
+
+/// Waits until every running region, the observer and each other agree on the log's
+/// end, then runs the checks; returns the history.
+fn quiet_point(
+    d: &mut Deployment,
+    observer: &Observer,
+    clients: &[Arc<Mutex<TestClient>>],
+    acks: &Acks,
+    rt: &tokio::runtime::Runtime,
+    skip: &dyn Fn(&str, u64) -> bool,
+) -> History {
+    // Every client's outbox drains (each commit acknowledged, wherever it went).
+    for c in clients {
+        let c = c.lock().unwrap();
+        assert!(
+            rt.block_on(c.client.wait_synced(WAIT)),
+            "{}'s outbox did not drain: {:?}",
+            c.id,
+            c.client.replica().pending().len()
+        );
+    }
+    collect(clients, acks);
+    let target = d.max_position();
+    assert!(
+        d.wait_position(target, WAIT),
+        "the regions did not reach position {target}"
+    );
+    let running: Vec<usize> = (0..d.regions.len())
+        .filter(|i| d.regions[*i].child.is_some())
+        .collect();
+    let positions: Vec<(String, Option<u64>)> = running
+        .iter()
+        .map(|i| (d.regions[*i].name.clone(), d.regions[*i].position()))
+        .collect();
+    let head = EtcdLog::new(d.etcd.client(), "/warren/v1/")
+        .heads()
+        .expect("the log's heads")
+        .iter()
+        .map(|(_, rev)| *rev)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        observer.wait(head, WAIT),
+        "the observer did not reach {head}"
+    );
+    let h = History::of(&observer.events());
+    for (name, p) in &positions {
+        assert!(
+            p.is_some_and(|p| p <= h.replay.position()),
+            "{name} is at {p:?}, the log's end at {}",
+            h.replay.position()
+        );
+    }
+    let states = h.check_states(skip);
+    h.check_acks(&acks.lock().unwrap());
+    // Every client converged: what it holds is what the log gives its user.
+    for c in clients {
+        let c = c.lock().unwrap();
+        let want = checker::everything_as(&h, &c.sub);
+        let ok = rt.block_on(c.client.wait_until(WAIT, |r| {
+            r.query(checker::EVERYTHING).ok().as_ref() == Some(&want)
+        }));
+        assert!(
+            ok,
+            "{} did not converge: it holds {:?}, the log gives {want:?}",
+            c.id,
+            c.client.query(checker::EVERYTHING)
+        );
+        check_monotonic(&c.id, &c.frames());
+    }
+    eprintln!(
+        "quiet point: position {}, {} batches, {} published states checked, {} acknowledgements",
+        h.replay.position(),
+        h.batches.len(),
+        states,
+        acks.lock().unwrap().len()
+    );
+    h
+}
+
+/// `Hello` to region `url`: the first frame the region answers.
+fn hello_answer(rt: &tokio::runtime::Runtime, url: &str) -> Option<ServerFrame> {
+    rt.block_on(async {
+        let mut c = RawConnection::connect(url).await.ok()?;
+        c.send(&ClientFrame::Hello {
+            client_id: "probe".into(),
+            token: token("probe"),
+            schema_version: String::new(),
+            outbox_from: 0,
+            partitions: vec![],
+        })
+        .await
+        .ok()?;
+        c.recv(Duration::from_secs(10)).await
+    })
+}
+
+fn error_code(f: &Option<ServerFrame>) -> Option<&str> {
+    match f {
+        Some(ServerFrame::Error { code, .. }) => Some(code),
+        _ => None,
+    }
+}
+
+#[test]
+fn fast() {
+    let seed = replay::seed("WARREN_REGIONS_SEED");
+    let dir = TestDir::new("regions");
+    let mut steps = Steps(Vec::new(), Instant::now());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut d = Deployment::new(&dir.0, 3, Duration::from_millis(50), SCHEMA, seed);
+    d.args = REGION_ARGS.iter().map(|s| s.to_string()).collect();
+    let observer = Observer::start(d.etcd.client_urls());
+    for name in ["r1", "r2", "r3"] {
+        let i = d.add_region(name);
+        d.start_region(i, &[], &[]).expect("the region starts");
+    }
+    steps.step("3 etcd members, 3 regions");
+    let urls = d.urls();
+    let _g = rt.enter();
+    let clients: Vec<Arc<Mutex<TestClient>>> = (1..=6)
+        .map(|i| {
+            let url = &urls[d.rand(3) as usize];
+            Arc::new(Mutex::new(TestClient::start(
+                &format!("u{i}"),
+                &format!("c{i}"),
+                url,
+                urls.clone(),
+                seed ^ i,
+            )))
+        })
+        .collect();
+    let acks: Acks = Arc::default();
+    // The team: every user but u6 (who joins below), and one task each.
+    {
+        let c1 = clients[0].lock().unwrap();
+        let members: Vec<Value> = (1..=6).map(|i| format!("u{i}").into()).collect();
+        c1.client
+            .call(
+                "setMembers",
+                obj([("team", "t".into()), ("members", Value::Array(members))]),
+            )
+            .unwrap();
+        assert!(rt.block_on(c1.client.wait_synced(WAIT)));
+    }
+    for (i, c) in clients.iter().enumerate() {
+        let c = c.lock().unwrap();
+        // Its replica checks the rule locally: it needs the team first.
+        assert!(rt.block_on(c.client.wait_until(WAIT, |r| {
+            r.query("Team.byId(\"t\") != null").ok() == Some(Value::Bool(true))
+        })));
+        c.client
+            .call(
+                "addTask",
+                obj([("id", format!("task{i}").into()), ("team", "t".into())]),
+            )
+            .unwrap();
+    }
+    let load = Load::start(&rt, clients.clone(), acks.clone(), seed);
+
+    // S1: steady load with the WAN delay between members.
+    load.set(true);
+    std::thread::sleep(Duration::from_secs(6));
+    load.set(false);
+    quiet_point(&mut d, &observer, &clients, &acks, &rt, &|_, _| false);
+    steps.step("S1 steady load");
+
+    // S2: SIGKILL of the etcd leader under load; restarted 3 s later.
+    load.set(true);
+    std::thread::sleep(Duration::from_secs(2));
+    let leader = d.etcd.leader().expect("a leader");
+    eprintln!("killing etcd member m{}", leader + 1);
+    d.etcd.kill(leader);
+    std::thread::sleep(Duration::from_secs(3));
+    d.etcd.restart(leader);
+    std::thread::sleep(Duration::from_secs(3));
+    load.set(false);
+    d.etcd.wait_healthy(WAIT);
+    steps.step("S2 etcd leader killed");
+
+    // S3: the member r1 talks to first is paused (SIGSTOP) 5 s.
+    load.set(true);
+    d.etcd.pause(0);
+    std::thread::sleep(Duration::from_secs(5));
+    d.etcd.resume(0);
+    std::thread::sleep(Duration::from_secs(1));
+    load.set(false);
+    d.etcd.wait_healthy(WAIT);
+    quiet_point(&mut d, &observer, &clients, &acks, &rt, &|_, _| false);
+    steps.step("S3 member paused");
+
+    // S4: SIGKILL of region r2 under load; restarted 3 s later, it catches up.
+    load.set(true);
+    std::thread::sleep(Duration::from_secs(1));
+    d.regions[1].kill();
+    std::thread::sleep(Duration::from_secs(3));
+    d.start_region(1, &[], &[]).expect("r2 restarts");
+    std::thread::sleep(Duration::from_secs(2));
+    load.set(false);
+    quiet_point(&mut d, &observer, &clients, &acks, &rt, &|_, _| false);
+    steps.step("S4 region killed and restarted");
+
+    // S5: r3 cut off from etcd (every byte held) 6 s: it refuses new clients
+    // (REGION_UNAVAILABLE) and closes the ones it had; after the heal its held
+    // append lands once.
+    load.set(true);
+    std::thread::sleep(Duration::from_millis(500));
+    d.pause_region(2, true);
+    std::thread::sleep(Duration::from_millis(3500));
+    let answer = hello_answer(&rt, &d.regions[2].url());
+    assert_eq!(
+        error_code(&answer),
+        Some("REGION_UNAVAILABLE"),
+        "a region cut off from etcd answered a Hello with {answer:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    d.pause_region(2, false);
+    std::thread::sleep(Duration::from_secs(2));
+    load.set(false);
+    assert!(
+        d.regions[2].stderr().contains("closing every connection"),
+        "r3 did not close its connections while cut off"
+    );
+    quiet_point(&mut d, &observer, &clients, &acks, &rt, &|_, _| false);
+    steps.step("S5 region cut off and healed");
+
+    // S6: revocation read through a lagging region. u6 is removed from the team
+    // through r1 while r3 is cut off; u6's client then moves to r3 only. r3 must
+    // catch up before it welcomes it, so the team never comes back.
+    let x = clients[5].clone();
+    {
+        let mut xc = x.lock().unwrap();
+        xc.restart(&rt, &urls[0], vec![]);
+        assert!(rt.block_on(
+            xc.client
+                .wait_until(WAIT, |r| r.query("Task.all().count()").ok()
+                    == Some(Value::Int(6)))
+        ));
+    }
+    d.pause_region(2, true);
+    {
+        let c1 = clients[0].lock().unwrap();
+        let members: Vec<Value> = (1..=5).map(|i| format!("u{i}").into()).collect();
+        c1.client
+            .call(
+                "setMembers",
+                obj([("team", "t".into()), ("members", Value::Array(members))]),
+            )
+            .unwrap();
+        assert!(rt.block_on(c1.client.wait_synced(WAIT)));
+    }
+    {
+        let mut xc = x.lock().unwrap();
+        assert!(
+            rt.block_on(
+                xc.client
+                    .wait_until(WAIT, |r| r.query("Task.all().count()").ok()
+                        == Some(Value::Int(0)))
+            ),
+            "u6 was not dropped from the team"
+        );
+        // Now only the lagging region.
+        xc.restart(&rt, &urls[2], vec![]);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    d.pause_region(2, false);
+    {
+        let xc = x.lock().unwrap();
+        assert!(
+            rt.block_on(xc.client.wait_until(WAIT, |r| r.is_connected())),
+            "u6 never got a welcome from r3"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            checker::check_revocation(&xc.frames(), "team:t"),
+            "u6 never saw the team dropped"
+        );
+        assert_eq!(
+            xc.client.query("Task.all().count()").unwrap(),
+            Value::Int(0)
+        );
+    }
+    quiet_point(&mut d, &observer, &clients, &acks, &rt, &|_, _| false);
+    steps.step("S6 revocation through a lagging region");
+
+    // A schema change in the global log: every region switches at one position,
+    // clients learn it and can call what it adds.
+    let v2 = d.dir.join("schema-v2.warren");
+    std::fs::write(&v2, schema_v2()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["schema", "apply"])
+        .arg(&v2)
+        .args(["--etcd", &d.etcd.client_urls().join(",")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "warren schema apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    load.set(true);
+    {
+        let c2 = clients[1].lock().unwrap();
+        let ok = rt.block_on(c2.client.wait_until(WAIT, |r| {
+            r.schema()
+                .is_some_and(|s| s.functions.contains_key("bumpTwice"))
+        }));
+        assert!(ok, "a client never learned the new schema");
+        // (Another counter than the one `bump` counts, which the checker counts.)
+        c2.client
+            .call("bumpTwice", obj([("id", "c2-twice".into())]))
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    load.set(false);
+    let h = quiet_point(&mut d, &observer, &clients, &acks, &rt, &|_, _| false);
+    let schema_at = h
+        .batches
+        .iter()
+        .filter(|b| b.region == "~admin")
+        .map(|b| b.first)
+        .collect::<Vec<_>>();
+    assert_eq!(schema_at.len(), 2, "the initial schema and the change");
+    for r in ["r1", "r2", "r3"] {
+        assert!(
+            h.states
+                .iter()
+                .any(|(_, n, s)| n == r && s.position >= schema_at[1]),
+            "{r} published no state after the schema change"
+        );
+    }
+    steps.step("schema change");
+
+    // S7: a late region, booted from r1's snapshot, serves clients and agrees.
+    let r4 = d.add_region("r4");
+    let boot = format!("{}/v1/admin/snapshot", d.regions[0].http());
+    d.start_region(
+        r4,
+        &[
+            "--boot-from".into(),
+            boot.clone(),
+            "--boot-token".into(),
+            ADMIN.into(),
+        ],
+        &[],
+    )
+    .expect("r4 boots from a snapshot");
+    assert!(d.regions[r4].stderr().contains("booted from a snapshot"));
+    let late = Arc::new(Mutex::new(TestClient::start(
+        "u7",
+        "c7",
+        &d.regions[r4].url(),
+        vec![],
+        seed ^ 7,
+    )));
+    {
+        let c = late.lock().unwrap();
+        c.client.call("bump", obj([("id", "c7".into())])).unwrap();
+        assert!(rt.block_on(c.client.wait_synced(WAIT)));
+    }
+    let mut all = clients.clone();
+    all.push(late.clone());
+    load.set(true);
+    std::thread::sleep(Duration::from_secs(2));
+    load.set(false);
+    quiet_point(&mut d, &observer, &all, &acks, &rt, &|_, _| false);
+    assert!(
+        d.regions[r4].state().unwrap()["comparisons"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "r4 compared no digest with another region"
+    );
+    steps.step("S7 late region from a snapshot");
+
+    // S8: two processes claim r1: a copy started on a copy of its data directory
+    // fences the first at its next append (LOG_FENCED).
+    let copy = d.dir.join("r1-copy");
+    let pid = d.regions[0].child.as_ref().unwrap().id() as i32;
+    cluster::etcd::signal(pid, "STOP");
+    copy_dir(&d.regions[0].data_dir, &copy);
+    cluster::etcd::signal(pid, "CONT");
+    let twin = d.add_region("r1-twin");
+    d.regions[twin].name = "r1".into();
+    d.regions[twin].data_dir = copy;
+    d.regions[twin].etcd = d.regions[0].etcd.clone();
+    d.start_region(twin, &[], &[])
+        .expect("the second r1 starts");
+    load.set(true);
+    let fenced = wait_until(WAIT, || {
+        d.regions[0]
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    });
+    load.set(false);
+    assert!(
+        fenced,
+        "the first r1 went on appending after a second one claimed it"
+    );
+    d.regions[0].child = None;
+    assert!(
+        d.regions[0].stderr().contains("LOG_FENCED"),
+        "the first r1 did not stop with LOG_FENCED:\n{}",
+        d.regions[0].stderr()
+    );
+    quiet_point(&mut d, &observer, &all, &acks, &rt, &|_, _| false);
+    // The twin hands r1 back: stopped, and r1 restarted on its own directory.
+    d.regions[twin].stop();
+    d.start_region(0, &[], &[]).expect("r1 restarts");
+    load.set(true);
+    std::thread::sleep(Duration::from_secs(1));
+    load.set(false);
+    let h = quiet_point(&mut d, &observer, &all, &acks, &rt, &|_, _| false);
+    let incarnations: std::collections::BTreeSet<[u8; 16]> = h
+        .batches
+        .iter()
+        .filter(|b| b.region == "r1")
+        .map(|b| b.incarnation)
+        .collect();
+    assert!(
+        incarnations.len() >= 3,
+        "r1's batches come from its three processes"
+    );
+    steps.step("S8 two processes claim one region");
+    // S9: compaction past a stopped region: r2 cannot continue from the log
+    // (NEEDS_SNAPSHOT); booted from r1's snapshot, it does.
+    d.regions[1].stop();
+    load.set(true);
+    std::thread::sleep(Duration::from_secs(1));
+    load.set(false);
+    let compacted = d.etcd.compact_to_head();
+    eprintln!("compacted the log to revision {compacted}");
+    let r = d.start_region(1, &[], &[]);
+    assert!(r.is_err(), "r2 started behind the compaction");
+    assert!(
+        d.regions[1].stderr().contains("NEEDS_SNAPSHOT"),
+        "r2 did not say NEEDS_SNAPSHOT:\n{}",
+        d.regions[1].stderr()
+    );
+    d.start_region(
+        1,
+        &[
+            "--boot-from".into(),
+            boot.clone(),
+            "--boot-token".into(),
+            ADMIN.into(),
+        ],
+        &[],
+    )
+    .expect("r2 boots from a snapshot");
+    let h = quiet_point(&mut d, &observer, &all, &acks, &rt, &|_, _| false);
+    steps.step("S9 compaction past a stopped region");
+
+    drop(load);
+
+    // S10: a forced divergence: r4, restarted with a wrong digest from a position on,
+    // and every region comparing with it stop with REGION_DIVERGED; r4 is fenced.
+    d.regions[r4].stop();
+    let at = h.replay.position() + 1;
+    d.start_region(r4, &[], &[("WARREN_TEST_SKEW_DIGEST_AT", at.to_string())])
+        .expect("r4 restarts");
+    {
+        let c = late.lock().unwrap();
+        for _ in 0..3 {
+            c.client.call("bump", obj([("id", "c7".into())])).unwrap();
+        }
+    }
+    let stopped = wait_until(WAIT, || {
+        d.regions[r4].wait_exit(Duration::ZERO).is_some() || d.regions[r4].child.is_none()
+    });
+    assert!(stopped, "r4 did not stop");
+    assert!(d.regions[r4].stderr().contains("REGION_DIVERGED"));
+    let others_stopped = wait_until(WAIT, || {
+        (0..3).all(|i| {
+            d.regions[i].child.is_none() || d.regions[i].wait_exit(Duration::ZERO).is_some()
+        })
+    });
+    assert!(others_stopped, "a region compared with r4 and did not stop");
+    for i in 0..3 {
+        assert!(
+            d.regions[i].stderr().contains("REGION_DIVERGED"),
+            "{} stopped without REGION_DIVERGED",
+            d.regions[i].name
+        );
+    }
+    let h = History::of(&observer.events());
+    assert!(
+        h.fences
+            .iter()
+            .any(|(r, why)| r == "r4" && why.starts_with("REGION_DIVERGED")),
+        "fence/r4 is missing: {:?}",
+        h.fences
+    );
+    h.check_states(|r, p| r == "r4" && p >= at);
+    h.check_acks(&acks.lock().unwrap());
+    steps.step("S10 forced divergence");
+
+    for (name, t) in &steps.0 {
+        eprintln!("{:>6.1} s  {name}", t.as_secs_f64());
+    }
+    drop(all);
+    drop(clients);
+    drop(observer);
+    drop(d);
+    dir.remove();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
