@@ -411,6 +411,56 @@ fn fast() {
         d.start_region(i, &[], &[]).expect("the region starts");
     }
     steps.step("3 etcd members, 3 regions");
+    // A region whose engine or execution settings differ from the deployment's
+    // refuses to start.
+    {
+        use warren_server::log::shared::{Key, Meta};
+        let client = d.etcd.client();
+        let mut old = Meta::ours(&Default::default());
+        old.engine = "warren-core/0.0.1+exec0".into();
+        let mut other_limits = Meta::ours(&Default::default());
+        other_limits.limits = "fuel=5 depth=1 args=1 doc=1 result=1 value=1 writes=1".into();
+        for (prefix, meta, code) in [
+            ("/warren/old-engine/", old, "ENGINE_MISMATCH"),
+            ("/warren/other-limits/", other_limits, "SETTINGS_MISMATCH"),
+        ] {
+            client
+                .put(
+                    format!("{prefix}{}", Key::Meta.rel()).as_bytes(),
+                    &meta.encode(),
+                    0,
+                )
+                .unwrap();
+            let i = d.add_region(&format!("x{}", d.regions.len()));
+            let r = d.start_region(i, &["--etcd-prefix".into(), prefix.into()], &[]);
+            assert!(r.is_err(), "a region joined a deployment of another {code}");
+            assert!(
+                d.regions[i].stderr().contains(code),
+                "no {code}:\n{}",
+                d.regions[i].stderr()
+            );
+        }
+    }
+    // /readyz and /metrics say where a region stands.
+    {
+        let r1 = &d.regions[0];
+        assert!(wait_until(WAIT, || r1
+            .get("/readyz")
+            .is_some_and(|(s, v)| s == 200 && v["etcd_ok"] == true)));
+        let (_, ready) = r1.get("/readyz").unwrap();
+        assert_eq!(ready["region"], "r1");
+        assert!(ready["lag_revisions"].is_i64(), "{ready}");
+        let (_, m) = r1.get_text("/metrics").unwrap();
+        for needle in [
+            "warren_region_info{region=\"r1\"} 1",
+            "warren_etcd_up{region=\"r1\"} 1",
+            "# TYPE warren_region_lag_revisions gauge",
+            "# TYPE warren_region_last_comparison_position gauge",
+            "# TYPE warren_etcd_db_bytes gauge",
+        ] {
+            assert!(m.contains(needle), "{needle} not in\n{m}");
+        }
+    }
     let urls = d.urls();
     let _g = rt.enter();
     let clients: Vec<Arc<Mutex<TestClient>>> = (1..=6)
@@ -458,6 +508,13 @@ fn fast() {
     std::thread::sleep(Duration::from_secs(6));
     load.set(false);
     quiet_point(&mut d, &observer, &clients, &acks, &rt, &|_, _| false);
+    // The regions compared digests, and agreed.
+    for r in &d.regions[..3] {
+        let (_, v) = r.get("/readyz").unwrap();
+        assert!(v["comparisons"].as_u64().unwrap_or(0) > 0, "{v}");
+        assert_eq!(v["last_comparison"]["equal"], true, "{v}");
+        assert_eq!(v["mismatches"], 0, "{v}");
+    }
     steps.step("S1 steady load");
 
     // S2: SIGKILL of the etcd leader under load; restarted 3 s later.

@@ -129,6 +129,22 @@ impl RegionProc {
         s
     }
 
+    /// `GET path` with the admin token: (status, body as text).
+    pub fn get_text(&self, path: &str) -> Option<(u16, String)> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut r = agent
+            .get(format!("{}{path}", self.http()))
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .call()
+            .ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.body_mut().read_to_string().ok()?))
+    }
+
     /// `GET path` with the admin token: (status, JSON body).
     pub fn get(&self, path: &str) -> Option<(u16, serde_json::Value)> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
