@@ -202,6 +202,9 @@ struct Load {
     on: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Milliseconds from a bump's call to its confirmation, for every bump the load
+    /// made (faults included).
+    latencies: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Load {
@@ -213,15 +216,28 @@ impl Load {
     ) -> Load {
         let on = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (o, s) = (on.clone(), stop.clone());
+        let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let (o, s, lat) = (on.clone(), stop.clone(), latencies.clone());
         let handle = rt.handle().clone();
         let thread = std::thread::spawn(move || {
             let _g = handle.enter();
             let mut rng = replay::Rng(seed);
             let mut last_move = Instant::now();
+            let mut called: BTreeMap<(String, u64), Instant> = BTreeMap::new();
             while !s.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(15));
                 collect(&clients, &acks);
+                {
+                    let a = acks.lock().unwrap();
+                    called.retain(|k, t| {
+                        if a.contains_key(k) {
+                            lat.lock().unwrap().push(t.elapsed().as_millis() as u64);
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                }
                 if !o.load(Ordering::Relaxed) {
                     continue;
                 }
@@ -229,9 +245,12 @@ impl Load {
                 {
                     let c = clients[i].lock().unwrap();
                     if c.client.replica().pending().len() < 6 {
-                        c.client
+                        let seq = c
+                            .client
                             .call("bump", obj([("id", c.id.as_str().into())]))
-                            .unwrap();
+                            .unwrap()
+                            .seq;
+                        called.insert((c.scoped.clone(), seq), Instant::now());
                     }
                 }
                 if last_move.elapsed() > Duration::from_millis(1500) {
@@ -247,11 +266,29 @@ impl Load {
             on,
             stop,
             thread: Some(thread),
+            latencies,
         }
     }
 
     fn set(&self, on: bool) {
         self.on.store(on, Ordering::Relaxed);
+    }
+
+    /// "p50 / p99 / max" of the confirmations so far, in milliseconds.
+    fn summary(&self) -> String {
+        let mut v = self.latencies.lock().unwrap().clone();
+        if v.is_empty() {
+            return "no confirmations".into();
+        }
+        v.sort();
+        let p = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+        format!(
+            "{} bumps confirmed: p50 {} ms, p99 {} ms, max {} ms (faults included)",
+            v.len(),
+            p(0.5),
+            p(0.99),
+            p(1.0)
+        )
     }
 }
 
@@ -803,7 +840,7 @@ fn fast() {
     .expect("r2 boots from a snapshot");
     let h = quiet_point(&mut d, &observer, &all, &acks, &rt, &|_, _| false);
     steps.step("S9 compaction past a stopped region");
-
+    eprintln!("commit latency under the scenarios: {}", load.summary());
     drop(load);
 
     // S10: a forced divergence: r4, restarted with a wrong digest from a position on,
@@ -869,4 +906,213 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(e.path(), &target).unwrap();
         }
     }
+}
+
+/// The soak: 5 etcd members, 4 regions, 12 clients, and a seeded nemesis that every
+/// 5–20 s picks one of: kill and restart the etcd leader or a random member; pause a
+/// member (SIGSTOP); pause or cut a region's links to etcd; change the delays between
+/// members (25–75 ms, unequal); kill and restart a region; rebuild a region from
+/// another's snapshot; apply a schema change. The regions compact the log themselves
+/// (every 20 s, keeping 3,000 revisions). Every 2 minutes a quiet point heals
+/// everything and runs every check of the fast version.
+///
+/// `WARREN_REGIONS_SOAK_SECS=1800 cargo test --release -p warren-server --test regions -- --ignored soak --nocapture`
+/// (`WARREN_REGIONS_SEED` replays a schedule).
+#[test]
+#[ignore]
+fn soak() {
+    let secs: u64 = std::env::var("WARREN_REGIONS_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let seed = replay::seed("WARREN_REGIONS_SEED");
+    let dir = TestDir::new("regions-soak");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut d = Deployment::new(&dir.0, 5, Duration::from_millis(50), SCHEMA, seed);
+    d.args = REGION_ARGS.iter().map(|s| s.to_string()).collect();
+    for a in ["--compact-every-secs", "20", "--retain-revisions", "3000"] {
+        d.args.push(a.into());
+    }
+    // REGION_ARGS says --compact-every-secs 0 first; the later flag wins.
+    let observer = Observer::start(d.etcd.client_urls());
+    for name in ["r1", "r2", "r3", "r4"] {
+        let i = d.add_region(name);
+        d.start_region(i, &[], &[]).expect("the region starts");
+    }
+    let urls = d.urls();
+    let _g = rt.enter();
+    let clients: Vec<Arc<Mutex<TestClient>>> = (1..=12)
+        .map(|i| {
+            let url = &urls[d.rand(4) as usize];
+            Arc::new(Mutex::new(TestClient::start(
+                &format!("u{i}"),
+                &format!("c{i}"),
+                url,
+                urls.clone(),
+                seed ^ i,
+            )))
+        })
+        .collect();
+    let acks: Acks = Arc::default();
+    let load = Load::start(&rt, clients.clone(), acks.clone(), seed);
+    load.set(true);
+    let started = Instant::now();
+    let mut last_quiet = Instant::now();
+    let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut schema_changes = 0;
+    let mut quiet_points = 0;
+    let boot_args = |d: &Deployment, from: usize| -> Vec<String> {
+        vec![
+            "--boot-from".into(),
+            format!("{}/v1/admin/snapshot", d.regions[from].http()),
+            "--boot-token".into(),
+            ADMIN.into(),
+        ]
+    };
+    while started.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_millis(5000 + d.rand(15_000)));
+        let members = d.etcd.members.len();
+        let fault = d.rand(9);
+        let name = match fault {
+            0 => {
+                let m = d.etcd.leader().unwrap_or(0);
+                d.etcd.kill(m);
+                std::thread::sleep(Duration::from_millis(2000 + d.rand(3000)));
+                d.etcd.restart(m);
+                "etcd leader killed"
+            }
+            1 => {
+                let m = d.rand(members as u64) as usize;
+                d.etcd.kill(m);
+                std::thread::sleep(Duration::from_millis(2000 + d.rand(3000)));
+                d.etcd.restart(m);
+                "etcd member killed"
+            }
+            2 => {
+                let m = d.rand(members as u64) as usize;
+                d.etcd.pause(m);
+                std::thread::sleep(Duration::from_millis(3000 + d.rand(3000)));
+                d.etcd.resume(m);
+                "etcd member paused"
+            }
+            3 => {
+                let r = d.rand(4) as usize;
+                d.pause_region(r, true);
+                std::thread::sleep(Duration::from_millis(3000 + d.rand(5000)));
+                d.pause_region(r, false);
+                "region paused from etcd"
+            }
+            4 => {
+                let r = d.rand(4) as usize;
+                let routes = d.proxy.names(&format!("{}-m", d.regions[r].name));
+                for x in &routes {
+                    d.proxy.cut(x);
+                }
+                std::thread::sleep(Duration::from_millis(2000 + d.rand(4000)));
+                for x in &routes {
+                    d.proxy.heal(x);
+                }
+                "region cut from etcd"
+            }
+            5 => {
+                for m in 0..members {
+                    let ms = 25 + d.rand(51);
+                    d.proxy
+                        .set_delay(&format!("peer-m{}", m + 1), Duration::from_millis(ms));
+                }
+                "delays changed"
+            }
+            6 => {
+                let r = d.rand(4) as usize;
+                d.regions[r].kill();
+                std::thread::sleep(Duration::from_millis(2000 + d.rand(2000)));
+                d.start_region(r, &[], &[])
+                    .expect("a killed region restarts");
+                "region killed"
+            }
+            7 => {
+                let r = d.rand(4) as usize;
+                let from = (r + 1 + d.rand(3) as usize) % 4;
+                d.regions[r].stop();
+                let _ = std::fs::remove_dir_all(&d.regions[r].data_dir);
+                let args = boot_args(&d, from);
+                d.start_region(r, &args, &[])
+                    .expect("a region rebuilt from a snapshot starts");
+                "region rebuilt from a snapshot"
+            }
+            _ => {
+                let v = if schema_changes % 2 == 0 {
+                    schema_v2()
+                } else {
+                    SCHEMA.to_owned()
+                };
+                let f = d.dir.join("schema-next.warren");
+                std::fs::write(&f, v).unwrap();
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+                    .args(["schema", "apply"])
+                    .arg(&f)
+                    .args(["--etcd", &d.etcd.client_urls().join(",")])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "warren schema apply: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                schema_changes += 1;
+                "schema change"
+            }
+        };
+        *faults.entry(name).or_default() += 1;
+        eprintln!("[{:>5} s] {name}", started.elapsed().as_secs());
+        // No region stopped on its own.
+        for r in &mut d.regions {
+            assert!(
+                r.child.is_none() || r.running(),
+                "{} exited:\n{}",
+                r.name,
+                r.stderr()
+            );
+        }
+        if last_quiet.elapsed() >= Duration::from_secs(120) {
+            load.set(false);
+            for m in 0..members {
+                d.proxy
+                    .set_delay(&format!("peer-m{}", m + 1), Duration::from_millis(50));
+            }
+            d.etcd.wait_healthy(WAIT);
+            quiet_point(&mut d, &observer, &clients, &acks, &rt, &|_, _| false);
+            quiet_points += 1;
+            last_quiet = Instant::now();
+            load.set(true);
+        }
+    }
+    load.set(false);
+    d.etcd.wait_healthy(WAIT);
+    let h = quiet_point(&mut d, &observer, &clients, &acks, &rt, &|_, _| false);
+    quiet_points += 1;
+    let admin = h.batches.iter().filter(|b| b.region == "~admin").count();
+    assert_eq!(
+        admin,
+        1 + schema_changes,
+        "every schema change is in the log once"
+    );
+    eprintln!(
+        "soak: {} s, seed {seed}, {} entries in {} batches, {} acknowledgements, {quiet_points} quiet points, {} schema changes; faults: {faults:?}; {}",
+        started.elapsed().as_secs(),
+        h.replay.position(),
+        h.batches.len(),
+        acks.lock().unwrap().len(),
+        schema_changes,
+        load.summary()
+    );
+    drop(load);
+    drop(clients);
+    drop(observer);
+    drop(d);
+    dir.remove();
 }

@@ -1293,6 +1293,40 @@ mod tests {
             .contains("format 2"));
     }
 
+    /// The example of `docs/REGIONS.md` ("The batch record").
+    #[test]
+    fn the_batch_bytes_are_as_documented() {
+        use warren_core::exec::{Commit, Op};
+        use warren_core::value::obj;
+        let entry = warren_core::protocol::encode_log_entry(&Commit {
+            client_id: "c1".into(),
+            client_seq: 3,
+            schema_version: "3f9a".into(),
+            timestamp: 1_700_000_000_123,
+            auth: obj([("sub", "ann".into())]),
+            op: Op::Call {
+                function: "toggle".into(),
+                args: obj([("id", "a".into())]),
+            },
+        });
+        let mut incarnation = [0u8; 16];
+        for (i, b) in incarnation.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let r = BatchRecord {
+            region: "eu".into(),
+            incarnation,
+            batch_seq: 3,
+            prev_revision: 1234,
+            entries: vec![entry],
+        };
+        assert_eq!(
+            warren_core::hex(&r.encode()),
+            "01026575000102030405060708090a0b0c0d0e0f03d209012b\
+             01026331030433663961fbd095ffbc310801037375620503616e6e0006746f67676c650801026964050161"
+        );
+    }
+
     #[test]
     fn a_retry_after_a_lost_answer_appends_once() {
         let log = Arc::new(MemorySharedLog::new());

@@ -1,0 +1,260 @@
+//! Many regions on etcd, measured: commit latency from a client on each region with
+//! 50 ms and 100 ms one-way delay between the etcd members, and throughput of a
+//! deployment of 3 regions against 1.
+//!
+//! `cargo bench -p warren-server --bench regions` (about 3 minutes; `docs/BENCHMARKS.md`,
+//! "Many regions on etcd", has the figures and how to read them). Options after `--`:
+//! `--delays 50,100` (one-way milliseconds between members), `--commits N` per client
+//! in the latency runs (40), `--secs N` per throughput run (10), `--clients N` in the
+//! throughput runs (12), `--window N` commits each keeps in flight (32).
+//!
+//! Everything is real and on this machine: 3 `etcd` members whose peer traffic crosses
+//! a proxy in this process that adds the delay (each region's own member is on its
+//! side of the "WAN": a region reaches its member without delay), and `warren serve
+//! --etcd … --region …` processes. Region k's nearest member is member k; the table
+//! marks the region whose member led the cluster during the run.
+//!
+//! Latency: one client per region, all three at once, each making one commit (a
+//! `bump`) and waiting for its confirmation before the next; a commit's latency runs
+//! from the call to the `Confirmed` event (what an app awaits as `w.confirmed`).
+//! Throughput: `--clients` clients each keeping `--window` commits in flight, spread
+//! over the regions (all on one region for the 1-region run), confirmed commits per
+//! second over `--secs`.
+
+#[path = "../tests/cluster/mod.rs"]
+#[allow(dead_code)]
+mod cluster;
+#[path = "../tests/replay/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod replay;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster::{Deployment, SECRET};
+use warren_core::replica::Event;
+use warren_core::value::obj;
+use warren_server::auth;
+use warren_server::client::{Client, ClientOptions};
+
+const SCHEMA: &str = r#"
+collection Counter {
+  partition "user:" + doc.owner
+  allow read   partition == "user:" + auth.sub
+  allow create doc.owner == auth.sub
+  allow update old.owner == auth.sub
+}
+
+function bump(id) {
+  let c = Counter.byId(id) ?? Counter.create({ id, owner: auth.sub, n: 0 })
+  c.update({ n: c.n + 1 })
+}
+"#;
+
+struct Opts {
+    delays: Vec<u64>,
+    commits: usize,
+    secs: u64,
+    clients: usize,
+    window: usize,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        delays: vec![50, 100],
+        commits: 40,
+        secs: 10,
+        clients: 12,
+        window: 32,
+    };
+    let args: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < args.len() {
+        let v = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--delays" => o.delays = v.split(',').map(|d| d.parse().unwrap()).collect(),
+            "--commits" => o.commits = v.parse().unwrap(),
+            "--secs" => o.secs = v.parse().unwrap(),
+            "--clients" => o.clients = v.parse().unwrap(),
+            "--window" => o.window = v.parse().unwrap(),
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+/// A client of user `sub`; its commits bump the counter named after the user (ids are
+/// global: another user's counter of the same id would be invisible, and taken).
+fn client(url: &str, sub: &str) -> Client {
+    let token = auth::mint_hs256(SECRET, &auth::dev_claims(sub, 3600, None, None)).unwrap();
+    let mut o = ClientOptions::new(url, &token, &format!("{sub}-c"));
+    o.auth = obj([("sub", sub.into())]);
+    o.schema = Some(SCHEMA.to_owned());
+    Client::start(o).unwrap()
+}
+
+fn pct(v: &mut [Duration], q: f64) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i].as_secs_f64() * 1000.0
+}
+
+/// A deployment of `regions` regions on 3 members with `delay` one way between
+/// members.
+fn deployment(dir: &std::path::Path, delay: u64, regions: usize) -> Deployment {
+    let mut d = Deployment::new(dir, 3, Duration::from_millis(delay), SCHEMA, 1);
+    d.args = [
+        "--commits-per-sec",
+        "0",
+        "--frames-per-sec",
+        "0",
+        "--compact-every-secs",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for k in 0..regions {
+        let i = d.add_region(&format!("r{}", k + 1));
+        d.start_region(i, &[], &[]).expect("a region starts");
+    }
+    d
+}
+
+fn latency(rt: &tokio::runtime::Runtime, delay: u64, o: &Opts) {
+    let dir = cluster::TestDir::new(&format!("bench-latency-{delay}"));
+    let d = deployment(&dir.0, delay, 3);
+    let leader = d.etcd.leader();
+    let _g = rt.enter();
+    let clients: Vec<Arc<Client>> = d
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(k, r)| Arc::new(client(&r.url(), &format!("u{k}"))))
+        .collect();
+    // Warm up: each client connects and commits once.
+    for c in &clients {
+        let id = c.replica().client_id().to_owned();
+        c.call("bump", obj([("id", id.into())])).unwrap();
+        assert!(rt.block_on(c.wait_synced(Duration::from_secs(30))));
+        c.take_events();
+    }
+    let commits = o.commits;
+    let handles: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let c = c.clone();
+            let h = rt.handle().clone();
+            std::thread::spawn(move || {
+                let _g = h.enter();
+                let mut lat = Vec::with_capacity(commits);
+                for _ in 0..commits {
+                    let t = Instant::now();
+                    let id = c.replica().client_id().to_owned();
+                    let seq = c.call("bump", obj([("id", id.into())])).unwrap().seq;
+                    let ok = h.block_on(c.wait_until(Duration::from_secs(30), |r| {
+                        !r.pending().iter().any(|p| p.seq == seq)
+                    }));
+                    assert!(ok, "a commit was not confirmed");
+                    lat.push(t.elapsed());
+                    for e in c.take_events() {
+                        if let Event::Rejected { code, .. } = e {
+                            panic!("rejected: {code}");
+                        }
+                    }
+                }
+                lat
+            })
+        })
+        .collect();
+    println!("\n{delay} ms one way between etcd members ({commits} sequential commits per client, the three clients at once):");
+    println!("| client on | p50 | p99 | max |");
+    println!("|---|---|---|---|");
+    for (k, h) in handles.into_iter().enumerate() {
+        let mut lat = h.join().unwrap();
+        let mark = if leader == Some(k) {
+            " (its member leads)"
+        } else {
+            ""
+        };
+        println!(
+            "| r{}{mark} | {:.0} ms | {:.0} ms | {:.0} ms |",
+            k + 1,
+            pct(&mut lat, 0.5),
+            pct(&mut lat, 0.99),
+            pct(&mut lat, 1.0)
+        );
+    }
+    drop(clients);
+    drop(d);
+    dir.remove();
+}
+
+fn throughput(rt: &tokio::runtime::Runtime, delay: u64, regions: usize, o: &Opts) -> f64 {
+    let dir = cluster::TestDir::new(&format!("bench-tp-{delay}-{regions}"));
+    let d = deployment(&dir.0, delay, regions);
+    let _g = rt.enter();
+    let clients: Vec<Client> = (0..o.clients)
+        .map(|i| client(&d.regions[i % regions].url(), &format!("t{i}")))
+        .collect();
+    for c in &clients {
+        let id = c.replica().client_id().to_owned();
+        c.call("bump", obj([("id", id.into())])).unwrap();
+        assert!(rt.block_on(c.wait_synced(Duration::from_secs(30))));
+        c.take_events();
+    }
+    let started = Instant::now();
+    let mut confirmed = 0u64;
+    while started.elapsed() < Duration::from_secs(o.secs) {
+        for c in &clients {
+            let pending = c.replica().pending().len();
+            for _ in pending..o.window {
+                let id = c.replica().client_id().to_owned();
+                c.call("bump", obj([("id", id.into())])).unwrap();
+            }
+            confirmed += c
+                .take_events()
+                .iter()
+                .filter(|e| matches!(e, Event::Confirmed { .. }))
+                .count() as u64;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let rate = confirmed as f64 / started.elapsed().as_secs_f64();
+    drop(clients);
+    drop(d);
+    dir.remove();
+    rate
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("the regions benchmark runs with `cargo bench -p warren-server --bench regions`");
+        return;
+    }
+    cluster::etcd::require_etcd();
+    let o = opts();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for &delay in &o.delays {
+        latency(&rt, delay, &o);
+    }
+    let delay = o.delays.first().copied().unwrap_or(50);
+    println!(
+        "\nThroughput, {delay} ms one way between members, {} clients x {} commits in flight, {} s:",
+        o.clients, o.window, o.secs
+    );
+    println!("| regions | confirmed commits/s |");
+    println!("|---|---|");
+    for regions in [1, 3] {
+        let r = throughput(&rt, delay, regions, &o);
+        println!("| {regions} | {r:.0} |");
+    }
+}
