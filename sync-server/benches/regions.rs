@@ -22,10 +22,9 @@
 //! second over `--secs`.
 
 #[path = "../tests/cluster/mod.rs"]
-#[allow(dead_code)]
 mod cluster;
 #[path = "../tests/replay/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod replay;
 
 use std::sync::Arc;
