@@ -170,27 +170,69 @@ fn latency(rt: &tokio::runtime::Runtime, delay: u64, o: &Opts) {
             })
         })
         .collect();
-    println!("\n{delay} ms one way between etcd members ({commits} sequential commits per client, the three clients at once):");
-    println!("| client on | p50 | p99 | max |");
-    println!("|---|---|---|---|");
-    for (k, h) in handles.into_iter().enumerate() {
-        let mut lat = h.join().unwrap();
+    let warren: Vec<Vec<Duration>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    // The peer: the same compare-and-swap append, straight to each member with etcd's
+    // client, without Warren (one member at a time).
+    let peer: Vec<Vec<Duration>> = (0..3).map(|k| raw_appends(&d, k, commits)).collect();
+    println!("\n{delay} ms one way between etcd members ({commits} sequential commits per client, the three clients at once; the peer: {commits} sequential compare-and-swap puts of 200 bytes to the region's own member, alone):");
+    println!("| client on | Warren commit p50 | p99 | max | etcd append alone p50 | p99 | Warren / etcd (p50) |");
+    println!("|---|---|---|---|---|---|---|");
+    for (k, (mut lat, mut raw)) in warren.into_iter().zip(peer).enumerate() {
         let mark = if leader == Some(k) {
             " (its member leads)"
         } else {
             ""
         };
+        let (p50, raw50) = (pct(&mut lat, 0.5), pct(&mut raw, 0.5));
         println!(
-            "| r{}{mark} | {:.0} ms | {:.0} ms | {:.0} ms |",
+            "| r{}{mark} | {p50:.0} ms | {:.0} ms | {:.0} ms | {raw50:.0} ms | {:.0} ms | {:.2} |",
             k + 1,
-            pct(&mut lat, 0.5),
             pct(&mut lat, 0.99),
-            pct(&mut lat, 1.0)
+            pct(&mut lat, 1.0),
+            pct(&mut raw, 0.99),
+            p50 / raw50
+        );
+    }
+    // Every commit counted once: each counter equals its client's bumps.
+    for c in &clients {
+        let id = c.replica().client_id().to_owned();
+        let n = c.query(&format!("Counter.byId(\"{id}\")?.n ?? 0")).unwrap();
+        assert_eq!(
+            n,
+            warren_core::Value::Int(commits as i64 + 1),
+            "{id}'s counter"
         );
     }
     drop(clients);
     drop(d);
     dir.remove();
+}
+
+/// `n` sequential compare-and-swap puts (the shape of a region's append) to member
+/// `k`, through the region's own route; their latencies.
+fn raw_appends(d: &Deployment, k: usize, n: usize) -> Vec<Duration> {
+    use warren_server::log::etcd::{Compare, EtcdClient, EtcdOptions, Op, Txn};
+    let client = EtcdClient::new(&d.regions[k].etcd[..1], EtcdOptions::default()).unwrap();
+    let key = format!("/bench/peer/{k}").into_bytes();
+    let mut prev = 0;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let txn = Txn {
+            compare: vec![Compare::ModRevision(key.clone(), prev)],
+            success: vec![Op::Put {
+                key: key.clone(),
+                value: vec![7; 200],
+                lease: 0,
+            }],
+            failure: vec![],
+        };
+        let t = Instant::now();
+        let r = client.txn_once(0, &txn).expect("an append");
+        out.push(t.elapsed());
+        assert!(r.succeeded, "the peer's compare failed");
+        prev = r.revision;
+    }
+    out
 }
 
 fn throughput(rt: &tokio::runtime::Runtime, delay: u64, regions: usize, o: &Opts) -> f64 {
@@ -208,10 +250,13 @@ fn throughput(rt: &tokio::runtime::Runtime, delay: u64, regions: usize, o: &Opts
     }
     let started = Instant::now();
     let mut confirmed = 0u64;
+    // Bumps made by each client (one each in the warm-up).
+    let mut made = vec![1i64; clients.len()];
     while started.elapsed() < Duration::from_secs(o.secs) {
-        for c in &clients {
+        for (i, c) in clients.iter().enumerate() {
             let pending = c.replica().pending().len();
             for _ in pending..o.window {
+                made[i] += 1;
                 let id = c.replica().client_id().to_owned();
                 c.call("bump", obj([("id", id.into())])).unwrap();
             }
@@ -224,6 +269,13 @@ fn throughput(rt: &tokio::runtime::Runtime, delay: u64, regions: usize, o: &Opts
         std::thread::sleep(Duration::from_millis(5));
     }
     let rate = confirmed as f64 / started.elapsed().as_secs_f64();
+    // Every commit counted once: each counter equals its client's bumps.
+    for (c, bumps) in clients.iter().zip(made) {
+        assert!(rt.block_on(c.wait_synced(Duration::from_secs(60))));
+        let id = c.replica().client_id().to_owned();
+        let n = c.query(&format!("Counter.byId(\"{id}\")?.n ?? 0")).unwrap();
+        assert_eq!(n, warren_core::Value::Int(bumps), "{id}'s counter");
+    }
     drop(clients);
     drop(d);
     dir.remove();

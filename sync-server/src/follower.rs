@@ -35,6 +35,7 @@ pub fn run(
 ) -> Result<(), SharedLogError> {
     let mut last = after;
     let mut backoff = Duration::from_millis(20);
+    let mut inflight = Inflight::default();
     while !stop.load(Ordering::Relaxed) {
         let stream = match log.watch(last) {
             Ok(s) => s,
@@ -67,6 +68,14 @@ pub fn run(
                         continue;
                     }
                     backoff = Duration::from_millis(20);
+                    if matches!(key, Key::Log(_)) {
+                        // The region applies more slowly than a watch delivers when it
+                        // catches up: hold the watch rather than queue the whole log.
+                        let size = value.as_ref().map_or(0, Vec::len);
+                        if !inflight.wait(revision, size, &metrics, &stop) {
+                            return Ok(());
+                        }
+                    }
                     if !handle(&*log, &own, revision, key, value, &region, &metrics)? {
                         return Ok(()); // the region stopped
                     }
@@ -83,6 +92,42 @@ pub fn run(
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
     Ok(())
+}
+
+/// Batches handed to the region and not applied yet: at most [`MAX_INFLIGHT`] of them
+/// and [`MAX_INFLIGHT_BYTES`] bytes.
+#[derive(Default)]
+struct Inflight {
+    batches: std::collections::VecDeque<(i64, usize)>,
+    bytes: usize,
+}
+
+const MAX_INFLIGHT: usize = 1024;
+const MAX_INFLIGHT_BYTES: usize = 64 << 20;
+
+impl Inflight {
+    /// Waits until a batch of `size` bytes at `revision` may be handed over; `false`
+    /// when stopped meanwhile.
+    fn wait(&mut self, revision: i64, size: usize, metrics: &Metrics, stop: &AtomicBool) -> bool {
+        loop {
+            let applied = metrics.region.applied_revision.load(Ordering::Relaxed);
+            while self.batches.front().is_some_and(|(r, _)| *r <= applied) {
+                let (_, n) = self.batches.pop_front().expect("a batch");
+                self.bytes -= n;
+            }
+            if self.batches.is_empty()
+                || (self.batches.len() < MAX_INFLIGHT && self.bytes + size <= MAX_INFLIGHT_BYTES)
+            {
+                self.batches.push_back((revision, size));
+                self.bytes += size;
+                return true;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
 }
 
 /// Hands one change to the region; `false` when the region is gone.

@@ -75,6 +75,33 @@ struct EtcdArgs {
     /// The key prefix of the deployment in etcd.
     #[arg(long, env = "WARREN_ETCD_PREFIX", default_value = "/warren/v1/")]
     etcd_prefix: String,
+    #[command(flatten)]
+    tls: EtcdTlsArgs,
+}
+
+/// TLS to etcd (`https://` endpoints).
+#[derive(Args)]
+struct EtcdTlsArgs {
+    /// The CA certificate (PEM) that signed the etcd members' certificates [default:
+    /// the public web roots].
+    #[arg(long, env = "WARREN_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// A client certificate (PEM chain) for members that require one.
+    #[arg(long, env = "WARREN_ETCD_CERT", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "WARREN_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+}
+
+impl EtcdTlsArgs {
+    fn tls(&self) -> warren_server::log::etcd::EtcdTls {
+        warren_server::log::etcd::EtcdTls {
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -195,6 +222,8 @@ struct RegionArgs {
     /// The key prefix of the deployment in etcd.
     #[arg(long, env = "WARREN_ETCD_PREFIX", default_value = "/warren/v1/")]
     etcd_prefix: String,
+    #[command(flatten)]
+    tls: EtcdTlsArgs,
     /// Boot from another region's snapshot (its /v1/admin/snapshot URL) when this
     /// region's store is new, or behind the log's compaction.
     #[arg(long, env = "WARREN_BOOT_FROM")]
@@ -457,6 +486,7 @@ fn serve(s: ServeArgs) -> ExitCode {
         sc.prefix = r.etcd_prefix.clone();
         sc.etcd_options.request_timeout = Duration::from_millis(r.etcd_request_timeout_ms);
         sc.etcd_options.watch_stall = Duration::from_millis(r.etcd_watch_stall_ms);
+        sc.etcd_options.tls = r.tls.tls();
         sc.max_record_bytes = r.etcd_max_record_bytes;
         sc.boot_from = r.boot_from.clone();
         sc.boot_token = r.boot_token.clone();
@@ -652,7 +682,11 @@ fn schema_apply(path: &PathBuf, etcd: EtcdArgs) -> ExitCode {
     let version = Schema::parse(&source)
         .map(|s| s.version().to_owned())
         .unwrap_or_default();
-    let client = match EtcdClient::new(&etcd.etcd, EtcdOptions::default()) {
+    let opts = EtcdOptions {
+        tls: etcd.tls.tls(),
+        ..EtcdOptions::default()
+    };
+    let client = match EtcdClient::new(&etcd.etcd, opts) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

@@ -155,6 +155,10 @@ fn start_err(what: &str, e: impl std::fmt::Display) -> StartError {
     StartError(format!("{what}: {e}"))
 }
 
+/// How long a stopping region of many waits for its sequencer to land what it had
+/// accepted before it gives up on an unreachable etcd.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// What a region of many runs beside the region thread.
 struct SharedRunning {
     log: Arc<dyn SharedLog>,
@@ -187,6 +191,16 @@ impl Running {
         let shared = self.shared;
         let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
+            // A region of many gives its sequencer a while to land what it accepted;
+            // past that (no etcd quorum), its retries stop: the outcome of its last
+            // batch is unknown, and none of its commits was acknowledged.
+            if let Some(sh) = &shared {
+                let deadline = Instant::now() + STOP_GRACE;
+                while !seq.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                sh.stop.store(true, Ordering::Relaxed);
+            }
             let s = seq
                 .join()
                 .map_err(|_| StartError("the sequencer panicked".into()))?;

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster::checker::{self, History, Observer};
+use cluster::etcd::EtcdCluster;
 use cluster::{wait_until, Deployment, TestDir, ADMIN, SECRET};
 use warren_core::protocol::{ClientFrame, ServerFrame};
 use warren_core::replica::Event;
@@ -36,6 +37,7 @@ use warren_core::Value;
 use warren_server::auth;
 use warren_server::client::{Client, ClientOptions, RawConnection};
 use warren_server::gateway::scoped_client_id;
+use warren_server::log::etcd::{EtcdClient, EtcdOptions, EtcdTls};
 use warren_server::log::shared::{EtcdLog, SharedLog};
 
 /// Counters (each client bumps its own), and a team whose members read its tasks.
@@ -933,11 +935,16 @@ fn soak() {
         .build()
         .unwrap();
     let mut d = Deployment::new(&dir.0, 5, Duration::from_millis(50), SCHEMA, seed);
-    d.args = REGION_ARGS.iter().map(|s| s.to_string()).collect();
+    // The fast version's flags, but the regions compact the log themselves.
+    d.args = REGION_ARGS
+        .chunks(2)
+        .filter(|f| f[0] != "--compact-every-secs")
+        .flatten()
+        .map(|s| s.to_string())
+        .collect();
     for a in ["--compact-every-secs", "20", "--retain-revisions", "3000"] {
         d.args.push(a.into());
     }
-    // REGION_ARGS says --compact-every-secs 0 first; the later flag wins.
     let observer = Observer::start(d.etcd.client_urls());
     for name in ["r1", "r2", "r3", "r4"] {
         let i = d.add_region(name);
@@ -1114,5 +1121,159 @@ fn soak() {
     drop(clients);
     drop(observer);
     drop(d);
+    dir.remove();
+}
+
+/// Certificates for a test over TLS, made with the `openssl` command: a CA, the
+/// member's certificate (for 127.0.0.1) and a client's. Returns (the members' files,
+/// the client's files).
+fn test_certificates(dir: &std::path::Path) -> (EtcdTls, EtcdTls) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let key = |name: &str| {
+        run(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            name,
+        ]);
+    };
+    key("ca.key");
+    run(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=warren-test-ca",
+    ]);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        key(&format!("{name}.key"));
+        run(&[
+            "req",
+            "-new",
+            "-key",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN=warren-test-{name}"),
+        ]);
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+    }
+    let files = |cert: &str, key: &str| EtcdTls {
+        ca: Some(dir.join("ca.pem")),
+        cert: Some(dir.join(cert)),
+        key: Some(dir.join(key)),
+    };
+    (
+        files("server.pem", "server.key"),
+        files("client.pem", "client.key"),
+    )
+}
+
+/// etcd over TLS with client certificates: a region runs on it with `--etcd-ca`,
+/// `--etcd-cert` and `--etcd-key`; a client without a certificate, or that does not
+/// trust the members' CA, is refused.
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    let dir = TestDir::new("regions-tls");
+    let (server, client) = test_certificates(&dir.0);
+    let etcd = EtcdCluster::start_with(&dir.0, 1, Duration::ZERO, Some((server, client.clone())));
+    let c = etcd.client();
+    c.put(b"/tls/probe", b"1", 0).expect("a put over TLS");
+    assert_eq!(c.get(b"/tls/probe").unwrap().unwrap().value, b"1");
+    // Without a client certificate, or not trusting the members' CA: refused.
+    for tls in [
+        EtcdTls {
+            ca: client.ca.clone(),
+            ..EtcdTls::default()
+        },
+        EtcdTls::default(),
+    ] {
+        let opts = EtcdOptions {
+            request_timeout: Duration::from_secs(2),
+            tls,
+            ..EtcdOptions::default()
+        };
+        let bare = EtcdClient::new(&etcd.client_urls(), opts).unwrap();
+        assert!(bare.get(b"/tls/probe").is_err());
+    }
+    // A region of many over TLS.
+    let schema = dir.0.join("schema.warren");
+    std::fs::write(&schema, SCHEMA).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--region", "eu"])
+        .args(["--etcd", &etcd.client_urls()[0]])
+        .arg("--etcd-ca")
+        .arg(client.ca.as_ref().unwrap())
+        .arg("--etcd-cert")
+        .arg(client.cert.as_ref().unwrap())
+        .arg("--etcd-key")
+        .arg(client.key.as_ref().unwrap())
+        .arg("--data-dir")
+        .arg(dir.0.join("eu"))
+        .arg("--schema")
+        .arg(&schema)
+        .env("WARREN_HS256_SECRET", SECRET)
+        .env("WARREN_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("serving on"), "the region over TLS: {line}");
+    assert!(
+        c.get(b"/warren/v1/log/eu").unwrap().is_some(),
+        "it claimed its region"
+    );
+    drop(etcd);
     dir.remove();
 }

@@ -31,6 +31,59 @@ pub struct EtcdOptions {
     pub watch_stall: Duration,
     /// The largest response body read (a range of big values, a long watch message).
     pub max_response_bytes: u64,
+    /// TLS for `https://` endpoints: the CA that signed the members' certificates
+    /// (PEM; the public web roots when absent) and a client certificate chain and key
+    /// (PEM) for members that require one (`--client-cert-auth`).
+    pub tls: EtcdTls,
+}
+
+/// Files of PEM certificates and keys for etcd over TLS.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdTls {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl EtcdTls {
+    /// The TLS configuration these files describe.
+    fn config(&self) -> Result<ureq::tls::TlsConfig, String> {
+        use ureq::tls::{parse_pem, Certificate, ClientCert, PemItem, PrivateKey, RootCerts};
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let certs = |p: &std::path::Path| -> Result<Vec<Certificate<'static>>, String> {
+            let pem = read(p)?;
+            let mut out = Vec::new();
+            for item in parse_pem(&pem) {
+                if let PemItem::Certificate(c) =
+                    item.map_err(|e| format!("{}: {e}", p.display()))?
+                {
+                    out.push(c);
+                }
+            }
+            if out.is_empty() {
+                return Err(format!("{} holds no PEM certificate", p.display()));
+            }
+            Ok(out)
+        };
+        let mut b = ureq::tls::TlsConfig::builder();
+        if let Some(ca) = &self.ca {
+            b = b.root_certs(RootCerts::new_with_certs(&certs(ca)?));
+        }
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                let key =
+                    PrivateKey::from_pem(&read(k)?).map_err(|e| format!("{}: {e}", k.display()))?;
+                b = b.client_cert(Some(ClientCert::new_with_certs(&certs(c)?, key)));
+            }
+            (None, None) => {}
+            _ => {
+                return Err("a client certificate needs its key, and a key its certificate".into())
+            }
+        }
+        Ok(b.build())
+    }
 }
 
 impl Default for EtcdOptions {
@@ -39,6 +92,7 @@ impl Default for EtcdOptions {
             request_timeout: Duration::from_secs(3),
             watch_stall: Duration::from_secs(5),
             max_response_bytes: 64 << 20,
+            tls: EtcdTls::default(),
         }
     }
 }
@@ -356,7 +410,9 @@ impl EtcdClient {
         if endpoints.is_empty() {
             return Err("no etcd endpoint given".into());
         }
+        let tls = opts.tls.config()?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls.clone())
             .http_status_as_error(false)
             .timeout_global(Some(opts.request_timeout))
             .timeout_connect(Some(opts.request_timeout.min(Duration::from_secs(1))))
@@ -365,6 +421,7 @@ impl EtcdClient {
             .build()
             .into();
         let watch_agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_connect(Some(opts.request_timeout.min(Duration::from_secs(1))))
             .timeout_recv_response(Some(opts.request_timeout))

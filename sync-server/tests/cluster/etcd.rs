@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use warren_server::log::etcd::{EtcdClient, EtcdOptions};
+use warren_server::log::etcd::{EtcdClient, EtcdOptions, EtcdTls};
 
 use super::netproxy::NetProxy;
 use super::{free_port, wait_until};
@@ -30,6 +30,10 @@ pub struct EtcdCluster {
     pub proxy: Arc<NetProxy>,
     initial_cluster: String,
     token: String,
+    /// Clients over TLS (`https`), with these files, when set.
+    pub tls: Option<EtcdTls>,
+    /// The members' own certificate, key and the CA their clients must be signed by.
+    server_tls: Option<EtcdTls>,
 }
 
 /// The flags every member runs with: faster snapshots (so a restarted member catches
@@ -62,6 +66,18 @@ pub fn require_etcd() {
 impl EtcdCluster {
     /// Starts `n` members whose peer routes have `peer_delay` one way.
     pub fn start(dir: &Path, n: usize, peer_delay: Duration) -> EtcdCluster {
+        EtcdCluster::start_with(dir, n, peer_delay, None)
+    }
+
+    /// [`EtcdCluster::start`], serving clients over TLS with `tls` (the server's
+    /// certificate and key in `cert` and `key`, clients required to present a
+    /// certificate signed by `ca`) when given.
+    pub fn start_with(
+        dir: &Path,
+        n: usize,
+        peer_delay: Duration,
+        tls: Option<(EtcdTls, EtcdTls)>,
+    ) -> EtcdCluster {
         require_etcd();
         let proxy = NetProxy::new();
         let mut members = Vec::new();
@@ -89,12 +105,18 @@ impl EtcdCluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.advertised_peer_port))
             .collect::<Vec<_>>()
             .join(",");
+        let (server_tls, client_tls) = match tls {
+            Some((s, c)) => (Some(s), Some(c)),
+            None => (None, None),
+        };
         let mut c = EtcdCluster {
             dir: dir.to_owned(),
             members,
             proxy,
             initial_cluster,
             token: format!("warren-test-{}", std::process::id()),
+            tls: client_tls,
+            server_tls,
         };
         for i in 0..n {
             c.spawn(i);
@@ -103,7 +125,26 @@ impl EtcdCluster {
         c
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.server_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     fn spawn(&mut self, i: usize) {
+        let scheme = self.scheme();
+        let mut tls_flags = Vec::new();
+        if let Some(t) = &self.server_tls {
+            let p = |x: &Option<PathBuf>| x.as_ref().unwrap().display().to_string();
+            tls_flags = vec![
+                format!("--cert-file={}", p(&t.cert)),
+                format!("--key-file={}", p(&t.key)),
+                format!("--trusted-ca-file={}", p(&t.ca)),
+                "--client-cert-auth".to_owned(),
+            ];
+        }
         let m = &mut self.members[i];
         let log = self.dir.join(format!("{}.log", m.name));
         let out = std::fs::OpenOptions::new()
@@ -117,13 +158,14 @@ impl EtcdCluster {
             .arg("--data-dir")
             .arg(&m.data_dir)
             .arg(format!(
-                "--listen-client-urls=http://127.0.0.1:{}",
+                "--listen-client-urls={scheme}://127.0.0.1:{}",
                 m.client_port
             ))
             .arg(format!(
-                "--advertise-client-urls=http://127.0.0.1:{}",
+                "--advertise-client-urls={scheme}://127.0.0.1:{}",
                 m.client_port
             ))
+            .args(&tls_flags)
             .arg(format!(
                 "--listen-peer-urls=http://127.0.0.1:{}",
                 m.peer_port
@@ -146,9 +188,10 @@ impl EtcdCluster {
 
     /// Every member's client URL, direct (not through a proxy).
     pub fn client_urls(&self) -> Vec<String> {
+        let scheme = self.scheme();
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
             .collect()
     }
 
@@ -157,6 +200,7 @@ impl EtcdCluster {
             &self.client_urls(),
             EtcdOptions {
                 request_timeout: Duration::from_secs(2),
+                tls: self.tls.clone().unwrap_or_default(),
                 ..EtcdOptions::default()
             },
         )
