@@ -953,3 +953,61 @@ pub fn compact_once(
     tracing::info!(revision = c, "compacted the shared log");
     Ok(Some(c))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::shared::MemorySharedLog;
+
+    fn state(durable: i64) -> Vec<u8> {
+        RegionState {
+            revision: durable,
+            position: 1,
+            digest: [0; 32],
+            durable_revision: durable,
+            wall_ms: 0,
+        }
+        .encode()
+    }
+
+    #[test]
+    fn compaction_keeps_what_every_live_region_needs() {
+        let log = MemorySharedLog::new();
+        for _ in 0..100 {
+            log.put(&Key::Other("filler".into()), b"x").unwrap();
+        }
+        let mut sc = SharedConfig::new("eu", vec![]);
+        sc.retain_revisions = 10;
+        let m = Metrics::default();
+        log.put(&Key::State("eu".into()), &state(50)).unwrap();
+        log.put(&Key::State("us".into()), &state(30)).unwrap();
+        log.keep_alive("eu", Duration::from_secs(10)).unwrap();
+        // us published but is not alive (its lease expired): it holds nothing back.
+        assert_eq!(compact_once(&log, &sc, &m).unwrap(), Some(50));
+        // Once us is alive, nothing behind its durable revision goes (and nothing is
+        // compacted twice).
+        log.keep_alive("us", Duration::from_secs(10)).unwrap();
+        assert_eq!(compact_once(&log, &sc, &m).unwrap(), None);
+        // A live region that has not published yet holds everything back.
+        log.keep_alive("ap", Duration::from_secs(10)).unwrap();
+        log.put(&Key::State("us".into()), &state(90)).unwrap();
+        assert_eq!(compact_once(&log, &sc, &m).unwrap(), None);
+        log.put(&Key::State("ap".into()), &state(95)).unwrap();
+        assert_eq!(
+            compact_once(&log, &sc, &m).unwrap(),
+            None,
+            "eu still needs 50"
+        );
+        log.put(&Key::State("eu".into()), &state(200)).unwrap();
+        assert_eq!(
+            compact_once(&log, &sc, &m).unwrap(),
+            Some(90),
+            "us needs 90"
+        );
+        // The retained revisions bound it too: the head is about 110.
+        log.put(&Key::State("us".into()), &state(200)).unwrap();
+        log.put(&Key::State("ap".into()), &state(200)).unwrap();
+        let c = compact_once(&log, &sc, &m).unwrap().unwrap();
+        assert!((95..=105).contains(&c), "{c}");
+    }
+}
