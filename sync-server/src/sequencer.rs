@@ -182,6 +182,7 @@ pub fn run_shared(
         }
         let n = records.len();
         let started = Instant::now();
+        let mut waited = 0u64;
         loop {
             let (retries, found) = (appender.retries, appender.found_own);
             let r = appender.append(records.clone());
@@ -198,7 +199,13 @@ pub fn run_shared(
                 // etcd is out of space (NOSPACE): nothing was appended; it takes
                 // writes again once an operator compacts, defragments and disarms.
                 Err(SharedLogError::Refused(m)) if m.contains("space exceeded") => {
-                    tracing::error!("the shared log is out of space; appends wait: {m}");
+                    if waited % 30 == 0 {
+                        tracing::error!(
+                            waited_secs = waited,
+                            "the shared log is out of space; appends wait: {m}"
+                        );
+                    }
+                    waited += 1;
                     std::thread::sleep(Duration::from_secs(1));
                 }
                 Err(e) => return Err(e),

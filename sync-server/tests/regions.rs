@@ -1220,7 +1220,13 @@ fn test_certificates(dir: &std::path::Path) -> (EtcdTls, EtcdTls) {
 fn etcd_over_tls_with_client_certificates() {
     let dir = TestDir::new("regions-tls");
     let (server, client) = test_certificates(&dir.0);
-    let etcd = EtcdCluster::start_with(&dir.0, 1, Duration::ZERO, Some((server, client.clone())));
+    let etcd = EtcdCluster::start_with(
+        &dir.0,
+        1,
+        Duration::ZERO,
+        Some((server, client.clone())),
+        &[],
+    );
     let c = etcd.client();
     c.put(b"/tls/probe", b"1", 0).expect("a put over TLS");
     assert_eq!(c.get(b"/tls/probe").unwrap().unwrap().value, b"1");
@@ -1275,5 +1281,69 @@ fn etcd_over_tls_with_client_certificates() {
         "it claimed its region"
     );
     drop(etcd);
+    dir.remove();
+}
+
+/// etcd out of space (`NOSPACE`): the region says so (an alert in its log, the alarm
+/// in `/metrics`), its appends wait (nothing is lost or refused), and once an operator
+/// frees space (compact, defragment, disarm) they land.
+#[test]
+fn etcd_out_of_space_is_an_alert_and_appends_wait() {
+    let dir = TestDir::new("regions-nospace");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let etcd = EtcdCluster::start_with(
+        &dir.0,
+        1,
+        Duration::ZERO,
+        None,
+        &["--quota-backend-bytes=16777216"],
+    );
+    let mut d = Deployment::from_cluster(&dir.0, etcd, SCHEMA, 1);
+    d.args = REGION_ARGS.iter().map(|s| s.to_string()).collect();
+    d.args
+        .extend(["--etcd-quota-warn-bytes".to_string(), "8000000".to_string()]);
+    let i = d.add_region("eu");
+    d.start_region(i, &[], &[]).expect("the region starts");
+    let _g = rt.enter();
+    let c = TestClient::start("u1", "c1", &d.regions[0].url(), vec![], 1);
+    c.client.call("bump", obj([("id", "c1".into())])).unwrap();
+    assert!(rt.block_on(c.client.wait_synced(WAIT)));
+    // Fill etcd, outside the deployment's keys, until it refuses.
+    let e = d.etcd.client();
+    let junk = vec![b'x'; 512 * 1024];
+    let mut n = 0;
+    while e.put(format!("/junk/{n}").as_bytes(), &junk, 0).is_ok() {
+        n += 1;
+        assert!(n < 200, "etcd never ran out of space");
+    }
+    assert!(
+        wait_until(WAIT, || d.regions[0].get_text("/metrics").is_some_and(
+            |(_, m)| m.contains("warren_etcd_alarm{region=\"eu\",alarm=\"NOSPACE\"} 1")
+        )),
+        "no NOSPACE alarm in /metrics"
+    );
+    assert!(wait_until(WAIT, || d.regions[0].stderr().contains("ALERT")));
+    // A commit made now waits, and is not lost.
+    c.client.call("bump", obj([("id", "c1".into())])).unwrap();
+    assert!(!rt.block_on(c.client.wait_synced(Duration::from_secs(3))));
+    for k in 0..n {
+        e.delete(format!("/junk/{k}").as_bytes()).unwrap();
+    }
+    d.etcd.compact_to_head();
+    d.etcd.defragment_and_disarm();
+    assert!(
+        rt.block_on(c.client.wait_synced(WAIT)),
+        "the waiting commit never landed"
+    );
+    assert_eq!(
+        c.client.query("Counter.byId(\"c1\").n").unwrap(),
+        Value::Int(2)
+    );
+    drop(c);
+    drop(d);
     dir.remove();
 }

@@ -34,6 +34,8 @@ pub struct EtcdCluster {
     pub tls: Option<EtcdTls>,
     /// The members' own certificate, key and the CA their clients must be signed by.
     server_tls: Option<EtcdTls>,
+    /// Flags after the usual ones (the last of a repeated flag wins).
+    flags: Vec<String>,
 }
 
 /// The flags every member runs with: faster snapshots (so a restarted member catches
@@ -66,7 +68,7 @@ pub fn require_etcd() {
 impl EtcdCluster {
     /// Starts `n` members whose peer routes have `peer_delay` one way.
     pub fn start(dir: &Path, n: usize, peer_delay: Duration) -> EtcdCluster {
-        EtcdCluster::start_with(dir, n, peer_delay, None)
+        EtcdCluster::start_with(dir, n, peer_delay, None, &[])
     }
 
     /// [`EtcdCluster::start`], serving clients over TLS with `tls` (the server's
@@ -77,6 +79,7 @@ impl EtcdCluster {
         n: usize,
         peer_delay: Duration,
         tls: Option<(EtcdTls, EtcdTls)>,
+        flags: &[&str],
     ) -> EtcdCluster {
         require_etcd();
         let proxy = NetProxy::new();
@@ -117,6 +120,7 @@ impl EtcdCluster {
             token: format!("warren-test-{}", std::process::id()),
             tls: client_tls,
             server_tls,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
         };
         for i in 0..n {
             c.spawn(i);
@@ -178,6 +182,7 @@ impl EtcdCluster {
             .arg("--initial-cluster-state=new")
             .arg(format!("--initial-cluster-token={}", self.token))
             .args(FLAGS)
+            .args(&self.flags)
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
@@ -265,6 +270,32 @@ impl EtcdCluster {
     pub fn resume(&mut self, i: usize) {
         signal(self.pid(i), "CONT");
         self.members[i].paused = false;
+    }
+
+    /// Every member defragmented, and the `NOSPACE` alarm disarmed: what an operator
+    /// does after freeing space.
+    pub fn defragment_and_disarm(&self) {
+        let c = self.client();
+        for i in 0..self.members.len() {
+            c.call(i, "/v3/maintenance/defragment", &serde_json::json!({}))
+                .expect("defragment");
+        }
+        // Each alarm is disarmed for the member that raised it.
+        let alarms = c
+            .call_any(
+                "/v3/maintenance/alarm",
+                &serde_json::json!({ "action": "GET" }),
+            )
+            .expect("the alarms");
+        for a in alarms["alarms"].as_array().cloned().unwrap_or_default() {
+            c.call_any(
+                "/v3/maintenance/alarm",
+                &serde_json::json!({
+                    "action": "DEACTIVATE", "memberID": a["memberID"], "alarm": a["alarm"]
+                }),
+            )
+            .expect("disarm");
+        }
     }
 
     /// Compacts the history up to the current revision.

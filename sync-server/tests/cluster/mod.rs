@@ -198,6 +198,11 @@ impl Deployment {
         seed: u64,
     ) -> Deployment {
         let etcd = EtcdCluster::start(dir, members, peer_delay);
+        Deployment::from_cluster(dir, etcd, schema, seed)
+    }
+
+    /// A deployment on a cluster already started.
+    pub fn from_cluster(dir: &Path, etcd: EtcdCluster, schema: &str, seed: u64) -> Deployment {
         let schema_path = dir.join("schema.warren");
         std::fs::write(&schema_path, schema).unwrap();
         Deployment {
