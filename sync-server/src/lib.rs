@@ -18,6 +18,8 @@
 //!   sync sessions, [`gateway::http`] answers HTTP push and pull.
 //! - [`snapshot`]: a region's store as one stream, to boot another region from.
 //! - [`server`]: puts the parts together; start and graceful stop.
+//! - [`conns`]: the accept loop: a cap on open TCP connections with a reserve for
+//!   authenticated ones, header-read and idle timeouts.
 //! - [`limits`]: per-identity limits: connections, commit and frame rates.
 //! - [`queue`]: a connection's outgoing frames, bounded in frames and bytes.
 //! - [`metrics`]: Prometheus counters and histograms.
@@ -28,6 +30,7 @@
 pub mod auth;
 pub mod barrier;
 pub mod client;
+pub mod conns;
 pub mod follower;
 pub mod gateway;
 pub mod limits;

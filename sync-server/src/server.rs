@@ -9,11 +9,12 @@
 //! ```
 //!
 //! **The embedded default** (no [`Config::shared`]). Start order: open the log and the
-//! store, start the region, replay the log after the store's position, record a
-//! changed schema file as a schema entry of the log, start the sequencer, then serve.
-//! Stop order: stop accepting, tell every connection, let the sequencer finish its
-//! queue (its last batch is synced and applied), stop the region (the store is
-//! synced), join both threads.
+//! store (on a blocking thread), start the region, start the sequencer thread (it first
+//! replays the log after the store's position, records a changed schema file as a
+//! schema entry of the log, then takes new commits), then serve; `/readyz` answers
+//! ready once the replay is applied. Stop order: stop accepting, tell every connection,
+//! let the sequencer finish its queue (its last batch is synced and applied), stop the
+//! region (the store is synced), join both threads.
 //!
 //! **A region of a deployment of many** ([`Config::shared`], `docs/REGIONS.md`): the
 //! log is shared (etcd). Start: check the deployment's engine and settings (creating
@@ -39,8 +40,9 @@ use warren_core::Schema;
 
 use crate::auth::{AuthConfig, Verifier};
 use crate::barrier::Barrier;
+use crate::conns::Conns;
 use crate::gateway::{self, Admin, AppState, GatewayLimits};
-use crate::limits::Slots;
+use crate::limits::{CatchUps, Identities, Slots};
 use crate::log::etcd::{EtcdClient, EtcdOptions};
 use crate::log::shared::{
     check_region_name, random_incarnation, Appender, BatchRecord, EtcdLog, Key, Meta, RegionState,
@@ -49,7 +51,7 @@ use crate::log::shared::{
 use crate::log::{FileLog, FileLogOptions, Log};
 use crate::metrics::Metrics;
 use crate::region::{self, BatchEnd, Region, RegionError, RegionMsg, RegionTx, SharedRegion};
-use crate::sequencer::{self, SequencerOptions};
+use crate::sequencer::{self, Backlog, SequencerOptions, BACKLOG_BYTES, BACKLOG_ENTRIES};
 use crate::store::RedbStore;
 
 /// Everything a server needs.
@@ -172,6 +174,7 @@ struct SharedRunning {
 pub struct Running {
     pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
+    identities: Arc<crate::limits::Identities>,
     shutdown: watch::Sender<bool>,
     serve: tokio::task::JoinHandle<std::io::Result<()>>,
     /// Ends with the revision of the last batch it appended (0 in the embedded mode).
@@ -181,6 +184,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// The per-identity budgets (connections, rates, cost).
+    pub fn identities(&self) -> &crate::limits::Identities {
+        &self.identities
+    }
+
     /// Stops gracefully: nothing acknowledged is lost, nothing queued is dropped
     /// unanswered without the client being told.
     pub async fn stop(self) -> Result<(), StartError> {
@@ -264,6 +272,36 @@ impl Running {
     }
 }
 
+/// The log and the region, opened.
+struct Opened {
+    log: FileLog,
+    region: Region,
+}
+
+/// Opens the log and the region's store (blocking).
+fn open(config: &Config, schema: Arc<Schema>, metrics: Arc<Metrics>) -> Result<Opened, StartError> {
+    let (log, recovery) = FileLog::open(config.data_dir.join("log"), FileLogOptions::default())
+        .map_err(|e| start_err("log", e))?;
+    if recovery.truncated_bytes > 0 {
+        tracing::warn!(
+            bytes = recovery.truncated_bytes,
+            "truncated a torn tail of the log"
+        );
+    }
+    let store = RedbStore::open(&config.data_dir.join("state.redb"), config.store_sync_every)
+        .map_err(|e| start_err("region store", e))?;
+    let region = Region::new(store, schema, config.limits.clone(), metrics)
+        .map_err(|e| start_err("region", e))?;
+    let applied = region.position();
+    if applied > log.last_position() {
+        return Err(StartError(format!(
+            "the region store is at position {applied} but the log ends at {}: the log is not this store's",
+            log.last_position()
+        )));
+    }
+    Ok(Opened { log, region })
+}
+
 /// Starts a server on `listener`.
 pub async fn start(config: Config, listener: TcpListener) -> Result<Running, StartError> {
     start_with_web(config, listener, WebOptions::default()).await
@@ -293,78 +331,76 @@ pub async fn start_with_web(
     if config.shared.is_some() {
         return start_shared(config, listener, web).await;
     }
-    let (mut log, recovery) = FileLog::open(config.data_dir.join("log"), FileLogOptions::default())
-        .map_err(|e| start_err("log", e))?;
-    if recovery.truncated_bytes > 0 {
-        tracing::warn!(
-            bytes = recovery.truncated_bytes,
-            "truncated a torn tail of the log"
-        );
-    }
-    let store = RedbStore::open(&config.data_dir.join("state.redb"), config.store_sync_every)
-        .map_err(|e| start_err("region store", e))?;
+    // Opening the log (it reads every segment's records) and the store are blocking
+    // work: done on a blocking thread, not on the runtime's workers.
     let metrics = Arc::new(Metrics::default());
-    let region = Region::new(
-        store,
-        schema.clone(),
-        config.limits.clone(),
-        metrics.clone(),
-    )
-    .map_err(|e| start_err("region", e))?;
+    let opened = {
+        let (config, schema, metrics) = (config.clone(), schema.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || open(&config, schema, metrics))
+            .await
+            .map_err(|e| start_err("opening", e))??
+    };
+    let Opened { log, mut region } = opened;
+    let identities = Arc::new(config.gateway.identities());
+    region.set_costs(identities.clone());
     let applied = region.position();
-    if applied > log.last_position() {
-        return Err(StartError(format!(
-            "the region store is at position {applied} but the log ends at {}: the log is not this store's",
-            log.last_position()
-        )));
-    }
     let (region_tx, region_rx) = std::sync::mpsc::channel::<RegionMsg>();
     let region_thread = region::spawn(region, region_rx);
-    let mut replayed =
-        sequencer::replay(&log, applied, &region_tx).map_err(|e| start_err("replay", e))?;
-    tracing::info!(from = applied, entries = replayed, "replaying the log");
-    // The schema in force after the replay, against the file: an edited file becomes a
-    // schema entry of the log, so every replay of the log switches at this position.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let _ = region_tx.send(RegionMsg::SchemaSource(tx));
-    let in_force = rx
-        .await
-        .map_err(|_| StartError("the region stopped while replaying the log".into()))?;
-    if in_force != config.schema {
-        let entry = LogEntry::Schema(SchemaChange {
-            source: config.schema.clone(),
-        });
-        let position = log
-            .append(&[entry.encode()])
-            .map_err(|e| start_err("log", e))?;
-        tracing::info!(
-            position,
-            version = schema.version(),
-            "the schema file changed: the change is in the log at this position"
-        );
-        let _ = region_tx.send(RegionMsg::Batch(vec![(position, entry)]));
-        replayed += 1;
-    }
+    let backlog = Backlog::new(BACKLOG_ENTRIES, BACKLOG_BYTES);
+    // The position the region must reach to be ready: known once the sequencer thread
+    // has replayed the log and recorded a changed schema file.
+    let target = Arc::new(AtomicU64::new(u64::MAX));
+    let seq_target = target.clone();
+    let seq_schema = config.schema.clone();
+    let seq_version = schema.version().to_owned();
     let (seq_tx, seq_rx) = mpsc::channel(4096);
     let seq_region = region_tx.clone();
     let seq_opts = config.sequencer.clone();
     let seq_metrics = metrics.clone();
-    let log: Box<dyn Log> = Box::new(log);
     let sequencer_thread = std::thread::Builder::new()
         .name("warren-sequencer".into())
         .spawn(move || {
-            sequencer::run(log, seq_rx, seq_region, seq_opts, seq_metrics)
+            // The sequencer thread replays the log after the store's position into
+            // the region (within the backlog's bound, so replay never holds the whole
+            // unapplied log in memory), then serves: the gateway's commits wait in its
+            // queue meanwhile.
+            let mut log = log;
+            let replayed = sequencer::replay(&log, applied, &seq_region, &backlog)
+                .map_err(|e| start_err("replay", e))?;
+            tracing::info!(from = applied, entries = replayed, "replayed the log");
+            // The schema in force after the replay, against the file: an edited file
+            // becomes a schema entry of the log, so every replay of the log switches at
+            // this position.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = seq_region.send(RegionMsg::SchemaSource(tx));
+            let in_force = rx
+                .blocking_recv()
+                .map_err(|_| StartError("the region stopped while replaying the log".into()))?;
+            if in_force != seq_schema {
+                let entry = LogEntry::Schema(SchemaChange { source: seq_schema });
+                let bytes = entry.encode();
+                let permit = backlog.acquire(1, bytes.len());
+                let position = log.append(&[bytes]).map_err(|e| start_err("log", e))?;
+                tracing::info!(
+                    position,
+                    version = seq_version,
+                    "the schema file changed: the change is in the log at this position"
+                );
+                let _ = seq_region.send(RegionMsg::Batch(vec![(position, entry)], permit));
+            }
+            seq_target.store(log.last_position(), Ordering::Relaxed);
+            let log: Box<dyn Log> = Box::new(log);
+            sequencer::run(log, seq_rx, seq_region, backlog, seq_opts, seq_metrics)
                 .map(|()| 0)
                 .map_err(|e| start_err("log", e))
         })
         .map_err(|e| start_err("sequencer", e))?;
     // Ready once the region has applied what the log held at start.
-    let target = applied + replayed;
     let ready = Arc::new(AtomicBool::new(false));
     let ready_metrics = metrics.clone();
     let ready_flag = ready.clone();
     tokio::spawn(async move {
-        while ready_metrics.position.load(Ordering::Relaxed) < target {
+        while ready_metrics.position.load(Ordering::Relaxed) < target.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         ready_flag.store(true, Ordering::Relaxed);
@@ -389,6 +425,7 @@ pub async fn start_with_web(
             region: region_thread,
             shared: None,
             position: applied,
+            identities,
         },
     )
     .await
@@ -406,6 +443,7 @@ struct Parts {
     region: std::thread::JoinHandle<Result<(), RegionError>>,
     shared: Option<SharedRunning>,
     position: u64,
+    identities: Arc<Identities>,
 }
 
 async fn serve(
@@ -427,9 +465,13 @@ async fn serve(
         ready: p.ready,
         next_conn: Arc::new(AtomicU64::new(1)),
         shutdown: shutdown_rx.clone(),
-        identities: Arc::new(config.gateway.identities()),
+        identities: p.identities.clone(),
         slots: Arc::new(Slots::new(config.gateway.max_connections)),
-        catch_ups: Arc::new(tokio::sync::Semaphore::new(gateway::catch_up_workers())),
+        pending_hellos: Conns::pool(config.gateway.max_pending_hellos),
+        catch_ups: Arc::new(CatchUps::new(
+            gateway::catch_up_workers(),
+            gateway::catch_up_workers().div_ceil(2),
+        )),
         barrier: p.barrier,
         admin: p.admin,
     };
@@ -437,22 +479,21 @@ async fn serve(
         .local_addr()
         .map_err(|e| start_err("listener", e))?;
     let app = gateway::app(state).merge(crate::web::router(web));
-    let mut stop = shutdown_rx;
-    let serve = tokio::spawn(async move {
-        // No Nagle: frames are small and an outcome waits on its frame.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let conns = Conns::new(&config.gateway.conns, p.metrics.clone());
+    let (max_tcp, reserved) = conns.limits();
+    tracing::info!(max_tcp, reserved, "connection limits");
+    let serve = tokio::spawn(crate::conns::serve(
+        listener,
+        app,
+        conns,
+        config.gateway.conns.header_timeout,
+        shutdown_rx,
+    ));
     tracing::info!(%addr, position = p.position, "serving");
     Ok(Running {
         addr,
         metrics: p.metrics,
+        identities: p.identities,
         shutdown: shutdown_tx,
         serve,
         sequencer: p.sequencer,
@@ -558,6 +599,8 @@ async fn start_shared(
     } = prep;
     let (applied_tx, applied_rx) = watch::channel(0i64);
     region.on_applied(applied_tx);
+    let identities = Arc::new(config.gateway.identities());
+    region.set_costs(identities.clone());
     let after = region.revision();
     let position = region.position();
     let latest = region.latest();
@@ -688,6 +731,7 @@ async fn start_shared(
                 housekeeping,
             }),
             position,
+            identities,
         },
     )
     .await

@@ -97,15 +97,10 @@ pub fn entry_batch(
             if commit.timestamp < now {
                 commit.timestamp = now;
             }
-            let outcome = exec::execute(store, schema, &commit, position, limits)?;
-            let (mut batch, _) = exec::effects_batch(
-                store,
-                schema,
-                position,
-                &commit.client_id,
-                commit.client_seq,
-                &outcome,
-            )?;
+            // As a server does with a commit: with its quotas and the read-rule
+            // index's member entries.
+            let (mut batch, outcome) =
+                exec::commit_batch(store, schema, &commit, position, limits)?;
             if commit.timestamp != now {
                 batch.put(
                     keys::META_NOW.to_vec(),
@@ -131,6 +126,9 @@ pub fn entry_batch(
                 Ok(new) => match reindex(store, schema, &new) {
                     Ok(ops) => {
                         batch = ops;
+                        // The read-rule index's member entries follow the new schema's
+                        // read rules (the documents are unchanged by a schema change).
+                        batch.ops.extend(new.reach().rebuild_ops(store)?);
                         batch.put(
                             keys::META_SCHEMA.to_vec(),
                             change.source.as_bytes().to_vec(),

@@ -31,6 +31,7 @@ use crate::exec::{self, Commit, Op, Outcome, Write};
 use crate::keys;
 use crate::protocol::{
     decode_log_entry, encode_log_entry, ClientCommit, ClientFrame, CommitResult, ServerFrame,
+    SnapshotDoc,
 };
 use crate::schema::Schema;
 use crate::storage::{Batch, Entry, KeyRange, Overlay, OverlayWrites, Storage};
@@ -158,6 +159,9 @@ pub struct Replica<S: Storage> {
     stalled: bool,
     events: Vec<Event>,
     now: i64,
+    /// The parts of a large snapshot received so far: (partition, position, documents),
+    /// applied with the `Snapshot` that ends them.
+    parts: Option<(String, u64, Vec<SnapshotDoc>)>,
 }
 
 impl<S: Storage> Replica<S> {
@@ -231,6 +235,7 @@ impl<S: Storage> Replica<S> {
             stalled: false,
             events: Vec::new(),
             now: 0,
+            parts: None,
         })
     }
 
@@ -528,6 +533,7 @@ impl<S: Storage> Replica<S> {
     pub fn disconnected(&mut self) {
         self.connected = false;
         self.sent_upto = 0;
+        self.parts = None;
     }
 
     /// The frames to send now: the pending commits not yet sent on this connection.
@@ -627,11 +633,26 @@ impl<S: Storage> Replica<S> {
                 self.stalled = false;
                 self.stale = true;
             }
-            ServerFrame::Snapshot {
+            ServerFrame::SnapshotPart {
                 partition,
                 position,
                 docs,
+            } => match &mut self.parts {
+                Some((p, at, held)) if *p == partition && *at == position => held.extend(docs),
+                _ => self.parts = Some((partition, position, docs)),
+            },
+            ServerFrame::Snapshot {
+                partition,
+                position,
+                mut docs,
             } => {
+                // The parts sent before it come first.
+                if let Some((p, at, mut held)) = self.parts.take() {
+                    if p == partition && at == position {
+                        held.append(&mut docs);
+                        docs = held;
+                    }
+                }
                 let schema = self.schema_or_err()?;
                 let mut batch = self.clear_partition_batch(&partition)?;
                 // The deletes and the puts in one batch: the later write wins.

@@ -284,18 +284,10 @@ impl Meta {
     }
 }
 
-/// The limits that decide execution, as one comparable string.
+/// The limits that decide execution, as one comparable string
+/// ([`warren_core::eval::Limits::fingerprint`]: every limit, the quotas included).
 pub fn limits_fingerprint(l: &warren_core::eval::Limits) -> String {
-    format!(
-        "fuel={} depth={} args={} doc={} result={} value={} writes={}",
-        l.fuel,
-        l.max_depth,
-        l.max_args_bytes,
-        l.max_doc_bytes,
-        l.max_result_bytes,
-        l.max_value_bytes,
-        l.max_writes
-    )
+    l.fingerprint()
 }
 
 /// A region's published state at a batch end.

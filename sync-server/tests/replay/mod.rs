@@ -43,6 +43,7 @@ function note(id, text) {
 "#;
 
 /// The tests' seeded randomness (one generator for every test).
+#[allow(unused_imports)] // not every test binary draws from it
 pub use warren_core::testing::Rng;
 
 /// The seed from `var`, or one from the clock; printed either way so a failure replays.
