@@ -67,7 +67,38 @@ enum SchemaCommand {
         schema: PathBuf,
         #[command(flatten)]
         etcd: EtcdArgs,
+        #[command(flatten)]
+        quotas: QuotaArgs,
     },
+}
+
+/// The per-identity quotas: execution limits, the same in every region of a deployment
+/// (`warren schema apply` creates one with them when the cluster is new).
+#[derive(Args, Clone, Copy)]
+struct QuotaArgs {
+    /// Documents one identity may keep (those it created and that exist; 0: no limit).
+    #[arg(long, env = "WARREN_QUOTA_DOCUMENTS", default_value_t = 100_000)]
+    quota_documents: u64,
+    /// Bytes of documents one identity may keep (0: no limit).
+    #[arg(long, env = "WARREN_QUOTA_BYTES", default_value_t = 64 << 20)]
+    quota_bytes: u64,
+    /// Partitions one identity may have created that hold documents (0: no limit).
+    #[arg(long, env = "WARREN_QUOTA_PARTITIONS", default_value_t = 1_000)]
+    quota_partitions: u64,
+}
+
+impl QuotaArgs {
+    /// The engine's limits with these quotas: what `serve` executes with.
+    fn limits(self) -> Limits {
+        Limits {
+            quotas: Quotas {
+                documents: self.quota_documents,
+                bytes: self.quota_bytes,
+                partitions: self.quota_partitions,
+            },
+            ..Limits::default()
+        }
+    }
 }
 
 #[derive(Args)]
@@ -221,15 +252,8 @@ struct ServeArgs {
     /// Seconds a request waits for its identity's budget before RATE_LIMITED.
     #[arg(long, env = "WARREN_MAX_WAIT_SECS", default_value_t = 30)]
     max_wait_secs: u64,
-    /// Documents one identity may keep (those it created and that exist; 0: no limit).
-    #[arg(long, env = "WARREN_QUOTA_DOCUMENTS", default_value_t = 100_000)]
-    quota_documents: u64,
-    /// Bytes of documents one identity may keep (0: no limit).
-    #[arg(long, env = "WARREN_QUOTA_BYTES", default_value_t = 64 << 20)]
-    quota_bytes: u64,
-    /// Partitions one identity may have created that hold documents (0: no limit).
-    #[arg(long, env = "WARREN_QUOTA_PARTITIONS", default_value_t = 1_000)]
-    quota_partitions: u64,
+    #[command(flatten)]
+    quotas: QuotaArgs,
     /// Log format: `text` (for people) or `json` (one object per line). Logs go to
     /// stderr; WARREN_LOG sets the level (e.g. `info`, `warren_server=debug`).
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -345,7 +369,11 @@ fn main() -> ExitCode {
         Command::Check { schema, json } => check(&schema, json),
         Command::Token(t) => token(t),
         Command::Serve(s) => serve(*s),
-        Command::Schema(SchemaCommand::Apply { schema, etcd }) => schema_apply(&schema, etcd),
+        Command::Schema(SchemaCommand::Apply {
+            schema,
+            etcd,
+            quotas,
+        }) => schema_apply(&schema, etcd, quotas.limits()),
     }
 }
 
@@ -561,14 +589,7 @@ fn serve(s: ServeArgs) -> ExitCode {
             max_batch: s.max_batch.max(1),
             linger: Duration::from_micros(s.batch_linger_us),
         },
-        limits: Limits {
-            quotas: Quotas {
-                documents: s.quota_documents,
-                bytes: s.quota_bytes,
-                partitions: s.quota_partitions,
-            },
-            ..Limits::default()
-        },
+        limits: s.quotas.limits(),
         gateway: GatewayLimits {
             max_frame_bytes,
             max_commits_per_push: s.max_commits_per_push,
@@ -723,7 +744,7 @@ fn check(path: &PathBuf, json: bool) -> ExitCode {
 }
 
 /// `warren schema apply FILE --etcd URLS`.
-fn schema_apply(path: &PathBuf, etcd: EtcdArgs) -> ExitCode {
+fn schema_apply(path: &PathBuf, etcd: EtcdArgs, limits: Limits) -> ExitCode {
     use warren_core::protocol::{LogEntry, SchemaChange};
     use warren_server::log::etcd::{EtcdClient, EtcdOptions};
     use warren_server::log::shared::{Appender, EtcdLog, Key, SharedLog, ADMIN_REGION};
@@ -756,7 +777,6 @@ fn schema_apply(path: &PathBuf, etcd: EtcdArgs) -> ExitCode {
     let log: std::sync::Arc<dyn SharedLog> =
         std::sync::Arc::new(EtcdLog::new(client, &etcd.etcd_prefix));
     let run = || -> Result<String, String> {
-        let limits = warren_core::eval::Limits::default();
         let existed = log.get(&Key::Meta).map_err(|e| e.to_string())?.is_some();
         server::join_deployment(&*log, &limits, &source).map_err(|e| e.to_string())?;
         if !existed {

@@ -1261,6 +1261,37 @@ mod tests {
         Arc::new(AtomicBool::new(false))
     }
 
+    /// Every limit that decides execution is compared between regions: one differing
+    /// quota, memory or rule budget refuses the join.
+    #[test]
+    fn a_region_with_other_limits_refuses_to_join() {
+        use warren_core::eval::Limits;
+        let base = Limits::default();
+        let ours = Meta::ours(&base);
+        assert!(Meta::decode(&ours.encode()).unwrap().check(&ours).is_ok());
+        let mut others = Vec::new();
+        let mut l = base.clone();
+        l.quotas.documents = 10;
+        others.push(l);
+        let mut l = base.clone();
+        l.quotas.bytes = 1 << 20;
+        others.push(l);
+        let mut l = base.clone();
+        l.max_memory_bytes /= 2;
+        others.push(l);
+        let mut l = base.clone();
+        l.rule_fuel += 1;
+        others.push(l);
+        let mut l = base.clone();
+        l.max_hidden_work += 1;
+        others.push(l);
+        for l in others {
+            let theirs = Meta::ours(&l);
+            let e = theirs.check(&ours).unwrap_err();
+            assert_eq!(e.code(), "SETTINGS_MISMATCH", "{l:?}");
+        }
+    }
+
     #[test]
     fn batch_records_round_trip_and_refuse_damage() {
         let r = BatchRecord {
