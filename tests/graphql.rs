@@ -831,6 +831,8 @@ async fn service_identities_read_what_rules_grant_them_under_their_own_limits() 
         c.gateway = GatewayLimits {
             frames_per_sec: 1,
             frame_burst: 6,
+            // Over a budget a request waits; past this, it is refused.
+            max_wait: std::time::Duration::from_millis(500),
             ..GatewayLimits::default()
         };
     })
