@@ -665,6 +665,8 @@ pub struct Region {
     dispatch: Option<Dispatch>,
     /// Where each batch's [`Changes`] go.
     changes: tokio::sync::broadcast::Sender<Arc<Changes>>,
+    /// The schema in force, for those that follow it (GraphQL).
+    schema_tx: tokio::sync::watch::Sender<Arc<Schema>>,
     /// In a deployment of many regions: chains, digests, comparisons.
     shared: Option<SharedRegion>,
     /// Tells waiting clients (the Welcome barrier) which revision is applied.
@@ -780,6 +782,7 @@ impl Region {
         }
         let position = exec::position(&store)?;
         metrics.position.store(position, Ordering::Relaxed);
+        let schema_tx = tokio::sync::watch::channel(schema.clone()).0;
         Ok(Region {
             store,
             schema,
@@ -800,6 +803,7 @@ impl Region {
             window_max_bytes: WINDOW_MAX_BYTES,
             dispatch: None,
             changes: tokio::sync::broadcast::channel(CHANGES_BACKLOG).0,
+            schema_tx,
             shared,
             applied_tx: None,
             costs: None,
@@ -810,6 +814,11 @@ impl Region {
     /// starts; subscribe through it).
     pub fn changes(&self) -> tokio::sync::broadcast::Sender<Arc<Changes>> {
         self.changes.clone()
+    }
+
+    /// The schema in force, and each one a schema entry of the log switches to.
+    pub fn schemas(&self) -> tokio::sync::watch::Receiver<Arc<Schema>> {
+        self.schema_tx.subscribe()
     }
 
     /// Tells `tx` the revision of every batch applied (for the Welcome barrier).
@@ -1324,6 +1333,7 @@ impl Region {
             window_max_bytes,
             dispatch,
             changes,
+            schema_tx,
             shared,
             applied_tx,
             costs,
@@ -1412,6 +1422,7 @@ impl Region {
                             to = new.version(),
                             "schema changed"
                         );
+                        schema_tx.send_replace(new.clone());
                         *schema = new;
                         // Every client learns the new schema in a new welcome (and
                         // re-runs its pending commits under it): what it was sent

@@ -345,6 +345,7 @@ pub async fn start_with_web(
     region.set_costs(identities.clone());
     let applied = region.position();
     let changes = region.changes();
+    let schemas = region.schemas();
     let (region_tx, region_rx) = std::sync::mpsc::channel::<RegionMsg>();
     let region_thread = region::spawn(region, region_rx);
     let backlog = Backlog::new(BACKLOG_ENTRIES, BACKLOG_BYTES);
@@ -427,7 +428,7 @@ pub async fn start_with_web(
             shared: None,
             position: applied,
             identities,
-            schema,
+            schemas,
             changes,
         },
     )
@@ -447,8 +448,8 @@ struct Parts {
     shared: Option<SharedRunning>,
     position: u64,
     identities: Arc<Identities>,
-    /// The schema GraphQL is generated from (the one in force at start).
-    schema: Arc<Schema>,
+    /// The schema in force, which GraphQL is generated from and follows.
+    schemas: tokio::sync::watch::Receiver<Arc<Schema>>,
     /// Where the region publishes what each batch changed (GraphQL's live queries).
     changes: tokio::sync::broadcast::Sender<Arc<region::Changes>>,
 }
@@ -488,7 +489,7 @@ async fn serve(
         .map_err(|e| start_err("listener", e))?;
     let graphql = crate::graphql::router(
         state.clone(),
-        &p.schema,
+        p.schemas,
         config.limits.clone(),
         p.changes,
         web.graphiql,
@@ -622,9 +623,7 @@ async fn start_shared(
     let position = region.position();
     let latest = region.latest();
     let (region_tx, region_rx) = std::sync::mpsc::channel::<RegionMsg>();
-    // GraphQL is generated from the schema in force at start (a schema change in the
-    // log needs a restart for GraphQL to follow: docs/GRAPHQL.md).
-    let graphql_schema = region.schema().clone();
+    let schemas = region.schemas();
     let changes = region.changes();
     let region_thread = region::spawn(region, region_rx);
     // The log's consumer. Its fatal errors (a compacted history, a gap, a fence) stop
@@ -753,7 +752,7 @@ async fn start_shared(
             }),
             position,
             identities,
-            schema: graphql_schema,
+            schemas,
             changes,
         },
     )

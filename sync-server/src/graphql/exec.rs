@@ -435,7 +435,11 @@ pub(crate) async fn call(
     let commit = |client_id: String, seq: u64| Commit {
         client_id,
         client_seq: seq,
-        schema_version: svc.schema_version.clone(),
+        schema_version: svc
+            .schema_version
+            .read()
+            .expect("schema version lock")
+            .clone(),
         timestamp: 0,
         auth: caller.auth.clone(),
         op: Op::Call {

@@ -142,7 +142,7 @@ impl GraphqlMetrics {
 pub struct Service {
     pub(crate) app: AppState,
     /// The version of the Warren schema GraphQL was built from (named in commits).
-    pub(crate) schema_version: String,
+    pub(crate) schema_version: std::sync::RwLock<String>,
     pub(crate) limits: Limits,
     pub(crate) gate: exec::Gate,
     pub(crate) changes: broadcast::Sender<Arc<Changes>>,
@@ -155,35 +155,72 @@ impl Service {
     }
 }
 
-/// The GraphQL endpoint, or why there is none.
+/// A GraphQL schema built from a Warren schema, or why there is none.
+type Built = Result<async_graphql::dynamic::Schema, Arc<str>>;
+
+/// The GraphQL endpoint: the schema built from the Warren schema in force (rebuilt
+/// when a schema entry of the log changes it).
 #[derive(Clone)]
 pub struct Graphql {
     service: Arc<Service>,
-    schema: Result<async_graphql::dynamic::Schema, Arc<str>>,
+    schema: Arc<std::sync::RwLock<Built>>,
     graphiql: bool,
 }
 
-/// The routes at `/v1/graphql` (POST: HTTP; GET: WebSocket upgrade, or GraphiQL).
+impl Graphql {
+    fn schema(&self) -> Built {
+        self.schema.read().expect("GraphQL schema lock").clone()
+    }
+}
+
+fn build(warren: &warren_core::Schema, service: &Arc<Service>) -> Built {
+    schema::build(warren, service.clone()).map_err(|e| {
+        tracing::error!("GraphQL is unavailable: {e}");
+        Arc::<str>::from(e)
+    })
+}
+
+/// The routes at `/v1/graphql` (POST: HTTP; GET: WebSocket upgrade, or GraphiQL),
+/// generated from the Warren schema in `schemas` and rebuilt when it changes: a
+/// request is answered by the schema in force when it arrives.
 pub fn router(
     app: AppState,
-    warren: &warren_core::Schema,
+    mut schemas: tokio::sync::watch::Receiver<Arc<warren_core::Schema>>,
     limits: Limits,
     changes: broadcast::Sender<Arc<Changes>>,
     graphiql: bool,
 ) -> Router {
     let gate = exec::Gate::new(&app.limits);
+    let warren = schemas.borrow_and_update().clone();
     let service = Arc::new(Service {
         app,
-        schema_version: warren.version().to_owned(),
+        schema_version: std::sync::RwLock::new(warren.version().to_owned()),
         limits,
         gate,
         changes,
         sequences: exec::Sequences::new(),
     });
-    let schema = schema::build(warren, service.clone()).map_err(|e| {
-        tracing::error!("GraphQL is unavailable: {e}");
-        Arc::<str>::from(e)
-    });
+    let schema = Arc::new(std::sync::RwLock::new(build(&warren, &service)));
+    {
+        // Weak: the task must not keep the gateway's state (and so the sequencer's
+        // queue) alive once the server stops serving.
+        let (service, schema) = (Arc::downgrade(&service), Arc::downgrade(&schema));
+        tokio::spawn(async move {
+            while schemas.changed().await.is_ok() {
+                let (Some(service), Some(schema)) = (service.upgrade(), schema.upgrade()) else {
+                    break;
+                };
+                let warren = schemas.borrow_and_update().clone();
+                let built = build(&warren, &service);
+                // The version commits name, and the schema, switch together.
+                let mut slot = schema.write().expect("GraphQL schema lock");
+                *service.schema_version.write().expect("schema version lock") =
+                    warren.version().to_owned();
+                *slot = built;
+                tracing::info!(version = warren.version(), "GraphQL follows the new schema");
+            }
+        });
+    }
     let body_limit = axum::extract::DefaultBodyLimit::max(service.app.limits.max_frame_bytes);
     Router::new()
         .route("/v1/graphql", get(get_graphql).post(post_graphql))
@@ -335,7 +372,8 @@ async fn post_graphql(
         .metrics()
         .operations
         .fetch_add(1, Ordering::Relaxed);
-    let schema = match &g.schema {
+    let built = g.schema();
+    let schema = match &built {
         Ok(s) => s,
         Err(why) => return refusal(StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE, why),
     };
@@ -464,7 +502,7 @@ async fn get_graphql(
     if let Ok(ws) = ws {
         return ws::upgrade(
             g.service.clone(),
-            g.schema.clone(),
+            g.schema(),
             gateway::conn_of(conn),
             headers,
             ws,

@@ -258,14 +258,15 @@ async fn session(
             app.verifier.leeway_secs(),
         ));
         tokio::pin!(expired);
-        let mut shutdown = app.shutdown.clone();
+        let stopping = stopped(app.shutdown.clone());
+        tokio::pin!(stopping);
         // Operations: id → the task running it. A task says when it is done.
         let mut ops: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
         let end = loop {
             tokio::select! {
                 _ = &mut expired => break End::new(4403, "TOKEN_EXPIRED: the token has expired; connect again with a fresh one"),
-                _ = shutdown.wait_for(|s| *s) => break End::new(1001, format!("{}: the server is stopping", protocol_codes::SHUTTING_DOWN)),
+                _ = &mut stopping => break End::new(1001, format!("{}: the server is stopping", protocol_codes::SHUTTING_DOWN)),
                 Some(id) = done_rx.recv() => { ops.remove(&id); }
                 msg = stream.next() => {
                     let text = match msg {
@@ -274,7 +275,10 @@ async fn session(
                         Some(Ok(Message::Binary(_))) => break End::new(4400, "messages are JSON text"),
                         Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::new(1000, ""),
                     };
-                    if !identities.take(&sub, Budget::Frames, 1) {
+                    // Over the identity's budget a message waits (this connection reads
+                    // nothing meanwhile), as a sync connection's frame does; past
+                    // `max_wait` the connection ends.
+                    if identities.take_waiting(&sub, Budget::Frames, 1).await.is_err() {
                         app.metrics.rate_limited(Budget::Frames.as_str());
                         break End::new(1013, format!("{}: this identity sends more messages than it may; reconnect later", protocol_codes::RATE_LIMITED));
                     }
@@ -380,4 +384,9 @@ async fn operation(
     }
     send(json!({ "type": "complete", "id": id }));
     let _ = done.send(id);
+}
+
+/// Resolves when the server starts stopping.
+async fn stopped(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|v| *v).await;
 }
