@@ -17,7 +17,7 @@ mod overlay;
 use std::ops::Bound;
 
 pub use memory::MemoryStore;
-pub use overlay::{Overlay, OverlayWrites};
+pub use overlay::{Layered, Overlay, OverlayWrites};
 
 use crate::error::{Error, ErrorCode};
 
