@@ -32,6 +32,7 @@
 //! connection's life; [`RegionMsg::Wait`] and [`RegionMsg::View`] serve HTTP.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -1505,14 +1506,24 @@ impl Region {
                     for id in routes.visits(&overlay, schema, writes, &new_pairs)? {
                         if let Some(conn) = conns.get_mut(&id) {
                             let waits = due.contains(&id);
-                            conn.sub
-                                .fanout(&overlay, schema, limits, pos, writes, &mut |f| {
-                                    if waits {
-                                        held.entry(id).or_default().push(Held::Frame(f));
-                                    } else {
-                                        out.push((id, frame_item(&f)));
-                                    }
-                                })?;
+                            // As for execution, a panic of the engine (a bug) must not
+                            // stop the region: it costs this connection (`drop_broken`).
+                            let routed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                conn.sub
+                                    .fanout(&overlay, schema, limits, pos, writes, &mut |f| {
+                                        if waits {
+                                            held.entry(id).or_default().push(Held::Frame(f));
+                                        } else {
+                                            out.push((id, frame_item(&f)));
+                                        }
+                                    })
+                            }));
+                            let Ok(routed) = routed else {
+                                held.remove(&id);
+                                drop_broken(conns, by_client, routes, metrics, id, pos);
+                                continue;
+                            };
+                            routed?;
                             if conn.sub.has_due() {
                                 due.insert(id);
                             }
@@ -1825,6 +1836,41 @@ fn close_conns(
         ..Routes::default()
     };
     metrics.connections.store(0, Ordering::Relaxed);
+}
+
+/// Closes connection `id`, whose subscription the engine failed inside of (a panic
+/// while routing the entry at `position` to it): it is told `INTERNAL` and may
+/// connect again (its new welcome is computed afresh); the region goes on.
+fn drop_broken(
+    conns: &mut BTreeMap<u64, Conn>,
+    by_client: &mut BTreeMap<String, u64>,
+    routes: &mut Routes,
+    metrics: &Metrics,
+    id: u64,
+    position: u64,
+) {
+    tracing::error!(
+        conn = id,
+        position,
+        "the engine failed inside while routing this log entry to a connection; the \
+         connection is closed with INTERNAL and the region goes on (a bug: report it)"
+    );
+    let Some(c) = conns.remove(&id) else {
+        return;
+    };
+    routes.forget(id, &c.sub);
+    if by_client.get(c.sub.client_id()) == Some(&id) {
+        by_client.remove(c.sub.client_id());
+    }
+    Metrics::add(&metrics.frames_out, 1);
+    let _ = c.tx.try_send_item(frame_item(&ServerFrame::Error {
+        code: codes::INTERNAL.to_owned(),
+        message: "the server failed inside while sending you an update (a bug); reconnect"
+            .to_owned(),
+    }));
+    metrics
+        .connections
+        .store(conns.len() as u64, Ordering::Relaxed);
 }
 
 /// A frame held back behind the snapshots a connection is owed (see `apply_batch`).
