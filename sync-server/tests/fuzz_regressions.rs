@@ -21,12 +21,13 @@ use std::path::PathBuf;
 /// A target's check: `true` when the input decoded (and re-encoded to itself).
 type Check = fn(&[u8]) -> bool;
 
-const TARGETS: [(&str, Check); 5] = [
+const TARGETS: [(&str, Check); 6] = [
     ("client_frame", checks::client_frame),
     ("server_frame", checks::server_frame),
     ("log_entry", checks::log_entry),
     ("log_segment", checks::log_segment),
     ("text_update", checks::text_update),
+    ("batch_record", checks::batch_record),
 ];
 
 fn inputs(kind: &str, target: &str) -> Vec<(PathBuf, Vec<u8>)> {

@@ -16,7 +16,7 @@
 //! Collaborative text: a Yjs update from a client never makes the engine or `yrs`
 //! panic (`text_update`).
 
-use warren_core::protocol::{decode_log_entry, encode_log_entry, ClientFrame, ServerFrame};
+use warren_core::protocol::{ClientFrame, LogEntry, ServerFrame};
 
 /// `ytext::check_update` then `ytext::apply`: a Yjs update a client sends to edit a
 /// text field is checked by the engine's bounded reader and, if it passes, applied by
@@ -67,15 +67,32 @@ pub fn server_frame(data: &[u8]) -> bool {
     }
 }
 
-/// `decode_log_entry`: each record of the log, and each commit of a client's outbox.
+/// `LogEntry::decode`: each record of the log (a commit or a schema change), and each
+/// commit of a client's outbox.
 pub fn log_entry(data: &[u8]) -> bool {
-    match decode_log_entry(data) {
-        Ok(c) => {
+    match LogEntry::decode(data) {
+        Ok(e) => {
+            assert_eq!(e.encode(), data, "a log entry that is not canonical: {e:?}");
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// `BatchRecord::decode`: each batch of the shared log of a deployment of many
+/// regions, as etcd returns it.
+pub fn batch_record(data: &[u8]) -> bool {
+    use warren_server::log::shared::BatchRecord;
+    match BatchRecord::decode(data) {
+        Ok(r) => {
             assert_eq!(
-                encode_log_entry(&c),
+                r.encode(),
                 data,
-                "a log entry that is not canonical: {c:?}"
+                "a batch record that is not canonical: {r:?}"
             );
+            for e in &r.entries {
+                let _ = log_entry(e);
+            }
             true
         }
         Err(_) => false,
