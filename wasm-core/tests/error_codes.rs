@@ -674,7 +674,9 @@ fn code_corrupt() {
     let sch = schema();
     let limits = Limits::default();
     let store = store_with(keys::doc_key("Item", "bad"), b"\x01garbage".to_vec());
-    for src in ["Item.byId(\"bad\")", "Item.all().count()"] {
+    // (A query's `count()` of a collection reads keys, not documents: see
+    // `Item.all().toArray()` for a scan that decodes them.)
+    for src in ["Item.byId(\"bad\")", "Item.all().toArray()"] {
         let e = query(&store, &sch, src, &auth(), NOW, &limits).unwrap_err();
         assert_eq!(e.code.as_str(), "CORRUPT", "{src}: {e}");
     }
