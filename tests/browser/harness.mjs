@@ -9,7 +9,9 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "../../.ci/node/node_modules/playwright-core/index.mjs";
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-export const warren = join(root, "target", "debug", "warren");
+/** Cargo's target directory (CARGO_TARGET_DIR, as cargo itself reads it). */
+export const target = process.env.CARGO_TARGET_DIR || join(root, "target");
+export const warren = join(target, "debug", "warren");
 
 let failures = 0;
 let passed = 0;

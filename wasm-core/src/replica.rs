@@ -150,6 +150,30 @@ struct Live {
     reads: Reads,
 }
 
+/// What may have changed in the view: keys, and ranges a driver loaded.
+#[derive(Debug, Default)]
+struct Changes {
+    keys: BTreeSet<Vec<u8>>,
+    ranges: Vec<KeyRange>,
+}
+
+impl Changes {
+    /// Whether an evaluation that read `reads` may see something else now.
+    fn meets(&self, reads: &Reads) -> bool {
+        let point = if self.keys.len() < reads.points.len() {
+            self.keys.iter().any(|k| reads.points.contains(k))
+        } else {
+            reads.points.iter().any(|k| self.keys.contains(k))
+        };
+        point
+            || reads.ranges.iter().any(|r| view::in_range(&self.keys, r))
+            || self.ranges.iter().any(|c| {
+                reads.points.iter().any(|k| c.contains(k))
+                    || reads.ranges.iter().any(|r| r.overlaps(c))
+            })
+    }
+}
+
 /// Counters of the work the replica did, for tests and profiles.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -178,13 +202,15 @@ pub struct Replica<S: Storage> {
     stale: bool,
     /// Base keys the frames changed since the view was last rebased.
     base_changed: BTreeSet<Vec<u8>>,
+    /// Ranges of the base a driver loaded since (data a run may have missed).
+    base_loaded: Vec<KeyRange>,
     /// Commits settled (confirmed, refused, taken back) since then: their layers are
     /// still in the view.
     settled: BTreeSet<u64>,
-    /// Keys whose view value may have changed since live queries were last evaluated
-    /// (`None`: any; a query between `handle` and `flush` rebases the view, and
+    /// What may have changed in the view since live queries were last evaluated
+    /// (`None`: anything; a query between `handle` and `flush` rebases the view, and
     /// `flush` must still report the change).
-    live_changed: Option<BTreeSet<Vec<u8>>>,
+    live_changed: Option<Changes>,
     live_due: bool,
     stats: Stats,
     live: BTreeMap<u64, Live>,
@@ -263,8 +289,9 @@ impl<S: Storage> Replica<S> {
             view: View::default(),
             stale: true,
             base_changed: BTreeSet::new(),
+            base_loaded: Vec::new(),
             settled: BTreeSet::new(),
-            live_changed: Some(BTreeSet::new()),
+            live_changed: Some(Changes::default()),
             live_due: false,
             stats: Stats::default(),
             live: BTreeMap::new(),
@@ -362,11 +389,11 @@ impl<S: Storage> Replica<S> {
         self.stale = true;
     }
 
-    /// The store gained these keys' values (a driver over a lazily loaded store loaded
-    /// them after a run missed them): the commits and live queries that read them run
-    /// again at the next rebase.
-    pub fn loaded(&mut self, keys: impl IntoIterator<Item = Vec<u8>>) {
-        self.base_changed.extend(keys);
+    /// The store gained data in these ranges (a driver over a lazily loaded store
+    /// loaded them after a run missed them): the commits and live queries that read
+    /// anything in them run again at the next rebase.
+    pub fn loaded(&mut self, ranges: impl IntoIterator<Item = KeyRange>) {
+        self.base_loaded.extend(ranges);
     }
 
     /// Runs a write against the view without keeping anything: what `mutate` would
@@ -852,12 +879,13 @@ impl<S: Storage> Replica<S> {
             self.stats.rebuilds += 1;
             self.stale = false;
             self.base_changed.clear();
+            self.base_loaded.clear();
             self.settled.clear();
             self.live_changed = None;
             self.live_due = true;
             return Ok(());
         }
-        if self.settled.is_empty() && self.base_changed.is_empty() {
+        if self.settled.is_empty() && self.base_changed.is_empty() && self.base_loaded.is_empty() {
             return Ok(());
         }
         let settled = std::mem::take(&mut self.settled);
@@ -871,7 +899,9 @@ impl<S: Storage> Replica<S> {
             }
         }
         changed.append(&mut self.base_changed);
+        let loaded = std::mem::take(&mut self.base_loaded);
         let mut queue = self.view.readers(&changed, 0);
+        queue.append(&mut self.view.range_readers(&loaded, 0));
         let mut seen = changed;
         while let Some(seq) = queue.pop_first() {
             let Ok(i) = self.pending.binary_search_by_key(&seq, |p| p.seq) else {
@@ -895,6 +925,7 @@ impl<S: Storage> Replica<S> {
             seen.append(&mut moved);
         }
         self.live_touched(seen);
+        self.live_ranges(loaded);
         Ok(())
     }
 
@@ -929,25 +960,30 @@ impl<S: Storage> Replica<S> {
         if keys.is_empty() {
             return;
         }
-        if let Some(set) = &mut self.live_changed {
-            set.extend(keys);
+        if let Some(c) = &mut self.live_changed {
+            c.keys.extend(keys);
+        }
+        self.live_due = true;
+    }
+
+    /// Live queries must look again at these ranges.
+    fn live_ranges(&mut self, ranges: Vec<KeyRange>) {
+        if ranges.is_empty() {
+            return;
+        }
+        if let Some(c) = &mut self.live_changed {
+            c.ranges.extend(ranges);
         }
         self.live_due = true;
     }
 
     fn notify_live(&mut self) -> Result<(), Error> {
         self.live_due = false;
-        let changed = self.live_changed.replace(BTreeSet::new());
+        let changed = self.live_changed.replace(Changes::default());
         let ids: Vec<u64> = self.live.keys().copied().collect();
         for id in ids {
-            if let Some(keys) = &changed {
-                let reads = &self.live[&id].reads;
-                let point = if keys.len() < reads.points.len() {
-                    keys.iter().any(|k| reads.points.contains(k))
-                } else {
-                    reads.points.iter().any(|k| keys.contains(k))
-                };
-                if !point && !reads.ranges.iter().any(|r| view::in_range(keys, r)) {
+            if let Some(c) = &changed {
+                if !c.meets(&self.live[&id].reads) {
                     continue;
                 }
             }

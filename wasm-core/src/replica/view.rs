@@ -166,6 +166,34 @@ impl View {
         Ok(changed)
     }
 
+    /// The commits (newer than `after`) whose reads meet `ranges`.
+    pub(crate) fn range_readers(&self, ranges: &[KeyRange], after: u64) -> BTreeSet<u64> {
+        let mut out = BTreeSet::new();
+        for r in ranges {
+            if r.is_empty() {
+                continue;
+            }
+            for (_, seqs) in self
+                .point_readers
+                .range::<[u8], _>((as_ref(&r.start), as_ref(&r.end)))
+            {
+                out.extend(seqs.range(after.saturating_add(1)..));
+            }
+        }
+        for seq in self.range_readers.range(after.saturating_add(1)..) {
+            if !out.contains(seq)
+                && self.traces[seq]
+                    .reads
+                    .ranges
+                    .iter()
+                    .any(|a| ranges.iter().any(|b| a.overlaps(b)))
+            {
+                out.insert(*seq);
+            }
+        }
+        out
+    }
+
     /// The commits (newer than `after`) that read any of `keys`.
     pub(crate) fn readers(&self, keys: &BTreeSet<Vec<u8>>, after: u64) -> BTreeSet<u64> {
         let mut out = BTreeSet::new();

@@ -89,6 +89,24 @@ impl KeyRange {
         }
     }
 
+    /// Whether some key lies in both ranges.
+    pub fn overlaps(&self, other: &KeyRange) -> bool {
+        // Each starts before the other ends.
+        fn before(start: &Bound<Vec<u8>>, end: &Bound<Vec<u8>>) -> bool {
+            match (start, end) {
+                (Bound::Unbounded, _) | (_, Bound::Unbounded) => true,
+                (Bound::Included(s), Bound::Included(e)) => s <= e,
+                (Bound::Included(s), Bound::Excluded(e))
+                | (Bound::Excluded(s), Bound::Included(e))
+                | (Bound::Excluded(s), Bound::Excluded(e)) => s < e,
+            }
+        }
+        !self.is_empty()
+            && !other.is_empty()
+            && before(&self.start, &other.end)
+            && before(&other.start, &self.end)
+    }
+
     /// Whether the range can hold no key at all.
     pub fn is_empty(&self) -> bool {
         match (&self.start, &self.end) {

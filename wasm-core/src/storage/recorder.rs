@@ -133,6 +133,20 @@ mod tests {
     }
 
     #[test]
+    fn ranges_overlap_when_a_key_lies_in_both() {
+        let r = |a: Bound<Vec<u8>>, b: Bound<Vec<u8>>| KeyRange { start: a, end: b };
+        let inc = |k: u8| Bound::Included(vec![k]);
+        let exc = |k: u8| Bound::Excluded(vec![k]);
+        assert!(r(inc(1), inc(3)).overlaps(&r(inc(3), inc(5))));
+        assert!(!r(inc(1), exc(3)).overlaps(&r(inc(3), inc(5))));
+        assert!(!r(inc(1), inc(3)).overlaps(&r(exc(3), inc(5))));
+        assert!(r(Bound::Unbounded, exc(2)).overlaps(&r(inc(1), Bound::Unbounded)));
+        assert!(KeyRange::all().overlaps(&KeyRange::point(&[7])));
+        assert!(!KeyRange::prefix(&[1]).overlaps(&KeyRange::prefix(&[2])));
+        assert!(!r(inc(3), inc(1)).overlaps(&KeyRange::all()), "empty");
+    }
+
+    #[test]
     fn counts_agree_with_scans_through_an_overlay() {
         let mut s = MemoryStore::new();
         let mut b = Batch::new();
