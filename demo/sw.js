@@ -7,7 +7,7 @@
 // of the app shows on the visit after it is fetched. Sync traffic (/v1/...) never goes
 // through the cache.
 
-const CACHE = "warren-demo-v1";
+const CACHE = "warren-demo-v2";
 const SHELL = [
   "./",
   "./index.html",
@@ -19,6 +19,8 @@ const SHELL = [
   "./vendor/warren/dist/errors.js",
   "./vendor/warren/dist/query.js",
   "./vendor/warren/dist/tabs.js",
+  "./vendor/warren/dist/engine.js",
+  "./vendor/warren/dist/worker.js",
   "./vendor/warren/wasm/warren_web.js",
   "./vendor/warren/wasm/warren_web_bg.wasm",
 ];

@@ -11,7 +11,7 @@
 // id that the engine stores with the outbox entry, so a write the old leader made
 // before it went is not made twice.
 
-import type { Warren as Engine } from "../wasm/warren_web.js";
+import type { LeaderEngine } from "./engine.js";
 
 /** What a write answers first (its `local` resolves with the final sequence number). */
 export interface Applied {
@@ -20,17 +20,20 @@ export interface Applied {
   local: Promise<number>;
 }
 
-/** The engine as the `Database` uses it: the real one in the leader, a proxy elsewhere. */
+/** The engine as the `Database` uses it: the real one in the leader, a proxy elsewhere.
+ * Arguments go as JSON text. */
 export interface EngineApi {
   query(source: string): Promise<unknown>;
-  call(fn: string, args: unknown): Promise<Applied>;
+  call(fn: string, argsJson: string): Promise<Applied>;
   run(source: string): Promise<Applied>;
   subscribe(source: string): Promise<{ id: number; value: unknown }>;
   unsubscribe(id: number): void;
   status(): unknown;
   onEvent(f: (e: { type: string; detail: unknown }) => void): void;
   setOnline(online: boolean): void;
-  close(): void;
+  flush(): Promise<void>;
+  stats(): Promise<unknown>;
+  close(): Promise<void>;
 }
 
 /** How often a follower pings the leader. */
@@ -96,7 +99,7 @@ function deferred<T>() {
  */
 export class Tabs implements EngineApi {
   readonly tab = crypto.randomUUID();
-  private engine: Engine | null = null;
+  private engine: LeaderEngine | null = null;
   private channel: BroadcastChannel | null = null;
   private listener: (e: { type: string; detail: unknown }) => void = () => {};
   private next = 1;
@@ -120,7 +123,7 @@ export class Tabs implements EngineApi {
 
   constructor(
     private name: string,
-    private openEngine: () => Promise<Engine>,
+    private openEngine: () => Promise<LeaderEngine>,
   ) {
     this.statusNow = {
       online: typeof navigator === "undefined" || navigator.onLine,
@@ -227,7 +230,7 @@ export class Tabs implements EngineApi {
   private async lead(): Promise<void> {
     const engine = await this.openEngine();
     if (this.closed) {
-      engine.close();
+      void engine.close().catch(() => {});
       return;
     }
     this.engine = engine;
@@ -239,9 +242,10 @@ export class Tabs implements EngineApi {
     this.resend();
   }
 
-  /** Stops leading: closes the engine and lets the lock go. */
+  /** Stops leading: closes the engine (writing what is not yet durable) and lets the
+   * lock go. */
   private abdicate(): void {
-    this.engine?.close();
+    void this.engine?.close().catch(() => {});
     this.engine = null;
     this.leaderTab = null;
     this.byEngineId.clear();
@@ -271,8 +275,8 @@ export class Tabs implements EngineApi {
     return this.ask("query", [source]);
   }
 
-  call(fn: string, args: unknown): Promise<Applied> {
-    return this.write("call", [fn, args, crypto.randomUUID()]);
+  call(fn: string, argsJson: string): Promise<Applied> {
+    return this.write("call", [fn, argsJson, crypto.randomUUID()]);
   }
 
   run(source: string): Promise<Applied> {
@@ -312,11 +316,29 @@ export class Tabs implements EngineApi {
     void this.ask("setOnline", [online]).catch(() => {});
   }
 
-  close(): void {
+  async flush(): Promise<void> {
+    await this.ask("flush", []);
+  }
+
+  stats(): Promise<unknown> {
+    return this.ask("stats", []);
+  }
+
+  /** Leaves: a leader writes what is not yet durable and closes its engine (resolving
+   * once that is done), then lets another tab lead. */
+  async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.heartbeat);
     this.abort.abort();
+    const engine = this.engine;
+    this.engine = null;
+    let failed: unknown = null;
+    try {
+      await engine?.close();
+    } catch (e) {
+      failed = e;
+    }
     this.abdicate();
     this.channel?.close();
     for (const p of this.pending.values()) {
@@ -325,6 +347,7 @@ export class Tabs implements EngineApi {
       p.local?.reject(e);
     }
     this.pending.clear();
+    if (failed) throw failed;
   }
 
   // ----- requests -----
@@ -366,11 +389,10 @@ export class Tabs implements EngineApi {
           return this.answer(tab, id, await engine.query(a[0] as string));
         case "call":
         case "run": {
-          const w = (
+          const w =
             m === "call"
-              ? await engine.call(a[0] as string, a[1], a[2] as string)
-              : await engine.run(a[0] as string, a[1] as string)
-          ) as { seq: number; result: unknown; local: Promise<void> };
+              ? await engine.call(a[0] as string, a[1] as string, a[2] as string)
+              : await engine.run(a[0] as string, a[1] as string);
           this.answer(tab, id, { seq: w.seq, result: w.result });
           w.local.then(
             () => this.answerLocal(tab, id, w.seq),
@@ -400,6 +422,11 @@ export class Tabs implements EngineApi {
         case "setOnline":
           engine.setOnline(a[0] as boolean);
           return this.answer(tab, id, null);
+        case "flush":
+          await engine.flush();
+          return this.answer(tab, id, null);
+        case "stats":
+          return this.answer(tab, id, await engine.stats());
         default:
           return this.answer(tab, id, undefined, { code: "INVALID_ARGUMENT", message: `unknown request ${m}` });
       }
