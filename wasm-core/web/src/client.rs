@@ -561,6 +561,14 @@ impl Warren {
             set("pending", r.pending().len() as f64);
         }
         set(
+            "worker",
+            if js_sys::global().is_instance_of::<web_sys::WorkerGlobalScope>() {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        set(
             "wasmMemoryBytes",
             wasm_bindgen::memory()
                 .unchecked_into::<js_sys::WebAssembly::Memory>()
@@ -862,6 +870,8 @@ impl Shared {
             reply: reply.durable,
         });
         self.kick_flush(false);
+        // Another lane's flush may have written it already (while this one loaded).
+        self.answer_durable();
         // Live queries that read what is not loaded yet: load it, and evaluate again
         // if that brought anything in.
         let misses = self.replica.borrow().store().take_misses();
@@ -918,22 +928,7 @@ impl Shared {
     /// may now go, and issues the next flush if writes are waiting.
     fn on_flushed(&self) {
         let settled = self.replica.borrow_mut().store_mut().settle_flushes();
-        let durable = settled.durable_gen;
-        let mut ready = Vec::new();
-        self.waiters.borrow_mut().retain_mut(|w| {
-            if w.gen <= durable {
-                ready.push((w.seq, std::mem::replace(&mut w.reply, oneshot::channel().0)));
-                false
-            } else {
-                true
-            }
-        });
-        for (seq, reply) in ready {
-            if let Some(s) = seq {
-                self.durable_seq.set(self.durable_seq.get().max(s));
-            }
-            let _ = reply.send(Ok(()));
-        }
+        self.answer_durable();
         if let Some(e) = settled.error {
             self.flush_failed(e);
         } else {
@@ -953,6 +948,30 @@ impl Shared {
         }
         if self.replica.borrow().store().is_fenced() {
             self.stop();
+        }
+    }
+
+    /// Answers everyone waiting for writes that are durable now.
+    fn answer_durable(&self) {
+        let durable = self.replica.borrow().store().durable_gen();
+        let mut ready = Vec::new();
+        self.waiters.borrow_mut().retain_mut(|w| {
+            if w.gen <= durable {
+                ready.push((w.seq, std::mem::replace(&mut w.reply, oneshot::channel().0)));
+                false
+            } else {
+                true
+            }
+        });
+        let any = !ready.is_empty();
+        for (seq, reply) in ready {
+            if let Some(s) = seq {
+                self.durable_seq.set(self.durable_seq.get().max(s));
+            }
+            let _ = reply.send(Ok(()));
+        }
+        if any {
+            self.send_outgoing();
         }
     }
 
