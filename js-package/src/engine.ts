@@ -79,6 +79,10 @@ interface Waiting {
   reject: (e: unknown) => void;
 }
 
+/** A worker whose database was closed, kept for the next open in this page: its
+ * WebAssembly is compiled and warmed up already. */
+let idle: Worker | null = null;
+
 /** The engine in a dedicated worker (worker.ts). */
 export class WorkerEngine implements LeaderEngine {
   private next = 1;
@@ -108,7 +112,8 @@ export class WorkerEngine implements LeaderEngine {
   /** Starts the worker and opens the database in it; rejects if the worker cannot
    * start (the caller then runs the engine on the page). */
   static async open(p: OpenParams): Promise<WorkerEngine> {
-    const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+    const worker = idle ?? new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+    idle = null;
     const engine = new WorkerEngine(worker);
     engine.provider = p.provider;
     let wasm: unknown = p.wasm;
@@ -275,11 +280,20 @@ export class WorkerEngine implements LeaderEngine {
   }
 
   async close(): Promise<void> {
+    let clean = false;
     try {
       await this.ask("close", []);
+      clean = true;
     } finally {
-      this.worker.terminate();
       this.fail({ code: "STORAGE_ERROR", message: "the database is closed" }, false);
+      // A worker closed cleanly serves the next open in this page; one is enough.
+      if (clean && idle === null) {
+        this.worker.onmessage = null;
+        this.worker.onerror = null;
+        idle = this.worker;
+      } else {
+        this.worker.terminate();
+      }
     }
   }
 }

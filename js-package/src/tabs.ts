@@ -116,6 +116,9 @@ export class Tabs implements EngineApi {
   private heartbeat: ReturnType<typeof setInterval> | undefined;
   /** When this follower last heard from a leader. */
   private leaderSeen = Date.now();
+  /** When this leader last heard from a follower: events go on the channel only while
+   * some tab may listen (a post costs a round trip through the browser). */
+  private followerSeen = -Infinity;
   private stealing = false;
   private closed = false;
   /** The tab this one sends its requests to (itself when leading). */
@@ -486,11 +489,13 @@ export class Tabs implements EngineApi {
     }
     if (type === "status") this.statusNow = detail;
     this.listener({ type, detail });
-    this.post({ t: "ev", from: this.tab, type, detail: plain(type, detail) });
+    if (Date.now() - this.followerSeen < 3 * HEARTBEAT_MS)
+      this.post({ t: "ev", from: this.tab, type, detail: plain(type, detail) });
   }
 
   private onMessage(msg: Msg): void {
     if (this.closed) return;
+    if (msg.t === "hello" || msg.t === "ping" || msg.t === "req") this.followerSeen = Date.now();
     if (msg.t === "leader" || msg.t === "pong" || msg.t === "res" || msg.t === "local" || msg.t === "ev")
       this.leaderSeen = Date.now();
     switch (msg.t) {

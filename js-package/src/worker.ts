@@ -22,6 +22,7 @@ const scope = self as unknown as {
   onmessage: ((e: MessageEvent) => void) | null;
 };
 let engine: Warren | null = null;
+let initialized = false;
 const tokenWaits = new Map<number, (token: string | undefined) => void>();
 let nextToken = 1;
 
@@ -50,7 +51,11 @@ scope.onmessage = async (e: MessageEvent) => {
       const [wasm, name, clientId, url, token, schema, auth, options, provider, offline] = a as [
         unknown, string, string, string, string, string | undefined, unknown, unknown, boolean, boolean,
       ];
-      await init(wasm === undefined ? undefined : { module_or_path: wasm as never });
+      // Once per worker (a worker kept from a closed database has it already).
+      if (!initialized) {
+        await init(wasm === undefined ? undefined : { module_or_path: wasm as never });
+        initialized = true;
+      }
       const w = await Warren.open(name, clientId, url, token, schema, auth, options);
       w.setJson(true);
       w.onEvent((ev: { type: string; detail: unknown }) => {

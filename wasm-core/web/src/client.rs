@@ -345,8 +345,10 @@ impl Warren {
             Err(e) if e.code != ErrorCode::QuotaExceeded => return Err(js_error(&e)),
             _ => {}
         }
-        // The replica's own keys are small and needed at once; documents load later.
-        let own: Vec<Miss> = [b'X', b'O', b'K', b'Q']
+        // The replica's own keys are small and needed at once, and so is the list of
+        // (partition, collection) pairs (`V`, one key each, which counts start from);
+        // documents load later.
+        let own: Vec<Miss> = [b'X', b'O', b'K', b'Q', b'V']
             .iter()
             .map(|s| Miss::range(KeyRange::prefix(&[*s])))
             .collect();
@@ -643,8 +645,47 @@ impl Warren {
 
 // ----- the lanes -----
 
+/// Queries answered together at most (their misses load in one transaction).
+const QUERIES_AT_ONCE: usize = 512;
+
 async fn local_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<LocalCmd>) {
-    while let Some(cmd) = rx.next().await {
+    let mut next: Option<LocalCmd> = None;
+    loop {
+        let cmd = match next.take() {
+            Some(c) => c,
+            None => match rx.next().await {
+                Some(c) => c,
+                None => break,
+            },
+        };
+        // Queries asked together (say, many reads by id at once) are answered together:
+        // what they miss loads in one transaction. Only consecutive ones: a query never
+        // overtakes a write asked before it.
+        let cmd = match cmd {
+            LocalCmd::Query(src, reply) => {
+                let mut batch = vec![(src, reply)];
+                while batch.len() < QUERIES_AT_ONCE {
+                    match rx.try_recv() {
+                        Ok(LocalCmd::Query(s, r)) => batch.push((s, r)),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        _ => break,
+                    }
+                }
+                if batch.len() > 1 {
+                    let op = sh.replica.borrow().store().begin_op();
+                    sh.queries(batch).await;
+                    sh.replica.borrow_mut().store_mut().end_op(op);
+                    sh.status.emit_status();
+                    continue;
+                }
+                let (src, reply) = batch.pop().expect("one");
+                LocalCmd::Query(src, reply)
+            }
+            other => other,
+        };
         if let LocalCmd::Close(reply) = cmd {
             let r = sh.durable(None).await;
             sh.stop();
@@ -775,6 +816,50 @@ impl Shared {
                 return Ok(r);
             }
             self.replica.borrow_mut().loaded(gained);
+        }
+    }
+
+    /// Answers queries asked together: each runs on what is loaded; what they all
+    /// missed loads in one transaction, and those that missed run again.
+    async fn queries(&self, batch: Vec<(String, oneshot::Sender<Result<Value, Error>>)>) {
+        let mut todo = batch;
+        loop {
+            let mut missed = Vec::new();
+            let mut misses = Vec::new();
+            {
+                let mut rep = self.replica.borrow_mut();
+                rep.store().take_misses();
+                for (src, reply) in todo {
+                    let r = rep.query(&src);
+                    let m = rep.store().take_misses();
+                    if m.is_empty() {
+                        let _ = reply.send(r);
+                    } else {
+                        misses.extend(m);
+                        missed.push((src, reply, r));
+                    }
+                }
+            }
+            if missed.is_empty() {
+                return;
+            }
+            match self.load(misses).await {
+                Ok(gained) if gained.is_empty() => {
+                    // Every miss was an absence: the runs saw the data as it is.
+                    for (_, reply, r) in missed {
+                        let _ = reply.send(r);
+                    }
+                    return;
+                }
+                Ok(gained) => self.replica.borrow_mut().loaded(gained),
+                Err(e) => {
+                    for (_, reply, _) in missed {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                    return;
+                }
+            }
+            todo = missed.into_iter().map(|(s, reply, _)| (s, reply)).collect();
         }
     }
 

@@ -254,6 +254,11 @@ impl Filter {
         self.generations.iter().map(|g| g.bits.len()).sum()
     }
 
+    /// Whether no key was ever written (a new database: everything is known absent).
+    pub fn is_empty(&self) -> bool {
+        self.generations.iter().all(|g| g.inserted == 0)
+    }
+
     pub fn generations(&self) -> usize {
         self.generations.len()
     }

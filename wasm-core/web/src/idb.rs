@@ -31,7 +31,7 @@
 //! byte, the same order as the engine's. Layout and migrations: `docs/STORAGE.md`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::rc::Rc;
 
@@ -67,6 +67,9 @@ const LIMITED: usize = 64;
 const FIRST_CHUNK: usize = 256;
 const GROWTH: usize = 4;
 const MAX_CHUNK: usize = 16_384;
+/// A collection or index is read ahead whole when it holds at most `cap / this`
+/// entries (16,384 at the default cap): about a sixteenth of the cap at 256 bytes each.
+const READAHEAD_ENTRY_BYTES: usize = 4096;
 /// Key spaces never evicted: the replica's own records (client, outbox, cursors,
 /// requests), read at open and small.
 const PINNED: &[u8] = b"KOQX";
@@ -266,6 +269,9 @@ pub struct IdbStore {
     recent: HashMap<Vec<u8>, u64>,
     /// The end of the last chunk a continuing scan loaded: `(boundary, reverse, size)`.
     continuation: RefCell<Option<(Vec<u8>, bool, usize)>>,
+    /// Families (a collection's documents, an index) already considered for reading
+    /// ahead in this session.
+    readahead: HashSet<Vec<u8>>,
     /// Called when a flush completes (the driver then settles it).
     notify: Option<Rc<dyn Fn()>>,
     epoch: Option<f64>,
@@ -285,19 +291,23 @@ fn entry_bytes(k: &[u8], v: &[u8]) -> usize {
     ENTRY_OVERHEAD + k.len() + v.len()
 }
 
-/// Whether a span lies (even in part) in one of the pinned spaces.
-fn pinned(r: &KeyRange) -> bool {
-    let Some((start, end)) = normalize(r) else {
-        return false;
+/// The keys two ranges share, if any.
+fn intersect(a: &KeyRange, b: &KeyRange) -> Option<KeyRange> {
+    let (sa, ea) = normalize(a)?;
+    let (sb, eb) = normalize(b)?;
+    let start = sa.max(sb);
+    let end = match (ea, eb) {
+        (End::Unbounded, e) | (e, End::Unbounded) => e,
+        (End::Before(x), End::Before(y)) => End::Before(x.min(y)),
     };
-    PINNED.iter().any(|&space| {
-        let (ps, pe) = (vec![space], vec![space + 1]);
-        let starts_before_end = start < pe;
-        let ends_after_start = match &end {
-            End::Unbounded => true,
-            End::Before(e) => *e > ps,
-        };
-        starts_before_end && ends_after_start
+    if let End::Before(e) = &end {
+        if *e <= start {
+            return None;
+        }
+    }
+    Some(KeyRange {
+        start: Bound::Included(start),
+        end: end.bound(),
     })
 }
 
@@ -350,13 +360,19 @@ impl IdbStore {
             close.forget();
         }
         let filter = Self::read_filter(&db).await?;
+        // A database nothing was ever written to holds nothing: the empty cache holds
+        // all of it, exactly, and every read until the cap is reached is answered here.
+        let mut spans = Spans::default();
+        if filter.is_empty() {
+            spans.add(&KeyRange::all(), 0);
+        }
         Ok(IdbStore {
             db,
             name: name.to_owned(),
             cache: BTreeMap::new(),
             cache_bytes: 0,
             cap: DEFAULT_CACHE_BYTES,
-            spans: RefCell::new(Spans::default()),
+            spans: RefCell::new(spans),
             tick: Cell::new(1),
             ops: RefCell::new(BTreeMap::new()),
             misses: RefCell::new(Vec::new()),
@@ -370,6 +386,7 @@ impl IdbStore {
             loads_out: 0,
             recent: HashMap::new(),
             continuation: RefCell::new(None),
+            readahead: HashSet::new(),
             notify: None,
             epoch: None,
             fenced: false,
@@ -545,17 +562,21 @@ impl IdbStore {
             if self.cache_bytes <= target {
                 break;
             }
-            if pinned(&range) {
-                continue;
-            }
             self.spans.borrow_mut().remove(&range);
+            // The pinned spaces in it stay held (they are small and always needed).
+            for space in PINNED {
+                let p = KeyRange::prefix(&[*space]);
+                if let Some(part) = intersect(&range, &p) {
+                    self.spans.borrow_mut().add(&part, now);
+                }
+            }
             let keys: Vec<Vec<u8>> = self
                 .cache_range(&range, false, usize::MAX)
                 .into_iter()
                 .map(|(k, _)| k)
                 .collect();
             for k in keys {
-                if self.unwritten(&k) {
+                if self.unwritten(&k) || k.first().is_some_and(|b| PINNED.contains(b)) {
                     // Not durable yet: the cache is where it is; it stays held.
                     self.spans.borrow_mut().add_point(&k, now);
                     continue;
@@ -646,8 +667,32 @@ impl IdbStore {
             .map_err(|e| js_err("read transaction", e))?;
         let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
         let mut reqs = Vec::with_capacity(misses.len());
+        let mut families = Vec::new();
         for m in misses {
             let now = self.tick.get();
+            // Read ahead: the first miss in a collection's documents or an index (an
+            // unbounded scan or a point; a limited scan loads what it asks for) also
+            // counts the whole of it, and when it is small beside the cache's cap, the
+            // same transaction loads all of it. After a reopen, the reads that follow
+            // then find everything loaded, in one round trip instead of one per read.
+            let family = match &m {
+                Miss::Point(k) => family_of(k),
+                Miss::Scan { range, limit, .. } if *limit >= LIMITED => match &range.start {
+                    Bound::Included(k) | Bound::Excluded(k) => {
+                        family_of(k).filter(|f| KeyRange::prefix(f).contains(k) && range_within(range, f))
+                    }
+                    Bound::Unbounded => None,
+                },
+                _ => None,
+            };
+            if let Some(f) = family {
+                if !self.readahead.contains(&f)
+                    && !self.spans.borrow_mut().covers(&KeyRange::prefix(&f), now)
+                {
+                    self.readahead.insert(f.clone());
+                    families.push(f);
+                }
+            }
             match m {
                 Miss::Point(k) => {
                     if self.spans.borrow_mut().holds(&k, now) {
@@ -703,14 +748,23 @@ impl IdbStore {
                 }
             }
         }
+        for f in families {
+            let range = KeyRange::prefix(&f);
+            let count = store
+                .count_with_key(&idb_range(&range)?)
+                .map_err(|e| js_err("count", e))?;
+            reqs.push(Req::Ahead { range, count });
+        }
         self.loads_out += 1;
         let mut s = self.stats.borrow_mut();
         s.load_transactions += 1;
         s.load_requests += reqs.len() as u64;
         Ok(LoadJob {
+            store,
             _tx: tx,
             reqs,
             gen0: self.write_gen,
+            ahead_max: (self.cap / READAHEAD_ENTRY_BYTES) as u64,
         })
     }
 
@@ -925,15 +979,32 @@ impl IdbStore {
         if self.fenced {
             return Err(fenced());
         }
-        let scope = Array::of2(&KV.into(), &META.into());
+        // The key filter takes every key written to IndexedDB but those of the pinned
+        // spaces (always loaded at open: the filter is never asked about them).
+        for (k, v) in &self.dirty {
+            if v.is_some() && !k.first().is_some_and(|b| PINNED.contains(b)) {
+                self.filter.insert(k);
+            }
+        }
+        let filter_records = self.filter.take_dirty();
+        let scope = if filter_records.is_empty() {
+            Array::of1(&KV.into())
+        } else {
+            Array::of2(&KV.into(), &META.into())
+        };
         let tx = self
             .db
             .transaction_with_str_sequence_and_mode(&scope, IdbTransactionMode::Readwrite)
             .map_err(|e| js_err("write transaction", e))?;
         let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
-        let meta = tx
-            .object_store(META)
-            .map_err(|e| js_err("object store", e))?;
+        let meta = if filter_records.is_empty() {
+            None
+        } else {
+            Some(
+                tx.object_store(META)
+                    .map_err(|e| js_err("object store", e))?,
+            )
+        };
         // The epoch is read in this same transaction: IndexedDB runs read-write
         // transactions on a store one at a time, so no claim can slip in between.
         let epoch = match self.epoch {
@@ -945,83 +1016,58 @@ impl IdbStore {
             None => None,
         };
         let writes = std::mem::take(&mut self.dirty);
-        for (k, v) in &writes {
-            if v.is_some() && !filter::is_filter_key(k) {
-                self.filter.insert(k);
+        // Every request is issued now. The epoch's answer comes first (requests of a
+        // transaction complete in order), and the transaction cannot commit before
+        // the writes after it complete: a changed epoch aborts it in time, and nothing
+        // of it is kept.
+        let issued = (|| -> Result<(), JsValue> {
+            for (k, v) in &writes {
+                match v {
+                    Some(v) => store.put_with_key(&key(v), &key(k)).map(|_| ())?,
+                    None => store.delete(&key(k)).map(|_| ())?,
+                }
             }
+            if let Some(meta) = &meta {
+                for (k, v) in &filter_records {
+                    meta.put_with_key(&key(v), &key(k))?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = issued {
+            let _ = tx.abort();
+            self.dirty = writes;
+            self.filter.redirty(&filter_records);
+            return Err(js_err("write", e));
         }
-        let filter_records = self.filter.take_dirty();
-        // The requests, as JavaScript values now; issued at once, or, when the epoch
-        // must be checked first, as soon as its read answers (still inside the
-        // transaction, which IndexedDB keeps open while a request is pending).
-        let puts: Vec<(Uint8Array, Option<Uint8Array>)> = writes
-            .iter()
-            .map(|(k, v)| (key(k), v.as_deref().map(key)))
-            .collect();
-        let meta_puts: Vec<(Uint8Array, Uint8Array)> = filter_records
-            .iter()
-            .map(|(k, v)| (key(k), key(v)))
-            .collect();
-        let issue = {
-            let tx = tx.clone();
-            move || -> Result<(), JsValue> {
-                for (k, v) in &puts {
-                    match v {
-                        Some(v) => store.put_with_key(v, k).map(|_| ())?,
-                        None => store.delete(k).map(|_| ())?,
-                    }
-                }
-                for (k, v) in &meta_puts {
-                    meta.put_with_key(v, k)?;
-                }
-                // Commit now rather than when the event loop turns: what was issued
-                // is all of it (a page being closed gets its writes out sooner).
-                #[allow(deprecated)]
-                let _ = tx.commit();
-                Ok(())
-            }
-        };
+        if epoch.is_none() {
+            // Nothing to check: commit now rather than when the event loop turns (a
+            // page being closed gets its writes out sooner).
+            #[allow(deprecated)]
+            let _ = tx.commit();
+        }
         let id = self.next_flush;
         self.next_flush += 1;
         let done: Rc<RefCell<Option<Result<(), Error>>>> = Rc::default();
         let (tx_done, rx_done) = oneshot::channel();
         let mine = self.epoch;
-        let mut issue = Some(issue);
-        if epoch.is_none() {
-            if let Err(e) = (issue.take().expect("once"))() {
-                let _ = tx.abort();
-                self.dirty = writes;
-                self.filter.redirty(&filter_records);
-                return Err(js_err("write", e));
-            }
-        }
         let was_fenced: Rc<Cell<bool>> = Rc::default();
         {
             let done = done.clone();
             let notify = self.notify.clone();
             let was_fenced = was_fenced.clone();
             wasm_bindgen_futures::spawn_local(async move {
-                let mut failed: Option<Error> = None;
-                if let (Some(get), Some(mine), Some(issue)) = (epoch, mine, issue.take()) {
+                if let (Some(get), Some(mine)) = (epoch, mine) {
                     match request(&get).await {
-                        Ok(v) if epoch_of(&v) == mine => {
-                            if let Err(e) = issue() {
-                                failed = Some(js_err("write", e));
-                                let _ = tx.abort();
-                            }
-                        }
+                        Ok(v) if epoch_of(&v) == mine => {}
                         _ => {
                             was_fenced.set(true);
-                            failed = Some(fenced());
                             let _ = tx.abort();
                         }
                     }
                 }
                 let r = complete(&tx).await.map_err(|e| js_err("commit", e));
-                *done.borrow_mut() = Some(match failed {
-                    Some(e) => Err(e),
-                    None => r,
-                });
+                *done.borrow_mut() = Some(if was_fenced.get() { Err(fenced()) } else { r });
                 let _ = tx_done.send(());
                 if let Some(f) = notify {
                     f();
@@ -1135,6 +1181,37 @@ impl IdbStore {
     }
 }
 
+/// The family a key belongs to, for reading ahead: a document's collection (`D coll`)
+/// or an index entry's index (`I coll index`); `None` for other keys.
+fn family_of(k: &[u8]) -> Option<Vec<u8>> {
+    let components = match k.first()? {
+        b'D' => 1,
+        b'I' => 2,
+        _ => return None,
+    };
+    let mut pos = 1;
+    for _ in 0..components {
+        warren_core::keys::read_str(k, &mut pos).ok()?;
+    }
+    Some(k[..pos].to_vec())
+}
+
+/// Whether every key of `r` starts with `prefix`.
+fn range_within(r: &KeyRange, prefix: &[u8]) -> bool {
+    let p = KeyRange::prefix(prefix);
+    let start_in = match &r.start {
+        Bound::Included(s) | Bound::Excluded(s) => s.starts_with(prefix),
+        Bound::Unbounded => false,
+    };
+    let end_in = match (&r.end, &p.end) {
+        (Bound::Unbounded, _) => false,
+        (Bound::Included(e), _) => e.starts_with(prefix),
+        (Bound::Excluded(e), Bound::Excluded(pe)) => e.starts_with(prefix) || e == pe,
+        (Bound::Excluded(e), _) => e.starts_with(prefix),
+    };
+    start_in && end_in
+}
+
 fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     match b {
         Bound::Included(v) => Bound::Included(v.as_slice()),
@@ -1144,6 +1221,11 @@ fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
 }
 
 enum Req {
+    /// A family's count; the family itself, if it is small enough.
+    Ahead {
+        range: KeyRange,
+        count: IdbRequest,
+    },
     Point(Vec<u8>, IdbRequest),
     All {
         range: KeyRange,
@@ -1161,9 +1243,12 @@ enum Req {
 
 /// Loads issued in one read transaction (see [`IdbStore::begin_load`]).
 pub struct LoadJob {
+    store: web_sys::IdbObjectStore,
     _tx: IdbTransaction,
     reqs: Vec<Req>,
     gen0: u64,
+    /// Most entries a family may have to be read ahead.
+    ahead_max: u64,
 }
 
 /// What a [`LoadJob`] read, for [`IdbStore::finish_load`].
@@ -1202,8 +1287,26 @@ impl LoadJob {
 
     async fn read(self) -> Result<LoadedData, Error> {
         let mut out = LoadedData::default();
+        let mut aheads = Vec::new();
         for r in self.reqs {
             match r {
+                Req::Ahead { range, count } => {
+                    let n = request(&count).await.map_err(|e| js_err("count", e))?;
+                    let n = n.as_f64().unwrap_or(f64::MAX);
+                    if n <= self.ahead_max as f64 {
+                        // Still inside the transaction: its requests are pending.
+                        let q = idb_range(&range)?;
+                        let keys = self
+                            .store
+                            .get_all_keys_with_key(&q)
+                            .map_err(|e| js_err("getAllKeys", e))?;
+                        let values = self
+                            .store
+                            .get_all_with_key(&q)
+                            .map_err(|e| js_err("getAll", e))?;
+                        aheads.push((range, keys, values));
+                    }
+                }
                 Req::Point(k, req) => {
                     let v = request(&req).await.map_err(|e| js_err("get", e))?;
                     out.points
@@ -1257,6 +1360,25 @@ impl LoadJob {
                     });
                 }
             }
+        }
+        for (range, keys, values) in aheads {
+            let keys: Array = request(&keys)
+                .await
+                .map_err(|e| js_err("getAllKeys", e))?
+                .unchecked_into();
+            let values: Array = request(&values)
+                .await
+                .map_err(|e| js_err("getAll", e))?
+                .unchecked_into();
+            let entries = (0..keys.length().min(values.length()))
+                .map(|i| (bytes_of(&keys.get(i)), bytes_of(&values.get(i))))
+                .collect();
+            out.scans.push(ScanChunk {
+                range,
+                reverse: false,
+                limit: usize::MAX,
+                entries,
+            });
         }
         Ok(out)
     }

@@ -135,7 +135,18 @@ impl Spans {
 
     /// Whether key `k` is held.
     pub fn holds(&mut self, k: &[u8], now: u64) -> bool {
-        self.covers_norm(k, &End::Before(successor(k)), now)
+        let Some((_, span)) = self
+            .spans
+            .range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(k)))
+            .next_back()
+        else {
+            return false;
+        };
+        if matches!(&span.end, End::Before(e) if e.as_slice() <= k) {
+            return false;
+        }
+        span.used = now;
+        true
     }
 
     /// The part of `r` held from its first key on (forward) or from its last key back
