@@ -170,12 +170,15 @@ export class WorkerEngine implements LeaderEngine {
     ok?: unknown;
     err?: ErrInfo;
     local?: number;
-    ev?: string;
-    detail?: unknown;
+    evs?: [string, unknown][];
     t?: string;
     ready?: boolean;
   }): void {
     if (msg.ready) return;
+    if (msg.evs) {
+      for (const [type, detail] of msg.evs) this.onWorkerEvent(type, detail);
+      return;
+    }
     if (msg.t === "token") {
       const id = msg.id;
       const p = this.provider ? this.provider() : Promise.resolve(undefined);
@@ -185,20 +188,7 @@ export class WorkerEngine implements LeaderEngine {
       );
       return;
     }
-    if (msg.ev !== undefined) {
-      let detail = msg.detail;
-      if (msg.ev === "changed" || msg.ev === "confirmed") {
-        const d = detail as { value?: string; result?: string };
-        detail = {
-          ...d,
-          ...(d.value !== undefined ? { value: JSON.parse(d.value) } : {}),
-          ...(d.result !== undefined ? { result: JSON.parse(d.result) } : {}),
-        };
-      }
-      if (msg.ev === "status") this.statusNow = detail;
-      this.listener({ type: msg.ev, detail });
-      return;
-    }
+
     if (msg.local !== undefined) {
       const w = this.locals.get(msg.local);
       this.locals.delete(msg.local);
@@ -212,6 +202,19 @@ export class WorkerEngine implements LeaderEngine {
       if (msg.err) w?.reject(msg.err);
       else w?.resolve(msg.ok);
     }
+  }
+
+  private onWorkerEvent(type: string, detail: unknown): void {
+    if (type === "changed" || type === "confirmed") {
+      const d = detail as { value?: string; result?: string };
+      detail = {
+        ...d,
+        ...(d.value !== undefined ? { value: JSON.parse(d.value) } : {}),
+        ...(d.result !== undefined ? { result: JSON.parse(d.result) } : {}),
+      };
+    }
+    if (type === "status") this.statusNow = detail;
+    this.listener({ type, detail });
   }
 
   async query(source: string): Promise<unknown> {

@@ -58,9 +58,20 @@ scope.onmessage = async (e: MessageEvent) => {
       }
       const w = await Warren.open(name, clientId, url, token, schema, auth, options);
       w.setJson(true);
+      // Events go to the page in batches: one message for everything a step of the
+      // engine reported (a catch-up confirms hundreds of writes at once).
+      let batch: unknown[] | null = null;
       w.onEvent((ev: { type: string; detail: unknown }) => {
         const detail = ev.type === "rejected" || ev.type === "server-error" ? info(ev.detail) : ev.detail;
-        post({ ev: ev.type, detail });
+        if (!batch) {
+          batch = [];
+          queueMicrotask(() => {
+            const evs = batch;
+            batch = null;
+            post({ evs });
+          });
+        }
+        batch.push([ev.type, detail]);
       });
       if (provider)
         w.setTokenProvider(

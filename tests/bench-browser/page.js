@@ -66,13 +66,16 @@ window.bench = {
     await Promise.all(locals);
     const local = now() - s;
     const t0 = now();
+    let connected = null;
+    const stop = db.db.status.subscribe((st) => { if (st.connected && connected === null) connected = now() - t0; });
     db.setOnline(true);
     await db.synced();
     const confirm = now() - t0;
+    stop();
     const c = await db.count();
     await db.close();
     if (c !== n) W.fail("offline burst: count", c);
-    return { applied, local, confirm };
+    return { applied, local, confirm, connected };
   },
   /**
    * One page imports `n` documents (in 10,000-document transactions for the IndexedDB

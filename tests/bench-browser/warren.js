@@ -23,10 +23,14 @@ const byId = (id) => `Doc.byId(${literal(id)})`;
 /** Opens database `name` for `user`; `options` go to `open` (offline, cacheBytes...).
  * The token is fetched once per page and kept (the server may be down later). */
 const tokens = new Map();
+let schema = null;
 export async function openDb(name, user, options = {}) {
   if (!tokens.has(user)) tokens.set(user, await tokenFor(user));
   const token = tokens.get(user);
-  const db = await open({ url: syncUrl, token, name, ...options });
+  // The schema from the start, as an offline-first app gives it: a first start with no
+  // network can write at once.
+  schema ??= await (await fetch("./bench.warren")).text();
+  const db = await open({ url: syncUrl, token, name, schema, ...options });
   return {
     db,
     /** Any number of documents: the package's bulk path (chunks under the limits). */

@@ -150,6 +150,69 @@ struct Live {
     reads: Reads,
 }
 
+/// The pending commits, in order. Confirmations come in order and take commits from the
+/// front: that is O(1) here (a start offset, compacted now and then), where removing
+/// the first element of a `Vec` moves all the others (quadratic over an outbox).
+#[derive(Debug, Default)]
+struct PendingQueue {
+    items: Vec<Pending>,
+    head: usize,
+}
+
+impl std::ops::Deref for PendingQueue {
+    type Target = [Pending];
+    fn deref(&self) -> &[Pending] {
+        &self.items[self.head..]
+    }
+}
+
+impl PendingQueue {
+    fn push(&mut self, p: Pending) {
+        self.items.push(p);
+    }
+
+    fn pop(&mut self) -> Option<Pending> {
+        if self.items.len() > self.head {
+            self.items.pop()
+        } else {
+            None
+        }
+    }
+
+    /// Removes commit `seq`; whether it was there.
+    fn remove(&mut self, seq: u64) -> bool {
+        if self.first().map(|p| p.seq) == Some(seq) {
+            self.head += 1;
+            self.compact();
+            return true;
+        }
+        match self.binary_search_by_key(&seq, |p| p.seq) {
+            Ok(i) => {
+                self.items.remove(self.head + i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Removes every commit up to `seq`.
+    fn remove_through(&mut self, seq: u64) {
+        let n = self.partition_point(|p| p.seq <= seq);
+        self.head += n;
+        self.compact();
+    }
+
+    fn compact(&mut self) {
+        if self.head == self.items.len() {
+            self.items.clear();
+            self.head = 0;
+        } else if self.head > 64 && self.head * 2 > self.items.len() {
+            self.items.drain(..self.head);
+            self.head = 0;
+        }
+    }
+}
+
 /// What may have changed in the view: keys, and ranges a driver loaded.
 #[derive(Debug, Default)]
 struct Changes {
@@ -195,7 +258,7 @@ pub struct Replica<S: Storage> {
     schema: Option<Arc<Schema>>,
     limits: Limits,
     auth: Value,
-    pending: Vec<Pending>,
+    pending: PendingQueue,
     next_seq: u64,
     view: View,
     /// The view must be rebuilt from scratch (every pending commit run again).
@@ -262,7 +325,7 @@ impl<S: Storage> Replica<S> {
         if !init.is_empty() {
             store.apply(init)?;
         }
-        let mut pending = Vec::new();
+        let mut pending = PendingQueue::default();
         for (_, v) in scan_all(&store, &KeyRange::prefix(&[SPACE_OUTBOX]))? {
             let c = decode_log_entry(&v)?;
             pending.push(Pending {
@@ -622,10 +685,11 @@ impl<S: Storage> Replica<S> {
         if !self.connected || self.stalled {
             return Vec::new();
         }
-        let unsent: Vec<ClientCommit> = self
-            .pending
+        // Pending commits are in sequence order: start at the first unsent one.
+        let from = self.pending.partition_point(|p| p.seq <= self.sent_upto);
+        let unsent: Vec<ClientCommit> = self.pending[from..]
             .iter()
-            .filter(|p| p.seq > self.sent_upto && p.seq <= last)
+            .take_while(|p| p.seq <= last)
             .map(|p| ClientCommit {
                 seq: p.seq,
                 schema_version: p.schema_version.clone(),
@@ -702,7 +766,7 @@ impl<S: Storage> Replica<S> {
                         b.delete(outbox_key(*seq));
                     }
                     self.store.apply(b)?;
-                    self.pending.retain(|p| p.seq > forgotten);
+                    self.pending.remove_through(forgotten);
                     self.settled.extend(settled.iter().copied());
                     for seq in settled {
                         self.events.push(Event::Confirmed {
@@ -778,13 +842,13 @@ impl<S: Storage> Replica<S> {
                     }
                 }
                 other => {
-                    if !self.pending.iter().any(|p| p.seq == seq) {
+                    if self.pending.binary_search_by_key(&seq, |p| p.seq).is_err() {
                         return Ok(()); // settled already (a repeat after a reconnect)
                     }
                     let mut b = Batch::new();
                     b.delete(outbox_key(seq));
                     self.store.apply(b)?;
-                    self.pending.retain(|p| p.seq != seq);
+                    self.pending.remove(seq);
                     self.settled.insert(seq);
                     self.events.push(match other {
                         CommitResult::Committed { position, result } => Event::Confirmed {

@@ -678,9 +678,8 @@ impl IdbStore {
             let family = match &m {
                 Miss::Point(k) => family_of(k),
                 Miss::Scan { range, limit, .. } if *limit >= LIMITED => match &range.start {
-                    Bound::Included(k) | Bound::Excluded(k) => {
-                        family_of(k).filter(|f| KeyRange::prefix(f).contains(k) && range_within(range, f))
-                    }
+                    Bound::Included(k) | Bound::Excluded(k) => family_of(k)
+                        .filter(|f| KeyRange::prefix(f).contains(k) && range_within(range, f)),
                     Bound::Unbounded => None,
                 },
                 _ => None,
