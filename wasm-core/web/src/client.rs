@@ -159,6 +159,30 @@ async fn persist() -> bool {
     }
 }
 
+/// How the store finds the document an index entry names: the entry's key is
+/// `I · collection · index · values · id`, and the schema says how many values.
+fn doc_of(schema: &warren_core::Schema) -> crate::idb::DocOf {
+    let mut fields = std::collections::BTreeMap::new();
+    for (name, c) in &schema.collections {
+        for (index, decl) in &c.indexes {
+            fields.insert((name.clone(), index.clone()), decl.fields.len());
+        }
+    }
+    Rc::new(move |k: &[u8]| {
+        if k.first() != Some(&keys::SPACE_INDEX) {
+            return None;
+        }
+        let mut pos = 1;
+        let coll = keys::read_str(k, &mut pos).ok()?;
+        let index = keys::read_str(k, &mut pos).ok()?;
+        let n = *fields.get(&(coll, index))?;
+        let id = keys::index_key_id(k, pos, n).ok()?;
+        let mut p = 1;
+        let coll = keys::read_str(k, &mut p).ok()?;
+        Some(keys::doc_key(&coll, &id))
+    })
+}
+
 /// `navigator.onLine` in a page or a worker.
 fn on_line() -> bool {
     let global = js_sys::global();
@@ -331,30 +355,29 @@ impl Warren {
         auth: JsValue,
         options: JsValue,
     ) -> Result<Warren, JsValue> {
-        let mut store = IdbStore::open(&db).await.map_err(|e| js_error(&e))?;
+        // This page now leads for the database: a page that led before writes no more
+        // (the claim). The replica's own keys are small and needed at once, and so is
+        // the list of (partition, collection) pairs (`V`, one key each, which counts
+        // start from): one transaction opens it all. Documents load later.
+        let own: Vec<KeyRange> = [b'X', b'O', b'K', b'Q', b'V']
+            .iter()
+            .map(|s| KeyRange::prefix(&[*s]))
+            .collect();
+        let mut store = IdbStore::open_claimed(&db, &own)
+            .await
+            .map_err(|e| js_error(&e))?;
         if let Some(cap) = js_sys::Reflect::get(&options, &"cacheBytes".into())
             .ok()
             .and_then(|v| v.as_f64())
         {
             store.set_cache_bytes(cap as usize);
         }
-        // This page now leads for the database: a page that led before writes no more.
-        // With the origin over its quota even the claim cannot be written: open anyway
-        // (reads work, writes fail with QUOTA_EXCEEDED), without the fence.
-        match store.claim().await {
-            Err(e) if e.code != ErrorCode::QuotaExceeded => return Err(js_error(&e)),
-            _ => {}
-        }
-        // The replica's own keys are small and needed at once, and so is the list of
-        // (partition, collection) pairs (`V`, one key each, which counts start from);
-        // documents load later.
-        let own: Vec<Miss> = [b'X', b'O', b'K', b'Q', b'V']
-            .iter()
-            .map(|s| Miss::range(KeyRange::prefix(&[*s])))
-            .collect();
-        store.load_misses(own).await.map_err(|e| js_error(&e))?;
         let mut replica =
             Replica::open(store, &client_id, schema.as_deref()).map_err(|e| js_error(&e))?;
+        if let Some(s) = replica.schema() {
+            let f = doc_of(s);
+            replica.store_mut().set_doc_of(f);
+        }
         replica.set_auth(from_js(auth).map_err(|e| js_error(&e))?);
         let (local_tx, local_rx) = unbounded();
         let (sync_tx, sync_rx) = unbounded();
@@ -556,6 +579,8 @@ impl Warren {
             set("flushes", s.flushes as f64);
             set("failedFlushes", s.failed_flushes as f64);
             set("evictedBytes", s.evicted_bytes as f64);
+            set("openDbMs", s.open_db_ms as f64);
+            set("openReadMs", s.open_read_ms as f64);
             set("viewBytes", v.view_bytes as f64);
             set("reexecuted", v.reexecuted as f64);
             set("rebuilds", v.rebuilds as f64);
@@ -879,7 +904,7 @@ impl Shared {
 
     /// Applies a write to the view and answers with its optimistic result at once
     /// (live queries are notified then too), then waits for its flush and answers again.
-    async fn mutate(&self, op: Op, rid: Option<String>, reply: MutateReply) {
+    async fn mutate(self: &Rc<Self>, op: Op, rid: Option<String>, reply: MutateReply) {
         let now = now_ms();
         // A request made before answers as then (the `Q` space is loaded at open).
         let done = rid.as_deref().map(|r| self.replica.borrow().request(r));
@@ -954,9 +979,16 @@ impl Shared {
             seq: Some(local.seq),
             reply: reply.durable,
         });
-        self.kick_flush(false);
-        // Another lane's flush may have written it already (while this one loaded).
-        self.answer_durable();
+        // The flush is issued once this task yields: the optimistic result goes out
+        // first, and writes already waiting in the queue join the same transaction.
+        {
+            let sh = self.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                sh.kick_flush(false);
+                // Another lane's flush may have written it already (while this loaded).
+                sh.answer_durable();
+            });
+        }
         // Live queries that read what is not loaded yet: load it, and evaluate again
         // if that brought anything in.
         let misses = self.replica.borrow().store().take_misses();
@@ -1299,6 +1331,10 @@ impl Shared {
                 Event::Dropped { partition } => self.status.emit("dropped", partition.into()),
                 Event::SchemaChanged { version } => {
                     self.status.has_schema.set(true);
+                    let f = self.replica.borrow().schema().map(doc_of);
+                    if let Some(f) = f {
+                        self.replica.borrow_mut().store_mut().set_doc_of(f);
+                    }
                     self.status.emit("schema", version.into());
                 }
                 Event::ServerError { code, message } => {

@@ -14,7 +14,7 @@
 //! Byte format (docs/STORAGE.md, "The key filter"): the meta record
 //! `FF "filter"` → `01` (format) · generation count (u8) · per generation: capacity
 //! (u32 BE) · keys inserted (u32 BE); and pages `FF "filter/"` · generation (u8) · page
-//! (u32 BE) → 1,024 bytes (16 blocks). A page never written is all zeros. The hash is
+//! (u32 BE) → 4,096 bytes (64 blocks). A page never written is all zeros. The hash is
 //! part of the format: changing it is a new format.
 
 use std::collections::BTreeSet;
@@ -29,7 +29,7 @@ const BITS_PER_KEY: u64 = 10;
 const BITS_SET: u32 = 7;
 const BLOCK_BYTES: usize = 64;
 const BLOCK_BITS: u32 = (BLOCK_BYTES * 8) as u32;
-const PAGE_BYTES: usize = 1024;
+const PAGE_BYTES: usize = 4096;
 const BLOCKS_PER_PAGE: usize = PAGE_BYTES / BLOCK_BYTES;
 /// Keys the first generation is sized for.
 pub const FIRST_CAPACITY: u32 = 1 << 16;
