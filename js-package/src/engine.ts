@@ -79,9 +79,34 @@ interface Waiting {
   reject: (e: unknown) => void;
 }
 
-/** A worker whose database was closed, kept for the next open in this page: its
- * WebAssembly is compiled and warmed up already. */
+/** A worker whose database was closed (or started ahead), kept for the next open in
+ * this page: its WebAssembly is compiled (and warm, if it ran before). */
 let idle: Worker | null = null;
+/** The idle worker failed (it could not load, say): it is not reused. */
+let idleFailed = false;
+
+/** Starts the engine's worker and its WebAssembly's compilation ahead of `open`. */
+export function prestart(wasm?: WasmSource): void {
+  if (idle) return;
+  try {
+    const w = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+    idle = w;
+    idleFailed = false;
+    w.onerror = () => {
+      if (idle === w) idleFailed = true;
+    };
+    void toTransferable(wasm).then((src) => w.postMessage({ id: 0, m: "init", a: [src] }));
+  } catch {
+    idle = null;
+  }
+}
+
+/** The engine's source as the worker can take it. */
+async function toTransferable(wasm: unknown): Promise<unknown> {
+  if (typeof Response !== "undefined" && wasm instanceof Response) return wasm.arrayBuffer();
+  if (wasm instanceof URL) return wasm.href;
+  return wasm;
+}
 
 /** The engine in a dedicated worker (worker.ts). */
 export class WorkerEngine implements LeaderEngine {
@@ -112,13 +137,15 @@ export class WorkerEngine implements LeaderEngine {
   /** Starts the worker and opens the database in it; rejects if the worker cannot
    * start (the caller then runs the engine on the page). */
   static async open(p: OpenParams): Promise<WorkerEngine> {
+    if (idle && idleFailed) {
+      idle.terminate();
+      idle = null;
+    }
     const worker = idle ?? new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
     idle = null;
     const engine = new WorkerEngine(worker);
     engine.provider = p.provider;
-    let wasm: unknown = p.wasm;
-    if (typeof Response !== "undefined" && wasm instanceof Response) wasm = await wasm.arrayBuffer();
-    if (wasm instanceof URL) wasm = wasm.href;
+    const wasm = await toTransferable(p.wasm);
     try {
       engine.statusNow = await engine.ask("open", [
         wasm,
@@ -294,6 +321,7 @@ export class WorkerEngine implements LeaderEngine {
         this.worker.onmessage = null;
         this.worker.onerror = null;
         idle = this.worker;
+        idleFailed = false;
       } else {
         this.worker.terminate();
       }

@@ -2,8 +2,7 @@
 // from IndexedDB with no network; writes apply at once, wait durably in an outbox and
 // sync through a Warren server, which puts them in one global order.
 
-import init, { Warren as Engine } from "../wasm/warren_web.js";
-import { LeaderEngine, OpenParams, openHere, WorkerEngine } from "./engine.js";
+import { LeaderEngine, OpenParams, openHere, prestart, WorkerEngine } from "./engine.js";
 import { errorFor, wrap, WarrenError } from "./errors.js";
 import { collections, Collections, Query, sourceOf, Value } from "./query.js";
 import { Applied, EngineApi, Tabs } from "./tabs.js";
@@ -195,12 +194,18 @@ export class LiveQuery<R> implements Readable<R | undefined> {
 
 let ready: Promise<unknown> | null = null;
 
-/** Loads the engine (once per page). `open` calls it; call it yourself to load early. */
+/** The engine's JavaScript glue, loaded on the page only when the engine runs here. */
+const glue = () => import("../wasm/warren_web.js");
+
+/** Loads the engine on this page (once per page): what `open` does when it runs the
+ * engine here rather than in a worker. */
 export function load(wasm?: WasmSource): Promise<unknown> {
-  ready ??= init(wasm === undefined ? undefined : { module_or_path: wasm }).catch((e: unknown) => {
-    ready = null;
-    throw errorFor("STORAGE_ERROR", `could not load Warren's WebAssembly: ${String(e)}`);
-  });
+  ready ??= glue()
+    .then((m) => m.default(wasm === undefined ? undefined : { module_or_path: wasm }))
+    .catch((e: unknown) => {
+      ready = null;
+      throw errorFor("STORAGE_ERROR", `could not load Warren's WebAssembly: ${String(e)}`);
+    });
   return ready;
 }
 
@@ -241,6 +246,8 @@ export async function open<S = Record<string, Record<string, Value>>>(
 ): Promise<Database<S>> {
   if (typeof indexedDB === "undefined")
     throw errorFor("STORAGE_ERROR", "IndexedDB is not available here: Warren runs in a browser");
+  // The engine's worker starts now and compiles the engine while the token comes.
+  if (options.worker !== false && typeof Worker !== "undefined") prestart(options.wasm);
   const provider = typeof options.token === "function" ? options.token : null;
   const token = provider ? await provider() : (options.token as string);
   const auth = claimsOf(token);
@@ -306,7 +313,7 @@ async function startEngine(options: OpenOptions, p: OpenParams): Promise<LeaderE
     }
   }
   await load(options.wasm);
-  return openHere(Engine, p);
+  return openHere((await glue()).Warren, p);
 }
 
 /** Arguments as JSON text; values JSON cannot hold (NaN, Infinity, BigInt, cycles)
@@ -347,7 +354,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
   private statusRuns = new Set<(s: Status) => void>();
   private statusNow: Status;
   private closed = false;
-  private onHide: (() => void) | null = null;
+  private onHide: ((e: Event) => void) | null = null;
 
   private engine: EngineApi;
 
@@ -375,8 +382,8 @@ export class Database<S = Record<string, Record<string, Value>>> {
     // A page going away (or hidden, after which a phone may kill it) writes what the
     // server confirmed and is not yet on disk.
     if (typeof addEventListener === "function" && typeof document !== "undefined") {
-      const hide = () => {
-        if (document.visibilityState === "hidden") void this.flush().catch(() => {});
+      const hide = (e: Event) => {
+        if (e.type === "pagehide" || document.visibilityState === "hidden") void this.flush().catch(() => {});
       };
       this.onHide = hide;
       addEventListener("pagehide", hide);

@@ -22,7 +22,11 @@ const scope = self as unknown as {
   onmessage: ((e: MessageEvent) => void) | null;
 };
 let engine: Warren | null = null;
-let initialized = false;
+/** The engine compiled and instantiated, once per worker (started by `init`, ahead of
+ * `open`, or by the first `open`). */
+let initialized: Promise<unknown> | null = null;
+const initOnce = (wasm: unknown) =>
+  (initialized ??= init(wasm === undefined ? undefined : { module_or_path: wasm as never }));
 const tokenWaits = new Map<number, (token: string | undefined) => void>();
 let nextToken = 1;
 
@@ -47,15 +51,17 @@ scope.onmessage = async (e: MessageEvent) => {
   }
   const { id, m, a } = msg;
   try {
+    if (m === "init") {
+      await initOnce(a[0]);
+      return;
+    }
     if (m === "open") {
       const [wasm, name, clientId, url, token, schema, auth, options, provider, offline] = a as [
         unknown, string, string, string, string, string | undefined, unknown, unknown, boolean, boolean,
       ];
-      // Once per worker (a worker kept from a closed database has it already).
-      if (!initialized) {
-        await init(wasm === undefined ? undefined : { module_or_path: wasm as never });
-        initialized = true;
-      }
+      // Once per worker (a worker started ahead or kept from a closed database has
+      // it already).
+      await initOnce(wasm);
       const w = await Warren.open(name, clientId, url, token, schema, auth, options);
       w.setJson(true);
       // Events go to the page in batches: one message for everything a step of the
