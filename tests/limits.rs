@@ -106,13 +106,15 @@ async fn counter(server: &TestServer, sub: &str, id: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_rates_are_per_identity_and_shared_by_its_connections() {
     // 10 commits at once, then one a second: slow enough that the test's own timing
-    // cannot refill a bucket by more than a commit or two.
+    // cannot refill a bucket by more than a commit or two. A request waits half a
+    // second at most for its budget.
     let server = start(
         "rate-commits",
         GatewayLimits {
             max_commits_per_push: 10,
             commits_per_sec: 1,
             commit_burst: 10,
+            max_wait: Duration::from_millis(500),
             ..GatewayLimits::default()
         },
     )
@@ -124,8 +126,8 @@ async fn commit_rates_are_per_identity_and_shared_by_its_connections() {
         .await;
     assert_eq!(committed(&frames), (1..=6).collect::<Vec<_>>());
 
-    // A second connection of ann draws on the same budget: 6 more do not fit, and
-    // none of them is applied.
+    // A second connection of ann draws on the same budget: 6 more would wait longer
+    // than it may, and none of them is applied.
     let mut b = connect(&server, "ann-2", "ann").await;
     b.send(&bumps("m", 1..=6)).await.unwrap();
     assert_eq!(error_of(&mut b).await, codes::RATE_LIMITED);
@@ -182,6 +184,7 @@ async fn frame_rates_are_limited_per_identity() {
         GatewayLimits {
             frames_per_sec: 1,
             frame_burst: 6,
+            max_wait: Duration::from_millis(200),
             ..GatewayLimits::default()
         },
     )
@@ -207,6 +210,203 @@ async fn frame_rates_are_limited_per_identity() {
         bob.recv(WAIT).await,
         Some(ServerFrame::Pong { nonce: 1 })
     ));
+}
+
+/// One client writing one commit at a time, each awaited, faster than its identity's
+/// frame and commit rates: it is slowed to them, never cut off, and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_over_its_rates_is_slowed_not_cut_off() {
+    let server = start(
+        "rate-slowed",
+        GatewayLimits {
+            max_commits_per_push: 5,
+            commits_per_sec: 40,
+            commit_burst: 5,
+            frames_per_sec: 40,
+            frame_burst: 5,
+            ..GatewayLimits::default()
+        },
+    )
+    .await;
+    let mut a = connect(&server, "ann-1", "ann").await;
+    let t = std::time::Instant::now();
+    for seq in 1..=60 {
+        a.send(&bumps("n", seq..=seq)).await.unwrap();
+        let frames = a
+            .recv_until(WAIT, |f| {
+                matches!(f, ServerFrame::Outcome { seq: s, .. } if *s == seq)
+                    || matches!(f, ServerFrame::Error { .. })
+            })
+            .await;
+        assert_eq!(committed(&frames), vec![seq], "{frames:?}");
+    }
+    // 60 frames and commits at 40 a second after the first 5: at least 1.3 s.
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(1300), "not slowed: {took:?}");
+    assert_eq!(counter(&server, "ann", "n").await, Value::Int(60));
+    let m = server.running.as_ref().unwrap().metrics.render();
+    assert!(!m.contains("warren_rate_limited_total{"), "{m}");
+}
+
+/// Cost, not count: mallory's commits each burn their whole fuel budget; her commits
+/// wait for her region-time budget in her own session, and bob's commit, sent after
+/// her push, is not queued behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expensive_identity_waits_and_the_others_do_not() {
+    let mut c = config(temp_dir("rate-cost"), hs256());
+    c.schema.push_str(
+        "\nfunction burn() { range(200).map(i => range(5000).reduce((a, x) => a + x, 0)) }\n",
+    );
+    c.limits.fuel = 200_000;
+    c.gateway = GatewayLimits {
+        cost_ms_per_sec: 40,
+        cost_burst_ms: 20,
+        ..GatewayLimits::default()
+    };
+    let server = TestServer::start_with(c).await;
+    let mut m = connect(&server, "mallory-1", "mallory").await;
+    let burns = ClientFrame::Push {
+        commits: (1..=20)
+            .map(|seq| ClientCommit {
+                seq,
+                schema_version: String::new(),
+                op: Op::Call {
+                    function: "burn".into(),
+                    args: Value::Null,
+                },
+            })
+            .collect(),
+    };
+    m.send(&burns).await.unwrap();
+    // Her first commits run (the burst), the rest wait.
+    let frames = m
+        .recv_until(WAIT, |f| matches!(f, ServerFrame::Outcome { seq: 1, .. }))
+        .await;
+    assert!(
+        matches!(
+            frames.last(),
+            Some(ServerFrame::Outcome { result: CommitResult::Rejected { code, .. }, .. }) if code == "FUEL_EXHAUSTED"
+        ),
+        "{frames:?}"
+    );
+    let t = std::time::Instant::now();
+    let mut bob = connect(&server, "bob-1", "bob").await;
+    bob.send(&bumps("b", 1..=1)).await.unwrap();
+    let frames = bob
+        .recv_until(WAIT, |f| matches!(f, ServerFrame::Outcome { seq: 1, .. }))
+        .await;
+    let bob_at = match frames.last() {
+        Some(ServerFrame::Outcome {
+            result: CommitResult::Committed { position, .. },
+            ..
+        }) => *position,
+        other => panic!("{other:?}"),
+    };
+    let bob_took = t.elapsed();
+    // mallory's 20 commits would hold the region for seconds; bob's ran after a few
+    // of them at most.
+    assert!(
+        bob_at <= 10,
+        "bob's commit came after {} of mallory's",
+        bob_at - 1
+    );
+    assert!(bob_took < Duration::from_secs(2), "bob waited {bob_took:?}");
+    let (debt, in_flight) = server
+        .running
+        .as_ref()
+        .unwrap()
+        .identities()
+        .cost_of("mallory");
+    assert!(in_flight <= 8);
+    // She is slowed, not cut off: her connection is still open, her commits go on.
+    let frames = m
+        .recv_until(WAIT, |f| matches!(f, ServerFrame::Outcome { seq: 8, .. }))
+        .await;
+    assert!(!frames
+        .iter()
+        .any(|f| matches!(f, ServerFrame::Error { .. })));
+    println!("mallory's cost bucket when bob committed: {debt:.0} µs, {in_flight} in flight; bob at position {bob_at} after {bob_took:?}");
+}
+
+/// Quotas per identity, over the wire: the commit that would create a third
+/// partition is rejected with `IDENTITY_QUOTA_EXCEEDED`, the connection stays, another
+/// identity is not affected, and a restart (replaying nothing, counts from the store)
+/// keeps deciding the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_reject_with_a_stable_code_and_survive_a_restart() {
+    let mut c = config(temp_dir("quotas"), hs256());
+    c.limits.quotas = warren_core::quota::Quotas {
+        partitions: 2,
+        documents: 5,
+        bytes: 0,
+    };
+    let mut server = TestServer::start_with(c).await;
+    let todo = |seq: u64, owner: &str, id: &str| {
+        ClientCommit {
+        seq,
+        schema_version: String::new(),
+        op: Op::Run {
+            source: format!(
+                "Todo.create({{ id: \"{id}\", owner: \"{owner}\", title: \"t\", done: false, created: 1 }})"
+            ),
+        },
+    }
+    };
+    let team = |seq: u64, id: &str, member: &str| ClientCommit {
+        seq,
+        schema_version: String::new(),
+        op: Op::Run {
+            source: format!("Team.create({{ id: \"{id}\", members: [\"{member}\"] }})"),
+        },
+    };
+    let mut a = connect(&server, "ann-1", "ann").await;
+    a.send(&ClientFrame::Push {
+        commits: vec![
+            todo(1, "ann", "a1"),
+            team(2, "t1", "ann"),
+            team(3, "t2", "ann"),
+            todo(4, "ann", "a2"),
+        ],
+    })
+    .await
+    .unwrap();
+    let frames = a
+        .recv_until(WAIT, |f| matches!(f, ServerFrame::Outcome { seq: 4, .. }))
+        .await;
+    assert_eq!(committed(&frames), vec![1, 2, 4]);
+    let rejected = frames.iter().find_map(|f| match f {
+        ServerFrame::Outcome {
+            seq: 3,
+            result: CommitResult::Rejected { code, message },
+        } => Some((code.clone(), message.clone())),
+        _ => None,
+    });
+    let (code, message) = rejected.expect("seq 3 rejected");
+    assert_eq!(code, "IDENTITY_QUOTA_EXCEEDED", "{message}");
+    assert!(message.contains("partitions"), "{message}");
+    // bob has his own counts.
+    let mut b = connect(&server, "bob-1", "bob").await;
+    b.send(&ClientFrame::Push {
+        commits: vec![team(1, "b1", "bob"), team(2, "b2", "bob")],
+    })
+    .await
+    .unwrap();
+    let frames = b
+        .recv_until(WAIT, |f| matches!(f, ServerFrame::Outcome { seq: 2, .. }))
+        .await;
+    assert_eq!(committed(&frames), vec![1, 2]);
+    drop((a, b));
+    server.restart().await;
+    let mut a = connect(&server, "ann-1", "ann").await;
+    a.send(&ClientFrame::Push {
+        commits: vec![team(5, "t3", "ann"), todo(6, "ann", "a3")],
+    })
+    .await
+    .unwrap();
+    let frames = a
+        .recv_until(WAIT, |f| matches!(f, ServerFrame::Outcome { seq: 6, .. }))
+        .await;
+    assert_eq!(committed(&frames), vec![6], "{frames:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -759,3 +759,70 @@ async fn ids_made_offline_are_the_ids_the_server_makes() {
     assert_eq!(docs[0]["id"], id_text.as_str(), "the server's id");
     assert_eq!(docs[0]["data"]["done"], true);
 }
+
+/// A partition larger than a connection's queue: its snapshot goes out in parts
+/// (`SnapshotPart`s, then the `Snapshot`), each about a quarter of the queue's bytes,
+/// read one at a time; the client replaces the partition with all of them at once. A
+/// member added to the team while connected gets it the same way (the snapshot the
+/// fan-out owes, read after the batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_partition_arrives_in_parts() {
+    let mut config = warren_e2e::config(temp_dir("parts"), hs256());
+    // A queue of 64 KiB: parts of 16 KiB.
+    config.gateway.conn_queue_bytes = 64 << 10;
+    let server = TestServer::start_with(config).await;
+    // ann's team board with 60 tasks of 4 KB: about 240 KB.
+    let ann = server.client("ann", "ann-1");
+    ann.run(r#"Team.create({ id: "big", members: ["ann"] })"#)
+        .unwrap();
+    for i in 0..6 {
+        ann.run(&format!(
+            r#"range(10).map(i => Task.create({{ id: "t{i}-" + toString(i), team: "big", title: "{}" }}))"#,
+            "x".repeat(4000)
+        ))
+        .unwrap();
+    }
+    assert!(ann.wait_synced(WAIT).await);
+    // A new client of ann's: its welcome.
+    let ann2 = server.client("ann", "ann-2");
+    assert!(
+        ann2.wait_until(WAIT, |r| r.query("Task.all().count()").unwrap()
+            == Value::Int(60))
+            .await
+    );
+    let parts = |frames: &[ServerFrame]| -> Vec<usize> {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                ServerFrame::SnapshotPart {
+                    partition, docs, ..
+                }
+                | ServerFrame::Snapshot {
+                    partition, docs, ..
+                } if partition == "team:big" => Some(docs.len()),
+                _ => None,
+            })
+            .collect()
+    };
+    let seen = parts(&ann2.received());
+    assert!(seen.len() >= 10, "{seen:?}");
+    assert_eq!(seen.iter().sum::<usize>(), 61, "{seen:?}");
+    // No part holds much more than 16 KiB of documents (at most one over).
+    assert!(seen.iter().all(|n| *n <= 5), "{seen:?}");
+    // bob joins the team while connected: the snapshot the fan-out owes comes in
+    // parts too.
+    let bob = server.client("bob", "bob-1");
+    assert!(bob.wait_until(WAIT, |r| r.schema().is_some()).await);
+    ann.run(r#"Team.byId("big").update({ members: ["ann", "bob"] })"#)
+        .unwrap();
+    assert!(
+        bob.wait_until(WAIT, |r| r.query("Task.all().count()").unwrap()
+            == Value::Int(60))
+            .await
+    );
+    let seen = parts(&bob.received());
+    assert!(seen.len() >= 10, "{seen:?}");
+    assert_eq!(seen.iter().sum::<usize>(), 61);
+    let m = server.running.as_ref().unwrap().metrics.render();
+    assert!(m.contains("warren_snapshot_frames_total"), "{m}");
+}

@@ -24,6 +24,10 @@ export const PROGRAM_CODES = [
   "UNIQUE_VIOLATION",
   "PARTITION_CHANGE",
   "READ_ONLY",
+  "MEMORY_EXHAUSTED",
+  "HIDDEN_WORK_EXHAUSTED",
+  "INTERNAL_ERROR",
+  "IDENTITY_QUOTA_EXCEEDED",
 ] as const;
 
 /** Codes of local storage (IndexedDB). */

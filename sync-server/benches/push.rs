@@ -172,6 +172,9 @@ impl Server {
             // per second on purpose.
             .env("WARREN_COMMITS_PER_SEC", "0")
             .env("WARREN_FRAMES_PER_SEC", "0")
+            // Likewise the region-time budget and its commits in flight (8 by default:
+            // the pipelined shape keeps 32).
+            .env("WARREN_COST_MS_PER_SEC", "0")
             .stdin(Stdio::null())
             .spawn()
             .expect("start warren serve");
@@ -361,7 +364,9 @@ impl Conn {
                     return;
                 }
                 // The first write to its partition makes it readable: a snapshot.
-                ServerFrame::Effects { .. } | ServerFrame::Snapshot { .. } => {}
+                ServerFrame::Effects { .. }
+                | ServerFrame::Snapshot { .. }
+                | ServerFrame::SnapshotPart { .. } => {}
                 f => panic!("unexpected frame {f:?}"),
             }
         }
@@ -445,7 +450,9 @@ async fn pipelined(mut c: Conn, w: Window, window: usize) -> (Conn, Tally) {
                             t.latencies.push((done - sent).as_micros() as u32);
                         }
                     }
-                    ServerFrame::Effects { .. } | ServerFrame::Snapshot { .. } => {}
+                    ServerFrame::Effects { .. }
+                    | ServerFrame::Snapshot { .. }
+                    | ServerFrame::SnapshotPart { .. } => {}
                     f => panic!("unexpected frame {f:?}"),
                 },
                 Some(Ok(_)) => {}
@@ -479,7 +486,7 @@ async fn check(url: &str, conns: &[Conn]) {
         let (_, _, frames) = connect(url, i, &format!("check-{i}")).await;
         let mut seen = vec![None; c.bumps.len()];
         for f in frames {
-            if let ServerFrame::Snapshot { docs, .. } = f {
+            if let ServerFrame::Snapshot { docs, .. } | ServerFrame::SnapshotPart { docs, .. } = f {
                 for d in docs {
                     let k: usize = d.id.rsplit_once("-c").unwrap().1.parse().unwrap();
                     assert_eq!(d.data.get("owner"), &Value::String(user(i)));

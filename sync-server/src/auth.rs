@@ -438,51 +438,46 @@ fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
     Ok(KeySet { keys })
 }
 
-/// One JWK: `Ok(Some)` if usable, `Ok(None)` if not meant for us (encryption keys,
-/// other algorithms, symmetric keys), `Err` if meant for us but broken.
+/// One JWK, read with `jsonwebtoken::jwk`: `Ok(Some)` if usable, `Ok(None)` if not meant
+/// for us (encryption keys, other algorithms, symmetric keys, other key types), `Err` if
+/// meant for us but broken. The policy (which keys verify what, minimum sizes) is
+/// this server's; the library reads the fields.
 fn parse_jwk(jwk: &serde_json::Value) -> Result<Option<JwksKey>, String> {
-    let obj = jwk.as_object().ok_or("not a JSON object")?;
-    let text = |name: &str| -> Result<Option<&str>, String> {
-        match obj.get(name) {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(serde_json::Value::String(s)) => Ok(Some(s.as_str())),
-            Some(_) => Err(format!("{name} is not a string")),
-        }
-    };
-    if let Some(u) = text("use")? {
-        if u != "sig" {
-            return Ok(None);
-        }
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
+    // Only RSA and EC keys can be ours; others are skipped without a word, even when
+    // the library does not know their type.
+    match jwk.get("kty").and_then(|k| k.as_str()) {
+        Some("RSA" | "EC") => {}
+        Some(_) => return Ok(None),
+        None if jwk.is_object() => return Err("no kty".into()),
+        None => return Err("not a JSON object".into()),
     }
-    if let Some(ops) = obj.get("key_ops").and_then(|o| o.as_array()) {
-        if !ops.iter().any(|o| o.as_str() == Some("verify")) {
-            return Ok(None);
-        }
+    let jwk: Jwk = serde_json::from_value(jwk.clone()).map_err(|e| format!("not a JWK: {e}"))?;
+    let common = &jwk.common;
+    if common
+        .public_key_use
+        .as_ref()
+        .is_some_and(|u| *u != PublicKeyUse::Signature)
+    {
+        return Ok(None);
     }
-    let kid = text("kid")?.map(str::to_owned);
-    let kty = match text("kty")?.ok_or("no kty")? {
-        "RSA" => KeyType::Rsa,
-        "EC" => match text("crv")? {
-            Some("P-256") => KeyType::EcP256,
-            _ => return Ok(None),
-        },
-        _ => return Ok(None),
-    };
-    if let Some(alg) = text("alg")? {
-        if alg != format!("{:?}", kty.alg()) {
-            return Ok(None);
-        }
+    if common
+        .key_operations
+        .as_ref()
+        .is_some_and(|ops| !ops.contains(&KeyOperations::Verify))
+    {
+        return Ok(None);
     }
-    let part = |name: &str| -> Result<Vec<u8>, String> {
-        let s = text(name)?.ok_or_else(|| format!("no {name}"))?;
+    let kid = common.key_id.clone();
+    let part = |name: &str, s: &str| -> Result<Vec<u8>, String> {
         B64URL_LENIENT
             .decode(s)
             .map_err(|e| format!("{name} is not base64url: {e}"))
     };
-    let key = match kty {
-        KeyType::Rsa => {
-            let n = part("n")?;
-            let e = part("e")?;
+    let (kty, key) = match &jwk.algorithm {
+        AlgorithmParameters::RSA(rsa) => {
+            let n = part("n", &rsa.n)?;
+            let e = part("e", &rsa.e)?;
             let n_bits = significant_bits(&n);
             if n_bits < MIN_RSA_BITS {
                 return Err(format!(
@@ -492,11 +487,14 @@ fn parse_jwk(jwk: &serde_json::Value) -> Result<Option<JwksKey>, String> {
             if significant_bits(&e) == 0 {
                 return Err("RSA exponent is zero".into());
             }
-            DecodingKey::from_rsa_raw_components(&n, &e)
+            (KeyType::Rsa, DecodingKey::from_rsa_raw_components(&n, &e))
         }
-        KeyType::EcP256 => {
-            let x = part("x")?;
-            let y = part("y")?;
+        AlgorithmParameters::EllipticCurve(ec) => {
+            if ec.curve != EllipticCurve::P256 {
+                return Ok(None);
+            }
+            let x = part("x", &ec.x)?;
+            let y = part("y", &ec.y)?;
             if x.len() != 32 || y.len() != 32 {
                 return Err("P-256 coordinates must be 32 bytes each".into());
             }
@@ -504,9 +502,15 @@ fn parse_jwk(jwk: &serde_json::Value) -> Result<Option<JwksKey>, String> {
             point.push(0x04);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            DecodingKey::from_ec_der(&point)
+            (KeyType::EcP256, DecodingKey::from_ec_der(&point))
         }
+        _ => return Ok(None),
     };
+    if let Some(alg) = common.key_algorithm {
+        if alg.to_string() != format!("{:?}", kty.alg()) {
+            return Ok(None);
+        }
+    }
     // Build a verifier once, so a key that cannot verify anything (a point off the
     // curve) is reported now rather than on every token.
     if let Err(e) = jsonwebtoken::crypto::verify("AA", b"probe", &key, kty.alg()) {

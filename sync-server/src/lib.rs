@@ -12,6 +12,8 @@
 //! - [`gateway`]: axum routes, limits and token checks; [`gateway::ws`] runs WebSocket
 //!   sync sessions, [`gateway::http`] answers HTTP push and pull.
 //! - [`server`]: puts the parts together; start and graceful stop.
+//! - [`conns`]: the accept loop: a cap on open TCP connections with a reserve for
+//!   authenticated ones, header-read and idle timeouts.
 //! - [`limits`]: per-identity limits: connections, commit and frame rates.
 //! - [`queue`]: a connection's outgoing frames, bounded in frames and bytes.
 //! - [`metrics`]: Prometheus counters and histograms.
@@ -21,6 +23,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod conns;
 pub mod gateway;
 pub mod limits;
 pub mod log;

@@ -12,8 +12,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use warren_core::eval::Limits;
+use warren_core::quota::Quotas;
 use warren_core::Schema;
 use warren_server::auth::{self, AuthConfig, JwksSource};
+use warren_server::conns::ConnLimits;
 use warren_server::gateway::GatewayLimits;
 use warren_server::sequencer::SequencerOptions;
 use warren_server::server::{self, Config};
@@ -32,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: gateway, sequencer, durable log and region executor.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check a schema file: parse it, compile it, and print its version.
     Check {
         /// The schema file.
@@ -99,9 +102,23 @@ struct ServeArgs {
     /// Bytes queued for one connection before it is dropped as too slow.
     #[arg(long, env = "WARREN_CONN_QUEUE_BYTES", default_value_t = 8 << 20)]
     conn_queue_bytes: usize,
-    /// Seconds a new connection has to send Hello.
-    #[arg(long, env = "WARREN_HELLO_TIMEOUT_SECS", default_value_t = 10)]
+    /// Seconds a new sync connection has to send Hello.
+    #[arg(long, env = "WARREN_HELLO_TIMEOUT_SECS", default_value_t = 5)]
     hello_timeout_secs: u64,
+    /// Sync connections waiting for their Hello at once; a newer one closes the oldest.
+    #[arg(long, env = "WARREN_MAX_PENDING_HELLOS", default_value_t = 256)]
+    max_pending_hellos: usize,
+    /// Open TCP connections, all together (0: the open-file limit less 256).
+    #[arg(long, env = "WARREN_MAX_TCP_CONNECTIONS", default_value_t = 0)]
+    max_tcp_connections: usize,
+    /// Of those, places only connections whose token verified may take (0: half);
+    /// when the rest are taken, a new connection closes the oldest not logged in.
+    #[arg(long, env = "WARREN_RESERVED_TCP_CONNECTIONS", default_value_t = 0)]
+    reserved_tcp_connections: usize,
+    /// Seconds a request's headers (or body) may take to arrive, and a kept-alive
+    /// HTTP connection may wait for its next request.
+    #[arg(long, env = "WARREN_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    header_timeout_secs: u64,
     /// Seconds writing one frame may take before the connection is dropped.
     #[arg(long, env = "WARREN_WRITE_TIMEOUT_SECS", default_value_t = 30)]
     write_timeout_secs: u64,
@@ -128,6 +145,32 @@ struct ServeArgs {
     /// Frames and HTTP requests one identity may send at once.
     #[arg(long, env = "WARREN_FRAME_BURST", default_value_t = 1000)]
     frame_burst: u32,
+    /// Milliseconds of the region's time one identity's commits may use per second (0:
+    /// no limit); over it, its commits wait.
+    #[arg(long, env = "WARREN_COST_MS_PER_SEC", default_value_t = 10)]
+    cost_ms_per_sec: u32,
+    /// Milliseconds of the region's time one identity's commits may use at once.
+    #[arg(long, env = "WARREN_COST_BURST_MS", default_value_t = 250)]
+    cost_burst_ms: u32,
+    /// Commits of one identity let through to the sequencer and not yet run.
+    #[arg(long, env = "WARREN_MAX_IN_FLIGHT", default_value_t = 8)]
+    max_in_flight: u32,
+    /// Seconds of clock leeway for tokens' `exp` and `nbf` (an open connection ends at
+    /// `exp` plus this).
+    #[arg(long, env = "WARREN_TOKEN_LEEWAY_SECS", default_value_t = 60)]
+    token_leeway_secs: u64,
+    /// Seconds a request waits for its identity's budget before RATE_LIMITED.
+    #[arg(long, env = "WARREN_MAX_WAIT_SECS", default_value_t = 30)]
+    max_wait_secs: u64,
+    /// Documents one identity may keep (those it created and that exist; 0: no limit).
+    #[arg(long, env = "WARREN_QUOTA_DOCUMENTS", default_value_t = 100_000)]
+    quota_documents: u64,
+    /// Bytes of documents one identity may keep (0: no limit).
+    #[arg(long, env = "WARREN_QUOTA_BYTES", default_value_t = 64 << 20)]
+    quota_bytes: u64,
+    /// Partitions one identity may have created that hold documents (0: no limit).
+    #[arg(long, env = "WARREN_QUOTA_PARTITIONS", default_value_t = 1_000)]
+    quota_partitions: u64,
     /// Log format: `text` (for people) or `json` (one object per line). Logs go to
     /// stderr; WARREN_LOG sets the level (e.g. `info`, `warren_server=debug`).
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -170,7 +213,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { schema, json } => check(&schema, json),
         Command::Token(t) => token(t),
-        Command::Serve(s) => serve(s),
+        Command::Serve(s) => serve(*s),
     }
 }
 
@@ -356,13 +399,20 @@ fn serve(s: ServeArgs) -> ExitCode {
             jwks,
             issuer: s.secret.issuer.clone(),
             audience: s.secret.audience.clone(),
-            ..AuthConfig::default()
+            leeway_secs: s.token_leeway_secs,
         },
         sequencer: SequencerOptions {
             max_batch: s.max_batch.max(1),
             linger: Duration::from_micros(s.batch_linger_us),
         },
-        limits: Default::default(),
+        limits: Limits {
+            quotas: Quotas {
+                documents: s.quota_documents,
+                bytes: s.quota_bytes,
+                partitions: s.quota_partitions,
+            },
+            ..Limits::default()
+        },
         gateway: GatewayLimits {
             max_frame_bytes: s.max_frame_bytes,
             max_commits_per_push: s.max_commits_per_push,
@@ -376,6 +426,16 @@ fn serve(s: ServeArgs) -> ExitCode {
             commit_burst: s.commit_burst,
             frames_per_sec: s.frames_per_sec,
             frame_burst: s.frame_burst,
+            cost_ms_per_sec: s.cost_ms_per_sec,
+            cost_burst_ms: s.cost_burst_ms,
+            max_in_flight: s.max_in_flight,
+            max_wait: Duration::from_secs(s.max_wait_secs),
+            conns: ConnLimits {
+                max: s.max_tcp_connections,
+                reserved: s.reserved_tcp_connections,
+                header_timeout: Duration::from_secs(s.header_timeout_secs.max(1)),
+            },
+            max_pending_hellos: s.max_pending_hellos,
         },
         store_sync_every: s.store_sync_every,
     };

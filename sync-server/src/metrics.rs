@@ -91,6 +91,20 @@ pub struct Metrics {
     pub frames_out: AtomicU64,
     pub protocol_errors: AtomicU64,
     rejections: Mutex<BTreeMap<String, u64>>,
+    /// Open TCP connections, not logged in yet and logged in (`crate::conns`).
+    pub tcp_unauthenticated: AtomicU64,
+    pub tcp_authenticated: AtomicU64,
+    /// TCP connections closed to make room (the oldest not logged in), and refused
+    /// (every place taken by logged-in ones).
+    pub tcp_evicted: AtomicU64,
+    pub tcp_refused: AtomicU64,
+    /// Read rules evaluated: for catch-ups (welcomes, pulls) and for the fan-out of
+    /// log entries (what the read-rule index keeps in proportion).
+    pub rules_catch_up: AtomicU64,
+    pub rules_fanout: AtomicU64,
+    /// Snapshot frames written (a snapshot is one or more: `SnapshotPart`s then its
+    /// `Snapshot`).
+    pub snapshot_frames: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -115,6 +129,13 @@ impl Default for Metrics {
             frames_out: Default::default(),
             protocol_errors: Default::default(),
             rejections: Default::default(),
+            tcp_unauthenticated: Default::default(),
+            tcp_authenticated: Default::default(),
+            tcp_evicted: Default::default(),
+            tcp_refused: Default::default(),
+            rules_catch_up: Default::default(),
+            rules_fanout: Default::default(),
+            snapshot_frames: Default::default(),
         }
     }
 }
@@ -172,6 +193,11 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
+    /// One snapshot frame (a part or the last) was written.
+    pub fn snapshot_part(&self) {
+        Metrics::add(&self.snapshot_frames, 1);
+    }
+
     pub fn render(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut s = String::new();
@@ -235,6 +261,42 @@ impl Metrics {
             "counter",
             "Sync connections accepted.",
             format!("warren_connections_total {}", g(&self.connections_total)),
+        );
+        metric(
+            "warren_tcp_connections",
+            "gauge",
+            "Open TCP connections, by whether a token they carried verified.",
+            format!(
+                "warren_tcp_connections{{state=\"unauthenticated\"}} {}\nwarren_tcp_connections{{state=\"authenticated\"}} {}",
+                g(&self.tcp_unauthenticated),
+                g(&self.tcp_authenticated)
+            ),
+        );
+        metric(
+            "warren_tcp_closed_total",
+            "counter",
+            "TCP connections closed by the cap: the oldest unauthenticated to make room (evicted), or new ones when every place is authenticated (refused).",
+            format!(
+                "warren_tcp_closed_total{{reason=\"evicted\"}} {}\nwarren_tcp_closed_total{{reason=\"refused\"}} {}",
+                g(&self.tcp_evicted),
+                g(&self.tcp_refused)
+            ),
+        );
+        metric(
+            "warren_read_rules_total",
+            "counter",
+            "Read rules evaluated, for catch-ups (welcomes and pulls) and for the fan-out of log entries.",
+            format!(
+                "warren_read_rules_total{{for=\"catch_up\"}} {}\nwarren_read_rules_total{{for=\"fanout\"}} {}",
+                g(&self.rules_catch_up),
+                g(&self.rules_fanout)
+            ),
+        );
+        metric(
+            "warren_snapshot_frames_total",
+            "counter",
+            "Snapshot frames written: a snapshot is sent in parts (SnapshotPart) ending with a Snapshot.",
+            format!("warren_snapshot_frames_total {}", g(&self.snapshot_frames)),
         );
         metric(
             "warren_log_position",

@@ -10,8 +10,12 @@
 //!
 //! A frame is counted from when it is queued until the writer has written it to the
 //! socket. A frame larger than `max_bytes` is still accepted when nothing else is
-//! queued (a `Snapshot` of a large partition is one frame), so every connection can
-//! make progress; memory per connection stays below `max_bytes` plus one frame.
+//! queued, so every connection can make progress.
+//!
+//! A snapshot is queued as what to read ([`crate::region::LazySnapshot`]), not as its
+//! documents: the writer reads it from the state it was taken at a part at a time, each
+//! part a frame of about [`part_bytes`], written before the next is read. So memory per
+//! connection stays below `max_bytes` plus one part, however large its partitions.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,6 +24,35 @@ use tokio::sync::{mpsc, Notify};
 
 /// An encoded frame.
 pub type Frame = Arc<Vec<u8>>;
+
+/// What a queue holds: an encoded frame, or a snapshot to read and send in parts.
+pub enum Item {
+    Frame(Frame),
+    Snapshot(Arc<crate::region::LazySnapshot>),
+}
+
+/// What a queued snapshot counts for until its parts are written.
+const SNAPSHOT_ITEM_BYTES: usize = 256;
+
+impl Item {
+    /// The bytes it counts for in the queue.
+    pub fn len(&self) -> usize {
+        match self {
+            Item::Frame(f) => f.len(),
+            Item::Snapshot(_) => SNAPSHOT_ITEM_BYTES,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The size of a snapshot's parts for a queue of `max_bytes`: a quarter of it, between
+/// 4 KiB and 1 MiB.
+pub fn part_bytes(max_bytes: usize) -> usize {
+    (max_bytes / 4).clamp(4 << 10, 1 << 20)
+}
 
 struct Shared {
     bytes: AtomicUsize,
@@ -31,13 +64,13 @@ struct Shared {
 /// The sending side; cheap to clone.
 #[derive(Clone)]
 pub struct FrameTx {
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Item>,
     shared: Arc<Shared>,
 }
 
 /// The receiving side, owned by the connection's writer.
 pub struct FrameRx {
-    rx: mpsc::Receiver<Frame>,
+    rx: mpsc::Receiver<Item>,
     shared: Arc<Shared>,
 }
 
@@ -52,9 +85,11 @@ pub enum SendError {
 }
 
 /// What [`FrameRx::recv`] found.
-#[derive(Debug)]
 pub enum Received {
     Frame(Frame),
+    /// A snapshot to read and write in parts; call [`FrameRx::written`] with
+    /// [`Item::len`] once it is written.
+    Snapshot(Arc<crate::region::LazySnapshot>),
     /// The queue overflowed: write nothing more, end with `TOO_SLOW`.
     Overflowed,
     /// Every sender is gone.
@@ -82,6 +117,11 @@ pub fn channel(max_frames: usize, max_bytes: usize) -> (FrameTx, FrameRx) {
 impl FrameTx {
     /// Queues a frame without waiting.
     pub fn try_send(&self, frame: Frame) -> Result<(), SendError> {
+        self.try_send_item(Item::Frame(frame))
+    }
+
+    /// Queues a frame or a snapshot without waiting.
+    pub fn try_send_item(&self, frame: Item) -> Result<(), SendError> {
         let s = &self.shared;
         if s.overflowed.load(Ordering::Acquire) {
             return Err(SendError::Overflow);
@@ -130,9 +170,27 @@ impl FrameRx {
             biased;
             _ = self.shared.overflow.notified() => Received::Overflowed,
             f = self.rx.recv() => match f {
-                Some(f) => Received::Frame(f),
+                Some(Item::Frame(f)) => Received::Frame(f),
+                Some(Item::Snapshot(l)) => Received::Snapshot(l),
                 None => Received::Closed,
             },
+        }
+    }
+
+    /// The next frame if one is queued now (tests).
+    pub fn recv_now(&mut self) -> Received {
+        if self.shared.overflowed.load(Ordering::Acquire) {
+            return Received::Overflowed;
+        }
+        match self.rx.try_recv() {
+            Ok(f) => {
+                self.written(f.len());
+                match f {
+                    Item::Frame(f) => Received::Frame(f),
+                    Item::Snapshot(l) => Received::Snapshot(l),
+                }
+            }
+            Err(_) => Received::Closed,
         }
     }
 
@@ -182,7 +240,7 @@ mod tests {
                 assert_eq!(f.len(), 500);
                 rx.written(f.len());
             }
-            other => panic!("{other:?}"),
+            _ => panic!("not the frame"),
         }
         assert_eq!(tx.queued_bytes(), 0);
         tx.try_send(frame(500)).unwrap();

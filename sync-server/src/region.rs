@@ -4,20 +4,32 @@
 //! snapshot, the effects after it and a revocation can never race: a connection is
 //! registered, snapshotted and then fed effects all in log order, by the same thread.
 //!
-//! For each log entry it runs the engine (`execute`, then `apply` into an overlay of the
-//! batch), then for each connection the entry can concern (see `Index`):
+//! For each log entry it runs the engine (`exec::commit_batch`: execute, quotas, and the
+//! batch that records the outcome, applied into an overlay of the batch), charges the
+//! time it took to the commit's identity (`crate::limits`), then for each connection
+//! the entry can concern (see `Routes`):
 //! - re-evaluates the read rules whose reads the entry's writes touched (a member
 //!   removed from the team document the rule reads), and evaluates rules for
-//!   (partition, collection) pairs the connection has not seen yet;
-//! - sends `Drop` for partitions it may no longer read, `Snapshot` for those it now may,
-//!   and `Effects` with the entry's writes to partitions it holds;
+//!   (partition, collection) pairs the connection has not seen yet and may read
+//!   (`warren_core::reach`);
+//! - sends `Drop` for partitions it may no longer read and `Effects` with the entry's
+//!   writes to partitions it holds; those it now may read are owed a snapshot;
 //! - sends the entry's `Outcome` to the connection of the client that made it.
 //!
-//! Frames are handed over in bunches (every `FLUSH_EVERY` entries and at the end of a
-//! batch) through a dispatcher task. Batches queued behind each other are applied as
-//! one; their writes stay in an overlay over the store and reach it as one transaction
-//! every `STORE_WRITE_EVERY` batches, and before anything else reads the store.
-//! `docs/BENCHMARKS.md` ("Sync server vs PostgreSQL") measures why.
+//! At the end of the batch, the snapshots owed are queued as what to read
+//! ([`LazySnapshot`]), and what their connections were sent after they became owed
+//! follows them. Frames are handed over in bunches (every `FLUSH_EVERY` entries and at
+//! the end of a batch) through a dispatcher task. Batches queued behind each other are
+//! applied as one; their writes stay in an overlay over the store and reach it as one
+//! transaction every `STORE_WRITE_EVERY` batches, and before anything else reads the
+//! store for long (a catch-up, a snapshot). `docs/BENCHMARKS.md` ("Sync server vs
+//! PostgreSQL") measures why.
+//!
+//! The interface, for what feeds a region (the sequencer; a follower of another
+//! region's log): [`RegionMsg::Batch`] hands it durable entries in log order with the
+//! [`crate::sequencer::Permit`] of the backlog they hold (dropped once applied);
+//! [`RegionMsg::Connect`] / [`RegionMsg::Join`] / [`RegionMsg::Disconnect`] run a
+//! connection's life; [`RegionMsg::Wait`] and [`RegionMsg::View`] serve HTTP.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -30,32 +42,45 @@ use warren_core::eval::Limits;
 use warren_core::exec::{self, Commit, Outcome, Skip, Write};
 use warren_core::protocol::{codes, CommitResult, ServerFrame};
 use warren_core::storage::{Overlay, OverlayWrites, Storage};
-use warren_core::subscription::{kept_result, result_of, welcome, Subscription};
+use warren_core::subscription::{
+    kept_result, result_of, welcome, Out, SnapshotCursor, SnapshotRef, Subscription,
+};
 use warren_core::{Error, Schema, Value};
 
+use crate::limits::Identities;
 use crate::metrics::Metrics;
+use crate::queue::Item;
+use crate::sequencer::Permit;
 use crate::store::{RedbStore, Snapshot};
 
 /// Encoded frames to one connection. Bounded in frames and in bytes: a client that
 /// stops reading is dropped instead of growing the server's memory.
 pub use crate::queue::FrameTx;
 
-/// A connection asking to sync. The region registers it as joining and answers
-/// `ready` with a read view; the session computes the welcome on it off the region
-/// thread and hands it back with [`RegionMsg::Join`].
+/// A connection asking to sync. The region registers it as joining and sends `views`
+/// a read view; the session computes the welcome on it off the region thread and
+/// hands it back with [`RegionMsg::Join`]. If the welcome comes back too late (the
+/// entries applied meanwhile outgrew [`WINDOW_MAX_BYTES`]), the region sends a newer
+/// view to compute it again on (at most [`MAX_CATCH_UP_TRIES`] in all).
 pub struct Connect {
     pub conn: u64,
     pub client_id: String,
     pub auth: Value,
     pub tx: FrameTx,
-    pub ready: oneshot::Sender<ReadView>,
+    pub views: tokio::sync::mpsc::Sender<ReadView>,
 }
+
+/// The committed writes kept for joining connections (see [`Connect`]), in bytes
+/// (their canonical data plus names), at most.
+pub const WINDOW_MAX_BYTES: usize = 64 << 20;
+/// How many read views one connection's welcome may be computed on.
+pub const MAX_CATCH_UP_TRIES: u32 = 3;
 
 /// A consistent read-only view of the region's state at one position, for work done
 /// off the region thread (a connection's catch-up, an HTTP pull): the store as of its
 /// last write, plus the applied writes not written to it yet.
 pub struct ReadView {
-    snapshot: Snapshot,
+    snapshot: Arc<Snapshot>,
     pending: Arc<OverlayWrites>,
     /// The position the view is at.
     pub position: u64,
@@ -72,8 +97,8 @@ impl ReadView {
         auth: &Value,
         cursors: &[(String, u64)],
         outbox_from: u64,
-    ) -> Result<(Vec<ServerFrame>, Subscription), Error> {
-        let state = Overlay::with_writes(&self.snapshot, (*self.pending).clone());
+    ) -> Result<(Vec<Out>, Subscription), Error> {
+        let state = Overlay::with_writes(&*self.snapshot, (*self.pending).clone());
         welcome(
             &state,
             &self.schema,
@@ -87,6 +112,62 @@ impl ReadView {
     }
 }
 
+impl ReadView {
+    /// A snapshot to read later from this view, a part at a time (see
+    /// [`LazySnapshot`]). The region makes such views with no applied writes outside
+    /// the store (`Region::lasting_view`), so nothing is copied; otherwise only the
+    /// writes that can matter to this partition are kept: its membership keys, and the
+    /// documents that are in it.
+    pub fn lazy(&self, snapshot: SnapshotRef) -> LazySnapshot {
+        let member = warren_core::keys::partition_prefix(&snapshot.partition);
+        let mut writes = OverlayWrites::new();
+        for (k, v) in self.pending.iter() {
+            let keep = k.starts_with(&member)
+                || (k.first() == Some(&warren_core::keys::SPACE_DOC)
+                    && v.as_ref().is_some_and(|v| {
+                        warren_core::doc::StoredDoc::decode(v)
+                            .is_ok_and(|d| d.partition == snapshot.partition)
+                    }));
+            if keep {
+                writes.insert(k.clone(), v.clone());
+            }
+        }
+        LazySnapshot {
+            base: self.snapshot.clone(),
+            writes,
+            snapshot,
+        }
+    }
+}
+
+/// A snapshot queued for a connection as what to read, not as its documents: a read
+/// view of the store (a redb read transaction) and the applied writes not in it yet
+/// that concern the partition. The connection's writer reads it a part at a time, so a
+/// large partition never sits whole in memory (`crate::queue`).
+pub struct LazySnapshot {
+    base: Arc<Snapshot>,
+    writes: OverlayWrites,
+    pub snapshot: SnapshotRef,
+}
+
+impl LazySnapshot {
+    /// The next documents from `cursor` on, about `max_bytes` of them.
+    pub fn read_part(
+        &self,
+        cursor: &mut SnapshotCursor,
+        max_bytes: usize,
+    ) -> Result<Vec<warren_core::protocol::SnapshotDoc>, Error> {
+        let state = Overlay::with_writes(&*self.base, self.writes.clone());
+        self.snapshot.read_part(&state, cursor, max_bytes)
+    }
+
+    /// The whole snapshot in one frame (an HTTP pull answers with it).
+    pub fn read(&self) -> Result<ServerFrame, Error> {
+        let state = Overlay::with_writes(&*self.base, self.writes.clone());
+        self.snapshot.read(&state)
+    }
+}
+
 /// A connection whose welcome is being computed: the outcomes of its client's commits
 /// wait here until it joins.
 struct Joining {
@@ -95,17 +176,23 @@ struct Joining {
     /// The position of the read view its welcome is computed on.
     from: u64,
     outcomes: Vec<Frame>,
+    views: tokio::sync::mpsc::Sender<ReadView>,
+    /// Read views sent so far.
+    tries: u32,
 }
 
 pub enum RegionMsg {
-    /// Durable log entries, in order.
-    Batch(Vec<(u64, Commit)>),
+    /// Durable log entries, in order, and what they hold of the sequencer's backlog
+    /// (given back once they are applied).
+    Batch(Vec<(u64, Commit)>, Permit),
     Connect(Connect),
-    /// A joining connection's welcome, computed on the read view at `at`.
+    /// A joining connection's welcome, computed on the read view at `at` (given back:
+    /// the welcome's snapshots are read from it).
     Join {
         conn: u64,
         at: u64,
-        welcome: Result<(Vec<ServerFrame>, Subscription), Error>,
+        welcome: Box<Result<(Vec<Out>, Subscription), Error>>,
+        view: ReadView,
     },
     Disconnect {
         conn: u64,
@@ -125,55 +212,211 @@ pub enum RegionMsg {
 }
 
 /// Which connections an entry's writes can concern, so that an entry visits only
-/// those instead of every connection.
+/// those instead of every connection (and one user's writes to partitions nobody else
+/// may read cost the others nothing).
 ///
-/// Every connection has a read-rule answer for every (partition, collection) written
-/// before: its welcome answers all of them, and the first write to a new pair visits
-/// every connection. So an entry writing only such `known` pairs concerns only the
-/// connections holding a partition it writes (effects) and those whose rules read
-/// documents (revocation). The sets may hold connections that are gone or no longer
-/// hold the partition: they are looked up and skipped.
+/// A connection has a read-rule answer for every *candidate* (partition, collection)
+/// pair that exists (see `warren_core::reach`): its welcome evaluates them, and later
+/// ones are routed to it here. An entry's write to (p, c) concerns:
+/// - the connections holding `p` (effects), and those whose rules read the written
+///   document or scanned its collection (revocation, new access);
+/// - if the pair is new (nothing was written to it before this entry), those for which
+///   it may be a candidate: `p` named exactly, `c` readable everywhere, or a member
+///   index key held by the document the partition names;
+/// - if the document belongs to a member index's source, the connections whose keys it
+///   now holds (a member added: the partition it names may open).
+///
+/// The sets may hold connections that are gone or no longer concerned: they are looked
+/// up and skipped, and each connection checks for itself.
 #[derive(Default)]
-struct Index {
-    known: HashMap<String, HashSet<String>>,
+struct Routes {
     holders: HashMap<String, BTreeSet<u64>>,
-    watchers: BTreeSet<u64>,
+    exact: HashMap<String, BTreeSet<u64>>,
+    everywhere: HashMap<String, BTreeSet<u64>>,
+    /// (member index, encoded key) → connections.
+    members: HashMap<(usize, Vec<u8>), BTreeSet<u64>>,
+    /// Member index → connections with any key on it (for string fields).
+    member_any: HashMap<usize, BTreeSet<u64>>,
+    read_docs: HashMap<(String, String), BTreeSet<u64>>,
+    read_colls: HashMap<String, BTreeSet<u64>>,
+    /// What each connection is routed by now, to take it back.
+    routed: HashMap<u64, Routed>,
+    /// The (partition, collection) pairs written since the region started: a write to
+    /// a pair not in it is treated as the pair's first (after a restart, that sends a
+    /// few connections a write they already know about; they check for themselves).
+    known: HashMap<String, HashSet<String>>,
 }
 
-impl Index {
-    fn known(&self, partition: &str, collection: &str) -> bool {
-        self.known
-            .get(partition)
-            .is_some_and(|cs| cs.contains(collection))
+#[derive(Default)]
+struct Routed {
+    held: BTreeSet<String>,
+    docs: BTreeSet<(String, String)>,
+    colls: BTreeSet<String>,
+}
+
+fn route<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<u64>>, key: K, id: u64) {
+    map.entry(key).or_default().insert(id);
+}
+
+fn unroute<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<u64>>, key: &K, id: u64) {
+    if let Some(ids) = map.get_mut(key) {
+        ids.remove(&id);
+        if ids.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+impl Routes {
+    /// Routes a new connection: what its claims may reach, and what it holds and reads.
+    fn add(&mut self, id: u64, sub: &mut Subscription) {
+        let r = sub.reachable();
+        for ps in r.exact.values() {
+            for p in ps {
+                route(&mut self.exact, p.clone(), id);
+            }
+        }
+        for c in &r.everywhere {
+            route(&mut self.everywhere, c.clone(), id);
+        }
+        for m in &r.members {
+            route(&mut self.members, (m.spec, m.encoded.clone()), id);
+            route(&mut self.member_any, m.spec, id);
+        }
+        sub.take_changed();
+        self.update(id, sub);
     }
 
-    /// Notes what `conn` holds and whether its rules read documents.
-    fn add(&mut self, id: u64, conn: &Conn) {
-        for p in conn.sub.held() {
-            match self.holders.get_mut(p) {
-                Some(ids) => {
-                    ids.insert(id);
-                }
+    /// Routes what the connection holds and reads now, after a change.
+    fn update(&mut self, id: u64, sub: &Subscription) {
+        let old = self.routed.remove(&id).unwrap_or_default();
+        let (docs, colls) = sub.watched_reads();
+        let new = Routed {
+            held: sub.held().clone(),
+            docs,
+            colls,
+        };
+        for p in old.held.difference(&new.held) {
+            unroute(&mut self.holders, p, id);
+        }
+        for p in new.held.difference(&old.held) {
+            route(&mut self.holders, p.clone(), id);
+        }
+        for d in old.docs.difference(&new.docs) {
+            unroute(&mut self.read_docs, d, id);
+        }
+        for d in new.docs.difference(&old.docs) {
+            route(&mut self.read_docs, d.clone(), id);
+        }
+        for c in old.colls.difference(&new.colls) {
+            unroute(&mut self.read_colls, c, id);
+        }
+        for c in new.colls.difference(&old.colls) {
+            route(&mut self.read_colls, c.clone(), id);
+        }
+        self.routed.insert(id, new);
+    }
+
+    fn forget(&mut self, id: u64, sub: &Subscription) {
+        let r = sub.reachable();
+        for ps in r.exact.values() {
+            for p in ps {
+                unroute(&mut self.exact, p, id);
+            }
+        }
+        for c in &r.everywhere {
+            unroute(&mut self.everywhere, c, id);
+        }
+        for m in &r.members {
+            unroute(&mut self.members, &(m.spec, m.encoded.clone()), id);
+            unroute(&mut self.member_any, &m.spec, id);
+        }
+        let old = self.routed.remove(&id).unwrap_or_default();
+        for p in &old.held {
+            unroute(&mut self.holders, p, id);
+        }
+        for d in &old.docs {
+            unroute(&mut self.read_docs, d, id);
+        }
+        for c in &old.colls {
+            unroute(&mut self.read_colls, c, id);
+        }
+    }
+
+    /// The pairs `writes` write for the first time (see `known`), noted as known now.
+    fn first_writes(&mut self, writes: &[Write]) -> BTreeSet<(String, String)> {
+        let mut new = BTreeSet::new();
+        for w in writes {
+            let fresh = match self.known.get_mut(&w.partition) {
+                Some(cs) => !cs.contains(&w.collection) && cs.insert(w.collection.clone()),
                 None => {
-                    self.holders.insert(p.clone(), BTreeSet::from([id]));
+                    self.known
+                        .insert(w.partition.clone(), HashSet::from([w.collection.clone()]));
+                    true
                 }
+            };
+            if fresh {
+                new.insert((w.partition.clone(), w.collection.clone()));
             }
         }
-        if conn.sub.watches_documents() {
-            self.watchers.insert(id);
-        }
+        new
     }
 
-    fn forget(&mut self, id: u64, conn: &Conn) {
-        for p in conn.sub.held() {
-            if let Some(ids) = self.holders.get_mut(p) {
-                ids.remove(&id);
-                if ids.is_empty() {
-                    self.holders.remove(p);
+    /// The connections an entry's `writes` concern (see [`Routes`]); `new_pairs` are
+    /// the written pairs that did not exist before the entry, `state` the state after it.
+    fn visits(
+        &self,
+        state: &dyn Storage,
+        schema: &Schema,
+        writes: &[Write],
+        new_pairs: &BTreeSet<(String, String)>,
+    ) -> Result<BTreeSet<u64>, Error> {
+        let reach = schema.reach();
+        let mut visit = BTreeSet::new();
+        let mut add = |ids: Option<&BTreeSet<u64>>| {
+            if let Some(ids) = ids {
+                visit.extend(ids.iter().copied());
+            }
+        };
+        let add_member =
+            |spec: usize, data: &Value, add: &mut dyn FnMut(Option<&BTreeSet<u64>>)| {
+                let (keys, any) = reach.member_routes(spec, data);
+                for k in keys {
+                    add(self.members.get(&(spec, k)));
+                }
+                if any {
+                    add(self.member_any.get(&spec));
+                }
+            };
+        for w in writes {
+            add(self.holders.get(&w.partition));
+            if !self.read_docs.is_empty() {
+                add(self.read_docs.get(&(w.collection.clone(), w.id.clone())));
+            }
+            add(self.read_colls.get(&w.collection));
+            if let Some(data) = &w.data {
+                for (i, spec) in reach.specs().iter().enumerate() {
+                    if spec.source == w.collection {
+                        add_member(i, data, &mut add);
+                    }
+                }
+            }
+            if new_pairs.contains(&(w.partition.clone(), w.collection.clone())) {
+                add(self.exact.get(&w.partition));
+                add(self.everywhere.get(&w.collection));
+                for (spec, prefix) in reach.member_clauses(&w.collection) {
+                    let Some(id) = w.partition.strip_prefix(prefix) else {
+                        continue;
+                    };
+                    let source = &reach.specs()[spec].source;
+                    if let Some(b) = state.get(&warren_core::keys::doc_key(source, id))? {
+                        let d = warren_core::doc::StoredDoc::decode(&b)?;
+                        add_member(spec, &d.data, &mut add);
+                    }
                 }
             }
         }
-        self.watchers.remove(&id);
+        Ok(visit)
     }
 }
 
@@ -181,6 +424,9 @@ struct Conn {
     tx: FrameTx,
     sub: Subscription,
 }
+
+/// Abandoned HTTP waiters are looked for once there are at least this many.
+const MIN_WAITER_PRUNE: usize = 64;
 
 /// The most log entries applied in one go when batches queue up.
 const MAX_APPLY: usize = 4096;
@@ -199,6 +445,10 @@ const FLUSH_EVERY: usize = 32;
 /// An encoded frame.
 type Frame = Arc<Vec<u8>>;
 
+fn frame_item(f: &ServerFrame) -> Item {
+    Item::Frame(Arc::new(f.encode()))
+}
+
 pub struct Region {
     store: RedbStore,
     schema: Arc<Schema>,
@@ -207,26 +457,36 @@ pub struct Region {
     conns: BTreeMap<u64, Conn>,
     by_client: BTreeMap<String, u64>,
     waiters: BTreeMap<(String, u64), Vec<oneshot::Sender<CommitResult>>>,
+    /// Abandoned waiters are looked for when there are this many (see `Region::wait`).
+    prune_waiters_at: usize,
     position: u64,
     /// Applied writes not yet written to the store (see [`STORE_WRITE_EVERY`]); shared
     /// with read views, copied only if one still holds it when the next batch comes.
     pending: Arc<OverlayWrites>,
     /// Batches applied into `pending` since the last store write.
     pending_batches: u32,
-    index: Index,
+    routes: Routes,
     /// Connections whose welcome is being computed off the region thread.
     joining: BTreeMap<u64, Joining>,
     /// The committed writes of the entries applied since the oldest joining
     /// connection's read view (empty when none is joining), to bring its welcome up to
     /// date when it joins.
     window: VecDeque<(u64, Vec<Write>)>,
+    /// The window's size (see [`WINDOW_MAX_BYTES`]), and the first position it still
+    /// holds every entry from (a joining connection whose view is older must start
+    /// again).
+    window_bytes: usize,
+    window_from: u64,
+    window_max_bytes: usize,
     /// The task that hands frames to connections, when the region runs next to a
     /// tokio runtime (see [`spawn`]); without it the region hands them over itself.
     dispatch: Option<Dispatch>,
+    /// Told what each identity's commits cost (the gateway's budgets), if anyone is.
+    costs: Option<Arc<Identities>>,
 }
 
 /// Frames for the dispatcher task, in order.
-type Dispatch = tokio::sync::mpsc::UnboundedSender<Vec<(FrameTx, Frame)>>;
+type Dispatch = tokio::sync::mpsc::UnboundedSender<Vec<(FrameTx, Item)>>;
 
 /// Hands frames to their connections' queues. Waking a connection's writer from the
 /// region thread costs a system call and usually a context switch (the writer's worker
@@ -234,10 +494,10 @@ type Dispatch = tokio::sync::mpsc::UnboundedSender<Vec<(FrameTx, Frame)>>;
 /// a run queue. So the region wakes this task once per flush, and it wakes the writers.
 /// A frame a queue does not take overflows it: its writer ends the connection with
 /// `TOO_SLOW` and the session tells the region (`Disconnect`).
-async fn dispatch(mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<(FrameTx, Frame)>>) {
+async fn dispatch(mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<(FrameTx, Item)>>) {
     while let Some(frames) = rx.recv().await {
         for (tx, frame) in frames {
-            let _ = tx.try_send(frame);
+            let _ = tx.try_send_item(frame);
         }
     }
 }
@@ -255,6 +515,24 @@ impl Region {
         limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Result<Region, Error> {
+        let mut store = store;
+        // The read-rule index's member entries follow the schema: made (or remade)
+        // here when the state was written under another schema or before they existed.
+        let rebuild = schema.reach().rebuild_ops(&store)?;
+        if !rebuild.is_empty() {
+            tracing::info!(
+                keys = rebuild.len(),
+                "rebuilding the read-rule member index"
+            );
+            store.apply(warren_core::storage::Batch { ops: rebuild })?;
+            store.sync()?;
+        }
+        for (c, why) in schema.reach().unindexed() {
+            tracing::warn!(
+                collection = %c,
+                "catch-up evaluates the read rule of {c} for every partition of {c}: {why}"
+            );
+        }
         let position = exec::position(&store)?;
         metrics.position.store(position, Ordering::Relaxed);
         Ok(Region {
@@ -265,14 +543,25 @@ impl Region {
             conns: BTreeMap::new(),
             by_client: BTreeMap::new(),
             waiters: BTreeMap::new(),
+            prune_waiters_at: MIN_WAITER_PRUNE,
             position,
             pending: Arc::new(OverlayWrites::new()),
             pending_batches: 0,
-            index: Index::default(),
+            routes: Routes::default(),
             joining: BTreeMap::new(),
             window: VecDeque::new(),
+            window_bytes: 0,
+            window_from: 0,
+            window_max_bytes: WINDOW_MAX_BYTES,
             dispatch: None,
+            costs: None,
         })
+    }
+
+    /// Charges each commit's cost (the region's time executing and recording it) to
+    /// its identity in `costs` (see `crate::limits`).
+    pub fn set_costs(&mut self, costs: Arc<Identities>) {
+        self.costs = Some(costs);
     }
 
     /// The last applied position.
@@ -301,10 +590,20 @@ impl Region {
         r
     }
 
+    /// A read view of the current state for work that may take long and must hold no
+    /// copy of the applied writes (a connection's catch-up, the snapshots it is sent a
+    /// part at a time): the writes not in the store yet are written to it first, so
+    /// the view is a redb read transaction alone and the region never has to copy
+    /// writes a view still shares.
+    fn lasting_view(&mut self) -> Result<ReadView, Error> {
+        self.write_pending()?;
+        self.view()
+    }
+
     /// A read view of the current state.
     fn view(&self) -> Result<ReadView, Error> {
         Ok(ReadView {
-            snapshot: self.store.snapshot()?,
+            snapshot: Arc::new(self.store.snapshot()?),
             pending: self.pending.clone(),
             position: self.position,
             schema: self.schema.clone(),
@@ -337,12 +636,16 @@ impl Region {
         let mut next: Option<RegionMsg> = None;
         while let Some(msg) = next.take().or_else(|| rx.recv().ok()) {
             match msg {
-                RegionMsg::Batch(mut entries) => {
+                RegionMsg::Batch(mut entries, permit) => {
                     // Every batch already queued joins this one: one store transaction
                     // for all of them. Messages keep their order.
+                    let mut permits = vec![permit];
                     while entries.len() < MAX_APPLY {
                         match rx.try_recv() {
-                            Ok(RegionMsg::Batch(more)) => entries.extend(more),
+                            Ok(RegionMsg::Batch(more, permit)) => {
+                                entries.extend(more);
+                                permits.push(permit);
+                            }
                             Ok(other) => {
                                 next = Some(other);
                                 break;
@@ -350,10 +653,16 @@ impl Region {
                             Err(_) => break,
                         }
                     }
-                    self.apply_batch(entries)?
+                    self.apply_batch(entries)?;
+                    drop(permits);
                 }
                 RegionMsg::Connect(c) => self.connect(c)?,
-                RegionMsg::Join { conn, at, welcome } => self.join(conn, at, welcome?)?,
+                RegionMsg::Join {
+                    conn,
+                    at,
+                    welcome,
+                    view,
+                } => self.join(conn, at, (*welcome)?, view)?,
                 RegionMsg::Disconnect { conn } => {
                     if let Some(j) = self.joining.remove(&conn) {
                         if self.by_client.get(&j.client_id) == Some(&conn) {
@@ -362,7 +671,7 @@ impl Region {
                         self.trim_window();
                     }
                     if let Some(c) = self.conns.remove(&conn) {
-                        self.index.forget(conn, &c);
+                        self.routes.forget(conn, &c.sub);
                         if self.by_client.get(c.sub.client_id()) == Some(&conn) {
                             self.by_client.remove(c.sub.client_id());
                         }
@@ -389,10 +698,7 @@ impl Region {
                     if let Some(r) = kept {
                         let _ = reply.send(r);
                     } else {
-                        self.waiters
-                            .entry((client_id, seq))
-                            .or_default()
-                            .push(reply);
+                        self.wait(client_id, seq, reply);
                     }
                 }
                 RegionMsg::View { reply } => {
@@ -404,20 +710,43 @@ impl Region {
         Ok(())
     }
 
+    /// Registers an HTTP push's wait for the outcome of (client, seq). A push abandoned
+    /// before its commit reached the sequencer (the client went away) leaves a waiter
+    /// whose commit never comes: waiters nobody listens to any more are forgotten
+    /// whenever their number doubles, so they cannot pile up.
+    fn wait(&mut self, client_id: String, seq: u64, reply: oneshot::Sender<CommitResult>) {
+        if self.waiter_count() >= self.prune_waiters_at {
+            self.waiters.retain(|_, ws| {
+                ws.retain(|w| !w.is_closed());
+                !ws.is_empty()
+            });
+            self.prune_waiters_at = (2 * self.waiter_count()).max(MIN_WAITER_PRUNE);
+        }
+        self.waiters
+            .entry((client_id, seq))
+            .or_default()
+            .push(reply);
+    }
+
+    /// HTTP pushes waiting for outcomes.
+    pub fn waiter_count(&self) -> usize {
+        self.waiters.values().map(Vec::len).sum()
+    }
+
     /// Sends a frame after every frame handed to the dispatcher before it.
     fn send_after(&self, tx: &FrameTx, frame: &ServerFrame) {
         Metrics::add(&self.metrics.frames_out, 1);
-        let f = Arc::new(frame.encode());
+        let f = frame_item(frame);
         match &self.dispatch {
             Some(d) => {
                 if let Err(e) = d.send(vec![(tx.clone(), f)]) {
                     for (tx, f) in e.0 {
-                        let _ = tx.try_send(f);
+                        let _ = tx.try_send_item(f);
                     }
                 }
             }
             None => {
-                let _ = tx.try_send(f);
+                let _ = tx.try_send_item(f);
             }
         }
     }
@@ -432,7 +761,10 @@ impl Region {
         }
         self.conns.clear();
         self.by_client.clear();
-        self.index = Index::default();
+        self.routes = Routes {
+            known: std::mem::take(&mut self.routes.known),
+            ..Routes::default()
+        };
     }
 
     /// Registers a joining connection and hands its session a read view to compute
@@ -442,7 +774,7 @@ impl Region {
         if let Some(old) = self.by_client.insert(c.client_id.clone(), c.conn) {
             let tx = match (self.conns.remove(&old), self.joining.remove(&old)) {
                 (Some(o), _) => {
-                    self.index.forget(old, &o);
+                    self.routes.forget(old, &o.sub);
                     Some(o.tx)
                 }
                 (None, Some(j)) => Some(j.tx),
@@ -458,7 +790,10 @@ impl Region {
                 );
             }
         }
-        let view = self.view()?;
+        let view = self.lasting_view()?;
+        if self.joining.is_empty() {
+            self.window_from = view.position;
+        }
         self.joining.insert(
             c.conn,
             Joining {
@@ -466,9 +801,11 @@ impl Region {
                 client_id: c.client_id,
                 from: view.position,
                 outcomes: Vec::new(),
+                views: c.views.clone(),
+                tries: 1,
             },
         );
-        let _ = c.ready.send(view);
+        let _ = c.views.try_send(view);
         Ok(())
     }
 
@@ -479,12 +816,47 @@ impl Region {
         &mut self,
         conn: u64,
         at: u64,
-        (frames, mut sub): (Vec<ServerFrame>, Subscription),
+        (frames, mut sub): (Vec<Out>, Subscription),
+        view: ReadView,
     ) -> Result<(), Error> {
-        let Some(j) = self.joining.remove(&conn) else {
+        let Some(mut j) = self.joining.remove(&conn) else {
             return Ok(()); // gone, or taken over, meanwhile
         };
-        let mut frames: Vec<Frame> = frames.iter().map(|f| Arc::new(f.encode())).collect();
+        if at < self.window_from {
+            // The entries since `at` are no longer all kept: compute it again on a newer
+            // view, or give up.
+            if j.tries >= MAX_CATCH_UP_TRIES {
+                self.send_after(
+                    &j.tx,
+                    &ServerFrame::Error {
+                        code: codes::TOO_SLOW.into(),
+                        message: "the catch-up could not keep up with the log; reconnect later"
+                            .into(),
+                    },
+                );
+                if self.by_client.get(&j.client_id) == Some(&conn) {
+                    self.by_client.remove(&j.client_id);
+                }
+                self.trim_window();
+                return Ok(());
+            }
+            let view = self.lasting_view()?;
+            j.from = view.position;
+            j.tries += 1;
+            let _ = j.views.try_send(view);
+            self.joining.insert(conn, j);
+            self.trim_window();
+            return Ok(());
+        }
+        // The welcome's snapshots are read from the view it was computed on.
+        let mut frames: Vec<Item> = frames
+            .into_iter()
+            .map(|o| match o {
+                Out::Frame(f) => frame_item(&f),
+                Out::Snapshot(r) => Item::Snapshot(Arc::new(view.lazy(r))),
+            })
+            .collect();
+        drop(view);
         if at < self.position {
             let writes = self.take_pending();
             let window: Vec<(u64, &[Write])> = self
@@ -500,27 +872,34 @@ impl Region {
                 &self.limits,
                 self.position,
                 &window,
-                &mut |f| frames.push(Arc::new(f.encode())),
+                &mut |f| frames.push(frame_item(&f)),
             );
             self.pending = Arc::new(state.into_writes());
             r?;
+            if sub.has_due() {
+                let view = self.lasting_view()?;
+                for r in sub.snapshots_due(self.position) {
+                    frames.push(Item::Snapshot(Arc::new(view.lazy(r))));
+                }
+            }
         }
-        frames.extend(j.outcomes);
+        frames.extend(j.outcomes.into_iter().map(Item::Frame));
+        Metrics::add(&self.metrics.rules_catch_up, sub.take_evaluated());
         self.trim_window();
         // Everything the welcome says must fit the connection's queue, or the client
         // would see a gap; if it does not, nothing is registered (the queue overflowed:
         // its writer ends the connection with TOO_SLOW).
         for f in frames {
             Metrics::add(&self.metrics.frames_out, 1);
-            if j.tx.try_send(f).is_err() {
+            if j.tx.try_send_item(f).is_err() {
                 if self.by_client.get(&j.client_id) == Some(&conn) {
                     self.by_client.remove(&j.client_id);
                 }
                 return Ok(());
             }
         }
+        self.routes.add(conn, &mut sub);
         let conn_state = Conn { tx: j.tx, sub };
-        self.index.add(conn, &conn_state);
         self.conns.insert(conn, conn_state);
         self.metrics
             .connections
@@ -531,11 +910,18 @@ impl Region {
     /// Forgets the window's entries no joining connection needs.
     fn trim_window(&mut self) {
         match self.joining.values().map(|j| j.from).min() {
-            None => self.window.clear(),
+            None => {
+                self.window.clear();
+                self.window_bytes = 0;
+                self.window_from = self.position;
+            }
             Some(from) => {
                 while self.window.front().is_some_and(|(pos, _)| *pos <= from) {
-                    self.window.pop_front();
+                    if let Some((_, w)) = self.window.pop_front() {
+                        self.window_bytes -= writes_bytes(&w);
+                    }
                 }
+                self.window_from = self.window_from.max(from);
             }
         }
     }
@@ -553,11 +939,17 @@ impl Region {
             position,
             pending,
             pending_batches,
-            index,
+            routes,
             joining,
             window,
+            window_bytes,
+            window_from,
+            window_max_bytes,
             dispatch,
+            costs,
+            ..
         } = self;
+        let mut charges: BTreeMap<String, (u64, u32)> = BTreeMap::new();
         let taken = std::mem::take(pending);
         let mut overlay = Overlay::with_writes(
             &*store,
@@ -565,68 +957,88 @@ impl Region {
         );
         // Frames for connections, queued in order and handed over every FLUSH_EVERY
         // entries: one wake-up of a connection's writer carries many frames.
-        let mut out: Vec<(u64, Frame)> = Vec::new();
+        let mut out: Vec<(u64, Item)> = Vec::new();
         let mut since_flush = 0;
+        // Connections owed snapshots, sent once the batch is applied; what they are sent
+        // after the snapshot became due waits for it (an outcome must not come before
+        // the effects it confirms).
+        let mut due: BTreeSet<u64> = BTreeSet::new();
+        // What is held is sent after the snapshots, without what concerns their
+        // partitions (the snapshots hold it, or replace it): such a `Drop`, such writes.
+        let mut held: BTreeMap<u64, Vec<Held>> = BTreeMap::new();
         for (pos, commit) in entries {
             if pos <= *position {
                 continue; // replayed from the log and already in the store
             }
-            let outcome = exec::execute(&overlay, schema, &commit, pos, limits)?;
-            let (b, _) = exec::effects_batch(
-                &overlay,
-                schema,
-                pos,
-                &commit.client_id,
-                commit.client_seq,
-                &outcome,
-            )?;
-            overlay.apply(b)?;
-            *position = pos;
-            match &outcome {
-                Outcome::Committed { .. } => Metrics::add(&metrics.commits_committed, 1),
-                Outcome::Rejected { code, .. } => metrics.rejected(code.as_str()),
-                Outcome::Skipped(_) => Metrics::add(&metrics.commits_duplicate, 1),
+            let ran = Instant::now();
+            let (b, outcome) = exec::commit_batch(&overlay, schema, &commit, pos, limits)?;
+            if let Outcome::Rejected {
+                code: warren_core::ErrorCode::Internal,
+                ..
+            } = &outcome
+            {
+                // A bug in the engine, caught: the entry is rejected the same way on every
+                // replica and the region goes on, but someone must look.
+                tracing::error!(
+                    position = pos,
+                    client = %commit.client_id,
+                    seq = commit.client_seq,
+                    "the engine failed inside while executing this log entry; it is rejected \
+                     with INTERNAL_ERROR on every replica and the region goes on (a bug: report it)"
+                );
             }
             let writes: &[Write] = match &outcome {
                 Outcome::Committed { writes, .. } => writes,
                 _ => &[],
             };
-            if !joining.is_empty() && !writes.is_empty() {
-                window.push_back((pos, writes.to_vec()));
+            // The pairs this entry writes first (see `Routes`).
+            let new_pairs = routes.first_writes(writes);
+            overlay.apply(b)?;
+            *position = pos;
+            if costs.is_some() {
+                let micros = ran.elapsed().as_micros() as u64;
+                let c = charges.entry(exec::subject(&commit.auth)).or_default();
+                c.0 += micros;
+                c.1 += 1;
             }
-            if writes
-                .iter()
-                .all(|w| index.known(&w.partition, &w.collection))
-            {
-                let mut visit = index.watchers.clone();
-                for w in writes {
-                    if let Some(ids) = index.holders.get(&w.partition) {
-                        visit.extend(ids);
-                    }
+            match &outcome {
+                Outcome::Committed { .. } => Metrics::add(&metrics.commits_committed, 1),
+                Outcome::Rejected { code, .. } => metrics.rejected(code.as_str()),
+                Outcome::Skipped(_) => Metrics::add(&metrics.commits_duplicate, 1),
+            }
+            if !joining.is_empty() && !writes.is_empty() {
+                *window_bytes += writes_bytes(writes);
+                window.push_back((pos, writes.to_vec()));
+                // Bounded: the oldest entries go, and the connections whose views are
+                // older compute their welcome again when it comes (see `join`).
+                while *window_bytes > *window_max_bytes {
+                    let Some((p, w)) = window.pop_front() else {
+                        break;
+                    };
+                    *window_bytes -= writes_bytes(&w);
+                    *window_from = p;
                 }
-                for id in visit {
+            }
+            if !writes.is_empty() {
+                for id in routes.visits(&overlay, schema, writes, &new_pairs)? {
                     if let Some(conn) = conns.get_mut(&id) {
+                        let waits = due.contains(&id);
                         conn.sub
                             .fanout(&overlay, schema, limits, pos, writes, &mut |f| {
-                                out.push((id, Arc::new(f.encode())))
+                                if waits {
+                                    held.entry(id).or_default().push(Held::Frame(f));
+                                } else {
+                                    out.push((id, frame_item(&f)));
+                                }
                             })?;
-                        index.add(id, conn);
+                        if conn.sub.has_due() {
+                            due.insert(id);
+                        }
+                        if conn.sub.take_changed() {
+                            routes.update(id, &conn.sub);
+                        }
+                        Metrics::add(&metrics.rules_fanout, conn.sub.take_evaluated());
                     }
-                }
-            } else {
-                for (id, conn) in conns.iter_mut() {
-                    conn.sub
-                        .fanout(&overlay, schema, limits, pos, writes, &mut |f| {
-                            out.push((*id, Arc::new(f.encode())))
-                        })?;
-                    index.add(*id, conn);
-                }
-                for w in writes {
-                    index
-                        .known
-                        .entry(w.partition.clone())
-                        .or_default()
-                        .insert(w.collection.clone());
                 }
             }
             let kept = match &outcome {
@@ -655,17 +1067,20 @@ impl Region {
                 match joining.get_mut(&conn_id) {
                     // It joins with its welcome.
                     Some(j) => j.outcomes.push(frame),
-                    None => out.push((conn_id, frame)),
+                    None if due.contains(&conn_id) => {
+                        held.entry(conn_id).or_default().push(Held::Encoded(frame))
+                    }
+                    None => out.push((conn_id, Item::Frame(frame))),
                 }
             }
             since_flush += 1;
             if since_flush >= FLUSH_EVERY {
-                flush(&mut out, conns, by_client, index, metrics, dispatch);
+                flush(&mut out, conns, by_client, routes, metrics, dispatch);
                 since_flush = 0;
             }
         }
         // The frames go out before the store write: the entries are durable in the log.
-        flush(&mut out, conns, by_client, index, metrics, dispatch);
+        flush(&mut out, conns, by_client, routes, metrics, dispatch);
         // The store takes the writes every STORE_WRITE_EVERY batches, or sooner when
         // they pile up: a store transaction costs about as much for 1 batch as for 16.
         *pending_batches += 1;
@@ -682,18 +1097,101 @@ impl Region {
             .connections
             .store(conns.len() as u64, Ordering::Relaxed);
         metrics.batch_applied(started.elapsed());
+        // The snapshots owed, at the batch's end: read later by each connection's
+        // writer, a part at a time, from a view of the state now.
+        if !due.is_empty() {
+            // As `lasting_view`: the store takes the applied writes first.
+            if !pending.is_empty() {
+                *pending_batches = 0;
+                let taken = std::mem::take(pending);
+                let writes = Arc::try_unwrap(taken).unwrap_or_else(|shared| (*shared).clone());
+                store.apply(Overlay::with_writes(&*store, writes).take_batch())?;
+            }
+            let view = ReadView {
+                snapshot: Arc::new(store.snapshot()?),
+                pending: pending.clone(),
+                position: *position,
+                schema: schema.clone(),
+                limits: limits.clone(),
+            };
+            for id in due {
+                let mut snapshotted = BTreeSet::new();
+                if let Some(conn) = conns.get_mut(&id) {
+                    for r in conn.sub.snapshots_due(*position) {
+                        snapshotted.insert(r.partition.clone());
+                        out.push((id, Item::Snapshot(Arc::new(view.lazy(r)))));
+                    }
+                }
+                for h in held.remove(&id).unwrap_or_default() {
+                    if let Some(f) = h.without(&snapshotted) {
+                        out.push((id, f));
+                    }
+                }
+            }
+            flush(&mut out, conns, by_client, routes, metrics, dispatch);
+        }
+        if let Some(costs) = costs {
+            let charges: Vec<(String, u64, u32)> = charges
+                .into_iter()
+                .map(|(sub, (m, n))| (sub, m, n))
+                .collect();
+            costs.charge(&charges);
+        }
         Ok(())
     }
+}
+
+/// A frame held back behind the snapshots a connection is owed (see `apply_batch`).
+enum Held {
+    Frame(ServerFrame),
+    Encoded(Frame),
+}
+
+impl Held {
+    /// The frame to send after snapshots of `snapshotted` partitions at the batch's
+    /// end: without its writes to them, and not at all if it is a `Drop` of one of
+    /// them or has no write left.
+    fn without(self, snapshotted: &BTreeSet<String>) -> Option<Item> {
+        match self {
+            Held::Encoded(f) => Some(Item::Frame(f)),
+            Held::Frame(ServerFrame::Drop { partition, .. })
+                if snapshotted.contains(&partition) =>
+            {
+                None
+            }
+            Held::Frame(ServerFrame::Effects { position, writes }) => {
+                let writes: Vec<Write> = writes
+                    .into_iter()
+                    .filter(|w| !snapshotted.contains(&w.partition))
+                    .collect();
+                (!writes.is_empty()).then(|| frame_item(&ServerFrame::Effects { position, writes }))
+            }
+            Held::Frame(f) => Some(frame_item(&f)),
+        }
+    }
+}
+
+/// The size a window entry is counted at.
+fn writes_bytes(writes: &[Write]) -> usize {
+    writes
+        .iter()
+        .map(|w| {
+            64 + w.collection.len()
+                + w.id.len()
+                + w.partition.len()
+                + w.data.as_ref().map_or(0, Value::encoded_len)
+        })
+        .sum()
 }
 
 /// Hands queued frames to their connections, in order: through the dispatcher task
 /// when there is one. Otherwise a connection whose queue does not take a frame is too
 /// slow: it is told (best effort) and forgotten, and the rest of its frames are dropped.
 fn flush(
-    out: &mut Vec<(u64, Frame)>,
+    out: &mut Vec<(u64, Item)>,
     conns: &mut BTreeMap<u64, Conn>,
     by_client: &mut BTreeMap<String, u64>,
-    index: &mut Index,
+    routes: &mut Routes,
     metrics: &Metrics,
     dispatch: &Option<Dispatch>,
 ) {
@@ -701,7 +1199,7 @@ fn flush(
         return;
     }
     if let Some(d) = dispatch {
-        let frames: Vec<(FrameTx, Frame)> = out
+        let frames: Vec<(FrameTx, Item)> = out
             .drain(..)
             .filter_map(|(id, f)| Some((conns.get(&id)?.tx.clone(), f)))
             .collect();
@@ -709,7 +1207,7 @@ fn flush(
         if let Err(e) = d.send(frames) {
             // The runtime is stopping: hand them over directly.
             for (tx, f) in e.0 {
-                let _ = tx.try_send(f);
+                let _ = tx.try_send_item(f);
             }
         }
         return;
@@ -723,13 +1221,13 @@ fn flush(
             continue;
         };
         Metrics::add(&metrics.frames_out, 1);
-        if c.tx.try_send(frame).is_err() {
+        if c.tx.try_send_item(frame).is_err() {
             gone.push(id);
         }
     }
     for id in gone {
         if let Some(c) = conns.remove(&id) {
-            index.forget(id, &c);
+            routes.forget(id, &c.sub);
             // Best effort: a full queue cannot take even this.
             send(
                 &c.tx,
@@ -765,3 +1263,341 @@ pub fn spawn(
 
 /// A handle to send to the region.
 pub type RegionTx = Sender<RegionMsg>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Received;
+    use warren_core::exec::Op;
+
+    fn region(name: &str) -> (Region, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("warren-region-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = RedbStore::open(&dir.join("state.redb"), 1).unwrap();
+        let schema = Arc::new(
+            Schema::parse("collection A {\n allow read true\n allow create true\n}").unwrap(),
+        );
+        let r = Region::new(
+            store,
+            schema,
+            Limits::default(),
+            Arc::new(Metrics::default()),
+        );
+        (r.unwrap(), dir)
+    }
+
+    #[test]
+    fn abandoned_http_waiters_do_not_pile_up() {
+        let (mut r, dir) = region("waiters");
+        // 10,000 pushes abandoned before their commits reached the sequencer.
+        for seq in 1..=10_000 {
+            let (tx, rx) = oneshot::channel();
+            r.wait("c".into(), seq, tx);
+            drop(rx);
+        }
+        assert!(
+            r.waiter_count() <= 2 * MIN_WAITER_PRUNE,
+            "{}",
+            r.waiter_count()
+        );
+        // One still listened to is kept and answered.
+        let (tx, mut rx) = oneshot::channel();
+        r.wait("c".into(), 1, tx);
+        for seq in 10_001..=10_500 {
+            let (tx, rx) = oneshot::channel();
+            r.wait("c".into(), seq, tx);
+            drop(rx);
+        }
+        let commit = Commit {
+            client_id: "c".into(),
+            client_seq: 1,
+            schema_version: String::new(),
+            timestamp: 1,
+            auth: Value::Null,
+            op: Op::Run {
+                source: "1 + 1".into(),
+            },
+        };
+        r.apply_batch(vec![(1, commit)]).unwrap();
+        match rx.try_recv() {
+            Ok(CommitResult::Committed { position: 1, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        drop(r);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn create(seq: u64, bytes: usize) -> Commit {
+        Commit {
+            client_id: "writer".into(),
+            client_seq: seq,
+            schema_version: String::new(),
+            timestamp: 1,
+            auth: Value::Null,
+            op: Op::Run {
+                source: format!(
+                    "A.create({{ id: \"a{seq}\", body: \"{}\" }})",
+                    "x".repeat(bytes)
+                ),
+            },
+        }
+    }
+
+    #[test]
+    fn a_late_welcome_is_computed_again_once_the_window_outgrew_its_bound() {
+        let (mut r, dir) = region("window");
+        r.window_max_bytes = 4096;
+        let (tx, mut rx) = crate::queue::channel(100, 1 << 20);
+        let (views_tx, mut views) = tokio::sync::mpsc::channel(1);
+        r.connect(Connect {
+            conn: 7,
+            client_id: "c".into(),
+            auth: Value::Null,
+            tx,
+            views: views_tx,
+        })
+        .unwrap();
+        let mut seq = 0;
+        let mut tries = 0;
+        loop {
+            let view = views.try_recv().expect("a view to compute on");
+            tries += 1;
+            let at = view.position;
+            let welcome = view.welcome("c", &Value::Null, &[], 0).unwrap();
+            // While it is computed, 10 entries of 1 KB: more than the window holds.
+            if tries <= 2 {
+                for _ in 0..10 {
+                    seq += 1;
+                    r.apply_batch(vec![(seq, create(seq, 1000))]).unwrap();
+                }
+                assert!(r.window_bytes <= 4096, "{}", r.window_bytes);
+            }
+            r.join(7, at, welcome, view).unwrap();
+            if tries <= 2 {
+                assert!(r.conns.is_empty(), "joined with a gap at try {tries}");
+                continue;
+            }
+            break;
+        }
+        assert!(r.conns.contains_key(&7));
+        assert!(r.window.is_empty());
+        // Its welcome (on the third view, at 20) holds every document.
+        let Received::Frame(f) = rx.recv_now() else {
+            panic!("no welcome");
+        };
+        assert!(matches!(
+            ServerFrame::decode(&f).unwrap(),
+            ServerFrame::Welcome { position: 20, .. }
+        ));
+        // Its snapshot is queued to be read from the view, at 20.
+        let Received::Snapshot(lazy) = rx.recv_now() else {
+            panic!("no snapshot");
+        };
+        match lazy.read().unwrap() {
+            ServerFrame::Snapshot { docs, position, .. } => {
+                assert_eq!((docs.len(), position), (20, 20))
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(r);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_welcome_that_never_catches_up_ends_with_too_slow() {
+        let (mut r, dir) = region("window-slow");
+        r.window_max_bytes = 4096;
+        let (tx, mut rx) = crate::queue::channel(100, 1 << 20);
+        let (views_tx, mut views) = tokio::sync::mpsc::channel(1);
+        r.connect(Connect {
+            conn: 7,
+            client_id: "c".into(),
+            auth: Value::Null,
+            tx,
+            views: views_tx,
+        })
+        .unwrap();
+        let mut seq = 0;
+        for _ in 0..MAX_CATCH_UP_TRIES {
+            let view = views.try_recv().expect("a view");
+            let at = view.position;
+            let welcome = view.welcome("c", &Value::Null, &[], 0).unwrap();
+            for _ in 0..10 {
+                seq += 1;
+                r.apply_batch(vec![(seq, create(seq, 1000))]).unwrap();
+            }
+            r.join(7, at, welcome, view).unwrap();
+        }
+        assert!(r.joining.is_empty() && r.conns.is_empty());
+        assert!(views.try_recv().is_err());
+        let Received::Frame(f) = rx.recv_now() else {
+            panic!("no error");
+        };
+        assert!(matches!(
+            ServerFrame::decode(&f).unwrap(),
+            ServerFrame::Error { code, .. } if code == codes::TOO_SLOW
+        ));
+        drop(r);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A connection granted a partition by an entry gets its snapshot at the end of
+    /// the batch; its own outcome of that entry (and whatever else comes after) waits
+    /// for it: an outcome never confirms a write the client does not have yet.
+    #[test]
+    fn an_outcome_waits_for_the_snapshot_its_entry_made_due() {
+        let dir = std::env::temp_dir().join(format!("warren-region-due-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = RedbStore::open(&dir.join("state.redb"), 1).unwrap();
+        let schema = Arc::new(
+            Schema::parse(
+                "collection N {\n partition \"p:\" + doc.p\n allow read partition == \"p:\" + auth.sub\n allow create true\n}",
+            )
+            .unwrap(),
+        );
+        let mut r = Region::new(
+            store,
+            schema,
+            Limits::default(),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let ann = warren_core::value::obj([("sub", "ann".into())]);
+        let (tx, mut rx) = crate::queue::channel(100, 1 << 20);
+        let (views_tx, mut views) = tokio::sync::mpsc::channel(1);
+        r.connect(Connect {
+            conn: 1,
+            client_id: "c".into(),
+            auth: ann.clone(),
+            tx,
+            views: views_tx,
+        })
+        .unwrap();
+        let view = views.try_recv().unwrap();
+        let welcome = view.welcome("c", &ann, &[], 0).unwrap();
+        r.join(1, view.position, welcome, view).unwrap();
+        assert!(matches!(rx.recv_now(), Received::Frame(_)), "the welcome");
+        // ann's first note makes p:ann readable to her, in her own commit.
+        let commit = Commit {
+            client_id: "c".into(),
+            client_seq: 1,
+            schema_version: String::new(),
+            timestamp: 1,
+            auth: ann.clone(),
+            op: Op::Run {
+                source: "N.create({ id: \"a\", p: \"ann\" })".into(),
+            },
+        };
+        r.apply_batch(vec![(1, commit)]).unwrap();
+        let Received::Snapshot(lazy) = rx.recv_now() else {
+            panic!("the snapshot first");
+        };
+        assert!(
+            matches!(lazy.read().unwrap(), ServerFrame::Snapshot { ref docs, .. } if docs.len() == 1)
+        );
+        let Received::Frame(f) = rx.recv_now() else {
+            panic!("then the outcome");
+        };
+        assert!(matches!(
+            ServerFrame::decode(&f).unwrap(),
+            ServerFrame::Outcome { seq: 1, .. }
+        ));
+        drop(r);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// In one batch, while another snapshot is owed, a partition is written, revoked
+    /// and granted again: its `Effects` and its `Drop` (held behind the owed snapshots)
+    /// are not sent after its own snapshot, which would bring back an old document or
+    /// leave the client without a partition it may read; another partition's `Drop`
+    /// still is.
+    #[test]
+    fn a_drop_overtaken_by_its_partitions_snapshot_is_not_sent() {
+        let dir = std::env::temp_dir().join(format!("warren-region-redrop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = RedbStore::open(&dir.join("state.redb"), 1).unwrap();
+        let schema = Arc::new(
+            Schema::parse(
+                "collection Team {\n partition \"team:\" + doc.id\n allow read Team.byId(partition.slice(5))?.members?.includes(auth.sub) == true\n allow create true\n allow update true\n}",
+            )
+            .unwrap(),
+        );
+        let mut r = Region::new(
+            store,
+            schema,
+            Limits::default(),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let run = |seq: u64, source: &str| Commit {
+            client_id: "admin".into(),
+            client_seq: seq,
+            schema_version: String::new(),
+            timestamp: 1,
+            auth: warren_core::value::obj([("sub", "root".into())]),
+            op: Op::Run {
+                source: source.into(),
+            },
+        };
+        r.apply_batch(vec![
+            (
+                1,
+                run(
+                    1,
+                    "Team.create({ id: \"t\", members: [\"root\", \"ann\"] })",
+                ),
+            ),
+            (
+                2,
+                run(
+                    2,
+                    "Team.create({ id: \"v\", members: [\"root\", \"ann\"] })",
+                ),
+            ),
+        ])
+        .unwrap();
+        let ann = warren_core::value::obj([("sub", "ann".into())]);
+        let (tx, mut rx) = crate::queue::channel(100, 1 << 20);
+        let (views_tx, mut views) = tokio::sync::mpsc::channel(1);
+        r.connect(Connect {
+            conn: 1,
+            client_id: "c".into(),
+            auth: ann.clone(),
+            tx,
+            views: views_tx,
+        })
+        .unwrap();
+        let view = views.try_recv().unwrap();
+        let welcome = view.welcome("c", &ann, &[], 0).unwrap();
+        r.join(1, view.position, welcome, view).unwrap();
+        // Welcome, and snapshots of team:t and team:v.
+        for _ in 0..3 {
+            assert!(!matches!(rx.recv_now(), Received::Closed));
+        }
+        r.apply_batch(vec![
+            (3, run(3, "Team.create({ id: \"u\", members: [\"root\", \"ann\"] })")),
+            (4, run(4, "Team.byId(\"t\").update({ name: \"renamed\" })")),
+            (5, run(5, "Team.byId(\"t\").update({ members: [\"root\"] })\nTeam.byId(\"v\").update({ members: [\"root\"] })")),
+            (6, run(6, "Team.byId(\"t\").update({ members: [\"root\", \"ann\"] })")),
+        ])
+        .unwrap();
+        assert_eq!(r.metrics.commits_committed.load(Ordering::Relaxed), 6);
+        let mut got = Vec::new();
+        loop {
+            match rx.recv_now() {
+                Received::Frame(f) => match ServerFrame::decode(&f).unwrap() {
+                    ServerFrame::Drop { partition, .. } => got.push(format!("drop {partition}")),
+                    other => got.push(format!("{other:?}")),
+                },
+                Received::Snapshot(l) => got.push(format!("snapshot {}", l.snapshot.partition)),
+                _ => break,
+            }
+        }
+        assert_eq!(got, ["snapshot team:t", "snapshot team:u", "drop team:v"]);
+        drop(r);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -7,9 +7,15 @@
 //! one batch is being synced the next one fills: group commit. A commit is acknowledged
 //! (its outcome sent) only after the region applied it, which is after its batch was
 //! durable.
+//!
+//! The region may fall behind (a burst of expensive commits, a slow disk): the entries
+//! handed to it and not yet applied are bounded by a [`Backlog`]. When it is full the
+//! sequencer waits before appending more, stops taking commits from its queue, and the
+//! gateway's sessions wait on that queue: backpressure reaches the clients instead of
+//! the region's memory. Replaying the log on start goes through the same bound.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
@@ -38,6 +44,83 @@ impl Default for SequencerOptions {
     }
 }
 
+/// Log entries handed to the region and not applied yet, bounded in entries and in
+/// bytes (their log records). A batch takes a [`Permit`] before it is handed over and
+/// the region drops the permit once the batch is applied.
+pub struct Backlog {
+    used: Mutex<(usize, usize)>,
+    freed: Condvar,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+/// What a batch holds of the [`Backlog`]; given back when dropped.
+pub struct Permit {
+    backlog: Option<Arc<Backlog>>,
+    entries: usize,
+    bytes: usize,
+}
+
+/// The default bound: entries (twice what the region applies in one go) and bytes.
+pub const BACKLOG_ENTRIES: usize = 8192;
+pub const BACKLOG_BYTES: usize = 64 << 20;
+
+impl Backlog {
+    pub fn new(max_entries: usize, max_bytes: usize) -> Arc<Backlog> {
+        Arc::new(Backlog {
+            used: Mutex::new((0, 0)),
+            freed: Condvar::new(),
+            max_entries: max_entries.max(1),
+            max_bytes: max_bytes.max(1),
+        })
+    }
+
+    /// Waits until `entries` entries of `bytes` bytes fit, and takes them. A batch
+    /// larger than the bound passes an empty backlog, so that everything can pass.
+    pub fn acquire(self: &Arc<Self>, entries: usize, bytes: usize) -> Permit {
+        let mut used = self.used.lock().expect("backlog lock");
+        while used.0 > 0 && (used.0 + entries > self.max_entries || used.1 + bytes > self.max_bytes)
+        {
+            used = self.freed.wait(used).expect("backlog lock");
+        }
+        used.0 += entries;
+        used.1 += bytes;
+        Permit {
+            backlog: Some(self.clone()),
+            entries,
+            bytes,
+        }
+    }
+
+    /// Entries and bytes held now.
+    pub fn used(&self) -> (usize, usize) {
+        *self.used.lock().expect("backlog lock")
+    }
+}
+
+impl Permit {
+    /// A permit of no backlog (a test handing batches to a region directly).
+    pub fn none() -> Permit {
+        Permit {
+            backlog: None,
+            entries: 0,
+            bytes: 0,
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(b) = self.backlog.take() {
+            let mut used = b.used.lock().expect("backlog lock");
+            used.0 -= self.entries;
+            used.1 -= self.bytes;
+            drop(used);
+            b.freed.notify_all();
+        }
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -51,6 +134,7 @@ pub fn run(
     mut log: Box<dyn Log>,
     mut rx: mpsc::Receiver<Commit>,
     region: RegionTx,
+    backlog: Arc<Backlog>,
     opts: SequencerOptions,
     metrics: Arc<Metrics>,
 ) -> Result<(), LogError> {
@@ -80,6 +164,9 @@ pub fn run(
                 encode_log_entry(c)
             })
             .collect();
+        // Wait for the region before appending more (see `Backlog`).
+        let bytes = records.iter().map(Vec::len).sum();
+        let permit = backlog.acquire(records.len(), bytes);
         let started = Instant::now();
         let first_pos = log.append(&records)?;
         metrics.batch_appended(batch.len(), started.elapsed());
@@ -88,7 +175,7 @@ pub fn run(
             .enumerate()
             .map(|(i, c)| (first_pos + i as u64, c))
             .collect();
-        if region.send(RegionMsg::Batch(entries)).is_err() {
+        if region.send(RegionMsg::Batch(entries, permit)).is_err() {
             break; // the region stopped (it failed); nothing more can be applied
         }
     }
@@ -96,8 +183,14 @@ pub fn run(
     Ok(())
 }
 
-/// Replays the log after `from` into the region (on start, before serving).
-pub fn replay(log: &dyn Log, from: u64, region: &RegionTx) -> Result<u64, LogError> {
+/// Replays the log after `from` into the region (on start, before serving), a page at
+/// a time within the backlog's bound. It blocks: call it off the async runtime.
+pub fn replay(
+    log: &dyn Log,
+    from: u64,
+    region: &RegionTx,
+    backlog: &Arc<Backlog>,
+) -> Result<u64, LogError> {
     let mut next = from + 1;
     let mut n = 0;
     loop {
@@ -105,6 +198,8 @@ pub fn replay(log: &dyn Log, from: u64, region: &RegionTx) -> Result<u64, LogErr
         if records.is_empty() {
             return Ok(n);
         }
+        let bytes = records.iter().map(|(_, b)| b.len()).sum();
+        let permit = backlog.acquire(records.len(), bytes);
         let mut entries = Vec::with_capacity(records.len());
         for (pos, bytes) in records {
             let c =
@@ -115,8 +210,90 @@ pub fn replay(log: &dyn Log, from: u64, region: &RegionTx) -> Result<u64, LogErr
             next = pos + 1;
             n += 1;
         }
-        if region.send(RegionMsg::Batch(entries)).is_err() {
+        if region.send(RegionMsg::Batch(entries, permit)).is_err() {
             return Ok(n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::MemoryLog;
+    use std::sync::mpsc::RecvTimeoutError;
+    use warren_core::exec::{Commit, Op};
+    use warren_core::Value;
+
+    fn commit(seq: u64) -> Commit {
+        Commit {
+            client_id: "c".into(),
+            client_seq: seq,
+            schema_version: String::new(),
+            timestamp: 1,
+            auth: Value::Null,
+            op: Op::Run { source: "1".into() },
+        }
+    }
+
+    #[test]
+    fn the_backlog_waits_for_room_and_lets_a_large_batch_pass_when_empty() {
+        let b = Backlog::new(10, 1000);
+        let big = b.acquire(50, 10);
+        assert_eq!(b.used(), (50, 10));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let b2 = b.clone();
+        let waiter = std::thread::spawn(move || {
+            let p = b2.acquire(1, 1);
+            tx.send(()).unwrap();
+            p
+        });
+        assert_eq!(
+            rx.recv_timeout(Duration::from_millis(100)),
+            Err(RecvTimeoutError::Timeout),
+            "took room while the backlog was full"
+        );
+        drop(big);
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let p = waiter.join().unwrap();
+        assert_eq!(b.used(), (1, 1));
+        drop(p);
+        assert_eq!(b.used(), (0, 0));
+    }
+
+    #[test]
+    fn replay_hands_the_log_over_a_bounded_page_at_a_time() {
+        let mut log = MemoryLog::new();
+        let records: Vec<Vec<u8>> = (1..=3000).map(|s| encode_log_entry(&commit(s))).collect();
+        log.append(&records).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let backlog = Backlog::new(100, 64 << 20);
+        let replay = {
+            let backlog = backlog.clone();
+            std::thread::spawn(move || replay(&log, 0, &tx, &backlog).unwrap())
+        };
+        // The first page is handed over; while the region holds it, nothing more.
+        let Ok(RegionMsg::Batch(first, permit)) = rx.recv_timeout(Duration::from_secs(5)) else {
+            panic!("no first batch");
+        };
+        assert_eq!(first.first().map(|e| e.0), Some(1));
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_millis(150)),
+            Err(RecvTimeoutError::Timeout)
+        ));
+        let mut applied = first.len();
+        drop(permit);
+        while applied < 3000 {
+            match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(RegionMsg::Batch(entries, permit)) => {
+                    assert_eq!(entries[0].0 as usize, applied + 1, "in order");
+                    applied += entries.len();
+                    assert_eq!(backlog.used().0, entries.len());
+                    drop(permit);
+                }
+                _ => panic!("replay stopped at {applied}"),
+            }
+        }
+        assert_eq!(replay.join().unwrap(), 3000);
+        assert_eq!(backlog.used(), (0, 0));
     }
 }

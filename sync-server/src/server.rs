@@ -8,8 +8,10 @@
 //!   dev-secret    the development HS256 secret, made on first start if none is given
 //! ```
 //!
-//! Start order: open the log and the store, start the region, replay the log after the
-//! store's position, start the sequencer, then serve. Stop order: stop accepting, tell
+//! Start order: open the log and the store (on a blocking thread), start the region,
+//! start the sequencer thread (it first replays the log after the store's position,
+//! then takes new commits), then serve; `/readyz` answers ready once the replay is
+//! applied. Stop order: stop accepting, tell
 //! every connection, let the sequencer finish its queue (its last batch is synced and
 //! applied), stop the region (the store is synced), join both threads.
 
@@ -25,12 +27,13 @@ use warren_core::eval::Limits;
 use warren_core::Schema;
 
 use crate::auth::{AuthConfig, Verifier};
+use crate::conns::Conns;
 use crate::gateway::{self, AppState, GatewayLimits};
-use crate::limits::Slots;
+use crate::limits::{CatchUps, Slots};
 use crate::log::{FileLog, FileLogOptions, Log};
 use crate::metrics::Metrics;
 use crate::region::{self, Region, RegionMsg};
-use crate::sequencer::{self, SequencerOptions};
+use crate::sequencer::{self, Backlog, SequencerOptions, BACKLOG_BYTES, BACKLOG_ENTRIES};
 use crate::store::RedbStore;
 
 /// Everything a server needs.
@@ -67,6 +70,7 @@ fn start_err(what: &str, e: impl std::fmt::Display) -> StartError {
 pub struct Running {
     pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
+    identities: Arc<crate::limits::Identities>,
     shutdown: watch::Sender<bool>,
     serve: tokio::task::JoinHandle<std::io::Result<()>>,
     sequencer: std::thread::JoinHandle<Result<(), crate::log::LogError>>,
@@ -74,6 +78,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// The per-identity budgets (connections, rates, cost).
+    pub fn identities(&self) -> &crate::limits::Identities {
+        &self.identities
+    }
+
     /// Stops gracefully: nothing acknowledged is lost, nothing queued is dropped
     /// unanswered without the client being told.
     pub async fn stop(self) -> Result<(), StartError> {
@@ -103,6 +112,36 @@ impl Running {
     }
 }
 
+/// The log and the region, opened.
+struct Opened {
+    log: FileLog,
+    region: Region,
+}
+
+/// Opens the log and the region's store (blocking).
+fn open(config: &Config, schema: Arc<Schema>, metrics: Arc<Metrics>) -> Result<Opened, StartError> {
+    let (log, recovery) = FileLog::open(config.data_dir.join("log"), FileLogOptions::default())
+        .map_err(|e| start_err("log", e))?;
+    if recovery.truncated_bytes > 0 {
+        tracing::warn!(
+            bytes = recovery.truncated_bytes,
+            "truncated a torn tail of the log"
+        );
+    }
+    let store = RedbStore::open(&config.data_dir.join("state.redb"), config.store_sync_every)
+        .map_err(|e| start_err("region store", e))?;
+    let region = Region::new(store, schema, config.limits.clone(), metrics)
+        .map_err(|e| start_err("region", e))?;
+    let applied = region.position();
+    if applied > log.last_position() {
+        return Err(StartError(format!(
+            "the region store is at position {applied} but the log ends at {}: the log is not this store's",
+            log.last_position()
+        )));
+    }
+    Ok(Opened { log, region })
+}
+
 /// Starts a server on `listener`.
 pub async fn start(config: Config, listener: TcpListener) -> Result<Running, StartError> {
     start_with_web(config, listener, WebOptions::default()).await
@@ -129,44 +168,38 @@ pub async fn start_with_web(
             )));
         }
     }
-    let (log, recovery) = FileLog::open(config.data_dir.join("log"), FileLogOptions::default())
-        .map_err(|e| start_err("log", e))?;
-    if recovery.truncated_bytes > 0 {
-        tracing::warn!(
-            bytes = recovery.truncated_bytes,
-            "truncated a torn tail of the log"
-        );
-    }
-    let store = RedbStore::open(&config.data_dir.join("state.redb"), config.store_sync_every)
-        .map_err(|e| start_err("region store", e))?;
+    // Opening the log (it reads every segment's records) and the store are blocking
+    // work: done on a blocking thread, not on the runtime's workers.
     let metrics = Arc::new(Metrics::default());
-    let region = Region::new(
-        store,
-        schema.clone(),
-        config.limits.clone(),
-        metrics.clone(),
-    )
-    .map_err(|e| start_err("region", e))?;
+    let opened = {
+        let (config, schema, metrics) = (config.clone(), schema.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || open(&config, schema, metrics))
+            .await
+            .map_err(|e| start_err("opening", e))??
+    };
+    let Opened { log, mut region } = opened;
+    let identities = Arc::new(config.gateway.identities());
+    region.set_costs(identities.clone());
     let applied = region.position();
-    if applied > log.last_position() {
-        return Err(StartError(format!(
-            "the region store is at position {applied} but the log ends at {}: the log is not this store's",
-            log.last_position()
-        )));
-    }
     let (region_tx, region_rx) = std::sync::mpsc::channel::<RegionMsg>();
     let region_thread = region::spawn(region, region_rx);
-    let replayed =
-        sequencer::replay(&log, applied, &region_tx).map_err(|e| start_err("replay", e))?;
-    tracing::info!(from = applied, entries = replayed, "replaying the log");
+    let backlog = Backlog::new(BACKLOG_ENTRIES, BACKLOG_BYTES);
+    // The sequencer thread replays the log after the store's position into the region
+    // (within the backlog's bound, so replay never holds the whole unapplied log in
+    // memory), then serves: the gateway's commits wait in its queue meanwhile.
+    let target = log.last_position();
     let (seq_tx, seq_rx) = mpsc::channel(4096);
     let seq_region = region_tx.clone();
     let seq_opts = config.sequencer.clone();
     let seq_metrics = metrics.clone();
-    let log: Box<dyn Log> = Box::new(log);
     let sequencer_thread = std::thread::Builder::new()
         .name("warren-sequencer".into())
-        .spawn(move || sequencer::run(log, seq_rx, seq_region, seq_opts, seq_metrics))
+        .spawn(move || {
+            let replayed = sequencer::replay(&log, applied, &seq_region, &backlog)?;
+            tracing::info!(from = applied, entries = replayed, "replayed the log");
+            let log: Box<dyn Log> = Box::new(log);
+            sequencer::run(log, seq_rx, seq_region, backlog, seq_opts, seq_metrics)
+        })
         .map_err(|e| start_err("sequencer", e))?;
     let verifier = Verifier::new(config.auth.clone())
         .await
@@ -182,12 +215,15 @@ pub async fn start_with_web(
         ready: ready.clone(),
         next_conn: Arc::new(AtomicU64::new(1)),
         shutdown: shutdown_rx.clone(),
-        identities: Arc::new(config.gateway.identities()),
+        identities: identities.clone(),
         slots: Arc::new(Slots::new(config.gateway.max_connections)),
-        catch_ups: Arc::new(tokio::sync::Semaphore::new(gateway::catch_up_workers())),
+        pending_hellos: Conns::pool(config.gateway.max_pending_hellos),
+        catch_ups: Arc::new(CatchUps::new(
+            gateway::catch_up_workers(),
+            gateway::catch_up_workers().div_ceil(2),
+        )),
     };
     // Ready once the region has applied what the log held at start.
-    let target = applied + replayed;
     let ready_metrics = metrics.clone();
     tokio::spawn(async move {
         while ready_metrics.position.load(Ordering::Relaxed) < target {
@@ -199,22 +235,21 @@ pub async fn start_with_web(
         .local_addr()
         .map_err(|e| start_err("listener", e))?;
     let app = gateway::app(state).merge(crate::web::router(web));
-    let mut stop = shutdown_rx;
-    let serve = tokio::spawn(async move {
-        // No Nagle: frames are small and an outcome waits on its frame.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let conns = Conns::new(&config.gateway.conns, metrics.clone());
+    let (max_tcp, reserved) = conns.limits();
+    tracing::info!(max_tcp, reserved, "connection limits");
+    let serve = tokio::spawn(crate::conns::serve(
+        listener,
+        app,
+        conns,
+        config.gateway.conns.header_timeout,
+        shutdown_rx,
+    ));
     tracing::info!(%addr, position = applied, "serving");
     Ok(Running {
         addr,
         metrics,
+        identities,
         shutdown: shutdown_tx,
         serve,
         sequencer: sequencer_thread,

@@ -41,7 +41,7 @@ use warren_server::gateway::scoped_client_id;
 use warren_server::log::{FileLog, FileLogOptions, Log, HEADER_LEN};
 use warren_server::metrics::Metrics;
 use warren_server::region::{self, Region, RegionMsg};
-use warren_server::sequencer;
+use warren_server::sequencer::{self, Backlog};
 use warren_server::store::RedbStore;
 
 const SECRET: &str = "crash-test-secret-0123456789abcdef";
@@ -409,7 +409,7 @@ fn check_crashed(data: &Path, schema: &Arc<Schema>, replay: &mut Replay, acks: &
     .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = region::spawn(region, rx);
-    sequencer::replay(&log, position, &tx).unwrap();
+    sequencer::replay(&log, position, &tx, &Backlog::new(8192, 64 << 20)).unwrap();
     tx.send(RegionMsg::Stop).unwrap();
     thread.join().unwrap().unwrap();
     let store = RedbStore::open(&data.join("state.redb"), 1).unwrap();

@@ -33,7 +33,7 @@ use warren_server::log::fs::{FileSystem, ReadFile, WriteFile};
 use warren_server::log::{FileLog, FileLogOptions, Log};
 use warren_server::metrics::Metrics;
 use warren_server::region::{self, Region, RegionMsg};
-use warren_server::sequencer;
+use warren_server::sequencer::{self, Backlog, Permit};
 use warren_server::store::RedbStore;
 
 // ---------------------------------------------------------------------------------
@@ -561,7 +561,8 @@ fn start(fs: &SimFs, schema: &Arc<Schema>) -> Result<Node, String> {
     }
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = region::spawn(region, rx);
-    sequencer::replay(&log, applied, &tx).map_err(|e| format!("replaying: {e}"))?;
+    sequencer::replay(&log, applied, &tx, &Backlog::new(8192, 64 << 20))
+        .map_err(|e| format!("replaying: {e}"))?;
     Ok(Node {
         log,
         region: tx,
@@ -635,7 +636,11 @@ fn push(node: &mut Node, seen: &mut Seen, batch: Vec<Commit>) -> bool {
         .enumerate()
         .map(|(i, c)| (first + i as u64, c.clone()))
         .collect();
-    if node.region.send(RegionMsg::Batch(entries)).is_err() {
+    if node
+        .region
+        .send(RegionMsg::Batch(entries, Permit::none()))
+        .is_err()
+    {
         return false;
     }
     for c in &batch {

@@ -7,6 +7,10 @@
 //! - every seed under `sync-server/fuzz/seeds/<target>/` (the documented examples)
 //!   decodes, and re-encodes to the same bytes.
 //!
+//! - the language targets' kept inputs and seeds (`lang_parse`, `lang_exec`) run
+//!   without a panic (a kept program may well be valid: what it once did was crash);
+//!   the parser's seeds parse.
+//!
 //! A new crash input goes into `regressions/<target>/` once it is fixed.
 
 #[path = "../fuzz/src/lib.rs"]
@@ -61,6 +65,28 @@ fn fuzz_seeds_decode_and_are_canonical() {
     for (target, check) in TARGETS {
         for (path, bytes) in inputs("seeds", target) {
             assert!(check(&bytes), "{} does not decode", path.display());
+        }
+    }
+}
+
+#[test]
+fn kept_language_inputs_run_without_panicking() {
+    const LANG: [(&str, Check); 2] = [
+        ("lang_parse", checks::lang_parse),
+        ("lang_exec", checks::lang_exec),
+    ];
+    for (target, check) in LANG {
+        for kind in ["regressions", "seeds"] {
+            for (path, bytes) in inputs(kind, target) {
+                let r = std::panic::catch_unwind(|| check(&bytes));
+                match r {
+                    Err(_) => panic!("{} panicked", path.display()),
+                    Ok(false) if kind == "seeds" && target == "lang_parse" => {
+                        panic!("{} does not parse", path.display())
+                    }
+                    Ok(_) => {}
+                }
+            }
         }
     }
 }

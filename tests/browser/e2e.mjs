@@ -10,6 +10,12 @@
 // 5. Storage pressure: past the origin's quota a write fails with QUOTA_EXCEEDED, and
 //    everything written before it survives a reload and syncs.
 // 6. The tab crashes (the browser is killed): the outbox survives and drains.
+// 7. A live app crosses its token's expiry: the server ends the connection with
+//    TOKEN_EXPIRED, the package's token callback gives a fresh token, the client
+//    reconnects, and every write the app made meanwhile lands exactly once.
+//
+// The server runs with a one-second token leeway (--token-leeway-secs 1), so that a
+// connection ends one second after its token's `exp`.
 //
 // Run by .ci/test-browser after .ci/build-wasm and a debug build of the server.
 import { execFileSync, spawnSync } from "node:child_process";
@@ -45,7 +51,8 @@ const ws = `ws://127.0.0.1:${syncPort}/v1/sync`;
 let server = null;
 async function startServer() {
   server = await startWarren(["--listen", `127.0.0.1:${syncPort}`, "--data-dir", data,
-    "--schema", join(root, "demo", "schema.warren"), "--hs256-secret", SECRET]);
+    "--schema", join(root, "demo", "schema.warren"), "--hs256-secret", SECRET,
+    "--token-leeway-secs", "1"]);
 }
 async function killServer(signal) {
   const s = server;
@@ -190,6 +197,43 @@ try {
   check("the outbox survives a crash of the browser", davePending === 2, `pending ${davePending}`);
   await until("dave's outbox to drain", async () => (await dave.evaluate(() => window.db.pending())) === 0);
   check("dave's writes landed once", (await pull("dave")).snapshots.flatMap((s) => s.docs).length === 2);
+
+  // 7. A live app crosses its token's expiry, writing all the while.
+  const metric = async (line) => {
+    const text = await (await fetch(`http://127.0.0.1:${syncPort}/metrics`)).text();
+    const l = text.split("\n").find((x) => x.startsWith(line));
+    return l ? Number(l.slice(line.length).trim()) : 0;
+  };
+  const expiredLine = 'warren_errors_sent_total{code="TOKEN_EXPIRED"}';
+  const expiredBefore = await metric(expiredLine);
+  const fayCtx = await profile("fay");
+  const soon = Math.floor(Date.now() / 1000) + 3;
+  const fay = await openPage(fayCtx, "fay", { token: jwt({ sub: "fay", exp: soon }), fresh: token("fay") });
+  await until("fay to connect", async () => fay.evaluate(() => window.db.connected()));
+  // A write every 100 ms for 7 s: across `exp` (3 s) plus the leeway (1 s).
+  const written = await fay.evaluate(async () => {
+    let n = 0;
+    const until = Date.now() + 7000;
+    while (Date.now() < until) {
+      await window.call("addTodo", { title: `live ${n}` });
+      n++;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return n;
+  });
+  await until("fay's outbox to drain", async () =>
+    (await fay.evaluate(() => window.db.connected() && window.db.pending() === 0)), 30000);
+  const expiredAfter = await metric(expiredLine);
+  check("the server ended fay's connection when her token expired", expiredAfter > expiredBefore,
+    `${expiredBefore} -> ${expiredAfter}`);
+  const fayDocs = (await pull("fay")).snapshots.flatMap((s) => s.docs).filter((d) => d.collection === "Todo");
+  const fayTitles = new Set(fayDocs.map((d) => d.data.title));
+  check("every write across the expiry landed exactly once",
+    written > 40 && fayDocs.length === written && fayTitles.size === written,
+    `${written} written, ${fayDocs.length} on the server`);
+  check("fay's view equals the server's",
+    (await fay.evaluate(() => window.db.query("Todo.all().count()"))) === written);
+  await fayCtx.close();
 
   await daveCtx.close();
   await carolCtx.close();

@@ -38,28 +38,53 @@ impl StoredDoc {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<StoredDoc, Error> {
-        let mut r = Reader::new(bytes);
-        if r.byte()? != DOC_FORMAT {
-            return Err(Error::new(
-                ErrorCode::Corrupt,
-                "unknown stored document format",
-            ));
-        }
-        let version = r.varint()?;
-        let partition = r.string()?;
-        let data = r.value(0)?;
+        Self::decode_within(bytes, u64::MAX).map(|(d, _)| d)
+    }
+
+    /// Decodes within a memory budget: the document and the memory cost of its fields
+    /// (`Value::mem_cost`), counted before each allocation; `MEMORY_EXHAUSTED` past the
+    /// budget.
+    pub fn decode_within(bytes: &[u8], budget: u64) -> Result<(StoredDoc, u64), Error> {
+        let mut r = Reader::with_budget(bytes, budget);
+        let (version, partition) = header(&mut r)?;
+        let data = r.value_paid()?;
         if r.pos != bytes.len() {
             return Err(Error::new(
                 ErrorCode::Corrupt,
                 "trailing bytes after document",
             ));
         }
-        Ok(StoredDoc {
-            partition,
-            version,
-            data,
-        })
+        let cost = r.spent();
+        Ok((
+            StoredDoc {
+                partition: partition.to_owned(),
+                version,
+                data,
+            },
+            cost,
+        ))
     }
+
+    /// The partition of stored document bytes, read without decoding the fields: a
+    /// scan checks the read rule before it decodes (or pays for) anything more.
+    pub fn partition_of(bytes: &[u8]) -> Result<&str, Error> {
+        header(&mut Reader::new(bytes)).map(|(_, p)| p)
+    }
+}
+
+/// The format byte, the version and the partition.
+fn header<'b>(r: &mut Reader<'b>) -> Result<(u64, &'b str), Error> {
+    if r.byte()? != DOC_FORMAT {
+        return Err(Error::new(
+            ErrorCode::Corrupt,
+            "unknown stored document format",
+        ));
+    }
+    let version = r.varint()?;
+    let n = r.len()?;
+    let partition = std::str::from_utf8(r.take(n)?)
+        .map_err(|_| Error::new(ErrorCode::Corrupt, "partition is not UTF-8"))?;
+    Ok((version, partition))
 }
 
 /// The value at a field path (`Null` when any step is missing).

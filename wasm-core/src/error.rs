@@ -58,6 +58,17 @@ pub enum ErrorCode {
     Storage,
     /// The storage backend is out of space (the browser's quota for the origin).
     QuotaExceeded,
+    /// The evaluation would hold more memory than its budget.
+    MemoryExhausted,
+    /// The evaluation did more work that it cannot see (entries of partitions it may
+    /// not read, rule evaluations) than the limit allows.
+    HiddenWorkExhausted,
+    /// The engine failed inside (a bug): the commit is refused the same way on every
+    /// replica, which keeps running.
+    Internal,
+    /// The commit would take its identity (or a document's owner) over a quota of
+    /// documents, bytes or partitions kept on the server (`crate::quota`).
+    IdentityQuota,
 }
 
 impl ErrorCode {
@@ -86,6 +97,10 @@ impl ErrorCode {
         ErrorCode::Corrupt,
         ErrorCode::Storage,
         ErrorCode::QuotaExceeded,
+        ErrorCode::MemoryExhausted,
+        ErrorCode::HiddenWorkExhausted,
+        ErrorCode::Internal,
+        ErrorCode::IdentityQuota,
     ];
 
     /// The stable string form.
@@ -114,6 +129,10 @@ impl ErrorCode {
             ErrorCode::Corrupt => "CORRUPT",
             ErrorCode::Storage => "STORAGE_ERROR",
             ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
+            ErrorCode::MemoryExhausted => "MEMORY_EXHAUSTED",
+            ErrorCode::HiddenWorkExhausted => "HIDDEN_WORK_EXHAUSTED",
+            ErrorCode::Internal => "INTERNAL_ERROR",
+            ErrorCode::IdentityQuota => "IDENTITY_QUOTA_EXCEEDED",
         }
     }
 

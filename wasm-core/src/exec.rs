@@ -189,16 +189,45 @@ pub fn execute(
     position: u64,
     limits: &Limits,
 ) -> Result<Outcome, Error> {
+    execute_metered(store, schema, commit, position, limits).map(|(o, _)| o)
+}
+
+/// What one evaluation used of its limits. Every figure is deterministic: the same on
+/// every replica for the same state and commit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Fuel the program spent ([`Limits::fuel`]).
+    pub fuel: u64,
+    /// The most memory the program held at once, in the model of
+    /// [`Limits::max_memory_bytes`].
+    pub memory: u64,
+    /// Work the program could not see ([`Limits::max_hidden_work`]): the one figure
+    /// here that depends on what the caller may not read. It is not an outcome: only
+    /// its limit is observable, and only as `HIDDEN_WORK_EXHAUSTED`.
+    pub hidden_work: u64,
+}
+
+/// [`execute`], and what the commit used of its limits (zero for a skipped commit).
+pub fn execute_metered(
+    store: &dyn Storage,
+    schema: &Schema,
+    commit: &Commit,
+    position: u64,
+    limits: &Limits,
+) -> Result<(Outcome, Usage), Error> {
     let applied = applied_seq(store, &commit.client_id)?;
     if commit.client_seq <= applied {
-        return Ok(Outcome::Skipped(Skip::Duplicate));
+        return Ok((Outcome::Skipped(Skip::Duplicate), Usage::default()));
     }
     if commit.client_seq != applied + 1 {
-        return Ok(Outcome::Skipped(Skip::OutOfOrder {
-            expected: applied + 1,
-        }));
+        return Ok((
+            Outcome::Skipped(Skip::OutOfOrder {
+                expected: applied + 1,
+            }),
+            Usage::default(),
+        ));
     }
-    execute_optimistic(store, schema, commit, position, limits)
+    optimistic_metered(store, schema, commit, position, limits)
 }
 
 fn check_input(v: &Value, limits: &Limits) -> Result<(), Error> {
@@ -228,7 +257,7 @@ fn run(
     commit: &Commit,
     position: u64,
     limits: &Limits,
-) -> Result<Outcome, Error> {
+) -> (Result<Outcome, Error>, Usage) {
     let ctx = Context {
         auth: commit.auth.clone(),
         now: commit.timestamp,
@@ -236,8 +265,20 @@ fn run(
         client_seq: commit.client_seq,
         position,
     };
-    check_input(&commit.auth, limits)?;
+    if let Err(e) = check_input(&commit.auth, limits) {
+        return (Err(e), Usage::default());
+    }
     let mut ev = Evaluator::new(schema, store, limits, &ctx, Mode::Transaction);
+    let outcome = run_in(&mut ev, commit, position, limits);
+    (outcome, ev.usage())
+}
+
+fn run_in(
+    ev: &mut Evaluator<'_>,
+    commit: &Commit,
+    position: u64,
+    limits: &Limits,
+) -> Result<Outcome, Error> {
     let result = match &commit.op {
         Op::Call { function, args } => {
             check_input(args, limits)?;
@@ -263,11 +304,9 @@ fn run(
     let mut writes = Vec::with_capacity(ev.touched.len());
     for t in &ev.touched {
         let key = keys::doc_key(&t.collection, &t.id);
-        let before = ev
-            .view
-            .base_get(&key)?
-            .map(|b| StoredDoc::decode(&b))
-            .transpose()?;
+        // Of the document before, only its partition matters.
+        let before = ev.view.base_get(&key)?;
+        let before = before.as_deref().map(StoredDoc::partition_of).transpose()?;
         let after = ev
             .view
             .get(&key)?
@@ -282,9 +321,9 @@ fn run(
         };
         // A document deleted and created again in another partition in the same
         // transaction is two effects: the readers of the old partition must see it go.
-        if let Some(b) = &before {
-            if after.as_ref().is_none_or(|a| a.partition != b.partition) {
-                writes.push(write(&b.partition, None));
+        if let Some(b) = before {
+            if after.as_ref().is_none_or(|a| a.partition != b) {
+                writes.push(write(b, None));
             }
         }
         if let Some(a) = after {
@@ -462,14 +501,112 @@ pub fn execute_optimistic(
     position: u64,
     limits: &Limits,
 ) -> Result<Outcome, Error> {
-    match run(store, schema, commit, position, limits) {
-        Ok(o) => Ok(o),
-        Err(e) if e.code.is_deterministic() => Ok(Outcome::Rejected {
-            code: e.code,
-            message: e.to_string(),
-        }),
+    optimistic_metered(store, schema, commit, position, limits).map(|(o, _)| o)
+}
+
+fn optimistic_metered(
+    store: &dyn Storage,
+    schema: &Schema,
+    commit: &Commit,
+    position: u64,
+    limits: &Limits,
+) -> Result<(Outcome, Usage), Error> {
+    // The last line of defence: a panic inside the engine is a bug, but it must not
+    // stop a replica, and every replica must record the same outcome for the entry. The
+    // execution only reads the store, so nothing is left half-done. (The browser's
+    // build aborts on a panic instead; it only executes its own commits.)
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(store, schema, commit, position, limits)
+    }));
+    let (r, usage) = match run {
+        Ok(r) => r,
+        Err(_) => {
+            return Ok((
+                Outcome::Rejected {
+                    code: ErrorCode::Internal,
+                    message: INTERNAL_MESSAGE.to_owned(),
+                },
+                Usage::default(),
+            ))
+        }
+    };
+    match r {
+        Ok(o) => Ok((o, usage)),
+        Err(e) if e.code.is_deterministic() => Ok((
+            Outcome::Rejected {
+                code: e.code,
+                message: cap_message(e.to_string()),
+            },
+            usage,
+        )),
         Err(e) => Err(e),
     }
+}
+
+/// The message of a commit the engine failed on (the same on every replica: no panic
+/// text, which names source lines that differ between versions).
+pub const INTERNAL_MESSAGE: &str = "INTERNAL_ERROR: the engine failed inside while executing \
+     this commit (a bug); it is refused on every replica";
+
+/// The longest message a rejection keeps, in bytes: messages are stored with kept
+/// outcomes and sent to clients, and `abort` takes any value.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+fn cap_message(mut m: String) -> String {
+    if m.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES - 3;
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        m.truncate(cut);
+        m.push('…');
+    }
+    m
+}
+
+/// What a server does with a commit at `position`: runs it ([`execute`]), checks and
+/// counts the identity's quotas ([`crate::quota`]), and builds the batch that records
+/// its outcome ([`effects_batch`]) together with the server's own derived state (the
+/// quota counts, the read-rule index's member entries, [`crate::reach`]). A replica
+/// applying outcomes computed by a server uses [`apply`] instead.
+pub fn commit_batch(
+    store: &dyn Storage,
+    schema: &Schema,
+    commit: &Commit,
+    position: u64,
+    limits: &Limits,
+) -> Result<(Batch, Outcome), Error> {
+    let mut outcome = execute(store, schema, commit, position, limits)?;
+    let batch = |outcome: &Outcome| {
+        effects_batch(
+            store,
+            schema,
+            position,
+            &commit.client_id,
+            commit.client_seq,
+            outcome,
+        )
+        .map(|(b, _)| b)
+    };
+    let mut b = batch(&outcome)?;
+    if let Outcome::Committed { writes, .. } = &outcome {
+        // The identity's quotas: over one, the commit is rejected and changes nothing.
+        let sub = subject(&commit.auth);
+        match crate::quota::account(store, &limits.quotas, &sub, writes, &b)? {
+            Ok(ops) => {
+                b.ops.extend(ops);
+                b.ops.extend(schema.reach().member_ops(store, writes)?);
+            }
+            Err(message) => {
+                outcome = Outcome::Rejected {
+                    code: ErrorCode::IdentityQuota,
+                    message: format!("{}: {message}", ErrorCode::IdentityQuota),
+                };
+                b = batch(&outcome)?;
+            }
+        }
+    }
+    Ok((b, outcome))
 }
 
 /// Records an outcome at `position`: its writes, the client's sequence number, the
@@ -497,24 +634,46 @@ pub fn query(
     now: i64,
     limits: &Limits,
 ) -> Result<Value, Error> {
-    if source.len() > limits.max_args_bytes {
-        return Err(Error::new(
-            ErrorCode::ArgumentTooLarge,
-            format!(
-                "the query is {} bytes; the limit is {}",
-                source.len(),
-                limits.max_args_bytes
-            ),
-        ));
-    }
-    check_input(auth, limits)?;
-    let block = parse_block(source)?;
-    let ctx = Context::reader(auth, now, position(store)?);
+    query_metered(store, schema, source, auth, now, limits).0
+}
+
+/// [`query`], and what it used of its limits.
+pub fn query_metered(
+    store: &dyn Storage,
+    schema: &Schema,
+    source: &str,
+    auth: &Value,
+    now: i64,
+    limits: &Limits,
+) -> (Result<Value, Error>, Usage) {
+    let block = (|| {
+        if source.len() > limits.max_args_bytes {
+            return Err(Error::new(
+                ErrorCode::ArgumentTooLarge,
+                format!(
+                    "the query is {} bytes; the limit is {}",
+                    source.len(),
+                    limits.max_args_bytes
+                ),
+            ));
+        }
+        check_input(auth, limits)?;
+        let block = parse_block(source)?;
+        Ok((block, position(store)?))
+    })();
+    let (block, at) = match block {
+        Ok(b) => b,
+        Err(e) => return (Err(e), Usage::default()),
+    };
+    let ctx = Context::reader(auth, now, at);
     let mut ev = Evaluator::new(schema, store, limits, &ctx, Mode::Query);
-    let v = ev.run_block(&block)?;
-    let v = ev.materialize(v)?;
-    check_result(&v, limits)?;
-    Ok(v)
+    let r = (|| {
+        let v = ev.run_block(&block)?;
+        let v = ev.materialize(v)?;
+        check_result(&v, limits)?;
+        Ok(v)
+    })();
+    (r, ev.usage())
 }
 
 /// Whether `auth` may read documents of `collection` in `partition` (the sync server
@@ -575,6 +734,15 @@ impl<S: Storage> Executor<S> {
             commit.client_seq,
             &outcome,
         )?;
+        Ok(outcome)
+    }
+
+    /// [`Executor::commit`] as a server does it, with the server's derived state
+    /// ([`commit_batch`]).
+    pub fn serve_commit(&mut self, commit: &Commit, position: u64) -> Result<Outcome, Error> {
+        let (batch, outcome) =
+            commit_batch(&self.store, &self.schema, commit, position, &self.limits)?;
+        self.store.apply(batch)?;
         Ok(outcome)
     }
 

@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`value`]: the data model and its canonical encoding.
+//! - [`text`]: values as JSON text, and the engine's own float formatting.
 //! - [`keys`]: the storage key layout and the order-preserving value encoding.
 //! - [`lang`]: the language's lexer, syntax tree and parser.
 //! - [`schema`]: collections, indexes, rules and functions compiled from a schema file.
@@ -56,6 +57,8 @@ pub mod exec;
 pub mod keys;
 pub mod lang;
 pub mod protocol;
+pub mod quota;
+pub mod reach;
 pub mod replica;
 #[doc(hidden)]
 pub mod scenario;
@@ -64,10 +67,11 @@ pub mod storage;
 pub mod subscription;
 #[doc(hidden)]
 pub mod testing;
+pub mod text;
 pub mod value;
 
 pub use error::{Error, ErrorCode};
-pub use exec::{apply, execute, query, Commit, Executor, Op, Outcome, Write};
+pub use exec::{apply, execute, query, Commit, Executor, Op, Outcome, Usage, Write};
 pub use schema::Schema;
 pub use value::Value;
 

@@ -135,6 +135,15 @@ pub enum ServerFrame {
         position: u64,
         docs: Vec<SnapshotDoc>,
     },
+    /// The first documents of a large partition's snapshot at `position`: more parts
+    /// may follow, then the `Snapshot` with the same partition and position and the
+    /// last documents. The client keeps the parts aside and replaces the partition with
+    /// all of them together when the `Snapshot` comes (`docs/PROTOCOL.md`).
+    SnapshotPart {
+        partition: String,
+        position: u64,
+        docs: Vec<SnapshotDoc>,
+    },
     /// The client may no longer read `partition`: drop it (from `position` on).
     Drop {
         partition: String,
@@ -171,6 +180,7 @@ const F_EFFECTS: u8 = 0x84;
 const F_OUTCOME: u8 = 0x85;
 const F_ERROR: u8 = 0x86;
 const F_PONG: u8 = 0x87;
+const F_SNAPSHOT_PART: u8 = 0x88;
 
 // Log entry kinds.
 const E_COMMIT: u8 = 0x01;
@@ -383,8 +393,17 @@ impl ServerFrame {
                 partition,
                 position,
                 docs,
+            }
+            | ServerFrame::SnapshotPart {
+                partition,
+                position,
+                docs,
             } => {
-                out.push(F_SNAPSHOT);
+                out.push(if matches!(self, ServerFrame::Snapshot { .. }) {
+                    F_SNAPSHOT
+                } else {
+                    F_SNAPSHOT_PART
+                });
                 put_str(&mut out, partition);
                 write_varint(&mut out, *position);
                 write_varint(&mut out, docs.len() as u64);
@@ -466,7 +485,7 @@ impl ServerFrame {
                     partitions,
                 }
             }
-            F_SNAPSHOT => {
+            kind @ (F_SNAPSHOT | F_SNAPSHOT_PART) => {
                 let partition = r.string()?;
                 let position = r.varint()?;
                 let n = count(&mut r, 4)?;
@@ -479,10 +498,18 @@ impl ServerFrame {
                         data: r.value(0)?,
                     });
                 }
-                ServerFrame::Snapshot {
-                    partition,
-                    position,
-                    docs,
+                if kind == F_SNAPSHOT {
+                    ServerFrame::Snapshot {
+                        partition,
+                        position,
+                        docs,
+                    }
+                } else {
+                    ServerFrame::SnapshotPart {
+                        partition,
+                        position,
+                        docs,
+                    }
                 }
             }
             F_DROP => ServerFrame::Drop {
@@ -618,6 +645,16 @@ mod tests {
                     id: "a".into(),
                     version: 7,
                     data: obj([("x", Value::Int(1))]),
+                }],
+            },
+            ServerFrame::SnapshotPart {
+                partition: "user:ann".into(),
+                position: 9,
+                docs: vec![SnapshotDoc {
+                    collection: "Todo".into(),
+                    id: "b".into(),
+                    version: 8,
+                    data: obj([("x", Value::Int(2))]),
                 }],
             },
             ServerFrame::Drop {

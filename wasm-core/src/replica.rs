@@ -44,6 +44,7 @@ use crate::exec::{self, Commit, Op, Outcome, Write};
 use crate::keys;
 use crate::protocol::{
     decode_log_entry, encode_log_entry, ClientCommit, ClientFrame, CommitResult, ServerFrame,
+    SnapshotDoc,
 };
 use crate::schema::Schema;
 use crate::storage::{Batch, Entry, KeyRange, Overlay, Reads, Recorder, Storage};
@@ -286,6 +287,9 @@ pub struct Replica<S: Storage> {
     stalled: bool,
     events: Vec<Event>,
     now: i64,
+    /// The parts of a large snapshot received so far: (partition, position, documents),
+    /// applied with the `Snapshot` that ends them.
+    parts: Option<(String, u64, Vec<SnapshotDoc>)>,
 }
 
 impl<S: Storage> Replica<S> {
@@ -364,6 +368,7 @@ impl<S: Storage> Replica<S> {
             stalled: false,
             events: Vec::new(),
             now: 0,
+            parts: None,
         })
     }
 
@@ -408,6 +413,16 @@ impl<S: Storage> Replica<S> {
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// The documents of the snapshot parts held until their `Snapshot` comes, as
+    /// (collection, id): a driver whose store loads lazily loads them before applying
+    /// the `Snapshot` (a document may still be held in another partition).
+    pub fn held_snapshot_docs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.parts
+            .iter()
+            .flat_map(|(_, _, docs)| docs.iter())
+            .map(|d| (d.collection.as_str(), d.id.as_str()))
     }
 
     /// The store, to open the replica again later (as after a reload).
@@ -672,6 +687,7 @@ impl<S: Storage> Replica<S> {
     pub fn disconnected(&mut self) {
         self.connected = false;
         self.sent_upto = 0;
+        self.parts = None;
     }
 
     /// The frames to send now: the pending commits not yet sent on this connection.
@@ -779,11 +795,26 @@ impl<S: Storage> Replica<S> {
                 self.sent_upto = applied_seq;
                 self.stalled = false;
             }
-            ServerFrame::Snapshot {
+            ServerFrame::SnapshotPart {
                 partition,
                 position,
                 docs,
+            } => match &mut self.parts {
+                Some((p, at, held)) if *p == partition && *at == position => held.extend(docs),
+                _ => self.parts = Some((partition, position, docs)),
+            },
+            ServerFrame::Snapshot {
+                partition,
+                position,
+                mut docs,
             } => {
+                // The parts sent before it come first.
+                if let Some((p, at, mut held)) = self.parts.take() {
+                    if p == partition && at == position {
+                        held.append(&mut docs);
+                        docs = held;
+                    }
+                }
                 let schema = self.schema_or_err()?;
                 let mut batch = self.clear_partition_batch(&partition)?;
                 // The deletes and the puts in one batch: the later write wins.

@@ -41,12 +41,12 @@ pub const GOLDEN: &[(u64, usize, &str)] = &[
     (
         1,
         300,
-        "91dcee43c985a7448f441cd8add1ae429d26484ea085255f1b51bfddf339b837",
+        "95355d7bbcaa81ed0a4eceefc29a05266ccfe99b4c14da0f8a2d6c73bd615780",
     ),
     (
         2026,
         500,
-        "7881125f8f337ad01c3f721ce85308a51791834980d1f38f660c49432296e417",
+        "22d23df4e282afaf20647ee8feb7704f9f91decaa692e380a622c024af0adf30",
     ),
 ];
 

@@ -20,6 +20,8 @@ pub struct Schema {
     version: String,
     pub collections: BTreeMap<String, Collection>,
     pub functions: BTreeMap<String, Arc<FunctionDecl>>,
+    /// The read rules analysed for the read-rule index, made when first asked for.
+    reach: std::sync::OnceLock<crate::reach::Reach>,
 }
 
 /// A collection's compiled declaration.
@@ -90,7 +92,13 @@ impl Schema {
             version,
             collections,
             functions,
+            reach: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The read-rule index's analysis of this schema (see [`crate::reach`]).
+    pub fn reach(&self) -> &crate::reach::Reach {
+        self.reach.get_or_init(|| crate::reach::Reach::of(self))
     }
 
     /// The version: the first 16 bytes of the SHA-256 of the source, in hex.

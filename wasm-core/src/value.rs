@@ -25,6 +25,15 @@ pub type Object = BTreeMap<String, Value>;
 /// is decoded, so no recursive walk over a value can overflow the stack.
 pub const MAX_VALUE_DEPTH: usize = 64;
 
+/// The memory model of values, the same on every build (`eval::meter` explains it):
+/// a value's slot (a `Value` on a 64-bit target)...
+pub const MEM_SLOT: u64 = 32;
+/// ...an object's first B-tree node...
+pub const MEM_OBJECT: u64 = 640;
+/// ...and an object entry besides its key's bytes and its value's heap: the key's
+/// `String`, the value's slot, and the room a half-full node leaves.
+pub const MEM_ENTRY: u64 = 112;
+
 /// A Warren value.
 #[derive(Clone, Debug, Default)]
 pub enum Value {
@@ -181,6 +190,30 @@ impl Value {
         }
     }
 
+    /// The bytes the value is charged for when a program holds it ([`MEM_SLOT`]): at
+    /// least what a 64-bit build allocates for it, apart from spare capacity.
+    pub fn mem_cost(&self) -> u64 {
+        MEM_SLOT + self.heap_cost()
+    }
+
+    /// [`Value::mem_cost`] without the value's own slot (paid by its container).
+    pub fn heap_cost(&self) -> u64 {
+        match self {
+            Value::Null | Value::Bool(_) | Value::Int(_) | Value::Float(_) => 0,
+            Value::String(s) => s.len() as u64,
+            Value::Bytes(b) => b.len() as u64,
+            Value::Array(a) => a.iter().map(Value::mem_cost).sum(),
+            // An empty map allocates nothing.
+            Value::Object(o) if o.is_empty() => 0,
+            Value::Object(o) => {
+                MEM_OBJECT
+                    + o.iter()
+                        .map(|(k, v)| MEM_ENTRY + k.len() as u64 + v.heap_cost())
+                        .sum::<u64>()
+            }
+        }
+    }
+
     /// The canonical encoding: the bytes that are stored and hashed.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(32);
@@ -253,7 +286,7 @@ impl Value {
 
     /// Decodes one canonical encoding that must fill `bytes` exactly.
     pub fn decode(bytes: &[u8]) -> Result<Value, Error> {
-        let mut r = Reader { buf: bytes, pos: 0 };
+        let mut r = Reader::new(bytes);
         let v = r.value(0)?;
         if r.pos != bytes.len() {
             return Err(corrupt("trailing bytes after value"));
@@ -264,7 +297,7 @@ impl Value {
     /// Decodes one canonical encoding from the front of `bytes`; returns it and the
     /// number of bytes it took.
     pub fn decode_prefix(bytes: &[u8]) -> Result<(Value, usize), Error> {
-        let mut r = Reader { buf: bytes, pos: 0 };
+        let mut r = Reader::new(bytes);
         let v = r.value(0)?;
         Ok((v, r.pos))
     }
@@ -429,9 +462,9 @@ impl PartialEq for Value {
 impl Eq for Value {}
 
 impl fmt::Display for Value {
-    /// JSON text: how values appear in messages and in `toString`.
+    /// JSON text: how values appear in messages and in `toString` ([`crate::text`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.to_json())
+        crate::text::write_json_to(f, self)
     }
 }
 
@@ -507,14 +540,60 @@ fn corrupt(msg: &str) -> Error {
 
 /// A cursor over canonical bytes. Every read is bounds-checked; a length prefix is
 /// never trusted for an allocation larger than the bytes that remain.
+///
+/// Values are decoded within a memory budget ([`Reader::with_budget`]; unlimited by
+/// default): the [`Value::mem_cost`] of what is decoded is counted before each
+/// allocation, and decoding stops with `MEMORY_EXHAUSTED` past the budget. A few bytes
+/// can stand for a large value (a one-entry object is 5 bytes and a B-tree node), so
+/// the length of the input alone does not bound the memory its decoding takes.
 pub(crate) struct Reader<'a> {
     pub buf: &'a [u8],
     pub pos: usize,
+    budget: u64,
+    spent: u64,
 }
 
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
+        Reader {
+            buf,
+            pos: 0,
+            budget: u64::MAX,
+            spent: 0,
+        }
+    }
+
+    /// A reader whose decoded values may cost at most `budget` bytes in all.
+    pub fn with_budget(buf: &'a [u8], budget: u64) -> Self {
+        Reader {
+            budget,
+            ..Reader::new(buf)
+        }
+    }
+
+    /// The memory cost of the values decoded so far.
+    pub fn spent(&self) -> u64 {
+        self.spent
+    }
+
+    fn spend(&mut self, n: u64) -> Result<(), Error> {
+        self.spent = self.spent.saturating_add(n);
+        if self.spent > self.budget {
+            return Err(Error::new(
+                ErrorCode::MemoryExhausted,
+                format!(
+                    "decoding would take more than the {} bytes of memory left",
+                    self.budget
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One value, its own slot included in what is spent.
+    pub fn value_paid(&mut self) -> Result<Value, Error> {
+        self.spend(MEM_SLOT)?;
+        self.value(0)
     }
 
     pub fn byte(&mut self) -> Result<u8, Error> {
@@ -570,6 +649,14 @@ impl<'a> Reader<'a> {
         String::from_utf8(b.to_vec()).map_err(|_| corrupt("string is not UTF-8"))
     }
 
+    /// A string inside a value: its bytes are spent before they are copied.
+    fn string_paid(&mut self) -> Result<String, Error> {
+        let n = self.len()?;
+        self.spend(n as u64)?;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| corrupt("string is not UTF-8"))
+    }
+
     pub fn value(&mut self, depth: usize) -> Result<Value, Error> {
         Ok(match self.byte()? {
             T_NULL => Value::Null,
@@ -582,11 +669,16 @@ impl<'a> Reader<'a> {
                 if !f.is_finite() {
                     return Err(corrupt("float is not finite"));
                 }
+                // The engine has one zero: -0.0 has no canonical encoding.
+                if f == 0.0 && f.is_sign_negative() {
+                    return Err(corrupt("negative zero"));
+                }
                 Value::Float(f)
             }
-            T_STRING => Value::String(self.string()?),
+            T_STRING => Value::String(self.string_paid()?),
             T_BYTES => {
                 let n = self.len()?;
+                self.spend(n as u64)?;
                 Value::Bytes(self.take(n)?.to_vec())
             }
             T_ARRAY => {
@@ -594,6 +686,7 @@ impl<'a> Reader<'a> {
                     return Err(corrupt("nesting too deep"));
                 }
                 let n = self.len()?;
+                self.spend(n as u64 * MEM_SLOT)?;
                 let mut a = Vec::with_capacity(n);
                 for _ in 0..n {
                     a.push(self.value(depth + 1)?);
@@ -605,10 +698,14 @@ impl<'a> Reader<'a> {
                     return Err(corrupt("nesting too deep"));
                 }
                 let n = self.len()?;
+                if n > 0 {
+                    self.spend(MEM_OBJECT)?;
+                }
                 let mut o = Object::new();
                 let mut last: Option<String> = None;
                 for _ in 0..n {
-                    let k = self.string()?;
+                    self.spend(MEM_ENTRY)?;
+                    let k = self.string_paid()?;
                     // Canonical means one encoding per value: keys strictly ascending.
                     if last.as_ref().is_some_and(|l| l.as_bytes() >= k.as_bytes()) {
                         return Err(corrupt("object keys out of order"));

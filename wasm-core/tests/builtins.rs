@@ -74,6 +74,7 @@ struct Db {
     ex: Executor<MemoryStore>,
     seq: u64,
     client: String,
+    auth: Value,
 }
 
 impl Db {
@@ -86,6 +87,7 @@ impl Db {
             ex: Executor::new(MemoryStore::new(), schema(), limits),
             seq: 0,
             client: "c1".into(),
+            auth: auth(),
         }
     }
 
@@ -103,7 +105,7 @@ impl Db {
             client_seq: self.seq,
             schema_version: String::new(),
             timestamp: TS,
-            auth: auth(),
+            auth: self.auth.clone(),
             op,
         };
         let position = self.ex.position().unwrap() + 1;
@@ -860,9 +862,11 @@ fn builtin_without() {
     fails("{ a: 1 }.without(1)", "TYPE_ERROR");
 }
 
+/// `_` and 26 characters of lowercase base32.
 fn is_id(v: &Value) -> bool {
     const ALPHABET: &str = "0123456789abcdefghjkmnpqrstvwxyz";
-    matches!(v, Value::String(s) if s.len() == 16 && s.chars().all(|c| ALPHABET.contains(c)))
+    matches!(v, Value::String(s) if s.len() == 27 && s.starts_with('_')
+        && s[1..].chars().all(|c| ALPHABET.contains(c)))
 }
 
 #[test]
@@ -894,6 +898,16 @@ fn builtin_new_id() {
     assert_ne!(other.ok("newId()"), ids1[0]);
     // The second commit of the same client agrees too.
     assert_eq!(d2.ok("newId()"), next);
+    // The first 8 bytes name the caller: another user's ids begin differently, the
+    // same user's alike.
+    let Value::String(mine) = &next else { panic!() };
+    let mut bob = Db::new();
+    bob.auth = obj([("sub", "bob".into())]);
+    let Value::String(theirs) = bob.ok("newId()") else {
+        panic!()
+    };
+    assert_eq!(mine[..12], d2.ok("newId()").as_str().unwrap()[..12]);
+    assert_ne!(mine[..12], theirs[..12]);
 
     fails("newId(1)", "INVALID_ARGUMENT");
 }

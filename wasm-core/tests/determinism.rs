@@ -244,3 +244,114 @@ fn the_seeded_scenario_matches_the_recorded_digests() {
         assert_eq!(got, *want, "seed {seed}");
     }
 }
+
+fn q(src: &str) -> Result<Value, warren_core::Error> {
+    let db = db();
+    db.query(src, &user("ann"), 0)
+}
+
+/// `-0.0` is not a second zero anywhere a float enters: canonical bytes (the log, the
+/// store, frames) refuse it, and JSON and arithmetic make `0.0`.
+#[test]
+fn negative_zero_enters_nowhere() {
+    let mut bytes = vec![0x04];
+    bytes.extend_from_slice(&(-0.0f64).to_bits().to_le_bytes());
+    assert_eq!(
+        Value::decode(&bytes).unwrap_err().code,
+        warren_core::ErrorCode::Corrupt
+    );
+    let mut arr = vec![0x07, 0x01];
+    arr.extend_from_slice(&bytes);
+    assert!(Value::decode(&arr).is_err());
+    let zero = |v: &Value| matches!(v, Value::Float(f) if f.to_bits() == 0);
+    assert!(zero(&Value::parse_json("-0.0").unwrap()));
+    assert!(
+        zero(&Value::parse_json("-0").unwrap())
+            || Value::parse_json("-0").unwrap() == Value::Int(0)
+    );
+    for src in [
+        "-1.0 * 0.0",
+        "0.0 / -3.0",
+        "-(0.0)",
+        "toFloat(-0)",
+        "-0.0 % 5.0",
+        "abs(-0.0)",
+    ] {
+        let v = q(src).unwrap();
+        assert!(zero(&v), "{src} gave {v:?}");
+    }
+    assert_eq!(
+        q("[distinct([0.0, -0.0]).length, -0.0 == 0.0, toString(-0.0), order([-0.0, 0.0, -1.0], x => x)]")
+            .unwrap()
+            .to_string(),
+        r#"[1,true,"0.0",[-1.0,0.0,0.0]]"#
+    );
+}
+
+/// Counts beyond 32 bits mean the same on every build (wasm32's `usize` is 32 bits).
+#[test]
+fn counts_past_32_bits_clamp_the_same_everywhere() {
+    for (src, want) in [
+        ("[1, 2, 3].take(5000000000)", "[1,2,3]"),
+        ("[1, 2, 3].skip(5000000000)", "[]"),
+        ("take([1, 2, 3], 9223372036854775807)", "[1,2,3]"),
+        (r#""".repeat(5000000000)"#, r#""""#),
+        (r#""ab".slice(-5000000000, 5000000000)"#, r#""ab""#),
+        ("[1, 2, 3].slice(4294967297)", "[]"),
+        ("[1, 2, 3][4294967296]", "null"),
+        (r#""abc"[-4294967296]"#, "null"),
+    ] {
+        assert_eq!(q(src).unwrap().to_string(), want, "{src}");
+    }
+    let e = q(r#""x".repeat(5000000000)"#).unwrap_err();
+    assert_eq!(e.code, warren_core::ErrorCode::ResultTooLarge);
+}
+
+/// Floats print one way, by the engine's own code: the shortest text that reads back as
+/// the same float (the closest one, and the even last digit on an exact tie), with
+/// `.0` on whole numbers and an exponent from 1e16 up and below 1e-5.
+// The ties are written with every digit of their exact values.
+#[allow(clippy::excessive_precision)]
+#[test]
+fn floats_print_the_same_in_every_build() {
+    let cases: &[(f64, &str)] = &[
+        (0.0, "0.0"),
+        (1.0, "1.0"),
+        (-1.5, "-1.5"),
+        (0.1 + 0.2, "0.30000000000000004"),
+        (1.0 / 3.0, "0.3333333333333333"),
+        (100.0, "100.0"),
+        (123.456, "123.456"),
+        (1e15, "1000000000000000.0"),
+        (9999999999999998.0, "9999999999999998.0"),
+        (1e16, "1e+16"),
+        (1.5e16, "1.5e+16"),
+        (1e21, "1e+21"),
+        (1e100, "1e+100"),
+        (0.001, "0.001"),
+        (1e-5, "0.00001"),
+        (0.000012345, "0.000012345"),
+        (1.2345e-6, "1.2345e-6"),
+        (1e-7, "1e-7"),
+        (5e-324, "5e-324"),
+        (2.2250738585072014e-308, "2.2250738585072014e-308"),
+        (f64::MAX, "1.7976931348623157e+308"),
+        (9007199254740993.0, "9007199254740992.0"),
+        // Exact ties between two shortest texts: the even last digit.
+        (-1808899083386983.25, "-1808899083386983.2"),
+        (30281395965754.3125, "30281395965754.312"),
+        (152572149567684.125, "152572149567684.12"),
+        (-169051908651573.625, "-169051908651573.62"),
+    ];
+    for (f, want) in cases {
+        let v = Value::float(*f).unwrap();
+        assert_eq!(v.to_string(), *want, "{f:e}");
+        assert_eq!(want.parse::<f64>().unwrap(), *f, "{want} reads back");
+    }
+    assert_eq!(
+        q("[toString(0.1), toString(2.5e-8), toString([1.5, -2.0]), 0.1 + 0.2 + \"\"]")
+            .unwrap()
+            .to_string(),
+        r#"["0.1","2.5e-8","[1.5,-2.0]","0.30000000000000004"]"#
+    );
+}

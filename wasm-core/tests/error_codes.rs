@@ -215,7 +215,7 @@ fn every_error_code_is_tested() {
 
 #[test]
 fn codes_are_stable_strings() {
-    assert_eq!(ErrorCode::ALL.len(), 23);
+    assert_eq!(ErrorCode::ALL.len(), 27);
     for code in ErrorCode::ALL {
         assert_eq!(ErrorCode::parse(code.as_str()), Some(*code));
         assert_eq!(code.to_string(), code.as_str());
@@ -310,9 +310,13 @@ fn code_permission_denied() {
     // No rule for the action at all.
     let msg = db.rejected("Locked.create({ id: \"l\" })", "PERMISSION_DENIED");
     assert!(msg.contains("no `allow create` rule"), "{msg}");
-    // A rule that fails (doc.meta is null) denies rather than erring.
+    // A rule that fails (doc.meta is null) denies rather than erring, and the denial
+    // does not say why: a rule's error could carry what the caller may not read.
     let msg = db.rejected("Picky.create({ id: \"p\" })", "PERMISSION_DENIED");
-    assert!(msg.contains("TYPE_ERROR"), "{msg}");
+    assert!(
+        !msg.contains("TYPE_ERROR") && msg.contains("rules at 25:3"),
+        "{msg}"
+    );
     db.ok("Picky.create({ id: \"p\", meta: { ok: true } })");
     // Updates and deletes need rules too.
     db.rejected("Picky.byId(\"p\").update({ x: 1 })", "PERMISSION_DENIED");
@@ -331,17 +335,19 @@ fn code_fuel_exhausted() {
     assert!(msg.contains("2000"), "{msg}");
     assert_eq!(db.ok("range(10).map(x => x + 1).length()"), Value::Int(10));
     db.fails("range(1000).map(x => x * 2)", "FUEL_EXHAUSTED");
-    // Running out inside a rule ends the transaction; it is not a denial.
+    // A rule runs on its own budget, not the program's...
     let mut db = Db::with_limits(Limits {
         fuel: 500,
         ..Limits::default()
     });
-    db.rejected("Costly.create({ id: \"c\" })", "FUEL_EXHAUSTED");
+    assert_eq!(db.ok("Costly.create({ id: \"c\" }).id"), Value::from("c"));
+    // ...and a rule that runs out of it denies.
+    let mut db = Db::with_limits(Limits {
+        rule_fuel: 500,
+        ..Limits::default()
+    });
+    db.rejected("Costly.create({ id: \"c\" })", "PERMISSION_DENIED");
     db.ok("Log.create({ id: \"c\" })");
-    assert_eq!(
-        Db::new().ok("Costly.create({ id: \"c\" }).id"),
-        Value::from("c")
-    );
 }
 
 #[test]
@@ -373,8 +379,8 @@ fn code_depth_exceeded() {
         },
         "DEPTH_EXCEEDED",
     );
-    // Inside a rule: not a denial.
-    db.rejected("Deep.create({ id: \"d\" })", "DEPTH_EXCEEDED");
+    // Inside a rule: a denial (rules run on their own budgets).
+    db.rejected("Deep.create({ id: \"d\" })", "PERMISSION_DENIED");
     // Source nested deeper than the parser accepts.
     let src = "(".repeat(300) + "1" + &")".repeat(300);
     fails(&src, "DEPTH_EXCEEDED");
@@ -780,6 +786,43 @@ fn code_quota_exceeded() {
 }
 
 #[test]
+fn code_identity_quota_exceeded() {
+    // Kept by a server when it applies a commit (`exec::commit_batch`): one document
+    // per identity here. The second create is rejected and changes nothing.
+    let limits = Limits {
+        quotas: warren_core::quota::Quotas {
+            documents: 1,
+            ..warren_core::quota::Quotas::UNLIMITED
+        },
+        ..Limits::default()
+    };
+    let mut ex = Executor::new(MemoryStore::new(), Arc::new(schema()), limits);
+    let c = commit(1, run_op("Item.create({ id: \"a\" })"));
+    assert!(matches!(
+        ex.serve_commit(&c, 1).unwrap(),
+        Outcome::Committed { .. }
+    ));
+    let c = commit(2, run_op("Item.create({ id: \"b\" })"));
+    match ex.serve_commit(&c, 2).unwrap() {
+        Outcome::Rejected { code, message } => {
+            assert_eq!(code.as_str(), "IDENTITY_QUOTA_EXCEEDED");
+            assert!(code.is_deterministic());
+            assert!(
+                message.starts_with(
+                    "IDENTITY_QUOTA_EXCEEDED: this identity would keep 2 documents; its quota is 1"
+                ),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        ex.query("Item.all().count()", &auth(), NOW).unwrap(),
+        Value::Int(1)
+    );
+}
+
+#[test]
 fn code_storage_error() {
     let schema = schema();
     let limits = Limits::default();
@@ -839,4 +882,88 @@ fn code_storage_error() {
         ex.query("Item.all().map(.id)", &auth(), NOW).unwrap(),
         Value::Array(vec!["a".into()])
     );
+}
+
+#[test]
+fn code_memory_exhausted() {
+    let mut db = Db::with_limits(Limits {
+        max_memory_bytes: 1 << 20,
+        ..Limits::default()
+    });
+    // Copies of one string, each paid for before it is made.
+    let msg = db.rejected(
+        "let s = \"x\".repeat(300000)\n[s, s, s, s].length",
+        "MEMORY_EXHAUSTED",
+    );
+    assert!(msg.contains("1048576"), "{msg}");
+    // Reading the variable again and again costs nothing.
+    assert_eq!(
+        db.ok("let s = \"x\".repeat(300000)\nrange(100).map(i => s.length).length"),
+        Value::Int(100)
+    );
+    db.fails(
+        "range(20000).map(i => ({ a: i, b: [i] }))",
+        "MEMORY_EXHAUSTED",
+    );
+}
+
+#[test]
+fn code_hidden_work_exhausted() {
+    // Notes of another user: eve cannot read them, and scanning past them is work she
+    // cannot see. It costs her no fuel, but it is bounded.
+    let mut db = Db::new();
+    db.ex.set_limits(Limits::default());
+    let mut bob = Executor::new(MemoryStore::new(), Arc::new(schema()), Limits::default());
+    let c = Commit {
+        auth: obj([("sub", "bob".into())]),
+        ..commit(
+            1,
+            run_op("range(50).map(i => Note.create({ owner: \"bob\", n: i })).length"),
+        )
+    };
+    assert!(matches!(
+        bob.commit(&c, 1).unwrap(),
+        Outcome::Committed { .. }
+    ));
+    let tight = Limits {
+        max_hidden_work: 40,
+        ..Limits::default()
+    };
+    // A scan that walks the documents (a plain `count()` of a collection counts
+    // partitions' keys instead: one step of hidden work per unreadable partition).
+    let e = query(
+        bob.store(),
+        bob.schema(),
+        "Note.all().where(n => n.n >= 0).count()",
+        &auth(),
+        NOW,
+        &tight,
+    )
+    .unwrap_err();
+    assert_eq!(e.code.as_str(), "HIDDEN_WORK_EXHAUSTED");
+    let ok = query(
+        bob.store(),
+        bob.schema(),
+        "Note.all().count()",
+        &auth(),
+        NOW,
+        &Limits::default(),
+    );
+    assert_eq!(ok.unwrap(), Value::Int(0));
+    drop(db);
+}
+
+/// A panic inside the engine (here a test-only built-in) is refused with
+/// `INTERNAL_ERROR`, the same way on every replica, and nothing is written.
+#[test]
+fn code_internal_error() {
+    let mut db = Db::new();
+    let msg = db.rejected("Item.create({ id: \"x\" })\n__panic()", "INTERNAL_ERROR");
+    assert_eq!(msg, warren_core::exec::INTERNAL_MESSAGE);
+    assert_eq!(db.q("Item.byId(\"x\")"), Value::Null);
+    let mut other = Db::new();
+    other.rejected("Item.create({ id: \"x\" })\n__panic()", "INTERNAL_ERROR");
+    assert_eq!(db.ex.digest().unwrap(), other.ex.digest().unwrap());
+    // The replica keeps going.
+    db.ok("Item.create({ id: \"y\" })");
 }

@@ -40,7 +40,9 @@ use warren_core::keys;
 use warren_core::protocol::{ClientCommit, ClientFrame, CommitResult, ServerFrame};
 use warren_core::replica::{Event, Local, Pending, Replica};
 use warren_core::storage::{Entry, KeyRange, MemoryStore, Overlay, Storage};
-use warren_core::subscription::{result_of, welcome, Subscription};
+use warren_core::subscription::{
+    result_of, welcome, Out, SnapshotCursor, SnapshotRef, Subscription,
+};
 use warren_core::value::{obj, Value};
 use warren_core::{Error, ErrorCode, Schema};
 
@@ -223,6 +225,14 @@ impl Server {
             *outbox_from,
         )
         .expect("memory welcomes");
+        // Snapshots are read whole, from the same state.
+        let frames: Vec<ServerFrame> = frames
+            .into_iter()
+            .flat_map(|o| match o {
+                Out::Frame(f) => vec![f],
+                Out::Snapshot(r) => snapshot_frames(&r, store),
+            })
+            .collect();
         let (down, joining) = if late {
             (VecDeque::new(), Some((position, frames, Vec::new())))
         } else {
@@ -275,6 +285,9 @@ impl Server {
                 &mut |f| down.push_back(f),
             )
             .expect("memory catch-up");
+        for r in c.sub.snapshots_due(pos) {
+            c.down.extend(snapshot_frames(&r, self.exec.store()));
+        }
         c.down.extend(outcomes);
         true
     }
@@ -329,7 +342,10 @@ impl Server {
         };
         let pos = self.position() + 1;
         commit.timestamp = 1_700_000_000_000 + pos as i64;
-        let outcome = self.exec.commit(&commit, pos).expect("memory commits");
+        let outcome = self
+            .exec
+            .serve_commit(&commit, pos)
+            .expect("memory commits");
         self.history.push(self.exec.store().clone());
         assert_eq!(self.history.len() as u64, pos + 1);
         let writes: &[Write] = match &outcome {
@@ -352,6 +368,10 @@ impl Server {
                     &mut |f| down.push_back(f),
                 )
                 .expect("memory fan-out");
+            // This server sends each entry's frames at once: its snapshots too.
+            for r in conn.sub.snapshots_due(pos) {
+                down.extend(snapshot_frames(&r, self.exec.store()));
+            }
         }
         let kept = match &outcome {
             Outcome::Skipped(Skip::Duplicate) => {
@@ -386,6 +406,23 @@ impl Server {
             }
         }
         true
+    }
+}
+
+/// A snapshot as the sync server sends it: in parts of a bounded size (small here, so
+/// that most snapshots come in several), the last one a `Snapshot`.
+fn snapshot_frames(r: &SnapshotRef, store: &MemoryStore) -> Vec<ServerFrame> {
+    let mut cursor = SnapshotCursor::default();
+    let mut out = Vec::new();
+    loop {
+        let docs = r
+            .read_part(store, &mut cursor, 60)
+            .expect("memory snapshot");
+        if cursor.done() {
+            out.push(r.frame(docs, true));
+            return out;
+        }
+        out.push(r.frame(docs, false));
     }
 }
 
@@ -447,6 +484,8 @@ struct Stats {
     /// Outcomes for a commit already settled (answers to duplicates).
     repeated_outcomes: u64,
     snapshots: u64,
+    /// `SnapshotPart` frames: parts of a snapshot before its last.
+    snapshot_parts: u64,
     drops: u64,
     /// Documents created under an id another partition held before.
     moved_ids: u64,
@@ -464,6 +503,7 @@ impl Stats {
         self.rejected += o.rejected;
         self.repeated_outcomes += o.repeated_outcomes;
         self.snapshots += o.snapshots;
+        self.snapshot_parts += o.snapshot_parts;
         self.drops += o.drops;
         self.moved_ids += o.moved_ids;
         self.disconnects += o.disconnects;
@@ -769,6 +809,7 @@ impl World {
                 self.stats.snapshots += 1;
                 dev.cursors.insert(partition.clone(), *position);
             }
+            ServerFrame::SnapshotPart { .. } => self.stats.snapshot_parts += 1,
             ServerFrame::Drop { partition, .. } => {
                 self.stats.drops += 1;
                 dev.cursors.remove(partition);
@@ -1172,6 +1213,11 @@ fn brief(f: &ServerFrame) -> String {
                 .map(|d| format!("{}/{}", d.collection, d.id))
                 .collect::<Vec<_>>()
         ),
+        ServerFrame::SnapshotPart {
+            partition,
+            position,
+            docs,
+        } => format!("SnapshotPart({partition} @{position}: {} docs)", docs.len()),
         ServerFrame::Drop {
             partition,
             position,
@@ -1390,6 +1436,7 @@ fn view_is_base_plus_pending_under_any_interleaving() {
             rejected,
             repeated_outcomes,
             snapshots,
+            snapshot_parts,
             drops,
             moved_ids,
             disconnects,
@@ -1403,6 +1450,7 @@ fn view_is_base_plus_pending_under_any_interleaving() {
             ("rejected", rejected),
             ("repeated_outcomes", repeated_outcomes),
             ("snapshots", snapshots),
+            ("snapshot_parts", snapshot_parts),
             ("drops", drops),
             ("moved_ids", moved_ids),
             ("disconnects", disconnects),

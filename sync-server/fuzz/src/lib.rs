@@ -2,9 +2,16 @@
 //! `sync-server/tests/fuzz_regressions.rs` runs the kept inputs through them on stable
 //! (it includes this file with `#[path]`, so it must not depend on libfuzzer).
 //!
-//! Every check: decoding arbitrary bytes never panics, and what decodes is canonical:
+//! The decoders: decoding arbitrary bytes never panics, and what decodes is canonical:
 //! encoding it again gives exactly the input (each frame, entry and value has one
 //! encoding, as `docs/PROTOCOL.md` promises).
+//!
+//! The language: parsing arbitrary text never panics (`lang_parse`), and running a
+//! program, generated from the input's bytes by the grammar of
+//! `warren_core::testing::gen` or given as text, ends in a result or an error with its
+//! code, never a panic (not even one the engine's last line of defence catches) and
+//! never past its memory limit (`lang_exec`; `.ci/fuzz` also caps the process's
+//! resident memory, so an allocation blow-up is a finding).
 
 use warren_core::protocol::{decode_log_entry, encode_log_entry, ClientFrame, ServerFrame};
 
@@ -92,4 +99,64 @@ fn scratch_dir() -> std::path::PathBuf {
     let thread = format!("{:?}", std::thread::current().id());
     let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
     base.join(format!("warren-fuzz-{}-{thread}", std::process::id()))
+}
+
+/// The language's parsers on arbitrary text: `true` when it parses as a block.
+pub fn lang_parse(data: &[u8]) -> bool {
+    let Ok(src) = std::str::from_utf8(data) else {
+        return false;
+    };
+    let _ = warren_core::lang::parse_expr(src);
+    let _ = warren_core::Schema::parse(src);
+    warren_core::lang::parse_block(src).is_ok()
+}
+
+/// A program run as a query and as a commit against the generator's store. Input that
+/// starts with `#` is the program's text; any other is the choices the generator makes.
+/// `true` when the commit committed.
+pub fn lang_exec(data: &[u8]) -> bool {
+    use std::sync::OnceLock;
+    use warren_core::exec::{execute_metered, query_metered, Commit, Executor, Op, Outcome};
+    use warren_core::storage::MemoryStore;
+    use warren_core::testing::gen;
+    use warren_core::ErrorCode;
+
+    static STORE: OnceLock<Executor<MemoryStore>> = OnceLock::new();
+    let db = STORE.get_or_init(gen::store);
+    let limits = db.limits();
+    let (source, user) = match data.split_first() {
+        Some((b'#', text)) => (String::from_utf8_lossy(text).into_owned(), 0),
+        _ => {
+            let p = gen::program(&mut gen::Bytes::new(data));
+            assert!(
+                warren_core::lang::parse_block(&p.source).is_ok(),
+                "the generator wrote a program that does not parse:\n{}",
+                p.source
+            );
+            (p.source, p.user)
+        }
+    };
+    let auth = gen::auth(user);
+    let (_, usage) = query_metered(db.store(), db.schema(), &source, &auth, 0, limits);
+    assert!(usage.memory <= limits.max_memory_bytes, "{usage:?}");
+    let commit = Commit {
+        client_id: "fuzz".into(),
+        client_seq: 1,
+        schema_version: String::new(),
+        timestamp: 1_700_000_000_000,
+        auth,
+        op: Op::Run { source },
+    };
+    let position = db.position().expect("a memory store") + 1;
+    let (outcome, usage) = execute_metered(db.store(), db.schema(), &commit, position, limits)
+        .expect("a memory store does not fail");
+    assert!(usage.memory <= limits.max_memory_bytes, "{usage:?}");
+    match outcome {
+        Outcome::Rejected {
+            code: ErrorCode::Internal,
+            ..
+        } => panic!("the engine panicked (caught by exec): run the input natively to see where"),
+        Outcome::Committed { .. } => true,
+        _ => false,
+    }
 }

@@ -8,6 +8,7 @@ use axum::Json;
 use tokio::sync::oneshot;
 use warren_core::exec::{Commit, Op};
 use warren_core::protocol::{codes, CommitResult, ServerFrame};
+use warren_core::subscription::Out;
 use warren_core::Value;
 
 use super::{check_client_id, scoped_client_id, stopping, subject, take_http, verify};
@@ -34,12 +35,13 @@ fn result_json(seq: u64, r: &CommitResult) -> serde_json::Value {
 /// "args": {...}} | {"seq": 2, "source": "..."}]}` → `{"outcomes": [...]}`.
 pub(crate) async fn push(
     State(s): State<AppState>,
+    conn: super::ConnExt,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {
-    let auth = verify(&s, &headers).await?;
+    let auth = verify(&s, &headers, &super::conn_of(conn)).await?;
     let sub = subject(&auth);
-    take_http(&s, &sub, Budget::Frames, 1)?;
+    take_http(&s, &sub, Budget::Frames, 1).await?;
     if body.len() > s.limits.max_frame_bytes {
         return Err(AppError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -88,10 +90,16 @@ pub(crate) async fn push(
         let schema_version = c["schema_version"].as_str().unwrap_or("").to_owned();
         parsed.push((seq, op, schema_version));
     }
-    take_http(&s, &sub, Budget::Commits, parsed.len() as u64)?;
+    take_http(&s, &sub, Budget::Commits, parsed.len() as u64).await?;
     let client_id = scoped_client_id(&auth, &client_id);
     let mut waits = Vec::new();
     for (seq, op, schema_version) in parsed {
+        // Each commit waits for the identity's cost budget (see `limits`).
+        let admitted = s
+            .identities
+            .admit(&sub)
+            .await
+            .map_err(|r| super::http_refused(&s, r))?;
         let (tx, rx) = oneshot::channel();
         s.region
             .send(RegionMsg::Wait {
@@ -111,6 +119,7 @@ pub(crate) async fn push(
             })
             .await
             .map_err(|_| stopping())?;
+        admitted.sent();
         waits.push((seq, rx));
     }
     let mut outcomes = Vec::new();
@@ -131,11 +140,13 @@ pub(crate) async fn push(
 /// partitions the caller may read and snapshots of those changed since the cursors.
 pub(crate) async fn pull(
     State(s): State<AppState>,
+    conn: super::ConnExt,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {
-    let auth = verify(&s, &headers).await?;
-    take_http(&s, &subject(&auth), Budget::Frames, 1)?;
+    let auth = verify(&s, &headers, &super::conn_of(conn)).await?;
+    let sub = subject(&auth);
+    take_http(&s, &sub, Budget::Frames, 1).await?;
     let auth_for_id = auth.clone();
     let bad = |m: &str| AppError::new(StatusCode::BAD_REQUEST, codes::BAD_FRAME, m);
     let req: serde_json::Value = if body.is_empty() {
@@ -158,10 +169,18 @@ pub(crate) async fn pull(
         .map_err(|_| stopping())?;
     let view = rx.await.map_err(|_| stopping())?;
     // Computed off the region thread, on the view, like a connection's welcome.
-    let _permit = s.catch_ups.acquire().await.map_err(|_| stopping())?;
-    let frames = tokio::task::spawn_blocking(move || {
-        view.welcome(&client_id, &auth, &partitions, 0)
-            .map(|(frames, _)| frames)
+    let _permit = s.catch_ups.acquire(&sub).await.ok_or_else(stopping)?;
+    // The snapshots are read whole from the same view: an HTTP answer is one body.
+    let (frames, rules) = tokio::task::spawn_blocking(move || {
+        let (outs, mut sub) = view.welcome(&client_id, &auth, &partitions, 0)?;
+        let frames = outs
+            .into_iter()
+            .map(|o| match o {
+                Out::Frame(f) => Ok(f),
+                Out::Snapshot(r) => view.lazy(r).read(),
+            })
+            .collect::<Result<Vec<ServerFrame>, _>>()?;
+        Ok::<_, warren_core::Error>((frames, sub.take_evaluated()))
     })
     .await
     .map_err(|_| stopping())?
@@ -172,6 +191,7 @@ pub(crate) async fn pull(
             e.message,
         )
     })?;
+    crate::metrics::Metrics::add(&s.metrics.rules_catch_up, rules);
     let mut out = serde_json::json!({ "snapshots": [] });
     for f in frames {
         match f {

@@ -30,7 +30,8 @@ use warren_core::protocol::codes;
 use warren_core::Value;
 
 use crate::auth::Verifier;
-use crate::limits::{Budget, Identities, Rate, Slots};
+use crate::conns::{Conn, ConnLimits, Conns};
+use crate::limits::{Budget, CatchUps, Cost, Identities, Rate, Refused, Slots};
 use crate::metrics::Metrics;
 use crate::region::RegionTx;
 
@@ -67,7 +68,26 @@ pub struct GatewayLimits {
     /// how many at once.
     pub frames_per_sec: u32,
     pub frame_burst: u32,
+    /// Region time one identity's commits may use: milliseconds a second (0: no
+    /// limit), and at most in its bucket. See [`crate::limits`] ("Cost").
+    pub cost_ms_per_sec: u32,
+    pub cost_burst_ms: u32,
+    /// Commits of one identity let through to the sequencer and not yet run.
+    pub max_in_flight: u32,
+    /// How long a request waits for its identity's budget (commits, frames, cost)
+    /// before it is refused with `RATE_LIMITED`.
+    pub max_wait: Duration,
+    /// Open TCP connections, the places kept for authenticated ones, and the
+    /// header-read and idle timeout (see [`crate::conns`]).
+    pub conns: ConnLimits,
+    /// WebSocket connections waiting for their `Hello` at once; a newer one closes the
+    /// oldest (each waits `hello_timeout` at most).
+    pub max_pending_hellos: usize,
 }
+
+/// What a commit of an identity not seen yet is expected to cost, in microseconds of
+/// region time, until its first commit is measured (a small commit costs tens).
+pub const FIRST_COST_ESTIMATE_MICROS: f64 = 5000.0;
 
 /// The largest `max_frame_bytes` a server accepts: a quarter of the log's record
 /// limit, so that a commit's log entry (its arguments re-encoded from JSON, which can
@@ -81,7 +101,7 @@ impl Default for GatewayLimits {
             max_commits_per_push: 1000,
             conn_queue: 4096,
             conn_queue_bytes: 8 << 20,
-            hello_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             max_connections_per_identity: 64,
@@ -89,6 +109,12 @@ impl Default for GatewayLimits {
             commit_burst: 2000,
             frames_per_sec: 200,
             frame_burst: 1000,
+            cost_ms_per_sec: 10,
+            cost_burst_ms: 250,
+            max_in_flight: 8,
+            max_wait: Duration::from_secs(30),
+            conns: ConnLimits::default(),
+            max_pending_hellos: 256,
         }
     }
 }
@@ -116,6 +142,12 @@ impl GatewayLimits {
         if self.frames_per_sec > 0 && self.frame_burst == 0 {
             return Err("frame_burst must be at least 1".into());
         }
+        if self.max_pending_hellos == 0 {
+            return Err("max_pending_hellos must be at least 1".into());
+        }
+        if self.cost_ms_per_sec > 0 && (self.cost_burst_ms == 0 || self.max_in_flight == 0) {
+            return Err("cost_burst_ms and max_in_flight must be at least 1".into());
+        }
         Ok(())
     }
 
@@ -128,11 +160,38 @@ impl GatewayLimits {
 
     /// The per-identity budgets these limits describe.
     pub fn identities(&self) -> Identities {
-        Identities::new(
+        Identities::with_cost(
             self.max_connections_per_identity,
             Self::rate(self.commits_per_sec, self.commit_burst),
             Self::rate(self.frames_per_sec, self.frame_burst),
+            Cost {
+                rate: Rate {
+                    per_sec: self.cost_ms_per_sec as f64 * 1000.0,
+                    burst: self.cost_burst_ms as f64 * 1000.0,
+                },
+                max_in_flight: self.max_in_flight,
+                first_estimate: FIRST_COST_ESTIMATE_MICROS,
+            },
+            self.max_wait,
         )
+    }
+
+    /// What `RATE_LIMITED` says for a budget.
+    pub fn rate_limited_message(&self, budget: Budget) -> String {
+        match budget {
+            Budget::Commits => format!(
+                "this identity sends more commits than it may ({} a second, {} at once) and would wait longer than {:?}; retry later",
+                self.commits_per_sec, self.commit_burst, self.max_wait
+            ),
+            Budget::Frames => format!(
+                "this identity sends more frames than it may ({} a second, {} at once) and would wait longer than {:?}; retry later",
+                self.frames_per_sec, self.frame_burst, self.max_wait
+            ),
+            Budget::Cost => format!(
+                "this identity's commits use more of the region's time than they may ({} ms a second, {} ms at once) and would wait longer than {:?}; retry later",
+                self.cost_ms_per_sec, self.cost_burst_ms, self.max_wait
+            ),
+        }
     }
 }
 
@@ -150,8 +209,11 @@ pub struct AppState {
     pub identities: Arc<Identities>,
     /// Open sync connections, against `limits.max_connections`.
     pub slots: Arc<Slots>,
-    /// Catch-ups (welcomes and pulls) computed at once, off the region thread.
-    pub catch_ups: Arc<tokio::sync::Semaphore>,
+    /// Catch-ups (welcomes and pulls) computed at once, off the region thread, in all
+    /// and per identity.
+    pub catch_ups: Arc<CatchUps>,
+    /// WebSocket sessions waiting for `Hello`.
+    pub pending_hellos: Arc<Conns>,
 }
 
 /// How many catch-ups run at once: one per core, at least two.
@@ -164,6 +226,9 @@ pub fn catch_up_workers() -> usize {
 
 pub fn app(state: AppState) -> Router {
     let body_limit = axum::extract::DefaultBodyLimit::max(state.limits.max_frame_bytes);
+    // A body must arrive in time, as the headers must (see `crate::conns`).
+    let body_timeout =
+        tower_http::timeout::RequestBodyTimeoutLayer::new(state.limits.conns.header_timeout);
     Router::new()
         .route("/v1/sync", get(ws::sync))
         .route("/v1/push", post(http::push))
@@ -172,6 +237,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(body_limit)
+        .layer(body_timeout)
         .with_state(state)
 }
 
@@ -218,13 +284,27 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn verify(s: &AppState, headers: &HeaderMap) -> Result<Value, AppError> {
+/// The connection a request came on (a request extension set by the accept loop,
+/// `crate::conns`); a detached one when served otherwise (tests).
+type ConnExt = Option<axum::Extension<Arc<Conn>>>;
+
+fn conn_of(c: ConnExt) -> Arc<Conn> {
+    c.map(|axum::Extension(c)| c).unwrap_or_else(Conn::detached)
+}
+
+/// Verifies a request's bearer token; once one verified, its connection counts as
+/// authenticated (see [`crate::conns`]).
+async fn verify(s: &AppState, headers: &HeaderMap, conn: &Conn) -> Result<Value, AppError> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    s.verifier.verify_async(token).await.map_err(|e| {
+    let verified = s.verifier.verify_async(token).await;
+    if verified.is_ok() {
+        conn.promote();
+    }
+    verified.map_err(|e| {
         let status = if e.code() == "AUTH_CONFIG" {
             StatusCode::INTERNAL_SERVER_ERROR
         } else {
@@ -234,21 +314,24 @@ async fn verify(s: &AppState, headers: &HeaderMap) -> Result<Value, AppError> {
     })
 }
 
-/// Takes `n` from an identity's budget for an HTTP request: `429 RATE_LIMITED` when
-/// it is short.
-fn take_http(s: &AppState, sub: &str, budget: Budget, n: u64) -> Result<(), AppError> {
-    if s.identities.take(sub, budget, n) {
-        return Ok(());
-    }
+/// Takes `n` from an identity's budget for an HTTP request, waiting for it up to
+/// `max_wait`: `429 RATE_LIMITED` when it would take longer.
+async fn take_http(s: &AppState, sub: &str, budget: Budget, n: u64) -> Result<(), AppError> {
+    s.identities
+        .take_waiting(sub, budget, n)
+        .await
+        .map_err(|r| http_refused(s, r))
+}
+
+/// `429 RATE_LIMITED`.
+fn http_refused(s: &AppState, r: Refused) -> AppError {
+    let Refused::RateLimited(budget) = r;
     s.metrics.rate_limited(budget.as_str());
-    Err(AppError::new(
+    AppError::new(
         StatusCode::TOO_MANY_REQUESTS,
         codes::RATE_LIMITED,
-        format!(
-            "this identity sends more {} than it may; retry later",
-            budget.as_str()
-        ),
-    ))
+        s.limits.rate_limited_message(budget),
+    )
 }
 
 /// The answer when the server is stopping.

@@ -8,34 +8,29 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{oneshot, watch};
 use warren_core::exec::Commit;
 use warren_core::protocol::{codes, frame_version, ClientFrame, ServerFrame, PROTOCOL_VERSION};
 use warren_core::Value;
 
-use super::{check_client_id, scoped_client_id, subject, AppError, AppState};
-use crate::limits::Budget;
+use super::{check_client_id, scoped_client_id, subject, AppState};
+use crate::limits::{Budget, Refused};
 use crate::metrics::Metrics;
 use crate::queue::{self, FrameRx, Received};
 use crate::region::{Connect, RegionMsg};
+use warren_core::subscription::SnapshotCursor;
 
-pub(crate) async fn sync(State(s): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    let Some(slot) = s.slots.take() else {
-        s.metrics.refused(codes::TOO_MANY_CONNECTIONS);
-        tracing::info!(
-            max = s.limits.max_connections,
-            "sync connection refused: too many connections"
-        );
-        return AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            codes::TOO_MANY_CONNECTIONS,
-            "the server holds as many sync connections as it may; reconnect later",
-        )
-        .into_response();
-    };
+/// The upgrade is not refused for lack of room: until its `Hello` authenticated, a
+/// connection holds only a place among those waiting for one (the oldest of which a
+/// newcomer closes when they are all taken); its sync slot is taken after `Hello`.
+pub(crate) async fn sync(
+    State(s): State<AppState>,
+    tcp: super::ConnExt,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let tcp = super::conn_of(tcp);
     let max = s.limits.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
@@ -43,7 +38,7 @@ pub(crate) async fn sync(State(s): State<AppState>, ws: WebSocketUpgrade) -> Res
             let conn = s.next_conn.fetch_add(1, Ordering::Relaxed);
             let metrics = s.metrics.clone();
             Metrics::add(&metrics.connections_total, 1);
-            let (end, linger) = session(s.clone(), socket, conn).await;
+            let (end, linger) = session(s.clone(), socket, conn, tcp).await;
             if let Some(code) = end.code {
                 tracing::debug!(conn, code, message = %end.message, "sync connection closed");
             } else {
@@ -58,7 +53,6 @@ pub(crate) async fn sync(State(s): State<AppState>, ws: WebSocketUpgrade) -> Res
                 }
                 drop(stream);
             }
-            drop(slot);
         })
 }
 
@@ -156,10 +150,25 @@ async fn refuse(s: &AppState, sink: &mut Sink, end: &End) {
 /// One sync connection: the `Hello` phase, then a reader (this task) and a writer
 /// task. Returns how it ended, and the stream to keep open a little when the client
 /// may still be sending.
-async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stream>) {
+async fn session(
+    s: AppState,
+    socket: WebSocket,
+    conn: u64,
+    tcp: Arc<crate::conns::Conn>,
+) -> (End, Option<Stream>) {
     let (mut sink, mut stream) = socket.split();
-    // The first frame must be Hello.
-    let first = match tokio::time::timeout(s.limits.hello_timeout, stream.next()).await {
+    // The first frame must be Hello, within the Hello timeout, while the connection
+    // keeps its place among those waiting for one (and among the unauthenticated TCP
+    // connections): pushed out of either, it is dropped.
+    let Some(pending) = s.pending_hellos.enter() else {
+        return (End::quiet(), None);
+    };
+    let first = tokio::select! {
+        first = tokio::time::timeout(s.limits.hello_timeout, stream.next()) => first,
+        _ = pending.evicted() => return (End::quiet(), None),
+        _ = tcp.evicted() => return (End::quiet(), None),
+    };
+    let first = match first {
         Ok(Some(Ok(Message::Binary(b)))) => b,
         Ok(Some(Ok(_))) => {
             let end = End::error(
@@ -190,6 +199,23 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
         partitions,
         outbox_from,
     } = hello;
+    // Authenticated: out of the waiting pools, into a sync slot if one is free.
+    tcp.promote();
+    drop(pending);
+    let Some(_slot) = s.slots.take() else {
+        s.metrics.refused(codes::TOO_MANY_CONNECTIONS);
+        tracing::info!(
+            conn,
+            max = s.limits.max_connections,
+            "sync connection refused: too many connections"
+        );
+        let end = End::error(
+            codes::TOO_MANY_CONNECTIONS,
+            "the server holds as many sync connections as it may; reconnect later",
+        );
+        refuse(&s, &mut sink, &end).await;
+        return (end, None);
+    };
     let sub = subject(&auth);
     // The identity's limits: connections, and the Hello counts as a frame.
     let Some(identity) = s.identities.connect(&sub) else {
@@ -220,16 +246,17 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
         rx,
         close_rx,
         s.limits.write_timeout,
+        queue::part_bytes(s.limits.conn_queue_bytes),
         s.metrics.clone(),
     ));
-    let (ready_tx, ready_rx) = oneshot::channel();
+    let (views_tx, views_rx) = tokio::sync::mpsc::channel(1);
     if s.region
         .send(RegionMsg::Connect(Connect {
             conn,
             client_id: scoped.clone(),
             auth: auth.clone(),
             tx: tx.clone(),
-            ready: ready_tx,
+            views: views_tx,
         }))
         .is_err()
     {
@@ -242,7 +269,8 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
     tokio::spawn(catch_up(
         s.clone(),
         conn,
-        ready_rx,
+        views_rx,
+        sub.clone(),
         scoped.clone(),
         auth.clone(),
         partitions,
@@ -272,75 +300,40 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
             }
             msg = stream.next() => {
                 let b = match msg {
-                    Some(Ok(Message::Binary(b))) => b,
+                    Some(Ok(Message::Binary(b))) => Some(b),
                     Some(Ok(Message::Close(_))) | None => break End::quiet(),
                     Some(Err(e)) if too_large(&e) => {
                         linger = true;
                         break End::error(codes::FRAME_TOO_LARGE, too_large_message(&s));
                     }
                     Some(Err(_)) => break End::quiet(),
-                    Some(Ok(other)) => {
-                        // Text, and WebSocket pings and pongs: they count as frames too.
+                    Some(Ok(Message::Text(_))) => {
                         Metrics::add(&s.metrics.frames_in, 1);
-                        if !s.identities.take(&sub, Budget::Frames, 1) {
-                            break rate_limited(&s, conn, &sub, Budget::Frames);
-                        }
-                        if let Message::Text(_) = other {
-                            break End::error(codes::BAD_FRAME, "frames are binary");
-                        }
-                        continue;
+                        break End::error(codes::BAD_FRAME, "frames are binary");
                     }
+                    // WebSocket pings and pongs count as frames too.
+                    Some(Ok(_)) => None,
                 };
                 Metrics::add(&s.metrics.frames_in, 1);
-                if !s.identities.take(&sub, Budget::Frames, 1) {
-                    break rate_limited(&s, conn, &sub, Budget::Frames);
-                }
-                match ClientFrame::decode(&b) {
-                    Ok(ClientFrame::Push { .. }) if tokio::time::Instant::now() >= expires => {
+                // The frame, with the waits for the identity's budgets, as long as the
+                // connection has nothing else to do: a client over its budget is slowed
+                // (this connection reads nothing meanwhile), not cut off.
+                let frame = received(&s, conn, &sub, &scoped, &auth, &tx, expires, b);
+                tokio::select! {
+                    r = frame => match r {
+                        Some(end) => break end,
+                        None => continue,
+                    },
+                    _ = &mut writer => {
+                        writer_done = true;
+                        break End::quiet();
+                    }
+                    _ = &mut stopping => {
+                        break End::error(codes::SHUTTING_DOWN, "the server is stopping; reconnect later");
+                    }
+                    _ = &mut expired => {
                         break token_expired();
                     }
-                    Ok(ClientFrame::Push { commits }) => {
-                        if commits.len() > s.limits.max_commits_per_push {
-                            break End::error(codes::TOO_MANY_COMMITS, format!("a push holds at most {} commits", s.limits.max_commits_per_push));
-                        }
-                        if commits.iter().any(|c| c.seq == 0) {
-                            break End::error(codes::BAD_FRAME, "sequence numbers start at 1");
-                        }
-                        // All of the push or none of it: a client over its budget
-                        // resends the whole push after reconnecting.
-                        if !s.identities.take(&sub, Budget::Commits, commits.len() as u64) {
-                            break rate_limited(&s, conn, &sub, Budget::Commits);
-                        }
-                        let mut stopped = false;
-                        for c in commits {
-                            let commit = Commit {
-                                client_id: scoped.clone(),
-                                client_seq: c.seq,
-                                schema_version: c.schema_version,
-                                timestamp: 0,
-                                auth: auth.clone(),
-                                op: c.op,
-                            };
-                            if s.seq.send(commit).await.is_err() {
-                                stopped = true;
-                                break;
-                            }
-                        }
-                        if stopped {
-                            break End::error(codes::SHUTTING_DOWN, "the server is stopping");
-                        }
-                    }
-                    Ok(ClientFrame::Ping { nonce }) => {
-                        let pong = Arc::new(ServerFrame::Pong { nonce }.encode());
-                        if tx.try_send(pong).is_err() {
-                            // Overflowed: the writer ends the connection with TOO_SLOW.
-                            continue;
-                        }
-                    }
-                    Ok(ClientFrame::Hello { .. }) => {
-                        break End::error(codes::UNEXPECTED_FRAME, "Hello was already received");
-                    }
-                    Err(e) => break End::error(codes::BAD_FRAME, e.message),
                 }
             }
         }
@@ -353,6 +346,87 @@ async fn session(s: AppState, socket: WebSocket, conn: u64) -> (End, Option<Stre
     };
     let _ = s.region.send(RegionMsg::Disconnect { conn });
     (end, linger.then_some(stream))
+}
+
+/// One frame received after `Hello` (`None`: a WebSocket ping or pong): takes its
+/// frame token, and for a push the commit tokens and each commit's admission (see
+/// `crate::limits`), waiting for them; then hands the commits to the sequencer, or
+/// answers a ping. `Some` ends the connection.
+#[allow(clippy::too_many_arguments)]
+async fn received(
+    s: &AppState,
+    conn: u64,
+    sub: &str,
+    scoped: &str,
+    auth: &Value,
+    tx: &queue::FrameTx,
+    expires: tokio::time::Instant,
+    frame: Option<axum::body::Bytes>,
+) -> Option<End> {
+    if let Err(Refused::RateLimited(b)) = s.identities.take_waiting(sub, Budget::Frames, 1).await {
+        return Some(rate_limited(s, conn, sub, b));
+    }
+    let b = frame?;
+    match ClientFrame::decode(&b) {
+        Ok(ClientFrame::Push { .. }) if tokio::time::Instant::now() >= expires => {
+            Some(token_expired())
+        }
+        Ok(ClientFrame::Push { commits }) => {
+            if commits.len() > s.limits.max_commits_per_push {
+                return Some(End::error(
+                    codes::TOO_MANY_COMMITS,
+                    format!(
+                        "a push holds at most {} commits",
+                        s.limits.max_commits_per_push
+                    ),
+                ));
+            }
+            if commits.iter().any(|c| c.seq == 0) {
+                return Some(End::error(codes::BAD_FRAME, "sequence numbers start at 1"));
+            }
+            // The commit tokens for the whole push or none.
+            if let Err(Refused::RateLimited(b)) = s
+                .identities
+                .take_waiting(sub, Budget::Commits, commits.len() as u64)
+                .await
+            {
+                return Some(rate_limited(s, conn, sub, b));
+            }
+            for c in commits {
+                // Each commit waits for the identity's cost budget; a refusal leaves
+                // the commits before it sent (the client resends what is not
+                // confirmed; each runs once).
+                let admitted = match s.identities.admit(sub).await {
+                    Ok(a) => a,
+                    Err(Refused::RateLimited(b)) => return Some(rate_limited(s, conn, sub, b)),
+                };
+                let commit = Commit {
+                    client_id: scoped.to_owned(),
+                    client_seq: c.seq,
+                    schema_version: c.schema_version,
+                    timestamp: 0,
+                    auth: auth.clone(),
+                    op: c.op,
+                };
+                if s.seq.send(commit).await.is_err() {
+                    return Some(End::error(codes::SHUTTING_DOWN, "the server is stopping"));
+                }
+                admitted.sent();
+            }
+            None
+        }
+        Ok(ClientFrame::Ping { nonce }) => {
+            // A queue that does not take it overflowed: the writer ends the connection
+            // with TOO_SLOW.
+            let _ = tx.try_send(Arc::new(ServerFrame::Pong { nonce }.encode()));
+            None
+        }
+        Ok(ClientFrame::Hello { .. }) => Some(End::error(
+            codes::UNEXPECTED_FRAME,
+            "Hello was already received",
+        )),
+        Err(e) => Some(End::error(codes::BAD_FRAME, e.message)),
+    }
 }
 
 /// Ends a registered connection: hands the last `Error` frame (if any) to the writer,
@@ -383,18 +457,8 @@ fn too_large_message(s: &AppState) -> String {
 
 fn rate_limited(s: &AppState, conn: u64, sub: &str, budget: Budget) -> End {
     s.metrics.rate_limited(budget.as_str());
-    let (rate, burst) = match budget {
-        Budget::Commits => (s.limits.commits_per_sec, s.limits.commit_burst),
-        Budget::Frames => (s.limits.frames_per_sec, s.limits.frame_burst),
-    };
     tracing::info!(conn, sub = %sub, budget = budget.as_str(), "rate limited");
-    End::error(
-        codes::RATE_LIMITED,
-        format!(
-            "this identity sends more {} than it may ({rate} a second, {burst} at once); reconnect later",
-            budget.as_str()
-        ),
-    )
+    End::error(codes::RATE_LIMITED, s.limits.rate_limited_message(budget))
 }
 
 /// A verified `Hello`.
@@ -443,30 +507,133 @@ async fn hello(s: &AppState, first: &[u8]) -> Result<Hello, End> {
     })
 }
 
-/// Writes a connection's queued frames to its socket, in order. Ends after writing an
-/// `Error` frame, when the queue overflows (`TOO_SLOW`), when the session hands it a
-/// last frame (sent at once, before anything still queued), or when writing one frame
-/// takes longer than `write_timeout` (the client does not read: dropped without a
-/// word, since nothing more can reach it).
+/// How long sending one snapshot (all its parts) may take before the connection is
+/// dropped as too slow: the read view it is read from is held until then.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How writing one message ended.
+enum Wrote {
+    Done,
+    /// The session handed over a last frame meanwhile: send it, then close.
+    Closing(Option<Message>),
+    /// The socket failed or the client did not read for `write_timeout`.
+    Failed,
+}
+
+/// Writes one message, or stops early when the session hands over a last frame.
+/// `buffer`: more is queued, so the message may wait in the sink's buffer (flushed with
+/// the next).
+async fn write_one(
+    sink: &mut Sink,
+    msg: Message,
+    buffer: bool,
+    close: &mut oneshot::Receiver<Message>,
+    write_timeout: Duration,
+    metrics: &Metrics,
+) -> Wrote {
+    let written = tokio::select! {
+        biased;
+        m = close => return Wrote::Closing(m.ok()),
+        r = tokio::time::timeout(write_timeout, async {
+            if buffer {
+                sink.feed(msg).await
+            } else {
+                sink.send(msg).await
+            }
+        }) => r,
+    };
+    match written {
+        Ok(Ok(())) => Wrote::Done,
+        Ok(Err(_)) => Wrote::Failed,
+        Err(_) => {
+            metrics.error_sent(codes::TOO_SLOW);
+            tracing::info!("dropped a sync connection that did not read for {write_timeout:?}");
+            Wrote::Failed
+        }
+    }
+}
+
+/// Writes a connection's queued frames to its socket, in order, a queued snapshot as
+/// parts of about `part_bytes` read one at a time (see `crate::queue`). Ends after
+/// writing an `Error` frame, when the queue overflows (`TOO_SLOW`), when the session
+/// hands it a last frame (sent at once, before anything still queued), or when writing
+/// one frame takes longer than `write_timeout`, or one snapshot longer than
+/// [`SNAPSHOT_TIMEOUT`] (the client does not read: dropped without a word, since
+/// nothing more can reach it).
 async fn write_loop(
     mut sink: Sink,
     mut rx: FrameRx,
     mut close: oneshot::Receiver<Message>,
     write_timeout: Duration,
+    part_bytes: usize,
     metrics: Arc<Metrics>,
 ) {
     let last = loop {
-        let frame = tokio::select! {
+        let received = tokio::select! {
             biased;
             m = &mut close => break m.ok(),
-            r = rx.recv() => match r {
-                Received::Frame(f) => f,
-                Received::Overflowed => {
-                    metrics.error_sent(codes::TOO_SLOW);
-                    break Some(error_frame(codes::TOO_SLOW, "the connection did not keep up with its frames"));
+            r = rx.recv() => r,
+        };
+        let frame = match received {
+            Received::Frame(f) => f,
+            Received::Snapshot(lazy) => {
+                let started = tokio::time::Instant::now();
+                let mut cursor = SnapshotCursor::default();
+                let mut outcome = Wrote::Done;
+                while !cursor.done() {
+                    if started.elapsed() > SNAPSHOT_TIMEOUT {
+                        metrics.error_sent(codes::TOO_SLOW);
+                        tracing::info!("dropped a sync connection that did not read a snapshot in {SNAPSHOT_TIMEOUT:?}");
+                        outcome = Wrote::Failed;
+                        break;
+                    }
+                    let l = lazy.clone();
+                    let mut c = cursor.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        let docs = l.read_part(&mut c, part_bytes);
+                        (docs, c)
+                    })
+                    .await;
+                    let docs = match read {
+                        Ok((Ok(docs), c)) => {
+                            cursor = c;
+                            docs
+                        }
+                        Ok((Err(e), _)) => {
+                            tracing::error!("reading a snapshot failed: {e}");
+                            outcome = Wrote::Failed;
+                            break;
+                        }
+                        Err(_) => {
+                            outcome = Wrote::Failed;
+                            break;
+                        }
+                    };
+                    let frame = lazy.snapshot.frame(docs, cursor.done()).encode();
+                    metrics.snapshot_part();
+                    let msg = Message::Binary(frame.into());
+                    // Parts go out at once: the next is read only when this one is sent.
+                    outcome =
+                        write_one(&mut sink, msg, false, &mut close, write_timeout, &metrics).await;
+                    if !matches!(outcome, Wrote::Done) {
+                        break;
+                    }
                 }
-                Received::Closed => break None,
-            },
+                rx.written(queue::Item::Snapshot(lazy).len());
+                match outcome {
+                    Wrote::Done => continue,
+                    Wrote::Closing(m) => break m,
+                    Wrote::Failed => return,
+                }
+            }
+            Received::Overflowed => {
+                metrics.error_sent(codes::TOO_SLOW);
+                break Some(error_frame(
+                    codes::TOO_SLOW,
+                    "the connection did not keep up with its frames",
+                ));
+            }
+            Received::Closed => break None,
         };
         let len = frame.len();
         let closing = is_error_frame(&frame);
@@ -477,31 +644,14 @@ async fn write_loop(
         }
         let msg = Message::Binary(frame.to_vec().into());
         drop(frame);
-        let written = tokio::select! {
-            biased;
-            m = &mut close => {
-                rx.written(len);
-                break m.ok();
-            }
-            // More frames queued: buffer this one (flushed with the last of them).
-            r = tokio::time::timeout(write_timeout, async {
-                if !closing && rx.has_more() {
-                    sink.feed(msg).await
-                } else {
-                    sink.send(msg).await
-                }
-            }) => r,
-        };
+        let buffer = !closing && rx.has_more();
+        let wrote = write_one(&mut sink, msg, buffer, &mut close, write_timeout, &metrics).await;
         rx.written(len);
-        match written {
-            Ok(Ok(())) if !closing => {}
-            Ok(Ok(())) => break None,
-            Ok(Err(_)) => return,
-            Err(_) => {
-                metrics.error_sent(codes::TOO_SLOW);
-                tracing::info!("dropped a sync connection that did not read for {write_timeout:?}");
-                return;
-            }
+        match wrote {
+            Wrote::Done if !closing => {}
+            Wrote::Done => break None,
+            Wrote::Closing(m) => break m,
+            Wrote::Failed => return,
         }
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -514,35 +664,65 @@ async fn write_loop(
 }
 
 /// Computes a joining connection's welcome on the region's read view, on a blocking
-/// thread (at most `catch_up_workers` at once), and hands it to the region.
+/// thread (a catch-up slot: at most `catch_up_workers` at once, and fewer for one
+/// identity), and hands it to the region; again on a newer view if the region sends
+/// one (the first came back too late). Ends when the region no longer waits for it.
+#[allow(clippy::too_many_arguments)]
 async fn catch_up(
     s: AppState,
     conn: u64,
-    ready: oneshot::Receiver<crate::region::ReadView>,
+    mut views: tokio::sync::mpsc::Receiver<crate::region::ReadView>,
+    sub: String,
     client_id: String,
     auth: Value,
     partitions: Vec<(String, u64)>,
     outbox_from: u64,
 ) {
-    let Ok(view) = ready.await else {
+    let Some(mut view) = views.recv().await else {
         return; // the region is stopping
     };
-    let Ok(_permit) = s.catch_ups.acquire().await else {
-        return;
-    };
-    let at = view.position;
-    let welcome = tokio::task::spawn_blocking(move || {
-        view.welcome(&client_id, &auth, &partitions, outbox_from)
-    })
-    .await;
-    let welcome = match welcome {
-        Ok(w) => w,
-        Err(e) => Err(warren_core::Error::new(
-            warren_core::ErrorCode::Storage,
-            format!("the catch-up task failed: {e}"),
-        )),
-    };
-    let _ = s.region.send(RegionMsg::Join { conn, at, welcome });
+    loop {
+        // The region drops its end when the connection goes: stop waiting then.
+        let permit = tokio::select! {
+            p = s.catch_ups.acquire(&sub) => p,
+            next = views.recv() => match next {
+                Some(v) => {
+                    view = v;
+                    continue;
+                }
+                None => return,
+            },
+        };
+        let Some(_permit) = permit else {
+            return;
+        };
+        let at = view.position;
+        let (client_id, auth, partitions) = (client_id.clone(), auth.clone(), partitions.clone());
+        let computed = tokio::task::spawn_blocking(move || {
+            let w = view.welcome(&client_id, &auth, &partitions, outbox_from);
+            (w, view)
+        })
+        .await;
+        let Ok((welcome, used)) = computed else {
+            tracing::error!("a catch-up task failed");
+            return;
+        };
+        drop(_permit);
+        // The view goes back with the welcome: its snapshots are read from it.
+        let join = RegionMsg::Join {
+            conn,
+            at,
+            welcome: Box::new(welcome),
+            view: used,
+        };
+        if s.region.send(join).is_err() {
+            return;
+        }
+        match views.recv().await {
+            Some(v) => view = v,
+            None => return,
+        }
+    }
 }
 
 fn token_expired() -> End {

@@ -42,6 +42,7 @@ function note(id, text) {
 "#;
 
 /// The tests' seeded randomness (one generator for every test).
+#[allow(unused_imports)] // not every test binary draws from it
 pub use warren_core::testing::Rng;
 
 /// The seed from `var`, or one from the clock; printed either way so a failure replays.
@@ -117,9 +118,11 @@ impl Replay {
         );
         let commit: Commit = decode_log_entry(bytes)
             .unwrap_or_else(|e| panic!("log entry {position} does not decode: {e}"));
+        // As the region does: with the server's derived state (quota counts, the
+        // read-rule index).
         let outcome = self
             .executor
-            .commit(&commit, position)
+            .serve_commit(&commit, position)
             .unwrap_or_else(|e| panic!("replaying position {position}: {e}"));
         self.digests.push(self.executor.digest().unwrap());
         let function = match &commit.op {

@@ -3,13 +3,19 @@
 //!
 //! Determinism: nothing here uses platform maths (`sin`, `exp`, `powf`); `sqrt` and the
 //! four operations are exactly rounded by IEEE 754 on every platform, and `pow` on
-//! floats multiplies by squaring. Number-to-string uses Rust's own shortest round-trip
-//! formatting, which is the same code on every target.
+//! floats multiplies by squaring. Number-to-string is the engine's own code
+//! ([`crate::text`]), pinned by golden strings.
+//!
+//! Memory: arguments are borrowed, never copied to be read; what a built-in builds is
+//! paid for before it runs, at the most it can hold (`estimate`), and settled at what
+//! the result holds.
 
 use std::cmp::Ordering;
 use std::rc::Rc;
 
-use super::{as_f64, display, err, type_err, Evaluator, Val};
+use super::arith::display_len;
+use super::meter::{string_cost, Data, SLOT};
+use super::{as_f64, cost, display, err, type_err, Evaluator, Val};
 use crate::error::{Error, ErrorCode};
 use crate::lang::is_builtin;
 use crate::value::{Object, Value};
@@ -69,6 +75,17 @@ fn obj_arg<'v>(name: &str, v: &'v Value) -> Result<&'v Object, Error> {
     }
 }
 
+/// A count of zero or more, as a 64-bit number (never a `usize`: that is 32 bits in the
+/// browser's wasm build, and the language must not change with it).
+fn count(name: &str, v: &Value) -> Result<u64, Error> {
+    u64::try_from(int_arg(name, v)?).map_err(|_| {
+        err(
+            ErrorCode::InvalidArgument,
+            format!("{name} takes a count of zero or more"),
+        )
+    })
+}
+
 /// Resolves a possibly negative index against a length, clamped to `0..=len`.
 fn clamp_index(i: i64, len: usize) -> usize {
     let len = len as i64;
@@ -91,25 +108,33 @@ impl<'a> Evaluator<'a> {
     /// Calls a built-in by name.
     pub(crate) fn call_builtin(&mut self, name: &str, args: Vec<Val>) -> Result<Val, Error> {
         match name {
+            #[cfg(feature = "test-panic")]
+            "__panic" => panic!("__panic() was called (the test-panic feature)"),
             "abort" => {
                 arity(name, &args, 0, 1)?;
                 let msg = match args.into_iter().next() {
                     None => "aborted".to_owned(),
-                    Some(v) => display(&self.materialize(v)?),
+                    Some(v) => {
+                        let d = self.data(v)?;
+                        // The message leaves with the error (exec caps its length).
+                        let _paid = self.pay(display_len(d.value()) as u64)?;
+                        display(d.value())
+                    }
                 };
                 Err(err(ErrorCode::Aborted, msg))
             }
             "now" => {
                 arity(name, &args, 0, 0)?;
-                Ok(Val::Data(Value::Int(self.ctx.now)))
+                Ok(Val::int(self.ctx.now))
             }
             "newId" => {
                 arity(name, &args, 0, 0)?;
-                Ok(Val::Data(Value::String(self.new_id())))
+                let id = self.new_id();
+                self.string(id.len(), || id)
             }
             "asc" | "desc" => {
                 arity(name, &args, 1, 1)?;
-                let key = self.materialize(args.into_iter().next().expect("arity"))?;
+                let key = self.data(args.into_iter().next().expect("arity"))?;
                 Ok(Val::Order {
                     key,
                     desc: name == "desc",
@@ -117,16 +142,17 @@ impl<'a> Evaluator<'a> {
             }
             "typeOf" => {
                 arity(name, &args, 1, 1)?;
-                Ok(Val::Data(Value::from(args[0].kind())))
+                let t = args[0].kind();
+                self.string(t.len(), || t.to_owned())
             }
             "partitionOf" | "versionOf" => {
                 arity(name, &args, 1, 1)?;
                 match &args[0] {
-                    Val::Doc(d) => Ok(Val::Data(if name == "partitionOf" {
-                        Value::String(d.stored.partition.clone())
-                    } else {
-                        Value::Int(d.stored.version as i64)
-                    })),
+                    Val::Doc(d) if name == "partitionOf" => {
+                        let p = &d.stored.partition;
+                        self.string(p.len(), || p.clone())
+                    }
+                    Val::Doc(d) => Ok(Val::int(d.stored.version as i64)),
                     other => Err(type_err(format!(
                         "{name} takes a document, not a {}",
                         other.kind()
@@ -145,27 +171,34 @@ impl<'a> Evaluator<'a> {
                 }
                 let mut vals = Vec::with_capacity(args.len());
                 for a in args {
-                    vals.push(self.materialize(a)?);
+                    vals.push(self.data(a)?);
                 }
-                let cost: usize = vals.iter().map(Value::encoded_len).sum();
-                self.charge(1 + cost as u64 / 256)?;
+                let size: u64 = vals.iter().map(Data::encoded_len).sum();
+                self.charge(1 + size / 256)?;
+                let refs: Vec<&Value> = vals.iter().map(Data::value).collect();
                 // Refuse work whose result would be over the limit before doing it.
                 if matches!(name, "repeat" | "range" | "replace" | "join") {
-                    self.precheck_size(name, &vals)?;
+                    self.precheck_size(name, &refs)?;
                 }
-                let v = pure(name, &vals)?;
+                // Pay for the most the result (and the work on the way) can hold,
+                // then settle at what it does hold.
+                let mut paid = self.pay(estimate(name, &refs, &vals))?;
+                let v = pure(name, &refs)?;
                 if matches!(
                     v,
                     Value::String(_) | Value::Array(_) | Value::Object(_) | Value::Bytes(_)
                 ) {
+                    paid.settle(cost(&v))?;
                     self.check_built(&v)?;
+                    Ok(Val::Data(Data::held(v, paid)))
+                } else {
+                    Ok(Val::scalar(v))
                 }
-                Ok(Val::Data(v))
             }
         }
     }
 
-    fn precheck_size(&mut self, name: &str, vals: &[Value]) -> Result<(), Error> {
+    fn precheck_size(&mut self, name: &str, vals: &[&Value]) -> Result<(), Error> {
         let n: i128 = match (name, vals) {
             ("repeat", [Value::String(s), Value::Int(n)]) => s.len() as i128 * *n as i128,
             ("range", [Value::Int(n)]) => *n as i128 * 2,
@@ -181,15 +214,8 @@ impl<'a> Evaluator<'a> {
                     [Value::String(sep)] => sep.len(),
                     _ => 0,
                 };
-                // A lower bound: anything else reads as at least one character.
-                let parts: usize = xs
-                    .iter()
-                    .map(|x| match x {
-                        Value::String(s) => s.len(),
-                        _ => 1,
-                    })
-                    .sum();
-                xs.len().saturating_sub(1) as i128 * sep as i128 + parts as i128
+                xs.len().saturating_sub(1) as i128 * sep as i128
+                    + xs.iter().map(|x| display_len(x) as i128).sum::<i128>()
             }
             _ => 0,
         };
@@ -223,14 +249,12 @@ impl<'a> Evaluator<'a> {
                 return Ok(v);
             }
         }
-        let arr = match self.materialize(recv)? {
-            Value::Array(a) => a,
-            other => {
-                return Err(type_err(format!(
-                    "{name} takes an array, not {}",
-                    other.type_name()
-                )))
-            }
+        let arr = self.data(recv)?;
+        let Value::Array(items) = arr.value() else {
+            return Err(type_err(format!(
+                "{name} takes an array, not {}",
+                arr.value().type_name()
+            )));
         };
         let func = |i: usize| -> Result<Rc<super::Closure>, Error> {
             match rest.get(i) {
@@ -249,13 +273,15 @@ impl<'a> Evaluator<'a> {
             "map" => {
                 arity(name, &rest, 1, 1)?;
                 let f = func(0)?;
-                let mut out = Vec::with_capacity(arr.len());
+                let mut out = Vec::with_capacity(items.len());
+                let mut paid = self.pay(SLOT)?;
                 // Stop as soon as the result is over the limit, not after building it all.
                 let mut size = 0;
-                for x in arr {
-                    let v = self.call_closure(&f, vec![Val::Data(x)])?;
-                    let v = self.materialize(v)?;
-                    size += v.encoded_len();
+                for x in items {
+                    let x = self.copy(x)?;
+                    let v = self.call_closure(&f, vec![x])?;
+                    let v = self.own(v)?;
+                    size += v.value.encoded_len();
                     if size > self.limits.max_value_bytes {
                         return Err(err(
                             ErrorCode::ResultTooLarge,
@@ -265,33 +291,42 @@ impl<'a> Evaluator<'a> {
                             ),
                         ));
                     }
-                    out.push(v);
+                    paid.absorb(v.paid)?;
+                    out.push(v.value);
                 }
                 let v = Value::Array(out);
                 self.check_built(&v)?;
-                Ok(Val::Data(v))
+                Ok(Val::Data(Data::held(v, paid)))
             }
             "filter" | "where" => {
                 arity(name, &rest, 1, 1)?;
                 let f = func(0)?;
                 let mut out = Vec::new();
-                for x in arr {
-                    let keep = self.call_closure(&f, vec![Val::Data(x.clone())])?;
+                let mut paid = self.pay(SLOT)?;
+                for x in items {
+                    let v = self.copy(x)?;
+                    let keep = self.call_closure(&f, vec![v.clone()])?;
                     if self.truthy(&keep) {
-                        out.push(x);
+                        let v = self.own(v)?;
+                        paid.absorb(v.paid)?;
+                        out.push(v.value);
                     }
                 }
-                Ok(Val::Data(Value::Array(out)))
+                Ok(Val::Data(Data::held(Value::Array(out), paid)))
             }
             "reduce" => {
                 arity(name, &rest, 2, 2)?;
                 let f = func(0)?;
                 let mut acc = rest[1].clone();
-                for x in arr {
-                    acc = self.call_closure(&f, vec![acc, Val::Data(x)])?;
+                for x in items {
+                    let x = self.copy(x)?;
+                    acc = self.call_closure(&f, vec![acc, x])?;
                     if let Val::Data(v) = &acc {
-                        if matches!(v, Value::Array(_) | Value::Object(_) | Value::String(_)) {
-                            self.check_built(v)?;
+                        if matches!(
+                            v.value(),
+                            Value::Array(_) | Value::Object(_) | Value::String(_)
+                        ) {
+                            self.check_built(v.value())?;
                         }
                     }
                 }
@@ -300,21 +335,22 @@ impl<'a> Evaluator<'a> {
             "some" | "every" | "find" => {
                 arity(name, &rest, 1, 1)?;
                 let f = func(0)?;
-                for x in arr {
-                    let r = self.call_closure(&f, vec![Val::Data(x.clone())])?;
+                for x in items {
+                    let x = self.copy(x)?;
+                    let r = self.call_closure(&f, vec![x.clone()])?;
                     let t = self.truthy(&r);
                     match (name, t) {
-                        ("some", true) => return Ok(Val::Data(Value::Bool(true))),
-                        ("every", false) => return Ok(Val::Data(Value::Bool(false))),
-                        ("find", true) => return Ok(Val::Data(x)),
+                        ("some", true) => return Ok(Val::bool(true)),
+                        ("every", false) => return Ok(Val::bool(false)),
+                        ("find", true) => return Ok(x),
                         _ => {}
                     }
                 }
-                Ok(Val::Data(match name {
-                    "some" => Value::Bool(false),
-                    "every" => Value::Bool(true),
-                    _ => Value::Null,
-                }))
+                Ok(match name {
+                    "some" => Val::bool(false),
+                    "every" => Val::bool(true),
+                    _ => Val::NULL,
+                })
             }
             _ => {
                 // order(array, keys...)
@@ -325,44 +361,102 @@ impl<'a> Evaluator<'a> {
                     ));
                 }
                 let keys = (0..rest.len()).map(func).collect::<Result<Vec<_>, _>>()?;
-                let (sorted, _) = self.sort_values(arr, &keys)?;
-                Ok(Val::Data(Value::Array(sorted)))
+                self.sort_values(items, &keys)
             }
         }
     }
 
-    fn sort_values(
-        &mut self,
-        arr: Vec<Value>,
-        keys: &[Rc<super::Closure>],
-    ) -> Result<(Vec<Value>, Vec<bool>), Error> {
+    /// `order` of an array: the elements copied (paid for), sorted by their keys.
+    fn sort_values(&mut self, arr: &[Value], keys: &[Rc<super::Closure>]) -> Result<Val, Error> {
         let mut desc = vec![false; keys.len()];
         let mut keyed = Vec::with_capacity(arr.len());
+        let mut paid = self.pay(SLOT)?;
         for x in arr {
             let mut ks = Vec::with_capacity(keys.len());
+            let v = self.copy(x)?;
             for (i, f) in keys.iter().enumerate() {
-                match self.call_closure(f, vec![Val::Data(x.clone())])? {
+                match self.call_closure(f, vec![v.clone()])? {
                     Val::Order { key, desc: d } => {
                         desc[i] = d;
                         ks.push(key);
                     }
-                    other => ks.push(self.materialize(other)?),
+                    other => ks.push(self.data(other)?),
                 }
             }
             // Keys are kept until the sort ends: large ones cost fuel, as built values do.
-            let ks = Value::Array(ks);
-            self.charge(ks.encoded_len() as u64 / 64)?;
-            keyed.push((ks, x));
+            let enc: u64 = ks.iter().map(Data::encoded_len).sum();
+            self.charge(enc / 64)?;
+            let v = self.own(v)?;
+            paid.absorb(v.paid)?;
+            keyed.push((ks, v.value));
         }
         let n = keyed.len() as u64;
         self.charge(n * (64 - n.leading_zeros() as u64))?;
-        keyed.sort_by(|a, b| super::sets::cmp_keys(&a.0, &b.0, &desc));
-        Ok((keyed.into_iter().map(|(_, v)| v).collect(), desc))
+        keyed.sort_by(|a, b| super::sets::cmp_key_lists(&a.0, &b.0, &desc));
+        let v = Value::Array(keyed.into_iter().map(|(_, v)| v).collect());
+        Ok(Val::Data(Data::held(v, paid)))
+    }
+}
+
+/// At least what [`pure`] holds while it works and in its result, paid before it runs
+/// (and settled at the result's cost afterwards). `vals` are the arguments as held,
+/// with what each was paid for.
+fn estimate(name: &str, a: &[&Value], vals: &[Data]) -> u64 {
+    // What the arguments cost: a result made of their parts costs no more.
+    let inputs: u64 = a.iter().map(|v| cost(v)).sum::<u64>() + SLOT;
+    let len = |i: usize| match a.get(i) {
+        Some(Value::String(s)) => s.len() as u64,
+        Some(Value::Array(x)) => x.len() as u64,
+        Some(Value::Bytes(b)) => b.len() as u64,
+        _ => 0,
+    };
+    let _ = vals;
+    match name {
+        // Scalars, or short strings.
+        "toInt" | "toFloat" | "abs" | "floor" | "ceil" | "round" | "sqrt" | "pow" | "length"
+        | "isEmpty" | "startsWith" | "endsWith" | "includes" | "indexOf" | "has" | "sum" => 0,
+        "toString" => string_cost(a.first().map_or(0, |v| display_len(v)) as u64),
+        "upper" | "lower" => string_cost(3 * len(0)),
+        "split" => SLOT + (len(0) + 1) * (SLOT + 4),
+        "join" => {
+            let sep = len(1);
+            let parts: u64 = match a.first() {
+                Some(Value::Array(xs)) => xs.iter().map(|x| display_len(x) as u64 + sep).sum(),
+                _ => 0,
+            };
+            string_cost(parts)
+        }
+        "replace" => match a {
+            [Value::String(s), Value::String(from), Value::String(to)] if !from.is_empty() => {
+                let k = s.matches(from.as_str()).count() as u64;
+                string_cost(s.len() as u64 + k * to.len() as u64)
+            }
+            _ => 0,
+        },
+        "repeat" => match a {
+            [Value::String(s), Value::Int(n)] => {
+                string_cost((s.len() as u64).saturating_mul((*n).max(0) as u64))
+            }
+            _ => 0,
+        },
+        "range" => {
+            let n = match a {
+                [Value::Int(n)] => (*n).max(0) as u64,
+                [Value::Int(lo), Value::Int(hi)] => (*hi as i128 - *lo as i128).max(0) as u64,
+                _ => 0,
+            };
+            SLOT + n.saturating_mul(SLOT)
+        }
+        // The key encoding of every element, held while they are compared.
+        "distinct" => 4 * inputs,
+        "entries" | "fromEntries" | "keys" | "values" => 2 * inputs + crate::value::MEM_OBJECT,
+        // Parts of the arguments, copied.
+        _ => inputs + crate::value::MEM_OBJECT,
     }
 }
 
 /// The built-ins that only take and give data.
-fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
+fn pure(name: &str, a: &[&Value]) -> Result<Value, Error> {
     let n = a.len();
     let one = |min: usize, max: usize| -> Result<(), Error> {
         if n < min || n > max {
@@ -384,11 +478,11 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
     Ok(match name {
         "toString" => {
             one(1, 1)?;
-            Value::String(display(&a[0]))
+            Value::String(display(a[0]))
         }
         "toInt" => {
             one(1, 1)?;
-            match &a[0] {
+            match a[0] {
                 Value::Int(i) => Value::Int(*i),
                 Value::Float(f) => to_int(f.trunc(), name)?,
                 Value::String(s) => Value::Int(s.trim().parse().map_err(|_| {
@@ -408,7 +502,7 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "toFloat" => {
             one(1, 1)?;
-            match &a[0] {
+            match a[0] {
                 Value::Int(i) => Value::Float(*i as f64),
                 Value::Float(f) => Value::Float(*f),
                 Value::Bool(b) => Value::Float(if *b { 1.0 } else { 0.0 }),
@@ -428,7 +522,7 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "abs" => {
             one(1, 1)?;
-            match &a[0] {
+            match a[0] {
                 Value::Int(i) => Value::Int(
                     i.checked_abs()
                         .ok_or_else(|| err(ErrorCode::Arithmetic, "integer overflow"))?,
@@ -444,7 +538,7 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "floor" | "ceil" | "round" => {
             one(1, 1)?;
-            match &a[0] {
+            match a[0] {
                 Value::Int(i) => Value::Int(*i),
                 Value::Float(f) => to_int(
                     match name {
@@ -465,7 +559,7 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "sqrt" => {
             one(1, 1)?;
-            let f = as_f64(&a[0]).ok_or_else(|| type_err("sqrt takes a number"))?;
+            let f = as_f64(a[0]).ok_or_else(|| type_err("sqrt takes a number"))?;
             if f < 0.0 {
                 return Err(err(ErrorCode::Arithmetic, "sqrt of a negative number"));
             }
@@ -473,8 +567,8 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "pow" => {
             one(2, 2)?;
-            let e = int_arg(name, &a[1])?;
-            match &a[0] {
+            let e = int_arg(name, a[1])?;
+            match a[0] {
                 Value::Int(b) => {
                     let e = u32::try_from(e).map_err(|_| {
                         err(
@@ -503,9 +597,9 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
                     format!("{name} needs values"),
                 ));
             }
-            let items: &[Value] = match a {
-                [Value::Array(xs)] => xs,
-                _ => a,
+            let items: Vec<&Value> = match a {
+                [Value::Array(xs)] => xs.iter().collect(),
+                _ => a.to_vec(),
             };
             let mut best: Option<&Value> = None;
             let numeric = |v: &Value| matches!(v, Value::Int(_) | Value::Float(_));
@@ -539,28 +633,28 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "sum" => {
             one(1, 1)?;
-            let xs = arr_arg(name, &a[0])?;
+            let xs = arr_arg(name, a[0])?;
             let mut acc = Value::Int(0);
             for x in xs {
-                acc = super::binary(crate::lang::ast::BinOp::Add, acc, x.clone())?;
-                if !matches!(acc, Value::Int(_) | Value::Float(_)) {
+                if !matches!(x, Value::Int(_) | Value::Float(_)) {
                     return Err(type_err("sum adds numbers"));
                 }
+                acc = super::binary(crate::lang::ast::BinOp::Add, &acc, x)?;
             }
             acc
         }
         "range" => {
             one(1, 2)?;
             let (lo, hi) = if n == 1 {
-                (0, int_arg(name, &a[0])?)
+                (0, int_arg(name, a[0])?)
             } else {
-                (int_arg(name, &a[0])?, int_arg(name, &a[1])?)
+                (int_arg(name, a[0])?, int_arg(name, a[1])?)
             };
             Value::Array((lo..hi.max(lo)).map(Value::Int).collect())
         }
         "length" => {
             one(1, 1)?;
-            Value::Int(match &a[0] {
+            Value::Int(match a[0] {
                 Value::String(s) => s.chars().count(),
                 Value::Bytes(b) => b.len(),
                 Value::Array(x) => x.len(),
@@ -575,7 +669,7 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "isEmpty" => {
             one(1, 1)?;
-            Value::Bool(match &a[0] {
+            Value::Bool(match a[0] {
                 Value::String(s) => s.is_empty(),
                 Value::Bytes(b) => b.is_empty(),
                 Value::Array(x) => x.is_empty(),
@@ -591,7 +685,7 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "upper" | "lower" | "trim" => {
             one(1, 1)?;
-            let s = str_arg(name, &a[0])?;
+            let s = str_arg(name, a[0])?;
             Value::String(match name {
                 "upper" => s.to_uppercase(),
                 "lower" => s.to_lowercase(),
@@ -600,7 +694,7 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "startsWith" | "endsWith" => {
             one(2, 2)?;
-            let (s, p) = (str_arg(name, &a[0])?, str_arg(name, &a[1])?);
+            let (s, p) = (str_arg(name, a[0])?, str_arg(name, a[1])?);
             Value::Bool(if name == "startsWith" {
                 s.starts_with(p)
             } else {
@@ -609,9 +703,9 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "includes" => {
             one(2, 2)?;
-            Value::Bool(match &a[0] {
-                Value::String(s) => s.contains(str_arg(name, &a[1])?),
-                Value::Array(xs) => xs.iter().any(|x| x.loose_eq(&a[1])),
+            Value::Bool(match a[0] {
+                Value::String(s) => s.contains(str_arg(name, a[1])?),
+                Value::Array(xs) => xs.iter().any(|x| x.loose_eq(a[1])),
                 other => {
                     return Err(type_err(format!(
                         "includes takes a string or an array, not {}",
@@ -622,15 +716,15 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "indexOf" => {
             one(2, 2)?;
-            Value::Int(match &a[0] {
+            Value::Int(match a[0] {
                 Value::String(s) => {
-                    let p = str_arg(name, &a[1])?;
+                    let p = str_arg(name, a[1])?;
                     s.find(p)
                         .map_or(-1, |byte| s[..byte].chars().count() as i64)
                 }
                 Value::Array(xs) => xs
                     .iter()
-                    .position(|x| x.loose_eq(&a[1]))
+                    .position(|x| x.loose_eq(a[1]))
                     .map_or(-1, |i| i as i64),
                 other => {
                     return Err(type_err(format!(
@@ -642,28 +736,26 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "slice" => {
             one(2, 3)?;
-            let start = int_arg(name, &a[1])?;
-            match &a[0] {
+            let start = int_arg(name, a[1])?;
+            match a[0] {
                 Value::String(s) => {
-                    let chars: Vec<char> = s.chars().collect();
+                    // By characters, without a vector of them.
+                    let count = s.chars().count();
                     let end = if n == 3 {
-                        int_arg(name, &a[2])?
+                        int_arg(name, a[2])?
                     } else {
-                        chars.len() as i64
+                        count as i64
                     };
-                    let (i, j) = (
-                        clamp_index(start, chars.len()),
-                        clamp_index(end, chars.len()),
-                    );
+                    let (i, j) = (clamp_index(start, count), clamp_index(end, count));
                     Value::String(if i < j {
-                        chars[i..j].iter().collect()
+                        s.chars().skip(i).take(j - i).collect()
                     } else {
                         String::new()
                     })
                 }
                 Value::Array(xs) => {
                     let end = if n == 3 {
-                        int_arg(name, &a[2])?
+                        int_arg(name, a[2])?
                     } else {
                         xs.len() as i64
                     };
@@ -680,7 +772,7 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "split" => {
             one(2, 2)?;
-            let (s, sep) = (str_arg(name, &a[0])?, str_arg(name, &a[1])?);
+            let (s, sep) = (str_arg(name, a[0])?, str_arg(name, a[1])?);
             if sep.is_empty() {
                 Value::Array(s.chars().map(|c| Value::String(c.to_string())).collect())
             } else {
@@ -689,16 +781,27 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "join" => {
             one(1, 2)?;
-            let xs = arr_arg(name, &a[0])?;
-            let sep = if n == 2 { str_arg(name, &a[1])? } else { "" };
-            Value::String(xs.iter().map(display).collect::<Vec<_>>().join(sep))
+            let xs = arr_arg(name, a[0])?;
+            let sep = if n == 2 { str_arg(name, a[1])? } else { "" };
+            // Into one string, with no vector of parts on the way.
+            let mut out = String::new();
+            for (i, x) in xs.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                match x {
+                    Value::String(s) => out.push_str(s),
+                    other => crate::text::write_json(&mut out, other),
+                }
+            }
+            Value::String(out)
         }
         "replace" => {
             one(3, 3)?;
             let (s, from, to) = (
-                str_arg(name, &a[0])?,
-                str_arg(name, &a[1])?,
-                str_arg(name, &a[2])?,
+                str_arg(name, a[0])?,
+                str_arg(name, a[1])?,
+                str_arg(name, a[2])?,
             );
             if from.is_empty() {
                 return Err(err(
@@ -710,18 +813,25 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "repeat" => {
             one(2, 2)?;
-            let s = str_arg(name, &a[0])?;
-            let k = usize::try_from(int_arg(name, &a[1])?).map_err(|_| {
-                err(
-                    ErrorCode::InvalidArgument,
-                    "repeat takes a count of zero or more",
-                )
-            })?;
+            let s = str_arg(name, a[0])?;
+            let n = count(name, a[1])?;
+            // Counted in 64 bits: the size check before the call refuses a result over
+            // the limit the same way on every build; an empty string stays empty.
+            let k = if s.is_empty() {
+                0
+            } else {
+                usize::try_from(n).map_err(|_| {
+                    err(
+                        ErrorCode::ResultTooLarge,
+                        "repeat would build too large a string",
+                    )
+                })?
+            };
             Value::String(s.repeat(k))
         }
         "concat" => {
             one(2, 2)?;
-            match (&a[0], &a[1]) {
+            match (a[0], a[1]) {
                 (Value::Array(x), Value::Array(y)) => {
                     Value::Array(x.iter().chain(y).cloned().collect())
                 }
@@ -731,7 +841,7 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "first" | "last" => {
             one(1, 1)?;
-            let xs = arr_arg(name, &a[0])?;
+            let xs = arr_arg(name, a[0])?;
             (if name == "first" {
                 xs.first()
             } else {
@@ -742,13 +852,13 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "append" => {
             one(2, 2)?;
-            let mut xs = arr_arg(name, &a[0])?.clone();
+            let mut xs = arr_arg(name, a[0])?.clone();
             xs.push(a[1].clone());
             Value::Array(xs)
         }
         "reverse" => {
             one(1, 1)?;
-            match &a[0] {
+            match a[0] {
                 Value::Array(xs) => Value::Array(xs.iter().rev().cloned().collect()),
                 Value::String(s) => Value::String(s.chars().rev().collect()),
                 other => {
@@ -761,13 +871,13 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "sort" => {
             one(1, 1)?;
-            let mut xs = arr_arg(name, &a[0])?.clone();
+            let mut xs = arr_arg(name, a[0])?.clone();
             xs.sort_by(Value::total_cmp);
             Value::Array(xs)
         }
         "distinct" => {
             one(1, 1)?;
-            let xs = arr_arg(name, &a[0])?;
+            let xs = arr_arg(name, a[0])?;
             let mut seen = std::collections::BTreeSet::new();
             let mut out = Vec::new();
             // By the index key encoding, so that values `==` calls equal (1 and 1.0)
@@ -783,7 +893,7 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "flatten" => {
             one(1, 1)?;
-            let xs = arr_arg(name, &a[0])?;
+            let xs = arr_arg(name, a[0])?;
             let mut out = Vec::new();
             for x in xs {
                 match x {
@@ -795,15 +905,9 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "take" | "skip" => {
             one(2, 2)?;
-            let xs = arr_arg(name, &a[0])?;
-            let k = usize::try_from(int_arg(name, &a[1])?)
-                .map_err(|_| {
-                    err(
-                        ErrorCode::InvalidArgument,
-                        format!("{name} takes a count of zero or more"),
-                    )
-                })?
-                .min(xs.len());
+            let xs = arr_arg(name, a[0])?;
+            // Clamped in 64 bits, so that a count past 2^32 means the same everywhere.
+            let k = count(name, a[1])?.min(xs.len() as u64) as usize;
             Value::Array(if name == "take" {
                 xs[..k].to_vec()
             } else {
@@ -812,7 +916,7 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "keys" | "values" | "entries" => {
             one(1, 1)?;
-            let o = obj_arg(name, &a[0])?;
+            let o = obj_arg(name, a[0])?;
             Value::Array(match name {
                 "keys" => o.keys().cloned().map(Value::String).collect(),
                 "values" => o.values().cloned().collect(),
@@ -825,7 +929,7 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         "fromEntries" => {
             one(1, 1)?;
             let mut o = Object::new();
-            for e in arr_arg(name, &a[0])? {
+            for e in arr_arg(name, a[0])? {
                 match e {
                     Value::Array(kv) if kv.len() == 2 => {
                         o.insert(str_arg(name, &kv[0])?.to_owned(), kv[1].clone());
@@ -837,12 +941,12 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
         }
         "has" => {
             one(2, 2)?;
-            Value::Bool(obj_arg(name, &a[0])?.contains_key(str_arg(name, &a[1])?))
+            Value::Bool(obj_arg(name, a[0])?.contains_key(str_arg(name, a[1])?))
         }
         "merge" => {
             one(2, 2)?;
-            let mut o = obj_arg(name, &a[0])?.clone();
-            for (k, v) in obj_arg(name, &a[1])? {
+            let mut o = obj_arg(name, a[0])?.clone();
+            for (k, v) in obj_arg(name, a[1])? {
                 o.insert(k.clone(), v.clone());
             }
             Value::Object(o)
@@ -851,7 +955,7 @@ fn pure(name: &str, a: &[Value]) -> Result<Value, Error> {
             if n < 1 {
                 return Err(err(ErrorCode::InvalidArgument, "without needs an object"));
             }
-            let mut o = obj_arg(name, &a[0])?.clone();
+            let mut o = obj_arg(name, a[0])?.clone();
             for k in &a[1..] {
                 o.remove(str_arg(name, k)?);
             }

@@ -1,15 +1,31 @@
 //! The evaluator: runs the language against a transaction's view of the state.
 //!
-//! Every evaluation is bounded: each step costs fuel ([`Limits::fuel`]), recursion is
-//! bounded ([`Limits::max_depth`]), and every value the program builds is checked
-//! against the size and nesting limits. Running out of any of them is a deterministic
-//! error with its own code, never a hang, a stack overflow or a panic.
+//! Every evaluation is bounded, and every bound is a deterministic error with its own
+//! code, never a hang, a stack overflow, an abort or a panic:
+//! - each step costs fuel ([`Limits::fuel`]);
+//! - recursion is bounded ([`Limits::max_depth`]);
+//! - what the program holds is paid for in bytes before it is allocated
+//!   ([`Limits::max_memory_bytes`], see [`meter`]); a variable read shares its value
+//!   instead of copying it;
+//! - every value the program builds is checked against the size and nesting limits.
+//!
+//! What the program cannot see costs it nothing it can observe (DESIGN invariant 9):
+//! entries of partitions it may not read are skipped without fuel or memory, rules run
+//! on budgets of their own ([`Limits::rule_fuel`], [`Limits::rule_memory_bytes`]), and
+//! both count instead against a separate limit on unobservable work
+//! ([`Limits::max_hidden_work`]), whose exhaustion is the one coarse signal left
+//! (docs/DECISIONS.md, "What a hidden document may reveal").
 //!
 //! Nothing here reads a clock, a random source or a hash map's iteration order: `now()`
 //! and `newId()` come from the [`Context`], and every map is a `BTreeMap`.
+//!
+//! The files: `sets` (lazy queries), `builtins`, `rules` (read and write rules and
+//! their budgets), `write` (the write path and ids), `arith` (operators), `meter`
+//! (memory).
 
 mod arith;
 pub mod builtins;
+mod meter;
 mod rules;
 mod sets;
 mod write;
@@ -18,8 +34,9 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use arith::index_value;
 pub(crate) use arith::{as_f64, binary, display};
+pub use meter::Data;
+pub(crate) use meter::{cost, Meter, Paid, SLOT};
 pub(crate) use sets::SetQ;
 pub use write::MAX_ID_BYTES;
 
@@ -29,9 +46,9 @@ use crate::keys;
 use crate::lang::ast::{Block, Expr, ExprKind, Lambda, Stmt, UnOp};
 use crate::schema::{Collection, Schema};
 use crate::storage::{Overlay, Storage};
-use crate::value::{Object, Value, MAX_VALUE_DEPTH};
+use crate::value::{Value, MAX_VALUE_DEPTH};
 
-/// Limits on one evaluation (a transaction, a query or a rule check).
+/// Limits on one evaluation (a transaction or a query, with the rules they run).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Steps: one per expression evaluated, plus costs for documents read and for
@@ -49,6 +66,24 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Documents one transaction may write.
     pub max_writes: usize,
+    /// Bytes the program may hold at once: every value it builds or copies and every
+    /// document it reads is paid for before it is allocated, and given back when the
+    /// program lets go of it; a transaction's writes are paid for until it ends
+    /// (`Value::mem_cost` is the model). `MEMORY_EXHAUSTED` beyond.
+    pub max_memory_bytes: u64,
+    /// Steps of one rule evaluation: a read rule for a partition, the rules of one
+    /// write, a partition expression. Rules do not spend the program's fuel; a read
+    /// rule that runs out of its own denies.
+    pub rule_fuel: u64,
+    /// Bytes one rule evaluation may hold, apart from the program's.
+    pub rule_memory_bytes: u64,
+    /// Work the program cannot see, in steps: entries of partitions it may not read
+    /// that a scan passes over (one each, and one per KiB), and the steps of the
+    /// rules it causes to run. `HIDDEN_WORK_EXHAUSTED` beyond.
+    pub max_hidden_work: u64,
+    /// What one identity may keep in a server's state (checked by the server when it
+    /// applies a commit, `exec::commit_batch`; unlimited by default).
+    pub quotas: crate::quota::Quotas,
 }
 
 impl Default for Limits {
@@ -61,6 +96,11 @@ impl Default for Limits {
             max_result_bytes: 4 * 1024 * 1024,
             max_value_bytes: 1024 * 1024,
             max_writes: 1_000,
+            max_memory_bytes: 64 * 1024 * 1024,
+            rule_fuel: 10_000,
+            rule_memory_bytes: 16 * 1024 * 1024,
+            max_hidden_work: 1_000_000,
+            quotas: crate::quota::Quotas::UNLIMITED,
         }
     }
 }
@@ -106,24 +146,53 @@ impl Context {
 /// A runtime value: data, or one of the things only a running program holds.
 #[derive(Clone, Debug)]
 pub enum Val {
-    Data(Value),
+    Data(Data),
     Doc(Rc<Doc>),
     Coll(Rc<str>),
     Set(Rc<SetQ>),
     Func(Rc<Closure>),
     /// `asc(v)` / `desc(v)`: a sort key with its direction.
     Order {
-        key: Value,
+        key: Data,
         desc: bool,
     },
 }
 
 impl Val {
-    pub const NULL: Val = Val::Data(Value::Null);
+    pub const NULL: Val = Val::Data(Data::NULL);
 
-    fn kind(&self) -> &'static str {
+    /// Null, a boolean or a number (nothing to pay for).
+    pub(crate) fn scalar(v: Value) -> Val {
+        debug_assert!(matches!(
+            v,
+            Value::Null | Value::Bool(_) | Value::Int(_) | Value::Float(_)
+        ));
+        Val::Data(Data::Scalar(v))
+    }
+
+    pub(crate) fn bool(b: bool) -> Val {
+        Val::scalar(Value::Bool(b))
+    }
+
+    pub(crate) fn int(i: i64) -> Val {
+        Val::scalar(Value::Int(i))
+    }
+
+    pub(crate) fn is_null(&self) -> bool {
+        matches!(self, Val::Data(d) if d.value().is_null())
+    }
+
+    /// The data, when this is data.
+    pub(crate) fn value(&self) -> Option<&Value> {
         match self {
-            Val::Data(v) => v.type_name(),
+            Val::Data(d) => Some(d.value()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Val::Data(d) => d.value().type_name(),
             Val::Doc(_) => "document",
             Val::Coll(_) => "collection",
             Val::Set(_) => "set",
@@ -133,38 +202,26 @@ impl Val {
     }
 }
 
-impl From<Value> for Val {
-    fn from(v: Value) -> Val {
-        Val::Data(v)
-    }
-}
-
-/// A document as a program holds it.
+/// A document as a program holds it (paid for while it is held).
 #[derive(Debug)]
 pub struct Doc {
     pub collection: String,
     pub id: String,
     pub stored: StoredDoc,
+    paid: Paid,
 }
 
 impl Doc {
-    /// The document as data: its fields plus `id`.
-    pub fn to_value(&self) -> Value {
-        let mut o = match &self.stored.data {
-            Value::Object(o) => o.clone(),
-            _ => Object::new(),
-        };
-        o.insert("id".into(), Value::String(self.id.clone()));
-        Value::Object(o)
+    /// The memory a document's own fields take besides its data.
+    fn overhead(collection: &str, id: &str, partition: &str) -> u64 {
+        3 * SLOT + (collection.len() + id.len() + partition.len()) as u64
     }
+}
 
-    fn field(&self, name: &str) -> Value {
-        if name == "id" {
-            Value::String(self.id.clone())
-        } else {
-            self.stored.data.get(name).clone()
-        }
-    }
+/// A value the evaluator owns, with what it paid for it (at least its cost).
+pub(crate) struct Owned {
+    pub value: Value,
+    pub paid: Paid,
 }
 
 /// A lambda with the variables it captured.
@@ -172,13 +229,20 @@ impl Doc {
 pub struct Closure {
     pub lambda: Arc<Lambda>,
     env: Env,
+    _paid: Paid,
 }
+
+/// What a closure takes to hold, besides the variables it shares.
+const CLOSURE_BYTES: u64 = 64;
+/// What a variable's binding takes to hold, besides its value.
+const BINDING_BYTES: u64 = 96;
 
 #[derive(Debug)]
 pub(crate) struct EnvNode {
     name: Name,
     val: Val,
     parent: Env,
+    _paid: Paid,
 }
 
 /// A variable's name: the engine's own names (`auth`, `doc`, a rule's variables) are
@@ -200,20 +264,23 @@ impl Name {
 
 pub(crate) type Env = Option<Rc<EnvNode>>;
 
-fn bind(env: &Env, name: &str, val: Val) -> Env {
+/// Binds a variable (the binding paid for with `paid`).
+fn bind(env: &Env, name: &str, val: Val, paid: Paid) -> Env {
     Some(Rc::new(EnvNode {
         name: Name::Owned(name.to_owned()),
         val,
         parent: env.clone(),
+        _paid: paid,
     }))
 }
 
 /// [`bind`] for a name the engine itself gives.
-fn bind_static(env: &Env, name: &'static str, val: Val) -> Env {
+fn bind_static(env: &Env, name: &'static str, val: Val, paid: Paid) -> Env {
     Some(Rc::new(EnvNode {
         name: Name::Static(name),
         val,
         parent: env.clone(),
+        _paid: paid,
     }))
 }
 
@@ -241,18 +308,31 @@ pub struct Evaluator<'a> {
     pub(crate) limits: &'a Limits,
     pub(crate) ctx: &'a Context,
     mode: Mode,
+    /// Fuel left in the current budget: the program's, or a rule's while one runs.
     fuel: u64,
+    /// The program's fuel left while a rule runs.
+    program_fuel: Option<u64>,
     depth: u32,
+    /// Scans in progress, one inside another's sink.
+    scans: u32,
     ids_made: u64,
+    /// The program's memory, and the meter values are paid into now (a rule's while
+    /// one runs).
+    program: Rc<Meter>,
+    meter: Rc<Meter>,
+    /// Unobservable work done so far ([`Limits::max_hidden_work`]).
+    hidden: u64,
     /// Read-rule answers per (collection, partition), so each is evaluated once.
     readable: BTreeMap<(String, String), bool>,
+    /// Bytes of keys in `readable` (the cache stops growing at a bound).
+    readable_bytes: usize,
     pub(crate) touched: Vec<Touched>,
     touched_set: std::collections::BTreeSet<(String, String)>,
     /// What the evaluation read, when tracking is on (for read-rule invalidation).
     pub(crate) reads: Option<ReadSet>,
     /// The root environment (`auth`), built once: environments are immutable, so
     /// every function call and rule check can share it instead of copying `auth`.
-    root: std::cell::OnceCell<Env>,
+    root: Option<Env>,
 }
 
 /// What an evaluation read: documents by id and whole collections (any scan). A write
@@ -291,6 +371,7 @@ impl<'a> Evaluator<'a> {
         ctx: &'a Context,
         mode: Mode,
     ) -> Evaluator<'a> {
+        let program = Meter::new(limits.max_memory_bytes, "the program");
         Evaluator {
             schema,
             view: Overlay::new(store),
@@ -298,31 +379,67 @@ impl<'a> Evaluator<'a> {
             ctx,
             mode,
             fuel: limits.fuel,
+            program_fuel: None,
             depth: 0,
+            scans: 0,
             ids_made: 0,
+            meter: program.clone(),
+            program,
+            hidden: 0,
             readable: BTreeMap::new(),
+            readable_bytes: 0,
             touched: Vec::new(),
             touched_set: Default::default(),
             reads: None,
-            root: std::cell::OnceCell::new(),
+            root: None,
         }
     }
 
-    /// Fuel left.
+    /// The program's fuel left.
     pub fn fuel_left(&self) -> u64 {
-        self.fuel
+        self.program_fuel.unwrap_or(self.fuel)
     }
 
-    /// Spends `n` steps of fuel.
+    /// What the evaluation has used of its limits so far.
+    pub fn usage(&self) -> crate::exec::Usage {
+        crate::exec::Usage {
+            fuel: self.limits.fuel - self.fuel_left(),
+            memory: self.program.peak(),
+            hidden_work: self.hidden,
+        }
+    }
+
+    /// Spends `n` steps of fuel from the current budget.
     pub(crate) fn charge(&mut self, n: u64) -> Result<(), Error> {
         if self.fuel < n {
             self.fuel = 0;
+            let (whose, limit) = match self.program_fuel {
+                None => ("the program's", self.limits.fuel),
+                Some(_) => ("a rule's", self.limits.rule_fuel),
+            };
             return Err(err(
                 ErrorCode::FuelExhausted,
-                format!("the step budget of {} ran out", self.limits.fuel),
+                format!("{whose} step budget of {limit} ran out"),
             ));
         }
         self.fuel -= n;
+        Ok(())
+    }
+
+    /// Counts `n` steps of work the program cannot see.
+    pub(crate) fn hidden_work(&mut self, n: u64) -> Result<(), Error> {
+        self.hidden = self.hidden.saturating_add(n);
+        if self.hidden > self.limits.max_hidden_work {
+            return Err(err(
+                ErrorCode::HiddenWorkExhausted,
+                format!(
+                    "the evaluation passed over more than {} steps of work it cannot see \
+                     (documents of partitions it may not read, rule evaluations); \
+                     narrow the scan with an index whose first fields select readable partitions",
+                    self.limits.max_hidden_work
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -340,8 +457,45 @@ impl<'a> Evaluator<'a> {
         Ok(())
     }
 
+    /// Pays for `bytes` about to be allocated, into the current meter.
+    pub(crate) fn pay(&self, bytes: u64) -> Result<Paid, Error> {
+        self.meter.pay(bytes)
+    }
+
+    /// Holds data the evaluator owns.
+    pub(crate) fn hold(o: Owned) -> Val {
+        Val::Data(Data::held(o.value, o.paid))
+    }
+
+    /// A copy of `v` for the program to hold, paid for (memory, and a step per KiB
+    /// copied, as for documents read) before it is made.
+    pub(crate) fn copy(&mut self, v: &Value) -> Result<Val, Error> {
+        match v {
+            Value::Null | Value::Bool(_) | Value::Int(_) | Value::Float(_) => {
+                Ok(Val::scalar(v.clone()))
+            }
+            _ => {
+                let bytes = cost(v);
+                self.charge(bytes / 1024)?;
+                let paid = self.pay(bytes)?;
+                Ok(Val::Data(Data::held(v.clone(), paid)))
+            }
+        }
+    }
+
+    /// What a binding takes to hold.
+    fn binding(&self) -> Result<Paid, Error> {
+        self.pay(BINDING_BYTES)
+    }
+
+    /// A new string for the program to hold, paid for before it is made.
+    pub(crate) fn string(&self, len: usize, make: impl FnOnce() -> String) -> Result<Val, Error> {
+        let paid = self.pay(meter::string_cost(len as u64))?;
+        Ok(Val::Data(Data::held(Value::String(make()), paid)))
+    }
+
     /// Checks a value the program built: nesting, size, and fuel in proportion to its
-    /// size (so repeatedly building large values runs out of fuel, not memory).
+    /// size.
     pub(crate) fn check_built(&mut self, v: &Value) -> Result<(), Error> {
         if v.nests_deeper_than(MAX_VALUE_DEPTH) {
             return Err(err(
@@ -363,16 +517,26 @@ impl<'a> Evaluator<'a> {
         Ok(())
     }
 
-    /// The root environment: `auth`.
-    fn root_env(&self) -> Env {
-        self.root
-            .get_or_init(|| bind_static(&None, "auth", Val::Data(self.ctx.auth.clone())))
-            .clone()
+    /// The root environment: `auth`, paid for by the program.
+    fn root_env(&mut self) -> Result<Env, Error> {
+        if let Some(env) = &self.root {
+            return Ok(env.clone());
+        }
+        let auth = &self.ctx.auth;
+        let val = match auth {
+            Value::Null | Value::Bool(_) | Value::Int(_) | Value::Float(_) => {
+                Val::scalar(auth.clone())
+            }
+            _ => Val::Data(Data::held(auth.clone(), self.program.pay(cost(auth))?)),
+        };
+        let env = bind_static(&None, "auth", val, self.program.pay(BINDING_BYTES)?);
+        self.root = Some(env.clone());
+        Ok(env)
     }
 
     /// Runs a block as a transaction or query body.
     pub fn run_block(&mut self, block: &Block) -> Result<Val, Error> {
-        let env = self.root_env();
+        let env = self.root_env()?;
         self.block(block, &env)
     }
 
@@ -397,7 +561,7 @@ impl<'a> Evaluator<'a> {
                         ),
                     ));
                 }
-                a.iter().cloned().map(Val::Data).collect()
+                a.iter().map(|v| self.copy(v)).collect::<Result<_, _>>()?
             }
             Value::Object(o) => {
                 if let Some(k) = o.keys().find(|k| !f.params.contains(k)) {
@@ -408,8 +572,8 @@ impl<'a> Evaluator<'a> {
                 }
                 f.params
                     .iter()
-                    .map(|p| Val::Data(o.get(p).cloned().unwrap_or(Value::Null)))
-                    .collect()
+                    .map(|p| self.copy(o.get(p).unwrap_or(&Value::Null)))
+                    .collect::<Result<_, _>>()?
             }
             Value::Null if f.params.is_empty() => Vec::new(),
             other => {
@@ -443,9 +607,9 @@ impl<'a> Evaluator<'a> {
                 ),
             ));
         }
-        let mut env = self.root_env();
+        let mut env = self.root_env()?;
         for (p, v) in f.params.iter().zip(args) {
-            env = bind(&env, p, v);
+            env = bind(&env, p, v, self.binding()?);
         }
         self.enter()?;
         let r = self.block(&f.body, &env);
@@ -455,8 +619,9 @@ impl<'a> Evaluator<'a> {
 
     pub(crate) fn call_closure(&mut self, c: &Closure, args: Vec<Val>) -> Result<Val, Error> {
         let mut env = c.env.clone();
-        for (i, p) in c.lambda.params.iter().enumerate() {
-            env = bind(&env, p, args.get(i).cloned().unwrap_or(Val::NULL));
+        let mut args = args.into_iter();
+        for p in &c.lambda.params {
+            env = bind(&env, p, args.next().unwrap_or(Val::NULL), self.binding()?);
         }
         self.enter()?;
         let r = self.block(&c.lambda.body, &env);
@@ -471,7 +636,7 @@ impl<'a> Evaluator<'a> {
             match s {
                 Stmt::Let(name, e, _) => {
                     let v = self.eval(e, &env)?;
-                    env = bind(&env, name, v);
+                    env = bind(&env, name, v, self.binding()?);
                     last = Val::NULL;
                 }
                 Stmt::Expr(e) => last = self.eval(e, &env)?,
@@ -491,27 +656,36 @@ impl<'a> Evaluator<'a> {
 
     fn eval_inner(&mut self, e: &Expr, env: &Env) -> Result<Val, Error> {
         match &e.kind {
-            ExprKind::Lit(v) => Ok(Val::Data(v.clone())),
+            ExprKind::Lit(v) => self.copy(v),
             ExprKind::Var(name) => self.var(name, env),
             ExprKind::Array(items) => {
+                let mut paid = self.pay(SLOT)?;
                 let mut out = Vec::with_capacity(items.len());
                 for x in items {
                     let v = self.eval(x, env)?;
-                    out.push(self.materialize(v)?);
+                    // Moved when nothing else holds it, copied (and paid for) when
+                    // something does: `[s, s, s]` pays for three copies of `s`.
+                    let o = self.own(v)?;
+                    paid.absorb(o.paid)?;
+                    out.push(o.value);
                 }
                 let v = Value::Array(out);
                 self.check_built(&v)?;
-                Ok(Val::Data(v))
+                Ok(Val::Data(Data::held(v, paid)))
             }
             ExprKind::Object(fields) => {
-                let mut o = Object::new();
+                let mut paid = self.pay(SLOT)?;
+                let mut o = crate::value::Object::new();
                 for (k, x) in fields {
                     let v = self.eval(x, env)?;
-                    o.insert(k.clone(), self.materialize(v)?);
+                    let v = self.own(v)?;
+                    paid.more(meter::entry_extra(k, o.is_empty()))?;
+                    paid.absorb(v.paid)?;
+                    o.insert(k.clone(), v.value);
                 }
                 let v = Value::Object(o);
                 self.check_built(&v)?;
-                Ok(Val::Data(v))
+                Ok(Val::Data(Data::held(v, paid)))
             }
             ExprKind::Field { .. } | ExprKind::Method { .. } | ExprKind::Index { .. } => {
                 Ok(self.chain(e, env)?.unwrap_or(Val::NULL))
@@ -532,49 +706,67 @@ impl<'a> Evaluator<'a> {
             }
             ExprKind::Unary(op, a) => {
                 let v = self.eval(a, env)?;
-                let v = self.materialize(v)?;
+                // `!` of a document or a set needs no copy of it (nor reading the set).
+                if *op == UnOp::Not && matches!(v, Val::Doc(_) | Val::Set(_)) {
+                    return Ok(Val::bool(false));
+                }
+                let v = self.data(v)?;
                 match op {
-                    UnOp::Not => Ok(Val::Data(Value::Bool(!v.truthy()))),
-                    UnOp::Neg => match v {
+                    UnOp::Not => Ok(Val::bool(!v.value().truthy())),
+                    UnOp::Neg => match v.value() {
                         Value::Int(i) => i
                             .checked_neg()
-                            .map(|i| Val::Data(Value::Int(i)))
+                            .map(Val::int)
                             .ok_or_else(|| err(ErrorCode::Arithmetic, "integer overflow")),
-                        Value::Float(f) => Ok(Val::Data(Value::float(-f)?)),
+                        Value::Float(f) => Ok(Val::scalar(Value::float(-f)?)),
                         other => Err(type_err(format!("cannot negate {}", other.type_name()))),
                     },
                 }
             }
             ExprKind::Binary(op, a, b) => {
                 let x = self.eval(a, env)?;
-                let x = self.materialize(x)?;
+                let x = self.data(x)?;
                 let y = self.eval(b, env)?;
-                let y = self.materialize(y)?;
-                let v = binary(*op, x, y)?;
-                if matches!(v, Value::String(_) | Value::Array(_) | Value::Bytes(_)) {
-                    self.check_built(&v)?;
+                let y = self.data(y)?;
+                let need = arith::result_cost(*op, &x, &y);
+                let paid = if need > 0 {
+                    Some(self.pay(need)?)
+                } else {
+                    None
+                };
+                let v = binary(*op, x.value(), y.value())?;
+                match paid {
+                    None => Ok(Val::scalar(v)),
+                    Some(mut paid) => {
+                        if matches!(v, Value::String(_) | Value::Array(_) | Value::Bytes(_)) {
+                            self.check_built(&v)?;
+                        }
+                        if matches!(v, Value::Array(_)) {
+                            paid.settle(cost(&v))?;
+                        }
+                        Ok(Val::Data(Data::held(v, paid)))
+                    }
                 }
-                Ok(Val::Data(v))
             }
             ExprKind::And(a, b) => {
                 let x = self.eval(a, env)?;
                 if !self.truthy(&x) {
-                    return Ok(Val::Data(Value::Bool(false)));
+                    return Ok(Val::bool(false));
                 }
                 let y = self.eval(b, env)?;
-                Ok(Val::Data(Value::Bool(self.truthy(&y))))
+                Ok(Val::bool(self.truthy(&y)))
             }
             ExprKind::Or(a, b) => {
                 let x = self.eval(a, env)?;
                 if self.truthy(&x) {
-                    return Ok(Val::Data(Value::Bool(true)));
+                    return Ok(Val::bool(true));
                 }
                 let y = self.eval(b, env)?;
-                Ok(Val::Data(Value::Bool(self.truthy(&y))))
+                Ok(Val::bool(self.truthy(&y)))
             }
             ExprKind::Coalesce(a, b) => {
                 let x = self.eval(a, env)?;
-                if matches!(x, Val::Data(Value::Null)) {
+                if x.is_null() {
                     self.eval(b, env)
                 } else {
                     Ok(x)
@@ -597,6 +789,7 @@ impl<'a> Evaluator<'a> {
             ExprKind::Lambda(l) => Ok(Val::Func(Rc::new(Closure {
                 lambda: l.clone(),
                 env: env.clone(),
+                _paid: self.pay(CLOSURE_BYTES)?,
             }))),
             ExprKind::Block(b) => self.block(b, env),
         }
@@ -619,7 +812,7 @@ impl<'a> Evaluator<'a> {
                 }
                 _ => Some(ev.eval(recv, env)?),
             };
-            Ok(r.filter(|v| !(optional && matches!(v, Val::Data(Value::Null)))))
+            Ok(r.filter(|v| !(optional && v.is_null())))
         };
         match &e.kind {
             ExprKind::Field {
@@ -627,18 +820,18 @@ impl<'a> Evaluator<'a> {
                 name,
                 optional,
             } => {
-                // A field of a variable (`auth.sub`, `doc.owner`): read it in place
-                // rather than copying the variable's whole value first. The same fuel
-                // and depth are spent as `eval` of the variable would spend.
+                // A field of a variable (`auth.sub`, `doc.owner`): read it in place. The
+                // same fuel and depth are spent as `eval` of the variable would spend.
                 if let ExprKind::Var(var) = &recv.kind {
                     if let Some(v) = lookup(env, var) {
+                        let v = v.clone();
                         self.charge(1).map_err(|x| x.or_at(recv.pos))?;
                         self.enter().map_err(|x| x.or_at(recv.pos))?;
                         self.depth -= 1;
-                        if *optional && matches!(v, Val::Data(Value::Null)) {
+                        if *optional && v.is_null() {
                             return Ok(None);
                         }
-                        return self.field(v, name).map(Some);
+                        return self.field(&v, name).map(Some);
                     }
                 }
                 let Some(r) = recv_of(self, recv, *optional)? else {
@@ -666,26 +859,40 @@ impl<'a> Evaluator<'a> {
                     return Ok(None);
                 };
                 let i = self.eval(index, env)?;
-                let i = self.materialize(i)?;
-                let r = match r {
-                    Val::Doc(d) => d.to_value(),
-                    other => self.materialize(other)?,
-                };
-                Ok(Some(Val::Data(index_value(&r, &i)?)))
+                let i = self.data(i)?;
+                self.index(&r, i.value()).map(Some)
             }
             _ => self.eval(e, env).map(Some),
         }
     }
 
+    /// `r[i]`: the element, field or character, copied for the program to hold.
+    fn index(&mut self, r: &Val, i: &Value) -> Result<Val, Error> {
+        match (r, i) {
+            (Val::Doc(_), Value::String(k)) => self.field(r, k),
+            (Val::Doc(_), i) => Err(type_err(format!(
+                "cannot index a document with a {}",
+                i.type_name()
+            ))),
+            (Val::Data(d), _) => match arith::index_value(d.value(), i)? {
+                arith::Indexed::Null => Ok(Val::NULL),
+                arith::Indexed::Ref(v) => self.copy(v),
+                arith::Indexed::Char(c) => self.string(c.len_utf8(), || c.to_string()),
+            },
+            (other, _) => Err(type_err(format!("cannot index a {}", other.kind()))),
+        }
+    }
+
     pub(crate) fn truthy(&self, v: &Val) -> bool {
         match v {
-            Val::Data(d) => d.truthy(),
+            Val::Data(d) => d.value().truthy(),
             _ => true,
         }
     }
 
     fn var(&mut self, name: &str, env: &Env) -> Result<Val, Error> {
         if let Some(v) = lookup(env, name) {
+            // Shared, not copied: a read of a variable costs no memory.
             return Ok(v.clone());
         }
         if self.schema.collections.contains_key(name) {
@@ -701,24 +908,30 @@ impl<'a> Evaluator<'a> {
 
     fn field(&mut self, r: &Val, name: &str) -> Result<Val, Error> {
         match r {
-            Val::Data(v) => Ok(Val::Data(match v {
-                Value::Object(o) => o.get(name).cloned().unwrap_or(Value::Null),
+            Val::Data(d) => match d.value() {
+                Value::Object(o) => match o.get(name) {
+                    Some(v) => self.copy(v),
+                    None => Ok(Val::NULL),
+                },
                 // As in JavaScript, `length` reads as a property of strings and arrays.
-                Value::String(s) if name == "length" => Value::Int(s.chars().count() as i64),
-                Value::Array(a) if name == "length" => Value::Int(a.len() as i64),
-                Value::Null => {
-                    return Err(type_err(format!(
-                        "cannot read field {name} of null (use ?. to allow null)"
-                    )))
+                Value::String(s) if name == "length" => Ok(Val::int(s.chars().count() as i64)),
+                Value::Array(a) if name == "length" => Ok(Val::int(a.len() as i64)),
+                Value::Null => Err(type_err(format!(
+                    "cannot read field {name} of null (use ?. to allow null)"
+                ))),
+                other => Err(type_err(format!(
+                    "cannot read field {name} of a {}",
+                    other.type_name()
+                ))),
+            },
+            Val::Doc(d) => {
+                if name == "id" {
+                    let id = &d.id;
+                    self.string(id.len(), || id.clone())
+                } else {
+                    self.copy(d.stored.data.get(name))
                 }
-                other => {
-                    return Err(type_err(format!(
-                        "cannot read field {name} of a {}",
-                        other.type_name()
-                    )))
-                }
-            })),
-            Val::Doc(d) => Ok(Val::Data(d.field(name))),
+            }
             other => Err(type_err(format!(
                 "cannot read field {name} of a {}",
                 other.kind()
@@ -726,38 +939,64 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    /// Converts a runtime value to data: documents become objects with `id`, sets are
-    /// read to the end into arrays. Functions and collections are not data.
-    pub(crate) fn materialize(&mut self, v: Val) -> Result<Value, Error> {
+    /// A runtime value as data the program holds: documents become objects with `id`
+    /// (a copy, paid for), sets are read into arrays. Functions and collections are
+    /// not data.
+    pub(crate) fn data(&mut self, v: Val) -> Result<Data, Error> {
         match v {
             Val::Data(d) => Ok(d),
-            Val::Doc(d) => Ok(d.to_value()),
-            Val::Set(s) => {
-                let mut out = Vec::new();
-                // Count the size as elements arrive, so a set too large to hold stops
-                // at the limit instead of after it has been read whole.
-                let mut size = 0usize;
-                let limit = self.limits.max_value_bytes;
-                self.drive(&s, &mut |ev, v, _| {
-                    let v = ev.materialize(v)?;
-                    size += v.encoded_len();
-                    if size > limit {
-                        return Err(err(
-                            ErrorCode::ResultTooLarge,
-                            format!("a set grew past {limit} bytes as it was read"),
-                        ));
-                    }
-                    ev.charge(v.encoded_len() as u64 / 64)?;
-                    out.push(v);
-                    Ok(true)
-                })?;
-                let v = Value::Array(out);
-                self.check_built(&v)?;
-                Ok(v)
-            }
             Val::Order { key, .. } => Ok(key),
+            other => {
+                let o = self.own(other)?;
+                Ok(Data::held(o.value, o.paid))
+            }
+        }
+    }
+
+    /// A runtime value as data the evaluator owns, with its payment: moved out when
+    /// nothing else holds it, copied and paid for when something does.
+    pub(crate) fn own(&mut self, v: Val) -> Result<Owned, Error> {
+        match v {
+            Val::Data(d) | Val::Order { key: d, .. } => match d.try_take() {
+                Ok((value, Some(paid))) => Ok(Owned { value, paid }),
+                Ok((value, None)) => Ok(Owned {
+                    value,
+                    paid: self.pay(SLOT)?,
+                }),
+                Err(shared) => {
+                    let bytes = shared.cost().max(SLOT);
+                    self.charge(bytes / 1024)?;
+                    let paid = self.pay(bytes)?;
+                    Ok(Owned {
+                        value: shared.value().clone(),
+                        paid,
+                    })
+                }
+            },
+            Val::Doc(d) => {
+                let data = &d.stored.data;
+                let first = data.as_object().is_none_or(|o| o.is_empty());
+                let paid = self.pay(
+                    cost(data)
+                        + meter::entry_extra("id", first)
+                        + meter::string_cost(d.id.len() as u64),
+                )?;
+                let mut o = data.as_object().cloned().unwrap_or_default();
+                o.insert("id".into(), Value::String(d.id.clone()));
+                Ok(Owned {
+                    value: Value::Object(o),
+                    paid,
+                })
+            }
+            Val::Set(s) => self.read_all(&s),
             other => Err(type_err(format!("a {} is not a value", other.kind()))),
         }
+    }
+
+    /// A runtime value as plain data, for a value that leaves the evaluation (a
+    /// result) or is consumed at once.
+    pub(crate) fn materialize(&mut self, v: Val) -> Result<Value, Error> {
+        self.own(v).map(|o| o.value)
     }
 
     fn method(&mut self, recv: Val, name: &str, args: Vec<Val>) -> Result<Val, Error> {
@@ -771,7 +1010,7 @@ impl<'a> Evaluator<'a> {
             Val::Doc(d) => match name {
                 "update" | "replace" => {
                     let [patch] = one_arg(name, args)?;
-                    let patch = self.materialize(patch)?;
+                    let patch = self.own(patch)?;
                     return self.update_doc(d, patch, name == "replace");
                 }
                 "delete" => {
@@ -783,12 +1022,12 @@ impl<'a> Evaluator<'a> {
             },
             Val::Data(v)
                 if matches!(name, "update" | "delete")
-                    || (name == "replace" && !matches!(v, Value::String(_))) =>
+                    || (name == "replace" && !matches!(v.value(), Value::String(_))) =>
             {
                 return Err(type_err(format!(
                     "{name} applies to a document, not {}{}",
-                    v.type_name(),
-                    if v.is_null() {
+                    v.value().type_name(),
+                    if v.value().is_null() {
                         " (the document was not found, or is not readable)"
                     } else {
                         ""
@@ -814,26 +1053,24 @@ impl<'a> Evaluator<'a> {
         match name {
             "byId" => {
                 let [id] = one_arg(name, args)?;
-                let id = match self.materialize(id)? {
-                    Value::String(s) => s,
-                    other => {
-                        return Err(type_err(format!(
-                            "byId takes a string id, not {}",
-                            other.type_name()
-                        )))
-                    }
+                let id = self.data(id)?;
+                let Value::String(id) = id.value() else {
+                    return Err(type_err(format!(
+                        "byId takes a string id, not {}",
+                        id.value().type_name()
+                    )));
                 };
                 Ok(self
-                    .get_doc(coll, &id)?
+                    .get_doc(coll, id)?
                     .map_or(Val::NULL, |d| Val::Doc(Rc::new(d))))
             }
             "all" => {
                 no_args(name, &args)?;
-                Ok(Val::Set(Rc::new(SetQ::collection(coll))))
+                Ok(Val::Set(Rc::new(SetQ::collection(self, coll)?)))
             }
             "create" => {
                 let [data] = one_arg(name, args)?;
-                let data = self.materialize(data)?;
+                let data = self.own(data)?;
                 self.create_doc(coll, data)
             }
             ix => {
@@ -854,16 +1091,22 @@ impl<'a> Evaluator<'a> {
                     ));
                 }
                 let mut prefix = Vec::with_capacity(args.len());
+                let mut paid = self.pay(0)?;
                 for a in args {
-                    prefix.push(self.materialize(a)?);
+                    let o = self.own(a)?;
+                    paid.absorb(o.paid)?;
+                    prefix.push(o.value);
                 }
-                Ok(Val::Set(Rc::new(SetQ::index(coll, index, prefix))))
+                Ok(Val::Set(Rc::new(SetQ::index(
+                    self, coll, index, prefix, paid,
+                )?)))
             }
         }
     }
 
     /// Reads a document as the program sees it: the transaction's own writes included,
-    /// and, outside rules, only if its partition is readable.
+    /// and, outside rules, only if its partition is readable. A document the program
+    /// may not read costs what a missing one costs.
     pub(crate) fn get_doc(&mut self, coll: &Collection, id: &str) -> Result<Option<Doc>, Error> {
         self.charge(1)?;
         if let Some(r) = &mut self.reads {
@@ -872,16 +1115,62 @@ impl<'a> Evaluator<'a> {
         let Some(bytes) = self.view.get(&keys::doc_key(&coll.name, id))? else {
             return Ok(None);
         };
-        self.charge(bytes.len() as u64 / 1024)?;
-        let stored = StoredDoc::decode(&bytes)?;
-        if !self.can_read(coll, &stored.partition)? {
+        if !self.can_read(coll, StoredDoc::partition_of(&bytes)?)? {
+            self.hidden_work(1 + bytes.len() as u64 / 1024)?;
             return Ok(None);
         }
-        Ok(Some(Doc {
+        self.charge(bytes.len() as u64 / 1024)?;
+        self.decode_doc(coll, id, &bytes).map(Some)
+    }
+
+    /// Decodes a stored document for the program to hold, paying for it as it is
+    /// decoded.
+    pub(crate) fn decode_doc(
+        &mut self,
+        coll: &Collection,
+        id: &str,
+        bytes: &[u8],
+    ) -> Result<Doc, Error> {
+        let partition = StoredDoc::partition_of(bytes)?;
+        let mut paid = self.pay(Doc::overhead(&coll.name, id, partition))?;
+        let (stored, cost) = StoredDoc::decode_within(bytes, self.meter.left()).map_err(|e| {
+            if e.code == ErrorCode::MemoryExhausted {
+                err(
+                    ErrorCode::MemoryExhausted,
+                    format!(
+                        "reading {}/{id} would hold more than the memory budget of {} bytes",
+                        coll.name,
+                        self.meter.limit()
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
+        paid.more(cost)?;
+        Ok(Doc {
             collection: coll.name.clone(),
             id: id.to_owned(),
             stored,
-        }))
+            paid,
+        })
+    }
+
+    /// A document the evaluator made (a write), holding what was paid for its data.
+    pub(crate) fn new_doc(
+        &mut self,
+        coll: &Collection,
+        id: String,
+        stored: StoredDoc,
+        mut paid: Paid,
+    ) -> Result<Doc, Error> {
+        paid.more(Doc::overhead(&coll.name, &id, &stored.partition))?;
+        Ok(Doc {
+            collection: coll.name.clone(),
+            id,
+            stored,
+            paid,
+        })
     }
 }
 

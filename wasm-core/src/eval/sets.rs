@@ -5,13 +5,19 @@
 //! is read page by page only when a terminal operation (`first`, `count`, `toArray`,
 //! `paginate`, `forEach`, or returning it) needs it, so a `take(20)` over a million
 //! documents reads about twenty, and every document read costs fuel.
+//!
+//! An entry of a partition the program may not read costs it nothing: no fuel, no
+//! memory, no change to what it sees; it counts as hidden work instead
+//! (`Limits::max_hidden_work`). A document of a collection scan is not even decoded
+//! before its partition has been found readable.
 
 use std::cmp::Ordering;
 use std::rc::Rc;
 
 use base64::Engine as _;
 
-use super::{err, type_err, Closure, Doc, Evaluator, Val};
+use super::meter::{string_cost, Data, Paid, SLOT};
+use super::{err, type_err, Closure, Evaluator, Owned, Val};
 use crate::doc::StoredDoc;
 use crate::error::{Error, ErrorCode};
 use crate::keys;
@@ -22,11 +28,18 @@ use crate::value::{Object, Value};
 
 /// Documents read from storage per page.
 const PAGE: usize = 64;
+/// Bytes of a page kept while its elements are handed on: beyond, the rest of the page
+/// is dropped and read again later. A sink can start another scan (a `forEach` that
+/// queries), so each scan in progress holds its page; this bounds what they hold, and
+/// entries the program may not read (which it does not pay for) with it.
+const PAGE_BYTES: usize = 256 * 1024;
+/// Scans in progress at once, one inside another's sink.
+pub(crate) const MAX_NESTED_SCANS: u32 = 32;
 
 /// An element of a sorted set and its cursor key.
 pub(crate) type Sorted = (Val, Value);
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) enum Source {
     /// A range of a collection's documents (`index: None`, in id order) or of an index.
     Scan {
@@ -35,11 +48,20 @@ pub(crate) enum Source {
         range: KeyRange,
         reverse: bool,
     },
-    /// The output of `order`: elements with their cursor keys, and the sort directions.
+    /// The output of `order`: elements with their cursor keys, and the sort directions;
+    /// the set starts at `start` (a cursor resumes it there without a copy).
     Sorted {
         items: Rc<Vec<Sorted>>,
         desc: Rc<Vec<bool>>,
+        start: usize,
     },
+}
+
+/// A source and what the program paid for it.
+#[derive(Debug)]
+pub(crate) struct Held {
+    source: Source,
+    _paid: Paid,
 }
 
 #[derive(Clone, Debug)]
@@ -49,7 +71,7 @@ pub(crate) struct IndexScan {
     pub prefix_len: usize,
     pub fields: usize,
     /// The equality prefix the set was made with.
-    pub values: Vec<Value>,
+    pub values: Rc<Vec<Value>>,
 }
 
 #[derive(Clone, Debug)]
@@ -60,10 +82,14 @@ pub(crate) enum Op {
     Take(u64),
 }
 
-#[derive(Clone, Debug)]
+/// What one step of a pipeline takes to hold.
+const OP_BYTES: u64 = 16;
+
+#[derive(Debug)]
 pub struct SetQ {
-    pub(crate) source: Source,
+    pub(crate) source: Rc<Held>,
     pub(crate) ops: Vec<Op>,
+    _paid: Paid,
 }
 
 /// Where an element came from, for pagination cursors.
@@ -72,42 +98,95 @@ pub(crate) enum At<'k> {
     Sorted(&'k Value),
 }
 
+/// What a scan source holds: its range's bounds and the values of its prefix.
+fn scan_bytes(range: &KeyRange, values: &[Value]) -> u64 {
+    use std::ops::Bound;
+    let b = |x: &Bound<Vec<u8>>| match x {
+        Bound::Included(k) | Bound::Excluded(k) => k.len() as u64 + SLOT,
+        Bound::Unbounded => 0,
+    };
+    4 * SLOT + b(&range.start) + b(&range.end) + values.iter().map(Value::mem_cost).sum::<u64>()
+}
+
 impl SetQ {
-    pub(crate) fn collection(coll: &Collection) -> SetQ {
-        SetQ {
-            source: Source::Scan {
+    /// A set over a source the program paid `paid` for (beyond the ranges).
+    fn new(ev: &Evaluator, source: Source, mut paid: Paid) -> Result<SetQ, Error> {
+        if let Source::Scan { range, .. } = &source {
+            paid.more(scan_bytes(range, &[]))?;
+        }
+        Ok(SetQ {
+            source: Rc::new(Held {
+                source,
+                _paid: paid,
+            }),
+            ops: Vec::new(),
+            _paid: ev.pay(SLOT)?,
+        })
+    }
+
+    pub(crate) fn collection(ev: &Evaluator, coll: &Collection) -> Result<SetQ, Error> {
+        SetQ::new(
+            ev,
+            Source::Scan {
                 collection: coll.name.clone(),
                 index: None,
                 range: KeyRange::prefix(&keys::collection_prefix(&coll.name)),
                 reverse: false,
             },
-            ops: Vec::new(),
-        }
+            ev.pay(coll.name.len() as u64)?,
+        )
     }
 
-    pub(crate) fn index(coll: &Collection, index: &IndexDecl, values: Vec<Value>) -> SetQ {
+    /// A set over an index, with the values of its equality prefix (paid for: `paid`).
+    pub(crate) fn index(
+        ev: &Evaluator,
+        coll: &Collection,
+        index: &IndexDecl,
+        values: Vec<Value>,
+        mut paid: Paid,
+    ) -> Result<SetQ, Error> {
         let prefix_len = keys::index_prefix(&coll.name, &index.name, &[]).len();
+        // The prefix key is about as long as the values' encoding: paid before it is made.
+        paid.more(
+            values
+                .iter()
+                .map(|v| 2 * v.encoded_len() as u64 + 16)
+                .sum::<u64>(),
+        )?;
         let prefix = keys::index_prefix(&coll.name, &index.name, &values);
-        SetQ {
-            source: Source::Scan {
+        SetQ::new(
+            ev,
+            Source::Scan {
                 collection: coll.name.clone(),
                 index: Some(IndexScan {
                     name: index.name.clone(),
                     prefix_len,
                     fields: index.fields.len(),
-                    values,
+                    values: Rc::new(values),
                 }),
                 range: KeyRange::prefix(&prefix),
                 reverse: false,
             },
-            ops: Vec::new(),
-        }
+            paid,
+        )
     }
 
-    fn with(&self, op: Op) -> Val {
-        let mut s = self.clone();
-        s.ops.push(op);
-        Val::Set(Rc::new(s))
+    /// This set with one more step; paid for, and fuel for the steps copied.
+    fn with(ev: &mut Evaluator, s: &SetQ, op: Op) -> Result<Val, Error> {
+        ev.charge(1 + s.ops.len() as u64 / 8)?;
+        let paid = ev.pay(SLOT + OP_BYTES * (s.ops.len() as u64 + 1))?;
+        let mut ops = Vec::with_capacity(s.ops.len() + 1);
+        ops.extend(s.ops.iter().cloned());
+        ops.push(op);
+        Ok(Val::Set(Rc::new(SetQ {
+            source: s.source.clone(),
+            ops,
+            _paid: paid,
+        })))
+    }
+
+    fn src(&self) -> &Source {
+        &self.source.source
     }
 }
 
@@ -157,11 +236,11 @@ fn closure(name: &str, v: &Val) -> Result<Rc<Closure>, Error> {
 }
 
 fn count_arg(name: &str, v: &Val) -> Result<u64, Error> {
-    match v {
-        Val::Data(Value::Int(n)) if *n >= 0 => Ok(*n as u64),
-        other => Err(err(
+    match v.value() {
+        Some(Value::Int(n)) if *n >= 0 => Ok(*n as u64),
+        _ => Err(err(
             ErrorCode::InvalidArgument,
-            format!("{name} takes a count of zero or more, not {}", other.kind()),
+            format!("{name} takes a count of zero or more, not {}", v.kind()),
         )),
     }
 }
@@ -195,19 +274,19 @@ impl<'a> Evaluator<'a> {
         Ok(Some(match name {
             "where" | "filter" => {
                 exact(1)?;
-                s.with(Op::Where(closure(name, arg(0)?)?))
+                SetQ::with(self, s, Op::Where(closure(name, arg(0)?)?))?
             }
             "map" => {
                 exact(1)?;
-                s.with(Op::Map(closure(name, arg(0)?)?))
+                SetQ::with(self, s, Op::Map(closure(name, arg(0)?)?))?
             }
             "take" => {
                 exact(1)?;
-                s.with(Op::Take(count_arg(name, arg(0)?)?))
+                SetQ::with(self, s, Op::Take(count_arg(name, arg(0)?)?))?
             }
             "skip" => {
                 exact(1)?;
-                s.with(Op::Skip(count_arg(name, arg(0)?)?))
+                SetQ::with(self, s, Op::Skip(count_arg(name, arg(0)?)?))?
             }
             "first" => {
                 exact(0)?;
@@ -221,14 +300,14 @@ impl<'a> Evaluator<'a> {
             "count" => {
                 exact(0)?;
                 if let Some(n) = self.count_collection(s)? {
-                    return Ok(Some(Val::Data(Value::Int(n))));
+                    return Ok(Some(Val::int(n)));
                 }
                 let mut n = 0i64;
                 self.drive_with(s, false, &mut |_, _, _| {
                     n += 1;
                     Ok(true)
                 })?;
-                Val::Data(Value::Int(n))
+                Val::int(n)
             }
             "isEmpty" => {
                 exact(0)?;
@@ -237,11 +316,11 @@ impl<'a> Evaluator<'a> {
                     empty = false;
                     Ok(false)
                 })?;
-                Val::Data(Value::Bool(empty))
+                Val::bool(empty)
             }
             "toArray" => {
                 exact(0)?;
-                Val::Data(self.materialize(Val::Set(s.clone()))?)
+                Evaluator::hold(self.read_all(s)?)
             }
             "forEach" => {
                 exact(1)?;
@@ -267,18 +346,24 @@ impl<'a> Evaluator<'a> {
                     return Ok(Some(Val::Set(Rc::new(scan))));
                 }
                 let mut elems = Vec::new();
-                self.drive(s, &mut |_, v, _| {
+                // The elements are held until the sort ends: their slots are paid for.
+                let mut paid = self.pay(SLOT)?;
+                self.drive(s, &mut |ev, v, _| {
+                    paid.more(2 * SLOT)?;
+                    let _ = ev;
                     elems.push(v);
                     Ok(true)
                 })?;
-                let (items, desc) = self.sort(elems, &keys)?;
-                Val::Set(Rc::new(SetQ {
-                    source: Source::Sorted {
+                let (items, desc) = self.sort(elems, &keys, &mut paid)?;
+                Val::Set(Rc::new(SetQ::new(
+                    self,
+                    Source::Sorted {
                         items: Rc::new(items),
                         desc: Rc::new(desc),
+                        start: 0,
                     },
-                    ops: Vec::new(),
-                }))
+                    paid,
+                )?))
             }
             "reverse" => {
                 exact(0)?;
@@ -287,27 +372,39 @@ impl<'a> Evaluator<'a> {
                         "reverse() must come before where, map, skip and take",
                     ));
                 }
-                let source = match &s.source {
+                let (source, paid) = match s.src() {
                     Source::Scan {
                         collection,
                         index,
                         range,
                         reverse,
-                    } => Source::Scan {
-                        collection: collection.clone(),
-                        index: index.clone(),
-                        range: range.clone(),
-                        reverse: !reverse,
-                    },
-                    Source::Sorted { items, desc } => Source::Sorted {
-                        items: Rc::new(items.iter().rev().cloned().collect()),
-                        desc: Rc::new(desc.iter().map(|d| !d).collect()),
-                    },
+                    } => (
+                        Source::Scan {
+                            collection: collection.clone(),
+                            index: index.clone(),
+                            range: range.clone(),
+                            reverse: !reverse,
+                        },
+                        self.pay(collection.len() as u64)?,
+                    ),
+                    Source::Sorted { items, desc, start } => {
+                        // A reversed copy: the elements are shared, the keys copied.
+                        let rest = &items[*start..];
+                        let mut paid = self.pay(SLOT)?;
+                        for (_, k) in rest {
+                            paid.more(2 * SLOT + k.mem_cost())?;
+                        }
+                        (
+                            Source::Sorted {
+                                items: Rc::new(rest.iter().rev().cloned().collect()),
+                                desc: Rc::new(desc.iter().map(|d| !d).collect()),
+                                start: 0,
+                            },
+                            paid,
+                        )
+                    }
                 };
-                Val::Set(Rc::new(SetQ {
-                    source,
-                    ops: Vec::new(),
-                }))
+                Val::Set(Rc::new(SetQ::new(self, source, paid)?))
             }
             "range" => {
                 exact(1)?;
@@ -335,17 +432,17 @@ impl<'a> Evaluator<'a> {
                         "paginate does not combine with skip or take: the page size and the cursor do their work",
                     ));
                 }
-                let cursor = match args.get(1) {
-                    None | Some(Val::Data(Value::Null)) => None,
-                    Some(Val::Data(Value::String(c))) => Some(c.clone()),
-                    Some(other) => {
+                let cursor = match args.get(1).map(|a| (a, a.value())) {
+                    None | Some((_, Some(Value::Null))) => None,
+                    Some((_, Some(Value::String(c)))) => Some(c.clone()),
+                    Some((other, _)) => {
                         return Err(err(
                             ErrorCode::InvalidArgument,
                             format!("a cursor is a string, not {}", other.kind()),
                         ))
                     }
                 };
-                Val::Data(self.paginate(s, size, cursor)?)
+                Evaluator::hold(self.paginate(s, size, cursor)?)
             }
             _ => return Ok(None),
         }))
@@ -358,7 +455,7 @@ impl<'a> Evaluator<'a> {
             index: Some(ix),
             reverse,
             ..
-        } = &s.source
+        } = s.src()
         else {
             return Err(type_err(
                 "range() applies to an index, like Todo.byOwner(\"a\").range({ gte: 10 })",
@@ -378,8 +475,8 @@ impl<'a> Evaluator<'a> {
                 ),
             ));
         }
-        let b = self.materialize(bounds)?;
-        let Value::Object(b) = b else {
+        let b = self.data(bounds)?;
+        let Value::Object(b) = b.value() else {
             return Err(type_err("range takes an object like { gte: 1, lt: 10 }"));
         };
         if let Some(k) = b
@@ -391,8 +488,18 @@ impl<'a> Evaluator<'a> {
                 format!("range bounds are gt, gte, lt and lte, not {k}"),
             ));
         }
+        // The bounds' keys, paid for before they are made.
+        let mut paid = self.pay(
+            b.values()
+                .map(|v| 2 * v.encoded_len() as u64 + 64)
+                .sum::<u64>()
+                + ix.values
+                    .iter()
+                    .map(|v| 2 * v.encoded_len() as u64 + 16)
+                    .sum::<u64>(),
+        )?;
         let at = |v: &Value| {
-            let mut vals = ix.values.clone();
+            let mut vals = (*ix.values).clone();
             vals.push(v.clone());
             keys::index_prefix(collection, &ix.name, &vals)
         };
@@ -420,23 +527,27 @@ impl<'a> Evaluator<'a> {
             },
             (None, None) => base.end.clone(),
         };
-        Ok(SetQ {
-            source: Source::Scan {
+        paid.more(collection.len() as u64)?;
+        SetQ::new(
+            self,
+            Source::Scan {
                 collection: collection.clone(),
                 index: Some(ix.clone()),
                 range: KeyRange { start, end },
                 reverse: *reverse,
             },
-            ops: Vec::new(),
-        })
+            paid,
+        )
     }
 
     /// Sorts elements by key functions; ties keep their order, then break by the
-    /// element's id (documents) so that cursors are exact.
+    /// element's id (documents) so that cursors are exact. The keys are paid into
+    /// `paid`, which the sorted source keeps.
     fn sort(
         &mut self,
         elems: Vec<Val>,
         keys: &[Rc<Closure>],
+        paid: &mut Paid,
     ) -> Result<(Vec<Sorted>, Vec<bool>), Error> {
         // One direction per key, and one for the tie-break, so that reverse() can flip
         // the whole order and cursors still find their place.
@@ -444,19 +555,27 @@ impl<'a> Evaluator<'a> {
         let mut keyed = Vec::with_capacity(elems.len());
         for (n, v) in elems.into_iter().enumerate() {
             let mut ks = Vec::with_capacity(keys.len() + 1);
+            paid.more(SLOT * (keys.len() as u64 + 2))?;
             for (i, f) in keys.iter().enumerate() {
-                match self.call_closure(f, vec![v.clone()])? {
+                let k = match self.call_closure(f, vec![v.clone()])? {
                     Val::Order { key, desc: d } => {
                         desc[i] = d;
-                        ks.push(key);
+                        Val::Data(key)
                     }
-                    other => ks.push(self.materialize(other)?),
-                }
+                    other => other,
+                };
+                let k = self.own(k)?;
+                paid.absorb(k.paid)?;
+                ks.push(k.value);
             }
-            ks.push(match &v {
-                Val::Doc(d) => Value::String(d.id.clone()),
+            let tie = match &v {
+                Val::Doc(d) => {
+                    paid.more(d.id.len() as u64)?;
+                    Value::String(d.id.clone())
+                }
                 _ => Value::Int(n as i64),
-            });
+            };
+            ks.push(tie);
             let ks = Value::Array(ks);
             // Keys are held until the sort ends: large ones cost fuel, as in `order`
             // on arrays.
@@ -481,7 +600,7 @@ impl<'a> Evaluator<'a> {
             index: Some(ix),
             range,
             reverse: false,
-        } = &s.source
+        } = s.src()
         else {
             return Ok(None);
         };
@@ -503,15 +622,18 @@ impl<'a> Evaluator<'a> {
             }
             direction = Some(desc);
         }
-        Ok(Some(SetQ {
-            source: Source::Scan {
+        let paid = self.pay(collection.len() as u64)?;
+        SetQ::new(
+            self,
+            Source::Scan {
                 collection: collection.clone(),
                 index: Some(ix.clone()),
                 range: range.clone(),
                 reverse: direction == Some(true),
             },
-            ops: Vec::new(),
-        }))
+            paid,
+        )
+        .map(Some)
     }
 
     /// `count()` of a whole collection in a query, from keys alone: the `V` space
@@ -528,7 +650,7 @@ impl<'a> Evaluator<'a> {
             index: None,
             range,
             ..
-        } = &s.source
+        } = s.src()
         else {
             return Ok(None);
         };
@@ -548,17 +670,22 @@ impl<'a> Evaluator<'a> {
             let (page, rest) = self.view.scan_page(&r, false, PAGE)?;
             next = rest;
             for (k, _) in page {
-                self.charge(1)?;
                 let (p, c) = keys::parse_version_key(&k)?;
-                if c != *collection || !self.can_read(coll, &p)? {
+                if c != *collection {
+                    self.charge(1)?;
                     continue;
                 }
+                // A partition the caller may not read costs it nothing it can see.
+                if !self.can_read(coll, &p)? {
+                    self.hidden_work(1)?;
+                    continue;
+                }
+                self.charge(1)?;
                 let mut members = keys::partition_prefix(&p);
                 keys::push_str(&mut members, collection);
-                let left = self.fuel_left();
                 let n = self
                     .view
-                    .count(&KeyRange::prefix(&members), left.saturating_add(1))?;
+                    .count(&KeyRange::prefix(&members), self.fuel.saturating_add(1))?;
                 self.charge(n)?;
                 total += n;
             }
@@ -571,12 +698,13 @@ impl<'a> Evaluator<'a> {
         s: &Rc<SetQ>,
         size: u64,
         cursor: Option<String>,
-    ) -> Result<Value, Error> {
+    ) -> Result<Owned, Error> {
         let resumed: Rc<SetQ> = match cursor {
             None => s.clone(),
-            Some(c) => Rc::new(resume(s, &c)?),
+            Some(c) => Rc::new(self.resume(s, &c)?),
         };
         let mut data = Vec::new();
+        let mut paid = self.pay(2 * SLOT + crate::value::MEM_OBJECT + 2 * 112)?;
         let mut last: Option<String> = None;
         let mut more = false;
         self.drive(&resumed, &mut |ev, v, at| {
@@ -584,13 +712,23 @@ impl<'a> Evaluator<'a> {
                 more = true;
                 return Ok(false);
             }
-            data.push(ev.materialize(v)?);
+            let v = ev.own(v)?;
+            paid.absorb(v.paid)?;
+            data.push(v.value);
+            let cursor_len = match at {
+                At::Key(k) => 1 + k.len().div_ceil(3) * 4,
+                At::Sorted(v) => 1 + (v.encoded_len()).div_ceil(3) * 4,
+            };
+            let _cursor = ev.pay(string_cost(cursor_len as u64))?;
             last = Some(match at {
                 At::Key(k) => format!("k{}", b64(k)),
                 At::Sorted(v) => format!("s{}", b64(&v.encode())),
             });
             Ok(true)
         })?;
+        if let Some(c) = &last {
+            paid.more(c.len() as u64)?;
+        }
         let mut o = Object::new();
         let page = Value::Array(data);
         self.check_built(&page)?;
@@ -602,7 +740,37 @@ impl<'a> Evaluator<'a> {
                 _ => Value::Null,
             },
         );
-        Ok(Value::Object(o))
+        Ok(Owned {
+            value: Value::Object(o),
+            paid,
+        })
+    }
+
+    /// Reads a set to the end into an array, paying for each element as it arrives and
+    /// stopping at the size limit rather than after it.
+    pub(crate) fn read_all(&mut self, s: &SetQ) -> Result<Owned, Error> {
+        let mut out = Vec::new();
+        let mut paid = self.pay(SLOT)?;
+        let mut size = 0usize;
+        let limit = self.limits.max_value_bytes;
+        self.drive(s, &mut |ev, v, _| {
+            let v = ev.own(v)?;
+            let n = v.value.encoded_len();
+            size += n;
+            if size > limit {
+                return Err(err(
+                    ErrorCode::ResultTooLarge,
+                    format!("a set grew past {limit} bytes as it was read"),
+                ));
+            }
+            ev.charge(n as u64 / 64)?;
+            paid.absorb(v.paid)?;
+            out.push(v.value);
+            Ok(true)
+        })?;
+        let v = Value::Array(out);
+        self.check_built(&v)?;
+        Ok(Owned { value: v, paid })
     }
 
     /// Reads the set, calling `sink` with each element until it returns `false`.
@@ -624,13 +792,9 @@ impl<'a> Evaluator<'a> {
     ) -> Result<(), Error> {
         let need_docs = need_docs || s.ops.iter().any(|o| matches!(o, Op::Where(_) | Op::Map(_)));
         let mut counts = vec![0u64; s.ops.len()];
-        // How many elements of the source a `skip`/`take` pipeline can use, at most:
-        // pages then ask for no more than that (and one more, to see the end), so a
-        // store that loads what a scan asks for loads about `take + 1` entries.
-        let mut wanted = wanted(&s.ops);
-        match &s.source {
-            Source::Sorted { items, .. } => {
-                for (v, key) in items.iter() {
+        match s.src() {
+            Source::Sorted { items, start, .. } => {
+                for (v, key) in &items[*start..] {
                     self.charge(1)?;
                     match self.pipeline(&s.ops, &mut counts, v.clone())? {
                         Flow::Emit(v) => {
@@ -650,86 +814,131 @@ impl<'a> Evaluator<'a> {
                 range,
                 reverse,
             } => {
-                let coll = self.schema.collection(collection)?;
-                if let Some(r) = &mut self.reads {
-                    r.collections.insert(collection.clone());
+                if self.scans >= MAX_NESTED_SCANS {
+                    return Err(err(
+                        ErrorCode::DepthExceeded,
+                        format!("more than {MAX_NESTED_SCANS} scans run one inside another"),
+                    ));
                 }
-                let mut next = Some(range.clone());
-                while let Some(r) = next {
-                    let size = wanted.map_or(PAGE, |w| (w + 1).min(PAGE as u64) as usize);
-                    let (page, rest) = self.view.scan_page(&r, *reverse, size)?;
-                    next = rest;
-                    for (k, v) in page {
-                        if let Some(w) = &mut wanted {
-                            *w = w.saturating_sub(1);
-                        }
-                        self.charge(1 + v.len() as u64 / 1024)?;
-                        let elem = match index {
-                            None => {
-                                let mut pos = 1;
-                                keys::read_str(&k, &mut pos)?;
-                                let id = keys::read_str(&k, &mut pos)?;
-                                let stored = StoredDoc::decode(&v)?;
-                                if !self.can_read(coll, &stored.partition)? {
-                                    continue;
-                                }
-                                Val::Doc(Rc::new(Doc {
-                                    collection: collection.clone(),
-                                    id,
-                                    stored,
-                                }))
-                            }
-                            Some(ix) => {
-                                let partition = std::str::from_utf8(&v).map_err(|_| {
-                                    Error::new(ErrorCode::Corrupt, "bad index entry")
-                                })?;
-                                if !self.can_read(coll, partition)? {
-                                    continue;
-                                }
-                                if need_docs {
-                                    let id = keys::index_key_id(&k, ix.prefix_len, ix.fields)?;
-                                    let key = keys::doc_key(collection, &id);
-                                    let Some(bytes) = self.view.get(&key)? else {
-                                        // A store that loads lazily has recorded the
-                                        // read as a miss, and this run will be repeated
-                                        // once it is loaded: go on, so that the other
-                                        // documents the scan needs are loaded with it.
-                                        if self.view.is_partial() {
-                                            continue;
-                                        }
-                                        return Err(Error::new(
-                                            ErrorCode::Corrupt,
-                                            format!(
-                                                "index {} names missing document {id}",
-                                                ix.name
-                                            ),
-                                        ));
-                                    };
-                                    self.charge(bytes.len() as u64 / 1024)?;
-                                    Val::Doc(Rc::new(Doc {
-                                        collection: collection.clone(),
-                                        id,
-                                        stored: StoredDoc::decode(&bytes)?,
-                                    }))
-                                } else {
-                                    Val::NULL
-                                }
-                            }
-                        };
-                        match self.pipeline(&s.ops, &mut counts, elem)? {
-                            Flow::Emit(v) => {
-                                if !sink(self, v, At::Key(&k))? {
-                                    return Ok(());
-                                }
-                            }
-                            Flow::Skip => {}
-                            Flow::Stop => return Ok(()),
-                        }
-                    }
-                }
-                Ok(())
+                self.scans += 1;
+                let scan = Scan {
+                    collection,
+                    index: index.as_ref(),
+                    range,
+                    reverse: *reverse,
+                };
+                let r = self.drive_scan(&scan, &s.ops, need_docs, &mut counts, sink);
+                self.scans -= 1;
+                r
             }
         }
+    }
+
+    fn drive_scan(
+        &mut self,
+        scan: &Scan,
+        ops: &[Op],
+        need_docs: bool,
+        counts: &mut [u64],
+        sink: &mut dyn FnMut(&mut Evaluator<'a>, Val, At) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        let Scan {
+            collection,
+            index,
+            range,
+            reverse,
+        } = *scan;
+        let coll = self.schema.collection(collection)?;
+        if let Some(r) = &mut self.reads {
+            r.collections.insert(collection.to_owned());
+        }
+        // How many elements of the source a `skip`/`take` pipeline can use, at most:
+        // pages then ask for no more than that (and one more, to see the end), so a
+        // store that loads what a scan asks for loads about `take + 1` entries.
+        let mut wanted = wanted(ops);
+        let mut next = Some(range.clone());
+        while let Some(r) = next {
+            let size = wanted.map_or(PAGE, |w| (w + 1).min(PAGE as u64) as usize);
+            let (mut page, rest) = self.view.scan_page(&r, reverse, size)?;
+            next = rest;
+            // Keep at most PAGE_BYTES (and one entry) of the page.
+            let mut bytes = 0;
+            if let Some(keep) = page.iter().position(|(k, v)| {
+                bytes += k.len() + v.len();
+                bytes > PAGE_BYTES
+            }) {
+                let keep = keep.max(1);
+                if keep < page.len() {
+                    let last = &page[keep - 1].0;
+                    next = Some(if reverse {
+                        r.before(last)
+                    } else {
+                        r.after(last)
+                    });
+                    page.truncate(keep);
+                }
+            }
+            for (k, v) in page {
+                if let Some(w) = &mut wanted {
+                    *w = w.saturating_sub(1);
+                }
+                let elem = match index {
+                    None => {
+                        // The partition first: an unreadable document is not
+                        // decoded, and costs the program nothing.
+                        if !self.can_read(coll, StoredDoc::partition_of(&v)?)? {
+                            self.hidden_work(1 + v.len() as u64 / 1024)?;
+                            continue;
+                        }
+                        self.charge(1 + v.len() as u64 / 1024)?;
+                        let mut pos = 1;
+                        keys::read_str(&k, &mut pos)?;
+                        let id = keys::read_str(&k, &mut pos)?;
+                        Val::Doc(Rc::new(self.decode_doc(coll, &id, &v)?))
+                    }
+                    Some(ix) => {
+                        let partition = std::str::from_utf8(&v)
+                            .map_err(|_| Error::new(ErrorCode::Corrupt, "bad index entry"))?;
+                        if !self.can_read(coll, partition)? {
+                            self.hidden_work(1 + v.len() as u64 / 1024)?;
+                            continue;
+                        }
+                        self.charge(1 + v.len() as u64 / 1024)?;
+                        if need_docs {
+                            let id = keys::index_key_id(&k, ix.prefix_len, ix.fields)?;
+                            let key = keys::doc_key(collection, &id);
+                            let Some(bytes) = self.view.get(&key)? else {
+                                // A store that loads lazily has recorded the read as a
+                                // miss, and this run will be repeated once it is
+                                // loaded: go on, so that the other documents the scan
+                                // needs are loaded with it (one load, not one each).
+                                if self.view.is_partial() {
+                                    continue;
+                                }
+                                return Err(Error::new(
+                                    ErrorCode::Corrupt,
+                                    format!("index {} names missing document {id}", ix.name),
+                                ));
+                            };
+                            self.charge(bytes.len() as u64 / 1024)?;
+                            Val::Doc(Rc::new(self.decode_doc(coll, &id, &bytes)?))
+                        } else {
+                            Val::NULL
+                        }
+                    }
+                };
+                match self.pipeline(ops, counts, elem)? {
+                    Flow::Emit(v) => {
+                        if !sink(self, v, At::Key(&k))? {
+                            return Ok(());
+                        }
+                    }
+                    Flow::Skip => {}
+                    Flow::Stop => return Ok(()),
+                }
+            }
+        }
+        Ok(())
     }
 
     fn pipeline(&mut self, ops: &[Op], counts: &mut [u64], mut v: Val) -> Result<Flow, Error> {
@@ -743,12 +952,14 @@ impl<'a> Evaluator<'a> {
                 }
                 Op::Map(f) => v = self.call_closure(f, vec![v])?,
                 Op::Skip(n) => {
+                    self.charge(1)?;
                     if counts[i] < *n {
                         counts[i] += 1;
                         return Ok(Flow::Skip);
                     }
                 }
                 Op::Take(n) => {
+                    self.charge(1)?;
                     if counts[i] >= *n {
                         return Ok(Flow::Stop);
                     }
@@ -758,6 +969,70 @@ impl<'a> Evaluator<'a> {
         }
         Ok(Flow::Emit(v))
     }
+
+    /// The set, started just after the element a cursor names.
+    fn resume(&mut self, s: &SetQ, cursor: &str) -> Result<SetQ, Error> {
+        let decode = |c: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .map_err(|_| bad_cursor())
+        };
+        let (source, paid) = match (s.src(), cursor.split_at_checked(1)) {
+            (
+                Source::Scan {
+                    collection,
+                    index,
+                    range,
+                    reverse,
+                },
+                Some(("k", rest)),
+            ) => {
+                let key = decode(rest)?;
+                if !range.contains(&key) {
+                    return Err(bad_cursor());
+                }
+                (
+                    Source::Scan {
+                        collection: collection.clone(),
+                        index: index.clone(),
+                        range: if *reverse {
+                            range.before(&key)
+                        } else {
+                            range.after(&key)
+                        },
+                        reverse: *reverse,
+                    },
+                    self.pay(collection.len() as u64 + key.len() as u64)?,
+                )
+            }
+            (Source::Sorted { items, desc, start }, Some(("s", rest))) => {
+                let key = Value::decode(&decode(rest)?).map_err(|_| bad_cursor())?;
+                let at = *start
+                    + items[*start..]
+                        .partition_point(|(_, k)| cmp_keys(k, &key, desc) != Ordering::Greater);
+                (
+                    Source::Sorted {
+                        items: items.clone(),
+                        desc: desc.clone(),
+                        start: at,
+                    },
+                    self.pay(SLOT)?,
+                )
+            }
+            _ => return Err(bad_cursor()),
+        };
+        let mut r = SetQ::new(self, source, paid)?;
+        r.ops = s.ops.clone();
+        Ok(r)
+    }
+}
+
+/// A scan source's parts, borrowed while it is read.
+struct Scan<'s> {
+    collection: &'s str,
+    index: Option<&'s IndexScan>,
+    range: &'s KeyRange,
+    reverse: bool,
 }
 
 /// The most elements of its source a pipeline can use: the skips before its first
@@ -785,7 +1060,28 @@ pub(crate) fn cmp_keys(a: &Value, b: &Value, desc: &[bool]) -> Ordering {
     let (Value::Array(a), Value::Array(b)) = (a, b) else {
         return a.total_cmp(b);
     };
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+    cmp_lists(a.iter(), b.iter(), a.len(), b.len(), desc)
+}
+
+/// [`cmp_keys`] of keys held as data.
+pub(crate) fn cmp_key_lists(a: &[Data], b: &[Data], desc: &[bool]) -> Ordering {
+    cmp_lists(
+        a.iter().map(Data::value),
+        b.iter().map(Data::value),
+        a.len(),
+        b.len(),
+        desc,
+    )
+}
+
+fn cmp_lists<'v>(
+    a: impl Iterator<Item = &'v Value>,
+    b: impl Iterator<Item = &'v Value>,
+    la: usize,
+    lb: usize,
+    desc: &[bool],
+) -> Ordering {
+    for (i, (x, y)) in a.zip(b).enumerate() {
         let o = x.total_cmp(y);
         let o = if desc.get(i).copied().unwrap_or(false) {
             o.reverse()
@@ -796,7 +1092,7 @@ pub(crate) fn cmp_keys(a: &Value, b: &Value, desc: &[bool]) -> Ordering {
             return o;
         }
     }
-    a.len().cmp(&b.len())
+    la.cmp(&lb)
 }
 
 fn b64(b: &[u8]) -> String {
@@ -808,53 +1104,4 @@ fn bad_cursor() -> Error {
         ErrorCode::InvalidArgument,
         "the cursor does not belong to this query",
     )
-}
-
-/// The set, started just after the element a cursor names.
-fn resume(s: &SetQ, cursor: &str) -> Result<SetQ, Error> {
-    let decode = |c: &str| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(c)
-            .map_err(|_| bad_cursor())
-    };
-    let source = match (&s.source, cursor.split_at_checked(1)) {
-        (
-            Source::Scan {
-                collection,
-                index,
-                range,
-                reverse,
-            },
-            Some(("k", rest)),
-        ) => {
-            let key = decode(rest)?;
-            if !range.contains(&key) {
-                return Err(bad_cursor());
-            }
-            Source::Scan {
-                collection: collection.clone(),
-                index: index.clone(),
-                range: if *reverse {
-                    range.before(&key)
-                } else {
-                    range.after(&key)
-                },
-                reverse: *reverse,
-            }
-        }
-        (Source::Sorted { items, desc }, Some(("s", rest))) => {
-            let key = Value::decode(&decode(rest)?).map_err(|_| bad_cursor())?;
-            let start =
-                items.partition_point(|(_, k)| cmp_keys(k, &key, desc) != Ordering::Greater);
-            Source::Sorted {
-                items: Rc::new(items[start..].to_vec()),
-                desc: desc.clone(),
-            }
-        }
-        _ => return Err(bad_cursor()),
-    };
-    Ok(SetQ {
-        source,
-        ops: s.ops.clone(),
-    })
 }

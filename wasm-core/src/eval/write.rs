@@ -1,11 +1,19 @@
 //! The write path: `create`, `update`, `replace` and `delete` of documents, with their
 //! rules, limits and unique indexes, and the ids `newId()` makes.
+//!
+//! What a write may reveal of documents the writer cannot read (docs/DECISIONS.md,
+//! "What a hidden document may reveal"): the rules run first, so a write they deny
+//! says nothing about what exists; then an id or a unique key that another document
+//! holds is refused (`DOCUMENT_EXISTS`, `UNIQUE_VIOLATION`), as a primary key or a
+//! unique constraint is in SQL, without naming that document.
 
 use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 
-use super::{bind_static, err, type_err, Doc, EnvNode, Evaluator, Mode, Touched, Val};
+use super::meter::{entry_extra, Data, Paid};
+use super::rules::WriteVars;
+use super::{cost, err, type_err, Doc, Evaluator, Mode, Owned, Touched, Val};
 use crate::doc::{index_values, StoredDoc};
 use crate::error::{Error, ErrorCode};
 use crate::keys;
@@ -13,6 +21,22 @@ use crate::lang::ast::Action;
 use crate::schema::Collection;
 use crate::storage::Storage;
 use crate::value::{Value, MAX_VALUE_DEPTH};
+
+/// A document as it stands in the transaction: the one the program holds, or the one
+/// the transaction wrote since (paid for while it is used).
+enum Current<'d> {
+    Held(&'d StoredDoc),
+    Read { doc: StoredDoc, _paid: Paid },
+}
+
+impl Current<'_> {
+    fn doc(&self) -> &StoredDoc {
+        match self {
+            Current::Held(d) => d,
+            Current::Read { doc, .. } => doc,
+        }
+    }
+}
 
 impl<'a> Evaluator<'a> {
     pub(super) fn require_writable(&self) -> Result<(), Error> {
@@ -29,57 +53,31 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    /// The partition of a document (`doc`: its fields with `id`), and `doc` back.
-    pub(super) fn partition_of(
-        &mut self,
-        coll: &Collection,
-        doc: Value,
-    ) -> Result<(String, Value), Error> {
-        let Some(expr) = &coll.partition else {
-            return Ok((coll.name.clone(), doc));
-        };
-        let env = bind_static(&self.root_env(), "doc", Val::Data(doc));
-        let saved = self.mode;
-        self.mode = Mode::Rule;
-        let r = self.eval(expr, &env);
-        self.mode = saved;
-        match r? {
-            Val::Data(Value::String(s)) if !s.is_empty() => {
-                // Take `doc` back out of the environment (a copy only if something
-                // still holds the environment).
-                let doc = match env.map(Rc::try_unwrap) {
-                    Some(Ok(EnvNode {
-                        val: Val::Data(v), ..
-                    })) => v,
-                    Some(Err(node)) => match &node.val {
-                        Val::Data(v) => v.clone(),
-                        _ => Value::Null,
-                    },
-                    _ => Value::Null,
-                };
-                Ok((s, doc))
-            }
-            other => Err(type_err(format!(
-                "the partition expression of {} must give a non-empty string, not {}",
-                coll.name,
-                match &other {
-                    Val::Data(v) => v.to_string(),
-                    v => v.kind().to_owned(),
-                }
-            ))),
-        }
+    /// A document's fields with its `id`, as rules and partition expressions see it
+    /// (paid for, and shared with every rule that looks at it).
+    fn with_id(&self, data: &Value, id: &str) -> Result<Data, Error> {
+        let first = data.as_object().is_none_or(|o| o.is_empty());
+        let paid = self.pay(cost(data) + entry_extra("id", first) + id.len() as u64)?;
+        let mut o = data.as_object().cloned().unwrap_or_default();
+        o.insert("id".into(), Value::String(id.to_owned()));
+        Ok(Data::held(Value::Object(o), paid))
     }
 
-    pub(super) fn create_doc(&mut self, coll: &'a Collection, data: Value) -> Result<Val, Error> {
+    pub(super) fn create_doc(&mut self, coll: &'a Collection, data: Owned) -> Result<Val, Error> {
         self.require_writable()?;
-        let Value::Object(mut fields) = data else {
+        let Owned { value, paid } = data;
+        let Value::Object(mut fields) = value else {
             return Err(type_err(format!(
                 "create takes an object, not {}",
-                data.type_name()
+                value.type_name()
             )));
         };
         let id = match fields.remove("id") {
-            Some(Value::String(s)) => s,
+            Some(Value::String(s)) => {
+                check_id(&s)?;
+                self.check_chosen_id(&s)?;
+                s
+            }
             Some(other) => {
                 return Err(err(
                     ErrorCode::InvalidId,
@@ -88,44 +86,29 @@ impl<'a> Evaluator<'a> {
             }
             None => self.new_id(),
         };
-        check_id(&id)?;
-        let key = keys::doc_key(&coll.name, &id);
-        if self.view.get(&key)?.is_some() {
-            return Err(err(
-                ErrorCode::DocumentExists,
-                format!("{}/{id} already exists", coll.name),
-            ));
-        }
         let data = Value::Object(fields);
-        let (partition, with_id) = self.partition_of(coll, with_id(&data, &id))?;
+        let doc = self.with_id(&data, &id)?;
+        let partition = self.partition_of(coll, &doc)?;
         let new = StoredDoc {
             partition,
             version: self.ctx.position,
             data,
         };
-        let vars = vec![
-            ("doc", with_id.clone()),
-            ("new", with_id),
-            ("old", Value::Null),
-            ("partition", Value::String(new.partition.clone())),
-        ];
-        self.write(coll, &id, None, Some(&new), Action::Create, vars)?;
-        Ok(Val::Doc(Rc::new(Doc {
-            collection: coll.name.clone(),
-            id,
-            stored: new,
-        })))
+        self.write(coll, &id, None, Some((&new, &doc)), Action::Create)?;
+        drop(doc);
+        let doc = self.new_doc(coll, id, new, paid)?;
+        Ok(Val::Doc(Rc::new(doc)))
     }
 
     /// The document's current state in this transaction, refusing one that is gone.
-    pub(super) fn current(&mut self, d: &Doc) -> Result<(&'a Collection, StoredDoc), Error> {
+    fn current<'d>(&mut self, d: &'d Doc) -> Result<(&'a Collection, Current<'d>), Error> {
         let coll = self.coll(&d.collection)?;
         let key = keys::doc_key(&coll.name, &d.id);
         // Every `Doc` was read through this evaluation's view. When the transaction has
         // not written the document, the view still holds what `d` was read from: use it
         // rather than reading and decoding the same bytes again.
         if !self.view.has_write(&key) {
-            return Ok((coll, d.stored.clone()));
+            return Ok((coll, Current::Held(&d.stored)));
         }
         let bytes = self.view.get(&key)?.ok_or_else(|| {
             err(
@@ -133,17 +116,29 @@ impl<'a> Evaluator<'a> {
                 format!("{}/{} does not exist", d.collection, d.id),
             )
         })?;
-        Ok((coll, StoredDoc::decode(&bytes)?))
+        let read = self.decode_doc(coll, &d.id, &bytes)?;
+        Ok((
+            coll,
+            Current::Read {
+                doc: read.stored,
+                _paid: read.paid,
+            },
+        ))
     }
 
     pub(super) fn update_doc(
         &mut self,
         d: &Doc,
-        patch: Value,
+        patch: Owned,
         replace: bool,
     ) -> Result<Val, Error> {
         self.require_writable()?;
-        let (coll, old) = self.current(d)?;
+        let (coll, current) = self.current(d)?;
+        let old = current.doc();
+        let Owned {
+            value: patch,
+            mut paid,
+        } = patch;
         let Value::Object(mut patch) = patch else {
             return Err(type_err(format!(
                 "{} takes an object, not {}",
@@ -165,6 +160,7 @@ impl<'a> Evaluator<'a> {
             Value::Object(patch)
         } else {
             // A shallow merge; a field set to null is removed.
+            paid.more(cost(&old.data))?;
             let mut o = old.data.as_object().cloned().unwrap_or_default();
             for (k, v) in patch {
                 if v.is_null() {
@@ -175,7 +171,8 @@ impl<'a> Evaluator<'a> {
             }
             Value::Object(o)
         };
-        let (partition, new_with_id) = self.partition_of(coll, with_id(&data, &d.id))?;
+        let doc = self.with_id(&data, &d.id)?;
+        let partition = self.partition_of(coll, &doc)?;
         if partition != old.partition {
             return Err(err(
                 ErrorCode::PartitionChange,
@@ -194,44 +191,38 @@ impl<'a> Evaluator<'a> {
             version: self.ctx.position,
             data,
         };
-        let vars = vec![
-            ("doc", new_with_id.clone()),
-            ("new", new_with_id),
-            ("old", with_id(&old.data, &d.id)),
-            ("partition", Value::String(new.partition.clone())),
-        ];
-        self.write(coll, &d.id, Some(&old), Some(&new), Action::Update, vars)?;
-        Ok(Val::Doc(Rc::new(Doc {
-            collection: d.collection.clone(),
-            id: d.id.clone(),
-            stored: new,
-        })))
+        let old_doc = self.with_id(&old.data, &d.id)?;
+        self.write(
+            coll,
+            &d.id,
+            Some((old, &old_doc)),
+            Some((&new, &doc)),
+            Action::Update,
+        )?;
+        drop((doc, old_doc, current));
+        let doc = self.new_doc(coll, d.id.clone(), new, paid)?;
+        Ok(Val::Doc(Rc::new(doc)))
     }
 
     pub(super) fn delete_doc(&mut self, d: &Doc) -> Result<(), Error> {
         self.require_writable()?;
-        let (coll, old) = self.current(d)?;
-        let old_with_id = with_id(&old.data, &d.id);
-        let vars = vec![
-            ("doc", old_with_id.clone()),
-            ("old", old_with_id),
-            ("new", Value::Null),
-            ("partition", Value::String(old.partition.clone())),
-        ];
-        self.write(coll, &d.id, Some(&old), None, Action::Delete, vars)
+        let (coll, current) = self.current(d)?;
+        let old = current.doc();
+        let old_doc = self.with_id(&old.data, &d.id)?;
+        self.write(coll, &d.id, Some((old, &old_doc)), None, Action::Delete)
     }
 
-    /// Checks rules, limits and unique indexes, then records the write in the view.
+    /// Checks limits, rules, the id and unique indexes, then records the write in the
+    /// view. `old` and `new` come with the document as rules see it (fields and `id`).
     fn write(
         &mut self,
         coll: &'a Collection,
         id: &str,
-        old: Option<&StoredDoc>,
-        new: Option<&StoredDoc>,
+        old: Option<(&StoredDoc, &Data)>,
+        new: Option<(&StoredDoc, &Data)>,
         action: Action,
-        mut vars: Vec<(&'static str, Value)>,
     ) -> Result<(), Error> {
-        if let Some(n) = new {
+        if let Some((n, _)) = new {
             let size = n.data.encoded_len();
             if size > self.limits.max_doc_bytes {
                 return Err(err(
@@ -252,14 +243,27 @@ impl<'a> Evaluator<'a> {
                 ));
             }
         }
-        vars.push(("collection", Value::String(coll.name.clone())));
-        if let Err(why) = self.check_rules(coll, action, vars)? {
+        let partition = new.or(old).map_or("", |(d, _)| d.partition.as_str());
+        let vars = WriteVars {
+            new: new.map(|(_, v)| v),
+            old: old.map(|(_, v)| v),
+            id,
+            partition,
+        };
+        if let Err(why) = self.check_write_rules(coll, action, vars)? {
             return Err(err(
                 ErrorCode::PermissionDenied,
                 format!("{} of {}/{id} denied: {why}", action.as_str(), coll.name),
             ));
         }
-        if let Some(n) = new {
+        // Only a writer the rules allow learns that the id is taken.
+        if action == Action::Create && self.view.get(&keys::doc_key(&coll.name, id))?.is_some() {
+            return Err(err(
+                ErrorCode::DocumentExists,
+                format!("{}/{id} already exists", coll.name),
+            ));
+        }
+        if let Some((n, _)) = new {
             for (name, ix) in coll.indexes.iter().filter(|(_, ix)| ix.unique) {
                 let vals = index_values(&n.data, &ix.fields);
                 // Like SQL, a null in the key leaves it out of the uniqueness check.
@@ -272,13 +276,13 @@ impl<'a> Evaluator<'a> {
                 for (k, _) in page {
                     let other = keys::index_key_id(&k, prefix.len(), 0)?;
                     if other != id {
+                        // The key is the writer's own; whose document holds it is not.
                         return Err(err(
                             ErrorCode::UniqueViolation,
                             format!(
-                                "{}/{id}: unique index {name} already holds {} for {}/{other}",
+                                "{}/{id}: unique index {name} already holds {} for another document",
                                 coll.name,
-                                Value::Array(vals.clone()),
-                                coll.name
+                                crate::text::preview(&Value::Array(vals.clone()))
                             ),
                         ));
                     }
@@ -303,30 +307,75 @@ impl<'a> Evaluator<'a> {
             });
         }
         self.charge(10)?;
-        for op in crate::doc::doc_ops(coll, id, old, new) {
+        // The transaction holds its writes until it ends (and its outcome holds the
+        // documents): paid for good.
+        let held = new.map_or(0, |(n, _)| cost(&n.data))
+            + 64 * (coll.indexes.len() as u64 + 2)
+            + (id.len() + partition.len()) as u64 * (coll.indexes.len() as u64 + 2);
+        self.spend(held)?;
+        let ops = crate::doc::doc_ops(coll, id, old.map(|(d, _)| d), new.map(|(d, _)| d));
+        for op in ops {
             self.view.write(op);
         }
         Ok(())
     }
 
-    /// `newId()`: 16 characters from a hash of the commit's client id, sequence number
-    /// and a counter. The same commit makes the same ids on every replica.
+    /// Pays for good, into the program's meter.
+    fn spend(&self, bytes: u64) -> Result<(), Error> {
+        self.program.spend(bytes)
+    }
+
+    /// `newId()`: `_` and 26 characters of base32 (128 bits): 8 bytes that name the
+    /// caller (a hash of `auth.sub`), then 8 bytes of a hash of the commit's client id,
+    /// sequence number and a counter. The same commit makes the same ids on every
+    /// replica, and only the caller may create a document with an id of this form
+    /// ([`Evaluator::check_chosen_id`]), so no one can take an id before its maker does.
     pub(crate) fn new_id(&mut self) -> String {
         let mut h = Sha256::new();
+        h.update(b"warren:newId\0");
         h.update(self.ctx.client_id.as_bytes());
         h.update([0]);
         h.update(self.ctx.client_seq.to_be_bytes());
         h.update(self.ids_made.to_be_bytes());
         self.ids_made += 1;
-        let d = h.finalize();
-        base32(&d[..10])
+        let mut bytes = owner_tag(&self.ctx.auth).to_vec();
+        bytes.extend_from_slice(&h.finalize()[..8]);
+        format!("_{}", base32(&bytes))
+    }
+
+    /// An id the program chose: one that begins with `_` is newId's, and must carry the
+    /// caller's own tag.
+    fn check_chosen_id(&self, id: &str) -> Result<(), Error> {
+        let Some(rest) = id.strip_prefix('_') else {
+            return Ok(());
+        };
+        let ok = rest.len() == 26
+            && base32_decode(rest).is_some_and(|b| {
+                b.len() == 16 && b[..8] == owner_tag(&self.ctx.auth) && base32(&b) == rest
+            });
+        if ok {
+            Ok(())
+        } else {
+            Err(err(
+                ErrorCode::InvalidId,
+                format!(
+                    "{id:?}: ids that begin with `_` are made by newId() and belong to the user \
+                     who made them; choose an id without a leading `_`"
+                ),
+            ))
+        }
     }
 }
 
-fn with_id(data: &Value, id: &str) -> Value {
-    let mut o = data.as_object().cloned().unwrap_or_default();
-    o.insert("id".into(), Value::String(id.to_owned()));
-    Value::Object(o)
+/// The 8 bytes of a `newId()` id that name its maker: a hash of the token's subject.
+fn owner_tag(auth: &Value) -> [u8; 8] {
+    let mut h = Sha256::new();
+    h.update(b"warren:id-owner\0");
+    h.update(crate::exec::subject(auth).as_bytes());
+    let d = h.finalize();
+    let mut tag = [0; 8];
+    tag.copy_from_slice(&d[..8]);
+    tag
 }
 
 /// The longest id accepted, in bytes.
@@ -345,9 +394,10 @@ fn check_id(id: &str) -> Result<(), Error> {
     Ok(())
 }
 
+const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
 /// Crockford-style lowercase base32, 5 bits a character.
 fn base32(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
     let mut out = String::new();
     let mut acc: u32 = 0;
     let mut bits = 0;
@@ -363,4 +413,35 @@ fn base32(bytes: &[u8]) -> String {
         out.push(ALPHABET[((acc << (5 - bits)) & 31) as usize] as char);
     }
     out
+}
+
+/// The bytes of [`base32`] text (whole bytes; leftover bits are dropped).
+fn base32_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 5 / 8);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = ALPHABET.iter().position(|&a| a == c)? as u32;
+        acc = (acc << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base32_round_trips() {
+        for n in 0..20u8 {
+            let bytes: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37).wrapping_add(n)).collect();
+            assert_eq!(base32_decode(&base32(&bytes)).unwrap(), bytes);
+        }
+        assert!(base32_decode("u").is_none());
+    }
 }

@@ -2,6 +2,8 @@
 //! harnesses: one seeded random generator, and a generator of random well-formed
 //! programs. Nothing in the engine itself uses it.
 
+pub mod gen;
+
 /// SplitMix64: a small, fast, seeded generator. Every randomized test draws from one of
 /// these and prints its seed, so a failure replays exactly.
 #[derive(Clone, Debug, Default)]

@@ -1263,6 +1263,17 @@ impl Shared {
                     let (_, coll, id) = keys::parse_partition_key(&k)?;
                     docs.push(keys::doc_key(&coll, &id));
                 }
+                // A snapshot's documents (its parts' too) may be held in another
+                // partition (moved since that one's cursor): applying it reads them.
+                if let ServerFrame::Snapshot { docs: sent, .. } = frame {
+                    let r = self.replica.borrow();
+                    for (coll, id) in r
+                        .held_snapshot_docs()
+                        .chain(sent.iter().map(|d| (d.collection.as_str(), d.id.as_str())))
+                    {
+                        docs.push(keys::doc_key(coll, id));
+                    }
+                }
                 self.load_points(docs).await?;
             }
             _ => {}

@@ -1,0 +1,213 @@
+//! No log entry can stop a replica. A poison entry (a commit on which the engine
+//! panics; here through the engine's test-only built-in `__panic()`) is written into
+//! the log of a stopped server; the server starts, replays it, rejects it with
+//! `INTERNAL_ERROR`, logs it loudly, and serves. It restarts and serves again, and its
+//! store is exactly what replaying the log with the engine gives (the same outcome, and
+//! digest, on every replica).
+
+mod replay;
+mod serving;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use replay::{assert_same_state, Replay, SCHEMA};
+use tokio_tungstenite::tungstenite::Message;
+use warren_core::exec::{scoped_client_id, Commit, Op};
+use warren_core::protocol::{
+    encode_log_entry, ClientCommit, ClientFrame, CommitResult, ServerFrame,
+};
+use warren_core::value::obj;
+use warren_server::log::{FileLog, FileLogOptions, Log};
+use warren_server::store::RedbStore;
+
+const SECRET: &str = "poison-test-secret-0123456789abcdef";
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn serve(dir: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--hs256-secret", SECRET])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--schema")
+        .arg(dir.join("schema.warren"))
+        .current_dir(dir)
+        .env("WARREN_LOG", "error")
+        .env("WARREN_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn warren serve");
+    let addr = serving::serving_addr(&mut child)
+        .unwrap_or_else(|line| panic!("the server did not serve: {line:?}"));
+    (child, addr)
+}
+
+/// Stops the server (SIGTERM) and returns what it wrote on stderr.
+fn stop(mut child: Child) -> String {
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    stderr
+}
+
+async fn next_frame(ws: &mut Ws) -> Option<ServerFrame> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => return Some(ServerFrame::decode(&b).unwrap()),
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return None,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Connects as ann's client `client_id`, pushes one commit with sequence number `seq`
+/// and returns its result.
+fn push(addr: &str, client_id: &str, seq: u64, op: Op) -> CommitResult {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/sync"))
+            .await
+            .unwrap();
+        let token = warren_server::auth::mint_hs256(
+            SECRET,
+            &warren_server::auth::dev_claims("ann", 3600, None, None),
+        )
+        .unwrap();
+        let hello = ClientFrame::Hello {
+            client_id: client_id.into(),
+            token,
+            schema_version: String::new(),
+            outbox_from: seq,
+            partitions: vec![],
+        };
+        ws.send(Message::Binary(hello.encode().into()))
+            .await
+            .unwrap();
+        let push = ClientFrame::Push {
+            commits: vec![ClientCommit {
+                seq,
+                schema_version: String::new(),
+                op,
+            }],
+        };
+        ws.send(Message::Binary(push.encode().into()))
+            .await
+            .unwrap();
+        loop {
+            match next_frame(&mut ws).await {
+                Some(ServerFrame::Outcome { seq: s, result }) if s == seq => return result,
+                Some(_) => {}
+                None => panic!("the connection ended before the outcome"),
+            }
+        }
+    })
+}
+
+fn note(id: &str) -> Op {
+    Op::Call {
+        function: "note".into(),
+        args: obj([("id", id.into()), ("text", "hello".into())]),
+    }
+}
+
+#[test]
+fn a_poison_entry_is_rejected_on_replay_and_the_server_serves() {
+    let dir = std::env::temp_dir().join(format!("warren-poison-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(dir.join("schema.warren"), SCHEMA).unwrap();
+    let auth = obj([("sub", "ann".into())]);
+    let client = scoped_client_id(&auth, "writer");
+    let commit = |seq: u64, op: Op| Commit {
+        client_id: client.clone(),
+        client_seq: seq,
+        schema_version: String::new(),
+        timestamp: 1_700_000_000_000 + seq as i64,
+        auth: auth.clone(),
+        op,
+    };
+    // The log, written while no server runs: a commit, the poison, another commit.
+    {
+        let (mut log, _) = FileLog::open(dir.join("data/log"), FileLogOptions::default()).unwrap();
+        let entries = [
+            commit(1, note("before")),
+            commit(
+                2,
+                Op::Run {
+                    source:
+                        "Note.create({ id: \"poisoned\", owner: \"ann\", text: \"x\" })\n__panic()"
+                            .into(),
+                },
+            ),
+            commit(3, note("after")),
+        ];
+        let records: Vec<Vec<u8>> = entries.iter().map(encode_log_entry).collect();
+        assert_eq!(log.append(&records).unwrap(), 1);
+    }
+
+    // The server replays the log, rejects the poison and serves: a new commit lands
+    // after it.
+    let (child, addr) = serve(&dir);
+    let r = push(&addr, "other", 1, note("new"));
+    assert!(
+        matches!(r, CommitResult::Committed { position: 4, .. }),
+        "{r:?}"
+    );
+    let stderr = stop(child);
+    let logged = stderr.lines().any(|l| {
+        serde_json::from_str::<serde_json::Value>(l).is_ok_and(|j| {
+            j["level"] == "ERROR"
+                && j["fields"]["position"] == 2
+                && j["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("INTERNAL_ERROR"))
+        })
+    });
+    assert!(
+        logged,
+        "the poison entry was not logged as an error:\n{stderr}"
+    );
+
+    // Restarted, it serves again.
+    let (child, addr) = serve(&dir);
+    let r = push(&addr, "other", 2, note("newer"));
+    assert!(
+        matches!(r, CommitResult::Committed { position: 5, .. }),
+        "{r:?}"
+    );
+    stop(child);
+
+    // Every replica reaches the same state: the engine replaying the log (the poison
+    // rejected in-process, too) and the server's store agree entry for entry.
+    let (log, _) = FileLog::open(dir.join("data/log"), FileLogOptions::default()).unwrap();
+    let mut replay = Replay::new(SCHEMA);
+    replay.catch_up(&log);
+    assert_eq!(replay.entries.len(), 5);
+    assert!(!replay.entries[1].committed, "the poison entry is rejected");
+    assert!(replay.entries[0].committed && replay.entries[2].committed);
+    let kept = warren_core::exec::kept_outcome_of(replay.executor.store(), &client, 2).unwrap();
+    assert!(
+        matches!(&kept, Some(warren_core::exec::KeptOutcome::Rejected { code, .. }) if code == "INTERNAL_ERROR"),
+        "{kept:?}"
+    );
+    let store = RedbStore::open(&dir.join("data").join("state.redb"), 1).unwrap();
+    assert_same_state(&store, &replay, "after the poison entry");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,988 @@
+//! The read-rule index: which partitions a read rule may allow, found without evaluating
+//! the rule for every partition.
+//!
+//! A connection's catch-up (and each write to a partition nobody has seen yet) must
+//! decide which partitions its client may read. Evaluating every collection's read rule
+//! for every partition costs what the region holds, not what the user may read: one
+//! user creating 20,000 partitions would slow every other user's catch-up. So the
+//! schema's read rules are analysed once ([`Reach::of`]) into the forms below, and for
+//! one set of claims ([`Reach::reachable`]) they name the **candidate** partitions: a
+//! superset of what the rules allow. Only candidates are evaluated, with the rule
+//! itself; a partition that is not a candidate is one the rule cannot allow.
+//!
+//! A rule is split into clauses at its top-level `||` (and several `allow read` rules
+//! are clauses too), each clause into conjuncts at its top-level `&&`. A clause is
+//! true only if each of its conjuncts is, so one conjunct that pins the partition pins
+//! the clause. The forms, for a collection `c`:
+//!
+//! | form | a clause with a conjunct like | candidates |
+//! |---|---|---|
+//! | exact | `partition == "user:" + auth.sub` (the right side depends only on `auth`) | the one partition it names |
+//! | membership | `Team.byId(partition.slice(5))?.members?.includes(auth.sub) == true`, or `...?.admin == auth.sub` | `P + d.id` for each `Team` document `d` whose `members` holds (or `admin` equals) the value, where `P` is the literal prefix of `c`'s partition expression (`"team:" + ...`) and has 5 characters |
+//! | uniform | the clause does not mention `partition` and depends only on `auth` and `collection` (`auth.role == "admin"`, `true`) | every partition of `c` if it holds, none if not |
+//! | single | `c` has no partition expression | its one partition, named after it |
+//!
+//! A clause of none of these forms (it calls a schema function, reads documents in
+//! another way, ...) makes `c` **everywhere**: every partition of `c` is a candidate,
+//! as before the index. [`Reach::unindexed`] lists those collections, and the server
+//! says so when it starts.
+//!
+//! Membership needs a lookup from a value to the documents holding it: the **member
+//! index**, kept by the server in its state (`L` keys, [`Reach::member_ops`]) next to
+//! the documents, so a read view sees it at the same position as the data. Its layout
+//! is in `docs/STORAGE.md`. A string field that `includes` is asked of (substring, not
+//! element) cannot be looked up by value: such documents are listed apart and
+//! checked one by one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::doc::StoredDoc;
+use crate::error::Error;
+use crate::eval::{Context, Evaluator, Limits, Mode};
+use crate::exec::Write;
+use crate::keys;
+use crate::lang::ast::{Action, BinOp, Expr, ExprKind};
+use crate::lang::is_builtin;
+use crate::schema::Schema;
+use crate::storage::{BatchOp, Entry, KeyRange, Storage};
+use crate::value::Value;
+
+/// How a membership conjunct compares the document's field with the claim's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Match {
+    /// `field.includes(value)`: an array holding it, or a string containing it.
+    Includes,
+    /// `field == value`.
+    Equals,
+}
+
+impl Match {
+    fn tag(self) -> u8 {
+        match self {
+            Match::Includes => b'i',
+            Match::Equals => b'e',
+        }
+    }
+}
+
+/// A member index: documents of `source` by the value(s) at `path`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MemberSpec {
+    pub source: String,
+    pub path: Vec<String>,
+    pub how: Match,
+}
+
+#[derive(Debug)]
+enum Clause {
+    Exact(Expr),
+    Uniform(Expr),
+    Member {
+        spec: usize,
+        prefix: String,
+        key: Expr,
+    },
+}
+
+#[derive(Debug)]
+enum CollReach {
+    Single,
+    Clauses(Vec<Clause>),
+    Everywhere(String),
+}
+
+/// A schema's read rules, analysed (see the module documentation).
+#[derive(Debug)]
+pub struct Reach {
+    colls: BTreeMap<String, CollReach>,
+    specs: Vec<MemberSpec>,
+}
+
+/// One membership clause as one user's claims answer it: the documents of the spec
+/// whose field holds `key` name partitions `prefix + id` of `collections`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberKey {
+    /// `key` in the order-preserving encoding (how the member index and routes key it).
+    pub encoded: Vec<u8>,
+    pub spec: usize,
+    pub key: Value,
+    pub prefix: String,
+    pub collections: BTreeSet<String>,
+}
+
+/// What one set of claims may reach: the candidates of [`Reach`] for them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reachable {
+    /// Partitions named exactly, by collection.
+    pub exact: BTreeMap<String, BTreeSet<String>>,
+    /// Collections whose every partition is a candidate.
+    pub everywhere: BTreeSet<String>,
+    pub members: Vec<MemberKey>,
+}
+
+/// The last step of a chain `recv.name` / `recv?.name`, for matching.
+fn field_chain<'e>(mut e: &'e Expr, path: &mut Vec<String>) -> &'e Expr {
+    while let ExprKind::Field { recv, name, .. } = &e.kind {
+        path.push(name.clone());
+        e = recv;
+    }
+    path.reverse();
+    e
+}
+
+/// `Coll.byId(partition)` or `Coll.byId(partition.slice(n))`: (Coll, n).
+fn by_partition_id(e: &Expr, schema: &Schema) -> Option<(String, usize)> {
+    let ExprKind::Method {
+        recv, name, args, ..
+    } = &e.kind
+    else {
+        return None;
+    };
+    let ExprKind::Var(coll) = &recv.kind else {
+        return None;
+    };
+    if name != "byId" || args.len() != 1 || !schema.collections.contains_key(coll) {
+        return None;
+    }
+    match &args[0].kind {
+        ExprKind::Var(v) if v == "partition" => Some((coll.clone(), 0)),
+        ExprKind::Method {
+            recv,
+            name,
+            args,
+            optional: false,
+        } if name == "slice" && args.len() == 1 => {
+            let ExprKind::Var(v) = &recv.kind else {
+                return None;
+            };
+            match (&args[0].kind, v.as_str()) {
+                (ExprKind::Lit(Value::Int(n)), "partition") if *n >= 0 => {
+                    Some((coll.clone(), *n as usize))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Whether `e` depends on nothing but `auth` (and `collection` when allowed): literals,
+/// operators, field access and built-ins, no documents, no schema functions, no
+/// bindings.
+fn claims_only(e: &Expr, schema: &Schema, collection_ok: bool) -> bool {
+    let ok = |x: &Expr| claims_only(x, schema, collection_ok);
+    match &e.kind {
+        ExprKind::Lit(_) => true,
+        ExprKind::Var(v) => v == "auth" || (collection_ok && v == "collection"),
+        ExprKind::Array(xs) => xs.iter().all(ok),
+        ExprKind::Object(kv) => kv.iter().all(|(_, x)| ok(x)),
+        ExprKind::Field { recv, .. } => ok(recv),
+        ExprKind::Index { recv, index } => ok(recv) && ok(index),
+        ExprKind::Call { name, args } => {
+            is_builtin(name)
+                && !schema.functions.contains_key(name)
+                && !matches!(name.as_str(), "newId" | "abort")
+                && args.iter().all(ok)
+        }
+        ExprKind::Method { recv, args, .. } => ok(recv) && args.iter().all(ok),
+        ExprKind::Unary(_, a) => ok(a),
+        ExprKind::Binary(_, a, b)
+        | ExprKind::And(a, b)
+        | ExprKind::Or(a, b)
+        | ExprKind::Coalesce(a, b) => ok(a) && ok(b),
+        ExprKind::If { .. } | ExprKind::Lambda(_) | ExprKind::Block(_) => false,
+    }
+}
+
+fn mentions_partition(e: &Expr) -> bool {
+    match &e.kind {
+        ExprKind::Lit(_) => false,
+        ExprKind::Var(v) => v == "partition",
+        ExprKind::Array(xs) => xs.iter().any(mentions_partition),
+        ExprKind::Object(kv) => kv.iter().any(|(_, x)| mentions_partition(x)),
+        ExprKind::Field { recv, .. } => mentions_partition(recv),
+        ExprKind::Index { recv, index } => mentions_partition(recv) || mentions_partition(index),
+        ExprKind::Call { args, .. } => args.iter().any(mentions_partition),
+        ExprKind::Method { recv, args, .. } => {
+            mentions_partition(recv) || args.iter().any(mentions_partition)
+        }
+        ExprKind::Unary(_, a) => mentions_partition(a),
+        ExprKind::Binary(_, a, b)
+        | ExprKind::And(a, b)
+        | ExprKind::Or(a, b)
+        | ExprKind::Coalesce(a, b) => mentions_partition(a) || mentions_partition(b),
+        // Conservative: anything with bindings may mention it.
+        ExprKind::If { .. } | ExprKind::Lambda(_) | ExprKind::Block(_) => true,
+    }
+}
+
+fn split_or<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
+    match &e.kind {
+        ExprKind::Or(a, b) => {
+            split_or(a, out);
+            split_or(b, out);
+        }
+        _ => out.push(e),
+    }
+}
+
+fn split_and<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
+    match &e.kind {
+        ExprKind::And(a, b) => {
+            split_and(a, out);
+            split_and(b, out);
+        }
+        _ => out.push(e),
+    }
+}
+
+fn is_var(e: &Expr, name: &str) -> bool {
+    matches!(&e.kind, ExprKind::Var(v) if v == name)
+}
+
+/// The literal prefix every partition of a collection starts with: `"team:" + ...`.
+fn partition_prefix(partition: &Expr) -> Option<String> {
+    match &partition.kind {
+        ExprKind::Binary(BinOp::Add, a, _) => match &a.kind {
+            ExprKind::Lit(Value::String(s)) => Some(s.clone()),
+            _ => partition_prefix(a),
+        },
+        _ => None,
+    }
+}
+
+impl Reach {
+    /// Analyses a schema's read rules.
+    pub fn of(schema: &Schema) -> Reach {
+        let mut specs: Vec<MemberSpec> = Vec::new();
+        let mut colls = BTreeMap::new();
+        for (name, coll) in &schema.collections {
+            let reach = match &coll.partition {
+                None => CollReach::Single,
+                Some(pexpr) => {
+                    let mut clauses = Vec::new();
+                    let mut everywhere = None;
+                    for rule in coll.rules.get(&Action::Read).into_iter().flatten() {
+                        let mut ors = Vec::new();
+                        split_or(&rule.expr, &mut ors);
+                        for clause in ors {
+                            match Self::clause(clause, schema, pexpr, &mut specs) {
+                                Some(c) => clauses.push(c),
+                                None => {
+                                    everywhere = Some(format!(
+                                        "its read rule at {} is not of a form the index knows",
+                                        rule.pos
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    match everywhere {
+                        Some(why) => CollReach::Everywhere(why),
+                        None => CollReach::Clauses(clauses),
+                    }
+                }
+            };
+            colls.insert(name.clone(), reach);
+        }
+        Reach { colls, specs }
+    }
+
+    fn clause(
+        clause: &Expr,
+        schema: &Schema,
+        pexpr: &Expr,
+        specs: &mut Vec<MemberSpec>,
+    ) -> Option<Clause> {
+        let mut conj = Vec::new();
+        split_and(clause, &mut conj);
+        for c in &conj {
+            if let ExprKind::Binary(BinOp::Eq, a, b) = &c.kind {
+                for (p, e) in [(a, b), (b, a)] {
+                    if is_var(p, "partition") && claims_only(e, schema, false) {
+                        return Some(Clause::Exact((**e).clone()));
+                    }
+                }
+            }
+        }
+        for c in &conj {
+            if let Some((spec, n, key)) = Self::membership(c, schema) {
+                let prefix = if n == 0 {
+                    String::new()
+                } else {
+                    match partition_prefix(pexpr) {
+                        Some(p) if p.chars().count() == n => p,
+                        _ => continue,
+                    }
+                };
+                let i = match specs.iter().position(|s| *s == spec) {
+                    Some(i) => i,
+                    None => {
+                        specs.push(spec);
+                        specs.len() - 1
+                    }
+                };
+                return Some(Clause::Member {
+                    spec: i,
+                    prefix,
+                    key,
+                });
+            }
+        }
+        if !mentions_partition(clause) && claims_only(clause, schema, true) {
+            return Some(Clause::Uniform(clause.clone()));
+        }
+        None
+    }
+
+    /// `D?.path.includes(E)` (optionally `== true`) or `D?.path == E`, with `D` the
+    /// document named by the partition and `E` depending only on the claims.
+    fn membership(e: &Expr, schema: &Schema) -> Option<(MemberSpec, usize, Expr)> {
+        let (e, eq_true) = match &e.kind {
+            ExprKind::Binary(BinOp::Eq, a, b)
+                if matches!(b.kind, ExprKind::Lit(Value::Bool(true))) =>
+            {
+                (&**a, true)
+            }
+            ExprKind::Binary(BinOp::Eq, a, b)
+                if matches!(a.kind, ExprKind::Lit(Value::Bool(true))) =>
+            {
+                (&**b, true)
+            }
+            _ => (e, false),
+        };
+        // `D?.path.includes(E)`
+        if let ExprKind::Method {
+            recv, name, args, ..
+        } = &e.kind
+        {
+            if name == "includes" && args.len() == 1 && claims_only(&args[0], schema, false) {
+                let mut path = Vec::new();
+                let doc = field_chain(recv, &mut path);
+                if !path.is_empty() {
+                    if let Some((source, n)) = by_partition_id(doc, schema) {
+                        let spec = MemberSpec {
+                            source,
+                            path,
+                            how: Match::Includes,
+                        };
+                        return Some((spec, n, args[0].clone()));
+                    }
+                }
+            }
+            return None;
+        }
+        if eq_true {
+            return None;
+        }
+        // `D?.path == E`
+        if let ExprKind::Binary(BinOp::Eq, a, b) = &e.kind {
+            for (f, v) in [(a, b), (b, a)] {
+                if !claims_only(v, schema, false) {
+                    continue;
+                }
+                let mut path = Vec::new();
+                let doc = field_chain(f, &mut path);
+                if path.is_empty() {
+                    continue;
+                }
+                if let Some((source, n)) = by_partition_id(doc, schema) {
+                    let spec = MemberSpec {
+                        source,
+                        path,
+                        how: Match::Equals,
+                    };
+                    return Some((spec, n, (**v).clone()));
+                }
+            }
+        }
+        None
+    }
+
+    /// The member indexes this schema needs.
+    pub fn specs(&self) -> &[MemberSpec] {
+        &self.specs
+    }
+
+    /// The membership clauses of `collection`'s read rule: (member index, prefix).
+    pub fn member_clauses(&self, collection: &str) -> impl Iterator<Item = (usize, &str)> {
+        let clauses = match self.colls.get(collection) {
+            Some(CollReach::Clauses(cs)) => cs.as_slice(),
+            _ => &[],
+        };
+        clauses.iter().filter_map(|c| match c {
+            Clause::Member { spec, prefix, .. } => Some((*spec, prefix.as_str())),
+            _ => None,
+        })
+    }
+
+    /// Where a connection that may reach document `id` of member index `spec` through
+    /// one of its keys is routed: the encoded keys the document's field holds, and
+    /// whether it is a string (any key may be a part of it).
+    pub fn member_routes(&self, spec: usize, data: &Value) -> (Vec<Vec<u8>>, bool) {
+        self.specs[spec].routes(data)
+    }
+
+    /// The collections whose every partition is a candidate, with why.
+    pub fn unindexed(&self) -> Vec<(String, String)> {
+        self.colls
+            .iter()
+            .filter_map(|(c, r)| match r {
+                CollReach::Everywhere(why) => Some((c.clone(), why.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What `auth` may reach: evaluates the claims-only parts of the clauses. A part
+    /// that cannot be evaluated (a type error, fuel) names nothing, as the rule would
+    /// then be false or fail.
+    pub fn reachable(
+        &self,
+        store: &dyn Storage,
+        schema: &Schema,
+        limits: &Limits,
+        auth: &Value,
+    ) -> Result<Reachable, Error> {
+        let ctx = Context::reader(auth, 0, 0);
+        let mut out = Reachable::default();
+        let mut members: BTreeMap<(usize, Vec<u8>, String), MemberKey> = BTreeMap::new();
+        for (name, reach) in &self.colls {
+            let clauses = match reach {
+                CollReach::Single => {
+                    out.exact
+                        .entry(name.clone())
+                        .or_default()
+                        .insert(name.clone());
+                    continue;
+                }
+                CollReach::Everywhere(_) => {
+                    out.everywhere.insert(name.clone());
+                    continue;
+                }
+                CollReach::Clauses(cs) => cs,
+            };
+            for clause in clauses {
+                let mut ev = Evaluator::new(schema, store, limits, &ctx, Mode::Query);
+                let value = |ev: &mut Evaluator, e: &Expr, vars| match ev.eval_rule_part(e, vars) {
+                    Ok(v) => Ok(Some(v)),
+                    Err(e) if e.code.is_deterministic() => Ok(None),
+                    Err(e) => Err(e),
+                };
+                match clause {
+                    Clause::Exact(e) => {
+                        if let Some(Value::String(p)) = value(&mut ev, e, vec![])? {
+                            out.exact.entry(name.clone()).or_default().insert(p);
+                        }
+                    }
+                    Clause::Uniform(e) => {
+                        let vars = vec![("collection", Value::String(name.clone()))];
+                        if value(&mut ev, e, vars)?.is_some_and(|v| v.truthy()) {
+                            out.everywhere.insert(name.clone());
+                        }
+                    }
+                    Clause::Member { spec, prefix, key } => {
+                        if let Some(k) = value(&mut ev, key, vec![])? {
+                            let mut kb = Vec::new();
+                            keys::encode_value(&mut kb, &k);
+                            members
+                                .entry((*spec, kb.clone(), prefix.clone()))
+                                .or_insert_with(|| MemberKey {
+                                    encoded: kb.clone(),
+                                    spec: *spec,
+                                    key: k,
+                                    prefix: prefix.clone(),
+                                    collections: BTreeSet::new(),
+                                })
+                                .collections
+                                .insert(name.clone());
+                        }
+                    }
+                }
+            }
+        }
+        out.members = members.into_values().collect();
+        Ok(out)
+    }
+
+    /// The member index's writes for an entry's committed `writes`, given the state
+    /// before them (`before`). Documents of no member index's source cost nothing.
+    pub fn member_ops(
+        &self,
+        before: &dyn Storage,
+        writes: &[Write],
+    ) -> Result<Vec<BatchOp>, Error> {
+        if self.specs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The last write of each document is its state after the entry.
+        let mut last: BTreeMap<(&str, &str), Option<&Value>> = BTreeMap::new();
+        for w in writes {
+            if self.specs.iter().any(|s| s.source == w.collection) {
+                last.insert((&w.collection, &w.id), w.data.as_ref());
+            }
+        }
+        let mut ops = Vec::new();
+        for ((coll, id), new) in last {
+            let old = before
+                .get(&keys::doc_key(coll, id))?
+                .map(|b| StoredDoc::decode(&b))
+                .transpose()?;
+            for spec in self.specs.iter().filter(|s| s.source == coll) {
+                let old_entries = old
+                    .as_ref()
+                    .map_or(Vec::new(), |d| spec.entries(&d.data, id));
+                let new_entries = new.map_or(Vec::new(), |d| spec.entries(d, id));
+                for e in &old_entries {
+                    if !new_entries.contains(e) {
+                        ops.push((e.0.clone(), None));
+                    }
+                }
+                for e in new_entries {
+                    if !old_entries.contains(&e) {
+                        ops.push((e.0, Some(e.1)));
+                    }
+                }
+            }
+        }
+        Ok(ops)
+    }
+
+    /// The marker of which member indexes a state holds (see [`Reach::rebuild_ops`]).
+    fn marker(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for s in &self.specs {
+            keys::push_str(&mut out, &s.source);
+            keys::push_str(&mut out, &s.path.join("."));
+            out.push(s.how.tag());
+        }
+        out
+    }
+
+    /// The writes that make the member index of `store` this schema's: nothing when it
+    /// already is; otherwise every `L` key removed and rebuilt from the documents (a
+    /// new schema, or a state written before the index existed).
+    pub fn rebuild_ops(&self, store: &dyn Storage) -> Result<Vec<BatchOp>, Error> {
+        let marker = self.marker();
+        if store.get(META_REACH)?.as_deref() == Some(marker.as_slice())
+            || (self.specs.is_empty() && store.get(META_REACH)?.is_none())
+        {
+            return Ok(Vec::new());
+        }
+        let mut ops: Vec<BatchOp> = Vec::new();
+        for (k, _) in scan_all(store, &KeyRange::prefix(&[SPACE_MEMBER]))? {
+            ops.push((k, None));
+        }
+        for spec in &self.specs {
+            for (k, v) in scan_all(
+                store,
+                &KeyRange::prefix(&keys::collection_prefix(&spec.source)),
+            )? {
+                let mut pos = 1;
+                keys::read_str(&k, &mut pos)?;
+                let id = keys::read_str(&k, &mut pos)?;
+                let doc = StoredDoc::decode(&v)?;
+                for (k, v) in spec.entries(&doc.data, &id) {
+                    ops.push((k, Some(v)));
+                }
+            }
+        }
+        ops.push((META_REACH.to_vec(), Some(marker)));
+        Ok(ops)
+    }
+}
+
+/// The member index: `L str(source) str(path) how 01 val(value) str(id)` → empty, and
+/// for `includes` over a string field `L str(source) str(path) i 02 str(id)` → the
+/// string.
+pub const SPACE_MEMBER: u8 = b'L';
+/// Which member indexes the state holds (see [`Reach::rebuild_ops`]).
+pub const META_REACH: &[u8] = b"Mreach";
+
+impl MemberSpec {
+    fn prefix(&self) -> Vec<u8> {
+        let mut k = vec![SPACE_MEMBER];
+        keys::push_str(&mut k, &self.source);
+        keys::push_str(&mut k, &self.path.join("."));
+        k.push(self.how.tag());
+        k
+    }
+
+    fn value_key(&self, v: &Value, id: Option<&str>) -> Vec<u8> {
+        let mut k = self.prefix();
+        k.push(1);
+        keys::encode_value(&mut k, v);
+        if let Some(id) = id {
+            keys::push_str(&mut k, id);
+        }
+        k
+    }
+
+    fn strings_prefix(&self) -> Vec<u8> {
+        let mut k = self.prefix();
+        k.push(2);
+        k
+    }
+
+    /// The field this spec looks at, in a document's data.
+    fn field<'v>(&self, data: &'v Value) -> &'v Value {
+        let mut v = data;
+        for f in &self.path {
+            v = v.get(f);
+        }
+        v
+    }
+
+    /// The index entries of a document.
+    fn entries(&self, data: &Value, id: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let field = self.field(data);
+        let mut out = Vec::new();
+        match (self.how, field) {
+            (_, Value::Null) => {}
+            (Match::Includes, Value::Array(xs)) => {
+                for x in xs {
+                    let e = (self.value_key(x, Some(id)), Vec::new());
+                    if !out.contains(&e) {
+                        out.push(e);
+                    }
+                }
+            }
+            (Match::Includes, Value::String(s)) => {
+                let mut k = self.strings_prefix();
+                keys::push_str(&mut k, id);
+                out.push((k, s.as_bytes().to_vec()));
+            }
+            // `includes` of anything else is a type error: the rule cannot hold.
+            (Match::Includes, _) => {}
+            (Match::Equals, v) => out.push((self.value_key(v, Some(id)), Vec::new())),
+        }
+        out
+    }
+
+    /// The encoded keys a document's field holds for routing, and whether the field
+    /// is a string searched by `includes` (then any key may be a part of it).
+    fn routes(&self, data: &Value) -> (Vec<Vec<u8>>, bool) {
+        let enc = |v: &Value| {
+            let mut k = Vec::new();
+            keys::encode_value(&mut k, v);
+            k
+        };
+        match (self.how, self.field(data)) {
+            (_, Value::Null) => (Vec::new(), false),
+            (Match::Includes, Value::Array(xs)) => (xs.iter().map(enc).collect(), false),
+            (Match::Includes, Value::String(_)) => (Vec::new(), true),
+            (Match::Includes, _) => (Vec::new(), false),
+            (Match::Equals, v) => (vec![enc(v)], false),
+        }
+    }
+
+    /// Whether a document's data holds `key` as the rule asks.
+    pub fn holds(&self, data: &Value, key: &Value) -> bool {
+        match (self.how, self.field(data)) {
+            (_, Value::Null) => false,
+            (Match::Includes, Value::Array(xs)) => xs.iter().any(|x| x.loose_eq(key)),
+            (Match::Includes, Value::String(s)) => match key {
+                Value::String(k) => s.contains(k.as_str()),
+                _ => false,
+            },
+            (Match::Includes, _) => false,
+            (Match::Equals, v) => v.loose_eq(key),
+        }
+    }
+
+    /// The ids of the documents whose field holds `key`, from the member index.
+    fn ids(&self, store: &dyn Storage, key: &Value) -> Result<BTreeSet<String>, Error> {
+        let mut ids = BTreeSet::new();
+        let prefix = self.value_key(key, None);
+        for (k, _) in scan_all(store, &KeyRange::prefix(&prefix))? {
+            let mut pos = prefix.len();
+            ids.insert(keys::read_str(&k, &mut pos)?);
+        }
+        if self.how == Match::Includes {
+            if let Value::String(want) = key {
+                let prefix = self.strings_prefix();
+                for (k, v) in scan_all(store, &KeyRange::prefix(&prefix))? {
+                    if std::str::from_utf8(&v).is_ok_and(|s| s.contains(want.as_str())) {
+                        let mut pos = prefix.len();
+                        ids.insert(keys::read_str(&k, &mut pos)?);
+                    }
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Whether document `id`'s field holds `key`, from the member index.
+    fn has(&self, store: &dyn Storage, key: &Value, id: &str) -> Result<bool, Error> {
+        if store.get(&self.value_key(key, Some(id)))?.is_some() {
+            return Ok(true);
+        }
+        if let (Match::Includes, Value::String(want)) = (self.how, key) {
+            let mut k = self.strings_prefix();
+            keys::push_str(&mut k, id);
+            if let Some(s) = store.get(&k)? {
+                return Ok(std::str::from_utf8(&s).is_ok_and(|s| s.contains(want.as_str())));
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Every entry of a range.
+fn scan_all(store: &dyn Storage, range: &KeyRange) -> Result<Vec<Entry>, Error> {
+    let mut out = Vec::new();
+    let mut r = range.clone();
+    loop {
+        let page = store.scan(&r, false, 512)?;
+        let full = page.len() == 512;
+        if let Some((last, _)) = page.last() {
+            r = r.after(last);
+        }
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+impl Reachable {
+    /// The candidate (partition, collection) pairs that exist in `store` (a version
+    /// key: something was written there).
+    pub fn candidates(
+        &self,
+        store: &dyn Storage,
+        reach: &Reach,
+    ) -> Result<BTreeMap<(String, String), u64>, Error> {
+        let mut out = BTreeMap::new();
+        let mut version = |store: &dyn Storage, p: &str, c: &str| -> Result<(), Error> {
+            if let Some(v) = store.get(&keys::version_key(p, c))? {
+                out.insert((p.to_owned(), c.to_owned()), version_of(&v));
+            }
+            Ok(())
+        };
+        for (c, ps) in &self.exact {
+            if self.everywhere.contains(c) {
+                continue;
+            }
+            for p in ps {
+                version(store, p, c)?;
+            }
+        }
+        for m in &self.members {
+            let spec = &reach.specs[m.spec];
+            for id in spec.ids(store, &m.key)? {
+                let p = format!("{}{id}", m.prefix);
+                for c in m
+                    .collections
+                    .iter()
+                    .filter(|c| !self.everywhere.contains(*c))
+                {
+                    version(store, &p, c)?;
+                }
+            }
+        }
+        if !self.everywhere.is_empty() {
+            for (k, v) in scan_all(store, &KeyRange::prefix(&[keys::SPACE_VERSION]))? {
+                let (p, c) = keys::parse_version_key(&k)?;
+                if self.everywhere.contains(&c) {
+                    out.insert((p, c), version_of(&v));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether (partition, collection) is a candidate at `store`'s state.
+    pub fn may_reach(
+        &self,
+        store: &dyn Storage,
+        reach: &Reach,
+        partition: &str,
+        collection: &str,
+    ) -> Result<bool, Error> {
+        if self.everywhere.contains(collection)
+            || self
+                .exact
+                .get(collection)
+                .is_some_and(|ps| ps.contains(partition))
+        {
+            return Ok(true);
+        }
+        for m in &self.members {
+            if !m.collections.contains(collection) {
+                continue;
+            }
+            if let Some(id) = partition.strip_prefix(m.prefix.as_str()) {
+                if reach.specs[m.spec].has(store, &m.key, id)? {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The partitions a written document of a member index's source makes candidates
+    /// (its field now holds one of this user's keys), with their collections.
+    pub fn opened_by<'a>(
+        &'a self,
+        reach: &'a Reach,
+        w: &'a Write,
+    ) -> impl Iterator<Item = (String, &'a BTreeSet<String>)> + 'a {
+        self.members.iter().filter_map(move |m| {
+            let spec = &reach.specs[m.spec];
+            let data = w.data.as_ref()?;
+            (spec.source == w.collection && spec.holds(data, &m.key))
+                .then(|| (format!("{}{}", m.prefix, w.id), &m.collections))
+        })
+    }
+}
+
+fn version_of(v: &[u8]) -> u64 {
+    u64::from_be_bytes(v.try_into().unwrap_or([0; 8]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema(src: &str) -> Schema {
+        Schema::parse(src).unwrap()
+    }
+
+    #[test]
+    fn rules_are_analysed_into_their_forms() {
+        let s = schema(
+            r#"
+collection Todo {
+  partition "user:" + doc.owner
+  allow read partition == "user:" + auth.sub || auth.role == "admin"
+}
+collection Team {
+  partition "team:" + doc.id
+  allow read Team.byId(partition.slice(5))?.members?.includes(auth.sub) == true
+}
+collection Task {
+  partition "team:" + doc.team
+  allow read Team.byId(partition.slice(5))?.admin == auth.sub
+}
+collection Log { allow read true }
+collection Odd {
+  partition "o:" + doc.x
+  allow read partition.length() > 3
+}
+collection Short {
+  partition "t:" + doc.team
+  allow read Team.byId(partition.slice(5))?.members?.includes(auth.sub) == true
+}
+"#,
+        );
+        let r = s.reach();
+        assert_eq!(
+            r.specs(),
+            &[
+                // Task's rule comes first (collections in name order).
+                MemberSpec {
+                    source: "Team".into(),
+                    path: vec!["admin".into()],
+                    how: Match::Equals
+                },
+                MemberSpec {
+                    source: "Team".into(),
+                    path: vec!["members".into()],
+                    how: Match::Includes
+                },
+            ]
+        );
+        let unindexed: Vec<String> = r.unindexed().into_iter().map(|(c, _)| c).collect();
+        // `Short`'s prefix has 2 characters, not 5: not indexed.
+        assert_eq!(unindexed, ["Odd", "Short"]);
+        let store = crate::storage::MemoryStore::new();
+        let ann = crate::value::obj([("sub", "ann".into())]);
+        let got = r.reachable(&store, &s, &Limits::default(), &ann).unwrap();
+        assert_eq!(got.exact["Todo"], BTreeSet::from(["user:ann".to_owned()]));
+        assert_eq!(got.exact["Log"], BTreeSet::from(["Log".to_owned()]));
+        assert_eq!(
+            got.everywhere,
+            BTreeSet::from(["Odd".to_owned(), "Short".to_owned()])
+        );
+        assert_eq!(got.members.len(), 2);
+        let admin = crate::value::obj([("sub", "root".into()), ("role", "admin".into())]);
+        let got = r.reachable(&store, &s, &Limits::default(), &admin).unwrap();
+        assert!(got.everywhere.contains("Todo"));
+    }
+
+    /// A state written without the member index (before it existed, or under a schema
+    /// that needed another) gets it rebuilt from its documents; then the index follows
+    /// each write, and a lookup finds exactly the documents holding the value.
+    #[test]
+    fn the_member_index_is_rebuilt_and_then_kept() {
+        use crate::exec::{Commit, Executor, Op};
+        use crate::storage::MemoryStore;
+        let src = r#"
+collection Team {
+  partition "team:" + doc.id
+  allow read Team.byId(partition.slice(5))?.members?.includes(auth.sub) == true
+  allow create true
+  allow update true
+}
+"#;
+        let schema = std::sync::Arc::new(schema(src));
+        let mut ex = Executor::new(MemoryStore::new(), schema.clone(), Limits::default());
+        let commit = |seq: u64, source: &str| Commit {
+            client_id: "c".into(),
+            client_seq: seq,
+            schema_version: String::new(),
+            timestamp: 1,
+            auth: crate::value::obj([("sub", "bob".into())]),
+            op: Op::Run {
+                source: source.into(),
+            },
+        };
+        // Written as a replica does: no member entries.
+        ex.commit(
+            &commit(1, r#"Team.create({ id: "a", members: ["ann", "bob"] })"#),
+            1,
+        )
+        .unwrap();
+        ex.commit(
+            &commit(2, r#"Team.create({ id: "b", members: ["bob"] })"#),
+            2,
+        )
+        .unwrap();
+        let reach = schema.reach();
+        let ann = crate::value::obj([("sub", "ann".into())]);
+        let bob = crate::value::obj([("sub", "bob".into())]);
+        let pairs = |ex: &Executor<MemoryStore>, who: &Value| -> Vec<String> {
+            let r = reach
+                .reachable(ex.store(), &schema, &Limits::default(), who)
+                .unwrap();
+            r.candidates(ex.store(), reach)
+                .unwrap()
+                .into_keys()
+                .map(|(p, _)| p)
+                .collect()
+        };
+        assert!(pairs(&ex, &ann).is_empty(), "no index yet");
+        let ops = reach.rebuild_ops(ex.store()).unwrap();
+        ex.store_mut().apply(crate::storage::Batch { ops }).unwrap();
+        assert!(
+            reach.rebuild_ops(ex.store()).unwrap().is_empty(),
+            "built once"
+        );
+        assert_eq!(pairs(&ex, &ann), ["team:a"]);
+        assert_eq!(pairs(&ex, &bob), ["team:a", "team:b"]);
+        // From now on, as a server applies commits.
+        for (seq, src) in [
+            (3, r#"Team.byId("a").update({ members: ["bob"] })"#),
+            (4, r#"Team.byId("b").update({ members: ["bob", "ann"] })"#),
+        ] {
+            let outcome = ex.serve_commit(&commit(seq, src), seq).unwrap();
+            assert!(
+                matches!(outcome, crate::exec::Outcome::Committed { .. }),
+                "{outcome:?}"
+            );
+        }
+        assert_eq!(pairs(&ex, &ann), ["team:b"]);
+        assert_eq!(pairs(&ex, &bob), ["team:a", "team:b"]);
+    }
+}
