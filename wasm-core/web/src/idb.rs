@@ -480,11 +480,15 @@ impl IdbStore {
     }
 
     fn with(db: IdbDatabase, name: &str, filter: Filter) -> IdbStore {
-        // A database nothing was ever written to holds nothing: the empty cache holds
-        // all of it, exactly, and every read until the cap is reached is answered here.
+        // The filter holds every key written but those of the pinned spaces: with it
+        // empty, nothing outside them was ever written, and the empty cache holds all
+        // of that, exactly (every read until the cap is reached is answered here). The
+        // pinned spaces (an outbox written offline, say) are read as always.
         let mut spans = Spans::default();
         if filter.is_empty() {
-            spans.add(&KeyRange::all(), 0);
+            for r in unpinned() {
+                spans.add(&r, 0);
+            }
         }
         IdbStore {
             db,
@@ -1326,6 +1330,26 @@ impl IdbStore {
             }
         });
     }
+}
+
+/// Every key outside the pinned spaces, as ranges in order.
+fn unpinned() -> Vec<KeyRange> {
+    let mut pinned = PINNED.to_vec();
+    pinned.sort_unstable();
+    let mut out = Vec::with_capacity(pinned.len() + 1);
+    let mut start = Bound::Unbounded;
+    for p in pinned {
+        out.push(KeyRange {
+            start,
+            end: Bound::Excluded(vec![p]),
+        });
+        start = Bound::Included(vec![p + 1]);
+    }
+    out.push(KeyRange {
+        start,
+        end: Bound::Unbounded,
+    });
+    out
 }
 
 /// The family a key belongs to, for reading ahead: a document's collection (`D coll`)
