@@ -8,6 +8,8 @@ const SCAN_PAGE = 4000;
 /** The sync server: `sync=` in the page's address (the pages are served apart from it,
  * so that they load when it is down). */
 const syncUrl = new URLSearchParams(location.search).get("sync") ?? location.origin;
+/** `worker=0`: the engine on the page (so that a CPU profile of the page sees it). */
+const onPage = new URLSearchParams(location.search).get("worker") === "0" ? { worker: false } : {};
 
 /** A token for `sub`, from the runner (`warren token`), or the server's dev endpoint. */
 export async function tokenFor(sub) {
@@ -30,7 +32,7 @@ export async function openDb(name, user, options = {}) {
   // The schema from the start, as an offline-first app gives it: a first start with no
   // network can write at once.
   schema ??= await (await fetch("./bench.warren")).text();
-  const db = await open({ url: syncUrl, token, name, schema, ...options });
+  const db = await open({ url: syncUrl, token, name, schema, ...onPage, ...options });
   return {
     db,
     /** Any number of documents: the package's bulk path (chunks under the limits). */
