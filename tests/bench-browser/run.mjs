@@ -142,6 +142,20 @@ async function page(query, c = ctx) {
   return p;
 }
 
+/** A CPU profile of page `p` (--cpuprofile): started here, saved by `stopProfile`. */
+async function startProfile(p) {
+  const cdp = await ctx.newCDPSession(p);
+  await cdp.send("Profiler.enable");
+  await cdp.send("Profiler.setSamplingInterval", { interval: 200 });
+  await cdp.send("Profiler.start");
+  return cdp;
+}
+async function stopProfile(cdp, name) {
+  const { profile: prof } = await cdp.send("Profiler.stop");
+  mkdirSync(PROFILE_DIR, { recursive: true });
+  writeFileSync(join(PROFILE_DIR, `${name}.cpuprofile`), JSON.stringify(prof));
+}
+
 const results = {};   // results[workload][lib] = [values]
 const record = (w, lib, v) => { if (v !== undefined && v !== null) ((results[w] ??= {})[lib] ??= []).push(v); };
 const median = (xs) => {
@@ -157,20 +171,11 @@ try {
   for (let r = 0; r < (PHASES.has("suite") ? RUNS : 0); r++) {
     for (const lib of rotate(r)) {
       // Profiled, the engine runs on the page (the page's profiler does not see a worker).
-      const p = await page(`lib=${lib}${PROFILE_DIR && lib === "warren" ? "&worker=0" : ""}`);
-      let cdp = null;
-      if (PROFILE_DIR && lib === "warren") {
-        cdp = await ctx.newCDPSession(p);
-        await cdp.send("Profiler.enable");
-        await cdp.send("Profiler.setSamplingInterval", { interval: 200 });
-        await cdp.send("Profiler.start");
-      }
+      const profiled = PROFILE_DIR && lib === "warren";
+      const p = await page(`lib=${lib}${profiled ? "&worker=0" : ""}`);
+      const cdp = profiled ? await startProfile(p) : null;
       const t = await p.evaluate(({ user, n }) => window.bench.suite(user, { n, singles: n / 10 }), { user: `${lib}${r}`, n: N });
-      if (cdp) {
-        const { profile: prof } = await cdp.send("Profiler.stop");
-        mkdirSync(PROFILE_DIR, { recursive: true });
-        writeFileSync(join(PROFILE_DIR, `suite-${r}.cpuprofile`), JSON.stringify(prof));
-      }
+      if (cdp) await stopProfile(cdp, `suite-${r}`);
       for (const [w, v] of Object.entries(t)) record(w, lib, v);
       await p.close();
       log(`run ${r + 1}/${RUNS} ${lib}: ${Object.entries(t).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ")}`);
@@ -216,8 +221,11 @@ try {
   for (let r = 0; r < (PHASES.has("burst") ? RUNS : 0); r++) {
     for (const lib of rotate(r)) {
       for (const n of BURST) {
-        const p = await page(`lib=${lib}`);
+        const profiled = PROFILE_DIR && lib === "warren";
+        const p = await page(`lib=${lib}${profiled ? "&worker=0" : ""}`);
+        const cdp = profiled ? await startProfile(p) : null;
         const b = await p.evaluate(([u, n]) => window.bench.offlineBurst(u, n), [`burst${lib}${r}n${n}`, n]);
+        if (cdp) await stopProfile(cdp, `burst${n}-${r}`);
         await p.close();
         record(`burst${n}Local`, lib, b.local);
         record(`burst${n}Confirm`, lib, b.confirm);
