@@ -631,8 +631,7 @@ async fn health_readiness_and_metrics() {
         let (s, _) = http_json(&server.http(), "GET", path, None, &serde_json::json!(null)).await;
         assert_eq!(s, status, "{path}");
     }
-    let m = server.running.as_ref().unwrap().metrics.render();
-    for needle in [
+    let needles = [
         "warren_commits_total{outcome=\"committed\"} 1",
         "warren_log_batch_size_count 1",
         "warren_log_batch_size_bucket{le=\"1\"} 1",
@@ -641,8 +640,21 @@ async fn health_readiness_and_metrics() {
         "warren_connections 1",
         "# TYPE warren_rate_limited_total counter",
         "# TYPE warren_errors_sent_total counter",
-    ] {
-        assert!(m.contains(needle), "{needle} not in\n{m}");
+    ];
+    // The region records a batch's figures after it sent the batch's frames: the
+    // client may see its outcome a moment before they are there.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let m = server.running.as_ref().unwrap().metrics.render();
+        let missing: Vec<&str> = needles.iter().copied().filter(|n| !m.contains(n)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing:?} not in\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -760,6 +760,105 @@ async fn ids_made_offline_are_the_ids_the_server_makes() {
     assert_eq!(docs[0]["data"]["done"], true);
 }
 
+/// The embedded default keeps its schema in the log: a restart with an edited schema
+/// file appends a schema entry (one position) instead of running the log's tail under
+/// the new file, clients learn the new schema when they reconnect, and a replay of the
+/// log from the start (the initial schema, then every entry) gives the server's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_schema_file_becomes_a_schema_entry_of_the_log() {
+    use warren_core::protocol::LogEntry;
+    use warren_server::log::{FileLog, FileLogOptions, Log};
+
+    let mut server = TestServer::start("schema-change").await;
+    let ann = server.client("ann", "ann-1");
+    for _ in 0..3 {
+        ann.call("bump", obj([("id", "n".into())])).unwrap();
+    }
+    assert!(ann.wait_synced(WAIT).await);
+    let before = position_of_last_outcome(&ann);
+
+    // The same file again: nothing is appended.
+    server.restart().await;
+    ann.call("bump", obj([("id", "n".into())])).unwrap();
+    assert!(ann.wait_synced(WAIT).await);
+    assert_eq!(position_of_last_outcome(&ann), before + 1);
+
+    // An edited file: one schema entry, then the new function works.
+    let v2 = format!("{SCHEMA}\nfunction bumpBy(id, k) {{\n  let c = Counter.byId(id) ?? Counter.create({{ id, owner: auth.sub, n: 0 }})\n  c.update({{ n: c.n + k }})\n}}\n");
+    server.config.schema = v2.clone();
+    server.restart().await;
+    let version = warren_core::Schema::parse(&v2)
+        .unwrap()
+        .version()
+        .to_owned();
+    assert!(
+        ann.wait_until(WAIT, |r| r.schema().map(|s| s.version())
+            == Some(version.as_str()))
+            .await,
+        "the client did not learn the new schema"
+    );
+    assert!(ann
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, Event::SchemaChanged { version: v } if *v == version)));
+    ann.call("bumpBy", obj([("id", "n".into()), ("k", 10.into())]))
+        .unwrap();
+    assert!(ann.wait_synced(WAIT).await);
+    assert_eq!(
+        position_of_last_outcome(&ann),
+        before + 3,
+        "the schema entry takes the position before it"
+    );
+    assert_eq!(ann.query("Counter.byId(\"n\").n").unwrap(), Value::Int(14));
+    server.stop().await;
+
+    // The log replayed from the start under the initial schema reaches the server's
+    // state: the change is in the log, at its position.
+    let (log, _) = FileLog::open(server.dir.join("log"), FileLogOptions::default()).unwrap();
+    let mut replay = warren_core::Executor::new(
+        warren_core::storage::MemoryStore::new(),
+        std::sync::Arc::new(warren_core::Schema::parse(SCHEMA).unwrap()),
+        Default::default(),
+    );
+    let records = log.read(1, usize::MAX).unwrap();
+    let mut schema_entries = Vec::new();
+    for (pos, bytes) in records {
+        let entry = LogEntry::decode(&bytes).unwrap();
+        if matches!(entry, LogEntry::Schema(_)) {
+            schema_entries.push(pos);
+        }
+        replay.apply_entry(entry, pos).unwrap();
+    }
+    assert_eq!(schema_entries, [before + 2]);
+    assert_eq!(replay.schema().source(), v2);
+    let store = warren_server::store::RedbStore::open(&server.dir.join("state.redb"), 1).unwrap();
+    assert_eq!(
+        warren_core::exec::digest(&store).unwrap(),
+        replay.digest().unwrap()
+    );
+    assert_eq!(
+        warren_core::entry::schema_source(&store)
+            .unwrap()
+            .as_deref(),
+        Some(v2.as_str())
+    );
+}
+
+/// The position of the last commit a client saw committed.
+fn position_of_last_outcome(c: &warren_server::client::Client) -> u64 {
+    c.received()
+        .iter()
+        .rev()
+        .find_map(|f| match f {
+            ServerFrame::Outcome {
+                result: CommitResult::Committed { position, .. },
+                ..
+            } => Some(*position),
+            _ => None,
+        })
+        .expect("a committed outcome")
+}
+
 /// A partition larger than a connection's queue: its snapshot goes out in parts
 /// (`SnapshotPart`s, then the `Snapshot`), each about a quarter of the queue's bytes,
 /// read one at a time; the client replaces the partition with all of them at once. A

@@ -47,6 +47,9 @@ export const CONNECTION_CODES = [
   "SHUTTING_DOWN",
   "INTERNAL",
   "SEQUENCE_GAP",
+  "SCHEMA_CHANGED",
+  "REGION_UNAVAILABLE",
+  "REGION_DIVERGED",
 ] as const;
 
 /** Codes of a refused token. */

@@ -141,6 +141,8 @@ impl Server {
             limits: Default::default(),
             gateway,
             store_sync_every: 8,
+            admin_token: None,
+            shared: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let running = server::start(config, listener)

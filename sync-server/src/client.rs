@@ -24,6 +24,10 @@ use warren_core::{Error, Value};
 pub struct ClientOptions {
     /// `ws://host:port/v1/sync`.
     pub url: String,
+    /// Other regions of the same deployment (`ws://…/v1/sync` each): each connection
+    /// goes to one of `url` and these, at random (a region that refuses or drops the
+    /// client is then left for another at the next attempt).
+    pub regions: Vec<String>,
     pub token: String,
     pub client_id: String,
     /// The schema to start with (offline first runs); the server's replaces it.
@@ -41,6 +45,7 @@ impl ClientOptions {
     pub fn new(url: &str, token: &str, client_id: &str) -> ClientOptions {
         ClientOptions {
             url: url.to_owned(),
+            regions: Vec::new(),
             token: token.to_owned(),
             client_id: client_id.to_owned(),
             schema: None,
@@ -249,7 +254,17 @@ async fn connection_loop(
             }
             continue;
         }
-        match session(&shared, &opts, &mut online).await {
+        let url = if opts.regions.is_empty() {
+            opts.url.as_str()
+        } else {
+            let i = next_rand(&mut rng) as usize % (opts.regions.len() + 1);
+            if i == 0 {
+                opts.url.as_str()
+            } else {
+                opts.regions[i - 1].as_str()
+            }
+        };
+        match session(&shared, opts.token.as_str(), url, &mut online).await {
             Ok(()) => backoff = opts.backoff_min,
             Err(e) => tracing::debug!(error = %e, "sync connection failed"),
         }
@@ -269,19 +284,26 @@ async fn connection_loop(
 
 async fn session(
     shared: &Arc<Shared>,
-    opts: &ClientOptions,
+    token: &str,
+    url: &str,
     online: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
     // No Nagle (browsers set TCP_NODELAY on WebSockets too): frames are small.
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(&opts.url, None, true)
-        .await
-        .map_err(|e| e.to_string())?;
+    // A server that accepts but never answers (stopped, or cut off) is left for
+    // another attempt.
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async_with_config(url, None, true),
+    )
+    .await
+    .map_err(|_| format!("connecting to {url} timed out"))?
+    .map_err(|e| e.to_string())?;
     let (mut sink, mut stream) = ws.split();
     let hello = shared
         .replica
         .lock()
         .expect("replica lock")
-        .hello(&opts.token)
+        .hello(token)
         .map_err(|e| e.to_string())?;
     sink.send(Message::Binary(hello.encode().into()))
         .await

@@ -3,14 +3,20 @@
 //! # Layout
 //! - [`auth`]: token verification (HS256 secret; RS256/ES256 against a JWKS file or URL)
 //!   and development tokens.
+//! - [`barrier`]: in a deployment of many regions, a region catches up with the global
+//!   log before it welcomes a client or answers a pull.
 //! - [`log`]: the global log: the [`log::Log`] trait, the segmented, fsynced
 //!   [`log::FileLog`], and [`log::MemoryLog`] for tests.
-//! - [`sequencer`]: batches commits, appends them durably, hands them to the region.
+//! - [`sequencer`]: batches commits, appends them durably, hands them to the region
+//!   (or, in a deployment of many regions, appends them to the shared log).
+//! - [`follower`]: in a deployment of many regions, consumes the shared log (etcd) in
+//!   global order and hands batches and other regions' digests to the region.
 //! - [`region`]: the executor thread: applies the log, keeps each connection's
 //!   readable partitions, sends snapshots, effects, drops and outcomes.
 //! - [`store`]: the region's state in redb, behind the engine's storage trait.
 //! - [`gateway`]: axum routes, limits and token checks; [`gateway::ws`] runs WebSocket
 //!   sync sessions, [`gateway::http`] answers HTTP push and pull.
+//! - [`snapshot`]: a region's store as one stream, to boot another region from.
 //! - [`server`]: puts the parts together; start and graceful stop.
 //! - [`conns`]: the accept loop: a cap on open TCP connections with a reserve for
 //!   authenticated ones, header-read and idle timeouts.
@@ -22,8 +28,10 @@
 //!   tools.
 
 pub mod auth;
+pub mod barrier;
 pub mod client;
 pub mod conns;
+pub mod follower;
 pub mod gateway;
 pub mod limits;
 pub mod log;
@@ -32,5 +40,6 @@ pub mod queue;
 pub mod region;
 pub mod sequencer;
 pub mod server;
+pub mod snapshot;
 pub mod store;
 pub mod web;

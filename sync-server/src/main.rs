@@ -4,6 +4,11 @@
 //!   durable log, region executor over an embedded store), data under `--data-dir`.
 //! - `warren check schema.warren`: validate a schema.
 //! - `warren token --sub ann`: mint a development token for `serve`'s secret.
+//! - `warren schema apply schema.warren --etcd URLS`: change the schema of a
+//!   deployment of many regions (a schema entry in the global log).
+//!
+//! `warren serve --etcd URLS --region NAME` runs a region of a deployment of many
+//! regions on a shared log (etcd) instead of the embedded log: `docs/REGIONS.md`.
 //!
 //! Every flag has an environment variable (`WARREN_...`).
 
@@ -19,7 +24,7 @@ use warren_server::auth::{self, AuthConfig, JwksSource};
 use warren_server::conns::ConnLimits;
 use warren_server::gateway::GatewayLimits;
 use warren_server::sequencer::SequencerOptions;
-use warren_server::server::{self, Config};
+use warren_server::server::{self, Config, SharedConfig};
 use warren_server::web::WebOptions;
 
 /// The example schema `serve` runs when no schema file is given.
@@ -47,6 +52,90 @@ enum Command {
     },
     /// Mint a development token (HS256) for a server's secret.
     Token(TokenArgs),
+    /// The schema of a deployment of many regions.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// Check a schema file (as `warren check` does), then append it to the global log
+    /// as a schema change: every region switches at the same position, and clients
+    /// learn it when they reconnect.
+    Apply {
+        /// The schema file.
+        schema: PathBuf,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        #[command(flatten)]
+        quotas: QuotaArgs,
+    },
+}
+
+/// The per-identity quotas: execution limits, the same in every region of a deployment
+/// (`warren schema apply` creates one with them when the cluster is new).
+#[derive(Args, Clone, Copy)]
+struct QuotaArgs {
+    /// Documents one identity may keep (those it created and that exist; 0: no limit).
+    #[arg(long, env = "WARREN_QUOTA_DOCUMENTS", default_value_t = 100_000)]
+    quota_documents: u64,
+    /// Bytes of documents one identity may keep (0: no limit).
+    #[arg(long, env = "WARREN_QUOTA_BYTES", default_value_t = 64 << 20)]
+    quota_bytes: u64,
+    /// Partitions one identity may have created that hold documents (0: no limit).
+    #[arg(long, env = "WARREN_QUOTA_PARTITIONS", default_value_t = 1_000)]
+    quota_partitions: u64,
+}
+
+impl QuotaArgs {
+    /// The engine's limits with these quotas: what `serve` executes with.
+    fn limits(self) -> Limits {
+        Limits {
+            quotas: Quotas {
+                documents: self.quota_documents,
+                bytes: self.quota_bytes,
+                partitions: self.quota_partitions,
+            },
+            ..Limits::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct EtcdArgs {
+    /// The etcd cluster's client URLs, comma-separated (nearest first).
+    #[arg(long, env = "WARREN_ETCD", value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// The key prefix of the deployment in etcd.
+    #[arg(long, env = "WARREN_ETCD_PREFIX", default_value = "/warren/v1/")]
+    etcd_prefix: String,
+    #[command(flatten)]
+    tls: EtcdTlsArgs,
+}
+
+/// TLS to etcd (`https://` endpoints).
+#[derive(Args)]
+struct EtcdTlsArgs {
+    /// The CA certificate (PEM) that signed the etcd members' certificates [default:
+    /// the public web roots].
+    #[arg(long, env = "WARREN_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// A client certificate (PEM chain) for members that require one.
+    #[arg(long, env = "WARREN_ETCD_CERT", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "WARREN_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+}
+
+impl EtcdTlsArgs {
+    fn tls(&self) -> warren_server::log::etcd::EtcdTls {
+        warren_server::log::etcd::EtcdTls {
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -90,9 +179,10 @@ struct ServeArgs {
     /// synced; the store catches up from it after a crash).
     #[arg(long, env = "WARREN_STORE_SYNC_EVERY", default_value_t = 64)]
     store_sync_every: u32,
-    /// The largest frame or HTTP body accepted, in bytes.
-    #[arg(long, env = "WARREN_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
-    max_frame_bytes: usize,
+    /// The largest frame or HTTP body accepted, in bytes [default: 1 MiB; in a region
+    /// of many, a quarter of --etcd-max-record-bytes if that is less].
+    #[arg(long, env = "WARREN_MAX_FRAME_BYTES")]
+    max_frame_bytes: Option<usize>,
     /// The most commits in one push.
     #[arg(long, env = "WARREN_MAX_COMMITS_PER_PUSH", default_value_t = 1000)]
     max_commits_per_push: usize,
@@ -162,15 +252,8 @@ struct ServeArgs {
     /// Seconds a request waits for its identity's budget before RATE_LIMITED.
     #[arg(long, env = "WARREN_MAX_WAIT_SECS", default_value_t = 30)]
     max_wait_secs: u64,
-    /// Documents one identity may keep (those it created and that exist; 0: no limit).
-    #[arg(long, env = "WARREN_QUOTA_DOCUMENTS", default_value_t = 100_000)]
-    quota_documents: u64,
-    /// Bytes of documents one identity may keep (0: no limit).
-    #[arg(long, env = "WARREN_QUOTA_BYTES", default_value_t = 64 << 20)]
-    quota_bytes: u64,
-    /// Partitions one identity may have created that hold documents (0: no limit).
-    #[arg(long, env = "WARREN_QUOTA_PARTITIONS", default_value_t = 1_000)]
-    quota_partitions: u64,
+    #[command(flatten)]
+    quotas: QuotaArgs,
     /// Log format: `text` (for people) or `json` (one object per line). Logs go to
     /// stderr; WARREN_LOG sets the level (e.g. `info`, `warren_server=debug`).
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -185,6 +268,78 @@ struct ServeArgs {
     /// can then sign in as anyone). Needs the HS256 secret.
     #[arg(long, env = "WARREN_DEV_TOKENS")]
     dev_tokens: bool,
+    /// The bearer token of the operator's endpoints (`/v1/admin/snapshot`,
+    /// `/v1/admin/state`); they are off without one.
+    #[arg(long, env = "WARREN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    #[command(flatten)]
+    region: RegionArgs,
+}
+
+/// A region of a deployment of many regions (docs/REGIONS.md).
+#[derive(Args)]
+struct RegionArgs {
+    /// Run a region of a deployment of many regions on this etcd cluster (client URLs,
+    /// comma-separated, nearest first) instead of the embedded log. Needs --region.
+    #[arg(long, env = "WARREN_ETCD", value_delimiter = ',', requires = "region")]
+    etcd: Vec<String>,
+    /// This region's name: 1 to 64 of a-z, 0-9, - and _.
+    #[arg(long, env = "WARREN_REGION", requires = "etcd")]
+    region: Option<String>,
+    /// The key prefix of the deployment in etcd.
+    #[arg(long, env = "WARREN_ETCD_PREFIX", default_value = "/warren/v1/")]
+    etcd_prefix: String,
+    #[command(flatten)]
+    tls: EtcdTlsArgs,
+    /// Boot from another region's snapshot (its /v1/admin/snapshot URL) when this
+    /// region's store is new, or behind the log's compaction.
+    #[arg(long, env = "WARREN_BOOT_FROM")]
+    boot_from: Option<String>,
+    /// The admin token of the region --boot-from names.
+    #[arg(long, env = "WARREN_BOOT_TOKEN", hide_env_values = true)]
+    boot_token: Option<String>,
+    /// The largest batch record appended to etcd, in bytes (etcd refuses requests over
+    /// its --max-request-bytes, 1.5 MiB by default).
+    #[arg(
+        long,
+        env = "WARREN_ETCD_MAX_RECORD_BYTES",
+        default_value_t = 1_400_000
+    )]
+    etcd_max_record_bytes: usize,
+    /// Milliseconds one etcd request may take before its outcome counts as unknown
+    /// (and the next member is tried).
+    #[arg(long, env = "WARREN_ETCD_REQUEST_TIMEOUT_MS", default_value_t = 3000)]
+    etcd_request_timeout_ms: u64,
+    /// Milliseconds a watch of the log may stay silent before it is opened again on
+    /// the next member (run etcd with --experimental-watch-progress-notify-interval
+    /// well below it).
+    #[arg(long, env = "WARREN_ETCD_WATCH_STALL_MS", default_value_t = 5000)]
+    etcd_watch_stall_ms: u64,
+    /// Milliseconds a welcome or a pull may wait for the region to catch up with the
+    /// global log before it is refused (REGION_UNAVAILABLE).
+    #[arg(long, env = "WARREN_BARRIER_TIMEOUT_MS", default_value_t = 5000)]
+    barrier_timeout_ms: u64,
+    /// Seconds without an etcd quorum after which the region closes its connections
+    /// (REGION_UNAVAILABLE), so clients move to another region.
+    #[arg(long, env = "WARREN_UNAVAILABLE_AFTER_SECS", default_value_t = 10)]
+    unavailable_after_secs: u64,
+    /// Milliseconds between two publications of the region's digest.
+    #[arg(long, env = "WARREN_PUBLISH_EVERY_MS", default_value_t = 1000)]
+    publish_every_ms: u64,
+    /// Seconds between two compactions of the log by this region (0: never).
+    #[arg(long, env = "WARREN_COMPACT_EVERY_SECS", default_value_t = 60)]
+    compact_every_secs: u64,
+    /// Revisions of history kept behind the head even when every live region has them.
+    #[arg(long, env = "WARREN_RETAIN_REVISIONS", default_value_t = 100_000)]
+    retain_revisions: i64,
+    /// Log an alert when etcd's database is larger than this (etcd's default quota is
+    /// 2 GiB; at the quota it takes no writes).
+    #[arg(
+        long,
+        env = "WARREN_ETCD_QUOTA_WARN_BYTES",
+        default_value_t = 1_600_000_000
+    )]
+    etcd_quota_warn_bytes: i64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -214,6 +369,11 @@ fn main() -> ExitCode {
         Command::Check { schema, json } => check(&schema, json),
         Command::Token(t) => token(t),
         Command::Serve(s) => serve(*s),
+        Command::Schema(SchemaCommand::Apply {
+            schema,
+            etcd,
+            quotas,
+        }) => schema_apply(&schema, etcd, quotas.limits()),
     }
 }
 
@@ -391,7 +551,31 @@ fn serve(s: ServeArgs) -> ExitCode {
         issuer: s.secret.issuer.clone(),
         audience: s.secret.audience.clone(),
     };
+    let shared = s.region.region.clone().map(|name| {
+        let r = &s.region;
+        let mut sc = SharedConfig::new(&name, r.etcd.clone());
+        sc.prefix = r.etcd_prefix.clone();
+        sc.etcd_options.request_timeout = Duration::from_millis(r.etcd_request_timeout_ms);
+        sc.etcd_options.watch_stall = Duration::from_millis(r.etcd_watch_stall_ms);
+        sc.etcd_options.tls = r.tls.tls();
+        sc.max_record_bytes = r.etcd_max_record_bytes;
+        sc.boot_from = r.boot_from.clone();
+        sc.boot_token = r.boot_token.clone();
+        sc.barrier_timeout = Duration::from_millis(r.barrier_timeout_ms);
+        sc.unavailable_after = Duration::from_secs(r.unavailable_after_secs);
+        sc.publish_every = Duration::from_millis(r.publish_every_ms.max(10));
+        sc.compact_every = Duration::from_secs(r.compact_every_secs);
+        sc.retain_revisions = r.retain_revisions;
+        sc.quota_warn_bytes = r.etcd_quota_warn_bytes;
+        sc
+    });
+    let max_frame_bytes = s.max_frame_bytes.unwrap_or_else(|| match &shared {
+        Some(sc) => (1 << 20).min(sc.max_record_bytes / 4),
+        None => 1 << 20,
+    });
     let config = Config {
+        admin_token: s.admin_token.clone(),
+        shared,
         data_dir: s.secret.data_dir.clone(),
         schema,
         auth: AuthConfig {
@@ -405,16 +589,9 @@ fn serve(s: ServeArgs) -> ExitCode {
             max_batch: s.max_batch.max(1),
             linger: Duration::from_micros(s.batch_linger_us),
         },
-        limits: Limits {
-            quotas: Quotas {
-                documents: s.quota_documents,
-                bytes: s.quota_bytes,
-                partitions: s.quota_partitions,
-            },
-            ..Limits::default()
-        },
+        limits: s.quotas.limits(),
         gateway: GatewayLimits {
-            max_frame_bytes: s.max_frame_bytes,
+            max_frame_bytes,
             max_commits_per_push: s.max_commits_per_push,
             conn_queue: s.conn_queue,
             conn_queue_bytes: s.conn_queue_bytes,
@@ -561,6 +738,90 @@ fn check(path: &PathBuf, json: bool) -> ExitCode {
             } else {
                 eprintln!("{}{at}: {}: {}", path.display(), e.code, e.message);
             }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `warren schema apply FILE --etcd URLS`.
+fn schema_apply(path: &PathBuf, etcd: EtcdArgs, limits: Limits) -> ExitCode {
+    use warren_core::protocol::{LogEntry, SchemaChange};
+    use warren_server::log::etcd::{EtcdClient, EtcdOptions};
+    use warren_server::log::shared::{Appender, EtcdLog, Key, SharedLog, ADMIN_REGION};
+    // Checked first, exactly as `warren check` does.
+    let code = check(path, false);
+    if code != ExitCode::SUCCESS {
+        return code;
+    }
+    let source = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let version = Schema::parse(&source)
+        .map(|s| s.version().to_owned())
+        .unwrap_or_default();
+    let opts = EtcdOptions {
+        tls: etcd.tls.tls(),
+        ..EtcdOptions::default()
+    };
+    let client = match EtcdClient::new(&etcd.etcd, opts) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let log: std::sync::Arc<dyn SharedLog> =
+        std::sync::Arc::new(EtcdLog::new(client, &etcd.etcd_prefix));
+    let run = || -> Result<String, String> {
+        let existed = log.get(&Key::Meta).map_err(|e| e.to_string())?.is_some();
+        server::join_deployment(&*log, &limits, &source).map_err(|e| e.to_string())?;
+        if !existed {
+            return Ok(format!(
+                "created the deployment with schema {version} as its initial schema"
+            ));
+        }
+        let (rev, current) = log
+            .get(&Key::Schema)
+            .map_err(|e| e.to_string())?
+            .unwrap_or((0, Vec::new()));
+        if current == source.as_bytes() {
+            return Ok(format!(
+                "schema {version} is already in force; nothing appended"
+            ));
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut admin =
+            Appender::open(log.clone(), ADMIN_REGION, stop).map_err(|e| e.to_string())?;
+        let entry = LogEntry::Schema(SchemaChange {
+            source: source.clone(),
+        });
+        let at = admin
+            .append_with(
+                vec![entry.encode()],
+                &[(Key::Schema, source.as_bytes().to_vec())],
+                Some((Key::Schema, rev)),
+            )
+            .map_err(|e| match e.code() {
+                "LOG_FENCED" | "LOG_REFUSED" => format!(
+                    "another schema change was applied at the same time ({e}); check the schema in force and run again"
+                ),
+                _ => e.to_string(),
+            })?;
+        Ok(format!(
+            "schema {version} appended to the global log at revision {at}: every region switches at its position (a region logs it, or why it refused it: a unique index over duplicate values)"
+        ))
+    };
+    match run() {
+        Ok(m) => {
+            println!("{m}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::from(1)
         }
     }

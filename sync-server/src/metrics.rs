@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// A Prometheus histogram with fixed upper bounds.
@@ -65,7 +65,99 @@ const BATCH_SIZES: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
+/// One digest comparison with another region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Comparison {
+    pub position: u64,
+    pub peer: String,
+    pub equal: bool,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+}
+
+/// A region of a deployment of many regions (empty in the embedded mode): what
+/// `/metrics` and `/readyz` report about it, kept up to date by the region thread,
+/// the follower and the housekeeping thread.
+#[derive(Default)]
+pub struct RegionStatus {
+    /// The region's name; unset in the embedded mode.
+    pub name: OnceLock<String>,
+    /// The revision of the last batch applied.
+    pub applied_revision: AtomicI64,
+    /// The highest revision of a batch in the shared log, as last read.
+    pub head_revision: AtomicI64,
+    /// The revision the store holds durably (the log must keep history after it).
+    pub durable_revision: AtomicI64,
+    /// Whether the last health check reached an etcd quorum, and when one last did.
+    pub etcd_ok: AtomicBool,
+    pub etcd_last_ok_ms: AtomicI64,
+    pub etcd_db_bytes: AtomicI64,
+    pub etcd_alarms: Mutex<Vec<String>>,
+    /// Digest comparisons with other regions, and how many differed.
+    pub comparisons: AtomicU64,
+    pub mismatches: AtomicU64,
+    pub last_comparison: Mutex<Option<Comparison>>,
+    /// Set when the region stopped on a digest mismatch.
+    pub diverged: AtomicBool,
+    /// Where: the position and this region's digest there (published as it stops, so
+    /// that the other side of the comparison stops too).
+    pub diverged_at: Mutex<Option<(u64, [u8; 32])>>,
+    /// Appends retried after an unknown outcome, and retries that found their batch
+    /// already appended.
+    pub append_retries: AtomicU64,
+    pub append_found_own: AtomicU64,
+    /// The revision the log was last compacted to (by this region).
+    pub compacted_revision: AtomicI64,
+    /// Clients refused because the region could not catch up (`REGION_UNAVAILABLE`).
+    pub barrier_timeouts: AtomicU64,
+}
+
+impl RegionStatus {
+    /// The name, if this is a region of a deployment of many.
+    pub fn name(&self) -> Option<&str> {
+        self.name.get().map(String::as_str)
+    }
+
+    /// How many revisions the region is behind the newest batch it knows of.
+    pub fn lag(&self) -> i64 {
+        (self.head_revision.load(Ordering::Relaxed) - self.applied_revision.load(Ordering::Relaxed))
+            .max(0)
+    }
+
+    /// A JSON summary for `/readyz` and `/v1/admin/state`.
+    pub fn summary(&self) -> serde_json::Value {
+        let l = |a: &AtomicI64| a.load(Ordering::Relaxed);
+        let last = self
+            .last_comparison
+            .lock()
+            .expect("status lock")
+            .clone()
+            .map(|c| {
+                serde_json::json!({
+                    "position": c.position, "peer": c.peer, "equal": c.equal, "at_ms": c.at_ms
+                })
+            });
+        serde_json::json!({
+            "region": self.name(),
+            "applied_revision": l(&self.applied_revision),
+            "head_revision": l(&self.head_revision),
+            "lag_revisions": self.lag(),
+            "durable_revision": l(&self.durable_revision),
+            "etcd_ok": self.etcd_ok.load(Ordering::Relaxed),
+            "etcd_last_ok_ms": l(&self.etcd_last_ok_ms),
+            "etcd_db_bytes": l(&self.etcd_db_bytes),
+            "etcd_alarms": *self.etcd_alarms.lock().expect("status lock"),
+            "comparisons": self.comparisons.load(Ordering::Relaxed),
+            "mismatches": self.mismatches.load(Ordering::Relaxed),
+            "last_comparison": last,
+            "diverged": self.diverged.load(Ordering::Relaxed),
+        })
+    }
+}
+
 pub struct Metrics {
+    /// The region of a deployment of many regions (unnamed in the embedded mode).
+    pub region: RegionStatus,
     /// Commits per log batch.
     pub batch_size: Histogram,
     /// Seconds to append and fsync one batch.
@@ -110,6 +202,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Metrics {
         Metrics {
+            region: RegionStatus::default(),
             batch_size: Histogram::new(BATCH_SIZES),
             fsync_seconds: Histogram::new(SECONDS),
             apply_seconds: Histogram::new(SECONDS),
@@ -190,6 +283,133 @@ impl Metrics {
 
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn render_region(&self, name: &str, metric: &mut impl FnMut(&str, &str, &str, String)) {
+        let r = &self.region;
+        let l = |a: &AtomicI64| a.load(Ordering::Relaxed);
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let lbl = format!("{{region=\"{name}\"}}");
+        metric(
+            "warren_region_info",
+            "gauge",
+            "This server is a region of a deployment of many (always 1).",
+            format!("warren_region_info{lbl} 1"),
+        );
+        metric(
+            "warren_region_applied_revision",
+            "gauge",
+            "Revision of the shared log's last batch applied here.",
+            format!(
+                "warren_region_applied_revision{lbl} {}",
+                l(&r.applied_revision)
+            ),
+        );
+        metric(
+            "warren_region_head_revision",
+            "gauge",
+            "Revision of the newest batch in the shared log, as last read.",
+            format!("warren_region_head_revision{lbl} {}", l(&r.head_revision)),
+        );
+        metric(
+            "warren_region_lag_revisions",
+            "gauge",
+            "Revisions this region is behind the newest batch it knows of.",
+            format!("warren_region_lag_revisions{lbl} {}", r.lag()),
+        );
+        metric(
+            "warren_region_durable_revision",
+            "gauge",
+            "Revision the region's store holds durably.",
+            format!(
+                "warren_region_durable_revision{lbl} {}",
+                l(&r.durable_revision)
+            ),
+        );
+        metric(
+            "warren_etcd_up",
+            "gauge",
+            "Whether the last health check reached an etcd quorum.",
+            format!(
+                "warren_etcd_up{lbl} {}",
+                u8::from(r.etcd_ok.load(Ordering::Relaxed))
+            ),
+        );
+        metric(
+            "warren_etcd_db_bytes",
+            "gauge",
+            "Size of the etcd member's database (alert well before its quota).",
+            format!("warren_etcd_db_bytes{lbl} {}", l(&r.etcd_db_bytes)),
+        );
+        let alarms = r.etcd_alarms.lock().expect("status lock").clone();
+        metric(
+            "warren_etcd_alarm",
+            "gauge",
+            "Active etcd alarms (NOSPACE: the cluster takes no writes).",
+            if alarms.is_empty() {
+                format!("warren_etcd_alarm{{region=\"{name}\",alarm=\"NONE\"}} 0")
+            } else {
+                alarms
+                    .iter()
+                    .map(|a| format!("warren_etcd_alarm{{region=\"{name}\",alarm=\"{a}\"}} 1"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            },
+        );
+        metric(
+            "warren_region_digest_comparisons_total",
+            "counter",
+            "Digest comparisons with other regions, by result.",
+            format!(
+                "warren_region_digest_comparisons_total{{region=\"{name}\",result=\"equal\"}} {}\nwarren_region_digest_comparisons_total{{region=\"{name}\",result=\"different\"}} {}",
+                g(&r.comparisons) - g(&r.mismatches),
+                g(&r.mismatches)
+            ),
+        );
+        let last = r.last_comparison.lock().expect("status lock").clone();
+        metric(
+            "warren_region_last_comparison_position",
+            "gauge",
+            "Position of the last digest comparison with another region (0: none yet).",
+            format!(
+                "warren_region_last_comparison_position{lbl} {}",
+                last.as_ref().map_or(0, |c| c.position)
+            ),
+        );
+        metric(
+            "warren_region_last_comparison_equal",
+            "gauge",
+            "Whether the last digest comparison found the digests equal.",
+            format!(
+                "warren_region_last_comparison_equal{lbl} {}",
+                last.as_ref().map_or(1, |c| u8::from(c.equal))
+            ),
+        );
+        metric(
+            "warren_region_diverged",
+            "gauge",
+            "1 when this region stopped on a digest mismatch.",
+            format!(
+                "warren_region_diverged{lbl} {}",
+                u8::from(r.diverged.load(Ordering::Relaxed))
+            ),
+        );
+        metric(
+            "warren_region_append_retries_total",
+            "counter",
+            "Appends retried after an unknown outcome (and of those, found already appended).",
+            format!(
+                "warren_region_append_retries_total{{region=\"{name}\",found_own=\"false\"}} {}\nwarren_region_append_retries_total{{region=\"{name}\",found_own=\"true\"}} {}",
+                g(&r.append_retries),
+                g(&r.append_found_own)
+            ),
+        );
+        metric(
+            "warren_region_barrier_timeouts_total",
+            "counter",
+            "Clients refused with REGION_UNAVAILABLE: the region could not reach the global head in time.",
+            format!("warren_region_barrier_timeouts_total{lbl} {}", g(&r.barrier_timeouts)),
+        );
     }
 
     /// The Prometheus text exposition.
@@ -329,6 +549,9 @@ impl Metrics {
             "Sync connections refused by a connection limit, by code.",
             labelled(&self.refused, "warren_connections_refused_total", "code"),
         );
+        if let Some(name) = self.region.name() {
+            self.render_region(name, &mut metric);
+        }
         for (name, help, h) in [
             (
                 "warren_log_batch_size",

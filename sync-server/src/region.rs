@@ -34,21 +34,23 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
+use warren_core::entry::{self as log_entry, Applied, SchemaApplied};
 use warren_core::eval::Limits;
-use warren_core::exec::{self, Commit, Outcome, Skip, Write};
-use warren_core::protocol::{codes, CommitResult, ServerFrame};
-use warren_core::storage::{Overlay, OverlayWrites, Storage};
+use warren_core::exec::{self, Outcome, Skip, Write};
+use warren_core::protocol::{codes, CommitResult, LogEntry, ServerFrame};
+use warren_core::storage::{Batch, Overlay, OverlayWrites, Storage};
 use warren_core::subscription::{
     kept_result, result_of, welcome, Out, SnapshotCursor, SnapshotRef, Subscription,
 };
 use warren_core::{Error, Schema, Value};
 
 use crate::limits::Identities;
-use crate::metrics::Metrics;
+use crate::log::shared::{BatchRecord, Chain, RegionState};
+use crate::metrics::{Comparison, Metrics};
 use crate::queue::Item;
 use crate::sequencer::Permit;
 use crate::store::{RedbStore, Snapshot};
@@ -182,9 +184,35 @@ struct Joining {
 }
 
 pub enum RegionMsg {
-    /// Durable log entries, in order, and what they hold of the sequencer's backlog
-    /// (given back once they are applied).
-    Batch(Vec<(u64, Commit)>, Permit),
+    /// Durable log entries with their positions, in order (the embedded log), and what
+    /// they hold of the sequencer's backlog (given back once they are applied).
+    Batch(Vec<(u64, LogEntry)>, Permit),
+    /// A batch of the shared log of a deployment of many regions, delivered at
+    /// `revision`: the region checks its chain and numbers its entries.
+    Shared {
+        revision: i64,
+        record: BatchRecord,
+    },
+    /// Another region published its digest at a batch end.
+    PeerState {
+        region: String,
+        state: RegionState,
+    },
+    /// The source of the schema in force (after everything queued before).
+    SchemaSource(oneshot::Sender<String>),
+    /// A consistent view of the whole state at the last applied batch end, for a
+    /// snapshot stream.
+    Snapshot(oneshot::Sender<Result<SnapshotSource, Error>>),
+    /// Stop serving: close every connection with `code` and end with that error.
+    Fail {
+        code: &'static str,
+        message: String,
+    },
+    /// Close every connection with `code`, and go on (clients should go elsewhere).
+    CloseAll {
+        code: &'static str,
+        message: String,
+    },
     Connect(Connect),
     /// A joining connection's welcome, computed on the read view at `at` (given back:
     /// the welcome's snapshots are read from it).
@@ -209,6 +237,135 @@ pub enum RegionMsg {
     },
     /// Stop after what is queued; make the store durable.
     Stop,
+}
+
+/// A consistent view of a region's store for a snapshot, with what it holds.
+pub struct SnapshotSource {
+    pub view: Snapshot,
+    pub position: u64,
+    pub digest: [u8; 32],
+    /// The shared log's revision of the last batch in it (0 in the embedded mode).
+    pub revision: i64,
+}
+
+/// Why a region stopped: a stable code and a message. `Engine` errors are the store
+/// failing (`STORAGE_ERROR`, `CORRUPT`).
+#[derive(Debug, Clone)]
+pub enum RegionError {
+    Engine(Error),
+    Stopped { code: &'static str, message: String },
+}
+
+impl RegionError {
+    pub fn code(&self) -> &str {
+        match self {
+            RegionError::Engine(e) => e.code.as_str(),
+            RegionError::Stopped { code, .. } => code,
+        }
+    }
+}
+
+impl std::fmt::Display for RegionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegionError::Engine(e) => write!(f, "{}: {e}", e.code),
+            RegionError::Stopped { code, message } => write!(f, "{code}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for RegionError {}
+
+impl From<Error> for RegionError {
+    fn from(e: Error) -> Self {
+        RegionError::Engine(e)
+    }
+}
+
+/// Stable codes of a region that stops (and closes its connections with them).
+pub mod stop_codes {
+    /// This region's digest differs from another region's at the same position.
+    pub const REGION_DIVERGED: &str = "REGION_DIVERGED";
+    /// A region's batches did not arrive exactly once and in order.
+    pub const LOG_GAP: &str = "LOG_GAP";
+    /// A batch of the shared log does not decode.
+    pub const LOG_CORRUPT: &str = "LOG_CORRUPT";
+}
+
+/// The latest batch end a region applied: what it publishes for comparison.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchEnd {
+    pub revision: i64,
+    pub position: u64,
+    pub digest: [u8; 32],
+}
+
+/// How many batch ends a region remembers to compare with other regions' digests.
+const RING: usize = 65_536;
+
+/// The region's part in a deployment of many regions.
+pub struct SharedRegion {
+    /// This region's name.
+    pub name: String,
+    /// Each region's chain, as applied.
+    chain: Chain,
+    /// The revision of the last batch applied.
+    revision: i64,
+    /// Digests at the last batch ends, oldest first.
+    ring: VecDeque<(u64, [u8; 32])>,
+    /// Publications of other regions at positions this region has not reached.
+    future: BTreeMap<u64, Vec<(String, [u8; 32])>>,
+    /// The latest batch end, read by the publisher.
+    pub latest: Arc<Mutex<BatchEnd>>,
+    /// Test hook (debug builds, `WARREN_TEST_SKEW_DIGEST_AT`): from this position on,
+    /// the region believes (and publishes) a wrong digest.
+    skew_at: Option<u64>,
+}
+
+impl SharedRegion {
+    pub fn new(name: &str) -> SharedRegion {
+        #[cfg(debug_assertions)]
+        let skew_at = std::env::var("WARREN_TEST_SKEW_DIGEST_AT")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        #[cfg(not(debug_assertions))]
+        let skew_at = None;
+        SharedRegion {
+            name: name.to_owned(),
+            chain: Chain::default(),
+            revision: 0,
+            ring: VecDeque::new(),
+            future: BTreeMap::new(),
+            latest: Arc::new(Mutex::new(BatchEnd::default())),
+            skew_at,
+        }
+    }
+}
+
+/// In a deployment of many regions, the revision of the shared log's last batch
+/// applied (u64 big-endian), in the same store transaction as the state it produced.
+pub const META_REVISION: &[u8] = b"Mrevision";
+/// In a deployment of many regions, each region's chain as applied ([`Chain::encode`]).
+pub const META_CHAIN: &[u8] = b"Mchain";
+
+/// The revision of the shared log's last batch a store holds (0: none).
+pub fn stored_revision(store: &dyn Storage) -> Result<i64, Error> {
+    Ok(match store.get(META_REVISION)? {
+        Some(b) => u64::from_be_bytes(
+            b.as_slice()
+                .try_into()
+                .map_err(|_| Error::new(warren_core::ErrorCode::Corrupt, "bad Mrevision"))?,
+        ) as i64,
+        None => 0,
+    })
+}
+
+/// Each region's chain, as a store holds it.
+pub fn stored_chain(store: &dyn Storage) -> Result<Chain, Error> {
+    match store.get(META_CHAIN)? {
+        Some(b) => Chain::decode(&b).map_err(|m| Error::new(warren_core::ErrorCode::Corrupt, m)),
+        None => Ok(Chain::default()),
+    }
 }
 
 /// Which connections an entry's writes can concern, so that an entry visits only
@@ -481,6 +638,10 @@ pub struct Region {
     /// The task that hands frames to connections, when the region runs next to a
     /// tokio runtime (see [`spawn`]); without it the region hands them over itself.
     dispatch: Option<Dispatch>,
+    /// In a deployment of many regions: chains, digests, comparisons.
+    shared: Option<SharedRegion>,
+    /// Tells waiting clients (the Welcome barrier) which revision is applied.
+    applied_tx: Option<tokio::sync::watch::Sender<i64>>,
     /// Told what each identity's commits cost (the gateway's budgets), if anyone is.
     costs: Option<Arc<Identities>>,
 }
@@ -509,11 +670,68 @@ fn send(tx: &FrameTx, metrics: &Metrics, frame: &ServerFrame) -> bool {
 }
 
 impl Region {
+    /// A region on its embedded log. `schema` is the schema in force when the store
+    /// records none yet (a new store, or one made before schemas were recorded): it is
+    /// recorded, so that a later change is a log entry, never a silent switch.
     pub fn new(
+        mut store: RedbStore,
+        schema: Arc<Schema>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Region, Error> {
+        let schema = match log_entry::schema_source(&store)? {
+            Some(src) if src == schema.source() => schema,
+            Some(src) => Arc::new(Schema::parse(&src)?),
+            None => {
+                store.apply(log_entry::initial_schema_batch(schema.source()))?;
+                schema
+            }
+        };
+        Region::with(store, schema, limits, metrics, None)
+    }
+
+    /// A region of a deployment of many regions: its schema is the one its store
+    /// records (none before the shared log's first schema entry is applied), and it
+    /// applies the shared log's batches.
+    pub fn new_shared(
+        store: RedbStore,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        mut shared: SharedRegion,
+    ) -> Result<Region, Error> {
+        let schema = Arc::new(match log_entry::schema_source(&store)? {
+            Some(src) => Schema::parse(&src)?,
+            None => Schema::parse("")?,
+        });
+        shared.chain = stored_chain(&store)?;
+        shared.revision = stored_revision(&store)?;
+        metrics
+            .region
+            .applied_revision
+            .store(shared.revision, Ordering::Relaxed);
+        metrics
+            .region
+            .durable_revision
+            .store(shared.revision, Ordering::Relaxed);
+        let mut r = Region::with(store, schema, limits, metrics, Some(shared))?;
+        let position = r.position;
+        let digest = r.digest()?;
+        if let Some(sh) = &mut r.shared {
+            *sh.latest.lock().expect("latest lock") = BatchEnd {
+                revision: sh.revision,
+                position,
+                digest,
+            };
+        }
+        Ok(r)
+    }
+
+    fn with(
         store: RedbStore,
         schema: Arc<Schema>,
         limits: Limits,
         metrics: Arc<Metrics>,
+        shared: Option<SharedRegion>,
     ) -> Result<Region, Error> {
         let mut store = store;
         // The read-rule index's member entries follow the schema: made (or remade)
@@ -554,8 +772,36 @@ impl Region {
             window_from: 0,
             window_max_bytes: WINDOW_MAX_BYTES,
             dispatch: None,
+            shared,
+            applied_tx: None,
             costs: None,
         })
+    }
+
+    /// Tells `tx` the revision of every batch applied (for the Welcome barrier).
+    pub fn on_applied(&mut self, tx: tokio::sync::watch::Sender<i64>) {
+        if let Some(sh) = &self.shared {
+            tx.send_replace(sh.revision);
+        }
+        self.applied_tx = Some(tx);
+    }
+
+    /// The revision of the shared log's last batch applied (0 in the embedded mode).
+    pub fn revision(&self) -> i64 {
+        self.shared.as_ref().map_or(0, |s| s.revision)
+    }
+
+    /// The latest batch end applied (a region of many; the default otherwise).
+    pub fn latest(&self) -> Arc<Mutex<BatchEnd>> {
+        self.shared
+            .as_ref()
+            .map(|s| s.latest.clone())
+            .unwrap_or_default()
+    }
+
+    /// The schema in force.
+    pub fn schema(&self) -> &Arc<Schema> {
+        &self.schema
     }
 
     /// Charges each commit's cost (the region's time executing and recording it) to
@@ -619,43 +865,90 @@ impl Region {
         }
         let writes = self.take_pending();
         let batch = Overlay::with_writes(&self.store, writes).take_batch();
-        self.store.apply(batch)
+        store_apply(&mut self.store, &self.metrics, self.shared.is_some(), batch)
     }
 
     /// Runs until `Stop` or until every sender is gone. An `Err` is fatal: the store
-    /// failed, and the server must stop rather than serve a state it cannot trust.
-    pub fn run(mut self, rx: Receiver<RegionMsg>) -> Result<(), Error> {
+    /// failed, or (in a deployment of many regions) the log or another region's digest
+    /// says this region must not serve; every connection is closed with its code.
+    pub fn run(mut self, rx: Receiver<RegionMsg>) -> Result<(), RegionError> {
         let r = self.serve(rx);
-        self.close_all(codes::SHUTTING_DOWN, "the server is stopping");
-        let synced = self.write_pending().and_then(|_| self.store.sync());
+        match &r {
+            Ok(()) => self.close_all(codes::SHUTTING_DOWN, "the server is stopping"),
+            Err(RegionError::Stopped { code, message }) => {
+                tracing::error!(code, "{message}");
+                // Clients learn that they must go elsewhere; a divergence by its name.
+                let client_code = if *code == stop_codes::REGION_DIVERGED {
+                    codes::REGION_DIVERGED
+                } else {
+                    codes::REGION_UNAVAILABLE
+                };
+                self.close_all(
+                    client_code,
+                    &format!("this region stopped ({code}); connect to another region"),
+                )
+            }
+            Err(RegionError::Engine(e)) => {
+                tracing::error!(code = e.code.as_str(), "the region's store failed: {e}");
+                self.close_all(codes::SHUTTING_DOWN, "the server is stopping")
+            }
+        }
+        let synced = self
+            .write_pending()
+            .and_then(|_| self.store.sync())
+            .map_err(RegionError::from);
+        if synced.is_ok() && self.shared.is_some() {
+            let durable = stored_revision(&self.store).unwrap_or(0);
+            self.metrics
+                .region
+                .durable_revision
+                .store(durable, Ordering::Relaxed);
+        }
         r.and(synced)
     }
 
-    fn serve(&mut self, rx: Receiver<RegionMsg>) -> Result<(), Error> {
+    fn serve(&mut self, rx: Receiver<RegionMsg>) -> Result<(), RegionError> {
         // A message taken from the queue while gathering batches, handled next.
         let mut next: Option<RegionMsg> = None;
         while let Some(msg) = next.take().or_else(|| rx.recv().ok()) {
             match msg {
-                RegionMsg::Batch(mut entries, permit) => {
+                RegionMsg::Batch(entries, permit) => {
                     // Every batch already queued joins this one: one store transaction
-                    // for all of them. Messages keep their order.
+                    // for all of them. Messages keep their order. The backlog's permits
+                    // are given back once they are applied.
+                    let mut batches = vec![Incoming::File(entries)];
                     let mut permits = vec![permit];
-                    while entries.len() < MAX_APPLY {
-                        match rx.try_recv() {
-                            Ok(RegionMsg::Batch(more, permit)) => {
-                                entries.extend(more);
-                                permits.push(permit);
-                            }
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.apply_batch(entries)?;
+                    next = gather(&rx, &mut batches, &mut permits);
+                    self.apply_batches(batches)?;
                     drop(permits);
                 }
+                RegionMsg::Shared { revision, record } => {
+                    let mut batches = vec![Incoming::Shared { revision, record }];
+                    let mut permits = Vec::new();
+                    next = gather(&rx, &mut batches, &mut permits);
+                    self.apply_batches(batches)?;
+                    drop(permits);
+                }
+                RegionMsg::PeerState { region, state } => self.compare(&region, &state)?,
+                RegionMsg::SchemaSource(reply) => {
+                    let _ = reply.send(self.schema.source().to_owned());
+                }
+                RegionMsg::Snapshot(reply) => {
+                    // The whole state in the store, then a read view of it.
+                    let r = self.write_pending().and_then(|_| {
+                        Ok(SnapshotSource {
+                            view: self.store.snapshot()?,
+                            position: self.position,
+                            digest: exec::digest(&self.store)?,
+                            revision: self.revision(),
+                        })
+                    });
+                    let _ = reply.send(r);
+                }
+                RegionMsg::Fail { code, message } => {
+                    return Err(RegionError::Stopped { code, message })
+                }
+                RegionMsg::CloseAll { code, message } => self.close_all(code, &message),
                 RegionMsg::Connect(c) => self.connect(c)?,
                 RegionMsg::Join {
                     conn,
@@ -752,19 +1045,18 @@ impl Region {
     }
 
     fn close_all(&mut self, code: &str, message: &str) {
-        let frame = ServerFrame::Error {
-            code: code.to_owned(),
-            message: message.to_owned(),
-        };
-        for c in self.conns.values() {
-            self.send_after(&c.tx, &frame);
-        }
-        self.conns.clear();
-        self.by_client.clear();
-        self.routes = Routes {
-            known: std::mem::take(&mut self.routes.known),
-            ..Routes::default()
-        };
+        close_conns(
+            &mut self.conns,
+            &mut self.by_client,
+            &mut self.routes,
+            &mut self.joining,
+            &self.metrics,
+            &self.dispatch,
+            code,
+            message,
+        );
+        self.window.clear();
+        self.window_bytes = 0;
     }
 
     /// Registers a joining connection and hands its session a read view to compute
@@ -926,7 +1218,58 @@ impl Region {
         }
     }
 
-    fn apply_batch(&mut self, entries: Vec<(u64, Commit)>) -> Result<(), Error> {
+    /// Compares another region's digest at a position with this region's.
+    fn compare(&mut self, peer: &str, state: &RegionState) -> Result<(), RegionError> {
+        let position = self.position;
+        let Some(sh) = &mut self.shared else {
+            return Ok(());
+        };
+        if peer == sh.name {
+            return Ok(());
+        }
+        if state.position > position {
+            // Not reached yet (it arrives after the batches it covers, so this happens
+            // only while a region catches up from a snapshot): compare there.
+            sh.future
+                .entry(state.position)
+                .or_default()
+                .push((peer.to_owned(), state.digest));
+            return Ok(());
+        }
+        let mine = sh
+            .ring
+            .iter()
+            .rev()
+            .find(|(p, _)| *p == state.position)
+            .map(|(_, d)| *d);
+        match mine {
+            Some(d) => check_digest(
+                &self.metrics,
+                &sh.name,
+                peer,
+                state.position,
+                &d,
+                &state.digest,
+            ),
+            // Before this region's memory (or its snapshot): nothing to compare.
+            None => Ok(()),
+        }
+    }
+
+    /// Applies commits as one batch of the embedded log (the unit tests' way in).
+    #[cfg(test)]
+    fn apply_batch(
+        &mut self,
+        entries: Vec<(u64, warren_core::exec::Commit)>,
+    ) -> Result<(), RegionError> {
+        let entries = entries
+            .into_iter()
+            .map(|(p, c)| (p, LogEntry::Commit(c)))
+            .collect();
+        self.apply_batches(vec![Incoming::File(entries)])
+    }
+
+    fn apply_batches(&mut self, batches: Vec<Incoming>) -> Result<(), RegionError> {
         let started = Instant::now();
         let Region {
             store,
@@ -946,6 +1289,8 @@ impl Region {
             window_from,
             window_max_bytes,
             dispatch,
+            shared,
+            applied_tx,
             costs,
             ..
         } = self;
@@ -966,117 +1311,231 @@ impl Region {
         // What is held is sent after the snapshots, without what concerns their
         // partitions (the snapshots hold it, or replace it): such a `Drop`, such writes.
         let mut held: BTreeMap<u64, Vec<Held>> = BTreeMap::new();
-        for (pos, commit) in entries {
-            if pos <= *position {
-                continue; // replayed from the log and already in the store
-            }
-            let ran = Instant::now();
-            let (b, outcome) = exec::commit_batch(&overlay, schema, &commit, pos, limits)?;
-            if let Outcome::Rejected {
-                code: warren_core::ErrorCode::Internal,
-                ..
-            } = &outcome
-            {
-                // A bug in the engine, caught: the entry is rejected the same way on every
-                // replica and the region goes on, but someone must look.
-                tracing::error!(
-                    position = pos,
-                    client = %commit.client_id,
-                    seq = commit.client_seq,
-                    "the engine failed inside while executing this log entry; it is rejected \
-                     with INTERNAL_ERROR on every replica and the region goes on (a bug: report it)"
-                );
-            }
-            let writes: &[Write] = match &outcome {
-                Outcome::Committed { writes, .. } => writes,
-                _ => &[],
-            };
-            // The pairs this entry writes first (see `Routes`).
-            let new_pairs = routes.first_writes(writes);
-            overlay.apply(b)?;
-            *position = pos;
-            if costs.is_some() {
-                let micros = ran.elapsed().as_micros() as u64;
-                let c = charges.entry(exec::subject(&commit.auth)).or_default();
-                c.0 += micros;
-                c.1 += 1;
-            }
-            match &outcome {
-                Outcome::Committed { .. } => Metrics::add(&metrics.commits_committed, 1),
-                Outcome::Rejected { code, .. } => metrics.rejected(code.as_str()),
-                Outcome::Skipped(_) => Metrics::add(&metrics.commits_duplicate, 1),
-            }
-            if !joining.is_empty() && !writes.is_empty() {
-                *window_bytes += writes_bytes(writes);
-                window.push_back((pos, writes.to_vec()));
-                // Bounded: the oldest entries go, and the connections whose views are
-                // older compute their welcome again when it comes (see `join`).
-                while *window_bytes > *window_max_bytes {
-                    let Some((p, w)) = window.pop_front() else {
-                        break;
-                    };
-                    *window_bytes -= writes_bytes(&w);
-                    *window_from = p;
-                }
-            }
-            if !writes.is_empty() {
-                for id in routes.visits(&overlay, schema, writes, &new_pairs)? {
-                    if let Some(conn) = conns.get_mut(&id) {
-                        let waits = due.contains(&id);
-                        conn.sub
-                            .fanout(&overlay, schema, limits, pos, writes, &mut |f| {
-                                if waits {
-                                    held.entry(id).or_default().push(Held::Frame(f));
-                                } else {
-                                    out.push((id, frame_item(&f)));
-                                }
-                            })?;
-                        if conn.sub.has_due() {
-                            due.insert(id);
-                        }
-                        if conn.sub.take_changed() {
-                            routes.update(id, &conn.sub);
-                        }
-                        Metrics::add(&metrics.rules_fanout, conn.sub.take_evaluated());
+        for batch in batches {
+            let (entries, end) = match batch {
+                Incoming::File(entries) => (entries, None),
+                Incoming::Shared { revision, record } => {
+                    let sh = shared
+                        .as_mut()
+                        .expect("shared batches reach only a shared region");
+                    if revision <= sh.revision {
+                        continue; // applied before (a watch resumed from an older point)
                     }
-                }
-            }
-            let kept = match &outcome {
-                Outcome::Skipped(Skip::Duplicate) => {
-                    exec::kept_outcome_of(&overlay, &commit.client_id, commit.client_seq)?
-                }
-                _ => None,
-            };
-            let result = result_of(outcome, pos, kept);
-            // Those waiting over HTTP for this commit (rarely any) get copies; the
-            // outcome frame takes the result itself. (Both are handed over before the
-            // frames are flushed, as before.)
-            if !waiters.is_empty() {
-                if let Some(ws) = waiters.remove(&(commit.client_id.clone(), commit.client_seq)) {
-                    for w in ws {
-                        let _ = w.send(result.clone());
+                    sh.chain
+                        .check(revision, &record)
+                        .map_err(|e| RegionError::Stopped {
+                            code: stop_codes::LOG_GAP,
+                            message: e.to_string(),
+                        })?;
+                    let mut entries = Vec::with_capacity(record.entries.len());
+                    for (i, bytes) in record.entries.iter().enumerate() {
+                        let e = LogEntry::decode(bytes).map_err(|e| RegionError::Stopped {
+                            code: stop_codes::LOG_CORRUPT,
+                            message: format!(
+                                "entry {i} of region {}'s batch {} at revision {revision} does not decode: {e}",
+                                record.region, record.batch_seq
+                            ),
+                        })?;
+                        entries.push((*position + 1 + i as u64, e));
                     }
+                    (entries, Some(revision))
                 }
-            }
-            if let Some(&conn_id) = by_client.get(&commit.client_id) {
-                let frame = ServerFrame::Outcome {
-                    seq: commit.client_seq,
-                    result,
+            };
+            for (pos, entry) in entries {
+                if pos <= *position {
+                    continue; // replayed from the log and already in the store
+                }
+                let ran = Instant::now();
+                let (b, applied) = log_entry::entry_batch(&overlay, schema, entry, pos, limits)?;
+                overlay.apply(b)?;
+                *position = pos;
+                let (commit, outcome) = match applied {
+                    Applied::Commit { commit, outcome } => (commit, outcome),
+                    Applied::Schema(SchemaApplied::Switched(new)) => {
+                        tracing::info!(
+                            position = pos,
+                            from = schema.version(),
+                            to = new.version(),
+                            "schema changed"
+                        );
+                        *schema = new;
+                        // Every client learns the new schema in a new welcome (and
+                        // re-runs its pending commits under it): what it was sent
+                        // before this position goes first. Welcomes being computed on
+                        // the old schema are dropped too, and so are the frames held
+                        // behind snapshots owed (the new welcome replaces them).
+                        due.clear();
+                        held.clear();
+                        flush(&mut out, conns, by_client, routes, metrics, dispatch);
+                        since_flush = 0;
+                        close_conns(
+                            conns,
+                            by_client,
+                            routes,
+                            joining,
+                            metrics,
+                            dispatch,
+                            codes::SCHEMA_CHANGED,
+                            "the schema changed; reconnect for the new one",
+                        );
+                        window.clear();
+                        *window_bytes = 0;
+                        continue;
+                    }
+                    Applied::Schema(SchemaApplied::Refused { code, message }) => {
+                        tracing::warn!(
+                            position = pos,
+                            code = code.as_str(),
+                            "a schema change was refused: {message}"
+                        );
+                        continue;
+                    }
                 };
-                let frame = Arc::new(frame.encode());
-                match joining.get_mut(&conn_id) {
-                    // It joins with its welcome.
-                    Some(j) => j.outcomes.push(frame),
-                    None if due.contains(&conn_id) => {
-                        held.entry(conn_id).or_default().push(Held::Encoded(frame))
+                if let Outcome::Rejected {
+                    code: warren_core::ErrorCode::Internal,
+                    ..
+                } = &outcome
+                {
+                    // A bug in the engine, caught: the entry is rejected the same way on
+                    // every replica and the region goes on, but someone must look.
+                    tracing::error!(
+                        position = pos,
+                        client = %commit.client_id,
+                        seq = commit.client_seq,
+                        "the engine failed inside while executing this log entry; it is rejected \
+                         with INTERNAL_ERROR on every replica and the region goes on (a bug: report it)"
+                    );
+                }
+                let writes: &[Write] = match &outcome {
+                    Outcome::Committed { writes, .. } => writes,
+                    _ => &[],
+                };
+                // The pairs this entry writes first (see `Routes`).
+                let new_pairs = routes.first_writes(writes);
+                if costs.is_some() {
+                    let micros = ran.elapsed().as_micros() as u64;
+                    let c = charges.entry(exec::subject(&commit.auth)).or_default();
+                    c.0 += micros;
+                    c.1 += 1;
+                }
+                match &outcome {
+                    Outcome::Committed { .. } => Metrics::add(&metrics.commits_committed, 1),
+                    Outcome::Rejected { code, .. } => metrics.rejected(code.as_str()),
+                    Outcome::Skipped(_) => Metrics::add(&metrics.commits_duplicate, 1),
+                }
+                if !joining.is_empty() && !writes.is_empty() {
+                    *window_bytes += writes_bytes(writes);
+                    window.push_back((pos, writes.to_vec()));
+                    // Bounded: the oldest entries go, and the connections whose views are
+                    // older compute their welcome again when it comes (see `join`).
+                    while *window_bytes > *window_max_bytes {
+                        let Some((p, w)) = window.pop_front() else {
+                            break;
+                        };
+                        *window_bytes -= writes_bytes(&w);
+                        *window_from = p;
                     }
-                    None => out.push((conn_id, Item::Frame(frame))),
+                }
+                if !writes.is_empty() {
+                    for id in routes.visits(&overlay, schema, writes, &new_pairs)? {
+                        if let Some(conn) = conns.get_mut(&id) {
+                            let waits = due.contains(&id);
+                            conn.sub
+                                .fanout(&overlay, schema, limits, pos, writes, &mut |f| {
+                                    if waits {
+                                        held.entry(id).or_default().push(Held::Frame(f));
+                                    } else {
+                                        out.push((id, frame_item(&f)));
+                                    }
+                                })?;
+                            if conn.sub.has_due() {
+                                due.insert(id);
+                            }
+                            if conn.sub.take_changed() {
+                                routes.update(id, &conn.sub);
+                            }
+                            Metrics::add(&metrics.rules_fanout, conn.sub.take_evaluated());
+                        }
+                    }
+                }
+                let kept = match &outcome {
+                    Outcome::Skipped(Skip::Duplicate) => {
+                        exec::kept_outcome_of(&overlay, &commit.client_id, commit.client_seq)?
+                    }
+                    _ => None,
+                };
+                let result = result_of(outcome, pos, kept);
+                // Those waiting over HTTP for this commit (rarely any) get copies; the
+                // outcome frame takes the result itself. (Both are handed over before
+                // the frames are flushed, as before.)
+                if !waiters.is_empty() {
+                    if let Some(ws) = waiters.remove(&(commit.client_id.clone(), commit.client_seq))
+                    {
+                        for w in ws {
+                            let _ = w.send(result.clone());
+                        }
+                    }
+                }
+                if let Some(&conn_id) = by_client.get(&commit.client_id) {
+                    let frame = ServerFrame::Outcome {
+                        seq: commit.client_seq,
+                        result,
+                    };
+                    let frame = Arc::new(frame.encode());
+                    match joining.get_mut(&conn_id) {
+                        // It joins with its welcome.
+                        Some(j) => j.outcomes.push(frame),
+                        None if due.contains(&conn_id) => {
+                            held.entry(conn_id).or_default().push(Held::Encoded(frame))
+                        }
+                        None => out.push((conn_id, Item::Frame(frame))),
+                    }
+                }
+                since_flush += 1;
+                if since_flush >= FLUSH_EVERY {
+                    flush(&mut out, conns, by_client, routes, metrics, dispatch);
+                    since_flush = 0;
                 }
             }
-            since_flush += 1;
-            if since_flush >= FLUSH_EVERY {
-                flush(&mut out, conns, by_client, routes, metrics, dispatch);
-                since_flush = 0;
+            // A batch end of the shared log: where it leaves each region's chain goes
+            // in the same store transaction as the state; the digest there is kept to
+            // compare with other regions.
+            if let (Some(revision), Some(sh)) = (end, shared.as_mut()) {
+                sh.revision = revision;
+                overlay.write((
+                    META_REVISION.to_vec(),
+                    Some((revision as u64).to_be_bytes().to_vec()),
+                ));
+                overlay.write((META_CHAIN.to_vec(), Some(sh.chain.encode())));
+                let mut digest = exec::digest(&overlay)?;
+                if sh.skew_at.is_some_and(|p| *position >= p) {
+                    digest[0] ^= 0xff;
+                }
+                if sh.ring.back().map(|(p, _)| *p) != Some(*position) {
+                    if sh.ring.len() >= RING {
+                        sh.ring.pop_front();
+                    }
+                    sh.ring.push_back((*position, digest));
+                } else if let Some(last) = sh.ring.back_mut() {
+                    last.1 = digest;
+                }
+                *sh.latest.lock().expect("latest lock") = BatchEnd {
+                    revision,
+                    position: *position,
+                    digest,
+                };
+                // Publications of other regions that waited for this position.
+                while let Some(entry) = sh.future.first_entry() {
+                    if *entry.key() > *position {
+                        break;
+                    }
+                    let (p, peers) = entry.remove_entry();
+                    if p == *position {
+                        for (peer, d) in peers {
+                            check_digest(metrics, &sh.name, &peer, p, &digest, &d)?;
+                        }
+                    }
+                }
             }
         }
         // The frames go out before the store write: the entries are durable in the log.
@@ -1088,11 +1547,20 @@ impl Region {
         if *pending_batches >= STORE_WRITE_EVERY || writes.len() >= STORE_WRITE_KEYS {
             *pending_batches = 0;
             let batch = Overlay::with_writes(&*store, writes).take_batch();
-            store.apply(batch)?;
+            store_apply(store, metrics, shared.is_some(), batch)?;
         } else {
             *pending = Arc::new(writes);
         }
         metrics.position.store(*position, Ordering::Relaxed);
+        if let Some(sh) = shared {
+            metrics
+                .region
+                .applied_revision
+                .store(sh.revision, Ordering::Relaxed);
+            if let Some(tx) = applied_tx {
+                tx.send_replace(sh.revision);
+            }
+        }
         metrics
             .connections
             .store(conns.len() as u64, Ordering::Relaxed);
@@ -1105,7 +1573,8 @@ impl Region {
                 *pending_batches = 0;
                 let taken = std::mem::take(pending);
                 let writes = Arc::try_unwrap(taken).unwrap_or_else(|shared| (*shared).clone());
-                store.apply(Overlay::with_writes(&*store, writes).take_batch())?;
+                let batch = Overlay::with_writes(&*store, writes).take_batch();
+                store_apply(store, metrics, shared.is_some(), batch)?;
             }
             let view = ReadView {
                 snapshot: Arc::new(store.snapshot()?),
@@ -1139,6 +1608,151 @@ impl Region {
         }
         Ok(())
     }
+}
+
+/// A batch to apply.
+enum Incoming {
+    File(Vec<(u64, LogEntry)>),
+    Shared { revision: i64, record: BatchRecord },
+}
+
+/// Takes the batches queued behind the first (up to [`MAX_APPLY`] entries), so they
+/// are applied as one; returns the first other message, to handle next.
+fn gather(
+    rx: &Receiver<RegionMsg>,
+    batches: &mut Vec<Incoming>,
+    permits: &mut Vec<Permit>,
+) -> Option<RegionMsg> {
+    let mut n: usize = batches
+        .iter()
+        .map(|b| match b {
+            Incoming::File(e) => e.len(),
+            Incoming::Shared { record, .. } => record.entries.len().max(1),
+        })
+        .sum();
+    while n < MAX_APPLY {
+        match rx.try_recv() {
+            Ok(RegionMsg::Batch(more, permit)) => {
+                n += more.len();
+                permits.push(permit);
+                batches.push(Incoming::File(more));
+            }
+            Ok(RegionMsg::Shared { revision, record }) => {
+                n += record.entries.len().max(1);
+                batches.push(Incoming::Shared { revision, record });
+            }
+            Ok(other) => return Some(other),
+            Err(_) => break,
+        }
+    }
+    None
+}
+
+/// Writes a batch to the store; in a deployment of many regions, notes the revision
+/// the store then holds durably.
+fn store_apply(
+    store: &mut RedbStore,
+    metrics: &Metrics,
+    shared: bool,
+    batch: Batch,
+) -> Result<(), Error> {
+    let durable = store.next_write_durable();
+    store.apply(batch)?;
+    if durable && shared {
+        metrics
+            .region
+            .durable_revision
+            .store(stored_revision(store)?, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// One digest comparison: equal, or the region stops (`REGION_DIVERGED`).
+fn check_digest(
+    metrics: &Metrics,
+    me: &str,
+    peer: &str,
+    position: u64,
+    mine: &[u8; 32],
+    theirs: &[u8; 32],
+) -> Result<(), RegionError> {
+    let equal = mine == theirs;
+    let r = &metrics.region;
+    Metrics::add(&r.comparisons, 1);
+    *r.last_comparison.lock().expect("status lock") = Some(Comparison {
+        position,
+        peer: peer.to_owned(),
+        equal,
+        at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+    });
+    if equal {
+        return Ok(());
+    }
+    Metrics::add(&r.mismatches, 1);
+    r.diverged.store(true, Ordering::Relaxed);
+    *r.diverged_at.lock().expect("status lock") = Some((position, *mine));
+    Err(RegionError::Stopped {
+        code: stop_codes::REGION_DIVERGED,
+        message: format!(
+            "region {me} has digest {} at position {position}, region {peer} published {}: the regions applied the same log and disagree",
+            warren_core::hex(mine),
+            warren_core::hex(theirs)
+        ),
+    })
+}
+
+/// Closes every connection, joined or joining, with `code` (after what was handed
+/// over before).
+#[allow(clippy::too_many_arguments)]
+fn close_conns(
+    conns: &mut BTreeMap<u64, Conn>,
+    by_client: &mut BTreeMap<String, u64>,
+    routes: &mut Routes,
+    joining: &mut BTreeMap<u64, Joining>,
+    metrics: &Metrics,
+    dispatch: &Option<Dispatch>,
+    code: &str,
+    message: &str,
+) {
+    let frame = Arc::new(
+        ServerFrame::Error {
+            code: code.to_owned(),
+            message: message.to_owned(),
+        }
+        .encode(),
+    );
+    let frames: Vec<(FrameTx, Item)> = conns
+        .values()
+        .map(|c| c.tx.clone())
+        .chain(joining.values().map(|j| j.tx.clone()))
+        .map(|tx| (tx, Item::Frame(frame.clone())))
+        .collect();
+    Metrics::add(&metrics.frames_out, frames.len() as u64);
+    match dispatch {
+        Some(d) => {
+            if let Err(e) = d.send(frames) {
+                for (tx, f) in e.0 {
+                    let _ = tx.try_send_item(f);
+                }
+            }
+        }
+        None => {
+            for (tx, f) in frames {
+                let _ = tx.try_send_item(f);
+            }
+        }
+    }
+    conns.clear();
+    joining.clear();
+    by_client.clear();
+    *routes = Routes {
+        known: std::mem::take(&mut routes.known),
+        ..Routes::default()
+    };
+    metrics.connections.store(0, Ordering::Relaxed);
 }
 
 /// A frame held back behind the snapshots a connection is owed (see `apply_batch`).
@@ -1249,7 +1863,7 @@ fn flush(
 pub fn spawn(
     mut region: Region,
     rx: Receiver<RegionMsg>,
-) -> std::thread::JoinHandle<Result<(), Error>> {
+) -> std::thread::JoinHandle<Result<(), RegionError>> {
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         let (tx, frames) = tokio::sync::mpsc::unbounded_channel();
         rt.spawn(dispatch(frames));
@@ -1268,6 +1882,7 @@ pub type RegionTx = Sender<RegionMsg>;
 mod tests {
     use super::*;
     use crate::queue::Received;
+    use warren_core::exec::Commit;
     use warren_core::exec::Op;
 
     fn region(name: &str) -> (Region, std::path::PathBuf) {

@@ -147,6 +147,11 @@ impl RedbStore {
         self.refresh()
     }
 
+    /// Whether the next [`Storage::apply`] commits durably.
+    pub fn next_write_durable(&self) -> bool {
+        self.since_sync + 1 >= self.sync_every
+    }
+
     /// Makes everything written so far durable.
     pub fn sync(&mut self) -> Result<(), Error> {
         if self.since_sync > 0 {

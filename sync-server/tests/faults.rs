@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use replay::{assert_same_state, Replay, Rng, SCHEMA};
 use warren_core::eval::Limits;
 use warren_core::exec::{Commit, Op};
-use warren_core::protocol::{encode_log_entry, CommitResult};
+use warren_core::protocol::{encode_log_entry, CommitResult, LogEntry};
 use warren_core::value::obj;
 use warren_core::Schema;
 use warren_server::log::fs::{FileSystem, ReadFile, WriteFile};
@@ -536,7 +536,7 @@ fn open_store(fs: &SimFs, sync_every: u32) -> Result<RedbStore, warren_core::Err
 struct Node {
     log: FileLog,
     region: region::RegionTx,
-    thread: std::thread::JoinHandle<Result<(), warren_core::Error>>,
+    thread: std::thread::JoinHandle<Result<(), region::RegionError>>,
 }
 
 /// Starts the way `server::start` does: open the log and the store, replay the log
@@ -631,10 +631,10 @@ fn push(node: &mut Node, seen: &mut Seen, batch: Vec<Commit>) -> bool {
         }
     };
     seen.appended.extend(records);
-    let entries: Vec<(u64, Commit)> = batch
+    let entries: Vec<(u64, LogEntry)> = batch
         .iter()
         .enumerate()
-        .map(|(i, c)| (first + i as u64, c.clone()))
+        .map(|(i, c)| (first + i as u64, LogEntry::Commit(c.clone())))
         .collect();
     if node
         .region

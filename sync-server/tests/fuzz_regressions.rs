@@ -21,11 +21,12 @@ use std::path::PathBuf;
 /// A target's check: `true` when the input decoded (and re-encoded to itself).
 type Check = fn(&[u8]) -> bool;
 
-const TARGETS: [(&str, Check); 4] = [
+const TARGETS: [(&str, Check); 5] = [
     ("client_frame", checks::client_frame),
     ("server_frame", checks::server_frame),
     ("log_entry", checks::log_entry),
     ("log_segment", checks::log_segment),
+    ("batch_record", checks::batch_record),
 ];
 
 fn inputs(kind: &str, target: &str) -> Vec<(PathBuf, Vec<u8>)> {

@@ -96,6 +96,7 @@ pub fn config(dir: PathBuf, auth: AuthConfig) -> Config {
         limits: Default::default(),
         gateway: Default::default(),
         store_sync_every: 8,
+        ..Config::default()
     }
 }
 

@@ -737,6 +737,24 @@ impl<S: Storage> Executor<S> {
         Ok(outcome)
     }
 
+    /// Applies a log entry at `position`: a commit (as [`Executor::commit`] does, with
+    /// its time clamped) or a schema change, which switches this executor's schema when
+    /// it passes. See [`crate::entry`].
+    pub fn apply_entry(
+        &mut self,
+        entry: crate::protocol::LogEntry,
+        position: u64,
+    ) -> Result<crate::entry::Applied, Error> {
+        use crate::entry::{Applied, SchemaApplied};
+        let (batch, applied) =
+            crate::entry::entry_batch(&self.store, &self.schema, entry, position, &self.limits)?;
+        self.store.apply(batch)?;
+        if let Applied::Schema(SchemaApplied::Switched(s)) = &applied {
+            self.schema = s.clone();
+        }
+        Ok(applied)
+    }
+
     /// [`Executor::commit`] as a server does it, with the server's derived state
     /// ([`commit_batch`]).
     pub fn serve_commit(&mut self, commit: &Commit, position: u64) -> Result<Outcome, Error> {

@@ -30,6 +30,11 @@ pub const SPACE_OUTCOME: u8 = b'R';
 pub const META_DIGEST: &[u8] = b"Mdigest";
 /// The last applied log position (u64 big-endian).
 pub const META_POSITION: &[u8] = b"Mposition";
+/// The source of the schema in force (UTF-8), set by schema entries (`entry`).
+pub const META_SCHEMA: &[u8] = b"Mschema";
+/// `now()` of the last applied commit, milliseconds (i64 as u64, big-endian): a
+/// commit's time is never earlier (`entry`).
+pub const META_NOW: &[u8] = b"Mnow";
 
 /// Appends an escaped, terminated string component.
 pub fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -162,6 +167,13 @@ pub fn doc_key(collection: &str, id: &str) -> Vec<u8> {
 /// Prefix of all documents of a collection, in id order.
 pub fn collection_prefix(collection: &str) -> Vec<u8> {
     let mut k = vec![SPACE_DOC];
+    push_str(&mut k, collection);
+    k
+}
+
+/// Prefix of the entries of every index of a collection.
+pub fn collection_index_prefix(collection: &str) -> Vec<u8> {
+    let mut k = vec![SPACE_INDEX];
     push_str(&mut k, collection);
     k
 }

@@ -15,6 +15,8 @@
 //! - [`doc`]: stored documents and the key-value writes a document write implies.
 //! - [`exec`]: `execute` (commit → outcome), `apply` (outcome → state and digest),
 //!   `query`.
+//! - [`entry`]: applying log entries (commits and schema changes), the same way in
+//!   every region.
 //! - [`storage`]: the storage trait, the in-memory backend, the overlay and the
 //!   conformance suite.
 //! - [`protocol`]: the sync protocol's frames and the log's entries, as bytes.
@@ -51,6 +53,7 @@
 //! ```
 
 pub mod doc;
+pub mod entry;
 pub mod error;
 pub mod eval;
 pub mod exec;
@@ -74,6 +77,12 @@ pub use error::{Error, ErrorCode};
 pub use exec::{apply, execute, query, Commit, Executor, Op, Outcome, Usage, Write};
 pub use schema::Schema;
 pub use value::Value;
+
+/// The engine's identity for a deployment of many regions: regions that apply one log
+/// must compute the same thing, so a region whose engine differs from the one the
+/// deployment was created with refuses to start. Change the suffix whenever execution
+/// changes (the golden digests of `scenario` change with it).
+pub const ENGINE_VERSION: &str = concat!("warren-core/", env!("CARGO_PKG_VERSION"), "+exec1");
 
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {

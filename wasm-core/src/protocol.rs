@@ -39,6 +39,15 @@ pub mod codes {
     pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
     /// Something went wrong in the server; nothing the client sent was lost.
     pub const INTERNAL: &str = "INTERNAL";
+    /// The schema changed at a log position: reconnect, and the welcome carries the new
+    /// one (the client re-runs its pending commits under it).
+    pub const SCHEMA_CHANGED: &str = "SCHEMA_CHANGED";
+    /// This region cannot serve now (it cannot reach the global log, or stopped):
+    /// connect to another region of the deployment.
+    pub const REGION_UNAVAILABLE: &str = "REGION_UNAVAILABLE";
+    /// This region's state disagrees with another region's at the same log position;
+    /// it stopped itself. Connect to another region.
+    pub const REGION_DIVERGED: &str = "REGION_DIVERGED";
 
     /// Every protocol code, for tests and documentation checks.
     pub const ALL: &[&str] = &[
@@ -53,6 +62,9 @@ pub mod codes {
         TOO_SLOW,
         SHUTTING_DOWN,
         INTERNAL,
+        SCHEMA_CHANGED,
+        REGION_UNAVAILABLE,
+        REGION_DIVERGED,
     ];
 }
 
@@ -184,6 +196,7 @@ const F_SNAPSHOT_PART: u8 = 0x88;
 
 // Log entry kinds.
 const E_COMMIT: u8 = 0x01;
+const E_SCHEMA: u8 = 0x02;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     write_varint(out, s.len() as u64);
@@ -556,34 +569,87 @@ impl ServerFrame {
     }
 }
 
-/// A log entry: a commit with what the gateway verified and the sequencer fixed.
-pub fn encode_log_entry(c: &Commit) -> Vec<u8> {
-    let mut out = vec![E_COMMIT];
-    put_str(&mut out, &c.client_id);
-    write_varint(&mut out, c.client_seq);
-    put_str(&mut out, &c.schema_version);
-    write_varint(&mut out, c.timestamp as u64);
-    c.auth.encode_into(&mut out);
-    put_op(&mut out, &c.op);
-    out
+/// An entry of the global log: what every region applies, in log order, to reach the
+/// same state. Byte format in `docs/PROTOCOL.md` ("The log entry").
+#[derive(Clone, Debug, PartialEq)]
+pub enum LogEntry {
+    /// A commit with what the gateway verified and the sequencer fixed (kind `01`).
+    Commit(Commit),
+    /// A change of the schema in force, from this entry's position on (kind `02`).
+    Schema(SchemaChange),
 }
 
-pub fn decode_log_entry(bytes: &[u8]) -> Result<Commit, Error> {
-    let mut r = Reader::new(bytes);
-    match r.byte()? {
-        E_COMMIT => {}
-        t => return Err(corrupt(&format!("unknown log entry kind {t}"))),
-    }
-    let c = Commit {
+/// A schema change as it stands in the log: the whole new source. Whether it parses
+/// and fits the data is decided when the entry is applied, the same way everywhere
+/// (`warren_core::entry`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SchemaChange {
+    pub source: String,
+}
+
+fn put_commit(out: &mut Vec<u8>, c: &Commit) {
+    out.push(E_COMMIT);
+    put_str(out, &c.client_id);
+    write_varint(out, c.client_seq);
+    put_str(out, &c.schema_version);
+    write_varint(out, c.timestamp as u64);
+    c.auth.encode_into(out);
+    put_op(out, &c.op);
+}
+
+fn read_commit(r: &mut Reader) -> Result<Commit, Error> {
+    Ok(Commit {
         client_id: r.string()?,
         client_seq: r.varint()?,
         schema_version: r.string()?,
         timestamp: r.varint()? as i64,
         auth: r.value(0)?,
-        op: read_op(&mut r)?,
-    };
-    finish(&r)?;
-    Ok(c)
+        op: read_op(r)?,
+    })
+}
+
+impl LogEntry {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            LogEntry::Commit(c) => put_commit(&mut out, c),
+            LogEntry::Schema(s) => {
+                out.push(E_SCHEMA);
+                put_str(&mut out, &s.source);
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<LogEntry, Error> {
+        let mut r = Reader::new(bytes);
+        let e = match r.byte()? {
+            E_COMMIT => LogEntry::Commit(read_commit(&mut r)?),
+            E_SCHEMA => LogEntry::Schema(SchemaChange {
+                source: r.string()?,
+            }),
+            t => return Err(corrupt(&format!("unknown log entry kind {t}"))),
+        };
+        finish(&r)?;
+        Ok(e)
+    }
+}
+
+/// A commit's log entry (kind `01`): each commit in the server's log and in a client
+/// replica's outbox.
+pub fn encode_log_entry(c: &Commit) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_commit(&mut out, c);
+    out
+}
+
+/// A commit's log entry; any other kind is refused (a client's outbox holds only
+/// commits).
+pub fn decode_log_entry(bytes: &[u8]) -> Result<Commit, Error> {
+    match LogEntry::decode(bytes)? {
+        LogEntry::Commit(c) => Ok(c),
+        LogEntry::Schema(_) => Err(corrupt("a schema entry where a commit was expected")),
+    }
 }
 
 #[cfg(test)]
@@ -767,8 +833,26 @@ mod tests {
         };
         let b = encode_log_entry(&c);
         assert_eq!(decode_log_entry(&b).unwrap(), c);
+        assert_eq!(LogEntry::decode(&b).unwrap(), LogEntry::Commit(c.clone()));
+        assert_eq!(LogEntry::Commit(c).encode(), b);
         for cut in 0..b.len() {
             assert!(decode_log_entry(&b[..cut]).is_err());
         }
+        let s = LogEntry::Schema(SchemaChange {
+            source: "collection A {}".into(),
+        });
+        let b = s.encode();
+        assert_eq!(b[0], 0x02);
+        assert_eq!(LogEntry::decode(&b).unwrap(), s);
+        assert!(
+            decode_log_entry(&b).is_err(),
+            "an outbox holds only commits"
+        );
+        for cut in 0..b.len() {
+            assert!(LogEntry::decode(&b[..cut]).is_err());
+        }
+        let mut longer = b.clone();
+        longer.push(0);
+        assert!(LogEntry::decode(&longer).is_err());
     }
 }

@@ -513,7 +513,7 @@ fn unzigzag(u: u64) -> i64 {
 }
 
 /// LEB128 unsigned varint.
-pub(crate) fn write_varint(out: &mut Vec<u8>, mut v: u64) {
+pub fn write_varint(out: &mut Vec<u8>, mut v: u64) {
     loop {
         let byte = (v & 0x7f) as u8;
         v >>= 7;
@@ -546,7 +546,7 @@ fn corrupt(msg: &str) -> Error {
 /// allocation, and decoding stops with `MEMORY_EXHAUSTED` past the budget. A few bytes
 /// can stand for a large value (a one-entry object is 5 bytes and a B-tree node), so
 /// the length of the input alone does not bound the memory its decoding takes.
-pub(crate) struct Reader<'a> {
+pub struct Reader<'a> {
     pub buf: &'a [u8],
     pub pos: usize,
     budget: u64,
@@ -635,6 +635,7 @@ impl<'a> Reader<'a> {
         Err(corrupt("varint too long"))
     }
 
+    #[allow(clippy::len_without_is_empty)] // reads a length; not a container's
     pub fn len(&mut self) -> Result<usize, Error> {
         let n = self.varint()?;
         if n > (self.buf.len() - self.pos) as u64 {

@@ -13,7 +13,7 @@
 //! never past its memory limit (`lang_exec`; `.ci/fuzz` also caps the process's
 //! resident memory, so an allocation blow-up is a finding).
 
-use warren_core::protocol::{decode_log_entry, encode_log_entry, ClientFrame, ServerFrame};
+use warren_core::protocol::{ClientFrame, LogEntry, ServerFrame};
 
 /// `ClientFrame::decode`: the server's decoder of everything a client sends.
 pub fn client_frame(data: &[u8]) -> bool {
@@ -45,15 +45,32 @@ pub fn server_frame(data: &[u8]) -> bool {
     }
 }
 
-/// `decode_log_entry`: each record of the log, and each commit of a client's outbox.
+/// `LogEntry::decode`: each record of the log (a commit or a schema change), and each
+/// commit of a client's outbox.
 pub fn log_entry(data: &[u8]) -> bool {
-    match decode_log_entry(data) {
-        Ok(c) => {
+    match LogEntry::decode(data) {
+        Ok(e) => {
+            assert_eq!(e.encode(), data, "a log entry that is not canonical: {e:?}");
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// `BatchRecord::decode`: each batch of the shared log of a deployment of many
+/// regions, as etcd returns it.
+pub fn batch_record(data: &[u8]) -> bool {
+    use warren_server::log::shared::BatchRecord;
+    match BatchRecord::decode(data) {
+        Ok(r) => {
             assert_eq!(
-                encode_log_entry(&c),
+                r.encode(),
                 data,
-                "a log entry that is not canonical: {c:?}"
+                "a batch record that is not canonical: {r:?}"
             );
+            for e in &r.entries {
+                let _ = log_entry(e);
+            }
             true
         }
         Err(_) => false,

@@ -8,12 +8,15 @@
 //! | `GET /healthz` | the process is up |
 //! | `GET /readyz` | the log is replayed and commits are being served |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /v1/admin/snapshot` | the region's store as a stream (admin token) |
+//! | `GET /v1/admin/state` | position, digest and, for a region of many, its status (admin token) |
 //!
 //! The gateway verifies tokens and writes the verified claims into each commit, so
 //! every region evaluates rules with the same `auth`.
 //!
 //! This module holds what both halves share (limits, state, routes, errors, token
-//! checks); [`http`] answers the JSON endpoints and [`ws`] runs WebSocket sessions.
+//! checks); [`http`] answers the JSON endpoints, [`ws`] runs WebSocket sessions, and
+//! [`admin`] answers the operator's endpoints.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,11 +33,13 @@ use warren_core::protocol::codes;
 use warren_core::Value;
 
 use crate::auth::Verifier;
+use crate::barrier::Barrier;
 use crate::conns::{Conn, ConnLimits, Conns};
 use crate::limits::{Budget, CatchUps, Cost, Identities, Rate, Refused, Slots};
 use crate::metrics::Metrics;
 use crate::region::RegionTx;
 
+pub mod admin;
 pub mod http;
 pub mod ws;
 
@@ -214,7 +219,14 @@ pub struct AppState {
     pub catch_ups: Arc<CatchUps>,
     /// WebSocket sessions waiting for `Hello`.
     pub pending_hellos: Arc<Conns>,
+    /// In a deployment of many regions: catch up with the global log before a
+    /// welcome or a pull.
+    pub barrier: Option<Arc<Barrier>>,
+    /// The operator's endpoints (`/v1/admin/...`), when an admin token is set.
+    pub admin: Option<admin::Admin>,
 }
+
+pub use admin::Admin;
 
 /// How many catch-ups run at once: one per core, at least two.
 pub fn catch_up_workers() -> usize {
@@ -236,6 +248,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/admin/snapshot", get(admin::snapshot))
+        .route("/v1/admin/state", get(admin::state))
         .layer(body_limit)
         .layer(body_timeout)
         .with_state(state)
@@ -269,11 +283,27 @@ impl IntoResponse for AppError {
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    if s.ready.load(Ordering::Relaxed) && !*s.shutdown.borrow() {
-        "ready\n".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    let ready = s.ready.load(Ordering::Relaxed) && !*s.shutdown.borrow();
+    let r = &s.metrics.region;
+    if r.name().is_none() {
+        return if ready {
+            "ready\n".into_response()
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        };
     }
+    // A region of many: ready when caught up at start, reaching an etcd quorum, and
+    // not diverged; the body says where it stands.
+    let ready = ready && r.etcd_ok.load(Ordering::Relaxed) && !r.diverged.load(Ordering::Relaxed);
+    let mut body = r.summary();
+    body["ready"] = ready.into();
+    body["position"] = s.metrics.position.load(Ordering::Relaxed).into();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

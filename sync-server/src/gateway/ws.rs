@@ -236,6 +236,19 @@ async fn session(
         refuse(&s, &mut sink, &end).await;
         return (end, None);
     }
+    // A region of many catches up with the global log first, so the welcome is never
+    // older than what the client saw elsewhere.
+    if let Some(b) = &s.barrier {
+        if let Err(m) = b.wait().await {
+            tracing::info!(conn, "sync connection refused: {m}");
+            let end = End::error(
+                codes::REGION_UNAVAILABLE,
+                format!("{m}; connect to another region"),
+            );
+            refuse(&s, &mut sink, &end).await;
+            return (end, None);
+        }
+    }
     // The session keys everything by the scoped id; the client's own id is only used
     // in what it is told.
     let scoped = scoped_client_id(&auth, &client_id);

@@ -5,12 +5,18 @@
 //! [`FileLog`] is the embedded backend (a directory of segment files, the default) and
 //! [`MemoryLog`] a `Vec` for tests of other components. The byte format, the durability
 //! contract and the recovery rules are specified in `docs/LOG.md`.
+//!
+//! A deployment of many regions shares one log instead: [`shared`] (the key layout,
+//! the batch record, compare-and-swap appends, the chain check) over [`etcd`] (a client
+//! of etcd's JSON gateway); `docs/REGIONS.md`.
 
 use std::fmt;
 use std::io;
 
+pub mod etcd;
 mod file;
 pub mod fs;
+pub mod shared;
 
 pub use file::{
     segment_file_name, FileLog, FileLogOptions, Recovery, DEFAULT_SEGMENT_SIZE, FORMAT_VERSION,

@@ -8,9 +8,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use warren_core::entry::Applied;
 use warren_core::eval::Limits;
-use warren_core::exec::{Commit, Op, Outcome};
-use warren_core::protocol::decode_log_entry;
+use warren_core::exec::{Op, Outcome};
+use warren_core::protocol::LogEntry;
 use warren_core::storage::{Entry, KeyRange, MemoryStore, Storage};
 use warren_core::{Executor, Schema, Value};
 use warren_server::log::Log;
@@ -80,10 +81,25 @@ pub struct Replay {
 
 impl Replay {
     pub fn new(schema: &str) -> Replay {
-        let schema = Arc::new(Schema::parse(schema).expect("the schema parses"));
-        let executor = Executor::new(MemoryStore::new(), schema, Limits::default());
+        let parsed = Arc::new(Schema::parse(schema).expect("the schema parses"));
+        // As a region does with a new store: the initial schema is recorded.
+        let mut store = MemoryStore::new();
+        store
+            .apply(warren_core::entry::initial_schema_batch(schema))
+            .expect("a memory store takes a batch");
+        let executor = Executor::new(store, parsed, Limits::default());
         Replay {
             executor,
+            digests: vec![[0; 32]],
+            entries: Vec::new(),
+        }
+    }
+
+    /// A replay with no schema yet: a shared log's first entry is its initial schema.
+    pub fn empty() -> Replay {
+        let schema = Arc::new(Schema::parse("").expect("the empty schema parses"));
+        Replay {
+            executor: Executor::new(MemoryStore::new(), schema, Limits::default()),
             digests: vec![[0; 32]],
             entries: Vec::new(),
         }
@@ -116,25 +132,32 @@ impl Replay {
             self.position() + 1,
             "log positions are consecutive"
         );
-        let commit: Commit = decode_log_entry(bytes)
+        let entry = LogEntry::decode(bytes)
             .unwrap_or_else(|e| panic!("log entry {position} does not decode: {e}"));
-        // As the region does: with the server's derived state (quota counts, the
-        // read-rule index).
-        let outcome = self
+        let applied = self
             .executor
-            .serve_commit(&commit, position)
+            .apply_entry(entry, position)
             .unwrap_or_else(|e| panic!("replaying position {position}: {e}"));
         self.digests.push(self.executor.digest().unwrap());
-        let function = match &commit.op {
-            Op::Call { function, .. } => function.clone(),
-            Op::Run { .. } => String::new(),
-        };
-        self.entries.push(Replayed {
-            position,
-            client_id: commit.client_id,
-            client_seq: commit.client_seq,
-            function,
-            committed: matches!(outcome, Outcome::Committed { .. }),
+        self.entries.push(match applied {
+            Applied::Commit { commit, outcome } => Replayed {
+                position,
+                function: match &commit.op {
+                    Op::Call { function, .. } => function.clone(),
+                    Op::Run { .. } => String::new(),
+                },
+                client_id: commit.client_id,
+                client_seq: commit.client_seq,
+                committed: matches!(outcome, Outcome::Committed { .. }),
+            },
+            // A schema change: no client's commit.
+            Applied::Schema(_) => Replayed {
+                position,
+                client_id: String::new(),
+                client_seq: 0,
+                function: String::new(),
+                committed: false,
+            },
         });
     }
 

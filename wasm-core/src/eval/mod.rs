@@ -105,6 +105,41 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Every limit that decides execution, as one comparable string: replicas that
+    /// apply one log must have the same (a region of many refuses to join a deployment
+    /// with others: `SETTINGS_MISMATCH`). Every field is named here, so a new limit
+    /// cannot be left out.
+    pub fn fingerprint(&self) -> String {
+        let Limits {
+            fuel,
+            max_depth,
+            max_args_bytes,
+            max_doc_bytes,
+            max_result_bytes,
+            max_value_bytes,
+            max_writes,
+            max_memory_bytes,
+            rule_fuel,
+            rule_memory_bytes,
+            max_hidden_work,
+            quotas:
+                crate::quota::Quotas {
+                    documents,
+                    bytes,
+                    partitions,
+                },
+        } = self;
+        format!(
+            "fuel={fuel} depth={max_depth} args={max_args_bytes} doc={max_doc_bytes} \
+             result={max_result_bytes} value={max_value_bytes} writes={max_writes} \
+             memory={max_memory_bytes} rule_fuel={rule_fuel} rule_memory={rule_memory_bytes} \
+             hidden={max_hidden_work} quota_documents={documents} quota_bytes={bytes} \
+             quota_partitions={partitions}"
+        )
+    }
+}
+
 /// What an evaluation may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
