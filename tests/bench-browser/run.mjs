@@ -285,7 +285,7 @@ try {
     ctx = await profile(join(root_profiles, `million-${lib}`));
     const p = await page(`lib=${lib}`);
     const stop = sampleMemory();
-    const b = await p.evaluate(([u, n]) => window.bench.importCountScan(u, `million-${lib}`, n), [`m${lib}`, 1_000_000]);
+    const b = await p.evaluate(([u, name, n]) => window.bench.importCountScan(u, name, n), [`m${lib}`, `million-${lib}`, 1_000_000]);
     const peak = stop();
     await p.close();
     for (const k of ["import", "importConfirmed", "count", "scan"]) record(`m_${k}`, lib, b[k]);
