@@ -16,11 +16,14 @@
 //! - [`store`]: the region's state in redb, behind the engine's storage trait.
 //! - [`gateway`]: axum routes, limits and token checks; [`gateway::ws`] runs WebSocket
 //!   sync sessions, [`gateway::http`] answers HTTP push and pull.
+//! - [`graphql`]: GraphQL at `/v1/graphql`, generated from the schema: queries on read
+//!   views, mutations as commits, live queries over `graphql-transport-ws`.
 //! - [`snapshot`]: a region's store as one stream, to boot another region from.
 //! - [`server`]: puts the parts together; start and graceful stop.
 //! - [`conns`]: the accept loop: a cap on open TCP connections with a reserve for
 //!   authenticated ones, header-read and idle timeouts.
-//! - [`limits`]: per-identity limits: connections, commit and frame rates.
+//! - [`limits`]: per-identity limits: connections, commit and frame rates (service
+//!   identities are counted apart, `gateway::GatewayLimits::service_role`).
 //! - [`queue`]: a connection's outgoing frames, bounded in frames and bytes.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`web`]: optional static files (an app such as the demo) and development tokens.
@@ -33,6 +36,7 @@ pub mod client;
 pub mod conns;
 pub mod follower;
 pub mod gateway;
+pub mod graphql;
 pub mod limits;
 pub mod log;
 pub mod metrics;

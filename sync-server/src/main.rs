@@ -235,6 +235,56 @@ struct ServeArgs {
     /// Frames and HTTP requests one identity may send at once.
     #[arg(long, env = "WARREN_FRAME_BURST", default_value_t = 1000)]
     frame_burst: u32,
+    /// Tokens whose `role` claim is this are service identities (trusted backend code),
+    /// with the --service-* limits instead of the end-user ones ("": none).
+    #[arg(long, env = "WARREN_SERVICE_ROLE", default_value = "service")]
+    service_role: String,
+    /// Open connections of one service identity (0: no limit).
+    #[arg(
+        long,
+        env = "WARREN_SERVICE_MAX_CONNECTIONS_PER_IDENTITY",
+        default_value_t = 256
+    )]
+    service_max_connections_per_identity: usize,
+    /// Commits one service identity may send per second (0: no limit).
+    #[arg(long, env = "WARREN_SERVICE_COMMITS_PER_SEC", default_value_t = 2000)]
+    service_commits_per_sec: u32,
+    /// Commits one service identity may send at once.
+    #[arg(long, env = "WARREN_SERVICE_COMMIT_BURST", default_value_t = 20_000)]
+    service_commit_burst: u32,
+    /// Frames and HTTP requests one service identity may send per second (0: no limit).
+    #[arg(long, env = "WARREN_SERVICE_FRAMES_PER_SEC", default_value_t = 2000)]
+    service_frames_per_sec: u32,
+    /// Frames and HTTP requests one service identity may send at once.
+    #[arg(long, env = "WARREN_SERVICE_FRAME_BURST", default_value_t = 10_000)]
+    service_frame_burst: u32,
+    /// GraphQL query evaluations at once, all identities together (0: twice the CPUs).
+    #[arg(long, env = "WARREN_GRAPHQL_CONCURRENCY", default_value_t = 0)]
+    graphql_concurrency: usize,
+    /// GraphQL query evaluations of one end-user identity at once.
+    #[arg(
+        long,
+        env = "WARREN_GRAPHQL_CONCURRENCY_PER_IDENTITY",
+        default_value_t = 2
+    )]
+    graphql_concurrency_per_identity: usize,
+    /// GraphQL query evaluations of one service identity at once.
+    #[arg(
+        long,
+        env = "WARREN_SERVICE_GRAPHQL_CONCURRENCY_PER_IDENTITY",
+        default_value_t = 8
+    )]
+    service_graphql_concurrency_per_identity: usize,
+    /// Subscriptions one GraphQL WebSocket may hold.
+    #[arg(
+        long,
+        env = "WARREN_GRAPHQL_SUBSCRIPTIONS_PER_CONNECTION",
+        default_value_t = 64
+    )]
+    graphql_subscriptions_per_connection: usize,
+    /// Serve GraphiQL, an in-browser GraphQL IDE, at GET /v1/graphql (development).
+    #[arg(long, env = "WARREN_GRAPHIQL")]
+    graphiql: bool,
     /// Milliseconds of the region's time one identity's commits may use per second (0:
     /// no limit); over it, its commits wait.
     #[arg(long, env = "WARREN_COST_MS_PER_SEC", default_value_t = 10)]
@@ -550,6 +600,7 @@ fn serve(s: ServeArgs) -> ExitCode {
         },
         issuer: s.secret.issuer.clone(),
         audience: s.secret.audience.clone(),
+        graphiql: s.graphiql,
     };
     let shared = s.region.region.clone().map(|name| {
         let r = &s.region;
@@ -603,6 +654,16 @@ fn serve(s: ServeArgs) -> ExitCode {
             commit_burst: s.commit_burst,
             frames_per_sec: s.frames_per_sec,
             frame_burst: s.frame_burst,
+            service_role: s.service_role.clone(),
+            service_max_connections_per_identity: s.service_max_connections_per_identity,
+            service_commits_per_sec: s.service_commits_per_sec,
+            service_commit_burst: s.service_commit_burst,
+            service_frames_per_sec: s.service_frames_per_sec,
+            service_frame_burst: s.service_frame_burst,
+            graphql_concurrency: s.graphql_concurrency,
+            graphql_concurrency_per_identity: s.graphql_concurrency_per_identity,
+            service_graphql_concurrency_per_identity: s.service_graphql_concurrency_per_identity,
+            graphql_subscriptions_per_connection: s.graphql_subscriptions_per_connection,
             cost_ms_per_sec: s.cost_ms_per_sec,
             cost_burst_ms: s.cost_burst_ms,
             max_in_flight: s.max_in_flight,
@@ -639,8 +700,8 @@ fn serve(s: ServeArgs) -> ExitCode {
             }
         };
         println!(
-            "warren: serving on http://{} (sync: ws://{}/v1/sync)",
-            running.addr, running.addr
+            "warren: serving on http://{} (sync: ws://{}/v1/sync, GraphQL: http://{}/v1/graphql)",
+            running.addr, running.addr, running.addr
         );
         wait_for_signal(&running).await;
         tracing::info!("stopping");

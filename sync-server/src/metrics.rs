@@ -183,6 +183,8 @@ pub struct Metrics {
     pub frames_out: AtomicU64,
     pub protocol_errors: AtomicU64,
     rejections: Mutex<BTreeMap<String, u64>>,
+    /// GraphQL's own counters.
+    pub graphql: crate::graphql::GraphqlMetrics,
     /// Open TCP connections, not logged in yet and logged in (`crate::conns`).
     pub tcp_unauthenticated: AtomicU64,
     pub tcp_authenticated: AtomicU64,
@@ -222,6 +224,7 @@ impl Default for Metrics {
             frames_out: Default::default(),
             protocol_errors: Default::default(),
             rejections: Default::default(),
+            graphql: Default::default(),
             tcp_unauthenticated: Default::default(),
             tcp_authenticated: Default::default(),
             tcp_evicted: Default::default(),
@@ -572,6 +575,7 @@ impl Metrics {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
             h.render(name, &mut s);
         }
+        self.graphql.render(&mut s);
         s
     }
 }

@@ -32,6 +32,7 @@
 //! connection's life; [`RegionMsg::Wait`] and [`RegionMsg::View`] serve HTTP.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -42,7 +43,7 @@ use warren_core::entry::{self as log_entry, Applied, SchemaApplied};
 use warren_core::eval::Limits;
 use warren_core::exec::{self, Outcome, Skip, Write};
 use warren_core::protocol::{codes, CommitResult, LogEntry, ServerFrame};
-use warren_core::storage::{Batch, Overlay, OverlayWrites, Storage};
+use warren_core::storage::{Batch, Layered, Overlay, OverlayWrites, Storage};
 use warren_core::subscription::{
     kept_result, result_of, welcome, Out, SnapshotCursor, SnapshotRef, Subscription,
 };
@@ -91,6 +92,17 @@ pub struct ReadView {
 }
 
 impl ReadView {
+    /// The state the view reads: the store as of its last write with the applied
+    /// writes after it laid over, shared (nothing is copied).
+    pub fn state(&self) -> Layered<'_> {
+        Layered::new(&*self.snapshot, &self.pending)
+    }
+
+    /// The schema in force at the view's position.
+    pub fn schema(&self) -> &Arc<Schema> {
+        &self.schema
+    }
+
     /// What a client gets on connecting at this view's position (see
     /// [`warren_core::subscription::welcome`]).
     pub fn welcome(
@@ -100,7 +112,7 @@ impl ReadView {
         cursors: &[(String, u64)],
         outbox_from: u64,
     ) -> Result<(Vec<Out>, Subscription), Error> {
-        let state = Overlay::with_writes(&*self.snapshot, (*self.pending).clone());
+        let state = self.state();
         welcome(
             &state,
             &self.schema,
@@ -238,6 +250,20 @@ pub enum RegionMsg {
     /// Stop after what is queued; make the store durable.
     Stop,
 }
+
+/// What one applied batch changed, published for live queries (GraphQL
+/// subscriptions): the document and index keys its commits wrote, and the position
+/// after it. Sent only while someone listens (see [`Region::changes`]).
+#[derive(Debug)]
+pub struct Changes {
+    pub position: u64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// How many batches' [`Changes`] wait for a slow listener before it misses some (it is
+/// then told so, and must assume everything changed): a bound on what slow live
+/// queries can keep in memory.
+const CHANGES_BACKLOG: usize = 128;
 
 /// A consistent view of a region's store for a snapshot, with what it holds.
 pub struct SnapshotSource {
@@ -638,6 +664,10 @@ pub struct Region {
     /// The task that hands frames to connections, when the region runs next to a
     /// tokio runtime (see [`spawn`]); without it the region hands them over itself.
     dispatch: Option<Dispatch>,
+    /// Where each batch's [`Changes`] go.
+    changes: tokio::sync::broadcast::Sender<Arc<Changes>>,
+    /// The schema in force, for those that follow it (GraphQL).
+    schema_tx: tokio::sync::watch::Sender<Arc<Schema>>,
     /// In a deployment of many regions: chains, digests, comparisons.
     shared: Option<SharedRegion>,
     /// Tells waiting clients (the Welcome barrier) which revision is applied.
@@ -753,6 +783,7 @@ impl Region {
         }
         let position = exec::position(&store)?;
         metrics.position.store(position, Ordering::Relaxed);
+        let schema_tx = tokio::sync::watch::channel(schema.clone()).0;
         Ok(Region {
             store,
             schema,
@@ -772,10 +803,23 @@ impl Region {
             window_from: 0,
             window_max_bytes: WINDOW_MAX_BYTES,
             dispatch: None,
+            changes: tokio::sync::broadcast::channel(CHANGES_BACKLOG).0,
+            schema_tx,
             shared,
             applied_tx: None,
             costs: None,
         })
+    }
+
+    /// The channel each applied batch's [`Changes`] go to (take it before the region
+    /// starts; subscribe through it).
+    pub fn changes(&self) -> tokio::sync::broadcast::Sender<Arc<Changes>> {
+        self.changes.clone()
+    }
+
+    /// The schema in force, and each one a schema entry of the log switches to.
+    pub fn schemas(&self) -> tokio::sync::watch::Receiver<Arc<Schema>> {
+        self.schema_tx.subscribe()
     }
 
     /// Tells `tx` the revision of every batch applied (for the Welcome barrier).
@@ -817,7 +861,7 @@ impl Region {
 
     /// The state digest.
     pub fn digest(&self) -> Result<[u8; 32], Error> {
-        exec::digest(&Overlay::with_writes(&self.store, (*self.pending).clone()))
+        exec::digest(&Layered::new(&self.store, &self.pending))
     }
 
     /// The applied writes not in the store yet, to own (copied only if a read view
@@ -1289,11 +1333,15 @@ impl Region {
             window_from,
             window_max_bytes,
             dispatch,
+            changes,
+            schema_tx,
             shared,
             applied_tx,
             costs,
             ..
         } = self;
+        // The keys live queries watch, collected only while someone listens.
+        let mut changed: Option<Vec<Vec<u8>>> = (changes.receiver_count() > 0).then(Vec::new);
         let mut charges: BTreeMap<String, (u64, u32)> = BTreeMap::new();
         let taken = std::mem::take(pending);
         let mut overlay = Overlay::with_writes(
@@ -1347,6 +1395,23 @@ impl Region {
                 }
                 let ran = Instant::now();
                 let (b, applied) = log_entry::entry_batch(&overlay, schema, entry, pos, limits)?;
+                if let Some(keys) = &mut changed {
+                    keys.extend(
+                        b.ops
+                            .iter()
+                            .map(|(k, _)| k)
+                            .filter(|k| {
+                                matches!(
+                                    k.first(),
+                                    Some(
+                                        &warren_core::keys::SPACE_DOC
+                                            | &warren_core::keys::SPACE_INDEX
+                                    )
+                                )
+                            })
+                            .cloned(),
+                    );
+                }
                 overlay.apply(b)?;
                 *position = pos;
                 let (commit, outcome) = match applied {
@@ -1358,6 +1423,7 @@ impl Region {
                             to = new.version(),
                             "schema changed"
                         );
+                        schema_tx.send_replace(new.clone());
                         *schema = new;
                         // Every client learns the new schema in a new welcome (and
                         // re-runs its pending commits under it): what it was sent
@@ -1440,14 +1506,24 @@ impl Region {
                     for id in routes.visits(&overlay, schema, writes, &new_pairs)? {
                         if let Some(conn) = conns.get_mut(&id) {
                             let waits = due.contains(&id);
-                            conn.sub
-                                .fanout(&overlay, schema, limits, pos, writes, &mut |f| {
-                                    if waits {
-                                        held.entry(id).or_default().push(Held::Frame(f));
-                                    } else {
-                                        out.push((id, frame_item(&f)));
-                                    }
-                                })?;
+                            // As for execution, a panic of the engine (a bug) must not
+                            // stop the region: it costs this connection (`drop_broken`).
+                            let routed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                conn.sub
+                                    .fanout(&overlay, schema, limits, pos, writes, &mut |f| {
+                                        if waits {
+                                            held.entry(id).or_default().push(Held::Frame(f));
+                                        } else {
+                                            out.push((id, frame_item(&f)));
+                                        }
+                                    })
+                            }));
+                            let Ok(routed) = routed else {
+                                held.remove(&id);
+                                drop_broken(conns, by_client, routes, metrics, id, pos);
+                                continue;
+                            };
+                            routed?;
                             if conn.sub.has_due() {
                                 due.insert(id);
                             }
@@ -1550,6 +1626,13 @@ impl Region {
             store_apply(store, metrics, shared.is_some(), batch)?;
         } else {
             *pending = Arc::new(writes);
+        }
+        if let Some(keys) = changed {
+            // No listener left is no error: the next batch looks again.
+            let _ = changes.send(Arc::new(Changes {
+                position: *position,
+                keys,
+            }));
         }
         metrics.position.store(*position, Ordering::Relaxed);
         if let Some(sh) = shared {
@@ -1753,6 +1836,41 @@ fn close_conns(
         ..Routes::default()
     };
     metrics.connections.store(0, Ordering::Relaxed);
+}
+
+/// Closes connection `id`, whose subscription the engine failed inside of (a panic
+/// while routing the entry at `position` to it): it is told `INTERNAL` and may
+/// connect again (its new welcome is computed afresh); the region goes on.
+fn drop_broken(
+    conns: &mut BTreeMap<u64, Conn>,
+    by_client: &mut BTreeMap<String, u64>,
+    routes: &mut Routes,
+    metrics: &Metrics,
+    id: u64,
+    position: u64,
+) {
+    tracing::error!(
+        conn = id,
+        position,
+        "the engine failed inside while routing this log entry to a connection; the \
+         connection is closed with INTERNAL and the region goes on (a bug: report it)"
+    );
+    let Some(c) = conns.remove(&id) else {
+        return;
+    };
+    routes.forget(id, &c.sub);
+    if by_client.get(c.sub.client_id()) == Some(&id) {
+        by_client.remove(c.sub.client_id());
+    }
+    Metrics::add(&metrics.frames_out, 1);
+    let _ = c.tx.try_send_item(frame_item(&ServerFrame::Error {
+        code: codes::INTERNAL.to_owned(),
+        message: "the server failed inside while sending you an update (a bug); reconnect"
+            .to_owned(),
+    }));
+    metrics
+        .connections
+        .store(conns.len() as u64, Ordering::Relaxed);
 }
 
 /// A frame held back behind the snapshots a connection is owed (see `apply_batch`).

@@ -294,7 +294,7 @@ pub fn run_shared(
                 // etcd is out of space (NOSPACE): nothing was appended; it takes
                 // writes again once an operator compacts, defragments and disarms.
                 Err(SharedLogError::Refused(m)) if m.contains("space exceeded") => {
-                    if waited % 30 == 0 {
+                    if waited.is_multiple_of(30) {
                         tracing::error!(
                             waited_secs = waited,
                             "the shared log is out of space; appends wait: {m}"

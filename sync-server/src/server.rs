@@ -344,6 +344,8 @@ pub async fn start_with_web(
     let identities = Arc::new(config.gateway.identities());
     region.set_costs(identities.clone());
     let applied = region.position();
+    let changes = region.changes();
+    let schemas = region.schemas();
     let (region_tx, region_rx) = std::sync::mpsc::channel::<RegionMsg>();
     let region_thread = region::spawn(region, region_rx);
     let backlog = Backlog::new(BACKLOG_ENTRIES, BACKLOG_BYTES);
@@ -426,6 +428,8 @@ pub async fn start_with_web(
             shared: None,
             position: applied,
             identities,
+            schemas,
+            changes,
         },
     )
     .await
@@ -444,6 +448,10 @@ struct Parts {
     shared: Option<SharedRunning>,
     position: u64,
     identities: Arc<Identities>,
+    /// The schema in force, which GraphQL is generated from and follows.
+    schemas: tokio::sync::watch::Receiver<Arc<Schema>>,
+    /// Where the region publishes what each batch changed (GraphQL's live queries).
+    changes: tokio::sync::broadcast::Sender<Arc<region::Changes>>,
 }
 
 async fn serve(
@@ -466,6 +474,7 @@ async fn serve(
         next_conn: Arc::new(AtomicU64::new(1)),
         shutdown: shutdown_rx.clone(),
         identities: p.identities.clone(),
+        service_identities: Arc::new(config.gateway.service_identities()),
         slots: Arc::new(Slots::new(config.gateway.max_connections)),
         pending_hellos: Conns::pool(config.gateway.max_pending_hellos),
         catch_ups: Arc::new(CatchUps::new(
@@ -478,7 +487,16 @@ async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| start_err("listener", e))?;
-    let app = gateway::app(state).merge(crate::web::router(web));
+    let graphql = crate::graphql::router(
+        state.clone(),
+        p.schemas,
+        config.limits.clone(),
+        p.changes,
+        web.graphiql,
+    );
+    let app = gateway::app(state)
+        .merge(graphql)
+        .merge(crate::web::router(web));
     let conns = Conns::new(&config.gateway.conns, p.metrics.clone());
     let (max_tcp, reserved) = conns.limits();
     tracing::info!(max_tcp, reserved, "connection limits");
@@ -605,6 +623,8 @@ async fn start_shared(
     let position = region.position();
     let latest = region.latest();
     let (region_tx, region_rx) = std::sync::mpsc::channel::<RegionMsg>();
+    let schemas = region.schemas();
+    let changes = region.changes();
     let region_thread = region::spawn(region, region_rx);
     // The log's consumer. Its fatal errors (a compacted history, a gap, a fence) stop
     // the region with their code.
@@ -732,6 +752,8 @@ async fn start_shared(
             }),
             position,
             identities,
+            schemas,
+            changes,
         },
     )
     .await

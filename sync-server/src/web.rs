@@ -29,6 +29,8 @@ pub struct WebOptions {
     /// The issuer and audience the dev tokens carry (those the verifier wants).
     pub issuer: Option<String>,
     pub audience: Option<String>,
+    /// Serve GraphiQL at `GET /v1/graphql` (see `crate::graphql`).
+    pub graphiql: bool,
 }
 
 /// The routes for `opts` (none when both parts are off).

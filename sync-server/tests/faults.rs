@@ -88,7 +88,7 @@ impl Content {
     fn set_len(&mut self, len: usize) {
         if len < self.len {
             self.chunks.truncate(len.div_ceil(CHUNK));
-            if len % CHUNK != 0 {
+            if !len.is_multiple_of(CHUNK) {
                 let last = Arc::make_mut(self.chunks.last_mut().unwrap());
                 last[len % CHUNK..].fill(0);
             }

@@ -211,3 +211,135 @@ fn a_poison_entry_is_rejected_on_replay_and_the_server_serves() {
     assert_same_state(&store, &replay, "after the poison entry");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A schema whose `Board` read rule panics once the document `Flag/boom` says so: the
+/// rule runs when the fan-out re-evaluates what a connection may read, on the region's
+/// thread.
+const ROUTING_SCHEMA: &str = r#"
+collection Flag {
+  partition "user:" + doc.owner
+  allow read   partition == "user:" + auth.sub
+  allow create doc.owner == auth.sub
+}
+
+collection Board {
+  partition "board:" + doc.name
+  allow read   Flag.byId("boom")?.on == true && __panic()
+  allow create true
+}
+"#;
+
+/// `POST /v1/push` of one ad-hoc transaction by `sub`; its outcome as JSON.
+async fn http_push(addr: &str, sub: &str, client_id: &str, seq: u64, source: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let token = warren_server::auth::mint_hs256(
+        SECRET,
+        &warren_server::auth::dev_claims(sub, 3600, None, None),
+    )
+    .unwrap();
+    let body = serde_json::json!({
+        "client_id": client_id,
+        "commits": [{ "seq": seq, "source": source }],
+    })
+    .to_string();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/push HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The engine failing inside (a bug) while the region routes an entry to a connection
+/// costs that connection, not the region: it is closed with `INTERNAL`, the error is
+/// logged, and the region goes on committing.
+#[test]
+fn a_panic_while_routing_an_entry_closes_one_connection_and_the_region_goes_on() {
+    let dir = std::env::temp_dir().join(format!("warren-poison-route-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::write(dir.join("schema.warren"), ROUTING_SCHEMA).unwrap();
+    let (child, addr) = serve(&dir);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // A board exists before anyone watches (its rule denies, quietly).
+        let r = http_push(
+            &addr,
+            "bob",
+            "bob-1",
+            1,
+            r#"Board.create({ id: "b1", name: "x" })"#,
+        )
+        .await;
+        assert!(r.contains("\"committed\""), "{r}");
+        // ann watches: her welcome evaluates the Board rule, which reads Flag/boom.
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/sync"))
+            .await
+            .unwrap();
+        let token = warren_server::auth::mint_hs256(
+            SECRET,
+            &warren_server::auth::dev_claims("ann", 3600, None, None),
+        )
+        .unwrap();
+        let hello = ClientFrame::Hello {
+            client_id: "watcher".into(),
+            token,
+            schema_version: String::new(),
+            outbox_from: 1,
+            partitions: vec![],
+        };
+        ws.send(Message::Binary(hello.encode().into()))
+            .await
+            .unwrap();
+        loop {
+            match next_frame(&mut ws).await {
+                Some(ServerFrame::Welcome { .. }) => break,
+                Some(_) => {}
+                None => panic!("no welcome"),
+            }
+        }
+        // The flag: the fan-out re-evaluates ann's Board rule, which now panics.
+        let r = http_push(
+            &addr,
+            "ann",
+            "ann-1",
+            1,
+            r#"Flag.create({ id: "boom", owner: "ann", on: true })"#,
+        )
+        .await;
+        assert!(r.contains("\"committed\""), "{r}");
+        let closed_with = loop {
+            match next_frame(&mut ws).await {
+                Some(ServerFrame::Error { code, .. }) => break Some(code),
+                Some(_) => {}
+                None => break None,
+            }
+        };
+        assert_eq!(closed_with.as_deref(), Some("INTERNAL"));
+        // The region goes on: the next commit is committed.
+        let r = http_push(
+            &addr,
+            "bob",
+            "bob-1",
+            2,
+            r#"Board.create({ id: "b2", name: "y" })"#,
+        )
+        .await;
+        assert!(r.contains("\"committed\""), "{r}");
+    });
+    let stderr = stop(child);
+    assert!(
+        stderr.lines().any(
+            |l| l.contains("\"ERROR\"") && l.contains("routing this log entry to a connection")
+        ),
+        "the failure was not logged as an error:\n{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -720,6 +720,31 @@ fn fast() {
             "{r} published no state after the schema change"
         );
     }
+    // GraphQL follows the schema in the log: the function the change added is a
+    // mutation of every region's GraphQL schema, without a restart.
+    for r in 0..3 {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let body = serde_json::json!({
+            "query": format!("mutation {{ bumpTwice(id: \"gql-{r}\") }}")
+        });
+        let mut resp = agent
+            .post(format!("{}/v1/graphql", d.regions[r].http()))
+            .header("authorization", format!("Bearer {}", token("u-gql")))
+            .header("content-type", "application/json")
+            .send(body.to_string())
+            .expect("a GraphQL request");
+        let answer: serde_json::Value =
+            serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        assert!(
+            answer.get("errors").is_none(),
+            "region {}: bumpTwice through GraphQL after the schema change: {answer}",
+            r + 1
+        );
+    }
     steps.step("schema change");
 
     // S7: a late region, booted from r1's snapshot, serves clients and agrees.

@@ -29,7 +29,7 @@ use crate::exec::{self, Commit, Outcome};
 use crate::keys;
 use crate::protocol::LogEntry;
 use crate::schema::{Collection, Schema};
-use crate::storage::{Batch, KeyRange, Storage};
+use crate::storage::{scan_all, Batch, KeyRange, Storage};
 use crate::value::write_varint;
 
 /// What applying an entry did.
@@ -240,20 +240,4 @@ fn reindex(store: &dyn Storage, old: &Schema, new: &Schema) -> Result<Batch, Err
         }
     }
     Ok(batch)
-}
-
-fn scan_all(store: &dyn Storage, range: &KeyRange) -> Result<Vec<crate::storage::Entry>, Error> {
-    let mut out = Vec::new();
-    let mut r = range.clone();
-    loop {
-        let page = store.scan(&r, false, 512)?;
-        let full = page.len() == 512;
-        if let Some((last, _)) = page.last() {
-            r = r.after(last);
-        }
-        out.extend(page);
-        if !full {
-            return Ok(out);
-        }
-    }
 }

@@ -44,7 +44,7 @@ use crate::keys;
 use crate::lang::ast::{Action, BinOp, Expr, ExprKind};
 use crate::lang::is_builtin;
 use crate::schema::Schema;
-use crate::storage::{BatchOp, Entry, KeyRange, Storage};
+use crate::storage::{scan_all, BatchOp, KeyRange, Storage};
 use crate::value::Value;
 
 /// How a membership conjunct compares the document's field with the claim's value.
@@ -725,23 +725,6 @@ impl MemberSpec {
             }
         }
         Ok(false)
-    }
-}
-
-/// Every entry of a range.
-fn scan_all(store: &dyn Storage, range: &KeyRange) -> Result<Vec<Entry>, Error> {
-    let mut out = Vec::new();
-    let mut r = range.clone();
-    loop {
-        let page = store.scan(&r, false, 512)?;
-        let full = page.len() == 512;
-        if let Some((last, _)) = page.last() {
-            r = r.after(last);
-        }
-        out.extend(page);
-        if !full {
-            return Ok(out);
-        }
     }
 }
 

@@ -47,7 +47,7 @@ use crate::protocol::{
     SnapshotDoc,
 };
 use crate::schema::Schema;
-use crate::storage::{Batch, Entry, KeyRange, Overlay, Reads, Recorder, Storage};
+use crate::storage::{scan_all, Batch, KeyRange, Overlay, Reads, Recorder, Storage};
 use crate::value::Value;
 use view::View;
 
@@ -1114,21 +1114,4 @@ fn approx_size(c: &ClientCommit) -> usize {
         Op::Run { source } => source.len(),
     };
     16 + c.schema_version.len() + op
-}
-
-/// Every entry of a range (the trait returns pages).
-fn scan_all(store: &dyn Storage, range: &KeyRange) -> Result<Vec<Entry>, Error> {
-    let mut out = Vec::new();
-    let mut r = range.clone();
-    loop {
-        let page = store.scan(&r, false, 256)?;
-        let full = page.len() == 256;
-        if let Some((last, _)) = page.last() {
-            r = r.after(last);
-        }
-        out.extend(page);
-        if !full {
-            return Ok(out);
-        }
-    }
 }

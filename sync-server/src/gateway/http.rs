@@ -40,8 +40,7 @@ pub(crate) async fn push(
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {
     let auth = verify(&s, &headers, &super::conn_of(conn)).await?;
-    let sub = subject(&auth);
-    take_http(&s, &sub, Budget::Frames, 1).await?;
+    take_http(&s, &auth, Budget::Frames, 1).await?;
     if body.len() > s.limits.max_frame_bytes {
         return Err(AppError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -90,36 +89,22 @@ pub(crate) async fn push(
         let schema_version = c["schema_version"].as_str().unwrap_or("").to_owned();
         parsed.push((seq, op, schema_version));
     }
-    take_http(&s, &sub, Budget::Commits, parsed.len() as u64).await?;
+    take_http(&s, &auth, Budget::Commits, parsed.len() as u64).await?;
     let client_id = scoped_client_id(&auth, &client_id);
     let mut waits = Vec::new();
     for (seq, op, schema_version) in parsed {
-        // Each commit waits for the identity's cost budget (see `limits`).
-        let admitted = s
-            .identities
-            .admit(&sub)
-            .await
-            .map_err(|r| super::http_refused(&s, r))?;
-        let (tx, rx) = oneshot::channel();
-        s.region
-            .send(RegionMsg::Wait {
-                client_id: client_id.clone(),
-                seq,
-                reply: tx,
-            })
-            .map_err(|_| stopping())?;
-        s.seq
-            .send(Commit {
+        let rx = submit(
+            &s,
+            Commit {
                 client_id: client_id.clone(),
                 client_seq: seq,
                 schema_version,
                 timestamp: 0,
                 auth: auth.clone(),
                 op,
-            })
-            .await
-            .map_err(|_| stopping())?;
-        admitted.sent();
+            },
+        )
+        .await?;
         waits.push((seq, rx));
     }
     let mut outcomes = Vec::new();
@@ -136,6 +121,31 @@ pub(crate) async fn push(
     Ok(Json(serde_json::json!({ "outcomes": outcomes })).into_response())
 }
 
+/// Sends a commit to the sequencer and returns where its outcome will arrive: the wait
+/// is registered with the region first, so the outcome cannot pass unseen.
+pub(crate) async fn submit(
+    s: &AppState,
+    commit: Commit,
+) -> Result<oneshot::Receiver<CommitResult>, AppError> {
+    // Each commit waits for the identity's cost budget (see `limits`).
+    let admitted = s
+        .identities_for(&commit.auth)
+        .admit(&subject(&commit.auth))
+        .await
+        .map_err(|r| super::http_refused(s, &commit.auth, r))?;
+    let (tx, rx) = oneshot::channel();
+    s.region
+        .send(RegionMsg::Wait {
+            client_id: commit.client_id.clone(),
+            seq: commit.client_seq,
+            reply: tx,
+        })
+        .map_err(|_| stopping())?;
+    s.seq.send(commit).await.map_err(|_| stopping())?;
+    admitted.sent();
+    Ok(rx)
+}
+
 /// `POST /v1/pull`: `{"client_id": "...", "partitions": {"user:ann": 12}}` → the
 /// partitions the caller may read and snapshots of those changed since the cursors.
 pub(crate) async fn pull(
@@ -145,8 +155,8 @@ pub(crate) async fn pull(
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {
     let auth = verify(&s, &headers, &super::conn_of(conn)).await?;
+    take_http(&s, &auth, Budget::Frames, 1).await?;
     let sub = subject(&auth);
-    take_http(&s, &sub, Budget::Frames, 1).await?;
     let auth_for_id = auth.clone();
     let bad = |m: &str| AppError::new(StatusCode::BAD_REQUEST, codes::BAD_FRAME, m);
     let req: serde_json::Value = if body.is_empty() {

@@ -11,6 +11,8 @@
 //! | `GET /v1/admin/snapshot` | the region's store as a stream (admin token) |
 //! | `GET /v1/admin/state` | position, digest and, for a region of many, its status (admin token) |
 //!
+//! (`/v1/graphql` is [`crate::graphql`]'s, on the same state.)
+//!
 //! The gateway verifies tokens and writes the verified claims into each commit, so
 //! every region evaluates rules with the same `auth`.
 //!
@@ -73,6 +75,25 @@ pub struct GatewayLimits {
     /// how many at once.
     pub frames_per_sec: u32,
     pub frame_burst: u32,
+    /// Identities whose token's `role` claim equals this are services (trusted backend
+    /// code: a job, an edge function): they are counted apart from end users, with the
+    /// `service_*` limits instead of the ones above. Empty: no identity is a service.
+    pub service_role: String,
+    /// A service identity's open connections, commits and frames (as above).
+    pub service_max_connections_per_identity: usize,
+    pub service_commits_per_sec: u32,
+    pub service_commit_burst: u32,
+    pub service_frames_per_sec: u32,
+    pub service_frame_burst: u32,
+    /// GraphQL query evaluations running at once, all identities together (0: twice
+    /// the number of CPUs). More wait for a turn.
+    pub graphql_concurrency: usize,
+    /// GraphQL query evaluations of one identity running at once (its others wait), for
+    /// end users and for services.
+    pub graphql_concurrency_per_identity: usize,
+    pub service_graphql_concurrency_per_identity: usize,
+    /// Subscriptions (live queries) one GraphQL WebSocket may hold.
+    pub graphql_subscriptions_per_connection: usize,
     /// Region time one identity's commits may use: milliseconds a second (0: no
     /// limit), and at most in its bucket. See [`crate::limits`] ("Cost").
     pub cost_ms_per_sec: u32,
@@ -114,6 +135,16 @@ impl Default for GatewayLimits {
             commit_burst: 2000,
             frames_per_sec: 200,
             frame_burst: 1000,
+            service_role: "service".into(),
+            service_max_connections_per_identity: 256,
+            service_commits_per_sec: 2000,
+            service_commit_burst: 20_000,
+            service_frames_per_sec: 2000,
+            service_frame_burst: 10_000,
+            graphql_concurrency: 0,
+            graphql_concurrency_per_identity: 2,
+            service_graphql_concurrency_per_identity: 8,
+            graphql_subscriptions_per_connection: 64,
             cost_ms_per_sec: 10,
             cost_burst_ms: 250,
             max_in_flight: 8,
@@ -146,6 +177,26 @@ impl GatewayLimits {
         }
         if self.frames_per_sec > 0 && self.frame_burst == 0 {
             return Err("frame_burst must be at least 1".into());
+        }
+        if self.service_commits_per_sec > 0
+            && (self.service_commit_burst as usize) < self.max_commits_per_push
+        {
+            return Err(format!(
+                "service_commit_burst ({}) must be at least max_commits_per_push ({}), or a full push could never pass",
+                self.service_commit_burst, self.max_commits_per_push
+            ));
+        }
+        if self.service_frames_per_sec > 0 && self.service_frame_burst == 0 {
+            return Err("service_frame_burst must be at least 1".into());
+        }
+        if self.graphql_concurrency_per_identity == 0
+            || self.service_graphql_concurrency_per_identity == 0
+            || self.graphql_subscriptions_per_connection == 0
+        {
+            return Err(
+                "the GraphQL concurrency per identity and subscriptions per connection must be at least 1"
+                    .into(),
+            );
         }
         if self.max_pending_hellos == 0 {
             return Err("max_pending_hellos must be at least 1".into());
@@ -181,16 +232,54 @@ impl GatewayLimits {
         )
     }
 
+    /// The per-identity budgets of service identities.
+    pub fn service_identities(&self) -> Identities {
+        // Services are trusted code: no region-time budget (they wait for the rates
+        // above, as end users do).
+        Identities::with_cost(
+            self.service_max_connections_per_identity,
+            Self::rate(self.service_commits_per_sec, self.service_commit_burst),
+            Self::rate(self.service_frames_per_sec, self.service_frame_burst),
+            Cost::UNLIMITED,
+            self.max_wait,
+        )
+    }
+
+    /// Whether the verified claims `auth` are those of a service identity.
+    pub fn is_service(&self, auth: &Value) -> bool {
+        !self.service_role.is_empty()
+            && matches!(auth.get("role"), Value::String(r) if *r == self.service_role)
+    }
+
+    /// The connection limit and the rates (commits, frames: per second and at once) of
+    /// an end user or a service.
+    pub fn of(&self, service: bool) -> (usize, (u32, u32), (u32, u32)) {
+        if service {
+            (
+                self.service_max_connections_per_identity,
+                (self.service_commits_per_sec, self.service_commit_burst),
+                (self.service_frames_per_sec, self.service_frame_burst),
+            )
+        } else {
+            (
+                self.max_connections_per_identity,
+                (self.commits_per_sec, self.commit_burst),
+                (self.frames_per_sec, self.frame_burst),
+            )
+        }
+    }
+
     /// What `RATE_LIMITED` says for a budget.
-    pub fn rate_limited_message(&self, budget: Budget) -> String {
+    pub fn rate_limited_message(&self, budget: Budget, service: bool) -> String {
+        let (_, (commits_per_sec, commit_burst), (frames_per_sec, frame_burst)) = self.of(service);
         match budget {
             Budget::Commits => format!(
                 "this identity sends more commits than it may ({} a second, {} at once) and would wait longer than {:?}; retry later",
-                self.commits_per_sec, self.commit_burst, self.max_wait
+                commits_per_sec, commit_burst, self.max_wait
             ),
             Budget::Frames => format!(
                 "this identity sends more frames than it may ({} a second, {} at once) and would wait longer than {:?}; retry later",
-                self.frames_per_sec, self.frame_burst, self.max_wait
+                frames_per_sec, frame_burst, self.max_wait
             ),
             Budget::Cost => format!(
                 "this identity's commits use more of the region's time than they may ({} ms a second, {} ms at once) and would wait longer than {:?}; retry later",
@@ -210,8 +299,10 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     pub next_conn: Arc<AtomicU64>,
     pub shutdown: watch::Receiver<bool>,
-    /// Per-identity connection counts and rate budgets.
+    /// Per-identity connection counts and rate budgets of end users...
     pub identities: Arc<Identities>,
+    /// ...and of services (see [`GatewayLimits::service_role`]).
+    pub service_identities: Arc<Identities>,
     /// Open sync connections, against `limits.max_connections`.
     pub slots: Arc<Slots>,
     /// Catch-ups (welcomes and pulls) computed at once, off the region thread, in all
@@ -236,6 +327,17 @@ pub fn catch_up_workers() -> usize {
         .max(2)
 }
 
+impl AppState {
+    /// The budgets `auth`'s identity draws on: a service's or an end user's.
+    pub fn identities_for(&self, auth: &Value) -> &Arc<Identities> {
+        if self.limits.is_service(auth) {
+            &self.service_identities
+        } else {
+            &self.identities
+        }
+    }
+}
+
 pub fn app(state: AppState) -> Router {
     let body_limit = axum::extract::DefaultBodyLimit::max(state.limits.max_frame_bytes);
     // A body must arrive in time, as the headers must (see `crate::conns`).
@@ -257,13 +359,13 @@ pub fn app(state: AppState) -> Router {
 
 /// An error answer with a stable code.
 pub struct AppError {
-    status: StatusCode,
-    code: String,
-    message: String,
+    pub(crate) status: StatusCode,
+    pub(crate) code: String,
+    pub(crate) message: String,
 }
 
 impl AppError {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> AppError {
+    pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> AppError {
         AppError {
             status,
             code: code.to_owned(),
@@ -316,15 +418,19 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 /// The connection a request came on (a request extension set by the accept loop,
 /// `crate::conns`); a detached one when served otherwise (tests).
-type ConnExt = Option<axum::Extension<Arc<Conn>>>;
+pub(crate) type ConnExt = Option<axum::Extension<Arc<Conn>>>;
 
-fn conn_of(c: ConnExt) -> Arc<Conn> {
+pub(crate) fn conn_of(c: ConnExt) -> Arc<Conn> {
     c.map(|axum::Extension(c)| c).unwrap_or_else(Conn::detached)
 }
 
 /// Verifies a request's bearer token; once one verified, its connection counts as
 /// authenticated (see [`crate::conns`]).
-async fn verify(s: &AppState, headers: &HeaderMap, conn: &Conn) -> Result<Value, AppError> {
+pub(crate) async fn verify(
+    s: &AppState,
+    headers: &HeaderMap,
+    conn: &Conn,
+) -> Result<Value, AppError> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -344,28 +450,34 @@ async fn verify(s: &AppState, headers: &HeaderMap, conn: &Conn) -> Result<Value,
     })
 }
 
-/// Takes `n` from an identity's budget for an HTTP request, waiting for it up to
-/// `max_wait`: `429 RATE_LIMITED` when it would take longer.
-async fn take_http(s: &AppState, sub: &str, budget: Budget, n: u64) -> Result<(), AppError> {
-    s.identities
-        .take_waiting(sub, budget, n)
+/// Takes `n` from the budget of `auth`'s identity for an HTTP request, waiting for it
+/// up to `max_wait`: `429 RATE_LIMITED` when it would take longer.
+pub(crate) async fn take_http(
+    s: &AppState,
+    auth: &Value,
+    budget: Budget,
+    n: u64,
+) -> Result<(), AppError> {
+    s.identities_for(auth)
+        .take_waiting(&subject(auth), budget, n)
         .await
-        .map_err(|r| http_refused(s, r))
+        .map_err(|r| http_refused(s, auth, r))
 }
 
 /// `429 RATE_LIMITED`.
-fn http_refused(s: &AppState, r: Refused) -> AppError {
+pub(crate) fn http_refused(s: &AppState, auth: &Value, r: Refused) -> AppError {
     let Refused::RateLimited(budget) = r;
     s.metrics.rate_limited(budget.as_str());
     AppError::new(
         StatusCode::TOO_MANY_REQUESTS,
         codes::RATE_LIMITED,
-        s.limits.rate_limited_message(budget),
+        s.limits
+            .rate_limited_message(budget, s.limits.is_service(auth)),
     )
 }
 
 /// The answer when the server is stopping.
-fn stopping() -> AppError {
+pub(crate) fn stopping() -> AppError {
     AppError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         codes::SHUTTING_DOWN,

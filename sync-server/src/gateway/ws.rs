@@ -217,22 +217,23 @@ async fn session(
         return (end, None);
     };
     let sub = subject(&auth);
+    // A service's budgets or an end user's.
+    let identities = s.identities_for(&auth).clone();
+    let service = s.limits.is_service(&auth);
     // The identity's limits: connections, and the Hello counts as a frame.
-    let Some(identity) = s.identities.connect(&sub) else {
+    let Some(identity) = identities.connect(&sub) else {
         s.metrics.refused(codes::TOO_MANY_CONNECTIONS);
-        tracing::info!(conn, sub = %sub, max = s.limits.max_connections_per_identity, "sync connection refused: too many connections for one identity");
+        let (max, _, _) = s.limits.of(service);
+        tracing::info!(conn, sub = %sub, max, "sync connection refused: too many connections for one identity");
         let end = End::error(
             codes::TOO_MANY_CONNECTIONS,
-            format!(
-                "this identity holds {} sync connections, the most it may",
-                s.limits.max_connections_per_identity
-            ),
+            format!("this identity holds {max} sync connections, the most it may"),
         );
         refuse(&s, &mut sink, &end).await;
         return (end, None);
     };
-    if !s.identities.take(&sub, Budget::Frames, 1) {
-        let end = rate_limited(&s, conn, &sub, Budget::Frames);
+    if !identities.take(&sub, Budget::Frames, 1) {
+        let end = rate_limited(&s, conn, &sub, Budget::Frames, service);
         refuse(&s, &mut sink, &end).await;
         return (end, None);
     }
@@ -376,8 +377,11 @@ async fn received(
     expires: tokio::time::Instant,
     frame: Option<axum::body::Bytes>,
 ) -> Option<End> {
-    if let Err(Refused::RateLimited(b)) = s.identities.take_waiting(sub, Budget::Frames, 1).await {
-        return Some(rate_limited(s, conn, sub, b));
+    // A service's budgets or an end user's.
+    let identities = s.identities_for(auth);
+    let service = s.limits.is_service(auth);
+    if let Err(Refused::RateLimited(b)) = identities.take_waiting(sub, Budget::Frames, 1).await {
+        return Some(rate_limited(s, conn, sub, b, service));
     }
     let b = frame?;
     match ClientFrame::decode(&b) {
@@ -398,20 +402,21 @@ async fn received(
                 return Some(End::error(codes::BAD_FRAME, "sequence numbers start at 1"));
             }
             // The commit tokens for the whole push or none.
-            if let Err(Refused::RateLimited(b)) = s
-                .identities
+            if let Err(Refused::RateLimited(b)) = identities
                 .take_waiting(sub, Budget::Commits, commits.len() as u64)
                 .await
             {
-                return Some(rate_limited(s, conn, sub, b));
+                return Some(rate_limited(s, conn, sub, b, service));
             }
             for c in commits {
                 // Each commit waits for the identity's cost budget; a refusal leaves
                 // the commits before it sent (the client resends what is not
                 // confirmed; each runs once).
-                let admitted = match s.identities.admit(sub).await {
+                let admitted = match identities.admit(sub).await {
                     Ok(a) => a,
-                    Err(Refused::RateLimited(b)) => return Some(rate_limited(s, conn, sub, b)),
+                    Err(Refused::RateLimited(b)) => {
+                        return Some(rate_limited(s, conn, sub, b, service))
+                    }
                 };
                 let commit = Commit {
                     client_id: scoped.to_owned(),
@@ -468,10 +473,13 @@ fn too_large_message(s: &AppState) -> String {
     format!("a frame is at most {} bytes", s.limits.max_frame_bytes)
 }
 
-fn rate_limited(s: &AppState, conn: u64, sub: &str, budget: Budget) -> End {
+fn rate_limited(s: &AppState, conn: u64, sub: &str, budget: Budget, service: bool) -> End {
     s.metrics.rate_limited(budget.as_str());
     tracing::info!(conn, sub = %sub, budget = budget.as_str(), "rate limited");
-    End::error(codes::RATE_LIMITED, s.limits.rate_limited_message(budget))
+    End::error(
+        codes::RATE_LIMITED,
+        s.limits.rate_limited_message(budget, service),
+    )
 }
 
 /// A verified `Hello`.
@@ -747,7 +755,7 @@ fn token_expired() -> End {
 
 /// When a connection made with these verified claims must end: `exp` plus the leeway
 /// (verification guarantees `exp` is a number in the future, within the leeway).
-fn expiry(auth: &Value, leeway_secs: u64) -> tokio::time::Instant {
+pub(crate) fn expiry(auth: &Value, leeway_secs: u64) -> tokio::time::Instant {
     let exp = match auth.get("exp") {
         Value::Int(n) => *n as f64,
         Value::Float(f) => *f,

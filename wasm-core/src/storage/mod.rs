@@ -18,7 +18,7 @@ mod recorder;
 use std::ops::Bound;
 
 pub use memory::MemoryStore;
-pub use overlay::{Overlay, OverlayWrites};
+pub use overlay::{Layered, Overlay, OverlayWrites};
 pub use recorder::{Reads, Recorder};
 
 use crate::error::{Error, ErrorCode};
@@ -215,6 +215,25 @@ pub trait Storage {
 }
 
 /// A storage failure, with the backend's own description.
+/// Every entry of a range, read a page at a time (the trait returns pages). For work
+/// that needs the whole range at once: rebuilding an index, a schema change.
+pub fn scan_all(store: &dyn Storage, range: &KeyRange) -> Result<Vec<Entry>, Error> {
+    const PAGE: usize = 512;
+    let mut out = Vec::new();
+    let mut r = range.clone();
+    loop {
+        let page = store.scan(&r, false, PAGE)?;
+        let full = page.len() == PAGE;
+        if let Some((last, _)) = page.last() {
+            r = r.after(last);
+        }
+        out.extend(page);
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
 pub fn storage_error(message: impl Into<String>) -> Error {
     Error::new(ErrorCode::Storage, message)
 }

@@ -4,12 +4,13 @@
 //! overlay. Used for a transaction's view of the state (its own writes visible to it),
 //! by the server to apply a whole log batch in memory and write it to disk as one
 //! batch, and by the client replica for its view (base + pending commits).
+//! [`Layered`] is the read-only form over shared writes: the server's snapshots.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::{Batch, BatchOp, Entry, KeyRange, Storage};
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 
 /// An overlay's writes: `None` deletes.
 pub type OverlayWrites = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -73,50 +74,118 @@ impl<'a> Overlay<'a> {
         reverse: bool,
         limit: usize,
     ) -> Result<(Vec<Entry>, Option<KeyRange>), Error> {
-        let limit = limit.max(1);
-        let base = self.base.scan(range, reverse, limit)?;
-        // The part of the range this page speaks for: up to the last base key when the
-        // page is full, the whole range otherwise.
-        let (covered, rest) = match base.last() {
-            Some((last, _)) if base.len() == limit => {
-                if reverse {
-                    (
-                        KeyRange {
-                            start: Bound::Included(last.clone()),
-                            end: range.end.clone(),
-                        },
-                        Some(range.before(last)),
-                    )
-                } else {
-                    (
-                        KeyRange {
-                            start: range.start.clone(),
-                            end: Bound::Included(last.clone()),
-                        },
-                        Some(range.after(last)),
-                    )
-                }
+        merged_page(self.base, &self.writes, range, reverse, limit)
+    }
+}
+
+/// One page of `writes` laid over `base` (see [`Overlay::scan_page`]).
+fn merged_page(
+    base: &dyn Storage,
+    writes: &OverlayWrites,
+    range: &KeyRange,
+    reverse: bool,
+    limit: usize,
+) -> Result<(Vec<Entry>, Option<KeyRange>), Error> {
+    let limit = limit.max(1);
+    let page = base.scan(range, reverse, limit)?;
+    // The part of the range this page speaks for: up to the last base key when the
+    // page is full, the whole range otherwise.
+    let (covered, rest) = match page.last() {
+        Some((last, _)) if page.len() == limit => {
+            if reverse {
+                (
+                    KeyRange {
+                        start: Bound::Included(last.clone()),
+                        end: range.end.clone(),
+                    },
+                    Some(range.before(last)),
+                )
+            } else {
+                (
+                    KeyRange {
+                        start: range.start.clone(),
+                        end: Bound::Included(last.clone()),
+                    },
+                    Some(range.after(last)),
+                )
             }
-            _ => (range.clone(), None),
-        };
-        if self.writes.is_empty() || covered.is_empty() {
-            return Ok((base, rest));
         }
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
-            base.into_iter().map(|(k, v)| (k, Some(v))).collect();
-        for (k, v) in self
-            .writes
-            .range::<[u8], _>((as_ref(&covered.start), as_ref(&covered.end)))
-        {
-            merged.insert(k.clone(), v.clone());
+        _ => (range.clone(), None),
+    };
+    if writes.is_empty() || covered.is_empty() {
+        return Ok((page, rest));
+    }
+    let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+        page.into_iter().map(|(k, v)| (k, Some(v))).collect();
+    for (k, v) in writes.range::<[u8], _>((as_ref(&covered.start), as_ref(&covered.end))) {
+        merged.insert(k.clone(), v.clone());
+    }
+    let live = merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)));
+    let out = if reverse {
+        live.rev().collect()
+    } else {
+        live.collect()
+    };
+    Ok((out, rest))
+}
+
+/// The first `limit` entries of `range` in the merged view of `writes` over `base`.
+fn merged_scan(
+    base: &dyn Storage,
+    writes: &OverlayWrites,
+    range: &KeyRange,
+    reverse: bool,
+    limit: usize,
+) -> Result<Vec<Entry>, Error> {
+    let mut out = Vec::new();
+    if limit == 0 || range.is_empty() {
+        return Ok(out);
+    }
+    let mut next = Some(range.clone());
+    while let Some(r) = next {
+        let (page, rest) = merged_page(base, writes, &r, reverse, limit - out.len())?;
+        out.extend(page);
+        if out.len() >= limit {
+            out.truncate(limit);
+            break;
         }
-        let live = merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)));
-        let out = if reverse {
-            live.rev().collect()
-        } else {
-            live.collect()
-        };
-        Ok((out, rest))
+        next = rest;
+    }
+    Ok(out)
+}
+
+/// A read-only view of writes over a base store, both borrowed: the sync server's read
+/// view of its state (the store as last written, plus the batches applied since, which
+/// many readers share without copying). Reads merge the two as [`Overlay`] does;
+/// `apply` is refused.
+pub struct Layered<'a> {
+    base: &'a dyn Storage,
+    writes: &'a OverlayWrites,
+}
+
+impl<'a> Layered<'a> {
+    pub fn new(base: &'a dyn Storage, writes: &'a OverlayWrites) -> Layered<'a> {
+        Layered { base, writes }
+    }
+}
+
+impl Storage for Layered<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        match self.writes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.base.get(key),
+        }
+    }
+
+    fn scan(&self, range: &KeyRange, reverse: bool, limit: usize) -> Result<Vec<Entry>, Error> {
+        merged_scan(self.base, self.writes, range, reverse, limit)
+    }
+
+    fn apply(&mut self, _batch: Batch) -> Result<(), Error> {
+        Err(Error::new(
+            ErrorCode::ReadOnly,
+            "a read view of the state cannot be written",
+        ))
     }
 }
 
@@ -137,21 +206,7 @@ impl Storage for Overlay<'_> {
     }
 
     fn scan(&self, range: &KeyRange, reverse: bool, limit: usize) -> Result<Vec<Entry>, Error> {
-        let mut out = Vec::new();
-        if limit == 0 || range.is_empty() {
-            return Ok(out);
-        }
-        let mut next = Some(range.clone());
-        while let Some(r) = next {
-            let (page, rest) = self.scan_page(&r, reverse, limit - out.len())?;
-            out.extend(page);
-            if out.len() >= limit {
-                out.truncate(limit);
-                break;
-            }
-            next = rest;
-        }
-        Ok(out)
+        merged_scan(self.base, &self.writes, range, reverse, limit)
     }
 
     fn apply(&mut self, batch: Batch) -> Result<(), Error> {
@@ -196,6 +251,54 @@ mod tests {
 
     // Over an empty base, an overlay is a store in its own right.
     crate::storage_conformance_tests!(Overlay::new(&*EMPTY));
+
+    /// A layered snapshot reads exactly what an overlay with the same writes reads,
+    /// and refuses writes.
+    #[test]
+    fn layered_reads_like_an_overlay() {
+        let base = || {
+            let mut s = MemoryStore::new();
+            let mut b = Batch::new();
+            for i in 0..40u8 {
+                b.put(vec![i * 3], vec![i]);
+            }
+            s.apply(b).unwrap();
+            s
+        };
+        let mut writes = OverlayWrites::new();
+        for k in [1u8, 3, 6, 7, 60, 200] {
+            writes.insert(vec![k], if k % 2 == 0 { None } else { Some(vec![k]) });
+        }
+        let (b1, b2) = (base(), base());
+        let overlay = Overlay::with_writes(&b1, writes.clone());
+        let mut layered = Layered::new(&b2, &writes);
+        for k in 0..=255u8 {
+            assert_eq!(
+                layered.get(&[k]).unwrap(),
+                overlay.get(&[k]).unwrap(),
+                "key {k}"
+            );
+        }
+        for reverse in [false, true] {
+            for limit in [1, 2, 5, 64, 1000] {
+                for range in [
+                    KeyRange::all(),
+                    KeyRange {
+                        start: Bound::Included(vec![5]),
+                        end: Bound::Excluded(vec![90]),
+                    },
+                ] {
+                    assert_eq!(
+                        layered.scan(&range, reverse, limit).unwrap(),
+                        overlay.scan(&range, reverse, limit).unwrap(),
+                        "reverse={reverse} limit={limit} range={range:?}"
+                    );
+                }
+            }
+        }
+        let e = layered.apply(Batch::new()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ReadOnly);
+    }
 
     /// Over a populated base, reads merge the two and paging never skips or repeats.
     #[test]
