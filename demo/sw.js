@@ -21,6 +21,8 @@ const SHELL = [
   "./vendor/warren/dist/query.js",
   "./vendor/warren/dist/tabs.js",
   "./vendor/warren/dist/text.js",
+  "./vendor/warren/dist/engine.js",
+  "./vendor/warren/dist/worker.js",
   "./vendor/warren/wasm/warren_web.js",
   "./vendor/warren/wasm/warren_web_bg.wasm",
   // .ci/build-demo lists yjs and its lib0 modules here (for the notes).

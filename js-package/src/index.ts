@@ -2,7 +2,7 @@
 // from IndexedDB with no network; writes apply at once, wait durably in an outbox and
 // sync through a Warren server, which puts them in one global order.
 
-import init, { Warren as Engine } from "../wasm/warren_web.js";
+import { LeaderEngine, OpenParams, openHere, prestart, WorkerEngine } from "./engine.js";
 import { errorFor, wrap, WarrenError } from "./errors.js";
 import { collections, Collections, Query, sourceOf, Value } from "./query.js";
 import { Applied, EngineApi, Tabs } from "./tabs.js";
@@ -37,6 +37,13 @@ export interface OpenOptions {
    * to send it, in ms (default 15 000). After that `open` resolves anyway, and writes
    * fail with `UNKNOWN_NAME` until the schema arrives. */
   firstSyncTimeout?: number;
+  /** Run the engine in a dedicated worker (default: `true` where the browser has
+   * module workers), so that no query, count or sync work ever blocks the page. With
+   * `false`, or when the worker cannot start, it runs on the page. */
+  worker?: boolean;
+  /** The byte cap of the engine's cache of loaded data (default 64 MiB); past it the
+   * data used least recently is dropped from memory (it stays in IndexedDB). */
+  cacheBytes?: number;
 }
 
 /** The sync state, as `db.status` gives it. */
@@ -82,6 +89,27 @@ export interface Write<R> {
    * error if the server refused it (its optimistic effects are then undone). */
   readonly confirmed: Promise<Confirmation<R>>;
 }
+
+/** What a bulk write does: see `Database.bulk`. */
+export interface BulkOptions {
+  /** The function's parameter that takes each chunk (default `"docs"`). */
+  param?: string;
+  /** Most items per call (default 500; a transaction writes at most 1,000 documents). */
+  maxItems?: number;
+  /** About the most JSON text per call (default 48 KiB; a commit's arguments are at
+   * most 64 KiB). A chunk the engine still finds too large is split in two. */
+  maxBytes?: number;
+  /** Most calls not yet durable locally at once (default 8): the items are handed to
+   * the engine as it takes them. */
+  window?: number;
+  /** While connected, most calls not yet confirmed by the server (default 64): an
+   * import online keeps the outbox, and the memory it holds, this small. Offline, the
+   * outbox grows (it is all in IndexedDB). */
+  unconfirmed?: number;
+}
+
+/** Engine counters and memory, for diagnostics (the benchmark reads them). */
+export type EngineStats = Record<string, number>;
 
 /** The events `db.on` delivers. */
 export interface Events {
@@ -172,12 +200,18 @@ export class LiveQuery<R> implements Readable<R | undefined> {
 
 let ready: Promise<unknown> | null = null;
 
-/** Loads the engine (once per page). `open` calls it; call it yourself to load early. */
+/** The engine's JavaScript glue, loaded on the page only when the engine runs here. */
+const glue = () => import("../wasm/warren_web.js");
+
+/** Loads the engine on this page (once per page): what `open` does when it runs the
+ * engine here rather than in a worker. */
 export function load(wasm?: WasmSource): Promise<unknown> {
-  ready ??= init(wasm === undefined ? undefined : { module_or_path: wasm }).catch((e: unknown) => {
-    ready = null;
-    throw errorFor("STORAGE_ERROR", `could not load Warren's WebAssembly: ${String(e)}`);
-  });
+  ready ??= glue()
+    .then((m) => m.default(wasm === undefined ? undefined : { module_or_path: wasm }))
+    .catch((e: unknown) => {
+      ready = null;
+      throw errorFor("STORAGE_ERROR", `could not load Warren's WebAssembly: ${String(e)}`);
+    });
   return ready;
 }
 
@@ -218,13 +252,14 @@ export async function open<S = Record<string, Record<string, Value>>>(
 ): Promise<Database<S>> {
   if (typeof indexedDB === "undefined")
     throw errorFor("STORAGE_ERROR", "IndexedDB is not available here: Warren runs in a browser");
+  // The engine's worker starts now and compiles the engine while the token comes.
+  if (options.worker !== false && typeof Worker !== "undefined") prestart(options.wasm);
   const provider = typeof options.token === "function" ? options.token : null;
   const token = provider ? await provider() : (options.token as string);
   const auth = claimsOf(token);
   if (typeof auth.sub !== "string" || auth.sub === "")
     throw errorFor("TOKEN_MALFORMED", "the token has no `sub` claim");
   const url = syncUrl(options.url);
-  await load(options.wasm);
   const name = options.name ?? `warren:${auth.sub}@${url}`;
   // Tabs of this origin that open the same database share one engine (see tabs.ts):
   // this one opens it only if it becomes the leader.
@@ -234,10 +269,18 @@ export async function open<S = Record<string, Record<string, Value>>>(
     // A tab that takes over later asks for a fresh token.
     const now = leaderBefore && provider ? await provider() : token;
     leaderBefore = true;
-    const engine = await Engine.open(name, clientId, url, now, options.schema, auth);
-    if (provider) engine.setTokenProvider(async () => provider());
-    if (options.offline) engine.setOnline(false);
-    return engine;
+    return startEngine(options, {
+      wasm: options.wasm,
+      name,
+      clientId,
+      url,
+      token: now,
+      schema: options.schema,
+      auth,
+      cacheBytes: options.cacheBytes,
+      offline: options.offline === true,
+      provider: provider ? async () => provider() : null,
+    });
   });
   try {
     await tabs.start();
@@ -258,6 +301,40 @@ export async function open<S = Record<string, Record<string, Value>>>(
     });
   }
   return db;
+}
+
+/** Opens the engine in a worker, or on the page when that is turned off or fails. */
+async function startEngine(options: OpenOptions, p: OpenParams): Promise<LeaderEngine> {
+  if (options.worker !== false && typeof Worker !== "undefined") {
+    try {
+      const engine = await WorkerEngine.open(p);
+      // A worker cannot ask for persistent storage; the page can.
+      void navigator.storage?.persist?.().catch(() => false);
+      return engine;
+    } catch (e) {
+      // A refusal from the engine itself (storage, quota) is the answer; a worker that
+      // could not start is not: run on the page instead.
+      if (!(e as { worker?: boolean } | null)?.worker) throw e;
+      console.warn("warren: the engine runs on the page (its worker did not start):", e);
+    }
+  }
+  await load(options.wasm);
+  return openHere((await glue()).Warren, p);
+}
+
+/** Arguments as JSON text; values JSON cannot hold (NaN, Infinity, BigInt, cycles)
+ * are refused with INVALID_ARGUMENT rather than changed. */
+function toJson(value: unknown): string {
+  try {
+    return JSON.stringify(value ?? null, (_k, v) => {
+      if (typeof v === "number" && !Number.isFinite(v))
+        throw errorFor("INVALID_ARGUMENT", `a number that is not finite: ${v}`);
+      return v;
+    });
+  } catch (e) {
+    if (e instanceof WarrenError) throw e;
+    throw errorFor("INVALID_ARGUMENT", `the arguments are not JSON: ${String(e)}`);
+  }
 }
 
 type Listener<K extends keyof Events> = (value: Events[K]) => void;
@@ -283,6 +360,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
   private statusRuns = new Set<(s: Status) => void>();
   private statusNow: Status;
   private closed = false;
+  private onHide: ((e: Event) => void) | null = null;
 
   private engine: EngineApi;
 
@@ -307,6 +385,16 @@ export class Database<S = Record<string, Record<string, Value>>> {
       },
     };
     this.engine.onEvent((e: { type: string; detail: unknown }) => this.onEvent(e.type, e.detail));
+    // A page going away (or hidden, after which a phone may kill it) writes what the
+    // server confirmed and is not yet on disk.
+    if (typeof addEventListener === "function" && typeof document !== "undefined") {
+      const hide = (e: Event) => {
+        if (e.type === "pagehide" || document.visibilityState === "hidden") void this.flush().catch(() => {});
+      };
+      this.onHide = hide;
+      addEventListener("pagehide", hide);
+      document.addEventListener("visibilitychange", hide);
+    }
   }
 
   /** Whether this tab holds the database's engine and connection for every tab of
@@ -335,7 +423,100 @@ export class Database<S = Record<string, Record<string, Value>>> {
 
   /** Calls one of the schema's functions. */
   call<R = unknown>(fn: string, args: Record<string, unknown> = {}): Write<R> {
-    return this.write<R>(() => this.engine.call(fn, args));
+    return this.write<R>(() => this.engine.call(fn, toJson(args)));
+  }
+
+  /**
+   * Calls `fn` once per chunk of `items`, each call's arguments `{ [param]: chunk }`:
+   * an import or an offline burst of any size, where one call is limited to 64 KiB of
+   * arguments and 1,000 writes. The chunks are made in order, each its own commit;
+   * `result` resolves with every call's optimistic result once all are applied,
+   * `local` once all are durable, `confirmed` once the server committed all (the last
+   * position). While connected, at most `unconfirmed` calls wait for the server at a
+   * time, so memory stays bounded however many items there are.
+   */
+  bulk<R = unknown>(fn: string, items: Iterable<unknown>, options: BulkOptions = {}): Write<R[]> {
+    const param = options.param ?? "docs";
+    const maxItems = options.maxItems ?? 500;
+    const maxBytes = options.maxBytes ?? 48 * 1024;
+    const window = options.window ?? 8;
+    const unconfirmedMax = options.unconfirmed ?? 64;
+    const results: [number, R][] = [];
+    const locals: Promise<unknown>[] = [];
+    const confirms: Promise<Confirmation<R>>[] = [];
+    let unlocal = 0;
+    let unconfirmed = 0;
+    let wake: (() => void) | null = null;
+    const nudge = () => {
+      const w = wake;
+      wake = null;
+      w?.();
+    };
+    const stopStatus = this.status.subscribe(() => nudge());
+    const send = async (chunk: unknown[], at: number): Promise<void> => {
+      const w = this.call<R>(fn, { [param]: chunk });
+      let r: R;
+      try {
+        r = await w.result;
+      } catch (e) {
+        if ((e as WarrenError).code === "ARGUMENT_TOO_LARGE" && chunk.length > 1) {
+          const half = Math.ceil(chunk.length / 2);
+          await send(chunk.slice(0, half), at);
+          await send(chunk.slice(half), at + 0.5);
+          return;
+        }
+        throw e;
+      }
+      results.push([at, r]);
+      unlocal++;
+      unconfirmed++;
+      locals.push(w.local.finally(() => (unlocal--, nudge())));
+      const c = w.confirmed.finally(() => (unconfirmed--, nudge()));
+      c.catch(() => {});
+      confirms.push(c);
+    };
+    const run = (async () => {
+      try {
+        let chunk: unknown[] = [];
+        let bytes = 0;
+        let n = 0;
+        const flushChunk = async () => {
+          if (!chunk.length) return;
+          const c = chunk;
+          chunk = [];
+          bytes = 0;
+          while (
+            unlocal >= window ||
+            (unconfirmed >= unconfirmedMax && this.statusNow.connected)
+          )
+            await new Promise<void>((ok) => (wake = ok));
+          await send(c, n++);
+        };
+        for (const item of items) {
+          const size = toJson(item).length + 1;
+          if (chunk.length && (chunk.length >= maxItems || bytes + size > maxBytes)) await flushChunk();
+          chunk.push(item);
+          bytes += size;
+        }
+        await flushChunk();
+        return results.sort((a, b) => a[0] - b[0]).map((x) => x[1]);
+      } finally {
+        stopStatus();
+      }
+    })();
+    const result = run.catch((e: unknown) => {
+      throw wrap(e);
+    });
+    const local = result.then(async (r) => {
+      await Promise.all(locals);
+      return r;
+    });
+    const confirmed = local.then(async (r) => {
+      const all = await Promise.all(confirms);
+      return { position: all.length ? all[all.length - 1].position : null, result: r };
+    });
+    for (const p of [result, local, confirmed]) p.catch(() => {});
+    return { result, local, confirmed } as Write<R[]>;
   }
 
   /** Runs an ad-hoc transaction: a block of Warren statements whose last value is
@@ -378,15 +559,49 @@ export class Database<S = Record<string, Record<string, Value>>> {
     this.engine.setOnline(online);
   }
 
-  /** Stops syncing and releases the database. Pending writes stay in the outbox. */
-  close(): void {
+  /** Resolves once everything applied so far is written to IndexedDB: local writes
+   * (as their `local` promises say) and what the server confirmed, which is otherwise
+   * written a moment after it arrives. After it, a reload or a crash finds all of it
+   * on disk. */
+  async flush(): Promise<void> {
+    try {
+      await this.engine.flush();
+    } catch (e) {
+      throw wrap(e);
+    }
+  }
+
+  /** Engine counters and memory (the cache, the view, IndexedDB reads and writes, the
+   * WebAssembly memory), for diagnostics. */
+  async stats(): Promise<EngineStats> {
+    return (await this.engine.stats()) as EngineStats;
+  }
+
+  /** Writes what is not yet on disk (local writes and confirmed data), stops syncing
+   * and releases the database; resolves once all of it is in IndexedDB. Pending writes
+   * stay in the outbox for next time. */
+  async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.engine.close();
+    if (this.onHide) {
+      removeEventListener("pagehide", this.onHide);
+      document.removeEventListener("visibilitychange", this.onHide);
+    }
+    try {
+      await this.engine.close();
+    } catch (e) {
+      throw wrap(e);
+    }
   }
 
   private write<R>(start: () => Promise<Applied>): Write<R> {
-    const applied = start().catch((e: unknown) => {
+    let started: Promise<Applied>;
+    try {
+      started = start();
+    } catch (e) {
+      started = Promise.reject(e);
+    }
+    const applied = started.catch((e: unknown) => {
       throw wrap(e);
     });
     const result = applied.then((a) => a.result as R);

@@ -11,7 +11,7 @@
 // id that the engine stores with the outbox entry, so a write the old leader made
 // before it went is not made twice.
 
-import type { Warren as Engine } from "../wasm/warren_web.js";
+import type { LeaderEngine } from "./engine.js";
 
 /** What a write answers first (its `local` resolves with the final sequence number). */
 export interface Applied {
@@ -20,10 +20,11 @@ export interface Applied {
   local: Promise<number>;
 }
 
-/** The engine as the `Database` uses it: the real one in the leader, a proxy elsewhere. */
+/** The engine as the `Database` uses it: the real one in the leader, a proxy elsewhere.
+ * Arguments go as JSON text. */
 export interface EngineApi {
   query(source: string): Promise<unknown>;
-  call(fn: string, args: unknown): Promise<Applied>;
+  call(fn: string, argsJson: string): Promise<Applied>;
   run(source: string): Promise<Applied>;
   subscribe(source: string): Promise<{ id: number; value: unknown }>;
   unsubscribe(id: number): void;
@@ -32,7 +33,9 @@ export interface EngineApi {
   setOnline(online: boolean): void;
   /** Sends an ephemeral presence message to the others in a partition (see text.ts). */
   presence?(partition: string, data: string): void;
-  close(): void;
+  flush(): Promise<void>;
+  stats(): Promise<unknown>;
+  close(): Promise<void>;
 }
 
 /** How often a follower pings the leader. */
@@ -98,7 +101,7 @@ function deferred<T>() {
  */
 export class Tabs implements EngineApi {
   readonly tab = crypto.randomUUID();
-  private engine: Engine | null = null;
+  private engine: LeaderEngine | null = null;
   private channel: BroadcastChannel | null = null;
   private listener: (e: { type: string; detail: unknown }) => void = () => {};
   private next = 1;
@@ -115,6 +118,9 @@ export class Tabs implements EngineApi {
   private heartbeat: ReturnType<typeof setInterval> | undefined;
   /** When this follower last heard from a leader. */
   private leaderSeen = Date.now();
+  /** When this leader last heard from a follower: events go on the channel only while
+   * some tab may listen (a post costs a round trip through the browser). */
+  private followerSeen = -Infinity;
   private stealing = false;
   private closed = false;
   /** The tab this one sends its requests to (itself when leading). */
@@ -122,7 +128,7 @@ export class Tabs implements EngineApi {
 
   constructor(
     private name: string,
-    private openEngine: () => Promise<Engine>,
+    private openEngine: () => Promise<LeaderEngine>,
   ) {
     this.statusNow = {
       online: typeof navigator === "undefined" || navigator.onLine,
@@ -229,7 +235,7 @@ export class Tabs implements EngineApi {
   private async lead(): Promise<void> {
     const engine = await this.openEngine();
     if (this.closed) {
-      engine.close();
+      void engine.close().catch(() => {});
       return;
     }
     this.engine = engine;
@@ -241,9 +247,10 @@ export class Tabs implements EngineApi {
     this.resend();
   }
 
-  /** Stops leading: closes the engine and lets the lock go. */
+  /** Stops leading: closes the engine (writing what is not yet durable) and lets the
+   * lock go. */
   private abdicate(): void {
-    this.engine?.close();
+    void this.engine?.close().catch(() => {});
     this.engine = null;
     this.leaderTab = null;
     this.byEngineId.clear();
@@ -273,8 +280,8 @@ export class Tabs implements EngineApi {
     return this.ask("query", [source]);
   }
 
-  call(fn: string, args: unknown): Promise<Applied> {
-    return this.write("call", [fn, args, crypto.randomUUID()]);
+  call(fn: string, argsJson: string): Promise<Applied> {
+    return this.write("call", [fn, argsJson, crypto.randomUUID()]);
   }
 
   run(source: string): Promise<Applied> {
@@ -318,11 +325,29 @@ export class Tabs implements EngineApi {
     void this.ask("presence", [partition, data]).catch(() => {});
   }
 
-  close(): void {
+  async flush(): Promise<void> {
+    await this.ask("flush", []);
+  }
+
+  stats(): Promise<unknown> {
+    return this.ask("stats", []);
+  }
+
+  /** Leaves: a leader writes what is not yet durable and closes its engine (resolving
+   * once that is done), then lets another tab lead. */
+  async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.heartbeat);
     this.abort.abort();
+    const engine = this.engine;
+    this.engine = null;
+    let failed: unknown = null;
+    try {
+      await engine?.close();
+    } catch (e) {
+      failed = e;
+    }
     this.abdicate();
     this.channel?.close();
     for (const p of this.pending.values()) {
@@ -331,6 +356,7 @@ export class Tabs implements EngineApi {
       p.local?.reject(e);
     }
     this.pending.clear();
+    if (failed) throw failed;
   }
 
   // ----- requests -----
@@ -372,11 +398,10 @@ export class Tabs implements EngineApi {
           return this.answer(tab, id, await engine.query(a[0] as string));
         case "call":
         case "run": {
-          const w = (
+          const w =
             m === "call"
-              ? await engine.call(a[0] as string, a[1], a[2] as string)
-              : await engine.run(a[0] as string, a[1] as string)
-          ) as { seq: number; result: unknown; local: Promise<void> };
+              ? await engine.call(a[0] as string, a[1] as string, a[2] as string)
+              : await engine.run(a[0] as string, a[1] as string);
           this.answer(tab, id, { seq: w.seq, result: w.result });
           w.local.then(
             () => this.answerLocal(tab, id, w.seq),
@@ -409,6 +434,11 @@ export class Tabs implements EngineApi {
         case "presence":
           engine.presence?.(a[0] as string, a[1] as string);
           return this.answer(tab, id, null);
+        case "flush":
+          await engine.flush();
+          return this.answer(tab, id, null);
+        case "stats":
+          return this.answer(tab, id, await engine.stats());
         default:
           return this.answer(tab, id, undefined, { code: "INVALID_ARGUMENT", message: `unknown request ${m}` });
       }
@@ -468,11 +498,13 @@ export class Tabs implements EngineApi {
     }
     if (type === "status") this.statusNow = detail;
     this.listener({ type, detail });
-    this.post({ t: "ev", from: this.tab, type, detail: plain(type, detail) });
+    if (Date.now() - this.followerSeen < 3 * HEARTBEAT_MS)
+      this.post({ t: "ev", from: this.tab, type, detail: plain(type, detail) });
   }
 
   private onMessage(msg: Msg): void {
     if (this.closed) return;
+    if (msg.t === "hello" || msg.t === "ping" || msg.t === "req") this.followerSeen = Date.now();
     if (msg.t === "leader" || msg.t === "pong" || msg.t === "res" || msg.t === "local" || msg.t === "ev")
       this.leaderSeen = Date.now();
     switch (msg.t) {

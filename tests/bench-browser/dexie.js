@@ -12,6 +12,7 @@ export async function openDb(name) {
     bulkInsert: (docs) => db.docs.bulkAdd(docs),
     insertOne: (doc) => db.docs.add(doc),
     get: (id) => db.docs.get(id),
+    getMany: (ids) => db.docs.bulkGet(ids),
     byOwner: (owner) => between(db.docs, owner).toArray(),
     firstByOwner: (owner, n) => between(db.docs, owner).limit(n).toArray(),
     count: () => db.docs.count(),

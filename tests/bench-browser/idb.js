@@ -22,6 +22,11 @@ export async function openDb(name) {
       await tx.done;
     },
     get: (id) => db.get("docs", id),
+    /** Every id in one read transaction. */
+    getMany(ids) {
+      const tx = db.transaction("docs");
+      return Promise.all(ids.map((id) => tx.store.get(id)));
+    },
     byOwner: (owner) => db.getAllFromIndex("docs", "owner_created", ownerRange(owner)),
     firstByOwner: (owner, n) => db.getAllFromIndex("docs", "owner_created", ownerRange(owner), n),
     count: () => db.count("docs"),

@@ -1,6 +1,9 @@
 // What the runner calls in a page (bench.html?lib=raw|idb|dexie|warren): the suite, the
-// live-query latency, populating the 100,000-document database, the cold open (run at
-// page load when the URL says mode=cold), and the two halves of the cross-tab workload.
+// live-query latency, the offline burst, the one-page import with its count and scan,
+// the cold open (run at page load when the URL says mode=cold), and the two halves of
+// the cross-tab workload. Warren's pages get the sync server's address in `sync=` and
+// tokens from the runner (`window.warrenToken`), so that the pages load even when the
+// sync server is down.
 import * as W from "./workload.js";
 
 const params = new URLSearchParams(location.search);
@@ -8,63 +11,106 @@ const lib = params.get("lib");
 const impl = await import(`./${lib}.js`);
 const now = () => performance.now();
 
-async function openDb(name, user) {
-  return impl.openDb(name, user);
-}
+const openDb = (name, user, options) => impl.openDb(name, user, options);
 
-const COLD_N = 100_000;
+const COLD_N = Number(params.get("coldN") ?? 100_000);
+
+/** Memory the page can see: the main thread's JS heap, and Warren's engine. */
+async function memory(db) {
+  const out = { jsHeap: performance.memory?.usedJSHeapSize ?? 0 };
+  if (db?.stats) {
+    const s = await db.stats();
+    out.wasm = s.wasmMemoryBytes;
+    out.cache = s.cacheBytes;
+    out.view = s.viewBytes;
+    out.worker = s.worker;
+  }
+  return out;
+}
 
 window.bench = {
   lib,
   async suite(user, opts) {
-    const db = await openDb(`bench-${lib}-${user}`, user);
-    try {
-      const t = await W.suite(db, user, opts);
-      if (db.synced) {
-        const s = now();
-        await db.synced();
-        t.confirmedAll = now() - s;
-      }
-      return t;
-    } finally { db.close(); }
+    return W.suite(() => openDb(`bench-${lib}-${user}`, user), user, opts);
   },
   async live(user, opts) {
     const db = await openDb(`bench-${lib}-${user}`, user);
-    try { return await W.liveLatency(db, user, opts); } finally { db.close(); }
+    try { return await W.liveLatency(db, user, opts); } finally { await db.close(); }
   },
-  /** Fills the cold-open database: 100,000 documents, 10,000 per transaction (Warren:
-   * in its chunks, then waits for the server to confirm all). */
-  async populate(user, name) {
-    const db = await openDb(name, user);
-    const s = now();
-    let local = 0;
-    for (let i = 0; i < COLD_N; i += 10_000) {
-      const t = now();
-      await db.bulkInsert(W.makeDocs(user, i, i + 10_000));
-      local += now() - t;
-      // Warren: let the server confirm each block before the next, so that at most
-      // one block's commits are pending (see docs/BENCHMARKS.md).
-      if (db.synced) await db.synced();
+  /**
+   * `n` writes made offline: the IndexedDB libraries add them one by one, each awaited;
+   * Warren makes them one by one, each awaited to its optimistic result, and they count
+   * once all are durable locally. Then (Warren) back online: until all are confirmed.
+   */
+  async offlineBurst(user, n) {
+    const docs = W.makeDocs(user, 0, n);
+    if (lib !== "warren") {
+      const db = await openDb(`burst-${lib}-${user}`, user);
+      const s = now();
+      for (const d of docs) await db.insertOne(d);
+      const local = now() - s;
+      const c = await db.count();
+      await db.close();
+      if (c !== n) W.fail("offline burst: count", c);
+      return { local };
     }
-    const all = now() - s;
-    const c = await db.count();
-    db.close();
-    if (c !== COLD_N) throw new W.BenchError(`populate: count ${c}`);
-    return { local, all };
-  },
-  /** Warren's cold-open database, one block of documents per page: a single page
-   * writing all 100,000 crashed (see docs/BENCHMARKS.md). */
-  async populateBlock(user, name, from, to) {
-    const db = await openDb(name, user);
+    const db = await openDb(`burst-${lib}-${user}`, user, { offline: true });
     const s = now();
-    await db.bulkInsert(W.makeDocs(user, from, to));
+    const locals = [];
+    for (const d of docs) {
+      const w = db.applyOne(d);
+      await w.result;
+      locals.push(w.local);
+    }
+    const applied = now() - s;
+    await Promise.all(locals);
     const local = now() - s;
+    const t0 = now();
+    let connected = null;
+    const stop = db.db.status.subscribe((st) => { if (st.connected && connected === null) connected = now() - t0; });
+    db.setOnline(true);
     await db.synced();
-    const all = now() - s;
+    const confirm = now() - t0;
+    stop();
     const c = await db.count();
-    db.close();
-    if (c !== to) throw new W.BenchError(`populate: count ${c}, expected ${to}`);
-    return { local, all };
+    await db.close();
+    if (c !== n) W.fail("offline burst: count", c);
+    return { applied, local, confirm, connected };
+  },
+  /**
+   * One page imports `n` documents (in 10,000-document transactions for the IndexedDB
+   * libraries; Warren's bulk path), then counts them and reads them all, online. Each
+   * phase is timed, with the longest main-thread task and frame gap during it, and the
+   * memory the page sees after it. The database stays for the cold open.
+   */
+  async importCountScan(user, name, n) {
+    const db = await openDb(name, user);
+    const out = { memory: {} };
+    const phase = async (key, f) => {
+      const { r, longest, gap } = await W.watchMainThread(async () => {
+        const s = now();
+        await f();
+        return now() - s;
+      });
+      out[key] = r;
+      out[`${key}LongestTask`] = longest;
+      out[`${key}FrameGap`] = gap;
+      out.memory[key] = await memory(db);
+    };
+    await phase("import", async () => {
+      for (let i = 0; i < n; i += 10_000) await db.bulkInsert(W.makeDocs(user, i, Math.min(n, i + 10_000)));
+    });
+    if (db.synced) await phase("importConfirmed", () => db.synced());
+    await phase("count", async () => {
+      const c = await db.count();
+      if (c !== n) W.fail("count after the import", c);
+    });
+    await phase("scan", async () => {
+      const all = await db.scan();
+      if (all.length !== n) W.fail("scan after the import", all.length);
+    });
+    await db.close();
+    return out;
   },
   shared: null,
   seen: new Map(),
@@ -106,10 +152,10 @@ if (params.get("mode") === "cold") {
     const rows = await db.firstByOwner(`${user}:u${k}`, 50);
     const ms = now();
     const want = W.ownerIds(user, k, COLD_N).slice(0, 50);
-    const ok = rows.length === 50 && rows.every((r, j) => r.id === want[j] && W.sameDoc(r, W.makeDoc(user, Number(want[j].slice(want[j].lastIndexOf("-d") + 2)))));
-    db.close();
+    const ok = rows.length === 50 && rows.every((r, j) => r.id === want[j] && W.sameDoc(r, W.makeDoc(user, W.indexOf(want[j]))));
+    await db.close();
     return { ms, ok, got: rows.length, first: rows[0]?.id, want: want[0] };
-  })();
+  })().catch((e) => ({ ok: false, error: String(e) }));
 }
 window.benchDoc = W.makeDoc;
 window.benchReady = true;

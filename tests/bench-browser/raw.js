@@ -25,6 +25,11 @@ export async function openDb(name) {
       await done(tx);
     },
     get: (id) => req(db.transaction("docs").objectStore("docs").get(id)),
+    /** Every id in one read transaction. */
+    getMany(ids) {
+      const store = db.transaction("docs").objectStore("docs");
+      return Promise.all(ids.map((id) => req(store.get(id))));
+    },
     byOwner: (owner) => req(db.transaction("docs").objectStore("docs").index("owner_created").getAll(ownerRange(owner))),
     firstByOwner: (owner, n) =>
       req(db.transaction("docs").objectStore("docs").index("owner_created").getAll(ownerRange(owner), n)),

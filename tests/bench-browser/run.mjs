@@ -1,18 +1,22 @@
 // The browser benchmark: the same workloads (workload.js) on hand-written IndexedDB,
 // idb 8, Dexie 4 and Warren, in headless Chromium with on-disk profiles, in one run.
-// Prints a table of medians and the ratios to Dexie; fails if any result is wrong.
+// Prints one table of medians, the ratios to Dexie and whether each goal is met; fails
+// if any result is wrong.
 //
-//   node tests/bench-browser/run.mjs [--runs N] [--cold-runs N] [--skip-cold]
+//   node tests/bench-browser/run.mjs [--runs N] [--cold-runs N] [--libs raw,idb,dexie,warren]
+//        [--n 10000] [--big 100000] [--skip-cold] [--only suite,live,burst,big,cold]
+//        [--million] [--json FILE] [--cpuprofile DIR]
 //
 // Needs: Debian's Chromium (.ci/setup-browser), the package built (.ci/build-package),
 // `npm ci` here, and the release server (cargo build --release -p warren-server).
 // .ci/bench-browser does all of it. docs/BENCHMARKS.md explains the figures.
-import { cpSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
 import { cpus, loadavg, totalmem } from "node:os";
-import { join, dirname } from "node:path";
+import { join, dirname, extname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { spawn } from "node:child_process";
-import { freePort, profile, root, stopProcess, tempDir } from "../browser/harness.mjs";
+import { execFileSync, spawn } from "node:child_process";
+import { freePort, profile, root, stopProcess, target, tempDir } from "../browser/harness.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -20,106 +24,175 @@ const opt = (name, dflt) => {
   const i = args.indexOf(name);
   return i >= 0 ? Number(args[i + 1]) : dflt;
 };
+const strOpt = (name, dflt) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : dflt;
+};
 const RUNS = opt("--runs", 5);
 const COLD_RUNS = opt("--cold-runs", 3);
-const SKIP_COLD = args.includes("--skip-cold");
-const COLD_ONLY = args.includes("--cold-only");
 const LIVE_ITER = opt("--live-iterations", 200);
 const XTAB_ITER = opt("--xtab-iterations", 100);
 const ALL_LIBS = ["raw", "idb", "dexie", "warren"];
-const LIBS = args.includes("--libs") ? args[args.indexOf("--libs") + 1].split(",") : ALL_LIBS;
+const LIBS = strOpt("--libs", ALL_LIBS.join(",")).split(",");
 const N = opt("--n", 10_000);
+const BIG = opt("--big", 100_000);
+const BURST = [500, 5000];
+const PHASES = new Set(strOpt("--only", "suite,live,burst,big,cold").split(","));
+if (args.includes("--skip-cold")) PHASES.delete("cold");
+const MILLION = args.includes("--million");
 const LIVE_LIBS = ["dexie", "warren"].filter((l) => LIBS.includes(l));
+const PROFILE_DIR = strOpt("--cpuprofile", null);
 const started = Date.now();
-const log = (...a) => console.error(`[${((Date.now() - started) / 1000).toFixed(0).padStart(4)} s]`, ...a);
+const log = (...a) => console.error(`[${((Date.now() - started) / 1000).toFixed(0).padStart(5)} s]`, ...a);
 
-// The static directory: the pages, the implementations and the libraries they import.
+// The static site: the pages, the implementations and the libraries they import, served
+// by a plain HTTP server here (the pages must load when the sync server is down).
 const work = tempDir("bench-browser");
 const site = join(work, "site");
 mkdirSync(join(site, "lib"), { recursive: true });
-for (const f of ["bench.html", "page.js", "workload.js", "raw.js", "idb.js", "dexie.js", "warren.js"])
+for (const f of ["bench.html", "bench.warren", "page.js", "workload.js", "raw.js", "idb.js", "dexie.js", "warren.js"])
   cpSync(join(here, f), join(site, f));
 cpSync(join(here, "node_modules", "dexie", "dist", "modern", "dexie.min.mjs"), join(site, "lib", "dexie", "dexie.min.mjs"));
 cpSync(join(here, "node_modules", "idb", "build"), join(site, "lib", "idb"), { recursive: true });
 cpSync(join(root, "js-package", "dist"), join(site, "lib", "warren", "dist"), { recursive: true });
 cpSync(process.env.WARREN_WASM_DIR || join(root, "js-package", "wasm"), join(site, "lib", "warren", "wasm"), { recursive: true });
-// --cpuprofile DIR: saves a CPU profile of each Warren page (for profile.mjs).
-const PROFILE_DIR = args.includes("--cpuprofile") ? args[args.indexOf("--cpuprofile") + 1] : null;
-
-// The release server (the harness's startWarren runs the debug build).
-const port = await freePort();
-// A copy, so that a rebuild during the run does not touch the binary being run.
-const bin = join(work, "warren");
-cpSync(process.env.WARREN_BIN || join(root, "target", "release", "warren"), bin);
-const server = spawn(bin, ["serve",
-  "--listen", `127.0.0.1:${port}`, "--data-dir", join(work, "data"),
-  "--schema", join(here, "bench.warren"), "--static-dir", site, "--dev-tokens"],
-  { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, WARREN_LOG: "warn" } });
-await new Promise((ok, err) => {
-  server.stdout.on("data", (d) => { if (String(d).includes("serving on")) ok(); });
-  server.on("exit", (c) => err(new Error(`server exited ${c}`)));
+const types = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".warren": "text/plain" };
+const files = createServer((req, res) => {
+  const path = join(site, decodeURIComponent(new URL(req.url, "http://x").pathname));
+  if (!path.startsWith(site) || !existsSync(path) || !extname(path)) { res.writeHead(404); res.end(); return; }
+  res.writeHead(200, { "content-type": types[extname(path)] || "application/octet-stream" });
+  res.end(readFileSync(path));
 });
-const base = `http://127.0.0.1:${port}/bench.html`;
-const profileDir = join(work, "profile");
-let ctx = await profile(profileDir);
-const browserVersion = ctx.browser()?.version() ?? (await (async () => {
+await new Promise((ok) => files.listen(0, "127.0.0.1", ok));
+const base = `http://127.0.0.1:${files.address().port}/bench.html`;
+
+// The release server, on a port kept across its restarts (a copy, so that a rebuild
+// during the run does not touch the binary being run).
+const syncPort = await freePort();
+const sync = `ws://127.0.0.1:${syncPort}/v1/sync`;
+const bin = join(work, "warren");
+cpSync(process.env.WARREN_BIN || join(target, "release", "warren"), bin);
+const dataDir = join(work, "data");
+let server = null;
+async function startServer() {
+  // The per-identity limits (abuse protection: the commit rate, the region-time budget
+  // of 10 ms a second, the quotas of 100,000 documents and 64 MiB) are off, as in the
+  // server benchmark: one user's 5,000-write offline burst or 100,000-document import
+  // would otherwise drain at the server's pace for one identity, not the client's
+  // (docs/BENCHMARKS.md).
+  server = spawn(bin, ["serve", "--listen", `127.0.0.1:${syncPort}`, "--data-dir", dataDir,
+    "--schema", join(here, "bench.warren"), "--commits-per-sec", "0", "--frames-per-sec", "0",
+    "--cost-ms-per-sec", "0", "--quota-documents", "0", "--quota-bytes", "0", "--quota-partitions", "0"],
+  { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, WARREN_LOG: "warn" } });
+  await new Promise((ok, err) => {
+    server.stdout.on("data", (d) => { if (String(d).includes("serving on")) ok(); });
+    server.on("exit", (c) => err(new Error(`server exited ${c}`)));
+  });
+}
+async function stopServer() {
+  const s = server;
+  server = null;
+  await stopProcess(s);
+}
+await startServer();
+const tokens = new Map();
+const tokenFor = (sub) => {
+  if (!tokens.has(sub))
+    tokens.set(sub, execFileSync(bin, ["token", "--data-dir", dataDir, "--sub", sub]).toString().trim());
+  return tokens.get(sub);
+};
+
+// The tab's memory: the renderer processes of the browser (the page and its workers run
+// in one), from /proc: resident now, and the peak since the last reset.
+function renderers() {
+  const out = [];
+  for (const pid of readdirSync("/proc").filter((x) => /^\d+$/.test(x))) {
+    try {
+      if (!readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("--type=renderer")) continue;
+      const st = readFileSync(`/proc/${pid}/status`, "utf8");
+      out.push({ pid, rss: Number(/VmRSS:\s+(\d+)/.exec(st)[1]) * 1024, hwm: Number(/VmHWM:\s+(\d+)/.exec(st)[1]) * 1024 });
+    } catch { /* gone */ }
+  }
+  return out;
+}
+/** Samples the largest renderer's resident memory until stopped; gives the peak. */
+function sampleMemory() {
+  let peak = 0;
+  const t = setInterval(() => { for (const r of renderers()) peak = Math.max(peak, r.rss); }, 100);
+  return () => { clearInterval(t); for (const r of renderers()) peak = Math.max(peak, r.rss); return peak; };
+}
+
+const root_profiles = join(work, "profiles");
+let ctx = await profile(join(root_profiles, "main"));
+const browserVersion = await (async () => {
   const p = await ctx.newPage();
   const ua = await p.evaluate(() => navigator.userAgent);
   await p.close();
   return ua.match(/Chrome\/([\d.]+)/)?.[1] ?? ua;
-})());
+})();
 
 async function page(query, c = ctx) {
   const p = await c.newPage();
   p.on("pageerror", (e) => console.error(`page error (${query}): ${e}`));
+  p.on("crash", () => console.error(`PAGE CRASHED (${query})`));
   p.on("console", (m) => { if (m.type() === "error" || process.env.BENCH_DEBUG) console.error(`console (${query}): ${m.text()}`); });
-  await p.goto(`${base}?${query}`);
+  await p.exposeFunction("warrenToken", tokenFor);
+  await p.goto(`${base}?${query}&sync=${encodeURIComponent(sync)}`);
   await p.waitForFunction(() => window.benchReady === true);
   return p;
 }
 
+/** A CPU profile of page `p` (--cpuprofile): started here, saved by `stopProfile`. */
+async function startProfile(p) {
+  const cdp = await ctx.newCDPSession(p);
+  await cdp.send("Profiler.enable");
+  await cdp.send("Profiler.setSamplingInterval", { interval: 200 });
+  await cdp.send("Profiler.start");
+  return cdp;
+}
+async function stopProfile(cdp, name) {
+  const { profile: prof } = await cdp.send("Profiler.stop");
+  mkdirSync(PROFILE_DIR, { recursive: true });
+  writeFileSync(join(PROFILE_DIR, `${name}.cpuprofile`), JSON.stringify(prof));
+}
+
 const results = {};   // results[workload][lib] = [values]
-const record = (w, lib, v) => (((results[w] ??= {})[lib] ??= []).push(v));
+const record = (w, lib, v) => { if (v !== undefined && v !== null) ((results[w] ??= {})[lib] ??= []).push(v); };
 const median = (xs) => {
   const a = [...xs].sort((x, y) => x - y);
   return a.length % 2 ? a[(a.length - 1) / 2] : (a[a.length / 2 - 1] + a[a.length / 2]) / 2;
 };
+const rotate = (r) => LIBS.map((_, i) => LIBS[(i + r) % LIBS.length]);
 
 let failed = false;
 try {
-  // The suite and the live-query latency: RUNS runs, each library once per run, in a
-  // rotating order, each on a fresh database in a fresh page.
-  for (let r = 0; r < (COLD_ONLY ? 0 : RUNS); r++) {
-    const order = LIBS.map((_, i) => LIBS[(i + r) % LIBS.length]);
-    for (const lib of order) {
-      const p = await page(`lib=${lib}`);
-      let cdp = null;
-      if (PROFILE_DIR && lib === "warren") {
-        cdp = await ctx.newCDPSession(p);
-        await cdp.send("Profiler.enable");
-        await cdp.send("Profiler.setSamplingInterval", { interval: 200 });
-        await cdp.send("Profiler.start");
-      }
+  // 1. The suite: RUNS runs, each library once per run in a rotating order, each on a
+  // fresh database in a fresh page: every workload warm and after a reopen.
+  for (let r = 0; r < (PHASES.has("suite") ? RUNS : 0); r++) {
+    for (const lib of rotate(r)) {
+      // Profiled, the engine runs on the page (the page's profiler does not see a worker).
+      const profiled = PROFILE_DIR && lib === "warren";
+      const p = await page(`lib=${lib}${profiled ? "&worker=0" : ""}`);
+      const cdp = profiled ? await startProfile(p) : null;
       const t = await p.evaluate(({ user, n }) => window.bench.suite(user, { n, singles: n / 10 }), { user: `${lib}${r}`, n: N });
-      if (cdp) {
-        const { profile: prof } = await cdp.send("Profiler.stop");
-        mkdirSync(PROFILE_DIR, { recursive: true });
-        writeFileSync(join(PROFILE_DIR, `suite-${r}.cpuprofile`), JSON.stringify(prof));
-      }
+      if (cdp) await stopProfile(cdp, `suite-${r}`);
       for (const [w, v] of Object.entries(t)) record(w, lib, v);
-      if (LIVE_LIBS.includes(lib)) {
-        const l = await p.evaluate(([user, n]) => window.bench.live(user, { iterations: n }), [`${lib}${r}`, LIVE_ITER]);
-        record("liveP50", lib, l.p50);
-        record("liveP99", lib, l.p99);
-      }
       await p.close();
       log(`run ${r + 1}/${RUNS} ${lib}: ${Object.entries(t).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ")}`);
     }
   }
 
-  // Cross-tab: two tabs of one profile open the same database; a write in one, timed
-  // to its appearance in a live query in the other.
-  for (const lib of COLD_ONLY ? [] : LIVE_LIBS) {
+  // 2. Live queries: a local write to the callback; a write in one tab to the other's.
+  for (let r = 0; r < (PHASES.has("live") ? RUNS : 0); r++) {
+    for (const lib of LIVE_LIBS) {
+      const p = await page(`lib=${lib}`);
+      const l = await p.evaluate(([user, n]) => window.bench.live(user, { iterations: n }), [`live${lib}${r}`, LIVE_ITER]);
+      record("liveP50", lib, l.p50);
+      record("liveP99", lib, l.p99);
+      await p.close();
+    }
+  }
+  for (const lib of PHASES.has("live") ? LIVE_LIBS : []) {
     for (let r = 0; r < Math.max(1, Math.min(RUNS, 3)); r++) {
       const user = `x${lib}${r}`;
       const name = `xtab-${lib}-${r}`;
@@ -144,91 +217,173 @@ try {
     }
   }
 
-  // The cold open: a 100,000-document database per library, populated once; then the
-  // browser is closed and started again on the same on-disk profile before each
-  // measurement, so nothing is in memory.
-  if (!SKIP_COLD) {
-    for (const lib of LIBS) {
-      let t;
-      if (lib === "warren") {
-        // Warren: one page per 10,000 documents (one page writing all 100,000 ran out
-        // of memory after ~10 minutes: see docs/BENCHMARKS.md).
-        t = { local: 0, all: 0 };
-        for (let i = 0; i < 100_000; i += 10_000) {
-          const p = await page(`lib=${lib}`);
-          const b = await p.evaluate(([u, n, from, to]) => window.bench.populateBlock(u, n, from, to),
-            [`cold${lib}`, `cold-${lib}`, i, i + 10_000]);
-          await p.close();
-          t.local += b.local;
-          t.all += b.all;
-          log(`  warren: ${i + 10_000} documents (${b.local.toFixed(0)} ms local, ${b.all.toFixed(0)} ms confirmed)`);
-        }
-      } else {
-        const p = await page(`lib=${lib}`);
-        t = await p.evaluate(([u, n]) => window.bench.populate(u, n), [`cold${lib}`, `cold-${lib}`]);
+  // 3. Offline bursts: 500 and 5,000 writes offline, then (Warren) back online.
+  for (let r = 0; r < (PHASES.has("burst") ? RUNS : 0); r++) {
+    for (const lib of rotate(r)) {
+      for (const n of BURST) {
+        const profiled = PROFILE_DIR && lib === "warren";
+        const p = await page(`lib=${lib}${profiled ? "&worker=0" : ""}`);
+        const cdp = profiled ? await startProfile(p) : null;
+        const b = await p.evaluate(([u, n]) => window.bench.offlineBurst(u, n), [`burst${lib}${r}n${n}`, n]);
+        if (cdp) await stopProfile(cdp, `burst${n}-${r}`);
         await p.close();
+        record(`burst${n}Local`, lib, b.local);
+        record(`burst${n}Confirm`, lib, b.confirm);
+        log(`offline burst ${n} ${lib} run ${r + 1}: local ${b.local.toFixed(0)} ms${b.confirm !== undefined ? `, connected after ${b.connected?.toFixed(0)} ms, all confirmed ${b.confirm.toFixed(0)} ms after reconnecting` : ""}`);
       }
-      log(`populated 100,000 documents with ${lib}: ${t.local.toFixed(0)} ms local, ${t.all.toFixed(0)} ms with confirmation`);
-      record("populate100k", lib, t.local);
-      if (lib === "warren") record("populate100kConfirmed", lib, t.all);
     }
+  }
+
+  // 4. One page imports BIG documents, counts them, reads them all; each library in a
+  // browser of its own (its memory alone), whose profile keeps the database for the
+  // cold opens.
+  const bigProfile = (lib) => join(root_profiles, `big-${lib}`);
+  for (const lib of PHASES.has("big") || PHASES.has("cold") ? LIBS : []) {
+    await ctx.close();
+    ctx = await profile(bigProfile(lib));
+    const p = await page(`lib=${lib}`);
+    const stop = sampleMemory();
+    const b = await p.evaluate(([u, n, n2]) => window.bench.importCountScan(u, n2, n), [`big${lib}`, BIG, `big-${lib}`]);
+    const peak = stop();
+    await p.close();
+    for (const k of ["import", "importConfirmed", "count", "scan"]) record(`big_${k}`, lib, b[k]);
+    record("big_longestTask", lib, Math.max(b.importLongestTask, b.countLongestTask, b.scanLongestTask, b.importConfirmedLongestTask ?? 0));
+    record("big_frameGap", lib, Math.max(b.importFrameGap, b.countFrameGap, b.scanFrameGap, b.importConfirmedFrameGap ?? 0));
+    record("big_peakRss", lib, peak / 2 ** 20);
+    record("big_jsHeap", lib, b.memory.scan.jsHeap / 2 ** 20);
+    if (b.memory.scan.wasm !== undefined) record("big_wasm", lib, b.memory.scan.wasm / 2 ** 20);
+    log(`${lib}: ${BIG} documents imported in one page: ${JSON.stringify({ ...b, memory: undefined })}, peak resident ${(peak / 2 ** 20).toFixed(0)} MiB, memory ${JSON.stringify(b.memory)}`);
+  }
+
+  // 5. Cold open: the browser closed and started again on the profile that holds the
+  // BIG-document database, the page loaded anew; with the sync server reachable, then
+  // with it down.
+  for (const reachable of PHASES.has("cold") ? [true, false] : []) {
+    if (!reachable) await stopServer();
     for (let r = 0; r < COLD_RUNS; r++) {
-      for (const lib of LIBS.map((_, i) => LIBS[(i + r) % LIBS.length])) {
+      for (const lib of rotate(r)) {
         await ctx.close();
-        ctx = await profile(profileDir);
+        ctx = await profile(bigProfile(lib));
         const p = ctx.pages()[0] ?? (await ctx.newPage());
         p.on("pageerror", (e) => console.error(`page error (cold ${lib}): ${e}`));
+        await p.exposeFunction("warrenToken", tokenFor);
         const owner = (r * 17 + 3) % 50;
-        await p.goto(`${base}?lib=${lib}&mode=cold&user=cold${lib}&name=cold-${lib}&owner=${owner}`);
+        await p.goto(`${base}?lib=${lib}&mode=cold&user=big${lib}&name=big-${lib}&owner=${owner}&coldN=${BIG}&sync=${encodeURIComponent(sync)}`);
         await p.waitForFunction(() => window.coldResult !== undefined, null, { timeout: 120_000 });
         const c = await p.evaluate(() => window.coldResult);
         if (!c.ok) throw new Error(`cold open with ${lib}: wrong result ${JSON.stringify(c)}`);
-        record("coldOpen", lib, c.ms);
-        log(`cold open ${r + 1}/${COLD_RUNS} ${lib}: ${c.ms.toFixed(1)} ms`);
+        record(reachable ? "coldOpen" : "coldOpenOffline", lib, c.ms);
+        log(`cold open ${r + 1}/${COLD_RUNS} ${lib}, server ${reachable ? "reachable" : "down"}: ${c.ms.toFixed(1)} ms`);
       }
     }
+    if (!reachable) await startServer();
+  }
+
+  // 6. (--million) One page imports a million documents.
+  for (const lib of MILLION ? ["dexie", "warren"].filter((l) => LIBS.includes(l)) : []) {
+    await ctx.close();
+    ctx = await profile(join(root_profiles, `million-${lib}`));
+    const p = await page(`lib=${lib}`);
+    const stop = sampleMemory();
+    const b = await p.evaluate(([u, name, n]) => window.bench.importCountScan(u, name, n), [`m${lib}`, `million-${lib}`, 1_000_000]);
+    const peak = stop();
+    await p.close();
+    for (const k of ["import", "importConfirmed", "count", "scan"]) record(`m_${k}`, lib, b[k]);
+    record("m_peakRss", lib, peak / 2 ** 20);
+    record("m_longestTask", lib, Math.max(b.importLongestTask, b.countLongestTask, b.scanLongestTask, b.importConfirmedLongestTask ?? 0));
+    log(`${lib}: a million documents imported in one page: ${JSON.stringify({ ...b, memory: undefined })}, peak resident ${(peak / 2 ** 20).toFixed(0)} MiB, memory ${JSON.stringify(b.memory)}`);
   }
 } catch (e) {
   failed = true;
   console.error(`\nBENCHMARK FAILED: ${e.stack || e}`);
 } finally {
   await ctx.close().catch(() => {});
-  await stopProcess(server);
+  await stopServer();
+  files.close();
 }
 
-// The table.
+// The table. Each row: key, label, how its goal reads (see docs/BENCHMARKS.md).
+const k = (n) => n.toLocaleString("en-US");
 const ROWS = [
-  ["bulkInsert", "bulk insert 10,000 docs, one transaction", "ms"],
-  ["singleInserts", "1,000 single inserts, each durable before the next", "ms"],
-  ["getById", "10,000 reads by id, one at a time", "ms"],
-  ["indexQuery", "index query (one owner's 200 docs by date) x 100", "ms"],
-  ["count", "count 10,000", "ms"],
-  ["scan", "full scan 10,000", "ms"],
-  ["coldOpen", "cold open 100,000 docs: load to first 50 of an index query", "ms"],
-  ["liveP50", "local write -> live query notified, p50", "ms"],
-  ["liveP99", "local write -> live query notified, p99", "ms"],
-  ["xtabP50", "write in tab A -> live query in tab B, p50", "ms"],
-  ["xtabP99", "write in tab A -> live query in tab B, p99", "ms"],
-  ["bulkConfirmed", "(Warren) bulk insert: after the last local, until the server confirmed all", "ms"],
-  ["confirmedAll", "(Warren) single inserts: after the last local, until the server confirmed all", "ms"],
-  ["populate100k", "(setup) 100,000 docs, 10,000 per call, durable locally", "ms"],
-  ["populate100kConfirmed", "(setup) same, until the server confirmed all", "ms"],
+  ["bulkInsert", `bulk insert ${k(N)} docs (Warren: bulk())`, "dexie"],
+  ["singleInserts", `${k(N / 10)} single inserts, each durable before the next`, "dexie"],
+  ["singleInsertsReopen", `  same, right after a reopen`, "dexie"],
+  ["getById", `${k(N)} reads by id, one at a time`, "5x"],
+  ["getByIdReopen", `  same, after a reopen`, "dexie"],
+  ["getByIdBatch", `${k(N)} reads by id, all at once`, "dexie"],
+  ["getByIdBatchReopen", `  same, after a reopen`, "dexie"],
+  ["indexQuery", `index query (one owner's ${k(N / 50)} docs by date) x 100`, "5x"],
+  ["indexQueryReopen", `  same, after a reopen`, "dexie"],
+  ["count", `count ${k(N)}`, "dexie"],
+  ["countReopen", `  same, after a reopen`, "dexie"],
+  ["scan", `full scan ${k(N)}`, "dexie"],
+  ["scanReopen", `  same, after a reopen`, "dexie"],
+  ["coldOpen", `cold page load, ${k(BIG)} docs: to the first 50 of an index query, server reachable`, "dexie"],
+  ["coldOpenOffline", `  same, server down (peers: no server)`, "dexie:coldOpen"],
+  ["burst500Local", `500 writes offline, durable locally (peers: 500 adds one by one)`, "2x"],
+  ["burst500Confirm", `(Warren) back online: until all 500 are confirmed`, "<100"],
+  ["burst5000Local", `5,000 writes offline, durable locally`, "dexie"],
+  ["burst5000Confirm", `(Warren) back online: until all 5,000 are confirmed`, "linear"],
+  ["big_import", `one page imports ${k(BIG)} docs, durable locally`, "dexie"],
+  ["big_importConfirmed", `(Warren) then until the server confirmed all`, ""],
+  ["big_count", `  then count ${k(BIG)}`, "dexie"],
+  ["big_scan", `  then full scan ${k(BIG)}`, "dexie"],
+  ["big_longestTask", `  longest main-thread task in all of it (ms, 0: none over 50)`, "<=50"],
+  ["big_frameGap", `  longest gap between animation frames (ms)`, ""],
+  ["big_peakRss", `  the tab's peak resident memory (MiB)`, ""],
+  ["big_jsHeap", `  page JS heap after the scan (MiB)`, ""],
+  ["big_wasm", `  (Warren) engine's WebAssembly memory after the scan (MiB)`, ""],
+  ["liveP50", "local write -> live query notified, p50", "dexie"],
+  ["liveP99", "local write -> live query notified, p99", "dexie"],
+  ["xtabP50", "write in tab A -> live query in tab B, p50", "dexie"],
+  ["xtabP99", "write in tab A -> live query in tab B, p99", "dexie"],
+  ["bulkConfirmed", "(Warren) bulk insert: until the server confirmed all", ""],
+  ["singlesConfirmed", "(Warren) single inserts: after the last local, until the server confirmed all", ""],
+  ["m_import", "one page imports 1,000,000 docs, durable locally", ""],
+  ["m_importConfirmed", "(Warren) then until the server confirmed all", ""],
+  ["m_count", "  then count 1,000,000", ""],
+  ["m_scan", "  then full scan 1,000,000", ""],
+  ["m_longestTask", "  longest main-thread task (ms)", ""],
+  ["m_peakRss", "  the tab's peak resident memory (MiB)", ""],
 ];
 const fmt = (v) => (v === undefined ? "-" : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+const med = (key, lib) => (results[key]?.[lib] ? median(results[key][lib]) : undefined);
+function goal(key, rule) {
+  const w = med(key, "warren");
+  if (w === undefined || !rule) return "";
+  const against = rule.startsWith("dexie:") ? rule.slice(6) : key;
+  const d = med(against, "dexie");
+  const yes = (ok) => (ok ? "met" : "**not met**");
+  switch (rule.split(":")[0]) {
+    case "dexie": return d === undefined ? "" : yes(w <= d);
+    case "5x": return d === undefined ? "" : yes(w * 5 <= d);
+    case "2x": return d === undefined ? "" : yes(w <= 2 * d);
+    case "<100": return yes(w < 100);
+    case "<=50": return yes(w <= 50);
+    case "linear": {
+      const small = med("burst500Confirm", "warren");
+      return small === undefined ? "" : `${yes(w < 10 * small)} (${(w / small).toFixed(1)}x the 500)`;
+    }
+    default: return "";
+  }
+}
 const lines = [];
-lines.push(`| workload | raw IndexedDB | idb 8.0.4 | Dexie 4.4.7 | Warren | Warren / Dexie |`);
-lines.push(`|---|---:|---:|---:|---:|---:|`);
-for (const [key, label] of ROWS) {
-  const row = results[key];
-  if (!row) continue;
-  const m = Object.fromEntries(LIBS.map((l) => [l, row[l] ? median(row[l]) : undefined]));
-  const ratio = m.warren !== undefined && m.dexie ? `${(m.warren / m.dexie).toFixed(2)}x` : "-";
-  lines.push(`| ${label} | ${fmt(m.raw)} | ${fmt(m.idb)} | ${fmt(m.dexie)} | ${fmt(m.warren)} | ${ratio} |`);
+lines.push(`| workload | raw IndexedDB | idb 8.0.4 | Dexie 4.4.7 | Warren | Warren / Dexie | goal |`);
+lines.push(`|---|---:|---:|---:|---:|---:|---|`);
+for (const [key, label, rule] of ROWS) {
+  if (!results[key]) continue;
+  const m = Object.fromEntries(LIBS.map((l) => [l, med(key, l)]));
+  const dk = rule?.startsWith("dexie:") ? rule.slice(6) : key;
+  const dd = med(dk, "dexie");
+  const ratio = m.warren !== undefined && dd ? `${(m.warren / dd).toFixed(2)}x` : "-";
+  const peer = (l) => fmt(key === "coldOpenOffline" && l !== "warren" ? med("coldOpen", l) : m[l]);
+  lines.push(`| ${label} | ${peer("raw")} | ${peer("idb")} | ${peer("dexie")} | ${fmt(m.warren)} | ${ratio} | ${goal(key, rule)} |`);
 }
 const cpu = cpus()[0]?.model ?? "?";
 console.log(`\nBrowser benchmark: medians of ${RUNS} runs (cold open: ${COLD_RUNS}; live: ${LIVE_ITER} writes per run; cross-tab: ${XTAB_ITER} per run), times in ms`);
 console.log(`machine: ${cpus().length} CPUs (${cpu}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Chromium ${browserVersion}, load average ${loadavg().map((x) => x.toFixed(2)).join(" ")}, ${((Date.now() - started) / 1000).toFixed(0)} s`);
 console.log(lines.join("\n"));
-if (process.env.BENCH_JSON) writeFileSync(process.env.BENCH_JSON, JSON.stringify(results, null, 1));
+const json = strOpt("--json", process.env.BENCH_JSON);
+if (json) writeFileSync(json, JSON.stringify(results, null, 1));
 rmSync(work, { recursive: true, force: true });
 if (failed) process.exit(1);

@@ -3,46 +3,49 @@
 // its `local` promise resolves (durable in IndexedDB; the server confirms later).
 import { open, literal } from "./lib/warren/dist/index.js";
 
-/** Warren bounds a transaction's arguments to 64 KiB and its writes to 1,000
- * documents (the engine's default limits), so a bulk insert goes in chunks. */
-const CHUNK_BYTES = 48 * 1024;
-
 const SCAN_PAGE = 4000;
 
-export function chunks(docs) {
-  const out = [];
-  let cur = [];
-  let bytes = 0;
-  for (const d of docs) {
-    const b = JSON.stringify(d).length;
-    if (cur.length && (bytes + b > CHUNK_BYTES || cur.length >= 1000)) { out.push(cur); cur = []; bytes = 0; }
-    cur.push(d);
-    bytes += b;
-  }
-  if (cur.length) out.push(cur);
-  return out;
-}
+/** The sync server: `sync=` in the page's address (the pages are served apart from it,
+ * so that they load when it is down). */
+const syncUrl = new URLSearchParams(location.search).get("sync") ?? location.origin;
+/** `worker=0`: the engine on the page (so that a CPU profile of the page sees it). */
+const onPage = new URLSearchParams(location.search).get("worker") === "0" ? { worker: false } : {};
 
+/** A token for `sub`, from the runner (`warren token`), or the server's dev endpoint. */
 export async function tokenFor(sub) {
+  if (window.warrenToken) return window.warrenToken(sub);
   const r = await fetch("/v1/dev/token", { method: "POST", headers: { "content-type": "application/json" },
     body: JSON.stringify({ sub }) });
   return (await r.json()).token;
 }
 
 const byOwner = (owner) => `Doc.byOwner(${literal(owner)})`;
+const byId = (id) => `Doc.byId(${literal(id)})`;
 
-export async function openDb(name, user) {
-  const db = await open({ url: location.origin, token: () => tokenFor(user), name });
+/** Opens database `name` for `user`; `options` go to `open` (offline, cacheBytes...).
+ * The token is fetched once per page and kept (the server may be down later). */
+const tokens = new Map();
+let schema = null;
+export async function openDb(name, user, options = {}) {
+  if (!tokens.has(user)) tokens.set(user, await tokenFor(user));
+  const token = tokens.get(user);
+  // The schema from the start, as an offline-first app gives it: a first start with no
+  // network can write at once.
+  schema ??= await (await fetch("./bench.warren")).text();
+  const db = await open({ url: syncUrl, token, name, schema, ...onPage, ...options });
   return {
     db,
+    /** Any number of documents: the package's bulk path (chunks under the limits). */
     async bulkInsert(docs) {
-      const writes = chunks(docs).map((c) => db.call("put", { docs: c }));
-      await Promise.all(writes.map((w) => w.local));
+      await db.bulk("put", docs).local;
     },
     async insertOne(doc) {
       await db.call("put1", { doc }).local;
     },
-    get: (id) => db.query(`Doc.byId(${literal(id)})`),
+    /** A write awaited to its optimistic result only (the app goes on at once). */
+    applyOne: (doc) => db.call("put1", { doc }),
+    get: (id) => db.query(byId(id)),
+    getMany: (ids) => Promise.all(ids.map((id) => db.query(byId(id)))),
     byOwner: (owner) => db.query(byOwner(owner)),
     firstByOwner: (owner, n) => db.query(`${byOwner(owner)}.take(${n})`),
     count: () => db.query("Doc.all().count()"),
@@ -70,6 +73,8 @@ export async function openDb(name, user) {
     synced: () => new Promise((ok) => {
       const stop = db.status.subscribe((s) => { if (s.connected && s.pending === 0) { queueMicrotask(() => stop()); ok(); } });
     }),
+    setOnline: (on) => db.setOnline(on),
+    stats: () => db.stats(),
     close: () => db.close(),
   };
 }

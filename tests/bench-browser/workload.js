@@ -10,7 +10,7 @@ export const BASE_TIME = 1_700_000_000_000;
 export function makeDoc(user, i) {
   const k = i % OWNERS;
   return {
-    id: `${user}-d${String(i).padStart(6, "0")}`,
+    id: `${user}-d${String(i).padStart(7, "0")}`,
     owner: `${user}:u${k}`,
     title: `Task ${i}: water the plants in room ${k}`.padEnd(40, "."),
     done: i % 3 === 0,
@@ -32,9 +32,11 @@ export function ownerIds(user, k, n) {
   return ids;
 }
 
+export const indexOf = (id) => Number(id.slice(id.lastIndexOf("-d") + 2));
+
 export class BenchError extends Error {}
 
-function fail(what, detail) {
+export function fail(what, detail) {
   throw new BenchError(`${what}: ${typeof detail === "string" ? detail : JSON.stringify(detail).slice(0, 400)}`);
 }
 
@@ -47,84 +49,124 @@ export function sameDoc(a, b) {
     && Object.keys(a).length === 6;
 }
 
-function checkDocs(what, got, expectIds, user) {
+export function checkDocs(what, got, expectIds, user) {
   if (!Array.isArray(got) || got.length !== expectIds.length)
     fail(`${what}: expected ${expectIds.length} documents`, `got ${got?.length}`);
   for (let j = 0; j < got.length; j++) {
     if (got[j].id !== expectIds[j]) fail(`${what}: wrong order or id at ${j}`, { got: got[j].id, want: expectIds[j] });
-    const i = Number(expectIds[j].slice(expectIds[j].lastIndexOf("-d") + 2));
-    if (!sameDoc(got[j], makeDoc(user, i))) fail(`${what}: wrong content`, got[j]);
+    if (!sameDoc(got[j], makeDoc(user, indexOf(expectIds[j])))) fail(`${what}: wrong content`, got[j]);
   }
 }
 
-const now = () => performance.now();
-const debug = (...a) => console.log(...a);
+export const now = () => performance.now();
+
+/** The read workloads, each a function of a database handle; each checks its result. */
+export function reads(user, n, indexRepeats = 100) {
+  const docs = makeDocs(user, 0, n);
+  const order = docs.map((_, i) => (i * 7919) % n);
+  const expect = [];
+  for (let k = 0; k < OWNERS; k++) expect.push(ownerIds(user, k, n));
+  return {
+    /** 10,000 reads by id, one at a time, in a shuffled but fixed order. */
+    async getById(db) {
+      const got = new Array(n);
+      const s = now();
+      for (let j = 0; j < n; j++) got[j] = await db.get(docs[order[j]].id);
+      const t = now() - s;
+      for (let j = 0; j < n; j++) if (!sameDoc(got[j], docs[order[j]])) fail("read by id", { want: docs[order[j]], got: got[j] });
+      return t;
+    },
+    /** The same reads, all asked at once. */
+    async getByIdBatch(db) {
+      const ids = order.map((j) => docs[j].id);
+      const s = now();
+      const got = await db.getMany(ids);
+      const t = now() - s;
+      for (let j = 0; j < n; j++) if (!sameDoc(got[j], docs[order[j]])) fail("reads by id at once", { want: docs[order[j]], got: got[j] });
+      return t;
+    },
+    /** One owner's documents ordered by date, 100 times (cycling through the owners). */
+    async indexQuery(db) {
+      const results = new Array(indexRepeats);
+      const s = now();
+      for (let r = 0; r < indexRepeats; r++) results[r] = await db.byOwner(`${user}:u${r % OWNERS}`);
+      const t = now() - s;
+      for (let r = 0; r < indexRepeats; r++) checkDocs(`index query ${r}`, results[r], expect[r % OWNERS], user);
+      return t;
+    },
+    async count(db) {
+      const s = now();
+      const c = await db.count();
+      const t = now() - s;
+      if (c !== n) fail("count", c);
+      return t;
+    },
+    async scan(db) {
+      const s = now();
+      const all = await db.scan();
+      const t = now() - s;
+      if (all.length !== n) fail("full scan: length", all.length);
+      const byId = new Map(all.map((d) => [d.id, d]));
+      if (byId.size !== n) fail("full scan: distinct ids", byId.size);
+      for (const d of docs) if (!sameDoc(byId.get(d.id), d)) fail("full scan: content", { want: d, got: byId.get(d.id) });
+      return t;
+    },
+  };
+}
+
+/** `singles` inserts from document `from` on, each durable before the next. */
+export async function singleInserts(db, user, from, singles) {
+  const more = makeDocs(user, from, from + singles);
+  const s = now();
+  for (const d of more) await db.insertOne(d);
+  const t = now() - s;
+  for (const d of [more[0], more[singles - 1]]) if (!sameDoc(await db.get(d.id), d)) fail("single inserts: read back", d.id);
+  return t;
+}
 
 /**
- * The main suite on a fresh database: bulk insert (one transaction), reads by id,
- * repeated index queries, count, full scan, then single durable inserts. `db` is an
- * implementation's handle; gives the time of each workload in ms.
+ * The main suite on a fresh database: a bulk insert, then every read workload warm
+ * (right after the writes, the database open all along) and after closing and
+ * reopening it (a fresh open on the same profile before each one), and single durable
+ * inserts warm and after a reopen. `open()` gives a fresh handle on the same database.
  */
-export async function suite(db, user, { n = 10_000, singles = 1_000, indexRepeats = 100 } = {}) {
+export async function suite(open, user, { n = 10_000, singles = 1_000, indexRepeats = 100 } = {}) {
   const t = {};
+  let db = await open();
   const docs = makeDocs(user, 0, n);
-
   let s = now();
   await db.bulkInsert(docs);
   t.bulkInsert = now() - s;
   const c0 = await db.count();
   if (c0 !== n) fail("bulk insert: count after", c0);
-  // Warren: the reads below are measured once the server has confirmed the bulk
-  // insert (untimed here, reported as its own row), so that they measure queries, not
-  // queries queued behind the processing of the server's confirmations.
+  // Warren: the reads are measured once the server has confirmed the bulk insert
+  // (untimed here, reported as its own row).
   if (db.synced) {
     s = now();
     await db.synced();
     t.bulkConfirmed = now() - s;
   }
-
-  debug("step", '// Reads by id, one at a time');
-  // Reads by id, one at a time, in a shuffled but fixed order.
-  const order = docs.map((_, i) => (i * 7919) % n);
-  const got = new Array(n);
-  s = now();
-  for (let j = 0; j < n; j++) got[j] = await db.get(docs[order[j]].id);
-  t.getById = now() - s;
-  for (let j = 0; j < n; j++) if (!sameDoc(got[j], docs[order[j]])) fail("read by id", { want: docs[order[j]], got: got[j] });
-
-  debug("step", "// One owner's documents order");
-  // One owner's documents ordered by date, 100 times (cycling through the owners).
-  const expect = [];
-  for (let k = 0; k < OWNERS; k++) expect.push(ownerIds(user, k, n));
-  const results = new Array(indexRepeats);
-  s = now();
-  for (let r = 0; r < indexRepeats; r++) results[r] = await db.byOwner(`${user}:u${r % OWNERS}`);
-  t.indexQuery = now() - s;
-  for (let r = 0; r < indexRepeats; r++) checkDocs(`index query ${r}`, results[r], expect[r % OWNERS], user);
-
-  debug("step", '  const count');
-  s = now();
-  const count = await db.count();
-  t.count = now() - s;
-  if (count !== n) fail("count", count);
-
-  debug("step", '  const all');
-  s = now();
-  const all = await db.scan();
-  t.scan = now() - s;
-  if (all.length !== n) fail("full scan: length", all.length);
-  const byId = new Map(all.map((d) => [d.id, d]));
-  if (byId.size !== n) fail("full scan: distinct ids", byId.size);
-  for (const d of docs) if (!sameDoc(byId.get(d.id), d)) fail("full scan: content", { want: d, got: byId.get(d.id) });
-
-  debug("step", 'const more = makeDocs');
-  const more = makeDocs(user, n, n + singles);
-  s = now();
-  for (const d of more) await db.insertOne(d);
-  t.singleInserts = now() - s;
-  const c1 = await db.count();
-  if (c1 !== n + singles) fail("single inserts: count after", c1);
-  for (const d of [more[0], more[singles - 1]]) if (!sameDoc(await db.get(d.id), d)) fail("single inserts: read back", d.id);
+  const w = reads(user, n, indexRepeats);
+  for (const [name, f] of Object.entries(w)) t[name] = await f(db);
+  // After a reopen: each read workload right after its own fresh open.
+  const reopen = async () => {
+    await db.close();
+    db = await open();
+  };
+  for (const [name, f] of Object.entries(w)) {
+    await reopen();
+    t[`${name}Reopen`] = await f(db);
+  }
+  // Single durable inserts right after a reopen, then 1,000 more on the open database.
+  await reopen();
+  t.singleInsertsReopen = await singleInserts(db, user, n, singles);
+  t.singleInserts = await singleInserts(db, user, n + singles, singles);
+  if (db.synced) {
+    s = now();
+    await db.synced();
+    t.singlesConfirmed = now() - s;
+  }
+  await db.close();
   return t;
 }
 
@@ -142,14 +184,12 @@ export async function liveLatency(db, user, { iterations = 200 } = {}) {
   if (!db.live) return null;
   const owner = `${user}:live`;
   let waiting = null;
-  let seenFirst = null;
   const stop = await db.live(owner, (rows) => {
     if (waiting && rows.length && rows[0].id === waiting.id) {
       const w = waiting;
       waiting = null;
       w.resolve(now());
     }
-    if (seenFirst) { const f = seenFirst; seenFirst = null; f(); }
   });
   const times = [];
   for (let i = 0; i < iterations; i++) {
@@ -165,4 +205,35 @@ export async function liveLatency(db, user, { iterations = 200 } = {}) {
   const c = await db.countOwner(owner);
   if (c !== iterations) fail("live: count after", c);
   return { p50: percentile(times, 0.5), p99: percentile(times, 0.99), n: times.length };
+}
+
+/**
+ * What the page's main thread went through: the longest task (the Long Tasks API, tasks
+ * over 50 ms) and the longest gap between animation frames, while `f` runs.
+ */
+export async function watchMainThread(f) {
+  let longest = 0;
+  let gap = 0;
+  const obs = typeof PerformanceObserver !== "undefined" ? new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) longest = Math.max(longest, e.duration);
+  }) : null;
+  try { obs?.observe({ type: "longtask", buffered: false }); } catch { /* not supported */ }
+  let running = true;
+  let last = now();
+  const frame = () => {
+    const t = now();
+    gap = Math.max(gap, t - last);
+    last = t;
+    if (running) requestAnimationFrame(frame);
+  };
+  requestAnimationFrame(frame);
+  try {
+    const r = await f();
+    return { r, longest, gap };
+  } finally {
+    running = false;
+    // Entries are delivered after the task that ended: let them arrive.
+    await new Promise((ok) => setTimeout(ok, 50));
+    obs?.disconnect();
+  }
 }

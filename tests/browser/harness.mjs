@@ -9,8 +9,9 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "../../.ci/node/node_modules/playwright-core/index.mjs";
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-// The debug build of the server, where cargo puts it (CARGO_TARGET_DIR, or target/).
-export const warren = join(process.env.CARGO_TARGET_DIR || join(root, "target"), "debug", "warren");
+/** Cargo's target directory (CARGO_TARGET_DIR, as cargo itself reads it). */
+export const target = process.env.CARGO_TARGET_DIR || join(root, "target");
+export const warren = join(target, "debug", "warren");
 
 let failures = 0;
 let passed = 0;

@@ -21,6 +21,7 @@ try {
   check("a refused write is a PermissionDeniedError in the bundle", vite.refused === "PERMISSION_DENIED", JSON.stringify(vite));
   check("useQuery and useStatus render the live result and follow a write",
     vite.react?.includes("from vite") && vite.react?.includes("seen by react"), JSON.stringify(vite));
+  check("the bundled engine runs in a dedicated worker", vite.worker === 1, JSON.stringify(vite));
   await page.goto(`http://127.0.0.1:${port}/plain.html`);
   const plain = await page.evaluate(() => window.result);
   check("the package works from a plain <script type=module>",

@@ -10,7 +10,18 @@
 //! forbidden write is refused there and never queued), stored in the outbox, and sent
 //! when a connection is up. Frames from the server change the base (snapshots,
 //! effects, dropped partitions) and settle pending commits (outcomes); the view is then
-//! rebuilt (rebase) and every live query whose result changed is reported.
+//! rebased and every live query whose result changed is reported.
+//!
+//! **Rebase in proportion to what changed.** The view keeps each pending commit's
+//! writes as a layer and what it read (see [`view`]). When frames change the base or
+//! settle commits, only the commits that read a key whose value they would now see
+//! differently run again, each on exactly the view it saw before, and a change they
+//! make to their own writes carries on to the commits after them that read it. A
+//! commit confirmed with the effects it was made with changes no key anyone sees (the
+//! base now holds what its layer held), so confirming it runs nothing else. Live
+//! queries likewise run again only when a key they read changed. Anything that may
+//! change every result (the schema, the claims, a driver's [`Replica::invalidate`])
+//! re-executes every pending commit in order, as the definition says.
 //!
 //! The replica does no I/O: a driver (native: `warren_server::client`; browser: the
 //! wasm binding) moves frames between it and a socket, calls [`Replica::handle`] for each
@@ -22,7 +33,9 @@
 //! `Xclient` (the client id), `Xschema` (the schema source), `Xseq` (the next sequence
 //! number), `O seq` (a pending commit, as a log entry), `K partition` (a cursor).
 
-use std::collections::BTreeMap;
+mod view;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorCode};
@@ -34,8 +47,9 @@ use crate::protocol::{
     SnapshotDoc,
 };
 use crate::schema::Schema;
-use crate::storage::{scan_all, Batch, KeyRange, Overlay, OverlayWrites, Storage};
+use crate::storage::{scan_all, Batch, KeyRange, Overlay, Reads, Recorder, Storage};
 use crate::value::Value;
+use view::View;
 
 const KEY_CLIENT: &[u8] = b"Xclient";
 const KEY_SCHEMA: &[u8] = b"Xschema";
@@ -133,6 +147,109 @@ pub struct Local {
 struct Live {
     source: String,
     last: Option<Result<Value, Error>>,
+    /// What its last evaluation read: a change elsewhere cannot change its result.
+    reads: Reads,
+}
+
+/// The pending commits, in order. Confirmations come in order and take commits from the
+/// front: that is O(1) here (a start offset, compacted now and then), where removing
+/// the first element of a `Vec` moves all the others (quadratic over an outbox).
+#[derive(Debug, Default)]
+struct PendingQueue {
+    items: Vec<Pending>,
+    head: usize,
+}
+
+impl std::ops::Deref for PendingQueue {
+    type Target = [Pending];
+    fn deref(&self) -> &[Pending] {
+        &self.items[self.head..]
+    }
+}
+
+impl PendingQueue {
+    fn push(&mut self, p: Pending) {
+        self.items.push(p);
+    }
+
+    fn pop(&mut self) -> Option<Pending> {
+        if self.items.len() > self.head {
+            self.items.pop()
+        } else {
+            None
+        }
+    }
+
+    /// Removes commit `seq`; whether it was there.
+    fn remove(&mut self, seq: u64) -> bool {
+        if self.first().map(|p| p.seq) == Some(seq) {
+            self.head += 1;
+            self.compact();
+            return true;
+        }
+        match self.binary_search_by_key(&seq, |p| p.seq) {
+            Ok(i) => {
+                self.items.remove(self.head + i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Removes every commit up to `seq`.
+    fn remove_through(&mut self, seq: u64) {
+        let n = self.partition_point(|p| p.seq <= seq);
+        self.head += n;
+        self.compact();
+    }
+
+    fn compact(&mut self) {
+        if self.head == self.items.len() {
+            self.items.clear();
+            self.head = 0;
+        } else if self.head > 64 && self.head * 2 > self.items.len() {
+            self.items.drain(..self.head);
+            self.head = 0;
+        }
+    }
+}
+
+/// What may have changed in the view: keys, and ranges a driver loaded.
+#[derive(Debug, Default)]
+struct Changes {
+    keys: BTreeSet<Vec<u8>>,
+    ranges: Vec<KeyRange>,
+}
+
+impl Changes {
+    /// Whether an evaluation that read `reads` may see something else now.
+    fn meets(&self, reads: &Reads) -> bool {
+        let point = if self.keys.len() < reads.points.len() {
+            self.keys.iter().any(|k| reads.points.contains(k))
+        } else {
+            reads.points.iter().any(|k| self.keys.contains(k))
+        };
+        point
+            || reads.ranges.iter().any(|r| view::in_range(&self.keys, r))
+            || self.ranges.iter().any(|c| {
+                reads.points.iter().any(|k| c.contains(k))
+                    || reads.ranges.iter().any(|r| r.overlaps(c))
+            })
+    }
+}
+
+/// Counters of the work the replica did, for tests and profiles.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Pending commits run to build or rebase the view (not counting the first run of
+    /// each write, in `mutate`).
+    pub reexecuted: u64,
+    /// Full rebuilds of the view (every pending commit run again).
+    pub rebuilds: u64,
+    /// Live-query evaluations after the first.
+    pub live_runs: u64,
+    /// About the bytes the view's layers hold over the base.
+    pub view_bytes: u64,
 }
 
 /// The client replica. See the module documentation.
@@ -142,13 +259,24 @@ pub struct Replica<S: Storage> {
     schema: Option<Arc<Schema>>,
     limits: Limits,
     auth: Value,
-    pending: Vec<Pending>,
+    pending: PendingQueue,
     next_seq: u64,
-    view: OverlayWrites,
+    view: View,
+    /// The view must be rebuilt from scratch (every pending commit run again).
     stale: bool,
-    /// The view was rebuilt since live queries were last evaluated (a query between
-    /// `handle` and `flush` rebuilds it; `flush` must still report the change).
+    /// Base keys the frames changed since the view was last rebased.
+    base_changed: BTreeSet<Vec<u8>>,
+    /// Ranges of the base a driver loaded since (data a run may have missed).
+    base_loaded: Vec<KeyRange>,
+    /// Commits settled (confirmed, refused, taken back) since then: their layers are
+    /// still in the view.
+    settled: BTreeSet<u64>,
+    /// What may have changed in the view since live queries were last evaluated
+    /// (`None`: anything; a query between `handle` and `flush` rebases the view, and
+    /// `flush` must still report the change).
+    live_changed: Option<Changes>,
     live_due: bool,
+    stats: Stats,
     live: BTreeMap<u64, Live>,
     next_live: u64,
     connected: bool,
@@ -201,7 +329,7 @@ impl<S: Storage> Replica<S> {
         if !init.is_empty() {
             store.apply(init)?;
         }
-        let mut pending = Vec::new();
+        let mut pending = PendingQueue::default();
         for (_, v) in scan_all(&store, &KeyRange::prefix(&[SPACE_OUTBOX]))? {
             let c = decode_log_entry(&v)?;
             pending.push(Pending {
@@ -225,9 +353,14 @@ impl<S: Storage> Replica<S> {
             auth: Value::Null,
             pending,
             next_seq,
-            view: OverlayWrites::new(),
+            view: View::default(),
             stale: true,
+            base_changed: BTreeSet::new(),
+            base_loaded: Vec::new(),
+            settled: BTreeSet::new(),
+            live_changed: Some(Changes::default()),
             live_due: false,
+            stats: Stats::default(),
             live: BTreeMap::new(),
             next_live: 1,
             connected: false,
@@ -266,12 +399,30 @@ impl<S: Storage> Replica<S> {
         &self.pending
     }
 
+    /// The work done so far (see [`Stats`]).
+    pub fn stats(&self) -> Stats {
+        Stats {
+            view_bytes: self.view.bytes() as u64,
+            ..self.stats
+        }
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connected
     }
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// The documents of the snapshot parts held until their `Snapshot` comes, as
+    /// (collection, id): a driver whose store loads lazily loads them before applying
+    /// the `Snapshot` (a document may still be held in another partition).
+    pub fn held_snapshot_docs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.parts
+            .iter()
+            .flat_map(|(_, _, docs)| docs.iter())
+            .map(|d| (d.collection.as_str(), d.id.as_str()))
     }
 
     /// The store, to open the replica again later (as after a reload).
@@ -306,13 +457,21 @@ impl<S: Storage> Replica<S> {
         self.store.apply(b)?;
         self.pending.pop();
         self.next_seq = seq;
-        self.stale = true;
+        self.settled.insert(seq);
         Ok(())
     }
 
-    /// Marks the view as needing a rebuild (the store gained data it may have missed).
+    /// Marks the view as needing a rebuild from scratch (the store gained data a run
+    /// may have missed, and the driver does not say which).
     pub fn invalidate(&mut self) {
         self.stale = true;
+    }
+
+    /// The store gained data in these ranges (a driver over a lazily loaded store
+    /// loaded them after a run missed them): the commits and live queries that read
+    /// anything in them run again at the next rebase.
+    pub fn loaded(&mut self, ranges: impl IntoIterator<Item = KeyRange>) {
+        self.base_loaded.extend(ranges);
     }
 
     /// Runs a write against the view without keeping anything: what `mutate` would
@@ -322,9 +481,8 @@ impl<S: Storage> Replica<S> {
         let schema = self.schema_or_err()?;
         self.rebase_if_stale()?;
         let commit = self.next_commit(&schema, op, now);
-        let overlay = Overlay::with_writes(&self.store, std::mem::take(&mut self.view));
-        let run = exec::execute_optimistic(&overlay, &schema, &commit, 0, &self.limits);
-        self.view = overlay.into_writes();
+        let view = self.view.over(&self.store, u64::MAX);
+        let run = exec::execute_optimistic(&view, &schema, &commit, 0, &self.limits);
         Ok(match run? {
             Outcome::Committed { result, .. } => Ok(result),
             Outcome::Rejected { code, message } => Err(Error::new(code, message)),
@@ -400,24 +558,19 @@ impl<S: Storage> Replica<S> {
         self.now = now;
         self.rebase_if_stale()?;
         let commit = self.next_commit(&schema, op, now);
-        let overlay = Overlay::with_writes(&self.store, std::mem::take(&mut self.view));
-        let run = exec::execute_optimistic(&overlay, &schema, &commit, 0, &self.limits);
-        let mut overlay_view = overlay.into_writes();
-        let outcome = match run {
-            Ok(o) => o,
-            Err(e) => {
-                self.view = overlay_view;
-                return Err(e);
-            }
+        let (writes, result, view_batch, reads) = {
+            let view = self.view.over(&self.store, u64::MAX);
+            let rec = Recorder::new(&view);
+            let (writes, result) =
+                match exec::execute_optimistic(&rec, &schema, &commit, 0, &self.limits)? {
+                    Outcome::Committed { writes, result } => (writes, result),
+                    Outcome::Rejected { code, message } => return Err(Error::new(code, message)),
+                    Outcome::Skipped(_) => unreachable!("optimistic execution never skips"),
+                };
+            let vb = exec::writes_batch(&rec, &schema, &writes)?;
+            (writes, result, vb, rec.into_reads())
         };
-        let (writes, result) = match outcome {
-            Outcome::Committed { writes, result } => (writes, result),
-            Outcome::Rejected { code, message } => {
-                self.view = overlay_view;
-                return Err(Error::new(code, message));
-            }
-            Outcome::Skipped(_) => unreachable!("optimistic execution never skips"),
-        };
+        drop(writes);
         // Durable first: if the outbox write fails, nothing happened.
         let mut batch = Batch::new();
         batch.put(
@@ -448,14 +601,9 @@ impl<S: Storage> Replica<S> {
                 batch.delete([&[SPACE_REQUEST, 0][..], &old_rid].concat());
             }
         }
-        if let Err(e) = self.store.apply(batch) {
-            self.view = overlay_view;
-            return Err(e);
-        }
-        let mut overlay = Overlay::with_writes(&self.store, std::mem::take(&mut overlay_view));
-        let vb = exec::writes_batch(&overlay, &schema, &writes)?;
-        overlay.apply(vb)?;
-        self.view = overlay.into_writes();
+        self.store.apply(batch)?;
+        let written: BTreeSet<Vec<u8>> = view_batch.ops.iter().map(|(k, _)| k.clone()).collect();
+        self.view.insert(commit.client_seq, view_batch, reads);
         self.pending.push(Pending {
             seq: commit.client_seq,
             schema_version: commit.schema_version,
@@ -463,6 +611,7 @@ impl<S: Storage> Replica<S> {
             op: commit.op,
         });
         self.next_seq += 1;
+        self.live_touched(written);
         self.notify_live()?;
         Ok(Local {
             seq: commit.client_seq,
@@ -472,25 +621,29 @@ impl<S: Storage> Replica<S> {
 
     /// Runs a query against the view.
     pub fn query(&mut self, source: &str) -> Result<Value, Error> {
-        let schema = self.schema_or_err()?;
         self.rebase_if_stale()?;
-        let overlay = Overlay::with_writes(&self.store, std::mem::take(&mut self.view));
-        let r = exec::query(
-            &overlay,
-            &schema,
-            source,
-            &self.auth,
-            self.now,
-            &self.limits,
-        );
-        self.view = overlay.into_writes();
+        self.eval(source, None)
+    }
+
+    /// Runs a query on the view as it is, recording what it read into `reads` if asked.
+    fn eval(&self, source: &str, reads: Option<&mut Reads>) -> Result<Value, Error> {
+        let schema = self.schema_or_err()?;
+        let view = self.view.over(&self.store, u64::MAX);
+        let Some(out) = reads else {
+            return exec::query(&view, &schema, source, &self.auth, self.now, &self.limits);
+        };
+        let rec = Recorder::new(&view);
+        let r = exec::query(&rec, &schema, source, &self.auth, self.now, &self.limits);
+        *out = rec.into_reads();
         r
     }
 
     /// Starts a live query; returns its id and its first result. Its later results
     /// arrive as [`Event::Changed`], only when they differ from the last one.
     pub fn subscribe(&mut self, source: &str) -> Result<(u64, Value), Error> {
-        let first = self.query(source)?;
+        self.rebase_if_stale()?;
+        let mut reads = Reads::default();
+        let first = self.eval(source, Some(&mut reads))?;
         let id = self.next_live;
         self.next_live += 1;
         self.live.insert(
@@ -498,6 +651,7 @@ impl<S: Storage> Replica<S> {
             Live {
                 source: source.to_owned(),
                 last: Some(Ok(first.clone())),
+                reads,
             },
         );
         Ok((id, first))
@@ -538,13 +692,20 @@ impl<S: Storage> Replica<S> {
 
     /// The frames to send now: the pending commits not yet sent on this connection.
     pub fn outgoing(&mut self) -> Vec<ClientFrame> {
+        self.outgoing_upto(u64::MAX)
+    }
+
+    /// [`Replica::outgoing`], up to sequence number `last`: a driver whose store makes
+    /// writes durable later than `mutate` returns sends only those already durable.
+    pub fn outgoing_upto(&mut self, last: u64) -> Vec<ClientFrame> {
         if !self.connected || self.stalled {
             return Vec::new();
         }
-        let unsent: Vec<ClientCommit> = self
-            .pending
+        // Pending commits are in sequence order: start at the first unsent one.
+        let from = self.pending.partition_point(|p| p.seq <= self.sent_upto);
+        let unsent: Vec<ClientCommit> = self.pending[from..]
             .iter()
-            .filter(|p| p.seq > self.sent_upto)
+            .take_while(|p| p.seq <= last)
             .map(|p| ClientCommit {
                 seq: p.seq,
                 schema_version: p.schema_version.clone(),
@@ -593,6 +754,7 @@ impl<S: Storage> Replica<S> {
                     b.put(KEY_SCHEMA.to_vec(), schema_source.into_bytes());
                     self.store.apply(b)?;
                     self.schema = Some(Arc::new(schema));
+                    self.stale = true;
                     self.events.push(Event::SchemaChanged {
                         version: schema_version,
                     });
@@ -620,7 +782,8 @@ impl<S: Storage> Replica<S> {
                         b.delete(outbox_key(*seq));
                     }
                     self.store.apply(b)?;
-                    self.pending.retain(|p| p.seq > forgotten);
+                    self.pending.remove_through(forgotten);
+                    self.settled.extend(settled.iter().copied());
                     for seq in settled {
                         self.events.push(Event::Confirmed {
                             seq,
@@ -631,7 +794,6 @@ impl<S: Storage> Replica<S> {
                 }
                 self.sent_upto = applied_seq;
                 self.stalled = false;
-                self.stale = true;
             }
             ServerFrame::SnapshotPart {
                 partition,
@@ -676,8 +838,7 @@ impl<S: Storage> Replica<S> {
                 drop(cleared);
                 batch.ops.extend(puts.ops);
                 batch.put(cursor_key(&partition), position.to_be_bytes().to_vec());
-                self.store.apply(batch)?;
-                self.stale = true;
+                self.apply_base(batch)?;
             }
             ServerFrame::Drop { partition, .. } => {
                 self.drop_partition(&partition)?;
@@ -691,8 +852,7 @@ impl<S: Storage> Replica<S> {
                         batch.put(cursor_key(&w.partition), position.to_be_bytes().to_vec());
                     }
                 }
-                self.store.apply(batch)?;
-                self.stale = true;
+                self.apply_base(batch)?;
             }
             ServerFrame::Outcome { seq, result } => match result {
                 CommitResult::OutOfOrder { expected } => {
@@ -713,14 +873,14 @@ impl<S: Storage> Replica<S> {
                     }
                 }
                 other => {
-                    if !self.pending.iter().any(|p| p.seq == seq) {
+                    if self.pending.binary_search_by_key(&seq, |p| p.seq).is_err() {
                         return Ok(()); // settled already (a repeat after a reconnect)
                     }
                     let mut b = Batch::new();
                     b.delete(outbox_key(seq));
                     self.store.apply(b)?;
-                    self.pending.retain(|p| p.seq != seq);
-                    self.stale = true;
+                    self.pending.remove(seq);
+                    self.settled.insert(seq);
                     self.events.push(match other {
                         CommitResult::Committed { position, result } => Event::Confirmed {
                             seq,
@@ -747,12 +907,20 @@ impl<S: Storage> Replica<S> {
         Ok(())
     }
 
-    /// Rebuilds the view if frames changed the base, and reports changed live queries.
+    /// Rebases the view if frames changed the base, and reports changed live queries.
     pub fn flush(&mut self) -> Result<(), Error> {
-        if self.stale || self.live_due {
-            self.rebase_if_stale()?;
+        self.rebase_if_stale()?;
+        if self.live_due {
             self.notify_live()?;
         }
+        Ok(())
+    }
+
+    /// Applies a batch of the server's to the base, noting the keys it changes.
+    fn apply_base(&mut self, batch: Batch) -> Result<(), Error> {
+        let keys: Vec<Vec<u8>> = batch.ops.iter().map(|(k, _)| k.clone()).collect();
+        self.store.apply(batch)?;
+        self.base_changed.extend(keys);
         Ok(())
     }
 
@@ -783,8 +951,7 @@ impl<S: Storage> Replica<S> {
     fn drop_partition(&mut self, partition: &str) -> Result<(), Error> {
         let mut batch = self.clear_partition_batch(partition)?;
         batch.delete(cursor_key(partition));
-        self.store.apply(batch)?;
-        self.stale = true;
+        self.apply_base(batch)?;
         self.events.push(Event::Dropped {
             partition: partition.to_owned(),
         });
@@ -793,47 +960,140 @@ impl<S: Storage> Replica<S> {
 
     /// View = base + pending re-executed, in order. A pending commit that now fails
     /// (another client's write got there first) shows nothing; the server decides.
+    ///
+    /// From scratch when [`Replica::stale`]; otherwise in proportion to what changed
+    /// (see the module docs): the settled commits' layers go, and the commits that read
+    /// a key whose value changed for them run again, in order.
     fn rebase_if_stale(&mut self) -> Result<(), Error> {
-        if !self.stale {
-            return Ok(());
-        }
         let Some(schema) = self.schema.clone() else {
             return Ok(());
         };
-        let mut overlay = Overlay::new(&self.store);
-        for p in &self.pending {
-            let commit = Commit {
-                client_id: exec::scoped_client_id(&self.auth, &self.client_id),
-                client_seq: p.seq,
-                schema_version: p.schema_version.clone(),
-                timestamp: p.timestamp,
-                auth: self.auth.clone(),
-                op: p.op.clone(),
-            };
-            if let Outcome::Committed { writes, .. } =
-                exec::execute_optimistic(&overlay, &schema, &commit, 0, &self.limits)?
-            {
-                let b = exec::writes_batch(&overlay, &schema, &writes)?;
-                overlay.apply(b)?;
+        if self.stale {
+            self.view = View::default();
+            for i in 0..self.pending.len() {
+                self.run_pending(&schema, i)?;
+            }
+            self.stats.rebuilds += 1;
+            self.stale = false;
+            self.base_changed.clear();
+            self.base_loaded.clear();
+            self.settled.clear();
+            self.live_changed = None;
+            self.live_due = true;
+            return Ok(());
+        }
+        if self.settled.is_empty() && self.base_changed.is_empty() && self.base_loaded.is_empty() {
+            return Ok(());
+        }
+        let settled = std::mem::take(&mut self.settled);
+        let mut changed = self.view.settled_changes(&settled, &self.store)?;
+        for seq in &settled {
+            let written = self.view.remove(*seq);
+            // A key the settled commits wrote and the base now holds as they wrote it
+            // changes nothing; any other base change may.
+            for k in written.into_keys() {
+                self.base_changed.remove(&k);
             }
         }
-        self.view = overlay.into_writes();
-        self.stale = false;
-        self.live_due = true;
+        changed.append(&mut self.base_changed);
+        let loaded = std::mem::take(&mut self.base_loaded);
+        let mut queue = self.view.readers(&changed, 0);
+        queue.append(&mut self.view.range_readers(&loaded, 0));
+        let mut seen = changed;
+        while let Some(seq) = queue.pop_first() {
+            let Ok(i) = self.pending.binary_search_by_key(&seq, |p| p.seq) else {
+                continue;
+            };
+            let before = self.view.remove(seq);
+            self.run_pending(&schema, i)?;
+            let after = self.view.written(seq);
+            let mut moved = BTreeSet::new();
+            for (k, v) in &before {
+                if after.get(k) != Some(v) {
+                    moved.insert(k.clone());
+                }
+            }
+            for k in after.keys() {
+                if !before.contains_key(k) {
+                    moved.insert(k.clone());
+                }
+            }
+            queue.extend(self.view.readers(&moved, seq));
+            seen.append(&mut moved);
+        }
+        self.live_touched(seen);
+        self.live_ranges(loaded);
         Ok(())
+    }
+
+    /// Runs pending commit `i` on the view it saw (the base and the layers of the
+    /// commits before it) and lays its writes over the view.
+    fn run_pending(&mut self, schema: &Schema, i: usize) -> Result<(), Error> {
+        let p = &self.pending[i];
+        let commit = Commit {
+            client_id: exec::scoped_client_id(&self.auth, &self.client_id),
+            client_seq: p.seq,
+            schema_version: p.schema_version.clone(),
+            timestamp: p.timestamp,
+            auth: self.auth.clone(),
+            op: p.op.clone(),
+        };
+        let (batch, reads) = {
+            let view = self.view.over(&self.store, p.seq);
+            let rec = Recorder::new(&view);
+            let batch = match exec::execute_optimistic(&rec, schema, &commit, 0, &self.limits)? {
+                Outcome::Committed { writes, .. } => exec::writes_batch(&rec, schema, &writes)?,
+                _ => Batch::new(),
+            };
+            (batch, rec.into_reads())
+        };
+        self.view.insert(commit.client_seq, batch, reads);
+        self.stats.reexecuted += 1;
+        Ok(())
+    }
+
+    /// Live queries must look again at these keys.
+    fn live_touched(&mut self, keys: BTreeSet<Vec<u8>>) {
+        if keys.is_empty() {
+            return;
+        }
+        if let Some(c) = &mut self.live_changed {
+            c.keys.extend(keys);
+        }
+        self.live_due = true;
+    }
+
+    /// Live queries must look again at these ranges.
+    fn live_ranges(&mut self, ranges: Vec<KeyRange>) {
+        if ranges.is_empty() {
+            return;
+        }
+        if let Some(c) = &mut self.live_changed {
+            c.ranges.extend(ranges);
+        }
+        self.live_due = true;
     }
 
     fn notify_live(&mut self) -> Result<(), Error> {
         self.live_due = false;
+        let changed = self.live_changed.replace(Changes::default());
         let ids: Vec<u64> = self.live.keys().copied().collect();
         for id in ids {
+            if let Some(c) = &changed {
+                if !c.meets(&self.live[&id].reads) {
+                    continue;
+                }
+            }
             let source = self.live[&id].source.clone();
-            let now = match self.query(&source) {
+            let mut reads = Reads::default();
+            self.stats.live_runs += 1;
+            let now = match self.eval(&source, Some(&mut reads)) {
                 Ok(v) => Ok(v),
                 Err(e) if e.code.is_deterministic() => Err(e),
                 Err(e) => return Err(e),
             };
             let live = self.live.get_mut(&id).expect("listed");
+            live.reads = reads;
             if live.last.as_ref() != Some(&now) {
                 if let Ok(v) = &now {
                     self.events.push(Event::Changed {

@@ -242,6 +242,12 @@ fn a_scan_over_a_million_documents_under_a_small_budget() {
             .ops
             .extend(doc_ops(log, &format!("{i:07}"), None, Some(&d)));
     }
+    // As every write does (`exec::writes_batch`): the (partition, collection) pair is
+    // listed, which a query's `count()` of a collection starts from.
+    batch.put(
+        warren_core::keys::version_key("Log", "Log"),
+        1u64.to_be_bytes().to_vec(),
+    );
     store.apply(batch).unwrap();
     let limits = Limits {
         fuel: 10_000,

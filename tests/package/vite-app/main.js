@@ -52,7 +52,9 @@ async function run() {
   await until(() => items().includes("seen by react"));
   await until(() => document.querySelector("#react").dataset.pending === "0");
   const react = items();
-  return { optimistic: optimistic.title, position: confirmed.position, titles: titles.map((t) => t.title), refused, react };
+  // The engine runs in its worker in the bundle too (Vite builds worker.js apart).
+  const worker = (await db.stats()).worker;
+  return { optimistic: optimistic.title, position: confirmed.position, titles: titles.map((t) => t.title), refused, react, worker };
 }
 
 window.result = run().then(

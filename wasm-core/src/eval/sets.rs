@@ -299,6 +299,9 @@ impl<'a> Evaluator<'a> {
             }
             "count" => {
                 exact(0)?;
+                if let Some(n) = self.count_collection(s)? {
+                    return Ok(Some(Val::int(n)));
+                }
                 let mut n = 0i64;
                 self.drive_with(s, false, &mut |_, _, _| {
                     n += 1;
@@ -633,6 +636,63 @@ impl<'a> Evaluator<'a> {
         .map(Some)
     }
 
+    /// `count()` of a whole collection in a query, from keys alone: the `V` space
+    /// lists every partition the collection has documents in; for each one the read
+    /// rule allows, the partition's membership keys (`P partition coll`) are counted
+    /// (a store may count a range without reading it, as IndexedDB does), and no
+    /// document is read or decoded. The answer is the scan's (the documents the caller
+    /// may read); the fuel is one per partition visited and one per document counted.
+    /// Queries only: transactions run on the server too, where the partitions are all
+    /// of everyone's, so there they keep the scan, charged per document.
+    fn count_collection(&mut self, s: &SetQ) -> Result<Option<i64>, Error> {
+        let Source::Scan {
+            collection,
+            index: None,
+            range,
+            ..
+        } = s.src()
+        else {
+            return Ok(None);
+        };
+        if self.mode != super::Mode::Query
+            || !s.ops.is_empty()
+            || *range != KeyRange::prefix(&keys::collection_prefix(collection))
+        {
+            return Ok(None);
+        }
+        let coll = self.schema.collection(collection)?;
+        if let Some(r) = &mut self.reads {
+            r.collections.insert(collection.clone());
+        }
+        let mut total = 0u64;
+        let mut next = Some(KeyRange::prefix(&[keys::SPACE_VERSION]));
+        while let Some(r) = next {
+            let (page, rest) = self.view.scan_page(&r, false, PAGE)?;
+            next = rest;
+            for (k, _) in page {
+                let (p, c) = keys::parse_version_key(&k)?;
+                if c != *collection {
+                    self.charge(1)?;
+                    continue;
+                }
+                // A partition the caller may not read costs it nothing it can see.
+                if !self.can_read(coll, &p)? {
+                    self.hidden_work(1)?;
+                    continue;
+                }
+                self.charge(1)?;
+                let mut members = keys::partition_prefix(&p);
+                keys::push_str(&mut members, collection);
+                let n = self
+                    .view
+                    .count(&KeyRange::prefix(&members), self.fuel.saturating_add(1))?;
+                self.charge(n)?;
+                total += n;
+            }
+        }
+        Ok(Some(total as i64))
+    }
+
     fn paginate(
         &mut self,
         s: &Rc<SetQ>,
@@ -792,9 +852,14 @@ impl<'a> Evaluator<'a> {
         if let Some(r) = &mut self.reads {
             r.collections.insert(collection.to_owned());
         }
+        // How many elements of the source a `skip`/`take` pipeline can use, at most:
+        // pages then ask for no more than that (and one more, to see the end), so a
+        // store that loads what a scan asks for loads about `take + 1` entries.
+        let mut wanted = wanted(ops);
         let mut next = Some(range.clone());
         while let Some(r) = next {
-            let (mut page, rest) = self.view.scan_page(&r, reverse, PAGE)?;
+            let size = wanted.map_or(PAGE, |w| (w + 1).min(PAGE as u64) as usize);
+            let (mut page, rest) = self.view.scan_page(&r, reverse, size)?;
             next = rest;
             // Keep at most PAGE_BYTES (and one entry) of the page.
             let mut bytes = 0;
@@ -814,6 +879,9 @@ impl<'a> Evaluator<'a> {
                 }
             }
             for (k, v) in page {
+                if let Some(w) = &mut wanted {
+                    *w = w.saturating_sub(1);
+                }
                 let elem = match index {
                     None => {
                         // The partition first: an unreadable document is not
@@ -839,12 +907,19 @@ impl<'a> Evaluator<'a> {
                         if need_docs {
                             let id = keys::index_key_id(&k, ix.prefix_len, ix.fields)?;
                             let key = keys::doc_key(collection, &id);
-                            let bytes = self.view.get(&key)?.ok_or_else(|| {
-                                Error::new(
+                            let Some(bytes) = self.view.get(&key)? else {
+                                // A store that loads lazily has recorded the read as a
+                                // miss, and this run will be repeated once it is
+                                // loaded: go on, so that the other documents the scan
+                                // needs are loaded with it (one load, not one each).
+                                if self.view.is_partial() {
+                                    continue;
+                                }
+                                return Err(Error::new(
                                     ErrorCode::Corrupt,
                                     format!("index {} names missing document {id}", ix.name),
-                                )
-                            })?;
+                                ));
+                            };
                             self.charge(bytes.len() as u64 / 1024)?;
                             Val::Doc(Rc::new(self.decode_doc(coll, &id, &bytes)?))
                         } else {
@@ -958,6 +1033,21 @@ struct Scan<'s> {
     index: Option<&'s IndexScan>,
     range: &'s KeyRange,
     reverse: bool,
+}
+
+/// The most elements of its source a pipeline can use: the skips before its first
+/// `take` plus that take; `None` when unbounded or when a `where` may drop elements.
+fn wanted(ops: &[Op]) -> Option<u64> {
+    let mut skipped = 0u64;
+    for op in ops {
+        match op {
+            Op::Where(_) => return None,
+            Op::Map(_) => {}
+            Op::Skip(n) => skipped = skipped.saturating_add(*n),
+            Op::Take(n) => return Some(skipped.saturating_add(*n)),
+        }
+    }
+    None
 }
 
 enum Flow {

@@ -256,6 +256,41 @@ pub fn random_model(s: &mut impl Storage) {
     }
 }
 
+/// `count` agrees with a scan of the same range, and stops at its limit.
+pub fn count_agrees_with_scan(s: &mut impl Storage) {
+    let mut b = Batch::new();
+    for i in 0..300u32 {
+        b.put(i.to_be_bytes().to_vec(), vec![]);
+    }
+    b.delete(7u32.to_be_bytes().to_vec());
+    s.apply(b).unwrap();
+    let r = |a: u32, z: u32| KeyRange {
+        start: Bound::Included(a.to_be_bytes().to_vec()),
+        end: Bound::Excluded(z.to_be_bytes().to_vec()),
+    };
+    for (range, want) in [
+        (KeyRange::all(), 299),
+        (r(0, 10), 9),
+        (r(10, 10), 0),
+        (r(20, 10), 0),
+        (r(290, 1000), 10),
+    ] {
+        assert_eq!(s.count(&range, u64::MAX).unwrap(), want, "{range:?}");
+        assert_eq!(
+            s.scan(&range, false, 1000).unwrap().len() as u64,
+            want,
+            "{range:?}"
+        );
+        for limit in [0, 1, 9, 256, 257] {
+            assert_eq!(
+                s.count(&range, limit).unwrap(),
+                want.min(limit),
+                "{range:?}"
+            );
+        }
+    }
+}
+
 /// Expands to one test function per conformance check, each on a fresh store made by
 /// the given expression. `@attr [...]` chooses the test attribute (for example
 /// `#[wasm_bindgen_test]` in a browser); the default is `#[test]`.
@@ -268,7 +303,7 @@ macro_rules! storage_conformance_tests {
         $crate::storage_conformance_tests!(@each [$($attr)*] $make;
             get_missing put_get_overwrite empty_key_and_value delete last_write_in_batch_wins
             empty_batch scan_orders_binary_keys scan_bounds scan_empty_ranges scan_pages
-            large_values random_model);
+            large_values random_model count_agrees_with_scan);
     };
     (@each [$($attr:tt)*] $make:expr;) => {};
     (@each [$($attr:tt)*] $make:expr; $name:ident $($rest:ident)*) => {

@@ -61,6 +61,16 @@ impl Storage for MemoryStore {
         })
     }
 
+    fn count(&self, range: &KeyRange, limit: u64) -> Result<u64, Error> {
+        if limit == 0 || range.is_empty() {
+            return Ok(0);
+        }
+        let r = self
+            .map
+            .range::<[u8], _>((as_slice(&range.start), as_slice(&range.end)));
+        Ok(r.take(limit.min(usize::MAX as u64) as usize).count() as u64)
+    }
+
     fn apply(&mut self, batch: Batch) -> Result<(), Error> {
         for (k, v) in batch.ops {
             match v {

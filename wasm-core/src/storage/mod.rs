@@ -13,11 +13,13 @@
 pub mod conformance;
 mod memory;
 mod overlay;
+mod recorder;
 
 use std::ops::Bound;
 
 pub use memory::MemoryStore;
 pub use overlay::{Layered, Overlay, OverlayWrites};
+pub use recorder::{Reads, Recorder};
 
 use crate::error::{Error, ErrorCode};
 
@@ -85,6 +87,24 @@ impl KeyRange {
             start: self.start.clone(),
             end: Bound::Excluded(key.to_vec()),
         }
+    }
+
+    /// Whether some key lies in both ranges.
+    pub fn overlaps(&self, other: &KeyRange) -> bool {
+        // Each starts before the other ends.
+        fn before(start: &Bound<Vec<u8>>, end: &Bound<Vec<u8>>) -> bool {
+            match (start, end) {
+                (Bound::Unbounded, _) | (_, Bound::Unbounded) => true,
+                (Bound::Included(s), Bound::Included(e)) => s <= e,
+                (Bound::Included(s), Bound::Excluded(e))
+                | (Bound::Excluded(s), Bound::Included(e))
+                | (Bound::Excluded(s), Bound::Excluded(e)) => s < e,
+            }
+        }
+        !self.is_empty()
+            && !other.is_empty()
+            && before(&self.start, &other.end)
+            && before(&other.start, &self.end)
     }
 
     /// Whether the range can hold no key at all.
@@ -160,6 +180,38 @@ pub trait Storage {
     /// Within a batch, a later write to the same key wins. Deleting a missing key is
     /// not an error. An empty batch is a no-op.
     fn apply(&mut self, batch: Batch) -> Result<(), Error>;
+
+    /// Returns how many keys lie in `range`, counting no further than `limit`: the
+    /// answer is `min(count, limit)`.
+    ///
+    /// Contract: agrees with [`Storage::scan`] over the same range. The default scans
+    /// keys in pages; a backend that can count without reading values (IndexedDB's
+    /// `count`) overrides it.
+    fn count(&self, range: &KeyRange, limit: u64) -> Result<u64, Error> {
+        const PAGE: usize = 256;
+        let mut n = 0u64;
+        let mut r = range.clone();
+        while n < limit {
+            let want = (limit - n).min(PAGE as u64) as usize;
+            let page = self.scan(&r, false, want)?;
+            n += page.len() as u64;
+            match page.last() {
+                Some((last, _)) if page.len() == want => r = r.after(last),
+                _ => break,
+            }
+        }
+        Ok(n)
+    }
+
+    /// Whether reads may be answered from an incomplete copy of the data: a store that
+    /// loads lazily (the browser's cache over IndexedDB) answers a read of data it has
+    /// not loaded as if it were absent and records the read, and its driver loads it and
+    /// runs the evaluation again, discarding the first run. A reader that meets what
+    /// would be an inconsistency in a complete store (an index entry whose document is
+    /// absent) must then take it as not loaded yet, not as corruption. Default: `false`.
+    fn is_partial(&self) -> bool {
+        false
+    }
 }
 
 /// A storage failure, with the backend's own description.
@@ -195,5 +247,11 @@ impl<S: Storage + ?Sized> Storage for &mut S {
     }
     fn apply(&mut self, batch: Batch) -> Result<(), Error> {
         (**self).apply(batch)
+    }
+    fn count(&self, range: &KeyRange, limit: u64) -> Result<u64, Error> {
+        (**self).count(range, limit)
+    }
+    fn is_partial(&self) -> bool {
+        (**self).is_partial()
     }
 }

@@ -215,6 +215,31 @@ impl Storage for Overlay<'_> {
         }
         Ok(())
     }
+
+    /// The base's count, corrected by the overlay's writes in the range: a put of a key
+    /// the base lacks adds one, a delete of a key it holds takes one away.
+    fn count(&self, range: &KeyRange, limit: u64) -> Result<u64, Error> {
+        if limit == 0 || range.is_empty() {
+            return Ok(0);
+        }
+        let (mut added, mut removed) = (0u64, 0u64);
+        for (k, v) in self
+            .writes
+            .range::<[u8], _>((as_ref(&range.start), as_ref(&range.end)))
+        {
+            match (v.is_some(), self.base.get(k)?.is_some()) {
+                (true, false) => added += 1,
+                (false, true) => removed += 1,
+                _ => {}
+            }
+        }
+        let base = self.base.count(range, limit.saturating_add(removed))?;
+        Ok((base + added - removed).min(limit))
+    }
+
+    fn is_partial(&self) -> bool {
+        self.base.is_partial()
+    }
 }
 
 #[cfg(test)]

@@ -1,19 +1,32 @@
 //! The browser client: the engine's replica on IndexedDB, synced over a WebSocket,
-//! exposed to JavaScript.
+//! exposed to JavaScript. It runs where it is opened: in a dedicated worker (what the
+//! package does, so no engine work ever blocks the page) or on the page itself.
 //!
-//! One async task (the *actor*) owns the replica and its store; every call from
-//! JavaScript and every socket event becomes a command on its queue. So no borrow is
-//! held across an `await` while a socket event arrives, and commands run one at a time,
-//! in order.
+//! **Lanes.** The replica is shared by two sequential tasks, each with its own queue:
+//! the *local lane* (queries, live queries, writes, `flush`, `close`) and the *sync
+//! lane* (frames from the server, the connection). Neither holds the replica across an
+//! `await`: every IndexedDB load is issued, awaited with nothing borrowed, and taken in
+//! afterwards (`IdbStore::begin_load` / `finish_load`). So a query is answered while
+//! the sync lane waits for the loads of a large catch-up, and frames are applied while
+//! a query waits for its own loads; each lane's steps are atomic because the page (or
+//! worker) runs one task at a time.
 //!
-//! Loading: the replica reads through [`IdbStore`]'s cache. Before a write the actor
-//! dry-runs it until it reads nothing unloaded; before applying a snapshot or effects
-//! it loads what they touch; after rebuilding the view it loads whatever the view
-//! missed and rebuilds again. Writes become durable with one IndexedDB transaction
-//! before the call that made them resolves.
+//! **Loading.** The replica reads through [`IdbStore`]'s cache. A run that reads
+//! something not loaded is run again after loading it (`settle`); a write runs once on
+//! what is loaded and is made again only if the load brought data (a fresh id is known
+//! absent from the key filter, so a create usually reads nothing). Frames from the
+//! server load what they touch before they are applied.
+//!
+//! **Writing.** A write answers with its optimistic result as soon as it is applied to
+//! the view, before any IndexedDB transaction. Its outbox entry is written by the next
+//! flush: one transaction at a time, each taking everything written meanwhile (writes
+//! made together share one transaction), and the write's `local` promise resolves when
+//! the transaction that holds it commits. A commit is sent to the server only once it
+//! is durable. Confirmed data from the server is written 25 ms later, or with the next
+//! local write, or at once by `flush` and `close`.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use futures_channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures_channel::oneshot;
@@ -30,7 +43,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::{BinaryType, MessageEvent, WebSocket};
 
-use crate::idb::IdbStore;
+use crate::idb::{IdbStore, Miss};
 
 /// A JavaScript `Error` with a stable `code` property.
 fn js_error(e: &Error) -> JsValue {
@@ -39,55 +52,99 @@ fn js_error(e: &Error) -> JsValue {
     err.into()
 }
 
-/// A value as JavaScript sees it: its JSON form (`Value::to_json`), built directly.
-fn to_js(v: &Value) -> JsValue {
+/// A value as JSON text, as `Value::to_json` makes it (`{"$bytes": base64}` for bytes),
+/// written directly: one pass, no intermediate tree.
+pub fn json_text(v: &Value) -> String {
+    let mut out = String::new();
+    write_json(v, &mut out);
+    out
+}
+
+fn write_json(v: &Value, out: &mut String) {
+    use std::fmt::Write;
     match v {
-        Value::Null => JsValue::NULL,
-        Value::Bool(b) => JsValue::from_bool(*b),
-        Value::Int(i) => JsValue::from_f64(*i as f64),
-        Value::Float(f) => JsValue::from_f64(*f),
-        Value::String(s) => JsValue::from_str(s),
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        // Floats are always finite; `{:?}` is the shortest text that reads back.
+        Value::Float(f) => {
+            let _ = write!(out, "{f:?}");
+        }
+        Value::String(s) => write_str(s, out),
+        Value::Bytes(_) => {
+            let j = v.to_json();
+            out.push_str(&j.to_string());
+        }
         Value::Array(items) => {
-            let a = js_sys::Array::new_with_length(items.len() as u32);
+            out.push('[');
             for (i, x) in items.iter().enumerate() {
-                a.set(i as u32, to_js(x));
+                if i > 0 {
+                    out.push(',');
+                }
+                write_json(x, out);
             }
-            a.into()
+            out.push(']');
         }
         Value::Object(fields) => {
-            let o = js_sys::Object::new();
-            for (k, x) in fields {
-                if k == "__proto__" {
-                    // A plain data property, not the object's prototype.
-                    let d = js_sys::Object::new();
-                    let _ = js_sys::Reflect::set(&d, &"value".into(), &to_js(x));
-                    let _ = js_sys::Reflect::set(&d, &"enumerable".into(), &true.into());
-                    let _ = js_sys::Reflect::set(&d, &"writable".into(), &true.into());
-                    let _ = js_sys::Reflect::set(&d, &"configurable".into(), &true.into());
-                    js_sys::Object::define_property(&o, &JsValue::from_str(k), &d);
-                } else {
-                    let _ = js_sys::Reflect::set(&o, &JsValue::from_str(k), &to_js(x));
+            out.push('{');
+            for (i, (k, x)) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
                 }
+                write_str(k, out);
+                out.push(':');
+                write_json(x, out);
             }
-            o.into()
-        }
-        Value::Bytes(_) => {
-            let ser = serde_wasm_bindgen::Serializer::json_compatible();
-            serde::Serialize::serialize(&v.to_json(), &ser).unwrap_or(JsValue::NULL)
+            out.push('}');
         }
     }
 }
 
+fn write_str(s: &str, out: &mut String) {
+    use std::fmt::Write;
+    out.reserve(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A value as JavaScript sees it: its JSON form, parsed by the JavaScript engine.
+fn to_js(v: &Value) -> JsValue {
+    js_sys::JSON::parse(&json_text(v)).unwrap_or(JsValue::NULL)
+}
+
+/// A value from JavaScript: JSON text (a string) as is, anything else through
+/// `JSON.stringify`.
 fn from_js(v: JsValue) -> Result<Value, Error> {
     if v.is_undefined() || v.is_null() {
         return Ok(Value::Null);
     }
-    let j: serde_json::Value = serde_wasm_bindgen::from_value(v)
+    let text = match v.as_string() {
+        Some(t) => t,
+        None => js_sys::JSON::stringify(&v)
+            .map(String::from)
+            .map_err(|_| Error::new(ErrorCode::InvalidArgument, "not a JSON value"))?,
+    };
+    let j: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("not a JSON value: {e}")))?;
     Value::from_json(&j)
 }
 
-/// `navigator.storage.persist()`, where the browser has it.
+/// `navigator.storage.persist()`, where the browser has it (on a page, not a worker).
 async fn persist() -> bool {
     let Some(storage) = web_sys::window().map(|w| w.navigator().storage()) else {
         return false;
@@ -102,8 +159,46 @@ async fn persist() -> bool {
     }
 }
 
+/// How the store finds the document an index entry names: the entry's key is
+/// `I · collection · index · values · id`, and the schema says how many values.
+fn doc_of(schema: &warren_core::Schema) -> crate::idb::DocOf {
+    let mut fields = std::collections::BTreeMap::new();
+    for (name, c) in &schema.collections {
+        for (index, decl) in &c.indexes {
+            fields.insert((name.clone(), index.clone()), decl.fields.len());
+        }
+    }
+    Rc::new(move |k: &[u8]| {
+        if k.first() != Some(&keys::SPACE_INDEX) {
+            return None;
+        }
+        let mut pos = 1;
+        let coll = keys::read_str(k, &mut pos).ok()?;
+        let index = keys::read_str(k, &mut pos).ok()?;
+        let n = *fields.get(&(coll, index))?;
+        let id = keys::index_key_id(k, pos, n).ok()?;
+        let mut p = 1;
+        let coll = keys::read_str(k, &mut p).ok()?;
+        Some(keys::doc_key(&coll, &id))
+    })
+}
+
+/// `navigator.onLine` in a page or a worker.
+fn on_line() -> bool {
+    let global = js_sys::global();
+    if let Some(w) = global.dyn_ref::<web_sys::Window>() {
+        return w.navigator().on_line();
+    }
+    if let Some(w) = global.dyn_ref::<web_sys::WorkerGlobalScope>() {
+        return w.navigator().on_line();
+    }
+    true
+}
+
 /// How long confirmed data from the server may wait before it is written to IndexedDB.
 const FLUSH_DELAY_MS: u32 = 25;
+/// Frames handled together at most (one view rebase and one notification for all).
+const FRAMES_AT_ONCE: usize = 256;
 
 fn closed() -> JsValue {
     js_error(&Error::new(ErrorCode::Storage, "the database is closed"))
@@ -120,26 +215,32 @@ struct MutateReply {
     durable: oneshot::Sender<Result<(), Error>>,
 }
 
-enum Cmd {
+enum LocalCmd {
     Mutate(Op, Option<String>, MutateReply),
     Query(String, oneshot::Sender<Result<Value, Error>>),
     Subscribe(String, oneshot::Sender<Result<(u64, Value), Error>>),
     Unsubscribe(u64),
+    /// Resolves once everything applied so far is durable.
+    Flush(oneshot::Sender<Result<(), Error>>),
+    /// Rebuilds the view after writes were taken back.
+    Rebuild,
+    Close(oneshot::Sender<Result<(), Error>>),
+}
+
+enum SyncCmd {
     Frame(Vec<u8>),
-    /// Frames that arrived together (made by the actor's loop from `Frame`s).
-    Frames(Vec<Vec<u8>>),
     Opened,
     Closed,
     Connect,
     SetOnline(bool),
     Ping,
     /// Writes the confirmed data the server sent to IndexedDB (scheduled after frames).
-    Flush,
+    FlushBase,
     /// An ephemeral presence message for the others in a partition (sent only online).
     Presence(String, Vec<u8>),
 }
 
-/// What JavaScript can read without a round trip through the actor.
+/// What JavaScript can read without a round trip through a lane.
 #[derive(Default)]
 struct Status {
     pending: Cell<u32>,
@@ -154,9 +255,21 @@ struct Status {
     /// `() => Promise<string>`: a fresh token when the server says the current one
     /// expired.
     token_provider: RefCell<Option<Function>>,
+    /// Values are handed out as JSON text (the package's worker), not as objects.
+    json: Cell<bool>,
 }
 
 impl Status {
+    fn snapshot(&self) -> JsValue {
+        let o = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&o, &"online".into(), &self.online.get().into());
+        let _ = js_sys::Reflect::set(&o, &"connected".into(), &self.connected.get().into());
+        let _ = js_sys::Reflect::set(&o, &"pending".into(), &self.pending.get().into());
+        let _ = js_sys::Reflect::set(&o, &"lastSync".into(), &self.last_sync.get().into());
+        let _ = js_sys::Reflect::set(&o, &"hasSchema".into(), &self.has_schema.get().into());
+        o.into()
+    }
+
     /// Emits a `status` event if anything in it changed since the last one.
     fn emit_status(&self) {
         let now = (
@@ -169,54 +282,72 @@ impl Status {
             return;
         }
         self.reported.set(Some(now));
-        let o = js_sys::Object::new();
-        let _ = js_sys::Reflect::set(&o, &"online".into(), &now.0.into());
-        let _ = js_sys::Reflect::set(&o, &"connected".into(), &now.1.into());
-        let _ = js_sys::Reflect::set(&o, &"pending".into(), &now.2.into());
-        let _ = js_sys::Reflect::set(&o, &"lastSync".into(), &now.3.into());
-        let _ = js_sys::Reflect::set(&o, &"hasSchema".into(), &self.has_schema.get().into());
-        self.emit("status", o.into());
+        self.emit("status", self.snapshot());
     }
 
     fn emit(&self, kind: &str, detail: JsValue) {
-        if let Some(f) = self.listener.borrow().as_ref() {
+        let f = self.listener.borrow().clone();
+        if let Some(f) = f {
             let o = js_sys::Object::new();
             let _ = js_sys::Reflect::set(&o, &"type".into(), &kind.into());
             let _ = js_sys::Reflect::set(&o, &"detail".into(), &detail);
             let _ = f.call1(&JsValue::NULL, &o);
         }
     }
+
+    /// A value for JavaScript: JSON text or an object, as the caller asked.
+    fn out(&self, v: &Value) -> JsValue {
+        if self.json.get() {
+            JsValue::from_str(&json_text(v))
+        } else {
+            to_js(v)
+        }
+    }
+}
+
+/// Someone waiting for writes to be durable.
+struct Waiter {
+    /// Every write up to this generation.
+    gen: u64,
+    /// The local write it is for, if any.
+    seq: Option<u64>,
+    reply: oneshot::Sender<Result<(), Error>>,
+}
+
+/// Everything the lanes share.
+struct Shared {
+    replica: RefCell<Replica<IdbStore>>,
+    status: Status,
+    url: String,
+    token: RefCell<String>,
+    local: UnboundedSender<LocalCmd>,
+    sync: UnboundedSender<SyncCmd>,
+    ws: RefCell<Option<(WebSocket, Vec<EventListener>)>>,
+    waiters: RefCell<Vec<Waiter>>,
+    /// Every local write up to this sequence number is durable (and may be sent).
+    durable_seq: Cell<u64>,
+    base_timer: RefCell<Option<Timeout>>,
+    retry: RefCell<Option<Timeout>>,
+    backoff_ms: Cell<f64>,
+    /// The server refused the token as expired: get a new one before reconnecting.
+    token_expired: Cell<bool>,
+    stopped: Cell<bool>,
+    heartbeat: RefCell<Option<Interval>>,
+    online_listeners: RefCell<Vec<EventListener>>,
 }
 
 /// A Warren database in the browser.
 #[wasm_bindgen]
 pub struct Warren {
-    tx: UnboundedSender<Cmd>,
-    status: Rc<Status>,
-}
-
-struct Actor {
-    replica: Replica<IdbStore>,
-    url: String,
-    token: String,
-    tx: UnboundedSender<Cmd>,
-    status: Rc<Status>,
-    ws: Option<(WebSocket, Vec<EventListener>)>,
-    /// The server refused the token as expired: get a new one before reconnecting.
-    token_expired: bool,
-    backoff_ms: f64,
-    retry: Option<Timeout>,
-    /// A pending `Flush` of what frames from the server changed.
-    flush_timer: Option<Timeout>,
-    _heartbeat: Option<Interval>,
-    _online_listeners: Vec<EventListener>,
+    shared: Rc<Shared>,
 }
 
 #[wasm_bindgen]
 impl Warren {
     /// Opens the replica in IndexedDB database `db` and starts syncing with `url`.
     /// `schema` is the schema source to start with offline (the server's replaces it);
-    /// `auth` the claims used for local rule checks.
+    /// `auth` the claims used for local rule checks. `options`: `{ cacheBytes }`, the
+    /// cache's byte cap (64 MiB by default).
     pub async fn open(
         db: String,
         client_id: String,
@@ -224,85 +355,127 @@ impl Warren {
         token: String,
         schema: Option<String>,
         auth: JsValue,
+        options: JsValue,
     ) -> Result<Warren, JsValue> {
-        let mut store = IdbStore::open(&db).await.map_err(|e| js_error(&e))?;
-        // This page now leads for the database: a page that led before writes no more.
-        // With the origin over its quota even the claim cannot be written: open anyway
-        // (reads work, writes fail with QUOTA_EXCEEDED), without the fence.
-        match store.claim().await {
-            Err(e) if e.code != ErrorCode::QuotaExceeded => return Err(js_error(&e)),
-            _ => {}
-        }
-        // The replica's own keys are small and needed at once; documents load later.
-        for space in [b'X', b'O', b'K', b'Q'] {
-            store
-                .load(&KeyRange::prefix(&[space]))
-                .await
-                .map_err(|e| js_error(&e))?;
+        // This page now leads for the database: a page that led before writes no more
+        // (the claim). The replica's own keys are small and needed at once, and so is
+        // the list of (partition, collection) pairs (`V`, one key each, which counts
+        // start from): one transaction opens it all. Documents load later.
+        let own: Vec<KeyRange> = [b'X', b'O', b'K', b'Q', b'V']
+            .iter()
+            .map(|s| KeyRange::prefix(&[*s]))
+            .collect();
+        let mut store = IdbStore::open_claimed(&db, &own)
+            .await
+            .map_err(|e| js_error(&e))?;
+        if let Some(cap) = js_sys::Reflect::get(&options, &"cacheBytes".into())
+            .ok()
+            .and_then(|v| v.as_f64())
+        {
+            store.set_cache_bytes(cap as usize);
         }
         let mut replica =
             Replica::open(store, &client_id, schema.as_deref()).map_err(|e| js_error(&e))?;
+        if let Some(s) = replica.schema() {
+            let f = doc_of(s);
+            replica.store_mut().set_doc_of(f);
+        }
         replica.set_auth(from_js(auth).map_err(|e| js_error(&e))?);
-        let (tx, rx) = unbounded();
-        let status = Rc::new(Status::default());
+        let (local_tx, local_rx) = unbounded();
+        let (sync_tx, sync_rx) = unbounded();
+        let status = Status::default();
         status.pending.set(replica.pending().len() as u32);
         status.has_schema.set(replica.schema().is_some());
-        let online = web_sys::window()
-            .map(|w| w.navigator().on_line())
-            .unwrap_or(true);
+        let online = on_line();
         status.online.set(online);
-        let mut listeners = Vec::new();
-        if let Some(w) = web_sys::window() {
-            for (name, on) in [("online", true), ("offline", false)] {
-                let t = tx.clone();
-                listeners.push(EventListener::new(&w, name, move |_| {
-                    let _ = t.unbounded_send(Cmd::SetOnline(on));
-                }));
-            }
-        }
-        let hb = {
-            let t = tx.clone();
-            Interval::new(20_000, move || {
-                let _ = t.unbounded_send(Cmd::Ping);
-            })
-        };
-        let actor = Actor {
-            replica,
+        let shared = Rc::new(Shared {
+            replica: RefCell::new(replica),
+            status,
             url,
-            token,
-            tx: tx.clone(),
-            status: status.clone(),
-            ws: None,
-            token_expired: false,
-            backoff_ms: 100.0,
-            retry: None,
-            flush_timer: None,
-            _heartbeat: Some(hb),
-            _online_listeners: listeners,
-        };
+            token: RefCell::new(token),
+            local: local_tx,
+            sync: sync_tx.clone(),
+            ws: RefCell::new(None),
+            waiters: RefCell::new(Vec::new()),
+            durable_seq: Cell::new(0),
+            base_timer: RefCell::new(None),
+            retry: RefCell::new(None),
+            backoff_ms: Cell::new(100.0),
+            token_expired: Cell::new(false),
+            stopped: Cell::new(false),
+            heartbeat: RefCell::new(None),
+            online_listeners: RefCell::new(Vec::new()),
+        });
+        {
+            // What is in the outbox at open is durable already.
+            let last = shared
+                .replica
+                .borrow()
+                .pending()
+                .last()
+                .map_or(0, |p| p.seq);
+            shared.durable_seq.set(last);
+        }
+        {
+            let weak: Weak<Shared> = Rc::downgrade(&shared);
+            shared
+                .replica
+                .borrow_mut()
+                .store_mut()
+                .set_notify(Rc::new(move || {
+                    if let Some(sh) = weak.upgrade() {
+                        sh.on_flushed();
+                    }
+                }));
+        }
+        let global: web_sys::EventTarget = js_sys::global().unchecked_into();
+        for (name, on) in [("online", true), ("offline", false)] {
+            let t = sync_tx.clone();
+            shared
+                .online_listeners
+                .borrow_mut()
+                .push(EventListener::new(&global, name, move |_| {
+                    let _ = t.unbounded_send(SyncCmd::SetOnline(on));
+                }));
+        }
+        {
+            let t = sync_tx.clone();
+            *shared.heartbeat.borrow_mut() = Some(Interval::new(20_000, move || {
+                let _ = t.unbounded_send(SyncCmd::Ping);
+            }));
+        }
         // Ask the browser to keep this origin's data under storage pressure, without
         // holding up the open; whether it agreed is reported as a `persisted` event
-        // (browsers may say no).
-        {
-            let status = status.clone();
+        // (browsers may say no; in a worker, the page asks).
+        if web_sys::window().is_some() {
+            let sh = shared.clone();
             wasm_bindgen_futures::spawn_local(async move {
                 let persisted = persist().await;
-                status.emit("persisted", JsValue::from_bool(persisted));
+                sh.status.emit("persisted", JsValue::from_bool(persisted));
             });
         }
-        wasm_bindgen_futures::spawn_local(actor.run(rx));
+        wasm_bindgen_futures::spawn_local(local_lane(shared.clone(), local_rx));
+        wasm_bindgen_futures::spawn_local(sync_lane(shared.clone(), sync_rx));
         if online {
-            let _ = tx.unbounded_send(Cmd::Connect);
+            let _ = sync_tx.unbounded_send(SyncCmd::Connect);
         }
-        Ok(Warren { tx, status })
+        Ok(Warren { shared })
+    }
+
+    /// Hands values out as JSON text (results, live-query values, confirmations) and
+    /// takes arguments as JSON text: what a worker posts to the page, which parses it
+    /// once.
+    #[wasm_bindgen(js_name = setJson)]
+    pub fn set_json(&self, on: bool) {
+        self.shared.status.json.set(on);
     }
 
     /// Calls a schema function. Resolves with `{seq, result, local}` as soon as the
-    /// commit is applied to the local view (`result` is its optimistic result);
-    /// `local` is a promise that resolves once the commit is in the IndexedDB outbox
-    /// (and rejects, the commit taken back, if it could not be stored). Rejects with
-    /// an `Error` whose `code` says why when a rule or the function refuses it
-    /// locally.
+    /// commit is applied to the local view (`result` is its optimistic result), before
+    /// any IndexedDB transaction; `local` is a promise that resolves once the commit
+    /// is in the IndexedDB outbox (and rejects, the commit taken back, if it could not
+    /// be stored). Rejects with an `Error` whose `code` says why when a rule or the
+    /// function refuses it locally.
     ///
     /// `rid`, if given, is a request id: a write whose id was made before (by this
     /// page or another) answers as it did then and makes nothing new, so a caller can
@@ -325,7 +498,7 @@ impl Warren {
     async fn mutate(&self, op: Op, rid: Option<String>) -> Result<JsValue, JsValue> {
         let (applied, applied_rx) = oneshot::channel();
         let (durable, durable_rx) = oneshot::channel();
-        self.send(Cmd::Mutate(op, rid, MutateReply { applied, durable }))?;
+        self.send(LocalCmd::Mutate(op, rid, MutateReply { applied, durable }))?;
         let (seq, result) = applied_rx
             .await
             .map_err(|_| closed())?
@@ -339,7 +512,7 @@ impl Warren {
         });
         let o = js_sys::Object::new();
         let _ = js_sys::Reflect::set(&o, &"seq".into(), &JsValue::from_f64(seq as f64));
-        let _ = js_sys::Reflect::set(&o, &"result".into(), &to_js(&result));
+        let _ = js_sys::Reflect::set(&o, &"result".into(), &self.shared.status.out(&result));
         let _ = js_sys::Reflect::set(&o, &"local".into(), &local);
         Ok(o.into())
     }
@@ -349,219 +522,686 @@ impl Warren {
     /// differ from the last one.
     pub async fn subscribe(&self, source: String) -> Result<JsValue, JsValue> {
         let (tx, rx) = oneshot::channel();
-        self.send(Cmd::Subscribe(source, tx))?;
+        self.send(LocalCmd::Subscribe(source, tx))?;
         let (id, value) = rx.await.map_err(|_| closed())?.map_err(|e| js_error(&e))?;
         let o = js_sys::Object::new();
         let _ = js_sys::Reflect::set(&o, &"id".into(), &JsValue::from_f64(id as f64));
-        let _ = js_sys::Reflect::set(&o, &"value".into(), &to_js(&value));
+        let _ = js_sys::Reflect::set(&o, &"value".into(), &self.shared.status.out(&value));
         Ok(o.into())
     }
 
     /// Stops a live query.
     pub fn unsubscribe(&self, id: f64) {
-        let _ = self.tx.unbounded_send(Cmd::Unsubscribe(id as u64));
+        let _ = self
+            .shared
+            .local
+            .unbounded_send(LocalCmd::Unsubscribe(id as u64));
     }
 
-    /// The current status: `{online, connected, pending, lastSync}`.
+    /// The current status: `{online, connected, pending, lastSync, hasSchema}`.
     pub fn status(&self) -> JsValue {
-        let o = js_sys::Object::new();
-        let s = &self.status;
-        let _ = js_sys::Reflect::set(&o, &"online".into(), &s.online.get().into());
-        let _ = js_sys::Reflect::set(&o, &"connected".into(), &s.connected.get().into());
-        let _ = js_sys::Reflect::set(&o, &"pending".into(), &s.pending.get().into());
-        let _ = js_sys::Reflect::set(&o, &"lastSync".into(), &s.last_sync.get().into());
-        let _ = js_sys::Reflect::set(&o, &"hasSchema".into(), &s.has_schema.get().into());
-        o.into()
+        self.shared.status.snapshot()
     }
 
     /// Runs a query against the local view (no network).
     pub async fn query(&self, source: String) -> Result<JsValue, JsValue> {
         let (tx, rx) = oneshot::channel();
-        self.send(Cmd::Query(source, tx))?;
+        self.send(LocalCmd::Query(source, tx))?;
         let v = rx.await.map_err(|_| closed())?.map_err(|e| js_error(&e))?;
-        Ok(to_js(&v))
+        Ok(self.shared.status.out(&v))
     }
 
-    fn send(&self, c: Cmd) -> Result<(), JsValue> {
-        self.tx.unbounded_send(c).map_err(|_| closed())
+    /// Resolves once everything applied so far (local writes, and what the server
+    /// confirmed) is written to IndexedDB.
+    pub async fn flush(&self) -> Result<(), JsValue> {
+        let (tx, rx) = oneshot::channel();
+        self.send(LocalCmd::Flush(tx))?;
+        rx.await.map_err(|_| closed())?.map_err(|e| js_error(&e))
+    }
+
+    /// What the replica holds and did: the cache, the view, the store's counters, and
+    /// the engine's WebAssembly memory, in bytes.
+    pub fn stats(&self) -> JsValue {
+        let o = js_sys::Object::new();
+        let set = |k: &str, v: f64| {
+            let _ = js_sys::Reflect::set(&o, &k.into(), &JsValue::from_f64(v));
+        };
+        if let Ok(r) = self.shared.replica.try_borrow() {
+            let s = r.store().stats();
+            let v = r.stats();
+            set("cacheBytes", s.cache_bytes as f64);
+            set("cacheEntries", s.cache_entries as f64);
+            set("spans", s.spans as f64);
+            set("unwritten", s.unwritten as f64);
+            set("filterBytes", s.filter_bytes as f64);
+            set("loadTransactions", s.load_transactions as f64);
+            set("loadRequests", s.load_requests as f64);
+            set("recordsLoaded", s.records_loaded as f64);
+            set("absentByFilter", s.absent_by_filter as f64);
+            set("flushes", s.flushes as f64);
+            set("failedFlushes", s.failed_flushes as f64);
+            set("evictedBytes", s.evicted_bytes as f64);
+            set("openDbMs", s.open_db_ms as f64);
+            set("openReadMs", s.open_read_ms as f64);
+            set("viewBytes", v.view_bytes as f64);
+            set("reexecuted", v.reexecuted as f64);
+            set("rebuilds", v.rebuilds as f64);
+            set("liveRuns", v.live_runs as f64);
+            set("pending", r.pending().len() as f64);
+        }
+        set(
+            "worker",
+            if js_sys::global().is_instance_of::<web_sys::WorkerGlobalScope>() {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        set(
+            "wasmMemoryBytes",
+            wasm_bindgen::memory()
+                .unchecked_into::<js_sys::WebAssembly::Memory>()
+                .buffer()
+                .unchecked_into::<ArrayBuffer>()
+                .byte_length() as f64,
+        );
+        o.into()
+    }
+
+    fn send(&self, c: LocalCmd) -> Result<(), JsValue> {
+        if self.shared.stopped.get() {
+            return Err(closed());
+        }
+        self.shared.local.unbounded_send(c).map_err(|_| closed())
     }
 
     /// Commits not yet confirmed by the server.
     pub fn pending(&self) -> u32 {
-        self.status.pending.get()
+        self.shared.status.pending.get()
     }
 
     /// Whether a connection is up and welcomed.
     pub fn connected(&self) -> bool {
-        self.status.connected.get()
+        self.shared.status.connected.get()
     }
 
     /// When the server last confirmed something (ms since the epoch; 0 if never).
     #[wasm_bindgen(js_name = lastSync)]
     pub fn last_sync(&self) -> f64 {
-        self.status.last_sync.get()
+        self.shared.status.last_sync.get()
     }
 
     /// Goes offline (closes the connection, stops reconnecting) or online again.
     #[wasm_bindgen(js_name = setOnline)]
     pub fn set_online(&self, online: bool) {
-        let _ = self.tx.unbounded_send(Cmd::SetOnline(online));
+        let _ = self.shared.sync.unbounded_send(SyncCmd::SetOnline(online));
     }
 
     /// Sends `data` (text, at most 1 KiB) to the others who hold `partition` now, as
     /// an ephemeral presence message (not logged, not stored; dropped offline).
     pub fn presence(&self, partition: String, data: String) {
         let _ = self
-            .tx
-            .unbounded_send(Cmd::Presence(partition, data.into_bytes()));
+            .shared
+            .sync
+            .unbounded_send(SyncCmd::Presence(partition, data.into_bytes()));
     }
 
     /// Receives `{type, detail}` events: `confirmed`, `rejected`, `dropped`,
-    /// `schema`, `server-error`, `status`, `presence` (`{partition, from, data}`).
+    /// `schema`, `server-error`, `status`, `persisted`, `presence` (`{partition, from,
+    /// data}`).
     #[wasm_bindgen(js_name = onEvent)]
     pub fn on_event(&self, f: Function) {
-        *self.status.listener.borrow_mut() = Some(f);
+        *self.shared.status.listener.borrow_mut() = Some(f);
     }
 
     /// Sets `() => Promise<string>`, called for a fresh token when the server refuses
     /// the current one as expired; the client then reconnects with it at once.
     #[wasm_bindgen(js_name = setTokenProvider)]
     pub fn set_token_provider(&self, f: Function) {
-        *self.status.token_provider.borrow_mut() = Some(f);
+        *self.shared.status.token_provider.borrow_mut() = Some(f);
     }
 
-    /// Stops syncing.
-    pub fn close(&self) {
-        self.tx.close_channel();
+    /// Writes what is not yet durable, stops syncing and closes the database. Resolves
+    /// once everything applied before it is in IndexedDB (rejects if it could not be
+    /// written); later calls are refused.
+    pub async fn close(&self) -> Result<(), JsValue> {
+        if self.shared.stopped.get() {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .local
+            .unbounded_send(LocalCmd::Close(tx))
+            .map_err(|_| closed())?;
+        match rx.await {
+            Ok(r) => r.map_err(|e| js_error(&e)),
+            Err(_) => Ok(()),
+        }
     }
 }
 
-impl Actor {
-    async fn run(mut self, mut rx: UnboundedReceiver<Cmd>) {
-        let mut next: Option<Cmd> = None;
-        loop {
-            let cmd = match next.take() {
-                Some(c) => c,
-                None => match rx.next().await {
-                    Some(c) => c,
-                    None => break,
-                },
-            };
-            // Frames that arrived together are handled together: the view is rebuilt,
-            // live queries evaluated and the store flushed once for all of them.
-            let cmd = match cmd {
-                Cmd::Frame(first) => {
-                    let mut frames = vec![first];
-                    while let Ok(c) = rx.try_recv() {
-                        match c {
-                            Cmd::Frame(b) => frames.push(b),
-                            other => {
-                                next = Some(other);
-                                break;
-                            }
-                        }
-                    }
-                    Cmd::Frames(frames)
-                }
-                other => other,
-            };
-            if let Err(e) = self.step(cmd).await {
-                self.status.emit("server-error", js_error(&e));
-            }
-            if self.replica.store().is_fenced() {
-                // Another page claimed the database: stop, with the connection.
-                break;
-            }
-            self.status.emit_status();
-        }
-        self.close_socket();
-    }
+// ----- the lanes -----
 
-    async fn step(&mut self, cmd: Cmd) -> Result<(), Error> {
+/// Queries answered together at most (their misses load in one transaction).
+const QUERIES_AT_ONCE: usize = 512;
+
+async fn local_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<LocalCmd>) {
+    let mut next: Option<LocalCmd> = None;
+    loop {
+        let cmd = match next.take() {
+            Some(c) => c,
+            None => match rx.next().await {
+                Some(c) => c,
+                None => break,
+            },
+        };
+        // Queries asked together (say, many reads by id at once) are answered together:
+        // what they miss loads in one transaction. Only consecutive ones: a query never
+        // overtakes a write asked before it.
+        let cmd = match cmd {
+            LocalCmd::Query(src, reply) => {
+                let mut batch = vec![(src, reply)];
+                while batch.len() < QUERIES_AT_ONCE {
+                    match rx.try_recv() {
+                        Ok(LocalCmd::Query(s, r)) => batch.push((s, r)),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        _ => break,
+                    }
+                }
+                if batch.len() > 1 {
+                    let op = sh.replica.borrow().store().begin_op();
+                    sh.queries(batch).await;
+                    sh.replica.borrow_mut().store_mut().end_op(op);
+                    sh.status.emit_status();
+                    continue;
+                }
+                let (src, reply) = batch.pop().expect("one");
+                LocalCmd::Query(src, reply)
+            }
+            other => other,
+        };
+        if let LocalCmd::Close(reply) = cmd {
+            let r = sh.durable(None).await;
+            sh.stop();
+            let _ = reply.send(r);
+            break;
+        }
+        let op = sh.replica.borrow().store().begin_op();
         match cmd {
-            Cmd::Mutate(op, rid, reply) => {
-                self.mutate(op, rid, reply).await;
-                self.send_outgoing();
-            }
-            Cmd::Query(src, reply) => {
-                let r = self.query(&src).await;
-                let _ = reply.send(r);
-            }
-            Cmd::Subscribe(src, reply) => {
-                let r = self.settle(|r| r.subscribe(&src)).await;
+            LocalCmd::Mutate(o, rid, reply) => sh.mutate(o, rid, reply).await,
+            LocalCmd::Query(src, reply) => {
+                let r = sh.settle(|r| r.query(&src)).await;
                 let _ = reply.send(r.and_then(|r| r));
             }
-            Cmd::Unsubscribe(id) => self.replica.unsubscribe(id),
-            Cmd::Frame(bytes) => self.frames(vec![bytes]).await?,
-            Cmd::Frames(frames) => self.frames(frames).await?,
-            Cmd::Opened => {
-                let hello = self.replica.hello(&self.token)?;
+            LocalCmd::Subscribe(src, reply) => {
+                let r = sh.settle(|r| r.subscribe(&src)).await;
+                let _ = reply.send(r.and_then(|r| r));
+            }
+            LocalCmd::Unsubscribe(id) => sh.replica.borrow_mut().unsubscribe(id),
+            LocalCmd::Flush(reply) => {
+                let sh2 = sh.clone();
+                // Waits without holding the lane.
+                wasm_bindgen_futures::spawn_local(async move {
+                    let _ = reply.send(sh2.durable(None).await);
+                });
+            }
+            LocalCmd::Rebuild => {
+                if let Err(e) = sh.rebuild().await {
+                    sh.status.emit("server-error", js_error(&e));
+                }
+                sh.report();
+            }
+            LocalCmd::Close(_) => unreachable!("handled above"),
+        }
+        sh.replica.borrow_mut().store_mut().end_op(op);
+        if sh.replica.borrow().store().is_fenced() {
+            sh.stop();
+            break;
+        }
+        sh.status.emit_status();
+    }
+}
+
+async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
+    let mut next: Option<SyncCmd> = None;
+    loop {
+        let cmd = match next.take() {
+            Some(c) => c,
+            None => match rx.next().await {
+                Some(c) => c,
+                None => break,
+            },
+        };
+        if sh.stopped.get() {
+            break;
+        }
+        let op = sh.replica.borrow().store().begin_op();
+        let r = match cmd {
+            SyncCmd::Frame(first) => {
+                // Frames that arrived together are handled together: the view is
+                // rebased, live queries evaluated and the store flushed once for all.
+                let mut frames = vec![first];
+                while frames.len() < FRAMES_AT_ONCE {
+                    match rx.try_recv() {
+                        Ok(SyncCmd::Frame(b)) => frames.push(b),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        _ => break,
+                    }
+                }
+                sh.frames(frames).await
+            }
+            other => sh.sync_step(other).await,
+        };
+        if let Err(e) = r {
+            sh.status.emit("server-error", js_error(&e));
+        }
+        sh.replica.borrow_mut().store_mut().end_op(op);
+        if sh.replica.borrow().store().is_fenced() {
+            sh.stop();
+            break;
+        }
+        sh.status.emit_status();
+    }
+}
+
+impl Shared {
+    /// Stops everything: the connection, the timers, the lanes.
+    fn stop(&self) {
+        if self.stopped.replace(true) {
+            return;
+        }
+        self.close_socket();
+        self.heartbeat.borrow_mut().take();
+        self.retry.borrow_mut().take();
+        self.base_timer.borrow_mut().take();
+        self.online_listeners.borrow_mut().clear();
+        self.local.close_channel();
+        self.sync.close_channel();
+        self.replica.borrow().store().close_db();
+        self.replica.borrow_mut().disconnected();
+        self.status.connected.set(false);
+        for w in self.waiters.borrow_mut().drain(..) {
+            let _ = w.reply.send(Err(Error::new(
+                ErrorCode::Storage,
+                "the database is closed",
+            )));
+        }
+    }
+
+    /// Loads what `f` missed until a run of it reads nothing unloaded.
+    async fn settle<T>(&self, mut f: impl FnMut(&mut Replica<IdbStore>) -> T) -> Result<T, Error> {
+        loop {
+            let (r, misses) = {
+                let mut rep = self.replica.borrow_mut();
+                let r = f(&mut rep);
+                let m = rep.store().take_misses();
+                (r, m)
+            };
+            if misses.is_empty() {
+                return Ok(r);
+            }
+            let gained = self.load(misses).await?;
+            if gained.is_empty() {
+                // Every miss was a key IndexedDB does not hold either (a new
+                // document's id, say): the run saw the data as it is.
+                return Ok(r);
+            }
+            self.replica.borrow_mut().loaded(gained);
+        }
+    }
+
+    /// Answers queries asked together: each runs on what is loaded; what they all
+    /// missed loads in one transaction, and those that missed run again.
+    async fn queries(&self, batch: Vec<(String, oneshot::Sender<Result<Value, Error>>)>) {
+        let mut todo = batch;
+        loop {
+            let mut missed = Vec::new();
+            let mut misses = Vec::new();
+            {
+                let mut rep = self.replica.borrow_mut();
+                rep.store().take_misses();
+                for (src, reply) in todo {
+                    let r = rep.query(&src);
+                    let m = rep.store().take_misses();
+                    if m.is_empty() {
+                        let _ = reply.send(r);
+                    } else {
+                        misses.extend(m);
+                        missed.push((src, reply, r));
+                    }
+                }
+            }
+            if missed.is_empty() {
+                return;
+            }
+            match self.load(misses).await {
+                Ok(gained) if gained.is_empty() => {
+                    // Every miss was an absence: the runs saw the data as it is.
+                    for (_, reply, r) in missed {
+                        let _ = reply.send(r);
+                    }
+                    return;
+                }
+                Ok(gained) => self.replica.borrow_mut().loaded(gained),
+                Err(e) => {
+                    for (_, reply, _) in missed {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                    return;
+                }
+            }
+            todo = missed.into_iter().map(|(s, reply, _)| (s, reply)).collect();
+        }
+    }
+
+    /// Loads `misses` with nothing borrowed while IndexedDB reads; gives the ranges
+    /// that gained data.
+    async fn load(&self, misses: Vec<Miss>) -> Result<Vec<KeyRange>, Error> {
+        let job = self.replica.borrow_mut().store_mut().begin_load(misses)?;
+        let done = job.wait().await;
+        self.replica.borrow_mut().store_mut().finish_load(done)
+    }
+
+    /// Rebases the view until it reads nothing unloaded.
+    async fn rebuild(&self) -> Result<(), Error> {
+        self.settle(|r| r.flush()).await??;
+        Ok(())
+    }
+
+    /// Applies a write to the view and answers with its optimistic result at once
+    /// (live queries are notified then too), then waits for its flush and answers again.
+    async fn mutate(self: &Rc<Self>, op: Op, rid: Option<String>, reply: MutateReply) {
+        let now = now_ms();
+        // A request made before answers as then (the `Q` space is loaded at open).
+        let done = rid.as_deref().map(|r| self.replica.borrow().request(r));
+        match done {
+            Some(Ok(Some(done))) => {
+                let _ = reply.applied.send(Ok((done.seq, done.result)));
+                let _ = reply.durable.send(Ok(()));
+                return;
+            }
+            Some(Err(e)) => {
+                let _ = reply.applied.send(Err(e));
+                return;
+            }
+            _ => {}
+        }
+        // Fast path: run the write on what is loaded, and let live queries see it at
+        // once. If the run read something not loaded, load it: when that brings
+        // nothing new (the key filter answers most absences without a read), the run
+        // stands; otherwise it is taken back and made again on the full data.
+        let (fast, misses) = {
+            let mut r = self.replica.borrow_mut();
+            r.store().take_misses();
+            let fast = r.mutate_request(op.clone(), now, rid.as_deref());
+            let misses = r.store().take_misses();
+            (fast, misses)
+        };
+        let local = if misses.is_empty() {
+            fast
+        } else {
+            if fast.is_ok() {
+                self.report();
+            }
+            match self.load(misses).await {
+                Ok(gained) if gained.is_empty() => fast,
+                loaded => {
+                    if let Ok(l) = &fast {
+                        if let Err(e) = self.replica.borrow_mut().forget(l.seq) {
+                            let _ = reply.applied.send(Err(e));
+                            return;
+                        }
+                    }
+                    match loaded {
+                        Ok(gained) => self.replica.borrow_mut().loaded(gained),
+                        Err(_) => self.replica.borrow_mut().invalidate(),
+                    }
+                    // A dry run loads what the write reads; the real run then reads
+                    // only the cache.
+                    match self.settle(|r| r.dry_run(op.clone(), now)).await {
+                        Ok(Ok(Ok(_))) => {
+                            self.replica
+                                .borrow_mut()
+                                .mutate_request(op, now, rid.as_deref())
+                        }
+                        Ok(Ok(Err(e))) | Ok(Err(e)) | Err(e) => Err(e),
+                    }
+                }
+            }
+        };
+        let local = match local {
+            Ok(l) => l,
+            Err(e) => {
+                // The fast path may have shown the write and taken it back.
+                self.report();
+                let _ = reply.applied.send(Err(e));
+                return;
+            }
+        };
+        let gen = self.replica.borrow().store().write_gen();
+        let _ = reply.applied.send(Ok((local.seq, local.result)));
+        self.waiters.borrow_mut().push(Waiter {
+            gen,
+            seq: Some(local.seq),
+            reply: reply.durable,
+        });
+        // The flush is issued once this task yields: the optimistic result goes out
+        // first, and writes already waiting in the queue join the same transaction.
+        {
+            let sh = self.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                sh.kick_flush(false);
+                // Another lane's flush may have written it already (while this loaded).
+                sh.answer_durable();
+            });
+        }
+        // Live queries that read what is not loaded yet: load it, and evaluate again
+        // if that brought anything in.
+        let misses = self.replica.borrow().store().take_misses();
+        if !misses.is_empty() {
+            match self.load(misses).await {
+                Ok(gained) if gained.is_empty() => {}
+                Ok(gained) => {
+                    self.replica.borrow_mut().loaded(gained);
+                    if let Err(e) = self.rebuild().await {
+                        self.status.emit("server-error", js_error(&e));
+                    }
+                }
+                Err(e) => self.status.emit("server-error", js_error(&e)),
+            }
+        }
+        self.report();
+    }
+
+    /// Resolves once every write made so far (up to the current generation) is
+    /// durable; `seq` names the local write it is for, if any.
+    async fn durable(&self, seq: Option<u64>) -> Result<(), Error> {
+        let gen = self.replica.borrow().store().write_gen();
+        if self.replica.borrow().store().durable_gen() >= gen {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().push(Waiter {
+            gen,
+            seq,
+            reply: tx,
+        });
+        self.kick_flush(true);
+        rx.await
+            .unwrap_or_else(|_| Err(Error::new(ErrorCode::Storage, "the database is closed")))
+    }
+
+    /// Issues a flush of what is queued: now if `force` or none is in flight, else
+    /// when the one in flight completes (so writes made meanwhile share a transaction).
+    fn kick_flush(&self, force: bool) {
+        let r = {
+            let mut rep = self.replica.borrow_mut();
+            let store = rep.store_mut();
+            if !force && store.has_in_flight() {
+                return;
+            }
+            store.begin_flush()
+        };
+        if let Err(e) = r {
+            self.flush_failed(e);
+        }
+    }
+
+    /// A flush completed: answers the writes it made durable, sends the commits that
+    /// may now go, and issues the next flush if writes are waiting.
+    fn on_flushed(&self) {
+        let settled = self.replica.borrow_mut().store_mut().settle_flushes();
+        self.answer_durable();
+        if let Some(e) = settled.error {
+            self.flush_failed(e);
+        } else {
+            self.send_outgoing();
+            let waiting = {
+                let r = self.replica.borrow();
+                r.store().has_dirty() && !r.store().has_in_flight()
+            };
+            // Local writes waiting go at once; confirmed data alone waits for its timer.
+            if waiting {
+                if self.waiters.borrow().is_empty() {
+                    self.schedule_base_flush();
+                } else {
+                    self.kick_flush(false);
+                }
+            }
+        }
+        if self.replica.borrow().store().is_fenced() {
+            self.stop();
+        }
+    }
+
+    /// Answers everyone waiting for writes that are durable now.
+    fn answer_durable(&self) {
+        let durable = self.replica.borrow().store().durable_gen();
+        let mut ready = Vec::new();
+        self.waiters.borrow_mut().retain_mut(|w| {
+            if w.gen <= durable {
+                ready.push((w.seq, std::mem::replace(&mut w.reply, oneshot::channel().0)));
+                false
+            } else {
+                true
+            }
+        });
+        let any = !ready.is_empty();
+        for (seq, reply) in ready {
+            if let Some(s) = seq {
+                self.durable_seq.set(self.durable_seq.get().max(s));
+            }
+            let _ = reply.send(Ok(()));
+        }
+        if any {
+            self.send_outgoing();
+        }
+    }
+
+    /// Writes could not be made durable: the local writes not yet durable are taken
+    /// back (newest first, so sequence numbers stay whole), and everyone waiting is
+    /// told why. Confirmed data stays queued: the next flush tries again.
+    fn flush_failed(&self, e: Error) {
+        let waiters: Vec<Waiter> = self.waiters.borrow_mut().drain(..).collect();
+        let mut seqs: Vec<u64> = waiters.iter().filter_map(|w| w.seq).collect();
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        {
+            let mut r = self.replica.borrow_mut();
+            for s in seqs {
+                let _ = r.forget(s);
+            }
+        }
+        for w in waiters {
+            let _ = w.reply.send(Err(e.clone()));
+        }
+        let _ = self.local.unbounded_send(LocalCmd::Rebuild);
+        if self.replica.borrow().store().is_fenced() {
+            self.stop();
+        }
+    }
+
+    async fn sync_step(&self, cmd: SyncCmd) -> Result<(), Error> {
+        match cmd {
+            SyncCmd::Frame(_) => unreachable!("handled by the lane"),
+            SyncCmd::Opened => {
+                let hello = self.replica.borrow().hello(&self.token.borrow())?;
                 self.send_frame(&hello);
             }
-            Cmd::Closed => {
-                self.ws = None;
-                self.replica.disconnected();
+            SyncCmd::Closed => {
+                *self.ws.borrow_mut() = None;
+                self.replica.borrow_mut().disconnected();
                 self.status.connected.set(false);
-                if self.token_expired && self.status.online.get() {
-                    self.token_expired = false;
+                if self.token_expired.get() && self.status.online.get() {
+                    self.token_expired.set(false);
                     if let Some(token) = self.fresh_token().await {
-                        self.token = token;
-                        self.backoff_ms = 100.0;
+                        *self.token.borrow_mut() = token;
+                        self.backoff_ms.set(100.0);
                         self.connect();
                         return Ok(());
                     }
                 }
                 if self.status.online.get() {
                     // Full jitter over an exponential backoff, capped at 30 s.
-                    let wait = (js_sys::Math::random() * self.backoff_ms) as u32 + 50;
-                    self.backoff_ms = (self.backoff_ms * 2.0).min(30_000.0);
-                    let t = self.tx.clone();
-                    self.retry = Some(Timeout::new(wait, move || {
-                        let _ = t.unbounded_send(Cmd::Connect);
+                    let b = self.backoff_ms.get();
+                    let wait = (js_sys::Math::random() * b) as u32 + 50;
+                    self.backoff_ms.set((b * 2.0).min(30_000.0));
+                    let t = self.sync.clone();
+                    *self.retry.borrow_mut() = Some(Timeout::new(wait, move || {
+                        let _ = t.unbounded_send(SyncCmd::Connect);
                     }));
                 }
             }
-            Cmd::Connect => {
-                if self.ws.is_none() && self.status.online.get() {
+            SyncCmd::Connect => {
+                if self.ws.borrow().is_none() && self.status.online.get() {
                     self.connect();
                 }
             }
-            Cmd::SetOnline(on) => {
+            SyncCmd::SetOnline(on) => {
                 self.status.online.set(on);
                 if on {
-                    self.backoff_ms = 100.0;
-                    if self.ws.is_none() {
+                    self.backoff_ms.set(100.0);
+                    if self.ws.borrow().is_none() {
                         self.connect();
                     }
                 } else {
-                    self.retry = None;
+                    self.retry.borrow_mut().take();
                     self.close_socket();
-                    self.replica.disconnected();
+                    self.replica.borrow_mut().disconnected();
                     self.status.connected.set(false);
                 }
             }
-            Cmd::Flush => {
-                self.flush_timer = None;
-                self.replica.store_mut().flush().await?;
-            }
-            Cmd::Presence(partition, data) => {
-                if self.status.connected.get() {
-                    self.send_frame(&ClientFrame::Presence { partition, data });
+            SyncCmd::FlushBase => {
+                self.base_timer.borrow_mut().take();
+                if self.replica.borrow().store().has_in_flight() {
+                    // It goes when the flush in flight completes (see `on_flushed`).
+                } else {
+                    self.kick_flush(false);
                 }
             }
-            Cmd::Ping => {
+            SyncCmd::Ping => {
                 if self.status.connected.get() {
                     self.send_frame(&ClientFrame::Ping {
                         nonce: now_ms() as u64,
                     });
                 }
             }
+            SyncCmd::Presence(partition, data) => {
+                if self.status.connected.get() {
+                    self.send_frame(&ClientFrame::Presence { partition, data });
+                }
+            }
         }
         Ok(())
     }
 
-    /// Applies frames from the server, then rebuilds the view, flushes and reports once.
-    async fn frames(&mut self, frames: Vec<Vec<u8>>) -> Result<(), Error> {
+    /// Applies frames from the server, then rebases the view and reports once.
+    async fn frames(&self, frames: Vec<Vec<u8>>) -> Result<(), Error> {
         for bytes in frames {
             let frame = ServerFrame::decode(&bytes)?;
             // Presence is the app's, not the replica's: handed over as it comes.
@@ -580,14 +1220,16 @@ impl Actor {
                 continue;
             }
             if let ServerFrame::Error { code, .. } = &frame {
-                self.token_expired |= code == "TOKEN_EXPIRED";
+                if code == "TOKEN_EXPIRED" {
+                    self.token_expired.set(true);
+                }
             }
             self.prepare_for(&frame).await?;
             let welcomed = matches!(frame, ServerFrame::Welcome { .. });
-            self.replica.handle(frame)?;
+            self.replica.borrow_mut().handle(frame)?;
             if welcomed {
                 self.status.connected.set(true);
-                self.backoff_ms = 100.0;
+                self.backoff_ms.set(100.0);
             }
         }
         self.rebuild().await?;
@@ -597,14 +1239,19 @@ impl Actor {
         // until it is, the cursors that go with it are not either (one batch), so
         // after a crash the server sends it again, and a confirmed commit still in the
         // outbox is only sent again and skipped. So it is written a moment later, or
-        // with the next write, in one transaction, and the next command need not wait.
-        if self.flush_timer.is_none() {
-            let t = self.tx.clone();
-            self.flush_timer = Some(Timeout::new(FLUSH_DELAY_MS, move || {
-                let _ = t.unbounded_send(Cmd::Flush);
+        // with the next write, in one transaction (`flush` and `close` write it at once).
+        self.schedule_base_flush();
+        Ok(())
+    }
+
+    /// Writes what is queued in a moment, unless a write is due sooner.
+    fn schedule_base_flush(&self) {
+        if self.base_timer.borrow().is_none() && self.replica.borrow().store().has_dirty() {
+            let t = self.sync.clone();
+            *self.base_timer.borrow_mut() = Some(Timeout::new(FLUSH_DELAY_MS, move || {
+                let _ = t.unbounded_send(SyncCmd::FlushBase);
             }));
         }
-        Ok(())
     }
 
     /// Asks the app's token provider for a new token.
@@ -618,162 +1265,78 @@ impl Actor {
         v.as_string()
     }
 
-    /// Loads what `ranges` need until a run of `f` reads nothing unloaded.
-    async fn settle<T>(
-        &mut self,
-        mut f: impl FnMut(&mut Replica<IdbStore>) -> T,
-    ) -> Result<T, Error> {
-        loop {
-            let r = f(&mut self.replica);
-            let misses = self.replica.store().take_misses();
-            if misses.is_empty() {
-                return Ok(r);
-            }
-            self.replica.store_mut().take_changed();
-            self.replica.store_mut().load_many(&misses).await?;
-            if !self.replica.store_mut().take_changed() {
-                // Every miss was a key IndexedDB does not hold either (a new
-                // document's id, say): the run saw the data as it is.
-                return Ok(r);
-            }
-            self.replica.invalidate();
-        }
-    }
-
-    /// Applies a write to the view and answers with its optimistic result at once
-    /// (live queries are notified then too), then makes it durable and answers again.
-    async fn mutate(&mut self, op: Op, rid: Option<String>, reply: MutateReply) {
-        let now = now_ms();
-        // A request made before answers as then (the `Q` space is loaded at open).
-        match rid.as_deref().map(|r| self.replica.request(r)) {
-            Some(Ok(Some(done))) => {
-                let _ = reply.applied.send(Ok((done.seq, done.result)));
-                let _ = reply.durable.send(Ok(()));
-                return;
-            }
-            Some(Err(e)) => {
-                let _ = reply.applied.send(Err(e));
-                return;
-            }
-            _ => {}
-        }
-        // Fast path: run the write on what is loaded, and let live queries see it at
-        // once. If the run read something not loaded, load it: when that brings
-        // nothing new (a new document's id is in IndexedDB no more than in memory),
-        // the run stands; otherwise it is taken back and made again on the full data.
-        self.replica.store().take_misses();
-        let fast = self.replica.mutate_request(op.clone(), now, rid.as_deref());
-        let misses = self.replica.store().take_misses();
-        let local = if misses.is_empty() {
-            fast
-        } else {
-            if fast.is_ok() {
-                self.report();
-            }
-            self.replica.store_mut().take_changed();
-            let loaded = self.replica.store_mut().load_many(&misses).await;
-            if loaded.is_ok() && !self.replica.store_mut().take_changed() {
-                fast
-            } else {
-                if let Ok(l) = &fast {
-                    if let Err(e) = self.replica.forget(l.seq) {
-                        let _ = reply.applied.send(Err(e));
-                        return;
-                    }
-                }
-                self.replica.invalidate();
-                // A dry run loads what the write reads; the real run then reads only
-                // the cache.
-                match self.settle(|r| r.dry_run(op.clone(), now)).await {
-                    Ok(Ok(Ok(_))) => self.replica.mutate_request(op, now, rid.as_deref()),
-                    Ok(Ok(Err(e))) | Ok(Err(e)) | Err(e) => Err(e),
-                }
-            }
-        };
-        let local = match local {
-            Ok(l) => l,
-            Err(e) => {
-                // The fast path may have shown the write and taken it back.
-                self.report();
-                let _ = reply.applied.send(Err(e));
-                return;
-            }
-        };
-        let _ = reply.applied.send(Ok((local.seq, local.result)));
-        // Live queries that read what is not loaded yet: load it, and evaluate again
-        // if that brought anything in.
-        let misses = self.replica.store().take_misses();
-        if !misses.is_empty() {
-            self.replica.store_mut().take_changed();
-            let loaded = self.replica.store_mut().load_many(&misses).await;
-            if loaded.is_err() || self.replica.store_mut().take_changed() {
-                self.replica.invalidate();
-                if let Err(e) = self.rebuild().await {
-                    self.status.emit("server-error", js_error(&e));
-                }
-            }
-        }
-        self.report();
-        let durable = match self.replica.store_mut().flush().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // Not durable, so not made: take it back before anyone sends it.
-                // Everything written before stays (it was flushed already).
-                let _ = self.replica.forget(local.seq);
-                let _ = self.replica.store_mut().flush().await;
-                let _ = self.rebuild().await;
-                self.report();
-                Err(e)
-            }
-        };
-        let _ = reply.durable.send(durable);
-    }
-
-    async fn query(&mut self, src: &str) -> Result<Value, Error> {
-        self.settle(|r| r.query(src)).await?
-    }
-
-    /// Loads what applying `frame` to the base will read.
-    async fn prepare_for(&mut self, frame: &ServerFrame) -> Result<(), Error> {
-        let store = self.replica.store_mut();
+    /// Loads what applying `frame` to the base will read. The frame is applied right
+    /// after, in the same step: what an operation in progress loaded is not evicted.
+    async fn prepare_for(&self, frame: &ServerFrame) -> Result<(), Error> {
         match frame {
             ServerFrame::Effects { writes, .. } => {
-                let docs: Vec<KeyRange> = writes
+                let docs: Vec<Vec<u8>> = writes
                     .iter()
-                    .map(|w| KeyRange::point(&keys::doc_key(&w.collection, &w.id)))
+                    .map(|w| keys::doc_key(&w.collection, &w.id))
                     .collect();
-                store.load_many(&docs).await?;
+                self.load_points(docs).await?;
             }
             ServerFrame::Snapshot { partition, .. } | ServerFrame::Drop { partition, .. } => {
                 let members = KeyRange::prefix(&keys::partition_prefix(partition));
-                store.load(&members).await?;
-                let held: Vec<Vec<u8>> = store
-                    .scan(&members, false, usize::MAX)?
-                    .into_iter()
-                    .map(|(k, _)| k)
-                    .collect();
-                store.take_misses();
+                self.load(vec![Miss::range(members.clone())]).await?;
+                let held: Vec<Vec<u8>> = {
+                    let r = self.replica.borrow();
+                    let held = r
+                        .store()
+                        .scan(&members, false, usize::MAX)?
+                        .into_iter()
+                        .map(|(k, _)| k)
+                        .collect();
+                    r.store().take_misses();
+                    held
+                };
                 let mut docs = Vec::with_capacity(held.len());
                 for k in held {
                     let (_, coll, id) = keys::parse_partition_key(&k)?;
-                    docs.push(KeyRange::point(&keys::doc_key(&coll, &id)));
+                    docs.push(keys::doc_key(&coll, &id));
                 }
-                store.load_many(&docs).await?;
+                // A snapshot's documents (its parts' too) may be held in another
+                // partition (moved since that one's cursor): applying it reads them.
+                if let ServerFrame::Snapshot { docs: sent, .. } = frame {
+                    let r = self.replica.borrow();
+                    for (coll, id) in r
+                        .held_snapshot_docs()
+                        .chain(sent.iter().map(|d| (d.collection.as_str(), d.id.as_str())))
+                    {
+                        docs.push(keys::doc_key(coll, id));
+                    }
+                }
+                self.load_points(docs).await?;
             }
             _ => {}
         }
         Ok(())
     }
 
-    /// Rebuilds the view until it reads nothing unloaded.
-    async fn rebuild(&mut self) -> Result<(), Error> {
-        self.settle(|r| r.flush()).await??;
+    /// Loads the keys not held (those the key filter knows absent need no read).
+    async fn load_points(&self, keys: Vec<Vec<u8>>) -> Result<(), Error> {
+        let misses = {
+            let r = self.replica.borrow();
+            let store = r.store();
+            store.take_misses();
+            for k in &keys {
+                store.get(k)?;
+            }
+            store.take_misses()
+        };
+        if !misses.is_empty() {
+            self.load(misses).await?;
+        }
         Ok(())
     }
 
-    fn report(&mut self) {
-        self.status.pending.set(self.replica.pending().len() as u32);
-        for e in self.replica.take_events() {
+    fn report(&self) {
+        let events = {
+            let mut r = self.replica.borrow_mut();
+            self.status.pending.set(r.pending().len() as u32);
+            r.take_events()
+        };
+        for e in events {
             match e {
                 Event::Confirmed {
                     seq,
@@ -788,7 +1351,7 @@ impl Actor {
                         &"position".into(),
                         &position.map_or(JsValue::NULL, |p| JsValue::from_f64(p as f64)),
                     );
-                    let _ = js_sys::Reflect::set(&o, &"result".into(), &to_js(&result));
+                    let _ = js_sys::Reflect::set(&o, &"result".into(), &self.status.out(&result));
                     self.status.emit("confirmed", o.into());
                 }
                 Event::Rejected { seq, code, message } => {
@@ -805,12 +1368,16 @@ impl Actor {
                     let o = js_sys::Object::new();
                     let _ =
                         js_sys::Reflect::set(&o, &"live".into(), &JsValue::from_f64(live as f64));
-                    let _ = js_sys::Reflect::set(&o, &"value".into(), &to_js(&value));
+                    let _ = js_sys::Reflect::set(&o, &"value".into(), &self.status.out(&value));
                     self.status.emit("changed", o.into());
                 }
                 Event::Dropped { partition } => self.status.emit("dropped", partition.into()),
                 Event::SchemaChanged { version } => {
                     self.status.has_schema.set(true);
+                    let f = self.replica.borrow().schema().map(doc_of);
+                    if let Some(f) = f {
+                        self.replica.borrow_mut().store_mut().set_doc_of(f);
+                    }
                     self.status.emit("schema", version.into());
                 }
                 Event::ServerError { code, message } => {
@@ -822,51 +1389,56 @@ impl Actor {
         }
     }
 
-    fn connect(&mut self) {
+    fn connect(&self) {
         let Ok(ws) = WebSocket::new(&self.url) else {
-            let _ = self.tx.unbounded_send(Cmd::Closed);
+            let _ = self.sync.unbounded_send(SyncCmd::Closed);
             return;
         };
         ws.set_binary_type(BinaryType::Arraybuffer);
         let mut ls = Vec::new();
-        let t = self.tx.clone();
+        let t = self.sync.clone();
         ls.push(EventListener::new(&ws, "open", move |_| {
-            let _ = t.unbounded_send(Cmd::Opened);
+            let _ = t.unbounded_send(SyncCmd::Opened);
         }));
-        let t = self.tx.clone();
+        let t = self.sync.clone();
         ls.push(EventListener::new(&ws, "message", move |e| {
             let Some(e) = e.dyn_ref::<MessageEvent>() else {
                 return;
             };
             if let Ok(buf) = e.data().dyn_into::<ArrayBuffer>() {
-                let _ = t.unbounded_send(Cmd::Frame(Uint8Array::new(&buf).to_vec()));
+                let _ = t.unbounded_send(SyncCmd::Frame(Uint8Array::new(&buf).to_vec()));
             }
         }));
-        let t = self.tx.clone();
+        let t = self.sync.clone();
         ls.push(EventListener::new(&ws, "close", move |_| {
-            let _ = t.unbounded_send(Cmd::Closed);
+            let _ = t.unbounded_send(SyncCmd::Closed);
         }));
-        self.ws = Some((ws, ls));
+        *self.ws.borrow_mut() = Some((ws, ls));
     }
 
-    fn close_socket(&mut self) {
-        if let Some((ws, listeners)) = self.ws.take() {
+    fn close_socket(&self) {
+        if let Some((ws, listeners)) = self.ws.borrow_mut().take() {
             drop(listeners);
             let _ = ws.close();
         }
     }
 
     fn send_frame(&self, f: &ClientFrame) {
-        if let Some((ws, _)) = &self.ws {
+        if let Some((ws, _)) = &*self.ws.borrow() {
             let _ = ws.send_with_u8_array(&f.encode());
         }
     }
 
-    fn send_outgoing(&mut self) {
-        if self.ws.is_none() {
+    /// Sends the commits not sent yet on this connection, as far as they are durable.
+    fn send_outgoing(&self) {
+        if self.ws.borrow().is_none() {
             return;
         }
-        for f in self.replica.outgoing() {
+        let frames = self
+            .replica
+            .borrow_mut()
+            .outgoing_upto(self.durable_seq.get());
+        for f in frames {
             self.send_frame(&f);
         }
     }

@@ -3,38 +3,78 @@
 //! The engine is synchronous; IndexedDB is not. [`IdbStore`] bridges them the way the
 //! design asks (load before, persist after, never inside):
 //!
-//! - It implements the engine's [`Storage`] over an in-memory cache of the key ranges
-//!   loaded so far. A read outside them answers from the cache (as if absent) and is
-//!   recorded as a *miss*; the driver then [`load`](IdbStore::load)s the missed ranges
-//!   and runs the query or transaction again. Results of a run with misses are thrown
-//!   away, so nothing ever acts on a partial read. Data is thus loaded when a query or a
-//!   transaction needs it, range by range, not all at open.
-//! - `apply` writes to the cache and queues the batch; [`flush`](IdbStore::flush) writes
-//!   everything queued in **one** IndexedDB transaction, issuing every request before
-//!   awaiting only the transaction's completion (an IndexedDB transaction commits by
-//!   itself when the event loop turns with nothing pending, so nothing else may be
-//!   awaited while one is open).
+//! - It implements the engine's [`Storage`] over an in-memory **cache** of what has
+//!   been loaded. [`Spans`] say which key ranges the cache holds exactly as IndexedDB
+//!   does. A read outside them answers from what is held and is recorded as a **miss**
+//!   ([`Miss`]); the driver loads the misses of a run ([`IdbStore::begin_load`], all in
+//!   one read transaction) and runs again. Results of a run with misses are thrown away,
+//!   so nothing acts on a partial read.
+//! - **Loads are as large as the read.** A scan that asks for `n` entries and misses
+//!   loads about `n` (an engine page of an unbounded scan loads 256, then four times
+//!   more each time the same scan continues); a `count` of a range is IndexedDB's own
+//!   count, with no record read; a point is one `get`.
+//! - **Absent keys need no read.** A [`Filter`] of every key ever written says when a
+//!   key is certainly absent (a create with a fresh id), and the cache takes it as
+//!   loaded.
+//! - **Writes** go to the cache and a queue; [`IdbStore::begin_flush`] issues everything
+//!   queued as **one** read-write transaction and returns at once: the transaction
+//!   commits while the engine goes on (IndexedDB runs a store's read-write transactions
+//!   one at a time, in order, and a read issued later sees them). Its completion is
+//!   reported through the notifier the driver gave, and [`IdbStore::settle_flushes`]
+//!   says which writes are durable. A failed flush puts its writes back in the queue.
+//! - **Bounded memory.** The cache has a byte cap ([`DEFAULT_CACHE_BYTES`] unless the
+//!   driver sets another): past it, the spans used least recently are evicted (never
+//!   what is not yet durable, the replica's own small key spaces, or what an operation
+//!   in progress has used).
 //!
 //! Keys are stored as binary keys (`Uint8Array`): IndexedDB orders binary keys byte by
 //! byte, the same order as the engine's. Layout and migrations: `docs/STORAGE.md`.
 
-use std::cell::RefCell;
-use std::collections::HashSet;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
+use std::rc::Rc;
 
-use indexed_db_futures::database::Database;
-use indexed_db_futures::internals::SystemRepr;
-use js_sys::{Array, Uint8Array};
-use warren_core::storage::{Batch, Entry, KeyRange, MemoryStore, Storage};
+use futures_channel::oneshot;
+use js_sys::{Array, Promise, Uint8Array};
+use warren_core::storage::{Batch, Entry, KeyRange, Storage};
 use warren_core::{Error, ErrorCode};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
-use web_sys::{IdbKeyRange, IdbRequest, IdbTransaction, IdbTransactionMode};
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{
+    IdbCursorDirection, IdbCursorWithValue, IdbDatabase, IdbFactory, IdbKeyRange, IdbOpenDbRequest,
+    IdbRequest, IdbTransaction, IdbTransactionMode,
+};
 
+use crate::filter::{self, Filter};
 use crate::migrations;
+use crate::spans::{normalize, successor, End, Spans};
 
 /// The object store that holds the engine's key space.
-pub const KV: &str = "kv";
+const KV: &str = "kv";
+/// The object store that holds the backend's own records: the key filter.
+const META: &str = "meta";
+
+/// The cache's byte cap unless the driver sets one: 64 MiB.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+/// Bytes counted per cached entry besides its key and value (the map's node share).
+const ENTRY_OVERHEAD: usize = 48;
+/// A scan that asks for fewer entries than this is a limited one (`take(n)`): it loads
+/// exactly what it asked for. One that asks for a whole engine page loads at least
+/// [`FIRST_CHUNK`], and [`GROWTH`] times more each time it continues.
+const LIMITED: usize = 64;
+const FIRST_CHUNK: usize = 256;
+const GROWTH: usize = 4;
+const MAX_CHUNK: usize = 16_384;
+/// A collection or index is read ahead whole when it holds at most `cap / this`
+/// entries (16,384 at the default cap): about a sixteenth of the cap at 256 bytes each.
+const READAHEAD_ENTRY_BYTES: usize = 4096;
+/// Counts of ranges kept at most.
+const MAX_COUNTS: usize = 4096;
+/// Key spaces never evicted: the replica's own records (client, outbox, cursors,
+/// requests), read at open and small.
+const PINNED: &[u8] = b"KOQX";
 
 /// A storage error from IndexedDB, keeping the DOMException's name (for example
 /// `QuotaExceededError`, which becomes `QUOTA_EXCEEDED`), so a caller can tell a full
@@ -53,30 +93,38 @@ pub fn js_err(what: &str, e: JsValue) -> Error {
     Error::new(code, format!("IndexedDB {what}: {name}"))
 }
 
-/// Awaits an IndexedDB request's result.
-async fn request(req: IdbRequest) -> Result<JsValue, JsValue> {
-    let promise = js_sys::Promise::new(&mut |resolve, reject| {
-        let ok_req = req.clone();
-        let ok = Closure::once_into_js(move |_: web_sys::Event| {
-            let _ = resolve.call1(
-                &JsValue::NULL,
-                &ok_req.result().unwrap_or(JsValue::UNDEFINED),
-            );
-        });
-        let err_req = req.clone();
-        let err = Closure::once_into_js(move |_: web_sys::Event| {
-            let e = err_req
-                .error()
-                .ok()
-                .flatten()
-                .map(JsValue::from)
-                .unwrap_or(JsValue::UNDEFINED);
-            let _ = reject.call1(&JsValue::NULL, &e);
-        });
-        req.set_onsuccess(Some(ok.unchecked_ref()));
-        req.set_onerror(Some(err.unchecked_ref()));
+/// Awaits an IndexedDB request's result (its error, if it failed). The request's own
+/// handlers resolve the promise: no closure is made or leaked per request.
+async fn request(req: &IdbRequest) -> Result<JsValue, JsValue> {
+    let p = Promise::new(&mut |resolve, reject| {
+        req.set_onsuccess(Some(&resolve));
+        req.set_onerror(Some(&reject));
     });
-    wasm_bindgen_futures::JsFuture::from(promise).await
+    match JsFuture::from(p).await {
+        Ok(_) => req.result(),
+        Err(_) => Err(req
+            .error()
+            .ok()
+            .flatten()
+            .map(JsValue::from)
+            .unwrap_or(JsValue::UNDEFINED)),
+    }
+}
+
+/// Awaits a transaction's completion (or its abort).
+async fn complete(tx: &IdbTransaction) -> Result<(), JsValue> {
+    let p = Promise::new(&mut |resolve, reject| {
+        tx.set_oncomplete(Some(&resolve));
+        tx.set_onerror(Some(&reject));
+        tx.set_onabort(Some(&reject));
+    });
+    match JsFuture::from(p).await {
+        Ok(_) => Ok(()),
+        Err(_) => Err(tx
+            .error()
+            .map(JsValue::from)
+            .unwrap_or_else(|| JsValue::from_str("AbortError"))),
+    }
 }
 
 fn fenced() -> Error {
@@ -86,200 +134,467 @@ fn fenced() -> Error {
     )
 }
 
-/// Awaits a transaction's completion (or its abort).
-async fn complete(tx: &IdbTransaction) -> Result<(), JsValue> {
-    let promise = js_sys::Promise::new(&mut |resolve, reject| {
-        let ok = Closure::once_into_js(move |_: web_sys::Event| {
-            let _ = resolve.call0(&JsValue::NULL);
-        });
-        let err_tx = tx.clone();
-        let reject2 = reject.clone();
-        let err = Closure::once_into_js(move |_: web_sys::Event| {
-            let e = err_tx
-                .error()
-                .map(JsValue::from)
-                .unwrap_or(JsValue::UNDEFINED);
-            let _ = reject.call1(&JsValue::NULL, &e);
-        });
-        let abort_tx = tx.clone();
-        let abort = Closure::once_into_js(move |_: web_sys::Event| {
-            let e = abort_tx
-                .error()
-                .map(JsValue::from)
-                .unwrap_or_else(|| JsValue::from_str("AbortError"));
-            let _ = reject2.call1(&JsValue::NULL, &e);
-        });
-        tx.set_oncomplete(Some(ok.unchecked_ref()));
-        tx.set_onerror(Some(err.unchecked_ref()));
-        tx.set_onabort(Some(abort.unchecked_ref()));
-    });
-    wasm_bindgen_futures::JsFuture::from(promise)
-        .await
-        .map(|_| ())
-}
-
 fn key(k: &[u8]) -> Uint8Array {
     Uint8Array::from(k)
 }
 
-/// The IndexedDB key range for an engine key range (`None`: every key).
-fn idb_range(r: &KeyRange) -> Result<Option<IdbKeyRange>, Error> {
+/// IndexedDB in this global scope (a page or a worker).
+fn factory() -> Result<IdbFactory, Error> {
+    let global = js_sys::global();
+    js_sys::Reflect::get(&global, &"indexedDB".into())
+        .ok()
+        .filter(|f| !f.is_undefined() && !f.is_null())
+        .map(|f| f.unchecked_into())
+        .ok_or_else(|| Error::new(ErrorCode::Storage, "IndexedDB is not available here"))
+}
+
+/// The IndexedDB key range for an engine key range (`undefined`: every key).
+fn idb_range(r: &KeyRange) -> Result<JsValue, Error> {
     let e = |x| js_err("key range", x);
-    Ok(match (&r.start, &r.end) {
-        (Bound::Unbounded, Bound::Unbounded) => None,
-        (Bound::Unbounded, Bound::Included(b)) => {
-            Some(IdbKeyRange::upper_bound_with_open(&key(b), false).map_err(e)?)
-        }
-        (Bound::Unbounded, Bound::Excluded(b)) => {
-            Some(IdbKeyRange::upper_bound_with_open(&key(b), true).map_err(e)?)
-        }
-        (Bound::Included(a), Bound::Unbounded) => {
-            Some(IdbKeyRange::lower_bound_with_open(&key(a), false).map_err(e)?)
-        }
-        (Bound::Excluded(a), Bound::Unbounded) => {
-            Some(IdbKeyRange::lower_bound_with_open(&key(a), true).map_err(e)?)
-        }
-        (s, t) => {
-            let (a, ao) = match s {
-                Bound::Included(a) => (a, false),
-                Bound::Excluded(a) => (a, true),
-                Bound::Unbounded => unreachable!("handled above"),
-            };
-            let (b, bo) = match t {
-                Bound::Included(b) => (b, false),
-                Bound::Excluded(b) => (b, true),
-                Bound::Unbounded => unreachable!("handled above"),
-            };
-            Some(
-                IdbKeyRange::bound_with_lower_open_and_upper_open(&key(a), &key(b), ao, bo)
-                    .map_err(e)?,
-            )
+    let Some((start, end)) = normalize(r) else {
+        return Err(Error::new(ErrorCode::Storage, "an empty range"));
+    };
+    Ok(match (start.is_empty(), end) {
+        (true, End::Unbounded) => JsValue::UNDEFINED,
+        (true, End::Before(b)) => IdbKeyRange::upper_bound_with_open(&key(&b), true)
+            .map_err(e)?
+            .into(),
+        (false, End::Unbounded) => IdbKeyRange::lower_bound(&key(&start)).map_err(e)?.into(),
+        (false, End::Before(b)) => {
+            IdbKeyRange::bound_with_lower_open_and_upper_open(&key(&start), &key(&b), false, true)
+                .map_err(e)?
+                .into()
         }
     })
 }
 
-/// Lower bounds ordered from "starts lowest": Unbounded, then by key, Included
-/// before Excluded.
-fn lower_le(a: &Bound<Vec<u8>>, b: &Bound<Vec<u8>>) -> bool {
-    match (a, b) {
-        (Bound::Unbounded, _) => true,
-        (_, Bound::Unbounded) => false,
-        (Bound::Included(x), Bound::Included(y) | Bound::Excluded(y)) => x <= y,
-        (Bound::Excluded(x), Bound::Excluded(y)) => x <= y,
-        (Bound::Excluded(x), Bound::Included(y)) => x < y,
-    }
+/// The document key an index entry key names, if it is one.
+pub type DocOf = Rc<dyn Fn(&[u8]) -> Option<Vec<u8>>>;
+
+/// A read the cache could not answer exactly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Miss {
+    /// One key.
+    Point(Vec<u8>),
+    /// The first `limit` entries of a range, from its start (or from its end when
+    /// `reverse`); `usize::MAX`: all of it.
+    Scan {
+        range: KeyRange,
+        reverse: bool,
+        limit: usize,
+    },
+    /// How many keys a range holds.
+    Count(KeyRange),
 }
 
-/// Upper bounds ordered from "ends highest": Unbounded, then by key, Included after
-/// Excluded.
-fn upper_ge(a: &Bound<Vec<u8>>, b: &Bound<Vec<u8>>) -> bool {
-    match (a, b) {
-        (Bound::Unbounded, _) => true,
-        (_, Bound::Unbounded) => false,
-        (Bound::Included(x), Bound::Included(y) | Bound::Excluded(y)) => x >= y,
-        (Bound::Excluded(x), Bound::Excluded(y)) => x >= y,
-        (Bound::Excluded(x), Bound::Included(y)) => x > y,
-    }
-}
-
-fn covers(outer: &KeyRange, inner: &KeyRange) -> bool {
-    inner.is_empty() || (lower_le(&outer.start, &inner.start) && upper_ge(&outer.end, &inner.end))
-}
-
-/// The single key a range covers, if it is a point (`[k, k]`).
-fn as_point(r: &KeyRange) -> Option<&[u8]> {
-    match (&r.start, &r.end) {
-        (Bound::Included(a), Bound::Included(b)) if a == b => Some(a),
-        _ => None,
-    }
-}
-
-/// What the cache holds exactly as IndexedDB does (or newer): ranges loaded, and single
-/// keys loaded or written here. Point reads (`byId`, a document behind an index entry)
-/// are most reads, so points are a hash set: checking one costs a lookup, not a walk
-/// over every range loaded so far.
-#[derive(Default)]
-struct Loaded {
-    points: HashSet<Vec<u8>>,
-    /// Non-point ranges, none covered by another.
-    ranges: Vec<KeyRange>,
-}
-
-impl Loaded {
-    fn covers(&self, range: &KeyRange) -> bool {
-        if let Some(k) = as_point(range) {
-            if self.points.contains(k) {
-                return true;
-            }
+impl Miss {
+    /// The whole of `range`.
+    pub fn range(range: KeyRange) -> Miss {
+        Miss::Scan {
+            range,
+            reverse: false,
+            limit: usize::MAX,
         }
-        self.ranges.iter().any(|l| covers(l, range))
-    }
-
-    fn add(&mut self, range: KeyRange) {
-        if let Some(k) = as_point(&range) {
-            self.points.insert(k.to_vec());
-            return;
-        }
-        if self.ranges.iter().any(|l| covers(l, &range)) {
-            return;
-        }
-        self.ranges.retain(|l| !covers(&range, l));
-        self.ranges.push(range);
     }
 }
 
-/// The engine's key space in one IndexedDB object store, cached in memory by range.
+/// Counters of what the store did, for tests, profiles and the benchmark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdbStats {
+    /// Read transactions, and the requests and records they read.
+    pub load_transactions: u64,
+    pub load_requests: u64,
+    pub records_loaded: u64,
+    /// Point reads answered by the filter ("certainly absent"), with no load.
+    pub absent_by_filter: u64,
+    /// Write transactions, and those that failed.
+    pub flushes: u64,
+    pub failed_flushes: u64,
+    /// Evicted bytes, in all.
+    pub evicted_bytes: u64,
+    /// At open: opening (and upgrading) the database, then the one transaction that
+    /// claims it and reads the filter and the replica's own keys (ms).
+    pub open_db_ms: u64,
+    pub open_read_ms: u64,
+    /// Now: the cache's bytes and entries, its spans, writes not yet durable, the
+    /// filter's bytes.
+    pub cache_bytes: u64,
+    pub cache_entries: u64,
+    pub spans: u64,
+    pub unwritten: u64,
+    pub filter_bytes: u64,
+}
+
+/// A flush issued and not yet settled.
+struct InFlight {
+    id: u64,
+    /// The write generation it made durable (every write up to it, once it succeeds).
+    gen: u64,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    filter_records: Vec<(Vec<u8>, Vec<u8>)>,
+    done: Rc<RefCell<Option<Result<(), Error>>>>,
+    /// It found the database claimed by another page.
+    fenced: Rc<Cell<bool>>,
+    /// Fires when it completes (for [`IdbStore::flush`]).
+    finished: Option<oneshot::Receiver<()>>,
+}
+
+/// What [`IdbStore::settle_flushes`] found.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// Every write up to this generation is durable.
+    pub durable_gen: u64,
+    /// The first error of a failed flush (its writes are queued again).
+    pub error: Option<Error>,
+}
+
+/// The engine's key space in one IndexedDB object store, cached in memory. See the
+/// module documentation.
 pub struct IdbStore {
-    db: Database,
+    db: IdbDatabase,
     name: String,
-    cache: MemoryStore,
-    loaded: Loaded,
-    misses: RefCell<Vec<KeyRange>>,
-    /// The misses last handed out by [`IdbStore::take_misses`] and not loaded yet: the
-    /// next [`IdbStore::load`] reads them all in the same IndexedDB transaction, so a
-    /// query that missed 50 documents costs one transaction, not 50 in a row.
-    prefetch: RefCell<Vec<KeyRange>>,
-    /// Whether a load since the last [`IdbStore::take_changed`] found a value the cache
-    /// did not hold (a load that only confirms absences changes nothing read before).
-    changed: bool,
-    /// Writes not yet in IndexedDB, by key: a later write replaces an earlier one, so a
-    /// write taken back before it was flushed costs nothing.
-    pending: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// The leader epoch this store claimed ([`IdbStore::claim`]): every flush checks, in
-    /// its own transaction, that no other page has claimed the database since.
+    cache: BTreeMap<Vec<u8>, Vec<u8>>,
+    cache_bytes: usize,
+    cap: usize,
+    spans: RefCell<Spans>,
+    /// The clock of use: each operation starts a new tick.
+    tick: Cell<u64>,
+    /// Operations in progress, by their first tick: what they used is not evicted.
+    ops: RefCell<BTreeMap<u64, u32>>,
+    misses: RefCell<Vec<Miss>>,
+    filter: Filter,
+    /// Counts IndexedDB gave for ranges, kept up to date by writes whose effect on
+    /// them is known.
+    counts: RefCell<Vec<(KeyRange, u64)>>,
+    /// Writes not yet issued, by key: a later write replaces an earlier one.
+    dirty: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    in_flight: VecDeque<InFlight>,
+    next_flush: u64,
+    /// Generation of the last write (one per applied batch).
+    write_gen: u64,
+    durable_gen: u64,
+    /// Loads in flight, and the generation of keys written while any was.
+    loads_out: usize,
+    recent: HashMap<Vec<u8>, u64>,
+    /// The end of the last chunk a continuing scan loaded: `(boundary, reverse, size)`.
+    continuation: RefCell<Option<(Vec<u8>, bool, usize)>>,
+    /// Families (a collection's documents, an index) already considered for reading
+    /// ahead in this session.
+    readahead: HashSet<Vec<u8>>,
+    /// Called when a flush completes (the driver then settles it).
+    notify: Option<Rc<dyn Fn()>>,
+    /// The document an index entry names (the driver knows the indexes' fields).
+    doc_of: Option<DocOf>,
     epoch: Option<f64>,
-    /// A flush found the database claimed by another page: this store writes no more.
     fenced: bool,
+    stats: RefCell<IdbStats>,
 }
 
 /// Where the leader epoch lives: outside the engine's key spaces, read and written only
-/// by [`IdbStore::claim`] and [`IdbStore::flush`].
+/// by [`IdbStore::claim`] and each flush.
 const EPOCH_KEY: &[u8] = b"\xFFleader-epoch";
 
 fn epoch_of(v: &JsValue) -> f64 {
     v.as_f64().unwrap_or(0.0)
 }
 
+fn entry_bytes(k: &[u8], v: &[u8]) -> usize {
+    ENTRY_OVERHEAD + k.len() + v.len()
+}
+
+/// The keys two ranges share, if any.
+fn intersect(a: &KeyRange, b: &KeyRange) -> Option<KeyRange> {
+    let (sa, ea) = normalize(a)?;
+    let (sb, eb) = normalize(b)?;
+    let start = sa.max(sb);
+    let end = match (ea, eb) {
+        (End::Unbounded, e) | (e, End::Unbounded) => e,
+        (End::Before(x), End::Before(y)) => End::Before(x.min(y)),
+    };
+    if let End::Before(e) = &end {
+        if *e <= start {
+            return None;
+        }
+    }
+    Some(KeyRange {
+        start: Bound::Included(start),
+        end: end.bound(),
+    })
+}
+
 impl IdbStore {
-    /// Opens (creating or upgrading) the database `name`. Nothing is loaded yet.
+    /// Opens (creating or upgrading) the database `name` and loads its key filter.
+    /// Nothing else is loaded yet.
     pub async fn open(name: &str) -> Result<IdbStore, Error> {
-        let db = Database::open(name)
-            .with_version(migrations::VERSION)
-            .with_on_upgrade_needed(|ev, db| migrations::upgrade(ev.old_version() as u32, &db))
-            .await
-            .map_err(|e| Error::new(ErrorCode::Storage, format!("IndexedDB open {name}: {e}")))?;
-        Ok(IdbStore {
+        let db = Self::open_db(name).await?;
+        let filter = Self::read_filter(&db).await?;
+        Ok(Self::with(db, name, filter))
+    }
+
+    /// Opens the database `name`, claims it (see [`IdbStore::claim`]) and loads its key
+    /// filter and the ranges `preload`, all in one transaction (what a driver needs at
+    /// once, in one round trip). Over the origin's quota even the claim cannot be
+    /// written: then it opens without it (reads work; writes fail with QUOTA_EXCEEDED).
+    pub async fn open_claimed(name: &str, preload: &[KeyRange]) -> Result<IdbStore, Error> {
+        let t0 = js_sys::Date::now();
+        let db = Self::open_db(name).await?;
+        let t1 = js_sys::Date::now();
+        match Self::claim_and_read(&db, preload).await {
+            Ok((epoch, filter, entries)) => {
+                let t2 = js_sys::Date::now();
+                let mut store = Self::with(db, name, filter);
+                store.epoch = Some(epoch);
+                store.take_preloaded(preload, entries);
+                let mut st = store.stats.borrow_mut();
+                st.open_db_ms = (t1 - t0) as u64;
+                st.open_read_ms = (t2 - t1) as u64;
+                drop(st);
+                Ok(store)
+            }
+            Err(e) if e.code == ErrorCode::QuotaExceeded => {
+                let filter = Self::read_filter(&db).await?;
+                let mut store = Self::with(db, name, filter);
+                let misses = preload.iter().cloned().map(Miss::range).collect();
+                store.load_misses(misses).await?;
+                Ok(store)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The claim, the filter and the preloaded ranges, in one read-write transaction.
+    async fn claim_and_read(
+        db: &IdbDatabase,
+        preload: &[KeyRange],
+    ) -> Result<(f64, Filter, Vec<Vec<Entry>>), Error> {
+        let scope = Array::of2(&KV.into(), &META.into());
+        let tx = db
+            .transaction_with_str_sequence_and_mode(&scope, IdbTransactionMode::Readwrite)
+            .map_err(|e| js_err("open transaction", e))?;
+        let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
+        let meta = tx
+            .object_store(META)
+            .map_err(|e| js_err("object store", e))?;
+        let get_epoch = store
+            .get(&key(EPOCH_KEY))
+            .map_err(|e| js_err("read the epoch", e))?;
+        let filter_reqs = Self::filter_requests(&meta)?;
+        let mut ranges = Vec::with_capacity(preload.len());
+        for r in preload {
+            let q = idb_range(r)?;
+            ranges.push((
+                store
+                    .get_all_keys_with_key(&q)
+                    .map_err(|e| js_err("getAllKeys", e))?,
+                store
+                    .get_all_with_key(&q)
+                    .map_err(|e| js_err("getAll", e))?,
+            ));
+        }
+        // Its answer comes first; the other requests keep the transaction open.
+        let epoch = epoch_of(
+            &request(&get_epoch)
+                .await
+                .map_err(|e| js_err("read the epoch", e))?,
+        ) + 1.0;
+        store
+            .put_with_key(&JsValue::from_f64(epoch), &key(EPOCH_KEY))
+            .map_err(|e| js_err("write the epoch", e))?;
+        let filter = Self::filter_from(filter_reqs).await?;
+        let mut entries = Vec::with_capacity(ranges.len());
+        for (keys, values) in ranges {
+            let keys: Array = request(&keys)
+                .await
+                .map_err(|e| js_err("getAllKeys", e))?
+                .unchecked_into();
+            let values: Array = request(&values)
+                .await
+                .map_err(|e| js_err("getAll", e))?
+                .unchecked_into();
+            entries.push(
+                (0..keys.length().min(values.length()))
+                    .map(|i| (bytes_of(&keys.get(i)), bytes_of(&values.get(i))))
+                    .collect(),
+            );
+        }
+        complete(&tx).await.map_err(|e| js_err("open", e))?;
+        Ok((epoch, filter, entries))
+    }
+
+    /// Takes whole ranges read at open into the cache.
+    fn take_preloaded(&mut self, ranges: &[KeyRange], entries: Vec<Vec<Entry>>) {
+        for (r, es) in ranges.iter().zip(entries) {
+            for (k, v) in es {
+                self.cache_put(k, v);
+            }
+            self.spans.borrow_mut().add(r, 0);
+        }
+    }
+
+    async fn open_db(name: &str) -> Result<IdbDatabase, Error> {
+        let req: IdbOpenDbRequest = factory()?
+            .open_with_u32(name, migrations::VERSION)
+            .map_err(|e| js_err("open", e))?;
+        let failed: Rc<RefCell<Option<String>>> = Rc::default();
+        let upgrade = {
+            let req = req.clone();
+            let failed = failed.clone();
+            Closure::once(move |ev: web_sys::IdbVersionChangeEvent| {
+                let (Ok(db), Some(tx)) = (req.result(), req.transaction()) else {
+                    *failed.borrow_mut() = Some("no upgrade transaction".into());
+                    return;
+                };
+                if let Err(e) =
+                    migrations::upgrade(ev.old_version() as u32, &db.unchecked_into(), &tx)
+                {
+                    *failed.borrow_mut() = Some(format!("{e:?}"));
+                    let _ = tx.abort();
+                }
+            })
+        };
+        req.set_onupgradeneeded(Some(upgrade.as_ref().unchecked_ref()));
+        let opened = request(&req).await;
+        req.set_onupgradeneeded(None);
+        drop(upgrade);
+        if let Some(why) = failed.borrow_mut().take() {
+            return Err(Error::new(
+                ErrorCode::Storage,
+                format!("IndexedDB upgrade of {name}: {why}"),
+            ));
+        }
+        let db: IdbDatabase = opened
+            .map_err(|e| js_err(&format!("open {name}"), e))?
+            .unchecked_into();
+        // Another page upgrading or deleting the database (a newer version of the app,
+        // a sign-out) asks this connection to close: let it, rather than block it (this
+        // store's writes then fail with STORAGE_ERROR).
+        {
+            let db2 = db.clone();
+            let close =
+                Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| db2.close());
+            db.set_onversionchange(Some(close.as_ref().unchecked_ref()));
+            // Lives as long as the page: one per database opened.
+            close.forget();
+        }
+        Ok(db)
+    }
+
+    fn with(db: IdbDatabase, name: &str, filter: Filter) -> IdbStore {
+        // The filter holds every key written but those of the pinned spaces: with it
+        // empty, nothing outside them was ever written, and the empty cache holds all
+        // of that, exactly (every read until the cap is reached is answered here). The
+        // pinned spaces (an outbox written offline, say) are read as always.
+        let mut spans = Spans::default();
+        if filter.is_empty() {
+            for r in unpinned() {
+                spans.add(&r, 0);
+            }
+        }
+        IdbStore {
             db,
             name: name.to_owned(),
-            cache: MemoryStore::new(),
-            loaded: Loaded::default(),
+            cache: BTreeMap::new(),
+            cache_bytes: 0,
+            cap: DEFAULT_CACHE_BYTES,
+            spans: RefCell::new(spans),
+            tick: Cell::new(1),
+            ops: RefCell::new(BTreeMap::new()),
             misses: RefCell::new(Vec::new()),
-            prefetch: RefCell::new(Vec::new()),
-            changed: false,
-            pending: Default::default(),
+            filter,
+            counts: RefCell::new(Vec::new()),
+            dirty: BTreeMap::new(),
+            in_flight: VecDeque::new(),
+            next_flush: 1,
+            write_gen: 0,
+            durable_gen: 0,
+            loads_out: 0,
+            recent: HashMap::new(),
+            continuation: RefCell::new(None),
+            readahead: HashSet::new(),
+            notify: None,
+            doc_of: None,
             epoch: None,
             fenced: false,
-        })
+            stats: RefCell::new(IdbStats::default()),
+        }
+    }
+
+    async fn read_filter(db: &IdbDatabase) -> Result<Filter, Error> {
+        let tx = db
+            .transaction_with_str(META)
+            .map_err(|e| js_err("read transaction", e))?;
+        let store = tx
+            .object_store(META)
+            .map_err(|e| js_err("object store", e))?;
+        Self::filter_from(Self::filter_requests(&store)?).await
+    }
+
+    /// The requests that read the filter: its meta record, its pages' keys and values.
+    fn filter_requests(
+        store: &web_sys::IdbObjectStore,
+    ) -> Result<(IdbRequest, IdbRequest, IdbRequest), Error> {
+        let meta = store
+            .get(&key(filter::META_KEY))
+            .map_err(|e| js_err("get", e))?;
+        let range = idb_range(&KeyRange::prefix(filter::PAGE_PREFIX))?;
+        let keys = store
+            .get_all_keys_with_key(&range)
+            .map_err(|e| js_err("getAllKeys", e))?;
+        let values = store
+            .get_all_with_key(&range)
+            .map_err(|e| js_err("getAll", e))?;
+        Ok((meta, keys, values))
+    }
+
+    async fn filter_from(reqs: (IdbRequest, IdbRequest, IdbRequest)) -> Result<Filter, Error> {
+        let (meta, keys, values) = reqs;
+        let meta = request(&meta).await.map_err(|e| js_err("get", e))?;
+        let keys: Array = request(&keys)
+            .await
+            .map_err(|e| js_err("getAllKeys", e))?
+            .unchecked_into();
+        let values: Array = request(&values)
+            .await
+            .map_err(|e| js_err("getAll", e))?
+            .unchecked_into();
+        if meta.is_undefined() {
+            return Err(Error::new(
+                ErrorCode::Corrupt,
+                "the database has no key filter (it was not made by this version)",
+            ));
+        }
+        let meta = Uint8Array::new(&meta).to_vec();
+        let pages: Vec<(Vec<u8>, Vec<u8>)> = (0..keys.length())
+            .map(|i| {
+                (
+                    Uint8Array::new(&keys.get(i)).to_vec(),
+                    Uint8Array::new(&values.get(i)).to_vec(),
+                )
+            })
+            .collect();
+        Filter::decode(
+            &meta,
+            pages.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+        )
+        .map_err(|e| Error::new(ErrorCode::Corrupt, format!("the key filter: {}", e.0)))
+    }
+
+    /// Sets the cache's byte cap.
+    pub fn set_cache_bytes(&mut self, cap: usize) {
+        self.cap = cap.max(1 << 20);
+    }
+
+    /// Sets how to find the document an index entry names: a limited scan of an index
+    /// (`take(n)`) then loads the documents of the entries it reads in the same
+    /// transaction, and the query runs once more instead of twice.
+    pub fn set_doc_of(&mut self, f: DocOf) {
+        self.doc_of = Some(f);
+    }
+
+    /// Sets what to call when a flush completes (the driver then calls
+    /// [`IdbStore::settle_flushes`]).
+    pub fn set_notify(&mut self, f: Rc<dyn Fn()>) {
+        self.notify = Some(f);
     }
 
     /// Claims the database for this page (the tab that leads for all tabs of an
@@ -289,7 +604,6 @@ impl IdbStore {
     pub async fn claim(&mut self) -> Result<f64, Error> {
         let tx = self
             .db
-            .as_sys()
             .transaction_with_str_and_mode(KV, IdbTransactionMode::Readwrite)
             .map_err(|e| js_err("claim transaction", e))?;
         let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
@@ -297,7 +611,7 @@ impl IdbStore {
             .get(&key(EPOCH_KEY))
             .map_err(|e| js_err("read the epoch", e))?;
         let now = epoch_of(
-            &request(get)
+            &request(&get)
                 .await
                 .map_err(|e| js_err("read the epoch", e))?,
         ) + 1.0;
@@ -316,15 +630,10 @@ impl IdbStore {
 
     /// Deletes the database `name` (for tests and "sign out").
     pub async fn delete(name: &str) -> Result<(), Error> {
-        let factory = web_sys::window()
-            .and_then(|w| w.indexed_db().ok().flatten())
-            .ok_or_else(|| Error::new(ErrorCode::Storage, "IndexedDB is not available"))?;
-        let req = factory
+        let req = factory()?
             .delete_database(name)
             .map_err(|e| js_err("delete", e))?;
-        request(req.unchecked_into())
-            .await
-            .map_err(|e| js_err("delete", e))?;
+        request(&req).await.map_err(|e| js_err("delete", e))?;
         Ok(())
     }
 
@@ -334,94 +643,866 @@ impl IdbStore {
 
     /// Closes the connection (so the database can be deleted or upgraded).
     pub fn close(self) {
-        self.db.as_sys().close();
+        self.db.close();
     }
 
-    /// The reads since the last call that fell outside what is loaded (each once). A
-    /// run with misses must be repeated after [`IdbStore::load`]ing them; the first
-    /// `load` after this call loads them all at once.
-    pub fn take_misses(&self) -> Vec<KeyRange> {
-        let mut misses = std::mem::take(&mut *self.misses.borrow_mut());
-        let mut seen = HashSet::new();
-        misses.retain(|m| seen.insert((m.start.clone(), m.end.clone())));
-        *self.prefetch.borrow_mut() = misses.clone();
-        misses
-    }
-
-    /// Whether a load since the last call brought in anything the cache did not hold.
-    /// When not, whatever ran on the cache before the load saw the same data (every
-    /// miss was a key IndexedDB does not have either, such as a new document's id), so
-    /// a view built then needs no rebuilding.
-    pub fn take_changed(&mut self) -> bool {
-        std::mem::take(&mut self.changed)
-    }
-
-    fn is_loaded(&self, range: &KeyRange) -> bool {
-        self.loaded.covers(range)
-    }
-
-    fn check(&self, range: KeyRange) {
-        if !self.is_loaded(&range) {
-            self.misses.borrow_mut().push(range);
+    /// What the store did so far, and holds now.
+    pub fn stats(&self) -> IdbStats {
+        IdbStats {
+            cache_bytes: self.cache_bytes as u64,
+            cache_entries: self.cache.len() as u64,
+            spans: self.spans.borrow().len() as u64,
+            unwritten: (self.dirty.len()
+                + self.in_flight.iter().map(|f| f.writes.len()).sum::<usize>())
+                as u64,
+            filter_bytes: self.filter.bytes() as u64,
+            ..*self.stats.borrow()
         }
     }
 
-    /// Loads a key range from IndexedDB into the cache (first writing what is queued, so
-    /// nothing newer is overwritten by something older), together with the misses last
-    /// taken that are still not loaded, all in one read transaction: every request is
-    /// issued before any is awaited.
-    pub async fn load(&mut self, range: &KeyRange) -> Result<(), Error> {
-        if self.is_loaded(range) {
-            return Ok(());
-        }
-        self.flush().await?;
-        let mut ranges = vec![range.clone()];
-        for m in std::mem::take(&mut *self.prefetch.borrow_mut()) {
-            if !self.is_loaded(&m) && !ranges.contains(&m) {
-                ranges.push(m);
+    // ----- operations and eviction -----
+
+    /// Starts an operation (a query, a write, a frame): what it uses from now on is not
+    /// evicted until [`IdbStore::end_op`].
+    pub fn begin_op(&self) -> u64 {
+        let t = self.tick.get() + 1;
+        self.tick.set(t);
+        *self.ops.borrow_mut().entry(t).or_insert(0) += 1;
+        t
+    }
+
+    /// Ends an operation; evicts if the cache is over its cap.
+    pub fn end_op(&mut self, op: u64) {
+        {
+            let mut ops = self.ops.borrow_mut();
+            if let Some(n) = ops.get_mut(&op) {
+                *n -= 1;
+                if *n == 0 {
+                    ops.remove(&op);
+                }
             }
+        }
+        self.evict_if_needed();
+    }
+
+    /// Evicts the spans used least recently until the cache is under three quarters of
+    /// its cap. Never evicted: writes not yet durable, the pinned spaces, and anything
+    /// an operation in progress has used.
+    pub fn evict_if_needed(&mut self) {
+        if self.cache_bytes <= self.cap {
+            return;
+        }
+        let target = self.cap / 4 * 3;
+        let protect = self
+            .ops
+            .borrow()
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.tick.get() + 1);
+        let candidates = self.spans.borrow().unused_since(protect);
+        let now = self.tick.get();
+        for (range, _) in candidates {
+            if self.cache_bytes <= target {
+                break;
+            }
+            self.spans.borrow_mut().remove(&range);
+            // The pinned spaces in it stay held (they are small and always needed).
+            for space in PINNED {
+                let p = KeyRange::prefix(&[*space]);
+                if let Some(part) = intersect(&range, &p) {
+                    self.spans.borrow_mut().add(&part, now);
+                }
+            }
+            let keys: Vec<Vec<u8>> = self
+                .cache_range(&range, false, usize::MAX)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            for k in keys {
+                if self.unwritten(&k) || k.first().is_some_and(|b| PINNED.contains(b)) {
+                    // Not durable yet: the cache is where it is; it stays held.
+                    self.spans.borrow_mut().add_point(&k, now);
+                    continue;
+                }
+                if let Some(v) = self.cache.remove(&k) {
+                    let b = entry_bytes(&k, &v);
+                    self.cache_bytes -= b;
+                    self.stats.borrow_mut().evicted_bytes += b as u64;
+                }
+            }
+        }
+    }
+
+    fn unwritten(&self, k: &[u8]) -> bool {
+        self.dirty.contains_key(k) || self.in_flight.iter().any(|f| f.writes.contains_key(k))
+    }
+
+    // ----- reads the cache answers -----
+
+    fn cache_range(&self, r: &KeyRange, reverse: bool, limit: usize) -> Vec<Entry> {
+        if r.is_empty() || limit == 0 {
+            return Vec::new();
+        }
+        let it = self
+            .cache
+            .range::<[u8], _>((as_ref(&r.start), as_ref(&r.end)));
+        let clone = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
+        if reverse {
+            it.rev().take(limit).map(clone).collect()
+        } else {
+            it.take(limit).map(clone).collect()
+        }
+    }
+
+    fn miss(&self, m: Miss) {
+        self.misses.borrow_mut().push(m);
+    }
+
+    /// The reads since the last call that fell outside what is loaded, each once (a
+    /// scan's several limits as the largest). A run with misses must be repeated after
+    /// they are loaded.
+    pub fn take_misses(&self) -> Vec<Miss> {
+        let all = std::mem::take(&mut *self.misses.borrow_mut());
+        let mut out: Vec<Miss> = Vec::with_capacity(all.len());
+        let mut points = BTreeSet::new();
+        for m in all {
+            match &m {
+                Miss::Point(k) => {
+                    if points.insert(k.clone()) {
+                        out.push(m);
+                    }
+                }
+                Miss::Scan {
+                    range,
+                    reverse,
+                    limit,
+                } => {
+                    if let Some(Miss::Scan { limit: l, .. }) = out.iter_mut().find(|o| {
+                        matches!(o, Miss::Scan { range: r, reverse: v, .. } if r == range && v == reverse)
+                    }) {
+                        *l = (*l).max(*limit);
+                    } else {
+                        out.push(m);
+                    }
+                }
+                Miss::Count(_) => {
+                    if !out.contains(&m) {
+                        out.push(m);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    // ----- loading -----
+
+    /// Issues the loads of `misses` in one read transaction (first issuing what is
+    /// queued to be written, so that the read sees it). Returns at once; await
+    /// [`LoadJob::wait`], then hand its result to [`IdbStore::finish_load`].
+    pub fn begin_load(&mut self, misses: Vec<Miss>) -> Result<LoadJob, Error> {
+        if !self.dirty.is_empty() {
+            self.begin_flush()?;
         }
         let tx = self
             .db
-            .as_sys()
             .transaction_with_str(KV)
             .map_err(|e| js_err("read transaction", e))?;
         let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
-        enum Pending {
-            Point(Vec<u8>, IdbRequest),
-            Range(IdbRequest, IdbRequest),
-        }
-        let mut pending = Vec::with_capacity(ranges.len());
-        for r in &ranges {
-            if let Some(k) = as_point(r) {
-                let req = store.get(&key(k)).map_err(|e| js_err("get", e))?;
-                pending.push(Pending::Point(k.to_vec(), req));
-                continue;
-            }
-            let (keys, values) = match idb_range(r)? {
-                Some(r) => (store.get_all_keys_with_key(&r), store.get_all_with_key(&r)),
-                None => (store.get_all_keys(), store.get_all()),
+        let mut reqs = Vec::with_capacity(misses.len());
+        let mut families = Vec::new();
+        for m in misses {
+            let now = self.tick.get();
+            // Read ahead: the first miss in a collection's documents or an index (an
+            // unbounded scan or a point; a limited scan loads what it asks for) also
+            // counts the whole of it, and when it is small beside the cache's cap, the
+            // same transaction loads all of it. After a reopen, the reads that follow
+            // then find everything loaded, in one round trip instead of one per read.
+            let family = match &m {
+                Miss::Point(k) => family_of(k),
+                Miss::Scan { range, limit, .. } if *limit >= LIMITED => match &range.start {
+                    Bound::Included(k) | Bound::Excluded(k) => family_of(k)
+                        .filter(|f| KeyRange::prefix(f).contains(k) && range_within(range, f)),
+                    Bound::Unbounded => None,
+                },
+                _ => None,
             };
-            pending.push(Pending::Range(
-                keys.map_err(|e| js_err("getAllKeys", e))?,
-                values.map_err(|e| js_err("getAll", e))?,
-            ));
-        }
-        let mut batch = Batch::new();
-        for p in pending {
-            match p {
-                Pending::Point(k, req) => {
-                    let v = request(req).await.map_err(|e| js_err("get", e))?;
-                    if !v.is_undefined() {
-                        batch.put(k, Uint8Array::new(&v).to_vec());
+            if let Some(f) = family {
+                if !self.readahead.contains(&f)
+                    && !self.spans.borrow_mut().covers(&KeyRange::prefix(&f), now)
+                {
+                    self.readahead.insert(f.clone());
+                    families.push(f);
+                }
+            }
+            match m {
+                Miss::Point(k) => {
+                    if self.spans.borrow_mut().holds(&k, now) {
+                        continue;
+                    }
+                    let r = store.get(&key(&k)).map_err(|e| js_err("get", e))?;
+                    reqs.push(Req::Point(k, r));
+                }
+                Miss::Count(range) => {
+                    let r = store
+                        .count_with_key(&idb_range(&range)?)
+                        .map_err(|e| js_err("count", e))?;
+                    reqs.push(Req::Count(range, r));
+                }
+                Miss::Scan {
+                    range,
+                    reverse,
+                    limit,
+                } => {
+                    if range.is_empty() || self.spans.borrow_mut().covers(&range, now) {
+                        continue;
+                    }
+                    let n = self.chunk(&range, reverse, limit);
+                    let q = idb_range(&range)?;
+                    if n == usize::MAX {
+                        let keys = store.get_all_keys_with_key(&q);
+                        let values = store.get_all_with_key(&q);
+                        reqs.push(Req::All {
+                            range,
+                            limit: n,
+                            keys: keys.map_err(|e| js_err("getAllKeys", e))?,
+                            values: values.map_err(|e| js_err("getAll", e))?,
+                            docs: false,
+                        });
+                    } else if !reverse {
+                        let keys = store.get_all_keys_with_key_and_limit(&q, n as u32);
+                        let values = store.get_all_with_key_and_limit(&q, n as u32);
+                        // A limited scan of an index: its documents come along.
+                        let docs = n < LIMITED
+                            && matches!(&range.start, Bound::Included(k) | Bound::Excluded(k) if k.first() == Some(&b'I'));
+                        reqs.push(Req::All {
+                            range,
+                            limit: n,
+                            keys: keys.map_err(|e| js_err("getAllKeys", e))?,
+                            values: values.map_err(|e| js_err("getAll", e))?,
+                            docs,
+                        });
+                    } else {
+                        let cursor = store
+                            .open_cursor_with_range_and_direction(&q, IdbCursorDirection::Prev)
+                            .map_err(|e| js_err("openCursor", e))?;
+                        reqs.push(Req::Prev {
+                            range,
+                            limit: n,
+                            cursor,
+                        });
                     }
                 }
-                Pending::Range(keys, values) => {
-                    let keys: Array = request(keys)
+            }
+        }
+        for f in families {
+            let range = KeyRange::prefix(&f);
+            let count = store
+                .count_with_key(&idb_range(&range)?)
+                .map_err(|e| js_err("count", e))?;
+            reqs.push(Req::Ahead { range, count });
+        }
+        self.loads_out += 1;
+        let mut s = self.stats.borrow_mut();
+        s.load_transactions += 1;
+        s.load_requests += reqs.len() as u64;
+        Ok(LoadJob {
+            store,
+            _tx: tx,
+            reqs,
+            gen0: self.write_gen,
+            ahead_max: (self.cap / READAHEAD_ENTRY_BYTES) as u64,
+            doc_of: self.doc_of.clone(),
+        })
+    }
+
+    /// How many entries to load for a scan miss that asked for `limit`.
+    fn chunk(&self, range: &KeyRange, reverse: bool, limit: usize) -> usize {
+        if limit == usize::MAX {
+            return limit;
+        }
+        if limit < LIMITED {
+            return limit;
+        }
+        let mut n = limit.max(FIRST_CHUNK);
+        if let Some((boundary, rev, last)) = &*self.continuation.borrow() {
+            let at = normalize(range).map(|(s, e)| {
+                if reverse {
+                    match e {
+                        End::Before(e) => e,
+                        End::Unbounded => Vec::new(),
+                    }
+                } else {
+                    s
+                }
+            });
+            if *rev == reverse && at.as_ref() == Some(boundary) {
+                n = n.max(last.saturating_mul(GROWTH));
+            }
+        }
+        n.min(MAX_CHUNK)
+    }
+
+    /// Takes a load's results into the cache: each key the cache does not hold newer
+    /// (written since the load was issued, or not yet durable) takes IndexedDB's value,
+    /// and what was read becomes held. Returns the ranges that gained data: a run that
+    /// missed reads them differently now (none: every miss was an absence, and the run
+    /// saw the data as it is).
+    pub fn finish_load(&mut self, done: Loaded) -> Result<Vec<KeyRange>, Error> {
+        self.loads_out = self.loads_out.saturating_sub(1);
+        let result = self.take_loaded(done);
+        if self.loads_out == 0 {
+            self.recent.clear();
+        }
+        result
+    }
+
+    fn newer(&self, k: &[u8], gen0: u64) -> bool {
+        self.dirty.contains_key(k) || self.recent.get(k).is_some_and(|g| *g > gen0)
+    }
+
+    fn take_loaded(&mut self, done: Loaded) -> Result<Vec<KeyRange>, Error> {
+        let data = done.data?;
+        let gen0 = done.gen0;
+        let now = self.tick.get();
+        let mut gained = Vec::new();
+        let mut records = 0u64;
+        for (k, v) in data.points {
+            records += 1;
+            if !self.newer(&k, gen0) {
+                if let Some(v) = v {
+                    if self.cache.get(&k) != Some(&v) {
+                        gained.push(KeyRange::point(&k));
+                    }
+                    self.cache_put(k.clone(), v);
+                }
+            }
+            self.spans.borrow_mut().add_point(&k, now);
+        }
+        for chunk in data.scans {
+            records += chunk.entries.len() as u64;
+            // What the chunk speaks for: the whole range if it is short, else up to
+            // (back to) its last key.
+            let covered = match chunk.entries.last() {
+                Some((last, _)) if chunk.entries.len() >= chunk.limit => {
+                    let b = if chunk.reverse {
+                        KeyRange {
+                            start: Bound::Included(last.clone()),
+                            end: chunk.range.end.clone(),
+                        }
+                    } else {
+                        KeyRange {
+                            start: chunk.range.start.clone(),
+                            end: Bound::Included(last.clone()),
+                        }
+                    };
+                    let boundary = if chunk.reverse {
+                        last.clone()
+                    } else {
+                        successor(last)
+                    };
+                    *self.continuation.borrow_mut() = Some((boundary, chunk.reverse, chunk.limit));
+                    b
+                }
+                _ => chunk.range.clone(),
+            };
+            // Keys held in the range but not in IndexedDB (none, unless newer here).
+            let stale: Vec<Vec<u8>> = self
+                .cache_range(&covered, false, usize::MAX)
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| !self.newer(k, gen0))
+                .collect();
+            let read: BTreeSet<&Vec<u8>> = chunk.entries.iter().map(|(k, _)| k).collect();
+            for k in stale {
+                if !read.contains(&k) {
+                    self.cache_remove(&k);
+                }
+            }
+            if !chunk.entries.is_empty() {
+                gained.push(covered.clone());
+            }
+            for (k, v) in chunk.entries {
+                if !self.newer(&k, gen0) {
+                    self.cache_put(k, v);
+                }
+            }
+            self.spans.borrow_mut().add(&covered, now);
+        }
+        for (range, n) in data.counts {
+            records += 1;
+            let written_since = self.dirty.keys().any(|k| range.contains(k))
+                || self
+                    .recent
+                    .iter()
+                    .any(|(k, g)| *g > gen0 && range.contains(k));
+            if !written_since {
+                let mut counts = self.counts.borrow_mut();
+                counts.retain(|(r, _)| *r != range);
+                if counts.len() < MAX_COUNTS {
+                    counts.push((range.clone(), n));
+                }
+            }
+            gained.push(range);
+        }
+        self.stats.borrow_mut().records_loaded += records;
+        Ok(gained)
+    }
+
+    fn cache_put(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        let add = entry_bytes(&k, &v);
+        let klen = k.len();
+        if let Some(old) = self.cache.insert(k, v) {
+            self.cache_bytes -= ENTRY_OVERHEAD + klen + old.len();
+        }
+        self.cache_bytes += add;
+    }
+
+    fn cache_remove(&mut self, k: &[u8]) {
+        if let Some(v) = self.cache.remove(k) {
+            self.cache_bytes -= entry_bytes(k, &v);
+        }
+    }
+
+    /// Loads `misses` and takes them in (for tests and simple drivers).
+    pub async fn load_misses(&mut self, misses: Vec<Miss>) -> Result<Vec<KeyRange>, Error> {
+        let job = self.begin_load(misses)?;
+        let done = job.wait().await;
+        self.finish_load(done)
+    }
+
+    /// Loads a key range whole.
+    pub async fn load(&mut self, range: &KeyRange) -> Result<(), Error> {
+        self.load_misses(vec![Miss::range(range.clone())]).await?;
+        Ok(())
+    }
+
+    /// Loads everything.
+    pub async fn load_all(&mut self) -> Result<(), Error> {
+        self.load(&KeyRange::all()).await
+    }
+
+    // ----- writing -----
+
+    /// Whether writes are not yet durable.
+    pub fn has_unflushed(&self) -> bool {
+        !self.dirty.is_empty() || !self.in_flight.is_empty()
+    }
+
+    /// Whether writes wait to be issued.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Whether a flush is issued and not settled.
+    pub fn has_in_flight(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
+    /// Closes the connection once its transactions are done (the store writes no more).
+    pub fn close_db(&self) {
+        self.db.close();
+    }
+
+    /// The generation of the last write: once [`Settled::durable_gen`] reaches it,
+    /// every write made so far is durable.
+    pub fn write_gen(&self) -> u64 {
+        self.write_gen
+    }
+
+    /// The generation up to which every write is durable.
+    pub fn durable_gen(&self) -> u64 {
+        if self.dirty.is_empty() && self.in_flight.is_empty() {
+            self.write_gen
+        } else {
+            self.durable_gen
+        }
+    }
+
+    /// Issues everything queued as one read-write transaction, and returns at once
+    /// (nothing when nothing is queued). The completion calls the notifier; then
+    /// [`IdbStore::settle_flushes`].
+    pub fn begin_flush(&mut self) -> Result<(), Error> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        if self.fenced {
+            return Err(fenced());
+        }
+        // The key filter takes every key written to IndexedDB but those of the pinned
+        // spaces (always loaded at open: the filter is never asked about them).
+        for (k, v) in &self.dirty {
+            if v.is_some() && !k.first().is_some_and(|b| PINNED.contains(b)) {
+                self.filter.insert(k);
+            }
+        }
+        let filter_records = self.filter.take_dirty();
+        let scope = if filter_records.is_empty() {
+            Array::of1(&KV.into())
+        } else {
+            Array::of2(&KV.into(), &META.into())
+        };
+        let tx = self
+            .db
+            .transaction_with_str_sequence_and_mode(&scope, IdbTransactionMode::Readwrite)
+            .map_err(|e| js_err("write transaction", e))?;
+        let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
+        let meta = if filter_records.is_empty() {
+            None
+        } else {
+            Some(
+                tx.object_store(META)
+                    .map_err(|e| js_err("object store", e))?,
+            )
+        };
+        // The epoch is read in this same transaction: IndexedDB runs read-write
+        // transactions on a store one at a time, so no claim can slip in between.
+        let epoch = match self.epoch {
+            Some(_) => Some(
+                store
+                    .get(&key(EPOCH_KEY))
+                    .map_err(|e| js_err("read the epoch", e))?,
+            ),
+            None => None,
+        };
+        let writes = std::mem::take(&mut self.dirty);
+        // Every request is issued now. The epoch's answer comes first (requests of a
+        // transaction complete in order), and the transaction cannot commit before
+        // the writes after it complete: a changed epoch aborts it in time, and nothing
+        // of it is kept.
+        let issued = (|| -> Result<(), JsValue> {
+            for (k, v) in &writes {
+                match v {
+                    Some(v) => store.put_with_key(&key(v), &key(k)).map(|_| ())?,
+                    None => store.delete(&key(k)).map(|_| ())?,
+                }
+            }
+            if let Some(meta) = &meta {
+                for (k, v) in &filter_records {
+                    meta.put_with_key(&key(v), &key(k))?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = issued {
+            let _ = tx.abort();
+            self.dirty = writes;
+            self.filter.redirty(&filter_records);
+            return Err(js_err("write", e));
+        }
+        if epoch.is_none() {
+            // Nothing to check: commit now rather than when the event loop turns (a
+            // page being closed gets its writes out sooner).
+            #[allow(deprecated)]
+            let _ = tx.commit();
+        }
+        let id = self.next_flush;
+        self.next_flush += 1;
+        let done: Rc<RefCell<Option<Result<(), Error>>>> = Rc::default();
+        let (tx_done, rx_done) = oneshot::channel();
+        let mine = self.epoch;
+        let was_fenced: Rc<Cell<bool>> = Rc::default();
+        {
+            let done = done.clone();
+            let notify = self.notify.clone();
+            let was_fenced = was_fenced.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                if let (Some(get), Some(mine)) = (epoch, mine) {
+                    match request(&get).await {
+                        Ok(v) if epoch_of(&v) == mine => {}
+                        _ => {
+                            was_fenced.set(true);
+                            let _ = tx.abort();
+                        }
+                    }
+                }
+                let r = complete(&tx).await.map_err(|e| js_err("commit", e));
+                *done.borrow_mut() = Some(if was_fenced.get() { Err(fenced()) } else { r });
+                let _ = tx_done.send(());
+                if let Some(f) = notify {
+                    f();
+                }
+            });
+        }
+        self.in_flight.push_back(InFlight {
+            id,
+            gen: self.write_gen,
+            writes,
+            filter_records,
+            done,
+            fenced: was_fenced,
+            finished: Some(rx_done),
+        });
+        self.stats.borrow_mut().flushes += 1;
+        Ok(())
+    }
+
+    /// Takes in the flushes that completed, oldest first: a success makes its writes
+    /// durable; a failure puts them back in the queue (unless written again since) and
+    /// is reported. A fenced store writes no more.
+    pub fn settle_flushes(&mut self) -> Settled {
+        let mut out = Settled {
+            durable_gen: self.durable_gen,
+            error: None,
+        };
+        while let Some(f) = self.in_flight.front() {
+            let Some(r) = f.done.borrow_mut().take() else {
+                break;
+            };
+            let f = self.in_flight.pop_front().expect("front");
+            match r {
+                Ok(()) => {
+                    self.durable_gen = self.durable_gen.max(f.gen);
+                }
+                Err(e) => {
+                    if f.fenced.get() {
+                        self.fenced = true;
+                    }
+                    self.stats.borrow_mut().failed_flushes += 1;
+                    for (k, v) in f.writes {
+                        let later = self.in_flight.iter().any(|g| g.writes.contains_key(&k));
+                        if !later {
+                            self.dirty.entry(k).or_insert(v);
+                        }
+                    }
+                    self.filter.redirty(&f.filter_records);
+                    // IndexedDB lacks what the cache holds: counts read since are off.
+                    self.counts.borrow_mut().clear();
+                    out.error.get_or_insert(e);
+                }
+            }
+            let _ = f.id;
+        }
+        out.durable_gen = self.durable_gen();
+        out
+    }
+
+    /// Writes everything queued and waits until it (and every flush before it) is
+    /// settled; `Ok` when all of it is durable.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        self.begin_flush()?;
+        let waits: Vec<oneshot::Receiver<()>> = self
+            .in_flight
+            .iter_mut()
+            .filter_map(|f| f.finished.take())
+            .collect();
+        for w in waits {
+            let _ = w.await;
+        }
+        match self.settle_flushes().error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every cached entry (for tests).
+    pub fn cached(&self) -> Vec<Entry> {
+        self.cache
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Keeps the cached counts right after a write of `k`: when whether `k` was there
+    /// before is known, the counts of ranges holding it move by one; otherwise they
+    /// are dropped.
+    fn recount(&self, k: &[u8], before: Option<bool>, after: bool) {
+        let mut counts = self.counts.borrow_mut();
+        if counts.is_empty() {
+            return;
+        }
+        counts.retain_mut(|(r, n)| {
+            if !r.contains(k) {
+                return true;
+            }
+            match before {
+                Some(b) if b == after => true,
+                Some(false) => {
+                    *n += 1;
+                    true
+                }
+                Some(true) => {
+                    *n = n.saturating_sub(1);
+                    true
+                }
+                None => false,
+            }
+        });
+    }
+}
+
+/// Every key outside the pinned spaces, as ranges in order.
+fn unpinned() -> Vec<KeyRange> {
+    let mut pinned = PINNED.to_vec();
+    pinned.sort_unstable();
+    let mut out = Vec::with_capacity(pinned.len() + 1);
+    let mut start = Bound::Unbounded;
+    for p in pinned {
+        out.push(KeyRange {
+            start,
+            end: Bound::Excluded(vec![p]),
+        });
+        start = Bound::Included(vec![p + 1]);
+    }
+    out.push(KeyRange {
+        start,
+        end: Bound::Unbounded,
+    });
+    out
+}
+
+/// The family a key belongs to, for reading ahead: a document's collection (`D coll`)
+/// or an index entry's index (`I coll index`); `None` for other keys.
+fn family_of(k: &[u8]) -> Option<Vec<u8>> {
+    let components = match k.first()? {
+        b'D' => 1,
+        b'I' => 2,
+        _ => return None,
+    };
+    let mut pos = 1;
+    for _ in 0..components {
+        warren_core::keys::read_str(k, &mut pos).ok()?;
+    }
+    Some(k[..pos].to_vec())
+}
+
+/// Whether every key of `r` starts with `prefix`.
+fn range_within(r: &KeyRange, prefix: &[u8]) -> bool {
+    let p = KeyRange::prefix(prefix);
+    let start_in = match &r.start {
+        Bound::Included(s) | Bound::Excluded(s) => s.starts_with(prefix),
+        Bound::Unbounded => false,
+    };
+    let end_in = match (&r.end, &p.end) {
+        (Bound::Unbounded, _) => false,
+        (Bound::Included(e), _) => e.starts_with(prefix),
+        (Bound::Excluded(e), Bound::Excluded(pe)) => e.starts_with(prefix) || e == pe,
+        (Bound::Excluded(e), _) => e.starts_with(prefix),
+    };
+    start_in && end_in
+}
+
+fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+enum Req {
+    /// A family's count; the family itself, if it is small enough.
+    Ahead {
+        range: KeyRange,
+        count: IdbRequest,
+    },
+    Point(Vec<u8>, IdbRequest),
+    All {
+        range: KeyRange,
+        limit: usize,
+        keys: IdbRequest,
+        values: IdbRequest,
+        /// Also load the documents its entries name (a limited index scan).
+        docs: bool,
+    },
+    Prev {
+        range: KeyRange,
+        limit: usize,
+        cursor: IdbRequest,
+    },
+    Count(KeyRange, IdbRequest),
+}
+
+/// Loads issued in one read transaction (see [`IdbStore::begin_load`]).
+pub struct LoadJob {
+    store: web_sys::IdbObjectStore,
+    _tx: IdbTransaction,
+    reqs: Vec<Req>,
+    gen0: u64,
+    /// Most entries a family may have to be read ahead.
+    ahead_max: u64,
+    doc_of: Option<DocOf>,
+}
+
+/// What a [`LoadJob`] read, for [`IdbStore::finish_load`].
+pub struct Loaded {
+    gen0: u64,
+    data: Result<LoadedData, Error>,
+}
+
+struct ScanChunk {
+    range: KeyRange,
+    reverse: bool,
+    limit: usize,
+    entries: Vec<Entry>,
+}
+
+#[derive(Default)]
+struct LoadedData {
+    points: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    scans: Vec<ScanChunk>,
+    counts: Vec<(KeyRange, u64)>,
+}
+
+fn bytes_of(v: &JsValue) -> Vec<u8> {
+    Uint8Array::new(v).to_vec()
+}
+
+impl LoadJob {
+    /// Awaits every request (the store is not borrowed meanwhile).
+    pub async fn wait(self) -> Loaded {
+        let gen0 = self.gen0;
+        Loaded {
+            gen0,
+            data: self.read().await,
+        }
+    }
+
+    async fn read(self) -> Result<LoadedData, Error> {
+        let mut out = LoadedData::default();
+        let mut aheads = Vec::new();
+        let mut doc_gets = Vec::new();
+        for r in self.reqs {
+            match r {
+                Req::Ahead { range, count } => {
+                    let n = request(&count).await.map_err(|e| js_err("count", e))?;
+                    let n = n.as_f64().unwrap_or(f64::MAX);
+                    if n <= self.ahead_max as f64 {
+                        // Still inside the transaction: its requests are pending.
+                        let q = idb_range(&range)?;
+                        let keys = self
+                            .store
+                            .get_all_keys_with_key(&q)
+                            .map_err(|e| js_err("getAllKeys", e))?;
+                        let values = self
+                            .store
+                            .get_all_with_key(&q)
+                            .map_err(|e| js_err("getAll", e))?;
+                        aheads.push((range, keys, values));
+                    }
+                }
+                Req::Point(k, req) => {
+                    let v = request(&req).await.map_err(|e| js_err("get", e))?;
+                    out.points
+                        .push((k, (!v.is_undefined()).then(|| bytes_of(&v))));
+                }
+                Req::Count(range, req) => {
+                    let v = request(&req).await.map_err(|e| js_err("count", e))?;
+                    out.counts.push((range, v.as_f64().unwrap_or(0.0) as u64));
+                }
+                Req::All {
+                    range,
+                    limit,
+                    keys,
+                    values,
+                    docs,
+                } => {
+                    let keys: Array = request(&keys)
                         .await
                         .map_err(|e| js_err("getAllKeys", e))?
                         .unchecked_into();
-                    let values: Array = request(values)
+                    let values: Array = request(&values)
                         .await
                         .map_err(|e| js_err("getAll", e))?
                         .unchecked_into();
@@ -431,128 +1512,254 @@ impl IdbStore {
                             "IndexedDB returned keys and values of different lengths",
                         ));
                     }
-                    for i in 0..keys.length() {
-                        let k = Uint8Array::new(&keys.get(i)).to_vec();
-                        let v = Uint8Array::new(&values.get(i)).to_vec();
-                        batch.put(k, v);
+                    let entries: Vec<Entry> = (0..keys.length())
+                        .map(|i| (bytes_of(&keys.get(i)), bytes_of(&values.get(i))))
+                        .collect();
+                    if let (true, Some(doc_of)) = (docs, &self.doc_of) {
+                        // Still inside the transaction: issued now, read below.
+                        for (k, _) in &entries {
+                            if let Some(dk) = doc_of(k) {
+                                let r = self.store.get(&key(&dk)).map_err(|e| js_err("get", e))?;
+                                doc_gets.push((dk, r));
+                            }
+                        }
                     }
+                    out.scans.push(ScanChunk {
+                        range,
+                        reverse: false,
+                        limit,
+                        entries,
+                    });
+                }
+                Req::Prev {
+                    range,
+                    limit,
+                    cursor,
+                } => {
+                    let entries = collect_prev(&cursor, limit).await?;
+                    out.scans.push(ScanChunk {
+                        range,
+                        reverse: true,
+                        limit,
+                        entries,
+                    });
                 }
             }
         }
-        if !self.changed {
-            for (k, v) in &batch.ops {
-                if self.cache.get(k)?.as_ref() != v.as_ref() {
-                    self.changed = true;
-                    break;
-                }
-            }
+        for (k, req) in doc_gets {
+            let v = request(&req).await.map_err(|e| js_err("get", e))?;
+            out.points
+                .push((k, (!v.is_undefined()).then(|| bytes_of(&v))));
         }
-        self.cache.apply(batch)?;
-        for r in ranges {
-            self.loaded.add(r);
-        }
-        Ok(())
-    }
-
-    /// Loads several ranges in one read transaction (for example every document a
-    /// server frame touches), instead of one transaction per range.
-    pub async fn load_many(&mut self, ranges: &[KeyRange]) -> Result<(), Error> {
-        let mut todo = ranges.iter().filter(|r| !self.is_loaded(r));
-        let Some(first) = todo.next() else {
-            return Ok(());
-        };
-        self.prefetch.borrow_mut().extend(todo.cloned());
-        self.load(first).await
-    }
-
-    /// Loads everything.
-    pub async fn load_all(&mut self) -> Result<(), Error> {
-        self.load(&KeyRange::all()).await
-    }
-
-    /// Whether writes are queued and not yet in IndexedDB.
-    pub fn has_unflushed(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
-    /// Writes everything queued in one IndexedDB transaction; when it returns `Ok`, the
-    /// writes are committed. On an error nothing of the batch is kept by IndexedDB
-    /// (the transaction aborts), and the queue is kept for another try.
-    pub async fn flush(&mut self) -> Result<(), Error> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        if self.fenced {
-            return Err(fenced());
-        }
-        let tx = self
-            .db
-            .as_sys()
-            .transaction_with_str_and_mode(KV, IdbTransactionMode::Readwrite)
-            .map_err(|e| js_err("write transaction", e))?;
-        let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
-        if let Some(mine) = self.epoch {
-            // Read the epoch in this same transaction: IndexedDB runs read-write
-            // transactions on a store one at a time, so no claim can slip in between.
-            let get = store
-                .get(&key(EPOCH_KEY))
-                .map_err(|e| js_err("read the epoch", e))?;
-            let now = request(get)
+        for (range, keys, values) in aheads {
+            let keys: Array = request(&keys)
                 .await
-                .map_err(|e| js_err("read the epoch", e))?;
-            if epoch_of(&now) != mine {
-                let _ = tx.abort();
-                self.fenced = true;
-                return Err(fenced());
-            }
+                .map_err(|e| js_err("getAllKeys", e))?
+                .unchecked_into();
+            let values: Array = request(&values)
+                .await
+                .map_err(|e| js_err("getAll", e))?
+                .unchecked_into();
+            let entries = (0..keys.length().min(values.length()))
+                .map(|i| (bytes_of(&keys.get(i)), bytes_of(&values.get(i))))
+                .collect();
+            out.scans.push(ScanChunk {
+                range,
+                reverse: false,
+                limit: usize::MAX,
+                entries,
+            });
         }
-        for (k, v) in &self.pending {
-            let r = match v {
-                Some(v) => store.put_with_key(&key(v), &key(k)).map(|_| ()),
-                None => store.delete(&key(k)).map(|_| ()),
-            };
-            if let Err(e) = r {
-                let _ = tx.abort();
-                return Err(js_err("write", e));
-            }
-        }
-        complete(&tx).await.map_err(|e| js_err("commit", e))?;
-        self.pending.clear();
-        Ok(())
-    }
-
-    /// Every cached entry (for tests).
-    pub fn cached(&self) -> Vec<Entry> {
-        self.cache
-            .entries()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        Ok(out)
     }
 }
 
+/// Walks a reverse cursor for up to `limit` entries.
+async fn collect_prev(req: &IdbRequest, limit: usize) -> Result<Vec<Entry>, Error> {
+    let out: Rc<RefCell<Vec<Entry>>> = Rc::default();
+    let failed: Rc<Cell<bool>> = Rc::default();
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    let done_tx = Rc::new(RefCell::new(Some(done_tx)));
+    let step = {
+        let req = req.clone();
+        let out = out.clone();
+        let failed = failed.clone();
+        let done_tx = done_tx.clone();
+        Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| {
+            let finish = || {
+                if let Some(t) = done_tx.borrow_mut().take() {
+                    let _ = t.send(());
+                }
+            };
+            let cursor = match req.result() {
+                Ok(c) if !c.is_null() && !c.is_undefined() => {
+                    c.unchecked_into::<IdbCursorWithValue>()
+                }
+                Ok(_) => return finish(),
+                Err(_) => {
+                    failed.set(true);
+                    return finish();
+                }
+            };
+            match (cursor.key(), cursor.value()) {
+                (Ok(k), Ok(v)) => out.borrow_mut().push((bytes_of(&k), bytes_of(&v))),
+                _ => {
+                    failed.set(true);
+                    return finish();
+                }
+            }
+            if out.borrow().len() >= limit || cursor.continue_().is_err() {
+                finish();
+            }
+        })
+    };
+    let fail = {
+        let failed = failed.clone();
+        let done_tx = done_tx.clone();
+        Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| {
+            failed.set(true);
+            if let Some(t) = done_tx.borrow_mut().take() {
+                let _ = t.send(());
+            }
+        })
+    };
+    req.set_onsuccess(Some(step.as_ref().unchecked_ref()));
+    req.set_onerror(Some(fail.as_ref().unchecked_ref()));
+    let _ = done_rx.await;
+    req.set_onsuccess(None);
+    req.set_onerror(None);
+    drop((step, fail));
+    if failed.get() {
+        return Err(js_err(
+            "openCursor",
+            req.error()
+                .ok()
+                .flatten()
+                .map(JsValue::from)
+                .unwrap_or(JsValue::UNDEFINED),
+        ));
+    }
+    Ok(Rc::try_unwrap(out)
+        .map(RefCell::into_inner)
+        .unwrap_or_default())
+}
+
 impl Storage for IdbStore {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.check(KeyRange {
-            start: Bound::Included(key.to_vec()),
-            end: Bound::Included(key.to_vec()),
-        });
-        self.cache.get(key)
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let now = self.tick.get();
+        if self.spans.borrow_mut().holds(k, now) {
+            return Ok(self.cache.get(k).cloned());
+        }
+        if !self.filter.may_contain(k) {
+            // Never written to this database: certainly absent.
+            self.spans.borrow_mut().add_point(k, now);
+            self.stats.borrow_mut().absent_by_filter += 1;
+            return Ok(None);
+        }
+        self.miss(Miss::Point(k.to_vec()));
+        Ok(self.cache.get(k).cloned())
     }
 
     fn scan(&self, range: &KeyRange, reverse: bool, limit: usize) -> Result<Vec<Entry>, Error> {
-        if limit > 0 {
-            self.check(range.clone());
+        if limit == 0 || range.is_empty() {
+            return Ok(Vec::new());
         }
-        self.cache.scan(range, reverse, limit)
+        let now = self.tick.get();
+        if self.spans.borrow_mut().covers(range, now) {
+            return Ok(self.cache_range(range, reverse, limit));
+        }
+        // The part held from the scan's first key on answers exactly, as far as it goes.
+        let held = self.spans.borrow_mut().held_part(range, reverse, now);
+        let got = held
+            .as_ref()
+            .map(|h| self.cache_range(h, reverse, limit))
+            .unwrap_or_default();
+        if got.len() == limit {
+            return Ok(got);
+        }
+        let rest = match &held {
+            None => range.clone(),
+            Some(h) if reverse => KeyRange {
+                start: range.start.clone(),
+                end: match &h.start {
+                    Bound::Included(s) => Bound::Excluded(s.clone()),
+                    other => other.clone(),
+                },
+            },
+            Some(h) => KeyRange {
+                start: match &h.end {
+                    Bound::Excluded(e) => Bound::Included(e.clone()),
+                    other => other.clone(),
+                },
+                end: range.end.clone(),
+            },
+        };
+        self.miss(Miss::Scan {
+            range: rest,
+            reverse,
+            limit: limit - got.len(),
+        });
+        // A short answer: the caller reads no further (its run is repeated).
+        Ok(got)
+    }
+
+    fn count(&self, range: &KeyRange, limit: u64) -> Result<u64, Error> {
+        if limit == 0 || range.is_empty() {
+            return Ok(0);
+        }
+        let now = self.tick.get();
+        if let Some((_, n)) = self.counts.borrow().iter().find(|(r, _)| r == range) {
+            return Ok((*n).min(limit));
+        }
+        if self.spans.borrow_mut().covers(range, now) {
+            let n = self
+                .cache
+                .range::<[u8], _>((as_ref(&range.start), as_ref(&range.end)))
+                .count() as u64;
+            // Kept, and kept right by the writes (whether a key was there is known in
+            // a held range): the next count of it is a lookup.
+            let mut counts = self.counts.borrow_mut();
+            if counts.len() < MAX_COUNTS {
+                counts.push((range.clone(), n));
+            }
+            return Ok(n.min(limit));
+        }
+        self.miss(Miss::Count(range.clone()));
+        Ok(0)
+    }
+
+    fn is_partial(&self) -> bool {
+        true
     }
 
     fn apply(&mut self, batch: Batch) -> Result<(), Error> {
-        for (k, v) in &batch.ops {
-            self.pending.insert(k.clone(), v.clone());
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.write_gen += 1;
+        let now = self.tick.get();
+        for (k, v) in batch.ops {
+            // Whether the key was there before, if known (for the cached counts).
+            let before = if self.spans.borrow_mut().holds(&k, now) {
+                Some(self.cache.contains_key(&k))
+            } else if !self.filter.may_contain(&k) {
+                Some(false)
+            } else {
+                None
+            };
+            self.recount(&k, before, v.is_some());
+            if self.loads_out > 0 {
+                self.recent.insert(k.clone(), self.write_gen);
+            }
+            match &v {
+                Some(v) => self.cache_put(k.clone(), v.clone()),
+                None => self.cache_remove(&k),
+            }
             // The cache now holds this key's newest value (or its absence): reading it
             // again needs no trip to IndexedDB.
-            self.loaded.points.insert(k.clone());
+            self.spans.borrow_mut().add_point(&k, now);
+            self.dirty.insert(k, v);
         }
-        self.cache.apply(batch)
+        Ok(())
     }
 }

@@ -3,8 +3,12 @@
 //! The engine (`warren-core`) knows nothing of JavaScript; this crate is the browser's
 //! edge: the IndexedDB backend of the engine's storage trait (with its numbered schema
 //! migrations), and [`Warren`], the JavaScript binding: the engine's replica on
-//! IndexedDB, synced over a WebSocket. On native targets the crate is empty, so the
-//! workspace builds everywhere.
+//! IndexedDB, synced over a WebSocket, in a dedicated worker or on the page. The pure
+//! parts of the backend (the cache's spans, the key filter) build everywhere and are
+//! tested natively; the rest only on wasm32.
+
+pub mod filter;
+pub mod spans;
 
 #[cfg(target_arch = "wasm32")]
 pub mod client;

@@ -8,6 +8,7 @@ use std::ops::Bound;
 
 use warren_core::storage::{conformance, Batch, KeyRange, Storage};
 use warren_core::ErrorCode;
+use warren_web::idb::Miss;
 use warren_web::IdbStore;
 use wasm_bindgen_test::*;
 
@@ -53,7 +54,7 @@ macro_rules! conformance {
 conformance!(
     get_missing put_get_overwrite empty_key_and_value delete last_write_in_batch_wins
     empty_batch scan_orders_binary_keys scan_bounds scan_empty_ranges scan_pages
-    large_values random_model
+    large_values random_model count_agrees_with_scan
 );
 
 /// IndexedDB's own range reads follow the engine's byte order: a range loaded from
@@ -126,7 +127,14 @@ async fn data_loads_when_a_read_needs_it() {
     assert!(s.cached().is_empty(), "nothing is loaded at open");
     let part1 = KeyRange::prefix(&[b'D', 1]);
     assert_eq!(s.scan(&part1, false, 1000).unwrap().len(), 0);
-    assert_eq!(s.take_misses(), vec![part1.clone()]);
+    assert_eq!(
+        s.take_misses(),
+        vec![Miss::Scan {
+            range: part1.clone(),
+            reverse: false,
+            limit: 1000
+        }]
+    );
     s.load(&part1).await.unwrap();
     assert_eq!(s.scan(&part1, false, 1000).unwrap().len(), 100);
     assert!(s.take_misses().is_empty());
@@ -214,9 +222,10 @@ async fn a_store_that_lost_its_claim_writes_nothing() {
 }
 
 /// The misses of one run load together (one read transaction), keys written here are
-/// known without a load, and `take_changed` says whether a load found anything new.
+/// known without a load, keys never written are known absent without a load (the key
+/// filter), and a load says which ranges gained data.
 #[wasm_bindgen_test]
-async fn misses_load_together_and_writes_are_known() {
+async fn misses_load_together_and_absences_need_no_read() {
     let name = "batched-misses";
     let mut s = fresh(name).await;
     let mut b = Batch::new();
@@ -234,31 +243,230 @@ async fn misses_load_together_and_writes_are_known() {
     s.apply(b).unwrap();
     assert_eq!(s.get(&[b'E', 1]).unwrap(), Some(vec![1]));
     assert!(s.take_misses().is_empty());
-    // Three point misses (one twice) and one absent key: reported once each.
-    for k in [[b'D', 3], [b'D', 7], [b'D', 3], [b'D', 200]] {
+    // Never written: the filter says absent, no miss (a fresh id).
+    assert_eq!(s.get(&[b'D', 200]).unwrap(), None);
+    assert_eq!(s.get(b"Dfresh-id").unwrap(), None);
+    assert!(s.take_misses().is_empty(), "absent keys need no read");
+    assert_eq!(s.stats().absent_by_filter, 2);
+    // Two point misses (one twice): reported once each, loaded in one transaction.
+    for k in [[b'D', 3], [b'D', 7], [b'D', 3]] {
         assert_eq!(s.get(&k).unwrap(), None);
     }
     let misses = s.take_misses();
-    assert_eq!(misses.len(), 3);
-    assert!(!s.take_changed());
-    // Loading the first loads them all.
-    s.load(&misses[0]).await.unwrap();
-    assert!(s.take_changed(), "values came in");
+    assert_eq!(misses.len(), 2);
+    let before = s.stats().load_transactions;
+    let gained = s.load_misses(misses).await.unwrap();
+    assert_eq!(s.stats().load_transactions, before + 1, "one transaction");
+    assert_eq!(gained.len(), 2, "values came in");
     assert_eq!(s.get(&[b'D', 3]).unwrap(), Some(vec![3]));
     assert_eq!(s.get(&[b'D', 7]).unwrap(), Some(vec![7]));
-    assert_eq!(s.get(&[b'D', 200]).unwrap(), None);
-    assert!(s.take_misses().is_empty(), "all three are loaded");
-    // A load that finds only absences changes nothing.
-    assert_eq!(s.get(&[b'D', 201]).unwrap(), None);
-    let m = s.take_misses();
-    s.load(&m[0]).await.unwrap();
-    assert!(!s.take_changed());
+    assert!(s.take_misses().is_empty(), "both are loaded");
     // A range over keys loaded one by one still loads the rest.
     let all = KeyRange::prefix(b"D");
-    assert_eq!(s.scan(&all, false, 1000).unwrap().len(), 2);
-    assert_eq!(s.take_misses(), vec![all.clone()]);
-    s.load(&all).await.unwrap();
+    assert_eq!(
+        s.scan(&all, false, 1000).unwrap().len(),
+        0,
+        "a short answer"
+    );
+    let m = s.take_misses();
+    assert_eq!(m.len(), 1);
+    s.load_misses(m).await.unwrap();
     assert_eq!(s.scan(&all, false, 1000).unwrap().len(), 50);
+    s.close();
+    IdbStore::delete(name).await.unwrap();
+}
+
+/// A scan that asks for a few entries loads about that many; one that goes on loads
+/// larger and larger chunks; a reverse scan loads from the end; a count reads no record.
+#[wasm_bindgen_test]
+async fn loads_are_as_large_as_the_read() {
+    let name = "sized-loads";
+    let mut s = fresh(name).await;
+    let mut b = Batch::new();
+    for i in 0..5_000u32 {
+        let mut k = vec![b'I'];
+        k.extend_from_slice(&i.to_be_bytes());
+        b.put(k, vec![1; 20]);
+    }
+    s.apply(b).unwrap();
+    s.flush().await.unwrap();
+    s.close();
+    let range = KeyRange::prefix(b"I");
+
+    // take(10): ten and one more.
+    let mut s = IdbStore::open(name).await.unwrap();
+    assert!(s.scan(&range, false, 11).unwrap().is_empty());
+    let m = s.take_misses();
+    s.load_misses(m).await.unwrap();
+    assert_eq!(s.stats().records_loaded, 11);
+    let first = s.scan(&range, false, 11).unwrap();
+    assert_eq!(first.len(), 11);
+    assert_eq!(first[0].0, [b'I', 0, 0, 0, 0]);
+    assert!(s.take_misses().is_empty());
+
+    // The newest 5 (reverse): from the end.
+    assert!(s.scan(&range, true, 6).unwrap().is_empty());
+    let m = s.take_misses();
+    s.load_misses(m).await.unwrap();
+    let last = s.scan(&range, true, 6).unwrap();
+    assert_eq!(last.len(), 6);
+    assert_eq!(last[0].0, [b'I', 0, 0, 0x13, 0x87], "4999 first");
+    assert_eq!(s.stats().records_loaded, 17);
+    s.close();
+
+    // An unbounded scan, page after page: each continuation loads more; the whole
+    // range takes a handful of transactions, not one per page.
+    let mut s = IdbStore::open(name).await.unwrap();
+    let mut rounds = 0;
+    loop {
+        let mut seen = 0;
+        let mut r = range.clone();
+        loop {
+            let page = s.scan(&r, false, 64).unwrap();
+            seen += page.len();
+            match page.last() {
+                Some((k, _)) if page.len() == 64 => r = r.after(k),
+                _ => break,
+            }
+        }
+        let m = s.take_misses();
+        if m.is_empty() {
+            assert_eq!(seen, 5_000);
+            break;
+        }
+        rounds += 1;
+        s.load_misses(m).await.unwrap();
+    }
+    assert!(rounds <= 6, "{rounds} rounds of loads");
+    assert_eq!(s.stats().records_loaded, 5_000, "each record once");
+    s.close();
+
+    // A count: IndexedDB counts, nothing is read.
+    let mut s = IdbStore::open(name).await.unwrap();
+    assert_eq!(s.count(&range, u64::MAX).unwrap(), 0);
+    let m = s.take_misses();
+    assert_eq!(m, vec![Miss::Count(range.clone())]);
+    s.load_misses(m).await.unwrap();
+    assert_eq!(s.count(&range, u64::MAX).unwrap(), 5_000);
+    assert_eq!(s.count(&range, 10).unwrap(), 10);
+    assert!(s.cached().is_empty(), "no record was loaded for it");
+    // Writes whose effect is known keep it right: a fresh key adds one.
+    let mut b = Batch::new();
+    b.put(vec![b'I', 0xFF, 0, 0, 0], vec![]);
+    s.apply(b).unwrap();
+    assert_eq!(s.count(&range, u64::MAX).unwrap(), 5_001);
+    assert!(s.take_misses().is_empty());
+    s.close();
+    IdbStore::delete(name).await.unwrap();
+}
+
+/// Past its cap the cache evicts what was used least recently, never what is not yet
+/// written; evicted data loads again when read.
+#[wasm_bindgen_test]
+async fn the_cache_stays_under_its_cap() {
+    let name = "capped";
+    let mut s = fresh(name).await;
+    s.set_cache_bytes(1 << 20);
+    let mut b = Batch::new();
+    for i in 0..4_000u32 {
+        let mut k = vec![b'D'];
+        k.extend_from_slice(&i.to_be_bytes());
+        b.put(k, vec![7; 1000]);
+    }
+    s.apply(b).unwrap();
+    s.flush().await.unwrap();
+    s.close();
+
+    let mut s = IdbStore::open(name).await.unwrap();
+    s.set_cache_bytes(1 << 20);
+    for part in 0..4u32 {
+        let op = s.begin_op();
+        let mut lo = vec![b'D'];
+        lo.extend_from_slice(&(part * 1000).to_be_bytes());
+        let mut hi = vec![b'D'];
+        hi.extend_from_slice(&((part + 1) * 1000).to_be_bytes());
+        let r = KeyRange {
+            start: std::ops::Bound::Included(lo),
+            end: std::ops::Bound::Excluded(hi),
+        };
+        s.load(&r).await.unwrap();
+        assert_eq!(s.scan(&r, false, 2000).unwrap().len(), 1000);
+        s.end_op(op);
+        assert!(
+            s.stats().cache_bytes <= 1 << 20,
+            "{} bytes after part {part}",
+            s.stats().cache_bytes
+        );
+    }
+    assert!(s.stats().evicted_bytes > 0);
+    // What is not written yet stays, whatever the cap.
+    let op = s.begin_op();
+    let mut b = Batch::new();
+    for i in 0..2_000u32 {
+        let mut k = vec![b'W'];
+        k.extend_from_slice(&i.to_be_bytes());
+        b.put(k, vec![1; 1000]);
+    }
+    s.apply(b).unwrap();
+    s.end_op(op);
+    assert!(
+        s.stats().cache_bytes > 2_000_000,
+        "the unwritten writes are all held"
+    );
+    for i in 0..2_000u32 {
+        let mut k = vec![b'W'];
+        k.extend_from_slice(&i.to_be_bytes());
+        assert!(s.get(&k).unwrap().is_some());
+    }
+    assert!(s.take_misses().is_empty(), "each one is held");
+    s.flush().await.unwrap();
+    let op = s.begin_op();
+    s.end_op(op);
+    assert!(s.stats().cache_bytes <= 1 << 20);
+    // Evicted data is read again from IndexedDB.
+    let first = KeyRange::prefix(&[b'D', 0, 0, 1]);
+    let _ = s.scan(&first, false, 5000).unwrap();
+    let m = s.take_misses();
+    if !m.is_empty() {
+        s.load_misses(m).await.unwrap();
+    }
+    assert_eq!(s.scan(&first, false, 5000).unwrap().len(), 256);
+    s.close();
+    IdbStore::delete(name).await.unwrap();
+}
+
+/// A write issued by a flush is not overwritten by a load that was issued before it
+/// and completes after it.
+#[wasm_bindgen_test]
+async fn a_load_never_overwrites_a_newer_write() {
+    let name = "load-vs-write";
+    let mut s = fresh(name).await;
+    let mut b = Batch::new();
+    b.put(b"Dk".to_vec(), b"old".to_vec());
+    b.put(b"Dgone".to_vec(), b"old".to_vec());
+    s.apply(b).unwrap();
+    s.flush().await.unwrap();
+    s.close();
+
+    let mut s = IdbStore::open(name).await.unwrap();
+    let job = s
+        .begin_load(vec![Miss::range(KeyRange::prefix(b"D"))])
+        .unwrap();
+    let mut b = Batch::new();
+    b.put(b"Dk".to_vec(), b"new".to_vec());
+    b.delete(b"Dgone".to_vec());
+    s.apply(b).unwrap();
+    s.begin_flush().unwrap();
+    let done = job.wait().await;
+    s.finish_load(done).unwrap();
+    assert_eq!(s.get(b"Dk").unwrap(), Some(b"new".to_vec()));
+    assert_eq!(s.get(b"Dgone").unwrap(), None);
+    s.flush().await.unwrap();
+    s.close();
+    let mut s = IdbStore::open(name).await.unwrap();
+    s.load_all().await.unwrap();
+    assert_eq!(s.get(b"Dk").unwrap(), Some(b"new".to_vec()));
+    assert_eq!(s.get(b"Dgone").unwrap(), None);
     s.close();
     IdbStore::delete(name).await.unwrap();
 }

@@ -28,7 +28,7 @@ function add(id, title, created) { Todo.create({ id, owner: auth.sub, title, cre
 /// Opens the replica as the browser driver does: the replica's own keys first.
 async fn open(name: &str) -> Replica<IdbStore> {
     let mut store = IdbStore::open(name).await.unwrap();
-    for space in [b'X', b'O', b'K'] {
+    for space in [b'X', b'O', b'K', b'Q'] {
         store.load(&KeyRange::prefix(&[space])).await.unwrap();
     }
     let mut r = Replica::open(store, "tab-1", Some(SCHEMA)).unwrap();
@@ -47,10 +47,11 @@ async fn settled<T>(
         if misses.is_empty() {
             return out;
         }
-        for m in misses {
-            r.store_mut().load(&m).await.unwrap();
+        let gained = r.store_mut().load_misses(misses).await.unwrap();
+        if gained.is_empty() {
+            return out;
         }
-        r.invalidate();
+        r.loaded(gained);
     }
 }
 

@@ -1,21 +1,29 @@
 //! IndexedDB schema upgrades, one numbered step per file, run in order inside the
 //! browser's `upgradeneeded` transaction. Never edit a released step: add the next one.
+//! Each step owns the names it uses (a later rename in the backend must not change what
+//! an old step does).
 //!
 //! | version | step |
 //! |---|---|
 //! | 1 | [`v0_to_v1`]: the `kv` object store (out-of-line binary keys) |
+//! | 2 | [`v1_to_v2`]: the `meta` object store, holding the key filter over every key already stored |
 
-use indexed_db_futures::database::Database;
+use wasm_bindgen::JsValue;
+use web_sys::{IdbDatabase, IdbTransaction};
 
 mod v0_to_v1;
+mod v1_to_v2;
 
 /// The database version this build expects.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
-/// Runs every step after `old` (0 for a new database).
-pub fn upgrade(old: u32, db: &Database) -> indexed_db_futures::Result<()> {
+/// Runs every step after `old` (0 for a new database), in the upgrade transaction `tx`.
+pub fn upgrade(old: u32, db: &IdbDatabase, tx: &IdbTransaction) -> Result<(), JsValue> {
     if old < 1 {
         v0_to_v1::run(db)?;
+    }
+    if old < 2 {
+        v1_to_v2::run(db, tx)?;
     }
     Ok(())
 }

@@ -2,10 +2,13 @@
 //! index entries, partition membership, cursors, outbox) with out-of-line binary keys,
 //! so IndexedDB's byte-wise key order is the engine's order.
 
-use indexed_db_futures::database::Database;
-use indexed_db_futures::prelude::*;
+use wasm_bindgen::JsValue;
+use web_sys::IdbDatabase;
 
-pub fn run(db: &Database) -> indexed_db_futures::Result<()> {
-    db.create_object_store(crate::idb::KV).build()?;
+/// The object store's name, as this step made it.
+const KV: &str = "kv";
+
+pub fn run(db: &IdbDatabase) -> Result<(), JsValue> {
+    db.create_object_store(KV)?;
     Ok(())
 }

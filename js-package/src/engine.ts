@@ -1,0 +1,337 @@
+// The engine as the page sees it: in a dedicated worker (`WorkerEngine`, the default),
+// or on the page itself (the wasm binding, where workers are unavailable or turned off).
+// Both take arguments as JSON text and give values as JavaScript values; the worker's
+// come back as JSON text and are parsed here, once.
+
+import type { Warren as Wasm } from "../wasm/warren_web.js";
+import type { WasmSource } from "./index.js";
+
+/** What a write answers first (`local` settles once it is durable). */
+export interface EngineWrite {
+  seq: number;
+  result: unknown;
+  local: Promise<void>;
+}
+
+/** The engine in the leader tab: the wasm binding, or the worker that runs it. */
+export interface LeaderEngine {
+  query(source: string): Promise<unknown>;
+  call(fn: string, argsJson: string, rid?: string): Promise<EngineWrite>;
+  run(source: string, rid?: string): Promise<EngineWrite>;
+  subscribe(source: string): Promise<{ id: number; value: unknown }>;
+  unsubscribe(id: number): void;
+  status(): unknown;
+  onEvent(f: (e: { type: string; detail: unknown }) => void): void;
+  setOnline(online: boolean): void;
+  /** Sends an ephemeral presence message to the others in a partition (see text.ts). */
+  presence(partition: string, data: string): void;
+  setTokenProvider(f: () => Promise<string>): void;
+  flush(): Promise<void>;
+  stats(): Promise<unknown>;
+  close(): Promise<void>;
+}
+
+/** Everything `Warren.open` takes. */
+export interface OpenParams {
+  wasm?: WasmSource;
+  name: string;
+  clientId: string;
+  url: string;
+  token: string;
+  schema?: string;
+  auth: unknown;
+  cacheBytes?: number;
+  offline: boolean;
+  provider: (() => Promise<string>) | null;
+}
+
+/** The wasm binding on this page. */
+export async function openHere(Engine: typeof Wasm, p: OpenParams): Promise<LeaderEngine> {
+  const w = await Engine.open(p.name, p.clientId, p.url, p.token, p.schema, p.auth, {
+    cacheBytes: p.cacheBytes,
+  });
+  if (p.provider) w.setTokenProvider(p.provider);
+  if (p.offline) w.setOnline(false);
+  return {
+    query: (s) => w.query(s),
+    call: (fn, args, rid) => w.call(fn, args, rid) as Promise<EngineWrite>,
+    run: (s, rid) => w.run(s, rid) as Promise<EngineWrite>,
+    subscribe: (s) => w.subscribe(s) as Promise<{ id: number; value: unknown }>,
+    unsubscribe: (id) => w.unsubscribe(id),
+    status: () => w.status(),
+    onEvent: (f) => w.onEvent(f),
+    setOnline: (on) => w.setOnline(on),
+    presence: (partition, data) => w.presence(partition, data),
+    setTokenProvider: (f) => w.setTokenProvider(f),
+    flush: () => w.flush(),
+    stats: async () => w.stats(),
+    close: () => w.close(),
+  };
+}
+
+interface ErrInfo {
+  code: string;
+  message: string;
+  seq?: number;
+  /** The worker itself failed (it did not start, or died). */
+  worker?: boolean;
+}
+
+interface Waiting {
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+}
+
+/** A worker whose database was closed (or started ahead), kept for the next open in
+ * this page: its WebAssembly is compiled (and warm, if it ran before). */
+let idle: Worker | null = null;
+/** The idle worker failed (it could not load, say): it is not reused. */
+let idleFailed = false;
+
+/** Starts the engine's worker and its WebAssembly's compilation ahead of `open`. */
+export function prestart(wasm?: WasmSource): void {
+  if (idle) return;
+  try {
+    const w = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+    idle = w;
+    idleFailed = false;
+    w.onerror = () => {
+      if (idle === w) idleFailed = true;
+    };
+    void toTransferable(wasm).then((src) => w.postMessage({ id: 0, m: "init", a: [src] }));
+  } catch {
+    idle = null;
+  }
+}
+
+/** The engine's source as the worker can take it. */
+async function toTransferable(wasm: unknown): Promise<unknown> {
+  if (typeof Response !== "undefined" && wasm instanceof Response) return wasm.arrayBuffer();
+  if (wasm instanceof URL) return wasm.href;
+  return wasm;
+}
+
+/** The engine in a dedicated worker (worker.ts). */
+export class WorkerEngine implements LeaderEngine {
+  private next = 1;
+  private waits = new Map<number, Waiting>();
+  private locals = new Map<number, Waiting>();
+  private listener: (e: { type: string; detail: unknown }) => void = () => {};
+  private statusNow: unknown = null;
+  private provider: (() => Promise<string>) | null = null;
+  private dead: ErrInfo | null = null;
+  /** The page's online and offline events, passed on (a worker's own may not fire when
+   * only the page's network changes, as when a test or DevTools cuts it). */
+  private onOnline = () => this.setOnline(true);
+  private onOffline = () => this.setOnline(false);
+
+  private constructor(private worker: Worker) {
+    worker.onmessage = (e: MessageEvent) => this.onMessage(e.data);
+    worker.onerror = (e: ErrorEvent) => {
+      e.preventDefault?.();
+      this.fail({
+        code: "STORAGE_ERROR",
+        message: `the engine's worker failed: ${e.message ?? "no message"}`,
+        worker: true,
+      });
+    };
+  }
+
+  /** Starts the worker and opens the database in it; rejects if the worker cannot
+   * start (the caller then runs the engine on the page). */
+  static async open(p: OpenParams): Promise<WorkerEngine> {
+    if (idle && idleFailed) {
+      idle.terminate();
+      idle = null;
+    }
+    const worker = idle ?? new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+    idle = null;
+    const engine = new WorkerEngine(worker);
+    engine.provider = p.provider;
+    const wasm = await toTransferable(p.wasm);
+    try {
+      engine.statusNow = await engine.ask("open", [
+        wasm,
+        p.name,
+        p.clientId,
+        p.url,
+        p.token,
+        p.schema,
+        p.auth,
+        { cacheBytes: p.cacheBytes },
+        p.provider !== null,
+        p.offline,
+      ]);
+    } catch (e) {
+      worker.terminate();
+      throw e;
+    }
+    if (typeof addEventListener === "function") {
+      addEventListener("online", engine.onOnline);
+      addEventListener("offline", engine.onOffline);
+    }
+    return engine;
+  }
+
+  private fail(err: ErrInfo, report = true): void {
+    if (this.dead) return;
+    this.dead = err;
+    if (typeof removeEventListener === "function") {
+      removeEventListener("online", this.onOnline);
+      removeEventListener("offline", this.onOffline);
+    }
+    for (const w of [...this.waits.values(), ...this.locals.values()]) w.reject(err);
+    this.waits.clear();
+    this.locals.clear();
+    if (report) this.listener({ type: "server-error", detail: err });
+  }
+
+  private ask(m: string, a: unknown[]): Promise<unknown> {
+    if (this.dead) return Promise.reject(this.dead);
+    const id = this.next++;
+    return new Promise((resolve, reject) => {
+      this.waits.set(id, { resolve, reject });
+      this.worker.postMessage({ id, m, a });
+    });
+  }
+
+  private onMessage(msg: {
+    id?: number;
+    ok?: unknown;
+    err?: ErrInfo;
+    local?: number;
+    evs?: [string, unknown][];
+    t?: string;
+    ready?: boolean;
+  }): void {
+    if (msg.ready) return;
+    if (msg.evs) {
+      for (const [type, detail] of msg.evs) this.onWorkerEvent(type, detail);
+      return;
+    }
+    if (msg.t === "token") {
+      const id = msg.id;
+      const p = this.provider ? this.provider() : Promise.resolve(undefined);
+      p.then(
+        (token) => this.worker.postMessage({ t: "token", id, token }),
+        () => this.worker.postMessage({ t: "token", id, token: undefined }),
+      );
+      return;
+    }
+
+    if (msg.local !== undefined) {
+      const w = this.locals.get(msg.local);
+      this.locals.delete(msg.local);
+      if (msg.err) w?.reject(msg.err);
+      else w?.resolve(undefined);
+      return;
+    }
+    if (msg.id !== undefined) {
+      const w = this.waits.get(msg.id);
+      this.waits.delete(msg.id);
+      if (msg.err) w?.reject(msg.err);
+      else w?.resolve(msg.ok);
+    }
+  }
+
+  private onWorkerEvent(type: string, detail: unknown): void {
+    if (type === "changed" || type === "confirmed") {
+      const d = detail as { value?: string; result?: string };
+      detail = {
+        ...d,
+        ...(d.value !== undefined ? { value: JSON.parse(d.value) } : {}),
+        ...(d.result !== undefined ? { result: JSON.parse(d.result) } : {}),
+      };
+    }
+    if (type === "status") this.statusNow = detail;
+    this.listener({ type, detail });
+  }
+
+  async query(source: string): Promise<unknown> {
+    return JSON.parse((await this.ask("query", [source])) as string);
+  }
+
+  private async write(m: string, a: unknown[]): Promise<EngineWrite> {
+    if (this.dead) throw this.dead;
+    const id = this.next++;
+    const local = new Promise<void>((resolve, reject) => {
+      this.locals.set(id, { resolve: resolve as (v: unknown) => void, reject });
+    });
+    local.catch(() => {});
+    const answer = new Promise((resolve, reject) => {
+      this.waits.set(id, { resolve, reject });
+      this.worker.postMessage({ id, m, a });
+    });
+    try {
+      const r = (await answer) as { seq: number; result: string };
+      return { seq: r.seq, result: JSON.parse(r.result), local };
+    } catch (e) {
+      this.locals.delete(id);
+      throw e;
+    }
+  }
+
+  call(fn: string, argsJson: string, rid?: string): Promise<EngineWrite> {
+    return this.write("call", [fn, argsJson, rid]);
+  }
+
+  run(source: string, rid?: string): Promise<EngineWrite> {
+    return this.write("run", [source, rid]);
+  }
+
+  async subscribe(source: string): Promise<{ id: number; value: unknown }> {
+    const r = (await this.ask("subscribe", [source])) as { id: number; value: string };
+    return { id: r.id, value: JSON.parse(r.value) };
+  }
+
+  unsubscribe(id: number): void {
+    this.ask("unsubscribe", [id]).catch(() => {});
+  }
+
+  status(): unknown {
+    return this.statusNow;
+  }
+
+  onEvent(f: (e: { type: string; detail: unknown }) => void): void {
+    this.listener = f;
+  }
+
+  setOnline(online: boolean): void {
+    this.ask("setOnline", [online]).catch(() => {});
+  }
+
+  presence(partition: string, data: string): void {
+    this.ask("presence", [partition, data]).catch(() => {});
+  }
+
+  setTokenProvider(f: () => Promise<string>): void {
+    this.provider = f;
+  }
+
+  async flush(): Promise<void> {
+    await this.ask("flush", []);
+  }
+
+  stats(): Promise<unknown> {
+    return this.ask("stats", []);
+  }
+
+  async close(): Promise<void> {
+    let clean = false;
+    try {
+      await this.ask("close", []);
+      clean = true;
+    } finally {
+      this.fail({ code: "STORAGE_ERROR", message: "the database is closed" }, false);
+      // A worker closed cleanly serves the next open in this page; one is enough.
+      if (clean && idle === null) {
+        this.worker.onmessage = null;
+        this.worker.onerror = null;
+        idle = this.worker;
+        idleFailed = false;
+      } else {
+        this.worker.terminate();
+      }
+    }
+  }
+}

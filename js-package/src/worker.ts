@@ -1,0 +1,142 @@
+// The engine in a dedicated worker: the page's main thread never runs it, so no query,
+// count or rebase blocks the page, whatever the data size. The page talks to it
+// through `WorkerEngine` (engine.ts) with messages; values come back as JSON text,
+// which the page parses once.
+
+import init, { Warren } from "../wasm/warren_web.js";
+
+interface Req {
+  id: number;
+  m: string;
+  a: unknown[];
+}
+
+interface ErrInfo {
+  code: string;
+  message: string;
+  seq?: number;
+}
+
+const scope = self as unknown as {
+  postMessage(msg: unknown): void;
+  onmessage: ((e: MessageEvent) => void) | null;
+};
+let engine: Warren | null = null;
+/** The engine compiled and instantiated, once per worker (started by `init`, ahead of
+ * `open`, or by the first `open`). */
+let initialized: Promise<unknown> | null = null;
+const initOnce = (wasm: unknown) =>
+  (initialized ??= init(wasm === undefined ? undefined : { module_or_path: wasm as never }));
+const tokenWaits = new Map<number, (token: string | undefined) => void>();
+let nextToken = 1;
+
+const info = (e: unknown): ErrInfo => {
+  const o = e as { code?: unknown; message?: unknown; seq?: unknown } | null;
+  return {
+    code: typeof o?.code === "string" ? o.code : "STORAGE_ERROR",
+    message: typeof o?.message === "string" ? o.message : String(e),
+    ...(typeof o?.seq === "number" ? { seq: o.seq } : {}),
+  };
+};
+
+const post = (msg: unknown) => scope.postMessage(msg);
+const reply = (id: number, ok: unknown) => post({ id, ok });
+
+scope.onmessage = async (e: MessageEvent) => {
+  const msg = e.data as Req | { t: "token"; id: number; token?: string };
+  if ("t" in msg) {
+    tokenWaits.get(msg.id)?.(msg.token);
+    tokenWaits.delete(msg.id);
+    return;
+  }
+  const { id, m, a } = msg;
+  try {
+    if (m === "init") {
+      await initOnce(a[0]);
+      return;
+    }
+    if (m === "open") {
+      const [wasm, name, clientId, url, token, schema, auth, options, provider, offline] = a as [
+        unknown, string, string, string, string, string | undefined, unknown, unknown, boolean, boolean,
+      ];
+      // Once per worker (a worker started ahead or kept from a closed database has
+      // it already).
+      await initOnce(wasm);
+      const w = await Warren.open(name, clientId, url, token, schema, auth, options);
+      w.setJson(true);
+      // Events go to the page in batches: one message for everything a step of the
+      // engine reported (a catch-up confirms hundreds of writes at once).
+      let batch: unknown[] | null = null;
+      w.onEvent((ev: { type: string; detail: unknown }) => {
+        const detail = ev.type === "rejected" || ev.type === "server-error" ? info(ev.detail) : ev.detail;
+        if (!batch) {
+          batch = [];
+          queueMicrotask(() => {
+            const evs = batch;
+            batch = null;
+            post({ evs });
+          });
+        }
+        batch.push([ev.type, detail]);
+      });
+      if (provider)
+        w.setTokenProvider(
+          () =>
+            new Promise<string | undefined>((resolve) => {
+              const t = nextToken++;
+              tokenWaits.set(t, resolve);
+              post({ t: "token", id: t });
+            }),
+        );
+      if (offline) w.setOnline(false);
+      engine = w;
+      return reply(id, w.status());
+    }
+    const w = engine;
+    if (!w) throw { code: "STORAGE_ERROR", message: "the database is not open" };
+    switch (m) {
+      case "query":
+        return reply(id, await w.query(a[0] as string));
+      case "call":
+      case "run": {
+        const r = (
+          m === "call"
+            ? await w.call(a[0] as string, a[1], a[2] as string | undefined)
+            : await w.run(a[0] as string, a[1] as string | undefined)
+        ) as { seq: number; result: string; local: Promise<void> };
+        reply(id, { seq: r.seq, result: r.result });
+        r.local.then(
+          () => post({ local: id }),
+          (err: unknown) => post({ local: id, err: info(err) }),
+        );
+        return;
+      }
+      case "subscribe":
+        return reply(id, await w.subscribe(a[0] as string));
+      case "unsubscribe":
+        w.unsubscribe(a[0] as number);
+        return reply(id, null);
+      case "setOnline":
+        w.setOnline(a[0] as boolean);
+        return reply(id, null);
+      case "presence":
+        w.presence(a[0] as string, a[1] as string);
+        return reply(id, null);
+      case "flush":
+        await w.flush();
+        return reply(id, null);
+      case "stats":
+        return reply(id, w.stats());
+      case "close":
+        await w.close();
+        engine = null;
+        return reply(id, null);
+      default:
+        throw { code: "INVALID_ARGUMENT", message: `unknown request ${m}` };
+    }
+  } catch (err) {
+    post({ id, err: info(err) });
+  }
+};
+
+post({ ready: true });

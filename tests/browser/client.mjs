@@ -1,0 +1,196 @@
+// The browser client through the package, in Debian's Chromium, against a real
+// `warren serve` with the benchmark's schema (tests/bench-browser/bench.warren):
+//
+// 1. The engine runs in a dedicated worker.
+// 2. A write's `result` comes before its `local`, always (the gap is printed), and
+//    does not wait for IndexedDB at all: when the write cannot be stored (another tab
+//    took the database over), `result` still resolves and `local` rejects. Writes
+//    made together share IndexedDB transactions.
+// 3. `bulk` writes 20,000 documents in chunks under the limits: applied, durable,
+//    confirmed, counted.
+// 4. `close()` writes what the server confirmed: reopened offline, nothing is pending
+//    and everything is there; a count reads no document; an index query after the
+//    reopen costs a bounded number of IndexedDB reads.
+// 5. A full scan with a small cache cap stays under the cap (the cache evicts).
+// 6. `flush()`, then the browser is killed: the confirmed data survives.
+// 7. A local query is answered while a new device receives a large catch-up.
+import { cpSync, mkdirSync, copyFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { join } from "node:path";
+import { check, fail, finish, until, tempDir, freePort, startWarren, stopProcess, profile, root } from "./harness.mjs";
+
+const work = tempDir("client");
+const site = join(work, "site");
+mkdirSync(site);
+copyFileSync(join(root, "tests", "browser", "client.html"), join(site, "client.html"));
+// A copy of the package (the server serves no symbolic link that leads out of its
+// directory).
+for (const d of ["dist", "wasm"]) cpSync(join(root, "js-package", d), join(site, "pkg", d), { recursive: true });
+const port = await freePort();
+const base = `http://127.0.0.1:${port}`;
+const args = ["--listen", `127.0.0.1:${port}`, "--data-dir", join(work, "data"),
+  "--schema", join(root, "tests", "bench-browser", "bench.warren"), "--static-dir", site, "--dev-tokens"];
+let server = await startWarren(args);
+const N = 20_000;
+const profileDir = join(work, "profile");
+
+async function page(ctx) {
+  const p = ctx.pages()[0] ?? (await ctx.newPage());
+  p.on("pageerror", (e) => console.log(`page error: ${e}`));
+  p.on("crash", () => console.log("page crashed"));
+  p.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") console.log(`console: ${m.text()}`); });
+  await p.goto(`${base}/client.html`);
+  await p.waitForFunction(() => window.ready === true);
+  return p;
+}
+
+let ctx;
+try {
+  ctx = await profile(profileDir);
+  let p = await page(ctx);
+  await p.evaluate(() => window.openDb("ann", "client-ann"));
+
+  // 1. In a worker.
+  const stats0 = await p.evaluate(() => window.db.stats());
+  check("the engine runs in a dedicated worker", stats0.worker === 1, JSON.stringify(stats0));
+
+  // 2. result, then local: always in that order.
+  const order = await p.evaluate(async () => {
+    const out = [];
+    for (let i = 0; i < 30; i++) {
+      const w = window.db.call("put1", { doc: window.doc("ann", 900_000 + i) });
+      const seen = [];
+      const r = w.result.then(() => seen.push(["result", performance.now()]));
+      const l = w.local.then(() => seen.push(["local", performance.now()]));
+      await Promise.all([r, l]);
+      out.push(seen);
+    }
+    return out;
+  });
+  const gaps = order.map((s) => s[1][1] - s[0][1]).sort((a, b) => a - b);
+  check(`each write's result comes before its local (median gap ${gaps[15].toFixed(2)} ms, largest ${gaps[29].toFixed(2)} ms)`,
+    order.every((s) => s[0][0] === "result" && s[1][0] === "local" && s[1][1] >= s[0][1]), JSON.stringify(order.slice(0, 3)));
+
+  // 2c. Writes made together share IndexedDB transactions (each local still its own).
+  // Offline, so that no confirmed data is written meanwhile (it has flushes of its own).
+  const together = await p.evaluate(async () => {
+    window.db.setOnline(false);
+    await window.db.flush();
+    const before = (await window.db.stats()).flushes;
+    const ws = [];
+    for (let i = 0; i < 50; i++) ws.push(window.db.call("put1", { doc: window.doc("ann", 950_000 + i) }));
+    await Promise.all(ws.map((w) => w.local));
+    const n = (await window.db.stats()).flushes - before;
+    window.db.setOnline(true);
+    return n;
+  });
+  check(`50 writes made together are written in ${together} IndexedDB transactions`, together >= 1 && together <= 5);
+
+  // 3. bulk.
+  const bulk = await p.evaluate(async (n) => {
+    const w = window.db.bulk("put", window.docs("ann", 0, n));
+    const result = await w.result;
+    await w.local;
+    const c = await w.confirmed;
+    return { calls: result.length, sum: result.reduce((a, b) => a + b, 0), position: c.position,
+      count: await window.db.query("Doc.all().count()") };
+  }, N);
+  check(`bulk writes ${N} documents in ${bulk.calls} calls, confirmed`,
+    bulk.sum === N && bulk.calls >= N / 500 && bulk.position > 0 && bulk.count === N + 80, JSON.stringify(bulk));
+
+  // 4. close() writes what the server confirmed.
+  await p.evaluate(() => window.confirmedAll());
+  await p.evaluate(() => window.db.close());
+  await p.evaluate(() => window.openDb("ann", "client-ann", { offline: true }));
+  const reopened = await p.evaluate(async () => {
+    const s0 = await window.db.stats();
+    const count = await window.db.query("Doc.all().count()");
+    const s1 = await window.db.stats();
+    const top = await window.db.query('Doc.byOwner("ann:u7").take(50)');
+    const s2 = await window.db.stats();
+    return { pending: window.db.status.current.pending, count, s0, s1, s2, top: top.map((d) => d.id) };
+  });
+  check("after close and an offline reopen nothing is pending", reopened.pending === 0, JSON.stringify(reopened.pending));
+  check("and every confirmed document is there", reopened.count === N + 80, `${reopened.count}`);
+  // It reads the list of partitions (50) and one IndexedDB count per partition.
+  const read = reopened.s1.recordsLoaded - reopened.s0.recordsLoaded;
+  check(`a count after the reopen reads no document (${read} records: partitions and counts)`,
+    read <= 110, JSON.stringify(reopened.s1));
+  const want = [];
+  for (let i = 7; want.length < 50; i += 50) want.push(`ann-d${String(i).padStart(6, "0")}`);
+  const txns = reopened.s2.loadTransactions - reopened.s1.loadTransactions;
+  check(`an index query after the reopen: the right 50, in ${txns} IndexedDB read transactions`,
+    JSON.stringify(reopened.top) === JSON.stringify(want) && txns <= 3, JSON.stringify({ txns, top: reopened.top.slice(0, 3) }));
+  await p.evaluate(() => window.db.close());
+
+  // 5. A full scan under a small cache cap.
+  await p.evaluate(() => window.openDb("ann", "client-ann", { offline: true, cacheBytes: 2 << 20 }));
+  const scan = await p.evaluate(async () => {
+    const ids = new Set();
+    let after = null;
+    let peak = 0;
+    do {
+      const page = await window.db.query(`Doc.all().paginate(2000${after === null ? "" : `, ${window.literal(after)}`})`);
+      for (const d of page.data) ids.add(d.id);
+      after = page.after;
+      peak = Math.max(peak, (await window.db.stats()).cacheBytes);
+    } while (after !== null);
+    return { n: ids.size, peak, stats: await window.db.stats() };
+  });
+  check(`a full scan reads every document (${scan.n})`, scan.n === N + 80);
+  check(`and the cache stays under its 2 MiB cap between queries (peak ${(scan.peak / 2 ** 20).toFixed(2)} MiB, ${(scan.stats.evictedBytes / 2 ** 20).toFixed(1)} MiB evicted)`,
+    scan.peak <= 2 << 20 && scan.stats.evictedBytes > 0, JSON.stringify(scan.stats));
+  await p.evaluate(() => window.db.close());
+
+  // 6. flush(), then the browser is killed.
+  await p.evaluate(() => window.openDb("ann", "client-ann"));
+  await p.evaluate(async () => {
+    const w = window.db.bulk("put", window.docs("ann", 100_000, 100_100));
+    await w.confirmed;
+    await window.db.flush();
+  });
+  spawnSync("pkill", ["-9", "-f", profileDir]);
+  await ctx.close().catch(() => {});
+  ctx = await profile(profileDir);
+  p = await page(ctx);
+  await p.evaluate(() => window.openDb("ann", "client-ann", { offline: true }));
+  const afterKill = await p.evaluate(async () => ({
+    pending: window.db.status.current.pending,
+    count: await window.db.query("Doc.all().count()"),
+  }));
+  check("after flush() and a killed browser, the confirmed writes are on disk, none pending",
+    afterKill.pending === 0 && afterKill.count === N + 180, JSON.stringify(afterKill));
+  await p.evaluate(() => window.db.close());
+
+  // 7. A new device of ann's: its catch-up (every document) streams in while a local
+  //    query is answered.
+  const catchUp = await p.evaluate(async () => {
+    await window.openDb("ann", "client-ann-2");
+    const t0 = performance.now();
+    const q = window.db.query('Doc.byId("nothing")').then(() => performance.now() - t0);
+    const live = window.db.live("Doc.all().count()");
+    const full = new Promise((ok) => live.subscribe((n) => n >= 20_180 && ok(performance.now() - t0)));
+    return { query: await q, full: await full };
+  });
+  check(`a local query is answered during a catch-up (in ${catchUp.query.toFixed(1)} ms; the catch-up took ${catchUp.full.toFixed(0)} ms)`,
+    catchUp.query < catchUp.full, JSON.stringify(catchUp));
+  await p.evaluate(() => window.db.close());
+
+  // 2b. A write that cannot be stored: its result still comes, its local rejects.
+  await p.evaluate(() => window.openDb("ann", "client-ann"));
+  const fenced = await p.evaluate(async () => {
+    await window.takeOver("client-ann");
+    const w = window.db.call("put1", { doc: window.doc("ann", 990_000) });
+    const result = await w.result.then((r) => r, (e) => `rejected ${e.code}`);
+    const local = await w.local.then(() => "durable", (e) => e.code);
+    return { result, local };
+  });
+  check("when IndexedDB refuses the write, result still resolves and local rejects",
+    fenced.result === "ann-d990000" && fenced.local === "STORAGE_ERROR", JSON.stringify(fenced));
+} catch (e) {
+  fail(e);
+} finally {
+  await ctx?.close().catch(() => {});
+  await stopProcess(server);
+  finish();
+}

@@ -1,0 +1,491 @@
+//! The replica's view: the base with the pending commits' writes laid over it, commit
+//! by commit, and what each commit read.
+//!
+//! Each key a pending commit wrote holds a *layer*: the commits that wrote it, oldest
+//! first, each with its value. The view of a key is the newest layer's value, or the
+//! base's; the view *before* commit `s` (what `s` ran on) is the newest layer older
+//! than `s`, or the base's. So one commit in the middle can run again on exactly what
+//! it saw, without re-running the others, and a confirmed commit's layers can go
+//! without touching the rest.
+//!
+//! Each commit's *reads* (keys, and the parts of ranges its scans covered, recorded by
+//! [`Recorder`]) are indexed by key, so the commits a changed key concerns are found
+//! without visiting the others.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use crate::error::{Error, ErrorCode};
+use crate::storage::{Batch, Entry, KeyRange, Reads, Storage};
+
+/// One commit's writes to one key, oldest commit first.
+type Layer = Vec<(u64, Option<Vec<u8>>)>;
+
+/// What one pending commit contributed to the view.
+#[derive(Debug, Default)]
+struct Trace {
+    /// The keys it wrote (each has a layer entry for it).
+    writes: Vec<Vec<u8>>,
+    reads: Reads,
+}
+
+/// The pending commits' layers over the base, and their reads. See the module docs.
+#[derive(Debug, Default)]
+pub(crate) struct View {
+    layers: BTreeMap<Vec<u8>, Layer>,
+    traces: BTreeMap<u64, Trace>,
+    /// Key → the commits that read it.
+    point_readers: BTreeMap<Vec<u8>, BTreeSet<u64>>,
+    /// The commits whose reads include ranges.
+    range_readers: BTreeSet<u64>,
+    /// About the bytes the layers hold (keys and values).
+    bytes: usize,
+}
+
+/// Overhead counted per layer entry, besides its key and value.
+const ENTRY_OVERHEAD: usize = 48;
+
+impl View {
+    /// The store as commit `before` saw it (`u64::MAX`: as the view shows it now).
+    pub(crate) fn over<'a>(&'a self, base: &'a dyn Storage, before: u64) -> ViewStore<'a> {
+        ViewStore {
+            base,
+            layers: &self.layers,
+            before,
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Adds commit `seq`'s writes (a batch: the last write of a key wins) and reads.
+    pub(crate) fn insert(&mut self, seq: u64, batch: Batch, reads: Reads) {
+        let mut writes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for (k, v) in batch.ops {
+            writes.insert(k, v);
+        }
+        let mut trace = Trace {
+            writes: Vec::with_capacity(writes.len()),
+            reads,
+        };
+        for (k, v) in writes {
+            self.bytes += ENTRY_OVERHEAD + k.len() + v.as_ref().map_or(0, Vec::len);
+            let layer = self.layers.entry(k.clone()).or_default();
+            // Almost always the newest: a commit runs after those before it.
+            let at = layer.partition_point(|(s, _)| *s < seq);
+            layer.insert(at, (seq, v));
+            trace.writes.push(k);
+        }
+        for k in &trace.reads.points {
+            self.point_readers.entry(k.clone()).or_default().insert(seq);
+        }
+        if !trace.reads.ranges.is_empty() {
+            self.range_readers.insert(seq);
+        }
+        self.traces.insert(seq, trace);
+    }
+
+    /// Takes commit `seq` out of the view; gives what it wrote.
+    pub(crate) fn remove(&mut self, seq: u64) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        let mut out = BTreeMap::new();
+        let Some(trace) = self.traces.remove(&seq) else {
+            return out;
+        };
+        for k in trace.writes {
+            if let Some(layer) = self.layers.get_mut(&k) {
+                if let Some(i) = layer.iter().position(|(s, _)| *s == seq) {
+                    let (_, v) = layer.remove(i);
+                    self.bytes = self
+                        .bytes
+                        .saturating_sub(ENTRY_OVERHEAD + k.len() + v.as_ref().map_or(0, Vec::len));
+                    if layer.is_empty() {
+                        self.layers.remove(&k);
+                    }
+                    out.insert(k, v);
+                }
+            }
+        }
+        for k in &trace.reads.points {
+            if let Some(r) = self.point_readers.get_mut(k) {
+                r.remove(&seq);
+                if r.is_empty() {
+                    self.point_readers.remove(k);
+                }
+            }
+        }
+        self.range_readers.remove(&seq);
+        out
+    }
+
+    /// What commit `seq` wrote, by key.
+    pub(crate) fn written(&self, seq: u64) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        let mut out = BTreeMap::new();
+        if let Some(trace) = self.traces.get(&seq) {
+            for k in &trace.writes {
+                if let Some((_, v)) = self.layers[k].iter().find(|(s, _)| *s == seq) {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// What settling commits `gone` (confirmed, refused or taken back) changes for the
+    /// commits that stay: the keys the settled commits wrote whose value the others now
+    /// see differently. A key whose settled writes all came before the others' writes
+    /// of it, and whose base value now equals the last settled write, changes nothing
+    /// for anyone: that is the commit confirmed as it was made.
+    pub(crate) fn settled_changes(
+        &self,
+        gone: &BTreeSet<u64>,
+        base: &dyn Storage,
+    ) -> Result<BTreeSet<Vec<u8>>, Error> {
+        let mut changed = BTreeSet::new();
+        for seq in gone {
+            let Some(trace) = self.traces.get(seq) else {
+                continue;
+            };
+            for k in &trace.writes {
+                if changed.contains(k) {
+                    continue;
+                }
+                let layer = &self.layers[k];
+                let last_gone = layer.iter().rposition(|(s, _)| gone.contains(s));
+                let first_kept = layer.iter().position(|(s, _)| !gone.contains(s));
+                let same = match (last_gone, first_kept) {
+                    (Some(g), Some(f)) if g > f => false,
+                    (Some(g), _) => base.get(k)? == layer[g].1,
+                    (None, _) => true,
+                };
+                if !same {
+                    changed.insert(k.clone());
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The commits (newer than `after`) whose reads meet `ranges`.
+    pub(crate) fn range_readers(&self, ranges: &[KeyRange], after: u64) -> BTreeSet<u64> {
+        let mut out = BTreeSet::new();
+        for r in ranges {
+            if r.is_empty() {
+                continue;
+            }
+            for (_, seqs) in self
+                .point_readers
+                .range::<[u8], _>((as_ref(&r.start), as_ref(&r.end)))
+            {
+                out.extend(seqs.range(after.saturating_add(1)..));
+            }
+        }
+        for seq in self.range_readers.range(after.saturating_add(1)..) {
+            if !out.contains(seq)
+                && self.traces[seq]
+                    .reads
+                    .ranges
+                    .iter()
+                    .any(|a| ranges.iter().any(|b| a.overlaps(b)))
+            {
+                out.insert(*seq);
+            }
+        }
+        out
+    }
+
+    /// The commits (newer than `after`) that read any of `keys`.
+    pub(crate) fn readers(&self, keys: &BTreeSet<Vec<u8>>, after: u64) -> BTreeSet<u64> {
+        let mut out = BTreeSet::new();
+        if keys.is_empty() {
+            return out;
+        }
+        for k in keys {
+            if let Some(r) = self.point_readers.get(k) {
+                out.extend(r.range(after.saturating_add(1)..));
+            }
+        }
+        for seq in self.range_readers.range(after.saturating_add(1)..) {
+            if out.contains(seq) {
+                continue;
+            }
+            if self.traces[seq]
+                .reads
+                .ranges
+                .iter()
+                .any(|r| in_range(keys, r))
+            {
+                out.insert(*seq);
+            }
+        }
+        out
+    }
+}
+
+/// Whether any of `keys` lies in `range`.
+pub(crate) fn in_range(keys: &BTreeSet<Vec<u8>>, range: &KeyRange) -> bool {
+    if range.is_empty() {
+        return false;
+    }
+    keys.range::<[u8], _>((as_ref(&range.start), as_ref(&range.end)))
+        .next()
+        .is_some()
+}
+
+fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(v) => Bound::Included(v.as_slice()),
+        Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The view as a read-only store: the base with every layer older than `before` laid
+/// over it.
+pub(crate) struct ViewStore<'a> {
+    base: &'a dyn Storage,
+    layers: &'a BTreeMap<Vec<u8>, Layer>,
+    before: u64,
+}
+
+/// What a layer shows to commit `before`: `None` when no older commit wrote the key
+/// (the base shows through).
+fn visible(layer: &Layer, before: u64) -> Option<&Option<Vec<u8>>> {
+    let n = layer.partition_point(|(s, _)| *s < before);
+    n.checked_sub(1).map(|i| &layer[i].1)
+}
+
+impl ViewStore<'_> {
+    /// One page of the merged view, and the rest of the range (as `Overlay::scan_page`).
+    fn scan_page(
+        &self,
+        range: &KeyRange,
+        reverse: bool,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, Option<KeyRange>), Error> {
+        let limit = limit.max(1);
+        let base = self.base.scan(range, reverse, limit)?;
+        let (covered, rest) = match base.last() {
+            Some((last, _)) if base.len() == limit => {
+                if reverse {
+                    (
+                        KeyRange {
+                            start: Bound::Included(last.clone()),
+                            end: range.end.clone(),
+                        },
+                        Some(range.before(last)),
+                    )
+                } else {
+                    (
+                        KeyRange {
+                            start: range.start.clone(),
+                            end: Bound::Included(last.clone()),
+                        },
+                        Some(range.after(last)),
+                    )
+                }
+            }
+            _ => (range.clone(), None),
+        };
+        if covered.is_empty() {
+            return Ok((base, rest));
+        }
+        let mut layered = self
+            .layers
+            .range::<[u8], _>((as_ref(&covered.start), as_ref(&covered.end)))
+            .filter_map(|(k, l)| visible(l, self.before).map(|v| (k, v)))
+            .peekable();
+        if layered.peek().is_none() {
+            return Ok((base, rest));
+        }
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            base.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        for (k, v) in layered {
+            merged.insert(k.clone(), v.clone());
+        }
+        let live = merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)));
+        let out = if reverse {
+            live.rev().collect()
+        } else {
+            live.collect()
+        };
+        Ok((out, rest))
+    }
+}
+
+impl Storage for ViewStore<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        match self.layers.get(key).and_then(|l| visible(l, self.before)) {
+            Some(v) => Ok(v.clone()),
+            None => self.base.get(key),
+        }
+    }
+
+    fn scan(&self, range: &KeyRange, reverse: bool, limit: usize) -> Result<Vec<Entry>, Error> {
+        let mut out = Vec::new();
+        if limit == 0 || range.is_empty() {
+            return Ok(out);
+        }
+        let mut next = Some(range.clone());
+        while let Some(r) = next {
+            let (page, rest) = self.scan_page(&r, reverse, limit - out.len())?;
+            out.extend(page);
+            if out.len() >= limit {
+                out.truncate(limit);
+                break;
+            }
+            next = rest;
+        }
+        Ok(out)
+    }
+
+    fn count(&self, range: &KeyRange, limit: u64) -> Result<u64, Error> {
+        if limit == 0 || range.is_empty() {
+            return Ok(0);
+        }
+        let (mut added, mut removed) = (0u64, 0u64);
+        for (k, l) in self
+            .layers
+            .range::<[u8], _>((as_ref(&range.start), as_ref(&range.end)))
+        {
+            let Some(v) = visible(l, self.before) else {
+                continue;
+            };
+            match (v.is_some(), self.base.get(k)?.is_some()) {
+                (true, false) => added += 1,
+                (false, true) => removed += 1,
+                _ => {}
+            }
+        }
+        let base = self.base.count(range, limit.saturating_add(removed))?;
+        Ok((base + added - removed).min(limit))
+    }
+
+    fn is_partial(&self) -> bool {
+        self.base.is_partial()
+    }
+
+    fn apply(&mut self, _batch: Batch) -> Result<(), Error> {
+        Err(Error::new(ErrorCode::ReadOnly, "the view is read-only"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{MemoryStore, Overlay};
+
+    /// A view store with layers from two commits reads like an overlay holding the
+    /// newer write of each key, and like one holding only the older commit's writes
+    /// when read as the newer commit saw it.
+    #[test]
+    fn layers_read_as_overlays() {
+        let mut base = MemoryStore::new();
+        let mut b = Batch::new();
+        for i in 0..30u8 {
+            b.put(vec![i], vec![i]);
+        }
+        base.apply(b).unwrap();
+        let mut view = View::default();
+        let mut c1 = Batch::new();
+        c1.put(vec![3], vec![100]);
+        c1.delete(vec![4]);
+        c1.put(vec![40], vec![1]);
+        view.insert(5, c1.clone(), Reads::default());
+        let mut c2 = Batch::new();
+        c2.delete(vec![3]);
+        c2.put(vec![4], vec![200]);
+        c2.put(vec![41], vec![2]);
+        view.insert(9, c2.clone(), Reads::default());
+        let mut only1 = Overlay::new(&base);
+        only1.apply(c1.clone()).unwrap();
+        let mut both = Overlay::new(&base);
+        both.apply(c1).unwrap();
+        both.apply(c2).unwrap();
+        for (before, want) in [(9, &only1), (u64::MAX, &both), (6, &only1)] {
+            let got = view.over(&base, before);
+            for reverse in [false, true] {
+                for limit in [1, 2, 7, 100] {
+                    assert_eq!(
+                        got.scan(&KeyRange::all(), reverse, limit).unwrap(),
+                        want.scan(&KeyRange::all(), reverse, limit).unwrap()
+                    );
+                }
+            }
+            for k in 0..45u8 {
+                assert_eq!(got.get(&[k]).unwrap(), want.get(&[k]).unwrap());
+            }
+            assert_eq!(
+                got.count(&KeyRange::all(), 1000).unwrap(),
+                want.count(&KeyRange::all(), 1000).unwrap()
+            );
+        }
+        // Before the first commit: the base.
+        let first = view.over(&base, 5);
+        assert_eq!(first.get(&[3]).unwrap(), Some(vec![3]));
+        // Taking the first commit out leaves the second's writes.
+        let gone = view.remove(5);
+        assert_eq!(gone.len(), 3);
+        assert_eq!(view.over(&base, u64::MAX).get(&[3]).unwrap(), None);
+        assert_eq!(view.over(&base, u64::MAX).get(&[40]).unwrap(), None);
+    }
+
+    #[test]
+    fn readers_are_found_by_key_and_range() {
+        let mut view = View::default();
+        let mut r1 = Reads::default();
+        r1.points.insert(vec![1]);
+        view.insert(1, Batch::new(), r1);
+        let mut r2 = Reads::default();
+        r2.ranges.push(KeyRange::prefix(&[2]));
+        view.insert(2, Batch::new(), r2);
+        let keys = |ks: &[&[u8]]| ks.iter().map(|k| k.to_vec()).collect::<BTreeSet<_>>();
+        assert_eq!(view.readers(&keys(&[&[1]]), 0), BTreeSet::from([1]));
+        assert_eq!(view.readers(&keys(&[&[2, 5]]), 0), BTreeSet::from([2]));
+        assert_eq!(
+            view.readers(&keys(&[&[2, 5], &[1]]), 1),
+            BTreeSet::from([2])
+        );
+        assert!(view.readers(&keys(&[&[3]]), 0).is_empty());
+        view.remove(2);
+        assert!(view.readers(&keys(&[&[2, 5]]), 0).is_empty());
+    }
+
+    struct Owned {
+        base: &'static MemoryStore,
+        view: View,
+        seq: u64,
+    }
+
+    impl Storage for Owned {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+            self.view.over(self.base, u64::MAX).get(key)
+        }
+        fn scan(&self, range: &KeyRange, reverse: bool, limit: usize) -> Result<Vec<Entry>, Error> {
+            self.view
+                .over(self.base, u64::MAX)
+                .scan(range, reverse, limit)
+        }
+        fn count(&self, range: &KeyRange, limit: u64) -> Result<u64, Error> {
+            self.view.over(self.base, u64::MAX).count(range, limit)
+        }
+        fn apply(&mut self, batch: Batch) -> Result<(), Error> {
+            self.seq += 1;
+            self.view.insert(self.seq, batch, Reads::default());
+            Ok(())
+        }
+    }
+
+    static EMPTY: std::sync::LazyLock<MemoryStore> = std::sync::LazyLock::new(MemoryStore::new);
+
+    fn owned() -> Owned {
+        Owned {
+            base: &EMPTY,
+            view: View::default(),
+            seq: 0,
+        }
+    }
+
+    // Layers over an empty base, each batch a commit, make a store in their own right.
+    crate::storage_conformance_tests!(owned());
+}

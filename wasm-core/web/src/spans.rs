@@ -1,0 +1,350 @@
+//! What the cache holds exactly as IndexedDB does: disjoint spans of keys, each with
+//! the time it was last used.
+//!
+//! A span is a half-open key interval `[start, end)` (`end` absent: to the end of the
+//! key space). Every engine range is normalised to that form: an excluded start `k`
+//! starts at `k 00` (the next key), an included end `k` ends before `k 00`. Spans that
+//! overlap or touch are merged, so whether a range is covered is one lookup: the span
+//! holding its start must reach its end. Pure Rust, no I/O: tested natively.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use warren_core::storage::KeyRange;
+
+/// The end of a span: before a key, or at the end of the key space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    Before(Vec<u8>),
+    Unbounded,
+}
+
+impl End {
+    fn ge(&self, other: &End) -> bool {
+        match (self, other) {
+            (End::Unbounded, _) => true,
+            (_, End::Unbounded) => false,
+            (End::Before(a), End::Before(b)) => a >= b,
+        }
+    }
+
+    /// Whether a span ending here reaches (touches or passes) a span starting at `start`.
+    fn reaches(&self, start: &[u8]) -> bool {
+        match self {
+            End::Unbounded => true,
+            End::Before(e) => e.as_slice() >= start,
+        }
+    }
+
+    pub fn bound(&self) -> Bound<Vec<u8>> {
+        match self {
+            End::Before(e) => Bound::Excluded(e.clone()),
+            End::Unbounded => Bound::Unbounded,
+        }
+    }
+}
+
+/// `k 00`: the smallest key after `k`.
+pub fn successor(k: &[u8]) -> Vec<u8> {
+    let mut s = Vec::with_capacity(k.len() + 1);
+    s.extend_from_slice(k);
+    s.push(0);
+    s
+}
+
+/// A range as `[start, end)`; `None` when it holds no key.
+pub fn normalize(r: &KeyRange) -> Option<(Vec<u8>, End)> {
+    let start = match &r.start {
+        Bound::Unbounded => Vec::new(),
+        Bound::Included(k) => k.clone(),
+        Bound::Excluded(k) => successor(k),
+    };
+    let end = match &r.end {
+        Bound::Unbounded => End::Unbounded,
+        Bound::Excluded(k) => End::Before(k.clone()),
+        Bound::Included(k) => End::Before(successor(k)),
+    };
+    match &end {
+        End::Before(e) if *e <= start => None,
+        _ => Some((start, end)),
+    }
+}
+
+/// `[start, end)` as an engine range.
+pub fn to_range(start: &[u8], end: &End) -> KeyRange {
+    KeyRange {
+        start: Bound::Included(start.to_vec()),
+        end: end.bound(),
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Span {
+    end: End,
+    used: u64,
+}
+
+/// Disjoint, merged spans by start key.
+#[derive(Debug, Default)]
+pub struct Spans {
+    spans: BTreeMap<Vec<u8>, Span>,
+}
+
+impl Spans {
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The span holding key `k`: its start and end.
+    fn holding(&self, k: &[u8]) -> Option<(&Vec<u8>, &Span)> {
+        let (s, span) = self
+            .spans
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(k)))
+            .next_back()?;
+        match &span.end {
+            End::Before(e) if e.as_slice() <= k => None,
+            _ => Some((s, span)),
+        }
+    }
+
+    /// Whether every key of `r` is held; marks the span used at `now`.
+    pub fn covers(&mut self, r: &KeyRange, now: u64) -> bool {
+        let Some((start, end)) = normalize(r) else {
+            return true;
+        };
+        self.covers_norm(&start, &end, now)
+    }
+
+    fn covers_norm(&mut self, start: &[u8], end: &End, now: u64) -> bool {
+        let Some((s, span)) = self.holding(start) else {
+            return false;
+        };
+        if !span.end.ge(end) {
+            return false;
+        }
+        let s = s.clone();
+        if let Some(span) = self.spans.get_mut(&s) {
+            span.used = now;
+        }
+        true
+    }
+
+    /// Whether key `k` is held.
+    pub fn holds(&mut self, k: &[u8], now: u64) -> bool {
+        let Some((_, span)) = self
+            .spans
+            .range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(k)))
+            .next_back()
+        else {
+            return false;
+        };
+        if matches!(&span.end, End::Before(e) if e.as_slice() <= k) {
+            return false;
+        }
+        span.used = now;
+        true
+    }
+
+    /// The part of `r` held from its first key on (forward) or from its last key back
+    /// (reverse), as `[start, end)`; `None` when its first (last) key is not held.
+    pub fn held_part(&mut self, r: &KeyRange, reverse: bool, now: u64) -> Option<KeyRange> {
+        let (start, end) = normalize(r)?;
+        if !reverse {
+            let (s, span) = self.holding(&start)?;
+            let s = s.clone();
+            let e = if span.end.ge(&end) {
+                end
+            } else {
+                span.end.clone()
+            };
+            self.spans.get_mut(&s).expect("held").used = now;
+            return Some(to_range(&start, &e));
+        }
+        // Reverse: the span holding the range's last key. The last key before an
+        // exclusive end `e` is unknown, so look for the span that reaches `e` (or the
+        // end of the key space) from below.
+        let (s, span) = match &end {
+            End::Unbounded => self.spans.iter().next_back()?,
+            End::Before(e) => self
+                .spans
+                .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(e.as_slice())))
+                .next_back()?,
+        };
+        if !span.end.ge(&end) {
+            return None;
+        }
+        let s = s.clone();
+        // The span starts below the range's end, so this is not empty.
+        let from = if s > start { s.clone() } else { start };
+        self.spans.get_mut(&s).expect("held").used = now;
+        Some(to_range(&from, &end))
+    }
+
+    /// Adds `r`, merging it with every span it overlaps or touches.
+    pub fn add(&mut self, r: &KeyRange, now: u64) {
+        let Some((start, end)) = normalize(r) else {
+            return;
+        };
+        self.add_norm(start, end, now);
+    }
+
+    pub fn add_point(&mut self, k: &[u8], now: u64) {
+        self.add_norm(k.to_vec(), End::Before(successor(k)), now);
+    }
+
+    fn add_norm(&mut self, mut start: Vec<u8>, mut end: End, now: u64) {
+        if let Some((s, span)) = self
+            .spans
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(start.as_slice())))
+            .next_back()
+        {
+            if span.end.reaches(&start) {
+                let s = s.clone();
+                let span = self.spans.remove(&s).expect("found");
+                start = s;
+                if span.end.ge(&end) {
+                    end = span.end;
+                }
+            }
+        }
+        loop {
+            let next = self
+                .spans
+                .range::<[u8], _>((Bound::Excluded(start.as_slice()), Bound::Unbounded))
+                .next()
+                .map(|(s, _)| s.clone());
+            let Some(s) = next else { break };
+            if !end.reaches(&s) {
+                break;
+            }
+            let span = self.spans.remove(&s).expect("found");
+            if span.end.ge(&end) {
+                end = span.end;
+            }
+        }
+        self.spans.insert(start, Span { end, used: now });
+    }
+
+    /// The spans last used before `before`, oldest first: `(range, last used)`.
+    pub fn unused_since(&self, before: u64) -> Vec<(KeyRange, u64)> {
+        let mut out: Vec<(KeyRange, u64)> = self
+            .spans
+            .iter()
+            .filter(|(_, s)| s.used < before)
+            .map(|(k, s)| (to_range(k, &s.end), s.used))
+            .collect();
+        out.sort_by_key(|(_, used)| *used);
+        out
+    }
+
+    /// Removes the span starting at `r`'s start (as given by [`Spans::unused_since`]).
+    pub fn remove(&mut self, r: &KeyRange) {
+        if let Some((start, _)) = normalize(r) {
+            self.spans.remove(&start);
+        }
+    }
+
+    /// Every span, for tests.
+    pub fn all(&self) -> Vec<KeyRange> {
+        self.spans
+            .iter()
+            .map(|(k, s)| to_range(k, &s.end))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(a: &[u8], b: &[u8]) -> KeyRange {
+        KeyRange {
+            start: Bound::Included(a.to_vec()),
+            end: Bound::Excluded(b.to_vec()),
+        }
+    }
+
+    #[test]
+    fn ranges_normalise_and_merge() {
+        let mut s = Spans::default();
+        s.add(&r(b"b", b"d"), 1);
+        assert!(s.covers(&r(b"b", b"d"), 2));
+        assert!(s.covers(&r(b"bb", b"c"), 2));
+        assert!(!s.covers(&r(b"a", b"c"), 2));
+        assert!(!s.covers(&r(b"c", b"e"), 2));
+        // Touching spans merge: [b, d) + [d, f) = [b, f).
+        s.add(&r(b"d", b"f"), 3);
+        assert_eq!(s.len(), 1);
+        assert!(s.covers(&r(b"c", b"e"), 4));
+        // An excluded start is the next key: (f, ...) does not touch [b, f) ... f is
+        // not held, so they stay apart.
+        s.add(
+            &KeyRange {
+                start: Bound::Excluded(b"f".to_vec()),
+                end: Bound::Excluded(b"h".to_vec()),
+            },
+            5,
+        );
+        assert_eq!(s.len(), 2);
+        assert!(!s.holds(b"f", 6));
+        s.add_point(b"f", 7);
+        assert_eq!(s.len(), 1, "the point joins them");
+        assert!(s.covers(&r(b"b", b"h"), 8));
+        // Points inside a range are absorbed.
+        s.add_point(b"x", 9);
+        s.add_point(b"y", 9);
+        s.add(&r(b"w", b"z"), 10);
+        assert_eq!(s.len(), 2);
+        // Unbounded ends.
+        s.add(
+            &KeyRange {
+                start: Bound::Included(b"y".to_vec()),
+                end: Bound::Unbounded,
+            },
+            11,
+        );
+        assert!(s.covers(
+            &KeyRange {
+                start: Bound::Included(b"w".to_vec()),
+                end: Bound::Unbounded
+            },
+            12
+        ));
+        assert!(s.covers(&KeyRange::prefix(&[0xFF, 0xFF]), 12));
+        // An empty range is always covered.
+        assert!(s.covers(&r(b"q", b"a"), 12));
+    }
+
+    #[test]
+    fn the_held_part_of_a_range() {
+        let mut s = Spans::default();
+        s.add(&r(b"b", b"d"), 1);
+        assert_eq!(s.held_part(&r(b"b", b"z"), false, 2), Some(r(b"b", b"d")));
+        assert_eq!(s.held_part(&r(b"c", b"cc"), false, 2), Some(r(b"c", b"cc")));
+        assert_eq!(s.held_part(&r(b"a", b"z"), false, 2), None);
+        // Reverse: from the end back.
+        assert_eq!(s.held_part(&r(b"a", b"d"), true, 2), Some(r(b"b", b"d")));
+        assert_eq!(s.held_part(&r(b"a", b"c"), true, 2), Some(r(b"b", b"c")));
+        assert_eq!(s.held_part(&r(b"a", b"z"), true, 2), None);
+        assert_eq!(s.held_part(&r(b"bb", b"c"), true, 2), Some(r(b"bb", b"c")));
+    }
+
+    #[test]
+    fn least_recently_used_first() {
+        let mut s = Spans::default();
+        s.add_point(b"a", 1);
+        s.add_point(b"c", 2);
+        s.add_point(b"e", 3);
+        assert!(s.holds(b"a", 4));
+        let old = s.unused_since(4);
+        assert_eq!(old.len(), 2);
+        assert_eq!(old[0].1, 2, "c, then e; a was used at 4");
+        s.remove(&old[0].0);
+        assert!(!s.holds(b"c", 5));
+        assert!(s.holds(b"e", 5));
+    }
+}
