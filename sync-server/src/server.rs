@@ -349,10 +349,10 @@ pub async fn start_with_web(
     let (region_tx, region_rx) = std::sync::mpsc::channel::<RegionMsg>();
     let region_thread = region::spawn(region, region_rx);
     let backlog = Backlog::new(BACKLOG_ENTRIES, BACKLOG_BYTES);
-    // The position the region must reach to be ready: known once the sequencer thread
-    // has replayed the log and recorded a changed schema file.
-    let target = Arc::new(AtomicU64::new(u64::MAX));
-    let seq_target = target.clone();
+    // Ready once the region has applied what the log held at start (and the schema
+    // entry of a changed file): the sequencer thread says so before it takes commits.
+    let ready = Arc::new(AtomicBool::new(false));
+    let seq_ready = ready.clone();
     let seq_schema = config.schema.clone();
     let seq_version = schema.version().to_owned();
     let (seq_tx, seq_rx) = mpsc::channel(4096);
@@ -389,24 +389,22 @@ pub async fn start_with_web(
                     "the schema file changed: the change is in the log at this position"
                 );
                 let _ = seq_region.send(RegionMsg::Batch(vec![(position, entry)], permit));
+                // The region handles its messages in order: once it answers this, it
+                // has applied the schema entry too.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = seq_region.send(RegionMsg::SchemaSource(tx));
+                rx.blocking_recv().map_err(|_| {
+                    StartError("the region stopped while applying the schema change".into())
+                })?;
             }
-            seq_target.store(log.last_position(), Ordering::Relaxed);
+            // Everything the log held is applied (the region answered after it).
+            seq_ready.store(true, Ordering::Relaxed);
             let log: Box<dyn Log> = Box::new(log);
             sequencer::run(log, seq_rx, seq_region, backlog, seq_opts, seq_metrics)
                 .map(|()| 0)
                 .map_err(|e| start_err("log", e))
         })
         .map_err(|e| start_err("sequencer", e))?;
-    // Ready once the region has applied what the log held at start.
-    let ready = Arc::new(AtomicBool::new(false));
-    let ready_metrics = metrics.clone();
-    let ready_flag = ready.clone();
-    tokio::spawn(async move {
-        while ready_metrics.position.load(Ordering::Relaxed) < target.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        ready_flag.store(true, Ordering::Relaxed);
-    });
     let admin = config.admin_token.clone().map(|token| Admin {
         token,
         region: String::new(),
