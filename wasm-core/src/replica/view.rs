@@ -265,28 +265,7 @@ impl ViewStore<'_> {
     ) -> Result<(Vec<Entry>, Option<KeyRange>), Error> {
         let limit = limit.max(1);
         let base = self.base.scan(range, reverse, limit)?;
-        let (covered, rest) = match base.last() {
-            Some((last, _)) if base.len() == limit => {
-                if reverse {
-                    (
-                        KeyRange {
-                            start: Bound::Included(last.clone()),
-                            end: range.end.clone(),
-                        },
-                        Some(range.before(last)),
-                    )
-                } else {
-                    (
-                        KeyRange {
-                            start: range.start.clone(),
-                            end: Bound::Included(last.clone()),
-                        },
-                        Some(range.after(last)),
-                    )
-                }
-            }
-            _ => (range.clone(), None),
-        };
+        let (covered, rest) = crate::storage::page_cover(range, &base, limit, reverse);
         if covered.is_empty() {
             return Ok((base, rest));
         }

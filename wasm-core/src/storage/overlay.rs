@@ -88,30 +88,7 @@ fn merged_page(
 ) -> Result<(Vec<Entry>, Option<KeyRange>), Error> {
     let limit = limit.max(1);
     let page = base.scan(range, reverse, limit)?;
-    // The part of the range this page speaks for: up to the last base key when the
-    // page is full, the whole range otherwise.
-    let (covered, rest) = match page.last() {
-        Some((last, _)) if page.len() == limit => {
-            if reverse {
-                (
-                    KeyRange {
-                        start: Bound::Included(last.clone()),
-                        end: range.end.clone(),
-                    },
-                    Some(range.before(last)),
-                )
-            } else {
-                (
-                    KeyRange {
-                        start: range.start.clone(),
-                        end: Bound::Included(last.clone()),
-                    },
-                    Some(range.after(last)),
-                )
-            }
-        }
-        _ => (range.clone(), None),
-    };
+    let (covered, rest) = page_cover(range, &page, limit, reverse);
     if writes.is_empty() || covered.is_empty() {
         return Ok((page, rest));
     }
@@ -239,6 +216,39 @@ impl Storage for Overlay<'_> {
 
     fn is_partial(&self) -> bool {
         self.base.is_partial()
+    }
+}
+
+/// The part of `range` a page scanned from it speaks for, and the rest still to scan:
+/// up to the page's last key when the page is full (`limit` entries), the whole range
+/// otherwise.
+pub(crate) fn page_cover(
+    range: &KeyRange,
+    page: &[Entry],
+    limit: usize,
+    reverse: bool,
+) -> (KeyRange, Option<KeyRange>) {
+    match page.last() {
+        Some((last, _)) if page.len() == limit => {
+            if reverse {
+                (
+                    KeyRange {
+                        start: Bound::Included(last.clone()),
+                        end: range.end.clone(),
+                    },
+                    Some(range.before(last)),
+                )
+            } else {
+                (
+                    KeyRange {
+                        start: range.start.clone(),
+                        end: Bound::Included(last.clone()),
+                    },
+                    Some(range.after(last)),
+                )
+            }
+        }
+        _ => (range.clone(), None),
     }
 }
 
