@@ -23,7 +23,9 @@ export function importMap(modules, prefix, packages) {
   for (const name of packages) {
     const meta = JSON.parse(readFileSync(join(modules, name, "package.json"), "utf8"));
     let exp = meta.exports || { ".": meta.module || meta.main };
-    if (typeof exp === "string") exp = { ".": exp };
+    // A string, or conditions with no subpaths (`{ "import": ..., "require": ... }`),
+    // is the package's main entry.
+    if (typeof exp === "string" || !Object.keys(exp).some((k) => k.startsWith("."))) exp = { ".": exp };
     for (const [sub, target] of Object.entries(exp)) {
       const file = pick(target);
       if (!file || sub.includes("*") || !/\.m?js$/.test(file)) continue;

@@ -25,6 +25,8 @@ const SHELL = [
   "./vendor/warren/dist/worker.js",
   "./vendor/warren/wasm/warren_web.js",
   "./vendor/warren/wasm/warren_web_bg.wasm",
+  "./vendor/warren/wasm/warren_web_text.js",
+  "./vendor/warren/wasm/warren_web_text_bg.wasm",
   // .ci/build-demo lists yjs and its lib0 modules here (for the notes).
 ];
 

@@ -34,6 +34,8 @@ export interface LeaderEngine {
 /** Everything `Warren.open` takes. */
 export interface OpenParams {
   wasm?: WasmSource;
+  /** The engine with collaborative text, or the smaller one without it. */
+  text: boolean;
   name: string;
   clientId: string;
   url: string;
@@ -87,18 +89,21 @@ interface Waiting {
 let idle: Worker | null = null;
 /** The idle worker failed (it could not load, say): it is not reused. */
 let idleFailed = false;
+/** Which module the idle worker loads: with collaborative text or without. */
+let idleText = false;
 
 /** Starts the engine's worker and its WebAssembly's compilation ahead of `open`. */
-export function prestart(wasm?: WasmSource): void {
+export function prestart(wasm: WasmSource | undefined, text: boolean): void {
   if (idle) return;
   try {
     const w = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
     idle = w;
     idleFailed = false;
+    idleText = text;
     w.onerror = () => {
       if (idle === w) idleFailed = true;
     };
-    void toTransferable(wasm).then((src) => w.postMessage({ id: 0, m: "init", a: [src] }));
+    void toTransferable(wasm).then((src) => w.postMessage({ id: 0, m: "init", a: [src, text] }));
   } catch {
     idle = null;
   }
@@ -140,7 +145,7 @@ export class WorkerEngine implements LeaderEngine {
   /** Starts the worker and opens the database in it; rejects if the worker cannot
    * start (the caller then runs the engine on the page). */
   static async open(p: OpenParams): Promise<WorkerEngine> {
-    if (idle && idleFailed) {
+    if (idle && (idleFailed || idleText !== p.text)) {
       idle.terminate();
       idle = null;
     }
@@ -152,6 +157,7 @@ export class WorkerEngine implements LeaderEngine {
     try {
       engine.statusNow = await engine.ask("open", [
         wasm,
+        p.text,
         p.name,
         p.clientId,
         p.url,

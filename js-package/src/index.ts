@@ -31,8 +31,13 @@ export interface OpenOptions {
   name?: string;
   /** Start offline (no connection until `setOnline(true)`). */
   offline?: boolean;
-  /** Where to load the engine's `.wasm` from (defaults to the file in this package). */
+  /** Where to load the engine's `.wasm` from (defaults to the file in this package:
+   * `wasm/warren_web_text_bg.wasm` when `text` is on, else `wasm/warren_web_bg.wasm`). */
   wasm?: WasmSource;
+  /** Load the engine with collaborative text (`text` fields, `db.text`), about 75 KB
+   * more gzipped. Default: on, unless `schema` is given and declares no `text` field.
+   * Without it a text edit fails at once with `TEXT_UNAVAILABLE`. */
+  text?: boolean;
   /** On the very first start without `schema`, how long `open` waits for the server
    * to send it, in ms (default 15 000). After that `open` resolves anyway, and writes
    * fail with `UNKNOWN_NAME` until the schema arrives. */
@@ -200,13 +205,38 @@ export class LiveQuery<R> implements Readable<R | undefined> {
 
 let ready: Promise<unknown> | null = null;
 
-/** The engine's JavaScript glue, loaded on the page only when the engine runs here. */
-const glue = () => import("../wasm/warren_web.js");
+let readyText = false;
+
+/** What the package uses of either module's glue (the same API; wasm-bindgen names
+ * the internal shims after each module). */
+interface Glue {
+  default(input?: { module_or_path: WasmSource }): Promise<unknown>;
+  Warren: typeof import("../wasm/warren_web.js").Warren;
+}
+
+/** The engine's JavaScript glue, loaded on the page only when the engine runs here:
+ * the module with collaborative text, or the smaller one without it. */
+const glue = (text: boolean): Promise<Glue> =>
+  (text ? import("../wasm/warren_web_text.js") : import("../wasm/warren_web.js")) as Promise<unknown> as Promise<Glue>;
+
+/** Whether an app opened with `options` needs the engine with collaborative text. */
+export function wantsText(options: { text?: boolean; schema?: string }): boolean {
+  if (options.text !== undefined) return options.text;
+  if (options.schema === undefined) return true;
+  // A field declared `text` (comments removed first).
+  return /\bfield\s+[A-Za-z_]\w*\s*:\s*text\b/.test(options.schema.replace(/\/\/[^\n]*/g, ""));
+}
 
 /** Loads the engine on this page (once per page): what `open` does when it runs the
- * engine here rather than in a worker. */
-export function load(wasm?: WasmSource): Promise<unknown> {
-  ready ??= glue()
+ * engine here rather than in a worker. `text`: the module with collaborative text
+ * (default); a page loads one of the two. */
+export function load(wasm?: WasmSource, text = true): Promise<unknown> {
+  if (ready && readyText !== text)
+    return Promise.reject(
+      errorFor("STORAGE_ERROR", `this page loaded the engine ${readyText ? "with" : "without"} collaborative text already`),
+    );
+  readyText = text;
+  ready ??= glue(text)
     .then((m) => m.default(wasm === undefined ? undefined : { module_or_path: wasm }))
     .catch((e: unknown) => {
       ready = null;
@@ -253,7 +283,8 @@ export async function open<S = Record<string, Record<string, Value>>>(
   if (typeof indexedDB === "undefined")
     throw errorFor("STORAGE_ERROR", "IndexedDB is not available here: Warren runs in a browser");
   // The engine's worker starts now and compiles the engine while the token comes.
-  if (options.worker !== false && typeof Worker !== "undefined") prestart(options.wasm);
+  const text = wantsText(options);
+  if (options.worker !== false && typeof Worker !== "undefined") prestart(options.wasm, text);
   const provider = typeof options.token === "function" ? options.token : null;
   const token = provider ? await provider() : (options.token as string);
   const auth = claimsOf(token);
@@ -271,6 +302,7 @@ export async function open<S = Record<string, Record<string, Value>>>(
     leaderBefore = true;
     return startEngine(options, {
       wasm: options.wasm,
+      text,
       name,
       clientId,
       url,
@@ -318,8 +350,8 @@ async function startEngine(options: OpenOptions, p: OpenParams): Promise<LeaderE
       console.warn("warren: the engine runs on the page (its worker did not start):", e);
     }
   }
-  await load(options.wasm);
-  return openHere((await glue()).Warren, p);
+  await load(options.wasm, p.text);
+  return openHere((await glue(p.text)).Warren, p);
 }
 
 /** Arguments as JSON text; values JSON cannot hold (NaN, Infinity, BigInt, cycles)

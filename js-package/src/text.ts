@@ -31,6 +31,7 @@ export interface Yjs<D> {
 interface DocLike {
   on(event: "update", f: (update: Uint8Array, origin: unknown) => void): void;
   getText(name?: string): unknown;
+  getXmlFragment(name?: string): unknown;
   destroy(): void;
 }
 
@@ -57,8 +58,15 @@ const PRESENCE_EXPIRES_MS = 15000;
 export class TextBinding<D extends { getText(name?: string): unknown } = any> {
   /** The Yjs document; replaced after a refused edit (see `onReset`). */
   doc: D;
-  /** The `Y.Text` editors bind to: `doc.getText("text")`. */
+  /** The `Y.Text` plain-text editors bind to (CodeMirror, Quill, a textarea):
+   * `doc.getText("text")`. */
   text: ReturnType<D["getText"]>;
+  /** The `Y.XmlFragment` rich-text editors bind to (ProseMirror, TipTap):
+   * `doc.getXmlFragment("xml")`. A field may hold both; programs read the text,
+   * then the fragment's text (docs/LANGUAGE.md, "Collaborative text"). */
+  get fragment(): D extends { getXmlFragment(name?: string): infer F } ? F : unknown {
+    return (this.doc as unknown as DocLike).getXmlFragment("xml") as any;
+  }
   /** The last refused edit's error, if any. */
   error: WarrenError | undefined = undefined;
   /** Resolves once the replica's text is in the doc. */

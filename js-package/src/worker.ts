@@ -3,7 +3,14 @@
 // through `WorkerEngine` (engine.ts) with messages; values come back as JSON text,
 // which the page parses once.
 
-import init, { Warren } from "../wasm/warren_web.js";
+import type { Warren } from "../wasm/warren_web.js";
+
+/** What the worker uses of the engine's glue: the module with collaborative text, or
+ * the smaller one (the same API; wasm-bindgen names the inner shims after each). */
+interface Glue {
+  default(input?: { module_or_path: never }): Promise<unknown>;
+  Warren: typeof import("../wasm/warren_web.js").Warren;
+}
 
 interface Req {
   id: number;
@@ -25,8 +32,14 @@ let engine: Warren | null = null;
 /** The engine compiled and instantiated, once per worker (started by `init`, ahead of
  * `open`, or by the first `open`). */
 let initialized: Promise<unknown> | null = null;
-const initOnce = (wasm: unknown) =>
-  (initialized ??= init(wasm === undefined ? undefined : { module_or_path: wasm as never }));
+let glue: Glue | null = null;
+const initOnce = (wasm: unknown, text: boolean) =>
+  (initialized ??= (
+    (text ? import("../wasm/warren_web_text.js") : import("../wasm/warren_web.js")) as Promise<unknown> as Promise<Glue>
+  ).then((m) => {
+    glue = m;
+    return m.default(wasm === undefined ? undefined : { module_or_path: wasm as never });
+  }));
 const tokenWaits = new Map<number, (token: string | undefined) => void>();
 let nextToken = 1;
 
@@ -52,17 +65,17 @@ scope.onmessage = async (e: MessageEvent) => {
   const { id, m, a } = msg;
   try {
     if (m === "init") {
-      await initOnce(a[0]);
+      await initOnce(a[0], a[1] as boolean);
       return;
     }
     if (m === "open") {
-      const [wasm, name, clientId, url, token, schema, auth, options, provider, offline] = a as [
-        unknown, string, string, string, string, string | undefined, unknown, unknown, boolean, boolean,
+      const [wasm, text, name, clientId, url, token, schema, auth, options, provider, offline] = a as [
+        unknown, boolean, string, string, string, string, string | undefined, unknown, unknown, boolean, boolean,
       ];
       // Once per worker (a worker started ahead or kept from a closed database has
-      // it already).
-      await initOnce(wasm);
-      const w = await Warren.open(name, clientId, url, token, schema, auth, options);
+      // it already, with the same module: engine.ts starts another otherwise).
+      await initOnce(wasm, text);
+      const w = await glue!.Warren.open(name, clientId, url, token, schema, auth, options);
       w.setJson(true);
       // Events go to the page in batches: one message for everything a step of the
       // engine reported (a catch-up confirms hundreds of writes at once).

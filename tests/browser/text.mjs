@@ -9,11 +9,15 @@
 //    An edit the rules refuse (too long) is taken back from the editor, which goes on.
 // 3. eve (whom the rules refuse) never receives the note, and her edit is refused at
 //    once.
+// 4. Rich text: ann and bob edit note n2 in ProseMirror through y-prosemirror's own
+//    plugin bound to the binding's Y.XmlFragment (real key presses), online, then
+//    offline at once in the same paragraph, plus a link; after reconnecting both
+//    editors show the same document, and the server's text is its text.
 //
 // Run by .ci/test-browser after .ci/build-package and a debug build of the server.
 import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
-import { readFileSync, existsSync } from "node:fs";
+import { readFileSync, existsSync, mkdirSync } from "node:fs";
 import { join, extname, normalize } from "node:path";
 import { importMap } from "../../.ci/importmap.mjs";
 import { check, fail, finish, until, tempDir, freePort, startWarren, stopProcess, profile as browser, root } from "./harness.mjs";
@@ -22,10 +26,14 @@ const work = tempDir("browser-text");
 const SECRET = "browser-text-secret-0123456789abcdef";
 const pkg = join(root, "js-package");
 const modules = join(pkg, "node_modules");
+const shots = join(process.env.CARGO_TARGET_DIR || join(root, "target"), "text-screenshots");
 
 // The import map: `warren` from the built package, `yjs` and its dependencies from
 // js-package's node_modules.
-const imports = { warren: "/warren/dist/index.js", ...importMap(modules, "/nm", ["yjs", "lib0", "isomorphic.js"]) };
+const imports = { warren: "/warren/dist/index.js", ...importMap(modules, "/nm", ["yjs", "lib0", "isomorphic.js",
+  "y-prosemirror", "y-protocols", "prosemirror-state", "prosemirror-view", "prosemirror-model",
+  "prosemirror-transform", "prosemirror-schema-basic", "prosemirror-keymap", "prosemirror-commands",
+  "orderedmap", "w3c-keyname"]) };
 const page = readFileSync(join(root, "tests", "browser", "text.html"), "utf8")
   .replace("IMPORT_MAP", JSON.stringify({ imports }));
 
@@ -60,11 +68,11 @@ function token(sub) {
 }
 
 /** The note's text as the server holds it (what `pull` gives `sub`), or null. */
-async function serverText(sub = "ann") {
+async function serverText(sub = "ann", id = "n1") {
   const r = await fetch(`http://127.0.0.1:${syncPort}/v1/pull`, {
     method: "POST", headers: { authorization: `Bearer ${token(sub)}` }, body: "{}",
   });
-  const docs = (await r.json()).snapshots.flatMap((s) => s.docs).filter((d) => d.collection === "Note");
+  const docs = (await r.json()).snapshots.flatMap((s) => s.docs).filter((d) => d.collection === "Note" && d.id === id);
   const body = docs[0]?.data?.body;
   if (!body) return docs.length ? "" : null;
   // The stored text value (docs/STORAGE.md, "Text fields"): 01, u32 length, UTF-8.
@@ -160,6 +168,53 @@ try {
   // She cannot read the note, so to her it does not exist.
   check("eve's edit is refused at once", refused.startsWith("TYPE_ERROR") && refused.includes("not found, or is not readable"), refused);
   check("and the text is unchanged", (await serverText()) === `> ${merged}`);
+
+  // 4. Rich text through y-prosemirror, typed with the keyboard.
+  await a.evaluate(async () => { const w = window.db.transact('Note.create({ id: "n2" })'); await w.confirmed; });
+  await until("bob has note n2", () => b.evaluate(() => window.db.query('Note.byId("n2")').then((d) => d !== null)));
+  await a.evaluate(() => window.mount("n2"));
+  await b.evaluate(() => window.mount("n2"));
+  await a.click("#pm-n2 .ProseMirror");
+  await a.keyboard.type("Agenda for Monday");
+  await a.keyboard.press("Enter");
+  await a.keyboard.type("Budget review");
+  await a.evaluate(() => window.pmBinding.flush());
+  const typed = "Agenda for Monday\nBudget review";
+  await until("bob's ProseMirror shows ann's paragraphs", async () =>
+    JSON.stringify(await b.evaluate(() => window.pmParagraphs())) === JSON.stringify(["Agenda for Monday", "Budget review"]));
+  await until("the server reads the paragraphs as text", async () => (await serverText("ann", "n2")) === typed);
+  check("rich text: paragraphs typed in one ProseMirror reach the other and the server", true);
+
+  await a.evaluate(() => window.db.setOnline(false));
+  await b.evaluate(() => window.db.setOnline(false));
+  await a.click("#pm-n2 .ProseMirror");
+  await a.keyboard.press("Control+End");
+  await a.keyboard.type(" (ann)");
+  await a.evaluate(() => window.pmLink("https://example.com/agenda"));
+  await b.click("#pm-n2 .ProseMirror");
+  await b.keyboard.press("Control+Home");
+  await b.keyboard.type("Bob: ");
+  await b.keyboard.press("Control+End");
+  await b.keyboard.press("Enter");
+  await b.keyboard.type("Lunch at noon");
+  await b.evaluate(() => window.pmBinding.flush());
+  await a.evaluate(() => window.db.setOnline(true));
+  await b.evaluate(() => window.db.setOnline(true));
+  await until("both ProseMirrors show the same document", async () => {
+    const [x, y] = [await a.evaluate(() => window.pmParagraphs()), await b.evaluate(() => window.pmParagraphs())];
+    const s = JSON.stringify(x);
+    return s === JSON.stringify(y) && s.includes("Bob: ") && s.includes("(ann)") && s.includes("Lunch at noon");
+  }, 10000);
+  const paras = await a.evaluate(() => window.pmParagraphs());
+  check("offline rich-text edits of both merge the same way in both editors", true, JSON.stringify(paras));
+  await until("the server holds the merged rich text", async () => (await serverText("ann", "n2")) === paras.join("\n"), 5000);
+  check("the server's text is the merged document's text", (await serverText("ann", "n2")) === paras.join("\n"));
+  const links = [await a.evaluate(() => window.pmLinks()), await b.evaluate(() => window.pmLinks())];
+  check("the link (a mark of two attributes) reached both editors",
+    links.every((l) => l.length > 0 && l.every((h) => h === "https://example.com/agenda")), JSON.stringify(links));
+  mkdirSync(shots, { recursive: true });
+  await a.screenshot({ path: join(shots, "prosemirror-ann.png") });
+  await b.screenshot({ path: join(shots, "prosemirror-bob.png") });
 } catch (e) {
   fail(e);
 } finally {

@@ -75,6 +75,9 @@ pub enum ErrorCode {
     /// A collaborative text update depends on edits the text does not have: an
     /// earlier edit was refused, or has not been sent yet.
     TextUpdateOutOfOrder,
+    /// This build of the engine has no collaborative text (the browser's smaller
+    /// module) and cannot apply a text edit; the server, which has it, decides.
+    TextUnavailable,
 }
 
 impl ErrorCode {
@@ -109,6 +112,7 @@ impl ErrorCode {
         ErrorCode::IdentityQuota,
         ErrorCode::InvalidTextUpdate,
         ErrorCode::TextUpdateOutOfOrder,
+        ErrorCode::TextUnavailable,
     ];
 
     /// The stable string form.
@@ -143,6 +147,7 @@ impl ErrorCode {
             ErrorCode::IdentityQuota => "IDENTITY_QUOTA_EXCEEDED",
             ErrorCode::InvalidTextUpdate => "INVALID_TEXT_UPDATE",
             ErrorCode::TextUpdateOutOfOrder => "TEXT_UPDATE_OUT_OF_ORDER",
+            ErrorCode::TextUnavailable => "TEXT_UNAVAILABLE",
         }
     }
 
@@ -154,10 +159,15 @@ impl ErrorCode {
     /// Whether a transaction that fails with this code would fail the same way on every
     /// replica (a property of the commit and the state). Storage and corruption
     /// failures are local accidents: the executor must stop, not record a rejection.
+    /// `TEXT_UNAVAILABLE` is a property of the build (the browser's module without
+    /// text): the replica does not take the write, the server decides it.
     pub fn is_deterministic(self) -> bool {
         !matches!(
             self,
-            ErrorCode::Storage | ErrorCode::Corrupt | ErrorCode::QuotaExceeded
+            ErrorCode::Storage
+                | ErrorCode::Corrupt
+                | ErrorCode::QuotaExceeded
+                | ErrorCode::TextUnavailable
         )
     }
 }

@@ -226,7 +226,7 @@ fn every_error_code_is_tested() {
 
 #[test]
 fn codes_are_stable_strings() {
-    assert_eq!(ErrorCode::ALL.len(), 29);
+    assert_eq!(ErrorCode::ALL.len(), 30);
     for code in ErrorCode::ALL {
         assert_eq!(ErrorCode::parse(code.as_str()), Some(*code));
         assert_eq!(code.to_string(), code.as_str());
@@ -234,7 +234,7 @@ fn codes_are_stable_strings() {
             code.is_deterministic(),
             !matches!(
                 code.as_str(),
-                "STORAGE_ERROR" | "CORRUPT" | "QUOTA_EXCEEDED"
+                "STORAGE_ERROR" | "CORRUPT" | "QUOTA_EXCEEDED" | "TEXT_UNAVAILABLE"
             )
         );
     }
@@ -994,10 +994,31 @@ fn code_invalid_text_update() {
 }
 
 #[test]
+#[cfg(feature = "text")]
 fn code_text_update_out_of_order() {
     // Client 7 inserts "x" after its own character 5, which the text never had.
     let update = vec![1, 1, 7, 6, 0x84, 7, 5, 1, b'x', 0];
     let mut db = Db::new();
     db.rejects(edit_pad(update), "TEXT_UPDATE_OUT_OF_ORDER");
     assert_eq!(db.q(r#"Pad.byId("p")"#), Value::Null);
+}
+
+/// Only an engine built without collaborative text (the browser's smaller module)
+/// gives it: `cargo test -p warren-core --no-default-features --test error_codes`
+/// (run by `.ci/test`). Like a storage failure it is not a property of the commit, so
+/// `execute` returns it instead of a rejection; the full engine applies the edit.
+#[test]
+fn code_text_unavailable() {
+    // Client 7 inserts "x" at the start of the text.
+    let update = vec![1, 1, 7, 0, 4, 1, 4, b't', b'e', b'x', b't', 1, b'x', 0];
+    let c = commit(1, edit_pad(update));
+    let store = MemoryStore::new();
+    let r = execute(&store, &schema(), &c, 1, &Limits::default());
+    if cfg!(feature = "text") {
+        assert!(matches!(r, Ok(Outcome::Committed { .. })), "{r:?}");
+    } else {
+        let e = r.unwrap_err();
+        assert_eq!(e.code.as_str(), "TEXT_UNAVAILABLE");
+        assert!(e.message.contains("without collaborative text"), "{e}");
+    }
 }

@@ -47,6 +47,9 @@ const NOT_REPRODUCIBLE: &[&str] = &[
     // (tests/error_codes.rs and tests/ytext.rs make them).
     "INVALID_TEXT_UPDATE",
     "TEXT_UPDATE_OUT_OF_ORDER",
+    // Only the browser's module without text gives it (tests/error_codes.rs, built
+    // with --no-default-features).
+    "TEXT_UNAVAILABLE",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -930,6 +930,7 @@ pub fn differential(seed: u64, count: u64) -> String {
     }
     // Collaborative text: editors' updates interleaved at random (a round per 300
     // programs, and at least three).
+    #[cfg(feature = "text")]
     out.push_str(&super::text::differential(seed, 3 + count / 300));
     let _ = writeln!(out, "end {}", crate::hex(&db.digest().expect("memory")));
     out

@@ -3,6 +3,7 @@
 //! programs. Nothing in the engine itself uses it.
 
 pub mod gen;
+#[cfg(feature = "text")]
 pub mod text;
 
 /// SplitMix64: a small, fast, seeded generator. Every randomized test draws from one of

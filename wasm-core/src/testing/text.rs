@@ -6,8 +6,12 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use yrs::types::Attrs;
 use yrs::updates::decoder::Decode;
-use yrs::{ClientID, GetString, OffsetKind, Options, Text, Transact, Update};
+use yrs::{
+    Any, ClientID, OffsetKind, Options, Text, Transact, Update, Xml, XmlElementPrelim, XmlFragment,
+    XmlOut, XmlTextPrelim,
+};
 
 use super::Rng;
 use crate::eval::Limits;
@@ -38,6 +42,8 @@ function edit(id, update) {
 pub struct Editor {
     doc: yrs::Doc,
     text: yrs::TextRef,
+    /// The rich-text root, as ProseMirror's binding edits it.
+    xml: yrs::XmlFragmentRef,
     pub outbox: Vec<Vec<u8>>,
 }
 
@@ -48,15 +54,23 @@ impl Editor {
         o.offset_kind = OffsetKind::Utf16;
         let doc = yrs::Doc::with_options(o);
         let text = doc.get_or_insert_text(crate::ytext::ROOT);
+        let xml = doc.get_or_insert_xml_fragment(crate::ytext::XML_ROOT);
         Editor {
             doc,
             text,
+            xml,
             outbox: Vec::new(),
         }
     }
 
+    /// The text as the engine reads the field.
     pub fn string(&self) -> String {
-        self.text.get_string(&self.doc.transact())
+        crate::ytext::field_string(&self.doc)
+    }
+
+    /// The length of the plain `Y.Text`, in UTF-16 units.
+    fn text_len(&self) -> u32 {
+        self.text.len(&self.doc.transact())
     }
 
     /// Inserts `s` at UTF-16 offset `at`, as one local transaction.
@@ -73,9 +87,60 @@ impl Editor {
         self.outbox.push(txn.encode_update_v1());
     }
 
-    /// A random insertion or deletion.
+    /// A random edit of the rich-text fragment, as a ProseMirror binding makes them:
+    /// a paragraph inserted (with an attribute and a link of several keys, whose order
+    /// `yrs` keeps in a randomly seeded map) or removed, or text typed into one.
+    pub fn random_xml_edit(&mut self, rng: &mut Rng) {
+        let mut txn = self.doc.transact_mut();
+        let len = self.xml.len(&txn);
+        let word = *rng.pick(&["one", "two", "ж", "xyz"]);
+        if len > 0 && rng.chance(30) {
+            self.xml
+                .remove_range(&mut txn, rng.below(u64::from(len)) as u32, 1);
+        } else if len > 0 && rng.chance(50) {
+            let at = rng.below(u64::from(len)) as u32;
+            if let Some(XmlOut::Element(p)) = self.xml.get(&txn, at) {
+                if let Some(XmlOut::Text(t)) = p.get(&txn, 0) {
+                    let n = t.len(&txn);
+                    t.insert(&mut txn, rng.below(u64::from(n) + 1) as u32, word);
+                }
+            }
+        } else {
+            let at = rng.below(u64::from(len) + 1) as u32;
+            let p = self
+                .xml
+                .insert(&mut txn, at, XmlElementPrelim::empty("paragraph"));
+            let t = p.insert(&mut txn, 0, XmlTextPrelim::new(word));
+            if rng.chance(50) {
+                let link: Any = Any::from(std::collections::HashMap::from([
+                    (
+                        "href".to_owned(),
+                        Any::from(format!("https://x/{}", rng.below(9))),
+                    ),
+                    ("title".to_owned(), Any::Null),
+                    ("target".to_owned(), Any::from("_blank")),
+                ]));
+                t.format(&mut txn, 0, 1, Attrs::from([("link".into(), link)]));
+            }
+            if rng.chance(50) {
+                let attrs = Any::from(std::collections::HashMap::from([
+                    ("level".to_owned(), Any::from(rng.below(3) as f64)),
+                    ("align".to_owned(), Any::from("left")),
+                    ("id".to_owned(), Any::from(format!("p{}", rng.below(99)))),
+                ]));
+                p.insert_attribute(&mut txn, "attrs", attrs);
+            }
+        }
+        self.outbox.push(txn.encode_update_v1());
+    }
+
+    /// A random insertion or deletion (in the plain text, or one time in four in the
+    /// rich-text fragment).
     pub fn random_edit(&mut self, rng: &mut Rng) {
-        let len = self.string().encode_utf16().count() as u32;
+        if rng.chance(25) {
+            return self.random_xml_edit(rng);
+        }
+        let len = self.text_len();
         if len > 0 && rng.chance(35) {
             let at = rng.below(u64::from(len)) as u32;
             let n = 1 + rng.below(u64::from((len - at).min(5))) as u32;
