@@ -9,6 +9,8 @@
 //!   compares digests (it has applied everything before it by then: the state was put
 //!   after the batches it covers);
 //! - a fence on this region stops it (`LOG_FENCED`);
+//! - another region's presence message (`presence/<r>/<slot>`, crate::presence) goes to
+//!   the region for its connections, if it is fresh;
 //! - a deleted log key is fatal (nothing deletes log keys);
 //! - the watch's start compacted away is fatal (`NEEDS_SNAPSHOT`).
 //!
@@ -180,6 +182,14 @@ fn handle(
                 )))
             }
         },
+        (Key::Presence(slot), Some(v)) if slot.split('/').next() != Some(own) => {
+            match crate::presence::Relayed::decode(&v) {
+                Some(m) if m.fresh(crate::presence::now_ms()) => {
+                    region.send(RegionMsg::RemotePresence(m))
+                }
+                _ => Ok(()),
+            }
+        }
         _ => Ok(()),
     };
     Ok(sent.is_ok())

@@ -11,6 +11,8 @@
 //!   (or, in a deployment of many regions, appends them to the shared log).
 //! - [`follower`]: in a deployment of many regions, consumes the shared log (etcd) in
 //!   global order and hands batches and other regions' digests to the region.
+//! - [`presence`]: in a deployment of many regions, relays presence messages to the
+//!   other regions through etcd (not the log).
 //! - [`region`]: the executor thread: applies the log, keeps each connection's
 //!   readable partitions, sends snapshots, effects, drops and outcomes.
 //! - [`store`]: the region's state in redb, behind the engine's storage trait.
@@ -40,6 +42,7 @@ pub mod graphql;
 pub mod limits;
 pub mod log;
 pub mod metrics;
+pub mod presence;
 pub mod queue;
 pub mod region;
 pub mod sequencer;

@@ -255,6 +255,9 @@ pub enum RegionMsg {
         partition: String,
         data: Vec<u8>,
     },
+    /// Another region's presence message (crate::presence), for this region's
+    /// connections that hold its partition.
+    RemotePresence(crate::presence::Relayed),
     /// Stop after what is queued; make the store durable.
     Stop,
 }
@@ -682,6 +685,8 @@ pub struct Region {
     applied_tx: Option<tokio::sync::watch::Sender<i64>>,
     /// Told what each identity's commits cost (the gateway's budgets), if anyone is.
     costs: Option<Arc<Identities>>,
+    /// In a deployment of many regions: where presence messages go for the others.
+    relay: Option<crate::presence::Relay>,
 }
 
 /// Frames for the dispatcher task, in order.
@@ -713,6 +718,21 @@ impl Region {
         if !sender.sub.held().contains(&partition) {
             return;
         }
+        if let Some(relay) = &self.relay {
+            relay.send(crate::presence::Relayed {
+                partition: partition.clone(),
+                from: from.clone(),
+                at_ms: crate::presence::now_ms(),
+                data: data.clone(),
+            });
+        }
+        self.deliver_presence(conn, from, partition, data);
+    }
+
+    /// Hands a presence message to this region's connections that hold `partition`
+    /// now, but `sender` (0: from another region, whose region checked its sender).
+    fn deliver_presence(&self, sender: u64, from: String, partition: String, data: Vec<u8>) {
+        let conn = sender;
         let Some(holders) = self.routes.holders.get(&partition) else {
             return;
         };
@@ -850,6 +870,7 @@ impl Region {
             shared,
             applied_tx: None,
             costs: None,
+            relay: None,
         })
     }
 
@@ -894,6 +915,11 @@ impl Region {
     /// its identity in `costs` (see `crate::limits`).
     pub fn set_costs(&mut self, costs: Arc<Identities>) {
         self.costs = Some(costs);
+    }
+
+    /// Sends presence messages to the other regions through `relay` too.
+    pub fn set_presence_relay(&mut self, relay: crate::presence::Relay) {
+        self.relay = Some(relay);
     }
 
     /// The last applied position.
@@ -1089,6 +1115,9 @@ impl Region {
                     partition,
                     data,
                 } => self.presence(conn, from, partition, data),
+                RegionMsg::RemotePresence(m) => {
+                    self.deliver_presence(0, m.from, m.partition, m.data)
+                }
                 RegionMsg::Stop => return Ok(()),
             }
         }

@@ -617,6 +617,10 @@ async fn start_shared(
     region.on_applied(applied_tx);
     let identities = Arc::new(config.gateway.identities());
     region.set_costs(identities.clone());
+    region.set_presence_relay(
+        crate::presence::spawn(log.clone(), sc.region.clone(), stop.clone())
+            .map_err(|e| start_err("presence relay", e))?,
+    );
     let after = region.revision();
     let position = region.position();
     let latest = region.latest();

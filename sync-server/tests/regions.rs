@@ -425,6 +425,66 @@ fn hello_answer(rt: &tokio::runtime::Runtime, url: &str) -> Option<ServerFrame> 
     })
 }
 
+/// Presence crosses regions (through etcd, not the log): u1 on r1 and u2 on r2 hold
+/// the team's partition; u1's cursor reaches u2 and u3 on r3, not u1 itself, and not
+/// an outsider on r2 who may not read the partition; the outsider's own reaches nobody.
+fn presence_crosses_regions(rt: &tokio::runtime::Runtime, urls: &[String]) {
+    rt.block_on(async {
+        let is_presence = |f: &ServerFrame| matches!(f, ServerFrame::Presence { .. });
+        let holds = |f: &ServerFrame| {
+            matches!(f, ServerFrame::Snapshot { partition, .. } if partition == "team:t")
+        };
+        let mut conns = Vec::new();
+        for (sub, url) in [("u1", &urls[0]), ("u2", &urls[1]), ("u3", &urls[2]), ("zed", &urls[1])] {
+            let mut c = RawConnection::connect(url).await.unwrap();
+            c.send(&ClientFrame::Hello {
+                client_id: format!("{sub}-presence"),
+                token: token(sub),
+                schema_version: String::new(),
+                outbox_from: 0,
+                partitions: vec![],
+            })
+            .await
+            .unwrap();
+            let frames = if sub == "zed" {
+                c.recv_until(WAIT, |f| matches!(f, ServerFrame::Welcome { .. })).await
+            } else {
+                c.recv_until(WAIT, holds).await
+            };
+            assert!(!frames.is_empty(), "{sub} was welcomed");
+            conns.push(c);
+        }
+        let [mut u1, mut u2, mut u3, mut zed] = <[_; 4]>::try_from(conns).ok().unwrap();
+        let presence = |data: &[u8]| ClientFrame::Presence {
+            partition: "team:t".into(),
+            data: data.to_vec(),
+        };
+        u1.send(&presence(b"u1: cursor 7")).await.unwrap();
+        for (who, c) in [("u2 on r2", &mut u2), ("u3 on r3", &mut u3)] {
+            let got = c.recv_until(WAIT, is_presence).await;
+            assert_eq!(
+                got.last(),
+                Some(&ServerFrame::Presence {
+                    partition: "team:t".into(),
+                    from: "u1".into(),
+                    data: b"u1: cursor 7".to_vec(),
+                }),
+                "{who}"
+            );
+        }
+        let quiet = Duration::from_millis(1500);
+        for (who, c) in [("the sender", &mut u1), ("an outsider", &mut zed)] {
+            let got = c.recv_until(quiet, is_presence).await;
+            assert!(!got.iter().any(is_presence), "presence reached {who}");
+        }
+        zed.send(&presence(b"zed was here")).await.unwrap();
+        for c in [&mut u1, &mut u2, &mut u3] {
+            let got = c.recv_until(quiet, is_presence).await;
+            assert!(!got.iter().any(is_presence), "the outsider's presence was relayed");
+        }
+    });
+}
+
 fn error_code(f: &Option<ServerFrame>) -> Option<&str> {
     match f {
         Some(ServerFrame::Error { code, .. }) => Some(code),
@@ -540,6 +600,8 @@ fn fast() {
             )
             .unwrap();
     }
+    presence_crosses_regions(&rt, &urls);
+    steps.step("presence between regions");
     let load = Load::start(&rt, clients.clone(), acks.clone(), seed);
 
     // S1: steady load with the WAN delay between members.

@@ -353,6 +353,9 @@ pub enum Key {
     State(String),
     Alive(String),
     Fence(String),
+    /// `presence/<region>/<slot>`: a presence message for the other regions
+    /// (crate::presence), never part of the log.
+    Presence(String),
     Other(String),
 }
 
@@ -369,6 +372,9 @@ impl Key {
         }
         if let Some(r) = rel.strip_prefix("fence/") {
             return Key::Fence(r.to_owned());
+        }
+        if let Some(r) = rel.strip_prefix("presence/") {
+            return Key::Presence(r.to_owned());
         }
         if let Some(rest) = rel.strip_prefix("regions/") {
             if let Some(r) = rest.strip_suffix("/state") {
@@ -389,6 +395,7 @@ impl Key {
             Key::State(r) => format!("regions/{r}/state"),
             Key::Alive(r) => format!("regions/{r}/alive"),
             Key::Fence(r) => format!("fence/{r}"),
+            Key::Presence(r) => format!("presence/{r}"),
             Key::Other(s) => s.clone(),
         }
     }
