@@ -41,7 +41,7 @@ use warren_core::storage::{KeyRange, Storage};
 use warren_core::{keys, Error, ErrorCode, Value};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use web_sys::{BinaryType, MessageEvent, WebSocket};
+use web_sys::{BinaryType, WebSocket};
 
 use crate::idb::{IdbStore, Miss};
 
@@ -1402,10 +1402,12 @@ impl Shared {
         }));
         let t = self.sync.clone();
         ls.push(EventListener::new(&ws, "message", move |e| {
-            let Some(e) = e.dyn_ref::<MessageEvent>() else {
+            // `data` read as a property: Node's WebSocket and the `ws` package deliver
+            // events that are not `instanceof MessageEvent`.
+            let Ok(data) = js_sys::Reflect::get(e, &"data".into()) else {
                 return;
             };
-            if let Ok(buf) = e.data().dyn_into::<ArrayBuffer>() {
+            if let Ok(buf) = data.dyn_into::<ArrayBuffer>() {
                 let _ = t.unbounded_send(SyncCmd::Frame(Uint8Array::new(&buf).to_vec()));
             }
         }));
