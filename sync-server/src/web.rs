@@ -78,7 +78,7 @@ fn origin_allowed(opts: &WebOptions, origin: &str, host: Option<&str>) -> bool {
     if host.is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
         return true;
     }
-    if opts.cors_origins.iter().any(|o| *o == origin) {
+    if opts.cors_origins.contains(&origin) {
         return true;
     }
     // With development tokens on: any page served from this machine.
