@@ -72,7 +72,9 @@ export interface Status {
   connected: boolean;
   /** Local writes the server has not confirmed yet. */
   pending: number;
-  /** When the server last confirmed a write (`null`: never, in this page). */
+  /** When this replica was last in step with the server: the server confirmed a write
+   * or sent others' changes (to the second). Kept across reloads (in `localStorage`,
+   * where there is one); `null` if never. */
   lastSync: Date | null;
   /** Whether the schema is known (given to `open`, kept from before, or sent by the
    * server): writes need it. */
@@ -363,7 +365,7 @@ export async function open<S = Record<string, Record<string, Value>>>(
   } catch (e) {
     throw wrap(e);
   }
-  const db = new Database<S>(tabs, auth);
+  const db = new Database<S>(tabs, auth, name);
   if (options.onStatus) db.status.subscribe(options.onStatus);
   if (options.connectTimeout !== undefined && !options.offline) {
     try {
@@ -477,6 +479,11 @@ export class Database<S = Record<string, Record<string, Value>>> {
   /** The engine's last status, and the last error the server closed with. */
   private rawStatus: unknown;
   private lastError: WarrenError | null = null;
+  /** The last sync kept from before (ms), its localStorage key, and when it was
+   * last written there. */
+  private syncFloor = 0;
+  private syncKey: string | null = null;
+  private syncSaved = 0;
   /** What each of this page's pending calls was, by sequence number, for the errors
    * of refused writes (bounded like `outcomes`). */
   private calls = new Map<number, { fn: string; args: Record<string, unknown> }>();
@@ -491,10 +498,16 @@ export class Database<S = Record<string, Record<string, Value>>> {
     engine: unknown,
     /** The token's claims (as the local rule checks see `auth`). */
     readonly auth: Record<string, Value>,
+    /** The database's name, under which the last sync is kept across reloads. */
+    name?: string,
   ) {
     this.engine = engine as EngineApi;
+    if (name !== undefined && typeof localStorage !== "undefined") {
+      this.syncKey = `warren:lastSync:${name}`;
+      this.syncFloor = Number(localStorage.getItem(this.syncKey)) || 0;
+    }
     this.rawStatus = this.engine.status();
-    this.statusNow = toStatus(this.rawStatus, null);
+    this.statusNow = toStatus(this.rawStatus, null, this.syncFloor);
     const self = this;
     this.status = {
       get current() {
@@ -511,7 +524,10 @@ export class Database<S = Record<string, Record<string, Value>>> {
     // server confirmed and is not yet on disk.
     if (typeof addEventListener === "function" && typeof document !== "undefined") {
       const hide = (e: Event) => {
-        if (e.type === "pagehide" || document.visibilityState === "hidden") void this.flush().catch(() => {});
+        if (e.type === "pagehide" || document.visibilityState === "hidden") {
+          this.saveSync();
+          void this.flush().catch(() => {});
+        }
       };
       this.onHide = hide;
       addEventListener("pagehide", hide);
@@ -693,6 +709,17 @@ export class Database<S = Record<string, Record<string, Value>>> {
     }
   }
 
+  /** Whether this device has a write to document `id` of `collection` that the server
+   * has not confirmed yet (it created, changed or deleted it): Firestore's
+   * `hasPendingWrites`, for a row's "saving..." mark. Answered from memory. */
+  async hasPendingWrites(collection: string, id: string): Promise<boolean> {
+    try {
+      return await this.engine.hasPendingWrites(collection, id);
+    } catch (e) {
+      throw wrap(e);
+    }
+  }
+
   /** Engine counters and memory (the cache, the view, IndexedDB reads and writes, the
    * WebAssembly memory), for diagnostics. */
   async stats(): Promise<EngineStats> {
@@ -705,6 +732,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.saveSync();
     if (this.onHide) {
       removeEventListener("pagehide", this.onHide);
       document.removeEventListener("visibilitychange", this.onHide);
@@ -854,8 +882,25 @@ export class Database<S = Record<string, Record<string, Value>>> {
     }
   }
 
+  private saveSync(): void {
+    if (!this.syncKey || this.syncFloor <= this.syncSaved) return;
+    this.syncSaved = this.syncFloor;
+    try {
+      localStorage.setItem(this.syncKey, String(this.syncFloor));
+    } catch {
+      // Storage full or refused: the last sync is only not kept.
+    }
+  }
+
   private publishStatus(): void {
-    const next = toStatus(this.rawStatus, this.lastError);
+    const last = (this.rawStatus as { lastSync?: number }).lastSync ?? 0;
+    if (last > this.syncFloor) {
+      this.syncFloor = last;
+      // At most once a second (and at close and when the page hides): a page that
+      // crashes loses at most that much.
+      if (last - this.syncSaved >= 1000) this.saveSync();
+    }
+    const next = toStatus(this.rawStatus, this.lastError, this.syncFloor);
     const was = this.statusNow;
     if (
       was.state === next.state &&
@@ -893,7 +938,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
   }
 }
 
-function toStatus(s: unknown, error: WarrenError | null): Status {
+function toStatus(s: unknown, error: WarrenError | null, lastSync: number): Status {
   const o = s as { online: boolean; connected: boolean; pending: number; lastSync: number; hasSchema: boolean };
   const state: ConnectionState = o.connected
     ? "online"
@@ -908,7 +953,7 @@ function toStatus(s: unknown, error: WarrenError | null): Status {
     online: o.online,
     connected: o.connected,
     pending: o.pending,
-    lastSync: o.lastSync ? new Date(o.lastSync) : null,
+    lastSync: Math.max(o.lastSync, lastSync) ? new Date(Math.max(o.lastSync, lastSync)) : null,
     hasSchema: o.hasSchema,
     state,
     error: o.connected ? null : error,

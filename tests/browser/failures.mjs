@@ -14,6 +14,8 @@
 //    rule's refusal has its rule text in `message` only; `e.name` is set; messages do
 //    not repeat the code; a write the server refuses later comes as a `rejected`
 //    event with its function and arguments.
+// 5. `hasPendingWrites(collection, id)` while a row's write is unconfirmed; `lastSync`
+//    moves when another device's change arrives, and survives a reload.
 import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
 import { readFileSync, existsSync } from "node:fs";
@@ -156,6 +158,7 @@ try {
     const { devToken, open } = window.warren;
     const db1 = window.db;
     const db2 = await open({ url, token: () => devToken(url, "ann"), name: "ann-b", connectTimeout: 15000 });
+    window.db2 = db2;
     const id = (await db1.query("Todo.byOwner('ann')"))[0].id;
     await new Promise((ok) => { const stop = db2.live(`Todo.byId(${JSON.stringify(id)})`).subscribe((v) => v && (queueMicrotask(() => stop()), ok())); });
     db2.setOnline(false);
@@ -174,6 +177,44 @@ try {
     ev.reason === "no such todo" && typeof ev.seq === "number", JSON.stringify(later));
   check("... and its `confirmed` rejects with the same", later.r.err?.fn === "toggle" && later.r.err.code === "ABORTED",
     JSON.stringify(later.r));
+
+  // 5. Pending per document, and the last sync.
+  const pend = await a.evaluate(async () => {
+    const db = window.db;
+    db.setOnline(false);
+    const w = db.call("addTodo", { title: "pending one" });
+    await w.local;
+    const todo = (await db.query("Todo.byOwner('ann')")).find((t) => t.title === "pending one");
+    const before = await db.hasPendingWrites("Todo", todo.id);
+    db.setOnline(true);
+    await w.confirmed;
+    const after = await db.hasPendingWrites("Todo", todo.id);
+    return { before, after, other: await db.hasPendingWrites("Todo", "nope") };
+  });
+  check("hasPendingWrites: true while a write to the row is unconfirmed, false once confirmed",
+    pend.before === true && pend.after === false && pend.other === false, JSON.stringify(pend));
+  const moved = await a.evaluate(async () => {
+    const db2 = window.db2;
+    const t0 = db2.status.current.lastSync?.getTime() ?? 0;
+    await new Promise((ok) => setTimeout(ok, 1100));
+    const id = (await window.db.call("addTodo", { title: "from the other device" }).confirmed).result;
+    await new Promise((ok) => {
+      const stop = db2.live("Todo.byOwner('ann')").subscribe((v) =>
+        v?.some((t) => t.title === "from the other device") && (queueMicrotask(() => stop()), ok()));
+    });
+    await new Promise((ok) => setTimeout(ok, 50));
+    return { t0, t1: db2.status.current.lastSync?.getTime() ?? 0, pending: db2.status.current.pending, id };
+  });
+  check("lastSync moves when another device's change arrives (no write of its own)",
+    moved.t1 > moved.t0 && moved.pending === 0, JSON.stringify(moved));
+  await a.evaluate(() => window.db2.close());
+  await a.reload();
+  await a.waitForFunction(() => window.ready === true);
+  const kept = await a.evaluate(async (url) => {
+    const db = await window.warren.open({ url, token: await window.warren.devToken(url, "ann"), name: "ann-b", offline: true });
+    return db.status.current.lastSync?.getTime() ?? 0;
+  }, url);
+  check("lastSync survives a reload (opened offline)", kept === moved.t1, `${kept} vs ${moved.t1}`);
 } catch (e) {
   fail(e);
 } finally {
