@@ -31,6 +31,11 @@ export interface OpenOptions {
   name?: string;
   /** Start offline (no connection until `setOnline(true)`). */
   offline?: boolean;
+  /** Where the data lives: `"indexeddb"` (the default, in browsers) or `"memory"`, for
+   * Node (tests, server-side rendering, trusted server code): an IndexedDB held in
+   * memory by the `fake-indexeddb` package, which the app installs. It lasts as long
+   * as the process. */
+  storage?: "indexeddb" | "memory";
   /** Where to load the engine's `.wasm` from (defaults to the file in this package). */
   wasm?: WasmSource;
   /** On the very first start without `schema`, how long `open` waits for the server
@@ -243,11 +248,10 @@ export function load(wasm?: WasmSource): Promise<unknown> {
 /** In Node (where `fetch` cannot read a `file:` URL), the engine's `.wasm` file read
  * from disk; elsewhere `undefined` (the glue fetches the file next to it). */
 async function nodeWasm(): Promise<BufferSource | undefined> {
-  const node = (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node;
-  if (!node) return undefined;
-  // A name bundlers leave alone: this never runs in a browser.
-  const fsName = "node:fs/promises";
-  const fs = (await import(/* @vite-ignore */ fsName)) as { readFile(u: URL): Promise<Uint8Array<ArrayBuffer>> };
+  if (!isNode()) return undefined;
+  const fs = (await optionalImport("node:fs/promises")) as unknown as {
+    readFile(u: URL): Promise<Uint8Array<ArrayBuffer>>;
+  };
   return fs.readFile(new URL("../wasm/warren_web_bg.wasm", import.meta.url));
 }
 
@@ -328,8 +332,13 @@ export async function devToken(url: string, sub: string): Promise<string> {
 export async function open<S = Record<string, Record<string, Value>>>(
   options: OpenOptions,
 ): Promise<Database<S>> {
+  if (options.storage === "memory") await memoryStorage();
   if (typeof indexedDB === "undefined")
-    throw errorFor("STORAGE_ERROR", "IndexedDB is not available here: Warren runs in a browser");
+    throw errorFor(
+      "STORAGE_ERROR",
+      'IndexedDB is not available here: in Node, open with storage: "memory" (and install fake-indexeddb)',
+    );
+  if (!options.offline) await nodeWebSocket();
   // The engine's worker starts now and compiles the engine while the token comes.
   if (options.worker !== false && typeof Worker !== "undefined") prestart(options.wasm);
   const provider = typeof options.token === "function" ? options.token : null;
@@ -387,6 +396,37 @@ export async function open<S = Record<string, Record<string, Value>>>(
     });
   }
   return db;
+}
+
+const isNode = () =>
+  typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === "string";
+
+/** `import()` of a package the app may have installed, by a name bundlers leave alone
+ * (these run in Node only). */
+const optionalImport = (name: string): Promise<Record<string, unknown>> => import(/* @vite-ignore */ name);
+
+/** `storage: "memory"`: IndexedDB in memory (fake-indexeddb), where there is none. */
+async function memoryStorage(): Promise<void> {
+  if (typeof indexedDB !== "undefined" && !isNode())
+    throw errorFor("STORAGE_ERROR", 'storage: "memory" is for Node; a browser has IndexedDB');
+  if (typeof indexedDB !== "undefined") return;
+  try {
+    await optionalImport("fake-indexeddb/auto");
+  } catch (e) {
+    throw errorFor("STORAGE_ERROR", `storage: "memory" needs the fake-indexeddb package (npm install fake-indexeddb): ${String(e)}`);
+  }
+}
+
+/** In Node without a global WebSocket (before 22), the `ws` package's, if installed. */
+async function nodeWebSocket(): Promise<void> {
+  const g = globalThis as { WebSocket?: unknown };
+  if (g.WebSocket !== undefined || !isNode()) return;
+  try {
+    const ws = await optionalImport("ws");
+    g.WebSocket = ws.WebSocket ?? ws.default;
+  } catch (e) {
+    throw errorFor("NOT_CONNECTED", `this Node has no WebSocket: use Node 22 or later, or npm install ws (${String(e)})`);
+  }
 }
 
 /** Resolves once `db` is connected; rejects with the server's refusal of the token at

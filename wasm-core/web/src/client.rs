@@ -429,7 +429,13 @@ impl Warren {
                 }));
         }
         let global: web_sys::EventTarget = js_sys::global().unchecked_into();
-        for (name, on) in [("online", true), ("offline", false)] {
+        // Node's global scope has no `addEventListener` (and no online events).
+        let has_events = js_sys::Reflect::get(&global, &"addEventListener".into())
+            .is_ok_and(|f| f.is_function());
+        for (name, on) in [("online", true), ("offline", false)]
+            .into_iter()
+            .filter(|_| has_events)
+        {
             let t = sync_tx.clone();
             shared
                 .online_listeners
