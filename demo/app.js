@@ -95,13 +95,20 @@ function write(what, w) {
 
 function renderStatus(s) {
   const el = $("#status");
-  const state = !s.online ? "Offline" : s.connected ? "Online" : "Connecting…";
+  const state = {
+    online: "Online",
+    offline: "Offline",
+    connecting: "Connecting…",
+    unauthorized: "Signed out by the server: sign in again",
+    error: "Reconnecting…",
+  }[s.state] ?? s.state;
   const pending = s.pending ? ` · ${s.pending} pending` : " · all synced";
   const last = s.lastSync ? ` · last sync ${s.lastSync.toLocaleTimeString()}` : "";
   el.textContent = state + pending + last;
   el.className = `status ${s.online && s.connected ? "online" : "offline"}`;
   el.dataset.pending = String(s.pending);
   el.dataset.connected = String(s.connected);
+  el.dataset.state = s.state;
 }
 
 // ---- the app -----------------------------------------------------------------

@@ -68,6 +68,7 @@ try {
   check("both users are signed in and online", await until("connections", async () =>
     (await ann.$eval("#status", (e) => e.dataset.connected)) === "true"
     && (await bob.$eval("#status", (e) => e.dataset.connected)) === "true"));
+  check("the status pill shows the `online` state", (await ann.$eval("#status", (e) => e.dataset.state)) === "online");
 
   // 1. ann's private list and a shared board.
   await ann.fill("#todo-title", "ann's private note");
