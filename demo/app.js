@@ -58,29 +58,36 @@ function h(tag, props = {}, ...children) {
   return el;
 }
 
-/** Explains a refused write in words, with its stable code. */
+/** Explains a refused write in words for the person using the board: the package's
+ * `userMessage` (no rule text, no line numbers), and the board's own words for a few
+ * cases. The code stays in a data attribute; the developer's message goes to the
+ * console. */
 const EXPLAIN = {
   PERMISSION_DENIED: "The board's rules do not allow that.",
-  ABORTED: "That could not be done.",
   QUOTA_EXCEEDED: "This browser has no room left for more data.",
   DOCUMENT_NOT_FOUND: "It was deleted meanwhile.",
 };
 
+function explain(e) {
+  // The schema's functions abort("no such todo") when the item is gone.
+  if (e.code === "ABORTED" && /^no such/.test(e.reason ?? "")) return "It was deleted meanwhile.";
+  return EXPLAIN[e.code] ?? e.userMessage ?? "Something went wrong.";
+}
+
 function showError(e, what) {
-  const text = EXPLAIN[e.code] ?? "Something went wrong.";
+  console.warn(`${what}: ${e.code}: ${e.message}`);
   const msg = h(
     "div",
     { class: "message", role: "alert", "data-code": e.code ?? "" },
     h("strong", {}, `${what}: refused. `),
-    text,
-    h("br"),
-    h("code", {}, e.message),
+    explain(e),
   );
   $("#messages").append(msg);
   setTimeout(() => msg.remove(), 8000);
 }
 
-/** Runs a write; a refusal (in this browser at once, or by the server later) is shown. */
+/** Runs a write; a refusal in this browser is shown at once (one by the server later
+ * comes as a `rejected` event, see `start`). */
 function write(what, w) {
   w.result.catch((e) => showError(e, what));
   return w;
@@ -88,13 +95,20 @@ function write(what, w) {
 
 function renderStatus(s) {
   const el = $("#status");
-  const state = !s.online ? "Offline" : s.connected ? "Online" : "Connecting…";
+  const state = {
+    online: "Online",
+    offline: "Offline",
+    connecting: "Connecting…",
+    unauthorized: "Signed out by the server: sign in again",
+    error: "Reconnecting…",
+  }[s.state] ?? s.state;
   const pending = s.pending ? ` · ${s.pending} pending` : " · all synced";
   const last = s.lastSync ? ` · last sync ${s.lastSync.toLocaleTimeString()}` : "";
   el.textContent = state + pending + last;
   el.className = `status ${s.online && s.connected ? "online" : "offline"}`;
   el.dataset.pending = String(s.pending);
   el.dataset.connected = String(s.connected);
+  el.dataset.state = s.state;
 }
 
 // ---- the app -----------------------------------------------------------------

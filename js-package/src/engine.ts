@@ -28,6 +28,7 @@ export interface LeaderEngine {
   setTokenProvider(f: () => Promise<string>): void;
   flush(): Promise<void>;
   stats(): Promise<unknown>;
+  hasPendingWrites(collection: string, id: string): Promise<boolean>;
   close(): Promise<void>;
 }
 
@@ -67,6 +68,7 @@ export async function openHere(Engine: typeof Wasm, p: OpenParams): Promise<Lead
     setTokenProvider: (f) => w.setTokenProvider(f),
     flush: () => w.flush(),
     stats: async () => w.stats(),
+    hasPendingWrites: async (c, id) => w.hasPendingWrites(c, id),
     close: () => w.close(),
   };
 }
@@ -320,6 +322,10 @@ export class WorkerEngine implements LeaderEngine {
 
   stats(): Promise<unknown> {
     return this.ask("stats", []);
+  }
+
+  hasPendingWrites(collection: string, id: string): Promise<boolean> {
+    return this.ask("hasPendingWrites", [collection, id]) as Promise<boolean>;
   }
 
   async close(): Promise<void> {

@@ -69,20 +69,72 @@ export const AUTH_CODES = [
   "AUTH_CONFIG",
 ] as const;
 
+/** Codes the package itself gives, with no server or engine involved. */
+export const CLIENT_CODES = ["NOT_CONNECTED"] as const;
+
 export type ProgramCode = (typeof PROGRAM_CODES)[number];
+export type ClientCode = (typeof CLIENT_CODES)[number];
 export type StorageCode = (typeof STORAGE_CODES)[number];
 export type ConnectionCode = (typeof CONNECTION_CODES)[number];
 export type AuthCode = (typeof AUTH_CODES)[number];
 /** Every stable error code. */
-export type ErrorCode = ProgramCode | StorageCode | ConnectionCode | AuthCode;
+export type ErrorCode = ProgramCode | StorageCode | ConnectionCode | AuthCode | ClientCode;
 
-/** The base class of every error Warren raises; `code` is stable, `message` is for people. */
+/** Words for the people using an app, one per kind of failure: no rule text, no line
+ * numbers, no code. `e.userMessage` gives them; an app may show its own instead. */
+const USER_MESSAGES: Record<string, string> = {
+  PERMISSION_DENIED: "You are not allowed to do that.",
+  DOCUMENT_NOT_FOUND: "That item no longer exists.",
+  DOCUMENT_EXISTS: "That item already exists.",
+  UNIQUE_VIOLATION: "That value is already taken.",
+  INVALID_ARGUMENT: "Some of what you entered is not valid.",
+  ARGUMENT_TOO_LARGE: "That is too large to save.",
+  DOCUMENT_TOO_LARGE: "That is too large to save.",
+  TOO_MANY_WRITES: "That changes too much at once.",
+  QUOTA_EXCEEDED: "This device is out of storage space.",
+  IDENTITY_QUOTA_EXCEEDED: "Your account has reached its storage limit.",
+  RATE_LIMITED: "Too many changes at once; please wait a moment.",
+  NOT_CONNECTED: "Cannot reach the server. Check your connection.",
+};
+const AUTH_USER_MESSAGE = "Your session is not valid; please sign in again.";
+const FALLBACK_USER_MESSAGE = "Something went wrong; please try again.";
+
+/** The base class of every error Warren raises. `code` is stable; `message` is for the
+ * developer (it may quote a rule and name a line); `userMessage` is for end users. */
 export class WarrenError extends Error {
   readonly code: ErrorCode;
+  /** For `ABORTED`: the text the function gave to `abort(...)` (otherwise undefined). */
+  readonly reason?: string;
+  /** The function a refused write called, and its arguments (on `rejected` events and
+   * on the errors of writes made through `db.call`). */
+  fn?: string;
+  args?: Record<string, unknown>;
+  /** Where in the schema's source the error arose (1-based), when the engine said. */
+  readonly line?: number;
+  readonly column?: number;
   constructor(code: ErrorCode, message: string) {
-    super(message);
+    // The engine writes `CODE at LINE:COLUMN: text` (or `CODE: text`): the code is its
+    // own field, so the message says it once only, with the place at its end.
+    const m = /^([A-Z_]+)(?: at (\d+):(\d+))?: ([\s\S]*)$/.exec(message);
+    const own = m !== null && m[1] === code;
+    const text = own ? m[4] : message;
+    super(own && m[2] ? `${text} (at line ${m[2]}, column ${m[3]})` : text);
     this.code = code;
-    this.name = new.target.name;
+    // Set by hand: a minifier renames classes, and `new.target.name` with them.
+    this.name = nameFor(code);
+    if (own && m[2]) {
+      this.line = Number(m[2]);
+      this.column = Number(m[3]);
+    }
+    if (code === "ABORTED") this.reason = text;
+  }
+
+  /** A message fit for end users: no rule text, no line numbers. For `ABORTED` it is
+   * the function's own `abort(...)` text, which the app's author wrote. */
+  get userMessage(): string {
+    if (this.reason !== undefined && this.reason !== "aborted") return this.reason;
+    if (is(AUTH_CODES, this.code)) return AUTH_USER_MESSAGE;
+    return USER_MESSAGES[this.code] ?? FALLBACK_USER_MESSAGE;
   }
 }
 
@@ -103,14 +155,25 @@ export class StorageError extends WarrenError {
   declare readonly code: StorageCode;
 }
 
-/** The server closed the connection with this code; Warren reconnects by itself. */
+/** The server closed the connection with this code; Warren reconnects by itself. Also
+ * `NOT_CONNECTED` from `open({ connectTimeout })` when no connection came up in time. */
 export class ConnectionError extends WarrenError {
-  declare readonly code: ConnectionCode;
+  declare readonly code: ConnectionCode | ClientCode;
 }
 
 /** The server refused the token. `TOKEN_EXPIRED` calls the token callback for a new one. */
 export class AuthError extends WarrenError {
   declare readonly code: AuthCode;
+}
+
+/** The class name of each kind, as `e.name` gives it (the same in a minified bundle). */
+function nameFor(code: string): string {
+  if (code === "PERMISSION_DENIED") return "PermissionDeniedError";
+  if (is(PROGRAM_CODES, code)) return "ProgramError";
+  if (is(STORAGE_CODES, code)) return "StorageError";
+  if (is(CONNECTION_CODES, code) || is(CLIENT_CODES, code)) return "ConnectionError";
+  if (is(AUTH_CODES, code)) return "AuthError";
+  return "WarrenError";
 }
 
 const is = <T extends readonly string[]>(list: T, code: string): code is T[number] =>
@@ -121,7 +184,7 @@ export function errorFor(code: string, message: string): WarrenError {
   if (code === "PERMISSION_DENIED") return new PermissionDeniedError(code, message);
   if (is(PROGRAM_CODES, code)) return new ProgramError(code, message);
   if (is(STORAGE_CODES, code)) return new StorageError(code, message);
-  if (is(CONNECTION_CODES, code)) return new ConnectionError(code, message);
+  if (is(CONNECTION_CODES, code) || is(CLIENT_CODES, code)) return new ConnectionError(code, message);
   if (is(AUTH_CODES, code)) return new AuthError(code, message);
   return new WarrenError(code as ErrorCode, message);
 }

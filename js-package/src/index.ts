@@ -31,6 +31,11 @@ export interface OpenOptions {
   name?: string;
   /** Start offline (no connection until `setOnline(true)`). */
   offline?: boolean;
+  /** Where the data lives: `"indexeddb"` (the default, in browsers) or `"memory"`, for
+   * Node (tests, server-side rendering, trusted server code): an IndexedDB held in
+   * memory by the `fake-indexeddb` package, which the app installs. It lasts as long
+   * as the process. */
+  storage?: "indexeddb" | "memory";
   /** Where to load the engine's `.wasm` from (defaults to the file in this package:
    * `wasm/warren_web_text_bg.wasm` when `text` is on, else `wasm/warren_web_bg.wasm`). */
   wasm?: WasmSource;
@@ -49,7 +54,25 @@ export interface OpenOptions {
   /** The byte cap of the engine's cache of loaded data (default 64 MiB); past it the
    * data used least recently is dropped from memory (it stays in IndexedDB). */
   cacheBytes?: number;
+  /** Called with the status at once and on every change, from before `open` resolves
+   * (so a refused token or an unreachable server is seen while `open` still waits). */
+  onStatus?: (status: Status) => void;
+  /** Wait at most this long (ms) for a connection to the server: `open` then rejects
+   * with `NOT_CONNECTED` if none came up, or at once with the server's `AuthError`
+   * (`TOKEN_BAD_SIGNATURE`, `TOKEN_EXPIRED`...) if it refused the token. Without it,
+   * `open` resolves without waiting for the network (see `firstSyncTimeout`). */
+  connectTimeout?: number;
 }
+
+/** Where the connection stands:
+ * - `connecting`: online, trying to reach the server (the first time, or again);
+ * - `online`: connected and syncing;
+ * - `offline`: no network, or `setOnline(false)` / `offline: true`;
+ * - `unauthorized`: the server refused the token (`status.error.code` says why:
+ *   `TOKEN_BAD_SIGNATURE`, `TOKEN_EXPIRED`...); a token function is asked again;
+ * - `error`: the server closed the connection with an error (`status.error`); Warren
+ *   reconnects by itself. */
+export type ConnectionState = "connecting" | "online" | "offline" | "unauthorized" | "error";
 
 /** The sync state, as `db.status` gives it. */
 export interface Status {
@@ -59,11 +82,17 @@ export interface Status {
   connected: boolean;
   /** Local writes the server has not confirmed yet. */
   pending: number;
-  /** When the server last confirmed a write (`null`: never, in this page). */
+  /** When this replica was last in step with the server: the server confirmed a write
+   * or sent others' changes (to the second). Kept across reloads (in `localStorage`,
+   * where there is one); `null` if never. */
   lastSync: Date | null;
   /** Whether the schema is known (given to `open`, kept from before, or sent by the
    * server): writes need it. */
   hasSchema: boolean;
+  /** Where the connection stands, see `ConnectionState`. */
+  state: ConnectionState;
+  /** Why the state is `unauthorized` or `error` (`null` otherwise). */
+  error: WarrenError | null;
 }
 
 /** A value over time, with the store contract of Svelte and others: `subscribe` calls
@@ -118,7 +147,8 @@ export type EngineStats = Record<string, number>;
 
 /** The events `db.on` delivers. */
 export interface Events {
-  /** A write was refused by the server; `error.seq` says which. */
+  /** A write was refused by the server; `error.seq` says which, and for a write made
+   * with `db.call` in this page `error.fn` and `error.args` say what it was. */
   rejected: WarrenError & { seq?: number };
   /** The server stopped sending a partition (access revoked); its data is gone locally. */
   dropped: string;
@@ -224,7 +254,7 @@ export function wantsText(options: { text?: boolean; schema?: string }): boolean
   if (options.text !== undefined) return options.text;
   if (options.schema === undefined) return true;
   // A field declared `text` (comments removed first).
-  return /\bfield\s+[A-Za-z_]\w*\s*:\s*text\b/.test(options.schema.replace(/\/\/[^\n]*/g, ""));
+  return /\bfield\s+[A-Za-z_]\w*\??\s*:\s*text\b/.test(options.schema.replace(/\/\/[^\n]*/g, ""));
 }
 
 /** Loads the engine on this page (once per page): what `open` does when it runs the
@@ -237,12 +267,22 @@ export function load(wasm?: WasmSource, text = true): Promise<unknown> {
     );
   readyText = text;
   ready ??= glue(text)
-    .then((m) => m.default(wasm === undefined ? undefined : { module_or_path: wasm }))
+    .then(async (m) => m.default({ module_or_path: wasm ?? (await nodeWasm(text)) }))
     .catch((e: unknown) => {
       ready = null;
       throw errorFor("STORAGE_ERROR", `could not load Warren's WebAssembly: ${String(e)}`);
     });
   return ready;
+}
+
+/** In Node (where `fetch` cannot read a `file:` URL), the engine's `.wasm` file read
+ * from disk; elsewhere `undefined` (the glue fetches the file next to it). */
+async function nodeWasm(text: boolean): Promise<BufferSource | undefined> {
+  if (!isNode()) return undefined;
+  const fs = (await optionalImport("node:fs/promises")) as unknown as {
+    readFile(u: URL): Promise<Uint8Array<ArrayBuffer>>;
+  };
+  return fs.readFile(new URL(text ? "../wasm/warren_web_text_bg.wasm" : "../wasm/warren_web_bg.wasm", import.meta.url));
 }
 
 /** The claims of a JWT, read without checking it (the server checks it; the browser
@@ -273,6 +313,48 @@ export function syncUrl(url: string): string {
   return u.toString();
 }
 
+/** The HTTP origin of a server given as `wss://host`, `https://host` or a full URL. */
+function httpBase(url: string): string {
+  const u = new URL(syncUrl(url));
+  u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+  return u.origin;
+}
+
+/**
+ * DEVELOPMENT ONLY: a token for user `sub` from a server run with `--dev-tokens`
+ * (`POST /v1/dev/token`). From a page of another origin (a Vite dev server, say), the
+ * server must allow that origin: pages on `localhost` are allowed with `--dev-tokens`,
+ * others with `--cors-origin`. Rejects with `NOT_CONNECTED` when the server cannot be
+ * reached or refuses the origin, or with the server's code (`INVALID_ARGUMENT` for a
+ * bad name).
+ */
+export async function devToken(url: string, sub: string): Promise<string> {
+  const at = `${httpBase(url)}/v1/dev/token`;
+  let res: Response;
+  try {
+    res = await fetch(at, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ sub }),
+    });
+  } catch (e) {
+    throw errorFor(
+      "NOT_CONNECTED",
+      `could not reach ${at} (${String(e)}): is the server running with --dev-tokens, and does it allow this page's origin (--cors-origin)?`,
+    );
+  }
+  const body = (await res.json().catch(() => null)) as { token?: unknown; code?: unknown; message?: unknown } | null;
+  if (res.ok && typeof body?.token === "string") return body.token;
+  if (typeof body?.code === "string")
+    throw errorFor(body.code, typeof body.message === "string" ? body.message : `${res.status}`);
+  throw errorFor(
+    "NOT_CONNECTED",
+    res.status === 404
+      ? `${at} answered 404: run the server with --dev-tokens`
+      : `${at} answered ${res.status}`,
+  );
+}
+
 /**
  * Opens the database for the user the token names, in IndexedDB, and starts syncing.
  * Works offline: without a network it opens what this browser holds.
@@ -280,8 +362,13 @@ export function syncUrl(url: string): string {
 export async function open<S = Record<string, Record<string, Value>>>(
   options: OpenOptions,
 ): Promise<Database<S>> {
+  if (options.storage === "memory") await memoryStorage();
   if (typeof indexedDB === "undefined")
-    throw errorFor("STORAGE_ERROR", "IndexedDB is not available here: Warren runs in a browser");
+    throw errorFor(
+      "STORAGE_ERROR",
+      'IndexedDB is not available here: in Node, open with storage: "memory" (and install fake-indexeddb)',
+    );
+  if (!options.offline) await nodeWebSocket();
   // The engine's worker starts now and compiles the engine while the token comes.
   const text = wantsText(options);
   if (options.worker !== false && typeof Worker !== "undefined") prestart(options.wasm, text);
@@ -319,8 +406,16 @@ export async function open<S = Record<string, Record<string, Value>>>(
   } catch (e) {
     throw wrap(e);
   }
-  const db = new Database<S>(tabs, auth);
-  if (!options.offline && !(tabs.status() as { hasSchema: boolean }).hasSchema) {
+  const db = new Database<S>(tabs, auth, name);
+  if (options.onStatus) db.status.subscribe(options.onStatus);
+  if (options.connectTimeout !== undefined && !options.offline) {
+    try {
+      await connected(db, options.connectTimeout);
+    } catch (e) {
+      await db.close().catch(() => {});
+      throw e;
+    }
+  } else if (!options.offline && !(tabs.status() as { hasSchema: boolean }).hasSchema) {
     // The first start ever, with no schema given: the server's comes with the welcome.
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => done(), options.firstSyncTimeout ?? 15_000);
@@ -333,6 +428,68 @@ export async function open<S = Record<string, Record<string, Value>>>(
     });
   }
   return db;
+}
+
+const isNode = () =>
+  typeof (globalThis as { process?: { versions?: { node?: string } } }).process?.versions?.node === "string";
+
+/** `import()` of a package the app may have installed, by a name bundlers leave alone
+ * (these run in Node only). */
+const optionalImport = (name: string): Promise<Record<string, unknown>> => import(/* @vite-ignore */ name);
+
+/** `storage: "memory"`: IndexedDB in memory (fake-indexeddb), where there is none. */
+async function memoryStorage(): Promise<void> {
+  if (typeof indexedDB !== "undefined" && !isNode())
+    throw errorFor("STORAGE_ERROR", 'storage: "memory" is for Node; a browser has IndexedDB');
+  if (typeof indexedDB !== "undefined") return;
+  try {
+    await optionalImport("fake-indexeddb/auto");
+  } catch (e) {
+    throw errorFor("STORAGE_ERROR", `storage: "memory" needs the fake-indexeddb package (npm install fake-indexeddb): ${String(e)}`);
+  }
+}
+
+/** In Node without a global WebSocket (before 22), the `ws` package's, if installed. */
+async function nodeWebSocket(): Promise<void> {
+  const g = globalThis as { WebSocket?: unknown };
+  if (g.WebSocket !== undefined || !isNode()) return;
+  try {
+    const ws = await optionalImport("ws");
+    g.WebSocket = ws.WebSocket ?? ws.default;
+  } catch (e) {
+    throw errorFor("NOT_CONNECTED", `this Node has no WebSocket: use Node 22 or later, or npm install ws (${String(e)})`);
+  }
+}
+
+/** Resolves once `db` is connected; rejects with the server's refusal of the token at
+ * once, or with NOT_CONNECTED after `ms`. */
+function connected(db: Database<any>, ms: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let stop: (() => void) | undefined;
+    let done = false;
+    const finish = (e?: WarrenError) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      queueMicrotask(() => stop?.());
+      if (e) reject(e);
+      else resolve();
+    };
+    const timer = setTimeout(() => {
+      const last = db.status.current.error;
+      finish(
+        errorFor(
+          "NOT_CONNECTED",
+          `no connection to the server within ${ms} ms` + (last ? ` (last error: ${last.code}: ${last.message})` : ""),
+        ),
+      );
+    }, ms);
+    stop = db.status.subscribe((s) => {
+      if (s.state === "online") finish();
+      else if (s.state === "unauthorized" && s.error) finish(s.error);
+      else if (s.state === "offline") finish(errorFor("NOT_CONNECTED", "offline: the browser has no network"));
+    });
+  });
 }
 
 /** Opens the engine in a worker, or on the page when that is turned off or fails. */
@@ -391,6 +548,17 @@ export class Database<S = Record<string, Record<string, Value>>> {
   private listeners = new Map<keyof Events, Set<(value: unknown) => void>>();
   private statusRuns = new Set<(s: Status) => void>();
   private statusNow: Status;
+  /** The engine's last status, and the last error the server closed with. */
+  private rawStatus: unknown;
+  private lastError: WarrenError | null = null;
+  /** The last sync kept from before (ms), its localStorage key, and when it was
+   * last written there. */
+  private syncFloor = 0;
+  private syncKey: string | null = null;
+  private syncSaved = 0;
+  /** What each of this page's pending calls was, by sequence number, for the errors
+   * of refused writes (bounded like `outcomes`). */
+  private calls = new Map<number, { fn: string; args: Record<string, unknown> }>();
   private closed = false;
   private onHide: ((e: Event) => void) | null = null;
 
@@ -402,9 +570,16 @@ export class Database<S = Record<string, Record<string, Value>>> {
     engine: unknown,
     /** The token's claims (as the local rule checks see `auth`). */
     readonly auth: Record<string, Value>,
+    /** The database's name, under which the last sync is kept across reloads. */
+    name?: string,
   ) {
     this.engine = engine as EngineApi;
-    this.statusNow = toStatus(this.engine.status());
+    if (name !== undefined && typeof localStorage !== "undefined") {
+      this.syncKey = `warren:lastSync:${name}`;
+      this.syncFloor = Number(localStorage.getItem(this.syncKey)) || 0;
+    }
+    this.rawStatus = this.engine.status();
+    this.statusNow = toStatus(this.rawStatus, null, this.syncFloor);
     const self = this;
     this.status = {
       get current() {
@@ -421,7 +596,10 @@ export class Database<S = Record<string, Record<string, Value>>> {
     // server confirmed and is not yet on disk.
     if (typeof addEventListener === "function" && typeof document !== "undefined") {
       const hide = (e: Event) => {
-        if (e.type === "pagehide" || document.visibilityState === "hidden") void this.flush().catch(() => {});
+        if (e.type === "pagehide" || document.visibilityState === "hidden") {
+          this.saveSync();
+          void this.flush().catch(() => {});
+        }
       };
       this.onHide = hide;
       addEventListener("pagehide", hide);
@@ -455,7 +633,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
 
   /** Calls one of the schema's functions. */
   call<R = unknown>(fn: string, args: Record<string, unknown> = {}): Write<R> {
-    return this.write<R>(() => this.engine.call(fn, toJson(args)));
+    return this.write<R>(() => this.engine.call(fn, toJson(args)), { fn, args });
   }
 
   /**
@@ -603,6 +781,17 @@ export class Database<S = Record<string, Record<string, Value>>> {
     }
   }
 
+  /** Whether this device has a write to document `id` of `collection` that the server
+   * has not confirmed yet (it created, changed or deleted it): Firestore's
+   * `hasPendingWrites`, for a row's "saving..." mark. Answered from memory. */
+  async hasPendingWrites(collection: string, id: string): Promise<boolean> {
+    try {
+      return await this.engine.hasPendingWrites(collection, id);
+    } catch (e) {
+      throw wrap(e);
+    }
+  }
+
   /** Engine counters and memory (the cache, the view, IndexedDB reads and writes, the
    * WebAssembly memory), for diagnostics. */
   async stats(): Promise<EngineStats> {
@@ -615,6 +804,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.saveSync();
     if (this.onHide) {
       removeEventListener("pagehide", this.onHide);
       document.removeEventListener("visibilitychange", this.onHide);
@@ -626,7 +816,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
     }
   }
 
-  private write<R>(start: () => Promise<Applied>): Write<R> {
+  private write<R>(start: () => Promise<Applied>, what?: { fn: string; args: Record<string, unknown> }): Write<R> {
     let started: Promise<Applied>;
     try {
       started = start();
@@ -634,8 +824,28 @@ export class Database<S = Record<string, Record<string, Value>>> {
       started = Promise.reject(e);
     }
     const applied = started.catch((e: unknown) => {
-      throw wrap(e);
+      let err = wrap(e);
+      // With no schema yet, every name is unknown: say what is true instead.
+      if (err.code === "UNKNOWN_NAME" && !this.statusNow.hasSchema)
+        err = errorFor(
+          "NOT_CONNECTED",
+          "the schema is not known yet: this database has not reached the server since it was created (pass `schema` to open, or wait until status.hasSchema)",
+        );
+      if (what) Object.assign(err, what);
+      throw err;
     });
+    if (what)
+      void applied.then(
+        (a) =>
+          a.local.then(
+            (seq) => {
+              if (this.outcomes.has(seq) || this.calls.size >= 10_000) return;
+              this.calls.set(seq, what);
+            },
+            () => {},
+          ),
+        () => {},
+      );
     const result = applied.then((a) => a.result as R);
     // `local` resolves with the sequence number the write is durable under (another
     // tab's engine may have had to make it again, see tabs.ts).
@@ -668,6 +878,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
   }
 
   private settle(seq: number, outcome: { ok: Confirmation<unknown> } | { err: WarrenError }): void {
+    this.calls.delete(seq);
     const w = this.waiters.get(seq);
     if (w) {
       this.waiters.delete(seq);
@@ -712,13 +923,16 @@ export class Database<S = Record<string, Record<string, Value>>> {
       }
       case "rejected": {
         const err = wrap(detail) as WarrenError & { seq?: number };
+        const what = typeof err.seq === "number" ? this.calls.get(err.seq) : undefined;
+        if (what) Object.assign(err, what);
         if (typeof err.seq === "number") this.settle(err.seq, { err });
         this.emit("rejected", err);
         break;
       }
       case "status": {
-        this.statusNow = toStatus(detail);
-        for (const run of [...this.statusRuns]) run(this.statusNow);
+        this.rawStatus = detail;
+        if ((detail as { connected?: boolean }).connected) this.lastError = null;
+        this.publishStatus();
         break;
       }
       case "dropped":
@@ -730,10 +944,48 @@ export class Database<S = Record<string, Record<string, Value>>> {
       case "presence":
         this.emit("presence", detail as Events["presence"]);
         break;
-      case "server-error":
-        this.emit("error", wrap(detail));
+      case "server-error": {
+        const err = wrap(detail);
+        this.lastError = err;
+        this.publishStatus();
+        this.emit("error", err);
         break;
+      }
     }
+  }
+
+  private saveSync(): void {
+    if (!this.syncKey || this.syncFloor <= this.syncSaved) return;
+    this.syncSaved = this.syncFloor;
+    try {
+      localStorage.setItem(this.syncKey, String(this.syncFloor));
+    } catch {
+      // Storage full or refused: the last sync is only not kept.
+    }
+  }
+
+  private publishStatus(): void {
+    const last = (this.rawStatus as { lastSync?: number }).lastSync ?? 0;
+    if (last > this.syncFloor) {
+      this.syncFloor = last;
+      // At most once a second (and at close and when the page hides): a page that
+      // crashes loses at most that much.
+      if (last - this.syncSaved >= 1000) this.saveSync();
+    }
+    const next = toStatus(this.rawStatus, this.lastError, this.syncFloor);
+    const was = this.statusNow;
+    if (
+      was.state === next.state &&
+      was.error === next.error &&
+      was.online === next.online &&
+      was.connected === next.connected &&
+      was.pending === next.pending &&
+      was.lastSync?.getTime() === next.lastSync?.getTime() &&
+      was.hasSchema === next.hasSchema
+    )
+      return;
+    this.statusNow = next;
+    for (const run of [...this.statusRuns]) run(next);
   }
 
   /** @internal */
@@ -758,13 +1010,24 @@ export class Database<S = Record<string, Record<string, Value>>> {
   }
 }
 
-function toStatus(s: unknown): Status {
+function toStatus(s: unknown, error: WarrenError | null, lastSync: number): Status {
   const o = s as { online: boolean; connected: boolean; pending: number; lastSync: number; hasSchema: boolean };
+  const state: ConnectionState = o.connected
+    ? "online"
+    : !o.online
+      ? "offline"
+      : error === null
+        ? "connecting"
+        : error.name === "AuthError"
+          ? "unauthorized"
+          : "error";
   return {
     online: o.online,
     connected: o.connected,
     pending: o.pending,
-    lastSync: o.lastSync ? new Date(o.lastSync) : null,
+    lastSync: Math.max(o.lastSync, lastSync) ? new Date(Math.max(o.lastSync, lastSync)) : null,
     hasSchema: o.hasSchema,
+    state,
+    error: o.connected ? null : error,
   };
 }

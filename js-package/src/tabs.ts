@@ -35,6 +35,7 @@ export interface EngineApi {
   presence?(partition: string, data: string): void;
   flush(): Promise<void>;
   stats(): Promise<unknown>;
+  hasPendingWrites(collection: string, id: string): Promise<boolean>;
   close(): Promise<void>;
 }
 
@@ -333,6 +334,10 @@ export class Tabs implements EngineApi {
     return this.ask("stats", []);
   }
 
+  hasPendingWrites(collection: string, id: string): Promise<boolean> {
+    return this.ask("hasPendingWrites", [collection, id]) as Promise<boolean>;
+  }
+
   /** Leaves: a leader writes what is not yet durable and closes its engine (resolving
    * once that is done), then lets another tab lead. */
   async close(): Promise<void> {
@@ -439,6 +444,8 @@ export class Tabs implements EngineApi {
           return this.answer(tab, id, null);
         case "stats":
           return this.answer(tab, id, await engine.stats());
+        case "hasPendingWrites":
+          return this.answer(tab, id, await engine.hasPendingWrites(a[0] as string, a[1] as string));
         default:
           return this.answer(tab, id, undefined, { code: "INVALID_ARGUMENT", message: `unknown request ${m}` });
       }

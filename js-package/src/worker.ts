@@ -140,6 +140,8 @@ scope.onmessage = async (e: MessageEvent) => {
         return reply(id, null);
       case "stats":
         return reply(id, w.stats());
+      case "hasPendingWrites":
+        return reply(id, w.hasPendingWrites(a[0] as string, a[1] as string));
       case "close":
         await w.close();
         engine = null;

@@ -27,9 +27,6 @@ use warren_server::sequencer::SequencerOptions;
 use warren_server::server::{self, Config, SharedConfig};
 use warren_server::web::WebOptions;
 
-/// The example schema `serve` runs when no schema file is given.
-const EXAMPLE_SCHEMA: &str = include_str!("../../demo/schema.warren");
-
 #[derive(Parser)]
 #[command(name = "warren", version, about = "Warren's sync server and tools")]
 struct Cli {
@@ -162,7 +159,7 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "WARREN_LISTEN", default_value = "127.0.0.1:7070")]
     listen: String,
-    /// The schema file (the bundled example schema when the file does not exist).
+    /// The schema file (the server refuses to start without it).
     #[arg(long, env = "WARREN_SCHEMA", default_value = "schema.warren")]
     schema: PathBuf,
     /// A JWKS for RS256/ES256 tokens: a file path or an http(s) URL.
@@ -318,6 +315,16 @@ struct ServeArgs {
     /// can then sign in as anyone). Needs the HS256 secret.
     #[arg(long, env = "WARREN_DEV_TOKENS")]
     dev_tokens: bool,
+    /// Origins of web pages (`https://app.example.com`) that may use the server from
+    /// another origin (CORS); repeat it or separate with commas. With one given, a page
+    /// of an origin not listed cannot open the sync WebSocket either. --dev-tokens also
+    /// allows pages served from this machine (localhost, any port).
+    #[arg(
+        long = "cors-origin",
+        env = "WARREN_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
     /// The bearer token of the operator's endpoints (`/v1/admin/snapshot`,
     /// `/v1/admin/state`); they are off without one.
     #[arg(long, env = "WARREN_ADMIN_TOKEN", hide_env_values = true)]
@@ -551,12 +558,11 @@ fn serve(s: ServeArgs) -> ExitCode {
     raise_fd_limit();
     let schema = match std::fs::read_to_string(&s.schema) {
         Ok(src) => src,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            tracing::info!(file = %s.schema.display(), "no schema file; running the example schema");
-            EXAMPLE_SCHEMA.to_owned()
-        }
         Err(e) => {
-            eprintln!("error: cannot read {}: {e}", s.schema.display());
+            eprintln!(
+                "error: cannot read the schema file {}: {e} (give it with --schema FILE or WARREN_SCHEMA)",
+                s.schema.display()
+            );
             return ExitCode::from(2);
         }
     };
@@ -591,6 +597,18 @@ fn serve(s: ServeArgs) -> ExitCode {
     if s.dev_tokens {
         tracing::warn!("DEVELOPMENT MODE: anyone can get a token for any user at /v1/dev/token");
     }
+    let mut cors_origins = Vec::new();
+    for o in s.cors_origins.iter().filter(|o| !o.trim().is_empty()) {
+        match warren_server::web::parse_origin(o) {
+            Some(o) => cors_origins.push(o),
+            None => {
+                eprintln!(
+                    "error: --cors-origin {o:?} is not an origin: write scheme://host[:port], e.g. https://app.example.com or http://localhost:5173"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
     let web = WebOptions {
         static_dir: s.static_dir.clone(),
         dev_token_secret: if s.dev_tokens {
@@ -601,6 +619,7 @@ fn serve(s: ServeArgs) -> ExitCode {
         issuer: s.secret.issuer.clone(),
         audience: s.secret.audience.clone(),
         graphiql: s.graphiql,
+        cors_origins,
     };
     let shared = s.region.region.clone().map(|name| {
         let r = &s.region;

@@ -492,9 +492,11 @@ async fn serve(
         p.changes,
         web.graphiql,
     );
+    let cors = axum::middleware::from_fn_with_state(web.clone(), crate::web::cors);
     let app = gateway::app(state)
         .merge(graphql)
-        .merge(crate::web::router(web));
+        .merge(crate::web::router(web))
+        .layer(cors);
     let conns = Conns::new(&config.gateway.conns, p.metrics.clone());
     let (max_tcp, reserved) = conns.limits();
     tracing::info!(max_tcp, reserved, "connection limits");

@@ -5,11 +5,17 @@
 //! Both are off unless asked for (`--static-dir`, `--dev-tokens`). Dev tokens let
 //! anyone sign in as anyone: the server refuses to mint them without an HS256 secret,
 //! and says so loudly at start.
+//!
+//! And which web pages from other origins may use the server ([`cors`]): those the
+//! operator lists (`--cors-origin`), and with `--dev-tokens` any page served from this
+//! machine (`localhost`, `127.0.0.1`, `[::1]`, any port), so an app on a development
+//! server (Vite) can get a token and sync.
 
 use std::path::{Component, Path, PathBuf};
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -31,6 +37,9 @@ pub struct WebOptions {
     pub audience: Option<String>,
     /// Serve GraphiQL at `GET /v1/graphql` (see `crate::graphql`).
     pub graphiql: bool,
+    /// Origins of web pages that may call the server from another origin (see
+    /// [`cors`]), each `scheme://host[:port]` as [`parse_origin`] accepts it.
+    pub cors_origins: Vec<String>,
 }
 
 /// The routes for `opts` (none when both parts are off).
@@ -43,6 +52,119 @@ pub fn router(opts: WebOptions) -> Router {
         r = r.fallback(static_file);
     }
     r.with_state(opts)
+}
+
+/// `origin` as the browser sends it in the `Origin` header: `http` or `https`, a host,
+/// an optional port, no path; lower case. `None` when it is not one.
+pub fn parse_origin(origin: &str) -> Option<String> {
+    let o = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    let (scheme, rest) = o.split_once("://")?;
+    let ok_scheme = scheme == "http" || scheme == "https";
+    let ok_rest = !rest.is_empty()
+        && rest.len() <= 253 + 7
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c));
+    (ok_scheme && ok_rest).then_some(o)
+}
+
+/// Whether a page from `origin` may use the server (`host` is the request's `Host`
+/// header: a page of the server's own origin always may).
+fn origin_allowed(opts: &WebOptions, origin: &str, host: Option<&str>) -> bool {
+    let Some(origin) = parse_origin(origin) else {
+        return false;
+    };
+    let authority = origin.split_once("://").map_or("", |(_, a)| a);
+    if host.is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
+        return true;
+    }
+    if opts.cors_origins.contains(&origin) {
+        return true;
+    }
+    // With development tokens on: any page served from this machine.
+    let hostname = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    opts.dev_token_secret.is_some() && matches!(hostname, "localhost" | "127.0.0.1" | "::1")
+}
+
+/// How long a browser may keep a preflight's answer, in seconds.
+const PREFLIGHT_MAX_AGE_SECS: &str = "600";
+
+/// Cross-origin requests (CORS) for every route of the server.
+///
+/// A request from an allowed origin (see [`origin_allowed`]) gets
+/// `Access-Control-Allow-Origin` with its origin; a preflight (`OPTIONS` with
+/// `Access-Control-Request-Method`) from one is answered here (204: `GET`, `POST`,
+/// the `authorization` and `content-type` headers, for ten minutes). A preflight from
+/// any other origin gets 403 without those headers, so the browser refuses the call.
+///
+/// Browsers do not ask before opening a WebSocket: when the operator lists origins
+/// (`--cors-origin`), a request under `/v1/` (the sync WebSocket, HTTP push and pull,
+/// GraphQL, dev tokens) whose `Origin` is not allowed is refused with 403
+/// `ORIGIN_NOT_ALLOWED`. Without a list nothing is refused: tokens travel in the
+/// protocol, not in cookies, so a page of another origin gains nothing a script
+/// outside a browser does not have.
+pub async fn cors(State(opts): State<WebOptions>, req: Request, next: Next) -> Response {
+    let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
+        return next.run(req).await;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let allowed = origin
+        .to_str()
+        .is_ok_and(|o| origin_allowed(&opts, o, host));
+    let preflight = req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        if !allowed {
+            return (StatusCode::FORBIDDEN, vary_origin()).into_response();
+        }
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static(PREFLIGHT_MAX_AGE_SECS),
+        );
+        r
+    } else if !allowed && !opts.cors_origins.is_empty() && req.uri().path().starts_with("/v1/") {
+        return (
+            StatusCode::FORBIDDEN,
+            vary_origin(),
+            Json(serde_json::json!({
+                "code": "ORIGIN_NOT_ALLOWED",
+                "message": "pages of this origin may not use this server (see --cors-origin)",
+            })),
+        )
+            .into_response();
+    } else {
+        next.run(req).await
+    };
+    let h = response.headers_mut();
+    h.append(header::VARY, HeaderValue::from_static("origin"));
+    if allowed {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    }
+    response
+}
+
+fn vary_origin() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::VARY, HeaderValue::from_static("origin"));
+    h
 }
 
 #[derive(serde::Deserialize)]
@@ -169,6 +291,55 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins() {
+        assert_eq!(
+            parse_origin("HTTPS://App.Example.com/").as_deref(),
+            Some("https://app.example.com")
+        );
+        for bad in [
+            "app.example.com",
+            "ftp://x",
+            "https://",
+            "https://a/b",
+            "null",
+        ] {
+            assert_eq!(parse_origin(bad), None, "{bad}");
+        }
+        let listed = WebOptions {
+            cors_origins: vec!["https://app.example.com".into()],
+            ..WebOptions::default()
+        };
+        assert!(origin_allowed(&listed, "https://app.example.com", None));
+        assert!(!origin_allowed(&listed, "https://evil.example.com", None));
+        assert!(!origin_allowed(&listed, "http://app.example.com", None));
+        assert!(!origin_allowed(&listed, "http://localhost:5173", None));
+        // The server's own origin.
+        assert!(origin_allowed(
+            &listed,
+            "http://db.example:7070",
+            Some("db.example:7070")
+        ));
+        let dev = WebOptions {
+            dev_token_secret: Some("s".into()),
+            ..WebOptions::default()
+        };
+        for ok in [
+            "http://localhost:5173",
+            "http://127.0.0.1:3000",
+            "http://[::1]:8080",
+        ] {
+            assert!(origin_allowed(&dev, ok, None), "{ok}");
+        }
+        for bad in [
+            "http://localhost.evil.com",
+            "http://127.0.0.1.evil.com:80",
+            "null",
+        ] {
+            assert!(!origin_allowed(&dev, bad, None), "{bad}");
+        }
+    }
 
     #[test]
     fn paths_stay_under_the_root() {

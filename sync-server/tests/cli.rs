@@ -4,6 +4,9 @@ mod serving;
 
 use std::process::Command;
 
+/// The demo's schema, which the servers here run.
+const DEMO_SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/schema.warren");
+
 fn warren() -> Command {
     Command::new(env!("CARGO_BIN_EXE_warren"))
 }
@@ -67,8 +70,8 @@ fn check_of_a_missing_file_fails_cleanly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
 
-/// `warren serve` as a process, the way the README runs it: no schema file (the
-/// bundled example), a development secret made on first start, `warren token` for a
+/// `warren serve` as a process, the way the README runs it: the demo's schema, a
+/// development secret made on first start, `warren token` for a
 /// user, a client that writes, SIGTERM, and a restart that still has the data.
 #[test]
 fn serve_token_sigterm_and_restart() {
@@ -85,6 +88,7 @@ fn serve_token_sigterm_and_restart() {
             .current_dir(&dir)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data)
+            .args(["--schema", DEMO_SCHEMA])
             .env("WARREN_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -173,6 +177,7 @@ fn serve_refuses_a_static_dir_holding_the_data_dir() {
         .arg(dir.join("data"))
         .arg("--static-dir")
         .arg(&dir)
+        .args(["--schema", DEMO_SCHEMA])
         .env("WARREN_LOG", "warn")
         .output()
         .unwrap();

@@ -47,12 +47,16 @@ async fn next_frame(ws: &mut Ws) -> Option<ServerFrame> {
     }
 }
 
+/// The demo's schema, which these servers run.
+const DEMO_SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/schema.warren");
+
 #[test]
 fn json_logs_limits_from_the_environment_and_sigterm() {
     let dir = std::env::temp_dir().join(format!("warren-ops-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(["serve", "--listen", "127.0.0.1:0", "--hs256-secret", SECRET])
+        .args(["--schema", DEMO_SCHEMA])
         .arg("--data-dir")
         .arg(&dir)
         .current_dir(std::env::temp_dir())
@@ -137,6 +141,7 @@ fn static_files_stay_inside_their_directory() {
     std::os::unix::fs::symlink(dir.join("secret.txt"), site.join("leak.txt")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(["serve", "--listen", "127.0.0.1:0", "--hs256-secret", SECRET])
+        .args(["--schema", DEMO_SCHEMA])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--static-dir")
@@ -191,6 +196,7 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
     let _ = std::fs::remove_dir_all(&dir);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_warren"));
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--hs256-secret", SECRET])
+        .args(["--schema", DEMO_SCHEMA])
         .arg("--data-dir")
         .arg(&dir)
         .env("WARREN_LOG", "warn")

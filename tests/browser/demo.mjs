@@ -9,7 +9,11 @@
 //    page (the service worker starts the app with no network), comes back online; bob
 //    sees it all within a second of the reconnection.
 // 4. bob tries a forbidden edit (deleting a task: only the admin may): the UI refuses it
-//    at once with a message, and the task stays everywhere.
+//    at once with a message for people (no rule text), and the task stays everywhere.
+// 5. Before signing in, the page shows the sign-in card and none of the app's forms;
+//    it has a favicon.
+// 6. A toggle of a todo deleted meanwhile says so ("deleted meanwhile", from the
+//    function's abort reason); a 60 KB title through the API keeps the page short.
 // Screenshots of each step go to target/demo-screenshots/.
 //
 // Run by .ci/test-browser after .ci/build-demo and a debug build of the server.
@@ -52,11 +56,19 @@ let annCtx, bobCtx;
 try {
   annCtx = await profile(join(work, "ann"));
   bobCtx = await profile(join(work, "bob"));
+  const first = annCtx.pages()[0] || await annCtx.newPage();
+  await first.goto(base);
+  await first.waitForSelector("#signin:not([hidden])");
+  check("the sign-in page shows the sign-in card and none of the app's forms",
+    (await first.isVisible("#signin")) && !(await first.isVisible("#app")) && !(await first.isVisible("#todo-title")));
+  check("the page has a favicon", await first.$eval("link[rel=icon]", (l) => l.href.startsWith("data:image/svg")));
+  await shot(first, "0-sign-in");
   const ann = await signIn(annCtx, "ann");
   const bob = await signIn(bobCtx, "bob");
   check("both users are signed in and online", await until("connections", async () =>
     (await ann.$eval("#status", (e) => e.dataset.connected)) === "true"
     && (await bob.$eval("#status", (e) => e.dataset.connected)) === "true"));
+  check("the status pill shows the `online` state", (await ann.$eval("#status", (e) => e.dataset.state)) === "online");
 
   // 1. ann's private list and a shared board.
   await ann.fill("#todo-title", "ann's private note");
@@ -141,6 +153,7 @@ try {
   const msg = await bob.waitForSelector(".message[data-code=PERMISSION_DENIED]", { timeout: 2000 });
   const text = await msg.textContent();
   check("a forbidden edit is refused in the UI with a message", text.includes("rules do not allow"), text);
+  check("the message shows no rule text", !/auth\.sub|Team\.byId|denied|PERMISSION_DENIED/.test(text), text);
   await shot(bob, "5-bob-refused");
   check("the refused delete changed nothing for bob", (await titles(bob, board("Launch"))).length === 3);
   check("nor anything for ann", (await titles(ann, board("Launch"))).length === 3);
@@ -150,6 +163,28 @@ try {
   await ann.click(`${board("Launch")} li[data-id] button.remove`);
   const gone = await timed("bob to see the delete", async () => (await titles(bob, board("Launch"))).length === 2, 5000);
   check(`the admin's delete reaches bob within a second (${gone} ms)`, gone <= 1000);
+
+  // 8. A todo deleted meanwhile: its checkbox, still on screen, is ticked.
+  await ann.evaluate(async () => {
+    const li = document.querySelector("#todos li[data-id]");
+    const box = li.querySelector("input[type=checkbox]");
+    await window.demo.db.call("removeTodo", { id: li.dataset.id }).result;
+    box.dispatchEvent(new Event("change"));
+  });
+  const meanwhile = await ann.waitForSelector(".message[data-code=ABORTED]", { timeout: 2000 });
+  const said = await meanwhile.textContent();
+  check("ticking a todo deleted meanwhile says so", said.includes("deleted meanwhile") && !said.includes("ABORTED"), said);
+  await shot(ann, "6-ann-deleted-meanwhile");
+
+  // 9. A 60 KB title through the API (one word, no spaces) keeps the page short.
+  await ann.evaluate(() => window.demo.db.call("addTodo", { title: "W".repeat(60_000) }).result);
+  await until("the long title on screen", async () =>
+    (await titles(ann, "#todos")).some((t) => t.length === 60_000));
+  const height = await ann.evaluate(() => document.documentElement.scrollHeight);
+  const width = await ann.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  check(`a 60 KB title keeps the page short and unscrolled sideways (${height} px high)`, height < 2000 && width <= 0,
+    `${height} ${width}`);
+  await shot(ann, "7-ann-long-title");
 } catch (e) {
   fail(e);
 } finally {

@@ -407,6 +407,12 @@ impl<S: Storage> Replica<S> {
         }
     }
 
+    /// Whether a pending commit (a local write the server has not confirmed or refused
+    /// yet) wrote document `id` of `collection`: created, changed or deleted it.
+    pub fn has_pending_writes(&self, collection: &str, id: &str) -> bool {
+        self.view.is_written(&keys::doc_key(collection, id))
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connected
     }

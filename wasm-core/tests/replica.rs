@@ -2079,3 +2079,28 @@ fn a_welcome_that_joins_late_is_caught_up() {
     w.settle();
     w.check_settled();
 }
+
+#[test]
+fn a_document_has_pending_writes_until_its_write_is_confirmed() {
+    let mut w = World::new(&[("ann-1", user("ann"))], 0);
+    w.auto_pump = false;
+    w.connect(0);
+    w.deliver_all(0);
+    w.mutate(0, add_todo("a", "t")).unwrap();
+    assert!(w.replica(0).has_pending_writes("Todo", "a"));
+    assert!(!w.replica(0).has_pending_writes("Todo", "b"));
+    assert!(!w.replica(0).has_pending_writes("Team", "a"));
+    let out = w.outgoing(0);
+    w.send(0, out);
+    w.receive_all(0);
+    w.sequence_all();
+    w.deliver_all(0);
+    w.flush(0);
+    assert!(w.replica(0).pending().is_empty());
+    assert!(!w.replica(0).has_pending_writes("Todo", "a"));
+    // A delete made offline is a pending write too.
+    w.disconnect(0, true);
+    w.mutate(0, call("removeTodo", obj([("id", "a".into())])))
+        .unwrap();
+    assert!(w.replica(0).has_pending_writes("Todo", "a"));
+}

@@ -59,6 +59,11 @@ impl View {
         self.bytes
     }
 
+    /// Whether a pending commit wrote `key`.
+    pub(crate) fn is_written(&self, key: &[u8]) -> bool {
+        self.layers.contains_key(key)
+    }
+
     /// Adds commit `seq`'s writes (a batch: the last write of a key wins) and reads.
     pub(crate) fn insert(&mut self, seq: u64, batch: Batch, reads: Reads) {
         let mut writes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();

@@ -41,7 +41,7 @@ use warren_core::storage::{KeyRange, Storage};
 use warren_core::{keys, Error, ErrorCode, Value};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use web_sys::{BinaryType, MessageEvent, WebSocket};
+use web_sys::{BinaryType, WebSocket};
 
 use crate::idb::{IdbStore, Miss};
 
@@ -429,7 +429,13 @@ impl Warren {
                 }));
         }
         let global: web_sys::EventTarget = js_sys::global().unchecked_into();
-        for (name, on) in [("online", true), ("offline", false)] {
+        // Node's global scope has no `addEventListener` (and no online events).
+        let has_events = js_sys::Reflect::get(&global, &"addEventListener".into())
+            .is_ok_and(|f| f.is_function());
+        for (name, on) in [("online", true), ("offline", false)]
+            .into_iter()
+            .filter(|_| has_events)
+        {
             let t = sync_tx.clone();
             shared
                 .online_listeners
@@ -625,10 +631,24 @@ impl Warren {
         self.shared.status.connected.get()
     }
 
-    /// When the server last confirmed something (ms since the epoch; 0 if never).
+    /// When the replica was last in step with the server: it confirmed a write or
+    /// sent what changed (ms since the epoch; 0 if never, in this page).
     #[wasm_bindgen(js_name = lastSync)]
     pub fn last_sync(&self) -> f64 {
         self.shared.status.last_sync.get()
+    }
+
+    /// Whether a local write the server has not confirmed yet created, changed or
+    /// deleted document `id` of `collection` (Firestore's `hasPendingWrites`).
+    #[wasm_bindgen(js_name = hasPendingWrites)]
+    pub fn has_pending_writes(&self, collection: &str, id: &str) -> Result<bool, JsValue> {
+        let r = self.shared.replica.try_borrow().map_err(|_| {
+            js_error(&Error::new(
+                ErrorCode::Internal,
+                "the replica is busy (a call from inside an event)",
+            ))
+        })?;
+        Ok(r.has_pending_writes(collection, id))
     }
 
     /// Goes offline (closes the connection, stops reconnecting) or online again.
@@ -1234,6 +1254,12 @@ impl Shared {
         }
         self.rebuild().await?;
         self.report();
+        // In step with the server as of now: what it sent is applied. (At most once a
+        // second, so a busy stream of changes does not make a status event each.)
+        let now = js_sys::Date::now();
+        if self.status.connected.get() && now - self.status.last_sync.get() >= 1000.0 {
+            self.status.last_sync.set(now);
+        }
         self.send_outgoing();
         // What the server confirmed need not be on disk before the app hears of it:
         // until it is, the cursors that go with it are not either (one batch), so
@@ -1402,10 +1428,12 @@ impl Shared {
         }));
         let t = self.sync.clone();
         ls.push(EventListener::new(&ws, "message", move |e| {
-            let Some(e) = e.dyn_ref::<MessageEvent>() else {
+            // `data` read as a property: Node's WebSocket and the `ws` package deliver
+            // events that are not `instanceof MessageEvent`.
+            let Ok(data) = js_sys::Reflect::get(e, &"data".into()) else {
                 return;
             };
-            if let Ok(buf) = e.data().dyn_into::<ArrayBuffer>() {
+            if let Ok(buf) = data.dyn_into::<ArrayBuffer>() {
                 let _ = t.unbounded_send(SyncCmd::Frame(Uint8Array::new(&buf).to_vec()));
             }
         }));
