@@ -240,7 +240,7 @@ let readyText = false;
 /** What the package uses of either module's glue (the same API; wasm-bindgen names
  * the internal shims after each module). */
 interface Glue {
-  default(input?: { module_or_path: WasmSource }): Promise<unknown>;
+  default(input?: { module_or_path?: WasmSource }): Promise<unknown>;
   Warren: typeof import("../wasm/warren_web.js").Warren;
 }
 
