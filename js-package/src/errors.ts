@@ -30,6 +30,7 @@ export const PROGRAM_CODES = [
   "IDENTITY_QUOTA_EXCEEDED",
   "INVALID_TEXT_UPDATE",
   "TEXT_UPDATE_OUT_OF_ORDER",
+  "VALIDATION_FAILED",
 ] as const;
 
 /** Codes of local storage (IndexedDB). */

@@ -75,6 +75,10 @@ pub enum ErrorCode {
     /// A collaborative text update depends on edits the text does not have: an
     /// earlier edit was refused, or has not been sent yet.
     TextUpdateOutOfOrder,
+    /// A document does not fit its collection's declared field types, or an argument
+    /// its function's parameter type; the message names the collection, document and
+    /// field (or the function and argument).
+    Validation,
 }
 
 impl ErrorCode {
@@ -109,6 +113,7 @@ impl ErrorCode {
         ErrorCode::IdentityQuota,
         ErrorCode::InvalidTextUpdate,
         ErrorCode::TextUpdateOutOfOrder,
+        ErrorCode::Validation,
     ];
 
     /// The stable string form.
@@ -143,6 +148,7 @@ impl ErrorCode {
             ErrorCode::IdentityQuota => "IDENTITY_QUOTA_EXCEEDED",
             ErrorCode::InvalidTextUpdate => "INVALID_TEXT_UPDATE",
             ErrorCode::TextUpdateOutOfOrder => "TEXT_UPDATE_OUT_OF_ORDER",
+            ErrorCode::Validation => "VALIDATION_FAILED",
         }
     }
 

@@ -71,6 +71,7 @@ pub mod subscription;
 #[doc(hidden)]
 pub mod testing;
 pub mod text;
+pub mod types;
 pub mod value;
 pub mod ytext;
 
