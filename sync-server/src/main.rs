@@ -740,7 +740,25 @@ fn check(path: &PathBuf, json: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match Schema::parse(&source) {
+    match Schema::parse(&source).and_then(|s| {
+        // The static checks (names, arguments, declared fields): any error fails the
+        // check. All are printed in source order (the last by the common path below);
+        // JSON gives the first.
+        let mut errors = warren_core::check::check(&s);
+        if errors.is_empty() {
+            return Ok(s);
+        }
+        if json {
+            return Err(errors.swap_remove(0));
+        }
+        let last = errors.pop().expect("not empty");
+        for e in &errors {
+            let at = e.pos.map(|p| format!(":{}:{}", p.line, p.col));
+            let at = at.unwrap_or_default();
+            eprintln!("{}{at}: {}: {}", path.display(), e.code, e.message);
+        }
+        Err(last)
+    }) {
         Ok(s) => {
             if json {
                 let summary = serde_json::json!({

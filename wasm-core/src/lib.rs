@@ -52,6 +52,7 @@
 //! assert_eq!(n, Value::Int(1));
 //! ```
 
+pub mod check;
 pub mod doc;
 pub mod entry;
 pub mod error;
