@@ -52,6 +52,16 @@ enum Command {
     },
     /// Mint a development token (HS256) for a server's secret.
     Token(TokenArgs),
+    /// Write types for a schema: `warren codegen ts schema.warren > schema.ts` gives
+    /// the TypeScript that `open<Schema>(...)` takes.
+    Codegen {
+        /// The language: `ts` (TypeScript).
+        #[arg(value_parser = ["ts"])]
+        lang: String,
+        /// The schema file.
+        #[arg(env = "WARREN_SCHEMA", default_value = "schema.warren")]
+        schema: PathBuf,
+    },
     /// The schema of a deployment of many regions.
     #[command(subcommand)]
     Schema(SchemaCommand),
@@ -418,6 +428,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { schema, json } => check(&schema, json),
         Command::Token(t) => token(t),
+        Command::Codegen { lang: _, schema } => codegen(&schema),
         Command::Serve(s) => serve(*s),
         Command::Schema(SchemaCommand::Apply {
             schema,
@@ -728,6 +739,23 @@ async fn wait_for_signal(running: &server::Running) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// `warren codegen ts`: the schema's TypeScript on standard output.
+fn codegen(path: &PathBuf) -> ExitCode {
+    let parsed = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        .and_then(|s| Schema::parse(&s).map_err(|e| format!("{}: {e}", path.display())));
+    match parsed {
+        Ok(s) => {
+            print!("{}", warren_core::codegen::typescript(&s));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
 }

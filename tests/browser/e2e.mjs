@@ -111,10 +111,18 @@ try {
   const bobKeys = await bob.evaluate(() => window.storedKeys());
   check("bob's IndexedDB holds nothing of ann's partition", bobKeys.length > 0 && !bobKeys.some((k) => k.includes("user:ann")), JSON.stringify(bobKeys.filter((k) => k.includes("ann"))));
   const refused = await bob.evaluate(async () => {
-    try { await window.run('Todo.create({ owner: "ann", title: "evil", created: 0 })'); return "accepted"; }
+    try { await window.run('Todo.create({ owner: "ann", title: "evil", done: false, created: 0 })'); return "accepted"; }
     catch (e) { return e.code; }
   });
   check("a forbidden write is refused at once with its code", refused === "PERMISSION_DENIED", refused);
+  // The schema's field types are checked by the same engine in the browser: a blank
+  // title is refused locally, at once, naming the collection and the field.
+  const blank = await bob.evaluate(async () => {
+    try { await window.run('Todo.create({ owner: "bob", title: "   ", done: false, created: 0 })'); return "accepted"; }
+    catch (e) { return `${e.code} ${e.message}`; }
+  });
+  check("a write that does not fit the field types is refused locally with VALIDATION_FAILED",
+    blank.startsWith("VALIDATION_FAILED") && blank.includes("field title must not be blank"), blank);
 
   // 3. The server is killed while pushes are in flight.
   for (let i = 0; i < 40; i++) {

@@ -498,3 +498,36 @@ impl<'s> Checker<'s> {
         self.error(ErrorCode::Validation, pos, format!("{} {why}", what()));
     }
 }
+
+/// The collection whose document a function returns, when its last expression is a
+/// write that gives one (`Task.create(...)`, `t.update(...)` with `t` a `Task`):
+/// codegen types its result as that document.
+pub fn written_doc(schema: &Schema, f: &crate::lang::ast::FunctionDecl) -> Option<String> {
+    let Some(Stmt::Expr(last)) = f.body.stmts.last() else {
+        return None;
+    };
+    let ExprKind::Method { name, .. } = &last.kind else {
+        return None;
+    };
+    if !matches!(name.as_str(), "create" | "update" | "replace" | "editText") {
+        return None;
+    }
+    let mut c = Checker {
+        schema,
+        errors: Vec::new(),
+        scope: vec![("auth".to_owned(), Ty::Unknown)],
+    };
+    for p in &f.params {
+        c.scope.push((p.clone(), Ty::Unknown));
+    }
+    for s in &f.body.stmts {
+        if let Stmt::Let(name, e, _) = s {
+            let t = c.expr(e);
+            c.scope.push((name.clone(), t));
+        }
+    }
+    match c.expr(last) {
+        Ty::Doc(coll) => Some(coll),
+        _ => None,
+    }
+}

@@ -53,6 +53,7 @@
 //! ```
 
 pub mod check;
+pub mod codegen;
 pub mod doc;
 pub mod entry;
 pub mod error;
