@@ -36,10 +36,12 @@ pub struct Collection {
     pub rules: BTreeMap<Action, Vec<Rule>>,
     /// Fields declared `text`: collaborative text ([`crate::ytext`]).
     pub text_fields: BTreeSet<String>,
-    /// Fields declared with another type. A collection with at least one is *typed*:
-    /// every write must give a document of exactly these fields (and its text fields),
-    /// checked by [`crate::types::validate_doc`].
+    /// Fields declared with another type, in declaration order. A collection with at
+    /// least one is *typed*: every write must give a document of exactly these fields
+    /// (and its text fields), checked by [`crate::types::validate_doc`].
     pub fields: Vec<FieldDecl>,
+    /// The names of `fields` and `text_fields`: what a typed document may hold.
+    pub field_names: BTreeSet<String>,
 }
 
 impl Collection {
@@ -199,9 +201,10 @@ fn compile_collection(c: CollectionDecl) -> Result<Collection, Error> {
         indexes.insert(ix.name.clone(), ix);
     }
     let mut text_fields = BTreeSet::new();
-    let mut fields = BTreeMap::new();
+    let mut fields = Vec::new();
+    let mut field_names = BTreeSet::new();
     for f in c.fields {
-        if f.name == "id" || text_fields.contains(&f.name) || fields.contains_key(&f.name) {
+        if f.name == "id" || !field_names.insert(f.name.clone()) {
             return Err(Error::at(
                 ErrorCode::Schema,
                 f.pos,
@@ -212,7 +215,7 @@ fn compile_collection(c: CollectionDecl) -> Result<Collection, Error> {
             ));
         }
         if f.ty != TypeExpr::Text {
-            fields.insert(f.name.clone(), f);
+            fields.push(f);
             continue;
         }
         if f.optional {
@@ -258,7 +261,8 @@ fn compile_collection(c: CollectionDecl) -> Result<Collection, Error> {
         indexes,
         rules,
         text_fields,
-        fields: fields.into_values().collect(),
+        fields,
+        field_names,
     })
 }
 

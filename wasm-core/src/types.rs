@@ -63,7 +63,9 @@ pub fn check_value(ty: &TypeExpr, v: &Value) -> Result<(), Misfit> {
             }
             // Counting stops past the bound, so a long string costs only what it must.
             let stop = max.map_or(0, |m| m.saturating_add(1)).max(min.unwrap_or(0));
-            let n = s.chars().take(stop as usize).count() as u64;
+            // (A bound past the address space counts every character, on every target.)
+            let stop = usize::try_from(stop).unwrap_or(usize::MAX);
+            let n = s.chars().take(stop).count() as u64;
             if let Some(m) = max {
                 if n > *m {
                     return Err(misfit(format!(
@@ -90,7 +92,9 @@ pub fn check_value(ty: &TypeExpr, v: &Value) -> Result<(), Misfit> {
             }
             Ok(())
         }
-        (TypeExpr::Object(fields), Value::Object(o)) => check_members(fields, o, &[]),
+        (TypeExpr::Object(fields), Value::Object(o)) => {
+            check_members(fields, o, &|k| fields.iter().any(|f| f.name == k))
+        }
         // Text is stored as its own bytes and checked by its edits (crate::ytext).
         (TypeExpr::Text, _) => Ok(()),
         _ => Err(expected()),
@@ -98,8 +102,13 @@ pub fn check_value(ty: &TypeExpr, v: &Value) -> Result<(), Misfit> {
 }
 
 /// An object's members against declared fields: each declared one present (unless
-/// optional) and fitting, no other member (but those named in `also`).
-fn check_members(fields: &[FieldDecl], o: &Object, also: &[&str]) -> Result<(), Misfit> {
+/// optional) and fitting, and no other member (`known` tells a declared name, or one
+/// the caller allows besides).
+fn check_members(
+    fields: &[FieldDecl],
+    o: &Object,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<(), Misfit> {
     for f in fields {
         match o.get(&f.name) {
             None | Some(Value::Null) if f.optional => {}
@@ -109,10 +118,7 @@ fn check_members(fields: &[FieldDecl], o: &Object, also: &[&str]) -> Result<(), 
             Some(v) => check_value(&f.ty, v).map_err(|m| within(m, short(&f.name)))?,
         }
     }
-    if let Some(k) = o
-        .keys()
-        .find(|k| !also.contains(&k.as_str()) && !fields.iter().any(|f| &f.name == *k))
-    {
+    if let Some(k) = o.keys().find(|k| !known(k)) {
         return Err(within(misfit("is not a declared field".into()), short(k)));
     }
     Ok(())
@@ -126,8 +132,7 @@ pub fn validate_doc(coll: &Collection, id: &str, data: &Value) -> Result<(), Err
     }
     let empty = Object::new();
     let o = data.as_object().unwrap_or(&empty);
-    let text: Vec<&str> = coll.text_fields.iter().map(String::as_str).collect();
-    check_members(&coll.fields, o, &text).map_err(|m| {
+    check_members(&coll.fields, o, &|k| coll.field_names.contains(k)).map_err(|m| {
         Error::new(
             ErrorCode::Validation,
             format!("{}/{}: field {} {}", coll.name, short(id), m.path, m.why),
@@ -154,16 +159,10 @@ pub fn validate_args(
             ));
         }
         check_value(ty, v).map_err(|m| {
-            let at = if m.path.is_empty() {
-                name.clone()
-            } else if m.path.starts_with('[') {
-                format!("{name}{}", m.path)
-            } else {
-                format!("{name}.{}", m.path)
-            };
+            let m = within(m, name.clone());
             Error::new(
                 ErrorCode::Validation,
-                format!("{function}: argument {at} {}", m.why),
+                format!("{function}: argument {} {}", m.path, m.why),
             )
         })?;
     }

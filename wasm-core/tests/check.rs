@@ -103,3 +103,14 @@ fn the_demo_schema_passes() {
     let errs = check(&schema);
     assert!(errs.is_empty(), "{errs:?}");
 }
+
+#[test]
+fn the_manuals_example_schema_passes() {
+    let doc = include_str!("../../docs/LANGUAGE.md");
+    let marker = "```warren-schema fixture\n";
+    let start = doc.find(marker).expect("the fixture") + marker.len();
+    let len = doc[start..].find("```").unwrap();
+    let schema = Schema::parse(&doc[start..start + len]).unwrap();
+    let errs = check(&schema);
+    assert!(errs.is_empty(), "{errs:?}");
+}
