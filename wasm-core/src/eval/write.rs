@@ -5,7 +5,9 @@
 //! "What a hidden document may reveal"): the rules run first, so a write they deny
 //! says nothing about what exists; then an id or a unique key that another document
 //! holds is refused (`DOCUMENT_EXISTS`, `UNIQUE_VIOLATION`), as a primary key or a
-//! unique constraint is in SQL, without naming that document.
+//! unique constraint is in SQL, without naming that document. Before the rules, a typed
+//! collection's document is checked against its declared field types
+//! ([`crate::types`]): that reads only what the writer gave.
 
 use std::rc::Rc;
 
