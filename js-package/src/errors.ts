@@ -31,6 +31,7 @@ export const PROGRAM_CODES = [
   "INVALID_TEXT_UPDATE",
   "TEXT_UPDATE_OUT_OF_ORDER",
   "TEXT_UNAVAILABLE",
+  "VALIDATION_FAILED",
 ] as const;
 
 /** Codes of local storage (IndexedDB). */

@@ -5,12 +5,14 @@
 import { LeaderEngine, OpenParams, openHere, prestart, WorkerEngine } from "./engine.js";
 import { errorFor, wrap, WarrenError } from "./errors.js";
 import { collections, Collections, Query, sourceOf, Value } from "./query.js";
+import type { CallArgs, FunctionName, ResultOf, Untyped } from "./schema-types.js";
 import { Applied, EngineApi, Tabs } from "./tabs.js";
 import { TextBinding, TextOptions } from "./text.js";
 
 export * from "./errors.js";
 export { Collection, SetQuery, literal } from "./query.js";
 export type { Bounds, Collections, Comparison, Doc, Query, Value } from "./query.js";
+export type * from "./schema-types.js";
 export { TextBinding } from "./text.js";
 export type { TextOptions, Yjs } from "./text.js";
 
@@ -631,8 +633,16 @@ export class Database<S = Record<string, Record<string, Value>>> {
     return new LiveQuery<R>(this, sourceOf(query));
   }
 
-  /** Calls one of the schema's functions. */
-  call<R = unknown>(fn: string, args: Record<string, unknown> = {}): Write<R> {
+  /** Calls one of the schema's functions. With a generated schema (`open<Schema>`),
+   * the name, the arguments and the result are typed. */
+  call<N extends FunctionName<S>>(fn: N, ...args: CallArgs<S, N>): Write<ResultOf<S, N>>;
+  call<R = unknown>(fn: Untyped<S, string>, args?: Record<string, unknown>): Write<R>;
+  call(fn: string, args: any = {}): Write<any> {
+    return this.invoke(fn, args as Record<string, unknown>);
+  }
+
+  /** `call` without the schema's types. @internal */
+  invoke<R>(fn: string, args: Record<string, unknown>): Write<R> {
     return this.write<R>(() => this.engine.call(fn, toJson(args)), { fn, args });
   }
 
@@ -664,7 +674,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
     };
     const stopStatus = this.status.subscribe(() => nudge());
     const send = async (chunk: unknown[], at: number): Promise<void> => {
-      const w = this.call<R>(fn, { [param]: chunk });
+      const w = this.invoke<R>(fn, { [param]: chunk });
       let r: R;
       try {
         r = await w.result;

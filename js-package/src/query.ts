@@ -3,6 +3,8 @@
 // rules like any other query. Values become literals through `literal`, which escapes
 // them, so user input can never change a query's meaning.
 
+import type { DocsOf, IndexesOf, KeyPrefix } from "./schema-types.js";
+
 /** A value Warren can store: JSON without `undefined`, NaN or infinities. */
 export type Value = null | boolean | number | string | Value[] | { [key: string]: Value };
 
@@ -136,8 +138,9 @@ export class SetQuery<T> implements Query<Doc<T>[]> {
   }
 }
 
-/** A collection of the schema. */
-export class Collection<T> {
+/** A collection of the schema; `I` maps its index names to their key types (a
+ * generated schema gives them: `warren codegen ts`). */
+export class Collection<T, I = Record<string, Value[]>> {
   constructor(readonly name: string) {
     if (!/^[A-Za-z_$][A-Za-z0-9_$]*$/.test(name))
       throw new TypeError(`not a collection name: ${JSON.stringify(name)}`);
@@ -154,16 +157,21 @@ export class Collection<T> {
   }
 
   /** The documents of index `name` whose first fields equal `values`, in index order. */
-  index(name: string, ...values: Value[]): SetQuery<T> {
+  index<N extends keyof I & string>(
+    name: N,
+    ...values: I[N] extends unknown[] ? KeyPrefix<I[N]> : Value[]
+  ): SetQuery<T> {
     if (!/^[A-Za-z_$][A-Za-z0-9_$]*$/.test(name))
       throw new TypeError(`not an index name: ${JSON.stringify(name)}`);
-    return new SetQuery(`${this.name}.${name}(${values.map(literal).join(", ")})`);
+    return new SetQuery(`${this.name}.${name}(${(values as Value[]).map(literal).join(", ")})`);
   }
 }
 
-/** The collections of a schema, typed by a map from collection name to document type:
- * `q.Todo.index("byOwner", "ann")`. */
-export type Collections<S> = { readonly [K in keyof S & string]: Collection<S[K]> };
+/** The collections of a schema, typed by a generated schema (`warren codegen ts`) or by
+ * a map from collection name to document type: `q.Todo.index("byOwner", "ann")`. */
+export type Collections<S> = {
+  readonly [K in keyof DocsOf<S> & string]: Collection<DocsOf<S>[K], IndexesOf<S, K>>;
+};
 
 /** A proxy giving a `Collection` for any name. */
 export function collections<S>(): Collections<S> {

@@ -49,6 +49,16 @@ enum Command {
     },
     /// Mint a development token (HS256) for a server's secret.
     Token(TokenArgs),
+    /// Write types for a schema: `warren codegen ts schema.warren > schema.ts` gives
+    /// the TypeScript that `open<Schema>(...)` takes.
+    Codegen {
+        /// The language: `ts` (TypeScript).
+        #[arg(value_parser = ["ts"])]
+        lang: String,
+        /// The schema file.
+        #[arg(env = "WARREN_SCHEMA", default_value = "schema.warren")]
+        schema: PathBuf,
+    },
     /// The schema of a deployment of many regions.
     #[command(subcommand)]
     Schema(SchemaCommand),
@@ -425,6 +435,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { schema, json } => check(&schema, json),
         Command::Token(t) => token(t),
+        Command::Codegen { lang: _, schema } => codegen(&schema),
         Command::Serve(s) => serve(*s),
         Command::Schema(SchemaCommand::Apply {
             schema,
@@ -751,6 +762,23 @@ async fn wait_for_signal(running: &server::Running) {
     }
 }
 
+/// `warren codegen ts`: the schema's TypeScript on standard output.
+fn codegen(path: &PathBuf) -> ExitCode {
+    let parsed = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        .and_then(|s| Schema::parse(&s).map_err(|e| format!("{}: {e}", path.display())));
+    match parsed {
+        Ok(s) => {
+            print!("{}", warren_core::codegen::typescript(&s));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn check(path: &PathBuf, json: bool) -> ExitCode {
     let source = match std::fs::read_to_string(path) {
         Ok(s) => s,
@@ -759,7 +787,25 @@ fn check(path: &PathBuf, json: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match Schema::parse(&source) {
+    match Schema::parse(&source).and_then(|s| {
+        // The static checks (names, arguments, declared fields): any error fails the
+        // check. All are printed in source order (the last by the common path below);
+        // JSON gives the first.
+        let mut errors = warren_core::check::check(&s);
+        if errors.is_empty() {
+            return Ok(s);
+        }
+        if json {
+            return Err(errors.swap_remove(0));
+        }
+        let last = errors.pop().expect("not empty");
+        for e in &errors {
+            let at = e.pos.map(|p| format!(":{}:{}", p.line, p.col));
+            let at = at.unwrap_or_default();
+            eprintln!("{}{at}: {}: {}", path.display(), e.code, e.message);
+        }
+        Err(last)
+    }) {
         Ok(s) => {
             if json {
                 let summary = serde_json::json!({

@@ -61,6 +61,31 @@ fn check_reports_line_and_column() {
 }
 
 #[test]
+fn check_type_checks_names_against_the_schema() {
+    // Today's trap: `Notes.create(...)` with no collection Notes.
+    let p = temp_file(
+        "unknown.warren",
+        "collection Note { allow create true }\nfunction add(t) {\n  Notes.create({ t })\n}\nfunction two() { add() }\n",
+    );
+    let out = warren().arg("check").arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":3:3: UNKNOWN_NAME"), "{err}");
+    assert!(err.contains(":5:18: INVALID_ARGUMENT"), "{err}");
+    let out = warren()
+        .arg("check")
+        .arg(&p)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["code"].as_str(), v["line"].as_u64(), v["column"].as_u64()),
+        (Some("UNKNOWN_NAME"), Some(3), Some(3))
+    );
+}
+
+#[test]
 fn check_of_a_missing_file_fails_cleanly() {
     let out = warren()
         .args(["check", "/nonexistent/schema.warren"])

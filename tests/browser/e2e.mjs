@@ -111,10 +111,18 @@ try {
   const bobKeys = await bob.evaluate(() => window.storedKeys());
   check("bob's IndexedDB holds nothing of ann's partition", bobKeys.length > 0 && !bobKeys.some((k) => k.includes("user:ann")), JSON.stringify(bobKeys.filter((k) => k.includes("ann"))));
   const refused = await bob.evaluate(async () => {
-    try { await window.run('Todo.create({ owner: "ann", title: "evil", created: 0 })'); return "accepted"; }
+    try { await window.run('Todo.create({ owner: "ann", title: "evil", done: false, created: 0 })'); return "accepted"; }
     catch (e) { return e.code; }
   });
   check("a forbidden write is refused at once with its code", refused === "PERMISSION_DENIED", refused);
+  // The schema's field types are checked by the same engine in the browser: a blank
+  // title is refused locally, at once, naming the collection and the field.
+  const blankTitle = await bob.evaluate(async () => {
+    try { await window.run('Todo.create({ owner: "bob", title: "   ", done: false, created: 0 })'); return "accepted"; }
+    catch (e) { return `${e.code} ${e.message}`; }
+  });
+  check("a write that does not fit the field types is refused locally with VALIDATION_FAILED",
+    blankTitle.startsWith("VALIDATION_FAILED") && blankTitle.includes("field title must not be blank"), blankTitle);
 
   // 3. The server is killed while pushes are in flight.
   for (let i = 0; i < 40; i++) {
@@ -158,14 +166,16 @@ try {
   const erin = await openPage(erinCtx, "erin", { offline: "1" });
   const outcome = await erin.evaluate(async () => {
     // Random text: the browser compresses large values, so repeated text would fit.
+    // A title is at most 200 characters (the demo schema's types): the bulk goes into
+    // a board's member list, 200 characters a member.
     const random = () => {
-      const b = new Uint8Array(45 * 1024);
+      const b = new Uint8Array(40 * 1024);
       crypto.getRandomValues(b);
-      return btoa(String.fromCharCode(...b));
+      return btoa(String.fromCharCode(...b)).match(/.{1,200}/g);
     };
     let ok = 0;
     for (let i = 0; i < 100; i++) {
-      try { await window.call("addTodo", { title: `big ${i} ${random()}` }); ok++; }
+      try { await window.call("createTeam", { name: `big ${i}`, members: random() }); ok++; }
       catch (e) { return { ok, code: e.code, pending: window.db.pending() }; }
     }
     return { ok, code: null };

@@ -78,6 +78,10 @@ pub enum ErrorCode {
     /// This build of the engine has no collaborative text (the browser's smaller
     /// module) and cannot apply a text edit; the server, which has it, decides.
     TextUnavailable,
+    /// A document does not fit its collection's declared field types, or an argument
+    /// its function's parameter type; the message names the collection, document and
+    /// field (or the function and argument).
+    Validation,
 }
 
 impl ErrorCode {
@@ -113,6 +117,7 @@ impl ErrorCode {
         ErrorCode::InvalidTextUpdate,
         ErrorCode::TextUpdateOutOfOrder,
         ErrorCode::TextUnavailable,
+        ErrorCode::Validation,
     ];
 
     /// The stable string form.
@@ -148,6 +153,7 @@ impl ErrorCode {
             ErrorCode::InvalidTextUpdate => "INVALID_TEXT_UPDATE",
             ErrorCode::TextUpdateOutOfOrder => "TEXT_UPDATE_OUT_OF_ORDER",
             ErrorCode::TextUnavailable => "TEXT_UNAVAILABLE",
+            ErrorCode::Validation => "VALIDATION_FAILED",
         }
     }
 

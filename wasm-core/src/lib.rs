@@ -52,6 +52,8 @@
 //! assert_eq!(n, Value::Int(1));
 //! ```
 
+pub mod check;
+pub mod codegen;
 pub mod doc;
 pub mod entry;
 pub mod error;
@@ -71,6 +73,7 @@ pub mod subscription;
 #[doc(hidden)]
 pub mod testing;
 pub mod text;
+pub mod types;
 pub mod value;
 pub mod ytext;
 

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorCode};
-use crate::lang::ast::{Action, CollectionDecl, Expr, FunctionDecl, IndexDecl, Item, Rule};
+use crate::lang::ast::{
+    Action, CollectionDecl, Expr, FieldDecl, FunctionDecl, IndexDecl, Item, Rule, TypeExpr,
+};
 use crate::lang::{is_builtin, parse_schema};
 
 /// A compiled schema.
@@ -34,12 +36,23 @@ pub struct Collection {
     pub rules: BTreeMap<Action, Vec<Rule>>,
     /// Fields declared `text`: collaborative text ([`crate::ytext`]).
     pub text_fields: BTreeSet<String>,
+    /// Fields declared with another type, in declaration order. A collection with at
+    /// least one is *typed*: every write must give a document of exactly these fields
+    /// (and its text fields), checked by [`crate::types::validate_doc`].
+    pub fields: Vec<FieldDecl>,
+    /// The names of `fields` and `text_fields`: what a typed document may hold.
+    pub field_names: BTreeSet<String>,
 }
 
 impl Collection {
     /// Whether `field` is a collaborative text field.
     pub fn is_text(&self, field: &str) -> bool {
         !self.text_fields.is_empty() && self.text_fields.contains(field)
+    }
+
+    /// Whether the collection declares its fields' types (any field other than `text`).
+    pub fn is_typed(&self) -> bool {
+        !self.fields.is_empty()
     }
 }
 
@@ -92,6 +105,26 @@ impl Schema {
                     f.pos,
                     format!("function {} has the name of a collection", f.name),
                 ));
+            }
+        }
+        for c in collections.values() {
+            for f in &c.fields {
+                known_refs(&f.ty, &collections).map_err(|e| e.or_at(f.pos))?;
+            }
+        }
+        for f in functions.values() {
+            for (ty, _) in f.param_types.iter().flatten() {
+                if *ty == TypeExpr::Text {
+                    return Err(Error::at(
+                        ErrorCode::Schema,
+                        f.pos,
+                        format!(
+                            "function {}: `text` is a type for a document's own fields only",
+                            f.name
+                        ),
+                    ));
+                }
+                known_refs(ty, &collections).map_err(|e| e.or_at(f.pos))?;
             }
         }
         let hash = Sha256::digest(source.as_bytes());
@@ -168,18 +201,34 @@ fn compile_collection(c: CollectionDecl) -> Result<Collection, Error> {
         indexes.insert(ix.name.clone(), ix);
     }
     let mut text_fields = BTreeSet::new();
+    let mut fields = Vec::new();
+    let mut field_names = BTreeSet::new();
     for f in c.fields {
-        if f.ty != "text" {
+        if f.name == "id" || !field_names.insert(f.name.clone()) {
             return Err(Error::at(
                 ErrorCode::Schema,
                 f.pos,
                 format!(
-                    "field {} has type {}; the one field type is `text`",
-                    f.name, f.ty
+                    "field {} cannot be declared here (`id`, or declared twice)",
+                    f.name
                 ),
             ));
         }
-        if f.name == "id" || !text_fields.insert(f.name.clone()) {
+        if f.ty != TypeExpr::Text {
+            fields.push(f);
+            continue;
+        }
+        if f.optional {
+            return Err(Error::at(
+                ErrorCode::Schema,
+                f.pos,
+                format!(
+                    "text field {} cannot be optional: it reads as \"\" until edited",
+                    f.name
+                ),
+            ));
+        }
+        if !text_fields.insert(f.name.clone()) {
             return Err(Error::at(
                 ErrorCode::Schema,
                 f.pos,
@@ -212,7 +261,24 @@ fn compile_collection(c: CollectionDecl) -> Result<Collection, Error> {
         indexes,
         rules,
         text_fields,
+        fields,
+        field_names,
     })
+}
+
+/// Refuses a `ref` to a collection the schema does not declare.
+fn known_refs(ty: &TypeExpr, collections: &BTreeMap<String, Collection>) -> Result<(), Error> {
+    match ty {
+        TypeExpr::Ref(c) if !collections.contains_key(c) => Err(Error::new(
+            ErrorCode::Schema,
+            format!("`ref {c}`: there is no collection named {c}"),
+        )),
+        TypeExpr::Array(t) => known_refs(t, collections),
+        TypeExpr::Object(fs) => fs
+            .iter()
+            .try_for_each(|f| known_refs(&f.ty, collections).map_err(|e| e.or_at(f.pos))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -241,7 +307,13 @@ mod tests {
             ("function upper(s) { s }", 1, 1),
             ("collection A {}\nfunction A() { 1 }", 2, 1),
             ("collection A {\n  partition 1\n  partition 2\n}", 3, 3),
-            ("collection A {\n  field n: string\n}", 2, 3),
+            ("collection A {\n  field n: strin\n}", 2, 12),
+            ("collection A {\n  field n: string(3..2)\n}", 2, 19),
+            ("collection A {\n  field n: ref B\n}", 2, 3),
+            ("collection A {\n  field n?: text\n}", 2, 3),
+            ("collection A {\n  field n: int\n  field n: text\n}", 3, 3),
+            ("collection A {\n  field n: { a: int, a: int }\n}", 2, 22),
+            ("function f(a: ref B) { 1 }", 1, 1),
             ("collection A {\n  field n: text\n  field n: text\n}", 3, 3),
             ("collection A {\n  field id: text\n}", 2, 3),
             ("collection A {\n  field n: text\n  index byN [n]\n}", 3, 3),

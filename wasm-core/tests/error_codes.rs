@@ -66,6 +66,12 @@ collection Sneaky {
   allow create true
 }
 
+collection Typed {
+  field title: string(nonblank, ..200)
+  allow read true
+  allow create true
+}
+
 collection Pad {
   field body: text
   allow read true
@@ -226,7 +232,7 @@ fn every_error_code_is_tested() {
 
 #[test]
 fn codes_are_stable_strings() {
-    assert_eq!(ErrorCode::ALL.len(), 30);
+    assert_eq!(ErrorCode::ALL.len(), 31);
     for code in ErrorCode::ALL {
         assert_eq!(ErrorCode::parse(code.as_str()), Some(*code));
         assert_eq!(code.to_string(), code.as_str());
@@ -605,6 +611,20 @@ fn code_invalid_id() {
         db.ok("Item.create({ id: \"with space/and:ünïcode\" }).id"),
         Value::from("with space/and:ünïcode")
     );
+}
+
+#[test]
+fn code_validation_failed() {
+    let mut db = Db::new();
+    let msg = db.rejected(
+        "Typed.create({ id: \"a\", title: \" \" })",
+        "VALIDATION_FAILED",
+    );
+    assert!(
+        msg.contains("Typed/a: field title must not be blank"),
+        "{msg}"
+    );
+    db.ok("Typed.create({ id: \"a\", title: \"Plan\" })");
 }
 
 #[test]

@@ -29,6 +29,7 @@ mod meter;
 mod rules;
 mod sets;
 mod write;
+pub(crate) use write::check_id;
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -584,6 +585,23 @@ impl<'a> Evaluator<'a> {
                 format!("the schema has no function named {name}"),
             )
         })?;
+        if f.param_types.iter().any(Option::is_some) {
+            // Typed parameters: checked at the outside entry (a call from a client),
+            // paid for as a document's fields are (crate::types).
+            self.charge(1 + cost(args) / 64)?;
+            let given: Vec<&Value> = match args {
+                Value::Array(a) => a.iter().collect(),
+                Value::Object(o) => f
+                    .params
+                    .iter()
+                    .map(|p| o.get(p).unwrap_or(&Value::Null))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if given.len() == f.params.len() {
+                crate::types::validate_args(name, &f.params, &f.param_types, &given)?;
+            }
+        }
         let vals: Vec<Val> = match args {
             Value::Array(a) => {
                 if a.len() != f.params.len() {

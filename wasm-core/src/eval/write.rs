@@ -5,7 +5,9 @@
 //! "What a hidden document may reveal"): the rules run first, so a write they deny
 //! says nothing about what exists; then an id or a unique key that another document
 //! holds is refused (`DOCUMENT_EXISTS`, `UNIQUE_VIOLATION`), as a primary key or a
-//! unique constraint is in SQL, without naming that document.
+//! unique constraint is in SQL, without naming that document. Before the rules, a typed
+//! collection's document is checked against its declared field types
+//! ([`crate::types`]): that reads only what the writer gave.
 
 use std::rc::Rc;
 
@@ -106,6 +108,17 @@ impl<'a> Evaluator<'a> {
         Ok(Data::held(Value::Object(o), paid))
     }
 
+    /// Checks a typed collection's document against its field types
+    /// ([`crate::types::validate_doc`]), paying first: one step, and one more for every
+    /// 64 bytes of the document's in-memory size (the walk is linear in it).
+    fn validate(&mut self, coll: &Collection, id: &str, data: &Value) -> Result<(), Error> {
+        if !coll.is_typed() {
+            return Ok(());
+        }
+        self.charge(1 + cost(data) / 64)?;
+        crate::types::validate_doc(coll, id, data)
+    }
+
     pub(super) fn create_doc(&mut self, coll: &'a Collection, data: Owned) -> Result<Val, Error> {
         self.require_writable()?;
         let Owned { value, paid } = data;
@@ -131,6 +144,7 @@ impl<'a> Evaluator<'a> {
             None => self.new_id(),
         };
         let data = Value::Object(fields);
+        self.validate(coll, &id, &data)?;
         let doc = self.with_id(coll, &data, &id)?;
         let partition = self.partition_of(coll, &doc)?;
         let new = StoredDoc {
@@ -316,6 +330,7 @@ impl<'a> Evaluator<'a> {
         paid: Paid,
         verb: &str,
     ) -> Result<Val, Error> {
+        self.validate(coll, &d.id, &data)?;
         let doc = self.with_id(coll, &data, &d.id)?;
         let partition = self.partition_of(coll, &doc)?;
         if partition != old.partition {
@@ -525,7 +540,7 @@ fn owner_tag(auth: &Value) -> [u8; 8] {
 /// The longest id accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 
-fn check_id(id: &str) -> Result<(), Error> {
+pub(crate) fn check_id(id: &str) -> Result<(), Error> {
     if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
         return Err(err(
             ErrorCode::InvalidId,

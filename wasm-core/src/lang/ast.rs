@@ -194,24 +194,108 @@ pub struct CollectionDecl {
     pub name: String,
     pub partition: Option<Expr>,
     pub indexes: Vec<IndexDecl>,
-    /// `field name: type` declarations (the one type so far is `text`).
+    /// `field name: type` declarations.
     pub fields: Vec<FieldDecl>,
     pub rules: Vec<Rule>,
     pub pos: Pos,
 }
 
-/// `field notes: text`: a field with a declared type.
+/// `field notes: text`, `field title: string(nonblank, ..200)`, `field doneBy?: string`:
+/// a field with a declared type (docs/LANGUAGE.md, "Field types").
 #[derive(Clone, Debug, PartialEq)]
 pub struct FieldDecl {
     pub name: String,
-    pub ty: String,
+    pub ty: TypeExpr,
+    /// Declared with `?`: the field may be absent (or null).
+    pub optional: bool,
     pub pos: Pos,
+}
+
+/// A declared type: of a document's field, an object's member, an array's elements or
+/// a function's parameter. Its nesting is bounded by the parser ([`MAX_TYPE_DEPTH`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum TypeExpr {
+    /// Any value (the gradual escape hatch).
+    Any,
+    /// A string of `min..=max` characters (as `.length` counts them); `nonblank`: not
+    /// empty or only whitespace.
+    String {
+        min: Option<u64>,
+        max: Option<u64>,
+        nonblank: bool,
+    },
+    Int,
+    /// A number: an int or a float.
+    Float,
+    Bool,
+    /// A point in time: milliseconds since the Unix epoch, as `now()` gives it (an int).
+    Time,
+    /// Collaborative text (document fields only).
+    Text,
+    /// `[T]`: an array whose elements are all `T`.
+    Array(Box<TypeExpr>),
+    /// `{ a: T, b?: U }`: an object with exactly these members.
+    Object(Vec<FieldDecl>),
+    /// `ref Team`: the id of a document of that collection (a valid id; whether the
+    /// document exists is not checked).
+    Ref(String),
+}
+
+/// How deeply types may nest (`[[{ a: [int] }]]` is 4).
+pub const MAX_TYPE_DEPTH: u32 = 16;
+
+impl TypeExpr {
+    /// The type as the schema language writes it.
+    pub fn describe(&self) -> String {
+        match self {
+            TypeExpr::Any => "any".into(),
+            TypeExpr::String { min, max, nonblank } => {
+                let mut parts = Vec::new();
+                if *nonblank {
+                    parts.push("nonblank".to_owned());
+                }
+                if min.is_some() || max.is_some() {
+                    parts.push(format!(
+                        "{}..{}",
+                        min.map(|m| m.to_string()).unwrap_or_default(),
+                        max.map(|m| m.to_string()).unwrap_or_default()
+                    ));
+                }
+                if parts.is_empty() {
+                    "string".into()
+                } else {
+                    format!("string({})", parts.join(", "))
+                }
+            }
+            TypeExpr::Int => "int".into(),
+            TypeExpr::Float => "float".into(),
+            TypeExpr::Bool => "bool".into(),
+            TypeExpr::Time => "time".into(),
+            TypeExpr::Text => "text".into(),
+            TypeExpr::Array(t) => format!("[{}]", t.describe()),
+            TypeExpr::Object(fs) => format!(
+                "{{ {} }}",
+                fs.iter()
+                    .map(|f| format!(
+                        "{}{}: {}",
+                        f.name,
+                        if f.optional { "?" } else { "" },
+                        f.ty.describe()
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            TypeExpr::Ref(c) => format!("ref {c}"),
+        }
+    }
 }
 
 #[derive(Debug, PartialEq)]
 pub struct FunctionDecl {
     pub name: String,
     pub params: Vec<String>,
+    /// The parameters' declared types (`None` where none is declared), one per param.
+    pub param_types: Vec<Option<(TypeExpr, bool)>>,
     pub body: Block,
     pub pos: Pos,
 }

@@ -25,6 +25,8 @@ pub enum Tok {
     Dot,
     QDot,
     QQ,
+    /// A lone `?`: an optional field or parameter in a type declaration.
+    Question,
     Arrow,
     Plus,
     Minus,
@@ -72,6 +74,7 @@ impl Tok {
             Tok::Dot => ".",
             Tok::QDot => "?.",
             Tok::QQ => "??",
+            Tok::Question => "?",
             Tok::Arrow => "=>",
             Tok::Plus => "+",
             Tok::Minus => "-",
@@ -270,7 +273,7 @@ impl Lexer {
                     self.bump();
                     Tok::QDot
                 }
-                _ => return Err(Error::at(ErrorCode::Parse, pos, "expected `??` or `?.`")),
+                _ => Tok::Question,
             },
             '=' => match self.peek(0) {
                 Some('=') => {

@@ -673,11 +673,13 @@ impl Parser {
                 "index" => c.indexes.push(self.index(false, t.pos)?),
                 "field" => {
                     let (name, _) = self.field_name()?;
+                    let optional = self.eat(&Tok::Question);
                     self.expect(&Tok::Colon, "`:` and the field's type")?;
-                    let (ty, _) = self.ident("a type")?;
+                    let ty = self.type_expr(0)?;
                     c.fields.push(FieldDecl {
                         name,
                         ty,
+                        optional,
                         pos: t.pos,
                     });
                 }
@@ -756,6 +758,7 @@ impl Parser {
         let (name, _) = self.ident("a function name")?;
         self.expect(&Tok::LParen, "`(`")?;
         let mut params = Vec::new();
+        let mut param_types = Vec::new();
         while self.peek().tok != Tok::RParen {
             let (p, ppos) = self.ident("a parameter name")?;
             if params.contains(&p) {
@@ -766,6 +769,13 @@ impl Parser {
                 ));
             }
             params.push(p);
+            let optional = self.eat(&Tok::Question);
+            if optional || self.peek().tok == Tok::Colon {
+                self.expect(&Tok::Colon, "`:` and the parameter's type")?;
+                param_types.push(Some((self.type_expr(0)?, optional)));
+            } else {
+                param_types.push(None);
+            }
             if !self.eat(&Tok::Comma) {
                 break;
             }
@@ -775,9 +785,160 @@ impl Parser {
         Ok(FunctionDecl {
             name,
             params,
+            param_types,
             body,
             pos,
         })
+    }
+}
+
+impl Parser {
+    /// A type (docs/LANGUAGE.md, "Field types"): `any`, `string`, `string(nonblank,
+    /// 1..200)`, `int`, `float`, `bool`, `time`, `text`, `[T]`, `{ a: T, b?: U }`,
+    /// `ref Collection`.
+    fn type_expr(&mut self, depth: u32) -> Result<TypeExpr, Error> {
+        let t = self.peek().clone();
+        if depth >= MAX_TYPE_DEPTH {
+            return Err(Error::at(
+                ErrorCode::DepthExceeded,
+                t.pos,
+                format!("types nest deeper than {MAX_TYPE_DEPTH} levels"),
+            ));
+        }
+        match &t.tok {
+            Tok::LBracket => {
+                self.bump();
+                let inner = self.type_expr(depth + 1)?;
+                self.expect(&Tok::RBracket, "`]` after the array's element type")?;
+                return Ok(TypeExpr::Array(Box::new(inner)));
+            }
+            Tok::LBrace => {
+                self.bump();
+                let mut fields: Vec<FieldDecl> = Vec::new();
+                while self.peek().tok != Tok::RBrace {
+                    let (name, pos) = self.field_name_here()?;
+                    if fields.iter().any(|f| f.name == name) {
+                        return Err(Error::at(
+                            ErrorCode::Schema,
+                            pos,
+                            format!("member `{name}` appears twice"),
+                        ));
+                    }
+                    let optional = self.eat(&Tok::Question);
+                    self.expect(&Tok::Colon, "`:` and the member's type")?;
+                    let ty = self.type_expr(depth + 1)?;
+                    if ty == TypeExpr::Text {
+                        return Err(Error::at(
+                            ErrorCode::Schema,
+                            pos,
+                            "`text` is a type for a document's own fields only",
+                        ));
+                    }
+                    fields.push(FieldDecl {
+                        name,
+                        ty,
+                        optional,
+                        pos,
+                    });
+                    if !self.eat(&Tok::Comma) {
+                        break;
+                    }
+                }
+                self.expect(&Tok::RBrace, "`}` or `,`")?;
+                return Ok(TypeExpr::Object(fields));
+            }
+            _ => {}
+        }
+        let (word, pos) = self.ident("a type")?;
+        Ok(match word.as_str() {
+            "any" => TypeExpr::Any,
+            "int" => TypeExpr::Int,
+            "float" => TypeExpr::Float,
+            "bool" => TypeExpr::Bool,
+            "time" => TypeExpr::Time,
+            "text" => TypeExpr::Text,
+            "ref" => TypeExpr::Ref(self.ident("a collection name after `ref`")?.0),
+            "string" => {
+                let (mut min, mut max, mut nonblank) = (None, None, false);
+                if self.eat(&Tok::LParen) {
+                    while self.peek().tok != Tok::RParen {
+                        let here = self.peek().clone();
+                        match here.tok {
+                            Tok::Ident(w) if w == "nonblank" => {
+                                self.bump();
+                                nonblank = true;
+                            }
+                            Tok::Int(_) | Tok::Dot => {
+                                min = self.bound()?;
+                                self.expect(&Tok::Dot, "`..` (a range: 1..200, ..200, 1..)")?;
+                                self.expect(&Tok::Dot, "`..` (a range: 1..200, ..200, 1..)")?;
+                                max = self.bound()?;
+                                if let (Some(a), Some(b)) = (min, max) {
+                                    if a > b {
+                                        return Err(Error::at(
+                                            ErrorCode::Schema,
+                                            here.pos,
+                                            format!("the range {a}..{b} is empty"),
+                                        ));
+                                    }
+                                }
+                            }
+                            other => {
+                                return Err(Error::at(
+                                    ErrorCode::Parse,
+                                    here.pos,
+                                    format!(
+                                        "expected `nonblank` or a length range (1..200), found {}",
+                                        other.describe()
+                                    ),
+                                ))
+                            }
+                        }
+                        if !self.eat(&Tok::Comma) {
+                            break;
+                        }
+                    }
+                    self.expect(&Tok::RParen, "`)` or `,`")?;
+                }
+                TypeExpr::String { min, max, nonblank }
+            }
+            other => {
+                return Err(Error::at(
+                    ErrorCode::Schema,
+                    pos,
+                    format!(
+                        "unknown type `{other}` (the types: any, string, int, float, bool, time, text, [T], {{ a: T }}, ref Collection)"
+                    ),
+                ))
+            }
+        })
+    }
+
+    /// An optional length bound: a non-negative int literal.
+    fn bound(&mut self) -> Result<Option<u64>, Error> {
+        match self.peek().tok {
+            Tok::Int(n) => {
+                self.bump();
+                Ok(Some(n as u64))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A member name in an object type: an identifier or a string.
+    fn field_name_here(&mut self) -> Result<(String, Pos), Error> {
+        let t = self.peek().clone();
+        match t.tok {
+            Tok::Ident(s) | Tok::Str(s) => {
+                self.bump();
+                Ok((s, t.pos))
+            }
+            other => Err(Error::at(
+                ErrorCode::Parse,
+                t.pos,
+                format!("expected a member name, found {}", other.describe()),
+            )),
+        }
     }
 }
 

@@ -1,0 +1,8 @@
+// An argument of the wrong type must not compile.
+import { open } from "warren";
+import type { Schema } from "./schema.js";
+
+export async function app(token: string): Promise<void> {
+  const db = await open<Schema>({ url: "ws://localhost:8080", token });
+  db.call("addTodo", { title: 42 }); // error: TS2769
+}

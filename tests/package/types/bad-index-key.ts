@@ -1,0 +1,8 @@
+// An index key of the wrong type must not compile.
+import { open } from "warren";
+import type { Schema } from "./schema.js";
+
+export async function app(token: string): Promise<void> {
+  const db = await open<Schema>({ url: "ws://localhost:8080", token });
+  db.q.Task.index("byTeam", "t1", "yesterday"); // error: TS2345
+}
