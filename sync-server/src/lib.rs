@@ -18,6 +18,8 @@
 //!   sync sessions, [`gateway::http`] answers HTTP push and pull.
 //! - [`graphql`]: GraphQL at `/v1/graphql`, generated from the schema: queries on read
 //!   views, mutations as commits, live queries over `graphql-transport-ws`.
+//! - [`explain`]: explain for operators: a program or a partition's read rule run as an
+//!   identity with the rules' trace, on a stopped server's data or over HTTP.
 //! - [`snapshot`]: a region's store as one stream, to boot another region from.
 //! - [`server`]: puts the parts together; start and graceful stop.
 //! - [`conns`]: the accept loop: a cap on open TCP connections with a reserve for
@@ -34,6 +36,7 @@ pub mod auth;
 pub mod barrier;
 pub mod client;
 pub mod conns;
+pub mod explain;
 pub mod follower;
 pub mod gateway;
 pub mod graphql;

@@ -383,20 +383,30 @@ fn finish(
     }
 }
 
-/// The source of the rule at `pos`: from there to the end of its line.
+/// The source of the rule at `pos`: from there to the end of its line, with the lines
+/// after it that are indented deeper (a rule continued on the next lines), joined by a
+/// space.
 fn rule_text(source: &str, pos: Pos) -> String {
-    let Some(line) = source.lines().nth((pos.line as usize).saturating_sub(1)) else {
+    let mut lines = source.lines().skip((pos.line as usize).saturating_sub(1));
+    let Some(line) = lines.next() else {
         return String::new();
     };
+    let indent = (pos.col as usize).saturating_sub(1);
     let start = line
         .char_indices()
-        .nth((pos.col as usize).saturating_sub(1))
+        .nth(indent)
         .map_or(line.len(), |(i, _)| i);
-    line[start..]
-        .trim_end()
-        .chars()
-        .take(MAX_RULE_TEXT)
-        .collect()
+    let mut text = line[start..].trim_end().to_owned();
+    for more in lines {
+        let body = more.trim_start();
+        let deeper = more.len() - body.len() > indent;
+        if !deeper || body.is_empty() || body.starts_with("//") || text.len() > MAX_RULE_TEXT {
+            break;
+        }
+        text.push(' ');
+        text.push_str(body.trim_end());
+    }
+    text.chars().take(MAX_RULE_TEXT).collect()
 }
 
 impl Explanation {
@@ -518,83 +528,111 @@ impl Explanation {
         out
     }
 
-    /// A trace for a person: one line per decision and rule, the reads indented.
+    /// A trace for a person ([`text_of`] of the serialized form).
     pub fn to_text(&self) -> String {
-        use std::fmt::Write as _;
-        let mut out = String::new();
-        match &self.outcome {
-            Ok(v) => {
-                let _ = writeln!(out, "outcome: ok {}", crate::text::preview(v));
-            }
-            Err((code, m)) => {
-                let _ = writeln!(out, "outcome: {} {m}", code.as_str());
-            }
-        }
-        for d in &self.decisions {
-            let _ = writeln!(
-                out,
-                "{} {} {} in {}{}: {}",
-                if d.allowed { "ALLOW" } else { "DENY " },
-                d.action.as_str(),
-                d.collection,
-                d.partition,
-                d.id.as_deref()
-                    .map(|i| format!(" ({i})"))
-                    .unwrap_or_default(),
-                if d.rules.is_empty() {
-                    "no rule for this action"
-                } else {
-                    ""
-                }
-            );
-            for r in &d.rules {
-                let what = match &r.outcome {
-                    RuleOutcome::Allow => "allow".to_owned(),
-                    RuleOutcome::Deny => "deny".to_owned(),
-                    RuleOutcome::Fail { code, message } => format!(
-                        "fail {}{}",
-                        code.as_str(),
-                        message
-                            .as_deref()
-                            .map(|m| format!(": {m}"))
-                            .unwrap_or_default()
-                    ),
-                };
-                let _ = writeln!(out, "  {}  {}  -> {what}", r.pos, r.text);
-                for rd in &r.reads {
-                    let id = rd.id.as_deref().unwrap_or("?");
-                    match (&rd.visible, &rd.value) {
-                        (false, _) => {
-                            let _ = writeln!(
-                                out,
-                                "      read {}/{id}: not visible to this identity",
-                                rd.collection
-                            );
-                        }
-                        (true, None) => {
-                            let _ = writeln!(out, "      read {}/{id}: not found", rd.collection);
-                        }
-                        (true, Some(v)) => {
-                            let _ = writeln!(
-                                out,
-                                "      read {}/{id}: {}",
-                                rd.collection,
-                                crate::text::preview(v)
-                            );
-                        }
-                    }
-                }
-            }
-        }
-        for (c, n) in &self.invisible {
-            let _ = writeln!(
-                out,
-                "invisible: {n} document(s) of {c} hidden by its read rule"
-            );
-        }
-        if self.truncated {
-            let _ = writeln!(out, "(trace truncated)");
-        }
-        out
+        text_of(&self.to_value())
     }
+}
+
+/// A trace in its serialized form ([`Explanation::to_value`], or the same parsed from
+/// JSON) written for a person: the outcome, one line per decision and per rule
+/// alternative, the documents each read indented under it, the invisible counts.
+pub fn text_of(t: &Value) -> String {
+    use std::fmt::Write as _;
+    let st = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    let arr = |v: &Value| match v {
+        Value::Array(a) => a.clone(),
+        _ => Vec::new(),
+    };
+    let mut out = String::new();
+    let o = t.get("outcome");
+    if o.get("ok") == &Value::Bool(true) {
+        let _ = writeln!(out, "outcome: ok {}", crate::text::preview(o.get("result")));
+    } else {
+        let _ = writeln!(
+            out,
+            "outcome: {} {}",
+            st(o.get("code")),
+            st(o.get("message"))
+        );
+    }
+    for w in arr(t.get("writes")) {
+        let _ = writeln!(
+            out,
+            "  would {} {}/{} in {}",
+            if w.get("deleted") == &Value::Bool(true) {
+                "delete"
+            } else {
+                "write"
+            },
+            st(w.get("collection")),
+            st(w.get("id")),
+            st(w.get("partition"))
+        );
+    }
+    for d in arr(t.get("decisions")) {
+        let rules = arr(d.get("rules"));
+        let id = match d.get("id") {
+            Value::String(i) => format!(" document {i}"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{} {} {}{id} in partition {}{}",
+            if d.get("allowed") == &Value::Bool(true) {
+                "ALLOW"
+            } else {
+                "DENY "
+            },
+            st(d.get("action")),
+            st(d.get("collection")),
+            st(d.get("partition")),
+            if rules.is_empty() {
+                ": the collection has no rule for this action"
+            } else {
+                ""
+            }
+        );
+        for r in rules {
+            let mut what = st(r.get("outcome"));
+            if let Value::String(c) = r.get("code") {
+                let _ = write!(what, " {c}");
+            }
+            if let Value::String(m) = r.get("message") {
+                let _ = write!(what, ": {m}");
+            }
+            let _ = writeln!(
+                out,
+                "  {}:{}  {}  -> {what}",
+                crate::text::preview(r.get("line")),
+                crate::text::preview(r.get("column")),
+                st(r.get("text"))
+            );
+            for rd in arr(r.get("reads")) {
+                let id = rd.get("id").as_str().unwrap_or("?").to_owned();
+                let at = format!("{}/{id}", st(rd.get("collection")));
+                let seen = if rd.get("visible") != &Value::Bool(true) {
+                    "not visible to this identity".to_owned()
+                } else if rd.get("found") != &Value::Bool(true) {
+                    "not found".to_owned()
+                } else {
+                    crate::text::preview(rd.get("value"))
+                };
+                let _ = writeln!(out, "      read {at}: {seen}");
+            }
+        }
+    }
+    if let Value::Object(inv) = t.get("invisible") {
+        for (c, n) in inv {
+            let _ = writeln!(
+                out,
+                "invisible: {} document(s) of {c} hidden by its read rule",
+                crate::text::preview(n)
+            );
+        }
+    }
+    if t.get("truncated") == &Value::Bool(true) {
+        let _ = writeln!(out, "(trace truncated)");
+    }
+    out
 }

@@ -332,3 +332,24 @@ fn the_serialized_form_is_stable() {
         )
     );
 }
+
+#[test]
+fn a_rule_on_several_lines_is_shown_whole() {
+    let schema = r#"
+collection Note {
+  allow read true
+  allow create doc.a == 1
+    && doc.b == 2
+  allow delete false
+}
+"#;
+    let db = Executor::new(
+        MemoryStore::new(),
+        std::sync::Arc::new(Schema::parse(schema).unwrap()),
+        Limits::default(),
+    );
+    let x = explain_commit(&db, &run("ann", r#"Note.create({ id: "n", a: 1, b: 3 })"#));
+    let d = x.decisions.last().unwrap();
+    assert_eq!(d.rules[0].text, "allow create doc.a == 1 && doc.b == 2");
+    assert!(explain::text_of(&x.to_value()).contains("DENY  create Note document n"));
+}

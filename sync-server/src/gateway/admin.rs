@@ -113,3 +113,39 @@ pub(crate) async fn snapshot(
     )
         .into_response())
 }
+
+/// `POST /v1/admin/explain`: a program or a partition's read rule run as an identity on
+/// a consistent view of the region, with the trace of the rules it evaluated
+/// ([`crate::explain`]; the body is a [`crate::explain::Request`] in JSON). Nothing is
+/// written. The answer is the trace's serialized form (docs/DEBUGGING.md).
+pub(crate) async fn explain(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, AppError> {
+    admin_of(&s, &headers)?;
+    let bad = |m: String| AppError::new(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", m);
+    let j: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+    let req = crate::explain::Request::from_json(&j)
+        .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, e.code.as_str(), e.message))?;
+    let (tx, rx) = oneshot::channel();
+    s.region
+        .send(RegionMsg::View { reply: tx })
+        .map_err(|_| stopping())?;
+    let view = rx.await.map_err(|_| stopping())?;
+    let x = tokio::task::spawn_blocking(move || {
+        let state = view.state();
+        crate::explain::run(&state, view.schema(), view.limits(), view.position, &req)
+    })
+    .await
+    .map_err(|_| stopping())?
+    .map_err(|e| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.code.as_str(),
+            e.message,
+        )
+    })?;
+    Ok(([("content-type", "application/json")], x.to_json()).into_response())
+}
