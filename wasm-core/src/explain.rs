@@ -217,6 +217,18 @@ pub struct Explanation {
     pub usage: crate::exec::Usage,
 }
 
+/// What a replica explains ([`crate::replica::Replica::explain`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Subject {
+    /// A read-only query.
+    Query(String),
+    /// A write (a function call or an ad-hoc transaction), run as one made now would
+    /// be; nothing is stored.
+    Write(crate::exec::Op),
+    /// Whether the identity may read a partition.
+    Partition(String),
+}
+
 /// Explains a read-only query run as `auth` (what [`crate::exec::query`] runs).
 pub fn explain_query(
     store: &dyn Storage,
