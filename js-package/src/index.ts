@@ -413,6 +413,28 @@ export class Database<S = Record<string, Record<string, Value>>> {
     }
   }
 
+  /** Replays a decision on the local data as this database's identity, with the trace
+   * of every rule it evaluated (docs/DEBUGGING.md): a query (source text or a builder
+   * query), `{ call: "fn", args }`, `{ run: "source" }` or `{ partition: "team:red" }`.
+   * Nothing is stored or sent: the same engine as the server's, on what this replica
+   * holds. */
+  async explain(
+    what: Query<unknown> | string | { call: string; args?: unknown } | { run: string } | { partition: string },
+  ): Promise<unknown> {
+    try {
+      if (!this.engine.explain) throw { code: "INVALID_ARGUMENT", message: "this engine cannot explain" };
+      if (typeof what === "object" && what !== null && "call" in what)
+        return await this.engine.explain("call", what.call, JSON.stringify(what.args ?? {}));
+      if (typeof what === "object" && what !== null && "run" in what)
+        return await this.engine.explain("run", what.run);
+      if (typeof what === "object" && what !== null && "partition" in what)
+        return await this.engine.explain("partition", what.partition);
+      return await this.engine.explain("query", sourceOf(what as Query<unknown> | string));
+    } catch (e) {
+      throw wrap(e);
+    }
+  }
+
   /** A live query: its subscribers hear its result now and whenever it changes, after
    * local writes and after the server's confirmed effects alike. Accepts source text,
    * a builder query, or a function of the collections: `db.live(q => q.Todo.all())`. */

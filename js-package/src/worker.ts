@@ -4,6 +4,7 @@
 // which the page parses once.
 
 import init, { Warren } from "../wasm/warren_web.js";
+import { explainOf } from "./explain.js";
 
 interface Req {
   id: number;
@@ -97,6 +98,8 @@ scope.onmessage = async (e: MessageEvent) => {
     switch (m) {
       case "query":
         return reply(id, await w.query(a[0] as string));
+      case "explain":
+        return reply(id, await explainOf(w)(a[0] as string, a[1] as string, a[2] as string | undefined));
       case "call":
       case "run": {
         const r = (

@@ -110,6 +110,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    #[inline(never)]
     pub(crate) fn begin(
         &mut self,
         action: Action,
@@ -127,6 +128,7 @@ impl Recorder {
         });
     }
 
+    #[inline(never)]
     pub(crate) fn end(&mut self, allowed: bool) {
         self.rule_open = false;
         if let Some(mut d) = self.open.take() {
@@ -139,6 +141,7 @@ impl Recorder {
         }
     }
 
+    #[inline(never)]
     pub(crate) fn rule_start(&mut self, pos: Pos) {
         if let Some(d) = &mut self.open {
             d.rules.push(RuleEval {
@@ -151,6 +154,7 @@ impl Recorder {
         }
     }
 
+    #[inline(never)]
     pub(crate) fn rule_end(&mut self, outcome: RuleOutcome) {
         if let Some(r) = self.open.as_mut().and_then(|d| d.rules.last_mut()) {
             r.outcome = outcome;
@@ -159,6 +163,7 @@ impl Recorder {
     }
 
     /// A document a running rule read (`None`: it does not exist).
+    #[inline(never)]
     pub(crate) fn read(&mut self, collection: &str, id: &str, doc: Option<(&str, &Value)>) {
         if !self.rule_open {
             return;
@@ -180,6 +185,7 @@ impl Recorder {
     }
 
     /// `n` documents of `collection` a read rule hid from the program.
+    #[inline(never)]
     pub(crate) fn invisible(&mut self, collection: &str, n: u64) {
         match self.invisible.get_mut(collection) {
             Some(c) => *c = c.saturating_add(n),

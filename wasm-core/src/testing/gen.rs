@@ -879,11 +879,11 @@ pub fn run(db: &mut Executor<MemoryStore>, program: &Program, client_seq: u64) -
         db.limits(),
     )
     .expect("a memory store does not fail");
-    let same = x.outcome
-        == q.as_ref()
-            .map(|v| v.clone())
-            .map_err(|e| (e.code, e.message.clone()))
-        && x.usage == usage;
+    let plain = match &q {
+        Ok(v) => Ok(v.clone()),
+        Err(e) => Err((e.code, e.message.clone())),
+    };
+    let same = x.outcome == plain && x.usage == usage;
     let query = format!(
         "query {} explain={} {}",
         describe(&q, &usage),
