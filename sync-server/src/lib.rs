@@ -20,6 +20,7 @@
 //!   views, mutations as commits, live queries over `graphql-transport-ws`.
 //! - [`explain`]: explain for operators: a program or a partition's read rule run as an
 //!   identity with the rules' trace, on a stopped server's data or over HTTP.
+//! - [`ruletest`]: `warren test`: rule tests (fixtures, operations, expected outcomes).
 //! - [`snapshot`]: a region's store as one stream, to boot another region from.
 //! - [`server`]: puts the parts together; start and graceful stop.
 //! - [`conns`]: the accept loop: a cap on open TCP connections with a reserve for
@@ -45,6 +46,7 @@ pub mod log;
 pub mod metrics;
 pub mod queue;
 pub mod region;
+pub mod ruletest;
 pub mod sequencer;
 pub mod server;
 pub mod snapshot;

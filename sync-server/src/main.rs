@@ -6,6 +6,8 @@
 //! - `warren token --sub ann`: mint a development token for `serve`'s secret.
 //! - `warren schema apply schema.warren --etcd URLS`: change the schema of a
 //!   deployment of many regions (a schema entry in the global log).
+//! - `warren test schema.test.json`: rule tests (fixtures, operations as identities,
+//!   the outcome each must have), failures printed as explain traces.
 //! - `warren explain --as ann 'Todo.all()'`: a decision replayed with the rules' trace
 //!   (on a stopped server's data directory, or a running one with `--url`).
 //!
@@ -61,6 +63,12 @@ enum Command {
     /// partition's read rule as an identity, and print the rules it evaluated. Nothing
     /// is written (docs/DEBUGGING.md).
     Explain(Box<ExplainArgs>),
+    /// Run rule tests: fixtures, then operations as identities with the outcome each
+    /// must have; a failure prints the rules' trace (docs/DEBUGGING.md).
+    Test {
+        /// The test file (JSON, next to the schema it names).
+        file: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -468,6 +476,43 @@ fn main() -> ExitCode {
             quotas,
         }) => schema_apply(&schema, etcd, quotas.limits()),
         Command::Explain(x) => explain(*x),
+        Command::Test { file } => rule_tests(&file),
+    }
+}
+
+/// `warren test FILE`: 0 when every test passed, 1 when one failed, 2 when the file
+/// (its schema, a fixture) is wrong.
+fn rule_tests(file: &Path) -> ExitCode {
+    use warren_server::ruletest;
+    let verdicts = ruletest::load(file).and_then(|s| ruletest::run(&s));
+    let verdicts = match verdicts {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let failed = verdicts.iter().filter(|v| v.failure.is_some()).count();
+    for v in &verdicts {
+        match &v.failure {
+            None => println!("ok - {}", v.name),
+            Some((why, trace)) => {
+                println!("not ok - {}: {why}", v.name);
+                for line in trace.to_text().lines() {
+                    println!("    {line}");
+                }
+            }
+        }
+    }
+    println!(
+        "{} passed, {failed} failed ({})",
+        verdicts.len() - failed,
+        file.display()
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 
