@@ -43,6 +43,8 @@ pub const MAX_DECISIONS: usize = 256;
 pub const MAX_READS_PER_RULE: usize = 32;
 /// A value read is kept whole up to this many bytes of JSON, described beyond.
 pub const MAX_VALUE_JSON: usize = 2048;
+/// Bytes of JSON of the values one trace keeps in all; beyond, values are described.
+pub const MAX_TRACE_VALUE_BYTES: usize = 256 * 1024;
 /// Characters of a rule's source text kept.
 const MAX_RULE_TEXT: usize = 200;
 
@@ -107,6 +109,8 @@ pub struct Recorder {
     /// Documents hidden by read rules, per collection.
     invisible: BTreeMap<String, u64>,
     truncated: bool,
+    /// Bytes of JSON of the values kept so far ([`MAX_TRACE_VALUE_BYTES`]).
+    value_bytes: usize,
 }
 
 impl Recorder {
@@ -175,12 +179,21 @@ impl Recorder {
             self.truncated = true;
             return;
         }
+        let value = doc.map(|(_, v)| {
+            let n = crate::text::json_len(v);
+            if n <= MAX_VALUE_JSON && self.value_bytes + n <= MAX_TRACE_VALUE_BYTES {
+                self.value_bytes += n;
+                v.clone()
+            } else {
+                Value::String(crate::text::preview(v))
+            }
+        });
         r.reads.push(Read {
             collection: collection.to_owned(),
             id: Some(id.to_owned()),
             visible: true,
             partition: doc.map(|(p, _)| p.to_owned()),
-            value: doc.map(|(_, v)| bounded(v)),
+            value,
         });
     }
 
@@ -193,15 +206,6 @@ impl Recorder {
                 self.invisible.insert(collection.to_owned(), n);
             }
         }
-    }
-}
-
-/// `v` itself when small, else a description of it.
-fn bounded(v: &Value) -> Value {
-    if crate::text::json_len(v) <= MAX_VALUE_JSON {
-        v.clone()
-    } else {
-        Value::String(crate::text::preview(v))
     }
 }
 

@@ -353,3 +353,36 @@ collection Note {
     assert_eq!(d.rules[0].text, "allow create doc.a == 1 && doc.b == 2");
     assert!(explain::text_of(&x.to_value()).contains("DENY  create Note document n"));
 }
+
+#[test]
+fn a_large_value_read_is_described_not_copied() {
+    let schema = r#"
+collection Big {
+  allow read true
+  allow create true
+}
+collection Note {
+  allow read true
+  allow create Big.byId("b")?.n == 1
+}
+"#;
+    let mut db = Executor::new(
+        MemoryStore::new(),
+        std::sync::Arc::new(Schema::parse(schema).unwrap()),
+        Limits::default(),
+    );
+    let big = format!(
+        r#"Big.create({{ id: "b", n: 1, s: "{}" }})"#,
+        "x".repeat(3000)
+    );
+    assert_committed(&commit(&mut db, &run("ann", &big)));
+    let x = explain_commit(&db, &run("bob", r#"Note.create({ id: "n" })"#));
+    let d = x.decisions.last().unwrap();
+    assert!(d.allowed);
+    let read = &d.rules[0].reads[0];
+    assert!(read.visible);
+    let Some(Value::String(s)) = &read.value else {
+        panic!("{read:?}")
+    };
+    assert!(s.starts_with("a object of"), "{s}");
+}
