@@ -5,7 +5,7 @@
 
 import type { Warren as Wasm } from "../wasm/warren_web.js";
 import type { WasmSource } from "./index.js";
-import { explainOf } from "./explain.js";
+import { explainOf, inspectOf } from "./dev.js";
 
 /** What a write answers first (`local` settles once it is durable). */
 export interface EngineWrite {
@@ -21,6 +21,8 @@ export interface LeaderEngine {
    * "run") or a partition's read rule ("partition") on the local view, with the trace
    * of the rules evaluated (docs/DEBUGGING.md). Nothing is stored or sent. */
   explain?(kind: string, source: string, argsJson?: string): Promise<unknown>;
+  /** What the replica holds, for the inspector (development builds; see dev.ts). */
+  inspect?(): Promise<unknown>;
   call(fn: string, argsJson: string, rid?: string): Promise<EngineWrite>;
   run(source: string, rid?: string): Promise<EngineWrite>;
   subscribe(source: string): Promise<{ id: number; value: unknown }>;
@@ -60,6 +62,7 @@ export async function openHere(Engine: typeof Wasm, p: OpenParams): Promise<Lead
   return {
     query: (s) => w.query(s),
     explain: async (k, s, a) => JSON.parse((await explainOf(w)(k, s, a)) as string),
+    inspect: async () => JSON.parse((await inspectOf(w)()) as string),
     call: (fn, args, rid) => w.call(fn, args, rid) as Promise<EngineWrite>,
     run: (s, rid) => w.run(s, rid) as Promise<EngineWrite>,
     subscribe: (s) => w.subscribe(s) as Promise<{ id: number; value: unknown }>,
@@ -259,6 +262,10 @@ export class WorkerEngine implements LeaderEngine {
 
   async explain(kind: string, source: string, argsJson?: string): Promise<unknown> {
     return JSON.parse((await this.ask("explain", [kind, source, argsJson])) as string);
+  }
+
+  async inspect(): Promise<unknown> {
+    return JSON.parse((await this.ask("inspect", [])) as string);
   }
 
   private async write(m: string, a: unknown[]): Promise<EngineWrite> {

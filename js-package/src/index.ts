@@ -126,6 +126,13 @@ export interface Events {
   presence: { partition: string; from: string; data: string };
 }
 
+/** What `db.inspect()` answers. */
+export interface Inspection {
+  partitions: { partition: string; cursor: number }[];
+  outbox: ({ seq: number; call: string; args: unknown } | { seq: number; run: string })[];
+  live: { id: number; source: string }[];
+}
+
 /** A live query: `subscribe` is notified only when the result changes. */
 export class LiveQuery<R> implements Readable<R | undefined> {
   /** The latest result (`undefined` until the first one). */
@@ -430,6 +437,18 @@ export class Database<S = Record<string, Record<string, Value>>> {
       if (typeof what === "object" && what !== null && "partition" in what)
         return await this.engine.explain("partition", what.partition);
       return await this.engine.explain("query", sourceOf(what as Query<unknown> | string));
+    } catch (e) {
+      throw wrap(e);
+    }
+  }
+
+  /** What this replica holds, for the inspector (`warren/devtools`; development builds
+   * of the package): the partitions with their cursors, the outbox (each pending
+   * write's sequence number and operation), the live queries. */
+  async inspect(): Promise<Inspection> {
+    try {
+      if (!this.engine.inspect) throw { code: "INVALID_ARGUMENT", message: "this engine cannot inspect" };
+      return (await this.engine.inspect()) as Inspection;
     } catch (e) {
       throw wrap(e);
     }

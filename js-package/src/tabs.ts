@@ -28,6 +28,8 @@ export interface EngineApi {
    * "run") or a partition's read rule ("partition") on the local view, with the trace
    * of the rules evaluated (docs/DEBUGGING.md). Nothing is stored or sent. */
   explain?(kind: string, source: string, argsJson?: string): Promise<unknown>;
+  /** What the replica holds, for the inspector (development builds; see dev.ts). */
+  inspect?(): Promise<unknown>;
   call(fn: string, argsJson: string): Promise<Applied>;
   run(source: string): Promise<Applied>;
   subscribe(source: string): Promise<{ id: number; value: unknown }>;
@@ -288,6 +290,10 @@ export class Tabs implements EngineApi {
     return this.ask("explain", [kind, source, argsJson]);
   }
 
+  inspect(): Promise<unknown> {
+    return this.ask("inspect", []);
+  }
+
   call(fn: string, argsJson: string): Promise<Applied> {
     return this.write("call", [fn, argsJson, crypto.randomUUID()]);
   }
@@ -404,6 +410,9 @@ export class Tabs implements EngineApi {
       switch (m) {
         case "query":
           return this.answer(tab, id, await engine.query(a[0] as string));
+        case "inspect":
+          if (!engine.inspect) throw { code: "INVALID_ARGUMENT", message: "this engine cannot inspect" };
+          return this.answer(tab, id, await engine.inspect());
         case "explain":
           if (!engine.explain) throw { code: "INVALID_ARGUMENT", message: "this engine cannot explain" };
           return this.answer(

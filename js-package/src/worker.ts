@@ -4,7 +4,7 @@
 // which the page parses once.
 
 import init, { Warren } from "../wasm/warren_web.js";
-import { explainOf } from "./explain.js";
+import { explainOf, inspectOf } from "./dev.js";
 
 interface Req {
   id: number;
@@ -98,6 +98,8 @@ scope.onmessage = async (e: MessageEvent) => {
     switch (m) {
       case "query":
         return reply(id, await w.query(a[0] as string));
+      case "inspect":
+        return reply(id, await inspectOf(w)());
       case "explain":
         return reply(id, await explainOf(w)(a[0] as string, a[1] as string, a[2] as string | undefined));
       case "call":

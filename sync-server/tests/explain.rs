@@ -123,6 +123,24 @@ fn explain_over_http_and_on_a_data_directory() {
     assert_eq!(d[0].get("partition"), &Value::from("team:red"));
     assert_eq!(d[0].get("allowed"), &Value::Bool(true));
 
+    // The operator's state (what warren/devtools shows of the server): open sync
+    // connections, the applied position and its digest.
+    let state: serde_json::Value = {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut r = agent
+            .get(format!("http://{addr}/v1/admin/state"))
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .call()
+            .unwrap();
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    };
+    assert!(state["connections"].is_u64(), "{state}");
+    assert!(state["applied_position"].as_u64().unwrap() >= 2, "{state}");
+    assert_eq!(state["digest"].as_str().unwrap().len(), 64, "{state}");
+
     // The command line asks the running server with --url.
     let url = format!("http://{addr}");
     let (code, out, err) = explain(&[

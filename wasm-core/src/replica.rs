@@ -394,6 +394,14 @@ impl<S: Storage> Replica<S> {
         self.limits = limits;
     }
 
+    /// The live queries: their ids and sources, in order of id.
+    pub fn live_queries(&self) -> Vec<(u64, &str)> {
+        self.live
+            .iter()
+            .map(|(id, l)| (*id, l.source.as_str()))
+            .collect()
+    }
+
     /// The commits not yet confirmed, in order.
     pub fn pending(&self) -> &[Pending] {
         &self.pending

@@ -63,6 +63,22 @@ pub(crate) async fn state(
     let admin = admin_of(&s, &headers)?;
     let mut body = s.metrics.region.summary();
     body["position"] = s.metrics.position.load(Ordering::Relaxed).into();
+    body["connections"] = s.metrics.connections.load(Ordering::Relaxed).into();
+    // The digest and position of the state the region serves now (the log head it has
+    // applied), from a consistent view.
+    let (tx, rx) = oneshot::channel();
+    if s.region.send(RegionMsg::View { reply: tx }).is_ok() {
+        if let Ok(view) = rx.await {
+            let applied = tokio::task::spawn_blocking(move || {
+                warren_core::exec::digest(&view.state()).map(|d| (view.position, d))
+            })
+            .await;
+            if let Ok(Ok((position, digest))) = applied {
+                body["applied_position"] = position.into();
+                body["digest"] = warren_core::hex(&digest).into();
+            }
+        }
+    }
     if let Some(latest) = &admin.latest {
         let l = *latest.lock().expect("latest lock");
         body["batch_end"] = serde_json::json!({

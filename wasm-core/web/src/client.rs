@@ -220,13 +220,10 @@ enum LocalCmd {
     Query(String, oneshot::Sender<Result<Value, Error>>),
     Subscribe(String, oneshot::Sender<Result<(u64, Value), Error>>),
     Unsubscribe(u64),
-    /// A query, a write or a partition's read rule replayed with the rules' trace
-    /// (made only by builds with the `explain` feature).
-    #[cfg_attr(not(feature = "explain"), allow(dead_code))]
-    Explain(
-        warren_core::explain::Subject,
-        oneshot::Sender<Result<String, Error>>,
-    ),
+    /// The development entry points (`explain`, `inspect`: the `devtools` feature;
+    /// without it `DevCmd` has no value, and this costs nothing).
+    #[cfg_attr(not(feature = "devtools"), allow(dead_code))]
+    Dev(dev::DevCmd),
     /// Resolves once everything applied so far is durable.
     Flush(oneshot::Sender<Result<(), Error>>),
     /// Rebuilds the view after writes were taken back.
@@ -748,11 +745,7 @@ async fn local_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<LocalCmd>) {
                 let _ = reply.send(r.and_then(|r| r));
             }
             LocalCmd::Unsubscribe(id) => sh.replica.borrow_mut().unsubscribe(id),
-            LocalCmd::Explain(what, reply) => {
-                let now = now_ms();
-                let r = sh.settle(|r| r.explain(&what, now)).await;
-                let _ = reply.send(r.and_then(|r| r).map(|x| x.to_json()));
-            }
+            LocalCmd::Dev(c) => sh.dev(c).await,
             LocalCmd::Flush(reply) => {
                 let sh2 = sh.clone();
                 // Waits without holding the lane.
@@ -1456,40 +1449,18 @@ impl Shared {
     }
 }
 
-/// `db.explain` (the `explain` feature: a development build, see Cargo.toml).
-#[cfg(feature = "explain")]
-#[wasm_bindgen]
-impl Warren {
-    /// Replays something on the local view as this replica's identity, with the trace
-    /// of the rules it evaluated (docs/DEBUGGING.md): `kind` "query" (`source` a
-    /// query), "run" (`source` an ad-hoc transaction), "call" (`source` a function,
-    /// `args` its arguments) or "partition" (`source` a partition's name). Nothing is
-    /// stored or sent. Resolves with the trace as JSON text.
-    pub async fn explain(
-        &self,
-        kind: String,
-        source: String,
-        args: JsValue,
-    ) -> Result<JsValue, JsValue> {
-        use warren_core::explain::Subject;
-        let what = match kind.as_str() {
-            "query" => Subject::Query(source),
-            "run" => Subject::Write(Op::Run { source }),
-            "call" => Subject::Write(Op::Call {
-                function: source,
-                args: from_js(args).map_err(|e| js_error(&e))?,
-            }),
-            "partition" => Subject::Partition(source),
-            _ => {
-                return Err(js_error(&Error::new(
-                    ErrorCode::InvalidArgument,
-                    format!("explain takes query, run, call or partition, not {kind:?}"),
-                )))
-            }
-        };
-        let (tx, rx) = oneshot::channel();
-        self.send(LocalCmd::Explain(what, tx))?;
-        let t = rx.await.map_err(|_| closed())?.map_err(|e| js_error(&e))?;
-        Ok(JsValue::from_str(&t))
+// The development entry points: `dev.rs` with the `devtools` feature, else nothing.
+#[cfg(feature = "devtools")]
+#[path = "dev.rs"]
+mod dev;
+#[cfg(not(feature = "devtools"))]
+mod dev {
+    /// No development command exists in this build.
+    pub(crate) enum DevCmd {}
+
+    impl super::Shared {
+        pub(super) async fn dev(self: &std::rc::Rc<Self>, c: DevCmd) {
+            match c {}
+        }
     }
 }
