@@ -2,7 +2,7 @@
 // the browser gives on its replica is the trace the server gives on its state
 // (POST /v1/admin/explain, behind the admin token) for the same identity and program,
 // byte for byte: queries, a write that is allowed, one that is denied, and "why this
-// partition". Needs the package built with WARREN_WASM_FEATURES=explain.
+// partition". Needs the package built with WARREN_WASM_FEATURES=devtools.
 import { cpSync, mkdirSync, copyFileSync } from "node:fs";
 import { join } from "node:path";
 import { check, fail, finish, until, tempDir, freePort, startWarren, stopProcess, profile, root } from "./harness.mjs";
