@@ -5,6 +5,7 @@
 
 import type { Warren as Wasm } from "../wasm/warren_web.js";
 import type { WasmSource } from "./index.js";
+import { explainOf, inspectOf } from "./dev.js";
 
 /** What a write answers first (`local` settles once it is durable). */
 export interface EngineWrite {
@@ -16,6 +17,12 @@ export interface EngineWrite {
 /** The engine in the leader tab: the wasm binding, or the worker that runs it. */
 export interface LeaderEngine {
   query(source: string): Promise<unknown>;
+  /** Replays a query ("query"), a write ("call" with its arguments as JSON text, or
+   * "run") or a partition's read rule ("partition") on the local view, with the trace
+   * of the rules evaluated (docs/DEBUGGING.md). Nothing is stored or sent. */
+  explain?(kind: string, source: string, argsJson?: string): Promise<unknown>;
+  /** What the replica holds, for the inspector (see dev.ts). */
+  inspect?(): Promise<unknown>;
   call(fn: string, argsJson: string, rid?: string): Promise<EngineWrite>;
   run(source: string, rid?: string): Promise<EngineWrite>;
   subscribe(source: string): Promise<{ id: number; value: unknown }>;
@@ -57,6 +64,8 @@ export async function openHere(Engine: typeof Wasm, p: OpenParams): Promise<Lead
   if (p.offline) w.setOnline(false);
   return {
     query: (s) => w.query(s),
+    explain: async (k, s, a) => JSON.parse((await explainOf(w)(k, s, a)) as string),
+    inspect: async () => JSON.parse((await inspectOf(w)()) as string),
     call: (fn, args, rid) => w.call(fn, args, rid) as Promise<EngineWrite>,
     run: (s, rid) => w.run(s, rid) as Promise<EngineWrite>,
     subscribe: (s) => w.subscribe(s) as Promise<{ id: number; value: unknown }>,
@@ -257,6 +266,14 @@ export class WorkerEngine implements LeaderEngine {
 
   async query(source: string): Promise<unknown> {
     return JSON.parse((await this.ask("query", [source])) as string);
+  }
+
+  async explain(kind: string, source: string, argsJson?: string): Promise<unknown> {
+    return JSON.parse((await this.ask("explain", [kind, source, argsJson])) as string);
+  }
+
+  async inspect(): Promise<unknown> {
+    return JSON.parse((await this.ask("inspect", [])) as string);
   }
 
   private async write(m: string, a: unknown[]): Promise<EngineWrite> {

@@ -163,6 +163,13 @@ export interface Events {
   presence: { partition: string; from: string; data: string };
 }
 
+/** What `db.inspect()` answers. */
+export interface Inspection {
+  partitions: { partition: string; cursor: number }[];
+  outbox: ({ seq: number; call: string; args: unknown } | { seq: number; run: string })[];
+  live: { id: number; source: string }[];
+}
+
 /** A live query: `subscribe` is notified only when the result changes. */
 export class LiveQuery<R> implements Readable<R | undefined> {
   /** The latest result (`undefined` until the first one). */
@@ -620,6 +627,39 @@ export class Database<S = Record<string, Record<string, Value>>> {
   async query<R = unknown>(q: Query<R> | string): Promise<R> {
     try {
       return (await this.engine.query(sourceOf(q))) as R;
+    } catch (e) {
+      throw wrap(e);
+    }
+  }
+
+  /** Replays a decision on the local data as this database's identity, with the trace
+   * of every rule it evaluated (docs/DEBUGGING.md): a query (source text or a builder
+   * query), `{ call: "fn", args }`, `{ run: "source" }` or `{ partition: "team:red" }`.
+   * Nothing is stored or sent: the same engine as the server's, on what this replica
+   * holds. */
+  async explain(
+    what: Query<unknown> | string | { call: string; args?: unknown } | { run: string } | { partition: string },
+  ): Promise<unknown> {
+    try {
+      if (!this.engine.explain) throw { code: "INVALID_ARGUMENT", message: "this engine cannot explain" };
+      if (typeof what === "object" && what !== null && "call" in what)
+        return await this.engine.explain("call", what.call, JSON.stringify(what.args ?? {}));
+      if (typeof what === "object" && what !== null && "run" in what)
+        return await this.engine.explain("run", what.run);
+      if (typeof what === "object" && what !== null && "partition" in what)
+        return await this.engine.explain("partition", what.partition);
+      return await this.engine.explain("query", sourceOf(what as Query<unknown> | string));
+    } catch (e) {
+      throw wrap(e);
+    }
+  }
+
+  /** What this replica holds, for the inspector (`warren/devtools`): the partitions with their cursors, the outbox (each pending
+   * write's sequence number and operation), the live queries. */
+  async inspect(): Promise<Inspection> {
+    try {
+      if (!this.engine.inspect) throw { code: "INVALID_ARGUMENT", message: "this engine cannot inspect" };
+      return (await this.engine.inspect()) as Inspection;
     } catch (e) {
       throw wrap(e);
     }

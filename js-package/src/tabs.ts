@@ -24,6 +24,12 @@ export interface Applied {
  * Arguments go as JSON text. */
 export interface EngineApi {
   query(source: string): Promise<unknown>;
+  /** Replays a query ("query"), a write ("call" with its arguments as JSON text, or
+   * "run") or a partition's read rule ("partition") on the local view, with the trace
+   * of the rules evaluated (docs/DEBUGGING.md). Nothing is stored or sent. */
+  explain?(kind: string, source: string, argsJson?: string): Promise<unknown>;
+  /** What the replica holds, for the inspector (see dev.ts). */
+  inspect?(): Promise<unknown>;
   call(fn: string, argsJson: string): Promise<Applied>;
   run(source: string): Promise<Applied>;
   subscribe(source: string): Promise<{ id: number; value: unknown }>;
@@ -281,6 +287,14 @@ export class Tabs implements EngineApi {
     return this.ask("query", [source]);
   }
 
+  explain(kind: string, source: string, argsJson?: string): Promise<unknown> {
+    return this.ask("explain", [kind, source, argsJson]);
+  }
+
+  inspect(): Promise<unknown> {
+    return this.ask("inspect", []);
+  }
+
   call(fn: string, argsJson: string): Promise<Applied> {
     return this.write("call", [fn, argsJson, crypto.randomUUID()]);
   }
@@ -401,6 +415,16 @@ export class Tabs implements EngineApi {
       switch (m) {
         case "query":
           return this.answer(tab, id, await engine.query(a[0] as string));
+        case "inspect":
+          if (!engine.inspect) throw { code: "INVALID_ARGUMENT", message: "this engine cannot inspect" };
+          return this.answer(tab, id, await engine.inspect());
+        case "explain":
+          if (!engine.explain) throw { code: "INVALID_ARGUMENT", message: "this engine cannot explain" };
+          return this.answer(
+            tab,
+            id,
+            await engine.explain(a[0] as string, a[1] as string, a[2] as string | undefined),
+          );
         case "call":
         case "run": {
           const w =

@@ -11,6 +11,7 @@ interface Glue {
   default(input?: { module_or_path: never }): Promise<unknown>;
   Warren: typeof import("../wasm/warren_web.js").Warren;
 }
+import { explainOf, inspectOf } from "./dev.js";
 
 interface Req {
   id: number;
@@ -110,6 +111,10 @@ scope.onmessage = async (e: MessageEvent) => {
     switch (m) {
       case "query":
         return reply(id, await w.query(a[0] as string));
+      case "inspect":
+        return reply(id, await inspectOf(w)());
+      case "explain":
+        return reply(id, await explainOf(w)(a[0] as string, a[1] as string, a[2] as string | undefined));
       case "call":
       case "run": {
         const r = (

@@ -20,6 +20,9 @@
 //!   sync sessions, [`gateway::http`] answers HTTP push and pull.
 //! - [`graphql`]: GraphQL at `/v1/graphql`, generated from the schema: queries on read
 //!   views, mutations as commits, live queries over `graphql-transport-ws`.
+//! - [`explain`]: explain for operators: a program or a partition's read rule run as an
+//!   identity with the rules' trace, on a stopped server's data or over HTTP.
+//! - [`ruletest`]: `warren test`: rule tests (fixtures, operations, expected outcomes).
 //! - [`snapshot`]: a region's store as one stream, to boot another region from.
 //! - [`server`]: puts the parts together; start and graceful stop.
 //! - [`conns`]: the accept loop: a cap on open TCP connections with a reserve for
@@ -36,6 +39,7 @@ pub mod auth;
 pub mod barrier;
 pub mod client;
 pub mod conns;
+pub mod explain;
 pub mod follower;
 pub mod gateway;
 pub mod graphql;
@@ -45,6 +49,7 @@ pub mod metrics;
 pub mod presence;
 pub mod queue;
 pub mod region;
+pub mod ruletest;
 pub mod sequencer;
 pub mod server;
 pub mod snapshot;

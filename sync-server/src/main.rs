@@ -6,6 +6,10 @@
 //! - `warren token --sub ann`: mint a development token for `serve`'s secret.
 //! - `warren schema apply schema.warren --etcd URLS`: change the schema of a
 //!   deployment of many regions (a schema entry in the global log).
+//! - `warren test schema.test.json`: rule tests (fixtures, operations as identities,
+//!   the outcome each must have), failures printed as explain traces.
+//! - `warren explain --as ann 'Todo.all()'`: a decision replayed with the rules' trace
+//!   (on a stopped server's data directory, or a running one with `--url`).
 //!
 //! `warren serve --etcd URLS --region NAME` runs a region of a deployment of many
 //! regions on a shared log (etcd) instead of the embedded log: `docs/REGIONS.md`.
@@ -62,6 +66,53 @@ enum Command {
     /// The schema of a deployment of many regions.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Explain a decision: run a query, a transaction, a function call or a
+    /// partition's read rule as an identity, and print the rules it evaluated. Nothing
+    /// is written (docs/DEBUGGING.md).
+    Explain(Box<ExplainArgs>),
+    /// Run rule tests: fixtures, then operations as identities with the outcome each
+    /// must have; a failure prints the rules' trace (docs/DEBUGGING.md).
+    Test {
+        /// The test file (JSON, next to the schema it names).
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// Who to run as: a subject (`ann`) or the claims as JSON (`{"sub":"ann"}`).
+    #[arg(long = "as")]
+    auth: String,
+    /// The data directory of a stopped server (copied, never written).
+    #[arg(long, env = "WARREN_DATA_DIR", default_value = "warren-data")]
+    data_dir: PathBuf,
+    /// Ask a running server instead (its `/v1/admin/explain`, with --admin-token).
+    #[arg(long)]
+    url: Option<String>,
+    /// The running server's admin token.
+    #[arg(long, env = "WARREN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// The program: a query, or with --transaction an ad-hoc transaction.
+    #[arg(conflicts_with_all = ["call", "partition"])]
+    program: Option<String>,
+    /// Run the program as a transaction (its writes are listed, not applied).
+    #[arg(long, requires = "program")]
+    transaction: bool,
+    /// Call a schema function instead.
+    #[arg(long, conflicts_with = "partition")]
+    call: Option<String>,
+    /// The function's arguments (JSON: an object or an array).
+    #[arg(long, requires = "call")]
+    args: Option<String>,
+    /// Why the identity does (not) receive this partition: each read rule's trace.
+    #[arg(long)]
+    partition: Option<String>,
+    /// `now()` in milliseconds (default: the clock).
+    #[arg(long)]
+    now: Option<i64>,
+    /// Print the trace as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -336,7 +387,7 @@ struct ServeArgs {
     )]
     cors_origins: Vec<String>,
     /// The bearer token of the operator's endpoints (`/v1/admin/snapshot`,
-    /// `/v1/admin/state`); they are off without one.
+    /// `/v1/admin/state`, `/v1/admin/explain`); they are off without one.
     #[arg(long, env = "WARREN_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     #[command(flatten)]
@@ -442,6 +493,118 @@ fn main() -> ExitCode {
             etcd,
             quotas,
         }) => schema_apply(&schema, etcd, quotas.limits()),
+        Command::Explain(x) => explain(*x),
+        Command::Test { file } => rule_tests(&file),
+    }
+}
+
+/// `warren test FILE`: 0 when every test passed, 1 when one failed, 2 when the file
+/// (its schema, a fixture) is wrong.
+fn rule_tests(file: &Path) -> ExitCode {
+    use warren_server::ruletest;
+    let verdicts = ruletest::load(file).and_then(|s| ruletest::run(&s));
+    let verdicts = match verdicts {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let failed = verdicts.iter().filter(|v| v.failure.is_some()).count();
+    for v in &verdicts {
+        match &v.failure {
+            None => println!("ok - {}", v.name),
+            Some((why, trace)) => {
+                println!("not ok - {}: {why}", v.name);
+                for line in trace.to_text().lines() {
+                    println!("    {line}");
+                }
+            }
+        }
+    }
+    println!(
+        "{} passed, {failed} failed ({})",
+        verdicts.len() - failed,
+        file.display()
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `warren explain`: prints the trace; exits 0 when the program or partition was
+/// allowed, 1 when it was refused, 2 on a usage or storage error.
+fn explain(x: ExplainArgs) -> ExitCode {
+    use warren_server::explain as ex;
+    let fail = |m: String| {
+        eprintln!("error: {m}");
+        ExitCode::from(2)
+    };
+    let auth = match ex::auth_of(&x.auth) {
+        Ok(a) => a,
+        Err(e) => return fail(e.message),
+    };
+    let now = x.now.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    });
+    let mut req = serde_json::json!({ "auth": auth.to_json(), "now": now });
+    match (&x.program, &x.call, &x.partition) {
+        (Some(p), _, _) if x.transaction => req["transaction"] = p.as_str().into(),
+        (Some(p), _, _) => req["query"] = p.as_str().into(),
+        (None, Some(f), _) => {
+            req["call"] = f.as_str().into();
+            if let Some(a) = &x.args {
+                match serde_json::from_str::<serde_json::Value>(a) {
+                    Ok(a) => req["args"] = a,
+                    Err(e) => return fail(format!("--args is not JSON: {e}")),
+                }
+            }
+        }
+        (None, None, Some(p)) => req["partition"] = p.as_str().into(),
+        (None, None, None) => return fail("give a program, --call or --partition".into()),
+    }
+    let trace = match &x.url {
+        Some(url) => {
+            let Some(token) = &x.admin_token else {
+                return fail("--url needs --admin-token".into());
+            };
+            match ex::ask(url, token, &req) {
+                Ok(t) => t,
+                Err(e) => return fail(e),
+            }
+        }
+        None => {
+            let r = (|| {
+                let req = ex::Request::from_json(&req)?;
+                let copy = ex::open_copy(&x.data_dir)?;
+                let schema = ex::schema_of(&copy.store)?;
+                let position = warren_core::exec::position(&copy.store)?;
+                ex::run(&copy.store, &schema, &Limits::default(), position, &req)
+            })();
+            match r {
+                Ok(t) => t.to_value(),
+                Err(e) => return fail(format!("{}: {}", e.code.as_str(), e.message)),
+            }
+        }
+    };
+    if x.json {
+        let mut out = String::new();
+        warren_core::text::write_json(&mut out, &trace);
+        println!("{out}");
+    } else {
+        print!("{}", warren_core::explain::text_of(&trace));
+    }
+    let o = trace.get("outcome");
+    let allowed = o.get("ok") == &warren_core::Value::Bool(true)
+        && (x.partition.is_none() || o.get("result") != &warren_core::Value::Array(vec![]));
+    if allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -103,6 +103,11 @@ impl ReadView {
         &self.schema
     }
 
+    /// The engine's limits the region executes with.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// What a client gets on connecting at this view's position (see
     /// [`warren_core::subscription::welcome`]).
     pub fn welcome(

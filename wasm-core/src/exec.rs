@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::doc::StoredDoc;
 use crate::error::{Error, ErrorCode};
 use crate::eval::{Context, Evaluator, Limits, Mode};
+use crate::explain::Recorder;
 use crate::keys;
 use crate::lang::parse_block;
 use crate::schema::Schema;
@@ -257,7 +258,8 @@ fn run(
     commit: &Commit,
     position: u64,
     limits: &Limits,
-) -> (Result<Outcome, Error>, Usage) {
+    trace: bool,
+) -> (Result<Outcome, Error>, Usage, Option<Box<Recorder>>) {
     let ctx = Context {
         auth: commit.auth.clone(),
         now: commit.timestamp,
@@ -266,11 +268,14 @@ fn run(
         position,
     };
     if let Err(e) = check_input(&commit.auth, limits) {
-        return (Err(e), Usage::default());
+        return (Err(e), Usage::default(), None);
     }
     let mut ev = Evaluator::new(schema, store, limits, &ctx, Mode::Transaction);
+    if trace {
+        ev.explain = Some(Box::default());
+    }
     let outcome = run_in(&mut ev, commit, position, limits);
-    (outcome, ev.usage())
+    (outcome, ev.usage(), ev.explain.take())
 }
 
 fn run_in(
@@ -511,14 +516,27 @@ fn optimistic_metered(
     position: u64,
     limits: &Limits,
 ) -> Result<(Outcome, Usage), Error> {
+    optimistic_traced(store, schema, commit, position, limits, false).map(|(o, u, _)| (o, u))
+}
+
+/// [`optimistic_metered`], with the explain trace when `trace` ([`crate::explain`]).
+#[allow(clippy::type_complexity)]
+pub(crate) fn optimistic_traced(
+    store: &dyn Storage,
+    schema: &Schema,
+    commit: &Commit,
+    position: u64,
+    limits: &Limits,
+    trace: bool,
+) -> Result<(Outcome, Usage, Option<Box<Recorder>>), Error> {
     // The last line of defence: a panic inside the engine is a bug, but it must not
     // stop a replica, and every replica must record the same outcome for the entry. The
     // execution only reads the store, so nothing is left half-done. (The browser's
     // build aborts on a panic instead; it only executes its own commits.)
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run(store, schema, commit, position, limits)
+        run(store, schema, commit, position, limits, trace)
     }));
-    let (r, usage) = match run {
+    let (r, usage, rec) = match run {
         Ok(r) => r,
         Err(_) => {
             return Ok((
@@ -527,17 +545,19 @@ fn optimistic_metered(
                     message: INTERNAL_MESSAGE.to_owned(),
                 },
                 Usage::default(),
+                None,
             ))
         }
     };
     match r {
-        Ok(o) => Ok((o, usage)),
+        Ok(o) => Ok((o, usage, rec)),
         Err(e) if e.code.is_deterministic() => Ok((
             Outcome::Rejected {
                 code: e.code,
                 message: cap_message(e.to_string()),
             },
             usage,
+            rec,
         )),
         Err(e) => Err(e),
     }
@@ -646,6 +666,20 @@ pub fn query_metered(
     now: i64,
     limits: &Limits,
 ) -> (Result<Value, Error>, Usage) {
+    let (r, usage, _) = query_traced(store, schema, source, auth, now, limits, false);
+    (r, usage)
+}
+
+/// [`query_metered`], with the explain trace when `trace` ([`crate::explain`]).
+pub(crate) fn query_traced(
+    store: &dyn Storage,
+    schema: &Schema,
+    source: &str,
+    auth: &Value,
+    now: i64,
+    limits: &Limits,
+    trace: bool,
+) -> (Result<Value, Error>, Usage, Option<Box<Recorder>>) {
     let block = (|| {
         if source.len() > limits.max_args_bytes {
             return Err(Error::new(
@@ -663,17 +697,20 @@ pub fn query_metered(
     })();
     let (block, at) = match block {
         Ok(b) => b,
-        Err(e) => return (Err(e), Usage::default()),
+        Err(e) => return (Err(e), Usage::default(), None),
     };
     let ctx = Context::reader(auth, now, at);
     let mut ev = Evaluator::new(schema, store, limits, &ctx, Mode::Query);
+    if trace {
+        ev.explain = Some(Box::default());
+    }
     let r = (|| {
         let v = ev.run_block(&block)?;
         let v = ev.materialize(v)?;
         check_result(&v, limits)?;
         Ok(v)
     })();
-    (r, ev.usage())
+    (r, ev.usage(), ev.explain.take())
 }
 
 /// Whether `auth` may read documents of `collection` in `partition` (the sync server

@@ -15,6 +15,8 @@
 //! - [`doc`]: stored documents and the key-value writes a document write implies.
 //! - [`exec`]: `execute` (commit → outcome), `apply` (outcome → state and digest),
 //!   `query`.
+//! - [`explain`]: a query, a commit or a partition's read rule replayed with a trace of
+//!   the rules evaluated, filtered by the identity's read rights.
 //! - [`entry`]: applying log entries (commits and schema changes), the same way in
 //!   every region.
 //! - [`storage`]: the storage trait, the in-memory backend, the overlay and the
@@ -59,6 +61,7 @@ pub mod entry;
 pub mod error;
 pub mod eval;
 pub mod exec;
+pub mod explain;
 pub mod keys;
 pub mod lang;
 pub mod protocol;

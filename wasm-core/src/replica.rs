@@ -394,6 +394,14 @@ impl<S: Storage> Replica<S> {
         self.limits = limits;
     }
 
+    /// The live queries: their ids and sources, in order of id.
+    pub fn live_queries(&self) -> Vec<(u64, &str)> {
+        self.live
+            .iter()
+            .map(|(id, l)| (*id, l.source.as_str()))
+            .collect()
+    }
+
     /// The commits not yet confirmed, in order.
     pub fn pending(&self) -> &[Pending] {
         &self.pending
@@ -642,6 +650,33 @@ impl<S: Storage> Replica<S> {
         let r = exec::query(&rec, &schema, source, &self.auth, self.now, &self.limits);
         *out = rec.into_reads();
         r
+    }
+
+    /// Replays a query, a write (as a write made now would run: nothing is stored) or
+    /// a partition's read rule on the view, as this replica's identity, with the trace
+    /// of the rules evaluated ([`crate::explain`]). The same engine as the server's, on
+    /// the data this replica holds.
+    pub fn explain(
+        &mut self,
+        what: &crate::explain::Subject,
+        now: i64,
+    ) -> Result<crate::explain::Explanation, Error> {
+        use crate::explain::{self as x, Subject};
+        let schema = self.schema_or_err()?;
+        self.rebase_if_stale()?;
+        let view = self.view.over(&self.store, u64::MAX);
+        match what {
+            Subject::Query(src) => {
+                x::explain_query(&view, &schema, src, &self.auth, now, &self.limits)
+            }
+            Subject::Write(op) => {
+                let commit = self.next_commit(&schema, op.clone(), now);
+                x::explain_commit(&view, &schema, &commit, 0, &self.limits)
+            }
+            Subject::Partition(p) => {
+                x::explain_partition(&view, &schema, p, &self.auth, &self.limits)
+            }
+        }
     }
 
     /// Starts a live query; returns its id and its first result. Its later results

@@ -63,6 +63,22 @@ pub(crate) async fn state(
     let admin = admin_of(&s, &headers)?;
     let mut body = s.metrics.region.summary();
     body["position"] = s.metrics.position.load(Ordering::Relaxed).into();
+    body["connections"] = s.metrics.connections.load(Ordering::Relaxed).into();
+    // The digest and position of the state the region serves now (the log head it has
+    // applied), from a consistent view.
+    let (tx, rx) = oneshot::channel();
+    if s.region.send(RegionMsg::View { reply: tx }).is_ok() {
+        if let Ok(view) = rx.await {
+            let applied = tokio::task::spawn_blocking(move || {
+                warren_core::exec::digest(&view.state()).map(|d| (view.position, d))
+            })
+            .await;
+            if let Ok(Ok((position, digest))) = applied {
+                body["applied_position"] = position.into();
+                body["digest"] = warren_core::hex(&digest).into();
+            }
+        }
+    }
     if let Some(latest) = &admin.latest {
         let l = *latest.lock().expect("latest lock");
         body["batch_end"] = serde_json::json!({
@@ -112,4 +128,40 @@ pub(crate) async fn snapshot(
         axum::body::Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// `POST /v1/admin/explain`: a program or a partition's read rule run as an identity on
+/// a consistent view of the region, with the trace of the rules it evaluated
+/// ([`crate::explain`]; the body is a [`crate::explain::Request`] in JSON). Nothing is
+/// written. The answer is the trace's serialized form (docs/DEBUGGING.md).
+pub(crate) async fn explain(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, AppError> {
+    admin_of(&s, &headers)?;
+    let bad = |m: String| AppError::new(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", m);
+    let j: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+    let req = crate::explain::Request::from_json(&j)
+        .map_err(|e| AppError::new(StatusCode::BAD_REQUEST, e.code.as_str(), e.message))?;
+    let (tx, rx) = oneshot::channel();
+    s.region
+        .send(RegionMsg::View { reply: tx })
+        .map_err(|_| stopping())?;
+    let view = rx.await.map_err(|_| stopping())?;
+    let x = tokio::task::spawn_blocking(move || {
+        let state = view.state();
+        crate::explain::run(&state, view.schema(), view.limits(), view.position, &req)
+    })
+    .await
+    .map_err(|_| stopping())?
+    .map_err(|e| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.code.as_str(),
+            e.message,
+        )
+    })?;
+    Ok(([("content-type", "application/json")], x.to_json()).into_response())
 }

@@ -9,6 +9,7 @@
 //! | `GET /readyz` | the log is replayed and commits are being served |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /v1/admin/snapshot` | the region's store as a stream (admin token) |
+//! | `POST /v1/admin/explain` | a program or a partition's read rule run as an identity, with the rules' trace (admin token) |
 //! | `GET /v1/admin/state` | position, digest and, for a region of many, its status (admin token) |
 //!
 //! (`/v1/graphql` is [`crate::graphql`]'s, on the same state.)
@@ -352,6 +353,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/admin/snapshot", get(admin::snapshot))
         .route("/v1/admin/state", get(admin::state))
+        .route("/v1/admin/explain", post(admin::explain))
         .layer(body_limit)
         .layer(body_timeout)
         .with_state(state)

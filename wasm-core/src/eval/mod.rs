@@ -369,6 +369,9 @@ pub struct Evaluator<'a> {
     /// The root environment (`auth`), built once: environments are immutable, so
     /// every function call and rule check can share it instead of copying `auth`.
     root: Option<Env>,
+    /// The explain trace, when explaining ([`crate::explain`]): only written to, so
+    /// nothing the evaluation does depends on it.
+    pub(crate) explain: Option<Box<crate::explain::Recorder>>,
 }
 
 /// What an evaluation read: documents by id and whole collections (any scan). A write
@@ -428,6 +431,7 @@ impl<'a> Evaluator<'a> {
             touched_set: Default::default(),
             reads: None,
             root: None,
+            explain: None,
         }
     }
 
@@ -1201,10 +1205,16 @@ impl<'a> Evaluator<'a> {
             r.docs.insert((coll.name.clone(), id.to_owned()));
         }
         let Some(bytes) = self.view.get(&keys::doc_key(&coll.name, id))? else {
+            if let Some(x) = &mut self.explain {
+                x.read(&coll.name, id, None);
+            }
             return Ok(None);
         };
         if !self.can_read(coll, StoredDoc::partition_of(&bytes)?)? {
             self.hidden_work(1 + bytes.len() as u64 / 1024)?;
+            if let Some(x) = &mut self.explain {
+                x.invisible(&coll.name, 1);
+            }
             return Ok(None);
         }
         self.charge(bytes.len() as u64 / 1024)?;
@@ -1236,6 +1246,9 @@ impl<'a> Evaluator<'a> {
             }
         })?;
         paid.more(cost)?;
+        if let Some(x) = &mut self.explain {
+            x.read(&coll.name, id, Some((&stored.partition, &stored.data)));
+        }
         Ok(Doc {
             collection: coll.name.clone(),
             id: id.to_owned(),

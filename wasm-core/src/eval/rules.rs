@@ -19,6 +19,7 @@ use std::rc::Rc;
 
 use super::{bind_static, Data, Env, Evaluator, Meter, Mode, Val};
 use crate::error::{Error, ErrorCode};
+use crate::explain::RuleOutcome;
 use crate::lang::ast::Action;
 use crate::schema::Collection;
 use crate::value::Value;
@@ -99,6 +100,9 @@ impl<'a> Evaluator<'a> {
             return Ok(*ok);
         }
         let root = self.root_env()?;
+        if let Some(x) = &mut self.explain {
+            x.begin(Action::Read, &coll.name, partition, None);
+        }
         let ok = self.on_rule_budget(|ev| {
             let p = ev.string(partition.len(), || partition.to_owned())?;
             let c = ev.string(coll.name.len(), || coll.name.clone())?;
@@ -114,6 +118,9 @@ impl<'a> Evaluator<'a> {
             }
             Err(_) => false,
         };
+        if let Some(x) = &mut self.explain {
+            x.end(ok);
+        }
         let bytes = key.0.len() + key.1.len();
         if self.readable.len() < READABLE_CACHE_ENTRIES
             && self.readable_bytes + bytes <= READABLE_CACHE_BYTES
@@ -132,6 +139,9 @@ impl<'a> Evaluator<'a> {
         vars: WriteVars<'_>,
     ) -> Result<Result<(), String>, Error> {
         let mut env = self.root_env()?;
+        if let Some(x) = &mut self.explain {
+            x.begin(action, &coll.name, vars.partition, Some(vars.id));
+        }
         let r = self.on_rule_budget(|ev| {
             // Shared with the write, not copied: the program paid for them.
             let new = vars.new.map_or(Val::NULL, |d| Val::Data(d.clone()));
@@ -152,6 +162,9 @@ impl<'a> Evaluator<'a> {
             env = bind_static(&env, "collection", c, ev.binding()?);
             ev.any_rule_allows(coll, action, &env)
         });
+        if let Some(x) = &mut self.explain {
+            x.end(matches!(r, Ok(Ok(()))));
+        }
         match r {
             Ok(r) => Ok(r),
             Err(e) if !e.code.is_deterministic() || e.code == ErrorCode::HiddenWorkExhausted => {
@@ -187,8 +200,23 @@ impl<'a> Evaluator<'a> {
             // Each alternative gets the whole budget.
             self.hidden_work(self.limits.rule_fuel - self.fuel)?;
             self.fuel = self.limits.rule_fuel;
-            match self.eval(&r.expr, env) {
-                Ok(v) if self.truthy(&v) => return Ok(Ok(())),
+            if let Some(x) = &mut self.explain {
+                x.rule_start(r.pos);
+            }
+            let v = self.eval(&r.expr, env);
+            let allows = matches!(&v, Ok(v) if self.truthy(v));
+            if let Some(x) = &mut self.explain {
+                x.rule_end(match &v {
+                    Ok(_) if allows => RuleOutcome::Allow,
+                    Ok(_) => RuleOutcome::Deny,
+                    Err(e) => RuleOutcome::Fail {
+                        code: e.code,
+                        message: Some(e.message.clone()),
+                    },
+                });
+            }
+            match v {
+                Ok(_) if allows => return Ok(Ok(())),
                 Ok(_) => {}
                 Err(e)
                     if !e.code.is_deterministic() || e.code == ErrorCode::HiddenWorkExhausted =>

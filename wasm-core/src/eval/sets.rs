@@ -678,6 +678,15 @@ impl<'a> Evaluator<'a> {
                 // A partition the caller may not read costs it nothing it can see.
                 if !self.can_read(coll, &p)? {
                     self.hidden_work(1)?;
+                    if self.explain.is_some() {
+                        // Explaining only: how many the partition hid (no fuel spent).
+                        let mut members = keys::partition_prefix(&p);
+                        keys::push_str(&mut members, collection);
+                        let n = self.view.count(&KeyRange::prefix(&members), u64::MAX)?;
+                        if let Some(x) = &mut self.explain {
+                            x.invisible(collection, n);
+                        }
+                    }
                     continue;
                 }
                 self.charge(1)?;
@@ -888,6 +897,9 @@ impl<'a> Evaluator<'a> {
                         // decoded, and costs the program nothing.
                         if !self.can_read(coll, StoredDoc::partition_of(&v)?)? {
                             self.hidden_work(1 + v.len() as u64 / 1024)?;
+                            if let Some(x) = &mut self.explain {
+                                x.invisible(collection, 1);
+                            }
                             continue;
                         }
                         self.charge(1 + v.len() as u64 / 1024)?;
@@ -901,6 +913,9 @@ impl<'a> Evaluator<'a> {
                             .map_err(|_| Error::new(ErrorCode::Corrupt, "bad index entry"))?;
                         if !self.can_read(coll, partition)? {
                             self.hidden_work(1 + v.len() as u64 / 1024)?;
+                            if let Some(x) = &mut self.explain {
+                                x.invisible(collection, 1);
+                            }
                             continue;
                         }
                         self.charge(1 + v.len() as u64 / 1024)?;

@@ -868,7 +868,28 @@ pub fn run(db: &mut Executor<MemoryStore>, program: &Program, client_seq: u64) -
         1_700_000_000_000,
         db.limits(),
     );
-    let query = format!("query {}", describe(&q, &usage));
+    // The explain trace of the same query: the same outcome and usage as without it,
+    // and (compared line by line with the wasm32 build) the same trace everywhere.
+    let x = crate::explain::explain_query(
+        db.store(),
+        db.schema(),
+        &program.source,
+        &auth,
+        1_700_000_000_000,
+        db.limits(),
+    )
+    .expect("a memory store does not fail");
+    let plain = match &q {
+        Ok(v) => Ok(v.clone()),
+        Err(e) => Err((e.code, e.message.clone())),
+    };
+    let same = x.outcome == plain && x.usage == usage;
+    let query = format!(
+        "query {} explain={} {}",
+        describe(&q, &usage),
+        if same { "same" } else { "DIFFERENT" },
+        trace_hash(&x)
+    );
     let commit = Commit {
         client_id: format!("gen-{}", program.user),
         client_seq,
@@ -889,6 +910,14 @@ pub fn run(db: &mut Executor<MemoryStore>, program: &Program, client_seq: u64) -
     let (outcome, usage) =
         exec::execute_metered(db.store(), db.schema(), &commit, position, db.limits())
             .expect("a memory store does not fail");
+    let x = crate::explain::explain_commit(db.store(), db.schema(), &commit, position, db.limits())
+        .expect("a memory store does not fail");
+    let explained = match &outcome {
+        Outcome::Committed { result, .. } => Some(Ok(result.clone())),
+        Outcome::Rejected { code, message } => Some(Err((*code, message.clone()))),
+        Outcome::Skipped(_) => None,
+    };
+    let same = explained.is_none_or(|o| o == x.outcome && x.usage == usage);
     let digest = db
         .apply(position, &commit.client_id, commit.client_seq, &outcome)
         .expect("a memory store does not fail");
@@ -900,12 +929,21 @@ pub fn run(db: &mut Executor<MemoryStore>, program: &Program, client_seq: u64) -
         Outcome::Skipped(s) => format!("skipped {s:?}"),
     };
     let tx = format!(
-        "commit {outcome} fuel={} memory={} digest={}",
+        "commit {outcome} fuel={} memory={} digest={} explain={} {}",
         usage.fuel,
         usage.memory,
-        crate::hex(&digest[..8])
+        crate::hex(&digest[..8]),
+        if same { "same" } else { "DIFFERENT" },
+        trace_hash(&x)
     );
     [query, tx]
+}
+
+/// A short fingerprint of an explain trace's serialized form, and its decision count.
+fn trace_hash(x: &crate::explain::Explanation) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(x.to_json().as_bytes());
+    format!("trace={}/{}", x.decisions.len(), crate::hex(&h[..8]))
 }
 
 /// The whole differential run: the regressions, then `count` generated programs, each
@@ -961,5 +999,8 @@ mod tests {
         let a = differential(1, 30);
         assert_eq!(a, differential(1, 30));
         assert!(a.lines().count() > 60);
+        // Explaining changed no outcome and no usage.
+        assert!(!a.contains("explain=DIFFERENT"), "{a}");
+        assert!(a.contains("explain=same trace="));
     }
 }

@@ -220,6 +220,10 @@ enum LocalCmd {
     Query(String, oneshot::Sender<Result<Value, Error>>),
     Subscribe(String, oneshot::Sender<Result<(u64, Value), Error>>),
     Unsubscribe(u64),
+    /// The development entry points (`explain`, `inspect`: the `devtools` feature;
+    /// without it `DevCmd` has no value, and this costs nothing).
+    #[cfg_attr(not(feature = "devtools"), allow(dead_code))]
+    Dev(dev::DevCmd),
     /// Resolves once everything applied so far is durable.
     Flush(oneshot::Sender<Result<(), Error>>),
     /// Rebuilds the view after writes were taken back.
@@ -761,6 +765,7 @@ async fn local_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<LocalCmd>) {
                 let _ = reply.send(r.and_then(|r| r));
             }
             LocalCmd::Unsubscribe(id) => sh.replica.borrow_mut().unsubscribe(id),
+            LocalCmd::Dev(c) => sh.dev(c).await,
             LocalCmd::Flush(reply) => {
                 let sh2 = sh.clone();
                 // Waits without holding the lane.
@@ -1468,6 +1473,22 @@ impl Shared {
             .outgoing_upto(self.durable_seq.get());
         for f in frames {
             self.send_frame(&f);
+        }
+    }
+}
+
+// The development entry points: `dev.rs` with the `devtools` feature, else nothing.
+#[cfg(feature = "devtools")]
+#[path = "dev.rs"]
+mod dev;
+#[cfg(not(feature = "devtools"))]
+mod dev {
+    /// No development command exists in this build.
+    pub(crate) enum DevCmd {}
+
+    impl super::Shared {
+        pub(super) async fn dev(self: &std::rc::Rc<Self>, c: DevCmd) {
+            match c {}
         }
     }
 }
