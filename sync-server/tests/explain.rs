@@ -55,6 +55,8 @@ fn explain_over_http_and_on_a_data_directory() {
             "127.0.0.1:0",
             "--admin-token",
             ADMIN,
+            "--schema",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/schema.warren"),
             "--data-dir",
         ])
         .arg(&data)
@@ -202,7 +204,7 @@ fn explain_over_http_and_on_a_data_directory() {
         "--data-dir",
         &data_s,
         "--transaction",
-        r#"Task.create({ id: "t1", team: "red", title: "x", done: false, created: 0 })"#,
+        r#"Task.create({ id: "t1", team: "red", title: "x", done: false, created: 0, by: "eve" })"#,
     ]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("outcome: PERMISSION_DENIED"), "{out}");

@@ -18,7 +18,7 @@ const port = await freePort();
 const base = `http://127.0.0.1:${port}`;
 const ADMIN = "devtools-test-admin-token";
 const server = await startWarren(["--listen", `127.0.0.1:${port}`, "--data-dir", join(work, "data"),
-  "--static-dir", site, "--dev-tokens", "--admin-token", ADMIN]);
+  "--schema", join(root, "demo", "schema.warren"), "--static-dir", site, "--dev-tokens", "--admin-token", ADMIN]);
 
 let ctx;
 try {

@@ -16,7 +16,7 @@ const port = await freePort();
 const base = `http://127.0.0.1:${port}`;
 const ADMIN = "explain-test-admin-token";
 const server = await startWarren(["--listen", `127.0.0.1:${port}`, "--data-dir", join(work, "data"),
-  "--static-dir", site, "--dev-tokens", "--admin-token", ADMIN]);
+  "--schema", join(root, "demo", "schema.warren"), "--static-dir", site, "--dev-tokens", "--admin-token", ADMIN]);
 
 /** The server's trace for `sub` and a request in the form db.explain takes. */
 async function serverTrace(sub, what) {
