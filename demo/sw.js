@@ -7,7 +7,7 @@
 // of the app shows on the visit after it is fetched. Sync traffic (/v1/...) never goes
 // through the cache.
 
-const CACHE = "warren-demo-v2";
+const CACHE = "warren-demo-v3";
 const SHELL = [
   "./",
   "./index.html",
@@ -16,18 +16,8 @@ const SHELL = [
   "./style.css",
   "./manifest.webmanifest",
   "./schema.warren",
-  "./vendor/warren/dist/index.js",
-  "./vendor/warren/dist/errors.js",
-  "./vendor/warren/dist/query.js",
-  "./vendor/warren/dist/tabs.js",
-  "./vendor/warren/dist/text.js",
-  "./vendor/warren/dist/engine.js",
-  "./vendor/warren/dist/worker.js",
-  "./vendor/warren/wasm/warren_web.js",
-  "./vendor/warren/wasm/warren_web_bg.wasm",
-  "./vendor/warren/wasm/warren_web_text.js",
-  "./vendor/warren/wasm/warren_web_text_bg.wasm",
-  // .ci/build-demo lists yjs and its lib0 modules here (for the notes).
+  // .ci/build-demo lists every module of the package (both engine modules among them)
+  // and of yjs here.
 ];
 
 self.addEventListener("install", (event) => {

@@ -119,8 +119,12 @@ try {
   await shot(bob, "1-bob-sees-anns-caret");
 
   // 2. Both offline, both type in the same sentence, both reload offline.
-  await ann.evaluate(() => navigator.serviceWorker.ready);
-  await bob.evaluate(() => navigator.serviceWorker.ready);
+  // The service worker must have taken each page over (it does so a moment after it is
+  // `ready`, once it has cached the app shell) for the offline reload to start the app.
+  for (const p of [ann, bob]) {
+    await p.evaluate(() => navigator.serviceWorker.ready);
+    await until("a service worker to control the page", () => p.evaluate(() => !!navigator.serviceWorker.controller), 10000);
+  }
   await annCtx.setOffline(true);
   await bobCtx.setOffline(true);
   for (const p of [ann, bob]) {
