@@ -99,13 +99,10 @@ pub(crate) async fn snapshot(
     s.region
         .send(RegionMsg::Snapshot(tx))
         .map_err(|_| stopping())?;
-    let source = rx.await.map_err(|_| stopping())?.map_err(|e| {
-        AppError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            e.code.as_str(),
-            e.message,
-        )
-    })?;
+    let source = rx
+        .await
+        .map_err(|_| stopping())?
+        .map_err(AppError::engine)?;
     tracing::info!(
         position = source.position,
         revision = source.revision,
@@ -156,12 +153,6 @@ pub(crate) async fn explain(
     })
     .await
     .map_err(|_| stopping())?
-    .map_err(|e| {
-        AppError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            e.code.as_str(),
-            e.message,
-        )
-    })?;
+    .map_err(AppError::engine)?;
     Ok(([("content-type", "application/json")], x.to_json()).into_response())
 }

@@ -204,13 +204,7 @@ pub(crate) async fn pull(
     })
     .await
     .map_err(|_| stopping())?
-    .map_err(|e| {
-        AppError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            e.code.as_str(),
-            e.message,
-        )
-    })?;
+    .map_err(AppError::engine)?;
     crate::metrics::Metrics::add(&s.metrics.rules_catch_up, rules);
     let mut out = serde_json::json!({ "snapshots": [] });
     for f in frames {

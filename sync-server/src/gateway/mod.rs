@@ -374,6 +374,16 @@ impl AppError {
             message: message.into(),
         }
     }
+
+    /// An engine error the server met answering a request (a failed read of its own
+    /// state): 500 with the engine's code and message.
+    pub(crate) fn engine(e: warren_core::Error) -> AppError {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.code.as_str(),
+            e.message,
+        )
+    }
 }
 
 impl IntoResponse for AppError {
