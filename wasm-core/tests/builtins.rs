@@ -1771,6 +1771,34 @@ fn collection_by_id_and_all() {
     assert_eq!(r.unwrap(), j("[null, 0]"));
 }
 
+/// `count()` of a whole collection in a query counts keys without reading documents:
+/// one step per partition and one per 16 documents (issue 13: a count of a million
+/// documents in the browser ran out of fuel at one step a document).
+#[test]
+fn a_count_from_keys_costs_a_step_per_16_documents() {
+    let mut db = Db::new();
+    for _ in 0..4 {
+        db.ok("range(400).map(i => Item.create({ n: i })).length()");
+    }
+    db.eq("Item.all().count()", "1600");
+    let mut limits = db.ex.limits().clone();
+    // 1,600 documents are 100 steps of counting: a budget of 150 pays for the count
+    // (not for reading them: the same count over a filtered set runs out).
+    limits.fuel = 150;
+    assert_eq!(
+        db.query_with("Item.all().count()", &limits),
+        Ok(Value::Int(1600))
+    );
+    let e = db
+        .query_with("Item.all().where(.n >= 0).count()", &limits)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::FuelExhausted);
+    // Under 100 steps left, the count runs out.
+    limits.fuel = 90;
+    let e = db.query_with("Item.all().count()", &limits).unwrap_err();
+    assert_eq!(e.code, ErrorCode::FuelExhausted);
+}
+
 #[test]
 fn collection_create() {
     let mut db = Db::new();

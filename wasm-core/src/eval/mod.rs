@@ -39,6 +39,7 @@ pub(crate) use arith::{as_f64, binary, display};
 pub use meter::Data;
 pub(crate) use meter::{cost, Meter, Paid, SLOT};
 pub(crate) use sets::SetQ;
+pub use sets::COUNTED_KEYS_PER_STEP;
 pub use write::MAX_ID_BYTES;
 
 use crate::doc::StoredDoc;
