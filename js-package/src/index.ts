@@ -713,16 +713,21 @@ export class Database<S = Record<string, Record<string, Value>>> {
       w?.();
     };
     const stopStatus = this.status.subscribe(() => nudge());
-    const send = async (chunk: unknown[], at: number): Promise<void> => {
-      const w = this.invoke<R>(fn, { [param]: chunk });
+    // Each item is turned into JSON once: its text measures it and goes into the call.
+    const head = `{${JSON.stringify(param)}:[`;
+    const send = async (chunk: unknown[], parts: string[], at: number): Promise<void> => {
+      const w = this.write<R>(() => this.engine.call(fn, head + parts.join(",") + "]}"), {
+        fn,
+        args: { [param]: chunk },
+      });
       let r: R;
       try {
         r = await w.result;
       } catch (e) {
         if ((e as WarrenError).code === "ARGUMENT_TOO_LARGE" && chunk.length > 1) {
           const half = Math.ceil(chunk.length / 2);
-          await send(chunk.slice(0, half), at);
-          await send(chunk.slice(half), at + 0.5);
+          await send(chunk.slice(0, half), parts.slice(0, half), at);
+          await send(chunk.slice(half), parts.slice(half), at + 0.5);
           return;
         }
         throw e;
@@ -738,24 +743,29 @@ export class Database<S = Record<string, Record<string, Value>>> {
     const run = (async () => {
       try {
         let chunk: unknown[] = [];
+        let parts: string[] = [];
         let bytes = 0;
         let n = 0;
         const flushChunk = async () => {
           if (!chunk.length) return;
           const c = chunk;
+          const p = parts;
           chunk = [];
+          parts = [];
           bytes = 0;
           while (
             unlocal >= window ||
             (unconfirmed >= unconfirmedMax && this.statusNow.connected)
           )
             await new Promise<void>((ok) => (wake = ok));
-          await send(c, n++);
+          await send(c, p, n++);
         };
         for (const item of items) {
-          const size = toJson(item).length + 1;
+          const text = toJson(item);
+          const size = text.length + 1;
           if (chunk.length && (chunk.length >= maxItems || bytes + size > maxBytes)) await flushChunk();
           chunk.push(item);
+          parts.push(text);
           bytes += size;
         }
         await flushChunk();
