@@ -141,6 +141,11 @@ export class WorkerEngine implements LeaderEngine {
   private onOnline = () => this.setOnline(true);
   private onOffline = () => this.setOnline(false);
 
+  /** Messages for the worker made in this turn of the event loop: they go as one
+   * (`{ b: [...] }`), so many requests made together (a page of reads, `Promise.all`)
+   * cost one message and one task in the worker, and reach its engine together. */
+  private outgoing: unknown[] | null = null;
+
   private constructor(private worker: Worker) {
     worker.onmessage = (e: MessageEvent) => this.onMessage(e.data);
     worker.onerror = (e: ErrorEvent) => {
@@ -203,16 +208,29 @@ export class WorkerEngine implements LeaderEngine {
     if (report) this.listener({ type: "server-error", detail: err });
   }
 
+  private send(msg: unknown): void {
+    if (!this.outgoing) {
+      this.outgoing = [];
+      queueMicrotask(() => {
+        const q = this.outgoing!;
+        this.outgoing = null;
+        this.worker.postMessage(q.length === 1 ? q[0] : { b: q });
+      });
+    }
+    this.outgoing.push(msg);
+  }
+
   private ask(m: string, a: unknown[]): Promise<unknown> {
     if (this.dead) return Promise.reject(this.dead);
     const id = this.next++;
     return new Promise((resolve, reject) => {
       this.waits.set(id, { resolve, reject });
-      this.worker.postMessage({ id, m, a });
+      this.send({ id, m, a });
     });
   }
 
   private onMessage(msg: {
+    b?: unknown[];
     id?: number;
     ok?: unknown;
     err?: ErrInfo;
@@ -221,6 +239,10 @@ export class WorkerEngine implements LeaderEngine {
     t?: string;
     ready?: boolean;
   }): void {
+    if (msg.b) {
+      for (const m of msg.b) this.onMessage(m as typeof msg);
+      return;
+    }
     if (msg.ready) return;
     if (msg.evs) {
       for (const [type, detail] of msg.evs) this.onWorkerEvent(type, detail);
@@ -230,8 +252,8 @@ export class WorkerEngine implements LeaderEngine {
       const id = msg.id;
       const p = this.provider ? this.provider() : Promise.resolve(undefined);
       p.then(
-        (token) => this.worker.postMessage({ t: "token", id, token }),
-        () => this.worker.postMessage({ t: "token", id, token: undefined }),
+        (token) => this.send({ t: "token", id, token }),
+        () => this.send({ t: "token", id, token: undefined }),
       );
       return;
     }
@@ -285,7 +307,7 @@ export class WorkerEngine implements LeaderEngine {
     local.catch(() => {});
     const answer = new Promise((resolve, reject) => {
       this.waits.set(id, { resolve, reject });
-      this.worker.postMessage({ id, m, a });
+      this.send({ id, m, a });
     });
     try {
       const r = (await answer) as { seq: number; result: string };

@@ -53,11 +53,31 @@ const info = (e: unknown): ErrInfo => {
   };
 };
 
-const post = (msg: unknown) => scope.postMessage(msg);
+/** Messages for the page made in this turn of the event loop go as one (`{ b: [...] }`):
+ * the answers to requests that arrived together are usually ready together. */
+let outgoing: unknown[] | null = null;
+const post = (msg: unknown) => {
+  if (!outgoing) {
+    outgoing = [];
+    queueMicrotask(() => {
+      const q = outgoing!;
+      outgoing = null;
+      scope.postMessage(q.length === 1 ? q[0] : { b: q });
+    });
+  }
+  outgoing.push(msg);
+};
 const reply = (id: number, ok: unknown) => post({ id, ok });
 
-scope.onmessage = async (e: MessageEvent) => {
-  const msg = e.data as Req | { t: "token"; id: number; token?: string };
+scope.onmessage = (e: MessageEvent) => {
+  const data = e.data as { b?: unknown[] };
+  // Requests made together on the page come as one message; each is handled as if it
+  // had come alone, in order.
+  for (const m of Array.isArray(data?.b) ? data.b : [data]) void handle(m);
+};
+
+const handle = async (raw: unknown) => {
+  const msg = raw as Req | { t: "token"; id: number; token?: string };
   if ("t" in msg) {
     tokenWaits.get(msg.id)?.(msg.token);
     tokenWaits.delete(msg.id);
