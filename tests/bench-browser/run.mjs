@@ -10,7 +10,7 @@
 // Needs: Debian's Chromium (.ci/setup-browser), the package built (.ci/build-package),
 // `npm ci` here, and the release server (cargo build --release -p warren-server).
 // .ci/bench-browser does all of it. docs/BENCHMARKS.md explains the figures.
-import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { cpus, loadavg, totalmem } from "node:os";
 import { join, dirname, extname } from "node:path";
@@ -57,10 +57,17 @@ cpSync(join(here, "node_modules", "idb", "build"), join(site, "lib", "idb"), { r
 cpSync(join(root, "js-package", "dist"), join(site, "lib", "warren", "dist"), { recursive: true });
 cpSync(process.env.WARREN_WASM_DIR || join(root, "js-package", "wasm"), join(site, "lib", "warren", "wasm"), { recursive: true });
 const types = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".warren": "text/plain" };
+// As a static host serves an app (Vite's preview, a CDN): with a validator, revalidated
+// on every load (`no-cache`), so a page loaded again on a profile takes its files, and the
+// code the browser compiled from them, from its cache after a 304.
 const files = createServer((req, res) => {
   const path = join(site, decodeURIComponent(new URL(req.url, "http://x").pathname));
   if (!path.startsWith(site) || !existsSync(path) || !extname(path)) { res.writeHead(404); res.end(); return; }
-  res.writeHead(200, { "content-type": types[extname(path)] || "application/octet-stream" });
+  const st = statSync(path);
+  const etag = `"${st.size.toString(16)}-${Math.floor(st.mtimeMs).toString(16)}"`;
+  const headers = { "content-type": types[extname(path)] || "application/octet-stream", etag, "cache-control": "no-cache" };
+  if (req.headers["if-none-match"] === etag) { res.writeHead(304, headers); res.end(); return; }
+  res.writeHead(200, headers);
   res.end(readFileSync(path));
 });
 await new Promise((ok) => files.listen(0, "127.0.0.1", ok));
