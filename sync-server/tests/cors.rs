@@ -10,21 +10,23 @@ use std::process::{Command, Stdio};
 
 const DEMO_SCHEMA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/schema.warren");
 
-fn warren() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_warren"))
+/// `warren serve` on a port of the system's choosing, with an HS256 secret.
+fn serve() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
+    c.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--hs256-secret",
+        "s3cret-s3cret",
+    ]);
+    c
 }
 
 #[test]
 fn serve_refuses_a_missing_schema_file() {
     let dir = std::env::temp_dir().join(format!("warren-cors-noschema-{}", std::process::id()));
-    let out = warren()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--hs256-secret",
-            "s3cret-s3cret",
-        ])
+    let out = serve()
         .args(["--schema", "/nonexistent/shcema.warren", "--data-dir"])
         .arg(&dir)
         .env("WARREN_LOG", "warn")
@@ -37,14 +39,7 @@ fn serve_refuses_a_missing_schema_file() {
         "{err}"
     );
     // The default name, absent from the working directory, is refused the same way.
-    let out = warren()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--hs256-secret",
-            "s3cret-s3cret",
-        ])
+    let out = serve()
         .arg("--data-dir")
         .arg(&dir)
         .current_dir(std::env::temp_dir())
@@ -59,14 +54,7 @@ fn serve_refuses_a_missing_schema_file() {
 
 #[test]
 fn serve_refuses_a_malformed_cors_origin() {
-    let out = warren()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--hs256-secret",
-            "s3cret-s3cret",
-        ])
+    let out = serve()
         .args([
             "--schema",
             DEMO_SCHEMA,
@@ -131,14 +119,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 fn cross_origin_pages_get_what_the_allow_list_says() {
     let dir = std::env::temp_dir().join(format!("warren-cors-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut child = warren()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--hs256-secret",
-            "s3cret-s3cret",
-        ])
+    let mut child = serve()
         .args(["--schema", DEMO_SCHEMA, "--dev-tokens", "--data-dir"])
         .arg(&dir)
         .env(
