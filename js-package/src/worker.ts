@@ -41,6 +41,35 @@ const initOnce = (wasm: unknown, text: boolean) =>
     glue = m;
     return m.default(wasm === undefined ? undefined : { module_or_path: wasm as never });
   }));
+
+/** Opens IndexedDB database `name` at whatever version it has, or gives null if it does
+ * not exist yet or cannot be opened here (the engine then opens it itself: creating or
+ * upgrading it is the engine's). Until the engine takes the connection, another page's
+ * upgrade or deletion of the database closes it (as the engine's own does). */
+function preopen(name: string): Promise<{ db: IDBDatabase; closed: boolean } | null> {
+  return new Promise((resolve) => {
+    let req: IDBOpenDBRequest;
+    try {
+      req = indexedDB.open(name);
+    } catch {
+      return resolve(null);
+    }
+    // A database that does not exist: not created here.
+    req.onupgradeneeded = () => req.transaction?.abort();
+    req.onsuccess = () => {
+      const pre = { db: req.result, closed: false };
+      pre.db.onversionchange = () => {
+        pre.db.close();
+        pre.closed = true;
+      };
+      resolve(pre);
+    };
+    req.onerror = (e) => {
+      e.preventDefault();
+      resolve(null);
+    };
+  });
+}
 const tokenWaits = new Map<number, (token: string | undefined) => void>();
 let nextToken = 1;
 
@@ -93,10 +122,15 @@ const handle = async (raw: unknown) => {
       const [wasm, text, name, clientId, url, token, schema, auth, options, provider, offline] = a as [
         unknown, boolean, string, string, string, string, string | undefined, unknown, unknown, boolean, boolean,
       ];
-      // Once per worker (a worker started ahead or kept from a closed database has
-      // it already, with the same module: engine.ts starts another otherwise).
+      // IndexedDB opens while the engine compiles (once per worker: a worker started
+      // ahead or kept from a closed database has it already, with the same module;
+      // engine.ts starts another otherwise).
+      const opening = preopen(name);
       await initOnce(wasm, text);
-      const w = await glue!.Warren.open(name, clientId, url, token, schema, auth, options);
+      const pre = await opening;
+      // Closed meanwhile for another page's upgrade or deletion: the engine opens anew.
+      const db = pre && !pre.closed ? pre.db : null;
+      const w = await glue!.Warren.open(name, clientId, url, token, schema, auth, { ...(options as object), db });
       w.setJson(true);
       // Events go to the page in batches: one message for everything a step of the
       // engine reported (a catch-up confirms hundreds of writes at once).

@@ -350,8 +350,9 @@ pub struct Warren {
 impl Warren {
     /// Opens the replica in IndexedDB database `db` and starts syncing with `url`.
     /// `schema` is the schema source to start with offline (the server's replaces it);
-    /// `auth` the claims used for local rule checks. `options`: `{ cacheBytes }`, the
-    /// cache's byte cap (64 MiB by default).
+    /// `auth` the claims used for local rule checks. `options`: `{ cacheBytes, db }`,
+    /// the cache's byte cap (64 MiB by default) and a connection to `db` already opened
+    /// (used if it is at this build's version).
     pub async fn open(
         db: String,
         client_id: String,
@@ -369,7 +370,11 @@ impl Warren {
             .iter()
             .map(|s| KeyRange::prefix(&[*s]))
             .collect();
-        let mut store = IdbStore::open_claimed(&db, &own)
+        // The worker may have opened IndexedDB already, while the engine compiled.
+        let opened = js_sys::Reflect::get(&options, &"db".into())
+            .ok()
+            .and_then(|v| v.dyn_into::<web_sys::IdbDatabase>().ok());
+        let mut store = IdbStore::open_claimed(&db, &own, opened)
             .await
             .map_err(|e| js_error(&e))?;
         if let Some(cap) = js_sys::Reflect::get(&options, &"cacheBytes".into())

@@ -335,9 +335,28 @@ impl IdbStore {
     /// filter and the ranges `preload`, all in one transaction (what a driver needs at
     /// once, in one round trip). Over the origin's quota even the claim cannot be
     /// written: then it opens without it (reads work; writes fail with QUOTA_EXCEEDED).
-    pub async fn open_claimed(name: &str, preload: &[KeyRange]) -> Result<IdbStore, Error> {
+    ///
+    /// `opened` is a connection to `name` the caller already made (the worker opens
+    /// IndexedDB while the engine compiles): used when it is at this build's version,
+    /// closed otherwise (the upgrade then needs it gone).
+    pub async fn open_claimed(
+        name: &str,
+        preload: &[KeyRange],
+        opened: Option<IdbDatabase>,
+    ) -> Result<IdbStore, Error> {
         let t0 = js_sys::Date::now();
-        let db = Self::open_db(name).await?;
+        let db = match opened {
+            Some(db) if db.name() == name && db.version() == f64::from(migrations::VERSION) => {
+                Self::on_versionchange_close(&db);
+                db
+            }
+            other => {
+                if let Some(db) = other {
+                    db.close();
+                }
+                Self::open_db(name).await?
+            }
+        };
         let t1 = js_sys::Date::now();
         match Self::claim_and_read(&db, preload).await {
             Ok((epoch, filter, entries)) => {
@@ -465,18 +484,19 @@ impl IdbStore {
         let db: IdbDatabase = opened
             .map_err(|e| js_err(&format!("open {name}"), e))?
             .unchecked_into();
-        // Another page upgrading or deleting the database (a newer version of the app,
-        // a sign-out) asks this connection to close: let it, rather than block it (this
-        // store's writes then fail with STORAGE_ERROR).
-        {
-            let db2 = db.clone();
-            let close =
-                Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| db2.close());
-            db.set_onversionchange(Some(close.as_ref().unchecked_ref()));
-            // Lives as long as the page: one per database opened.
-            close.forget();
-        }
+        Self::on_versionchange_close(&db);
         Ok(db)
+    }
+
+    /// Another page upgrading or deleting the database (a newer version of the app, a
+    /// sign-out) asks this connection to close: let it, rather than block it (this
+    /// store's writes then fail with STORAGE_ERROR).
+    fn on_versionchange_close(db: &IdbDatabase) {
+        let db2 = db.clone();
+        let close = Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| db2.close());
+        db.set_onversionchange(Some(close.as_ref().unchecked_ref()));
+        // Lives as long as the page: one per database opened.
+        close.forget();
     }
 
     fn with(db: IdbDatabase, name: &str, filter: Filter) -> IdbStore {
@@ -1210,7 +1230,14 @@ impl IdbStore {
             wasm_bindgen_futures::spawn_local(async move {
                 if let (Some(get), Some(mine)) = (epoch, mine) {
                     match request(&get).await {
-                        Ok(v) if epoch_of(&v) == mine => {}
+                        Ok(v) if epoch_of(&v) == mine => {
+                            // Checked, and every write is issued: committed now, the
+                            // transaction completes even if this worker goes away next
+                            // (a page being closed); left to commit on its own, it would
+                            // be aborted with the worker.
+                            #[allow(deprecated)]
+                            let _ = tx.commit();
+                        }
                         _ => {
                             was_fenced.set(true);
                             let _ = tx.abort();

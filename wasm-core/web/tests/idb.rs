@@ -470,3 +470,80 @@ async fn a_load_never_overwrites_a_newer_write() {
     s.close();
     IdbStore::delete(name).await.unwrap();
 }
+
+/// A connection to `name` opened outside the store, as the package's worker opens one
+/// while the engine compiles: at `version` (creating the `kv` store of version 1 if
+/// asked to upgrade), or at whatever version the database has.
+async fn connect(name: &str, version: Option<u32>) -> web_sys::IdbDatabase {
+    use wasm_bindgen::{closure::Closure, JsCast};
+    let factory: web_sys::IdbFactory = js_sys::Reflect::get(&js_sys::global(), &"indexedDB".into())
+        .unwrap()
+        .unchecked_into();
+    let req = match version {
+        Some(v) => factory.open_with_u32(name, v).unwrap(),
+        None => factory.open(name).unwrap(),
+    };
+    let r = req.clone();
+    let upgrade = Closure::once(move |_: web_sys::Event| {
+        let db: web_sys::IdbDatabase = r.result().unwrap().unchecked_into();
+        db.create_object_store("kv").unwrap();
+    });
+    req.set_onupgradeneeded(Some(upgrade.as_ref().unchecked_ref()));
+    let p = js_sys::Promise::new(&mut |ok, err| {
+        req.set_onsuccess(Some(&ok));
+        req.set_onerror(Some(&err));
+    });
+    wasm_bindgen_futures::JsFuture::from(p).await.unwrap();
+    req.result().unwrap().unchecked_into()
+}
+
+/// A connection made ahead is used when it is at this build's version, and closed and
+/// replaced (the database upgraded) when it is not: the store reads and writes either
+/// way.
+#[wasm_bindgen_test]
+async fn a_connection_opened_ahead_is_used_or_replaced() {
+    let name = "opened-ahead";
+    let mut s = fresh(name).await;
+    let mut b = Batch::new();
+    b.put(b"k1".to_vec(), b"v1".to_vec());
+    s.apply(b).unwrap();
+    s.flush().await.unwrap();
+    s.close();
+
+    // At the current version: used, and still open after.
+    let ahead = connect(name, None).await;
+    let mut s = IdbStore::open_claimed(name, &[], Some(ahead.clone()))
+        .await
+        .expect("opens with the connection given");
+    s.load(&KeyRange::prefix(b"k")).await.unwrap();
+    assert_eq!(s.get(b"k1").unwrap(), Some(b"v1".to_vec()));
+    assert!(
+        ahead.transaction_with_str("kv").is_ok(),
+        "the connection given is the store's, open"
+    );
+    s.close();
+
+    // A database of version 1 (made by an older build): the connection at version 1
+    // is closed, and the store upgrades the database and works.
+    let old = "opened-ahead-v1";
+    IdbStore::delete(old).await.unwrap();
+    let v1 = connect(old, Some(1)).await;
+    let mut s = IdbStore::open_claimed(old, &[], Some(v1.clone()))
+        .await
+        .expect("upgrades past the connection given");
+    assert!(
+        v1.transaction_with_str("kv").is_err(),
+        "the old connection was closed"
+    );
+    let mut b = Batch::new();
+    b.put(b"k2".to_vec(), b"v2".to_vec());
+    s.apply(b).unwrap();
+    s.flush().await.expect("writes after the upgrade");
+    s.close();
+    let mut again = IdbStore::open(old).await.unwrap();
+    again.load(&KeyRange::prefix(b"k")).await.unwrap();
+    assert_eq!(again.get(b"k2").unwrap(), Some(b"v2".to_vec()));
+    again.close();
+    IdbStore::delete(name).await.unwrap();
+    IdbStore::delete(old).await.unwrap();
+}
