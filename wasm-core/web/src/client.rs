@@ -328,6 +328,10 @@ struct Shared {
     sync: UnboundedSender<SyncCmd>,
     ws: RefCell<Option<(WebSocket, Vec<EventListener>)>>,
     waiters: RefCell<Vec<Waiter>>,
+    /// Confirmations not yet reported: each waits until the data it brought (and
+    /// everything written before it, up to the write generation given) is committed
+    /// to IndexedDB (`IdbStore::committed_gen`).
+    held: RefCell<Vec<(u64, JsValue)>>,
     /// Every local write up to this sequence number is durable (and may be sent).
     durable_seq: Cell<u64>,
     base_timer: RefCell<Option<Timeout>>,
@@ -406,6 +410,7 @@ impl Warren {
             sync: sync_tx.clone(),
             ws: RefCell::new(None),
             waiters: RefCell::new(Vec::new()),
+            held: RefCell::new(Vec::new()),
             durable_seq: Cell::new(0),
             base_timer: RefCell::new(None),
             retry: RefCell::new(None),
@@ -1096,7 +1101,9 @@ impl Shared {
                 let r = self.replica.borrow();
                 r.store().has_dirty() && !r.store().has_in_flight()
             };
-            // Local writes waiting go at once; confirmed data alone waits for its timer.
+            // Local writes waiting go at once; confirmed data alone waits for its timer
+            // (or the next write: a confirmation held meanwhile is reported when that
+            // flush is committed to).
             if waiting {
                 if self.waiters.borrow().is_empty() {
                     self.schedule_base_flush();
@@ -1122,6 +1129,7 @@ impl Shared {
                 true
             }
         });
+        self.release_confirmed();
         let any = !ready.is_empty();
         for (seq, reply) in ready {
             if let Some(s) = seq {
@@ -1276,7 +1284,13 @@ impl Shared {
         // after a crash the server sends it again, and a confirmed commit still in the
         // outbox is only sent again and skipped. So it is written a moment later, or
         // with the next write, in one transaction (`flush` and `close` write it at once).
-        self.schedule_base_flush();
+        // But confirmations are reported once their data is committed to IndexedDB:
+        // with nothing in flight, that data goes at once.
+        if !self.held.borrow().is_empty() && !self.replica.borrow().store().has_in_flight() {
+            self.kick_flush(false);
+        } else {
+            self.schedule_base_flush();
+        }
         Ok(())
     }
 
@@ -1367,10 +1381,10 @@ impl Shared {
     }
 
     fn report(&self) {
-        let events = {
+        let (events, gen, committed) = {
             let mut r = self.replica.borrow_mut();
-            self.status.pending.set(r.pending().len() as u32);
-            r.take_events()
+            let events = r.take_events();
+            (events, r.store().write_gen(), r.store().committed_gen())
         };
         for e in events {
             match e {
@@ -1388,7 +1402,14 @@ impl Shared {
                         &position.map_or(JsValue::NULL, |p| JsValue::from_f64(p as f64)),
                     );
                     let _ = js_sys::Reflect::set(&o, &"result".into(), &self.status.out(&result));
-                    self.status.emit("confirmed", o.into());
+                    // Reported once what it brought is committed to IndexedDB (its
+                    // transaction checked and committing: it completes even if the
+                    // page goes next): a write the app saw confirmed stays confirmed.
+                    if gen <= committed {
+                        self.status.emit("confirmed", o.into());
+                    } else {
+                        self.held.borrow_mut().push((gen, o.into()));
+                    }
                 }
                 Event::Rejected { seq, code, message } => {
                     let err = js_error(&Error::new(
@@ -1423,6 +1444,32 @@ impl Shared {
                 }
             }
         }
+        self.set_pending();
+    }
+
+    /// Pending: the writes the server has not confirmed, and those it confirmed whose
+    /// confirmation is not yet committed to IndexedDB.
+    fn set_pending(&self) {
+        let n = self.replica.borrow().pending().len() + self.held.borrow().len();
+        self.status.pending.set(n as u32);
+    }
+
+    /// Reports the confirmations whose data is committed to IndexedDB now.
+    fn release_confirmed(&self) {
+        let committed = self.replica.borrow().store().committed_gen();
+        let ready: Vec<JsValue> = {
+            let mut held = self.held.borrow_mut();
+            let n = held.iter().take_while(|(g, _)| *g <= committed).count();
+            held.drain(..n).map(|(_, o)| o).collect()
+        };
+        if ready.is_empty() {
+            return;
+        }
+        for o in ready {
+            self.status.emit("confirmed", o);
+        }
+        self.set_pending();
+        self.status.emit_status();
     }
 
     fn connect(&self) {

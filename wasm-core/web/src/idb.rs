@@ -235,6 +235,9 @@ struct InFlight {
     done: Rc<RefCell<Option<Result<(), Error>>>>,
     /// It found the database claimed by another page.
     fenced: Rc<Cell<bool>>,
+    /// Committed to: `commit()` was called with every write issued (after the epoch
+    /// matched), so it completes even if this page or worker is ended next.
+    committed: Rc<Cell<bool>>,
     /// Fires when it completes (for [`IdbStore::flush`]).
     finished: Option<oneshot::Receiver<()>>,
 }
@@ -1131,6 +1134,21 @@ impl IdbStore {
         self.write_gen
     }
 
+    /// The generation up to which every write is durable or committed to: its
+    /// transaction, and every one before it, called `commit()` after its checks, so it
+    /// completes even if this page or worker is ended now (not if the browser crashes).
+    pub fn committed_gen(&self) -> u64 {
+        let mut gen = self.durable_gen();
+        for f in &self.in_flight {
+            let failed = matches!(&*f.done.borrow(), Some(Err(_)));
+            if failed || !f.committed.get() {
+                break;
+            }
+            gen = gen.max(f.gen);
+        }
+        gen
+    }
+
     /// The generation up to which every write is durable.
     pub fn durable_gen(&self) -> u64 {
         if self.dirty.is_empty() && self.in_flight.is_empty() {
@@ -1211,11 +1229,12 @@ impl IdbStore {
             self.filter.redirty(&filter_records);
             return Err(js_err("write", e));
         }
+        let committed: Rc<Cell<bool>> = Rc::default();
         if epoch.is_none() {
             // Nothing to check: commit now rather than when the event loop turns (a
             // page being closed gets its writes out sooner).
             #[allow(deprecated)]
-            let _ = tx.commit();
+            committed.set(tx.commit().is_ok());
         }
         let id = self.next_flush;
         self.next_flush += 1;
@@ -1227,6 +1246,7 @@ impl IdbStore {
             let done = done.clone();
             let notify = self.notify.clone();
             let was_fenced = was_fenced.clone();
+            let committed = committed.clone();
             wasm_bindgen_futures::spawn_local(async move {
                 if let (Some(get), Some(mine)) = (epoch, mine) {
                     match request(&get).await {
@@ -1236,7 +1256,13 @@ impl IdbStore {
                             // (a page being closed); left to commit on its own, it would
                             // be aborted with the worker.
                             #[allow(deprecated)]
-                            let _ = tx.commit();
+                            if tx.commit().is_ok() {
+                                committed.set(true);
+                                // The driver may report what waited for this point.
+                                if let Some(f) = &notify {
+                                    f();
+                                }
+                            }
                         }
                         _ => {
                             was_fenced.set(true);
@@ -1259,6 +1285,7 @@ impl IdbStore {
             filter_records,
             done,
             fenced: was_fenced,
+            committed,
             finished: Some(rx_done),
         });
         self.stats.borrow_mut().flushes += 1;
