@@ -23,7 +23,9 @@
 //! made together share one transaction), and the write's `local` promise resolves when
 //! the transaction that holds it commits. A commit is sent to the server only once it
 //! is durable. Confirmed data from the server is written 25 ms later, or with the next
-//! local write, or at once by `flush` and `close`.
+//! local write, or at once by `flush` and `close` (and at once when it confirms one of
+//! this replica's writes with no flush in flight); a write's confirmation is reported
+//! once the flush writing what it brought is committed to.
 
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
@@ -1088,8 +1090,10 @@ impl Shared {
         }
     }
 
-    /// A flush completed: answers the writes it made durable, sends the commits that
-    /// may now go, and issues the next flush if writes are waiting.
+    /// A flush was committed to or completed: reports the confirmations now committed
+    /// to, answers the writes made durable, sends the commits that may now go, and
+    /// issues the next flush if writes are waiting (settling takes in only completed
+    /// flushes, so a call at the commit point changes nothing else).
     fn on_flushed(&self) {
         let settled = self.replica.borrow_mut().store_mut().settle_flushes();
         self.answer_durable();

@@ -284,7 +284,8 @@ pub struct IdbStore {
     /// Families (a collection's documents, an index) already considered for reading
     /// ahead in this session.
     readahead: HashSet<Vec<u8>>,
-    /// Called when a flush completes (the driver then settles it).
+    /// Called when a flush is committed to and when it completes (the driver then
+    /// reports what waited for either, and settles the completed).
     notify: Option<Rc<dyn Fn()>>,
     /// The document an index entry names (the driver knows the indexes' fields).
     doc_of: Option<DocOf>,
@@ -614,8 +615,9 @@ impl IdbStore {
         self.doc_of = Some(f);
     }
 
-    /// Sets what to call when a flush completes (the driver then calls
-    /// [`IdbStore::settle_flushes`]).
+    /// Sets what to call when a flush is committed to (its checks passed: see
+    /// [`IdbStore::committed_gen`]) and when it completes (the driver then calls
+    /// [`IdbStore::settle_flushes`], which takes in only the completed ones).
     pub fn set_notify(&mut self, f: Rc<dyn Fn()>) {
         self.notify = Some(f);
     }
