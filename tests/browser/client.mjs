@@ -184,6 +184,37 @@ try {
     afterHide.pending === 0 && afterHide.count === N + 280, JSON.stringify(afterHide));
   await p.evaluate(() => window.db.close());
 
+  // 6c. Single writes offline, each durable (`local`) before the next, and the browser
+  //     killed with neither close() nor flush(): each small flush was a write-ahead
+  //     record, not yet applied; the next open applies them, and nothing is lost.
+  await p.evaluate(() => window.openDb("ann", "client-ann", { offline: true }));
+  const singles = await p.evaluate(async () => {
+    const before = await window.db.stats();
+    for (let i = 0; i < 20; i++) await window.db.call("put1", { doc: window.doc("ann", 300_000 + i) }).local;
+    const after = await window.db.stats();
+    return { flushes: after.flushes - before.flushes, applies: after.applies - before.applies, unapplied: after.unapplied };
+  });
+  check(`20 single writes, each durable before the next, are ${singles.flushes} flushes of which ${singles.applies} applied`,
+    singles.flushes >= 20 && singles.applies === 0 && singles.unapplied > 0, JSON.stringify(singles));
+  spawnSync("pkill", ["-9", "-f", profileDir]);
+  await ctx.close().catch(() => {});
+  ctx = await profile(profileDir);
+  p = await page(ctx);
+  await p.evaluate(() => window.openDb("ann", "client-ann", { offline: true }));
+  const afterKill2 = await p.evaluate(async () => {
+    const s0 = await window.db.stats();
+    const count = await window.db.query("Doc.all().count()");
+    const last = await window.db.query('Doc.byId("ann-d300019")');
+    return { pending: window.db.status.current.pending, count, last: last?.id, unapplied0: s0.unapplied, s1: await window.db.stats() };
+  });
+  check("after a killed browser the 20 writes are there, pending (their records were applied at the open)",
+    afterKill2.pending === 20 && afterKill2.count === N + 300 && afterKill2.last === "ann-d300019" && afterKill2.s1.unapplied === 0, JSON.stringify(afterKill2));
+  // Online: the server confirms them.
+  await p.evaluate(() => window.db.setOnline(true));
+  await p.evaluate(() => window.confirmedAll());
+  check("and online they are confirmed", (await p.evaluate(() => window.db.status.current.pending)) === 0);
+  await p.evaluate(() => window.db.close());
+
   // 7. A new device of ann's: its catch-up (every document) streams in while a local
   //    query is answered.
   const catchUp = await p.evaluate(async () => {
@@ -191,7 +222,7 @@ try {
     const t0 = performance.now();
     const q = window.db.query('Doc.byId("nothing")').then(() => performance.now() - t0);
     const live = window.db.live("Doc.all().count()");
-    const full = new Promise((ok) => live.subscribe((n) => n >= 20_280 && ok(performance.now() - t0)));
+    const full = new Promise((ok) => live.subscribe((n) => n >= 20_300 && ok(performance.now() - t0)));
     return { query: await q, full: await full };
   });
   check(`a local query is answered during a catch-up (in ${catchUp.query.toFixed(1)} ms; the catch-up took ${catchUp.full.toFixed(0)} ms)`,

@@ -602,6 +602,8 @@ impl Warren {
             set("absentByFilter", s.absent_by_filter as f64);
             set("flushes", s.flushes as f64);
             set("failedFlushes", s.failed_flushes as f64);
+            set("applies", s.applies as f64);
+            set("unapplied", s.unapplied as f64);
             set("evictedBytes", s.evicted_bytes as f64);
             set("openDbMs", s.open_db_ms as f64);
             set("openReadMs", s.open_read_ms as f64);

@@ -50,6 +50,7 @@ use web_sys::{
 use crate::filter::{self, Filter};
 use crate::migrations;
 use crate::spans::{normalize, successor, End, Spans};
+use crate::wal::{self, Writes};
 
 /// The object store that holds the engine's key space.
 const KV: &str = "kv";
@@ -72,6 +73,14 @@ const MAX_CHUNK: usize = 16_384;
 const READAHEAD_ENTRY_BYTES: usize = 4096;
 /// Counts of ranges kept at most.
 const MAX_COUNTS: usize = 4096;
+/// A flush of at most this many writes and bytes is one write-ahead record (`wal.rs`),
+/// while the records not yet applied to `kv` are fewer than [`WAL_RECORDS`] and hold
+/// less than [`WAL_BYTES`]; past either, or for a larger flush, the flush applies them
+/// (a large flush is written once, not as a record and then again).
+const WAL_WRITES: usize = 64;
+const WAL_WRITE_BYTES: usize = 16 << 10;
+const WAL_RECORDS: u64 = 128;
+const WAL_BYTES: usize = 1 << 20;
 /// Key spaces never evicted: the replica's own records (client, outbox, cursors,
 /// requests), read at open and small.
 const PINNED: &[u8] = b"KOQX";
@@ -207,22 +216,47 @@ pub struct IdbStats {
     pub records_loaded: u64,
     /// Point reads answered by the filter ("certainly absent"), with no load.
     pub absent_by_filter: u64,
-    /// Write transactions, and those that failed.
+    /// Write transactions, and those that failed; of them, those that applied the
+    /// write-ahead records to `kv` (the others each wrote one record).
     pub flushes: u64,
     pub failed_flushes: u64,
+    pub applies: u64,
     /// Evicted bytes, in all.
     pub evicted_bytes: u64,
     /// At open: opening (and upgrading) the database, then the one transaction that
     /// claims it and reads the filter and the replica's own keys (ms).
     pub open_db_ms: u64,
     pub open_read_ms: u64,
-    /// Now: the cache's bytes and entries, its spans, writes not yet durable, the
-    /// filter's bytes.
+    /// Now: the cache's bytes and entries, its spans, writes not yet durable, keys
+    /// durable in write-ahead records not yet applied, the filter's bytes.
     pub cache_bytes: u64,
     pub cache_entries: u64,
     pub spans: u64,
     pub unwritten: u64,
+    pub unapplied: u64,
     pub filter_bytes: u64,
+}
+
+/// The write-ahead records read at open, merged in order.
+#[derive(Default)]
+struct Replay {
+    writes: Writes,
+    records: u64,
+    bytes: usize,
+    /// The number after the last record's.
+    next: u64,
+}
+
+/// What a flush writes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// One write-ahead record, in `meta`.
+    Record,
+    /// The records not yet applied, the flushes in flight and the queue, to `kv`; the
+    /// records deleted.
+    Apply,
+    /// The queue alone, to `kv` (when no record may hold writes `kv` lacks).
+    Direct,
 }
 
 /// A flush issued and not yet settled.
@@ -230,7 +264,13 @@ struct InFlight {
     id: u64,
     /// The write generation it made durable (every write up to it, once it succeeds).
     gen: u64,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// `Some(n)`: it writes the write-ahead record `n`; `None`: it writes to `kv`.
+    record: Option<u64>,
+    /// It is an apply: it deletes the records issued before it (and writes what they
+    /// and the flushes then in flight wrote).
+    took_records: bool,
+    /// What it writes (an apply: everything not known to be in `kv` when issued).
+    writes: Writes,
     filter_records: Vec<(Vec<u8>, Vec<u8>)>,
     done: Rc<RefCell<Option<Result<(), Error>>>>,
     /// It found the database claimed by another page.
@@ -270,8 +310,20 @@ pub struct IdbStore {
     /// them is known.
     counts: RefCell<Vec<(KeyRange, u64)>>,
     /// Writes not yet issued, by key: a later write replaces an earlier one.
-    dirty: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    dirty: Writes,
     in_flight: VecDeque<InFlight>,
+    /// Writes durable in write-ahead records and in no apply issued since, newest per
+    /// key; the records' count and bytes (since the last apply was issued).
+    wal: Writes,
+    wal_records: u64,
+    wal_bytes: usize,
+    /// The number of the next record; every record below `wal_applied` is in an apply
+    /// issued (its writes are there).
+    wal_next: u64,
+    wal_applied: u64,
+    /// An apply failed (its writes are queued again; its records are still there) and
+    /// none succeeded since.
+    wal_stale: bool,
     next_flush: u64,
     /// Generation of the last write (one per applied batch).
     write_gen: u64,
@@ -331,8 +383,10 @@ impl IdbStore {
     /// Nothing else is loaded yet.
     pub async fn open(name: &str) -> Result<IdbStore, Error> {
         let db = Self::open_db(name).await?;
-        let filter = Self::read_filter(&db).await?;
-        Ok(Self::with(db, name, filter))
+        let (filter, replay) = Self::read_meta(&db).await?;
+        let mut store = Self::with(db, name, filter);
+        store.replay(replay);
+        Ok(store)
     }
 
     /// Opens the database `name`, claims it (see [`IdbStore::claim`]) and loads its key
@@ -363,11 +417,12 @@ impl IdbStore {
         };
         let t1 = js_sys::Date::now();
         match Self::claim_and_read(&db, preload).await {
-            Ok((epoch, filter, entries)) => {
+            Ok((epoch, (filter, replay), entries)) => {
                 let t2 = js_sys::Date::now();
                 let mut store = Self::with(db, name, filter);
                 store.epoch = Some(epoch);
                 store.take_preloaded(preload, entries);
+                store.replay(replay);
                 let mut st = store.stats.borrow_mut();
                 st.open_db_ms = (t1 - t0) as u64;
                 st.open_read_ms = (t2 - t1) as u64;
@@ -375,21 +430,23 @@ impl IdbStore {
                 Ok(store)
             }
             Err(e) if e.code == ErrorCode::QuotaExceeded => {
-                let filter = Self::read_filter(&db).await?;
+                let (filter, replay) = Self::read_meta(&db).await?;
                 let mut store = Self::with(db, name, filter);
                 let misses = preload.iter().cloned().map(Miss::range).collect();
                 store.load_misses(misses).await?;
+                store.replay(replay);
                 Ok(store)
             }
             Err(e) => Err(e),
         }
     }
 
-    /// The claim, the filter and the preloaded ranges, in one read-write transaction.
+    /// The claim, the filter, the write-ahead records and the preloaded ranges, in one
+    /// read-write transaction.
     async fn claim_and_read(
         db: &IdbDatabase,
         preload: &[KeyRange],
-    ) -> Result<(f64, Filter, Vec<Vec<Entry>>), Error> {
+    ) -> Result<(f64, (Filter, Replay), Vec<Vec<Entry>>), Error> {
         let scope = Array::of2(&KV.into(), &META.into());
         let tx = db
             .transaction_with_str_sequence_and_mode(&scope, IdbTransactionMode::Readwrite)
@@ -401,7 +458,7 @@ impl IdbStore {
         let get_epoch = store
             .get(&key(EPOCH_KEY))
             .map_err(|e| js_err("read the epoch", e))?;
-        let filter_reqs = Self::filter_requests(&meta)?;
+        let meta_reqs = Self::meta_requests(&meta)?;
         let mut ranges = Vec::with_capacity(preload.len());
         for r in preload {
             let q = idb_range(r)?;
@@ -423,7 +480,7 @@ impl IdbStore {
         store
             .put_with_key(&JsValue::from_f64(epoch), &key(EPOCH_KEY))
             .map_err(|e| js_err("write the epoch", e))?;
-        let filter = Self::filter_from(filter_reqs).await?;
+        let found = Self::meta_from(meta_reqs).await?;
         let mut entries = Vec::with_capacity(ranges.len());
         for (keys, values) in ranges {
             let keys: Array = request(&keys)
@@ -441,7 +498,7 @@ impl IdbStore {
             );
         }
         complete(&tx).await.map_err(|e| js_err("open", e))?;
-        Ok((epoch, filter, entries))
+        Ok((epoch, found, entries))
     }
 
     /// Takes whole ranges read at open into the cache.
@@ -528,6 +585,12 @@ impl IdbStore {
             counts: RefCell::new(Vec::new()),
             dirty: BTreeMap::new(),
             in_flight: VecDeque::new(),
+            wal: BTreeMap::new(),
+            wal_records: 0,
+            wal_bytes: 0,
+            wal_next: 0,
+            wal_applied: 0,
+            wal_stale: false,
             next_flush: 1,
             write_gen: 0,
             durable_gen: 0,
@@ -543,44 +606,50 @@ impl IdbStore {
         }
     }
 
-    async fn read_filter(db: &IdbDatabase) -> Result<Filter, Error> {
+    async fn read_meta(db: &IdbDatabase) -> Result<(Filter, Replay), Error> {
         let tx = db
             .transaction_with_str(META)
             .map_err(|e| js_err("read transaction", e))?;
         let store = tx
             .object_store(META)
             .map_err(|e| js_err("object store", e))?;
-        Self::filter_from(Self::filter_requests(&store)?).await
+        Self::meta_from(Self::meta_requests(&store)?).await
     }
 
-    /// The requests that read the filter: its meta record, its pages' keys and values.
-    fn filter_requests(
-        store: &web_sys::IdbObjectStore,
-    ) -> Result<(IdbRequest, IdbRequest, IdbRequest), Error> {
+    /// The requests that read the backend's own records: the filter's meta record, its
+    /// pages' keys and values, the write-ahead records' keys and values.
+    fn meta_requests(store: &web_sys::IdbObjectStore) -> Result<[IdbRequest; 5], Error> {
         let meta = store
             .get(&key(filter::META_KEY))
             .map_err(|e| js_err("get", e))?;
-        let range = idb_range(&KeyRange::prefix(filter::PAGE_PREFIX))?;
-        let keys = store
-            .get_all_keys_with_key(&range)
-            .map_err(|e| js_err("getAllKeys", e))?;
-        let values = store
-            .get_all_with_key(&range)
-            .map_err(|e| js_err("getAll", e))?;
-        Ok((meta, keys, values))
+        let mut out = vec![meta];
+        for prefix in [filter::PAGE_PREFIX, wal::PREFIX] {
+            let range = idb_range(&KeyRange::prefix(prefix))?;
+            out.push(
+                store
+                    .get_all_keys_with_key(&range)
+                    .map_err(|e| js_err("getAllKeys", e))?,
+            );
+            out.push(
+                store
+                    .get_all_with_key(&range)
+                    .map_err(|e| js_err("getAll", e))?,
+            );
+        }
+        Ok(out.try_into().expect("five requests"))
     }
 
-    async fn filter_from(reqs: (IdbRequest, IdbRequest, IdbRequest)) -> Result<Filter, Error> {
-        let (meta, keys, values) = reqs;
+    async fn meta_from(reqs: [IdbRequest; 5]) -> Result<(Filter, Replay), Error> {
+        let [meta, keys, values, wal_keys, wal_values] = reqs;
         let meta = request(&meta).await.map_err(|e| js_err("get", e))?;
-        let keys: Array = request(&keys)
-            .await
-            .map_err(|e| js_err("getAllKeys", e))?
-            .unchecked_into();
-        let values: Array = request(&values)
-            .await
-            .map_err(|e| js_err("getAll", e))?
-            .unchecked_into();
+        let all = |r: IdbRequest| async move {
+            request(&r)
+                .await
+                .map(|a| a.unchecked_into::<Array>())
+                .map_err(|e| js_err("getAll", e))
+        };
+        let (keys, values) = (all(keys).await?, all(values).await?);
+        let (wal_keys, wal_values) = (all(wal_keys).await?, all(wal_values).await?);
         if meta.is_undefined() {
             return Err(Error::new(
                 ErrorCode::Corrupt,
@@ -596,11 +665,49 @@ impl IdbStore {
                 )
             })
             .collect();
-        Filter::decode(
+        let filter = Filter::decode(
             &meta,
             pages.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
         )
-        .map_err(|e| Error::new(ErrorCode::Corrupt, format!("the key filter: {}", e.0)))
+        .map_err(|e| Error::new(ErrorCode::Corrupt, format!("the key filter: {}", e.0)))?;
+        // The records in order of their numbers (the keys' order).
+        let mut replay = Replay::default();
+        for i in 0..wal_keys.length().min(wal_values.length()) {
+            let n = wal::number(&bytes_of(&wal_keys.get(i)))
+                .ok_or_else(|| Error::new(ErrorCode::Corrupt, "a write-ahead record's key"))?;
+            let record = bytes_of(&wal_values.get(i));
+            wal::decode_into(&record, &mut replay.writes).map_err(|e| {
+                Error::new(
+                    ErrorCode::Corrupt,
+                    format!("write-ahead record {n}: {}", e.0),
+                )
+            })?;
+            replay.records += 1;
+            replay.bytes += record.len();
+            replay.next = n + 1;
+        }
+        Ok((filter, replay))
+    }
+
+    /// Takes in the write-ahead records found at open: their writes are the newest
+    /// values of their keys (over `kv` and what was preloaded from it), held by the
+    /// cache until an apply writes them to `kv`.
+    fn replay(&mut self, replay: Replay) {
+        let now = self.tick.get();
+        for (k, v) in &replay.writes {
+            if v.is_some() && !k.first().is_some_and(|b| PINNED.contains(b)) {
+                self.filter.insert(k);
+            }
+            match v {
+                Some(v) => self.cache_put(k.clone(), v.clone()),
+                None => self.cache_remove(k),
+            }
+            self.spans.borrow_mut().add_point(k, now);
+        }
+        self.wal = replay.writes;
+        self.wal_records = replay.records;
+        self.wal_bytes = replay.bytes;
+        self.wal_next = replay.next;
     }
 
     /// Sets the cache's byte cap.
@@ -680,6 +787,7 @@ impl IdbStore {
             unwritten: (self.dirty.len()
                 + self.in_flight.iter().map(|f| f.writes.len()).sum::<usize>())
                 as u64,
+            unapplied: self.wal.len() as u64,
             filter_bytes: self.filter.bytes() as u64,
             ..*self.stats.borrow()
         }
@@ -759,8 +867,11 @@ impl IdbStore {
         }
     }
 
+    /// Whether the cache may hold a newer value of `k` than `kv`.
     fn unwritten(&self, k: &[u8]) -> bool {
-        self.dirty.contains_key(k) || self.in_flight.iter().any(|f| f.writes.contains_key(k))
+        self.dirty.contains_key(k)
+            || self.wal.contains_key(k)
+            || self.in_flight.iter().any(|f| f.writes.contains_key(k))
     }
 
     // ----- reads the cache answers -----
@@ -823,13 +934,11 @@ impl IdbStore {
 
     // ----- loading -----
 
-    /// Issues the loads of `misses` in one read transaction (first issuing what is
-    /// queued to be written, so that the read sees it). Returns at once; await
+    /// Issues the loads of `misses` in one read transaction (first applying what is
+    /// not known to be in `kv`, so that the read sees it: [`IdbStore::begin_apply`]). Returns at once; await
     /// [`LoadJob::wait`], then hand its result to [`IdbStore::finish_load`].
     pub fn begin_load(&mut self, misses: Vec<Miss>) -> Result<LoadJob, Error> {
-        if !self.dirty.is_empty() {
-            self.begin_flush()?;
-        }
+        self.begin_apply()?;
         let tx = self
             .db
             .transaction_with_str(KV)
@@ -1163,10 +1272,72 @@ impl IdbStore {
     /// Issues everything queued as one read-write transaction, and returns at once
     /// (nothing when nothing is queued). The completion calls the notifier; then
     /// [`IdbStore::settle_flushes`].
+    ///
+    /// A small flush is one write-ahead record; one that finds the records not yet
+    /// applied over their bounds, with no flush in flight, applies them and itself
+    /// ([`IdbStore::begin_apply`]). A large one is written to `kv` once, not as a record
+    /// and then again: at once when no record waits to be applied (the writes alone),
+    /// else by an apply when no flush is in flight (until then nothing is issued: the
+    /// driver flushes again when the one in flight completes).
     pub fn begin_flush(&mut self) -> Result<(), Error> {
         if self.dirty.is_empty() {
             return Ok(());
         }
+        let large = self.dirty.len() > WAL_WRITES
+            || self
+                .dirty
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum::<usize>()
+                > WAL_WRITE_BYTES;
+        let kind = if !large {
+            let full = self.wal_records >= WAL_RECORDS || self.wal_bytes >= WAL_BYTES;
+            if full && self.in_flight.is_empty() {
+                Kind::Apply
+            } else {
+                Kind::Record
+            }
+        } else if !self.records_pending() {
+            Kind::Direct
+        } else if self.in_flight.is_empty() {
+            Kind::Apply
+        } else {
+            return Ok(());
+        };
+        self.issue(kind)
+    }
+
+    /// Issues one read-write transaction that brings `kv` up to date, so that a read
+    /// issued after it sees everything written (nothing when `kv` will be). While
+    /// write-ahead records wait, that is an apply: it writes every write that may not be
+    /// in `kv` (the records', those of the flushes still in flight, which may yet fail,
+    /// and the queue's) and deletes every record issued so far. So `kv` never holds a
+    /// value newer than a record left in `meta` (a record is applied over it, in order,
+    /// at the next open), and what a record made durable stays durable whichever
+    /// transaction fails.
+    pub fn begin_apply(&mut self) -> Result<(), Error> {
+        if self.records_pending() {
+            self.issue(Kind::Apply)
+        } else if !self.dirty.is_empty() {
+            self.issue(Kind::Direct)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether a write-ahead record may hold writes `kv` lacks: records settled or in
+    /// flight, an apply of some in flight, or an apply of some failed (their writes are
+    /// queued again, the records still there) and none succeeded since.
+    fn records_pending(&self) -> bool {
+        self.wal_stale
+            || !self.wal.is_empty()
+            || self
+                .in_flight
+                .iter()
+                .any(|f| f.record.is_some() || f.took_records)
+    }
+
+    fn issue(&mut self, kind: Kind) -> Result<(), Error> {
         if self.fenced {
             return Err(fenced());
         }
@@ -1177,25 +1348,22 @@ impl IdbStore {
                 self.filter.insert(k);
             }
         }
-        let filter_records = self.filter.take_dirty();
-        let scope = if filter_records.is_empty() {
-            Array::of1(&KV.into())
+        // A record's keys are in the filter again when it is read at open: its pages
+        // are written with the next apply.
+        let filter_records = if kind == Kind::Record {
+            Vec::new()
         } else {
-            Array::of2(&KV.into(), &META.into())
+            self.filter.take_dirty()
         };
+        let scope = Array::of2(&KV.into(), &META.into());
         let tx = self
             .db
             .transaction_with_str_sequence_and_mode(&scope, IdbTransactionMode::Readwrite)
             .map_err(|e| js_err("write transaction", e))?;
         let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
-        let meta = if filter_records.is_empty() {
-            None
-        } else {
-            Some(
-                tx.object_store(META)
-                    .map_err(|e| js_err("object store", e))?,
-            )
-        };
+        let meta = tx
+            .object_store(META)
+            .map_err(|e| js_err("object store", e))?;
         // The epoch is read in this same transaction: IndexedDB runs read-write
         // transactions on a store one at a time, so no claim can slip in between.
         let epoch = match self.epoch {
@@ -1206,30 +1374,70 @@ impl IdbStore {
             ),
             None => None,
         };
-        let writes = std::mem::take(&mut self.dirty);
+        let queued = std::mem::take(&mut self.dirty);
+        let (record, writes) = match kind {
+            Kind::Apply => {
+                // Oldest first, so that the newest value of each key wins: the records
+                // (all settled before any flush in flight), the flushes in flight in
+                // the order issued, the queue.
+                let mut all = std::mem::take(&mut self.wal);
+                for f in &self.in_flight {
+                    all.extend(f.writes.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                all.extend(queued);
+                (None, all)
+            }
+            Kind::Direct => (None, queued),
+            Kind::Record => (Some(self.wal_next), queued),
+        };
         // Every request is issued now. The epoch's answer comes first (requests of a
         // transaction complete in order), and the transaction cannot commit before
         // the writes after it complete: a changed epoch aborts it in time, and nothing
         // of it is kept.
         let issued = (|| -> Result<(), JsValue> {
-            for (k, v) in &writes {
-                match v {
-                    Some(v) => store.put_with_key(&key(v), &key(k)).map(|_| ())?,
-                    None => store.delete(&key(k)).map(|_| ())?,
+            match record {
+                Some(n) => {
+                    meta.put_with_key(&key(&wal::encode(&writes)), &key(&wal::key(n)))?;
                 }
-            }
-            if let Some(meta) = &meta {
-                for (k, v) in &filter_records {
-                    meta.put_with_key(&key(v), &key(k))?;
+                None => {
+                    for (k, v) in &writes {
+                        match v {
+                            Some(v) => store.put_with_key(&key(v), &key(k)).map(|_| ())?,
+                            None => store.delete(&key(k)).map(|_| ())?,
+                        }
+                    }
+                    for (k, v) in &filter_records {
+                        meta.put_with_key(&key(v), &key(k))?;
+                    }
+                    if kind == Kind::Apply && self.wal_next > 0 {
+                        let done = web_sys::IdbKeyRange::bound_with_lower_open_and_upper_open(
+                            &key(&wal::key(0)),
+                            &key(&wal::key(self.wal_next)),
+                            false,
+                            true,
+                        )?;
+                        meta.delete(&done)?;
+                    }
                 }
             }
             Ok(())
         })();
         if let Err(e) = issued {
             let _ = tx.abort();
+            // (An apply's: the records' writes too, which are newer than `kv`.)
             self.dirty = writes;
             self.filter.redirty(&filter_records);
             return Err(js_err("write", e));
+        }
+        match kind {
+            Kind::Record => self.wal_next += 1,
+            Kind::Apply => {
+                self.wal_applied = self.wal_next;
+                self.wal_records = 0;
+                self.wal_bytes = 0;
+                self.stats.borrow_mut().applies += 1;
+            }
+            Kind::Direct => {}
         }
         let committed: Rc<Cell<bool>> = Rc::default();
         if epoch.is_none() {
@@ -1283,6 +1491,8 @@ impl IdbStore {
         self.in_flight.push_back(InFlight {
             id,
             gen: self.write_gen,
+            record,
+            took_records: kind == Kind::Apply,
             writes,
             filter_records,
             done,
@@ -1310,14 +1520,32 @@ impl IdbStore {
             match r {
                 Ok(()) => {
                     self.durable_gen = self.durable_gen.max(f.gen);
+                    if f.took_records {
+                        self.wal_stale = false;
+                    }
+                    // A record no apply has taken in yet: its writes wait for the next.
+                    if f.record.is_some_and(|n| n >= self.wal_applied) {
+                        self.wal_records += 1;
+                        for (k, v) in f.writes {
+                            self.wal_bytes += k.len() + v.as_ref().map_or(0, Vec::len);
+                            self.wal.insert(k, v);
+                        }
+                    }
                 }
                 Err(e) => {
                     if f.fenced.get() {
                         self.fenced = true;
                     }
+                    if f.took_records {
+                        self.wal_stale = true;
+                    }
                     self.stats.borrow_mut().failed_flushes += 1;
                     for (k, v) in f.writes {
-                        let later = self.in_flight.iter().any(|g| g.writes.contains_key(&k));
+                        // Written again since: by a flush issued later, or (when this
+                        // one wrote to `kv`) by a record that settled since (the records
+                        // settled before it were in it, or none were waiting).
+                        let later = self.in_flight.iter().any(|g| g.writes.contains_key(&k))
+                            || (f.record.is_none() && self.wal.contains_key(&k));
                         if !later {
                             self.dirty.entry(k).or_insert(v);
                         }
@@ -1334,10 +1562,15 @@ impl IdbStore {
         out
     }
 
-    /// Writes everything queued and waits until it (and every flush before it) is
-    /// settled; `Ok` when all of it is durable.
+    /// Writes everything not yet in `kv` there (an apply) and waits until it (and every
+    /// flush before it) is settled; `Ok` when all of it is durable.
     pub async fn flush(&mut self) -> Result<(), Error> {
-        self.begin_flush()?;
+        self.begin_apply()?;
+        self.settled().await
+    }
+
+    /// Waits until every flush issued is settled; `Ok` when all of them succeeded.
+    pub async fn settled(&mut self) -> Result<(), Error> {
         let waits: Vec<oneshot::Receiver<()>> = self
             .in_flight
             .iter_mut()

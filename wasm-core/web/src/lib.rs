@@ -9,6 +9,7 @@
 
 pub mod filter;
 pub mod spans;
+pub mod wal;
 
 #[cfg(target_arch = "wasm32")]
 pub mod client;

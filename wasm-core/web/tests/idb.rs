@@ -21,22 +21,28 @@ async fn fresh(name: &str) -> IdbStore {
     s
 }
 
-/// Runs one conformance check on a fresh database, flushes it, reopens it and compares
-/// what IndexedDB returns with what the check left.
+/// Runs one conformance check on a fresh database, flushes it (a write-ahead record
+/// when the check left few writes), reopens it and compares what IndexedDB returns with
+/// what the check left; then applies what was reopened to `kv` and compares again.
 async fn check(name: &str, f: fn(&mut IdbStore)) {
     let mut s = fresh(name).await;
     f(&mut s);
-    s.flush().await.unwrap();
+    s.begin_flush().unwrap();
     let want = s.cached();
+    // Closing waits for the transactions issued.
     s.close();
-    let mut again = IdbStore::open(name).await.unwrap();
-    again.load_all().await.unwrap();
-    assert_eq!(
-        again.cached(),
-        want,
-        "{name}: IndexedDB holds something else"
-    );
-    again.close();
+    for round in ["as flushed", "applied"] {
+        let mut again = IdbStore::open(name).await.unwrap();
+        again.load_all().await.unwrap();
+        assert_eq!(
+            again.cached(),
+            want,
+            "{name}, {round}: IndexedDB holds something else"
+        );
+        again.flush().await.unwrap();
+        assert_eq!(again.stats().unapplied, 0);
+        again.close();
+    }
     IdbStore::delete(name).await.unwrap();
 }
 
@@ -546,4 +552,109 @@ async fn a_connection_opened_ahead_is_used_or_replaced() {
     again.close();
     IdbStore::delete(name).await.unwrap();
     IdbStore::delete(old).await.unwrap();
+}
+
+/// A small flush is one write-ahead record, not a request per key: what it wrote is read
+/// back after a reopen (puts and deletes over what `kv` held, in order), counts and
+/// scans see it, and a load first applies the records to `kv` (then none are left).
+#[wasm_bindgen_test]
+async fn small_flushes_are_records_applied_later() {
+    let name = "write-ahead";
+    let mut s = fresh(name).await;
+    let mut b = Batch::new();
+    for k in [&b"Da"[..], b"Db", b"Dc"] {
+        b.put(k.to_vec(), b"kv".to_vec());
+    }
+    s.apply(b).unwrap();
+    s.flush().await.unwrap();
+    // No record waits: written to `kv` directly.
+    assert_eq!((s.stats().flushes, s.stats().applies), (1, 0));
+    // Four small flushes: four records, nothing applied.
+    for (k, v) in [
+        (&b"Db"[..], Some(&b"one"[..])),
+        (b"Dd", Some(b"new")),
+        (b"Da", None),
+    ] {
+        let mut b = Batch::new();
+        match v {
+            Some(v) => b.put(k.to_vec(), v.to_vec()),
+            None => b.delete(k.to_vec()),
+        }
+        s.apply(b).unwrap();
+        s.begin_flush().unwrap();
+    }
+    let mut b = Batch::new();
+    b.put(b"Db".to_vec(), b"two".to_vec());
+    s.apply(b).unwrap();
+    s.begin_flush().unwrap();
+    let st = s.stats();
+    assert_eq!((st.flushes, st.applies), (5, 0), "{st:?}");
+    s.close();
+
+    let mut s = IdbStore::open(name).await.unwrap();
+    assert_eq!(s.stats().unapplied, 3, "Da, Db, Dd wait to be applied");
+    // Known without a load: the records' keys are held.
+    assert_eq!(s.get(b"Db").unwrap(), Some(b"two".to_vec()));
+    assert_eq!(s.get(b"Da").unwrap(), None);
+    assert!(s.take_misses().is_empty());
+    // A count of the range loads, and the load applies the records first.
+    let range = KeyRange::prefix(b"D");
+    let _ = s.count(&range, u64::MAX).unwrap();
+    let misses = s.take_misses();
+    assert_eq!(misses, vec![Miss::Count(range.clone())]);
+    s.load_misses(misses).await.unwrap();
+    assert_eq!(s.count(&range, u64::MAX).unwrap(), 3);
+    assert_eq!(s.stats().applies, 1);
+    assert_eq!(s.stats().unapplied, 0);
+    s.close();
+
+    let mut s = IdbStore::open(name).await.unwrap();
+    assert_eq!(s.stats().unapplied, 0, "the apply deleted the records");
+    s.load_all().await.unwrap();
+    assert_eq!(
+        s.cached(),
+        vec![
+            (b"Db".to_vec(), b"two".to_vec()),
+            (b"Dc".to_vec(), b"kv".to_vec()),
+            (b"Dd".to_vec(), b"new".to_vec()),
+        ]
+    );
+    s.close();
+    IdbStore::delete(name).await.unwrap();
+}
+
+/// Records past their bound are applied by the next flush, and one large flush applies
+/// at once: the records left at any time stay few.
+#[wasm_bindgen_test]
+async fn records_are_applied_past_their_bound() {
+    let name = "write-ahead-bound";
+    let mut s = fresh(name).await;
+    for i in 0..300u32 {
+        let mut b = Batch::new();
+        b.put(format!("D{i:04}").into_bytes(), vec![7; 10]);
+        s.apply(b).unwrap();
+        // One flush at a time, as the driver issues them.
+        s.begin_flush().unwrap();
+        s.settled().await.unwrap();
+    }
+    let st = s.stats();
+    assert_eq!(st.flushes, 300);
+    assert!(st.applies >= 2, "{st:?}");
+    assert!(st.unapplied < 200, "{st:?}");
+    let mut b = Batch::new();
+    for i in 0..100u32 {
+        b.put(format!("E{i:04}").into_bytes(), vec![1]);
+    }
+    s.apply(b).unwrap();
+    let applies = s.stats().applies;
+    s.begin_flush().unwrap();
+    assert_eq!(s.stats().applies, applies + 1, "a large flush applies");
+    assert_eq!(s.stats().unapplied, 0);
+    s.close();
+    let mut s = IdbStore::open(name).await.unwrap();
+    let range = KeyRange::prefix(b"D");
+    s.load(&range).await.unwrap();
+    assert_eq!(s.scan(&range, false, usize::MAX).unwrap().len(), 300);
+    s.close();
+    IdbStore::delete(name).await.unwrap();
 }

@@ -13,9 +13,10 @@ use web_sys::{IdbDatabase, IdbTransaction};
 
 mod v0_to_v1;
 mod v1_to_v2;
+mod v2_to_v3;
 
 /// The database version this build expects.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Runs every step after `old` (0 for a new database), in the upgrade transaction `tx`.
 pub fn upgrade(old: u32, db: &IdbDatabase, tx: &IdbTransaction) -> Result<(), JsValue> {
@@ -24,6 +25,9 @@ pub fn upgrade(old: u32, db: &IdbDatabase, tx: &IdbTransaction) -> Result<(), Js
     }
     if old < 2 {
         v1_to_v2::run(db, tx)?;
+    }
+    if old < 3 {
+        v2_to_v3::run();
     }
     Ok(())
 }
