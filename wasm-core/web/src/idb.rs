@@ -867,6 +867,19 @@ impl IdbStore {
         }
     }
 
+    /// Whether `range` holds a write `kv` may lack (queued, or in a write-ahead record
+    /// settled or in flight; a flush to `kv` in flight is seen by a read issued after).
+    fn unapplied_in(&self, range: &KeyRange) -> bool {
+        let b = (as_ref(&range.start), as_ref(&range.end));
+        let any = |w: &Writes| w.range::<[u8], _>(b).next().is_some();
+        any(&self.dirty)
+            || any(&self.wal)
+            || self
+                .in_flight
+                .iter()
+                .any(|f| f.record.is_some() && any(&f.writes))
+    }
+
     /// Whether the cache may hold a newer value of `k` than `kv`.
     fn unwritten(&self, k: &[u8]) -> bool {
         self.dirty.contains_key(k)
@@ -934,17 +947,13 @@ impl IdbStore {
 
     // ----- loading -----
 
-    /// Issues the loads of `misses` in one read transaction (first applying what is
-    /// not known to be in `kv`, so that the read sees it: [`IdbStore::begin_apply`]). Returns at once; await
-    /// [`LoadJob::wait`], then hand its result to [`IdbStore::finish_load`].
+    /// Issues the loads of `misses` in one read transaction (first applying what the
+    /// read would miss in `kv`: [`IdbStore::begin_apply`], when a range it reads holds
+    /// a write not known to be there). Returns at once; await [`LoadJob::wait`], then
+    /// hand its result to [`IdbStore::finish_load`].
     pub fn begin_load(&mut self, misses: Vec<Miss>) -> Result<LoadJob, Error> {
-        self.begin_apply()?;
-        let tx = self
-            .db
-            .transaction_with_str(KV)
-            .map_err(|e| js_err("read transaction", e))?;
-        let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
-        let mut reqs = Vec::with_capacity(misses.len());
+        // What to read: the misses not answered since, and the families to read ahead.
+        let mut plan = Vec::with_capacity(misses.len());
         let mut families = Vec::new();
         for m in misses {
             let now = self.tick.get();
@@ -970,11 +979,43 @@ impl IdbStore {
                     families.push(f);
                 }
             }
+            match &m {
+                Miss::Point(k) if self.spans.borrow_mut().holds(k, now) => continue,
+                Miss::Scan { range, .. }
+                    if range.is_empty() || self.spans.borrow_mut().covers(range, now) =>
+                {
+                    continue
+                }
+                _ => plan.push(m),
+            }
+        }
+        // A limited index scan also reads the documents its entries name: any write
+        // may be among them.
+        let reads_any = plan.iter().any(|m| {
+            matches!(m, Miss::Scan { range, limit, reverse: false }
+                if *limit < LIMITED
+                    && matches!(&range.start, Bound::Included(k) | Bound::Excluded(k) if k.first() == Some(&b'I')))
+        });
+        let stale = reads_any
+            || plan.iter().any(|m| match m {
+                Miss::Point(k) => self.unapplied_in(&KeyRange::point(k)),
+                Miss::Scan { range, .. } | Miss::Count(range) => self.unapplied_in(range),
+            })
+            || families
+                .iter()
+                .any(|f| self.unapplied_in(&KeyRange::prefix(f)));
+        if stale {
+            self.begin_apply()?;
+        }
+        let tx = self
+            .db
+            .transaction_with_str(KV)
+            .map_err(|e| js_err("read transaction", e))?;
+        let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
+        let mut reqs = Vec::with_capacity(plan.len());
+        for m in plan {
             match m {
                 Miss::Point(k) => {
-                    if self.spans.borrow_mut().holds(&k, now) {
-                        continue;
-                    }
                     let r = store.get(&key(&k)).map_err(|e| js_err("get", e))?;
                     reqs.push(Req::Point(k, r));
                 }
@@ -989,9 +1030,6 @@ impl IdbStore {
                     reverse,
                     limit,
                 } => {
-                    if range.is_empty() || self.spans.borrow_mut().covers(&range, now) {
-                        continue;
-                    }
                     let n = self.chunk(&range, reverse, limit);
                     let q = idb_range(&range)?;
                     if n == usize::MAX {
