@@ -22,6 +22,11 @@
 //!   one at a time, in order, and a read issued later sees them). Its completion is
 //!   reported through the notifier the driver gave, and [`IdbStore::settle_flushes`]
 //!   says which writes are durable. A failed flush puts its writes back in the queue.
+//!   A small flush is one **write-ahead record** in `meta` (`crate::wal`) rather than
+//!   a request per key; the records are applied to `kv` together later (and over it in
+//!   memory at open), and an apply deletes every record issued before it, so `kv` never
+//!   holds a value newer than a record left. A load that reads a range holding a
+//!   record's write applies the records first ([`IdbStore::begin_load`]).
 //! - **Bounded memory.** The cache has a byte cap ([`DEFAULT_CACHE_BYTES`] unless the
 //!   driver sets another): past it, the spans used least recently are evicted (never
 //!   what is not yet durable, the replica's own small key spaces, or what an operation
