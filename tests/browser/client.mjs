@@ -47,6 +47,16 @@ async function page(ctx) {
 }
 
 let ctx;
+/** Kills the browser (`kill -9`), starts it again on the same profile and opens ann's
+ *  database offline: the page it opened it on. */
+async function killAndReopenOffline() {
+  spawnSync("pkill", ["-9", "-f", profileDir]);
+  await ctx.close().catch(() => {});
+  ctx = await profile(profileDir);
+  const p = await page(ctx);
+  await p.evaluate(() => window.openDb("ann", "client-ann", { offline: true }));
+  return p;
+}
 try {
   ctx = await profile(profileDir);
   let p = await page(ctx);
@@ -151,11 +161,7 @@ try {
     await w.confirmed;
     await window.db.flush();
   });
-  spawnSync("pkill", ["-9", "-f", profileDir]);
-  await ctx.close().catch(() => {});
-  ctx = await profile(profileDir);
-  p = await page(ctx);
-  await p.evaluate(() => window.openDb("ann", "client-ann", { offline: true }));
+  p = await killAndReopenOffline();
   const afterKill = await p.evaluate(async () => ({
     pending: window.db.status.current.pending,
     count: await window.db.query("Doc.all().count()"),
@@ -196,11 +202,7 @@ try {
   });
   check(`20 single writes, each durable before the next, are ${singles.flushes} flushes of which ${singles.applies} applied`,
     singles.flushes >= 20 && singles.applies === 0 && singles.unapplied > 0, JSON.stringify(singles));
-  spawnSync("pkill", ["-9", "-f", profileDir]);
-  await ctx.close().catch(() => {});
-  ctx = await profile(profileDir);
-  p = await page(ctx);
-  await p.evaluate(() => window.openDb("ann", "client-ann", { offline: true }));
+  p = await killAndReopenOffline();
   const afterKill2 = await p.evaluate(async () => {
     const s0 = await window.db.stats();
     const count = await window.db.query("Doc.all().count()");

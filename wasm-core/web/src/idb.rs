@@ -700,9 +700,7 @@ impl IdbStore {
     fn replay(&mut self, replay: Replay) {
         let now = self.tick.get();
         for (k, v) in &replay.writes {
-            if v.is_some() && !k.first().is_some_and(|b| PINNED.contains(b)) {
-                self.filter.insert(k);
-            }
+            note_written(&mut self.filter, k, v);
             match v {
                 Some(v) => self.cache_put(k.clone(), v.clone()),
                 None => self.cache_remove(k),
@@ -1330,7 +1328,7 @@ impl IdbStore {
             || self
                 .dirty
                 .iter()
-                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .map(|(k, v)| wal::write_bytes(k, v))
                 .sum::<usize>()
                 > WAL_WRITE_BYTES;
         let kind = if !large {
@@ -1384,12 +1382,8 @@ impl IdbStore {
         if self.fenced {
             return Err(fenced());
         }
-        // The key filter takes every key written to IndexedDB but those of the pinned
-        // spaces (always loaded at open: the filter is never asked about them).
         for (k, v) in &self.dirty {
-            if v.is_some() && !k.first().is_some_and(|b| PINNED.contains(b)) {
-                self.filter.insert(k);
-            }
+            note_written(&mut self.filter, k, v);
         }
         // A record's keys are in the filter again when it is read at open: its pages
         // are written with the next apply.
@@ -1570,7 +1564,7 @@ impl IdbStore {
                     if f.record.is_some_and(|n| n >= self.wal_applied) {
                         self.wal_records += 1;
                         for (k, v) in f.writes {
-                            self.wal_bytes += k.len() + v.as_ref().map_or(0, Vec::len);
+                            self.wal_bytes += wal::write_bytes(&k, &v);
                             self.wal.insert(k, v);
                         }
                     }
@@ -1661,6 +1655,14 @@ impl IdbStore {
                 None => false,
             }
         });
+    }
+}
+
+/// The key filter takes every key written to IndexedDB but those of the pinned spaces
+/// (always loaded at open: the filter is never asked about them).
+fn note_written(filter: &mut Filter, k: &[u8], v: &Option<Vec<u8>>) {
+    if v.is_some() && !k.first().is_some_and(|b| PINNED.contains(b)) {
+        filter.insert(k);
     }
 }
 

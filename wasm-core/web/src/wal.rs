@@ -20,6 +20,11 @@ const FORMAT: u8 = 1;
 /// Writes by key: `Some(value)` puts, `None` deletes.
 pub type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// The bytes of one write's key and value (what the records' bound counts).
+pub fn write_bytes(k: &[u8], v: &Option<Vec<u8>>) -> usize {
+    k.len() + v.as_ref().map_or(0, Vec::len)
+}
+
 /// The `meta` key of record `n` (keys of higher numbers sort after).
 pub fn key(n: u64) -> Vec<u8> {
     let mut k = PREFIX.to_vec();
@@ -35,10 +40,7 @@ pub fn number(k: &[u8]) -> Option<u64> {
 
 /// One record holding `writes`.
 pub fn encode(writes: &Writes) -> Vec<u8> {
-    let size: usize = writes
-        .iter()
-        .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 12)
-        .sum();
+    let size: usize = writes.iter().map(|(k, v)| write_bytes(k, v) + 12).sum();
     let mut out = Vec::with_capacity(size + 10);
     out.push(FORMAT);
     write_varint(&mut out, writes.len() as u64);
