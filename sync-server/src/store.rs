@@ -274,7 +274,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("warren-redb-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        RedbStore::open(&dir.join("state.redb"), 4).unwrap()
+        let store = RedbStore::open(&dir.join("state.redb"), 4).unwrap();
+        // The store keeps its file open and never opens it by path again, so the
+        // directory goes now: where the file system allows it (Unix), nothing is left
+        // behind when the test ends.
+        let _ = std::fs::remove_dir_all(&dir);
+        store
     }
 
     warren_core::storage_conformance_tests!(temp_store());

@@ -21,7 +21,7 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
-import { readFileSync, rmSync, existsSync } from "node:fs";
+import { readFileSync, existsSync } from "node:fs";
 import { join, extname } from "node:path";
 import { check, fail, finish, until, tempDir, freePort, startWarren, stopProcess, profile as browser, root, warren } from "./harness.mjs";
 
@@ -254,6 +254,5 @@ try {
 } finally {
   await killServer("SIGTERM");
   files.close();
-  rmSync(work, { recursive: true, force: true });
   finish();
 }

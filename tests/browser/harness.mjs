@@ -2,7 +2,7 @@
 // on a free port, and Debian's Chromium in separate persistent profiles.
 import { spawn } from "node:child_process";
 import { createServer } from "node:http";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -42,7 +42,27 @@ export async function until(what, f, ms = 20000) {
   throw new Error(`timed out waiting for ${what}`);
 }
 
-export const tempDir = (name) => mkdtempSync(join(tmpdir(), `warren-${name}-`));
+/** The run's scratch directories, removed when the process exits (set WARREN_KEEP_TEMP=1 to
+ * keep them for a look after a failure). A browser profile is tens of megabytes, so a
+ * suite run a few times a day would otherwise fill a small disk. */
+const scratch = [];
+process.on("exit", () => {
+  if (process.env.WARREN_KEEP_TEMP) {
+    for (const d of scratch) console.log(`# kept ${d}`);
+    return;
+  }
+  for (const d of scratch) rmSync(d, { recursive: true, force: true });
+});
+
+export const tempDir = (name) => {
+  const dir = mkdtempSync(join(tmpdir(), `warren-${name}-`));
+  scratch.push(dir);
+  return dir;
+};
+
+/** Chromium's own temporary files (it leaves `scoped_dir`s behind when killed, as the
+ * durability checks do) go under the run's scratch space too. */
+let browserTmp;
 
 /** A port nothing listens on now (kept across a server's restarts). */
 export async function freePort() {
@@ -79,8 +99,10 @@ const browserArgs = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disab
 
 /** A browser with its own on-disk profile under `dir`. */
 export function profile(dir, options = {}) {
+  browserTmp ??= tempDir("chromium-tmp");
   return chromium.launchPersistentContext(dir, {
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: browserArgs, headless: true,
+    env: { ...process.env, TMPDIR: browserTmp },
     ...options,
   });
 }
