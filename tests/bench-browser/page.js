@@ -98,7 +98,7 @@ window.bench = {
       out.memory[key] = await memory(db);
     };
     await phase("import", async () => {
-      for (let i = 0; i < n; i += 10_000) await db.bulkInsert(W.makeDocs(user, i, Math.min(n, i + 10_000)));
+      for (let i = 0; i < n; i += 10_000) await db.bulkInsert(await W.makeDocsSliced(user, i, Math.min(n, i + 10_000)));
     });
     if (db.synced) await phase("importConfirmed", () => db.synced());
     await phase("count", async () => {
