@@ -427,6 +427,12 @@ fn read_write(r: &mut Reader) -> Result<Write, Error> {
 }
 
 impl ServerFrame {
+    /// Whether `bytes` hold an `Effects` frame, read from its type byte alone (the
+    /// frame is not checked: [`ServerFrame::decode`] does that).
+    pub fn is_effects(bytes: &[u8]) -> bool {
+        bytes.first() == Some(&PROTOCOL_VERSION) && bytes.get(1) == Some(&F_EFFECTS)
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![PROTOCOL_VERSION];
         match self {
@@ -846,6 +852,21 @@ mod tests {
         for f in server {
             assert_eq!(ServerFrame::decode(&f.encode()).unwrap(), f);
         }
+    }
+
+    #[test]
+    fn is_effects_reads_the_type_byte_as_decode_does() {
+        let (client, server) = samples();
+        for f in &server {
+            let effects = matches!(f, ServerFrame::Effects { .. });
+            assert_eq!(ServerFrame::is_effects(&f.encode()), effects, "{f:?}");
+        }
+        for f in &client {
+            assert!(!ServerFrame::is_effects(&f.encode()));
+        }
+        assert!(!ServerFrame::is_effects(&[]));
+        assert!(!ServerFrame::is_effects(&[PROTOCOL_VERSION]));
+        assert!(!ServerFrame::is_effects(&[PROTOCOL_VERSION + 1, F_EFFECTS]));
     }
 
     #[test]

@@ -823,14 +823,31 @@ async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
                 // Frames that arrived together are handled together: the view is
                 // rebased, live queries evaluated and the store flushed once for all.
                 let mut frames = vec![first];
-                while frames.len() < FRAMES_AT_ONCE {
-                    match rx.try_recv() {
-                        Ok(SyncCmd::Frame(b)) => frames.push(b),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
+                loop {
+                    while next.is_none() && frames.len() < FRAMES_AT_ONCE {
+                        match rx.try_recv() {
+                            Ok(SyncCmd::Frame(b)) => frames.push(b),
+                            Ok(other) => next = Some(other),
+                            _ => break,
                         }
-                        _ => break,
+                    }
+                    // The server sends the outcome of this replica's own commit right
+                    // after its effects, but each arrives as a message of its own. An
+                    // Effects frame last: wait one turn of the event loop for what
+                    // follows, so that the two are handled together; apart, the effects
+                    // would look like a change to what that pending commit read, and it
+                    // would run again only to be confirmed the next moment.
+                    let last = frames.last().map(Vec::as_slice).unwrap_or_default();
+                    if next.is_some()
+                        || frames.len() >= FRAMES_AT_ONCE
+                        || !ServerFrame::is_effects(last)
+                    {
+                        break;
+                    }
+                    match next_soon(&mut rx).await {
+                        Some(SyncCmd::Frame(b)) => frames.push(b),
+                        Some(other) => next = Some(other),
+                        None => break,
                     }
                 }
                 sh.frames(frames).await
@@ -846,6 +863,73 @@ async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
             break;
         }
         sh.status.emit_status();
+    }
+}
+
+/// The next command if one comes within a turn of the event loop, or else within a
+/// millisecond; `None` if none did. The turn is a message posted to a channel of its
+/// own: messages already queued (the socket's) are delivered before it, and unlike a
+/// zero-delay timer it is never stretched to 4 ms when such waits follow one another.
+/// The millisecond is for a message the network has not handed over yet.
+async fn next_soon(rx: &mut UnboundedReceiver<SyncCmd>) -> Option<SyncCmd> {
+    for timer in [false, true] {
+        let mut soon = Soon::new(timer);
+        match futures_util::future::select(rx.next(), &mut soon.fired).await {
+            futures_util::future::Either::Left((cmd, _)) => return cmd,
+            futures_util::future::Either::Right(_) => {}
+        }
+    }
+    None
+}
+
+/// `fired` resolves after a turn of the event loop, or (`timer`, or where there is no
+/// `MessageChannel`) after a 1 ms timer.
+struct Soon {
+    fired: oneshot::Receiver<()>,
+    channel: Option<(web_sys::MessageChannel, EventListener)>,
+    _timer: Option<Timeout>,
+}
+
+impl Soon {
+    fn new(timer: bool) -> Soon {
+        let (fire, fired) = oneshot::channel::<()>();
+        let fire = Rc::new(Cell::new(Some(fire)));
+        let wake = move || {
+            if let Some(f) = fire.take() {
+                let _ = f.send(());
+            }
+        };
+        let channel = if timer {
+            None
+        } else {
+            web_sys::MessageChannel::new().ok()
+        };
+        match channel {
+            Some(c) => {
+                let listener = EventListener::new(&c.port1(), "message", move |_| wake());
+                c.port1().start();
+                let _ = c.port2().post_message(&JsValue::NULL);
+                Soon {
+                    fired,
+                    channel: Some((c, listener)),
+                    _timer: None,
+                }
+            }
+            None => Soon {
+                fired,
+                channel: None,
+                _timer: Some(Timeout::new(1, wake)),
+            },
+        }
+    }
+}
+
+impl Drop for Soon {
+    fn drop(&mut self) {
+        if let Some((c, _)) = &self.channel {
+            c.port1().close();
+            c.port2().close();
+        }
     }
 }
 
@@ -1392,6 +1476,9 @@ impl Shared {
             let events = r.take_events();
             (events, r.store().write_gen(), r.store().committed_gen())
         };
+        if events.iter().any(|e| matches!(e, Event::Confirmed { .. })) {
+            self.status.last_sync.set(js_sys::Date::now());
+        }
         for e in events {
             match e {
                 Event::Confirmed {
@@ -1399,7 +1486,6 @@ impl Shared {
                     position,
                     result,
                 } => {
-                    self.status.last_sync.set(js_sys::Date::now());
                     let o = js_sys::Object::new();
                     let _ = js_sys::Reflect::set(&o, &"seq".into(), &JsValue::from_f64(seq as f64));
                     let _ = js_sys::Reflect::set(

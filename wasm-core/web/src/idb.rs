@@ -1010,6 +1010,18 @@ impl IdbStore {
         if stale {
             self.begin_apply()?;
         }
+        self.loads_out += 1;
+        if plan.is_empty() && families.is_empty() {
+            // Answered since they were missed (loaded meanwhile): nothing to read, and
+            // no transaction to open and wait for.
+            return Ok(LoadJob {
+                tx: None,
+                reqs: Vec::new(),
+                gen0: self.write_gen,
+                ahead_max: 0,
+                doc_of: None,
+            });
+        }
         let tx = self
             .db
             .transaction_with_str(KV)
@@ -1078,13 +1090,11 @@ impl IdbStore {
                 .map_err(|e| js_err("count", e))?;
             reqs.push(Req::Ahead { range, count });
         }
-        self.loads_out += 1;
         let mut s = self.stats.borrow_mut();
         s.load_transactions += 1;
         s.load_requests += reqs.len() as u64;
         Ok(LoadJob {
-            store,
-            _tx: tx,
+            tx: Some((store, tx)),
             reqs,
             gen0: self.write_gen,
             ahead_max: (self.cap / READAHEAD_ENTRY_BYTES) as u64,
@@ -1750,8 +1760,8 @@ enum Req {
 
 /// Loads issued in one read transaction (see [`IdbStore::begin_load`]).
 pub struct LoadJob {
-    store: web_sys::IdbObjectStore,
-    _tx: IdbTransaction,
+    /// The read transaction and its store (none when there is nothing to read).
+    tx: Option<(web_sys::IdbObjectStore, IdbTransaction)>,
     reqs: Vec<Req>,
     gen0: u64,
     /// Most entries a family may have to be read ahead.
@@ -1797,6 +1807,9 @@ impl LoadJob {
         let mut out = LoadedData::default();
         let mut aheads = Vec::new();
         let mut doc_gets = Vec::new();
+        let Some((store, _tx)) = &self.tx else {
+            return Ok(out);
+        };
         for r in self.reqs {
             match r {
                 Req::Ahead { range, count } => {
@@ -1805,12 +1818,10 @@ impl LoadJob {
                     if n <= self.ahead_max as f64 {
                         // Still inside the transaction: its requests are pending.
                         let q = idb_range(&range)?;
-                        let keys = self
-                            .store
+                        let keys = store
                             .get_all_keys_with_key(&q)
                             .map_err(|e| js_err("getAllKeys", e))?;
-                        let values = self
-                            .store
+                        let values = store
                             .get_all_with_key(&q)
                             .map_err(|e| js_err("getAll", e))?;
                         aheads.push((range, keys, values));
@@ -1853,7 +1864,7 @@ impl LoadJob {
                         // Still inside the transaction: issued now, read below.
                         for (k, _) in &entries {
                             if let Some(dk) = doc_of(k) {
-                                let r = self.store.get(&key(&dk)).map_err(|e| js_err("get", e))?;
+                                let r = store.get(&key(&dk)).map_err(|e| js_err("get", e))?;
                                 doc_gets.push((dk, r));
                             }
                         }
