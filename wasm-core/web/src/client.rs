@@ -833,8 +833,8 @@ async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
                     }
                     // The server sends the outcome of this replica's own commit right
                     // after its effects, but each arrives as a message of its own. An
-                    // Effects frame last: wait one turn of the event loop for what
-                    // follows, so that the two are handled together; apart, the effects
+                    // Effects frame last: wait a moment (`next_soon`) for what follows,
+                    // so that the two are handled together; apart, the effects
                     // would look like a change to what that pending commit read, and it
                     // would run again only to be confirmed the next moment.
                     let last = frames.last().map(Vec::as_slice).unwrap_or_default();
@@ -893,7 +893,7 @@ struct Soon {
 impl Soon {
     fn new(timer: bool) -> Soon {
         let (fire, fired) = oneshot::channel::<()>();
-        let fire = Rc::new(Cell::new(Some(fire)));
+        let fire = Cell::new(Some(fire));
         let wake = move || {
             if let Some(f) = fire.take() {
                 let _ = f.send(());
