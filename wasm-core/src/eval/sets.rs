@@ -901,6 +901,19 @@ impl<'a> Evaluator<'a> {
                 if let Some(w) = &mut wanted {
                     *w = w.saturating_sub(1);
                 }
+                // The pipeline's closures may write: an entry this transaction wrote
+                // since the page was read is read as it is now, and one it removed
+                // (a document deleted, or moved out of the index's range) is passed
+                // over, on every store alike (docs/LANGUAGE.md, "Writing while a
+                // scan runs").
+                let v = if self.view.has_write(&k) {
+                    match self.view.get(&k)? {
+                        Some(now) => now,
+                        None => continue,
+                    }
+                } else {
+                    v
+                };
                 let elem = match index {
                     None => {
                         // The partition first: an unreadable document is not

@@ -204,6 +204,8 @@ pub const REGRESSIONS: &[&str] = &[
     "Item.all().map(.meta.deep.v).toArray()",
     "let s = \"x\".repeat(1000000)\n[s, s, s, s, s, s, s, s].length",
     "range(300000).map(i => ({ a: i })).length",
+    // Seed 133: a closure deleting a document further on in an index scan's page.
+    "Item.byCat(\"b\").where(p1 => (Item.byId(\"i4\")?.delete())).take(100).toArray()",
 ];
 
 struct Gen<'c, C: Choices> {
