@@ -28,7 +28,9 @@
 //!   holds a value newer than a record left. A load that reads a range holding a
 //!   record's write applies the records first ([`IdbStore::begin_load`]).
 //! - **Bounded memory.** The cache has a byte cap ([`DEFAULT_CACHE_BYTES`] unless the
-//!   driver sets another): past it, the spans used least recently are evicted (never
+//!   driver sets another), over its entries and the spans that say what it holds (an
+//!   absence is a span with no entry): past it, the spans used least recently are
+//!   evicted (never
 //!   what is not yet durable, the replica's own small key spaces, or what an operation
 //!   in progress has used).
 //!
@@ -66,6 +68,8 @@ const META: &str = "meta";
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 /// Bytes counted per cached entry besides its key and value (the map's node share).
 const ENTRY_OVERHEAD: usize = 48;
+/// Eviction walks a span's entries this many keys at a time.
+const EVICT_KEYS_AT_ONCE: usize = 1024;
 /// A scan that asks for fewer entries than this is a limited one (`take(n)`): it loads
 /// exactly what it asked for. One that asks for a whole engine page loads at least
 /// [`FIRST_CHUNK`], and [`GROWTH`] times more each time it continues.
@@ -232,8 +236,9 @@ pub struct IdbStats {
     /// claims it and reads the filter and the replica's own keys (ms).
     pub open_db_ms: u64,
     pub open_read_ms: u64,
-    /// Now: the cache's bytes and entries, its spans, writes not yet durable, keys
-    /// durable in write-ahead records not yet applied, the filter's bytes.
+    /// Now: the cache's bytes (its entries and its spans: what the cap bounds) and
+    /// entries, its spans, writes not yet durable, keys durable in write-ahead records
+    /// not yet applied, the filter's bytes.
     pub cache_bytes: u64,
     pub cache_entries: u64,
     pub spans: u64,
@@ -784,7 +789,7 @@ impl IdbStore {
     /// What the store did so far, and holds now.
     pub fn stats(&self) -> IdbStats {
         IdbStats {
-            cache_bytes: self.cache_bytes as u64,
+            cache_bytes: self.held_bytes() as u64,
             cache_entries: self.cache.len() as u64,
             spans: self.spans.borrow().len() as u64,
             unwritten: (self.dirty.len()
@@ -821,11 +826,17 @@ impl IdbStore {
         self.evict_if_needed();
     }
 
+    /// What the cap bounds: the cache's entries and its spans (a span of an absence,
+    /// a deleted key, takes memory with no entry).
+    fn held_bytes(&self) -> usize {
+        self.cache_bytes + self.spans.borrow().bytes()
+    }
+
     /// Evicts the spans used least recently until the cache is under three quarters of
     /// its cap. Never evicted: writes not yet durable, the pinned spaces, and anything
     /// an operation in progress has used.
     pub fn evict_if_needed(&mut self) {
-        if self.cache_bytes <= self.cap {
+        if self.held_bytes() <= self.cap {
             return;
         }
         let target = self.cap / 4 * 3;
@@ -838,8 +849,8 @@ impl IdbStore {
             .unwrap_or(self.tick.get() + 1);
         let candidates = self.spans.borrow().unused_since(protect);
         let now = self.tick.get();
-        for (range, _) in candidates {
-            if self.cache_bytes <= target {
+        for (range, used) in candidates {
+            if self.held_bytes() <= target {
                 break;
             }
             self.spans.borrow_mut().remove(&range);
@@ -850,21 +861,36 @@ impl IdbStore {
                     self.spans.borrow_mut().add(&part, now);
                 }
             }
-            let keys: Vec<Vec<u8>> = self
-                .cache_range(&range, false, usize::MAX)
-                .into_iter()
-                .map(|(k, _)| k)
-                .collect();
-            for k in keys {
-                if self.unwritten(&k) || k.first().is_some_and(|b| PINNED.contains(b)) {
-                    // Not durable yet: the cache is where it is; it stays held.
-                    self.spans.borrow_mut().add_point(&k, now);
-                    continue;
+            // In key order, some keys at a time (never a copy of a whole range, which
+            // may be the whole cache): a span larger than what must go is evicted from
+            // its start, and the rest of it stays held, as last used.
+            let mut rest = range;
+            loop {
+                let keys: Vec<Vec<u8>> = self
+                    .cache
+                    .range::<[u8], _>((as_ref(&rest.start), as_ref(&rest.end)))
+                    .take(EVICT_KEYS_AT_ONCE)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let Some(last) = keys.last().cloned() else {
+                    break;
+                };
+                for k in keys {
+                    if self.unwritten(&k) || k.first().is_some_and(|b| PINNED.contains(b)) {
+                        // Not durable yet: the cache is where it is; it stays held.
+                        self.spans.borrow_mut().add_point(&k, now);
+                        continue;
+                    }
+                    if let Some(v) = self.cache.remove(&k) {
+                        let b = entry_bytes(&k, &v);
+                        self.cache_bytes -= b;
+                        self.stats.borrow_mut().evicted_bytes += b as u64;
+                    }
                 }
-                if let Some(v) = self.cache.remove(&k) {
-                    let b = entry_bytes(&k, &v);
-                    self.cache_bytes -= b;
-                    self.stats.borrow_mut().evicted_bytes += b as u64;
+                rest = rest.after(&last);
+                if self.held_bytes() <= target {
+                    self.spans.borrow_mut().add(&rest, used);
+                    break;
                 }
             }
         }

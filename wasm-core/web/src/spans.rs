@@ -84,15 +84,50 @@ struct Span {
     used: u64,
 }
 
+/// Bytes counted per span besides its keys (the map's node share, the keys' and the
+/// end's headers, the time of use).
+pub const SPAN_OVERHEAD: usize = 80;
+
+fn span_bytes(start: &[u8], end: &End) -> usize {
+    SPAN_OVERHEAD
+        + start.len()
+        + match end {
+            End::Before(e) => e.len(),
+            End::Unbounded => 0,
+        }
+}
+
 /// Disjoint, merged spans by start key.
 #[derive(Debug, Default)]
 pub struct Spans {
     spans: BTreeMap<Vec<u8>, Span>,
+    /// What the spans take in memory, about ([`SPAN_OVERHEAD`] each and their keys):
+    /// counted in the cache's cap, since a span of a key the cache has no entry for
+    /// (an absence) takes memory as an entry does.
+    bytes: usize,
 }
 
 impl Spans {
     pub fn len(&self) -> usize {
         self.spans.len()
+    }
+
+    /// The memory the spans take, about.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn insert(&mut self, start: Vec<u8>, span: Span) {
+        self.bytes += span_bytes(&start, &span.end);
+        if let Some(old) = self.spans.insert(start.clone(), span) {
+            self.bytes -= span_bytes(&start, &old.end);
+        }
+    }
+
+    fn take(&mut self, start: &[u8]) -> Option<Span> {
+        let span = self.spans.remove(start)?;
+        self.bytes -= span_bytes(start, &span.end);
+        Some(span)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -204,7 +239,7 @@ impl Spans {
         {
             if span.end.reaches(&start) {
                 let s = s.clone();
-                let span = self.spans.remove(&s).expect("found");
+                let span = self.take(&s).expect("found");
                 start = s;
                 if span.end.ge(&end) {
                     end = span.end;
@@ -221,12 +256,12 @@ impl Spans {
             if !end.reaches(&s) {
                 break;
             }
-            let span = self.spans.remove(&s).expect("found");
+            let span = self.take(&s).expect("found");
             if span.end.ge(&end) {
                 end = span.end;
             }
         }
-        self.spans.insert(start, Span { end, used: now });
+        self.insert(start, Span { end, used: now });
     }
 
     /// The spans last used before `before`, oldest first: `(range, last used)`.
@@ -244,7 +279,7 @@ impl Spans {
     /// Removes the span starting at `r`'s start (as given by [`Spans::unused_since`]).
     pub fn remove(&mut self, r: &KeyRange) {
         if let Some((start, _)) = normalize(r) {
-            self.spans.remove(&start);
+            self.take(&start);
         }
     }
 
@@ -331,6 +366,36 @@ mod tests {
         assert_eq!(s.held_part(&r(b"a", b"c"), true, 2), Some(r(b"b", b"c")));
         assert_eq!(s.held_part(&r(b"a", b"z"), true, 2), None);
         assert_eq!(s.held_part(&r(b"bb", b"c"), true, 2), Some(r(b"bb", b"c")));
+    }
+
+    /// The bytes counted follow every add, merge and removal.
+    #[test]
+    fn bytes_follow_the_spans() {
+        let recount =
+            |s: &Spans| -> usize { s.spans.iter().map(|(k, sp)| span_bytes(k, &sp.end)).sum() };
+        let mut s = Spans::default();
+        assert_eq!(s.bytes(), 0);
+        for (i, k) in [b"d", b"a", b"f", b"b", b"e"].iter().enumerate() {
+            s.add_point(*k, i as u64);
+            assert_eq!(s.bytes(), recount(&s));
+        }
+        assert_eq!(s.len(), 5);
+        assert_eq!(s.bytes(), 5 * (SPAN_OVERHEAD + 1 + 2));
+        s.add(&r(b"a", b"e"), 9);
+        assert_eq!(s.bytes(), recount(&s));
+        s.add(
+            &KeyRange {
+                start: Bound::Included(b"x".to_vec()),
+                end: Bound::Unbounded,
+            },
+            10,
+        );
+        assert_eq!(s.bytes(), recount(&s));
+        for (range, _) in s.unused_since(u64::MAX) {
+            s.remove(&range);
+            assert_eq!(s.bytes(), recount(&s));
+        }
+        assert_eq!((s.len(), s.bytes()), (0, 0));
     }
 
     #[test]

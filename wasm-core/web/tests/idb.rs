@@ -366,6 +366,61 @@ async fn loads_are_as_large_as_the_read() {
     IdbStore::delete(name).await.unwrap();
 }
 
+/// What the cache knows to be absent counts in its cap too: deleting many keys (a span
+/// each, with no entry) used to grow the spans without bound (an import of a million
+/// documents held about as much memory in spans as in entries).
+#[wasm_bindgen_test]
+async fn absences_count_in_the_cap() {
+    let name = "capped-absences";
+    let mut s = fresh(name).await;
+    s.set_cache_bytes(1 << 20);
+    let key = |i: u32| {
+        let mut k = vec![b'D'];
+        k.extend_from_slice(&i.to_be_bytes());
+        k
+    };
+    const N: u32 = 30_000;
+    for (from, delete) in [(0, false), (0, true)] {
+        for chunk in (from..N).step_by(1000) {
+            let op = s.begin_op();
+            let mut b = Batch::new();
+            for i in chunk..chunk + 1000 {
+                if delete {
+                    b.delete(key(i));
+                } else {
+                    b.put(key(i), vec![1]);
+                }
+            }
+            s.apply(b).unwrap();
+            s.end_op(op);
+            s.flush().await.unwrap();
+        }
+    }
+    let op = s.begin_op();
+    s.end_op(op);
+    let st = s.stats();
+    assert!(
+        st.cache_bytes <= 1 << 20,
+        "{} bytes held, {} spans",
+        st.cache_bytes,
+        st.spans
+    );
+    assert!(st.spans < u64::from(N) / 2, "{} spans held", st.spans);
+    // What was evicted is read again, and is still absent.
+    for i in [0, N / 2, N - 1] {
+        let op = s.begin_op();
+        assert_eq!(s.get(&key(i)).unwrap(), None);
+        let m = s.take_misses();
+        if !m.is_empty() {
+            s.load_misses(m).await.unwrap();
+        }
+        assert_eq!(s.get(&key(i)).unwrap(), None);
+        s.end_op(op);
+    }
+    s.close();
+    IdbStore::delete(name).await.unwrap();
+}
+
 /// Past its cap the cache evicts what was used least recently, never what is not yet
 /// written; evicted data loads again when read.
 #[wasm_bindgen_test]
