@@ -823,13 +823,11 @@ async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
                 // Frames that arrived together are handled together: the view is
                 // rebased, live queries evaluated and the store flushed once for all.
                 let mut frames = vec![first];
-                // A timer's command (the base flush, a ping) met meanwhile waits until
-                // these frames are handled: it does not cut them apart.
-                let mut after = Vec::new();
                 loop {
                     while next.is_none() && frames.len() < FRAMES_AT_ONCE {
                         match rx.try_recv() {
-                            Ok(cmd) => gather(cmd, &mut frames, &mut after, &mut next),
+                            Ok(SyncCmd::Frame(b)) => frames.push(b),
+                            Ok(other) => next = Some(other),
                             _ => break,
                         }
                     }
@@ -847,18 +845,12 @@ async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
                         break;
                     }
                     match next_soon(&mut rx).await {
-                        Some(cmd) => gather(cmd, &mut frames, &mut after, &mut next),
+                        Some(SyncCmd::Frame(b)) => frames.push(b),
+                        Some(other) => next = Some(other),
                         None => break,
                     }
                 }
-                let r = sh.frames(frames).await;
-                // Whatever the frames gave: the base flush's timer is taken only here.
-                for c in after {
-                    if let Err(e) = sh.sync_step(c).await {
-                        sh.status.emit("server-error", js_error(&e));
-                    }
-                }
-                r
+                sh.frames(frames).await
             }
             other => sh.sync_step(other).await,
         };
@@ -871,21 +863,6 @@ async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
             break;
         }
         sh.status.emit_status();
-    }
-}
-
-/// Sorts a command met while frames are gathered: a frame joins them, a timer's command
-/// waits until they are handled (`after`), any other ends the gathering (`next`).
-fn gather(
-    cmd: SyncCmd,
-    frames: &mut Vec<Vec<u8>>,
-    after: &mut Vec<SyncCmd>,
-    next: &mut Option<SyncCmd>,
-) {
-    match cmd {
-        SyncCmd::Frame(b) => frames.push(b),
-        c @ (SyncCmd::FlushBase | SyncCmd::Ping) => after.push(c),
-        other => *next = Some(other),
     }
 }
 
