@@ -10,8 +10,14 @@ const USER_KEY = "warren-demo:user";
 const tokenKey = (user) => `warren-demo:token:${user}`;
 
 // Keep the app shell for offline starts (see sw.js).
+// A page that was loading while the worker activated can miss its `clients.claim()`
+// (a document not yet ready is not claimed): once active, the page asks it to claim
+// again, so this visit too runs offline (the text editor's module loads on demand).
 if ("serviceWorker" in navigator) {
   navigator.serviceWorker.register("./sw.js").catch((e) => console.warn("no service worker:", e));
+  navigator.serviceWorker.ready.then((r) => {
+    if (!navigator.serviceWorker.controller) r.active?.postMessage("claim");
+  });
 }
 
 /** A development token from the server, or the last one kept (offline). */

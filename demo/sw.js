@@ -35,6 +35,11 @@ self.addEventListener("activate", (event) => {
   );
 });
 
+// A page that missed the claim above asks again (see app.js).
+self.addEventListener("message", (event) => {
+  if (event.data === "claim") event.waitUntil(self.clients.claim());
+});
+
 self.addEventListener("fetch", (event) => {
   const url = new URL(event.request.url);
   if (event.request.method !== "GET" || url.origin !== self.location.origin) return;
