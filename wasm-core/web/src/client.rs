@@ -806,12 +806,21 @@ async fn local_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<LocalCmd>) {
 
 async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
     let mut next: Option<SyncCmd> = None;
+    // Made when frames come, and dropped when the lane has nothing to do (an open port
+    // keeps a Node process alive).
+    let mut turns: Option<Turns> = None;
     loop {
         let cmd = match next.take() {
             Some(c) => c,
-            None => match rx.next().await {
-                Some(c) => c,
-                None => break,
+            None => match rx.try_recv() {
+                Ok(c) => c,
+                Err(_) => {
+                    turns = None;
+                    match rx.next().await {
+                        Some(c) => c,
+                        None => break,
+                    }
+                }
             },
         };
         if sh.stopped.get() {
@@ -820,36 +829,8 @@ async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
         let op = sh.replica.borrow().store().begin_op();
         let r = match cmd {
             SyncCmd::Frame(first) => {
-                // Frames that arrived together are handled together: the view is
-                // rebased, live queries evaluated and the store flushed once for all.
-                let mut frames = vec![first];
-                loop {
-                    while next.is_none() && frames.len() < FRAMES_AT_ONCE {
-                        match rx.try_recv() {
-                            Ok(SyncCmd::Frame(b)) => frames.push(b),
-                            Ok(other) => next = Some(other),
-                            _ => break,
-                        }
-                    }
-                    // The server sends the outcome of this replica's own commit right
-                    // after its effects, but each arrives as a message of its own. An
-                    // Effects frame last: wait a moment (`next_soon`) for what follows,
-                    // so that the two are handled together; apart, the effects
-                    // would look like a change to what that pending commit read, and it
-                    // would run again only to be confirmed the next moment.
-                    let last = frames.last().map(Vec::as_slice).unwrap_or_default();
-                    if next.is_some()
-                        || frames.len() >= FRAMES_AT_ONCE
-                        || !ServerFrame::is_effects(last)
-                    {
-                        break;
-                    }
-                    match next_soon(&mut rx).await {
-                        Some(SyncCmd::Frame(b)) => frames.push(b),
-                        Some(other) => next = Some(other),
-                        None => break,
-                    }
-                }
+                let turns = turns.get_or_insert_with(Turns::new);
+                let frames = gather(first, &mut rx, &mut next, turns).await;
                 sh.frames(frames).await
             }
             other => sh.sync_step(other).await,
@@ -866,69 +847,115 @@ async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
     }
 }
 
-/// The next command if one comes within a turn of the event loop, or else within a
-/// millisecond; `None` if none did. The turn is a message posted to a channel of its
-/// own: messages already queued (the socket's) are delivered before it, and unlike a
-/// zero-delay timer it is never stretched to 4 ms when such waits follow one another.
-/// The millisecond is for a message the network has not handed over yet.
-async fn next_soon(rx: &mut UnboundedReceiver<SyncCmd>) -> Option<SyncCmd> {
-    for timer in [false, true] {
-        let mut soon = Soon::new(timer);
-        match futures_util::future::select(rx.next(), &mut soon.fired).await {
-            futures_util::future::Either::Left((cmd, _)) => return cmd,
-            futures_util::future::Either::Right(_) => {}
+/// The frames to handle together with `first` (the view is rebased, live queries
+/// evaluated and the store flushed once for all): those already received, and those
+/// the socket has received but not delivered yet. Each socket message is a task of its
+/// own, so a frame is followed by a turn of the event loop ([`Turns`]), which lets
+/// every message queued before it in; as long as a turn brings more, another follows
+/// (at most [`FRAMES_AT_ONCE`] frames). A command other than a frame ends the batch
+/// (it goes to `next`).
+///
+/// The server sends the outcome of this replica's own commit right after its effects,
+/// each as a message of its own: an `Effects` frame last is given a millisecond more
+/// for what follows, so that the two are handled together; apart, the effects would
+/// look like a change to what that pending commit read, and it would run again only
+/// to be confirmed the next moment.
+async fn gather(
+    first: Vec<u8>,
+    rx: &mut UnboundedReceiver<SyncCmd>,
+    next: &mut Option<SyncCmd>,
+    turns: &mut Turns,
+) -> Vec<Vec<u8>> {
+    let mut frames = vec![first];
+    let take_ready = |rx: &mut UnboundedReceiver<SyncCmd>,
+                      frames: &mut Vec<Vec<u8>>,
+                      next: &mut Option<SyncCmd>| {
+        while next.is_none() && frames.len() < FRAMES_AT_ONCE {
+            match rx.try_recv() {
+                Ok(SyncCmd::Frame(b)) => frames.push(b),
+                Ok(other) => *next = Some(other),
+                _ => break,
+            }
         }
-    }
-    None
-}
-
-/// `fired` resolves after a turn of the event loop, or (`timer`, or where there is no
-/// `MessageChannel`) after a 1 ms timer.
-struct Soon {
-    fired: oneshot::Receiver<()>,
-    channel: Option<(web_sys::MessageChannel, EventListener)>,
-    _timer: Option<Timeout>,
-}
-
-impl Soon {
-    fn new(timer: bool) -> Soon {
+    };
+    loop {
+        take_ready(rx, &mut frames, next);
+        if next.is_some() || frames.len() >= FRAMES_AT_ONCE {
+            return frames;
+        }
+        let had = frames.len();
+        turns.turn().await;
+        take_ready(rx, &mut frames, next);
+        if frames.len() > had {
+            continue;
+        }
+        if next.is_some()
+            || !ServerFrame::is_effects(frames.last().map(Vec::as_slice).unwrap_or_default())
+        {
+            return frames;
+        }
         let (fire, fired) = oneshot::channel::<()>();
-        let fire = Cell::new(Some(fire));
-        let wake = move || {
-            if let Some(f) = fire.take() {
-                let _ = f.send(());
-            }
-        };
-        let channel = if timer {
-            None
-        } else {
-            web_sys::MessageChannel::new().ok()
-        };
-        match channel {
-            Some(c) => {
-                let listener = EventListener::new(&c.port1(), "message", move |_| wake());
-                c.port1().start();
-                let _ = c.port2().post_message(&JsValue::NULL);
-                Soon {
-                    fired,
-                    channel: Some((c, listener)),
-                    _timer: None,
-                }
-            }
-            None => Soon {
-                fired,
-                channel: None,
-                _timer: Some(Timeout::new(1, wake)),
-            },
+        let _timer = Timeout::new(1, move || {
+            let _ = fire.send(());
+        });
+        match futures_util::future::select(rx.next(), fired).await {
+            futures_util::future::Either::Left((Some(SyncCmd::Frame(b)), _)) => frames.push(b),
+            futures_util::future::Either::Left((Some(other), _)) => *next = Some(other),
+            _ => return frames,
         }
     }
 }
 
-impl Drop for Soon {
+/// Turns of the event loop, awaited: a message posted to a channel of the lane's own.
+/// Messages already queued (the socket's) are delivered before it, and unlike a
+/// zero-delay timer it is never stretched to 4 ms when such waits follow one another.
+/// One channel serves every turn (making one per turn cost more than the frames it
+/// gathered). Where there is no `MessageChannel`, a turn is a zero-delay timer.
+struct Turns {
+    /// The port posted to, the port listened to, and its listener.
+    channel: Option<(web_sys::MessagePort, web_sys::MessagePort, EventListener)>,
+    waiting: Rc<Cell<Option<oneshot::Sender<()>>>>,
+}
+
+impl Turns {
+    fn new() -> Turns {
+        let waiting: Rc<Cell<Option<oneshot::Sender<()>>>> = Rc::new(Cell::new(None));
+        let w = waiting.clone();
+        let channel = web_sys::MessageChannel::new().ok().map(|c| {
+            let (post, heard) = (c.port2(), c.port1());
+            let listener = EventListener::new(&heard, "message", move |_| {
+                if let Some(f) = w.take() {
+                    let _ = f.send(());
+                }
+            });
+            heard.start();
+            (post, heard, listener)
+        });
+        Turns { channel, waiting }
+    }
+
+    async fn turn(&mut self) {
+        let (fire, fired) = oneshot::channel::<()>();
+        match &self.channel {
+            Some((post, _, _)) if post.post_message(&JsValue::NULL).is_ok() => {
+                self.waiting.set(Some(fire));
+                let _ = fired.await;
+            }
+            _ => {
+                let _t = Timeout::new(0, move || {
+                    let _ = fire.send(());
+                });
+                let _ = fired.await;
+            }
+        }
+    }
+}
+
+impl Drop for Turns {
     fn drop(&mut self) {
-        if let Some((c, _)) = &self.channel {
-            c.port1().close();
-            c.port2().close();
+        if let Some((post, heard, _)) = &self.channel {
+            post.close();
+            heard.close();
         }
     }
 }
