@@ -1179,11 +1179,15 @@ impl IdbStore {
         let now = self.tick.get();
         let mut gained = Vec::new();
         let mut records = 0u64;
-        for (k, v) in data.points {
+        // A point a run missed gains when it is present: that run took it for absent,
+        // even when another load (the other lane's) brought it meanwhile. A document
+        // read along with its index entry gains when it is new to the cache.
+        let missed = data.points.into_iter().map(|p| (p, true));
+        for ((k, v), was_missed) in missed.chain(data.along.into_iter().map(|p| (p, false))) {
             records += 1;
             if !self.newer(&k, gen0) {
                 if let Some(v) = v {
-                    if self.cache.get(&k) != Some(&v) {
+                    if was_missed || self.cache.get(&k) != Some(&v) {
                         gained.push(KeyRange::point(&k));
                     }
                     self.cache_put(k.clone(), v);
@@ -1811,6 +1815,8 @@ struct ScanChunk {
 #[derive(Default)]
 struct LoadedData {
     points: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The documents a limited index scan's entries name, read along with it.
+    along: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     scans: Vec<ScanChunk>,
     counts: Vec<(KeyRange, u64)>,
 }
@@ -1919,7 +1925,7 @@ impl LoadJob {
         }
         for (k, req) in doc_gets {
             let v = request(&req).await.map_err(|e| js_err("get", e))?;
-            out.points
+            out.along
                 .push((k, (!v.is_undefined()).then(|| bytes_of(&v))));
         }
         for (range, keys, values) in aheads {

@@ -744,3 +744,38 @@ async fn a_load_applies_only_when_it_reads_a_record() {
     s.close();
     IdbStore::delete(name).await.unwrap();
 }
+
+/// A key two loads read at once (one lane's and the other's) is reported as gained by
+/// both: the run that missed it took it for absent, though the other load brought it
+/// into the cache first. (It was reported by the first only, and the second run's
+/// answer, made without the key, stood.)
+#[wasm_bindgen_test]
+async fn a_key_two_loads_bring_counts_for_both() {
+    let name = "two-loads";
+    let k = warren_core::keys::doc_key("Doc", "a");
+    let mut s = fresh(name).await;
+    let mut b = Batch::new();
+    b.put(k.clone(), vec![1]);
+    s.apply(b).unwrap();
+    s.flush().await.unwrap();
+    s.close();
+
+    let mut s = IdbStore::open(name).await.unwrap();
+    assert_eq!(s.get(&k).unwrap(), None);
+    let first = s.begin_load(s.take_misses()).unwrap();
+    assert_eq!(s.get(&k).unwrap(), None);
+    let second = s.begin_load(s.take_misses()).unwrap();
+    // Awaited together, as the two lanes do (a request's answer is heard only once
+    // its job awaits it).
+    let (a, b) = futures_util::future::join(first.wait(), second.wait()).await;
+    let point = KeyRange::point(&k);
+    assert!(s.finish_load(a).unwrap().contains(&point));
+    assert_eq!(
+        s.finish_load(b).unwrap(),
+        vec![point],
+        "the second run made again"
+    );
+    assert_eq!(s.get(&k).unwrap(), Some(vec![1]));
+    s.close();
+    IdbStore::delete(name).await.unwrap();
+}
