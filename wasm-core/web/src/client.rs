@@ -878,8 +878,8 @@ async fn gather(
             }
         }
     };
+    take_ready(rx, &mut frames, next);
     loop {
-        take_ready(rx, &mut frames, next);
         if next.is_some() || frames.len() >= FRAMES_AT_ONCE {
             return frames;
         }
