@@ -1799,6 +1799,91 @@ fn a_count_from_keys_costs_a_step_per_16_documents() {
     assert_eq!(e.code, ErrorCode::FuelExhausted);
 }
 
+/// A query's `count()` of a collection counts the collection's keys at once when the
+/// caller may read every partition it has, and partition by partition from the first
+/// hidden one on. Either way the answer and the fuel are the same: a store that also
+/// holds partitions the caller may not read (first, between, last, or all of these)
+/// answers as one that does not, down to the least fuel that pays for the count.
+#[test]
+fn a_count_from_keys_is_the_same_wherever_hidden_partitions_fall() {
+    const ROOMS: &str = r#"
+collection Msg {
+  partition doc.room
+  allow read partition.endsWith("+")
+  allow create true
+}
+collection Other {
+  partition doc.room
+  allow read true
+  allow create true
+}
+"#;
+    let readable = ["a+", "c+", "e+"];
+    let cases: [&[&str]; 5] = [&[], &["0"], &["b"], &["f"], &["0", "b", "d", "f"]];
+    let count = "Msg.all().count()";
+    let mut answers = Vec::new();
+    for hidden in cases {
+        let mut ex = Executor::new(
+            MemoryStore::new(),
+            Arc::new(Schema::parse(ROOMS).unwrap()),
+            Limits::default(),
+        );
+        let mut seq = 0;
+        let mut run = |src: String| {
+            seq += 1;
+            let c = Commit {
+                client_id: "c".into(),
+                client_seq: seq,
+                schema_version: String::new(),
+                timestamp: TS,
+                auth: auth(),
+                op: Op::Run { source: src },
+            };
+            let at = ex.position().unwrap() + 1;
+            let out = ex.commit(&c, at).unwrap();
+            assert!(matches!(out, Outcome::Committed { .. }), "{out:?}");
+        };
+        // 17 documents a partition: counted one partition at a time and rounded up
+        // each time, they would cost more steps than counted together.
+        for room in readable.iter().chain(hidden) {
+            run(format!(
+                "range(17).map(i => Msg.create({{ room: {room:?} }})).length()"
+            ));
+        }
+        run(r#"Other.create({ room: "c+" })"#.into());
+        let ex = &ex;
+        let ask = |fuel: u64| {
+            let limits = Limits {
+                fuel,
+                ..Limits::default()
+            };
+            query(ex.store(), ex.schema(), count, &auth(), NOW, &limits)
+        };
+        assert_eq!(ask(1_000_000), Ok(Value::Int(51)), "hidden {hidden:?}");
+        // The least fuel that answers (it runs out below it).
+        let (mut lo, mut hi) = (0u64, 10_000u64);
+        while lo + 1 < hi {
+            let mid = (lo + hi) / 2;
+            match ask(mid) {
+                // Never a count cut short by the fuel.
+                Ok(v) => {
+                    assert_eq!(v, Value::Int(51), "hidden {hidden:?}, fuel {mid}");
+                    hi = mid;
+                }
+                Err(e) => {
+                    assert_eq!(e.code, ErrorCode::FuelExhausted, "hidden {hidden:?}");
+                    lo = mid;
+                }
+            }
+        }
+        answers.push((hidden, hi));
+    }
+    let alone = answers[0].1;
+    for (hidden, least) in &answers {
+        assert_eq!(*least, alone, "hidden {hidden:?}: {answers:?}");
+    }
+}
+
 #[test]
 fn collection_create() {
     let mut db = Db::new();

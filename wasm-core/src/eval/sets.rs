@@ -12,6 +12,7 @@
 //! before its partition has been found readable.
 
 use std::cmp::Ordering;
+use std::ops::Bound;
 use std::rc::Rc;
 
 use base64::Engine as _;
@@ -643,12 +644,16 @@ impl<'a> Evaluator<'a> {
     }
 
     /// `count()` of a whole collection in a query, from keys alone: the `V` space
-    /// lists every partition the collection has documents in; for each one the read
-    /// rule allows, the partition's membership keys (`P partition coll`) are counted
-    /// (a store may count a range without reading it, as IndexedDB does), and no
-    /// document is read or decoded. The answer is the scan's (the documents the caller
-    /// may read); the fuel is one per partition visited and, in each partition, one per
-    /// [`COUNTED_KEYS_PER_STEP`] documents counted (rounded up).
+    /// lists every partition the collection has documents in, and no document is read
+    /// or decoded. When the read rule allows every one of them (a client's replica holds
+    /// only what it may read), the collection's document keys (`D coll`) are counted in
+    /// one go; otherwise, from the first partition the rule hides on, each readable
+    /// partition's membership keys (`P partition coll`) are counted, the ones passed
+    /// before it included. A store may count a range without reading it, as IndexedDB
+    /// does. The answer is the scan's (the documents the caller may read); the fuel is
+    /// one per readable partition, plus one per [`COUNTED_KEYS_PER_STEP`] documents of
+    /// the total (rounded up), the same on both ways: what the caller may not read
+    /// changes neither the answer nor the fuel.
     /// Queries only: transactions run on the server too, where the partitions are all
     /// of everyone's, so there they keep the scan, charged per document.
     fn count_collection(&mut self, s: &SetQ) -> Result<Option<i64>, Error> {
@@ -671,8 +676,13 @@ impl<'a> Evaluator<'a> {
         if let Some(r) = &mut self.reads {
             r.collections.insert(collection.clone());
         }
+        let versions = KeyRange::prefix(&[keys::SPACE_VERSION]);
         let mut total = 0u64;
-        let mut next = Some(KeyRange::prefix(&[keys::SPACE_VERSION]));
+        // Until a partition is hidden, the readable ones are only noted (`any`): the
+        // collection's keys count them all at the end.
+        let mut whole = true;
+        let mut any = false;
+        let mut next = Some(versions.clone());
         while let Some(r) = next {
             let (page, rest) = self.view.scan_page(&r, false, PAGE)?;
             next = rest;
@@ -687,29 +697,66 @@ impl<'a> Evaluator<'a> {
                     self.hidden_work(1)?;
                     if self.explain.is_some() {
                         // Explaining only: how many the partition hid (no fuel spent).
-                        let mut members = keys::partition_prefix(&p);
-                        keys::push_str(&mut members, collection);
-                        let n = self.view.count(&KeyRange::prefix(&members), u64::MAX)?;
+                        let n = self.view.count(&members_of(&p, collection), u64::MAX)?;
                         if let Some(x) = &mut self.explain {
                             x.invisible(collection, n);
+                        }
+                    }
+                    if whole {
+                        // The readable partitions passed so far, one by one (their
+                        // keys were paid for when they were passed).
+                        whole = false;
+                        let before = KeyRange {
+                            start: versions.start.clone(),
+                            end: Bound::Excluded(k.clone()),
+                        };
+                        let mut next = Some(before);
+                        while let Some(r) = next {
+                            let (page, rest) = self.view.scan_page(&r, false, PAGE)?;
+                            next = rest;
+                            for (k, _) in page {
+                                let (p, c) = keys::parse_version_key(&k)?;
+                                if c == *collection {
+                                    total = self.count_more(total, &members_of(&p, collection))?;
+                                }
+                            }
                         }
                     }
                     continue;
                 }
                 self.charge(1)?;
-                let mut members = keys::partition_prefix(&p);
-                keys::push_str(&mut members, collection);
-                // Counting stops once the count is more than the fuel left can pay for.
-                let limit = self
-                    .fuel
-                    .saturating_mul(COUNTED_KEYS_PER_STEP)
-                    .saturating_add(1);
-                let n = self.view.count(&KeyRange::prefix(&members), limit)?;
-                self.charge(n.div_ceil(COUNTED_KEYS_PER_STEP))?;
-                total += n;
+                if whole {
+                    any = true;
+                } else {
+                    total = self.count_more(total, &members_of(&p, collection))?;
+                }
             }
         }
+        if whole && any {
+            total = self.count_more(total, range)?;
+        }
         Ok(Some(total as i64))
+    }
+
+    /// `total` plus the keys in `range`, paying one step per [`COUNTED_KEYS_PER_STEP`]
+    /// of the running total: counting stops once the count is more than the fuel left
+    /// can pay for.
+    fn count_more(&mut self, total: u64, range: &KeyRange) -> Result<u64, Error> {
+        // What the fuel left pays for, and what the last step paid already covers.
+        let paid_ahead = total.next_multiple_of(COUNTED_KEYS_PER_STEP) - total;
+        let limit = self
+            .fuel
+            .saturating_mul(COUNTED_KEYS_PER_STEP)
+            .saturating_add(paid_ahead)
+            .saturating_add(1);
+        let n = self.view.count(range, limit)?;
+        if n == limit {
+            // Cut short: more than the fuel left pays for, whatever the total's rounding.
+            self.charge(u64::MAX)?;
+        }
+        let after = total.saturating_add(n);
+        self.charge(after.div_ceil(COUNTED_KEYS_PER_STEP) - total.div_ceil(COUNTED_KEYS_PER_STEP))?;
+        Ok(after)
     }
 
     fn paginate(
@@ -1142,4 +1189,11 @@ fn bad_cursor() -> Error {
         ErrorCode::InvalidArgument,
         "the cursor does not belong to this query",
     )
+}
+
+/// A partition's membership keys of one collection: `P partition coll`.
+fn members_of(partition: &str, collection: &str) -> KeyRange {
+    let mut members = keys::partition_prefix(partition);
+    keys::push_str(&mut members, collection);
+    KeyRange::prefix(&members)
 }
