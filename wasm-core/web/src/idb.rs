@@ -56,6 +56,7 @@ use web_sys::{
 
 use crate::filter::{self, Filter};
 use crate::migrations;
+use crate::pack;
 use crate::spans::{normalize, successor, End, Spans};
 use crate::wal::{self, Writes};
 
@@ -501,11 +502,7 @@ impl IdbStore {
                 .await
                 .map_err(|e| js_err("getAll", e))?
                 .unchecked_into();
-            entries.push(
-                (0..keys.length().min(values.length()))
-                    .map(|i| (bytes_of(&keys.get(i)), bytes_of(&values.get(i))))
-                    .collect(),
-            );
+            entries.push(pack::entries(&keys, &values));
         }
         complete(&tx).await.map_err(|e| js_err("open", e))?;
         Ok((epoch, found, entries))
@@ -667,14 +664,7 @@ impl IdbStore {
             ));
         }
         let meta = Uint8Array::new(&meta).to_vec();
-        let pages: Vec<(Vec<u8>, Vec<u8>)> = (0..keys.length())
-            .map(|i| {
-                (
-                    Uint8Array::new(&keys.get(i)).to_vec(),
-                    Uint8Array::new(&values.get(i)).to_vec(),
-                )
-            })
-            .collect();
+        let pages = pack::entries(&keys, &values);
         let filter = Filter::decode(
             &meta,
             pages.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
@@ -1839,6 +1829,9 @@ impl LoadJob {
         let mut out = LoadedData::default();
         let mut aheads = Vec::new();
         let mut doc_gets = Vec::new();
+        // The points' answers, taken into WebAssembly together at the end.
+        let mut point_keys = Vec::new();
+        let point_values = Array::new();
         let Some((store, _tx)) = &self.tx else {
             return Ok(out);
         };
@@ -1861,8 +1854,8 @@ impl LoadJob {
                 }
                 Req::Point(k, req) => {
                     let v = request(&req).await.map_err(|e| js_err("get", e))?;
-                    out.points
-                        .push((k, (!v.is_undefined()).then(|| bytes_of(&v))));
+                    point_keys.push(k);
+                    point_values.push(&v);
                 }
                 Req::Count(range, req) => {
                     let v = request(&req).await.map_err(|e| js_err("count", e))?;
@@ -1889,9 +1882,7 @@ impl LoadJob {
                             "IndexedDB returned keys and values of different lengths",
                         ));
                     }
-                    let entries: Vec<Entry> = (0..keys.length())
-                        .map(|i| (bytes_of(&keys.get(i)), bytes_of(&values.get(i))))
-                        .collect();
+                    let entries = pack::entries(&keys, &values);
                     if let (true, Some(doc_of)) = (docs, &self.doc_of) {
                         // Still inside the transaction: issued now, read below.
                         for (k, _) in &entries {
@@ -1923,11 +1914,17 @@ impl LoadJob {
                 }
             }
         }
+        out.points = point_keys
+            .into_iter()
+            .zip(pack::unpack(&point_values))
+            .collect();
+        let along = Array::new();
+        let mut along_keys = Vec::with_capacity(doc_gets.len());
         for (k, req) in doc_gets {
-            let v = request(&req).await.map_err(|e| js_err("get", e))?;
-            out.along
-                .push((k, (!v.is_undefined()).then(|| bytes_of(&v))));
+            along.push(&request(&req).await.map_err(|e| js_err("get", e))?);
+            along_keys.push(k);
         }
+        out.along = along_keys.into_iter().zip(pack::unpack(&along)).collect();
         for (range, keys, values) in aheads {
             let keys: Array = request(&keys)
                 .await
@@ -1937,9 +1934,7 @@ impl LoadJob {
                 .await
                 .map_err(|e| js_err("getAll", e))?
                 .unchecked_into();
-            let entries = (0..keys.length().min(values.length()))
-                .map(|i| (bytes_of(&keys.get(i)), bytes_of(&values.get(i))))
-                .collect();
+            let entries = pack::entries(&keys, &values);
             out.scans.push(ScanChunk {
                 range,
                 reverse: false,

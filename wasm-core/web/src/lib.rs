@@ -17,6 +17,8 @@ pub mod client;
 pub mod idb;
 #[cfg(target_arch = "wasm32")]
 mod migrations;
+#[cfg(target_arch = "wasm32")]
+pub mod pack;
 
 #[cfg(target_arch = "wasm32")]
 pub use client::Warren;

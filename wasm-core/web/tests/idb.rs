@@ -779,3 +779,31 @@ async fn a_key_two_loads_bring_counts_for_both() {
     s.close();
     IdbStore::delete(name).await.unwrap();
 }
+
+/// Loads take IndexedDB's answers into WebAssembly in one copy (`pack`): every kind of
+/// element IndexedDB gives (an `ArrayBuffer` key, a `Uint8Array` value, a view into a
+/// larger buffer, an empty one, `undefined` for an absent key) keeps its bytes.
+#[wasm_bindgen_test]
+fn packed_answers_keep_every_element() {
+    use js_sys::{Array, ArrayBuffer, Uint8Array};
+    let whole = Uint8Array::from(&[9u8, 1, 2, 3, 9][..]);
+    let items = Array::new();
+    items.push(&Uint8Array::from(&b"key"[..]).buffer());
+    items.push(&Uint8Array::from(&[0u8, 255, 7][..]));
+    items.push(&whole.subarray(1, 4));
+    items.push(&wasm_bindgen::JsValue::UNDEFINED);
+    items.push(&ArrayBuffer::new(0));
+    items.push(&Uint8Array::new_with_length(0));
+    assert_eq!(
+        warren_web::pack::unpack(&items),
+        vec![
+            Some(b"key".to_vec()),
+            Some(vec![0, 255, 7]),
+            Some(vec![1, 2, 3]),
+            None,
+            Some(Vec::new()),
+            Some(Vec::new()),
+        ]
+    );
+    assert!(warren_web::pack::unpack(&Array::new()).is_empty());
+}
