@@ -18,8 +18,9 @@ use warren_core::storage::{Batch, Entry, KeyRange, MemoryStore, Storage};
 use warren_core::value::Value;
 use warren_core::{Error, ErrorCode};
 
-/// Reads through to a store, refusing documents when asked to, and keeping the page
-/// sizes scans ask for; it may say it is partial.
+/// Reads through to a store, refusing documents when asked to (a `get` or a `scan`
+/// of them; counting their keys is not reading them), and keeping the page sizes scans
+/// ask for; it may say it is partial.
 struct Watched<'a> {
     inner: &'a MemoryStore,
     refuse_docs: bool,
@@ -57,6 +58,11 @@ impl Storage for Watched<'_> {
         }
         self.limits.borrow_mut().push(limit);
         Ok(page)
+    }
+    /// A count of keys reads no document: the store counts them as it can (the
+    /// memory store walks its keys; IndexedDB counts without reading values).
+    fn count(&self, range: &KeyRange, limit: u64) -> Result<u64, Error> {
+        self.inner.count(range, limit)
     }
     fn apply(&mut self, _: Batch) -> Result<(), Error> {
         unreachable!("queries only read")
