@@ -9,6 +9,10 @@
 //!
 //! The buffer: for each element a little-endian `u32`, its length (`u32::MAX` for
 //! `undefined`, an absent key), then the elements' bytes one after another.
+//!
+//! Memory: while a load is taken in, its bytes are held twice in WebAssembly (the
+//! buffer, then each element's own copy) and once in JavaScript, for a moment; a load
+//! is bounded by the cache's sizing (`idb.rs`: chunks and read-ahead), so this is too.
 
 use js_sys::{Array, Uint8Array};
 use wasm_bindgen::prelude::wasm_bindgen;
