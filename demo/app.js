@@ -167,23 +167,33 @@ async function start(user) {
     }))`);
   boards.subscribe((teams) => {
     if (!teams) return;
+    // A board's add-task form is kept across renders (see `taskForm`); moving it
+    // takes its focus, which is given back.
+    const focused = document.activeElement;
+    const [start, end] = [focused?.selectionStart, focused?.selectionEnd];
     $("#boards").replaceChildren(
       ...(teams.length ? [] : [h("p", { class: "empty" }, "No boards yet: create one, or ask someone to add you to theirs.")]),
       ...teams.map((team) => renderBoard(db, user, team)),
     );
+    for (const id of taskForms.keys()) if (!teams.some((t) => t.id === id)) taskForms.delete(id);
+    if (focused?.isConnected && document.activeElement !== focused) {
+      focused.focus();
+      if (start != null) focused.setSelectionRange(start, end);
+    }
   });
   await boards.ready();
   document.body.dataset.ready = "true";
 }
 
-function renderBoard(db, user, team) {
-  const input = h("input", { placeholder: "New task", autocomplete: "off", required: true, maxlength: 200 });
-  return h(
-    "div",
-    { class: "board", "data-team": team.name },
-    h("h3", {}, team.name),
-    h("div", { class: "members" }, `members: ${team.members.join(", ")} · admin: ${team.admin}`),
-    h(
+// Each board's add-task form, by board id, kept across renders: a live update (a task
+// someone else added, a sync) re-renders the boards while the user may be typing, and
+// must not take what they typed.
+const taskForms = new Map();
+function taskForm(db, team) {
+  let form = taskForms.get(team.id);
+  if (!form) {
+    const input = h("input", { placeholder: "New task", autocomplete: "off", required: true, maxlength: 200 });
+    form = h(
       "form",
       {
         class: "add",
@@ -195,7 +205,19 @@ function renderBoard(db, user, team) {
       },
       input,
       h("button", {}, "Add"),
-    ),
+    );
+    taskForms.set(team.id, form);
+  }
+  return form;
+}
+
+function renderBoard(db, user, team) {
+  return h(
+    "div",
+    { class: "board", "data-team": team.name },
+    h("h3", {}, team.name),
+    h("div", { class: "members" }, `members: ${team.members.join(", ")} · admin: ${team.admin}`),
+    taskForm(db, team),
     h(
       "ul",
       { class: "items" },

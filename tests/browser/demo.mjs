@@ -118,6 +118,11 @@ try {
   await shot(ann, "3-ann-reloaded-offline");
 
   // 4. Back online: everything syncs once; bob sees it within a second of the reconnection.
+  // Meanwhile bob is typing a task on the board the sync re-renders: what he typed, and
+  // his focus, stay (a re-render used to replace the input, and a task typed while an
+  // update arrived was lost).
+  const bobInput = `${board("Launch")} input[placeholder="New task"]`;
+  await bob.fill(bobInput, "half-typed");
   const t0 = Date.now();
   await annCtx.setOffline(false);
   await until("ann's outbox to drain", async () => (await pending(ann)) === 0, 15000);
@@ -128,6 +133,9 @@ try {
   }, 5000);
   check(`bob sees the offline work within a second of ann's reconnection (synced in ${drained} ms, then ${bobSaw} ms)`,
     bobSaw <= 1000);
+  check("the update kept what bob was typing on that board, and his focus",
+    (await bob.$eval(bobInput, (e) => e.value === "half-typed" && document.activeElement === e)));
+  await bob.fill(bobInput, "");
   await shot(bob, "4-bob-after-sync");
 
   // 5. bob never sees ann's private list: not on screen, not in his IndexedDB.
