@@ -232,14 +232,13 @@ pub fn execute_metered(
 }
 
 fn check_input(v: &Value, limits: &Limits) -> Result<(), Error> {
-    // Depth first: measuring the size of a hostile value walks all of it.
-    if v.nests_deeper_than(MAX_VALUE_DEPTH) {
+    // Depth and size in one walk, which stops at a hostile value's first level too deep.
+    let Some(size) = v.encoded_len_within(MAX_VALUE_DEPTH) else {
         return Err(Error::new(
             ErrorCode::DepthExceeded,
             format!("the arguments nest deeper than {MAX_VALUE_DEPTH} levels"),
         ));
-    }
-    let size = v.encoded_len();
+    };
     if size > limits.max_args_bytes {
         return Err(Error::new(
             ErrorCode::ArgumentTooLarge,

@@ -306,20 +306,36 @@ impl Value {
     /// or object). Recurses at most `limit + 1` levels, so it is safe to call on any
     /// value, however deep.
     pub fn nests_deeper_than(&self, limit: usize) -> bool {
-        let children: Box<dyn Iterator<Item = &Value>> = match self {
-            Value::Array(a) => Box::new(a.iter()),
-            Value::Object(o) => Box::new(o.values()),
-            _ => return false,
-        };
-        if limit == 0 {
-            return true;
+        match self {
+            Value::Array(a) => limit == 0 || a.iter().any(|c| c.nests_deeper_than(limit - 1)),
+            Value::Object(o) => limit == 0 || o.values().any(|c| c.nests_deeper_than(limit - 1)),
+            _ => false,
         }
-        for c in children {
-            if c.nests_deeper_than(limit - 1) {
-                return true;
+    }
+
+    /// [`Value::encoded_len`], or `None` when the value nests deeper than `limit`
+    /// levels (as [`Value::nests_deeper_than`] says): one walk for both, which every
+    /// value a query builds takes.
+    pub fn encoded_len_within(&self, limit: usize) -> Option<usize> {
+        Some(match self {
+            Value::Array(a) => {
+                let inner = limit.checked_sub(1)?;
+                let mut n = 1 + varint_len(a.len() as u64);
+                for c in a {
+                    n += c.encoded_len_within(inner)?;
+                }
+                n
             }
-        }
-        false
+            Value::Object(o) => {
+                let inner = limit.checked_sub(1)?;
+                let mut n = 1 + varint_len(o.len() as u64);
+                for (k, v) in o {
+                    n += varint_len(k.len() as u64) + k.len() + v.encoded_len_within(inner)?;
+                }
+                n
+            }
+            scalar => scalar.encoded_len(),
+        })
     }
 
     /// JSON at the boundary. Bytes become `{"$bytes": "<base64>"}`; ints stay integers
@@ -754,6 +770,21 @@ mod tests {
             let e = v.encode();
             assert_eq!(e.len(), v.encoded_len(), "{v}");
             assert_eq!(Value::decode(&e).unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn length_within_a_depth_is_the_length_or_none_as_nesting_says() {
+        let mut values = sample();
+        // Nested three and four deep, mixed, with empty containers at the bottom.
+        let inner = obj([("a", Value::Array(vec![Value::Int(7), Value::Array(vec![])]))]);
+        values.push(Value::Array(vec![inner.clone(), Value::from("x")]));
+        values.push(obj([("k", Value::Array(vec![inner])), ("z", Value::Null)]));
+        for v in values {
+            for limit in 0..6 {
+                let want = (!v.nests_deeper_than(limit)).then(|| v.encoded_len());
+                assert_eq!(v.encoded_len_within(limit), want, "{v} within {limit}");
+            }
         }
     }
 

@@ -538,13 +538,12 @@ impl<'a> Evaluator<'a> {
     /// Checks a value the program built: nesting, size, and fuel in proportion to its
     /// size.
     pub(crate) fn check_built(&mut self, v: &Value) -> Result<(), Error> {
-        if v.nests_deeper_than(MAX_VALUE_DEPTH) {
+        let Some(n) = v.encoded_len_within(MAX_VALUE_DEPTH) else {
             return Err(err(
                 ErrorCode::DepthExceeded,
                 format!("a value nests deeper than {MAX_VALUE_DEPTH} levels"),
             ));
-        }
-        let n = v.encoded_len();
+        };
         self.charge(n as u64 / 64)?;
         if n > self.limits.max_value_bytes {
             return Err(err(
@@ -1042,8 +1041,20 @@ impl<'a> Evaluator<'a> {
                         + meter::entry_extra("id", first)
                         + meter::string_cost(d.id.len() as u64),
                 )?;
-                let mut o = write::visible(self.coll(&d.collection)?, data)?;
-                o.insert("id".into(), Value::String(d.id.clone()));
+                let coll = self.coll(&d.collection)?;
+                // A document nobody else holds (one a scan just read) gives its fields up
+                // rather than having them copied; what it paid is released after, as
+                // when it is dropped.
+                let (mut o, id, _held) = match Rc::try_unwrap(d) {
+                    Ok(Doc {
+                        id, stored, paid, ..
+                    }) => match stored.data {
+                        Value::Object(o) => (write::visible_owned(coll, o)?, id, Some(paid)),
+                        other => (write::visible(coll, &other)?, id, Some(paid)),
+                    },
+                    Err(d) => (write::visible(coll, &d.stored.data)?, d.id.clone(), None),
+                };
+                o.insert("id".into(), Value::String(id));
                 Ok(Owned {
                     value: Value::Object(o),
                     paid,

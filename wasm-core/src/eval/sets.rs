@@ -771,7 +771,10 @@ impl<'a> Evaluator<'a> {
         };
         let mut data = Vec::new();
         let mut paid = self.pay(2 * SLOT + crate::value::MEM_OBJECT + 2 * 112)?;
-        let mut last: Option<String> = None;
+        // Where the last element stands (`k` and its key, or `s` and its encoded sort
+        // value): the page's cursor is made of it once, at the end. Each element pays
+        // for the cursor it would make, as if it were the last.
+        let mut last: Option<(char, Vec<u8>)> = None;
         let mut more = false;
         self.drive(&resumed, &mut |ev, v, at| {
             if data.len() as u64 == size {
@@ -786,12 +789,21 @@ impl<'a> Evaluator<'a> {
                 At::Sorted(v) => 1 + (v.encoded_len()).div_ceil(3) * 4,
             };
             let _cursor = ev.pay(string_cost(cursor_len as u64))?;
-            last = Some(match at {
-                At::Key(k) => format!("k{}", b64(k)),
-                At::Sorted(v) => format!("s{}", b64(&v.encode())),
-            });
+            let (tag, bytes) = last.get_or_insert_with(|| ('k', Vec::new()));
+            bytes.clear();
+            match at {
+                At::Key(k) => {
+                    *tag = 'k';
+                    bytes.extend_from_slice(k);
+                }
+                At::Sorted(v) => {
+                    *tag = 's';
+                    v.encode_into(bytes);
+                }
+            }
             Ok(true)
         })?;
+        let last = last.map(|(tag, bytes)| format!("{tag}{}", b64(&bytes)));
         if let Some(c) = &last {
             paid.more(c.len() as u64)?;
         }

@@ -55,7 +55,14 @@ fn no_text_fields(
 /// A document's fields as programs and rules see them: each text field as its string
 /// (`""` for one never edited, as `doc.field` reads it).
 pub(super) fn visible(coll: &Collection, data: &Value) -> Result<crate::value::Object, Error> {
-    let mut o = data.as_object().cloned().unwrap_or_default();
+    visible_owned(coll, data.as_object().cloned().unwrap_or_default())
+}
+
+/// [`visible`], of fields the caller owns (no copy of them).
+pub(super) fn visible_owned(
+    coll: &Collection,
+    mut o: crate::value::Object,
+) -> Result<crate::value::Object, Error> {
     for f in &coll.text_fields {
         let s = crate::ytext::stored(o.get(f).unwrap_or(&Value::Null))?
             .text

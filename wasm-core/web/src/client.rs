@@ -46,82 +46,13 @@ use wasm_bindgen::JsCast;
 use web_sys::{BinaryType, WebSocket};
 
 use crate::idb::{IdbStore, Miss};
+use crate::json::json_text;
 
 /// A JavaScript `Error` with a stable `code` property.
 fn js_error(e: &Error) -> JsValue {
     let err = js_sys::Error::new(&e.message);
     let _ = js_sys::Reflect::set(&err, &"code".into(), &e.code.as_str().into());
     err.into()
-}
-
-/// A value as JSON text, as `Value::to_json` makes it (`{"$bytes": base64}` for bytes),
-/// written directly: one pass, no intermediate tree.
-pub fn json_text(v: &Value) -> String {
-    let mut out = String::new();
-    write_json(v, &mut out);
-    out
-}
-
-fn write_json(v: &Value, out: &mut String) {
-    use std::fmt::Write;
-    match v {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Int(i) => {
-            let _ = write!(out, "{i}");
-        }
-        // Floats are always finite; `{:?}` is the shortest text that reads back.
-        Value::Float(f) => {
-            let _ = write!(out, "{f:?}");
-        }
-        Value::String(s) => write_str(s, out),
-        Value::Bytes(_) => {
-            let j = v.to_json();
-            out.push_str(&j.to_string());
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, x) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_json(x, out);
-            }
-            out.push(']');
-        }
-        Value::Object(fields) => {
-            out.push('{');
-            for (i, (k, x)) in fields.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_str(k, out);
-                out.push(':');
-                write_json(x, out);
-            }
-            out.push('}');
-        }
-    }
-}
-
-fn write_str(s: &str, out: &mut String) {
-    use std::fmt::Write;
-    out.reserve(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// A value as JavaScript sees it: its JSON form, parsed by the JavaScript engine.

@@ -4,10 +4,11 @@
 //! edge: the IndexedDB backend of the engine's storage trait (with its numbered schema
 //! migrations), and [`Warren`], the JavaScript binding: the engine's replica on
 //! IndexedDB, synced over a WebSocket, in a dedicated worker or on the page. The pure
-//! parts of the backend (the cache's spans, the key filter) build everywhere and are
+//! parts (the cache's spans, the key filter, the JSON writer) build everywhere and are
 //! tested natively; the rest only on wasm32.
 
 pub mod filter;
+pub mod json;
 pub mod spans;
 pub mod wal;
 
