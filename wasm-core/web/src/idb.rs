@@ -1043,69 +1043,44 @@ impl IdbStore {
             .transaction_with_str(KV)
             .map_err(|e| js_err("read transaction", e))?;
         let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
-        let mut reqs = Vec::with_capacity(plan.len());
+        // A family read ahead is counted first. A miss inside it waits for the count:
+        // when the family is small enough to be read whole, that read answers the miss
+        // too (reading it as well would read the same entries twice); otherwise the
+        // miss is read then, in the same transaction.
+        let mut deferred: Vec<Vec<(Miss, usize)>> = families.iter().map(|_| Vec::new()).collect();
+        let mut reqs = Vec::with_capacity(plan.len() + families.len());
+        let mut issued = Vec::with_capacity(plan.len());
         for m in plan {
-            match m {
-                Miss::Point(k) => {
-                    let r = store.get(&key(&k)).map_err(|e| js_err("get", e))?;
-                    reqs.push(Req::Point(k, r));
-                }
-                Miss::Count(range) => {
-                    let r = store
-                        .count_with_key(&idb_range(&range)?)
-                        .map_err(|e| js_err("count", e))?;
-                    reqs.push(Req::Count(range, r));
-                }
+            let n = match &m {
                 Miss::Scan {
                     range,
                     reverse,
                     limit,
-                } => {
-                    let n = self.chunk(&range, reverse, limit);
-                    let q = idb_range(&range)?;
-                    if n == usize::MAX {
-                        let keys = store.get_all_keys_with_key(&q);
-                        let values = store.get_all_with_key(&q);
-                        reqs.push(Req::All {
-                            range,
-                            limit: n,
-                            keys: keys.map_err(|e| js_err("getAllKeys", e))?,
-                            values: values.map_err(|e| js_err("getAll", e))?,
-                            docs: false,
-                        });
-                    } else if !reverse {
-                        let keys = store.get_all_keys_with_key_and_limit(&q, n as u32);
-                        let values = store.get_all_with_key_and_limit(&q, n as u32);
-                        // A limited scan of an index: its documents come along.
-                        let docs = n < LIMITED
-                            && matches!(&range.start, Bound::Included(k) | Bound::Excluded(k) if k.first() == Some(&b'I'));
-                        reqs.push(Req::All {
-                            range,
-                            limit: n,
-                            keys: keys.map_err(|e| js_err("getAllKeys", e))?,
-                            values: values.map_err(|e| js_err("getAll", e))?,
-                            docs,
-                        });
-                    } else {
-                        let cursor = store
-                            .open_cursor_with_range_and_direction(&q, IdbCursorDirection::Prev)
-                            .map_err(|e| js_err("openCursor", e))?;
-                        reqs.push(Req::Prev {
-                            range,
-                            limit: n,
-                            cursor,
-                        });
-                    }
-                }
+                } => self.chunk(range, *reverse, *limit),
+                _ => 0,
+            };
+            let within = families.iter().position(|f| match &m {
+                Miss::Point(k) => KeyRange::prefix(f).contains(k),
+                Miss::Scan { range, .. } => n >= LIMITED && range_within(range, f),
+                Miss::Count(_) => false,
+            });
+            match within {
+                Some(i) => deferred[i].push((m, n)),
+                None => issued.push(issue(&store, m, n)?),
             }
         }
-        for f in families {
+        for (f, deferred) in families.into_iter().zip(deferred) {
             let range = KeyRange::prefix(&f);
             let count = store
                 .count_with_key(&idb_range(&range)?)
                 .map_err(|e| js_err("count", e))?;
-            reqs.push(Req::Ahead { range, count });
+            reqs.push(Req::Ahead {
+                range,
+                count,
+                deferred,
+            });
         }
+        reqs.extend(issued);
         let mut s = self.stats.borrow_mut();
         s.load_transactions += 1;
         s.load_requests += reqs.len() as u64;
@@ -1755,11 +1730,66 @@ fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     }
 }
 
+/// Issues the read of miss `m` (`n`: how many entries, for a scan; see
+/// [`IdbStore::chunk`]).
+fn issue(store: &web_sys::IdbObjectStore, m: Miss, n: usize) -> Result<Req, Error> {
+    Ok(match m {
+        Miss::Point(k) => {
+            let r = store.get(&key(&k)).map_err(|e| js_err("get", e))?;
+            Req::Point(k, r)
+        }
+        Miss::Count(range) => {
+            let r = store
+                .count_with_key(&idb_range(&range)?)
+                .map_err(|e| js_err("count", e))?;
+            Req::Count(range, r)
+        }
+        Miss::Scan { range, reverse, .. } => {
+            let q = idb_range(&range)?;
+            if n == usize::MAX {
+                let keys = store.get_all_keys_with_key(&q);
+                let values = store.get_all_with_key(&q);
+                Req::All {
+                    range,
+                    limit: n,
+                    keys: keys.map_err(|e| js_err("getAllKeys", e))?,
+                    values: values.map_err(|e| js_err("getAll", e))?,
+                    docs: false,
+                }
+            } else if !reverse {
+                let keys = store.get_all_keys_with_key_and_limit(&q, n as u32);
+                let values = store.get_all_with_key_and_limit(&q, n as u32);
+                // A limited scan of an index: its documents come along.
+                let docs = n < LIMITED
+                    && matches!(&range.start, Bound::Included(k) | Bound::Excluded(k) if k.first() == Some(&b'I'));
+                Req::All {
+                    range,
+                    limit: n,
+                    keys: keys.map_err(|e| js_err("getAllKeys", e))?,
+                    values: values.map_err(|e| js_err("getAll", e))?,
+                    docs,
+                }
+            } else {
+                let cursor = store
+                    .open_cursor_with_range_and_direction(&q, IdbCursorDirection::Prev)
+                    .map_err(|e| js_err("openCursor", e))?;
+                Req::Prev {
+                    range,
+                    limit: n,
+                    cursor,
+                }
+            }
+        }
+    })
+}
+
 enum Req {
-    /// A family's count; the family itself, if it is small enough.
+    /// A family's count; the family itself, if it is small enough, or else the misses
+    /// inside it, read once the count is known.
     Ahead {
         range: KeyRange,
         count: IdbRequest,
+        deferred: Vec<(Miss, usize)>,
     },
     Point(Vec<u8>, IdbRequest),
     All {
@@ -1835,12 +1865,22 @@ impl LoadJob {
         let Some((store, _tx)) = &self.tx else {
             return Ok(out);
         };
-        for r in self.reqs {
+        let mut reqs: VecDeque<Req> = self.reqs.into();
+        while let Some(r) = reqs.pop_front() {
             match r {
-                Req::Ahead { range, count } => {
+                Req::Ahead {
+                    range,
+                    count,
+                    deferred,
+                } => {
                     let n = request(&count).await.map_err(|e| js_err("count", e))?;
                     let n = n.as_f64().unwrap_or(f64::MAX);
-                    if n <= self.ahead_max as f64 {
+                    if n > self.ahead_max as f64 {
+                        // Too big to read whole: the misses inside it are read instead.
+                        for (m, n) in deferred {
+                            reqs.push_back(issue(store, m, n)?);
+                        }
+                    } else {
                         // Still inside the transaction: its requests are pending.
                         let q = idb_range(&range)?;
                         let keys = store
