@@ -51,7 +51,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
     IdbCursorDirection, IdbCursorWithValue, IdbDatabase, IdbFactory, IdbKeyRange, IdbOpenDbRequest,
-    IdbRequest, IdbTransaction, IdbTransactionMode,
+    IdbRequest, IdbRequestReadyState, IdbTransaction, IdbTransactionMode,
 };
 
 use crate::filter::{self, Filter};
@@ -115,6 +115,14 @@ pub fn js_err(what: &str, e: JsValue) -> Error {
 /// Awaits an IndexedDB request's result (its error, if it failed). The request's own
 /// handlers resolve the promise: no closure is made or leaked per request.
 async fn request(req: &IdbRequest) -> Result<JsValue, JsValue> {
+    // Answered already (its event went by before anyone listened: a load awaits its
+    // requests in its own order, not always in the order they were made).
+    if req.ready_state() == IdbRequestReadyState::Done {
+        return match req.error() {
+            Ok(Some(e)) => Err(e.into()),
+            _ => req.result(),
+        };
+    }
     let p = Promise::new(&mut |resolve, reject| {
         req.set_onsuccess(Some(&resolve));
         req.set_onerror(Some(&reject));
@@ -1049,7 +1057,7 @@ impl IdbStore {
         // miss is read then, in the same transaction.
         let mut deferred: Vec<Vec<(Miss, usize)>> = families.iter().map(|_| Vec::new()).collect();
         let mut reqs = Vec::with_capacity(plan.len() + families.len());
-        let mut issued = Vec::with_capacity(plan.len());
+        let mut now_read = Vec::with_capacity(plan.len());
         for m in plan {
             let n = match &m {
                 Miss::Scan {
@@ -1066,9 +1074,10 @@ impl IdbStore {
             });
             match within {
                 Some(i) => deferred[i].push((m, n)),
-                None => issued.push(issue(&store, m, n)?),
+                None => now_read.push((m, n)),
             }
         }
+        // Made in the order they are awaited: the counts, then the reads.
         for (f, deferred) in families.into_iter().zip(deferred) {
             let range = KeyRange::prefix(&f);
             let count = store
@@ -1080,7 +1089,9 @@ impl IdbStore {
                 deferred,
             });
         }
-        reqs.extend(issued);
+        for (m, n) in now_read {
+            reqs.push(issue(&store, m, n)?);
+        }
         let mut s = self.stats.borrow_mut();
         s.load_transactions += 1;
         s.load_requests += reqs.len() as u64;
