@@ -718,20 +718,24 @@ impl<'a> Reader<'a> {
                 if n > 0 {
                     self.spend(MEM_OBJECT)?;
                 }
-                let mut o = Object::new();
-                let mut last: Option<String> = None;
+                // The entries in order, then the map built from them at once (keys
+                // ascending: no search per key). Grown as entries are paid for, never
+                // sized by the length the bytes claim.
+                let mut entries: Vec<(String, Value)> = Vec::with_capacity(n.min(16));
                 for _ in 0..n {
                     self.spend(MEM_ENTRY)?;
                     let k = self.string_paid()?;
                     // Canonical means one encoding per value: keys strictly ascending.
-                    if last.as_ref().is_some_and(|l| l.as_bytes() >= k.as_bytes()) {
+                    if entries
+                        .last()
+                        .is_some_and(|(l, _)| l.as_bytes() >= k.as_bytes())
+                    {
                         return Err(corrupt("object keys out of order"));
                     }
                     let v = self.value(depth + 1)?;
-                    last = Some(k.clone());
-                    o.insert(k, v);
+                    entries.push((k, v));
                 }
-                Value::Object(o)
+                Value::Object(entries.into_iter().collect())
             }
             t => return Err(corrupt(&format!("unknown tag {t:#04x}"))),
         })
