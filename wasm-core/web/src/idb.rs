@@ -1787,7 +1787,7 @@ fn issue(store: &web_sys::IdbObjectStore, m: Miss, n: usize) -> Result<Req, Erro
                 Req::Prev {
                     range,
                     limit: n,
-                    cursor,
+                    walk: PrevWalk::start(cursor, n),
                 }
             }
         }
@@ -1814,7 +1814,7 @@ enum Req {
     Prev {
         range: KeyRange,
         limit: usize,
-        cursor: IdbRequest,
+        walk: PrevWalk,
     },
     Count(KeyRange, IdbRequest),
 }
@@ -1950,12 +1950,8 @@ impl LoadJob {
                         entries,
                     });
                 }
-                Req::Prev {
-                    range,
-                    limit,
-                    cursor,
-                } => {
-                    let entries = collect_prev(&cursor, limit).await?;
+                Req::Prev { range, limit, walk } => {
+                    let entries = walk.entries().await?;
                     out.scans.push(ScanChunk {
                         range,
                         reverse: true,
@@ -1997,74 +1993,107 @@ impl LoadJob {
     }
 }
 
-/// Walks a reverse cursor for up to `limit` entries.
-async fn collect_prev(req: &IdbRequest, limit: usize) -> Result<Vec<Entry>, Error> {
-    let out: Rc<RefCell<Vec<Entry>>> = Rc::default();
-    let failed: Rc<Cell<bool>> = Rc::default();
-    let (done_tx, done_rx) = oneshot::channel::<()>();
-    let done_tx = Rc::new(RefCell::new(Some(done_tx)));
-    let step = {
-        let req = req.clone();
-        let out = out.clone();
-        let failed = failed.clone();
-        let done_tx = done_tx.clone();
-        Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| {
-            let finish = || {
+/// A reverse cursor's walk for up to `limit` entries. Its handlers are attached when
+/// the cursor is opened: a cursor moves on only from its own success event (the
+/// transaction is active then and only then), so a walk that began listening late,
+/// after an event had gone by, would wait for ever. [`PrevWalk::entries`] awaits it.
+struct PrevWalk {
+    req: IdbRequest,
+    out: Rc<RefCell<Vec<Entry>>>,
+    failed: Rc<Cell<bool>>,
+    done: oneshot::Receiver<()>,
+    /// Kept alive while the walk runs; dropped (and the handlers cleared) after it.
+    handlers: [Closure<dyn FnMut(web_sys::Event)>; 2],
+}
+
+impl PrevWalk {
+    fn start(req: IdbRequest, limit: usize) -> PrevWalk {
+        let out: Rc<RefCell<Vec<Entry>>> = Rc::default();
+        let failed: Rc<Cell<bool>> = Rc::default();
+        let (done_tx, done) = oneshot::channel::<()>();
+        let done_tx = Rc::new(RefCell::new(Some(done_tx)));
+        let finish = {
+            let done_tx = done_tx.clone();
+            move || {
                 if let Some(t) = done_tx.borrow_mut().take() {
                     let _ = t.send(());
                 }
-            };
-            let cursor = match req.result() {
-                Ok(c) if !c.is_null() && !c.is_undefined() => {
-                    c.unchecked_into::<IdbCursorWithValue>()
-                }
-                Ok(_) => return finish(),
-                Err(_) => {
-                    failed.set(true);
-                    return finish();
-                }
-            };
-            match (cursor.key(), cursor.value()) {
-                (Ok(k), Ok(v)) => out.borrow_mut().push((bytes_of(&k), bytes_of(&v))),
-                _ => {
-                    failed.set(true);
-                    return finish();
-                }
             }
-            if out.borrow().len() >= limit || cursor.continue_().is_err() {
+        };
+        let step = {
+            let req = req.clone();
+            let out = out.clone();
+            let failed = failed.clone();
+            let finish = finish.clone();
+            Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| {
+                let cursor = match req.result() {
+                    Ok(c) if !c.is_null() && !c.is_undefined() => {
+                        c.unchecked_into::<IdbCursorWithValue>()
+                    }
+                    Ok(_) => return finish(),
+                    Err(_) => {
+                        failed.set(true);
+                        return finish();
+                    }
+                };
+                match (cursor.key(), cursor.value()) {
+                    (Ok(k), Ok(v)) => out.borrow_mut().push((bytes_of(&k), bytes_of(&v))),
+                    _ => {
+                        failed.set(true);
+                        return finish();
+                    }
+                }
+                if out.borrow().len() >= limit || cursor.continue_().is_err() {
+                    finish();
+                }
+            })
+        };
+        let fail = {
+            let failed = failed.clone();
+            Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| {
+                failed.set(true);
                 finish();
-            }
-        })
-    };
-    let fail = {
-        let failed = failed.clone();
-        let done_tx = done_tx.clone();
-        Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| {
-            failed.set(true);
-            if let Some(t) = done_tx.borrow_mut().take() {
-                let _ = t.send(());
-            }
-        })
-    };
-    req.set_onsuccess(Some(step.as_ref().unchecked_ref()));
-    req.set_onerror(Some(fail.as_ref().unchecked_ref()));
-    let _ = done_rx.await;
-    req.set_onsuccess(None);
-    req.set_onerror(None);
-    drop((step, fail));
-    if failed.get() {
-        return Err(js_err(
-            "openCursor",
-            req.error()
-                .ok()
-                .flatten()
-                .map(JsValue::from)
-                .unwrap_or(JsValue::UNDEFINED),
-        ));
+            })
+        };
+        req.set_onsuccess(Some(step.as_ref().unchecked_ref()));
+        req.set_onerror(Some(fail.as_ref().unchecked_ref()));
+        PrevWalk {
+            req,
+            out,
+            failed,
+            done,
+            handlers: [step, fail],
+        }
     }
-    Ok(Rc::try_unwrap(out)
-        .map(RefCell::into_inner)
-        .unwrap_or_default())
+
+    /// The entries, once the walk has ended (at `limit`, the range's start, or an
+    /// error).
+    async fn entries(self) -> Result<Vec<Entry>, Error> {
+        let PrevWalk {
+            req,
+            out,
+            failed,
+            done,
+            handlers,
+        } = self;
+        let _ = done.await;
+        req.set_onsuccess(None);
+        req.set_onerror(None);
+        drop(handlers);
+        if failed.get() {
+            return Err(js_err(
+                "openCursor",
+                req.error()
+                    .ok()
+                    .flatten()
+                    .map(JsValue::from)
+                    .unwrap_or(JsValue::UNDEFINED),
+            ));
+        }
+        Ok(Rc::try_unwrap(out)
+            .map(RefCell::into_inner)
+            .unwrap_or_default())
+    }
 }
 
 impl Storage for IdbStore {
@@ -2184,5 +2213,55 @@ impl Storage for IdbStore {
             self.dirty.insert(k, v);
         }
         Ok(())
+    }
+}
+
+#[cfg(all(test, target_arch = "wasm32"))]
+mod browser_tests {
+    use super::*;
+    use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
+
+    wasm_bindgen_test_configure!(run_in_browser);
+
+    /// A load awaits its requests in its own order: a reverse walk awaited after a
+    /// request made later (and so answered after the cursor's first entry) still
+    /// walks to its limit. It waited for ever when its handlers were attached only
+    /// once awaited.
+    #[wasm_bindgen_test]
+    async fn a_reverse_walk_awaited_late_still_walks() {
+        let name = "idb-unit-reverse-walk-late";
+        IdbStore::delete(name).await.unwrap();
+        let mut s = IdbStore::open(name).await.unwrap();
+        let mut b = Batch::default();
+        for i in 0..10u8 {
+            b.put(vec![b'a', i], vec![i]);
+        }
+        s.apply(b).unwrap();
+        s.flush().await.unwrap();
+        let tx = s.db.transaction_with_str(KV).unwrap();
+        let store = tx.object_store(KV).unwrap();
+        let miss = Miss::Scan {
+            range: KeyRange::prefix(b"a"),
+            reverse: true,
+            limit: 4,
+        };
+        let Req::Prev { walk, .. } = issue(&store, miss, 4).unwrap() else {
+            panic!("a limited reverse scan is a cursor walk");
+        };
+        let later = store.get(&key(&[b'a', 0])).unwrap();
+        request(&later).await.unwrap();
+        let got: Vec<u8> = walk
+            .entries()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| {
+                assert_eq!(k[1], v[0]);
+                k[1]
+            })
+            .collect();
+        assert_eq!(got, [9, 8, 7, 6]);
+        s.close();
+        IdbStore::delete(name).await.unwrap();
     }
 }
