@@ -534,6 +534,7 @@ impl Warren {
             set("flushes", s.flushes as f64);
             set("failedFlushes", s.failed_flushes as f64);
             set("applies", s.applies as f64);
+            set("writeRequests", s.write_requests as f64);
             set("unapplied", s.unapplied as f64);
             set("evictedBytes", s.evicted_bytes as f64);
             set("openDbMs", s.open_db_ms as f64);

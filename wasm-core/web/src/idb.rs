@@ -166,6 +166,25 @@ fn key(k: &[u8]) -> Uint8Array {
 }
 
 /// IndexedDB in this global scope (a page or a worker).
+/// Deletes `[first, last]` from `store`: one key, or every key of the range.
+fn delete_run(
+    store: &web_sys::IdbObjectStore,
+    (first, last): (&[u8], &[u8]),
+) -> Result<(), JsValue> {
+    if first == last {
+        store.delete(&key(first))?;
+    } else {
+        let r = IdbKeyRange::bound_with_lower_open_and_upper_open(
+            &key(first),
+            &key(last),
+            false,
+            false,
+        )?;
+        store.delete(&r)?;
+    }
+    Ok(())
+}
+
 fn factory() -> Result<IdbFactory, Error> {
     let global = js_sys::global();
     js_sys::Reflect::get(&global, &"indexedDB".into())
@@ -239,6 +258,9 @@ pub struct IdbStats {
     pub flushes: u64,
     pub failed_flushes: u64,
     pub applies: u64,
+    /// Writes the write transactions requested (a put, a delete of a key or of a run
+    /// of keys, a record, the records' deletion).
+    pub write_requests: u64,
     /// Evicted bytes, in all.
     pub evicted_bytes: u64,
     /// At open: opening (and upgrading) the database, then the one transaction that
@@ -1250,6 +1272,18 @@ impl IdbStore {
         self.cache_bytes += add;
     }
 
+    /// Whether IndexedDB holds no key strictly between `a` and `b` that is to stay: the
+    /// cache holds all of `[a, b]` exactly and none of it between them (a key deleted
+    /// there may still be in `kv`, which deleting it again does not change).
+    fn nothing_between(&self, a: &[u8], b: &[u8]) -> bool {
+        let between = (Bound::Excluded(a), Bound::Excluded(b));
+        self.cache.range::<[u8], _>(between).next().is_none()
+            && self.spans.borrow().holds_all(&KeyRange {
+                start: Bound::Included(a.to_vec()),
+                end: Bound::Included(b.to_vec()),
+            })
+    }
+
     fn cache_remove(&mut self, k: &[u8]) {
         if let Some(v) = self.cache.remove(k) {
             self.cache_bytes -= entry_bytes(k, &v);
@@ -1447,20 +1481,47 @@ impl IdbStore {
         // transaction complete in order), and the transaction cannot commit before
         // the writes after it complete: a changed epoch aborts it in time, and nothing
         // of it is kept.
+        let mut requests = 0u64;
         let issued = (|| -> Result<(), JsValue> {
             match record {
                 Some(n) => {
                     meta.put_with_key(&key(&wal::encode(&writes)), &key(&wal::key(n)))?;
+                    requests += 1;
                 }
                 None => {
+                    // A run of deletes with nothing held between them is one request
+                    // (an outbox's confirmed commits, a partition's documents).
+                    let mut run: Option<(&[u8], &[u8])> = None;
                     for (k, v) in &writes {
                         match v {
-                            Some(v) => store.put_with_key(&key(v), &key(k)).map(|_| ())?,
-                            None => store.delete(&key(k)).map(|_| ())?,
+                            Some(v) => {
+                                if let Some(r) = run.take() {
+                                    delete_run(&store, r)?;
+                                    requests += 1;
+                                }
+                                store.put_with_key(&key(v), &key(k))?;
+                                requests += 1;
+                            }
+                            None => {
+                                run = match run {
+                                    Some((a, b)) if self.nothing_between(b, k) => Some((a, k)),
+                                    Some(r) => {
+                                        delete_run(&store, r)?;
+                                        requests += 1;
+                                        Some((k, k))
+                                    }
+                                    None => Some((k, k)),
+                                };
+                            }
                         }
+                    }
+                    if let Some(r) = run {
+                        delete_run(&store, r)?;
+                        requests += 1;
                     }
                     for (k, v) in &filter_records {
                         meta.put_with_key(&key(v), &key(k))?;
+                        requests += 1;
                     }
                     if kind == Kind::Apply && self.wal_next > 0 {
                         let done = web_sys::IdbKeyRange::bound_with_lower_open_and_upper_open(
@@ -1470,11 +1531,13 @@ impl IdbStore {
                             true,
                         )?;
                         meta.delete(&done)?;
+                        requests += 1;
                     }
                 }
             }
             Ok(())
         })();
+        self.stats.borrow_mut().write_requests += requests;
         if let Err(e) = issued {
             let _ = tx.abort();
             // (An apply's: the records' writes too, which are newer than `kv`.)

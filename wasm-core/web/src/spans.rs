@@ -168,6 +168,15 @@ impl Spans {
         true
     }
 
+    /// Whether every key of `r` is held (without marking anything used).
+    pub fn holds_all(&self, r: &KeyRange) -> bool {
+        let Some((start, end)) = normalize(r) else {
+            return true;
+        };
+        self.holding(&start)
+            .is_some_and(|(_, span)| span.end.ge(&end))
+    }
+
     /// Whether key `k` is held.
     pub fn holds(&mut self, k: &[u8], now: u64) -> bool {
         let Some((_, span)) = self

@@ -856,3 +856,59 @@ fn packed_answers_keep_every_element() {
     );
     assert!(warren_web::pack::unpack(&Array::new()).is_empty());
 }
+
+/// A run of deletes with nothing held between them goes as one request; a key held
+/// between them, or keys never loaded, keep the run apart: IndexedDB then holds exactly
+/// what the store holds, the keys it never loaded included.
+#[wasm_bindgen_test]
+async fn a_run_of_deletes_is_one_request_and_keeps_what_lies_between() {
+    let name = "delete-runs";
+    let k = |i: u8| vec![b'k', i];
+    let mut s = fresh(name).await;
+    let mut b = Batch::default();
+    for i in 0..40 {
+        b.put(k(i), vec![i]);
+    }
+    s.apply(b).unwrap();
+    s.flush().await.unwrap();
+    s.close();
+    // Reopened, with only k0..k19 loaded.
+    let mut s = IdbStore::open(name).await.unwrap();
+    s.load(&KeyRange {
+        start: Bound::Included(k(0)),
+        end: Bound::Excluded(k(20)),
+    })
+    .await
+    .unwrap();
+    let mut b = Batch::default();
+    // Two runs, split by k10 (held, kept); k19 kept too.
+    for i in (1..10).chain(11..19) {
+        b.delete(k(i));
+    }
+    // Not loaded: k26, between these two, is still in IndexedDB.
+    b.delete(k(25));
+    b.delete(k(27));
+    s.apply(b).unwrap();
+    let before = s.stats().write_requests;
+    s.flush().await.unwrap();
+    let requests = s.stats().write_requests - before;
+    // A record, then its apply: two runs and two lone deletes, the records' deletion
+    // (and the key filter's pages, if any changed).
+    assert!(
+        (2..=8).contains(&requests),
+        "19 deletes took {requests} requests"
+    );
+    s.close();
+    let mut again = IdbStore::open(name).await.unwrap();
+    again.load_all().await.unwrap();
+    let held: Vec<u8> = again.cached().into_iter().map(|(key, _)| key[1]).collect();
+    let want: Vec<u8> = [0, 10]
+        .into_iter()
+        .chain(19..25)
+        .chain([26])
+        .chain(28..40)
+        .collect();
+    assert_eq!(held, want);
+    again.close();
+    IdbStore::delete(name).await.unwrap();
+}
