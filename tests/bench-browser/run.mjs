@@ -313,6 +313,7 @@ try {
 const k = (n) => n.toLocaleString("en-US");
 const ROWS = [
   ["bulkInsert", `bulk insert ${k(N)} docs (Warren: bulk())`, "dexie"],
+  ["bulkInsertReopen", `  same (${k(N)} more), right after a reopen`, "dexie"],
   ["singleInserts", `${k(N / 10)} single inserts, each durable before the next`, "dexie"],
   ["singleInsertsReopen", `  same, right after a reopen`, "dexie"],
   ["getById", `${k(N)} reads by id, one at a time`, "5x"],

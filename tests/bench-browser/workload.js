@@ -141,8 +141,9 @@ export async function singleInserts(db, user, from, singles) {
 /**
  * The main suite on a fresh database: a bulk insert, then every read workload warm
  * (right after the writes, the database open all along) and after closing and
- * reopening it (a fresh open on the same profile before each one), and single durable
- * inserts warm and after a reopen. `open()` gives a fresh handle on the same database.
+ * reopening it (a fresh open on the same profile before each one), single durable
+ * inserts warm and after a reopen, and a bulk insert of another `n` after a reopen.
+ * `open()` gives a fresh handle on the same database.
  */
 export async function suite(open, user, { n = 10_000, singles = 1_000, indexRepeats = 100 } = {}) {
   const t = {};
@@ -180,6 +181,16 @@ export async function suite(open, user, { n = 10_000, singles = 1_000, indexRepe
     await db.synced();
     t.singlesConfirmed = now() - s;
   }
+  // A bulk insert of another n right after a reopen.
+  await reopen();
+  const held = n + 2 * singles;
+  const more = makeDocs(user, held, held + n);
+  s = now();
+  await db.bulkInsert(more);
+  t.bulkInsertReopen = now() - s;
+  const c1 = await db.count();
+  if (c1 !== held + n) fail("bulk insert after a reopen: count after", c1);
+  if (db.synced) await db.synced();
   await db.close();
   return t;
 }
