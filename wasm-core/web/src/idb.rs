@@ -165,7 +165,6 @@ fn key(k: &[u8]) -> Uint8Array {
     Uint8Array::from(k)
 }
 
-/// IndexedDB in this global scope (a page or a worker).
 /// Deletes `[first, last]` from `store`: one key, or every key of the range.
 fn delete_run(
     store: &web_sys::IdbObjectStore,
@@ -185,6 +184,7 @@ fn delete_run(
     Ok(())
 }
 
+/// IndexedDB in this global scope (a page or a worker).
 fn factory() -> Result<IdbFactory, Error> {
     let global = js_sys::global();
     js_sys::Reflect::get(&global, &"indexedDB".into())
