@@ -155,13 +155,9 @@ impl Spans {
     }
 
     fn covers_norm(&mut self, start: &[u8], end: &End, now: u64) -> bool {
-        let Some((s, span)) = self.holding(start) else {
+        let Some(s) = self.holding_all(start, end).cloned() else {
             return false;
         };
-        if !span.end.ge(end) {
-            return false;
-        }
-        let s = s.clone();
         if let Some(span) = self.spans.get_mut(&s) {
             span.used = now;
         }
@@ -170,11 +166,13 @@ impl Spans {
 
     /// Whether every key of `r` is held (without marking anything used).
     pub fn holds_all(&self, r: &KeyRange) -> bool {
-        let Some((start, end)) = normalize(r) else {
-            return true;
-        };
-        self.holding(&start)
-            .is_some_and(|(_, span)| span.end.ge(&end))
+        normalize(r).is_none_or(|(start, end)| self.holding_all(&start, &end).is_some())
+    }
+
+    /// The start of the span holding every key from `start` to `end`, if one does.
+    fn holding_all(&self, start: &[u8], end: &End) -> Option<&Vec<u8>> {
+        let (s, span) = self.holding(start)?;
+        span.end.ge(end).then_some(s)
     }
 
     /// Whether key `k` is held.
