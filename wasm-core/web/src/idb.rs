@@ -47,6 +47,7 @@ use js_sys::{Array, Promise, Uint8Array};
 use warren_core::storage::{Batch, Entry, KeyRange, Storage};
 use warren_core::{Error, ErrorCode};
 use wasm_bindgen::closure::Closure;
+use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
@@ -502,15 +503,7 @@ impl IdbStore {
         let meta_reqs = Self::meta_requests(&meta)?;
         let mut ranges = Vec::with_capacity(preload.len());
         for r in preload {
-            let q = idb_range(r)?;
-            ranges.push((
-                store
-                    .get_all_keys_with_key(&q)
-                    .map_err(|e| js_err("getAllKeys", e))?,
-                store
-                    .get_all_with_key(&q)
-                    .map_err(|e| js_err("getAll", e))?,
-            ));
+            ranges.push(RangeRead::issue(&store, &idb_range(r)?, usize::MAX, false)?);
         }
         // Its answer comes first; the other requests keep the transaction open.
         let epoch = epoch_of(
@@ -523,16 +516,8 @@ impl IdbStore {
             .map_err(|e| js_err("write the epoch", e))?;
         let found = Self::meta_from(meta_reqs).await?;
         let mut entries = Vec::with_capacity(ranges.len());
-        for (keys, values) in ranges {
-            let keys: Array = request(&keys)
-                .await
-                .map_err(|e| js_err("getAllKeys", e))?
-                .unchecked_into();
-            let values: Array = request(&values)
-                .await
-                .map_err(|e| js_err("getAll", e))?
-                .unchecked_into();
-            entries.push(pack::entries(&keys, &values));
+        for read in ranges {
+            entries.push(read.entries().await?);
         }
         complete(&tx).await.map_err(|e| js_err("open", e))?;
         Ok((epoch, found, entries))
@@ -654,39 +639,26 @@ impl IdbStore {
     }
 
     /// The requests that read the backend's own records: the filter's meta record, its
-    /// pages' keys and values, the write-ahead records' keys and values.
-    fn meta_requests(store: &web_sys::IdbObjectStore) -> Result<[IdbRequest; 5], Error> {
+    /// pages, the write-ahead records.
+    fn meta_requests(store: &web_sys::IdbObjectStore) -> Result<MetaReads, Error> {
         let meta = store
             .get(&key(filter::META_KEY))
             .map_err(|e| js_err("get", e))?;
-        let mut out = vec![meta];
-        for prefix in [filter::PAGE_PREFIX, wal::PREFIX] {
-            let range = idb_range(&KeyRange::prefix(prefix))?;
-            out.push(
-                store
-                    .get_all_keys_with_key(&range)
-                    .map_err(|e| js_err("getAllKeys", e))?,
-            );
-            out.push(
-                store
-                    .get_all_with_key(&range)
-                    .map_err(|e| js_err("getAll", e))?,
-            );
-        }
-        Ok(out.try_into().expect("five requests"))
+        let read = |prefix: &[u8]| {
+            RangeRead::issue(
+                store,
+                &idb_range(&KeyRange::prefix(prefix))?,
+                usize::MAX,
+                false,
+            )
+        };
+        Ok((meta, read(filter::PAGE_PREFIX)?, read(wal::PREFIX)?))
     }
 
-    async fn meta_from(reqs: [IdbRequest; 5]) -> Result<(Filter, Replay), Error> {
-        let [meta, keys, values, wal_keys, wal_values] = reqs;
+    async fn meta_from((meta, pages, records): MetaReads) -> Result<(Filter, Replay), Error> {
         let meta = request(&meta).await.map_err(|e| js_err("get", e))?;
-        let all = |r: IdbRequest| async move {
-            request(&r)
-                .await
-                .map(|a| a.unchecked_into::<Array>())
-                .map_err(|e| js_err("getAll", e))
-        };
-        let (keys, values) = (all(keys).await?, all(values).await?);
-        let (wal_keys, wal_values) = (all(wal_keys).await?, all(wal_values).await?);
+        let pages = pages.entries().await?;
+        let records = records.entries().await?;
         if meta.is_undefined() {
             return Err(Error::new(
                 ErrorCode::Corrupt,
@@ -694,7 +666,6 @@ impl IdbStore {
             ));
         }
         let meta = Uint8Array::new(&meta).to_vec();
-        let pages = pack::entries(&keys, &values);
         let filter = Filter::decode(
             &meta,
             pages.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
@@ -702,10 +673,9 @@ impl IdbStore {
         .map_err(|e| Error::new(ErrorCode::Corrupt, format!("the key filter: {}", e.0)))?;
         // The records in order of their numbers (the keys' order).
         let mut replay = Replay::default();
-        for i in 0..wal_keys.length().min(wal_values.length()) {
-            let n = wal::number(&bytes_of(&wal_keys.get(i)))
+        for (k, record) in records {
+            let n = wal::number(&k)
                 .ok_or_else(|| Error::new(ErrorCode::Corrupt, "a write-ahead record's key"))?;
-            let record = bytes_of(&wal_values.get(i));
             wal::decode_into(&record, &mut replay.writes).map_err(|e| {
                 Error::new(
                     ErrorCode::Corrupt,
@@ -1820,38 +1790,18 @@ fn issue(store: &web_sys::IdbObjectStore, m: Miss, n: usize) -> Result<Req, Erro
         }
         Miss::Scan { range, reverse, .. } => {
             let q = idb_range(&range)?;
-            if n == usize::MAX {
-                let keys = store.get_all_keys_with_key(&q);
-                let values = store.get_all_with_key(&q);
-                Req::All {
-                    range,
-                    limit: n,
-                    keys: keys.map_err(|e| js_err("getAllKeys", e))?,
-                    values: values.map_err(|e| js_err("getAll", e))?,
-                    docs: false,
-                }
-            } else if !reverse {
-                let keys = store.get_all_keys_with_key_and_limit(&q, n as u32);
-                let values = store.get_all_with_key_and_limit(&q, n as u32);
-                // A limited scan of an index: its documents come along.
-                let docs = n < LIMITED
-                    && matches!(&range.start, Bound::Included(k) | Bound::Excluded(k) if k.first() == Some(&b'I'));
-                Req::All {
-                    range,
-                    limit: n,
-                    keys: keys.map_err(|e| js_err("getAllKeys", e))?,
-                    values: values.map_err(|e| js_err("getAll", e))?,
-                    docs,
-                }
-            } else {
-                let cursor = store
-                    .open_cursor_with_range_and_direction(&q, IdbCursorDirection::Prev)
-                    .map_err(|e| js_err("openCursor", e))?;
-                Req::Prev {
-                    range,
-                    limit: n,
-                    walk: PrevWalk::start(cursor, n),
-                }
+            // All of a range is read forward, whichever way it is scanned.
+            let reverse = reverse && n != usize::MAX;
+            // A limited scan of an index: its documents come along.
+            let docs = !reverse
+                && n < LIMITED
+                && matches!(&range.start, Bound::Included(k) | Bound::Excluded(k) if k.first() == Some(&b'I'));
+            Req::All {
+                range,
+                limit: n,
+                reverse,
+                read: RangeRead::issue(store, &q, n, reverse)?,
+                docs,
             }
         }
     })
@@ -1869,18 +1819,17 @@ enum Req {
     All {
         range: KeyRange,
         limit: usize,
-        keys: IdbRequest,
-        values: IdbRequest,
+        reverse: bool,
+        read: RangeRead,
         /// Also load the documents its entries name (a limited index scan).
         docs: bool,
     },
-    Prev {
-        range: KeyRange,
-        limit: usize,
-        walk: PrevWalk,
-    },
     Count(KeyRange, IdbRequest),
 }
+
+/// The reads of the backend's own records at open: the filter's meta record, its
+/// pages, the write-ahead records.
+type MetaReads = (IdbRequest, RangeRead, RangeRead);
 
 /// Loads issued in one read transaction (see [`IdbStore::begin_load`]).
 pub struct LoadJob {
@@ -1957,13 +1906,8 @@ impl LoadJob {
                     } else {
                         // Still inside the transaction: its requests are pending.
                         let q = idb_range(&range)?;
-                        let keys = store
-                            .get_all_keys_with_key(&q)
-                            .map_err(|e| js_err("getAllKeys", e))?;
-                        let values = store
-                            .get_all_with_key(&q)
-                            .map_err(|e| js_err("getAll", e))?;
-                        aheads.push((range, keys, values));
+                        let read = RangeRead::issue(store, &q, usize::MAX, false)?;
+                        aheads.push((range, read));
                     }
                 }
                 Req::Point(k, req) => {
@@ -1978,25 +1922,11 @@ impl LoadJob {
                 Req::All {
                     range,
                     limit,
-                    keys,
-                    values,
+                    reverse,
+                    read,
                     docs,
                 } => {
-                    let keys: Array = request(&keys)
-                        .await
-                        .map_err(|e| js_err("getAllKeys", e))?
-                        .unchecked_into();
-                    let values: Array = request(&values)
-                        .await
-                        .map_err(|e| js_err("getAll", e))?
-                        .unchecked_into();
-                    if keys.length() != values.length() {
-                        return Err(Error::new(
-                            ErrorCode::Storage,
-                            "IndexedDB returned keys and values of different lengths",
-                        ));
-                    }
-                    let entries = pack::entries(&keys, &values);
+                    let entries = read.entries().await?;
                     if let (true, Some(doc_of)) = (docs, &self.doc_of) {
                         // Still inside the transaction: issued now, read below.
                         for (k, _) in &entries {
@@ -2008,16 +1938,7 @@ impl LoadJob {
                     }
                     out.scans.push(ScanChunk {
                         range,
-                        reverse: false,
-                        limit,
-                        entries,
-                    });
-                }
-                Req::Prev { range, limit, walk } => {
-                    let entries = walk.entries().await?;
-                    out.scans.push(ScanChunk {
-                        range,
-                        reverse: true,
+                        reverse,
                         limit,
                         entries,
                     });
@@ -2035,16 +1956,8 @@ impl LoadJob {
             along_keys.push(k);
         }
         out.along = along_keys.into_iter().zip(pack::unpack(&along)).collect();
-        for (range, keys, values) in aheads {
-            let keys: Array = request(&keys)
-                .await
-                .map_err(|e| js_err("getAllKeys", e))?
-                .unchecked_into();
-            let values: Array = request(&values)
-                .await
-                .map_err(|e| js_err("getAll", e))?
-                .unchecked_into();
-            let entries = pack::entries(&keys, &values);
+        for (range, read) in aheads {
+            let entries = read.entries().await?;
             out.scans.push(ScanChunk {
                 range,
                 reverse: false,
@@ -2053,6 +1966,141 @@ impl LoadJob {
             });
         }
         Ok(out)
+    }
+}
+
+#[wasm_bindgen]
+extern "C" {
+    /// An object store, for what `web_sys` does not bind yet.
+    #[wasm_bindgen(js_name = IDBObjectStore)]
+    type RecordsStore;
+    /// `IDBObjectStore.getAllRecords(options)`: a range's keys and values in one
+    /// request, in either direction (Chromium 141 and later).
+    #[wasm_bindgen(method, catch, js_name = getAllRecords)]
+    fn get_all_records(
+        this: &RecordsStore,
+        options: &js_sys::Object,
+    ) -> Result<IdbRequest, JsValue>;
+}
+
+thread_local! {
+    /// Whether range reads use `getAllRecords` (found out once).
+    static RECORDS: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Whether this browser's IndexedDB has `getAllRecords`.
+fn browser_has_records() -> bool {
+    let global = js_sys::global();
+    js_sys::Reflect::get(&global, &"IDBObjectStore".into())
+        .ok()
+        .filter(|c| c.is_function())
+        .and_then(|c| js_sys::Reflect::get(&c, &"prototype".into()).ok())
+        .and_then(|p| js_sys::Reflect::get(&p, &"getAllRecords".into()).ok())
+        .is_some_and(|f| f.is_function())
+}
+
+fn use_records() -> bool {
+    RECORDS.with(|c| {
+        c.get().unwrap_or_else(|| {
+            let b = browser_has_records();
+            c.set(Some(b));
+            b
+        })
+    })
+}
+
+/// Reads ranges as a browser without `getAllRecords` does (`false`), or with it when
+/// the browser has it (`true`, the default): for tests of both ways.
+#[doc(hidden)]
+pub fn use_get_all_records(on: bool) {
+    RECORDS.with(|c| c.set(Some(on && browser_has_records())));
+}
+
+/// A read of up to `limit` entries of a key range, either way (`usize::MAX`: all of
+/// it). Where the browser has `getAllRecords`, one request: IndexedDB reads the range
+/// once, keys and values together, and a reverse read is one request too. Elsewhere a
+/// `getAllKeys` and a `getAll` of the range (which IndexedDB reads twice), or a
+/// reverse cursor's walk (a round trip per entry).
+enum RangeRead {
+    Records(IdbRequest),
+    Pair(IdbRequest, IdbRequest),
+    Walk(PrevWalk),
+}
+
+impl RangeRead {
+    fn issue(
+        store: &web_sys::IdbObjectStore,
+        q: &JsValue,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<RangeRead, Error> {
+        let count = u32::try_from(limit).ok().filter(|_| limit != usize::MAX);
+        if use_records() {
+            let o = js_sys::Object::new();
+            let set = |k: &str, v: &JsValue| {
+                js_sys::Reflect::set(&o, &k.into(), v).map_err(|e| js_err("getAllRecords", e))
+            };
+            set("query", q)?;
+            if let Some(n) = count {
+                set("count", &n.into())?;
+            }
+            if reverse {
+                set("direction", &"prev".into())?;
+            }
+            return store
+                .unchecked_ref::<RecordsStore>()
+                .get_all_records(&o)
+                .map(RangeRead::Records)
+                .map_err(|e| js_err("getAllRecords", e));
+        }
+        if reverse {
+            let cursor = store
+                .open_cursor_with_range_and_direction(q, IdbCursorDirection::Prev)
+                .map_err(|e| js_err("openCursor", e))?;
+            return Ok(RangeRead::Walk(PrevWalk::start(cursor, limit)));
+        }
+        let (keys, values) = match count {
+            Some(n) => (
+                store.get_all_keys_with_key_and_limit(q, n),
+                store.get_all_with_key_and_limit(q, n),
+            ),
+            None => (store.get_all_keys_with_key(q), store.get_all_with_key(q)),
+        };
+        Ok(RangeRead::Pair(
+            keys.map_err(|e| js_err("getAllKeys", e))?,
+            values.map_err(|e| js_err("getAll", e))?,
+        ))
+    }
+
+    /// The entries read, in the read's direction.
+    async fn entries(self) -> Result<Vec<Entry>, Error> {
+        match self {
+            RangeRead::Records(r) => {
+                let records: Array = request(&r)
+                    .await
+                    .map_err(|e| js_err("getAllRecords", e))?
+                    .unchecked_into();
+                Ok(pack::records(&records))
+            }
+            RangeRead::Pair(keys, values) => {
+                let keys: Array = request(&keys)
+                    .await
+                    .map_err(|e| js_err("getAllKeys", e))?
+                    .unchecked_into();
+                let values: Array = request(&values)
+                    .await
+                    .map_err(|e| js_err("getAll", e))?
+                    .unchecked_into();
+                if keys.length() != values.length() {
+                    return Err(Error::new(
+                        ErrorCode::Storage,
+                        "IndexedDB returned keys and values of different lengths",
+                    ));
+                }
+                Ok(pack::entries(&keys, &values))
+            }
+            RangeRead::Walk(walk) => walk.entries().await,
+        }
     }
 }
 
@@ -2308,7 +2356,15 @@ mod browser_tests {
             reverse: true,
             limit: 4,
         };
-        let Req::Prev { walk, .. } = issue(&store, miss, 4).unwrap() else {
+        // Without getAllRecords a limited reverse scan is a cursor's walk.
+        use_get_all_records(false);
+        let issued = issue(&store, miss, 4).unwrap();
+        use_get_all_records(true);
+        let Req::All {
+            read: RangeRead::Walk(walk),
+            ..
+        } = issued
+        else {
             panic!("a limited reverse scan is a cursor walk");
         };
         let later = store.get(&key(&[b'a', 0])).unwrap();

@@ -47,20 +47,25 @@ export function packBytes(items) {
   }
   return out;
 }
+export function packRecords(records) {
+  const n = records.length;
+  const items = new Array(2 * n);
+  for (let i = 0; i < n; i++) {
+    items[2 * i] = records[i].key;
+    items[2 * i + 1] = records[i].value;
+  }
+  return packBytes(items);
+}
 "#)]
 extern "C" {
     #[wasm_bindgen(js_name = packBytes)]
     fn pack_bytes(items: &Array) -> Uint8Array;
+    #[wasm_bindgen(js_name = packRecords)]
+    fn pack_records(records: &Array) -> Uint8Array;
 }
 
-/// The bytes of each element of `items` (`ArrayBuffer`s or typed arrays; anything
-/// else as `new Uint8Array(x)` reads it), `None` for `undefined`.
-pub fn unpack(items: &Array) -> Vec<Option<Vec<u8>>> {
-    let n = items.length() as usize;
-    if n == 0 {
-        return Vec::new();
-    }
-    let buf = pack_bytes(items).to_vec();
+/// The elements' bytes as laid out by `packBytes`.
+fn split(buf: &[u8], n: usize) -> Vec<Option<Vec<u8>>> {
     let (lens, mut data) = buf.split_at(4 * n);
     lens.chunks_exact(4)
         .map(|l| {
@@ -74,6 +79,16 @@ pub fn unpack(items: &Array) -> Vec<Option<Vec<u8>>> {
         .collect()
 }
 
+/// The bytes of each element of `items` (`ArrayBuffer`s or typed arrays; anything
+/// else as `new Uint8Array(x)` reads it), `None` for `undefined`.
+pub fn unpack(items: &Array) -> Vec<Option<Vec<u8>>> {
+    let n = items.length() as usize;
+    if n == 0 {
+        return Vec::new();
+    }
+    split(&pack_bytes(items).to_vec(), n)
+}
+
 /// Keys and values of a `getAllKeys` and a `getAll` of one range, paired (as many
 /// as the shorter has).
 pub fn entries(keys: &Array, values: &Array) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -82,4 +97,18 @@ pub fn entries(keys: &Array, values: &Array) -> Vec<(Vec<u8>, Vec<u8>)> {
         .zip(unpack(values))
         .map(|(k, v)| (k.unwrap_or_default(), v.unwrap_or_default()))
         .collect()
+}
+
+/// The keys and values of a `getAllRecords` answer (`IDBRecord`s).
+pub fn records(records: &Array) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let n = records.length() as usize;
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut items = split(&pack_records(records).to_vec(), 2 * n).into_iter();
+    let mut out = Vec::with_capacity(n);
+    while let (Some(k), Some(v)) = (items.next(), items.next()) {
+        out.push((k.unwrap_or_default(), v.unwrap_or_default()));
+    }
+    out
 }
