@@ -202,9 +202,11 @@ try {
   spawnSync("pkill", ["-9", "-f", join(work, "profile-dave")]);
   await daveCtx.close().catch(() => {});
   daveCtx = await profile("dave");
-  dave = await openPage(daveCtx, "dave");
+  // Reopened offline: online, the outbox may be sent and confirmed before it is read.
+  dave = await openPage(daveCtx, "dave", { offline: "1" });
   const davePending = await dave.evaluate(() => window.db.pending());
   check("the outbox survives a crash of the browser", davePending === 2, `pending ${davePending}`);
+  await dave.evaluate(() => window.db.setOnline(true));
   await until("dave's outbox to drain", async () => (await dave.evaluate(() => window.db.pending())) === 0);
   check("dave's writes landed once", (await pull("dave")).snapshots.flatMap((s) => s.docs).length === 2);
 

@@ -608,8 +608,11 @@ impl Warren {
     }
 
     /// Goes offline (closes the connection, stops reconnecting) or online again.
+    /// Offline takes effect for the writes at once: none made after it is sent, even
+    /// before the sync lane (busy with the server's frames, say) closes the connection.
     #[wasm_bindgen(js_name = setOnline)]
     pub fn set_online(&self, online: bool) {
+        self.shared.status.online.set(online);
         let _ = self.shared.sync.unbounded_send(SyncCmd::SetOnline(online));
     }
 
@@ -1586,7 +1589,8 @@ impl Shared {
 
     /// Sends the commits not sent yet on this connection, as far as they are durable.
     fn send_outgoing(&self) {
-        if self.ws.borrow().is_none() {
+        // Offline was asked for: the connection is about to close.
+        if self.ws.borrow().is_none() || !self.status.online.get() {
             return;
         }
         let frames = self
