@@ -2010,17 +2010,22 @@ fn use_records() -> bool {
 }
 
 /// Reads ranges as a browser without `getAllRecords` does (`false`), or with it when
-/// the browser has it (`true`, the default): for tests of both ways.
+/// the browser has it (`true`, the default): for tests of both ways. Gives whether it
+/// is used now.
 #[doc(hidden)]
-pub fn use_get_all_records(on: bool) {
-    RECORDS.with(|c| c.set(Some(on && browser_has_records())));
+pub fn use_get_all_records(on: bool) -> bool {
+    let used = on && browser_has_records();
+    RECORDS.with(|c| c.set(Some(used)));
+    used
 }
 
 /// A read of up to `limit` entries of a key range, either way (`usize::MAX`: all of
-/// it). Where the browser has `getAllRecords`, one request: IndexedDB reads the range
-/// once, keys and values together, and a reverse read is one request too. Elsewhere a
-/// `getAllKeys` and a `getAll` of the range (which IndexedDB reads twice), or a
-/// reverse cursor's walk (a round trip per entry).
+/// it). Forward, a `getAllKeys` and a `getAll` of the range. Reversed, one
+/// `getAllRecords` (keys and values, newest first) where the browser has it; elsewhere
+/// a reverse cursor's walk, a round trip per entry (IndexedDB alone, the last 50 of
+/// 10,000 after a reopen: 5.0 ms walked, 1.3 ms in one request). Forward,
+/// `getAllRecords` gained nothing over the pair (all 10,000: 126 ms against 118,
+/// medians of 7), so the pair stays.
 enum RangeRead {
     Records(IdbRequest),
     Pair(IdbRequest, IdbRequest),
@@ -2035,7 +2040,7 @@ impl RangeRead {
         reverse: bool,
     ) -> Result<RangeRead, Error> {
         let count = u32::try_from(limit).ok().filter(|_| limit != usize::MAX);
-        if use_records() {
+        if reverse && use_records() {
             let o = js_sys::Object::new();
             let set = |k: &str, v: &JsValue| {
                 js_sys::Reflect::set(&o, &k.into(), v).map_err(|e| js_err("getAllRecords", e))
@@ -2044,9 +2049,7 @@ impl RangeRead {
             if let Some(n) = count {
                 set("count", &n.into())?;
             }
-            if reverse {
-                set("direction", &"prev".into())?;
-            }
+            set("direction", &"prev".into())?;
             return store
                 .unchecked_ref::<RecordsStore>()
                 .get_all_records(&o)
@@ -2359,7 +2362,7 @@ mod browser_tests {
         // Without getAllRecords a limited reverse scan is a cursor's walk.
         use_get_all_records(false);
         let issued = issue(&store, miss, 4).unwrap();
-        use_get_all_records(true);
+        assert!(use_get_all_records(true), "this browser has getAllRecords");
         let Req::All {
             read: RangeRead::Walk(walk),
             ..

@@ -24,11 +24,7 @@ async fn fresh(name: &str) -> IdbStore {
 /// Runs one conformance check on a fresh database, flushes it (a write-ahead record
 /// when the check left few writes), reopens it and compares what IndexedDB returns with
 /// what the check left; then applies what was reopened to `kv` and compares again.
-/// `records`: ranges are read with `getAllRecords` (where the browser has it), or as a
-/// browser without it reads them.
-async fn check(name: &str, records: bool, f: fn(&mut IdbStore)) {
-    warren_web::idb::use_get_all_records(records);
-    let name = &format!("{name}-{}", if records { "records" } else { "pairs" });
+async fn check(name: &str, f: fn(&mut IdbStore)) {
     let mut s = fresh(name).await;
     f(&mut s);
     s.begin_flush().unwrap();
@@ -48,36 +44,24 @@ async fn check(name: &str, records: bool, f: fn(&mut IdbStore)) {
         again.close();
     }
     IdbStore::delete(name).await.unwrap();
-    warren_web::idb::use_get_all_records(true);
 }
 
 macro_rules! conformance {
-    ($records:expr; $($name:ident)*) => {
+    ($($name:ident)*) => {
         $(
             #[wasm_bindgen_test]
             async fn $name() {
-                check(concat!("conformance-", stringify!($name)), $records, |s: &mut IdbStore| conformance::$name(s)).await;
+                check(concat!("conformance-", stringify!($name)), |s: &mut IdbStore| conformance::$name(s)).await;
             }
         )*
     };
 }
 
-conformance!(true;
+conformance!(
     get_missing put_get_overwrite empty_key_and_value delete last_write_in_batch_wins
     empty_batch scan_orders_binary_keys scan_bounds scan_empty_ranges scan_pages
     large_values random_model count_agrees_with_scan
 );
-
-/// The same, reading ranges as a browser without `getAllRecords` does (a `getAllKeys`
-/// and a `getAll`, or a reverse cursor's walk).
-mod without_get_all_records {
-    use super::*;
-    conformance!(false;
-        get_missing put_get_overwrite empty_key_and_value delete last_write_in_batch_wins
-        empty_batch scan_orders_binary_keys scan_bounds scan_empty_ranges scan_pages
-        large_values random_model count_agrees_with_scan
-    );
-}
 
 /// IndexedDB's own range reads follow the engine's byte order: a range loaded from
 /// IndexedDB holds exactly the keys the engine's order puts in it.
@@ -305,14 +289,16 @@ async fn loads_are_as_large_as_the_read() {
     sized_loads(true).await;
 }
 
-/// The same, reading ranges as a browser without `getAllRecords` does.
+/// The same, reading ranges as a browser without `getAllRecords` does (a reverse read
+/// is a cursor's walk).
 #[wasm_bindgen_test]
 async fn loads_are_as_large_as_the_read_without_get_all_records() {
     sized_loads(false).await;
 }
 
 async fn sized_loads(records: bool) {
-    warren_web::idb::use_get_all_records(records);
+    // The browser the tests run in (Chromium) has it.
+    assert_eq!(warren_web::idb::use_get_all_records(records), records);
     let name = if records {
         "sized-loads"
     } else {
