@@ -14,6 +14,8 @@
 // - objects: Dexie's: one object per document keyed by id, an index on [owner, created].
 // - blocks: the `records` layout's entries, sorted, packed into 32 KiB blocks keyed by
 //   their first key (as a B-tree's leaves or an LSM's sorted runs would be).
+// And, for today's layout, two ways to read a range (where the browser has
+// getAllRecords): all the documents, and the last 50 reversed.
 //
 // Needs Debian's Chromium and playwright-core (.ci/setup-browser). Every count is
 // checked: a layout that loses or invents a document stops the benchmark.
@@ -171,6 +173,34 @@ window.layouts = {
     return n;
   }),
 };
+/** How today's layout reads a range after a reopen: all the documents, and the last 50
+ * (as a reverse limited scan does), each way the engine can (docs/STORAGE.md). */
+window.reads = {
+  all: (way) => time(async () => {
+    const db = await open();
+    const s = db.transaction(["records"]).objectStore("records");
+    const d = IDBKeyRange.bound(new Uint8Array([0x44]), new Uint8Array([0x45]));
+    let n;
+    if (way === "pair") { const [keys, values] = await Promise.all([req(s.getAllKeys(d)), req(s.getAll(d))]); n = Math.min(keys.length, values.length); }
+    else n = (await req(s.getAllRecords({ query: d }))).filter((r) => r.value.byteLength === 150).length;
+    db.close();
+    return n;
+  }),
+  last50: (way) => time(async () => {
+    const db = await open();
+    const s = db.transaction(["records"]).objectStore("records");
+    const d = IDBKeyRange.bound(new Uint8Array([0x44]), new Uint8Array([0x45]));
+    let n = 0;
+    if (way === "records") n = (await req(s.getAllRecords({ query: d, count: 50, direction: "prev" }))).filter((r) => r.value.byteLength === 150).length;
+    else await new Promise((ok, fail) => {
+      const c = s.openCursor(d, "prev");
+      c.onerror = () => fail(c.error);
+      c.onsuccess = () => { const cur = c.result; if (!cur || n === 50) return ok(); if (cur.value.byteLength === 150) n++; cur.continue(); };
+    });
+    db.close();
+    return n;
+  }),
+};
 </script>`;
 
 const srv = createServer((_, res) => { res.setHeader("content-type", "text/html"); res.end(page); });
@@ -187,6 +217,9 @@ const record = (what, layout, r, want) => {
   ((times[what] ??= {})[layout] ??= []).push(r.ms);
 };
 for (const l of LAYOUTS) record("write", l, await p.evaluate((l) => window.layouts.write(l), l), N);
+// Two ways to read a range of today's layout, where the browser has getAllRecords.
+const hasRecords = await p.evaluate(() => typeof IDBObjectStore.prototype.getAllRecords === "function");
+const WAYS = ["pair", "records"];
 // The single inserts add documents (blocks: they rewrite blocks, adding none).
 const held = Object.fromEntries(LAYOUTS.map((l) => [l, N]));
 for (let r = 0; r < RUNS; r++) {
@@ -197,6 +230,12 @@ for (let r = 0; r < RUNS; r++) {
     record("scan", l, await p.evaluate((l) => window.layouts.scan(l), l), held[l]);
     record("singles", l, await p.evaluate(([l, f]) => window.layouts.singles(l, f), [l, N + r * SINGLES]), SINGLES);
     if (l !== "blocks") held[l] += SINGLES;
+  }
+  if (hasRecords) for (const way of r % 2 ? WAYS : [...WAYS].reverse()) {
+    await reopen();
+    record(`all-${way}`, "records", await p.evaluate((w) => window.reads.all(w), way), held.records);
+    await reopen();
+    record(`last50-${way}`, "records", await p.evaluate((w) => window.reads.last50(w), way), 50);
   }
 }
 await ctx.close();
@@ -212,3 +251,10 @@ console.log(`IndexedDB alone, ms (medians of ${RUNS} runs, one write run)`);
 console.log(`| workload | ${LAYOUTS.join(" | ")} |`);
 console.log(`|---|${LAYOUTS.map(() => "---:").join("|")}|`);
 for (const [k, label] of rows) console.log(`| ${label} | ${LAYOUTS.map((l) => median(times[k][l]).toFixed(0)).join(" | ")} |`);
+if (hasRecords) {
+  console.log(`\nToday's layout after a reopen, ms (medians of ${RUNS} runs): a range read as getAllKeys + getAll (forward) or a reverse cursor, against one getAllRecords`);
+  console.log("| read | getAllKeys + getAll, or a cursor | getAllRecords |");
+  console.log("|---|---:|---:|");
+  console.log(`| all ${N.toLocaleString("en")} documents | ${median(times["all-pair"].records).toFixed(1)} | ${median(times["all-records"].records).toFixed(1)} |`);
+  console.log(`| the last 50, reversed | ${median(times["last50-pair"].records).toFixed(1)} | ${median(times["last50-records"].records).toFixed(1)} |`);
+}

@@ -2022,10 +2022,9 @@ pub fn use_get_all_records(on: bool) -> bool {
 /// A read of up to `limit` entries of a key range, either way (`usize::MAX`: all of
 /// it). Forward, a `getAllKeys` and a `getAll` of the range. Reversed, one
 /// `getAllRecords` (keys and values, newest first) where the browser has it; elsewhere
-/// a reverse cursor's walk, a round trip per entry (IndexedDB alone, the last 50 of
-/// 10,000 after a reopen: 5.0 ms walked, 1.3 ms in one request). Forward,
-/// `getAllRecords` gained nothing over the pair (all 10,000: 126 ms against 118,
-/// medians of 7), so the pair stays.
+/// a reverse cursor's walk, a round trip per entry. `tests/bench-browser/layouts.mjs`
+/// measures both (docs/BENCHMARKS.md): reversed, the one request takes half the walk's
+/// time; forward, `getAllRecords` gains nothing over the pair, which stays.
 enum RangeRead {
     Records(IdbRequest),
     Pair(IdbRequest, IdbRequest),
