@@ -1093,13 +1093,11 @@ impl Shared {
                 // One deferral at a time (`flush_soon`): the lane's channel is free.
                 let mut turns = sh.flush_turns.take().unwrap_or_else(Turns::new);
                 turns.turn().await;
-                if !sh.stopped.get() {
-                    *sh.flush_turns.borrow_mut() = Some(turns);
-                }
                 sh.flush_soon.set(false);
                 if sh.stopped.get() {
                     return;
                 }
+                *sh.flush_turns.borrow_mut() = Some(turns);
                 sh.kick_flush(false);
                 // Another lane's flush may have written it already (while this loaded).
                 sh.answer_durable();

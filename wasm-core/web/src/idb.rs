@@ -503,7 +503,7 @@ impl IdbStore {
         let meta_reqs = Self::meta_requests(&meta)?;
         let mut ranges = Vec::with_capacity(preload.len());
         for r in preload {
-            ranges.push(RangeRead::issue(&store, &idb_range(r)?, usize::MAX, false)?);
+            ranges.push(RangeRead::all(&store, r)?);
         }
         // Its answer comes first; the other requests keep the transaction open.
         let epoch = epoch_of(
@@ -644,14 +644,7 @@ impl IdbStore {
         let meta = store
             .get(&key(filter::META_KEY))
             .map_err(|e| js_err("get", e))?;
-        let read = |prefix: &[u8]| {
-            RangeRead::issue(
-                store,
-                &idb_range(&KeyRange::prefix(prefix))?,
-                usize::MAX,
-                false,
-            )
-        };
+        let read = |prefix: &[u8]| RangeRead::all(store, &KeyRange::prefix(prefix));
         Ok((meta, read(filter::PAGE_PREFIX)?, read(wal::PREFIX)?))
     }
 
@@ -1905,8 +1898,7 @@ impl LoadJob {
                         }
                     } else {
                         // Still inside the transaction: its requests are pending.
-                        let q = idb_range(&range)?;
-                        let read = RangeRead::issue(store, &q, usize::MAX, false)?;
+                        let read = RangeRead::all(store, &range)?;
                         aheads.push((range, read));
                     }
                 }
@@ -2032,6 +2024,11 @@ enum RangeRead {
 }
 
 impl RangeRead {
+    /// All of `range`.
+    fn all(store: &web_sys::IdbObjectStore, range: &KeyRange) -> Result<RangeRead, Error> {
+        RangeRead::issue(store, &idb_range(range)?, usize::MAX, false)
+    }
+
     fn issue(
         store: &web_sys::IdbObjectStore,
         q: &JsValue,
