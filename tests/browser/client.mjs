@@ -7,7 +7,8 @@
 //    took the database over), `result` still resolves and `local` rejects. Writes
 //    made together share IndexedDB transactions.
 // 3. `bulk` writes 20,000 documents in chunks under the limits: applied, durable,
-//    confirmed, counted.
+//    confirmed, counted. While it writes, the server's frames wait for it (local writes
+//    first), and are all handled after.
 // 4. `close()` writes what the server confirmed: reopened offline, nothing is pending
 //    and everything is there; a count reads no document; an index query after the
 //    reopen costs a bounded number of IndexedDB reads.
@@ -102,15 +103,18 @@ try {
 
   // 3. bulk.
   const bulk = await p.evaluate(async (n) => {
+    const held0 = (await window.db.stats()).framesHeld;
     const w = window.db.bulk("put", window.docs("ann", 0, n));
     const result = await w.result;
     await w.local;
     const c = await w.confirmed;
     return { calls: result.length, sum: result.reduce((a, b) => a + b, 0), position: c.position,
-      count: await window.db.query("Doc.all().count()") };
+      count: await window.db.query("Doc.all().count()"), held: (await window.db.stats()).framesHeld - held0 };
   }, N);
   check(`bulk writes ${N} documents in ${bulk.calls} calls, confirmed`,
     bulk.sum === N && bulk.calls >= N / 500 && bulk.position > 0 && bulk.count === N + 80, JSON.stringify(bulk));
+  check(`the server's frames waited for the bulk's writes (${bulk.held} times), and all came after`,
+    bulk.held >= 1, JSON.stringify(bulk));
 
   // 4. close() writes what the server confirmed.
   await p.evaluate(() => window.confirmedAll());

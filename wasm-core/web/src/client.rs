@@ -22,7 +22,15 @@
 //! flush: one transaction at a time, each taking everything written meanwhile (writes
 //! made together share one transaction), and the write's `local` promise resolves when
 //! the transaction that holds it commits. A commit is sent to the server only once it
-//! is durable. Confirmed data from the server is written 25 ms later, or with the next
+//! is durable.
+//!
+//! **Local writes first.** While the app is writing (a local write in the last 25 ms),
+//! frames from the server wait, at most a second, and are then handled together: an
+//! import or a burst of writes is not slowed, on the worker's one thread and in
+//! IndexedDB, by applying and writing what the server confirmed of its first parts
+//! (docs/BENCHMARKS.md). Its confirmations, and other clients' changes, come after it.
+//!
+//! Confirmed data from the server is written 25 ms later, or with the next
 //! local write, or at once by `flush` and `close` (and at once when it confirms one of
 //! this replica's writes with no flush in flight); a write's confirmation is reported
 //! once the flush writing what it brought is committed to.
@@ -132,6 +140,10 @@ fn on_line() -> bool {
 const FLUSH_DELAY_MS: u32 = 25;
 /// Frames handled together at most (one view rebase and one notification for all).
 const FRAMES_AT_ONCE: usize = 256;
+/// The app is writing while its last local write is this recent: frames from the
+/// server wait (see `Shared::hold_while_writing`), at most [`FRAMES_HOLD_MS`].
+const WRITES_QUIET_MS: u32 = 25;
+const FRAMES_HOLD_MS: u32 = 1000;
 
 fn closed() -> JsValue {
     js_error(&Error::new(ErrorCode::Storage, "the database is closed"))
@@ -272,6 +284,10 @@ struct Shared {
     /// The turns that flush waits for (kept: a channel costs more to make than a turn).
     flush_turns: RefCell<Option<Turns>>,
     base_timer: RefCell<Option<Timeout>>,
+    /// When the app last made a local write (`Date.now()`).
+    last_local_ms: Cell<f64>,
+    /// Batches of frames that waited for the app's writes (`stats().framesHeld`).
+    frames_held: Cell<u64>,
     retry: RefCell<Option<Timeout>>,
     backoff_ms: Cell<f64>,
     /// The server refused the token as expired: get a new one before reconnecting.
@@ -352,6 +368,8 @@ impl Warren {
             flush_soon: Cell::new(false),
             flush_turns: RefCell::new(None),
             base_timer: RefCell::new(None),
+            last_local_ms: Cell::new(f64::NEG_INFINITY),
+            frames_held: Cell::new(0),
             retry: RefCell::new(None),
             backoff_ms: Cell::new(100.0),
             token_expired: Cell::new(false),
@@ -551,6 +569,7 @@ impl Warren {
             set("liveRuns", v.live_runs as f64);
             set("pending", r.pending().len() as f64);
         }
+        set("framesHeld", self.shared.frames_held.get() as f64);
         set(
             "worker",
             if js_sys::global().is_instance_of::<web_sys::WorkerGlobalScope>() {
@@ -768,6 +787,7 @@ async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
         let op = sh.replica.borrow().store().begin_op();
         let r = match cmd {
             SyncCmd::Frame(first) => {
+                sh.hold_while_writing().await;
                 let turns = turns.get_or_insert_with(Turns::new);
                 let frames = gather(first, &mut rx, &mut next, turns).await;
                 sh.frames(frames).await
@@ -1075,6 +1095,7 @@ impl Shared {
             }
         };
         let gen = self.replica.borrow().store().write_gen();
+        self.last_local_ms.set(js_sys::Date::now());
         let _ = reply.applied.send(Ok((local.seq, local.result)));
         self.waiters.borrow_mut().push(Waiter {
             gen,
@@ -1359,6 +1380,31 @@ impl Shared {
             self.schedule_base_flush();
         }
         Ok(())
+    }
+
+    /// Waits while the app is writing (a local write in the last [`WRITES_QUIET_MS`]),
+    /// at most [`FRAMES_HOLD_MS`]: the local writes go first on the worker's thread and
+    /// in IndexedDB, and the frames that came meanwhile are handled together after.
+    async fn hold_while_writing(&self) {
+        let start = js_sys::Date::now();
+        let mut held = false;
+        loop {
+            let now = js_sys::Date::now();
+            let quiet_at = self.last_local_ms.get() + f64::from(WRITES_QUIET_MS);
+            let until = quiet_at.min(start + f64::from(FRAMES_HOLD_MS));
+            if until <= now || self.stopped.get() {
+                return;
+            }
+            if !held {
+                held = true;
+                self.frames_held.set(self.frames_held.get() + 1);
+            }
+            let (fire, fired) = oneshot::channel::<()>();
+            let _timer = Timeout::new((until - now).ceil() as u32, move || {
+                let _ = fire.send(());
+            });
+            let _ = fired.await;
+        }
     }
 
     /// Writes what is queued in a moment, unless a write is due sooner.
