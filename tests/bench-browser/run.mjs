@@ -181,7 +181,6 @@ try {
       const profiled = PROFILE_DIR && lib === "warren";
       const p = await page(`lib=${lib}${profiled ? "&worker=0" : ""}`);
       const cdp = profiled ? await startProfile(p) : null;
-      if (process.env.ONLY_SINGLES) await p.evaluate(() => { globalThis.__ONLY_SINGLES = true; });
       const t = await p.evaluate(({ user, n }) => window.bench.suite(user, { n, singles: n / 10 }), { user: `${lib}${r}`, n: N });
       if (cdp) await stopProfile(cdp, `suite-${r}`);
       for (const [w, v] of Object.entries(t)) record(w, lib, v);
@@ -232,7 +231,6 @@ try {
         const profiled = PROFILE_DIR && lib === "warren";
         const p = await page(`lib=${lib}${profiled ? "&worker=0" : ""}`);
         const cdp = profiled ? await startProfile(p) : null;
-      if (process.env.ONLY_SINGLES) await p.evaluate(() => { globalThis.__ONLY_SINGLES = true; });
         const b = await p.evaluate(([u, n]) => window.bench.offlineBurst(u, n), [`burst${lib}${r}n${n}`, n]);
         if (cdp) await stopProfile(cdp, `burst${n}-${r}`);
         await p.close();

@@ -161,7 +161,7 @@ export async function suite(open, user, { n = 10_000, singles = 1_000, indexRepe
     await db.synced();
     t.bulkConfirmed = now() - s;
   }
-  const w = globalThis.__ONLY_SINGLES ? {} : reads(user, n, indexRepeats);
+  const w = reads(user, n, indexRepeats);
   for (const [name, f] of Object.entries(w)) t[name] = await f(db);
   // After a reopen: each read workload right after its own fresh open.
   const reopen = async () => {
@@ -182,7 +182,6 @@ export async function suite(open, user, { n = 10_000, singles = 1_000, indexRepe
     t.singlesConfirmed = now() - s;
   }
   // A bulk insert of another n right after a reopen.
-  if (globalThis.__ONLY_SINGLES) { await db.close(); return t; }
   await reopen();
   const held = n + 2 * singles;
   const more = makeDocs(user, held, held + n);
