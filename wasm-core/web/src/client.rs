@@ -781,13 +781,17 @@ async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
                 },
             },
         };
+        // Before the operation begins: what the app's writes use meanwhile stays
+        // evictable (an operation in progress keeps what was used since it began).
+        if matches!(cmd, SyncCmd::Frame(_)) {
+            sh.hold_while_writing().await;
+        }
         if sh.stopped.get() {
             break;
         }
         let op = sh.replica.borrow().store().begin_op();
         let r = match cmd {
             SyncCmd::Frame(first) => {
-                sh.hold_while_writing().await;
                 let turns = turns.get_or_insert_with(Turns::new);
                 let frames = gather(first, &mut rx, &mut next, turns).await;
                 sh.frames(frames).await
