@@ -103,9 +103,15 @@ let idleFailed = false;
 /** Which module the idle worker loads: with collaborative text or without. */
 let idleText = false;
 
-/** Starts the engine's worker and its WebAssembly's compilation ahead of `open`. */
-export function prestart(wasm: WasmSource | undefined, text: boolean): void {
-  if (idle) return;
+/** Starts the engine's worker and its WebAssembly's compilation ahead of `open`, and
+ * opens database `name`'s IndexedDB in it when given. */
+export function prestart(wasm: WasmSource | undefined, text: boolean, name?: string): void {
+  // The database's name known before the token: its IndexedDB opens too.
+  const preopen = (w: Worker) => name !== undefined && w.postMessage({ id: 0, m: "preopen", a: [name] });
+  if (idle) {
+    if (!idleFailed && idleText === text) preopen(idle);
+    return;
+  }
   try {
     const w = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
     idle = w;
@@ -115,6 +121,7 @@ export function prestart(wasm: WasmSource | undefined, text: boolean): void {
       if (idle === w) idleFailed = true;
     };
     void toTransferable(wasm).then((src) => w.postMessage({ id: 0, m: "init", a: [src, text] }));
+    preopen(w);
   } catch {
     idle = null;
   }

@@ -378,9 +378,10 @@ export async function open<S = Record<string, Record<string, Value>>>(
       'IndexedDB is not available here: in Node, open with storage: "memory" (and install fake-indexeddb)',
     );
   if (!options.offline) await nodeWebSocket();
-  // The engine's worker starts now and compiles the engine while the token comes.
+  // The engine's worker starts now and compiles the engine while the token comes (and
+  // opens IndexedDB, when the database's name does not wait for the token's `sub`).
   const text = wantsText(options);
-  if (options.worker !== false && typeof Worker !== "undefined") prestart(options.wasm, text);
+  if (options.worker !== false && typeof Worker !== "undefined") prestart(options.wasm, text, options.name);
   const provider = typeof options.token === "function" ? options.token : null;
   const token = provider ? await provider() : (options.token as string);
   const auth = claimsOf(token);

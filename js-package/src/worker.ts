@@ -34,13 +34,23 @@ let engine: Warren | null = null;
  * `open`, or by the first `open`). */
 let initialized: Promise<unknown> | null = null;
 let glue: Glue | null = null;
-const initOnce = (wasm: unknown, text: boolean) =>
-  (initialized ??= (
+const initOnce = (wasm: unknown, text: boolean) => {
+  if (initialized) return initialized;
+  // The engine's download starts now, with its glue's, not once the glue has loaded.
+  const source =
+    wasm ??
+    fetch(
+      text
+        ? new URL("../wasm/warren_web_text_bg.wasm", import.meta.url)
+        : new URL("../wasm/warren_web_bg.wasm", import.meta.url),
+    );
+  return (initialized = (
     (text ? import("../wasm/warren_web_text.js") : import("../wasm/warren_web.js")) as Promise<unknown> as Promise<Glue>
   ).then((m) => {
     glue = m;
-    return m.default(wasm === undefined ? undefined : { module_or_path: wasm as never });
+    return m.default({ module_or_path: source as never });
   }));
+};
 
 /** Opens IndexedDB database `name` at whatever version it has, or gives null if it does
  * not exist yet or cannot be opened here (the engine then opens it itself: creating or
@@ -70,6 +80,10 @@ function preopen(name: string): Promise<{ db: IDBDatabase; closed: boolean } | n
     };
   });
 }
+/** IndexedDB opened ahead (`preopen`: the page knew the database's name before the
+ * token came), taken by the `open` of that name. */
+let preopened: { name: string; opening: ReturnType<typeof preopen> } | null = null;
+
 const tokenWaits = new Map<number, (token: string | undefined) => void>();
 let nextToken = 1;
 
@@ -118,6 +132,14 @@ const handle = async (raw: unknown) => {
       await initOnce(a[0], a[1] as boolean);
       return;
     }
+    if (m === "preopen") {
+      const name = a[0] as string;
+      if (preopened?.name !== name) {
+        void preopened?.opening.then((pre) => pre?.db.close());
+        preopened = { name, opening: preopen(name) };
+      }
+      return;
+    }
     if (m === "open") {
       const [wasm, text, name, clientId, url, token, schema, auth, options, provider, offline] = a as [
         unknown, boolean, string, string, string, string, string | undefined, unknown, unknown, boolean, boolean,
@@ -125,7 +147,10 @@ const handle = async (raw: unknown) => {
       // IndexedDB opens while the engine compiles (once per worker: a worker started
       // ahead or kept from a closed database has it already, with the same module;
       // engine.ts starts another otherwise).
-      const opening = preopen(name);
+      const ahead = preopened;
+      preopened = null;
+      if (ahead && ahead.name !== name) void ahead.opening.then((pre) => pre?.db.close());
+      const opening = ahead?.name === name ? ahead.opening : preopen(name);
       await initOnce(wasm, text);
       const pre = await opening;
       // Closed meanwhile for another page's upgrade or deletion: the engine opens anew.
