@@ -52,9 +52,11 @@ const site = join(work, "site");
 mkdirSync(join(site, "lib"), { recursive: true });
 for (const f of ["bench.html", "bench.warren", "page.js", "workload.js", "raw.js", "idb.js", "dexie.js", "warren.js"])
   cpSync(join(here, f), join(site, f));
+// Warren's schema as a bundled app has it: a string in the page's scripts.
+writeFileSync(join(site, "schema.js"), `export default ${JSON.stringify(readFileSync(join(here, "bench.warren"), "utf8"))};\n`);
 cpSync(join(here, "node_modules", "dexie", "dist", "modern", "dexie.min.mjs"), join(site, "lib", "dexie", "dexie.min.mjs"));
 cpSync(join(here, "node_modules", "idb", "build"), join(site, "lib", "idb"), { recursive: true });
-cpSync(join(root, "js-package", "dist"), join(site, "lib", "warren", "dist"), { recursive: true });
+cpSync(process.env.WARREN_DIST_DIR || join(root, "js-package", "dist"), join(site, "lib", "warren", "dist"), { recursive: true });
 cpSync(process.env.WARREN_WASM_DIR || join(root, "js-package", "wasm"), join(site, "lib", "warren", "wasm"), { recursive: true });
 const types = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".warren": "text/plain" };
 // As a static host serves an app (Vite's preview, a CDN): with a validator, revalidated

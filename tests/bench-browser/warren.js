@@ -2,6 +2,10 @@
 // with bench.warren. Writes call the schema's functions; a write counts as done when
 // its `local` promise resolves (durable in IndexedDB; the server confirms later).
 import { open, literal } from "./lib/warren/dist/index.js";
+// The schema from the start, as an offline-first app gives it (a first start with no
+// network can write at once), in the page's scripts as a bundled app has it (the runner
+// writes this module from bench.warren).
+import schema from "./schema.js";
 
 const SCAN_PAGE = 4000;
 
@@ -23,16 +27,16 @@ const byOwner = (owner) => `Doc.byOwner(${literal(owner)})`;
 const byId = (id) => `Doc.byId(${literal(id)})`;
 
 /** Opens database `name` for `user`; `options` go to `open` (offline, cacheBytes...).
- * The token is fetched once per page and kept (the server may be down later). */
+ * The token is fetched once per page and kept (the server may be down later); it is
+ * given as a function, as the package's README shows, so that the engine starts while
+ * it comes. */
 const tokens = new Map();
-let schema = null;
+const tokenOf = (user) => {
+  if (!tokens.has(user)) tokens.set(user, tokenFor(user));
+  return tokens.get(user);
+};
 export async function openDb(name, user, options = {}) {
-  if (!tokens.has(user)) tokens.set(user, await tokenFor(user));
-  const token = tokens.get(user);
-  // The schema from the start, as an offline-first app gives it: a first start with no
-  // network can write at once.
-  schema ??= await (await fetch("./bench.warren")).text();
-  const db = await open({ url: syncUrl, token, name, schema, ...onPage, ...options });
+  const db = await open({ url: syncUrl, token: () => tokenOf(user), name, schema, ...onPage, ...options });
   return {
     db,
     /** Any number of documents: the package's bulk path (chunks under the limits). */
