@@ -144,6 +144,11 @@ const FRAMES_AT_ONCE: usize = 256;
 /// server wait (see `Shared::hold_while_writing`), at most [`FRAMES_HOLD_MS`].
 const WRITES_QUIET_MS: u32 = 25;
 const FRAMES_HOLD_MS: u32 = 1000;
+/// At open, the connection waits for the app's first reads: until no local operation
+/// has run for this long (see `Shared::wait_for_first_reads`), at most
+/// [`CONNECT_HOLD_MS`] after the open.
+const READS_QUIET_MS: u32 = 10;
+const CONNECT_HOLD_MS: u32 = 250;
 
 fn closed() -> JsValue {
     js_error(&Error::new(ErrorCode::Storage, "the database is closed"))
@@ -181,6 +186,8 @@ enum SyncCmd {
     Opened,
     Closed,
     Connect,
+    /// The first connection, made once the app's first reads are answered.
+    ConnectAtOpen,
     SetOnline(bool),
     Ping,
     /// Writes the confirmed data the server sent to IndexedDB (scheduled after frames).
@@ -288,6 +295,11 @@ struct Shared {
     last_local_ms: Cell<f64>,
     /// Batches of frames that waited for the app's writes (`stats().framesHeld`).
     frames_held: Cell<u64>,
+    /// When the replica opened, and the local lane's operations: how many are in
+    /// progress, and when the last one ended (`Date.now()`).
+    opened_ms: f64,
+    local_busy: Cell<u32>,
+    local_done_ms: Cell<f64>,
     retry: RefCell<Option<Timeout>>,
     backoff_ms: Cell<f64>,
     /// The server refused the token as expired: get a new one before reconnecting.
@@ -370,6 +382,9 @@ impl Warren {
             base_timer: RefCell::new(None),
             last_local_ms: Cell::new(f64::NEG_INFINITY),
             frames_held: Cell::new(0),
+            opened_ms: js_sys::Date::now(),
+            local_busy: Cell::new(0),
+            local_done_ms: Cell::new(f64::NEG_INFINITY),
             retry: RefCell::new(None),
             backoff_ms: Cell::new(100.0),
             token_expired: Cell::new(false),
@@ -434,7 +449,7 @@ impl Warren {
         wasm_bindgen_futures::spawn_local(local_lane(shared.clone(), local_rx));
         wasm_bindgen_futures::spawn_local(sync_lane(shared.clone(), sync_rx));
         if online {
-            let _ = sync_tx.unbounded_send(SyncCmd::Connect);
+            let _ = sync_tx.unbounded_send(SyncCmd::ConnectAtOpen);
         }
         Ok(Warren { shared })
     }
@@ -683,6 +698,26 @@ impl Warren {
 /// Queries answered together at most (their misses load in one transaction).
 const QUERIES_AT_ONCE: usize = 512;
 
+/// A local operation in progress, from the lane taking its command to its end (see
+/// `Shared::wait_for_first_reads`).
+struct LocalBusy<'a>(&'a Shared);
+
+impl<'a> LocalBusy<'a> {
+    fn new(sh: &'a Shared) -> LocalBusy<'a> {
+        sh.local_busy.set(sh.local_busy.get() + 1);
+        LocalBusy(sh)
+    }
+}
+
+impl Drop for LocalBusy<'_> {
+    fn drop(&mut self) {
+        self.0
+            .local_busy
+            .set(self.0.local_busy.get().saturating_sub(1));
+        self.0.local_done_ms.set(js_sys::Date::now());
+    }
+}
+
 async fn local_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<LocalCmd>) {
     let mut next: Option<LocalCmd> = None;
     loop {
@@ -696,6 +731,7 @@ async fn local_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<LocalCmd>) {
         // Queries asked together (say, many reads by id at once) are answered together:
         // what they miss loads in one transaction. Only consecutive ones: a query never
         // overtakes a write asked before it.
+        let _busy = LocalBusy::new(&sh);
         let cmd = match cmd {
             LocalCmd::Query(src, reply) => {
                 let mut batch = vec![(src, reply)];
@@ -783,8 +819,10 @@ async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
         };
         // Before the operation begins: what the app's writes use meanwhile stays
         // evictable (an operation in progress keeps what was used since it began).
-        if matches!(cmd, SyncCmd::Frame(_)) {
-            sh.hold_while_writing().await;
+        match cmd {
+            SyncCmd::Frame(_) => sh.hold_while_writing().await,
+            SyncCmd::ConnectAtOpen => sh.wait_for_first_reads().await,
+            _ => {}
         }
         if sh.stopped.get() {
             break;
@@ -1287,7 +1325,7 @@ impl Shared {
                     }));
                 }
             }
-            SyncCmd::Connect => {
+            SyncCmd::Connect | SyncCmd::ConnectAtOpen => {
                 if self.ws.borrow().is_none() && self.status.online.get() {
                     self.connect();
                 }
@@ -1402,6 +1440,31 @@ impl Shared {
             if !held {
                 held = true;
                 self.frames_held.set(self.frames_held.get() + 1);
+            }
+            let (fire, fired) = oneshot::channel::<()>();
+            let _timer = Timeout::new((until - now).ceil() as u32, move || {
+                let _ = fire.send(());
+            });
+            let _ = fired.await;
+        }
+    }
+
+    /// At open, waits until the app's first reads are answered (no local operation in
+    /// progress nor ended in the last [`READS_QUIET_MS`]), at most [`CONNECT_HOLD_MS`]
+    /// after the open: the handshake, the catch-up the server sends and its own work
+    /// for it come after the reads a page makes as it starts, not between them.
+    async fn wait_for_first_reads(&self) {
+        let last = self.opened_ms + f64::from(CONNECT_HOLD_MS);
+        loop {
+            let now = js_sys::Date::now();
+            let quiet_at = if self.local_busy.get() > 0 {
+                now + f64::from(READS_QUIET_MS)
+            } else {
+                self.local_done_ms.get().max(self.opened_ms) + f64::from(READS_QUIET_MS)
+            };
+            let until = quiet_at.min(last);
+            if until <= now || self.stopped.get() {
+                return;
             }
             let (fire, fired) = oneshot::channel::<()>();
             let _timer = Timeout::new((until - now).ceil() as u32, move || {
