@@ -12,7 +12,8 @@ use crate::value::Value;
 
 /// Document: `D coll id` → [`crate::doc::StoredDoc`] bytes.
 pub const SPACE_DOC: u8 = b'D';
-/// Index entry: `I coll index value.. id` → empty.
+/// Index entry: `I coll index value.. id` → the document's partition (UTF-8), so a
+/// scan can check the read rule without the document.
 pub const SPACE_INDEX: u8 = b'I';
 /// Partition membership: `P partition coll id` → empty.
 pub const SPACE_PARTITION: u8 = b'P';
