@@ -83,6 +83,15 @@ function preopen(name: string): Promise<{ db: IDBDatabase; closed: boolean } | n
 /** IndexedDB opened ahead (`preopen`: the page knew the database's name before the
  * token came), taken by the `open` of that name. */
 let preopened: { name: string; opening: ReturnType<typeof preopen> } | null = null;
+/** Database `name` opening ahead: the one already opening, or a new one (another
+ * name's connection is closed). */
+const preopenAhead = (name: string): ReturnType<typeof preopen> => {
+  if (preopened?.name !== name) {
+    void preopened?.opening.then((pre) => pre?.db.close());
+    preopened = { name, opening: preopen(name) };
+  }
+  return preopened.opening;
+};
 
 const tokenWaits = new Map<number, (token: string | undefined) => void>();
 let nextToken = 1;
@@ -133,11 +142,7 @@ const handle = async (raw: unknown) => {
       return;
     }
     if (m === "preopen") {
-      const name = a[0] as string;
-      if (preopened?.name !== name) {
-        void preopened?.opening.then((pre) => pre?.db.close());
-        preopened = { name, opening: preopen(name) };
-      }
+      preopenAhead(a[0] as string);
       return;
     }
     if (m === "open") {
@@ -147,10 +152,8 @@ const handle = async (raw: unknown) => {
       // IndexedDB opens while the engine compiles (once per worker: a worker started
       // ahead or kept from a closed database has it already, with the same module;
       // engine.ts starts another otherwise).
-      const ahead = preopened;
+      const opening = preopenAhead(name);
       preopened = null;
-      if (ahead && ahead.name !== name) void ahead.opening.then((pre) => pre?.db.close());
-      const opening = ahead?.name === name ? ahead.opening : preopen(name);
       await initOnce(wasm, text);
       const pre = await opening;
       // Closed meanwhile for another page's upgrade or deletion: the engine opens anew.

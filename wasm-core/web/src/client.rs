@@ -1428,25 +1428,13 @@ impl Shared {
     /// at most [`FRAMES_HOLD_MS`]: the local writes go first on the worker's thread and
     /// in IndexedDB, and the frames that came meanwhile are handled together after.
     async fn hold_while_writing(&self) {
-        let start = js_sys::Date::now();
-        let mut held = false;
-        loop {
-            let now = js_sys::Date::now();
-            let quiet_at = self.last_local_ms.get() + f64::from(WRITES_QUIET_MS);
-            let until = quiet_at.min(start + f64::from(FRAMES_HOLD_MS));
-            if until <= now || self.stopped.get() {
-                return;
-            }
-            if !held {
-                held = true;
-                self.frames_held.set(self.frames_held.get() + 1);
-            }
-            let (fire, fired) = oneshot::channel::<()>();
-            let _timer = Timeout::new((until - now).ceil() as u32, move || {
-                let _ = fire.send(());
-            });
-            let _ = fired.await;
-        }
+        let deadline = js_sys::Date::now() + f64::from(FRAMES_HOLD_MS);
+        self.wait_until_quiet(
+            deadline,
+            |_| self.last_local_ms.get() + f64::from(WRITES_QUIET_MS),
+            || self.frames_held.set(self.frames_held.get() + 1),
+        )
+        .await;
     }
 
     /// At open, waits until the app's first reads are answered (no local operation in
@@ -1454,17 +1442,40 @@ impl Shared {
     /// after the open: the handshake, the catch-up the server sends and its own work
     /// for it come after the reads a page makes as it starts, not between them.
     async fn wait_for_first_reads(&self) {
-        let last = self.opened_ms + f64::from(CONNECT_HOLD_MS);
+        let deadline = self.opened_ms + f64::from(CONNECT_HOLD_MS);
+        self.wait_until_quiet(
+            deadline,
+            |now| {
+                let last = if self.local_busy.get() > 0 {
+                    now
+                } else {
+                    self.local_done_ms.get().max(self.opened_ms)
+                };
+                last + f64::from(READS_QUIET_MS)
+            },
+            || {},
+        )
+        .await;
+    }
+
+    /// Sleeps until `quiet_at(now)` (asked again on waking: the activity it watches
+    /// may have moved it) or `deadline`, whichever comes first, or the replica stops;
+    /// `waiting` is called once, as it begins to sleep, if it does.
+    async fn wait_until_quiet(
+        &self,
+        deadline: f64,
+        quiet_at: impl Fn(f64) -> f64,
+        waiting: impl FnOnce(),
+    ) {
+        let mut waiting = Some(waiting);
         loop {
             let now = js_sys::Date::now();
-            let quiet_at = if self.local_busy.get() > 0 {
-                now + f64::from(READS_QUIET_MS)
-            } else {
-                self.local_done_ms.get().max(self.opened_ms) + f64::from(READS_QUIET_MS)
-            };
-            let until = quiet_at.min(last);
+            let until = quiet_at(now).min(deadline);
             if until <= now || self.stopped.get() {
                 return;
+            }
+            if let Some(f) = waiting.take() {
+                f();
             }
             let (fire, fired) = oneshot::channel::<()>();
             let _timer = Timeout::new((until - now).ceil() as u32, move || {
