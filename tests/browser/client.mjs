@@ -22,6 +22,8 @@
 //    every write is confirmed after.
 // 9. At open, the connection waits for the app's first reads: a query asked as the
 //    database opens is answered before the replica connects, and it connects after.
+// 10. The key filter's pages are read after the open's first reads, not at open; a
+//    create with a fresh id then reads nothing.
 import { cpSync, mkdirSync, copyFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
@@ -307,6 +309,22 @@ try {
   });
   check("when IndexedDB refuses the write, result still resolves and local rejects",
     fenced.result === "ann-d990000" && fenced.local === "STORAGE_ERROR", JSON.stringify(fenced));
+  // 10. The key filter's pages: not read at open, but once the first reads are answered;
+  //     then a create with a fresh id reads nothing from IndexedDB.
+  await p.evaluate(() => window.db.close().catch(() => {}));
+  await p.evaluate(() => window.openDb("ann", "client-ann", { offline: true }));
+  const later = await p.evaluate(async () => {
+    const atOpen = (await window.db.stats()).filterLoaded;
+    await window.db.query('Doc.byOwner("ann:u7").take(5)');
+    const until = performance.now() + 5000;
+    while (!(await window.db.stats()).filterLoaded && performance.now() < until) await new Promise((r) => setTimeout(r, 20));
+    const s0 = await window.db.stats();
+    await window.db.call("put1", { doc: window.doc("ann", 991_000) }).local;
+    const s1 = await window.db.stats();
+    return { atOpen, loaded: s0.filterLoaded, loads: s1.loadTransactions - s0.loadTransactions, absent: s1.absentByFilter - s0.absentByFilter };
+  });
+  check(`the key filter is read after the open's first reads (not at open), and a create then reads nothing (${later.loads} loads)`,
+    later.atOpen === false && later.loaded === true && later.loads === 0 && later.absent >= 1, JSON.stringify(later));
 } catch (e) {
   fail(e);
 } finally {

@@ -446,6 +446,20 @@ impl Warren {
                 sh.status.emit("persisted", JsValue::from_bool(persisted));
             });
         }
+        {
+            // The key filter's pages come in after the app's first reads (which they
+            // would otherwise go before, in IndexedDB): until then a read of a key
+            // never written asks IndexedDB. Failed: the first write to `kv` reads them.
+            let sh = shared.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                sh.wait_for_first_reads().await;
+                let load = match sh.replica.try_borrow() {
+                    Ok(r) if !sh.stopped.get() => r.store().load_filter(),
+                    _ => return,
+                };
+                let _ = load.await;
+            });
+        }
         wasm_bindgen_futures::spawn_local(local_lane(shared.clone(), local_rx));
         wasm_bindgen_futures::spawn_local(sync_lane(shared.clone(), sync_rx));
         if online {
@@ -566,6 +580,7 @@ impl Warren {
             set("spans", s.spans as f64);
             set("unwritten", s.unwritten as f64);
             set("filterBytes", s.filter_bytes as f64);
+            let _ = js_sys::Reflect::set(&o, &"filterLoaded".into(), &s.filter_loaded.into());
             set("loadTransactions", s.load_transactions as f64);
             set("loadRequests", s.load_requests as f64);
             set("recordsLoaded", s.records_loaded as f64);

@@ -121,6 +121,9 @@ pub struct Filter {
     generations: Vec<Generation>,
     dirty_pages: BTreeSet<(u8, u32)>,
     dirty_meta: bool,
+    /// Until the stored pages are read in ([`Filter::load_pages`]): the hashes of the
+    /// keys inserted meanwhile, inserted when they come.
+    unloaded: Option<Vec<u64>>,
 }
 
 impl Default for Filter {
@@ -136,6 +139,7 @@ impl Filter {
             generations: vec![Generation::new(FIRST_CAPACITY)],
             dirty_pages: BTreeSet::new(),
             dirty_meta: true,
+            unloaded: None,
         }
     }
 
@@ -144,6 +148,15 @@ impl Filter {
         meta: &[u8],
         pages: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     ) -> Result<Filter, BadFilter> {
+        let mut f = Filter::from_meta(meta)?;
+        f.load_pages(pages)?;
+        Ok(f)
+    }
+
+    /// The filter as stored, its pages not read yet: until [`Filter::load_pages`] it
+    /// answers "maybe" for every key (a read asks IndexedDB) and keeps the keys inserted
+    /// meanwhile, and its records must not be written ([`Filter::take_dirty`]).
+    pub fn from_meta(meta: &[u8]) -> Result<Filter, BadFilter> {
         let (&format, rest) = meta.split_first().ok_or(BadFilter("empty meta"))?;
         if format != FORMAT {
             return Err(BadFilter("unknown filter format"));
@@ -164,6 +177,25 @@ impl Filter {
             g.inserted = ins;
             generations.push(g);
         }
+        Ok(Filter {
+            generations,
+            dirty_pages: BTreeSet::new(),
+            dirty_meta: false,
+            unloaded: Some(Vec::new()),
+        })
+    }
+
+    /// Reads in the stored pages (nothing if they are in already), then inserts the keys
+    /// inserted since [`Filter::from_meta`]. Refused pages leave it unloaded.
+    pub fn load_pages<'a>(
+        &mut self,
+        pages: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<(), BadFilter> {
+        if self.is_loaded() {
+            return Ok(());
+        }
+        // All checked before any is taken.
+        let mut checked = Vec::new();
         for (k, v) in pages {
             let Some(id) = k.strip_prefix(PAGE_PREFIX) else {
                 continue;
@@ -171,25 +203,36 @@ impl Filter {
             if id.len() != 5 || v.len() != PAGE_BYTES {
                 return Err(BadFilter("bad page"));
             }
-            let g = generations
-                .get_mut(id[0] as usize)
+            let g = self
+                .generations
+                .get(id[0] as usize)
                 .ok_or(BadFilter("page of no generation"))?;
             let page = u32::from_be_bytes(id[1..].try_into().expect("4 bytes")) as usize;
             let at = page * PAGE_BYTES;
             if at + PAGE_BYTES > g.bits.len() {
                 return Err(BadFilter("page out of range"));
             }
-            g.bits[at..at + PAGE_BYTES].copy_from_slice(v);
+            checked.push((id[0] as usize, at, v));
         }
-        Ok(Filter {
-            generations,
-            dirty_pages: BTreeSet::new(),
-            dirty_meta: false,
-        })
+        for (g, at, v) in checked {
+            self.generations[g].bits[at..at + PAGE_BYTES].copy_from_slice(v);
+        }
+        for h in self.unloaded.take().unwrap_or_default() {
+            self.insert_hash(h);
+        }
+        Ok(())
+    }
+
+    /// Whether the stored pages are in (see [`Filter::from_meta`]).
+    pub fn is_loaded(&self) -> bool {
+        self.unloaded.is_none()
     }
 
     /// Whether the database may hold `key` (false: it certainly does not).
     pub fn may_contain(&self, key: &[u8]) -> bool {
+        if self.unloaded.is_some() {
+            return true;
+        }
         let h = hash(key);
         self.generations.iter().any(|g| g.contains(h))
     }
@@ -197,6 +240,13 @@ impl Filter {
     /// Notes that `key` is written to the database.
     pub fn insert(&mut self, key: &[u8]) {
         let h = hash(key);
+        match &mut self.unloaded {
+            Some(early) => early.push(h),
+            None => self.insert_hash(h),
+        }
+    }
+
+    fn insert_hash(&mut self, h: u64) {
         if self.generations.iter().any(|g| g.contains(h)) {
             return;
         }
@@ -215,7 +265,9 @@ impl Filter {
     }
 
     /// The records to write for what changed since the last call: `(key, value)`.
+    /// Only once loaded: the pages of a filter not loaded lack what is stored.
     pub fn take_dirty(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        assert!(self.is_loaded(), "the key filter's pages are not read in");
         let mut out = Vec::new();
         for (g, page) in std::mem::take(&mut self.dirty_pages) {
             let bits = &self.generations[g as usize].bits;
@@ -278,6 +330,8 @@ pub fn is_filter_key(k: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn key(i: u32) -> Vec<u8> {
@@ -329,6 +383,63 @@ mod tests {
             .filter(|&i| g.may_contain(&key(i)))
             .count();
         assert!(fp < 3_000, "{fp} false positives in 100,000");
+    }
+
+    /// Opened from its meta record alone, it answers "maybe" and writes nothing until
+    /// its pages are in; the keys inserted meanwhile are in it after, and its records
+    /// then cover them and what was stored.
+    #[test]
+    fn pages_read_in_later_keep_the_keys_inserted_before() {
+        let mut f = Filter::new();
+        for i in 0..1_000 {
+            f.insert(&key(i));
+        }
+        let stored = f.take_dirty();
+        let (meta, pages): (Vec<_>, Vec<_>) =
+            stored.iter().partition(|(k, _)| k.as_slice() == META_KEY);
+        let pages = || pages.iter().map(|(k, v)| (k.as_slice(), v.as_slice()));
+        let mut g = Filter::from_meta(&meta[0].1).unwrap();
+        assert!(!g.is_loaded());
+        assert!(
+            g.may_contain(&key(5_000_000)),
+            "unknown until loaded: maybe"
+        );
+        for i in 1_000..1_100 {
+            g.insert(&key(i));
+        }
+        // Refused pages leave it as it was.
+        assert!(g
+            .load_pages([(&page_key(0, 9999)[..], &[0u8; PAGE_BYTES][..])])
+            .is_err());
+        assert!(!g.is_loaded());
+        g.load_pages(pages()).unwrap();
+        assert!(g.is_loaded());
+        assert!((0..1_100).all(|i| g.may_contain(&key(i))));
+        let fp = (2_000_000..2_010_000)
+            .filter(|&i| g.may_contain(&key(i)))
+            .count();
+        assert!(fp < 200, "{fp} false positives in 10,000");
+        // Loading again changes nothing.
+        g.load_pages(std::iter::empty()).unwrap();
+        assert!((0..1_100).all(|i| g.may_contain(&key(i))));
+        // What it writes, over what was stored, holds every key.
+        let mut all: BTreeMap<Vec<u8>, Vec<u8>> = stored.iter().cloned().collect();
+        all.extend(g.take_dirty());
+        let h = Filter::decode(
+            &all[META_KEY],
+            all.iter()
+                .filter(|(k, _)| k.as_slice() != META_KEY)
+                .map(|(k, v)| (k.as_slice(), v.as_slice())),
+        )
+        .unwrap();
+        assert!((0..1_100).all(|i| h.may_contain(&key(i))));
+    }
+
+    #[test]
+    #[should_panic(expected = "not read in")]
+    fn a_filter_not_loaded_writes_nothing() {
+        let meta = Filter::new().encode_meta();
+        Filter::from_meta(&meta).unwrap().take_dirty();
     }
 
     #[test]

@@ -39,6 +39,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::ops::Bound;
 use std::rc::Rc;
 
@@ -265,18 +266,20 @@ pub struct IdbStats {
     /// Evicted bytes, in all.
     pub evicted_bytes: u64,
     /// At open: opening (and upgrading) the database, then the one transaction that
-    /// claims it and reads the filter and the replica's own keys (ms).
+    /// claims it and reads the filter's meta record, the write-ahead records and the
+    /// replica's own keys (ms).
     pub open_db_ms: u64,
     pub open_read_ms: u64,
     /// Now: the cache's bytes (its entries and its spans: what the cap bounds) and
     /// entries, its spans, writes not yet durable, keys durable in write-ahead records
-    /// not yet applied, the filter's bytes.
+    /// not yet applied, the filter's bytes and whether its pages are read in.
     pub cache_bytes: u64,
     pub cache_entries: u64,
     pub spans: u64,
     pub unwritten: u64,
     pub unapplied: u64,
     pub filter_bytes: u64,
+    pub filter_loaded: bool,
 }
 
 /// The write-ahead records read at open, merged in order.
@@ -313,7 +316,9 @@ struct InFlight {
     took_records: bool,
     /// What it writes (an apply: everything not known to be in `kv` when issued).
     writes: Writes,
-    filter_records: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The key filter's records it writes (taken as it was issued, or, when the
+    /// filter's pages were not read in then, once its own transaction read them).
+    filter_records: Rc<RefCell<Vec<Entry>>>,
     done: Rc<RefCell<Option<Result<(), Error>>>>,
     /// It found the database claimed by another page.
     fenced: Rc<Cell<bool>>,
@@ -347,7 +352,13 @@ pub struct IdbStore {
     /// Operations in progress, by their first tick: what they used is not evicted.
     ops: RefCell<BTreeMap<u64, u32>>,
     misses: RefCell<Vec<Miss>>,
-    filter: Filter,
+    /// Read in after open (see [`IdbStore::load_filter`]) or by the first flush that
+    /// writes to `kv`.
+    filter: Rc<RefCell<Filter>>,
+    /// Flushes issued before the filter's pages were read in that will read them in
+    /// their own transaction and have not yet: a read of them made apart is not taken
+    /// meanwhile (such a flush writes the pages of every key written before it).
+    filter_readers: Rc<Cell<u32>>,
     /// Counts IndexedDB gave for ranges, kept up to date by writes whose effect on
     /// them is known.
     counts: RefCell<Vec<(KeyRange, u64)>>,
@@ -385,7 +396,7 @@ pub struct IdbStore {
     doc_of: Option<DocOf>,
     epoch: Option<f64>,
     fenced: bool,
-    stats: RefCell<IdbStats>,
+    stats: Rc<RefCell<IdbStats>>,
 }
 
 /// Where the leader epoch lives: outside the engine's key spaces, read and written only
@@ -582,16 +593,20 @@ impl IdbStore {
         close.forget();
     }
 
-    fn with(db: IdbDatabase, name: &str, filter: Filter) -> IdbStore {
+    fn with(db: IdbDatabase, name: &str, mut filter: Filter) -> IdbStore {
         // The filter holds every key written but those of the pinned spaces: with it
         // empty, nothing outside them was ever written, and the empty cache holds all
         // of that, exactly (every read until the cap is reached is answered here). The
-        // pinned spaces (an outbox written offline, say) are read as always.
+        // pinned spaces (an outbox written offline, say) are read as always. (Nor has
+        // it any pages to read.)
         let mut spans = Spans::default();
         if filter.is_empty() {
             for r in unpinned() {
                 spans.add(&r, 0);
             }
+            filter
+                .load_pages(std::iter::empty())
+                .expect("no pages to refuse");
         }
         IdbStore {
             db,
@@ -603,7 +618,8 @@ impl IdbStore {
             tick: Cell::new(1),
             ops: RefCell::new(BTreeMap::new()),
             misses: RefCell::new(Vec::new()),
-            filter,
+            filter: Rc::new(RefCell::new(filter)),
+            filter_readers: Rc::default(),
             counts: RefCell::new(Vec::new()),
             dirty: BTreeMap::new(),
             in_flight: VecDeque::new(),
@@ -624,7 +640,7 @@ impl IdbStore {
             doc_of: None,
             epoch: None,
             fenced: false,
-            stats: RefCell::new(IdbStats::default()),
+            stats: Rc::default(),
         }
     }
 
@@ -638,19 +654,18 @@ impl IdbStore {
         Self::meta_from(Self::meta_requests(&store)?).await
     }
 
-    /// The requests that read the backend's own records: the filter's meta record, its
-    /// pages, the write-ahead records.
+    /// The requests that read the backend's own records at open: the filter's meta
+    /// record and the write-ahead records. The filter's pages are read later (they grow
+    /// with the database: 570 KiB at 100,000 documents), see [`IdbStore::load_filter`].
     fn meta_requests(store: &web_sys::IdbObjectStore) -> Result<MetaReads, Error> {
         let meta = store
             .get(&key(filter::META_KEY))
             .map_err(|e| js_err("get", e))?;
-        let read = |prefix: &[u8]| RangeRead::all(store, &KeyRange::prefix(prefix));
-        Ok((meta, read(filter::PAGE_PREFIX)?, read(wal::PREFIX)?))
+        Ok((meta, RangeRead::all(store, &KeyRange::prefix(wal::PREFIX))?))
     }
 
-    async fn meta_from((meta, pages, records): MetaReads) -> Result<(Filter, Replay), Error> {
+    async fn meta_from((meta, records): MetaReads) -> Result<(Filter, Replay), Error> {
         let meta = request(&meta).await.map_err(|e| js_err("get", e))?;
-        let pages = pages.entries().await?;
         let records = records.entries().await?;
         if meta.is_undefined() {
             return Err(Error::new(
@@ -659,11 +674,7 @@ impl IdbStore {
             ));
         }
         let meta = Uint8Array::new(&meta).to_vec();
-        let filter = Filter::decode(
-            &meta,
-            pages.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
-        )
-        .map_err(|e| Error::new(ErrorCode::Corrupt, format!("the key filter: {}", e.0)))?;
+        let filter = Filter::from_meta(&meta).map_err(bad_filter)?;
         // The records in order of their numbers (the keys' order).
         let mut replay = Replay::default();
         for (k, record) in records {
@@ -688,7 +699,7 @@ impl IdbStore {
     fn replay(&mut self, replay: Replay) {
         let now = self.tick.get();
         for (k, v) in &replay.writes {
-            note_written(&mut self.filter, k, v);
+            note_written(&mut self.filter.borrow_mut(), k, v);
             match v {
                 Some(v) => self.cache_put(k.clone(), v.clone()),
                 None => self.cache_remove(k),
@@ -779,7 +790,8 @@ impl IdbStore {
                 + self.in_flight.iter().map(|f| f.writes.len()).sum::<usize>())
                 as u64,
             unapplied: self.wal.len() as u64,
-            filter_bytes: self.filter.bytes() as u64,
+            filter_bytes: self.filter.borrow().bytes() as u64,
+            filter_loaded: self.filter.borrow().is_loaded(),
             ..*self.stats.borrow()
         }
     }
@@ -1029,19 +1041,39 @@ impl IdbStore {
                 gen0: self.write_gen,
                 ahead_max: 0,
                 doc_of: None,
+                filter: None,
             });
         }
-        let tx = self
-            .db
-            .transaction_with_str(KV)
-            .map_err(|e| js_err("read transaction", e))?;
+        // Before the key filter's pages are read in, the points read now wait for them
+        // (read first, in this transaction): a key they show never written is not read
+        // (the creates of an import, just after a reopen).
+        let filtering =
+            !self.filter.borrow().is_loaded() && plan.iter().any(|m| matches!(m, Miss::Point(_)));
+        let tx = if filtering {
+            self.db
+                .transaction_with_str_sequence(&Array::of2(&KV.into(), &META.into()))
+        } else {
+            self.db.transaction_with_str(KV)
+        }
+        .map_err(|e| js_err("read transaction", e))?;
         let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
         // A family read ahead is counted first. A miss inside it waits for the count:
         // when the family is small enough to be read whole, that read answers the miss
         // too (reading it as well would read the same entries twice); otherwise the
         // miss is read then, in the same transaction.
         let mut deferred: Vec<Vec<(Miss, usize)>> = families.iter().map(|_| Vec::new()).collect();
-        let mut reqs = Vec::with_capacity(plan.len() + families.len());
+        let mut reqs = Vec::with_capacity(plan.len() + families.len() + 1);
+        // The filter's pages first: what they show absent needs no read, nor reading
+        // its family ahead.
+        if filtering {
+            let meta = tx
+                .object_store(META)
+                .map_err(|e| js_err("object store", e))?;
+            reqs.push(Req::Filtered {
+                pages: RangeRead::all(&meta, &KeyRange::prefix(filter::PAGE_PREFIX))?,
+                points: Vec::new(),
+            });
+        }
         let mut now_read = Vec::with_capacity(plan.len());
         for m in plan {
             let n = match &m {
@@ -1069,13 +1101,17 @@ impl IdbStore {
                 .count_with_key(&idb_range(&range)?)
                 .map_err(|e| js_err("count", e))?;
             reqs.push(Req::Ahead {
+                family: f,
                 range,
                 count,
                 deferred,
             });
         }
         for (m, n) in now_read {
-            reqs.push(issue(&store, m, n)?);
+            match (m, reqs.first_mut()) {
+                (Miss::Point(k), Some(Req::Filtered { points, .. })) => points.push(k),
+                (m, _) => reqs.push(issue(&store, m, n)?),
+            }
         }
         let mut s = self.stats.borrow_mut();
         s.load_transactions += 1;
@@ -1086,6 +1122,11 @@ impl IdbStore {
             gen0: self.write_gen,
             ahead_max: (self.cap / READAHEAD_ENTRY_BYTES) as u64,
             doc_of: self.doc_of.clone(),
+            filter: Some(FilterShare {
+                filter: self.filter.clone(),
+                readers: self.filter_readers.clone(),
+                stats: self.stats.clone(),
+            }),
         })
     }
 
@@ -1136,6 +1177,9 @@ impl IdbStore {
 
     fn take_loaded(&mut self, done: Loaded) -> Result<Vec<KeyRange>, Error> {
         let data = done.data?;
+        for f in &data.unread_families {
+            self.readahead.remove(f);
+        }
         let gen0 = done.gen0;
         let now = self.tick.get();
         let mut gained = Vec::new();
@@ -1271,6 +1315,42 @@ impl IdbStore {
         self.load(&KeyRange::all()).await
     }
 
+    /// Reads the key filter's pages in (in a read transaction issued now), so that
+    /// reads of keys never written need no trip to IndexedDB: until then every such
+    /// read asks it. Left out of the open, whose cost would otherwise grow with the
+    /// database; a driver calls it once the first reads are answered. The first flush
+    /// to write to `kv` before then reads them itself (see [`IdbStore::issue`]), and
+    /// while one is to, what this read is not taken.
+    pub fn load_filter(&self) -> impl Future<Output = Result<(), Error>> + 'static {
+        let filter = self.filter.clone();
+        let readers = self.filter_readers.clone();
+        let read = (!filter.borrow().is_loaded()).then(|| {
+            let tx = self
+                .db
+                .transaction_with_str(META)
+                .map_err(|e| js_err("read transaction", e))?;
+            let store = tx
+                .object_store(META)
+                .map_err(|e| js_err("object store", e))?;
+            RangeRead::all(&store, &KeyRange::prefix(filter::PAGE_PREFIX))
+        });
+        async move {
+            let Some(read) = read else {
+                return Ok(());
+            };
+            let pages = read?.entries().await?;
+            // No write to `kv` was issued since the open (each is a reader until the
+            // pages are in): IndexedDB holds the pages as they were read.
+            if readers.get() == 0 {
+                filter
+                    .borrow_mut()
+                    .load_pages(pages.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+                    .map_err(bad_filter)?;
+            }
+            Ok(())
+        }
+    }
+
     // ----- writing -----
 
     /// Whether writes are not yet durable.
@@ -1395,16 +1475,22 @@ impl IdbStore {
         if self.fenced {
             return Err(fenced());
         }
+        let mut filter = self.filter.borrow_mut();
         for (k, v) in &self.dirty {
-            note_written(&mut self.filter, k, v);
+            note_written(&mut filter, k, v);
         }
         // A record's keys are in the filter again when it is read at open: its pages
-        // are written with the next apply.
-        let filter_records = if kind == Kind::Record {
+        // are written with the next apply. A write to `kv` writes the pages its keys
+        // changed, and so needs the stored ones: before they are read in, it reads them
+        // itself, in its own transaction, and writes the filter's changes once they come
+        // (IndexedDB runs it before any write transaction issued after it).
+        let reads_pages = kind != Kind::Record && !filter.is_loaded();
+        let filter_records = Rc::new(RefCell::new(if kind == Kind::Record || reads_pages {
             Vec::new()
         } else {
-            self.filter.take_dirty()
-        };
+            filter.take_dirty()
+        }));
+        drop(filter);
         let scope = Array::of2(&KV.into(), &META.into());
         let tx = self
             .db
@@ -1423,6 +1509,14 @@ impl IdbStore {
                     .map_err(|e| js_err("read the epoch", e))?,
             ),
             None => None,
+        };
+        let pages = if reads_pages {
+            Some(RangeRead::all(
+                &meta,
+                &KeyRange::prefix(filter::PAGE_PREFIX),
+            )?)
+        } else {
+            None
         };
         let queued = std::mem::take(&mut self.dirty);
         let (record, writes) = match kind {
@@ -1482,7 +1576,7 @@ impl IdbStore {
                         delete_run(&store, r)?;
                         requests += 1;
                     }
-                    for (k, v) in &filter_records {
+                    for (k, v) in filter_records.borrow().iter() {
                         meta.put_with_key(&key(v), &key(k))?;
                         requests += 1;
                     }
@@ -1505,7 +1599,7 @@ impl IdbStore {
             let _ = tx.abort();
             // (An apply's: the records' writes too, which are newer than `kv`.)
             self.dirty = writes;
-            self.filter.redirty(&filter_records);
+            self.filter.borrow_mut().redirty(&filter_records.borrow());
             return Err(js_err("write", e));
         }
         match kind {
@@ -1519,11 +1613,14 @@ impl IdbStore {
             Kind::Direct => {}
         }
         let committed: Rc<Cell<bool>> = Rc::default();
-        if epoch.is_none() {
+        if epoch.is_none() && pages.is_none() {
             // Nothing to check: commit now rather than when the event loop turns (a
             // page being closed gets its writes out sooner).
             #[allow(deprecated)]
             committed.set(tx.commit().is_ok());
+        }
+        if pages.is_some() {
+            self.filter_readers.set(self.filter_readers.get() + 1);
         }
         let id = self.next_flush;
         self.next_flush += 1;
@@ -1536,31 +1633,60 @@ impl IdbStore {
             let notify = self.notify.clone();
             let was_fenced = was_fenced.clone();
             let committed = committed.clone();
+            let filter = self.filter.clone();
+            let readers = self.filter_readers.clone();
+            let filter_records = filter_records.clone();
+            let stats = self.stats.clone();
             wasm_bindgen_futures::spawn_local(async move {
+                // The answers come in the order asked: the epoch, then the filter's
+                // pages; the transaction cannot commit before the writes issued after
+                // them. A changed epoch aborts it in time, and nothing of it is kept.
+                let mut ok = true;
                 if let (Some(get), Some(mine)) = (epoch, mine) {
-                    match request(&get).await {
-                        Ok(v) if epoch_of(&v) == mine => {
-                            // Checked, and every write is issued: committed now, the
-                            // transaction completes even if this worker goes away next
-                            // (a page being closed); left to commit on its own, it would
-                            // be aborted with the worker.
-                            #[allow(deprecated)]
-                            if tx.commit().is_ok() {
-                                committed.set(true);
-                                // The driver may report what waited for this point.
-                                if let Some(f) = &notify {
-                                    f();
-                                }
+                    if !matches!(request(&get).await, Ok(v) if epoch_of(&v) == mine) {
+                        was_fenced.set(true);
+                        ok = false;
+                        let _ = tx.abort();
+                    }
+                }
+                let mut failed = None;
+                if let Some(read) = pages {
+                    let read = read.entries().await;
+                    if ok {
+                        match write_filter_changes(&filter, &meta, read) {
+                            Ok(records) => {
+                                stats.borrow_mut().write_requests += records.len() as u64;
+                                *filter_records.borrow_mut() = records;
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                ok = false;
+                                let _ = tx.abort();
                             }
                         }
-                        _ => {
-                            was_fenced.set(true);
-                            let _ = tx.abort();
+                    }
+                    readers.set(readers.get() - 1);
+                }
+                if ok && !committed.get() {
+                    // Checked, and every write is issued: committed now, the
+                    // transaction completes even if this worker goes away next (a page
+                    // being closed); left to commit on its own, it would be aborted
+                    // with the worker.
+                    #[allow(deprecated)]
+                    if tx.commit().is_ok() {
+                        committed.set(true);
+                        // The driver may report what waited for this point.
+                        if let Some(f) = &notify {
+                            f();
                         }
                     }
                 }
                 let r = complete(&tx).await.map_err(|e| js_err("commit", e));
-                *done.borrow_mut() = Some(if was_fenced.get() { Err(fenced()) } else { r });
+                *done.borrow_mut() = Some(if was_fenced.get() {
+                    Err(fenced())
+                } else {
+                    failed.map_or(r, Err)
+                });
                 let _ = tx_done.send(());
                 if let Some(f) = notify {
                     f();
@@ -1629,7 +1755,7 @@ impl IdbStore {
                             self.dirty.entry(k).or_insert(v);
                         }
                     }
-                    self.filter.redirty(&f.filter_records);
+                    self.filter.borrow_mut().redirty(&f.filter_records.borrow());
                     // IndexedDB lacks what the cache holds: counts read since are off.
                     self.counts.borrow_mut().clear();
                     out.error.get_or_insert(e);
@@ -1702,6 +1828,32 @@ impl IdbStore {
 
 /// The key filter takes every key written to IndexedDB but those of the pinned spaces
 /// (always loaded at open: the filter is never asked about them).
+fn bad_filter(e: filter::BadFilter) -> Error {
+    Error::new(ErrorCode::Corrupt, format!("the key filter: {}", e.0))
+}
+
+/// In a flush issued before the key filter's pages were read in: takes in the pages it
+/// read (unless a read of them came first) and writes, in its transaction, what the
+/// filter changed, which covers every key written before it. Gives those records.
+fn write_filter_changes(
+    filter: &RefCell<Filter>,
+    meta: &web_sys::IdbObjectStore,
+    pages: Result<Vec<Entry>, Error>,
+) -> Result<Vec<Entry>, Error> {
+    let pages = pages?;
+    let mut f = filter.borrow_mut();
+    f.load_pages(pages.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+        .map_err(bad_filter)?;
+    let records = f.take_dirty();
+    for (k, v) in &records {
+        if let Err(e) = meta.put_with_key(&key(v), &key(k)) {
+            f.redirty(&records);
+            return Err(js_err("write", e));
+        }
+    }
+    Ok(records)
+}
+
 fn note_written(filter: &mut Filter, k: &[u8], v: &Option<Vec<u8>>) {
     if v.is_some() && !k.first().is_some_and(|b| PINNED.contains(b)) {
         filter.insert(k);
@@ -1804,11 +1956,18 @@ enum Req {
     /// A family's count; the family itself, if it is small enough, or else the misses
     /// inside it, read once the count is known.
     Ahead {
+        family: Vec<u8>,
         range: KeyRange,
         count: IdbRequest,
         deferred: Vec<(Miss, usize)>,
     },
     Point(Vec<u8>, IdbRequest),
+    /// The key filter's pages (when not read in yet), then the points it does not
+    /// show absent (those of the families read ahead: see `Req::Ahead`).
+    Filtered {
+        pages: RangeRead,
+        points: Vec<Vec<u8>>,
+    },
     All {
         range: KeyRange,
         limit: usize,
@@ -1822,7 +1981,7 @@ enum Req {
 
 /// The reads of the backend's own records at open: the filter's meta record, its
 /// pages, the write-ahead records.
-type MetaReads = (IdbRequest, RangeRead, RangeRead);
+type MetaReads = (IdbRequest, RangeRead);
 
 /// Loads issued in one read transaction (see [`IdbStore::begin_load`]).
 pub struct LoadJob {
@@ -1833,6 +1992,15 @@ pub struct LoadJob {
     /// Most entries a family may have to be read ahead.
     ahead_max: u64,
     doc_of: Option<DocOf>,
+    filter: Option<FilterShare>,
+}
+
+/// What a load needs of its store for `Req::Filtered`: the key filter, its readers
+/// (see `IdbStore::filter_readers`) and the counters.
+struct FilterShare {
+    filter: Rc<RefCell<Filter>>,
+    readers: Rc<Cell<u32>>,
+    stats: Rc<RefCell<IdbStats>>,
 }
 
 /// What a [`LoadJob`] read, for [`IdbStore::finish_load`].
@@ -1855,6 +2023,9 @@ struct LoadedData {
     along: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     scans: Vec<ScanChunk>,
     counts: Vec<(KeyRange, u64)>,
+    /// Families to read ahead whose misses all proved absent: not read, and to be
+    /// considered again at their next miss.
+    unread_families: Vec<Vec<u8>>,
 }
 
 fn bytes_of(v: &JsValue) -> Vec<u8> {
@@ -1885,10 +2056,37 @@ impl LoadJob {
         while let Some(r) = reqs.pop_front() {
             match r {
                 Req::Ahead {
+                    family,
                     range,
                     count,
                     deferred,
                 } => {
+                    // Points the key filter, read in by this load, shows absent: not
+                    // read, and when they were all that was missed in the family, it
+                    // is not read ahead either (for creates, just after a reopen).
+                    let before = deferred.len();
+                    let deferred: Vec<(Miss, usize)> = match &self.filter {
+                        Some(share) if share.filter.borrow().is_loaded() => {
+                            let f = share.filter.borrow();
+                            let mut rest = Vec::with_capacity(deferred.len());
+                            for (m, n) in deferred {
+                                match m {
+                                    Miss::Point(k) if !f.may_contain(&k) => {
+                                        share.stats.borrow_mut().absent_by_filter += 1;
+                                        point_keys.push(k);
+                                        point_values.push(&JsValue::UNDEFINED);
+                                    }
+                                    m => rest.push((m, n)),
+                                }
+                            }
+                            rest
+                        }
+                        _ => deferred,
+                    };
+                    if deferred.is_empty() && before > 0 {
+                        out.unread_families.push(family);
+                        continue;
+                    }
                     let n = request(&count).await.map_err(|e| js_err("count", e))?;
                     let n = n.as_f64().unwrap_or(f64::MAX);
                     if n > self.ahead_max as f64 {
@@ -1906,6 +2104,31 @@ impl LoadJob {
                     let v = request(&req).await.map_err(|e| js_err("get", e))?;
                     point_keys.push(k);
                     point_values.push(&v);
+                }
+                Req::Filtered { pages, points } => {
+                    let pages = pages.entries().await?;
+                    let FilterShare {
+                        filter,
+                        readers,
+                        stats,
+                    } = self.filter.as_ref().expect("a store's load");
+                    // Taken in as the open would have: no write to `kv` was issued
+                    // since it (see `IdbStore::load_filter`).
+                    let mut f = filter.borrow_mut();
+                    if !f.is_loaded() && readers.get() == 0 {
+                        f.load_pages(pages.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+                            .map_err(bad_filter)?;
+                    }
+                    for k in points {
+                        if f.is_loaded() && !f.may_contain(&k) {
+                            stats.borrow_mut().absent_by_filter += 1;
+                            point_keys.push(k);
+                            point_values.push(&JsValue::UNDEFINED);
+                        } else {
+                            let r = store.get(&key(&k)).map_err(|e| js_err("get", e))?;
+                            reqs.push_back(Req::Point(k, r));
+                        }
+                    }
                 }
                 Req::Count(range, req) => {
                     let v = request(&req).await.map_err(|e| js_err("count", e))?;
@@ -2212,7 +2435,7 @@ impl Storage for IdbStore {
         if self.spans.borrow_mut().holds(k, now) {
             return Ok(self.cache.get(k).cloned());
         }
-        if !self.filter.may_contain(k) {
+        if !self.filter.borrow().may_contain(k) {
             // Never written to this database: certainly absent.
             self.spans.borrow_mut().add_point(k, now);
             self.stats.borrow_mut().absent_by_filter += 1;
@@ -2304,7 +2527,7 @@ impl Storage for IdbStore {
             // Whether the key was there before, if known (for the cached counts).
             let before = if self.spans.borrow_mut().holds(&k, now) {
                 Some(self.cache.contains_key(&k))
-            } else if !self.filter.may_contain(&k) {
+            } else if !self.filter.borrow().may_contain(&k) {
                 Some(false)
             } else {
                 None

@@ -249,11 +249,26 @@ async fn misses_load_together_and_absences_need_no_read() {
     s.apply(b).unwrap();
     assert_eq!(s.get(&[b'E', 1]).unwrap(), Some(vec![1]));
     assert!(s.take_misses().is_empty());
-    // Never written: the filter says absent, no miss (a fresh id).
+    // The filter's pages are not read at open: until they are, a read of a key never
+    // written misses, and its load reads the pages first, which show it absent (it is
+    // not read); a key written is read.
+    assert!(!s.stats().filter_loaded);
     assert_eq!(s.get(&[b'D', 200]).unwrap(), None);
+    assert_eq!(s.get(&[b'D', 40]).unwrap(), None);
+    let m = s.take_misses();
+    assert_eq!(m.len(), 2);
+    let gained = s.load_misses(m).await.unwrap();
+    assert_eq!(gained, vec![KeyRange::point(&[b'D', 40])]);
+    assert!(s.stats().filter_loaded);
+    assert_eq!(s.stats().absent_by_filter, 1);
+    assert_eq!(s.get(&[b'D', 40]).unwrap(), Some(vec![40]));
+    assert_eq!(s.get(&[b'D', 200]).unwrap(), None);
+    assert!(s.take_misses().is_empty());
+    // Never written: the filter says absent, no miss (a fresh id).
+    assert_eq!(s.get(&[b'D', 201]).unwrap(), None);
     assert_eq!(s.get(b"Dfresh-id").unwrap(), None);
     assert!(s.take_misses().is_empty(), "absent keys need no read");
-    assert_eq!(s.stats().absent_by_filter, 2);
+    assert_eq!(s.stats().absent_by_filter, 3);
     // Two point misses (one twice): reported once each, loaded in one transaction.
     for k in [[b'D', 3], [b'D', 7], [b'D', 3]] {
         assert_eq!(s.get(&k).unwrap(), None);
@@ -366,6 +381,8 @@ async fn sized_loads(records: bool) {
 
     // A count: IndexedDB counts, nothing is read.
     let mut s = IdbStore::open(name).await.unwrap();
+    // (With the filter's pages in, a fresh key is known absent, below.)
+    s.load_filter().await.unwrap();
     assert_eq!(s.count(&range, u64::MAX).unwrap(), 0);
     let m = s.take_misses();
     assert_eq!(m, vec![Miss::Count(range.clone())]);
@@ -627,6 +644,91 @@ async fn a_connection_opened_ahead_is_used_or_replaced() {
     IdbStore::delete(old).await.unwrap();
 }
 
+/// The key filter's pages are read after the open, or by the first flush that writes to
+/// `kv` before then, in its own transaction: every key in `kv` stays in the stored
+/// filter (else a later open would take a stored key for absent), whether the keys came
+/// in a large flush, in write-ahead records applied later, or while a read of the pages
+/// made apart was under way.
+#[wasm_bindgen_test]
+async fn the_filter_read_after_open_still_covers_every_key() {
+    let name = "filter-later";
+    let key = |p: u8, i: u32| {
+        let mut k = vec![p];
+        k.extend_from_slice(&i.to_be_bytes());
+        k
+    };
+    let batch = |p: u8, n: u32| {
+        let mut b = Batch::new();
+        for i in 0..n {
+            b.put(key(p, i), vec![p]);
+        }
+        b
+    };
+    let mut s = fresh(name).await;
+    s.apply(batch(b'D', 50)).unwrap();
+    s.flush().await.unwrap();
+    s.close();
+
+    // A large flush (straight to `kv`) before the pages were read: it reads them.
+    let mut s = IdbStore::open(name).await.unwrap();
+    assert!(!s.stats().filter_loaded);
+    s.apply(batch(b'E', 100)).unwrap();
+    s.flush().await.unwrap();
+    assert!(s.stats().filter_loaded, "read by the flush");
+    // Small flushes: write-ahead records, whose keys the next open reads again.
+    for i in 0..3 {
+        let mut b = Batch::new();
+        b.put(key(b'F', i), vec![b'F']);
+        s.apply(b).unwrap();
+        s.begin_flush().unwrap();
+    }
+    s.settled().await.unwrap();
+    s.close();
+
+    // The records applied (a flush to `kv`) before the pages were read, while a read
+    // of them made apart is under way: it is not taken.
+    let mut s = IdbStore::open(name).await.unwrap();
+    assert_eq!(s.stats().unapplied, 3);
+    let apart = s.load_filter();
+    s.apply(batch(b'G', 100)).unwrap();
+    s.begin_flush().unwrap();
+    s.flush().await.unwrap();
+    apart.await.unwrap();
+    assert!(s.stats().filter_loaded);
+    assert_eq!(s.stats().unapplied, 0);
+    s.close();
+
+    // Every key written is in the stored filter: none is taken for absent.
+    let mut s = IdbStore::open(name).await.unwrap();
+    s.load_filter().await.unwrap();
+    assert!(s.stats().filter_loaded);
+    let written: Vec<Vec<u8>> = (0..50)
+        .map(|i| key(b'D', i))
+        .chain((0..100).map(|i| key(b'E', i)))
+        .chain((0..3).map(|i| key(b'F', i)))
+        .chain((0..100).map(|i| key(b'G', i)))
+        .collect();
+    for k in &written {
+        let _ = s.get(k).unwrap();
+    }
+    assert_eq!(
+        s.stats().absent_by_filter,
+        0,
+        "a written key taken for absent"
+    );
+    let misses = s.take_misses();
+    assert_eq!(misses.len(), written.len());
+    s.load_misses(misses).await.unwrap();
+    for k in &written {
+        assert_eq!(s.get(k).unwrap(), Some(vec![k[0]]), "{k:?}");
+    }
+    // And it still knows the keys never written.
+    assert_eq!(s.get(&key(b'H', 1)).unwrap(), None);
+    assert_eq!(s.stats().absent_by_filter, 1);
+    s.close();
+    IdbStore::delete(name).await.unwrap();
+}
+
 /// A small flush is one write-ahead record, not a request per key: what it wrote is read
 /// back after a reopen (puts and deletes over what `kv` held, in order), counts and
 /// scans see it, and a load first applies the records to `kv` (then none are left).
@@ -805,6 +907,26 @@ async fn a_miss_in_a_family_read_ahead_is_read_once() {
         None,
         "not loaded"
     );
+    s.close();
+
+    // A create's miss before the key filter's pages are in (just after a reopen): the
+    // load reads them, they show the key absent, and neither it nor its family is read;
+    // the family is still read ahead at the next miss of a document that is there.
+    let mut s = IdbStore::open(name).await.unwrap();
+    assert!(!s.stats().filter_loaded);
+    let fresh_id = warren_core::keys::doc_key("Doc", "new-1");
+    assert_eq!(s.get(&fresh_id).unwrap(), None);
+    let m = s.take_misses();
+    assert!(s.load_misses(m).await.unwrap().is_empty(), "nothing gained");
+    assert!(s.stats().filter_loaded);
+    assert_eq!(s.stats().absent_by_filter, 1);
+    // (The key's own answer, "absent", counts as one.)
+    assert_eq!(s.stats().records_loaded, 1, "the family was not read ahead");
+    assert_eq!(s.get(&k).unwrap(), None);
+    let m = s.take_misses();
+    s.load_misses(m).await.unwrap();
+    assert_eq!(s.get(&k).unwrap(), Some(vec![3]));
+    assert_eq!(s.stats().records_loaded, 301);
     s.close();
     IdbStore::delete(name).await.unwrap();
 }
