@@ -1070,7 +1070,7 @@ impl IdbStore {
                 .object_store(META)
                 .map_err(|e| js_err("object store", e))?;
             reqs.push(Req::Filtered {
-                pages: RangeRead::all(&meta, &KeyRange::prefix(filter::PAGE_PREFIX))?,
+                pages: read_filter_pages(&meta)?,
                 points: Vec::new(),
             });
         }
@@ -1332,22 +1332,14 @@ impl IdbStore {
             let store = tx
                 .object_store(META)
                 .map_err(|e| js_err("object store", e))?;
-            RangeRead::all(&store, &KeyRange::prefix(filter::PAGE_PREFIX))
+            read_filter_pages(&store)
         });
         async move {
             let Some(read) = read else {
                 return Ok(());
             };
             let pages = read?.entries().await?;
-            // No write to `kv` was issued since the open (each is a reader until the
-            // pages are in): IndexedDB holds the pages as they were read.
-            if readers.get() == 0 {
-                filter
-                    .borrow_mut()
-                    .load_pages(pages.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
-                    .map_err(bad_filter)?;
-            }
-            Ok(())
+            take_in_filter_pages(&mut filter.borrow_mut(), &readers, &pages)
         }
     }
 
@@ -1511,10 +1503,7 @@ impl IdbStore {
             None => None,
         };
         let pages = if reads_pages {
-            Some(RangeRead::all(
-                &meta,
-                &KeyRange::prefix(filter::PAGE_PREFIX),
-            )?)
+            Some(read_filter_pages(&meta)?)
         } else {
             None
         };
@@ -1832,6 +1821,28 @@ fn bad_filter(e: filter::BadFilter) -> Error {
     Error::new(ErrorCode::Corrupt, format!("the key filter: {}", e.0))
 }
 
+/// A read of the key filter's pages (in `meta`).
+fn read_filter_pages(meta: &web_sys::IdbObjectStore) -> Result<RangeRead, Error> {
+    RangeRead::all(meta, &KeyRange::prefix(filter::PAGE_PREFIX))
+}
+
+/// Takes in the filter's pages a read other than a flush's found, unless they are in
+/// already or a flush that reads them itself was issued: until then no write to `kv`
+/// was issued since the open (each is such a flush until the pages are in), so they are
+/// as IndexedDB holds them.
+fn take_in_filter_pages(
+    filter: &mut Filter,
+    readers: &Cell<u32>,
+    pages: &[Entry],
+) -> Result<(), Error> {
+    if readers.get() == 0 {
+        filter
+            .load_pages(pages.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+            .map_err(bad_filter)?;
+    }
+    Ok(())
+}
+
 /// In a flush issued before the key filter's pages were read in: takes in the pages it
 /// read (unless a read of them came first) and writes, in its transaction, what the
 /// filter changed, which covers every key written before it. Gives those records.
@@ -1842,6 +1853,8 @@ fn write_filter_changes(
 ) -> Result<Vec<Entry>, Error> {
     let pages = pages?;
     let mut f = filter.borrow_mut();
+    // Whatever read them first, they are as this transaction sees them: it runs after
+    // every write to `kv` issued before it, and each of those took them in first.
     f.load_pages(pages.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
         .map_err(bad_filter)?;
     let records = f.take_dirty();
@@ -2112,13 +2125,8 @@ impl LoadJob {
                         readers,
                         stats,
                     } = self.filter.as_ref().expect("a store's load");
-                    // Taken in as the open would have: no write to `kv` was issued
-                    // since it (see `IdbStore::load_filter`).
                     let mut f = filter.borrow_mut();
-                    if !f.is_loaded() && readers.get() == 0 {
-                        f.load_pages(pages.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
-                            .map_err(bad_filter)?;
-                    }
+                    take_in_filter_pages(&mut f, readers, &pages)?;
                     for k in points {
                         if f.is_loaded() && !f.may_contain(&k) {
                             stats.borrow_mut().absent_by_filter += 1;
