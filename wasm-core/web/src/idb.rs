@@ -1044,11 +1044,16 @@ impl IdbStore {
                 filter: None,
             });
         }
-        // Before the key filter's pages are read in, the points read now wait for them
-        // (read first, in this transaction): a key they show never written is not read
-        // (the creates of an import, just after a reopen).
-        let filtering =
-            !self.filter.borrow().is_loaded() && plan.iter().any(|m| matches!(m, Miss::Point(_)));
+        // Before the key filter's pages are read in, a miss of a document or an index
+        // entry (a create's, whose family would otherwise be read ahead) has them read
+        // first, in this transaction, and the points read now wait for them: a key they
+        // show never written is not read (the creates of an import, just after a
+        // reopen). Other points are read as they are (a query's first load, say, which
+        // the pages, hundreds of KiB, would slow).
+        let filtering = !self.filter.borrow().is_loaded()
+            && plan
+                .iter()
+                .any(|m| matches!(m, Miss::Point(k) if family_of(k).is_some()));
         let tx = if filtering {
             self.db
                 .transaction_with_str_sequence(&Array::of2(&KV.into(), &META.into()))

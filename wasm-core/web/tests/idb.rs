@@ -250,10 +250,19 @@ async fn misses_load_together_and_absences_need_no_read() {
     assert_eq!(s.get(&[b'E', 1]).unwrap(), Some(vec![1]));
     assert!(s.take_misses().is_empty());
     // The filter's pages are not read at open: until they are, a read of a key never
-    // written misses, and its load reads the pages first, which show it absent (it is
+    // written misses. A load of keys alone reads them as they are; a load with a
+    // document's key (a create's) reads the pages first, which show it absent (it is
     // not read); a key written is read.
     assert!(!s.stats().filter_loaded);
     assert_eq!(s.get(&[b'D', 200]).unwrap(), None);
+    let m = s.take_misses();
+    assert!(s.load_misses(m).await.unwrap().is_empty());
+    assert!(
+        !s.stats().filter_loaded,
+        "no document's key: the pages are not read"
+    );
+    let fresh_doc = warren_core::keys::doc_key("Doc", "fresh-1");
+    assert_eq!(s.get(&fresh_doc).unwrap(), None);
     assert_eq!(s.get(&[b'D', 40]).unwrap(), None);
     let m = s.take_misses();
     assert_eq!(m.len(), 2);
@@ -262,7 +271,7 @@ async fn misses_load_together_and_absences_need_no_read() {
     assert!(s.stats().filter_loaded);
     assert_eq!(s.stats().absent_by_filter, 1);
     assert_eq!(s.get(&[b'D', 40]).unwrap(), Some(vec![40]));
-    assert_eq!(s.get(&[b'D', 200]).unwrap(), None);
+    assert_eq!(s.get(&fresh_doc).unwrap(), None);
     assert!(s.take_misses().is_empty());
     // Never written: the filter says absent, no miss (a fresh id).
     assert_eq!(s.get(&[b'D', 201]).unwrap(), None);
