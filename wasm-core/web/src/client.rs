@@ -186,8 +186,6 @@ enum SyncCmd {
     Opened,
     Closed,
     Connect,
-    /// The first connection, made once the app's first reads are answered.
-    ConnectAtOpen,
     SetOnline(bool),
     Ping,
     /// Writes the confirmed data the server sent to IndexedDB (scheduled after frames).
@@ -446,24 +444,26 @@ impl Warren {
                 sh.status.emit("persisted", JsValue::from_bool(persisted));
             });
         }
+        wasm_bindgen_futures::spawn_local(local_lane(shared.clone(), local_rx));
+        wasm_bindgen_futures::spawn_local(sync_lane(shared.clone(), sync_rx));
         {
-            // The key filter's pages come in after the app's first reads (which they
-            // would otherwise go before, in IndexedDB): until then a read of a key
-            // never written asks IndexedDB. Failed: the first write to `kv` reads them.
+            // Once the app's first reads are answered (they would otherwise wait behind
+            // these, on the worker and in IndexedDB): the first connection (if online),
+            // and the key filter's pages (until then a read of a key never written asks
+            // IndexedDB; failed, the first write to `kv` reads them).
             let sh = shared.clone();
             wasm_bindgen_futures::spawn_local(async move {
                 sh.wait_for_first_reads().await;
+                if sh.stopped.get() {
+                    return;
+                }
+                let _ = sh.sync.unbounded_send(SyncCmd::Connect);
                 let load = match sh.replica.try_borrow() {
-                    Ok(r) if !sh.stopped.get() => r.store().load_filter(),
-                    _ => return,
+                    Ok(r) => r.store().load_filter(),
+                    Err(_) => return,
                 };
                 let _ = load.await;
             });
-        }
-        wasm_bindgen_futures::spawn_local(local_lane(shared.clone(), local_rx));
-        wasm_bindgen_futures::spawn_local(sync_lane(shared.clone(), sync_rx));
-        if online {
-            let _ = sync_tx.unbounded_send(SyncCmd::ConnectAtOpen);
         }
         Ok(Warren { shared })
     }
@@ -834,10 +834,8 @@ async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
         };
         // Before the operation begins: what the app's writes use meanwhile stays
         // evictable (an operation in progress keeps what was used since it began).
-        match cmd {
-            SyncCmd::Frame(_) => sh.hold_while_writing().await,
-            SyncCmd::ConnectAtOpen => sh.wait_for_first_reads().await,
-            _ => {}
+        if matches!(cmd, SyncCmd::Frame(_)) {
+            sh.hold_while_writing().await;
         }
         if sh.stopped.get() {
             break;
@@ -1340,7 +1338,7 @@ impl Shared {
                     }));
                 }
             }
-            SyncCmd::Connect | SyncCmd::ConnectAtOpen => {
+            SyncCmd::Connect => {
                 if self.ws.borrow().is_none() && self.status.online.get() {
                     self.connect();
                 }
