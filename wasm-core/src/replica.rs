@@ -739,14 +739,8 @@ impl<S: Storage> Replica<S> {
     /// [`Replica::outgoing`], up to sequence number `last`: a driver whose store makes
     /// writes durable later than `mutate` returns sends only those already durable.
     pub fn outgoing_upto(&mut self, last: u64) -> Vec<ClientFrame> {
-        if !self.connected || self.stalled {
-            return Vec::new();
-        }
-        // Pending commits are in sequence order: start at the first unsent one.
-        let from = self.pending.partition_point(|p| p.seq <= self.sent_upto);
-        let unsent: Vec<ClientCommit> = self.pending[from..]
-            .iter()
-            .take_while(|p| p.seq <= last)
+        let unsent: Vec<ClientCommit> = self
+            .unsent_upto(last)
             .map(|p| ClientCommit {
                 seq: p.seq,
                 schema_version: p.schema_version.clone(),
@@ -776,6 +770,26 @@ impl<S: Storage> Replica<S> {
             frames.push(ClientFrame::Push { commits: chunk });
         }
         frames
+    }
+
+    /// Whether [`Replica::outgoing_upto`] would send anything now.
+    pub fn has_outgoing_upto(&self, last: u64) -> bool {
+        self.unsent_upto(last).next().is_some()
+    }
+
+    /// The pending commits not yet sent on this connection, up to sequence number
+    /// `last` (none while disconnected or stalled).
+    fn unsent_upto(&self, last: u64) -> impl Iterator<Item = &Pending> {
+        let sendable = self.connected && !self.stalled;
+        // Pending commits are in sequence order: start at the first unsent one.
+        let from = if sendable {
+            self.pending.partition_point(|p| p.seq <= self.sent_upto)
+        } else {
+            self.pending.len()
+        };
+        self.pending[from..]
+            .iter()
+            .take_while(move |p| p.seq <= last)
     }
 
     /// Handles one frame from the server. Changes to the base take effect in the view

@@ -144,6 +144,10 @@ const FRAMES_AT_ONCE: usize = 256;
 /// server wait (see `Shared::hold_while_writing`), at most [`FRAMES_HOLD_MS`].
 const WRITES_QUIET_MS: u32 = 25;
 const FRAMES_HOLD_MS: u32 = 1000;
+/// While the app is writing, the commits made durable after a send (within
+/// [`WRITES_QUIET_MS`] of it) wait and go together, in one push, once the writes pause
+/// or this long after the first of them waited (see `Shared::send_outgoing`).
+const SENDS_HOLD_MS: u32 = 100;
 /// At open, the connection waits for the app's first reads: until no local operation
 /// has run for this long (see `Shared::wait_for_first_reads`), at most
 /// [`CONNECT_HOLD_MS`] after the open.
@@ -190,6 +194,8 @@ enum SyncCmd {
     Ping,
     /// Writes the confirmed data the server sent to IndexedDB (scheduled after frames).
     FlushBase,
+    /// Sends the durable commits that waited for the app's writes to pause.
+    Send,
     /// An ephemeral presence message for the others in a partition (sent only online).
     Presence(String, Vec<u8>),
 }
@@ -293,6 +299,15 @@ struct Shared {
     last_local_ms: Cell<f64>,
     /// Batches of frames that waited for the app's writes (`stats().framesHeld`).
     frames_held: Cell<u64>,
+    /// When commits were last sent, and since when commits made durable have waited
+    /// for the app's writes to pause (`None`: none waits); the timer that looks again.
+    last_send_ms: Cell<f64>,
+    sends_held_since: Cell<Option<f64>>,
+    send_timer: RefCell<Option<Timeout>>,
+    /// Times sending waited for the app's writes (`stats().sendsHeld`), and times
+    /// commits were sent (`stats().sends`; each one push frame or more).
+    sends_held: Cell<u64>,
+    sends: Cell<u64>,
     /// When the replica opened, and the local lane's operations: how many are in
     /// progress, and when the last one ended (`Date.now()`).
     opened_ms: f64,
@@ -380,6 +395,11 @@ impl Warren {
             base_timer: RefCell::new(None),
             last_local_ms: Cell::new(f64::NEG_INFINITY),
             frames_held: Cell::new(0),
+            last_send_ms: Cell::new(f64::NEG_INFINITY),
+            sends_held_since: Cell::new(None),
+            send_timer: RefCell::new(None),
+            sends_held: Cell::new(0),
+            sends: Cell::new(0),
             opened_ms: js_sys::Date::now(),
             local_busy: Cell::new(0),
             local_done_ms: Cell::new(f64::NEG_INFINITY),
@@ -600,6 +620,8 @@ impl Warren {
             set("pending", r.pending().len() as f64);
         }
         set("framesHeld", self.shared.frames_held.get() as f64);
+        set("sendsHeld", self.shared.sends_held.get() as f64);
+        set("sends", self.shared.sends.get() as f64);
         set(
             "worker",
             if js_sys::global().is_instance_of::<web_sys::WorkerGlobalScope>() {
@@ -984,6 +1006,7 @@ impl Shared {
         self.heartbeat.borrow_mut().take();
         self.retry.borrow_mut().take();
         self.base_timer.borrow_mut().take();
+        self.send_timer.borrow_mut().take();
         self.flush_turns.borrow_mut().take();
         self.online_listeners.borrow_mut().clear();
         self.local.close_channel();
@@ -1357,6 +1380,10 @@ impl Shared {
                     self.status.connected.set(false);
                 }
             }
+            SyncCmd::Send => {
+                self.send_timer.borrow_mut().take();
+                self.send_outgoing();
+            }
             SyncCmd::FlushBase => {
                 self.base_timer.borrow_mut().take();
                 if self.replica.borrow().store().has_in_flight() {
@@ -1721,15 +1748,49 @@ impl Shared {
     }
 
     /// Sends the commits not sent yet on this connection, as far as they are durable.
+    ///
+    /// A write made alone goes at once. While the app is writing (a local write in the
+    /// last [`WRITES_QUIET_MS`]), the commits made durable after a send in that time
+    /// wait, and go together once the writes pause, or [`SENDS_HOLD_MS`] after the
+    /// first of them waited: a burst of writes is a push every tenth of a second, one
+    /// log batch for the server, rather than a push a write (each its frame to encode
+    /// and send here, and its work on the server, on the same cores as the app's
+    /// writes when both run on one machine; docs/BENCHMARKS.md).
     fn send_outgoing(&self) {
         // Offline was asked for: the connection is about to close.
         if self.ws.borrow().is_none() || !self.status.online.get() {
             return;
         }
-        let frames = self
-            .replica
-            .borrow_mut()
-            .outgoing_upto(self.durable_seq.get());
+        let durable = self.durable_seq.get();
+        if !self.replica.borrow().has_outgoing_upto(durable) {
+            return;
+        }
+        let now = js_sys::Date::now();
+        let quiet_at = self.last_local_ms.get() + f64::from(WRITES_QUIET_MS);
+        let held_since = self.sends_held_since.get().or((now < quiet_at
+            && now < self.last_send_ms.get() + f64::from(WRITES_QUIET_MS))
+        .then_some(now));
+        if let Some(since) = held_since {
+            let wake = quiet_at.min(since + f64::from(SENDS_HOLD_MS));
+            if now < wake {
+                if self.sends_held_since.replace(Some(since)).is_none() {
+                    self.sends_held.set(self.sends_held.get() + 1);
+                }
+                if self.send_timer.borrow().is_none() {
+                    let t = self.sync.clone();
+                    // At least 1 ms: `now < wake`.
+                    let ms = (wake - now).ceil() as u32;
+                    *self.send_timer.borrow_mut() = Some(Timeout::new(ms, move || {
+                        let _ = t.unbounded_send(SyncCmd::Send);
+                    }));
+                }
+                return;
+            }
+        }
+        self.sends_held_since.set(None);
+        self.last_send_ms.set(now);
+        let frames = self.replica.borrow_mut().outgoing_upto(durable);
+        self.sends.set(self.sends.get() + 1);
         for f in frames {
             self.send_frame(&f);
         }
