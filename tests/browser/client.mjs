@@ -285,10 +285,14 @@ try {
     return { alone, writes: ws.length, ms, held: s2.framesHeld - s1.framesHeld, sendsHeld: s3.sendsHeld - s1.sendsHeld,
       sends: s3.sends - s1.sends, confirmed, count };
   });
+  // Grouped: a send every 100 ms and one at each end, or (a busy machine pausing the
+  // loop longer than 25 ms, each pause a send or two more) one send for ten writes at
+  // most. Sent as each write is durable, they were 72 sends for 330 writes.
+  const grouped = (w) => w.sends <= 3 + w.ms / 100 || w.sends * 10 <= w.writes;
   check(`a write made alone is sent at once (${writing.alone.sends} send, ${writing.alone.held} waits)`,
     writing.alone.sends === 1 && writing.alone.held === 0, JSON.stringify(writing.alone));
   check(`while the app writes (${writing.writes} writes in ${writing.ms.toFixed(0)} ms), the server's frames wait for it (${writing.held} times), its commits go in ${writing.sends} sends, and every write is confirmed after`,
-    writing.held >= 1 && writing.sendsHeld >= 1 && writing.sends <= 3 + writing.ms / 100
+    writing.held >= 1 && writing.sendsHeld >= 1 && grouped(writing)
       && writing.confirmed === writing.writes && writing.count === writing.writes + 1, JSON.stringify(writing));
 
   // 9. Reopened online with a query asked at once (one owner's 400 documents, read
