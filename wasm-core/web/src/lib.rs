@@ -7,6 +7,7 @@
 //! parts (the cache's spans, the key filter, the JSON writer) build everywhere and are
 //! tested natively; the rest only on wasm32.
 
+pub mod blocks;
 pub mod filter;
 pub mod json;
 pub mod spans;
