@@ -127,22 +127,40 @@ pub fn decode(block: &[u8]) -> Result<Vec<Entry>, BadBlock> {
     Ok(out)
 }
 
-/// Where `entries` (sorted) are cut into blocks: the start of each block. Greedy up to
-/// [`MAX_BYTES`] (a block holds at least one entry), then a last block under
-/// [`MIN_BYTES`] shares with the one before it, cut where the two are nearest even.
-fn cuts(entries: &[Entry]) -> Vec<usize> {
-    let mut starts = Vec::new();
-    let mut size = 0;
-    for (i, e) in entries.iter().enumerate() {
-        let n = entry_size((i > 0).then(|| entries[i - 1].0.as_slice()), e);
-        if starts.is_empty() || size + n > MAX_BYTES {
-            starts.push(i);
-            size = entry_size(None, e);
-        } else {
-            size += n;
-        }
+/// Where `entries` (sorted) are cut into blocks: the start of each block.
+///
+/// Entries that fit in one block stay one. Past that, when the new entries were put in
+/// one place (`inserted`: their indexes, with no kept entry among them; several, or at
+/// the end), the blocks are
+/// cut where they end: the entries up to there packed greedily (a block holds at least
+/// one entry), and the ones after them apart. So where entries keep arriving at one
+/// place (growing ids; an index by owner then date, at one place per owner) the blocks
+/// behind it are full, and the next ones land in the last block, rather than each
+/// split leaving two halves. Otherwise (new entries spread over the run) greedily,
+/// then a last block under [`MIN_BYTES`] shares with the one before it, cut where the
+/// two are nearest even: one insert into a full block leaves two halves.
+fn cuts(entries: &[Entry], inserted: Option<Range<usize>>) -> Vec<usize> {
+    let size_of = |es: &[Entry]| -> usize {
+        (0..es.len())
+            .map(|i| entry_size((i > 0).then(|| es[i - 1].0.as_slice()), &es[i]))
+            .sum()
+    };
+    if entries.is_empty() {
+        return Vec::new();
     }
-    if starts.len() >= 2 && size < MIN_BYTES {
+    if size_of(entries) <= MAX_BYTES {
+        return vec![0];
+    }
+    if let Some(ins) = inserted {
+        let mut starts = greedy(&entries[..ins.end], 0);
+        if ins.end < entries.len() {
+            starts.extend(greedy(&entries[ins.end..], ins.end));
+        }
+        return starts;
+    }
+    let mut starts = greedy(entries, 0);
+    let from = starts[starts.len() - 1];
+    if starts.len() >= 2 && size_of(&entries[from..]) < MIN_BYTES {
         // The last two blocks as one run: cut where their sizes are nearest even, if
         // neither passes MAX_BYTES there (a large entry may leave no such cut).
         let from = starts[starts.len() - 2];
@@ -165,6 +183,23 @@ fn cuts(entries: &[Entry]) -> Vec<usize> {
         if let Some((_, cut)) = best {
             let last = starts.len() - 1;
             starts[last] = cut;
+        }
+    }
+    starts
+}
+
+/// The starts of blocks packing `entries` greedily up to [`MAX_BYTES`] (at least one
+/// entry each), offset by `at`.
+fn greedy(entries: &[Entry], at: usize) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut size = 0;
+    for (i, e) in entries.iter().enumerate() {
+        let n = entry_size((i > 0).then(|| entries[i - 1].0.as_slice()), e);
+        if starts.is_empty() || size + n > MAX_BYTES {
+            starts.push(at + i);
+            size = entry_size(None, e);
+        } else {
+            size += n;
         }
     }
     starts
@@ -324,18 +359,33 @@ impl Blocks {
             };
             let mut merged: Vec<Entry> = Vec::with_capacity(old.len());
             let mut olds = old.into_iter().peekable();
+            // Where the puts went: the first and the last, and whether a kept entry
+            // lies between them.
+            let mut put_at: Option<Range<usize>> = None;
+            let mut spread = false;
             for (k, v) in writes.range::<Vec<u8>, _>((lo, hi)) {
                 while let Some(e) = olds.next_if(|e| e.0 < *k) {
                     merged.push(e.clone());
                 }
                 olds.next_if(|e| e.0 == *k);
                 if let Some(v) = v {
+                    let i = merged.len();
+                    match &mut put_at {
+                        Some(r) => {
+                            spread |= r.end < i;
+                            r.end = i + 1;
+                        }
+                        None => put_at = Some(i..i + 1),
+                    }
                     merged.push((k.clone(), v.clone()));
                 }
             }
             merged.extend(olds.cloned());
 
-            let starts = cuts(&merged);
+            // One place: several puts with no kept entry among them, or puts after
+            // every kept entry (a single insert elsewhere splits in halves).
+            let one_place = put_at.filter(|r| !spread && (r.len() >= 2 || r.end == merged.len()));
+            let starts = cuts(&merged, one_place);
             let mut keys: Vec<Vec<u8>> = Vec::with_capacity(starts.len().max(1));
             let mut parts: Vec<&[Entry]> = Vec::with_capacity(starts.len().max(1));
             for (j, &s) in starts.iter().enumerate() {
@@ -605,9 +655,31 @@ mod tests {
             sizes.len()
         );
 
+        // Appends at 50 points at once (an index by owner then date, say): each point's
+        // block fills before a new one starts, rather than splitting in halves.
+        let mut store = Store::new();
+        let mut model = BTreeMap::new();
+        for chunk in 0..60u32 {
+            let writes: Writes = (chunk * 1000..(chunk + 1) * 1000)
+                .map(|i| {
+                    let k = format!("Iowner{:02}\0{i:07}", i % 50).into_bytes();
+                    model.insert(k.clone(), vec![3; 100]);
+                    (k, Some(vec![3; 100]))
+                })
+                .collect();
+            store.apply(&writes);
+        }
+        let points = store.check(&model);
+        let total: usize = points.iter().sum();
+        // Each point leaves one block part full; the others are full.
+        assert!(total / points.len() > MAX_BYTES * 7 / 10, "{points:?}");
+
         // One insert into a full block splits it into two of about half.
         let before = store.blocks.len();
-        let middle = store.blocks.key(5).to_vec();
+        let full = (1..points.len())
+            .find(|&i| points[i] > MAX_BYTES * 9 / 10)
+            .expect("a full block");
+        let middle = store.blocks.key(full).to_vec();
         let mut k = middle.clone();
         k.push(b'x');
         store.apply(&Writes::from([(k.clone(), Some(vec![2; 150]))]));
@@ -615,7 +687,7 @@ mod tests {
         let sizes = store.check(&model);
         assert_eq!(store.blocks.len(), before + 1);
         assert!(
-            sizes[5] > MAX_BYTES / 3 && sizes[6] > MAX_BYTES / 3,
+            sizes[full] > MAX_BYTES / 3 && sizes[full + 1] > MAX_BYTES / 3,
             "{sizes:?}"
         );
     }
