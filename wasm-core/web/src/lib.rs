@@ -4,12 +4,13 @@
 //! edge: the IndexedDB backend of the engine's storage trait (with its numbered schema
 //! migrations), and [`Warren`], the JavaScript binding: the engine's replica on
 //! IndexedDB, synced over a WebSocket, in a dedicated worker or on the page. The pure
-//! parts (the cache's spans, the key filter, the JSON writer) build everywhere and are
-//! tested natively; the rest only on wasm32.
+//! parts (the cache's spans, the key filter, the write-ahead records, the runs of the
+//! next storage layout, the JSON writer) build everywhere and are tested natively; the
+//! rest only on wasm32.
 
-pub mod blocks;
 pub mod filter;
 pub mod json;
+pub mod runs;
 pub mod spans;
 pub mod wal;
 

@@ -1,0 +1,970 @@
+//! Log-structured runs: the IndexedDB backend's next layout of its key space (layout
+//! v4, being built; `idb.rs` does not use it yet: docs/DECISIONS.md, "The store in
+//! runs").
+//!
+//! Today a key of the engine is a record of IndexedDB's `kv`, and in Chromium every
+//! record read or written is a request to the storage process: a document is three
+//! (itself, its index entry, its membership), which is what bounds the bulk writes, the
+//! drains of confirmations and every read after a reopen (docs/BENCHMARKS.md, "What
+//! the storage layout costs"). In runs, the entries written together are sorted and
+//! packed into blocks of about [`BLOCK_BYTES`], one record each, and never rewritten: a
+//! batch of writes is a new **run** (deletes in it are tombstones, which hide the key
+//! in older runs), and a read merges the runs, the newest winning. Runs of about one
+//! size are merged in the background, [`FANOUT`] at a time ([`Runs::plan`]), so there
+//! are few, and each entry is written again about once per size it passes through.
+//! Why runs rather than blocks rewritten in place, measured: docs/DECISIONS.md.
+//!
+//! What the store keeps in memory: per run its number, age, size and last key, and its
+//! blocks' first keys (the block keys, read at open with one `getAllKeys`); from them
+//! [`Runs::covering`] says which blocks a read needs, and [`Runs::known`] over which
+//! keys what it read decides everything.
+//!
+//! The formats are in docs/STORAGE.md ("Runs").
+//!
+//! Pure: builds and is tested everywhere.
+
+use std::ops::{Bound, Range};
+
+use warren_core::storage::KeyRange;
+use warren_core::value::{write_varint, Reader};
+
+/// A key and its value in a run; `None`: deleted there (a tombstone).
+pub type Item = (Vec<u8>, Option<Vec<u8>>);
+
+/// A block holds entries up to this many bytes (or one entry, however large).
+pub const BLOCK_BYTES: usize = 32 << 10;
+/// Runs merged at once, when that many neighbours are of one size class.
+pub const FANOUT: usize = 4;
+/// At most this many runs (see [`Runs::plan`]).
+pub const MAX_RUNS: usize = 3 * FANOUT;
+/// Where the runs' records live in `meta`: this prefix · the run's number (u64 BE).
+pub const META_PREFIX: &[u8] = b"\xFFrun/";
+/// The format byte blocks and run records start with.
+const FORMAT: u8 = 1;
+
+/// A block or a run record that is not one (written by something else, or damaged).
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadRun(pub String);
+
+fn bad(e: warren_core::Error) -> BadRun {
+    BadRun(e.message)
+}
+
+fn varint_len(v: usize) -> usize {
+    let bits = usize::BITS - v.leading_zeros();
+    (bits.max(1) as usize).div_ceil(7)
+}
+
+fn shared(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The bytes `e` takes in a block after an entry whose key is `prev` (`None`: first).
+fn item_size(prev: Option<&[u8]>, e: &Item) -> usize {
+    let s = prev.map_or(0, |p| shared(p, &e.0));
+    let rest = e.0.len() - s;
+    let v = e.1.as_ref().map_or(0, Vec::len);
+    varint_len(s) + varint_len(rest) + rest + varint_len(v + 1) + v
+}
+
+// ----- blocks -----
+
+/// One block holding `items` (sorted by key, each key once).
+pub fn encode_block(items: &[Item]) -> Vec<u8> {
+    let mut size = 0;
+    for (i, e) in items.iter().enumerate() {
+        size += item_size((i > 0).then(|| items[i - 1].0.as_slice()), e);
+    }
+    let mut out = Vec::with_capacity(size + 1 + varint_len(items.len()));
+    out.push(FORMAT);
+    write_varint(&mut out, items.len() as u64);
+    let mut prev: &[u8] = &[];
+    for (k, v) in items {
+        let s = shared(prev, k);
+        write_varint(&mut out, s as u64);
+        write_varint(&mut out, (k.len() - s) as u64);
+        out.extend_from_slice(&k[s..]);
+        match v {
+            None => out.push(0),
+            Some(v) => {
+                write_varint(&mut out, v.len() as u64 + 1);
+                out.extend_from_slice(v);
+            }
+        }
+        prev = k;
+    }
+    out
+}
+
+/// The items of a block, checked: keys strictly increasing. Nothing is allocated for a
+/// count or a length the bytes cannot hold.
+pub fn decode_block(block: &[u8]) -> Result<Vec<Item>, BadRun> {
+    let mut r = Reader::new(block);
+    if r.byte().map_err(bad)? != FORMAT {
+        return Err(BadRun("a block of an unknown format".into()));
+    }
+    let n = r.varint().map_err(bad)?;
+    // Each item takes at least three bytes.
+    if n > ((block.len() - r.pos) / 3) as u64 {
+        return Err(BadRun("a block with more items than bytes".into()));
+    }
+    let mut out: Vec<Item> = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let s = r.varint().map_err(bad)?;
+        let prev: &[u8] = out.last().map_or(&[], |e| &e.0);
+        if s > prev.len() as u64 {
+            return Err(BadRun("a key shares more than the key before it".into()));
+        }
+        let rest_len = r.len().map_err(bad)?;
+        let rest = r.take(rest_len).map_err(bad)?;
+        let mut k = Vec::with_capacity(s as usize + rest.len());
+        k.extend_from_slice(&prev[..s as usize]);
+        k.extend_from_slice(rest);
+        if out.last().is_some_and(|e| e.0 >= k) {
+            return Err(BadRun("a block's keys out of order".into()));
+        }
+        let v = match r.varint().map_err(bad)? {
+            0 => None,
+            n => {
+                let n = n - 1;
+                if n > (block.len() - r.pos) as u64 {
+                    return Err(BadRun("a value runs past the block's end".into()));
+                }
+                Some(r.take(n as usize).map_err(bad)?.to_vec())
+            }
+        };
+        out.push((k, v));
+    }
+    if r.pos != block.len() {
+        return Err(BadRun("bytes after a block's last item".into()));
+    }
+    Ok(out)
+}
+
+/// Where sorted `items` are cut into blocks: each block's first index. Greedy up to
+/// [`BLOCK_BYTES`], at least one item a block.
+fn cuts(items: &[Item]) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut size = 0;
+    for (i, e) in items.iter().enumerate() {
+        let n = item_size((i > 0).then(|| items[i - 1].0.as_slice()), e);
+        if starts.is_empty() || size + n > BLOCK_BYTES {
+            starts.push(i);
+            size = item_size(None, e);
+        } else {
+            size += n;
+        }
+    }
+    starts
+}
+
+/// The object store key of run `number`'s block whose first key is `first`: the
+/// number (u64 BE) then the key, so that a run's blocks sort together, in order.
+pub fn block_key(number: u64, first: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + first.len());
+    k.extend_from_slice(&number.to_be_bytes());
+    k.extend_from_slice(first);
+    k
+}
+
+/// A block key's run number and first key.
+pub fn split_block_key(k: &[u8]) -> Option<(u64, &[u8])> {
+    let (n, first) = k.split_first_chunk::<8>()?;
+    Some((u64::from_be_bytes(*n), first))
+}
+
+// ----- runs -----
+
+/// A run as the store knows it without reading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// Names its blocks (`block_key`) and its record; never reused.
+    pub number: u64,
+    /// Newer runs have higher ages; a merge's run takes its newest input's age.
+    pub age: u64,
+    /// Its items (tombstones included) and their bytes in its blocks.
+    pub items: u64,
+    pub bytes: u64,
+    /// Its blocks' first keys, ascending; at least one.
+    pub firsts: Vec<Vec<u8>>,
+    /// Its last key.
+    pub last: Vec<u8>,
+}
+
+/// Records to put: (object store key, value).
+pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A run built from sorted items, and its blocks (`None` for no items).
+pub fn build(number: u64, age: u64, items: &[Item]) -> Option<(Run, Records)> {
+    let last = items.last()?.0.clone();
+    let starts = cuts(items);
+    let mut blocks = Vec::with_capacity(starts.len());
+    let mut firsts = Vec::with_capacity(starts.len());
+    let mut bytes = 0u64;
+    for (j, &s) in starts.iter().enumerate() {
+        let end = starts.get(j + 1).copied().unwrap_or(items.len());
+        let b = encode_block(&items[s..end]);
+        bytes += b.len() as u64;
+        blocks.push((block_key(number, &items[s].0), b));
+        firsts.push(items[s].0.clone());
+    }
+    let run = Run {
+        number,
+        age,
+        items: items.len() as u64,
+        bytes,
+        firsts,
+        last,
+    };
+    Some((run, blocks))
+}
+
+impl Run {
+    /// Its record's key in `meta`.
+    pub fn meta_key(&self) -> Vec<u8> {
+        meta_key(self.number)
+    }
+
+    /// Its record in `meta`: `01` · varint age · varint items · varint bytes · varint
+    /// length · last key (the first keys are its blocks' keys).
+    pub fn meta_value(&self) -> Vec<u8> {
+        let mut out = vec![FORMAT];
+        write_varint(&mut out, self.age);
+        write_varint(&mut out, self.items);
+        write_varint(&mut out, self.bytes);
+        write_varint(&mut out, self.last.len() as u64);
+        out.extend_from_slice(&self.last);
+        out
+    }
+
+    /// The block that would hold `k`, if any could.
+    pub fn block_of(&self, k: &[u8]) -> Option<usize> {
+        if k < self.firsts[0].as_slice() || k > self.last.as_slice() {
+            return None;
+        }
+        Some(self.firsts.partition_point(|f| f.as_slice() <= k) - 1)
+    }
+
+    /// The blocks that may hold keys of `r` (empty when none may).
+    pub fn covering(&self, r: &KeyRange) -> Range<usize> {
+        let first = self.firsts[0].as_slice();
+        let last = self.last.as_slice();
+        let below = match &r.end {
+            Bound::Included(e) => e.as_slice() < first,
+            Bound::Excluded(e) => e.as_slice() <= first,
+            Bound::Unbounded => false,
+        };
+        let above = match &r.start {
+            Bound::Included(s) => s.as_slice() > last,
+            Bound::Excluded(s) => s.as_slice() >= last,
+            Bound::Unbounded => false,
+        };
+        if r.is_empty() || below || above {
+            return 0..0;
+        }
+        let from = match &r.start {
+            Bound::Included(s) | Bound::Excluded(s) => {
+                self.firsts.partition_point(|f| f <= s).saturating_sub(1)
+            }
+            Bound::Unbounded => 0,
+        };
+        let to = match &r.end {
+            Bound::Included(e) => self.firsts.partition_point(|f| f <= e),
+            Bound::Excluded(e) => self.firsts.partition_point(|f| f < e),
+            Bound::Unbounded => self.firsts.len(),
+        };
+        from..to.max(from + 1)
+    }
+
+    /// The keys whose presence in this run reading `blocks` (a range of them, not
+    /// empty) decides: from the first block's key (from the lowest key, for the first
+    /// block) to the next block's (to the highest, for the last).
+    fn decided_by(&self, blocks: &Range<usize>) -> KeyRange {
+        KeyRange {
+            start: match blocks.start {
+                0 => Bound::Unbounded,
+                i => Bound::Included(self.firsts[i].clone()),
+            },
+            end: match self.firsts.get(blocks.end) {
+                Some(k) => Bound::Excluded(k.clone()),
+                None => Bound::Unbounded,
+            },
+        }
+    }
+}
+
+/// Run `number`'s record key in `meta`.
+pub fn meta_key(number: u64) -> Vec<u8> {
+    let mut k = META_PREFIX.to_vec();
+    k.extend_from_slice(&number.to_be_bytes());
+    k
+}
+
+/// The intersection of two ranges (either may be unbounded).
+fn meet(a: KeyRange, b: KeyRange) -> KeyRange {
+    let start = match (a.start, b.start) {
+        (Bound::Unbounded, s) | (s, Bound::Unbounded) => s,
+        (x, y) => {
+            let kx = bound_key(&x);
+            let ky = bound_key(&y);
+            // The later start; at an equal key, the excluding one.
+            if kx > ky || (kx == ky && matches!(x, Bound::Excluded(_))) {
+                x
+            } else {
+                y
+            }
+        }
+    };
+    let end = match (a.end, b.end) {
+        (Bound::Unbounded, e) | (e, Bound::Unbounded) => e,
+        (x, y) => {
+            let kx = bound_key(&x);
+            let ky = bound_key(&y);
+            if kx < ky || (kx == ky && matches!(x, Bound::Excluded(_))) {
+                x
+            } else {
+                y
+            }
+        }
+    };
+    KeyRange { start, end }
+}
+
+fn bound_key(b: &Bound<Vec<u8>>) -> &[u8] {
+    match b {
+        Bound::Included(k) | Bound::Excluded(k) => k,
+        Bound::Unbounded => &[],
+    }
+}
+
+/// Every run of a store, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Runs {
+    runs: Vec<Run>,
+    next_number: u64,
+}
+
+impl Runs {
+    /// No run (a new database).
+    pub fn new() -> Runs {
+        Runs::default()
+    }
+
+    /// The runs named by their records in `meta` (key, value) and the keys of the
+    /// blocks stored. Gives them, and the numbers of runs whose blocks are stored with
+    /// no record (a merge cut short: its blocks are to be deleted).
+    pub fn open(
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+        block_keys: Vec<Vec<u8>>,
+    ) -> Result<(Runs, Vec<u64>), BadRun> {
+        let mut runs: Vec<Run> = Vec::with_capacity(records.len());
+        for (k, v) in records {
+            let number = k
+                .strip_prefix(META_PREFIX)
+                .and_then(|n| n.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| BadRun("a run record's key".into()))?;
+            let mut r = Reader::new(&v);
+            if r.byte().map_err(bad)? != FORMAT {
+                return Err(BadRun(format!(
+                    "run {number}: a record of an unknown format"
+                )));
+            }
+            let age = r.varint().map_err(bad)?;
+            let items = r.varint().map_err(bad)?;
+            let bytes = r.varint().map_err(bad)?;
+            let n = r.len().map_err(bad)?;
+            let last = r.take(n).map_err(bad)?.to_vec();
+            if r.pos != v.len() {
+                return Err(BadRun(format!("run {number}: bytes after its record")));
+            }
+            runs.push(Run {
+                number,
+                age,
+                items,
+                bytes,
+                firsts: Vec::new(),
+                last,
+            });
+        }
+        runs.sort_by_key(|r| r.number);
+        let mut orphans: Vec<u64> = Vec::new();
+        for k in block_keys {
+            let (n, first) = split_block_key(&k).ok_or_else(|| BadRun("a block's key".into()))?;
+            match runs.binary_search_by_key(&n, |r| r.number) {
+                Ok(i) => {
+                    let run = &mut runs[i];
+                    if run.firsts.last().is_some_and(|f| f.as_slice() >= first) {
+                        return Err(BadRun(format!("run {n}: block keys out of order")));
+                    }
+                    run.firsts.push(first.to_vec());
+                }
+                Err(_) if orphans.last() != Some(&n) => orphans.push(n),
+                Err(_) => {}
+            }
+        }
+        let next_number = runs
+            .iter()
+            .map(|r| r.number + 1)
+            .chain(orphans.iter().map(|n| n + 1))
+            .max()
+            .unwrap_or(0);
+        for r in &runs {
+            if r.firsts.is_empty() || r.last < r.firsts[r.firsts.len() - 1] {
+                return Err(BadRun(format!("run {}: its blocks are missing", r.number)));
+            }
+        }
+        runs.sort_by_key(|r| r.age);
+        if runs.windows(2).any(|w| w[0].age == w[1].age) {
+            return Err(BadRun("two runs of one age".into()));
+        }
+        Ok((Runs { runs, next_number }, orphans))
+    }
+
+    /// The runs, oldest first.
+    pub fn runs(&self) -> &[Run] {
+        &self.runs
+    }
+
+    /// A number for a new run (never one used before, in this session or stored).
+    pub fn take_number(&mut self) -> u64 {
+        let n = self.next_number;
+        self.next_number += 1;
+        n
+    }
+
+    /// The age for a new run: newer than every run.
+    pub fn next_age(&self) -> u64 {
+        self.runs.last().map_or(0, |r| r.age + 1)
+    }
+
+    /// Adds a run newer than every other.
+    pub fn push(&mut self, run: Run) {
+        debug_assert!(self.runs.last().is_none_or(|r| r.age < run.age));
+        self.next_number = self.next_number.max(run.number + 1);
+        self.runs.push(run);
+    }
+
+    /// For each run that may hold keys of `r`, its index and the blocks to read.
+    pub fn covering(&self, r: &KeyRange) -> Vec<(usize, Range<usize>)> {
+        self.runs
+            .iter()
+            .enumerate()
+            .map(|(i, run)| (i, run.covering(r)))
+            .filter(|(_, b)| !b.is_empty())
+            .collect()
+    }
+
+    /// Over which keys reading `reads` (as [`Runs::covering`] gave them for `r`)
+    /// decides everything: for each run read, the keys its blocks read settle; for each
+    /// run not read, the side of it `r` lies on (it holds no key below its first or
+    /// above its last). Always holds `r`.
+    pub fn known(&self, r: &KeyRange, reads: &[(usize, Range<usize>)]) -> KeyRange {
+        if r.is_empty() {
+            return r.clone();
+        }
+        let mut known = KeyRange::all();
+        for (i, run) in self.runs.iter().enumerate() {
+            let part = match reads.iter().find(|(j, _)| *j == i) {
+                Some((_, blocks)) => run.decided_by(blocks),
+                None => {
+                    let first = &run.firsts[0];
+                    let below = match &r.end {
+                        Bound::Included(e) => e < first,
+                        Bound::Excluded(e) => e <= first,
+                        Bound::Unbounded => false,
+                    };
+                    if below {
+                        KeyRange {
+                            start: Bound::Unbounded,
+                            end: Bound::Excluded(first.clone()),
+                        }
+                    } else {
+                        KeyRange {
+                            start: Bound::Excluded(run.last.clone()),
+                            end: Bound::Unbounded,
+                        }
+                    }
+                }
+            };
+            known = meet(known, part);
+        }
+        known
+    }
+
+    /// The runs to merge next, `None` when none are to be:
+    ///
+    /// - [`FANOUT`] neighbours of about one size (the largest under [`FANOUT`] times the
+    ///   smallest, runs under a block counting as a block), the newest such. Runs
+    ///   written one after another are of about one size, and [`FANOUT`] merged make one
+    ///   that is not of a size with the next ones until [`FANOUT`] of those are made: so
+    ///   an entry is written again about once per factor of [`FANOUT`] the store grew by
+    ///   since, and there are about `FANOUT - 1` runs of each size at most.
+    /// - Past [`MAX_RUNS`] runs (sizes too uneven for that), the [`FANOUT`] neighbours
+    ///   of the fewest bytes, so that a read never looks in more than [`MAX_RUNS`].
+    ///
+    /// Only neighbours: the newest run holding a key wins, so a merge keeps its runs'
+    /// order among the others.
+    pub fn plan(&self) -> Option<Range<usize>> {
+        if self.runs.len() < FANOUT {
+            return None;
+        }
+        let size = |r: &Run| r.bytes.max(BLOCK_BYTES as u64);
+        let windows = (0..=self.runs.len() - FANOUT).rev().map(|i| i..i + FANOUT);
+        let even = windows.clone().find(|w| {
+            let sizes = self.runs[w.clone()].iter().map(size);
+            let (lo, hi) = sizes.fold((u64::MAX, 0), |(lo, hi), b| (lo.min(b), hi.max(b)));
+            hi < lo.saturating_mul(FANOUT as u64)
+        });
+        if even.is_some() || self.runs.len() <= MAX_RUNS {
+            return even;
+        }
+        windows.min_by_key(|w| self.runs[w.clone()].iter().map(|r| r.bytes).sum::<u64>())
+    }
+
+    /// Replaces the runs `inputs` by what merging them made (`None`: nothing was left,
+    /// every item a tombstone merged into the oldest run). Gives the runs replaced.
+    pub fn replace(&mut self, inputs: Range<usize>, output: Option<Run>) -> Vec<Run> {
+        let age = self.runs[inputs.end - 1].age;
+        let out: Vec<Run> = output
+            .map(|mut r| {
+                r.age = age;
+                self.next_number = self.next_number.max(r.number + 1);
+                r
+            })
+            .into_iter()
+            .collect();
+        self.runs.splice(inputs, out).collect()
+    }
+}
+
+/// The items of sorted runs merged, oldest first in `parts`: for each key, the newest
+/// run's item. Tombstones are kept (`keep_tombstones`: a merge that does not reach the
+/// oldest run, whose items they hide) or dropped (a read, or a merge into the oldest).
+pub fn merge(parts: Vec<Vec<Item>>, keep_tombstones: bool) -> Vec<Item> {
+    let total: usize = parts.iter().map(Vec::len).sum();
+    let mut out: Vec<Item> = Vec::with_capacity(total);
+    let mut rests: Vec<std::vec::IntoIter<Item>> = parts.into_iter().map(Vec::into_iter).collect();
+    let mut heads: Vec<Option<Item>> = rests.iter_mut().map(Iterator::next).collect();
+    loop {
+        // The smallest key among the heads; at an equal key, the newest part's.
+        let mut best: Option<usize> = None;
+        for (i, h) in heads.iter().enumerate() {
+            let Some(h) = h else { continue };
+            if best.is_none_or(|b| heads[b].as_ref().is_some_and(|bh| h.0 <= bh.0)) {
+                best = Some(i);
+            }
+        }
+        let Some(b) = best else { break };
+        let item = std::mem::replace(&mut heads[b], rests[b].next()).expect("a head");
+        // The same key in the older parts: hidden.
+        for i in 0..b {
+            if heads[i].as_ref().is_some_and(|h| h.0 == item.0) {
+                heads[i] = rests[i].next();
+            }
+        }
+        if keep_tombstones || item.1.is_some() {
+            out.push(item);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn put(k: &str, v: &str) -> Item {
+        (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()))
+    }
+
+    fn gone(k: &str) -> Item {
+        (k.as_bytes().to_vec(), None)
+    }
+
+    #[test]
+    fn blocks_round_trip_with_tombstones_and_shared_prefixes() {
+        let items = vec![
+            put("", ""),
+            put("Dtodo\0\x01a", "one"),
+            gone("Dtodo\0\x01ab"),
+            put("Dtodo\0\x01b", &"x".repeat(300)),
+            put("P", ""),
+        ];
+        let b = encode_block(&items);
+        assert_eq!(decode_block(&b).unwrap(), items);
+        assert_eq!(
+            decode_block(&encode_block(&[])).unwrap(),
+            Vec::<Item>::new()
+        );
+        // The shared prefixes are not stored again.
+        let plain: usize = items
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        assert!(b.len() < plain + 2 * items.len() + 2, "{} bytes", b.len());
+    }
+
+    #[test]
+    fn damaged_blocks_and_records_are_refused() {
+        let good = encode_block(&[put("Dk1", "one"), gone("Dk2"), put("Dk3", "")]);
+        for cut in 0..good.len() {
+            assert!(decode_block(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(decode_block(&longer).is_err());
+        let mut other = good.clone();
+        other[0] = 2;
+        assert!(decode_block(&other).is_err());
+        // Out of order, equal, and a shared prefix longer than the key before.
+        assert!(decode_block(&encode_block(&[put("b", ""), put("a", "")])).is_err());
+        assert!(decode_block(&encode_block(&[put("a", ""), gone("a")])).is_err());
+        assert!(decode_block(&[1, 2, 0, 1, b'a', 0, 5, 0, 0]).is_err());
+        // A count or a length past the end allocates nothing.
+        assert!(decode_block(&[1, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+        assert!(decode_block(&[1, 1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+        assert!(decode_block(&[1, 1, 0, 1, b'a', 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+        // A run's record.
+        let (run, blocks) = build(7, 3, &[put("a", "1"), put("b", "2")]).unwrap();
+        let keys: Vec<Vec<u8>> = blocks.iter().map(|(k, _)| k.clone()).collect();
+        let rec = run.meta_value();
+        for cut in 0..rec.len() {
+            let r = Runs::open(vec![(run.meta_key(), rec[..cut].to_vec())], keys.clone());
+            assert!(r.is_err(), "cut at {cut}");
+        }
+        // A run whose blocks are missing.
+        assert!(Runs::open(vec![(run.meta_key(), rec.clone())], Vec::new()).is_err());
+        let (runs, orphans) = Runs::open(vec![(run.meta_key(), rec)], keys).unwrap();
+        assert_eq!(runs.runs(), [run]);
+        assert!(orphans.is_empty());
+    }
+
+    #[test]
+    fn block_keys_sort_by_run_then_key() {
+        assert!(block_key(1, b"z") < block_key(2, b""));
+        assert!(block_key(1, b"a") < block_key(1, b"ab"));
+        assert_eq!(
+            split_block_key(&block_key(9, b"key")),
+            Some((9, &b"key"[..]))
+        );
+        assert_eq!(split_block_key(b"short"), None);
+        assert!(meta_key(1) < meta_key(256));
+    }
+
+    #[test]
+    fn neighbours_of_one_size_are_merged() {
+        let run = |number: u64, bytes: u64| Run {
+            number,
+            age: number,
+            items: 1,
+            bytes,
+            firsts: vec![vec![]],
+            last: vec![],
+        };
+        let mut runs = Runs::new();
+        for (i, b) in [10_000_000, 100_000, 110_000, 120_000]
+            .into_iter()
+            .enumerate()
+        {
+            runs.push(run(i as u64, b));
+        }
+        assert_eq!(runs.plan(), None);
+        runs.push(run(4, 90_000));
+        assert_eq!(runs.plan(), Some(1..5));
+        runs.replace(1..5, Some(run(9, 420_000)));
+        assert_eq!(runs.runs().len(), 2);
+        assert_eq!(
+            runs.runs()[1].age,
+            4,
+            "the merged run is as new as its newest input"
+        );
+        assert_eq!(runs.take_number(), 10);
+        assert_eq!(runs.plan(), None);
+        // Uneven sizes merge only past MAX_RUNS runs, the cheapest neighbours first.
+        let mut runs = Runs::new();
+        for i in 0..MAX_RUNS as u64 {
+            runs.push(run(i, 1 << (40 - 2 * i)));
+        }
+        assert_eq!(runs.plan(), None);
+        runs.push(run(99, 1 << 20));
+        let w = runs.plan().expect("too many runs");
+        assert_eq!(w.len(), FANOUT);
+        assert_eq!(w.end, runs.runs().len(), "{w:?}");
+    }
+
+    /// A store of runs as IndexedDB would hold them: blocks by key, records by key.
+    struct Sim {
+        runs: Runs,
+        blocks: BTreeMap<Vec<u8>, Vec<u8>>,
+        records: BTreeMap<Vec<u8>, Vec<u8>>,
+        puts: usize,
+        bytes_put: usize,
+    }
+
+    impl Sim {
+        fn new() -> Sim {
+            Sim {
+                runs: Runs::new(),
+                blocks: BTreeMap::new(),
+                records: BTreeMap::new(),
+                puts: 0,
+                bytes_put: 0,
+            }
+        }
+
+        fn store(&mut self, run: &Run, blocks: Records) {
+            for (k, v) in blocks {
+                self.puts += 1;
+                self.bytes_put += v.len();
+                self.blocks.insert(k, v);
+            }
+            self.records.insert(run.meta_key(), run.meta_value());
+        }
+
+        fn read_blocks(&self, i: usize, blocks: Range<usize>) -> Vec<Item> {
+            let run = &self.runs.runs()[i];
+            let mut out = Vec::new();
+            for b in blocks {
+                let bytes = &self.blocks[&block_key(run.number, &run.firsts[b])];
+                out.extend(decode_block(bytes).unwrap());
+            }
+            out
+        }
+
+        fn write(&mut self, batch: &BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
+            // With no older run, a tombstone hides nothing.
+            let items: Vec<Item> = batch
+                .iter()
+                .filter(|(_, v)| v.is_some() || !self.runs.runs().is_empty())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let number = self.runs.take_number();
+            if let Some((run, blocks)) = build(number, self.runs.next_age(), &items) {
+                self.store(&run, blocks);
+                self.runs.push(run);
+            }
+            while let Some(inputs) = self.runs.plan() {
+                let parts: Vec<Vec<Item>> = inputs
+                    .clone()
+                    .map(|i| self.read_blocks(i, 0..self.runs.runs()[i].firsts.len()))
+                    .collect();
+                let merged = merge(parts, inputs.start > 0);
+                let number = self.runs.take_number();
+                let out = build(number, 0, &merged).map(|(run, blocks)| {
+                    self.store(&run, blocks);
+                    run
+                });
+                for old in self.runs.replace(inputs, out.clone()) {
+                    self.records.remove(&old.meta_key());
+                    let from = block_key(old.number, b"");
+                    let to = block_key(old.number + 1, b"");
+                    let gone: Vec<Vec<u8>> = self
+                        .blocks
+                        .range(from..to)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in gone {
+                        self.blocks.remove(&k);
+                    }
+                }
+                // The record holds the age `replace` gave.
+                if let Some(run) = out {
+                    let stored = self
+                        .runs
+                        .runs()
+                        .iter()
+                        .find(|r| r.number == run.number)
+                        .unwrap();
+                    self.records.insert(stored.meta_key(), stored.meta_value());
+                }
+            }
+        }
+
+        /// Reads `r` as a load would, checks it against `model`, and gives how many
+        /// blocks it read.
+        fn check_read(&self, r: &KeyRange, model: &BTreeMap<Vec<u8>, Vec<u8>>) -> usize {
+            let reads = self.runs.covering(r);
+            let parts: Vec<Vec<Item>> = reads
+                .iter()
+                .map(|(i, b)| self.read_blocks(*i, b.clone()))
+                .collect();
+            let known = self.runs.known(r, &reads);
+            let got: Vec<(Vec<u8>, Vec<u8>)> = merge(parts, false)
+                .into_iter()
+                .filter(|(k, _)| known.contains(k))
+                .map(|(k, v)| (k, v.unwrap()))
+                .collect();
+            let want: Vec<(Vec<u8>, Vec<u8>)> = model
+                .iter()
+                .filter(|(k, _)| known.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            assert_eq!(got, want, "{r:?}, known {known:?}");
+            // What was asked is known.
+            for (k, _) in model.iter().filter(|(k, _)| r.contains(k)) {
+                assert!(known.contains(k), "{r:?}: {k:?} not known in {known:?}");
+            }
+            for b in [&r.start, &r.end] {
+                if let (Bound::Included(k), false) = (b, r.is_empty()) {
+                    assert!(known.contains(k), "{r:?}: its bound not known in {known:?}");
+                }
+            }
+            reads.iter().map(|(_, b)| b.len()).sum()
+        }
+
+        fn reopen(&self) {
+            let records: Vec<(Vec<u8>, Vec<u8>)> = self
+                .records
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let keys: Vec<Vec<u8>> = self.blocks.keys().cloned().collect();
+            let (again, orphans) = Runs::open(records, keys).unwrap();
+            assert!(orphans.is_empty());
+            assert_eq!(again.runs(), self.runs.runs());
+        }
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            // SplitMix64.
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn key(rng: &mut Rng) -> Vec<u8> {
+        format!(
+            "{}{:05}",
+            ["D", "Ia", "Ib", "P"][rng.below(4) as usize],
+            rng.below(3000)
+        )
+        .into_bytes()
+    }
+
+    fn bound(rng: &mut Rng) -> Bound<Vec<u8>> {
+        match rng.below(5) {
+            0 => Bound::Unbounded,
+            1 | 2 => Bound::Included(key(rng)),
+            _ => Bound::Excluded(key(rng)),
+        }
+    }
+
+    #[test]
+    fn random_writes_merges_and_reads_match_a_model() {
+        let seed = std::env::var("WARREN_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0x5eed_0105);
+        println!("seed {seed} (WARREN_SEED to repeat)");
+        for round in 0..2 {
+            let mut rng = Rng(seed + round);
+            let mut sim = Sim::new();
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            let mut merges_seen = 0;
+            for step in 0..80 {
+                let mut batch = BTreeMap::new();
+                let n = 1 + rng.below(if step % 10 == 0 { 800 } else { 60 });
+                for _ in 0..n {
+                    let k = key(&mut rng);
+                    let v = match rng.below(10) {
+                        0..=2 => None,
+                        3 => Some(vec![7; rng.below(40_000) as usize]),
+                        _ => Some(vec![step as u8; rng.below(200) as usize]),
+                    };
+                    match &v {
+                        Some(v) => model.insert(k.clone(), v.clone()),
+                        None => model.remove(&k),
+                    };
+                    batch.insert(k, v);
+                }
+                let before = sim.runs.runs().len();
+                sim.write(&batch);
+                if sim.runs.runs().len() <= before {
+                    merges_seen += 1;
+                }
+                assert!(
+                    sim.runs.runs().len() < 4 * FANOUT,
+                    "{} runs",
+                    sim.runs.runs().len()
+                );
+                for _ in 0..20 {
+                    let r = KeyRange {
+                        start: bound(&mut rng),
+                        end: bound(&mut rng),
+                    };
+                    sim.check_read(&r, &model);
+                }
+                let k = key(&mut rng);
+                sim.check_read(&KeyRange::point(&k), &model);
+                if step % 10 == 9 {
+                    sim.reopen();
+                }
+            }
+            assert!(merges_seen > 5, "{merges_seen} merges");
+            sim.check_read(&KeyRange::all(), &model);
+        }
+    }
+
+    #[test]
+    fn an_import_is_written_a_few_times_over_whatever_its_ids() {
+        // 100 chunks of 1,000 documents (a document, its index entry, its membership),
+        // ids in order and scattered: each chunk one run, merged as they come.
+        for scattered in [false, true] {
+            let mut sim = Sim::new();
+            let mut data = 0;
+            for chunk in 0..100u64 {
+                let mut batch = BTreeMap::new();
+                for i in chunk * 1000..(chunk + 1) * 1000 {
+                    let id = if scattered {
+                        i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40
+                    } else {
+                        i
+                    };
+                    let owner = i % 50;
+                    for (k, v) in [
+                        (format!("Dtodo\0\x01{id:012}\0\x01"), vec![1; 150]),
+                        (
+                            format!("Itodo\0\x01by\0\x01{owner:02}{i:012}{id:012}"),
+                            vec![2; 8],
+                        ),
+                        (format!("P{owner:02}\0\x01todo\0\x01{id:012}"), vec![]),
+                    ] {
+                        data += k.len() + v.len();
+                        batch.insert(k.into_bytes(), Some(v));
+                    }
+                }
+                sim.write(&batch);
+            }
+            // Each entry written about once per size class it passed through.
+            let amplification = sim.bytes_put as f64 / data as f64;
+            assert!(
+                amplification < 5.0,
+                "{amplification:.2}x (scattered: {scattered})"
+            );
+            assert!(
+                sim.runs.runs().len() <= 2 * FANOUT,
+                "{} runs",
+                sim.runs.runs().len()
+            );
+            // A point read after it reads at most one block of each run.
+            let point = KeyRange::point(b"Dtodo\0\x01000000012345\0\x01");
+            let reads = sim.runs.covering(&point);
+            assert!(reads.iter().all(|(_, b)| b.len() == 1));
+            println!(
+                "scattered {scattered}: {} puts, {amplification:.2}x, {} runs",
+                sim.puts,
+                sim.runs.runs().len()
+            );
+        }
+    }
+}
