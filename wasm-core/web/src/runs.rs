@@ -141,23 +141,6 @@ pub fn decode_block(block: &[u8]) -> Result<Vec<Item>, BadRun> {
     Ok(out)
 }
 
-/// Where sorted `items` are cut into blocks: each block's first index. Greedy up to
-/// [`BLOCK_BYTES`], at least one item a block.
-fn cuts(items: &[Item]) -> Vec<usize> {
-    let mut starts = Vec::new();
-    let mut size = 0;
-    for (i, e) in items.iter().enumerate() {
-        let n = item_size((i > 0).then(|| items[i - 1].0.as_slice()), e);
-        if starts.is_empty() || size + n > BLOCK_BYTES {
-            starts.push(i);
-            size = item_size(None, e);
-        } else {
-            size += n;
-        }
-    }
-    starts
-}
-
 /// The object store key of run `number`'s block whose first key is `first`: the
 /// number (u64 BE) then the key, so that a run's blocks sort together, in order.
 pub fn block_key(number: u64, first: &[u8]) -> Vec<u8> {
@@ -191,32 +174,94 @@ pub struct Run {
     pub last: Vec<u8>,
 }
 
-/// Records to put: (object store key, value).
-pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+/// A record to put: (object store key, value).
+pub type Record = (Vec<u8>, Vec<u8>);
+/// Records to put.
+pub type Records = Vec<Record>;
 
 /// A run built from sorted items, and its blocks (`None` for no items).
 pub fn build(number: u64, age: u64, items: &[Item]) -> Option<(Run, Records)> {
-    let last = items.last()?.0.clone();
-    let starts = cuts(items);
-    let mut blocks = Vec::with_capacity(starts.len());
-    let mut firsts = Vec::with_capacity(starts.len());
-    let mut bytes = 0u64;
-    for (j, &s) in starts.iter().enumerate() {
-        let end = starts.get(j + 1).copied().unwrap_or(items.len());
-        let b = encode_block(&items[s..end]);
-        bytes += b.len() as u64;
-        blocks.push((block_key(number, &items[s].0), b));
-        firsts.push(items[s].0.clone());
+    let mut b = Builder::new(number, age);
+    let mut blocks: Records = Vec::new();
+    for item in items {
+        blocks.extend(b.push(item.clone()));
     }
-    let run = Run {
-        number,
-        age,
-        items: items.len() as u64,
-        bytes,
-        firsts,
-        last,
-    };
+    let (run, last) = b.finish()?;
+    blocks.push(last);
     Some((run, blocks))
+}
+
+/// A run written as its items come, in key order: each block is given as soon as it is
+/// full, so that a run larger than memory (a merge, a conversion) is written in parts.
+pub struct Builder {
+    number: u64,
+    age: u64,
+    items: u64,
+    bytes: u64,
+    firsts: Vec<Vec<u8>>,
+    /// The block being filled, and its bytes.
+    block: Vec<Item>,
+    size: usize,
+}
+
+impl Builder {
+    pub fn new(number: u64, age: u64) -> Builder {
+        Builder {
+            number,
+            age,
+            items: 0,
+            bytes: 0,
+            firsts: Vec::new(),
+            block: Vec::new(),
+            size: 0,
+        }
+    }
+
+    /// Adds the next item (its key after every key added before); gives the block it
+    /// closed, if it did not fit there (object store key, bytes). Greedy: a block holds
+    /// what fits in [`BLOCK_BYTES`], and at least one item.
+    pub fn push(&mut self, item: Item) -> Option<Record> {
+        let prev = self.block.last().map(|e| e.0.as_slice());
+        debug_assert!(prev.is_none_or(|p| p < item.0.as_slice()));
+        let n = item_size(prev, &item);
+        let closed = if !self.block.is_empty() && self.size + n > BLOCK_BYTES {
+            let b = self.close();
+            self.size = item_size(None, &item);
+            Some(b)
+        } else {
+            self.size += n;
+            None
+        };
+        self.items += 1;
+        self.block.push(item);
+        closed
+    }
+
+    fn close(&mut self) -> Record {
+        let block = std::mem::take(&mut self.block);
+        let bytes = encode_block(&block);
+        self.bytes += bytes.len() as u64;
+        let first = block[0].0.clone();
+        let key = block_key(self.number, &first);
+        self.firsts.push(first);
+        self.size = 0;
+        (key, bytes)
+    }
+
+    /// The run, and its last block; `None` when no item was added.
+    pub fn finish(mut self) -> Option<(Run, Record)> {
+        let last = self.block.last()?.0.clone();
+        let block = self.close();
+        let run = Run {
+            number: self.number,
+            age: self.age,
+            items: self.items,
+            bytes: self.bytes,
+            firsts: self.firsts,
+            last,
+        };
+        Some((run, block))
+    }
 }
 
 impl Run {
@@ -542,32 +587,103 @@ impl Runs {
 /// run's item. Tombstones are kept (`keep_tombstones`: a merge that does not reach the
 /// oldest run, whose items they hide) or dropped (a read, or a merge into the oldest).
 pub fn merge(parts: Vec<Vec<Item>>, keep_tombstones: bool) -> Vec<Item> {
-    let total: usize = parts.iter().map(Vec::len).sum();
-    let mut out: Vec<Item> = Vec::with_capacity(total);
-    let mut rests: Vec<std::vec::IntoIter<Item>> = parts.into_iter().map(Vec::into_iter).collect();
-    let mut heads: Vec<Option<Item>> = rests.iter_mut().map(Iterator::next).collect();
-    loop {
-        // The smallest key among the heads; at an equal key, the newest part's.
-        let mut best: Option<usize> = None;
-        for (i, h) in heads.iter().enumerate() {
-            let Some(h) = h else { continue };
-            if best.is_none_or(|b| heads[b].as_ref().is_some_and(|bh| h.0 <= bh.0)) {
-                best = Some(i);
-            }
-        }
-        let Some(b) = best else { break };
-        let item = std::mem::replace(&mut heads[b], rests[b].next()).expect("a head");
-        // The same key in the older parts: hidden.
-        for i in 0..b {
-            if heads[i].as_ref().is_some_and(|h| h.0 == item.0) {
-                heads[i] = rests[i].next();
-            }
-        }
-        if keep_tombstones || item.1.is_some() {
-            out.push(item);
+    let mut m = Merger::new(parts.len(), keep_tombstones);
+    for (i, p) in parts.into_iter().enumerate() {
+        m.feed(i, p, true);
+    }
+    m.take()
+}
+
+/// A merge of runs read a part at a time (a block or a few of each): what is fed is
+/// merged as far as every part has been read, so a merge of runs larger than memory
+/// holds about a block of each.
+pub struct Merger {
+    /// Per part, oldest first: the items fed and not merged yet, whether it is all fed,
+    /// and the last key fed.
+    parts: Vec<(std::collections::VecDeque<Item>, bool, Option<Vec<u8>>)>,
+    keep_tombstones: bool,
+}
+
+impl Merger {
+    pub fn new(parts: usize, keep_tombstones: bool) -> Merger {
+        Merger {
+            parts: (0..parts)
+                .map(|_| (std::collections::VecDeque::new(), false, None))
+                .collect(),
+            keep_tombstones,
         }
     }
-    out
+
+    /// The next items of part `i` (after every item fed to it before); `done`: it has no
+    /// more.
+    pub fn feed(&mut self, i: usize, items: Vec<Item>, done: bool) {
+        let p = &mut self.parts[i];
+        if let Some(last) = items.last() {
+            p.2 = Some(last.0.clone());
+        }
+        p.0.extend(items);
+        p.1 |= done;
+    }
+
+    /// The parts to feed before more can be merged: not all fed, and nothing of them
+    /// waiting.
+    pub fn needs(&self) -> Vec<usize> {
+        (0..self.parts.len())
+            .filter(|&i| !self.parts[i].1 && self.parts[i].0.is_empty())
+            .collect()
+    }
+
+    /// Whether every part is fed and merged.
+    pub fn is_done(&self) -> bool {
+        self.parts.iter().all(|p| p.1 && p.0.is_empty())
+    }
+
+    /// Every item that can be merged now: those up to the least of the parts' last keys
+    /// fed (of the parts not all fed), in order.
+    pub fn take(&mut self) -> Vec<Item> {
+        // A part not all fed may still have any key after its last one fed.
+        let mut bound: Option<&[u8]> = None;
+        for p in &self.parts {
+            if p.1 {
+                continue;
+            }
+            let Some(last) = &p.2 else { return Vec::new() };
+            bound = Some(match bound {
+                Some(b) if b <= last.as_slice() => b,
+                _ => last,
+            });
+        }
+        let bound = bound.map(<[u8]>::to_vec);
+        let mut out = Vec::new();
+        loop {
+            // The smallest key among the heads; at an equal key, the newest part's.
+            let mut best: Option<usize> = None;
+            for (i, p) in self.parts.iter().enumerate() {
+                let Some(h) = p.0.front() else { continue };
+                if best.is_none_or(|b| self.parts[b].0.front().is_some_and(|bh| h.0 <= bh.0)) {
+                    best = Some(i);
+                }
+            }
+            let Some(b) = best else { break };
+            if bound
+                .as_ref()
+                .is_some_and(|bd| self.parts[b].0.front().is_some_and(|h| h.0 > *bd))
+            {
+                break;
+            }
+            let item = self.parts[b].0.pop_front().expect("a head");
+            // The same key in the older parts: hidden.
+            for p in &mut self.parts[..b] {
+                if p.0.front().is_some_and(|h| h.0 == item.0) {
+                    p.0.pop_front();
+                }
+            }
+            if self.keep_tombstones || item.1.is_some() {
+                out.push(item);
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -871,7 +987,7 @@ mod tests {
             let mut sim = Sim::new();
             let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
             let mut merges_seen = 0;
-            for step in 0..80 {
+            for step in 0..50 {
                 let mut batch = BTreeMap::new();
                 let n = 1 + rng.below(if step % 10 == 0 { 800 } else { 60 });
                 for _ in 0..n {
@@ -897,7 +1013,7 @@ mod tests {
                     "{} runs",
                     sim.runs.runs().len()
                 );
-                for _ in 0..20 {
+                for _ in 0..8 {
                     let r = KeyRange {
                         start: bound(&mut rng),
                         end: bound(&mut rng),
@@ -916,13 +1032,95 @@ mod tests {
     }
 
     #[test]
+    fn merges_fed_a_block_at_a_time_give_the_whole_merge() {
+        let seed = 0x5eed_feed;
+        println!("seed {seed}");
+        let mut rng = Rng(seed);
+        for _ in 0..30 {
+            let parts: Vec<Vec<Item>> = (0..2 + rng.below(4))
+                .map(|_| {
+                    let mut m = BTreeMap::new();
+                    for _ in 0..rng.below(300) {
+                        let v = (rng.below(4) > 0).then(|| vec![1; rng.below(50) as usize]);
+                        m.insert(key(&mut rng), v);
+                    }
+                    m.into_iter().collect()
+                })
+                .collect();
+            let keep = rng.below(2) == 0;
+            let want = merge(parts.clone(), keep);
+            let mut m = Merger::new(parts.len(), keep);
+            let mut fed = vec![0; parts.len()];
+            let mut got: Vec<Item> = Vec::new();
+            while !m.is_done() {
+                // What it needs, or any part, a slice of it at a time.
+                let needs = m.needs();
+                let i = if needs.is_empty() || rng.below(3) == 0 {
+                    rng.below(parts.len() as u64) as usize
+                } else {
+                    needs[rng.below(needs.len() as u64) as usize]
+                };
+                let n = (rng.below(40) as usize).min(parts[i].len() - fed[i]);
+                let slice = parts[i][fed[i]..fed[i] + n].to_vec();
+                fed[i] += n;
+                m.feed(i, slice, fed[i] == parts[i].len());
+                let out = m.take();
+                if let (Some(a), Some(b)) = (got.last(), out.first()) {
+                    assert!(a.0 < b.0, "out of order across takes");
+                }
+                got.extend(out);
+            }
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn runs_are_packed_in_full_blocks() {
+        let items: Vec<Item> = (0..5000u32)
+            .map(|i| {
+                let v = (i % 7 != 0).then(|| vec![3; (i % 13 * 40) as usize]);
+                (format!("Dtodo\0\x01{i:08}").into_bytes(), v)
+            })
+            .chain(std::iter::once((
+                b"Z".to_vec(),
+                Some(vec![9; 3 * BLOCK_BYTES]),
+            )))
+            .collect();
+        let (run, blocks) = build(3, 1, &items).unwrap();
+        assert_eq!(run.firsts.len(), blocks.len());
+        let mut all = Vec::new();
+        for (i, (k, b)) in blocks.iter().enumerate() {
+            let got = decode_block(b).unwrap();
+            assert_eq!(k, &block_key(3, &run.firsts[i]));
+            assert_eq!(got[0].0, run.firsts[i]);
+            assert!(
+                b.len() <= BLOCK_BYTES + 6 || got.len() == 1,
+                "block {i}: {}",
+                b.len()
+            );
+            // Full but for the last, and the one before a large item.
+            if i + 2 < blocks.len() {
+                assert!(b.len() > BLOCK_BYTES * 9 / 10, "block {i}: {}", b.len());
+            }
+            all.extend(got);
+        }
+        assert_eq!(all, items);
+        assert_eq!(run.last, b"Z");
+        assert_eq!(run.items, items.len() as u64);
+        assert_eq!(
+            run.bytes,
+            blocks.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
+        );
+    }
+
+    #[test]
     fn an_import_is_written_a_few_times_over_whatever_its_ids() {
-        // 100 chunks of 1,000 documents (a document, its index entry, its membership),
+        // 32 chunks of 1,000 documents (a document, its index entry, its membership),
         // ids in order and scattered: each chunk one run, merged as they come.
         for scattered in [false, true] {
             let mut sim = Sim::new();
             let mut data = 0;
-            for chunk in 0..100u64 {
+            for chunk in 0..32u64 {
                 let mut batch = BTreeMap::new();
                 for i in chunk * 1000..(chunk + 1) * 1000 {
                     let id = if scattered {
