@@ -3,7 +3,7 @@
 // on-disk profile, one page per measurement after a reopen (a fresh page and a fresh
 // `open()`), medians. docs/BENCHMARKS.md ("What the storage layout costs") reads it.
 //
-//   node tests/bench-browser/layouts.mjs [--runs 5] [--n 10000] [--import-n N] [--variants a,b,c]
+//   node tests/bench-browser/layouts.mjs [--runs 5] [--n 10000] [--import-n N] [--variants a,b,c] [--block-kib 32]
 //
 // The layouts, for documents of ~150 bytes owned by one of 50 owners:
 // - records: today's (docs/STORAGE.md): a document is three records, its document
@@ -13,7 +13,9 @@
 //   with a multiEntry IndexedDB index on `x`.
 // - objects: Dexie's: one object per document keyed by id, an index on [owner, created].
 // - blocks: the `records` layout's entries, sorted, packed into 32 KiB blocks keyed by
-//   their first key (as a B-tree's leaves or an LSM's sorted runs would be).
+//   their first key (as a B-tree's leaves or an LSM's sorted runs would be). --block-kib
+//   sets that size, for this layout and the import's blocks and lsm variants (every
+//   "32 KiB" and "16 KiB" below scales with it).
 // And, for today's layout, two ways to read a range (where the browser has
 // getAllRecords): all the documents, and the last 50 reversed.
 //
@@ -42,19 +44,33 @@
 //   4 runs are of one size class (floor(log2(bytes)): within a factor of 2), the oldest 4
 //   of such a class (the class with the oldest run) are read, merged (the newer wins on an
 //   equal key) and written as a new run, their blocks deleted (a range each), in a
-//   readwrite transaction of its own, awaited, timed as part of the import.
+//   readwrite transaction of its own, awaited, timed as part of the import. Each run has a
+//   Bloom filter over all its keys (~10 bits a key, 7 probes), a Uint8Array under the run's
+//   number in a store `filters`, put in the run's transaction (a compaction deletes the 4
+//   runs' and puts the new one's); built and written in the import's time, its puts and
+//   bytes counted apart.
 // - packed: a record per document as above, put in the chunk's transaction.
 // Counted: the puts and their bytes (keys + values), against the entries' own bytes
 // (objects: a JSON estimate of their size; packed: the record's keys and values). After a
 // reopen every entry is read back and checked (blocks: sorted across blocks, each keyed by
 // its first key, none past 32 KiB + an entry; lsm: the same within each run, then the runs
-// merged, N each of D, I and P; packed: N records, N I and N P keys in the index). After
-// another, one owner's documents are read (blocks: the first keys, then in one transaction
-// the blocks covering its index range, then those holding its documents: with owners dealt
-// round-robin, nearly every `D` block; lsm: the same in every run, each document looked
-// for in every run that may hold it, as without a per-run filter; packed: its index).
+// merged, N each of D, I and P, and a filter a run that holds every key of it; packed: N
+// records, N I and N P keys in the index). After another, one owner's documents are read
+// (blocks: the first keys, then in one transaction the blocks covering its index range,
+// then those holding its documents: with owners dealt round-robin, nearly every `D` block;
+// lsm: the same in every run, each document looked for in every run that may hold it, as
+// without a per-run filter; packed: its index).
 // After another, every document (records: keys and values of the D range; blocks and lsm:
-// every block decoded, lsm's runs merged; packed and objects: every record).
+// every block decoded, lsm's runs merged; packed and objects: every record). After
+// another, 50 documents scattered by id, as an app's cold start reads the first results of
+// an index query: those numbered i * floor(N / 50), i < 50 (over the whole id range,
+// sequential or random), in one readonly transaction, every request issued before any is
+// awaited, each value checked (records and packed: a get per D key; objects: per id;
+// blocks: the first keys, then the blocks holding them, deduplicated; lsm: the fence
+// pointers, then each document's block in every run that may hold it, deduplicated, the
+// newest run's value taken). For lsm, also after a reopen (the two in turns), the same with
+// the runs' filters: read with the fence pointers (one getAll), a run's block read only
+// where its filter says maybe; the blocks read, their bytes and the false positives reported.
 //
 // Needs Debian's Chromium and playwright-core (.ci/setup-browser). Every count is
 // checked: a layout that loses or invents a document stops the benchmark.
@@ -66,6 +82,7 @@ const opt = (name, dflt) => (args.includes(name) ? Number(args[args.indexOf(name
 const RUNS = opt("--runs", 5);
 const N = opt("--n", 10_000);
 const IMPORT_N = opt("--import-n", N);
+const BLOCK_KIB = opt("--block-kib", 32);
 const SINGLES = 300;
 /** The import's variants (--variants a,b,c: some of them; default all). */
 const IMPORTS = {
@@ -78,7 +95,7 @@ const VARIANTS = args.includes("--variants") ? args[args.indexOf("--variants") +
 for (const v of VARIANTS) if (!(v in IMPORTS)) throw new Error(`--variants: no variant ${v} (${Object.keys(IMPORTS).join(", ")})`);
 
 const page = `<!doctype html><meta charset="utf-8"><script>
-const N = ${N}, OWNERS = 50, BLOCK = 32768, SINGLES = ${SINGLES}, IMPORT_N = ${IMPORT_N}, CHUNK = 1000;
+const N = ${N}, OWNERS = 50, BLOCK = ${BLOCK_KIB * 1024}, SINGLES = ${SINGLES}, IMPORT_N = ${IMPORT_N}, CHUNK = 1000;
 const te = new TextEncoder();
 const cat = (...a) => { let n = 0; for (const x of a) n += x.length; const o = new Uint8Array(n); let i = 0; for (const x of a) { o.set(x, i); i += x.length; } return o; };
 const str = (s) => cat(te.encode(s), new Uint8Array([0]));
@@ -263,6 +280,7 @@ const openImport = (v) => new Promise((res, rej) => {
     if (v.startsWith("objects")) r.result.createObjectStore("s", { keyPath: "id" }).createIndex("oc", ["owner", "created"]);
     else if (v.startsWith("packed")) r.result.createObjectStore("s").createIndex("x", "x", { multiEntry: true });
     else r.result.createObjectStore("s");
+    if (v.startsWith("lsm")) r.result.createObjectStore("filters");
   };
   r.onsuccess = () => res(r.result);
   r.onerror = () => rej(r.error);
@@ -275,12 +293,12 @@ function blockAt(firsts, k) {
   while (lo < hi) { const mid = (lo + hi + 1) >> 1; if (cmp(firsts[mid], k) <= 0) lo = mid; else hi = mid - 1; }
   return lo;
 }
-/** Whether sorted entries hold key k. */
-function has(es, k) {
+/** The value of key k in sorted entries, or undefined; whether they hold it. */
+function find(es, k) {
   let lo = 0, hi = es.length - 1;
-  while (lo <= hi) { const mid = (lo + hi) >> 1, c = cmp(es[mid][0], k); if (!c) return true; if (c < 0) lo = mid + 1; else hi = mid - 1; }
-  return false;
+  while (lo <= hi) { const mid = (lo + hi) >> 1, c = cmp(es[mid][0], k); if (!c) return es[mid][1]; if (c < 0) lo = mid + 1; else hi = mid - 1; }
 }
+const has = (es, k) => find(es, k) !== undefined;
 /** Two sorted runs of entries as one (b's wins on an equal key). */
 function merge(a, b) {
   const o = [];
@@ -323,8 +341,25 @@ function runsOf(keys) {
 }
 /** The blocks [a, b) of a run that may hold keys lo..hi (none if hi sorts before its first key). */
 const span = (firsts, lo, hi) => (cmp(firsts[0], hi) > 0 ? [0, 0] : [cmp(firsts[0], lo) > 0 ? 0 : blockAt(firsts, lo), blockAt(firsts, hi) + 1]);
-/** Sorted entries written as a new run of full blocks, the puts counted in w. */
-function writeRun(s, no, es, w) {
+/** LSM: a run's Bloom filter, over all its keys: ~10 bits a key (m = the bytes * 8), 7 probes
+ * a + j * b mod m (a, b: FNV-1a of the key through murmur3's finalizer, then a through it again). */
+const fmix = (h) => { h ^= h >>> 16; h = Math.imul(h, 0x85ebca6b); h ^= h >>> 13; h = Math.imul(h, 0xc2b2ae35); return (h ^ (h >>> 16)) >>> 0; };
+/** Whether f holds for every probe of key k into m bits (stopping at the first that fails). */
+function probes(k, m, f) {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < k.length; i++) h = Math.imul(h ^ k[i], 0x01000193);
+  const a = fmix(h), b = (fmix(a ^ 0x9e3779b9) | 1) >>> 0;
+  for (let j = 0; j < 7; j++) if (!f((a + j * b) % m)) return false;
+  return true;
+}
+function bloom(es) { const o = new Uint8Array(Math.ceil((es.length * 10) / 8)), m = o.length * 8; for (const e of es) probes(e[0], m, (p) => (o[p >> 3] |= 1 << (p & 7))); return o; }
+const maybe = (o, k) => probes(k, o.length * 8, (p) => o[p >> 3] & (1 << (p & 7)));
+/** Sorted entries written as a new run of full blocks, the puts counted in w; its Bloom filter
+ * put in fs under the run's number (counted apart, with the time it took to build). */
+function writeRun(s, no, es, w, fs) {
+  const t0 = performance.now(), f = bloom(es);
+  w.bloomMs += performance.now() - t0;
+  fs.put(f, be32(no)); w.filterPuts++; w.filterBytes += f.length + 4;
   const run = { no, firsts: [], bytes: 0 };
   for (const b of fill(es)) {
     const o = pack(b), first = b[0][0].slice(), k = cat(be32(no), first);
@@ -367,7 +402,7 @@ window.imports = {
    * puts counted, with their bytes (keys + values) and the entries' own. */
   run: async (v) => {
     await req(indexedDB.deleteDatabase("import-" + v));
-    const f = idOf(v), w = { puts: 0, bytes: 0, entry: 0, splits: 0, appends: 0, compactions: 0 };
+    const f = idOf(v), w = { puts: 0, bytes: 0, entry: 0, splits: 0, appends: 0, compactions: 0, filterPuts: 0, filterBytes: 0, bloomMs: 0 };
     const isBlocks = v.startsWith("blocks"), app = v.startsWith("blocks-app"), lsm = v.startsWith("lsm");
     const r = await time(async () => {
       const db = await openImport(v);
@@ -378,7 +413,7 @@ window.imports = {
       let runs = lsm ? runsOf(keys) : [], next = runs.length ? runs.at(-1).no + 1 : 0;
       for (let from = 0; from < IMPORT_N; from += CHUNK) {
         const to = Math.min(from + CHUNK, IMPORT_N);
-        const tx = db.transaction(["s"], "readwrite"), s = tx.objectStore("s");
+        const tx = db.transaction(lsm ? ["s", "filters"] : ["s"], "readwrite"), s = tx.objectStore("s");
         if (v.startsWith("objects")) for (let i = from; i < to; i++) { s.put(object(i)); w.puts++; }
         else if (v.startsWith("records")) for (let i = from; i < to; i++) for (const [k, x] of entries(i, f)) { s.put(x, k); w.puts++; w.bytes += k.length + x.length; }
         else if (v.startsWith("packed")) for (let i = from; i < to; i++) {
@@ -392,7 +427,7 @@ window.imports = {
           es.sort((x, y) => cmp(x[0], y[0]));
           const put = (b, k) => { const o = pack(b); s.put(o, k); w.puts++; w.bytes += o.length + k.length; };
           // LSM: the chunk as a new run, nothing read.
-          if (lsm) runs.push(writeRun(s, next++, es, w));
+          if (lsm) runs.push(writeRun(s, next++, es, w, tx.objectStore("filters")));
           // An empty store: full blocks, the first under the empty key.
           else if (!firsts.length) firsts = fill(es).map((b, j) => { const k = j ? b[0][0].slice() : none; put(b, k); return k; });
           else {
@@ -423,10 +458,10 @@ window.imports = {
           // The 4 are always the newest runs (older ones are of larger classes), so a new
           // number keeps the runs' order by age.
           if (runs.indexOf(g[3]) - runs.indexOf(g[0]) !== 3) throw new Error(v + ": a compaction would reorder the runs");
-          const tx = db.transaction(["s"], "readwrite"), s = tx.objectStore("s");
+          const tx = db.transaction(["s", "filters"], "readwrite"), s = tx.objectStore("s"), fs = tx.objectStore("filters");
           const read = await Promise.all(g.map((r) => req(s.getAll(runRange(r.no)))));
-          const run = writeRun(s, next++, read.map((bs) => bs.flatMap((o) => unblock(o))).reduce(merge), w);
-          for (const r of g) s.delete(runRange(r.no));
+          const run = writeRun(s, next++, read.map((bs) => bs.flatMap((o) => unblock(o))).reduce(merge), w, fs);
+          for (const r of g) { s.delete(runRange(r.no)); fs.delete(be32(r.no)); }
           await done(tx);
           runs = runs.filter((r) => !g.includes(r)).concat([run]);
           w.compactions++;
@@ -470,7 +505,10 @@ window.imports = {
       if (big >= 0) throw new Error(v + ": block " + big + " holds " + blocks[big].length + " bytes");
       const n = counts(runs.map((r) => r.es).reduce(merge, []));
       if (n[0x49] !== n[0x44] || n[0x50] !== n[0x44]) throw new Error(v + ": " + n[0x44] + " D, " + n[0x49] + " I, " + n[0x50] + " P entries");
-      Object.assign(out, { n: n[0x44], blocks: blocks.length, fill: blocks.reduce((a, o) => a + o.length, 0) / blocks.length / BLOCK, runs: runs.length, sizes: runs.map((r) => r.blocks) });
+      // A Bloom filter a run, under its number, that holds every key of it.
+      const fs = db.transaction(["filters"]).objectStore("filters"), [fk, fl] = await Promise.all([req(fs.getAllKeys()), req(fs.getAll())]);
+      if (fk.length !== runs.length || runs.some((r, j) => runNo(new Uint8Array(fk[j])) !== r.no || r.es.some(([k]) => !maybe(fl[j], k)))) throw new Error(v + ": " + fk.length + " filters for " + runs.length + " runs, or one misses a key");
+      Object.assign(out, { n: n[0x44], blocks: blocks.length, fill: blocks.reduce((a, o) => a + o.length, 0) / blocks.length / BLOCK, runs: runs.length, sizes: runs.map((r) => r.blocks), filters: fl.map((o) => o.length) });
     } else {
       const [keys, blocks] = await Promise.all([req(s.getAllKeys()), req(s.getAll())]);
       const n = { [0x44]: 0, [0x49]: 0, [0x50]: 0 };
@@ -548,6 +586,55 @@ window.imports = {
     });
     return { ...r, read };
   },
+  /** 50 documents scattered over the ids (those numbered i * floor(IMPORT_N / 50)) after a
+   * reopen, in one readonly transaction, every request issued before any is awaited, each
+   * checked (its body; objects: the object). Blocks: the first keys, then the blocks holding
+   * them. LSM: the fence pointers, then each document's block in every run that may hold it,
+   * the newest run's value taken; with bloom, the runs' filters read with them (one getAll)
+   * and only the runs whose filter says maybe. Counted: gets and bytes read (values; blocks:
+   * theirs), LSM's fence keys and their bytes, blocks read without the document (misses:
+   * with the filters, their false positives), the filters' bytes. */
+  scatter: async (v, bloom) => {
+    const f = idOf(v), nos = Array.from({ length: 50 }, (_, i) => i * Math.floor(IMPORT_N / 50)), ds = nos.map((i) => dKey(i, f));
+    const w = { gets: 0, bytes: 0, fence: 0, fenceBytes: 0, looks: 0, miss: 0, filters: 0 };
+    const r = await time(async () => {
+      const db = await openImport(v);
+      const tx = db.transaction(bloom ? ["s", "filters"] : ["s"]), s = tx.objectStore("s");
+      let got;
+      if (v.startsWith("blocks")) {
+        const firsts = (await req(s.getAllKeys())).map((k) => new Uint8Array(k)), at = ds.map((d) => blockAt(firsts, d)), bs = [...new Set(at)];
+        const es = new Map((await Promise.all(bs.map((b) => req(s.get(firsts[b]))))).map((o, j) => { w.bytes += o.length; return [bs[j], unblock(o)]; }));
+        got = ds.map((d, j) => find(es.get(at[j]), d));
+        Object.assign(w, { gets: bs.length, fence: firsts.length, fenceBytes: firsts.reduce((a, k) => a + k.length, 0) });
+      } else if (v.startsWith("lsm")) {
+        const [keys, fl] = await Promise.all([req(s.getAllKeys()), bloom && req(tx.objectStore("filters").getAll())]);
+        const runs = runsOf(keys), want = new Map();
+        if (bloom && fl.length !== runs.length) throw new Error(v + ": " + fl.length + " filters for " + runs.length + " runs");
+        ds.forEach((d, j) => runs.forEach((r, x) => {
+          if (cmp(r.firsts[0], d) > 0 || (bloom && !maybe(fl[x], d))) return;
+          const key = r.keys[blockAt(r.firsts, d)];
+          if (!want.has(key)) want.set(key, []);
+          want.get(key).push([j, x]);
+        }));
+        const bs = await Promise.all([...want.keys()].map((k) => req(s.get(k))));
+        // Each document's value from the newest run that holds it.
+        const best = [];
+        [...want.values()].forEach((jx, b) => { const es = unblock(bs[b]); w.bytes += bs[b].length; for (const [j, x] of jx) { w.looks++; const val = find(es, ds[j]); if (val === undefined) w.miss++; else if (!best[j] || best[j][0] < x) best[j] = [x, val]; } });
+        got = ds.map((_, j) => best[j]?.[1]);
+        Object.assign(w, { gets: bs.length, fence: keys.length, fenceBytes: keys.reduce((a, k) => a + k.byteLength, 0), filters: bloom ? fl.reduce((a, o) => a + o.length, 0) : 0 });
+      } else {
+        got = await Promise.all(v.startsWith("objects") ? nos.map((i) => req(s.get(id(i)))) : ds.map((d) => req(s.get(d))));
+        // Packed: the record's keys and values, as the import counts them; objects: the JSON.
+        w.gets = got.length;
+        for (const o of got) w.bytes += !o ? 0 : o.byteLength ?? (o.v ? o.k.length + o.v.length + o.x[0].length + o.x[1].length + o.y[0].length : JSON.stringify(o).length);
+        if (v.startsWith("packed")) got = got.map((o) => o?.v);
+      }
+      db.close();
+      const same = (a, b) => a.length === b.length && a.every((x, j) => x === b[j]);
+      return nos.filter((i, j) => got[j] && (v.startsWith("objects") ? JSON.stringify(got[j]) === JSON.stringify(object(i)) : same(got[j], body(i)))).length;
+    });
+    return { ...r, ...w };
+  },
   /** Every document after a reopen (records: keys and values of the D range; packed and
    * objects: every record; blocks: every block decoded; LSM: every run's, merged). */
   full: (v) => time(async () => {
@@ -623,7 +710,13 @@ for (let r = 0; r < RUNS; r++) {
     record("one", v, o, ownerDocs);
     await reopen();
     record("full", v, await p.evaluate((v) => window.imports.full(v), v), IMPORT_N);
-    imported[v] = { ...w, ...c, read: o.read };
+    // 50 documents scattered by id (LSM: also with its filters, the two in turns).
+    const sc = {};
+    for (const bloom of v.startsWith("lsm") ? (r % 2 ? [false, true] : [true, false]) : [false]) {
+      await reopen();
+      record(bloom ? "scatter-bloom" : "scatter", v, (sc[bloom] = await p.evaluate(([v, b]) => window.imports.scatter(v, b), [v, bloom])), 50);
+    }
+    imported[v] = { ...w, ...c, read: o.read, scatter: sc.false, bloom: sc.true };
   }
 }
 await ctx.close();
@@ -646,12 +739,13 @@ if (hasRecords) {
   console.log(`| all ${N.toLocaleString("en")} documents | ${median(times["all-pair"].records).toFixed(1)} | ${median(times["all-records"].records).toFixed(1)} |`);
   console.log(`| the last 50, reversed | ${median(times["last50-pair"].records).toFixed(1)} | ${median(times["last50-records"].records).toFixed(1)} |`);
 }
-console.log(`\nAn import of ${IMPORT_N.toLocaleString("en")} documents in chunks of ${(1000).toLocaleString("en")}, a transaction each, into an empty store, ms (medians of ${RUNS} runs); written: the keys and values put, against the entries' own bytes`);
-console.log("| variant | import ms | puts | MiB written | amplification (written / entry bytes) | one owner after reopen ms | all documents after reopen ms |");
-console.log("|---|---:|---:|---:|---:|---:|---:|");
+console.log(`\nAn import of ${IMPORT_N.toLocaleString("en")} documents in chunks of ${(1000).toLocaleString("en")}, a transaction each, into an empty store, ms (medians of ${RUNS} runs); written: the keys and values put, against the entries' own bytes${BLOCK_KIB === 32 ? "" : `; blocks of ${BLOCK_KIB} KiB`}`);
+console.log("| variant | import ms | puts | MiB written | amplification (written / entry bytes) | one owner after reopen ms | all documents after reopen ms | 50 scattered by id after reopen ms |");
+console.log("|---|---:|---:|---:|---:|---:|---:|---:|");
 for (const v of Object.keys(IMPORTS).filter((v) => VARIANTS.includes(v))) {
   const c = imported[v], guess = v.startsWith("objects") || v.startsWith("packed") ? "~" : "";
-  console.log(`| ${IMPORTS[v]} | ${median(times.import[v]).toFixed(0)} | ${c.puts.toLocaleString("en")} | ${guess}${(c.bytes / 2 ** 20).toFixed(1)} | ${(c.bytes / c.entry).toFixed(2)} | ${median(times.one[v]).toFixed(1)} | ${median(times.full[v]).toFixed(0)} |`);
+  console.log(`| ${IMPORTS[v]} | ${median(times.import[v]).toFixed(0)} | ${c.puts.toLocaleString("en")} | ${guess}${(c.bytes / 2 ** 20).toFixed(1)} | ${(c.bytes / c.entry).toFixed(2)} | ${median(times.one[v]).toFixed(1)} | ${median(times.full[v]).toFixed(0)} | ${median(times.scatter[v]).toFixed(1)} |`);
+  if (v.startsWith("lsm")) console.log(`| ${IMPORTS[v]}, read with its runs' Bloom filters | (the same import) | | | | | | ${median(times["scatter-bloom"][v]).toFixed(1)} |`);
 }
 const ran = (...vs) => vs.filter((v) => VARIANTS.includes(v));
 const blocksAt = (v) => `${IMPORTS[v].replace("blocks, ", "")} ${imported[v].blocks} blocks, ${(imported[v].fill * 100).toFixed(0)}% full on average, ${imported[v].splits.toLocaleString("en")} splits${v.includes("app") ? ` (appends: ${imported[v].appends.toLocaleString("en")})` : ""}, one owner's documents in ${imported[v].read}`;
@@ -660,5 +754,13 @@ if (blocksLine.length) console.log(`Blocks at the end: ${blocksLine.join("; ")}.
 const lsmAt = (v) => `${IMPORTS[v].replace("LSM runs, size-tiered, ", "")} ${imported[v].runs} runs (${imported[v].sizes.join(", ")} blocks, oldest first), ${imported[v].blocks} blocks, ${(imported[v].fill * 100).toFixed(0)}% full on average, after ${imported[v].compactions} compactions, one owner's documents in ${imported[v].read}`;
 const lsmLine = ran("lsm-seq", "lsm-rnd").map(lsmAt);
 if (lsmLine.length) console.log(`LSM at the end: ${lsmLine.join("; ")}.`);
+const kib = (n) => `${(n / 1024).toFixed(1)} KiB`;
+const scatterAt = (v) => {
+  const s = imported[v].scatter, b = imported[v].bloom;
+  if (v.startsWith("lsm")) return `${IMPORTS[v]}: the fence pointers (${s.fence.toLocaleString("en")} keys, ${kib(s.fenceBytes)}), then ${s.gets} blocks (${kib(s.bytes)}), ${s.looks} lookups (a document in a run's block), ${s.miss} of them in a run without it; with its runs' Bloom filters (${imported[v].filters.length}: ${kib(b.filters)} read, ${imported[v].filters.map(kib).join(", ")}, oldest first; built in ${imported[v].bloomMs.toFixed(0)} ms of the import, ${imported[v].filterPuts} puts, ${kib(imported[v].filterBytes)} written) ${b.gets} blocks (${kib(b.bytes)}), ${b.miss} false positives`;
+  if (v.startsWith("blocks")) return `${IMPORTS[v]}: the first keys (${s.fence.toLocaleString("en")}, ${kib(s.fenceBytes)}), then ${s.gets} blocks (${kib(s.bytes)})`;
+  return `${IMPORTS[v]}: ${s.gets} gets (${v.startsWith("records") ? "" : "~"}${kib(s.bytes)})`;
+};
+console.log(`50 documents scattered by id after a reopen, what was read: ${Object.keys(IMPORTS).filter((v) => VARIANTS.includes(v)).map(scatterAt).join("; ")}.`);
 const guessed = ran("objects-seq", "packed-rnd");
 if (guessed.length) console.log(`${guessed.map((v) => v.split("-")[0]).join(" and ").replace(/^./, (c) => c.toUpperCase())}: a guess (objects: their JSON's length; packed: the keys, the value and the index keys in the record; their index entries are not counted).`);
