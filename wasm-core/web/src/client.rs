@@ -604,6 +604,11 @@ impl Warren {
             set("loadTransactions", s.load_transactions as f64);
             set("loadRequests", s.load_requests as f64);
             set("recordsLoaded", s.records_loaded as f64);
+            set("blocksLoaded", s.blocks_loaded as f64);
+            set("runs", s.runs as f64);
+            set("blocks", s.blocks as f64);
+            set("runBytes", s.run_bytes as f64);
+            set("merges", s.merges as f64);
             set("absentByFilter", s.absent_by_filter as f64);
             set("flushes", s.flushes as f64);
             set("failedFlushes", s.failed_flushes as f64);

@@ -9,10 +9,15 @@
 //!   ([`Miss`]); the driver loads the misses of a run ([`IdbStore::begin_load`], all in
 //!   one read transaction) and runs again. Results of a run with misses are thrown away,
 //!   so nothing acts on a partial read.
-//! - **Loads are as large as the read.** A scan that asks for `n` entries and misses
-//!   loads about `n` (an engine page of an unbounded scan loads 256, then four times
-//!   more each time the same scan continues); a `count` of a range is IndexedDB's own
-//!   count, with no record read; a point is one `get`.
+//! - **The key space is in runs** (`crate::runs`): what a flush writes is a new run of
+//!   sorted 32 KiB blocks, never rewritten; neighbouring runs of about one size are
+//!   merged in the background ([`IdbStore::pump_merge`]). The store keeps the runs'
+//!   list and their blocks' first keys in memory, read at open.
+//! - **Loads are as large as the read.** A miss reads, of each run that may hold its
+//!   keys, the blocks it needs: a point's block; a scan's first blocks from its end (an
+//!   engine page of an unbounded scan reads 256 entries' worth, then four times more
+//!   each time the same scan continues); a range whole. What they decide (more than the
+//!   miss asked, usually) is taken in.
 //! - **Absent keys need no read.** A [`Filter`] of every key ever written says when a
 //!   key is certainly absent (a create with a fresh id), and the cache takes it as
 //!   loaded.
@@ -23,10 +28,10 @@
 //!   reported through the notifier the driver gave, and [`IdbStore::settle_flushes`]
 //!   says which writes are durable. A failed flush puts its writes back in the queue.
 //!   A small flush is one **write-ahead record** in `meta` (`crate::wal`) rather than
-//!   a request per key; the records are applied to `kv` together later (and over it in
-//!   memory at open), and an apply deletes every record issued before it, so `kv` never
-//!   holds a value newer than a record left. A load that reads a range holding a
-//!   record's write applies the records first ([`IdbStore::begin_load`]).
+//!   a run; the records are applied together later as one run (and over the runs in
+//!   memory at open), and an apply deletes every record issued before it, so no run
+//!   holds a value newer than a record left; a load takes nothing over a key not in a
+//!   run yet.
 //! - **Bounded memory.** The cache has a byte cap ([`DEFAULT_CACHE_BYTES`] unless the
 //!   driver sets another), over its entries and the spans that say what it holds (an
 //!   absence is a span with no entry): past it, the spans used least recently are
@@ -34,7 +39,7 @@
 //!   what is not yet durable, the replica's own small key spaces, or what an operation
 //!   in progress has used).
 //!
-//! Keys are stored as binary keys (`Uint8Array`): IndexedDB orders binary keys byte by
+//! Block keys are binary keys (`Uint8Array`): IndexedDB orders binary keys byte by
 //! byte, the same order as the engine's. Layout and migrations: `docs/STORAGE.md`.
 
 use std::cell::{Cell, RefCell};
@@ -48,22 +53,22 @@ use js_sys::{Array, Promise, Uint8Array};
 use warren_core::storage::{Batch, Entry, KeyRange, Storage};
 use warren_core::{Error, ErrorCode};
 use wasm_bindgen::closure::Closure;
-use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
-    IdbCursorDirection, IdbCursorWithValue, IdbDatabase, IdbFactory, IdbKeyRange, IdbOpenDbRequest,
-    IdbRequest, IdbRequestReadyState, IdbTransaction, IdbTransactionMode,
+    IdbDatabase, IdbFactory, IdbKeyRange, IdbOpenDbRequest, IdbRequest, IdbRequestReadyState,
+    IdbTransaction, IdbTransactionMode,
 };
 
 use crate::filter::{self, Filter};
 use crate::migrations;
 use crate::pack;
-use crate::spans::{normalize, successor, End, Spans};
+use crate::runs::{self, Runs};
+use crate::spans::{normalize, End, Spans};
 use crate::wal::{self, Writes};
 
-/// The object store that holds the engine's key space.
-const KV: &str = "kv";
+/// The object store that holds the engine's key space: the runs' blocks (`runs.rs`).
+const RUNS: &str = "runs";
 /// The object store that holds the backend's own records: the key filter.
 const META: &str = "meta";
 
@@ -80,13 +85,13 @@ const LIMITED: usize = 64;
 const FIRST_CHUNK: usize = 256;
 const GROWTH: usize = 4;
 const MAX_CHUNK: usize = 16_384;
-/// A collection or index is read ahead whole when it holds at most `cap / this`
-/// entries (16,384 at the default cap): about a sixteenth of the cap at 256 bytes each.
-const READAHEAD_ENTRY_BYTES: usize = 4096;
+/// Entries a block is taken to hold, to turn a scan's chunk into blocks (a 32 KiB
+/// block holds about 150 documents, or 500 index entries).
+const ENTRIES_PER_BLOCK: usize = 128;
 /// Counts of ranges kept at most.
 const MAX_COUNTS: usize = 4096;
 /// A flush of at most this many writes and bytes is one write-ahead record (`wal.rs`),
-/// while the records not yet applied to `kv` are fewer than [`WAL_RECORDS`] and hold
+/// while the records not yet applied are fewer than [`WAL_RECORDS`] and hold
 /// less than [`WAL_BYTES`]; past either, or for a larger flush, the flush applies them
 /// (a large flush is written once, not as a record and then again).
 const WAL_WRITES: usize = 64;
@@ -167,25 +172,6 @@ fn key(k: &[u8]) -> Uint8Array {
     Uint8Array::from(k)
 }
 
-/// Deletes `[first, last]` from `store`: one key, or every key of the range.
-fn delete_run(
-    store: &web_sys::IdbObjectStore,
-    (first, last): (&[u8], &[u8]),
-) -> Result<(), JsValue> {
-    if first == last {
-        store.delete(&key(first))?;
-    } else {
-        let r = IdbKeyRange::bound_with_lower_open_and_upper_open(
-            &key(first),
-            &key(last),
-            false,
-            false,
-        )?;
-        store.delete(&r)?;
-    }
-    Ok(())
-}
-
 /// IndexedDB in this global scope (a page or a worker).
 fn factory() -> Result<IdbFactory, Error> {
     let global = js_sys::global();
@@ -256,7 +242,7 @@ pub struct IdbStats {
     /// Point reads answered by the filter ("certainly absent"), with no load.
     pub absent_by_filter: u64,
     /// Write transactions, and those that failed; of them, those that applied the
-    /// write-ahead records to `kv` (the others each wrote one record).
+    /// write-ahead records as a run (the others each wrote one record).
     pub flushes: u64,
     pub failed_flushes: u64,
     pub applies: u64,
@@ -265,6 +251,9 @@ pub struct IdbStats {
     pub write_requests: u64,
     /// Evicted bytes, in all.
     pub evicted_bytes: u64,
+    /// Blocks the loads read, and merges of runs done.
+    pub blocks_loaded: u64,
+    pub merges: u64,
     /// At open: opening (and upgrading) the database, then the one transaction that
     /// claims it and reads the filter's meta record, the write-ahead records and the
     /// replica's own keys (ms).
@@ -280,6 +269,10 @@ pub struct IdbStats {
     pub unapplied: u64,
     pub filter_bytes: u64,
     pub filter_loaded: bool,
+    /// Runs stored now, their blocks and their bytes.
+    pub runs: u64,
+    pub blocks: u64,
+    pub run_bytes: u64,
 }
 
 /// The write-ahead records read at open, merged in order.
@@ -297,10 +290,10 @@ struct Replay {
 enum Kind {
     /// One write-ahead record, in `meta`.
     Record,
-    /// The records not yet applied, the flushes in flight and the queue, to `kv`; the
+    /// The records not yet applied, the flushes in flight and the queue, as a run; the
     /// records deleted.
     Apply,
-    /// The queue alone, to `kv` (when no record may hold writes `kv` lacks).
+    /// The queue alone, as a run (when no record may hold writes the runs lack).
     Direct,
 }
 
@@ -309,12 +302,14 @@ struct InFlight {
     id: u64,
     /// The write generation it made durable (every write up to it, once it succeeds).
     gen: u64,
-    /// `Some(n)`: it writes the write-ahead record `n`; `None`: it writes to `kv`.
+    /// `Some(n)`: it writes the write-ahead record `n`; `None`: it writes a run.
     record: Option<u64>,
+    /// The run it writes, if any (taken out of the runs if it fails).
+    run: Option<u64>,
     /// It is an apply: it deletes the records issued before it (and writes what they
     /// and the flushes then in flight wrote).
     took_records: bool,
-    /// What it writes (an apply: everything not known to be in `kv` when issued).
+    /// What it writes (an apply: everything not known to be in a run when issued).
     writes: Writes,
     /// The key filter's records it writes (taken as it was issued, or, when the
     /// filter's pages were not read in then, once its own transaction read them).
@@ -345,6 +340,9 @@ pub struct IdbStore {
     name: String,
     cache: BTreeMap<Vec<u8>, Vec<u8>>,
     cache_bytes: usize,
+    /// The runs IndexedDB holds (or will, once the flushes issued complete); a load
+    /// keeps the runs as they were when it was issued.
+    runs: Rc<Runs>,
     cap: usize,
     spans: RefCell<Spans>,
     /// The clock of use: each operation starts a new tick.
@@ -353,7 +351,7 @@ pub struct IdbStore {
     ops: RefCell<BTreeMap<u64, u32>>,
     misses: RefCell<Vec<Miss>>,
     /// Read in after open (see [`IdbStore::load_filter`]) or by the first flush that
-    /// writes to `kv`.
+    /// writes a run.
     filter: Rc<RefCell<Filter>>,
     /// Flushes issued before the filter's pages were read in that will read them in
     /// their own transaction and have not yet: a read of them made apart is not taken
@@ -397,6 +395,23 @@ pub struct IdbStore {
     epoch: Option<f64>,
     fenced: bool,
     stats: Rc<RefCell<IdbStats>>,
+    /// The merge of runs under way, if any (see [`IdbStore::pump_merge`]).
+    merging: Option<Merging>,
+}
+
+/// A merge of runs under way: its plan and the step in flight (a read of its inputs'
+/// blocks, a write of the new run's, or the transaction that ends it).
+struct Merging {
+    c: Option<runs::Compaction>,
+    step: Rc<RefCell<Option<Result<MergeStep, Error>>>>,
+    /// What the ending transaction undoes in the runs if it fails.
+    ending: Option<runs::Finished>,
+}
+
+/// What a merge's step did.
+enum MergeStep {
+    Read(Vec<(Vec<u8>, Vec<u8>)>),
+    Wrote,
 }
 
 /// Where the leader epoch lives: outside the engine's key spaces, read and written only
@@ -432,20 +447,21 @@ fn intersect(a: &KeyRange, b: &KeyRange) -> Option<KeyRange> {
 }
 
 impl IdbStore {
-    /// Opens (creating or upgrading) the database `name` and loads its key filter.
-    /// Nothing else is loaded yet.
+    /// Opens (creating or upgrading) the database `name` and loads its key filter and
+    /// the list of its runs. Nothing else is loaded yet.
     pub async fn open(name: &str) -> Result<IdbStore, Error> {
         let db = Self::open_db(name).await?;
-        let (filter, replay) = Self::read_meta(&db).await?;
-        let mut store = Self::with(db, name, filter);
-        store.replay(replay);
+        let opened = Self::read_meta(&db).await?;
+        let mut store = Self::with(db, name, opened.filter, opened.runs);
+        store.replay(opened.replay);
         Ok(store)
     }
 
     /// Opens the database `name`, claims it (see [`IdbStore::claim`]) and loads its key
-    /// filter and the ranges `preload`, all in one transaction (what a driver needs at
-    /// once, in one round trip). Over the origin's quota even the claim cannot be
-    /// written: then it opens without it (reads work; writes fail with QUOTA_EXCEEDED).
+    /// filter, its runs and the ranges `preload`, all in one transaction (what a driver
+    /// needs at once, in one round trip). Over the origin's quota even the claim cannot
+    /// be written: then it opens without it (reads work; writes fail with
+    /// QUOTA_EXCEEDED).
     ///
     /// `opened` is a connection to `name` the caller already made (the worker opens
     /// IndexedDB while the engine compiles): used when it is at this build's version,
@@ -470,12 +486,12 @@ impl IdbStore {
         };
         let t1 = js_sys::Date::now();
         match Self::claim_and_read(&db, preload).await {
-            Ok((epoch, (filter, replay), entries)) => {
+            Ok((epoch, opened, decided)) => {
                 let t2 = js_sys::Date::now();
-                let mut store = Self::with(db, name, filter);
+                let mut store = Self::with(db, name, opened.filter, opened.runs);
                 store.epoch = Some(epoch);
-                store.take_preloaded(preload, entries);
-                store.replay(replay);
+                store.take_preloaded(decided);
+                store.replay(opened.replay);
                 let mut st = store.stats.borrow_mut();
                 st.open_db_ms = (t1 - t0) as u64;
                 st.open_read_ms = (t2 - t1) as u64;
@@ -483,64 +499,88 @@ impl IdbStore {
                 Ok(store)
             }
             Err(e) if e.code == ErrorCode::QuotaExceeded => {
-                let (filter, replay) = Self::read_meta(&db).await?;
-                let mut store = Self::with(db, name, filter);
+                let opened = Self::read_meta(&db).await?;
+                let mut store = Self::with(db, name, opened.filter, opened.runs);
                 let misses = preload.iter().cloned().map(Miss::range).collect();
                 store.load_misses(misses).await?;
-                store.replay(replay);
+                store.replay(opened.replay);
                 Ok(store)
             }
             Err(e) => Err(e),
         }
     }
 
-    /// The claim, the filter, the write-ahead records and the preloaded ranges, in one
-    /// read-write transaction.
+    /// The claim, the filter, the write-ahead records, the runs and the preloaded
+    /// ranges, in one read-write transaction, which also deletes the blocks of runs
+    /// with no record (a merge cut short).
     async fn claim_and_read(
         db: &IdbDatabase,
         preload: &[KeyRange],
-    ) -> Result<(f64, (Filter, Replay), Vec<Vec<Entry>>), Error> {
-        let scope = Array::of2(&KV.into(), &META.into());
+    ) -> Result<(f64, Opened, Vec<(KeyRange, Vec<Entry>)>), Error> {
+        let scope = Array::of2(&RUNS.into(), &META.into());
         let tx = db
             .transaction_with_str_sequence_and_mode(&scope, IdbTransactionMode::Readwrite)
             .map_err(|e| js_err("open transaction", e))?;
-        let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
+        let store = tx
+            .object_store(RUNS)
+            .map_err(|e| js_err("object store", e))?;
         let meta = tx
             .object_store(META)
             .map_err(|e| js_err("object store", e))?;
-        let get_epoch = store
+        let get_epoch = meta
             .get(&key(EPOCH_KEY))
             .map_err(|e| js_err("read the epoch", e))?;
-        let meta_reqs = Self::meta_requests(&meta)?;
-        let mut ranges = Vec::with_capacity(preload.len());
-        for r in preload {
-            ranges.push(RangeRead::all(&store, r)?);
-        }
+        let reads = Self::meta_requests(&store, &meta)?;
         // Its answer comes first; the other requests keep the transaction open.
         let epoch = epoch_of(
             &request(&get_epoch)
                 .await
                 .map_err(|e| js_err("read the epoch", e))?,
         ) + 1.0;
-        store
-            .put_with_key(&JsValue::from_f64(epoch), &key(EPOCH_KEY))
+        meta.put_with_key(&JsValue::from_f64(epoch), &key(EPOCH_KEY))
             .map_err(|e| js_err("write the epoch", e))?;
-        let found = Self::meta_from(meta_reqs).await?;
-        let mut entries = Vec::with_capacity(ranges.len());
-        for read in ranges {
-            entries.push(read.entries().await?);
+        let opened = Self::meta_from(reads).await?;
+        for n in &opened.orphans {
+            let q = IdbKeyRange::bound_with_lower_open_and_upper_open(
+                &key(&runs::block_key(*n, &[])),
+                &key(&runs::block_key(n + 1, &[])),
+                false,
+                true,
+            )
+            .map_err(|e| js_err("key range", e))?;
+            store.delete(&q).map_err(|e| js_err("delete", e))?;
+        }
+        // The preloaded ranges, from the runs now known.
+        let mut fetch = Fetch::default();
+        let reads: Vec<RunRead> = preload
+            .iter()
+            .map(|r| RunRead {
+                range: r.clone(),
+                reads: opened.runs.covering(r),
+                purpose: Purpose::Data,
+                scan: None,
+            })
+            .collect();
+        for r in &reads {
+            fetch.ask(&store, &opened.runs, &r.reads)?;
+        }
+        fetch.wait().await?;
+        let none = BTreeSet::new();
+        let mut decided = Vec::with_capacity(reads.len());
+        for r in &reads {
+            decided.push(fetch.answer(&opened.runs, &none, r)?);
         }
         complete(&tx).await.map_err(|e| js_err("open", e))?;
-        Ok((epoch, found, entries))
+        Ok((epoch, opened, decided))
     }
 
     /// Takes whole ranges read at open into the cache.
-    fn take_preloaded(&mut self, ranges: &[KeyRange], entries: Vec<Vec<Entry>>) {
-        for (r, es) in ranges.iter().zip(entries) {
+    fn take_preloaded(&mut self, decided: Vec<(KeyRange, Vec<Entry>)>) {
+        for (known, es) in decided {
             for (k, v) in es {
                 self.cache_put(k, v);
             }
-            self.spans.borrow_mut().add(r, 0);
+            self.spans.borrow_mut().add(&known, 0);
         }
     }
 
@@ -593,7 +633,7 @@ impl IdbStore {
         close.forget();
     }
 
-    fn with(db: IdbDatabase, name: &str, mut filter: Filter) -> IdbStore {
+    fn with(db: IdbDatabase, name: &str, mut filter: Filter, runs: Runs) -> IdbStore {
         // The filter holds every key written but those of the pinned spaces: with it
         // empty, nothing outside them was ever written, and the empty cache holds all
         // of that, exactly (every read until the cap is reached is answered here). The
@@ -613,6 +653,7 @@ impl IdbStore {
             name: name.to_owned(),
             cache: BTreeMap::new(),
             cache_bytes: 0,
+            runs: Rc::new(runs),
             cap: DEFAULT_CACHE_BYTES,
             spans: RefCell::new(spans),
             tick: Cell::new(1),
@@ -641,32 +682,49 @@ impl IdbStore {
             epoch: None,
             fenced: false,
             stats: Rc::default(),
+            merging: None,
         }
     }
 
-    async fn read_meta(db: &IdbDatabase) -> Result<(Filter, Replay), Error> {
+    async fn read_meta(db: &IdbDatabase) -> Result<Opened, Error> {
         let tx = db
-            .transaction_with_str(META)
+            .transaction_with_str_sequence(&Array::of2(&RUNS.into(), &META.into()))
             .map_err(|e| js_err("read transaction", e))?;
         let store = tx
+            .object_store(RUNS)
+            .map_err(|e| js_err("object store", e))?;
+        let meta = tx
             .object_store(META)
             .map_err(|e| js_err("object store", e))?;
-        Self::meta_from(Self::meta_requests(&store)?).await
+        Self::meta_from(Self::meta_requests(&store, &meta)?).await
     }
 
     /// The requests that read the backend's own records at open: the filter's meta
-    /// record and the write-ahead records. The filter's pages are read later (they grow
-    /// with the database: 570 KiB at 100,000 documents), see [`IdbStore::load_filter`].
-    fn meta_requests(store: &web_sys::IdbObjectStore) -> Result<MetaReads, Error> {
-        let meta = store
-            .get(&key(filter::META_KEY))
-            .map_err(|e| js_err("get", e))?;
-        Ok((meta, RangeRead::all(store, &KeyRange::prefix(wal::PREFIX))?))
+    /// record, the write-ahead records, the runs' records and their blocks' keys. The
+    /// filter's pages are read later (they grow with the database: 570 KiB at 100,000
+    /// documents), see [`IdbStore::load_filter`].
+    fn meta_requests(
+        store: &web_sys::IdbObjectStore,
+        meta: &web_sys::IdbObjectStore,
+    ) -> Result<MetaReads, Error> {
+        Ok(MetaReads {
+            filter: meta
+                .get(&key(filter::META_KEY))
+                .map_err(|e| js_err("get", e))?,
+            records: RangeRead::all(meta, &KeyRange::prefix(wal::PREFIX))?,
+            runs: RangeRead::all(meta, &KeyRange::prefix(runs::META_PREFIX))?,
+            blocks: store.get_all_keys().map_err(|e| js_err("getAllKeys", e))?,
+        })
     }
 
-    async fn meta_from((meta, records): MetaReads) -> Result<(Filter, Replay), Error> {
-        let meta = request(&meta).await.map_err(|e| js_err("get", e))?;
-        let records = records.entries().await?;
+    async fn meta_from(reads: MetaReads) -> Result<Opened, Error> {
+        let meta = request(&reads.filter).await.map_err(|e| js_err("get", e))?;
+        let records = reads.records.entries().await?;
+        let run_records = reads.runs.entries().await?;
+        let blocks: Array = request(&reads.blocks)
+            .await
+            .map_err(|e| js_err("getAllKeys", e))?
+            .unchecked_into();
         if meta.is_undefined() {
             return Err(Error::new(
                 ErrorCode::Corrupt,
@@ -675,6 +733,9 @@ impl IdbStore {
         }
         let meta = Uint8Array::new(&meta).to_vec();
         let filter = Filter::from_meta(&meta).map_err(bad_filter)?;
+        let keys = pack::unpack(&blocks).into_iter().flatten().collect();
+        let (runs, orphans) = Runs::open(run_records, keys)
+            .map_err(|e| Error::new(ErrorCode::Corrupt, format!("the runs: {}", e.0)))?;
         // The records in order of their numbers (the keys' order).
         let mut replay = Replay::default();
         for (k, record) in records {
@@ -690,12 +751,17 @@ impl IdbStore {
             replay.bytes += record.len();
             replay.next = n + 1;
         }
-        Ok((filter, replay))
+        Ok(Opened {
+            filter,
+            replay,
+            runs,
+            orphans,
+        })
     }
 
     /// Takes in the write-ahead records found at open: their writes are the newest
-    /// values of their keys (over `kv` and what was preloaded from it), held by the
-    /// cache until an apply writes them to `kv`.
+    /// values of their keys (over the runs and what was preloaded from them), held by
+    /// the cache until an apply writes them as a run.
     fn replay(&mut self, replay: Replay) {
         let now = self.tick.get();
         for (k, v) in &replay.writes {
@@ -738,9 +804,11 @@ impl IdbStore {
     pub async fn claim(&mut self) -> Result<f64, Error> {
         let tx = self
             .db
-            .transaction_with_str_and_mode(KV, IdbTransactionMode::Readwrite)
+            .transaction_with_str_and_mode(META, IdbTransactionMode::Readwrite)
             .map_err(|e| js_err("claim transaction", e))?;
-        let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
+        let store = tx
+            .object_store(META)
+            .map_err(|e| js_err("object store", e))?;
         let get = store
             .get(&key(EPOCH_KEY))
             .map_err(|e| js_err("read the epoch", e))?;
@@ -792,6 +860,9 @@ impl IdbStore {
             unapplied: self.wal.len() as u64,
             filter_bytes: self.filter.borrow().bytes() as u64,
             filter_loaded: self.filter.borrow().is_loaded(),
+            runs: self.runs.runs().len() as u64,
+            blocks: self.runs.runs().iter().map(|r| r.firsts.len() as u64).sum(),
+            run_bytes: self.runs.runs().iter().map(|r| r.bytes).sum(),
             ..*self.stats.borrow()
         }
     }
@@ -891,20 +962,7 @@ impl IdbStore {
         }
     }
 
-    /// Whether `range` holds a write `kv` may lack (queued, or in a write-ahead record
-    /// settled or in flight; a flush to `kv` in flight is seen by a read issued after).
-    fn unapplied_in(&self, range: &KeyRange) -> bool {
-        let b = (as_ref(&range.start), as_ref(&range.end));
-        let any = |w: &Writes| w.range::<[u8], _>(b).next().is_some();
-        any(&self.dirty)
-            || any(&self.wal)
-            || self
-                .in_flight
-                .iter()
-                .any(|f| f.record.is_some() && any(&f.writes))
-    }
-
-    /// Whether the cache may hold a newer value of `k` than `kv`.
+    /// Whether the cache may hold a newer value of `k` than the runs.
     fn unwritten(&self, k: &[u8]) -> bool {
         self.dirty.contains_key(k)
             || self.wal.contains_key(k)
@@ -971,9 +1029,8 @@ impl IdbStore {
 
     // ----- loading -----
 
-    /// Issues the loads of `misses` in one read transaction (first applying what the
-    /// read would miss in `kv`: [`IdbStore::begin_apply`], when a range it reads holds
-    /// a write not known to be there). Returns at once; await [`LoadJob::wait`], then
+    /// Issues the loads of `misses` in one read transaction: for each, the blocks of
+    /// every run that may hold its keys. Returns at once; await [`LoadJob::wait`], then
     /// hand its result to [`IdbStore::finish_load`].
     pub fn begin_load(&mut self, misses: Vec<Miss>) -> Result<LoadJob, Error> {
         // What to read: the misses not answered since, and the families to read ahead.
@@ -983,9 +1040,9 @@ impl IdbStore {
             let now = self.tick.get();
             // Read ahead: the first miss in a collection's documents or an index (an
             // unbounded scan or a point; a limited scan loads what it asks for) also
-            // counts the whole of it, and when it is small beside the cache's cap, the
-            // same transaction loads all of it. After a reopen, the reads that follow
-            // then find everything loaded, in one round trip instead of one per read.
+            // reads the whole of it when it is small beside the cache's cap. After a
+            // reopen, the reads that follow then find everything loaded, in one round
+            // trip instead of one per read.
             let family = match &m {
                 Miss::Point(k) => family_of(k),
                 Miss::Scan { range, limit, .. } if *limit >= LIMITED => match &range.start {
@@ -1013,36 +1070,44 @@ impl IdbStore {
                 _ => plan.push(m),
             }
         }
-        // A limited index scan also reads the documents its entries name: any write
-        // may be among them.
-        let reads_any = plan.iter().any(|m| {
-            matches!(m, Miss::Scan { range, limit, reverse: false }
-                if *limit < LIMITED
-                    && matches!(&range.start, Bound::Included(k) | Bound::Excluded(k) if k.first() == Some(&b'I')))
-        });
-        let stale = reads_any
-            || plan.iter().any(|m| match m {
-                Miss::Point(k) => self.unapplied_in(&KeyRange::point(k)),
-                Miss::Scan { range, .. } | Miss::Count(range) => self.unapplied_in(range),
-            })
-            || families
-                .iter()
-                .any(|f| self.unapplied_in(&KeyRange::prefix(f)));
-        if stale {
-            self.begin_apply()?;
-        }
         self.loads_out += 1;
-        if plan.is_empty() && families.is_empty() {
-            // Answered since they were missed (loaded meanwhile): nothing to read, and
-            // no transaction to open and wait for.
-            return Ok(LoadJob {
-                tx: None,
-                reqs: Vec::new(),
-                gen0: self.write_gen,
-                ahead_max: 0,
-                doc_of: None,
-                filter: None,
-            });
+        let runs = self.runs.clone();
+        let unsettled: Rc<BTreeSet<u64>> =
+            Rc::new(self.in_flight.iter().filter_map(|f| f.run).collect());
+        let empty = |gen0| LoadJob {
+            tx: None,
+            runs: runs.clone(),
+            unsettled: unsettled.clone(),
+            reads: Vec::new(),
+            fetch: Fetch::default(),
+            filtered: None,
+            gen0,
+            small: 0,
+            doc_of: None,
+            filter: None,
+        };
+        if (plan.is_empty() && families.is_empty()) || runs.runs().is_empty() {
+            // Answered since they were missed (loaded meanwhile), or nothing is stored
+            // (every read is answered by the cache, and what it lacks is absent): no
+            // transaction to open and wait for.
+            let mut job = empty(self.write_gen);
+            for m in plan.iter() {
+                job.reads.push(RunRead {
+                    range: miss_range(m),
+                    reads: Vec::new(),
+                    purpose: Purpose::Data,
+                    scan: None,
+                });
+            }
+            for f in &families {
+                job.reads.push(RunRead {
+                    range: KeyRange::prefix(f),
+                    reads: Vec::new(),
+                    purpose: Purpose::Data,
+                    scan: None,
+                });
+            }
+            return Ok(job);
         }
         // Before the key filter's pages are read in, a miss of a document or an index
         // entry (a create's, whose family would otherwise be read ahead) has them read
@@ -1056,83 +1121,136 @@ impl IdbStore {
                 .any(|m| matches!(m, Miss::Point(k) if family_of(k).is_some()));
         let tx = if filtering {
             self.db
-                .transaction_with_str_sequence(&Array::of2(&KV.into(), &META.into()))
+                .transaction_with_str_sequence(&Array::of2(&RUNS.into(), &META.into()))
         } else {
-            self.db.transaction_with_str(KV)
+            self.db.transaction_with_str(RUNS)
         }
         .map_err(|e| js_err("read transaction", e))?;
-        let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
-        // A family read ahead is counted first. A miss inside it waits for the count:
-        // when the family is small enough to be read whole, that read answers the miss
-        // too (reading it as well would read the same entries twice); otherwise the
-        // miss is read then, in the same transaction.
-        let mut deferred: Vec<Vec<(Miss, usize)>> = families.iter().map(|_| Vec::new()).collect();
-        let mut reqs = Vec::with_capacity(plan.len() + families.len() + 1);
-        // The filter's pages first: what they show absent needs no read, nor reading
-        // its family ahead.
+        let store = tx
+            .object_store(RUNS)
+            .map_err(|e| js_err("object store", e))?;
+        // A family read ahead answers the misses inside it; one too large to read whole
+        // has them read instead.
+        let small = self.cap / 8;
+        let mut deferred: Vec<Vec<Miss>> = families.iter().map(|_| Vec::new()).collect();
+        let mut now_read = Vec::with_capacity(plan.len());
+        for m in plan {
+            let within = families.iter().position(|f| match &m {
+                Miss::Point(k) => KeyRange::prefix(f).contains(k),
+                Miss::Scan { range, limit, .. } => *limit >= LIMITED && range_within(range, f),
+                Miss::Count(_) => false,
+            });
+            match within {
+                Some(i) => deferred[i].push(m),
+                None => now_read.push(m),
+            }
+        }
+        let mut job = empty(self.write_gen);
+        job.small = small;
+        job.doc_of = self.doc_of.clone();
+        job.filter = Some(FilterShare {
+            filter: self.filter.clone(),
+            readers: self.filter_readers.clone(),
+            stats: self.stats.clone(),
+        });
+        let mut waiting_points = Vec::new();
+        for m in now_read {
+            match m {
+                Miss::Point(k) if filtering && family_of(&k).is_some() => waiting_points.push(k),
+                m => job.reads.push(self.run_read(&runs, m, small)),
+            }
+        }
+        let mut waiting_families = Vec::new();
+        for (f, deferred) in families.into_iter().zip(deferred) {
+            if filtering && deferred.iter().any(|m| matches!(m, Miss::Point(_))) {
+                waiting_families.push((f, deferred));
+            } else {
+                job.reads
+                    .extend(family_reads(&runs, &f, deferred, small, |m| {
+                        self.run_read(&runs, m, small)
+                    }));
+            }
+        }
+        let mut requests = 0;
+        for r in &job.reads {
+            requests += job.fetch.ask(&store, &runs, &r.reads)?;
+        }
         if filtering {
             let meta = tx
                 .object_store(META)
                 .map_err(|e| js_err("object store", e))?;
-            reqs.push(Req::Filtered {
+            job.filtered = Some(Filtered {
                 pages: read_filter_pages(&meta)?,
-                points: Vec::new(),
+                points: waiting_points,
+                families: waiting_families,
             });
-        }
-        let mut now_read = Vec::with_capacity(plan.len());
-        for m in plan {
-            let n = match &m {
-                Miss::Scan {
-                    range,
-                    reverse,
-                    limit,
-                } => self.chunk(range, *reverse, *limit),
-                _ => 0,
-            };
-            let within = families.iter().position(|f| match &m {
-                Miss::Point(k) => KeyRange::prefix(f).contains(k),
-                Miss::Scan { range, .. } => n >= LIMITED && range_within(range, f),
-                Miss::Count(_) => false,
-            });
-            match within {
-                Some(i) => deferred[i].push((m, n)),
-                None => now_read.push((m, n)),
-            }
-        }
-        // Made in the order they are awaited: the counts, then the reads.
-        for (f, deferred) in families.into_iter().zip(deferred) {
-            let range = KeyRange::prefix(&f);
-            let count = store
-                .count_with_key(&idb_range(&range)?)
-                .map_err(|e| js_err("count", e))?;
-            reqs.push(Req::Ahead {
-                family: f,
-                range,
-                count,
-                deferred,
-            });
-        }
-        for (m, n) in now_read {
-            match (m, reqs.first_mut()) {
-                (Miss::Point(k), Some(Req::Filtered { points, .. })) => points.push(k),
-                (m, _) => reqs.push(issue(&store, m, n)?),
-            }
+            requests += 1;
         }
         let mut s = self.stats.borrow_mut();
         s.load_transactions += 1;
-        s.load_requests += reqs.len() as u64;
-        Ok(LoadJob {
-            tx: Some((store, tx)),
-            reqs,
-            gen0: self.write_gen,
-            ahead_max: (self.cap / READAHEAD_ENTRY_BYTES) as u64,
-            doc_of: self.doc_of.clone(),
-            filter: Some(FilterShare {
-                filter: self.filter.clone(),
-                readers: self.filter_readers.clone(),
-                stats: self.stats.clone(),
-            }),
-        })
+        s.load_requests += requests;
+        drop(s);
+        job.tx = Some((store, tx));
+        Ok(job)
+    }
+
+    /// The read of one miss: the blocks of each run that may hold what it asks for.
+    fn run_read(&self, runs: &Runs, m: Miss, small: usize) -> RunRead {
+        match m {
+            Miss::Point(k) => {
+                let range = KeyRange::point(&k);
+                RunRead {
+                    reads: runs.covering(&range),
+                    range,
+                    purpose: Purpose::Data,
+                    scan: None,
+                }
+            }
+            Miss::Count(range) => {
+                let reads = runs.covering(&range);
+                let blocks: usize = reads.iter().map(|(_, b)| b.len()).sum();
+                // A small range is read and held (the count is then the cache's); a
+                // large one is counted, not held.
+                let purpose = if blocks * runs::BLOCK_BYTES <= small {
+                    Purpose::Data
+                } else {
+                    Purpose::Count
+                };
+                RunRead {
+                    range,
+                    reads,
+                    purpose,
+                    scan: None,
+                }
+            }
+            Miss::Scan {
+                range,
+                reverse,
+                limit,
+            } => {
+                let n = self.chunk(&range, reverse, limit);
+                let reads = if n == usize::MAX {
+                    runs.covering(&range)
+                } else {
+                    runs.first_blocks(&range, reverse, n.div_ceil(ENTRIES_PER_BLOCK))
+                };
+                // A limited scan of an index: its documents come along.
+                let purpose = if !reverse
+                    && limit < LIMITED
+                    && matches!(&range.start, Bound::Included(k) | Bound::Excluded(k) if k.first() == Some(&b'I'))
+                {
+                    Purpose::IndexScan(limit)
+                } else {
+                    Purpose::Data
+                };
+                RunRead {
+                    range,
+                    reads,
+                    purpose,
+                    scan: (n != usize::MAX).then_some((reverse, n)),
+                }
+            }
+        }
     }
 
     /// How many entries to load for a scan miss that asked for `limit`.
@@ -1140,10 +1258,14 @@ impl IdbStore {
         if limit == usize::MAX {
             return limit;
         }
-        if limit < LIMITED {
-            return limit;
-        }
-        let mut n = limit.max(FIRST_CHUNK);
+        // A limited scan (`take(n)`) reads what it asks for; a page of an unbounded one
+        // at least FIRST_CHUNK; either, going on from where the last read ended, GROWTH
+        // times more.
+        let mut n = if limit < LIMITED {
+            limit
+        } else {
+            limit.max(FIRST_CHUNK)
+        };
         if let Some((boundary, rev, last)) = &*self.continuation.borrow() {
             let at = normalize(range).map(|(s, e)| {
                 if reverse {
@@ -1163,10 +1285,10 @@ impl IdbStore {
     }
 
     /// Takes a load's results into the cache: each key the cache does not hold newer
-    /// (written since the load was issued, or not yet durable) takes IndexedDB's value,
-    /// and what was read becomes held. Returns the ranges that gained data: a run that
-    /// missed reads them differently now (none: every miss was an absence, and the run
-    /// saw the data as it is).
+    /// (written since the load was issued, or not yet in the runs) takes IndexedDB's
+    /// value, and what was read becomes held. Returns the ranges that gained data: a
+    /// run that missed reads them differently now (none: every miss was an absence, and
+    /// the run saw the data as it is).
     pub fn finish_load(&mut self, done: Loaded) -> Result<Vec<KeyRange>, Error> {
         self.loads_out = self.loads_out.saturating_sub(1);
         let result = self.take_loaded(done);
@@ -1176,8 +1298,11 @@ impl IdbStore {
         result
     }
 
+    /// Whether the cache holds a value of `k` newer than a load issued at `gen0` read:
+    /// written since, or not in the runs yet (queued, in a write-ahead record, or in a
+    /// flush not settled).
     fn newer(&self, k: &[u8], gen0: u64) -> bool {
-        self.dirty.contains_key(k) || self.recent.get(k).is_some_and(|g| *g > gen0)
+        self.unwritten(k) || self.recent.get(k).is_some_and(|g| *g > gen0)
     }
 
     fn take_loaded(&mut self, done: Loaded) -> Result<Vec<KeyRange>, Error> {
@@ -1189,80 +1314,83 @@ impl IdbStore {
         let now = self.tick.get();
         let mut gained = Vec::new();
         let mut records = 0u64;
-        // A point a run missed gains when it is present: that run took it for absent,
-        // even when another load (the other lane's) brought it meanwhile. A document
-        // read along with its index entry gains when it is new to the cache.
-        let missed = data.points.into_iter().map(|p| (p, true));
-        for ((k, v), was_missed) in missed.chain(data.along.into_iter().map(|p| (p, false))) {
-            records += 1;
-            if !self.newer(&k, gen0) {
-                if let Some(v) = v {
-                    if was_missed || self.cache.get(&k) != Some(&v) {
-                        gained.push(KeyRange::point(&k));
+        for d in data.decided {
+            records += d.entries.len() as u64;
+            if d.known.is_empty() {
+                continue;
+            }
+            if let Some((reverse, n)) = d.scan {
+                // A scan that read its first blocks goes on from where they end: the
+                // next part is read in larger chunks.
+                let boundary = if reverse {
+                    match &d.known.start {
+                        Bound::Included(k) => Some(k.clone()),
+                        _ => None,
                     }
-                    self.cache_put(k.clone(), v);
+                } else {
+                    match &d.known.end {
+                        Bound::Excluded(k) => Some(k.clone()),
+                        _ => None,
+                    }
+                };
+                if let Some(b) = boundary {
+                    *self.continuation.borrow_mut() = Some((b, reverse, n));
                 }
             }
-            self.spans.borrow_mut().add_point(&k, now);
-        }
-        for chunk in data.scans {
-            records += chunk.entries.len() as u64;
-            // What the chunk speaks for: the whole range if it is short, else up to
-            // (back to) its last key.
-            let covered = match chunk.entries.last() {
-                Some((last, _)) if chunk.entries.len() >= chunk.limit => {
-                    let b = if chunk.reverse {
-                        KeyRange {
-                            start: Bound::Included(last.clone()),
-                            end: chunk.range.end.clone(),
-                        }
-                    } else {
-                        KeyRange {
-                            start: chunk.range.start.clone(),
-                            end: Bound::Included(last.clone()),
-                        }
-                    };
-                    let boundary = if chunk.reverse {
-                        last.clone()
-                    } else {
-                        successor(last)
-                    };
-                    *self.continuation.borrow_mut() = Some((boundary, chunk.reverse, chunk.limit));
-                    b
-                }
-                _ => chunk.range.clone(),
-            };
-            // Keys held in the range but not in IndexedDB (none, unless newer here).
+            // Keys held there but not in IndexedDB (none, unless newer here).
+            let read: BTreeSet<&Vec<u8>> = d.entries.iter().map(|(k, _)| k).collect();
             let stale: Vec<Vec<u8>> = self
-                .cache_range(&covered, false, usize::MAX)
-                .into_iter()
+                .cache
+                .range::<[u8], _>((as_ref(&d.known.start), as_ref(&d.known.end)))
                 .map(|(k, _)| k)
-                .filter(|k| !self.newer(k, gen0))
+                .filter(|k| !read.contains(k) && !self.newer(k, gen0))
+                .cloned()
                 .collect();
-            let read: BTreeSet<&Vec<u8>> = chunk.entries.iter().map(|(k, _)| k).collect();
             for k in stale {
-                if !read.contains(&k) {
-                    self.cache_remove(&k);
-                }
+                self.cache_remove(&k);
             }
-            if !chunk.entries.is_empty() {
-                gained.push(covered.clone());
+            if d.entries.iter().any(|(k, _)| d.asked.contains(k)) {
+                gained.push(d.asked.clone());
             }
-            for (k, v) in chunk.entries {
+            for (k, v) in d.entries {
                 if !self.newer(&k, gen0) {
                     self.cache_put(k, v);
                 }
             }
-            self.spans.borrow_mut().add(&covered, now);
+            self.spans.borrow_mut().add(&d.known, now);
         }
-        for (range, n) in data.counts {
-            records += 1;
-            let written_since = self.dirty.keys().any(|k| range.contains(k))
-                || self
-                    .recent
-                    .iter()
-                    .any(|(k, g)| *g > gen0 && range.contains(k));
+        for (range, keys) in data.counts {
+            records += keys.len() as u64;
+            // A key written since the load was issued and settled since may be missing
+            // from what it read: the run that missed is made again.
+            let written_since = self
+                .recent
+                .iter()
+                .any(|(k, g)| *g > gen0 && range.contains(k) && !self.unwritten(k));
             if !written_since {
+                // What the runs hold, with what is not in them yet over it.
+                let mut n = keys.len() as u64;
+                let read: BTreeSet<&Vec<u8>> = keys.iter().collect();
+                let b = (as_ref(&range.start), as_ref(&range.end));
+                let mut newest: BTreeMap<&[u8], bool> = BTreeMap::new();
+                for (k, v) in self.wal.range::<[u8], _>(b) {
+                    newest.insert(k, v.is_some());
+                }
+                for f in &self.in_flight {
+                    for (k, v) in f.writes.range::<[u8], _>(b) {
+                        newest.insert(k, v.is_some());
+                    }
+                }
+                for (k, v) in self.dirty.range::<[u8], _>(b) {
+                    newest.insert(k, v.is_some());
+                }
+                for (k, present) in newest {
+                    match (read.contains(&k.to_vec()), present) {
+                        (false, true) => n += 1,
+                        (true, false) => n = n.saturating_sub(1),
+                        _ => {}
+                    }
+                }
                 let mut counts = self.counts.borrow_mut();
                 counts.retain(|(r, _)| *r != range);
                 if counts.len() < MAX_COUNTS {
@@ -1271,7 +1399,9 @@ impl IdbStore {
             }
             gained.push(range);
         }
-        self.stats.borrow_mut().records_loaded += records;
+        let mut st = self.stats.borrow_mut();
+        st.records_loaded += records;
+        st.blocks_loaded += data.blocks;
         Ok(gained)
     }
 
@@ -1282,18 +1412,6 @@ impl IdbStore {
             self.cache_bytes -= ENTRY_OVERHEAD + klen + old.len();
         }
         self.cache_bytes += add;
-    }
-
-    /// Whether IndexedDB holds no key strictly between `a` and `b` that is to stay: the
-    /// cache holds all of `[a, b]` exactly and none of it between them (a key deleted
-    /// there may still be in `kv`, which deleting it again does not change).
-    fn nothing_between(&self, a: &[u8], b: &[u8]) -> bool {
-        let between = (Bound::Excluded(a), Bound::Excluded(b));
-        self.cache.range::<[u8], _>(between).next().is_none()
-            && self.spans.borrow().holds_all(&KeyRange {
-                start: Bound::Included(a.to_vec()),
-                end: Bound::Included(b.to_vec()),
-            })
     }
 
     fn cache_remove(&mut self, k: &[u8]) {
@@ -1324,7 +1442,7 @@ impl IdbStore {
     /// reads of keys never written need no trip to IndexedDB: until then every such
     /// read asks it. Left out of the open, whose cost would otherwise grow with the
     /// database; a driver calls it once the first reads are answered. The first flush
-    /// to write to `kv` before then reads them itself (see [`IdbStore::issue`]), and
+    /// to write a run before then reads them itself (see [`IdbStore::issue`]), and
     /// while one is to, what this read is not taken.
     pub fn load_filter(&self) -> impl Future<Output = Result<(), Error>> + 'static {
         let filter = self.filter.clone();
@@ -1406,7 +1524,7 @@ impl IdbStore {
     ///
     /// A small flush is one write-ahead record; one that finds the records not yet
     /// applied over their bounds, with no flush in flight, applies them and itself
-    /// ([`IdbStore::begin_apply`]). A large one is written to `kv` once, not as a record
+    /// ([`IdbStore::begin_apply`]). A large one is written as a run once, not as a record
     /// and then again: at once when no record waits to be applied (the writes alone),
     /// else by an apply when no flush is in flight (until then nothing is issued: the
     /// driver flushes again when the one in flight completes).
@@ -1438,14 +1556,13 @@ impl IdbStore {
         self.issue(kind)
     }
 
-    /// Issues one read-write transaction that brings `kv` up to date, so that a read
-    /// issued after it sees everything written (nothing when `kv` will be). While
-    /// write-ahead records wait, that is an apply: it writes every write that may not be
-    /// in `kv` (the records', those of the flushes still in flight, which may yet fail,
-    /// and the queue's) and deletes every record issued so far. So `kv` never holds a
-    /// value newer than a record left in `meta` (a record is applied over it, in order,
-    /// at the next open), and what a record made durable stays durable whichever
-    /// transaction fails.
+    /// Issues one read-write transaction that brings the runs up to date (nothing when
+    /// they will be). While write-ahead records wait, that is an apply: its run holds
+    /// every write that may not be in a run (the records', those of the flushes still in
+    /// flight, which may yet fail, and the queue's), and it deletes every record issued
+    /// so far. So no run holds a value newer than a record left in `meta` (a record is
+    /// applied over the runs, in order, at the next open), and what a record made
+    /// durable stays durable whichever transaction fails.
     pub fn begin_apply(&mut self) -> Result<(), Error> {
         if self.records_pending() {
             self.issue(Kind::Apply)
@@ -1456,7 +1573,7 @@ impl IdbStore {
         }
     }
 
-    /// Whether a write-ahead record may hold writes `kv` lacks: records settled or in
+    /// Whether a write-ahead record may hold writes the runs lack: records settled or in
     /// flight, an apply of some in flight, or an apply of some failed (their writes are
     /// queued again, the records still there) and none succeeded since.
     fn records_pending(&self) -> bool {
@@ -1477,7 +1594,7 @@ impl IdbStore {
             note_written(&mut filter, k, v);
         }
         // A record's keys are in the filter again when it is read at open: its pages
-        // are written with the next apply. A write to `kv` writes the pages its keys
+        // are written with the next apply. A run's write writes the pages its keys
         // changed, and so needs the stored ones: before they are read in, it reads them
         // itself, in its own transaction, and writes the filter's changes once they come
         // (IndexedDB runs it before any write transaction issued after it).
@@ -1488,12 +1605,14 @@ impl IdbStore {
             filter.take_dirty()
         }));
         drop(filter);
-        let scope = Array::of2(&KV.into(), &META.into());
+        let scope = Array::of2(&RUNS.into(), &META.into());
         let tx = self
             .db
             .transaction_with_str_sequence_and_mode(&scope, IdbTransactionMode::Readwrite)
             .map_err(|e| js_err("write transaction", e))?;
-        let store = tx.object_store(KV).map_err(|e| js_err("object store", e))?;
+        let store = tx
+            .object_store(RUNS)
+            .map_err(|e| js_err("object store", e))?;
         let meta = tx
             .object_store(META)
             .map_err(|e| js_err("object store", e))?;
@@ -1501,8 +1620,7 @@ impl IdbStore {
         // transactions on a store one at a time, so no claim can slip in between.
         let epoch = match self.epoch {
             Some(_) => Some(
-                store
-                    .get(&key(EPOCH_KEY))
+                meta.get(&key(EPOCH_KEY))
                     .map_err(|e| js_err("read the epoch", e))?,
             ),
             None => None,
@@ -1528,6 +1646,20 @@ impl IdbStore {
             Kind::Direct => (None, queued),
             Kind::Record => (Some(self.wal_next), queued),
         };
+        // What goes to the runs: a new run of the writes (deletes as tombstones, but
+        // where no run is older, whose keys they would hide).
+        let run = match record {
+            Some(_) => None,
+            None => {
+                let items: Vec<runs::Item> = writes
+                    .iter()
+                    .filter(|(_, v)| v.is_some() || !self.runs.runs().is_empty())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let number = Rc::make_mut(&mut self.runs).take_number();
+                runs::build(number, self.runs.next_age(), &items)
+            }
+        };
         // Every request is issued now. The epoch's answer comes first (requests of a
         // transaction complete in order), and the transaction cannot commit before
         // the writes after it complete: a changed epoch aborts it in time, and nothing
@@ -1540,34 +1672,12 @@ impl IdbStore {
                     requests += 1;
                 }
                 None => {
-                    // A run of deletes with nothing held between them is one request
-                    // (an outbox's confirmed commits, a partition's documents).
-                    let mut run: Option<(&[u8], &[u8])> = None;
-                    for (k, v) in &writes {
-                        match v {
-                            Some(v) => {
-                                if let Some(r) = run.take() {
-                                    delete_run(&store, r)?;
-                                    requests += 1;
-                                }
-                                store.put_with_key(&key(v), &key(k))?;
-                                requests += 1;
-                            }
-                            None => {
-                                run = match run {
-                                    Some((a, b)) if self.nothing_between(b, k) => Some((a, k)),
-                                    Some(r) => {
-                                        delete_run(&store, r)?;
-                                        requests += 1;
-                                        Some((k, k))
-                                    }
-                                    None => Some((k, k)),
-                                };
-                            }
+                    if let Some((r, blocks)) = &run {
+                        for (k, v) in blocks {
+                            store.put_with_key(&key(v), &key(k))?;
+                            requests += 1;
                         }
-                    }
-                    if let Some(r) = run {
-                        delete_run(&store, r)?;
+                        meta.put_with_key(&key(&r.meta_value()), &key(&r.meta_key()))?;
                         requests += 1;
                     }
                     for (k, v) in filter_records.borrow().iter() {
@@ -1591,11 +1701,17 @@ impl IdbStore {
         self.stats.borrow_mut().write_requests += requests;
         if let Err(e) = issued {
             let _ = tx.abort();
-            // (An apply's: the records' writes too, which are newer than `kv`.)
+            // (An apply's: the records' writes too, which are newer than the runs.)
             self.dirty = writes;
             self.filter.borrow_mut().redirty(&filter_records.borrow());
             return Err(js_err("write", e));
         }
+        // The run counts from now on: a load issued after this transaction reads it.
+        let run = run.map(|(r, _)| {
+            let n = r.number;
+            Rc::make_mut(&mut self.runs).push(r);
+            n
+        });
         match kind {
             Kind::Record => self.wal_next += 1,
             Kind::Apply => {
@@ -1691,6 +1807,7 @@ impl IdbStore {
             id,
             gen: self.write_gen,
             record,
+            run,
             took_records: kind == Kind::Apply,
             writes,
             filter_records,
@@ -1735,13 +1852,17 @@ impl IdbStore {
                     if f.fenced.get() {
                         self.fenced = true;
                     }
+                    // Its run is not in IndexedDB: its writes are queued again below.
+                    if let Some(n) = f.run {
+                        Rc::make_mut(&mut self.runs).remove(n);
+                    }
                     if f.took_records {
                         self.wal_stale = true;
                     }
                     self.stats.borrow_mut().failed_flushes += 1;
                     for (k, v) in f.writes {
                         // Written again since: by a flush issued later, or (when this
-                        // one wrote to `kv`) by a record that settled since (the records
+                        // one wrote a run) by a record that settled since (the records
                         // settled before it were in it, or none were waiting).
                         let later = self.in_flight.iter().any(|g| g.writes.contains_key(&k))
                             || (f.record.is_none() && self.wal.contains_key(&k));
@@ -1758,10 +1879,295 @@ impl IdbStore {
             let _ = f.id;
         }
         out.durable_gen = self.durable_gen();
+        self.pump_merge();
         out
     }
 
-    /// Writes everything not yet in `kv` there (an apply) and waits until it (and every
+    // ----- merging runs -----
+
+    /// Moves the merge of runs on: takes in the step that completed and issues the
+    /// next, or starts the merge [`Runs::plan`] says is due. Called as flushes settle (a
+    /// step's completion calls the notifier too). A merge reads its inputs a few blocks
+    /// at a time, writes the new run's blocks as they fill (under a number no record
+    /// names yet: a merge cut short leaves blocks the next open deletes), and ends with
+    /// one transaction that writes the new run's record and deletes its inputs; each
+    /// write checks the leader epoch, as flushes do. Reads go on meanwhile, from the
+    /// inputs until the end, from the new run after.
+    fn pump_merge(&mut self) {
+        if self.fenced {
+            self.merging = None;
+            return;
+        }
+        loop {
+            let Some(m) = self.merging.as_mut() else {
+                // Not while a flush's run is unsettled (it may yet fail and go), nor when
+                // none is due.
+                if self.in_flight.iter().any(|f| f.run.is_some()) || self.runs.plan().is_none() {
+                    return;
+                }
+                let mut runs = (*self.runs).clone();
+                let Some(c) = runs::Compaction::start(&mut runs) else {
+                    return;
+                };
+                // Only the number it took: the runs are the same.
+                Rc::make_mut(&mut self.runs).take_number();
+                self.merging = Some(Merging {
+                    c: Some(c),
+                    step: Rc::default(),
+                    ending: None,
+                });
+                if let Err(e) = self.merge_read() {
+                    self.merge_failed(e);
+                    return;
+                }
+                return;
+            };
+            let Some(done) = m.step.borrow_mut().take() else {
+                return;
+            };
+            let result = match done {
+                Err(e) => Err(e),
+                Ok(_) if m.ending.is_some() => {
+                    // Ended: the new run counts, its inputs are gone.
+                    self.merging = None;
+                    self.stats.borrow_mut().merges += 1;
+                    continue;
+                }
+                Ok(MergeStep::Read(blocks)) => self.merge_fed(blocks),
+                Ok(MergeStep::Wrote) => self.merge_next(),
+            };
+            if let Err(e) = result {
+                self.merge_failed(e);
+            }
+            return;
+        }
+    }
+
+    /// A merge that failed: what its ending did to the runs is undone; its blocks are
+    /// left for the next open to delete.
+    fn merge_failed(&mut self, e: Error) {
+        if let Some(m) = self.merging.take() {
+            if let Some(f) = m.ending {
+                Rc::make_mut(&mut self.runs).restore(f.output, f.replaced);
+            }
+        }
+        if e.message.contains("another tab") {
+            self.fenced = true;
+        }
+    }
+
+    /// Reads the blocks the merge needs next.
+    fn merge_read(&mut self) -> Result<(), Error> {
+        let m = self.merging.as_mut().expect("a merge");
+        let wants = m.c.as_ref().expect("a merge going on").wants(8);
+        let tx = self
+            .db
+            .transaction_with_str(RUNS)
+            .map_err(|e| js_err("read transaction", e))?;
+        let store = tx
+            .object_store(RUNS)
+            .map_err(|e| js_err("object store", e))?;
+        let mut reqs = Vec::with_capacity(wants.len());
+        for k in wants {
+            let r = store.get(&key(&k)).map_err(|e| js_err("get", e))?;
+            reqs.push((k, r));
+        }
+        self.stats.borrow_mut().load_requests += reqs.len() as u64;
+        let step = m.step.clone();
+        let notify = self.notify.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let _tx = tx;
+            let mut out = Vec::with_capacity(reqs.len());
+            let values = Array::new();
+            let mut keys = Vec::with_capacity(reqs.len());
+            let mut failed = None;
+            for (k, r) in reqs {
+                match request(&r).await {
+                    Ok(v) => {
+                        values.push(&v);
+                        keys.push(k);
+                    }
+                    Err(e) => {
+                        failed = Some(js_err("read", e));
+                        break;
+                    }
+                }
+            }
+            let result = match failed {
+                Some(e) => Err(e),
+                None => {
+                    for (k, v) in keys.into_iter().zip(pack::unpack(&values)) {
+                        match v {
+                            Some(v) => out.push((k, v)),
+                            None => {
+                                failed = Some(Error::new(
+                                    ErrorCode::Corrupt,
+                                    "a block of a run being merged is missing",
+                                ));
+                                break;
+                            }
+                        }
+                    }
+                    failed.map_or(Ok(MergeStep::Read(out)), Err)
+                }
+            };
+            *step.borrow_mut() = Some(result);
+            if let Some(f) = notify {
+                f();
+            }
+        });
+        Ok(())
+    }
+
+    /// Feeds the blocks read to the merge and writes the new run's blocks that filled.
+    fn merge_fed(&mut self, blocks: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), Error> {
+        let m = self.merging.as_mut().expect("a merge");
+        let c = m.c.as_mut().expect("a merge going on");
+        let mut full = Vec::new();
+        for (k, b) in &blocks {
+            full.extend(
+                c.feed(k, b)
+                    .map_err(|e| Error::new(ErrorCode::Corrupt, format!("a merge: {}", e.0)))?,
+            );
+        }
+        if full.is_empty() {
+            return self.merge_next();
+        }
+        self.merge_write(full, Vec::new())
+    }
+
+    /// The next read, or the end.
+    fn merge_next(&mut self) -> Result<(), Error> {
+        let m = self.merging.as_mut().expect("a merge");
+        if !m.c.as_ref().expect("a merge going on").is_done() {
+            return self.merge_read();
+        }
+        let c = m.c.take().expect("a merge going on");
+        let f = c
+            .finish(Rc::make_mut(&mut self.runs))
+            .map_err(|e| Error::new(ErrorCode::Corrupt, format!("a merge: {}", e.0)))?;
+        let deletes = f.deletes.clone();
+        let puts = f.puts.clone();
+        m.ending = Some(f);
+        self.merge_write(puts, deletes)
+    }
+
+    /// One read-write transaction of a merge: `puts` (blocks to `runs`, records to
+    /// `meta`) and `deletes` (a run's record and its blocks' key range), after the
+    /// leader epoch's check.
+    fn merge_write(
+        &mut self,
+        puts: runs::Records,
+        deletes: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), Error> {
+        let scope = Array::of2(&RUNS.into(), &META.into());
+        let tx = self
+            .db
+            .transaction_with_str_sequence_and_mode(&scope, IdbTransactionMode::Readwrite)
+            .map_err(|e| js_err("write transaction", e))?;
+        let store = tx
+            .object_store(RUNS)
+            .map_err(|e| js_err("object store", e))?;
+        let meta = tx
+            .object_store(META)
+            .map_err(|e| js_err("object store", e))?;
+        let epoch = match self.epoch {
+            Some(_) => Some(
+                meta.get(&key(EPOCH_KEY))
+                    .map_err(|e| js_err("read the epoch", e))?,
+            ),
+            None => None,
+        };
+        let mut requests = 0;
+        let issued = (|| -> Result<(), JsValue> {
+            for (k, v) in &puts {
+                if k.starts_with(runs::META_PREFIX) {
+                    meta.put_with_key(&key(v), &key(k))?;
+                } else {
+                    store.put_with_key(&key(v), &key(k))?;
+                }
+                requests += 1;
+            }
+            for (record, from, to) in &deletes {
+                meta.delete(&key(record))?;
+                let q = IdbKeyRange::bound_with_lower_open_and_upper_open(
+                    &key(from),
+                    &key(to),
+                    false,
+                    true,
+                )?;
+                store.delete(&q)?;
+                requests += 2;
+            }
+            Ok(())
+        })();
+        self.stats.borrow_mut().write_requests += requests;
+        if let Err(e) = issued {
+            let _ = tx.abort();
+            return Err(js_err("write", e));
+        }
+        let m = self.merging.as_mut().expect("a merge");
+        let step = m.step.clone();
+        let notify = self.notify.clone();
+        let mine = self.epoch;
+        wasm_bindgen_futures::spawn_local(async move {
+            let mut result = Ok(MergeStep::Wrote);
+            if let (Some(get), Some(mine)) = (epoch, mine) {
+                if !matches!(request(&get).await, Ok(v) if epoch_of(&v) == mine) {
+                    let _ = tx.abort();
+                    result = Err(fenced());
+                }
+            }
+            if result.is_ok() {
+                #[allow(deprecated)]
+                let _ = tx.commit();
+            }
+            let done = complete(&tx).await.map_err(|e| js_err("commit", e));
+            *step.borrow_mut() = Some(result.and_then(|r| done.map(|()| r)));
+            if let Some(f) = notify {
+                f();
+            }
+        });
+        Ok(())
+    }
+
+    /// Merges every run due to be merged, and waits (for tests, and drivers that do not
+    /// pump: see [`IdbStore::pump_merge`]).
+    pub async fn merge_all(&mut self) -> Result<(), Error> {
+        loop {
+            self.pump_merge();
+            let Some(m) = &self.merging else {
+                return Ok(());
+            };
+            let step = m.step.clone();
+            // Wait for the step in flight.
+            while step.borrow().is_none() {
+                let p = Promise::new(&mut |ok, _| {
+                    let _ = web_sys::window()
+                        .map(|w| w.set_timeout_with_callback_and_timeout_and_arguments_0(&ok, 1))
+                        .or_else(|| {
+                            js_sys::global()
+                                .dyn_into::<web_sys::WorkerGlobalScope>()
+                                .ok()
+                                .map(|w| {
+                                    w.set_timeout_with_callback_and_timeout_and_arguments_0(&ok, 1)
+                                })
+                        });
+                });
+                let _ = JsFuture::from(p).await;
+            }
+            let failed = match &*step.borrow() {
+                Some(Err(e)) => Some(Error::new(e.code, e.message.clone())),
+                _ => None,
+            };
+            if let Some(e) = failed {
+                self.pump_merge();
+                return Err(e);
+            }
+        }
+    }
+
+    /// Writes everything not yet in a run as one (an apply) and waits until it (and every
     /// flush before it) is settled; `Ok` when all of it is durable.
     pub async fn flush(&mut self) -> Result<(), Error> {
         self.begin_apply()?;
@@ -1832,7 +2238,7 @@ fn read_filter_pages(meta: &web_sys::IdbObjectStore) -> Result<RangeRead, Error>
 }
 
 /// Takes in the filter's pages a read other than a flush's found, unless they are in
-/// already or a flush that reads them itself was issued: until then no write to `kv`
+/// already or a flush that reads them itself was issued: until then no run was written
 /// was issued since the open (each is such a flush until the pages are in), so they are
 /// as IndexedDB holds them.
 fn take_in_filter_pages(
@@ -1859,7 +2265,7 @@ fn write_filter_changes(
     let pages = pages?;
     let mut f = filter.borrow_mut();
     // Whatever read them first, they are as this transaction sees them: it runs after
-    // every write to `kv` issued before it, and each of those took them in first.
+    // every run written before it, and each of those took them in first.
     f.load_pages(pages.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
         .map_err(bad_filter)?;
     let records = f.take_dirty();
@@ -1937,84 +2343,253 @@ fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     }
 }
 
-/// Issues the read of miss `m` (`n`: how many entries, for a scan; see
-/// [`IdbStore::chunk`]).
-fn issue(store: &web_sys::IdbObjectStore, m: Miss, n: usize) -> Result<Req, Error> {
-    Ok(match m {
-        Miss::Point(k) => {
-            let r = store.get(&key(&k)).map_err(|e| js_err("get", e))?;
-            Req::Point(k, r)
-        }
-        Miss::Count(range) => {
-            let r = store
-                .count_with_key(&idb_range(&range)?)
-                .map_err(|e| js_err("count", e))?;
-            Req::Count(range, r)
-        }
-        Miss::Scan { range, reverse, .. } => {
-            let q = idb_range(&range)?;
-            // All of a range is read forward, whichever way it is scanned.
-            let reverse = reverse && n != usize::MAX;
-            // A limited scan of an index: its documents come along.
-            let docs = !reverse
-                && n < LIMITED
-                && matches!(&range.start, Bound::Included(k) | Bound::Excluded(k) if k.first() == Some(&b'I'));
-            Req::All {
-                range,
-                limit: n,
-                reverse,
-                read: RangeRead::issue(store, &q, n, reverse)?,
-                docs,
+/// The reads of the backend's own records at open.
+struct MetaReads {
+    /// The filter's meta record, the write-ahead records, the runs' records, and the
+    /// keys of every block.
+    filter: IdbRequest,
+    records: RangeRead,
+    runs: RangeRead,
+    blocks: IdbRequest,
+}
+
+/// What the open read of the backend's own records.
+struct Opened {
+    filter: Filter,
+    replay: Replay,
+    runs: Runs,
+    /// Runs whose blocks are stored with no record (a merge cut short).
+    orphans: Vec<u64>,
+}
+
+/// What a read of runs is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// The entries of its range (a point, a scan, a family read ahead).
+    Data,
+    /// A limited index scan: its entries, and the documents the first `n` name.
+    IndexScan(usize),
+    /// How many keys its range holds (a range too large to hold).
+    Count,
+}
+
+/// A read of `range` from the runs: per run (its index in the load's snapshot of the
+/// runs), the blocks read.
+struct RunRead {
+    range: KeyRange,
+    reads: Vec<(usize, std::ops::Range<usize>)>,
+    purpose: Purpose,
+    /// A scan that read only its first blocks: which way, and the entries it asked.
+    scan: Option<(bool, usize)>,
+}
+
+/// The range a miss asks about.
+fn miss_range(m: &Miss) -> KeyRange {
+    match m {
+        Miss::Point(k) => KeyRange::point(k),
+        Miss::Scan { range, .. } | Miss::Count(range) => range.clone(),
+    }
+}
+
+/// The reads for family `f` and the misses inside it: the whole family when it is
+/// small, else each miss.
+fn family_reads(
+    runs: &Runs,
+    f: &[u8],
+    deferred: Vec<Miss>,
+    small: usize,
+    mut each: impl FnMut(Miss) -> RunRead,
+) -> Vec<RunRead> {
+    let range = KeyRange::prefix(f);
+    let reads = runs.covering(&range);
+    let blocks: usize = reads.iter().map(|(_, b)| b.len()).sum();
+    if blocks * runs::BLOCK_BYTES <= small {
+        vec![RunRead {
+            range,
+            reads,
+            purpose: Purpose::Data,
+            scan: None,
+        }]
+    } else {
+        deferred.into_iter().map(&mut each).collect()
+    }
+}
+
+/// The blocks a load's transaction asked for, each once: a `get` for a block alone, a
+/// `getAll` for a run's neighbouring blocks.
+#[derive(Default)]
+struct Fetch {
+    asked: BTreeSet<(usize, usize)>,
+    /// Issued and not awaited: a run's blocks `[from, to)` and the request.
+    pending: Vec<(usize, std::ops::Range<usize>, IdbRequest)>,
+    /// What came, by (run, block): `None` when IndexedDB did not have it.
+    got: HashMap<(usize, usize), Option<Vec<u8>>>,
+}
+
+impl Fetch {
+    /// Asks for the blocks of `reads` not asked for yet; gives the requests issued.
+    fn ask(
+        &mut self,
+        store: &web_sys::IdbObjectStore,
+        runs: &Runs,
+        reads: &[(usize, std::ops::Range<usize>)],
+    ) -> Result<u64, Error> {
+        let mut issued = 0;
+        for (i, blocks) in reads {
+            let mut group: Option<std::ops::Range<usize>> = None;
+            for j in blocks.clone() {
+                if self.asked.insert((*i, j)) {
+                    match &mut group {
+                        Some(g) if g.end == j => g.end = j + 1,
+                        _ => {
+                            if let Some(g) = group.take() {
+                                self.issue(store, runs, *i, g)?;
+                                issued += 1;
+                            }
+                            group = Some(j..j + 1);
+                        }
+                    }
+                }
+            }
+            if let Some(g) = group {
+                self.issue(store, runs, *i, g)?;
+                issued += 1;
             }
         }
-    })
+        Ok(issued)
+    }
+
+    fn issue(
+        &mut self,
+        store: &web_sys::IdbObjectStore,
+        runs: &Runs,
+        i: usize,
+        blocks: std::ops::Range<usize>,
+    ) -> Result<(), Error> {
+        let run = &runs.runs()[i];
+        let first = key(&runs::block_key(run.number, &run.firsts[blocks.start]));
+        let req = if blocks.len() == 1 {
+            store.get(&first).map_err(|e| js_err("get", e))?
+        } else {
+            let last = key(&runs::block_key(run.number, &run.firsts[blocks.end - 1]));
+            let q = IdbKeyRange::bound(&first, &last).map_err(|e| js_err("key range", e))?;
+            store
+                .get_all_with_key(&q)
+                .map_err(|e| js_err("getAll", e))?
+        };
+        self.pending.push((i, blocks, req));
+        Ok(())
+    }
+
+    /// Awaits every request issued, and takes in what they read (in one copy into
+    /// WebAssembly).
+    async fn wait(&mut self) -> Result<(), Error> {
+        let values = Array::new();
+        let mut slots = Vec::new();
+        for (i, blocks, req) in std::mem::take(&mut self.pending) {
+            let v = request(&req).await.map_err(|e| js_err("read", e))?;
+            if blocks.len() == 1 {
+                values.push(&v);
+                slots.push(Some((i, blocks.start)));
+            } else {
+                let all: Array = v.unchecked_into();
+                if all.length() as usize == blocks.len() {
+                    for (j, x) in (blocks.clone()).zip(all.iter()) {
+                        values.push(&x);
+                        slots.push(Some((i, j)));
+                    }
+                } else {
+                    // Not all there (a run whose write failed): none of them is used.
+                    for j in blocks {
+                        self.got.insert((i, j), None);
+                    }
+                }
+            }
+        }
+        for (slot, v) in slots.into_iter().zip(pack::unpack(&values)) {
+            if let Some(at) = slot {
+                self.got.insert(at, v);
+            }
+        }
+        Ok(())
+    }
+
+    /// What `r` read: the keys it decides, and the entries there (the runs merged, the
+    /// newest winning, tombstones dropped). A block missing from a run whose write is
+    /// not settled counts as nothing (the write failed; its writes are still the
+    /// cache's); from any other run, it is corruption.
+    fn answer(
+        &self,
+        runs: &Runs,
+        unsettled: &BTreeSet<u64>,
+        r: &RunRead,
+    ) -> Result<(KeyRange, Vec<Entry>), Error> {
+        if r.reads.is_empty() {
+            return Ok((r.range.clone(), Vec::new()));
+        }
+        let mut parts = Vec::with_capacity(r.reads.len());
+        for (i, blocks) in &r.reads {
+            let run = &runs.runs()[*i];
+            let mut items = Vec::new();
+            for j in blocks.clone() {
+                match self.got.get(&(*i, j)) {
+                    Some(Some(b)) => items.extend(runs::decode_block(b).map_err(|e| {
+                        Error::new(ErrorCode::Corrupt, format!("run {}: {}", run.number, e.0))
+                    })?),
+                    _ if unsettled.contains(&run.number) => {
+                        items.clear();
+                        break;
+                    }
+                    _ => {
+                        return Err(Error::new(
+                            ErrorCode::Corrupt,
+                            format!("run {}: a block is missing", run.number),
+                        ))
+                    }
+                }
+            }
+            parts.push(items);
+        }
+        let known = runs.known(&r.range, &r.reads);
+        let entries = runs::merge(parts, false)
+            .into_iter()
+            .filter(|(k, _)| known.contains(k))
+            .map(|(k, v)| (k, v.unwrap_or_default()))
+            .collect();
+        Ok((known, entries))
+    }
 }
 
-enum Req {
-    /// A family's count; the family itself, if it is small enough, or else the misses
-    /// inside it, read once the count is known.
-    Ahead {
-        family: Vec<u8>,
-        range: KeyRange,
-        count: IdbRequest,
-        deferred: Vec<(Miss, usize)>,
-    },
-    Point(Vec<u8>, IdbRequest),
-    /// The key filter's pages (when not read in yet), then the points it does not
-    /// show absent (those of the families read ahead: see `Req::Ahead`).
-    Filtered {
-        pages: RangeRead,
-        points: Vec<Vec<u8>>,
-    },
-    All {
-        range: KeyRange,
-        limit: usize,
-        reverse: bool,
-        read: RangeRead,
-        /// Also load the documents its entries name (a limited index scan).
-        docs: bool,
-    },
-    Count(KeyRange, IdbRequest),
+/// Reads that wait for the key filter's pages (see [`IdbStore::begin_load`]).
+struct Filtered {
+    pages: RangeRead,
+    /// Points to read unless the pages show them absent.
+    points: Vec<Vec<u8>>,
+    /// Families to read ahead, with the misses in them.
+    families: Vec<(Vec<u8>, Vec<Miss>)>,
 }
-
-/// The reads of the backend's own records at open: the filter's meta record, its
-/// pages, the write-ahead records.
-type MetaReads = (IdbRequest, RangeRead);
 
 /// Loads issued in one read transaction (see [`IdbStore::begin_load`]).
 pub struct LoadJob {
     /// The read transaction and its store (none when there is nothing to read).
     tx: Option<(web_sys::IdbObjectStore, IdbTransaction)>,
-    reqs: Vec<Req>,
+    /// The runs as they were when it was issued (what IndexedDB holds for it).
+    runs: Rc<Runs>,
+    /// The runs whose writes were not settled then.
+    unsettled: Rc<BTreeSet<u64>>,
+    reads: Vec<RunRead>,
+    fetch: Fetch,
+    filtered: Option<Filtered>,
     gen0: u64,
-    /// Most entries a family may have to be read ahead.
-    ahead_max: u64,
+    /// Bytes of blocks a family may have to be read ahead (and a counted range to be
+    /// held).
+    small: usize,
     doc_of: Option<DocOf>,
     filter: Option<FilterShare>,
 }
 
-/// What a load needs of its store for `Req::Filtered`: the key filter, its readers
-/// (see `IdbStore::filter_readers`) and the counters.
+/// What a load needs of its store for the key filter: the filter, its readers (see
+/// `IdbStore::filter_readers`) and the counters.
 struct FilterShare {
     filter: Rc<RefCell<Filter>>,
     readers: Rc<Cell<u32>>,
@@ -2027,27 +2602,26 @@ pub struct Loaded {
     data: Result<LoadedData, Error>,
 }
 
-struct ScanChunk {
-    range: KeyRange,
-    reverse: bool,
-    limit: usize,
+/// One range a load decided: every key there is as `entries` say. `asked`: the range
+/// the read was for (a run that missed it reads it differently when it holds data);
+/// `scan`: a scan that read only its first blocks, which way and how many entries it
+/// asked.
+struct Decided {
+    known: KeyRange,
+    asked: KeyRange,
     entries: Vec<Entry>,
+    scan: Option<(bool, usize)>,
 }
 
 #[derive(Default)]
 struct LoadedData {
-    points: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    /// The documents a limited index scan's entries name, read along with it.
-    along: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    scans: Vec<ScanChunk>,
-    counts: Vec<(KeyRange, u64)>,
+    decided: Vec<Decided>,
+    /// Ranges counted (too large to hold): the keys read there.
+    counts: Vec<(KeyRange, Vec<Vec<u8>>)>,
     /// Families to read ahead whose misses all proved absent: not read, and to be
     /// considered again at their next miss.
     unread_families: Vec<Vec<u8>>,
-}
-
-fn bytes_of(v: &JsValue) -> Vec<u8> {
-    Uint8Array::new(v).to_vec()
+    blocks: u64,
 }
 
 impl LoadJob {
@@ -2060,385 +2634,182 @@ impl LoadJob {
         }
     }
 
-    async fn read(self) -> Result<LoadedData, Error> {
+    async fn read(mut self) -> Result<LoadedData, Error> {
         let mut out = LoadedData::default();
-        let mut aheads = Vec::new();
-        let mut doc_gets = Vec::new();
-        // The points' answers, taken into WebAssembly together at the end.
-        let mut point_keys = Vec::new();
-        let point_values = Array::new();
-        let Some((store, _tx)) = &self.tx else {
+        let Some((store, _tx)) = self.tx.take() else {
+            for r in &self.reads {
+                out.decided.push(Decided {
+                    known: r.range.clone(),
+                    asked: r.range.clone(),
+                    entries: Vec::new(),
+                    scan: None,
+                });
+            }
             return Ok(out);
         };
-        let mut reqs: VecDeque<Req> = self.reqs.into();
-        while let Some(r) = reqs.pop_front() {
-            match r {
-                Req::Ahead {
-                    family,
-                    range,
-                    count,
-                    deferred,
-                } => {
-                    // Points the key filter, read in by this load, shows absent: not
-                    // read, and when they were all that was missed in the family, it
-                    // is not read ahead either (for creates, just after a reopen).
+        let runs = self.runs.clone();
+        // The filter's pages first (their answer comes before the blocks issued after
+        // them): points they show absent need no read, nor their families.
+        if let Some(f) = self.filtered.take() {
+            let pages = f.pages.entries().await?;
+            let FilterShare {
+                filter,
+                readers,
+                stats,
+            } = self.filter.as_ref().expect("a store's load");
+            let mut more = Vec::new();
+            {
+                let mut fl = filter.borrow_mut();
+                take_in_filter_pages(&mut fl, readers, &pages)?;
+                let absent = |k: &[u8]| fl.is_loaded() && !fl.may_contain(k);
+                for k in f.points {
+                    if absent(&k) {
+                        stats.borrow_mut().absent_by_filter += 1;
+                        out.decided.push(Decided {
+                            known: KeyRange::point(&k),
+                            asked: KeyRange::point(&k),
+                            entries: Vec::new(),
+                            scan: None,
+                        });
+                    } else {
+                        more.push(self.point_read(&k));
+                    }
+                }
+                for (family, deferred) in f.families {
                     let before = deferred.len();
-                    let deferred: Vec<(Miss, usize)> = match &self.filter {
-                        Some(share) if share.filter.borrow().is_loaded() => {
-                            let f = share.filter.borrow();
-                            let mut rest = Vec::with_capacity(deferred.len());
-                            for (m, n) in deferred {
-                                match m {
-                                    Miss::Point(k) if !f.may_contain(&k) => {
-                                        share.stats.borrow_mut().absent_by_filter += 1;
-                                        point_keys.push(k);
-                                        point_values.push(&JsValue::UNDEFINED);
-                                    }
-                                    m => rest.push((m, n)),
-                                }
+                    let mut rest = Vec::with_capacity(deferred.len());
+                    for m in deferred {
+                        match m {
+                            Miss::Point(k) if absent(&k) => {
+                                stats.borrow_mut().absent_by_filter += 1;
+                                out.decided.push(Decided {
+                                    known: KeyRange::point(&k),
+                                    asked: KeyRange::point(&k),
+                                    entries: Vec::new(),
+                                    scan: None,
+                                });
                             }
-                            rest
+                            m => rest.push(m),
                         }
-                        _ => deferred,
-                    };
-                    if deferred.is_empty() && before > 0 {
+                    }
+                    if rest.is_empty() && before > 0 {
                         out.unread_families.push(family);
                         continue;
                     }
-                    let n = request(&count).await.map_err(|e| js_err("count", e))?;
-                    let n = n.as_f64().unwrap_or(f64::MAX);
-                    if n > self.ahead_max as f64 {
-                        // Too big to read whole: the misses inside it are read instead.
-                        for (m, n) in deferred {
-                            reqs.push_back(issue(store, m, n)?);
-                        }
-                    } else {
-                        // Still inside the transaction: its requests are pending.
-                        let read = RangeRead::all(store, &range)?;
-                        aheads.push((range, read));
-                    }
-                }
-                Req::Point(k, req) => {
-                    let v = request(&req).await.map_err(|e| js_err("get", e))?;
-                    point_keys.push(k);
-                    point_values.push(&v);
-                }
-                Req::Filtered { pages, points } => {
-                    let pages = pages.entries().await?;
-                    let FilterShare {
-                        filter,
-                        readers,
-                        stats,
-                    } = self.filter.as_ref().expect("a store's load");
-                    let mut f = filter.borrow_mut();
-                    take_in_filter_pages(&mut f, readers, &pages)?;
-                    for k in points {
-                        if f.is_loaded() && !f.may_contain(&k) {
-                            stats.borrow_mut().absent_by_filter += 1;
-                            point_keys.push(k);
-                            point_values.push(&JsValue::UNDEFINED);
-                        } else {
-                            let r = store.get(&key(&k)).map_err(|e| js_err("get", e))?;
-                            reqs.push_back(Req::Point(k, r));
-                        }
-                    }
-                }
-                Req::Count(range, req) => {
-                    let v = request(&req).await.map_err(|e| js_err("count", e))?;
-                    out.counts.push((range, v.as_f64().unwrap_or(0.0) as u64));
-                }
-                Req::All {
-                    range,
-                    limit,
-                    reverse,
-                    read,
-                    docs,
-                } => {
-                    let entries = read.entries().await?;
-                    if let (true, Some(doc_of)) = (docs, &self.doc_of) {
-                        // Still inside the transaction: issued now, read below.
-                        for (k, _) in &entries {
-                            if let Some(dk) = doc_of(k) {
-                                let r = store.get(&key(&dk)).map_err(|e| js_err("get", e))?;
-                                doc_gets.push((dk, r));
-                            }
-                        }
-                    }
-                    out.scans.push(ScanChunk {
-                        range,
-                        reverse,
-                        limit,
-                        entries,
-                    });
+                    let small = self.small;
+                    more.extend(family_reads(&runs, &family, rest, small, |m| match m {
+                        Miss::Point(k) => self.point_read(&k),
+                        m => RunRead {
+                            range: miss_range(&m),
+                            reads: runs.covering(&miss_range(&m)),
+                            purpose: Purpose::Data,
+                            scan: None,
+                        },
+                    }));
                 }
             }
+            for r in &more {
+                self.fetch.ask(&store, &runs, &r.reads)?;
+            }
+            self.reads.extend(more);
         }
-        out.points = point_keys
-            .into_iter()
-            .zip(pack::unpack(&point_values))
-            .collect();
-        let along = Array::new();
-        let mut along_keys = Vec::with_capacity(doc_gets.len());
-        for (k, req) in doc_gets {
-            along.push(&request(&req).await.map_err(|e| js_err("get", e))?);
-            along_keys.push(k);
+        self.fetch.wait().await?;
+        // A limited index scan's documents, read in the same transaction.
+        let mut along = Vec::new();
+        let mut answers = Vec::with_capacity(self.reads.len());
+        for r in &self.reads {
+            let (known, entries) = self.fetch.answer(&runs, &self.unsettled, r)?;
+            if let (Purpose::IndexScan(n), Some(doc_of)) = (r.purpose, &self.doc_of) {
+                for (k, _) in entries.iter().filter(|(k, _)| r.range.contains(k)).take(n) {
+                    if let Some(dk) = doc_of(k) {
+                        along.push(self.point_read(&dk));
+                    }
+                }
+            }
+            answers.push((known, entries));
         }
-        out.along = along_keys.into_iter().zip(pack::unpack(&along)).collect();
-        for (range, read) in aheads {
-            let entries = read.entries().await?;
-            out.scans.push(ScanChunk {
-                range,
-                reverse: false,
-                limit: usize::MAX,
-                entries,
-            });
+        if !along.is_empty() {
+            for r in &along {
+                self.fetch.ask(&store, &runs, &r.reads)?;
+            }
+            self.fetch.wait().await?;
+            for r in &along {
+                let (known, entries) = self.fetch.answer(&runs, &self.unsettled, r)?;
+                out.decided.push(Decided {
+                    known,
+                    asked: r.range.clone(),
+                    entries,
+                    scan: None,
+                });
+            }
         }
+        for (r, (known, entries)) in self.reads.iter().zip(answers) {
+            if r.purpose == Purpose::Count {
+                let keys = entries
+                    .into_iter()
+                    .filter(|(k, _)| r.range.contains(k))
+                    .map(|(k, _)| k)
+                    .collect();
+                out.counts.push((r.range.clone(), keys));
+            } else {
+                out.decided.push(Decided {
+                    known,
+                    asked: r.range.clone(),
+                    entries,
+                    scan: r.scan,
+                });
+            }
+        }
+        out.blocks = self.fetch.got.len() as u64;
         Ok(out)
+    }
+
+    fn point_read(&self, k: &[u8]) -> RunRead {
+        let range = KeyRange::point(k);
+        RunRead {
+            reads: self.runs.covering(&range),
+            range,
+            purpose: Purpose::Data,
+            scan: None,
+        }
     }
 }
 
-#[wasm_bindgen]
-extern "C" {
-    /// An object store, for what `web_sys` does not bind yet.
-    #[wasm_bindgen(js_name = IDBObjectStore)]
-    type RecordsStore;
-    /// `IDBObjectStore.getAllRecords(options)`: a range's keys and values in one
-    /// request, in either direction (Chromium 141 and later).
-    #[wasm_bindgen(method, catch, js_name = getAllRecords)]
-    fn get_all_records(
-        this: &RecordsStore,
-        options: &js_sys::Object,
-    ) -> Result<IdbRequest, JsValue>;
-}
-
-thread_local! {
-    /// Whether range reads use `getAllRecords` (found out once).
-    static RECORDS: Cell<Option<bool>> = const { Cell::new(None) };
-}
-
-/// Whether this browser's IndexedDB has `getAllRecords`.
-fn browser_has_records() -> bool {
-    let global = js_sys::global();
-    js_sys::Reflect::get(&global, &"IDBObjectStore".into())
-        .ok()
-        .filter(|c| c.is_function())
-        .and_then(|c| js_sys::Reflect::get(&c, &"prototype".into()).ok())
-        .and_then(|p| js_sys::Reflect::get(&p, &"getAllRecords".into()).ok())
-        .is_some_and(|f| f.is_function())
-}
-
-fn use_records() -> bool {
-    RECORDS.with(|c| {
-        c.get().unwrap_or_else(|| {
-            let b = browser_has_records();
-            c.set(Some(b));
-            b
-        })
-    })
-}
-
-/// Reads ranges as a browser without `getAllRecords` does (`false`), or with it when
-/// the browser has it (`true`, the default): for tests of both ways. Gives whether it
-/// is used now.
-#[doc(hidden)]
-pub fn use_get_all_records(on: bool) -> bool {
-    let used = on && browser_has_records();
-    RECORDS.with(|c| c.set(Some(used)));
-    used
-}
-
-/// A read of up to `limit` entries of a key range, either way (`usize::MAX`: all of
-/// it). Forward, a `getAllKeys` and a `getAll` of the range. Reversed, one
-/// `getAllRecords` (keys and values, newest first) where the browser has it; elsewhere
-/// a reverse cursor's walk, a round trip per entry. `tests/bench-browser/layouts.mjs`
-/// measures both (docs/BENCHMARKS.md): reversed, the one request takes half the walk's
-/// time; forward, `getAllRecords` gains nothing over the pair, which stays.
-enum RangeRead {
-    Records(IdbRequest),
-    Pair(IdbRequest, IdbRequest),
-    Walk(PrevWalk),
-}
+/// A read of a whole key range of the backend's own records (`meta`): a `getAllKeys`
+/// and a `getAll`.
+struct RangeRead(IdbRequest, IdbRequest);
 
 impl RangeRead {
     /// All of `range`.
     fn all(store: &web_sys::IdbObjectStore, range: &KeyRange) -> Result<RangeRead, Error> {
-        RangeRead::issue(store, &idb_range(range)?, usize::MAX, false)
-    }
-
-    fn issue(
-        store: &web_sys::IdbObjectStore,
-        q: &JsValue,
-        limit: usize,
-        reverse: bool,
-    ) -> Result<RangeRead, Error> {
-        let count = u32::try_from(limit).ok().filter(|_| limit != usize::MAX);
-        if reverse && use_records() {
-            let o = js_sys::Object::new();
-            let set = |k: &str, v: &JsValue| {
-                js_sys::Reflect::set(&o, &k.into(), v).map_err(|e| js_err("getAllRecords", e))
-            };
-            set("query", q)?;
-            if let Some(n) = count {
-                set("count", &n.into())?;
-            }
-            set("direction", &"prev".into())?;
-            return store
-                .unchecked_ref::<RecordsStore>()
-                .get_all_records(&o)
-                .map(RangeRead::Records)
-                .map_err(|e| js_err("getAllRecords", e));
-        }
-        if reverse {
-            let cursor = store
-                .open_cursor_with_range_and_direction(q, IdbCursorDirection::Prev)
-                .map_err(|e| js_err("openCursor", e))?;
-            return Ok(RangeRead::Walk(PrevWalk::start(cursor, limit)));
-        }
-        let (keys, values) = match count {
-            Some(n) => (
-                store.get_all_keys_with_key_and_limit(q, n),
-                store.get_all_with_key_and_limit(q, n),
-            ),
-            None => (store.get_all_keys_with_key(q), store.get_all_with_key(q)),
-        };
-        Ok(RangeRead::Pair(
-            keys.map_err(|e| js_err("getAllKeys", e))?,
-            values.map_err(|e| js_err("getAll", e))?,
+        let q = idb_range(range)?;
+        Ok(RangeRead(
+            store
+                .get_all_keys_with_key(&q)
+                .map_err(|e| js_err("getAllKeys", e))?,
+            store
+                .get_all_with_key(&q)
+                .map_err(|e| js_err("getAll", e))?,
         ))
     }
 
-    /// The entries read, in the read's direction.
+    /// The entries read, in order.
     async fn entries(self) -> Result<Vec<Entry>, Error> {
-        match self {
-            RangeRead::Records(r) => {
-                let records: Array = request(&r)
-                    .await
-                    .map_err(|e| js_err("getAllRecords", e))?
-                    .unchecked_into();
-                Ok(pack::records(&records))
-            }
-            RangeRead::Pair(keys, values) => {
-                let keys: Array = request(&keys)
-                    .await
-                    .map_err(|e| js_err("getAllKeys", e))?
-                    .unchecked_into();
-                let values: Array = request(&values)
-                    .await
-                    .map_err(|e| js_err("getAll", e))?
-                    .unchecked_into();
-                if keys.length() != values.length() {
-                    return Err(Error::new(
-                        ErrorCode::Storage,
-                        "IndexedDB returned keys and values of different lengths",
-                    ));
-                }
-                Ok(pack::entries(&keys, &values))
-            }
-            RangeRead::Walk(walk) => walk.entries().await,
-        }
-    }
-}
-
-/// A reverse cursor's walk for up to `limit` entries. Its handlers are attached when
-/// the cursor is opened: a cursor moves on only from its own success event (the
-/// transaction is active then and only then), so a walk that began listening late,
-/// after an event had gone by, would wait for ever. [`PrevWalk::entries`] awaits it.
-struct PrevWalk {
-    req: IdbRequest,
-    out: Rc<RefCell<Vec<Entry>>>,
-    failed: Rc<Cell<bool>>,
-    done: oneshot::Receiver<()>,
-    /// Kept alive while the walk runs; dropped (and the handlers cleared) after it.
-    handlers: [Closure<dyn FnMut(web_sys::Event)>; 2],
-}
-
-impl PrevWalk {
-    fn start(req: IdbRequest, limit: usize) -> PrevWalk {
-        let out: Rc<RefCell<Vec<Entry>>> = Rc::default();
-        let failed: Rc<Cell<bool>> = Rc::default();
-        let (done_tx, done) = oneshot::channel::<()>();
-        let done_tx = Rc::new(RefCell::new(Some(done_tx)));
-        let finish = {
-            let done_tx = done_tx.clone();
-            move || {
-                if let Some(t) = done_tx.borrow_mut().take() {
-                    let _ = t.send(());
-                }
-            }
-        };
-        let step = {
-            let req = req.clone();
-            let out = out.clone();
-            let failed = failed.clone();
-            let finish = finish.clone();
-            Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| {
-                let cursor = match req.result() {
-                    Ok(c) if !c.is_null() && !c.is_undefined() => {
-                        c.unchecked_into::<IdbCursorWithValue>()
-                    }
-                    Ok(_) => return finish(),
-                    Err(_) => {
-                        failed.set(true);
-                        return finish();
-                    }
-                };
-                match (cursor.key(), cursor.value()) {
-                    (Ok(k), Ok(v)) => out.borrow_mut().push((bytes_of(&k), bytes_of(&v))),
-                    _ => {
-                        failed.set(true);
-                        return finish();
-                    }
-                }
-                if out.borrow().len() >= limit || cursor.continue_().is_err() {
-                    finish();
-                }
-            })
-        };
-        let fail = {
-            let failed = failed.clone();
-            Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| {
-                failed.set(true);
-                finish();
-            })
-        };
-        req.set_onsuccess(Some(step.as_ref().unchecked_ref()));
-        req.set_onerror(Some(fail.as_ref().unchecked_ref()));
-        PrevWalk {
-            req,
-            out,
-            failed,
-            done,
-            handlers: [step, fail],
-        }
-    }
-
-    /// The entries, once the walk has ended (at `limit`, the range's start, or an
-    /// error).
-    async fn entries(self) -> Result<Vec<Entry>, Error> {
-        let PrevWalk {
-            req,
-            out,
-            failed,
-            done,
-            handlers,
-        } = self;
-        let _ = done.await;
-        req.set_onsuccess(None);
-        req.set_onerror(None);
-        drop(handlers);
-        if failed.get() {
-            return Err(js_err(
-                "openCursor",
-                req.error()
-                    .ok()
-                    .flatten()
-                    .map(JsValue::from)
-                    .unwrap_or(JsValue::UNDEFINED),
+        let keys: Array = request(&self.0)
+            .await
+            .map_err(|e| js_err("getAllKeys", e))?
+            .unchecked_into();
+        let values: Array = request(&self.1)
+            .await
+            .map_err(|e| js_err("getAll", e))?
+            .unchecked_into();
+        if keys.length() != values.length() {
+            return Err(Error::new(
+                ErrorCode::Storage,
+                "IndexedDB returned keys and values of different lengths",
             ));
         }
-        Ok(Rc::try_unwrap(out)
-            .map(RefCell::into_inner)
-            .unwrap_or_default())
+        Ok(pack::entries(&keys, &values))
     }
 }
 
@@ -2559,63 +2930,5 @@ impl Storage for IdbStore {
             self.dirty.insert(k, v);
         }
         Ok(())
-    }
-}
-
-#[cfg(all(test, target_arch = "wasm32"))]
-mod browser_tests {
-    use super::*;
-    use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
-
-    wasm_bindgen_test_configure!(run_in_browser);
-
-    /// A load awaits its requests in its own order: a reverse walk awaited after a
-    /// request made later (and so answered after the cursor's first entry) still
-    /// walks to its limit. It waited for ever when its handlers were attached only
-    /// once awaited.
-    #[wasm_bindgen_test]
-    async fn a_reverse_walk_awaited_late_still_walks() {
-        let name = "idb-unit-reverse-walk-late";
-        IdbStore::delete(name).await.unwrap();
-        let mut s = IdbStore::open(name).await.unwrap();
-        let mut b = Batch::default();
-        for i in 0..10u8 {
-            b.put(vec![b'a', i], vec![i]);
-        }
-        s.apply(b).unwrap();
-        s.flush().await.unwrap();
-        let tx = s.db.transaction_with_str(KV).unwrap();
-        let store = tx.object_store(KV).unwrap();
-        let miss = Miss::Scan {
-            range: KeyRange::prefix(b"a"),
-            reverse: true,
-            limit: 4,
-        };
-        // Without getAllRecords a limited reverse scan is a cursor's walk.
-        use_get_all_records(false);
-        let issued = issue(&store, miss, 4).unwrap();
-        assert!(use_get_all_records(true), "this browser has getAllRecords");
-        let Req::All {
-            read: RangeRead::Walk(walk),
-            ..
-        } = issued
-        else {
-            panic!("a limited reverse scan is a cursor walk");
-        };
-        let later = store.get(&key(&[b'a', 0])).unwrap();
-        request(&later).await.unwrap();
-        let got: Vec<u8> = walk
-            .entries()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(k, v)| {
-                assert_eq!(k[1], v[0]);
-                k[1]
-            })
-            .collect();
-        assert_eq!(got, [9, 8, 7, 6]);
-        s.close();
-        IdbStore::delete(name).await.unwrap();
     }
 }

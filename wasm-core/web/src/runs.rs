@@ -219,12 +219,18 @@ impl Builder {
 
     /// Adds the next item (its key after every key added before); gives the block it
     /// closed, if it did not fit there (object store key, bytes). Greedy: a block holds
-    /// what fits in [`BLOCK_BYTES`], and at least one item.
+    /// what fits in [`BLOCK_BYTES`], and at least one item; and a block holds keys of
+    /// one space (their first byte) only, so that a read of a small space (the
+    /// replica's own, read at every open) reads its blocks alone, not its neighbours'.
     pub fn push(&mut self, item: Item) -> Option<Record> {
         let prev = self.block.last().map(|e| e.0.as_slice());
         debug_assert!(prev.is_none_or(|p| p < item.0.as_slice()));
         let n = item_size(prev, &item);
-        let closed = if !self.block.is_empty() && self.size + n > BLOCK_BYTES {
+        let other_space = self
+            .block
+            .first()
+            .is_some_and(|f| f.0.first() != item.0.first());
+        let closed = if !self.block.is_empty() && (self.size + n > BLOCK_BYTES || other_space) {
             let b = self.close();
             self.size = item_size(None, &item);
             Some(b)
@@ -290,8 +296,10 @@ impl Run {
         Some(self.firsts.partition_point(|f| f.as_slice() <= k) - 1)
     }
 
-    /// The blocks that may hold keys of `r` (empty when none may).
-    pub fn covering(&self, r: &KeyRange) -> Range<usize> {
+    /// The blocks that may hold keys of `r`: `None` when `r` is wholly before or after
+    /// the run's keys; an empty range (at the block after it) when `r` falls between
+    /// two blocks of different spaces, where the run has no key.
+    pub fn covering(&self, r: &KeyRange) -> Option<Range<usize>> {
         let first = self.firsts[0].as_slice();
         let last = self.last.as_slice();
         let below = match &r.end {
@@ -305,11 +313,18 @@ impl Run {
             Bound::Unbounded => false,
         };
         if r.is_empty() || below || above {
-            return 0..0;
+            return None;
         }
         let from = match &r.start {
             Bound::Included(s) | Bound::Excluded(s) => {
-                self.firsts.partition_point(|f| f <= s).saturating_sub(1)
+                let j = self.firsts.partition_point(|f| f <= s).saturating_sub(1);
+                // A block holds one space: one of a lower space than `s` holds no key
+                // from `s` on.
+                if space(&self.firsts[j]) < space(s) {
+                    j + 1
+                } else {
+                    j
+                }
             }
             Bound::Unbounded => 0,
         };
@@ -318,24 +333,40 @@ impl Run {
             Bound::Excluded(e) => self.firsts.partition_point(|f| f < e),
             Bound::Unbounded => self.firsts.len(),
         };
-        from..to.max(from + 1)
+        Some(from..to.max(from))
     }
 
-    /// The keys whose presence in this run reading `blocks` (a range of them, not
-    /// empty) decides: from the first block's key (from the lowest key, for the first
-    /// block) to the next block's (to the highest, for the last).
+    /// The keys whose presence in this run reading `blocks` (a range of them, as
+    /// [`Run::covering`] gives it) decides: from the first block's key (from the lowest
+    /// key, for the first block; from the next space's first key, after a block of a
+    /// lower space) to the next block's (to the highest, for the last).
     fn decided_by(&self, blocks: &Range<usize>) -> KeyRange {
+        let i = blocks.start;
+        let start = if i == 0 {
+            Bound::Unbounded
+        } else {
+            match (space(&self.firsts[i - 1]), self.firsts.get(i)) {
+                (prev, Some(f)) if prev < space(f) => {
+                    // The block before holds only keys of its own space.
+                    Bound::Included(prev.map_or(vec![0], |a| vec![a + 1]))
+                }
+                (_, Some(f)) => Bound::Included(f.clone()),
+                (_, None) => Bound::Excluded(self.last.clone()),
+            }
+        };
         KeyRange {
-            start: match blocks.start {
-                0 => Bound::Unbounded,
-                i => Bound::Included(self.firsts[i].clone()),
-            },
+            start,
             end: match self.firsts.get(blocks.end) {
                 Some(k) => Bound::Excluded(k.clone()),
                 None => Bound::Unbounded,
             },
         }
     }
+}
+
+/// A key's space: its first byte (`None` for the empty key, below every other).
+fn space(k: &[u8]) -> Option<u8> {
+    k.first().copied()
 }
 
 /// Run `number`'s record key in `meta`.
@@ -490,13 +521,13 @@ impl Runs {
         self.runs.push(run);
     }
 
-    /// For each run that may hold keys of `r`, its index and the blocks to read.
+    /// For each run whose keys reach `r`, its index and the blocks to read (none, when
+    /// `r` falls between two of its blocks of different spaces).
     pub fn covering(&self, r: &KeyRange) -> Vec<(usize, Range<usize>)> {
         self.runs
             .iter()
             .enumerate()
-            .map(|(i, run)| (i, run.covering(r)))
-            .filter(|(_, b)| !b.is_empty())
+            .filter_map(|(i, run)| run.covering(r).map(|b| (i, b)))
             .collect()
     }
 
@@ -1423,6 +1454,35 @@ mod tests {
             run.bytes,
             blocks.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
         );
+    }
+
+    #[test]
+    fn a_block_holds_one_space() {
+        let items: Vec<Item> = ["Da", "Db", "Ia", "K1", "K2", "Pz"]
+            .iter()
+            .map(|k| put(k, "v"))
+            .collect();
+        let (run, blocks) = build(1, 0, &items).unwrap();
+        assert_eq!(
+            run.firsts,
+            [
+                b"Da".to_vec(),
+                b"Ia".to_vec(),
+                b"K1".to_vec(),
+                b"Pz".to_vec()
+            ]
+        );
+        assert_eq!(decode_block(&blocks[2].1).unwrap(), items[3..5]);
+        assert_eq!(run.covering(&KeyRange::prefix(b"K")), Some(2..3));
+        // Between spaces: no block, and what that decides.
+        let gap = KeyRange::prefix(b"J");
+        assert_eq!(run.covering(&gap), Some(2..2));
+        let mut runs = Runs::new();
+        runs.push(run);
+        let reads = runs.covering(&gap);
+        let known = runs.known(&gap, &reads);
+        assert!(known.contains(b"J") && known.contains(b"Jzz") && known.contains(b"J\xff"));
+        assert!(!known.contains(b"Iz") && !known.contains(b"K1"));
     }
 
     #[test]
