@@ -1188,3 +1188,54 @@ async fn runs_are_merged_as_they_come() {
     s.close();
     IdbStore::delete(name).await.unwrap();
 }
+
+/// A database of an older build (version 1: a record per engine key in `kv`, the leader
+/// epoch among them) is upgraded on open: its records become one run (read back whole),
+/// the epoch moves to `meta` (a claim goes on from it), and `kv` is gone.
+#[wasm_bindgen_test]
+async fn an_older_database_is_converted_into_one_run() {
+    let name = "converted";
+    IdbStore::delete(name).await.unwrap();
+    let db = connect(name, Some(1)).await;
+    let tx = db
+        .transaction_with_str_and_mode("kv", web_sys::IdbTransactionMode::Readwrite)
+        .unwrap();
+    let kv = tx.object_store("kv").unwrap();
+    let mut want = Vec::new();
+    for i in 0..10_000u32 {
+        let k = format!("D{i:06}").into_bytes();
+        let v = vec![(i % 251) as u8; 100];
+        kv.put_with_key(
+            &js_sys::Uint8Array::from(&v[..]),
+            &js_sys::Uint8Array::from(&k[..]),
+        )
+        .unwrap();
+        want.push((k, v));
+    }
+    let epoch_key = js_sys::Uint8Array::from(&b"\xFFleader-epoch"[..]);
+    kv.put_with_key(&41.0.into(), &epoch_key).unwrap();
+    let p = js_sys::Promise::new(&mut |ok, err| {
+        tx.set_oncomplete(Some(&ok));
+        tx.set_onerror(Some(&err));
+    });
+    wasm_bindgen_futures::JsFuture::from(p).await.unwrap();
+    db.close();
+
+    let mut s = IdbStore::open_claimed(name, &[], None).await.unwrap();
+    let st = s.stats();
+    assert_eq!(st.runs, 1, "{st:?}");
+    assert!(st.blocks > 30, "{st:?}");
+    assert_eq!(
+        s.claim().await.unwrap(),
+        43.0,
+        "claimed at 42 on open, 43 now"
+    );
+    s.load_all().await.unwrap();
+    assert_eq!(s.cached(), want);
+    s.close();
+    let db = connect(name, None).await;
+    assert!(db.transaction_with_str("kv").is_err(), "kv is gone");
+    assert!(db.transaction_with_str("runs").is_ok());
+    db.close();
+    IdbStore::delete(name).await.unwrap();
+}
