@@ -172,6 +172,51 @@ fn key(k: &[u8]) -> Uint8Array {
     Uint8Array::from(k)
 }
 
+/// A transaction over the runs and `meta`, and the two object stores.
+fn runs_and_meta(
+    db: &IdbDatabase,
+    mode: IdbTransactionMode,
+) -> Result<
+    (
+        IdbTransaction,
+        web_sys::IdbObjectStore,
+        web_sys::IdbObjectStore,
+    ),
+    Error,
+> {
+    let scope = Array::of2(&RUNS.into(), &META.into());
+    let tx = db
+        .transaction_with_str_sequence_and_mode(&scope, mode)
+        .map_err(|e| js_err("transaction", e))?;
+    let store = tx
+        .object_store(RUNS)
+        .map_err(|e| js_err("object store", e))?;
+    let meta = tx
+        .object_store(META)
+        .map_err(|e| js_err("object store", e))?;
+    Ok((tx, store, meta))
+}
+
+/// A read transaction over the object store `name`, and the store.
+fn read_one(
+    db: &IdbDatabase,
+    name: &str,
+) -> Result<(IdbTransaction, web_sys::IdbObjectStore), Error> {
+    let tx = db
+        .transaction_with_str(name)
+        .map_err(|e| js_err("read transaction", e))?;
+    let store = tx
+        .object_store(name)
+        .map_err(|e| js_err("object store", e))?;
+    Ok((tx, store))
+}
+
+/// The IndexedDB key range `[from, to)`.
+fn half_open(from: &[u8], to: &[u8]) -> Result<JsValue, JsValue> {
+    IdbKeyRange::bound_with_lower_open_and_upper_open(&key(from), &key(to), false, true)
+        .map(Into::into)
+}
+
 /// IndexedDB in this global scope (a page or a worker).
 fn factory() -> Result<IdbFactory, Error> {
     let global = js_sys::global();
@@ -517,16 +562,7 @@ impl IdbStore {
         db: &IdbDatabase,
         preload: &[KeyRange],
     ) -> Result<(f64, Opened, Vec<(KeyRange, Vec<Entry>)>), Error> {
-        let scope = Array::of2(&RUNS.into(), &META.into());
-        let tx = db
-            .transaction_with_str_sequence_and_mode(&scope, IdbTransactionMode::Readwrite)
-            .map_err(|e| js_err("open transaction", e))?;
-        let store = tx
-            .object_store(RUNS)
-            .map_err(|e| js_err("object store", e))?;
-        let meta = tx
-            .object_store(META)
-            .map_err(|e| js_err("object store", e))?;
+        let (tx, store, meta) = runs_and_meta(db, IdbTransactionMode::Readwrite)?;
         let get_epoch = meta
             .get(&key(EPOCH_KEY))
             .map_err(|e| js_err("read the epoch", e))?;
@@ -541,13 +577,8 @@ impl IdbStore {
             .map_err(|e| js_err("write the epoch", e))?;
         let opened = Self::meta_from(reads).await?;
         for n in &opened.orphans {
-            let q = IdbKeyRange::bound_with_lower_open_and_upper_open(
-                &key(&runs::block_key(*n, &[])),
-                &key(&runs::block_key(n + 1, &[])),
-                false,
-                true,
-            )
-            .map_err(|e| js_err("key range", e))?;
+            let q = half_open(&runs::block_key(*n, &[]), &runs::block_key(n + 1, &[]))
+                .map_err(|e| js_err("key range", e))?;
             store.delete(&q).map_err(|e| js_err("delete", e))?;
         }
         // The preloaded ranges, from the runs now known.
@@ -687,15 +718,7 @@ impl IdbStore {
     }
 
     async fn read_meta(db: &IdbDatabase) -> Result<Opened, Error> {
-        let tx = db
-            .transaction_with_str_sequence(&Array::of2(&RUNS.into(), &META.into()))
-            .map_err(|e| js_err("read transaction", e))?;
-        let store = tx
-            .object_store(RUNS)
-            .map_err(|e| js_err("object store", e))?;
-        let meta = tx
-            .object_store(META)
-            .map_err(|e| js_err("object store", e))?;
+        let (_tx, store, meta) = runs_and_meta(db, IdbTransactionMode::Readonly)?;
         Self::meta_from(Self::meta_requests(&store, &meta)?).await
     }
 
@@ -1448,13 +1471,7 @@ impl IdbStore {
         let filter = self.filter.clone();
         let readers = self.filter_readers.clone();
         let read = (!filter.borrow().is_loaded()).then(|| {
-            let tx = self
-                .db
-                .transaction_with_str(META)
-                .map_err(|e| js_err("read transaction", e))?;
-            let store = tx
-                .object_store(META)
-                .map_err(|e| js_err("object store", e))?;
+            let (_tx, store) = read_one(&self.db, META)?;
             read_filter_pages(&store)
         });
         async move {
@@ -1585,6 +1602,32 @@ impl IdbStore {
                 .any(|f| f.record.is_some() || f.took_records)
     }
 
+    /// A read-write transaction over the runs and `meta`, and, when this store claimed
+    /// the database, the read of the leader epoch issued first in it: IndexedDB runs
+    /// read-write transactions on a store one at a time, so no claim can slip in
+    /// between, and the epoch's answer comes before the writes issued after it.
+    fn write_tx(
+        &self,
+    ) -> Result<
+        (
+            IdbTransaction,
+            web_sys::IdbObjectStore,
+            web_sys::IdbObjectStore,
+            Option<IdbRequest>,
+        ),
+        Error,
+    > {
+        let (tx, store, meta) = runs_and_meta(&self.db, IdbTransactionMode::Readwrite)?;
+        let epoch = match self.epoch {
+            Some(_) => Some(
+                meta.get(&key(EPOCH_KEY))
+                    .map_err(|e| js_err("read the epoch", e))?,
+            ),
+            None => None,
+        };
+        Ok((tx, store, meta, epoch))
+    }
+
     fn issue(&mut self, kind: Kind) -> Result<(), Error> {
         if self.fenced {
             return Err(fenced());
@@ -1605,26 +1648,7 @@ impl IdbStore {
             filter.take_dirty()
         }));
         drop(filter);
-        let scope = Array::of2(&RUNS.into(), &META.into());
-        let tx = self
-            .db
-            .transaction_with_str_sequence_and_mode(&scope, IdbTransactionMode::Readwrite)
-            .map_err(|e| js_err("write transaction", e))?;
-        let store = tx
-            .object_store(RUNS)
-            .map_err(|e| js_err("object store", e))?;
-        let meta = tx
-            .object_store(META)
-            .map_err(|e| js_err("object store", e))?;
-        // The epoch is read in this same transaction: IndexedDB runs read-write
-        // transactions on a store one at a time, so no claim can slip in between.
-        let epoch = match self.epoch {
-            Some(_) => Some(
-                meta.get(&key(EPOCH_KEY))
-                    .map_err(|e| js_err("read the epoch", e))?,
-            ),
-            None => None,
-        };
+        let (tx, store, meta, epoch) = self.write_tx()?;
         let pages = if reads_pages {
             Some(read_filter_pages(&meta)?)
         } else {
@@ -1685,13 +1709,7 @@ impl IdbStore {
                         requests += 1;
                     }
                     if kind == Kind::Apply && self.wal_next > 0 {
-                        let done = web_sys::IdbKeyRange::bound_with_lower_open_and_upper_open(
-                            &key(&wal::key(0)),
-                            &key(&wal::key(self.wal_next)),
-                            false,
-                            true,
-                        )?;
-                        meta.delete(&done)?;
+                        meta.delete(&half_open(&wal::key(0), &wal::key(self.wal_next))?)?;
                         requests += 1;
                     }
                 }
@@ -1960,13 +1978,7 @@ impl IdbStore {
     fn merge_read(&mut self) -> Result<(), Error> {
         let m = self.merging.as_mut().expect("a merge");
         let wants = m.c.as_ref().expect("a merge going on").wants(8);
-        let tx = self
-            .db
-            .transaction_with_str(RUNS)
-            .map_err(|e| js_err("read transaction", e))?;
-        let store = tx
-            .object_store(RUNS)
-            .map_err(|e| js_err("object store", e))?;
+        let (tx, store) = read_one(&self.db, RUNS)?;
         let mut reqs = Vec::with_capacity(wants.len());
         for k in wants {
             let r = store.get(&key(&k)).map_err(|e| js_err("get", e))?;
@@ -2060,24 +2072,7 @@ impl IdbStore {
         puts: runs::Records,
         deletes: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
     ) -> Result<(), Error> {
-        let scope = Array::of2(&RUNS.into(), &META.into());
-        let tx = self
-            .db
-            .transaction_with_str_sequence_and_mode(&scope, IdbTransactionMode::Readwrite)
-            .map_err(|e| js_err("write transaction", e))?;
-        let store = tx
-            .object_store(RUNS)
-            .map_err(|e| js_err("object store", e))?;
-        let meta = tx
-            .object_store(META)
-            .map_err(|e| js_err("object store", e))?;
-        let epoch = match self.epoch {
-            Some(_) => Some(
-                meta.get(&key(EPOCH_KEY))
-                    .map_err(|e| js_err("read the epoch", e))?,
-            ),
-            None => None,
-        };
+        let (tx, store, meta, epoch) = self.write_tx()?;
         let mut requests = 0;
         let issued = (|| -> Result<(), JsValue> {
             for (k, v) in &puts {
@@ -2090,13 +2085,7 @@ impl IdbStore {
             }
             for (record, from, to) in &deletes {
                 meta.delete(&key(record))?;
-                let q = IdbKeyRange::bound_with_lower_open_and_upper_open(
-                    &key(from),
-                    &key(to),
-                    false,
-                    true,
-                )?;
-                store.delete(&q)?;
+                store.delete(&half_open(from, to)?)?;
                 requests += 2;
             }
             Ok(())
