@@ -172,43 +172,27 @@ fn key(k: &[u8]) -> Uint8Array {
     Uint8Array::from(k)
 }
 
-/// A transaction over the runs and `meta`, and the two object stores.
-fn runs_and_meta(
+/// A transaction over the object stores `names`, and the stores.
+fn stores<const N: usize>(
     db: &IdbDatabase,
+    names: [&str; N],
     mode: IdbTransactionMode,
-) -> Result<
-    (
-        IdbTransaction,
-        web_sys::IdbObjectStore,
-        web_sys::IdbObjectStore,
-    ),
-    Error,
-> {
-    let scope = Array::of2(&RUNS.into(), &META.into());
+) -> Result<(IdbTransaction, [web_sys::IdbObjectStore; N]), Error> {
+    let scope = Array::new();
+    for n in names {
+        scope.push(&n.into());
+    }
     let tx = db
         .transaction_with_str_sequence_and_mode(&scope, mode)
         .map_err(|e| js_err("transaction", e))?;
-    let store = tx
-        .object_store(RUNS)
-        .map_err(|e| js_err("object store", e))?;
-    let meta = tx
-        .object_store(META)
-        .map_err(|e| js_err("object store", e))?;
-    Ok((tx, store, meta))
-}
-
-/// A read transaction over the object store `name`, and the store.
-fn read_one(
-    db: &IdbDatabase,
-    name: &str,
-) -> Result<(IdbTransaction, web_sys::IdbObjectStore), Error> {
-    let tx = db
-        .transaction_with_str(name)
-        .map_err(|e| js_err("read transaction", e))?;
-    let store = tx
-        .object_store(name)
-        .map_err(|e| js_err("object store", e))?;
-    Ok((tx, store))
+    let mut out = Vec::with_capacity(N);
+    for n in names {
+        out.push(tx.object_store(n).map_err(|e| js_err("object store", e))?);
+    }
+    let out = out
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one store a name"));
+    Ok((tx, out))
 }
 
 /// The IndexedDB key range `[from, to)`.
@@ -449,8 +433,28 @@ pub struct IdbStore {
 struct Merging {
     c: Option<runs::Compaction>,
     step: Rc<RefCell<Option<Result<MergeStep, Error>>>>,
+    /// Fires when the step in flight is done (for [`IdbStore::merge_all`]).
+    finished: Option<oneshot::Receiver<()>>,
+    /// A write of it found the database claimed by another page.
+    fenced: Rc<Cell<bool>>,
     /// What the ending transaction undoes in the runs if it fails.
     ending: Option<runs::Finished>,
+}
+
+impl Merging {
+    /// What the step issued now reports with: its result, then the notifier.
+    fn reporter(&mut self, notify: Option<Rc<dyn Fn()>>) -> impl FnOnce(Result<MergeStep, Error>) {
+        let step = self.step.clone();
+        let (fire, fired) = oneshot::channel();
+        self.finished = Some(fired);
+        move |result| {
+            *step.borrow_mut() = Some(result);
+            let _ = fire.send(());
+            if let Some(f) = notify {
+                f();
+            }
+        }
+    }
 }
 
 /// What a merge's step did.
@@ -562,7 +566,7 @@ impl IdbStore {
         db: &IdbDatabase,
         preload: &[KeyRange],
     ) -> Result<(f64, Opened, Vec<(KeyRange, Vec<Entry>)>), Error> {
-        let (tx, store, meta) = runs_and_meta(db, IdbTransactionMode::Readwrite)?;
+        let (tx, [store, meta]) = stores(db, [RUNS, META], IdbTransactionMode::Readwrite)?;
         let get_epoch = meta
             .get(&key(EPOCH_KEY))
             .map_err(|e| js_err("read the epoch", e))?;
@@ -718,7 +722,7 @@ impl IdbStore {
     }
 
     async fn read_meta(db: &IdbDatabase) -> Result<Opened, Error> {
-        let (_tx, store, meta) = runs_and_meta(db, IdbTransactionMode::Readonly)?;
+        let (_tx, [store, meta]) = stores(db, [RUNS, META], IdbTransactionMode::Readonly)?;
         Self::meta_from(Self::meta_requests(&store, &meta)?).await
     }
 
@@ -1471,7 +1475,7 @@ impl IdbStore {
         let filter = self.filter.clone();
         let readers = self.filter_readers.clone();
         let read = (!filter.borrow().is_loaded()).then(|| {
-            let (_tx, store) = read_one(&self.db, META)?;
+            let (_tx, [store]) = stores(&self.db, [META], IdbTransactionMode::Readonly)?;
             read_filter_pages(&store)
         });
         async move {
@@ -1617,7 +1621,7 @@ impl IdbStore {
         ),
         Error,
     > {
-        let (tx, store, meta) = runs_and_meta(&self.db, IdbTransactionMode::Readwrite)?;
+        let (tx, [store, meta]) = stores(&self.db, [RUNS, META], IdbTransactionMode::Readwrite)?;
         let epoch = match self.epoch {
             Some(_) => Some(
                 meta.get(&key(EPOCH_KEY))
@@ -1923,20 +1927,18 @@ impl IdbStore {
                 if self.in_flight.iter().any(|f| f.run.is_some()) || self.runs.plan().is_none() {
                     return;
                 }
-                let mut runs = (*self.runs).clone();
-                let Some(c) = runs::Compaction::start(&mut runs) else {
+                let Some(c) = runs::Compaction::start(Rc::make_mut(&mut self.runs)) else {
                     return;
                 };
-                // Only the number it took: the runs are the same.
-                Rc::make_mut(&mut self.runs).take_number();
                 self.merging = Some(Merging {
                     c: Some(c),
                     step: Rc::default(),
+                    finished: None,
+                    fenced: Rc::default(),
                     ending: None,
                 });
-                if let Err(e) = self.merge_read() {
-                    self.merge_failed(e);
-                    return;
+                if self.merge_read().is_err() {
+                    self.merge_failed();
                 }
                 return;
             };
@@ -1954,23 +1956,21 @@ impl IdbStore {
                 Ok(MergeStep::Read(blocks)) => self.merge_fed(blocks),
                 Ok(MergeStep::Wrote) => self.merge_next(),
             };
-            if let Err(e) = result {
-                self.merge_failed(e);
+            if result.is_err() {
+                self.merge_failed();
             }
             return;
         }
     }
 
-    /// A merge that failed: what its ending did to the runs is undone; its blocks are
-    /// left for the next open to delete.
-    fn merge_failed(&mut self, e: Error) {
+    /// A merge that failed (it is tried again as flushes settle): what its ending did
+    /// to the runs is undone; its blocks are left for the next open to delete.
+    fn merge_failed(&mut self) {
         if let Some(m) = self.merging.take() {
+            self.fenced |= m.fenced.get();
             if let Some(f) = m.ending {
                 Rc::make_mut(&mut self.runs).restore(f.output, f.replaced);
             }
-        }
-        if e.message.contains("another tab") {
-            self.fenced = true;
         }
     }
 
@@ -1978,15 +1978,14 @@ impl IdbStore {
     fn merge_read(&mut self) -> Result<(), Error> {
         let m = self.merging.as_mut().expect("a merge");
         let wants = m.c.as_ref().expect("a merge going on").wants(8);
-        let (tx, store) = read_one(&self.db, RUNS)?;
+        let (tx, [store]) = stores(&self.db, [RUNS], IdbTransactionMode::Readonly)?;
         let mut reqs = Vec::with_capacity(wants.len());
         for k in wants {
             let r = store.get(&key(&k)).map_err(|e| js_err("get", e))?;
             reqs.push((k, r));
         }
         self.stats.borrow_mut().load_requests += reqs.len() as u64;
-        let step = m.step.clone();
-        let notify = self.notify.clone();
+        let report = m.reporter(self.notify.clone());
         wasm_bindgen_futures::spawn_local(async move {
             let _tx = tx;
             let mut out = Vec::with_capacity(reqs.len());
@@ -2023,10 +2022,7 @@ impl IdbStore {
                     failed.map_or(Ok(MergeStep::Read(out)), Err)
                 }
             };
-            *step.borrow_mut() = Some(result);
-            if let Some(f) = notify {
-                f();
-            }
+            report(result);
         });
         Ok(())
     }
@@ -2096,15 +2092,16 @@ impl IdbStore {
             return Err(js_err("write", e));
         }
         let m = self.merging.as_mut().expect("a merge");
-        let step = m.step.clone();
-        let notify = self.notify.clone();
+        let report = m.reporter(self.notify.clone());
+        let fenced = m.fenced.clone();
         let mine = self.epoch;
         wasm_bindgen_futures::spawn_local(async move {
             let mut result = Ok(MergeStep::Wrote);
             if let (Some(get), Some(mine)) = (epoch, mine) {
                 if !matches!(request(&get).await, Ok(v) if epoch_of(&v) == mine) {
                     let _ = tx.abort();
-                    result = Err(fenced());
+                    fenced.set(true);
+                    result = Err(self::fenced());
                 }
             }
             if result.is_ok() {
@@ -2112,10 +2109,7 @@ impl IdbStore {
                 let _ = tx.commit();
             }
             let done = complete(&tx).await.map_err(|e| js_err("commit", e));
-            *step.borrow_mut() = Some(result.and_then(|r| done.map(|()| r)));
-            if let Some(f) = notify {
-                f();
-            }
+            report(result.and_then(|r| done.map(|()| r)));
         });
         Ok(())
     }
@@ -2130,20 +2124,8 @@ impl IdbStore {
             };
             let step = m.step.clone();
             // Wait for the step in flight.
-            while step.borrow().is_none() {
-                let p = Promise::new(&mut |ok, _| {
-                    let _ = web_sys::window()
-                        .map(|w| w.set_timeout_with_callback_and_timeout_and_arguments_0(&ok, 1))
-                        .or_else(|| {
-                            js_sys::global()
-                                .dyn_into::<web_sys::WorkerGlobalScope>()
-                                .ok()
-                                .map(|w| {
-                                    w.set_timeout_with_callback_and_timeout_and_arguments_0(&ok, 1)
-                                })
-                        });
-                });
-                let _ = JsFuture::from(p).await;
+            if let Some(fired) = self.merging.as_mut().and_then(|m| m.finished.take()) {
+                let _ = fired.await;
             }
             let failed = match &*step.borrow() {
                 Some(Err(e)) => Some(Error::new(e.code, e.message.clone())),
@@ -2602,6 +2584,18 @@ struct Decided {
     scan: Option<(bool, usize)>,
 }
 
+impl Decided {
+    /// Nothing in `r`.
+    fn absent(r: KeyRange) -> Decided {
+        Decided {
+            known: r.clone(),
+            asked: r,
+            entries: Vec::new(),
+            scan: None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct LoadedData {
     decided: Vec<Decided>,
@@ -2627,12 +2621,7 @@ impl LoadJob {
         let mut out = LoadedData::default();
         let Some((store, _tx)) = self.tx.take() else {
             for r in &self.reads {
-                out.decided.push(Decided {
-                    known: r.range.clone(),
-                    asked: r.range.clone(),
-                    entries: Vec::new(),
-                    scan: None,
-                });
+                out.decided.push(Decided::absent(r.range.clone()));
             }
             return Ok(out);
         };
@@ -2654,12 +2643,7 @@ impl LoadJob {
                 for k in f.points {
                     if absent(&k) {
                         stats.borrow_mut().absent_by_filter += 1;
-                        out.decided.push(Decided {
-                            known: KeyRange::point(&k),
-                            asked: KeyRange::point(&k),
-                            entries: Vec::new(),
-                            scan: None,
-                        });
+                        out.decided.push(Decided::absent(KeyRange::point(&k)));
                     } else {
                         more.push(self.point_read(&k));
                     }
@@ -2671,12 +2655,7 @@ impl LoadJob {
                         match m {
                             Miss::Point(k) if absent(&k) => {
                                 stats.borrow_mut().absent_by_filter += 1;
-                                out.decided.push(Decided {
-                                    known: KeyRange::point(&k),
-                                    asked: KeyRange::point(&k),
-                                    entries: Vec::new(),
-                                    scan: None,
-                                });
+                                out.decided.push(Decided::absent(KeyRange::point(&k)));
                             }
                             m => rest.push(m),
                         }
