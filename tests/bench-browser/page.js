@@ -149,12 +149,14 @@ if (params.get("mode") === "cold") {
   const k = Number(params.get("owner"));
   window.coldResult = (async () => {
     const db = await openDb(params.get("name"), user);
+    const opened = now();
     const rows = await db.firstByOwner(`${user}:u${k}`, 50);
     const ms = now();
+    const stats = db.stats ? await db.stats() : undefined;
     const want = W.ownerIds(user, k, COLD_N).slice(0, 50);
     const ok = rows.length === 50 && rows.every((r, j) => r.id === want[j] && W.sameDoc(r, W.makeDoc(user, W.indexOf(want[j]))));
     await db.close();
-    return { ms, ok, got: rows.length, first: rows[0]?.id, want: want[0] };
+    return { ms, opened, ok, got: rows.length, first: rows[0]?.id, want: want[0], stats };
   })().catch((e) => ({ ok: false, error: String(e) }));
 }
 window.benchDoc = W.makeDoc;

@@ -282,7 +282,7 @@ try {
         const c = await p.evaluate(() => window.coldResult);
         if (!c.ok) throw new Error(`cold open with ${lib}: wrong result ${JSON.stringify(c)}`);
         record(reachable ? "coldOpen" : "coldOpenOffline", lib, c.ms);
-        log(`cold open ${r + 1}/${COLD_RUNS} ${lib}, server ${reachable ? "reachable" : "down"}: ${c.ms.toFixed(1)} ms`);
+        log(`cold open ${r + 1}/${COLD_RUNS} ${lib}, server ${reachable ? "reachable" : "down"}: ${c.ms.toFixed(1)} ms (opened at ${c.opened.toFixed(1)})${c.stats ? ` ${JSON.stringify(c.stats)}` : ""}`);
       }
     }
     if (!reachable) await startServer();

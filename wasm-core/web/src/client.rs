@@ -469,8 +469,9 @@ impl Warren {
         {
             // Once the app's first reads are answered (they would otherwise wait behind
             // these, on the worker and in IndexedDB): the first connection (if online),
-            // and the key filter's pages (until then a read of a key never written asks
-            // IndexedDB; failed, the first write to `kv` reads them).
+            // the merges of runs left due by the last session (a page that wrote until
+            // it closed), and the key filter's pages (until then a read of a key never
+            // written asks IndexedDB; failed, the first write to the runs reads them).
             let sh = shared.clone();
             wasm_bindgen_futures::spawn_local(async move {
                 sh.wait_for_first_reads().await;
@@ -478,6 +479,9 @@ impl Warren {
                     return;
                 }
                 let _ = sh.sync.unbounded_send(SyncCmd::Connect);
+                if let Ok(mut r) = sh.replica.try_borrow_mut() {
+                    r.store_mut().pump_merge();
+                }
                 let load = match sh.replica.try_borrow() {
                     Ok(r) => r.store().load_filter(),
                     Err(_) => return,

@@ -598,6 +598,7 @@ impl IdbStore {
             .collect();
         for r in &reads {
             fetch.ask(&store, &opened.runs, &r.reads)?;
+            fetch.ask_records(&meta, &r.range)?;
         }
         fetch.wait().await?;
         let none = BTreeSet::new();
@@ -1146,7 +1147,11 @@ impl IdbStore {
             && plan
                 .iter()
                 .any(|m| matches!(m, Miss::Point(k) if family_of(k).is_some()));
-        let tx = if filtering {
+        // `meta` too for the key filter's pages, or for keys of the pinned spaces.
+        let records = plan
+            .iter()
+            .any(|m| !pinned_parts(&miss_range(m)).is_empty());
+        let tx = if filtering || records {
             self.db
                 .transaction_with_str_sequence(&Array::of2(&RUNS.into(), &META.into()))
         } else {
@@ -1156,6 +1161,14 @@ impl IdbStore {
         let store = tx
             .object_store(RUNS)
             .map_err(|e| js_err("object store", e))?;
+        let meta = if filtering || records {
+            Some(
+                tx.object_store(META)
+                    .map_err(|e| js_err("object store", e))?,
+            )
+        } else {
+            None
+        };
         // A family read ahead answers the misses inside it; one too large to read whole
         // has them read instead.
         let small = self.cap / 8;
@@ -1201,13 +1214,13 @@ impl IdbStore {
         let mut requests = 0;
         for r in &job.reads {
             requests += job.fetch.ask(&store, &runs, &r.reads)?;
+            if let Some(meta) = &meta {
+                requests += job.fetch.ask_records(meta, &r.range)?;
+            }
         }
-        if filtering {
-            let meta = tx
-                .object_store(META)
-                .map_err(|e| js_err("object store", e))?;
+        if let (true, Some(meta)) = (filtering, &meta) {
             job.filtered = Some(Filtered {
-                pages: read_filter_pages(&meta)?,
+                pages: read_filter_pages(meta)?,
                 points: waiting_points,
                 families: waiting_families,
             });
@@ -1681,7 +1694,7 @@ impl IdbStore {
             None => {
                 let items: Vec<runs::Item> = writes
                     .iter()
-                    .filter(|(_, v)| v.is_some() || !self.runs.runs().is_empty())
+                    .filter(|(k, v)| !is_pinned(k) && (v.is_some() || !self.runs.runs().is_empty()))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 let number = Rc::make_mut(&mut self.runs).take_number();
@@ -1706,6 +1719,14 @@ impl IdbStore {
                             requests += 1;
                         }
                         meta.put_with_key(&key(&r.meta_value()), &key(&r.meta_key()))?;
+                        requests += 1;
+                    }
+                    // The pinned spaces' keys are records of their own in `meta`.
+                    for (k, v) in writes.iter().filter(|(k, _)| is_pinned(k)) {
+                        match v {
+                            Some(v) => meta.put_with_key(&key(v), &key(k))?,
+                            None => meta.delete(&key(k))?,
+                        };
                         requests += 1;
                     }
                     for (k, v) in filter_records.borrow().iter() {
@@ -1909,25 +1930,29 @@ impl IdbStore {
 
     /// Moves the merge of runs on: takes in the step that completed and issues the
     /// next, or starts the merge [`Runs::plan`] says is due. Called as flushes settle (a
-    /// step's completion calls the notifier too). A merge reads its inputs a few blocks
+    /// step's completion calls the notifier too), and by a driver once the first reads
+    /// after open are answered (merges the last session left due). A merge reads its inputs a few blocks
     /// at a time, writes the new run's blocks as they fill (under a number no record
     /// names yet: a merge cut short leaves blocks the next open deletes), and ends with
     /// one transaction that writes the new run's record and deletes its inputs; each
     /// write checks the leader epoch, as flushes do. Reads go on meanwhile, from the
     /// inputs until the end, from the new run after.
-    fn pump_merge(&mut self) {
+    pub fn pump_merge(&mut self) {
         if self.fenced {
             self.merging = None;
             return;
         }
         loop {
             let Some(m) = self.merging.as_mut() else {
-                // Not while a flush's run is unsettled (it may yet fail and go), nor when
-                // none is due.
-                if self.in_flight.iter().any(|f| f.run.is_some()) || self.runs.plan().is_none() {
+                // Among the runs written: a flush's run is unsettled until its write
+                // completes (it may yet fail and go). Flushes settle in order, so those
+                // are the newest runs.
+                let unsettled = self.in_flight.iter().filter(|f| f.run.is_some()).count();
+                let settled = self.runs.runs().len().saturating_sub(unsettled);
+                if self.runs.plan(settled).is_none() {
                     return;
                 }
-                let Some(c) = runs::Compaction::start(Rc::make_mut(&mut self.runs)) else {
+                let Some(c) = runs::Compaction::start(Rc::make_mut(&mut self.runs), settled) else {
                     return;
                 };
                 self.merging = Some(Merging {
@@ -2255,6 +2280,52 @@ fn note_written(filter: &mut Filter, k: &[u8], v: &Option<Vec<u8>>) {
     }
 }
 
+/// Whether `k` is in a pinned space: kept as a record of its own in `meta`, never in a
+/// run (a queue, like the outbox, in runs would leave every entry it ever held in old
+/// runs until merged, and an open reads all of it).
+fn is_pinned(k: &[u8]) -> bool {
+    k.first().is_some_and(|b| PINNED.contains(b))
+}
+
+/// The parts of `r` in the pinned spaces.
+fn pinned_parts(r: &KeyRange) -> Vec<KeyRange> {
+    let mut spaces = PINNED.to_vec();
+    spaces.sort_unstable();
+    spaces
+        .into_iter()
+        .filter_map(|p| intersect(r, &KeyRange::prefix(&[p])))
+        .collect()
+}
+
+/// Where a read of `asked` may decide keys: `asked`, widened as far as the pinned spaces
+/// around it (no run holds their keys, so what runs decide says nothing of them; a read
+/// decides them only where it asked, from `meta`).
+fn unpinned_around(asked: &KeyRange) -> KeyRange {
+    let start = match &asked.start {
+        Bound::Unbounded => Bound::Unbounded,
+        b @ (Bound::Included(k) | Bound::Excluded(k)) => match k.first() {
+            Some(s) if PINNED.contains(s) => b.clone(),
+            s => PINNED
+                .iter()
+                .filter(|p| Some(**p) < s.copied())
+                .max()
+                .map_or(Bound::Unbounded, |p| Bound::Included(vec![p + 1])),
+        },
+    };
+    let end = match &asked.end {
+        Bound::Unbounded => Bound::Unbounded,
+        b @ (Bound::Included(k) | Bound::Excluded(k)) => match k.first() {
+            Some(s) if PINNED.contains(s) => b.clone(),
+            s => PINNED
+                .iter()
+                .filter(|p| Some(**p) > s.copied())
+                .min()
+                .map_or(Bound::Unbounded, |p| Bound::Excluded(vec![*p])),
+        },
+    };
+    KeyRange { start, end }
+}
+
 /// Every key outside the pinned spaces, as ranges in order.
 fn unpinned() -> Vec<KeyRange> {
     let mut pinned = PINNED.to_vec();
@@ -2395,9 +2466,28 @@ struct Fetch {
     pending: Vec<(usize, std::ops::Range<usize>, IdbRequest)>,
     /// What came, by (run, block): `None` when IndexedDB did not have it.
     got: HashMap<(usize, usize), Option<Vec<u8>>>,
+    /// Parts of pinned spaces asked of `meta` (see [`is_pinned`]), the reads not
+    /// awaited, and the records they found.
+    records_asked: Vec<KeyRange>,
+    records_pending: Vec<RangeRead>,
+    records: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl Fetch {
+    /// Asks `meta` for the records of the pinned spaces in `r` not asked for yet; gives
+    /// the requests issued.
+    fn ask_records(&mut self, meta: &web_sys::IdbObjectStore, r: &KeyRange) -> Result<u64, Error> {
+        let mut issued = 0;
+        for part in pinned_parts(r) {
+            if !self.records_asked.contains(&part) {
+                self.records_pending.push(RangeRead::all(meta, &part)?);
+                self.records_asked.push(part);
+                issued += 1;
+            }
+        }
+        Ok(issued)
+    }
+
     /// Asks for the blocks of `reads` not asked for yet; gives the requests issued.
     fn ask(
         &mut self,
@@ -2482,6 +2572,9 @@ impl Fetch {
                 self.got.insert(at, v);
             }
         }
+        for read in std::mem::take(&mut self.records_pending) {
+            self.records.extend(read.entries().await?);
+        }
         Ok(())
     }
 
@@ -2490,6 +2583,43 @@ impl Fetch {
     /// not settled counts as nothing (the write failed; its writes are still the
     /// cache's); from any other run, it is corruption.
     fn answer(
+        &self,
+        runs: &Runs,
+        unsettled: &BTreeSet<u64>,
+        r: &RunRead,
+    ) -> Result<(KeyRange, Vec<Entry>), Error> {
+        let (known, mut entries) = self.answer_runs(runs, unsettled, r)?;
+        // The pinned spaces are in `meta`: decided only where asked, from the records.
+        let Some(known) = intersect(&known, &unpinned_around(&r.range)) else {
+            return Ok((KeyRange::point(&[]).after(&[]), Vec::new()));
+        };
+        let pinned = pinned_parts(&r.range);
+        if pinned.is_empty() {
+            return Ok((known, entries));
+        }
+        if pinned.iter().any(|p| !self.records_asked.contains(p)) {
+            return Err(Error::new(
+                ErrorCode::Storage,
+                "a read of the replica's own records was not asked of meta",
+            ));
+        }
+        entries.retain(|(k, _)| known.contains(k));
+        entries.extend(
+            pinned
+                .iter()
+                .flat_map(|p| {
+                    self.records
+                        .range::<[u8], _>((as_ref(&p.start), as_ref(&p.end)))
+                })
+                .filter(|(k, _)| known.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((known, entries))
+    }
+
+    /// What the runs' blocks `r` read decide (see [`Fetch::answer`]).
+    fn answer_runs(
         &self,
         runs: &Runs,
         unsettled: &BTreeSet<u64>,

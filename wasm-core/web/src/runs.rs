@@ -602,22 +602,26 @@ impl Runs {
     ///   of the fewest bytes, so that a read never looks in more than [`MAX_RUNS`].
     ///
     /// Only neighbours: the newest run holding a key wins, so a merge keeps its runs'
-    /// order among the others.
-    pub fn plan(&self) -> Option<Range<usize>> {
-        if self.runs.len() < FANOUT {
+    /// order among the others. And only among the `settled` oldest runs: the newer ones
+    /// are being written (a write that fails takes its run out), and merges go on while
+    /// they are, or a store that is written without a pause (an import) would never
+    /// merge.
+    pub fn plan(&self, settled: usize) -> Option<Range<usize>> {
+        let runs = &self.runs[..settled.min(self.runs.len())];
+        if runs.len() < FANOUT {
             return None;
         }
         let size = |r: &Run| r.bytes.max(BLOCK_BYTES as u64);
-        let windows = (0..=self.runs.len() - FANOUT).rev().map(|i| i..i + FANOUT);
+        let windows = (0..=runs.len() - FANOUT).rev().map(|i| i..i + FANOUT);
         let even = windows.clone().find(|w| {
-            let sizes = self.runs[w.clone()].iter().map(size);
+            let sizes = runs[w.clone()].iter().map(size);
             let (lo, hi) = sizes.fold((u64::MAX, 0), |(lo, hi), b| (lo.min(b), hi.max(b)));
             hi < lo.saturating_mul(FANOUT as u64)
         });
         if even.is_some() || self.runs.len() <= MAX_RUNS {
             return even;
         }
-        windows.min_by_key(|w| self.runs[w.clone()].iter().map(|r| r.bytes).sum::<u64>())
+        windows.min_by_key(|w| runs[w.clone()].iter().map(|r| r.bytes).sum::<u64>())
     }
 
     /// Takes out the run `number` (its write failed: its items are still to be
@@ -684,9 +688,9 @@ pub struct Finished {
 }
 
 impl Compaction {
-    /// The merge [`Runs::plan`] says is next, if any.
-    pub fn start(runs: &mut Runs) -> Option<Compaction> {
-        let range = runs.plan()?;
+    /// The merge [`Runs::plan`] says is next among the `settled` oldest runs, if any.
+    pub fn start(runs: &mut Runs, settled: usize) -> Option<Compaction> {
+        let range = runs.plan(settled)?;
         let keep = range.start > 0;
         let inputs: Vec<Run> = runs.runs()[range].to_vec();
         let number = runs.take_number();
@@ -710,7 +714,7 @@ impl Compaction {
         let mut out = Vec::new();
         for i in self.merger.needs() {
             let run = &self.inputs[i];
-            let to = (self.fed[i] + n.max(1)).min(run.firsts.len());
+            let to = self.fed[i].saturating_add(n.max(1)).min(run.firsts.len());
             for f in &run.firsts[self.fed[i]..to] {
                 out.push(block_key(run.number, f));
             }
@@ -1005,9 +1009,10 @@ mod tests {
         {
             runs.push(run(i as u64, b));
         }
-        assert_eq!(runs.plan(), None);
+        assert_eq!(runs.plan(usize::MAX), None);
         runs.push(run(4, 90_000));
-        assert_eq!(runs.plan(), Some(1..5));
+        assert_eq!(runs.plan(usize::MAX), Some(1..5));
+        assert_eq!(runs.plan(4), None, "the newest is not written yet");
         runs.replace(1..5, Some(run(9, 420_000)));
         assert_eq!(runs.runs().len(), 2);
         assert_eq!(
@@ -1016,15 +1021,15 @@ mod tests {
             "the merged run is as new as its newest input"
         );
         assert_eq!(runs.take_number(), 10);
-        assert_eq!(runs.plan(), None);
+        assert_eq!(runs.plan(usize::MAX), None);
         // Uneven sizes merge only past MAX_RUNS runs, the cheapest neighbours first.
         let mut runs = Runs::new();
         for i in 0..MAX_RUNS as u64 {
             runs.push(run(i, 1 << (40 - 2 * i)));
         }
-        assert_eq!(runs.plan(), None);
+        assert_eq!(runs.plan(usize::MAX), None);
         runs.push(run(99, 1 << 20));
-        let w = runs.plan().expect("too many runs");
+        let w = runs.plan(usize::MAX).expect("too many runs");
         assert_eq!(w.len(), FANOUT);
         assert_eq!(w.end, runs.runs().len(), "{w:?}");
     }
@@ -1039,6 +1044,8 @@ mod tests {
         /// A merge in progress, and the numbers of merges whose end failed.
         merging: Option<Compaction>,
         orphans: Vec<u64>,
+        /// How many of the newest runs are still being written (not to be merged).
+        unsettled: usize,
     }
 
     impl Sim {
@@ -1051,6 +1058,24 @@ mod tests {
                 bytes_put: 0,
                 merging: None,
                 orphans: Vec::new(),
+                unsettled: 0,
+            }
+        }
+
+        /// The write of the newest run failed: it goes, and so do its blocks.
+        fn fail_newest(&mut self) {
+            let run = self.runs.runs().last().expect("a run").clone();
+            assert!(self.runs.remove(run.number));
+            self.records.remove(&run.meta_key());
+            let from = block_key(run.number, &[]);
+            let to = block_key(run.number + 1, &[]);
+            let gone: Vec<Vec<u8>> = self
+                .blocks
+                .range(from..to)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in gone {
+                self.blocks.remove(&k);
             }
         }
 
@@ -1097,7 +1122,8 @@ mod tests {
         /// (`fail`) has the ending transaction fail. Gives whether a merge ran.
         fn step_merge(&mut self, n: usize, fail: bool) -> bool {
             if self.merging.is_none() {
-                self.merging = Compaction::start(&mut self.runs);
+                let settled = self.runs.runs().len() - self.unsettled;
+                self.merging = Compaction::start(&mut self.runs, settled);
             }
             let Some(mut c) = self.merging.take() else {
                 return false;
@@ -1306,7 +1332,9 @@ mod tests {
             let mut sim = Sim::new();
             let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
             let mut merges_seen = 0;
-            for step in 0..50 {
+            let mut merges_unsettled = 0;
+            for step in 0..[50, 150][round as usize] {
+                let snapshot = (round == 1).then(|| model.clone());
                 let mut batch = BTreeMap::new();
                 let n = 1 + rng.below(if step % 10 == 0 { 800 } else { 60 });
                 for _ in 0..n {
@@ -1323,7 +1351,33 @@ mod tests {
                     batch.insert(k, v);
                 }
                 let before = sim.runs.runs().len();
+                // In the second round, now and then a write stays unsettled while a
+                // merge goes on, and then fails half the time (its run goes, its
+                // batch is undone).
+                let unsettled = round == 1 && rng.below(2) == 0;
+                let fails = rng.below(2) == 0;
+                if unsettled {
+                    // The merge under way ends first, so that the next one starts with
+                    // the new run unsettled.
+                    while sim.merging.is_some() {
+                        sim.step_merge(usize::MAX, false);
+                    }
+                }
                 sim.write(&batch);
+                if unsettled && sim.runs.runs().len() > before {
+                    sim.unsettled = 1;
+                    for _ in 0..1 + rng.below(3) {
+                        let started = sim.merging.is_none();
+                        if sim.step_merge(1 + rng.below(3) as usize, rng.below(8) == 0) && started {
+                            merges_unsettled += 1;
+                        }
+                    }
+                    sim.unsettled = 0;
+                    if fails {
+                        sim.fail_newest();
+                        model = snapshot.expect("round 1");
+                    }
+                }
                 if round == 0 {
                     sim.merge_all();
                     assert!(
@@ -1370,6 +1424,12 @@ mod tests {
                 }
             }
             assert!(merges_seen > 5, "{merges_seen} merges");
+            if round == 1 {
+                assert!(
+                    merges_unsettled > 0,
+                    "{merges_unsettled} merges begun while a run was unsettled"
+                );
+            }
             sim.check_read(&KeyRange::all(), &model);
         }
     }

@@ -1212,6 +1212,13 @@ async fn an_older_database_is_converted_into_one_run() {
         .unwrap();
         want.push((k, v));
     }
+    // The own spaces, which version 5 moves out of the runs (the steps run in one
+    // upgrade: 5 after 4's conversion).
+    for (k, v) in [(&b"O1"[..], &b"outbox"[..]), (b"Xclient", b"c")] {
+        kv.put_with_key(&js_sys::Uint8Array::from(v), &js_sys::Uint8Array::from(k))
+            .unwrap();
+        want.push((k.to_vec(), v.to_vec()));
+    }
     let epoch_key = js_sys::Uint8Array::from(&b"\xFFleader-epoch"[..]);
     kv.put_with_key(&41.0.into(), &epoch_key).unwrap();
     let p = js_sys::Promise::new(&mut |ok, err| {
@@ -1237,5 +1244,210 @@ async fn an_older_database_is_converted_into_one_run() {
     assert!(db.transaction_with_str("kv").is_err(), "kv is gone");
     assert!(db.transaction_with_str("runs").is_ok());
     db.close();
+    let meta = raw_keys(name, "meta").await;
+    assert!(meta.iter().any(|m| m == b"O1") && meta.iter().any(|m| m == b"Xclient"));
+    IdbStore::delete(name).await.unwrap();
+}
+
+/// The keys an object store of database `name` holds.
+async fn raw_keys(name: &str, store: &str) -> Vec<Vec<u8>> {
+    let db = connect(name, None).await;
+    let tx = db.transaction_with_str(store).unwrap();
+    let req = tx.object_store(store).unwrap().get_all_keys().unwrap();
+    let p = js_sys::Promise::new(&mut |ok, err| {
+        req.set_onsuccess(Some(&ok));
+        req.set_onerror(Some(&err));
+    });
+    wasm_bindgen_futures::JsFuture::from(p).await.unwrap();
+    let keys: js_sys::Array = wasm_bindgen::JsCast::unchecked_into(req.result().unwrap());
+    db.close();
+    warren_web::pack::unpack(&keys)
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The replica's own spaces (`K`, `O`, `Q`, `X`) are records of their own in `meta`,
+/// never in a run: an outbox entry written and deleted leaves nothing to read at open.
+/// A read next to them decides nothing of them that it did not ask.
+#[wasm_bindgen_test]
+async fn the_own_spaces_are_records_of_their_own() {
+    let name = "own-spaces";
+    let mut s = fresh(name).await;
+    let mut b = Batch::new();
+    for i in 0..300u32 {
+        b.put(format!("P{i:04}").into_bytes(), vec![1; 200]);
+    }
+    b.put(b"O1".to_vec(), vec![2; 50_000]);
+    b.put(b"O2".to_vec(), b"two".to_vec());
+    b.put(b"Q1".to_vec(), b"q".to_vec());
+    b.put(b"Xseq".to_vec(), b"x".to_vec());
+    b.put(b"R1".to_vec(), b"r".to_vec());
+    s.apply(b).unwrap();
+    s.flush().await.unwrap();
+    let mut b = Batch::new();
+    b.delete(b"O1".to_vec());
+    b.put(b"K1".to_vec(), b"k".to_vec());
+    s.apply(b).unwrap();
+    s.flush().await.unwrap();
+    s.close();
+
+    let blocks = raw_keys(name, "runs").await;
+    assert!(!blocks.is_empty());
+    for k in &blocks {
+        let (_, first) = warren_web::runs::split_block_key(k).unwrap();
+        assert!(
+            !matches!(first.first(), Some(b'K' | b'O' | b'Q' | b'X')),
+            "a block of an own space: {first:?}"
+        );
+    }
+    let meta = raw_keys(name, "meta").await;
+    for k in [&b"K1"[..], b"O2", b"Q1", b"Xseq"] {
+        assert!(meta.iter().any(|m| m == k), "{k:?} in meta");
+    }
+    assert!(!meta.iter().any(|m| m == b"O1"), "a deleted one is gone");
+
+    // Read next to them first: a point in `P` (whose block reaches up to `R`), then a
+    // scan of `Q`, which that read must not have decided (the store's key filter
+    // answers points of the own spaces: a driver preloads them).
+    let mut s = IdbStore::open(name).await.unwrap();
+    s.load(&KeyRange::point(b"P0299")).await.unwrap();
+    assert_eq!(s.get(b"P0299").unwrap(), Some(vec![1; 200]));
+    s.take_misses();
+    let q = KeyRange::prefix(b"Q");
+    let _ = s.scan(&q, false, usize::MAX);
+    assert_eq!(s.take_misses().len(), 1, "a read of P decided Q");
+    s.load(&q).await.unwrap();
+    assert_eq!(
+        s.scan(&q, false, usize::MAX).unwrap(),
+        vec![(b"Q1".to_vec(), b"q".to_vec())]
+    );
+    // A range across them: runs and records together, in order.
+    let range = KeyRange {
+        start: Bound::Included(b"O".to_vec()),
+        end: Bound::Excluded(b"S".to_vec()),
+    };
+    s.load(&range).await.unwrap();
+    let got: Vec<Vec<u8>> = s
+        .cached()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| range.contains(k))
+        .collect();
+    let mut want: Vec<Vec<u8>> = vec![b"O2".to_vec(), b"Q1".to_vec(), b"R1".to_vec()];
+    want.extend((0..300u32).map(|i| format!("P{i:04}").into_bytes()));
+    want.sort();
+    assert_eq!(got, want);
+    s.load_all().await.unwrap();
+    assert_eq!(s.get(b"O1").unwrap(), None);
+    assert_eq!(s.get(b"K1").unwrap(), Some(b"k".to_vec()));
+    assert_eq!(s.get(b"Xseq").unwrap(), Some(b"x".to_vec()));
+    s.close();
+
+    // Preloaded at open, as a driver asks.
+    let own: Vec<KeyRange> = [b'X', b'O', b'K', b'Q']
+        .iter()
+        .map(|p| KeyRange::prefix(&[*p]))
+        .collect();
+    let s = IdbStore::open_claimed(name, &own, None).await.unwrap();
+    assert_eq!(s.get(b"O2").unwrap(), Some(b"two".to_vec()));
+    assert_eq!(s.get(b"O1").unwrap(), None);
+    assert_eq!(s.get(b"K1").unwrap(), Some(b"k".to_vec()));
+    assert_eq!(s.stats().blocks_loaded, 0, "no block read for them");
+    s.close();
+    IdbStore::delete(name).await.unwrap();
+}
+
+/// A version-4 database (runs holding the own spaces) is upgraded: their newest values
+/// move to `meta`, their blocks go, a run left with none goes, and one whose last block
+/// went keeps its other keys.
+#[wasm_bindgen_test]
+async fn a_version_4_database_moves_its_own_spaces_out_of_the_runs() {
+    use wasm_bindgen::{closure::Closure, JsCast};
+    let name = "v4-own-spaces";
+    IdbStore::delete(name).await.unwrap();
+    let factory: web_sys::IdbFactory = js_sys::Reflect::get(&js_sys::global(), &"indexedDB".into())
+        .unwrap()
+        .unchecked_into();
+    let req = factory.open_with_u32(name, 4).unwrap();
+    let r = req.clone();
+    let upgrade = Closure::once(move |_: web_sys::Event| {
+        let db: web_sys::IdbDatabase = r.result().unwrap().unchecked_into();
+        db.create_object_store("runs").unwrap();
+        db.create_object_store("meta").unwrap();
+    });
+    req.set_onupgradeneeded(Some(upgrade.as_ref().unchecked_ref()));
+    let p = js_sys::Promise::new(&mut |ok, err| {
+        req.set_onsuccess(Some(&ok));
+        req.set_onerror(Some(&err));
+    });
+    wasm_bindgen_futures::JsFuture::from(p).await.unwrap();
+    let db: web_sys::IdbDatabase = req.result().unwrap().unchecked_into();
+
+    let d = |i: u32| format!("D{i:04}").into_bytes();
+    let mut run0: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+        (0..400u32).map(|i| (d(i), Some(vec![3; 200]))).collect();
+    run0.push((b"O1".to_vec(), Some(vec![4; 40_000])));
+    run0.push((b"O2".to_vec(), Some(b"two".to_vec())));
+    run0.push((b"Xclient".to_vec(), Some(b"c".to_vec())));
+    let run1 = vec![
+        (d(5), Some(b"new".to_vec())),
+        (b"O1".to_vec(), None),
+        (b"Q1".to_vec(), Some(b"q".to_vec())),
+    ];
+    let run2 = vec![(b"O3".to_vec(), Some(b"three".to_vec()))];
+    let tx = db
+        .transaction_with_str_sequence_and_mode(
+            &js_sys::Array::of2(&"runs".into(), &"meta".into()),
+            web_sys::IdbTransactionMode::Readwrite,
+        )
+        .unwrap();
+    let (blocks, meta) = (
+        tx.object_store("runs").unwrap(),
+        tx.object_store("meta").unwrap(),
+    );
+    let bytes = |b: &[u8]| js_sys::Uint8Array::from(b);
+    for (n, items) in [run0, run1, run2].into_iter().enumerate() {
+        let (run, records) = warren_web::runs::build(n as u64, n as u64, &items).unwrap();
+        for (k, v) in records {
+            blocks.put_with_key(&bytes(&v), &bytes(&k)).unwrap();
+        }
+        meta.put_with_key(&bytes(&run.meta_value()), &bytes(&run.meta_key()))
+            .unwrap();
+    }
+    let mut filter = warren_web::filter::Filter::new();
+    for i in 0..400u32 {
+        filter.insert(&d(i));
+    }
+    for (k, v) in filter.take_dirty() {
+        meta.put_with_key(&bytes(&v), &bytes(&k)).unwrap();
+    }
+    let p = js_sys::Promise::new(&mut |ok, err| {
+        tx.set_oncomplete(Some(&ok));
+        tx.set_onerror(Some(&err));
+    });
+    wasm_bindgen_futures::JsFuture::from(p).await.unwrap();
+    db.close();
+
+    let mut s = IdbStore::open(name).await.unwrap();
+    assert_eq!(s.stats().runs, 2, "the run of own keys only is gone");
+    s.load_all().await.unwrap();
+    let mut want: Vec<(Vec<u8>, Vec<u8>)> = (0..400u32).map(|i| (d(i), vec![3; 200])).collect();
+    want[5].1 = b"new".to_vec();
+    want.push((b"O2".to_vec(), b"two".to_vec()));
+    want.push((b"O3".to_vec(), b"three".to_vec()));
+    want.push((b"Q1".to_vec(), b"q".to_vec()));
+    want.push((b"Xclient".to_vec(), b"c".to_vec()));
+    assert_eq!(s.cached(), want);
+    s.close();
+    for k in raw_keys(name, "runs").await {
+        let (_, first) = warren_web::runs::split_block_key(&k).unwrap();
+        assert!(
+            !matches!(first.first(), Some(b'K' | b'O' | b'Q' | b'X')),
+            "{first:?}"
+        );
+    }
+    let meta = raw_keys(name, "meta").await;
+    assert!(meta.iter().any(|m| m == b"O2") && !meta.iter().any(|m| m == b"O1"));
     IdbStore::delete(name).await.unwrap();
 }

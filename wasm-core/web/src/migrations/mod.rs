@@ -9,6 +9,7 @@
 //! | 2 | [`v1_to_v2`]: the `meta` object store, holding the key filter over every key already stored |
 //! | 3 | [`v2_to_v3`]: `meta` may hold write-ahead records (nothing to convert) |
 //! | 4 | [`v3_to_v4`]: the key space in runs (`runs` object store, records in `meta`), `kv` converted into one run and deleted |
+//! | 5 | [`v4_to_v5`]: the replica's own spaces (`K`, `O`, `Q`, `X`) out of the runs, a record a key in `meta` |
 
 use wasm_bindgen::JsValue;
 use web_sys::{IdbDatabase, IdbTransaction};
@@ -17,9 +18,10 @@ mod v0_to_v1;
 mod v1_to_v2;
 mod v2_to_v3;
 mod v3_to_v4;
+mod v4_to_v5;
 
 /// The database version this build expects.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 /// Runs every step after `old` (0 for a new database), in the upgrade transaction `tx`.
 pub fn upgrade(old: u32, db: &IdbDatabase, tx: &IdbTransaction) -> Result<(), JsValue> {
@@ -32,8 +34,22 @@ pub fn upgrade(old: u32, db: &IdbDatabase, tx: &IdbTransaction) -> Result<(), Js
     if old < 3 {
         v2_to_v3::run();
     }
+    // Step 4 converts in callbacks, each reading after the last one's writes: the
+    // steps after it start once it has issued its last request (a request reads what
+    // the requests issued before it wrote).
+    let tx2 = tx.clone();
+    let after_4: Then = Box::new(move || {
+        if old < 5 {
+            v4_to_v5::run(&tx2)?;
+        }
+        Ok(())
+    });
     if old < 4 {
-        v3_to_v4::run(db, tx)?;
+        v3_to_v4::run(db, tx, after_4)
+    } else {
+        after_4()
     }
-    Ok(())
 }
+
+/// What runs once a step that works in callbacks is done.
+pub type Then = Box<dyn FnOnce() -> Result<(), JsValue>>;

@@ -33,9 +33,11 @@ struct Convert {
     meta: IdbObjectStore,
     runs: IdbObjectStore,
     builder: Option<Builder>,
+    /// The next steps, called once this one has issued its last request.
+    then: Option<super::Then>,
 }
 
-pub fn run(db: &IdbDatabase, tx: &IdbTransaction) -> Result<(), JsValue> {
+pub fn run(db: &IdbDatabase, tx: &IdbTransaction, then: super::Then) -> Result<(), JsValue> {
     let runs = db.create_object_store(RUNS)?;
     let kv = tx.object_store(KV)?;
     let meta = tx.object_store(META)?;
@@ -62,6 +64,7 @@ pub fn run(db: &IdbDatabase, tx: &IdbTransaction) -> Result<(), JsValue> {
         meta,
         runs,
         builder: Some(Builder::new(0, 0)),
+        then: Some(then),
     }));
     next_chunk(c, None)
 }
@@ -139,5 +142,7 @@ fn take_chunk(
         )?;
     }
     cv.db.delete_object_store(KV)?;
-    Ok(())
+    let then = cv.then.take().expect("called once");
+    drop(cv);
+    then()
 }

@@ -1,0 +1,167 @@
+//! Version 5: the replica's own key spaces `K`, `O`, `Q` and `X` (partition cursors,
+//! the outbox, request ids, the client's records) leave the runs: each of their keys
+//! becomes a record of its own in `meta`, under the key itself. In runs, a queue like
+//! the outbox left every entry it ever held in the older runs until a merge reached
+//! them, and an open read all of it.
+//!
+//! In the upgrade transaction: the runs' records and block keys are read; the blocks of
+//! those spaces (a block holds one space) are read, merged oldest run first, the values
+//! put in `meta` and the blocks deleted; each run's record is written again without them
+//! (a run left with no block is deleted; one whose last block went takes the last key of
+//! the block now last, which is read for it). Blocks and records are of runs format 1,
+//! read with `crate::runs`: a later format change must give this step a reader of its
+//! own. Builds before this one cannot open a version-5 database.
+
+use std::collections::BTreeMap;
+
+use js_sys::{Array, Uint8Array};
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::{JsCast, JsValue};
+use web_sys::{IdbKeyRange, IdbObjectStore, IdbRequest, IdbTransaction};
+
+use crate::pack;
+use crate::runs::{self, Run, Runs};
+
+/// The object stores' names (step 4's).
+const META: &str = "meta";
+const RUNS: &str = "runs";
+/// The spaces that leave the runs.
+const SPACES: &[u8] = b"KOQX";
+/// Where step 4 put the runs' records in `meta`.
+const RUN_RECORDS: &[u8] = b"\xFFrun/";
+
+pub fn run(tx: &IdbTransaction) -> Result<(), JsValue> {
+    let meta = tx.object_store(META)?;
+    let blocks = tx.object_store(RUNS)?;
+    let mut upper = RUN_RECORDS.to_vec();
+    *upper.last_mut().expect("a prefix") += 1;
+    let q = IdbKeyRange::bound_with_lower_open_and_upper_open(
+        &bytes(RUN_RECORDS),
+        &bytes(&upper),
+        false,
+        true,
+    )?;
+    let record_keys = meta.get_all_keys_with_key(&q)?;
+    let record_values = meta.get_all_with_key(&q)?;
+    let block_keys = blocks.get_all_keys()?;
+    let last = block_keys.clone();
+    let tx2 = tx.clone();
+    // Answers come in the order asked: the block keys' is the last.
+    let read = Closure::once_into_js(move |_: web_sys::Event| {
+        let r = (|| {
+            let records = pack::entries(
+                &record_keys.result()?.unchecked_into(),
+                &record_values.result()?.unchecked_into(),
+            );
+            let keys: Array = block_keys.result()?.unchecked_into();
+            let keys = pack::unpack(&keys).into_iter().flatten().collect();
+            read_blocks(&tx2, meta, blocks, records, keys)
+        })();
+        if r.is_err() {
+            let _ = tx2.abort();
+        }
+    });
+    last.set_onsuccess(Some(read.unchecked_ref()));
+    Ok(())
+}
+
+fn bytes(b: &[u8]) -> Uint8Array {
+    Uint8Array::from(b)
+}
+
+fn leaves(first: &[u8]) -> bool {
+    first.first().is_some_and(|b| SPACES.contains(b))
+}
+
+/// Reads, for each run, the blocks that leave and (when its last one leaves) the block
+/// that will be its last.
+fn read_blocks(
+    tx: &IdbTransaction,
+    meta: IdbObjectStore,
+    blocks: IdbObjectStore,
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+    keys: Vec<Vec<u8>>,
+) -> Result<(), JsValue> {
+    let (runs, _orphans) =
+        Runs::open(records, keys).map_err(|e| JsValue::from_str(&format!("the runs: {}", e.0)))?;
+    // (run index, block index, request), oldest run first.
+    let mut reads: Vec<(usize, usize, IdbRequest)> = Vec::new();
+    for (i, run) in runs.runs().iter().enumerate() {
+        for (j, f) in run.firsts.iter().enumerate() {
+            if leaves(f) {
+                reads.push((i, j, blocks.get(&bytes(&runs::block_key(run.number, f)))?));
+            }
+        }
+        let kept = run.firsts.iter().rposition(|f| !leaves(f));
+        if let Some(j) = kept.filter(|j| j + 1 < run.firsts.len()) {
+            let f = &run.firsts[j];
+            reads.push((i, j, blocks.get(&bytes(&runs::block_key(run.number, f)))?));
+        }
+    }
+    let Some((_, _, last)) = reads.last() else {
+        return Ok(());
+    };
+    let last = last.clone();
+    let tx2 = tx.clone();
+    let done = Closure::once_into_js(move |_: web_sys::Event| {
+        if move_out(&meta, &blocks, &runs, &reads).is_err() {
+            let _ = tx2.abort();
+        }
+    });
+    last.set_onsuccess(Some(done.unchecked_ref()));
+    Ok(())
+}
+
+/// Puts the spaces' values in `meta`, deletes their blocks and writes each run's record
+/// again.
+fn move_out(
+    meta: &IdbObjectStore,
+    blocks: &IdbObjectStore,
+    runs: &Runs,
+    reads: &[(usize, usize, IdbRequest)],
+) -> Result<(), JsValue> {
+    let values = Array::new();
+    for (_, _, r) in reads {
+        values.push(&r.result()?);
+    }
+    let mut newest: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    // Per run: items and bytes that leave, and the last key of the block now last.
+    let mut gone: BTreeMap<usize, (u64, u64, Option<Vec<u8>>)> = BTreeMap::new();
+    for ((i, j, _), v) in reads.iter().zip(pack::unpack(&values)) {
+        let run = &runs.runs()[*i];
+        let v = v.ok_or_else(|| JsValue::from_str("a block of a run is missing"))?;
+        let items = runs::decode_block(&v).map_err(|e| JsValue::from_str(&e.0))?;
+        let g = gone.entry(*i).or_default();
+        if leaves(&run.firsts[*j]) {
+            g.0 += items.len() as u64;
+            g.1 += v.len() as u64;
+            // Oldest run first: a newer run's item wins.
+            newest.extend(items);
+            blocks.delete(&bytes(&runs::block_key(run.number, &run.firsts[*j])))?;
+        } else {
+            g.2 = items.last().map(|(k, _)| k.clone());
+        }
+    }
+    for (k, v) in newest {
+        if let Some(v) = v {
+            meta.put_with_key(&bytes(&v), &bytes(&k))?;
+        }
+    }
+    for (i, (items, b, last)) in gone {
+        let run = &runs.runs()[i];
+        let firsts: Vec<Vec<u8>> = run.firsts.iter().filter(|f| !leaves(f)).cloned().collect();
+        if firsts.is_empty() {
+            meta.delete(&bytes(&run.meta_key()))?;
+            continue;
+        }
+        let kept = Run {
+            items: run.items.saturating_sub(items),
+            bytes: run.bytes.saturating_sub(b),
+            last: last.unwrap_or_else(|| run.last.clone()),
+            firsts,
+            ..run.clone()
+        };
+        meta.put_with_key(&bytes(&kept.meta_value()), &bytes(&kept.meta_key()))?;
+    }
+    Ok(())
+}
