@@ -1114,7 +1114,11 @@ impl IdbStore {
             doc_of: None,
             filter: None,
         };
-        if (plan.is_empty() && families.is_empty()) || runs.runs().is_empty() {
+        // `meta` too for keys of the pinned spaces (records there, not in runs).
+        let records = plan
+            .iter()
+            .any(|m| !pinned_parts(&miss_range(m)).is_empty());
+        if (plan.is_empty() && families.is_empty()) || (runs.runs().is_empty() && !records) {
             // Answered since they were missed (loaded meanwhile), or nothing is stored
             // (every read is answered by the cache, and what it lacks is absent): no
             // transaction to open and wait for.
@@ -1148,9 +1152,6 @@ impl IdbStore {
                 .iter()
                 .any(|m| matches!(m, Miss::Point(k) if family_of(k).is_some()));
         // `meta` too for the key filter's pages, or for keys of the pinned spaces.
-        let records = plan
-            .iter()
-            .any(|m| !pinned_parts(&miss_range(m)).is_empty());
         let tx = if filtering || records {
             self.db
                 .transaction_with_str_sequence(&Array::of2(&RUNS.into(), &META.into()))

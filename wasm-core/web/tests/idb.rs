@@ -1356,6 +1356,26 @@ async fn the_own_spaces_are_records_of_their_own() {
     assert_eq!(s.stats().blocks_loaded, 0, "no block read for them");
     s.close();
     IdbStore::delete(name).await.unwrap();
+
+    // Own keys alone (an outbox written offline on a new replica): no run at all, and
+    // a read of them still asks `meta`.
+    let name = "own-spaces-only";
+    let mut s = fresh(name).await;
+    let mut b = Batch::new();
+    b.put(b"O9".to_vec(), b"nine".to_vec());
+    s.apply(b).unwrap();
+    s.flush().await.unwrap();
+    s.close();
+    let mut s = IdbStore::open(name).await.unwrap();
+    assert_eq!(s.stats().runs, 0);
+    let o = KeyRange::prefix(b"O");
+    s.load(&o).await.unwrap();
+    assert_eq!(
+        s.scan(&o, false, usize::MAX).unwrap(),
+        vec![(b"O9".to_vec(), b"nine".to_vec())]
+    );
+    s.close();
+    IdbStore::delete(name).await.unwrap();
 }
 
 /// A version-4 database (runs holding the own spaces) is upgraded: their newest values
