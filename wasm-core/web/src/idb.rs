@@ -99,8 +99,21 @@ const WAL_WRITE_BYTES: usize = 16 << 10;
 const WAL_RECORDS: u64 = 128;
 const WAL_BYTES: usize = 1 << 20;
 /// Key spaces never evicted: the replica's own records (client, outbox, cursors,
-/// requests), read at open and small.
+/// requests), small. They are not in the runs but in a log of their own in `meta`
+/// (see [`OWN_PREFIX`]), read whole at open.
 const PINNED: &[u8] = b"KOQX";
+/// The pinned spaces' log: records under this prefix and a u64 big-endian number, each
+/// the pinned writes of one flush to the runs (the write-ahead records' format). They
+/// change like queues (an outbox entry is written, then deleted when confirmed), which
+/// in runs would leave every entry ever held in the older runs until merged, for every
+/// open to read; as one record per flush they cost one `put`, where a record per key
+/// would cost one per key.
+const OWN_PREFIX: &[u8] = b"\xFFown/";
+/// Past this many records in the pinned spaces' log (or past twice the bytes of what
+/// they hold, and at least [`OWN_SNAPSHOT_BYTES`]), a flush with none other in flight
+/// writes them whole as one record instead, and deletes the others.
+const OWN_RECORDS: u64 = 32;
+const OWN_SNAPSHOT_BYTES: usize = 64 << 10;
 
 /// A storage error from IndexedDB, keeping the DOMException's name (for example
 /// `QuotaExceededError`, which becomes `QUOTA_EXCEEDED`), so a caller can tell a full
@@ -426,6 +439,11 @@ pub struct IdbStore {
     stats: Rc<RefCell<IdbStats>>,
     /// The merge of runs under way, if any (see [`IdbStore::pump_merge`]).
     merging: Option<Merging>,
+    /// The pinned spaces' log ([`OWN_PREFIX`]): the next record's number, how many
+    /// records it has and their bytes.
+    own_next: u64,
+    own_records: u64,
+    own_bytes: usize,
 }
 
 /// A merge of runs under way: its plan and the step in flight (a read of its inputs'
@@ -502,6 +520,7 @@ impl IdbStore {
         let db = Self::open_db(name).await?;
         let opened = Self::read_meta(&db).await?;
         let mut store = Self::with(db, name, opened.filter, opened.runs);
+        store.take_own(opened.own);
         store.replay(opened.replay);
         Ok(store)
     }
@@ -539,6 +558,7 @@ impl IdbStore {
                 let t2 = js_sys::Date::now();
                 let mut store = Self::with(db, name, opened.filter, opened.runs);
                 store.epoch = Some(epoch);
+                store.take_own(opened.own);
                 store.take_preloaded(decided);
                 store.replay(opened.replay);
                 let mut st = store.stats.borrow_mut();
@@ -550,6 +570,7 @@ impl IdbStore {
             Err(e) if e.code == ErrorCode::QuotaExceeded => {
                 let opened = Self::read_meta(&db).await?;
                 let mut store = Self::with(db, name, opened.filter, opened.runs);
+                store.take_own(opened.own);
                 let misses = preload.iter().cloned().map(Miss::range).collect();
                 store.load_misses(misses).await?;
                 store.replay(opened.replay);
@@ -598,7 +619,6 @@ impl IdbStore {
             .collect();
         for r in &reads {
             fetch.ask(&store, &opened.runs, &r.reads)?;
-            fetch.ask_records(&meta, &r.range)?;
         }
         fetch.wait().await?;
         let none = BTreeSet::new();
@@ -719,6 +739,9 @@ impl IdbStore {
             fenced: false,
             stats: Rc::default(),
             merging: None,
+            own_next: 0,
+            own_records: 0,
+            own_bytes: 0,
         }
     }
 
@@ -740,6 +763,7 @@ impl IdbStore {
                 .get(&key(filter::META_KEY))
                 .map_err(|e| js_err("get", e))?,
             records: RangeRead::all(meta, &KeyRange::prefix(wal::PREFIX))?,
+            own: RangeRead::all(meta, &KeyRange::prefix(OWN_PREFIX))?,
             runs: RangeRead::all(meta, &KeyRange::prefix(runs::META_PREFIX))?,
             blocks: store.get_all_keys().map_err(|e| js_err("getAllKeys", e))?,
         })
@@ -748,6 +772,7 @@ impl IdbStore {
     async fn meta_from(reads: MetaReads) -> Result<Opened, Error> {
         let meta = request(&reads.filter).await.map_err(|e| js_err("get", e))?;
         let records = reads.records.entries().await?;
+        let own_records = reads.own.entries().await?;
         let run_records = reads.runs.entries().await?;
         let blocks: Array = request(&reads.blocks)
             .await
@@ -779,12 +804,47 @@ impl IdbStore {
             replay.bytes += record.len();
             replay.next = n + 1;
         }
+        // The pinned spaces' log, oldest record first (the keys' order).
+        let mut own = Replay::default();
+        for (k, record) in own_records {
+            let n = k
+                .strip_prefix(OWN_PREFIX)
+                .and_then(|n| n.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| Error::new(ErrorCode::Corrupt, "a pinned log record's key"))?;
+            wal::decode_into(&record, &mut own.writes).map_err(|e| {
+                Error::new(
+                    ErrorCode::Corrupt,
+                    format!("pinned log record {n}: {}", e.0),
+                )
+            })?;
+            own.records += 1;
+            own.bytes += record.len();
+            own.next = n + 1;
+        }
         Ok(Opened {
             filter,
+            own,
             replay,
             runs,
             orphans,
         })
+    }
+
+    /// Takes in the pinned spaces' log found at open: the whole of those spaces, held
+    /// from now on (never evicted, and no load takes anything there).
+    fn take_own(&mut self, own: Replay) {
+        for (k, v) in own.writes {
+            if let Some(v) = v {
+                self.cache_put(k, v);
+            }
+        }
+        for p in PINNED {
+            self.spans.borrow_mut().add(&KeyRange::prefix(&[*p]), 0);
+        }
+        self.own_next = own.next;
+        self.own_records = own.records;
+        self.own_bytes = own.bytes;
     }
 
     /// Takes in the write-ahead records found at open: their writes are the newest
@@ -1114,11 +1174,7 @@ impl IdbStore {
             doc_of: None,
             filter: None,
         };
-        // `meta` too for keys of the pinned spaces (records there, not in runs).
-        let records = plan
-            .iter()
-            .any(|m| !pinned_parts(&miss_range(m)).is_empty());
-        if (plan.is_empty() && families.is_empty()) || (runs.runs().is_empty() && !records) {
+        if (plan.is_empty() && families.is_empty()) || runs.runs().is_empty() {
             // Answered since they were missed (loaded meanwhile), or nothing is stored
             // (every read is answered by the cache, and what it lacks is absent): no
             // transaction to open and wait for.
@@ -1151,8 +1207,7 @@ impl IdbStore {
             && plan
                 .iter()
                 .any(|m| matches!(m, Miss::Point(k) if family_of(k).is_some()));
-        // `meta` too for the key filter's pages, or for keys of the pinned spaces.
-        let tx = if filtering || records {
+        let tx = if filtering {
             self.db
                 .transaction_with_str_sequence(&Array::of2(&RUNS.into(), &META.into()))
         } else {
@@ -1162,14 +1217,6 @@ impl IdbStore {
         let store = tx
             .object_store(RUNS)
             .map_err(|e| js_err("object store", e))?;
-        let meta = if filtering || records {
-            Some(
-                tx.object_store(META)
-                    .map_err(|e| js_err("object store", e))?,
-            )
-        } else {
-            None
-        };
         // A family read ahead answers the misses inside it; one too large to read whole
         // has them read instead.
         let small = self.cap / 8;
@@ -1215,13 +1262,13 @@ impl IdbStore {
         let mut requests = 0;
         for r in &job.reads {
             requests += job.fetch.ask(&store, &runs, &r.reads)?;
-            if let Some(meta) = &meta {
-                requests += job.fetch.ask_records(meta, &r.range)?;
-            }
         }
-        if let (true, Some(meta)) = (filtering, &meta) {
+        if filtering {
+            let meta = tx
+                .object_store(META)
+                .map_err(|e| js_err("object store", e))?;
             job.filtered = Some(Filtered {
-                pages: read_filter_pages(meta)?,
+                pages: read_filter_pages(&meta)?,
                 points: waiting_points,
                 families: waiting_families,
             });
@@ -1252,7 +1299,7 @@ impl IdbStore {
                 let blocks: usize = reads.iter().map(|(_, b)| b.len()).sum();
                 // A small range is read and held (the count is then the cache's); a
                 // large one is counted, not held.
-                let purpose = if blocks * runs::BLOCK_BYTES <= small {
+                let purpose = if blocks * runs::BLOCK_BYTES <= small || touches_pinned(&range) {
                     Purpose::Data
                 } else {
                     Purpose::Count
@@ -1343,7 +1390,8 @@ impl IdbStore {
     /// written since, or not in the runs yet (queued, in a write-ahead record, or in a
     /// flush not settled).
     fn newer(&self, k: &[u8], gen0: u64) -> bool {
-        self.unwritten(k) || self.recent.get(k).is_some_and(|g| *g > gen0)
+        // The pinned spaces are held whole from the open on, and in no run.
+        is_pinned(k) || self.unwritten(k) || self.recent.get(k).is_some_and(|g| *g > gen0)
     }
 
     fn take_loaded(&mut self, done: Loaded) -> Result<Vec<KeyRange>, Error> {
@@ -1646,6 +1694,46 @@ impl IdbStore {
         Ok((tx, store, meta, epoch))
     }
 
+    /// What a flush to the runs writes of the pinned spaces: the record's number,
+    /// whether it holds them whole (the records before it are then deleted), and the
+    /// record; `None` when it writes nothing there.
+    fn own_record(&mut self, writes: &Writes) -> Option<(u64, bool, Vec<u8>)> {
+        let mine: Writes = writes
+            .iter()
+            .filter(|(k, _)| is_pinned(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if mine.is_empty() {
+            return None;
+        }
+        let n = self.own_next;
+        self.own_next += 1;
+        let pinned = || {
+            PINNED.iter().flat_map(|p| {
+                let r = KeyRange::prefix(&[*p]);
+                self.cache
+                    .range::<Vec<u8>, _>((r.start, r.end))
+                    .map(|(k, v)| (k.clone(), v))
+            })
+        };
+        let grown = self.own_records >= OWN_RECORDS
+            || (self.own_bytes > OWN_SNAPSHOT_BYTES
+                && self.own_bytes > 2 * pinned().map(|(k, v)| k.len() + v.len()).sum::<usize>());
+        if grown && self.in_flight.is_empty() {
+            // The cache holds them whole: what is durable, with this flush's writes
+            // (and, for an apply, the records') over it.
+            let whole: Writes = pinned().map(|(k, v)| (k, Some(v.clone()))).collect();
+            let value = wal::encode(&whole);
+            self.own_records = 1;
+            self.own_bytes = value.len();
+            return Some((n, true, value));
+        }
+        let value = wal::encode(&mine);
+        self.own_records += 1;
+        self.own_bytes += value.len();
+        Some((n, false, value))
+    }
+
     fn issue(&mut self, kind: Kind) -> Result<(), Error> {
         if self.fenced {
             return Err(fenced());
@@ -1702,6 +1790,13 @@ impl IdbStore {
                 runs::build(number, self.runs.next_age(), &items)
             }
         };
+        // The pinned spaces' writes: a record of the log, or the whole of them when the
+        // log has grown (and no other flush is in flight, whose writes the cache holds
+        // but which may yet fail).
+        let own = match record {
+            Some(_) => None,
+            None => self.own_record(&writes),
+        };
         // Every request is issued now. The epoch's answer comes first (requests of a
         // transaction complete in order), and the transaction cannot commit before
         // the writes after it complete: a changed epoch aborts it in time, and nothing
@@ -1722,12 +1817,12 @@ impl IdbStore {
                         meta.put_with_key(&key(&r.meta_value()), &key(&r.meta_key()))?;
                         requests += 1;
                     }
-                    // The pinned spaces' keys are records of their own in `meta`.
-                    for (k, v) in writes.iter().filter(|(k, _)| is_pinned(k)) {
-                        match v {
-                            Some(v) => meta.put_with_key(&key(v), &key(k))?,
-                            None => meta.delete(&key(k))?,
-                        };
+                    if let Some((n, whole, value)) = &own {
+                        if *whole {
+                            meta.delete(&half_open(&own_key(0), &own_key(*n))?)?;
+                            requests += 1;
+                        }
+                        meta.put_with_key(&key(value), &key(&own_key(*n)))?;
                         requests += 1;
                     }
                     for (k, v) in filter_records.borrow().iter() {
@@ -2275,56 +2370,25 @@ fn write_filter_changes(
     Ok(records)
 }
 
-fn note_written(filter: &mut Filter, k: &[u8], v: &Option<Vec<u8>>) {
-    if v.is_some() && !k.first().is_some_and(|b| PINNED.contains(b)) {
-        filter.insert(k);
-    }
-}
-
-/// Whether `k` is in a pinned space: kept as a record of its own in `meta`, never in a
-/// run (a queue, like the outbox, in runs would leave every entry it ever held in old
-/// runs until merged, and an open reads all of it).
+/// Whether `k` is in a pinned space (see [`OWN_PREFIX`]).
 fn is_pinned(k: &[u8]) -> bool {
     k.first().is_some_and(|b| PINNED.contains(b))
 }
 
-/// The parts of `r` in the pinned spaces.
-fn pinned_parts(r: &KeyRange) -> Vec<KeyRange> {
-    let mut spaces = PINNED.to_vec();
-    spaces.sort_unstable();
-    spaces
-        .into_iter()
-        .filter_map(|p| intersect(r, &KeyRange::prefix(&[p])))
-        .collect()
+/// Whether `r` holds keys of a pinned space.
+fn touches_pinned(r: &KeyRange) -> bool {
+    PINNED.iter().any(|p| r.overlaps(&KeyRange::prefix(&[*p])))
 }
 
-/// Where a read of `asked` may decide keys: `asked`, widened as far as the pinned spaces
-/// around it (no run holds their keys, so what runs decide says nothing of them; a read
-/// decides them only where it asked, from `meta`).
-fn unpinned_around(asked: &KeyRange) -> KeyRange {
-    let start = match &asked.start {
-        Bound::Unbounded => Bound::Unbounded,
-        b @ (Bound::Included(k) | Bound::Excluded(k)) => match k.first() {
-            Some(s) if PINNED.contains(s) => b.clone(),
-            s => PINNED
-                .iter()
-                .filter(|p| Some(**p) < s.copied())
-                .max()
-                .map_or(Bound::Unbounded, |p| Bound::Included(vec![p + 1])),
-        },
-    };
-    let end = match &asked.end {
-        Bound::Unbounded => Bound::Unbounded,
-        b @ (Bound::Included(k) | Bound::Excluded(k)) => match k.first() {
-            Some(s) if PINNED.contains(s) => b.clone(),
-            s => PINNED
-                .iter()
-                .filter(|p| Some(**p) > s.copied())
-                .min()
-                .map_or(Bound::Unbounded, |p| Bound::Excluded(vec![*p])),
-        },
-    };
-    KeyRange { start, end }
+/// Record `n`'s key in the pinned spaces' log.
+fn own_key(n: u64) -> Vec<u8> {
+    [OWN_PREFIX, &n.to_be_bytes()].concat()
+}
+
+fn note_written(filter: &mut Filter, k: &[u8], v: &Option<Vec<u8>>) {
+    if v.is_some() && !k.first().is_some_and(|b| PINNED.contains(b)) {
+        filter.insert(k);
+    }
 }
 
 /// Every key outside the pinned spaces, as ranges in order.
@@ -2392,6 +2456,7 @@ struct MetaReads {
     /// keys of every block.
     filter: IdbRequest,
     records: RangeRead,
+    own: RangeRead,
     runs: RangeRead,
     blocks: IdbRequest,
 }
@@ -2399,6 +2464,8 @@ struct MetaReads {
 /// What the open read of the backend's own records.
 struct Opened {
     filter: Filter,
+    /// The pinned spaces' log, folded.
+    own: Replay,
     replay: Replay,
     runs: Runs,
     /// Runs whose blocks are stored with no record (a merge cut short).
@@ -2467,28 +2534,9 @@ struct Fetch {
     pending: Vec<(usize, std::ops::Range<usize>, IdbRequest)>,
     /// What came, by (run, block): `None` when IndexedDB did not have it.
     got: HashMap<(usize, usize), Option<Vec<u8>>>,
-    /// Parts of pinned spaces asked of `meta` (see [`is_pinned`]), the reads not
-    /// awaited, and the records they found.
-    records_asked: Vec<KeyRange>,
-    records_pending: Vec<RangeRead>,
-    records: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl Fetch {
-    /// Asks `meta` for the records of the pinned spaces in `r` not asked for yet; gives
-    /// the requests issued.
-    fn ask_records(&mut self, meta: &web_sys::IdbObjectStore, r: &KeyRange) -> Result<u64, Error> {
-        let mut issued = 0;
-        for part in pinned_parts(r) {
-            if !self.records_asked.contains(&part) {
-                self.records_pending.push(RangeRead::all(meta, &part)?);
-                self.records_asked.push(part);
-                issued += 1;
-            }
-        }
-        Ok(issued)
-    }
-
     /// Asks for the blocks of `reads` not asked for yet; gives the requests issued.
     fn ask(
         &mut self,
@@ -2573,9 +2621,6 @@ impl Fetch {
                 self.got.insert(at, v);
             }
         }
-        for read in std::mem::take(&mut self.records_pending) {
-            self.records.extend(read.entries().await?);
-        }
         Ok(())
     }
 
@@ -2584,43 +2629,6 @@ impl Fetch {
     /// not settled counts as nothing (the write failed; its writes are still the
     /// cache's); from any other run, it is corruption.
     fn answer(
-        &self,
-        runs: &Runs,
-        unsettled: &BTreeSet<u64>,
-        r: &RunRead,
-    ) -> Result<(KeyRange, Vec<Entry>), Error> {
-        let (known, mut entries) = self.answer_runs(runs, unsettled, r)?;
-        // The pinned spaces are in `meta`: decided only where asked, from the records.
-        let Some(known) = intersect(&known, &unpinned_around(&r.range)) else {
-            return Ok((KeyRange::point(&[]).after(&[]), Vec::new()));
-        };
-        let pinned = pinned_parts(&r.range);
-        if pinned.is_empty() {
-            return Ok((known, entries));
-        }
-        if pinned.iter().any(|p| !self.records_asked.contains(p)) {
-            return Err(Error::new(
-                ErrorCode::Storage,
-                "a read of the replica's own records was not asked of meta",
-            ));
-        }
-        entries.retain(|(k, _)| known.contains(k));
-        entries.extend(
-            pinned
-                .iter()
-                .flat_map(|p| {
-                    self.records
-                        .range::<[u8], _>((as_ref(&p.start), as_ref(&p.end)))
-                })
-                .filter(|(k, _)| known.contains(k))
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok((known, entries))
-    }
-
-    /// What the runs' blocks `r` read decide (see [`Fetch::answer`]).
-    fn answer_runs(
         &self,
         runs: &Runs,
         unsettled: &BTreeSet<u64>,

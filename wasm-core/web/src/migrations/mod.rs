@@ -9,7 +9,7 @@
 //! | 2 | [`v1_to_v2`]: the `meta` object store, holding the key filter over every key already stored |
 //! | 3 | [`v2_to_v3`]: `meta` may hold write-ahead records (nothing to convert) |
 //! | 4 | [`v3_to_v4`]: the key space in runs (`runs` object store, records in `meta`), `kv` converted into one run and deleted |
-//! | 5 | [`v4_to_v5`]: the replica's own spaces (`K`, `O`, `Q`, `X`) out of the runs, a record a key in `meta` |
+//! | 5 | [`v4_to_v5`]: the replica's own spaces (`K`, `O`, `Q`, `X`) out of the runs, into a log of their own in `meta` |
 
 use wasm_bindgen::JsValue;
 use web_sys::{IdbDatabase, IdbTransaction};

@@ -1,12 +1,14 @@
 //! Version 5: the replica's own key spaces `K`, `O`, `Q` and `X` (partition cursors,
-//! the outbox, request ids, the client's records) leave the runs: each of their keys
-//! becomes a record of its own in `meta`, under the key itself. In runs, a queue like
-//! the outbox left every entry it ever held in the older runs until a merge reached
-//! them, and an open read all of it.
+//! the outbox, request ids, the client's records) leave the runs for a log of their own
+//! in `meta` (records under `FF "own/"` · u64 big-endian number, in the write-ahead
+//! records' format, `crate::wal`), read whole at open. In runs, a queue like the outbox
+//! left every entry it ever held in the older runs until a merge reached them, and an
+//! open read all of it.
 //!
 //! In the upgrade transaction: the runs' records and block keys are read; the blocks of
-//! those spaces (a block holds one space) are read, merged oldest run first, the values
-//! put in `meta` and the blocks deleted; each run's record is written again without them
+//! those spaces (a block holds one space) are read, merged oldest run first, their
+//! values written as the log's record 0, and the blocks deleted; each run's record is
+//! written again without them
 //! (a run left with no block is deleted; one whose last block went takes the last key of
 //! the block now last, which is read for it). Blocks and records are of runs format 1,
 //! read with `crate::runs`: a later format change must give this step a reader of its
@@ -29,6 +31,8 @@ const RUNS: &str = "runs";
 const SPACES: &[u8] = b"KOQX";
 /// Where step 4 put the runs' records in `meta`.
 const RUN_RECORDS: &[u8] = b"\xFFrun/";
+/// The log's first record.
+const OWN_FIRST: &[u8] = b"\xFFown/\0\0\0\0\0\0\0\0";
 
 pub fn run(tx: &IdbTransaction) -> Result<(), JsValue> {
     let meta = tx.object_store(META)?;
@@ -112,8 +116,8 @@ fn read_blocks(
     Ok(())
 }
 
-/// Puts the spaces' values in `meta`, deletes their blocks and writes each run's record
-/// again.
+/// Writes the spaces' values as the log's first record, deletes their blocks and writes
+/// each run's record again.
 fn move_out(
     meta: &IdbObjectStore,
     blocks: &IdbObjectStore,
@@ -142,10 +146,9 @@ fn move_out(
             g.2 = items.last().map(|(k, _)| k.clone());
         }
     }
-    for (k, v) in newest {
-        if let Some(v) = v {
-            meta.put_with_key(&bytes(&v), &bytes(&k))?;
-        }
+    let values: crate::wal::Writes = newest.into_iter().filter(|(_, v)| v.is_some()).collect();
+    if !values.is_empty() {
+        meta.put_with_key(&bytes(&crate::wal::encode(&values)), &bytes(OWN_FIRST))?;
     }
     for (i, (items, b, last)) in gone {
         let run = &runs.runs()[i];
