@@ -345,13 +345,11 @@ impl Warren {
         options: JsValue,
     ) -> Result<Warren, JsValue> {
         // This page now leads for the database: a page that led before writes no more
-        // (the claim). The replica's own keys are small and needed at once, and so is
-        // the list of (partition, collection) pairs (`V`, one key each, which counts
-        // start from): one transaction opens it all. Documents load later.
-        let own: Vec<KeyRange> = [b'X', b'O', b'K', b'Q', b'V']
-            .iter()
-            .map(|s| KeyRange::prefix(&[*s]))
-            .collect();
+        // (the claim). The replica's own keys (its log, read whole by any open) are
+        // needed at once, and so is the list of (partition, collection) pairs (`V`,
+        // one key each, which counts start from): one transaction opens it all.
+        // Documents load later.
+        let own = [KeyRange::prefix(b"V")];
         // The worker may have opened IndexedDB already, while the engine compiled.
         let opened = js_sys::Reflect::get(&options, &"db".into())
             .ok()

@@ -789,39 +789,8 @@ impl IdbStore {
         let keys = pack::unpack(&blocks).into_iter().flatten().collect();
         let (runs, orphans) = Runs::open(run_records, keys)
             .map_err(|e| Error::new(ErrorCode::Corrupt, format!("the runs: {}", e.0)))?;
-        // The records in order of their numbers (the keys' order).
-        let mut replay = Replay::default();
-        for (k, record) in records {
-            let n = wal::number(&k)
-                .ok_or_else(|| Error::new(ErrorCode::Corrupt, "a write-ahead record's key"))?;
-            wal::decode_into(&record, &mut replay.writes).map_err(|e| {
-                Error::new(
-                    ErrorCode::Corrupt,
-                    format!("write-ahead record {n}: {}", e.0),
-                )
-            })?;
-            replay.records += 1;
-            replay.bytes += record.len();
-            replay.next = n + 1;
-        }
-        // The pinned spaces' log, oldest record first (the keys' order).
-        let mut own = Replay::default();
-        for (k, record) in own_records {
-            let n = k
-                .strip_prefix(OWN_PREFIX)
-                .and_then(|n| n.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| Error::new(ErrorCode::Corrupt, "a pinned log record's key"))?;
-            wal::decode_into(&record, &mut own.writes).map_err(|e| {
-                Error::new(
-                    ErrorCode::Corrupt,
-                    format!("pinned log record {n}: {}", e.0),
-                )
-            })?;
-            own.records += 1;
-            own.bytes += record.len();
-            own.next = n + 1;
-        }
+        let replay = fold_log(records, wal::PREFIX, "write-ahead record")?;
+        let own = fold_log(own_records, OWN_PREFIX, "own spaces' log record")?;
         Ok(Opened {
             filter,
             own,
@@ -2368,6 +2337,22 @@ fn write_filter_changes(
         }
     }
     Ok(records)
+}
+
+/// Records of a log in `meta` (the write-ahead records, the own spaces' log): keys
+/// `prefix` · u64 big-endian number, read in key order, folded oldest first.
+fn fold_log(records: Vec<Entry>, prefix: &[u8], what: &str) -> Result<Replay, Error> {
+    let mut log = Replay::default();
+    for (k, record) in records {
+        let n = wal::number(prefix, &k)
+            .ok_or_else(|| Error::new(ErrorCode::Corrupt, format!("a {what}'s key")))?;
+        wal::decode_into(&record, &mut log.writes)
+            .map_err(|e| Error::new(ErrorCode::Corrupt, format!("{what} {n}: {}", e.0)))?;
+        log.records += 1;
+        log.bytes += record.len();
+        log.next = n + 1;
+    }
+    Ok(log)
 }
 
 /// Whether `k` is in a pinned space (see [`OWN_PREFIX`]).

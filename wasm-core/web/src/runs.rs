@@ -1067,8 +1067,11 @@ mod tests {
             let run = self.runs.runs().last().expect("a run").clone();
             assert!(self.runs.remove(run.number));
             self.records.remove(&run.meta_key());
-            let from = block_key(run.number, &[]);
-            let to = block_key(run.number + 1, &[]);
+            self.drop_blocks(block_key(run.number, &[]), block_key(run.number + 1, &[]));
+        }
+
+        /// Deletes the blocks in [from, to).
+        fn drop_blocks(&mut self, from: Vec<u8>, to: Vec<u8>) {
             let gone: Vec<Vec<u8>> = self
                 .blocks
                 .range(from..to)
@@ -1166,14 +1169,7 @@ mod tests {
             }
             for (record, from, to) in f.deletes {
                 self.records.remove(&record);
-                let gone: Vec<Vec<u8>> = self
-                    .blocks
-                    .range(from..to)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in gone {
-                    self.blocks.remove(&k);
-                }
+                self.drop_blocks(from, to);
             }
             true
         }
@@ -1276,14 +1272,7 @@ mod tests {
             want.sort_unstable();
             assert_eq!(orphans, want);
             for n in std::mem::take(&mut self.orphans) {
-                let gone: Vec<Vec<u8>> = self
-                    .blocks
-                    .range(block_key(n, &[])..block_key(n + 1, &[]))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in gone {
-                    self.blocks.remove(&k);
-                }
+                self.drop_blocks(block_key(n, &[]), block_key(n + 1, &[]));
             }
         }
     }

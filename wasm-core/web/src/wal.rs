@@ -32,9 +32,10 @@ pub fn key(n: u64) -> Vec<u8> {
     k
 }
 
-/// The number of a record from its `meta` key.
-pub fn number(k: &[u8]) -> Option<u64> {
-    let n = k.strip_prefix(PREFIX)?;
+/// The number of a record from its `meta` key, in a log under `prefix` ([`PREFIX`] for
+/// the write-ahead records; the own spaces' log has the same form).
+pub fn number(prefix: &[u8], k: &[u8]) -> Option<u64> {
+    let n = k.strip_prefix(prefix)?;
     Some(u64::from_be_bytes(n.try_into().ok()?))
 }
 
@@ -135,7 +136,7 @@ mod tests {
     fn keys_sort_by_number() {
         assert!(key(1) < key(2));
         assert!(key(255) < key(256));
-        assert_eq!(number(&key(77)), Some(77));
-        assert_eq!(number(b"\xFFfilter"), None);
+        assert_eq!(number(PREFIX, &key(77)), Some(77));
+        assert_eq!(number(PREFIX, b"\xFFfilter"), None);
     }
 }
