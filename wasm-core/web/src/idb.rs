@@ -1746,7 +1746,8 @@ impl IdbStore {
             Kind::Record => (Some(self.wal_next), queued),
         };
         // What goes to the runs: a new run of the writes (deletes as tombstones, but
-        // where no run is older, whose keys they would hide).
+        // where no run is older, whose keys they would hide), the pinned spaces' aside
+        // (their log, below).
         let run = match record {
             Some(_) => None,
             None => {

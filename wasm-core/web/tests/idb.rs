@@ -590,6 +590,15 @@ async fn a_load_never_overwrites_a_newer_write() {
 /// while the engine compiles: at `version` (creating the `kv` store of version 1 if
 /// asked to upgrade), or at whatever version the database has.
 async fn connect(name: &str, version: Option<u32>) -> web_sys::IdbDatabase {
+    connect_making(name, version, &["kv"]).await
+}
+
+/// [`connect`], making the object stores `stores` if the database is created or upgraded.
+async fn connect_making(
+    name: &str,
+    version: Option<u32>,
+    stores: &'static [&'static str],
+) -> web_sys::IdbDatabase {
     use wasm_bindgen::{closure::Closure, JsCast};
     let factory: web_sys::IdbFactory = js_sys::Reflect::get(&js_sys::global(), &"indexedDB".into())
         .unwrap()
@@ -601,7 +610,9 @@ async fn connect(name: &str, version: Option<u32>) -> web_sys::IdbDatabase {
     let r = req.clone();
     let upgrade = Closure::once(move |_: web_sys::Event| {
         let db: web_sys::IdbDatabase = r.result().unwrap().unchecked_into();
-        db.create_object_store("kv").unwrap();
+        for s in stores {
+            db.create_object_store(s).unwrap();
+        }
     });
     req.set_onupgradeneeded(Some(upgrade.as_ref().unchecked_ref()));
     let p = js_sys::Promise::new(&mut |ok, err| {
@@ -1415,30 +1426,13 @@ async fn the_own_spaces_are_a_log_of_their_own() {
 }
 
 /// A version-4 database (runs holding the own spaces) is upgraded: their newest values
-/// move to `meta`, their blocks go, a run left with none goes, and one whose last block
+/// move to their log in `meta`, their blocks go, a run left with none goes, and one whose last block
 /// went keeps its other keys.
 #[wasm_bindgen_test]
 async fn a_version_4_database_moves_its_own_spaces_out_of_the_runs() {
-    use wasm_bindgen::{closure::Closure, JsCast};
     let name = "v4-own-spaces";
     IdbStore::delete(name).await.unwrap();
-    let factory: web_sys::IdbFactory = js_sys::Reflect::get(&js_sys::global(), &"indexedDB".into())
-        .unwrap()
-        .unchecked_into();
-    let req = factory.open_with_u32(name, 4).unwrap();
-    let r = req.clone();
-    let upgrade = Closure::once(move |_: web_sys::Event| {
-        let db: web_sys::IdbDatabase = r.result().unwrap().unchecked_into();
-        db.create_object_store("runs").unwrap();
-        db.create_object_store("meta").unwrap();
-    });
-    req.set_onupgradeneeded(Some(upgrade.as_ref().unchecked_ref()));
-    let p = js_sys::Promise::new(&mut |ok, err| {
-        req.set_onsuccess(Some(&ok));
-        req.set_onerror(Some(&err));
-    });
-    wasm_bindgen_futures::JsFuture::from(p).await.unwrap();
-    let db: web_sys::IdbDatabase = req.result().unwrap().unchecked_into();
+    let db = connect_making(name, Some(4), &["runs", "meta"]).await;
 
     let d = |i: u32| format!("D{i:04}").into_bytes();
     let mut run0: Vec<(Vec<u8>, Option<Vec<u8>>)> =
