@@ -133,13 +133,14 @@ try {
   });
   check("after close and an offline reopen nothing is pending", reopened.pending === 0, JSON.stringify(reopened.pending));
   check("and every confirmed document is there", reopened.count === N + 80, `${reopened.count}`);
-  // It reads the list of partitions (50) and each one's membership keys (the blocks of
-  // the runs that hold them: one entry per document, and the few around them), no
-  // document: reading the documents too would read twice as many entries.
+  // It reads the list of partitions (50) and counts each one's membership keys: from
+  // the runs' records where a block lies wholly inside one partition's, else from the
+  // blocks (those at its edges, and where runs share keys). No document: reading the
+  // documents too would read more than twice as many entries.
   const read = reopened.s1.recordsLoaded - reopened.s0.recordsLoaded;
   const blocks = reopened.s1.blocksLoaded - reopened.s0.blocksLoaded;
   check(`a count after the reopen reads no document (${read} entries in ${blocks} blocks: partitions and memberships)`,
-    read >= N && read < 1.5 * N, JSON.stringify(reopened.s1));
+    read < 1.5 * N, JSON.stringify(reopened.s1));
   const want = [];
   for (let i = 7; want.length < 50; i += 50) want.push(`ann-d${String(i).padStart(6, "0")}`);
   const txns = reopened.s2.loadTransactions - reopened.s1.loadTransactions;

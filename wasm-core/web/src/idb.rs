@@ -615,6 +615,7 @@ impl IdbStore {
                 reads: opened.runs.covering(r),
                 purpose: Purpose::Data,
                 scan: None,
+                count: None,
             })
             .collect();
         for r in &reads {
@@ -1154,6 +1155,7 @@ impl IdbStore {
                     reads: Vec::new(),
                     purpose: Purpose::Data,
                     scan: None,
+                    count: None,
                 });
             }
             for f in &families {
@@ -1162,6 +1164,7 @@ impl IdbStore {
                     reads: Vec::new(),
                     purpose: Purpose::Data,
                     scan: None,
+                    count: None,
                 });
             }
             return Ok(job);
@@ -1261,14 +1264,39 @@ impl IdbStore {
                     range,
                     purpose: Purpose::Data,
                     scan: None,
+                    count: None,
                 }
             }
             Miss::Count(range) => {
                 let reads = runs.covering(&range);
                 let blocks: usize = reads.iter().map(|(_, b)| b.len()).sum();
+                if touches_pinned(&range) {
+                    return RunRead {
+                        range,
+                        reads,
+                        purpose: Purpose::Data,
+                        scan: None,
+                        count: None,
+                    };
+                }
+                // Counted from a run's record where it can be: when that reads under
+                // half the blocks, nothing is held.
+                if let Some(plan) = self.count_plan(runs, &range) {
+                    let reads = plan.reads();
+                    let planned: usize = reads.iter().map(|(_, b)| b.len()).sum();
+                    if planned * 2 < blocks {
+                        return RunRead {
+                            range,
+                            reads,
+                            purpose: Purpose::Count,
+                            scan: None,
+                            count: Some(plan),
+                        };
+                    }
+                }
                 // A small range is read and held (the count is then the cache's); a
                 // large one is counted, not held.
-                let purpose = if blocks * runs::BLOCK_BYTES <= small || touches_pinned(&range) {
+                let purpose = if blocks * runs::BLOCK_BYTES <= small {
                     Purpose::Data
                 } else {
                     Purpose::Count
@@ -1278,6 +1306,7 @@ impl IdbStore {
                     reads,
                     purpose,
                     scan: None,
+                    count: None,
                 }
             }
             Miss::Scan {
@@ -1305,9 +1334,27 @@ impl IdbStore {
                     reads,
                     purpose,
                     scan: (n != usize::MAX).then_some((reverse, n)),
+                    count: None,
                 }
             }
         }
+    }
+
+    /// A count of `range` that reads few blocks (see [`Runs::count_plan`]): the keys
+    /// written and not in a run yet name blocks it reads (whether they were in the
+    /// runs decides how they change the count), and a run whose write is not settled
+    /// is read, not counted from its record.
+    fn count_plan(&self, runs: &Runs, range: &KeyRange) -> Option<runs::CountPlan> {
+        let b = (as_ref(&range.start), as_ref(&range.end));
+        let mut touched: Vec<&[u8]> = Vec::new();
+        touched.extend(self.wal.range::<[u8], _>(b).map(|(k, _)| k.as_slice()));
+        for f in &self.in_flight {
+            touched.extend(f.writes.range::<[u8], _>(b).map(|(k, _)| k.as_slice()));
+        }
+        touched.extend(self.dirty.range::<[u8], _>(b).map(|(k, _)| k.as_slice()));
+        runs.count_plan(range, &touched, |run| {
+            !self.in_flight.iter().any(|f| f.run == Some(run.number))
+        })
     }
 
     /// How many entries to load for a scan miss that asked for `limit`.
@@ -1417,7 +1464,13 @@ impl IdbStore {
             }
             self.spans.borrow_mut().add(&d.known, now);
         }
-        for (range, keys) in data.counts {
+        for Counted {
+            range,
+            keys,
+            unread_live,
+            unread,
+        } in data.counts
+        {
             records += keys.len() as u64;
             // A key written since the load was issued and settled since may be missing
             // from what it read: the run that missed is made again.
@@ -1426,32 +1479,11 @@ impl IdbStore {
                 .iter()
                 .any(|(k, g)| *g > gen0 && range.contains(k) && !self.unwritten(k));
             if !written_since {
-                // What the runs hold, with what is not in them yet over it.
-                let mut n = keys.len() as u64;
                 let read: BTreeSet<&Vec<u8>> = keys.iter().collect();
-                let b = (as_ref(&range.start), as_ref(&range.end));
-                let mut newest: BTreeMap<&[u8], bool> = BTreeMap::new();
-                for (k, v) in self.wal.range::<[u8], _>(b) {
-                    newest.insert(k, v.is_some());
-                }
-                for f in &self.in_flight {
-                    for (k, v) in f.writes.range::<[u8], _>(b) {
-                        newest.insert(k, v.is_some());
-                    }
-                }
-                for (k, v) in self.dirty.range::<[u8], _>(b) {
-                    newest.insert(k, v.is_some());
-                }
-                for (k, present) in newest {
-                    match (read.contains(&k.to_vec()), present) {
-                        (false, true) => n += 1,
-                        (true, false) => n = n.saturating_sub(1),
-                        _ => {}
-                    }
-                }
+                let n = self.count_with_newest(&range, &read, unread_live, &unread);
                 let mut counts = self.counts.borrow_mut();
                 counts.retain(|(r, _)| *r != range);
-                if counts.len() < MAX_COUNTS {
+                if let Some(n) = n.filter(|_| counts.len() < MAX_COUNTS) {
                     counts.push((range.clone(), n));
                 }
             }
@@ -1461,6 +1493,45 @@ impl IdbStore {
         st.records_loaded += records;
         st.blocks_loaded += data.blocks;
         Ok(gained)
+    }
+
+    /// The keys of `range` the runs hold (`read`, the keys read there, and `unread`
+    /// more, counted in blocks not read, which may hold keys where `spans` say), with
+    /// what is not in a run yet over them: the count of what the store holds there.
+    /// `None` when a key written and not in a run yet falls in a block not read
+    /// (whether the runs hold it is not known).
+    fn count_with_newest(
+        &self,
+        range: &KeyRange,
+        read: &BTreeSet<&Vec<u8>>,
+        unread: u64,
+        spans: &[KeyRange],
+    ) -> Option<u64> {
+        let mut n = read.len() as u64 + unread;
+        let b = (as_ref(&range.start), as_ref(&range.end));
+        let mut newest: BTreeMap<&[u8], bool> = BTreeMap::new();
+        for (k, v) in self.wal.range::<[u8], _>(b) {
+            newest.insert(k, v.is_some());
+        }
+        for f in &self.in_flight {
+            for (k, v) in f.writes.range::<[u8], _>(b) {
+                newest.insert(k, v.is_some());
+            }
+        }
+        for (k, v) in self.dirty.range::<[u8], _>(b) {
+            newest.insert(k, v.is_some());
+        }
+        for (k, present) in newest {
+            if spans.iter().any(|u| u.contains(k)) {
+                return None;
+            }
+            match (read.contains(&k.to_vec()), present) {
+                (false, true) => n += 1,
+                (true, false) => n = n.saturating_sub(1),
+                _ => {}
+            }
+        }
+        Some(n)
     }
 
     fn cache_put(&mut self, k: Vec<u8>, v: Vec<u8>) {
@@ -2477,6 +2548,8 @@ struct RunRead {
     purpose: Purpose,
     /// A scan that read only its first blocks: which way, and the entries it asked.
     scan: Option<(bool, usize)>,
+    /// A count that reads only some blocks of a run, counting the rest from its record.
+    count: Option<runs::CountPlan>,
 }
 
 /// The range a miss asks about.
@@ -2505,6 +2578,7 @@ fn family_reads(
             reads,
             purpose: Purpose::Data,
             scan: None,
+            count: None,
         }]
     } else {
         deferred.into_iter().map(&mut each).collect()
@@ -2623,30 +2697,23 @@ impl Fetch {
         if r.reads.is_empty() {
             return Ok((r.range.clone(), Vec::new()));
         }
-        let mut parts = Vec::with_capacity(r.reads.len());
-        for (i, blocks) in &r.reads {
-            let run = &runs.runs()[*i];
-            let mut items = Vec::new();
-            for j in blocks.clone() {
-                match self.got.get(&(*i, j)) {
-                    Some(Some(b)) => items.extend(runs::decode_block(b).map_err(|e| {
-                        Error::new(ErrorCode::Corrupt, format!("run {}: {}", run.number, e.0))
-                    })?),
-                    _ if unsettled.contains(&run.number) => {
-                        items.clear();
-                        break;
-                    }
-                    _ => {
-                        return Err(Error::new(
-                            ErrorCode::Corrupt,
-                            format!("run {}: a block is missing", run.number),
-                        ))
-                    }
-                }
+        let parts = runs::parts_of(&r.reads, |i, j| {
+            let run = &runs.runs()[i];
+            match self.got.get(&(i, j)) {
+                Some(Some(b)) => decode_run_block(run, b).map(Some),
+                _ if unsettled.contains(&run.number) => Ok(None),
+                _ => Err(Error::new(
+                    ErrorCode::Corrupt,
+                    format!("run {}: a block is missing", run.number),
+                )),
             }
-            parts.push(items);
-        }
-        let known = runs.known(&r.range, &r.reads);
+        })?;
+        // A count's reads decide the keys of its range that it counts from them.
+        let known = if r.count.is_some() {
+            r.range.clone()
+        } else {
+            runs.known(&r.range, &r.reads)
+        };
         let entries = runs::merge(parts, false)
             .into_iter()
             .filter(|(k, _)| known.contains(k))
@@ -2654,6 +2721,12 @@ impl Fetch {
             .collect();
         Ok((known, entries))
     }
+}
+
+/// A block of `run`, decoded; `CORRUPT` when it does not decode.
+fn decode_run_block(run: &runs::Run, b: &[u8]) -> Result<Vec<runs::Item>, Error> {
+    runs::decode_block(b)
+        .map_err(|e| Error::new(ErrorCode::Corrupt, format!("run {}: {}", run.number, e.0)))
 }
 
 /// Reads that wait for the key filter's pages (see [`IdbStore::begin_load`]).
@@ -2721,11 +2794,21 @@ impl Decided {
     }
 }
 
+/// A range counted, not held: the keys read there, and what was counted from a run's
+/// record without reading it (its live items, and where its unread blocks may hold
+/// keys).
+struct Counted {
+    range: KeyRange,
+    keys: Vec<Vec<u8>>,
+    unread_live: u64,
+    unread: Vec<KeyRange>,
+}
+
 #[derive(Default)]
 struct LoadedData {
     decided: Vec<Decided>,
-    /// Ranges counted (too large to hold): the keys read there.
-    counts: Vec<(KeyRange, Vec<Vec<u8>>)>,
+    /// Ranges counted, not held.
+    counts: Vec<Counted>,
     /// Families to read ahead whose misses all proved absent: not read, and to be
     /// considered again at their next miss.
     unread_families: Vec<Vec<u8>>,
@@ -2797,6 +2880,7 @@ impl LoadJob {
                             reads: runs.covering(&miss_range(&m)),
                             purpose: Purpose::Data,
                             scan: None,
+                            count: None,
                         },
                     }));
                 }
@@ -2807,6 +2891,30 @@ impl LoadJob {
             self.reads.extend(more);
         }
         self.fetch.wait().await?;
+        // A count from a run's record: the keys the other runs' blocks hold name the
+        // base's blocks to read too (whether it holds them decides the count).
+        let mut more_asked = false;
+        for r in &mut self.reads {
+            let Some(plan) = &mut r.count else { continue };
+            let mut keys = Vec::new();
+            for (i, blocks) in r.reads.iter().filter(|(i, _)| *i != plan.base()) {
+                for j in blocks.clone() {
+                    if let Some(Some(b)) = self.fetch.got.get(&(*i, j)) {
+                        let items = decode_run_block(&runs.runs()[*i], b)?;
+                        keys.extend(items.into_iter().map(|(k, _)| k));
+                    }
+                }
+            }
+            let more = plan.more(&runs, &r.range, keys.iter().map(Vec::as_slice));
+            if !more.is_empty() {
+                self.fetch.ask(&store, &runs, &more)?;
+                r.reads = plan.reads();
+                more_asked = true;
+            }
+        }
+        if more_asked {
+            self.fetch.wait().await?;
+        }
         // A limited index scan's documents, read in the same transaction.
         let mut along = Vec::new();
         let mut answers = Vec::with_capacity(self.reads.len());
@@ -2843,7 +2951,16 @@ impl LoadJob {
                     .filter(|(k, _)| r.range.contains(k))
                     .map(|(k, _)| k)
                     .collect();
-                out.counts.push((r.range.clone(), keys));
+                let (unread_live, unread) = match &r.count {
+                    Some(plan) => plan.unread(&runs),
+                    None => (0, Vec::new()),
+                };
+                out.counts.push(Counted {
+                    range: r.range.clone(),
+                    keys,
+                    unread_live,
+                    unread,
+                });
             } else {
                 out.decided.push(Decided {
                     known,
@@ -2864,6 +2981,7 @@ impl LoadJob {
             range,
             purpose: Purpose::Data,
             scan: None,
+            count: None,
         }
     }
 }
@@ -2985,6 +3103,22 @@ impl Storage for IdbStore {
                 counts.push((range.clone(), n));
             }
             return Ok(n.min(limit));
+        }
+        // Counted from the runs' records alone, when that reads no block.
+        if !touches_pinned(range) {
+            if let Some(plan) = self.count_plan(&self.runs, range) {
+                if plan.reads().is_empty() {
+                    let (unread_live, unread) = plan.unread(&self.runs);
+                    let n = self.count_with_newest(range, &BTreeSet::new(), unread_live, &unread);
+                    if let Some(n) = n {
+                        let mut counts = self.counts.borrow_mut();
+                        if counts.len() < MAX_COUNTS {
+                            counts.push((range.clone(), n));
+                        }
+                        return Ok(n.min(limit));
+                    }
+                }
+            }
         }
         self.miss(Miss::Count(range.clone()));
         Ok(0)

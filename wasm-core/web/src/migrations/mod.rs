@@ -10,6 +10,7 @@
 //! | 3 | [`v2_to_v3`]: `meta` may hold write-ahead records (nothing to convert) |
 //! | 4 | [`v3_to_v4`]: the key space in runs (`runs` object store, records in `meta`), `kv` converted into one run and deleted |
 //! | 5 | [`v4_to_v5`]: the replica's own spaces (`K`, `O`, `Q`, `X`) out of the runs, into a log of their own in `meta` |
+//! | 6 | [`v5_to_v6`]: runs' records may list their blocks' live items (nothing to convert) |
 
 use wasm_bindgen::JsValue;
 use web_sys::{IdbDatabase, IdbTransaction};
@@ -19,9 +20,10 @@ mod v1_to_v2;
 mod v2_to_v3;
 mod v3_to_v4;
 mod v4_to_v5;
+mod v5_to_v6;
 
 /// The database version this build expects.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 
 /// Runs every step after `old` (0 for a new database), in the upgrade transaction `tx`.
 pub fn upgrade(old: u32, db: &IdbDatabase, tx: &IdbTransaction) -> Result<(), JsValue> {
@@ -41,6 +43,9 @@ pub fn upgrade(old: u32, db: &IdbDatabase, tx: &IdbTransaction) -> Result<(), Js
     let after_4: Then = Box::new(move || {
         if old < 5 {
             v4_to_v5::run(&tx2)?;
+        }
+        if old < 6 {
+            v5_to_v6::run();
         }
         Ok(())
     });

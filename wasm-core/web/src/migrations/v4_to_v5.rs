@@ -153,6 +153,15 @@ fn move_out(
     for (i, (items, b, last)) in gone {
         let run = &runs.runs()[i];
         let firsts: Vec<Vec<u8>> = run.firsts.iter().filter(|f| !leaves(f)).cloned().collect();
+        // A run converted by step 4 in this upgrade lists its blocks' live items: those
+        // of the blocks kept.
+        let lives = run.lives.as_ref().map(|l| {
+            l.iter()
+                .zip(&run.firsts)
+                .filter(|(_, f)| !leaves(f))
+                .map(|(n, _)| *n)
+                .collect()
+        });
         if firsts.is_empty() {
             meta.delete(&bytes(&run.meta_key()))?;
             continue;
@@ -162,6 +171,7 @@ fn move_out(
             bytes: run.bytes.saturating_sub(b),
             last: last.unwrap_or_else(|| run.last.clone()),
             firsts,
+            lives,
             ..run.clone()
         };
         meta.put_with_key(&bytes(&kept.meta_value()), &bytes(&kept.meta_key()))?;
