@@ -1,12 +1,10 @@
-//! Log-structured runs: the IndexedDB backend's next layout of its key space (layout
-//! v4, being built; `idb.rs` does not use it yet: docs/DECISIONS.md, "The store in
-//! runs").
+//! Log-structured runs: the IndexedDB backend's layout of its key space (IndexedDB
+//! version 4 on; docs/DECISIONS.md, "The store in runs").
 //!
-//! Today a key of the engine is a record of IndexedDB's `kv`, and in Chromium every
-//! record read or written is a request to the storage process: a document is three
-//! (itself, its index entry, its membership), which is what bounds the bulk writes, the
-//! drains of confirmations and every read after a reopen (docs/BENCHMARKS.md, "What
-//! the storage layout costs"). In runs, the entries written together are sorted and
+//! In Chromium every record read or written is a request to the storage process, and a
+//! document is three keys (itself, its index entry, its membership): a record a key
+//! bounded the bulk writes, the drains of confirmations and every read after a reopen
+//! (docs/BENCHMARKS.md). In runs, the entries written together are sorted and
 //! packed into blocks of about [`BLOCK_BYTES`], one record each, and never rewritten: a
 //! batch of writes is a new **run** (deletes in it are tombstones, which hide the key
 //! in older runs), and a read merges the runs, the newest winning. Runs of about one
@@ -14,10 +12,11 @@
 //! are few, and each entry is written again about once per size it passes through.
 //! Why runs rather than blocks rewritten in place, measured: docs/DECISIONS.md.
 //!
-//! What the store keeps in memory: per run its number, age, size and last key, and its
-//! blocks' first keys (the block keys, read at open with one `getAllKeys`); from them
-//! [`Runs::covering`] says which blocks a read needs, and [`Runs::known`] over which
-//! keys what it read decides everything.
+//! What the store keeps in memory: per run its number, age, size and last key, its
+//! blocks' live items, and its blocks' first keys (the block keys, read at open with one
+//! `getAllKeys`); from them [`Runs::covering`] says which blocks a read needs,
+//! [`Runs::known`] over which keys what it read decides everything, and
+//! [`Runs::count_plan`] which blocks a count must read.
 //!
 //! The formats are in docs/STORAGE.md ("Runs").
 //!
