@@ -275,6 +275,7 @@ try {
         ctx = await profile(bigProfile(lib));
         const p = ctx.pages()[0] ?? (await ctx.newPage());
         p.on("pageerror", (e) => console.error(`page error (cold ${lib}): ${e}`));
+        p.on("console", (m) => { if (process.env.BENCH_DEBUG) console.error(`console (cold ${lib}): ${m.text()}`); });
         await p.exposeFunction("warrenToken", tokenFor);
         const owner = (r * 17 + 3) % 50;
         await p.goto(`${base}?lib=${lib}&mode=cold&user=big${lib}&name=big-${lib}&owner=${owner}&coldN=${BIG}&sync=${encodeURIComponent(sync)}`);

@@ -101,6 +101,7 @@ const WAL_BYTES: usize = 1 << 20;
 /// Key spaces never evicted: the replica's own records (client, outbox, cursors,
 /// requests), small. They are not in the runs but in a log of their own in `meta`
 /// (see [`OWN_PREFIX`]), read whole at open.
+/// In order (see [`unpinned`]).
 const PINNED: &[u8] = b"KOQX";
 /// The pinned spaces' log: records under this prefix and a u64 big-endian number, each
 /// the pinned writes of one flush to the runs (the write-ahead records' format). They
@@ -2450,11 +2451,10 @@ fn note_written(filter: &mut Filter, k: &[u8], v: &Option<Vec<u8>>) {
 
 /// Every key outside the pinned spaces, as ranges in order.
 fn unpinned() -> Vec<KeyRange> {
-    let mut pinned = PINNED.to_vec();
-    pinned.sort_unstable();
-    let mut out = Vec::with_capacity(pinned.len() + 1);
+    debug_assert!(PINNED.is_sorted());
+    let mut out = Vec::with_capacity(PINNED.len() + 1);
     let mut start = Bound::Unbounded;
-    for p in pinned {
+    for &p in PINNED {
         out.push(KeyRange {
             start,
             end: Bound::Excluded(vec![p]),
@@ -2594,7 +2594,13 @@ struct Fetch {
     pending: Vec<(usize, std::ops::Range<usize>, IdbRequest)>,
     /// What came, by (run, block): `None` when IndexedDB did not have it.
     got: HashMap<(usize, usize), Option<Vec<u8>>>,
+    /// The blocks points read (the runs and blocks) and what they hold, merged: a point
+    /// read by the same blocks is answered from it.
+    points: Vec<(BlockReads, Vec<runs::Item>)>,
 }
+
+/// Blocks to read: per run (its index), a range of its blocks.
+type BlockReads = Vec<(usize, std::ops::Range<usize>)>;
 
 impl Fetch {
     /// Asks for the blocks of `reads` not asked for yet; gives the requests issued.
@@ -2688,14 +2694,31 @@ impl Fetch {
     /// newest winning, tombstones dropped). A block missing from a run whose write is
     /// not settled counts as nothing (the write failed; its writes are still the
     /// cache's); from any other run, it is corruption.
+    ///
+    /// A point whose blocks an earlier point of the load read decides only itself, from
+    /// what those blocks hold: the documents of a query, often a few in each block,
+    /// would otherwise decode the block and take its entries in again, once each.
     fn answer(
-        &self,
+        &mut self,
         runs: &Runs,
         unsettled: &BTreeSet<u64>,
         r: &RunRead,
     ) -> Result<(KeyRange, Vec<Entry>), Error> {
         if r.reads.is_empty() {
             return Ok((r.range.clone(), Vec::new()));
+        }
+        let point = r.count.is_none()
+            && matches!((&r.range.start, &r.range.end), (Bound::Included(a), Bound::Included(b)) if a == b);
+        let entry = |(k, v): &runs::Item| (k.clone(), v.clone().unwrap_or_default());
+        if point {
+            if let Some((_, merged)) = self.points.iter().find(|(reads, _)| *reads == r.reads) {
+                let entries = merged
+                    .iter()
+                    .filter(|(k, _)| r.range.contains(k))
+                    .map(entry)
+                    .collect();
+                return Ok((r.range.clone(), entries));
+            }
         }
         let parts = runs::parts_of(&r.reads, |i, j| {
             let run = &runs.runs()[i];
@@ -2714,7 +2737,17 @@ impl Fetch {
         } else {
             runs.known(&r.range, &r.reads)
         };
-        let entries = runs::merge(parts, false)
+        let merged = runs::merge(parts, false);
+        if point {
+            let entries = merged
+                .iter()
+                .filter(|(k, _)| known.contains(k))
+                .map(entry)
+                .collect();
+            self.points.push((r.reads.clone(), merged));
+            return Ok((known, entries));
+        }
+        let entries = merged
             .into_iter()
             .filter(|(k, _)| known.contains(k))
             .map(|(k, v)| (k, v.unwrap_or_default()))

@@ -163,6 +163,50 @@ async fn data_loads_when_a_read_needs_it() {
     IdbStore::delete(name).await.unwrap();
 }
 
+/// Points read by the same blocks take them in once: after the first, each decides only
+/// itself (a query's documents, a few in each block, used to take in a whole block
+/// each).
+#[wasm_bindgen_test]
+async fn points_in_one_block_take_it_in_once() {
+    let name = "points-once";
+    let key = |i: u32| [&[b'P'][..], &i.to_be_bytes()].concat();
+    let mut s = fresh(name).await;
+    let mut b = Batch::new();
+    for i in 0..3_000 {
+        b.put(key(i), vec![1; 100]);
+    }
+    s.apply(b).unwrap();
+    s.flush().await.unwrap();
+    let blocks = s.stats().blocks;
+    s.close();
+
+    let mut s = IdbStore::open(name).await.unwrap();
+    let points: Vec<u32> = (0..3_000).step_by(10).collect();
+    for i in &points {
+        assert_eq!(s.get(&key(*i)).unwrap(), None);
+    }
+    let m = s.take_misses();
+    assert_eq!(m.len(), points.len());
+    s.load_misses(m).await.unwrap();
+    for i in &points {
+        assert_eq!(s.get(&key(*i)).unwrap(), Some(vec![1; 100]));
+    }
+    assert!(s.take_misses().is_empty());
+    let st = s.stats();
+    assert_eq!((st.load_transactions, st.blocks_loaded), (1, blocks));
+    // Each block's entries once, and each other point once.
+    assert!(
+        st.records_loaded <= 3_000 + points.len() as u64,
+        "{} records taken in",
+        st.records_loaded
+    );
+    // The blocks' other entries are held too.
+    assert_eq!(s.get(&key(5)).unwrap(), Some(vec![1; 100]));
+    assert!(s.take_misses().is_empty());
+    s.close();
+    IdbStore::delete(name).await.unwrap();
+}
+
 /// Ten thousand small records go in with one transaction and come back intact.
 #[wasm_bindgen_test]
 async fn ten_thousand_records_round_trip() {
