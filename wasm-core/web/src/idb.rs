@@ -2924,13 +2924,13 @@ impl LoadJob {
             self.reads.extend(more);
         }
         self.fetch.wait().await?;
-        // A count from a run's record: the keys the other runs' blocks hold name the
-        // base's blocks to read too (whether it holds them decides the count).
+        // A count from the runs' records: the keys the blocks read hold name the blocks
+        // counted to read too (whether another run holds them decides the count).
         let mut more_asked = false;
         for r in &mut self.reads {
             let Some(plan) = &mut r.count else { continue };
             let mut keys = Vec::new();
-            for (i, blocks) in r.reads.iter().filter(|(i, _)| *i != plan.base()) {
+            for (i, blocks) in &r.reads {
                 for j in blocks.clone() {
                     if let Some(Some(b)) = self.fetch.got.get(&(*i, j)) {
                         let items = decode_run_block(&runs.runs()[*i], b)?;
