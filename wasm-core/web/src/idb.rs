@@ -2711,7 +2711,14 @@ impl Fetch {
             && matches!((&r.range.start, &r.range.end), (Bound::Included(a), Bound::Included(b)) if a == b);
         let entry = |(k, v): &runs::Item| (k.clone(), v.clone().unwrap_or_default());
         if point {
-            if let Some((_, merged)) = self.points.iter().find(|(reads, _)| *reads == r.reads) {
+            // The newest first: points come in key order, so a point's blocks are
+            // most often the last point's.
+            let memo = self
+                .points
+                .iter()
+                .rev()
+                .find(|(reads, _)| *reads == r.reads);
+            if let Some((_, merged)) = memo {
                 let entries = merged
                     .iter()
                     .filter(|(k, _)| r.range.contains(k))
