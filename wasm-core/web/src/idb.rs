@@ -1346,13 +1346,7 @@ impl IdbStore {
     /// runs decides how they change the count), and a run whose write is not settled
     /// is read, not counted from its record.
     fn count_plan(&self, runs: &Runs, range: &KeyRange) -> Option<runs::CountPlan> {
-        let b = (as_ref(&range.start), as_ref(&range.end));
-        let mut touched: Vec<&[u8]> = Vec::new();
-        touched.extend(self.wal.range::<[u8], _>(b).map(|(k, _)| k.as_slice()));
-        for f in &self.in_flight {
-            touched.extend(f.writes.range::<[u8], _>(b).map(|(k, _)| k.as_slice()));
-        }
-        touched.extend(self.dirty.range::<[u8], _>(b).map(|(k, _)| k.as_slice()));
+        let touched: Vec<&[u8]> = self.unwritten_in(range).into_keys().collect();
         runs.count_plan(range, &touched, |run| {
             !self.in_flight.iter().any(|f| f.run == Some(run.number))
         })
@@ -1509,6 +1503,22 @@ impl IdbStore {
         spans: &[KeyRange],
     ) -> Option<u64> {
         let mut n = read.len() as u64 + unread;
+        for (k, present) in self.unwritten_in(range) {
+            if spans.iter().any(|u| u.contains(k)) {
+                return None;
+            }
+            match (read.contains(&k.to_vec()), present) {
+                (false, true) => n += 1,
+                (true, false) => n = n.saturating_sub(1),
+                _ => {}
+            }
+        }
+        Some(n)
+    }
+
+    /// The keys of `range` written and not in a run yet (in a write-ahead record, in a
+    /// flush in flight, queued), and whether each is there after its newest write.
+    fn unwritten_in(&self, range: &KeyRange) -> BTreeMap<&[u8], bool> {
         let b = (as_ref(&range.start), as_ref(&range.end));
         let mut newest: BTreeMap<&[u8], bool> = BTreeMap::new();
         for (k, v) in self.wal.range::<[u8], _>(b) {
@@ -1522,17 +1532,7 @@ impl IdbStore {
         for (k, v) in self.dirty.range::<[u8], _>(b) {
             newest.insert(k, v.is_some());
         }
-        for (k, present) in newest {
-            if spans.iter().any(|u| u.contains(k)) {
-                return None;
-            }
-            match (read.contains(&k.to_vec()), present) {
-                (false, true) => n += 1,
-                (true, false) => n = n.saturating_sub(1),
-                _ => {}
-            }
-        }
-        Some(n)
+        newest
     }
 
     fn cache_put(&mut self, k: Vec<u8>, v: Vec<u8>) {
