@@ -97,10 +97,10 @@ fn to_int(f: f64, name: &str) -> Result<Value, Error> {
     if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) {
         Ok(Value::Int(f as i64))
     } else {
-        Err(err(
-            ErrorCode::Arithmetic,
-            format!("{name}: {f} does not fit in an int"),
-        ))
+        let mut m = format!("{name}: ");
+        crate::text::write_float(&mut m, f);
+        m.push_str(" does not fit in an int");
+        Err(err(ErrorCode::Arithmetic, m))
     }
 }
 

@@ -53,7 +53,13 @@ impl Tok {
             Tok::Ident(s) => format!("`{s}`"),
             Tok::Int(i) => format!("number {i}"),
             Tok::IntMinMagnitude => "number 9223372036854775808".into(),
-            Tok::Float(f) => format!("number {f}"),
+            Tok::Float(f) => {
+                // The engine's own shortest form (as values print), not `f64`'s
+                // `Display`, whose code the WebAssembly build would then carry.
+                let mut s = String::from("number ");
+                crate::text::write_float(&mut s, *f);
+                s
+            }
             Tok::Str(_) => "a string".into(),
             Tok::Eof => "the end of the input".into(),
             t => format!("`{}`", t.symbol()),

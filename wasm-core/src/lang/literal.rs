@@ -28,9 +28,9 @@ pub fn write_literal(out: &mut String, v: &Value) -> Result<(), Error> {
         // A negative number is unary minus on its magnitude; the lexer reads the
         // magnitude of i64::MIN on its own.
         Value::Int(i) => out.push_str(&i.to_string()),
-        // Rust's shortest round-trip form always has a `.` or an exponent (`1.0`,
-        // `1e16`, `1e-7`), so the lexer reads a float with the same bits.
-        Value::Float(f) => out.push_str(&format!("{f:?}")),
+        // The shortest round-trip form always has a `.` or an exponent (`1.0`,
+        // `1e+16`, `1e-7`), so the lexer reads a float with the same bits.
+        Value::Float(f) => crate::text::write_float(out, *f),
         Value::String(s) => write_string(out, s),
         Value::Bytes(_) => {
             return Err(Error::new(
