@@ -592,7 +592,7 @@ impl IdbStore {
         let get_epoch = meta
             .get(&key(EPOCH_KEY))
             .map_err(|e| js_err("read the epoch", e))?;
-        let reads = Self::meta_requests(&store, &meta)?;
+        let reads = Self::meta_requests(&meta)?;
         // Its answer comes first; the other requests keep the transaction open.
         let epoch = epoch_of(
             &request(&get_epoch)
@@ -606,6 +606,8 @@ impl IdbStore {
             let q = half_open(&runs::block_key(*n, &[]), &runs::block_key(n + 1, &[]))
                 .map_err(|e| js_err("key range", e))?;
             store.delete(&q).map_err(|e| js_err("delete", e))?;
+            meta.delete(&key(&runs::writing_key(*n)))
+                .map_err(|e| js_err("delete", e))?;
         }
         // The preloaded ranges, from the runs now known.
         let mut fetch = Fetch::default();
@@ -748,18 +750,16 @@ impl IdbStore {
     }
 
     async fn read_meta(db: &IdbDatabase) -> Result<Opened, Error> {
-        let (_tx, [store, meta]) = stores(db, [RUNS, META], IdbTransactionMode::Readonly)?;
-        Self::meta_from(Self::meta_requests(&store, &meta)?).await
+        let (_tx, [meta]) = stores(db, [META], IdbTransactionMode::Readonly)?;
+        Self::meta_from(Self::meta_requests(&meta)?).await
     }
 
     /// The requests that read the backend's own records at open: the filter's meta
-    /// record, the write-ahead records, the runs' records and their blocks' keys. The
+    /// record, the write-ahead records, the runs' records (which name their blocks) and
+    /// the marks of runs being written; no block's key (`runs::WRITING_PREFIX`). The
     /// filter's pages are read later (they grow with the database: 570 KiB at 100,000
     /// documents), see [`IdbStore::load_filter`].
-    fn meta_requests(
-        store: &web_sys::IdbObjectStore,
-        meta: &web_sys::IdbObjectStore,
-    ) -> Result<MetaReads, Error> {
+    fn meta_requests(meta: &web_sys::IdbObjectStore) -> Result<MetaReads, Error> {
         Ok(MetaReads {
             filter: meta
                 .get(&key(filter::META_KEY))
@@ -767,7 +767,12 @@ impl IdbStore {
             records: RangeRead::all(meta, &KeyRange::prefix(wal::PREFIX))?,
             own: RangeRead::all(meta, &KeyRange::prefix(OWN_PREFIX))?,
             runs: RangeRead::all(meta, &KeyRange::prefix(runs::META_PREFIX))?,
-            blocks: store.get_all_keys().map_err(|e| js_err("getAllKeys", e))?,
+            writing: meta
+                .get_all_keys_with_key(
+                    &half_open(runs::WRITING_PREFIX, &runs::writing_key(u64::MAX))
+                        .map_err(|e| js_err("key range", e))?,
+                )
+                .map_err(|e| js_err("getAllKeys", e))?,
         })
     }
 
@@ -776,7 +781,7 @@ impl IdbStore {
         let records = reads.records.entries().await?;
         let own_records = reads.own.entries().await?;
         let run_records = reads.runs.entries().await?;
-        let blocks: Array = request(&reads.blocks)
+        let writing: Array = request(&reads.writing)
             .await
             .map_err(|e| js_err("getAllKeys", e))?
             .unchecked_into();
@@ -788,8 +793,8 @@ impl IdbStore {
         }
         let meta = Uint8Array::new(&meta).to_vec();
         let filter = Filter::from_meta(&meta).map_err(bad_filter)?;
-        let keys = pack::unpack(&blocks).into_iter().flatten().collect();
-        let (runs, orphans) = Runs::open(run_records, keys)
+        let writing = pack::unpack(&writing).into_iter().flatten().collect();
+        let (runs, orphans) = Runs::open(run_records, writing, None)
             .map_err(|e| Error::new(ErrorCode::Corrupt, format!("the runs: {}", e.0)))?;
         let replay = fold_log(records, wal::PREFIX, "write-ahead record")?;
         let own = fold_log(own_records, OWN_PREFIX, "own spaces' log record")?;
@@ -2204,7 +2209,7 @@ impl IdbStore {
         if full.is_empty() {
             return self.merge_next();
         }
-        self.merge_write(full, Vec::new())
+        self.merge_write(full, Vec::new(), None)
     }
 
     /// The next read, or the end.
@@ -2219,23 +2224,26 @@ impl IdbStore {
             .map_err(|e| Error::new(ErrorCode::Corrupt, format!("a merge: {}", e.0)))?;
         let deletes = f.deletes.clone();
         let puts = f.puts.clone();
+        let unmark = f.unmark.clone();
         m.ending = Some(f);
-        self.merge_write(puts, deletes)
+        self.merge_write(puts, deletes, Some(unmark))
     }
 
-    /// One read-write transaction of a merge: `puts` (blocks to `runs`, records to
-    /// `meta`) and `deletes` (a run's record and its blocks' key range), after the
-    /// leader epoch's check.
+    /// One read-write transaction of a merge: `puts` (blocks to `runs`, records and
+    /// marks to `meta`), `deletes` (a run's record and its blocks' key range) and the
+    /// new run's mark (`unmark`, as its record is written), after the leader epoch's
+    /// check.
     fn merge_write(
         &mut self,
         puts: runs::Records,
         deletes: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+        unmark: Option<Vec<u8>>,
     ) -> Result<(), Error> {
         let (tx, store, meta, epoch) = self.write_tx()?;
         let mut requests = 0;
         let issued = (|| -> Result<(), JsValue> {
             for (k, v) in &puts {
-                if k.starts_with(runs::META_PREFIX) {
+                if runs::in_meta(k) {
                     meta.put_with_key(&key(v), &key(k))?;
                 } else {
                     store.put_with_key(&key(v), &key(k))?;
@@ -2246,6 +2254,10 @@ impl IdbStore {
                 meta.delete(&key(record))?;
                 store.delete(&half_open(from, to)?)?;
                 requests += 2;
+            }
+            if let Some(k) = &unmark {
+                meta.delete(&key(k))?;
+                requests += 1;
             }
             Ok(())
         })();
@@ -2510,12 +2522,12 @@ fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
 /// The reads of the backend's own records at open.
 struct MetaReads {
     /// The filter's meta record, the write-ahead records, the runs' records, and the
-    /// keys of every block.
+    /// marks of runs being written.
     filter: IdbRequest,
     records: RangeRead,
     own: RangeRead,
     runs: RangeRead,
-    blocks: IdbRequest,
+    writing: IdbRequest,
 }
 
 /// What the open read of the backend's own records.

@@ -13,8 +13,8 @@
 //! Why runs rather than blocks rewritten in place, measured: docs/DECISIONS.md.
 //!
 //! What the store keeps in memory: per run its number, age, size and last key, its
-//! blocks' live items, and its blocks' first keys (the block keys, read at open with one
-//! `getAllKeys`); from them [`Runs::covering`] says which blocks a read needs,
+//! blocks' live items, and its blocks' first keys (all of it in the run's record, read
+//! at open; the blocks' own keys are not); from them [`Runs::covering`] says which blocks a read needs,
 //! [`Runs::known`] over which keys what it read decides everything, and
 //! [`Runs::count_plan`] which blocks a count must read.
 //!
@@ -38,12 +38,17 @@ pub const FANOUT: usize = 4;
 pub const MAX_RUNS: usize = 3 * FANOUT;
 /// Where the runs' records live in `meta`: this prefix · the run's number (u64 BE).
 pub const META_PREFIX: &[u8] = b"\xFFrun/";
+/// Where a run being written in parts (a merge's) is marked in `meta`, while it has
+/// blocks and no record: this prefix · its number (u64 BE), an empty value. The open
+/// deletes the blocks of a run marked so (a merge cut short), with no read of the
+/// blocks' keys.
+pub const WRITING_PREFIX: &[u8] = b"\xFFrun+";
 /// The format byte blocks start with.
 const FORMAT: u8 = 1;
-/// The format byte run records start with: 2 when the record lists its blocks' live
-/// items (written since IndexedDB version 6), 1 when it does not.
-const RECORD_FORMAT: u8 = 2;
-const RECORD_FORMAT_1: u8 = 1;
+/// The format byte run records start with: 3 when the record lists its blocks' first
+/// keys (written since IndexedDB version 7); 2 when it lists their live items but not
+/// their keys (version 6), 1 when neither (version 4). See [`Run::meta_value`].
+pub const RECORD_FORMAT: u8 = 3;
 
 /// A block or a run record that is not one (written by something else, or damaged).
 #[derive(Debug, PartialEq, Eq)]
@@ -288,27 +293,46 @@ impl Run {
         meta_key(self.number)
     }
 
-    /// Its record in `meta`: `02` · varint age · varint items · varint bytes · varint
-    /// length · last key · varint blocks · per block, varint live items (the first keys
-    /// are its blocks' keys). A run read from a format-1 record, which has no live
-    /// items, is written in format 1: `01` and the same up to the last key.
+    /// Its record in `meta` (docs/STORAGE.md, "Runs"): [`RECORD_FORMAT`] · varint age ·
+    /// varint items · varint bytes · varint length · last key · varint blocks · `00`, or
+    /// `01` and per block varint live items (a run converted from format 1 has none) ·
+    /// its blocks' first keys, as a block ([`encode_block`]) of tombstones.
     pub fn meta_value(&self) -> Vec<u8> {
-        let mut out = vec![if self.lives.is_some() {
-            RECORD_FORMAT
-        } else {
-            RECORD_FORMAT_1
-        }];
+        let mut out = self.record_head(RECORD_FORMAT);
+        write_varint(&mut out, self.firsts.len() as u64);
+        out.push(u8::from(self.lives.is_some()));
+        for n in self.lives.iter().flatten() {
+            write_varint(&mut out, *n);
+        }
+        let keys: Vec<Item> = self.firsts.iter().map(|f| (f.clone(), None)).collect();
+        out.extend_from_slice(&encode_block(&keys));
+        out
+    }
+
+    /// Its record as the versions before 7 wrote it (for tests of their upgrades):
+    /// format 1 (versions 4 and 5), the head alone, when it has no live items; else
+    /// format 2 (version 6), then varint blocks · per block, varint live items.
+    pub fn meta_value_before_7(&self) -> Vec<u8> {
+        let Some(lives) = &self.lives else {
+            return self.record_head(1);
+        };
+        let mut out = self.record_head(2);
+        write_varint(&mut out, lives.len() as u64);
+        for n in lives {
+            write_varint(&mut out, *n);
+        }
+        out
+    }
+
+    /// A record's head in every format: `format` · varint age · varint items · varint
+    /// bytes · varint length · last key.
+    fn record_head(&self, format: u8) -> Vec<u8> {
+        let mut out = vec![format];
         write_varint(&mut out, self.age);
         write_varint(&mut out, self.items);
         write_varint(&mut out, self.bytes);
         write_varint(&mut out, self.last.len() as u64);
         out.extend_from_slice(&self.last);
-        if let Some(lives) = &self.lives {
-            write_varint(&mut out, lives.len() as u64);
-            for n in lives {
-                write_varint(&mut out, *n);
-            }
-        }
         out
     }
 
@@ -462,6 +486,18 @@ pub fn meta_key(number: u64) -> Vec<u8> {
     k
 }
 
+/// Run `number`'s mark in `meta` while it is being written (see [`WRITING_PREFIX`]).
+pub fn writing_key(number: u64) -> Vec<u8> {
+    let mut k = WRITING_PREFIX.to_vec();
+    k.extend_from_slice(&number.to_be_bytes());
+    k
+}
+
+/// Whether a record to put goes to `meta` (a run's record or mark), not to the blocks.
+pub fn in_meta(k: &[u8]) -> bool {
+    k.starts_with(META_PREFIX) || k.starts_with(WRITING_PREFIX)
+}
+
 /// The intersection of two ranges (either may be unbounded).
 fn meet(a: KeyRange, b: KeyRange) -> KeyRange {
     let start = match (a.start, b.start) {
@@ -499,6 +535,65 @@ fn bound_key(b: &Bound<Vec<u8>>) -> &[u8] {
     }
 }
 
+/// A run's record (`k`, `v`; see [`Run::meta_value`] and
+/// [`Run::meta_value_before_7`]) and its format; the first
+/// keys are empty for formats 1 and 2, which do not list them. Nothing is allocated for
+/// a count the bytes cannot hold.
+fn parse_record(k: &[u8], v: &[u8]) -> Result<(Run, u8), BadRun> {
+    let number = k
+        .strip_prefix(META_PREFIX)
+        .and_then(|n| n.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| BadRun("a run record's key".into()))?;
+    let mut r = Reader::new(v);
+    let format = r.byte().map_err(bad)?;
+    if !(1..=RECORD_FORMAT).contains(&format) {
+        return Err(BadRun("a run's record of an unknown format".into()));
+    }
+    let age = r.varint().map_err(bad)?;
+    let items = r.varint().map_err(bad)?;
+    let bytes = r.varint().map_err(bad)?;
+    let n = r.len().map_err(bad)?;
+    let last = r.take(n).map_err(bad)?.to_vec();
+    let mut firsts: Vec<Vec<u8>> = Vec::new();
+    let mut lives = None;
+    if format >= 2 {
+        // Each block's count takes at least a byte.
+        let blocks = r.len().map_err(bad)?;
+        if format == 2 || r.byte().map_err(bad)? == 1 {
+            let mut l = Vec::with_capacity(blocks);
+            for _ in 0..blocks {
+                l.push(r.varint().map_err(bad)?);
+            }
+            lives = Some(l);
+        }
+        if format == 3 {
+            // The rest: the first keys, as a block of tombstones.
+            let keys = decode_block(&v[r.pos..])?;
+            if keys.len() != blocks {
+                return Err(BadRun(
+                    "a run's record names other blocks than it counts".into(),
+                ));
+            }
+            firsts = keys.into_iter().map(|(k, _)| k).collect();
+            r.pos = v.len();
+        }
+    }
+    if r.pos != v.len() {
+        return Err(BadRun("bytes after a run's record".into()));
+    }
+    let run = Run {
+        number,
+        age,
+        items,
+        bytes,
+        firsts,
+        last,
+        lives,
+    };
+    Ok((run, format))
+}
+
 /// Every run of a store, oldest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Runs {
@@ -512,94 +607,81 @@ impl Runs {
         Runs::default()
     }
 
-    /// The runs named by their records in `meta` (key, value) and the keys of the
-    /// blocks stored. Gives them, and the numbers of runs whose blocks are stored with
-    /// no record (a merge cut short: its blocks are to be deleted).
+    /// The runs named by their records in `meta` (key, value), and the numbers of runs
+    /// to delete (never given to a new run):
+    /// - at open (`block_keys` none): records of [`RECORD_FORMAT`], each naming its
+    ///   blocks' first keys, and `marks`, the keys of the marks of runs being written
+    ///   ([`WRITING_PREFIX`]): the runs marked are to be deleted (a merge cut short: its
+    ///   blocks and its mark). No block's key is read;
+    /// - in an upgrade from a version before 7 (`block_keys`: the key of every block
+    ///   stored): records of any format, each run's first keys its blocks' (not the
+    ///   record's own, if it has them); the runs whose blocks are stored with no record
+    ///   are to be deleted.
     pub fn open(
         records: Vec<(Vec<u8>, Vec<u8>)>,
-        block_keys: Vec<Vec<u8>>,
+        marks: Vec<Vec<u8>>,
+        block_keys: Option<Vec<Vec<u8>>>,
     ) -> Result<(Runs, Vec<u64>), BadRun> {
         let mut runs: Vec<Run> = Vec::with_capacity(records.len());
         for (k, v) in records {
-            let number = k
-                .strip_prefix(META_PREFIX)
-                .and_then(|n| n.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| BadRun("a run record's key".into()))?;
-            let mut r = Reader::new(&v);
-            let format = r.byte().map_err(bad)?;
-            if format != RECORD_FORMAT && format != RECORD_FORMAT_1 {
-                return Err(BadRun(format!(
-                    "run {number}: a record of an unknown format"
-                )));
+            let (mut run, format) = parse_record(&k, &v)?;
+            if block_keys.is_some() {
+                run.firsts.clear();
+            } else if format != RECORD_FORMAT {
+                return Err(BadRun(
+                    "a run's record that does not name its blocks".into(),
+                ));
             }
-            let age = r.varint().map_err(bad)?;
-            let items = r.varint().map_err(bad)?;
-            let bytes = r.varint().map_err(bad)?;
-            let n = r.len().map_err(bad)?;
-            let last = r.take(n).map_err(bad)?.to_vec();
-            let lives = if format == RECORD_FORMAT {
-                // Each block's count takes at least a byte.
-                let n = r.len().map_err(bad)?;
-                let mut lives = Vec::with_capacity(n);
-                for _ in 0..n {
-                    lives.push(r.varint().map_err(bad)?);
-                }
-                Some(lives)
-            } else {
-                None
-            };
-            if r.pos != v.len() {
-                return Err(BadRun(format!("run {number}: bytes after its record")));
-            }
-            runs.push(Run {
-                number,
-                age,
-                items,
-                bytes,
-                firsts: Vec::new(),
-                last,
-                lives,
-            });
+            runs.push(run);
         }
-        sort_runs(&mut runs, |r| r.number);
-        let mut orphans: Vec<u64> = Vec::new();
-        for k in block_keys {
+        // In number order, as their keys sort (and the blocks' keys).
+        if runs.windows(2).any(|w| w[0].number >= w[1].number) {
+            return Err(BadRun("run records out of order".into()));
+        }
+        let mut gone = Vec::with_capacity(marks.len());
+        for k in marks {
+            gone.push(
+                k.strip_prefix(WRITING_PREFIX)
+                    .and_then(|n| n.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| BadRun("a written run's mark".into()))?,
+            );
+        }
+        for k in block_keys.into_iter().flatten() {
             let (n, first) = split_block_key(&k).ok_or_else(|| BadRun("a block's key".into()))?;
             match runs.binary_search_by_key(&n, |r| r.number) {
                 Ok(i) => {
                     let run = &mut runs[i];
                     if run.firsts.last().is_some_and(|f| f.as_slice() >= first) {
-                        return Err(BadRun(format!("run {n}: block keys out of order")));
+                        return Err(BadRun("a run's block keys out of order".into()));
                     }
                     run.firsts.push(first.to_vec());
                 }
-                Err(_) if orphans.last() != Some(&n) => orphans.push(n),
+                Err(_) if gone.last() != Some(&n) => gone.push(n),
                 Err(_) => {}
             }
         }
         let next_number = runs
             .iter()
             .map(|r| r.number + 1)
-            .chain(orphans.iter().map(|n| n + 1))
+            .chain(gone.iter().map(|n| n + 1))
             .max()
             .unwrap_or(0);
         for r in &runs {
             if r.firsts.is_empty() || r.last < r.firsts[r.firsts.len() - 1] {
-                return Err(BadRun(format!("run {}: its blocks are missing", r.number)));
+                return Err(BadRun("a run's blocks are missing".into()));
             }
             if r.lives.as_ref().is_some_and(|l| l.len() != r.firsts.len()) {
-                return Err(BadRun(format!(
-                    "run {}: its record counts other blocks than it has",
-                    r.number
-                )));
+                return Err(BadRun(
+                    "a run's record counts other blocks than it has".into(),
+                ));
             }
         }
         sort_runs(&mut runs, |r| r.age);
         if runs.windows(2).any(|w| w[0].age == w[1].age) {
             return Err(BadRun("two runs of one age".into()));
         }
-        Ok((Runs { runs, next_number }, orphans))
+        Ok((Runs { runs, next_number }, gone))
     }
 
     /// The runs, oldest first.
@@ -932,6 +1014,8 @@ pub struct Finished {
     pub puts: Records,
     /// The meta key (a record) and the block key range, [from, to), of each input.
     pub deletes: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+    /// The new run's mark, deleted as its record is written.
+    pub unmark: Vec<u8>,
     /// The new run's number, if it has one, and the runs it replaced (for
     /// [`Runs::restore`]).
     pub output: Option<u64>,
@@ -974,7 +1058,8 @@ impl Compaction {
     }
 
     /// A block read (each input's in order, as [`Compaction::wants`] named them); gives
-    /// the new run's blocks that filled.
+    /// the new run's blocks that filled, and with them its mark (see
+    /// [`WRITING_PREFIX`]; [`in_meta`] says which record goes where).
     pub fn feed(&mut self, key: &[u8], block: &[u8]) -> Result<Records, BadRun> {
         let (n, first) = split_block_key(key).ok_or_else(|| BadRun("a block's key".into()))?;
         let i = self
@@ -990,12 +1075,17 @@ impl Compaction {
         self.fed[i] += 1;
         let done = self.fed[i] == run.firsts.len();
         self.merger.feed(i, items, done);
-        Ok(self
+        let mut out: Records = self
             .merger
             .take()
             .into_iter()
             .filter_map(|item| self.builder.push(item))
-            .collect())
+            .collect();
+        if !out.is_empty() {
+            // Blocks with no record yet: written with the run's mark.
+            out.push((writing_key(self.number), Vec::new()));
+        }
+        Ok(out)
     }
 
     /// Whether every input is read and merged.
@@ -1051,6 +1141,7 @@ impl Compaction {
         Ok(Finished {
             puts,
             deletes,
+            unmark: writing_key(self.number),
             output,
             replaced,
         })
@@ -1253,19 +1344,99 @@ mod tests {
         assert!(decode_block(&[1, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
         assert!(decode_block(&[1, 1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
         assert!(decode_block(&[1, 1, 0, 1, b'a', 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
-        // A run's record.
-        let (run, blocks) = build(7, 3, &[put("a", "1"), put("b", "2")]).unwrap();
+        // A run's record, in each format.
+        let big = vec![b'v'; BLOCK_BYTES];
+        let items: Vec<Item> = ["a", "ab", "b", "ba"]
+            .iter()
+            .map(|k| (k.as_bytes().to_vec(), Some(big.clone())))
+            .chain([(b"c".to_vec(), None)])
+            .collect();
+        let (run, blocks) = build(7, 3, &items).unwrap();
+        assert_eq!(run.firsts.len(), 5);
         let keys: Vec<Vec<u8>> = blocks.iter().map(|(k, _)| k.clone()).collect();
-        let rec = run.meta_value();
-        for cut in 0..rec.len() {
-            let r = Runs::open(vec![(run.meta_key(), rec[..cut].to_vec())], keys.clone());
-            assert!(r.is_err(), "cut at {cut}");
+        let mut old = run.clone();
+        old.lives = None;
+        for (format, rec) in [
+            (1, old.meta_value_before_7()),
+            (2, run.meta_value_before_7()),
+            (3, run.meta_value()),
+            (3, old.meta_value()),
+        ] {
+            assert_eq!(rec[0], format);
+            let want = if rec == run.meta_value_before_7() || rec == run.meta_value() {
+                run.clone()
+            } else {
+                old.clone()
+            };
+            for cut in 0..rec.len() {
+                let r = Runs::open(
+                    vec![(run.meta_key(), rec[..cut].to_vec())],
+                    Vec::new(),
+                    Some(keys.clone()),
+                );
+                assert!(r.is_err(), "format {format}, cut at {cut}");
+            }
+            let mut longer = rec.clone();
+            longer.push(0);
+            assert!(Runs::open(
+                vec![(run.meta_key(), longer)],
+                Vec::new(),
+                Some(keys.clone())
+            )
+            .is_err());
+            // A run whose blocks are missing.
+            assert!(Runs::open(
+                vec![(run.meta_key(), rec.clone())],
+                Vec::new(),
+                Some(Vec::new())
+            )
+            .is_err());
+            let (runs, orphans) = Runs::open(
+                vec![(run.meta_key(), rec.clone())],
+                Vec::new(),
+                Some(keys.clone()),
+            )
+            .unwrap();
+            assert_eq!(runs.runs(), [want.clone()]);
+            assert!(orphans.is_empty());
+            // Only the current format names its blocks; the open needs it.
+            let opened = Runs::open(vec![(run.meta_key(), rec)], Vec::new(), None);
+            if format == RECORD_FORMAT {
+                assert_eq!(opened.unwrap().0.runs(), [want]);
+            } else {
+                assert!(opened.is_err());
+            }
         }
-        // A run whose blocks are missing.
-        assert!(Runs::open(vec![(run.meta_key(), rec.clone())], Vec::new()).is_err());
-        let (runs, orphans) = Runs::open(vec![(run.meta_key(), rec)], keys).unwrap();
-        assert_eq!(runs.runs(), [run]);
-        assert!(orphans.is_empty());
+        // A record counting other blocks than are stored.
+        assert!(Runs::open(
+            vec![(run.meta_key(), run.meta_value())],
+            Vec::new(),
+            Some(keys[1..].to_vec())
+        )
+        .is_err());
+        // Block keys in a record out of order, or sharing more than the key before.
+        let rec = run.meta_value();
+        let mut swapped = rec.clone();
+        let at = rec.iter().position(|&b| b == b'a').unwrap();
+        swapped[at] = b'z';
+        assert!(Runs::open(vec![(run.meta_key(), swapped)], Vec::new(), None).is_err());
+        let mut sharing = rec.clone();
+        sharing[at - 2] = 1;
+        assert!(Runs::open(vec![(run.meta_key(), sharing)], Vec::new(), None).is_err());
+        // A block count past the bytes allocates nothing.
+        let mut huge = rec[..at - 3].to_vec();
+        huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(Runs::open(vec![(run.meta_key(), huge)], Vec::new(), None).is_err());
+        // A mark names a run being written: given back to delete, never numbered again.
+        let (runs, marked) = Runs::open(
+            vec![(run.meta_key(), run.meta_value())],
+            vec![writing_key(9)],
+            None,
+        )
+        .unwrap();
+        assert_eq!(marked, [9]);
+        assert_eq!(runs.next_number, 10);
+        assert!(Runs::open(Vec::new(), vec![b"\xFFrun+1".to_vec()], None).is_err());
     }
 
     #[test]
@@ -1424,11 +1595,8 @@ mod tests {
                 let wants = c.wants(n);
                 for k in &wants {
                     let b = self.blocks[k].clone();
-                    for (k, v) in c.feed(k, &b).unwrap() {
-                        self.puts += 1;
-                        self.bytes_put += v.len();
-                        self.blocks.insert(k, v);
-                    }
+                    let written = c.feed(k, &b).unwrap();
+                    self.put(written);
                 }
                 if n != usize::MAX {
                     break;
@@ -1442,13 +1610,24 @@ mod tests {
             let f = c.finish(&mut self.runs).unwrap();
             if fail {
                 // Nothing of the last transaction is kept; the blocks written before it
-                // stay, with no record: deleted at the next open (or now).
+                // stay, marked, with no record: deleted at the next open (or now).
                 self.runs.restore(f.output, f.replaced);
                 self.orphans.push(number);
                 return true;
             }
-            for (k, v) in f.puts {
-                if k.starts_with(META_PREFIX) {
+            self.put(f.puts);
+            for (record, from, to) in f.deletes {
+                self.records.remove(&record);
+                self.drop_blocks(from, to);
+            }
+            self.records.remove(&f.unmark);
+            true
+        }
+
+        /// Puts a merge's records: blocks, and records and marks in `meta`.
+        fn put(&mut self, records: Records) {
+            for (k, v) in records {
+                if in_meta(&k) {
                     self.records.insert(k, v);
                 } else {
                     self.puts += 1;
@@ -1456,11 +1635,6 @@ mod tests {
                     self.blocks.insert(k, v);
                 }
             }
-            for (record, from, to) in f.deletes {
-                self.records.remove(&record);
-                self.drop_blocks(from, to);
-            }
-            true
         }
 
         /// Reads `r` as a load would, checks it against `model`, and gives how many
@@ -1589,11 +1763,25 @@ mod tests {
             let records: Vec<(Vec<u8>, Vec<u8>)> = self
                 .records
                 .iter()
+                .filter(|(k, _)| k.starts_with(META_PREFIX))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            let keys: Vec<Vec<u8>> = self.blocks.keys().cloned().collect();
-            let (again, orphans) = Runs::open(records, keys).unwrap();
+            let marks: Vec<Vec<u8>> = self
+                .records
+                .keys()
+                .filter(|k| k.starts_with(WRITING_PREFIX))
+                .cloned()
+                .collect();
+            assert_eq!(records.len() + marks.len(), self.records.len());
+            let (again, marked) = Runs::open(records.clone(), marks, None).unwrap();
             assert_eq!(again.runs(), self.runs.runs());
+            // From the blocks' keys, as an upgrade reads them: the same runs, and the
+            // runs with blocks and no record are the runs marked.
+            let keys: Vec<Vec<u8>> = self.blocks.keys().cloned().collect();
+            let (from_blocks, orphans) = Runs::open(records, Vec::new(), Some(keys)).unwrap();
+            assert_eq!(from_blocks.runs(), self.runs.runs());
+            assert_eq!(orphans, marked);
+            assert!(again.next_number >= from_blocks.next_number);
             // The blocks of merges that did not end (failed, or still going: a reopen
             // would have lost them) are found; those that failed are deleted.
             let mut want = self.orphans.clone();
@@ -1608,6 +1796,7 @@ mod tests {
             assert_eq!(orphans, want);
             for n in std::mem::take(&mut self.orphans) {
                 self.drop_blocks(block_key(n, &[]), block_key(n + 1, &[]));
+                self.records.remove(&writing_key(n));
             }
         }
     }

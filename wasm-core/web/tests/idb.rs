@@ -1273,12 +1273,19 @@ async fn runs_are_merged_as_they_come() {
         stored_blocks(name).await as u64 > blocks,
         "the merge's blocks are stored"
     );
+    let marked = |meta: Vec<Vec<u8>>| {
+        meta.iter()
+            .filter(|k| k.starts_with(warren_web::runs::WRITING_PREFIX))
+            .count()
+    };
+    assert_eq!(marked(raw_keys(name, "meta").await), 1, "and marked");
     let mut s = IdbStore::open_claimed(name, &[], None).await.unwrap();
     assert_eq!(
         stored_blocks(name).await as u64,
         s.stats().blocks,
         "deleted at open"
     );
+    assert_eq!(marked(raw_keys(name, "meta").await), 0, "with the mark");
     s.load_all().await.unwrap();
     let want: Vec<(Vec<u8>, Vec<u8>)> = model.into_iter().collect();
     assert_eq!(s.cached(), want);
@@ -1347,6 +1354,127 @@ async fn an_older_database_is_converted_into_one_run() {
         "the own spaces' log"
     );
     IdbStore::delete(name).await.unwrap();
+}
+
+/// A version-6 database (runs' records of formats 2 and 1, which do not name their
+/// blocks; the blocks of a merge cut short, with no record) is upgraded: each record is
+/// written again naming its blocks, the blocks with no record go, and what it holds
+/// reads back whole.
+#[wasm_bindgen_test]
+async fn a_version_6_database_names_its_blocks_in_its_records() {
+    let name = "v6-block-keys";
+    IdbStore::delete(name).await.unwrap();
+    let db = connect_making(name, Some(6), &["runs", "meta"]).await;
+    let d = |i: u32| format!("D{i:04}").into_bytes();
+    type Items = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+    let run0: Items = (0..600u32).map(|i| (d(i), Some(vec![1; 200]))).collect();
+    let run1: Items = (0..600u32)
+        .step_by(7)
+        .map(|i| (d(i), (i % 2 == 1).then(|| vec![2; 50])))
+        .collect();
+    let cut: Items = (0..300u32).map(|i| (d(i), Some(vec![9; 200]))).collect();
+    let tx = db
+        .transaction_with_str_sequence_and_mode(
+            &js_sys::Array::of2(&"runs".into(), &"meta".into()),
+            web_sys::IdbTransactionMode::Readwrite,
+        )
+        .unwrap();
+    let (blocks, meta) = (
+        tx.object_store("runs").unwrap(),
+        tx.object_store("meta").unwrap(),
+    );
+    let bytes = |b: &[u8]| js_sys::Uint8Array::from(b);
+    // Run 0's record of format 2 (version 6), run 1's of format 1 (version 4), run 5's
+    // blocks with none.
+    let mut recorded = 0;
+    for (n, items, format) in [(0u64, &run0, Some(2)), (1, &run1, Some(1)), (5, &cut, None)] {
+        let (mut run, records) = warren_web::runs::build(n, n, items).unwrap();
+        for (k, v) in records {
+            blocks.put_with_key(&bytes(&v), &bytes(&k)).unwrap();
+        }
+        if let Some(f) = format {
+            recorded += run.firsts.len();
+            if f == 1 {
+                run.lives = None;
+            }
+            meta.put_with_key(&bytes(&run.meta_value_before_7()), &bytes(&run.meta_key()))
+                .unwrap();
+        }
+    }
+    assert!(recorded > 4, "{recorded}");
+    let mut filter = warren_web::filter::Filter::new();
+    for i in 0..600u32 {
+        filter.insert(&d(i));
+    }
+    for (k, v) in filter.take_dirty() {
+        meta.put_with_key(&bytes(&v), &bytes(&k)).unwrap();
+    }
+    let p = js_sys::Promise::new(&mut |ok, err| {
+        tx.set_oncomplete(Some(&ok));
+        tx.set_onerror(Some(&err));
+    });
+    wasm_bindgen_futures::JsFuture::from(p).await.unwrap();
+    db.close();
+
+    let mut s = IdbStore::open(name).await.unwrap();
+    let st = s.stats();
+    assert_eq!((st.runs, st.blocks), (2, recorded as u64), "{st:?}");
+    assert_eq!(
+        stored_blocks(name).await as usize,
+        recorded,
+        "run 5's blocks are gone"
+    );
+    let mut want: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = run0
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().unwrap()))
+        .collect();
+    for (k, v) in &run1 {
+        match v {
+            Some(v) => want.insert(k.clone(), v.clone()),
+            None => want.remove(k),
+        };
+    }
+    let docs = KeyRange::prefix(b"D");
+    let _ = s.count(&docs, u64::MAX).unwrap();
+    let m = s.take_misses();
+    s.load_misses(m).await.unwrap();
+    assert_eq!(s.count(&docs, u64::MAX).unwrap(), want.len() as u64);
+    s.load_all().await.unwrap();
+    assert_eq!(s.cached(), want.into_iter().collect::<Vec<_>>());
+    s.close();
+    let db = connect(name, None).await;
+    assert_eq!(db.version(), 7.0);
+    db.close();
+    let records: Vec<Vec<u8>> = raw_keys(name, "meta")
+        .await
+        .into_iter()
+        .filter(|k| k.starts_with(warren_web::runs::META_PREFIX))
+        .collect();
+    assert_eq!(records.len(), 2);
+    for k in records {
+        let v = raw_value(name, "meta", &k).await;
+        assert_eq!(v[0], warren_web::runs::RECORD_FORMAT, "{k:?}");
+    }
+    IdbStore::delete(name).await.unwrap();
+}
+
+/// The value of key `k` in an object store of database `name`.
+async fn raw_value(name: &str, store: &str, k: &[u8]) -> Vec<u8> {
+    let db = connect(name, None).await;
+    let tx = db.transaction_with_str(store).unwrap();
+    let req = tx
+        .object_store(store)
+        .unwrap()
+        .get(&js_sys::Uint8Array::from(k))
+        .unwrap();
+    let p = js_sys::Promise::new(&mut |ok, err| {
+        req.set_onsuccess(Some(&ok));
+        req.set_onerror(Some(&err));
+    });
+    wasm_bindgen_futures::JsFuture::from(p).await.unwrap();
+    let v = js_sys::Uint8Array::new(&req.result().unwrap()).to_vec();
+    db.close();
+    v
 }
 
 /// The keys an object store of database `name` holds.
@@ -1550,7 +1678,7 @@ async fn a_version_4_database_moves_its_own_spaces_out_of_the_runs() {
         for (k, v) in records {
             blocks.put_with_key(&bytes(&v), &bytes(&k)).unwrap();
         }
-        meta.put_with_key(&bytes(&run.meta_value()), &bytes(&run.meta_key()))
+        meta.put_with_key(&bytes(&run.meta_value_before_7()), &bytes(&run.meta_key()))
             .unwrap();
     }
     let mut filter = warren_web::filter::Filter::new();

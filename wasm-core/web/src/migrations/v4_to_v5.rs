@@ -5,68 +5,38 @@
 //! left every entry it ever held in the older runs until a merge reached them, and an
 //! open read all of it.
 //!
-//! In the upgrade transaction: the runs' records and block keys are read; the blocks of
-//! those spaces (a block holds one space) are read, merged oldest run first, their
-//! values written as the log's record 0, and the blocks deleted; each run's record is
-//! written again without them
+//! In the upgrade transaction: the runs' records and block keys are read (as step 7
+//! reads them: `super::read_runs`); the blocks of those spaces (a block holds one space)
+//! are read, merged oldest run first, their values written as the log's record 0, and
+//! the blocks deleted; each run's record is written again without them
 //! (a run left with no block is deleted; one whose last block went takes the last key of
-//! the block now last, which is read for it). Blocks and records are of runs format 1,
-//! read with `crate::runs`: a later format change must give this step a reader of its
-//! own. Builds before this one cannot open a version-5 database.
+//! the block now last, which is read for it). Blocks are of runs format 1 and records
+//! of any format `crate::runs` reads (format 1 from version 4, this build's from step 4
+//! in the same upgrade), read and written with it: a later format change must give this
+//! step a reader of its own. Builds before this one cannot open a version-5 database.
 
 use std::collections::BTreeMap;
 
 use js_sys::{Array, Uint8Array};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
-use web_sys::{IdbKeyRange, IdbObjectStore, IdbRequest, IdbTransaction};
+use web_sys::{IdbObjectStore, IdbRequest, IdbTransaction};
 
 use crate::pack;
 use crate::runs::{self, Run, Runs};
 
-/// The object stores' names (step 4's).
-const META: &str = "meta";
-const RUNS: &str = "runs";
 /// The spaces that leave the runs.
 const SPACES: &[u8] = b"KOQX";
-/// Where step 4 put the runs' records in `meta`.
-const RUN_RECORDS: &[u8] = b"\xFFrun/";
 /// The log's first record.
 const OWN_FIRST: &[u8] = b"\xFFown/\0\0\0\0\0\0\0\0";
 
-pub fn run(tx: &IdbTransaction) -> Result<(), JsValue> {
-    let meta = tx.object_store(META)?;
-    let blocks = tx.object_store(RUNS)?;
-    let mut upper = RUN_RECORDS.to_vec();
-    *upper.last_mut().expect("a prefix") += 1;
-    let q = IdbKeyRange::bound_with_lower_open_and_upper_open(
-        &bytes(RUN_RECORDS),
-        &bytes(&upper),
-        false,
-        true,
-    )?;
-    let record_keys = meta.get_all_keys_with_key(&q)?;
-    let record_values = meta.get_all_with_key(&q)?;
-    let block_keys = blocks.get_all_keys()?;
-    let last = block_keys.clone();
+/// `then`: the steps after this one, run once it has issued its last request.
+pub fn run(tx: &IdbTransaction, then: super::Then) -> Result<(), JsValue> {
     let tx2 = tx.clone();
-    // Answers come in the order asked: the block keys' is the last.
-    let read = Closure::once_into_js(move |_: web_sys::Event| {
-        let r = (|| {
-            let records = pack::entries(
-                &record_keys.result()?.unchecked_into(),
-                &record_values.result()?.unchecked_into(),
-            );
-            let keys: Array = block_keys.result()?.unchecked_into();
-            let keys = pack::unpack(&keys).into_iter().flatten().collect();
-            read_blocks(&tx2, meta, blocks, records, keys)
-        })();
-        if r.is_err() {
-            let _ = tx2.abort();
-        }
-    });
-    last.set_onsuccess(Some(read.unchecked_ref()));
-    Ok(())
+    super::read_runs(
+        tx,
+        Box::new(move |meta, blocks, runs, _orphans| read_blocks(&tx2, meta, blocks, runs, then)),
+    )
 }
 
 fn bytes(b: &[u8]) -> Uint8Array {
@@ -83,11 +53,9 @@ fn read_blocks(
     tx: &IdbTransaction,
     meta: IdbObjectStore,
     blocks: IdbObjectStore,
-    records: Vec<(Vec<u8>, Vec<u8>)>,
-    keys: Vec<Vec<u8>>,
+    runs: Runs,
+    then: super::Then,
 ) -> Result<(), JsValue> {
-    let (runs, _orphans) =
-        Runs::open(records, keys).map_err(|e| JsValue::from_str(&format!("the runs: {}", e.0)))?;
     // (run index, block index, request), oldest run first.
     let mut reads: Vec<(usize, usize, IdbRequest)> = Vec::new();
     for (i, run) in runs.runs().iter().enumerate() {
@@ -103,12 +71,15 @@ fn read_blocks(
         }
     }
     let Some((_, _, last)) = reads.last() else {
-        return Ok(());
+        return then();
     };
     let last = last.clone();
     let tx2 = tx.clone();
     let done = Closure::once_into_js(move |_: web_sys::Event| {
-        if move_out(&meta, &blocks, &runs, &reads).is_err() {
+        if move_out(&meta, &blocks, &runs, &reads)
+            .and_then(|()| then())
+            .is_err()
+        {
             let _ = tx2.abort();
         }
     });
