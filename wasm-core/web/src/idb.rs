@@ -2739,10 +2739,32 @@ impl Fetch {
                 return Ok((r.range.clone(), entries));
             }
         }
-        let parts = runs::parts_of(&r.reads, |i, j| {
+        // A count's reads decide the keys of its range that it counts from them.
+        let known = if r.count.is_some() {
+            r.range.clone()
+        } else {
+            runs.known(&r.range, &r.reads)
+        };
+        // A limited scan (`take(n)`, not a page of a scan going on) takes in what decides
+        // the entries it asked for, not all its blocks hold: a run's block may hold ten
+        // times more, mostly outside its range.
+        let first = match r.scan {
+            Some((reverse, n)) if n < LIMITED && !point && r.count.is_none() => Some((reverse, n)),
+            _ => None,
+        };
+        let known = match first {
+            Some(_) => intersect(&known, &r.range).unwrap_or(known),
+            None => known,
+        };
+        // What the blocks hold outside the keys decided is not taken in (but for a
+        // point's, kept whole for the points after it).
+        let inside = |k: &[u8]| point || known.contains(k);
+        let mut parts = runs::parts_of(&r.reads, |i, j| {
             let run = &runs.runs()[i];
             match self.got.get(&(i, j)) {
-                Some(Some(b)) => decode_run_block(run, b).map(Some),
+                Some(Some(b)) => runs::decode_block_in(b, &inside)
+                    .map(Some)
+                    .map_err(|e| corrupt_run(run, e)),
                 _ if unsettled.contains(&run.number) => Ok(None),
                 _ => Err(Error::new(
                     ErrorCode::Corrupt,
@@ -2750,11 +2772,9 @@ impl Fetch {
                 )),
             }
         })?;
-        // A count's reads decide the keys of its range that it counts from them.
-        let known = if r.count.is_some() {
-            r.range.clone()
-        } else {
-            runs.known(&r.range, &r.reads)
+        let known = match first {
+            Some((reverse, n)) => runs::first_of(&mut parts, known, reverse, n),
+            None => known,
         };
         let merged = runs::merge(parts, false);
         if point {
@@ -2777,8 +2797,12 @@ impl Fetch {
 
 /// A block of `run`, decoded; `CORRUPT` when it does not decode.
 fn decode_run_block(run: &runs::Run, b: &[u8]) -> Result<Vec<runs::Item>, Error> {
-    runs::decode_block(b)
-        .map_err(|e| Error::new(ErrorCode::Corrupt, format!("run {}: {}", run.number, e.0)))
+    runs::decode_block(b).map_err(|e| corrupt_run(run, e))
+}
+
+/// `CORRUPT`: a block of `run` did not decode.
+fn corrupt_run(run: &runs::Run, e: runs::BadRun) -> Error {
+    Error::new(ErrorCode::Corrupt, format!("run {}: {}", run.number, e.0))
 }
 
 /// Reads that wait for the key filter's pages (see [`IdbStore::begin_load`]).

@@ -107,6 +107,12 @@ pub fn encode_block(items: &[Item]) -> Vec<u8> {
 /// The items of a block, checked: keys strictly increasing. Nothing is allocated for a
 /// count or a length the bytes cannot hold.
 pub fn decode_block(block: &[u8]) -> Result<Vec<Item>, BadRun> {
+    decode_block_in(block, &|_| true)
+}
+
+/// The items of a block whose keys `keep` keeps, checked as [`decode_block`] checks
+/// them all: a read of part of a block takes in (allocates) that part alone.
+pub fn decode_block_in(block: &[u8], keep: &dyn Fn(&[u8]) -> bool) -> Result<Vec<Item>, BadRun> {
     let mut r = Reader::new(block);
     if r.byte().map_err(bad)? != FORMAT {
         return Err(BadRun("a block of an unknown format".into()));
@@ -116,19 +122,21 @@ pub fn decode_block(block: &[u8]) -> Result<Vec<Item>, BadRun> {
     if n > ((block.len() - r.pos) / 3) as u64 {
         return Err(BadRun("a block with more items than bytes".into()));
     }
-    let mut out: Vec<Item> = Vec::with_capacity(n as usize);
-    for _ in 0..n {
+    let mut out: Vec<Item> = Vec::new();
+    // The key before, and the one being read.
+    let mut prev: Vec<u8> = Vec::new();
+    let mut k: Vec<u8> = Vec::new();
+    for i in 0..n {
         let s = r.varint().map_err(bad)?;
-        let prev: &[u8] = out.last().map_or(&[], |e| &e.0);
         if s > prev.len() as u64 {
             return Err(BadRun("a key shares more than the key before it".into()));
         }
         let rest_len = r.len().map_err(bad)?;
         let rest = r.take(rest_len).map_err(bad)?;
-        let mut k = Vec::with_capacity(s as usize + rest.len());
+        k.clear();
         k.extend_from_slice(&prev[..s as usize]);
         k.extend_from_slice(rest);
-        if out.last().is_some_and(|e| e.0 >= k) {
+        if i > 0 && prev >= k {
             return Err(BadRun("a block's keys out of order".into()));
         }
         let v = match r.varint().map_err(bad)? {
@@ -138,10 +146,13 @@ pub fn decode_block(block: &[u8]) -> Result<Vec<Item>, BadRun> {
                 if n > (block.len() - r.pos) as u64 {
                     return Err(BadRun("a value runs past the block's end".into()));
                 }
-                Some(r.take(n as usize).map_err(bad)?.to_vec())
+                Some(r.take(n as usize).map_err(bad)?)
             }
         };
-        out.push((k, v));
+        if keep(&k) {
+            out.push((k.clone(), v.map(<[u8]>::to_vec)));
+        }
+        std::mem::swap(&mut prev, &mut k);
     }
     if r.pos != block.len() {
         return Err(BadRun("bytes after a block's last item".into()));
@@ -526,6 +537,43 @@ fn meet(a: KeyRange, b: KeyRange) -> KeyRange {
         }
     };
     KeyRange { start, end }
+}
+
+/// What a scan limited to its first `n` keys (the last, `reverse`) takes of what it
+/// read: `parts` are the runs' items inside `known`, each in order. A run with more
+/// than `n` of them holds `n` up to its `n`-th key: past the nearest such key no more is
+/// needed, so every part is cut there and the range decided ends there (it still holds
+/// every item of every part up to it). Gives the range decided.
+pub fn first_of(parts: &mut [Vec<Item>], known: KeyRange, reverse: bool, n: usize) -> KeyRange {
+    let n = n.max(1);
+    let cuts = parts.iter().filter(|p| p.len() > n).map(|p| {
+        if reverse {
+            &p[p.len() - n].0
+        } else {
+            &p[n - 1].0
+        }
+    });
+    let cut = if reverse { cuts.max() } else { cuts.min() };
+    let Some(cut) = cut.cloned() else {
+        return known;
+    };
+    for p in parts.iter_mut() {
+        p.retain(|(k, _)| if reverse { *k >= cut } else { *k <= cut });
+    }
+    // Forward, it ends before the key right after the cut (as a scan going on from
+    // there starts).
+    let side = if reverse {
+        KeyRange {
+            start: Bound::Included(cut),
+            end: Bound::Unbounded,
+        }
+    } else {
+        KeyRange {
+            start: Bound::Unbounded,
+            end: Bound::Excluded([cut.as_slice(), &[0]].concat()),
+        }
+    };
+    meet(known, side)
 }
 
 fn bound_key(b: &Bound<Vec<u8>>) -> &[u8] {
@@ -1291,7 +1339,7 @@ impl Merger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
     fn put(k: &str, v: &str) -> Item {
         (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()))
@@ -1397,7 +1445,7 @@ mod tests {
                 Some(keys.clone()),
             )
             .unwrap();
-            assert_eq!(runs.runs(), [want.clone()]);
+            assert_eq!(runs.runs(), std::slice::from_ref(&want));
             assert!(orphans.is_empty());
             // Only the current format names its blocks; the open needs it.
             let opened = Runs::open(vec![(run.meta_key(), rec)], Vec::new(), None);
@@ -1698,6 +1746,55 @@ mod tests {
                 got, want,
                 "{r:?} reverse {reverse}, first {n}, known {known:?}"
             );
+            // Limited to its first entries: the parts decoded inside what is known, then
+            // cut to the first `m` keys of any run.
+            for m in [1, 2, 7, 50] {
+                let mut parts: Vec<Vec<Item>> = reads
+                    .iter()
+                    .map(|(i, b)| {
+                        let run = &self.runs.runs()[*i];
+                        b.clone()
+                            .flat_map(|j| {
+                                let bytes = &self.blocks[&block_key(run.number, &run.firsts[j])];
+                                decode_block_in(bytes, &|k| known.contains(k)).unwrap()
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let most = parts.iter().map(Vec::len).max().unwrap_or(0);
+                let decided = first_of(&mut parts, known.clone(), reverse, m);
+                let all: BTreeSet<Vec<u8>> =
+                    parts.iter().flatten().map(|(k, _)| k.clone()).collect();
+                if most > m {
+                    // As many keys as asked, tombstones and keys of several runs apart.
+                    assert!(all.len() >= m, "{r:?} first {m}: {} keys", all.len());
+                } else {
+                    assert_eq!(decided, known);
+                }
+                let got: Vec<Vec<u8>> = merge(parts, false)
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .filter(|k| decided.contains(k))
+                    .collect();
+                let want: Vec<Vec<u8>> = model
+                    .keys()
+                    .filter(|k| decided.contains(k))
+                    .cloned()
+                    .collect();
+                assert_eq!(got, want, "{r:?} reverse {reverse}, first {m}");
+                assert!(want.iter().all(|k| known.contains(k)));
+                // It decides the range from the end read on, as before.
+                for k in model.keys().filter(|k| known.contains(k)) {
+                    let before = if reverse {
+                        want.first().is_some_and(|f| k >= f)
+                    } else {
+                        want.last().is_some_and(|l| k <= l)
+                    };
+                    if before {
+                        assert!(decided.contains(k), "{r:?} first {m}: {k:?}");
+                    }
+                }
+            }
             // It decides the range from the end read on: its bound there (or, past an
             // excluded start, the key right after it).
             let edge = match (reverse, &r.start, &r.end) {

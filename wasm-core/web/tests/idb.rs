@@ -361,6 +361,82 @@ async fn misses_load_together_and_absences_need_no_read() {
     IdbStore::delete(name).await.unwrap();
 }
 
+/// A limited scan (`take(n)`) of a range whose runs' blocks hold much more (other
+/// owners' entries around it) takes in what decides its first entries: about `n` of each
+/// run, not their blocks. What it answers is the newest (a later run's update and
+/// delete win), from either end, and a scan of more loads the rest.
+#[wasm_bindgen_test]
+async fn a_limited_scan_takes_in_its_first_entries() {
+    let name = "limited-scan";
+    let mut s = fresh(name).await;
+    let key = |o: u8, i: u32| {
+        let mut k = vec![b'I', o];
+        k.extend_from_slice(&i.to_be_bytes());
+        k
+    };
+    let mut model = std::collections::BTreeMap::new();
+    // Three runs (fewer than a merge takes), each with 20 owners' entries.
+    for run in 0..3u32 {
+        let mut b = Batch::new();
+        for o in 0..20u8 {
+            for i in 0..100u32 {
+                let k = key(o, i * 3 + run);
+                b.put(k.clone(), vec![run as u8; 30]);
+                model.insert(k, vec![run as u8; 30]);
+            }
+        }
+        if run == 2 {
+            b.put(key(7, 0), vec![9; 30]);
+            model.insert(key(7, 0), vec![9; 30]);
+            b.delete(key(7, 1));
+            model.remove(&key(7, 1));
+        }
+        s.apply(b).unwrap();
+        s.flush().await.unwrap();
+    }
+    assert_eq!(s.stats().runs, 3);
+    s.close();
+    let range = KeyRange::prefix(&[b'I', 7]);
+    let want = |reverse: bool, n: usize| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut w: Vec<_> = model
+            .iter()
+            .filter(|(k, _)| range.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if reverse {
+            w.reverse();
+        }
+        w.truncate(n);
+        w
+    };
+    for reverse in [false, true] {
+        let mut s = IdbStore::open(name).await.unwrap();
+        assert!(s.scan(&range, reverse, 11).unwrap().is_empty());
+        let m = s.take_misses();
+        s.load_misses(m).await.unwrap();
+        assert_eq!(s.scan(&range, reverse, 11).unwrap(), want(reverse, 11));
+        assert!(s.take_misses().is_empty());
+        let st = s.stats();
+        assert!(st.blocks_loaded >= 3, "{st:?}");
+        assert!(st.records_loaded <= 3 * 11, "{st:?}");
+        // All of it: loaded on.
+        let mut rounds = 0;
+        let all = loop {
+            let got = s.scan(&range, reverse, 1_000).unwrap();
+            let m = s.take_misses();
+            if m.is_empty() {
+                break got;
+            }
+            rounds += 1;
+            s.load_misses(m).await.unwrap();
+        };
+        assert!(rounds <= 3, "{rounds}");
+        assert_eq!(all, want(reverse, 1_000));
+        s.close();
+    }
+    IdbStore::delete(name).await.unwrap();
+}
+
 /// A scan that asks for a few entries loads the first block of each run; one that goes
 /// on loads more blocks at a time; a reverse scan loads from the end; a count of a range
 /// too large to hold reads its blocks and holds nothing.
