@@ -1449,16 +1449,7 @@ async fn a_version_6_database_names_its_blocks_in_its_records() {
         .map(|i| (d(i), (i % 2 == 1).then(|| vec![2; 50])))
         .collect();
     let cut: Items = (0..300u32).map(|i| (d(i), Some(vec![9; 200]))).collect();
-    let tx = db
-        .transaction_with_str_sequence_and_mode(
-            &js_sys::Array::of2(&"runs".into(), &"meta".into()),
-            web_sys::IdbTransactionMode::Readwrite,
-        )
-        .unwrap();
-    let (blocks, meta) = (
-        tx.object_store("runs").unwrap(),
-        tx.object_store("meta").unwrap(),
-    );
+    let (tx, blocks, meta) = runs_tx(&db);
     let bytes = |b: &[u8]| js_sys::Uint8Array::from(b);
     // Run 0's record of format 2 (version 6), run 1's of format 1 (version 4), run 5's
     // blocks with none.
@@ -1478,19 +1469,7 @@ async fn a_version_6_database_names_its_blocks_in_its_records() {
         }
     }
     assert!(recorded > 4, "{recorded}");
-    let mut filter = warren_web::filter::Filter::new();
-    for i in 0..600u32 {
-        filter.insert(&d(i));
-    }
-    for (k, v) in filter.take_dirty() {
-        meta.put_with_key(&bytes(&v), &bytes(&k)).unwrap();
-    }
-    let p = js_sys::Promise::new(&mut |ok, err| {
-        tx.set_oncomplete(Some(&ok));
-        tx.set_onerror(Some(&err));
-    });
-    wasm_bindgen_futures::JsFuture::from(p).await.unwrap();
-    db.close();
+    finish_old(db, tx, &meta, (0..600u32).map(d)).await;
 
     let mut s = IdbStore::open(name).await.unwrap();
     let st = s.stats();
@@ -1551,6 +1530,51 @@ async fn raw_value(name: &str, store: &str, k: &[u8]) -> Vec<u8> {
     let v = js_sys::Uint8Array::new(&req.result().unwrap()).to_vec();
     db.close();
     v
+}
+
+/// A read-write transaction over an older build's `runs` and `meta`, and the two.
+fn runs_tx(
+    db: &web_sys::IdbDatabase,
+) -> (
+    web_sys::IdbTransaction,
+    web_sys::IdbObjectStore,
+    web_sys::IdbObjectStore,
+) {
+    let tx = db
+        .transaction_with_str_sequence_and_mode(
+            &js_sys::Array::of2(&"runs".into(), &"meta".into()),
+            web_sys::IdbTransactionMode::Readwrite,
+        )
+        .unwrap();
+    let (blocks, meta) = (
+        tx.object_store("runs").unwrap(),
+        tx.object_store("meta").unwrap(),
+    );
+    (tx, blocks, meta)
+}
+
+/// Ends the writing of an older build's database: its key filter over `keys` in
+/// `meta`, then `tx` awaited and `db` closed.
+async fn finish_old(
+    db: web_sys::IdbDatabase,
+    tx: web_sys::IdbTransaction,
+    meta: &web_sys::IdbObjectStore,
+    keys: impl Iterator<Item = Vec<u8>>,
+) {
+    let bytes = |b: &[u8]| js_sys::Uint8Array::from(b);
+    let mut filter = warren_web::filter::Filter::new();
+    for k in keys {
+        filter.insert(&k);
+    }
+    for (k, v) in filter.take_dirty() {
+        meta.put_with_key(&bytes(&v), &bytes(&k)).unwrap();
+    }
+    let p = js_sys::Promise::new(&mut |ok, err| {
+        tx.set_oncomplete(Some(&ok));
+        tx.set_onerror(Some(&err));
+    });
+    wasm_bindgen_futures::JsFuture::from(p).await.unwrap();
+    db.close();
 }
 
 /// The keys an object store of database `name` holds.
@@ -1736,16 +1760,7 @@ async fn a_version_4_database_moves_its_own_spaces_out_of_the_runs() {
         (b"Q1".to_vec(), Some(b"q".to_vec())),
     ];
     let run2 = vec![(b"O3".to_vec(), Some(b"three".to_vec()))];
-    let tx = db
-        .transaction_with_str_sequence_and_mode(
-            &js_sys::Array::of2(&"runs".into(), &"meta".into()),
-            web_sys::IdbTransactionMode::Readwrite,
-        )
-        .unwrap();
-    let (blocks, meta) = (
-        tx.object_store("runs").unwrap(),
-        tx.object_store("meta").unwrap(),
-    );
+    let (tx, blocks, meta) = runs_tx(&db);
     let bytes = |b: &[u8]| js_sys::Uint8Array::from(b);
     for (n, items) in [run0, run1, run2].into_iter().enumerate() {
         let (mut run, records) = warren_web::runs::build(n as u64, n as u64, &items).unwrap();
@@ -1757,19 +1772,7 @@ async fn a_version_4_database_moves_its_own_spaces_out_of_the_runs() {
         meta.put_with_key(&bytes(&run.meta_value_before_7()), &bytes(&run.meta_key()))
             .unwrap();
     }
-    let mut filter = warren_web::filter::Filter::new();
-    for i in 0..400u32 {
-        filter.insert(&d(i));
-    }
-    for (k, v) in filter.take_dirty() {
-        meta.put_with_key(&bytes(&v), &bytes(&k)).unwrap();
-    }
-    let p = js_sys::Promise::new(&mut |ok, err| {
-        tx.set_oncomplete(Some(&ok));
-        tx.set_onerror(Some(&err));
-    });
-    wasm_bindgen_futures::JsFuture::from(p).await.unwrap();
-    db.close();
+    finish_old(db, tx, &meta, (0..400u32).map(d)).await;
 
     let mut s = IdbStore::open(name).await.unwrap();
     assert_eq!(s.stats().runs, 2, "the run of own keys only is gone");
