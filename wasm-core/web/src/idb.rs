@@ -756,7 +756,7 @@ impl IdbStore {
 
     /// The requests that read the backend's own records at open: the filter's meta
     /// record, the write-ahead records, the runs' records (which name their blocks) and
-    /// the marks of runs being written; no block's key (`runs::WRITING_PREFIX`). The
+    /// the marks of runs being written (`runs::WRITING_PREFIX`); no block's key. The
     /// filter's pages are read later (they grow with the database: 570 KiB at 100,000
     /// documents), see [`IdbStore::load_filter`].
     fn meta_requests(meta: &web_sys::IdbObjectStore) -> Result<MetaReads, Error> {
