@@ -14,9 +14,9 @@
 //!
 //! What the store keeps in memory: per run its number, age, size and last key, its
 //! blocks' live items, and its blocks' first keys (all of it in the run's record, read
-//! at open; the blocks' own keys are not); from them [`Runs::covering`] says which blocks a read needs,
-//! [`Runs::known`] over which keys what it read decides everything, and
-//! [`Runs::count_plan`] which blocks a count must read.
+//! at open; the blocks' own keys are not); from them [`Runs::covering`] says which
+//! blocks a read needs, [`Runs::known`] over which keys what it read decides
+//! everything, and [`Runs::count_plan`] which blocks a count must read.
 //!
 //! The formats are in docs/STORAGE.md ("Runs").
 //!

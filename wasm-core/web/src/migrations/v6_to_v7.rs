@@ -8,9 +8,9 @@
 //! In the upgrade transaction: the runs' records and every block's key are read (as
 //! step 5 reads them: `super::read_runs`); the blocks of runs with no record (a merge
 //! cut short under version 6) are deleted, and each record is written again in format
-//! 3 (a record of format 1 stays without live items). Records are read and written with
-//! `crate::runs`: a later format change must give this step a reader of its own. Builds before this
-//! one cannot open a version-7 database.
+//! 3 (a record of format 1 stays without live items). Records are read and written
+//! with `crate::runs`: a later format change must give this step a reader of its own.
+//! Builds before this one cannot open a version-7 database.
 
 use js_sys::Uint8Array;
 use wasm_bindgen::JsValue;
