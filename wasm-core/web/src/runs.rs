@@ -1732,16 +1732,7 @@ mod tests {
                 .map(|(i, b)| self.read_blocks(*i, b.clone()))
                 .collect();
             let known = self.runs.known(r, &reads);
-            let got: Vec<Vec<u8>> = merge(parts, false)
-                .into_iter()
-                .map(|(k, _)| k)
-                .filter(|k| known.contains(k))
-                .collect();
-            let want: Vec<Vec<u8>> = model
-                .keys()
-                .filter(|k| known.contains(k))
-                .cloned()
-                .collect();
+            let (got, want) = keys_in(parts, model, &known);
             assert_eq!(
                 got, want,
                 "{r:?} reverse {reverse}, first {n}, known {known:?}"
@@ -1771,16 +1762,7 @@ mod tests {
                 } else {
                     assert_eq!(decided, known);
                 }
-                let got: Vec<Vec<u8>> = merge(parts, false)
-                    .into_iter()
-                    .map(|(k, _)| k)
-                    .filter(|k| decided.contains(k))
-                    .collect();
-                let want: Vec<Vec<u8>> = model
-                    .keys()
-                    .filter(|k| decided.contains(k))
-                    .cloned()
-                    .collect();
+                let (got, want) = keys_in(parts, model, &decided);
                 assert_eq!(got, want, "{r:?} reverse {reverse}, first {m}");
                 assert!(want.iter().all(|k| known.contains(k)));
                 // It decides the range from the end read on, as before.
@@ -1896,6 +1878,25 @@ mod tests {
                 self.records.remove(&writing_key(n));
             }
         }
+    }
+
+    /// The keys inside `range` of the runs' `parts` merged, and of the `model`.
+    fn keys_in(
+        parts: Vec<Vec<Item>>,
+        model: &BTreeMap<Vec<u8>, Vec<u8>>,
+        range: &KeyRange,
+    ) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let got = merge(parts, false)
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| range.contains(k))
+            .collect();
+        let want = model
+            .keys()
+            .filter(|k| range.contains(k))
+            .cloned()
+            .collect();
+        (got, want)
     }
 
     struct Rng(u64);
