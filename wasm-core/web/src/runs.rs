@@ -1753,6 +1753,18 @@ mod tests {
                     })
                     .collect();
                 let most = parts.iter().map(Vec::len).max().unwrap_or(0);
+                // Where the range decided must end, found apart from `first_of`: at the
+                // nearest `m`-th key of a run holding more than `m` inside `known`.
+                let nth = parts.iter().filter(|p| p.len() > m).map(|p| {
+                    if reverse {
+                        p[p.len() - m].0.clone()
+                    } else {
+                        p[m - 1].0.clone()
+                    }
+                });
+                let cut = if reverse { nth.max() } else { nth.min() };
+                let mut probes: BTreeSet<Vec<u8>> = model.keys().cloned().collect();
+                probes.extend(parts.iter().flatten().map(|(k, _)| k.clone()));
                 let decided = first_of(&mut parts, known.clone(), reverse, m);
                 let all: BTreeSet<Vec<u8>> =
                     parts.iter().flatten().map(|(k, _)| k.clone()).collect();
@@ -1765,15 +1777,17 @@ mod tests {
                 let (got, want) = keys_in(parts, model, &decided);
                 assert_eq!(got, want, "{r:?} reverse {reverse}, first {m}");
                 assert!(want.iter().all(|k| known.contains(k)));
-                // It decides the range from the end read on, as before.
-                for k in model.keys().filter(|k| known.contains(k)) {
-                    let before = if reverse {
-                        want.first().is_some_and(|f| k >= f)
-                    } else {
-                        want.last().is_some_and(|l| k <= l)
-                    };
-                    if before {
-                        assert!(decided.contains(k), "{r:?} first {m}: {k:?}");
+                // Decided: what is known up to the cut (from it, reverse), nothing past.
+                if let Some(cut) = &cut {
+                    probes.insert(cut.clone());
+                    probes.insert([cut.as_slice(), &[0]].concat());
+                    for k in probes.iter().filter(|k| known.contains(k)) {
+                        let inside = if reverse { k >= cut } else { k <= cut };
+                        assert_eq!(
+                            decided.contains(k),
+                            inside,
+                            "{r:?} reverse {reverse}, first {m}: {k:?}, cut at {cut:?}"
+                        );
                     }
                 }
             }
