@@ -113,24 +113,69 @@ export function prestart(wasm: WasmSource | undefined, text: boolean, name?: str
     return;
   }
   try {
-    const w = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+    const w = startWorker(wasm, text);
     idle = w;
     idleFailed = false;
     idleText = text;
     w.onerror = () => {
       if (idle === w) idleFailed = true;
     };
-    void toTransferable(wasm).then((src) => w.postMessage({ id: 0, m: "init", a: [src, text] }));
     preopen(w);
   } catch {
     idle = null;
   }
 }
 
-/** The engine's source as the worker can take it. */
+/** A new worker for the engine with collaborative text or without (each entry bundles
+ * its module's glue), sent the engine's source as soon as there is one. The page
+ * compiles the engine while the worker starts, and hands it the module. */
+function startWorker(wasm: WasmSource | undefined, text: boolean): Worker {
+  // Each URL written out whole, so that an app's bundler finds both workers.
+  const w = text
+    ? new Worker(new URL("./worker-text.js", import.meta.url), { type: "module" })
+    : new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+  void sourceFor(wasm, text).then((src) => {
+    try {
+      w.postMessage({ id: 0, m: "init", a: [src] });
+    } catch {
+      // A browser that cannot pass a compiled module to a worker: it compiles its own.
+      void toTransferable(wasm).then((s) => w.postMessage({ id: 0, m: "init", a: [s] }));
+    }
+  });
+  return w;
+}
+
+/** The engine's module compiled here, from `wasm` or from the package's own `.wasm`
+ * file; or, where this cannot be done (a server that does not say `application/wasm`,
+ * a failed download), `wasm` as the worker can take it: it then loads the engine
+ * itself, and reports what fails. */
+async function sourceFor(wasm: WasmSource | undefined, text: boolean): Promise<unknown> {
+  if (typeof WebAssembly === "object" && wasm instanceof WebAssembly.Module) return wasm;
+  if (
+    typeof WebAssembly === "object" &&
+    typeof WebAssembly.compileStreaming === "function" &&
+    (wasm === undefined || typeof wasm === "string" || wasm instanceof URL)
+  ) {
+    const url =
+      wasm ??
+      (text
+        ? new URL("../wasm/warren_web_text_bg.wasm", import.meta.url)
+        : new URL("../wasm/warren_web_bg.wasm", import.meta.url));
+    try {
+      return await WebAssembly.compileStreaming(fetch(url));
+    } catch {
+      // The worker tries again.
+    }
+  }
+  return toTransferable(wasm);
+}
+
+/** The engine's source as the worker can take it: an address resolved here (a
+ * relative one names a file from the page, as the page's own `fetch` reads it). */
 async function toTransferable(wasm: unknown): Promise<unknown> {
   if (typeof Response !== "undefined" && wasm instanceof Response) return wasm.arrayBuffer();
   if (wasm instanceof URL) return wasm.href;
+  if (typeof wasm === "string" && typeof location !== "undefined") return new URL(wasm, location.href).href;
   return wasm;
 }
 
@@ -172,15 +217,12 @@ export class WorkerEngine implements LeaderEngine {
       idle.terminate();
       idle = null;
     }
-    const worker = idle ?? new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+    const worker = idle ?? startWorker(p.wasm, p.text);
     idle = null;
     const engine = new WorkerEngine(worker);
     engine.provider = p.provider;
-    const wasm = await toTransferable(p.wasm);
     try {
       engine.statusNow = await engine.ask("open", [
-        wasm,
-        p.text,
         p.name,
         p.clientId,
         p.url,

@@ -38,7 +38,8 @@ export interface OpenOptions {
    * memory by the `fake-indexeddb` package, which the app installs. It lasts as long
    * as the process. */
   storage?: "indexeddb" | "memory";
-  /** Where to load the engine's `.wasm` from (defaults to the file in this package:
+  /** Where to load the engine's `.wasm` from (an address relative to the page, a `Response`,
+   * bytes or a compiled module; defaults to the file in this package:
    * `wasm/warren_web_text_bg.wasm` when `text` is on, else `wasm/warren_web_bg.wasm`). */
   wasm?: WasmSource;
   /** Load the engine with collaborative text (`text` fields, `db.text`), about 75 KB

@@ -1,7 +1,8 @@
 // The browser client through the package, in Debian's Chromium, against a real
 // `warren serve` with the benchmark's schema (tests/bench-browser/bench.warren):
 //
-// 1. The engine runs in a dedicated worker.
+// 1. The engine runs in a dedicated worker, which loads as one module and takes the
+//    engine compiled by the page (its .wasm is fetched once).
 // 2. A write's `result` comes before its `local`, always (the gap is printed), and
 //    does not wait for IndexedDB at all: when the write cannot be stored (another tab
 //    took the database over), `result` still resolves and `local` rejects. Writes
@@ -50,12 +51,15 @@ async function page(ctx) {
   p.on("pageerror", (e) => console.log(`page error: ${e}`));
   p.on("crash", () => console.log("page crashed"));
   p.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") console.log(`console: ${m.text()}`); });
+  p.on("request", (r) => requests.push(new URL(r.url()).pathname));
   await p.goto(`${base}/client.html`);
   await p.waitForFunction(() => window.ready === true);
   return p;
 }
 
 let ctx;
+/** The paths the pages asked the server for, the workers' requests included. */
+const requests = [];
 /** Kills the browser (`kill -9`), starts it again on the same profile and opens ann's
  *  database offline: the page it opened it on. */
 async function killAndReopenOffline() {
@@ -74,6 +78,12 @@ try {
   // 1. In a worker.
   const stats0 = await p.evaluate(() => window.db.stats());
   check("the engine runs in a dedicated worker", stats0.worker === 1, JSON.stringify(stats0));
+  // 1b. The page compiled the engine while the worker started, and handed it the module;
+  // the worker is one module, its glue in it.
+  const loaded = requests.filter((r) => r.startsWith("/pkg/"));
+  check("the engine's .wasm is fetched once, and the worker loads one module",
+    loaded.filter((r) => r.endsWith(".wasm")).length === 1 && loaded.includes("/pkg/dist/worker-text.js") &&
+      !loaded.some((r) => r.startsWith("/pkg/wasm/") && r.endsWith(".js")), JSON.stringify(loaded));
 
   // 2. result, then local: always in that order.
   const order = await p.evaluate(async () => {
