@@ -21,7 +21,8 @@
 // 7. A local query is answered while a new device receives a large catch-up.
 // 8. While the app writes, the server's frames wait for it (local writes first), and
 //    every write is confirmed after. A write made alone is sent at once; while the app
-//    writes, its commits are sent together, at most every 100 ms.
+//    writes, its commits are sent together, at most every 100 ms. Back online while
+//    the app writes, the connection's welcome is not held: it connects at once.
 // 9. At open, the connection waits for the app's first reads: a query asked as the
 //    database opens is answered before the replica connects, and it connects after.
 // 10. The key filter's pages are read after the open's first reads, not at open; a
@@ -308,6 +309,34 @@ try {
   check(`while the app writes (${writing.writes} writes in ${writing.ms.toFixed(0)} ms), the server's frames wait for it (${writing.held} times), its commits go in ${writing.sends} sends, and every write is confirmed after`,
     writing.held >= 1 && writing.sendsHeld >= 1 && grouped(writing)
       && writing.confirmed === writing.writes && writing.count === writing.writes + 1, JSON.stringify(writing));
+
+  // 8b. Back online while the app writes: the connection's welcome is handled at once
+  //     (the outbox's push follows it), not held with the other frames until the
+  //     writing pauses.
+  const online = await p.evaluate(async () => {
+    await window.openDb("bea", "client-bea", { offline: true });
+    let connectedAt = null;
+    const stop = window.db.status.subscribe((s) => { if (s.connected && connectedAt === null) connectedAt = performance.now(); });
+    const ws = [];
+    let onlineAt = null;
+    const t0 = performance.now();
+    while (performance.now() - t0 < 400) {
+      const w = window.db.call("put1", { doc: window.doc("bea", 10_000 + ws.length) });
+      await w.result;
+      ws.push(w);
+      if (onlineAt === null && performance.now() - t0 > 50) {
+        window.db.setOnline(true);
+        onlineAt = performance.now();
+      }
+    }
+    const end = performance.now();
+    const confirmed = (await Promise.all(ws.map((w) => w.confirmed))).length;
+    stop();
+    await window.db.close();
+    return { writes: ws.length, confirmed, onlineAt: onlineAt - t0, connectedAt: connectedAt && connectedAt - t0, end: end - t0 };
+  });
+  check(`back online while the app writes, it connects at once (online at ${online.onlineAt.toFixed(0)} ms, connected at ${online.connectedAt?.toFixed(0)}, writes until ${online.end.toFixed(0)}), and every write is confirmed`,
+    online.connectedAt !== null && online.connectedAt < online.end && online.confirmed === online.writes, JSON.stringify(online));
 
   // 9. Reopened online with a query asked at once (one owner's 400 documents, read
   //    from IndexedDB): its answer comes before the connection, which comes after. The

@@ -433,6 +433,12 @@ impl ServerFrame {
         bytes.first() == Some(&PROTOCOL_VERSION) && bytes.get(1) == Some(&F_EFFECTS)
     }
 
+    /// Whether `bytes` hold a `Welcome` frame, read from its type byte alone (as
+    /// [`ServerFrame::is_effects`]).
+    pub fn is_welcome(bytes: &[u8]) -> bool {
+        bytes.first() == Some(&PROTOCOL_VERSION) && bytes.get(1) == Some(&F_WELCOME)
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![PROTOCOL_VERSION];
         match self {
@@ -855,18 +861,26 @@ mod tests {
     }
 
     #[test]
-    fn is_effects_reads_the_type_byte_as_decode_does() {
+    fn type_checks_read_the_type_byte_as_decode_does() {
         let (client, server) = samples();
         for f in &server {
             let effects = matches!(f, ServerFrame::Effects { .. });
+            let welcome = matches!(f, ServerFrame::Welcome { .. });
             assert_eq!(ServerFrame::is_effects(&f.encode()), effects, "{f:?}");
+            assert_eq!(ServerFrame::is_welcome(&f.encode()), welcome, "{f:?}");
         }
         for f in &client {
             assert!(!ServerFrame::is_effects(&f.encode()));
+            assert!(!ServerFrame::is_welcome(&f.encode()));
         }
-        assert!(!ServerFrame::is_effects(&[]));
-        assert!(!ServerFrame::is_effects(&[PROTOCOL_VERSION]));
-        assert!(!ServerFrame::is_effects(&[PROTOCOL_VERSION + 1, F_EFFECTS]));
+        for (t, check) in [
+            (F_EFFECTS, ServerFrame::is_effects as fn(&[u8]) -> bool),
+            (F_WELCOME, ServerFrame::is_welcome),
+        ] {
+            assert!(!check(&[]));
+            assert!(!check(&[PROTOCOL_VERSION]));
+            assert!(!check(&[PROTOCOL_VERSION + 1, t]));
+        }
     }
 
     #[test]

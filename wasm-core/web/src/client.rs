@@ -864,9 +864,13 @@ async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
                 },
             },
         };
+        // A connection's `Welcome` is handled at once, alone: it holds no data, and the
+        // outbox is pushed after it (a page back online right after its writes waited
+        // up to WRITES_QUIET_MS more for that). Other frames wait while the app writes.
+        let welcome = matches!(&cmd, SyncCmd::Frame(b) if ServerFrame::is_welcome(b));
         // Before the operation begins: what the app's writes use meanwhile stays
         // evictable (an operation in progress keeps what was used since it began).
-        if matches!(cmd, SyncCmd::Frame(_)) {
+        if matches!(cmd, SyncCmd::Frame(_)) && !welcome {
             sh.hold_while_writing().await;
         }
         if sh.stopped.get() {
@@ -874,6 +878,7 @@ async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
         }
         let op = sh.replica.borrow().store().begin_op();
         let r = match cmd {
+            SyncCmd::Frame(first) if welcome => sh.frames(vec![first]).await,
             SyncCmd::Frame(first) => {
                 let turns = turns.get_or_insert_with(Turns::new);
                 let frames = gather(first, &mut rx, &mut next, turns).await;
