@@ -16,6 +16,9 @@
 //    event with its function and arguments.
 // 5. `hasPendingWrites(collection, id)` while a row's write is unconfirmed; `lastSync`
 //    moves when another device's change arrives, and survives a reload.
+// 6. The engine's `.wasm` served without `application/wasm`, named by a relative
+//    address: the page cannot compile it, the worker loads it itself from the page's
+//    address, and the database works.
 import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
 import { readFileSync, existsSync } from "node:fs";
@@ -25,13 +28,21 @@ import { check, fail, finish, tempDir, freePort, startWarren, stopProcess, root 
 
 const work = tempDir("failures");
 const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm" };
+/** Requests for the engine served as `application/octet-stream` (`/octet/NAME.wasm`). */
+let octetRequests = 0;
 const files = createServer((req, res) => {
   const url = new URL(req.url, "http://x");
   let path = null;
+  let type = null;
   if (url.pathname === "/failures.html") path = join(root, "tests", "browser", "failures.html");
   else if (url.pathname.startsWith("/pkg/")) path = join(root, "js-package", url.pathname.slice(5));
+  else if (url.pathname.startsWith("/octet/")) {
+    path = join(root, "js-package", "wasm", url.pathname.slice(7));
+    type = "application/octet-stream";
+    octetRequests++;
+  }
   if (!path || path.includes("..") || !existsSync(path)) { res.writeHead(404); res.end(); return; }
-  res.writeHead(200, { "content-type": types[extname(path)] || "text/plain" });
+  res.writeHead(200, { "content-type": type ?? types[extname(path)] ?? "text/plain" });
   res.end(readFileSync(path));
 });
 await new Promise((ok) => files.listen(0, "127.0.0.1", ok));
@@ -139,6 +150,22 @@ try {
   }, url);
   check("offline from the start with no schema: a write fails with NOT_CONNECTED, state `offline`",
     offline.r.err?.code === "NOT_CONNECTED" && offline.state === "offline", JSON.stringify(offline));
+
+  // 6. The .wasm without its type, at an address relative to the page.
+  const octet = await a.evaluate(async ([url, schema]) => {
+    const token = await window.warren.devToken(url, "omar");
+    const db = await window.warren.open({ url, token, name: "omar", offline: true, schema,
+      wasm: "octet/warren_web_text_bg.wasm" });
+    const w = db.call("addTodo", { title: "typed" });
+    await w.local;
+    const titles = (await db.query(`Todo.byOwner("omar")`)).map((t) => t.title);
+    const worker = (await db.stats()).worker;
+    await db.close();
+    return { titles, worker };
+  }, [url, readFileSync(join(root, "demo", "schema.warren"), "utf8")]);
+  check(`a .wasm served without application/wasm: the worker loads it itself (${octetRequests} requests) and the database works`,
+    octet.worker === 1 && octetRequests === 2 && octet.titles.length === 1 && octet.titles[0] === "typed",
+    JSON.stringify({ ...octet, octetRequests }));
 
   // 4. Refusals with context.
   const aborted = await a.evaluate(() => window.outcome(() => window.db.call("toggle", { id: "nope" }).result));
