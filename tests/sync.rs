@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use warren_core::exec::Op;
-use warren_core::protocol::{ClientCommit, ClientFrame, CommitResult, ServerFrame};
+use warren_core::protocol::{in_version, ClientCommit, ClientFrame, CommitResult, ServerFrame};
 use warren_core::replica::Event;
 use warren_core::value::obj;
 use warren_core::{ErrorCode, Value};
@@ -636,6 +636,76 @@ async fn protocol_errors_close_only_that_connection() {
     // The well-behaved client did not notice.
     ann.call("bump", obj([("id", "n".into())])).unwrap();
     assert!(ann.wait_synced(WAIT).await);
+}
+
+/// A client of protocol version 1 is answered in version 1, a frame a message; one of
+/// version 2 gets the frames queued together as batches. Each gets every outcome, and a
+/// connection's frames must keep its version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_protocol_versions_are_spoken_and_only_version_2_is_batched() {
+    let server = TestServer::start("versions").await;
+    const N: u64 = 300;
+    for version in [1u8, 2] {
+        let mut raw = server.raw().await;
+        let hello = ClientFrame::Hello {
+            client_id: format!("v{version}"),
+            token: token("ann"),
+            schema_version: String::new(),
+            outbox_from: 1,
+            partitions: vec![],
+        };
+        raw.send_bytes(in_version(&hello.encode(), version))
+            .await
+            .unwrap();
+        for chunk in (1..=N).collect::<Vec<_>>().chunks(100) {
+            let push = ClientFrame::Push {
+                commits: chunk
+                    .iter()
+                    .map(|s| call(*s, "bump", obj([("id", format!("v{version}-{s}").into())])))
+                    .collect(),
+            };
+            raw.send_bytes(in_version(&push.encode(), version))
+                .await
+                .unwrap();
+        }
+        let (mut messages, mut batches, mut outcomes) = (0, 0, 0);
+        while outcomes < N {
+            let m = raw.recv_message(WAIT).await.expect("every outcome comes");
+            assert_eq!(m[0], version, "every message in the connection's version");
+            messages += 1;
+            batches += usize::from(ServerFrame::is_batch(&m));
+            for f in ServerFrame::decode_message(&m).unwrap() {
+                if let ServerFrame::Outcome { seq, result } = f {
+                    outcomes += 1;
+                    assert_eq!(seq, outcomes, "outcomes in order");
+                    assert!(
+                        matches!(result, CommitResult::Committed { .. }),
+                        "{result:?}"
+                    );
+                }
+            }
+        }
+        if version == 1 {
+            assert_eq!(batches, 0, "no batch for version 1");
+        } else {
+            // 300 outcomes and their effects, queued faster than they are written.
+            assert!(
+                batches > 0 && messages < N as usize,
+                "{messages} messages, {batches} batches"
+            );
+        }
+        // A frame of the other version on this connection: BAD_FRAME, and it closes.
+        let other = if version == 1 { 2 } else { 1 };
+        let ping = in_version(&ClientFrame::Ping { nonce: 1 }.encode(), other);
+        raw.send_bytes(ping).await.unwrap();
+        let end = raw
+            .recv_until(WAIT, |f| matches!(f, ServerFrame::Error { .. }))
+            .await;
+        match end.last() {
+            Some(ServerFrame::Error { code, .. }) => assert_eq!(code, "BAD_FRAME"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

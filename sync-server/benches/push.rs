@@ -241,9 +241,50 @@ struct ServerMetrics {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// A socket and the frames of a batch (protocol version 2) received and not read yet.
+struct Link {
+    ws: Ws,
+    held: std::collections::VecDeque<ServerFrame>,
+}
+
+impl Link {
+    /// The next frame, waiting for it.
+    async fn recv(&mut self) -> ServerFrame {
+        loop {
+            if let Some(f) = self.held.pop_front() {
+                return f;
+            }
+            match self.ws.next().await {
+                Some(Ok(Message::Binary(b))) => {
+                    self.held = ServerFrame::decode_message(&b).expect("frames").into()
+                }
+                Some(Ok(Message::Close(_))) | None => panic!("the server closed the connection"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("connection failed: {e}"),
+            }
+        }
+    }
+
+    /// A frame received already, if there is one (without waiting).
+    fn ready(&mut self) -> Option<ServerFrame> {
+        loop {
+            if let Some(f) = self.held.pop_front() {
+                return Some(f);
+            }
+            match self.ws.next().now_or_never()? {
+                Some(Ok(Message::Binary(b))) => {
+                    self.held = ServerFrame::decode_message(&b).expect("frames").into()
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("the connection failed: {other:?}"),
+            }
+        }
+    }
+}
+
 /// One user's connection and what it knows.
 struct Conn {
-    ws: Ws,
+    ws: Link,
     schema_version: String,
     next_seq: u64,
     rng: u64,
@@ -263,7 +304,7 @@ fn token(i: usize) -> String {
     auth::mint_hs256(SECRET, &auth::dev_claims(&user(i), 24 * 3600, None, None)).unwrap()
 }
 
-async fn connect(url: &str, i: usize, client_id: &str) -> (Ws, String, Vec<ServerFrame>) {
+async fn connect(url: &str, i: usize, client_id: &str) -> (Link, String, Vec<ServerFrame>) {
     // No Nagle, as browsers do for WebSockets.
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
@@ -278,7 +319,11 @@ async fn connect(url: &str, i: usize, client_id: &str) -> (Ws, String, Vec<Serve
     ws.send(Message::Binary(hello.encode().into()))
         .await
         .unwrap();
-    let (schema_version, partitions) = match recv(&mut ws).await {
+    let mut ws = Link {
+        ws,
+        held: Default::default(),
+    };
+    let (schema_version, partitions) = match ws.recv().await {
         ServerFrame::Welcome {
             schema_version,
             partitions,
@@ -289,20 +334,9 @@ async fn connect(url: &str, i: usize, client_id: &str) -> (Ws, String, Vec<Serve
     // A snapshot of every partition it may read follows (the client holds none yet).
     let mut frames = Vec::new();
     for _ in &partitions {
-        frames.push(recv(&mut ws).await);
+        frames.push(ws.recv().await);
     }
     (ws, schema_version, frames)
-}
-
-async fn recv(ws: &mut Ws) -> ServerFrame {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Binary(b))) => return ServerFrame::decode(&b).expect("a frame"),
-            Some(Ok(Message::Close(_))) | None => panic!("the server closed the connection"),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => panic!("connection failed: {e}"),
-        }
-    }
 }
 
 impl Conn {
@@ -343,6 +377,7 @@ impl Conn {
     async fn push(&mut self, commits: Vec<ClientCommit>) {
         let f = ClientFrame::Push { commits };
         self.ws
+            .ws
             .send(Message::Binary(f.encode().into()))
             .await
             .expect("send a push");
@@ -351,7 +386,7 @@ impl Conn {
     /// Reads frames until an outcome; checks it is `seq`'s and committed.
     async fn outcome(&mut self, seq: u64) {
         loop {
-            match recv(&mut self.ws).await {
+            match self.ws.recv().await {
                 ServerFrame::Outcome { seq: s, result } => {
                     assert_eq!(s, seq, "outcomes arrive in the order of the commits");
                     match result {
@@ -431,32 +466,28 @@ async fn pipelined(mut c: Conn, w: Window, window: usize) -> (Conn, Tally) {
         }
         // Take every outcome already here before topping up, as an outbox would.
         while let Some(&(seq, doc, sent)) = inflight.front() {
-            let Some(frame) = c.ws.next().now_or_never() else {
+            let Some(frame) = c.ws.ready() else {
                 break;
             };
             match frame {
-                Some(Ok(Message::Binary(b))) => match ServerFrame::decode(&b).expect("a frame") {
-                    ServerFrame::Outcome { seq: s, result } => {
-                        assert_eq!(s, seq, "outcomes arrive in the order of the commits");
-                        let CommitResult::Committed { position, .. } = result else {
-                            panic!("commit {seq} was not committed: {result:?}");
-                        };
-                        assert!(position > c.last_position, "positions grow");
-                        c.last_position = position;
-                        inflight.pop_front();
-                        let done = Instant::now();
-                        c.bumps[doc] += 1;
-                        if done >= w.from && done < w.to {
-                            t.latencies.push((done - sent).as_micros() as u32);
-                        }
+                ServerFrame::Outcome { seq: s, result } => {
+                    assert_eq!(s, seq, "outcomes arrive in the order of the commits");
+                    let CommitResult::Committed { position, .. } = result else {
+                        panic!("commit {seq} was not committed: {result:?}");
+                    };
+                    assert!(position > c.last_position, "positions grow");
+                    c.last_position = position;
+                    inflight.pop_front();
+                    let done = Instant::now();
+                    c.bumps[doc] += 1;
+                    if done >= w.from && done < w.to {
+                        t.latencies.push((done - sent).as_micros() as u32);
                     }
-                    ServerFrame::Effects { .. }
-                    | ServerFrame::Snapshot { .. }
-                    | ServerFrame::SnapshotPart { .. } => {}
-                    f => panic!("unexpected frame {f:?}"),
-                },
-                Some(Ok(_)) => {}
-                other => panic!("the connection failed: {other:?}"),
+                }
+                ServerFrame::Effects { .. }
+                | ServerFrame::Snapshot { .. }
+                | ServerFrame::SnapshotPart { .. } => {}
+                f => panic!("unexpected frame {f:?}"),
             }
         }
     }

@@ -345,20 +345,24 @@ async fn session(
                     if matches!(msg, Message::Close(_)) { return Ok(()) }
                     continue;
                 };
-                let frame = ServerFrame::decode(&b).map_err(|e| e.to_string())?;
-                let mut closing = matches!(frame, ServerFrame::Error { .. });
-                welcomed |= matches!(frame, ServerFrame::Welcome { .. });
+                let mut closing = false;
                 {
                     let mut r = shared.replica.lock().expect("replica lock");
-                    shared.received.lock().expect("frames lock").push(frame.clone());
-                    r.handle(frame).map_err(|e| e.to_string())?;
-                    // Handle whatever else is ready before rebuilding the view.
-                    while let Some(Some(Ok(Message::Binary(b)))) = stream.next().now_or_never() {
-                        let f = ServerFrame::decode(&b).map_err(|e| e.to_string())?;
-                        closing |= matches!(f, ServerFrame::Error { .. });
-                        welcomed |= matches!(f, ServerFrame::Welcome { .. });
-                        shared.received.lock().expect("frames lock").push(f.clone());
-                        r.handle(f).map_err(|e| e.to_string())?;
+                    // This message's frames, and whatever else is ready, before
+                    // rebuilding the view.
+                    let mut message = Some(b);
+                    while let Some(b) = message.take().or_else(|| {
+                        match stream.next().now_or_never() {
+                            Some(Some(Ok(Message::Binary(b)))) => Some(b),
+                            _ => None,
+                        }
+                    }) {
+                        for f in ServerFrame::decode_message(&b).map_err(|e| e.to_string())? {
+                            closing |= matches!(f, ServerFrame::Error { .. });
+                            welcomed |= matches!(f, ServerFrame::Welcome { .. });
+                            shared.received.lock().expect("frames lock").push(f.clone());
+                            r.handle(f).map_err(|e| e.to_string())?;
+                        }
                     }
                     r.flush().map_err(|e| e.to_string())?;
                     let evs = r.take_events();
@@ -388,6 +392,8 @@ pub struct RawConnection {
     ws: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
+    /// Frames of a batch received and not returned yet.
+    held: std::collections::VecDeque<ServerFrame>,
 }
 
 impl RawConnection {
@@ -395,7 +401,10 @@ impl RawConnection {
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(RawConnection { ws })
+        Ok(RawConnection {
+            ws,
+            held: Default::default(),
+        })
     }
 
     pub async fn send(&mut self, frame: &ClientFrame) -> Result<(), String> {
@@ -412,9 +421,27 @@ impl RawConnection {
     /// The next frame, or `None` when the connection closed or `timeout` passed.
     pub async fn recv(&mut self, timeout: Duration) -> Option<ServerFrame> {
         loop {
+            if let Some(f) = self.held.pop_front() {
+                return Some(f);
+            }
             let msg = tokio::time::timeout(timeout, self.ws.next()).await.ok()??;
             match msg.ok()? {
-                Message::Binary(b) => return ServerFrame::decode(&b).ok(),
+                Message::Binary(b) => {
+                    self.held = ServerFrame::decode_message(&b).ok()?.into();
+                }
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next message as it came, its bytes undecoded (a frame, or a batch of
+    /// them), or `None` when the connection closed or `timeout` passed.
+    pub async fn recv_message(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        loop {
+            let msg = tokio::time::timeout(timeout, self.ws.next()).await.ok()??;
+            match msg.ok()? {
+                Message::Binary(b) => return Some(b.to_vec()),
                 Message::Close(_) => return None,
                 _ => continue,
             }

@@ -7,17 +7,15 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
 use warren_core::protocol::{codes, ClientFrame, ServerFrame};
 
 const SECRET: &str = "ops-test-secret-0123456789abcdef";
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A raw sync connection (batches of frames come out one frame at a time).
+type Ws = warren_server::client::RawConnection;
 
 async fn hello(url: &str, client_id: &str) -> (ServerFrame, Ws) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut ws = Ws::connect(url).await.unwrap();
     let token = warren_server::auth::mint_hs256(
         SECRET,
         &warren_server::auth::dev_claims("ann", 3600, None, None),
@@ -30,21 +28,13 @@ async fn hello(url: &str, client_id: &str) -> (ServerFrame, Ws) {
         outbox_from: 0,
         partitions: vec![],
     };
-    ws.send(Message::Binary(hello.encode().into()))
-        .await
-        .unwrap();
+    ws.send(&hello).await.unwrap();
     let first = next_frame(&mut ws).await.expect("an answer to Hello");
     (first, ws)
 }
 
 async fn next_frame(ws: &mut Ws) -> Option<ServerFrame> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
-            Ok(Some(Ok(Message::Binary(b)))) => return Some(ServerFrame::decode(&b).unwrap()),
-            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return None,
-            Ok(Some(Ok(_))) => {}
-        }
-    }
+    ws.recv(Duration::from_secs(20)).await
 }
 
 /// The demo's schema, which these servers run.

@@ -13,9 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use replay::{assert_same_state, Replay, SCHEMA};
-use tokio_tungstenite::tungstenite::Message;
 use warren_core::exec::{scoped_client_id, Commit, Op};
 use warren_core::protocol::{
     encode_log_entry, ClientCommit, ClientFrame, CommitResult, ServerFrame,
@@ -26,8 +24,8 @@ use warren_server::store::RedbStore;
 
 const SECRET: &str = "poison-test-secret-0123456789abcdef";
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A raw sync connection (batches of frames come out one frame at a time).
+type Ws = warren_server::client::RawConnection;
 
 fn serve(dir: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
@@ -68,13 +66,7 @@ fn stop(mut child: Child) -> String {
 }
 
 async fn next_frame(ws: &mut Ws) -> Option<ServerFrame> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
-            Ok(Some(Ok(Message::Binary(b)))) => return Some(ServerFrame::decode(&b).unwrap()),
-            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return None,
-            Ok(Some(Ok(_))) => {}
-        }
-    }
+    ws.recv(Duration::from_secs(20)).await
 }
 
 /// Connects as ann's client `client_id`, pushes one commit with sequence number `seq`
@@ -82,9 +74,7 @@ async fn next_frame(ws: &mut Ws) -> Option<ServerFrame> {
 fn push(addr: &str, client_id: &str, seq: u64, op: Op) -> CommitResult {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/sync"))
-            .await
-            .unwrap();
+        let mut ws = Ws::connect(&format!("ws://{addr}/v1/sync")).await.unwrap();
         let token = warren_server::auth::mint_hs256(
             SECRET,
             &warren_server::auth::dev_claims("ann", 3600, None, None),
@@ -97,9 +87,7 @@ fn push(addr: &str, client_id: &str, seq: u64, op: Op) -> CommitResult {
             outbox_from: seq,
             partitions: vec![],
         };
-        ws.send(Message::Binary(hello.encode().into()))
-            .await
-            .unwrap();
+        ws.send(&hello).await.unwrap();
         let push = ClientFrame::Push {
             commits: vec![ClientCommit {
                 seq,
@@ -107,9 +95,7 @@ fn push(addr: &str, client_id: &str, seq: u64, op: Op) -> CommitResult {
                 op,
             }],
         };
-        ws.send(Message::Binary(push.encode().into()))
-            .await
-            .unwrap();
+        ws.send(&push).await.unwrap();
         loop {
             match next_frame(&mut ws).await {
                 Some(ServerFrame::Outcome { seq: s, result }) if s == seq => return result,
@@ -280,9 +266,7 @@ fn a_panic_while_routing_an_entry_closes_one_connection_and_the_region_goes_on()
         .await;
         assert!(r.contains("\"committed\""), "{r}");
         // ann watches: her welcome evaluates the Board rule, which reads Flag/boom.
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/sync"))
-            .await
-            .unwrap();
+        let mut ws = Ws::connect(&format!("ws://{addr}/v1/sync")).await.unwrap();
         let token = warren_server::auth::mint_hs256(
             SECRET,
             &warren_server::auth::dev_claims("ann", 3600, None, None),
@@ -295,9 +279,7 @@ fn a_panic_while_routing_an_entry_closes_one_connection_and_the_region_goes_on()
             outbox_from: 1,
             partitions: vec![],
         };
-        ws.send(Message::Binary(hello.encode().into()))
-            .await
-            .unwrap();
+        ws.send(&hello).await.unwrap();
         loop {
             match next_frame(&mut ws).await {
                 Some(ServerFrame::Welcome { .. }) => break,

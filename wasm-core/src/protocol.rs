@@ -11,8 +11,29 @@ use crate::error::{Error, ErrorCode};
 use crate::exec::{Commit, Op, Write};
 use crate::value::{write_varint, Reader, Value};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version this build writes. Version 2 is version 1 with one more server
+/// frame, a batch of frames in one message ([`ServerFrame::batch`]); every other frame
+/// is the same bytes but for the version byte. A server speaks both: it answers a
+/// client in the version of its `Hello`, and batches only for version 2.
+pub const PROTOCOL_VERSION: u8 = 2;
+/// The oldest protocol version still spoken (by the server, with older clients).
+pub const OLDEST_PROTOCOL_VERSION: u8 = 1;
+
+/// Whether `v` is a protocol version this build reads.
+pub fn supported_version(v: u8) -> bool {
+    (OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&v)
+}
+
+/// A frame encoded by this build (version [`PROTOCOL_VERSION`]) as the same frame of
+/// version `v`, for a connection that speaks `v` (frames other than a batch are the
+/// same bytes in every version but the first).
+pub fn in_version(frame: &[u8], v: u8) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    if let Some(b) = out.first_mut() {
+        *b = v;
+    }
+    out
+}
 
 /// Stable codes of protocol-level errors (sent in [`ServerFrame::Error`]). Commit
 /// rejections use the engine's [`ErrorCode`] strings instead.
@@ -211,6 +232,8 @@ const F_PONG: u8 = 0x87;
 const F_SNAPSHOT_PART: u8 = 0x88;
 const F_PRESENCE: u8 = 0x04;
 const F_PRESENCE_OUT: u8 = 0x89;
+/// Version 2: several server frames in one message.
+const F_BATCH: u8 = 0x8A;
 
 // Log entry kinds.
 const E_COMMIT: u8 = 0x01;
@@ -290,14 +313,18 @@ fn finish(r: &Reader) -> Result<(), Error> {
     }
 }
 
-/// A reader past the version byte of a frame, refusing another protocol version.
+/// A reader past the version byte of a frame, refusing a protocol version this build
+/// does not speak.
 fn open_frame(bytes: &[u8]) -> Result<Reader<'_>, Error> {
     let mut r = Reader::new(bytes);
     let v = r.byte()?;
-    if v != PROTOCOL_VERSION {
+    if !supported_version(v) {
         return Err(Error::new(
             ErrorCode::Corrupt,
-            format!("protocol version {v} is not supported (this side speaks {PROTOCOL_VERSION})"),
+            format!(
+                "protocol version {v} is not supported (this side speaks \
+                 {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION})"
+            ),
         ));
     }
     Ok(r)
@@ -430,13 +457,70 @@ impl ServerFrame {
     /// Whether `bytes` hold an `Effects` frame, read from its type byte alone (the
     /// frame is not checked: [`ServerFrame::decode`] does that).
     pub fn is_effects(bytes: &[u8]) -> bool {
-        bytes.first() == Some(&PROTOCOL_VERSION) && bytes.get(1) == Some(&F_EFFECTS)
+        bytes.first().is_some_and(|v| supported_version(*v)) && bytes.get(1) == Some(&F_EFFECTS)
     }
 
     /// Whether `bytes` hold a `Welcome` frame, read from its type byte alone (as
     /// [`ServerFrame::is_effects`]).
     pub fn is_welcome(bytes: &[u8]) -> bool {
-        bytes.first() == Some(&PROTOCOL_VERSION) && bytes.get(1) == Some(&F_WELCOME)
+        bytes.first().is_some_and(|v| supported_version(*v)) && bytes.get(1) == Some(&F_WELCOME)
+    }
+
+    /// Whether `bytes` hold a batch of frames (protocol version 2), read from its type
+    /// byte alone (as [`ServerFrame::is_effects`]).
+    pub fn is_batch(bytes: &[u8]) -> bool {
+        bytes.get(1) == Some(&F_BATCH)
+    }
+
+    /// Frames encoded by this build (none of them a batch), as one message of version
+    /// 2: `02 8A`, their count, then each as its length and its bytes. What a client
+    /// reads with [`ServerFrame::unbatch`].
+    pub fn batch<'a>(frames: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
+        let mut out = vec![PROTOCOL_VERSION, F_BATCH];
+        write_varint(&mut out, frames.len() as u64);
+        for f in frames {
+            put_bytes(&mut out, f);
+        }
+        out
+    }
+
+    /// Every frame of a message from the server (see [`ServerFrame::unbatch`]), decoded.
+    pub fn decode_message(message: &[u8]) -> Result<Vec<ServerFrame>, Error> {
+        ServerFrame::unbatch(message)?
+            .into_iter()
+            .map(ServerFrame::decode)
+            .collect()
+    }
+
+    /// The frames of a message from the server: those of a batch (version 2), or the
+    /// message itself. Each frame of a batch is of version 2 and not a batch; it is
+    /// checked whole when it is decoded. Nothing is allocated for a count the bytes
+    /// cannot hold.
+    pub fn unbatch(message: &[u8]) -> Result<Vec<&[u8]>, Error> {
+        if !ServerFrame::is_batch(message) {
+            return Ok(vec![message]);
+        }
+        let mut r = open_frame(message)?;
+        r.byte()?;
+        if message[0] < 2 {
+            return Err(corrupt("a batch in protocol version 1"));
+        }
+        // Each frame takes at least its length byte and its version and type bytes.
+        let n = count(&mut r, 3)?;
+        if n == 0 {
+            return Err(corrupt("an empty batch"));
+        }
+        let mut frames = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = count(&mut r, 1)?;
+            let f = r.take(len)?;
+            if f.first() != Some(&message[0]) || f.get(1) == Some(&F_BATCH) {
+                return Err(corrupt("a batch's frame of another version, or a batch"));
+            }
+            frames.push(f);
+        }
+        finish(&r)?;
+        Ok(frames)
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -884,6 +968,69 @@ mod tests {
     }
 
     #[test]
+    fn both_versions_decode_alike_and_only_version_2_batches() {
+        let (client, server) = samples();
+        for f in &client {
+            let v1 = in_version(&f.encode(), 1);
+            assert_eq!(ClientFrame::decode(&v1).unwrap(), *f);
+        }
+        for f in &server {
+            let v1 = in_version(&f.encode(), 1);
+            assert_eq!(ServerFrame::decode(&v1).unwrap(), *f);
+            assert_eq!(ServerFrame::unbatch(&v1).unwrap(), vec![v1.as_slice()]);
+        }
+        for v in [0, PROTOCOL_VERSION + 1] {
+            let f = in_version(&server[0].encode(), v);
+            assert_eq!(
+                ServerFrame::decode(&f).unwrap_err().code,
+                ErrorCode::Corrupt
+            );
+        }
+        // A batch: its frames, in order, each decoding to what was batched.
+        let encoded: Vec<Vec<u8>> = server.iter().map(ServerFrame::encode).collect();
+        let batch = ServerFrame::batch(encoded.iter().map(Vec::as_slice));
+        assert!(ServerFrame::is_batch(&batch) && !ServerFrame::is_batch(&encoded[0]));
+        let frames = ServerFrame::unbatch(&batch).unwrap();
+        assert_eq!(
+            frames,
+            encoded.iter().map(Vec::as_slice).collect::<Vec<_>>()
+        );
+        assert_eq!(ServerFrame::decode_message(&batch).unwrap(), server);
+        // Not a frame itself.
+        assert!(ServerFrame::decode(&batch).is_err());
+        // Refused: cut anywhere, a byte too many, version 1, empty, a batch or a frame
+        // of another version inside, a count the bytes cannot hold.
+        for cut in 2..batch.len() {
+            assert!(ServerFrame::unbatch(&batch[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = batch.clone();
+        longer.push(0);
+        assert!(ServerFrame::unbatch(&longer).is_err());
+        assert!(ServerFrame::unbatch(&in_version(&batch, 1)).is_err());
+        assert!(ServerFrame::unbatch(&[PROTOCOL_VERSION, F_BATCH, 0]).is_err());
+        let nested = ServerFrame::batch([batch.as_slice()].into_iter());
+        assert!(ServerFrame::unbatch(&nested).is_err());
+        let v1 = in_version(&encoded[0], 1);
+        let mixed = ServerFrame::batch([encoded[1].as_slice(), v1.as_slice()].into_iter());
+        assert!(ServerFrame::unbatch(&mixed).is_err());
+        let mut huge = vec![PROTOCOL_VERSION, F_BATCH];
+        write_varint(&mut huge, u64::MAX);
+        assert!(ServerFrame::unbatch(&huge).is_err());
+        // docs/PROTOCOL.md's example.
+        let pong = ServerFrame::Pong { nonce: 7 }.encode();
+        let outcome = ServerFrame::Outcome {
+            seq: 3,
+            result: CommitResult::Duplicate,
+        }
+        .encode();
+        let example = ServerFrame::batch([pong.as_slice(), outcome.as_slice()].into_iter());
+        assert_eq!(
+            crate::hex(&example),
+            "028a020302870704028503 02".replace(' ', "")
+        );
+    }
+
+    #[test]
     fn every_truncation_and_extension_is_refused() {
         let (client, server) = samples();
         let bytes: Vec<Vec<u8>> = client
@@ -987,12 +1134,21 @@ mod tests {
             partition: "team:t".into(),
             data: b"hi".to_vec(),
         };
-        assert_eq!(crate::hex(&c.encode()), "0104067465616d3a74026869");
+        // The bytes docs/PROTOCOL.md shows (version 1), and this build's (version 2).
+        assert_eq!(
+            crate::hex(&in_version(&c.encode(), 1)),
+            "0104067465616d3a74026869"
+        );
+        assert_eq!(crate::hex(&c.encode()), "0204067465616d3a74026869");
         let s = ServerFrame::Presence {
             partition: "team:t".into(),
             from: "ann".into(),
             data: b"hi".to_vec(),
         };
-        assert_eq!(crate::hex(&s.encode()), "0189067465616d3a7403616e6e026869");
+        assert_eq!(
+            crate::hex(&in_version(&s.encode(), 1)),
+            "0189067465616d3a7403616e6e026869"
+        );
+        assert_eq!(crate::hex(&s.encode()), "0289067465616d3a7403616e6e026869");
     }
 }

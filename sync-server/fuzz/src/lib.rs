@@ -16,7 +16,7 @@
 //! Collaborative text: a Yjs update from a client never makes the engine or `yrs`
 //! panic (`text_update`).
 
-use warren_core::protocol::{ClientFrame, LogEntry, ServerFrame};
+use warren_core::protocol::{in_version, ClientFrame, LogEntry, ServerFrame};
 
 /// `ytext::check_update` then `ytext::apply`: a Yjs update a client sends to edit a
 /// text field is checked by the engine's bounded reader and, if it passes, applied by
@@ -41,8 +41,9 @@ pub fn text_update(data: &[u8]) -> bool {
 pub fn client_frame(data: &[u8]) -> bool {
     match ClientFrame::decode(data) {
         Ok(f) => {
+            // In the version it came in (this build writes the newest).
             assert_eq!(
-                f.encode(),
+                in_version(&f.encode(), data[0]),
                 data,
                 "a client frame that is not canonical: {f:?}"
             );
@@ -52,14 +53,23 @@ pub fn client_frame(data: &[u8]) -> bool {
     }
 }
 
-/// `ServerFrame::decode`: the client's decoder of everything a server sends.
+/// `ServerFrame::decode_message`: the client's decoder of everything a server sends (a
+/// frame, or a batch of them).
 pub fn server_frame(data: &[u8]) -> bool {
-    match ServerFrame::decode(data) {
-        Ok(f) => {
+    match ServerFrame::decode_message(data) {
+        Ok(frames) => {
+            let encoded: Vec<Vec<u8>> = frames
+                .iter()
+                .map(|f| in_version(&f.encode(), data[0]))
+                .collect();
+            let again = if ServerFrame::is_batch(data) {
+                ServerFrame::batch(encoded.iter().map(Vec::as_slice))
+            } else {
+                encoded.concat()
+            };
             assert_eq!(
-                f.encode(),
-                data,
-                "a server frame that is not canonical: {f:?}"
+                again, data,
+                "a server message that is not canonical: {frames:?}"
             );
             true
         }

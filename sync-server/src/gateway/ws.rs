@@ -12,7 +12,10 @@ use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{oneshot, watch};
 use warren_core::exec::Commit;
-use warren_core::protocol::{codes, frame_version, ClientFrame, ServerFrame, PROTOCOL_VERSION};
+use warren_core::protocol::{
+    codes, frame_version, in_version, supported_version, ClientFrame, ServerFrame,
+    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
 use warren_core::Value;
 
 use super::{check_client_id, scoped_client_id, subject, AppState};
@@ -66,16 +69,21 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a connection is kept open after `FRAME_TOO_LARGE`.
 const LINGER: Duration = Duration::from_millis(500);
 
-fn error_frame(code: &str, message: impl Into<String>) -> Message {
-    Message::Binary(
-        ServerFrame::Error {
-            code: code.to_owned(),
-            message: message.into(),
-        }
-        .encode()
-        .into(),
-    )
+/// An `Error` frame in protocol version `version`.
+fn error_frame(code: &str, message: impl Into<String>, version: u8) -> Message {
+    let f = ServerFrame::Error {
+        code: code.to_owned(),
+        message: message.into(),
+    }
+    .encode();
+    Message::Binary(in_version(&f, version).into())
 }
+
+/// The most bytes of frames a batch (protocol version 2) holds: the frames queued
+/// together go as one WebSocket message, up to this, so a client handles one message
+/// event for hundreds of confirmations rather than one for each of their frames. A
+/// larger frame goes alone.
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// Is this encoded frame an `Error` (after which the connection closes)?
 fn is_error_frame(b: &[u8]) -> bool {
@@ -132,15 +140,18 @@ impl End {
 type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
 type Stream = futures_util::stream::SplitStream<WebSocket>;
 
-/// Sends the one `Error` frame of a connection refused before it started.
-async fn refuse(s: &AppState, sink: &mut Sink, end: &End) {
+/// Sends the one `Error` frame of a connection refused before it started, in protocol
+/// version `version`.
+async fn refuse(s: &AppState, sink: &mut Sink, end: &End, version: u8) {
     if let Some(code) = end.code {
         s.metrics.error_sent(code);
         if end.is_protocol_error() {
             Metrics::add(&s.metrics.protocol_errors, 1);
         }
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            let _ = sink.send(error_frame(code, end.message.clone())).await;
+            let _ = sink
+                .send(error_frame(code, end.message.clone(), version))
+                .await;
             let _ = sink.close().await;
         })
         .await;
@@ -175,21 +186,26 @@ async fn session(
                 codes::UNEXPECTED_FRAME,
                 "the first frame must be a binary Hello",
             );
-            refuse(&s, &mut sink, &end).await;
+            refuse(&s, &mut sink, &end, PROTOCOL_VERSION).await;
             return (end, None);
         }
         Ok(Some(Err(e))) if too_large(&e) => {
             let end = End::error(codes::FRAME_TOO_LARGE, too_large_message(&s));
-            refuse(&s, &mut sink, &end).await;
+            refuse(&s, &mut sink, &end, PROTOCOL_VERSION).await;
             return (end, Some(stream));
         }
         _ => return (End::quiet(), None),
     };
     Metrics::add(&s.metrics.frames_in, 1);
+    // The connection speaks the version of its Hello (one this server speaks; else
+    // it is refused in the newest).
+    let version = frame_version(&first)
+        .filter(|v| supported_version(*v))
+        .unwrap_or(PROTOCOL_VERSION);
     let hello = match hello(&s, &first).await {
         Ok(h) => h,
         Err(end) => {
-            refuse(&s, &mut sink, &end).await;
+            refuse(&s, &mut sink, &end, version).await;
             return (end, None);
         }
     };
@@ -213,7 +229,7 @@ async fn session(
             codes::TOO_MANY_CONNECTIONS,
             "the server holds as many sync connections as it may; reconnect later",
         );
-        refuse(&s, &mut sink, &end).await;
+        refuse(&s, &mut sink, &end, version).await;
         return (end, None);
     };
     let sub = subject(&auth);
@@ -229,12 +245,12 @@ async fn session(
             codes::TOO_MANY_CONNECTIONS,
             format!("this identity holds {max} sync connections, the most it may"),
         );
-        refuse(&s, &mut sink, &end).await;
+        refuse(&s, &mut sink, &end, version).await;
         return (end, None);
     };
     if !identities.take(&sub, Budget::Frames, 1) {
         let end = rate_limited(&s, conn, &sub, Budget::Frames, service);
-        refuse(&s, &mut sink, &end).await;
+        refuse(&s, &mut sink, &end, version).await;
         return (end, None);
     }
     // A region of many catches up with the global log first, so the welcome is never
@@ -246,7 +262,7 @@ async fn session(
                 codes::REGION_UNAVAILABLE,
                 format!("{m}; connect to another region"),
             );
-            refuse(&s, &mut sink, &end).await;
+            refuse(&s, &mut sink, &end, version).await;
             return (end, None);
         }
     }
@@ -258,6 +274,7 @@ async fn session(
     let mut writer = tokio::spawn(write_loop(
         sink,
         rx,
+        version,
         close_rx,
         s.limits.write_timeout,
         queue::part_bytes(s.limits.conn_queue_bytes),
@@ -275,7 +292,7 @@ async fn session(
         .is_err()
     {
         let end = End::error(codes::SHUTTING_DOWN, "the server is stopping");
-        return finish(&s, end, close_tx, writer, None).await;
+        return finish(&s, end, close_tx, writer, None, version).await;
     }
     // The welcome is computed off the region thread, on a read view of the state, while
     // this session already reads the client's frames; the region brings it up to date
@@ -332,7 +349,7 @@ async fn session(
                 // The frame, with the waits for the identity's budgets, as long as the
                 // connection has nothing else to do: a client over its budget is slowed
                 // (this connection reads nothing meanwhile), not cut off.
-                let frame = received(&s, conn, &sub, &scoped, &auth, &tx, expires, b);
+                let frame = received(&s, conn, &sub, &scoped, &auth, &tx, expires, version, b);
                 tokio::select! {
                     r = frame => match r {
                         Some(end) => break end,
@@ -355,7 +372,7 @@ async fn session(
     drop(identity);
     let writer = if writer_done { None } else { Some(writer) };
     let end = match writer {
-        Some(w) => finish(&s, end, close_tx, w, None).await.0,
+        Some(w) => finish(&s, end, close_tx, w, None, version).await.0,
         None => end,
     };
     let _ = s.region.send(RegionMsg::Disconnect { conn });
@@ -375,6 +392,7 @@ async fn received(
     auth: &Value,
     tx: &queue::FrameTx,
     expires: tokio::time::Instant,
+    version: u8,
     frame: Option<axum::body::Bytes>,
 ) -> Option<End> {
     // A service's budgets or an end user's.
@@ -384,6 +402,12 @@ async fn received(
         return Some(rate_limited(s, conn, sub, b, service));
     }
     let b = frame?;
+    if let Some(v) = frame_version(&b).filter(|v| *v != version) {
+        return Some(End::error(
+            codes::BAD_FRAME,
+            format!("a frame of protocol version {v} on a connection of version {version}"),
+        ));
+    }
     match ClientFrame::decode(&b) {
         Ok(ClientFrame::Push { .. }) if tokio::time::Instant::now() >= expires => {
             Some(token_expired())
@@ -466,13 +490,14 @@ async fn finish(
     close_tx: oneshot::Sender<Message>,
     writer: tokio::task::JoinHandle<()>,
     stream: Option<Stream>,
+    version: u8,
 ) -> (End, Option<Stream>) {
     if let Some(code) = end.code {
         if end.is_protocol_error() {
             Metrics::add(&s.metrics.protocol_errors, 1);
         }
         s.metrics.error_sent(code);
-        let _ = close_tx.send(error_frame(code, end.message.clone()));
+        let _ = close_tx.send(error_frame(code, end.message.clone(), version));
     } else {
         drop(close_tx);
     }
@@ -503,10 +528,13 @@ struct Hello {
 
 /// Checks the first frame: version, decoding, `Hello`, token, client id, in that order.
 async fn hello(s: &AppState, first: &[u8]) -> Result<Hello, End> {
-    if let Some(v) = frame_version(first).filter(|v| *v != PROTOCOL_VERSION) {
+    if let Some(v) = frame_version(first).filter(|v| !supported_version(*v)) {
         return Err(End::error(
             codes::UNSUPPORTED_PROTOCOL,
-            format!("protocol version {v} is not supported; this server speaks {PROTOCOL_VERSION}"),
+            format!(
+                "protocol version {v} is not supported; this server speaks \
+                 {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+            ),
         ));
     }
     let (client_id, token, partitions, outbox_from) = match ClientFrame::decode(first) {
@@ -591,21 +619,46 @@ async fn write_one(
 /// hands it a last frame (sent at once, before anything still queued), or when writing
 /// one frame takes longer than `write_timeout`, or one snapshot longer than
 /// [`SNAPSHOT_TIMEOUT`] (the client does not read: dropped without a word, since
-/// nothing more can reach it).
+/// nothing more can reach it). In protocol version 2 the frames queued together go as
+/// batches (up to [`BATCH_BYTES`]); in version 1 each goes alone, its version byte
+/// set to 1.
 async fn write_loop(
     mut sink: Sink,
     mut rx: FrameRx,
+    version: u8,
     mut close: oneshot::Receiver<Message>,
     write_timeout: Duration,
     part_bytes: usize,
     metrics: Arc<Metrics>,
 ) {
+    // Frames held for a batch (only while more are queued) and their bytes.
+    let mut batch: Vec<queue::Frame> = Vec::new();
+    let mut batch_bytes = 0;
     let last = loop {
         let received = tokio::select! {
             biased;
             m = &mut close => break m.ok(),
             r = rx.recv() => r,
         };
+        // What is held goes before anything but a frame that may join it.
+        if !batch.is_empty() && !matches!(received, Received::Frame(_)) {
+            batch_bytes = 0;
+            match write_batch(
+                &mut sink,
+                &mut batch,
+                &rx,
+                true,
+                &mut close,
+                write_timeout,
+                &metrics,
+            )
+            .await
+            {
+                Wrote::Done => {}
+                Wrote::Closing(m) => break m,
+                Wrote::Failed => return,
+            }
+        }
         let frame = match received {
             Received::Frame(f) => f,
             Received::Snapshot(lazy) => {
@@ -643,7 +696,7 @@ async fn write_loop(
                     };
                     let frame = lazy.snapshot.frame(docs, cursor.done()).encode();
                     metrics.snapshot_part();
-                    let msg = Message::Binary(frame.into());
+                    let msg = Message::Binary(in_version(&frame, version).into());
                     // Parts go out at once: the next is read only when this one is sent.
                     outcome =
                         write_one(&mut sink, msg, false, &mut close, write_timeout, &metrics).await;
@@ -663,6 +716,7 @@ async fn write_loop(
                 break Some(error_frame(
                     codes::TOO_SLOW,
                     "the connection did not keep up with its frames",
+                    version,
                 ));
             }
             Received::Closed => break None,
@@ -674,7 +728,51 @@ async fn write_loop(
                 metrics.error_sent(&code);
             }
         }
-        let msg = Message::Binary(frame.to_vec().into());
+        if version >= 2 {
+            if !closing && batch_bytes + len <= BATCH_BYTES {
+                batch_bytes += len;
+                batch.push(frame);
+                if rx.has_more() {
+                    continue;
+                }
+                batch_bytes = 0;
+                match write_batch(
+                    &mut sink,
+                    &mut batch,
+                    &rx,
+                    false,
+                    &mut close,
+                    write_timeout,
+                    &metrics,
+                )
+                .await
+                {
+                    Wrote::Done => continue,
+                    Wrote::Closing(m) => break m,
+                    Wrote::Failed => return,
+                }
+            }
+            // An `Error`, or a frame too large to join: what is held goes first.
+            if !batch.is_empty() {
+                batch_bytes = 0;
+                match write_batch(
+                    &mut sink,
+                    &mut batch,
+                    &rx,
+                    true,
+                    &mut close,
+                    write_timeout,
+                    &metrics,
+                )
+                .await
+                {
+                    Wrote::Done => {}
+                    Wrote::Closing(m) => break m,
+                    Wrote::Failed => return,
+                }
+            }
+        }
+        let msg = Message::Binary(in_version(&frame, version).into());
         drop(frame);
         let buffer = !closing && rx.has_more();
         let wrote = write_one(&mut sink, msg, buffer, &mut close, write_timeout, &metrics).await;
@@ -693,6 +791,36 @@ async fn write_loop(
         let _ = sink.close().await;
     })
     .await;
+}
+
+/// Writes the frames held in `batch` (protocol version 2) as one message, a batch of
+/// them (or the one frame alone), and counts them written.
+async fn write_batch(
+    sink: &mut Sink,
+    batch: &mut Vec<queue::Frame>,
+    rx: &FrameRx,
+    buffer: bool,
+    close: &mut oneshot::Receiver<Message>,
+    write_timeout: Duration,
+    metrics: &Metrics,
+) -> Wrote {
+    let msg = match batch.as_slice() {
+        [one] => one.to_vec(),
+        all => ServerFrame::batch(all.iter().map(|f| f.as_slice())),
+    };
+    let wrote = write_one(
+        sink,
+        Message::Binary(msg.into()),
+        buffer,
+        close,
+        write_timeout,
+        metrics,
+    )
+    .await;
+    for f in batch.drain(..) {
+        rx.written(f.len());
+    }
+    wrote
 }
 
 /// Computes a joining connection's welcome on the region's read view, on a blocking

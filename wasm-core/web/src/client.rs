@@ -1739,7 +1739,20 @@ impl Shared {
                 return;
             };
             if let Ok(buf) = data.dyn_into::<ArrayBuffer>() {
-                let _ = t.unbounded_send(SyncCmd::Frame(Uint8Array::new(&buf).to_vec()));
+                let message = Uint8Array::new(&buf).to_vec();
+                // A batch's frames go to the lane one by one, as if each had come alone;
+                // a message that is not a well-formed batch goes whole (its decoding
+                // fails there, as a frame's would).
+                match ServerFrame::unbatch(&message) {
+                    Ok(frames) if ServerFrame::is_batch(&message) => {
+                        for f in frames {
+                            let _ = t.unbounded_send(SyncCmd::Frame(f.to_vec()));
+                        }
+                    }
+                    _ => {
+                        let _ = t.unbounded_send(SyncCmd::Frame(message));
+                    }
+                }
             }
         }));
         let t = self.sync.clone();
