@@ -201,3 +201,22 @@ export function wrap(e: unknown): WarrenError {
   if (typeof seq === "number") (w as { seq?: number }).seq = seq;
   return w;
 }
+
+/** An error as plain data, as it crosses from the engine's worker or the leading tab
+ * to the page: its code (`STORAGE_ERROR` when it has none), its message and, for a
+ * write, its sequence number. */
+export interface ErrInfo {
+  code: string;
+  message: string;
+  seq?: number;
+}
+
+/** Whatever was thrown, as an {@link ErrInfo}. */
+export const errInfo = (e: unknown): ErrInfo => {
+  const o = e as { code?: unknown; message?: unknown; seq?: unknown } | null;
+  return {
+    code: typeof o?.code === "string" ? o.code : "STORAGE_ERROR",
+    message: typeof o?.message === "string" ? o.message : String(e),
+    ...(typeof o?.seq === "number" ? { seq: o.seq } : {}),
+  };
+};

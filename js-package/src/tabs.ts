@@ -12,6 +12,7 @@
 // before it went is not made twice.
 
 import type { LeaderEngine } from "./engine.js";
+import { errInfo as info, type ErrInfo } from "./errors.js";
 
 /** What a write answers first (its `local` resolves with the final sequence number). */
 export interface Applied {
@@ -51,12 +52,6 @@ const HEARTBEAT_MS = 1000;
  * frozen or hung cannot answer; when it runs again it finds its lock taken and stops. */
 const STEAL_AFTER_MS = 4000;
 
-interface ErrInfo {
-  code: string;
-  message: string;
-  seq?: number;
-}
-
 type Msg =
   | { t: "leader"; tab: string }
   | { t: "hello"; tab: string }
@@ -77,15 +72,6 @@ interface Pending {
   seq?: number;
   answered?: boolean;
 }
-
-const info = (e: unknown): ErrInfo => {
-  const o = e as { code?: unknown; message?: unknown; seq?: unknown } | null;
-  return {
-    code: typeof o?.code === "string" ? o.code : "STORAGE_ERROR",
-    message: typeof o?.message === "string" ? o.message : String(e),
-    ...(typeof o?.seq === "number" ? { seq: o.seq } : {}),
-  };
-};
 
 /** Plain data for the channel (errors lose their own properties when cloned). */
 const plain = (type: string, detail: unknown): unknown =>

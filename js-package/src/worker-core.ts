@@ -6,6 +6,7 @@
 
 import type { Warren } from "../wasm/warren_web.js";
 import { explainOf, inspectOf } from "./dev.js";
+import { errInfo as info } from "./errors.js";
 
 /** What the worker uses of the engine's glue: the module with collaborative text, or
  * the smaller one (the same API; wasm-bindgen names the inner shims after each). */
@@ -20,11 +21,6 @@ interface Req {
   a: unknown[];
 }
 
-interface ErrInfo {
-  code: string;
-  message: string;
-  seq?: number;
-}
 
 const scope = self as unknown as {
   postMessage(msg: unknown): void;
@@ -84,15 +80,6 @@ const preopenAhead = (name: string): ReturnType<typeof preopen> => {
 
 const tokenWaits = new Map<number, (token: string | undefined) => void>();
 let nextToken = 1;
-
-const info = (e: unknown): ErrInfo => {
-  const o = e as { code?: unknown; message?: unknown; seq?: unknown } | null;
-  return {
-    code: typeof o?.code === "string" ? o.code : "STORAGE_ERROR",
-    message: typeof o?.message === "string" ? o.message : String(e),
-    ...(typeof o?.seq === "number" ? { seq: o.seq } : {}),
-  };
-};
 
 /** Messages for the page made in this turn of the event loop go as one (`{ b: [...] }`):
  * the answers to requests that arrived together are usually ready together. */

@@ -640,8 +640,16 @@ async fn write_loop(
             m = &mut close => break m.ok(),
             r = rx.recv() => r,
         };
-        // What is held goes before anything but a frame that may join it.
-        if !batch.is_empty() && !matches!(received, Received::Frame(_)) {
+        // Version 2: a frame joins the frames held for a batch, unless it is an `Error`
+        // (which goes alone) or there is no room left; what is held goes before
+        // anything that does not join it.
+        let joins = match &received {
+            Received::Frame(f) => {
+                version >= 2 && !is_error_frame(f) && batch_bytes + f.len() <= BATCH_BYTES
+            }
+            _ => false,
+        };
+        if !batch.is_empty() && !joins {
             batch_bytes = 0;
             match write_batch(
                 &mut sink,
@@ -728,48 +736,27 @@ async fn write_loop(
                 metrics.error_sent(&code);
             }
         }
-        if version >= 2 {
-            if !closing && batch_bytes + len <= BATCH_BYTES {
-                batch_bytes += len;
-                batch.push(frame);
-                if rx.has_more() {
-                    continue;
-                }
-                batch_bytes = 0;
-                match write_batch(
-                    &mut sink,
-                    &mut batch,
-                    &rx,
-                    false,
-                    &mut close,
-                    write_timeout,
-                    &metrics,
-                )
-                .await
-                {
-                    Wrote::Done => continue,
-                    Wrote::Closing(m) => break m,
-                    Wrote::Failed => return,
-                }
+        if joins {
+            batch_bytes += len;
+            batch.push(frame);
+            if rx.has_more() {
+                continue;
             }
-            // An `Error`, or a frame too large to join: what is held goes first.
-            if !batch.is_empty() {
-                batch_bytes = 0;
-                match write_batch(
-                    &mut sink,
-                    &mut batch,
-                    &rx,
-                    true,
-                    &mut close,
-                    write_timeout,
-                    &metrics,
-                )
-                .await
-                {
-                    Wrote::Done => {}
-                    Wrote::Closing(m) => break m,
-                    Wrote::Failed => return,
-                }
+            batch_bytes = 0;
+            match write_batch(
+                &mut sink,
+                &mut batch,
+                &rx,
+                false,
+                &mut close,
+                write_timeout,
+                &metrics,
+            )
+            .await
+            {
+                Wrote::Done => continue,
+                Wrote::Closing(m) => break m,
+                Wrote::Failed => return,
             }
         }
         let msg = Message::Binary(in_version(&frame, version).into());
