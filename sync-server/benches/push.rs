@@ -36,8 +36,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
 use warren_core::exec::Op;
 use warren_core::protocol::{ClientCommit, ClientFrame, CommitResult, ServerFrame};
 use warren_core::value::{obj, Value};
@@ -238,49 +236,11 @@ struct ServerMetrics {
 // ---------------------------------------------------------------------------------
 // The clients
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A connection (its frames one at a time, those of a batch included).
+type Link = warren_server::client::RawConnection;
 
-/// A socket and the frames of a batch (protocol version 2) received and not read yet.
-struct Link {
-    ws: Ws,
-    held: std::collections::VecDeque<ServerFrame>,
-}
-
-impl Link {
-    /// The next frame, waiting for it.
-    async fn recv(&mut self) -> ServerFrame {
-        loop {
-            if let Some(f) = self.held.pop_front() {
-                return f;
-            }
-            match self.ws.next().await {
-                Some(Ok(Message::Binary(b))) => {
-                    self.held = ServerFrame::decode_message(&b).expect("frames").into()
-                }
-                Some(Ok(Message::Close(_))) | None => panic!("the server closed the connection"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => panic!("connection failed: {e}"),
-            }
-        }
-    }
-
-    /// A frame received already, if there is one (without waiting).
-    fn ready(&mut self) -> Option<ServerFrame> {
-        loop {
-            if let Some(f) = self.held.pop_front() {
-                return Some(f);
-            }
-            match self.ws.next().now_or_never()? {
-                Some(Ok(Message::Binary(b))) => {
-                    self.held = ServerFrame::decode_message(&b).expect("frames").into()
-                }
-                Some(Ok(_)) => continue,
-                other => panic!("the connection failed: {other:?}"),
-            }
-        }
-    }
-}
+/// How long a client waits for the server's next frame before the run fails.
+const FRAME_WAIT: Duration = Duration::from_secs(60);
 
 /// One user's connection and what it knows.
 struct Conn {
@@ -306,9 +266,7 @@ fn token(i: usize) -> String {
 
 async fn connect(url: &str, i: usize, client_id: &str) -> (Link, String, Vec<ServerFrame>) {
     // No Nagle, as browsers do for WebSockets.
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
-        .await
-        .expect("connect");
+    let mut ws = Link::connect(url).await.expect("connect");
     let hello = ClientFrame::Hello {
         client_id: client_id.to_owned(),
         token: token(i),
@@ -316,14 +274,8 @@ async fn connect(url: &str, i: usize, client_id: &str) -> (Link, String, Vec<Ser
         outbox_from: 0,
         partitions: Vec::new(),
     };
-    ws.send(Message::Binary(hello.encode().into()))
-        .await
-        .unwrap();
-    let mut ws = Link {
-        ws,
-        held: Default::default(),
-    };
-    let (schema_version, partitions) = match ws.recv().await {
+    ws.send(&hello).await.unwrap();
+    let (schema_version, partitions) = match ws.recv(FRAME_WAIT).await.expect("a frame") {
         ServerFrame::Welcome {
             schema_version,
             partitions,
@@ -334,7 +286,7 @@ async fn connect(url: &str, i: usize, client_id: &str) -> (Link, String, Vec<Ser
     // A snapshot of every partition it may read follows (the client holds none yet).
     let mut frames = Vec::new();
     for _ in &partitions {
-        frames.push(ws.recv().await);
+        frames.push(ws.recv(FRAME_WAIT).await.expect("a frame"));
     }
     (ws, schema_version, frames)
 }
@@ -376,17 +328,13 @@ impl Conn {
 
     async fn push(&mut self, commits: Vec<ClientCommit>) {
         let f = ClientFrame::Push { commits };
-        self.ws
-            .ws
-            .send(Message::Binary(f.encode().into()))
-            .await
-            .expect("send a push");
+        self.ws.send(&f).await.expect("send a push");
     }
 
     /// Reads frames until an outcome; checks it is `seq`'s and committed.
     async fn outcome(&mut self, seq: u64) {
         loop {
-            match self.ws.recv().await {
+            match self.ws.recv(FRAME_WAIT).await.expect("a frame") {
                 ServerFrame::Outcome { seq: s, result } => {
                     assert_eq!(s, seq, "outcomes arrive in the order of the commits");
                     match result {
@@ -493,8 +441,6 @@ async fn pipelined(mut c: Conn, w: Window, window: usize) -> (Conn, Tally) {
     }
     (c, t)
 }
-
-use futures_util::FutureExt as _;
 
 /// Creates every counter (one commit each, pipelined).
 async fn setup(mut c: Conn) -> Conn {

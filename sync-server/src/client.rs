@@ -435,6 +435,23 @@ impl RawConnection {
         }
     }
 
+    /// A frame received already, if there is one, without waiting; `None` too when the
+    /// connection closed or a message did not decode.
+    pub fn ready(&mut self) -> Option<ServerFrame> {
+        loop {
+            if let Some(f) = self.held.pop_front() {
+                return Some(f);
+            }
+            match self.ws.next().now_or_never()??.ok()? {
+                Message::Binary(b) => {
+                    self.held = ServerFrame::decode_message(&b).ok()?.into();
+                }
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
     /// The next message as it came, its bytes undecoded (a frame, or a batch of
     /// them), or `None` when the connection closed or `timeout` passed.
     pub async fn recv_message(&mut self, timeout: Duration) -> Option<Vec<u8>> {

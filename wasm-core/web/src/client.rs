@@ -1743,13 +1743,16 @@ impl Shared {
                 // A batch's frames go to the lane one by one, as if each had come alone;
                 // a message that is not a well-formed batch goes whole (its decoding
                 // fails there, as a frame's would).
-                match ServerFrame::unbatch(&message) {
-                    Ok(frames) if ServerFrame::is_batch(&message) => {
+                let batch = ServerFrame::is_batch(&message)
+                    .then(|| ServerFrame::unbatch(&message).ok())
+                    .flatten();
+                match batch {
+                    Some(frames) => {
                         for f in frames {
                             let _ = t.unbounded_send(SyncCmd::Frame(f.to_vec()));
                         }
                     }
-                    _ => {
+                    None => {
                         let _ = t.unbounded_send(SyncCmd::Frame(message));
                     }
                 }
