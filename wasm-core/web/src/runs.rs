@@ -766,8 +766,14 @@ impl Runs {
             .collect()
     }
 
-    /// [`Runs::covering`], at most `n` blocks of each run from the start of `r` (from
-    /// its end when `reverse`): for a scan that wants its first entries.
+    /// [`Runs::covering`], cut to about `n` blocks in all from the start of `r` (from its
+    /// end when `reverse`), for a scan that wants its first entries: the blocks of every
+    /// run in the order of the keys they start at (end at, `reverse`), the first `n` of
+    /// them, and every block that may hold the range's first key (without which no key
+    /// is decided). Each run's are its first blocks (last, `reverse`) in the range, as
+    /// [`Runs::known`] takes them. Not `n` of each run: runs that each hold a stretch of
+    /// keys of their own (an import's, written in order) would have the first `n` blocks
+    /// of every one read, for the keys of the nearest.
     pub fn first_blocks(
         &self,
         r: &KeyRange,
@@ -775,13 +781,61 @@ impl Runs {
         n: usize,
     ) -> Vec<(usize, Range<usize>)> {
         let n = n.max(1);
-        self.covering(r)
-            .into_iter()
-            .map(|(i, b)| {
-                let b = if reverse {
-                    b.end.saturating_sub(n).max(b.start)..b.end
+        let covering = self.covering(r);
+        // Each candidate: where its block begins to matter (`None`: at the range's own
+        // first key, read whatever `n` is), and which run it is of.
+        let mut order: Vec<(Option<&[u8]>, usize)> = Vec::new();
+        for (p, (i, b)) in covering.iter().enumerate() {
+            let run = &self.runs[*i];
+            let mine: Vec<usize> = if reverse {
+                b.clone().rev().take(n).collect()
+            } else {
+                b.clone().take(n).collect()
+            };
+            for j in mine {
+                let at = if reverse {
+                    // A block's keys are below the next one's first (to the run's last).
+                    let upper = self.runs[*i].firsts.get(j + 1).unwrap_or(&run.last);
+                    match &r.end {
+                        Bound::Included(e) | Bound::Excluded(e) if upper >= e => None,
+                        _ => Some(upper.as_slice()),
+                    }
                 } else {
-                    b.start..b.end.min(b.start + n)
+                    let first = run.firsts[j].as_slice();
+                    match &r.start {
+                        Bound::Included(s) | Bound::Excluded(s) if first <= s.as_slice() => None,
+                        _ => Some(first),
+                    }
+                };
+                order.push((at, p));
+            }
+        }
+        if reverse {
+            // `None` first, then the highest.
+            order.sort_by(|a, b| match (a.0, b.0) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => std::cmp::Ordering::Less,
+                (Some(_), None) => std::cmp::Ordering::Greater,
+                (Some(x), Some(y)) => y.cmp(x),
+            });
+        } else {
+            order.sort();
+        }
+        let mut taken = vec![0usize; covering.len()];
+        for (k, (at, p)) in order.iter().enumerate() {
+            if at.is_some() && k >= n {
+                break;
+            }
+            taken[*p] += 1;
+        }
+        covering
+            .into_iter()
+            .zip(taken)
+            .map(|((i, b), t)| {
+                let b = if reverse {
+                    b.end - t..b.end
+                } else {
+                    b.start..b.start + t
                 };
                 (i, b)
             })
@@ -2250,6 +2304,49 @@ mod tests {
         let known = runs.known(&gap, &reads);
         assert!(known.contains(b"J") && known.contains(b"Jzz") && known.contains(b"J\xff"));
         assert!(!known.contains(b"Iz") && !known.contains(b"K1"));
+    }
+
+    #[test]
+    fn a_scans_first_blocks_are_those_of_the_runs_that_hold_its_first_keys() {
+        // 24 runs, each of 1,000 documents with ids in order (an import's chunks, not
+        // merged yet): each holds a stretch of ids of its own.
+        let mut sim = Sim::new();
+        let mut model = BTreeMap::new();
+        let doc = |i: u64| format!("Dtodo\0\x01{i:012}\0\x01").into_bytes();
+        for chunk in 0..24u64 {
+            let mut batch = BTreeMap::new();
+            for i in chunk * 1000..(chunk + 1) * 1000 {
+                batch.insert(doc(i), Some(vec![1; 150]));
+                model.insert(doc(i), vec![1; 150]);
+            }
+            sim.write(&batch);
+        }
+        assert_eq!(sim.runs.runs().len(), 24);
+        let docs = KeyRange::prefix(b"D");
+        for (from, reverse) in [(0, false), (5_500, false), (23_999, true), (12_345, true)] {
+            let r = if reverse {
+                KeyRange {
+                    start: docs.start.clone(),
+                    end: Bound::Included(doc(from)),
+                }
+            } else {
+                KeyRange {
+                    start: Bound::Included(doc(from)),
+                    end: docs.end.clone(),
+                }
+            };
+            for n in [1, 4, 16] {
+                let reads = sim.runs.first_blocks(&r, reverse, n);
+                let blocks: usize = reads.iter().map(|(_, b)| b.len()).sum();
+                // The nearest run's n blocks, and the next run's first when they end
+                // in it: not n of each of the runs the range reaches.
+                assert!(
+                    blocks <= n + 1,
+                    "from {from} reverse {reverse}, {n}: {blocks} blocks"
+                );
+                sim.check_first(&r, reverse, n, &model);
+            }
+        }
     }
 
     #[test]
