@@ -134,12 +134,26 @@ function startWorker(wasm: WasmSource | undefined, text: boolean): Worker {
   const w = text
     ? new Worker(new URL("./worker-text.js", import.meta.url), { type: "module" })
     : new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+  const init = (src: unknown) => w.postMessage({ id: 0, m: "init", a: [src] });
   void sourceFor(wasm, text).then((src) => {
     try {
-      w.postMessage({ id: 0, m: "init", a: [src] });
+      init(src);
     } catch {
-      // A browser that cannot pass a compiled module to a worker: it compiles its own.
-      void toTransferable(wasm).then((s) => w.postMessage({ id: 0, m: "init", a: [s] }));
+      // A browser that cannot pass a compiled module to a worker: it compiles its own,
+      // from the app's address, or (the app gave a module, which cannot be passed
+      // either) from the package's `.wasm` next to it. Never nothing: the worker would
+      // wait for it, and `open` with it.
+      const own = typeof WebAssembly === "object" && wasm instanceof WebAssembly.Module ? undefined : wasm;
+      void toTransferable(own).then(
+        (s) => {
+          try {
+            init(s);
+          } catch {
+            init(undefined);
+          }
+        },
+        () => init(undefined),
+      );
     }
   });
   return w;

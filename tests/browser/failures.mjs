@@ -18,7 +18,9 @@
 //    moves when another device's change arrives, and survives a reload.
 // 6. The engine's `.wasm` served without `application/wasm`, named by a relative
 //    address: the page cannot compile it, the worker loads it itself from the page's
-//    address, and the database works.
+//    address, and the database works. A browser that cannot pass a compiled module to
+//    a worker, given the app's own module: the worker loads the package's `.wasm`
+//    (`open` used to wait forever).
 import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
 import { readFileSync, existsSync } from "node:fs";
@@ -166,6 +168,33 @@ try {
   check(`a .wasm served without application/wasm: the worker loads it itself (${octetRequests} requests) and the database works`,
     octet.worker === 1 && octetRequests === 2 && octet.titles.length === 1 && octet.titles[0] === "typed",
     JSON.stringify({ ...octet, octetRequests }));
+
+  // 6b. No module can be passed to a worker; the app gives its own compiled module.
+  const noModules = await (await pageAt(app)).evaluate(async ([url, schema]) => {
+    const post = Worker.prototype.postMessage;
+    let refused = 0;
+    Worker.prototype.postMessage = function (m, ...rest) {
+      if ((m?.b ?? [m]).some((x) => x?.a?.some?.((v) => v instanceof WebAssembly.Module))) {
+        refused++;
+        throw new DOMException("a WebAssembly.Module could not be cloned", "DataCloneError");
+      }
+      return post.call(this, m, ...rest);
+    };
+    const wasm = await WebAssembly.compileStreaming(fetch("pkg/wasm/warren_web_text_bg.wasm"));
+    const token = await window.warren.devToken(url, "nadia");
+    const opened = window.warren.open({ url, token, name: "nadia", offline: true, schema, wasm }).then(async (db) => {
+      await db.call("addTodo", { title: "no modules" }).local;
+      const titles = (await db.query(`Todo.byOwner("nadia")`)).map((t) => t.title);
+      const worker = (await db.stats()).worker;
+      await db.close();
+      return { titles, worker };
+    });
+    const late = new Promise((ok) => setTimeout(() => ok({ err: "open had not resolved after 20 s" }), 20_000));
+    return { ...(await Promise.race([opened, late])), refused };
+  }, [url, readFileSync(join(root, "demo", "schema.warren"), "utf8")]);
+  check("a browser that cannot pass a module to a worker, given the app's module: the worker loads the package's .wasm and the database works",
+    noModules.refused >= 1 && noModules.worker === 1 && noModules.titles?.length === 1 && noModules.titles[0] === "no modules",
+    JSON.stringify(noModules));
 
   // 4. Refusals with context.
   const aborted = await a.evaluate(() => window.outcome(() => window.db.call("toggle", { id: "nope" }).result));
