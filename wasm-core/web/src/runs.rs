@@ -782,54 +782,53 @@ impl Runs {
     ) -> Vec<(usize, Range<usize>)> {
         let n = n.max(1);
         let covering = self.covering(r);
-        // Each candidate: where its block begins to matter (`None`: at the range's own
-        // first key, read whatever `n` is), and which run it is of.
-        let mut order: Vec<(Option<&[u8]>, usize)> = Vec::new();
-        for (p, (i, b)) in covering.iter().enumerate() {
+        // The key where the `t`-th block of `covering[p]` (from the end read) begins to
+        // matter, `None` when it may hold the range's first key: a block's keys are
+        // from its first to the next block's first (to the run's last).
+        let at = |p: usize, t: usize| -> Option<&[u8]> {
+            let (i, b) = &covering[p];
             let run = &self.runs[*i];
-            let mine: Vec<usize> = if reverse {
-                b.clone().rev().take(n).collect()
+            if reverse {
+                let j = b.end - 1 - t;
+                let upper = run.firsts.get(j + 1).unwrap_or(&run.last);
+                match &r.end {
+                    Bound::Included(e) | Bound::Excluded(e) if upper >= e => None,
+                    _ => Some(upper.as_slice()),
+                }
             } else {
-                b.clone().take(n).collect()
-            };
-            for j in mine {
-                let at = if reverse {
-                    // A block's keys are below the next one's first (to the run's last).
-                    let upper = self.runs[*i].firsts.get(j + 1).unwrap_or(&run.last);
-                    match &r.end {
-                        Bound::Included(e) | Bound::Excluded(e) if upper >= e => None,
-                        _ => Some(upper.as_slice()),
-                    }
-                } else {
-                    let first = run.firsts[j].as_slice();
-                    match &r.start {
-                        Bound::Included(s) | Bound::Excluded(s) if first <= s.as_slice() => None,
-                        _ => Some(first),
-                    }
-                };
-                order.push((at, p));
+                let first = run.firsts[b.start + t].as_slice();
+                match &r.start {
+                    Bound::Included(s) | Bound::Excluded(s) if first <= s.as_slice() => None,
+                    _ => Some(first),
+                }
             }
-        }
-        if reverse {
-            // `None` first, then the highest.
-            order.sort_by(|a, b| match (a.0, b.0) {
-                (None, None) => std::cmp::Ordering::Equal,
-                (None, Some(_)) => std::cmp::Ordering::Less,
-                (Some(_), None) => std::cmp::Ordering::Greater,
-                (Some(x), Some(y)) => y.cmp(x),
-            });
-        } else {
-            order.sort();
-        }
-        let mut taken = vec![0usize; covering.len()];
-        for (k, (at, p)) in order.iter().enumerate() {
-            if at.is_some() && k >= n {
-                break;
+        };
+        // Every block that may hold the first key; then, one at a time, the next block
+        // of the run whose next block begins first (no sort: a few runs, n small).
+        let mut taken: Vec<usize> = covering
+            .iter()
+            .enumerate()
+            .map(|(p, (_, b))| (0..b.len()).take_while(|t| at(p, *t).is_none()).count())
+            .collect();
+        let mut total: usize = taken.iter().sum();
+        while total < n {
+            let mut next: Option<(usize, &[u8])> = None;
+            for (p, (_, b)) in covering.iter().enumerate() {
+                if taken[p] >= b.len() {
+                    continue;
+                }
+                let Some(k) = at(p, taken[p]) else { continue };
+                let sooner = next.is_none_or(|(_, best)| if reverse { k > best } else { k < best });
+                if sooner {
+                    next = Some((p, k));
+                }
             }
-            taken[*p] += 1;
+            let Some((p, _)) = next else { break };
+            taken[p] += 1;
+            total += 1;
         }
         covering
-            .into_iter()
+            .iter()
             .zip(taken)
             .map(|((i, b), t)| {
                 let b = if reverse {
@@ -837,7 +836,7 @@ impl Runs {
                 } else {
                     b.start..b.start + t
                 };
-                (i, b)
+                (*i, b)
             })
             .collect()
     }
