@@ -1,4 +1,5 @@
-// What the runner calls in a page (bench.html?lib=raw|idb|dexie|warren): the suite, the
+// What the runner calls in a page (bench.html?lib=raw|idb|dexie|warren|warren-page;
+// warren-page is Warren with its engine on the page, `worker: false`): the suite, the
 // live-query latency, the offline burst, the one-page import with its count and scan,
 // the cold open (run at page load when the URL says mode=cold), and the two halves of
 // the cross-tab workload. Warren's pages get the sync server's address in `sync=` and
@@ -8,7 +9,8 @@ import * as W from "./workload.js";
 
 const params = new URLSearchParams(location.search);
 const lib = params.get("lib");
-const impl = await import(`./${lib}.js`);
+const warren = lib.startsWith("warren");
+const impl = await import(`./${warren ? "warren" : lib}.js`);
 const now = () => performance.now();
 
 const openDb = (name, user, options) => impl.openDb(name, user, options);
@@ -31,7 +33,10 @@ async function memory(db) {
 window.bench = {
   lib,
   async suite(user, opts) {
-    return W.suite(() => openDb(`bench-${lib}-${user}`, user), user, opts);
+    const t = await W.suite(() => openDb(`bench-${lib}-${user}`, user), user, opts);
+    // The floor of a read through a worker, in the same page as its reads.
+    if (lib === "warren") t.workerEcho = await W.workerEcho(opts.n);
+    return t;
   },
   async live(user, opts) {
     const db = await openDb(`bench-${lib}-${user}`, user);
@@ -44,7 +49,7 @@ window.bench = {
    */
   async offlineBurst(user, n) {
     const docs = W.makeDocs(user, 0, n);
-    if (lib !== "warren") {
+    if (!warren) {
       const db = await openDb(`burst-${lib}-${user}`, user);
       const s = now();
       for (const d of docs) await db.insertOne(d);

@@ -9,11 +9,13 @@ import schema from "./schema.js";
 
 const SCAN_PAGE = 4000;
 
+const params = new URLSearchParams(location.search);
 /** The sync server: `sync=` in the page's address (the pages are served apart from it,
  * so that they load when it is down). */
-const syncUrl = new URLSearchParams(location.search).get("sync") ?? location.origin;
-/** `worker=0`: the engine on the page (so that a CPU profile of the page sees it). */
-const onPage = new URLSearchParams(location.search).get("worker") === "0" ? { worker: false } : {};
+const syncUrl = params.get("sync") ?? location.origin;
+/** The engine on the page (`worker: false`): the library `warren-page`, or `worker=0`
+ * (so that a CPU profile of the page sees it). */
+const onPage = params.get("lib") === "warren-page" || params.get("worker") === "0" ? { worker: false } : {};
 
 /** A token for `sub`, from the runner (`warren token`), or the server's dev endpoint. */
 export async function tokenFor(sub) {

@@ -202,6 +202,32 @@ export function percentile(xs, p) {
 }
 
 /**
+ * The floor of any call to an engine in a worker: `n` round trips, one at a time, from
+ * the page to a worker that answers each message at once with what it got (a message
+ * the size of a read by id: `{ id, m, a: [source] }`). Gives the total in ms.
+ */
+export async function workerEcho(n) {
+  const src = "onmessage = (e) => postMessage(e.data);";
+  const url = URL.createObjectURL(new Blob([src], { type: "text/javascript" }));
+  const w = new Worker(url);
+  let answer = null;
+  w.onmessage = (e) => answer(e.data);
+  const ask = (m) => new Promise((resolve) => { answer = resolve; w.postMessage(m); });
+  try {
+    await ask(null);
+    const s = now();
+    for (let i = 0; i < n; i++) {
+      const m = await ask({ id: i, m: "query", a: [`Doc.byId("doc-${i}")`] });
+      if (m.id !== i) fail("worker echo", m);
+    }
+    return now() - s;
+  } finally {
+    w.terminate();
+    URL.revokeObjectURL(url);
+  }
+}
+
+/**
  * A local write to a live query's notification: `iterations` single inserts for one
  * owner, each timed from the write call to the live query's callback showing it.
  */
