@@ -143,8 +143,7 @@ function startWorker(wasm: WasmSource | undefined, text: boolean): Worker {
       // from the app's address, or (the app gave a module, which cannot be passed
       // either) from the package's `.wasm` next to it. Never nothing: the worker would
       // wait for it, and `open` with it.
-      const own = typeof WebAssembly === "object" && wasm instanceof WebAssembly.Module ? undefined : wasm;
-      void toTransferable(own).then(
+      void toTransferable(wasm).then(
         (s) => {
           try {
             init(s);
@@ -185,8 +184,10 @@ async function sourceFor(wasm: WasmSource | undefined, text: boolean): Promise<u
 }
 
 /** The engine's source as the worker can take it: an address resolved here (a
- * relative one names a file from the page, as the page's own `fetch` reads it). */
+ * relative one names a file from the page, as the page's own `fetch` reads it); for a
+ * compiled module, which could not be passed to it, nothing (the package's own). */
 async function toTransferable(wasm: unknown): Promise<unknown> {
+  if (typeof WebAssembly === "object" && wasm instanceof WebAssembly.Module) return undefined;
   if (typeof Response !== "undefined" && wasm instanceof Response) return wasm.arrayBuffer();
   if (wasm instanceof URL) return wasm.href;
   if (typeof wasm === "string" && typeof location !== "undefined") return new URL(wasm, location.href).href;

@@ -424,14 +424,8 @@ impl RawConnection {
             if let Some(f) = self.held.pop_front() {
                 return Some(f);
             }
-            let msg = tokio::time::timeout(timeout, self.ws.next()).await.ok()??;
-            match msg.ok()? {
-                Message::Binary(b) => {
-                    self.held = ServerFrame::decode_message(&b).ok()?.into();
-                }
-                Message::Close(_) => return None,
-                _ => continue,
-            }
+            let b = self.recv_message(timeout).await?;
+            self.held = ServerFrame::decode_message(&b).ok()?.into();
         }
     }
 
@@ -442,22 +436,21 @@ impl RawConnection {
             if let Some(f) = self.held.pop_front() {
                 return Some(f);
             }
-            match self.ws.next().now_or_never()??.ok()? {
-                Message::Binary(b) => {
-                    self.held = ServerFrame::decode_message(&b).ok()?.into();
-                }
-                Message::Close(_) => return None,
-                _ => continue,
-            }
+            let b = self.message().now_or_never()??;
+            self.held = ServerFrame::decode_message(&b).ok()?.into();
         }
     }
 
     /// The next message as it came, its bytes undecoded (a frame, or a batch of
     /// them), or `None` when the connection closed or `timeout` passed.
     pub async fn recv_message(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        tokio::time::timeout(timeout, self.message()).await.ok()?
+    }
+
+    /// The next binary message, or `None` when the connection closed.
+    async fn message(&mut self) -> Option<Vec<u8>> {
         loop {
-            let msg = tokio::time::timeout(timeout, self.ws.next()).await.ok()??;
-            match msg.ok()? {
+            match self.ws.next().await?.ok()? {
                 Message::Binary(b) => return Some(b.to_vec()),
                 Message::Close(_) => return None,
                 _ => continue,
