@@ -2,7 +2,8 @@
 //! rules allow, whatever membership changes, connects and reconnects happen.
 //!
 //! Users create teams (partitions readable by their members), change and delete them,
-//! add tasks and todos, and go offline and online (a new welcome, computed on a read
+//! add tasks, todos and notes in spaces named after a user (`partition.startsWith`),
+//! and go offline and online (a new welcome, computed on a read
 //! view while the log moves on), in a seeded random order (`WARREN_SEED=<n>` replays
 //! one; the seed is printed). At checkpoints every client is online and synced, and
 //! each one's partitions and documents are compared with the truth: the rules
@@ -47,6 +48,12 @@ collection Task {
   allow read   Team.byId(partition.slice(5))?.admin == auth.sub
   allow create Team.byId(doc.team)?.members?.includes(auth.sub) == true
   allow delete true
+}
+
+collection Note {
+  partition doc.space
+  allow read   partition.startsWith(auth.sub + ":") || auth.role == "root"
+  allow create doc.by == auth.sub
 }
 "#;
 
@@ -212,7 +219,7 @@ async fn clients_hold_exactly_what_the_rules_allow() {
     for step in 1..=240u64 {
         let u = rng.below(USERS.len() as u64) as usize;
         let client = &clients[u].1;
-        match rng.below(10) {
+        match rng.below(11) {
             0..=2 => {
                 let t = rng.below(TEAMS as u64) as usize;
                 match teams.get(&t).cloned() {
@@ -268,6 +275,23 @@ async fn clients_hold_exactly_what_the_rules_allow() {
                             USERS[u]
                         ),
                     })
+                    .ok();
+            }
+            7 => {
+                // A note in a space of any user's: readable by that user if it starts
+                // with "<user>:" (a new partition another user must be sent).
+                let v = USERS[rng.below(USERS.len() as u64) as usize];
+                let space = match rng.below(3) {
+                    0 => format!("{v}:{}", rng.below(4)),
+                    1 => format!("{v}:"),
+                    _ => format!("{v}{}", rng.below(2)),
+                };
+                next_doc += 1;
+                client
+                    .run(&format!(
+                        "Note.create({{ id: \"n{next_doc}\", space: \"{space}\", by: \"{}\" }})",
+                        USERS[u]
+                    ))
                     .ok();
             }
             _ => {

@@ -420,8 +420,9 @@ pub fn stored_chain(store: &dyn Storage) -> Result<Chain, Error> {
 /// - the connections holding `p` (effects), and those whose rules read the written
 ///   document or scanned its collection (revocation, new access);
 /// - if the pair is new (nothing was written to it before this entry), those for which
-///   it may be a candidate: `p` named exactly, `c` readable everywhere, or a member
-///   index key held by the document the partition names;
+///   it may be a candidate: `p` named exactly or starting with a prefix of theirs, `c`
+///   readable everywhere, or a member index key held by the document the partition
+///   names;
 /// - if the document belongs to a member index's source, the connections whose keys it
 ///   now holds (a member added: the partition it names may open).
 ///
@@ -431,6 +432,11 @@ pub fn stored_chain(store: &dyn Storage) -> Result<Chain, Error> {
 struct Routes {
     holders: HashMap<String, BTreeSet<u64>>,
     exact: HashMap<String, BTreeSet<u64>>,
+    /// Partition prefix → connections (`partition.startsWith(...)` rules).
+    prefixes: HashMap<String, BTreeSet<u64>>,
+    /// How many keys of `prefixes` have each length, so that a new partition is looked
+    /// up at those lengths only, not at every one of its own.
+    prefix_lens: BTreeMap<usize, usize>,
     everywhere: HashMap<String, BTreeSet<u64>>,
     /// (member index, encoded key) → connections.
     members: HashMap<(usize, Vec<u8>), BTreeSet<u64>>,
@@ -474,6 +480,13 @@ impl Routes {
             for p in ps {
                 route(&mut self.exact, p.clone(), id);
             }
+        }
+        // A prefix of several collections is routed once.
+        for p in r.prefixes.values().flatten().collect::<BTreeSet<_>>() {
+            if !self.prefixes.contains_key(p) {
+                *self.prefix_lens.entry(p.len()).or_default() += 1;
+            }
+            route(&mut self.prefixes, p.clone(), id);
         }
         for c in &r.everywhere {
             route(&mut self.everywhere, c.clone(), id);
@@ -521,6 +534,17 @@ impl Routes {
         for ps in r.exact.values() {
             for p in ps {
                 unroute(&mut self.exact, p, id);
+            }
+        }
+        for p in r.prefixes.values().flatten().collect::<BTreeSet<_>>() {
+            unroute(&mut self.prefixes, p, id);
+            if !self.prefixes.contains_key(p) {
+                if let Some(n) = self.prefix_lens.get_mut(&p.len()) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.prefix_lens.remove(&p.len());
+                    }
+                }
             }
         }
         for c in &r.everywhere {
@@ -602,6 +626,15 @@ impl Routes {
             }
             if new_pairs.contains(&(w.partition.clone(), w.collection.clone())) {
                 add(self.exact.get(&w.partition));
+                for n in self
+                    .prefix_lens
+                    .range(..=w.partition.len())
+                    .map(|(n, _)| *n)
+                {
+                    if let Some(p) = w.partition.get(..n) {
+                        add(self.prefixes.get(p));
+                    }
+                }
                 add(self.everywhere.get(&w.collection));
                 for (spec, prefix) in reach.member_clauses(&w.collection) {
                     let Some(id) = w.partition.strip_prefix(prefix) else {

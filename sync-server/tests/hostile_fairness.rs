@@ -53,6 +53,12 @@ collection Note {
   allow create doc.owner == auth.sub
 }
 
+collection Space {
+  partition doc.space
+  allow read   partition.startsWith(auth.sub + ":")
+  allow create doc.space.startsWith(auth.sub + ":")
+}
+
 function bump(id) {
   let t = Todo.byId(id) ?? Todo.create({ id, owner: auth.sub, n: 0 })
   t.update({ n: t.n + 1 })
@@ -547,14 +553,15 @@ fn a_partition_spammer_costs_the_others_no_read_rule() {
         .await;
         let (mut ann, _) = welcomed(&url, "ann-1", "ann", Duration::from_secs(10)).await;
         let before = metrics().await;
-        // mallory: 2,000 teams in two commits.
+        // mallory: 1,000 teams and 1,000 spaces (`partition.startsWith`), in two commits.
         let spam = |k: usize| {
             format!("range(1000).map(i => Team.create({{ id: \"m{k}-\" + toString(i), admin: \"mallory\", members: [\"mallory\"] }}))")
         };
-        let outcomes = push("mallory", "spam", vec![spam(0), spam(1)]).await;
+        let spaces = "range(1000).map(i => Space.create({ space: \"mallory:\" + toString(i) }))".to_owned();
+        let outcomes = push("mallory", "spam", vec![spam(0), spaces]).await;
         assert!(outcomes.as_array().unwrap().iter().all(|o| o["status"] == "committed"), "{outcomes}");
         // ann's connection is still served (her own commit), and her fan-out evaluated
-        // no rule for mallory's 2,000 new partitions.
+        // no rule for mallory's 2,000 new partitions (ann may read none of them).
         ann.send(&ClientFrame::Push {
             commits: vec![call(1, "bump", obj([("id", "a1".into())]))],
         })

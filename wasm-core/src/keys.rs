@@ -281,6 +281,16 @@ pub fn version_key(partition: &str, collection: &str) -> Vec<u8> {
     k
 }
 
+/// The start every version key of a partition that starts with `prefix` shares (the
+/// escaping maps each byte on its own, and a whole string is followed by its terminator).
+pub fn version_partition_prefix(prefix: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 3);
+    k.push(SPACE_VERSION);
+    push_str(&mut k, prefix);
+    k.truncate(k.len() - 2);
+    k
+}
+
 /// Reads (partition, collection) from a version key.
 pub fn parse_version_key(key: &[u8]) -> Result<(String, String), Error> {
     if key.first() != Some(&SPACE_VERSION) {

@@ -18,6 +18,7 @@
 //! | form | a clause with a conjunct like | candidates |
 //! |---|---|---|
 //! | exact | `partition == "user:" + auth.sub` (the right side depends only on `auth`) | the one partition it names |
+//! | prefix | `partition.startsWith(auth.sub + ":")` (the argument depends only on `auth`) | the partitions of `c` that start with the string it gives |
 //! | membership | `Team.byId(partition.slice(5))?.members?.includes(auth.sub) == true`, or `...?.admin == auth.sub` | `P + d.id` for each `Team` document `d` whose `members` holds (or `admin` equals) the value, where `P` is the literal prefix of `c`'s partition expression (`"team:" + ...`) and has 5 characters |
 //! | uniform | the clause does not mention `partition` and depends only on `auth` and `collection` (`auth.role == "admin"`, `true`) | every partition of `c` if it holds, none if not |
 //! | single | `c` has no partition expression | its one partition, named after it |
@@ -76,6 +77,7 @@ pub struct MemberSpec {
 #[derive(Debug)]
 enum Clause {
     Exact(Expr),
+    Prefix(Expr),
     Uniform(Expr),
     Member {
         spec: usize,
@@ -115,6 +117,8 @@ pub struct MemberKey {
 pub struct Reachable {
     /// Partitions named exactly, by collection.
     pub exact: BTreeMap<String, BTreeSet<String>>,
+    /// Prefixes every partition of a candidate starts with, by collection.
+    pub prefixes: BTreeMap<String, BTreeSet<String>>,
     /// Collections whose every partition is a candidate.
     pub everywhere: BTreeSet<String>,
     pub members: Vec<MemberKey>,
@@ -240,6 +244,28 @@ fn is_var(e: &Expr, name: &str) -> bool {
     matches!(&e.kind, ExprKind::Var(v) if v == name)
 }
 
+/// `partition.startsWith(E)` (optionally `== true`): `E`.
+fn starts_with_partition(e: &Expr) -> Option<&Expr> {
+    let e = match &e.kind {
+        ExprKind::Binary(BinOp::Eq, a, b) if matches!(b.kind, ExprKind::Lit(Value::Bool(true))) => {
+            a
+        }
+        ExprKind::Binary(BinOp::Eq, a, b) if matches!(a.kind, ExprKind::Lit(Value::Bool(true))) => {
+            b
+        }
+        _ => e,
+    };
+    match &e.kind {
+        ExprKind::Method {
+            recv,
+            name,
+            args,
+            optional: false,
+        } if name == "startsWith" && args.len() == 1 && is_var(recv, "partition") => Some(&args[0]),
+        _ => None,
+    }
+}
+
 /// The literal prefix every partition of a collection starts with: `"team:" + ...`.
 fn partition_prefix(partition: &Expr) -> Option<String> {
     match &partition.kind {
@@ -302,6 +328,13 @@ impl Reach {
                     if is_var(p, "partition") && claims_only(e, schema, false) {
                         return Some(Clause::Exact((**e).clone()));
                     }
+                }
+            }
+        }
+        for c in &conj {
+            if let Some(arg) = starts_with_partition(c) {
+                if claims_only(arg, schema, false) {
+                    return Some(Clause::Prefix(arg.clone()));
                 }
             }
         }
@@ -473,6 +506,11 @@ impl Reach {
                     Clause::Exact(e) => {
                         if let Some(Value::String(p)) = value(&mut ev, e, vec![])? {
                             out.exact.entry(name.clone()).or_default().insert(p);
+                        }
+                    }
+                    Clause::Prefix(e) => {
+                        if let Some(Value::String(p)) = value(&mut ev, e, vec![])? {
+                            out.prefixes.entry(name.clone()).or_default().insert(p);
                         }
                     }
                     Clause::Uniform(e) => {
@@ -764,6 +802,20 @@ impl Reachable {
                 }
             }
         }
+        for (c, prefixes) in &self.prefixes {
+            if self.everywhere.contains(c) {
+                continue;
+            }
+            for prefix in prefixes {
+                let from = keys::version_partition_prefix(prefix);
+                for (k, v) in scan_all(store, &KeyRange::prefix(&from))? {
+                    let (p, pc) = keys::parse_version_key(&k)?;
+                    if pc == *c && p.starts_with(prefix.as_str()) {
+                        out.insert((p, pc), version_of(&v));
+                    }
+                }
+            }
+        }
         if !self.everywhere.is_empty() {
             for (k, v) in scan_all(store, &KeyRange::prefix(&[keys::SPACE_VERSION]))? {
                 let (p, c) = keys::parse_version_key(&k)?;
@@ -788,6 +840,10 @@ impl Reachable {
                 .exact
                 .get(collection)
                 .is_some_and(|ps| ps.contains(partition))
+            || self
+                .prefixes
+                .get(collection)
+                .is_some_and(|ps| ps.iter().any(|p| partition.starts_with(p.as_str())))
         {
             return Ok(true);
         }
@@ -892,6 +948,84 @@ collection Short {
         let admin = crate::value::obj([("sub", "root".into()), ("role", "admin".into())]);
         let got = r.reachable(&store, &s, &Limits::default(), &admin).unwrap();
         assert!(got.everywhere.contains("Todo"));
+    }
+
+    /// `partition.startsWith(E)` names the partitions of its collection that start with
+    /// `E`'s string, found among the version keys under it (a zero byte included: the
+    /// escaping of keys keeps prefixes), and no others.
+    #[test]
+    fn a_prefix_rule_names_the_partitions_that_start_with_its_prefix() {
+        let s = schema(
+            r#"
+collection Note {
+  partition doc.space
+  allow read partition.startsWith(auth.sub + ":") == true || auth.role == "admin"
+}
+collection Other {
+  partition doc.space
+  allow read partition.startsWith(auth.sub) && auth.sub != ""
+}
+"#,
+        );
+        let r = s.reach();
+        assert!(r.unindexed().is_empty(), "{:?}", r.unindexed());
+        let mut store = crate::storage::MemoryStore::new();
+        let pairs = [
+            ("ann:1", "Note"),
+            ("ann:\u{0}z", "Note"),
+            ("ann:2", "Other"),
+            ("ann", "Note"),
+            ("anna:1", "Note"),
+            ("an\u{0}:1", "Note"),
+            ("bob:1", "Note"),
+            ("ann:1", "Other"),
+        ];
+        let ops = pairs
+            .iter()
+            .enumerate()
+            .map(|(i, (p, c))| {
+                (
+                    keys::version_key(p, c),
+                    Some((i as u64 + 1).to_be_bytes().to_vec()),
+                )
+            })
+            .collect();
+        store.apply(crate::storage::Batch { ops }).unwrap();
+        let candidates = |auth: &Value| -> Vec<(String, String, u64)> {
+            let got = r.reachable(&store, &s, &Limits::default(), auth).unwrap();
+            let out: Vec<_> = got
+                .candidates(&store, r)
+                .unwrap()
+                .into_iter()
+                .map(|((p, c), v)| (p, c, v))
+                .collect();
+            // Each candidate is one `may_reach` accepts, and so is no other pair.
+            for (i, (p, c)) in pairs.iter().enumerate() {
+                let listed = out.iter().any(|(q, d, _)| q == p && d == c);
+                assert_eq!(
+                    got.may_reach(&store, r, p, c).unwrap(),
+                    listed,
+                    "{p:?} {c} ({i})"
+                );
+            }
+            out
+        };
+        let t = |p: &str, c: &str, v: u64| (p.to_owned(), c.to_owned(), v);
+        let ann = crate::value::obj([("sub", "ann".into())]);
+        assert_eq!(
+            candidates(&ann),
+            [
+                // Not "ann" or "anna:1" (Note wants "ann:"), nor "an\0:1".
+                t("ann:\u{0}z", "Note", 2),
+                t("ann:1", "Note", 1),
+                t("ann:1", "Other", 8),
+                t("ann:2", "Other", 3),
+            ]
+        );
+        let nul = crate::value::obj([("sub", "an\u{0}".into())]);
+        assert_eq!(candidates(&nul), [t("an\u{0}:1", "Note", 6)]);
+        let admin = crate::value::obj([("sub", "root".into()), ("role", "admin".into())]);
+        assert_eq!(candidates(&admin).len(), 6, "every Note");
     }
 
     /// A state written without the member index (before it existed, or under a schema
