@@ -3,9 +3,7 @@
 // Prints one table of medians, the ratios to Dexie and whether each goal is met; fails
 // if any result is wrong.
 //
-//   node tests/bench-browser/run.mjs [--runs N] [--cold-runs N] [--libs raw,idb,dexie,warren,warren-page]
-//        [--n 10000] [--big 100000] [--skip-cold] [--only suite,live,burst,big,cold]
-//        [--million] [--json FILE] [--cpuprofile DIR]
+//   node tests/bench-browser/run.mjs [options]   (--help lists them)
 //
 // Needs: Debian's Chromium (.ci/setup-browser), the package built (.ci/build-package),
 // `npm ci` here, and the release server (cargo build --release -p warren-server).
@@ -20,6 +18,27 @@ import { freePort, profile, root, stopProcess, target, tempDir } from "../browse
 
 const here = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
+const USAGE = `usage: node tests/bench-browser/run.mjs [--runs N] [--cold-runs N]
+         [--libs raw,idb,dexie,warren,warren-page] [--n 10000] [--big 100000] [--skip-cold]
+         [--only suite,live,burst,big,cold,million] [--million] [--json FILE] [--cpuprofile DIR]
+         [--live-iterations N] [--xtab-iterations N]
+docs/BENCHMARKS.md ("Browser") explains the workloads and the figures.`;
+{
+  // Each option and flag the runner knows; anything else stops it before any work.
+  const valued = ["--runs", "--cold-runs", "--live-iterations", "--xtab-iterations", "--libs", "--n", "--big", "--only", "--json", "--cpuprofile"];
+  const flags = ["--skip-cold", "--million"];
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === "--help" || args[i] === "-h") {
+      console.log(USAGE);
+      process.exit(0);
+    }
+    if (valued.includes(args[i]) && i + 1 < args.length) i++;
+    else if (!flags.includes(args[i])) {
+      console.error(`unknown or incomplete argument: ${args[i]}\n${USAGE}`);
+      process.exit(2);
+    }
+  }
+}
 const opt = (name, dflt) => {
   const i = args.indexOf(name);
   return i >= 0 ? Number(args[i + 1]) : dflt;
@@ -36,12 +55,18 @@ const XTAB_ITER = opt("--xtab-iterations", 100);
 // worker costs and gives (the goals are judged on the default, `warren`).
 const ALL_LIBS = ["raw", "idb", "dexie", "warren", "warren-page"];
 const LIBS = strOpt("--libs", ALL_LIBS.join(",")).split(",");
+for (const l of LIBS) if (!ALL_LIBS.includes(l)) throw new Error(`--libs: no library "${l}" (${ALL_LIBS.join(", ")})`);
 const N = opt("--n", 10_000);
 const BIG = opt("--big", 100_000);
 const BURST = [500, 5000];
-const PHASES = new Set(strOpt("--only", "suite,live,burst,big,cold").split(","));
+// "million" (a page importing a million documents) runs only when asked for: `--million`
+// adds it, `--only million` runs it alone.
+const ALL_PHASES = ["suite", "live", "burst", "big", "cold", "million"];
+const PHASES = new Set(strOpt("--only", ALL_PHASES.slice(0, -1).join(",")).split(","));
+for (const p of PHASES) if (!ALL_PHASES.includes(p)) throw new Error(`--only: no phase "${p}" (${ALL_PHASES.join(", ")})`);
 if (args.includes("--skip-cold")) PHASES.delete("cold");
-const MILLION = args.includes("--million");
+if (args.includes("--million")) PHASES.add("million");
+const MILLION = PHASES.has("million");
 const LIVE_LIBS = ["dexie", "warren", "warren-page"].filter((l) => LIBS.includes(l));
 const XTAB_LIBS = ["dexie", "warren"].filter((l) => LIBS.includes(l));
 const PROFILE_DIR = strOpt("--cpuprofile", null);
