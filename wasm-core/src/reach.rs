@@ -23,8 +23,11 @@
 //! | uniform | the clause does not mention `partition` and depends only on `auth` and `collection` (`auth.role == "admin"`, `true`) | every partition of `c` if it holds, none if not |
 //! | single | `c` has no partition expression | its one partition, named after it |
 //!
-//! A clause of none of these forms (it calls a schema function, reads documents in
-//! another way, ...) makes `c` **everywhere**: every partition of `c` is a candidate,
+//! A call of a schema function is analysed as the function's body, its parameters and
+//! `let`s substituted ([`inline`]), so `isMember(partition.slice(5))` is a membership
+//! when `isMember` reads the team's member list. A clause of none of these forms (it
+//! calls a function with an `if` or a lambda, reads documents in another way, ...)
+//! makes `c` **everywhere**: every partition of `c` is a candidate,
 //! as before the index. [`Reach::unindexed`] lists those collections, and the server
 //! says so when it starts.
 //!
@@ -42,8 +45,9 @@ use crate::error::Error;
 use crate::eval::{Context, Evaluator, Limits, Mode};
 use crate::exec::Write;
 use crate::keys;
-use crate::lang::ast::{Action, BinOp, Expr, ExprKind};
+use crate::lang::ast::{Action, BinOp, Expr, ExprKind, FunctionDecl, Stmt};
 use crate::lang::is_builtin;
+use crate::lang::parser::MAX_TREE_HEIGHT;
 use crate::schema::Schema;
 use crate::storage::{scan_all, BatchOp, KeyRange, Storage};
 use crate::value::Value;
@@ -277,6 +281,141 @@ fn partition_prefix(partition: &Expr) -> Option<String> {
     }
 }
 
+/// How many calls deep schema functions are inlined into a read rule.
+const INLINE_DEPTH: u32 = 4;
+
+/// `e` with each call of a schema function replaced by the function's value, where the
+/// function's body is `let`s and then one expression and none of them holds a lambda, an
+/// `if` or a block: the parameters and `let`s are substituted in it (several calls deep,
+/// at most [`INLINE_DEPTH`]). So `isMember(partition.slice(5))`, with `isMember` the
+/// documentation's `let t = Team.byId(team)` then `t != null && t.members.includes(
+/// auth.sub)`, is analysed as the membership it is. A call that cannot be inlined stays
+/// as it is, and makes its clause of no form, as before.
+///
+/// The inlined rule is only analysed, never evaluated in place of the rule: where it and
+/// the call differ (the call failing on a parameter's type, say, or a body naming
+/// something only the rule's scope has), the call is false and allows nothing, so the
+/// candidates remain a superset of what the rule allows.
+fn inline(e: &Expr, schema: &Schema, depth: u32) -> Expr {
+    let again = |x: &Expr| inline(x, schema, depth);
+    let kind = match &e.kind {
+        ExprKind::Lit(_)
+        | ExprKind::Var(_)
+        | ExprKind::If { .. }
+        | ExprKind::Lambda(_)
+        | ExprKind::Block(_) => return e.clone(),
+        ExprKind::Array(xs) => ExprKind::Array(xs.iter().map(again).collect()),
+        ExprKind::Object(kv) => {
+            ExprKind::Object(kv.iter().map(|(k, x)| (k.clone(), again(x))).collect())
+        }
+        ExprKind::Field {
+            recv,
+            name,
+            optional,
+        } => ExprKind::Field {
+            recv: Box::new(again(recv)),
+            name: name.clone(),
+            optional: *optional,
+        },
+        ExprKind::Index { recv, index } => ExprKind::Index {
+            recv: Box::new(again(recv)),
+            index: Box::new(again(index)),
+        },
+        ExprKind::Call { name, args } => {
+            let args: Vec<Expr> = args.iter().map(again).collect();
+            if let Some(f) = schema.functions.get(name).filter(|_| depth > 0) {
+                if let Some(body) = Reach::substituted(f, &args) {
+                    return inline(&body, schema, depth - 1);
+                }
+            }
+            ExprKind::Call {
+                name: name.clone(),
+                args,
+            }
+        }
+        ExprKind::Method {
+            recv,
+            name,
+            args,
+            optional,
+        } => ExprKind::Method {
+            recv: Box::new(again(recv)),
+            name: name.clone(),
+            args: args.iter().map(again).collect(),
+            optional: *optional,
+        },
+        ExprKind::Unary(op, a) => ExprKind::Unary(*op, Box::new(again(a))),
+        ExprKind::Binary(op, a, b) => ExprKind::Binary(*op, Box::new(again(a)), Box::new(again(b))),
+        ExprKind::And(a, b) => ExprKind::And(Box::new(again(a)), Box::new(again(b))),
+        ExprKind::Or(a, b) => ExprKind::Or(Box::new(again(a)), Box::new(again(b))),
+        ExprKind::Coalesce(a, b) => ExprKind::Coalesce(Box::new(again(a)), Box::new(again(b))),
+    };
+    let out = Expr::new(kind, e.pos);
+    if out.height > MAX_TREE_HEIGHT {
+        return e.clone();
+    }
+    out
+}
+
+/// `e` with the names of `env` replaced by their expressions; `None` if it holds a
+/// lambda, an `if` or a block (whose own names could capture), calls a name of `env`,
+/// or grows higher than a parsed tree may be.
+fn substitute(e: &Expr, env: &BTreeMap<&str, Expr>) -> Option<Expr> {
+    let s = |x: &Expr| substitute(x, env).map(Box::new);
+    let all = |xs: &[Expr]| {
+        xs.iter()
+            .map(|x| substitute(x, env))
+            .collect::<Option<Vec<_>>>()
+    };
+    let kind = match &e.kind {
+        ExprKind::Lit(_) => return Some(e.clone()),
+        ExprKind::Var(v) => return Some(env.get(v.as_str()).cloned().unwrap_or_else(|| e.clone())),
+        ExprKind::If { .. } | ExprKind::Lambda(_) | ExprKind::Block(_) => return None,
+        ExprKind::Call { name, .. } if env.contains_key(name.as_str()) => return None,
+        ExprKind::Array(xs) => ExprKind::Array(all(xs)?),
+        ExprKind::Object(kv) => ExprKind::Object(
+            kv.iter()
+                .map(|(k, x)| Some((k.clone(), substitute(x, env)?)))
+                .collect::<Option<_>>()?,
+        ),
+        ExprKind::Field {
+            recv,
+            name,
+            optional,
+        } => ExprKind::Field {
+            recv: s(recv)?,
+            name: name.clone(),
+            optional: *optional,
+        },
+        ExprKind::Index { recv, index } => ExprKind::Index {
+            recv: s(recv)?,
+            index: s(index)?,
+        },
+        ExprKind::Call { name, args } => ExprKind::Call {
+            name: name.clone(),
+            args: all(args)?,
+        },
+        ExprKind::Method {
+            recv,
+            name,
+            args,
+            optional,
+        } => ExprKind::Method {
+            recv: s(recv)?,
+            name: name.clone(),
+            args: all(args)?,
+            optional: *optional,
+        },
+        ExprKind::Unary(op, a) => ExprKind::Unary(*op, s(a)?),
+        ExprKind::Binary(op, a, b) => ExprKind::Binary(*op, s(a)?, s(b)?),
+        ExprKind::And(a, b) => ExprKind::And(s(a)?, s(b)?),
+        ExprKind::Or(a, b) => ExprKind::Or(s(a)?, s(b)?),
+        ExprKind::Coalesce(a, b) => ExprKind::Coalesce(s(a)?, s(b)?),
+    };
+    let out = Expr::new(kind, e.pos);
+    (out.height <= MAX_TREE_HEIGHT).then_some(out)
+}
+
 impl Reach {
     /// Analyses a schema's read rules.
     pub fn of(schema: &Schema) -> Reach {
@@ -289,8 +428,9 @@ impl Reach {
                     let mut clauses = Vec::new();
                     let mut everywhere = None;
                     for rule in coll.rules.get(&Action::Read).into_iter().flatten() {
+                        let expr = inline(&rule.expr, schema, INLINE_DEPTH);
                         let mut ors = Vec::new();
-                        split_or(&rule.expr, &mut ors);
+                        split_or(&expr, &mut ors);
                         for clause in ors {
                             match Self::clause(clause, schema, pexpr, &mut specs) {
                                 Some(c) => clauses.push(c),
@@ -312,6 +452,32 @@ impl Reach {
             colls.insert(name.clone(), reach);
         }
         Reach { colls, specs }
+    }
+
+    /// The value of a call of `f` with `args`, as one expression (see [`inline`]).
+    fn substituted(f: &FunctionDecl, args: &[Expr]) -> Option<Expr> {
+        if f.params.len() != args.len() {
+            return None;
+        }
+        let mut env: BTreeMap<&str, Expr> = f
+            .params
+            .iter()
+            .map(String::as_str)
+            .zip(args.iter().cloned())
+            .collect();
+        let mut value = None;
+        for (i, stmt) in f.body.stmts.iter().enumerate() {
+            match stmt {
+                Stmt::Let(name, x, _) => {
+                    let x = substitute(x, &env)?;
+                    env.insert(name, x);
+                }
+                // Statements before the last are not the value (and cannot write).
+                Stmt::Expr(x) if i + 1 == f.body.stmts.len() => value = Some(substitute(x, &env)?),
+                Stmt::Expr(_) => {}
+            }
+        }
+        Some(value.unwrap_or_else(|| Expr::new(ExprKind::Lit(Value::Null), f.pos)))
     }
 
     fn clause(
@@ -948,6 +1114,69 @@ collection Short {
         let admin = crate::value::obj([("sub", "root".into()), ("role", "admin".into())]);
         let got = r.reachable(&store, &s, &Limits::default(), &admin).unwrap();
         assert!(got.everywhere.contains("Todo"));
+    }
+
+    /// Calls of schema functions are analysed as their bodies (parameters and `let`s
+    /// substituted, calls inside them too): the documentation's `isMember` is a
+    /// membership; a body with a lambda, a recursion and a call with the wrong number
+    /// of arguments are not inlined, and leave their collections everywhere.
+    #[test]
+    fn schema_functions_are_analysed_as_their_bodies() {
+        let s = schema(
+            r#"
+function isMember(team) {
+  let t = Team.byId(team)
+  t != null && t.members.includes(auth.sub)
+}
+function admin() { auth.role == "admin" }
+function own(p) { let u = "user:" + auth.sub
+  p == u }
+function either(p) { own(p) || admin() }
+function loop(x) { loop(x) }
+function anyOf(p) { [1].some(i => p == "user:" + auth.sub) }
+collection Team {
+  partition "team:" + doc.id
+  allow read isMember(partition.slice(5)) || admin()
+}
+collection Todo {
+  partition "user:" + doc.owner
+  allow read either(partition)
+}
+collection Loop {
+  partition doc.x
+  allow read loop(partition)
+}
+collection Lambda {
+  partition doc.x
+  allow read anyOf(partition)
+}
+collection Arity {
+  partition doc.x
+  allow read own(partition, 1)
+}
+"#,
+        );
+        let r = s.reach();
+        let unindexed: Vec<String> = r.unindexed().into_iter().map(|(c, _)| c).collect();
+        assert_eq!(unindexed, ["Arity", "Lambda", "Loop"]);
+        assert_eq!(
+            r.specs(),
+            &[MemberSpec {
+                source: "Team".into(),
+                path: vec!["members".into()],
+                how: Match::Includes
+            }]
+        );
+        let store = crate::storage::MemoryStore::new();
+        let ann = crate::value::obj([("sub", "ann".into())]);
+        let got = r.reachable(&store, &s, &Limits::default(), &ann).unwrap();
+        assert_eq!(got.exact["Todo"], BTreeSet::from(["user:ann".to_owned()]));
+        assert_eq!(got.members.len(), 1);
+        assert_eq!(got.members[0].prefix, "team:");
+        assert!(!got.everywhere.contains("Team") && !got.everywhere.contains("Todo"));
+        let admin = crate::value::obj([("sub", "root".into()), ("role", "admin".into())]);
+        let got = r.reachable(&store, &s, &Limits::default(), &admin).unwrap();
+        assert!(got.everywhere.contains("Team") && got.everywhere.contains("Todo"));
     }
 
     /// `partition.startsWith(E)` names the partitions of its collection that start with
