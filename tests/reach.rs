@@ -3,13 +3,14 @@
 //!
 //! Users create teams (partitions readable by their members, through a schema function
 //! as the language's documentation writes it), change and delete them, add tasks,
-//! todos and notes in spaces named after a user (`partition.startsWith`), and go
-//! offline and online (a new welcome, computed on a read view while the log moves on),
-//! in a seeded random order (`WARREN_SEED=<n>` replays one; the seed is printed). At
-//! checkpoints every client is online and synced, and each one's partitions and
-//! documents are compared with the truth: the rules evaluated in full (every
-//! collection's rule for every partition, as the server did before it had the index)
-//! over the documents a `root` client holds, which may read everything.
+//! todos, notes in spaces named after a user (`partition.startsWith`) and boards of the
+//! teams a user's token lists (`auth.teams.includes(...)`), and go offline and online
+//! (a new welcome, computed on a read view while the log moves on), in a seeded random
+//! order (`WARREN_SEED=<n>` replays one; the seed is printed). At checkpoints every
+//! client is online and synced, and each one's partitions and documents are compared
+//! with the truth: the rules evaluated in full (every collection's rule for every
+//! partition, as the server did before it had the index) over the documents a `root`
+//! client holds, which may read everything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -56,6 +57,13 @@ collection Task {
   allow delete true
 }
 
+// Readable by the teams a user's token lists (`teams`, a claim).
+collection Board {
+  partition "team:" + doc.team
+  allow read   auth.teams?.includes(partition.slice(5)) == true || auth.role == "root"
+  allow create true
+}
+
 collection Note {
   partition doc.space
   allow read   partition.startsWith(auth.sub + ":") || auth.role == "root"
@@ -74,6 +82,12 @@ fn token_for(auth: &Value) -> String {
     let mut claims = warren_server::auth::dev_claims(&exec::subject(auth), 3600, None, None);
     if let Value::String(role) = auth.get("role") {
         claims["role"] = role.clone().into();
+    }
+    if let Value::Array(teams) = auth.get("teams") {
+        claims["teams"] = teams
+            .iter()
+            .map(|t| serde_json::Value::String(t.as_str().unwrap_or_default().to_owned()))
+            .collect();
     }
     warren_server::auth::mint_hs256(SECRET, &claims).unwrap()
 }
@@ -201,7 +215,9 @@ async fn clients_hold_exactly_what_the_rules_allow() {
         .iter()
         .enumerate()
         .map(|(i, u)| {
-            let auth = obj([("sub", (*u).into())]);
+            // Two teams in the token's claims: t<i> and t<i+2>.
+            let teams = [i, i + 2].map(|t| Value::String(format!("t{}", t % TEAMS)));
+            let auth = obj([("sub", (*u).into()), ("teams", Value::Array(teams.into()))]);
             let c = start_client(&server, &auth, &format!("{u}-1"), seed + i as u64);
             (auth, c)
         })
@@ -225,7 +241,7 @@ async fn clients_hold_exactly_what_the_rules_allow() {
     for step in 1..=240u64 {
         let u = rng.below(USERS.len() as u64) as usize;
         let client = &clients[u].1;
-        match rng.below(11) {
+        match rng.below(12) {
             0..=2 => {
                 let t = rng.below(TEAMS as u64) as usize;
                 match teams.get(&t).cloned() {
@@ -297,6 +313,16 @@ async fn clients_hold_exactly_what_the_rules_allow() {
                     .run(&format!(
                         "Note.create({{ id: \"n{next_doc}\", space: \"{space}\", by: \"{}\" }})",
                         USERS[u]
+                    ))
+                    .ok();
+            }
+            8 => {
+                // A board of a team: readable by the users whose token lists it.
+                next_doc += 1;
+                client
+                    .run(&format!(
+                        "Board.create({{ id: \"b{next_doc}\", team: \"t{}\" }})",
+                        rng.below(TEAMS as u64)
                     ))
                     .ok();
             }

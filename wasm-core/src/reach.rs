@@ -19,6 +19,7 @@
 //! |---|---|---|
 //! | exact | `partition == "user:" + auth.sub` (the right side depends only on `auth`) | the one partition it names |
 //! | prefix | `partition.startsWith(auth.sub + ":")` (the argument depends only on `auth`) | the partitions of `c` that start with the string it gives |
+//! | listed | `auth.teams.includes(partition.slice(5))`, or `...includes(partition)` (the list depends only on `auth`) | `P + s` for each string `s` of the list, `P` as for membership; every partition of `c` if the list is a string (`includes` is then a substring's) |
 //! | membership | `Team.byId(partition.slice(5))?.members?.includes(auth.sub) == true`, or `...?.admin == auth.sub` | `P + d.id` for each `Team` document `d` whose `members` holds (or `admin` equals) the value, where `P` is the literal prefix of `c`'s partition expression (`"team:" + ...`) and has 5 characters |
 //! | uniform | the clause does not mention `partition` and depends only on `auth` and `collection` (`auth.role == "admin"`, `true`) | every partition of `c` if it holds, none if not |
 //! | single | `c` has no partition expression | its one partition, named after it |
@@ -82,6 +83,10 @@ pub struct MemberSpec {
 enum Clause {
     Exact(Expr),
     Prefix(Expr),
+    Listed {
+        list: Expr,
+        prefix: String,
+    },
     Uniform(Expr),
     Member {
         spec: usize,
@@ -152,26 +157,7 @@ fn by_partition_id(e: &Expr, schema: &Schema) -> Option<(String, usize)> {
     if name != "byId" || args.len() != 1 || !schema.collections.contains_key(coll) {
         return None;
     }
-    match &args[0].kind {
-        ExprKind::Var(v) if v == "partition" => Some((coll.clone(), 0)),
-        ExprKind::Method {
-            recv,
-            name,
-            args,
-            optional: false,
-        } if name == "slice" && args.len() == 1 => {
-            let ExprKind::Var(v) = &recv.kind else {
-                return None;
-            };
-            match (&args[0].kind, v.as_str()) {
-                (ExprKind::Lit(Value::Int(n)), "partition") if *n >= 0 => {
-                    Some((coll.clone(), *n as usize))
-                }
-                _ => None,
-            }
-        }
-        _ => None,
-    }
+    Some((coll.clone(), partition_slice(&args[0])?))
 }
 
 /// Whether `e` depends on nothing but `auth` (and `collection` when allowed): literals,
@@ -248,9 +234,47 @@ fn is_var(e: &Expr, name: &str) -> bool {
     matches!(&e.kind, ExprKind::Var(v) if v == name)
 }
 
-/// `partition.startsWith(E)` (optionally `== true`): `E`.
-fn starts_with_partition(e: &Expr) -> Option<&Expr> {
-    let e = match &e.kind {
+/// The prefix of `n` characters that `partition.slice(n)` strips: none for 0, else the
+/// partition expression's literal prefix if it has `n` characters.
+fn literal_prefix(pexpr: &Expr, n: usize) -> Option<String> {
+    if n == 0 {
+        return Some(String::new());
+    }
+    partition_prefix(pexpr).filter(|p| p.chars().count() == n)
+}
+
+/// `partition` or `partition.slice(n)`: `n`.
+fn partition_slice(e: &Expr) -> Option<usize> {
+    match &e.kind {
+        ExprKind::Var(v) if v == "partition" => Some(0),
+        ExprKind::Method {
+            recv,
+            name,
+            args,
+            optional: false,
+        } if name == "slice" && args.len() == 1 && is_var(recv, "partition") => match &args[0].kind
+        {
+            ExprKind::Lit(Value::Int(n)) if *n >= 0 => usize::try_from(*n).ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `E.includes(partition)` or `E.includes(partition.slice(n))` (optionally `== true`):
+/// (`E`, `n`).
+fn listed_partition(e: &Expr) -> Option<(&Expr, usize)> {
+    match &strip_eq_true(e).kind {
+        ExprKind::Method {
+            recv, name, args, ..
+        } if name == "includes" && args.len() == 1 => Some((recv, partition_slice(&args[0])?)),
+        _ => None,
+    }
+}
+
+/// `x == true` or `true == x`: `x`; anything else as it is.
+fn strip_eq_true(e: &Expr) -> &Expr {
+    match &e.kind {
         ExprKind::Binary(BinOp::Eq, a, b) if matches!(b.kind, ExprKind::Lit(Value::Bool(true))) => {
             a
         }
@@ -258,8 +282,12 @@ fn starts_with_partition(e: &Expr) -> Option<&Expr> {
             b
         }
         _ => e,
-    };
-    match &e.kind {
+    }
+}
+
+/// `partition.startsWith(E)` (optionally `== true`): `E`.
+fn starts_with_partition(e: &Expr) -> Option<&Expr> {
+    match &strip_eq_true(e).kind {
         ExprKind::Method {
             recv,
             name,
@@ -539,6 +567,18 @@ impl Reach {
             }
         }
         for c in &conj {
+            if let Some((list, n)) = listed_partition(c) {
+                if claims_only(list, schema, false) {
+                    if let Some(prefix) = literal_prefix(pexpr, n) {
+                        return Some(Clause::Listed {
+                            list: list.clone(),
+                            prefix,
+                        });
+                    }
+                }
+            }
+        }
+        for c in &conj {
             if let Some(arg) = starts_with_partition(c) {
                 if claims_only(arg, schema, false) {
                     return Some(Clause::Prefix(arg.clone()));
@@ -547,13 +587,8 @@ impl Reach {
         }
         for c in &conj {
             if let Some((spec, n, key)) = Self::membership(c, schema) {
-                let prefix = if n == 0 {
-                    String::new()
-                } else {
-                    match partition_prefix(pexpr) {
-                        Some(p) if p.chars().count() == n => p,
-                        _ => continue,
-                    }
+                let Some(prefix) = literal_prefix(pexpr, n) else {
+                    continue;
                 };
                 let i = match specs.iter().position(|s| *s == spec) {
                     Some(i) => i,
@@ -715,6 +750,22 @@ impl Reach {
                             out.exact.entry(name.clone()).or_default().insert(p);
                         }
                     }
+                    Clause::Listed { list, prefix } => match value(&mut ev, list, vec![])? {
+                        Some(Value::Array(xs)) => {
+                            let ps = out.exact.entry(name.clone()).or_default();
+                            for x in xs {
+                                // Only a string can equal a partition.
+                                if let Value::String(s) = x {
+                                    ps.insert(format!("{prefix}{s}"));
+                                }
+                            }
+                        }
+                        // A string's `includes` is a substring's: not looked up.
+                        Some(Value::String(_)) => {
+                            out.everywhere.insert(name.clone());
+                        }
+                        _ => {}
+                    },
                     Clause::Prefix(e) => {
                         if let Some(Value::String(p)) = value(&mut ev, e, vec![])? {
                             out.prefixes.entry(name.clone()).or_default().insert(p);
@@ -1155,6 +1206,56 @@ collection Short {
         let admin = crate::value::obj([("sub", "root".into()), ("role", "admin".into())]);
         let got = r.reachable(&store, &s, &Limits::default(), &admin).unwrap();
         assert!(got.everywhere.contains("Todo"));
+    }
+
+    /// `list.includes(partition.slice(n))` with a list of the claims names `P + s` for
+    /// each string `s` of it; a string list (a substring's `includes`) names every
+    /// partition; a missing list none.
+    #[test]
+    fn a_listed_rule_names_the_partitions_of_its_list() {
+        let s = schema(
+            r#"
+collection Board {
+  partition "team:" + doc.team
+  allow read auth.teams?.includes(partition.slice(5)) == true
+}
+collection Space {
+  partition doc.space
+  allow read auth.spaces.includes(partition)
+}
+collection Wrong {
+  partition "t:" + doc.team
+  allow read auth.teams.includes(partition.slice(5))
+}
+"#,
+        );
+        let r = s.reach();
+        let unindexed: Vec<String> = r.unindexed().into_iter().map(|(c, _)| c).collect();
+        // Wrong's prefix has 2 characters, not 5.
+        assert_eq!(unindexed, ["Wrong"]);
+        let store = crate::storage::MemoryStore::new();
+        let reach = |auth: &Value| r.reachable(&store, &s, &Limits::default(), auth).unwrap();
+        let ann = crate::value::obj([
+            (
+                "teams",
+                Value::Array(vec!["a".into(), "b".into(), Value::Int(3)]),
+            ),
+            ("spaces", Value::Array(vec!["s:1".into()])),
+        ]);
+        let got = reach(&ann);
+        assert_eq!(
+            got.exact["Board"],
+            BTreeSet::from(["team:a".to_owned(), "team:b".to_owned()])
+        );
+        assert_eq!(got.exact["Space"], BTreeSet::from(["s:1".to_owned()]));
+        assert_eq!(got.everywhere, BTreeSet::from(["Wrong".to_owned()]));
+        let text = crate::value::obj([("spaces", "s:1 s:2".into())]);
+        let got = reach(&text);
+        assert!(!got.exact.contains_key("Board"), "no teams: no board");
+        assert_eq!(
+            got.everywhere,
+            BTreeSet::from(["Space".to_owned(), "Wrong".to_owned()])
+        );
     }
 
     /// Calls of schema functions are analysed as their bodies (parameters and `let`s
