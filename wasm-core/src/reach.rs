@@ -98,7 +98,8 @@ enum Clause {
 #[derive(Debug)]
 enum CollReach {
     Single,
-    Clauses(Vec<Clause>),
+    /// Each clause, and whether schema functions were inlined into its rule.
+    Clauses(Vec<(Clause, bool)>),
     Everywhere(String),
 }
 
@@ -359,7 +360,9 @@ fn small(e: &Expr, left: &mut u32) -> bool {
 /// The inlined rule is only analysed, never evaluated in place of the rule: where it and
 /// the call differ (the call failing on a parameter's type, say, or a body naming
 /// something only the rule's scope has), the call is false and allows nothing, so the
-/// candidates remain a superset of what the rule allows.
+/// candidates remain a superset of what the rule allows. The one way an inlined part
+/// could name less than the call allows, failing where the call would not (out of fuel,
+/// its parameters copied), makes every partition a candidate ([`Reach::reachable`]).
 fn inline(e: &Expr, schema: &Schema, depth: u32) -> Expr {
     let again = |x: &Expr| inline(x, schema, depth);
     let kind = match &e.kind {
@@ -493,11 +496,12 @@ impl Reach {
                     let mut everywhere = None;
                     for rule in coll.rules.get(&Action::Read).into_iter().flatten() {
                         let expr = inline(&rule.expr, schema, INLINE_DEPTH);
+                        let inlined = expr != rule.expr;
                         let mut ors = Vec::new();
                         split_or(&expr, &mut ors);
                         for clause in ors {
                             match Self::clause(clause, schema, pexpr, &mut specs) {
-                                Some(c) => clauses.push(c),
+                                Some(c) => clauses.push((c, inlined)),
                                 None => {
                                     everywhere = Some(format!(
                                         "its read rule at {} is not of a form the index knows",
@@ -685,7 +689,7 @@ impl Reach {
             Some(CollReach::Clauses(cs)) => cs.as_slice(),
             _ => &[],
         };
-        clauses.iter().filter_map(|c| match c {
+        clauses.iter().filter_map(|(c, _)| match c {
             Clause::Member { spec, prefix, .. } => Some((*spec, prefix.as_str())),
             _ => None,
         })
@@ -737,11 +741,15 @@ impl Reach {
                 }
                 CollReach::Clauses(cs) => cs,
             };
-            for clause in clauses {
+            for (clause, inlined) in clauses {
                 let mut ev = Evaluator::new(schema, store, limits, &ctx, Mode::Query);
+                let failed = std::cell::Cell::new(false);
                 let value = |ev: &mut Evaluator, e: &Expr, vars| match ev.eval_rule_part(e, vars) {
                     Ok(v) => Ok(Some(v)),
-                    Err(e) if e.code.is_deterministic() => Ok(None),
+                    Err(e) if e.code.is_deterministic() => {
+                        failed.set(true);
+                        Ok(None)
+                    }
                     Err(e) => Err(e),
                 };
                 match clause {
@@ -794,6 +802,11 @@ impl Reach {
                                 .insert(name.clone());
                         }
                     }
+                }
+                // An inlined part may fail where the rule would not (its parameters
+                // copied where they are used cost more fuel): then every partition.
+                if *inlined && failed.get() {
+                    out.everywhere.insert(name.clone());
                 }
             }
         }
@@ -1345,6 +1358,27 @@ collection Huge {
         let admin = crate::value::obj([("sub", "root".into()), ("role", "admin".into())]);
         let got = r.reachable(&store, &s, &Limits::default(), &admin).unwrap();
         assert!(got.everywhere.contains("Team") && got.everywhere.contains("Todo"));
+        // An inlined part that fails (out of fuel here) names every partition, where
+        // a part of the rule as written names none (the rule fails the same way).
+        let starved = Limits {
+            rule_fuel: 1,
+            ..Limits::default()
+        };
+        let got = r.reachable(&store, &s, &starved, &ann).unwrap();
+        assert!(got.everywhere.contains("Team") && got.everywhere.contains("Todo"));
+        let plain = schema(
+            r#"
+collection Todo {
+  partition "user:" + doc.owner
+  allow read partition == "user:" + auth.sub
+}
+"#,
+        );
+        let got = plain
+            .reach()
+            .reachable(&store, &plain, &starved, &ann)
+            .unwrap();
+        assert!(got.everywhere.is_empty() && got.exact.is_empty(), "{got:?}");
     }
 
     /// `partition.startsWith(E)` names the partitions of its collection that start with
