@@ -18,34 +18,22 @@ import { freePort, profile, root, stopProcess, target, tempDir } from "../browse
 
 const here = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
-const USAGE = `usage: node tests/bench-browser/run.mjs [--runs N] [--cold-runs N]
-         [--libs raw,idb,dexie,warren,warren-page] [--n 10000] [--big 100000] [--skip-cold]
-         [--only suite,live,burst,big,cold,million] [--million] [--json FILE] [--cpuprofile DIR]
-         [--live-iterations N] [--xtab-iterations N]
-docs/BENCHMARKS.md ("Browser") explains the workloads and the figures.`;
-{
-  // Each option and flag the runner knows; anything else stops it before any work.
-  const valued = ["--runs", "--cold-runs", "--live-iterations", "--xtab-iterations", "--libs", "--n", "--big", "--only", "--json", "--cpuprofile"];
-  const flags = ["--skip-cold", "--million"];
-  for (let i = 0; i < args.length; i++) {
-    if (args[i] === "--help" || args[i] === "-h") {
-      console.log(USAGE);
-      process.exit(0);
-    }
-    if (valued.includes(args[i]) && i + 1 < args.length) i++;
-    else if (!flags.includes(args[i])) {
-      console.error(`unknown or incomplete argument: ${args[i]}\n${USAGE}`);
-      process.exit(2);
-    }
-  }
-}
-const opt = (name, dflt) => {
+// Every option is read through these, which note its name: anything else on the command
+// line stops the runner before any work (below), and `--help` lists them.
+const known = new Map();
+const opt = (name, dflt, what = "N") => {
+  known.set(name, what);
   const i = args.indexOf(name);
   return i >= 0 ? Number(args[i + 1]) : dflt;
 };
-const strOpt = (name, dflt) => {
+const strOpt = (name, dflt, what) => {
+  known.set(name, what);
   const i = args.indexOf(name);
   return i >= 0 ? args[i + 1] : dflt;
+};
+const flag = (name) => {
+  known.set(name, null);
+  return args.includes(name);
 };
 const RUNS = opt("--runs", 5);
 const COLD_RUNS = opt("--cold-runs", 3);
@@ -54,7 +42,7 @@ const XTAB_ITER = opt("--xtab-iterations", 100);
 // warren-page: Warren with its engine on the page (`worker: false`), for what the
 // worker costs and gives (the goals are judged on the default, `warren`).
 const ALL_LIBS = ["raw", "idb", "dexie", "warren", "warren-page"];
-const LIBS = strOpt("--libs", ALL_LIBS.join(",")).split(",");
+const LIBS = strOpt("--libs", ALL_LIBS.join(","), ALL_LIBS.join(",")).split(",");
 for (const l of LIBS) if (!ALL_LIBS.includes(l)) throw new Error(`--libs: no library "${l}" (${ALL_LIBS.join(", ")})`);
 const N = opt("--n", 10_000);
 const BIG = opt("--big", 100_000);
@@ -62,14 +50,31 @@ const BURST = [500, 5000];
 // "million" (a page importing a million documents) runs only when asked for: `--million`
 // adds it, `--only million` runs it alone.
 const ALL_PHASES = ["suite", "live", "burst", "big", "cold", "million"];
-const PHASES = new Set(strOpt("--only", ALL_PHASES.slice(0, -1).join(",")).split(","));
+const PHASES = new Set(strOpt("--only", ALL_PHASES.slice(0, -1).join(","), ALL_PHASES.join(",")).split(","));
 for (const p of PHASES) if (!ALL_PHASES.includes(p)) throw new Error(`--only: no phase "${p}" (${ALL_PHASES.join(", ")})`);
-if (args.includes("--skip-cold")) PHASES.delete("cold");
-if (args.includes("--million")) PHASES.add("million");
+if (flag("--skip-cold")) PHASES.delete("cold");
+if (flag("--million")) PHASES.add("million");
 const MILLION = PHASES.has("million");
 const LIVE_LIBS = ["dexie", "warren", "warren-page"].filter((l) => LIBS.includes(l));
 const XTAB_LIBS = ["dexie", "warren"].filter((l) => LIBS.includes(l));
-const PROFILE_DIR = strOpt("--cpuprofile", null);
+const PROFILE_DIR = strOpt("--cpuprofile", null, "DIR");
+const JSON_OUT = strOpt("--json", process.env.BENCH_JSON, "FILE");
+{
+  const usage = () =>
+    `usage: node tests/bench-browser/run.mjs ${[...known].map(([k, v]) => `[${k}${v ? ` ${v}` : ""}]`).join(" ")}\n` +
+    `docs/BENCHMARKS.md ("Browser") explains the workloads and the figures.`;
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === "--help" || args[i] === "-h") {
+      console.log(usage());
+      process.exit(0);
+    }
+    if (known.get(args[i]) && i + 1 < args.length) i++;
+    else if (known.get(args[i]) !== null) {
+      console.error(`unknown or incomplete argument: ${args[i]}\n${usage()}`);
+      process.exit(2);
+    }
+  }
+}
 const started = Date.now();
 const log = (...a) => console.error(`[${((Date.now() - started) / 1000).toFixed(0).padStart(5)} s]`, ...a);
 
@@ -426,7 +431,6 @@ const cpu = cpus()[0]?.model ?? "?";
 console.log(`\nBrowser benchmark: medians of ${RUNS} runs (cold open: ${COLD_RUNS}; live: ${LIVE_ITER} writes per run; cross-tab: ${XTAB_ITER} per run), times in ms`);
 console.log(`machine: ${cpus().length} CPUs (${cpu}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB, Chromium ${browserVersion}, load average ${loadavg().map((x) => x.toFixed(2)).join(" ")}, ${((Date.now() - started) / 1000).toFixed(0)} s`);
 console.log(lines.join("\n"));
-const json = strOpt("--json", process.env.BENCH_JSON);
-if (json) writeFileSync(json, JSON.stringify(results, null, 1));
+if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify(results, null, 1));
 rmSync(work, { recursive: true, force: true });
 if (failed) process.exit(1);
