@@ -364,62 +364,18 @@ fn small(e: &Expr, left: &mut u32) -> bool {
 /// could name less than the call allows, failing where the call would not (out of fuel,
 /// its parameters copied), makes every partition a candidate ([`Reach::reachable`]).
 fn inline(e: &Expr, schema: &Schema, depth: u32) -> Expr {
-    let again = |x: &Expr| inline(x, schema, depth);
-    let kind = match &e.kind {
-        ExprKind::Lit(_)
-        | ExprKind::Var(_)
-        | ExprKind::If { .. }
-        | ExprKind::Lambda(_)
-        | ExprKind::Block(_) => return e.clone(),
-        ExprKind::Array(xs) => ExprKind::Array(xs.iter().map(again).collect()),
-        ExprKind::Object(kv) => {
-            ExprKind::Object(kv.iter().map(|(k, x)| (k.clone(), again(x))).collect())
-        }
-        ExprKind::Field {
-            recv,
-            name,
-            optional,
-        } => ExprKind::Field {
-            recv: Box::new(again(recv)),
-            name: name.clone(),
-            optional: *optional,
-        },
-        ExprKind::Index { recv, index } => ExprKind::Index {
-            recv: Box::new(again(recv)),
-            index: Box::new(again(index)),
-        },
-        ExprKind::Call { name, args } => {
-            let args: Vec<Expr> = args.iter().map(again).collect();
-            if let Some(f) = schema.functions.get(name).filter(|_| depth > 0) {
-                if let Some(body) = Reach::substituted(f, &args) {
-                    return inline(&body, schema, depth - 1);
-                }
-            }
-            ExprKind::Call {
-                name: name.clone(),
-                args,
-            }
-        }
-        ExprKind::Method {
-            recv,
-            name,
-            args,
-            optional,
-        } => ExprKind::Method {
-            recv: Box::new(again(recv)),
-            name: name.clone(),
-            args: args.iter().map(again).collect(),
-            optional: *optional,
-        },
-        ExprKind::Unary(op, a) => ExprKind::Unary(*op, Box::new(again(a))),
-        ExprKind::Binary(op, a, b) => ExprKind::Binary(*op, Box::new(again(a)), Box::new(again(b))),
-        ExprKind::And(a, b) => ExprKind::And(Box::new(again(a)), Box::new(again(b))),
-        ExprKind::Or(a, b) => ExprKind::Or(Box::new(again(a)), Box::new(again(b))),
-        ExprKind::Coalesce(a, b) => ExprKind::Coalesce(Box::new(again(a)), Box::new(again(b))),
-    };
-    let out = Expr::new(kind, e.pos);
-    if out.height > MAX_TREE_HEIGHT {
+    if let ExprKind::If { .. } | ExprKind::Lambda(_) | ExprKind::Block(_) = &e.kind {
         return e.clone();
+    }
+    let Some(out) = rebuild(e, &mut |x| Some(inline(x, schema, depth))) else {
+        return e.clone();
+    };
+    if let ExprKind::Call { name, args } = &out.kind {
+        if let Some(f) = schema.functions.get(name).filter(|_| depth > 0) {
+            if let Some(body) = Reach::substituted(f, args) {
+                return inline(&body, schema, depth - 1);
+            }
+        }
     }
     out
 }
@@ -428,21 +384,27 @@ fn inline(e: &Expr, schema: &Schema, depth: u32) -> Expr {
 /// lambda, an `if` or a block (whose own names could capture), calls a name of `env`,
 /// or grows higher than a parsed tree may be.
 fn substitute(e: &Expr, env: &BTreeMap<&str, Expr>) -> Option<Expr> {
-    let s = |x: &Expr| substitute(x, env).map(Box::new);
-    let all = |xs: &[Expr]| {
-        xs.iter()
-            .map(|x| substitute(x, env))
-            .collect::<Option<Vec<_>>>()
-    };
+    match &e.kind {
+        ExprKind::Var(v) => Some(env.get(v.as_str()).cloned().unwrap_or_else(|| e.clone())),
+        ExprKind::Call { name, .. } if env.contains_key(name.as_str()) => None,
+        _ => rebuild(e, &mut |x| substitute(x, env)),
+    }
+}
+
+/// `e` with each child replaced by `f`'s answer for it: `None` if `f` gives none for
+/// one, if `e` is an `if`, a lambda or a block (their children are not all
+/// expressions), or if the result is higher than a parsed tree may be.
+fn rebuild(e: &Expr, f: &mut dyn FnMut(&Expr) -> Option<Expr>) -> Option<Expr> {
+    let mut b = |x: &Expr| f(x).map(Box::new);
     let kind = match &e.kind {
-        ExprKind::Lit(_) => return Some(e.clone()),
-        ExprKind::Var(v) => return Some(env.get(v.as_str()).cloned().unwrap_or_else(|| e.clone())),
+        ExprKind::Lit(_) | ExprKind::Var(_) => return Some(e.clone()),
         ExprKind::If { .. } | ExprKind::Lambda(_) | ExprKind::Block(_) => return None,
-        ExprKind::Call { name, .. } if env.contains_key(name.as_str()) => return None,
-        ExprKind::Array(xs) => ExprKind::Array(all(xs)?),
+        ExprKind::Array(xs) => {
+            ExprKind::Array(xs.iter().map(|x| b(x).map(|x| *x)).collect::<Option<_>>()?)
+        }
         ExprKind::Object(kv) => ExprKind::Object(
             kv.iter()
-                .map(|(k, x)| Some((k.clone(), substitute(x, env)?)))
+                .map(|(k, x)| Some((k.clone(), *b(x)?)))
                 .collect::<Option<_>>()?,
         ),
         ExprKind::Field {
@@ -450,17 +412,20 @@ fn substitute(e: &Expr, env: &BTreeMap<&str, Expr>) -> Option<Expr> {
             name,
             optional,
         } => ExprKind::Field {
-            recv: s(recv)?,
+            recv: b(recv)?,
             name: name.clone(),
             optional: *optional,
         },
         ExprKind::Index { recv, index } => ExprKind::Index {
-            recv: s(recv)?,
-            index: s(index)?,
+            recv: b(recv)?,
+            index: b(index)?,
         },
         ExprKind::Call { name, args } => ExprKind::Call {
             name: name.clone(),
-            args: all(args)?,
+            args: args
+                .iter()
+                .map(|x| b(x).map(|x| *x))
+                .collect::<Option<_>>()?,
         },
         ExprKind::Method {
             recv,
@@ -468,16 +433,19 @@ fn substitute(e: &Expr, env: &BTreeMap<&str, Expr>) -> Option<Expr> {
             args,
             optional,
         } => ExprKind::Method {
-            recv: s(recv)?,
+            recv: b(recv)?,
             name: name.clone(),
-            args: all(args)?,
+            args: args
+                .iter()
+                .map(|x| b(x).map(|x| *x))
+                .collect::<Option<_>>()?,
             optional: *optional,
         },
-        ExprKind::Unary(op, a) => ExprKind::Unary(*op, s(a)?),
-        ExprKind::Binary(op, a, b) => ExprKind::Binary(*op, s(a)?, s(b)?),
-        ExprKind::And(a, b) => ExprKind::And(s(a)?, s(b)?),
-        ExprKind::Or(a, b) => ExprKind::Or(s(a)?, s(b)?),
-        ExprKind::Coalesce(a, b) => ExprKind::Coalesce(s(a)?, s(b)?),
+        ExprKind::Unary(op, a) => ExprKind::Unary(*op, b(a)?),
+        ExprKind::Binary(op, x, y) => ExprKind::Binary(*op, b(x)?, b(y)?),
+        ExprKind::And(x, y) => ExprKind::And(b(x)?, b(y)?),
+        ExprKind::Or(x, y) => ExprKind::Or(b(x)?, b(y)?),
+        ExprKind::Coalesce(x, y) => ExprKind::Coalesce(b(x)?, b(y)?),
     };
     let out = Expr::new(kind, e.pos);
     (out.height <= MAX_TREE_HEIGHT).then_some(out)
