@@ -395,13 +395,14 @@ fn substitute(e: &Expr, env: &BTreeMap<&str, Expr>) -> Option<Expr> {
 /// one, if `e` is an `if`, a lambda or a block (their children are not all
 /// expressions), or if the result is higher than a parsed tree may be.
 fn rebuild(e: &Expr, f: &mut dyn FnMut(&Expr) -> Option<Expr>) -> Option<Expr> {
+    fn all(xs: &[Expr], f: &mut dyn FnMut(&Expr) -> Option<Expr>) -> Option<Vec<Expr>> {
+        xs.iter().map(f).collect()
+    }
     let mut b = |x: &Expr| f(x).map(Box::new);
     let kind = match &e.kind {
         ExprKind::Lit(_) | ExprKind::Var(_) => return Some(e.clone()),
         ExprKind::If { .. } | ExprKind::Lambda(_) | ExprKind::Block(_) => return None,
-        ExprKind::Array(xs) => {
-            ExprKind::Array(xs.iter().map(|x| b(x).map(|x| *x)).collect::<Option<_>>()?)
-        }
+        ExprKind::Array(xs) => ExprKind::Array(all(xs, f)?),
         ExprKind::Object(kv) => ExprKind::Object(
             kv.iter()
                 .map(|(k, x)| Some((k.clone(), *b(x)?)))
@@ -422,10 +423,7 @@ fn rebuild(e: &Expr, f: &mut dyn FnMut(&Expr) -> Option<Expr>) -> Option<Expr> {
         },
         ExprKind::Call { name, args } => ExprKind::Call {
             name: name.clone(),
-            args: args
-                .iter()
-                .map(|x| b(x).map(|x| *x))
-                .collect::<Option<_>>()?,
+            args: all(args, f)?,
         },
         ExprKind::Method {
             recv,
@@ -435,10 +433,7 @@ fn rebuild(e: &Expr, f: &mut dyn FnMut(&Expr) -> Option<Expr>) -> Option<Expr> {
         } => ExprKind::Method {
             recv: b(recv)?,
             name: name.clone(),
-            args: args
-                .iter()
-                .map(|x| b(x).map(|x| *x))
-                .collect::<Option<_>>()?,
+            args: all(args, f)?,
             optional: *optional,
         },
         ExprKind::Unary(op, a) => ExprKind::Unary(*op, b(a)?),
@@ -585,19 +580,8 @@ impl Reach {
     /// `D?.path.includes(E)` (optionally `== true`) or `D?.path == E`, with `D` the
     /// document named by the partition and `E` depending only on the claims.
     fn membership(e: &Expr, schema: &Schema) -> Option<(MemberSpec, usize, Expr)> {
-        let (e, eq_true) = match &e.kind {
-            ExprKind::Binary(BinOp::Eq, a, b)
-                if matches!(b.kind, ExprKind::Lit(Value::Bool(true))) =>
-            {
-                (&**a, true)
-            }
-            ExprKind::Binary(BinOp::Eq, a, b)
-                if matches!(a.kind, ExprKind::Lit(Value::Bool(true))) =>
-            {
-                (&**b, true)
-            }
-            _ => (e, false),
-        };
+        let stripped = strip_eq_true(e);
+        let (e, eq_true) = (stripped, !std::ptr::eq(stripped, e));
         // `D?.path.includes(E)`
         if let ExprKind::Method {
             recv, name, args, ..
