@@ -283,10 +283,13 @@ try {
   for (const lib of PHASES.has("big") || PHASES.has("cold") ? LIBS : []) {
     await ctx.close();
     ctx = await profile(bigProfile(lib));
-    const p = await page(`lib=${lib}`);
+    const profiled = PROFILE_DIR && lib === "warren";
+    const p = await page(`lib=${lib}${profiled ? "&worker=0" : ""}`);
+    const cdp = profiled ? await startProfile(p) : null;
     const stop = sampleMemory();
     const b = await p.evaluate(([u, n, n2]) => window.bench.importCountScan(u, n2, n), [`big${lib}`, BIG, `big-${lib}`]);
     const peak = stop();
+    if (cdp) await stopProfile(cdp, "big");
     await p.close();
     for (const k of ["import", "importConfirmed", "count", "scan"]) record(`big_${k}`, lib, b[k]);
     record("big_longestTask", lib, Math.max(b.importLongestTask, b.countLongestTask, b.scanLongestTask, b.importConfirmedLongestTask ?? 0));
