@@ -17,7 +17,8 @@
 //    that goes away as soon as a write is confirmed (no close(), no flush()) keeps it
 //    confirmed: a confirmation is reported once what it brought is on disk. Writes
 //    made offline survive a killed browser; confirming them runs no pending commit
-//    again.
+//    again. A confirmation's data is written as soon as no flush is in flight, not on
+//    the timer of the server's data.
 // 7. A local query is answered while a new device receives a large catch-up.
 // 8. While the app writes, the server's frames wait for it (local writes first), and
 //    every write is confirmed after. A write made alone is sent at once; while the app
@@ -256,6 +257,33 @@ try {
   });
   check(`200 offline writes confirmed, running ${rerun.reexecuted} pending commits again`,
     rerun.pending === 0 && rerun.reexecuted <= 20, JSON.stringify(rerun));
+  // 6e. A confirmation waits for its data to be written, never for the 25 ms timer of
+  //     the server's data. The page holds a transaction on the database's `meta` as the
+  //     client comes back online, until every confirmation is applied: the flush of
+  //     the first ones' data waits in flight, and the others, which come meanwhile, are
+  //     held for a flush of their own. It must go as soon as that one completes.
+  await p.evaluate(() => window.db.setOnline(false));
+  const drain = await p.evaluate(async () => {
+    for (let i = 0; i < 100; i++) await window.db.call("put1", { doc: window.doc("ann", 320_000 + i) }).result;
+    await window.db.flush();
+    const before = await window.db.stats();
+    const hold = await window.holdMeta("client-ann");
+    window.db.setOnline(true);
+    const until = performance.now() + 20_000;
+    let applied = false;
+    while (!(applied = (await window.db.stats()).pending === 0) && performance.now() < until) {
+      await new Promise((ok) => setTimeout(ok, 10));
+    }
+    const heldBack = window.db.status.current.pending;
+    hold.release();
+    await window.confirmedAll();
+    await hold.done;
+    const after = await window.db.stats();
+    return { applied, heldBack, timed: after.confirmationsTimed - before.confirmationsTimed,
+      flushes: after.flushes - before.flushes, pending: window.db.status.current.pending };
+  });
+  check(`100 offline writes confirmed through a blocked flush (${drain.heldBack} held for it) in ${drain.flushes} flushes, none waiting for the timer`,
+    drain.applied && drain.heldBack > 0 && drain.pending === 0 && drain.flushes >= 2 && drain.timed === 0, JSON.stringify(drain));
   await p.evaluate(() => window.db.close());
 
   // 7. A new device of ann's: its catch-up (every document) streams in while a local

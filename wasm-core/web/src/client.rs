@@ -307,6 +307,9 @@ struct Shared {
     last_send_ms: Cell<f64>,
     sends_held_since: Cell<Option<f64>>,
     send_timer: RefCell<Option<Timeout>>,
+    /// Flushes the base timer issued while confirmations waited for their data
+    /// (`stats().confirmationsTimed`): none should, that data goes at once.
+    confirmations_timed: Cell<u64>,
     /// Times sending waited for the app's writes (`stats().sendsHeld`), and times
     /// commits were sent (`stats().sends`; each one push frame or more).
     sends_held: Cell<u64>,
@@ -399,6 +402,7 @@ impl Warren {
             last_send_ms: Cell::new(f64::NEG_INFINITY),
             sends_held_since: Cell::new(None),
             send_timer: RefCell::new(None),
+            confirmations_timed: Cell::new(0),
             sends_held: Cell::new(0),
             sends: Cell::new(0),
             opened_ms: js_sys::Date::now(),
@@ -631,6 +635,10 @@ impl Warren {
         }
         set("framesHeld", self.shared.frames_held.get() as f64);
         set("sendsHeld", self.shared.sends_held.get() as f64);
+        set(
+            "confirmationsTimed",
+            self.shared.confirmations_timed.get() as f64,
+        );
         set("sends", self.shared.sends.get() as f64);
         set(
             "worker",
@@ -1282,11 +1290,11 @@ impl Shared {
                 let r = self.replica.borrow();
                 r.store().has_dirty() && !r.store().has_in_flight()
             };
-            // Local writes waiting go at once; confirmed data alone waits for its timer
-            // (or the next write: a confirmation held meanwhile is reported when that
-            // flush is committed to).
+            // Local writes waiting go at once, and so does the data of confirmations
+            // held for it (the app waits for them: they came while this flush was in
+            // flight); the server's data alone waits for its timer, or the next write.
             if waiting {
-                if self.waiters.borrow().is_empty() {
+                if self.waiters.borrow().is_empty() && self.held.borrow().is_empty() {
                     self.schedule_base_flush();
                 } else {
                     self.kick_flush(false);
@@ -1404,6 +1412,10 @@ impl Shared {
                 if self.replica.borrow().store().has_in_flight() {
                     // It goes when the flush in flight completes (see `on_flushed`).
                 } else {
+                    if !self.held.borrow().is_empty() {
+                        self.confirmations_timed
+                            .set(self.confirmations_timed.get() + 1);
+                    }
                     self.kick_flush(false);
                 }
             }
