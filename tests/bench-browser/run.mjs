@@ -318,7 +318,11 @@ try {
         await p.waitForFunction(() => window.coldResult !== undefined, null, { timeout: 120_000 });
         const c = await p.evaluate(() => window.coldResult);
         if (!c.ok) throw new Error(`cold open with ${lib}: wrong result ${JSON.stringify(c)}`);
-        record(reachable ? "coldOpen" : "coldOpenOffline", lib, c.ms);
+        const phase = reachable ? "" : "Offline";
+        record(`coldOpen${phase}`, lib, c.ms);
+        // Where it went: until the page had the database, then the query.
+        record(`coldOpened${phase}`, lib, c.opened);
+        record(`coldQuery${phase}`, lib, c.ms - c.opened);
         log(`cold open ${r + 1}/${COLD_RUNS} ${lib}, server ${reachable ? "reachable" : "down"}: ${c.ms.toFixed(1)} ms (opened at ${c.opened.toFixed(1)})${c.stats ? ` ${JSON.stringify(c.stats)}` : ""}`);
       }
     }
@@ -368,6 +372,10 @@ const ROWS = [
   ["scanReopen", `  same, after a reopen`, "dexie"],
   ["coldOpen", `cold page load, ${k(BIG)} docs: to the first 50 of an index query, server reachable`, "dexie"],
   ["coldOpenOffline", `  same, server down (peers: no server)`, "dexie:coldOpen"],
+  ["coldOpened", `  of it, reachable: until the page had the database open`, ""],
+  ["coldQuery", `  of it, reachable: then the query`, ""],
+  ["coldOpenedOffline", `  of it, down: until the page had the database open`, ""],
+  ["coldQueryOffline", `  of it, down: then the query`, ""],
   ["burst500Local", `500 writes offline, durable locally (peers: 500 adds one by one)`, "2x"],
   ["burst500Confirm", `(Warren) back online: until all 500 are confirmed`, "<100"],
   ["burst5000Local", `5,000 writes offline, durable locally`, "dexie"],
