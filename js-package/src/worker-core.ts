@@ -91,6 +91,8 @@ const post = (msg: unknown) => {
       const q = outgoing!;
       outgoing = null;
       scope.postMessage(q.length === 1 ? q[0] : { b: q });
+      // The page has the writes' results: their flush goes now, not a turn later.
+      engine?.flushDue();
     });
   }
   outgoing.push(msg);

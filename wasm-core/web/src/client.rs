@@ -683,6 +683,19 @@ impl Warren {
         self.shared.status.last_sync.get()
     }
 
+    /// Issues now the flush of local writes that waits for the next turn of the event
+    /// loop (so that their optimistic results go first). The worker calls it once it
+    /// has posted the answers it made: the page has them, and the flush need not wait
+    /// for the turn.
+    #[wasm_bindgen(js_name = flushDue)]
+    pub fn flush_due(&self) {
+        let sh = &self.shared;
+        if !sh.flush_soon.get() || sh.stopped.get() || sh.replica.try_borrow_mut().is_err() {
+            return;
+        }
+        sh.kick_flush(false);
+    }
+
     /// Whether a local write the server has not confirmed yet created, changed or
     /// deleted document `id` of `collection` (Firestore's `hasPendingWrites`).
     #[wasm_bindgen(js_name = hasPendingWrites)]
