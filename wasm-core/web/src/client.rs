@@ -293,7 +293,8 @@ struct Shared {
     held: RefCell<Vec<(u64, JsValue)>>,
     /// Every local write up to this sequence number is durable (and may be sent).
     durable_seq: Cell<u64>,
-    /// A flush of the local writes is due on the next turn of the event loop.
+    /// A flush of the local writes is due on the next turn of the event loop (or
+    /// sooner, when the worker has posted their answers: `flushDue`).
     flush_soon: Cell<bool>,
     /// The turns that flush waits for (kept: a channel costs more to make than a turn).
     flush_turns: RefCell<Option<Turns>>,
