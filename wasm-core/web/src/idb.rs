@@ -430,6 +430,8 @@ pub struct IdbStore {
     /// Families (a collection's documents, an index) already considered for reading
     /// ahead in this session.
     readahead: HashSet<Vec<u8>>,
+    /// The blocks points read before (see [`SeenBlocks`]).
+    seen_blocks: Rc<RefCell<SeenBlocks>>,
     /// Called when a flush is committed to and when it completes (the driver then
     /// reports what waited for either, and settles the completed).
     notify: Option<Rc<dyn Fn()>>,
@@ -737,6 +739,7 @@ impl IdbStore {
             recent: HashMap::new(),
             continuation: RefCell::new(None),
             readahead: HashSet::new(),
+            seen_blocks: Rc::default(),
             notify: None,
             doc_of: None,
             epoch: None,
@@ -1143,7 +1146,10 @@ impl IdbStore {
             runs: runs.clone(),
             unsettled: unsettled.clone(),
             reads: Vec::new(),
-            fetch: Fetch::default(),
+            fetch: Fetch {
+                seen: self.seen_blocks.clone(),
+                ..Fetch::default()
+            },
             filtered: None,
             gen0,
             small: 0,
@@ -2564,6 +2570,16 @@ struct RunRead {
     count: Option<runs::CountPlan>,
 }
 
+impl RunRead {
+    /// The key it reads, when it reads one key (and is not a count).
+    fn point(&self) -> Option<&[u8]> {
+        match (&self.range.start, &self.range.end) {
+            (Bound::Included(a), Bound::Included(b)) if a == b && self.count.is_none() => Some(a),
+            _ => None,
+        }
+    }
+}
+
 /// The range a miss asks about.
 fn miss_range(m: &Miss) -> KeyRange {
     match m {
@@ -2607,14 +2623,64 @@ struct Fetch {
     /// What came, by (run, block): `None` when IndexedDB did not have it.
     got: HashMap<(usize, usize), Option<Vec<u8>>>,
     /// The blocks points read (the runs and blocks) and what they hold, merged: a point
-    /// read by the same blocks is answered from it.
-    points: Vec<(BlockReads, Vec<runs::Item>)>,
+    /// read by the same blocks is answered from it. Of blocks read for points the
+    /// first time, only the keys of `point_keys` are held (`false`: the answer of
+    /// those keys alone).
+    points: Vec<(BlockReads, Vec<runs::Item>, bool)>,
+    /// The keys of the points being answered (see [`Fetch::points_now`]).
+    point_keys: BTreeSet<Vec<u8>>,
+    /// The blocks points have read before (the store's, kept across loads).
+    seen: Rc<RefCell<SeenBlocks>>,
+}
+
+/// The blocks points read, by run number and block: a point whose blocks were all read
+/// for a point before takes in all they hold (its neighbours are being read: the next
+/// ones are answered from the cache); one reading a block the first time takes in
+/// itself alone (a query's documents, a few in each of many blocks, would otherwise
+/// take in every document of those blocks, decoding and caching ten to fifty times
+/// more than they return). A neighbour thus costs one more read of its block, once.
+/// Bounded: forgotten all at once when full (the next reads take in less, no more).
+#[derive(Default)]
+pub struct SeenBlocks(BTreeSet<(u64, usize)>);
+
+/// At most this many blocks are remembered as read for points (16 bytes each).
+const SEEN_BLOCKS: usize = 4096;
+
+impl SeenBlocks {
+    /// Whether every block of `reads` was read for a point before; remembers them.
+    fn seen_all(&mut self, runs: &Runs, reads: &[(usize, std::ops::Range<usize>)]) -> bool {
+        let blocks = || {
+            reads
+                .iter()
+                .flat_map(|(i, b)| b.clone().map(move |j| (runs.runs()[*i].number, j)))
+        };
+        let all = blocks().all(|b| self.0.contains(&b));
+        if !all {
+            if self.0.len() + blocks().count() > SEEN_BLOCKS {
+                self.0.clear();
+            }
+            self.0.extend(blocks());
+        }
+        all
+    }
 }
 
 /// Blocks to read: per run (its index), a range of its blocks.
 type BlockReads = Vec<(usize, std::ops::Range<usize>)>;
 
 impl Fetch {
+    /// The points about to be answered (those of `reads`): blocks read for a point the
+    /// first time take in these keys alone. What points answered before is forgotten
+    /// (it may lack these keys).
+    fn points_now<'a>(&mut self, reads: impl IntoIterator<Item = &'a RunRead>) {
+        self.points.clear();
+        self.point_keys = reads
+            .into_iter()
+            .filter_map(RunRead::point)
+            .map(<[u8]>::to_vec)
+            .collect();
+    }
+
     /// Asks for the blocks of `reads` not asked for yet; gives the requests issued.
     fn ask(
         &mut self,
@@ -2719,18 +2785,15 @@ impl Fetch {
         if r.reads.is_empty() {
             return Ok((r.range.clone(), Vec::new()));
         }
-        let point = r.count.is_none()
-            && matches!((&r.range.start, &r.range.end), (Bound::Included(a), Bound::Included(b)) if a == b);
+        let point = r.point();
         let entry = |(k, v): &runs::Item| (k.clone(), v.clone().unwrap_or_default());
-        if point {
+        if let Some(p) = point {
             // The newest first: points come in key order, so a point's blocks are
-            // most often the last point's.
-            let memo = self
-                .points
-                .iter()
-                .rev()
-                .find(|(reads, _)| *reads == r.reads);
-            if let Some((_, merged)) = memo {
+            // most often the last point's. What holds only some keys answers those.
+            let memo = self.points.iter().rev().find(|(reads, _, whole)| {
+                *reads == r.reads && (*whole || self.point_keys.contains(p))
+            });
+            if let Some((_, merged, _)) = memo {
                 let entries = merged
                     .iter()
                     .filter(|(k, _)| r.range.contains(k))
@@ -2739,8 +2802,11 @@ impl Fetch {
                 return Ok((r.range.clone(), entries));
             }
         }
+        // A point reading a block the first time decides itself alone (see
+        // `SeenBlocks`).
+        let whole = point.is_none() || self.seen.borrow_mut().seen_all(runs, &r.reads);
         // A count's reads decide the keys of its range that it counts from them.
-        let known = if r.count.is_some() {
+        let known = if r.count.is_some() || !whole {
             r.range.clone()
         } else {
             runs.known(&r.range, &r.reads)
@@ -2749,7 +2815,9 @@ impl Fetch {
         // the entries it asked for, not all its blocks hold: a run's block may hold ten
         // times more, mostly outside its range.
         let first = match r.scan {
-            Some((reverse, n)) if n < LIMITED && !point && r.count.is_none() => Some((reverse, n)),
+            Some((reverse, n)) if n < LIMITED && point.is_none() && r.count.is_none() => {
+                Some((reverse, n))
+            }
             _ => None,
         };
         let known = match first {
@@ -2757,12 +2825,36 @@ impl Fetch {
             None => known,
         };
         // What the blocks hold outside the keys decided is not taken in (but for a
-        // point's, kept whole for the points after it).
-        let inside = |k: &[u8]| point || known.contains(k);
+        // point's, kept for the points after it: all of it, or their keys). A scan of
+        // the first `n` keys takes in at most `n + 1` of each run's (what `first_of`
+        // needs to cut there).
+        let keys = &self.point_keys;
+        let inside = |k: &[u8]| match point {
+            Some(_) if whole => true,
+            Some(p) => k == p || keys.contains(k),
+            None => known.contains(k),
+        };
+        let cap = match first {
+            Some((false, n)) => runs::first_needs(n),
+            _ => usize::MAX,
+        };
+        // The run being decoded, and how many of its keys were taken.
+        let taken = Cell::new((usize::MAX, 0));
         let mut parts = runs::parts_of(&r.reads, |i, j| {
             let run = &runs.runs()[i];
+            if taken.get().0 != i {
+                taken.set((i, 0));
+            }
+            let keep = |k: &[u8]| {
+                let (i, n) = taken.get();
+                let keep = n < cap && inside(k);
+                if keep {
+                    taken.set((i, n + 1));
+                }
+                keep
+            };
             match self.got.get(&(i, j)) {
-                Some(Some(b)) => runs::decode_block_in(b, &inside)
+                Some(Some(b)) => runs::decode_block_in(b, &keep)
                     .map(Some)
                     .map_err(|e| corrupt_run(run, e)),
                 _ if unsettled.contains(&run.number) => Ok(None),
@@ -2777,13 +2869,13 @@ impl Fetch {
             None => known,
         };
         let merged = runs::merge(parts, false);
-        if point {
+        if point.is_some() {
             let entries = merged
                 .iter()
                 .filter(|(k, _)| known.contains(k))
                 .map(entry)
                 .collect();
-            self.points.push((r.reads.clone(), merged));
+            self.points.push((r.reads.clone(), merged, whole));
             return Ok((known, entries));
         }
         let entries = merged
@@ -2994,6 +3086,7 @@ impl LoadJob {
         // A limited index scan's documents, read in the same transaction.
         let mut along = Vec::new();
         let mut answers = Vec::with_capacity(self.reads.len());
+        self.fetch.points_now(&self.reads);
         for r in &self.reads {
             let (known, entries) = self.fetch.answer(&runs, &self.unsettled, r)?;
             if let (Purpose::IndexScan(n), Some(doc_of)) = (r.purpose, &self.doc_of) {
@@ -3010,6 +3103,7 @@ impl LoadJob {
                 self.fetch.ask(&store, &runs, &r.reads)?;
             }
             self.fetch.wait().await?;
+            self.fetch.points_now(&along);
             for r in &along {
                 let (known, entries) = self.fetch.answer(&runs, &self.unsettled, r)?;
                 out.decided.push(Decided {

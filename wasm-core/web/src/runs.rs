@@ -539,6 +539,13 @@ fn meet(a: KeyRange, b: KeyRange) -> KeyRange {
     KeyRange { start, end }
 }
 
+/// How many of a part's first items [`first_of`] needs for a forward scan of `n`: it
+/// cuts a part with more than `n` at its `n`-th, so a part read no further than this
+/// many gives the same answer (a read can stop decoding a run there).
+pub fn first_needs(n: usize) -> usize {
+    n.max(1) + 1
+}
+
 /// What a scan limited to its first `n` keys (the last, `reverse`) takes of what it
 /// read: `parts` are the runs' items inside `known`, each in order. A run with more
 /// than `n` of them holds `n` up to its `n`-th key: past the nearest such key no more is
@@ -1818,7 +1825,18 @@ mod tests {
                 let cut = if reverse { nth.max() } else { nth.min() };
                 let mut probes: BTreeSet<Vec<u8>> = model.keys().cloned().collect();
                 probes.extend(parts.iter().flatten().map(|(k, _)| k.clone()));
+                // Forward, each part decoded no further than `first_needs` is cut the
+                // same (a read stops decoding a run there).
+                let mut capped: Vec<Vec<Item>> = parts
+                    .iter()
+                    .map(|p| p.iter().take(first_needs(m)).cloned().collect())
+                    .collect();
                 let decided = first_of(&mut parts, known.clone(), reverse, m);
+                if !reverse {
+                    let decided_capped = first_of(&mut capped, known.clone(), false, m);
+                    assert_eq!(decided_capped, decided, "{r:?} first {m}, capped");
+                    assert_eq!(capped, parts, "{r:?} first {m}, capped");
+                }
                 let all: BTreeSet<Vec<u8>> =
                     parts.iter().flatten().map(|(k, _)| k.clone()).collect();
                 if most > m {
