@@ -314,9 +314,13 @@ try {
         p.on("console", (m) => { if (process.env.BENCH_DEBUG) console.error(`console (cold ${lib}): ${m.text()}`); });
         await p.exposeFunction("warrenToken", tokenFor);
         const owner = (r * 17 + 3) % 50;
-        await p.goto(`${base}?lib=${lib}&mode=cold&user=big${lib}&name=big-${lib}&owner=${owner}&coldN=${BIG}&sync=${encodeURIComponent(sync)}`);
+        // Profiled, from the page's load on, the engine on the page (as the suite's).
+        const profiled = PROFILE_DIR && lib === "warren";
+        const cdp = profiled ? await startProfile(p) : null;
+        await p.goto(`${base}?lib=${lib}${profiled ? "&worker=0" : ""}&mode=cold&user=big${lib}&name=big-${lib}&owner=${owner}&coldN=${BIG}&sync=${encodeURIComponent(sync)}`);
         await p.waitForFunction(() => window.coldResult !== undefined, null, { timeout: 120_000 });
         const c = await p.evaluate(() => window.coldResult);
+        if (cdp) await stopProfile(cdp, `cold${reachable ? "" : "Offline"}-${r}`);
         if (!c.ok) throw new Error(`cold open with ${lib}: wrong result ${JSON.stringify(c)}`);
         const phase = reachable ? "" : "Offline";
         record(`coldOpen${phase}`, lib, c.ms);
