@@ -2641,7 +2641,7 @@ struct Fetch {
 /// more than they return). A neighbour thus costs one more read of its block, once.
 /// Bounded: forgotten all at once when full (the next reads take in less, no more).
 #[derive(Default)]
-pub struct SeenBlocks(BTreeSet<(u64, usize)>);
+struct SeenBlocks(BTreeSet<(u64, usize)>);
 
 /// At most this many blocks are remembered as read for points (16 bytes each).
 const SEEN_BLOCKS: usize = 4096;
