@@ -361,9 +361,12 @@ async fn session(
                             closing |= matches!(f, ServerFrame::Error { .. });
                             welcomed |= matches!(f, ServerFrame::Welcome { .. });
                             shared.received.lock().expect("frames lock").push(f.clone());
-                            r.handle(f).map_err(|e| e.to_string())?;
+                            r.receive(f);
                         }
                     }
+                    // Frames that may hold this client's own effects wait for their
+                    // outcomes (see `Replica::receive`).
+                    r.handle_ready().map_err(|e| e.to_string())?;
                     r.flush().map_err(|e| e.to_string())?;
                     let evs = r.take_events();
                     shared.events.lock().expect("events lock").extend(evs);

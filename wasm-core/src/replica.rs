@@ -290,6 +290,18 @@ pub struct Replica<S: Storage> {
     /// The parts of a large snapshot received so far: (partition, position, documents),
     /// applied with the `Snapshot` that ends them.
     parts: Option<(String, u64, Vec<SnapshotDoc>)>,
+    /// Every pending commit up to this sequence number may have reached the server (on
+    /// this connection or an earlier one, or before a reload): its effects may come
+    /// before its outcome.
+    maybe_sent: u64,
+    /// Frames received and not handled yet: see [`Replica::receive`].
+    held: Vec<ServerFrame>,
+}
+
+/// The commits up to this sequence number have no outcome kept on a server that has
+/// applied everything up to `applied_seq`: a welcome settles them.
+fn forgotten_upto(applied_seq: u64) -> u64 {
+    applied_seq.saturating_sub(exec::KEPT_OUTCOMES)
 }
 
 impl<S: Storage> Replica<S> {
@@ -345,6 +357,8 @@ impl<S: Storage> Replica<S> {
             .transpose()?
             .unwrap_or(1);
         let next_seq = stored_seq.max(pending.last().map_or(1, |p| p.seq + 1));
+        // Whether the outbox was sent before the reload is not known: any of it may be.
+        let maybe_sent = pending.last().map_or(0, |p| p.seq);
         Ok(Replica {
             store,
             client_id,
@@ -369,6 +383,8 @@ impl<S: Storage> Replica<S> {
             events: Vec::new(),
             now: 0,
             parts: None,
+            maybe_sent,
+            held: Vec::new(),
         })
     }
 
@@ -729,6 +745,9 @@ impl<S: Storage> Replica<S> {
         self.connected = false;
         self.sent_upto = 0;
         self.parts = None;
+        // Not handled, so not in the base: the next connection sends them again (the
+        // cursors did not move).
+        self.held.clear();
     }
 
     /// The frames to send now: the pending commits not yet sent on this connection.
@@ -749,6 +768,7 @@ impl<S: Storage> Replica<S> {
             .collect();
         if let Some(last) = unsent.last() {
             self.sent_upto = last.seq;
+            self.maybe_sent = self.maybe_sent.max(last.seq);
         }
         // At most PUSH_CHUNK commits and about PUSH_MAX_BYTES a frame, so that a long
         // offline queue of large commits never makes a frame the server refuses.
@@ -792,6 +812,122 @@ impl<S: Storage> Replica<S> {
             .take_while(move |p| p.seq <= last)
     }
 
+    /// Takes in a frame from the server, to be handled when [`Replica::take_ready`]
+    /// gives it: frames are handled in the order received, and a frame that may hold
+    /// the effects of this client's own commits waits for their outcomes.
+    ///
+    /// The server sends a commit's effects before its outcome (`Effects` at its
+    /// position, or a `Snapshot` at the end of its batch, then the `Outcome`; see
+    /// `docs/PROTOCOL.md`, "Live"). Handled apart, the base would hold a commit's
+    /// effects while the commit is still pending, and the view would run it again on
+    /// them: a create would fail as "already exists" and its documents vanish from the
+    /// view until its outcome came. So while a commit that may have reached the server
+    /// has no outcome, a frame that changes the base waits, with the frames after it,
+    /// until the stream shows that every outcome up to that frame's position has come:
+    /// a committed outcome at that position or later (outcomes come in log order), or
+    /// no such commit left. They are then handled together. (A frame at a later
+    /// position shows nothing: a connection that joins late gets the entries since its
+    /// welcome first, and their outcomes after them.)
+    pub fn receive(&mut self, frame: ServerFrame) {
+        self.held.push(frame);
+    }
+
+    /// The frames received that may be handled now, in order (see
+    /// [`Replica::receive`]); handle each with [`Replica::handle`], with nothing else
+    /// between them, then [`Replica::flush`].
+    pub fn take_ready(&mut self) -> Vec<ServerFrame> {
+        let n = self.ready_len();
+        self.held.drain(..n).collect()
+    }
+
+    /// Every frame received and not handled yet, whether ready or not: for a driver
+    /// that has waited long enough for the outcomes (a server that never sends them
+    /// must not hold the base back for ever).
+    pub fn take_held(&mut self) -> Vec<ServerFrame> {
+        std::mem::take(&mut self.held)
+    }
+
+    /// Whether frames received wait for outcomes.
+    pub fn holds_frames(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Handles the frames that are ready (see [`Replica::receive`]); gives how many.
+    pub fn handle_ready(&mut self) -> Result<usize, Error> {
+        let ready = self.take_ready();
+        let n = ready.len();
+        for f in ready {
+            self.handle(f)?;
+        }
+        Ok(n)
+    }
+
+    /// How many of the frames held may be handled now: up to the last point where
+    /// every outcome of the base's position had come (see [`Replica::receive`]). In
+    /// time of the frames held and the logarithm of the outbox: it runs for each batch
+    /// of frames, and an outbox can hold thousands of commits.
+    fn ready_len(&self) -> usize {
+        // The pending commits up to `seq` (the outbox is in sequence order).
+        let upto = |seq: u64| self.pending.partition_point(|p| p.seq <= seq);
+        // The commits that may have reached the server and have no outcome yet are the
+        // pending ones in (`after`, `upto`], less those settled by outcomes held here.
+        let (mut after, mut until) = (0, self.maybe_sent);
+        let mut settled_here: BTreeSet<u64> = BTreeSet::new();
+        let mut unsettled = upto(until);
+        // The position of the base frames waiting for outcomes, if any.
+        let mut waiting: Option<u64> = None;
+        let mut ready = 0;
+        for (i, f) in self.held.iter().enumerate() {
+            match f {
+                ServerFrame::Welcome { applied_seq, .. } => {
+                    // A new connection: the outcomes the server no longer keeps do not
+                    // come (the welcome settles those commits); those of the rest of
+                    // what it applied come after its snapshots.
+                    after = forgotten_upto(*applied_seq);
+                    until = until.max(*applied_seq);
+                    unsettled = upto(until).saturating_sub(upto(after))
+                        - settled_here.range(after + 1..=until).count();
+                    waiting = None;
+                }
+                ServerFrame::Effects { position, .. }
+                | ServerFrame::Snapshot { position, .. }
+                | ServerFrame::SnapshotPart { position, .. }
+                | ServerFrame::Drop { position, .. } => {
+                    if unsettled > 0 {
+                        waiting = Some(waiting.map_or(*position, |w| w.max(*position)));
+                    }
+                }
+                ServerFrame::Outcome { seq, result } => {
+                    let settles = !matches!(result, CommitResult::OutOfOrder { .. })
+                        && *seq > after
+                        && *seq <= until
+                        && self.pending.binary_search_by_key(seq, |p| p.seq).is_ok()
+                        && settled_here.insert(*seq);
+                    if settles {
+                        unsettled -= 1;
+                    }
+                    // Outcomes come in log order: none for the base's position is still
+                    // to come.
+                    if let CommitResult::Committed { position, .. } = result {
+                        if waiting.is_some_and(|w| *position >= w) {
+                            waiting = None;
+                        }
+                    }
+                }
+                ServerFrame::Error { .. }
+                | ServerFrame::Pong { .. }
+                | ServerFrame::Presence { .. } => {}
+            }
+            if unsettled == 0 {
+                waiting = None;
+            }
+            if waiting.is_none() {
+                ready = i + 1;
+            }
+        }
+        ready
+    }
+
     /// Handles one frame from the server. Changes to the base take effect in the view
     /// at the next [`Replica::flush`] (call it when no more frames are ready).
     pub fn handle(&mut self, frame: ServerFrame) -> Result<(), Error> {
@@ -824,7 +960,7 @@ impl<S: Storage> Replica<S> {
                 // The server has everything up to applied_seq; the outcomes it still
                 // keeps follow. Older ones it no longer keeps: those commits were
                 // applied, and their effects are in the partitions.
-                let forgotten = applied_seq.saturating_sub(exec::KEPT_OUTCOMES);
+                let forgotten = forgotten_upto(applied_seq);
                 let settled: Vec<u64> = self
                     .pending
                     .iter()
@@ -848,6 +984,7 @@ impl<S: Storage> Replica<S> {
                     }
                 }
                 self.sent_upto = applied_seq;
+                self.maybe_sent = self.maybe_sent.max(applied_seq);
                 self.stalled = false;
             }
             ServerFrame::SnapshotPart {
