@@ -454,20 +454,14 @@ fn read_write(r: &mut Reader) -> Result<Write, Error> {
 }
 
 impl ServerFrame {
-    /// Whether `bytes` hold an `Effects` frame, read from its type byte alone (the
+    /// Whether `bytes` hold a `Welcome` frame, read from its type byte alone (the
     /// frame is not checked: [`ServerFrame::decode`] does that).
-    pub fn is_effects(bytes: &[u8]) -> bool {
-        bytes.first().is_some_and(|v| supported_version(*v)) && bytes.get(1) == Some(&F_EFFECTS)
-    }
-
-    /// Whether `bytes` hold a `Welcome` frame, read from its type byte alone (as
-    /// [`ServerFrame::is_effects`]).
     pub fn is_welcome(bytes: &[u8]) -> bool {
         bytes.first().is_some_and(|v| supported_version(*v)) && bytes.get(1) == Some(&F_WELCOME)
     }
 
     /// Whether `bytes` hold a batch of frames (protocol version 2), read from its type
-    /// byte alone (as [`ServerFrame::is_effects`]).
+    /// byte alone (as [`ServerFrame::is_welcome`]).
     pub fn is_batch(bytes: &[u8]) -> bool {
         bytes.get(1) == Some(&F_BATCH)
     }
@@ -948,23 +942,15 @@ mod tests {
     fn type_checks_read_the_type_byte_as_decode_does() {
         let (client, server) = samples();
         for f in &server {
-            let effects = matches!(f, ServerFrame::Effects { .. });
             let welcome = matches!(f, ServerFrame::Welcome { .. });
-            assert_eq!(ServerFrame::is_effects(&f.encode()), effects, "{f:?}");
             assert_eq!(ServerFrame::is_welcome(&f.encode()), welcome, "{f:?}");
         }
         for f in &client {
-            assert!(!ServerFrame::is_effects(&f.encode()));
             assert!(!ServerFrame::is_welcome(&f.encode()));
         }
-        for (t, check) in [
-            (F_EFFECTS, ServerFrame::is_effects as fn(&[u8]) -> bool),
-            (F_WELCOME, ServerFrame::is_welcome),
-        ] {
-            assert!(!check(&[]));
-            assert!(!check(&[PROTOCOL_VERSION]));
-            assert!(!check(&[PROTOCOL_VERSION + 1, t]));
-        }
+        assert!(!ServerFrame::is_welcome(&[]));
+        assert!(!ServerFrame::is_welcome(&[PROTOCOL_VERSION]));
+        assert!(!ServerFrame::is_welcome(&[PROTOCOL_VERSION + 1, F_WELCOME]));
     }
 
     #[test]

@@ -144,6 +144,9 @@ const FRAMES_AT_ONCE: usize = 256;
 /// server wait (see `Shared::hold_while_writing`), at most [`FRAMES_HOLD_MS`].
 const WRITES_QUIET_MS: u32 = 25;
 const FRAMES_HOLD_MS: u32 = 1000;
+/// Frames that may hold this replica's own effects wait at most this long for their
+/// outcomes (which the server sends right after them): see `Replica::receive`.
+const OUTCOMES_WAIT_MS: u32 = 1000;
 /// While the app is writing, the commits made durable after a send (within
 /// [`WRITES_QUIET_MS`] of it) wait and go together, in one push, once the writes pause
 /// or this long after the first of them waited (see `Shared::send_outgoing`).
@@ -201,6 +204,8 @@ enum SyncCmd {
     Send,
     /// An ephemeral presence message for the others in a partition (sent only online).
     Presence(String, Vec<u8>),
+    /// Handles the frames that waited [`OUTCOMES_WAIT_MS`] for outcomes.
+    HandleHeld,
 }
 
 /// What JavaScript can read without a round trip through a lane.
@@ -299,6 +304,8 @@ struct Shared {
     /// The turns that flush waits for (kept: a channel costs more to make than a turn).
     flush_turns: RefCell<Option<Turns>>,
     base_timer: RefCell<Option<Timeout>>,
+    /// Set while frames wait for outcomes: handles them when it fires.
+    outcomes_timer: RefCell<Option<Timeout>>,
     /// When the app last made a local write (`Date.now()`).
     last_local_ms: Cell<f64>,
     /// Batches of frames that waited for the app's writes (`stats().framesHeld`).
@@ -398,6 +405,7 @@ impl Warren {
             flush_soon: Cell::new(false),
             flush_turns: RefCell::new(None),
             base_timer: RefCell::new(None),
+            outcomes_timer: RefCell::new(None),
             last_local_ms: Cell::new(f64::NEG_INFINITY),
             frames_held: Cell::new(0),
             last_send_ms: Cell::new(f64::NEG_INFINITY),
@@ -926,13 +934,8 @@ async fn sync_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<SyncCmd>) {
 /// own, so a frame is followed by a turn of the event loop ([`Turns`]), which lets
 /// every message queued before it in; as long as a turn brings more, another follows
 /// (at most [`FRAMES_AT_ONCE`] frames). A command other than a frame ends the batch
-/// (it goes to `next`).
-///
-/// The server sends the outcome of this replica's own commit right after its effects,
-/// each as a message of its own: an `Effects` frame last is given a millisecond more
-/// for what follows, so that the two are handled together; apart, the effects would
-/// look like a change to what that pending commit read, and it would run again only
-/// to be confirmed the next moment.
+/// (it goes to `next`). (A commit's effects and its outcome, which may come apart, are
+/// handled together however they are gathered: see `Replica::receive`.)
 async fn gather(
     first: Vec<u8>,
     rx: &mut UnboundedReceiver<SyncCmd>,
@@ -959,22 +962,8 @@ async fn gather(
         let had = frames.len();
         turns.turn().await;
         take_ready(rx, &mut frames, next);
-        if frames.len() > had {
-            continue;
-        }
-        if next.is_some()
-            || !ServerFrame::is_effects(frames.last().map(Vec::as_slice).unwrap_or_default())
-        {
+        if frames.len() == had {
             return frames;
-        }
-        let (fire, fired) = oneshot::channel::<()>();
-        let _timer = Timeout::new(1, move || {
-            let _ = fire.send(());
-        });
-        match futures_util::future::select(rx.next(), fired).await {
-            futures_util::future::Either::Left((Some(SyncCmd::Frame(b)), _)) => frames.push(b),
-            futures_util::future::Either::Left((Some(other), _)) => *next = Some(other),
-            _ => return frames,
         }
     }
 }
@@ -1043,6 +1032,7 @@ impl Shared {
         self.heartbeat.borrow_mut().take();
         self.retry.borrow_mut().take();
         self.base_timer.borrow_mut().take();
+        self.outcomes_timer.borrow_mut().take();
         self.send_timer.borrow_mut().take();
         self.flush_turns.borrow_mut().take();
         self.online_listeners.borrow_mut().clear();
@@ -1421,6 +1411,12 @@ impl Shared {
                 self.send_timer.borrow_mut().take();
                 self.send_outgoing();
             }
+            SyncCmd::HandleHeld => {
+                self.outcomes_timer.borrow_mut().take();
+                if self.replica.borrow().holds_frames() {
+                    self.handle_frames(true).await?;
+                }
+            }
             SyncCmd::FlushBase => {
                 self.base_timer.borrow_mut().take();
                 if self.replica.borrow().store().has_in_flight() {
@@ -1473,13 +1469,51 @@ impl Shared {
                     self.token_expired.set(true);
                 }
             }
-            self.prepare_for(&frame).await?;
-            let welcomed = matches!(frame, ServerFrame::Welcome { .. });
-            self.replica.borrow_mut().handle(frame)?;
-            if welcomed {
-                self.status.connected.set(true);
-                self.backoff_ms.set(100.0);
+            self.replica.borrow_mut().receive(frame);
+        }
+        self.handle_frames(false).await
+    }
+
+    /// Handles the frames received that are ready (`all`: every one, ready or not),
+    /// then rebases the view and reports once. A frame that may hold the effects of
+    /// this replica's own commits waits for their outcomes (`Replica::receive`), at
+    /// most [`OUTCOMES_WAIT_MS`].
+    async fn handle_frames(&self, all: bool) -> Result<(), Error> {
+        let ready = {
+            let mut r = self.replica.borrow_mut();
+            if all {
+                r.take_held()
+            } else {
+                r.take_ready()
             }
+        };
+        // What they all read is loaded first, then they are handled with nothing of the
+        // app's in between: a query or a write between a commit's effects and its
+        // outcome would run that commit again on its own effects.
+        for f in &ready {
+            self.prepare_for(f).await?;
+        }
+        let mut welcomed = false;
+        {
+            let mut r = self.replica.borrow_mut();
+            for f in ready {
+                welcomed |= matches!(f, ServerFrame::Welcome { .. });
+                r.handle(f)?;
+            }
+        }
+        if welcomed {
+            self.status.connected.set(true);
+            self.backoff_ms.set(100.0);
+        }
+        // Frames that wait for outcomes are handled anyway after a while: a server that
+        // never sends them must not hold the base back.
+        if self.replica.borrow().holds_frames() {
+            let t = self.sync.clone();
+            *self.outcomes_timer.borrow_mut() = Some(Timeout::new(OUTCOMES_WAIT_MS, move || {
+                let _ = t.unbounded_send(SyncCmd::HandleHeld);
+            }));
+        } else {
+            self.outcomes_timer.borrow_mut().take();
         }
         self.rebuild().await?;
         self.report();
