@@ -64,7 +64,7 @@ use crate::filter::{self, Filter};
 use crate::migrations;
 use crate::pack;
 use crate::runs::{self, Runs};
-use crate::spans::{normalize, End, Spans};
+use crate::spans::{self, normalize, End, Spans};
 use crate::wal::{self, Writes};
 
 /// The object store that holds the engine's key space: the runs' blocks (`runs.rs`).
@@ -1460,7 +1460,13 @@ impl IdbStore {
             for k in stale {
                 self.cache_remove(&k);
             }
-            if d.entries.iter().any(|(k, _)| d.asked.contains(k)) {
+            // What a run that missed reads differently now: the keys the load found
+            // there, or, when it decided only part of what was asked (a scan's first
+            // blocks), the rest, which the run reads next. Only a load that decided all
+            // it was asked and found none of it says the run saw the data as it is.
+            if d.entries.iter().any(|(k, _)| d.asked.contains(k))
+                || !spans::holds(&d.known, &d.asked)
+            {
                 gained.push(d.asked.clone());
             }
             for (k, v) in d.entries {

@@ -70,6 +70,14 @@ pub fn normalize(r: &KeyRange) -> Option<(Vec<u8>, End)> {
     }
 }
 
+/// Whether `outer` holds every key of `inner` (an empty `inner` is held by any).
+pub fn holds(outer: &KeyRange, inner: &KeyRange) -> bool {
+    let Some((start, end)) = normalize(inner) else {
+        return true;
+    };
+    normalize(outer).is_some_and(|(s, e)| s <= start && e.ge(&end))
+}
+
 /// `[start, end)` as an engine range.
 pub fn to_range(start: &[u8], end: &End) -> KeyRange {
     KeyRange {
@@ -373,6 +381,19 @@ mod tests {
         assert_eq!(s.held_part(&r(b"a", b"c"), true, 2), Some(r(b"b", b"c")));
         assert_eq!(s.held_part(&r(b"a", b"z"), true, 2), None);
         assert_eq!(s.held_part(&r(b"bb", b"c"), true, 2), Some(r(b"bb", b"c")));
+    }
+
+    #[test]
+    fn a_range_holds_another() {
+        assert!(holds(&r(b"b", b"d"), &r(b"b", b"d")));
+        assert!(holds(&r(b"b", b"d"), &r(b"bb", b"c")));
+        assert!(!holds(&r(b"b", b"d"), &r(b"a", b"c")));
+        assert!(!holds(&r(b"b", b"d"), &r(b"c", b"e")));
+        assert!(holds(&KeyRange::all(), &r(b"a", b"z")));
+        assert!(!holds(&r(b"a", b"z"), &KeyRange::prefix(b"z")));
+        // Anything holds an empty range; an empty one holds no key of another.
+        assert!(holds(&r(b"c", b"c"), &r(b"d", b"d")));
+        assert!(!holds(&r(b"c", b"c"), &r(b"a", b"b")));
     }
 
     /// The bytes counted follow every add, merge and removal.
