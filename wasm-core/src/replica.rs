@@ -36,6 +36,7 @@
 mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorCode};
@@ -885,8 +886,10 @@ impl<S: Storage> Replica<S> {
                     // what it applied come after its snapshots.
                     after = forgotten_upto(*applied_seq);
                     until = until.max(*applied_seq);
-                    unsettled = upto(until).saturating_sub(upto(after))
-                        - settled_here.range(after + 1..=until).count();
+                    let here = settled_here
+                        .range((Bound::Excluded(after), Bound::Included(until)))
+                        .count();
+                    unsettled = upto(until).saturating_sub(upto(after)).saturating_sub(here);
                     waiting = None;
                 }
                 ServerFrame::Effects { position, .. }
@@ -904,7 +907,7 @@ impl<S: Storage> Replica<S> {
                         && self.pending.binary_search_by_key(seq, |p| p.seq).is_ok()
                         && settled_here.insert(*seq);
                     if settles {
-                        unsettled -= 1;
+                        unsettled = unsettled.saturating_sub(1);
                     }
                     // Outcomes come in log order: none for the base's position is still
                     // to come.

@@ -2213,3 +2213,47 @@ fn a_commit_stays_in_the_view_while_its_effects_come_before_its_outcome() {
     w.settle();
     w.check_settled();
 }
+
+/// An outcome taken in before a welcome (a driver that did not say the connection
+/// dropped) settles its commit for the frames after the welcome too: they do not wait
+/// for it again.
+#[test]
+fn an_outcome_before_a_welcome_still_counts_for_the_frames_after_it() {
+    let mut w = World::new(&[("ann-1", user("ann"))], 0);
+    w.auto_pump = false;
+    w.connect(0);
+    w.deliver_all(0);
+    w.mutate(0, add_todo("a", "t")).unwrap();
+    let out = w.outgoing(0);
+    assert_eq!(push_seqs(&out), vec![1]);
+    let welcome = |applied_seq| ServerFrame::Welcome {
+        schema_version: w.server.schema().version().to_owned(),
+        schema_source: schema_source(),
+        position: 1,
+        applied_seq,
+        partitions: vec!["user:ann".into()],
+    };
+    let (w0, w1) = (welcome(0), welcome(1));
+    let r = w.replica(0);
+    let effects = ServerFrame::Effects {
+        position: 1,
+        writes: Vec::new(),
+    };
+    // Commit 1 may have reached the server: effects wait for its outcome.
+    r.receive(effects.clone());
+    assert!(r.take_ready().is_empty());
+    r.receive(ServerFrame::Outcome {
+        seq: 1,
+        result: CommitResult::Committed {
+            position: 1,
+            result: Value::Null,
+        },
+    });
+    r.receive(w0);
+    r.receive(effects.clone());
+    assert_eq!(r.handle_ready().unwrap(), 4);
+    assert!(r.pending().is_empty());
+    r.receive(w1);
+    r.receive(effects);
+    assert_eq!(r.handle_ready().unwrap(), 2);
+}
