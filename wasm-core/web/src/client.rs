@@ -1506,14 +1506,15 @@ impl Shared {
             self.backoff_ms.set(100.0);
         }
         // Frames that wait for outcomes are handled anyway after a while: a server that
-        // never sends them must not hold the base back.
-        if self.replica.borrow().holds_frames() {
+        // never sends them must not hold the base back. The wait starts when frames
+        // begin to wait, and is not pushed back by those that come meanwhile.
+        if !self.replica.borrow().holds_frames() {
+            self.outcomes_timer.borrow_mut().take();
+        } else if self.outcomes_timer.borrow().is_none() {
             let t = self.sync.clone();
             *self.outcomes_timer.borrow_mut() = Some(Timeout::new(OUTCOMES_WAIT_MS, move || {
                 let _ = t.unbounded_send(SyncCmd::HandleHeld);
             }));
-        } else {
-            self.outcomes_timer.borrow_mut().take();
         }
         self.rebuild().await?;
         self.report();
