@@ -871,7 +871,7 @@ impl<S: Storage> Replica<S> {
         // The pending commits up to `seq` (the outbox is in sequence order).
         let upto = |seq: u64| self.pending.partition_point(|p| p.seq <= seq);
         // The commits that may have reached the server and have no outcome yet are the
-        // pending ones in (`after`, `upto`], less those settled by outcomes held here.
+        // pending ones in (`after`, `until`], less those settled by outcomes held here.
         let (mut after, mut until) = (0, self.maybe_sent);
         let mut settled_here: BTreeSet<u64> = BTreeSet::new();
         let mut unsettled = upto(until);
