@@ -1648,14 +1648,20 @@ fn live_queries_hear_of_frames_read_before_flush() {
     );
 }
 
-// ----- 3. exactly once across reconnects -----
-
-#[test]
-fn reconnect_resends_exactly_the_unconfirmed() {
+/// One device of ann's, connected and welcomed, sending only when a test says so.
+fn ann_online() -> World {
     let mut w = World::new(&[("ann-1", user("ann"))], 0);
     w.auto_pump = false;
     w.connect(0);
     w.deliver_all(0);
+    w
+}
+
+// ----- 3. exactly once across reconnects -----
+
+#[test]
+fn reconnect_resends_exactly_the_unconfirmed() {
+    let mut w = ann_online();
     for id in ["a", "b", "c"] {
         w.mutate(0, add_todo(id, "t")).unwrap();
     }
@@ -2134,10 +2140,7 @@ fn a_welcome_that_joins_late_is_caught_up() {
 
 #[test]
 fn a_document_has_pending_writes_until_its_write_is_confirmed() {
-    let mut w = World::new(&[("ann-1", user("ann"))], 0);
-    w.auto_pump = false;
-    w.connect(0);
-    w.deliver_all(0);
+    let mut w = ann_online();
     w.mutate(0, add_todo("a", "t")).unwrap();
     assert!(w.replica(0).has_pending_writes("Todo", "a"));
     assert!(!w.replica(0).has_pending_writes("Todo", "b"));
@@ -2167,10 +2170,7 @@ fn a_document_has_pending_writes_until_its_write_is_confirmed() {
 /// frames have come.
 #[test]
 fn a_commit_stays_in_the_view_while_its_effects_come_before_its_outcome() {
-    let mut w = World::new(&[("ann-1", user("ann"))], 0);
-    w.auto_pump = false;
-    w.connect(0);
-    w.deliver_all(0);
+    let mut w = ann_online();
     let (mut todos, mut teams) = (Vec::new(), Vec::new());
     for (todo, team) in [("a", "t"), ("b", "u")] {
         w.mutate(
@@ -2219,10 +2219,7 @@ fn a_commit_stays_in_the_view_while_its_effects_come_before_its_outcome() {
 /// for it again.
 #[test]
 fn an_outcome_before_a_welcome_still_counts_for_the_frames_after_it() {
-    let mut w = World::new(&[("ann-1", user("ann"))], 0);
-    w.auto_pump = false;
-    w.connect(0);
-    w.deliver_all(0);
+    let mut w = ann_online();
     w.mutate(0, add_todo("a", "t")).unwrap();
     let out = w.outgoing(0);
     assert_eq!(push_seqs(&out), vec![1]);
