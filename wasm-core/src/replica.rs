@@ -588,7 +588,7 @@ impl<S: Storage> Replica<S> {
         let schema = self.schema_or_err()?;
         self.now = now;
         self.rebase_if_stale()?;
-        let commit = self.next_commit(&schema, op, now);
+        let mut commit = self.next_commit(&schema, op, now);
         let (writes, result, view_batch, reads) = {
             let view = self.view.over(&self.store, u64::MAX);
             let rec = Recorder::new(&view);
@@ -602,15 +602,12 @@ impl<S: Storage> Replica<S> {
             (writes, result, vb, rec.into_reads())
         };
         drop(writes);
-        // Durable first: if the outbox write fails, nothing happened.
+        // Durable first: if the outbox write fails, nothing happened. The outbox keeps
+        // no claims (the server's gateway writes them); taken out, not copied with the
+        // rest of the commit (its arguments may be a thousand documents).
+        commit.auth = Value::Null;
         let mut batch = Batch::new();
-        batch.put(
-            outbox_key(commit.client_seq),
-            encode_log_entry(&Commit {
-                auth: Value::Null,
-                ..commit.clone()
-            }),
-        );
+        batch.put(outbox_key(commit.client_seq), encode_log_entry(&commit));
         batch.put(
             KEY_SEQ.to_vec(),
             (commit.client_seq + 1).to_be_bytes().to_vec(),
