@@ -3312,7 +3312,8 @@ impl Storage for IdbStore {
         let now = self.tick.get();
         for (k, v) in batch.ops {
             // Whether the key was there before, if known (for the cached counts).
-            let before = if self.spans.borrow_mut().holds(&k, now) {
+            let held = self.spans.borrow_mut().holds(&k, now);
+            let before = if held {
                 Some(self.cache.contains_key(&k))
             } else if !self.filter.borrow().may_contain(&k) {
                 Some(false)
@@ -3328,8 +3329,11 @@ impl Storage for IdbStore {
                 None => self.cache_remove(&k),
             }
             // The cache now holds this key's newest value (or its absence): reading it
-            // again needs no trip to IndexedDB.
-            self.spans.borrow_mut().add_point(&k, now);
+            // again needs no trip to IndexedDB. (A key held already is in a span,
+            // which `holds` marked used.)
+            if !held {
+                self.spans.borrow_mut().add_point(&k, now);
+            }
             self.dirty.insert(k, v);
         }
         Ok(())
