@@ -5,8 +5,8 @@
 //! migrations), and [`Warren`], the JavaScript binding: the engine's replica on
 //! IndexedDB, synced over a WebSocket, in a dedicated worker or on the page. The pure
 //! parts (the cache's spans, the key filter, the write-ahead records, the runs of the
-//! next storage layout, the JSON writer, the byte comparison) build everywhere and are tested natively; the
-//! rest only on wasm32.
+//! next storage layout, the JSON writer, the byte comparison) build everywhere and are
+//! tested natively; the rest only on wasm32.
 
 pub mod filter;
 pub mod json;

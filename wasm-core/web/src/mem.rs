@@ -12,7 +12,7 @@
 
 /// `memcmp` of two byte strings over the shorter's length: negative, zero or positive
 /// as `a` orders before, with or after `b`, the first byte that differs deciding (as
-/// unsigned). For tests: the engine's module calls [`memcmp`].
+/// unsigned). For tests: the engine's module calls `memcmp`, below.
 pub fn compare(a: &[u8], b: &[u8]) -> i32 {
     let n = a.len().min(b.len());
     // SAFETY: both hold at least `n` bytes.
