@@ -12,9 +12,10 @@
 //! store (on a blocking thread), start the region, start the sequencer thread (it first
 //! replays the log after the store's position, records a changed schema file as a
 //! schema entry of the log, then takes new commits), then serve; `/readyz` answers
-//! ready once the replay is applied. Stop order: stop accepting, tell every connection,
-//! let the sequencer finish its queue (its last batch is synced and applied), stop the
-//! region (the store is synced), join both threads.
+//! ready once the replay is applied, and reads wait for it ([`gateway::Ready`]). Stop
+//! order: stop accepting, tell every connection, let the sequencer finish its queue
+//! (its last batch is synced and applied), stop the region (the store is synced), join
+//! both threads.
 //!
 //! **A region of a deployment of many** ([`Config::shared`], `docs/REGIONS.md`): the
 //! log is shared (etcd). Start: check the deployment's engine and settings (creating
@@ -41,7 +42,7 @@ use warren_core::Schema;
 use crate::auth::{AuthConfig, Verifier};
 use crate::barrier::Barrier;
 use crate::conns::Conns;
-use crate::gateway::{self, Admin, AppState, GatewayLimits};
+use crate::gateway::{self, Admin, AppState, GatewayLimits, Ready};
 use crate::limits::{CatchUps, Identities, Slots};
 use crate::log::etcd::{EtcdClient, EtcdOptions};
 use crate::log::shared::{
@@ -351,7 +352,7 @@ pub async fn start_with_web(
     let backlog = Backlog::new(BACKLOG_ENTRIES, BACKLOG_BYTES);
     // Ready once the region has applied what the log held at start (and the schema
     // entry of a changed file): the sequencer thread says so before it takes commits.
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = Ready::default();
     let seq_ready = ready.clone();
     let seq_schema = config.schema.clone();
     let seq_version = schema.version().to_owned();
@@ -398,7 +399,7 @@ pub async fn start_with_web(
                 })?;
             }
             // Everything the log held is applied (the region answered after it).
-            seq_ready.store(true, Ordering::Relaxed);
+            seq_ready.set();
             let log: Box<dyn Log> = Box::new(log);
             sequencer::run(log, seq_rx, seq_region, backlog, seq_opts, seq_metrics)
                 .map(|()| 0)
@@ -438,7 +439,7 @@ struct Parts {
     metrics: Arc<Metrics>,
     seq_tx: mpsc::Sender<warren_core::exec::Commit>,
     region_tx: RegionTx,
-    ready: Arc<AtomicBool>,
+    ready: Ready,
     barrier: Option<Arc<Barrier>>,
     admin: Option<Admin>,
     sequencer: std::thread::JoinHandle<Result<i64, StartError>>,
@@ -711,14 +712,14 @@ async fn start_shared(
     };
     // Ready once the region has applied what the log held after this process claimed
     // its region.
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = Ready::default();
     {
         let (metrics, ready) = (metrics.clone(), ready.clone());
         tokio::spawn(async move {
             while metrics.region.applied_revision.load(Ordering::Relaxed) < target {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            ready.store(true, Ordering::Relaxed);
+            ready.set();
             tracing::info!(revision = target, "caught up with the shared log");
         });
     }

@@ -139,8 +139,16 @@ try {
   server1 = await pull("ann");
   const after = server1.snapshots.flatMap((s) => s.docs).filter((d) => d.collection === "Todo");
   const burst = after.filter((d) => d.data.title.startsWith("burst "));
-  check("every write of the burst landed exactly once", burst.length === 40 && new Set(burst.map((d) => d.data.title)).size === 40, `${burst.length} burst documents`);
-  check("the browser's view equals the server's", (await ann.evaluate(() => window.db.query("Todo.all().count()"))) === after.length);
+  // On failure the details say what each side held: the pull's partitions and
+  // positions, the browser's count and its outbox.
+  const seen = () => JSON.stringify({
+    server: after.length, position: server1.position, partitions: server1.partitions,
+    snapshots: server1.snapshots.map((s) => [s.partition, s.position, s.docs.length]),
+  });
+  check("every write of the burst landed exactly once", burst.length === 40 && new Set(burst.map((d) => d.data.title)).size === 40, `${burst.length} burst documents; ${seen()}`);
+  const annCount = await ann.evaluate(() => window.db.query("Todo.all().count()"));
+  const annPending = await ann.evaluate(() => window.db.pending());
+  check("the browser's view equals the server's", annCount === after.length, `browser ${annCount} (pending ${annPending}); ${seen()}`);
 
   // 4. An expired token: the server refuses it, the app's provider gives a new one.
   const now = Math.floor(Date.now() / 1000);

@@ -63,8 +63,9 @@ pub mod codes {
     /// The schema changed at a log position: reconnect, and the welcome carries the new
     /// one (the client re-runs its pending commits under it).
     pub const SCHEMA_CHANGED: &str = "SCHEMA_CHANGED";
-    /// This region cannot serve now (it cannot reach the global log, or stopped):
-    /// connect to another region of the deployment.
+    /// This server cannot serve reads now: it is still applying what its log held at
+    /// its start (try again), or, a region of many, it cannot reach the global log or
+    /// stopped (connect to another region of the deployment).
     pub const REGION_UNAVAILABLE: &str = "REGION_UNAVAILABLE";
     /// This region's state disagrees with another region's at the same log position;
     /// it stopped itself. Connect to another region.

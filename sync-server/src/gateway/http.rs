@@ -173,7 +173,15 @@ pub(crate) async fn pull(
         })
         .unwrap_or_default();
     let client_id = scoped_client_id(&auth_for_id, req["client_id"].as_str().unwrap_or(""));
-    // A region of many catches up with the global log first (as for a welcome).
+    // What the log held at the server's start is applied first, and a region of many
+    // catches up with the global log (as for a welcome).
+    s.ready.wait().await.map_err(|m| {
+        AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::REGION_UNAVAILABLE,
+            format!("{m}; try again shortly"),
+        )
+    })?;
     if let Some(b) = &s.barrier {
         b.wait().await.map_err(|m| {
             AppError::new(

@@ -6,7 +6,7 @@
 //! | `POST /v1/push` | JSON commits with a bearer token; answers with their outcomes |
 //! | `POST /v1/pull` | JSON cursors with a bearer token; answers with snapshots |
 //! | `GET /healthz` | the process is up |
-//! | `GET /readyz` | the log is replayed and commits are being served |
+//! | `GET /readyz` | the log is replayed and commits are being served ([`Ready`]) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /v1/admin/snapshot` | the region's store as a stream (admin token) |
 //! | `POST /v1/admin/explain` | a program or a partition's read rule run as an identity, with the rules' trace (admin token) |
@@ -21,7 +21,7 @@
 //! checks); [`http`] answers the JSON endpoints, [`ws`] runs WebSocket sessions, and
 //! [`admin`] answers the operator's endpoints.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -297,7 +297,7 @@ pub struct AppState {
     pub verifier: Verifier,
     pub metrics: Arc<Metrics>,
     pub limits: GatewayLimits,
-    pub ready: Arc<AtomicBool>,
+    pub ready: Ready,
     pub next_conn: Arc<AtomicU64>,
     pub shutdown: watch::Receiver<bool>,
     /// Per-identity connection counts and rate budgets of end users...
@@ -319,6 +319,56 @@ pub struct AppState {
 }
 
 pub use admin::Admin;
+
+/// How long a read waits for [`Ready`] before it is answered `REGION_UNAVAILABLE`.
+pub const READY_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether this process has applied what its log held when it started: the embedded
+/// default's replay of its log into its store, a region of many's catch-up with the
+/// shared log's head as it claimed its region. The server serves while it replays
+/// (`/healthz` answers, commits queue up), but its store alone may then be older than
+/// what it acknowledged before it stopped or crashed: so `/readyz` says not ready, and
+/// every read of the region's state (a welcome, a pull, a GraphQL query) waits for it
+/// ([`Ready::wait`]), and a client never sees its confirmed writes go back in time
+/// across a restart.
+#[derive(Clone)]
+pub struct Ready(Arc<watch::Sender<bool>>);
+
+impl Default for Ready {
+    fn default() -> Self {
+        Ready(Arc::new(watch::Sender::new(false)))
+    }
+}
+
+impl Ready {
+    /// Marks the process ready (once; it never becomes unready).
+    pub fn set(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Whether it is ready now.
+    pub fn get(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Waits until it is ready, at most [`READY_WAIT`]; `Err` with a message after it.
+    pub async fn wait(&self) -> Result<(), String> {
+        if self.get() {
+            return Ok(());
+        }
+        let mut rx = self.0.subscribe();
+        let waited = tokio::time::timeout(READY_WAIT, rx.wait_for(|r| *r))
+            .await
+            .map(|r| r.is_ok());
+        match waited {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the server is stopping".to_owned()),
+            Err(_) => Err(format!(
+                "this server is still applying its log after its start (waited {READY_WAIT:?})"
+            )),
+        }
+    }
+}
 
 /// How many catch-ups run at once: one per core, at least two.
 pub fn catch_up_workers() -> usize {
@@ -397,7 +447,7 @@ impl IntoResponse for AppError {
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    let ready = s.ready.load(Ordering::Relaxed) && !*s.shutdown.borrow();
+    let ready = s.ready.get() && !*s.shutdown.borrow();
     let r = &s.metrics.region;
     if r.name().is_none() {
         return if ready {

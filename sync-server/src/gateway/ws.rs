@@ -253,6 +253,14 @@ async fn session(
         refuse(&s, &mut sink, &end, version).await;
         return (end, None);
     }
+    // A server applies what its log held at its start first, so the welcome is never
+    // older than what it confirmed before a restart.
+    if let Err(m) = s.ready.wait().await {
+        tracing::info!(conn, "sync connection refused: {m}");
+        let end = End::error(codes::REGION_UNAVAILABLE, format!("{m}; try again shortly"));
+        refuse(&s, &mut sink, &end, version).await;
+        return (end, None);
+    }
     // A region of many catches up with the global log first, so the welcome is never
     // older than what the client saw elsewhere.
     if let Some(b) = &s.barrier {
