@@ -11,7 +11,8 @@
 //! the original directory, its first pull already holds every commit acknowledged
 //! before the kill (it serves while it replays its log: a pull answered from its store
 //! alone was found here, at position 0 after 714 acknowledged), and the clients
-//! reconnect and resend what is unconfirmed.
+//! reconnect, are welcomed no earlier than that (a welcome at 442 after 1,348 was
+//! found too), and resend what is unconfirmed.
 //!
 //! At the end the clients drain their outboxes, the server stops gracefully, and:
 //! every commit a client saw acknowledged is in the log, at the position the
@@ -90,6 +91,24 @@ fn serve(dir: &Path, port: u16, store_sync_every: u32) -> Child {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("warren serve could not listen on port {port}");
+}
+
+/// Every `Welcome` a client received after `marks` (its frames before the restart) is
+/// at or after `acked`, the highest position acknowledged before the kill: the
+/// restarted server welcomes no one from its store alone while it replays its log.
+fn check_welcomes(clients: &[Arc<Client>], marks: &[usize], acked: u64, round: u32) {
+    for (i, (c, &mark)) in clients.iter().zip(marks).enumerate() {
+        for f in &c.received()[mark..] {
+            if let ServerFrame::Welcome { position, .. } = f {
+                assert!(
+                    *position >= acked,
+                    "round {round}: {} was welcomed at position {position} after the \
+                     restart, before the acknowledged {acked}",
+                    client_id(i)
+                );
+            }
+        }
+    }
 }
 
 /// The position of a `POST /v1/pull`'s answer (client 0's token).
@@ -265,6 +284,9 @@ fn kill_9_while_eight_clients_push() {
 
     let mut acks = Acks::new();
     let mut replay = Replay::new(SCHEMA);
+    // Since the last restart: the frames each client had received before it, and the
+    // highest position acknowledged before the kill.
+    let mut since_restart: Option<(Vec<usize>, u64)> = None;
     for round in 0..rounds {
         // Wait for new acknowledgements (the restarted server serves), then a random
         // moment more, then kill it.
@@ -277,6 +299,9 @@ fn kill_9_while_eight_clients_push() {
             );
             std::thread::sleep(Duration::from_millis(5));
             new += collect_acks(&clients, &mut acks);
+        }
+        if let Some((marks, acked)) = since_restart.take() {
+            check_welcomes(&clients, &marks, acked, round);
         }
         std::thread::sleep(Duration::from_millis(rng.below(150)));
         server.kill().unwrap(); // SIGKILL
@@ -320,6 +345,7 @@ fn kill_9_while_eight_clients_push() {
         // The restarted server's first read already holds every commit acknowledged
         // before the kill, though it serves while it replays the log into its store.
         let acked = acks.values().flatten().max().copied().unwrap_or(0);
+        since_restart = Some((clients.iter().map(|c| c.received().len()).collect(), acked));
         let position = pulled_position(port);
         assert!(
             position >= acked,
@@ -345,6 +371,9 @@ fn kill_9_while_eight_clients_push() {
         made
     });
     collect_acks(&clients, &mut acks);
+    if let Some((marks, acked)) = since_restart.take() {
+        check_welcomes(&clients, &marks, acked, rounds);
+    }
     let status = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()
