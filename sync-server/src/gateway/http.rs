@@ -179,7 +179,7 @@ pub(crate) async fn pull(
         AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             codes::REGION_UNAVAILABLE,
-            format!("{m}; try again shortly"),
+            m,
         )
     })?;
     if let Some(b) = &s.barrier {

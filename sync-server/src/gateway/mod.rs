@@ -351,22 +351,21 @@ impl Ready {
         *self.0.borrow()
     }
 
-    /// Waits until it is ready, at most [`READY_WAIT`]; `Err` with a message after it.
+    /// Waits until it is ready, at most [`READY_WAIT`]; `Err` with the message a
+    /// refused read answers with after it. (The sender is `self`'s: the wait ends
+    /// only when ready or at the timeout.)
     pub async fn wait(&self) -> Result<(), String> {
-        if self.get() {
+        let mut rx = self.0.subscribe();
+        let ready = tokio::time::timeout(READY_WAIT, rx.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if ready {
             return Ok(());
         }
-        let mut rx = self.0.subscribe();
-        let waited = tokio::time::timeout(READY_WAIT, rx.wait_for(|r| *r))
-            .await
-            .map(|r| r.is_ok());
-        match waited {
-            Ok(true) => Ok(()),
-            Ok(false) => Err("the server is stopping".to_owned()),
-            Err(_) => Err(format!(
-                "this server is still applying its log after its start (waited {READY_WAIT:?})"
-            )),
-        }
+        Err(format!(
+            "this server is still applying its log after its start (waited \
+             {READY_WAIT:?}); try again shortly"
+        ))
     }
 }
 

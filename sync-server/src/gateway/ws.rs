@@ -257,7 +257,7 @@ async fn session(
     // older than what it confirmed before a restart.
     if let Err(m) = s.ready.wait().await {
         tracing::info!(conn, "sync connection refused: {m}");
-        let end = End::error(codes::REGION_UNAVAILABLE, format!("{m}; try again shortly"));
+        let end = End::error(codes::REGION_UNAVAILABLE, m);
         refuse(&s, &mut sink, &end, version).await;
         return (end, None);
     }

@@ -219,12 +219,11 @@ fn shutting_down() -> async_graphql::Error {
 /// A read view of the region's state after everything applied so far, once what the
 /// log held at the server's start is applied ([`crate::gateway::Ready`]).
 pub(crate) async fn snapshot(svc: &Service) -> Result<Arc<ReadView>, async_graphql::Error> {
-    svc.app.ready.wait().await.map_err(|m| {
-        error(
-            protocol_codes::REGION_UNAVAILABLE,
-            format!("{m}; try again shortly"),
-        )
-    })?;
+    svc.app
+        .ready
+        .wait()
+        .await
+        .map_err(|m| error(protocol_codes::REGION_UNAVAILABLE, m))?;
     let (tx, rx) = oneshot::channel();
     svc.app
         .region
