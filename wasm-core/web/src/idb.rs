@@ -621,6 +621,7 @@ impl IdbStore {
                 purpose: Purpose::Data,
                 scan: None,
                 count: None,
+                answers: None,
             })
             .collect();
         for r in &reads {
@@ -1168,6 +1169,7 @@ impl IdbStore {
                     purpose: Purpose::Data,
                     scan: None,
                     count: None,
+                    answers: None,
                 });
             }
             for f in &families {
@@ -1177,6 +1179,7 @@ impl IdbStore {
                     purpose: Purpose::Data,
                     scan: None,
                     count: None,
+                    answers: Some(Vec::new()),
                 });
             }
             return Ok(job);
@@ -1277,6 +1280,7 @@ impl IdbStore {
                     purpose: Purpose::Data,
                     scan: None,
                     count: None,
+                    answers: None,
                 }
             }
             Miss::Count(range) => {
@@ -1289,6 +1293,7 @@ impl IdbStore {
                         purpose: Purpose::Data,
                         scan: None,
                         count: None,
+                        answers: None,
                     };
                 }
                 // Counted from a run's record where it can be: when that reads under
@@ -1303,6 +1308,7 @@ impl IdbStore {
                             purpose: Purpose::Count,
                             scan: None,
                             count: Some(plan),
+                            answers: None,
                         };
                     }
                 }
@@ -1319,6 +1325,7 @@ impl IdbStore {
                     purpose,
                     scan: None,
                     count: None,
+                    answers: None,
                 }
             }
             Miss::Scan {
@@ -1347,6 +1354,7 @@ impl IdbStore {
                     purpose,
                     scan: (n != usize::MAX).then_some((reverse, n)),
                     count: None,
+                    answers: None,
                 }
             }
         }
@@ -1464,10 +1472,17 @@ impl IdbStore {
             // there, or, when it decided only part of what was asked (a scan's first
             // blocks), the rest, which the run reads next. Only a load that decided all
             // it was asked and found none of it says the run saw the data as it is.
-            if d.entries.iter().any(|(k, _)| d.asked.contains(k))
-                || !spans::holds(&d.known, &d.asked)
-            {
-                gained.push(d.asked.clone());
+            // A family read ahead says so of the misses it answers, each on its own:
+            // the rest of the family was missed by no run (reported whole, a write's
+            // miss after a reopen made every pending commit that read a document of
+            // the collection run again).
+            let differs = |asked: &KeyRange| {
+                d.entries.iter().any(|(k, _)| asked.contains(k)) || !spans::holds(&d.known, asked)
+            };
+            match &d.answers {
+                Some(answers) => gained.extend(answers.iter().filter(|a| differs(a)).cloned()),
+                None if differs(&d.asked) => gained.push(d.asked.clone()),
+                None => {}
             }
             for (k, v) in d.entries {
                 if !self.newer(&k, gen0) {
@@ -2574,6 +2589,9 @@ struct RunRead {
     scan: Option<(bool, usize)>,
     /// A count that reads only some blocks of a run, counting the rest from its record.
     count: Option<runs::CountPlan>,
+    /// A family read ahead: the misses it answers (the rest of what it reads was
+    /// missed by no run, and is taken in as knowledge only).
+    answers: Option<Vec<KeyRange>>,
 }
 
 impl RunRead {
@@ -2607,12 +2625,14 @@ fn family_reads(
     let reads = runs.covering(&range);
     let blocks: usize = reads.iter().map(|(_, b)| b.len()).sum();
     if blocks * runs::BLOCK_BYTES <= small {
+        let answers = deferred.iter().map(miss_range).collect();
         vec![RunRead {
             range,
             reads,
             purpose: Purpose::Data,
             scan: None,
             count: None,
+            answers: Some(answers),
         }]
     } else {
         deferred.into_iter().map(&mut each).collect()
@@ -2954,6 +2974,8 @@ struct Decided {
     asked: KeyRange,
     entries: Vec<Entry>,
     scan: Option<(bool, usize)>,
+    /// A family read ahead: the misses inside it that it answers (`RunRead::answers`).
+    answers: Option<Vec<KeyRange>>,
 }
 
 impl Decided {
@@ -2964,6 +2986,7 @@ impl Decided {
             asked: r,
             entries: Vec::new(),
             scan: None,
+            answers: None,
         }
     }
 }
@@ -3055,6 +3078,7 @@ impl LoadJob {
                             purpose: Purpose::Data,
                             scan: None,
                             count: None,
+                            answers: None,
                         },
                     }));
                 }
@@ -3117,6 +3141,7 @@ impl LoadJob {
                     asked: r.range.clone(),
                     entries,
                     scan: None,
+                    answers: None,
                 });
             }
         }
@@ -3143,6 +3168,7 @@ impl LoadJob {
                     asked: r.range.clone(),
                     entries,
                     scan: r.scan,
+                    answers: r.answers.clone(),
                 });
             }
         }
@@ -3158,6 +3184,7 @@ impl LoadJob {
             purpose: Purpose::Data,
             scan: None,
             count: None,
+            answers: None,
         }
     }
 }
