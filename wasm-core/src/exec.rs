@@ -338,8 +338,12 @@ fn run_in(
 }
 
 fn check_result(result: &Value, limits: &Limits) -> Result<(), Error> {
-    let size = result.encoded_len();
-    if size > limits.max_result_bytes {
+    check_result_len(result.encoded_len() as u64, limits)
+}
+
+/// [`check_result`] of a result whose encoding is `size` bytes long.
+fn check_result_len(size: u64, limits: &Limits) -> Result<(), Error> {
+    if size > limits.max_result_bytes as u64 {
         return Err(Error::new(
             ErrorCode::ResultTooLarge,
             format!(
@@ -705,8 +709,10 @@ pub(crate) fn query_traced(
     }
     let r = (|| {
         let v = ev.run_block(&block)?;
+        // A page or an array read from a set was measured as it was built.
+        let known = v.known_encoded_len();
         let v = ev.materialize(v)?;
-        check_result(&v, limits)?;
+        check_result_len(known.unwrap_or_else(|| v.encoded_len() as u64), limits)?;
         Ok(v)
     })();
     (r, ev.usage(), ev.explain.take())

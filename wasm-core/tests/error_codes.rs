@@ -464,6 +464,40 @@ fn code_result_too_large() {
     db.rejected("\"x\".repeat(200)", "RESULT_TOO_LARGE");
 }
 
+/// A page and a set's array are measured as they are built, and the result is checked
+/// by that measure (not walked again): at the limit they pass, a byte under it they fail,
+/// as any result does.
+#[test]
+fn a_page_or_a_set_array_is_checked_to_the_byte() {
+    let fill = "range(5).map(i => Item.create({ id: \"p\" + i, s: \"x\".repeat(i * 7) })).length()";
+    let mut free = Db::new();
+    free.ok(fill);
+    for q in [
+        "Item.all().paginate(3)",
+        "Item.all().paginate(10)",
+        "Item.all().toArray()",
+    ] {
+        let n = free.q(q).encoded_len();
+        for (limit, fits) in [(n, true), (n - 1, false)] {
+            let mut db = Db::with_limits(Limits {
+                max_result_bytes: limit,
+                ..Limits::default()
+            });
+            db.ok(fill);
+            match db.query(q) {
+                Ok(v) => {
+                    assert!(fits, "{q}: {n} bytes passed a limit of {limit}");
+                    assert_eq!(v, free.q(q));
+                }
+                Err(e) => {
+                    assert!(!fits, "{q}: {n} bytes failed a limit of {limit}: {e}");
+                    assert_eq!(e.code.as_str(), "RESULT_TOO_LARGE", "{q}: {e}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn code_too_many_writes() {
     let mut db = Db::with_limits(Limits {

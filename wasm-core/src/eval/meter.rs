@@ -224,6 +224,26 @@ impl Data {
         }
     }
 
+    /// Wraps `value` as [`Data::held`] does, with the length of its canonical encoding
+    /// already known (measured as it was built), so that nothing walks it again.
+    pub(crate) fn held_sized(value: Value, paid: Paid, encoded: u64) -> Data {
+        debug_assert_eq!(value.encoded_len() as u64, encoded);
+        let d = Data::held(value, paid);
+        if let Data::Heap(h) = &d {
+            h.encoded.set(Some(encoded));
+        }
+        d
+    }
+
+    /// The length of the value's canonical encoding when it is known without a walk
+    /// (a scalar's, or one remembered).
+    pub(crate) fn known_encoded_len(&self) -> Option<u64> {
+        match self {
+            Data::Scalar(v) => Some(v.encoded_len() as u64),
+            Data::Heap(h) => h.encoded.get(),
+        }
+    }
+
     /// The length of the value's canonical encoding (remembered).
     pub(crate) fn encoded_len(&self) -> u64 {
         match self {

@@ -198,6 +198,15 @@ pub enum Val {
 impl Val {
     pub const NULL: Val = Val::Data(Data::NULL);
 
+    /// The length of the value's canonical encoding when known without a walk (see
+    /// [`Data::known_encoded_len`]).
+    pub(crate) fn known_encoded_len(&self) -> Option<u64> {
+        match self {
+            Val::Data(d) => d.known_encoded_len(),
+            _ => None,
+        }
+    }
+
     /// Null, a boolean or a number (nothing to pay for).
     pub(crate) fn scalar(v: Value) -> Val {
         debug_assert!(matches!(
@@ -503,9 +512,10 @@ impl<'a> Evaluator<'a> {
         self.meter.pay(bytes)
     }
 
-    /// Holds data the evaluator owns.
-    pub(crate) fn hold(o: Owned) -> Val {
-        Val::Data(Data::held(o.value, o.paid))
+    /// Holds data the evaluator owns, whose encoding's length `encoded` was measured as
+    /// it was built.
+    pub(crate) fn hold_sized(o: Owned, encoded: u64) -> Val {
+        Val::Data(Data::held_sized(o.value, o.paid, encoded))
     }
 
     /// A copy of `v` for the program to hold, paid for (memory, and a step per KiB
@@ -536,8 +546,8 @@ impl<'a> Evaluator<'a> {
     }
 
     /// Checks a value the program built: nesting, size, and fuel in proportion to its
-    /// size.
-    pub(crate) fn check_built(&mut self, v: &Value) -> Result<(), Error> {
+    /// size. Gives the size (the length of its canonical encoding).
+    pub(crate) fn check_built(&mut self, v: &Value) -> Result<u64, Error> {
         let Some(n) = v.encoded_len_within(MAX_VALUE_DEPTH) else {
             return Err(err(
                 ErrorCode::DepthExceeded,
@@ -554,7 +564,7 @@ impl<'a> Evaluator<'a> {
                 ),
             ));
         }
-        Ok(())
+        Ok(n as u64)
     }
 
     /// The root environment: `auth`, paid for by the program.

@@ -327,7 +327,8 @@ impl<'a> Evaluator<'a> {
             }
             "toArray" => {
                 exact(0)?;
-                Evaluator::hold(self.read_all(s)?)
+                let (o, n) = self.read_all_sized(s)?;
+                Evaluator::hold_sized(o, n)
             }
             "forEach" => {
                 exact(1)?;
@@ -449,7 +450,8 @@ impl<'a> Evaluator<'a> {
                         ))
                     }
                 };
-                Evaluator::hold(self.paginate(s, size, cursor)?)
+                let (o, n) = self.paginate(s, size, cursor)?;
+                Evaluator::hold_sized(o, n)
             }
             _ => return Ok(None),
         }))
@@ -759,12 +761,13 @@ impl<'a> Evaluator<'a> {
         Ok(after)
     }
 
+    /// A page of the set, and the length of its encoding.
     fn paginate(
         &mut self,
         s: &Rc<SetQ>,
         size: u64,
         cursor: Option<String>,
-    ) -> Result<Owned, Error> {
+    ) -> Result<(Owned, u64), Error> {
         let resumed: Rc<SetQ> = match cursor {
             None => s.clone(),
             Some(c) => Rc::new(self.resume(s, &c)?),
@@ -807,10 +810,12 @@ impl<'a> Evaluator<'a> {
         if let Some(c) = &last {
             paid.more(c.len() as u64)?;
         }
-        let mut o = Object::new();
         let page = Value::Array(data);
-        self.check_built(&page)?;
-        o.insert("data".into(), page);
+        let page_len = self.check_built(&page)?;
+        // The page's object measured around an empty array, then the page put in: its
+        // encoding is the empty one's with the page's in place of the empty array's.
+        let mut o = Object::new();
+        o.insert("data".into(), Value::Array(Vec::new()));
         o.insert(
             "after".into(),
             match (more, last) {
@@ -818,15 +823,30 @@ impl<'a> Evaluator<'a> {
                 _ => Value::Null,
             },
         );
-        Ok(Owned {
-            value: Value::Object(o),
-            paid,
-        })
+        let shell = Value::Object(o);
+        let len =
+            shell.encoded_len() as u64 - Value::Array(Vec::new()).encoded_len() as u64 + page_len;
+        let Value::Object(mut o) = shell else {
+            unreachable!("made an object above")
+        };
+        o.insert("data".into(), page);
+        Ok((
+            Owned {
+                value: Value::Object(o),
+                paid,
+            },
+            len,
+        ))
     }
 
     /// Reads a set to the end into an array, paying for each element as it arrives and
     /// stopping at the size limit rather than after it.
     pub(crate) fn read_all(&mut self, s: &SetQ) -> Result<Owned, Error> {
+        self.read_all_sized(s).map(|(o, _)| o)
+    }
+
+    /// [`Evaluator::read_all`], and the length of the array's encoding.
+    fn read_all_sized(&mut self, s: &SetQ) -> Result<(Owned, u64), Error> {
         let mut out = Vec::new();
         let mut paid = self.pay(SLOT)?;
         let mut size = 0usize;
@@ -847,8 +867,8 @@ impl<'a> Evaluator<'a> {
             Ok(true)
         })?;
         let v = Value::Array(out);
-        self.check_built(&v)?;
-        Ok(Owned { value: v, paid })
+        let n = self.check_built(&v)?;
+        Ok((Owned { value: v, paid }, n))
     }
 
     /// Reads the set, calling `sink` with each element until it returns `false`.
