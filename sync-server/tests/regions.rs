@@ -409,6 +409,22 @@ fn quiet_point(
 }
 
 /// `Hello` to region `url`: the first frame the region answers.
+/// A GraphQL request to the region at `http` (its HTTP address) as `sub`: the answer.
+fn graphql(http: &str, sub: &str, query: &str) -> serde_json::Value {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut resp = agent
+        .post(format!("{http}/v1/graphql"))
+        .header("authorization", format!("Bearer {}", token(sub)))
+        .header("content-type", "application/json")
+        .send(serde_json::json!({ "query": query }).to_string())
+        .expect("a GraphQL request");
+    serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+}
+
 fn hello_answer(rt: &tokio::runtime::Runtime, url: &str) -> Option<ServerFrame> {
     rt.block_on(async {
         let mut c = RawConnection::connect(url).await.ok()?;
@@ -666,6 +682,17 @@ fn fast() {
         Some("REGION_UNAVAILABLE"),
         "a region cut off from etcd answered a Hello with {answer:?}"
     );
+    // A GraphQL read there waits for the same barrier, and is refused the same way,
+    // not answered from what the region last applied.
+    let answer = graphql(
+        &d.regions[2].http(),
+        "u1",
+        "{ Counter_all(first: 1) { nodes { id } } }",
+    );
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "REGION_UNAVAILABLE",
+        "a region cut off from etcd answered a GraphQL read with {answer}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     d.pause_region(2, false);
     std::thread::sleep(Duration::from_secs(2));
@@ -785,22 +812,11 @@ fn fast() {
     // GraphQL follows the schema in the log: the function the change added is a
     // mutation of every region's GraphQL schema, without a restart.
     for r in 0..3 {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let body = serde_json::json!({
-            "query": format!("mutation {{ bumpTwice(id: \"gql-{r}\") }}")
-        });
-        let mut resp = agent
-            .post(format!("{}/v1/graphql", d.regions[r].http()))
-            .header("authorization", format!("Bearer {}", token("u-gql")))
-            .header("content-type", "application/json")
-            .send(body.to_string())
-            .expect("a GraphQL request");
-        let answer: serde_json::Value =
-            serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        let answer = graphql(
+            &d.regions[r].http(),
+            "u-gql",
+            &format!("mutation {{ bumpTwice(id: \"gql-{r}\") }}"),
+        );
         assert!(
             answer.get("errors").is_none(),
             "region {}: bumpTwice through GraphQL after the schema change: {answer}",

@@ -217,13 +217,27 @@ fn shutting_down() -> async_graphql::Error {
 }
 
 /// A read view of the region's state after everything applied so far, once what the
-/// log held at the server's start is applied ([`crate::gateway::Ready`]).
-pub(crate) async fn snapshot(svc: &Service) -> Result<Arc<ReadView>, async_graphql::Error> {
+/// log held at the server's start is applied ([`crate::gateway::Ready`]); in a region
+/// of many, for a read the caller asked for (`fresh`, not a live query's run again),
+/// also once the region applied what the global log held when it asked
+/// ([`crate::barrier::Barrier`], as for a pull or a welcome).
+pub(crate) async fn snapshot(
+    svc: &Service,
+    fresh: bool,
+) -> Result<Arc<ReadView>, async_graphql::Error> {
     svc.app
         .ready
         .wait()
         .await
         .map_err(|m| error(protocol_codes::REGION_UNAVAILABLE, m))?;
+    if let (true, Some(b)) = (fresh, &svc.app.barrier) {
+        b.wait().await.map_err(|m| {
+            error(
+                protocol_codes::REGION_UNAVAILABLE,
+                format!("{m}; try another region"),
+            )
+        })?;
+    }
     let (tx, rx) = oneshot::channel();
     svc.app
         .region

@@ -238,7 +238,7 @@ fn query_field(name: &str, ty: TypeRef, read: Read, svc: &Arc<Service>, doc: Str
             }
             let snap = caller
                 .snapshot
-                .get_or_try_init(|| exec::snapshot(&svc))
+                .get_or_try_init(|| exec::snapshot(&svc, caller.charged))
                 .await?
                 .clone();
             let (r, reads) = exec::run(&svc, caller, snap, source).await;
