@@ -1476,12 +1476,18 @@ impl IdbStore {
             // the rest of the family was missed by no run (reported whole, a write's
             // miss after a reopen made every pending commit that read a document of
             // the collection run again).
-            let differs = |asked: &KeyRange| {
-                d.entries.iter().any(|(k, _)| asked.contains(k)) || !spans::holds(&d.known, asked)
-            };
             match &d.answers {
-                Some(answers) => gained.extend(answers.iter().filter(|a| differs(a)).cloned()),
-                None if differs(&d.asked) => gained.push(d.asked.clone()),
+                Some(answers) => gained.extend(
+                    answers
+                        .iter()
+                        .filter(|a| holds_any(&d.entries, a) || !spans::holds(&d.known, a))
+                        .cloned(),
+                ),
+                None if d.entries.iter().any(|(k, _)| d.asked.contains(k))
+                    || !spans::holds(&d.known, &d.asked) =>
+                {
+                    gained.push(d.asked.clone())
+                }
                 None => {}
             }
             for (k, v) in d.entries {
@@ -2602,6 +2608,19 @@ impl RunRead {
             _ => None,
         }
     }
+}
+
+/// Whether `entries` (in key order, as a load decides them) hold a key of `r`: a
+/// search, not a walk (a family read ahead answers as many misses as a batch of reads
+/// made, thousands, over as many entries).
+fn holds_any(entries: &[Entry], r: &KeyRange) -> bool {
+    debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+    let i = match &r.start {
+        Bound::Included(s) => entries.partition_point(|(k, _)| k < s),
+        Bound::Excluded(s) => entries.partition_point(|(k, _)| k <= s),
+        Bound::Unbounded => 0,
+    };
+    entries.get(i).is_some_and(|(k, _)| r.contains(k))
 }
 
 /// The range a miss asks about.

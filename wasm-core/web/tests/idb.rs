@@ -1185,6 +1185,19 @@ async fn a_family_read_ahead_gains_only_what_was_missed() {
     assert_eq!(s.stats().records_loaded, 300, "the family was read ahead");
     s.close();
 
+    // Points missed together, some there and some not: those that are.
+    let mut s = IdbStore::open(name).await.unwrap();
+    for id in ["d007", "d008x", "d299", "a", "z"] {
+        assert_eq!(s.get(&doc(id)).unwrap(), None);
+    }
+    let m = s.take_misses();
+    let mut gained = s.load_misses(m).await.unwrap();
+    gained.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    let mut want = vec![KeyRange::point(&doc("d007")), KeyRange::point(&doc("d299"))];
+    want.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    assert_eq!(gained, want);
+    s.close();
+
     // A scan that finds some: its range.
     let mut s = IdbStore::open(name).await.unwrap();
     let some = KeyRange {
