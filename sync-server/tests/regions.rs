@@ -411,12 +411,7 @@ fn quiet_point(
 /// `Hello` to region `url`: the first frame the region answers.
 /// A GraphQL request to the region at `http` (its HTTP address) as `sub`: the answer.
 fn graphql(http: &str, sub: &str, query: &str) -> serde_json::Value {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    let mut resp = agent
+    let mut resp = cluster::http_agent(Duration::from_secs(10))
         .post(format!("{http}/v1/graphql"))
         .header("authorization", format!("Bearer {}", token(sub)))
         .header("content-type", "application/json")

@@ -22,6 +22,16 @@ use netproxy::NetProxy;
 pub const SECRET: &str = "regions-test-secret-0123456789abcdef";
 pub const ADMIN: &str = "regions-test-admin-token";
 
+/// An HTTP client that gives every status as an answer (not an error), each request
+/// bounded by `timeout`.
+pub fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -131,11 +141,7 @@ impl RegionProc {
 
     /// `GET path` with the admin token: (status, body as text).
     pub fn get_text(&self, path: &str) -> Option<(u16, String)> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(5)))
-            .build()
-            .into();
+        let agent = http_agent(Duration::from_secs(5));
         let mut r = agent
             .get(format!("{}{path}", self.http()))
             .header("authorization", format!("Bearer {ADMIN}"))
@@ -147,11 +153,7 @@ impl RegionProc {
 
     /// `GET path` with the admin token: (status, JSON body).
     pub fn get(&self, path: &str) -> Option<(u16, serde_json::Value)> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(5)))
-            .build()
-            .into();
+        let agent = http_agent(Duration::from_secs(5));
         let mut r = agent
             .get(format!("{}{path}", self.http()))
             .header("authorization", format!("Bearer {ADMIN}"))
