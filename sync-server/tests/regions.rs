@@ -408,7 +408,6 @@ fn quiet_point(
     h
 }
 
-/// `Hello` to region `url`: the first frame the region answers.
 /// A GraphQL request to the region at `http` (its HTTP address) as `sub`: the answer.
 fn graphql(http: &str, sub: &str, query: &str) -> serde_json::Value {
     let mut resp = cluster::http_agent(Duration::from_secs(10))
@@ -420,6 +419,7 @@ fn graphql(http: &str, sub: &str, query: &str) -> serde_json::Value {
     serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
 }
 
+/// `Hello` to region `url`: the first frame the region answers.
 fn hello_answer(rt: &tokio::runtime::Runtime, url: &str) -> Option<ServerFrame> {
     rt.block_on(async {
         let mut c = RawConnection::connect(url).await.ok()?;
