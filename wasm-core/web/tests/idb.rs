@@ -1150,6 +1150,10 @@ async fn a_miss_in_a_family_read_ahead_is_read_once() {
 async fn a_family_read_ahead_gains_only_what_was_missed() {
     let name = "ahead-gains";
     let doc = |id: &str| warren_core::keys::doc_key("Doc", id);
+    let ids = |from: &str, to: &str| KeyRange {
+        start: Bound::Included(doc(from)),
+        end: Bound::Excluded(doc(to)),
+    };
     let mut s = fresh(name).await;
     let mut b = Batch::new();
     for i in 0..300u32 {
@@ -1161,10 +1165,7 @@ async fn a_family_read_ahead_gains_only_what_was_missed() {
 
     // A scan of ids no document has: the family is read ahead, and answers it empty.
     let mut s = IdbStore::open(name).await.unwrap();
-    let none = KeyRange {
-        start: Bound::Included(doc("e")),
-        end: Bound::Excluded(doc("f")),
-    };
+    let none = ids("e", "f");
     assert!(s.scan(&none, false, usize::MAX).unwrap().is_empty());
     let m = s.take_misses();
     assert!(!m.is_empty());
@@ -1200,10 +1201,7 @@ async fn a_family_read_ahead_gains_only_what_was_missed() {
 
     // A scan that finds some: its range.
     let mut s = IdbStore::open(name).await.unwrap();
-    let some = KeyRange {
-        start: Bound::Included(doc("d1")),
-        end: Bound::Excluded(doc("d2")),
-    };
+    let some = ids("d1", "d2");
     assert!(s.scan(&some, false, usize::MAX).unwrap().is_empty());
     let m = s.take_misses();
     assert_eq!(s.load_misses(m).await.unwrap(), vec![some.clone()]);
