@@ -708,6 +708,68 @@ async fn both_protocol_versions_are_spoken_and_only_version_2_is_batched() {
     }
 }
 
+/// A push whose commits each make a partition the client may read: the snapshots the
+/// client is owed go batched with the effects and outcomes (version 2), not a message
+/// each, and each still comes before the outcome of the commit that made its partition.
+/// Before, each snapshot was its own message, written before the next was read: a
+/// client back online with 500 writes to 50 new partitions waited for 50 of them, one
+/// at a time, before any outcome came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshots_a_push_makes_come_batched_before_their_outcomes() {
+    let server = TestServer::start("snapshots-batched").await;
+    const N: u64 = 40;
+    let mut raw = server.raw().await;
+    raw.send(&hello("ann-burst", &token("ann"))).await.unwrap();
+    let push = ClientFrame::Push {
+        commits: (1..=N)
+            .map(|s| {
+                run(
+                    s,
+                    &format!(r#"Team.create({{ id: "burst{s}", members: ["ann"] }})"#),
+                )
+            })
+            .collect(),
+    };
+    raw.send(&push).await.unwrap();
+    let (mut messages_with_snapshots, mut snapshots, mut outcomes) = (0, Vec::new(), 0);
+    while outcomes < N {
+        let m = raw.recv_message(WAIT).await.expect("every outcome comes");
+        let mut holds_snapshot = false;
+        for f in ServerFrame::decode_message(&m).unwrap() {
+            match f {
+                ServerFrame::Snapshot {
+                    partition, docs, ..
+                } if partition.starts_with("team:burst") => {
+                    assert_eq!(docs.len(), 1, "{partition}: the team");
+                    holds_snapshot = true;
+                    snapshots.push(partition);
+                }
+                ServerFrame::Outcome { seq, result } => {
+                    outcomes += 1;
+                    assert!(
+                        matches!(result, CommitResult::Committed { .. }),
+                        "{result:?}"
+                    );
+                    let made = format!("team:burst{seq}");
+                    assert!(
+                        snapshots.contains(&made),
+                        "the outcome of {seq} came before the snapshot of {made}"
+                    );
+                }
+                _ => {}
+            }
+        }
+        messages_with_snapshots += usize::from(holds_snapshot);
+    }
+    snapshots.sort();
+    snapshots.dedup();
+    assert_eq!(snapshots.len(), N as usize, "{snapshots:?}");
+    assert!(
+        messages_with_snapshots < N as usize / 4,
+        "{N} snapshots in {messages_with_snapshots} messages"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_cannot_take_over_another_users_client_id() {
     let server = TestServer::start("client-ids").await;

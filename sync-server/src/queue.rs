@@ -15,7 +15,9 @@
 //! A snapshot is queued as what to read ([`crate::region::LazySnapshot`]), not as its
 //! documents: the writer reads it from the state it was taken at a part at a time, each
 //! part a frame of about [`part_bytes`], written before the next is read. So memory per
-//! connection stays below `max_bytes` plus one part, however large its partitions.
+//! connection stays below `max_bytes` plus one part, however large its partitions (and
+//! one batch of snapshots read whole, which the writer may hold to send with other
+//! frames: `gateway::ws`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

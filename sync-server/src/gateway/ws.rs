@@ -628,8 +628,8 @@ async fn write_one(
 /// one frame takes longer than `write_timeout`, or one snapshot longer than
 /// [`SNAPSHOT_TIMEOUT`] (the client does not read: dropped without a word, since
 /// nothing more can reach it). In protocol version 2 the frames queued together go as
-/// batches (up to [`BATCH_BYTES`]); in version 1 each goes alone, its version byte
-/// set to 1.
+/// batches (up to [`BATCH_BYTES`]), a snapshot read whole among them; in version 1 each
+/// goes alone, its version byte set to 1.
 async fn write_loop(
     mut sink: Sink,
     mut rx: FrameRx,
@@ -639,9 +639,8 @@ async fn write_loop(
     part_bytes: usize,
     metrics: Arc<Metrics>,
 ) {
-    // Frames held for a batch (only while more are queued) and their bytes.
-    let mut batch: Vec<queue::Frame> = Vec::new();
-    let mut batch_bytes = 0;
+    // Frames held for a batch (only while more are queued).
+    let mut batch = Batch::default();
     let last = loop {
         let received = tokio::select! {
             biased;
@@ -650,15 +649,14 @@ async fn write_loop(
         };
         // Version 2: a frame joins the frames held for a batch, unless it is an `Error`
         // (which goes alone) or there is no room left; what is held goes before
-        // anything that does not join it.
+        // anything that does not join it. A snapshot may join too: whether it does is
+        // known once it is read (below).
         let joins = match &received {
-            Received::Frame(f) => {
-                version >= 2 && !is_error_frame(f) && batch_bytes + f.len() <= BATCH_BYTES
-            }
+            Received::Frame(f) => version >= 2 && !is_error_frame(f) && batch.fits(f.len()),
+            Received::Snapshot(_) => version >= 2,
             _ => false,
         };
         if !batch.is_empty() && !joins {
-            batch_bytes = 0;
             match write_batch(
                 &mut sink,
                 &mut batch,
@@ -712,6 +710,33 @@ async fn write_loop(
                     };
                     let frame = lazy.snapshot.frame(docs, cursor.done()).encode();
                     metrics.snapshot_part();
+                    // A snapshot read whole in one part (a partition just made or small:
+                    // the usual case), or a large one's last part, joins the batch as a
+                    // frame does when other frames are held or queued (alone, it goes at
+                    // once). A burst of writes that made 50 partitions had its 50
+                    // snapshots sent as 50 messages, each written and flushed before the
+                    // next was read, and the outcomes behind them waited.
+                    let together = !batch.is_empty() || rx.has_more();
+                    if joins && cursor.done() && together && batch.fits(frame.len()) {
+                        batch.push_unqueued(Arc::new(frame));
+                        break;
+                    }
+                    // Else its parts go alone, after what the batch holds.
+                    if !batch.is_empty() {
+                        outcome = write_batch(
+                            &mut sink,
+                            &mut batch,
+                            &rx,
+                            true,
+                            &mut close,
+                            write_timeout,
+                            &metrics,
+                        )
+                        .await;
+                        if !matches!(outcome, Wrote::Done) {
+                            break;
+                        }
+                    }
                     let msg = Message::Binary(in_version(&frame, version).into());
                     // Parts go out at once: the next is read only when this one is sent.
                     outcome =
@@ -722,7 +747,24 @@ async fn write_loop(
                 }
                 rx.written(queue::Item::Snapshot(lazy).len());
                 match outcome {
-                    Wrote::Done => continue,
+                    Wrote::Done if batch.is_empty() || rx.has_more() => continue,
+                    Wrote::Done => {
+                        match write_batch(
+                            &mut sink,
+                            &mut batch,
+                            &rx,
+                            false,
+                            &mut close,
+                            write_timeout,
+                            &metrics,
+                        )
+                        .await
+                        {
+                            Wrote::Done => continue,
+                            Wrote::Closing(m) => break m,
+                            Wrote::Failed => return,
+                        }
+                    }
                     Wrote::Closing(m) => break m,
                     Wrote::Failed => return,
                 }
@@ -745,12 +787,10 @@ async fn write_loop(
             }
         }
         if joins {
-            batch_bytes += len;
-            batch.push(frame);
+            batch.push_queued(frame);
             if rx.has_more() {
                 continue;
             }
-            batch_bytes = 0;
             match write_batch(
                 &mut sink,
                 &mut batch,
@@ -788,18 +828,49 @@ async fn write_loop(
     .await;
 }
 
-/// Writes the frames held in `batch` (protocol version 2) as one message, a batch of
-/// them (or the one frame alone), and counts them written.
+/// Frames held to go as one message (protocol version 2): at most [`BATCH_BYTES`] of
+/// them, and what they count for in the connection's queue, given back once written.
+#[derive(Default)]
+struct Batch {
+    frames: Vec<queue::Frame>,
+    bytes: usize,
+    queued: usize,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn fits(&self, len: usize) -> bool {
+        self.bytes + len <= BATCH_BYTES
+    }
+
+    /// A frame taken from the queue (counted there until written).
+    fn push_queued(&mut self, f: queue::Frame) {
+        self.queued += f.len();
+        self.push_unqueued(f);
+    }
+
+    /// A frame made here (a snapshot read whole: its queue item was given back).
+    fn push_unqueued(&mut self, f: queue::Frame) {
+        self.bytes += f.len();
+        self.frames.push(f);
+    }
+}
+
+/// Writes the frames held in `batch` as one message, a batch of them (or the one frame
+/// alone), and counts them written.
 async fn write_batch(
     sink: &mut Sink,
-    batch: &mut Vec<queue::Frame>,
+    batch: &mut Batch,
     rx: &FrameRx,
     buffer: bool,
     close: &mut oneshot::Receiver<Message>,
     write_timeout: Duration,
     metrics: &Metrics,
 ) -> Wrote {
-    let msg = match batch.as_slice() {
+    let msg = match batch.frames.as_slice() {
         [one] => one.to_vec(),
         all => ServerFrame::batch(all.iter().map(|f| f.as_slice())),
     };
@@ -812,9 +883,9 @@ async fn write_batch(
         metrics,
     )
     .await;
-    for f in batch.drain(..) {
-        rx.written(f.len());
-    }
+    rx.written(std::mem::take(&mut batch.queued));
+    batch.frames.clear();
+    batch.bytes = 0;
     wrote
 }
 
