@@ -12,52 +12,54 @@ use crate::value::Value;
 
 /// Appends `v` as JSON text: object keys in byte order, no spaces; bytes as
 /// `{"$bytes":"<base64>"}`; strings escaped as JSON requires (`"`, `\`, and control
-/// characters; nothing else).
+/// characters; nothing else). The engine's one JSON writer: `toString`, messages, and
+/// every answer handed to JavaScript (`warren-web`'s `json_text`).
 pub fn write_json(out: &mut String, v: &Value) {
-    // Writing to a String cannot fail.
-    let _ = write_json_to(out, v);
-}
-
-/// [`write_json`] into any writer (a formatter: `Display` writes straight through).
-pub fn write_json_to<W: std::fmt::Write>(out: &mut W, v: &Value) -> std::fmt::Result {
     match v {
-        Value::Null => out.write_str("null"),
-        Value::Bool(b) => out.write_str(if *b { "true" } else { "false" }),
-        Value::Int(i) => write!(out, "{i}"),
-        Value::Float(f) => {
-            let mut s = String::new();
-            write_float(&mut s, *f);
-            out.write_str(&s)
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(i) => {
+            use std::fmt::Write as _;
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{i}");
         }
+        Value::Float(f) => write_float(out, *f),
         Value::String(s) => write_str(out, s),
         Value::Bytes(b) => {
-            out.write_str("{\"$bytes\":\"")?;
-            out.write_str(&base64::engine::general_purpose::STANDARD.encode(b))?;
-            out.write_str("\"}")
+            out.push_str("{\"$bytes\":\"");
+            base64::engine::general_purpose::STANDARD.encode_string(b, out);
+            out.push_str("\"}");
         }
         Value::Array(a) => {
-            out.write_char('[')?;
+            out.push('[');
             for (i, x) in a.iter().enumerate() {
                 if i > 0 {
-                    out.write_char(',')?;
+                    out.push(',');
                 }
-                write_json_to(out, x)?;
+                write_json(out, x);
             }
-            out.write_char(']')
+            out.push(']');
         }
         Value::Object(o) => {
-            out.write_char('{')?;
+            out.push('{');
             for (i, (k, x)) in o.iter().enumerate() {
                 if i > 0 {
-                    out.write_char(',')?;
+                    out.push(',');
                 }
-                write_str(out, k)?;
-                out.write_char(':')?;
-                write_json_to(out, x)?;
+                write_str(out, k);
+                out.push(':');
+                write_json(out, x);
             }
-            out.write_char('}')
+            out.push('}');
         }
     }
+}
+
+/// [`write_json`] into any writer (`Display`): the text is made, then written.
+pub fn write_json_to<W: std::fmt::Write>(out: &mut W, v: &Value) -> std::fmt::Result {
+    let mut s = String::new();
+    write_json(&mut s, v);
+    out.write_str(&s)
 }
 
 /// `v` as JSON for a message: the text when it is short, a description when it is not
@@ -118,28 +120,56 @@ fn escape(c: char) -> Option<&'static str> {
     })
 }
 
-fn write_str<W: std::fmt::Write>(out: &mut W, s: &str) -> std::fmt::Result {
+fn write_str(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.write_char('"')?;
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
-        if c >= ' ' && c != '"' && c != '\\' {
-            continue;
-        }
-        out.write_str(&s[start..i])?;
-        start = i + c.len_utf8();
-        match escape(c) {
-            Some(e) => out.write_str(e)?,
-            None => {
-                let b = c as u32;
-                out.write_str("\\u00")?;
-                out.write_char(HEX[(b >> 4) as usize & 15] as char)?;
-                out.write_char(HEX[b as usize & 15] as char)?;
+    out.reserve(s.len() + 2);
+    out.push('"');
+    // Runs of bytes that need no escape are written whole; every byte escaped is ASCII
+    // (a control character, `"` or `\`), so each cut falls between characters. Eight
+    // bytes at a time are passed over while none of them needs an escape (most strings
+    // hold none): a character at a time, a scan's answer spent most of its JSON's time
+    // here (docs/BENCHMARKS.md, "JSON strings scanned eight bytes at a time").
+    let bytes = s.as_bytes();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        if let Some(Ok(word)) = bytes.get(i..i + 8).map(<[u8; 8]>::try_from) {
+            if !needs_escape(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
             }
         }
+        let b = bytes[i];
+        if b >= b' ' && b != b'"' && b != b'\\' {
+            i += 1;
+            continue;
+        }
+        out.push_str(&s[start..i]);
+        match escape(char::from(b)) {
+            Some(e) => out.push_str(e),
+            None => {
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 15)]));
+            }
+        }
+        i += 1;
+        start = i;
     }
-    out.write_str(&s[start..])?;
-    out.write_char('"')
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// Whether any of the eight bytes of `word` needs an escape in a JSON string: a control
+/// character (under 0x20), `"` or `\`. Exact, by the classic test: for `n` up to 0x80,
+/// `(x - n·0x0101…) & !x & 0x8080…` is nonzero exactly when a byte of `x` is under `n`;
+/// a byte equal to `c` is a byte of `x ^ c·0x0101…` under 1.
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = u64::MAX / 255;
+    const HIGH: u64 = ONES * 0x80;
+    let under = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH != 0;
+    under(word, 0x20)
+        || under(word ^ (ONES * u64::from(b'"')), 1)
+        || under(word ^ (ONES * u64::from(b'\\')), 1)
 }
 
 fn str_len(s: &str) -> usize {
@@ -438,6 +468,68 @@ mod tests {
                     "{s} is not the shortest ({e})"
                 );
             }
+        }
+    }
+
+    /// Whatever needs an escape is found wherever it stands against the eight-byte
+    /// steps: each such character (and characters around them that need none) at every
+    /// place of strings up to 24 characters, among ASCII and characters of 2 to 4
+    /// bytes; the text is serde_json's to the byte, and its length `json_len`'s.
+    #[test]
+    fn strings_are_escaped_at_every_place() {
+        let specials = [
+            '"', '\\', '\n', '\r', '\t', '\u{8}', '\u{c}', '\u{0}', '\u{1f}', ' ', '!', '#', '[',
+            ']', '\u{7f}', 'é', '😀',
+        ];
+        for len in 0..24 {
+            for at in 0..len {
+                for c in specials {
+                    for fill in ['a', 'é'] {
+                        let s: String = (0..len).map(|i| if i == at { c } else { fill }).collect();
+                        let v = Value::String(s.clone());
+                        let mut text = String::new();
+                        write_json(&mut text, &v);
+                        assert_eq!(text, serde_json::to_string(&s).unwrap(), "{s:?}");
+                        assert_eq!(json_len(&v), text.len(), "{s:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The word test against a byte at a time, on seeded words whose bytes are drawn
+    /// mostly around the bytes it must find.
+    #[test]
+    fn needs_escape_is_exact() {
+        let seed: u64 = 0x6a50_e5ca_9e11;
+        println!("seed {seed:#x}");
+        let mut x = seed;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let near = [
+            0x00, 0x01, 0x1f, 0x20, 0x21, 0x22, 0x23, 0x5b, 0x5c, 0x5d, 0x7f, 0x80, 0x9f, 0xa0,
+            0xa2, 0xdc, 0xff,
+        ];
+        for _ in 0..200_000 {
+            let r = next();
+            let bytes: [u8; 8] = std::array::from_fn(|i| {
+                let pick = (r >> (8 * i)) as u8;
+                if pick.is_multiple_of(4) {
+                    pick
+                } else {
+                    near[usize::from(pick) % near.len()]
+                }
+            });
+            let want = bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            assert_eq!(
+                needs_escape(u64::from_le_bytes(bytes)),
+                want,
+                "{bytes:02x?}"
+            );
         }
     }
 
