@@ -641,6 +641,22 @@ async fn write_loop(
 ) {
     // Frames held for a batch (only while more are queued).
     let mut batch = Batch::default();
+    // Writes what the batch holds (`buffer`: the next write sends it), with what every
+    // write of this connection takes.
+    macro_rules! batch_write {
+        ($buffer:expr) => {
+            write_batch(
+                &mut sink,
+                &mut batch,
+                &rx,
+                $buffer,
+                &mut close,
+                write_timeout,
+                &metrics,
+            )
+            .await
+        };
+    }
     let last = loop {
         let received = tokio::select! {
             biased;
@@ -656,18 +672,8 @@ async fn write_loop(
             Received::Snapshot(_) => version >= 2,
             _ => false,
         };
-        if !batch.is_empty() && !joins {
-            match write_batch(
-                &mut sink,
-                &mut batch,
-                &rx,
-                true,
-                &mut close,
-                write_timeout,
-                &metrics,
-            )
-            .await
-            {
+        if !joins {
+            match batch_write!(true) {
                 Wrote::Done => {}
                 Wrote::Closing(m) => break m,
                 Wrote::Failed => return,
@@ -722,20 +728,9 @@ async fn write_loop(
                         break;
                     }
                     // Else its parts go alone, after what the batch holds.
-                    if !batch.is_empty() {
-                        outcome = write_batch(
-                            &mut sink,
-                            &mut batch,
-                            &rx,
-                            true,
-                            &mut close,
-                            write_timeout,
-                            &metrics,
-                        )
-                        .await;
-                        if !matches!(outcome, Wrote::Done) {
-                            break;
-                        }
+                    outcome = batch_write!(true);
+                    if !matches!(outcome, Wrote::Done) {
+                        break;
                     }
                     let msg = Message::Binary(in_version(&frame, version).into());
                     // Parts go out at once: the next is read only when this one is sent.
@@ -746,25 +741,13 @@ async fn write_loop(
                     }
                 }
                 rx.written(queue::Item::Snapshot(lazy).len());
+                // What the batch holds goes once nothing more is queued (until then,
+                // more may join it).
+                if matches!(outcome, Wrote::Done) && !rx.has_more() {
+                    outcome = batch_write!(false);
+                }
                 match outcome {
-                    Wrote::Done if batch.is_empty() || rx.has_more() => continue,
-                    Wrote::Done => {
-                        match write_batch(
-                            &mut sink,
-                            &mut batch,
-                            &rx,
-                            false,
-                            &mut close,
-                            write_timeout,
-                            &metrics,
-                        )
-                        .await
-                        {
-                            Wrote::Done => continue,
-                            Wrote::Closing(m) => break m,
-                            Wrote::Failed => return,
-                        }
-                    }
+                    Wrote::Done => continue,
                     Wrote::Closing(m) => break m,
                     Wrote::Failed => return,
                 }
@@ -791,17 +774,7 @@ async fn write_loop(
             if rx.has_more() {
                 continue;
             }
-            match write_batch(
-                &mut sink,
-                &mut batch,
-                &rx,
-                false,
-                &mut close,
-                write_timeout,
-                &metrics,
-            )
-            .await
-            {
+            match batch_write!(false) {
                 Wrote::Done => continue,
                 Wrote::Closing(m) => break m,
                 Wrote::Failed => return,
@@ -860,7 +833,7 @@ impl Batch {
 }
 
 /// Writes the frames held in `batch` as one message, a batch of them (or the one frame
-/// alone), and counts them written.
+/// alone), and counts them written; nothing when it holds none.
 async fn write_batch(
     sink: &mut Sink,
     batch: &mut Batch,
@@ -870,6 +843,9 @@ async fn write_batch(
     write_timeout: Duration,
     metrics: &Metrics,
 ) -> Wrote {
+    if batch.is_empty() {
+        return Wrote::Done;
+    }
     let msg = match batch.frames.as_slice() {
         [one] => one.to_vec(),
         all => ServerFrame::batch(all.iter().map(|f| f.as_slice())),
