@@ -13,7 +13,10 @@
 //!   rules, and its partition quota stops it;
 //! - **clients that do not read a large partition**: many connections of one user
 //!   holding a 25 MB partition, none reading; the server's memory grows by about a part
-//!   per connection, not by the partition.
+//!   per connection, not by the partition;
+//! - **clients that do not read many partitions**: many connections of one user owed
+//!   200 snapshots of 200 KB each, none reading; each holds at most a batch of them
+//!   (the snapshots read whole go out batched), not all 40 MB.
 
 mod serving;
 
@@ -609,6 +612,34 @@ async fn sink(url: &str, client_id: &str, sub: &str) -> tokio::net::TcpStream {
     ws.into_inner()
 }
 
+/// `sub` pushes `n` commits over HTTP (`source(k)` each, `k` from 0), all committed.
+async fn push_setup(addr: &str, sub: &str, n: u64, source: impl Fn(u64) -> String) {
+    let commits: Vec<serde_json::Value> = (0..n)
+        .map(|k| serde_json::json!({ "seq": k + 1, "source": source(k) }))
+        .collect();
+    let body = serde_json::json!({ "client_id": "setup", "commits": commits }).to_string();
+    let (status, body) = http(addr, "POST", "/v1/push", Some(sub), &body)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("rejected"), "{body}");
+}
+
+/// `n` connections of `sub` that never read (kept open), and the server's peak memory
+/// over the 3 s after they connect, in KiB.
+async fn sinks_and_peak(server: &Server, sub: &str, n: usize) -> (Vec<tokio::net::TcpStream>, u64) {
+    let mut sinks = Vec::new();
+    for i in 0..n {
+        sinks.push(sink(&server.url(), &format!("{sub}-sink-{i}"), sub).await);
+    }
+    let mut peak = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(server.rss_kib());
+    }
+    (sinks, peak)
+}
+
 #[test]
 fn clients_that_do_not_read_a_large_partition_hold_a_part_each() {
     let mut server = Server::start("parts", &[], None);
@@ -619,33 +650,17 @@ fn clients_that_do_not_read_a_large_partition_hold_a_part_each() {
         .unwrap();
     let url = server.url();
     let addr = server.addr.clone();
-    rt.block_on(async {
-        // ann's partition: 100 notes of 250 KB, 25 MB.
-        let commits: Vec<serde_json::Value> = (0..5)
-            .map(|k| {
-                serde_json::json!({ "seq": k + 1, "source": format!(
-                    "range(20).map(i => Note.create({{ id: \"n{k}-\" + toString(i), owner: \"ann\", body: \"x\".repeat(250000) }}).id)"
-                ) })
-            })
-            .collect();
-        let body = serde_json::json!({ "client_id": "setup", "commits": commits }).to_string();
-        let (status, body) = http(&addr, "POST", "/v1/push", Some("ann"), &body).await.unwrap();
-        assert_eq!(status, 200, "{body}");
-        assert!(!body.contains("rejected"), "{body}");
-    });
+    // ann's partition: 100 notes of 250 KB, 25 MB.
+    rt.block_on(push_setup(&addr, "ann", 5, |k| {
+        format!(
+            "range(20).map(i => Note.create({{ id: \"n{k}-\" + toString(i), owner: \"ann\", body: \"x\".repeat(250000) }}).id)"
+        )
+    }));
     std::thread::sleep(Duration::from_millis(500));
     let baseline = server.rss_kib();
     let peak = rt.block_on(async {
         // 16 connections of ann's that never read: each is owed the 25 MB snapshot.
-        let mut sinks = Vec::new();
-        for i in 0..16 {
-            sinks.push(sink(&url, &format!("ann-sink-{i}"), "ann").await);
-        }
-        let mut peak = 0;
-        for _ in 0..30 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            peak = peak.max(server.rss_kib());
-        }
+        let (sinks, mut peak) = sinks_and_peak(&server, "ann", 16).await;
         // A client that reads gets the whole partition meanwhile.
         let (mut raw, _) = welcomed(&url, "ann-reader", "ann", Duration::from_secs(10)).await;
         let frames = raw
@@ -675,6 +690,55 @@ fn clients_that_do_not_read_a_large_partition_hold_a_part_each() {
     );
     // A part is 2 MiB (a quarter of the 8 MiB queue): about that per connection,
     // where a whole snapshot each would be 400 MB.
+    assert!(grew < 160 * 1024, "the server grew by {grew} KiB");
+    assert!(server.alive());
+}
+
+/// Snapshots read whole go out batched with other frames (protocol version 2), not
+/// counted in the connection's queue while the batch holds them: a connection that
+/// never reads, owed 200 snapshots of 200 KB (40 MB), holds at most one batch of them
+/// (256 KiB) beyond its queue, not all it is owed.
+#[test]
+fn clients_that_do_not_read_many_partitions_hold_a_batch_each() {
+    let mut server = Server::start(
+        "batches",
+        // The setup's 40 MB in one push: no quota, no region-time budget.
+        &[
+            "--quota-bytes",
+            "0",
+            "--quota-partitions",
+            "0",
+            "--cost-ms-per-sec",
+            "0",
+        ],
+        None,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = server.addr.clone();
+    // mal's 200 partitions, a document of 200 KB each.
+    rt.block_on(push_setup(&addr, "mal", 10, |k| {
+        format!(
+            "range(20).map(i => Space.create({{ id: \"s{k}-\" + toString(i), space: \"mal:p{k}-\" + toString(i), body: \"x\".repeat(200000) }}).id)"
+        )
+    }));
+    std::thread::sleep(Duration::from_millis(500));
+    let baseline = server.rss_kib();
+    let peak = rt.block_on(async {
+        // 16 connections of mal's that never read: each is owed the 200 snapshots.
+        let (sinks, peak) = sinks_and_peak(&server, "mal", 16).await;
+        drop(sinks);
+        peak
+    });
+    let grew = peak.saturating_sub(baseline);
+    println!(
+        "16 connections that do not read 200 partitions of 200 KB: the server grew by {} MiB",
+        grew / 1024
+    );
+    // All they are owed would be 640 MB.
     assert!(grew < 160 * 1024, "the server grew by {grew} KiB");
     assert!(server.alive());
 }
