@@ -90,23 +90,17 @@ mod tests {
     fn orders_as_byte_strings_do() {
         let seed: u64 = 0x5eed_0fb1_7e5a;
         println!("seed {seed:#x}");
-        let mut s = seed;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut rng = warren_core::testing::Rng::new(seed);
         for _ in 0..20_000 {
-            let n = (next() % 41) as usize;
-            let a: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            let n = rng.index(41);
+            let a: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
             let mut b = a.clone();
-            if n > 0 && next() % 4 != 0 {
-                let at = (next() % n as u64) as usize;
-                b[at] = next() as u8;
-                if next() % 2 == 0 {
+            if n > 0 && !rng.chance(25) {
+                let at = rng.index(n);
+                b[at] = rng.next() as u8;
+                if rng.chance(50) {
                     for x in &mut b[at + 1..] {
-                        *x = next() as u8;
+                        *x = rng.next() as u8;
                     }
                 }
             }
