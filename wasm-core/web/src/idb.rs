@@ -1458,8 +1458,10 @@ impl IdbStore {
             if d.known.is_empty() {
                 continue;
             }
+            // (A point whose blocks were read for points before takes in all they hold:
+            // found is the point itself there.)
             if let Some(f) = point_of(&d.asked)
-                .filter(|_| !d.entries.is_empty())
+                .filter(|_| holds_any(&d.entries, &d.asked))
                 .and_then(family_of)
             {
                 self.found_in.insert(f);
