@@ -249,10 +249,10 @@ impl Running {
                                     .load(Ordering::Relaxed),
                                 wall_ms: now_ms(),
                             };
-                            let _ = sh.log.put(&Key::State(sh.name.clone()), &state.encode());
+                            put_retrying(&*sh.log, &Key::State(sh.name.clone()), &state.encode());
                         }
                         let why = format!("{code}: {message}");
-                        let _ = sh.log.put(&Key::Fence(sh.name.clone()), why.as_bytes());
+                        put_retrying(&*sh.log, &Key::Fence(sh.name.clone()), why.as_bytes());
                     }
                 }
                 sh.stop.store(true, Ordering::Relaxed);
@@ -544,6 +544,15 @@ fn until_available<T>(
             }
             r => return r,
         }
+    }
+}
+
+/// Writes a stopping region's last word to the shared log (its digest where it diverged,
+/// its fence): retried while etcd is unavailable, for up to 10 s. A failure is logged;
+/// the region stops either way.
+fn put_retrying(log: &dyn SharedLog, key: &Key, value: &[u8]) {
+    if let Err(e) = until_available(Duration::from_secs(10), || log.put(key, value)) {
+        tracing::error!("could not write {key:?} to the shared log: {e}");
     }
 }
 

@@ -38,7 +38,7 @@ use warren_server::auth;
 use warren_server::client::{Client, ClientOptions, RawConnection};
 use warren_server::gateway::scoped_client_id;
 use warren_server::log::etcd::{EtcdClient, EtcdOptions, EtcdTls};
-use warren_server::log::shared::{EtcdLog, SharedLog};
+use warren_server::log::shared::{EtcdLog, Key, LogEvent, SharedLog};
 
 /// Counters (each client bumps its own), and a team whose members read its tasks.
 const SCHEMA: &str = r#"
@@ -524,7 +524,7 @@ fn fast() {
     // A region whose engine or execution settings differ from the deployment's
     // refuses to start.
     {
-        use warren_server::log::shared::{Key, Meta};
+        use warren_server::log::shared::Meta;
         let client = d.etcd.client();
         let mut old = Meta::ours(&Default::default());
         old.engine = "warren-core/0.0.1+exec0".into();
@@ -973,6 +973,15 @@ fn fast() {
             d.regions[i].name
         );
     }
+    // The fences are the regions' last writes: the observer may not have seen r4's yet
+    // (it once had only the others', the machine busy).
+    let r4_fenced = |events: &[LogEvent]| {
+        events.iter().any(|e| {
+            matches!(e, LogEvent::Change { key: Key::Fence(r), value: Some(why), .. }
+                if r == "r4" && why.starts_with(b"REGION_DIVERGED"))
+        })
+    };
+    wait_until(WAIT, || r4_fenced(&observer.events()));
     let h = History::of(&observer.events());
     assert!(
         h.fences
