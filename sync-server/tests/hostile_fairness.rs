@@ -267,6 +267,15 @@ async fn bumps(
     out
 }
 
+/// The tests' client runtime (two worker threads).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn sockets_that_never_log_in_do_not_lock_users_out() {
     // 1,024 open files at most (soft 256, raised to 1,024 by the server): 768
@@ -283,11 +292,7 @@ fn sockets_that_never_log_in_do_not_lock_users_out() {
         ],
         Some((256, 1024)),
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let url = server.url();
     let addr = server.addr.clone();
     let baseline = server.rss_kib();
@@ -441,11 +446,7 @@ fn sockets_that_never_log_in_do_not_lock_users_out() {
 fn a_cost_abuser_does_not_delay_the_others() {
     // Two of mallory's commits in flight at most.
     let mut server = Server::start("cost", &["--max-in-flight", "2"], None);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let url = server.url();
     rt.block_on(async {
         let (mut mallory, _) = welcomed(&url, "mallory-1", "mallory", Duration::from_secs(10)).await;
@@ -520,11 +521,7 @@ fn a_cost_abuser_does_not_delay_the_others() {
 #[test]
 fn a_partition_spammer_costs_the_others_no_read_rule() {
     let mut server = Server::start("spam", &["--quota-partitions", "2500"], None);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let url = server.url();
     let addr = server.addr.clone();
     rt.block_on(async {
@@ -643,11 +640,7 @@ async fn sinks_and_peak(server: &Server, sub: &str, n: usize) -> (Vec<tokio::net
 #[test]
 fn clients_that_do_not_read_a_large_partition_hold_a_part_each() {
     let mut server = Server::start("parts", &[], None);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let url = server.url();
     let addr = server.addr.clone();
     // ann's partition: 100 notes of 250 KB, 25 MB.
@@ -713,11 +706,7 @@ fn clients_that_do_not_read_many_partitions_hold_a_batch_each() {
         ],
         None,
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let addr = server.addr.clone();
     // mal's 200 partitions, a document of 200 KB each.
     rt.block_on(push_setup(&addr, "mal", 10, |k| {

@@ -21,6 +21,18 @@ async fn fresh(name: &str) -> IdbStore {
     s
 }
 
+/// A fresh database holding `entries`, written by one flush.
+async fn holding(name: &str, entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> IdbStore {
+    let mut s = fresh(name).await;
+    let mut b = Batch::new();
+    for (k, v) in entries {
+        b.put(k, v);
+    }
+    s.apply(b).unwrap();
+    s.flush().await.unwrap();
+    s
+}
+
 /// Runs one conformance check on a fresh database, flushes it (a write-ahead record
 /// when the check left few writes), reopens it and compares what IndexedDB returns with
 /// what the check left; then applies what was reopened to `kv` and compares again.
@@ -1083,14 +1095,8 @@ async fn a_load_applies_no_record() {
 async fn a_miss_in_a_family_read_ahead_is_read_once() {
     let name = "ahead-once";
     let doc = |i: u32| warren_core::keys::doc_key("Doc", &format!("d{i}"));
-    let mut s = fresh(name).await;
-    let mut b = Batch::new();
     // About 300 KiB: small beside the default cache, not beside the smallest.
-    for i in 0..300u32 {
-        b.put(doc(i), vec![i as u8; 1000]);
-    }
-    s.apply(b).unwrap();
-    s.flush().await.unwrap();
+    let s = holding(name, (0..300u32).map(|i| (doc(i), vec![i as u8; 1000]))).await;
     s.close();
     let batch: Vec<u32> = (10..26).collect();
 
@@ -1163,13 +1169,7 @@ async fn a_miss_in_a_family_read_ahead_is_read_once() {
 async fn a_point_not_there_reads_no_family() {
     let name = "ahead-probe";
     let doc = |i: u32| warren_core::keys::doc_key("Doc", &format!("d{i:03}"));
-    let mut s = fresh(name).await;
-    let mut b = Batch::new();
-    for i in 0..300u32 {
-        b.put(doc(i), vec![7; 1000]);
-    }
-    s.apply(b).unwrap();
-    s.flush().await.unwrap();
+    let mut s = holding(name, (0..300u32).map(|i| (doc(i), vec![7; 1000]))).await;
     let mut b = Batch::new();
     b.delete(doc(150));
     b.delete(doc(151));
@@ -1235,13 +1235,11 @@ async fn a_family_read_ahead_gains_only_what_was_missed() {
         start: Bound::Included(doc(from)),
         end: Bound::Excluded(doc(to)),
     };
-    let mut s = fresh(name).await;
-    let mut b = Batch::new();
-    for i in 0..300u32 {
-        b.put(doc(&format!("d{i:03}")), vec![1; 100]);
-    }
-    s.apply(b).unwrap();
-    s.flush().await.unwrap();
+    let s = holding(
+        name,
+        (0..300u32).map(|i| (doc(&format!("d{i:03}")), vec![1; 100])),
+    )
+    .await;
     s.close();
 
     // A scan of ids no document has: the family is read ahead, and answers it empty.
