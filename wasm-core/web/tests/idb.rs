@@ -305,6 +305,59 @@ async fn a_store_that_lost_its_claim_writes_nothing() {
     assert_eq!(check.get(b"k3").unwrap(), Some(b"new".to_vec()));
 }
 
+/// Every write of a leader whose epoch a claim ended fails whole, not only an apply's:
+/// a merge's (its blocks and records) and a small flush's (a write-ahead record).
+#[wasm_bindgen_test]
+async fn a_claim_fences_merges_and_write_ahead_records() {
+    let name = "fenced-merge";
+    let mut a = fresh(name).await;
+    a.claim().await.unwrap();
+    // Four runs of one size: a merge starts as the last one settles.
+    for c in 0..4u8 {
+        let mut b = Batch::new();
+        for i in 0..50u8 {
+            b.put(vec![b'D', c, i], vec![c; 100]);
+        }
+        a.apply(b).unwrap();
+        a.flush().await.unwrap();
+    }
+    let mut b = IdbStore::open(name).await.unwrap();
+    b.claim().await.unwrap();
+    let (meta, blocks) = (raw_keys(name, "meta").await, stored_blocks(name).await);
+    let e = a
+        .merge_all()
+        .await
+        .expect_err("the merge's writes are fenced");
+    assert_eq!(e.code, ErrorCode::Storage);
+    assert!(a.is_fenced());
+    assert_eq!(raw_keys(name, "meta").await, meta, "no record of the merge");
+    assert_eq!(stored_blocks(name).await, blocks, "nor any of its blocks");
+
+    // A small flush is a write-ahead record, fenced as well.
+    let small = |s: &mut IdbStore, v: &[u8]| {
+        let mut w = Batch::new();
+        w.put(b"k".to_vec(), v.to_vec());
+        s.apply(w).unwrap();
+        s.begin_flush().unwrap();
+    };
+    b.load(&KeyRange::prefix(b"k")).await.unwrap();
+    small(&mut b, b"b");
+    b.settled().await.expect("the leader writes");
+    let mut c = IdbStore::open(name).await.unwrap();
+    c.claim().await.unwrap();
+    small(&mut b, b"stale");
+    let e = b
+        .settled()
+        .await
+        .expect_err("the old leader's record is fenced");
+    assert_eq!(e.code, ErrorCode::Storage);
+    assert!(b.is_fenced());
+    c.load(&KeyRange::prefix(b"k")).await.unwrap();
+    assert_eq!(c.get(b"k").unwrap(), Some(b"b".to_vec()));
+    c.close();
+    IdbStore::delete(name).await.unwrap();
+}
+
 /// The misses of one run load together (one read transaction), keys written here are
 /// known without a load, keys never written are known absent without a load (the key
 /// filter), and a load says which of the ranges missed gained data.
