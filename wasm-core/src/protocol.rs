@@ -337,6 +337,19 @@ pub fn frame_version(bytes: &[u8]) -> Option<u8> {
     bytes.first().copied()
 }
 
+/// A `Push` frame of `commits` (each its sequence number, schema version and
+/// operation), encoded as [`ClientFrame::encode`] encodes it, from borrowed parts.
+pub fn encode_push<'a>(commits: impl ExactSizeIterator<Item = (u64, &'a str, &'a Op)>) -> Vec<u8> {
+    let mut out = vec![PROTOCOL_VERSION, F_PUSH];
+    write_varint(&mut out, commits.len() as u64);
+    for (seq, schema_version, op) in commits {
+        write_varint(&mut out, seq);
+        put_str(&mut out, schema_version);
+        put_op(&mut out, op);
+    }
+    out
+}
+
 impl ClientFrame {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![PROTOCOL_VERSION];
@@ -360,13 +373,11 @@ impl ClientFrame {
                 }
             }
             ClientFrame::Push { commits } => {
-                out.push(F_PUSH);
-                write_varint(&mut out, commits.len() as u64);
-                for c in commits {
-                    write_varint(&mut out, c.seq);
-                    put_str(&mut out, &c.schema_version);
-                    put_op(&mut out, &c.op);
-                }
+                return encode_push(
+                    commits
+                        .iter()
+                        .map(|c| (c.seq, c.schema_version.as_str(), &c.op)),
+                );
             }
             ClientFrame::Ping { nonce } => {
                 out.push(F_PING);

@@ -44,8 +44,8 @@ use crate::eval::Limits;
 use crate::exec::{self, Commit, Op, Outcome, Write};
 use crate::keys;
 use crate::protocol::{
-    decode_log_entry, encode_log_entry, ClientCommit, ClientFrame, CommitResult, ServerFrame,
-    SnapshotDoc,
+    decode_log_entry, encode_log_entry, encode_push, ClientCommit, ClientFrame, CommitResult,
+    ServerFrame, SnapshotDoc,
 };
 use crate::schema::Schema;
 use crate::storage::{scan_all, Batch, KeyRange, Overlay, Reads, Recorder, Storage};
@@ -756,38 +756,64 @@ impl<S: Storage> Replica<S> {
     /// [`Replica::outgoing`], up to sequence number `last`: a driver whose store makes
     /// writes durable later than `mutate` returns sends only those already durable.
     pub fn outgoing_upto(&mut self, last: u64) -> Vec<ClientFrame> {
-        let unsent: Vec<ClientCommit> = self
-            .unsent_upto(last)
-            .map(|p| ClientCommit {
-                seq: p.seq,
-                schema_version: p.schema_version.clone(),
-                op: p.op.clone(),
+        let chunks = self.take_unsent(last);
+        chunks
+            .into_iter()
+            .map(|c| ClientFrame::Push {
+                commits: self.pending[c]
+                    .iter()
+                    .map(|p| ClientCommit {
+                        seq: p.seq,
+                        schema_version: p.schema_version.clone(),
+                        op: p.op.clone(),
+                    })
+                    .collect(),
             })
-            .collect();
-        if let Some(last) = unsent.last() {
-            self.sent_upto = last.seq;
-            self.maybe_sent = self.maybe_sent.max(last.seq);
+            .collect()
+    }
+
+    /// [`Replica::outgoing_upto`], each frame encoded (as [`ClientFrame::encode`]
+    /// would), straight from the outbox: no commit is copied to be sent.
+    pub fn outgoing_encoded_upto(&mut self, last: u64) -> Vec<Vec<u8>> {
+        let chunks = self.take_unsent(last);
+        chunks
+            .into_iter()
+            .map(|c| {
+                encode_push(
+                    self.pending[c]
+                        .iter()
+                        .map(|p| (p.seq, p.schema_version.as_str(), &p.op)),
+                )
+            })
+            .collect()
+    }
+
+    /// Marks the pending commits up to `last` not yet sent on this connection as sent,
+    /// and gives them as the outbox's index ranges of the frames they go in: at most
+    /// PUSH_CHUNK commits and about PUSH_MAX_BYTES a frame, so that a long offline queue
+    /// of large commits never makes a frame the server refuses.
+    fn take_unsent(&mut self, last: u64) -> Vec<std::ops::Range<usize>> {
+        let from = self.first_unsent();
+        // Pending commits are in sequence order.
+        let to = from + self.pending[from..].partition_point(|p| p.seq <= last);
+        if let Some(p) = self.pending[from..to].last() {
+            self.sent_upto = p.seq;
+            self.maybe_sent = self.maybe_sent.max(p.seq);
         }
-        // At most PUSH_CHUNK commits and about PUSH_MAX_BYTES a frame, so that a long
-        // offline queue of large commits never makes a frame the server refuses.
-        let mut frames = Vec::new();
-        let mut chunk: Vec<ClientCommit> = Vec::new();
-        let mut bytes = 0;
-        for c in unsent {
-            let size = approx_size(&c);
-            if !chunk.is_empty() && (chunk.len() == PUSH_CHUNK || bytes + size > PUSH_MAX_BYTES) {
-                frames.push(ClientFrame::Push {
-                    commits: std::mem::take(&mut chunk),
-                });
-                bytes = 0;
+        let mut chunks = Vec::new();
+        let (mut start, mut bytes) = (from, 0);
+        for (i, p) in self.pending.iter().enumerate().take(to).skip(from) {
+            let size = approx_size(&p.schema_version, &p.op);
+            if i > start && (i - start == PUSH_CHUNK || bytes + size > PUSH_MAX_BYTES) {
+                chunks.push(start..i);
+                (start, bytes) = (i, 0);
             }
             bytes += size;
-            chunk.push(c);
         }
-        if !chunk.is_empty() {
-            frames.push(ClientFrame::Push { commits: chunk });
+        if to > start {
+            chunks.push(start..to);
         }
-        frames
+        chunks
     }
 
     /// Whether [`Replica::outgoing_upto`] would send anything now.
@@ -798,16 +824,20 @@ impl<S: Storage> Replica<S> {
     /// The pending commits not yet sent on this connection, up to sequence number
     /// `last` (none while disconnected or stalled).
     fn unsent_upto(&self, last: u64) -> impl Iterator<Item = &Pending> {
-        let sendable = self.connected && !self.stalled;
-        // Pending commits are in sequence order: start at the first unsent one.
-        let from = if sendable {
+        self.pending[self.first_unsent()..]
+            .iter()
+            .take_while(move |p| p.seq <= last)
+    }
+
+    /// Where the pending commits not yet sent on this connection begin in the outbox
+    /// (its end while disconnected or stalled).
+    fn first_unsent(&self) -> usize {
+        if self.connected && !self.stalled {
+            // Pending commits are in sequence order.
             self.pending.partition_point(|p| p.seq <= self.sent_upto)
         } else {
             self.pending.len()
-        };
-        self.pending[from..]
-            .iter()
-            .take_while(move |p| p.seq <= last)
+        }
     }
 
     /// Takes in a frame from the server, to be handled when [`Replica::take_ready`]
@@ -1301,10 +1331,10 @@ impl<S: Storage> Replica<S> {
 }
 
 /// About the bytes a commit takes in a `Push` (without encoding it).
-fn approx_size(c: &ClientCommit) -> usize {
-    let op = match &c.op {
+fn approx_size(schema_version: &str, op: &Op) -> usize {
+    let op = match op {
         Op::Call { function, args } => function.len() + args.encoded_len(),
         Op::Run { source } => source.len(),
     };
-    16 + c.schema_version.len() + op
+    16 + schema_version.len() + op
 }

@@ -2254,3 +2254,62 @@ fn an_outcome_before_a_welcome_still_counts_for_the_frames_after_it() {
     r.receive(effects);
     assert_eq!(r.handle_ready().unwrap(), 2);
 }
+
+/// The outbox's frames encoded straight from it (`outgoing_encoded_upto`, what the
+/// browser sends) are the frames `outgoing_upto` gives, encoded: the same commits in
+/// the same frames (cut by count and by size), up to the same sequence number, and
+/// marked sent alike (nothing is sent twice).
+#[test]
+fn outgoing_frames_encoded_from_the_outbox_are_the_frames_encoded() {
+    let big = "x".repeat(60 * 1024);
+    let replica = || {
+        let mut r = Replica::open(MemoryStore::new(), "c", Some(SCHEMA)).unwrap();
+        r.set_auth(user("ann"));
+        for i in 0..260i64 {
+            let title = if (150..160).contains(&i) {
+                big.as_str()
+            } else {
+                "t"
+            };
+            r.mutate(
+                call(
+                    "addTodo",
+                    obj([
+                        ("id", format!("t{i}").into()),
+                        ("title", title.into()),
+                        ("created", Value::Int(i)),
+                    ]),
+                ),
+                0,
+            )
+            .unwrap();
+        }
+        let version = r.schema().unwrap().version().to_owned();
+        r.handle(ServerFrame::Welcome {
+            schema_version: version,
+            schema_source: SCHEMA.into(),
+            position: 0,
+            applied_seq: 0,
+            partitions: vec![],
+        })
+        .unwrap();
+        r
+    };
+    let (mut a, mut b) = (replica(), replica());
+    let (mut sent, mut frames) = (Vec::new(), 0);
+    for last in [120, 240, u64::MAX, u64::MAX] {
+        let want = a.outgoing_upto(last);
+        let got = b.outgoing_encoded_upto(last);
+        assert_eq!(
+            got,
+            want.iter().map(ClientFrame::encode).collect::<Vec<_>>(),
+            "up to {last}"
+        );
+        sent.extend(push_seqs(&want));
+        frames += got.len();
+    }
+    assert_eq!(sent, (1..=260).collect::<Vec<u64>>(), "each once, in order");
+    // Up to 120: 100 and 20. Up to 240: 29 small and 4 large (256 KiB at most a
+    // frame), 4 large, 2 large and 81 small. The rest: 20.
+    assert_eq!(frames, 6);
+}

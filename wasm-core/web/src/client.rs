@@ -1834,8 +1834,13 @@ impl Shared {
     }
 
     fn send_frame(&self, f: &ClientFrame) {
+        self.send_bytes(&f.encode());
+    }
+
+    /// Sends an encoded frame, if connected.
+    fn send_bytes(&self, frame: &[u8]) {
         if let Some((ws, _)) = &*self.ws.borrow() {
-            let _ = ws.send_with_u8_array(&f.encode());
+            let _ = ws.send_with_u8_array(frame);
         }
     }
 
@@ -1881,10 +1886,10 @@ impl Shared {
         }
         self.sends_held_since.set(None);
         self.last_send_ms.set(now);
-        let frames = self.replica.borrow_mut().outgoing_upto(durable);
+        let frames = self.replica.borrow_mut().outgoing_encoded_upto(durable);
         self.sends.set(self.sends.get() + 1);
         for f in frames {
-            self.send_frame(&f);
+            self.send_bytes(&f);
         }
     }
 }
