@@ -287,15 +287,7 @@ fn an_unfillable_sequence_gap_is_reported_once_and_not_resent() {
         result: CommitResult::Duplicate,
     })
     .unwrap();
-    let version = r.schema().unwrap().version().to_owned();
-    r.handle(ServerFrame::Welcome {
-        schema_version: version,
-        schema_source: SCHEMA.into(),
-        position: 0,
-        applied_seq: 0,
-        partitions: vec![],
-    })
-    .unwrap();
+    welcome_fresh(&mut r);
     assert_eq!(r.outgoing().len(), 1);
     for _ in 0..3 {
         r.handle(ServerFrame::Outcome {
@@ -317,7 +309,6 @@ fn an_unfillable_sequence_gap_is_reported_once_and_not_resent() {
 /// used to go as one frame over the server's limit, refused and resent forever).
 #[test]
 fn large_commits_are_pushed_in_frames_of_bounded_size() {
-    use warren_core::protocol::ServerFrame;
     use warren_core::replica::{Replica, PUSH_MAX_BYTES};
     use warren_core::storage::MemoryStore;
     let mut r = Replica::open(MemoryStore::new(), "c", Some(SCHEMA)).unwrap();
@@ -337,15 +328,7 @@ fn large_commits_are_pushed_in_frames_of_bounded_size() {
         )
         .unwrap();
     }
-    let version = r.schema().unwrap().version().to_owned();
-    r.handle(ServerFrame::Welcome {
-        schema_version: version,
-        schema_source: SCHEMA.into(),
-        position: 0,
-        applied_seq: 0,
-        partitions: vec![],
-    })
-    .unwrap();
+    welcome_fresh(&mut r);
     let frames = r.outgoing();
     assert!(frames.len() > 1);
     let mut seqs = Vec::new();
@@ -366,7 +349,6 @@ fn large_commits_are_pushed_in_frames_of_bounded_size() {
 /// outbox and the view, its sequence number given out again, and never sent.
 #[test]
 fn a_write_that_could_not_be_made_durable_is_taken_back() {
-    use warren_core::protocol::ServerFrame;
     use warren_core::replica::Replica;
     use warren_core::storage::MemoryStore;
     let mut r = Replica::open(MemoryStore::new(), "c", Some(SCHEMA)).unwrap();
@@ -400,15 +382,7 @@ fn a_write_that_could_not_be_made_durable_is_taken_back() {
     r.set_auth(user("ann"));
     assert_eq!(r.pending().len(), 1);
     assert_eq!(r.mutate(add(3), 0).unwrap().seq, 2);
-    let version = r.schema().unwrap().version().to_owned();
-    r.handle(ServerFrame::Welcome {
-        schema_version: version,
-        schema_source: SCHEMA.into(),
-        position: 0,
-        applied_seq: 0,
-        partitions: vec![],
-    })
-    .unwrap();
+    welcome_fresh(&mut r);
     let sent: Vec<String> = r
         .outgoing()
         .iter()

@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use std::sync::Arc;
 
-use common::{user, Rng, SCHEMA};
+use common::{user, welcome_fresh, Rng, SCHEMA};
 use warren_core::doc::StoredDoc;
 use warren_core::eval::Limits;
 use warren_core::exec::{self, Commit, Executor, Op, Outcome, Skip, Write};
@@ -2284,15 +2284,7 @@ fn outgoing_frames_encoded_from_the_outbox_are_the_frames_encoded() {
             )
             .unwrap();
         }
-        let version = r.schema().unwrap().version().to_owned();
-        r.handle(ServerFrame::Welcome {
-            schema_version: version,
-            schema_source: SCHEMA.into(),
-            position: 0,
-            applied_seq: 0,
-            partitions: vec![],
-        })
-        .unwrap();
+        welcome_fresh(&mut r);
         r
     };
     let (mut a, mut b) = (replica(), replica());

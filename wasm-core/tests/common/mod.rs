@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use warren_core::eval::Limits;
 use warren_core::exec::{Commit, Executor, Op, Outcome};
-use warren_core::storage::MemoryStore;
+use warren_core::protocol::ServerFrame;
+use warren_core::replica::Replica;
+use warren_core::storage::{MemoryStore, Storage};
 use warren_core::value::{obj, Value};
 use warren_core::{ErrorCode, Schema};
 
@@ -83,6 +85,20 @@ pub fn schema() -> Arc<Schema> {
 
 pub fn db() -> Executor<MemoryStore> {
     Executor::new(MemoryStore::new(), schema(), Limits::default())
+}
+
+/// Welcomes replica `r` as a server that holds nothing yet does (position 0, none of
+/// its commits applied, the schema [`SCHEMA`]): its outbox may then be sent.
+pub fn welcome_fresh<S: Storage>(r: &mut Replica<S>) {
+    let version = r.schema().unwrap().version().to_owned();
+    r.handle(ServerFrame::Welcome {
+        schema_version: version,
+        schema_source: SCHEMA.into(),
+        position: 0,
+        applied_seq: 0,
+        partitions: vec![],
+    })
+    .unwrap();
 }
 
 pub fn user(sub: &str) -> Value {
