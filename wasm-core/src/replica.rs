@@ -1241,7 +1241,10 @@ impl<S: Storage> Replica<S> {
                 }
             }
             queue.extend(self.view.readers(&moved, seq));
-            seen.append(&mut moved);
+            // One key at a time: `append` would rebuild `seen` whole for each commit
+            // run again, and a confirmation that all pending commits read would cost
+            // the square of their number.
+            seen.extend(moved);
         }
         self.live_touched(seen);
         self.live_ranges(loaded);
