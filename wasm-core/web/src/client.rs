@@ -303,6 +303,10 @@ struct Shared {
     flush_soon: Cell<bool>,
     /// The turns that flush waits for (kept: a channel costs more to make than a turn).
     flush_turns: RefCell<Option<Turns>>,
+    /// The last query's answer, once written as JSON text for the worker: freed when
+    /// the worker has posted it (`flushDue`), not before. A large answer takes about as
+    /// long to free as to write, and the page reads it meanwhile.
+    spent: Cell<Option<Value>>,
     base_timer: RefCell<Option<Timeout>>,
     /// Set while frames wait for outcomes: handles them when it fires.
     outcomes_timer: RefCell<Option<Timeout>>,
@@ -404,6 +408,7 @@ impl Warren {
             durable_seq: Cell::new(0),
             flush_soon: Cell::new(false),
             flush_turns: RefCell::new(None),
+            spent: Cell::new(None),
             base_timer: RefCell::new(None),
             outcomes_timer: RefCell::new(None),
             last_local_ms: Cell::new(f64::NEG_INFINITY),
@@ -592,7 +597,11 @@ impl Warren {
         let (tx, rx) = oneshot::channel();
         self.send(LocalCmd::Query(source, tx))?;
         let v = rx.await.map_err(|_| closed())?.map_err(|e| js_error(&e))?;
-        Ok(self.shared.status.out(&v))
+        let out = self.shared.status.out(&v);
+        if self.shared.status.json.get() {
+            self.shared.spent.set(Some(v));
+        }
+        Ok(out)
     }
 
     /// Resolves once everything applied so far (local writes, and what the server
@@ -693,12 +702,13 @@ impl Warren {
     }
 
     /// Issues now the flush of local writes that waits for the next turn of the event
-    /// loop (so that their optimistic results go first). The worker calls it once it
-    /// has posted the answers it made: the page has them, and the flush need not wait
-    /// for the turn.
+    /// loop (so that their optimistic results go first), and frees the last query's
+    /// answer. The worker calls it once it has posted the answers it made: the page has
+    /// them, and the flush need not wait for the turn.
     #[wasm_bindgen(js_name = flushDue)]
     pub fn flush_due(&self) {
         let sh = &self.shared;
+        sh.spent.take();
         if !sh.flush_soon.get() || sh.stopped.get() || sh.replica.try_borrow_mut().is_err() {
             return;
         }
