@@ -91,7 +91,8 @@ const post = (msg: unknown) => {
       const q = outgoing!;
       outgoing = null;
       scope.postMessage(q.length === 1 ? q[0] : { b: q });
-      // The page has the writes' results: their flush goes now, not a turn later.
+      // The page has the writes' results: their flush goes now, not a turn later; and
+      // the last query's answer, sent, is freed.
       engine?.flushDue();
     });
   }
