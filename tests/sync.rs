@@ -1175,3 +1175,77 @@ async fn presence_reaches_only_those_who_read_the_partition() {
         "{end:?}"
     );
 }
+
+/// A client may push before its welcome (the reference replica does when no commit of
+/// its outbox was ever sent): the server reads the connection's frames while it
+/// computes the welcome, and holds their outcomes until it. The welcome comes first,
+/// then each commit's outcome once, in order; the next connection is told all were
+/// applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_before_the_welcome_are_answered_after_it_once() {
+    let server = TestServer::start("early-push").await;
+    let mut raw = server.raw().await;
+    raw.send(&hello("ann-early", &token("ann"))).await.unwrap();
+    for chunk in 0..3u64 {
+        let commits = (1..=100)
+            .map(|i| {
+                let seq = chunk * 100 + i;
+                call(
+                    seq,
+                    "addTodo",
+                    obj([
+                        ("id", format!("e{seq}").into()),
+                        ("title", "early".into()),
+                        ("created", Value::Int(seq as i64)),
+                    ]),
+                )
+            })
+            .collect();
+        raw.send(&ClientFrame::Push { commits }).await.unwrap();
+    }
+    let frames = raw
+        .recv_until(WAIT, |f| matches!(f, ServerFrame::Outcome { seq: 300, .. }))
+        .await;
+    assert!(
+        matches!(
+            frames.first(),
+            Some(ServerFrame::Welcome { applied_seq: 0, .. })
+        ),
+        "the welcome first: {:?}",
+        frames.first()
+    );
+    let committed: Vec<u64> = frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Outcome {
+                seq,
+                result: CommitResult::Committed { .. },
+            } => Some(*seq),
+            ServerFrame::Outcome { seq, result } => panic!("commit {seq}: {result:?}"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(committed, (1..=300).collect::<Vec<u64>>());
+    drop(raw);
+    let mut again = server.raw().await;
+    again
+        .send(&hello("ann-early", &token("ann")))
+        .await
+        .unwrap();
+    let frames = again
+        .recv_until(WAIT, |f| matches!(f, ServerFrame::Welcome { .. }))
+        .await;
+    assert!(matches!(
+        frames.last(),
+        Some(ServerFrame::Welcome {
+            applied_seq: 300,
+            ..
+        })
+    ));
+    let ann = server.client("ann", "ann-laptop");
+    assert!(
+        ann.wait_until(WAIT, |r| r.query("Todo.all().count()").unwrap()
+            == Value::Int(300))
+            .await
+    );
+}

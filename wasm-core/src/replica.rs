@@ -281,6 +281,13 @@ pub struct Replica<S: Storage> {
     live: BTreeMap<u64, Live>,
     next_live: u64,
     connected: bool,
+    /// Commits may go on this connection before its welcome: when its `Hello` was made,
+    /// no pending commit had ever been sent, so the server has applied every commit
+    /// before the first pending one and none after, and the push it would be sent after
+    /// the welcome (every commit after its applied seq) is the whole outbox. It goes a
+    /// round trip sooner, while the server computes the welcome (the server reads a
+    /// connection's frames meanwhile, and holds their outcomes until the welcome).
+    early: bool,
     /// Every pending commit up to this sequence number was sent on this connection.
     sent_upto: u64,
     /// The server expects a commit this client no longer has: send nothing more on
@@ -379,6 +386,7 @@ impl<S: Storage> Replica<S> {
             live: BTreeMap::new(),
             next_live: 1,
             connected: false,
+            early: false,
             sent_upto: 0,
             stalled: false,
             events: Vec::new(),
@@ -723,8 +731,13 @@ impl<S: Storage> Replica<S> {
 
     // ----- the protocol -----
 
-    /// The `Hello` to open a connection with.
-    pub fn hello(&self, token: &str) -> Result<ClientFrame, Error> {
+    /// The `Hello` to open a connection with. Once it is sent, [`Replica::outgoing`]
+    /// may give the outbox before the welcome comes (see `early`).
+    pub fn hello(&mut self, token: &str) -> Result<ClientFrame, Error> {
+        // `maybe_sent` covers every commit that may have been sent, on any connection or
+        // before a reload (at open it is the outbox's last).
+        self.early =
+            !self.connected && self.pending.first().is_none_or(|p| p.seq > self.maybe_sent);
         Ok(ClientFrame::Hello {
             client_id: self.client_id.clone(),
             token: token.to_owned(),
@@ -741,6 +754,7 @@ impl<S: Storage> Replica<S> {
     /// The connection closed: everything unconfirmed is sent again on the next one.
     pub fn disconnected(&mut self) {
         self.connected = false;
+        self.early = false;
         self.sent_upto = 0;
         self.parts = None;
         // Not handled, so not in the base: the next connection sends them again (the
@@ -830,9 +844,9 @@ impl<S: Storage> Replica<S> {
     }
 
     /// Where the pending commits not yet sent on this connection begin in the outbox
-    /// (its end while disconnected or stalled).
+    /// (its end while disconnected, before the welcome unless `early`, or stalled).
     fn first_unsent(&self) -> usize {
-        if self.connected && !self.stalled {
+        if (self.connected || self.early) && !self.stalled {
             // Pending commits are in sequence order.
             self.pending.partition_point(|p| p.seq <= self.sent_upto)
         } else {
@@ -1013,7 +1027,10 @@ impl<S: Storage> Replica<S> {
                         });
                     }
                 }
-                self.sent_upto = applied_seq;
+                // What went before the welcome (`early`) is not sent again: it is all
+                // after `applied_seq`.
+                self.sent_upto = self.sent_upto.max(applied_seq);
+                self.early = false;
                 self.maybe_sent = self.maybe_sent.max(applied_seq);
                 self.stalled = false;
             }

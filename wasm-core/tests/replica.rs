@@ -498,6 +498,8 @@ struct Stats {
     reloads_with_pending: u64,
     /// Welcomes that joined after the log moved on (caught up by `advance`).
     late_joins: u64,
+    /// Pushes sent before the connection's welcome was handled (`Replica::hello`).
+    early_pushes: u64,
 }
 
 impl Stats {
@@ -514,6 +516,7 @@ impl Stats {
         self.disconnects += o.disconnects;
         self.reloads_with_pending += o.reloads_with_pending;
         self.late_joins += o.late_joins;
+        self.early_pushes += o.early_pushes;
     }
 }
 
@@ -942,6 +945,9 @@ impl World {
     /// Puts frames on the device's connection to the server.
     fn send(&mut self, d: usize, frames: Vec<ClientFrame>) {
         let conn = self.devices[d].conn.expect("connected");
+        if !frames.is_empty() && !self.replica(d).is_connected() {
+            self.stats.early_pushes += 1;
+        }
         let c = self.server.conns.get_mut(&conn).expect("connection");
         c.up.extend(frames);
     }
@@ -1494,6 +1500,7 @@ fn view_is_base_plus_pending_under_any_interleaving() {
             disconnects,
             reloads_with_pending,
             late_joins,
+            early_pushes,
         } = total;
         for (what, n) in [
             ("accepted", accepted),
@@ -1508,6 +1515,7 @@ fn view_is_base_plus_pending_under_any_interleaving() {
             ("disconnects", disconnects),
             ("reloads_with_pending", reloads_with_pending),
             ("late_joins", late_joins),
+            ("early_pushes", early_pushes),
         ] {
             assert!(n > 0, "no {what} in {} seeds: {total:?}", seeds.len());
         }
@@ -1801,6 +1809,93 @@ fn reconnect_resends_exactly_the_unconfirmed() {
         })
         .unwrap();
     assert_eq!(push_seqs(&w.outgoing(0)), vec![9, 10]);
+}
+
+/// An outbox no commit of which was ever sent goes as soon as the `Hello` has, before
+/// the welcome: the server has applied every commit before its first and none after, so
+/// it is what the welcome's applied seq would ask for. Its outcomes wait for the
+/// welcome (a late one here); nothing is sent or logged twice. An outbox that may have
+/// reached the server (a connection lost after a push, a reload) waits for the welcome.
+#[test]
+fn an_outbox_never_sent_goes_before_the_welcome() {
+    let mut w = World::new(&[("ann-1", user("ann"))], 0);
+    w.auto_pump = false;
+    w.mutate(0, add_todo("a", "t")).unwrap();
+    w.mutate(0, add_todo("b", "t")).unwrap();
+    // A connection whose welcome is late (`Rng(0)`'s first draw may not be).
+    w.join_rng = Some(Rng(0));
+    loop {
+        w.connect(0);
+        let conn = w.devices[0].conn.unwrap();
+        if w.server.conns[&conn].joining.is_some() {
+            break;
+        }
+        w.disconnect(0, false);
+    }
+    w.join_rng = None;
+    assert!(!w.replica(0).is_connected());
+    let out = w.outgoing(0);
+    assert_eq!(push_seqs(&out), vec![1, 2], "sent before the welcome");
+    assert!(w.outgoing(0).is_empty(), "and once");
+    w.send(0, out);
+    w.receive_all(0);
+    w.sequence_all();
+    assert_eq!(w.server.position(), 2);
+    w.join(0);
+    let welcome = w.deliver(0).unwrap();
+    assert!(matches!(
+        welcome,
+        ServerFrame::Welcome { applied_seq: 0, .. }
+    ));
+    assert!(w.replica(0).is_connected());
+    assert!(
+        w.outgoing(0).is_empty(),
+        "nothing sent again after the welcome"
+    );
+    let frames = w.deliver_all(0);
+    let outcomes: Vec<(u64, bool)> = frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Outcome { seq, result } => {
+                Some((*seq, matches!(result, CommitResult::Committed { .. })))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(outcomes, vec![(1, true), (2, true)], "after the welcome");
+    w.flush(0);
+    assert!(w.replica(0).pending().is_empty());
+
+    // 3 is pushed and reaches the sequencer, but its answer is lost with the
+    // connection; 4 is made offline. 3 may have been applied: both wait for the welcome.
+    w.mutate(0, add_todo("c", "t")).unwrap();
+    let out = w.outgoing(0);
+    assert_eq!(push_seqs(&out), vec![3]);
+    w.send(0, out);
+    w.disconnect(0, true);
+    w.sequence_all();
+    w.mutate(0, add_todo("d", "t")).unwrap();
+    w.connect(0);
+    assert!(w.outgoing(0).is_empty(), "3 may have reached the server");
+    let welcome = w.deliver(0).unwrap();
+    assert!(matches!(
+        welcome,
+        ServerFrame::Welcome { applied_seq: 3, .. }
+    ));
+    assert_eq!(push_seqs(&w.outgoing(0)), vec![4]);
+
+    // A reload with commits in the outbox: they may have been sent before it.
+    w.mutate(0, add_todo("e", "t")).unwrap();
+    w.reload(0, false);
+    w.connect(0);
+    assert!(
+        w.outgoing(0).is_empty(),
+        "the outbox of before a reload waits"
+    );
+    w.auto_pump = true;
+    w.settle();
+    w.check_settled();
+    assert_eq!(w.server.position(), 5, "each commit logged once");
 }
 
 /// Commits whose outcomes were lost with the connection are settled from the Welcome

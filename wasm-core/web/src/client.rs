@@ -1371,8 +1371,11 @@ impl Shared {
         match cmd {
             SyncCmd::Frame(_) => unreachable!("handled by the lane"),
             SyncCmd::Opened => {
-                let hello = self.replica.borrow().hello(&self.token.borrow())?;
+                let hello = self.replica.borrow_mut().hello(&self.token.borrow())?;
                 self.send_frame(&hello);
+                // An outbox never sent goes now, not a round trip later after the
+                // welcome (`Replica::hello`).
+                self.send_outgoing();
             }
             SyncCmd::Closed => {
                 *self.ws.borrow_mut() = None;
