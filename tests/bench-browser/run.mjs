@@ -59,6 +59,8 @@ const LIVE_LIBS = ["dexie", "warren", "warren-page"].filter((l) => LIBS.includes
 const XTAB_LIBS = ["dexie", "warren"].filter((l) => LIBS.includes(l));
 const PROFILE_DIR = strOpt("--cpuprofile", null, "DIR");
 const JSON_OUT = strOpt("--json", process.env.BENCH_JSON, "FILE");
+// V8's flags for every browser of the run (experiments: `--no-wasm-lazy-compilation`).
+const JS_FLAGS = strOpt("--js-flags", null, "FLAGS");
 {
   const usage = () =>
     `usage: node tests/bench-browser/run.mjs ${[...known].map(([k, v]) => `[${k}${v ? ` ${v}` : ""}]`).join(" ")}\n` +
@@ -165,7 +167,8 @@ function sampleMemory() {
 }
 
 const root_profiles = join(work, "profiles");
-let ctx = await profile(join(root_profiles, "main"));
+const browser = (dir) => profile(dir, JS_FLAGS ? { args: [`--js-flags=${JS_FLAGS}`] } : {});
+let ctx = await browser(join(root_profiles, "main"));
 const browserVersion = await (async () => {
   const p = await ctx.newPage();
   const ua = await p.evaluate(() => navigator.userAgent);
@@ -282,7 +285,7 @@ try {
   const bigProfile = (lib) => join(root_profiles, `big-${lib}`);
   for (const lib of PHASES.has("big") || PHASES.has("cold") ? LIBS : []) {
     await ctx.close();
-    ctx = await profile(bigProfile(lib));
+    ctx = await browser(bigProfile(lib));
     const profiled = PROFILE_DIR && lib === "warren";
     const p = await page(`lib=${lib}${profiled ? "&worker=0" : ""}`);
     const cdp = profiled ? await startProfile(p) : null;
@@ -308,7 +311,7 @@ try {
     for (let r = 0; r < COLD_RUNS; r++) {
       for (const lib of rotate(r)) {
         await ctx.close();
-        ctx = await profile(bigProfile(lib));
+        ctx = await browser(bigProfile(lib));
         const p = ctx.pages()[0] ?? (await ctx.newPage());
         p.on("pageerror", (e) => console.error(`page error (cold ${lib}): ${e}`));
         p.on("console", (m) => { if (process.env.BENCH_DEBUG) console.error(`console (cold ${lib}): ${m.text()}`); });
@@ -336,7 +339,7 @@ try {
   // 6. (--million) One page imports a million documents.
   for (const lib of MILLION ? ["dexie", "warren"].filter((l) => LIBS.includes(l)) : []) {
     await ctx.close();
-    ctx = await profile(join(root_profiles, `million-${lib}`));
+    ctx = await browser(join(root_profiles, `million-${lib}`));
     const p = await page(`lib=${lib}`);
     const stop = sampleMemory();
     const b = await p.evaluate(([u, name, n]) => window.bench.importCountScan(u, name, n), [`m${lib}`, `million-${lib}`, 1_000_000]);

@@ -97,11 +97,12 @@ export async function stopProcess(proc, signal = "SIGTERM") {
 const browserArgs = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
   "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"];
 
-/** A browser with its own on-disk profile under `dir`. */
-export function profile(dir, options = {}) {
+/** A browser with its own on-disk profile under `dir` (`args`: more command-line
+ * arguments, after the usual ones). */
+export function profile(dir, { args = [], ...options } = {}) {
   browserTmp ??= tempDir("chromium-tmp");
   return chromium.launchPersistentContext(dir, {
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: browserArgs, headless: true,
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: [...browserArgs, ...args], headless: true,
     env: { ...process.env, TMPDIR: browserTmp },
     ...options,
   });
