@@ -24,7 +24,8 @@ export interface OpenOptions {
    * has no path), or a full `ws(s)://…/v1/sync` URL. `http(s)` works too. */
   url: string;
   /** A JWT, or a function giving one; the function is called again for a fresh
-   * token whenever the server says the current one expired. */
+   * token whenever the server says the current one expired, and before connecting
+   * when its `exp` has passed by this device's clock (back online after hours away). */
   token: string | (() => string | Promise<string>);
   /** The schema's source, so that the very first start works offline; after the
    * first connection the server's schema is kept locally. */

@@ -6,7 +6,9 @@
 // 2. bob, in another browser profile, never receives (nor stores) ann's documents.
 // 3. The network is cut mid-sync: the server is killed (SIGKILL) while pushes are in
 //    flight, then restarted; every write lands exactly once.
-// 4. An expired token is refreshed through the app's callback.
+// 4. An expired token is refreshed through the app's callback before the client
+//    connects with it (its `exp` has passed by the page's clock): no connection is
+//    refused.
 // 5. Storage pressure: past the origin's quota a write fails with QUOTA_EXCEEDED, and
 //    everything written before it survives a reload and syncs.
 // 6. The tab crashes (the browser is killed): the outbox survives and drains.
@@ -150,7 +152,14 @@ try {
   const annPending = await ann.evaluate(() => window.db.pending());
   check("the browser's view equals the server's", annCount === after.length, `browser ${annCount} (pending ${annPending}); ${seen()}`);
 
-  // 4. An expired token: the server refuses it, the app's provider gives a new one.
+  // 4. An expired token: the app's provider gives a new one before the client connects.
+  const metric = async (line) => {
+    const text = await (await fetch(`http://127.0.0.1:${syncPort}/metrics`)).text();
+    const l = text.split("\n").find((x) => x.startsWith(line));
+    return l ? Number(l.slice(line.length).trim()) : 0;
+  };
+  const expiredLine = 'warren_errors_sent_total{code="TOKEN_EXPIRED"}';
+  const refusedBefore = await metric(expiredLine);
   const now = Math.floor(Date.now() / 1000);
   const carolCtx = await profile("carol");
   const carol = await openPage(carolCtx, "carol", {
@@ -162,6 +171,9 @@ try {
     (await carol.evaluate(() => window.db.connected() && window.db.pending() === 0)));
   const carolDocs = (await pull("carol")).snapshots.flatMap((s) => s.docs);
   check("an expired token is refreshed through the callback", carolDocs.length === 1);
+  const refusedAfter = await metric(expiredLine);
+  check("the expired token was refreshed before connecting: no connection refused",
+    refusedAfter === refusedBefore, `${refusedBefore} -> ${refusedAfter}`);
 
   // 5. Storage pressure: a fresh profile whose origin gets a small quota before the
   //    database exists; a write past it fails with QUOTA_EXCEEDED, and everything
@@ -219,12 +231,6 @@ try {
   check("dave's writes landed once", (await pull("dave")).snapshots.flatMap((s) => s.docs).length === 2);
 
   // 7. A live app crosses its token's expiry, writing all the while.
-  const metric = async (line) => {
-    const text = await (await fetch(`http://127.0.0.1:${syncPort}/metrics`)).text();
-    const l = text.split("\n").find((x) => x.startsWith(line));
-    return l ? Number(l.slice(line.length).trim()) : 0;
-  };
-  const expiredLine = 'warren_errors_sent_total{code="TOKEN_EXPIRED"}';
   const expiredBefore = await metric(expiredLine);
   const fayCtx = await profile("fay");
   const soon = Math.floor(Date.now() / 1000) + 3;

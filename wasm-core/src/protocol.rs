@@ -19,6 +19,27 @@ pub const PROTOCOL_VERSION: u8 = 2;
 /// The oldest protocol version still spoken (by the server, with older clients).
 pub const OLDEST_PROTOCOL_VERSION: u8 = 1;
 
+/// The claims of a JWT as their JSON text, decoded without verifying anything (the
+/// server does): a client reads the token's `exp` from them, to ask for a fresh token
+/// once it has passed rather than open a connection the server would refuse with
+/// `TOKEN_EXPIRED`. `None` when the token is not a JWT.
+pub fn token_claims(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    // Between the first two dots, padding left out (bytes, not `str::split`: the
+    // engine's module is smaller without it).
+    let t = token.as_bytes();
+    let start = t.iter().position(|&c| c == b'.')? + 1;
+    let len = t[start..].iter().position(|&c| c == b'.')?;
+    let mut claims = &t[start..start + len];
+    while let [rest @ .., b'='] = claims {
+        claims = rest;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
 /// Whether `v` is a protocol version this build reads.
 pub fn supported_version(v: u8) -> bool {
     (OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&v)
@@ -818,6 +839,31 @@ pub fn decode_log_entry(bytes: &[u8]) -> Result<Commit, Error> {
 mod tests {
     use super::*;
     use crate::value::obj;
+
+    #[test]
+    fn a_tokens_claims_are_decoded() {
+        use base64::Engine as _;
+        let b = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let claims = r#"{"sub":"ann?>","exp":1700000000}"#;
+        let jwt = format!("{}.{}.sig", b(r#"{"alg":"HS256"}"#), b(claims));
+        assert!(jwt.contains('_'), "the URL-safe alphabet: {jwt}");
+        assert_eq!(token_claims(&jwt).as_deref(), Some(claims));
+        // Padded claims too.
+        let padded = format!(
+            "h.{}.s",
+            base64::engine::general_purpose::URL_SAFE.encode(r#"{"exp":50}"#)
+        );
+        assert!(padded.contains('='));
+        assert_eq!(token_claims(&padded).as_deref(), Some(r#"{"exp":50}"#));
+        for bad in ["opaque-token", "a.!!!.c", "", "a..c"] {
+            assert!(token_claims(bad).is_none_or(|c| c.is_empty()), "{bad}");
+        }
+        let not_utf8 = format!(
+            "h.{}.s",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xff, 0xfe])
+        );
+        assert_eq!(token_claims(&not_utf8), None);
+    }
 
     fn samples() -> (Vec<ClientFrame>, Vec<ServerFrame>) {
         let op = Op::Call {

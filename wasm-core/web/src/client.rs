@@ -1403,7 +1403,7 @@ impl Shared {
             }
             SyncCmd::Connect => {
                 if self.ws.borrow().is_none() && self.status.online.get() {
-                    self.connect();
+                    self.connect_fresh();
                 }
             }
             SyncCmd::SetOnline(on) => {
@@ -1411,7 +1411,7 @@ impl Shared {
                 if on {
                     self.backoff_ms.set(100.0);
                     if self.ws.borrow().is_none() {
-                        self.connect();
+                        self.connect_fresh();
                     }
                 } else {
                     self.retry.borrow_mut().take();
@@ -1621,6 +1621,26 @@ impl Shared {
             *self.base_timer.borrow_mut() = Some(Timeout::new(FLUSH_DELAY_MS, move || {
                 let _ = t.unbounded_send(SyncCmd::FlushBase);
             }));
+        }
+    }
+
+    /// Connects; first, when the token's `exp` has passed by this page's clock (back
+    /// online after hours offline, say) and the app gave a token provider, asks it for a
+    /// fresh token as after a refusal (`Closed` with `token_expired`): a connection with
+    /// the old one would only be refused (`TOKEN_EXPIRED`), a round trip lost, and the
+    /// outbox could no longer go before the welcome (`Replica::hello`).
+    fn connect_fresh(&self) {
+        let expired = self.status.token_provider.borrow().is_some()
+            && warren_core::protocol::token_claims(&self.token.borrow())
+                .and_then(|c| js_sys::JSON::parse(&c).ok())
+                .and_then(|c| js_sys::Reflect::get(&c, &"exp".into()).ok())
+                .and_then(|exp| exp.as_f64())
+                .is_some_and(|exp| exp * 1000.0 <= js_sys::Date::now());
+        if expired {
+            self.token_expired.set(true);
+            let _ = self.sync.unbounded_send(SyncCmd::Closed);
+        } else {
+            self.connect();
         }
     }
 
