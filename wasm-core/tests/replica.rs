@@ -135,6 +135,19 @@ fn wire_up(f: &ClientFrame) -> ClientFrame {
     ClientFrame::decode(&f.encode()).expect("client frames decode")
 }
 
+/// The outcomes among `frames`: each one's seq, and whether it says committed.
+fn committed(frames: &[ServerFrame]) -> Vec<(u64, bool)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Outcome { seq, result } => {
+                Some((*seq, matches!(result, CommitResult::Committed { .. })))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 fn push_seqs(frames: &[ClientFrame]) -> Vec<u64> {
     frames
         .iter()
@@ -1853,15 +1866,7 @@ fn an_outbox_never_sent_goes_before_the_welcome() {
         "nothing sent again after the welcome"
     );
     let frames = w.deliver_all(0);
-    let outcomes: Vec<(u64, bool)> = frames
-        .iter()
-        .filter_map(|f| match f {
-            ServerFrame::Outcome { seq, result } => {
-                Some((*seq, matches!(result, CommitResult::Committed { .. })))
-            }
-            _ => None,
-        })
-        .collect();
+    let outcomes = committed(&frames);
     assert_eq!(outcomes, vec![(1, true), (2, true)], "after the welcome");
     w.flush(0);
     assert!(w.replica(0).pending().is_empty());
@@ -1923,15 +1928,7 @@ fn outcomes_lost_in_a_disconnect_come_with_the_welcome() {
     w.auto_pump = false;
     w.connect(0);
     let frames = w.deliver_all(0);
-    let outcomes: Vec<(u64, bool)> = frames
-        .iter()
-        .filter_map(|f| match f {
-            ServerFrame::Outcome { seq, result } => {
-                Some((*seq, matches!(result, CommitResult::Committed { .. })))
-            }
-            _ => None,
-        })
-        .collect();
+    let outcomes = committed(&frames);
     assert_eq!(outcomes, vec![(2, false), (3, true)]);
     assert!(w.outgoing(0).is_empty(), "applied commits are not resent");
     w.flush(0);
