@@ -28,6 +28,8 @@
 //    database opens is answered before the replica connects, and it connects after.
 // 10. The key filter's pages are read after the open's first reads, not at open; a
 //    create with a fresh id then reads nothing.
+// 11. A token whose `exp` has passed is renewed through the app's token function before
+//    the engine (in its worker) connects with it: no connection is refused.
 import { cpSync, mkdirSync, copyFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
@@ -412,6 +414,11 @@ try {
   });
   check(`the key filter is read after the open's first reads (not at open), and a create then reads nothing (${later.loads} loads)`,
     later.atOpen === false && later.loaded === true && later.loads === 0 && later.absent >= 1, JSON.stringify(later));
+  // 11. A stale token: renewed before the connection, which the server never refuses.
+  await p.evaluate(() => window.db.close().catch(() => {}));
+  const stale = await p.evaluate(() => window.openWithStaleToken("cy", "client-cy"));
+  check("a token past its exp is renewed before connecting (asked twice, never unauthorized), and a write is confirmed",
+    stale.asked === 2 && !stale.states.includes("unauthorized") && stale.wrote === true, JSON.stringify(stale));
 } catch (e) {
   fail(e);
 } finally {
