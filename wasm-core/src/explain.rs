@@ -352,16 +352,17 @@ fn finish(
     asked: Option<&str>,
 ) -> Explanation {
     let rec = rec.map(|r| *r).unwrap_or_default();
-    let mut readable: BTreeMap<(String, String), bool> = BTreeMap::new();
+    let mut readable: BTreeMap<String, bool> = BTreeMap::new();
+    let mut key = String::new();
     let mut may_read = |coll: &str, partition: &str| -> bool {
-        let key = (coll.to_owned(), partition.to_owned());
+        crate::eval::readable_key(&mut key, coll, partition);
         if let Some(ok) = readable.get(&key) {
             return *ok;
         }
         // A failure to answer is not a permission.
         let ok = crate::exec::can_read_partition(store, schema, coll, partition, auth, limits)
             == Ok(true);
-        readable.insert(key, ok);
+        readable.insert(key.clone(), ok);
         ok
     };
     let mut decisions = Vec::new();

@@ -29,6 +29,7 @@ mod meter;
 mod rules;
 mod sets;
 mod write;
+pub(crate) use rules::readable_key;
 pub(crate) use write::check_id;
 
 use std::collections::BTreeMap;
@@ -368,8 +369,11 @@ pub struct Evaluator<'a> {
     meter: Rc<Meter>,
     /// Unobservable work done so far ([`Limits::max_hidden_work`]).
     hidden: u64,
-    /// Read-rule answers per (collection, partition), so each is evaluated once.
-    readable: BTreeMap<(String, String), bool>,
+    /// Read-rule answers per collection and partition, so each is evaluated once
+    /// (keyed by [`readable_key`]), looked up through `readable_key`, a buffer
+    /// kept for it, so that a hit allocates nothing (a scan asks once per document).
+    readable: BTreeMap<String, bool>,
+    readable_key: String,
     /// Bytes of keys in `readable` (the cache stops growing at a bound).
     readable_bytes: usize,
     pub(crate) touched: Vec<Touched>,
@@ -436,6 +440,7 @@ impl<'a> Evaluator<'a> {
             program,
             hidden: 0,
             readable: BTreeMap::new(),
+            readable_key: String::new(),
             readable_bytes: 0,
             touched: Vec::new(),
             touched_set: Default::default(),

@@ -29,6 +29,16 @@ use crate::value::Value;
 const READABLE_CACHE_ENTRIES: usize = 4096;
 const READABLE_CACHE_BYTES: usize = 1 << 20;
 
+/// Puts the key of a read-rule answer into `buf`: `collection NUL partition` (a
+/// collection's name holds no NUL, so no two pairs give one key). One string rather
+/// than a pair, so that a lookup can reuse a buffer and allocate nothing.
+pub(crate) fn readable_key(buf: &mut String, coll: &str, partition: &str) {
+    buf.clear();
+    buf.push_str(coll);
+    buf.push('\0');
+    buf.push_str(partition);
+}
+
 /// The variables a write rule sees (each made once, shared by every rule).
 pub(super) struct WriteVars<'v> {
     /// The document after the write with its `id` (`doc` and `new`), if it stays.
@@ -95,8 +105,8 @@ impl<'a> Evaluator<'a> {
         if self.mode == Mode::Rule {
             return Ok(true);
         }
-        let key = (coll.name.clone(), partition.to_owned());
-        if let Some(ok) = self.readable.get(&key) {
+        readable_key(&mut self.readable_key, &coll.name, partition);
+        if let Some(ok) = self.readable.get(&self.readable_key) {
             return Ok(*ok);
         }
         let root = self.root_env()?;
@@ -121,12 +131,12 @@ impl<'a> Evaluator<'a> {
         if let Some(x) = &mut self.explain {
             x.end(ok);
         }
-        let bytes = key.0.len() + key.1.len();
+        let bytes = coll.name.len() + partition.len();
         if self.readable.len() < READABLE_CACHE_ENTRIES
             && self.readable_bytes + bytes <= READABLE_CACHE_BYTES
         {
             self.readable_bytes += bytes;
-            self.readable.insert(key, ok);
+            self.readable.insert(self.readable_key.clone(), ok);
         }
         Ok(ok)
     }
