@@ -25,7 +25,9 @@ export interface OpenOptions {
   url: string;
   /** A JWT, or a function giving one; the function is called again for a fresh
    * token whenever the server says the current one expired, and before connecting
-   * when its `exp` has passed by this device's clock (back online after hours away). */
+   * when its `exp` has passed by this device's clock (back online after hours away;
+   * if it then fails, the client connects with the token it has: the server's clock
+   * decides). */
   token: string | (() => string | Promise<string>);
   /** The schema's source, so that the very first start works offline; after the
    * first connection the server's schema is kept locally. */

@@ -8,7 +8,8 @@
 //    flight, then restarted; every write lands exactly once.
 // 4. An expired token is refreshed through the app's callback before the client
 //    connects with it (its `exp` has passed by the page's clock): no connection is
-//    refused.
+//    refused. And a page whose clock runs two hours fast, whose token provider fails,
+//    connects with its token all the same: the server's clock decides.
 // 5. Storage pressure: past the origin's quota a write fails with QUOTA_EXCEEDED, and
 //    everything written before it survives a reload and syncs.
 // 6. The tab crashes (the browser is killed): the outbox survives and drains.
@@ -174,6 +175,24 @@ try {
   const refusedAfter = await metric(expiredLine);
   check("the expired token was refreshed before connecting: no connection refused",
     refusedAfter === refusedBefore, `${refusedBefore} -> ${refusedAfter}`);
+
+  // 4b. The page's clock runs two hours fast, so its token (an hour left by the server's
+  //     clock) looks expired there, and its token provider fails: it connects with
+  //     the token it has, which the server accepts. (Before, it asked the provider
+  //     again and again and never connected.)
+  const gusCtx = await profile("gus");
+  const gus = await openPage(gusCtx, "gus", {
+    token: jwt({ sub: "gus", iat: now, exp: now + 3600 }),
+    fresh: "fail",
+    skew: String(2 * 3600 * 1000),
+  });
+  await gus.evaluate(() => window.call("addTodo", { title: "with a fast clock" }));
+  await until("gus to sync with the token he has", async () =>
+    (await gus.evaluate(() => window.db.connected() && window.db.pending() === 0)));
+  const gusAsked = await gus.evaluate(() => window.asked);
+  check("a page with a fast clock asks its provider, then connects with the token it has when that fails",
+    gusAsked >= 1 && (await pull("gus")).snapshots.flatMap((s) => s.docs).length === 1, `asked ${gusAsked}`);
+  await gusCtx.close();
 
   // 5. Storage pressure: a fresh profile whose origin gets a small quota before the
   //    database exists; a write past it fails with QUOTA_EXCEEDED, and everything

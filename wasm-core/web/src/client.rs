@@ -335,6 +335,9 @@ struct Shared {
     backoff_ms: Cell<f64>,
     /// The server refused the token as expired: get a new one before reconnecting.
     token_expired: Cell<bool>,
+    /// The renewal asked for is ahead of the server: only this page's clock said the
+    /// token expired (`connect_fresh`).
+    renew_ahead: Cell<bool>,
     stopped: Cell<bool>,
     heartbeat: RefCell<Option<Interval>>,
     online_listeners: RefCell<Vec<EventListener>>,
@@ -425,6 +428,7 @@ impl Warren {
             retry: RefCell::new(None),
             backoff_ms: Cell::new(100.0),
             token_expired: Cell::new(false),
+            renew_ahead: Cell::new(false),
             stopped: Cell::new(false),
             heartbeat: RefCell::new(None),
             online_listeners: RefCell::new(Vec::new()),
@@ -1381,11 +1385,19 @@ impl Shared {
                 *self.ws.borrow_mut() = None;
                 self.replica.borrow_mut().disconnected();
                 self.status.connected.set(false);
+                let ahead = self.renew_ahead.replace(false);
                 if self.token_expired.get() && self.status.online.get() {
                     self.token_expired.set(false);
                     if let Some(token) = self.fresh_token().await {
                         *self.token.borrow_mut() = token;
                         self.backoff_ms.set(100.0);
+                        self.connect();
+                        return Ok(());
+                    }
+                    if ahead {
+                        // The provider failed, and only this page's clock said the
+                        // token expired: a phone's clock may run fast, so the server
+                        // decides (an expired token is refused, and asked for again).
                         self.connect();
                         return Ok(());
                     }
@@ -1628,7 +1640,9 @@ impl Shared {
     /// online after hours offline, say) and the app gave a token provider, asks it for a
     /// fresh token as after a refusal (`Closed` with `token_expired`): a connection with
     /// the old one would only be refused (`TOKEN_EXPIRED`), a round trip lost, and the
-    /// outbox could no longer go before the welcome (`Replica::hello`).
+    /// outbox could no longer go before the welcome (`Replica::hello`). When the
+    /// provider fails, it connects with the old token all the same: the page's clock
+    /// may be wrong, and the server's decides.
     fn connect_fresh(&self) {
         let expired = self.status.token_provider.borrow().is_some()
             && warren_core::protocol::token_claims(&self.token.borrow())
@@ -1638,6 +1652,7 @@ impl Shared {
                 .is_some_and(|exp| exp * 1000.0 <= js_sys::Date::now());
         if expired {
             self.token_expired.set(true);
+            self.renew_ahead.set(true);
             let _ = self.sync.unbounded_send(SyncCmd::Closed);
         } else {
             self.connect();
