@@ -369,10 +369,11 @@ pub struct Evaluator<'a> {
     meter: Rc<Meter>,
     /// Unobservable work done so far ([`Limits::max_hidden_work`]).
     hidden: u64,
-    /// Read-rule answers per collection and partition, so each is evaluated once
-    /// (keyed by [`readable_key`]), looked up through `readable_key`, a buffer
-    /// kept for it, so that a hit allocates nothing (a scan asks once per document).
+    /// Read-rule answers per collection and partition, so each is evaluated once,
+    /// keyed as [`readable_key`] makes them.
     readable: BTreeMap<String, bool>,
+    /// The buffer a lookup in `readable` makes its key in, so that a hit allocates
+    /// nothing (a scan asks once per document).
     readable_key: String,
     /// Bytes of keys in `readable` (the cache stops growing at a bound).
     readable_bytes: usize,
