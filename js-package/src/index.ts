@@ -4,7 +4,7 @@
 
 import { LeaderEngine, OpenParams, openHere, prestart, WorkerEngine } from "./engine.js";
 import { errorFor, wrap, WarrenError } from "./errors.js";
-import { collections, Collections, Query, sourceOf, Value } from "./query.js";
+import { collections, Collections, literal, Query, sourceOf, Value } from "./query.js";
 import type { CallArgs, FunctionName, ResultOf, Untyped } from "./schema-types.js";
 import { Applied, EngineApi, Tabs } from "./tabs.js";
 import { TextBinding, TextOptions } from "./text.js";
@@ -547,6 +547,12 @@ interface Waiter {
   reject: (e: WarrenError) => void;
 }
 
+/** `Database.pages`'s page size when none is given: documents of a few hundred bytes
+ * make pages of a few hundred KiB, under the engine's 1 MiB value limit. */
+const PAGE_SIZE = 1000;
+/** The errors of a page too large for the query limits: asked for again at half. */
+const SHRINK_ON = new Set(["RESULT_TOO_LARGE", "MEMORY_EXHAUSTED", "FUEL_EXHAUSTED"]);
+
 /** An open Warren database. */
 export class Database<S = Record<string, Record<string, Value>>> {
   /** The collections, for the query builder: `db.q.Todo.index("byOwner", sub)`. */
@@ -634,6 +640,41 @@ export class Database<S = Record<string, Record<string, Value>>> {
       return (await this.engine.query(sourceOf(q))) as R;
     } catch (e) {
       throw wrap(e);
+    }
+  }
+
+  /** Every element of a set query, page by page (`for await (const docs of db.pages(q))`):
+   * the set's `paginate` with the cursor passed on, one query a page, so a set larger
+   * than one result may be (1 MiB) is read whole. A write between two pages shows in
+   * the pages after it, as with `paginate` by hand. A page too large for the query
+   * limits (`RESULT_TOO_LARGE`, `MEMORY_EXHAUSTED`, `FUEL_EXHAUSTED`) is asked for
+   * again at half the size, and the pages after it stay at that size. */
+  async *pages<E = unknown>(
+    q: Query<E[]> | string | ((c: Collections<S>) => Query<E[]>),
+    options: { pageSize?: number } = {},
+  ): AsyncGenerator<E[], void, undefined> {
+    let size = options.pageSize ?? PAGE_SIZE;
+    if (!Number.isSafeInteger(size) || size < 1)
+      throw errorFor("INVALID_ARGUMENT", `pageSize must be a positive integer, not ${String(size)}`);
+    const set = sourceOf(typeof q === "function" ? q(this.q) : q);
+    let after: string | null = null;
+    for (;;) {
+      let page: { data: E[]; after: string | null };
+      try {
+        page = (await this.engine.query(
+          `${set}.paginate(${size}${after === null ? "" : `, ${literal(after)}`})`,
+        )) as typeof page;
+      } catch (e) {
+        const code = (e as { code?: unknown })?.code;
+        if (size > 1 && typeof code === "string" && SHRINK_ON.has(code)) {
+          size = Math.ceil(size / 2);
+          continue;
+        }
+        throw wrap(e);
+      }
+      if (page.data.length > 0) yield page.data;
+      if (page.after === null) return;
+      after = page.after;
     }
   }
 

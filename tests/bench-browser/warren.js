@@ -57,15 +57,10 @@ export async function openDb(name, user, options = {}) {
     count: () => db.query("Doc.all().count()"),
     countOwner: (owner) => db.query(`${byOwner(owner)}.count()`),
     /** A query's result is bounded to 1 MiB (max_value_bytes), so a full scan reads
-     * pages of SCAN_PAGE documents. */
+     * pages of SCAN_PAGE documents (`db.pages`: the set's `paginate` to the end). */
     async scan() {
       const out = [];
-      let after = null;
-      do {
-        const page = await db.query(`Doc.all().paginate(${SCAN_PAGE}${after === null ? "" : `, ${literal(after)}`})`);
-        for (const d of page.data) out.push(d);
-        after = page.after;
-      } while (after !== null);
+      for await (const page of db.pages("Doc.all()", { pageSize: SCAN_PAGE })) for (const d of page) out.push(d);
       return out;
     },
     /** A live query on one owner's newest 5 documents; resolves once it has a first result. */

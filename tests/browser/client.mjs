@@ -12,7 +12,9 @@
 // 4. `close()` writes what the server confirmed: reopened offline, nothing is pending
 //    and everything is there; a count reads no document; an index query after the
 //    reopen costs a bounded number of IndexedDB reads.
-// 5. A full scan with a small cache cap stays under the cap (the cache evicts).
+// 5. A full scan with a small cache cap stays under the cap (the cache evicts). The
+//    same through `db.pages`: every document once, in order; a page over the query
+//    limits asked for again at half the size.
 // 6. `flush()`, then the browser is killed: the confirmed data survives. And a page
 //    that goes away as soon as a write is confirmed (no close(), no flush()) keeps it
 //    confirmed: a confirmation is reported once what it brought is on disk. Writes
@@ -179,6 +181,48 @@ try {
   check(`a full scan reads every document (${scan.n})`, scan.n === N + 80);
   check(`and the cache stays under its 2 MiB cap between queries (peak ${(scan.peak / 2 ** 20).toFixed(2)} MiB, ${(scan.stats.evictedBytes / 2 ** 20).toFixed(1)} MiB evicted)`,
     scan.peak <= 2 << 20 && scan.stats.evictedBytes > 0, JSON.stringify(scan.stats));
+  // 5b. The same scan through `db.pages`; a page over the query limits is asked for
+  // again at half the size.
+  const pages = await p.evaluate(async () => {
+    let unhandled = 0;
+    addEventListener("unhandledrejection", () => unhandled++);
+    const read = async (q, options) => {
+      const sizes = [];
+      const ids = [];
+      for await (const page of window.db.pages(q, options)) {
+        sizes.push(page.length);
+        for (const d of page) ids.push(d.id);
+      }
+      return { sizes, ids };
+    };
+    const code = async (f) => { try { await f(); return "none"; } catch (e) { return e.code; } };
+    const small = await read("Doc.all()", { pageSize: 3000 });
+    const huge = await read("Doc.all()", { pageSize: 100000 });
+    const owner = await read('Doc.byOwner("ann:u7")', { pageSize: 7 });
+    const ownerAll = (await window.db.query('Doc.byOwner("ann:u7")')).map((d) => d.id);
+    // Left after the first page.
+    let first = 0;
+    for await (const page of window.db.pages("Doc.all()", { pageSize: 500 })) { first = page.length; break; }
+    const badSize = await code(() => window.db.pages("Doc.all()", { pageSize: 0 }).next());
+    const notSet = await code(() => window.db.pages("1 + 1").next());
+    await new Promise((r) => setTimeout(r, 200));
+    return { small, huge, owner, ownerAll, first, badSize, notSet, unhandled };
+  });
+  const sorted = (ids) => ids.every((id, i) => i === 0 || ids[i - 1] < id);
+  check(`db.pages reads every document once, in order, in pages of 3,000 (${pages.small.sizes.length} pages)`,
+    pages.small.ids.length === N + 80 && sorted(pages.small.ids) && pages.small.sizes.slice(0, -1).every((n) => n === 3000),
+    JSON.stringify(pages.small.sizes));
+  check(`pages of 100,000 (over the 1 MiB value limit) are asked for again smaller: ${pages.huge.sizes.length} pages of ${pages.huge.sizes[0]}`,
+    pages.huge.ids.length === N + 80 && sorted(pages.huge.ids) && pages.huge.sizes.length > 1 &&
+      pages.huge.sizes[0] < 100000 && pages.huge.sizes.slice(0, -1).every((n) => n === pages.huge.sizes[0]),
+    JSON.stringify(pages.huge.sizes));
+  check(`db.pages of an index query: the owner's ${pages.owner.ids.length}, as the query gives them, in pages of 7`,
+    pages.owner.ids.length > 7 && JSON.stringify(pages.owner.ids) === JSON.stringify(pages.ownerAll) &&
+      pages.owner.sizes.slice(0, -1).every((n) => n === 7),
+    JSON.stringify({ sizes: pages.owner.sizes, ids: pages.owner.ids.slice(0, 3) }));
+  check("a loop left after its first page is left cleanly; bad page sizes and sources are refused with their codes",
+    pages.first === 500 && pages.unhandled === 0 && pages.badSize === "INVALID_ARGUMENT" && pages.notSet !== "none",
+    JSON.stringify({ first: pages.first, unhandled: pages.unhandled, badSize: pages.badSize, notSet: pages.notSet }));
   await p.evaluate(() => window.db.close());
 
   // 6. flush(), then the browser is killed.

@@ -30,6 +30,12 @@ export async function app(token: string): Promise<void> {
   console.log(titles.map((t) => t.title));
   const one = await db.query(db.q.Team.byId("t1"));
   if (one) console.log(one.members.join(", "));
+  // A set read to its end, page by page: each page's elements typed by the query.
+  for await (const page of db.pages(db.q.Task.index("byTeam", "t1"), { pageSize: 500 })) {
+    const firstTask: Doc<Task> | undefined = page[0];
+    console.log(firstTask?.title.toUpperCase(), page.length);
+  }
+  for await (const page of db.pages((q) => q.Todo.all())) console.log(page.map((t) => t.done));
 }
 
 // React: useQuery's result is typed by the query.
