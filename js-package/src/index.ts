@@ -661,8 +661,9 @@ export class Database<S = Record<string, Record<string, Value>>> {
     for (;;) {
       let page: { data: E[]; after: string | null };
       try {
+        // On a line of its own: a source that ends with a comment does not take it in.
         page = (await this.engine.query(
-          `${set}.paginate(${size}${after === null ? "" : `, ${literal(after)}`})`,
+          `${set}\n.paginate(${size}${after === null ? "" : `, ${literal(after)}`})`,
         )) as typeof page;
       } catch (e) {
         const code = (e as { code?: unknown })?.code;
@@ -672,6 +673,8 @@ export class Database<S = Record<string, Record<string, Value>>> {
         }
         throw wrap(e);
       }
+      if (!Array.isArray(page?.data))
+        throw errorFor("INVALID_ARGUMENT", "pages needs a set query: its paginate gave no page");
       if (page.data.length > 0) yield page.data;
       if (page.after === null) return;
       after = page.after;
