@@ -659,7 +659,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
     const set = sourceOf(typeof q === "function" ? q(this.q) : q);
     let after: string | null = null;
     for (;;) {
-      let page: { data: E[]; after: string | null };
+      let page: { data: E[]; after: unknown };
       try {
         // On a line of its own: a source that ends with a comment does not take it in.
         page = (await this.engine.query(
@@ -676,7 +676,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
       if (!Array.isArray(page?.data))
         throw errorFor("INVALID_ARGUMENT", "pages needs a set query: its paginate gave no page");
       if (page.data.length > 0) yield page.data;
-      if (page.after === null) return;
+      if (typeof page.after !== "string") return;
       after = page.after;
     }
   }
