@@ -602,11 +602,7 @@ impl Warren {
         let (tx, rx) = oneshot::channel();
         self.send(LocalCmd::Query(source, tx))?;
         let v = rx.await.map_err(|_| closed())?.map_err(|e| js_error(&e))?;
-        let out = self.shared.status.out(&v);
-        if self.shared.status.json.get() {
-            self.shared.spent.set(Some(v));
-        }
-        Ok(out)
+        Ok(self.shared.answer(v))
     }
 
     /// A query answered now, from what is loaded, when nothing is ahead of it: the local
@@ -635,12 +631,7 @@ impl Warren {
         if missed {
             return Ok(JsValue::UNDEFINED);
         }
-        let v = r.map_err(|e| js_error(&e))?;
-        let out = sh.status.out(&v);
-        if sh.status.json.get() {
-            sh.spent.set(Some(v));
-        }
-        Ok(out)
+        Ok(sh.answer(r.map_err(|e| js_error(&e))?))
     }
 
     /// Resolves once everything applied so far (local writes, and what the server
@@ -1089,6 +1080,17 @@ impl Shared {
     fn local_taken(&self) {
         self.local_queued
             .set(self.local_queued.get().saturating_sub(1));
+    }
+
+    /// A query's answer for JavaScript. As JSON text, its value is kept (`spent`) until
+    /// the worker has posted the text (`flushDue` frees it), so that freeing a large
+    /// answer does not delay it.
+    fn answer(&self, v: Value) -> JsValue {
+        let out = self.status.out(&v);
+        if self.status.json.get() {
+            self.spent.set(Some(v));
+        }
+        out
     }
 
     /// Stops everything: the connection, the timers, the lanes.
