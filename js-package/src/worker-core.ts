@@ -100,17 +100,6 @@ const post = (msg: unknown) => {
 };
 const reply = (id: number, ok: unknown) => post({ id, ok });
 
-/** Requests to the engine whose `async` call has not settled. An `async` method's body
- * runs a microtask after the call, so while any is unsettled a query answered at once
- * (`queryNow`) could overtake a write asked before it: it then goes the usual way. */
-let unsettled = 0;
-/** Queries answered at once (`stats().queriesNow`). */
-let queriesNow = 0;
-const settled = <T>(p: Promise<T>): Promise<T> => {
-  unsettled++;
-  return p.finally(() => unsettled--);
-};
-
 const handle = async (raw: unknown) => {
   const msg = raw as Req | { t: "token"; id: number; token?: string };
   if ("t" in msg) {
@@ -172,26 +161,19 @@ const handle = async (raw: unknown) => {
     const w = engine;
     if (!w) throw { code: "STORAGE_ERROR", message: "the database is not open" };
     switch (m) {
-      case "query": {
-        // From what is loaded, at once, when nothing is ahead of it in the engine.
-        const now: unknown = unsettled === 0 ? w.queryNow(a[0] as string) : undefined;
-        if (now !== undefined) {
-          queriesNow++;
-          return reply(id, now);
-        }
-        return reply(id, await settled(w.query(a[0] as string)));
-      }
+      case "query":
+        return reply(id, await w.query(a[0] as string));
       case "inspect":
-        return reply(id, await settled(inspectOf(w)()));
+        return reply(id, await inspectOf(w)());
       case "explain":
-        return reply(id, await settled(explainOf(w)(a[0] as string, a[1] as string, a[2] as string | undefined)));
+        return reply(id, await explainOf(w)(a[0] as string, a[1] as string, a[2] as string | undefined));
       case "call":
       case "run": {
-        const r = (await settled(
+        const r = (
           m === "call"
-            ? w.call(a[0] as string, a[1], a[2] as string | undefined)
-            : w.run(a[0] as string, a[1] as string | undefined),
-        )) as { seq: number; result: string; local: Promise<void> };
+            ? await w.call(a[0] as string, a[1], a[2] as string | undefined)
+            : await w.run(a[0] as string, a[1] as string | undefined)
+        ) as { seq: number; result: string; local: Promise<void> };
         reply(id, { seq: r.seq, result: r.result });
         r.local.then(
           () => post({ local: id }),
@@ -200,7 +182,7 @@ const handle = async (raw: unknown) => {
         return;
       }
       case "subscribe":
-        return reply(id, await settled(w.subscribe(a[0] as string)));
+        return reply(id, await w.subscribe(a[0] as string));
       case "unsubscribe":
         w.unsubscribe(a[0] as number);
         return reply(id, null);
@@ -211,15 +193,14 @@ const handle = async (raw: unknown) => {
         w.presence(a[0] as string, a[1] as string);
         return reply(id, null);
       case "flush":
-        // Not counted: a flush changes nothing a query reads, and it waits for IndexedDB.
         await w.flush();
         return reply(id, null);
       case "stats":
-        return reply(id, Object.assign(w.stats() as object, { queriesNow }));
+        return reply(id, w.stats());
       case "hasPendingWrites":
         return reply(id, w.hasPendingWrites(a[0] as string, a[1] as string));
       case "close":
-        await settled(w.close());
+        await w.close();
         engine = null;
         return reply(id, null);
       default:

@@ -288,10 +288,7 @@ struct Shared {
     status: Status,
     url: String,
     token: RefCell<String>,
-    /// The local lane's commands (sent by [`Shared::send_local`] only).
     local: UnboundedSender<LocalCmd>,
-    /// Commands sent to the local lane and not yet taken by it.
-    local_queued: Cell<u32>,
     sync: UnboundedSender<SyncCmd>,
     ws: RefCell<Option<(WebSocket, Vec<EventListener>)>>,
     waiters: RefCell<Vec<Waiter>>,
@@ -407,7 +404,6 @@ impl Warren {
             url,
             token: RefCell::new(token),
             local: local_tx,
-            local_queued: Cell::new(0),
             sync: sync_tx.clone(),
             ws: RefCell::new(None),
             waiters: RefCell::new(Vec::new()),
@@ -589,7 +585,10 @@ impl Warren {
 
     /// Stops a live query.
     pub fn unsubscribe(&self, id: f64) {
-        let _ = self.shared.send_local(LocalCmd::Unsubscribe(id as u64));
+        let _ = self
+            .shared
+            .local
+            .unbounded_send(LocalCmd::Unsubscribe(id as u64));
     }
 
     /// The current status: `{online, connected, pending, lastSync, hasSchema}`.
@@ -602,36 +601,11 @@ impl Warren {
         let (tx, rx) = oneshot::channel();
         self.send(LocalCmd::Query(source, tx))?;
         let v = rx.await.map_err(|_| closed())?.map_err(|e| js_error(&e))?;
-        Ok(self.shared.answer(v))
-    }
-
-    /// A query answered now, from what is loaded, when nothing is ahead of it: the local
-    /// lane idle with no command queued, and nothing to load. `undefined` otherwise:
-    /// then `query`. The caller must have no call into this binding still to begin (an
-    /// `async` method's body runs a microtask after the call): the worker asks only when
-    /// none of its requests to the engine is unsettled.
-    #[wasm_bindgen(js_name = queryNow)]
-    pub fn query_now(&self, source: &str) -> Result<JsValue, JsValue> {
-        let sh = &self.shared;
-        if sh.stopped.get() || sh.local_busy.get() > 0 || sh.local_queued.get() > 0 {
-            return Ok(JsValue::UNDEFINED);
+        let out = self.shared.status.out(&v);
+        if self.shared.status.json.get() {
+            self.shared.spent.set(Some(v));
         }
-        let Ok(mut rep) = sh.replica.try_borrow_mut() else {
-            return Ok(JsValue::UNDEFINED);
-        };
-        // As the lane runs it: an operation (what it uses stays in the cache), counted
-        // as the lane's own work (the connection's wait for the first reads sees it).
-        let _busy = LocalBusy::new(sh);
-        let op = rep.store().begin_op();
-        rep.store().take_misses();
-        let r = rep.query(source);
-        let missed = !rep.store().take_misses().is_empty();
-        rep.store_mut().end_op(op);
-        drop(rep);
-        if missed {
-            return Ok(JsValue::UNDEFINED);
-        }
-        Ok(sh.answer(r.map_err(|e| js_error(&e))?))
+        Ok(out)
     }
 
     /// Resolves once everything applied so far (local writes, and what the server
@@ -711,7 +685,7 @@ impl Warren {
         if self.shared.stopped.get() {
             return Err(closed());
         }
-        self.shared.send_local(c).map_err(|()| closed())
+        self.shared.local.unbounded_send(c).map_err(|_| closed())
     }
 
     /// Commits not yet confirmed by the server.
@@ -800,8 +774,9 @@ impl Warren {
         }
         let (tx, rx) = oneshot::channel();
         self.shared
-            .send_local(LocalCmd::Close(tx))
-            .map_err(|()| closed())?;
+            .local
+            .unbounded_send(LocalCmd::Close(tx))
+            .map_err(|_| closed())?;
         match rx.await {
             Ok(r) => r.map_err(|e| js_error(&e)),
             Err(_) => Ok(()),
@@ -840,10 +815,7 @@ async fn local_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<LocalCmd>) {
         let cmd = match next.take() {
             Some(c) => c,
             None => match rx.next().await {
-                Some(c) => {
-                    sh.local_taken();
-                    c
-                }
+                Some(c) => c,
                 None => break,
             },
         };
@@ -856,12 +828,8 @@ async fn local_lane(sh: Rc<Shared>, mut rx: UnboundedReceiver<LocalCmd>) {
                 let mut batch = vec![(src, reply)];
                 while batch.len() < QUERIES_AT_ONCE {
                     match rx.try_recv() {
-                        Ok(LocalCmd::Query(s, r)) => {
-                            sh.local_taken();
-                            batch.push((s, r));
-                        }
+                        Ok(LocalCmd::Query(s, r)) => batch.push((s, r)),
                         Ok(other) => {
-                            sh.local_taken();
                             next = Some(other);
                             break;
                         }
@@ -1069,30 +1037,6 @@ impl Drop for Turns {
 }
 
 impl Shared {
-    /// Queues a command for the local lane; `Err` once the lane is gone.
-    fn send_local(&self, c: LocalCmd) -> Result<(), ()> {
-        self.local.unbounded_send(c).map_err(|_| ())?;
-        self.local_queued.set(self.local_queued.get() + 1);
-        Ok(())
-    }
-
-    /// The local lane took a command.
-    fn local_taken(&self) {
-        self.local_queued
-            .set(self.local_queued.get().saturating_sub(1));
-    }
-
-    /// A query's answer for JavaScript. As JSON text, its value is kept (`spent`) until
-    /// the worker has posted the text (`flushDue` frees it), so that freeing a large
-    /// answer does not delay it.
-    fn answer(&self, v: Value) -> JsValue {
-        let out = self.status.out(&v);
-        if self.status.json.get() {
-            self.spent.set(Some(v));
-        }
-        out
-    }
-
     /// Stops everything: the connection, the timers, the lanes.
     fn stop(&self) {
         if self.stopped.replace(true) {
@@ -1421,7 +1365,7 @@ impl Shared {
         for w in waiters {
             let _ = w.reply.send(Err(e.clone()));
         }
-        let _ = self.send_local(LocalCmd::Rebuild);
+        let _ = self.local.unbounded_send(LocalCmd::Rebuild);
         if self.replica.borrow().store().is_fenced() {
             self.stop();
         }
