@@ -282,18 +282,9 @@ impl ViewStore<'_> {
         if layered.peek().is_none() {
             return Ok((base, rest));
         }
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
-            base.into_iter().map(|(k, v)| (k, Some(v))).collect();
-        for (k, v) in layered {
-            merged.insert(k.clone(), v.clone());
-        }
-        let live = merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)));
-        let out = if reverse {
-            live.rev().collect()
-        } else {
-            live.collect()
-        };
-        Ok((out, rest))
+        Ok(crate::storage::merge_page(
+            range, base, layered, reverse, limit, rest,
+        ))
     }
 }
 
@@ -412,6 +403,50 @@ mod tests {
         assert_eq!(gone.len(), 3);
         assert_eq!(view.over(&base, u64::MAX).get(&[3]).unwrap(), None);
         assert_eq!(view.over(&base, u64::MAX).get(&[40]).unwrap(), None);
+    }
+
+    /// A page of the view holds at most `limit` entries however many pending writes
+    /// lie past the base's (each live query's `take(5)` used to merge every pending
+    /// write of its range), and reading on gives what an overlay of the same writes
+    /// gives.
+    #[test]
+    fn pages_stop_at_their_limit_over_many_pending_writes() {
+        let mut base = MemoryStore::new();
+        let mut b = Batch::new();
+        for i in 0..10u16 {
+            b.put((i * 10).to_be_bytes().to_vec(), vec![1]);
+        }
+        base.apply(b).unwrap();
+        let mut view = View::default();
+        let mut all = Overlay::new(&base);
+        for seq in 1..=500u16 {
+            let mut c = Batch::new();
+            c.put((100 + seq).to_be_bytes().to_vec(), vec![2]);
+            if seq % 50 == 0 {
+                c.delete((seq / 50 * 10 - 10).to_be_bytes().to_vec());
+            }
+            all.apply(c.clone()).unwrap();
+            view.insert(u64::from(seq), c, Reads::default());
+        }
+        let got = view.over(&base, u64::MAX);
+        for reverse in [false, true] {
+            for limit in [1, 6, 64] {
+                if reverse {
+                    // The newest keys are all pending writes.
+                    let (first, _) = got.scan_page(&KeyRange::all(), reverse, limit).unwrap();
+                    assert_eq!(first.len(), limit, "limit={limit}");
+                }
+                let mut seen = Vec::new();
+                let mut range = Some(KeyRange::all());
+                while let Some(r) = range {
+                    let (page, rest) = got.scan_page(&r, reverse, limit).unwrap();
+                    assert!(page.len() <= limit, "a page of {} for {limit}", page.len());
+                    seen.extend(page);
+                    range = rest;
+                }
+                assert_eq!(seen, all.scan(&KeyRange::all(), reverse, 10_000).unwrap());
+            }
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ mod recorder;
 use std::ops::Bound;
 
 pub use memory::MemoryStore;
-pub(crate) use overlay::page_cover;
+pub(crate) use overlay::{merge_page, page_cover};
 pub use overlay::{Layered, Overlay, OverlayWrites};
 pub use recorder::{Reads, Recorder};
 

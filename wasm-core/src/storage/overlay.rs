@@ -66,8 +66,8 @@ impl<'a> Overlay<'a> {
 
     /// One page of the merged view: the entries of part of `range`, in order, and the
     /// rest of the range still to read (`None` when the range is exhausted). A page
-    /// holds about `limit` entries, fewer or more where the overlay deleted or inserted
-    /// keys in it; only the continuation says whether the range is done.
+    /// holds at most `limit` entries, fewer where the overlay deleted keys in it; only
+    /// the continuation says whether the range is done.
     pub fn scan_page(
         &self,
         range: &KeyRange,
@@ -92,18 +92,73 @@ fn merged_page(
     if writes.is_empty() || covered.is_empty() {
         return Ok((page, rest));
     }
-    let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
-        page.into_iter().map(|(k, v)| (k, Some(v))).collect();
-    for (k, v) in writes.range::<[u8], _>((as_ref(&covered.start), as_ref(&covered.end))) {
-        merged.insert(k.clone(), v.clone());
-    }
-    let live = merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)));
-    let out = if reverse {
-        live.rev().collect()
+    let covered = writes.range::<[u8], _>((as_ref(&covered.start), as_ref(&covered.end)));
+    Ok(merge_page(range, page, covered, reverse, limit, rest))
+}
+
+/// One page of writes laid over a page of their base: the first `limit` live entries,
+/// in scan order, of `writes` (those in the part of `range` that `base`, a page of the
+/// base store, covers: [`page_cover`], which also gave `rest`) merged with `base`, and
+/// the rest of `range` to read after them. That is `rest` when the merge ended with
+/// the covered part; when it stopped at `limit` with more of it left, the range past
+/// the last entry given. So a page costs about the entries it gives, however many
+/// writes lie past them: a live query's `take(5)` over a range holding thousands of
+/// pending writes merges five or six, not all of them.
+pub(crate) fn merge_page<'w>(
+    range: &KeyRange,
+    base: Vec<Entry>,
+    writes: impl DoubleEndedIterator<Item = (&'w Vec<u8>, &'w Option<Vec<u8>>)>,
+    reverse: bool,
+    limit: usize,
+    rest: Option<KeyRange>,
+) -> (Vec<Entry>, Option<KeyRange>) {
+    let (mut forward, mut backward);
+    let writes: &mut dyn Iterator<Item = (&Vec<u8>, &Option<Vec<u8>>)> = if reverse {
+        backward = writes.rev();
+        &mut backward
     } else {
-        live.collect()
+        forward = writes;
+        &mut forward
     };
-    Ok((out, rest))
+    let mut writes = writes.peekable();
+    let mut base = base.into_iter().peekable();
+    let mut out: Vec<Entry> = Vec::new();
+    while out.len() < limit {
+        // The write when it comes first in scan order, or holds the base's key (which
+        // it replaces or deletes).
+        let write_first = match (base.peek(), writes.peek()) {
+            (None, None) => break,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some((b, _)), Some((w, _))) => {
+                if b == *w {
+                    base.next();
+                    true
+                } else {
+                    (w.as_slice() < b.as_slice()) != reverse
+                }
+            }
+        };
+        if write_first {
+            if let Some((k, Some(v))) = writes.next() {
+                out.push((k.clone(), v.clone()));
+            }
+        } else if let Some(e) = base.next() {
+            out.push(e);
+        }
+    }
+    let more = base.peek().is_some() || writes.peek().is_some();
+    match out.last() {
+        Some((last, _)) if more => {
+            let next = if reverse {
+                range.before(last)
+            } else {
+                range.after(last)
+            };
+            (out, Some(next))
+        }
+        _ => (out, rest),
+    }
 }
 
 /// The first `limit` entries of `range` in the merged view of `writes` over `base`.
@@ -311,6 +366,55 @@ mod tests {
     }
 
     /// Over a populated base, reads merge the two and paging never skips or repeats.
+    /// A page holds at most `limit` entries however many writes lie in the part of the
+    /// range its base page covers (found by the live query's `take(5)` over a range of
+    /// hundreds of pending writes, each page of which merged them all), and the pages
+    /// read on give the whole merged range exactly, deletes and writes among the base's
+    /// keys included.
+    #[test]
+    fn pages_stop_at_their_limit_over_many_writes() {
+        let mut s = MemoryStore::new();
+        let mut b = Batch::new();
+        for i in 0..10u16 {
+            b.put((i * 10).to_be_bytes().to_vec(), vec![1]);
+        }
+        s.apply(b).unwrap();
+        let mut v = Overlay::new(&s);
+        // A thousand writes past the base's keys, and some among them.
+        for i in 100..1100u16 {
+            v.write((i.to_be_bytes().to_vec(), Some(vec![2])));
+        }
+        v.write((20u16.to_be_bytes().to_vec(), None));
+        v.write((35u16.to_be_bytes().to_vec(), Some(vec![3])));
+        v.write((1050u16.to_be_bytes().to_vec(), None));
+        let mut want: Vec<u16> = (0..10u16).map(|i| i * 10).filter(|k| *k != 20).collect();
+        want.push(35);
+        want.extend((100..1100u16).filter(|k| *k != 1050));
+        want.sort();
+        for reverse in [false, true] {
+            let mut expect = want.clone();
+            if reverse {
+                expect.reverse();
+            }
+            for limit in [1, 6, 64] {
+                let (first, _) = v.scan_page(&KeyRange::all(), reverse, limit).unwrap();
+                assert_eq!(first.len(), limit, "reverse={reverse} limit={limit}");
+                let mut seen = Vec::new();
+                let mut range = Some(KeyRange::all());
+                while let Some(r) = range {
+                    let (page, rest) = v.scan_page(&r, reverse, limit).unwrap();
+                    assert!(page.len() <= limit, "a page of {} for {limit}", page.len());
+                    seen.extend(
+                        page.into_iter()
+                            .map(|(k, _)| u16::from_be_bytes([k[0], k[1]])),
+                    );
+                    range = rest;
+                }
+                assert_eq!(seen, expect, "reverse={reverse} limit={limit}");
+            }
+        }
+    }
+
     #[test]
     fn merged_pages_see_writes_and_deletes() {
         let mut s = MemoryStore::new();
