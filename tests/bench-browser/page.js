@@ -40,7 +40,13 @@ window.bench = {
   },
   async live(user, opts) {
     const db = await openDb(`bench-${lib}-${user}`, user);
-    try { return await W.liveLatency(db, user, opts); } finally { await db.close(); }
+    try {
+      const l = await W.liveLatency(db, user, opts);
+      if (l) l.pile = await W.liveWhileWriting(db, user);
+      return l;
+    } finally {
+      await db.close();
+    }
   },
   /**
    * `n` writes made offline: the IndexedDB libraries add them one by one, each awaited;

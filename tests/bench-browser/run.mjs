@@ -227,13 +227,17 @@ try {
     }
   }
 
-  // 2. Live queries: a local write to the callback; a write in one tab to the other's.
+  // 2. Live queries: a local write to the callback; writes piling up (offline) under a
+  // live query; a write in one tab to the other's.
   for (let r = 0; r < (PHASES.has("live") ? RUNS : 0); r++) {
     for (const lib of LIVE_LIBS) {
       const p = await page(`lib=${lib}`);
       const l = await p.evaluate(([user, n]) => window.bench.live(user, { iterations: n }), [`live${lib}${r}`, LIVE_ITER]);
       record("liveP50", lib, l.p50);
       record("liveP99", lib, l.p99);
+      record("livePileFirst", lib, l.pile?.first);
+      record("livePileLast", lib, l.pile?.last);
+      log(`live ${lib} run ${r + 1}: p50 ${l.p50.toFixed(1)} ms, p99 ${l.p99.toFixed(1)}; 2,000 writes under a live query: the first 500 ${l.pile.first.toFixed(0)} ms, the last ${l.pile.last.toFixed(0)}`);
       await p.close();
     }
   }
@@ -398,6 +402,8 @@ const ROWS = [
   ["big_wasm", `  (Warren) engine's WebAssembly memory after the scan (MiB)`, ""],
   ["liveP50", "local write -> live query notified, p50", "dexie"],
   ["liveP99", "local write -> live query notified, p99", "dexie"],
+  ["livePileFirst", "a live query open, 2,000 writes one by one (Warren offline): the first 500", ""],
+  ["livePileLast", "  the last 500 (a cost per write that grows with what is pending shows here)", ""],
   ["xtabP50", "write in tab A -> live query in tab B, p50", "dexie"],
   ["xtabP99", "write in tab A -> live query in tab B, p99", "dexie"],
   ["bulkConfirmed", "(Warren) bulk insert: until the server confirmed all", ""],

@@ -259,6 +259,39 @@ export async function liveLatency(db, user, { iterations = 200 } = {}) {
 }
 
 /**
+ * Writes while a live query is open, as an app offline for a while makes them: `n`
+ * writes of one owner one after another, the live query on that owner's newest 5
+ * answering each. Warren is offline, so that its writes pile up pending, and each is
+ * awaited to its optimistic result (the app goes on at once); the IndexedDB libraries'
+ * adds are awaited. Gives the time of the first `part` writes and of the last: a cost
+ * per write that grows with what is pending shows as the last above the first.
+ */
+export async function liveWhileWriting(db, user, { n = 2000, part = 500 } = {}) {
+  if (!db.live) return null;
+  const owner = `${user}:pile`;
+  let seen = 0;
+  const stop = await db.live(owner, () => { seen++; });
+  if (db.setOnline) await db.setOnline(false);
+  const parts = [];
+  let s = now();
+  for (let i = 0; i < n; i++) {
+    const d = { ...makeDoc(user, 800_000 + i), owner };
+    if (db.applyOne) await db.applyOne(d).result;
+    else await db.insertOne(d);
+    if ((i + 1) % part === 0) {
+      const t = now();
+      parts.push(t - s);
+      s = t;
+    }
+  }
+  stop();
+  const c = await db.countOwner(owner);
+  if (c !== n) fail("writes under a live query: count after", c);
+  if (seen < 2) fail("writes under a live query: the live query answered", seen);
+  return { first: parts[0], last: parts[parts.length - 1] };
+}
+
+/**
  * What the page's main thread went through: the longest task (the Long Tasks API, tasks
  * over 50 ms) and the longest gap between animation frames, while `f` runs.
  */
