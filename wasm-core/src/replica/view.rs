@@ -348,7 +348,7 @@ impl Storage for ViewStore<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{MemoryStore, Overlay};
+    use crate::storage::{read_paged, tens, MemoryStore, Overlay};
 
     /// A view store with layers from two commits reads like an overlay holding the
     /// newer write of each key, and like one holding only the older commit's writes
@@ -411,12 +411,7 @@ mod tests {
     /// gives.
     #[test]
     fn pages_stop_at_their_limit_over_many_pending_writes() {
-        let mut base = MemoryStore::new();
-        let mut b = Batch::new();
-        for i in 0..10u16 {
-            b.put((i * 10).to_be_bytes().to_vec(), vec![1]);
-        }
-        base.apply(b).unwrap();
+        let base = tens();
         let mut view = View::default();
         let mut all = Overlay::new(&base);
         for seq in 1..=500u16 {
@@ -436,14 +431,7 @@ mod tests {
                     let (first, _) = got.scan_page(&KeyRange::all(), reverse, limit).unwrap();
                     assert_eq!(first.len(), limit, "limit={limit}");
                 }
-                let mut seen = Vec::new();
-                let mut range = Some(KeyRange::all());
-                while let Some(r) = range {
-                    let (page, rest) = got.scan_page(&r, reverse, limit).unwrap();
-                    assert!(page.len() <= limit, "a page of {} for {limit}", page.len());
-                    seen.extend(page);
-                    range = rest;
-                }
+                let seen = read_paged(limit, |r| got.scan_page(r, reverse, limit));
                 assert_eq!(seen, all.scan(&KeyRange::all(), reverse, 10_000).unwrap());
             }
         }

@@ -19,6 +19,8 @@ use std::ops::Bound;
 
 pub use memory::MemoryStore;
 pub(crate) use overlay::{merge_page, page_cover};
+#[cfg(test)]
+pub(crate) use overlay::{read_paged, tens};
 pub use overlay::{Layered, Overlay, OverlayWrites};
 pub use recorder::{Reads, Recorder};
 

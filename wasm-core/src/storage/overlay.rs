@@ -307,6 +307,37 @@ pub(crate) fn page_cover(
     }
 }
 
+/// A store of ten keys, 0, 10, ... 90 as two big-endian bytes (for tests of paging over
+/// it).
+#[cfg(test)]
+pub(crate) fn tens() -> super::MemoryStore {
+    let mut s = super::MemoryStore::new();
+    let mut b = Batch::new();
+    for i in 0..10u16 {
+        b.put((i * 10).to_be_bytes().to_vec(), vec![1]);
+    }
+    s.apply(b).expect("a memory store takes a batch");
+    s
+}
+
+/// Reads the whole key space a page at a time through `page` (a `scan_page`), checking
+/// that no page holds more than `limit` entries (for tests of the stores that page).
+#[cfg(test)]
+pub(crate) fn read_paged(
+    limit: usize,
+    mut page: impl FnMut(&KeyRange) -> Result<(Vec<Entry>, Option<KeyRange>), Error>,
+) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut range = Some(KeyRange::all());
+    while let Some(r) = range {
+        let (p, rest) = page(&r).unwrap();
+        assert!(p.len() <= limit, "a page of {} for {limit}", p.len());
+        out.extend(p);
+        range = rest;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,7 +396,6 @@ mod tests {
         assert_eq!(e.code, ErrorCode::ReadOnly);
     }
 
-    /// Over a populated base, reads merge the two and paging never skips or repeats.
     /// A page holds at most `limit` entries however many writes lie in the part of the
     /// range its base page covers (found by the live query's `take(5)` over a range of
     /// hundreds of pending writes, each page of which merged them all), and the pages
@@ -373,12 +403,7 @@ mod tests {
     /// keys included.
     #[test]
     fn pages_stop_at_their_limit_over_many_writes() {
-        let mut s = MemoryStore::new();
-        let mut b = Batch::new();
-        for i in 0..10u16 {
-            b.put((i * 10).to_be_bytes().to_vec(), vec![1]);
-        }
-        s.apply(b).unwrap();
+        let s = tens();
         let mut v = Overlay::new(&s);
         // A thousand writes past the base's keys, and some among them.
         for i in 100..1100u16 {
@@ -399,22 +424,16 @@ mod tests {
             for limit in [1, 6, 64] {
                 let (first, _) = v.scan_page(&KeyRange::all(), reverse, limit).unwrap();
                 assert_eq!(first.len(), limit, "reverse={reverse} limit={limit}");
-                let mut seen = Vec::new();
-                let mut range = Some(KeyRange::all());
-                while let Some(r) = range {
-                    let (page, rest) = v.scan_page(&r, reverse, limit).unwrap();
-                    assert!(page.len() <= limit, "a page of {} for {limit}", page.len());
-                    seen.extend(
-                        page.into_iter()
-                            .map(|(k, _)| u16::from_be_bytes([k[0], k[1]])),
-                    );
-                    range = rest;
-                }
+                let seen: Vec<u16> = read_paged(limit, |r| v.scan_page(r, reverse, limit))
+                    .into_iter()
+                    .map(|(k, _)| u16::from_be_bytes([k[0], k[1]]))
+                    .collect();
                 assert_eq!(seen, expect, "reverse={reverse} limit={limit}");
             }
         }
     }
 
+    /// Over a populated base, reads merge the two and paging never skips or repeats.
     #[test]
     fn merged_pages_see_writes_and_deletes() {
         let mut s = MemoryStore::new();
@@ -437,13 +456,10 @@ mod tests {
                 expect.reverse();
             }
             for limit in 1..6 {
-                let mut seen = Vec::new();
-                let mut range = Some(KeyRange::all());
-                while let Some(r) = range {
-                    let (page, rest) = v.scan_page(&r, reverse, limit).unwrap();
-                    seen.extend(page.into_iter().map(|(k, _)| k[0]));
-                    range = rest;
-                }
+                let seen: Vec<u8> = read_paged(limit, |r| v.scan_page(r, reverse, limit))
+                    .into_iter()
+                    .map(|(k, _)| k[0])
+                    .collect();
                 assert_eq!(seen, expect, "reverse={reverse} limit={limit}");
                 // And through the trait, whose pages are exact.
                 let all: Vec<u8> = v
