@@ -297,21 +297,7 @@ impl Storage for ViewStore<'_> {
     }
 
     fn scan(&self, range: &KeyRange, reverse: bool, limit: usize) -> Result<Vec<Entry>, Error> {
-        let mut out = Vec::new();
-        if limit == 0 || range.is_empty() {
-            return Ok(out);
-        }
-        let mut next = Some(range.clone());
-        while let Some(r) = next {
-            let (page, rest) = self.scan_page(&r, reverse, limit - out.len())?;
-            out.extend(page);
-            if out.len() >= limit {
-                out.truncate(limit);
-                break;
-            }
-            next = rest;
-        }
-        Ok(out)
+        crate::storage::scan_by_pages(range, limit, |r, n| self.scan_page(r, reverse, n))
     }
 
     fn count(&self, range: &KeyRange, limit: u64) -> Result<u64, Error> {

@@ -18,7 +18,7 @@ mod recorder;
 use std::ops::Bound;
 
 pub use memory::MemoryStore;
-pub(crate) use overlay::{merge_page, page_cover};
+pub(crate) use overlay::{merge_page, page_cover, scan_by_pages};
 #[cfg(test)]
 pub(crate) use overlay::{read_paged, tens};
 pub use overlay::{Layered, Overlay, OverlayWrites};

@@ -112,6 +112,7 @@ pub(crate) fn merge_page<'w>(
     limit: usize,
     rest: Option<KeyRange>,
 ) -> (Vec<Entry>, Option<KeyRange>) {
+    // One merge loop for both directions (a generic one would be compiled twice).
     let (mut forward, mut backward);
     let writes: &mut dyn Iterator<Item = (&Vec<u8>, &Option<Vec<u8>>)> = if reverse {
         backward = writes.rev();
@@ -169,14 +170,27 @@ fn merged_scan(
     reverse: bool,
     limit: usize,
 ) -> Result<Vec<Entry>, Error> {
+    scan_by_pages(range, limit, |r, n| {
+        merged_page(base, writes, r, reverse, n)
+    })
+}
+
+/// The first `limit` entries of `range`, read through `page` (a store's `scan_page`,
+/// asked for a part of the range and how many entries are still wanted) until it has
+/// them or the range is done.
+pub(crate) fn scan_by_pages(
+    range: &KeyRange,
+    limit: usize,
+    mut page: impl FnMut(&KeyRange, usize) -> Result<(Vec<Entry>, Option<KeyRange>), Error>,
+) -> Result<Vec<Entry>, Error> {
     let mut out = Vec::new();
     if limit == 0 || range.is_empty() {
         return Ok(out);
     }
     let mut next = Some(range.clone());
     while let Some(r) = next {
-        let (page, rest) = merged_page(base, writes, &r, reverse, limit - out.len())?;
-        out.extend(page);
+        let (entries, rest) = page(&r, limit - out.len())?;
+        out.extend(entries);
         if out.len() >= limit {
             out.truncate(limit);
             break;
