@@ -557,6 +557,8 @@ const SHRINK_ON = new Set(["RESULT_TOO_LARGE", "MEMORY_EXHAUSTED", "FUEL_EXHAUST
 export class Database<S = Record<string, Record<string, Value>>> {
   /** The collections, for the query builder: `db.q.Todo.index("byOwner", sub)`. */
   readonly q: Collections<S> = collections<S>();
+  /** Writes made through this database so far (`pages` reads ahead only across none). */
+  private writesMade = 0;
   /** The sync state: online, connected, pending writes, last sync. */
   readonly status: Readable<Status> & { readonly current: Status };
   /** Live queries by engine id. */
@@ -645,10 +647,12 @@ export class Database<S = Record<string, Record<string, Value>>> {
 
   /** Every element of a set query, page by page (`for await (const docs of db.pages(q))`):
    * the set's `paginate` with the cursor passed on, one query a page, so a set larger
-   * than one result may be (1 MiB) is read whole. A write between two pages shows in
-   * the pages after it, as with `paginate` by hand. A page too large for the query
-   * limits (`RESULT_TOO_LARGE`, `MEMORY_EXHAUSTED`, `FUEL_EXHAUSTED`) is asked for
-   * again at half the size, and the pages after it stay at that size. */
+   * than one result may be (1 MiB) is read whole. The next page is read while the app
+   * handles this one; a write made through this database in the meantime has it read
+   * again, so a write between two pages shows in the pages after it, as with
+   * `paginate` by hand. A page too large for the query limits (`RESULT_TOO_LARGE`,
+   * `MEMORY_EXHAUSTED`, `FUEL_EXHAUSTED`) is asked for again at half the size, and the
+   * pages after it stay at that size. */
   async *pages<E = unknown>(
     q: Query<E[]> | string | ((c: Collections<S>) => Query<E[]>),
     options: { pageSize?: number } = {},
@@ -658,26 +662,39 @@ export class Database<S = Record<string, Record<string, Value>>> {
       throw errorFor("INVALID_ARGUMENT", `pageSize must be a positive integer, not ${String(size)}`);
     const set = sourceOf(typeof q === "function" ? q(this.q) : q);
     let after: string | null = null;
+    // The page after `after`, asked for now, and the writes made when it was.
+    const ask = () => {
+      const page = this.engine.query(
+        // On a line of its own: a source that ends with a comment does not take it in.
+        `${set}\n.paginate(${size}${after === null ? "" : `, ${literal(after)}`})`,
+      ) as Promise<{ data: E[]; after: unknown }>;
+      page.catch(() => {}); // a page read ahead that the app never takes
+      return { page, writes: this.writesMade };
+    };
+    let next = ask();
     for (;;) {
+      if (next.writes !== this.writesMade) next = ask();
       let page: { data: E[]; after: unknown };
       try {
-        // On a line of its own: a source that ends with a comment does not take it in.
-        page = (await this.engine.query(
-          `${set}\n.paginate(${size}${after === null ? "" : `, ${literal(after)}`})`,
-        )) as typeof page;
+        page = await next.page;
       } catch (e) {
         const code = (e as { code?: unknown })?.code;
         if (size > 1 && typeof code === "string" && SHRINK_ON.has(code)) {
           size = Math.ceil(size / 2);
+          next = ask();
           continue;
         }
         throw wrap(e);
       }
       if (!Array.isArray(page?.data))
         throw errorFor("INVALID_ARGUMENT", "pages needs a set query: its paginate gave no page");
+      const last = typeof page.after !== "string";
+      if (!last) {
+        after = page.after as string;
+        next = ask();
+      }
       if (page.data.length > 0) yield page.data;
-      if (typeof page.after !== "string") return;
-      after = page.after;
+      if (last) return;
     }
   }
 
@@ -926,6 +943,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
   }
 
   private write<R>(start: () => Promise<Applied>, what?: { fn: string; args: Record<string, unknown> }): Write<R> {
+    this.writesMade++;
     let started: Promise<Applied>;
     try {
       started = start();
