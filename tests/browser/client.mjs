@@ -14,8 +14,9 @@
 //    reopen costs a bounded number of IndexedDB reads.
 // 5. A full scan with a small cache cap stays under the cap (the cache evicts). The
 //    same through `db.pages`: every document once, in order; a page over the query
-//    limits asked for again at half the size. A read asked in the same turn as a
-//    write of its document sees it.
+//    limits asked for again at half the size; a write between two pages shows in the
+//    page after it, which was read ahead. A read asked in the same turn as a write of
+//    its document sees it.
 // 6. `flush()`, then the browser is killed: the confirmed data survives. And a page
 //    that goes away as soon as a write is confirmed (no close(), no flush()) keeps it
 //    confirmed: a confirmation is reported once what it brought is on disk. Writes
