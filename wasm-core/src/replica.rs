@@ -304,6 +304,9 @@ pub struct Replica<S: Storage> {
     maybe_sent: u64,
     /// Frames received and not handled yet: see [`Replica::receive`].
     held: Vec<ServerFrame>,
+    /// This connection's welcome, once handled: its position and applied seq (the
+    /// frames at its position or before wait only for the outcomes up to that seq).
+    welcomed: Option<(u64, u64)>,
 }
 
 /// The commits up to this sequence number have no outcome kept on a server that has
@@ -394,6 +397,7 @@ impl<S: Storage> Replica<S> {
             parts: None,
             maybe_sent,
             held: Vec::new(),
+            welcomed: None,
         })
     }
 
@@ -757,6 +761,7 @@ impl<S: Storage> Replica<S> {
         self.early = false;
         self.sent_upto = 0;
         self.parts = None;
+        self.welcomed = None;
         // Not handled, so not in the base: the next connection sends them again (the
         // cursors did not move).
         self.held.clear();
@@ -869,7 +874,10 @@ impl<S: Storage> Replica<S> {
     /// a committed outcome at that position or later (outcomes come in log order), or
     /// no such commit left. They are then handled together. (A frame at a later
     /// position shows nothing: a connection that joins late gets the entries since its
-    /// welcome first, and their outcomes after them.)
+    /// welcome first, and their outcomes after them.) A welcome's snapshots, at its
+    /// position, wait only for the outcomes of the commits it says were applied (up to
+    /// its `applied_seq`), which follow them: not for the outbox's later commits, which
+    /// the server may not apply for a long while (its budgets).
     pub fn receive(&mut self, frame: ServerFrame) {
         self.held.push(frame);
     }
@@ -918,27 +926,56 @@ impl<S: Storage> Replica<S> {
         let mut unsettled = upto(until);
         // The position of the base frames waiting for outcomes, if any.
         let mut waiting: Option<u64> = None;
+        // After a welcome at position `P` with applied seq `A`: its snapshots (at `P`)
+        // hold the effects of commits up to `A` only, whose outcomes follow them; a
+        // commit after `A` is applied after `P` (docs/PROTOCOL.md, "Welcome, snapshots,
+        // kept outcomes"). So frames at `P` or before wait for those alone, not for
+        // the outbox's later commits, which may wait on the server's budgets for long.
+        let mut welcome = self.welcomed;
+        let mut unsettled_caught_up = welcome.map_or(0, |(_, applied)| upto(applied));
+        let mut waiting_caught_up: Option<u64> = None;
         let mut ready = 0;
         for (i, f) in self.held.iter().enumerate() {
             match f {
-                ServerFrame::Welcome { applied_seq, .. } => {
+                ServerFrame::Welcome {
+                    applied_seq,
+                    position,
+                    ..
+                } => {
                     // A new connection: the outcomes the server no longer keeps do not
                     // come (the welcome settles those commits); those of the rest of
                     // what it applied come after its snapshots.
                     after = forgotten_upto(*applied_seq);
                     until = until.max(*applied_seq);
-                    let here = settled_here
-                        .range((Bound::Excluded(after), Bound::Included(until)))
-                        .count();
-                    unsettled = upto(until).saturating_sub(upto(after)).saturating_sub(here);
+                    let unsettled_in = |to: u64| {
+                        let here = settled_here
+                            .range((Bound::Excluded(after), Bound::Included(to)))
+                            .count();
+                        upto(to).saturating_sub(upto(after)).saturating_sub(here)
+                    };
+                    unsettled = unsettled_in(until);
+                    unsettled_caught_up = unsettled_in(*applied_seq);
+                    welcome = Some((*position, *applied_seq));
                     waiting = None;
+                    waiting_caught_up = None;
                 }
                 ServerFrame::Effects { position, .. }
                 | ServerFrame::Snapshot { position, .. }
                 | ServerFrame::SnapshotPart { position, .. }
                 | ServerFrame::Drop { position, .. } => {
-                    if unsettled > 0 {
-                        waiting = Some(waiting.map_or(*position, |w| w.max(*position)));
+                    let wait =
+                        |w: &mut Option<u64>| *w = Some(w.map_or(*position, |w| w.max(*position)));
+                    match welcome {
+                        Some((at, _)) if *position <= at => {
+                            if unsettled_caught_up > 0 {
+                                wait(&mut waiting_caught_up);
+                            }
+                        }
+                        _ => {
+                            if unsettled > 0 {
+                                wait(&mut waiting);
+                            }
+                        }
                     }
                 }
                 ServerFrame::Outcome { seq, result } => {
@@ -949,12 +986,17 @@ impl<S: Storage> Replica<S> {
                         && settled_here.insert(*seq);
                     if settles {
                         unsettled = unsettled.saturating_sub(1);
+                        if welcome.is_some_and(|(_, applied)| *seq <= applied) {
+                            unsettled_caught_up = unsettled_caught_up.saturating_sub(1);
+                        }
                     }
                     // Outcomes come in log order: none for the base's position is still
                     // to come.
                     if let CommitResult::Committed { position, .. } = result {
-                        if waiting.is_some_and(|w| *position >= w) {
-                            waiting = None;
+                        for w in [&mut waiting, &mut waiting_caught_up] {
+                            if w.is_some_and(|w| *position >= w) {
+                                *w = None;
+                            }
                         }
                     }
                 }
@@ -964,8 +1006,12 @@ impl<S: Storage> Replica<S> {
             }
             if unsettled == 0 {
                 waiting = None;
+                waiting_caught_up = None;
             }
-            if waiting.is_none() {
+            if unsettled_caught_up == 0 {
+                waiting_caught_up = None;
+            }
+            if waiting.is_none() && waiting_caught_up.is_none() {
                 ready = i + 1;
             }
         }
@@ -979,10 +1025,11 @@ impl<S: Storage> Replica<S> {
             ServerFrame::Welcome {
                 schema_version,
                 schema_source,
+                position,
                 applied_seq,
                 partitions,
-                ..
             } => {
+                self.welcomed = Some((position, applied_seq));
                 if self.schema.as_ref().map(|s| s.version()) != Some(schema_version.as_str()) {
                     let schema = Schema::parse(&schema_source)?;
                     let mut b = Batch::new();

@@ -2306,6 +2306,81 @@ fn a_commit_stays_in_the_view_while_its_effects_come_before_its_outcome() {
     w.check_settled();
 }
 
+/// A welcome's snapshots wait only for the outcomes of the commits it says were applied
+/// (its `applied_seq`), which follow them, not for the outbox's later commits, which the
+/// server may not apply for a long while (its budgets). Regression: they waited for an
+/// outcome at their position or later, so behind a commit queued at the server the
+/// base was held until the browser's driver stopped waiting and handled the frames
+/// anyway, in the middle of a catch-up: a commit whose effects had come in one
+/// partition's snapshot and not yet in another's ran again on its own documents, failed
+/// ("already exists"), and its other documents vanished from the view for a while.
+#[test]
+fn a_welcome_s_snapshots_wait_only_for_the_commits_it_applied() {
+    let mut w = World::new(&[("ann-1", user("ann")), ("ann-2", user("ann"))], 0);
+    w.auto_pump = false;
+    for d in [0, 1] {
+        w.connect(d);
+        w.deliver_all(d);
+    }
+    let push = |w: &mut World, d: usize| {
+        let out = w.outgoing(d);
+        w.send(d, out);
+        w.receive_all(d);
+    };
+    // ann-1's first commit writes two partitions; it is applied, its outcome lost.
+    w.mutate(
+        0,
+        run(
+            r#"Todo.create({ id: "a", owner: "ann", title: "x", done: false, created: 0 });
+               Team.create({ id: "t", admin: "ann", members: ["ann"] })"#,
+        ),
+    )
+    .unwrap();
+    push(&mut w, 0);
+    assert!(w.sequence());
+    // ann-2 writes after it: the welcome's position is past that commit's.
+    w.mutate(1, add_todo("z", "t")).unwrap();
+    push(&mut w, 1);
+    assert!(w.sequence());
+    // ann-1's second commit reaches the server and waits there.
+    w.mutate(0, add_todo("b", "t")).unwrap();
+    push(&mut w, 0);
+    w.disconnect(0, true);
+    w.connect(0);
+    let frames = w.deliver_all(0);
+    assert!(
+        frames
+            .iter()
+            .filter(|f| matches!(f, ServerFrame::Snapshot { .. }))
+            .count()
+            >= 2,
+        "{frames:?}"
+    );
+    assert!(
+        matches!(frames.last(), Some(ServerFrame::Outcome { seq: 1, .. })),
+        "{frames:?}"
+    );
+    assert!(
+        !w.replica(0).holds_frames(),
+        "the catch-up is handled; {}",
+        w.ctx()
+    );
+    w.flush(0);
+    let seqs: Vec<u64> = w.replica(0).pending().iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, vec![2]);
+    assert_eq!(
+        w.replica(0).query("Todo.all().map(.id)").unwrap(),
+        strs(&["a", "b", "z"])
+    );
+    assert_eq!(
+        w.replica(0).query("Team.all().map(.id)").unwrap(),
+        strs(&["t"])
+    );
+    w.auto_pump = true;
+    w.settle();
+    w.check_settled();
+}
+
 /// An outcome taken in before a welcome (a driver that did not say the connection
 /// dropped) settles its commit for the frames after the welcome too: they do not wait
 /// for it again.
