@@ -144,9 +144,16 @@ const FRAMES_AT_ONCE: usize = 256;
 /// server wait (see `Shared::hold_while_writing`), at most [`FRAMES_HOLD_MS`].
 const WRITES_QUIET_MS: u32 = 25;
 const FRAMES_HOLD_MS: u32 = 1000;
-/// Frames that may hold this replica's own effects wait at most this long for their
-/// outcomes (which the server sends right after them): see `Replica::receive`.
-const OUTCOMES_WAIT_MS: u32 = 1000;
+/// Frames that may hold this replica's own effects wait for their outcomes (which the
+/// server sends right after them; a welcome's after its snapshots): see
+/// `Replica::receive`. Handled anyway once the server has sent nothing for this long
+/// while they wait, or [`OUTCOMES_WAIT_MAX_MS`] after they began to wait: a catch-up
+/// still streaming is not cut short (its frames handled without the outcomes after them
+/// would run a commit again on part of its own effects, and its other writes would
+/// vanish from the view until its outcome came), and a server that never sends the
+/// outcomes does not hold the base back for ever.
+const OUTCOMES_WAIT_MS: u32 = 3000;
+const OUTCOMES_WAIT_MAX_MS: u32 = 30_000;
 /// While the app is writing, the commits made durable after a send (within
 /// [`WRITES_QUIET_MS`] of it) wait and go together, in one push, once the writes pause
 /// or this long after the first of them waited (see `Shared::send_outgoing`).
@@ -204,7 +211,7 @@ enum SyncCmd {
     Send,
     /// An ephemeral presence message for the others in a partition (sent only online).
     Presence(String, Vec<u8>),
-    /// Handles the frames that waited [`OUTCOMES_WAIT_MS`] for outcomes.
+    /// Handles the frames that waited too long for outcomes ([`OUTCOMES_WAIT_MS`]).
     HandleHeld,
 }
 
@@ -310,6 +317,8 @@ struct Shared {
     base_timer: RefCell<Option<Timeout>>,
     /// Set while frames wait for outcomes: handles them when it fires.
     outcomes_timer: RefCell<Option<Timeout>>,
+    /// When the frames waiting for outcomes began to wait (`Date.now()`).
+    outcomes_since: Cell<f64>,
     /// When the app last made a local write (`Date.now()`).
     last_local_ms: Cell<f64>,
     /// Batches of frames that waited for the app's writes (`stats().framesHeld`).
@@ -414,6 +423,7 @@ impl Warren {
             spent: Cell::new(None),
             base_timer: RefCell::new(None),
             outcomes_timer: RefCell::new(None),
+            outcomes_since: Cell::new(0.0),
             last_local_ms: Cell::new(f64::NEG_INFINITY),
             frames_held: Cell::new(0),
             last_send_ms: Cell::new(f64::NEG_INFINITY),
@@ -1501,8 +1511,8 @@ impl Shared {
 
     /// Handles the frames received that are ready (`all`: every one, ready or not),
     /// then rebases the view and reports once. A frame that may hold the effects of
-    /// this replica's own commits waits for their outcomes (`Replica::receive`), at
-    /// most [`OUTCOMES_WAIT_MS`].
+    /// this replica's own commits waits for their outcomes (`Replica::receive`), as
+    /// long as [`OUTCOMES_WAIT_MS`] says.
     async fn handle_frames(&self, all: bool) -> Result<(), Error> {
         let ready = {
             let mut r = self.replica.borrow_mut();
@@ -1530,16 +1540,23 @@ impl Shared {
             self.status.connected.set(true);
             self.backoff_ms.set(100.0);
         }
-        // Frames that wait for outcomes are handled anyway after a while: a server that
-        // never sends them must not hold the base back. The wait starts when frames
-        // begin to wait, and is not pushed back by those that come meanwhile.
+        // Frames that wait for outcomes are handled anyway after a while (see
+        // `OUTCOMES_WAIT_MS`): the wait starts again with each frame that comes, up to
+        // a limit from when they began to wait.
         if !self.replica.borrow().holds_frames() {
             self.outcomes_timer.borrow_mut().take();
-        } else if self.outcomes_timer.borrow().is_none() {
+        } else {
+            let now = js_sys::Date::now();
+            if self.outcomes_timer.borrow().is_none() {
+                self.outcomes_since.set(now);
+            }
+            let until = (now + f64::from(OUTCOMES_WAIT_MS))
+                .min(self.outcomes_since.get() + f64::from(OUTCOMES_WAIT_MAX_MS));
             let t = self.sync.clone();
-            *self.outcomes_timer.borrow_mut() = Some(Timeout::new(OUTCOMES_WAIT_MS, move || {
-                let _ = t.unbounded_send(SyncCmd::HandleHeld);
-            }));
+            *self.outcomes_timer.borrow_mut() =
+                Some(Timeout::new((until - now).max(0.0) as u32, move || {
+                    let _ = t.unbounded_send(SyncCmd::HandleHeld);
+                }));
         }
         self.rebuild().await?;
         self.report();
