@@ -4,6 +4,7 @@
 // 1. Exactly one tab leads (holds the engine and the connection).
 // 2. A write in any tab appears in the others' live queries within 200 ms.
 // 3. Two tabs writing at once: every write lands once, the outbox stays whole.
+//    3b. `db.pages` gives every document in order in each tab, leader and followers.
 // 4. The server receives each commit exactly once (no duplicates in its metrics).
 // 5. The leader is frozen (the page lifecycle's freeze): another tab takes over.
 // 6. The leader is closed: another tab takes over; writes made meanwhile sync.
@@ -90,6 +91,21 @@ try {
   const local = await tabs[0].evaluate((u) => window.db.query(`Todo.byOwner("${u}").count()`), USER);
   check("and every tab's view agrees", local === written.length, `${local}`);
   check("the server received no commit twice", (await duplicates()) === 0, `${await duplicates()}`);
+
+  // 3b. `db.pages` in every tab, the followers' through the leader (its pages cross the
+  //     tabs as the engine's JSON text): each gives the query's documents, in its order.
+  const titlesOf = (p) => p.evaluate((u) => window.db.query(`Todo.byOwner("${u}").map(.title)`), USER);
+  const pagedTitles = (p) => p.evaluate(async (u) => {
+    const out = [];
+    for await (const docs of window.db.pages(`Todo.byOwner("${u}")`, { pageSize: 7 })) for (const d of docs) out.push(d.title);
+    return out;
+  }, USER);
+  const expected = await titlesOf(tabs[0]);
+  for (const [i, p] of tabs.entries()) {
+    const got = await pagedTitles(p);
+    check(`tab ${i}'s db.pages (${(await isLeader(p)) ? "the leader" : "a follower"}) gives the query's ${expected.length} documents in order`,
+      expected.length === written.length && JSON.stringify(got) === JSON.stringify(expected), `${got.length} of ${expected.length}`);
+  }
 
   // 5. The leader hangs (frozen: its page runs nothing for 7 s): another tab takes over,
   //    and the old leader, when it runs again, follows and writes nothing.
