@@ -886,7 +886,7 @@ impl<S: Storage> Replica<S> {
     /// [`Replica::receive`]); handle each with [`Replica::handle`], with nothing else
     /// between them, then [`Replica::flush`].
     pub fn take_ready(&mut self) -> Vec<ServerFrame> {
-        let n = self.ready_len();
+        let (n, _) = self.ready_len();
         self.held.drain(..n).collect()
     }
 
@@ -902,6 +902,13 @@ impl<S: Storage> Replica<S> {
         !self.held.is_empty()
     }
 
+    /// Whether what waits is a welcome's catch-up (its snapshots, waiting for the
+    /// outcomes that follow them: a stream a driver must not cut short), rather than
+    /// live frames waiting for an outcome at their position.
+    pub fn holds_catch_up(&self) -> bool {
+        self.ready_len().1
+    }
+
     /// Handles the frames that are ready (see [`Replica::receive`]); gives how many.
     pub fn handle_ready(&mut self) -> Result<usize, Error> {
         let ready = self.take_ready();
@@ -913,10 +920,11 @@ impl<S: Storage> Replica<S> {
     }
 
     /// How many of the frames held may be handled now: up to the last point where
-    /// every outcome of the base's position had come (see [`Replica::receive`]). In
-    /// time of the frames held and the logarithm of the outbox: it runs for each batch
-    /// of frames, and an outbox can hold thousands of commits.
-    fn ready_len(&self) -> usize {
+    /// every outcome of the base's position had come (see [`Replica::receive`]); and
+    /// whether a welcome's catch-up is among those that wait. In time of the frames
+    /// held and the logarithm of the outbox: it runs for each batch of frames, and an
+    /// outbox can hold thousands of commits.
+    fn ready_len(&self) -> (usize, bool) {
         // The pending commits up to `seq` (the outbox is in sequence order).
         let upto = |seq: u64| self.pending.partition_point(|p| p.seq <= seq);
         // The commits that may have reached the server and have no outcome yet are the
@@ -1015,7 +1023,7 @@ impl<S: Storage> Replica<S> {
                 ready = i + 1;
             }
         }
-        ready
+        (ready, waiting_caught_up.is_some())
     }
 
     /// Handles one frame from the server. Changes to the base take effect in the view

@@ -2292,6 +2292,7 @@ fn a_commit_stays_in_the_view_while_its_effects_come_before_its_outcome() {
         };
         assert_eq!(shown(&mut w), (strs(&todos), strs(&teams)), "{}", w.ctx());
         assert!(w.replica(0).holds_frames(), "it waits; {}", w.ctx());
+        assert!(!w.replica(0).holds_catch_up(), "live frames; {}", w.ctx());
         let rest = w.deliver_all(0);
         assert!(
             matches!(rest.last(), Some(ServerFrame::Outcome { .. })),
@@ -2347,7 +2348,14 @@ fn a_welcome_s_snapshots_wait_only_for_the_commits_it_applied() {
     push(&mut w, 0);
     w.disconnect(0, true);
     w.connect(0);
-    let frames = w.deliver_all(0);
+    let mut frames = Vec::new();
+    while let Some(f) = w.deliver(0) {
+        if !matches!(f, ServerFrame::Welcome { .. } | ServerFrame::Outcome { .. }) {
+            // Until the outcome that follows them, the snapshots wait, as a catch-up.
+            assert!(w.replica(0).holds_catch_up(), "{}", w.ctx());
+        }
+        frames.push(f);
+    }
     assert!(
         frames
             .iter()
