@@ -145,15 +145,19 @@ const FRAMES_AT_ONCE: usize = 256;
 const WRITES_QUIET_MS: u32 = 25;
 const FRAMES_HOLD_MS: u32 = 1000;
 /// Frames that may hold this replica's own effects wait for their outcomes (which the
-/// server sends right after them; a welcome's after its snapshots): see
-/// `Replica::receive`. Handled anyway once the server has sent nothing for this long
-/// while they wait, or [`OUTCOMES_WAIT_MAX_MS`] after they began to wait: a catch-up
-/// still streaming is not cut short (its frames handled without the outcomes after them
-/// would run a commit again on part of its own effects, and its other writes would
-/// vanish from the view until its outcome came), and a server that never sends the
-/// outcomes does not hold the base back for ever.
-const OUTCOMES_WAIT_MS: u32 = 3000;
-const OUTCOMES_WAIT_MAX_MS: u32 = 30_000;
+/// server sends right after them): see `Replica::receive`. Live frames are handled
+/// anyway this long after they began to wait: a server that never sends the outcome
+/// must not hold the base back, and one that sends none because this replica's next
+/// commit waits in its queue must not hold back the others' changes for long.
+const OUTCOMES_WAIT_MS: u32 = 1000;
+/// A welcome's catch-up (its snapshots, then the outcomes of the commits they hold) is
+/// not cut short while it streams: handled without those outcomes, a commit with its
+/// effects in some partitions' snapshots and not yet in others' runs again on them,
+/// fails, and its other writes vanish from the view until its outcome comes. Its
+/// frames are handled anyway only once the server has sent nothing for this long, or
+/// [`CATCH_UP_WAIT_MAX_MS`] after they began to wait.
+const CATCH_UP_QUIET_MS: u32 = 3000;
+const CATCH_UP_WAIT_MAX_MS: u32 = 30_000;
 /// While the app is writing, the commits made durable after a send (within
 /// [`WRITES_QUIET_MS`] of it) wait and go together, in one push, once the writes pause
 /// or this long after the first of them waited (see `Shared::send_outgoing`).
@@ -317,8 +321,10 @@ struct Shared {
     base_timer: RefCell<Option<Timeout>>,
     /// Set while frames wait for outcomes: handles them when it fires.
     outcomes_timer: RefCell<Option<Timeout>>,
-    /// When the frames waiting for outcomes began to wait (`Date.now()`).
+    /// When the frames waiting for outcomes began to wait (`Date.now()`), and whether
+    /// they are a welcome's catch-up.
     outcomes_since: Cell<f64>,
+    outcomes_catch_up: Cell<bool>,
     /// When the app last made a local write (`Date.now()`).
     last_local_ms: Cell<f64>,
     /// Batches of frames that waited for the app's writes (`stats().framesHeld`).
@@ -424,6 +430,7 @@ impl Warren {
             base_timer: RefCell::new(None),
             outcomes_timer: RefCell::new(None),
             outcomes_since: Cell::new(0.0),
+            outcomes_catch_up: Cell::new(false),
             last_local_ms: Cell::new(f64::NEG_INFINITY),
             frames_held: Cell::new(0),
             last_send_ms: Cell::new(f64::NEG_INFINITY),
@@ -1512,7 +1519,7 @@ impl Shared {
     /// Handles the frames received that are ready (`all`: every one, ready or not),
     /// then rebases the view and reports once. A frame that may hold the effects of
     /// this replica's own commits waits for their outcomes (`Replica::receive`), as
-    /// long as [`OUTCOMES_WAIT_MS`] says.
+    /// long as [`OUTCOMES_WAIT_MS`] and [`CATCH_UP_QUIET_MS`] say.
     async fn handle_frames(&self, all: bool) -> Result<(), Error> {
         let ready = {
             let mut r = self.replica.borrow_mut();
@@ -1540,18 +1547,28 @@ impl Shared {
             self.status.connected.set(true);
             self.backoff_ms.set(100.0);
         }
-        // Frames that wait for outcomes are handled anyway after a while (see
-        // `OUTCOMES_WAIT_MS`): the wait starts again with each frame that comes, up to
-        // a limit from when they began to wait.
-        if !self.replica.borrow().holds_frames() {
+        // Frames that wait for outcomes are handled anyway after a while: live ones
+        // `OUTCOMES_WAIT_MS` after they began to wait, a catch-up once the server is
+        // quiet (`CATCH_UP_QUIET_MS`: the wait starts again with each frame that comes)
+        // or after `CATCH_UP_WAIT_MAX_MS`.
+        let (holds, catch_up) = {
+            let r = self.replica.borrow();
+            (r.holds_frames(), r.holds_catch_up())
+        };
+        if !holds {
             self.outcomes_timer.borrow_mut().take();
         } else {
             let now = js_sys::Date::now();
-            if self.outcomes_timer.borrow().is_none() {
+            if self.outcomes_timer.borrow().is_none() || self.outcomes_catch_up.get() != catch_up {
                 self.outcomes_since.set(now);
+                self.outcomes_catch_up.set(catch_up);
             }
-            let until = (now + f64::from(OUTCOMES_WAIT_MS))
-                .min(self.outcomes_since.get() + f64::from(OUTCOMES_WAIT_MAX_MS));
+            let since = self.outcomes_since.get();
+            let until = if catch_up {
+                (now + f64::from(CATCH_UP_QUIET_MS)).min(since + f64::from(CATCH_UP_WAIT_MAX_MS))
+            } else {
+                since + f64::from(OUTCOMES_WAIT_MS)
+            };
             let t = self.sync.clone();
             *self.outcomes_timer.borrow_mut() =
                 Some(Timeout::new((until - now).max(0.0) as u32, move || {
