@@ -4,8 +4,8 @@
 // 1. Offline, the page writes N documents across 50 partitions (bulk commits of a few
 //    hundred each).
 // 2. Back online through the proxy, which passes the page's push to the server and
-//    drops everything the server answers: the server applies every commit, the page
-//    hears nothing, and closes with its outbox whole.
+//    drops all the server answers but the WebSocket's upgrade: the server applies
+//    every commit, the page hears nothing, and closes with its outbox whole.
 // 3. Reopened online through the proxy, which now lets the server's frames through a
 //    slice every 250 ms: the welcome, a snapshot of each partition (holding the
 //    commits' documents), then the commits' outcomes, over several seconds. Until the

@@ -92,8 +92,8 @@ try {
   check("and every tab's view agrees", local === written.length, `${local}`);
   check("the server received no commit twice", (await duplicates()) === 0, `${await duplicates()}`);
 
-  // 3b. `db.pages` in every tab, the followers' through the leader (its pages cross the
-  //     tabs as the engine's JSON text): each gives the query's documents, in its order.
+  // 3b. `db.pages` in every tab, the followers' through the leader (each page crosses
+  //     the tabs as a message): each gives the query's documents, in its order.
   const titlesOf = (p) => p.evaluate((u) => window.db.query(`Todo.byOwner("${u}").map(.title)`), USER);
   const pagedTitles = (p) => p.evaluate(async (u) => {
     const out = [];
