@@ -142,9 +142,9 @@ export interface BulkOptions {
   /** Most calls not yet durable locally at once (default 8): the items are handed to
    * the engine as it takes them. */
   window?: number;
-  /** While connected, most calls not yet confirmed by the server (default 64): an
-   * import online keeps the outbox, and the memory it holds, this small. Offline, the
-   * outbox grows (it is all in IndexedDB). */
+  /** While connected, most calls not yet confirmed by the server (default 64), those of
+   * every `bulk` of the database together: an import online keeps the outbox, and the
+   * memory it holds, this small. Offline, the outbox grows (it is all in IndexedDB). */
   unconfirmed?: number;
 }
 
@@ -569,6 +569,11 @@ export class Database<S = Record<string, Record<string, Value>>> {
   private outcomes = new Map<number, { ok: Confirmation<unknown> } | { err: WarrenError }>();
   private listeners = new Map<keyof Events, Set<(value: unknown) => void>>();
   private statusRuns = new Set<(s: Status) => void>();
+  /** `bulk` calls not yet confirmed, of every `bulk` of this database: their window is
+   * one, so an import made of many `bulk` calls is bounded as one call is. */
+  private bulkUnconfirmed = 0;
+  /** The `bulk`s waiting for that window: woken as any of their calls is confirmed. */
+  private bulkWaiting = new Set<() => void>();
   private statusNow: Status;
   /** The engine's last status, and the last error the server closed with. */
   private rawStatus: unknown;
@@ -759,7 +764,8 @@ export class Database<S = Record<string, Record<string, Value>>> {
    * `result` resolves with every call's optimistic result once all are applied,
    * `local` once all are durable, `confirmed` once the server committed all (the last
    * position). While connected, at most `unconfirmed` calls wait for the server at a
-   * time, so memory stays bounded however many items there are.
+   * time, counting those of every `bulk` of this database, so memory stays bounded
+   * however many items there are and however many `bulk`s make the import.
    */
   bulk<R = unknown>(fn: string, items: Iterable<unknown>, options: BulkOptions = {}): Write<R[]> {
     const param = options.param ?? "docs";
@@ -771,12 +777,16 @@ export class Database<S = Record<string, Record<string, Value>>> {
     const locals: Promise<unknown>[] = [];
     const confirms: Promise<Confirmation<R>>[] = [];
     let unlocal = 0;
-    let unconfirmed = 0;
     let wake: (() => void) | null = null;
     const nudge = () => {
       const w = wake;
       wake = null;
       w?.();
+    };
+    // Another `bulk`'s confirmation frees the shared window too.
+    this.bulkWaiting.add(nudge);
+    const nudgeAll = () => {
+      for (const n of [...this.bulkWaiting]) n();
     };
     const stopStatus = this.status.subscribe(() => nudge());
     // Each item is turned into JSON once: its text measures it and goes into the call.
@@ -800,9 +810,9 @@ export class Database<S = Record<string, Record<string, Value>>> {
       }
       results.push([at, r]);
       unlocal++;
-      unconfirmed++;
+      this.bulkUnconfirmed++;
       locals.push(w.local.finally(() => (unlocal--, nudge())));
-      const c = w.confirmed.finally(() => (unconfirmed--, nudge()));
+      const c = w.confirmed.finally(() => (this.bulkUnconfirmed--, nudgeAll()));
       c.catch(() => {});
       confirms.push(c);
     };
@@ -821,7 +831,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
           bytes = 0;
           while (
             unlocal >= window ||
-            (unconfirmed >= unconfirmedMax && this.statusNow.connected)
+            (this.bulkUnconfirmed >= unconfirmedMax && this.statusNow.connected)
           )
             await new Promise<void>((ok) => (wake = ok));
           await send(c, p, n++);
@@ -838,6 +848,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
         return results.sort((a, b) => a[0] - b[0]).map((x) => x[1]);
       } finally {
         stopStatus();
+        this.bulkWaiting.delete(nudge);
       }
     })();
     const result = run.catch((e: unknown) => {
