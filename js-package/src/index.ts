@@ -829,9 +829,10 @@ export class Database<S = Record<string, Record<string, Value>>> {
           chunk = [];
           parts = [];
           bytes = 0;
+          // Closed, it waits no more: the call fails as the closed database's do.
           while (
-            unlocal >= window ||
-            (this.bulkUnconfirmed >= unconfirmedMax && this.statusNow.connected)
+            !this.closed &&
+            (unlocal >= window || (this.bulkUnconfirmed >= unconfirmedMax && this.statusNow.connected))
           )
             await new Promise<void>((ok) => (wake = ok));
           await send(c, p, n++);
@@ -941,6 +942,8 @@ export class Database<S = Record<string, Record<string, Value>>> {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // `bulk`s waiting for their windows go on, to fail.
+    for (const n of [...this.bulkWaiting]) n();
     this.saveSync();
     if (this.onHide) {
       removeEventListener("pagehide", this.onHide);

@@ -12,6 +12,8 @@
 //    `local`) kept every piece in the outbox while the server was slow (a server with
 //    its default budgets confirmed a 100,000-document import in 161 s, the engine's
 //    WebAssembly memory 203 MiB against 88 with confirmations keeping up).
+// 3. The database closed while a `bulk` waits for that window: the `bulk` fails with
+//    the closed database's error (it waited for ever).
 import { cpSync, mkdirSync, copyFileSync } from "node:fs";
 import { join } from "node:path";
 import { check, fail, finish, tempDir, freePort, startWarren, stopProcess, profile, root } from "./harness.mjs";
@@ -92,6 +94,29 @@ try {
   const twoDone = await finished(0);
   check("the server running again, both are made and confirmed",
     twoDone.pending === 0 && twoDone.count === 6 * CHUNK + 2 * WINDOW * CHUNK, JSON.stringify(twoDone));
+
+  // 3. The database closed while a bulk waits for its window: the bulk fails, with the
+  //    closed database's error, rather than waiting for ever; what it made stays in the
+  //    outbox.
+  pause();
+  const closing = await p.evaluate(async ([WINDOW, CHUNK]) => {
+    const w = window.db.bulk("put", window.docs("ann", 300, 300 + 2 * WINDOW * CHUNK), { maxItems: CHUNK, unconfirmed: WINDOW });
+    w.result.catch(() => {});
+    w.local.catch(() => {});
+    w.confirmed.catch(() => {});
+    while (window.db.status.current.pending < WINDOW) await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, 300));
+    const pending = window.db.status.current.pending;
+    await window.db.close();
+    const settled = await Promise.race([
+      w.result.then(() => "resolved", (e) => `rejected ${e.code}`),
+      new Promise((r) => setTimeout(() => r("still waiting after 3 s"), 3000)),
+    ]);
+    return { pending, settled };
+  }, [WINDOW, CHUNK]);
+  resume();
+  check("closed while a bulk waits for its window: the bulk fails with STORAGE_ERROR (the database is closed)",
+    closing.pending === WINDOW && closing.settled === "rejected STORAGE_ERROR", JSON.stringify(closing));
 } catch (e) {
   fail(e);
 } finally {
