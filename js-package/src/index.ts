@@ -146,6 +146,22 @@ export interface BulkOptions {
    * every `bulk` of the database together: an import online keeps the outbox, and the
    * memory it holds, this small. Offline, the outbox grows (it is all in IndexedDB). */
   unconfirmed?: number;
+  /** Called as the bulk moves on (an import's progress bar): how many items are applied
+   * locally, durable in IndexedDB, and settled by the server (confirmed or refused).
+   * Each count only grows. */
+  onProgress?: (progress: BulkProgress) => void;
+}
+
+/** How far a `bulk` has come, in items: see `BulkOptions.onProgress`. */
+export interface BulkProgress {
+  /** Applied to the local view (their calls' optimistic results are in). */
+  applied: number;
+  /** Durable in IndexedDB. */
+  durable: number;
+  /** Committed by the server. */
+  confirmed: number;
+  /** Refused by the server (their calls' `rejected` events say why). */
+  refused: number;
 }
 
 /** Engine counters and memory, for diagnostics (the benchmark reads them). */
@@ -776,6 +792,20 @@ export class Database<S = Record<string, Record<string, Value>>> {
     const results: [number, R][] = [];
     const locals: Promise<unknown>[] = [];
     const confirms: Promise<Confirmation<R>>[] = [];
+    const progress: BulkProgress = { applied: 0, durable: 0, confirmed: 0, refused: 0 };
+    const onProgress = options.onProgress;
+    const moved = (k: keyof BulkProgress, n: number) => {
+      if (!onProgress) return;
+      progress[k] += n;
+      try {
+        onProgress({ ...progress });
+      } catch (e) {
+        // The app's error is the app's: reported, and the bulk goes on.
+        queueMicrotask(() => {
+          throw e;
+        });
+      }
+    };
     let unlocal = 0;
     let wake: (() => void) | null = null;
     const nudge = () => {
@@ -811,6 +841,18 @@ export class Database<S = Record<string, Record<string, Value>>> {
       results.push([at, r]);
       unlocal++;
       this.bulkUnconfirmed++;
+      moved("applied", chunk.length);
+      // Settled by the server once durable (a call that failed locally is neither).
+      w.local.then(
+        () => {
+          moved("durable", chunk.length);
+          return w.confirmed.then(
+            () => moved("confirmed", chunk.length),
+            () => moved("refused", chunk.length),
+          );
+        },
+        () => {},
+      );
       locals.push(w.local.finally(() => (unlocal--, nudge())));
       const c = w.confirmed.finally(() => (this.bulkUnconfirmed--, nudgeAll()));
       c.catch(() => {});

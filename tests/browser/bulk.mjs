@@ -1,4 +1,4 @@
-// `bulk`'s window of unconfirmed calls, in Debian's Chromium against a real
+// `bulk`'s window of unconfirmed calls and its progress, in Debian's Chromium against a real
 // `warren serve` (the benchmark's schema) that is paused (SIGSTOP) while the page
 // writes: its connection stays up, so the page is connected and nothing is confirmed.
 //
@@ -14,6 +14,9 @@
 //    WebAssembly memory 203 MiB against 88 with confirmations keeping up).
 // 3. The database closed while a `bulk` waits for that window: the `bulk` fails with
 //    the closed database's error (it waited for ever).
+// 4. `onProgress` (also in 1): items applied, durable, confirmed and refused, each count
+//    only growing; a call the server refuses (another device created one of its
+//    documents first) counts as refused.
 import { cpSync, mkdirSync, copyFileSync } from "node:fs";
 import { join } from "node:path";
 import { check, fail, finish, tempDir, freePort, startWarren, stopProcess, profile, root } from "./harness.mjs";
@@ -55,8 +58,10 @@ try {
     const t0 = performance.now();
     (async () => {
       for (const [from, to] of calls) {
-        const w = window.db.bulk("put", window.docs("ann", from, to), { maxItems: CHUNK, unconfirmed: WINDOW });
-        const b = { local: false, confirmed: false, w };
+        const b = { local: false, confirmed: false, progress: [] };
+        const w = window.db.bulk("put", window.docs("ann", from, to),
+          { maxItems: CHUNK, unconfirmed: WINDOW, onProgress: (p) => b.progress.push(p) });
+        b.w = w;
         w.local.then(() => (b.local = true));
         w.confirmed.then(() => (b.confirmed = true));
         window.bulks.push(b);
@@ -66,11 +71,17 @@ try {
     while (performance.now() - t0 < PAUSED_MS) await new Promise((r) => setTimeout(r, 50));
     clearInterval(watch);
     const s = window.db.status.current;
-    return { connected: s.connected, pending: s.pending, maxPending, bulks: window.bulks.map((b) => ({ local: b.local, confirmed: b.confirmed })) };
+    return { connected: s.connected, pending: s.pending, maxPending,
+      bulks: window.bulks.map((b) => ({ local: b.local, confirmed: b.confirmed, progress: b.progress.at(-1) })) };
   }, [calls, WINDOW, CHUNK, PAUSED_MS]);
   const finished = (n) => p.evaluate(async (n) => {
     await Promise.all(window.bulks.map((b) => b.w.confirmed));
-    return { pending: window.db.status.current.pending, count: await window.db.query("Doc.all().count()"), n };
+    // Each count only grows, one call at a time.
+    const keys = ["applied", "durable", "confirmed", "refused"];
+    const grows = window.bulks.every((b) => b.progress.every((q, i) => i === 0 ||
+      keys.every((k) => q[k] >= b.progress[i - 1][k])));
+    return { pending: window.db.status.current.pending, count: await window.db.query("Doc.all().count()"), n,
+      grows, last: window.bulks.map((b) => b.progress.at(-1)) };
   }, n);
 
   // 1. One bulk of 6 calls.
@@ -79,9 +90,17 @@ try {
   check(`one bulk, the server paused: the page stays connected and ${WINDOW} calls wait for it, no more`,
     one.connected && one.pending === WINDOW && one.maxPending === WINDOW, JSON.stringify(one));
   check("and its `local` waits for the calls not yet made", one.bulks.length === 1 && !one.bulks[0].local, JSON.stringify(one));
+  const sofar = one.bulks[0].progress;
+  check(`its progress says so: ${WINDOW * CHUNK} items applied and durable, none confirmed`,
+    sofar?.applied === WINDOW * CHUNK && sofar.durable === WINDOW * CHUNK && sofar.confirmed === 0 && sofar.refused === 0,
+    JSON.stringify(sofar));
   resume();
   const oneDone = await finished(6 * CHUNK);
   check("the server running again, every call is made and confirmed", oneDone.pending === 0 && oneDone.count === 6 * CHUNK,
+    JSON.stringify(oneDone));
+  const all = oneDone.last[0];
+  check(`and its progress ends at ${6 * CHUNK} applied, durable and confirmed, each count only growing`,
+    oneDone.grows && all.applied === 6 * CHUNK && all.durable === 6 * CHUNK && all.confirmed === 6 * CHUNK && all.refused === 0,
     JSON.stringify(oneDone));
 
   // 2. Two bulks, the second begun once the first is durable.
@@ -117,6 +136,41 @@ try {
   resume();
   check("closed while a bulk waits for its window: the bulk fails with STORAGE_ERROR (the database is closed)",
     closing.pending === WINDOW && closing.settled === "rejected STORAGE_ERROR", JSON.stringify(closing));
+
+  // 4. Refused by the server: offline, this page makes a bulk of 2 calls; another device
+  //    of the same user creates the first call's first document meanwhile. Back online,
+  //    that call is refused (the document exists) and the other confirmed.
+  await p.evaluate(() => window.openDb("ann", "bulk-ann"));
+  await p.waitForFunction(() => window.db.status.current.connected);
+  await p.evaluate(() => window.db.setOnline(false));
+  const [from, to] = [400, 400 + 2 * CHUNK];
+  await p.evaluate(async ([from, to, CHUNK]) => {
+    window.refusal = { progress: [] };
+    const w = window.db.bulk("put", window.docs("ann", from, to), { maxItems: CHUNK, onProgress: (q) => window.refusal.progress.push(q) });
+    window.refusal.w = w;
+    w.confirmed.catch(() => {});
+    await w.local;
+  }, [from, to, CHUNK]);
+  const other = await profile(join(work, "other"));
+  try {
+    const o = await other.newPage();
+    await o.goto(`${base}/client.html`);
+    await o.waitForFunction(() => window.ready === true);
+    await o.evaluate(() => window.openDb("ann", "bulk-ann"));
+    await o.waitForFunction(() => window.db.status.current.connected);
+    await o.evaluate(async (from) => (await window.db.call("put1", { doc: window.doc("ann", from) }).confirmed), from);
+  } finally {
+    await other.close();
+  }
+  const refused = await p.evaluate(async () => {
+    window.db.setOnline(true);
+    const code = await window.refusal.w.confirmed.then(() => "confirmed", (e) => e.code);
+    while (window.db.status.current.pending > 0) await new Promise((r) => setTimeout(r, 20));
+    return { code, progress: window.refusal.progress.at(-1) };
+  });
+  check(`a call the server refuses counts as refused, the other as confirmed (${CHUNK} each)`,
+    refused.code !== "confirmed" && refused.progress?.applied === 2 * CHUNK && refused.progress.durable === 2 * CHUNK &&
+      refused.progress.confirmed === CHUNK && refused.progress.refused === CHUNK, JSON.stringify(refused));
 } catch (e) {
   fail(e);
 } finally {
