@@ -17,15 +17,11 @@
 // 4. `onProgress` (also in 1): items applied, durable, confirmed and refused, each count
 //    only growing; a call the server refuses (another device created one of its
 //    documents first) counts as refused.
-import { cpSync, mkdirSync, copyFileSync } from "node:fs";
 import { join } from "node:path";
-import { check, fail, finish, tempDir, freePort, startWarren, stopProcess, profile, root } from "./harness.mjs";
+import { check, fail, finish, tempDir, freePort, startWarren, stopProcess, profile, root, staticSite } from "./harness.mjs";
 
 const work = tempDir("bulk");
-const site = join(work, "site");
-mkdirSync(site);
-copyFileSync(join(root, "tests", "browser", "client.html"), join(site, "client.html"));
-for (const d of ["dist", "wasm"]) cpSync(join(root, "js-package", d), join(site, "pkg", d), { recursive: true });
+const site = staticSite(work, "client.html");
 const port = await freePort();
 const base = `http://127.0.0.1:${port}`;
 const server = await startWarren(["--listen", `127.0.0.1:${port}`, "--data-dir", join(work, "data"),

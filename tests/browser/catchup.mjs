@@ -17,19 +17,15 @@
 //    partitions vanished from the view until the outcomes came. Polled every 50 ms,
 //    the count must never fall below N, and all must be confirmed at the end.
 import net from "node:net";
-import { cpSync, mkdirSync, copyFileSync } from "node:fs";
 import { join } from "node:path";
-import { check, fail, finish, until, tempDir, freePort, startWarren, stopProcess, profile, root } from "./harness.mjs";
+import { check, fail, finish, until, tempDir, freePort, startWarren, stopProcess, profile, root, staticSite } from "./harness.mjs";
 
 const N = 6000;
 const SLICE = 24 * 1024;
 const EVERY_MS = 250;
 
 const work = tempDir("catchup");
-const site = join(work, "site");
-mkdirSync(site);
-copyFileSync(join(root, "tests", "browser", "client.html"), join(site, "client.html"));
-for (const d of ["dist", "wasm"]) cpSync(join(root, "js-package", d), join(site, "pkg", d), { recursive: true });
+const site = staticSite(work, "client.html");
 const port = await freePort();
 const args = ["--listen", `127.0.0.1:${port}`, "--data-dir", join(work, "data"),
   "--schema", join(root, "tests", "bench-browser", "bench.warren"), "--static-dir", site, "--dev-tokens",

@@ -34,18 +34,12 @@
 //    create with a fresh id then reads nothing.
 // 11. A token whose `exp` has passed is renewed through the app's token function before
 //    the engine (in its worker) connects with it: no connection is refused.
-import { cpSync, mkdirSync, copyFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
-import { check, fail, finish, until, tempDir, freePort, startWarren, stopProcess, profile, root } from "./harness.mjs";
+import { check, fail, finish, until, tempDir, freePort, startWarren, stopProcess, profile, root, staticSite } from "./harness.mjs";
 
 const work = tempDir("client");
-const site = join(work, "site");
-mkdirSync(site);
-copyFileSync(join(root, "tests", "browser", "client.html"), join(site, "client.html"));
-// A copy of the package (the server serves no symbolic link that leads out of its
-// directory).
-for (const d of ["dist", "wasm"]) cpSync(join(root, "js-package", d), join(site, "pkg", d), { recursive: true });
+const site = staticSite(work, "client.html");
 const port = await freePort();
 const base = `http://127.0.0.1:${port}`;
 const args = ["--listen", `127.0.0.1:${port}`, "--data-dir", join(work, "data"),

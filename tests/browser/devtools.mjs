@@ -3,17 +3,14 @@
 // the outbox with a write waiting offline, a live query, a write refused by the rules
 // with its explain trace, the connection, and the server's side (open connections, the
 // applied log position, the digest). Screenshots are written for a person to look at.
-import { cpSync, mkdirSync, copyFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { check, fail, finish, until, tempDir, freePort, startWarren, stopProcess, profile, root } from "./harness.mjs";
+import { check, fail, finish, until, tempDir, freePort, startWarren, stopProcess, profile, root, staticSite } from "./harness.mjs";
 
 const work = tempDir("devtools");
 const shots = process.env.SCREENSHOT_DIR || join(work, "screenshots");
 mkdirSync(shots, { recursive: true });
-const site = join(work, "site");
-mkdirSync(site);
-copyFileSync(join(root, "tests", "browser", "explain.html"), join(site, "explain.html"));
-for (const d of ["dist", "wasm"]) cpSync(join(root, "js-package", d), join(site, "pkg", d), { recursive: true });
+const site = staticSite(work, "explain.html");
 const port = await freePort();
 const base = `http://127.0.0.1:${port}`;
 const ADMIN = "devtools-test-admin-token";

@@ -3,15 +3,11 @@
 // (POST /v1/admin/explain, behind the admin token) for the same identity and program,
 // byte for byte: queries, a write that is allowed, one that is denied, and "why this
 // partition".
-import { cpSync, mkdirSync, copyFileSync } from "node:fs";
 import { join } from "node:path";
-import { check, fail, finish, until, tempDir, freePort, startWarren, stopProcess, profile, root } from "./harness.mjs";
+import { check, fail, finish, until, tempDir, freePort, startWarren, stopProcess, profile, root, staticSite } from "./harness.mjs";
 
 const work = tempDir("explain");
-const site = join(work, "site");
-mkdirSync(site);
-copyFileSync(join(root, "tests", "browser", "explain.html"), join(site, "explain.html"));
-for (const d of ["dist", "wasm"]) cpSync(join(root, "js-package", d), join(site, "pkg", d), { recursive: true });
+const site = staticSite(work, "explain.html");
 const port = await freePort();
 const base = `http://127.0.0.1:${port}`;
 const ADMIN = "explain-test-admin-token";

@@ -1,8 +1,9 @@
 // What the browser tests share: TAP-style checks, waiting, a `warren serve` process
-// on a free port, and Debian's Chromium in separate persistent profiles.
+// on a free port, the static site it serves (a page and the package), and Debian's
+// Chromium in separate persistent profiles.
 import { spawn } from "node:child_process";
 import { createServer } from "node:http";
-import { mkdtempSync, rmSync } from "node:fs";
+import { copyFileSync, cpSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -59,6 +60,17 @@ export const tempDir = (name) => {
   scratch.push(dir);
   return dir;
 };
+
+/** A directory `site` under `work` for `warren serve --static-dir`: this directory's
+ * `page` (an HTML file) and a copy of the built package under `pkg/` (the server serves
+ * nothing through a symbolic link out of its static directory). Gives its path. */
+export function staticSite(work, page) {
+  const dir = join(work, "site");
+  mkdirSync(dir);
+  copyFileSync(join(root, "tests", "browser", page), join(dir, page));
+  for (const d of ["dist", "wasm"]) cpSync(join(root, "js-package", d), join(dir, "pkg", d), { recursive: true });
+  return dir;
+}
 
 /** Chromium's own temporary files (it leaves `scoped_dir`s behind when killed, as the
  * durability checks do) go under the run's scratch space too. */

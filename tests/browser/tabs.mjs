@@ -9,18 +9,12 @@
 // 5. The leader is frozen (the page lifecycle's freeze): another tab takes over.
 // 6. The leader is closed: another tab takes over; writes made meanwhile sync.
 // 7. The server restarts in the middle of writing: nothing is lost, nothing doubled.
-import { mkdirSync, cpSync, copyFileSync } from "node:fs";
 import { join } from "node:path";
-import { check, fail, finish, until, tempDir, freePort, startWarren, stopProcess, profile, root, warren } from "./harness.mjs";
+import { check, fail, finish, until, tempDir, freePort, startWarren, stopProcess, profile, root, warren, staticSite } from "./harness.mjs";
 import { execFileSync } from "node:child_process";
 
 const work = tempDir("tabs");
-const site = join(work, "site");
-mkdirSync(site);
-copyFileSync(join(root, "tests", "browser", "tabs.html"), join(site, "tabs.html"));
-// The package's built files, copied: the server serves nothing through a symbolic
-// link out of its static directory.
-for (const d of ["dist", "wasm"]) cpSync(join(root, "js-package", d), join(site, "pkg", d), { recursive: true });
+const site = staticSite(work, "tabs.html");
 const port = await freePort();
 const base = `http://127.0.0.1:${port}`;
 const args = ["--listen", `127.0.0.1:${port}`, "--data-dir", join(work, "data"),

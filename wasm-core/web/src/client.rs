@@ -1553,7 +1553,9 @@ impl Shared {
         // or after `CATCH_UP_WAIT_MAX_MS`.
         let (holds, catch_up) = {
             let r = self.replica.borrow();
-            (r.holds_frames(), r.holds_catch_up())
+            let holds = r.holds_frames();
+            // The held frames walked again only when there are any.
+            (holds, holds && r.holds_catch_up())
         };
         if !holds {
             self.outcomes_timer.borrow_mut().take();
