@@ -168,6 +168,12 @@ impl std::ops::Deref for PendingQueue {
     }
 }
 
+impl std::ops::DerefMut for PendingQueue {
+    fn deref_mut(&mut self) -> &mut [Pending] {
+        &mut self.items[self.head..]
+    }
+}
+
 impl PendingQueue {
     fn push(&mut self, p: Pending) {
         self.items.push(p);
@@ -1326,24 +1332,37 @@ impl<S: Storage> Replica<S> {
     /// Runs pending commit `i` on the view it saw (the base and the layers of the
     /// commits before it) and lays its writes over the view.
     fn run_pending(&mut self, schema: &Schema, i: usize) -> Result<(), Error> {
-        let p = &self.pending[i];
+        // The commit borrows the pending commit's op and the replica's auth for the
+        // run (an op may hold a bulk write's documents: a copy for each run was a
+        // tenth of a rebuild's time), and gives them back whatever the outcome.
+        let p = &mut self.pending[i];
         let commit = Commit {
             client_id: exec::scoped_client_id(&self.auth, &self.client_id),
             client_seq: p.seq,
             schema_version: p.schema_version.clone(),
             timestamp: p.timestamp,
-            auth: self.auth.clone(),
-            op: p.op.clone(),
+            auth: std::mem::take(&mut self.auth),
+            op: std::mem::replace(
+                &mut p.op,
+                Op::Run {
+                    source: String::new(),
+                },
+            ),
         };
-        let (batch, reads) = {
-            let view = self.view.over(&self.store, p.seq);
+        let ran = {
+            let view = self.view.over(&self.store, commit.client_seq);
             let rec = Recorder::new(&view);
-            let batch = match exec::execute_optimistic(&rec, schema, &commit, 0, &self.limits)? {
-                Outcome::Committed { writes, .. } => exec::writes_batch(&rec, schema, &writes)?,
-                _ => Batch::new(),
-            };
-            (batch, rec.into_reads())
+            match exec::execute_optimistic(&rec, schema, &commit, 0, &self.limits) {
+                Ok(Outcome::Committed { writes, .. }) => {
+                    exec::writes_batch(&rec, schema, &writes).map(|b| (b, rec.into_reads()))
+                }
+                Ok(_) => Ok((Batch::new(), rec.into_reads())),
+                Err(e) => Err(e),
+            }
         };
+        self.pending[i].op = commit.op;
+        self.auth = commit.auth;
+        let (batch, reads) = ran?;
         self.view.insert(commit.client_seq, batch, reads);
         self.stats.reexecuted += 1;
         Ok(())

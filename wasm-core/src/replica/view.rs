@@ -24,10 +24,48 @@ type Layer = Vec<(u64, Option<Vec<u8>>)>;
 /// What one pending commit contributed to the view.
 #[derive(Debug, Default)]
 struct Trace {
-    /// The keys it wrote (each has a layer entry for it).
-    writes: Vec<Vec<u8>>,
-    reads: Reads,
+    /// The keys it wrote (each has a layer entry for it), then the keys it read (each
+    /// lists it in `point_readers`): each its length (`u32`, little-endian) and
+    /// itself, in one buffer (one allocation a commit, where one a key was about a
+    /// quarter of the view's memory).
+    keys: Vec<u8>,
+    /// How many of `keys` it wrote.
+    writes: usize,
+    /// The parts of ranges its scans covered.
+    ranges: Vec<KeyRange>,
 }
+
+impl Trace {
+    fn push(&mut self, key: &[u8]) {
+        // A key is far shorter than 4 GiB (`Limits`).
+        self.keys
+            .extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.keys.extend_from_slice(key);
+    }
+
+    /// Its keys, the written first (see `keys`).
+    fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        let mut rest = self.keys.as_slice();
+        std::iter::from_fn(move || {
+            let (n, after) = rest.split_first_chunk::<4>()?;
+            let (k, after) = after.split_at(u32::from_le_bytes(*n) as usize);
+            rest = after;
+            Some(k)
+        })
+    }
+
+    fn written(&self) -> impl Iterator<Item = &[u8]> {
+        self.keys().take(self.writes)
+    }
+
+    fn read(&self) -> impl Iterator<Item = &[u8]> {
+        self.keys().skip(self.writes)
+    }
+}
+
+/// The commits that read one key, oldest first: almost always one (a `Vec` of one
+/// is 8 bytes, where a `BTreeSet` of one is a node of 11).
+type Readers = Vec<u64>;
 
 /// The pending commits' layers over the base, and their reads. See the module docs.
 #[derive(Debug, Default)]
@@ -35,7 +73,7 @@ pub(crate) struct View {
     layers: BTreeMap<Vec<u8>, Layer>,
     traces: BTreeMap<u64, Trace>,
     /// Key → the commits that read it.
-    point_readers: BTreeMap<Vec<u8>, BTreeSet<u64>>,
+    point_readers: BTreeMap<Vec<u8>, Readers>,
     /// The commits whose reads include ranges.
     range_readers: BTreeSet<u64>,
     /// About the bytes the layers hold (keys and values).
@@ -71,23 +109,35 @@ impl View {
             writes.insert(k, v);
         }
         let mut trace = Trace {
-            writes: Vec::with_capacity(writes.len()),
-            reads,
+            keys: Vec::with_capacity(
+                (writes.keys().chain(&reads.points))
+                    .map(|k| k.len() + 4)
+                    .sum(),
+            ),
+            writes: writes.len(),
+            ranges: Vec::new(),
         };
         for (k, v) in writes {
             self.bytes += ENTRY_OVERHEAD + k.len() + v.as_ref().map_or(0, Vec::len);
-            let layer = self.layers.entry(k.clone()).or_default();
+            trace.push(&k);
+            let layer = self.layers.entry(k).or_default();
             // Almost always the newest: a commit runs after those before it.
             let at = layer.partition_point(|(s, _)| *s < seq);
             layer.insert(at, (seq, v));
-            trace.writes.push(k);
         }
-        for k in &trace.reads.points {
-            self.point_readers.entry(k.clone()).or_default().insert(seq);
+        for k in reads.points {
+            trace.push(&k);
+            let r = self.point_readers.entry(k).or_default();
+            // Almost always the newest, as for the layers.
+            let at = r.partition_point(|s| *s < seq);
+            if r.get(at) != Some(&seq) {
+                r.insert(at, seq);
+            }
         }
-        if !trace.reads.ranges.is_empty() {
+        if !reads.ranges.is_empty() {
             self.range_readers.insert(seq);
         }
+        trace.ranges = reads.ranges;
         self.traces.insert(seq, trace);
     }
 
@@ -97,23 +147,25 @@ impl View {
         let Some(trace) = self.traces.remove(&seq) else {
             return out;
         };
-        for k in trace.writes {
-            if let Some(layer) = self.layers.get_mut(&k) {
+        for k in trace.written() {
+            if let Some(layer) = self.layers.get_mut(k) {
                 if let Some(i) = layer.iter().position(|(s, _)| *s == seq) {
                     let (_, v) = layer.remove(i);
                     self.bytes = self
                         .bytes
                         .saturating_sub(ENTRY_OVERHEAD + k.len() + v.as_ref().map_or(0, Vec::len));
                     if layer.is_empty() {
-                        self.layers.remove(&k);
+                        self.layers.remove(k);
                     }
-                    out.insert(k, v);
+                    out.insert(k.to_vec(), v);
                 }
             }
         }
-        for k in &trace.reads.points {
+        for k in trace.read() {
             if let Some(r) = self.point_readers.get_mut(k) {
-                r.remove(&seq);
+                if let Ok(i) = r.binary_search(&seq) {
+                    r.remove(i);
+                }
                 if r.is_empty() {
                     self.point_readers.remove(k);
                 }
@@ -127,9 +179,9 @@ impl View {
     pub(crate) fn written(&self, seq: u64) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
         let mut out = BTreeMap::new();
         if let Some(trace) = self.traces.get(&seq) {
-            for k in &trace.writes {
+            for k in trace.written() {
                 if let Some((_, v)) = self.layers[k].iter().find(|(s, _)| *s == seq) {
-                    out.insert(k.clone(), v.clone());
+                    out.insert(k.to_vec(), v.clone());
                 }
             }
         }
@@ -151,7 +203,7 @@ impl View {
             let Some(trace) = self.traces.get(seq) else {
                 continue;
             };
-            for k in &trace.writes {
+            for k in trace.written() {
                 if changed.contains(k) {
                     continue;
                 }
@@ -164,7 +216,7 @@ impl View {
                     (None, _) => true,
                 };
                 if !same {
-                    changed.insert(k.clone());
+                    changed.insert(k.to_vec());
                 }
             }
         }
@@ -182,13 +234,12 @@ impl View {
                 .point_readers
                 .range::<[u8], _>((as_ref(&r.start), as_ref(&r.end)))
             {
-                out.extend(seqs.range(after.saturating_add(1)..));
+                out.extend(newer(seqs, after));
             }
         }
         for seq in self.range_readers.range(after.saturating_add(1)..) {
             if !out.contains(seq)
                 && self.traces[seq]
-                    .reads
                     .ranges
                     .iter()
                     .any(|a| ranges.iter().any(|b| a.overlaps(b)))
@@ -206,25 +257,25 @@ impl View {
             return out;
         }
         for k in keys {
-            if let Some(r) = self.point_readers.get(k) {
-                out.extend(r.range(after.saturating_add(1)..));
+            if let Some(r) = self.point_readers.get(k.as_slice()) {
+                out.extend(newer(r, after));
             }
         }
         for seq in self.range_readers.range(after.saturating_add(1)..) {
             if out.contains(seq) {
                 continue;
             }
-            if self.traces[seq]
-                .reads
-                .ranges
-                .iter()
-                .any(|r| in_range(keys, r))
-            {
+            if self.traces[seq].ranges.iter().any(|r| in_range(keys, r)) {
                 out.insert(*seq);
             }
         }
         out
     }
+}
+
+/// The readers newer than `after`.
+fn newer(readers: &Readers, after: u64) -> &[u64] {
+    &readers[readers.partition_point(|s| *s <= after)..]
 }
 
 /// Whether any of `keys` lies in `range`.
@@ -442,6 +493,50 @@ mod tests {
         assert!(view.readers(&keys(&[&[3]]), 0).is_empty());
         view.remove(2);
         assert!(view.readers(&keys(&[&[2, 5]]), 0).is_empty());
+    }
+
+    /// One key read by several commits, inserted out of order and taken out one by
+    /// one, and keys of any length (the empty key, a long one) written and read: each
+    /// commit's trace gives back exactly its own keys, and nothing is left behind.
+    #[test]
+    fn one_key_read_by_many_and_keys_of_any_length() {
+        let long = vec![7u8; 300];
+        let mut view = View::default();
+        for seq in [5u64, 3, 9] {
+            let mut reads = Reads::default();
+            reads.points.insert(vec![1]);
+            reads.points.insert(long.clone());
+            let mut b = Batch::new();
+            b.put(vec![], seq.to_be_bytes().to_vec());
+            b.put(long.clone(), vec![]);
+            b.delete(vec![seq as u8]);
+            view.insert(seq, b, reads);
+        }
+        let keys = |ks: &[&[u8]]| ks.iter().map(|k| k.to_vec()).collect::<BTreeSet<_>>();
+        assert_eq!(view.readers(&keys(&[&[1]]), 0), BTreeSet::from([3, 5, 9]));
+        assert_eq!(view.readers(&keys(&[&long]), 3), BTreeSet::from([5, 9]));
+        assert_eq!(view.readers(&keys(&[&[1]]), 9), BTreeSet::new());
+        let mine = |seq: u64| {
+            BTreeMap::from([
+                (vec![], Some(seq.to_be_bytes().to_vec())),
+                (vec![seq as u8], None),
+                (long.clone(), Some(vec![])),
+            ])
+        };
+        assert_eq!(view.written(5), mine(5));
+        assert_eq!(view.remove(5), mine(5));
+        assert_eq!(
+            view.readers(&keys(&[&[1], &long]), 0),
+            BTreeSet::from([3, 9])
+        );
+        assert_eq!(
+            view.over(&MemoryStore::new(), u64::MAX).get(&[]).unwrap(),
+            Some(9u64.to_be_bytes().to_vec())
+        );
+        assert_eq!(view.remove(9), mine(9));
+        assert_eq!(view.remove(3), mine(3));
+        assert!(view.layers.is_empty() && view.point_readers.is_empty() && view.traces.is_empty());
+        assert_eq!(view.bytes(), 0);
     }
 
     struct Owned {
