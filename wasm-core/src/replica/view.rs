@@ -63,17 +63,13 @@ impl Trace {
     }
 }
 
-/// The commits that read one key, oldest first: almost always one (a `Vec` of one
-/// is 8 bytes, where a `BTreeSet` of one is a node of 11).
-type Readers = Vec<u64>;
-
 /// The pending commits' layers over the base, and their reads. See the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct View {
     layers: BTreeMap<Vec<u8>, Layer>,
     traces: BTreeMap<u64, Trace>,
     /// Key → the commits that read it.
-    point_readers: BTreeMap<Vec<u8>, Readers>,
+    point_readers: BTreeMap<Vec<u8>, BTreeSet<u64>>,
     /// The commits whose reads include ranges.
     range_readers: BTreeSet<u64>,
     /// About the bytes the layers hold (keys and values).
@@ -127,12 +123,7 @@ impl View {
         }
         for k in reads.points {
             trace.push(&k);
-            let r = self.point_readers.entry(k).or_default();
-            // Almost always the newest, as for the layers.
-            let at = r.partition_point(|s| *s < seq);
-            if r.get(at) != Some(&seq) {
-                r.insert(at, seq);
-            }
+            self.point_readers.entry(k).or_default().insert(seq);
         }
         if !reads.ranges.is_empty() {
             self.range_readers.insert(seq);
@@ -163,9 +154,7 @@ impl View {
         }
         for k in trace.read() {
             if let Some(r) = self.point_readers.get_mut(k) {
-                if let Ok(i) = r.binary_search(&seq) {
-                    r.remove(i);
-                }
+                r.remove(&seq);
                 if r.is_empty() {
                     self.point_readers.remove(k);
                 }
@@ -234,7 +223,7 @@ impl View {
                 .point_readers
                 .range::<[u8], _>((as_ref(&r.start), as_ref(&r.end)))
             {
-                out.extend(newer(seqs, after));
+                out.extend(seqs.range(after.saturating_add(1)..));
             }
         }
         for seq in self.range_readers.range(after.saturating_add(1)..) {
@@ -258,7 +247,7 @@ impl View {
         }
         for k in keys {
             if let Some(r) = self.point_readers.get(k.as_slice()) {
-                out.extend(newer(r, after));
+                out.extend(r.range(after.saturating_add(1)..));
             }
         }
         for seq in self.range_readers.range(after.saturating_add(1)..) {
@@ -271,11 +260,6 @@ impl View {
         }
         out
     }
-}
-
-/// The readers newer than `after`.
-fn newer(readers: &Readers, after: u64) -> &[u64] {
-    &readers[readers.partition_point(|s| *s <= after)..]
 }
 
 /// Whether any of `keys` lies in `range`.
