@@ -815,9 +815,6 @@ export class Database<S = Record<string, Record<string, Value>>> {
     };
     // Another `bulk`'s confirmation frees the shared window too.
     this.bulkWaiting.add(nudge);
-    const nudgeAll = () => {
-      for (const n of [...this.bulkWaiting]) n();
-    };
     const stopStatus = this.status.subscribe(() => nudge());
     // Each item is turned into JSON once: its text measures it and goes into the call.
     const head = `{${JSON.stringify(param)}:[`;
@@ -854,7 +851,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
         () => {},
       );
       locals.push(w.local.finally(() => (unlocal--, nudge())));
-      const c = w.confirmed.finally(() => (this.bulkUnconfirmed--, nudgeAll()));
+      const c = w.confirmed.finally(() => (this.bulkUnconfirmed--, this.wakeBulks()));
       c.catch(() => {});
       confirms.push(c);
     };
@@ -978,6 +975,11 @@ export class Database<S = Record<string, Record<string, Value>>> {
     return (await this.engine.stats()) as EngineStats;
   }
 
+  /** Wakes every `bulk` waiting for the shared window, to look at it again. */
+  private wakeBulks(): void {
+    for (const n of [...this.bulkWaiting]) n();
+  }
+
   /** Writes what is not yet on disk (local writes and confirmed data), stops syncing
    * and releases the database; resolves once all of it is in IndexedDB. Pending writes
    * stay in the outbox for next time. */
@@ -985,7 +987,7 @@ export class Database<S = Record<string, Record<string, Value>>> {
     if (this.closed) return;
     this.closed = true;
     // `bulk`s waiting for their windows go on, to fail.
-    for (const n of [...this.bulkWaiting]) n();
+    this.wakeBulks();
     this.saveSync();
     if (this.onHide) {
       removeEventListener("pagehide", this.onHide);
