@@ -928,15 +928,16 @@ fn pure(name: &str, a: &[&Value]) -> Result<Value, Error> {
         }
         "fromEntries" => {
             one(1, 1)?;
-            let mut o = Object::new();
-            for e in arr_arg(name, a[0])? {
-                match e {
+            // The pairs in any order, sorted once; a key given twice keeps its last value.
+            let o: Object = arr_arg(name, a[0])?
+                .iter()
+                .map(|e| match e {
                     Value::Array(kv) if kv.len() == 2 => {
-                        o.insert(str_arg(name, &kv[0])?.to_owned(), kv[1].clone());
+                        Ok((str_arg(name, &kv[0])?.to_owned(), kv[1].clone()))
                     }
-                    _ => return Err(type_err("fromEntries takes an array of [key, value] pairs")),
-                }
-            }
+                    _ => Err(type_err("fromEntries takes an array of [key, value] pairs")),
+                })
+                .collect::<Result<_, Error>>()?;
             Value::Object(o)
         }
         "has" => {
@@ -946,19 +947,22 @@ fn pure(name: &str, a: &[&Value]) -> Result<Value, Error> {
         "merge" => {
             one(2, 2)?;
             let mut o = obj_arg(name, a[0])?.clone();
-            for (k, v) in obj_arg(name, a[1])? {
-                o.insert(k.clone(), v.clone());
-            }
+            o.merge(obj_arg(name, a[1])?.clone());
             Value::Object(o)
         }
         "without" => {
             if n < 1 {
                 return Err(err(ErrorCode::InvalidArgument, "without needs an object"));
             }
-            let mut o = obj_arg(name, a[0])?.clone();
-            for k in &a[1..] {
-                o.remove(str_arg(name, k)?);
-            }
+            // One pass over the object, however many keys go.
+            let o = obj_arg(name, a[0])?;
+            let mut gone = a[1..]
+                .iter()
+                .map(|k| str_arg(name, k))
+                .collect::<Result<Vec<&str>, Error>>()?;
+            gone.sort_unstable();
+            let mut o = o.clone();
+            o.retain(|k, _| gone.binary_search(&k).is_err());
             Value::Object(o)
         }
         _ => {

@@ -748,15 +748,17 @@ impl<'a> Evaluator<'a> {
             }
             ExprKind::Object(fields) => {
                 let mut paid = self.pay(SLOT)?;
-                let mut o = crate::value::Object::new();
+                // The fields as written, sorted once at the end (a field written twice
+                // keeps its last value).
+                let mut entries = Vec::with_capacity(fields.len());
                 for (k, x) in fields {
                     let v = self.eval(x, env)?;
                     let v = self.own(v)?;
-                    paid.more(meter::entry_extra(k, o.is_empty()))?;
+                    paid.more(meter::entry_extra(k, entries.is_empty()))?;
                     paid.absorb(v.paid)?;
-                    o.insert(k.clone(), v.value);
+                    entries.push((k.clone(), v.value));
                 }
-                let v = Value::Object(o);
+                let v = Value::Object(entries.into_iter().collect());
                 self.check_built(&v)?;
                 Ok(Val::Data(Data::held(v, paid)))
             }

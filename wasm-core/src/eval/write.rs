@@ -305,13 +305,7 @@ impl<'a> Evaluator<'a> {
             // A shallow merge; a field set to null is removed.
             paid.more(cost(&old.data))?;
             let mut o = old.data.as_object().cloned().unwrap_or_default();
-            for (k, v) in patch {
-                if v.is_null() {
-                    o.remove(&k);
-                } else {
-                    o.insert(k, v);
-                }
-            }
+            o.patch(patch);
             Value::Object(o)
         };
         let v = self.finish_update(
