@@ -857,6 +857,11 @@ fn builtin_without() {
     );
     eq("{ a: 1 }.without()", r#"{ "a": 1 }"#);
     eq(r#"{ a: 1 }.without("zz")"#, r#"{ "a": 1 }"#);
+    // A key named twice goes once; a field holding null that is not named stays.
+    eq(
+        r#"{ a: null, b: 1, c: 2 }.without("b", "b", "zz")"#,
+        r#"{ "a": null, "c": 2 }"#,
+    );
     fails("without()", "INVALID_ARGUMENT");
     fails(r#"without([1], "a")"#, "TYPE_ERROR");
     fails("{ a: 1 }.without(1)", "TYPE_ERROR");

@@ -954,15 +954,13 @@ fn pure(name: &str, a: &[&Value]) -> Result<Value, Error> {
             if n < 1 {
                 return Err(err(ErrorCode::InvalidArgument, "without needs an object"));
             }
-            // One pass over the object, however many keys go.
-            let o = obj_arg(name, a[0])?;
-            let mut gone = a[1..]
+            // The keys as a patch of nulls: one walk over the object, however many go.
+            let mut o = obj_arg(name, a[0])?.clone();
+            let gone = a[1..]
                 .iter()
-                .map(|k| str_arg(name, k))
-                .collect::<Result<Vec<&str>, Error>>()?;
-            gone.sort_unstable();
-            let mut o = o.clone();
-            o.retain(|k, _| gone.binary_search(&k).is_err());
+                .map(|k| Ok((str_arg(name, k)?.to_owned(), Value::Null)))
+                .collect::<Result<Object, Error>>()?;
+            o.patch(gone);
             Value::Object(o)
         }
         _ => {

@@ -10,8 +10,8 @@
 //! Keys stay in byte order, so iteration order never depends on insertion history (one
 //! of the engine's determinism rules) and equal objects encode to equal bytes. What a
 //! sorted vector would make quadratic is done in bulk instead: building from entries in
-//! any order sorts once ([`FromIterator`]), [`Object::merge`] walks both sides once, and
-//! [`Object::retain`] removes many keys in one pass.
+//! any order sorts once ([`FromIterator`]), and [`Object::merge`] and [`Object::patch`]
+//! (which also removes) walk both sides once.
 
 use std::fmt;
 
@@ -53,13 +53,6 @@ impl Object {
         self.find(key).ok().map(|i| &self.entries[i].1)
     }
 
-    pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
-        match self.find(key) {
-            Ok(i) => Some(&mut self.entries[i].1),
-            Err(_) => None,
-        }
-    }
-
     pub fn contains_key(&self, key: &str) -> bool {
         self.find(key).is_ok()
     }
@@ -84,11 +77,6 @@ impl Object {
         Some(self.entries.remove(i).1)
     }
 
-    /// Keeps the entries `keep` accepts, in one pass.
-    pub fn retain(&mut self, mut keep: impl FnMut(&str, &mut Value) -> bool) {
-        self.entries.retain_mut(|(k, v)| keep(k, v));
-    }
-
     pub fn iter(&self) -> Iter<'_> {
         Iter(self.entries.iter())
     }
@@ -99,10 +87,6 @@ impl Object {
 
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &Value> + ExactSizeIterator {
         self.entries.iter().map(|(_, v)| v)
-    }
-
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Value> {
-        self.entries.iter_mut().map(|(_, v)| v)
     }
 }
 
@@ -286,10 +270,11 @@ mod tests {
             extended.extend(other.clone());
             // patch: the same, except that a null removes the key.
             let mut patched = inserted.clone();
-            let mut with_nulls = other.clone();
-            for v in with_nulls.values_mut().step_by(2) {
-                *v = Value::Null;
-            }
+            let with_nulls: Object = other
+                .iter()
+                .enumerate()
+                .map(|(i, (k, v))| (k.clone(), if i % 2 == 0 { Value::Null } else { v.clone() }))
+                .collect();
             patched.patch(with_nulls.clone());
             let mut by_hand = map.clone();
             for (k, v) in &with_nulls {
