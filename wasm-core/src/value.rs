@@ -723,7 +723,7 @@ impl<'a> Reader<'a> {
                 if n > 0 {
                     self.spend(MEM_OBJECT)?;
                 }
-                // The entries in order, then the map built from them at once (keys
+                // The entries in order, which are the object as they are (keys
                 // ascending: no search per key). Grown as entries are paid for, never
                 // sized by the length the bytes claim.
                 let mut entries: Vec<(String, Value)> = Vec::with_capacity(n.min(16));

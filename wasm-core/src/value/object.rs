@@ -88,37 +88,7 @@ impl Object {
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &Value> + ExactSizeIterator {
         self.entries.iter().map(|(_, v)| v)
     }
-}
 
-/// Entries in any order; a key given twice keeps its last value (as a map's inserts
-/// would). One sort, not a search and a shift per entry.
-impl FromIterator<(String, Value)> for Object {
-    fn from_iter<I: IntoIterator<Item = (String, Value)>>(iter: I) -> Object {
-        let mut entries: Vec<(String, Value)> = iter.into_iter().collect();
-        if entries.windows(2).all(|w| w[0].0 < w[1].0) {
-            return Object { entries };
-        }
-        // Stable: of equal keys the last given is the last here, and is the one kept
-        // (moved into the place of the one before it, which goes).
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        entries.dedup_by(|later, kept| {
-            let same = later.0 == kept.0;
-            if same {
-                std::mem::swap(later, kept);
-            }
-            same
-        });
-        Object { entries }
-    }
-}
-
-impl Extend<(String, Value)> for Object {
-    fn extend<I: IntoIterator<Item = (String, Value)>>(&mut self, iter: I) {
-        self.merge(iter.into_iter().collect());
-    }
-}
-
-impl Object {
     /// Sets every field of `other` here (its values win), walking both once.
     pub fn merge(&mut self, other: Object) {
         self.merge_by(other, false);
@@ -149,6 +119,28 @@ impl Object {
         }
         out.extend(theirs.filter(keep));
         self.entries = out;
+    }
+}
+
+/// Entries in any order; a key given twice keeps its last value (as a map's inserts
+/// would). One sort, not a search and a shift per entry.
+impl FromIterator<(String, Value)> for Object {
+    fn from_iter<I: IntoIterator<Item = (String, Value)>>(iter: I) -> Object {
+        let mut entries: Vec<(String, Value)> = iter.into_iter().collect();
+        if entries.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Object { entries };
+        }
+        // Stable: of equal keys the last given is the last here, and is the one kept
+        // (moved into the place of the one before it, which goes).
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(later, kept);
+            }
+            same
+        });
+        Object { entries }
     }
 }
 
@@ -266,8 +258,6 @@ mod tests {
             let other: Object = other.into_iter().collect();
             let mut merged = inserted.clone();
             merged.merge(other.clone());
-            let mut extended = inserted.clone();
-            extended.extend(other.clone());
             // patch: the same, except that a null removes the key.
             let mut patched = inserted.clone();
             let with_nulls: Object = other
@@ -290,7 +280,6 @@ mod tests {
             }
             let want: Vec<(String, i64)> = one_by_one.into_iter().collect();
             assert_eq!(pairs(&merged), want);
-            assert_eq!(pairs(&extended), want);
 
             // remove and lookups.
             let k = keys[next(keys.len() as u64) as usize];
