@@ -740,7 +740,7 @@ fn bench_update(cfg: &Config, schema: &Arc<Schema>, base: &Base, report: &mut Re
             let mut d = StoredDoc::decode(&bytes).unwrap();
             if let Value::Object(o) = &mut d.data {
                 let v = matches!(o.get("done"), Some(Value::Bool(true)));
-                o.insert("done".into(), Value::Bool(!v));
+                o.insert("done", Value::Bool(!v));
             }
             d.version = *pos;
             let mut b = Batch::new();

@@ -421,7 +421,7 @@ impl<'s> Checker<'s> {
 
     /// The fields of an object literal written to a typed collection (`whole`: the
     /// literal is the whole document, as in create and replace).
-    fn literal_fields(&mut self, coll: &Collection, kv: &[(String, Expr)], whole: bool) {
+    fn literal_fields(&mut self, coll: &Collection, kv: &[(crate::value::Key, Expr)], whole: bool) {
         if !coll.is_typed() {
             return;
         }
@@ -429,7 +429,7 @@ impl<'s> Checker<'s> {
             if k == "id" || coll.is_text(k) {
                 continue;
             }
-            let Some(f) = coll.fields.iter().find(|f| &f.name == k).cloned() else {
+            let Some(f) = coll.fields.iter().find(|f| f.name == k.as_str()).cloned() else {
                 self.error(
                     ErrorCode::Unknown,
                     x.pos,
@@ -446,7 +446,7 @@ impl<'s> Checker<'s> {
             let missing: Vec<&FieldDecl> = coll
                 .fields
                 .iter()
-                .filter(|f| !f.optional && !kv.iter().any(|(k, _)| k == &f.name))
+                .filter(|f| !f.optional && !kv.iter().any(|(k, _)| k.as_str() == f.name))
                 .collect();
             if let (Some(f), Some((_, first))) = (missing.first(), kv.first()) {
                 let msg = format!(

@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorCode};
 
 mod object;
 
-pub use object::Object;
+pub use object::{Key, Object};
 
 /// Values nest at most this deep (arrays and objects). Deeper input is refused when it
 /// is decoded, so no recursive walk over a value can overflow the stack.
@@ -33,8 +33,9 @@ pub const MEM_OBJECT: u64 = 640;
 /// ...and an object entry besides its key's bytes and its value's heap: the key's
 /// `String`, the value's slot, and the room a half-full node leaves.
 ///
-/// An [`Object`] is a sorted vector now and allocates less (an entry is 56 bytes, twice
-/// that at most with a vector's spare room). The model stays: it is part of what a log
+/// An [`Object`] is a sorted vector now and allocates less (an entry is 48 bytes, twice
+/// that at most with a vector's spare room, and a [`Key`] is shared with the same key
+/// decoded before or costs its bytes and 16 more). The model stays: it is part of what a log
 /// means (a program over its memory limit fails on every build and every version), so
 /// lowering it would let a newer server commit what an older one refused.
 pub const MEM_ENTRY: u64 = 112;
@@ -362,9 +363,11 @@ impl Value {
                 J::Object(m)
             }
             Value::Array(a) => J::Array(a.iter().map(Value::to_json).collect()),
-            Value::Object(o) => {
-                J::Object(o.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
-            }
+            Value::Object(o) => J::Object(
+                o.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_json()))
+                    .collect(),
+            ),
         }
     }
 
@@ -407,7 +410,7 @@ impl Value {
                 }
                 Value::Object(
                     o.iter()
-                        .map(|(k, v)| Ok((k.clone(), Self::from_json_at(v, depth + 1)?)))
+                        .map(|(k, v)| Ok((Key::from(k), Self::from_json_at(v, depth + 1)?)))
                         .collect::<Result<_, Error>>()?,
                 )
             }
@@ -679,6 +682,15 @@ impl<'a> Reader<'a> {
         String::from_utf8(b.to_vec()).map_err(|_| corrupt("string is not UTF-8"))
     }
 
+    /// An object's key: paid for as a string is, and shared with the same key decoded
+    /// before (most documents repeat their collection's field names).
+    fn key_paid(&mut self) -> Result<Key, Error> {
+        let n = self.len()?;
+        self.spend(n as u64)?;
+        let b = self.take(n)?;
+        Key::decoded(b).ok_or_else(|| corrupt("string is not UTF-8"))
+    }
+
     pub fn value(&mut self, depth: usize) -> Result<Value, Error> {
         Ok(match self.byte()? {
             T_NULL => Value::Null,
@@ -726,10 +738,10 @@ impl<'a> Reader<'a> {
                 // The entries in order, which are the object as they are (keys
                 // ascending: no search per key). Grown as entries are paid for, never
                 // sized by the length the bytes claim.
-                let mut entries: Vec<(String, Value)> = Vec::with_capacity(n.min(16));
+                let mut entries: Vec<(Key, Value)> = Vec::with_capacity(n.min(16));
                 for _ in 0..n {
                     self.spend(MEM_ENTRY)?;
-                    let k = self.string_paid()?;
+                    let k = self.key_paid()?;
                     // Canonical means one encoding per value: keys strictly ascending.
                     if entries
                         .last()

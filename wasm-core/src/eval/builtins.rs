@@ -918,11 +918,11 @@ fn pure(name: &str, a: &[&Value]) -> Result<Value, Error> {
             one(1, 1)?;
             let o = obj_arg(name, a[0])?;
             Value::Array(match name {
-                "keys" => o.keys().cloned().map(Value::String).collect(),
+                "keys" => o.keys().map(|k| Value::String(k.to_string())).collect(),
                 "values" => o.values().cloned().collect(),
                 _ => o
                     .iter()
-                    .map(|(k, v)| Value::Array(vec![Value::String(k.clone()), v.clone()]))
+                    .map(|(k, v)| Value::Array(vec![Value::String(k.to_string()), v.clone()]))
                     .collect(),
             })
         }

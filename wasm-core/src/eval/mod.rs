@@ -637,7 +637,7 @@ impl<'a> Evaluator<'a> {
                 a.iter().map(|v| self.copy(v)).collect::<Result<_, _>>()?
             }
             Value::Object(o) => {
-                if let Some(k) = o.keys().find(|k| !f.params.contains(k)) {
+                if let Some(k) = o.keys().find(|k| !f.params.iter().any(|p| p == k.as_str())) {
                     return Err(err(
                         ErrorCode::InvalidArgument,
                         format!("{name} has no parameter named {k}"),
@@ -1072,7 +1072,7 @@ impl<'a> Evaluator<'a> {
                     },
                     Err(d) => (write::visible(coll, &d.stored.data)?, d.id.clone(), None),
                 };
-                o.insert("id".into(), Value::String(id));
+                o.insert("id", Value::String(id));
                 Ok(Owned {
                     value: Value::Object(o),
                     paid,

@@ -815,9 +815,9 @@ impl<'a> Evaluator<'a> {
         // The page's object measured around an empty array, then the page put in: its
         // encoding is the empty one's with the page's in place of the empty array's.
         let mut o = Object::new();
-        o.insert("data".into(), Value::Array(Vec::new()));
+        o.insert("data", Value::Array(Vec::new()));
         o.insert(
-            "after".into(),
+            "after",
             match (more, last) {
                 (true, Some(c)) => Value::String(c),
                 _ => Value::Null,
@@ -829,7 +829,7 @@ impl<'a> Evaluator<'a> {
         let Value::Object(mut o) = shell else {
             unreachable!("made an object above")
         };
-        o.insert("data".into(), page);
+        o.insert("data", page);
         Ok((
             Owned {
                 value: Value::Object(o),

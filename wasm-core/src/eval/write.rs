@@ -111,7 +111,7 @@ impl<'a> Evaluator<'a> {
         // stored size pays for both.
         let paid = self.pay(cost(data) + entry_extra("id", first) + id.len() as u64)?;
         let mut o = visible(coll, data)?;
-        o.insert("id".into(), Value::String(id.to_owned()));
+        o.insert("id", Value::String(id.to_owned()));
         Ok(Data::held(Value::Object(o), paid))
     }
 

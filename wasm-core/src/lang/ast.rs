@@ -81,7 +81,7 @@ pub enum ExprKind {
     Lit(Value),
     Var(String),
     Array(Vec<Expr>),
-    Object(Vec<(String, Expr)>),
+    Object(Vec<(crate::value::Key, Expr)>),
     /// `a.b`, or `a?.b` when `optional` (null when `a` is null).
     Field {
         recv: Box<Expr>,

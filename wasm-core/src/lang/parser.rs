@@ -463,7 +463,7 @@ impl Parser {
             Tok::LBrace => {
                 self.bump();
                 self.enter()?;
-                let mut fields: Vec<(String, Expr)> = Vec::new();
+                let mut fields: Vec<(crate::value::Key, Expr)> = Vec::new();
                 while self.peek().tok != Tok::RBrace {
                     let kt = self.bump();
                     let shorthand_ok = matches!(kt.tok, Tok::Ident(_));
@@ -478,7 +478,7 @@ impl Parser {
                             ))
                         }
                     };
-                    if fields.iter().any(|(k, _)| *k == key) {
+                    if fields.iter().any(|(k, _)| k.as_str() == key) {
                         return Err(Error::at(
                             ErrorCode::Parse,
                             kt.pos,
@@ -497,7 +497,7 @@ impl Parser {
                         // `{ id }` is `{ id: id }`.
                         self.node(ExprKind::Var(key.clone()), kt.pos)?
                     };
-                    fields.push((key, value));
+                    fields.push((key.into(), value));
                     if !self.eat(&Tok::Comma) {
                         break;
                     }

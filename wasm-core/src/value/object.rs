@@ -8,19 +8,147 @@
 //! by binary search.
 //!
 //! Keys stay in byte order, so iteration order never depends on insertion history (one
-//! of the engine's determinism rules) and equal objects encode to equal bytes. What a
+//! of the engine's determinism rules) and equal objects encode to equal bytes. A key is
+//! a [`Key`], shared: the documents of a collection repeat a few field names, and each
+//! was an allocation and a free per document read while keys were `String`s. What a
 //! sorted vector would make quadratic is done in bulk instead: building from entries in
 //! any order sorts once ([`FromIterator`]), and [`Object::merge`] and [`Object::patch`]
 //! (which also removes) walk both sides once.
 
+use std::borrow::Borrow;
+use std::cell::RefCell;
 use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use super::Value;
+
+/// An object's key: a shared, immutable string. Documents of a collection repeat the
+/// same few field names, so the decoder hands out the one it made before
+/// ([`Key::interned`]) where a `String` was an allocation and a free per field of every
+/// document read. It compares, hashes and prints as the `str` it holds.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key(Arc<str>);
+
+impl Key {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key spelled `bytes`, if they are UTF-8 (the canonical decoder's: the bytes
+    /// are checked only when the cache does not have them).
+    pub(super) fn decoded(bytes: &[u8]) -> Option<Key> {
+        Key::cached(bytes, || std::str::from_utf8(bytes).ok().map(Key::made))
+    }
+
+    fn made(s: &str) -> Key {
+        Key(Arc::from(s))
+    }
+
+    /// The key spelled `bytes`: the one made last time for the same bytes when it is
+    /// still in the cache (one slot per hash of a short key, per thread), or `make`'s,
+    /// which then takes the slot. The cache changes where a key's bytes live, never a
+    /// value: keys compare by their bytes, and no fuel, memory charge or result depends
+    /// on a hit. It is shared by whatever runs on the thread (a server's users too): a
+    /// hit spares one allocation, tens of nanoseconds, which is all it tells anyone.
+    fn cached(bytes: &[u8], make: impl FnOnce() -> Option<Key>) -> Option<Key> {
+        const SLOTS: usize = 64;
+        const SHORT: usize = 32;
+        thread_local! {
+            static CACHE: RefCell<[Option<Key>; SLOTS]> = const { RefCell::new([const { None }; SLOTS]) };
+        }
+        if bytes.len() > SHORT {
+            return make();
+        }
+        // FNV-1a: which slot a key takes, nothing more.
+        let hash = bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+        });
+        let slot = (hash as usize) % SLOTS;
+        // (`try_with`: a thread being torn down has no cache, and makes its keys anew.)
+        let hit = CACHE.try_with(|cache| {
+            cache.borrow()[slot]
+                .as_ref()
+                .filter(|k| k.0.as_bytes() == bytes)
+                .cloned()
+        });
+        if let Ok(Some(k)) = hit {
+            return Some(k);
+        }
+        let k = make()?;
+        let _ = CACHE.try_with(|cache| cache.borrow_mut()[slot] = Some(k.clone()));
+        Some(k)
+    }
+}
+
+impl Deref for Key {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Key {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A key from a `str` is the cached one when the cache has it (an update's or a
+/// literal's field names repeat as a document's do).
+impl From<&str> for Key {
+    fn from(s: &str) -> Key {
+        Key::cached(s.as_bytes(), || Some(Key::made(s))).unwrap_or_else(|| Key::made(s))
+    }
+}
+
+impl From<String> for Key {
+    fn from(s: String) -> Key {
+        Key::from(s.as_str())
+    }
+}
+
+impl From<&String> for Key {
+    fn from(s: &String) -> Key {
+        Key::from(s.as_str())
+    }
+}
+
+impl PartialEq<str> for Key {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Key {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
 
 /// An object: keys in byte order, each once.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Object {
-    entries: Vec<(String, Value)>,
+    entries: Vec<(Key, Value)>,
 }
 
 impl Object {
@@ -32,7 +160,7 @@ impl Object {
 
     /// Entries whose keys are strictly ascending already (the canonical decoder checks
     /// that before it calls this).
-    pub(super) fn from_sorted(entries: Vec<(String, Value)>) -> Object {
+    pub(super) fn from_sorted(entries: Vec<(Key, Value)>) -> Object {
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
         Object { entries }
     }
@@ -59,7 +187,8 @@ impl Object {
 
     /// Sets `key`, returning the value it replaced. Appending a key greater than all
     /// others (the usual order of a literal's fields) costs no search.
-    pub fn insert(&mut self, key: String, value: Value) -> Option<Value> {
+    pub fn insert(&mut self, key: impl Into<Key>, value: Value) -> Option<Value> {
+        let key = key.into();
         let at = match self.entries.last() {
             Some((last, _)) if *last < key => self.entries.len(),
             None => 0,
@@ -81,7 +210,7 @@ impl Object {
         Iter(self.entries.iter())
     }
 
-    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &String> + ExactSizeIterator {
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &Key> + ExactSizeIterator {
         self.entries.iter().map(|(k, _)| k)
     }
 
@@ -103,7 +232,7 @@ impl Object {
     fn merge_by(&mut self, other: Object, null_removes: bool) {
         let mine = std::mem::take(&mut self.entries);
         let mut out = Vec::with_capacity(mine.len() + other.len());
-        let keep = |e: &(String, Value)| !(null_removes && e.1.is_null());
+        let keep = |e: &(Key, Value)| !(null_removes && e.1.is_null());
         let mut theirs = other.entries.into_iter().peekable();
         for (k, v) in mine {
             while let Some(e) = theirs.next_if(|(ok, _)| *ok < k) {
@@ -124,9 +253,9 @@ impl Object {
 
 /// Entries in any order; a key given twice keeps its last value (as a map's inserts
 /// would). One sort, not a search and a shift per entry.
-impl FromIterator<(String, Value)> for Object {
-    fn from_iter<I: IntoIterator<Item = (String, Value)>>(iter: I) -> Object {
-        let mut entries: Vec<(String, Value)> = iter.into_iter().collect();
+impl<K: Into<Key>> FromIterator<(K, Value)> for Object {
+    fn from_iter<I: IntoIterator<Item = (K, Value)>>(iter: I) -> Object {
+        let mut entries: Vec<(Key, Value)> = iter.into_iter().map(|(k, v)| (k.into(), v)).collect();
         if entries.windows(2).all(|w| w[0].0 < w[1].0) {
             return Object { entries };
         }
@@ -146,10 +275,10 @@ impl FromIterator<(String, Value)> for Object {
 
 /// The entries as `(&key, &value)`, in key order.
 #[derive(Clone)]
-pub struct Iter<'a>(std::slice::Iter<'a, (String, Value)>);
+pub struct Iter<'a>(std::slice::Iter<'a, (Key, Value)>);
 
 impl<'a> Iterator for Iter<'a> {
-    type Item = (&'a String, &'a Value);
+    type Item = (&'a Key, &'a Value);
 
     fn next(&mut self) -> Option<Self::Item> {
         self.0.next().map(|(k, v)| (k, v))
@@ -169,7 +298,7 @@ impl DoubleEndedIterator for Iter<'_> {
 impl ExactSizeIterator for Iter<'_> {}
 
 impl<'a> IntoIterator for &'a Object {
-    type Item = (&'a String, &'a Value);
+    type Item = (&'a Key, &'a Value);
     type IntoIter = Iter<'a>;
 
     fn into_iter(self) -> Iter<'a> {
@@ -178,8 +307,8 @@ impl<'a> IntoIterator for &'a Object {
 }
 
 impl IntoIterator for Object {
-    type Item = (String, Value);
-    type IntoIter = std::vec::IntoIter<(String, Value)>;
+    type Item = (Key, Value);
+    type IntoIter = std::vec::IntoIter<(Key, Value)>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.entries.into_iter()
@@ -208,7 +337,7 @@ mod tests {
     fn pairs(o: &Object) -> Vec<(String, i64)> {
         o.iter()
             .map(|(k, v)| match v {
-                Value::Int(i) => (k.clone(), *i),
+                Value::Int(i) => (k.to_string(), *i),
                 _ => unreachable!(),
             })
             .collect()
@@ -269,8 +398,8 @@ mod tests {
             let mut by_hand = map.clone();
             for (k, v) in &with_nulls {
                 match v {
-                    Value::Int(i) => by_hand.insert(k.clone(), *i),
-                    _ => by_hand.remove(k),
+                    Value::Int(i) => by_hand.insert(k.to_string(), *i),
+                    _ => by_hand.remove(k.as_str()),
                 };
             }
             assert_eq!(pairs(&patched), by_hand.into_iter().collect::<Vec<_>>());
@@ -303,7 +432,34 @@ mod tests {
             .map(|i| (format!("{i:06}"), Value::Int(i)))
             .collect();
         assert_eq!(o.len(), n as usize);
-        assert_eq!(o.keys().next().map(String::as_str), Some("000000"));
+        assert_eq!(o.keys().next().map(Key::as_str), Some("000000"));
         assert_eq!(o.get("099999"), Some(&Value::Int(99_999)));
+    }
+
+    /// Keys decoded again are the ones made before (no allocation per field of every
+    /// document read), and which key a cache slot holds never changes what is decoded:
+    /// colliding, long and non-UTF-8 keys included.
+    #[test]
+    fn decoded_keys_are_shared_and_exact() {
+        let a = Key::decoded(b"owner").unwrap();
+        let b = Key::decoded(b"owner").unwrap();
+        assert!(Arc::ptr_eq(&a.0, &b.0), "the same short key is shared");
+        assert!(
+            Arc::ptr_eq(&a.0, &Key::from("owner").0),
+            "and so is one a program makes"
+        );
+        let long = "k".repeat(40);
+        assert_eq!(Key::decoded(long.as_bytes()).unwrap().as_str(), long);
+        assert!(Key::decoded(b"\xff\xfe").is_none(), "not UTF-8");
+        assert!(Key::decoded(&[0xc3]).is_none(), "a cut character");
+        // Many keys through 64 slots: each still decodes to its own bytes, again and
+        // again, whichever keys evicted which.
+        let keys: Vec<String> = (0..500).map(|i| format!("f{i}")).collect();
+        for round in 0..3 {
+            for (i, k) in keys.iter().enumerate().skip(round) {
+                assert_eq!(Key::decoded(k.as_bytes()).unwrap().as_str(), k, "key {i}");
+            }
+        }
+        assert_eq!(Key::decoded(b"").unwrap().as_str(), "");
     }
 }
