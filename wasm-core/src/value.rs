@@ -35,9 +35,9 @@ pub const MEM_OBJECT: u64 = 640;
 ///
 /// An [`Object`] is a sorted vector now and allocates less (an entry is 48 bytes, twice
 /// that at most with a vector's spare room, and a [`Key`] is shared with the same key
-/// decoded before or costs its bytes and 16 more). The model stays: it is part of what a log
-/// means (a program over its memory limit fails on every build and every version), so
-/// lowering it would let a newer server commit what an older one refused.
+/// decoded before or costs its bytes and 16 more). The model stays: it is part of what
+/// a log means (a program over its memory limit fails on every build and every
+/// version), so lowering it would let a newer server commit what an older one refused.
 pub const MEM_ENTRY: u64 = 112;
 
 /// A Warren value.

@@ -24,9 +24,9 @@ use std::sync::Arc;
 use super::Value;
 
 /// An object's key: a shared, immutable string. Documents of a collection repeat the
-/// same few field names, so the decoder hands out the one it made before
-/// ([`Key::interned`]) where a `String` was an allocation and a free per field of every
-/// document read. It compares, hashes and prints as the `str` it holds.
+/// same few field names, so the decoder hands out the key it made before for the same
+/// bytes, where a `String` was an allocation and a free per field of every document
+/// read. It compares, hashes and prints as the `str` it holds.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key(Arc<str>);
 
