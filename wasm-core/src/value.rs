@@ -410,7 +410,9 @@ impl Value {
                 }
                 Value::Object(
                     o.iter()
-                        .map(|(k, v)| Ok((Key::from(k), Self::from_json_at(v, depth + 1)?)))
+                        .map(|(k, v)| {
+                            Ok((Key::from(k.as_str()), Self::from_json_at(v, depth + 1)?))
+                        })
                         .collect::<Result<_, Error>>()?,
                 )
             }
@@ -674,21 +676,21 @@ impl<'a> Reader<'a> {
         String::from_utf8(b.to_vec()).map_err(|_| corrupt("string is not UTF-8"))
     }
 
-    /// A string inside a value: its bytes are spent before they are copied.
-    fn string_paid(&mut self) -> Result<String, Error> {
+    /// A length-prefixed string's bytes inside a value, spent before they are copied.
+    fn bytes_paid(&mut self) -> Result<&'a [u8], Error> {
         let n = self.len()?;
         self.spend(n as u64)?;
-        let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| corrupt("string is not UTF-8"))
+        self.take(n)
+    }
+
+    fn string_paid(&mut self) -> Result<String, Error> {
+        String::from_utf8(self.bytes_paid()?.to_vec()).map_err(|_| corrupt("string is not UTF-8"))
     }
 
     /// An object's key: paid for as a string is, and shared with the same key decoded
     /// before (most documents repeat their collection's field names).
     fn key_paid(&mut self) -> Result<Key, Error> {
-        let n = self.len()?;
-        self.spend(n as u64)?;
-        let b = self.take(n)?;
-        Key::decoded(b).ok_or_else(|| corrupt("string is not UTF-8"))
+        Key::decoded(self.bytes_paid()?).ok_or_else(|| corrupt("string is not UTF-8"))
     }
 
     pub fn value(&mut self, depth: usize) -> Result<Value, Error> {

@@ -15,7 +15,6 @@
 //! any order sorts once ([`FromIterator`]), and [`Object::merge`] and [`Object::patch`]
 //! (which also removes) walk both sides once.
 
-use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::fmt;
 use std::ops::Deref;
@@ -89,18 +88,6 @@ impl Deref for Key {
     }
 }
 
-impl Borrow<str> for Key {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl AsRef<str> for Key {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
 /// A key from a `str` is the cached one when the cache has it (an update's or a
 /// literal's field names repeat as a document's do).
 impl From<&str> for Key {
@@ -115,21 +102,9 @@ impl From<String> for Key {
     }
 }
 
-impl From<&String> for Key {
-    fn from(s: &String) -> Key {
-        Key::from(s.as_str())
-    }
-}
-
 impl PartialEq<str> for Key {
     fn eq(&self, other: &str) -> bool {
         &*self.0 == other
-    }
-}
-
-impl PartialEq<&str> for Key {
-    fn eq(&self, other: &&str) -> bool {
-        &*self.0 == *other
     }
 }
 
